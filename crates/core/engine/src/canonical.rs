@@ -1,0 +1,202 @@
+//! Snapshot and restore through the canonical state, and the state hash.
+
+use optio_types::state::{AccountRecord, InstrumentRecord, OrderRecord, PositionRecord};
+use optio_types::{AccountId, CanonicalState, InstrumentStatus, MarginModel, Side, TimeInForce};
+
+use crate::book::Order;
+use crate::engine::Engine;
+use crate::invariants::InvariantViolation;
+use crate::ledger::Account;
+
+/// Why a snapshot could not be restored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RestoreError {
+    /// The bytes are not a valid encoding.
+    #[error("snapshot does not decode: {0}")]
+    Decode(#[from] optio_types::codec::DecodeError),
+    /// It decodes but describes an impossible state.
+    #[error("snapshot breaks an invariant: {0}")]
+    Invariant(#[from] InvariantViolation),
+}
+
+impl<M: MarginModel> Engine<M> {
+    /// The state in canonical form.
+    pub fn canonical(&self) -> CanonicalState {
+        let instruments = self
+            .instruments
+            .iter()
+            .map(|i| InstrumentRecord { spec: i.spec.clone(), status: i.status, settlement_price: i.settlement_price })
+            .collect();
+        let accounts = self
+            .accounts
+            .iter()
+            .map(|a| AccountRecord {
+                owner: a.owner,
+                balance: a.balance,
+                positions: a
+                    .positions
+                    .iter()
+                    .filter(|(_, p)| p.exposure.position.0 != 0 || p.realized_pnl.0 != 0)
+                    .map(|(id, p)| PositionRecord { instrument: *id, qty: p.exposure.position, cost: p.cost, realized_pnl: p.realized_pnl })
+                    .collect(),
+            })
+            .collect();
+        let mut orders = Vec::with_capacity(self.store.len());
+        let mut slots = Vec::new();
+        for inst in &self.instruments {
+            slots.clear();
+            inst.book.slots_in_priority(&self.store, &mut slots);
+            orders.extend(slots.iter().map(|&s| {
+                let o = self.store.get(s);
+                OrderRecord {
+                    id: o.id,
+                    account: o.account,
+                    instrument: o.instrument,
+                    side: o.side,
+                    price: o.price,
+                    remaining: o.remaining,
+                    filled: o.filled,
+                    client_order_id: o.client_order_id,
+                    time_in_force: o.time_in_force,
+                    post_only: o.post_only,
+                    reduce_only: o.reduce_only,
+                    self_trade: o.self_trade,
+                    is_quote: o.is_quote,
+                }
+            }));
+        }
+        CanonicalState {
+            time_ms: self.time_ms,
+            next_order_id: self.next_order_id,
+            limits: self.limits,
+            totals: self.totals,
+            instruments,
+            accounts,
+            orders,
+        }
+    }
+
+    /// blake3 of the canonical encoding.
+    pub fn state_hash(&self) -> [u8; 32] {
+        self.canonical().hash()
+    }
+
+    /// Snapshot bytes (the canonical encoding).
+    pub fn snapshot(&self) -> Vec<u8> {
+        self.canonical().encode()
+    }
+
+    /// Rebuilds an engine from snapshot bytes and audits it in full.
+    pub fn restore_bytes(bytes: &[u8], margin: M) -> Result<Self, RestoreError> {
+        let state = CanonicalState::decode(bytes)?;
+        Self::restore(&state, margin)
+    }
+
+    /// Rebuilds an engine from a canonical state and audits it in full; a state that breaks any
+    /// invariant is refused.
+    pub fn restore(state: &CanonicalState, margin: M) -> Result<Self, RestoreError> {
+        let bad = |what: &str| RestoreError::Invariant(InvariantViolation(what.to_owned()));
+        let mut engine = Engine::with_margin(state.limits, margin);
+        engine.time_ms = state.time_ms;
+        engine.next_order_id = state.next_order_id;
+        engine.totals = state.totals;
+        for rec in &state.instruments {
+            rec.spec.validate().map_err(|_| bad("invalid instrument spec"))?;
+            if engine.names.contains_key(&rec.spec.name) {
+                return Err(bad("duplicate instrument name"));
+            }
+            if (rec.status == InstrumentStatus::Settled) != rec.settlement_price.is_some() {
+                return Err(bad("settlement price present iff settled"));
+            }
+            let unexpired = matches!(rec.status, InstrumentStatus::Listed | InstrumentStatus::Active);
+            if unexpired && rec.spec.expiry_ms().is_some_and(|t| t <= state.time_ms) {
+                return Err(bad("unexpired instrument past its expiry"));
+            }
+            engine.insert_instrument(rec.spec.clone(), rec.status, rec.settlement_price);
+        }
+        for rec in &state.accounts {
+            let mut acct = Account::new(rec.owner);
+            acct.balance = rec.balance;
+            engine.total_balances += i128::from(rec.balance.0);
+            let mut last = None;
+            for p in &rec.positions {
+                let inst = engine.instruments.get_mut(p.instrument.0 as usize).ok_or_else(|| bad("position in unknown instrument"))?;
+                if last.is_some_and(|l| l >= p.instrument) || (p.qty.0 == 0 && p.realized_pnl.0 == 0) || (p.qty.0 == 0) != (p.cost.0 == 0) {
+                    return Err(bad("positions unsorted, empty, or with cost but no size"));
+                }
+                last = Some(p.instrument);
+                let pos = acct.positions.entry(p.instrument).or_default();
+                pos.exposure.position = p.qty;
+                pos.cost = p.cost;
+                pos.realized_pnl = p.realized_pnl;
+                inst.net_position += i128::from(p.qty.0);
+                if p.qty.0 != 0 {
+                    inst.holders.insert(AccountId(engine.accounts.len() as u32));
+                }
+            }
+            engine.accounts.push(acct);
+        }
+        let mut sink = Vec::new();
+        let mut last: Option<(u32, Side)> = None;
+        for (n, o) in state.orders.iter().enumerate() {
+            let inst = engine.instruments.get(o.instrument.0 as usize).ok_or_else(|| bad("order in unknown instrument"))?;
+            let acct = engine.accounts.get(o.account.0 as usize).ok_or_else(|| bad("order of unknown account"))?;
+            let valid_price = o.price.is_positive() && o.price.0 % inst.spec.tick_size.0 == 0 && o.price <= inst.max_price;
+            let valid_qty = o.remaining.is_positive() && o.remaining.0 % inst.spec.amount_step.0 == 0 && o.filled.0 >= 0;
+            let valid_tif = match o.time_in_force {
+                TimeInForce::GoodTillCancelled => true,
+                TimeInForce::GoodTillTime(t) => t > state.time_ms,
+                _ => false,
+            };
+            if inst.status != InstrumentStatus::Active || !valid_price || !valid_qty || !valid_tif || o.id.0 >= state.next_order_id {
+                return Err(bad("order invalid for its instrument or time"));
+            }
+            if engine.store.slot_of(o.id).is_some() || (o.client_order_id != 0 && acct.client_ids.contains_key(&o.client_order_id)) {
+                return Err(bad("duplicate order id or client order id"));
+            }
+            // Orders must come grouped by instrument, bids before asks, in priority.
+            let key = (o.instrument.0, o.side);
+            if last.is_some_and(|l| l > key) {
+                return Err(bad("orders not in book order"));
+            }
+            if let Some(prev) = n.checked_sub(1).map(|p| &state.orders[p])
+                && (prev.instrument, prev.side) == (o.instrument, o.side)
+                && match o.side {
+                    Side::Buy => prev.price < o.price,
+                    Side::Sell => prev.price > o.price,
+                }
+            {
+                return Err(bad("orders not in price priority"));
+            }
+            last = Some(key);
+            if o.is_quote {
+                let pos = engine.accounts[o.account.0 as usize].positions.get(&o.instrument);
+                if pos.is_some_and(|p| p.quotes[usize::from(o.side == Side::Sell)].is_some()) {
+                    return Err(bad("two quotes on one side"));
+                }
+            }
+            let mut order = Order::new(
+                o.id,
+                o.account,
+                o.instrument,
+                o.side,
+                o.price,
+                o.remaining,
+                o.client_order_id,
+                o.time_in_force,
+                (o.post_only, o.reduce_only, o.self_trade, o.is_quote),
+            );
+            order.filled = o.filled;
+            engine.rest_order(order, &mut sink);
+        }
+        let ids: Vec<(AccountId, Vec<_>)> =
+            engine.accounts.iter().enumerate().map(|(i, a)| (AccountId(i as u32), a.positions.keys().copied().collect())).collect();
+        for (account, instruments) in ids {
+            for instrument in instruments {
+                engine.refresh_requirement_checked(account, instrument).map_err(|_| bad("requirement overflows"))?;
+            }
+        }
+        engine.check_invariants()?;
+        Ok(engine)
+    }
+}

@@ -1,0 +1,1063 @@
+//! The engine: `apply(input) -> events`, one input at a time, on one thread.
+//!
+//! Every command validates everything first and only then mutates, so a rejected input leaves
+//! the state byte-for-byte unchanged. Matching is planned before it is applied (the plan reads
+//! the book; applying it cannot fail), which is also how fill-or-kill knows it can fill in full.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use optio_types::margin::fee_reserve;
+use optio_types::state::Totals;
+use optio_types::{
+    AccountId, Address, Amount, Command, DoneReason, EngineLimits, Event, Exposure, Input, InstrumentId, InstrumentKind,
+    InstrumentName, InstrumentSpec, InstrumentStatus, MarginModel, NewOrder, OrderId, OrderRef, OrderType, Price, Qty,
+    Quote, RejectCode, SelfTradePrevention, Side, TimeInForce, WorstCaseMargin,
+};
+
+use crate::book::{Book, NIL, Order, OrderStore};
+use crate::ledger::{Account, Position};
+
+/// The most money the system holds, so that no balance or sum can overflow.
+pub const MAX_TOTAL_COLLATERAL: i64 = i64::MAX / 4;
+
+pub(crate) struct InstrumentState {
+    pub spec: InstrumentSpec,
+    pub status: InstrumentStatus,
+    pub settlement_price: Option<Price>,
+    pub max_price: Price,
+    pub book: Book,
+    /// Sum of all positions (must stay zero).
+    pub net_position: i128,
+    /// Accounts with a non-zero position.
+    pub holders: BTreeSet<AccountId>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Step {
+    Fill { slot: u32, qty: Qty },
+    Cancel { slot: u32, reason: DoneReason },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PlanEnd {
+    /// The taker is filled in full.
+    Filled,
+    /// Nothing more crosses within the limit.
+    Exhausted,
+    /// Self-trade prevention cancels the taker's rest.
+    SelfTrade,
+}
+
+struct Taker {
+    id: OrderId,
+    account: AccountId,
+    instrument: InstrumentId,
+    side: Side,
+}
+
+/// The deterministic exchange core. Generic over the margin model so that the risk work can
+/// replace the conservative default without touching matching.
+pub struct Engine<M: MarginModel = WorstCaseMargin> {
+    pub(crate) margin: M,
+    pub(crate) limits: EngineLimits,
+    pub(crate) time_ms: u64,
+    pub(crate) next_order_id: u64,
+    pub(crate) totals: Totals,
+    pub(crate) total_balances: i128,
+    pub(crate) instruments: Vec<InstrumentState>,
+    pub(crate) names: BTreeMap<InstrumentName, InstrumentId>,
+    pub(crate) accounts: Vec<Account>,
+    pub(crate) store: OrderStore,
+    pub(crate) good_till: BTreeSet<(u64, OrderId)>,
+    pub(crate) expiries: BTreeSet<(u64, InstrumentId)>,
+    plan: Vec<Step>,
+    scratch: Vec<u32>,
+    touched_accounts: Vec<AccountId>,
+    touched_instruments: Vec<InstrumentId>,
+}
+
+impl Engine<WorstCaseMargin> {
+    /// An empty engine with the conservative margin model.
+    pub fn new(limits: EngineLimits) -> Self {
+        Self::with_margin(limits, WorstCaseMargin)
+    }
+}
+
+impl<M: MarginModel> Engine<M> {
+    /// An empty engine with the given margin model.
+    pub fn with_margin(limits: EngineLimits, margin: M) -> Self {
+        Self {
+            margin,
+            limits,
+            time_ms: 0,
+            next_order_id: 1,
+            totals: Totals::default(),
+            total_balances: 0,
+            instruments: Vec::new(),
+            names: BTreeMap::new(),
+            accounts: Vec::new(),
+            store: OrderStore::default(),
+            good_till: BTreeSet::new(),
+            expiries: BTreeSet::new(),
+            plan: Vec::new(),
+            scratch: Vec::new(),
+            touched_accounts: Vec::new(),
+            touched_instruments: Vec::new(),
+        }
+    }
+
+    /// Engine time (ms).
+    pub fn time_ms(&self) -> u64 {
+        self.time_ms
+    }
+
+    /// Limits in force.
+    pub fn limits(&self) -> &EngineLimits {
+        &self.limits
+    }
+
+    /// Number of open orders.
+    pub fn open_orders(&self) -> usize {
+        self.store.len()
+    }
+
+    /// Applies one input: first the passage of time up to `input.time_ms` (good-till-time orders
+    /// and option expiries), then the command. Events are appended to `events`. On rejection the
+    /// command changed nothing and the last event is `Rejected`.
+    ///
+    /// # Panics
+    /// If an invariant that protects money is violated: better halted than wrong.
+    pub fn apply(&mut self, input: &Input, events: &mut Vec<Event>) -> Result<(), RejectCode> {
+        if input.time_ms < self.time_ms {
+            events.push(Event::Rejected { code: RejectCode::TimeWentBackwards });
+            return Err(RejectCode::TimeWentBackwards);
+        }
+        self.touched_accounts.clear();
+        self.touched_instruments.clear();
+        self.advance_time(input.time_ms, events);
+        let result = self.execute(&input.command, events);
+        if let Err(code) = result {
+            events.push(Event::Rejected { code });
+        }
+        self.check_touched();
+        result
+    }
+
+    /// Moves engine time forward to `time_ms` (no-op if not later): expires good-till-time
+    /// orders whose time has come and options at their expiry.
+    pub fn advance_time(&mut self, time_ms: u64, events: &mut Vec<Event>) {
+        if time_ms <= self.time_ms {
+            return;
+        }
+        self.time_ms = time_ms;
+        while let Some(&(at, instrument)) = self.expiries.first() {
+            if at > time_ms {
+                break;
+            }
+            self.expiries.pop_first();
+            self.expire_instrument(instrument, events);
+        }
+        while let Some(&(at, order)) = self.good_till.first() {
+            if at > time_ms {
+                break;
+            }
+            let slot = self.store.slot_of(order).expect("good-till index holds open orders only");
+            self.remove_order(slot, DoneReason::Expired, events);
+        }
+    }
+
+    fn execute(&mut self, command: &Command, events: &mut Vec<Event>) -> Result<(), RejectCode> {
+        match command {
+            Command::ListInstrument { spec } => self.list_instrument(spec, events),
+            Command::ActivateInstrument { instrument } => self.activate_instrument(*instrument, events),
+            Command::SettleInstrument { instrument, settlement_price } => self.settle_instrument(*instrument, *settlement_price, events),
+            Command::OpenAccount { owner } => self.open_account(*owner, events),
+            Command::Deposit { account, amount } => self.deposit(*account, *amount, events),
+            Command::Withdraw { account, amount } => self.withdraw(*account, *amount, events),
+            Command::Transfer { from, to, amount } => self.transfer(*from, *to, *amount, events),
+            Command::PlaceOrder(order) => self.place_order(order, events),
+            Command::Amend { account, order, price, qty } => self.amend(*account, *order, *price, *qty, events),
+            Command::Cancel { account, order } => {
+                self.account(*account)?;
+                let slot = self.resolve(*account, *order)?;
+                self.remove_order(slot, DoneReason::Cancelled, events);
+                Ok(())
+            }
+            Command::CancelAll { account, instrument } => self.cancel_all(*account, *instrument, events),
+            Command::MassQuote { account, quotes } => self.mass_quote(*account, quotes, events),
+        }
+    }
+
+    // ---- lookups and checks (no mutation) ----
+
+    fn account(&self, id: AccountId) -> Result<&Account, RejectCode> {
+        self.accounts.get(id.0 as usize).ok_or(RejectCode::UnknownAccount)
+    }
+
+    fn instrument(&self, id: InstrumentId) -> Result<&InstrumentState, RejectCode> {
+        self.instruments.get(id.0 as usize).ok_or(RejectCode::UnknownInstrument)
+    }
+
+    fn active_instrument(&self, id: InstrumentId) -> Result<&InstrumentState, RejectCode> {
+        let inst = self.instrument(id)?;
+        if inst.status == InstrumentStatus::Active { Ok(inst) } else { Err(RejectCode::InstrumentNotActive) }
+    }
+
+    fn check_amount(&self, amount: Amount) -> Result<(), RejectCode> {
+        if !amount.is_positive() {
+            return Err(RejectCode::InvalidAmount);
+        }
+        if amount > self.limits.max_amount {
+            return Err(RejectCode::AmountTooLarge);
+        }
+        Ok(())
+    }
+
+    fn check_price(inst: &InstrumentState, price: Price) -> Result<(), RejectCode> {
+        if !price.is_positive() || price.0 % inst.spec.tick_size.0 != 0 {
+            return Err(RejectCode::InvalidPrice);
+        }
+        if price > inst.max_price {
+            return Err(RejectCode::PriceOutOfBand);
+        }
+        Ok(())
+    }
+
+    fn check_qty(&self, inst: &InstrumentState, qty: Qty) -> Result<(), RejectCode> {
+        if !qty.is_positive() || qty.0 % inst.spec.amount_step.0 != 0 {
+            return Err(RejectCode::InvalidQty);
+        }
+        if qty > self.limits.max_order_qty {
+            return Err(RejectCode::QtyTooLarge);
+        }
+        if qty < inst.spec.min_size {
+            return Err(RejectCode::BelowMinSize);
+        }
+        Ok(())
+    }
+
+    fn position(&self, account: AccountId, instrument: InstrumentId) -> Option<&Position> {
+        self.accounts[account.0 as usize].positions.get(&instrument)
+    }
+
+    fn position_qty(&self, account: AccountId, instrument: InstrumentId) -> i64 {
+        self.position(account, instrument).map_or(0, |p| p.exposure.position.0)
+    }
+
+    fn check_reduce_only(&self, account: AccountId, instrument: InstrumentId, side: Side, qty: Qty) -> Result<(), RejectCode> {
+        let q = self.position_qty(account, instrument);
+        let allowed = match side {
+            Side::Sell => q.max(0),
+            Side::Buy => (-q).max(0),
+        };
+        if qty.0 <= allowed { Ok(()) } else { Err(RejectCode::ReduceOnlyWouldIncrease) }
+    }
+
+    /// The order whose id (or client id) is given, if it is open and belongs to `account`.
+    fn resolve(&self, account: AccountId, order: OrderRef) -> Result<u32, RejectCode> {
+        let id = match order {
+            OrderRef::Id(id) => id,
+            OrderRef::Client(cid) => *self.accounts[account.0 as usize].client_ids.get(&cid).ok_or(RejectCode::UnknownOrder)?,
+        };
+        let slot = self.store.slot_of(id).ok_or(RejectCode::UnknownOrder)?;
+        if self.store.get(slot).account == account { Ok(slot) } else { Err(RejectCode::UnknownOrder) }
+    }
+
+    fn default_protection(inst: &InstrumentState, side: Side) -> Result<Price, RejectCode> {
+        let best = inst.book.best(side.opposite()).ok_or(RejectCode::NoLiquidity)?;
+        let bps = i128::from(inst.spec.market_protection_bps.min(10_000));
+        let tick = inst.spec.tick_size.0;
+        Ok(match side {
+            Side::Buy => {
+                let p = (i128::from(best.0) * (10_000 + bps) / 10_000).min(i128::from(inst.max_price.0)) as i64;
+                Price(p - p % tick)
+            }
+            Side::Sell => {
+                let p = ((i128::from(best.0) * (10_000 - bps) + 9_999) / 10_000) as i64;
+                Price((p.div_euclid(tick) + i64::from(p % tick != 0)).max(1) * tick)
+            }
+        })
+    }
+
+    /// Adds (or with `sign = -1` removes) an order's worst case to an exposure.
+    fn exposure_order(spec: &InstrumentSpec, e: &mut Exposure, side: Side, price: Price, qty: Qty, sign: i64) -> Result<(), RejectCode> {
+        let reserve = fee_reserve(spec, price, qty)?;
+        e.fee_reserve = Amount(e.fee_reserve.0.checked_add(sign * reserve.0).ok_or(RejectCode::Overflow)?);
+        match side {
+            Side::Buy => {
+                let cost = price.notional(qty)?;
+                e.buy_qty = Qty(e.buy_qty.0.checked_add(sign * qty.0).ok_or(RejectCode::Overflow)?);
+                e.buy_cost = Amount(e.buy_cost.0.checked_add(sign * cost.0).ok_or(RejectCode::Overflow)?);
+            }
+            Side::Sell => {
+                e.sell_qty = Qty(e.sell_qty.0.checked_add(sign * qty.0).ok_or(RejectCode::Overflow)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// The account's total requirement if its exposure in `instrument` became `e`.
+    fn requirement_with(&self, account: AccountId, instrument: InstrumentId, e: &Exposure) -> Result<i128, RejectCode> {
+        let acct = &self.accounts[account.0 as usize];
+        let old = self.position(account, instrument).map_or(0, |p| p.requirement.0);
+        let new = self.margin.requirement(&self.instruments[instrument.0 as usize].spec, e)?;
+        Ok(i128::from(acct.requirement.0) - i128::from(old) + i128::from(new.0))
+    }
+
+    /// Plans matching a taker against the opposite side into `self.plan`.
+    #[allow(clippy::too_many_arguments)]
+    fn plan_match(&mut self, instrument: InstrumentId, side: Side, limit: Price, qty: Qty, owner: Address, stp: SelfTradePrevention) -> (Qty, PlanEnd) {
+        let mut plan = std::mem::take(&mut self.plan);
+        plan.clear();
+        let book = &self.instruments[instrument.0 as usize].book;
+        let result = match side {
+            Side::Buy => self.plan_levels(book.asks.iter().take_while(|(p, _)| **p <= limit), instrument, qty, owner, stp, &mut plan),
+            Side::Sell => self.plan_levels(book.bids.iter().rev().take_while(|(p, _)| **p >= limit), instrument, qty, owner, stp, &mut plan),
+        };
+        self.plan = plan;
+        result
+    }
+
+    fn plan_levels<'a>(
+        &self,
+        levels: impl Iterator<Item = (&'a Price, &'a crate::book::Level)>,
+        instrument: InstrumentId,
+        qty: Qty,
+        owner: Address,
+        stp: SelfTradePrevention,
+        plan: &mut Vec<Step>,
+    ) -> (Qty, PlanEnd) {
+        let mut remaining = qty.0;
+        for (_, level) in levels {
+            let mut slot = level.head;
+            while slot != NIL {
+                let o = self.store.get(slot);
+                let next = o.next();
+                if self.accounts[o.account.0 as usize].owner == owner {
+                    match stp {
+                        SelfTradePrevention::CancelTaker => return (Qty(qty.0 - remaining), PlanEnd::SelfTrade),
+                        SelfTradePrevention::CancelMaker => plan.push(Step::Cancel { slot, reason: DoneReason::SelfTrade }),
+                        SelfTradePrevention::CancelBoth => {
+                            plan.push(Step::Cancel { slot, reason: DoneReason::SelfTrade });
+                            return (Qty(qty.0 - remaining), PlanEnd::SelfTrade);
+                        }
+                    }
+                    slot = next;
+                    continue;
+                }
+                let mut available = o.remaining.0;
+                let mut allowance = i64::MAX;
+                if o.reduce_only {
+                    allowance = self.reduce_allowance(o.account, instrument, o.side, plan);
+                    if allowance <= 0 {
+                        plan.push(Step::Cancel { slot, reason: DoneReason::ReduceOnly });
+                        slot = next;
+                        continue;
+                    }
+                    available = available.min(allowance);
+                }
+                let fill = remaining.min(available);
+                plan.push(Step::Fill { slot, qty: Qty(fill) });
+                remaining -= fill;
+                if o.reduce_only && fill == allowance && fill < o.remaining.0 {
+                    plan.push(Step::Cancel { slot, reason: DoneReason::ReduceOnly });
+                }
+                if remaining == 0 {
+                    return (qty, PlanEnd::Filled);
+                }
+                slot = next;
+            }
+        }
+        (Qty(qty.0 - remaining), PlanEnd::Exhausted)
+    }
+
+    /// How much a reduce-only order of `account` on `side` may still fill, counting the fills
+    /// already planned for that account.
+    fn reduce_allowance(&self, account: AccountId, instrument: InstrumentId, side: Side, plan: &[Step]) -> i64 {
+        let mut q = self.position_qty(account, instrument);
+        for step in plan {
+            if let Step::Fill { slot, qty } = *step {
+                let o = self.store.get(slot);
+                if o.account == account {
+                    q += o.side.sign() * qty.0;
+                }
+            }
+        }
+        match side {
+            Side::Sell => q.max(0),
+            Side::Buy => (-q).max(0),
+        }
+    }
+
+    /// Whether a new order at `price` on `side` would need a new level beyond the limit, given
+    /// that the order in `leaving` (if any) leaves that side first.
+    fn level_limit_hit(&self, inst: &InstrumentState, side: Side, price: Price, leaving: Option<u32>) -> bool {
+        let levels = inst.book.side(side);
+        let sole = |slot: u32| {
+            let o = self.store.get(slot);
+            levels.get(&o.price).is_some_and(|l| l.count == 1)
+        };
+        let exists_after = levels.get(&price).is_some_and(|l| !(l.count == 1 && leaving.is_some_and(|s| l.head == s)));
+        let count_after = levels.len() - usize::from(leaving.is_some_and(sole));
+        !exists_after && count_after >= self.limits.max_price_levels_per_side as usize
+    }
+
+    // ---- commands ----
+
+    fn list_instrument(&mut self, spec: &InstrumentSpec, events: &mut Vec<Event>) -> Result<(), RejectCode> {
+        spec.validate().map_err(|_| RejectCode::InvalidInstrumentSpec)?;
+        if self.instruments.len() >= self.limits.max_instruments as usize {
+            return Err(RejectCode::TooManyInstruments);
+        }
+        if self.names.contains_key(&spec.name) {
+            return Err(RejectCode::DuplicateInstrument);
+        }
+        if spec.expiry_ms().is_some_and(|t| t <= self.time_ms) {
+            return Err(RejectCode::ExpiryInPast);
+        }
+        let id = InstrumentId(self.instruments.len() as u32);
+        self.insert_instrument(spec.clone(), InstrumentStatus::Listed, None);
+        events.push(Event::InstrumentListed { instrument: id });
+        Ok(())
+    }
+
+    pub(crate) fn insert_instrument(&mut self, spec: InstrumentSpec, status: InstrumentStatus, settlement_price: Option<Price>) {
+        let id = InstrumentId(self.instruments.len() as u32);
+        if let Some(t) = spec.expiry_ms()
+            && matches!(status, InstrumentStatus::Listed | InstrumentStatus::Active)
+        {
+            self.expiries.insert((t, id));
+        }
+        self.names.insert(spec.name.clone(), id);
+        let max_price = spec.max_price().expect("validated spec");
+        self.instruments.push(InstrumentState {
+            spec,
+            status,
+            settlement_price,
+            max_price,
+            book: Book::default(),
+            net_position: 0,
+            holders: BTreeSet::new(),
+        });
+    }
+
+    fn activate_instrument(&mut self, id: InstrumentId, events: &mut Vec<Event>) -> Result<(), RejectCode> {
+        if self.instrument(id)?.status != InstrumentStatus::Listed {
+            return Err(RejectCode::InvalidStatusTransition);
+        }
+        self.instruments[id.0 as usize].status = InstrumentStatus::Active;
+        events.push(Event::InstrumentActivated { instrument: id });
+        Ok(())
+    }
+
+    fn expire_instrument(&mut self, id: InstrumentId, events: &mut Vec<Event>) {
+        self.touch_instrument(id);
+        let mut slots = std::mem::take(&mut self.scratch);
+        slots.clear();
+        let inst = &self.instruments[id.0 as usize];
+        inst.book.slots_in_priority(&self.store, &mut slots);
+        for &slot in &slots {
+            self.remove_order(slot, DoneReason::InstrumentExpired, events);
+        }
+        self.scratch = slots;
+        self.instruments[id.0 as usize].status = InstrumentStatus::Expired;
+        events.push(Event::InstrumentExpired { instrument: id });
+    }
+
+    fn settle_instrument(&mut self, id: InstrumentId, settlement_price: Price, events: &mut Vec<Event>) -> Result<(), RejectCode> {
+        if self.instrument(id)?.status != InstrumentStatus::Expired {
+            return Err(RejectCode::InvalidStatusTransition);
+        }
+        if !settlement_price.is_positive() {
+            return Err(RejectCode::InvalidSettlementPrice);
+        }
+        self.touch_instrument(id);
+        let inst = &mut self.instruments[id.0 as usize];
+        let value = inst.spec.settlement_value_numerator(settlement_price);
+        let holders = std::mem::take(&mut inst.holders);
+        let denom = i128::from(optio_types::QTY_SCALE) * i128::from(optio_types::QTY_SCALE);
+        let mut paid: i128 = 0;
+        for account in holders {
+            let pos = self.accounts[account.0 as usize].positions.get_mut(&id).expect("holders have a position");
+            let q = pos.exposure.position.0;
+            let rounding = if q > 0 { optio_types::Rounding::TowardSystem } else { optio_types::Rounding::AgainstAccount };
+            let cash = Amount::from_ratio(value * i128::from(q), denom, rounding).expect("a settlement value is bounded by the cap");
+            pos.realized_pnl = Amount(pos.realized_pnl.0 + cash.0 - pos.cost.0);
+            pos.cost = Amount::ZERO;
+            pos.exposure.position = Qty::ZERO;
+            paid += i128::from(cash.0);
+            self.credit(account, cash);
+            self.refresh_requirement(account, id);
+            events.push(Event::PositionSettled { account, instrument: id, qty: Qty(q), cash });
+        }
+        let inst = &mut self.instruments[id.0 as usize];
+        inst.net_position = 0;
+        inst.status = InstrumentStatus::Settled;
+        inst.settlement_price = Some(settlement_price);
+        let insurance_credit = Amount(i64::try_from(-paid).expect("bounded by total collateral"));
+        self.totals.insurance = Amount(self.totals.insurance.0 + insurance_credit.0);
+        events.push(Event::InstrumentSettled { instrument: id, settlement_price, insurance_credit });
+        Ok(())
+    }
+
+    fn open_account(&mut self, owner: Address, events: &mut Vec<Event>) -> Result<(), RejectCode> {
+        if self.accounts.len() >= self.limits.max_accounts as usize {
+            return Err(RejectCode::TooManyAccounts);
+        }
+        let id = AccountId(self.accounts.len() as u32);
+        self.accounts.push(Account::new(owner));
+        events.push(Event::AccountOpened { account: id, owner });
+        Ok(())
+    }
+
+    fn deposit(&mut self, account: AccountId, amount: Amount, events: &mut Vec<Event>) -> Result<(), RejectCode> {
+        self.account(account)?;
+        self.check_amount(amount)?;
+        if self.total_balances + i128::from(amount.0) + i128::from(self.totals.fee_pool.0) + i128::from(self.totals.insurance.0) > i128::from(MAX_TOTAL_COLLATERAL) {
+            return Err(RejectCode::AmountTooLarge);
+        }
+        self.totals.deposits += i128::from(amount.0);
+        self.credit(account, amount);
+        self.push_balance_event(account, amount, events);
+        Ok(())
+    }
+
+    fn withdraw(&mut self, account: AccountId, amount: Amount, events: &mut Vec<Event>) -> Result<(), RejectCode> {
+        let free = self.account(account)?.free_collateral();
+        self.check_amount(amount)?;
+        if amount > free {
+            return Err(RejectCode::InsufficientFreeCollateral);
+        }
+        self.totals.withdrawals += i128::from(amount.0);
+        self.credit(account, Amount(-amount.0));
+        self.push_balance_event(account, Amount(-amount.0), events);
+        Ok(())
+    }
+
+    fn transfer(&mut self, from: AccountId, to: AccountId, amount: Amount, events: &mut Vec<Event>) -> Result<(), RejectCode> {
+        let source = self.account(from)?;
+        let destination = self.account(to)?;
+        self.check_amount(amount)?;
+        if from == to {
+            return Err(RejectCode::SameAccount);
+        }
+        if source.owner != destination.owner {
+            return Err(RejectCode::NotSameOwner);
+        }
+        if amount > source.free_collateral() {
+            return Err(RejectCode::InsufficientFreeCollateral);
+        }
+        self.credit(from, Amount(-amount.0));
+        self.credit(to, amount);
+        self.push_balance_event(from, Amount(-amount.0), events);
+        self.push_balance_event(to, amount, events);
+        Ok(())
+    }
+
+    fn place_order(&mut self, o: &NewOrder, events: &mut Vec<Event>) -> Result<(), RejectCode> {
+        let acct = self.account(o.account)?;
+        let inst = self.active_instrument(o.instrument)?;
+        self.check_qty(inst, o.qty)?;
+        let is_market = matches!(o.order_type, OrderType::Market { .. });
+        let immediate = matches!(o.time_in_force, TimeInForce::ImmediateOrCancel | TimeInForce::FillOrKill);
+        let invalid = if is_market { o.post_only || !immediate } else { o.post_only && immediate };
+        if invalid {
+            return Err(RejectCode::InvalidOrderCombination);
+        }
+        if let TimeInForce::GoodTillTime(t) = o.time_in_force
+            && t <= self.time_ms
+        {
+            return Err(RejectCode::GoodTillInPast);
+        }
+        let limit = match o.order_type {
+            OrderType::Limit { price } | OrderType::Market { protection_price: Some(price) } => {
+                Self::check_price(inst, price)?;
+                price
+            }
+            OrderType::Market { protection_price: None } => Self::default_protection(inst, o.side)?,
+        };
+        if o.client_order_id != 0 && acct.client_ids.contains_key(&o.client_order_id) {
+            return Err(RejectCode::DuplicateClientOrderId);
+        }
+        if !immediate && acct.open_orders.len() >= self.limits.max_open_orders_per_account as usize {
+            return Err(RejectCode::TooManyOpenOrders);
+        }
+        if o.reduce_only {
+            self.check_reduce_only(o.account, o.instrument, o.side, o.qty)?;
+        }
+        if o.post_only && inst.book.crosses(o.side, limit) {
+            return Err(RejectCode::PostOnlyWouldCross);
+        }
+        let mut e = self.position(o.account, o.instrument).map(|p| p.exposure).unwrap_or_default();
+        Self::exposure_order(&inst.spec, &mut e, o.side, limit, o.qty, 1)?;
+        if i128::from(acct.balance.0) < self.requirement_with(o.account, o.instrument, &e)? {
+            return Err(RejectCode::InsufficientMargin);
+        }
+        let owner = acct.owner;
+        let (filled, end) = self.plan_match(o.instrument, o.side, limit, o.qty, owner, o.self_trade);
+        if o.time_in_force == TimeInForce::FillOrKill && filled < o.qty {
+            return Err(RejectCode::FokNotFillable);
+        }
+        let remaining = Qty(o.qty.0 - filled.0);
+        let rests = !immediate && remaining.is_positive() && end != PlanEnd::SelfTrade;
+        if rests && self.level_limit_hit(&self.instruments[o.instrument.0 as usize], o.side, limit, None) {
+            return Err(RejectCode::TooManyPriceLevels);
+        }
+
+        // Validated: from here on nothing fails.
+        let id = OrderId(self.next_order_id);
+        self.next_order_id += 1;
+        self.touch_account(o.account);
+        self.touch_instrument(o.instrument);
+        events.push(Event::OrderAccepted { order: id, account: o.account, instrument: o.instrument, client_order_id: o.client_order_id });
+        let taker = Taker { id, account: o.account, instrument: o.instrument, side: o.side };
+        self.execute_plan(&taker, events);
+        if rests {
+            let mut order = Order::new(
+                id,
+                o.account,
+                o.instrument,
+                o.side,
+                limit,
+                remaining,
+                o.client_order_id,
+                o.time_in_force,
+                (o.post_only, o.reduce_only, o.self_trade, false),
+            );
+            order.filled = filled;
+            self.rest_order(order, events);
+        } else {
+            let reason = if remaining.0 == 0 {
+                DoneReason::Filled
+            } else if end == PlanEnd::SelfTrade {
+                DoneReason::SelfTrade
+            } else {
+                DoneReason::UnfilledRemainder
+            };
+            events.push(Event::OrderDone { order: id, account: o.account, reason, unfilled: remaining });
+        }
+        self.refresh_requirement(o.account, o.instrument);
+        Ok(())
+    }
+
+    fn amend(&mut self, account: AccountId, order: OrderRef, price: Price, qty: Qty, events: &mut Vec<Event>) -> Result<(), RejectCode> {
+        self.account(account)?;
+        let slot = self.resolve(account, order)?;
+        let o = self.store.get(slot).clone();
+        let inst = &self.instruments[o.instrument.0 as usize];
+        Self::check_price(inst, price)?;
+        if !qty.is_positive() || qty.0 % inst.spec.amount_step.0 != 0 {
+            return Err(RejectCode::InvalidQty);
+        }
+        if qty > self.limits.max_order_qty {
+            return Err(RejectCode::QtyTooLarge);
+        }
+        if qty != o.remaining && qty < inst.spec.min_size {
+            return Err(RejectCode::BelowMinSize);
+        }
+        if price == o.price && qty == o.remaining {
+            return Err(RejectCode::InvalidAmend);
+        }
+        if o.reduce_only && qty > o.remaining {
+            self.check_reduce_only(account, o.instrument, o.side, qty)?;
+        }
+        if price == o.price && qty < o.remaining {
+            self.touch_account(account);
+            self.touch_instrument(o.instrument);
+            let cut = Qty(o.remaining.0 - qty.0);
+            let inst = &mut self.instruments[o.instrument.0 as usize];
+            inst.book.reduce(&mut self.store, slot, cut);
+            let pos = self.accounts[account.0 as usize].positions.get_mut(&o.instrument).expect("an open order has a position entry");
+            Self::exposure_order(&inst.spec, &mut pos.exposure, o.side, o.price, cut, -1).expect("removing what was added");
+            self.refresh_requirement(account, o.instrument);
+            events.push(Event::OrderAmended { order: o.id, price, remaining: qty, kept_priority: true });
+            return Ok(());
+        }
+        if o.post_only && inst.book.crosses(o.side, price) {
+            return Err(RejectCode::PostOnlyWouldCross);
+        }
+        let mut e = self.position(account, o.instrument).map(|p| p.exposure).unwrap_or_default();
+        Self::exposure_order(&inst.spec, &mut e, o.side, o.price, o.remaining, -1)?;
+        Self::exposure_order(&inst.spec, &mut e, o.side, price, qty, 1)?;
+        if i128::from(self.accounts[account.0 as usize].balance.0) < self.requirement_with(account, o.instrument, &e)? {
+            return Err(RejectCode::InsufficientMargin);
+        }
+        let owner = self.accounts[account.0 as usize].owner;
+        let (filled, end) = self.plan_match(o.instrument, o.side, price, qty, owner, o.self_trade);
+        let remaining = Qty(qty.0 - filled.0);
+        let rests = remaining.is_positive() && end != PlanEnd::SelfTrade;
+        if rests && self.level_limit_hit(&self.instruments[o.instrument.0 as usize], o.side, price, Some(slot)) {
+            return Err(RejectCode::TooManyPriceLevels);
+        }
+
+        // Validated: from here on nothing fails. The order leaves the book, trades as a taker,
+        // and rests again at the back of its new level.
+        self.touch_account(account);
+        self.touch_instrument(o.instrument);
+        let inst = &mut self.instruments[o.instrument.0 as usize];
+        inst.book.unlink(&mut self.store, slot);
+        let pos = self.accounts[account.0 as usize].positions.get_mut(&o.instrument).expect("an open order has a position entry");
+        Self::exposure_order(&inst.spec, &mut pos.exposure, o.side, o.price, o.remaining, -1).expect("removing what was added");
+        events.push(Event::OrderAmended { order: o.id, price, remaining: qty, kept_priority: false });
+        let taker = Taker { id: o.id, account, instrument: o.instrument, side: o.side };
+        self.execute_plan(&taker, events);
+        let stored = self.store.get_mut(slot);
+        stored.price = price;
+        stored.remaining = remaining;
+        stored.filled = Qty(stored.filled.0 + filled.0);
+        if rests {
+            let inst = &mut self.instruments[o.instrument.0 as usize];
+            inst.book.push_back(&mut self.store, slot);
+            let pos = self.accounts[account.0 as usize].positions.get_mut(&o.instrument).expect("an open order has a position entry");
+            Self::exposure_order(&inst.spec, &mut pos.exposure, o.side, price, remaining, 1).expect("margin-checked above");
+            if filled.is_positive() {
+                events.push(Event::OrderRested { order: o.id, price, remaining });
+            }
+        } else {
+            let reason = if remaining.0 == 0 { DoneReason::Filled } else { DoneReason::SelfTrade };
+            self.forget_order(slot, events, reason);
+        }
+        self.refresh_requirement(account, o.instrument);
+        Ok(())
+    }
+
+    fn cancel_all(&mut self, account: AccountId, instrument: Option<InstrumentId>, events: &mut Vec<Event>) -> Result<(), RejectCode> {
+        self.account(account)?;
+        if let Some(id) = instrument {
+            self.instrument(id)?;
+        }
+        let mut slots = std::mem::take(&mut self.scratch);
+        slots.clear();
+        for id in &self.accounts[account.0 as usize].open_orders {
+            let slot = self.store.slot_of(*id).expect("account index holds open orders only");
+            if instrument.is_none_or(|i| self.store.get(slot).instrument == i) {
+                slots.push(slot);
+            }
+        }
+        for &slot in &slots {
+            self.remove_order(slot, DoneReason::Cancelled, events);
+        }
+        self.scratch = slots;
+        Ok(())
+    }
+
+    fn mass_quote(&mut self, account: AccountId, quotes: &[Quote], events: &mut Vec<Event>) -> Result<(), RejectCode> {
+        let acct = self.account(account)?;
+        if quotes.is_empty() || quotes.len() > self.limits.max_mass_quote_entries as usize {
+            return Err(RejectCode::MassQuoteSize);
+        }
+        let mut ids: Vec<u32> = quotes.iter().map(|q| q.instrument.0).collect();
+        ids.sort_unstable();
+        if ids.windows(2).any(|w| w[0] == w[1]) {
+            return Err(RejectCode::MassQuoteDuplicateInstrument);
+        }
+        let mut open_after = acct.open_orders.len();
+        let mut requirement = i128::from(acct.requirement.0);
+        for q in quotes {
+            let inst = self.active_instrument(q.instrument)?;
+            for (price, qty) in q.bid.iter().chain(q.ask.iter()) {
+                Self::check_price(inst, *price)?;
+                self.check_qty(inst, *qty)?;
+            }
+            if let (Some((bid, _)), Some((ask, _))) = (q.bid, q.ask)
+                && bid >= ask
+            {
+                return Err(RejectCode::QuoteCrossed);
+            }
+            let pos = self.position(account, q.instrument);
+            let old = pos.map_or([None, None], |p| p.quotes);
+            let mut e = pos.map(|p| p.exposure).unwrap_or_default();
+            for (i, side) in [Side::Buy, Side::Sell].into_iter().enumerate() {
+                let old_slot = old[i].map(|id| self.store.slot_of(id).expect("quote refs point at open orders"));
+                if let Some(s) = old_slot {
+                    let old_order = self.store.get(s);
+                    Self::exposure_order(&inst.spec, &mut e, side, old_order.price, old_order.remaining, -1)?;
+                    open_after -= 1;
+                }
+                let new = if side == Side::Buy { q.bid } else { q.ask };
+                let Some((price, qty)) = new else { continue };
+                if self.crosses_excluding(inst, side, price, old[1 - i]) {
+                    return Err(RejectCode::PostOnlyWouldCross);
+                }
+                if self.level_limit_hit(inst, side, price, old_slot) {
+                    return Err(RejectCode::TooManyPriceLevels);
+                }
+                Self::exposure_order(&inst.spec, &mut e, side, price, qty, 1)?;
+                open_after += 1;
+            }
+            let old_req = pos.map_or(0, |p| p.requirement.0);
+            requirement += i128::from(self.margin.requirement(&inst.spec, &e)?.0) - i128::from(old_req);
+        }
+        if open_after > self.limits.max_open_orders_per_account as usize {
+            return Err(RejectCode::TooManyOpenOrders);
+        }
+        if i128::from(acct.balance.0) < requirement {
+            return Err(RejectCode::InsufficientMargin);
+        }
+
+        // Validated: replace.
+        self.touch_account(account);
+        for q in quotes {
+            self.touch_instrument(q.instrument);
+            let old = self.position(account, q.instrument).map_or([None, None], |p| p.quotes);
+            for id in old.into_iter().flatten() {
+                let slot = self.store.slot_of(id).expect("quote refs point at open orders");
+                self.remove_order(slot, DoneReason::Cancelled, events);
+            }
+            for (i, side, new) in [(0, Side::Buy, q.bid), (1, Side::Sell, q.ask)] {
+                let Some((price, qty)) = new else { continue };
+                let id = OrderId(self.next_order_id);
+                self.next_order_id += 1;
+                events.push(Event::OrderAccepted { order: id, account, instrument: q.instrument, client_order_id: 0 });
+                let order = Order::new(
+                    id,
+                    account,
+                    q.instrument,
+                    side,
+                    price,
+                    qty,
+                    0,
+                    TimeInForce::GoodTillCancelled,
+                    (true, false, SelfTradePrevention::CancelTaker, true),
+                );
+                self.rest_order(order, events);
+                self.accounts[account.0 as usize].positions.get_mut(&q.instrument).expect("just rested").quotes[i] = Some(id);
+            }
+            self.refresh_requirement(account, q.instrument);
+        }
+        Ok(())
+    }
+
+    /// Whether `price` on `side` crosses the best opposite order, ignoring the single order
+    /// `ignore` (the account's own quote that is being replaced).
+    fn crosses_excluding(&self, inst: &InstrumentState, side: Side, price: Price, ignore: Option<OrderId>) -> bool {
+        let opposite = side.opposite();
+        let ignore_slot = ignore.and_then(|id| self.store.slot_of(id));
+        let best = inst
+            .book
+            .levels(opposite)
+            .find(|(_, l)| !(l.count == 1 && ignore_slot == Some(l.head)))
+            .map(|(p, _)| *p);
+        match (side, best) {
+            (_, None) => false,
+            (Side::Buy, Some(ask)) => price >= ask,
+            (Side::Sell, Some(bid)) => price <= bid,
+        }
+    }
+
+    // ---- mutation helpers (cannot fail) ----
+
+    fn execute_plan(&mut self, taker: &Taker, events: &mut Vec<Event>) {
+        let plan = std::mem::take(&mut self.plan);
+        for step in &plan {
+            match *step {
+                Step::Fill { slot, qty } => self.fill(slot, taker, qty, events),
+                Step::Cancel { slot, reason } => self.remove_order(slot, reason, events),
+            }
+        }
+        self.plan = plan;
+    }
+
+    fn fill(&mut self, maker_slot: u32, taker: &Taker, qty: Qty, events: &mut Vec<Event>) {
+        let maker = self.store.get(maker_slot);
+        let (maker_id, maker_account, maker_side, price) = (maker.id, maker.account, maker.side, maker.price);
+        let spec = &self.instruments[taker.instrument.0 as usize].spec;
+        let notional = price.notional(qty).expect("prices and sizes are whole ticks and steps");
+        let maker_fee = spec.maker_fee.fee_on(notional).expect("bounded by the notional");
+        let taker_fee = spec.taker_fee.fee_on(notional).expect("bounded by the notional");
+        let (buyer, seller) = match taker.side {
+            Side::Buy => (taker.account, maker_account),
+            Side::Sell => (maker_account, taker.account),
+        };
+        self.credit(buyer, Amount(-notional.0));
+        self.credit(seller, notional);
+        self.credit(maker_account, Amount(-maker_fee.0));
+        self.credit(taker.account, Amount(-taker_fee.0));
+        self.totals.fee_pool = Amount(self.totals.fee_pool.0 + maker_fee.0 + taker_fee.0);
+        self.touch_account(maker_account);
+        self.position_fill(maker_account, taker.instrument, maker_side.sign() * qty.0, price, notional);
+        self.position_fill(taker.account, taker.instrument, taker.side.sign() * qty.0, price, notional);
+
+        let inst = &mut self.instruments[taker.instrument.0 as usize];
+        inst.book.reduce(&mut self.store, maker_slot, qty);
+        let maker = self.store.get_mut(maker_slot);
+        maker.filled = Qty(maker.filled.0 + qty.0);
+        let done = maker.remaining.0 == 0;
+        let pos = self.accounts[maker_account.0 as usize].positions.get_mut(&taker.instrument).expect("an open order has a position entry");
+        Self::exposure_order(&inst.spec, &mut pos.exposure, maker_side, price, qty, -1).expect("removing what was added");
+        events.push(Event::Fill {
+            instrument: taker.instrument,
+            maker_order: maker_id,
+            taker_order: taker.id,
+            maker_account,
+            taker_account: taker.account,
+            taker_side: taker.side,
+            price,
+            qty,
+            maker_fee,
+            taker_fee,
+        });
+        if done {
+            inst.book.unlink(&mut self.store, maker_slot);
+            self.forget_order(maker_slot, events, DoneReason::Filled);
+        }
+        self.refresh_requirement(maker_account, taker.instrument);
+    }
+
+    fn position_fill(&mut self, account: AccountId, instrument: InstrumentId, signed_qty: i64, price: Price, notional: Amount) {
+        let pos = self.accounts[account.0 as usize].positions.entry(instrument).or_default();
+        pos.apply_fill(signed_qty, price, notional);
+        let now_flat = pos.exposure.position.0 == 0;
+        let inst = &mut self.instruments[instrument.0 as usize];
+        inst.net_position += i128::from(signed_qty);
+        if now_flat {
+            inst.holders.remove(&account);
+        } else {
+            inst.holders.insert(account);
+        }
+    }
+
+    /// Puts a new order on the book and into the account's indexes and exposure.
+    pub(crate) fn rest_order(&mut self, order: Order, events: &mut Vec<Event>) {
+        let (id, account, instrument, side, price, remaining, cid, tif) =
+            (order.id, order.account, order.instrument, order.side, order.price, order.remaining, order.client_order_id, order.time_in_force);
+        let is_quote = order.is_quote;
+        let slot = self.store.insert(order);
+        let inst = &mut self.instruments[instrument.0 as usize];
+        inst.book.push_back(&mut self.store, slot);
+        let acct = &mut self.accounts[account.0 as usize];
+        acct.open_orders.insert(id);
+        if cid != 0 {
+            acct.client_ids.insert(cid, id);
+        }
+        if let TimeInForce::GoodTillTime(t) = tif {
+            self.good_till.insert((t, id));
+        }
+        let pos = acct.positions.entry(instrument).or_default();
+        pos.open_orders += 1;
+        if is_quote {
+            pos.quotes[usize::from(side == Side::Sell)] = Some(id);
+        }
+        Self::exposure_order(&inst.spec, &mut pos.exposure, side, price, remaining, 1).expect("margin-checked before resting");
+        events.push(Event::OrderRested { order: id, price, remaining });
+    }
+
+    /// Takes a booked order off the book and forgets it.
+    fn remove_order(&mut self, slot: u32, reason: DoneReason, events: &mut Vec<Event>) {
+        let o = self.store.get(slot);
+        let (account, instrument, side, price, remaining) = (o.account, o.instrument, o.side, o.price, o.remaining);
+        let inst = &mut self.instruments[instrument.0 as usize];
+        inst.book.unlink(&mut self.store, slot);
+        let pos = self.accounts[account.0 as usize].positions.get_mut(&instrument).expect("an open order has a position entry");
+        Self::exposure_order(&inst.spec, &mut pos.exposure, side, price, remaining, -1).expect("removing what was added");
+        self.touch_account(account);
+        self.touch_instrument(instrument);
+        self.forget_order(slot, events, reason);
+        self.refresh_requirement(account, instrument);
+    }
+
+    /// Drops an order that is already off the book (and out of the exposure) from the store
+    /// and the account's indexes.
+    fn forget_order(&mut self, slot: u32, events: &mut Vec<Event>, reason: DoneReason) {
+        let o = self.store.remove(slot);
+        let acct = &mut self.accounts[o.account.0 as usize];
+        acct.open_orders.remove(&o.id);
+        if o.client_order_id != 0 {
+            acct.client_ids.remove(&o.client_order_id);
+        }
+        if let TimeInForce::GoodTillTime(t) = o.time_in_force {
+            self.good_till.remove(&(t, o.id));
+        }
+        let pos = acct.positions.get_mut(&o.instrument).expect("an open order has a position entry");
+        pos.open_orders -= 1;
+        if o.is_quote {
+            pos.quotes[usize::from(o.side == Side::Sell)] = None;
+        }
+        events.push(Event::OrderDone { order: o.id, account: o.account, reason, unfilled: o.remaining });
+    }
+
+    fn refresh_requirement(&mut self, account: AccountId, instrument: InstrumentId) {
+        self.refresh_requirement_checked(account, instrument).expect("requirements of accepted exposures fit");
+    }
+
+    /// Recomputes one position's requirement and the account's total.
+    pub(crate) fn refresh_requirement_checked(&mut self, account: AccountId, instrument: InstrumentId) -> Result<(), RejectCode> {
+        let spec = &self.instruments[instrument.0 as usize].spec;
+        let acct = &mut self.accounts[account.0 as usize];
+        let Some(pos) = acct.positions.get_mut(&instrument) else { return Ok(()) };
+        let new = self.margin.requirement(spec, &pos.exposure)?;
+        acct.requirement = Amount(acct.requirement.0 - pos.requirement.0 + new.0);
+        pos.requirement = new;
+        if pos.is_empty() && pos.requirement.0 == 0 && pos.cost.0 == 0 {
+            acct.positions.remove(&instrument);
+        }
+        Ok(())
+    }
+
+    fn credit(&mut self, account: AccountId, delta: Amount) {
+        let acct = &mut self.accounts[account.0 as usize];
+        acct.balance = Amount(acct.balance.0 + delta.0);
+        self.total_balances += i128::from(delta.0);
+        self.touch_account(account);
+    }
+
+    fn push_balance_event(&self, account: AccountId, amount: Amount, events: &mut Vec<Event>) {
+        events.push(Event::BalanceChanged { account, amount, balance: self.accounts[account.0 as usize].balance });
+    }
+
+    fn touch_account(&mut self, account: AccountId) {
+        if self.touched_accounts.last() != Some(&account) {
+            self.touched_accounts.push(account);
+        }
+    }
+
+    fn touch_instrument(&mut self, instrument: InstrumentId) {
+        if self.touched_instruments.last() != Some(&instrument) {
+            self.touched_instruments.push(instrument);
+        }
+    }
+
+    /// The invariants checked after every input, in release builds, at a cost proportional to
+    /// what the input touched. [`Engine::check_invariants`] is the full audit.
+    fn check_touched(&self) {
+        let held = self.total_balances + i128::from(self.totals.fee_pool.0) + i128::from(self.totals.insurance.0);
+        assert_eq!(self.totals.deposits - self.totals.withdrawals, held, "collateral conservation violated");
+        assert!(self.totals.fee_pool.0 >= 0 && self.totals.insurance.0 >= 0, "fee pool or insurance fund negative");
+        for &a in &self.touched_accounts {
+            let acct = &self.accounts[a.0 as usize];
+            assert!(acct.balance >= acct.requirement && acct.requirement.0 >= 0, "account {a} under-collateralized");
+        }
+        for &i in &self.touched_instruments {
+            let inst = &self.instruments[i.0 as usize];
+            assert_eq!(inst.net_position, 0, "positions of instrument {i} do not net to zero");
+            if let (Some(bid), Some(ask)) = (inst.book.best(Side::Buy), inst.book.best(Side::Sell)) {
+                assert!(bid < ask, "book of instrument {i} is crossed");
+            }
+        }
+    }
+
+    /// The kind of an instrument (for callers that only know its id).
+    pub fn instrument_kind(&self, id: InstrumentId) -> Option<InstrumentKind> {
+        self.instruments.get(id.0 as usize).map(|i| i.spec.name.kind)
+    }
+
+    /// Id of the instrument with this name.
+    pub fn instrument_id(&self, name: &InstrumentName) -> Option<InstrumentId> {
+        self.names.get(name).copied()
+    }
+
+    /// Best bid and ask of an instrument.
+    pub fn best_bid_ask(&self, id: InstrumentId) -> (Option<Price>, Option<Price>) {
+        self.instruments.get(id.0 as usize).map_or((None, None), |i| (i.book.best(Side::Buy), i.book.best(Side::Sell)))
+    }
+
+    /// Balance, requirement and free collateral of an account.
+    pub fn collateral(&self, id: AccountId) -> Option<(Amount, Amount, Amount)> {
+        self.accounts.get(id.0 as usize).map(|a| (a.balance, a.requirement, a.free_collateral()))
+    }
+
+    /// Fee pool and insurance fund.
+    pub fn pools(&self) -> (Amount, Amount) {
+        (self.totals.fee_pool, self.totals.insurance)
+    }
+}

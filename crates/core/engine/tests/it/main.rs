@@ -1,0 +1,7 @@
+//! Integration tests of the engine: scenarios, the property test against the reference model,
+//! snapshots and replay.
+
+mod common;
+mod model;
+mod scenarios;
+mod snapshot;

@@ -1,0 +1,94 @@
+//! Snapshot → restore gives the same hash; replaying the same input log gives the same hash;
+//! a restored engine continues exactly like the original; damaged snapshots are refused.
+
+use optio_engine::{Engine, RestoreError};
+use optio_types::codec::DecodeError;
+use optio_types::{CanonicalState, WorstCaseMargin};
+use proptest::prelude::*;
+
+use crate::model::{check_against_reference, op, test_limits};
+
+fn replay(inputs: &[optio_types::Input]) -> Engine {
+    let mut engine = Engine::new(test_limits());
+    let mut events = Vec::new();
+    for input in inputs {
+        let _ = engine.apply(input, &mut events);
+    }
+    engine
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    #[test]
+    fn snapshot_restore_and_replay_agree(ops in prop::collection::vec(op(), 1..200), cut in any::<prop::sample::Index>()) {
+        let inputs = check_against_reference(&ops);
+        let full = replay(&inputs);
+        // Replaying the same log gives the same state.
+        prop_assert_eq!(replay(&inputs).state_hash(), full.state_hash());
+        // Snapshot and restore anywhere, continue, and end in the same state.
+        let at = cut.index(inputs.len() + 1);
+        let head = replay(&inputs[..at]);
+        let bytes = head.snapshot();
+        let mut restored = Engine::restore_bytes(&bytes, WorstCaseMargin).expect("own snapshot restores");
+        prop_assert_eq!(restored.state_hash(), head.state_hash());
+        prop_assert_eq!(restored.snapshot(), bytes);
+        let mut events = Vec::new();
+        for input in &inputs[at..] {
+            let _ = restored.apply(input, &mut events);
+        }
+        prop_assert_eq!(restored.state_hash(), full.state_hash());
+    }
+}
+
+fn busy_snapshot() -> Vec<u8> {
+    let ops: Vec<_> = (0..300u16).map(|i| ((i % 28) as u8, (i * 7) as u8, (i * 3) as u8, i.wrapping_mul(2_654), i.wrapping_mul(40_503), (i * 13) as u8)).collect();
+    let inputs = check_against_reference(&ops);
+    // Snapshot the busiest moment of the run.
+    let mut engine = Engine::new(test_limits());
+    let (mut best, mut events) = ((0, Vec::new()), Vec::new());
+    for input in &inputs {
+        let _ = engine.apply(input, &mut events);
+        if engine.open_orders() > best.0 {
+            best = (engine.open_orders(), engine.snapshot());
+        }
+    }
+    assert!(best.0 > 3, "the snapshot under test holds orders");
+    best.1
+}
+
+#[test]
+fn damaged_snapshots_are_refused_with_a_reason() {
+    let bytes = busy_snapshot();
+    assert!(matches!(Engine::restore_bytes(&bytes[..bytes.len() - 1], WorstCaseMargin), Err(RestoreError::Decode(DecodeError::Truncated))));
+    let mut longer = bytes.clone();
+    longer.push(0);
+    assert!(matches!(Engine::restore_bytes(&longer, WorstCaseMargin), Err(RestoreError::Decode(DecodeError::Trailing(1)))));
+    let mut wrong_magic = bytes.clone();
+    wrong_magic[0] ^= 1;
+    assert!(matches!(Engine::restore_bytes(&wrong_magic, WorstCaseMargin), Err(RestoreError::Decode(DecodeError::Version))));
+    // Every single-byte corruption either fails to decode or fails the audit, or (for bytes
+    // that only carry an order's filled size or a realized P&L) decodes to another valid state.
+    let mut refused = 0;
+    for i in (0..bytes.len()).step_by(7) {
+        let mut damaged = bytes.clone();
+        damaged[i] = damaged[i].wrapping_add(1);
+        if Engine::restore_bytes(&damaged, WorstCaseMargin).is_err() {
+            refused += 1;
+        }
+    }
+    assert!(refused * 2 > bytes.len() / 7, "most corruptions must be refused ({refused})");
+}
+
+#[test]
+fn a_state_that_creates_money_is_refused() {
+    let bytes = busy_snapshot();
+    let mut state = CanonicalState::decode(&bytes).expect("decodes");
+    state.accounts[0].balance.0 += 1;
+    assert!(matches!(Engine::restore(&state, WorstCaseMargin), Err(RestoreError::Invariant(_))));
+    let mut state = CanonicalState::decode(&bytes).expect("decodes");
+    if let Some(p) = state.accounts.iter_mut().flat_map(|a| a.positions.iter_mut()).find(|p| p.qty.0 != 0) {
+        p.qty.0 += 1_000_000;
+        assert!(matches!(Engine::restore(&state, WorstCaseMargin), Err(RestoreError::Invariant(_))));
+    }
+}

@@ -1,0 +1,152 @@
+//! Engine events: everything an input changed, in order. Downstream stages (API, batcher,
+//! market data) consume these and nothing else.
+
+use crate::fixed::{Amount, Price, Qty};
+use crate::ids::{AccountId, Address, InstrumentId, OrderId};
+use crate::input::Side;
+use crate::reject::RejectCode;
+
+/// Why an order left the book.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DoneReason {
+    /// Fully filled.
+    Filled,
+    /// Cancelled by its owner (cancel, cancel-all, or replaced by a mass quote).
+    Cancelled,
+    /// The unfilled rest of an IOC or market order.
+    UnfilledRemainder,
+    /// Self-trade prevention.
+    SelfTrade,
+    /// A good-till-time order reached its time.
+    Expired,
+    /// A reduce-only order whose position is gone.
+    ReduceOnly,
+    /// Its instrument expired.
+    InstrumentExpired,
+}
+
+/// Something that happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The input was refused; nothing else changed.
+    Rejected {
+        /// Why.
+        code: RejectCode,
+    },
+    /// A new instrument.
+    InstrumentListed {
+        /// Assigned id.
+        instrument: InstrumentId,
+    },
+    /// Now tradable.
+    InstrumentActivated {
+        /// Which.
+        instrument: InstrumentId,
+    },
+    /// Reached expiry: trading stopped.
+    InstrumentExpired {
+        /// Which.
+        instrument: InstrumentId,
+    },
+    /// Cash-settled.
+    InstrumentSettled {
+        /// Which.
+        instrument: InstrumentId,
+        /// Underlying settlement price used.
+        settlement_price: Price,
+        /// Rounding remainder moved to the insurance fund.
+        insurance_credit: Amount,
+    },
+    /// One account's position settled into its balance.
+    PositionSettled {
+        /// Whose.
+        account: AccountId,
+        /// Which.
+        instrument: InstrumentId,
+        /// Position closed.
+        qty: Qty,
+        /// Cash paid (+) or taken (-).
+        cash: Amount,
+    },
+    /// A new account.
+    AccountOpened {
+        /// Assigned id.
+        account: AccountId,
+        /// Owner.
+        owner: Address,
+    },
+    /// Collateral moved in, out, or between accounts (`amount` signed from `account`'s view).
+    BalanceChanged {
+        /// Whose.
+        account: AccountId,
+        /// Change.
+        amount: Amount,
+        /// Balance after.
+        balance: Amount,
+    },
+    /// An order was accepted (it may trade and/or rest next).
+    OrderAccepted {
+        /// Assigned id.
+        order: OrderId,
+        /// Owner.
+        account: AccountId,
+        /// Instrument.
+        instrument: InstrumentId,
+        /// Client's id.
+        client_order_id: u64,
+    },
+    /// An order (or its rest) is on the book.
+    OrderRested {
+        /// Which.
+        order: OrderId,
+        /// At this price.
+        price: Price,
+        /// With this size left.
+        remaining: Qty,
+    },
+    /// A resting order changed price and/or size.
+    OrderAmended {
+        /// Which.
+        order: OrderId,
+        /// New price.
+        price: Price,
+        /// New remaining size.
+        remaining: Qty,
+        /// Whether it kept its time priority.
+        kept_priority: bool,
+    },
+    /// A trade.
+    Fill {
+        /// Instrument.
+        instrument: InstrumentId,
+        /// Resting order.
+        maker_order: OrderId,
+        /// Incoming order.
+        taker_order: OrderId,
+        /// Resting order's account.
+        maker_account: AccountId,
+        /// Incoming order's account.
+        taker_account: AccountId,
+        /// Side of the incoming order.
+        taker_side: Side,
+        /// Trade price (the maker's).
+        price: Price,
+        /// Size.
+        qty: Qty,
+        /// Fee paid by the maker (negative: rebate).
+        maker_fee: Amount,
+        /// Fee paid by the taker.
+        taker_fee: Amount,
+    },
+    /// An order left the book (or never rested).
+    OrderDone {
+        /// Which.
+        order: OrderId,
+        /// Owner.
+        account: AccountId,
+        /// Why.
+        reason: DoneReason,
+        /// Size not filled.
+        unfilled: Qty,
+    },
+}

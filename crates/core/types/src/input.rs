@@ -1,0 +1,214 @@
+//! Engine inputs. The sequencer assigns each a sequence number and a time; the engine applies
+//! them in that order and nothing else.
+
+use crate::fixed::{Amount, Price, Qty};
+use crate::ids::{AccountId, Address, InstrumentId, OrderId};
+use crate::instrument::InstrumentSpec;
+
+/// One sequenced input: engine time (ms since the Unix epoch, non-decreasing) and a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Input {
+    /// Engine time of this input. GTT orders and option expiries before it take effect first.
+    pub time_ms: u64,
+    /// What to do.
+    pub command: Command,
+}
+
+/// Buy or sell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Side {
+    /// Bid.
+    Buy,
+    /// Ask.
+    Sell,
+}
+
+impl Side {
+    /// The other side.
+    pub const fn opposite(self) -> Side {
+        match self {
+            Side::Buy => Side::Sell,
+            Side::Sell => Side::Buy,
+        }
+    }
+    /// +1 for buy, -1 for sell: the sign of a fill's effect on position.
+    pub const fn sign(self) -> i64 {
+        match self {
+            Side::Buy => 1,
+            Side::Sell => -1,
+        }
+    }
+}
+
+/// How long an order lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TimeInForce {
+    /// Good till cancelled.
+    GoodTillCancelled,
+    /// Immediate or cancel: fill what crosses, cancel the rest.
+    ImmediateOrCancel,
+    /// Fill or kill: fill in full now, or reject.
+    FillOrKill,
+    /// Good till the given engine time (ms), then expired by the engine.
+    GoodTillTime(u64),
+}
+
+/// Self-trade prevention: what happens when an order would trade against an order of the same
+/// owner (any of the owner's subaccounts). The taker's mode decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SelfTradePrevention {
+    /// Cancel the rest of the incoming order.
+    CancelTaker,
+    /// Cancel the resting order and keep matching.
+    CancelMaker,
+    /// Cancel both.
+    CancelBoth,
+}
+
+/// Limit or market.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrderType {
+    /// Trade at `price` or better.
+    Limit {
+        /// Limit price.
+        price: Price,
+    },
+    /// Trade now at up to the protection price (a buy) or down to it (a sell); never rests.
+    /// Without one, the band is the instrument's `market_protection_bps` from the best opposite
+    /// price.
+    Market {
+        /// Worst acceptable price.
+        protection_price: Option<Price>,
+    },
+}
+
+/// A new order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewOrder {
+    /// Who trades.
+    pub account: AccountId,
+    /// What.
+    pub instrument: InstrumentId,
+    /// Buy or sell.
+    pub side: Side,
+    /// Size.
+    pub qty: Qty,
+    /// Limit or market.
+    pub order_type: OrderType,
+    /// Lifetime.
+    pub time_in_force: TimeInForce,
+    /// Refuse if it would trade on entry.
+    pub post_only: bool,
+    /// Refuse if it would open or increase a position; a resting one is cancelled once the
+    /// position is gone.
+    pub reduce_only: bool,
+    /// Self-trade prevention mode.
+    pub self_trade: SelfTradePrevention,
+    /// Client's id, unique among the account's open orders; 0 means none.
+    pub client_order_id: u64,
+}
+
+/// An order, by engine id or by the client's id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrderRef {
+    /// Engine-assigned id.
+    Id(OrderId),
+    /// The client order id the account gave it.
+    Client(u64),
+}
+
+/// One instrument's two-sided quote in a mass quote. A missing side pulls that side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quote {
+    /// Instrument quoted.
+    pub instrument: InstrumentId,
+    /// Bid (price, size), if any.
+    pub bid: Option<(Price, Qty)>,
+    /// Ask (price, size), if any.
+    pub ask: Option<(Price, Qty)>,
+}
+
+/// What an input asks the engine to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Operator: list an instrument (status Listed).
+    ListInstrument {
+        /// Terms.
+        spec: InstrumentSpec,
+    },
+    /// Operator: open a listed instrument for trading.
+    ActivateInstrument {
+        /// Which.
+        instrument: InstrumentId,
+    },
+    /// Operator/oracle: cash-settle an expired option at the settlement price of the underlying.
+    SettleInstrument {
+        /// Which.
+        instrument: InstrumentId,
+        /// Underlying settlement price (TWAP of the index).
+        settlement_price: Price,
+    },
+    /// Open a new (sub)account for an owner.
+    OpenAccount {
+        /// Owner wallet.
+        owner: Address,
+    },
+    /// Credit collateral (from an L1 deposit).
+    Deposit {
+        /// Credited account.
+        account: AccountId,
+        /// Amount.
+        amount: Amount,
+    },
+    /// Debit collateral for withdrawal, only from free collateral.
+    Withdraw {
+        /// Debited account.
+        account: AccountId,
+        /// Amount.
+        amount: Amount,
+    },
+    /// Move free collateral between two subaccounts of one owner.
+    Transfer {
+        /// Debited.
+        from: AccountId,
+        /// Credited.
+        to: AccountId,
+        /// Amount.
+        amount: Amount,
+    },
+    /// Place an order.
+    PlaceOrder(NewOrder),
+    /// Change a resting order's price and/or size. Keeps time priority only when the price is
+    /// unchanged and the size does not grow.
+    Amend {
+        /// Owner of the order.
+        account: AccountId,
+        /// Which order.
+        order: OrderRef,
+        /// New limit price.
+        price: Price,
+        /// New total remaining size.
+        qty: Qty,
+    },
+    /// Cancel one order.
+    Cancel {
+        /// Owner of the order.
+        account: AccountId,
+        /// Which order.
+        order: OrderRef,
+    },
+    /// Cancel all the account's orders, or all of them in one instrument.
+    CancelAll {
+        /// Whose.
+        account: AccountId,
+        /// Only this instrument, if given.
+        instrument: Option<InstrumentId>,
+    },
+    /// Atomically replace the account's quotes in the named instruments (post-only).
+    MassQuote {
+        /// Market maker.
+        account: AccountId,
+        /// New quotes; all are applied or none.
+        quotes: Vec<Quote>,
+    },
+}

@@ -1,0 +1,28 @@
+//! Optio's shared vocabulary, used by every stage of the pipeline.
+//!
+//! Owns: fixed-point money and sizes with named rounding ([`fixed`]), instruments and their
+//! names ([`instrument`]), identifiers, the engine's inputs and events, the stable rejection
+//! codes, the margin interface, and the canonical state encoding with its hash.
+//!
+//! Must not: hold state, do I/O, read clocks, or use floats. Everything here is plain data and
+//! pure functions, so that the engine, the reference model, and later the settlement circuit
+//! and the L1 contracts agree on one definition.
+
+pub mod codec;
+pub mod event;
+pub mod fixed;
+pub mod ids;
+pub mod input;
+pub mod instrument;
+pub mod margin;
+pub mod reject;
+pub mod state;
+
+pub use event::{DoneReason, Event};
+pub use fixed::{Amount, ArithError, FeeRate, Price, Qty, Rounding, MONEY_SCALE, QTY_SCALE};
+pub use ids::{AccountId, Address, InstrumentId, OrderId};
+pub use input::{Command, Input, NewOrder, OrderRef, OrderType, Quote, SelfTradePrevention, Side, TimeInForce};
+pub use instrument::{InstrumentKind, InstrumentName, InstrumentSpec, InstrumentStatus, OptionRight};
+pub use margin::{Exposure, MarginModel, WorstCaseMargin};
+pub use reject::RejectCode;
+pub use state::{CanonicalState, EngineLimits};

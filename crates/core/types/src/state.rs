@@ -1,0 +1,365 @@
+//! The canonical form of the engine's state: plain sorted lists, independent of how any
+//! implementation stores them. Its encoding is the snapshot format; blake3 of the encoding is
+//! the state hash. The engine and the reference model both produce it, so comparing hashes
+//! compares everything that matters, down to time priority within a price level.
+
+use crate::codec::{DecodeError, Reader, Writer};
+use crate::fixed::{Amount, FeeRate, Price, Qty};
+use crate::ids::{AccountId, Address, InstrumentId, OrderId};
+use crate::input::{SelfTradePrevention, Side, TimeInForce};
+use crate::instrument::{InstrumentName, InstrumentSpec, InstrumentStatus};
+
+const MAGIC: &[u8; 8] = b"OPTIOST\0";
+const VERSION: u32 = 1;
+
+/// Bounds the engine enforces, each with its own rejection code. Part of the state: replicas
+/// must agree on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineLimits {
+    /// Open orders per account.
+    pub max_open_orders_per_account: u32,
+    /// Price levels per side of one book.
+    pub max_price_levels_per_side: u32,
+    /// Entries in one mass quote.
+    pub max_mass_quote_entries: u32,
+    /// Listed instruments.
+    pub max_instruments: u32,
+    /// Accounts.
+    pub max_accounts: u32,
+    /// Size of one order, in `Qty` units.
+    pub max_order_qty: Qty,
+    /// One deposit, withdrawal or transfer.
+    pub max_amount: Amount,
+}
+
+impl Default for EngineLimits {
+    fn default() -> Self {
+        Self {
+            max_open_orders_per_account: 2_000,
+            max_price_levels_per_side: 10_000,
+            max_mass_quote_entries: 100,
+            max_instruments: 100_000,
+            max_accounts: 10_000_000,
+            max_order_qty: Qty(1_000_000 * crate::fixed::QTY_SCALE),
+            max_amount: Amount(1_000_000_000_000 * crate::fixed::MONEY_SCALE),
+        }
+    }
+}
+
+/// Money that is not in any account balance, and the flows that conservation is checked by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Totals {
+    /// All deposits ever credited.
+    pub deposits: i128,
+    /// All withdrawals ever debited.
+    pub withdrawals: i128,
+    /// Fees collected net of rebates.
+    pub fee_pool: Amount,
+    /// Insurance fund (settlement rounding remainders; later liquidation surplus).
+    pub insurance: Amount,
+}
+
+/// One instrument.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstrumentRecord {
+    /// Terms.
+    pub spec: InstrumentSpec,
+    /// Lifecycle.
+    pub status: InstrumentStatus,
+    /// Set when settled.
+    pub settlement_price: Option<Price>,
+}
+
+/// One position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PositionRecord {
+    /// Instrument.
+    pub instrument: InstrumentId,
+    /// Signed size.
+    pub qty: Qty,
+    /// Signed cost of the open position (sum of `price * qty` of the fills that opened it, net
+    /// of what was closed); the average entry is `cost / qty`.
+    pub cost: Amount,
+    /// P&L realized by closing (and by settlement).
+    pub realized_pnl: Amount,
+}
+
+/// One account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountRecord {
+    /// Owner wallet.
+    pub owner: Address,
+    /// Collateral in micro-USDC.
+    pub balance: Amount,
+    /// Positions with a non-zero size or realized P&L, by instrument id.
+    pub positions: Vec<PositionRecord>,
+}
+
+/// One open order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OrderRecord {
+    /// Id.
+    pub id: OrderId,
+    /// Owner.
+    pub account: AccountId,
+    /// Instrument.
+    pub instrument: InstrumentId,
+    /// Side.
+    pub side: Side,
+    /// Limit price.
+    pub price: Price,
+    /// Size left.
+    pub remaining: Qty,
+    /// Size filled so far.
+    pub filled: Qty,
+    /// Client's id (0: none).
+    pub client_order_id: u64,
+    /// GTC or GTT (resting orders are never IOC/FOK).
+    pub time_in_force: TimeInForce,
+    /// Post-only.
+    pub post_only: bool,
+    /// Reduce-only.
+    pub reduce_only: bool,
+    /// STP mode.
+    pub self_trade: SelfTradePrevention,
+    /// Placed by a mass quote (replaced by the next one).
+    pub is_quote: bool,
+}
+
+/// The whole engine state in canonical form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CanonicalState {
+    /// Engine time.
+    pub time_ms: u64,
+    /// Next order id to assign.
+    pub next_order_id: u64,
+    /// Limits.
+    pub limits: EngineLimits,
+    /// Fee pool, insurance, deposit and withdrawal totals.
+    pub totals: Totals,
+    /// By id.
+    pub instruments: Vec<InstrumentRecord>,
+    /// By id.
+    pub accounts: Vec<AccountRecord>,
+    /// Open orders in book priority: by instrument id; bids best price first, then asks best
+    /// price first; within a price level in time priority.
+    pub orders: Vec<OrderRecord>,
+}
+
+impl CanonicalState {
+    /// The snapshot bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.bytes.extend_from_slice(MAGIC);
+        w.u32(VERSION);
+        w.u64(self.time_ms);
+        w.u64(self.next_order_id);
+        encode_limits(&mut w, &self.limits);
+        w.i128(self.totals.deposits);
+        w.i128(self.totals.withdrawals);
+        w.amount(self.totals.fee_pool);
+        w.amount(self.totals.insurance);
+        w.len(self.instruments.len());
+        for i in &self.instruments {
+            encode_spec(&mut w, &i.spec);
+            w.u8(i.status as u8);
+            match i.settlement_price {
+                None => w.u8(0),
+                Some(p) => {
+                    w.u8(1);
+                    w.price(p);
+                }
+            }
+        }
+        w.len(self.accounts.len());
+        for a in &self.accounts {
+            w.address(a.owner);
+            w.amount(a.balance);
+            w.len(a.positions.len());
+            for p in &a.positions {
+                w.instrument(p.instrument);
+                w.qty(p.qty);
+                w.amount(p.cost);
+                w.amount(p.realized_pnl);
+            }
+        }
+        w.len(self.orders.len());
+        for o in &self.orders {
+            w.order(o.id);
+            w.account(o.account);
+            w.instrument(o.instrument);
+            w.u8(o.side as u8);
+            w.price(o.price);
+            w.qty(o.remaining);
+            w.qty(o.filled);
+            w.u64(o.client_order_id);
+            match o.time_in_force {
+                TimeInForce::GoodTillCancelled => w.u8(0),
+                TimeInForce::ImmediateOrCancel => w.u8(1),
+                TimeInForce::FillOrKill => w.u8(2),
+                TimeInForce::GoodTillTime(t) => {
+                    w.u8(3);
+                    w.u64(t);
+                }
+            }
+            w.bool(o.post_only);
+            w.bool(o.reduce_only);
+            w.u8(o.self_trade as u8);
+            w.bool(o.is_quote);
+        }
+        w.bytes
+    }
+
+    /// The state hash: blake3 of the canonical encoding.
+    pub fn hash(&self) -> [u8; 32] {
+        *blake3::hash(&self.encode()).as_bytes()
+    }
+
+    /// Decodes a snapshot. Structure only: the engine's restore checks the invariants.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(bytes);
+        let magic: [u8; 8] = std::array::from_fn(|_| r.u8().unwrap_or(0));
+        if &magic != MAGIC || r.u32()? != VERSION {
+            return Err(DecodeError::Version);
+        }
+        let time_ms = r.u64()?;
+        let next_order_id = r.u64()?;
+        let limits = decode_limits(&mut r)?;
+        let totals = Totals { deposits: r.i128()?, withdrawals: r.i128()?, fee_pool: r.amount()?, insurance: r.amount()? };
+        let n = r.len(limits.max_instruments as usize)?;
+        let mut instruments = Vec::with_capacity(n);
+        for _ in 0..n {
+            let spec = decode_spec(&mut r)?;
+            let status = match r.u8()? {
+                0 => InstrumentStatus::Listed,
+                1 => InstrumentStatus::Active,
+                2 => InstrumentStatus::Expired,
+                3 => InstrumentStatus::Settled,
+                tag => return Err(DecodeError::BadTag { what: "instrument status", tag }),
+            };
+            let settlement_price = match r.u8()? {
+                0 => None,
+                1 => Some(r.price()?),
+                tag => return Err(DecodeError::BadTag { what: "option", tag }),
+            };
+            instruments.push(InstrumentRecord { spec, status, settlement_price });
+        }
+        let n = r.len(limits.max_accounts as usize)?;
+        let mut accounts = Vec::with_capacity(n);
+        for _ in 0..n {
+            let owner = r.address()?;
+            let balance = r.amount()?;
+            let m = r.len(limits.max_instruments as usize)?;
+            let mut positions = Vec::with_capacity(m);
+            for _ in 0..m {
+                positions.push(PositionRecord { instrument: r.instrument()?, qty: r.qty()?, cost: r.amount()?, realized_pnl: r.amount()? });
+            }
+            accounts.push(AccountRecord { owner, balance, positions });
+        }
+        let n = r.len(usize::MAX)?;
+        let mut orders = Vec::with_capacity(n);
+        for _ in 0..n {
+            let id = r.order()?;
+            let account = r.account()?;
+            let instrument = r.instrument()?;
+            let side = decode_side(&mut r)?;
+            let price = r.price()?;
+            let remaining = r.qty()?;
+            let filled = r.qty()?;
+            let client_order_id = r.u64()?;
+            let time_in_force = match r.u8()? {
+                0 => TimeInForce::GoodTillCancelled,
+                1 => TimeInForce::ImmediateOrCancel,
+                2 => TimeInForce::FillOrKill,
+                3 => TimeInForce::GoodTillTime(r.u64()?),
+                tag => return Err(DecodeError::BadTag { what: "time in force", tag }),
+            };
+            let post_only = r.bool()?;
+            let reduce_only = r.bool()?;
+            let self_trade = match r.u8()? {
+                0 => SelfTradePrevention::CancelTaker,
+                1 => SelfTradePrevention::CancelMaker,
+                2 => SelfTradePrevention::CancelBoth,
+                tag => return Err(DecodeError::BadTag { what: "self-trade prevention", tag }),
+            };
+            let is_quote = r.bool()?;
+            orders.push(OrderRecord {
+                id,
+                account,
+                instrument,
+                side,
+                price,
+                remaining,
+                filled,
+                client_order_id,
+                time_in_force,
+                post_only,
+                reduce_only,
+                self_trade,
+                is_quote,
+            });
+        }
+        r.finish()?;
+        Ok(Self { time_ms, next_order_id, limits, totals, instruments, accounts, orders })
+    }
+}
+
+fn decode_side(r: &mut Reader<'_>) -> Result<Side, DecodeError> {
+    match r.u8()? {
+        0 => Ok(Side::Buy),
+        1 => Ok(Side::Sell),
+        tag => Err(DecodeError::BadTag { what: "side", tag }),
+    }
+}
+
+fn encode_limits(w: &mut Writer, l: &EngineLimits) {
+    w.u32(l.max_open_orders_per_account);
+    w.u32(l.max_price_levels_per_side);
+    w.u32(l.max_mass_quote_entries);
+    w.u32(l.max_instruments);
+    w.u32(l.max_accounts);
+    w.qty(l.max_order_qty);
+    w.amount(l.max_amount);
+}
+
+fn decode_limits(r: &mut Reader<'_>) -> Result<EngineLimits, DecodeError> {
+    Ok(EngineLimits {
+        max_open_orders_per_account: r.u32()?,
+        max_price_levels_per_side: r.u32()?,
+        max_mass_quote_entries: r.u32()?,
+        max_instruments: r.u32()?,
+        max_accounts: r.u32()?,
+        max_order_qty: r.qty()?,
+        max_amount: r.amount()?,
+    })
+}
+
+/// Encodes an instrument spec (the name as its canonical text).
+pub fn encode_spec(w: &mut Writer, s: &InstrumentSpec) {
+    w.bytes(s.name.to_string().as_bytes());
+    w.qty(s.contract_multiplier);
+    w.price(s.tick_size);
+    w.qty(s.min_size);
+    w.qty(s.amount_step);
+    w.price(s.underlying_cap);
+    w.u32(s.maker_fee.0 as u32);
+    w.u32(s.taker_fee.0 as u32);
+    w.u32(s.market_protection_bps);
+}
+
+/// Decodes an instrument spec; the name must parse.
+pub fn decode_spec(r: &mut Reader<'_>) -> Result<InstrumentSpec, DecodeError> {
+    let name = std::str::from_utf8(r.bytes(64)?).map_err(|_| DecodeError::Invalid("instrument name is not UTF-8"))?;
+    let name: InstrumentName = name.parse().map_err(|_| DecodeError::Invalid("instrument name"))?;
+    Ok(InstrumentSpec {
+        name,
+        contract_multiplier: r.qty()?,
+        tick_size: r.price()?,
+        min_size: r.qty()?,
+        amount_step: r.qty()?,
+        underlying_cap: r.price()?,
+        maker_fee: FeeRate(r.u32()? as i32),
+        taker_fee: FeeRate(r.u32()? as i32),
+        market_protection_bps: r.u32()?,
+    })
+}
