@@ -1,1 +1,29 @@
-fn main() {}
+//! Benchmarks that put Optio side by side with published peers on the same input, in the same
+//! run, and print the ratio.
+//!
+//! Owns: the generated input streams and the adapters that feed them to each peer.
+//! Must not: be linked into the node; peers are benchmark-only dependencies.
+
+mod engine_bench;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "optio-bench", about = "Optio benchmarks, side by side with peers")]
+struct Cli {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Replays a generated order stream through the engine (margin checks on) and through the
+    /// `matchcore` and `lobster` order-book crates.
+    Engine(engine_bench::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().bench {
+        Bench::Engine(args) => engine_bench::run(&args),
+    }
+}

@@ -28,8 +28,13 @@ pub(crate) struct Order {
     pub reduce_only: bool,
     pub self_trade: SelfTradePrevention,
     pub is_quote: bool,
+    /// Slot of the owner's position entry in this instrument (stable for the order's life).
+    pub position: u32,
     prev: u32,
     next: u32,
+    /// Links of the owner's list of open orders.
+    pub account_prev: u32,
+    pub account_next: u32,
 }
 
 impl Order {
@@ -60,8 +65,11 @@ impl Order {
             reduce_only,
             self_trade,
             is_quote,
+            position: NIL,
             prev: NIL,
             next: NIL,
+            account_prev: NIL,
+            account_next: NIL,
         }
     }
 
@@ -71,13 +79,14 @@ impl Order {
     }
 }
 
-/// Id → slot lookups. Never iterated, so its internal order cannot leak into state or output.
+/// Lookup-only hash maps (id → slot). Never iterated, so their internal order cannot leak into
+/// state or output; `clippy.toml` bans std's HashMap everywhere else in the core.
 #[allow(clippy::disallowed_types)]
-mod index {
+pub(crate) mod index {
     use std::collections::HashMap;
-    use std::hash::{BuildHasherDefault, Hasher};
+    use std::hash::{BuildHasherDefault, Hash, Hasher};
 
-    /// Order ids are sequential; one multiply spreads them over the table.
+    /// A multiplicative hash for small integer keys (ids are dense and sequential).
     #[derive(Default)]
     pub(crate) struct IdHasher(u64);
 
@@ -87,27 +96,35 @@ mod index {
         }
         fn write(&mut self, bytes: &[u8]) {
             for b in bytes {
-                self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+                self.write_u64(u64::from(*b));
             }
         }
+        fn write_u32(&mut self, v: u32) {
+            self.write_u64(u64::from(v));
+        }
         fn write_u64(&mut self, v: u64) {
-            self.0 = v.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            self.0 = (self.0.rotate_left(26) ^ v).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         }
     }
 
-    /// Lookup-only map from order id to slab slot.
-    #[derive(Default)]
-    pub(crate) struct OrderIndex(HashMap<u64, u32, BuildHasherDefault<IdHasher>>);
+    /// Lookup-only map to slab slots.
+    pub(crate) struct SlotIndex<K>(HashMap<K, u32, BuildHasherDefault<IdHasher>>);
 
-    impl OrderIndex {
-        pub(crate) fn get(&self, id: u64) -> Option<u32> {
-            self.0.get(&id).copied()
+    impl<K> Default for SlotIndex<K> {
+        fn default() -> Self {
+            Self(HashMap::default())
         }
-        pub(crate) fn insert(&mut self, id: u64, slot: u32) {
-            self.0.insert(id, slot);
+    }
+
+    impl<K: Hash + Eq> SlotIndex<K> {
+        pub(crate) fn get(&self, key: &K) -> Option<u32> {
+            self.0.get(key).copied()
         }
-        pub(crate) fn remove(&mut self, id: u64) {
-            self.0.remove(&id);
+        pub(crate) fn insert(&mut self, key: K, slot: u32) {
+            self.0.insert(key, slot);
+        }
+        pub(crate) fn remove(&mut self, key: &K) {
+            self.0.remove(key);
         }
         pub(crate) fn len(&self) -> usize {
             self.0.len()
@@ -120,7 +137,7 @@ mod index {
 pub(crate) struct OrderStore {
     slots: Vec<Option<Order>>,
     free: Vec<u32>,
-    index: index::OrderIndex,
+    index: index::SlotIndex<u64>,
 }
 
 impl OrderStore {
@@ -142,13 +159,13 @@ impl OrderStore {
 
     pub(crate) fn remove(&mut self, slot: u32) -> Order {
         let order = self.slots[slot as usize].take().expect("slot of a live order");
-        self.index.remove(order.id.0);
+        self.index.remove(&order.id.0);
         self.free.push(slot);
         order
     }
 
     pub(crate) fn slot_of(&self, id: OrderId) -> Option<u32> {
-        self.index.get(id.0)
+        self.index.get(&id.0)
     }
 
     pub(crate) fn get(&self, slot: u32) -> &Order {

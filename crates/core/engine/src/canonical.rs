@@ -36,6 +36,7 @@ impl<M: MarginModel> Engine<M> {
                 positions: a
                     .positions
                     .iter()
+                    .map(|(id, slot)| (id, &self.positions[*slot as usize]))
                     .filter(|(_, p)| p.exposure.position.0 != 0 || p.realized_pnl.0 != 0)
                     .map(|(id, p)| PositionRecord { instrument: *id, qty: p.exposure.position, cost: p.cost, realized_pnl: p.realized_pnl })
                     .collect(),
@@ -118,6 +119,8 @@ impl<M: MarginModel> Engine<M> {
             let mut acct = Account::new(rec.owner);
             acct.balance = rec.balance;
             engine.total_balances += i128::from(rec.balance.0);
+            let account = AccountId(engine.accounts.len() as u32);
+            engine.accounts.push(acct);
             let mut last = None;
             for p in &rec.positions {
                 let inst = engine.instruments.get_mut(p.instrument.0 as usize).ok_or_else(|| bad("position in unknown instrument"))?;
@@ -125,16 +128,16 @@ impl<M: MarginModel> Engine<M> {
                     return Err(bad("positions unsorted, empty, or with cost but no size"));
                 }
                 last = Some(p.instrument);
-                let pos = acct.positions.entry(p.instrument).or_default();
+                inst.net_position += i128::from(p.qty.0);
+                if p.qty.0 != 0 {
+                    inst.holders.insert(account);
+                }
+                let slot = engine.position_entry(account, p.instrument);
+                let pos = &mut engine.positions[slot as usize];
                 pos.exposure.position = p.qty;
                 pos.cost = p.cost;
                 pos.realized_pnl = p.realized_pnl;
-                inst.net_position += i128::from(p.qty.0);
-                if p.qty.0 != 0 {
-                    inst.holders.insert(AccountId(engine.accounts.len() as u32));
-                }
             }
-            engine.accounts.push(acct);
         }
         let mut sink = Vec::new();
         let mut last: Option<(u32, Side)> = None;
@@ -151,7 +154,8 @@ impl<M: MarginModel> Engine<M> {
             if inst.status != InstrumentStatus::Active || !valid_price || !valid_qty || !valid_tif || o.id.0 >= state.next_order_id {
                 return Err(bad("order invalid for its instrument or time"));
             }
-            if engine.store.slot_of(o.id).is_some() || (o.client_order_id != 0 && acct.client_ids.contains_key(&o.client_order_id)) {
+            let _ = acct;
+            if engine.store.slot_of(o.id).is_some() || (o.client_order_id != 0 && engine.client_index.get(&(o.account.0, o.client_order_id)).is_some()) {
                 return Err(bad("duplicate order id or client order id"));
             }
             // Orders must come grouped by instrument, bids before asks, in priority.
@@ -170,7 +174,7 @@ impl<M: MarginModel> Engine<M> {
             }
             last = Some(key);
             if o.is_quote {
-                let pos = engine.accounts[o.account.0 as usize].positions.get(&o.instrument);
+                let pos = engine.position_index.get(&(o.account.0, o.instrument.0)).map(|s| &engine.positions[s as usize]);
                 if pos.is_some_and(|p| p.quotes[usize::from(o.side == Side::Sell)].is_some()) {
                     return Err(bad("two quotes on one side"));
                 }
@@ -189,12 +193,10 @@ impl<M: MarginModel> Engine<M> {
             order.filled = o.filled;
             engine.rest_order(order, &mut sink);
         }
-        let ids: Vec<(AccountId, Vec<_>)> =
-            engine.accounts.iter().enumerate().map(|(i, a)| (AccountId(i as u32), a.positions.keys().copied().collect())).collect();
-        for (account, instruments) in ids {
-            for instrument in instruments {
-                engine.refresh_requirement_checked(account, instrument).map_err(|_| bad("requirement overflows"))?;
-            }
+        let slots: Vec<(AccountId, u32)> =
+            engine.accounts.iter().enumerate().flat_map(|(i, a)| a.positions.values().map(move |s| (AccountId(i as u32), *s))).collect();
+        for (account, slot) in slots {
+            engine.refresh_requirement_checked(account, slot).map_err(|_| bad("requirement overflows"))?;
         }
         engine.check_invariants()?;
         Ok(engine)

@@ -14,6 +14,7 @@ use optio_types::{
     Quote, RejectCode, SelfTradePrevention, Side, TimeInForce, WorstCaseMargin,
 };
 
+use crate::book::index::SlotIndex;
 use crate::book::{Book, NIL, Order, OrderStore};
 use crate::ledger::{Account, Position};
 
@@ -51,6 +52,8 @@ enum PlanEnd {
 struct Taker {
     id: OrderId,
     account: AccountId,
+    /// The taker's position entry.
+    position: u32,
     instrument: InstrumentId,
     side: Side,
 }
@@ -67,6 +70,11 @@ pub struct Engine<M: MarginModel = WorstCaseMargin> {
     pub(crate) instruments: Vec<InstrumentState>,
     pub(crate) names: BTreeMap<InstrumentName, InstrumentId>,
     pub(crate) accounts: Vec<Account>,
+    /// Position entries of all accounts (never freed), found by (account, instrument).
+    pub(crate) positions: Vec<Position>,
+    pub(crate) position_index: SlotIndex<(u32, u32)>,
+    /// (account, client order id) -> order slot.
+    pub(crate) client_index: SlotIndex<(u32, u64)>,
     pub(crate) store: OrderStore,
     pub(crate) good_till: BTreeSet<(u64, OrderId)>,
     pub(crate) expiries: BTreeSet<(u64, InstrumentId)>,
@@ -96,6 +104,9 @@ impl<M: MarginModel> Engine<M> {
             instruments: Vec::new(),
             names: BTreeMap::new(),
             accounts: Vec::new(),
+            positions: Vec::new(),
+            position_index: SlotIndex::default(),
+            client_index: SlotIndex::default(),
             store: OrderStore::default(),
             good_till: BTreeSet::new(),
             expiries: BTreeSet::new(),
@@ -237,7 +248,19 @@ impl<M: MarginModel> Engine<M> {
     }
 
     fn position(&self, account: AccountId, instrument: InstrumentId) -> Option<&Position> {
-        self.accounts[account.0 as usize].positions.get(&instrument)
+        self.position_index.get(&(account.0, instrument.0)).map(|slot| &self.positions[slot as usize])
+    }
+
+    /// The slot of the account's position entry in `instrument`, created if new.
+    pub(crate) fn position_entry(&mut self, account: AccountId, instrument: InstrumentId) -> u32 {
+        if let Some(slot) = self.position_index.get(&(account.0, instrument.0)) {
+            return slot;
+        }
+        let slot = u32::try_from(self.positions.len()).expect("position entries are bounded by accounts x instruments");
+        self.positions.push(Position::new(instrument));
+        self.position_index.insert((account.0, instrument.0), slot);
+        self.accounts[account.0 as usize].positions.insert(instrument, slot);
+        slot
     }
 
     fn position_qty(&self, account: AccountId, instrument: InstrumentId) -> i64 {
@@ -255,11 +278,11 @@ impl<M: MarginModel> Engine<M> {
 
     /// The order whose id (or client id) is given, if it is open and belongs to `account`.
     fn resolve(&self, account: AccountId, order: OrderRef) -> Result<u32, RejectCode> {
-        let id = match order {
-            OrderRef::Id(id) => id,
-            OrderRef::Client(cid) => *self.accounts[account.0 as usize].client_ids.get(&cid).ok_or(RejectCode::UnknownOrder)?,
-        };
-        let slot = self.store.slot_of(id).ok_or(RejectCode::UnknownOrder)?;
+        let slot = match order {
+            OrderRef::Id(id) => self.store.slot_of(id),
+            OrderRef::Client(cid) => self.client_index.get(&(account.0, cid)),
+        }
+        .ok_or(RejectCode::UnknownOrder)?;
         if self.store.get(slot).account == account { Ok(slot) } else { Err(RejectCode::UnknownOrder) }
     }
 
@@ -478,7 +501,8 @@ impl<M: MarginModel> Engine<M> {
         let denom = i128::from(optio_types::QTY_SCALE) * i128::from(optio_types::QTY_SCALE);
         let mut paid: i128 = 0;
         for account in holders {
-            let pos = self.accounts[account.0 as usize].positions.get_mut(&id).expect("holders have a position");
+            let slot = self.position_index.get(&(account.0, id.0)).expect("holders have a position");
+            let pos = &mut self.positions[slot as usize];
             let q = pos.exposure.position.0;
             let rounding = if q > 0 { optio_types::Rounding::TowardSystem } else { optio_types::Rounding::AgainstAccount };
             let cash = Amount::from_ratio(value * i128::from(q), denom, rounding).expect("a settlement value is bounded by the cap");
@@ -487,7 +511,7 @@ impl<M: MarginModel> Engine<M> {
             pos.exposure.position = Qty::ZERO;
             paid += i128::from(cash.0);
             self.credit(account, cash);
-            self.refresh_requirement(account, id);
+            self.refresh_requirement(account, slot);
             events.push(Event::PositionSettled { account, instrument: id, qty: Qty(q), cash });
         }
         let inst = &mut self.instruments[id.0 as usize];
@@ -576,10 +600,10 @@ impl<M: MarginModel> Engine<M> {
             }
             OrderType::Market { protection_price: None } => Self::default_protection(inst, o.side)?,
         };
-        if o.client_order_id != 0 && acct.client_ids.contains_key(&o.client_order_id) {
+        if o.client_order_id != 0 && self.client_index.get(&(o.account.0, o.client_order_id)).is_some() {
             return Err(RejectCode::DuplicateClientOrderId);
         }
-        if !immediate && acct.open_orders.len() >= self.limits.max_open_orders_per_account as usize {
+        if !immediate && acct.open_orders >= self.limits.max_open_orders_per_account {
             return Err(RejectCode::TooManyOpenOrders);
         }
         if o.reduce_only {
@@ -610,7 +634,8 @@ impl<M: MarginModel> Engine<M> {
         self.touch_account(o.account);
         self.touch_instrument(o.instrument);
         events.push(Event::OrderAccepted { order: id, account: o.account, instrument: o.instrument, client_order_id: o.client_order_id });
-        let taker = Taker { id, account: o.account, instrument: o.instrument, side: o.side };
+        let position = self.position_entry(o.account, o.instrument);
+        let taker = Taker { id, account: o.account, position, instrument: o.instrument, side: o.side };
         self.execute_plan(&taker, events);
         if rests {
             let mut order = Order::new(
@@ -636,7 +661,7 @@ impl<M: MarginModel> Engine<M> {
             };
             events.push(Event::OrderDone { order: id, account: o.account, reason, unfilled: remaining });
         }
-        self.refresh_requirement(o.account, o.instrument);
+        self.refresh_requirement(o.account, position);
         Ok(())
     }
 
@@ -667,9 +692,9 @@ impl<M: MarginModel> Engine<M> {
             let cut = Qty(o.remaining.0 - qty.0);
             let inst = &mut self.instruments[o.instrument.0 as usize];
             inst.book.reduce(&mut self.store, slot, cut);
-            let pos = self.accounts[account.0 as usize].positions.get_mut(&o.instrument).expect("an open order has a position entry");
+            let pos = &mut self.positions[o.position as usize];
             Self::exposure_order(&inst.spec, &mut pos.exposure, o.side, o.price, cut, -1).expect("removing what was added");
-            self.refresh_requirement(account, o.instrument);
+            self.refresh_requirement(account, o.position);
             events.push(Event::OrderAmended { order: o.id, price, remaining: qty, kept_priority: true });
             return Ok(());
         }
@@ -696,10 +721,10 @@ impl<M: MarginModel> Engine<M> {
         self.touch_instrument(o.instrument);
         let inst = &mut self.instruments[o.instrument.0 as usize];
         inst.book.unlink(&mut self.store, slot);
-        let pos = self.accounts[account.0 as usize].positions.get_mut(&o.instrument).expect("an open order has a position entry");
+        let pos = &mut self.positions[o.position as usize];
         Self::exposure_order(&inst.spec, &mut pos.exposure, o.side, o.price, o.remaining, -1).expect("removing what was added");
         events.push(Event::OrderAmended { order: o.id, price, remaining: qty, kept_priority: false });
-        let taker = Taker { id: o.id, account, instrument: o.instrument, side: o.side };
+        let taker = Taker { id: o.id, account, position: o.position, instrument: o.instrument, side: o.side };
         self.execute_plan(&taker, events);
         let stored = self.store.get_mut(slot);
         stored.price = price;
@@ -708,7 +733,7 @@ impl<M: MarginModel> Engine<M> {
         if rests {
             let inst = &mut self.instruments[o.instrument.0 as usize];
             inst.book.push_back(&mut self.store, slot);
-            let pos = self.accounts[account.0 as usize].positions.get_mut(&o.instrument).expect("an open order has a position entry");
+            let pos = &mut self.positions[o.position as usize];
             Self::exposure_order(&inst.spec, &mut pos.exposure, o.side, price, remaining, 1).expect("margin-checked above");
             if filled.is_positive() {
                 events.push(Event::OrderRested { order: o.id, price, remaining });
@@ -717,7 +742,7 @@ impl<M: MarginModel> Engine<M> {
             let reason = if remaining.0 == 0 { DoneReason::Filled } else { DoneReason::SelfTrade };
             self.forget_order(slot, events, reason);
         }
-        self.refresh_requirement(account, o.instrument);
+        self.refresh_requirement(account, o.position);
         Ok(())
     }
 
@@ -728,11 +753,13 @@ impl<M: MarginModel> Engine<M> {
         }
         let mut slots = std::mem::take(&mut self.scratch);
         slots.clear();
-        for id in &self.accounts[account.0 as usize].open_orders {
-            let slot = self.store.slot_of(*id).expect("account index holds open orders only");
-            if instrument.is_none_or(|i| self.store.get(slot).instrument == i) {
+        let mut slot = self.accounts[account.0 as usize].orders_head;
+        while slot != NIL {
+            let o = self.store.get(slot);
+            if instrument.is_none_or(|i| o.instrument == i) {
                 slots.push(slot);
             }
+            slot = o.account_next;
         }
         for &slot in &slots {
             self.remove_order(slot, DoneReason::Cancelled, events);
@@ -751,7 +778,7 @@ impl<M: MarginModel> Engine<M> {
         if ids.windows(2).any(|w| w[0] == w[1]) {
             return Err(RejectCode::MassQuoteDuplicateInstrument);
         }
-        let mut open_after = acct.open_orders.len();
+        let mut open_after = acct.open_orders as usize;
         let mut requirement = i128::from(acct.requirement.0);
         for q in quotes {
             let inst = self.active_instrument(q.instrument)?;
@@ -804,7 +831,7 @@ impl<M: MarginModel> Engine<M> {
                 let slot = self.store.slot_of(id).expect("quote refs point at open orders");
                 self.remove_order(slot, DoneReason::Cancelled, events);
             }
-            for (i, side, new) in [(0, Side::Buy, q.bid), (1, Side::Sell, q.ask)] {
+            for (side, new) in [(Side::Buy, q.bid), (Side::Sell, q.ask)] {
                 let Some((price, qty)) = new else { continue };
                 let id = OrderId(self.next_order_id);
                 self.next_order_id += 1;
@@ -821,9 +848,10 @@ impl<M: MarginModel> Engine<M> {
                     (true, false, SelfTradePrevention::CancelTaker, true),
                 );
                 self.rest_order(order, events);
-                self.accounts[account.0 as usize].positions.get_mut(&q.instrument).expect("just rested").quotes[i] = Some(id);
             }
-            self.refresh_requirement(account, q.instrument);
+            if let Some(slot) = self.position_index.get(&(account.0, q.instrument.0)) {
+                self.refresh_requirement(account, slot);
+            }
         }
         Ok(())
     }
@@ -860,7 +888,7 @@ impl<M: MarginModel> Engine<M> {
 
     fn fill(&mut self, maker_slot: u32, taker: &Taker, qty: Qty, events: &mut Vec<Event>) {
         let maker = self.store.get(maker_slot);
-        let (maker_id, maker_account, maker_side, price) = (maker.id, maker.account, maker.side, maker.price);
+        let (maker_id, maker_account, maker_side, price, maker_position) = (maker.id, maker.account, maker.side, maker.price, maker.position);
         let spec = &self.instruments[taker.instrument.0 as usize].spec;
         let notional = price.notional(qty).expect("prices and sizes are whole ticks and steps");
         let maker_fee = spec.maker_fee.fee_on(notional).expect("bounded by the notional");
@@ -875,15 +903,15 @@ impl<M: MarginModel> Engine<M> {
         self.credit(taker.account, Amount(-taker_fee.0));
         self.totals.fee_pool = Amount(self.totals.fee_pool.0 + maker_fee.0 + taker_fee.0);
         self.touch_account(maker_account);
-        self.position_fill(maker_account, taker.instrument, maker_side.sign() * qty.0, price, notional);
-        self.position_fill(taker.account, taker.instrument, taker.side.sign() * qty.0, price, notional);
+        self.position_fill(maker_account, maker_position, maker_side.sign() * qty.0, price, notional);
+        self.position_fill(taker.account, taker.position, taker.side.sign() * qty.0, price, notional);
 
         let inst = &mut self.instruments[taker.instrument.0 as usize];
         inst.book.reduce(&mut self.store, maker_slot, qty);
         let maker = self.store.get_mut(maker_slot);
         maker.filled = Qty(maker.filled.0 + qty.0);
         let done = maker.remaining.0 == 0;
-        let pos = self.accounts[maker_account.0 as usize].positions.get_mut(&taker.instrument).expect("an open order has a position entry");
+        let pos = &mut self.positions[maker_position as usize];
         Self::exposure_order(&inst.spec, &mut pos.exposure, maker_side, price, qty, -1).expect("removing what was added");
         events.push(Event::Fill {
             instrument: taker.instrument,
@@ -901,14 +929,14 @@ impl<M: MarginModel> Engine<M> {
             inst.book.unlink(&mut self.store, maker_slot);
             self.forget_order(maker_slot, events, DoneReason::Filled);
         }
-        self.refresh_requirement(maker_account, taker.instrument);
+        self.refresh_requirement(maker_account, maker_position);
     }
 
-    fn position_fill(&mut self, account: AccountId, instrument: InstrumentId, signed_qty: i64, price: Price, notional: Amount) {
-        let pos = self.accounts[account.0 as usize].positions.entry(instrument).or_default();
+    fn position_fill(&mut self, account: AccountId, position: u32, signed_qty: i64, price: Price, notional: Amount) {
+        let pos = &mut self.positions[position as usize];
         pos.apply_fill(signed_qty, price, notional);
         let now_flat = pos.exposure.position.0 == 0;
-        let inst = &mut self.instruments[instrument.0 as usize];
+        let inst = &mut self.instruments[pos.instrument.0 as usize];
         inst.net_position += i128::from(signed_qty);
         if now_flat {
             inst.holders.remove(&account);
@@ -918,22 +946,29 @@ impl<M: MarginModel> Engine<M> {
     }
 
     /// Puts a new order on the book and into the account's indexes and exposure.
-    pub(crate) fn rest_order(&mut self, order: Order, events: &mut Vec<Event>) {
+    pub(crate) fn rest_order(&mut self, mut order: Order, events: &mut Vec<Event>) {
         let (id, account, instrument, side, price, remaining, cid, tif) =
             (order.id, order.account, order.instrument, order.side, order.price, order.remaining, order.client_order_id, order.time_in_force);
         let is_quote = order.is_quote;
+        let position = self.position_entry(account, instrument);
+        order.position = position;
+        let acct = &mut self.accounts[account.0 as usize];
+        order.account_next = acct.orders_head;
         let slot = self.store.insert(order);
+        if acct.orders_head != NIL {
+            self.store.get_mut(acct.orders_head).account_prev = slot;
+        }
+        acct.orders_head = slot;
+        acct.open_orders += 1;
         let inst = &mut self.instruments[instrument.0 as usize];
         inst.book.push_back(&mut self.store, slot);
-        let acct = &mut self.accounts[account.0 as usize];
-        acct.open_orders.insert(id);
         if cid != 0 {
-            acct.client_ids.insert(cid, id);
+            self.client_index.insert((account.0, cid), slot);
         }
         if let TimeInForce::GoodTillTime(t) = tif {
             self.good_till.insert((t, id));
         }
-        let pos = acct.positions.entry(instrument).or_default();
+        let pos = &mut self.positions[position as usize];
         pos.open_orders += 1;
         if is_quote {
             pos.quotes[usize::from(side == Side::Sell)] = Some(id);
@@ -945,30 +980,39 @@ impl<M: MarginModel> Engine<M> {
     /// Takes a booked order off the book and forgets it.
     fn remove_order(&mut self, slot: u32, reason: DoneReason, events: &mut Vec<Event>) {
         let o = self.store.get(slot);
-        let (account, instrument, side, price, remaining) = (o.account, o.instrument, o.side, o.price, o.remaining);
+        let (account, instrument, side, price, remaining, position) = (o.account, o.instrument, o.side, o.price, o.remaining, o.position);
         let inst = &mut self.instruments[instrument.0 as usize];
         inst.book.unlink(&mut self.store, slot);
-        let pos = self.accounts[account.0 as usize].positions.get_mut(&instrument).expect("an open order has a position entry");
+        let pos = &mut self.positions[position as usize];
         Self::exposure_order(&inst.spec, &mut pos.exposure, side, price, remaining, -1).expect("removing what was added");
         self.touch_account(account);
         self.touch_instrument(instrument);
         self.forget_order(slot, events, reason);
-        self.refresh_requirement(account, instrument);
+        self.refresh_requirement(account, position);
     }
 
     /// Drops an order that is already off the book (and out of the exposure) from the store
     /// and the account's indexes.
     fn forget_order(&mut self, slot: u32, events: &mut Vec<Event>, reason: DoneReason) {
         let o = self.store.remove(slot);
+        if o.account_prev != NIL {
+            self.store.get_mut(o.account_prev).account_next = o.account_next;
+        }
+        if o.account_next != NIL {
+            self.store.get_mut(o.account_next).account_prev = o.account_prev;
+        }
         let acct = &mut self.accounts[o.account.0 as usize];
-        acct.open_orders.remove(&o.id);
+        if acct.orders_head == slot {
+            acct.orders_head = o.account_next;
+        }
+        acct.open_orders -= 1;
         if o.client_order_id != 0 {
-            acct.client_ids.remove(&o.client_order_id);
+            self.client_index.remove(&(o.account.0, o.client_order_id));
         }
         if let TimeInForce::GoodTillTime(t) = o.time_in_force {
             self.good_till.remove(&(t, o.id));
         }
-        let pos = acct.positions.get_mut(&o.instrument).expect("an open order has a position entry");
+        let pos = &mut self.positions[o.position as usize];
         pos.open_orders -= 1;
         if o.is_quote {
             pos.quotes[usize::from(o.side == Side::Sell)] = None;
@@ -976,21 +1020,18 @@ impl<M: MarginModel> Engine<M> {
         events.push(Event::OrderDone { order: o.id, account: o.account, reason, unfilled: o.remaining });
     }
 
-    fn refresh_requirement(&mut self, account: AccountId, instrument: InstrumentId) {
-        self.refresh_requirement_checked(account, instrument).expect("requirements of accepted exposures fit");
+    fn refresh_requirement(&mut self, account: AccountId, position: u32) {
+        self.refresh_requirement_checked(account, position).expect("requirements of accepted exposures fit");
     }
 
     /// Recomputes one position's requirement and the account's total.
-    pub(crate) fn refresh_requirement_checked(&mut self, account: AccountId, instrument: InstrumentId) -> Result<(), RejectCode> {
-        let spec = &self.instruments[instrument.0 as usize].spec;
+    pub(crate) fn refresh_requirement_checked(&mut self, account: AccountId, position: u32) -> Result<(), RejectCode> {
+        let pos = &mut self.positions[position as usize];
+        let spec = &self.instruments[pos.instrument.0 as usize].spec;
         let acct = &mut self.accounts[account.0 as usize];
-        let Some(pos) = acct.positions.get_mut(&instrument) else { return Ok(()) };
         let new = self.margin.requirement(spec, &pos.exposure)?;
         acct.requirement = Amount(acct.requirement.0 - pos.requirement.0 + new.0);
         pos.requirement = new;
-        if pos.is_empty() && pos.requirement.0 == 0 && pos.cost.0 == 0 {
-            acct.positions.remove(&instrument);
-        }
         Ok(())
     }
 

@@ -53,11 +53,13 @@ impl<M: MarginModel> Engine<M> {
                         if o.instrument != id || o.side != side || o.price != *price || !o.remaining.is_positive() {
                             return fail(format!("order {} misfiled in book {id}", o.id));
                         }
-                        let acct = self.accounts.get(o.account.0 as usize).map_or_else(|| fail(format!("order {} of unknown account", o.id)), Ok)?;
-                        if !acct.open_orders.contains(&o.id) {
-                            return fail(format!("order {} missing from its account's index", o.id));
+                        if self.accounts.get(o.account.0 as usize).is_none() {
+                            return fail(format!("order {} of unknown account", o.id));
                         }
-                        if o.client_order_id != 0 && acct.client_ids.get(&o.client_order_id) != Some(&o.id) {
+                        if self.position_index.get(&(o.account.0, id.0)) != Some(o.position) {
+                            return fail(format!("order {} points at the wrong position entry", o.id));
+                        }
+                        if o.client_order_id != 0 && self.client_index.get(&(o.account.0, o.client_order_id)) != Some(slot) {
                             return fail(format!("client id of order {} not indexed", o.id));
                         }
                         if let TimeInForce::GoodTillTime(t) = o.time_in_force
@@ -85,10 +87,24 @@ impl<M: MarginModel> Engine<M> {
         if seen != self.store.len() {
             return fail(format!("{} orders stored but {seen} on books", self.store.len()));
         }
-        let indexed: usize = self.accounts.iter().map(|a| a.open_orders.len()).sum();
-        let with_cid: usize = self.accounts.iter().map(|a| a.client_ids.len()).sum();
+        for (a, acct) in self.accounts.iter().enumerate() {
+            let (mut n, mut slot, mut prev) = (0u32, acct.orders_head, NIL);
+            while slot != NIL {
+                let o = self.store.get(slot);
+                if o.account.0 as usize != a || o.account_prev != prev || n > acct.open_orders {
+                    return fail(format!("order list of account {a} is broken"));
+                }
+                n += 1;
+                prev = slot;
+                slot = o.account_next;
+            }
+            if n != acct.open_orders {
+                return fail(format!("account {a} counts {} open orders but lists {n}", acct.open_orders));
+            }
+        }
+        let indexed: usize = self.accounts.iter().map(|a| a.open_orders as usize).sum();
         let booked_cids = self.store.live().filter(|(_, o)| o.client_order_id != 0).count();
-        if indexed != seen || with_cid != booked_cids {
+        if indexed != seen || self.client_index.len() != booked_cids {
             return fail("account order indexes hold orders that are not booked".into());
         }
         let good_till = self.store.live().filter(|(_, o)| matches!(o.time_in_force, TimeInForce::GoodTillTime(_))).count();
@@ -100,7 +116,11 @@ impl<M: MarginModel> Engine<M> {
         for (a, acct) in self.accounts.iter().enumerate() {
             let account = AccountId(a as u32);
             let mut requirement = 0i64;
-            for (&instrument, pos) in &acct.positions {
+            for (&instrument, &slot) in &acct.positions {
+                let pos = &self.positions[slot as usize];
+                if pos.instrument != instrument || self.position_index.get(&(account.0, instrument.0)) != Some(slot) {
+                    return fail(format!("position index of account {account} in {instrument} is broken"));
+                }
                 let spec = &self.instruments[instrument.0 as usize].spec;
                 let (mut want, count) = exposures.remove(&(account, instrument)).unwrap_or_default();
                 want.position = pos.exposure.position;
@@ -135,7 +155,7 @@ impl<M: MarginModel> Engine<M> {
                 return fail(format!("account {account} balance {} below requirement {}", acct.balance, acct.requirement));
             }
             let quotes = self.store.live().filter(|(_, o)| o.is_quote && o.account == account).count();
-            let refs: usize = acct.positions.values().map(|p| p.quotes.iter().flatten().count()).sum();
+            let refs: usize = acct.positions.values().map(|s| self.positions[*s as usize].quotes.iter().flatten().count()).sum();
             if quotes != refs {
                 return fail(format!("account {account} has unreferenced quotes"));
             }
@@ -147,7 +167,7 @@ impl<M: MarginModel> Engine<M> {
             return fail(format!("positions of {instrument} net to {n}"));
         }
         let holders: usize = self.instruments.iter().map(|i| i.holders.len()).sum();
-        let nonzero: usize = self.accounts.iter().map(|a| a.positions.values().filter(|p| p.exposure.position.0 != 0).count()).sum();
+        let nonzero: usize = self.positions.iter().filter(|p| p.exposure.position.0 != 0).count();
         if holders != nonzero {
             return fail("holder index lists flat accounts".into());
         }

@@ -5,15 +5,19 @@
 //! conservation holds without rounding. A position keeps its signed cost (for average entry)
 //! and the P&L realized by closing; those two are reporting, the money is in the balances.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use optio_types::fixed::{Rounding, mul_div};
 use optio_types::{Address, Amount, Exposure, InstrumentId, OrderId, Price, Qty};
 
+use crate::book::NIL;
+
 /// One account's stake in one instrument: its position and the aggregates of its open orders
 /// there, with the margin that requires.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct Position {
+    /// Instrument.
+    pub instrument: InstrumentId,
     /// Position (in `exposure.position`) and open-order aggregates.
     pub exposure: Exposure,
     /// Signed cost of the open position.
@@ -29,9 +33,16 @@ pub(crate) struct Position {
 }
 
 impl Position {
-    /// Whether nothing is left: no size, no orders, no P&L history to report.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.exposure.position.0 == 0 && self.open_orders == 0 && self.realized_pnl.0 == 0
+    pub(crate) fn new(instrument: InstrumentId) -> Self {
+        Self {
+            instrument,
+            exposure: Exposure::default(),
+            cost: Amount::ZERO,
+            realized_pnl: Amount::ZERO,
+            requirement: Amount::ZERO,
+            open_orders: 0,
+            quotes: [None, None],
+        }
     }
 
     /// Applies a fill of `qty` (signed: + bought, - sold) at `price` with exact `notional` to
@@ -68,9 +79,11 @@ pub(crate) struct Account {
     pub balance: Amount,
     /// Sum of the positions' requirements.
     pub requirement: Amount,
-    pub positions: BTreeMap<InstrumentId, Position>,
-    pub open_orders: BTreeSet<OrderId>,
-    pub client_ids: BTreeMap<u64, OrderId>,
+    /// Slots of the account's position entries, by instrument (entries are never removed).
+    pub positions: BTreeMap<InstrumentId, u32>,
+    /// Head of the intrusive list of open orders (through the order slab), and its length.
+    pub orders_head: u32,
+    pub open_orders: u32,
 }
 
 impl Account {
@@ -80,8 +93,8 @@ impl Account {
             balance: Amount::ZERO,
             requirement: Amount::ZERO,
             positions: BTreeMap::new(),
-            open_orders: BTreeSet::new(),
-            client_ids: BTreeMap::new(),
+            orders_head: NIL,
+            open_orders: 0,
         }
     }
 
@@ -103,7 +116,7 @@ mod tests {
 
     #[test]
     fn open_close_flip_realizes_against_average_entry() {
-        let mut p = Position::default();
+        let mut p = Position::new(InstrumentId(0));
         fill(&mut p, QTY_SCALE, 100_000_000); // buy 1 @ 100
         fill(&mut p, QTY_SCALE, 200_000_000); // buy 1 @ 200, avg 150
         assert_eq!(p.cost, Amount(300_000_000));

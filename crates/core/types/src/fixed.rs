@@ -47,8 +47,20 @@ pub enum Rounding {
 }
 
 /// `a * b / d` in i128 with the named rounding. `d` must be positive.
+#[inline]
 pub fn mul_div(a: i128, b: i128, d: i128, rounding: Rounding) -> Result<i128, ArithError> {
     debug_assert!(d > 0, "denominator must be positive");
+    // Fast path: 64-bit hardware division when everything fits (the common case on the hot
+    // path); 128-bit division is a slow library call.
+    if let (Ok(a), Ok(b), Ok(d)) = (i64::try_from(a), i64::try_from(b), i64::try_from(d))
+        && let Some(n) = a.checked_mul(b)
+    {
+        let (q, r) = (n.div_euclid(d), n.rem_euclid(d));
+        return Ok(i128::from(match rounding {
+            Rounding::AgainstAccount if r != 0 => q + 1,
+            _ => q,
+        }));
+    }
     let n = a.checked_mul(b).ok_or(ArithError::Overflow)?;
     let q = n.div_euclid(d);
     let r = n.rem_euclid(d);
@@ -129,7 +141,11 @@ fixed_type!(
 impl Price {
     /// The exact notional `price * qty` in money. Exact by the instrument spec invariant
     /// (tick * step is a multiple of `QTY_SCALE`); an inexact result is an error, not a rounding.
+    #[inline]
     pub fn notional(self, qty: Qty) -> Result<Amount, ArithError> {
+        if let Some(n) = self.0.checked_mul(qty.0) {
+            return if n % QTY_SCALE == 0 { Ok(Amount(n / QTY_SCALE)) } else { Err(ArithError::Inexact) };
+        }
         let n = i128::from(self.0) * i128::from(qty.0);
         if n % i128::from(QTY_SCALE) != 0 {
             return Err(ArithError::Inexact);
