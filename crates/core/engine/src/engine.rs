@@ -319,10 +319,11 @@ impl<M: MarginModel> Engine<M> {
         Ok(())
     }
 
-    /// The account's total requirement if its exposure in `instrument` became `e`.
-    fn requirement_with(&self, account: AccountId, instrument: InstrumentId, e: &Exposure) -> Result<i128, RejectCode> {
+    /// The account's total requirement if its exposure in `instrument` (whose entry is
+    /// `position`, if it has one) became `e`.
+    fn requirement_with(&self, account: AccountId, instrument: InstrumentId, position: Option<u32>, e: &Exposure) -> Result<i128, RejectCode> {
         let acct = &self.accounts[account.0 as usize];
-        let old = self.position(account, instrument).map_or(0, |p| p.requirement.0);
+        let old = position.map_or(0, |p| self.positions[p as usize].requirement.0);
         let new = self.margin.requirement(&self.instruments[instrument.0 as usize].spec, e)?;
         Ok(i128::from(acct.requirement.0) - i128::from(old) + i128::from(new.0))
     }
@@ -416,6 +417,9 @@ impl<M: MarginModel> Engine<M> {
     /// that the order in `leaving` (if any) leaves that side first.
     fn level_limit_hit(&self, inst: &InstrumentState, side: Side, price: Price, leaving: Option<u32>) -> bool {
         let levels = inst.book.side(side);
+        if levels.len() < self.limits.max_price_levels_per_side as usize {
+            return false;
+        }
         let sole = |slot: u32| {
             let o = self.store.get(slot);
             levels.get(&o.price).is_some_and(|l| l.count == 1)
@@ -612,9 +616,10 @@ impl<M: MarginModel> Engine<M> {
         if o.post_only && inst.book.crosses(o.side, limit) {
             return Err(RejectCode::PostOnlyWouldCross);
         }
-        let mut e = self.position(o.account, o.instrument).map(|p| p.exposure).unwrap_or_default();
+        let existing = self.position_index.get(&(o.account.0, o.instrument.0));
+        let mut e = existing.map(|p| self.positions[p as usize].exposure).unwrap_or_default();
         Self::exposure_order(&inst.spec, &mut e, o.side, limit, o.qty, 1)?;
-        if i128::from(acct.balance.0) < self.requirement_with(o.account, o.instrument, &e)? {
+        if i128::from(acct.balance.0) < self.requirement_with(o.account, o.instrument, existing, &e)? {
             return Err(RejectCode::InsufficientMargin);
         }
         let owner = acct.owner;
@@ -634,7 +639,10 @@ impl<M: MarginModel> Engine<M> {
         self.touch_account(o.account);
         self.touch_instrument(o.instrument);
         events.push(Event::OrderAccepted { order: id, account: o.account, instrument: o.instrument, client_order_id: o.client_order_id });
-        let position = self.position_entry(o.account, o.instrument);
+        let position = match existing {
+            Some(slot) => slot,
+            None => self.position_entry(o.account, o.instrument),
+        };
         let taker = Taker { id, account: o.account, position, instrument: o.instrument, side: o.side };
         self.execute_plan(&taker, events);
         if rests {
@@ -701,10 +709,10 @@ impl<M: MarginModel> Engine<M> {
         if o.post_only && inst.book.crosses(o.side, price) {
             return Err(RejectCode::PostOnlyWouldCross);
         }
-        let mut e = self.position(account, o.instrument).map(|p| p.exposure).unwrap_or_default();
+        let mut e = self.positions[o.position as usize].exposure;
         Self::exposure_order(&inst.spec, &mut e, o.side, o.price, o.remaining, -1)?;
         Self::exposure_order(&inst.spec, &mut e, o.side, price, qty, 1)?;
-        if i128::from(self.accounts[account.0 as usize].balance.0) < self.requirement_with(account, o.instrument, &e)? {
+        if i128::from(self.accounts[account.0 as usize].balance.0) < self.requirement_with(account, o.instrument, Some(o.position), &e)? {
             return Err(RejectCode::InsufficientMargin);
         }
         let owner = self.accounts[account.0 as usize].owner;
@@ -934,13 +942,14 @@ impl<M: MarginModel> Engine<M> {
 
     fn position_fill(&mut self, account: AccountId, position: u32, signed_qty: i64, price: Price, notional: Amount) {
         let pos = &mut self.positions[position as usize];
+        let was_flat = pos.exposure.position.0 == 0;
         pos.apply_fill(signed_qty, price, notional);
         let now_flat = pos.exposure.position.0 == 0;
         let inst = &mut self.instruments[pos.instrument.0 as usize];
         inst.net_position += i128::from(signed_qty);
-        if now_flat {
+        if now_flat && !was_flat {
             inst.holders.remove(&account);
-        } else {
+        } else if was_flat && !now_flat {
             inst.holders.insert(account);
         }
     }
