@@ -124,3 +124,21 @@ impl From<crate::fixed::ArithError> for RejectCode {
         RejectCode::Overflow
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::RejectCode;
+
+    #[test]
+    fn codes_are_unique_and_documented() {
+        let doc = include_str!("../../../../docs/rejections.md");
+        let mut seen = std::collections::BTreeSet::new();
+        for code in RejectCode::ALL {
+            assert!(seen.insert(code.code()), "duplicate code {}", code.code());
+            let row = format!("| {} | `{:?}` | {} |", code.code(), code, code.message());
+            assert!(doc.contains(&row), "docs/rejections.md lacks the row for {code:?}: {row}");
+            assert_eq!(RejectCode::from_code(code.code()), Some(*code));
+        }
+        assert_eq!(RejectCode::from_code(9999), None);
+    }
+}

@@ -227,10 +227,10 @@ pub fn check_against_reference(ops: &[Op]) -> Vec<Input> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
-    fn engine_matches_reference(ops in prop::collection::vec(op(), 1..250)) {
+    fn engine_matches_reference(ops in prop::collection::vec(op(), 1..400)) {
         check_against_reference(&ops);
     }
 }
