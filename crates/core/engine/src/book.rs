@@ -7,27 +7,17 @@
 
 use std::collections::BTreeMap;
 
-use optio_types::{AccountId, InstrumentId, OrderId, Price, Qty, SelfTradePrevention, Side, TimeInForce};
+use optio_types::state::OrderRecord;
+use optio_types::{OrderId, Price, Qty, Side};
 
 /// End of a level list.
 pub(crate) const NIL: u32 = u32::MAX;
 
-/// An open order, as stored.
+/// An open order, as stored: its canonical record plus the links that place it in its price
+/// level and in its owner's order list.
 #[derive(Debug, Clone)]
 pub(crate) struct Order {
-    pub id: OrderId,
-    pub account: AccountId,
-    pub instrument: InstrumentId,
-    pub side: Side,
-    pub price: Price,
-    pub remaining: Qty,
-    pub filled: Qty,
-    pub client_order_id: u64,
-    pub time_in_force: TimeInForce,
-    pub post_only: bool,
-    pub reduce_only: bool,
-    pub self_trade: SelfTradePrevention,
-    pub is_quote: bool,
+    pub rec: OrderRecord,
     /// Slot of the owner's position entry in this instrument (stable for the order's life).
     pub position: u32,
     prev: u32,
@@ -38,44 +28,26 @@ pub(crate) struct Order {
 }
 
 impl Order {
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new(
-        id: OrderId,
-        account: AccountId,
-        instrument: InstrumentId,
-        side: Side,
-        price: Price,
-        remaining: Qty,
-        client_order_id: u64,
-        time_in_force: TimeInForce,
-        flags: (bool, bool, SelfTradePrevention, bool),
-    ) -> Self {
-        let (post_only, reduce_only, self_trade, is_quote) = flags;
-        Self {
-            id,
-            account,
-            instrument,
-            side,
-            price,
-            remaining,
-            filled: Qty::ZERO,
-            client_order_id,
-            time_in_force,
-            post_only,
-            reduce_only,
-            self_trade,
-            is_quote,
-            position: NIL,
-            prev: NIL,
-            next: NIL,
-            account_prev: NIL,
-            account_next: NIL,
-        }
+    pub(crate) fn new(rec: OrderRecord) -> Self {
+        Self { rec, position: NIL, prev: NIL, next: NIL, account_prev: NIL, account_next: NIL }
     }
 
     /// Next order in the same level (time priority), or `NIL`.
     pub(crate) fn next(&self) -> u32 {
         self.next
+    }
+}
+
+impl std::ops::Deref for Order {
+    type Target = OrderRecord;
+    fn deref(&self) -> &OrderRecord {
+        &self.rec
+    }
+}
+
+impl std::ops::DerefMut for Order {
+    fn deref_mut(&mut self) -> &mut OrderRecord {
+        &mut self.rec
     }
 }
 

@@ -1,6 +1,6 @@
 //! Snapshot and restore through the canonical state, and the state hash.
 
-use optio_types::state::{AccountRecord, InstrumentRecord, OrderRecord, PositionRecord};
+use optio_types::state::{AccountRecord, InstrumentRecord, PositionRecord};
 use optio_types::{AccountId, CanonicalState, InstrumentStatus, MarginModel, Side, TimeInForce};
 
 use crate::book::Order;
@@ -47,24 +47,7 @@ impl<M: MarginModel> Engine<M> {
         for inst in &self.instruments {
             slots.clear();
             inst.book.slots_in_priority(&self.store, &mut slots);
-            orders.extend(slots.iter().map(|&s| {
-                let o = self.store.get(s);
-                OrderRecord {
-                    id: o.id,
-                    account: o.account,
-                    instrument: o.instrument,
-                    side: o.side,
-                    price: o.price,
-                    remaining: o.remaining,
-                    filled: o.filled,
-                    client_order_id: o.client_order_id,
-                    time_in_force: o.time_in_force,
-                    post_only: o.post_only,
-                    reduce_only: o.reduce_only,
-                    self_trade: o.self_trade,
-                    is_quote: o.is_quote,
-                }
-            }));
+            orders.extend(slots.iter().map(|&s| self.store.get(s).rec));
         }
         CanonicalState {
             time_ms: self.time_ms,
@@ -179,18 +162,7 @@ impl<M: MarginModel> Engine<M> {
                     return Err(bad("two quotes on one side"));
                 }
             }
-            let mut order = Order::new(
-                o.id,
-                o.account,
-                o.instrument,
-                o.side,
-                o.price,
-                o.remaining,
-                o.client_order_id,
-                o.time_in_force,
-                (o.post_only, o.reduce_only, o.self_trade, o.is_quote),
-            );
-            order.filled = o.filled;
+            let order = Order::new(*o);
             engine.rest_order(order, &mut sink);
         }
         let slots: Vec<(AccountId, u32)> =

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use optio_types::margin::fee_reserve;
-use optio_types::state::Totals;
+use optio_types::state::{OrderRecord, Totals};
 use optio_types::{
     AccountId, Address, Amount, Command, DoneReason, EngineLimits, Event, Exposure, Input, InstrumentId, InstrumentKind,
     InstrumentName, InstrumentSpec, InstrumentStatus, MarginModel, NewOrder, OrderId, OrderRef, OrderType, Price, Qty,
@@ -646,18 +646,21 @@ impl<M: MarginModel> Engine<M> {
         let taker = Taker { id, account: o.account, position, instrument: o.instrument, side: o.side };
         self.execute_plan(&taker, events);
         if rests {
-            let mut order = Order::new(
+            let order = Order::new(OrderRecord {
                 id,
-                o.account,
-                o.instrument,
-                o.side,
-                limit,
+                account: o.account,
+                instrument: o.instrument,
+                side: o.side,
+                price: limit,
                 remaining,
-                o.client_order_id,
-                o.time_in_force,
-                (o.post_only, o.reduce_only, o.self_trade, false),
-            );
-            order.filled = filled;
+                filled,
+                client_order_id: o.client_order_id,
+                time_in_force: o.time_in_force,
+                post_only: o.post_only,
+                reduce_only: o.reduce_only,
+                self_trade: o.self_trade,
+                is_quote: false,
+            });
             self.rest_order(order, events);
         } else {
             let reason = if remaining.0 == 0 {
@@ -844,17 +847,21 @@ impl<M: MarginModel> Engine<M> {
                 let id = OrderId(self.next_order_id);
                 self.next_order_id += 1;
                 events.push(Event::OrderAccepted { order: id, account, instrument: q.instrument, client_order_id: 0 });
-                let order = Order::new(
+                let order = Order::new(OrderRecord {
                     id,
                     account,
-                    q.instrument,
+                    instrument: q.instrument,
                     side,
                     price,
-                    qty,
-                    0,
-                    TimeInForce::GoodTillCancelled,
-                    (true, false, SelfTradePrevention::CancelTaker, true),
-                );
+                    remaining: qty,
+                    filled: Qty::ZERO,
+                    client_order_id: 0,
+                    time_in_force: TimeInForce::GoodTillCancelled,
+                    post_only: true,
+                    reduce_only: false,
+                    self_trade: SelfTradePrevention::CancelTaker,
+                    is_quote: true,
+                });
                 self.rest_order(order, events);
             }
             if let Some(slot) = self.position_index.get(&(account.0, q.instrument.0)) {

@@ -434,7 +434,8 @@ impl Reference {
         self.check_qty(&spec, o.qty)?;
         let market = matches!(o.order_type, OrderType::Market { .. });
         let immediate = matches!(o.time_in_force, TimeInForce::ImmediateOrCancel | TimeInForce::FillOrKill);
-        if (market && (o.post_only || !immediate)) || (!market && o.post_only && immediate) {
+        let invalid = if market { o.post_only || !immediate } else { o.post_only && immediate };
+        if invalid {
             return Err(RejectCode::InvalidOrderCombination);
         }
         if matches!(o.time_in_force, TimeInForce::GoodTillTime(t) if t <= self.time) {
