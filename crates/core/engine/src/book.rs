@@ -110,6 +110,8 @@ pub(crate) struct OrderStore {
     slots: Vec<Option<Order>>,
     free: Vec<u32>,
     index: index::SlotIndex<u64>,
+    /// Orders currently linked into a book level (every stored order, between inputs).
+    booked: usize,
 }
 
 impl OrderStore {
@@ -150,6 +152,10 @@ impl OrderStore {
 
     pub(crate) fn len(&self) -> usize {
         self.index.len()
+    }
+
+    pub(crate) fn booked(&self) -> usize {
+        self.booked
     }
 
     /// Live orders in slot order (for audits only; output order comes from the books).
@@ -228,6 +234,7 @@ impl Book {
         }
         level.total = Qty(level.total.0 + qty.0);
         level.count += 1;
+        store.booked += 1;
         let o = store.get_mut(slot);
         o.prev = old_tail;
         o.next = NIL;
@@ -258,6 +265,7 @@ impl Book {
         }
         level.total = Qty(level.total.0 - qty.0);
         level.count -= 1;
+        store.booked -= 1;
         if level.count == 0 {
             levels.remove(&price);
         }

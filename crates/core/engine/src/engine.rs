@@ -76,6 +76,8 @@ pub struct Engine<M: MarginModel = WorstCaseMargin> {
     /// (account, client order id) -> order slot.
     pub(crate) client_index: SlotIndex<(u32, u64)>,
     pub(crate) store: OrderStore,
+    /// Sum of the accounts' open-order counts.
+    pub(crate) account_orders: usize,
     pub(crate) good_till: BTreeSet<(u64, OrderId)>,
     pub(crate) expiries: BTreeSet<(u64, InstrumentId)>,
     plan: Vec<Step>,
@@ -108,6 +110,7 @@ impl<M: MarginModel> Engine<M> {
             position_index: SlotIndex::default(),
             client_index: SlotIndex::default(),
             store: OrderStore::default(),
+            account_orders: 0,
             good_till: BTreeSet::new(),
             expiries: BTreeSet::new(),
             plan: Vec::new(),
@@ -976,6 +979,7 @@ impl<M: MarginModel> Engine<M> {
         }
         acct.orders_head = slot;
         acct.open_orders += 1;
+        self.account_orders += 1;
         let inst = &mut self.instruments[instrument.0 as usize];
         inst.book.push_back(&mut self.store, slot);
         if cid != 0 {
@@ -1022,6 +1026,7 @@ impl<M: MarginModel> Engine<M> {
             acct.orders_head = o.account_next;
         }
         acct.open_orders -= 1;
+        self.account_orders -= 1;
         if o.client_order_id != 0 {
             self.client_index.remove(&(o.account.0, o.client_order_id));
         }
@@ -1080,6 +1085,8 @@ impl<M: MarginModel> Engine<M> {
         let held = self.total_balances + i128::from(self.totals.fee_pool.0) + i128::from(self.totals.insurance.0);
         assert_eq!(self.totals.deposits - self.totals.withdrawals, held, "collateral conservation violated");
         assert!(self.totals.fee_pool.0 >= 0 && self.totals.insurance.0 >= 0, "fee pool or insurance fund negative");
+        let stored = self.store.len();
+        assert!(self.store.booked() == stored && self.account_orders == stored, "books, order store and account order lists disagree");
         for &a in &self.touched_accounts {
             let acct = &self.accounts[a.0 as usize];
             assert!(acct.balance >= acct.requirement && acct.requirement.0 >= 0, "account {a} under-collateralized");
@@ -1111,6 +1118,15 @@ impl<M: MarginModel> Engine<M> {
     /// Balance, requirement and free collateral of an account.
     pub fn collateral(&self, id: AccountId) -> Option<(Amount, Amount, Amount)> {
         self.accounts.get(id.0 as usize).map(|a| (a.balance, a.requirement, a.free_collateral()))
+    }
+
+    /// An account's position in an instrument: size, average entry price (cost / size, rounded
+    /// toward zero; `None` when flat) and realized P&L.
+    pub fn position_view(&self, account: AccountId, instrument: InstrumentId) -> Option<(Qty, Option<Price>, Amount)> {
+        let p = self.position(account, instrument)?;
+        let q = p.exposure.position.0;
+        let entry = (q != 0).then(|| Price((i128::from(p.cost.0) * i128::from(optio_types::QTY_SCALE) / i128::from(q)) as i64));
+        Some((p.exposure.position, entry, p.realized_pnl))
     }
 
     /// Fee pool and insurance fund.

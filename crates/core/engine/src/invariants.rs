@@ -103,6 +103,9 @@ impl<M: MarginModel> Engine<M> {
             }
         }
         let indexed: usize = self.accounts.iter().map(|a| a.open_orders as usize).sum();
+        if indexed != self.account_orders || self.store.booked() != self.store.len() {
+            return fail("running order counters out of step".into());
+        }
         let booked_cids = self.store.live().filter(|(_, o)| o.client_order_id != 0).count();
         if indexed != seen || self.client_index.len() != booked_cids {
             return fail("account order indexes hold orders that are not booked".into());

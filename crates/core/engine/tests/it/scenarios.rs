@@ -215,6 +215,11 @@ fn fees_go_to_the_pool_and_maker_rebates_come_out_of_it() {
     assert_eq!((maker_fee.0, taker_fee.0), (200_000, 600_000));
     assert_eq!(e.pools().0.0, 800_000);
     assert_eq!(e.collateral(AccountId(0)).expect("exists").0.0, usd(100_000).0 - usd(2_000).0 - 600_000);
+    assert_eq!(e.position_view(AccountId(0), InstrumentId(0)), Some((Qty(100 * STEP), Some(px(2_000)), optio_types::Amount(0))));
+    // Sell half at 2,100: realized +50 against the 2,000 average entry.
+    run(&mut e, T0, Command::PlaceOrder(limit(2, 0, Side::Buy, px(2_100), 50))).expect("bid");
+    run(&mut e, T0, Command::PlaceOrder(limit(0, 0, Side::Sell, px(2_100), 50))).expect("sell half");
+    assert_eq!(e.position_view(AccountId(0), InstrumentId(0)), Some((Qty(50 * STEP), Some(px(2_000)), usd(50))));
 }
 
 #[test]
