@@ -1,0 +1,3 @@
+//! Pricing checked against QuantLib's vectors, and implied-volatility round trips.
+
+mod vectors;
