@@ -56,7 +56,7 @@ struct Core {
 fn core(f: f64, k: f64, t: f64, vol: f64) -> Core {
     let sqrt_t = t.sqrt();
     let s = vol * sqrt_t;
-    if !(s > 0.0) {
+    if s.is_nan() || s <= 0.0 {
         let (call, put) = ((f - k).max(0.0), (k - f).max(0.0));
         let itm = if f > k { 1.0 } else if f < k { 0.0 } else { 0.5 };
         return Core { call, put, n_d1: itm, n_d2: itm, n_md1: 1.0 - itm, n_md2: 1.0 - itm, pdf_d1: 0.0, sqrt_t };
