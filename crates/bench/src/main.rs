@@ -5,6 +5,7 @@
 //! Must not: be linked into the node; peers are benchmark-only dependencies.
 
 mod engine_bench;
+mod pricing_bench;
 
 use clap::{Parser, Subcommand};
 
@@ -20,10 +21,15 @@ enum Bench {
     /// Replays a generated order stream through the engine (margin checks on) and through the
     /// `matchcore` and `lobster` order-book crates.
     Engine(engine_bench::Args),
+    /// Black-76 price + Greeks throughput against the `blackscholes` and `black_scholes` crates
+    /// and a textbook scalar baseline; implied-volatility solve time; a risk-array refresh; a
+    /// portfolio-margin check.
+    Pricing(pricing_bench::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().bench {
         Bench::Engine(args) => engine_bench::run(&args),
+        Bench::Pricing(args) => pricing_bench::run(&args),
     }
 }

@@ -63,7 +63,10 @@ fn core(f: f64, k: f64, t: f64, vol: f64) -> Core {
     }
     let d1 = (f / k).ln() / s + 0.5 * s;
     let d2 = d1 - s;
-    let (n_d1, n_d2, n_md1, n_md2) = (cdf(d1), cdf(d2), cdf(-d1), cdf(-d2));
+    // One erfc per d: the tail side directly, the other as its complement (which is >= 0.5 and
+    // so keeps its digits).
+    let split = |d: f64| if d < 0.0 { let lo = cdf(d); (lo, 1.0 - lo) } else { let hi = cdf(-d); (1.0 - hi, hi) };
+    let ((n_d1, n_md1), (n_d2, n_md2)) = (split(d1), split(d2));
     let (call, put) = if f <= k {
         // Call out of the money: direct; put by parity.
         let call = (f * n_d1 - k * n_d2).max(0.0);

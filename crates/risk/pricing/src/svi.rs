@@ -135,7 +135,7 @@ fn inner_fit(points: &[SmilePoint], m: f64, sigma: f64, w_max: f64) -> Svi {
         }
     }
     let solved = solve3(ata, atb).unwrap_or([w_max * 0.5, 0.0, 0.0]);
-    let (mut a, mut d, mut c) = (solved[0], solved[1], solved[2]);
+    let (mut d, mut c) = (solved[1], solved[2]);
     // Project onto the domain: c >= 0, |d| <= c, a + sqrt(c^2 - d^2) >= 0 (non-negative variance),
     // then refit the level a with (c, d) fixed.
     c = c.clamp(0.0, 4.0 * sigma.max(1.0) * 10.0);
@@ -146,7 +146,7 @@ fn inner_fit(points: &[SmilePoint], m: f64, sigma: f64, w_max: f64) -> Svi {
         num += p.weight * (p.w - d * y - c * (y * y + 1.0).sqrt());
         den += p.weight;
     }
-    a = (num / den).max(-(c * c - d * d).max(0.0).sqrt());
+    let a = (num / den).max(-(c * c - d * d).max(0.0).sqrt());
     let b = c / sigma;
     let rho = if c > 0.0 { d / c } else { 0.0 };
     Svi { a, b, rho, m, sigma }
