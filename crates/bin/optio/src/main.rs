@@ -93,6 +93,9 @@ impl Demo {
                 if *taker_side == Side::Buy { "buys" } else { "sells" },
             ),
             Event::OrderDone { order, reason, unfilled, .. } => format!("order {order} done: {reason:?}, unfilled {unfilled}"),
+            Event::OracleAccepted { underlying, index_price } => format!("oracle: {underlying} index {index_price}"),
+            Event::OracleHeld { underlying, index_price } => format!("oracle: {underlying} jump to {index_price} HELD until confirmed"),
+            Event::MarginModeChanged { account, mode } => format!("account {account} now margined {mode:?}"),
         })
     }
 

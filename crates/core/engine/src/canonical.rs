@@ -1,6 +1,6 @@
 //! Snapshot and restore through the canonical state, and the state hash.
 
-use optio_types::state::{AccountRecord, InstrumentRecord, PositionRecord};
+use optio_types::state::{AccountRecord, InstrumentRecord, OracleRecord, PositionRecord};
 use optio_types::{AccountId, CanonicalState, InstrumentStatus, MarginModel, Side, TimeInForce};
 
 use crate::book::Order;
@@ -25,7 +25,12 @@ impl<M: MarginModel> Engine<M> {
         let instruments = self
             .instruments
             .iter()
-            .map(|i| InstrumentRecord { spec: i.spec.clone(), status: i.status, settlement_price: i.settlement_price })
+            .map(|i| InstrumentRecord {
+                spec: i.spec.clone(),
+                status: i.status,
+                settlement_price: i.settlement_price,
+                mark: i.mark.as_ref().map(|(m, ra)| (*m, ra.iter().map(|a| optio_types::Amount(*a)).collect())),
+            })
             .collect();
         let accounts = self
             .accounts
@@ -40,6 +45,7 @@ impl<M: MarginModel> Engine<M> {
                     .filter(|(_, p)| p.exposure.position.0 != 0 || p.realized_pnl.0 != 0)
                     .map(|(id, p)| PositionRecord { instrument: *id, qty: p.exposure.position, cost: p.cost, realized_pnl: p.realized_pnl })
                     .collect(),
+                margin_mode: a.mode,
             })
             .collect();
         let mut orders = Vec::with_capacity(self.store.len());
@@ -49,10 +55,23 @@ impl<M: MarginModel> Engine<M> {
             inst.book.slots_in_priority(&self.store, &mut slots);
             orders.extend(slots.iter().map(|&s| self.store.get(s).rec));
         }
+        let oracles = self
+            .oracles
+            .iter()
+            .map(|(u, o)| OracleRecord {
+                underlying: u.clone(),
+                index_price: o.index_price,
+                published_ms: o.published_ms,
+                held: o.held,
+                samples: o.samples.iter().copied().collect(),
+            })
+            .collect();
         CanonicalState {
             time_ms: self.time_ms,
             next_order_id: self.next_order_id,
             limits: self.limits,
+            risk: self.risk,
+            oracles,
             totals: self.totals,
             instruments,
             accounts,
@@ -80,7 +99,17 @@ impl<M: MarginModel> Engine<M> {
     /// invariant is refused.
     pub fn restore(state: &CanonicalState, margin: M) -> Result<Self, RestoreError> {
         let bad = |what: &str| RestoreError::Invariant(InvariantViolation(what.to_owned()));
-        let mut engine = Engine::with_margin(state.limits, margin);
+        let mut engine = Engine::with_config(state.limits, state.risk, margin);
+        for o in &state.oracles {
+            let sorted = o.samples.windows(2).all(|w| w[0].0 < w[1].0) && o.samples.iter().all(|(t, p)| *t <= o.published_ms && p.is_positive());
+            if !o.index_price.is_positive() || !sorted || engine.oracles.contains_key(&o.underlying) {
+                return Err(bad("invalid oracle record"));
+            }
+            engine.oracles.insert(
+                o.underlying.clone(),
+                crate::risk::OracleState { index_price: o.index_price, published_ms: o.published_ms, held: o.held, samples: o.samples.iter().copied().collect() },
+            );
+        }
         engine.time_ms = state.time_ms;
         engine.next_order_id = state.next_order_id;
         engine.totals = state.totals;
@@ -97,10 +126,18 @@ impl<M: MarginModel> Engine<M> {
                 return Err(bad("unexpired instrument past its expiry"));
             }
             engine.insert_instrument(rec.spec.clone(), rec.status, rec.settlement_price);
+            if let Some((mark, risk_array)) = &rec.mark {
+                if risk_array.len() != state.risk.scenarios as usize || !mark.is_positive() {
+                    return Err(bad("mark or risk array malformed"));
+                }
+                let inst = engine.instruments.last_mut().expect("just inserted");
+                inst.mark = Some((*mark, risk_array.iter().map(|a| a.0).collect()));
+            }
         }
         for rec in &state.accounts {
             let mut acct = Account::new(rec.owner);
             acct.balance = rec.balance;
+            acct.mode = rec.margin_mode;
             engine.total_balances += i128::from(rec.balance.0);
             let account = AccountId(engine.accounts.len() as u32);
             engine.accounts.push(acct);
@@ -165,10 +202,8 @@ impl<M: MarginModel> Engine<M> {
             let order = Order::new(*o);
             engine.rest_order(order, &mut sink);
         }
-        let slots: Vec<(AccountId, u32)> =
-            engine.accounts.iter().enumerate().flat_map(|(i, a)| a.positions.values().map(move |s| (AccountId(i as u32), *s))).collect();
-        for (account, slot) in slots {
-            engine.refresh_requirement_checked(account, slot).map_err(|_| bad("requirement overflows"))?;
+        for account in 0..engine.accounts.len() {
+            engine.remargin_account(AccountId(account as u32)).map_err(|_| bad("margin cannot be computed"))?;
         }
         engine.check_invariants()?;
         Ok(engine)

@@ -11,7 +11,7 @@ use optio_types::state::{OrderRecord, Totals};
 use optio_types::{
     AccountId, Address, Amount, Command, DoneReason, EngineLimits, Event, Exposure, Input, InstrumentId, InstrumentKind,
     InstrumentName, InstrumentSpec, InstrumentStatus, MarginModel, NewOrder, OrderId, OrderRef, OrderType, Price, Qty,
-    Quote, RejectCode, SelfTradePrevention, Side, TimeInForce, WorstCaseMargin,
+    Quote, RejectCode, RiskConfig, SelfTradePrevention, Side, TimeInForce, WorstCaseMargin,
 };
 
 use crate::book::index::SlotIndex;
@@ -31,6 +31,10 @@ pub(crate) struct InstrumentState {
     pub net_position: i128,
     /// Accounts with a non-zero position.
     pub holders: BTreeSet<AccountId>,
+    /// Latest accepted mark per contract, and risk array (P&L per contract per scenario).
+    pub mark: Option<(Price, Vec<i64>)>,
+    /// Every (account, position slot) that ever had an entry here: re-margined when marks move.
+    pub participants: Vec<(AccountId, u32)>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -63,6 +67,9 @@ struct Taker {
 pub struct Engine<M: MarginModel = WorstCaseMargin> {
     pub(crate) margin: M,
     pub(crate) limits: EngineLimits,
+    pub(crate) risk: RiskConfig,
+    /// Accepted oracle state per underlying.
+    pub(crate) oracles: BTreeMap<String, crate::risk::OracleState>,
     pub(crate) time_ms: u64,
     pub(crate) next_order_id: u64,
     pub(crate) totals: Totals,
@@ -94,11 +101,18 @@ impl Engine<WorstCaseMargin> {
 }
 
 impl<M: MarginModel> Engine<M> {
-    /// An empty engine with the given margin model.
+    /// An empty engine with the given margin model and default risk parameters.
     pub fn with_margin(limits: EngineLimits, margin: M) -> Self {
+        Self::with_config(limits, RiskConfig::default(), margin)
+    }
+
+    /// An empty engine with the given limits, risk parameters and worst-case margin model.
+    pub fn with_config(limits: EngineLimits, risk: RiskConfig, margin: M) -> Self {
         Self {
             margin,
             limits,
+            risk,
+            oracles: BTreeMap::new(),
             time_ms: 0,
             next_order_id: 1,
             totals: Totals::default(),
@@ -199,6 +213,8 @@ impl<M: MarginModel> Engine<M> {
             }
             Command::CancelAll { account, instrument } => self.cancel_all(*account, *instrument, events),
             Command::MassQuote { account, quotes } => self.mass_quote(*account, quotes, events),
+            Command::OracleUpdate(update) => self.oracle_update(update, events),
+            Command::SetMarginMode { account, mode } => self.set_margin_mode(*account, *mode, events),
         }
     }
 
@@ -263,6 +279,10 @@ impl<M: MarginModel> Engine<M> {
         self.positions.push(Position::new(instrument));
         self.position_index.insert((account.0, instrument.0), slot);
         self.accounts[account.0 as usize].positions.insert(instrument, slot);
+        self.instruments[instrument.0 as usize].participants.push((account, slot));
+        if let Some(pm) = &self.accounts[account.0 as usize].portfolio {
+            self.positions[slot as usize].scenario = Some(crate::risk::Contribution::zero(pm.initial.len()));
+        }
         slot
     }
 
@@ -316,16 +336,23 @@ impl<M: MarginModel> Engine<M> {
                 e.buy_cost = Amount(e.buy_cost.0.checked_add(sign * cost.0).ok_or(RejectCode::Overflow)?);
             }
             Side::Sell => {
+                let proceeds = price.notional(qty)?;
                 e.sell_qty = Qty(e.sell_qty.0.checked_add(sign * qty.0).ok_or(RejectCode::Overflow)?);
+                e.sell_proceeds = Amount(e.sell_proceeds.0.checked_add(sign * proceeds.0).ok_or(RejectCode::Overflow)?);
             }
         }
         Ok(())
     }
 
-    /// The account's total requirement if its exposure in `instrument` (whose entry is
-    /// `position`, if it has one) became `e`.
+    /// The account's total initial requirement if its exposure in `instrument` (whose entry is
+    /// `position`, if it has one) became `e`. In mark-based modes the instrument must have a
+    /// fresh mark.
     fn requirement_with(&self, account: AccountId, instrument: InstrumentId, position: Option<u32>, e: &Exposure) -> Result<i128, RejectCode> {
         let acct = &self.accounts[account.0 as usize];
+        if acct.mode != optio_types::MarginMode::WorstCase {
+            self.check_fresh(instrument)?;
+            return self.requirement_with_marks(account, instrument, position, e);
+        }
         let old = position.map_or(0, |p| self.positions[p as usize].requirement.0);
         let new = self.margin.requirement(&self.instruments[instrument.0 as usize].spec, e)?;
         Ok(i128::from(acct.requirement.0) - i128::from(old) + i128::from(new.0))
@@ -468,6 +495,8 @@ impl<M: MarginModel> Engine<M> {
             book: Book::default(),
             net_position: 0,
             holders: BTreeSet::new(),
+            mark: None,
+            participants: Vec::new(),
         });
     }
 
@@ -480,7 +509,7 @@ impl<M: MarginModel> Engine<M> {
         Ok(())
     }
 
-    fn expire_instrument(&mut self, id: InstrumentId, events: &mut Vec<Event>) {
+    pub(crate) fn expire_instrument(&mut self, id: InstrumentId, events: &mut Vec<Event>) {
         self.touch_instrument(id);
         let mut slots = std::mem::take(&mut self.scratch);
         slots.clear();
@@ -492,9 +521,12 @@ impl<M: MarginModel> Engine<M> {
         self.scratch = slots;
         self.instruments[id.0 as usize].status = InstrumentStatus::Expired;
         events.push(Event::InstrumentExpired { instrument: id });
+        if let Some(price) = self.settlement_twap(id) {
+            self.settle_instrument(id, price, events).expect("an expired instrument settles at a positive TWAP");
+        }
     }
 
-    fn settle_instrument(&mut self, id: InstrumentId, settlement_price: Price, events: &mut Vec<Event>) -> Result<(), RejectCode> {
+    pub(crate) fn settle_instrument(&mut self, id: InstrumentId, settlement_price: Price, events: &mut Vec<Event>) -> Result<(), RejectCode> {
         if self.instrument(id)?.status != InstrumentStatus::Expired {
             return Err(RejectCode::InvalidStatusTransition);
         }
@@ -556,6 +588,7 @@ impl<M: MarginModel> Engine<M> {
     fn withdraw(&mut self, account: AccountId, amount: Amount, events: &mut Vec<Event>) -> Result<(), RejectCode> {
         let free = self.account(account)?.free_collateral();
         self.check_amount(amount)?;
+        self.check_account_fresh(account)?;
         if amount > free {
             return Err(RejectCode::InsufficientFreeCollateral);
         }
@@ -575,6 +608,7 @@ impl<M: MarginModel> Engine<M> {
         if source.owner != destination.owner {
             return Err(RejectCode::NotSameOwner);
         }
+        self.check_account_fresh(from)?;
         if amount > source.free_collateral() {
             return Err(RejectCode::InsufficientFreeCollateral);
         }
@@ -793,7 +827,7 @@ impl<M: MarginModel> Engine<M> {
             return Err(RejectCode::MassQuoteDuplicateInstrument);
         }
         let mut open_after = acct.open_orders as usize;
-        let mut requirement = i128::from(acct.requirement.0);
+        let mut exposures = Vec::with_capacity(quotes.len());
         for q in quotes {
             let inst = self.active_instrument(q.instrument)?;
             for (price, qty) in q.bid.iter().chain(q.ask.iter()) {
@@ -826,9 +860,9 @@ impl<M: MarginModel> Engine<M> {
                 Self::exposure_order(&inst.spec, &mut e, side, price, qty, 1)?;
                 open_after += 1;
             }
-            let old_req = pos.map_or(0, |p| p.requirement.0);
-            requirement += i128::from(self.margin.requirement(&inst.spec, &e)?.0) - i128::from(old_req);
+            exposures.push((q.instrument, e));
         }
+        let requirement = self.requirement_with_many(account, &exposures)?;
         if open_after > self.limits.max_open_orders_per_account as usize {
             return Err(RejectCode::TooManyOpenOrders);
         }
@@ -1045,14 +1079,19 @@ impl<M: MarginModel> Engine<M> {
         self.refresh_requirement_checked(account, position).expect("requirements of accepted exposures fit");
     }
 
-    /// Recomputes one position's requirement and the account's total.
+    /// Recomputes one position's requirement and the account's totals.
     pub(crate) fn refresh_requirement_checked(&mut self, account: AccountId, position: u32) -> Result<(), RejectCode> {
+        if self.accounts[account.0 as usize].mode != optio_types::MarginMode::WorstCase {
+            return self.refresh_marked(account, position);
+        }
         let pos = &mut self.positions[position as usize];
         let spec = &self.instruments[pos.instrument.0 as usize].spec;
         let acct = &mut self.accounts[account.0 as usize];
         let new = self.margin.requirement(spec, &pos.exposure)?;
         acct.requirement = Amount(acct.requirement.0 - pos.requirement.0 + new.0);
+        acct.maintenance = Amount(acct.maintenance.0 - pos.maintenance.0 + new.0);
         pos.requirement = new;
+        pos.maintenance = new;
         Ok(())
     }
 
@@ -1089,7 +1128,9 @@ impl<M: MarginModel> Engine<M> {
         assert!(self.store.booked() == stored && self.account_orders == stored, "books, order store and account order lists disagree");
         for &a in &self.touched_accounts {
             let acct = &self.accounts[a.0 as usize];
-            assert!(acct.balance >= acct.requirement && acct.requirement.0 >= 0, "account {a} under-collateralized");
+            if acct.mode == optio_types::MarginMode::WorstCase {
+                assert!(acct.balance >= acct.requirement && acct.requirement.0 >= 0, "account {a} under-collateralized");
+            }
         }
         for &i in &self.touched_instruments {
             let inst = &self.instruments[i.0 as usize];

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use optio_types::{AccountId, Exposure, InstrumentId, MarginModel, OrderId, Side, TimeInForce};
+use optio_types::{AccountId, Exposure, InstrumentId, MarginMode, MarginModel, OrderId, Side, TimeInForce};
 
 use crate::book::NIL;
 use crate::engine::Engine;
@@ -118,7 +118,8 @@ impl<M: MarginModel> Engine<M> {
         let mut net: BTreeMap<InstrumentId, i128> = BTreeMap::new();
         for (a, acct) in self.accounts.iter().enumerate() {
             let account = AccountId(a as u32);
-            let mut requirement = 0i64;
+            let (mut requirement, mut maintenance) = (0i64, 0i64);
+            let mut portfolio = (acct.mode == MarginMode::Portfolio).then(|| crate::risk::Contribution::zero(self.risk.scenarios as usize + 1));
             for (&instrument, &slot) in &acct.positions {
                 let pos = &self.positions[slot as usize];
                 if pos.instrument != instrument || self.position_index.get(&(account.0, instrument.0)) != Some(slot) {
@@ -140,21 +141,39 @@ impl<M: MarginModel> Engine<M> {
                         }
                     }
                 }
-                let req = self.margin.requirement(spec, &pos.exposure).map_err(|e| InvariantViolation(e.to_string()))?;
-                if req != pos.requirement {
+                let marked = self.marked_margin(acct.mode, instrument, &pos.exposure).map_err(|e| InvariantViolation(e.to_string()))?;
+                let _ = spec;
+                if (marked.initial, marked.maintenance) != (pos.requirement.0, pos.maintenance.0) || marked.scenario != pos.scenario {
                     return fail(format!("cached requirement of account {account} in {instrument} is stale"));
                 }
-                requirement += req.0;
+                requirement += marked.initial;
+                maintenance += marked.maintenance;
+                if let (Some(sums), Some(c)) = (portfolio.as_mut(), &marked.scenario) {
+                    for s in 0..c.initial.len() {
+                        sums.initial[s] += c.initial[s];
+                        sums.maintenance[s] += c.maintenance[s];
+                    }
+                    sums.floor_initial += c.floor_initial;
+                    sums.floor_maintenance += c.floor_maintenance;
+                }
                 *net.entry(instrument).or_default() += i128::from(pos.exposure.position.0);
                 let holder = self.instruments[instrument.0 as usize].holders.contains(&account);
                 if holder != (pos.exposure.position.0 != 0) {
                     return fail(format!("holder index of {instrument} wrong for account {account}"));
                 }
             }
-            if requirement != acct.requirement.0 {
-                return fail(format!("requirement total of account {account} is stale"));
+            if let Some(sums) = &portfolio {
+                (requirement, maintenance) = Self::portfolio_requirement(sums);
+                if acct.portfolio.as_ref() != Some(sums) {
+                    return fail(format!("portfolio sums of account {account} are stale"));
+                }
             }
-            if acct.balance.0 < 0 || acct.balance < acct.requirement {
+            if (requirement, maintenance) != (acct.requirement.0, acct.maintenance.0) {
+                return fail(format!("requirement totals of account {account} are stale"));
+            }
+            // Fully collateralized accounts can never be under water; mark-margined ones can,
+            // between a price move and their liquidation.
+            if acct.mode == MarginMode::WorstCase && (acct.balance.0 < 0 || acct.balance < acct.requirement) {
                 return fail(format!("account {account} balance {} below requirement {}", acct.balance, acct.requirement));
             }
             let quotes = self.store.live().filter(|(_, o)| o.is_quote && o.account == account).count();
@@ -188,7 +207,10 @@ impl<M: MarginModel> Engine<M> {
                 e.buy_qty.0 += qty.0;
                 e.buy_cost.0 += price.notional(qty).map_err(|e| InvariantViolation(e.to_string()))?.0;
             }
-            Side::Sell => e.sell_qty.0 += qty.0,
+            Side::Sell => {
+                e.sell_qty.0 += qty.0;
+                e.sell_proceeds.0 += price.notional(qty).map_err(|e| InvariantViolation(e.to_string()))?.0;
+            }
         }
         Ok(())
     }

@@ -24,8 +24,13 @@ pub(crate) struct Position {
     pub cost: Amount,
     /// Realized P&L.
     pub realized_pnl: Amount,
-    /// What `exposure` requires under the margin model (cached; refreshed on every change).
+    /// What `exposure` requires under the margin model, net of the position's value in
+    /// mark-based modes (cached; refreshed on every change).
     pub requirement: Amount,
+    /// Maintenance requirement of the position alone, net of its value.
+    pub maintenance: Amount,
+    /// Portfolio margin: this instrument's contribution per scenario.
+    pub scenario: Option<crate::risk::Contribution>,
     /// Open orders of the account in this instrument.
     pub open_orders: u32,
     /// The account's current mass-quote orders here: `[bid, ask]`.
@@ -40,6 +45,8 @@ impl Position {
             cost: Amount::ZERO,
             realized_pnl: Amount::ZERO,
             requirement: Amount::ZERO,
+            maintenance: Amount::ZERO,
+            scenario: None,
             open_orders: 0,
             quotes: [None, None],
         }
@@ -77,8 +84,16 @@ impl Position {
 pub(crate) struct Account {
     pub owner: Address,
     pub balance: Amount,
-    /// Sum of the positions' requirements.
+    /// Initial requirement net of position values: risk-increasing actions need
+    /// `balance >= requirement` (the sum of the positions' requirements, or for portfolio
+    /// margin the worst scenario over the summed contributions).
     pub requirement: Amount,
+    /// Maintenance requirement net of position values: below it the account is liquidated.
+    pub maintenance: Amount,
+    /// How the account is margined.
+    pub mode: optio_types::MarginMode,
+    /// Portfolio margin: summed scenario contributions.
+    pub portfolio: Option<crate::risk::PortfolioSums>,
     /// Slots of the account's position entries, by instrument (entries are never removed).
     pub positions: BTreeMap<InstrumentId, u32>,
     /// Head of the intrusive list of open orders (through the order slab), and its length.
@@ -92,6 +107,9 @@ impl Account {
             owner,
             balance: Amount::ZERO,
             requirement: Amount::ZERO,
+            maintenance: Amount::ZERO,
+            mode: optio_types::MarginMode::WorstCase,
+            portfolio: None,
             positions: BTreeMap::new(),
             orders_head: NIL,
             open_orders: 0,

@@ -13,6 +13,7 @@ mod canonical;
 mod engine;
 mod invariants;
 mod ledger;
+mod risk;
 
 pub use canonical::RestoreError;
 pub use engine::{Engine, MAX_TOTAL_COLLATERAL};

@@ -201,6 +201,9 @@ impl Reference {
                 Ok(())
             }
             Command::MassQuote { account, quotes } => self.mass_quote(*account, quotes),
+            // The reference models the fully collateralized core; oracle-driven margin is
+            // checked by its own tests (never generated for the comparison).
+            Command::OracleUpdate(_) | Command::SetMarginMode { .. } => panic!("the reference model does not model oracle updates or margin modes"),
         }
     }
 
@@ -668,11 +671,13 @@ impl Reference {
             time_ms: self.time,
             next_order_id: self.next_order_id,
             limits: self.limits,
+            risk: optio_types::RiskConfig::default(),
+            oracles: vec![],
             totals: self.totals,
             instruments: self
                 .instruments
                 .iter()
-                .map(|i| InstrumentRecord { spec: i.spec.clone(), status: i.status, settlement_price: i.settlement_price })
+                .map(|i| InstrumentRecord { spec: i.spec.clone(), status: i.status, settlement_price: i.settlement_price, mark: None })
                 .collect(),
             accounts: self
                 .accounts
@@ -686,6 +691,7 @@ impl Reference {
                         .filter(|(_, p)| p.qty != 0 || p.realized != 0)
                         .map(|(i, p)| PositionRecord { instrument: *i, qty: Qty(p.qty), cost: Amount(p.cost), realized_pnl: Amount(p.realized) })
                         .collect(),
+                    margin_mode: optio_types::MarginMode::WorstCase,
                 })
                 .collect(),
             orders: orders.into_iter().map(|o| o.rec).collect(),

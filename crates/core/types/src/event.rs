@@ -4,6 +4,7 @@
 use crate::fixed::{Amount, Price, Qty};
 use crate::ids::{AccountId, Address, InstrumentId, OrderId};
 use crate::input::Side;
+use crate::oracle::MarginMode;
 use crate::reject::RejectCode;
 
 /// Why an order left the book.
@@ -137,6 +138,28 @@ pub enum Event {
         maker_fee: Amount,
         /// Fee paid by the taker.
         taker_fee: Amount,
+    },
+    /// An oracle update was applied.
+    OracleAccepted {
+        /// Underlying.
+        underlying: String,
+        /// New index price.
+        index_price: Price,
+    },
+    /// An oracle update moved the index beyond the circuit-breaker bound: held, not used, until
+    /// a later update confirms it.
+    OracleHeld {
+        /// Underlying.
+        underlying: String,
+        /// The held price.
+        index_price: Price,
+    },
+    /// An account's margin mode changed.
+    MarginModeChanged {
+        /// Whose.
+        account: AccountId,
+        /// New mode.
+        mode: MarginMode,
     },
     /// An order left the book (or never rested).
     OrderDone {

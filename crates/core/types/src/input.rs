@@ -4,6 +4,7 @@
 use crate::fixed::{Amount, Price, Qty};
 use crate::ids::{AccountId, Address, InstrumentId, OrderId};
 use crate::instrument::InstrumentSpec;
+use crate::oracle::{MarginMode, OracleUpdate};
 
 /// One sequenced input: engine time (ms since the Unix epoch, non-decreasing) and a command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -210,5 +211,15 @@ pub enum Command {
         account: AccountId,
         /// New quotes; all are applied or none.
         quotes: Vec<Quote>,
+    },
+    /// Oracle: index, marks and risk arrays for one underlying.
+    OracleUpdate(OracleUpdate),
+    /// Choose how an account is margined (refused if the account would not meet the new
+    /// mode's initial requirement).
+    SetMarginMode {
+        /// Whose.
+        account: AccountId,
+        /// New mode.
+        mode: MarginMode,
     },
 }

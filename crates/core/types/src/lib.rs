@@ -15,6 +15,7 @@ pub mod ids;
 pub mod input;
 pub mod instrument;
 pub mod margin;
+pub mod oracle;
 pub mod reject;
 pub mod state;
 
@@ -24,5 +25,6 @@ pub use ids::{AccountId, Address, InstrumentId, OrderId};
 pub use input::{Command, Input, NewOrder, OrderRef, OrderType, Quote, SelfTradePrevention, Side, TimeInForce};
 pub use instrument::{InstrumentKind, InstrumentName, InstrumentSpec, InstrumentStatus, OptionRight};
 pub use margin::{Exposure, MarginModel, WorstCaseMargin};
+pub use oracle::{MarginMode, MarkUpdate, OracleUpdate, RiskConfig};
 pub use reject::RejectCode;
 pub use state::{CanonicalState, EngineLimits};

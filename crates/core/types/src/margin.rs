@@ -20,6 +20,8 @@ pub struct Exposure {
     pub buy_cost: Amount,
     /// Total remaining size of open sell orders.
     pub sell_qty: Qty,
+    /// Total `price * remaining` of open sell orders (cash they would receive if filled).
+    pub sell_proceeds: Amount,
     /// Fees the open orders could be charged if filled.
     pub fee_reserve: Amount,
 }

@@ -111,6 +111,20 @@ reject_codes! {
     MassQuoteDuplicateInstrument = 4019, "mass quote names an instrument twice";
     /// A quote's bid is not below its ask.
     QuoteCrossed = 4020, "quote bid must be below its ask";
+    /// An oracle update published too long before engine time, or marks too old to margin a
+    /// risk-increasing action.
+    OracleStale = 5001, "oracle data is stale";
+    /// An oracle update not newer than the last one for its underlying.
+    OracleOutOfOrder = 5002, "oracle update is not newer than the last";
+    /// An oracle update for an underlying no listed instrument has, or naming an instrument of
+    /// another underlying, twice, or too many.
+    OracleBadInstrument = 5003, "oracle update names an instrument it cannot price";
+    /// A risk array whose length is not the configured scenario count.
+    RiskArrayLength = 5004, "risk array length differs from the scenario count";
+    /// A non-positive index or mark, or a mark above the instrument's maximum price.
+    InvalidMark = 5005, "index and marks must be positive and within the instrument's band";
+    /// A mark-margined account trading or holding an instrument without a mark yet.
+    NoMark = 5006, "instrument has no mark yet";
 }
 
 impl fmt::Display for RejectCode {

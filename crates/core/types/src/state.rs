@@ -8,9 +8,10 @@ use crate::fixed::{Amount, FeeRate, Price, Qty};
 use crate::ids::{AccountId, Address, InstrumentId, OrderId};
 use crate::input::{SelfTradePrevention, Side, TimeInForce};
 use crate::instrument::{InstrumentName, InstrumentSpec, InstrumentStatus};
+use crate::oracle::{MarginMode, RiskConfig, MAX_UNDERLYING_LEN};
 
 const MAGIC: &[u8; 8] = b"OPTIOST\0";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 
 /// Bounds the engine enforces, each with its own rejection code. Part of the state: replicas
 /// must agree on them.
@@ -68,6 +69,23 @@ pub struct InstrumentRecord {
     pub status: InstrumentStatus,
     /// Set when settled.
     pub settlement_price: Option<Price>,
+    /// Latest accepted mark and risk array, if the oracle has priced it.
+    pub mark: Option<(Price, Vec<Amount>)>,
+}
+
+/// The accepted oracle state of one underlying.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OracleRecord {
+    /// Underlying symbol.
+    pub underlying: String,
+    /// Last accepted index price.
+    pub index_price: Price,
+    /// When the last accepted update was published.
+    pub published_ms: u64,
+    /// A jump held by the circuit breaker: (price, published).
+    pub held: Option<(Price, u64)>,
+    /// Accepted index prices (published time, price) within the settlement window, oldest first.
+    pub samples: Vec<(u64, Price)>,
 }
 
 /// One position.
@@ -93,6 +111,8 @@ pub struct AccountRecord {
     pub balance: Amount,
     /// Positions with a non-zero size or realized P&L, by instrument id.
     pub positions: Vec<PositionRecord>,
+    /// How the account is margined.
+    pub margin_mode: MarginMode,
 }
 
 /// One open order.
@@ -135,12 +155,16 @@ pub struct CanonicalState {
     pub next_order_id: u64,
     /// Limits.
     pub limits: EngineLimits,
+    /// Risk parameters.
+    pub risk: RiskConfig,
     /// Fee pool, insurance, deposit and withdrawal totals.
     pub totals: Totals,
     /// By id.
     pub instruments: Vec<InstrumentRecord>,
     /// By id.
     pub accounts: Vec<AccountRecord>,
+    /// By underlying symbol.
+    pub oracles: Vec<OracleRecord>,
     /// Open orders in book priority: by instrument id; bids best price first, then asks best
     /// price first; within a price level in time priority.
     pub orders: Vec<OrderRecord>,
@@ -155,6 +179,7 @@ impl CanonicalState {
         w.u64(self.time_ms);
         w.u64(self.next_order_id);
         encode_limits(&mut w, &self.limits);
+        encode_risk(&mut w, &self.risk);
         w.i128(self.totals.deposits);
         w.i128(self.totals.withdrawals);
         w.amount(self.totals.fee_pool);
@@ -170,6 +195,15 @@ impl CanonicalState {
                     w.price(p);
                 }
             }
+            match &i.mark {
+                None => w.u8(0),
+                Some((mark, risk_array)) => {
+                    w.u8(1);
+                    w.price(*mark);
+                    w.len(risk_array.len());
+                    risk_array.iter().for_each(|a| w.amount(*a));
+                }
+            }
         }
         w.len(self.accounts.len());
         for a in &self.accounts {
@@ -181,6 +215,26 @@ impl CanonicalState {
                 w.qty(p.qty);
                 w.amount(p.cost);
                 w.amount(p.realized_pnl);
+            }
+            w.u8(a.margin_mode as u8);
+        }
+        w.len(self.oracles.len());
+        for o in &self.oracles {
+            w.bytes(o.underlying.as_bytes());
+            w.price(o.index_price);
+            w.u64(o.published_ms);
+            match o.held {
+                None => w.u8(0),
+                Some((p, t)) => {
+                    w.u8(1);
+                    w.price(p);
+                    w.u64(t);
+                }
+            }
+            w.len(o.samples.len());
+            for (t, p) in &o.samples {
+                w.u64(*t);
+                w.price(*p);
             }
         }
         w.len(self.orders.len());
@@ -225,6 +279,7 @@ impl CanonicalState {
         let time_ms = r.u64()?;
         let next_order_id = r.u64()?;
         let limits = decode_limits(&mut r)?;
+        let risk = decode_risk(&mut r)?;
         let totals = Totals { deposits: r.i128()?, withdrawals: r.i128()?, fee_pool: r.amount()?, insurance: r.amount()? };
         let n = r.len(limits.max_instruments as usize)?;
         let mut instruments = Vec::with_capacity(n);
@@ -242,7 +297,20 @@ impl CanonicalState {
                 1 => Some(r.price()?),
                 tag => return Err(DecodeError::BadTag { what: "option", tag }),
             };
-            instruments.push(InstrumentRecord { spec, status, settlement_price });
+            let mark = match r.u8()? {
+                0 => None,
+                1 => {
+                    let mark = r.price()?;
+                    let n = r.len(risk.scenarios as usize)?;
+                    let mut risk_array = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        risk_array.push(r.amount()?);
+                    }
+                    Some((mark, risk_array))
+                }
+                tag => return Err(DecodeError::BadTag { what: "option", tag }),
+            };
+            instruments.push(InstrumentRecord { spec, status, settlement_price, mark });
         }
         let n = r.len(limits.max_accounts as usize)?;
         let mut accounts = Vec::with_capacity(n);
@@ -254,7 +322,31 @@ impl CanonicalState {
             for _ in 0..m {
                 positions.push(PositionRecord { instrument: r.instrument()?, qty: r.qty()?, cost: r.amount()?, realized_pnl: r.amount()? });
             }
-            accounts.push(AccountRecord { owner, balance, positions });
+            let margin_mode = match r.u8()? {
+                0 => MarginMode::WorstCase,
+                1 => MarginMode::Standard,
+                2 => MarginMode::Portfolio,
+                tag => return Err(DecodeError::BadTag { what: "margin mode", tag }),
+            };
+            accounts.push(AccountRecord { owner, balance, positions, margin_mode });
+        }
+        let n = r.len(limits.max_instruments as usize)?;
+        let mut oracles = Vec::with_capacity(n);
+        for _ in 0..n {
+            let underlying = std::str::from_utf8(r.bytes(MAX_UNDERLYING_LEN)?).map_err(|_| DecodeError::Invalid("underlying is not UTF-8"))?.to_owned();
+            let index_price = r.price()?;
+            let published_ms = r.u64()?;
+            let held = match r.u8()? {
+                0 => None,
+                1 => Some((r.price()?, r.u64()?)),
+                tag => return Err(DecodeError::BadTag { what: "option", tag }),
+            };
+            let m = r.len(usize::MAX)?;
+            let mut samples = Vec::with_capacity(m);
+            for _ in 0..m {
+                samples.push((r.u64()?, r.price()?));
+            }
+            oracles.push(OracleRecord { underlying, index_price, published_ms, held, samples });
         }
         let n = r.len(usize::MAX)?;
         let mut orders = Vec::with_capacity(n);
@@ -300,7 +392,7 @@ impl CanonicalState {
             });
         }
         r.finish()?;
-        Ok(Self { time_ms, next_order_id, limits, totals, instruments, accounts, orders })
+        Ok(Self { time_ms, next_order_id, limits, risk, totals, instruments, accounts, oracles, orders })
     }
 }
 
@@ -320,6 +412,34 @@ fn encode_limits(w: &mut Writer, l: &EngineLimits) {
     w.u32(l.max_accounts);
     w.qty(l.max_order_qty);
     w.amount(l.max_amount);
+}
+
+fn encode_risk(w: &mut Writer, c: &RiskConfig) {
+    w.u32(c.scenarios);
+    w.u64(c.max_update_delay_ms);
+    w.u64(c.mark_max_age_ms);
+    w.u32(c.circuit_breaker_bps);
+    w.u32(c.confirm_tolerance_bps);
+    w.u32(c.perp_initial_bps);
+    w.u32(c.perp_maintenance_bps);
+    w.u32(c.pm_short_option_floor_bps);
+    w.u32(c.pm_maintenance_bps);
+    w.u64(c.settlement_window_ms);
+}
+
+fn decode_risk(r: &mut Reader<'_>) -> Result<RiskConfig, DecodeError> {
+    Ok(RiskConfig {
+        scenarios: r.u32()?,
+        max_update_delay_ms: r.u64()?,
+        mark_max_age_ms: r.u64()?,
+        circuit_breaker_bps: r.u32()?,
+        confirm_tolerance_bps: r.u32()?,
+        perp_initial_bps: r.u32()?,
+        perp_maintenance_bps: r.u32()?,
+        pm_short_option_floor_bps: r.u32()?,
+        pm_maintenance_bps: r.u32()?,
+        settlement_window_ms: r.u64()?,
+    })
 }
 
 fn decode_limits(r: &mut Reader<'_>) -> Result<EngineLimits, DecodeError> {

@@ -1,0 +1,95 @@
+//! Risk-oracle inputs and the risk parameters the engine applies to them.
+//!
+//! The oracle publishes, per underlying, an index price and for each instrument a mark price and
+//! a risk array (the P&L of one contract in each scenario of the published scenario set), as one
+//! signed, timestamped update. The gateway checks the signature before sequencing; the engine
+//! checks freshness, ordering and the circuit breaker, and uses marks and risk arrays for
+//! standard and portfolio margin.
+
+use crate::fixed::{Amount, Price};
+use crate::ids::InstrumentId;
+
+/// Longest underlying symbol accepted in an update.
+pub const MAX_UNDERLYING_LEN: usize = 16;
+
+/// How an account is margined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum MarginMode {
+    /// Fully collateralized worst case over `[0, underlying_cap]` (no marks needed; never
+    /// liquidated). The default.
+    #[default]
+    WorstCase,
+    /// Deribit-style per-position margin from marks.
+    Standard,
+    /// Portfolio margin: worst scenario loss from the risk arrays, with floors for short options.
+    Portfolio,
+}
+
+/// One instrument's mark and risk array in an oracle update.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MarkUpdate {
+    /// Instrument (of the update's underlying).
+    pub instrument: InstrumentId,
+    /// Mark price per contract.
+    pub mark: Price,
+    /// P&L of one long contract per scenario, in micro-USDC, `RiskConfig::scenarios` entries.
+    pub risk_array: Vec<Amount>,
+}
+
+/// A signed, timestamped oracle update for one underlying (the signature is checked before
+/// sequencing and is not part of the engine input).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OracleUpdate {
+    /// Underlying symbol, e.g. `BTC`.
+    pub underlying: String,
+    /// When the oracle produced it (ms since the epoch).
+    pub published_ms: u64,
+    /// Index price of the underlying.
+    pub index_price: Price,
+    /// Marks and risk arrays; instruments not named keep their previous ones.
+    pub marks: Vec<MarkUpdate>,
+}
+
+/// Risk parameters. Part of the engine state: replicas must agree on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RiskConfig {
+    /// Entries per risk array.
+    pub scenarios: u32,
+    /// An update published more than this before engine time is refused as stale.
+    pub max_update_delay_ms: u64,
+    /// Marks older than this (engine time minus the underlying's last accepted update) are
+    /// stale: risk-increasing actions in mark-based modes are refused until a fresh update.
+    pub mark_max_age_ms: u64,
+    /// An index move larger than this (basis points of the last accepted index) is held until
+    /// a second update confirms it.
+    pub circuit_breaker_bps: u32,
+    /// A held price is confirmed by a later update within this many basis points of it.
+    pub confirm_tolerance_bps: u32,
+    /// Perpetuals: initial margin in basis points of notional (1,000 = 10x leverage).
+    pub perp_initial_bps: u32,
+    /// Perpetuals: maintenance margin in basis points of notional.
+    pub perp_maintenance_bps: u32,
+    /// Portfolio margin: floor per net short option contract, basis points of the index.
+    pub pm_short_option_floor_bps: u32,
+    /// Portfolio margin: maintenance as a fraction of initial, basis points.
+    pub pm_maintenance_bps: u32,
+    /// Settlement TWAP window before expiry.
+    pub settlement_window_ms: u64,
+}
+
+impl Default for RiskConfig {
+    fn default() -> Self {
+        Self {
+            scenarios: 31,
+            max_update_delay_ms: 10_000,
+            mark_max_age_ms: 30_000,
+            circuit_breaker_bps: 1_000,
+            confirm_tolerance_bps: 100,
+            perp_initial_bps: 1_000,
+            perp_maintenance_bps: 500,
+            pm_short_option_floor_bps: 100,
+            pm_maintenance_bps: 8_000,
+            settlement_window_ms: 30 * 60_000,
+        }
+    }
+}
