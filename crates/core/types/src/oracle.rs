@@ -93,3 +93,43 @@ impl Default for RiskConfig {
         }
     }
 }
+
+impl OracleUpdate {
+    /// Canonical bytes (what the oracle signs).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = crate::codec::Writer::default();
+        w.bytes(self.underlying.as_bytes());
+        w.u64(self.published_ms);
+        w.price(self.index_price);
+        w.len(self.marks.len());
+        for m in &self.marks {
+            w.instrument(m.instrument);
+            w.price(m.mark);
+            w.len(m.risk_array.len());
+            m.risk_array.iter().for_each(|a| w.amount(*a));
+        }
+        w.bytes
+    }
+
+    /// Decodes canonical bytes, with bounds on every length.
+    pub fn decode(bytes: &[u8], max_marks: usize, max_scenarios: usize) -> Result<Self, crate::codec::DecodeError> {
+        let mut r = crate::codec::Reader::new(bytes);
+        let underlying = std::str::from_utf8(r.bytes(MAX_UNDERLYING_LEN)?).map_err(|_| crate::codec::DecodeError::Invalid("underlying is not UTF-8"))?.to_owned();
+        let published_ms = r.u64()?;
+        let index_price = r.price()?;
+        let n = r.len(max_marks)?;
+        let mut marks = Vec::with_capacity(n);
+        for _ in 0..n {
+            let instrument = r.instrument()?;
+            let mark = r.price()?;
+            let k = r.len(max_scenarios)?;
+            let mut risk_array = Vec::with_capacity(k);
+            for _ in 0..k {
+                risk_array.push(r.amount()?);
+            }
+            marks.push(MarkUpdate { instrument, mark, risk_array });
+        }
+        r.finish()?;
+        Ok(Self { underlying, published_ms, index_price, marks })
+    }
+}

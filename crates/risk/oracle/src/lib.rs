@@ -1,0 +1,193 @@
+//! The risk oracle: turns a volatility surface into the engine's risk inputs, and signs them.
+//!
+//! Owns: conversion of floating-point marks and scenario P&L into fixed point (named rounding),
+//! the signed envelope of an update, and its verification.
+//! Must not: run inside the engine. The engine receives updates as sequenced inputs; the gateway
+//! verifies their signature against the configured oracle key before sequencing.
+
+use optio_pricing::Right;
+use optio_pricing::risk::{Contract, Scenario, value};
+use optio_pricing::svi::Surface;
+use optio_types::{Amount, InstrumentId, InstrumentKind, InstrumentSpec, MarkUpdate, OptionRight, OracleUpdate, Price, MONEY_SCALE, QTY_SCALE};
+use secp256k1::{Message, PublicKey, SecretKey, ecdsa};
+
+const YEAR_MS: f64 = 365.0 * 86_400_000.0;
+const DOMAIN: &[u8] = b"optio-oracle-update-v1";
+
+/// Why an update could not be built, signed or verified.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OracleError {
+    /// The signature does not verify against the oracle key (tampered, foreign or high-s).
+    #[error("oracle signature does not verify")]
+    BadSignature,
+    /// Not a 32-byte secret key in the curve's range.
+    #[error("invalid oracle secret key")]
+    BadKey,
+    /// The surface produced a non-finite value.
+    #[error("non-finite value from the surface for instrument {0}")]
+    NonFinite(u32),
+}
+
+/// An update and the oracle's signature over its canonical bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedUpdate {
+    /// The update.
+    pub update: OracleUpdate,
+    /// Compact ECDSA signature (r || s, low s).
+    pub signature: [u8; 64],
+}
+
+fn digest(update: &OracleUpdate) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(DOMAIN);
+    hasher.update(&update.encode());
+    *hasher.finalize().as_bytes()
+}
+
+/// The oracle's signing key.
+pub struct OracleSigner {
+    key: SecretKey,
+}
+
+impl OracleSigner {
+    /// From 32 secret bytes.
+    pub fn from_bytes(bytes: [u8; 32]) -> Result<Self, OracleError> {
+        SecretKey::from_byte_array(bytes).map(|key| Self { key }).map_err(|_| OracleError::BadKey)
+    }
+
+    /// The public key the gateway is configured with.
+    pub fn public_key(&self) -> PublicKey {
+        PublicKey::from_secret_key(&self.key)
+    }
+
+    /// Signs an update.
+    pub fn sign(&self, update: OracleUpdate) -> SignedUpdate {
+        let signature = ecdsa::sign(Message::from_digest(digest(&update)), &self.key).serialize_compact();
+        SignedUpdate { update, signature }
+    }
+}
+
+/// Checks an update's signature (libsecp256k1 refuses high-s signatures).
+pub fn verify(signed: &SignedUpdate, oracle: &PublicKey) -> Result<(), OracleError> {
+    let sig = ecdsa::Signature::from_compact(&signed.signature).map_err(|_| OracleError::BadSignature)?;
+    ecdsa::verify(&sig, Message::from_digest(digest(&signed.update)), oracle).map_err(|_| OracleError::BadSignature)
+}
+
+/// The pricing view of an instrument at `now_ms`.
+pub fn contract(spec: &InstrumentSpec, now_ms: u64) -> Contract {
+    let multiplier = spec.contract_multiplier.0 as f64 / QTY_SCALE as f64;
+    match spec.name.kind {
+        InstrumentKind::Option { strike, right, expiry } => Contract::Option {
+            right: if right == OptionRight::Call { Right::Call } else { Right::Put },
+            strike: strike.0 as f64 / MONEY_SCALE as f64,
+            t: ((expiry.expiry_ms() as f64 - now_ms as f64) / YEAR_MS).max(1e-9),
+            multiplier,
+        },
+        InstrumentKind::Perpetual => Contract::Perpetual { multiplier },
+    }
+}
+
+/// Builds the update for `instruments` (all of one underlying) from `surface` at `now_ms`.
+///
+/// Rounding: a mark is rounded to the nearest micro-USDC and kept inside `[1, max_price]`; each
+/// scenario P&L is rounded down (a long's gain understated, its loss overstated) and kept such
+/// that the shocked value stays inside `[0, max_price]`.
+pub fn build_update(
+    underlying: &str,
+    surface: &Surface,
+    scenarios: &[Scenario],
+    instruments: &[(InstrumentId, &InstrumentSpec)],
+    now_ms: u64,
+) -> Result<OracleUpdate, OracleError> {
+    let micro = MONEY_SCALE as f64;
+    let shocked: Vec<Surface> = scenarios.iter().map(|s| surface.shocked(s.spot_shock, s.vol_shock)).collect();
+    let mut marks = Vec::with_capacity(instruments.len());
+    for (id, spec) in instruments {
+        let c = contract(spec, now_ms);
+        let max = spec.max_price().map_err(|_| OracleError::NonFinite(id.0))?.0;
+        let base = value(surface, &c) * micro;
+        if !base.is_finite() {
+            return Err(OracleError::NonFinite(id.0));
+        }
+        let mark = (base.round() as i64).clamp(1, max);
+        let mut risk_array = Vec::with_capacity(scenarios.len());
+        for s in &shocked {
+            let v = value(s, &c) * micro;
+            if !v.is_finite() {
+                return Err(OracleError::NonFinite(id.0));
+            }
+            let pnl = (v - mark as f64).floor() as i64;
+            risk_array.push(Amount(pnl.clamp(-mark, max - mark)));
+        }
+        marks.push(MarkUpdate { instrument: *id, mark: Price(mark), risk_array });
+    }
+    Ok(OracleUpdate { underlying: underlying.to_owned(), published_ms: now_ms, index_price: Price((surface.spot * micro).round() as i64), marks })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use optio_pricing::risk::default_scenarios;
+    use optio_pricing::svi::{Slice, Svi};
+
+    fn surface() -> Surface {
+        let svi = Svi { a: 0.004, b: 0.04, rho: -0.3, m: 0.0, sigma: 0.2 };
+        Surface::new(60_000.0, 0.0, vec![Slice { t: 0.02, svi }, Slice { t: 0.2, svi: Svi { a: 0.04, ..svi } }]).expect("valid")
+    }
+
+    fn specs() -> Vec<InstrumentSpec> {
+        ["BTC-27DEC24-60000-C", "BTC-27DEC24-50000-P", "BTC-PERPETUAL"]
+            .iter()
+            .map(|n| InstrumentSpec::with_defaults(n.parse().expect("valid"), Price(200_000 * MONEY_SCALE)))
+            .collect()
+    }
+
+    #[test]
+    fn builds_marks_and_arrays_in_fixed_point() {
+        let specs = specs();
+        let list: Vec<(InstrumentId, &InstrumentSpec)> = specs.iter().enumerate().map(|(i, s)| (InstrumentId(i as u32), s)).collect();
+        let now = 1_734_600_000_000; // 2024-12-19T09:20Z, ~8 days to expiry
+        let scenarios = default_scenarios();
+        let u = build_update("BTC", &surface(), &scenarios, &list, now).expect("builds");
+        assert_eq!(u.index_price, Price(60_000 * MONEY_SCALE));
+        assert!(u.marks.iter().all(|m| m.risk_array.len() == scenarios.len() && m.mark.is_positive()));
+        // The perpetual's risk array is exactly the spot move.
+        let perp = &u.marks[2];
+        assert_eq!(perp.mark, Price(60_000 * MONEY_SCALE));
+        assert_eq!(perp.risk_array[0], Amount(-12_000 * MONEY_SCALE));
+        // An ATM call gains when spot rises and vol rises.
+        let call = &u.marks[0];
+        assert!(call.risk_array[scenarios.len() - 1] > call.risk_array[0]);
+        // Round trip through the canonical encoding.
+        assert_eq!(OracleUpdate::decode(&u.encode(), 10, 64), Ok(u));
+    }
+
+    #[test]
+    fn signatures_bind_the_update_and_the_key() {
+        let signer = OracleSigner::from_bytes([7; 32]).expect("valid key");
+        let other = OracleSigner::from_bytes([8; 32]).expect("valid key");
+        let specs = specs();
+        let list: Vec<(InstrumentId, &InstrumentSpec)> = specs.iter().enumerate().map(|(i, s)| (InstrumentId(i as u32), s)).collect();
+        let update = build_update("BTC", &surface(), &default_scenarios(), &list, 1_734_600_000_000).expect("builds");
+        let signed = signer.sign(update);
+        assert_eq!(verify(&signed, &signer.public_key()), Ok(()));
+        assert_eq!(verify(&signed, &other.public_key()), Err(OracleError::BadSignature));
+        let mut tampered = signed.clone();
+        tampered.update.index_price.0 += 1;
+        assert_eq!(verify(&tampered, &signer.public_key()), Err(OracleError::BadSignature));
+        // The same signature with s replaced by n - s (high s) is refused.
+        let mut high_s = signed.clone();
+        let n: [u8; 32] = [
+            0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFE, 0xBA, 0xAE, 0xDC, 0xE6, 0xAF, 0x48, 0xA0, 0x3B,
+            0xBF, 0xD2, 0x5E, 0x8C, 0xD0, 0x36, 0x41, 0x41,
+        ];
+        let mut borrow = 0i16;
+        for i in (0..32).rev() {
+            let d = i16::from(n[i]) - i16::from(signed.signature[32 + i]) - borrow;
+            high_s.signature[32 + i] = d.rem_euclid(256) as u8;
+            borrow = i16::from(d < 0);
+        }
+        assert_eq!(verify(&high_s, &signer.public_key()), Err(OracleError::BadSignature));
+        assert_eq!(OracleSigner::from_bytes([0; 32]).err(), Some(OracleError::BadKey));
+    }
+}
