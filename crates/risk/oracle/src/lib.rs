@@ -52,7 +52,7 @@ pub struct OracleSigner {
 impl OracleSigner {
     /// From 32 secret bytes.
     pub fn from_bytes(bytes: [u8; 32]) -> Result<Self, OracleError> {
-        SecretKey::from_byte_array(bytes).map(|key| Self { key }).map_err(|_| OracleError::BadKey)
+        SecretKey::from_secret_bytes(bytes).map(|key| Self { key }).map_err(|_| OracleError::BadKey)
     }
 
     /// The public key the gateway is configured with.

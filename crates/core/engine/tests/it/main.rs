@@ -3,5 +3,6 @@
 
 mod common;
 mod model;
+mod risk;
 mod scenarios;
 mod snapshot;
