@@ -96,6 +96,14 @@ impl Demo {
             Event::OracleAccepted { underlying, index_price } => format!("oracle: {underlying} index {index_price}"),
             Event::OracleHeld { underlying, index_price } => format!("oracle: {underlying} jump to {index_price} HELD until confirmed"),
             Event::MarginModeChanged { account, mode } => format!("account {account} now margined {mode:?}"),
+            Event::LiquidationStarted { account } => format!("account {account} below maintenance: LIQUIDATION started"),
+            Event::LiquidationTransfer { account, counterparty, qty, price, fee, deleverage, .. } => {
+                format!("liquidation of {account}: {qty} to {counterparty} @ {price} (fee {fee}, deleverage: {deleverage})")
+            }
+            Event::DeficitCovered { account, insurance, fee_pool, socialized, unresolved } => {
+                format!("deficit of {account} covered: insurance {insurance}, fee pool {fee_pool}, socialized {socialized}, unresolved {unresolved}")
+            }
+            Event::LiquidationEnded { account } => format!("account {account} liquidation ended"),
         })
     }
 

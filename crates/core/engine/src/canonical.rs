@@ -46,6 +46,7 @@ impl<M: MarginModel> Engine<M> {
                     .map(|(id, p)| PositionRecord { instrument: *id, qty: p.exposure.position, cost: p.cost, realized_pnl: p.realized_pnl })
                     .collect(),
                 margin_mode: a.mode,
+                liquidating_since: a.liquidating_since,
             })
             .collect();
         let mut orders = Vec::with_capacity(self.store.len());
@@ -138,6 +139,10 @@ impl<M: MarginModel> Engine<M> {
             let mut acct = Account::new(rec.owner);
             acct.balance = rec.balance;
             acct.mode = rec.margin_mode;
+            if rec.liquidating_since.is_some() && rec.margin_mode == optio_types::MarginMode::WorstCase {
+                return Err(bad("a fully collateralized account cannot be liquidating"));
+            }
+            acct.liquidating_since = rec.liquidating_since;
             engine.total_balances += i128::from(rec.balance.0);
             let account = AccountId(engine.accounts.len() as u32);
             engine.accounts.push(acct);

@@ -167,6 +167,7 @@ impl<M: MarginModel> Engine<M> {
         if let Err(code) = result {
             events.push(Event::Rejected { code });
         }
+        self.liquidation_checks(events);
         self.check_touched();
         result
     }
@@ -215,16 +216,18 @@ impl<M: MarginModel> Engine<M> {
             Command::MassQuote { account, quotes } => self.mass_quote(*account, quotes, events),
             Command::OracleUpdate(update) => self.oracle_update(update, events),
             Command::SetMarginMode { account, mode } => self.set_margin_mode(*account, *mode, events),
+            Command::Liquidate { liquidator, account, instrument, qty } => self.liquidate(*liquidator, *account, *instrument, *qty, events),
+            Command::Deleverage { account, instrument } => self.deleverage(*account, *instrument, events),
         }
     }
 
     // ---- lookups and checks (no mutation) ----
 
-    fn account(&self, id: AccountId) -> Result<&Account, RejectCode> {
+    pub(crate) fn account(&self, id: AccountId) -> Result<&Account, RejectCode> {
         self.accounts.get(id.0 as usize).ok_or(RejectCode::UnknownAccount)
     }
 
-    fn instrument(&self, id: InstrumentId) -> Result<&InstrumentState, RejectCode> {
+    pub(crate) fn instrument(&self, id: InstrumentId) -> Result<&InstrumentState, RejectCode> {
         self.instruments.get(id.0 as usize).ok_or(RejectCode::UnknownInstrument)
     }
 
@@ -253,7 +256,7 @@ impl<M: MarginModel> Engine<M> {
         Ok(())
     }
 
-    fn check_qty(&self, inst: &InstrumentState, qty: Qty) -> Result<(), RejectCode> {
+    pub(crate) fn check_qty(&self, inst: &InstrumentState, qty: Qty) -> Result<(), RejectCode> {
         if !qty.is_positive() || qty.0 % inst.spec.amount_step.0 != 0 {
             return Err(RejectCode::InvalidQty);
         }
@@ -347,7 +350,7 @@ impl<M: MarginModel> Engine<M> {
     /// The account's total initial requirement if its exposure in `instrument` (whose entry is
     /// `position`, if it has one) became `e`. In mark-based modes the instrument must have a
     /// fresh mark.
-    fn requirement_with(&self, account: AccountId, instrument: InstrumentId, position: Option<u32>, e: &Exposure) -> Result<i128, RejectCode> {
+    pub(crate) fn requirement_with(&self, account: AccountId, instrument: InstrumentId, position: Option<u32>, e: &Exposure) -> Result<i128, RejectCode> {
         let acct = &self.accounts[account.0 as usize];
         if acct.mode != optio_types::MarginMode::WorstCase {
             self.check_fresh(instrument)?;
@@ -586,8 +589,12 @@ impl<M: MarginModel> Engine<M> {
     }
 
     fn withdraw(&mut self, account: AccountId, amount: Amount, events: &mut Vec<Event>) -> Result<(), RejectCode> {
-        let free = self.account(account)?.free_collateral();
+        let acct = self.account(account)?;
+        let (free, liquidating) = (acct.free_collateral(), acct.liquidating_since.is_some());
         self.check_amount(amount)?;
+        if liquidating {
+            return Err(RejectCode::AccountInLiquidation);
+        }
         self.check_account_fresh(account)?;
         if amount > free {
             return Err(RejectCode::InsufficientFreeCollateral);
@@ -608,6 +615,9 @@ impl<M: MarginModel> Engine<M> {
         if source.owner != destination.owner {
             return Err(RejectCode::NotSameOwner);
         }
+        if source.liquidating_since.is_some() {
+            return Err(RejectCode::AccountInLiquidation);
+        }
         self.check_account_fresh(from)?;
         if amount > source.free_collateral() {
             return Err(RejectCode::InsufficientFreeCollateral);
@@ -621,6 +631,9 @@ impl<M: MarginModel> Engine<M> {
 
     fn place_order(&mut self, o: &NewOrder, events: &mut Vec<Event>) -> Result<(), RejectCode> {
         let acct = self.account(o.account)?;
+        if acct.liquidating_since.is_some() {
+            return Err(RejectCode::AccountInLiquidation);
+        }
         let inst = self.active_instrument(o.instrument)?;
         self.check_qty(inst, o.qty)?;
         let is_market = matches!(o.order_type, OrderType::Market { .. });
@@ -714,7 +727,9 @@ impl<M: MarginModel> Engine<M> {
     }
 
     fn amend(&mut self, account: AccountId, order: OrderRef, price: Price, qty: Qty, events: &mut Vec<Event>) -> Result<(), RejectCode> {
-        self.account(account)?;
+        if self.account(account)?.liquidating_since.is_some() {
+            return Err(RejectCode::AccountInLiquidation);
+        }
         let slot = self.resolve(account, order)?;
         let o = self.store.get(slot).clone();
         let inst = &self.instruments[o.instrument.0 as usize];
@@ -818,6 +833,9 @@ impl<M: MarginModel> Engine<M> {
 
     fn mass_quote(&mut self, account: AccountId, quotes: &[Quote], events: &mut Vec<Event>) -> Result<(), RejectCode> {
         let acct = self.account(account)?;
+        if acct.liquidating_since.is_some() {
+            return Err(RejectCode::AccountInLiquidation);
+        }
         if quotes.is_empty() || quotes.len() > self.limits.max_mass_quote_entries as usize {
             return Err(RejectCode::MassQuoteSize);
         }
@@ -984,7 +1002,7 @@ impl<M: MarginModel> Engine<M> {
         self.refresh_requirement(maker_account, maker_position);
     }
 
-    fn position_fill(&mut self, account: AccountId, position: u32, signed_qty: i64, price: Price, notional: Amount) {
+    pub(crate) fn position_fill(&mut self, account: AccountId, position: u32, signed_qty: i64, price: Price, notional: Amount) {
         let pos = &mut self.positions[position as usize];
         let was_flat = pos.exposure.position.0 == 0;
         pos.apply_fill(signed_qty, price, notional);
@@ -1032,7 +1050,7 @@ impl<M: MarginModel> Engine<M> {
     }
 
     /// Takes a booked order off the book and forgets it.
-    fn remove_order(&mut self, slot: u32, reason: DoneReason, events: &mut Vec<Event>) {
+    pub(crate) fn remove_order(&mut self, slot: u32, reason: DoneReason, events: &mut Vec<Event>) {
         let o = self.store.get(slot);
         let (account, instrument, side, price, remaining, position) = (o.account, o.instrument, o.side, o.price, o.remaining, o.position);
         let inst = &mut self.instruments[instrument.0 as usize];
@@ -1075,7 +1093,7 @@ impl<M: MarginModel> Engine<M> {
         events.push(Event::OrderDone { order: o.id, account: o.account, reason, unfilled: o.remaining });
     }
 
-    fn refresh_requirement(&mut self, account: AccountId, position: u32) {
+    pub(crate) fn refresh_requirement(&mut self, account: AccountId, position: u32) {
         self.refresh_requirement_checked(account, position).expect("requirements of accepted exposures fit");
     }
 
@@ -1095,7 +1113,7 @@ impl<M: MarginModel> Engine<M> {
         Ok(())
     }
 
-    fn credit(&mut self, account: AccountId, delta: Amount) {
+    pub(crate) fn credit(&mut self, account: AccountId, delta: Amount) {
         let acct = &mut self.accounts[account.0 as usize];
         acct.balance = Amount(acct.balance.0 + delta.0);
         self.total_balances += i128::from(delta.0);
@@ -1106,13 +1124,13 @@ impl<M: MarginModel> Engine<M> {
         events.push(Event::BalanceChanged { account, amount, balance: self.accounts[account.0 as usize].balance });
     }
 
-    fn touch_account(&mut self, account: AccountId) {
+    pub(crate) fn touch_account(&mut self, account: AccountId) {
         if self.touched_accounts.last() != Some(&account) {
             self.touched_accounts.push(account);
         }
     }
 
-    fn touch_instrument(&mut self, instrument: InstrumentId) {
+    pub(crate) fn touch_instrument(&mut self, instrument: InstrumentId) {
         if self.touched_instruments.last() != Some(&instrument) {
             self.touched_instruments.push(instrument);
         }
@@ -1139,6 +1157,10 @@ impl<M: MarginModel> Engine<M> {
                 assert!(bid < ask, "book of instrument {i} is crossed");
             }
         }
+    }
+
+    pub(crate) fn touched_accounts(&self) -> &[AccountId] {
+        &self.touched_accounts
     }
 
     /// The kind of an instrument (for callers that only know its id).

@@ -171,8 +171,15 @@ impl<M: MarginModel> Engine<M> {
             if (requirement, maintenance) != (acct.requirement.0, acct.maintenance.0) {
                 return fail(format!("requirement totals of account {account} are stale"));
             }
-            // Fully collateralized accounts can never be under water; mark-margined ones can,
-            // between a price move and their liquidation.
+            // Between inputs a mark-margined account is either above maintenance or being
+            // liquidated, and a liquidating account has no open orders.
+            if acct.mode != MarginMode::WorstCase && acct.liquidating_since.is_none() && acct.balance < acct.maintenance {
+                return fail(format!("account {account} is below maintenance but not liquidating"));
+            }
+            if acct.liquidating_since.is_some() && (acct.open_orders > 0 || acct.mode == MarginMode::WorstCase) {
+                return fail(format!("liquidating account {account} has open orders or is fully collateralized"));
+            }
+            // Fully collateralized accounts can never be under water.
             if acct.mode == MarginMode::WorstCase && (acct.balance.0 < 0 || acct.balance < acct.requirement) {
                 return fail(format!("account {account} balance {} below requirement {}", acct.balance, acct.requirement));
             }

@@ -94,6 +94,8 @@ pub(crate) struct Account {
     pub mode: optio_types::MarginMode,
     /// Portfolio margin: summed scenario contributions.
     pub portfolio: Option<crate::risk::PortfolioSums>,
+    /// Engine time the account's liquidation started, while it lasts.
+    pub liquidating_since: Option<u64>,
     /// Slots of the account's position entries, by instrument (entries are never removed).
     pub positions: BTreeMap<InstrumentId, u32>,
     /// Head of the intrusive list of open orders (through the order slab), and its length.
@@ -110,6 +112,7 @@ impl Account {
             maintenance: Amount::ZERO,
             mode: optio_types::MarginMode::WorstCase,
             portfolio: None,
+            liquidating_since: None,
             positions: BTreeMap::new(),
             orders_head: NIL,
             open_orders: 0,

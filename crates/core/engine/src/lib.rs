@@ -13,6 +13,7 @@ mod canonical;
 mod engine;
 mod invariants;
 mod ledger;
+mod liquidation;
 mod risk;
 
 pub use canonical::RestoreError;

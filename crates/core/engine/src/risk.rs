@@ -294,6 +294,9 @@ impl<M: MarginModel> Engine<M> {
 
     pub(crate) fn set_margin_mode(&mut self, account: AccountId, mode: MarginMode, events: &mut Vec<Event>) -> Result<(), RejectCode> {
         let acct = self.account_ref(account)?;
+        if acct.liquidating_since.is_some() {
+            return Err(RejectCode::AccountInLiquidation);
+        }
         let previous = acct.mode;
         if previous == mode {
             return Ok(());
@@ -419,6 +422,7 @@ impl<M: MarginModel> Engine<M> {
         }
         for (account, slot) in todo {
             self.refresh_marked(account, slot).expect("validated marks give finite margins");
+            self.touch_account(account);
         }
     }
 

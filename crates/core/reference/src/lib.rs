@@ -203,7 +203,7 @@ impl Reference {
             Command::MassQuote { account, quotes } => self.mass_quote(*account, quotes),
             // The reference models the fully collateralized core; oracle-driven margin is
             // checked by its own tests (never generated for the comparison).
-            Command::OracleUpdate(_) | Command::SetMarginMode { .. } => panic!("the reference model does not model oracle updates or margin modes"),
+            Command::OracleUpdate(_) | Command::SetMarginMode { .. } | Command::Liquidate { .. } | Command::Deleverage { .. } => panic!("the reference model does not model oracle updates or margin modes"),
         }
     }
 
@@ -692,6 +692,7 @@ impl Reference {
                         .map(|(i, p)| PositionRecord { instrument: *i, qty: Qty(p.qty), cost: Amount(p.cost), realized_pnl: Amount(p.realized) })
                         .collect(),
                     margin_mode: optio_types::MarginMode::WorstCase,
+                    liquidating_since: None,
                 })
                 .collect(),
             orders: orders.into_iter().map(|o| o.rec).collect(),

@@ -24,6 +24,8 @@ pub enum DoneReason {
     ReduceOnly,
     /// Its instrument expired.
     InstrumentExpired,
+    /// Its account went into liquidation.
+    Liquidation,
 }
 
 /// Something that happened.
@@ -153,6 +155,47 @@ pub enum Event {
         underlying: String,
         /// The held price.
         index_price: Price,
+    },
+    /// An account fell below maintenance: its orders are cancelled and its positions auctioned.
+    LiquidationStarted {
+        /// Whose.
+        account: AccountId,
+    },
+    /// A liquidator (or, when deleveraging, an opposite position holder) took over a position.
+    LiquidationTransfer {
+        /// Liquidated account.
+        account: AccountId,
+        /// Who took it.
+        counterparty: AccountId,
+        /// Instrument.
+        instrument: InstrumentId,
+        /// Contracts moved (signed from the liquidated account's view: negative = it sold).
+        qty: Qty,
+        /// Price per contract.
+        price: Price,
+        /// Fee the liquidated account paid to the insurance fund.
+        fee: Amount,
+        /// True for auto-deleveraging at the mark.
+        deleverage: bool,
+    },
+    /// A bankrupt account's deficit was covered: by the insurance fund, the fee pool, and a loss
+    /// shared pro rata by accounts with free collateral; `unresolved` is bad debt left.
+    DeficitCovered {
+        /// The bankrupt account.
+        account: AccountId,
+        /// From the insurance fund.
+        insurance: Amount,
+        /// From the fee pool.
+        fee_pool: Amount,
+        /// Shared by other accounts.
+        socialized: Amount,
+        /// Not covered (only if the whole system's free collateral was not enough).
+        unresolved: Amount,
+    },
+    /// An account is no longer liquidating (cured, or all positions closed).
+    LiquidationEnded {
+        /// Whose.
+        account: AccountId,
     },
     /// An account's margin mode changed.
     MarginModeChanged {

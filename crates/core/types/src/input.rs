@@ -214,6 +214,25 @@ pub enum Command {
     },
     /// Oracle: index, marks and risk arrays for one underlying.
     OracleUpdate(OracleUpdate),
+    /// A liquidator takes over part of a liquidating account's position at the auction price.
+    Liquidate {
+        /// Who takes the position (must meet its own initial margin afterwards).
+        liquidator: AccountId,
+        /// The account being liquidated.
+        account: AccountId,
+        /// Which position.
+        instrument: InstrumentId,
+        /// How much (contracts), at most the auction step unless the account is bankrupt.
+        qty: Qty,
+    },
+    /// After the auction ran its full course, close what is left of a liquidating account's
+    /// position against the most profitable opposite positions at the mark (auto-deleveraging).
+    Deleverage {
+        /// The account being liquidated.
+        account: AccountId,
+        /// Which position.
+        instrument: InstrumentId,
+    },
     /// Choose how an account is margined (refused if the account would not meet the new
     /// mode's initial requirement).
     SetMarginMode {

@@ -75,6 +75,18 @@ pub struct RiskConfig {
     pub pm_maintenance_bps: u32,
     /// Settlement TWAP window before expiry.
     pub settlement_window_ms: u64,
+    /// Liquidation auction: starting discount to mark, basis points of the contract's
+    /// underlying notional (index x multiplier).
+    pub liquidation_start_bps: u32,
+    /// Liquidation auction: the discount it falls to (the auction's bound).
+    pub liquidation_max_bps: u32,
+    /// Liquidation auction: time from start to bound; after it, deleveraging is allowed.
+    pub liquidation_duration_ms: u64,
+    /// Largest share of a position one take may transfer while the account is solvent (bps).
+    pub liquidation_step_bps: u32,
+    /// Fee paid by the liquidated account to the insurance fund, bps of underlying notional
+    /// (never more than the account's remaining equity).
+    pub liquidation_fee_bps: u32,
 }
 
 impl Default for RiskConfig {
@@ -90,6 +102,11 @@ impl Default for RiskConfig {
             pm_short_option_floor_bps: 100,
             pm_maintenance_bps: 8_000,
             settlement_window_ms: 30 * 60_000,
+            liquidation_start_bps: 100,
+            liquidation_max_bps: 2_000,
+            liquidation_duration_ms: 15 * 60_000,
+            liquidation_step_bps: 2_500,
+            liquidation_fee_bps: 50,
         }
     }
 }

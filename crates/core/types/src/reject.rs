@@ -125,6 +125,17 @@ reject_codes! {
     InvalidMark = 5005, "index and marks must be positive and within the instrument's band";
     /// A mark-margined account trading or holding an instrument without a mark yet.
     NoMark = 5006, "instrument has no mark yet";
+    /// A liquidating account may not add risk.
+    AccountInLiquidation = 5007, "account is being liquidated";
+    /// Liquidate or deleverage of an account that is not being liquidated, or a position it
+    /// does not hold.
+    NotLiquidating = 5008, "account is not being liquidated or holds no such position";
+    /// A liquidation take above the auction step (or the position) while the account is solvent.
+    LiquidationTooLarge = 5009, "liquidation take exceeds the allowed step";
+    /// Deleveraging before the auction reached its bound.
+    AuctionNotOver = 5010, "the liquidation auction has not run its course";
+    /// An account cannot liquidate itself or a subaccount of its owner.
+    SelfLiquidation = 5011, "liquidator and liquidated account share an owner";
 }
 
 impl fmt::Display for RejectCode {

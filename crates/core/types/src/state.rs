@@ -113,6 +113,8 @@ pub struct AccountRecord {
     pub positions: Vec<PositionRecord>,
     /// How the account is margined.
     pub margin_mode: MarginMode,
+    /// Engine time its liquidation started, while it lasts.
+    pub liquidating_since: Option<u64>,
 }
 
 /// One open order.
@@ -217,6 +219,13 @@ impl CanonicalState {
                 w.amount(p.realized_pnl);
             }
             w.u8(a.margin_mode as u8);
+            match a.liquidating_since {
+                None => w.u8(0),
+                Some(t) => {
+                    w.u8(1);
+                    w.u64(t);
+                }
+            }
         }
         w.len(self.oracles.len());
         for o in &self.oracles {
@@ -328,7 +337,12 @@ impl CanonicalState {
                 2 => MarginMode::Portfolio,
                 tag => return Err(DecodeError::BadTag { what: "margin mode", tag }),
             };
-            accounts.push(AccountRecord { owner, balance, positions, margin_mode });
+            let liquidating_since = match r.u8()? {
+                0 => None,
+                1 => Some(r.u64()?),
+                tag => return Err(DecodeError::BadTag { what: "option", tag }),
+            };
+            accounts.push(AccountRecord { owner, balance, positions, margin_mode, liquidating_since });
         }
         let n = r.len(limits.max_instruments as usize)?;
         let mut oracles = Vec::with_capacity(n);
@@ -425,6 +439,11 @@ fn encode_risk(w: &mut Writer, c: &RiskConfig) {
     w.u32(c.pm_short_option_floor_bps);
     w.u32(c.pm_maintenance_bps);
     w.u64(c.settlement_window_ms);
+    w.u32(c.liquidation_start_bps);
+    w.u32(c.liquidation_max_bps);
+    w.u64(c.liquidation_duration_ms);
+    w.u32(c.liquidation_step_bps);
+    w.u32(c.liquidation_fee_bps);
 }
 
 fn decode_risk(r: &mut Reader<'_>) -> Result<RiskConfig, DecodeError> {
@@ -439,6 +458,11 @@ fn decode_risk(r: &mut Reader<'_>) -> Result<RiskConfig, DecodeError> {
         pm_short_option_floor_bps: r.u32()?,
         pm_maintenance_bps: r.u32()?,
         settlement_window_ms: r.u64()?,
+        liquidation_start_bps: r.u32()?,
+        liquidation_max_bps: r.u32()?,
+        liquidation_duration_ms: r.u64()?,
+        liquidation_step_bps: r.u32()?,
+        liquidation_fee_bps: r.u32()?,
     })
 }
 

@@ -1,0 +1,285 @@
+//! Liquidation: below maintenance an account's orders are cancelled and its positions are sold
+//! by a Dutch auction to liquidators; what the auction cannot place is deleveraged against the
+//! most profitable opposite positions at the mark; a deficit left on a bankrupt account is
+//! covered by the pre-committed waterfall.
+//!
+//! Waterfall (in order): the account's own collateral (positions transferred at the auction
+//! price, its fee capped at its remaining equity), the insurance fund, the fee pool, then a loss
+//! shared pro rata by every other account's free collateral (balance above its initial
+//! requirement). Anything still missing stays as the account's negative balance and is reported
+//! as unresolved bad debt (conservation still holds exactly).
+
+use optio_types::{AccountId, Amount, DoneReason, Event, InstrumentId, MarginMode, MarginModel, Price, QTY_SCALE, Qty, RejectCode};
+
+use crate::book::NIL;
+use crate::engine::Engine;
+
+const BPS: i128 = 10_000;
+const Q: i128 = QTY_SCALE as i128;
+
+impl<M: MarginModel> Engine<M> {
+    /// Value of the account's positions at their marks (instruments without a mark count 0).
+    pub(crate) fn position_value(&self, account: AccountId) -> i128 {
+        self.accounts[account.0 as usize]
+            .positions
+            .iter()
+            .map(|(instrument, slot)| {
+                let q = i128::from(self.positions[*slot as usize].exposure.position.0);
+                self.instruments[instrument.0 as usize].mark.as_ref().map_or(0, |(m, _)| (q * i128::from(m.0)).div_euclid(Q))
+            })
+            .sum()
+    }
+
+    /// Starts liquidations of touched mark-margined accounts that fell below maintenance, and
+    /// ends those that are cured.
+    pub(crate) fn liquidation_checks(&mut self, events: &mut Vec<Event>) {
+        let mut accounts: Vec<AccountId> = self.touched_accounts().to_vec();
+        accounts.sort_unstable();
+        accounts.dedup();
+        for account in accounts {
+            let acct = &self.accounts[account.0 as usize];
+            if acct.mode == MarginMode::WorstCase {
+                continue;
+            }
+            let below = acct.balance < acct.maintenance;
+            match (acct.liquidating_since, below) {
+                (None, true) => {
+                    self.accounts[account.0 as usize].liquidating_since = Some(self.time_ms);
+                    events.push(Event::LiquidationStarted { account });
+                    let mut slot = self.accounts[account.0 as usize].orders_head;
+                    let mut slots = Vec::new();
+                    while slot != NIL {
+                        slots.push(slot);
+                        slot = self.store.get(slot).account_next;
+                    }
+                    for slot in slots {
+                        self.remove_order(slot, DoneReason::Liquidation, events);
+                    }
+                }
+                (Some(_), false) => {
+                    self.accounts[account.0 as usize].liquidating_since = None;
+                    events.push(Event::LiquidationEnded { account });
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Current auction price for the liquidated account's position of sign `long` in
+    /// `instrument`, and the per-contract underlying notional the discount is measured on.
+    fn auction_price(&self, since: u64, instrument: InstrumentId, long: bool) -> Result<(Price, i128), RejectCode> {
+        let inst = &self.instruments[instrument.0 as usize];
+        let (mark, _) = inst.mark.as_ref().ok_or(RejectCode::NoMark)?;
+        let index = self.oracles.get(&inst.spec.name.underlying).ok_or(RejectCode::NoMark)?.index_price;
+        let reference = i128::from(index.0) * i128::from(inst.spec.contract_multiplier.0) / Q;
+        let r = &self.risk;
+        let elapsed = i128::from(self.time_ms.saturating_sub(since).min(r.liquidation_duration_ms));
+        let duration = i128::from(r.liquidation_duration_ms.max(1));
+        let bps = i128::from(r.liquidation_start_bps) + (i128::from(r.liquidation_max_bps) - i128::from(r.liquidation_start_bps)) * elapsed / duration;
+        let discount = (reference * bps + BPS - 1) / BPS;
+        let tick = i128::from(inst.spec.tick_size.0);
+        let max = i128::from(inst.max_price.0);
+        // The liquidator buys a long below the mark and takes a short above it, to whole ticks,
+        // rounded against the liquidated account.
+        let price = if long {
+            (i128::from(mark.0) - discount).max(0).div_euclid(tick) * tick
+        } else {
+            ((i128::from(mark.0) + discount + tick - 1).div_euclid(tick) * tick).min(max)
+        };
+        Ok((Price(price as i64), reference))
+    }
+
+    /// Moves `qty` contracts of the liquidated account's position to `counterparty` at `price`.
+    fn transfer_position(&mut self, account: AccountId, counterparty: AccountId, instrument: InstrumentId, long: bool, qty: Qty, price: Price) {
+        let notional = price.notional(qty).expect("whole ticks and steps");
+        let from = self.position_entry(account, instrument);
+        let to = self.position_entry(counterparty, instrument);
+        let sign = if long { 1 } else { -1 };
+        // A long is sold to the counterparty; a short is bought back from it.
+        self.credit(account, Amount(sign * notional.0));
+        self.credit(counterparty, Amount(-sign * notional.0));
+        self.position_fill(account, from, -sign * qty.0, price, notional);
+        self.position_fill(counterparty, to, sign * qty.0, price, notional);
+        self.refresh_requirement(account, from);
+        self.refresh_requirement(counterparty, to);
+        self.touch_account(counterparty);
+        self.touch_instrument(instrument);
+    }
+
+    pub(crate) fn liquidate(&mut self, liquidator: AccountId, account: AccountId, instrument: InstrumentId, qty: Qty, events: &mut Vec<Event>) -> Result<(), RejectCode> {
+        let taker = self.account(liquidator)?;
+        let target = self.account(account)?;
+        self.instrument(instrument)?;
+        let since = target.liquidating_since.ok_or(RejectCode::NotLiquidating)?;
+        if taker.owner == target.owner {
+            return Err(RejectCode::SelfLiquidation);
+        }
+        if taker.liquidating_since.is_some() {
+            return Err(RejectCode::AccountInLiquidation);
+        }
+        let slot = self.position_index.get(&(account.0, instrument.0)).ok_or(RejectCode::NotLiquidating)?;
+        let held = self.positions[slot as usize].exposure.position.0;
+        if held == 0 {
+            return Err(RejectCode::NotLiquidating);
+        }
+        self.check_qty(&self.instruments[instrument.0 as usize], qty)?;
+        let bankrupt = i128::from(self.accounts[account.0 as usize].balance.0) + self.position_value(account) <= 0;
+        let step = (i128::from(held.abs()) * i128::from(self.risk.liquidation_step_bps) / BPS) as i64;
+        let step = step - step % self.instruments[instrument.0 as usize].spec.amount_step.0;
+        let allowed = if bankrupt { held.abs() } else { step.max(self.instruments[instrument.0 as usize].spec.min_size.0).min(held.abs()) };
+        if qty.0 > allowed {
+            return Err(RejectCode::LiquidationTooLarge);
+        }
+        self.check_fresh(instrument)?;
+        let long = held > 0;
+        let (price, reference) = self.auction_price(since, instrument, long)?;
+        // The liquidator must meet its own initial margin with the position.
+        let existing = self.position_index.get(&(liquidator.0, instrument.0));
+        let mut e = existing.map(|p| self.positions[p as usize].exposure).unwrap_or_default();
+        e.position = Qty(e.position.0 + if long { qty.0 } else { -qty.0 });
+        let notional = i128::from(price.notional(qty)?.0);
+        let balance_after = i128::from(self.accounts[liquidator.0 as usize].balance.0) + if long { -notional } else { notional };
+        if balance_after < self.requirement_with(liquidator, instrument, existing, &e)? {
+            return Err(RejectCode::InsufficientMargin);
+        }
+
+        // Validated.
+        self.touch_account(account);
+        self.transfer_position(account, liquidator, instrument, long, qty, price);
+        let nominal_fee = (i128::from(qty.0) * reference * i128::from(self.risk.liquidation_fee_bps) + BPS * Q - 1) / (BPS * Q);
+        let equity = i128::from(self.accounts[account.0 as usize].balance.0) + self.position_value(account);
+        let fee = Amount(nominal_fee.min(equity.max(0)) as i64);
+        if fee.0 > 0 {
+            self.credit(account, Amount(-fee.0));
+            self.totals.insurance = Amount(self.totals.insurance.0 + fee.0);
+            let from = self.position_entry(account, instrument);
+            self.refresh_requirement(account, from);
+        }
+        events.push(Event::LiquidationTransfer {
+            account,
+            counterparty: liquidator,
+            instrument,
+            qty: Qty(if long { -qty.0 } else { qty.0 }),
+            price,
+            fee,
+            deleverage: false,
+        });
+        self.finish_if_flat(account, events);
+        Ok(())
+    }
+
+    pub(crate) fn deleverage(&mut self, account: AccountId, instrument: InstrumentId, events: &mut Vec<Event>) -> Result<(), RejectCode> {
+        let since = self.account(account)?.liquidating_since.ok_or(RejectCode::NotLiquidating)?;
+        self.instrument(instrument)?;
+        let slot = self.position_index.get(&(account.0, instrument.0)).ok_or(RejectCode::NotLiquidating)?;
+        let held = self.positions[slot as usize].exposure.position.0;
+        if held == 0 {
+            return Err(RejectCode::NotLiquidating);
+        }
+        if self.time_ms < since.saturating_add(self.risk.liquidation_duration_ms) {
+            return Err(RejectCode::AuctionNotOver);
+        }
+        self.check_fresh(instrument)?;
+        let inst = &self.instruments[instrument.0 as usize];
+        let (mark, _) = inst.mark.as_ref().ok_or(RejectCode::NoMark)?;
+        let tick = inst.spec.tick_size.0;
+        let price = Price(mark.0 - mark.0 % tick);
+        // Opposite holders, most profitable first (unrealized P&L at the mark), then by id.
+        let mut ranked: Vec<(i128, AccountId, i64)> = inst
+            .holders
+            .iter()
+            .filter(|a| **a != account)
+            .filter_map(|a| {
+                let p = &self.positions[self.position_index.get(&(a.0, instrument.0))? as usize];
+                let q = p.exposure.position.0;
+                ((q > 0) != (held > 0)).then(|| ((i128::from(q) * i128::from(mark.0)).div_euclid(Q) - i128::from(p.cost.0), *a, q))
+            })
+            .collect();
+        ranked.sort_by(|x, y| y.0.cmp(&x.0).then(x.1.cmp(&y.1)));
+        self.touch_account(account);
+        let long = held > 0;
+        let mut left = held.abs();
+        for (_, counterparty, q) in ranked {
+            if left == 0 {
+                break;
+            }
+            let take = left.min(q.abs());
+            self.transfer_position(account, counterparty, instrument, long, Qty(take), price);
+            events.push(Event::LiquidationTransfer {
+                account,
+                counterparty,
+                instrument,
+                qty: Qty(if long { -take } else { take }),
+                price,
+                fee: Amount::ZERO,
+                deleverage: true,
+            });
+            left -= take;
+        }
+        self.finish_if_flat(account, events);
+        Ok(())
+    }
+
+    /// Once a liquidated account holds nothing, covers its deficit and ends its liquidation.
+    fn finish_if_flat(&mut self, account: AccountId, events: &mut Vec<Event>) {
+        let flat = self.accounts[account.0 as usize].positions.values().all(|s| self.positions[*s as usize].exposure.position.0 == 0);
+        if !flat {
+            return;
+        }
+        let deficit = -i128::from(self.accounts[account.0 as usize].balance.0);
+        if deficit > 0 {
+            self.cover_deficit(account, deficit, events);
+        }
+        self.accounts[account.0 as usize].liquidating_since = None;
+        events.push(Event::LiquidationEnded { account });
+    }
+
+    fn cover_deficit(&mut self, account: AccountId, deficit: i128, events: &mut Vec<Event>) {
+        let mut left = deficit;
+        let insurance = left.min(i128::from(self.totals.insurance.0));
+        self.totals.insurance = Amount(self.totals.insurance.0 - insurance as i64);
+        left -= insurance;
+        let fee_pool = left.min(i128::from(self.totals.fee_pool.0));
+        self.totals.fee_pool = Amount(self.totals.fee_pool.0 - fee_pool as i64);
+        left -= fee_pool;
+        self.credit(account, Amount((insurance + fee_pool) as i64));
+        // Shared pro rata by free collateral, exactly: floor shares, then one unit each in id
+        // order until the remainder is placed.
+        let free: Vec<(AccountId, i128)> = self
+            .accounts
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != account.0 as usize)
+            .map(|(i, a)| (AccountId(i as u32), i128::from(a.balance.0) - i128::from(a.requirement.0.max(0))))
+            .filter(|(_, f)| *f > 0)
+            .collect();
+        let total: i128 = free.iter().map(|(_, f)| f).sum();
+        let socialized = left.min(total);
+        if socialized > 0 {
+            let mut shares: Vec<(AccountId, i128, i128)> = free.iter().map(|(a, f)| (*a, *f, socialized * f / total)).collect();
+            let mut remainder = socialized - shares.iter().map(|s| s.2).sum::<i128>();
+            // Terminates: the free collateral left above the shares is at least the remainder.
+            while remainder > 0 {
+                for s in &mut shares {
+                    if remainder > 0 && s.2 < s.1 {
+                        s.2 += 1;
+                        remainder -= 1;
+                    }
+                }
+            }
+            for (a, _, share) in shares {
+                if share > 0 {
+                    self.credit(a, Amount(-share as i64));
+                }
+            }
+            self.credit(account, Amount(socialized as i64));
+        }
+        events.push(Event::DeficitCovered {
+            account,
+            insurance: Amount(insurance as i64),
+            fee_pool: Amount(fee_pool as i64),
+            socialized: Amount(socialized as i64),
+            unresolved: Amount((left - socialized) as i64),
+        });
+    }
+}
