@@ -2,6 +2,7 @@
 //! snapshots and replay.
 
 mod common;
+mod liquidation;
 mod model;
 mod risk;
 mod scenarios;
