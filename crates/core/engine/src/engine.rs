@@ -542,6 +542,7 @@ impl<M: MarginModel> Engine<M> {
         let holders = std::mem::take(&mut inst.holders);
         let denom = i128::from(optio_types::QTY_SCALE) * i128::from(optio_types::QTY_SCALE);
         let mut paid: i128 = 0;
+        let mut settled = Vec::new();
         for account in holders {
             let slot = self.position_index.get(&(account.0, id.0)).expect("holders have a position");
             let pos = &mut self.positions[slot as usize];
@@ -555,6 +556,7 @@ impl<M: MarginModel> Engine<M> {
             self.credit(account, cash);
             self.refresh_requirement(account, slot);
             events.push(Event::PositionSettled { account, instrument: id, qty: Qty(q), cash });
+            settled.push(account);
         }
         let inst = &mut self.instruments[id.0 as usize];
         inst.net_position = 0;
@@ -563,6 +565,12 @@ impl<M: MarginModel> Engine<M> {
         let insurance_credit = Amount(i64::try_from(-paid).expect("bounded by total collateral"));
         self.totals.insurance = Amount(self.totals.insurance.0 + insurance_credit.0);
         events.push(Event::InstrumentSettled { instrument: id, settlement_price, insurance_credit });
+        // A liquidating account whose last position just settled is finished now.
+        for account in settled {
+            if self.accounts[account.0 as usize].liquidating_since.is_some() {
+                self.finish_if_flat(account, events);
+            }
+        }
         Ok(())
     }
 

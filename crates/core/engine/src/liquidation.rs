@@ -55,6 +55,8 @@ impl<M: MarginModel> Engine<M> {
                     for slot in slots {
                         self.remove_order(slot, DoneReason::Liquidation, events);
                     }
+                    // Nothing to auction (a settlement left it bankrupt): cover it now.
+                    self.finish_if_flat(account, events);
                 }
                 (Some(_), false) => {
                     self.accounts[account.0 as usize].liquidating_since = None;
@@ -221,7 +223,7 @@ impl<M: MarginModel> Engine<M> {
     }
 
     /// Once a liquidated account holds nothing, covers its deficit and ends its liquidation.
-    fn finish_if_flat(&mut self, account: AccountId, events: &mut Vec<Event>) {
+    pub(crate) fn finish_if_flat(&mut self, account: AccountId, events: &mut Vec<Event>) {
         let flat = self.accounts[account.0 as usize].positions.values().all(|s| self.positions[*s as usize].exposure.position.0 == 0);
         if !flat {
             return;

@@ -125,13 +125,13 @@ fn mango_a_pumped_trade_price_does_not_create_collateral() {
 type Step = (u8, u8, u8, i16);
 
 fn step() -> impl Strategy<Value = Step> {
-    (0u8..6, 0u8..4, 1u8..40, -120i16..120)
+    (0u8..7, 0u8..4, 1u8..40, -120i16..120)
 }
 
 /// Runs one random history; returns how many liquidations started, transfers happened and
 /// deficits were covered.
-fn liquidation_history(steps: &[Step]) -> Result<(usize, usize, usize), TestCaseError> {
-    let mut counts = (0, 0, 0);
+fn liquidation_history(steps: &[Step]) -> Result<(usize, usize, usize, usize), TestCaseError> {
+    let mut counts = (0, 0, 0, 0);
 
         let mut e = engine_with(EngineLimits::default(), 6, usd(5_000));
         let mut t = T0;
@@ -145,6 +145,7 @@ fn liquidation_history(steps: &[Step]) -> Result<(usize, usize, usize), TestCase
                     Event::LiquidationStarted { .. } => counts.0 += 1,
                     Event::LiquidationTransfer { .. } => counts.1 += 1,
                     Event::DeficitCovered { .. } => counts.2 += 1,
+                    Event::PositionSettled { .. } => counts.3 += 1,
                     _ => {}
                 }
             }
@@ -170,7 +171,9 @@ fn liquidation_history(steps: &[Step]) -> Result<(usize, usize, usize), TestCase
                     apply(&mut e, t, Command::PlaceOrder(limit(4 - account.min(3), PERP, side.opposite(), price, i64::from(size))), &mut events);
                 }
                 2 => {
-                    spot *= 1.0 + f64::from(move_bp) / 1_000.0;
+                    // Now and then a crash or a squeeze of up to 36% in one step.
+                    let scale = if size > 30 { 3.0 } else { 1.0 };
+                    spot *= 1.0 + scale * f64::from(move_bp) / 1_000.0;
                     spot = spot.clamp(20_000.0, 95_000.0);
                     apply(&mut e, t, Command::OracleUpdate(update(spot, t)), &mut events);
                     // A big move is held; confirm it.
@@ -194,8 +197,16 @@ fn liquidation_history(steps: &[Step]) -> Result<(usize, usize, usize), TestCase
                         unresolved |= events.iter().any(|ev| matches!(ev, Event::DeficitCovered { unresolved, .. } if unresolved.0 > 0));
                     }
                 }
-                _ => {
+                5 => {
                     apply(&mut e, t, Command::Deposit { account: AccountId(account), amount: usd(i64::from(size) * 100) }, &mut events);
+                }
+                _ => {
+                    // The put that expires at T0 + 1h, traded near its mark: histories that run
+                    // past expiry settle it at the TWAP, liquidating accounts included.
+                    let side = if move_bp > 0 { Side::Buy } else { Side::Sell };
+                    let price = px(500 + i64::from(move_bp.abs()) * 10);
+                    apply(&mut e, t, Command::PlaceOrder(limit(account, 1, side, price, i64::from(size))), &mut events);
+                    apply(&mut e, t, Command::PlaceOrder(limit(4 - account.min(3), 1, side.opposite(), price, i64::from(size))), &mut events);
                 }
             }
         }
@@ -212,12 +223,13 @@ fn liquidation_history(steps: &[Step]) -> Result<(usize, usize, usize), TestCase
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
-    /// Random leveraged traders, price paths with crashes, liquidations, deleveraging: the full
+    /// Random leveraged traders, price paths with crashes, liquidations, deleveraging and option
+    /// expiry with settlement at the TWAP: the full
     /// audit (conservation, zero-sum positions, caches, liquidation state) holds after every
     /// input, and afterwards no flat account is left with a negative balance unless the
     /// waterfall reported it as unresolved.
     #[test]
-    fn conservation_holds_through_liquidation(steps in prop::collection::vec(step(), 1..80)) {
+    fn conservation_holds_through_liquidation_and_expiry(steps in prop::collection::vec(step(), 1..80)) {
         liquidation_history(&steps)?;
     }
 }
@@ -227,12 +239,12 @@ fn the_random_histories_do_liquidate() {
     use proptest::strategy::ValueTree;
     use proptest::test_runner::TestRunner;
     let mut runner = TestRunner::deterministic();
-    let mut total = (0, 0, 0);
+    let mut total = (0, 0, 0, 0);
     for _ in 0..48 {
-        let steps = prop::collection::vec(step(), 60).new_tree(&mut runner).expect("strategy").current();
+        let steps = prop::collection::vec(step(), 80).new_tree(&mut runner).expect("strategy").current();
         let c = liquidation_history(&steps).expect("history holds");
-        total = (total.0 + c.0, total.1 + c.1, total.2 + c.2);
+        total = (total.0 + c.0, total.1 + c.1, total.2 + c.2, total.3 + c.3);
     }
-    eprintln!("liquidations {} transfers {} deficits {}", total.0, total.1, total.2);
-    assert!(total.0 > 0 && total.1 > 0 && total.2 > 0, "liquidations {} transfers {} deficits {}", total.0, total.1, total.2);
+    eprintln!("liquidations {} transfers {} deficits {} settlements {}", total.0, total.1, total.2, total.3);
+    assert!(total.0 > 0 && total.1 > 0 && total.2 > 0 && total.3 > 0, "{total:?}");
 }

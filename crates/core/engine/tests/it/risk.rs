@@ -196,3 +196,77 @@ fn expiry_settles_at_the_time_weighted_index() {
     e.check_invariants().expect("audit");
     let _ = (Qty(STEP), px(1));
 }
+
+mod portfolio_properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const MICRO_PER_CONTRACT: i128 = 100_000_000;
+
+    /// Account 1 (portfolio margin) trades each leg against account 2 at the mark; returns the
+    /// engine and the update whose marks and arrays priced it.
+    fn build(legs: &[(u32, i64)]) -> (Engine, OracleUpdate) {
+        let mut e = engine_with(EngineLimits::default(), 4, usd(5_000_000));
+        let u = update(60_000.0, T0);
+        run(&mut e, T0, Command::OracleUpdate(u.clone())).expect("oracle");
+        run(&mut e, T0, Command::SetMarginMode { account: AccountId(1), mode: MarginMode::Portfolio }).expect("portfolio");
+        for &(i, q) in legs {
+            trade(&mut e, &u, i, q);
+        }
+        (e, u)
+    }
+
+    fn trade(e: &mut Engine, u: &OracleUpdate, instrument: u32, steps: i64) {
+        if steps == 0 {
+            return;
+        }
+        let mark = u.marks[instrument as usize].mark.0;
+        let price = Price((mark - mark % 100_000).max(100_000));
+        let (side, other) = if steps > 0 { (Side::Buy, Side::Sell) } else { (Side::Sell, Side::Buy) };
+        run(e, T0, Command::PlaceOrder(limit(2, instrument, other, price, steps.abs()))).expect("counterparty");
+        run(e, T0, Command::PlaceOrder(limit(1, instrument, side, price, steps.abs()))).expect("portfolio account trades");
+    }
+
+    /// (gross portfolio requirement = net requirement + position value, worst single-scenario
+    /// loss) of account 1, and the number of positions (each floor costs at most one micro).
+    fn figures(e: &Engine, u: &OracleUpdate) -> (i128, i128, i128) {
+        let (_, requirement, _) = e.collateral(AccountId(1)).expect("exists");
+        let mut value = 0i128;
+        let mut worst = 0i128;
+        let mut n = 0;
+        let qs: Vec<i128> = (0..3).map(|i| i128::from(e.position_view(AccountId(1), InstrumentId(i)).map_or(0, |p| p.0.0))).collect();
+        for (i, q) in qs.iter().enumerate() {
+            if *q != 0 {
+                n += 1;
+                value += (q * i128::from(u.marks[i].mark.0)).div_euclid(MICRO_PER_CONTRACT);
+            }
+        }
+        for s in 0..u.marks[0].risk_array.len() {
+            let pnl: i128 = qs.iter().enumerate().map(|(i, q)| (q * i128::from(u.marks[i].risk_array[s].0)).div_euclid(MICRO_PER_CONTRACT)).sum();
+            worst = worst.max(-pnl);
+        }
+        (i128::from(requirement.0) + value, worst, n)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// Portfolio margin is never below the worst single-scenario loss, and trading back any
+        /// fraction of every position (an offsetting hedge) never raises it.
+        #[test]
+        fn never_below_the_worst_scenario_and_hedges_never_raise_it(legs in prop::collection::vec((0u32..3, -30i64..30), 1..6), keep in 0i64..=4) {
+            let (mut e, u) = build(&legs);
+            let (gross, worst, n) = figures(&e, &u);
+            prop_assert!(gross + 2 * n >= worst, "portfolio margin {gross} below worst scenario loss {worst}");
+            // Offset each position by (4 - keep)/4 of itself.
+            let positions: Vec<(u32, i64)> = (0..3).map(|i| (i, e.position_view(AccountId(1), InstrumentId(i)).map_or(0, |p| p.0.0 / STEP))).collect();
+            for (i, q) in positions {
+                trade(&mut e, &u, i, -(q * (4 - keep) / 4));
+            }
+            let (hedged, _, n2) = figures(&e, &u);
+            prop_assert!(hedged <= gross + 2 * (n + n2), "hedging raised portfolio margin from {gross} to {hedged}");
+            e.check_invariants().map_err(|v| TestCaseError::fail(v.to_string()))?;
+        }
+    }
+}
