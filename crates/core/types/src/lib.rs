@@ -13,6 +13,7 @@ pub mod event;
 pub mod fixed;
 pub mod ids;
 pub mod input;
+pub mod input_codec;
 pub mod instrument;
 pub mod margin;
 pub mod oracle;

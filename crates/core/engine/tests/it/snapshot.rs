@@ -92,3 +92,24 @@ fn a_state_that_creates_money_is_refused() {
         assert!(matches!(Engine::restore(&state, WorstCaseMargin), Err(RestoreError::Invariant(_))));
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    /// Every generated input (all command kinds the model produces, bad ones included) survives
+    /// the write-ahead-log encoding exactly.
+    #[test]
+    fn inputs_round_trip_through_their_encoding(ops in prop::collection::vec(op(), 1..100)) {
+        for input in check_against_reference(&ops) {
+            prop_assert_eq!(optio_types::Input::decode(&input.encode()), Ok(input));
+        }
+    }
+
+    /// Arbitrary bytes never make the input or snapshot decoders panic or over-allocate.
+    #[test]
+    fn decoders_refuse_garbage_without_panicking(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+        let _ = optio_types::Input::decode(&bytes);
+        let _ = CanonicalState::decode(&bytes);
+        let _ = optio_types::OracleUpdate::decode(&bytes, 64, 64);
+    }
+}

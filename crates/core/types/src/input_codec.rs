@@ -1,0 +1,288 @@
+//! Canonical binary encoding of engine inputs: what the write-ahead log stores and what receipts
+//! hash. Decoding bounds every length and refuses unknown tags and trailing bytes.
+
+use crate::codec::{DecodeError, Reader, Writer};
+use crate::fixed::Qty;
+use crate::input::{Command, Input, NewOrder, OrderRef, OrderType, Quote, SelfTradePrevention, Side, TimeInForce};
+use crate::oracle::{MarginMode, OracleUpdate};
+use crate::state::{decode_spec, encode_spec};
+
+/// Most entries decoded in one mass quote or oracle update, and most scenarios per risk array.
+pub const MAX_LIST: usize = 4_096;
+
+impl Input {
+    /// Canonical bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.u64(self.time_ms);
+        encode_command(&mut w, &self.command);
+        w.bytes
+    }
+
+    /// Decodes canonical bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Input, DecodeError> {
+        let mut r = Reader::new(bytes);
+        let time_ms = r.u64()?;
+        let command = decode_command(&mut r)?;
+        r.finish()?;
+        Ok(Input { time_ms, command })
+    }
+}
+
+fn side(w: &mut Writer, s: Side) {
+    w.u8(s as u8);
+}
+
+fn read_side(r: &mut Reader<'_>) -> Result<Side, DecodeError> {
+    match r.u8()? {
+        0 => Ok(Side::Buy),
+        1 => Ok(Side::Sell),
+        tag => Err(DecodeError::BadTag { what: "side", tag }),
+    }
+}
+
+fn order_ref(w: &mut Writer, o: OrderRef) {
+    match o {
+        OrderRef::Id(id) => {
+            w.u8(0);
+            w.order(id);
+        }
+        OrderRef::Client(c) => {
+            w.u8(1);
+            w.u64(c);
+        }
+    }
+}
+
+fn read_order_ref(r: &mut Reader<'_>) -> Result<OrderRef, DecodeError> {
+    match r.u8()? {
+        0 => Ok(OrderRef::Id(r.order()?)),
+        1 => Ok(OrderRef::Client(r.u64()?)),
+        tag => Err(DecodeError::BadTag { what: "order ref", tag }),
+    }
+}
+
+fn option_level(w: &mut Writer, level: Option<(crate::fixed::Price, Qty)>) {
+    match level {
+        None => w.u8(0),
+        Some((p, q)) => {
+            w.u8(1);
+            w.price(p);
+            w.qty(q);
+        }
+    }
+}
+
+fn read_option_level(r: &mut Reader<'_>) -> Result<Option<(crate::fixed::Price, Qty)>, DecodeError> {
+    match r.u8()? {
+        0 => Ok(None),
+        1 => Ok(Some((r.price()?, r.qty()?))),
+        tag => Err(DecodeError::BadTag { what: "option", tag }),
+    }
+}
+
+fn encode_command(w: &mut Writer, c: &Command) {
+    match c {
+        Command::ListInstrument { spec } => {
+            w.u8(0);
+            encode_spec(w, spec);
+        }
+        Command::ActivateInstrument { instrument } => {
+            w.u8(1);
+            w.instrument(*instrument);
+        }
+        Command::SettleInstrument { instrument, settlement_price } => {
+            w.u8(2);
+            w.instrument(*instrument);
+            w.price(*settlement_price);
+        }
+        Command::OpenAccount { owner } => {
+            w.u8(3);
+            w.address(*owner);
+        }
+        Command::Deposit { account, amount } => {
+            w.u8(4);
+            w.account(*account);
+            w.amount(*amount);
+        }
+        Command::Withdraw { account, amount } => {
+            w.u8(5);
+            w.account(*account);
+            w.amount(*amount);
+        }
+        Command::Transfer { from, to, amount } => {
+            w.u8(6);
+            w.account(*from);
+            w.account(*to);
+            w.amount(*amount);
+        }
+        Command::PlaceOrder(o) => {
+            w.u8(7);
+            w.account(o.account);
+            w.instrument(o.instrument);
+            side(w, o.side);
+            w.qty(o.qty);
+            match o.order_type {
+                OrderType::Limit { price } => {
+                    w.u8(0);
+                    w.price(price);
+                }
+                OrderType::Market { protection_price } => {
+                    w.u8(1);
+                    match protection_price {
+                        None => w.u8(0),
+                        Some(p) => {
+                            w.u8(1);
+                            w.price(p);
+                        }
+                    }
+                }
+            }
+            match o.time_in_force {
+                TimeInForce::GoodTillCancelled => w.u8(0),
+                TimeInForce::ImmediateOrCancel => w.u8(1),
+                TimeInForce::FillOrKill => w.u8(2),
+                TimeInForce::GoodTillTime(t) => {
+                    w.u8(3);
+                    w.u64(t);
+                }
+            }
+            w.bool(o.post_only);
+            w.bool(o.reduce_only);
+            w.u8(o.self_trade as u8);
+            w.u64(o.client_order_id);
+        }
+        Command::Amend { account, order, price, qty } => {
+            w.u8(8);
+            w.account(*account);
+            order_ref(w, *order);
+            w.price(*price);
+            w.qty(*qty);
+        }
+        Command::Cancel { account, order } => {
+            w.u8(9);
+            w.account(*account);
+            order_ref(w, *order);
+        }
+        Command::CancelAll { account, instrument } => {
+            w.u8(10);
+            w.account(*account);
+            match instrument {
+                None => w.u8(0),
+                Some(i) => {
+                    w.u8(1);
+                    w.instrument(*i);
+                }
+            }
+        }
+        Command::MassQuote { account, quotes } => {
+            w.u8(11);
+            w.account(*account);
+            w.len(quotes.len());
+            for q in quotes {
+                w.instrument(q.instrument);
+                option_level(w, q.bid);
+                option_level(w, q.ask);
+            }
+        }
+        Command::OracleUpdate(u) => {
+            w.u8(12);
+            w.bytes(&u.encode());
+        }
+        Command::SetMarginMode { account, mode } => {
+            w.u8(13);
+            w.account(*account);
+            w.u8(*mode as u8);
+        }
+        Command::Liquidate { liquidator, account, instrument, qty } => {
+            w.u8(14);
+            w.account(*liquidator);
+            w.account(*account);
+            w.instrument(*instrument);
+            w.qty(*qty);
+        }
+        Command::Deleverage { account, instrument } => {
+            w.u8(15);
+            w.account(*account);
+            w.instrument(*instrument);
+        }
+    }
+}
+
+fn decode_command(r: &mut Reader<'_>) -> Result<Command, DecodeError> {
+    Ok(match r.u8()? {
+        0 => Command::ListInstrument { spec: decode_spec(r)? },
+        1 => Command::ActivateInstrument { instrument: r.instrument()? },
+        2 => Command::SettleInstrument { instrument: r.instrument()?, settlement_price: r.price()? },
+        3 => Command::OpenAccount { owner: r.address()? },
+        4 => Command::Deposit { account: r.account()?, amount: r.amount()? },
+        5 => Command::Withdraw { account: r.account()?, amount: r.amount()? },
+        6 => Command::Transfer { from: r.account()?, to: r.account()?, amount: r.amount()? },
+        7 => {
+            let account = r.account()?;
+            let instrument = r.instrument()?;
+            let side = read_side(r)?;
+            let qty = r.qty()?;
+            let order_type = match r.u8()? {
+                0 => OrderType::Limit { price: r.price()? },
+                1 => OrderType::Market {
+                    protection_price: match r.u8()? {
+                        0 => None,
+                        1 => Some(r.price()?),
+                        tag => return Err(DecodeError::BadTag { what: "option", tag }),
+                    },
+                },
+                tag => return Err(DecodeError::BadTag { what: "order type", tag }),
+            };
+            let time_in_force = match r.u8()? {
+                0 => TimeInForce::GoodTillCancelled,
+                1 => TimeInForce::ImmediateOrCancel,
+                2 => TimeInForce::FillOrKill,
+                3 => TimeInForce::GoodTillTime(r.u64()?),
+                tag => return Err(DecodeError::BadTag { what: "time in force", tag }),
+            };
+            let post_only = r.bool()?;
+            let reduce_only = r.bool()?;
+            let self_trade = match r.u8()? {
+                0 => SelfTradePrevention::CancelTaker,
+                1 => SelfTradePrevention::CancelMaker,
+                2 => SelfTradePrevention::CancelBoth,
+                tag => return Err(DecodeError::BadTag { what: "self-trade prevention", tag }),
+            };
+            let client_order_id = r.u64()?;
+            Command::PlaceOrder(NewOrder { account, instrument, side, qty, order_type, time_in_force, post_only, reduce_only, self_trade, client_order_id })
+        }
+        8 => Command::Amend { account: r.account()?, order: read_order_ref(r)?, price: r.price()?, qty: r.qty()? },
+        9 => Command::Cancel { account: r.account()?, order: read_order_ref(r)? },
+        10 => Command::CancelAll {
+            account: r.account()?,
+            instrument: match r.u8()? {
+                0 => None,
+                1 => Some(r.instrument()?),
+                tag => return Err(DecodeError::BadTag { what: "option", tag }),
+            },
+        },
+        11 => {
+            let account = r.account()?;
+            let n = r.len(MAX_LIST)?;
+            let mut quotes = Vec::with_capacity(n);
+            for _ in 0..n {
+                quotes.push(Quote { instrument: r.instrument()?, bid: read_option_level(r)?, ask: read_option_level(r)? });
+            }
+            Command::MassQuote { account, quotes }
+        }
+        12 => Command::OracleUpdate(OracleUpdate::decode(r.bytes(usize::MAX)?, MAX_LIST, MAX_LIST)?),
+        13 => Command::SetMarginMode {
+            account: r.account()?,
+            mode: match r.u8()? {
+                0 => MarginMode::WorstCase,
+                1 => MarginMode::Standard,
+                2 => MarginMode::Portfolio,
+                tag => return Err(DecodeError::BadTag { what: "margin mode", tag }),
+            },
+        },
+        14 => Command::Liquidate { liquidator: r.account()?, account: r.account()?, instrument: r.instrument()?, qty: r.qty()? },
+        15 => Command::Deleverage { account: r.account()?, instrument: r.instrument()? },
+        tag => return Err(DecodeError::BadTag { what: "command", tag }),
+    })
+}

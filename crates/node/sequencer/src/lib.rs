@@ -1,0 +1,195 @@
+//! The sequencer: orders inputs, makes them durable, acknowledges them with signed receipts, and
+//! applies them to the engine; after a crash it rebuilds the identical state.
+//!
+//! Owns: the write-ahead log (one checksummed record per input, fsync once per group before any
+//! acknowledgement), the receipt chain (each receipt signs `(seq, intent hash, previous receipt
+//! hash)`: two receipts for one sequence number are proof of equivocation), engine snapshots, and
+//! recovery (snapshot plus the log after it; a torn last record was never acknowledged and is
+//! dropped; damage anywhere else refuses to start).
+//!
+//! Must not: verify user signatures or parse API requests (the gateway does, before it submits),
+//! or block the engine on anything but its own log.
+
+mod wal;
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use optio_engine::{Engine, RestoreError};
+use optio_types::{EngineLimits, Event, Input, RejectCode, WorstCaseMargin};
+use secp256k1::{Message, PublicKey, SecretKey, ecdsa};
+
+pub use wal::{Wal, WalError};
+
+const RECEIPT_DOMAIN: &[u8] = b"optio-receipt-v1";
+const SNAPSHOT_FILE: &str = "snapshot.bin";
+const WAL_FILE: &str = "wal.log";
+
+/// Why the sequencer could not start or continue.
+#[derive(Debug, thiserror::Error)]
+pub enum SequencerError {
+    /// The log is damaged beyond a torn last record, or unreadable.
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    /// The snapshot does not restore.
+    #[error("snapshot: {0}")]
+    Snapshot(#[from] RestoreError),
+    /// Filesystem error writing a snapshot.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    /// The snapshot file is malformed.
+    #[error("snapshot file is malformed")]
+    SnapshotFormat,
+    /// Not a valid secret key.
+    #[error("invalid sequencer key")]
+    Key,
+}
+
+/// An acknowledgement: the sequencer's signature over the input's place in the order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Receipt {
+    /// Global sequence number.
+    pub seq: u64,
+    /// Hash of the intent (of the input's canonical bytes until the gateway supplies the
+    /// user-signed intent's EIP-712 digest).
+    pub intent_hash: [u8; 32],
+    /// Hash of the previous receipt (all zero before the first).
+    pub previous: [u8; 32],
+    /// Compact secp256k1 signature over `hash()`.
+    pub signature: [u8; 64],
+}
+
+impl Receipt {
+    /// The hash the next receipt chains to, and the digest the sequencer signs.
+    pub fn hash(&self) -> [u8; 32] {
+        receipt_digest(self.seq, &self.intent_hash, &self.previous)
+    }
+
+    /// Checks the signature against the sequencer's public key.
+    pub fn verify(&self, sequencer: &PublicKey) -> bool {
+        ecdsa::Signature::from_compact(&self.signature).is_ok_and(|sig| ecdsa::verify(&sig, Message::from_digest(self.hash()), sequencer).is_ok())
+    }
+}
+
+fn receipt_digest(seq: u64, intent_hash: &[u8; 32], previous: &[u8; 32]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(RECEIPT_DOMAIN);
+    h.update(&seq.to_le_bytes());
+    h.update(intent_hash);
+    h.update(previous);
+    *h.finalize().as_bytes()
+}
+
+/// Two validly signed receipts for one sequence number with different intents: the sequencer
+/// equivocated (the evidence a slashing contract takes).
+pub fn is_equivocation(a: &Receipt, b: &Receipt, sequencer: &PublicKey) -> bool {
+    a.seq == b.seq && (a.intent_hash != b.intent_hash || a.previous != b.previous) && a.verify(sequencer) && b.verify(sequencer)
+}
+
+/// Hash identifying an input until the gateway passes signed-intent digests.
+pub fn intent_hash(input: &Input) -> [u8; 32] {
+    *blake3::hash(&input.encode()).as_bytes()
+}
+
+/// What happened to one submitted input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// The durable, signed acknowledgement.
+    pub receipt: Receipt,
+    /// The engine's verdict.
+    pub result: Result<(), RejectCode>,
+    /// The engine's events.
+    pub events: Vec<Event>,
+}
+
+/// The sequencer with its engine.
+pub struct Sequencer {
+    dir: PathBuf,
+    wal: Wal,
+    engine: Engine,
+    key: SecretKey,
+    previous: [u8; 32],
+}
+
+impl Sequencer {
+    /// Opens (or creates) the sequencer in `dir`: restores the latest snapshot, replays the log
+    /// after it, drops a torn last record.
+    pub fn open(dir: &Path, key: [u8; 32], limits: EngineLimits) -> Result<Self, SequencerError> {
+        let key = SecretKey::from_secret_bytes(key).map_err(|_| SequencerError::Key)?;
+        fs::create_dir_all(dir)?;
+        let (mut engine, snapshot_seq, mut previous) = match fs::read(dir.join(SNAPSHOT_FILE)) {
+            Ok(bytes) => {
+                if bytes.len() < 40 {
+                    return Err(SequencerError::SnapshotFormat);
+                }
+                let seq = u64::from_le_bytes(bytes[..8].try_into().map_err(|_| SequencerError::SnapshotFormat)?);
+                let previous: [u8; 32] = bytes[8..40].try_into().map_err(|_| SequencerError::SnapshotFormat)?;
+                (Engine::restore_bytes(&bytes[40..], WorstCaseMargin)?, seq, previous)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Engine::new(limits), 0, [0; 32]),
+            Err(e) => return Err(e.into()),
+        };
+        let (wal, records) = Wal::open(&dir.join(WAL_FILE))?;
+        let mut events = Vec::new();
+        for (seq, input) in records {
+            if seq <= snapshot_seq {
+                continue;
+            }
+            let _ = engine.apply(&input, &mut events);
+            events.clear();
+            previous = receipt_digest(seq, &intent_hash(&input), &previous);
+        }
+        Ok(Self { dir: dir.to_owned(), wal, engine, key, previous })
+    }
+
+    /// The sequencer's public key (receipts verify against it).
+    pub fn public_key(&self) -> PublicKey {
+        PublicKey::from_secret_key(&self.key)
+    }
+
+    /// The engine (read-only).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Next sequence number.
+    pub fn next_seq(&self) -> u64 {
+        self.wal.next_seq()
+    }
+
+    /// Sequences a group of inputs: appends them to the log with one fsync, then applies them and
+    /// signs their receipts. Nothing is acknowledged before it is durable.
+    pub fn submit(&mut self, inputs: &[Input]) -> Result<Vec<Outcome>, SequencerError> {
+        let first = self.wal.append(inputs)?;
+        let mut outcomes = Vec::with_capacity(inputs.len());
+        for (i, input) in inputs.iter().enumerate() {
+            let seq = first + i as u64;
+            let mut events = Vec::new();
+            let result = self.engine.apply(input, &mut events);
+            let intent = intent_hash(input);
+            let digest = receipt_digest(seq, &intent, &self.previous);
+            let signature = ecdsa::sign(Message::from_digest(digest), &self.key).serialize_compact();
+            let receipt = Receipt { seq, intent_hash: intent, previous: self.previous, signature };
+            self.previous = digest;
+            outcomes.push(Outcome { receipt, result, events });
+        }
+        Ok(outcomes)
+    }
+
+    /// Writes a snapshot of the engine at the current sequence number, atomically (temporary
+    /// file, fsync, rename, directory fsync).
+    pub fn snapshot(&self) -> Result<(), SequencerError> {
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&(self.wal.next_seq() - 1).to_le_bytes());
+        bytes.extend_from_slice(&self.previous);
+        bytes.extend_from_slice(&self.engine.snapshot());
+        let tmp = self.dir.join("snapshot.tmp");
+        let mut file = fs::File::create(&tmp)?;
+        file.write_all(&bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, self.dir.join(SNAPSHOT_FILE))?;
+        fs::File::open(&self.dir)?.sync_all()?;
+        Ok(())
+    }
+}

@@ -1,0 +1,116 @@
+//! The write-ahead log: records `[payload length u32][crc32 of payload u32][seq u64][input]`.
+//! Appends write a whole group then fsync once. Opening reads every record, checks sequence
+//! continuity and checksums, and truncates a torn tail (an incomplete or corrupt record with no
+//! valid record after it, which was never acknowledged).
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+use optio_types::Input;
+
+/// Largest record accepted (bounds what a corrupt length field can make us read).
+pub const MAX_RECORD: usize = 1 << 20;
+const HEADER: usize = 8;
+
+/// Why the log cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    /// Filesystem error.
+    #[error("wal io: {0}")]
+    Io(#[from] std::io::Error),
+    /// A damaged record followed by valid ones: acknowledged data would be lost, so refuse.
+    #[error("wal corrupt at byte {0}, with valid records after it")]
+    Corrupt(u64),
+    /// Records out of sequence.
+    #[error("wal sequence gap at byte {0}")]
+    Gap(u64),
+    /// An input too large to log.
+    #[error("input of {0} bytes exceeds the record limit")]
+    TooLarge(usize),
+}
+
+/// An open log.
+pub struct Wal {
+    file: File,
+    next_seq: u64,
+    buffer: Vec<u8>,
+}
+
+/// Parses one record at the start of `bytes`: (length consumed, seq, input) or `None`.
+fn parse(bytes: &[u8]) -> Option<(usize, u64, Input)> {
+    let len = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(bytes.get(4..8)?.try_into().ok()?);
+    if !(8..=MAX_RECORD).contains(&len) {
+        return None;
+    }
+    let payload = bytes.get(HEADER..HEADER + len)?;
+    if crc32fast::hash(payload) != crc {
+        return None;
+    }
+    let seq = u64::from_le_bytes(payload[..8].try_into().ok()?);
+    let input = Input::decode(&payload[8..]).ok()?;
+    Some((HEADER + len, seq, input))
+}
+
+impl Wal {
+    /// Opens the log, returning every valid record in order.
+    pub fn open(path: &Path) -> Result<(Wal, Vec<(u64, Input)>), WalError> {
+        let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        let mut records = Vec::new();
+        let mut offset = 0usize;
+        let mut expected = 1u64;
+        while offset < bytes.len() {
+            match parse(&bytes[offset..]) {
+                Some((used, seq, input)) => {
+                    if seq != expected {
+                        return Err(WalError::Gap(offset as u64));
+                    }
+                    records.push((seq, input));
+                    expected += 1;
+                    offset += used;
+                }
+                None => {
+                    // Torn tail, or damage in the middle? Look for any valid record after it.
+                    let later = (offset + 1..bytes.len()).any(|o| parse(&bytes[o..]).is_some_and(|(_, seq, _)| seq >= expected));
+                    if later {
+                        return Err(WalError::Corrupt(offset as u64));
+                    }
+                    file.set_len(offset as u64)?;
+                    file.sync_all()?;
+                    break;
+                }
+            }
+        }
+        file.seek(SeekFrom::Start(offset as u64))?;
+        Ok((Wal { file, next_seq: expected, buffer: Vec::new() }, records))
+    }
+
+    /// Next sequence number to assign.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Appends a group of inputs with one write and one fsync; returns the first's sequence
+    /// number. Durable when it returns.
+    pub fn append(&mut self, inputs: &[Input]) -> Result<u64, WalError> {
+        let first = self.next_seq;
+        self.buffer.clear();
+        for (i, input) in inputs.iter().enumerate() {
+            let mut payload = (first + i as u64).to_le_bytes().to_vec();
+            payload.extend_from_slice(&input.encode());
+            if payload.len() > MAX_RECORD {
+                return Err(WalError::TooLarge(payload.len()));
+            }
+            self.buffer.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            self.buffer.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+            self.buffer.extend_from_slice(&payload);
+        }
+        self.file.write_all(&self.buffer)?;
+        self.file.sync_data()?;
+        self.next_seq += inputs.len() as u64;
+        Ok(first)
+    }
+}
