@@ -211,8 +211,10 @@ mod portfolio_properties {
         let u = update(60_000.0, T0);
         run(&mut e, T0, Command::OracleUpdate(u.clone())).expect("oracle");
         run(&mut e, T0, Command::SetMarginMode { account: AccountId(1), mode: MarginMode::Portfolio }).expect("portfolio");
+        // Sizes in multiples of 4 steps, so that every fraction of the hedge below is exact and
+        // the hedge is truly proportional (a rounded one can remove a leg that was a hedge).
         for &(i, q) in legs {
-            trade(&mut e, &u, i, q);
+            trade(&mut e, &u, i, 4 * q);
         }
         (e, u)
     }
@@ -259,7 +261,7 @@ mod portfolio_properties {
             let (mut e, u) = build(&legs);
             let (gross, worst, n) = figures(&e, &u);
             prop_assert!(gross + 2 * n >= worst, "portfolio margin {gross} below worst scenario loss {worst}");
-            // Offset each position by (4 - keep)/4 of itself.
+            // Offset every position by the same fraction, (4 - keep)/4 of itself.
             let positions: Vec<(u32, i64)> = (0..3).map(|i| (i, e.position_view(AccountId(1), InstrumentId(i)).map_or(0, |p| p.0.0 / STEP))).collect();
             for (i, q) in positions {
                 trade(&mut e, &u, i, -(q * (4 - keep) / 4));
