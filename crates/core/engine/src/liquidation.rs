@@ -33,6 +33,10 @@ impl<M: MarginModel> Engine<M> {
     /// Starts liquidations of touched mark-margined accounts that fell below maintenance, and
     /// ends those that are cured.
     pub(crate) fn liquidation_checks(&mut self, events: &mut Vec<Event>) {
+        // Fully collateralized accounts are never liquidated: skip the common case cheaply.
+        if !self.touched_accounts().iter().any(|a| self.accounts[a.0 as usize].mode != MarginMode::WorstCase) {
+            return;
+        }
         let mut accounts: Vec<AccountId> = self.touched_accounts().to_vec();
         accounts.sort_unstable();
         accounts.dedup();
