@@ -1,0 +1,226 @@
+//! Signed user intents.
+//!
+//! Owns: EIP-712 typed-data hashing for the intents users sign (the Derive-style `Action` with
+//! its trade-module data, exactly as unmodified ccxt 4.5.90 builds it), the domains they are
+//! signed under, and recovery of the signing address with libsecp256k1 (high-s and malformed
+//! signatures refused).
+//! Must not: decide whether a signer may act for an account or whether a nonce is fresh (the
+//! gateway does, with the account registry), or touch engine state.
+
+use secp256k1::Message;
+use secp256k1::ecdsa::{RecoverableSignature, RecoveryId};
+use sha3::{Digest, Keccak256};
+
+/// A 20-byte Ethereum address.
+pub type Address = [u8; 20];
+
+/// keccak256.
+pub fn keccak(bytes: &[u8]) -> [u8; 32] {
+    Keccak256::digest(bytes).into()
+}
+
+/// Why a signature was refused. Each maps to a stable API error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    /// Not 65 bytes of r || s || v with v in {0, 1, 27, 28}.
+    #[error("malformed signature")]
+    Malformed,
+    /// s in the upper half of the curve order (a malleated signature).
+    #[error("high-s signature")]
+    HighS,
+    /// No public key recovers from it.
+    #[error("signature does not recover")]
+    Unrecoverable,
+}
+
+/// secp256k1 curve order / 2, big-endian.
+const HALF_ORDER: [u8; 32] = [
+    0x7F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x5D, 0x57, 0x6E, 0x73, 0x57, 0xA4, 0x50, 0x1D, 0xDF, 0xE9,
+    0x2F, 0x46, 0x68, 0x1B, 0x20, 0xA0,
+];
+
+/// The address that signed `digest`, from a 65-byte `r || s || v` signature.
+pub fn recover(digest: &[u8; 32], signature: &[u8]) -> Result<Address, SignatureError> {
+    let sig: &[u8; 65] = signature.try_into().map_err(|_| SignatureError::Malformed)?;
+    let v = match sig[64] {
+        0 | 27 => 0,
+        1 | 28 => 1,
+        _ => return Err(SignatureError::Malformed),
+    };
+    if sig[32..64] > HALF_ORDER[..] {
+        return Err(SignatureError::HighS);
+    }
+    let recid = RecoveryId::try_from(v).map_err(|_| SignatureError::Malformed)?;
+    let recoverable = RecoverableSignature::from_compact(&sig[..64], recid).map_err(|_| SignatureError::Malformed)?;
+    let key = recoverable.recover(Message::from_digest(*digest)).map_err(|_| SignatureError::Unrecoverable)?;
+    Ok(address_of(&key))
+}
+
+/// The Ethereum address of a public key.
+pub fn address_of(key: &secp256k1::PublicKey) -> Address {
+    let hash = keccak(&key.serialize_uncompressed()[1..]);
+    hash[12..].try_into().expect("20 bytes")
+}
+
+fn word_u128(v: u128) -> [u8; 32] {
+    let mut w = [0u8; 32];
+    w[16..].copy_from_slice(&v.to_be_bytes());
+    w
+}
+
+fn word_i128(v: i128) -> [u8; 32] {
+    let mut w = if v < 0 { [0xFF; 32] } else { [0u8; 32] };
+    w[16..].copy_from_slice(&v.to_be_bytes());
+    w
+}
+
+fn word_address(a: &Address) -> [u8; 32] {
+    let mut w = [0u8; 32];
+    w[12..].copy_from_slice(a);
+    w
+}
+
+/// An EIP-712 domain (`EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Domain {
+    /// `name`.
+    pub name: String,
+    /// `version`.
+    pub version: String,
+    /// `chainId`.
+    pub chain_id: u64,
+    /// `verifyingContract`.
+    pub verifying_contract: Address,
+}
+
+/// Derive's matching contract, which unmodified ccxt signs for (see `derive_compat`).
+pub const DERIVE_MATCHING: Address = [
+    0xeB, 0x8d, 0x77, 0x0e, 0xc1, 0x8D, 0xB9, 0x8D, 0xb9, 0x22, 0xE9, 0xD8, 0x32, 0x60, 0xA5, 0x85, 0xb9, 0xF0, 0xDe, 0xAD,
+];
+
+/// Derive's trade module, the `module` field of every order ccxt signs.
+pub const DERIVE_TRADE_MODULE: Address = [
+    0xB8, 0xD2, 0x0c, 0x2B, 0x7a, 0x1A, 0xd2, 0xEE, 0x33, 0xBc, 0x50, 0xeF, 0x10, 0x87, 0x6e, 0xD3, 0x03, 0x5b, 0x5e, 0x7b,
+];
+
+impl Domain {
+    /// The compatibility domain stock ccxt 4.5.90 hard-codes: name "Matching", version "1.0",
+    /// Derive's matching contract, chain id 1 (or 11155111 in ccxt's sandbox mode). It names
+    /// another venue's contract: a signature made for Optio under it is also valid for Derive
+    /// and vice versa, so the gateway only accepts it where configured, and per-owner nonces plus
+    /// signature expiry limit a replayed intent to one use within its window.
+    pub fn derive_compat(sandbox: bool) -> Self {
+        Self { name: "Matching".into(), version: "1.0".into(), chain_id: if sandbox { 11_155_111 } else { 1 }, verifying_contract: DERIVE_MATCHING }
+    }
+
+    /// Optio's native domain: the real chain id and Optio's own settlement contract.
+    pub fn optio(chain_id: u64, contract: Address) -> Self {
+        Self { name: "Optio".into(), version: "1".into(), chain_id, verifying_contract: contract }
+    }
+
+    /// The domain separator.
+    pub fn separator(&self) -> [u8; 32] {
+        let typehash = keccak(b"EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)");
+        let mut enc = Vec::with_capacity(5 * 32);
+        enc.extend_from_slice(&typehash);
+        enc.extend_from_slice(&keccak(self.name.as_bytes()));
+        enc.extend_from_slice(&keccak(self.version.as_bytes()));
+        enc.extend_from_slice(&word_u128(u128::from(self.chain_id)));
+        enc.extend_from_slice(&word_address(&self.verifying_contract));
+        keccak(&enc)
+    }
+}
+
+/// The trade module's order data (`abi.encode` of 7 static words). Prices and amounts are
+/// fixed point with 18 decimals, as Derive's contracts and ccxt use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TradeData {
+    /// Instrument's base asset address.
+    pub asset: Address,
+    /// Instrument's sub id.
+    pub sub_id: u128,
+    /// Limit price x 1e18.
+    pub limit_price: i128,
+    /// Amount x 1e18 (positive; direction is `is_bid`).
+    pub amount: i128,
+    /// Maximum fee x 1e18.
+    pub max_fee: u128,
+    /// Subaccount receiving the fill.
+    pub recipient_id: u128,
+    /// Buy (true) or sell.
+    pub is_bid: bool,
+}
+
+impl TradeData {
+    /// The 224-byte ABI encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(224);
+        out.extend_from_slice(&word_address(&self.asset));
+        out.extend_from_slice(&word_u128(self.sub_id));
+        out.extend_from_slice(&word_i128(self.limit_price));
+        out.extend_from_slice(&word_i128(self.amount));
+        out.extend_from_slice(&word_u128(self.max_fee));
+        out.extend_from_slice(&word_u128(self.recipient_id));
+        out.extend_from_slice(&word_u128(u128::from(self.is_bid)));
+        out
+    }
+}
+
+/// `Action(uint256 subaccountId,uint256 nonce,address module,bytes data,uint256 expiry,address owner,address signer)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Action {
+    /// Subaccount acting.
+    pub subaccount_id: u64,
+    /// Unique per owner.
+    pub nonce: u64,
+    /// Module (the trade module for orders).
+    pub module: Address,
+    /// Module data (for orders, `TradeData::encode`).
+    pub data: Vec<u8>,
+    /// Signature expiry, seconds since the epoch.
+    pub expiry: u64,
+    /// Subaccount owner.
+    pub owner: Address,
+    /// The key that signed (owner or a registered session key).
+    pub signer: Address,
+}
+
+impl Action {
+    /// The EIP-712 struct hash.
+    pub fn struct_hash(&self) -> [u8; 32] {
+        let typehash = keccak(b"Action(uint256 subaccountId,uint256 nonce,address module,bytes data,uint256 expiry,address owner,address signer)");
+        let mut enc = Vec::with_capacity(8 * 32);
+        enc.extend_from_slice(&typehash);
+        enc.extend_from_slice(&word_u128(u128::from(self.subaccount_id)));
+        enc.extend_from_slice(&word_u128(u128::from(self.nonce)));
+        enc.extend_from_slice(&word_address(&self.module));
+        enc.extend_from_slice(&keccak(&self.data));
+        enc.extend_from_slice(&word_u128(u128::from(self.expiry)));
+        enc.extend_from_slice(&word_address(&self.owner));
+        enc.extend_from_slice(&word_address(&self.signer));
+        keccak(&enc)
+    }
+
+    /// The digest signed under `domain_separator`: `keccak(0x19 0x01 || separator || structHash)`.
+    pub fn digest(&self, domain_separator: &[u8; 32]) -> [u8; 32] {
+        let mut enc = Vec::with_capacity(66);
+        enc.extend_from_slice(&[0x19, 0x01]);
+        enc.extend_from_slice(domain_separator);
+        enc.extend_from_slice(&self.struct_hash());
+        keccak(&enc)
+    }
+}
+
+/// Parses a `0x`-prefixed hex string into bytes.
+pub fn parse_hex(text: &str) -> Option<Vec<u8>> {
+    let body = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X"))?;
+    if body.len() % 2 != 0 || body.len() > 4_096 {
+        return None;
+    }
+    (0..body.len()).step_by(2).map(|i| u8::from_str_radix(body.get(i..i + 2)?, 16).ok()).collect()
+}
+
+/// Parses a `0x` address.
+pub fn parse_address(text: &str) -> Option<Address> {
+    parse_hex(text)?.try_into().ok()
+}
