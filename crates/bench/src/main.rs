@@ -5,6 +5,7 @@
 //! Must not: be linked into the node; peers are benchmark-only dependencies.
 
 mod engine_bench;
+mod intents_bench;
 mod pricing_bench;
 
 use clap::{Parser, Subcommand};
@@ -25,11 +26,15 @@ enum Bench {
     /// and a textbook scalar baseline; implied-volatility solve time; a risk-array refresh; a
     /// portfolio-margin check.
     Pricing(pricing_bench::Args),
+    /// Signed-intent verification (EIP-712 hashing + recovery) against the raw libsecp256k1
+    /// recovery ceiling on the same machine.
+    Intents(intents_bench::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().bench {
         Bench::Engine(args) => engine_bench::run(&args),
         Bench::Pricing(args) => pricing_bench::run(&args),
+        Bench::Intents(args) => intents_bench::run(&args),
     }
 }
