@@ -14,8 +14,10 @@ mod engine;
 mod invariants;
 mod ledger;
 mod liquidation;
+mod query;
 mod risk;
 
 pub use canonical::RestoreError;
 pub use engine::{Engine, MAX_TOTAL_COLLATERAL};
 pub use invariants::InvariantViolation;
+pub use query::{InstrumentView, OracleView};

@@ -1,0 +1,454 @@
+//! The gateway: where requests from the outside become sequenced inputs.
+//!
+//! Owns: the HTTP JSON-RPC 2.0 surface (bounded: 64 KiB bodies, no batches, bounded strings),
+//! request parsing, order-signature verification (EIP-712 `Action`, Optio's native domain and,
+//! where configured, the Derive-compatible domain ccxt signs), header authentication for reads
+//! and cancels (EIP-191 `personal_sign` of a fresh timestamp), per-owner nonces, and the views the
+//! API returns (instruments, books, tickers with mark, implied volatility and Greeks, orders,
+//! positions, collateral), plus `/health` and Prometheus `/metrics`.
+//! Must not: change engine state except by submitting inputs to the sequencer.
+//!
+//! Not built yet (issue #5): WebSocket subscriptions, session keys, rate limits, the Derive
+//! method names and envelopes ccxt expects, and a dedicated sequencer thread with group commit
+//! across requests (each write request is its own fsync group for now).
+
+pub mod rpc;
+mod views;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use optio_intents::{Action, Address, Domain, TradeData, parse_address, parse_hex, recover};
+use optio_sequencer::Sequencer;
+use optio_types::{
+    AccountId, Address as EngineAddress, Amount, Command, Input, InstrumentId, NewOrder, OrderId, OrderRef, OrderType, Price, Qty,
+    SelfTradePrevention, Side, TimeInForce,
+};
+use serde_json::{Value, json};
+
+pub use rpc::{CallError, GatewayError};
+
+/// Largest request body.
+pub const MAX_BODY: usize = 64 * 1024;
+/// Longest string parameter.
+pub const MAX_STRING: usize = 256;
+
+/// Gateway settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Chain id of Optio's native signing domain.
+    pub chain_id: u64,
+    /// Optio's settlement contract (native domain's verifying contract).
+    pub verifying_contract: Address,
+    /// Also accept orders signed under the Derive-compatible domain (`Some(sandbox)`).
+    pub compat_domain: Option<bool>,
+    /// Longest accepted signature lifetime (ccxt signs for 90 days).
+    pub max_signature_lifetime_s: u64,
+    /// Header authentication: how far a timestamp may be from the node's clock.
+    pub auth_window_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self { chain_id: 31_337, verifying_contract: [0x0a; 20], compat_domain: Some(false), max_signature_lifetime_s: 100 * 86_400, auth_window_ms: 30_000 }
+    }
+}
+
+/// Mutable node state behind the gateway.
+struct Node {
+    sequencer: Sequencer,
+    /// Used nonces per owner, with the expiry (seconds) after which they can be forgotten.
+    nonces: BTreeMap<Address, BTreeMap<u64, u64>>,
+    /// Client labels of orders (the engine keeps a 64-bit hash of them).
+    labels: BTreeMap<u64, String>,
+    /// Engine time of the last input (inputs never go back in time).
+    last_ms: u64,
+}
+
+/// The gateway.
+pub struct Gateway {
+    node: Mutex<Node>,
+    config: Config,
+    /// Accepted domain separators: native first.
+    domains: Vec<[u8; 32]>,
+}
+
+/// Wall-clock milliseconds since the epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn to_engine(a: Address) -> EngineAddress {
+    EngineAddress(a)
+}
+
+fn param<'a>(params: &'a Value, key: &str) -> Result<&'a Value, GatewayError> {
+    params.get(key).ok_or_else(|| GatewayError::InvalidParams(format!("missing {key}")))
+}
+
+fn string<'a>(params: &'a Value, key: &str) -> Result<&'a str, GatewayError> {
+    let s = param(params, key)?.as_str().ok_or_else(|| GatewayError::InvalidParams(format!("{key} must be a string")))?;
+    if s.len() > MAX_STRING {
+        return Err(GatewayError::InvalidParams(format!("{key} too long")));
+    }
+    Ok(s)
+}
+
+fn uint(params: &Value, key: &str) -> Result<u64, GatewayError> {
+    let v = param(params, key)?;
+    v.as_u64().or_else(|| v.as_str().and_then(|s| s.parse().ok())).ok_or_else(|| GatewayError::InvalidParams(format!("{key} must be a non-negative integer")))
+}
+
+/// A decimal string or number as fixed point with `decimals` places; NaN, infinities, negatives
+/// where not allowed and excess precision are refused.
+fn decimal(params: &Value, key: &str, decimals: u32) -> Result<i64, GatewayError> {
+    let v = param(params, key)?;
+    let text = match v {
+        Value::String(s) if s.len() <= 40 => s.clone(),
+        Value::Number(n) => n.to_string(),
+        _ => return Err(GatewayError::InvalidParams(format!("{key} must be a decimal string"))),
+    };
+    let parsed = if decimals == 6 { Price::parse_decimal(&text).map(|p| p.0) } else { Qty::parse_decimal(&text).map(|q| q.0) };
+    let value = parsed.map_err(|e| GatewayError::InvalidParams(format!("{key}: {e}")))?;
+    if value < 0 {
+        return Err(GatewayError::InvalidParams(format!("{key} must not be negative")));
+    }
+    Ok(value)
+}
+
+fn label_id(label: &str) -> u64 {
+    let h = blake3::hash(label.as_bytes());
+    u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes")).max(1)
+}
+
+impl Gateway {
+    /// A gateway over `sequencer`.
+    pub fn new(sequencer: Sequencer, config: Config) -> Self {
+        let mut domains = vec![Domain::optio(config.chain_id, config.verifying_contract).separator()];
+        if let Some(sandbox) = config.compat_domain {
+            domains.push(Domain::derive_compat(sandbox).separator());
+        }
+        let last_ms = sequencer.engine().time_ms();
+        Self { node: Mutex::new(Node { sequencer, nonces: BTreeMap::new(), labels: BTreeMap::new(), last_ms }), config, domains }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Node> {
+        // A panic while holding the lock means an invariant stopped the engine: stay stopped.
+        self.node.lock().expect("the engine halted on a violated invariant")
+    }
+
+    /// Submits operator inputs (listing, oracle updates, deposits) at the current time.
+    pub fn submit_admin(&self, commands: Vec<Command>) -> Result<Vec<Result<(), optio_types::RejectCode>>, GatewayError> {
+        let mut node = self.lock();
+        let t = now_ms().max(node.last_ms);
+        node.last_ms = t;
+        let inputs: Vec<Input> = commands.into_iter().map(|command| Input { time_ms: t, command }).collect();
+        let outcomes = node.sequencer.submit(&inputs).map_err(|_| GatewayError::Internal)?;
+        Ok(outcomes.into_iter().map(|o| o.result).collect())
+    }
+
+    /// Opens a subaccount for `owner` and credits `amount` (devnet faucet, deposits from L1).
+    pub fn fund(&self, owner: Address, amount: Amount) -> Result<u64, GatewayError> {
+        let id = self.lock().sequencer.engine().account_count() as u32;
+        let results = self.submit_admin(vec![Command::OpenAccount { owner: to_engine(owner) }, Command::Deposit { account: AccountId(id), amount }])?;
+        if results.iter().any(Result::is_err) {
+            return Err(GatewayError::Internal);
+        }
+        Ok(u64::from(id))
+    }
+
+    /// Handles one JSON-RPC call.
+    pub fn call(&self, method: &str, params: &Value, headers: &HeaderMap) -> Result<Value, CallError> {
+        match method {
+            "public/get_time" => Ok(json!(now_ms())),
+            "public/get_instruments" => Ok(views::instruments(&self.lock().sequencer, params)),
+            "public/get_order_book" => Ok(views::order_book(&self.lock().sequencer, params)?),
+            "public/ticker" => Ok(views::ticker(&self.lock().sequencer, params, now_ms())?),
+            "private/order" => self.order(params),
+            "private/cancel" => {
+                let account = self.authorized(params, headers)?;
+                let order = OrderId(uint(params, "order_id")?);
+                self.sequence(Command::Cancel { account, order: OrderRef::Id(order) }).map(|_| json!({"order_id": order.0.to_string(), "order_status": "cancelled"}))
+            }
+            "private/cancel_all" => {
+                let account = self.authorized(params, headers)?;
+                let instrument = match params.get("instrument_name") {
+                    Some(_) => Some(views::instrument_id(&self.lock().sequencer, string(params, "instrument_name")?)?),
+                    None => None,
+                };
+                let outcome = self.sequence(Command::CancelAll { account, instrument })?;
+                let cancelled = outcome.iter().filter(|e| matches!(e, optio_types::Event::OrderDone { .. })).count();
+                Ok(json!(cancelled))
+            }
+            "private/get_open_orders" => {
+                let account = self.authorized(params, headers)?;
+                let node = self.lock();
+                Ok(views::open_orders(&node.sequencer, account, &node.labels))
+            }
+            "private/get_positions" => {
+                let account = self.authorized(params, headers)?;
+                Ok(views::positions(&self.lock().sequencer, account))
+            }
+            "private/get_subaccount" => {
+                let account = self.authorized(params, headers)?;
+                Ok(views::subaccount(&self.lock().sequencer, account))
+            }
+            _ => Err(GatewayError::MethodNotFound.into()),
+        }
+    }
+
+    /// Sequences one command; returns its events or the engine's rejection (with the receipt).
+    fn sequence(&self, command: Command) -> Result<Vec<optio_types::Event>, CallError> {
+        let mut node = self.lock();
+        let t = now_ms().max(node.last_ms);
+        node.last_ms = t;
+        let mut outcomes = node.sequencer.submit(&[Input { time_ms: t, command }]).map_err(|_| GatewayError::Internal)?;
+        let outcome = outcomes.pop().ok_or(GatewayError::Internal)?;
+        match outcome.result {
+            Ok(()) => Ok(outcome.events),
+            Err(code) => Err(CallError::Engine(code, Some(views::receipt(&outcome.receipt)))),
+        }
+    }
+
+    /// Header authentication: `X-OptioWallet`, `X-OptioTimestamp` (ms) and `X-OptioSignature`
+    /// (EIP-191 personal_sign of the timestamp's decimal string by the wallet); the wallet must
+    /// own `subaccount_id`.
+    fn authorized(&self, params: &Value, headers: &HeaderMap) -> Result<AccountId, CallError> {
+        let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).ok_or(GatewayError::Unauthorized);
+        let wallet = parse_address(h("x-optiowallet")?).ok_or(GatewayError::Unauthorized)?;
+        let timestamp = h("x-optiotimestamp")?;
+        let ts: u64 = timestamp.parse().map_err(|_| GatewayError::Unauthorized)?;
+        if now_ms().abs_diff(ts) > self.config.auth_window_ms {
+            return Err(GatewayError::Unauthorized.into());
+        }
+        let signature = parse_hex(h("x-optiosignature")?).ok_or(GatewayError::Unauthorized)?;
+        let mut message = format!("\x19Ethereum Signed Message:\n{}", timestamp.len()).into_bytes();
+        message.extend_from_slice(timestamp.as_bytes());
+        let signer = recover(&optio_intents::keccak(&message), &signature).map_err(|_| GatewayError::Unauthorized)?;
+        if signer != wallet {
+            return Err(GatewayError::Unauthorized.into());
+        }
+        let account = AccountId(u32::try_from(uint(params, "subaccount_id")?).map_err(|_| GatewayError::InvalidParams("subaccount_id".into()))?);
+        match self.lock().sequencer.engine().account_owner(account) {
+            Some(owner) if owner.0 == wallet => Ok(account),
+            Some(_) => Err(GatewayError::NotOwner.into()),
+            None => Err(CallError::Engine(optio_types::RejectCode::UnknownAccount, None)),
+        }
+    }
+
+    /// A signed order: rebuild the signed `Action` from the request, check signature, owner,
+    /// expiry, max fee and nonce, then sequence it.
+    fn order(&self, params: &Value) -> Result<Value, CallError> {
+        let subaccount = uint(params, "subaccount_id")?;
+        let account = AccountId(u32::try_from(subaccount).map_err(|_| GatewayError::InvalidParams("subaccount_id".into()))?);
+        let name = string(params, "instrument_name")?;
+        let side = match string(params, "direction")? {
+            "buy" => Side::Buy,
+            "sell" => Side::Sell,
+            _ => return Err(GatewayError::InvalidParams("direction must be buy or sell".into()).into()),
+        };
+        let order_type = string(params, "order_type").unwrap_or("limit");
+        let tif = params.get("time_in_force").and_then(Value::as_str).unwrap_or("gtc");
+        let price = decimal(params, "limit_price", 6)?;
+        let amount = decimal(params, "amount", 8)?;
+        let max_fee = decimal(params, "max_fee", 6)?;
+        let nonce: u64 = string(params, "nonce")?.parse().map_err(|_| GatewayError::InvalidParams("nonce must be a decimal string".into()))?;
+        let expiry = uint(params, "signature_expiry_sec")?;
+        let signer = parse_address(string(params, "signer")?).ok_or_else(|| GatewayError::InvalidParams("signer".into()))?;
+        let signature = parse_hex(string(params, "signature")?).ok_or(GatewayError::BadSignature)?;
+        let label = params.get("label").and_then(Value::as_str).unwrap_or("");
+        if label.len() > 64 {
+            return Err(GatewayError::InvalidParams("label longer than 64".into()).into());
+        }
+        let reduce_only = params.get("reduce_only").and_then(Value::as_bool).unwrap_or(false);
+
+        let (instrument, owner, taker_fee) = {
+            let node = self.lock();
+            let engine = node.sequencer.engine();
+            let instrument = views::instrument_id(&node.sequencer, name)?;
+            let owner = engine.account_owner(account).ok_or(CallError::Engine(optio_types::RejectCode::UnknownAccount, None))?;
+            let fee = engine.instruments().nth(instrument.0 as usize).map_or(0, |i| i.spec.taker_fee.0.max(i.spec.maker_fee.0));
+            (instrument, owner, fee)
+        };
+        // What the user signed, rebuilt from the request (18-decimal fixed point).
+        let data = TradeData {
+            asset: self.config.verifying_contract,
+            sub_id: u128::from(instrument.0),
+            limit_price: i128::from(price) * 1_000_000_000_000,
+            amount: i128::from(amount) * 10_000_000_000,
+            max_fee: u128::try_from(max_fee).unwrap_or(0) * 1_000_000_000_000,
+            recipient_id: u128::from(subaccount),
+            is_bid: side == Side::Buy,
+        };
+        let action = Action { subaccount_id: subaccount, nonce, module: optio_intents::DERIVE_TRADE_MODULE, data: data.encode(), expiry, owner: owner.0, signer };
+        let valid = self.domains.iter().any(|d| recover(&action.digest(d), &signature).is_ok_and(|who| who == signer));
+        if !valid {
+            return Err(GatewayError::BadSignature.into());
+        }
+        if signer != owner.0 {
+            return Err(GatewayError::NotOwner.into());
+        }
+        let now_s = now_ms() / 1_000;
+        if expiry <= now_s || expiry > now_s + self.config.max_signature_lifetime_s {
+            return Err(GatewayError::SignatureExpiry.into());
+        }
+        // The most fee the order can pay at its limit price must fit the signed maximum.
+        let worst_fee = i128::from(price) * i128::from(amount) / 100_000_000 * i128::from(taker_fee) / 1_000_000;
+        if worst_fee > i128::from(max_fee) {
+            return Err(GatewayError::MaxFeeTooLow.into());
+        }
+        let (order_type, time_in_force, post_only) = match (order_type, tif) {
+            ("limit", "gtc") => (OrderType::Limit { price: Price(price) }, TimeInForce::GoodTillCancelled, false),
+            ("limit", "post_only") => (OrderType::Limit { price: Price(price) }, TimeInForce::GoodTillCancelled, true),
+            ("limit", "ioc") => (OrderType::Limit { price: Price(price) }, TimeInForce::ImmediateOrCancel, false),
+            ("limit", "fok") => (OrderType::Limit { price: Price(price) }, TimeInForce::FillOrKill, false),
+            ("market", "ioc" | "gtc") => (OrderType::Market { protection_price: Some(Price(price)) }, TimeInForce::ImmediateOrCancel, false),
+            ("market", "fok") => (OrderType::Market { protection_price: Some(Price(price)) }, TimeInForce::FillOrKill, false),
+            _ => return Err(GatewayError::InvalidParams("order_type / time_in_force".into()).into()),
+        };
+        {
+            // Nonces are unique per owner for as long as their signature is valid.
+            let mut node = self.lock();
+            let used = node.nonces.entry(owner.0).or_default();
+            used.retain(|_, until| *until >= now_s);
+            if used.contains_key(&nonce) {
+                return Err(GatewayError::ReplayedNonce.into());
+            }
+            used.insert(nonce, expiry);
+        }
+        let client_order_id = if label.is_empty() { 0 } else { label_id(label) };
+        let command = Command::PlaceOrder(NewOrder {
+            account,
+            instrument,
+            side,
+            qty: Qty(amount),
+            order_type,
+            time_in_force,
+            post_only,
+            reduce_only,
+            self_trade: SelfTradePrevention::CancelTaker,
+            client_order_id,
+        });
+        let mut node = self.lock();
+        let t = now_ms().max(node.last_ms);
+        node.last_ms = t;
+        let mut outcomes = node.sequencer.submit(&[Input { time_ms: t, command }]).map_err(|_| GatewayError::Internal)?;
+        let outcome = outcomes.pop().ok_or(GatewayError::Internal)?;
+        let receipt = views::receipt(&outcome.receipt);
+        if let Err(code) = outcome.result {
+            return Err(CallError::Engine(code, Some(receipt)));
+        }
+        if let Some(id) = outcome.events.iter().find_map(|e| match e {
+            optio_types::Event::OrderAccepted { order, .. } => Some(order.0),
+            _ => None,
+        }) && !label.is_empty()
+        {
+            node.labels.insert(id, label.to_owned());
+        }
+        Ok(views::order_result(&node.sequencer, name, side, Price(price), Qty(amount), label, &outcome.events, receipt, t))
+    }
+
+    /// The engine's state hash (tests and operators compare it across replicas and restarts).
+    pub fn state_hash(&self) -> [u8; 32] {
+        self.lock().sequencer.engine().state_hash()
+    }
+
+    /// Prometheus text exposition.
+    pub fn metrics(&self) -> String {
+        let node = self.lock();
+        let engine = node.sequencer.engine();
+        let now = now_ms();
+        let mut out = String::new();
+        out.push_str("# HELP optio_sequence Next sequence number.\n# TYPE optio_sequence counter\n");
+        out.push_str(&format!("optio_sequence {}\n", node.sequencer.next_seq()));
+        out.push_str("# HELP optio_open_orders Open orders on all books.\n# TYPE optio_open_orders gauge\n");
+        out.push_str(&format!("optio_open_orders {}\n", engine.open_orders()));
+        out.push_str("# HELP optio_oracle_index Accepted index price.\n# TYPE optio_oracle_index gauge\n");
+        out.push_str("# HELP optio_oracle_age_seconds Age of the accepted index.\n# TYPE optio_oracle_age_seconds gauge\n");
+        out.push_str("# HELP optio_oracle_held 1 while the circuit breaker holds a jump.\n# TYPE optio_oracle_held gauge\n");
+        for u in engine.underlyings() {
+            if let Some(o) = engine.oracle(u) {
+                out.push_str(&format!("optio_oracle_index{{underlying=\"{u}\"}} {}\n", o.index_price));
+                out.push_str(&format!("optio_oracle_age_seconds{{underlying=\"{u}\"}} {:.3}\n", now.saturating_sub(o.published_ms) as f64 / 1e3));
+                out.push_str(&format!("optio_oracle_held{{underlying=\"{u}\"}} {}\n", u8::from(o.held.is_some())));
+            }
+        }
+        out
+    }
+}
+
+async fn rpc_body(State(g): State<Arc<Gateway>>, headers: HeaderMap, body: Bytes) -> Response {
+    dispatch(g, headers, body, None).await
+}
+
+async fn rpc_path(State(g): State<Arc<Gateway>>, Path(method): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+    dispatch(g, headers, body, Some(method)).await
+}
+
+async fn dispatch(g: Arc<Gateway>, headers: HeaderMap, body: Bytes, path_method: Option<String>) -> Response {
+    let reply = tokio::task::spawn_blocking(move || {
+        let request: Value = match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(_) => return rpc::err(&Value::Null, &GatewayError::Parse.into()),
+        };
+        let id = request.get("id").cloned().unwrap_or(Value::Null);
+        let (method, params) = match (&path_method, &request) {
+            (Some(m), Value::Object(_)) => (m.clone(), request.get("params").cloned().unwrap_or_else(|| request.clone())),
+            (None, Value::Object(o)) => {
+                if o.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+                    return rpc::err(&id, &GatewayError::InvalidRequest("jsonrpc must be \"2.0\"").into());
+                }
+                match o.get("method").and_then(Value::as_str) {
+                    Some(m) if m.len() <= 64 => (m.to_owned(), o.get("params").cloned().unwrap_or(Value::Object(Default::default()))),
+                    _ => return rpc::err(&id, &GatewayError::InvalidRequest("method must be a string").into()),
+                }
+            }
+            (_, Value::Array(_)) => return rpc::err(&id, &GatewayError::InvalidRequest("batches are not supported").into()),
+            _ => return rpc::err(&id, &GatewayError::InvalidRequest("request must be an object").into()),
+        };
+        if !params.is_object() {
+            return rpc::err(&id, &GatewayError::InvalidParams("params must be an object".into()).into());
+        }
+        match g.call(&method, &params, &headers) {
+            Ok(result) => rpc::ok(&id, result),
+            Err(e) => rpc::err(&id, &e),
+        }
+    })
+    .await
+    .unwrap_or_else(|_| rpc::err(&Value::Null, &GatewayError::Internal.into()));
+    ([(header::CONTENT_TYPE, "application/json")], reply.to_string()).into_response()
+}
+
+async fn metrics(State(g): State<Arc<Gateway>>) -> Response {
+    let text = tokio::task::spawn_blocking(move || g.metrics()).await.unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+async fn health(State(g): State<Arc<Gateway>>) -> Response {
+    let seq = tokio::task::spawn_blocking(move || g.lock().sequencer.next_seq()).await.unwrap_or(0);
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], json!({"status": "ok", "next_seq": seq}).to_string()).into_response()
+}
+
+/// The HTTP router: `POST /api/v2` (JSON-RPC 2.0 body), `POST /api/v2/{method}` (params body),
+/// `GET /health`, `GET /metrics`.
+pub fn router(gateway: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/api/v2", post(rpc_body))
+        .route("/api/v2/{*method}", post(rpc_path))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(gateway)
+}
+
+/// Which instrument a name is.
+pub fn instrument_of(gateway: &Gateway, name: &str) -> Option<InstrumentId> {
+    views::instrument_id(&gateway.lock().sequencer, name).ok()
+}

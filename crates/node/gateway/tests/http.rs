@@ -1,0 +1,248 @@
+//! End to end over HTTP on 127.0.0.1: signed orders in, receipts and fills out; market data with
+//! marks, implied volatility and Greeks; every kind of bad input refused with its code and
+//! without changing state.
+
+use std::sync::Arc;
+
+use optio_gateway::{Config, Gateway, router};
+use optio_intents::{Action, DERIVE_TRADE_MODULE, Domain, TradeData, address_of, keccak};
+use optio_pricing::risk::default_scenarios;
+use optio_pricing::svi::{Slice, Surface, Svi};
+use optio_sequencer::Sequencer;
+use optio_types::{Amount, Command, EngineLimits, InstrumentId, InstrumentSpec, Price, MONEY_SCALE};
+use secp256k1::{Message, SecretKey};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const CONTRACT: [u8; 20] = [0x0a; 20];
+const CHAIN: u64 = 31_337;
+
+struct Trader {
+    key: SecretKey,
+    address: [u8; 20],
+    subaccount: u64,
+}
+
+fn hex(b: &[u8]) -> String {
+    format!("0x{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>())
+}
+
+fn sign(key: &SecretKey, digest: [u8; 32]) -> Vec<u8> {
+    let (recid, sig) = secp256k1::ecdsa::RecoverableSignature::sign_ecdsa_recoverable(Message::from_digest(digest), key).serialize_compact();
+    let mut out = sig.to_vec();
+    out.push(27 + recid.to_u8());
+    out
+}
+
+struct Harness {
+    addr: std::net::SocketAddr,
+    gateway: Arc<Gateway>,
+    _dir: tempfile::TempDir,
+    instrument: u32,
+    nonce: std::sync::atomic::AtomicU64,
+}
+
+impl Harness {
+    async fn start() -> (Harness, Trader, Trader) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let sequencer = Sequencer::open(dir.path(), [9; 32], EngineLimits::default()).expect("sequencer");
+        let gateway = Arc::new(Gateway::new(sequencer, Config { chain_id: CHAIN, verifying_contract: CONTRACT, ..Config::default() }));
+        let specs: Vec<InstrumentSpec> = ["BTC-26MAR27-100000-C", "BTC-PERPETUAL"]
+            .iter()
+            .map(|n| InstrumentSpec::with_defaults(n.parse().expect("valid"), Price(300_000 * MONEY_SCALE)))
+            .collect();
+        let mut admin: Vec<Command> = specs.iter().map(|spec| Command::ListInstrument { spec: spec.clone() }).collect();
+        admin.extend((0..2).map(|i| Command::ActivateInstrument { instrument: InstrumentId(i) }));
+        assert!(gateway.submit_admin(admin).expect("admin").iter().all(Result::is_ok));
+        let svi = Svi { a: 0.02, b: 0.1, rho: -0.3, m: 0.0, sigma: 0.3 };
+        let surface = Surface::new(90_000.0, 0.0, vec![Slice { t: 0.1, svi }, Slice { t: 1.0, svi: Svi { a: 0.2, ..svi } }]).expect("surface");
+        let list: Vec<(InstrumentId, &InstrumentSpec)> = specs.iter().enumerate().map(|(i, s)| (InstrumentId(i as u32), s)).collect();
+        let update = optio_oracle::build_update("BTC", &surface, &default_scenarios(), &list, optio_gateway::now_ms()).expect("update");
+        assert!(gateway.submit_admin(vec![Command::OracleUpdate(update)]).expect("oracle")[0].is_ok());
+        let trader = |seed: u8| {
+            let key = SecretKey::from_secret_bytes([seed; 32]).expect("key");
+            let address = address_of(&secp256k1::PublicKey::from_secret_key(&key));
+            let subaccount = gateway.fund(address, Amount(1_000_000 * MONEY_SCALE)).expect("funded");
+            Trader { key, address, subaccount }
+        };
+        let (alice, bob) = (trader(1), trader(2));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+        let addr = listener.local_addr().expect("addr");
+        let app = router(gateway.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
+        (Harness { addr, gateway, _dir: dir, instrument: 0, nonce: std::sync::atomic::AtomicU64::new(1) }, alice, bob)
+    }
+
+    async fn raw(&self, request: String) -> (u16, String) {
+        let mut stream = tokio::net::TcpStream::connect(self.addr).await.expect("connect");
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.expect("read");
+        let text = String::from_utf8_lossy(&response).to_string();
+        let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+        (status, body)
+    }
+
+    async fn post(&self, body: &str, headers: &[(&str, String)]) -> (u16, Value) {
+        let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+        let request = format!("POST /api/v2 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n{body}", body.len());
+        let (status, body) = self.raw(request).await;
+        (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+    }
+
+    async fn call(&self, method: &str, params: Value) -> Value {
+        self.post(&json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).to_string(), &[]).await.1
+    }
+
+    fn order_params(&self, t: &Trader, direction: &str, price: &str, amount: &str, chain: u64) -> Value {
+        self.order_params_as(t, t.address, t.subaccount, optio_gateway::now_ms() / 1_000 + 3_600, direction, price, amount, chain)
+    }
+
+    /// Signed by `t` for `subaccount` owned by `owner`, expiring at `expiry` (seconds).
+    #[allow(clippy::too_many_arguments)]
+    fn order_params_as(&self, t: &Trader, owner: [u8; 20], subaccount: u64, expiry: u64, direction: &str, price: &str, amount: &str, chain: u64) -> Value {
+        let nonce = self.nonce.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let to18 = |s: &str| -> i128 {
+            let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+            let frac = format!("{frac:0<18}");
+            int.parse::<i128>().expect("int") * 10i128.pow(18) + frac.parse::<i128>().expect("frac")
+        };
+        let data = TradeData {
+            asset: CONTRACT,
+            sub_id: u128::from(self.instrument),
+            limit_price: to18(price),
+            amount: to18(amount),
+            max_fee: to18("100") as u128,
+            recipient_id: u128::from(subaccount),
+            is_bid: direction == "buy",
+        };
+        let action = Action { subaccount_id: subaccount, nonce, module: DERIVE_TRADE_MODULE, data: data.encode(), expiry, owner, signer: t.address };
+        let sig = sign(&t.key, action.digest(&Domain::optio(chain, CONTRACT).separator()));
+        json!({
+            "instrument_name": "BTC-26MAR27-100000-C", "direction": direction, "order_type": "limit", "time_in_force": "gtc",
+            "limit_price": price, "amount": amount, "max_fee": "100", "subaccount_id": subaccount, "nonce": nonce.to_string(),
+            "signer": hex(&t.address), "signature": hex(&sig), "signature_expiry_sec": expiry, "label": format!("o{nonce}"),
+        })
+    }
+
+    fn auth(&self, t: &Trader) -> Vec<(&'static str, String)> {
+        let ts = optio_gateway::now_ms().to_string();
+        let mut message = format!("\x19Ethereum Signed Message:\n{}", ts.len()).into_bytes();
+        message.extend_from_slice(ts.as_bytes());
+        let sig = sign(&t.key, keccak(&message));
+        vec![("X-OptioWallet", hex(&t.address)), ("X-OptioTimestamp", ts), ("X-OptioSignature", hex(&sig))]
+    }
+}
+
+fn code(v: &Value) -> i64 {
+    v["error"]["code"].as_i64().unwrap_or_else(|| panic!("expected an error, got {v}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_orders_trade_and_market_data_shows_marks_iv_and_greeks() {
+    let (h, alice, bob) = Harness::start().await;
+    let instruments = h.call("public/get_instruments", json!({"currency": "BTC", "kind": "option"})).await;
+    assert_eq!(instruments["result"][0]["instrument_name"], "BTC-26MAR27-100000-C");
+    let ask = h.call("private/order", h.order_params(&alice, "sell", "9000", "0.5", CHAIN)).await;
+    assert_eq!(ask["result"]["order"]["order_status"], "open", "{ask}");
+    assert!(ask["result"]["receipt"]["seq"].as_u64().is_some());
+    let buy = h.call("private/order", h.order_params(&bob, "buy", "9000", "0.2", CHAIN)).await;
+    assert_eq!(buy["result"]["order"]["order_status"], "filled", "{buy}");
+    assert_eq!(buy["result"]["trades"][0]["trade_amount"], "0.2");
+    let book = h.call("public/get_order_book", json!({"instrument_name": "BTC-26MAR27-100000-C"})).await;
+    assert_eq!(book["result"]["asks"][0], json!(["9000", "0.3"]));
+    let ticker = h.call("public/ticker", json!({"instrument_name": "BTC-26MAR27-100000-C"})).await;
+    let iv = ticker["result"]["mark_iv"].as_f64().expect("an implied volatility from the mark");
+    assert!(iv > 0.05 && iv < 3.0, "{ticker}");
+    assert!(ticker["result"]["greeks"]["delta"].as_f64().is_some_and(|d| d > 0.0 && d < 1.0));
+    let open = h.post(&json!({"jsonrpc": "2.0", "id": 2, "method": "private/get_open_orders", "params": {"subaccount_id": alice.subaccount}}).to_string(), &h.auth(&alice)).await.1;
+    assert_eq!(open["result"][0]["filled_amount"], "0.2", "{open}");
+    let positions = h.post(&json!({"jsonrpc": "2.0", "id": 3, "method": "private/get_positions", "params": {"subaccount_id": bob.subaccount}}).to_string(), &h.auth(&bob)).await.1;
+    assert_eq!(positions["result"][0]["size"], "0.2");
+    let metrics = h.raw("GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".into()).await.1;
+    assert!(metrics.contains("optio_oracle_index{underlying=\"BTC\"}") && metrics.contains("optio_oracle_held{underlying=\"BTC\"} 0"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_its_code_and_changes_nothing() {
+    let (h, alice, bob) = Harness::start().await;
+    let before = h.gateway.state_hash();
+    let order = |t: &Trader, chain| h.order_params(t, "buy", "9000", "0.1", chain);
+    let mut cases: Vec<(&str, String, i64)> = vec![
+        ("malformed JSON", "{\"jsonrpc\": \"2.0\", ".into(), -32_700),
+        ("not an object", "[1, 2]".into(), -32_600),
+        ("wrong version", json!({"jsonrpc": "1.0", "id": 1, "method": "public/get_time"}).to_string(), -32_600),
+        ("unknown method", json!({"jsonrpc": "2.0", "id": 1, "method": "private/steal"}).to_string(), -32_601),
+        ("missing params", json!({"jsonrpc": "2.0", "id": 1, "method": "public/ticker", "params": {}}).to_string(), -32_602),
+        ("unknown instrument", json!({"jsonrpc": "2.0", "id": 1, "method": "public/ticker", "params": {"instrument_name": "BTC-26MAR27-1-C"}}).to_string(), 3_001),
+        ("malformed instrument", json!({"jsonrpc": "2.0", "id": 1, "method": "public/ticker", "params": {"instrument_name": "BTC-2MARCH27"}}).to_string(), -32_602),
+        ("deeply nested", format!("{}{}", "[".repeat(5_000), "]".repeat(5_000)), -32_700),
+    ];
+    let mut with = |name: &'static str, f: &dyn Fn(&mut Value), want: i64| {
+        let mut p = order(&alice, CHAIN);
+        f(&mut p);
+        cases.push((name, json!({"jsonrpc": "2.0", "id": 1, "method": "private/order", "params": p}).to_string(), want));
+    };
+    with("NaN amount", &|p| p["amount"] = json!("NaN"), -32_602);
+    with("negative amount", &|p| p["amount"] = json!("-1"), -32_602);
+    with("overflowing price", &|p| p["limit_price"] = json!("1e400"), -32_602);
+    with("huge price", &|p| p["limit_price"] = json!("99999999999999999999"), -32_602);
+    with("wrong type", &|p| p["subaccount_id"] = json!("one"), -32_602);
+    with("tampered amount", &|p| p["amount"] = json!("0.2"), 6_001);
+    with("bad signature hex", &|p| p["signature"] = json!("0xzz"), 6_001);
+    with("high-s signature", &|p| {
+        let sig = optio_intents::parse_hex(p["signature"].as_str().expect("sig")).expect("hex");
+        let n: [u8; 32] = [0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFE, 0xBA, 0xAE, 0xDC, 0xE6, 0xAF, 0x48, 0xA0, 0x3B, 0xBF, 0xD2, 0x5E, 0x8C, 0xD0, 0x36, 0x41, 0x41];
+        let mut high = sig.clone();
+        let mut borrow = 0i16;
+        for i in (0..32).rev() {
+            let d = i16::from(n[i]) - i16::from(sig[32 + i]) - borrow;
+            high[32 + i] = d.rem_euclid(256) as u8;
+            borrow = i16::from(d < 0);
+        }
+        high[64] = 55 - high[64];
+        p["signature"] = json!(hex(&high));
+    }, 6_001);
+    with("expired signature", &|p| p["signature_expiry_sec"] = json!(1_000), 6_001);
+    cases.push(("foreign chain id", json!({"jsonrpc": "2.0", "id": 1, "method": "private/order", "params": order(&alice, CHAIN + 1)}).to_string(), 6_001));
+    let mut stolen = order(&bob, CHAIN);
+    stolen["subaccount_id"] = json!(alice.subaccount);
+    cases.push(("someone else's subaccount", json!({"jsonrpc": "2.0", "id": 1, "method": "private/order", "params": stolen}).to_string(), 6_001));
+    // Validly signed, but by a key that does not own the subaccount.
+    let impostor = h.order_params_as(&bob, alice.address, alice.subaccount, optio_gateway::now_ms() / 1_000 + 3_600, "buy", "9000", "0.1", CHAIN);
+    cases.push(("signer is not the owner", json!({"jsonrpc": "2.0", "id": 1, "method": "private/order", "params": impostor}).to_string(), 6_002));
+    // Validly signed, but expired, or valid for far too long.
+    for expiry in [optio_gateway::now_ms() / 1_000 - 10, optio_gateway::now_ms() / 1_000 + 1_000 * 86_400] {
+        let p = h.order_params_as(&alice, alice.address, alice.subaccount, expiry, "buy", "9000", "0.1", CHAIN);
+        cases.push(("signature expiry out of range", json!({"jsonrpc": "2.0", "id": 1, "method": "private/order", "params": p}).to_string(), 6_004));
+    }
+    for (name, body, want) in &cases {
+        let (status, reply) = h.post(body, &[]).await;
+        assert_eq!(status, 200, "{name}");
+        assert_eq!(code(&reply), *want, "{name}: {reply}");
+        assert_eq!(h.gateway.state_hash(), before, "{name} changed state");
+    }
+    // A replayed nonce: the first use trades, the second is refused.
+    let first = order(&alice, CHAIN);
+    let ok = h.call("private/order", first.clone()).await;
+    assert!(ok["result"].is_object(), "{ok}");
+    let after = h.gateway.state_hash();
+    assert_eq!(code(&h.call("private/order", first).await), 6_003);
+    assert_eq!(h.gateway.state_hash(), after);
+    // An order the engine refuses is sequenced (it has a receipt) and changes nothing else.
+    let mut poor = h.order_params(&alice, "buy", "9000", "5000", CHAIN);
+    poor["max_fee"] = json!("100000");
+    let refused = h.call("private/order", poor).await;
+    assert!(code(&refused) == 6_001 || code(&refused) == 4_014 || code(&refused) == 4_005, "{refused}");
+    // Oversized body: refused by the transport.
+    let big = format!("{{\"jsonrpc\": \"2.0\", \"id\": 1, \"method\": \"public/get_time\", \"pad\": \"{}\"}}", "x".repeat(70_000));
+    assert_eq!(h.post(&big, &[]).await.0, 413);
+    // Reads need the owner's fresh signature.
+    let read = json!({"jsonrpc": "2.0", "id": 2, "method": "private/get_open_orders", "params": {"subaccount_id": alice.subaccount}}).to_string();
+    assert_eq!(code(&h.post(&read, &[]).await.1), 6_005);
+    assert_eq!(code(&h.post(&read, &h.auth(&bob)).await.1), 6_002);
+    let mut stale = h.auth(&alice);
+    stale[1].1 = "1000".into();
+    assert_eq!(code(&h.post(&read, &stale).await.1), 6_005);
+}
