@@ -54,11 +54,7 @@ pub fn instruments(s: &Sequencer, params: &Value) -> Value {
         .engine()
         .instruments()
         .filter(|i| currency.is_none_or(|c| c == "any" || i.spec.name.underlying == c))
-        .filter(|i| match (kind, i.spec.name.kind) {
-            (None, _) => true,
-            (Some("option"), InstrumentKind::Option { .. }) | (Some("future" | "perp"), InstrumentKind::Perpetual) => true,
-            _ => false,
-        })
+        .filter(|i| matches!((kind, i.spec.name.kind), (None, _) | (Some("option"), InstrumentKind::Option { .. }) | (Some("future" | "perp"), InstrumentKind::Perpetual)))
         .map(|i| {
             let (strike, right, expiry) = match i.spec.name.kind {
                 InstrumentKind::Option { strike, right, expiry } => (Some(money(strike.0)), Some(if right == OptionRight::Call { "call" } else { "put" }), Some(expiry.expiry_ms())),
