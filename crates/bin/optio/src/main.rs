@@ -1,6 +1,7 @@
-//! The `optio` command. For now: `optio demo`, which builds a small options market on the
-//! deterministic core and prints what happens. Later issues add the node (`optio devnet`,
-//! `optio node`), settlement and exit tooling.
+//! The `optio` command: `optio devnet` runs everything in one process; `optio demo` walks through
+//! the deterministic core and prints what happens. Later issues add settlement and exit tooling.
+
+mod devnet;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -22,11 +23,15 @@ enum Cmd {
     /// Build a small BTC options market on the exchange core and print what happens: quotes,
     /// trades, fees, margin, a rejected order, expiry and cash settlement, snapshot and audit.
     Demo,
+    /// Run a whole exchange in one process: sequencer, API on 127.0.0.1, signed oracle feed,
+    /// simulated market makers and takers; funds a demo key and any --fund address.
+    Devnet(devnet::DevnetArgs),
 }
 
 fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Demo => demo(),
+        Cmd::Devnet(args) => devnet::run(args),
     }
 }
 
