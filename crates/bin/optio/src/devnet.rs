@@ -196,7 +196,7 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
                 }
             }
         }
-        if rounds % 2 == 0 {
+        if rounds.is_multiple_of(2) {
             let pick = rng.random_range(0..ids.len());
             let side = if rng.random_bool(0.5) { Side::Buy } else { Side::Sell };
             let step = specs[pick].amount_step;
