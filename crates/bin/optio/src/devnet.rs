@@ -41,6 +41,9 @@ pub struct DevnetArgs {
     /// Stop after this many seconds (runs until Ctrl-C if not given).
     #[arg(long)]
     pub duration_s: Option<u64>,
+    /// Serve the API only: no oracle feed, market makers or takers.
+    #[arg(long)]
+    pub no_flow: bool,
 }
 
 const MONTHS: [&str; 12] = ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"];
@@ -174,6 +177,9 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
             break;
         }
         rounds += 1;
+        if args.no_flow {
+            continue;
+        }
         let now = optio_gateway::now_ms();
         let mut commands = Vec::new();
         for (u, underlying) in ["BTC", "ETH"].iter().enumerate() {

@@ -12,6 +12,7 @@
 //! method names and envelopes ccxt expects, and a dedicated sequencer thread with group commit
 //! across requests (each write request is its own fsync group for now).
 
+pub mod client;
 pub mod rpc;
 mod views;
 
@@ -136,7 +137,13 @@ impl Gateway {
             domains.push(Domain::derive_compat(sandbox).separator());
         }
         let last_ms = sequencer.engine().time_ms();
-        Self { node: Mutex::new(Node { sequencer, nonces: BTreeMap::new(), labels: BTreeMap::new(), last_ms }), config, domains }
+        // Replay protection survives restarts: the log holds every signed intent.
+        let mut nonces: BTreeMap<Address, BTreeMap<u64, u64>> = BTreeMap::new();
+        let now_s = now_ms() / 1_000;
+        for intent in sequencer.recovered_intents().iter().filter(|i| i.expiry >= now_s) {
+            nonces.entry(intent.owner).or_default().insert(intent.nonce, intent.expiry);
+        }
+        Self { node: Mutex::new(Node { sequencer, nonces, labels: BTreeMap::new(), last_ms }), config, domains }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Node> {
@@ -288,10 +295,12 @@ impl Gateway {
             is_bid: side == Side::Buy,
         };
         let action = Action { subaccount_id: subaccount, nonce, module: optio_intents::DERIVE_TRADE_MODULE, data: data.encode(), expiry, owner: owner.0, signer };
-        let valid = self.domains.iter().any(|d| recover(&action.digest(d), &signature).is_ok_and(|who| who == signer));
-        if !valid {
-            return Err(GatewayError::BadSignature.into());
-        }
+        let digest = self
+            .domains
+            .iter()
+            .map(|d| action.digest(d))
+            .find(|digest| recover(digest, &signature).is_ok_and(|who| who == signer))
+            .ok_or(GatewayError::BadSignature)?;
         if signer != owner.0 {
             return Err(GatewayError::NotOwner.into());
         }
@@ -339,7 +348,14 @@ impl Gateway {
         let mut node = self.lock();
         let t = now_ms().max(node.last_ms);
         node.last_ms = t;
-        let mut outcomes = node.sequencer.submit(&[Input { time_ms: t, command }]).map_err(|_| GatewayError::Internal)?;
+        let intent = optio_sequencer::Intent {
+            digest,
+            owner: owner.0,
+            nonce,
+            expiry,
+            signature: signature.as_slice().try_into().map_err(|_| GatewayError::BadSignature)?,
+        };
+        let mut outcomes = node.sequencer.submit_intents(&[(Input { time_ms: t, command }, Some(intent))]).map_err(|_| GatewayError::Internal)?;
         let outcome = outcomes.pop().ok_or(GatewayError::Internal)?;
         let receipt = views::receipt(&outcome.receipt);
         if let Err(code) = outcome.result {
@@ -432,8 +448,14 @@ async fn metrics(State(g): State<Arc<Gateway>>) -> Response {
 }
 
 async fn health(State(g): State<Arc<Gateway>>) -> Response {
-    let seq = tokio::task::spawn_blocking(move || g.lock().sequencer.next_seq()).await.unwrap_or(0);
-    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], json!({"status": "ok", "next_seq": seq}).to_string()).into_response()
+    let (seq, hash) = tokio::task::spawn_blocking(move || {
+        let node = g.lock();
+        let hash: String = node.sequencer.engine().state_hash().iter().map(|b| format!("{b:02x}")).collect();
+        (node.sequencer.next_seq(), hash)
+    })
+    .await
+    .unwrap_or_default();
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], json!({"status": "ok", "next_seq": seq, "state_hash": hash}).to_string()).into_response()
 }
 
 /// The HTTP router: `POST /api/v2` (JSON-RPC 2.0 body), `POST /api/v2/{method}` (params body),

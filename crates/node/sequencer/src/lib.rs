@@ -20,7 +20,7 @@ use optio_engine::{Engine, RestoreError};
 use optio_types::{EngineLimits, Event, Input, RejectCode, WorstCaseMargin};
 use secp256k1::{Message, PublicKey, SecretKey, ecdsa};
 
-pub use wal::{Wal, WalError};
+pub use wal::{Record, Wal, WalError};
 
 const RECEIPT_DOMAIN: &[u8] = b"optio-receipt-v1";
 const SNAPSHOT_FILE: &str = "snapshot.bin";
@@ -87,9 +87,56 @@ pub fn is_equivocation(a: &Receipt, b: &Receipt, sequencer: &PublicKey) -> bool 
     a.seq == b.seq && (a.intent_hash != b.intent_hash || a.previous != b.previous) && a.verify(sequencer) && b.verify(sequencer)
 }
 
-/// Hash identifying an input until the gateway passes signed-intent digests.
-pub fn intent_hash(input: &Input) -> [u8; 32] {
-    *blake3::hash(&input.encode()).as_bytes()
+/// The signed intent behind an input: its EIP-712 digest, owner, nonce, expiry and signature.
+/// Logged with the input, so that replay protection survives restarts and the posted data can
+/// carry the signatures the authorization challenge checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Intent {
+    /// EIP-712 digest the user signed (the receipt's intent hash).
+    pub digest: [u8; 32],
+    /// Owner wallet.
+    pub owner: [u8; 20],
+    /// Per-owner nonce.
+    pub nonce: u64,
+    /// Signature expiry (seconds).
+    pub expiry: u64,
+    /// r || s || v.
+    pub signature: [u8; 65],
+}
+
+impl Intent {
+    const LEN: usize = 32 + 20 + 8 + 8 + 65;
+
+    /// Fixed-width bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(Self::LEN);
+        out.extend_from_slice(&self.digest);
+        out.extend_from_slice(&self.owner);
+        out.extend_from_slice(&self.nonce.to_le_bytes());
+        out.extend_from_slice(&self.expiry.to_le_bytes());
+        out.extend_from_slice(&self.signature);
+        out
+    }
+
+    /// Parses fixed-width bytes.
+    pub fn decode(bytes: &[u8]) -> Option<Intent> {
+        if bytes.len() != Self::LEN {
+            return None;
+        }
+        Some(Intent {
+            digest: bytes[..32].try_into().ok()?,
+            owner: bytes[32..52].try_into().ok()?,
+            nonce: u64::from_le_bytes(bytes[52..60].try_into().ok()?),
+            expiry: u64::from_le_bytes(bytes[60..68].try_into().ok()?),
+            signature: bytes[68..].try_into().ok()?,
+        })
+    }
+}
+
+/// Hash identifying an input: the signed intent's digest, or for operator inputs the hash of
+/// the input's canonical bytes.
+pub fn intent_hash(input: &Input, intent: Option<&Intent>) -> [u8; 32] {
+    intent.map_or_else(|| *blake3::hash(&input.encode()).as_bytes(), |i| i.digest)
 }
 
 /// What happened to one submitted input.
@@ -110,6 +157,8 @@ pub struct Sequencer {
     engine: Engine,
     key: SecretKey,
     previous: [u8; 32],
+    /// Signed intents found in the log at start (for rebuilding replay protection).
+    recovered: Vec<Intent>,
 }
 
 impl Sequencer {
@@ -132,15 +181,18 @@ impl Sequencer {
         };
         let (wal, records) = Wal::open(&dir.join(WAL_FILE))?;
         let mut events = Vec::new();
-        for (seq, input) in records {
+        let mut recovered = Vec::new();
+        for (seq, input, intent) in records {
+            let intent = intent.as_deref().and_then(Intent::decode);
+            recovered.extend(intent);
             if seq <= snapshot_seq {
                 continue;
             }
             let _ = engine.apply(&input, &mut events);
             events.clear();
-            previous = receipt_digest(seq, &intent_hash(&input), &previous);
+            previous = receipt_digest(seq, &intent_hash(&input, intent.as_ref()), &previous);
         }
-        Ok(Self { dir: dir.to_owned(), wal, engine, key, previous })
+        Ok(Self { dir: dir.to_owned(), wal, engine, key, previous, recovered })
     }
 
     /// The sequencer's public key (receipts verify against it).
@@ -158,16 +210,29 @@ impl Sequencer {
         self.wal.next_seq()
     }
 
-    /// Sequences a group of inputs: appends them to the log with one fsync, then applies them and
-    /// signs their receipts. Nothing is acknowledged before it is durable.
+    /// Signed intents the log held when the sequencer opened.
+    pub fn recovered_intents(&self) -> &[Intent] {
+        &self.recovered
+    }
+
+    /// Sequences a group of operator inputs (no signed intent).
     pub fn submit(&mut self, inputs: &[Input]) -> Result<Vec<Outcome>, SequencerError> {
-        let first = self.wal.append(inputs)?;
+        let with: Vec<(Input, Option<Intent>)> = inputs.iter().map(|i| (i.clone(), None)).collect();
+        self.submit_intents(&with)
+    }
+
+    /// Sequences a group of inputs with their signed intents: appends them to the log with one
+    /// fsync, then applies them and signs their receipts. Nothing is acknowledged before it is
+    /// durable.
+    pub fn submit_intents(&mut self, inputs: &[(Input, Option<Intent>)]) -> Result<Vec<Outcome>, SequencerError> {
+        let logged: Vec<(Input, Option<Vec<u8>>)> = inputs.iter().map(|(i, intent)| (i.clone(), intent.map(|x| x.encode()))).collect();
+        let first = self.wal.append(&logged)?;
         let mut outcomes = Vec::with_capacity(inputs.len());
-        for (i, input) in inputs.iter().enumerate() {
+        for (i, (input, signed)) in inputs.iter().enumerate() {
             let seq = first + i as u64;
             let mut events = Vec::new();
             let result = self.engine.apply(input, &mut events);
-            let intent = intent_hash(input);
+            let intent = intent_hash(input, signed.as_ref());
             let digest = receipt_digest(seq, &intent, &self.previous);
             let signature = ecdsa::sign(Message::from_digest(digest), &self.key).serialize_compact();
             let receipt = Receipt { seq, intent_hash: intent, previous: self.previous, signature };

@@ -1,4 +1,6 @@
-//! The write-ahead log: records `[payload length u32][crc32 of payload u32][seq u64][input]`.
+//! The write-ahead log: records `[payload length u32][crc32 of payload u32][seq u64]
+//! [input length u32][input][intent length u32][signed intent]` (the intent, when the input came
+//! from a user's signature, is what replay protection and the authorization challenge need).
 //! Appends write a whole group then fsync once. Opening reads every record, checks sequence
 //! continuity and checksums, and truncates a torn tail (an incomplete or corrupt record with no
 //! valid record after it, which was never acknowledged).
@@ -37,8 +39,11 @@ pub struct Wal {
     buffer: Vec<u8>,
 }
 
-/// Parses one record at the start of `bytes`: (length consumed, seq, input) or `None`.
-fn parse(bytes: &[u8]) -> Option<(usize, u64, Input)> {
+/// One logged input and the signed intent it came from, if any.
+pub type Record = (u64, Input, Option<Vec<u8>>);
+
+/// Parses one record at the start of `bytes`: (length consumed, record) or `None`.
+fn parse(bytes: &[u8]) -> Option<(usize, Record)> {
     let len = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
     let crc = u32::from_le_bytes(bytes.get(4..8)?.try_into().ok()?);
     if !(8..=MAX_RECORD).contains(&len) {
@@ -48,14 +53,21 @@ fn parse(bytes: &[u8]) -> Option<(usize, u64, Input)> {
     if crc32fast::hash(payload) != crc {
         return None;
     }
-    let seq = u64::from_le_bytes(payload[..8].try_into().ok()?);
-    let input = Input::decode(&payload[8..]).ok()?;
-    Some((HEADER + len, seq, input))
+    let seq = u64::from_le_bytes(payload.get(..8)?.try_into().ok()?);
+    let input_len = u32::from_le_bytes(payload.get(8..12)?.try_into().ok()?) as usize;
+    let input = Input::decode(payload.get(12..12 + input_len)?).ok()?;
+    let rest = payload.get(12 + input_len..)?;
+    let intent_len = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+    if rest.len() != 4 + intent_len {
+        return None;
+    }
+    let intent = (intent_len > 0).then(|| rest[4..].to_vec());
+    Some((HEADER + len, (seq, input, intent)))
 }
 
 impl Wal {
     /// Opens the log, returning every valid record in order.
-    pub fn open(path: &Path) -> Result<(Wal, Vec<(u64, Input)>), WalError> {
+    pub fn open(path: &Path) -> Result<(Wal, Vec<Record>), WalError> {
         let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
@@ -64,17 +76,17 @@ impl Wal {
         let mut expected = 1u64;
         while offset < bytes.len() {
             match parse(&bytes[offset..]) {
-                Some((used, seq, input)) => {
+                Some((used, (seq, input, intent))) => {
                     if seq != expected {
                         return Err(WalError::Gap(offset as u64));
                     }
-                    records.push((seq, input));
+                    records.push((seq, input, intent));
                     expected += 1;
                     offset += used;
                 }
                 None => {
                     // Torn tail, or damage in the middle? Look for any valid record after it.
-                    let later = (offset + 1..bytes.len()).any(|o| parse(&bytes[o..]).is_some_and(|(_, seq, _)| seq >= expected));
+                    let later = (offset + 1..bytes.len()).any(|o| parse(&bytes[o..]).is_some_and(|(_, (seq, _, _))| seq >= expected));
                     if later {
                         return Err(WalError::Corrupt(offset as u64));
                     }
@@ -95,12 +107,17 @@ impl Wal {
 
     /// Appends a group of inputs with one write and one fsync; returns the first's sequence
     /// number. Durable when it returns.
-    pub fn append(&mut self, inputs: &[Input]) -> Result<u64, WalError> {
+    pub fn append(&mut self, inputs: &[(Input, Option<Vec<u8>>)]) -> Result<u64, WalError> {
         let first = self.next_seq;
         self.buffer.clear();
-        for (i, input) in inputs.iter().enumerate() {
+        for (i, (input, intent)) in inputs.iter().enumerate() {
             let mut payload = (first + i as u64).to_le_bytes().to_vec();
-            payload.extend_from_slice(&input.encode());
+            let encoded = input.encode();
+            payload.extend_from_slice(&(encoded.len() as u32).to_le_bytes());
+            payload.extend_from_slice(&encoded);
+            let intent = intent.as_deref().unwrap_or_default();
+            payload.extend_from_slice(&(intent.len() as u32).to_le_bytes());
+            payload.extend_from_slice(intent);
             if payload.len() > MAX_RECORD {
                 return Err(WalError::TooLarge(payload.len()));
             }

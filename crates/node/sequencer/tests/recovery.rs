@@ -6,7 +6,7 @@ use std::fs::OpenOptions;
 use std::io::{Seek, SeekFrom, Write};
 
 use optio_engine::Engine;
-use optio_sequencer::{Sequencer, SequencerError, WalError, is_equivocation};
+use optio_sequencer::{Intent, Sequencer, SequencerError, WalError, is_equivocation};
 use optio_types::{
     AccountId, Address, Amount, Command, EngineLimits, Input, InstrumentId, InstrumentSpec, NewOrder, OrderType, Price, Qty,
     SelfTradePrevention, Side, TimeInForce, MONEY_SCALE,
@@ -151,6 +151,21 @@ fn two_receipts_for_one_sequence_number_prove_equivocation() {
     let mut forged = r2;
     forged.signature[0] ^= 1;
     assert!(!is_equivocation(&r1, &forged, &key), "an invalid signature proves nothing");
+}
+
+#[test]
+fn signed_intents_are_logged_and_recovered_and_name_the_receipt() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let all = inputs(2);
+    let intent = Intent { digest: [3; 32], owner: [4; 20], nonce: 77, expiry: 1_900_000_000, signature: [5; 65] };
+    let mut s = Sequencer::open(dir.path(), KEY, EngineLimits::default()).expect("opens");
+    s.submit(&all[..all.len() - 1]).expect("durable");
+    let out = s.submit_intents(&[(all[all.len() - 1].clone(), Some(intent))]).expect("durable");
+    assert_eq!(out[0].receipt.intent_hash, intent.digest);
+    drop(s);
+    let s = Sequencer::open(dir.path(), KEY, EngineLimits::default()).expect("reopens");
+    assert_eq!(s.recovered_intents(), &[intent]);
+    assert_eq!(s.engine().state_hash(), direct(&all));
 }
 
 #[test]

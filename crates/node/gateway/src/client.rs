@@ -1,0 +1,71 @@
+//! Building signed requests as a client would (used by tests, the load generator and tools).
+
+use optio_intents::{Action, DERIVE_TRADE_MODULE, Domain, TradeData, address_of};
+use secp256k1::{Message, SecretKey};
+use serde_json::{Value, json};
+
+fn hex(b: &[u8]) -> String {
+    let mut s = String::from("0x");
+    for x in b {
+        s.push_str(&format!("{x:02x}"));
+    }
+    s
+}
+
+/// A decimal string as an 18-decimal integer (at most 18 decimals).
+fn to18(s: &str) -> Option<i128> {
+    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+    if frac.len() > 18 {
+        return None;
+    }
+    Some(int.parse::<i128>().ok()?.checked_mul(10i128.pow(18))? + format!("{frac:0<18}").parse::<i128>().ok()?)
+}
+
+/// One order to sign.
+#[derive(Debug, Clone)]
+pub struct OrderRequest<'a> {
+    /// Subaccount trading (owned by the key's address).
+    pub subaccount: u64,
+    /// Instrument id (`instrument_id` in `public/get_instruments`).
+    pub instrument_id: u32,
+    /// Instrument name.
+    pub instrument_name: &'a str,
+    /// `buy` or `sell`.
+    pub direction: &'a str,
+    /// Decimal limit price.
+    pub price: &'a str,
+    /// Decimal amount.
+    pub amount: &'a str,
+    /// Decimal max fee.
+    pub max_fee: &'a str,
+    /// Unique per owner.
+    pub nonce: u64,
+    /// Signature expiry, seconds.
+    pub expiry: u64,
+    /// `gtc`, `ioc`, `fok` or `post_only`.
+    pub time_in_force: &'a str,
+}
+
+/// `private/order` params signed by `key` under Optio's native domain.
+pub fn order_params(key: &SecretKey, chain_id: u64, contract: [u8; 20], o: &OrderRequest<'_>) -> Option<Value> {
+    let owner = address_of(&secp256k1::PublicKey::from_secret_key(key));
+    let data = TradeData {
+        asset: contract,
+        sub_id: u128::from(o.instrument_id),
+        limit_price: to18(o.price)?,
+        amount: to18(o.amount)?,
+        max_fee: u128::try_from(to18(o.max_fee)?).ok()?,
+        recipient_id: u128::from(o.subaccount),
+        is_bid: o.direction == "buy",
+    };
+    let action = Action { subaccount_id: o.subaccount, nonce: o.nonce, module: DERIVE_TRADE_MODULE, data: data.encode(), expiry: o.expiry, owner, signer: owner };
+    let digest = action.digest(&Domain::optio(chain_id, contract).separator());
+    let (recid, sig) = secp256k1::ecdsa::RecoverableSignature::sign_ecdsa_recoverable(Message::from_digest(digest), key).serialize_compact();
+    let mut signature = sig.to_vec();
+    signature.push(27 + recid.to_u8());
+    Some(json!({
+        "instrument_name": o.instrument_name, "direction": o.direction, "order_type": "limit", "time_in_force": o.time_in_force,
+        "limit_price": o.price, "amount": o.amount, "max_fee": o.max_fee, "subaccount_id": o.subaccount, "nonce": o.nonce.to_string(),
+        "signer": hex(&owner), "signature": hex(&signature), "signature_expiry_sec": o.expiry,
+    }))
+}
