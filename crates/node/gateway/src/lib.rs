@@ -13,6 +13,8 @@
 //! across requests (each write request is its own fsync group for now).
 
 pub mod client;
+pub mod derive;
+pub mod history;
 pub mod rpc;
 mod views;
 
@@ -63,12 +65,14 @@ impl Default for Config {
 }
 
 /// Mutable node state behind the gateway.
-struct Node {
-    sequencer: Sequencer,
+pub(crate) struct Node {
+    pub(crate) sequencer: Sequencer,
     /// Used nonces per owner, with the expiry (seconds) after which they can be forgotten.
     nonces: BTreeMap<Address, BTreeMap<u64, u64>>,
     /// Client labels of orders (the engine keeps a 64-bit hash of them).
     labels: BTreeMap<u64, String>,
+    /// Orders and trades, from events.
+    pub(crate) history: history::History,
     /// Engine time of the last input (inputs never go back in time).
     last_ms: u64,
 }
@@ -76,7 +80,7 @@ struct Node {
 /// The gateway.
 pub struct Gateway {
     node: Mutex<Node>,
-    config: Config,
+    pub(crate) config: Config,
     /// Accepted domain separators: native first.
     domains: Vec<[u8; 32]>,
 }
@@ -102,7 +106,7 @@ fn string<'a>(params: &'a Value, key: &str) -> Result<&'a str, GatewayError> {
     Ok(s)
 }
 
-fn uint(params: &Value, key: &str) -> Result<u64, GatewayError> {
+pub(crate) fn uint(params: &Value, key: &str) -> Result<u64, GatewayError> {
     let v = param(params, key)?;
     v.as_u64().or_else(|| v.as_str().and_then(|s| s.parse().ok())).ok_or_else(|| GatewayError::InvalidParams(format!("{key} must be a non-negative integer")))
 }
@@ -124,7 +128,7 @@ fn decimal(params: &Value, key: &str, decimals: u32) -> Result<i64, GatewayError
     Ok(value)
 }
 
-fn label_id(label: &str) -> u64 {
+pub(crate) fn label_id(label: &str) -> u64 {
     let h = blake3::hash(label.as_bytes());
     u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes")).max(1)
 }
@@ -143,10 +147,10 @@ impl Gateway {
         for intent in sequencer.recovered_intents().iter().filter(|i| i.expiry >= now_s) {
             nonces.entry(intent.owner).or_default().insert(intent.nonce, intent.expiry);
         }
-        Self { node: Mutex::new(Node { sequencer, nonces, labels: BTreeMap::new(), last_ms }), config, domains }
+        Self { node: Mutex::new(Node { sequencer, nonces, labels: BTreeMap::new(), history: history::History::default(), last_ms }), config, domains }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Node> {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Node> {
         // A panic while holding the lock means an invariant stopped the engine: stay stopped.
         self.node.lock().expect("the engine halted on a violated invariant")
     }
@@ -158,6 +162,16 @@ impl Gateway {
         node.last_ms = t;
         let inputs: Vec<Input> = commands.into_iter().map(|command| Input { time_ms: t, command }).collect();
         let outcomes = node.sequencer.submit(&inputs).map_err(|_| GatewayError::Internal)?;
+        for (o, input) in outcomes.iter().zip(&inputs) {
+            let placed = match &input.command {
+                Command::PlaceOrder(p) => Some((p.side, match p.order_type {
+                    OrderType::Limit { price } => price,
+                    OrderType::Market { protection_price } => protection_price.unwrap_or(Price::ZERO),
+                }, p.qty, String::new(), None)),
+                _ => None,
+            };
+            node.history.record(&o.events, t, placed);
+        }
         Ok(outcomes.into_iter().map(|o| o.result).collect())
     }
 
@@ -212,12 +226,13 @@ impl Gateway {
     }
 
     /// Sequences one command; returns its events or the engine's rejection (with the receipt).
-    fn sequence(&self, command: Command) -> Result<Vec<optio_types::Event>, CallError> {
+    pub(crate) fn sequence(&self, command: Command) -> Result<Vec<optio_types::Event>, CallError> {
         let mut node = self.lock();
         let t = now_ms().max(node.last_ms);
         node.last_ms = t;
         let mut outcomes = node.sequencer.submit(&[Input { time_ms: t, command }]).map_err(|_| GatewayError::Internal)?;
         let outcome = outcomes.pop().ok_or(GatewayError::Internal)?;
+        node.history.record(&outcome.events, t, None);
         match outcome.result {
             Ok(()) => Ok(outcome.events),
             Err(code) => Err(CallError::Engine(code, Some(views::receipt(&outcome.receipt)))),
@@ -228,21 +243,13 @@ impl Gateway {
     /// (EIP-191 personal_sign of the timestamp's decimal string by the wallet); the wallet must
     /// own `subaccount_id`.
     fn authorized(&self, params: &Value, headers: &HeaderMap) -> Result<AccountId, CallError> {
-        let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).ok_or(GatewayError::Unauthorized);
-        let wallet = parse_address(h("x-optiowallet")?).ok_or(GatewayError::Unauthorized)?;
-        let timestamp = h("x-optiotimestamp")?;
-        let ts: u64 = timestamp.parse().map_err(|_| GatewayError::Unauthorized)?;
-        if now_ms().abs_diff(ts) > self.config.auth_window_ms {
-            return Err(GatewayError::Unauthorized.into());
-        }
-        let signature = parse_hex(h("x-optiosignature")?).ok_or(GatewayError::Unauthorized)?;
-        let mut message = format!("\x19Ethereum Signed Message:\n{}", timestamp.len()).into_bytes();
-        message.extend_from_slice(timestamp.as_bytes());
-        let signer = recover(&optio_intents::keccak(&message), &signature).map_err(|_| GatewayError::Unauthorized)?;
-        if signer != wallet {
-            return Err(GatewayError::Unauthorized.into());
-        }
+        let wallet = self.wallet(headers, "x-optio")?;
         let account = AccountId(u32::try_from(uint(params, "subaccount_id")?).map_err(|_| GatewayError::InvalidParams("subaccount_id".into()))?);
+        self.owned_by(account, wallet)
+    }
+
+    /// The subaccount, if `wallet` owns it.
+    pub(crate) fn owned_by(&self, account: AccountId, wallet: Address) -> Result<AccountId, CallError> {
         match self.lock().sequencer.engine().account_owner(account) {
             Some(owner) if owner.0 == wallet => Ok(account),
             Some(_) => Err(GatewayError::NotOwner.into()),
@@ -250,9 +257,38 @@ impl Gateway {
         }
     }
 
+    /// Header authentication with headers `{prefix}wallet`, `{prefix}timestamp`,
+    /// `{prefix}signature`: the wallet that signed a fresh timestamp.
+    pub(crate) fn wallet(&self, headers: &HeaderMap, prefix: &str) -> Result<Address, CallError> {
+        let h = |name: &str| headers.get(format!("{prefix}{name}")).and_then(|v| v.to_str().ok()).ok_or(GatewayError::Unauthorized);
+        let wallet = parse_address(h("wallet")?).ok_or(GatewayError::Unauthorized)?;
+        let timestamp = h("timestamp")?;
+        let ts: u64 = timestamp.parse().map_err(|_| GatewayError::Unauthorized)?;
+        if now_ms().abs_diff(ts) > self.config.auth_window_ms {
+            return Err(GatewayError::Unauthorized.into());
+        }
+        let signature = parse_hex(h("signature")?).ok_or(GatewayError::Unauthorized)?;
+        let mut message = format!("\x19Ethereum Signed Message:\n{}", timestamp.len()).into_bytes();
+        message.extend_from_slice(timestamp.as_bytes());
+        let signer = recover(&optio_intents::keccak(&message), &signature).map_err(|_| GatewayError::Unauthorized)?;
+        if signer != wallet {
+            return Err(GatewayError::Unauthorized.into());
+        }
+        Ok(wallet)
+    }
+
     /// A signed order: rebuild the signed `Action` from the request, check signature, owner,
     /// expiry, max fee and nonce, then sequence it.
     fn order(&self, params: &Value) -> Result<Value, CallError> {
+        let placed = self.place_signed_order(params, None, false)?;
+        let node = self.lock();
+        Ok(views::order_result(&node.sequencer, &placed.name, placed.side, placed.price, placed.amount, &placed.label, &placed.events, placed.receipt, placed.time_ms))
+    }
+
+    /// Verifies and sequences a signed order. `owner` is the wallet the caller authenticated as
+    /// (the Derive-compatible API signs it; the native API takes the subaccount's owner).
+    /// `fee_per_unit`: `max_fee` bounds the fee per contract (Derive) instead of in total.
+    pub(crate) fn place_signed_order(&self, params: &Value, owner_wallet: Option<Address>, fee_per_unit: bool) -> Result<PlacedOrder, CallError> {
         let subaccount = uint(params, "subaccount_id")?;
         let account = AccountId(u32::try_from(subaccount).map_err(|_| GatewayError::InvalidParams("subaccount_id".into()))?);
         let name = string(params, "instrument_name")?;
@@ -276,14 +312,24 @@ impl Gateway {
         }
         let reduce_only = params.get("reduce_only").and_then(Value::as_bool).unwrap_or(false);
 
-        let (instrument, owner, taker_fee) = {
+        let (instrument, owner, taker_fee, step) = {
             let node = self.lock();
             let engine = node.sequencer.engine();
             let instrument = views::instrument_id(&node.sequencer, name)?;
             let owner = engine.account_owner(account).ok_or(CallError::Engine(optio_types::RejectCode::UnknownAccount, None))?;
-            let fee = engine.instruments().nth(instrument.0 as usize).map_or(0, |i| i.spec.taker_fee.0.max(i.spec.maker_fee.0));
-            (instrument, owner, fee)
+            let view = engine.instruments().nth(instrument.0 as usize).ok_or(GatewayError::Internal)?;
+            (instrument, owner, view.spec.taker_fee.0.max(view.spec.maker_fee.0), view.spec.amount_step.0)
         };
+        if let Some(wallet) = owner_wallet
+            && wallet != owner.0
+        {
+            return Err(GatewayError::NotOwner.into());
+        }
+        // Off-step amounts are refused before the signature: ccxt signs the amount truncated to
+        // the step but sends it as given, so the signature could not match anyway.
+        if amount % step != 0 {
+            return Err(CallError::Engine(optio_types::RejectCode::InvalidQty, None));
+        }
         // What the user signed, rebuilt from the request (18-decimal fixed point).
         let data = TradeData {
             asset: self.config.verifying_contract,
@@ -308,8 +354,13 @@ impl Gateway {
         if expiry <= now_s || expiry > now_s + self.config.max_signature_lifetime_s {
             return Err(GatewayError::SignatureExpiry.into());
         }
-        // The most fee the order can pay at its limit price must fit the signed maximum.
-        let worst_fee = i128::from(price) * i128::from(amount) / 100_000_000 * i128::from(taker_fee) / 1_000_000;
+        // The most fee the order can pay at its limit price must fit the signed maximum (in total,
+        // or per contract for the Derive-compatible API).
+        let worst_fee = if fee_per_unit {
+            i128::from(price) * i128::from(taker_fee) / 1_000_000
+        } else {
+            i128::from(price) * i128::from(amount) / 100_000_000 * i128::from(taker_fee) / 1_000_000
+        };
         if worst_fee > i128::from(max_fee) {
             return Err(GatewayError::MaxFeeTooLow.into());
         }
@@ -359,16 +410,20 @@ impl Gateway {
         let outcome = outcomes.pop().ok_or(GatewayError::Internal)?;
         let receipt = views::receipt(&outcome.receipt);
         if let Err(code) = outcome.result {
+            node.history.record(&outcome.events, t, None);
             return Err(CallError::Engine(code, Some(receipt)));
         }
-        if let Some(id) = outcome.events.iter().find_map(|e| match e {
+        let order_id = outcome.events.iter().find_map(|e| match e {
             optio_types::Event::OrderAccepted { order, .. } => Some(order.0),
             _ => None,
-        }) && !label.is_empty()
+        });
+        if let Some(id) = order_id
+            && !label.is_empty()
         {
             node.labels.insert(id, label.to_owned());
         }
-        Ok(views::order_result(&node.sequencer, name, side, Price(price), Qty(amount), label, &outcome.events, receipt, t))
+        node.history.record(&outcome.events, t, Some((side, Price(price), Qty(amount), label.to_owned(), Some(nonce))));
+        Ok(PlacedOrder { order_id: order_id.unwrap_or(0), name: name.to_owned(), side, price: Price(price), amount: Qty(amount), label: label.to_owned(), events: outcome.events, receipt, time_ms: t, expiry, signer, signature: params.get("signature").cloned().unwrap_or(Value::Null), max_fee: Price(max_fee) })
     }
 
     /// The engine's state hash (tests and operators compare it across replicas and restarts).
@@ -462,12 +517,30 @@ async fn health(State(g): State<Arc<Gateway>>) -> Response {
 /// `GET /health`, `GET /metrics`.
 pub fn router(gateway: Arc<Gateway>) -> Router {
     Router::new()
+        .merge(derive::routes())
         .route("/api/v2", post(rpc_body))
         .route("/api/v2/{*method}", post(rpc_path))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(gateway)
+}
+
+/// A signed order that was sequenced and accepted.
+pub(crate) struct PlacedOrder {
+    pub order_id: u64,
+    pub name: String,
+    pub side: Side,
+    pub price: Price,
+    pub amount: Qty,
+    pub label: String,
+    pub events: Vec<optio_types::Event>,
+    pub receipt: Value,
+    pub time_ms: u64,
+    pub expiry: u64,
+    pub signer: Address,
+    pub signature: Value,
+    pub max_fee: Price,
 }
 
 /// Which instrument a name is.

@@ -37,7 +37,7 @@ pub fn instrument_id(s: &Sequencer, name: &str) -> Result<InstrumentId, CallErro
     s.engine().instrument_id(&parsed).ok_or(CallError::Engine(optio_types::RejectCode::UnknownInstrument, None))
 }
 
-fn status(s: InstrumentStatus) -> &'static str {
+pub(crate) fn status(s: InstrumentStatus) -> &'static str {
     match s {
         InstrumentStatus::Listed => "listed",
         InstrumentStatus::Active => "open",

@@ -1,0 +1,109 @@
+"""Drives a running Optio node with the unmodified ccxt 4.5.90 `derive` class, and checks every
+order signature ccxt sent independently with eth-account. Exits non-zero on any mismatch.
+
+Usage: python3 tools/ccxt/flow.py http://127.0.0.1:PORT 0x<private key> 0x<wallet address>"""
+import json
+import sys
+
+import ccxt
+from eth_account import Account
+from eth_account.messages import encode_typed_data
+
+URL, KEY, WALLET = sys.argv[1], sys.argv[2], sys.argv[3]
+ex = ccxt.derive({
+    "walletAddress": WALLET,
+    "privateKey": KEY,
+    "urls": {"api": {"public": URL + "/public", "private": URL + "/private"}},
+    "options": {"max_fee": "100"},
+})
+
+ACTION_TYPES = {
+    "EIP712Domain": [
+        {"name": "name", "type": "string"}, {"name": "version", "type": "string"},
+        {"name": "chainId", "type": "uint256"}, {"name": "verifyingContract", "type": "address"},
+    ],
+    "Action": [
+        {"name": "subaccountId", "type": "uint256"}, {"name": "nonce", "type": "uint256"},
+        {"name": "module", "type": "address"}, {"name": "data", "type": "bytes"},
+        {"name": "expiry", "type": "uint256"}, {"name": "owner", "type": "address"},
+        {"name": "signer", "type": "address"},
+    ],
+}
+
+
+def check_signature(body, market):
+    """Rebuild what ccxt signed (its own exact decimal scaling) and recover it with eth-account."""
+    from decimal import Decimal
+    amount = ex.amount_to_precision(market["symbol"], body["amount"])
+    to18 = lambda x: int(Decimal(str(x)) * 10**18)
+
+    word = lambda v: (v % (1 << 256)).to_bytes(32, "big")
+    info = market["info"]
+    data = (word(int(info["base_asset_address"], 16)) + word(int(info["base_asset_sub_id"])) + word(to18(body["limit_price"]))
+            + word(to18(amount)) + word(to18(body["max_fee"])) + word(int(body["subaccount_id"]))
+            + word(1 if body["direction"] == "buy" else 0))
+    message = {
+        "types": ACTION_TYPES, "primaryType": "Action",
+        "domain": {"name": "Matching", "version": "1.0", "chainId": 1, "verifyingContract": "0xeB8d770ec18DB98Db922E9D83260A585b9F0DeAD"},
+        "message": {"subaccountId": int(body["subaccount_id"]), "nonce": int(body["nonce"]), "module": "0xB8D20c2B7a1Ad2EE33Bc50eF10876eD3035b5e7b",
+                    "data": data, "expiry": int(body["signature_expiry_sec"]), "owner": WALLET, "signer": body["signer"]},
+    }
+    signer = Account.recover_message(encode_typed_data(full_message=message), signature=body["signature"])
+    assert signer.lower() == WALLET.lower(), (signer, WALLET)
+
+
+markets = ex.load_markets()
+options = [m for m in markets.values() if m["type"] == "option" and m["base"] == "BTC"]
+perp = next(m for m in markets.values() if m["type"] == "swap" and m["base"] == "BTC")
+assert options and perp, "markets listed"
+print("markets", len(markets))
+assert ex.fetch_time() > 0
+accounts = ex.fetch_accounts()
+sub = int(accounts[0]["id"])
+ex.options["subaccount_id"] = sub
+print("subaccount", sub)
+
+option = options[len(options) // 2]
+ticker = ex.fetch_ticker(option["symbol"])
+assert ticker["markPrice"] and ticker["indexPrice"], ticker
+greeks = ex.fetch_greeks(option["symbol"])
+assert greeks["markImpliedVolatility"] and greeks["delta"] is not None, greeks
+print("ticker", option["id"], ticker["markPrice"], "iv", greeks["markImpliedVolatility"], "delta", greeks["delta"])
+
+# A resting bid far below the market, listed, then cancelled.
+tick = option["precision"]["price"]
+low = float(ex.price_to_precision(option["symbol"], max(tick, ticker["markPrice"] * 0.5)))
+order = ex.create_order(option["symbol"], "limit", "buy", 0.1, low, {"subaccount_id": sub})
+check_signature(json.loads(ex.last_request_body), option)
+assert order["status"] == "open", order
+open_orders = ex.fetch_open_orders(option["symbol"], params={"subaccount_id": sub})
+assert any(o["id"] == order["id"] for o in open_orders), open_orders
+fetched = ex.fetch_order(order["id"], option["symbol"], {"subaccount_id": sub})
+assert fetched["id"] == order["id"]
+cancelled = ex.cancel_order(order["id"], option["symbol"], {"subaccount_id": sub})
+assert cancelled["status"] == "canceled", cancelled
+print("placed, listed and cancelled", order["id"])
+
+# Buy the perpetual through the market makers' quotes.
+perp_ticker = ex.fetch_ticker(perp["symbol"])
+ask = float(perp_ticker["info"]["a"])
+assert ask > 0, perp_ticker
+took = ex.create_order(perp["symbol"], "limit", "buy", 0.01, ask, {"subaccount_id": sub, "timeInForce": "IOC"})
+check_signature(json.loads(ex.last_request_body), perp)
+assert took["filled"] == 0.01, took
+trades = ex.fetch_my_trades(perp["symbol"], params={"subaccount_id": sub})
+assert trades and trades[-1]["side"] == "buy", trades
+positions = ex.fetch_positions(params={"subaccount_id": sub})
+assert any(p["symbol"] == perp["symbol"] and p["contracts"] == 0.01 for p in positions), positions
+balance = ex.fetch_balance()
+assert balance["USDC"]["total"] > 0, balance
+ex.cancel_all_orders(params={"subaccount_id": sub})
+
+# A tampered body: the signature no longer matches, ccxt raises InvalidOrder.
+try:
+    ex.create_order(option["symbol"], "limit", "buy", 0.1, low, {"subaccount_id": sub, "limit_price": ex.price_to_precision(option["symbol"], low * 2)})
+    raise SystemExit("a tampered order was accepted")
+except ccxt.InvalidOrder as e:
+    print("tampered order refused:", str(e)[:80])
+
+print("ccxt flow ok")
