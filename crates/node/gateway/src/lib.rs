@@ -75,11 +75,71 @@ pub(crate) struct Node {
     pub(crate) history: history::History,
     /// Engine time of the last input (inputs never go back in time).
     last_ms: u64,
+    /// Group commits and the inputs they carried (for the metrics).
+    groups: u64,
+    grouped_inputs: u64,
+}
+
+/// One signed order waiting for the writer: sequenced with whatever else is waiting, in one
+/// log write and one fsync (group commit).
+struct Job {
+    input: Command,
+    intent: optio_sequencer::Intent,
+    placed: (Side, Price, Qty, String, Option<u64>),
+    reply: std::sync::mpsc::SyncSender<Result<(optio_sequencer::Outcome, u64), GatewayError>>,
+}
+
+/// Largest group the writer commits at once.
+const MAX_GROUP: usize = 4_096;
+
+/// The writer: takes every order waiting, sequences them as one group, answers each.
+fn writer(node: Arc<Mutex<Node>>, jobs: std::sync::mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match jobs.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        let Ok(mut n) = node.lock() else { return };
+        let t = now_ms().max(n.last_ms);
+        n.last_ms = t;
+        let inputs: Vec<(Input, Option<optio_sequencer::Intent>)> = group.iter().map(|j| (Input { time_ms: t, command: j.input.clone() }, Some(j.intent))).collect();
+        match n.sequencer.submit_intents(&inputs) {
+            Ok(outcomes) => {
+                n.groups += 1;
+                n.grouped_inputs += outcomes.len() as u64;
+                for (job, outcome) in group.into_iter().zip(outcomes) {
+                    let placed = outcome.result.is_ok().then(|| job.placed.clone());
+                    if let Some((_, _, _, label, _)) = &placed
+                        && !label.is_empty()
+                        && let Some(id) = outcome.events.iter().find_map(|e| match e {
+                            optio_types::Event::OrderAccepted { order, .. } => Some(order.0),
+                            _ => None,
+                        })
+                    {
+                        n.labels.insert(id, label.clone());
+                    }
+                    n.history.record(&outcome.events, t, placed);
+                    let _ = job.reply.send(Ok((outcome, t)));
+                }
+            }
+            Err(_) => {
+                // The log could not be written: nothing was acknowledged; the node must stop.
+                for job in group {
+                    let _ = job.reply.send(Err(GatewayError::Internal));
+                }
+                return;
+            }
+        }
+    }
 }
 
 /// The gateway.
 pub struct Gateway {
-    node: Mutex<Node>,
+    node: Arc<Mutex<Node>>,
+    jobs: std::sync::mpsc::SyncSender<Job>,
     pub(crate) config: Config,
     /// Accepted domain separators: native first.
     domains: Vec<[u8; 32]>,
@@ -147,7 +207,11 @@ impl Gateway {
         for intent in sequencer.recovered_intents().iter().filter(|i| i.expiry >= now_s) {
             nonces.entry(intent.owner).or_default().insert(intent.nonce, intent.expiry);
         }
-        Self { node: Mutex::new(Node { sequencer, nonces, labels: BTreeMap::new(), history: history::History::default(), last_ms }), config, domains }
+        let node = Arc::new(Mutex::new(Node { sequencer, nonces, labels: BTreeMap::new(), history: history::History::default(), last_ms, groups: 0, grouped_inputs: 0 }));
+        let (jobs, queue) = std::sync::mpsc::sync_channel(65_536);
+        let shared = node.clone();
+        std::thread::Builder::new().name("optio-writer".into()).spawn(move || writer(shared, queue)).expect("spawn the writer thread");
+        Self { node, jobs, config, domains }
     }
 
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Node> {
@@ -396,9 +460,6 @@ impl Gateway {
             self_trade: SelfTradePrevention::CancelTaker,
             client_order_id,
         });
-        let mut node = self.lock();
-        let t = now_ms().max(node.last_ms);
-        node.last_ms = t;
         let intent = optio_sequencer::Intent {
             digest,
             owner: owner.0,
@@ -406,23 +467,18 @@ impl Gateway {
             expiry,
             signature: signature.as_slice().try_into().map_err(|_| GatewayError::BadSignature)?,
         };
-        let mut outcomes = node.sequencer.submit_intents(&[(Input { time_ms: t, command }, Some(intent))]).map_err(|_| GatewayError::Internal)?;
-        let outcome = outcomes.pop().ok_or(GatewayError::Internal)?;
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        let placed = (side, Price(price), Qty(amount), label.to_owned(), Some(nonce));
+        self.jobs.send(Job { input: command, intent, placed, reply }).map_err(|_| GatewayError::Internal)?;
+        let (outcome, t) = answer.recv().map_err(|_| GatewayError::Internal)??;
         let receipt = views::receipt(&outcome.receipt);
         if let Err(code) = outcome.result {
-            node.history.record(&outcome.events, t, None);
             return Err(CallError::Engine(code, Some(receipt)));
         }
         let order_id = outcome.events.iter().find_map(|e| match e {
             optio_types::Event::OrderAccepted { order, .. } => Some(order.0),
             _ => None,
         });
-        if let Some(id) = order_id
-            && !label.is_empty()
-        {
-            node.labels.insert(id, label.to_owned());
-        }
-        node.history.record(&outcome.events, t, Some((side, Price(price), Qty(amount), label.to_owned(), Some(nonce))));
         Ok(PlacedOrder { order_id: order_id.unwrap_or(0), name: name.to_owned(), side, price: Price(price), amount: Qty(amount), label: label.to_owned(), events: outcome.events, receipt, time_ms: t, expiry, signer, signature: params.get("signature").cloned().unwrap_or(Value::Null), max_fee: Price(max_fee) })
     }
 
@@ -439,6 +495,10 @@ impl Gateway {
         let mut out = String::new();
         out.push_str("# HELP optio_sequence Next sequence number.\n# TYPE optio_sequence counter\n");
         out.push_str(&format!("optio_sequence {}\n", node.sequencer.next_seq()));
+        out.push_str("# HELP optio_wal_groups_total Group commits (one fsync each).\n# TYPE optio_wal_groups_total counter\n");
+        out.push_str(&format!("optio_wal_groups_total {}\n", node.groups));
+        out.push_str("# HELP optio_wal_group_inputs_total Signed orders carried by group commits.\n# TYPE optio_wal_group_inputs_total counter\n");
+        out.push_str(&format!("optio_wal_group_inputs_total {}\n", node.grouped_inputs));
         out.push_str("# HELP optio_open_orders Open orders on all books.\n# TYPE optio_open_orders gauge\n");
         out.push_str(&format!("optio_open_orders {}\n", engine.open_orders()));
         out.push_str("# HELP optio_oracle_index Accepted index price.\n# TYPE optio_oracle_index gauge\n");
