@@ -6,6 +6,7 @@
 
 mod engine_bench;
 mod intents_bench;
+mod load_bench;
 mod pricing_bench;
 
 use clap::{Parser, Subcommand};
@@ -29,6 +30,10 @@ enum Bench {
     /// Signed-intent verification (EIP-712 hashing + recovery) against the raw libsecp256k1
     /// recovery ceiling on the same machine.
     Intents(intents_bench::Args),
+    /// Load generator: starts `optio devnet` as a separate process and sends pre-signed orders
+    /// over loopback HTTP at rising rates (fsync on); reports sustained orders/s and
+    /// acknowledgement latency beside the raw signature-recovery ceiling.
+    Load(load_bench::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -36,5 +41,6 @@ fn main() -> anyhow::Result<()> {
         Bench::Engine(args) => engine_bench::run(&args),
         Bench::Pricing(args) => pricing_bench::run(&args),
         Bench::Intents(args) => intents_bench::run(&args),
+        Bench::Load(args) => load_bench::run(&args),
     }
 }

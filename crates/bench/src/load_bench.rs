@@ -1,0 +1,200 @@
+//! Load generator. The node runs in its own process (`optio devnet --no-flow`, write-ahead log
+//! with fsync on); this process pre-signs orders with the demo key, then offers them over
+//! keep-alive HTTP connections on loopback at rising rates, open loop (latency is measured from
+//! each order's scheduled send time, so a stalled server cannot hide its queueing). Beside it,
+//! the same run measures raw libsecp256k1 recovery on all cores: the ceiling for signed orders.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use hdrhistogram::Histogram;
+use optio_gateway::client::{OrderRequest, order_params};
+use secp256k1::{Message, SecretKey};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+
+
+/// Arguments.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Offered rates, orders/s, in order.
+    #[arg(long, value_delimiter = ',', default_value = "500,1000,2000,4000,8000,16000")]
+    rates: Vec<u64>,
+    /// Seconds per rate.
+    #[arg(long, default_value_t = 3)]
+    seconds: u64,
+    /// Concurrent HTTP connections.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Path of the `optio` binary (default: next to this one).
+    #[arg(long)]
+    optio: Option<std::path::PathBuf>,
+}
+
+fn recovery_ceiling() -> f64 {
+    let key = SecretKey::from_secret_bytes([7; 32]).expect("key");
+    let digest = [9u8; 32];
+    let sig = secp256k1::ecdsa::RecoverableSignature::sign_ecdsa_recoverable(Message::from_digest(digest), &key);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let start = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                let t = Instant::now();
+                while t.elapsed() < Duration::from_secs(1) {
+                    std::hint::black_box(sig.recover(Message::from_digest(digest)).ok());
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let total: u64 = handles.into_iter().map(|h| h.join().unwrap_or(0)).sum();
+    total as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn post(stream: &mut tokio::io::BufReader<tokio::net::TcpStream>, body: &str) -> Result<()> {
+    // One write per request (two small writes would meet Nagle and delayed ACKs: 40 ms).
+    let request = format!("POST /api/v2 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    stream.get_mut().write_all(request.as_bytes()).await?;
+    let mut len = 0usize;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if stream.read_line(&mut line).await? == 0 {
+            bail!("connection closed");
+        }
+        if line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse()?;
+        }
+    }
+    let mut buf = vec![0; len];
+    stream.read_exact(&mut buf).await?;
+    if !buf.windows(9).any(|w| w == b"\"receipt\"") {
+        bail!("order not acknowledged: {}", String::from_utf8_lossy(&buf));
+    }
+    Ok(())
+}
+
+/// Runs the benchmark.
+pub fn run(args: &Args) -> Result<()> {
+    let ceiling = recovery_ceiling();
+    let optio = match &args.optio {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("optio"),
+    };
+    let data = tempfile::tempdir()?;
+    let mut node = Command::new(&optio)
+        .args(["devnet", "--no-flow", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", optio.display()))?;
+    let mut lines = BufReader::new(node.stdout.take().context("stdout")?).lines();
+    let (mut addr, mut subaccount) = (String::new(), 0u64);
+    for line in lines.by_ref().map_while(Result::ok) {
+        if let Some(u) = line.trim().strip_prefix("JSON-RPC  http://") {
+            addr = u.trim_end_matches("/api/v2").to_owned();
+        }
+        if line.contains("demo key") {
+            subaccount = line.rsplit(' ').next().and_then(|s| s.parse().ok()).context("demo subaccount")?;
+        }
+        if line.contains("instruments:") {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
+    let result = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?.block_on(drive(args, &addr, subaccount, ceiling));
+    let _ = node.kill();
+    let _ = node.wait();
+    result
+}
+
+async fn drive(args: &Args, addr: &str, subaccount: u64, ceiling: f64) -> Result<()> {
+    let key = SecretKey::from_secret_bytes([0xde; 32])?;
+    let config = optio_gateway::Config::default();
+    let total: u64 = args.rates.iter().map(|r| r * args.seconds).sum();
+    println!("pre-signing {total} orders ...");
+    // Far from any price so they never rest (IOC): every order is a full signed round trip.
+    let expiry = optio_gateway::now_ms() / 1_000 + 3_600;
+    let bodies: Vec<String> = (0..total)
+        .map(|i| {
+            let req = OrderRequest {
+                subaccount,
+                instrument_id: 0,
+                instrument_name: "BTC-PERPETUAL",
+                direction: if i % 2 == 0 { "buy" } else { "sell" },
+                price: if i % 2 == 0 { "1000" } else { "390000" },
+                amount: "0.01",
+                max_fee: "100",
+                nonce: i + 1,
+                expiry,
+                time_in_force: "ioc",
+            };
+            let params = order_params(&key, config.chain_id, config.verifying_contract, &req).expect("signs");
+            serde_json::json!({"jsonrpc": "2.0", "id": i, "method": "private/order", "params": params}).to_string()
+        })
+        .collect();
+    let bodies = Arc::new(bodies);
+    println!("signature-recovery ceiling on this machine (all {} cores): {ceiling:.0} orders/s\n", std::thread::available_parallelism().map_or(1, |n| n.get()));
+    println!("{:>10} {:>12} {:>10} {:>10} {:>10}", "offered/s", "achieved/s", "p50 ms", "p99 ms", "p99.9 ms");
+    let mut offset = 0u64;
+    let mut best = 0.0f64;
+    let mut table = Vec::new();
+    for &rate in &args.rates {
+        let n = rate * args.seconds;
+        let start = Instant::now() + Duration::from_millis(50);
+        let mut tasks = Vec::new();
+        let stride = args.connections as u64;
+        for c in 0..args.connections {
+            let (bodies, addr) = (bodies.clone(), addr.to_owned());
+            tasks.push(tokio::spawn(async move {
+                let mut hist = Histogram::<u64>::new(3).expect("histogram");
+                let socket = tokio::net::TcpStream::connect(&addr).await?;
+                socket.set_nodelay(true)?;
+                let mut stream = tokio::io::BufReader::new(socket);
+                let mut done = 0u64;
+                let mut i = c as u64;
+                while i < n {
+                    let due = start + Duration::from_nanos(i * 1_000_000_000 / rate);
+                    tokio::time::sleep_until(due.into()).await;
+                    post(&mut stream, &bodies[(offset + i) as usize]).await?;
+                    hist.record(due.elapsed().as_micros() as u64)?;
+                    done += 1;
+                    i += stride;
+                }
+                Ok::<_, anyhow::Error>((hist, done))
+            }));
+        }
+        let mut hist = Histogram::<u64>::new(3)?;
+        let mut done = 0;
+        for t in tasks {
+            let (h, d) = t.await??;
+            hist.add(h)?;
+            done += d;
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        let achieved = done as f64 / elapsed;
+        let q = |p: f64| hist.value_at_quantile(p) as f64 / 1_000.0;
+        println!("{rate:>10} {achieved:>12.0} {:>10.2} {:>10.2} {:>10.2}", q(0.5), q(0.99), q(0.999));
+        table.push((rate, achieved, q(0.99)));
+        best = best.max(achieved);
+        offset += n;
+        if achieved < 0.9 * rate as f64 {
+            break;
+        }
+    }
+    let half = table.iter().filter(|(r, _, _)| (*r as f64) <= best / 2.0).last();
+    println!("\nsustained: {best:.0} signed orders/s = {:.2} of the recovery ceiling ({ceiling:.0}/s); target 0.7", best / ceiling);
+    if let Some((r, _, p99)) = half {
+        println!("p99 at {r}/s (about half the maximum): {p99:.2} ms; target <= 5 ms");
+    }
+    println!("note: the load generator shares the machine's cores with the node.");
+    Ok(())
+}
