@@ -190,7 +190,7 @@ async fn drive(args: &Args, addr: &str, subaccount: u64, ceiling: f64) -> Result
             break;
         }
     }
-    let half = table.iter().filter(|(r, _, _)| (*r as f64) <= best / 2.0).last();
+    let half = table.iter().rfind(|(r, _, _)| (*r as f64) <= best / 2.0);
     println!("\nsustained: {best:.0} signed orders/s = {:.2} of the recovery ceiling ({ceiling:.0}/s); target 0.7", best / ceiling);
     if let Some((r, _, p99)) = half {
         println!("p99 at {r}/s (about half the maximum): {p99:.2} ms; target <= 5 ms");

@@ -67,8 +67,10 @@ impl Default for Config {
 /// Mutable node state behind the gateway.
 pub(crate) struct Node {
     pub(crate) sequencer: Sequencer,
-    /// Used nonces per owner, with the expiry (seconds) after which they can be forgotten.
-    nonces: BTreeMap<Address, BTreeMap<u64, u64>>,
+    /// Used nonces per owner, and the same by expiry (seconds) so that expired ones are dropped
+    /// from the front instead of scanning every nonce on every order.
+    nonces: BTreeMap<Address, std::collections::BTreeSet<u64>>,
+    nonce_expiries: std::collections::BTreeSet<(u64, Address, u64)>,
     /// Client labels of orders (the engine keeps a 64-bit hash of them).
     labels: BTreeMap<u64, String>,
     /// Orders and trades, from events.
@@ -86,7 +88,20 @@ struct Job {
     input: Command,
     intent: optio_sequencer::Intent,
     placed: (Side, Price, Qty, String, Option<u64>),
-    reply: std::sync::mpsc::SyncSender<Result<(optio_sequencer::Outcome, u64), GatewayError>>,
+    reply: tokio::sync::oneshot::Sender<Result<(optio_sequencer::Outcome, u64), GatewayError>>,
+}
+
+/// What a prepared order needs to become an answer.
+pub(crate) struct OrderCtx {
+    name: String,
+    side: Side,
+    price: Price,
+    amount: Qty,
+    label: String,
+    expiry: u64,
+    signer: Address,
+    signature: Value,
+    max_fee: Price,
 }
 
 /// Largest group the writer commits at once.
@@ -106,7 +121,7 @@ fn writer(node: Arc<Mutex<Node>>, jobs: std::sync::mpsc::Receiver<Job>) {
         let t = now_ms().max(n.last_ms);
         n.last_ms = t;
         let inputs: Vec<(Input, Option<optio_sequencer::Intent>)> = group.iter().map(|j| (Input { time_ms: t, command: j.input.clone() }, Some(j.intent))).collect();
-        match n.sequencer.submit_intents(&inputs) {
+        match n.sequencer.submit_intents_unsigned(&inputs) {
             Ok(outcomes) => {
                 n.groups += 1;
                 n.grouped_inputs += outcomes.len() as u64;
@@ -139,6 +154,7 @@ fn writer(node: Arc<Mutex<Node>>, jobs: std::sync::mpsc::Receiver<Job>) {
 /// The gateway.
 pub struct Gateway {
     node: Arc<Mutex<Node>>,
+    receipt_signer: optio_sequencer::ReceiptSigner,
     jobs: std::sync::mpsc::SyncSender<Job>,
     pub(crate) config: Config,
     /// Accepted domain separators: native first.
@@ -201,17 +217,20 @@ impl Gateway {
             domains.push(Domain::derive_compat(sandbox).separator());
         }
         let last_ms = sequencer.engine().time_ms();
+        let receipt_signer = sequencer.receipt_signer();
         // Replay protection survives restarts: the log holds every signed intent.
-        let mut nonces: BTreeMap<Address, BTreeMap<u64, u64>> = BTreeMap::new();
+        let mut nonces: BTreeMap<Address, std::collections::BTreeSet<u64>> = BTreeMap::new();
+        let mut nonce_expiries = std::collections::BTreeSet::new();
         let now_s = now_ms() / 1_000;
         for intent in sequencer.recovered_intents().iter().filter(|i| i.expiry >= now_s) {
-            nonces.entry(intent.owner).or_default().insert(intent.nonce, intent.expiry);
+            nonces.entry(intent.owner).or_default().insert(intent.nonce);
+            nonce_expiries.insert((intent.expiry, intent.owner, intent.nonce));
         }
-        let node = Arc::new(Mutex::new(Node { sequencer, nonces, labels: BTreeMap::new(), history: history::History::default(), last_ms, groups: 0, grouped_inputs: 0 }));
+        let node = Arc::new(Mutex::new(Node { sequencer, nonces, nonce_expiries, labels: BTreeMap::new(), history: history::History::default(), last_ms, groups: 0, grouped_inputs: 0 }));
         let (jobs, queue) = std::sync::mpsc::sync_channel(65_536);
         let shared = node.clone();
         std::thread::Builder::new().name("optio-writer".into()).spawn(move || writer(shared, queue)).expect("spawn the writer thread");
-        Self { node, jobs, config, domains }
+        Self { node, receipt_signer, jobs, config, domains }
     }
 
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Node> {
@@ -353,6 +372,26 @@ impl Gateway {
     /// (the Derive-compatible API signs it; the native API takes the subaccount's owner).
     /// `fee_per_unit`: `max_fee` bounds the fee per contract (Derive) instead of in total.
     pub(crate) fn place_signed_order(&self, params: &Value, owner_wallet: Option<Address>, fee_per_unit: bool) -> Result<PlacedOrder, CallError> {
+        let (ctx, rx) = self.prepare_signed_order(params, owner_wallet, fee_per_unit)?;
+        let (outcome, t) = rx.blocking_recv().map_err(|_| GatewayError::Internal)??;
+        self.finish_order(ctx, outcome, t)
+    }
+
+    /// `place_signed_order` without blocking a thread while the group commits.
+    pub(crate) async fn place_signed_order_async(&self, params: &Value, owner_wallet: Option<Address>, fee_per_unit: bool) -> Result<PlacedOrder, CallError> {
+        let (ctx, rx) = self.prepare_signed_order(params, owner_wallet, fee_per_unit)?;
+        let (outcome, t) = rx.await.map_err(|_| GatewayError::Internal)??;
+        self.finish_order(ctx, outcome, t)
+    }
+
+    /// Parses, verifies and queues a signed order for the writer.
+    #[allow(clippy::type_complexity)]
+    fn prepare_signed_order(
+        &self,
+        params: &Value,
+        owner_wallet: Option<Address>,
+        fee_per_unit: bool,
+    ) -> Result<(OrderCtx, tokio::sync::oneshot::Receiver<Result<(optio_sequencer::Outcome, u64), GatewayError>>), CallError> {
         let subaccount = uint(params, "subaccount_id")?;
         let account = AccountId(u32::try_from(subaccount).map_err(|_| GatewayError::InvalidParams("subaccount_id".into()))?);
         let name = string(params, "instrument_name")?;
@@ -440,12 +479,19 @@ impl Gateway {
         {
             // Nonces are unique per owner for as long as their signature is valid.
             let mut node = self.lock();
-            let used = node.nonces.entry(owner.0).or_default();
-            used.retain(|_, until| *until >= now_s);
-            if used.contains_key(&nonce) {
+            while let Some(&(until, who, n)) = node.nonce_expiries.first() {
+                if until >= now_s {
+                    break;
+                }
+                node.nonce_expiries.pop_first();
+                if let Some(set) = node.nonces.get_mut(&who) {
+                    set.remove(&n);
+                }
+            }
+            if !node.nonces.entry(owner.0).or_default().insert(nonce) {
                 return Err(GatewayError::ReplayedNonce.into());
             }
-            used.insert(nonce, expiry);
+            node.nonce_expiries.insert((expiry, owner.0, nonce));
         }
         let client_order_id = if label.is_empty() { 0 } else { label_id(label) };
         let command = Command::PlaceOrder(NewOrder {
@@ -467,10 +513,26 @@ impl Gateway {
             expiry,
             signature: signature.as_slice().try_into().map_err(|_| GatewayError::BadSignature)?,
         };
-        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        let (reply, answer) = tokio::sync::oneshot::channel();
         let placed = (side, Price(price), Qty(amount), label.to_owned(), Some(nonce));
         self.jobs.send(Job { input: command, intent, placed, reply }).map_err(|_| GatewayError::Internal)?;
-        let (outcome, t) = answer.recv().map_err(|_| GatewayError::Internal)??;
+        let ctx = OrderCtx {
+            name: name.to_owned(),
+            side,
+            price: Price(price),
+            amount: Qty(amount),
+            label: label.to_owned(),
+            expiry,
+            signer,
+            signature: params.get("signature").cloned().unwrap_or(Value::Null),
+            max_fee: Price(max_fee),
+        };
+        Ok((ctx, answer))
+    }
+
+    fn finish_order(&self, ctx: OrderCtx, mut outcome: optio_sequencer::Outcome, t: u64) -> Result<PlacedOrder, CallError> {
+        // Receipts are signed here, in parallel across requests, not by the writer.
+        self.receipt_signer.sign(&mut outcome.receipt);
         let receipt = views::receipt(&outcome.receipt);
         if let Err(code) = outcome.result {
             return Err(CallError::Engine(code, Some(receipt)));
@@ -479,7 +541,21 @@ impl Gateway {
             optio_types::Event::OrderAccepted { order, .. } => Some(order.0),
             _ => None,
         });
-        Ok(PlacedOrder { order_id: order_id.unwrap_or(0), name: name.to_owned(), side, price: Price(price), amount: Qty(amount), label: label.to_owned(), events: outcome.events, receipt, time_ms: t, expiry, signer, signature: params.get("signature").cloned().unwrap_or(Value::Null), max_fee: Price(max_fee) })
+        Ok(PlacedOrder {
+            order_id: order_id.unwrap_or(0),
+            name: ctx.name,
+            side: ctx.side,
+            price: ctx.price,
+            amount: ctx.amount,
+            label: ctx.label,
+            events: outcome.events,
+            receipt,
+            time_ms: t,
+            expiry: ctx.expiry,
+            signer: ctx.signer,
+            signature: ctx.signature,
+            max_fee: ctx.max_fee,
+        })
     }
 
     /// The engine's state hash (tests and operators compare it across replicas and restarts).
@@ -523,34 +599,51 @@ async fn rpc_path(State(g): State<Arc<Gateway>>, Path(method): Path<String>, hea
     dispatch(g, headers, body, Some(method)).await
 }
 
-async fn dispatch(g: Arc<Gateway>, headers: HeaderMap, body: Bytes, path_method: Option<String>) -> Response {
-    let reply = tokio::task::spawn_blocking(move || {
-        let request: Value = match serde_json::from_slice(&body) {
-            Ok(v) => v,
-            Err(_) => return rpc::err(&Value::Null, &GatewayError::Parse.into()),
-        };
-        let id = request.get("id").cloned().unwrap_or(Value::Null);
-        let (method, params) = match (&path_method, &request) {
-            (Some(m), Value::Object(_)) => (m.clone(), request.get("params").cloned().unwrap_or_else(|| request.clone())),
-            (None, Value::Object(o)) => {
-                if o.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
-                    return rpc::err(&id, &GatewayError::InvalidRequest("jsonrpc must be \"2.0\"").into());
-                }
-                match o.get("method").and_then(Value::as_str) {
-                    Some(m) if m.len() <= 64 => (m.to_owned(), o.get("params").cloned().unwrap_or(Value::Object(Default::default()))),
-                    _ => return rpc::err(&id, &GatewayError::InvalidRequest("method must be a string").into()),
-                }
+/// A JSON-RPC request's id, method and params, or the error envelope to answer with.
+fn parse_request(body: &Bytes, path_method: Option<&String>) -> Result<(Value, String, Value), Value> {
+    let request: Value = serde_json::from_slice(body).map_err(|_| rpc::err(&Value::Null, &GatewayError::Parse.into()))?;
+    let id = request.get("id").cloned().unwrap_or(Value::Null);
+    let (method, params) = match (path_method, &request) {
+        (Some(m), Value::Object(_)) => (m.clone(), request.get("params").cloned().unwrap_or_else(|| request.clone())),
+        (None, Value::Object(o)) => {
+            if o.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+                return Err(rpc::err(&id, &GatewayError::InvalidRequest("jsonrpc must be \"2.0\"").into()));
             }
-            (_, Value::Array(_)) => return rpc::err(&id, &GatewayError::InvalidRequest("batches are not supported").into()),
-            _ => return rpc::err(&id, &GatewayError::InvalidRequest("request must be an object").into()),
-        };
-        if !params.is_object() {
-            return rpc::err(&id, &GatewayError::InvalidParams("params must be an object".into()).into());
+            match o.get("method").and_then(Value::as_str) {
+                Some(m) if m.len() <= 64 => (m.to_owned(), o.get("params").cloned().unwrap_or(Value::Object(Default::default()))),
+                _ => return Err(rpc::err(&id, &GatewayError::InvalidRequest("method must be a string").into())),
+            }
         }
-        match g.call(&method, &params, &headers) {
+        (_, Value::Array(_)) => return Err(rpc::err(&id, &GatewayError::InvalidRequest("batches are not supported").into())),
+        _ => return Err(rpc::err(&id, &GatewayError::InvalidRequest("request must be an object").into())),
+    };
+    if !params.is_object() {
+        return Err(rpc::err(&id, &GatewayError::InvalidParams("params must be an object".into()).into()));
+    }
+    Ok((id, method, params))
+}
+
+async fn dispatch(g: Arc<Gateway>, headers: HeaderMap, body: Bytes, path_method: Option<String>) -> Response {
+    // Signed orders: verify on this task and wait for the group commit without holding a thread,
+    // so that many orders share one fsync.
+    if let Ok((id, method, params)) = parse_request(&body, path_method.as_ref())
+        && method == "private/order"
+    {
+        let reply = match g.place_signed_order_async(&params, None, false).await {
+            Ok(placed) => {
+                let node = g.lock();
+                rpc::ok(&id, views::order_result(&node.sequencer, &placed.name, placed.side, placed.price, placed.amount, &placed.label, &placed.events, placed.receipt, placed.time_ms))
+            }
+            Err(e) => rpc::err(&id, &e),
+        };
+        return ([(header::CONTENT_TYPE, "application/json")], reply.to_string()).into_response();
+    }
+    let reply = tokio::task::spawn_blocking(move || match parse_request(&body, path_method.as_ref()) {
+        Ok((id, method, params)) => match g.call(&method, &params, &headers) {
             Ok(result) => rpc::ok(&id, result),
             Err(e) => rpc::err(&id, &e),
-        }
+        },
+        Err(envelope) => envelope,
     })
     .await
     .unwrap_or_else(|_| rpc::err(&Value::Null, &GatewayError::Internal.into()));

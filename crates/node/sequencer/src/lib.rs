@@ -139,6 +139,19 @@ pub fn intent_hash(input: &Input, intent: Option<&Intent>) -> [u8; 32] {
     intent.map_or_else(|| *blake3::hash(&input.encode()).as_bytes(), |i| i.digest)
 }
 
+/// The sequencer's receipt-signing key.
+#[derive(Clone, Copy)]
+pub struct ReceiptSigner {
+    key: SecretKey,
+}
+
+impl ReceiptSigner {
+    /// Fills in the receipt's signature over its hash.
+    pub fn sign(&self, receipt: &mut Receipt) {
+        receipt.signature = ecdsa::sign(Message::from_digest(receipt.hash()), &self.key).serialize_compact();
+    }
+}
+
 /// What happened to one submitted input.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
@@ -225,6 +238,18 @@ impl Sequencer {
     /// fsync, then applies them and signs their receipts. Nothing is acknowledged before it is
     /// durable.
     pub fn submit_intents(&mut self, inputs: &[(Input, Option<Intent>)]) -> Result<Vec<Outcome>, SequencerError> {
+        let mut outcomes = self.submit_intents_unsigned(inputs)?;
+        let signer = self.receipt_signer();
+        for o in &mut outcomes {
+            signer.sign(&mut o.receipt);
+        }
+        Ok(outcomes)
+    }
+
+    /// Like `submit_intents`, but leaves the receipts' signatures empty, so that the caller can
+    /// sign them with `receipt_signer()` off the sequencing path (in parallel, without the lock).
+    /// The chain of receipt hashes is fixed here, in order.
+    pub fn submit_intents_unsigned(&mut self, inputs: &[(Input, Option<Intent>)]) -> Result<Vec<Outcome>, SequencerError> {
         let logged: Vec<(Input, Option<Vec<u8>>)> = inputs.iter().map(|(i, intent)| (i.clone(), intent.map(|x| x.encode()))).collect();
         let first = self.wal.append(&logged)?;
         let mut outcomes = Vec::with_capacity(inputs.len());
@@ -234,12 +259,16 @@ impl Sequencer {
             let result = self.engine.apply(input, &mut events);
             let intent = intent_hash(input, signed.as_ref());
             let digest = receipt_digest(seq, &intent, &self.previous);
-            let signature = ecdsa::sign(Message::from_digest(digest), &self.key).serialize_compact();
-            let receipt = Receipt { seq, intent_hash: intent, previous: self.previous, signature };
+            let receipt = Receipt { seq, intent_hash: intent, previous: self.previous, signature: [0; 64] };
             self.previous = digest;
             outcomes.push(Outcome { receipt, result, events });
         }
         Ok(outcomes)
+    }
+
+    /// Signs receipts with the sequencer key (cheap to copy, usable from any thread).
+    pub fn receipt_signer(&self) -> ReceiptSigner {
+        ReceiptSigner { key: self.key }
     }
 
     /// Writes a snapshot of the engine at the current sequence number, atomically (temporary
