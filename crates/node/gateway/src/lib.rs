@@ -17,6 +17,7 @@ pub mod derive;
 pub mod history;
 pub mod rpc;
 mod views;
+pub mod ws;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -108,7 +109,7 @@ pub(crate) struct OrderCtx {
 const MAX_GROUP: usize = 4_096;
 
 /// The writer: takes every order waiting, sequences them as one group, answers each.
-fn writer(node: Arc<Mutex<Node>>, jobs: std::sync::mpsc::Receiver<Job>) {
+fn writer(node: Arc<Mutex<Node>>, jobs: std::sync::mpsc::Receiver<Job>, events: tokio::sync::broadcast::Sender<ws::Published>) {
     while let Ok(first) = jobs.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -137,6 +138,7 @@ fn writer(node: Arc<Mutex<Node>>, jobs: std::sync::mpsc::Receiver<Job>) {
                         n.labels.insert(id, label.clone());
                     }
                     n.history.record(&outcome.events, t, placed);
+                    let _ = events.send(ws::Published { seq: outcome.receipt.seq, time_ms: t, events: Arc::new(outcome.events.clone()) });
                     let _ = job.reply.send(Ok((outcome, t)));
                 }
             }
@@ -154,6 +156,8 @@ fn writer(node: Arc<Mutex<Node>>, jobs: std::sync::mpsc::Receiver<Job>) {
 /// The gateway.
 pub struct Gateway {
     node: Arc<Mutex<Node>>,
+    /// Every sequenced input's events, for WebSocket subscribers (bounded: laggards are dropped).
+    pub(crate) events: tokio::sync::broadcast::Sender<ws::Published>,
     receipt_signer: optio_sequencer::ReceiptSigner,
     jobs: std::sync::mpsc::SyncSender<Job>,
     pub(crate) config: Config,
@@ -228,9 +232,10 @@ impl Gateway {
         }
         let node = Arc::new(Mutex::new(Node { sequencer, nonces, nonce_expiries, labels: BTreeMap::new(), history: history::History::default(), last_ms, groups: 0, grouped_inputs: 0 }));
         let (jobs, queue) = std::sync::mpsc::sync_channel(65_536);
-        let shared = node.clone();
-        std::thread::Builder::new().name("optio-writer".into()).spawn(move || writer(shared, queue)).expect("spawn the writer thread");
-        Self { node, receipt_signer, jobs, config, domains }
+        let (events, _) = tokio::sync::broadcast::channel(ws::STREAM_CAPACITY);
+        let (shared, stream) = (node.clone(), events.clone());
+        std::thread::Builder::new().name("optio-writer".into()).spawn(move || writer(shared, queue, stream)).expect("spawn the writer thread");
+        Self { node, events, receipt_signer, jobs, config, domains }
     }
 
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Node> {
@@ -254,6 +259,7 @@ impl Gateway {
                 _ => None,
             };
             node.history.record(&o.events, t, placed);
+            let _ = self.events.send(ws::Published { seq: o.receipt.seq, time_ms: t, events: Arc::new(o.events.clone()) });
         }
         Ok(outcomes.into_iter().map(|o| o.result).collect())
     }
@@ -316,6 +322,7 @@ impl Gateway {
         let mut outcomes = node.sequencer.submit(&[Input { time_ms: t, command }]).map_err(|_| GatewayError::Internal)?;
         let outcome = outcomes.pop().ok_or(GatewayError::Internal)?;
         node.history.record(&outcome.events, t, None);
+        let _ = self.events.send(ws::Published { seq: outcome.receipt.seq, time_ms: t, events: Arc::new(outcome.events.clone()) });
         match outcome.result {
             Ok(()) => Ok(outcome.events),
             Err(code) => Err(CallError::Engine(code, Some(views::receipt(&outcome.receipt)))),
@@ -674,6 +681,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/api/v2", post(rpc_body))
         .route("/api/v2/{*method}", post(rpc_path))
         .route("/health", get(health))
+        .route("/ws", get(ws::upgrade))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(gateway)

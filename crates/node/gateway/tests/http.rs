@@ -246,3 +246,113 @@ async fn bad_input_gets_its_code_and_changes_nothing() {
     stale[1].1 = "1000".into();
     assert_eq!(code(&h.post(&read, &stale).await.1), 6_005);
 }
+
+mod websocket {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    use super::*;
+
+    async fn next_json(ws: &mut (impl StreamExt<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin)) -> Option<Value> {
+        loop {
+            let m = tokio::time::timeout(std::time::Duration::from_secs(5), ws.next()).await.ok()??.ok()?;
+            if let Message::Text(t) = m {
+                return serde_json::from_str(&t).ok();
+            }
+            if let Message::Close(_) = m {
+                return None;
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn book_trades_and_user_orders_stream_with_change_ids() {
+        let (h, alice, bob) = Harness::start().await;
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", h.addr)).await.expect("ws connects");
+        let name = "BTC-26MAR27-100000-C";
+        let sub = json!({"jsonrpc": "2.0", "id": 1, "method": "public/subscribe", "params": {"channels": [format!("book.{name}"), format!("trades.{name}")]}});
+        ws.send(Message::Text(sub.to_string().into())).await.expect("send");
+        assert_eq!(next_json(&mut ws).await.expect("reply")["id"], 1);
+        let snapshot = next_json(&mut ws).await.expect("snapshot");
+        let mut last = snapshot["params"]["data"]["change_id"].as_u64().expect("change id");
+        let auth = h.auth(&alice);
+        let private = json!({"jsonrpc": "2.0", "id": 2, "method": "private/subscribe", "params": {"channels": [format!("user.orders.{}", alice.subaccount)], "wallet": auth[0].1, "timestamp": auth[1].1, "signature": auth[2].1}});
+        ws.send(Message::Text(private.to_string().into())).await.expect("send");
+        assert_eq!(next_json(&mut ws).await.expect("reply")["id"], 2);
+        h.call("private/order", h.order_params(&alice, "sell", "9000", "0.5", CHAIN)).await;
+        h.call("private/order", h.order_params(&bob, "buy", "9000", "0.2", CHAIN)).await;
+        let (mut saw_trade, mut saw_user, mut books) = (false, false, 0);
+        while !(saw_trade && saw_user && books >= 2) {
+            let m = next_json(&mut ws).await.expect("notification");
+            let channel = m["params"]["channel"].as_str().unwrap_or_default().to_owned();
+            let data = &m["params"]["data"];
+            if channel.starts_with("book.") {
+                assert_eq!(data["prev_change_id"].as_u64(), Some(last), "a gap in the book stream");
+                last = data["change_id"].as_u64().expect("change id");
+                books += 1;
+            } else if channel.starts_with("trades.") {
+                assert_eq!(data["amount"], "0.2");
+                saw_trade = true;
+            } else if channel.starts_with("user.orders.") {
+                saw_user = true;
+            }
+        }
+        let bad = json!({"jsonrpc": "2.0", "id": 3, "method": "private/subscribe", "params": {"channels": [format!("user.orders.{}", bob.subaccount)], "wallet": auth[0].1, "timestamp": auth[1].1, "signature": auth[2].1}});
+        ws.send(Message::Text(bad.to_string().into())).await.expect("send");
+        loop {
+            let m = next_json(&mut ws).await.expect("reply");
+            if m["id"] == 3 {
+                assert_eq!(m["error"]["code"], 6_005, "someone else's user channel is refused: {m}");
+                break;
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_consumer_that_falls_behind_is_dropped_and_the_node_goes_on() {
+        let (h, _alice, _bob) = Harness::start().await;
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", h.addr)).await.expect("ws connects");
+        let sub = json!({"jsonrpc": "2.0", "id": 1, "method": "public/subscribe", "params": {"channels": ["book.BTC-PERPETUAL"]}});
+        ws.send(Message::Text(sub.to_string().into())).await.expect("send");
+        assert_eq!(next_json(&mut ws).await.expect("reply")["id"], 1);
+        // Publish far more than the stream holds while the client reads nothing: orders that
+        // rest and are cancelled, each changing the book.
+        let gateway = h.gateway.clone();
+        let flood = optio_gateway::ws::STREAM_CAPACITY * 3;
+        tokio::task::spawn_blocking(move || {
+            for chunk in 0..flood / 1_000 {
+                let mut commands = Vec::new();
+                for i in 0..500 {
+                    commands.push(Command::PlaceOrder(optio_types::NewOrder {
+                        account: optio_types::AccountId(0),
+                        instrument: InstrumentId(1),
+                        side: optio_types::Side::Buy,
+                        qty: optio_types::Qty(1_000_000),
+                        order_type: optio_types::OrderType::Limit { price: Price((50_000 + (chunk * 500 + i) as i64 % 1_000) * MONEY_SCALE) },
+                        time_in_force: optio_types::TimeInForce::ImmediateOrCancel,
+                        post_only: false,
+                        reduce_only: false,
+                        self_trade: optio_types::SelfTradePrevention::CancelTaker,
+                        client_order_id: 0,
+                    }));
+                    commands.push(Command::CancelAll { account: optio_types::AccountId(0), instrument: None });
+                }
+                gateway.submit_admin(commands).expect("the node keeps sequencing");
+            }
+        })
+        .await
+        .expect("publisher");
+        // Every placed order changed the book once; a consumer that kept up would get them all.
+        let published = (flood / 1_000) * 500;
+        let mut received = 0;
+        loop {
+            match tokio::time::timeout(std::time::Duration::from_secs(10), ws.next()).await {
+                Err(_) => panic!("the server neither delivered nor closed ({received} received)"),
+                Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => break,
+                Ok(Some(Ok(_))) => received += 1,
+            }
+        }
+        assert!(received < published, "the slow consumer was dropped: it got {received} of {published} book changes, then the connection closed");
+        assert!(h.call("public/get_time", json!({})).await["result"].is_u64(), "the node is unaffected");
+    }
+}
