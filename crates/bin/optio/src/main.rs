@@ -109,6 +109,7 @@ impl Demo {
                 format!("deficit of {account} covered: insurance {insurance}, fee pool {fee_pool}, socialized {socialized}, unresolved {unresolved}")
             }
             Event::LiquidationEnded { account } => format!("account {account} liquidation ended"),
+            Event::SessionKeyChanged { account, key, expiry_ms } => format!("account {account}: session key {key} valid until {expiry_ms}"),
         })
     }
 

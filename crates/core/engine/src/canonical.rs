@@ -47,6 +47,7 @@ impl<M: MarginModel> Engine<M> {
                     .collect(),
                 margin_mode: a.mode,
                 liquidating_since: a.liquidating_since,
+                session_keys: a.session_keys.iter().map(|(k, t)| (*k, *t)).collect(),
             })
             .collect();
         let mut orders = Vec::with_capacity(self.store.len());
@@ -143,6 +144,10 @@ impl<M: MarginModel> Engine<M> {
                 return Err(bad("a fully collateralized account cannot be liquidating"));
             }
             acct.liquidating_since = rec.liquidating_since;
+            if rec.session_keys.windows(2).any(|w| w[0].0 >= w[1].0) || rec.session_keys.iter().any(|(k, _)| *k == rec.owner) {
+                return Err(bad("session keys unsorted or equal to the owner"));
+            }
+            acct.session_keys = rec.session_keys.iter().copied().collect();
             engine.total_balances += i128::from(rec.balance.0);
             let account = AccountId(engine.accounts.len() as u32);
             engine.accounts.push(acct);

@@ -218,6 +218,7 @@ impl<M: MarginModel> Engine<M> {
             Command::SetMarginMode { account, mode } => self.set_margin_mode(*account, *mode, events),
             Command::Liquidate { liquidator, account, instrument, qty } => self.liquidate(*liquidator, *account, *instrument, *qty, events),
             Command::Deleverage { account, instrument } => self.deleverage(*account, *instrument, events),
+            Command::SetSessionKey { account, key, expiry_ms } => self.set_session_key(*account, *key, *expiry_ms, events),
         }
     }
 
@@ -572,6 +573,33 @@ impl<M: MarginModel> Engine<M> {
             }
         }
         Ok(())
+    }
+
+    fn set_session_key(&mut self, account: AccountId, key: Address, expiry_ms: u64, events: &mut Vec<Event>) -> Result<(), RejectCode> {
+        let acct = self.account(account)?;
+        let now = self.time_ms;
+        let live = acct.session_keys.iter().filter(|(k, until)| **until > now && **k != key).count();
+        let invalid = key == acct.owner
+            || (expiry_ms == 0 && !acct.session_keys.contains_key(&key))
+            || (expiry_ms != 0 && (expiry_ms <= now || live >= optio_types::oracle::MAX_SESSION_KEYS));
+        if invalid {
+            return Err(RejectCode::InvalidSessionKey);
+        }
+        let keys = &mut self.accounts[account.0 as usize].session_keys;
+        // Expired keys are dropped whenever the set changes, so it stays bounded.
+        keys.retain(|_, until| *until > now);
+        if expiry_ms == 0 {
+            keys.remove(&key);
+        } else {
+            keys.insert(key, expiry_ms);
+        }
+        events.push(Event::SessionKeyChanged { account, key, expiry_ms });
+        Ok(())
+    }
+
+    /// Whether `key` may trade for `account` now (its owner, or an unexpired session key).
+    pub fn may_trade(&self, account: AccountId, key: Address) -> bool {
+        self.accounts.get(account.0 as usize).is_some_and(|a| a.owner == key || a.session_keys.get(&key).is_some_and(|until| *until > self.time_ms))
     }
 
     fn open_account(&mut self, owner: Address, events: &mut Vec<Event>) -> Result<(), RejectCode> {

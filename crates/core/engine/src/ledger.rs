@@ -96,6 +96,8 @@ pub(crate) struct Account {
     pub portfolio: Option<crate::risk::PortfolioSums>,
     /// Engine time the account's liquidation started, while it lasts.
     pub liquidating_since: Option<u64>,
+    /// Registered session keys and their expiry (ms).
+    pub session_keys: BTreeMap<Address, u64>,
     /// Slots of the account's position entries, by instrument (entries are never removed).
     pub positions: BTreeMap<InstrumentId, u32>,
     /// Head of the intrusive list of open orders (through the order slab), and its length.
@@ -113,6 +115,7 @@ impl Account {
             mode: optio_types::MarginMode::WorstCase,
             portfolio: None,
             liquidating_since: None,
+            session_keys: BTreeMap::new(),
             positions: BTreeMap::new(),
             orders_head: NIL,
             open_orders: 0,

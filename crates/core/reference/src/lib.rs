@@ -203,7 +203,7 @@ impl Reference {
             Command::MassQuote { account, quotes } => self.mass_quote(*account, quotes),
             // The reference models the fully collateralized core; oracle-driven margin is
             // checked by its own tests (never generated for the comparison).
-            Command::OracleUpdate(_) | Command::SetMarginMode { .. } | Command::Liquidate { .. } | Command::Deleverage { .. } => panic!("the reference model does not model oracle updates or margin modes"),
+            Command::OracleUpdate(_) | Command::SetMarginMode { .. } | Command::Liquidate { .. } | Command::Deleverage { .. } | Command::SetSessionKey { .. } => panic!("the reference model does not model oracle updates or margin modes"),
         }
     }
 
@@ -693,6 +693,7 @@ impl Reference {
                         .collect(),
                     margin_mode: optio_types::MarginMode::WorstCase,
                     liquidating_since: None,
+                    session_keys: vec![],
                 })
                 .collect(),
             orders: orders.into_iter().map(|o| o.rec).collect(),

@@ -197,6 +197,15 @@ pub enum Event {
         /// Whose.
         account: AccountId,
     },
+    /// A session key was registered (expiry > 0) or revoked.
+    SessionKeyChanged {
+        /// Account.
+        account: AccountId,
+        /// Key.
+        key: Address,
+        /// Expiry (0: revoked).
+        expiry_ms: u64,
+    },
     /// An account's margin mode changed.
     MarginModeChanged {
         /// Whose.

@@ -233,6 +233,16 @@ pub enum Command {
         /// Which position.
         instrument: InstrumentId,
     },
+    /// The owner registers (or, with expiry 0, revokes) a session key that may trade for the
+    /// account until `expiry_ms`, never withdraw.
+    SetSessionKey {
+        /// Account.
+        account: AccountId,
+        /// The key's address.
+        key: Address,
+        /// Engine time it stops being valid (0 revokes it).
+        expiry_ms: u64,
+    },
     /// Choose how an account is margined (refused if the account would not meet the new
     /// mode's initial requirement).
     SetMarginMode {

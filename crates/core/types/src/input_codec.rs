@@ -206,6 +206,12 @@ fn encode_command(w: &mut Writer, c: &Command) {
             w.account(*account);
             w.instrument(*instrument);
         }
+        Command::SetSessionKey { account, key, expiry_ms } => {
+            w.u8(16);
+            w.account(*account);
+            w.address(*key);
+            w.u64(*expiry_ms);
+        }
     }
 }
 
@@ -283,6 +289,7 @@ fn decode_command(r: &mut Reader<'_>) -> Result<Command, DecodeError> {
         },
         14 => Command::Liquidate { liquidator: r.account()?, account: r.account()?, instrument: r.instrument()?, qty: r.qty()? },
         15 => Command::Deleverage { account: r.account()?, instrument: r.instrument()? },
+        16 => Command::SetSessionKey { account: r.account()?, key: r.address()?, expiry_ms: r.u64()? },
         tag => return Err(DecodeError::BadTag { what: "command", tag }),
     })
 }

@@ -9,6 +9,9 @@
 use crate::fixed::{Amount, Price};
 use crate::ids::InstrumentId;
 
+/// Most session keys one account may have registered at once.
+pub const MAX_SESSION_KEYS: usize = 16;
+
 /// Longest underlying symbol accepted in an update.
 pub const MAX_UNDERLYING_LEN: usize = 16;
 

@@ -55,6 +55,9 @@ reject_codes! {
     SameAccount = 2004, "source and destination are the same account";
     /// Withdrawal or transfer above free collateral.
     InsufficientFreeCollateral = 2005, "amount exceeds free collateral";
+    /// A session key equal to the owner, expiring in the past, beyond the limit of keys per
+    /// account, or a revocation of a key that is not registered.
+    InvalidSessionKey = 2006, "invalid session key";
     /// No such instrument.
     UnknownInstrument = 3001, "unknown instrument";
     /// The instrument spec failed validation.

@@ -115,6 +115,9 @@ pub struct AccountRecord {
     pub margin_mode: MarginMode,
     /// Engine time its liquidation started, while it lasts.
     pub liquidating_since: Option<u64>,
+    /// Session keys the owner registered: (key, expiry in ms), by key. A session key may trade
+    /// for the account until it expires, never withdraw.
+    pub session_keys: Vec<(Address, u64)>,
 }
 
 /// One open order.
@@ -225,6 +228,11 @@ impl CanonicalState {
                     w.u8(1);
                     w.u64(t);
                 }
+            }
+            w.len(a.session_keys.len());
+            for (key, expiry) in &a.session_keys {
+                w.address(*key);
+                w.u64(*expiry);
             }
         }
         w.len(self.oracles.len());
@@ -342,7 +350,12 @@ impl CanonicalState {
                 1 => Some(r.u64()?),
                 tag => return Err(DecodeError::BadTag { what: "option", tag }),
             };
-            accounts.push(AccountRecord { owner, balance, positions, margin_mode, liquidating_since });
+            let k = r.len(crate::oracle::MAX_SESSION_KEYS)?;
+            let mut session_keys = Vec::with_capacity(k);
+            for _ in 0..k {
+                session_keys.push((r.address()?, r.u64()?));
+            }
+            accounts.push(AccountRecord { owner, balance, positions, margin_mode, liquidating_since, session_keys });
         }
         let n = r.len(limits.max_instruments as usize)?;
         let mut oracles = Vec::with_capacity(n);

@@ -306,6 +306,15 @@ impl Gateway {
                 let account = self.authorized(params, headers)?;
                 Ok(views::positions(&self.lock().sequencer, account))
             }
+            "private/register_session_key" => {
+                // Only the owner (header authentication) registers or revokes session keys.
+                let account = self.authorized(params, headers)?;
+                let key = parse_address(string(params, "public_session_key")?).ok_or_else(|| GatewayError::InvalidParams("public_session_key".into()))?;
+                let expiry_s = uint(params, "expiry_sec")?;
+                let expiry_ms = expiry_s.checked_mul(1_000).ok_or_else(|| GatewayError::InvalidParams("expiry_sec".into()))?;
+                self.sequence(Command::SetSessionKey { account, key: to_engine(key), expiry_ms })?;
+                Ok(json!({"subaccount_id": account.0, "public_session_key": params["public_session_key"], "expiry_sec": expiry_s}))
+            }
             "private/get_subaccount" => {
                 let account = self.authorized(params, headers)?;
                 Ok(views::subaccount(&self.lock().sequencer, account))
@@ -457,7 +466,8 @@ impl Gateway {
             .map(|d| action.digest(d))
             .find(|digest| recover(digest, &signature).is_ok_and(|who| who == signer))
             .ok_or(GatewayError::BadSignature)?;
-        if signer != owner.0 {
+        // The owner, or a session key the owner registered (checked against engine state).
+        if !self.lock().sequencer.engine().may_trade(account, to_engine(signer)) {
             return Err(GatewayError::NotOwner.into());
         }
         let now_s = now_ms() / 1_000;

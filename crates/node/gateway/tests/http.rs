@@ -356,3 +356,28 @@ mod websocket {
         assert!(h.call("public/get_time", json!({})).await["result"].is_u64(), "the node is unaffected");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_keys_trade_until_revoked_and_never_administer() {
+    let (h, alice, _bob) = Harness::start().await;
+    let session = Trader { key: SecretKey::from_secret_bytes([0x55; 32]).expect("key"), address: [0; 20], subaccount: alice.subaccount };
+    let session = Trader { address: address_of(&secp256k1::PublicKey::from_secret_key(&session.key)), ..session };
+    let expiry = optio_gateway::now_ms() / 1_000 + 3_600;
+    let register = |expiry_sec: u64| json!({"jsonrpc": "2.0", "id": 1, "method": "private/register_session_key", "params": {"subaccount_id": alice.subaccount, "public_session_key": hex(&session.address), "expiry_sec": expiry_sec}}).to_string();
+    // Signed by the session key for alice's subaccount: refused before registration.
+    let order = |h: &Harness| h.order_params_as(&session, alice.address, alice.subaccount, optio_gateway::now_ms() / 1_000 + 600, "sell", "9500", "0.1", CHAIN);
+    assert_eq!(code(&h.call("private/order", order(&h)).await), 6_002);
+    // The session key cannot register itself; the owner can.
+    assert_eq!(code(&h.post(&register(expiry), &h.auth(&session)).await.1), 6_002);
+    let ok = h.post(&register(expiry), &h.auth(&alice)).await.1;
+    assert!(ok["result"].is_object(), "{ok}");
+    let placed = h.call("private/order", order(&h)).await;
+    assert_eq!(placed["result"]["order"]["order_status"], "open", "{placed}");
+    // Revoked: refused again.
+    let revoked = h.post(&register(0), &h.auth(&alice)).await.1;
+    assert!(revoked["result"].is_object(), "{revoked}");
+    assert_eq!(code(&h.call("private/order", order(&h)).await), 6_002);
+    // Registering the owner itself or a past expiry is an engine rejection with its code.
+    let past = h.post(&register(1), &h.auth(&alice)).await.1;
+    assert_eq!(code(&past), 2_006);
+}
