@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use optio_gateway::{Config, Gateway, router};
+use optio_gateway::{Config, Gateway};
 use optio_oracle::{OracleSigner, build_update, verify};
 use optio_pricing::risk::default_scenarios;
 use optio_pricing::svi::{Slice, Surface, Svi};
@@ -154,9 +154,9 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
         println!("  funded    {a} subaccount {id}");
     }
     println!("  instruments: {} (BTC and ETH perpetuals and two weekly option chains)", ids.len());
-    let app = router(gateway.clone());
+    let api = gateway.clone();
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+        if let Err(e) = optio_gateway::serve(listener, api).await {
             eprintln!("api server stopped: {e}");
         }
     });

@@ -53,6 +53,7 @@ pub fn derive_code(e: &CallError) -> i64 {
             GatewayError::SignatureExpiry => 11_011,
             GatewayError::Unauthorized => 14_022,
             GatewayError::MaxFeeTooLow => 11_023,
+            GatewayError::RateLimited => -32_000,
             GatewayError::Internal => -32_603,
         },
         CallError::Engine(code, _) => match code {

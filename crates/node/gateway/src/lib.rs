@@ -15,6 +15,7 @@
 pub mod client;
 pub mod derive;
 pub mod history;
+pub mod limits;
 pub mod rpc;
 mod views;
 pub mod ws;
@@ -57,11 +58,23 @@ pub struct Config {
     pub max_signature_lifetime_s: u64,
     /// Header authentication: how far a timestamp may be from the node's clock.
     pub auth_window_ms: u64,
+    /// Requests per second per client IP (burst: twice that).
+    pub ip_requests_per_second: u64,
+    /// Signed orders per second per owner (burst: twice that).
+    pub owner_orders_per_second: u64,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Self { chain_id: 31_337, verifying_contract: [0x0a; 20], compat_domain: Some(false), max_signature_lifetime_s: 100 * 86_400, auth_window_ms: 30_000 }
+        Self {
+            chain_id: 31_337,
+            verifying_contract: [0x0a; 20],
+            compat_domain: Some(false),
+            max_signature_lifetime_s: 100 * 86_400,
+            auth_window_ms: 30_000,
+            ip_requests_per_second: 100_000,
+            owner_orders_per_second: 50_000,
+        }
     }
 }
 
@@ -81,6 +94,25 @@ pub(crate) struct Node {
     /// Group commits and the inputs they carried (for the metrics).
     groups: u64,
     grouped_inputs: u64,
+    /// Status of recent signed intents by EIP-712 digest (bounded, oldest forgotten first).
+    intents: BTreeMap<[u8; 32], (u64, u64, Option<optio_types::RejectCode>)>,
+    intent_order: std::collections::VecDeque<[u8; 32]>,
+}
+
+/// Signed intents whose status the gateway remembers.
+const MAX_INTENTS: usize = 1_000_000;
+
+impl Node {
+    fn remember_intent(&mut self, digest: [u8; 32], seq: u64, time_ms: u64, result: Option<optio_types::RejectCode>) {
+        if self.intents.insert(digest, (seq, time_ms, result)).is_none() {
+            self.intent_order.push_back(digest);
+            if self.intent_order.len() > MAX_INTENTS
+                && let Some(old) = self.intent_order.pop_front()
+            {
+                self.intents.remove(&old);
+            }
+        }
+    }
 }
 
 /// One signed order waiting for the writer: sequenced with whatever else is waiting, in one
@@ -138,6 +170,7 @@ fn writer(node: Arc<Mutex<Node>>, jobs: std::sync::mpsc::Receiver<Job>, events: 
                         n.labels.insert(id, label.clone());
                     }
                     n.history.record(&outcome.events, t, placed);
+                    n.remember_intent(job.intent.digest, outcome.receipt.seq, t, outcome.result.err());
                     let _ = events.send(ws::Published { seq: outcome.receipt.seq, time_ms: t, events: Arc::new(outcome.events.clone()) });
                     let _ = job.reply.send(Ok((outcome, t)));
                 }
@@ -156,6 +189,8 @@ fn writer(node: Arc<Mutex<Node>>, jobs: std::sync::mpsc::Receiver<Job>, events: 
 /// The gateway.
 pub struct Gateway {
     node: Arc<Mutex<Node>>,
+    ip_limits: limits::Buckets<std::net::IpAddr>,
+    owner_limits: limits::Buckets<Address>,
     /// Every sequenced input's events, for WebSocket subscribers (bounded: laggards are dropped).
     pub(crate) events: tokio::sync::broadcast::Sender<ws::Published>,
     receipt_signer: optio_sequencer::ReceiptSigner,
@@ -230,12 +265,14 @@ impl Gateway {
             nonces.entry(intent.owner).or_default().insert(intent.nonce);
             nonce_expiries.insert((intent.expiry, intent.owner, intent.nonce));
         }
-        let node = Arc::new(Mutex::new(Node { sequencer, nonces, nonce_expiries, labels: BTreeMap::new(), history: history::History::default(), last_ms, groups: 0, grouped_inputs: 0 }));
+        let node = Arc::new(Mutex::new(Node { sequencer, nonces, nonce_expiries, labels: BTreeMap::new(), history: history::History::default(), last_ms, groups: 0, grouped_inputs: 0, intents: BTreeMap::new(), intent_order: Default::default() }));
         let (jobs, queue) = std::sync::mpsc::sync_channel(65_536);
         let (events, _) = tokio::sync::broadcast::channel(ws::STREAM_CAPACITY);
         let (shared, stream) = (node.clone(), events.clone());
         std::thread::Builder::new().name("optio-writer".into()).spawn(move || writer(shared, queue, stream)).expect("spawn the writer thread");
-        Self { node, events, receipt_signer, jobs, config, domains }
+        let ip_limits = limits::Buckets::new(config.ip_requests_per_second, 2 * config.ip_requests_per_second);
+        let owner_limits = limits::Buckets::new(config.owner_orders_per_second, 2 * config.owner_orders_per_second);
+        Self { node, ip_limits, owner_limits, events, receipt_signer, jobs, config, domains }
     }
 
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Node> {
@@ -279,6 +316,20 @@ impl Gateway {
         match method {
             "public/get_time" => Ok(json!(now_ms())),
             "public/get_instruments" => Ok(views::instruments(&self.lock().sequencer, params)),
+            "public/get_intent_status" => {
+                let hash: [u8; 32] = parse_hex(string(params, "intent_hash")?).and_then(|b| b.try_into().ok()).ok_or_else(|| GatewayError::InvalidParams("intent_hash must be 32 bytes of hex".into()))?;
+                let node = self.lock();
+                let (seq, time, result) = node.intents.get(&hash).copied().ok_or_else(|| GatewayError::InvalidParams("unknown intent".into()))?;
+                // The later stages become real with the settlement layer (batches on L1, proofs).
+                Ok(json!({
+                    "intent_hash": params["intent_hash"],
+                    "status": if result.is_some() { "rejected" } else { "executed" },
+                    "code": result.map(|c| c.code()),
+                    "seq": seq,
+                    "received_at": time, "sequenced_at": time, "executed_at": time,
+                    "committed_at": null, "proven_at": null, "finalized_at": null,
+                }))
+            }
             "public/get_order_book" => Ok(views::order_book(&self.lock().sequencer, params)?),
             "public/ticker" => Ok(views::ticker(&self.lock().sequencer, params, now_ms())?),
             "private/order" => self.order(params),
@@ -469,6 +520,9 @@ impl Gateway {
         // The owner, or a session key the owner registered (checked against engine state).
         if !self.lock().sequencer.engine().may_trade(account, to_engine(signer)) {
             return Err(GatewayError::NotOwner.into());
+        }
+        if !self.owner_limits.take(&owner.0, now_ms()) {
+            return Err(GatewayError::RateLimited.into());
         }
         let now_s = now_ms() / 1_000;
         if expiry <= now_s || expiry > now_s + self.config.max_signature_lifetime_s {
@@ -683,8 +737,25 @@ async fn health(State(g): State<Arc<Gateway>>) -> Response {
     (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], json!({"status": "ok", "next_seq": seq, "state_hash": hash}).to_string()).into_response()
 }
 
+/// Refuses requests beyond the client IP's rate (when the server provides peer addresses).
+async fn ip_limit(State(g): State<Arc<Gateway>>, request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let ip = request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+    if let Some(ip) = ip
+        && !g.ip_limits.take(&ip, now_ms())
+    {
+        let body = rpc::err(&Value::Null, &GatewayError::RateLimited.into()).to_string();
+        return (StatusCode::TOO_MANY_REQUESTS, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+    }
+    next.run(request).await
+}
+
+/// Serves `router(gateway)` on `listener` with peer addresses (for per-IP limits).
+pub async fn serve(listener: tokio::net::TcpListener, gateway: Arc<Gateway>) -> std::io::Result<()> {
+    axum::serve(listener, router(gateway).into_make_service_with_connect_info::<std::net::SocketAddr>()).await
+}
+
 /// The HTTP router: `POST /api/v2` (JSON-RPC 2.0 body), `POST /api/v2/{method}` (params body),
-/// `GET /health`, `GET /metrics`.
+/// `GET /ws`, `GET /health`, `GET /metrics`, and the Derive-compatible `/public/*`, `/private/*`.
 pub fn router(gateway: Arc<Gateway>) -> Router {
     Router::new()
         .merge(derive::routes())
@@ -694,6 +765,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/ws", get(ws::upgrade))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(gateway.clone(), ip_limit))
         .with_state(gateway)
 }
 

@@ -40,6 +40,9 @@ pub enum GatewayError {
     /// The max fee the user signed is below what the order could pay (6006).
     #[error("max fee too low")]
     MaxFeeTooLow,
+    /// Too many requests from this IP, or orders from this owner (6007).
+    #[error("rate limit exceeded")]
+    RateLimited,
     /// The node could not make the input durable (6100).
     #[error("internal error")]
     Internal,
@@ -59,6 +62,7 @@ impl GatewayError {
             GatewayError::SignatureExpiry => 6_004,
             GatewayError::Unauthorized => 6_005,
             GatewayError::MaxFeeTooLow => 6_006,
+            GatewayError::RateLimited => 6_007,
             GatewayError::Internal => 6_100,
         }
     }

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use optio_gateway::{Config, Gateway, router};
+use optio_gateway::{Config, Gateway};
 use optio_intents::{Action, DERIVE_TRADE_MODULE, Domain, TradeData, address_of, keccak};
 use optio_pricing::risk::default_scenarios;
 use optio_pricing::svi::{Slice, Surface, Svi};
@@ -46,7 +46,7 @@ impl Harness {
     async fn start() -> (Harness, Trader, Trader) {
         let dir = tempfile::tempdir().expect("temp dir");
         let sequencer = Sequencer::open(dir.path(), [9; 32], EngineLimits::default()).expect("sequencer");
-        let gateway = Arc::new(Gateway::new(sequencer, Config { chain_id: CHAIN, verifying_contract: CONTRACT, ..Config::default() }));
+        let gateway = Arc::new(Gateway::new(sequencer, Config { chain_id: CHAIN, verifying_contract: CONTRACT, ip_requests_per_second: 200, owner_orders_per_second: 100, ..Config::default() }));
         let specs: Vec<InstrumentSpec> = ["BTC-26MAR27-100000-C", "BTC-PERPETUAL"]
             .iter()
             .map(|n| InstrumentSpec::with_defaults(n.parse().expect("valid"), Price(300_000 * MONEY_SCALE)))
@@ -68,8 +68,8 @@ impl Harness {
         let (alice, bob) = (trader(1), trader(2));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
         let addr = listener.local_addr().expect("addr");
-        let app = router(gateway.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
+        let api = gateway.clone();
+        tokio::spawn(async move { optio_gateway::serve(listener, api).await.expect("serve") });
         (Harness { addr, gateway, _dir: dir, instrument: 0, nonce: std::sync::atomic::AtomicU64::new(1) }, alice, bob)
     }
 
@@ -150,6 +150,10 @@ async fn signed_orders_trade_and_market_data_shows_marks_iv_and_greeks() {
     let buy = h.call("private/order", h.order_params(&bob, "buy", "9000", "0.2", CHAIN)).await;
     assert_eq!(buy["result"]["order"]["order_status"], "filled", "{buy}");
     assert_eq!(buy["result"]["trades"][0]["trade_amount"], "0.2");
+    let status = h.call("public/get_intent_status", json!({"intent_hash": buy["result"]["receipt"]["intent_hash"]})).await;
+    assert_eq!(status["result"]["status"], "executed", "{status}");
+    assert_eq!(status["result"]["seq"], buy["result"]["receipt"]["seq"]);
+    assert!(status["result"]["committed_at"].is_null());
     let book = h.call("public/get_order_book", json!({"instrument_name": "BTC-26MAR27-100000-C"})).await;
     assert_eq!(book["result"]["asks"][0], json!(["9000", "0.3"]));
     let ticker = h.call("public/ticker", json!({"instrument_name": "BTC-26MAR27-100000-C"})).await;
@@ -380,4 +384,29 @@ async fn session_keys_trade_until_revoked_and_never_administer() {
     // Registering the owner itself or a past expiry is an engine rejection with its code.
     let past = h.post(&register(1), &h.auth(&alice)).await.1;
     assert_eq!(code(&past), 2_006);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_refuse_floods_per_ip_and_per_owner() {
+    let (h, alice, _bob) = Harness::start().await;
+    // Per owner: 100 orders/s, burst 200. Far-away IOC orders, signed and valid.
+    let mut limited = 0;
+    for _ in 0..260 {
+        let mut p = h.order_params(&alice, "buy", "1000", "0.01", CHAIN);
+        p["time_in_force"] = json!("ioc");
+        let r = h.call("private/order", p).await;
+        if r["error"]["code"] == 6_007 {
+            limited += 1;
+        }
+    }
+    assert!(limited > 20, "an owner's order flood is limited ({limited})");
+    // Per IP: 200 requests/s, burst 400.
+    let mut refused = 0;
+    for _ in 0..600 {
+        let (status, _) = h.post(&json!({"jsonrpc": "2.0", "id": 1, "method": "public/get_time"}).to_string(), &[]).await;
+        if status == 429 {
+            refused += 1;
+        }
+    }
+    assert!(refused > 50, "an IP's request flood is limited ({refused})");
 }
