@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use optio_gateway::{Config, Gateway};
-use optio_oracle::{OracleSigner, build_update, verify};
+use optio_oracle::{OracleSigner, build_update};
 use optio_pricing::risk::default_scenarios;
 use optio_pricing::svi::{Slice, Surface, Svi};
 use optio_sequencer::Sequencer;
@@ -122,7 +122,8 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
     let temp = tempfile::tempdir().context("temporary data directory")?;
     let dir = args.data.clone().unwrap_or_else(|| temp.path().to_owned());
     let sequencer = Sequencer::open(&dir, [0x5e; 32], EngineLimits::default()).context("opening the sequencer")?;
-    let gateway = Arc::new(Gateway::new(sequencer, Config::default()));
+    let oracle = OracleSigner::from_bytes([0x0c; 32]).context("oracle key")?;
+    let gateway = Arc::new(Gateway::new(sequencer, Config { oracle_key: Some(oracle.public_key()), ..Config::default() }));
     let now = optio_gateway::now_ms();
     let specs = specs(now);
     let fresh = optio_gateway::instrument_of(&gateway, &specs[0].name.to_string()).is_none();
@@ -161,8 +162,6 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
         }
     });
 
-    let oracle = OracleSigner::from_bytes([0x0c; 32]).context("oracle key")?;
-    let oracle_key = oracle.public_key();
     let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
     let mut spots = [90_000.0f64, 3_000.0];
     let deadline = args.duration_s.map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
@@ -186,10 +185,11 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
             spots[u] *= 1.0 + rng.random_range(-0.002..0.002);
             let list: Vec<(InstrumentId, &InstrumentSpec)> = ids.iter().zip(&specs).filter(|(_, s)| s.name.underlying == *underlying).map(|(i, s)| (*i, s)).collect();
             let update = build_update(underlying, &surface(spots[u]), &default_scenarios(), &list, now).context("oracle update")?;
-            // The gateway admits oracle updates only with the oracle's signature.
+            // The gateway sequences oracle updates only with the oracle's signature.
             let signed = oracle.sign(update);
-            verify(&signed, &oracle_key).context("oracle signature")?;
-            commands.push(Command::OracleUpdate(signed.update.clone()));
+            if let Err(e) = gateway.submit_oracle(&signed) {
+                eprintln!("oracle update refused: {e:?}");
+            }
             for (id, spec) in &list {
                 let Some(mark) = signed.update.marks.iter().find(|m| m.instrument == *id).map(|m| m.mark.0) else { continue };
                 let t = spec.tick_size.0;

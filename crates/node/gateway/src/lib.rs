@@ -62,6 +62,8 @@ pub struct Config {
     pub ip_requests_per_second: u64,
     /// Signed orders per second per owner (burst: twice that).
     pub owner_orders_per_second: u64,
+    /// The risk oracle's public key: oracle updates are sequenced only with its signature.
+    pub oracle_key: Option<secp256k1::PublicKey>,
 }
 
 impl Default for Config {
@@ -74,6 +76,7 @@ impl Default for Config {
             auth_window_ms: 30_000,
             ip_requests_per_second: 100_000,
             owner_orders_per_second: 50_000,
+            oracle_key: None,
         }
     }
 }
@@ -301,6 +304,13 @@ impl Gateway {
         Ok(outcomes.into_iter().map(|o| o.result).collect())
     }
 
+    /// Sequences an oracle update if the configured oracle key signed it.
+    pub fn submit_oracle(&self, signed: &optio_oracle::SignedUpdate) -> Result<(), CallError> {
+        let key = self.config.oracle_key.ok_or(GatewayError::BadSignature)?;
+        optio_oracle::verify(signed, &key).map_err(|_| GatewayError::BadSignature)?;
+        self.sequence(Command::OracleUpdate(signed.update.clone())).map(|_| ())
+    }
+
     /// Opens a subaccount for `owner` and credits `amount` (devnet faucet, deposits from L1).
     pub fn fund(&self, owner: Address, amount: Amount) -> Result<u64, GatewayError> {
         let id = self.lock().sequencer.engine().account_count() as u32;
@@ -329,6 +339,14 @@ impl Gateway {
                     "received_at": time, "sequenced_at": time, "executed_at": time,
                     "committed_at": null, "proven_at": null, "finalized_at": null,
                 }))
+            }
+            "oracle/submit_update" => {
+                // The oracle's canonical update bytes and its signature over them.
+                let bytes = parse_hex(params.get("update").and_then(Value::as_str).unwrap_or_default()).ok_or_else(|| GatewayError::InvalidParams("update".into()))?;
+                let update = optio_types::OracleUpdate::decode(&bytes, 100_000, 1_024).map_err(|e| GatewayError::InvalidParams(format!("update: {e}")))?;
+                let signature: [u8; 64] = parse_hex(string(params, "signature")?).and_then(|b| b.try_into().ok()).ok_or(GatewayError::BadSignature)?;
+                self.submit_oracle(&optio_oracle::SignedUpdate { update, signature })?;
+                Ok(json!("ok"))
             }
             "public/get_order_book" => Ok(views::order_book(&self.lock().sequencer, params)?),
             "public/ticker" => Ok(views::ticker(&self.lock().sequencer, params, now_ms())?),

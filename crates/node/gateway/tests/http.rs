@@ -46,7 +46,9 @@ impl Harness {
     async fn start() -> (Harness, Trader, Trader) {
         let dir = tempfile::tempdir().expect("temp dir");
         let sequencer = Sequencer::open(dir.path(), [9; 32], EngineLimits::default()).expect("sequencer");
-        let gateway = Arc::new(Gateway::new(sequencer, Config { chain_id: CHAIN, verifying_contract: CONTRACT, ip_requests_per_second: 200, owner_orders_per_second: 100, ..Config::default() }));
+        let oracle = optio_oracle::OracleSigner::from_bytes([0x0c; 32]).expect("oracle key");
+        let config = Config { chain_id: CHAIN, verifying_contract: CONTRACT, ip_requests_per_second: 200, owner_orders_per_second: 100, oracle_key: Some(oracle.public_key()), ..Config::default() };
+        let gateway = Arc::new(Gateway::new(sequencer, config));
         let specs: Vec<InstrumentSpec> = ["BTC-26MAR27-100000-C", "BTC-PERPETUAL"]
             .iter()
             .map(|n| InstrumentSpec::with_defaults(n.parse().expect("valid"), Price(300_000 * MONEY_SCALE)))
@@ -58,7 +60,7 @@ impl Harness {
         let surface = Surface::new(90_000.0, 0.0, vec![Slice { t: 0.1, svi }, Slice { t: 1.0, svi: Svi { a: 0.2, ..svi } }]).expect("surface");
         let list: Vec<(InstrumentId, &InstrumentSpec)> = specs.iter().enumerate().map(|(i, s)| (InstrumentId(i as u32), s)).collect();
         let update = optio_oracle::build_update("BTC", &surface, &default_scenarios(), &list, optio_gateway::now_ms()).expect("update");
-        assert!(gateway.submit_admin(vec![Command::OracleUpdate(update)]).expect("oracle")[0].is_ok());
+        gateway.submit_oracle(&oracle.sign(update)).expect("a signed oracle update is sequenced");
         let trader = |seed: u8| {
             let key = SecretKey::from_secret_bytes([seed; 32]).expect("key");
             let address = address_of(&secp256k1::PublicKey::from_secret_key(&key));
@@ -409,4 +411,32 @@ async fn rate_limits_refuse_floods_per_ip_and_per_owner() {
         }
     }
     assert!(refused > 50, "an IP's request flood is limited ({refused})");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oracle_updates_need_the_oracle_signature() {
+    let (h, _alice, _bob) = Harness::start().await;
+    let specs = [InstrumentSpec::with_defaults("BTC-PERPETUAL".parse().expect("valid"), Price(300_000 * MONEY_SCALE))];
+    let svi = Svi { a: 0.02, b: 0.1, rho: -0.3, m: 0.0, sigma: 0.3 };
+    let surface = Surface::new(91_000.0, 0.0, vec![Slice { t: 0.1, svi }]).expect("surface");
+    let update = optio_oracle::build_update("BTC", &surface, &default_scenarios(), &[(InstrumentId(1), &specs[0])], optio_gateway::now_ms()).expect("update");
+    let submit = |signer: &optio_oracle::OracleSigner, tamper: bool| {
+        let signed = signer.sign(update.clone());
+        let mut bytes = signed.update.encode();
+        if tamper {
+            let n = bytes.len();
+            bytes[n - 1] ^= 1;
+        }
+        json!({"jsonrpc": "2.0", "id": 1, "method": "oracle/submit_update", "params": {"update": hex(&bytes), "signature": hex(&signed.signature)}})
+    };
+    let before = h.gateway.state_hash();
+    let impostor = optio_oracle::OracleSigner::from_bytes([0x0d; 32]).expect("key");
+    assert_eq!(code(&h.post(&submit(&impostor, false).to_string(), &[]).await.1), 6_001);
+    let oracle = optio_oracle::OracleSigner::from_bytes([0x0c; 32]).expect("key");
+    assert_eq!(code(&h.post(&submit(&oracle, true).to_string(), &[]).await.1), 6_001);
+    assert_eq!(h.gateway.state_hash(), before);
+    let ok = h.post(&submit(&oracle, false).to_string(), &[]).await.1;
+    assert_eq!(ok["result"], "ok", "{ok}");
+    let ticker = h.call("public/ticker", json!({"instrument_name": "BTC-PERPETUAL"})).await;
+    assert_eq!(ticker["result"]["index_price"], "91000");
 }
