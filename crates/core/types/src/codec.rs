@@ -4,6 +4,7 @@
 
 use crate::fixed::{Amount, Price, Qty};
 use crate::ids::{AccountId, Address, InstrumentId, OrderId};
+use crate::input::{SelfTradePrevention, Side, TimeInForce};
 
 /// Why bytes did not decode.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -98,6 +99,26 @@ impl Writer {
     /// Address.
     pub fn address(&mut self, v: Address) {
         self.bytes.extend_from_slice(&v.0);
+    }
+    /// Side.
+    pub fn side(&mut self, v: Side) {
+        self.u8(v as u8);
+    }
+    /// Time in force (GTT carries its time).
+    pub fn time_in_force(&mut self, v: TimeInForce) {
+        match v {
+            TimeInForce::GoodTillCancelled => self.u8(0),
+            TimeInForce::ImmediateOrCancel => self.u8(1),
+            TimeInForce::FillOrKill => self.u8(2),
+            TimeInForce::GoodTillTime(t) => {
+                self.u8(3);
+                self.u64(t);
+            }
+        }
+    }
+    /// Self-trade prevention mode.
+    pub fn self_trade(&mut self, v: SelfTradePrevention) {
+        self.u8(v as u8);
     }
 }
 
@@ -198,5 +219,32 @@ impl<'a> Reader<'a> {
     /// Address.
     pub fn address(&mut self) -> Result<Address, DecodeError> {
         self.take().map(Address)
+    }
+    /// Side.
+    pub fn side(&mut self) -> Result<Side, DecodeError> {
+        match self.u8()? {
+            0 => Ok(Side::Buy),
+            1 => Ok(Side::Sell),
+            tag => Err(DecodeError::BadTag { what: "side", tag }),
+        }
+    }
+    /// Time in force.
+    pub fn time_in_force(&mut self) -> Result<TimeInForce, DecodeError> {
+        Ok(match self.u8()? {
+            0 => TimeInForce::GoodTillCancelled,
+            1 => TimeInForce::ImmediateOrCancel,
+            2 => TimeInForce::FillOrKill,
+            3 => TimeInForce::GoodTillTime(self.u64()?),
+            tag => return Err(DecodeError::BadTag { what: "time in force", tag }),
+        })
+    }
+    /// Self-trade prevention mode.
+    pub fn self_trade(&mut self) -> Result<SelfTradePrevention, DecodeError> {
+        match self.u8()? {
+            0 => Ok(SelfTradePrevention::CancelTaker),
+            1 => Ok(SelfTradePrevention::CancelMaker),
+            2 => Ok(SelfTradePrevention::CancelBoth),
+            tag => Err(DecodeError::BadTag { what: "self-trade prevention", tag }),
+        }
     }
 }

@@ -3,7 +3,7 @@
 
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::fixed::Qty;
-use crate::input::{Command, Input, NewOrder, OrderRef, OrderType, Quote, SelfTradePrevention, Side, TimeInForce};
+use crate::input::{Command, Input, NewOrder, OrderRef, OrderType, Quote};
 use crate::oracle::{MarginMode, OracleUpdate};
 use crate::state::{decode_spec, encode_spec};
 
@@ -29,17 +29,7 @@ impl Input {
     }
 }
 
-fn side(w: &mut Writer, s: Side) {
-    w.u8(s as u8);
-}
 
-fn read_side(r: &mut Reader<'_>) -> Result<Side, DecodeError> {
-    match r.u8()? {
-        0 => Ok(Side::Buy),
-        1 => Ok(Side::Sell),
-        tag => Err(DecodeError::BadTag { what: "side", tag }),
-    }
-}
 
 fn order_ref(w: &mut Writer, o: OrderRef) {
     match o {
@@ -120,7 +110,7 @@ fn encode_command(w: &mut Writer, c: &Command) {
             w.u8(7);
             w.account(o.account);
             w.instrument(o.instrument);
-            side(w, o.side);
+            w.side(o.side);
             w.qty(o.qty);
             match o.order_type {
                 OrderType::Limit { price } => {
@@ -138,18 +128,10 @@ fn encode_command(w: &mut Writer, c: &Command) {
                     }
                 }
             }
-            match o.time_in_force {
-                TimeInForce::GoodTillCancelled => w.u8(0),
-                TimeInForce::ImmediateOrCancel => w.u8(1),
-                TimeInForce::FillOrKill => w.u8(2),
-                TimeInForce::GoodTillTime(t) => {
-                    w.u8(3);
-                    w.u64(t);
-                }
-            }
+            w.time_in_force(o.time_in_force);
             w.bool(o.post_only);
             w.bool(o.reduce_only);
-            w.u8(o.self_trade as u8);
+            w.self_trade(o.self_trade);
             w.u64(o.client_order_id);
         }
         Command::Amend { account, order, price, qty } => {
@@ -227,7 +209,7 @@ fn decode_command(r: &mut Reader<'_>) -> Result<Command, DecodeError> {
         7 => {
             let account = r.account()?;
             let instrument = r.instrument()?;
-            let side = read_side(r)?;
+            let side = r.side()?;
             let qty = r.qty()?;
             let order_type = match r.u8()? {
                 0 => OrderType::Limit { price: r.price()? },
@@ -240,21 +222,10 @@ fn decode_command(r: &mut Reader<'_>) -> Result<Command, DecodeError> {
                 },
                 tag => return Err(DecodeError::BadTag { what: "order type", tag }),
             };
-            let time_in_force = match r.u8()? {
-                0 => TimeInForce::GoodTillCancelled,
-                1 => TimeInForce::ImmediateOrCancel,
-                2 => TimeInForce::FillOrKill,
-                3 => TimeInForce::GoodTillTime(r.u64()?),
-                tag => return Err(DecodeError::BadTag { what: "time in force", tag }),
-            };
+            let time_in_force = r.time_in_force()?;
             let post_only = r.bool()?;
             let reduce_only = r.bool()?;
-            let self_trade = match r.u8()? {
-                0 => SelfTradePrevention::CancelTaker,
-                1 => SelfTradePrevention::CancelMaker,
-                2 => SelfTradePrevention::CancelBoth,
-                tag => return Err(DecodeError::BadTag { what: "self-trade prevention", tag }),
-            };
+            let self_trade = r.self_trade()?;
             let client_order_id = r.u64()?;
             Command::PlaceOrder(NewOrder { account, instrument, side, qty, order_type, time_in_force, post_only, reduce_only, self_trade, client_order_id })
         }

@@ -259,23 +259,15 @@ impl CanonicalState {
             w.order(o.id);
             w.account(o.account);
             w.instrument(o.instrument);
-            w.u8(o.side as u8);
+            w.side(o.side);
             w.price(o.price);
             w.qty(o.remaining);
             w.qty(o.filled);
             w.u64(o.client_order_id);
-            match o.time_in_force {
-                TimeInForce::GoodTillCancelled => w.u8(0),
-                TimeInForce::ImmediateOrCancel => w.u8(1),
-                TimeInForce::FillOrKill => w.u8(2),
-                TimeInForce::GoodTillTime(t) => {
-                    w.u8(3);
-                    w.u64(t);
-                }
-            }
+            w.time_in_force(o.time_in_force);
             w.bool(o.post_only);
             w.bool(o.reduce_only);
-            w.u8(o.self_trade as u8);
+            w.self_trade(o.self_trade);
             w.bool(o.is_quote);
         }
         w.bytes
@@ -381,26 +373,15 @@ impl CanonicalState {
             let id = r.order()?;
             let account = r.account()?;
             let instrument = r.instrument()?;
-            let side = decode_side(&mut r)?;
+            let side = r.side()?;
             let price = r.price()?;
             let remaining = r.qty()?;
             let filled = r.qty()?;
             let client_order_id = r.u64()?;
-            let time_in_force = match r.u8()? {
-                0 => TimeInForce::GoodTillCancelled,
-                1 => TimeInForce::ImmediateOrCancel,
-                2 => TimeInForce::FillOrKill,
-                3 => TimeInForce::GoodTillTime(r.u64()?),
-                tag => return Err(DecodeError::BadTag { what: "time in force", tag }),
-            };
+            let time_in_force = r.time_in_force()?;
             let post_only = r.bool()?;
             let reduce_only = r.bool()?;
-            let self_trade = match r.u8()? {
-                0 => SelfTradePrevention::CancelTaker,
-                1 => SelfTradePrevention::CancelMaker,
-                2 => SelfTradePrevention::CancelBoth,
-                tag => return Err(DecodeError::BadTag { what: "self-trade prevention", tag }),
-            };
+            let self_trade = r.self_trade()?;
             let is_quote = r.bool()?;
             orders.push(OrderRecord {
                 id,
@@ -423,13 +404,6 @@ impl CanonicalState {
     }
 }
 
-fn decode_side(r: &mut Reader<'_>) -> Result<Side, DecodeError> {
-    match r.u8()? {
-        0 => Ok(Side::Buy),
-        1 => Ok(Side::Sell),
-        tag => Err(DecodeError::BadTag { what: "side", tag }),
-    }
-}
 
 fn encode_limits(w: &mut Writer, l: &EngineLimits) {
     w.u32(l.max_open_orders_per_account);
