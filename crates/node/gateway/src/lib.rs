@@ -122,9 +122,32 @@ impl Node {
 /// log write and one fsync (group commit).
 struct Job {
     input: Command,
-    intent: optio_sequencer::Intent,
-    placed: (Side, Price, Qty, String, Option<u64>),
-    reply: tokio::sync::oneshot::Sender<Result<(optio_sequencer::Outcome, u64), GatewayError>>,
+    /// The user's signed intent (none for operator inputs).
+    intent: Option<optio_sequencer::Intent>,
+    /// What an order placed (for the history), if the input places one.
+    placed: Option<(Side, Price, Qty, String, Option<u64>)>,
+    reply: Reply,
+}
+
+type Answer = Result<(optio_sequencer::Outcome, u64), GatewayError>;
+
+/// Where the writer answers: an async waiter or a blocked thread.
+enum Reply {
+    Async(tokio::sync::oneshot::Sender<Answer>),
+    Blocking(std::sync::mpsc::SyncSender<Answer>),
+}
+
+impl Reply {
+    fn send(self, answer: Answer) {
+        match self {
+            Reply::Async(tx) => {
+                let _ = tx.send(answer);
+            }
+            Reply::Blocking(tx) => {
+                let _ = tx.send(answer);
+            }
+        }
+    }
 }
 
 /// What a prepared order needs to become an answer.
@@ -153,16 +176,27 @@ fn writer(node: Arc<Mutex<Node>>, jobs: std::sync::mpsc::Receiver<Job>, events: 
                 Err(_) => break,
             }
         }
-        let Ok(mut n) = node.lock() else { return };
-        let t = now_ms().max(n.last_ms);
-        n.last_ms = t;
-        let inputs: Vec<(Input, Option<optio_sequencer::Intent>)> = group.iter().map(|j| (Input { time_ms: t, command: j.input.clone() }, Some(j.intent))).collect();
-        match n.sequencer.submit_intents_unsigned(&inputs) {
-            Ok(outcomes) => {
+        // Write the group under the lock, make it durable without the lock (readers and
+        // request handlers go on meanwhile), then apply it and answer.
+        let staged = {
+            let Ok(mut n) = node.lock() else { return };
+            let t = now_ms().max(n.last_ms);
+            n.last_ms = t;
+            let inputs: Vec<(Input, Option<optio_sequencer::Intent>)> = group.iter().map(|j| (Input { time_ms: t, command: j.input.clone() }, j.intent)).collect();
+            n.sequencer.stage(inputs).and_then(|staged| Ok((staged, n.sequencer.syncer()?, t)))
+        };
+        let committed = staged.and_then(|(staged, syncer, t)| {
+            syncer.sync()?;
+            let Ok(mut n) = node.lock() else { return Err(optio_sequencer::SequencerError::GroupPending) };
+            let outcomes = n.sequencer.commit(staged)?;
+            Ok((n, outcomes, t))
+        });
+        match committed {
+            Ok((mut n, outcomes, t)) => {
                 n.groups += 1;
                 n.grouped_inputs += outcomes.len() as u64;
                 for (job, outcome) in group.into_iter().zip(outcomes) {
-                    let placed = outcome.result.is_ok().then(|| job.placed.clone());
+                    let placed = if outcome.result.is_ok() { job.placed.clone() } else { None };
                     if let Some((_, _, _, label, _)) = &placed
                         && !label.is_empty()
                         && let Some(id) = outcome.events.iter().find_map(|e| match e {
@@ -173,15 +207,18 @@ fn writer(node: Arc<Mutex<Node>>, jobs: std::sync::mpsc::Receiver<Job>, events: 
                         n.labels.insert(id, label.clone());
                     }
                     n.history.record(&outcome.events, t, placed);
-                    n.remember_intent(job.intent.digest, outcome.receipt.seq, t, outcome.result.err());
+                    if let Some(intent) = job.intent {
+                        n.remember_intent(intent.digest, outcome.receipt.seq, t, outcome.result.err());
+                    }
                     let _ = events.send(ws::Published { seq: outcome.receipt.seq, time_ms: t, events: Arc::new(outcome.events.clone()) });
-                    let _ = job.reply.send(Ok((outcome, t)));
+                    job.reply.send(Ok((outcome, t)));
                 }
             }
             Err(_) => {
-                // The log could not be written: nothing was acknowledged; the node must stop.
+                // The log could not be written or made durable: nothing was acknowledged; the
+                // node must stop.
                 for job in group {
-                    let _ = job.reply.send(Err(GatewayError::Internal));
+                    job.reply.send(Err(GatewayError::Internal));
                 }
                 return;
             }
@@ -285,23 +322,33 @@ impl Gateway {
 
     /// Submits operator inputs (listing, oracle updates, deposits) at the current time.
     pub fn submit_admin(&self, commands: Vec<Command>) -> Result<Vec<Result<(), optio_types::RejectCode>>, GatewayError> {
-        let mut node = self.lock();
-        let t = now_ms().max(node.last_ms);
-        node.last_ms = t;
-        let inputs: Vec<Input> = commands.into_iter().map(|command| Input { time_ms: t, command }).collect();
-        let outcomes = node.sequencer.submit(&inputs).map_err(|_| GatewayError::Internal)?;
-        for (o, input) in outcomes.iter().zip(&inputs) {
-            let placed = match &input.command {
-                Command::PlaceOrder(p) => Some((p.side, match p.order_type {
-                    OrderType::Limit { price } => price,
-                    OrderType::Market { protection_price } => protection_price.unwrap_or(Price::ZERO),
-                }, p.qty, String::new(), None)),
-                _ => None,
-            };
-            node.history.record(&o.events, t, placed);
-            let _ = self.events.send(ws::Published { seq: o.receipt.seq, time_ms: t, events: Arc::new(o.events.clone()) });
-        }
-        Ok(outcomes.into_iter().map(|o| o.result).collect())
+        let waits = commands
+            .into_iter()
+            .map(|command| {
+                let placed = match &command {
+                    Command::PlaceOrder(p) => Some((
+                        p.side,
+                        match p.order_type {
+                            OrderType::Limit { price } => price,
+                            OrderType::Market { protection_price } => protection_price.unwrap_or(Price::ZERO),
+                        },
+                        p.qty,
+                        String::new(),
+                        None,
+                    )),
+                    _ => None,
+                };
+                self.enqueue(command, None, placed)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        waits.into_iter().map(|rx| rx.recv().map_err(|_| GatewayError::Internal)?.map(|(o, _)| o.result)).collect()
+    }
+
+    /// Queues one input for the writer; the answer arrives on the returned channel.
+    fn enqueue(&self, input: Command, intent: Option<optio_sequencer::Intent>, placed: Option<(Side, Price, Qty, String, Option<u64>)>) -> Result<std::sync::mpsc::Receiver<Answer>, GatewayError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.jobs.send(Job { input, intent, placed, reply: Reply::Blocking(tx) }).map_err(|_| GatewayError::Internal)?;
+        Ok(rx)
     }
 
     /// Sequences an oracle update if the configured oracle key signed it.
@@ -394,16 +441,13 @@ impl Gateway {
 
     /// Sequences one command; returns its events or the engine's rejection (with the receipt).
     pub(crate) fn sequence(&self, command: Command) -> Result<Vec<optio_types::Event>, CallError> {
-        let mut node = self.lock();
-        let t = now_ms().max(node.last_ms);
-        node.last_ms = t;
-        let mut outcomes = node.sequencer.submit(&[Input { time_ms: t, command }]).map_err(|_| GatewayError::Internal)?;
-        let outcome = outcomes.pop().ok_or(GatewayError::Internal)?;
-        node.history.record(&outcome.events, t, None);
-        let _ = self.events.send(ws::Published { seq: outcome.receipt.seq, time_ms: t, events: Arc::new(outcome.events.clone()) });
+        let (mut outcome, _) = self.enqueue(command, None, None)?.recv().map_err(|_| GatewayError::Internal)??;
         match outcome.result {
             Ok(()) => Ok(outcome.events),
-            Err(code) => Err(CallError::Engine(code, Some(views::receipt(&outcome.receipt)))),
+            Err(code) => {
+                self.receipt_signer.sign(&mut outcome.receipt);
+                Err(CallError::Engine(code, Some(views::receipt(&outcome.receipt))))
+            }
         }
     }
 
@@ -603,8 +647,8 @@ impl Gateway {
             signature: signature.as_slice().try_into().map_err(|_| GatewayError::BadSignature)?,
         };
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let placed = (side, Price(price), Qty(amount), label.to_owned(), Some(nonce));
-        self.jobs.send(Job { input: command, intent, placed, reply }).map_err(|_| GatewayError::Internal)?;
+        let placed = Some((side, Price(price), Qty(amount), label.to_owned(), Some(nonce)));
+        self.jobs.send(Job { input: command, intent: Some(intent), placed, reply: Reply::Async(reply) }).map_err(|_| GatewayError::Internal)?;
         let ctx = OrderCtx {
             name: name.to_owned(),
             side,

@@ -44,6 +44,29 @@ pub enum SequencerError {
     /// Not a valid secret key.
     #[error("invalid sequencer key")]
     Key,
+    /// A staged group must be committed before the next is staged (and only that group).
+    #[error("a staged group is pending")]
+    GroupPending,
+}
+
+/// A group written to the log, waiting for its fsync and commit.
+#[derive(Debug)]
+pub struct Staged {
+    first: u64,
+    inputs: Vec<(Input, Option<Intent>)>,
+}
+
+/// Makes the log durable from another thread.
+#[derive(Debug)]
+pub struct Syncer {
+    file: fs::File,
+}
+
+impl Syncer {
+    /// fsync.
+    pub fn sync(&self) -> Result<(), SequencerError> {
+        Ok(self.file.sync_data()?)
+    }
 }
 
 /// An acknowledgement: the sequencer's signature over the input's place in the order.
@@ -172,6 +195,8 @@ pub struct Sequencer {
     previous: [u8; 32],
     /// Signed intents found in the log at start (for rebuilding replay protection).
     recovered: Vec<Intent>,
+    /// First sequence number of the group staged and not yet committed.
+    staged: Option<u64>,
 }
 
 impl Sequencer {
@@ -205,7 +230,7 @@ impl Sequencer {
             events.clear();
             previous = receipt_digest(seq, &intent_hash(&input, intent.as_ref()), &previous);
         }
-        Ok(Self { dir: dir.to_owned(), wal, engine, key, previous, recovered })
+        Ok(Self { dir: dir.to_owned(), wal, engine, key, previous, recovered, staged: None })
     }
 
     /// The sequencer's public key (receipts verify against it).
@@ -250,11 +275,38 @@ impl Sequencer {
     /// sign them with `receipt_signer()` off the sequencing path (in parallel, without the lock).
     /// The chain of receipt hashes is fixed here, in order.
     pub fn submit_intents_unsigned(&mut self, inputs: &[(Input, Option<Intent>)]) -> Result<Vec<Outcome>, SequencerError> {
+        let staged = self.stage(inputs.to_vec())?;
+        self.syncer()?.sync()?;
+        self.commit(staged)
+    }
+
+    /// Writes a group to the log without waiting for it to be durable, so that the caller can
+    /// fsync (with `syncer`) without holding the sequencer. Nothing is applied or acknowledged
+    /// until `commit`, which must follow that fsync; one group at a time.
+    pub fn stage(&mut self, inputs: Vec<(Input, Option<Intent>)>) -> Result<Staged, SequencerError> {
+        if self.staged.is_some() {
+            return Err(SequencerError::GroupPending);
+        }
         let logged: Vec<(Input, Option<Vec<u8>>)> = inputs.iter().map(|(i, intent)| (i.clone(), intent.map(|x| x.encode()))).collect();
         let first = self.wal.append(&logged)?;
-        let mut outcomes = Vec::with_capacity(inputs.len());
-        for (i, (input, signed)) in inputs.iter().enumerate() {
-            let seq = first + i as u64;
+        self.staged = Some(first);
+        Ok(Staged { first, inputs })
+    }
+
+    /// A handle that makes everything written so far durable.
+    pub fn syncer(&self) -> Result<Syncer, SequencerError> {
+        Ok(Syncer { file: self.wal.sync_handle()? })
+    }
+
+    /// Applies a staged group (after its fsync) and builds its receipts, unsigned.
+    pub fn commit(&mut self, staged: Staged) -> Result<Vec<Outcome>, SequencerError> {
+        if self.staged != Some(staged.first) {
+            return Err(SequencerError::GroupPending);
+        }
+        self.staged = None;
+        let mut outcomes = Vec::with_capacity(staged.inputs.len());
+        for (i, (input, signed)) in staged.inputs.iter().enumerate() {
+            let seq = staged.first + i as u64;
             let mut events = Vec::new();
             let result = self.engine.apply(input, &mut events);
             let intent = intent_hash(input, signed.as_ref());

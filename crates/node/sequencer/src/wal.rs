@@ -105,8 +105,8 @@ impl Wal {
         self.next_seq
     }
 
-    /// Appends a group of inputs with one write and one fsync; returns the first's sequence
-    /// number. Durable when it returns.
+    /// Writes a group of inputs with one write, not yet durable (see `append_durable` and
+    /// `sync_handle`); returns the first's sequence number.
     pub fn append(&mut self, inputs: &[(Input, Option<Vec<u8>>)]) -> Result<u64, WalError> {
         let first = self.next_seq;
         self.buffer.clear();
@@ -126,8 +126,19 @@ impl Wal {
             self.buffer.extend_from_slice(&payload);
         }
         self.file.write_all(&self.buffer)?;
-        self.file.sync_data()?;
         self.next_seq += inputs.len() as u64;
         Ok(first)
+    }
+
+    /// Appends and makes durable (write, then fsync).
+    pub fn append_durable(&mut self, inputs: &[(Input, Option<Vec<u8>>)]) -> Result<u64, WalError> {
+        let first = self.append(inputs)?;
+        self.file.sync_data()?;
+        Ok(first)
+    }
+
+    /// A second handle on the log file, to fsync without borrowing the log.
+    pub fn sync_handle(&self) -> Result<File, WalError> {
+        Ok(self.file.try_clone()?)
     }
 }
