@@ -398,6 +398,11 @@ impl Gateway {
             "public/get_order_book" => Ok(views::order_book(&self.lock().sequencer, params)?),
             "public/ticker" => Ok(views::ticker(&self.lock().sequencer, params, now_ms())?),
             "private/order" => self.order(params),
+            "private/buy" | "private/sell" => {
+                let mut params = params.clone();
+                params["direction"] = json!(method.trim_start_matches("private/"));
+                self.order(&params)
+            }
             "private/cancel" => {
                 let account = self.authorized(params, headers)?;
                 let order = OrderId(uint(params, "order_id")?);
@@ -759,9 +764,14 @@ fn parse_request(body: &Bytes, path_method: Option<&String>) -> Result<(Value, S
 async fn dispatch(g: Arc<Gateway>, headers: HeaderMap, body: Bytes, path_method: Option<String>) -> Response {
     // Signed orders: verify on this task and wait for the group commit without holding a thread,
     // so that many orders share one fsync.
-    if let Ok((id, method, params)) = parse_request(&body, path_method.as_ref())
-        && method == "private/order"
+    if let Ok((id, method, mut params)) = parse_request(&body, path_method.as_ref())
+        && matches!(method.as_str(), "private/order" | "private/buy" | "private/sell")
     {
+        // Deribit-style `private/buy` and `private/sell` are `private/order` with the direction
+        // in the method name (it is still part of what the user signed).
+        if let Some(direction) = method.strip_prefix("private/").filter(|d| *d != "order") {
+            params["direction"] = json!(direction);
+        }
         let reply = match g.place_signed_order_async(&params, None, false).await {
             Ok(placed) => {
                 let node = g.lock();
