@@ -2,6 +2,7 @@
 //! the deterministic core and prints what happens. Later issues add settlement and exit tooling.
 
 mod devnet;
+mod node;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -26,12 +27,15 @@ enum Cmd {
     /// Run a whole exchange in one process: sequencer, API on 127.0.0.1, signed oracle feed,
     /// simulated market makers and takers; funds a demo key and any --fund address.
     Devnet(devnet::DevnetArgs),
+    /// Run a configured node: `--config optio.toml`, `OPTIO_*` environment variables and flags.
+    Node(node::NodeArgs),
 }
 
 fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Demo => demo(),
         Cmd::Devnet(args) => devnet::run(args),
+        Cmd::Node(args) => node::run(args),
     }
 }
 
