@@ -15,7 +15,6 @@ use optio_gateway::{Config, Gateway};
 use optio_oracle::{OracleSigner, build_update};
 use optio_pricing::risk::default_scenarios;
 use optio_pricing::svi::{Slice, Surface, Svi};
-use optio_sequencer::Sequencer;
 use optio_types::{
     AccountId, Amount, Command, EngineLimits, InstrumentId, InstrumentSpec, NewOrder, OrderType, Price, Qty, Quote, SelfTradePrevention, Side,
     TimeInForce, MONEY_SCALE, QTY_SCALE,
@@ -121,9 +120,9 @@ pub fn run(args: DevnetArgs) -> Result<()> {
 async fn devnet(args: DevnetArgs) -> Result<()> {
     let temp = tempfile::tempdir().context("temporary data directory")?;
     let dir = args.data.clone().unwrap_or_else(|| temp.path().to_owned());
-    let sequencer = Sequencer::open(&dir, [0x5e; 32], EngineLimits::default()).context("opening the sequencer")?;
     let oracle = OracleSigner::from_bytes([0x0c; 32]).context("oracle key")?;
-    let gateway = Arc::new(Gateway::new(sequencer, Config { oracle_key: Some(oracle.public_key()), ..Config::default() }));
+    let config = Config { oracle_key: Some(oracle.public_key()), ..Config::default() };
+    let gateway = Arc::new(Gateway::open(&dir, [0x5e; 32], EngineLimits::default(), config).context("opening the sequencer")?);
     let now = optio_gateway::now_ms();
     let specs = specs(now);
     let fresh = optio_gateway::instrument_of(&gateway, &specs[0].name.to_string()).is_none();

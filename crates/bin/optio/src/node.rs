@@ -25,7 +25,6 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use optio_gateway::{Config, Gateway};
-use optio_sequencer::Sequencer;
 use optio_types::{Command, EngineLimits, InstrumentId, InstrumentSpec, Price};
 use serde::Deserialize;
 
@@ -120,8 +119,7 @@ pub fn run(args: NodeArgs) -> Result<()> {
             Ok(spec)
         })
         .collect::<Result<Vec<_>>>()?;
-    let sequencer = Sequencer::open(&data, hex32(&key, "sequencer_key")?, EngineLimits::default()).context("opening the sequencer")?;
-    let gateway = Arc::new(Gateway::new(sequencer, config));
+    let gateway = Arc::new(Gateway::open(&data, hex32(&key, "sequencer_key")?, EngineLimits::default(), config).context("opening the sequencer")?);
     let fresh = specs.first().is_some_and(|s| optio_gateway::instrument_of(&gateway, &s.name.to_string()).is_none());
     if fresh {
         let mut admin: Vec<Command> = specs.iter().map(|spec| Command::ListInstrument { spec: spec.clone() }).collect();

@@ -113,6 +113,11 @@ fn kill_9_during_bursts_loses_no_acknowledged_intent() {
         let reply = post(&url, &body.to_string()).expect("reply");
         assert_eq!(reply["error"]["code"], 6_003, "a replayed acknowledged order must be refused: {reply}");
     }
+    // Intent statuses were rebuilt from the log: each acknowledged intent is known, at its seq.
+    for (seq, hash, _) in acked.iter().step_by(53) {
+        let status = post(&url, &format!(r#"{{"jsonrpc":"2.0","id":1,"method":"public/get_intent_status","params":{{"intent_hash":"{hash}"}}}}"#)).expect("reply");
+        assert_eq!(status["result"]["seq"].as_u64(), Some(*seq), "{status}");
+    }
     let health = get(&url, "/health").expect("health");
     child.kill().expect("kill");
     child.wait().expect("reaped");

@@ -289,7 +289,46 @@ pub(crate) fn label_id(label: &str) -> u64 {
 }
 
 impl Gateway {
-    /// A gateway over `sequencer`.
+    /// Opens the sequencer in `dir` and rebuilds the order and trade history and the intent
+    /// statuses from its log (labels of orders placed before the restart are not kept).
+    pub fn open(dir: &std::path::Path, key: [u8; 32], limits: optio_types::EngineLimits, config: Config) -> Result<Self, optio_sequencer::SequencerError> {
+        let mut history = history::History::default();
+        let mut intents = Vec::new();
+        let sequencer = Sequencer::open_observed(dir, key, limits, &mut |r| {
+            let placed = match &r.input.command {
+                Command::PlaceOrder(p) => Some((
+                    p.side,
+                    match p.order_type {
+                        OrderType::Limit { price } => price,
+                        OrderType::Market { protection_price } => protection_price.unwrap_or(Price::ZERO),
+                    },
+                    p.qty,
+                    String::new(),
+                    r.intent.map(|i| i.nonce),
+                )),
+                _ => None,
+            };
+            history.record(r.events, r.input.time_ms, placed);
+            if let Some(intent) = r.intent {
+                let rejected = r.events.iter().find_map(|e| match e {
+                    optio_types::Event::Rejected { code } => Some(*code),
+                    _ => None,
+                });
+                intents.push((intent.digest, r.seq, r.input.time_ms, rejected));
+            }
+        })?;
+        let gateway = Self::new(sequencer, config);
+        {
+            let mut node = gateway.lock();
+            node.history = history;
+            for (digest, seq, time, rejected) in intents {
+                node.remember_intent(digest, seq, time, rejected);
+            }
+        }
+        Ok(gateway)
+    }
+
+    /// A gateway over `sequencer` (history starts empty; see `open`).
     pub fn new(sequencer: Sequencer, config: Config) -> Self {
         let mut domains = vec![Domain::optio(config.chain_id, config.verifying_contract).separator()];
         if let Some(sandbox) = config.compat_domain {

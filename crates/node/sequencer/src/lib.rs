@@ -175,6 +175,19 @@ impl ReceiptSigner {
     }
 }
 
+/// One input replayed at start, as shown to an observer.
+#[derive(Debug)]
+pub struct Replayed<'a> {
+    /// Its sequence number.
+    pub seq: u64,
+    /// The input.
+    pub input: &'a Input,
+    /// The signed intent logged with it, if any.
+    pub intent: Option<&'a Intent>,
+    /// What the engine did with it.
+    pub events: &'a [Event],
+}
+
 /// What happened to one submitted input.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
@@ -203,6 +216,12 @@ impl Sequencer {
     /// Opens (or creates) the sequencer in `dir`: restores the latest snapshot, replays the log
     /// after it, drops a torn last record.
     pub fn open(dir: &Path, key: [u8; 32], limits: EngineLimits) -> Result<Self, SequencerError> {
+        Self::open_observed(dir, key, limits, &mut |_| {})
+    }
+
+    /// Like `open`, and shows every input replayed from the log after the snapshot, with its
+    /// events, to `observer` (for rebuilding views such as order history).
+    pub fn open_observed(dir: &Path, key: [u8; 32], limits: EngineLimits, observer: &mut dyn FnMut(Replayed<'_>)) -> Result<Self, SequencerError> {
         let key = SecretKey::from_secret_bytes(key).map_err(|_| SequencerError::Key)?;
         fs::create_dir_all(dir)?;
         let (mut engine, snapshot_seq, mut previous) = match fs::read(dir.join(SNAPSHOT_FILE)) {
@@ -227,6 +246,7 @@ impl Sequencer {
                 continue;
             }
             let _ = engine.apply(&input, &mut events);
+            observer(Replayed { seq, input: &input, intent: intent.as_ref(), events: &events });
             events.clear();
             previous = receipt_digest(seq, &intent_hash(&input, intent.as_ref()), &previous);
         }
