@@ -4,8 +4,10 @@
 //! `trades.<instrument>`, `ticker.<instrument>`; `private/subscribe {channels, wallet, timestamp,
 //! signature}` for `user.orders.<subaccount>` (the same EIP-191 timestamp signature as the HTTP
 //! headers). Notifications are `{"method": "subscription", "params": {"channel", "data"}}`.
-//! Book messages carry the full top 10 levels with `change_id` (the sequence number of the input
-//! that changed it) and `prev_change_id`, so a client sees a gap the moment one happens.
+//! Book messages: a `snapshot` of the top 10 levels on subscribe, then `change` messages with
+//! only the levels that changed (`[price, amount]`, amount `"0"` for a level that went away),
+//! each with `change_id` (the sequence number of the input that changed it) and
+//! `prev_change_id`, so a client applying them sees a gap the moment one happens.
 //! A consumer that falls behind the node's event stream (a bounded broadcast), or leaves a
 //! message unread for two seconds, is disconnected: it can never slow the node.
 
@@ -55,7 +57,7 @@ async fn send(socket: &mut WebSocket, v: Value) -> bool {
 
 async fn session(g: Arc<Gateway>, mut socket: WebSocket) {
     let mut stream = g.events.subscribe();
-    let mut books: BTreeMap<InstrumentId, (String, u64)> = BTreeMap::new();
+    let mut books: BTreeMap<InstrumentId, BookState> = BTreeMap::new();
     let mut trades: BTreeMap<InstrumentId, String> = BTreeMap::new();
     let mut tickers: BTreeMap<InstrumentId, String> = BTreeMap::new();
     let mut users: BTreeSet<AccountId> = BTreeSet::new();
@@ -99,19 +101,35 @@ fn note(channel: &str, data: Value) -> Value {
     json!({"jsonrpc": "2.0", "method": "subscription", "params": {"channel": channel, "data": data}})
 }
 
-fn book_data(g: &Gateway, name: &str, change_id: u64, prev: u64) -> Value {
+/// What a subscriber last saw of a book.
+pub(crate) struct BookState {
+    name: String,
+    change_id: u64,
+    bids: Vec<(String, String)>,
+    asks: Vec<(String, String)>,
+}
+
+fn levels(book: &Value, side: &str) -> Vec<(String, String)> {
+    book[side].as_array().map(|l| l.iter().map(|x| (x[0].as_str().unwrap_or_default().to_owned(), x[1].as_str().unwrap_or_default().to_owned())).collect()).unwrap_or_default()
+}
+
+fn current(g: &Gateway, name: &str) -> Value {
     let node = g.lock();
-    let mut book = views::order_book(&node.sequencer, &json!({"instrument_name": name, "depth": 10})).unwrap_or(Value::Null);
-    book["change_id"] = json!(change_id);
-    book["prev_change_id"] = json!(prev);
-    book
+    views::order_book(&node.sequencer, &json!({"instrument_name": name, "depth": 10})).unwrap_or(Value::Null)
+}
+
+/// Levels that differ between two views of a side: new or changed amounts, "0" for gone ones.
+fn diff(old: &[(String, String)], new: &[(String, String)]) -> Vec<Value> {
+    let mut out: Vec<Value> = new.iter().filter(|l| !old.contains(l)).map(|(p, a)| json!([p, a])).collect();
+    out.extend(old.iter().filter(|(p, _)| !new.iter().any(|(q, _)| q == p)).map(|(p, _)| json!([p, "0"])));
+    out
 }
 
 #[allow(clippy::type_complexity)]
 fn subscribe(
     g: &Gateway,
     text: &str,
-    books: &mut BTreeMap<InstrumentId, (String, u64)>,
+    books: &mut BTreeMap<InstrumentId, BookState>,
     trades: &mut BTreeMap<InstrumentId, String>,
     tickers: &mut BTreeMap<InstrumentId, String>,
     users: &mut BTreeSet<AccountId>,
@@ -160,8 +178,11 @@ fn subscribe(
         match kind {
             "book" => {
                 let seq = g.lock().sequencer.next_seq() - 1;
-                books.insert(instrument, (name.to_owned(), seq));
-                snapshots.push(note(channel, book_data(g, name, seq, seq)));
+                let mut book = current(g, name);
+                books.insert(instrument, BookState { name: name.to_owned(), change_id: seq, bids: levels(&book, "bids"), asks: levels(&book, "asks") });
+                book["type"] = json!("snapshot");
+                book["change_id"] = json!(seq);
+                snapshots.push(note(channel, book));
             }
             "trades" => {
                 trades.insert(instrument, name.to_owned());
@@ -178,7 +199,7 @@ fn subscribe(
 fn notifications(
     g: &Gateway,
     p: &Published,
-    books: &mut BTreeMap<InstrumentId, (String, u64)>,
+    books: &mut BTreeMap<InstrumentId, BookState>,
     trades: &BTreeMap<InstrumentId, String>,
     tickers: &BTreeMap<InstrumentId, String>,
     users: &BTreeSet<AccountId>,
@@ -212,11 +233,19 @@ fn notifications(
     // Rested or removed orders change books without naming the instrument: refresh every
     // subscribed book an input touched at all (cheap: one snapshot per subscribed book).
     let touches_books = p.events.iter().any(|e| matches!(e, Event::OrderRested { .. } | Event::OrderDone { .. } | Event::OrderAmended { .. } | Event::Fill { .. }));
-    for (instrument, (name, last)) in books.iter_mut() {
+    for (instrument, state) in books.iter_mut() {
         if changed.contains(instrument) || touches_books {
-            let data = book_data(g, name, p.seq, *last);
-            *last = p.seq;
-            out.push(note(&format!("book.{name}"), data));
+            let book = current(g, &state.name);
+            let (bids, asks) = (levels(&book, "bids"), levels(&book, "asks"));
+            let (bid_changes, ask_changes) = (diff(&state.bids, &bids), diff(&state.asks, &asks));
+            if bid_changes.is_empty() && ask_changes.is_empty() {
+                continue;
+            }
+            out.push(note(
+                &format!("book.{}", state.name),
+                json!({"type": "change", "instrument_name": state.name, "bids": bid_changes, "asks": ask_changes, "change_id": p.seq, "prev_change_id": state.change_id, "timestamp": p.time_ms}),
+            ));
+            (state.bids, state.asks, state.change_id) = (bids, asks, p.seq);
         }
     }
     let oracle = p.events.iter().any(|e| matches!(e, Event::OracleAccepted { .. }));

@@ -280,7 +280,9 @@ mod websocket {
         ws.send(Message::Text(sub.to_string().into())).await.expect("send");
         assert_eq!(next_json(&mut ws).await.expect("reply")["id"], 1);
         let snapshot = next_json(&mut ws).await.expect("snapshot");
+        assert_eq!(snapshot["params"]["data"]["type"], "snapshot");
         let mut last = snapshot["params"]["data"]["change_id"].as_u64().expect("change id");
+        let mut local_asks: Vec<(String, String)> = Vec::new();
         let auth = h.auth(&alice);
         let private = json!({"jsonrpc": "2.0", "id": 2, "method": "private/subscribe", "params": {"channels": [format!("user.orders.{}", alice.subaccount)], "wallet": auth[0].1, "timestamp": auth[1].1, "signature": auth[2].1}});
         ws.send(Message::Text(private.to_string().into())).await.expect("send");
@@ -293,8 +295,19 @@ mod websocket {
             let channel = m["params"]["channel"].as_str().unwrap_or_default().to_owned();
             let data = &m["params"]["data"];
             if channel.starts_with("book.") {
+                assert_eq!(data["type"], "change");
                 assert_eq!(data["prev_change_id"].as_u64(), Some(last), "a gap in the book stream");
                 last = data["change_id"].as_u64().expect("change id");
+                // Applying the changes to the local book gives the server's book.
+                for (side, levels) in [("asks", &mut local_asks)] {
+                    for l in data[side].as_array().expect("levels") {
+                        let (p, a) = (l[0].as_str().expect("price").to_owned(), l[1].as_str().expect("amount").to_owned());
+                        levels.retain(|(q, _)| *q != p);
+                        if a != "0" {
+                            levels.push((p, a));
+                        }
+                    }
+                }
                 books += 1;
             } else if channel.starts_with("trades.") {
                 assert_eq!(data["amount"], "0.2");
@@ -303,6 +316,9 @@ mod websocket {
                 saw_user = true;
             }
         }
+        let book = h.call("public/get_order_book", json!({"instrument_name": name})).await;
+        let server: Vec<(String, String)> = book["result"]["asks"].as_array().expect("asks").iter().map(|l| (l[0].as_str().expect("p").to_owned(), l[1].as_str().expect("a").to_owned())).collect();
+        assert_eq!(local_asks, server, "the incremental stream rebuilds the book");
         let bad = json!({"jsonrpc": "2.0", "id": 3, "method": "private/subscribe", "params": {"channels": [format!("user.orders.{}", bob.subaccount)], "wallet": auth[0].1, "timestamp": auth[1].1, "signature": auth[2].1}});
         ws.send(Message::Text(bad.to_string().into())).await.expect("send");
         loop {
@@ -335,7 +351,7 @@ mod websocket {
                         side: optio_types::Side::Buy,
                         qty: optio_types::Qty(1_000_000),
                         order_type: optio_types::OrderType::Limit { price: Price((50_000 + (chunk * 500 + i) as i64 % 1_000) * MONEY_SCALE) },
-                        time_in_force: optio_types::TimeInForce::ImmediateOrCancel,
+                        time_in_force: optio_types::TimeInForce::GoodTillCancelled,
                         post_only: false,
                         reduce_only: false,
                         self_trade: optio_types::SelfTradePrevention::CancelTaker,
@@ -348,8 +364,9 @@ mod websocket {
         })
         .await
         .expect("publisher");
-        // Every placed order changed the book once; a consumer that kept up would get them all.
-        let published = (flood / 1_000) * 500;
+        // Every order rests (a change) and is cancelled (another): a consumer that kept up would
+        // get two book changes per pair.
+        let published = (flood / 1_000) * 1_000;
         let mut received = 0;
         loop {
             match tokio::time::timeout(std::time::Duration::from_secs(10), ws.next()).await {
