@@ -447,6 +447,17 @@ impl Gateway {
                 let order = OrderId(uint(params, "order_id")?);
                 self.sequence(Command::Cancel { account, order: OrderRef::Id(order) }).map(|_| json!({"order_id": order.0.to_string(), "order_status": "cancelled"}))
             }
+            "private/edit" => {
+                // Header-authenticated like Deribit's edit; replaying the same edit is refused
+                // by the engine as a no-op amend (4017).
+                let account = self.authorized(params, headers)?;
+                let order = OrderId(uint(params, "order_id")?);
+                let price = Price(decimal(params, "price", 6)?);
+                let qty = Qty(decimal(params, "amount", 8)?);
+                let events = self.sequence(Command::Amend { account, order: OrderRef::Id(order), price, qty })?;
+                let kept = events.iter().any(|e| matches!(e, optio_types::Event::OrderAmended { kept_priority: true, .. }));
+                Ok(json!({"order_id": order.0.to_string(), "price": price.to_string(), "amount": qty.to_string(), "kept_priority": kept}))
+            }
             "private/cancel_all" => {
                 let account = self.authorized(params, headers)?;
                 let instrument = match params.get("instrument_name") {

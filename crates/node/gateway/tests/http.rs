@@ -162,6 +162,12 @@ async fn signed_orders_trade_and_market_data_shows_marks_iv_and_greeks() {
     let iv = ticker["result"]["mark_iv"].as_f64().expect("an implied volatility from the mark");
     assert!(iv > 0.05 && iv < 3.0, "{ticker}");
     assert!(ticker["result"]["greeks"]["delta"].as_f64().is_some_and(|d| d > 0.0 && d < 1.0));
+    let order_id: u64 = ask["result"]["order"]["order_id"].as_str().expect("id").parse().expect("number");
+    let edit = json!({"jsonrpc": "2.0", "id": 9, "method": "private/edit", "params": {"subaccount_id": alice.subaccount, "order_id": order_id, "price": "9000", "amount": "0.25"}}).to_string();
+    let edited = h.post(&edit, &h.auth(&alice)).await.1;
+    assert_eq!(edited["result"]["kept_priority"], true, "{edited}");
+    assert_eq!(code(&h.post(&edit, &h.auth(&alice)).await.1), 4_017, "the same edit again changes nothing");
+    assert_eq!(code(&h.post(&edit, &h.auth(&bob)).await.1), 6_002, "only the owner edits");
     let open = h.post(&json!({"jsonrpc": "2.0", "id": 2, "method": "private/get_open_orders", "params": {"subaccount_id": alice.subaccount}}).to_string(), &h.auth(&alice)).await.1;
     assert_eq!(open["result"][0]["filled_amount"], "0.2", "{open}");
     let positions = h.post(&json!({"jsonrpc": "2.0", "id": 3, "method": "private/get_positions", "params": {"subaccount_id": bob.subaccount}}).to_string(), &h.auth(&bob)).await.1;
