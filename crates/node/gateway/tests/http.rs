@@ -339,14 +339,19 @@ mod websocket {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_consumer_that_falls_behind_is_dropped_and_the_node_goes_on() {
         let (h, _alice, _bob) = Harness::start().await;
-        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", h.addr)).await.expect("ws connects");
+        // A client with a tiny receive buffer that will not read: the server cannot hide the
+        // backlog in socket buffers.
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4_096).expect("small buffer");
+        let stream = socket.connect(h.addr).await.expect("connects");
+        let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{}/ws", h.addr), stream).await.expect("ws handshake");
         let sub = json!({"jsonrpc": "2.0", "id": 1, "method": "public/subscribe", "params": {"channels": ["book.BTC-PERPETUAL"]}});
         ws.send(Message::Text(sub.to_string().into())).await.expect("send");
         assert_eq!(next_json(&mut ws).await.expect("reply")["id"], 1);
         // Publish far more than the stream holds while the client reads nothing: orders that
         // rest and are cancelled, each changing the book.
         let gateway = h.gateway.clone();
-        let flood = optio_gateway::ws::STREAM_CAPACITY * 3;
+        let flood = optio_gateway::ws::STREAM_CAPACITY * 12;
         tokio::task::spawn_blocking(move || {
             for chunk in 0..flood / 1_000 {
                 let mut commands = Vec::new();
