@@ -3,8 +3,7 @@
 //! acknowledged order is refused (nonces survive restarts), and the node's state hash equals a
 //! replay of the log from scratch.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -15,22 +14,9 @@ use optio_types::EngineLimits;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
-fn post(addr: &str, body: &str) -> Option<Value> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "POST /api/v2 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    serde_json::from_str(text.split("\r\n\r\n").nth(1)?).ok()
-}
+mod common;
+use common::{get, post};
 
-fn get(addr: &str, path: &str) -> Option<Value> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    serde_json::from_str(text.split("\r\n\r\n").nth(1)?).ok()
-}
 
 /// Starts the node on `dir`; returns it, its address and the demo subaccount.
 fn start(dir: &Path) -> (Child, String, u64) {

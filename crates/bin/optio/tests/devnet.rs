@@ -1,16 +1,13 @@
 //! The README's first command: `optio devnet` starts, serves live market data on loopback with
 //! marks, implied volatility and Greeks from its oracle, and stops by itself.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
+mod common;
+
 fn post(addr: &str, body: &str) -> serde_json::Value {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    write!(s, "POST /api/v2 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).expect("write");
-    let mut text = String::new();
-    s.read_to_string(&mut text).expect("read");
-    serde_json::from_str(text.split("\r\n\r\n").nth(1).unwrap_or_default()).expect("json")
+    common::post(addr, body).expect("the node answers")
 }
 
 #[test]

@@ -226,6 +226,24 @@ fn writer(node: Arc<Mutex<Node>>, jobs: std::sync::mpsc::Receiver<Job>, events: 
     }
 }
 
+/// What an input places, for the order history: side, limit (or protection) price, size, label
+/// and nonce; `None` if it places no order.
+fn placed_by(command: &Command, nonce: Option<u64>) -> Option<(Side, Price, Qty, String, Option<u64>)> {
+    match command {
+        Command::PlaceOrder(p) => Some((
+            p.side,
+            match p.order_type {
+                OrderType::Limit { price } => price,
+                OrderType::Market { protection_price } => protection_price.unwrap_or(Price::ZERO),
+            },
+            p.qty,
+            String::new(),
+            nonce,
+        )),
+        _ => None,
+    }
+}
+
 /// The gateway.
 pub struct Gateway {
     node: Arc<Mutex<Node>>,
@@ -295,19 +313,7 @@ impl Gateway {
         let mut history = history::History::default();
         let mut intents = Vec::new();
         let sequencer = Sequencer::open_observed(dir, key, limits, &mut |r| {
-            let placed = match &r.input.command {
-                Command::PlaceOrder(p) => Some((
-                    p.side,
-                    match p.order_type {
-                        OrderType::Limit { price } => price,
-                        OrderType::Market { protection_price } => protection_price.unwrap_or(Price::ZERO),
-                    },
-                    p.qty,
-                    String::new(),
-                    r.intent.map(|i| i.nonce),
-                )),
-                _ => None,
-            };
+            let placed = placed_by(&r.input.command, r.intent.map(|i| i.nonce));
             history.record(r.events, r.input.time_ms, placed);
             if let Some(intent) = r.intent {
                 let rejected = r.events.iter().find_map(|e| match e {
@@ -364,19 +370,7 @@ impl Gateway {
         let waits = commands
             .into_iter()
             .map(|command| {
-                let placed = match &command {
-                    Command::PlaceOrder(p) => Some((
-                        p.side,
-                        match p.order_type {
-                            OrderType::Limit { price } => price,
-                            OrderType::Market { protection_price } => protection_price.unwrap_or(Price::ZERO),
-                        },
-                        p.qty,
-                        String::new(),
-                        None,
-                    )),
-                    _ => None,
-                };
+                let placed = placed_by(&command, None);
                 self.enqueue(command, None, placed)
             })
             .collect::<Result<Vec<_>, _>>()?;
