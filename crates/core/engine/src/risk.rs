@@ -364,10 +364,10 @@ impl<M: MarginModel> Engine<M> {
             if !mark.mark.is_positive() || mark.mark > inst.max_price {
                 return Err(RejectCode::InvalidMark);
             }
-            // Bound each scenario P&L by the contract's largest possible value, so sums of
-            // positions times risk arrays cannot overflow.
-            let bound = i64::from(i32::MAX) * 1_000;
-            if mark.risk_array.iter().any(|a| a.0.abs() > bound.max(inst.max_price.0.saturating_mul(4))) {
+            // Bound each scenario P&L (the larger of ~2.1e12 micro-USDC and four times the
+            // contract's maximum price), so sums of positions times risk arrays cannot overflow.
+            let bound = (i64::from(i32::MAX) * 1_000).max(inst.max_price.0.saturating_mul(4));
+            if mark.risk_array.iter().any(|a| a.0.abs() > bound) {
                 return Err(RejectCode::InvalidMark);
             }
         }

@@ -100,6 +100,11 @@ impl Writer {
     pub fn address(&mut self, v: Address) {
         self.bytes.extend_from_slice(&v.0);
     }
+    /// A length-prefixed list of amounts (risk arrays).
+    pub fn amounts(&mut self, v: &[Amount]) {
+        self.len(v.len());
+        v.iter().for_each(|a| self.amount(*a));
+    }
     /// Side.
     pub fn side(&mut self, v: Side) {
         self.u8(v as u8);
@@ -219,6 +224,11 @@ impl<'a> Reader<'a> {
     /// Address.
     pub fn address(&mut self) -> Result<Address, DecodeError> {
         self.take().map(Address)
+    }
+    /// A length-prefixed list of at most `max` amounts.
+    pub fn amounts(&mut self, max: usize) -> Result<Vec<Amount>, DecodeError> {
+        let n = self.len(max)?;
+        (0..n).map(|_| self.amount()).collect()
     }
     /// Side.
     pub fn side(&mut self) -> Result<Side, DecodeError> {

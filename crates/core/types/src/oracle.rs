@@ -125,8 +125,7 @@ impl OracleUpdate {
         for m in &self.marks {
             w.instrument(m.instrument);
             w.price(m.mark);
-            w.len(m.risk_array.len());
-            m.risk_array.iter().for_each(|a| w.amount(*a));
+            w.amounts(&m.risk_array);
         }
         w.bytes
     }
@@ -142,11 +141,7 @@ impl OracleUpdate {
         for _ in 0..n {
             let instrument = r.instrument()?;
             let mark = r.price()?;
-            let k = r.len(max_scenarios)?;
-            let mut risk_array = Vec::with_capacity(k);
-            for _ in 0..k {
-                risk_array.push(r.amount()?);
-            }
+            let risk_array = r.amounts(max_scenarios)?;
             marks.push(MarkUpdate { instrument, mark, risk_array });
         }
         r.finish()?;

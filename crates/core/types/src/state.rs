@@ -205,8 +205,7 @@ impl CanonicalState {
                 Some((mark, risk_array)) => {
                     w.u8(1);
                     w.price(*mark);
-                    w.len(risk_array.len());
-                    risk_array.iter().for_each(|a| w.amount(*a));
+                    w.amounts(risk_array);
                 }
             }
         }
@@ -310,12 +309,7 @@ impl CanonicalState {
                 0 => None,
                 1 => {
                     let mark = r.price()?;
-                    let n = r.len(risk.scenarios as usize)?;
-                    let mut risk_array = Vec::with_capacity(n);
-                    for _ in 0..n {
-                        risk_array.push(r.amount()?);
-                    }
-                    Some((mark, risk_array))
+                    Some((mark, r.amounts(risk.scenarios as usize)?))
                 }
                 tag => return Err(DecodeError::BadTag { what: "option", tag }),
             };

@@ -233,11 +233,11 @@ fn portfolio(g: &Gateway, account: AccountId) -> Value {
         "collaterals": [{"currency": "USDC", "amount": money(balance.0)}],
         "positions_initial_margin": money(-requirement.0.max(0)),
         "open_orders_margin": "0",
-        "positions": positions(g, &node.sequencer, account),
+        "positions": positions(&node.sequencer, account),
     })
 }
 
-fn positions(_g: &Gateway, s: &optio_sequencer::Sequencer, account: AccountId) -> Vec<Value> {
+fn positions(s: &optio_sequencer::Sequencer, account: AccountId) -> Vec<Value> {
     let engine = s.engine();
     engine
         .instruments()
@@ -377,7 +377,7 @@ fn private(g: &Gateway, method: &str, params: &Value, headers: &HeaderMap) -> Re
         "get_positions" => {
             let account = g.owned_by(account_param(params)?, wallet)?;
             let node = g.lock();
-            Ok(json!({"subaccount_id": account.0, "positions": positions(g, &node.sequencer, account)}))
+            Ok(json!({"subaccount_id": account.0, "positions": positions(&node.sequencer, account)}))
         }
         _ => Err(GatewayError::MethodNotFound.into()),
     }

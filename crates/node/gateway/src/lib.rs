@@ -542,8 +542,7 @@ impl Gateway {
     /// expiry, max fee and nonce, then sequence it.
     fn order(&self, params: &Value) -> Result<Value, CallError> {
         let placed = self.place_signed_order(params, None, false)?;
-        let node = self.lock();
-        Ok(views::order_result(&node.sequencer, &placed.name, placed.side, placed.price, placed.amount, &placed.label, &placed.events, placed.receipt, placed.time_ms))
+        Ok(views::order_result(&placed.name, placed.side, placed.price, placed.amount, &placed.label, &placed.events, placed.receipt, placed.time_ms))
     }
 
     /// Verifies and sequences a signed order. `owner` is the wallet the caller authenticated as
@@ -818,8 +817,7 @@ async fn dispatch(g: Arc<Gateway>, headers: HeaderMap, body: Bytes, path_method:
         }
         let reply = match g.place_signed_order_async(&params, None, false).await {
             Ok(placed) => {
-                let node = g.lock();
-                rpc::ok(&id, views::order_result(&node.sequencer, &placed.name, placed.side, placed.price, placed.amount, &placed.label, &placed.events, placed.receipt, placed.time_ms))
+                rpc::ok(&id, views::order_result(&placed.name, placed.side, placed.price, placed.amount, &placed.label, &placed.events, placed.receipt, placed.time_ms))
             }
             Err(e) => rpc::err(&id, &e),
         };

@@ -211,7 +211,7 @@ pub fn subaccount(s: &Sequencer, account: AccountId) -> Value {
 
 /// The result of a placed order: its state and trades, and the receipt.
 #[allow(clippy::too_many_arguments)]
-pub fn order_result(s: &Sequencer, name: &str, side: Side, price: Price, amount: Qty, label: &str, events: &[Event], receipt: Value, time_ms: u64) -> Value {
+pub fn order_result(name: &str, side: Side, price: Price, amount: Qty, label: &str, events: &[Event], receipt: Value, time_ms: u64) -> Value {
     let mut order_id = 0;
     let mut filled = 0i64;
     let mut notional = 0i128;
@@ -237,7 +237,6 @@ pub fn order_result(s: &Sequencer, name: &str, side: Side, price: Price, amount:
         }
     }
     let average = (filled > 0).then(|| money((notional / i128::from(filled)) as i64));
-    let _ = s;
     json!({
         "order": {
             "order_id": order_id.to_string(),
