@@ -25,10 +25,30 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         secret[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
         let key = SecretKey::from_secret_bytes(secret)?;
         let owner = address_of(&secp256k1::PublicKey::from_secret_key(&key));
-        let data = TradeData { asset: [9; 20], sub_id: i as u128, limit_price: 273 * 10i128.pow(18), amount: 10i128.pow(17), max_fee: 10u128.pow(20), recipient_id: 1001, is_bid: i % 2 == 0 };
-        let action = Action { subaccount_id: 1001, nonce: i as u64, module: DERIVE_TRADE_MODULE, data: data.encode(), expiry: 1_900_000_000, owner, signer: owner };
+        let data = TradeData {
+            asset: [9; 20],
+            sub_id: i as u128,
+            limit_price: 273 * 10i128.pow(18),
+            amount: 10i128.pow(17),
+            max_fee: 10u128.pow(20),
+            recipient_id: 1001,
+            is_bid: i % 2 == 0,
+        };
+        let action = Action {
+            subaccount_id: 1001,
+            nonce: i as u64,
+            module: DERIVE_TRADE_MODULE,
+            data: data.encode(),
+            expiry: 1_900_000_000,
+            owner,
+            signer: owner,
+        };
         let digest = action.digest(&domain);
-        let (recid, sig) = secp256k1::ecdsa::RecoverableSignature::sign_ecdsa_recoverable(Message::from_digest(digest), &key).serialize_compact();
+        let (recid, sig) = secp256k1::ecdsa::RecoverableSignature::sign_ecdsa_recoverable(
+            Message::from_digest(digest),
+            &key,
+        )
+        .serialize_compact();
         let mut bytes = sig.to_vec();
         bytes.push(27 + recid.to_u8());
         signed.push((data, action, digest, bytes));
@@ -45,21 +65,34 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     };
     let raw = time(&mut || {
         for (_, _, digest, sig) in &signed {
-            let recid = secp256k1::ecdsa::RecoveryId::try_from(i32::from(sig[64] - 27)).expect("0 or 1");
-            let s = secp256k1::ecdsa::RecoverableSignature::from_compact(&sig[..64], recid).expect("valid");
+            let recid =
+                secp256k1::ecdsa::RecoveryId::try_from(i32::from(sig[64] - 27)).expect("0 or 1");
+            let s = secp256k1::ecdsa::RecoverableSignature::from_compact(&sig[..64], recid)
+                .expect("valid");
             black_box(s.recover(Message::from_digest(*digest)).ok());
         }
     });
     let full = time(&mut || {
         for (data, action, _, sig) in &signed {
-            let a = Action { data: data.encode(), ..action.clone() };
+            let a = Action {
+                data: data.encode(),
+                ..action.clone()
+            };
             let ok = recover(&a.digest(&domain), sig).is_ok_and(|who| who == a.signer);
             black_box(ok);
         }
     });
     println!("signed-order verification, one core, {n} distinct keys:");
     println!("{:<52} {:>14} {:>12}", "path", "orders/s", "vs ceiling");
-    println!("{:<52} {:>14.0} {:>11.2}x", "raw libsecp256k1 recovery (the ceiling)", raw, 1.0);
-    println!("{:<52} {:>14.0} {:>11.2}x", "optio: ABI data + EIP-712 digest + recover + compare", full, full / raw);
+    println!(
+        "{:<52} {:>14.0} {:>11.2}x",
+        "raw libsecp256k1 recovery (the ceiling)", raw, 1.0
+    );
+    println!(
+        "{:<52} {:>14.0} {:>11.2}x",
+        "optio: ABI data + EIP-712 digest + recover + compare",
+        full,
+        full / raw
+    );
     Ok(())
 }

@@ -12,7 +12,10 @@ mod pricing_bench;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "optio-bench", about = "Optio benchmarks, side by side with peers")]
+#[command(
+    name = "optio-bench",
+    about = "Optio benchmarks, side by side with peers"
+)]
 struct Cli {
     #[command(subcommand)]
     bench: Bench,

@@ -16,8 +16,8 @@ use optio_oracle::{OracleSigner, build_update};
 use optio_pricing::risk::default_scenarios;
 use optio_pricing::svi::{Slice, Surface, Svi};
 use optio_types::{
-    AccountId, Amount, Command, EngineLimits, InstrumentId, InstrumentSpec, NewOrder, OrderType, Price, Qty, Quote, SelfTradePrevention, Side,
-    TimeInForce, MONEY_SCALE, QTY_SCALE,
+    AccountId, Amount, Command, EngineLimits, InstrumentId, InstrumentSpec, MONEY_SCALE, NewOrder,
+    OrderType, Price, QTY_SCALE, Qty, Quote, SelfTradePrevention, Side, TimeInForce,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -45,7 +45,9 @@ pub struct DevnetArgs {
     pub no_flow: bool,
 }
 
-const MONTHS: [&str; 12] = ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"];
+const MONTHS: [&str; 12] = [
+    "JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC",
+];
 
 /// Civil date of a day count since 1970-01-01 (H. Hinnant).
 fn civil(days: i64) -> (i64, u32, u32) {
@@ -84,17 +86,39 @@ struct Market {
 }
 
 fn specs(now_ms: u64) -> Vec<InstrumentSpec> {
-    let markets = [Market { underlying: "BTC", spot: 90_000.0, cap: 400_000, strike_step: 5_000.0 }, Market { underlying: "ETH", spot: 3_000.0, cap: 15_000, strike_step: 100.0 }];
+    let markets = [
+        Market {
+            underlying: "BTC",
+            spot: 90_000.0,
+            cap: 400_000,
+            strike_step: 5_000.0,
+        },
+        Market {
+            underlying: "ETH",
+            spot: 3_000.0,
+            cap: 15_000,
+            strike_step: 100.0,
+        },
+    ];
     let mut out = Vec::new();
     for m in &markets {
-        let perp = InstrumentSpec::with_defaults(format!("{}-PERPETUAL", m.underlying).parse().expect("valid"), Price(m.cap * MONEY_SCALE));
+        let perp = InstrumentSpec::with_defaults(
+            format!("{}-PERPETUAL", m.underlying)
+                .parse()
+                .expect("valid"),
+            Price(m.cap * MONEY_SCALE),
+        );
         out.push(perp);
         for date in expiries(now_ms) {
             for k in -3..=3 {
-                let strike = ((m.spot + f64::from(k) * m.strike_step) / m.strike_step).round() * m.strike_step;
+                let strike = ((m.spot + f64::from(k) * m.strike_step) / m.strike_step).round()
+                    * m.strike_step;
                 for right in ["C", "P"] {
                     let name = format!("{}-{date}-{}-{right}", m.underlying, strike as i64);
-                    out.push(InstrumentSpec::with_defaults(name.parse().expect("valid"), Price(m.cap * MONEY_SCALE)));
+                    out.push(InstrumentSpec::with_defaults(
+                        name.parse().expect("valid"),
+                        Price(m.cap * MONEY_SCALE),
+                    ));
                 }
             }
         }
@@ -103,8 +127,29 @@ fn specs(now_ms: u64) -> Vec<InstrumentSpec> {
 }
 
 fn surface(spot: f64) -> Surface {
-    let svi = Svi { a: 0.0008, b: 0.02, rho: -0.25, m: 0.0, sigma: 0.15 };
-    Surface::new(spot, 0.0, vec![Slice { t: 0.02, svi }, Slice { t: 0.2, svi: Svi { a: 0.008, b: 0.06, ..svi } }]).expect("a fixed arbitrage-free surface")
+    let svi = Svi {
+        a: 0.0008,
+        b: 0.02,
+        rho: -0.25,
+        m: 0.0,
+        sigma: 0.15,
+    };
+    Surface::new(
+        spot,
+        0.0,
+        vec![
+            Slice { t: 0.02, svi },
+            Slice {
+                t: 0.2,
+                svi: Svi {
+                    a: 0.008,
+                    b: 0.06,
+                    ..svi
+                },
+            },
+        ],
+    )
+    .expect("a fixed arbitrage-free surface")
 }
 
 fn tick(p: i64, tick: i64) -> i64 {
@@ -113,7 +158,11 @@ fn tick(p: i64, tick: i64) -> i64 {
 
 /// Runs the devnet until Ctrl-C or the duration ends.
 pub fn run(args: DevnetArgs) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("tokio runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
     runtime.block_on(devnet(args))
 }
 
@@ -121,39 +170,78 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
     let temp = tempfile::tempdir().context("temporary data directory")?;
     let dir = args.data.clone().unwrap_or_else(|| temp.path().to_owned());
     let oracle = OracleSigner::from_bytes([0x0c; 32]).context("oracle key")?;
-    let config = Config { oracle_key: Some(oracle.public_key()), ..Config::default() };
-    let gateway = Arc::new(Gateway::open(&dir, [0x5e; 32], EngineLimits::default(), config).context("opening the sequencer")?);
+    let config = Config {
+        oracle_key: Some(oracle.public_key()),
+        ..Config::default()
+    };
+    let gateway = Arc::new(
+        Gateway::open(&dir, [0x5e; 32], EngineLimits::default(), config)
+            .context("opening the sequencer")?,
+    );
     let now = optio_gateway::now_ms();
     let specs = specs(now);
     let fresh = optio_gateway::instrument_of(&gateway, &specs[0].name.to_string()).is_none();
     if fresh {
-        let mut admin: Vec<Command> = specs.iter().map(|spec| Command::ListInstrument { spec: spec.clone() }).collect();
-        admin.extend((0..specs.len() as u32).map(|i| Command::ActivateInstrument { instrument: InstrumentId(i) }));
+        let mut admin: Vec<Command> = specs
+            .iter()
+            .map(|spec| Command::ListInstrument { spec: spec.clone() })
+            .collect();
+        admin.extend(
+            (0..specs.len() as u32).map(|i| Command::ActivateInstrument {
+                instrument: InstrumentId(i),
+            }),
+        );
         gateway.submit_admin(admin).context("listing instruments")?;
     }
-    let ids: Vec<InstrumentId> = specs.iter().filter_map(|s| optio_gateway::instrument_of(&gateway, &s.name.to_string())).collect();
+    let ids: Vec<InstrumentId> = specs
+        .iter()
+        .filter_map(|s| optio_gateway::instrument_of(&gateway, &s.name.to_string()))
+        .collect();
     // Simulated participants: two market makers and a taker, fully collateralized.
-    let makers = [gateway.fund([0xa1; 20], Amount(2_000_000_000 * MONEY_SCALE))?, gateway.fund([0xa2; 20], Amount(2_000_000_000 * MONEY_SCALE))?];
+    let makers = [
+        gateway.fund([0xa1; 20], Amount(2_000_000_000 * MONEY_SCALE))?,
+        gateway.fund([0xa2; 20], Amount(2_000_000_000 * MONEY_SCALE))?,
+    ];
     let taker = gateway.fund([0xb1; 20], Amount(50_000_000 * MONEY_SCALE))?;
     let demo_key = secp256k1::SecretKey::from_secret_bytes([0xde; 32]).context("demo key")?;
     let demo_address = optio_intents::address_of(&secp256k1::PublicKey::from_secret_key(&demo_key));
     let demo = gateway.fund(demo_address, Amount(1_000_000 * MONEY_SCALE))?;
     let mut funded = Vec::new();
     for a in &args.fund {
-        let address = optio_intents::parse_address(a).with_context(|| format!("--fund {a}: not a 0x address"))?;
-        funded.push((a.clone(), gateway.fund(address, Amount(1_000_000 * MONEY_SCALE))?));
+        let address = optio_intents::parse_address(a)
+            .with_context(|| format!("--fund {a}: not a 0x address"))?;
+        funded.push((
+            a.clone(),
+            gateway.fund(address, Amount(1_000_000 * MONEY_SCALE))?,
+        ));
     }
-    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
     println!("optio devnet");
     println!("  JSON-RPC  http://{addr}/api/v2");
     println!("  health    http://{addr}/health    metrics http://{addr}/metrics");
     println!("  data      {}", dir.display());
-    println!("  demo key  0x{}  address 0x{}  subaccount {demo}", demo_key.to_secret_bytes().iter().map(|b| format!("{b:02x}")).collect::<String>(), demo_address.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    println!(
+        "  demo key  0x{}  address 0x{}  subaccount {demo}",
+        demo_key
+            .to_secret_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>(),
+        demo_address
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
     for (a, id) in &funded {
         println!("  funded    {a} subaccount {id}");
     }
-    println!("  instruments: {} (BTC and ETH perpetuals and two weekly option chains)", ids.len());
+    println!(
+        "  instruments: {} (BTC and ETH perpetuals and two weekly option chains)",
+        ids.len()
+    );
     let api = gateway.clone();
     tokio::spawn(async move {
         if let Err(e) = optio_gateway::serve(listener, api).await {
@@ -163,7 +251,9 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
 
     let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
     let mut spots = [90_000.0f64, 3_000.0];
-    let deadline = args.duration_s.map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
+    let deadline = args
+        .duration_s
+        .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
     let mut second = tokio::time::interval(Duration::from_secs(1));
     let mut rounds = 0u64;
     loop {
@@ -182,35 +272,68 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
         let mut commands = Vec::new();
         for (u, underlying) in ["BTC", "ETH"].iter().enumerate() {
             spots[u] *= 1.0 + rng.random_range(-0.002..0.002);
-            let list: Vec<(InstrumentId, &InstrumentSpec)> = ids.iter().zip(&specs).filter(|(_, s)| s.name.underlying == *underlying).map(|(i, s)| (*i, s)).collect();
-            let update = build_update(underlying, &surface(spots[u]), &default_scenarios(), &list, now).context("oracle update")?;
+            let list: Vec<(InstrumentId, &InstrumentSpec)> = ids
+                .iter()
+                .zip(&specs)
+                .filter(|(_, s)| s.name.underlying == *underlying)
+                .map(|(i, s)| (*i, s))
+                .collect();
+            let update = build_update(
+                underlying,
+                &surface(spots[u]),
+                &default_scenarios(),
+                &list,
+                now,
+            )
+            .context("oracle update")?;
             // The gateway sequences oracle updates only with the oracle's signature.
             let signed = oracle.sign(update);
             if let Err(e) = gateway.submit_oracle(&signed) {
                 eprintln!("oracle update refused: {e:?}");
             }
             for (id, spec) in &list {
-                let Some(mark) = signed.update.marks.iter().find(|m| m.instrument == *id).map(|m| m.mark.0) else { continue };
+                let Some(mark) = signed
+                    .update
+                    .marks
+                    .iter()
+                    .find(|m| m.instrument == *id)
+                    .map(|m| m.mark.0)
+                else {
+                    continue;
+                };
                 let t = spec.tick_size.0;
                 for (n, maker) in makers.iter().enumerate() {
                     let width = 150 + 100 * n as i64;
                     let bid = tick(mark * (10_000 - width) / 10_000, t);
                     let ask = tick(mark * (10_000 + width) / 10_000 + t, t).max(bid + t);
                     let size = Qty(QTY_SCALE / if spec.name.underlying == "BTC" { 10 } else { 1 });
-                    commands.push(Command::MassQuote { account: AccountId(*maker as u32), quotes: vec![Quote { instrument: *id, bid: Some((Price(bid), size)), ask: Some((Price(ask), size)) }] });
+                    commands.push(Command::MassQuote {
+                        account: AccountId(*maker as u32),
+                        quotes: vec![Quote {
+                            instrument: *id,
+                            bid: Some((Price(bid), size)),
+                            ask: Some((Price(ask), size)),
+                        }],
+                    });
                 }
             }
         }
         if rounds.is_multiple_of(2) {
             let pick = rng.random_range(0..ids.len());
-            let side = if rng.random_bool(0.5) { Side::Buy } else { Side::Sell };
+            let side = if rng.random_bool(0.5) {
+                Side::Buy
+            } else {
+                Side::Sell
+            };
             let step = specs[pick].amount_step;
             commands.push(Command::PlaceOrder(NewOrder {
                 account: AccountId(taker as u32),
                 instrument: ids[pick],
                 side,
                 qty: Qty(step.0 * rng.random_range(1..=5)),
-                order_type: OrderType::Market { protection_price: None },
+                order_type: OrderType::Market {
+                    protection_price: None,
+                },
                 time_in_force: TimeInForce::ImmediateOrCancel,
                 post_only: false,
                 reduce_only: false,
@@ -218,10 +341,18 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
                 client_order_id: 0,
             }));
         }
-        let results = gateway.submit_admin(commands).context("sequencing the simulated flow")?;
+        let results = gateway
+            .submit_admin(commands)
+            .context("sequencing the simulated flow")?;
         let refused = results.iter().filter(|r| r.is_err()).count();
         if rounds % 10 == 1 {
-            println!("[{rounds:>4}s] BTC {:.2} ETH {:.2}  inputs {} ({} refused)", spots[0], spots[1], results.len(), refused);
+            println!(
+                "[{rounds:>4}s] BTC {:.2} ETH {:.2}  inputs {} ({} refused)",
+                spots[0],
+                spots[1],
+                results.len(),
+                refused
+            );
         }
     }
     println!("devnet stopped after {rounds} s");

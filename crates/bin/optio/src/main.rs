@@ -8,12 +8,17 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use optio_engine::Engine;
 use optio_types::{
-    AccountId, Address, Amount, Command, EngineLimits, Event, Input, InstrumentId, InstrumentSpec, NewOrder, OrderType, Price, Qty,
-    Quote, SelfTradePrevention, Side, TimeInForce, WorstCaseMargin, MONEY_SCALE,
+    AccountId, Address, Amount, Command, EngineLimits, Event, Input, InstrumentId, InstrumentSpec,
+    MONEY_SCALE, NewOrder, OrderType, Price, Qty, Quote, SelfTradePrevention, Side, TimeInForce,
+    WorstCaseMargin,
 };
 
 #[derive(Parser)]
-#[command(name = "optio", version, about = "Optio: a crypto-options exchange with an Ethereum-verifiable ledger")]
+#[command(
+    name = "optio",
+    version,
+    about = "Optio: a crypto-options exchange with an Ethereum-verifiable ledger"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -61,7 +66,10 @@ fn contracts(text: &str) -> Qty {
 impl Demo {
     fn submit(&mut self, what: &str, command: Command) -> Result<()> {
         self.events.clear();
-        let input = Input { time_ms: self.time_ms, command };
+        let input = Input {
+            time_ms: self.time_ms,
+            command,
+        };
         let result = self.engine.apply(&input, &mut self.events);
         println!("> {what}");
         for event in &self.events {
@@ -83,48 +91,138 @@ impl Demo {
         Some(match event {
             Event::Rejected { code } => format!("REJECTED {code}"),
             Event::InstrumentListed { instrument } => format!("listed {}", self.name(*instrument)),
-            Event::InstrumentActivated { instrument } => format!("trading opens in {}", self.name(*instrument)),
-            Event::InstrumentExpired { instrument } => format!("{} expired: trading stopped", self.name(*instrument)),
-            Event::InstrumentSettled { instrument, settlement_price, insurance_credit } => {
-                format!("{} settled at index {settlement_price} (rounding to insurance: {insurance_credit})", self.name(*instrument))
+            Event::InstrumentActivated { instrument } => {
+                format!("trading opens in {}", self.name(*instrument))
             }
-            Event::PositionSettled { account, qty, cash, .. } => format!("account {account}: position {qty} settled for {cash} USDC"),
-            Event::AccountOpened { account, owner } => format!("account {account} opened for {owner}"),
-            Event::BalanceChanged { account, amount, balance } => format!("account {account}: {amount} USDC, balance {balance}"),
+            Event::InstrumentExpired { instrument } => {
+                format!("{} expired: trading stopped", self.name(*instrument))
+            }
+            Event::InstrumentSettled {
+                instrument,
+                settlement_price,
+                insurance_credit,
+            } => {
+                format!(
+                    "{} settled at index {settlement_price} (rounding to insurance: {insurance_credit})",
+                    self.name(*instrument)
+                )
+            }
+            Event::PositionSettled {
+                account, qty, cash, ..
+            } => format!("account {account}: position {qty} settled for {cash} USDC"),
+            Event::AccountOpened { account, owner } => {
+                format!("account {account} opened for {owner}")
+            }
+            Event::BalanceChanged {
+                account,
+                amount,
+                balance,
+            } => format!("account {account}: {amount} USDC, balance {balance}"),
             Event::OrderAccepted { .. } => return None,
-            Event::OrderRested { order, price, remaining } => format!("order {order} rests: {remaining} @ {price}"),
-            Event::OrderAmended { order, price, remaining, kept_priority } => {
-                format!("order {order} amended to {remaining} @ {price} (priority kept: {kept_priority})")
+            Event::OrderRested {
+                order,
+                price,
+                remaining,
+            } => format!("order {order} rests: {remaining} @ {price}"),
+            Event::OrderAmended {
+                order,
+                price,
+                remaining,
+                kept_priority,
+            } => {
+                format!(
+                    "order {order} amended to {remaining} @ {price} (priority kept: {kept_priority})"
+                )
             }
-            Event::Fill { instrument, maker_account, taker_account, taker_side, price, qty, maker_fee, taker_fee, .. } => format!(
+            Event::Fill {
+                instrument,
+                maker_account,
+                taker_account,
+                taker_side,
+                price,
+                qty,
+                maker_fee,
+                taker_fee,
+                ..
+            } => format!(
                 "TRADE {} {qty} @ {price}: taker {taker_account} {} (fee {taker_fee}), maker {maker_account} (fee {maker_fee})",
                 self.name(*instrument),
-                if *taker_side == Side::Buy { "buys" } else { "sells" },
+                if *taker_side == Side::Buy {
+                    "buys"
+                } else {
+                    "sells"
+                },
             ),
-            Event::OrderDone { order, reason, unfilled, .. } => format!("order {order} done: {reason:?}, unfilled {unfilled}"),
-            Event::OracleAccepted { underlying, index_price } => format!("oracle: {underlying} index {index_price}"),
-            Event::OracleHeld { underlying, index_price } => format!("oracle: {underlying} jump to {index_price} HELD until confirmed"),
-            Event::MarginModeChanged { account, mode } => format!("account {account} now margined {mode:?}"),
-            Event::LiquidationStarted { account } => format!("account {account} below maintenance: LIQUIDATION started"),
-            Event::LiquidationTransfer { account, counterparty, qty, price, fee, deleverage, .. } => {
-                format!("liquidation of {account}: {qty} to {counterparty} @ {price} (fee {fee}, deleverage: {deleverage})")
+            Event::OrderDone {
+                order,
+                reason,
+                unfilled,
+                ..
+            } => format!("order {order} done: {reason:?}, unfilled {unfilled}"),
+            Event::OracleAccepted {
+                underlying,
+                index_price,
+            } => format!("oracle: {underlying} index {index_price}"),
+            Event::OracleHeld {
+                underlying,
+                index_price,
+            } => format!("oracle: {underlying} jump to {index_price} HELD until confirmed"),
+            Event::MarginModeChanged { account, mode } => {
+                format!("account {account} now margined {mode:?}")
             }
-            Event::DeficitCovered { account, insurance, fee_pool, socialized, unresolved } => {
-                format!("deficit of {account} covered: insurance {insurance}, fee pool {fee_pool}, socialized {socialized}, unresolved {unresolved}")
+            Event::LiquidationStarted { account } => {
+                format!("account {account} below maintenance: LIQUIDATION started")
+            }
+            Event::LiquidationTransfer {
+                account,
+                counterparty,
+                qty,
+                price,
+                fee,
+                deleverage,
+                ..
+            } => {
+                format!(
+                    "liquidation of {account}: {qty} to {counterparty} @ {price} (fee {fee}, deleverage: {deleverage})"
+                )
+            }
+            Event::DeficitCovered {
+                account,
+                insurance,
+                fee_pool,
+                socialized,
+                unresolved,
+            } => {
+                format!(
+                    "deficit of {account} covered: insurance {insurance}, fee pool {fee_pool}, socialized {socialized}, unresolved {unresolved}"
+                )
             }
             Event::LiquidationEnded { account } => format!("account {account} liquidation ended"),
-            Event::SessionKeyChanged { account, key, expiry_ms } => format!("account {account}: session key {key} valid until {expiry_ms}"),
+            Event::SessionKeyChanged {
+                account,
+                key,
+                expiry_ms,
+            } => format!("account {account}: session key {key} valid until {expiry_ms}"),
         })
     }
 
     fn account_line(&self, account: u32, label: &str) {
         if let Some((balance, requirement, free)) = self.engine.collateral(AccountId(account)) {
-            println!("    {label:<14} balance {balance:>12}  margin {requirement:>12}  free {free:>12}");
+            println!(
+                "    {label:<14} balance {balance:>12}  margin {requirement:>12}  free {free:>12}"
+            );
         }
     }
 }
 
-fn order(account: u32, instrument: u32, side: Side, qty: &str, order_type: OrderType, tif: TimeInForce) -> Command {
+fn order(
+    account: u32,
+    instrument: u32,
+    side: Side,
+    qty: &str,
+    order_type: OrderType,
+    tif: TimeInForce,
+) -> Command {
     Command::PlaceOrder(NewOrder {
         account: AccountId(account),
         instrument: InstrumentId(instrument),
@@ -142,62 +240,179 @@ fn order(account: u32, instrument: u32, side: Side, qty: &str, order_type: Order
 fn demo() -> Result<()> {
     // 2024-12-26T12:00:00Z; the 27DEC24 options expire 20 hours later.
     let start = 1_735_214_400_000;
-    let mut d = Demo { engine: Engine::new(EngineLimits::default()), names: Vec::new(), time_ms: start, events: Vec::new() };
+    let mut d = Demo {
+        engine: Engine::new(EngineLimits::default()),
+        names: Vec::new(),
+        time_ms: start,
+        events: Vec::new(),
+    };
     println!("Optio demo: the deterministic exchange core, one input at a time.\n");
 
-    let chain = ["BTC-27DEC24-90000-C", "BTC-27DEC24-100000-C", "BTC-27DEC24-90000-P", "BTC-PERPETUAL"];
+    let chain = [
+        "BTC-27DEC24-90000-C",
+        "BTC-27DEC24-100000-C",
+        "BTC-27DEC24-90000-P",
+        "BTC-PERPETUAL",
+    ];
     for name in chain {
-        let spec = InstrumentSpec::with_defaults(name.parse().context("demo instrument name")?, px("250000"));
+        let spec = InstrumentSpec::with_defaults(
+            name.parse().context("demo instrument name")?,
+            px("250000"),
+        );
         d.names.push(name.to_owned());
         d.submit(&format!("list {name}"), Command::ListInstrument { spec })?;
     }
     for i in 0..chain.len() as u32 {
-        d.submit("activate", Command::ActivateInstrument { instrument: InstrumentId(i) })?;
+        d.submit(
+            "activate",
+            Command::ActivateInstrument {
+                instrument: InstrumentId(i),
+            },
+        )?;
     }
     let (maker, alice, bob) = (0, 1, 2);
     for (who, owner) in [("market maker", 0xaa), ("alice", 0xa1), ("bob", 0xb0)] {
-        d.submit(&format!("open an account for {who}"), Command::OpenAccount { owner: Address([owner; 20]) })?;
+        d.submit(
+            &format!("open an account for {who}"),
+            Command::OpenAccount {
+                owner: Address([owner; 20]),
+            },
+        )?;
     }
     for (account, deposit) in [(maker, 5_000_000), (alice, 200_000), (bob, 10_000)] {
-        d.submit(&format!("deposit {deposit} USDC"), Command::Deposit { account: AccountId(account), amount: usd(deposit) })?;
+        d.submit(
+            &format!("deposit {deposit} USDC"),
+            Command::Deposit {
+                account: AccountId(account),
+                amount: usd(deposit),
+            },
+        )?;
     }
 
     println!("\nThe market maker quotes the chain in one atomic mass quote:");
-    let quote = |i: u32, bid: &str, ask: &str, size: &str| Quote { instrument: InstrumentId(i), bid: Some((px(bid), contracts(size))), ask: Some((px(ask), contracts(size))) };
+    let quote = |i: u32, bid: &str, ask: &str, size: &str| Quote {
+        instrument: InstrumentId(i),
+        bid: Some((px(bid), contracts(size))),
+        ask: Some((px(ask), contracts(size))),
+    };
     d.submit(
         "mass quote",
         Command::MassQuote {
             account: AccountId(maker),
-            quotes: vec![quote(0, "2150", "2250", "5"), quote(1, "600", "660", "5"), quote(2, "1800", "1900", "5"), quote(3, "95000", "95010", "2")],
+            quotes: vec![
+                quote(0, "2150", "2250", "5"),
+                quote(1, "600", "660", "5"),
+                quote(2, "1800", "1900", "5"),
+                quote(3, "95000", "95010", "2"),
+            ],
         },
     )?;
 
     println!("\nAlice buys calls with a market order (protection band 5%):");
     d.submit(
         "alice: market buy 2 BTC-27DEC24-90000-C",
-        order(alice, 0, Side::Buy, "2", OrderType::Market { protection_price: None }, TimeInForce::ImmediateOrCancel),
+        order(
+            alice,
+            0,
+            Side::Buy,
+            "2",
+            OrderType::Market {
+                protection_price: None,
+            },
+            TimeInForce::ImmediateOrCancel,
+        ),
     )?;
-    println!("\nBob wants to sell a naked call but cannot cover its worst case (cap 250,000 - strike):");
-    d.submit("bob: sell 1 BTC-27DEC24-100000-C @ 640", order(bob, 1, Side::Sell, "1", OrderType::Limit { price: px("640") }, TimeInForce::GoodTillCancelled))?;
+    println!(
+        "\nBob wants to sell a naked call but cannot cover its worst case (cap 250,000 - strike):"
+    );
+    d.submit(
+        "bob: sell 1 BTC-27DEC24-100000-C @ 640",
+        order(
+            bob,
+            1,
+            Side::Sell,
+            "1",
+            OrderType::Limit { price: px("640") },
+            TimeInForce::GoodTillCancelled,
+        ),
+    )?;
     println!("\nBob buys puts instead: one order lifts the quote, the other rests below it:");
-    d.submit("bob: buy 0.5 BTC-27DEC24-90000-P @ 1900", order(bob, 2, Side::Buy, "0.5", OrderType::Limit { price: px("1900") }, TimeInForce::GoodTillCancelled))?;
-    d.submit("bob: buy 0.5 BTC-27DEC24-90000-P @ 1850", order(bob, 2, Side::Buy, "0.5", OrderType::Limit { price: px("1850") }, TimeInForce::GoodTillCancelled))?;
-    println!("\nThe market maker's hedge would trade against its own ask: self-trade prevention cancels it:");
-    d.submit("maker: buy 1 BTC-PERPETUAL IOC @ 95010", order(maker, 3, Side::Buy, "1", OrderType::Limit { price: px("95010") }, TimeInForce::ImmediateOrCancel))?;
+    d.submit(
+        "bob: buy 0.5 BTC-27DEC24-90000-P @ 1900",
+        order(
+            bob,
+            2,
+            Side::Buy,
+            "0.5",
+            OrderType::Limit { price: px("1900") },
+            TimeInForce::GoodTillCancelled,
+        ),
+    )?;
+    d.submit(
+        "bob: buy 0.5 BTC-27DEC24-90000-P @ 1850",
+        order(
+            bob,
+            2,
+            Side::Buy,
+            "0.5",
+            OrderType::Limit { price: px("1850") },
+            TimeInForce::GoodTillCancelled,
+        ),
+    )?;
+    println!(
+        "\nThe market maker's hedge would trade against its own ask: self-trade prevention cancels it:"
+    );
+    d.submit(
+        "maker: buy 1 BTC-PERPETUAL IOC @ 95010",
+        order(
+            maker,
+            3,
+            Side::Buy,
+            "1",
+            OrderType::Limit { price: px("95010") },
+            TimeInForce::ImmediateOrCancel,
+        ),
+    )?;
     println!("\nAlice buys the perpetual (fully funded under the conservative margin model):");
-    d.submit("alice: buy 0.5 BTC-PERPETUAL IOC @ 95010", order(alice, 3, Side::Buy, "0.5", OrderType::Limit { price: px("95010") }, TimeInForce::ImmediateOrCancel))?;
+    d.submit(
+        "alice: buy 0.5 BTC-PERPETUAL IOC @ 95010",
+        order(
+            alice,
+            3,
+            Side::Buy,
+            "0.5",
+            OrderType::Limit { price: px("95010") },
+            TimeInForce::ImmediateOrCancel,
+        ),
+    )?;
 
-    println!("\nCollateral (margin = worst case over index prices 0..250,000, open orders included):");
+    println!(
+        "\nCollateral (margin = worst case over index prices 0..250,000, open orders included):"
+    );
     for (account, label) in [(maker, "market maker"), (alice, "alice"), (bob, "bob")] {
         d.account_line(account, label);
     }
 
-    println!("\nTime passes to 08:00 UTC on 27 Dec: the options expire, their books are cancelled.");
+    println!(
+        "\nTime passes to 08:00 UTC on 27 Dec: the options expire, their books are cancelled."
+    );
     d.time_ms = start + 20 * 3_600_000;
-    d.submit("(clock)", Command::CancelAll { account: AccountId(alice), instrument: None })?;
+    d.submit(
+        "(clock)",
+        Command::CancelAll {
+            account: AccountId(alice),
+            instrument: None,
+        },
+    )?;
     println!("\nThe oracle's 30-minute TWAP is 97,500: settle every expired option.");
     for i in 0..3 {
-        d.submit(&format!("settle {}", d.names[i as usize]), Command::SettleInstrument { instrument: InstrumentId(i), settlement_price: px("97500") })?;
+        d.submit(
+            &format!("settle {}", d.names[i as usize]),
+            Command::SettleInstrument {
+                instrument: InstrumentId(i),
+                settlement_price: px("97500"),
+            },
+        )?;
     }
     println!("\nCollateral after settlement:");
     for (account, label) in [(maker, "market maker"), (alice, "alice"), (bob, "bob")] {
@@ -208,13 +423,24 @@ fn demo() -> Result<()> {
 
     d.engine.check_invariants().context("full audit")?;
     let snapshot = d.engine.snapshot();
-    let restored = Engine::restore_bytes(&snapshot, WorstCaseMargin).context("restore from snapshot")?;
+    let restored =
+        Engine::restore_bytes(&snapshot, WorstCaseMargin).context("restore from snapshot")?;
     if restored.state_hash() != d.engine.state_hash() {
         bail!("restored state differs from the original");
     }
-    let hash: String = d.engine.state_hash().iter().map(|b| format!("{b:02x}")).collect();
-    println!("\nFull invariant audit passed. Snapshot: {} bytes; restored state hash equals the live one:", snapshot.len());
+    let hash: String = d
+        .engine
+        .state_hash()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    println!(
+        "\nFull invariant audit passed. Snapshot: {} bytes; restored state hash equals the live one:",
+        snapshot.len()
+    );
     println!("    {hash}");
-    println!("\nThe same inputs always give this hash: the core is a pure function of its input log.");
+    println!(
+        "\nThe same inputs always give this hash: the core is a pure function of its input log."
+    );
     Ok(())
 }

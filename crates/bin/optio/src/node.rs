@@ -72,25 +72,47 @@ struct InstrumentEntry {
 }
 
 fn hex32(text: &str, what: &str) -> Result<[u8; 32]> {
-    optio_intents::parse_hex(text).and_then(|b| b.try_into().ok()).with_context(|| format!("{what} must be 32 bytes of 0x hex"))
+    optio_intents::parse_hex(text)
+        .and_then(|b| b.try_into().ok())
+        .with_context(|| format!("{what} must be 32 bytes of 0x hex"))
 }
 
 /// Runs the node until Ctrl-C (or the duration ends).
 pub fn run(args: NodeArgs) -> Result<()> {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into())).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
     let file: FileConfig = match &args.config {
-        Some(path) => toml::from_str(&std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?).with_context(|| format!("parsing {}", path.display()))?,
+        Some(path) => toml::from_str(
+            &std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?,
+        )
+        .with_context(|| format!("parsing {}", path.display()))?,
         None => FileConfig::default(),
     };
-    let listen = args.listen.or(file.listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
-    let data = args.data.clone().or(file.data.clone()).context("a data directory is required (--data, OPTIO_DATA or `data` in the file)")?;
-    let key = args.sequencer_key.clone().or(file.sequencer_key.clone()).context("a sequencer key is required (OPTIO_SEQUENCER_KEY)")?;
+    let listen = args
+        .listen
+        .or(file.listen)
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+    let data = args
+        .data
+        .clone()
+        .or(file.data.clone())
+        .context("a data directory is required (--data, OPTIO_DATA or `data` in the file)")?;
+    let key = args
+        .sequencer_key
+        .clone()
+        .or(file.sequencer_key.clone())
+        .context("a sequencer key is required (OPTIO_SEQUENCER_KEY)")?;
     let mut config = Config::default();
     if let Some(id) = file.chain_id {
         config.chain_id = id;
     }
     if let Some(c) = &file.verifying_contract {
-        config.verifying_contract = optio_intents::parse_address(c).context("verifying_contract must be a 0x address")?;
+        config.verifying_contract =
+            optio_intents::parse_address(c).context("verifying_contract must be a 0x address")?;
     }
     config.compat_domain = match file.compat_domain.as_deref().unwrap_or("mainnet") {
         "off" => None,
@@ -100,7 +122,10 @@ pub fn run(args: NodeArgs) -> Result<()> {
     };
     if let Some(k) = &file.oracle_public_key {
         let bytes = optio_intents::parse_hex(k).context("oracle_public_key must be hex")?;
-        config.oracle_key = Some(secp256k1::PublicKey::from_slice(&bytes).context("oracle_public_key is not a secp256k1 public key")?);
+        config.oracle_key = Some(
+            secp256k1::PublicKey::from_slice(&bytes)
+                .context("oracle_public_key is not a secp256k1 public key")?,
+        );
     }
     if let Some(r) = file.ip_requests_per_second {
         config.ip_requests_per_second = r;
@@ -112,24 +137,54 @@ pub fn run(args: NodeArgs) -> Result<()> {
         .instrument
         .iter()
         .map(|i| {
-            let name = i.name.parse().with_context(|| format!("instrument {}", i.name))?;
-            let cap: Price = i.underlying_cap.parse().with_context(|| format!("underlying_cap of {}", i.name))?;
+            let name = i
+                .name
+                .parse()
+                .with_context(|| format!("instrument {}", i.name))?;
+            let cap: Price = i
+                .underlying_cap
+                .parse()
+                .with_context(|| format!("underlying_cap of {}", i.name))?;
             let spec = InstrumentSpec::with_defaults(name, cap);
-            spec.validate().map_err(|e| anyhow::anyhow!("instrument {}: {e}", i.name))?;
+            spec.validate()
+                .map_err(|e| anyhow::anyhow!("instrument {}: {e}", i.name))?;
             Ok(spec)
         })
         .collect::<Result<Vec<_>>>()?;
-    let gateway = Arc::new(Gateway::open(&data, hex32(&key, "sequencer_key")?, EngineLimits::default(), config).context("opening the sequencer")?);
-    let fresh = specs.first().is_some_and(|s| optio_gateway::instrument_of(&gateway, &s.name.to_string()).is_none());
+    let gateway = Arc::new(
+        Gateway::open(
+            &data,
+            hex32(&key, "sequencer_key")?,
+            EngineLimits::default(),
+            config,
+        )
+        .context("opening the sequencer")?,
+    );
+    let fresh = specs
+        .first()
+        .is_some_and(|s| optio_gateway::instrument_of(&gateway, &s.name.to_string()).is_none());
     if fresh {
-        let mut admin: Vec<Command> = specs.iter().map(|spec| Command::ListInstrument { spec: spec.clone() }).collect();
-        admin.extend((0..specs.len() as u32).map(|i| Command::ActivateInstrument { instrument: InstrumentId(i) }));
+        let mut admin: Vec<Command> = specs
+            .iter()
+            .map(|spec| Command::ListInstrument { spec: spec.clone() })
+            .collect();
+        admin.extend(
+            (0..specs.len() as u32).map(|i| Command::ActivateInstrument {
+                instrument: InstrumentId(i),
+            }),
+        );
         gateway.submit_admin(admin).context("listing instruments")?;
         tracing::info!(count = specs.len(), "listed configured instruments");
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("tokio runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding {listen}"))?;
         let addr = listener.local_addr()?;
         tracing::info!(%addr, data = %data.display(), "optio node serving");
         println!("optio node on http://{addr}/api/v2");

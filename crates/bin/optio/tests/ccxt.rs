@@ -34,9 +34,17 @@ fn ccxt_derive_trades_on_the_devnet() {
     std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
     // Let the market makers quote for a moment.
     std::thread::sleep(std::time::Duration::from_secs(2));
-    let out = Command::new("python3").arg(root.join("tools/ccxt/flow.py")).args([&url, &key, &address]).output().expect("python3 runs");
+    let out = Command::new("python3")
+        .arg(root.join("tools/ccxt/flow.py"))
+        .args([&url, &key, &address])
+        .output()
+        .expect("python3 runs");
     node.kill().expect("stop the devnet");
     let _ = node.wait();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && stdout.contains("ccxt flow ok"), "ccxt flow failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success() && stdout.contains("ccxt flow ok"),
+        "ccxt flow failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

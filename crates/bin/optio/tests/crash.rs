@@ -17,7 +17,6 @@ use serde_json::Value;
 mod common;
 use common::{get, post};
 
-
 /// Starts the node on `dir`; returns it, its address and the demo subaccount.
 fn start(dir: &Path) -> (Child, String, u64) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_optio"))
@@ -33,7 +32,11 @@ fn start(dir: &Path) -> (Child, String, u64) {
             url = u.trim_end_matches("/api/v2").to_owned();
         }
         if line.contains("demo key") {
-            subaccount = line.rsplit(' ').next().and_then(|s| s.parse().ok()).expect("demo subaccount");
+            subaccount = line
+                .rsplit(' ')
+                .next()
+                .and_then(|s| s.parse().ok())
+                .expect("demo subaccount");
         }
         if line.contains("instruments:") {
             break;
@@ -48,19 +51,27 @@ fn kill_9_during_bursts_loses_no_acknowledged_intent() {
     let dir = tempfile::tempdir().expect("temp dir");
     let key = secp256k1::SecretKey::from_secret_bytes([0xde; 32]).expect("demo key");
     let config = optio_gateway::Config::default();
-    let acked: Arc<Mutex<Vec<(u64, String, Value)>>> = Arc::default();
+    // (seq, intent hash, request, receipt) of every acknowledged order.
+    type Acked = Vec<(u64, String, Value, Value)>;
+    let acked: Arc<Mutex<Acked>> = Arc::default();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
     let mut nonce = 1u64;
     for round in 0..6 {
         let (mut child, url, subaccount) = start(dir.path());
         let instruments = post(&url, r#"{"jsonrpc":"2.0","id":1,"method":"public/get_instruments","params":{"currency":"BTC","kind":"future"}}"#).expect("instruments");
-        let perp = instruments["result"][0]["instrument_id"].as_u64().expect("perp id") as u32;
+        let perp = instruments["result"][0]["instrument_id"]
+            .as_u64()
+            .expect("perp id") as u32;
         let sender = {
             let (acked, url) = (acked.clone(), url.clone());
             let start_nonce = nonce;
             std::thread::spawn(move || {
                 for i in 0..400u64 {
-                    let (direction, price) = if i % 2 == 0 { ("buy", format!("{}", 80_000 + i)) } else { ("sell", format!("{}", 100_000 + i)) };
+                    let (direction, price) = if i % 2 == 0 {
+                        ("buy", format!("{}", 80_000 + i))
+                    } else {
+                        ("sell", format!("{}", 100_000 + i))
+                    };
                     let request = OrderRequest {
                         subaccount,
                         instrument_id: perp,
@@ -73,13 +84,28 @@ fn kill_9_during_bursts_loses_no_acknowledged_intent() {
                         expiry: optio_gateway::now_ms() / 1_000 + 3_600,
                         time_in_force: "gtc",
                     };
-                    let params = order_params(&key, config.chain_id, config.verifying_contract, &request).expect("signs");
+                    let params =
+                        order_params(&key, config.chain_id, config.verifying_contract, &request)
+                            .expect("signs");
                     let body = serde_json::json!({"jsonrpc": "2.0", "id": i, "method": "private/order", "params": params}).to_string();
-                    let Some(reply) = post(&url, &body) else { break };
+                    let Some(reply) = post(&url, &body) else {
+                        break;
+                    };
                     let receipt = reply["result"]["receipt"].clone();
-                    let receipt = if receipt.is_null() { reply["error"]["data"].clone() } else { receipt };
-                    if let (Some(seq), Some(hash)) = (receipt["seq"].as_u64(), receipt["intent_hash"].as_str()) {
-                        acked.lock().expect("lock").push((seq, hash.to_owned(), body.parse().expect("json")));
+                    let receipt = if receipt.is_null() {
+                        reply["error"]["data"].clone()
+                    } else {
+                        receipt
+                    };
+                    if let (Some(seq), Some(hash)) =
+                        (receipt["seq"].as_u64(), receipt["intent_hash"].as_str())
+                    {
+                        acked.lock().expect("lock").push((
+                            seq,
+                            hash.to_owned(),
+                            body.parse().expect("json"),
+                            receipt.clone(),
+                        ));
                     }
                 }
             })
@@ -89,18 +115,24 @@ fn kill_9_during_bursts_loses_no_acknowledged_intent() {
         child.kill().expect("kill -9");
         child.wait().expect("reaped");
         sender.join().expect("sender stops when the node dies");
-        assert!(!acked.lock().expect("lock").is_empty() || round > 0, "the burst got acknowledgements before the kill");
+        assert!(
+            !acked.lock().expect("lock").is_empty() || round > 0,
+            "the burst got acknowledgements before the kill"
+        );
     }
     let acked = acked.lock().expect("lock").clone();
     assert!(acked.len() > 50, "only {} acknowledgements", acked.len());
     // Restart once more: replayed acknowledged orders are refused, the state matches the log.
     let (mut child, url, _) = start(dir.path());
-    for (_, _, body) in acked.iter().step_by(97) {
+    for (_, _, body, _) in acked.iter().step_by(97) {
         let reply = post(&url, &body.to_string()).expect("reply");
-        assert_eq!(reply["error"]["code"], 6_003, "a replayed acknowledged order must be refused: {reply}");
+        assert_eq!(
+            reply["error"]["code"], 6_003,
+            "a replayed acknowledged order must be refused: {reply}"
+        );
     }
     // Intent statuses were rebuilt from the log: each acknowledged intent is known, at its seq.
-    for (seq, hash, _) in acked.iter().step_by(53) {
+    for (seq, hash, _, _) in acked.iter().step_by(53) {
         let status = post(&url, &format!(r#"{{"jsonrpc":"2.0","id":1,"method":"public/get_intent_status","params":{{"intent_hash":"{hash}"}}}}"#)).expect("reply");
         assert_eq!(status["result"]["seq"].as_u64(), Some(*seq), "{status}");
     }
@@ -114,14 +146,44 @@ fn kill_9_during_bursts_loses_no_acknowledged_intent() {
         let _ = engine.apply(input, &mut events);
         events.clear();
         let intent = intent.as_deref().and_then(optio_sequencer::Intent::decode);
-        let hash: String = optio_sequencer::intent_hash(input, intent.as_ref()).iter().map(|b| format!("{b:02x}")).collect();
-        if let Some((_, want, _)) = acked.iter().find(|(s, _, _)| s == seq) {
-            assert_eq!(&format!("0x{hash}"), want, "acknowledged intent at seq {seq} differs in the log");
+        let hash: String = optio_sequencer::intent_hash(input, intent.as_ref())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        if let Some((_, want, _, _)) = acked.iter().find(|(s, _, _, _)| s == seq) {
+            assert_eq!(
+                &format!("0x{hash}"),
+                want,
+                "acknowledged intent at seq {seq} differs in the log"
+            );
         }
     }
-    for (seq, _, _) in &acked {
-        assert!(*seq <= records.len() as u64, "acknowledged seq {seq} missing from a log of {}", records.len());
+    // Every acknowledgement carries a receipt sealed by the sequencer's key (the same across
+    // restarts).
+    let key = health["sequencer_public_key"].as_str().and_then(|k| {
+        let bytes: Option<Vec<u8>> = (2..k.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(k.get(i..i + 2)?, 16).ok())
+            .collect();
+        secp256k1::PublicKey::from_slice(&bytes?).ok()
+    });
+    let key = key.expect("health publishes the sequencer key");
+    for (seq, _, _, receipt) in &acked {
+        let parsed = optio_gateway::client::parse_receipt(receipt)
+            .unwrap_or_else(|| panic!("malformed receipt {receipt}"));
+        assert!(parsed.verify(&key), "receipt for seq {seq} does not verify");
     }
-    let replayed: String = engine.state_hash().iter().map(|b| format!("{b:02x}")).collect();
+    for (seq, _, _, _) in &acked {
+        assert!(
+            *seq <= records.len() as u64,
+            "acknowledged seq {seq} missing from a log of {}",
+            records.len()
+        );
+    }
+    let replayed: String = engine
+        .state_hash()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     assert_eq!(health["state_hash"].as_str(), Some(replayed.as_str()));
 }

@@ -13,12 +13,28 @@ fn post(addr: &str, body: &str) -> serde_json::Value {
 #[test]
 fn devnet_serves_a_live_market_and_stops_by_itself() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_optio"))
-        .args(["devnet", "--listen", "127.0.0.1:0", "--duration-s", "6", "--fund", "0x1111111111111111111111111111111111111111"])
+        .args([
+            "devnet",
+            "--listen",
+            "127.0.0.1:0",
+            "--duration-s",
+            "6",
+            "--fund",
+            "0x1111111111111111111111111111111111111111",
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .expect("starts");
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let url = lines.by_ref().map_while(Result::ok).find_map(|l| l.trim().strip_prefix("JSON-RPC  http://").map(|u| u.trim_end_matches("/api/v2").to_owned())).expect("prints the API URL");
+    let url = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("JSON-RPC  http://")
+                .map(|u| u.trim_end_matches("/api/v2").to_owned())
+        })
+        .expect("prints the API URL");
     let mut seen_funded = false;
     for line in lines.by_ref().map_while(Result::ok) {
         if line.contains("funded    0x1111111111111111111111111111111111111111") {
@@ -30,15 +46,39 @@ fn devnet_serves_a_live_market_and_stops_by_itself() {
     }
     assert!(seen_funded);
     std::thread::sleep(std::time::Duration::from_millis(1_500));
-    let instruments = post(&url, r#"{"jsonrpc":"2.0","id":1,"method":"public/get_instruments","params":{"currency":"BTC","kind":"option"}}"#);
+    let instruments = post(
+        &url,
+        r#"{"jsonrpc":"2.0","id":1,"method":"public/get_instruments","params":{"currency":"BTC","kind":"option"}}"#,
+    );
     let list = instruments["result"].as_array().expect("instruments");
     assert!(list.len() >= 20, "{instruments}");
-    let name = list[3]["instrument_name"].as_str().expect("name").to_owned();
-    let ticker = post(&url, &format!(r#"{{"jsonrpc":"2.0","id":2,"method":"public/ticker","params":{{"instrument_name":"{name}"}}}}"#));
+    let name = list[3]["instrument_name"]
+        .as_str()
+        .expect("name")
+        .to_owned();
+    let ticker = post(
+        &url,
+        &format!(
+            r#"{{"jsonrpc":"2.0","id":2,"method":"public/ticker","params":{{"instrument_name":"{name}"}}}}"#
+        ),
+    );
     assert!(ticker["result"]["mark_price"].is_string(), "{ticker}");
-    assert!(ticker["result"]["mark_iv"].as_f64().is_some_and(|v| v > 0.0), "{ticker}");
-    let book = post(&url, &format!(r#"{{"jsonrpc":"2.0","id":3,"method":"public/get_order_book","params":{{"instrument_name":"{name}"}}}}"#));
-    assert!(!book["result"]["bids"].as_array().expect("bids").is_empty(), "market makers quote: {book}");
+    assert!(
+        ticker["result"]["mark_iv"]
+            .as_f64()
+            .is_some_and(|v| v > 0.0),
+        "{ticker}"
+    );
+    let book = post(
+        &url,
+        &format!(
+            r#"{{"jsonrpc":"2.0","id":3,"method":"public/get_order_book","params":{{"instrument_name":"{name}"}}}}"#
+        ),
+    );
+    assert!(
+        !book["result"]["bids"].as_array().expect("bids").is_empty(),
+        "market makers quote: {book}"
+    );
     for _ in lines.map_while(Result::ok) {}
     assert!(child.wait().expect("exits").success());
 }

@@ -31,27 +31,57 @@ fn node_reads_file_environment_and_flags() {
         .stdout(Stdio::piped())
         .spawn()
         .expect("starts");
-    let line = BufReader::new(node.stdout.take().expect("stdout")).lines().map_while(Result::ok).find(|l| l.contains("optio node on")).expect("serving");
-    let addr = line.split("http://").nth(1).expect("url").trim_end_matches("/api/v2").to_owned();
-    let list = post(&addr, r#"{"jsonrpc":"2.0","id":1,"method":"public/get_instruments","params":{}}"#);
-    let names: Vec<&str> = list["result"].as_array().expect("instruments").iter().filter_map(|i| i["instrument_name"].as_str()).collect();
+    let line = BufReader::new(node.stdout.take().expect("stdout"))
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.contains("optio node on"))
+        .expect("serving");
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .expect("url")
+        .trim_end_matches("/api/v2")
+        .to_owned();
+    let list = post(
+        &addr,
+        r#"{"jsonrpc":"2.0","id":1,"method":"public/get_instruments","params":{}}"#,
+    );
+    let names: Vec<&str> = list["result"]
+        .as_array()
+        .expect("instruments")
+        .iter()
+        .filter_map(|i| i["instrument_name"].as_str())
+        .collect();
     assert_eq!(names, ["BTC-PERPETUAL", "ETH-26MAR27-4000-C"]);
     assert!(node.wait().expect("exits").success());
 
     // Missing key, unknown field, bad instrument: each refused with a message.
     for (body, key, want) in [
         ("data = \"/tmp/x\"\n", None, "sequencer key is required"),
-        ("data = \"/tmp/x\"\nlisen = \"x\"\n", Some("11"), "unknown field"),
-        ("data = \"/tmp/x\"\n[[instrument]]\nname = \"BTC-PERP\"\nunderlying_cap = \"1\"\n", Some("11"), "instrument BTC-PERP"),
+        (
+            "data = \"/tmp/x\"\nlisen = \"x\"\n",
+            Some("11"),
+            "unknown field",
+        ),
+        (
+            "data = \"/tmp/x\"\n[[instrument]]\nname = \"BTC-PERP\"\nunderlying_cap = \"1\"\n",
+            Some("11"),
+            "instrument BTC-PERP",
+        ),
     ] {
         std::fs::write(&config, body).expect("write");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_optio"));
-        cmd.args(["node", "--config"]).arg(&config).env_remove("OPTIO_SEQUENCER_KEY");
+        cmd.args(["node", "--config"])
+            .arg(&config)
+            .env_remove("OPTIO_SEQUENCER_KEY");
         if let Some(k) = key {
             cmd.env("OPTIO_SEQUENCER_KEY", format!("0x{}", k.repeat(32)));
         }
         let out = cmd.output().expect("runs");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success() && err.contains(want), "expected {want:?}, got: {err}");
+        assert!(
+            !out.status.success() && err.contains(want),
+            "expected {want:?}, got: {err}"
+        );
     }
 }

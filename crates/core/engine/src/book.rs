@@ -29,7 +29,14 @@ pub(crate) struct Order {
 
 impl Order {
     pub(crate) fn new(rec: OrderRecord) -> Self {
-        Self { rec, position: NIL, prev: NIL, next: NIL, account_prev: NIL, account_next: NIL }
+        Self {
+            rec,
+            position: NIL,
+            prev: NIL,
+            next: NIL,
+            account_prev: NIL,
+            account_next: NIL,
+        }
     }
 
     /// Next order in the same level (time priority), or `NIL`.
@@ -132,7 +139,9 @@ impl OrderStore {
     }
 
     pub(crate) fn remove(&mut self, slot: u32) -> Order {
-        let order = self.slots[slot as usize].take().expect("slot of a live order");
+        let order = self.slots[slot as usize]
+            .take()
+            .expect("slot of a live order");
         self.index.remove(&order.id.0);
         self.free.push(slot);
         order
@@ -143,11 +152,15 @@ impl OrderStore {
     }
 
     pub(crate) fn get(&self, slot: u32) -> &Order {
-        self.slots[slot as usize].as_ref().expect("slot of a live order")
+        self.slots[slot as usize]
+            .as_ref()
+            .expect("slot of a live order")
     }
 
     pub(crate) fn get_mut(&mut self, slot: u32) -> &mut Order {
-        self.slots[slot as usize].as_mut().expect("slot of a live order")
+        self.slots[slot as usize]
+            .as_mut()
+            .expect("slot of a live order")
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -160,7 +173,10 @@ impl OrderStore {
 
     /// Live orders in slot order (for audits only; output order comes from the books).
     pub(crate) fn live(&self) -> impl Iterator<Item = (u32, &Order)> {
-        self.slots.iter().enumerate().filter_map(|(i, o)| o.as_ref().map(|o| (i as u32, o)))
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, o)| o.as_ref().map(|o| (i as u32, o)))
     }
 }
 
@@ -226,7 +242,12 @@ impl Book {
             let o = store.get(slot);
             (o.side, o.price, o.remaining)
         };
-        let level = self.side_mut(side).entry(price).or_insert(Level { head: NIL, tail: NIL, total: Qty::ZERO, count: 0 });
+        let level = self.side_mut(side).entry(price).or_insert(Level {
+            head: NIL,
+            tail: NIL,
+            total: Qty::ZERO,
+            count: 0,
+        });
         let old_tail = level.tail;
         level.tail = slot;
         if old_tail == NIL {
@@ -256,7 +277,9 @@ impl Book {
             store.get_mut(next).prev = prev;
         }
         let levels = self.side_mut(side);
-        let level = levels.get_mut(&price).expect("a booked order's level exists");
+        let level = levels
+            .get_mut(&price)
+            .expect("a booked order's level exists");
         if level.head == slot {
             level.head = next;
         }
@@ -276,7 +299,10 @@ impl Book {
         let o = store.get_mut(slot);
         o.remaining = Qty(o.remaining.0 - by.0);
         let (side, price) = (o.side, o.price);
-        let level = self.side_mut(side).get_mut(&price).expect("a booked order's level exists");
+        let level = self
+            .side_mut(side)
+            .get_mut(&price)
+            .expect("a booked order's level exists");
         level.total = Qty(level.total.0 - by.0);
     }
 

@@ -29,7 +29,10 @@ impl<M: MarginModel> Engine<M> {
                 spec: i.spec.clone(),
                 status: i.status,
                 settlement_price: i.settlement_price,
-                mark: i.mark.as_ref().map(|(m, ra)| (*m, ra.iter().map(|a| optio_types::Amount(*a)).collect())),
+                mark: i
+                    .mark
+                    .as_ref()
+                    .map(|(m, ra)| (*m, ra.iter().map(|a| optio_types::Amount(*a)).collect())),
             })
             .collect();
         let accounts = self
@@ -43,7 +46,12 @@ impl<M: MarginModel> Engine<M> {
                     .iter()
                     .map(|(id, slot)| (id, &self.positions[*slot as usize]))
                     .filter(|(_, p)| p.exposure.position.0 != 0 || p.realized_pnl.0 != 0)
-                    .map(|(id, p)| PositionRecord { instrument: *id, qty: p.exposure.position, cost: p.cost, realized_pnl: p.realized_pnl })
+                    .map(|(id, p)| PositionRecord {
+                        instrument: *id,
+                        qty: p.exposure.position,
+                        cost: p.cost,
+                        realized_pnl: p.realized_pnl,
+                    })
                     .collect(),
                 margin_mode: a.mode,
                 liquidating_since: a.liquidating_since,
@@ -103,27 +111,41 @@ impl<M: MarginModel> Engine<M> {
         let bad = |what: &str| RestoreError::Invariant(InvariantViolation(what.to_owned()));
         let mut engine = Engine::with_config(state.limits, state.risk, margin);
         for o in &state.oracles {
-            let sorted = o.samples.windows(2).all(|w| w[0].0 < w[1].0) && o.samples.iter().all(|(t, p)| *t <= o.published_ms && p.is_positive());
-            if !o.index_price.is_positive() || !sorted || engine.oracles.contains_key(&o.underlying) {
+            let sorted = o.samples.windows(2).all(|w| w[0].0 < w[1].0)
+                && o.samples
+                    .iter()
+                    .all(|(t, p)| *t <= o.published_ms && p.is_positive());
+            if !o.index_price.is_positive() || !sorted || engine.oracles.contains_key(&o.underlying)
+            {
                 return Err(bad("invalid oracle record"));
             }
             engine.oracles.insert(
                 o.underlying.clone(),
-                crate::risk::OracleState { index_price: o.index_price, published_ms: o.published_ms, held: o.held, samples: o.samples.iter().copied().collect() },
+                crate::risk::OracleState {
+                    index_price: o.index_price,
+                    published_ms: o.published_ms,
+                    held: o.held,
+                    samples: o.samples.iter().copied().collect(),
+                },
             );
         }
         engine.time_ms = state.time_ms;
         engine.next_order_id = state.next_order_id;
         engine.totals = state.totals;
         for rec in &state.instruments {
-            rec.spec.validate().map_err(|_| bad("invalid instrument spec"))?;
+            rec.spec
+                .validate()
+                .map_err(|_| bad("invalid instrument spec"))?;
             if engine.names.contains_key(&rec.spec.name) {
                 return Err(bad("duplicate instrument name"));
             }
             if (rec.status == InstrumentStatus::Settled) != rec.settlement_price.is_some() {
                 return Err(bad("settlement price present iff settled"));
             }
-            let unexpired = matches!(rec.status, InstrumentStatus::Listed | InstrumentStatus::Active);
+            let unexpired = matches!(
+                rec.status,
+                InstrumentStatus::Listed | InstrumentStatus::Active
+            );
             if unexpired && rec.spec.expiry_ms().is_some_and(|t| t <= state.time_ms) {
                 return Err(bad("unexpired instrument past its expiry"));
             }
@@ -140,11 +162,15 @@ impl<M: MarginModel> Engine<M> {
             let mut acct = Account::new(rec.owner);
             acct.balance = rec.balance;
             acct.mode = rec.margin_mode;
-            if rec.liquidating_since.is_some() && rec.margin_mode == optio_types::MarginMode::WorstCase {
+            if rec.liquidating_since.is_some()
+                && rec.margin_mode == optio_types::MarginMode::WorstCase
+            {
                 return Err(bad("a fully collateralized account cannot be liquidating"));
             }
             acct.liquidating_since = rec.liquidating_since;
-            if rec.session_keys.windows(2).any(|w| w[0].0 >= w[1].0) || rec.session_keys.iter().any(|(k, _)| *k == rec.owner) {
+            if rec.session_keys.windows(2).any(|w| w[0].0 >= w[1].0)
+                || rec.session_keys.iter().any(|(k, _)| *k == rec.owner)
+            {
                 return Err(bad("session keys unsorted or equal to the owner"));
             }
             acct.session_keys = rec.session_keys.iter().copied().collect();
@@ -153,8 +179,14 @@ impl<M: MarginModel> Engine<M> {
             engine.accounts.push(acct);
             let mut last = None;
             for p in &rec.positions {
-                let inst = engine.instruments.get_mut(p.instrument.0 as usize).ok_or_else(|| bad("position in unknown instrument"))?;
-                if last.is_some_and(|l| l >= p.instrument) || (p.qty.0 == 0 && p.realized_pnl.0 == 0) || (p.qty.0 == 0) != (p.cost.0 == 0) {
+                let inst = engine
+                    .instruments
+                    .get_mut(p.instrument.0 as usize)
+                    .ok_or_else(|| bad("position in unknown instrument"))?;
+                if last.is_some_and(|l| l >= p.instrument)
+                    || (p.qty.0 == 0 && p.realized_pnl.0 == 0)
+                    || (p.qty.0 == 0) != (p.cost.0 == 0)
+                {
                     return Err(bad("positions unsorted, empty, or with cost but no size"));
                 }
                 last = Some(p.instrument);
@@ -172,20 +204,41 @@ impl<M: MarginModel> Engine<M> {
         let mut sink = Vec::new();
         let mut last: Option<(u32, Side)> = None;
         for (n, o) in state.orders.iter().enumerate() {
-            let inst = engine.instruments.get(o.instrument.0 as usize).ok_or_else(|| bad("order in unknown instrument"))?;
-            let acct = engine.accounts.get(o.account.0 as usize).ok_or_else(|| bad("order of unknown account"))?;
-            let valid_price = o.price.is_positive() && o.price.0 % inst.spec.tick_size.0 == 0 && o.price <= inst.max_price;
-            let valid_qty = o.remaining.is_positive() && o.remaining.0 % inst.spec.amount_step.0 == 0 && o.filled.0 >= 0;
+            let inst = engine
+                .instruments
+                .get(o.instrument.0 as usize)
+                .ok_or_else(|| bad("order in unknown instrument"))?;
+            let acct = engine
+                .accounts
+                .get(o.account.0 as usize)
+                .ok_or_else(|| bad("order of unknown account"))?;
+            let valid_price = o.price.is_positive()
+                && o.price.0 % inst.spec.tick_size.0 == 0
+                && o.price <= inst.max_price;
+            let valid_qty = o.remaining.is_positive()
+                && o.remaining.0 % inst.spec.amount_step.0 == 0
+                && o.filled.0 >= 0;
             let valid_tif = match o.time_in_force {
                 TimeInForce::GoodTillCancelled => true,
                 TimeInForce::GoodTillTime(t) => t > state.time_ms,
                 _ => false,
             };
-            if inst.status != InstrumentStatus::Active || !valid_price || !valid_qty || !valid_tif || o.id.0 >= state.next_order_id {
+            if inst.status != InstrumentStatus::Active
+                || !valid_price
+                || !valid_qty
+                || !valid_tif
+                || o.id.0 >= state.next_order_id
+            {
                 return Err(bad("order invalid for its instrument or time"));
             }
             let _ = acct;
-            if engine.store.slot_of(o.id).is_some() || (o.client_order_id != 0 && engine.client_index.get(&(o.account.0, o.client_order_id)).is_some()) {
+            if engine.store.slot_of(o.id).is_some()
+                || (o.client_order_id != 0
+                    && engine
+                        .client_index
+                        .get(&(o.account.0, o.client_order_id))
+                        .is_some())
+            {
                 return Err(bad("duplicate order id or client order id"));
             }
             // Orders must come grouped by instrument, bids before asks, in priority.
@@ -204,7 +257,10 @@ impl<M: MarginModel> Engine<M> {
             }
             last = Some(key);
             if o.is_quote {
-                let pos = engine.position_index.get(&(o.account.0, o.instrument.0)).map(|s| &engine.positions[s as usize]);
+                let pos = engine
+                    .position_index
+                    .get(&(o.account.0, o.instrument.0))
+                    .map(|s| &engine.positions[s as usize]);
                 if pos.is_some_and(|p| p.quotes[usize::from(o.side == Side::Sell)].is_some()) {
                     return Err(bad("two quotes on one side"));
                 }
@@ -213,7 +269,9 @@ impl<M: MarginModel> Engine<M> {
             engine.rest_order(order, &mut sink);
         }
         for account in 0..engine.accounts.len() {
-            engine.remargin_account(AccountId(account as u32)).map_err(|_| bad("margin cannot be computed"))?;
+            engine
+                .remargin_account(AccountId(account as u32))
+                .map_err(|_| bad("margin cannot be computed"))?;
         }
         engine.check_invariants()?;
         Ok(engine)

@@ -9,9 +9,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use optio_types::margin::fee_reserve;
 use optio_types::state::{OrderRecord, Totals};
 use optio_types::{
-    AccountId, Address, Amount, Command, DoneReason, EngineLimits, Event, Exposure, Input, InstrumentId, InstrumentKind,
-    InstrumentName, InstrumentSpec, InstrumentStatus, MarginModel, NewOrder, OrderId, OrderRef, OrderType, Price, Qty,
-    Quote, RejectCode, RiskConfig, SelfTradePrevention, Side, TimeInForce, WorstCaseMargin,
+    AccountId, Address, Amount, Command, DoneReason, EngineLimits, Event, Exposure, Input,
+    InstrumentId, InstrumentKind, InstrumentName, InstrumentSpec, InstrumentStatus, MarginModel,
+    NewOrder, OrderId, OrderRef, OrderType, Price, Qty, Quote, RejectCode, RiskConfig,
+    SelfTradePrevention, Side, TimeInForce, WorstCaseMargin,
 };
 
 use crate::book::index::SlotIndex;
@@ -157,7 +158,9 @@ impl<M: MarginModel> Engine<M> {
     /// If an invariant that protects money is violated: better halted than wrong.
     pub fn apply(&mut self, input: &Input, events: &mut Vec<Event>) -> Result<(), RejectCode> {
         if input.time_ms < self.time_ms {
-            events.push(Event::Rejected { code: RejectCode::TimeWentBackwards });
+            events.push(Event::Rejected {
+                code: RejectCode::TimeWentBackwards,
+            });
             return Err(RejectCode::TimeWentBackwards);
         }
         self.touched_accounts.clear();
@@ -190,7 +193,10 @@ impl<M: MarginModel> Engine<M> {
             if at > time_ms {
                 break;
             }
-            let slot = self.store.slot_of(order).expect("good-till index holds open orders only");
+            let slot = self
+                .store
+                .slot_of(order)
+                .expect("good-till index holds open orders only");
             self.remove_order(slot, DoneReason::Expired, events);
         }
     }
@@ -198,43 +204,78 @@ impl<M: MarginModel> Engine<M> {
     fn execute(&mut self, command: &Command, events: &mut Vec<Event>) -> Result<(), RejectCode> {
         match command {
             Command::ListInstrument { spec } => self.list_instrument(spec, events),
-            Command::ActivateInstrument { instrument } => self.activate_instrument(*instrument, events),
-            Command::SettleInstrument { instrument, settlement_price } => self.settle_instrument(*instrument, *settlement_price, events),
+            Command::ActivateInstrument { instrument } => {
+                self.activate_instrument(*instrument, events)
+            }
+            Command::SettleInstrument {
+                instrument,
+                settlement_price,
+            } => self.settle_instrument(*instrument, *settlement_price, events),
             Command::OpenAccount { owner } => self.open_account(*owner, events),
             Command::Deposit { account, amount } => self.deposit(*account, *amount, events),
             Command::Withdraw { account, amount } => self.withdraw(*account, *amount, events),
             Command::Transfer { from, to, amount } => self.transfer(*from, *to, *amount, events),
             Command::PlaceOrder(order) => self.place_order(order, events),
-            Command::Amend { account, order, price, qty } => self.amend(*account, *order, *price, *qty, events),
+            Command::Amend {
+                account,
+                order,
+                price,
+                qty,
+            } => self.amend(*account, *order, *price, *qty, events),
             Command::Cancel { account, order } => {
                 self.account(*account)?;
                 let slot = self.resolve(*account, *order)?;
                 self.remove_order(slot, DoneReason::Cancelled, events);
                 Ok(())
             }
-            Command::CancelAll { account, instrument } => self.cancel_all(*account, *instrument, events),
+            Command::CancelAll {
+                account,
+                instrument,
+            } => self.cancel_all(*account, *instrument, events),
             Command::MassQuote { account, quotes } => self.mass_quote(*account, quotes, events),
             Command::OracleUpdate(update) => self.oracle_update(update, events),
-            Command::SetMarginMode { account, mode } => self.set_margin_mode(*account, *mode, events),
-            Command::Liquidate { liquidator, account, instrument, qty } => self.liquidate(*liquidator, *account, *instrument, *qty, events),
-            Command::Deleverage { account, instrument } => self.deleverage(*account, *instrument, events),
-            Command::SetSessionKey { account, key, expiry_ms } => self.set_session_key(*account, *key, *expiry_ms, events),
+            Command::SetMarginMode { account, mode } => {
+                self.set_margin_mode(*account, *mode, events)
+            }
+            Command::Liquidate {
+                liquidator,
+                account,
+                instrument,
+                qty,
+            } => self.liquidate(*liquidator, *account, *instrument, *qty, events),
+            Command::Deleverage {
+                account,
+                instrument,
+            } => self.deleverage(*account, *instrument, events),
+            Command::SetSessionKey {
+                account,
+                key,
+                expiry_ms,
+            } => self.set_session_key(*account, *key, *expiry_ms, events),
         }
     }
 
     // ---- lookups and checks (no mutation) ----
 
     pub(crate) fn account(&self, id: AccountId) -> Result<&Account, RejectCode> {
-        self.accounts.get(id.0 as usize).ok_or(RejectCode::UnknownAccount)
+        self.accounts
+            .get(id.0 as usize)
+            .ok_or(RejectCode::UnknownAccount)
     }
 
     pub(crate) fn instrument(&self, id: InstrumentId) -> Result<&InstrumentState, RejectCode> {
-        self.instruments.get(id.0 as usize).ok_or(RejectCode::UnknownInstrument)
+        self.instruments
+            .get(id.0 as usize)
+            .ok_or(RejectCode::UnknownInstrument)
     }
 
     fn active_instrument(&self, id: InstrumentId) -> Result<&InstrumentState, RejectCode> {
         let inst = self.instrument(id)?;
-        if inst.status == InstrumentStatus::Active { Ok(inst) } else { Err(RejectCode::InstrumentNotActive) }
+        if inst.status == InstrumentStatus::Active {
+            Ok(inst)
+        } else {
+            Err(RejectCode::InstrumentNotActive)
+        }
     }
 
     fn check_amount(&self, amount: Amount) -> Result<(), RejectCode> {
@@ -271,7 +312,9 @@ impl<M: MarginModel> Engine<M> {
     }
 
     fn position(&self, account: AccountId, instrument: InstrumentId) -> Option<&Position> {
-        self.position_index.get(&(account.0, instrument.0)).map(|slot| &self.positions[slot as usize])
+        self.position_index
+            .get(&(account.0, instrument.0))
+            .map(|slot| &self.positions[slot as usize])
     }
 
     /// The slot of the account's position entry in `instrument`, created if new.
@@ -279,28 +322,45 @@ impl<M: MarginModel> Engine<M> {
         if let Some(slot) = self.position_index.get(&(account.0, instrument.0)) {
             return slot;
         }
-        let slot = u32::try_from(self.positions.len()).expect("position entries are bounded by accounts x instruments");
+        let slot = u32::try_from(self.positions.len())
+            .expect("position entries are bounded by accounts x instruments");
         self.positions.push(Position::new(instrument));
         self.position_index.insert((account.0, instrument.0), slot);
-        self.accounts[account.0 as usize].positions.insert(instrument, slot);
-        self.instruments[instrument.0 as usize].participants.push((account, slot));
+        self.accounts[account.0 as usize]
+            .positions
+            .insert(instrument, slot);
+        self.instruments[instrument.0 as usize]
+            .participants
+            .push((account, slot));
         if let Some(pm) = &self.accounts[account.0 as usize].portfolio {
-            self.positions[slot as usize].scenario = Some(crate::risk::Contribution::zero(pm.initial.len()));
+            self.positions[slot as usize].scenario =
+                Some(crate::risk::Contribution::zero(pm.initial.len()));
         }
         slot
     }
 
     fn position_qty(&self, account: AccountId, instrument: InstrumentId) -> i64 {
-        self.position(account, instrument).map_or(0, |p| p.exposure.position.0)
+        self.position(account, instrument)
+            .map_or(0, |p| p.exposure.position.0)
     }
 
-    fn check_reduce_only(&self, account: AccountId, instrument: InstrumentId, side: Side, qty: Qty) -> Result<(), RejectCode> {
+    fn check_reduce_only(
+        &self,
+        account: AccountId,
+        instrument: InstrumentId,
+        side: Side,
+        qty: Qty,
+    ) -> Result<(), RejectCode> {
         let q = self.position_qty(account, instrument);
         let allowed = match side {
             Side::Sell => q.max(0),
             Side::Buy => (-q).max(0),
         };
-        if qty.0 <= allowed { Ok(()) } else { Err(RejectCode::ReduceOnlyWouldIncrease) }
+        if qty.0 <= allowed {
+            Ok(())
+        } else {
+            Err(RejectCode::ReduceOnlyWouldIncrease)
+        }
     }
 
     /// The order whose id (or client id) is given, if it is open and belongs to `account`.
@@ -310,16 +370,24 @@ impl<M: MarginModel> Engine<M> {
             OrderRef::Client(cid) => self.client_index.get(&(account.0, cid)),
         }
         .ok_or(RejectCode::UnknownOrder)?;
-        if self.store.get(slot).account == account { Ok(slot) } else { Err(RejectCode::UnknownOrder) }
+        if self.store.get(slot).account == account {
+            Ok(slot)
+        } else {
+            Err(RejectCode::UnknownOrder)
+        }
     }
 
     fn default_protection(inst: &InstrumentState, side: Side) -> Result<Price, RejectCode> {
-        let best = inst.book.best(side.opposite()).ok_or(RejectCode::NoLiquidity)?;
+        let best = inst
+            .book
+            .best(side.opposite())
+            .ok_or(RejectCode::NoLiquidity)?;
         let bps = i128::from(inst.spec.market_protection_bps.min(10_000));
         let tick = inst.spec.tick_size.0;
         Ok(match side {
             Side::Buy => {
-                let p = (i128::from(best.0) * (10_000 + bps) / 10_000).min(i128::from(inst.max_price.0)) as i64;
+                let p = (i128::from(best.0) * (10_000 + bps) / 10_000)
+                    .min(i128::from(inst.max_price.0)) as i64;
                 Price(p - p % tick)
             }
             Side::Sell => {
@@ -330,19 +398,49 @@ impl<M: MarginModel> Engine<M> {
     }
 
     /// Adds (or with `sign = -1` removes) an order's worst case to an exposure.
-    fn exposure_order(spec: &InstrumentSpec, e: &mut Exposure, side: Side, price: Price, qty: Qty, sign: i64) -> Result<(), RejectCode> {
+    fn exposure_order(
+        spec: &InstrumentSpec,
+        e: &mut Exposure,
+        side: Side,
+        price: Price,
+        qty: Qty,
+        sign: i64,
+    ) -> Result<(), RejectCode> {
         let reserve = fee_reserve(spec, price, qty)?;
-        e.fee_reserve = Amount(e.fee_reserve.0.checked_add(sign * reserve.0).ok_or(RejectCode::Overflow)?);
+        e.fee_reserve = Amount(
+            e.fee_reserve
+                .0
+                .checked_add(sign * reserve.0)
+                .ok_or(RejectCode::Overflow)?,
+        );
         match side {
             Side::Buy => {
                 let cost = price.notional(qty)?;
-                e.buy_qty = Qty(e.buy_qty.0.checked_add(sign * qty.0).ok_or(RejectCode::Overflow)?);
-                e.buy_cost = Amount(e.buy_cost.0.checked_add(sign * cost.0).ok_or(RejectCode::Overflow)?);
+                e.buy_qty = Qty(e
+                    .buy_qty
+                    .0
+                    .checked_add(sign * qty.0)
+                    .ok_or(RejectCode::Overflow)?);
+                e.buy_cost = Amount(
+                    e.buy_cost
+                        .0
+                        .checked_add(sign * cost.0)
+                        .ok_or(RejectCode::Overflow)?,
+                );
             }
             Side::Sell => {
                 let proceeds = price.notional(qty)?;
-                e.sell_qty = Qty(e.sell_qty.0.checked_add(sign * qty.0).ok_or(RejectCode::Overflow)?);
-                e.sell_proceeds = Amount(e.sell_proceeds.0.checked_add(sign * proceeds.0).ok_or(RejectCode::Overflow)?);
+                e.sell_qty = Qty(e
+                    .sell_qty
+                    .0
+                    .checked_add(sign * qty.0)
+                    .ok_or(RejectCode::Overflow)?);
+                e.sell_proceeds = Amount(
+                    e.sell_proceeds
+                        .0
+                        .checked_add(sign * proceeds.0)
+                        .ok_or(RejectCode::Overflow)?,
+                );
             }
         }
         Ok(())
@@ -351,26 +449,56 @@ impl<M: MarginModel> Engine<M> {
     /// The account's total initial requirement if its exposure in `instrument` (whose entry is
     /// `position`, if it has one) became `e`. In mark-based modes the instrument must have a
     /// fresh mark.
-    pub(crate) fn requirement_with(&self, account: AccountId, instrument: InstrumentId, position: Option<u32>, e: &Exposure) -> Result<i128, RejectCode> {
+    pub(crate) fn requirement_with(
+        &self,
+        account: AccountId,
+        instrument: InstrumentId,
+        position: Option<u32>,
+        e: &Exposure,
+    ) -> Result<i128, RejectCode> {
         let acct = &self.accounts[account.0 as usize];
         if acct.mode != optio_types::MarginMode::WorstCase {
             self.check_fresh(instrument)?;
             return self.requirement_with_marks(account, instrument, position, e);
         }
         let old = position.map_or(0, |p| self.positions[p as usize].requirement.0);
-        let new = self.margin.requirement(&self.instruments[instrument.0 as usize].spec, e)?;
+        let new = self
+            .margin
+            .requirement(&self.instruments[instrument.0 as usize].spec, e)?;
         Ok(i128::from(acct.requirement.0) - i128::from(old) + i128::from(new.0))
     }
 
     /// Plans matching a taker against the opposite side into `self.plan`.
     #[allow(clippy::too_many_arguments)]
-    fn plan_match(&mut self, instrument: InstrumentId, side: Side, limit: Price, qty: Qty, owner: Address, stp: SelfTradePrevention) -> (Qty, PlanEnd) {
+    fn plan_match(
+        &mut self,
+        instrument: InstrumentId,
+        side: Side,
+        limit: Price,
+        qty: Qty,
+        owner: Address,
+        stp: SelfTradePrevention,
+    ) -> (Qty, PlanEnd) {
         let mut plan = std::mem::take(&mut self.plan);
         plan.clear();
         let book = &self.instruments[instrument.0 as usize].book;
         let result = match side {
-            Side::Buy => self.plan_levels(book.asks.iter().take_while(|(p, _)| **p <= limit), instrument, qty, owner, stp, &mut plan),
-            Side::Sell => self.plan_levels(book.bids.iter().rev().take_while(|(p, _)| **p >= limit), instrument, qty, owner, stp, &mut plan),
+            Side::Buy => self.plan_levels(
+                book.asks.iter().take_while(|(p, _)| **p <= limit),
+                instrument,
+                qty,
+                owner,
+                stp,
+                &mut plan,
+            ),
+            Side::Sell => self.plan_levels(
+                book.bids.iter().rev().take_while(|(p, _)| **p >= limit),
+                instrument,
+                qty,
+                owner,
+                stp,
+                &mut plan,
+            ),
         };
         self.plan = plan;
         result
@@ -393,10 +521,18 @@ impl<M: MarginModel> Engine<M> {
                 let next = o.next();
                 if self.accounts[o.account.0 as usize].owner == owner {
                     match stp {
-                        SelfTradePrevention::CancelTaker => return (Qty(qty.0 - remaining), PlanEnd::SelfTrade),
-                        SelfTradePrevention::CancelMaker => plan.push(Step::Cancel { slot, reason: DoneReason::SelfTrade }),
+                        SelfTradePrevention::CancelTaker => {
+                            return (Qty(qty.0 - remaining), PlanEnd::SelfTrade);
+                        }
+                        SelfTradePrevention::CancelMaker => plan.push(Step::Cancel {
+                            slot,
+                            reason: DoneReason::SelfTrade,
+                        }),
                         SelfTradePrevention::CancelBoth => {
-                            plan.push(Step::Cancel { slot, reason: DoneReason::SelfTrade });
+                            plan.push(Step::Cancel {
+                                slot,
+                                reason: DoneReason::SelfTrade,
+                            });
                             return (Qty(qty.0 - remaining), PlanEnd::SelfTrade);
                         }
                     }
@@ -408,17 +544,26 @@ impl<M: MarginModel> Engine<M> {
                 if o.reduce_only {
                     allowance = self.reduce_allowance(o.account, instrument, o.side, plan);
                     if allowance <= 0 {
-                        plan.push(Step::Cancel { slot, reason: DoneReason::ReduceOnly });
+                        plan.push(Step::Cancel {
+                            slot,
+                            reason: DoneReason::ReduceOnly,
+                        });
                         slot = next;
                         continue;
                     }
                     available = available.min(allowance);
                 }
                 let fill = remaining.min(available);
-                plan.push(Step::Fill { slot, qty: Qty(fill) });
+                plan.push(Step::Fill {
+                    slot,
+                    qty: Qty(fill),
+                });
                 remaining -= fill;
                 if o.reduce_only && fill == allowance && fill < o.remaining.0 {
-                    plan.push(Step::Cancel { slot, reason: DoneReason::ReduceOnly });
+                    plan.push(Step::Cancel {
+                        slot,
+                        reason: DoneReason::ReduceOnly,
+                    });
                 }
                 if remaining == 0 {
                     return (qty, PlanEnd::Filled);
@@ -431,7 +576,13 @@ impl<M: MarginModel> Engine<M> {
 
     /// How much a reduce-only order of `account` on `side` may still fill, counting the fills
     /// already planned for that account.
-    fn reduce_allowance(&self, account: AccountId, instrument: InstrumentId, side: Side, plan: &[Step]) -> i64 {
+    fn reduce_allowance(
+        &self,
+        account: AccountId,
+        instrument: InstrumentId,
+        side: Side,
+        plan: &[Step],
+    ) -> i64 {
         let mut q = self.position_qty(account, instrument);
         for step in plan {
             if let Step::Fill { slot, qty } = *step {
@@ -449,7 +600,13 @@ impl<M: MarginModel> Engine<M> {
 
     /// Whether a new order at `price` on `side` would need a new level beyond the limit, given
     /// that the order in `leaving` (if any) leaves that side first.
-    fn level_limit_hit(&self, inst: &InstrumentState, side: Side, price: Price, leaving: Option<u32>) -> bool {
+    fn level_limit_hit(
+        &self,
+        inst: &InstrumentState,
+        side: Side,
+        price: Price,
+        leaving: Option<u32>,
+    ) -> bool {
         let levels = inst.book.side(side);
         if levels.len() < self.limits.max_price_levels_per_side as usize {
             return false;
@@ -458,15 +615,22 @@ impl<M: MarginModel> Engine<M> {
             let o = self.store.get(slot);
             levels.get(&o.price).is_some_and(|l| l.count == 1)
         };
-        let exists_after = levels.get(&price).is_some_and(|l| !(l.count == 1 && leaving.is_some_and(|s| l.head == s)));
+        let exists_after = levels
+            .get(&price)
+            .is_some_and(|l| !(l.count == 1 && leaving.is_some_and(|s| l.head == s)));
         let count_after = levels.len() - usize::from(leaving.is_some_and(sole));
         !exists_after && count_after >= self.limits.max_price_levels_per_side as usize
     }
 
     // ---- commands ----
 
-    fn list_instrument(&mut self, spec: &InstrumentSpec, events: &mut Vec<Event>) -> Result<(), RejectCode> {
-        spec.validate().map_err(|_| RejectCode::InvalidInstrumentSpec)?;
+    fn list_instrument(
+        &mut self,
+        spec: &InstrumentSpec,
+        events: &mut Vec<Event>,
+    ) -> Result<(), RejectCode> {
+        spec.validate()
+            .map_err(|_| RejectCode::InvalidInstrumentSpec)?;
         if self.instruments.len() >= self.limits.max_instruments as usize {
             return Err(RejectCode::TooManyInstruments);
         }
@@ -482,7 +646,12 @@ impl<M: MarginModel> Engine<M> {
         Ok(())
     }
 
-    pub(crate) fn insert_instrument(&mut self, spec: InstrumentSpec, status: InstrumentStatus, settlement_price: Option<Price>) {
+    pub(crate) fn insert_instrument(
+        &mut self,
+        spec: InstrumentSpec,
+        status: InstrumentStatus,
+        settlement_price: Option<Price>,
+    ) {
         let id = InstrumentId(self.instruments.len() as u32);
         if let Some(t) = spec.expiry_ms()
             && matches!(status, InstrumentStatus::Listed | InstrumentStatus::Active)
@@ -504,7 +673,11 @@ impl<M: MarginModel> Engine<M> {
         });
     }
 
-    fn activate_instrument(&mut self, id: InstrumentId, events: &mut Vec<Event>) -> Result<(), RejectCode> {
+    fn activate_instrument(
+        &mut self,
+        id: InstrumentId,
+        events: &mut Vec<Event>,
+    ) -> Result<(), RejectCode> {
         if self.instrument(id)?.status != InstrumentStatus::Listed {
             return Err(RejectCode::InvalidStatusTransition);
         }
@@ -526,11 +699,17 @@ impl<M: MarginModel> Engine<M> {
         self.instruments[id.0 as usize].status = InstrumentStatus::Expired;
         events.push(Event::InstrumentExpired { instrument: id });
         if let Some(price) = self.settlement_twap(id) {
-            self.settle_instrument(id, price, events).expect("an expired instrument settles at a positive TWAP");
+            self.settle_instrument(id, price, events)
+                .expect("an expired instrument settles at a positive TWAP");
         }
     }
 
-    pub(crate) fn settle_instrument(&mut self, id: InstrumentId, settlement_price: Price, events: &mut Vec<Event>) -> Result<(), RejectCode> {
+    pub(crate) fn settle_instrument(
+        &mut self,
+        id: InstrumentId,
+        settlement_price: Price,
+        events: &mut Vec<Event>,
+    ) -> Result<(), RejectCode> {
         if self.instrument(id)?.status != InstrumentStatus::Expired {
             return Err(RejectCode::InvalidStatusTransition);
         }
@@ -545,18 +724,31 @@ impl<M: MarginModel> Engine<M> {
         let mut paid: i128 = 0;
         let mut settled = Vec::new();
         for account in holders {
-            let slot = self.position_index.get(&(account.0, id.0)).expect("holders have a position");
+            let slot = self
+                .position_index
+                .get(&(account.0, id.0))
+                .expect("holders have a position");
             let pos = &mut self.positions[slot as usize];
             let q = pos.exposure.position.0;
-            let rounding = if q > 0 { optio_types::Rounding::TowardSystem } else { optio_types::Rounding::AgainstAccount };
-            let cash = Amount::from_ratio(value * i128::from(q), denom, rounding).expect("a settlement value is bounded by the cap");
+            let rounding = if q > 0 {
+                optio_types::Rounding::TowardSystem
+            } else {
+                optio_types::Rounding::AgainstAccount
+            };
+            let cash = Amount::from_ratio(value * i128::from(q), denom, rounding)
+                .expect("a settlement value is bounded by the cap");
             pos.realized_pnl = Amount(pos.realized_pnl.0 + cash.0 - pos.cost.0);
             pos.cost = Amount::ZERO;
             pos.exposure.position = Qty::ZERO;
             paid += i128::from(cash.0);
             self.credit(account, cash);
             self.refresh_requirement(account, slot);
-            events.push(Event::PositionSettled { account, instrument: id, qty: Qty(q), cash });
+            events.push(Event::PositionSettled {
+                account,
+                instrument: id,
+                qty: Qty(q),
+                cash,
+            });
             settled.push(account);
         }
         let inst = &mut self.instruments[id.0 as usize];
@@ -565,23 +757,41 @@ impl<M: MarginModel> Engine<M> {
         inst.settlement_price = Some(settlement_price);
         let insurance_credit = Amount(i64::try_from(-paid).expect("bounded by total collateral"));
         self.totals.insurance = Amount(self.totals.insurance.0 + insurance_credit.0);
-        events.push(Event::InstrumentSettled { instrument: id, settlement_price, insurance_credit });
+        events.push(Event::InstrumentSettled {
+            instrument: id,
+            settlement_price,
+            insurance_credit,
+        });
         // A liquidating account whose last position just settled is finished now.
         for account in settled {
-            if self.accounts[account.0 as usize].liquidating_since.is_some() {
+            if self.accounts[account.0 as usize]
+                .liquidating_since
+                .is_some()
+            {
                 self.finish_if_flat(account, events);
             }
         }
         Ok(())
     }
 
-    fn set_session_key(&mut self, account: AccountId, key: Address, expiry_ms: u64, events: &mut Vec<Event>) -> Result<(), RejectCode> {
+    fn set_session_key(
+        &mut self,
+        account: AccountId,
+        key: Address,
+        expiry_ms: u64,
+        events: &mut Vec<Event>,
+    ) -> Result<(), RejectCode> {
         let acct = self.account(account)?;
         let now = self.time_ms;
-        let live = acct.session_keys.iter().filter(|(k, until)| **until > now && **k != key).count();
+        let live = acct
+            .session_keys
+            .iter()
+            .filter(|(k, until)| **until > now && **k != key)
+            .count();
         let invalid = key == acct.owner
             || (expiry_ms == 0 && !acct.session_keys.contains_key(&key))
-            || (expiry_ms != 0 && (expiry_ms <= now || live >= optio_types::oracle::MAX_SESSION_KEYS));
+            || (expiry_ms != 0
+                && (expiry_ms <= now || live >= optio_types::oracle::MAX_SESSION_KEYS));
         if invalid {
             return Err(RejectCode::InvalidSessionKey);
         }
@@ -593,13 +803,22 @@ impl<M: MarginModel> Engine<M> {
         } else {
             keys.insert(key, expiry_ms);
         }
-        events.push(Event::SessionKeyChanged { account, key, expiry_ms });
+        events.push(Event::SessionKeyChanged {
+            account,
+            key,
+            expiry_ms,
+        });
         Ok(())
     }
 
     /// Whether `key` may trade for `account` now (its owner, or an unexpired session key).
     pub fn may_trade(&self, account: AccountId, key: Address) -> bool {
-        self.accounts.get(account.0 as usize).is_some_and(|a| a.owner == key || a.session_keys.get(&key).is_some_and(|until| *until > self.time_ms))
+        self.accounts.get(account.0 as usize).is_some_and(|a| {
+            a.owner == key
+                || a.session_keys
+                    .get(&key)
+                    .is_some_and(|until| *until > self.time_ms)
+        })
     }
 
     fn open_account(&mut self, owner: Address, events: &mut Vec<Event>) -> Result<(), RejectCode> {
@@ -612,10 +831,20 @@ impl<M: MarginModel> Engine<M> {
         Ok(())
     }
 
-    fn deposit(&mut self, account: AccountId, amount: Amount, events: &mut Vec<Event>) -> Result<(), RejectCode> {
+    fn deposit(
+        &mut self,
+        account: AccountId,
+        amount: Amount,
+        events: &mut Vec<Event>,
+    ) -> Result<(), RejectCode> {
         self.account(account)?;
         self.check_amount(amount)?;
-        if self.total_balances + i128::from(amount.0) + i128::from(self.totals.fee_pool.0) + i128::from(self.totals.insurance.0) > i128::from(MAX_TOTAL_COLLATERAL) {
+        if self.total_balances
+            + i128::from(amount.0)
+            + i128::from(self.totals.fee_pool.0)
+            + i128::from(self.totals.insurance.0)
+            > i128::from(MAX_TOTAL_COLLATERAL)
+        {
             return Err(RejectCode::AmountTooLarge);
         }
         self.totals.deposits += i128::from(amount.0);
@@ -624,7 +853,12 @@ impl<M: MarginModel> Engine<M> {
         Ok(())
     }
 
-    fn withdraw(&mut self, account: AccountId, amount: Amount, events: &mut Vec<Event>) -> Result<(), RejectCode> {
+    fn withdraw(
+        &mut self,
+        account: AccountId,
+        amount: Amount,
+        events: &mut Vec<Event>,
+    ) -> Result<(), RejectCode> {
         let acct = self.account(account)?;
         let (free, liquidating) = (acct.free_collateral(), acct.liquidating_since.is_some());
         self.check_amount(amount)?;
@@ -641,7 +875,13 @@ impl<M: MarginModel> Engine<M> {
         Ok(())
     }
 
-    fn transfer(&mut self, from: AccountId, to: AccountId, amount: Amount, events: &mut Vec<Event>) -> Result<(), RejectCode> {
+    fn transfer(
+        &mut self,
+        from: AccountId,
+        to: AccountId,
+        amount: Amount,
+        events: &mut Vec<Event>,
+    ) -> Result<(), RejectCode> {
         let source = self.account(from)?;
         let destination = self.account(to)?;
         self.check_amount(amount)?;
@@ -673,8 +913,15 @@ impl<M: MarginModel> Engine<M> {
         let inst = self.active_instrument(o.instrument)?;
         self.check_qty(inst, o.qty)?;
         let is_market = matches!(o.order_type, OrderType::Market { .. });
-        let immediate = matches!(o.time_in_force, TimeInForce::ImmediateOrCancel | TimeInForce::FillOrKill);
-        let invalid = if is_market { o.post_only || !immediate } else { o.post_only && immediate };
+        let immediate = matches!(
+            o.time_in_force,
+            TimeInForce::ImmediateOrCancel | TimeInForce::FillOrKill
+        );
+        let invalid = if is_market {
+            o.post_only || !immediate
+        } else {
+            o.post_only && immediate
+        };
         if invalid {
             return Err(RejectCode::InvalidOrderCombination);
         }
@@ -684,13 +931,23 @@ impl<M: MarginModel> Engine<M> {
             return Err(RejectCode::GoodTillInPast);
         }
         let limit = match o.order_type {
-            OrderType::Limit { price } | OrderType::Market { protection_price: Some(price) } => {
+            OrderType::Limit { price }
+            | OrderType::Market {
+                protection_price: Some(price),
+            } => {
                 Self::check_price(inst, price)?;
                 price
             }
-            OrderType::Market { protection_price: None } => Self::default_protection(inst, o.side)?,
+            OrderType::Market {
+                protection_price: None,
+            } => Self::default_protection(inst, o.side)?,
         };
-        if o.client_order_id != 0 && self.client_index.get(&(o.account.0, o.client_order_id)).is_some() {
+        if o.client_order_id != 0
+            && self
+                .client_index
+                .get(&(o.account.0, o.client_order_id))
+                .is_some()
+        {
             return Err(RejectCode::DuplicateClientOrderId);
         }
         if !immediate && acct.open_orders >= self.limits.max_open_orders_per_account {
@@ -703,19 +960,31 @@ impl<M: MarginModel> Engine<M> {
             return Err(RejectCode::PostOnlyWouldCross);
         }
         let existing = self.position_index.get(&(o.account.0, o.instrument.0));
-        let mut e = existing.map(|p| self.positions[p as usize].exposure).unwrap_or_default();
+        let mut e = existing
+            .map(|p| self.positions[p as usize].exposure)
+            .unwrap_or_default();
         Self::exposure_order(&inst.spec, &mut e, o.side, limit, o.qty, 1)?;
-        if i128::from(acct.balance.0) < self.requirement_with(o.account, o.instrument, existing, &e)? {
+        if i128::from(acct.balance.0)
+            < self.requirement_with(o.account, o.instrument, existing, &e)?
+        {
             return Err(RejectCode::InsufficientMargin);
         }
         let owner = acct.owner;
-        let (filled, end) = self.plan_match(o.instrument, o.side, limit, o.qty, owner, o.self_trade);
+        let (filled, end) =
+            self.plan_match(o.instrument, o.side, limit, o.qty, owner, o.self_trade);
         if o.time_in_force == TimeInForce::FillOrKill && filled < o.qty {
             return Err(RejectCode::FokNotFillable);
         }
         let remaining = Qty(o.qty.0 - filled.0);
         let rests = !immediate && remaining.is_positive() && end != PlanEnd::SelfTrade;
-        if rests && self.level_limit_hit(&self.instruments[o.instrument.0 as usize], o.side, limit, None) {
+        if rests
+            && self.level_limit_hit(
+                &self.instruments[o.instrument.0 as usize],
+                o.side,
+                limit,
+                None,
+            )
+        {
             return Err(RejectCode::TooManyPriceLevels);
         }
 
@@ -724,12 +993,23 @@ impl<M: MarginModel> Engine<M> {
         self.next_order_id += 1;
         self.touch_account(o.account);
         self.touch_instrument(o.instrument);
-        events.push(Event::OrderAccepted { order: id, account: o.account, instrument: o.instrument, client_order_id: o.client_order_id });
+        events.push(Event::OrderAccepted {
+            order: id,
+            account: o.account,
+            instrument: o.instrument,
+            client_order_id: o.client_order_id,
+        });
         let position = match existing {
             Some(slot) => slot,
             None => self.position_entry(o.account, o.instrument),
         };
-        let taker = Taker { id, account: o.account, position, instrument: o.instrument, side: o.side };
+        let taker = Taker {
+            id,
+            account: o.account,
+            position,
+            instrument: o.instrument,
+            side: o.side,
+        };
         self.execute_plan(&taker, events);
         if rests {
             let order = Order::new(OrderRecord {
@@ -756,13 +1036,25 @@ impl<M: MarginModel> Engine<M> {
             } else {
                 DoneReason::UnfilledRemainder
             };
-            events.push(Event::OrderDone { order: id, account: o.account, reason, unfilled: remaining });
+            events.push(Event::OrderDone {
+                order: id,
+                account: o.account,
+                reason,
+                unfilled: remaining,
+            });
         }
         self.refresh_requirement(o.account, position);
         Ok(())
     }
 
-    fn amend(&mut self, account: AccountId, order: OrderRef, price: Price, qty: Qty, events: &mut Vec<Event>) -> Result<(), RejectCode> {
+    fn amend(
+        &mut self,
+        account: AccountId,
+        order: OrderRef,
+        price: Price,
+        qty: Qty,
+        events: &mut Vec<Event>,
+    ) -> Result<(), RejectCode> {
         if self.account(account)?.liquidating_since.is_some() {
             return Err(RejectCode::AccountInLiquidation);
         }
@@ -792,9 +1084,15 @@ impl<M: MarginModel> Engine<M> {
             let inst = &mut self.instruments[o.instrument.0 as usize];
             inst.book.reduce(&mut self.store, slot, cut);
             let pos = &mut self.positions[o.position as usize];
-            Self::exposure_order(&inst.spec, &mut pos.exposure, o.side, o.price, cut, -1).expect("removing what was added");
+            Self::exposure_order(&inst.spec, &mut pos.exposure, o.side, o.price, cut, -1)
+                .expect("removing what was added");
             self.refresh_requirement(account, o.position);
-            events.push(Event::OrderAmended { order: o.id, price, remaining: qty, kept_priority: true });
+            events.push(Event::OrderAmended {
+                order: o.id,
+                price,
+                remaining: qty,
+                kept_priority: true,
+            });
             return Ok(());
         }
         if o.post_only && inst.book.crosses(o.side, price) {
@@ -803,14 +1101,23 @@ impl<M: MarginModel> Engine<M> {
         let mut e = self.positions[o.position as usize].exposure;
         Self::exposure_order(&inst.spec, &mut e, o.side, o.price, o.remaining, -1)?;
         Self::exposure_order(&inst.spec, &mut e, o.side, price, qty, 1)?;
-        if i128::from(self.accounts[account.0 as usize].balance.0) < self.requirement_with(account, o.instrument, Some(o.position), &e)? {
+        if i128::from(self.accounts[account.0 as usize].balance.0)
+            < self.requirement_with(account, o.instrument, Some(o.position), &e)?
+        {
             return Err(RejectCode::InsufficientMargin);
         }
         let owner = self.accounts[account.0 as usize].owner;
         let (filled, end) = self.plan_match(o.instrument, o.side, price, qty, owner, o.self_trade);
         let remaining = Qty(qty.0 - filled.0);
         let rests = remaining.is_positive() && end != PlanEnd::SelfTrade;
-        if rests && self.level_limit_hit(&self.instruments[o.instrument.0 as usize], o.side, price, Some(slot)) {
+        if rests
+            && self.level_limit_hit(
+                &self.instruments[o.instrument.0 as usize],
+                o.side,
+                price,
+                Some(slot),
+            )
+        {
             return Err(RejectCode::TooManyPriceLevels);
         }
 
@@ -821,9 +1128,28 @@ impl<M: MarginModel> Engine<M> {
         let inst = &mut self.instruments[o.instrument.0 as usize];
         inst.book.unlink(&mut self.store, slot);
         let pos = &mut self.positions[o.position as usize];
-        Self::exposure_order(&inst.spec, &mut pos.exposure, o.side, o.price, o.remaining, -1).expect("removing what was added");
-        events.push(Event::OrderAmended { order: o.id, price, remaining: qty, kept_priority: false });
-        let taker = Taker { id: o.id, account, position: o.position, instrument: o.instrument, side: o.side };
+        Self::exposure_order(
+            &inst.spec,
+            &mut pos.exposure,
+            o.side,
+            o.price,
+            o.remaining,
+            -1,
+        )
+        .expect("removing what was added");
+        events.push(Event::OrderAmended {
+            order: o.id,
+            price,
+            remaining: qty,
+            kept_priority: false,
+        });
+        let taker = Taker {
+            id: o.id,
+            account,
+            position: o.position,
+            instrument: o.instrument,
+            side: o.side,
+        };
         self.execute_plan(&taker, events);
         let stored = self.store.get_mut(slot);
         stored.price = price;
@@ -833,19 +1159,33 @@ impl<M: MarginModel> Engine<M> {
             let inst = &mut self.instruments[o.instrument.0 as usize];
             inst.book.push_back(&mut self.store, slot);
             let pos = &mut self.positions[o.position as usize];
-            Self::exposure_order(&inst.spec, &mut pos.exposure, o.side, price, remaining, 1).expect("margin-checked above");
+            Self::exposure_order(&inst.spec, &mut pos.exposure, o.side, price, remaining, 1)
+                .expect("margin-checked above");
             if filled.is_positive() {
-                events.push(Event::OrderRested { order: o.id, price, remaining });
+                events.push(Event::OrderRested {
+                    order: o.id,
+                    price,
+                    remaining,
+                });
             }
         } else {
-            let reason = if remaining.0 == 0 { DoneReason::Filled } else { DoneReason::SelfTrade };
+            let reason = if remaining.0 == 0 {
+                DoneReason::Filled
+            } else {
+                DoneReason::SelfTrade
+            };
             self.forget_order(slot, events, reason);
         }
         self.refresh_requirement(account, o.position);
         Ok(())
     }
 
-    fn cancel_all(&mut self, account: AccountId, instrument: Option<InstrumentId>, events: &mut Vec<Event>) -> Result<(), RejectCode> {
+    fn cancel_all(
+        &mut self,
+        account: AccountId,
+        instrument: Option<InstrumentId>,
+        events: &mut Vec<Event>,
+    ) -> Result<(), RejectCode> {
         self.account(account)?;
         if let Some(id) = instrument {
             self.instrument(id)?;
@@ -867,7 +1207,12 @@ impl<M: MarginModel> Engine<M> {
         Ok(())
     }
 
-    fn mass_quote(&mut self, account: AccountId, quotes: &[Quote], events: &mut Vec<Event>) -> Result<(), RejectCode> {
+    fn mass_quote(
+        &mut self,
+        account: AccountId,
+        quotes: &[Quote],
+        events: &mut Vec<Event>,
+    ) -> Result<(), RejectCode> {
         let acct = self.account(account)?;
         if acct.liquidating_since.is_some() {
             return Err(RejectCode::AccountInLiquidation);
@@ -897,10 +1242,21 @@ impl<M: MarginModel> Engine<M> {
             let old = pos.map_or([None, None], |p| p.quotes);
             let mut e = pos.map(|p| p.exposure).unwrap_or_default();
             for (i, side) in [Side::Buy, Side::Sell].into_iter().enumerate() {
-                let old_slot = old[i].map(|id| self.store.slot_of(id).expect("quote refs point at open orders"));
+                let old_slot = old[i].map(|id| {
+                    self.store
+                        .slot_of(id)
+                        .expect("quote refs point at open orders")
+                });
                 if let Some(s) = old_slot {
                     let old_order = self.store.get(s);
-                    Self::exposure_order(&inst.spec, &mut e, side, old_order.price, old_order.remaining, -1)?;
+                    Self::exposure_order(
+                        &inst.spec,
+                        &mut e,
+                        side,
+                        old_order.price,
+                        old_order.remaining,
+                        -1,
+                    )?;
                     open_after -= 1;
                 }
                 let new = if side == Side::Buy { q.bid } else { q.ask };
@@ -928,16 +1284,26 @@ impl<M: MarginModel> Engine<M> {
         self.touch_account(account);
         for q in quotes {
             self.touch_instrument(q.instrument);
-            let old = self.position(account, q.instrument).map_or([None, None], |p| p.quotes);
+            let old = self
+                .position(account, q.instrument)
+                .map_or([None, None], |p| p.quotes);
             for id in old.into_iter().flatten() {
-                let slot = self.store.slot_of(id).expect("quote refs point at open orders");
+                let slot = self
+                    .store
+                    .slot_of(id)
+                    .expect("quote refs point at open orders");
                 self.remove_order(slot, DoneReason::Cancelled, events);
             }
             for (side, new) in [(Side::Buy, q.bid), (Side::Sell, q.ask)] {
                 let Some((price, qty)) = new else { continue };
                 let id = OrderId(self.next_order_id);
                 self.next_order_id += 1;
-                events.push(Event::OrderAccepted { order: id, account, instrument: q.instrument, client_order_id: 0 });
+                events.push(Event::OrderAccepted {
+                    order: id,
+                    account,
+                    instrument: q.instrument,
+                    client_order_id: 0,
+                });
                 let order = Order::new(OrderRecord {
                     id,
                     account,
@@ -964,7 +1330,13 @@ impl<M: MarginModel> Engine<M> {
 
     /// Whether `price` on `side` crosses the best opposite order, ignoring the single order
     /// `ignore` (the account's own quote that is being replaced).
-    fn crosses_excluding(&self, inst: &InstrumentState, side: Side, price: Price, ignore: Option<OrderId>) -> bool {
+    fn crosses_excluding(
+        &self,
+        inst: &InstrumentState,
+        side: Side,
+        price: Price,
+        ignore: Option<OrderId>,
+    ) -> bool {
         let opposite = side.opposite();
         let ignore_slot = ignore.and_then(|id| self.store.slot_of(id));
         let best = inst
@@ -994,11 +1366,25 @@ impl<M: MarginModel> Engine<M> {
 
     fn fill(&mut self, maker_slot: u32, taker: &Taker, qty: Qty, events: &mut Vec<Event>) {
         let maker = self.store.get(maker_slot);
-        let (maker_id, maker_account, maker_side, price, maker_position) = (maker.id, maker.account, maker.side, maker.price, maker.position);
+        let (maker_id, maker_account, maker_side, price, maker_position) = (
+            maker.id,
+            maker.account,
+            maker.side,
+            maker.price,
+            maker.position,
+        );
         let spec = &self.instruments[taker.instrument.0 as usize].spec;
-        let notional = price.notional(qty).expect("prices and sizes are whole ticks and steps");
-        let maker_fee = spec.maker_fee.fee_on(notional).expect("bounded by the notional");
-        let taker_fee = spec.taker_fee.fee_on(notional).expect("bounded by the notional");
+        let notional = price
+            .notional(qty)
+            .expect("prices and sizes are whole ticks and steps");
+        let maker_fee = spec
+            .maker_fee
+            .fee_on(notional)
+            .expect("bounded by the notional");
+        let taker_fee = spec
+            .taker_fee
+            .fee_on(notional)
+            .expect("bounded by the notional");
         let (buyer, seller) = match taker.side {
             Side::Buy => (taker.account, maker_account),
             Side::Sell => (maker_account, taker.account),
@@ -1009,8 +1395,20 @@ impl<M: MarginModel> Engine<M> {
         self.credit(taker.account, Amount(-taker_fee.0));
         self.totals.fee_pool = Amount(self.totals.fee_pool.0 + maker_fee.0 + taker_fee.0);
         self.touch_account(maker_account);
-        self.position_fill(maker_account, maker_position, maker_side.sign() * qty.0, price, notional);
-        self.position_fill(taker.account, taker.position, taker.side.sign() * qty.0, price, notional);
+        self.position_fill(
+            maker_account,
+            maker_position,
+            maker_side.sign() * qty.0,
+            price,
+            notional,
+        );
+        self.position_fill(
+            taker.account,
+            taker.position,
+            taker.side.sign() * qty.0,
+            price,
+            notional,
+        );
 
         let inst = &mut self.instruments[taker.instrument.0 as usize];
         inst.book.reduce(&mut self.store, maker_slot, qty);
@@ -1018,7 +1416,8 @@ impl<M: MarginModel> Engine<M> {
         maker.filled = Qty(maker.filled.0 + qty.0);
         let done = maker.remaining.0 == 0;
         let pos = &mut self.positions[maker_position as usize];
-        Self::exposure_order(&inst.spec, &mut pos.exposure, maker_side, price, qty, -1).expect("removing what was added");
+        Self::exposure_order(&inst.spec, &mut pos.exposure, maker_side, price, qty, -1)
+            .expect("removing what was added");
         events.push(Event::Fill {
             instrument: taker.instrument,
             maker_order: maker_id,
@@ -1038,7 +1437,14 @@ impl<M: MarginModel> Engine<M> {
         self.refresh_requirement(maker_account, maker_position);
     }
 
-    pub(crate) fn position_fill(&mut self, account: AccountId, position: u32, signed_qty: i64, price: Price, notional: Amount) {
+    pub(crate) fn position_fill(
+        &mut self,
+        account: AccountId,
+        position: u32,
+        signed_qty: i64,
+        price: Price,
+        notional: Amount,
+    ) {
         let pos = &mut self.positions[position as usize];
         let was_flat = pos.exposure.position.0 == 0;
         pos.apply_fill(signed_qty, price, notional);
@@ -1054,8 +1460,16 @@ impl<M: MarginModel> Engine<M> {
 
     /// Puts a new order on the book and into the account's indexes and exposure.
     pub(crate) fn rest_order(&mut self, mut order: Order, events: &mut Vec<Event>) {
-        let (id, account, instrument, side, price, remaining, cid, tif) =
-            (order.id, order.account, order.instrument, order.side, order.price, order.remaining, order.client_order_id, order.time_in_force);
+        let (id, account, instrument, side, price, remaining, cid, tif) = (
+            order.id,
+            order.account,
+            order.instrument,
+            order.side,
+            order.price,
+            order.remaining,
+            order.client_order_id,
+            order.time_in_force,
+        );
         let is_quote = order.is_quote;
         let position = self.position_entry(account, instrument);
         order.position = position;
@@ -1081,18 +1495,31 @@ impl<M: MarginModel> Engine<M> {
         if is_quote {
             pos.quotes[usize::from(side == Side::Sell)] = Some(id);
         }
-        Self::exposure_order(&inst.spec, &mut pos.exposure, side, price, remaining, 1).expect("margin-checked before resting");
-        events.push(Event::OrderRested { order: id, price, remaining });
+        Self::exposure_order(&inst.spec, &mut pos.exposure, side, price, remaining, 1)
+            .expect("margin-checked before resting");
+        events.push(Event::OrderRested {
+            order: id,
+            price,
+            remaining,
+        });
     }
 
     /// Takes a booked order off the book and forgets it.
     pub(crate) fn remove_order(&mut self, slot: u32, reason: DoneReason, events: &mut Vec<Event>) {
         let o = self.store.get(slot);
-        let (account, instrument, side, price, remaining, position) = (o.account, o.instrument, o.side, o.price, o.remaining, o.position);
+        let (account, instrument, side, price, remaining, position) = (
+            o.account,
+            o.instrument,
+            o.side,
+            o.price,
+            o.remaining,
+            o.position,
+        );
         let inst = &mut self.instruments[instrument.0 as usize];
         inst.book.unlink(&mut self.store, slot);
         let pos = &mut self.positions[position as usize];
-        Self::exposure_order(&inst.spec, &mut pos.exposure, side, price, remaining, -1).expect("removing what was added");
+        Self::exposure_order(&inst.spec, &mut pos.exposure, side, price, remaining, -1)
+            .expect("removing what was added");
         self.touch_account(account);
         self.touch_instrument(instrument);
         self.forget_order(slot, events, reason);
@@ -1126,15 +1553,25 @@ impl<M: MarginModel> Engine<M> {
         if o.is_quote {
             pos.quotes[usize::from(o.side == Side::Sell)] = None;
         }
-        events.push(Event::OrderDone { order: o.id, account: o.account, reason, unfilled: o.remaining });
+        events.push(Event::OrderDone {
+            order: o.id,
+            account: o.account,
+            reason,
+            unfilled: o.remaining,
+        });
     }
 
     pub(crate) fn refresh_requirement(&mut self, account: AccountId, position: u32) {
-        self.refresh_requirement_checked(account, position).expect("requirements of accepted exposures fit");
+        self.refresh_requirement_checked(account, position)
+            .expect("requirements of accepted exposures fit");
     }
 
     /// Recomputes one position's requirement and the account's totals.
-    pub(crate) fn refresh_requirement_checked(&mut self, account: AccountId, position: u32) -> Result<(), RejectCode> {
+    pub(crate) fn refresh_requirement_checked(
+        &mut self,
+        account: AccountId,
+        position: u32,
+    ) -> Result<(), RejectCode> {
         if self.accounts[account.0 as usize].mode != optio_types::MarginMode::WorstCase {
             return self.refresh_marked(account, position);
         }
@@ -1157,7 +1594,11 @@ impl<M: MarginModel> Engine<M> {
     }
 
     fn push_balance_event(&self, account: AccountId, amount: Amount, events: &mut Vec<Event>) {
-        events.push(Event::BalanceChanged { account, amount, balance: self.accounts[account.0 as usize].balance });
+        events.push(Event::BalanceChanged {
+            account,
+            amount,
+            balance: self.accounts[account.0 as usize].balance,
+        });
     }
 
     pub(crate) fn touch_account(&mut self, account: AccountId) {
@@ -1175,21 +1616,40 @@ impl<M: MarginModel> Engine<M> {
     /// The invariants checked after every input, in release builds, at a cost proportional to
     /// what the input touched. [`Engine::check_invariants`] is the full audit.
     fn check_touched(&self) {
-        let held = self.total_balances + i128::from(self.totals.fee_pool.0) + i128::from(self.totals.insurance.0);
-        assert_eq!(self.totals.deposits - self.totals.withdrawals, held, "collateral conservation violated");
-        assert!(self.totals.fee_pool.0 >= 0 && self.totals.insurance.0 >= 0, "fee pool or insurance fund negative");
+        let held = self.total_balances
+            + i128::from(self.totals.fee_pool.0)
+            + i128::from(self.totals.insurance.0);
+        assert_eq!(
+            self.totals.deposits - self.totals.withdrawals,
+            held,
+            "collateral conservation violated"
+        );
+        assert!(
+            self.totals.fee_pool.0 >= 0 && self.totals.insurance.0 >= 0,
+            "fee pool or insurance fund negative"
+        );
         let stored = self.store.len();
-        assert!(self.store.booked() == stored && self.account_orders == stored, "books, order store and account order lists disagree");
+        assert!(
+            self.store.booked() == stored && self.account_orders == stored,
+            "books, order store and account order lists disagree"
+        );
         for &a in &self.touched_accounts {
             let acct = &self.accounts[a.0 as usize];
             if acct.mode == optio_types::MarginMode::WorstCase {
-                assert!(acct.balance >= acct.requirement && acct.requirement.0 >= 0, "account {a} under-collateralized");
+                assert!(
+                    acct.balance >= acct.requirement && acct.requirement.0 >= 0,
+                    "account {a} under-collateralized"
+                );
             }
         }
         for &i in &self.touched_instruments {
             let inst = &self.instruments[i.0 as usize];
-            assert_eq!(inst.net_position, 0, "positions of instrument {i} do not net to zero");
-            if let (Some(bid), Some(ask)) = (inst.book.best(Side::Buy), inst.book.best(Side::Sell)) {
+            assert_eq!(
+                inst.net_position, 0,
+                "positions of instrument {i} do not net to zero"
+            );
+            if let (Some(bid), Some(ask)) = (inst.book.best(Side::Buy), inst.book.best(Side::Sell))
+            {
                 assert!(bid < ask, "book of instrument {i} is crossed");
             }
         }
@@ -1201,7 +1661,9 @@ impl<M: MarginModel> Engine<M> {
 
     /// The kind of an instrument (for callers that only know its id).
     pub fn instrument_kind(&self, id: InstrumentId) -> Option<InstrumentKind> {
-        self.instruments.get(id.0 as usize).map(|i| i.spec.name.kind)
+        self.instruments
+            .get(id.0 as usize)
+            .map(|i| i.spec.name.kind)
     }
 
     /// Id of the instrument with this name.
@@ -1211,20 +1673,34 @@ impl<M: MarginModel> Engine<M> {
 
     /// Best bid and ask of an instrument.
     pub fn best_bid_ask(&self, id: InstrumentId) -> (Option<Price>, Option<Price>) {
-        self.instruments.get(id.0 as usize).map_or((None, None), |i| (i.book.best(Side::Buy), i.book.best(Side::Sell)))
+        self.instruments
+            .get(id.0 as usize)
+            .map_or((None, None), |i| {
+                (i.book.best(Side::Buy), i.book.best(Side::Sell))
+            })
     }
 
     /// Balance, requirement and free collateral of an account.
     pub fn collateral(&self, id: AccountId) -> Option<(Amount, Amount, Amount)> {
-        self.accounts.get(id.0 as usize).map(|a| (a.balance, a.requirement, a.free_collateral()))
+        self.accounts
+            .get(id.0 as usize)
+            .map(|a| (a.balance, a.requirement, a.free_collateral()))
     }
 
     /// An account's position in an instrument: size, average entry price (cost / size, rounded
     /// toward zero; `None` when flat) and realized P&L.
-    pub fn position_view(&self, account: AccountId, instrument: InstrumentId) -> Option<(Qty, Option<Price>, Amount)> {
+    pub fn position_view(
+        &self,
+        account: AccountId,
+        instrument: InstrumentId,
+    ) -> Option<(Qty, Option<Price>, Amount)> {
         let p = self.position(account, instrument)?;
         let q = p.exposure.position.0;
-        let entry = (q != 0).then(|| Price((i128::from(p.cost.0) * i128::from(optio_types::QTY_SCALE) / i128::from(q)) as i64));
+        let entry = (q != 0).then(|| {
+            Price(
+                (i128::from(p.cost.0) * i128::from(optio_types::QTY_SCALE) / i128::from(q)) as i64,
+            )
+        });
         Some((p.exposure.position, entry, p.realized_pnl))
     }
 

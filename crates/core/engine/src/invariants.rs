@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use optio_types::{AccountId, Exposure, InstrumentId, MarginMode, MarginModel, OrderId, Side, TimeInForce};
+use optio_types::{
+    AccountId, Exposure, InstrumentId, MarginMode, MarginModel, OrderId, Side, TimeInForce,
+};
 
 use crate::book::NIL;
 use crate::engine::Engine;
@@ -25,11 +27,18 @@ impl<M: MarginModel> Engine<M> {
     pub fn check_invariants(&self) -> Result<(), InvariantViolation> {
         let balances: i128 = self.accounts.iter().map(|a| i128::from(a.balance.0)).sum();
         if balances != self.total_balances {
-            return fail(format!("sum of balances {balances} != running total {}", self.total_balances));
+            return fail(format!(
+                "sum of balances {balances} != running total {}",
+                self.total_balances
+            ));
         }
-        let held = balances + i128::from(self.totals.fee_pool.0) + i128::from(self.totals.insurance.0);
+        let held =
+            balances + i128::from(self.totals.fee_pool.0) + i128::from(self.totals.insurance.0);
         if self.totals.deposits - self.totals.withdrawals != held {
-            return fail(format!("deposits - withdrawals = {} but balances + pools = {held}", self.totals.deposits - self.totals.withdrawals));
+            return fail(format!(
+                "deposits - withdrawals = {} but balances + pools = {held}",
+                self.totals.deposits - self.totals.withdrawals
+            ));
         }
         if self.totals.fee_pool.0 < 0 || self.totals.insurance.0 < 0 {
             return fail("fee pool or insurance negative".into());
@@ -50,16 +59,26 @@ impl<M: MarginModel> Engine<M> {
                     let (mut count, mut total, mut slot) = (0u32, 0i64, level.head);
                     while slot != NIL {
                         let o = self.store.get(slot);
-                        if o.instrument != id || o.side != side || o.price != *price || !o.remaining.is_positive() {
+                        if o.instrument != id
+                            || o.side != side
+                            || o.price != *price
+                            || !o.remaining.is_positive()
+                        {
                             return fail(format!("order {} misfiled in book {id}", o.id));
                         }
                         if self.accounts.get(o.account.0 as usize).is_none() {
                             return fail(format!("order {} of unknown account", o.id));
                         }
                         if self.position_index.get(&(o.account.0, id.0)) != Some(o.position) {
-                            return fail(format!("order {} points at the wrong position entry", o.id));
+                            return fail(format!(
+                                "order {} points at the wrong position entry",
+                                o.id
+                            ));
                         }
-                        if o.client_order_id != 0 && self.client_index.get(&(o.account.0, o.client_order_id)) != Some(slot) {
+                        if o.client_order_id != 0
+                            && self.client_index.get(&(o.account.0, o.client_order_id))
+                                != Some(slot)
+                        {
                             return fail(format!("client id of order {} not indexed", o.id));
                         }
                         if let TimeInForce::GoodTillTime(t) = o.time_in_force
@@ -75,7 +94,9 @@ impl<M: MarginModel> Engine<M> {
                         slot = o.next();
                     }
                     if count != level.count || total != level.total.0 || count == 0 {
-                        return fail(format!("level {price} of book {id} has wrong count or total"));
+                        return fail(format!(
+                            "level {price} of book {id} has wrong count or total"
+                        ));
                     }
                     seen += count as usize;
                 }
@@ -85,7 +106,10 @@ impl<M: MarginModel> Engine<M> {
             }
         }
         if seen != self.store.len() {
-            return fail(format!("{} orders stored but {seen} on books", self.store.len()));
+            return fail(format!(
+                "{} orders stored but {seen} on books",
+                self.store.len()
+            ));
         }
         for (a, acct) in self.accounts.iter().enumerate() {
             let (mut n, mut slot, mut prev) = (0u32, acct.orders_head, NIL);
@@ -99,18 +123,29 @@ impl<M: MarginModel> Engine<M> {
                 slot = o.account_next;
             }
             if n != acct.open_orders {
-                return fail(format!("account {a} counts {} open orders but lists {n}", acct.open_orders));
+                return fail(format!(
+                    "account {a} counts {} open orders but lists {n}",
+                    acct.open_orders
+                ));
             }
         }
         let indexed: usize = self.accounts.iter().map(|a| a.open_orders as usize).sum();
         if indexed != self.account_orders || self.store.booked() != self.store.len() {
             return fail("running order counters out of step".into());
         }
-        let booked_cids = self.store.live().filter(|(_, o)| o.client_order_id != 0).count();
+        let booked_cids = self
+            .store
+            .live()
+            .filter(|(_, o)| o.client_order_id != 0)
+            .count();
         if indexed != seen || self.client_index.len() != booked_cids {
             return fail("account order indexes hold orders that are not booked".into());
         }
-        let good_till = self.store.live().filter(|(_, o)| matches!(o.time_in_force, TimeInForce::GoodTillTime(_))).count();
+        let good_till = self
+            .store
+            .live()
+            .filter(|(_, o)| matches!(o.time_in_force, TimeInForce::GoodTillTime(_)))
+            .count();
         if good_till != self.good_till.len() {
             return fail("good-till index out of step".into());
         }
@@ -119,32 +154,55 @@ impl<M: MarginModel> Engine<M> {
         for (a, acct) in self.accounts.iter().enumerate() {
             let account = AccountId(a as u32);
             let (mut requirement, mut maintenance) = (0i64, 0i64);
-            let mut portfolio = (acct.mode == MarginMode::Portfolio).then(|| crate::risk::Contribution::zero(self.risk.scenarios as usize + 1));
+            let mut portfolio = (acct.mode == MarginMode::Portfolio)
+                .then(|| crate::risk::Contribution::zero(self.risk.scenarios as usize + 1));
             for (&instrument, &slot) in &acct.positions {
                 let pos = &self.positions[slot as usize];
-                if pos.instrument != instrument || self.position_index.get(&(account.0, instrument.0)) != Some(slot) {
-                    return fail(format!("position index of account {account} in {instrument} is broken"));
+                if pos.instrument != instrument
+                    || self.position_index.get(&(account.0, instrument.0)) != Some(slot)
+                {
+                    return fail(format!(
+                        "position index of account {account} in {instrument} is broken"
+                    ));
                 }
                 let spec = &self.instruments[instrument.0 as usize].spec;
-                let (mut want, count) = exposures.remove(&(account, instrument)).unwrap_or_default();
+                let (mut want, count) =
+                    exposures.remove(&(account, instrument)).unwrap_or_default();
                 want.position = pos.exposure.position;
                 if want != pos.exposure || count != pos.open_orders {
-                    return fail(format!("exposure of account {account} in {instrument} out of step"));
+                    return fail(format!(
+                        "exposure of account {account} in {instrument} out of step"
+                    ));
                 }
                 for (i, quote) in pos.quotes.iter().enumerate() {
                     if let Some(id) = quote {
-                        let ok = self.store.slot_of(*id).map(|s| self.store.get(s)).is_some_and(|o| {
-                            o.is_quote && o.account == account && o.instrument == instrument && usize::from(o.side == Side::Sell) == i
-                        });
+                        let ok = self
+                            .store
+                            .slot_of(*id)
+                            .map(|s| self.store.get(s))
+                            .is_some_and(|o| {
+                                o.is_quote
+                                    && o.account == account
+                                    && o.instrument == instrument
+                                    && usize::from(o.side == Side::Sell) == i
+                            });
                         if !ok {
-                            return fail(format!("quote reference {id} of account {account} is stale"));
+                            return fail(format!(
+                                "quote reference {id} of account {account} is stale"
+                            ));
                         }
                     }
                 }
-                let marked = self.marked_margin(acct.mode, instrument, &pos.exposure).map_err(|e| InvariantViolation(e.to_string()))?;
+                let marked = self
+                    .marked_margin(acct.mode, instrument, &pos.exposure)
+                    .map_err(|e| InvariantViolation(e.to_string()))?;
                 let _ = spec;
-                if (marked.initial, marked.maintenance) != (pos.requirement.0, pos.maintenance.0) || marked.scenario != pos.scenario {
-                    return fail(format!("cached requirement of account {account} in {instrument} is stale"));
+                if (marked.initial, marked.maintenance) != (pos.requirement.0, pos.maintenance.0)
+                    || marked.scenario != pos.scenario
+                {
+                    return fail(format!(
+                        "cached requirement of account {account} in {instrument} is stale"
+                    ));
                 }
                 requirement += marked.initial;
                 maintenance += marked.maintenance;
@@ -157,9 +215,13 @@ impl<M: MarginModel> Engine<M> {
                     sums.floor_maintenance += c.floor_maintenance;
                 }
                 *net.entry(instrument).or_default() += i128::from(pos.exposure.position.0);
-                let holder = self.instruments[instrument.0 as usize].holders.contains(&account);
+                let holder = self.instruments[instrument.0 as usize]
+                    .holders
+                    .contains(&account);
                 if holder != (pos.exposure.position.0 != 0) {
-                    return fail(format!("holder index of {instrument} wrong for account {account}"));
+                    return fail(format!(
+                        "holder index of {instrument} wrong for account {account}"
+                    ));
                 }
             }
             if let Some(sums) = &portfolio {
@@ -173,50 +235,95 @@ impl<M: MarginModel> Engine<M> {
             }
             // Between inputs a mark-margined account is either above maintenance or being
             // liquidated, and a liquidating account has no open orders.
-            if acct.mode != MarginMode::WorstCase && acct.liquidating_since.is_none() && acct.balance < acct.maintenance {
-                return fail(format!("account {account} is below maintenance but not liquidating"));
+            if acct.mode != MarginMode::WorstCase
+                && acct.liquidating_since.is_none()
+                && acct.balance < acct.maintenance
+            {
+                return fail(format!(
+                    "account {account} is below maintenance but not liquidating"
+                ));
             }
-            if acct.liquidating_since.is_some() && (acct.open_orders > 0 || acct.mode == MarginMode::WorstCase) {
-                return fail(format!("liquidating account {account} has open orders or is fully collateralized"));
+            if acct.liquidating_since.is_some()
+                && (acct.open_orders > 0 || acct.mode == MarginMode::WorstCase)
+            {
+                return fail(format!(
+                    "liquidating account {account} has open orders or is fully collateralized"
+                ));
             }
             // Fully collateralized accounts can never be under water.
-            if acct.mode == MarginMode::WorstCase && (acct.balance.0 < 0 || acct.balance < acct.requirement) {
-                return fail(format!("account {account} balance {} below requirement {}", acct.balance, acct.requirement));
+            if acct.mode == MarginMode::WorstCase
+                && (acct.balance.0 < 0 || acct.balance < acct.requirement)
+            {
+                return fail(format!(
+                    "account {account} balance {} below requirement {}",
+                    acct.balance, acct.requirement
+                ));
             }
-            let quotes = self.store.live().filter(|(_, o)| o.is_quote && o.account == account).count();
-            let refs: usize = acct.positions.values().map(|s| self.positions[*s as usize].quotes.iter().flatten().count()).sum();
+            let quotes = self
+                .store
+                .live()
+                .filter(|(_, o)| o.is_quote && o.account == account)
+                .count();
+            let refs: usize = acct
+                .positions
+                .values()
+                .map(|s| self.positions[*s as usize].quotes.iter().flatten().count())
+                .sum();
             if quotes != refs {
                 return fail(format!("account {account} has unreferenced quotes"));
             }
         }
         if let Some(((account, instrument), _)) = exposures.into_iter().next() {
-            return fail(format!("account {account} has orders in {instrument} but no position entry"));
+            return fail(format!(
+                "account {account} has orders in {instrument} but no position entry"
+            ));
         }
         if let Some((instrument, n)) = net.into_iter().find(|(_, n)| *n != 0) {
             return fail(format!("positions of {instrument} net to {n}"));
         }
         let holders: usize = self.instruments.iter().map(|i| i.holders.len()).sum();
-        let nonzero: usize = self.positions.iter().filter(|p| p.exposure.position.0 != 0).count();
+        let nonzero: usize = self
+            .positions
+            .iter()
+            .filter(|p| p.exposure.position.0 != 0)
+            .count();
         if holders != nonzero {
             return fail("holder index lists flat accounts".into());
         }
-        if self.store.live().any(|(_, o)| o.id >= OrderId(self.next_order_id)) {
+        if self
+            .store
+            .live()
+            .any(|(_, o)| o.id >= OrderId(self.next_order_id))
+        {
             return fail("an order id is not below the id counter".into());
         }
         Ok(())
     }
 
-    fn exposure_add(spec: &optio_types::InstrumentSpec, e: &mut Exposure, side: Side, price: optio_types::Price, qty: optio_types::Qty) -> Result<(), InvariantViolation> {
-        let reserve = optio_types::margin::fee_reserve(spec, price, qty).map_err(|e| InvariantViolation(e.to_string()))?;
+    fn exposure_add(
+        spec: &optio_types::InstrumentSpec,
+        e: &mut Exposure,
+        side: Side,
+        price: optio_types::Price,
+        qty: optio_types::Qty,
+    ) -> Result<(), InvariantViolation> {
+        let reserve = optio_types::margin::fee_reserve(spec, price, qty)
+            .map_err(|e| InvariantViolation(e.to_string()))?;
         e.fee_reserve.0 += reserve.0;
         match side {
             Side::Buy => {
                 e.buy_qty.0 += qty.0;
-                e.buy_cost.0 += price.notional(qty).map_err(|e| InvariantViolation(e.to_string()))?.0;
+                e.buy_cost.0 += price
+                    .notional(qty)
+                    .map_err(|e| InvariantViolation(e.to_string()))?
+                    .0;
             }
             Side::Sell => {
                 e.sell_qty.0 += qty.0;
-                e.sell_proceeds.0 += price.notional(qty).map_err(|e| InvariantViolation(e.to_string()))?.0;
+                e.sell_proceeds.0 += price
+                    .notional(qty)
+                    .map_err(|e| InvariantViolation(e.to_string()))?
+                    .0;
             }
         }
         Ok(())

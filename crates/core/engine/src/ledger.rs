@@ -63,16 +63,26 @@ impl Position {
             return;
         }
         let closing = d.abs().min(q.abs());
-        let released = mul_div(i128::from(self.cost.0), i128::from(closing), i128::from(q.abs()), Rounding::TowardSystem)
-            .expect("cost share is at most the cost");
+        let released = mul_div(
+            i128::from(self.cost.0),
+            i128::from(closing),
+            i128::from(q.abs()),
+            Rounding::TowardSystem,
+        )
+        .expect("cost share is at most the cost");
         let released = i64::try_from(released).expect("cost share is at most the cost");
-        let closing_notional = price.notional(Qty(closing)).expect("a fill's parts are whole amount steps");
-        self.realized_pnl = Amount(self.realized_pnl.0 + q.signum() * closing_notional.0 - released);
+        let closing_notional = price
+            .notional(Qty(closing))
+            .expect("a fill's parts are whole amount steps");
+        self.realized_pnl =
+            Amount(self.realized_pnl.0 + q.signum() * closing_notional.0 - released);
         self.cost = Amount(self.cost.0 - released);
         self.exposure.position = Qty(q + d.signum() * closing);
         let opening = d.abs() - closing;
         if opening > 0 {
-            let opening_notional = price.notional(Qty(opening)).expect("a fill's parts are whole amount steps");
+            let opening_notional = price
+                .notional(Qty(opening))
+                .expect("a fill's parts are whole amount steps");
             self.cost = Amount(self.cost.0 + d.signum() * opening_notional.0);
             self.exposure.position = Qty(self.exposure.position.0 + d.signum() * opening);
         }

@@ -9,7 +9,10 @@
 //! requirement). Anything still missing stays as the account's negative balance and is reported
 //! as unresolved bad debt (conservation still holds exactly).
 
-use optio_types::{AccountId, Amount, DoneReason, Event, InstrumentId, MarginMode, MarginModel, Price, QTY_SCALE, Qty, RejectCode};
+use optio_types::{
+    AccountId, Amount, DoneReason, Event, InstrumentId, MarginMode, MarginModel, Price, QTY_SCALE,
+    Qty, RejectCode,
+};
 
 use crate::book::NIL;
 use crate::engine::Engine;
@@ -25,7 +28,10 @@ impl<M: MarginModel> Engine<M> {
             .iter()
             .map(|(instrument, slot)| {
                 let q = i128::from(self.positions[*slot as usize].exposure.position.0);
-                self.instruments[instrument.0 as usize].mark.as_ref().map_or(0, |(m, _)| (q * i128::from(m.0)).div_euclid(Q))
+                self.instruments[instrument.0 as usize]
+                    .mark
+                    .as_ref()
+                    .map_or(0, |(m, _)| (q * i128::from(m.0)).div_euclid(Q))
             })
             .sum()
     }
@@ -34,7 +40,11 @@ impl<M: MarginModel> Engine<M> {
     /// ends those that are cured.
     pub(crate) fn liquidation_checks(&mut self, events: &mut Vec<Event>) {
         // Fully collateralized accounts are never liquidated: skip the common case cheaply.
-        if !self.touched_accounts().iter().any(|a| self.accounts[a.0 as usize].mode != MarginMode::WorstCase) {
+        if !self
+            .touched_accounts()
+            .iter()
+            .any(|a| self.accounts[a.0 as usize].mode != MarginMode::WorstCase)
+        {
             return;
         }
         let mut accounts: Vec<AccountId> = self.touched_accounts().to_vec();
@@ -73,15 +83,30 @@ impl<M: MarginModel> Engine<M> {
 
     /// Current auction price for the liquidated account's position of sign `long` in
     /// `instrument`, and the per-contract underlying notional the discount is measured on.
-    fn auction_price(&self, since: u64, instrument: InstrumentId, long: bool) -> Result<(Price, i128), RejectCode> {
+    fn auction_price(
+        &self,
+        since: u64,
+        instrument: InstrumentId,
+        long: bool,
+    ) -> Result<(Price, i128), RejectCode> {
         let inst = &self.instruments[instrument.0 as usize];
         let (mark, _) = inst.mark.as_ref().ok_or(RejectCode::NoMark)?;
-        let index = self.oracles.get(&inst.spec.name.underlying).ok_or(RejectCode::NoMark)?.index_price;
+        let index = self
+            .oracles
+            .get(&inst.spec.name.underlying)
+            .ok_or(RejectCode::NoMark)?
+            .index_price;
         let reference = i128::from(index.0) * i128::from(inst.spec.contract_multiplier.0) / Q;
         let r = &self.risk;
-        let elapsed = i128::from(self.time_ms.saturating_sub(since).min(r.liquidation_duration_ms));
+        let elapsed = i128::from(
+            self.time_ms
+                .saturating_sub(since)
+                .min(r.liquidation_duration_ms),
+        );
         let duration = i128::from(r.liquidation_duration_ms.max(1));
-        let bps = i128::from(r.liquidation_start_bps) + (i128::from(r.liquidation_max_bps) - i128::from(r.liquidation_start_bps)) * elapsed / duration;
+        let bps = i128::from(r.liquidation_start_bps)
+            + (i128::from(r.liquidation_max_bps) - i128::from(r.liquidation_start_bps)) * elapsed
+                / duration;
         let discount = (reference * bps + BPS - 1) / BPS;
         let tick = i128::from(inst.spec.tick_size.0);
         let max = i128::from(inst.max_price.0);
@@ -96,7 +121,15 @@ impl<M: MarginModel> Engine<M> {
     }
 
     /// Moves `qty` contracts of the liquidated account's position to `counterparty` at `price`.
-    fn transfer_position(&mut self, account: AccountId, counterparty: AccountId, instrument: InstrumentId, long: bool, qty: Qty, price: Price) {
+    fn transfer_position(
+        &mut self,
+        account: AccountId,
+        counterparty: AccountId,
+        instrument: InstrumentId,
+        long: bool,
+        qty: Qty,
+        price: Price,
+    ) {
         let notional = price.notional(qty).expect("whole ticks and steps");
         let from = self.position_entry(account, instrument);
         let to = self.position_entry(counterparty, instrument);
@@ -112,7 +145,14 @@ impl<M: MarginModel> Engine<M> {
         self.touch_instrument(instrument);
     }
 
-    pub(crate) fn liquidate(&mut self, liquidator: AccountId, account: AccountId, instrument: InstrumentId, qty: Qty, events: &mut Vec<Event>) -> Result<(), RejectCode> {
+    pub(crate) fn liquidate(
+        &mut self,
+        liquidator: AccountId,
+        account: AccountId,
+        instrument: InstrumentId,
+        qty: Qty,
+        events: &mut Vec<Event>,
+    ) -> Result<(), RejectCode> {
         let taker = self.account(liquidator)?;
         let target = self.account(account)?;
         self.instrument(instrument)?;
@@ -123,16 +163,27 @@ impl<M: MarginModel> Engine<M> {
         if taker.liquidating_since.is_some() {
             return Err(RejectCode::AccountInLiquidation);
         }
-        let slot = self.position_index.get(&(account.0, instrument.0)).ok_or(RejectCode::NotLiquidating)?;
+        let slot = self
+            .position_index
+            .get(&(account.0, instrument.0))
+            .ok_or(RejectCode::NotLiquidating)?;
         let held = self.positions[slot as usize].exposure.position.0;
         if held == 0 {
             return Err(RejectCode::NotLiquidating);
         }
         self.check_qty(&self.instruments[instrument.0 as usize], qty)?;
-        let bankrupt = i128::from(self.accounts[account.0 as usize].balance.0) + self.position_value(account) <= 0;
-        let step = (i128::from(held.abs()) * i128::from(self.risk.liquidation_step_bps) / BPS) as i64;
+        let bankrupt = i128::from(self.accounts[account.0 as usize].balance.0)
+            + self.position_value(account)
+            <= 0;
+        let step =
+            (i128::from(held.abs()) * i128::from(self.risk.liquidation_step_bps) / BPS) as i64;
         let step = step - step % self.instruments[instrument.0 as usize].spec.amount_step.0;
-        let allowed = if bankrupt { held.abs() } else { step.max(self.instruments[instrument.0 as usize].spec.min_size.0).min(held.abs()) };
+        let allowed = if bankrupt {
+            held.abs()
+        } else {
+            step.max(self.instruments[instrument.0 as usize].spec.min_size.0)
+                .min(held.abs())
+        };
         if qty.0 > allowed {
             return Err(RejectCode::LiquidationTooLarge);
         }
@@ -141,10 +192,13 @@ impl<M: MarginModel> Engine<M> {
         let (price, reference) = self.auction_price(since, instrument, long)?;
         // The liquidator must meet its own initial margin with the position.
         let existing = self.position_index.get(&(liquidator.0, instrument.0));
-        let mut e = existing.map(|p| self.positions[p as usize].exposure).unwrap_or_default();
+        let mut e = existing
+            .map(|p| self.positions[p as usize].exposure)
+            .unwrap_or_default();
         e.position = Qty(e.position.0 + if long { qty.0 } else { -qty.0 });
         let notional = i128::from(price.notional(qty)?.0);
-        let balance_after = i128::from(self.accounts[liquidator.0 as usize].balance.0) + if long { -notional } else { notional };
+        let balance_after = i128::from(self.accounts[liquidator.0 as usize].balance.0)
+            + if long { -notional } else { notional };
         if balance_after < self.requirement_with(liquidator, instrument, existing, &e)? {
             return Err(RejectCode::InsufficientMargin);
         }
@@ -152,8 +206,12 @@ impl<M: MarginModel> Engine<M> {
         // Validated.
         self.touch_account(account);
         self.transfer_position(account, liquidator, instrument, long, qty, price);
-        let nominal_fee = (i128::from(qty.0) * reference * i128::from(self.risk.liquidation_fee_bps) + BPS * Q - 1) / (BPS * Q);
-        let equity = i128::from(self.accounts[account.0 as usize].balance.0) + self.position_value(account);
+        let nominal_fee =
+            (i128::from(qty.0) * reference * i128::from(self.risk.liquidation_fee_bps) + BPS * Q
+                - 1)
+                / (BPS * Q);
+        let equity =
+            i128::from(self.accounts[account.0 as usize].balance.0) + self.position_value(account);
         let fee = Amount(nominal_fee.min(equity.max(0)) as i64);
         if fee.0 > 0 {
             self.credit(account, Amount(-fee.0));
@@ -174,10 +232,21 @@ impl<M: MarginModel> Engine<M> {
         Ok(())
     }
 
-    pub(crate) fn deleverage(&mut self, account: AccountId, instrument: InstrumentId, events: &mut Vec<Event>) -> Result<(), RejectCode> {
-        let since = self.account(account)?.liquidating_since.ok_or(RejectCode::NotLiquidating)?;
+    pub(crate) fn deleverage(
+        &mut self,
+        account: AccountId,
+        instrument: InstrumentId,
+        events: &mut Vec<Event>,
+    ) -> Result<(), RejectCode> {
+        let since = self
+            .account(account)?
+            .liquidating_since
+            .ok_or(RejectCode::NotLiquidating)?;
         self.instrument(instrument)?;
-        let slot = self.position_index.get(&(account.0, instrument.0)).ok_or(RejectCode::NotLiquidating)?;
+        let slot = self
+            .position_index
+            .get(&(account.0, instrument.0))
+            .ok_or(RejectCode::NotLiquidating)?;
         let held = self.positions[slot as usize].exposure.position.0;
         if held == 0 {
             return Err(RejectCode::NotLiquidating);
@@ -198,7 +267,13 @@ impl<M: MarginModel> Engine<M> {
             .filter_map(|a| {
                 let p = &self.positions[self.position_index.get(&(a.0, instrument.0))? as usize];
                 let q = p.exposure.position.0;
-                ((q > 0) != (held > 0)).then(|| ((i128::from(q) * i128::from(mark.0)).div_euclid(Q) - i128::from(p.cost.0), *a, q))
+                ((q > 0) != (held > 0)).then(|| {
+                    (
+                        (i128::from(q) * i128::from(mark.0)).div_euclid(Q) - i128::from(p.cost.0),
+                        *a,
+                        q,
+                    )
+                })
             })
             .collect();
         ranked.sort_by(|x, y| y.0.cmp(&x.0).then(x.1.cmp(&y.1)));
@@ -228,7 +303,10 @@ impl<M: MarginModel> Engine<M> {
 
     /// Once a liquidated account holds nothing, covers its deficit and ends its liquidation.
     pub(crate) fn finish_if_flat(&mut self, account: AccountId, events: &mut Vec<Event>) {
-        let flat = self.accounts[account.0 as usize].positions.values().all(|s| self.positions[*s as usize].exposure.position.0 == 0);
+        let flat = self.accounts[account.0 as usize]
+            .positions
+            .values()
+            .all(|s| self.positions[*s as usize].exposure.position.0 == 0);
         if !flat {
             return;
         }
@@ -256,13 +334,21 @@ impl<M: MarginModel> Engine<M> {
             .iter()
             .enumerate()
             .filter(|(i, _)| *i != account.0 as usize)
-            .map(|(i, a)| (AccountId(i as u32), i128::from(a.balance.0) - i128::from(a.requirement.0.max(0))))
+            .map(|(i, a)| {
+                (
+                    AccountId(i as u32),
+                    i128::from(a.balance.0) - i128::from(a.requirement.0.max(0)),
+                )
+            })
             .filter(|(_, f)| *f > 0)
             .collect();
         let total: i128 = free.iter().map(|(_, f)| f).sum();
         let socialized = left.min(total);
         if socialized > 0 {
-            let mut shares: Vec<(AccountId, i128, i128)> = free.iter().map(|(a, f)| (*a, *f, socialized * f / total)).collect();
+            let mut shares: Vec<(AccountId, i128, i128)> = free
+                .iter()
+                .map(|(a, f)| (*a, *f, socialized * f / total))
+                .collect();
             let mut remainder = socialized - shares.iter().map(|s| s.2).sum::<i128>();
             // Terminates: the free collateral left above the shares is at least the remainder.
             while remainder > 0 {

@@ -1,7 +1,10 @@
 //! Read-only views of the engine state for the API (never used by the engine itself).
 
 use optio_types::state::OrderRecord;
-use optio_types::{AccountId, Address, InstrumentId, InstrumentSpec, InstrumentStatus, MarginMode, MarginModel, Price, Qty, Side};
+use optio_types::{
+    AccountId, Address, InstrumentId, InstrumentSpec, InstrumentStatus, MarginMode, MarginModel,
+    Price, Qty, Side,
+};
 
 use crate::engine::Engine;
 
@@ -34,23 +37,43 @@ pub struct OracleView {
 impl<M: MarginModel> Engine<M> {
     /// Every instrument, by id.
     pub fn instruments(&self) -> impl Iterator<Item = InstrumentView<'_>> {
-        self.instruments.iter().enumerate().map(|(i, inst)| InstrumentView {
-            id: InstrumentId(i as u32),
-            spec: &inst.spec,
-            status: inst.status,
-            mark: inst.mark.as_ref().map(|(m, _)| *m),
-            settlement_price: inst.settlement_price,
-        })
+        self.instruments
+            .iter()
+            .enumerate()
+            .map(|(i, inst)| InstrumentView {
+                id: InstrumentId(i as u32),
+                spec: &inst.spec,
+                status: inst.status,
+                mark: inst.mark.as_ref().map(|(m, _)| *m),
+                settlement_price: inst.settlement_price,
+            })
     }
 
     /// Aggregated price levels of one side, best first, at most `depth`.
-    pub fn book_levels(&self, instrument: InstrumentId, side: Side, depth: usize) -> Vec<(Price, Qty)> {
-        self.instruments.get(instrument.0 as usize).map_or_else(Vec::new, |i| i.book.levels(side).take(depth).map(|(p, l)| (*p, l.total)).collect())
+    pub fn book_levels(
+        &self,
+        instrument: InstrumentId,
+        side: Side,
+        depth: usize,
+    ) -> Vec<(Price, Qty)> {
+        self.instruments
+            .get(instrument.0 as usize)
+            .map_or_else(Vec::new, |i| {
+                i.book
+                    .levels(side)
+                    .take(depth)
+                    .map(|(p, l)| (*p, l.total))
+                    .collect()
+            })
     }
 
     /// The oracle state of an underlying.
     pub fn oracle(&self, underlying: &str) -> Option<OracleView> {
-        self.oracles.get(underlying).map(|o| OracleView { index_price: o.index_price, published_ms: o.published_ms, held: o.held.map(|(p, _)| p) })
+        self.oracles.get(underlying).map(|o| OracleView {
+            index_price: o.index_price,
+            published_ms: o.published_ms,
+            held: o.held.map(|(p, _)| p),
+        })
     }
 
     /// Underlyings with oracle state.

@@ -10,8 +10,8 @@ use std::collections::VecDeque;
 
 use optio_types::fixed::{Rounding, mul_div};
 use optio_types::{
-    AccountId, Amount, Event, Exposure, InstrumentId, InstrumentKind, InstrumentStatus, MarginMode, MarginModel, OptionRight, OracleUpdate,
-    Price, QTY_SCALE, RejectCode,
+    AccountId, Amount, Event, Exposure, InstrumentId, InstrumentKind, InstrumentStatus, MarginMode,
+    MarginModel, OptionRight, OracleUpdate, Price, QTY_SCALE, RejectCode,
 };
 
 use crate::engine::{Engine, InstrumentState};
@@ -39,7 +39,12 @@ pub(crate) struct Contribution {
 
 impl Contribution {
     pub(crate) fn zero(n: usize) -> Self {
-        Self { initial: vec![0; n], maintenance: vec![0; n], floor_initial: 0, floor_maintenance: 0 }
+        Self {
+            initial: vec![0; n],
+            maintenance: vec![0; n],
+            floor_initial: 0,
+            floor_maintenance: 0,
+        }
     }
 }
 
@@ -65,7 +70,11 @@ fn to_amount(v: i128) -> Result<i64, RejectCode> {
 /// all sells fill.
 fn endpoints(e: &Exposure) -> [(i128, i128); 3] {
     let q = i128::from(e.position.0);
-    [(q, 0), (q + i128::from(e.buy_qty.0), -i128::from(e.buy_cost.0)), (q - i128::from(e.sell_qty.0), i128::from(e.sell_proceeds.0))]
+    [
+        (q, 0),
+        (q + i128::from(e.buy_qty.0), -i128::from(e.buy_cost.0)),
+        (q - i128::from(e.sell_qty.0), i128::from(e.sell_proceeds.0)),
+    ]
 }
 
 /// Position margin under a mark-based mode.
@@ -77,7 +86,9 @@ pub(crate) struct Marked {
 
 impl<M: MarginModel> Engine<M> {
     fn index_of(&self, inst: &InstrumentState) -> Option<Price> {
-        self.oracles.get(&inst.spec.name.underlying).map(|o| o.index_price)
+        self.oracles
+            .get(&inst.spec.name.underlying)
+            .map(|o| o.index_price)
     }
 
     /// Refuses mark-based margining of an instrument without a fresh mark.
@@ -86,7 +97,10 @@ impl<M: MarginModel> Engine<M> {
         if inst.mark.is_none() {
             return Err(RejectCode::NoMark);
         }
-        let oracle = self.oracles.get(&inst.spec.name.underlying).ok_or(RejectCode::NoMark)?;
+        let oracle = self
+            .oracles
+            .get(&inst.spec.name.underlying)
+            .ok_or(RejectCode::NoMark)?;
         if self.time_ms.saturating_sub(oracle.published_ms) > self.risk.mark_max_age_ms {
             return Err(RejectCode::OracleStale);
         }
@@ -101,7 +115,8 @@ impl<M: MarginModel> Engine<M> {
         }
         for (&instrument, &slot) in &acct.positions {
             let p = &self.positions[slot as usize];
-            let settled = self.instruments[instrument.0 as usize].status == InstrumentStatus::Settled;
+            let settled =
+                self.instruments[instrument.0 as usize].status == InstrumentStatus::Settled;
             if !settled && (p.exposure.position.0 != 0 || p.open_orders > 0) {
                 self.check_fresh(instrument)?;
             }
@@ -111,11 +126,20 @@ impl<M: MarginModel> Engine<M> {
 
     /// Margin of one exposure under a mark-based mode. Instruments without a mark (only
     /// possible for flat, order-free entries, or settled ones) need nothing.
-    pub(crate) fn marked_margin(&self, mode: MarginMode, instrument: InstrumentId, e: &Exposure) -> Result<Marked, RejectCode> {
+    pub(crate) fn marked_margin(
+        &self,
+        mode: MarginMode,
+        instrument: InstrumentId,
+        e: &Exposure,
+    ) -> Result<Marked, RejectCode> {
         let inst = &self.instruments[instrument.0 as usize];
         if mode == MarginMode::WorstCase {
             let r = self.margin.requirement(&inst.spec, e)?.0;
-            return Ok(Marked { initial: r, maintenance: r, scenario: None });
+            return Ok(Marked {
+                initial: r,
+                maintenance: r,
+                scenario: None,
+            });
         }
         let n = self.risk.scenarios as usize + 1;
         let fee = i128::from(e.fee_reserve.0);
@@ -125,9 +149,17 @@ impl<M: MarginModel> Engine<M> {
                 return Err(RejectCode::NoMark);
             }
             let scenario = (mode == MarginMode::Portfolio).then(|| Contribution::zero(n));
-            return Ok(Marked { initial: 0, maintenance: 0, scenario });
+            return Ok(Marked {
+                initial: 0,
+                maintenance: 0,
+                scenario,
+            });
         };
-        let (m, s, mult) = (i128::from(mark.0), i128::from(index.0), i128::from(inst.spec.contract_multiplier.0));
+        let (m, s, mult) = (
+            i128::from(mark.0),
+            i128::from(index.0),
+            i128::from(inst.spec.contract_multiplier.0),
+        );
         // Value of q contracts at the mark, rounded toward the system.
         let value = |q: i128| floor_div(q * m, Q);
         let option = match inst.spec.name.kind {
@@ -136,7 +168,14 @@ impl<M: MarginModel> Engine<M> {
         };
         // Short-option floor of q contracts (portfolio margin), against the account.
         let floor = |q: i128| -> i128 {
-            if option.is_some() && q < 0 { ceil_div(-q * s * mult * i128::from(self.risk.pm_short_option_floor_bps), BPS * Q * Q) } else { 0 }
+            if option.is_some() && q < 0 {
+                ceil_div(
+                    -q * s * mult * i128::from(self.risk.pm_short_option_floor_bps),
+                    BPS * Q * Q,
+                )
+            } else {
+                0
+            }
         };
         match mode {
             MarginMode::Standard => {
@@ -151,32 +190,68 @@ impl<M: MarginModel> Engine<M> {
                                 OptionRight::Call => (k - s).max(0),
                                 OptionRight::Put => (s - k).max(0),
                             };
-                            let per_unit = if maintenance { s * 75 / 1_000 } else { (s * 15 / 100 - otm).max(s / 10) };
+                            let per_unit = if maintenance {
+                                s * 75 / 1_000
+                            } else {
+                                (s * 15 / 100 - otm).max(s / 10)
+                            };
                             let per_contract = ceil_div(per_unit * mult, Q) + 2 * m;
                             ceil_div(-q * per_contract, Q)
                         }
                         None => {
-                            let bps = i128::from(if maintenance { self.risk.perp_maintenance_bps } else { self.risk.perp_initial_bps });
+                            let bps = i128::from(if maintenance {
+                                self.risk.perp_maintenance_bps
+                            } else {
+                                self.risk.perp_initial_bps
+                            });
                             ceil_div(q.abs() * m * bps, BPS * Q) - value(q)
                         }
                     }
                 };
-                let initial = endpoints(e).iter().map(|&(q, cash)| net(q, false) - cash).max().unwrap_or(0) + fee;
-                Ok(Marked { initial: to_amount(initial)?, maintenance: to_amount(net(i128::from(e.position.0), true))?, scenario: None })
+                let initial = endpoints(e)
+                    .iter()
+                    .map(|&(q, cash)| net(q, false) - cash)
+                    .max()
+                    .unwrap_or(0)
+                    + fee;
+                Ok(Marked {
+                    initial: to_amount(initial)?,
+                    maintenance: to_amount(net(i128::from(e.position.0), true))?,
+                    scenario: None,
+                })
             }
             MarginMode::Portfolio => {
                 let mut c = Contribution::zero(n);
                 let q0 = i128::from(e.position.0);
                 let mm = i128::from(self.risk.pm_maintenance_bps);
                 for sc in 0..n {
-                    let ra = if sc + 1 == n { 0 } else { i128::from(risk_array[sc]) };
-                    let worst = endpoints(e).iter().map(|&(q, cash)| cash + floor_div(q * (m + ra), Q)).min().unwrap_or(0);
+                    let ra = if sc + 1 == n {
+                        0
+                    } else {
+                        i128::from(risk_array[sc])
+                    };
+                    let worst = endpoints(e)
+                        .iter()
+                        .map(|&(q, cash)| cash + floor_div(q * (m + ra), Q))
+                        .min()
+                        .unwrap_or(0);
                     c.initial[sc] = to_amount(worst)?;
                     c.maintenance[sc] = to_amount(value(q0) + floor_div(q0 * ra * mm, Q * BPS))?;
                 }
-                c.floor_initial = to_amount(endpoints(e).iter().map(|&(q, _)| floor(q)).max().unwrap_or(0) + fee)?;
+                c.floor_initial = to_amount(
+                    endpoints(e)
+                        .iter()
+                        .map(|&(q, _)| floor(q))
+                        .max()
+                        .unwrap_or(0)
+                        + fee,
+                )?;
                 c.floor_maintenance = to_amount(ceil_div(floor(q0) * mm, BPS))?;
-                Ok(Marked { initial: 0, maintenance: 0, scenario: Some(c) })
+                Ok(Marked {
+                    initial: 0,
+                    maintenance: 0,
+                    scenario: Some(c),
+                })
             }
             MarginMode::WorstCase => unreachable!("handled above"),
         }
@@ -185,21 +260,37 @@ impl<M: MarginModel> Engine<M> {
     /// Worst scenario of summed contributions plus floors: (initial, maintenance).
     pub(crate) fn portfolio_requirement(sums: &PortfolioSums) -> (i64, i64) {
         let worst = |v: &[i64]| v.iter().map(|x| -x).max().unwrap_or(0);
-        (worst(&sums.initial) + sums.floor_initial, worst(&sums.maintenance) + sums.floor_maintenance)
+        (
+            worst(&sums.initial) + sums.floor_initial,
+            worst(&sums.maintenance) + sums.floor_maintenance,
+        )
     }
 
     /// The account's initial requirement if its exposure in `instrument` became `e`.
-    pub(crate) fn requirement_with_marks(&self, account: AccountId, instrument: InstrumentId, position: Option<u32>, e: &Exposure) -> Result<i128, RejectCode> {
+    pub(crate) fn requirement_with_marks(
+        &self,
+        account: AccountId,
+        instrument: InstrumentId,
+        position: Option<u32>,
+        e: &Exposure,
+    ) -> Result<i128, RejectCode> {
         self.requirement_with_many_marked(account, &[(instrument, position, *e)])
     }
 
-    fn requirement_with_many_marked(&self, account: AccountId, changes: &[(InstrumentId, Option<u32>, Exposure)]) -> Result<i128, RejectCode> {
+    fn requirement_with_many_marked(
+        &self,
+        account: AccountId,
+        changes: &[(InstrumentId, Option<u32>, Exposure)],
+    ) -> Result<i128, RejectCode> {
         let acct = &self.accounts[account.0 as usize];
         match (&acct.portfolio, acct.mode) {
             (Some(sums), MarginMode::Portfolio) => {
                 let mut sums = sums.clone();
                 for (instrument, position, e) in changes {
-                    let new = self.marked_margin(MarginMode::Portfolio, *instrument, e)?.scenario.expect("portfolio contribution");
+                    let new = self
+                        .marked_margin(MarginMode::Portfolio, *instrument, e)?
+                        .scenario
+                        .expect("portfolio contribution");
                     let old = position.and_then(|p| self.positions[p as usize].scenario.as_ref());
                     for s in 0..sums.initial.len() {
                         sums.initial[s] += new.initial[s] - old.map_or(0, |o| o.initial[s]);
@@ -212,7 +303,9 @@ impl<M: MarginModel> Engine<M> {
                 let mut total = i128::from(acct.requirement.0);
                 for (instrument, position, e) in changes {
                     let new = self.marked_margin(acct.mode, *instrument, e)?.initial;
-                    total += i128::from(new) - position.map_or(0, |p| i128::from(self.positions[p as usize].requirement.0));
+                    total += i128::from(new)
+                        - position
+                            .map_or(0, |p| i128::from(self.positions[p as usize].requirement.0));
                 }
                 Ok(total)
             }
@@ -220,15 +313,25 @@ impl<M: MarginModel> Engine<M> {
     }
 
     /// Initial requirement with several instruments' exposures replaced (mass quotes).
-    pub(crate) fn requirement_with_many(&self, account: AccountId, changes: &[(InstrumentId, Exposure)]) -> Result<i128, RejectCode> {
-        let with_slots: Vec<(InstrumentId, Option<u32>, Exposure)> =
-            changes.iter().map(|(i, e)| (*i, self.position_index.get(&(account.0, i.0)), *e)).collect();
+    pub(crate) fn requirement_with_many(
+        &self,
+        account: AccountId,
+        changes: &[(InstrumentId, Exposure)],
+    ) -> Result<i128, RejectCode> {
+        let with_slots: Vec<(InstrumentId, Option<u32>, Exposure)> = changes
+            .iter()
+            .map(|(i, e)| (*i, self.position_index.get(&(account.0, i.0)), *e))
+            .collect();
         if self.accounts[account.0 as usize].mode == MarginMode::WorstCase {
             let acct = &self.accounts[account.0 as usize];
             let mut total = i128::from(acct.requirement.0);
             for (instrument, position, e) in &with_slots {
-                total += i128::from(self.margin.requirement(&self.instruments[instrument.0 as usize].spec, e)?.0)
-                    - position.map_or(0, |p| i128::from(self.positions[p as usize].requirement.0));
+                total += i128::from(
+                    self.margin
+                        .requirement(&self.instruments[instrument.0 as usize].spec, e)?
+                        .0,
+                ) - position
+                    .map_or(0, |p| i128::from(self.positions[p as usize].requirement.0));
             }
             return Ok(total);
         }
@@ -239,7 +342,11 @@ impl<M: MarginModel> Engine<M> {
     }
 
     /// Recomputes one position of a mark-margined account and the account's totals.
-    pub(crate) fn refresh_marked(&mut self, account: AccountId, slot: u32) -> Result<(), RejectCode> {
+    pub(crate) fn refresh_marked(
+        &mut self,
+        account: AccountId,
+        slot: u32,
+    ) -> Result<(), RejectCode> {
         let mode = self.accounts[account.0 as usize].mode;
         let (instrument, exposure) = {
             let p = &self.positions[slot as usize];
@@ -250,7 +357,10 @@ impl<M: MarginModel> Engine<M> {
         let acct = &mut self.accounts[account.0 as usize];
         match (mode, acct.portfolio.as_mut(), new.scenario) {
             (MarginMode::Portfolio, Some(sums), Some(c)) => {
-                let old = pos.scenario.take().unwrap_or_else(|| Contribution::zero(c.initial.len()));
+                let old = pos
+                    .scenario
+                    .take()
+                    .unwrap_or_else(|| Contribution::zero(c.initial.len()));
                 for s in 0..c.initial.len() {
                     sums.initial[s] += c.initial[s] - old.initial[s];
                     sums.maintenance[s] += c.maintenance[s] - old.maintenance[s];
@@ -292,7 +402,12 @@ impl<M: MarginModel> Engine<M> {
         Ok(())
     }
 
-    pub(crate) fn set_margin_mode(&mut self, account: AccountId, mode: MarginMode, events: &mut Vec<Event>) -> Result<(), RejectCode> {
+    pub(crate) fn set_margin_mode(
+        &mut self,
+        account: AccountId,
+        mode: MarginMode,
+        events: &mut Vec<Event>,
+    ) -> Result<(), RejectCode> {
         let acct = self.account_ref(account)?;
         if acct.liquidating_since.is_some() {
             return Err(RejectCode::AccountInLiquidation);
@@ -302,17 +417,32 @@ impl<M: MarginModel> Engine<M> {
             return Ok(());
         }
         // Try the new mode on a copy of the account's margin state; keep it only if covered.
-        let saved_account = (acct.mode, acct.requirement, acct.maintenance, acct.portfolio.clone());
+        let saved_account = (
+            acct.mode,
+            acct.requirement,
+            acct.maintenance,
+            acct.portfolio.clone(),
+        );
         let slots: Vec<u32> = acct.positions.values().copied().collect();
-        let saved_positions: Vec<_> = slots.iter().map(|&s| {
-            let p = &self.positions[s as usize];
-            (p.requirement, p.maintenance, p.scenario.clone())
-        }).collect();
+        let saved_positions: Vec<_> = slots
+            .iter()
+            .map(|&s| {
+                let p = &self.positions[s as usize];
+                (p.requirement, p.maintenance, p.scenario.clone())
+            })
+            .collect();
         self.accounts[account.0 as usize].mode = mode;
-        let outcome = self.check_account_fresh(account).and_then(|()| self.remargin_account(account)).and_then(|()| {
-            let a = &self.accounts[account.0 as usize];
-            if a.balance < a.requirement { Err(RejectCode::InsufficientMargin) } else { Ok(()) }
-        });
+        let outcome = self
+            .check_account_fresh(account)
+            .and_then(|()| self.remargin_account(account))
+            .and_then(|()| {
+                let a = &self.accounts[account.0 as usize];
+                if a.balance < a.requirement {
+                    Err(RejectCode::InsufficientMargin)
+                } else {
+                    Ok(())
+                }
+            });
         if let Err(code) = outcome {
             let a = &mut self.accounts[account.0 as usize];
             (a.mode, a.requirement, a.maintenance, a.portfolio) = saved_account;
@@ -327,24 +457,40 @@ impl<M: MarginModel> Engine<M> {
     }
 
     fn account_ref(&self, account: AccountId) -> Result<&crate::ledger::Account, RejectCode> {
-        self.accounts.get(account.0 as usize).ok_or(RejectCode::UnknownAccount)
+        self.accounts
+            .get(account.0 as usize)
+            .ok_or(RejectCode::UnknownAccount)
     }
 
-    pub(crate) fn oracle_update(&mut self, u: &OracleUpdate, events: &mut Vec<Event>) -> Result<(), RejectCode> {
+    pub(crate) fn oracle_update(
+        &mut self,
+        u: &OracleUpdate,
+        events: &mut Vec<Event>,
+    ) -> Result<(), RejectCode> {
         let symbol_ok = !u.underlying.is_empty()
             && u.underlying.len() <= optio_types::oracle::MAX_UNDERLYING_LEN
-            && u.underlying.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
-        if !symbol_ok || !self.instruments.iter().any(|i| i.spec.name.underlying == u.underlying) {
+            && u.underlying
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+        if !symbol_ok
+            || !self
+                .instruments
+                .iter()
+                .any(|i| i.spec.name.underlying == u.underlying)
+        {
             return Err(RejectCode::OracleBadInstrument);
         }
         if !u.index_price.is_positive() {
             return Err(RejectCode::InvalidMark);
         }
-        if u.published_ms > self.time_ms || self.time_ms - u.published_ms > self.risk.max_update_delay_ms {
+        if u.published_ms > self.time_ms
+            || self.time_ms - u.published_ms > self.risk.max_update_delay_ms
+        {
             return Err(RejectCode::OracleStale);
         }
         if let Some(o) = self.oracles.get(&u.underlying)
-            && (u.published_ms <= o.published_ms || o.held.is_some_and(|(_, t)| u.published_ms <= t))
+            && (u.published_ms <= o.published_ms
+                || o.held.is_some_and(|(_, t)| u.published_ms <= t))
         {
             return Err(RejectCode::OracleOutOfOrder);
         }
@@ -353,7 +499,10 @@ impl<M: MarginModel> Engine<M> {
         }
         let mut seen: Vec<u32> = Vec::with_capacity(u.marks.len());
         for mark in &u.marks {
-            let inst = self.instruments.get(mark.instrument.0 as usize).ok_or(RejectCode::OracleBadInstrument)?;
+            let inst = self
+                .instruments
+                .get(mark.instrument.0 as usize)
+                .ok_or(RejectCode::OracleBadInstrument)?;
             if inst.spec.name.underlying != u.underlying {
                 return Err(RejectCode::OracleBadInstrument);
             }
@@ -379,23 +528,31 @@ impl<M: MarginModel> Engine<M> {
         // Circuit breaker: a jump beyond the bound is held until confirmed by a later update.
         if let Some(o) = self.oracles.get_mut(&u.underlying) {
             let last = i128::from(o.index_price.0);
-            let moved = (i128::from(u.index_price.0) - last).abs() * BPS > i128::from(self.risk.circuit_breaker_bps) * last;
+            let moved = (i128::from(u.index_price.0) - last).abs() * BPS
+                > i128::from(self.risk.circuit_breaker_bps) * last;
             let confirms = o.held.is_some_and(|(p, _)| {
-                (i128::from(u.index_price.0) - i128::from(p.0)).abs() * BPS <= i128::from(self.risk.confirm_tolerance_bps) * i128::from(p.0)
+                (i128::from(u.index_price.0) - i128::from(p.0)).abs() * BPS
+                    <= i128::from(self.risk.confirm_tolerance_bps) * i128::from(p.0)
             });
             if moved && !confirms {
                 o.held = Some((u.index_price, u.published_ms));
-                events.push(Event::OracleHeld { underlying: u.underlying.clone(), index_price: u.index_price });
+                events.push(Event::OracleHeld {
+                    underlying: u.underlying.clone(),
+                    index_price: u.index_price,
+                });
                 return Ok(());
             }
         }
         let window = self.risk.settlement_window_ms;
-        let oracle = self.oracles.entry(u.underlying.clone()).or_insert_with(|| OracleState {
-            index_price: u.index_price,
-            published_ms: u.published_ms,
-            held: None,
-            samples: VecDeque::new(),
-        });
+        let oracle = self
+            .oracles
+            .entry(u.underlying.clone())
+            .or_insert_with(|| OracleState {
+                index_price: u.index_price,
+                published_ms: u.published_ms,
+                held: None,
+                samples: VecDeque::new(),
+            });
         oracle.index_price = u.index_price;
         oracle.published_ms = u.published_ms;
         oracle.held = None;
@@ -405,9 +562,13 @@ impl<M: MarginModel> Engine<M> {
             oracle.samples.pop_front();
         }
         for mark in &u.marks {
-            self.instruments[mark.instrument.0 as usize].mark = Some((mark.mark, mark.risk_array.iter().map(|a| a.0).collect()));
+            self.instruments[mark.instrument.0 as usize].mark =
+                Some((mark.mark, mark.risk_array.iter().map(|a| a.0).collect()));
         }
-        events.push(Event::OracleAccepted { underlying: u.underlying.clone(), index_price: u.index_price });
+        events.push(Event::OracleAccepted {
+            underlying: u.underlying.clone(),
+            index_price: u.index_price,
+        });
         self.remargin_underlying(&u.underlying);
         Ok(())
     }
@@ -417,11 +578,16 @@ impl<M: MarginModel> Engine<M> {
         let mut todo: Vec<(AccountId, u32)> = Vec::new();
         for inst in &self.instruments {
             if inst.spec.name.underlying == underlying {
-                todo.extend(inst.participants.iter().filter(|(a, _)| self.accounts[a.0 as usize].mode != MarginMode::WorstCase));
+                todo.extend(
+                    inst.participants
+                        .iter()
+                        .filter(|(a, _)| self.accounts[a.0 as usize].mode != MarginMode::WorstCase),
+                );
             }
         }
         for (account, slot) in todo {
-            self.refresh_marked(account, slot).expect("validated marks give finite margins");
+            self.refresh_marked(account, slot)
+                .expect("validated marks give finite margins");
             self.touch_account(account);
         }
     }
@@ -457,6 +623,8 @@ impl<M: MarginModel> Engine<M> {
         if total == 0 {
             return current.map(|(_, p)| p);
         }
-        Some(Price(i64::try_from(mul_div(weighted, 1, total, Rounding::TowardSystem).ok()?).ok()?))
+        Some(Price(
+            i64::try_from(mul_div(weighted, 1, total, Rounding::TowardSystem).ok()?).ok()?,
+        ))
     }
 }

@@ -14,9 +14,10 @@ use optio_types::fixed::{Rounding, mul_div};
 use optio_types::margin::fee_reserve;
 use optio_types::state::{AccountRecord, InstrumentRecord, OrderRecord, PositionRecord, Totals};
 use optio_types::{
-    AccountId, Address, Amount, CanonicalState, Command, EngineLimits, Exposure, Input, InstrumentId, InstrumentSpec,
-    InstrumentStatus, MarginModel, NewOrder, OrderId, OrderRef, OrderType, Price, Qty, Quote, RejectCode, SelfTradePrevention, Side,
-    TimeInForce, WorstCaseMargin, QTY_SCALE,
+    AccountId, Address, Amount, CanonicalState, Command, EngineLimits, Exposure, Input,
+    InstrumentId, InstrumentSpec, InstrumentStatus, MarginModel, NewOrder, OrderId, OrderRef,
+    OrderType, Price, QTY_SCALE, Qty, Quote, RejectCode, SelfTradePrevention, Side, TimeInForce,
+    WorstCaseMargin,
 };
 
 const MAX_TOTAL_COLLATERAL: i128 = (i64::MAX / 4) as i128;
@@ -101,7 +102,12 @@ impl Reference {
             .instruments
             .iter()
             .enumerate()
-            .filter(|(_, i)| matches!(i.status, InstrumentStatus::Listed | InstrumentStatus::Active))
+            .filter(|(_, i)| {
+                matches!(
+                    i.status,
+                    InstrumentStatus::Listed | InstrumentStatus::Active
+                )
+            })
             .filter_map(|(n, i)| i.spec.expiry_ms().filter(|e| *e <= t).map(|e| (e, n)))
             .collect();
         expiring.sort();
@@ -109,13 +115,15 @@ impl Reference {
             self.orders.retain(|o| o.rec.instrument.0 as usize != n);
             self.instruments[n].status = InstrumentStatus::Expired;
         }
-        self.orders.retain(|o| !matches!(o.rec.time_in_force, TimeInForce::GoodTillTime(g) if g <= t));
+        self.orders
+            .retain(|o| !matches!(o.rec.time_in_force, TimeInForce::GoodTillTime(g) if g <= t));
     }
 
     fn command(&mut self, c: &Command) -> Result<(), RejectCode> {
         match c {
             Command::ListInstrument { spec } => {
-                spec.validate().map_err(|_| RejectCode::InvalidInstrumentSpec)?;
+                spec.validate()
+                    .map_err(|_| RejectCode::InvalidInstrumentSpec)?;
                 if self.instruments.len() >= self.limits.max_instruments as usize {
                     return Err(RejectCode::TooManyInstruments);
                 }
@@ -125,29 +133,47 @@ impl Reference {
                 if spec.expiry_ms().is_some_and(|e| e <= self.time) {
                     return Err(RejectCode::ExpiryInPast);
                 }
-                self.instruments.push(Inst { spec: spec.clone(), status: InstrumentStatus::Listed, settlement_price: None });
+                self.instruments.push(Inst {
+                    spec: spec.clone(),
+                    status: InstrumentStatus::Listed,
+                    settlement_price: None,
+                });
                 Ok(())
             }
             Command::ActivateInstrument { instrument } => {
-                let inst = self.instruments.get_mut(instrument.0 as usize).ok_or(RejectCode::UnknownInstrument)?;
+                let inst = self
+                    .instruments
+                    .get_mut(instrument.0 as usize)
+                    .ok_or(RejectCode::UnknownInstrument)?;
                 if inst.status != InstrumentStatus::Listed {
                     return Err(RejectCode::InvalidStatusTransition);
                 }
                 inst.status = InstrumentStatus::Active;
                 Ok(())
             }
-            Command::SettleInstrument { instrument, settlement_price } => self.settle(*instrument, *settlement_price),
+            Command::SettleInstrument {
+                instrument,
+                settlement_price,
+            } => self.settle(*instrument, *settlement_price),
             Command::OpenAccount { owner } => {
                 if self.accounts.len() >= self.limits.max_accounts as usize {
                     return Err(RejectCode::TooManyAccounts);
                 }
-                self.accounts.push(Acct { owner: *owner, balance: 0, positions: BTreeMap::new() });
+                self.accounts.push(Acct {
+                    owner: *owner,
+                    balance: 0,
+                    positions: BTreeMap::new(),
+                });
                 Ok(())
             }
             Command::Deposit { account, amount } => {
                 self.acct(*account)?;
                 self.check_amount(*amount)?;
-                let held: i128 = self.accounts.iter().map(|a| i128::from(a.balance)).sum::<i128>()
+                let held: i128 = self
+                    .accounts
+                    .iter()
+                    .map(|a| i128::from(a.balance))
+                    .sum::<i128>()
                     + i128::from(self.totals.fee_pool.0)
                     + i128::from(self.totals.insurance.0);
                 if held + i128::from(amount.0) > MAX_TOTAL_COLLATERAL {
@@ -185,39 +211,63 @@ impl Reference {
                 Ok(())
             }
             Command::PlaceOrder(o) => self.place(o),
-            Command::Amend { account, order, price, qty } => self.amend(*account, *order, *price, *qty),
+            Command::Amend {
+                account,
+                order,
+                price,
+                qty,
+            } => self.amend(*account, *order, *price, *qty),
             Command::Cancel { account, order } => {
                 self.acct(*account)?;
                 let i = self.find(*account, *order)?;
                 self.orders.remove(i);
                 Ok(())
             }
-            Command::CancelAll { account, instrument } => {
+            Command::CancelAll {
+                account,
+                instrument,
+            } => {
                 self.acct(*account)?;
                 if let Some(id) = instrument {
                     self.inst(*id)?;
                 }
-                self.orders.retain(|o| !(o.rec.account == *account && instrument.is_none_or(|i| o.rec.instrument == i)));
+                self.orders.retain(|o| {
+                    !(o.rec.account == *account && instrument.is_none_or(|i| o.rec.instrument == i))
+                });
                 Ok(())
             }
             Command::MassQuote { account, quotes } => self.mass_quote(*account, quotes),
             // The reference models the fully collateralized core; oracle-driven margin is
             // checked by its own tests (never generated for the comparison).
-            Command::OracleUpdate(_) | Command::SetMarginMode { .. } | Command::Liquidate { .. } | Command::Deleverage { .. } | Command::SetSessionKey { .. } => panic!("the reference model does not model oracle updates or margin modes"),
+            Command::OracleUpdate(_)
+            | Command::SetMarginMode { .. }
+            | Command::Liquidate { .. }
+            | Command::Deleverage { .. }
+            | Command::SetSessionKey { .. } => {
+                panic!("the reference model does not model oracle updates or margin modes")
+            }
         }
     }
 
     fn acct(&self, id: AccountId) -> Result<&Acct, RejectCode> {
-        self.accounts.get(id.0 as usize).ok_or(RejectCode::UnknownAccount)
+        self.accounts
+            .get(id.0 as usize)
+            .ok_or(RejectCode::UnknownAccount)
     }
 
     fn inst(&self, id: InstrumentId) -> Result<&Inst, RejectCode> {
-        self.instruments.get(id.0 as usize).ok_or(RejectCode::UnknownInstrument)
+        self.instruments
+            .get(id.0 as usize)
+            .ok_or(RejectCode::UnknownInstrument)
     }
 
     fn active(&self, id: InstrumentId) -> Result<&Inst, RejectCode> {
         let i = self.inst(id)?;
-        if i.status == InstrumentStatus::Active { Ok(i) } else { Err(RejectCode::InstrumentNotActive) }
+        if i.status == InstrumentStatus::Active {
+            Ok(i)
+        } else {
+            Err(RejectCode::InstrumentNotActive)
+        }
     }
 
     fn check_amount(&self, a: Amount) -> Result<(), RejectCode> {
@@ -254,33 +304,74 @@ impl Reference {
     }
 
     fn pos_qty(&self, a: AccountId, i: InstrumentId) -> i64 {
-        self.accounts[a.0 as usize].positions.get(&i).map_or(0, |p| p.qty)
+        self.accounts[a.0 as usize]
+            .positions
+            .get(&i)
+            .map_or(0, |p| p.qty)
     }
 
     fn reduce_room(&self, a: AccountId, i: InstrumentId, side: Side) -> i64 {
         let q = self.pos_qty(a, i);
-        if side == Side::Sell { q.max(0) } else { (-q).max(0) }
+        if side == Side::Sell {
+            q.max(0)
+        } else {
+            (-q).max(0)
+        }
     }
 
     /// The account's requirement, from scratch, optionally with one more hypothetical order.
-    fn requirement(&self, a: AccountId, extra: Option<(InstrumentId, Side, Price, Qty)>) -> Result<i128, RejectCode> {
-        let mut instruments: Vec<InstrumentId> = self.accounts[a.0 as usize].positions.keys().copied().collect();
-        instruments.extend(self.orders.iter().filter(|o| o.rec.account == a).map(|o| o.rec.instrument));
+    fn requirement(
+        &self,
+        a: AccountId,
+        extra: Option<(InstrumentId, Side, Price, Qty)>,
+    ) -> Result<i128, RejectCode> {
+        let mut instruments: Vec<InstrumentId> = self.accounts[a.0 as usize]
+            .positions
+            .keys()
+            .copied()
+            .collect();
+        instruments.extend(
+            self.orders
+                .iter()
+                .filter(|o| o.rec.account == a)
+                .map(|o| o.rec.instrument),
+        );
         instruments.extend(extra.map(|e| e.0));
         instruments.sort();
         instruments.dedup();
         let mut total = 0i128;
         for i in instruments {
             let spec = &self.instruments[i.0 as usize].spec;
-            let mut e = Exposure { position: Qty(self.pos_qty(a, i)), ..Exposure::default() };
-            let mine = self.orders.iter().filter(|o| o.rec.account == a && o.rec.instrument == i).map(|o| (o.rec.side, o.rec.price, o.rec.remaining));
-            for (side, price, qty) in mine.chain(extra.filter(|e| e.0 == i).map(|e| (e.1, e.2, e.3))) {
-                e.fee_reserve.0 = e.fee_reserve.0.checked_add(fee_reserve(spec, price, qty)?.0).ok_or(RejectCode::Overflow)?;
+            let mut e = Exposure {
+                position: Qty(self.pos_qty(a, i)),
+                ..Exposure::default()
+            };
+            let mine = self
+                .orders
+                .iter()
+                .filter(|o| o.rec.account == a && o.rec.instrument == i)
+                .map(|o| (o.rec.side, o.rec.price, o.rec.remaining));
+            for (side, price, qty) in
+                mine.chain(extra.filter(|e| e.0 == i).map(|e| (e.1, e.2, e.3)))
+            {
+                e.fee_reserve.0 = e
+                    .fee_reserve
+                    .0
+                    .checked_add(fee_reserve(spec, price, qty)?.0)
+                    .ok_or(RejectCode::Overflow)?;
                 if side == Side::Buy {
                     e.buy_qty.0 = e.buy_qty.0.checked_add(qty.0).ok_or(RejectCode::Overflow)?;
-                    e.buy_cost.0 = e.buy_cost.0.checked_add(price.notional(qty)?.0).ok_or(RejectCode::Overflow)?;
+                    e.buy_cost.0 = e
+                        .buy_cost
+                        .0
+                        .checked_add(price.notional(qty)?.0)
+                        .ok_or(RejectCode::Overflow)?;
                 } else {
-                    e.sell_qty.0 = e.sell_qty.0.checked_add(qty.0).ok_or(RejectCode::Overflow)?;
+                    e.sell_qty.0 = e
+                        .sell_qty
+                        .0
+                        .checked_add(qty.0)
+                        .ok_or(RejectCode::Overflow)?;
                 }
             }
             total += i128::from(WorstCaseMargin.requirement(spec, &e)?.0);
@@ -289,7 +380,9 @@ impl Reference {
     }
 
     fn free(&self, a: AccountId) -> i64 {
-        let req = self.requirement(a, None).expect("requirements of the current state fit");
+        let req = self
+            .requirement(a, None)
+            .expect("requirements of the current state fit");
         (i128::from(self.accounts[a.0 as usize].balance) - req) as i64
     }
 
@@ -307,14 +400,22 @@ impl Reference {
     }
 
     fn level_count(&self, i: InstrumentId, side: Side) -> usize {
-        let mut prices: Vec<Price> = self.orders.iter().filter(|o| o.rec.instrument == i && o.rec.side == side).map(|o| o.rec.price).collect();
+        let mut prices: Vec<Price> = self
+            .orders
+            .iter()
+            .filter(|o| o.rec.instrument == i && o.rec.side == side)
+            .map(|o| o.rec.price)
+            .collect();
         prices.sort();
         prices.dedup();
         prices.len()
     }
 
     fn level_blocked(&self, i: InstrumentId, side: Side, price: Price) -> bool {
-        let exists = self.orders.iter().any(|o| o.rec.instrument == i && o.rec.side == side && o.rec.price == price);
+        let exists = self
+            .orders
+            .iter()
+            .any(|o| o.rec.instrument == i && o.rec.side == side && o.rec.price == price);
         !exists && self.level_count(i, side) >= self.limits.max_price_levels_per_side as usize
     }
 
@@ -329,7 +430,11 @@ impl Reference {
                 None => true,
                 Some(b) => {
                     let b = &self.orders[b];
-                    let price_better = if side == Side::Buy { o.rec.price > b.rec.price } else { o.rec.price < b.rec.price };
+                    let price_better = if side == Side::Buy {
+                        o.rec.price > b.rec.price
+                    } else {
+                        o.rec.price < b.rec.price
+                    };
                     price_better || (o.rec.price == b.rec.price && o.seq < b.seq)
                 }
             };
@@ -343,7 +448,11 @@ impl Reference {
     fn crosses(&self, i: InstrumentId, side: Side, price: Price) -> bool {
         self.best(i, side.opposite()).is_some_and(|b| {
             let p = self.orders[b].rec.price;
-            if side == Side::Buy { price >= p } else { price <= p }
+            if side == Side::Buy {
+                price >= p
+            } else {
+                price <= p
+            }
         })
     }
 
@@ -353,9 +462,19 @@ impl Reference {
         // Close against the open position first, releasing cost pro rata.
         if pos.qty != 0 && (pos.qty > 0) != (signed > 0) {
             let closing = signed.abs().min(pos.qty.abs());
-            let released = mul_div(i128::from(pos.cost), i128::from(closing), i128::from(pos.qty.abs()), Rounding::TowardSystem).expect("fits") as i64;
+            let released = mul_div(
+                i128::from(pos.cost),
+                i128::from(closing),
+                i128::from(pos.qty.abs()),
+                Rounding::TowardSystem,
+            )
+            .expect("fits") as i64;
             let value = price.notional(Qty(closing)).expect("exact").0;
-            pos.realized += if pos.qty > 0 { value - released } else { -value - released };
+            pos.realized += if pos.qty > 0 {
+                value - released
+            } else {
+                -value - released
+            };
             pos.cost -= released;
             pos.qty += signed.signum() * closing;
             left -= signed.signum() * closing;
@@ -372,7 +491,11 @@ impl Reference {
         let notional = m.price.notional(Qty(qty)).expect("exact");
         let maker_fee = spec.maker_fee.fee_on(notional).expect("fits").0;
         let taker_fee = spec.taker_fee.fee_on(notional).expect("fits").0;
-        let (buyer, seller) = if taker_side == Side::Buy { (taker, m.account) } else { (m.account, taker) };
+        let (buyer, seller) = if taker_side == Side::Buy {
+            (taker, m.account)
+        } else {
+            (m.account, taker)
+        };
         self.accounts[buyer.0 as usize].balance -= notional.0;
         self.accounts[seller.0 as usize].balance += notional.0;
         self.accounts[m.account.0 as usize].balance -= maker_fee;
@@ -389,11 +512,21 @@ impl Reference {
     }
 
     /// Matches a taker; returns (filled, ended by self-trade prevention).
-    fn match_taker(&mut self, a: AccountId, i: InstrumentId, side: Side, limit: Price, qty: i64, stp: SelfTradePrevention) -> (i64, bool) {
+    fn match_taker(
+        &mut self,
+        a: AccountId,
+        i: InstrumentId,
+        side: Side,
+        limit: Price,
+        qty: i64,
+        stp: SelfTradePrevention,
+    ) -> (i64, bool) {
         let owner = self.accounts[a.0 as usize].owner;
         let mut remaining = qty;
         while remaining > 0 {
-            let Some(b) = self.best(i, side.opposite()) else { break };
+            let Some(b) = self.best(i, side.opposite()) else {
+                break;
+            };
             let m = self.orders[b].rec;
             if (side == Side::Buy && m.price > limit) || (side == Side::Sell && m.price < limit) {
                 break;
@@ -424,7 +557,11 @@ impl Reference {
             self.fill(b, a, side, f);
             remaining -= f;
             if m.reduce_only && f < m.remaining.0 && self.reduce_room(m.account, i, m.side) == 0 {
-                let idx = self.orders.iter().position(|o| o.rec.id == m.id).expect("partially filled maker is still open");
+                let idx = self
+                    .orders
+                    .iter()
+                    .position(|o| o.rec.id == m.id)
+                    .expect("partially filled maker is still open");
                 self.orders.remove(idx);
             }
         }
@@ -436,8 +573,15 @@ impl Reference {
         let spec = self.active(o.instrument)?.spec.clone();
         self.check_qty(&spec, o.qty)?;
         let market = matches!(o.order_type, OrderType::Market { .. });
-        let immediate = matches!(o.time_in_force, TimeInForce::ImmediateOrCancel | TimeInForce::FillOrKill);
-        let invalid = if market { o.post_only || !immediate } else { o.post_only && immediate };
+        let immediate = matches!(
+            o.time_in_force,
+            TimeInForce::ImmediateOrCancel | TimeInForce::FillOrKill
+        );
+        let invalid = if market {
+            o.post_only || !immediate
+        } else {
+            o.post_only && immediate
+        };
         if invalid {
             return Err(RejectCode::InvalidOrderCombination);
         }
@@ -445,12 +589,19 @@ impl Reference {
             return Err(RejectCode::GoodTillInPast);
         }
         let limit = match o.order_type {
-            OrderType::Limit { price } | OrderType::Market { protection_price: Some(price) } => {
+            OrderType::Limit { price }
+            | OrderType::Market {
+                protection_price: Some(price),
+            } => {
                 Self::check_price(&spec, price)?;
                 price
             }
-            OrderType::Market { protection_price: None } => {
-                let best = self.best(o.instrument, o.side.opposite()).ok_or(RejectCode::NoLiquidity)?;
+            OrderType::Market {
+                protection_price: None,
+            } => {
+                let best = self
+                    .best(o.instrument, o.side.opposite())
+                    .ok_or(RejectCode::NoLiquidity)?;
                 let best = i128::from(self.orders[best].rec.price.0);
                 let bps = i128::from(spec.market_protection_bps.min(10_000));
                 let tick = i128::from(spec.tick_size.0);
@@ -466,8 +617,17 @@ impl Reference {
             }
         };
         let acct = self.acct(o.account)?;
-        let open = self.orders.iter().filter(|x| x.rec.account == o.account).count();
-        if o.client_order_id != 0 && self.orders.iter().any(|x| x.rec.account == o.account && x.rec.client_order_id == o.client_order_id) {
+        let open = self
+            .orders
+            .iter()
+            .filter(|x| x.rec.account == o.account)
+            .count();
+        if o.client_order_id != 0
+            && self
+                .orders
+                .iter()
+                .any(|x| x.rec.account == o.account && x.rec.client_order_id == o.client_order_id)
+        {
             return Err(RejectCode::DuplicateClientOrderId);
         }
         if !immediate && open >= self.limits.max_open_orders_per_account as usize {
@@ -480,12 +640,21 @@ impl Reference {
             return Err(RejectCode::PostOnlyWouldCross);
         }
         let balance = acct.balance;
-        if i128::from(balance) < self.requirement(o.account, Some((o.instrument, o.side, limit, o.qty)))? {
+        if i128::from(balance)
+            < self.requirement(o.account, Some((o.instrument, o.side, limit, o.qty)))?
+        {
             return Err(RejectCode::InsufficientMargin);
         }
         let id = OrderId(self.next_order_id);
         self.next_order_id += 1;
-        let (filled, self_trade) = self.match_taker(o.account, o.instrument, o.side, limit, o.qty.0, o.self_trade);
+        let (filled, self_trade) = self.match_taker(
+            o.account,
+            o.instrument,
+            o.side,
+            limit,
+            o.qty.0,
+            o.self_trade,
+        );
         if o.time_in_force == TimeInForce::FillOrKill && filled < o.qty.0 {
             return Err(RejectCode::FokNotFillable);
         }
@@ -514,11 +683,20 @@ impl Reference {
     }
 
     fn push(&mut self, rec: OrderRecord) {
-        self.orders.push(Ord { rec, seq: self.next_seq });
+        self.orders.push(Ord {
+            rec,
+            seq: self.next_seq,
+        });
         self.next_seq += 1;
     }
 
-    fn amend(&mut self, a: AccountId, r: OrderRef, price: Price, qty: Qty) -> Result<(), RejectCode> {
+    fn amend(
+        &mut self,
+        a: AccountId,
+        r: OrderRef,
+        price: Price,
+        qty: Qty,
+    ) -> Result<(), RejectCode> {
         self.acct(a)?;
         let idx = self.find(a, r)?;
         let o = self.orders[idx].rec;
@@ -547,10 +725,13 @@ impl Reference {
             return Err(RejectCode::PostOnlyWouldCross);
         }
         let removed = self.orders.remove(idx);
-        if i128::from(self.accounts[a.0 as usize].balance) < self.requirement(a, Some((o.instrument, o.side, price, qty)))? {
+        if i128::from(self.accounts[a.0 as usize].balance)
+            < self.requirement(a, Some((o.instrument, o.side, price, qty)))?
+        {
             return Err(RejectCode::InsufficientMargin);
         }
-        let (filled, self_trade) = self.match_taker(a, o.instrument, o.side, price, qty.0, o.self_trade);
+        let (filled, self_trade) =
+            self.match_taker(a, o.instrument, o.side, price, qty.0, o.self_trade);
         let remaining = qty.0 - filled;
         if remaining > 0 && !self_trade {
             if self.level_blocked(o.instrument, o.side, price) {
@@ -576,7 +757,11 @@ impl Reference {
             }
         }
         // Replace: pull the old quotes in the named instruments, then post the new ones.
-        self.orders.retain(|o| !(o.rec.account == a && o.rec.is_quote && quotes.iter().any(|q| q.instrument == o.rec.instrument)));
+        self.orders.retain(|o| {
+            !(o.rec.account == a
+                && o.rec.is_quote
+                && quotes.iter().any(|q| q.instrument == o.rec.instrument))
+        });
         let mut new = Vec::new();
         for q in quotes {
             let spec = self.active(q.instrument)?.spec.clone();
@@ -636,17 +821,25 @@ impl Reference {
         if s.0 <= 0 {
             return Err(RejectCode::InvalidSettlementPrice);
         }
-        let value = self.instruments[i.0 as usize].spec.settlement_value_numerator(s);
+        let value = self.instruments[i.0 as usize]
+            .spec
+            .settlement_value_numerator(s);
         let denom = i128::from(QTY_SCALE) * i128::from(QTY_SCALE);
         let mut paid = 0i128;
         for acct in &mut self.accounts {
-            let Some(pos) = acct.positions.get_mut(&i) else { continue };
+            let Some(pos) = acct.positions.get_mut(&i) else {
+                continue;
+            };
             if pos.qty == 0 {
                 continue;
             }
             let exact = value * i128::from(pos.qty);
             // Longs are paid rounded down, shorts pay rounded up: the remainder stays in the system.
-            let cash = if pos.qty > 0 { exact.div_euclid(denom) } else { -((-exact + denom - 1) / denom) } as i64;
+            let cash = if pos.qty > 0 {
+                exact.div_euclid(denom)
+            } else {
+                -((-exact + denom - 1) / denom)
+            } as i64;
             acct.balance += cash;
             pos.realized += cash - pos.cost;
             pos.qty = 0;
@@ -664,7 +857,11 @@ impl Reference {
     pub fn canonical(&self) -> CanonicalState {
         let mut orders: Vec<&Ord> = self.orders.iter().collect();
         orders.sort_by_key(|o| {
-            let price_key = if o.rec.side == Side::Buy { -o.rec.price.0 } else { o.rec.price.0 };
+            let price_key = if o.rec.side == Side::Buy {
+                -o.rec.price.0
+            } else {
+                o.rec.price.0
+            };
             (o.rec.instrument, o.rec.side, price_key, o.seq)
         });
         CanonicalState {
@@ -677,7 +874,12 @@ impl Reference {
             instruments: self
                 .instruments
                 .iter()
-                .map(|i| InstrumentRecord { spec: i.spec.clone(), status: i.status, settlement_price: i.settlement_price, mark: None })
+                .map(|i| InstrumentRecord {
+                    spec: i.spec.clone(),
+                    status: i.status,
+                    settlement_price: i.settlement_price,
+                    mark: None,
+                })
                 .collect(),
             accounts: self
                 .accounts
@@ -689,7 +891,12 @@ impl Reference {
                         .positions
                         .iter()
                         .filter(|(_, p)| p.qty != 0 || p.realized != 0)
-                        .map(|(i, p)| PositionRecord { instrument: *i, qty: Qty(p.qty), cost: Amount(p.cost), realized_pnl: Amount(p.realized) })
+                        .map(|(i, p)| PositionRecord {
+                            instrument: *i,
+                            qty: Qty(p.qty),
+                            cost: Amount(p.cost),
+                            realized_pnl: Amount(p.realized),
+                        })
                         .collect(),
                     margin_mode: optio_types::MarginMode::WorstCase,
                     liquidating_since: None,
@@ -699,5 +906,4 @@ impl Reference {
             orders: orders.into_iter().map(|o| o.rec).collect(),
         }
     }
-
 }

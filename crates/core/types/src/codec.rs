@@ -140,10 +140,17 @@ impl<'a> Reader<'a> {
     }
     /// Fails unless everything was read.
     pub fn finish(self) -> Result<(), DecodeError> {
-        if self.rest.is_empty() { Ok(()) } else { Err(DecodeError::Trailing(self.rest.len())) }
+        if self.rest.is_empty() {
+            Ok(())
+        } else {
+            Err(DecodeError::Trailing(self.rest.len()))
+        }
     }
     fn take<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
-        let (head, tail) = self.rest.split_first_chunk::<N>().ok_or(DecodeError::Truncated)?;
+        let (head, tail) = self
+            .rest
+            .split_first_chunk::<N>()
+            .ok_or(DecodeError::Truncated)?;
         self.rest = tail;
         Ok(*head)
     }
@@ -193,7 +200,9 @@ impl<'a> Reader<'a> {
     pub fn len(&mut self, max: usize) -> Result<usize, DecodeError> {
         let n = self.u32()? as usize;
         if n > max || n > self.rest.len() {
-            return Err(DecodeError::Invalid("list longer than its limit or the input"));
+            return Err(DecodeError::Invalid(
+                "list longer than its limit or the input",
+            ));
         }
         Ok(n)
     }
@@ -245,7 +254,12 @@ impl<'a> Reader<'a> {
             1 => TimeInForce::ImmediateOrCancel,
             2 => TimeInForce::FillOrKill,
             3 => TimeInForce::GoodTillTime(self.u64()?),
-            tag => return Err(DecodeError::BadTag { what: "time in force", tag }),
+            tag => {
+                return Err(DecodeError::BadTag {
+                    what: "time in force",
+                    tag,
+                });
+            }
         })
     }
     /// Self-trade prevention mode.
@@ -254,7 +268,10 @@ impl<'a> Reader<'a> {
             0 => Ok(SelfTradePrevention::CancelTaker),
             1 => Ok(SelfTradePrevention::CancelMaker),
             2 => Ok(SelfTradePrevention::CancelBoth),
-            tag => Err(DecodeError::BadTag { what: "self-trade prevention", tag }),
+            tag => Err(DecodeError::BadTag {
+                what: "self-trade prevention",
+                tag,
+            }),
         }
     }
 }

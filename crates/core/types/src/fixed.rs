@@ -144,21 +144,33 @@ impl Price {
     #[inline]
     pub fn notional(self, qty: Qty) -> Result<Amount, ArithError> {
         if let Some(n) = self.0.checked_mul(qty.0) {
-            return if n % QTY_SCALE == 0 { Ok(Amount(n / QTY_SCALE)) } else { Err(ArithError::Inexact) };
+            return if n % QTY_SCALE == 0 {
+                Ok(Amount(n / QTY_SCALE))
+            } else {
+                Err(ArithError::Inexact)
+            };
         }
         let n = i128::from(self.0) * i128::from(qty.0);
         if n % i128::from(QTY_SCALE) != 0 {
             return Err(ArithError::Inexact);
         }
-        i64::try_from(n / i128::from(QTY_SCALE)).map(Amount).map_err(|_| ArithError::Overflow)
+        i64::try_from(n / i128::from(QTY_SCALE))
+            .map(Amount)
+            .map_err(|_| ArithError::Overflow)
     }
 }
 
 impl Amount {
     /// `numerator / denominator` as money with the named rounding.
-    pub fn from_ratio(numerator: i128, denominator: i128, rounding: Rounding) -> Result<Self, ArithError> {
+    pub fn from_ratio(
+        numerator: i128,
+        denominator: i128,
+        rounding: Rounding,
+    ) -> Result<Self, ArithError> {
         let v = mul_div(numerator, 1, denominator, rounding)?;
-        i64::try_from(v).map(Amount).map_err(|_| ArithError::Overflow)
+        i64::try_from(v)
+            .map(Amount)
+            .map_err(|_| ArithError::Overflow)
     }
 }
 
@@ -183,9 +195,17 @@ impl FeeRate {
     pub fn fee_on(self, notional: Amount) -> Result<Amount, ArithError> {
         let n = i128::from(notional.0.abs());
         if self.0 >= 0 {
-            Amount::from_ratio(n * i128::from(self.0), i128::from(FEE_RATE_SCALE), Rounding::AgainstAccount)
+            Amount::from_ratio(
+                n * i128::from(self.0),
+                i128::from(FEE_RATE_SCALE),
+                Rounding::AgainstAccount,
+            )
         } else {
-            let rebate = Amount::from_ratio(n * i128::from(-self.0), i128::from(FEE_RATE_SCALE), Rounding::TowardSystem)?;
+            let rebate = Amount::from_ratio(
+                n * i128::from(-self.0),
+                i128::from(FEE_RATE_SCALE),
+                Rounding::TowardSystem,
+            )?;
             rebate.checked_neg()
         }
     }
@@ -223,7 +243,11 @@ fn parse_decimal(text: &str, decimals: u32) -> Result<i64, ParseDecimalError> {
         return Err(ParseDecimalError::TooPrecise(decimals));
     }
     let mut value: i128 = 0;
-    for b in int_part.bytes().chain(frac.bytes()).chain(std::iter::repeat_n(b'0', decimals as usize - frac.len())) {
+    for b in int_part
+        .bytes()
+        .chain(frac.bytes())
+        .chain(std::iter::repeat_n(b'0', decimals as usize - frac.len()))
+    {
         value = value * 10 + i128::from(b - b'0');
         if value > i128::from(i64::MAX) {
             return Err(ParseDecimalError::OutOfRange);
@@ -259,7 +283,10 @@ mod tests {
         assert_eq!(mul_div(-7, 1, 2, Rounding::TowardSystem), Ok(-4));
         assert_eq!(mul_div(-7, 1, 2, Rounding::AgainstAccount), Ok(-3));
         assert_eq!(mul_div(6, 1, 2, Rounding::AgainstAccount), Ok(3));
-        assert_eq!(mul_div(i128::MAX, 2, 1, Rounding::TowardSystem), Err(ArithError::Overflow));
+        assert_eq!(
+            mul_div(i128::MAX, 2, 1, Rounding::TowardSystem),
+            Err(ArithError::Overflow)
+        );
     }
 
     #[test]
@@ -272,9 +299,15 @@ mod tests {
 
     #[test]
     fn notional_is_exact_or_an_error() {
-        assert_eq!(Price(60_000_000_000).notional(Qty(10_000_000)), Ok(Amount(6_000_000_000)));
+        assert_eq!(
+            Price(60_000_000_000).notional(Qty(10_000_000)),
+            Ok(Amount(6_000_000_000))
+        );
         assert_eq!(Price(1).notional(Qty(1)), Err(ArithError::Inexact));
-        assert_eq!(Price(i64::MAX).notional(Qty(2 * QTY_SCALE)), Err(ArithError::Overflow));
+        assert_eq!(
+            Price(i64::MAX).notional(Qty(2 * QTY_SCALE)),
+            Err(ArithError::Overflow)
+        );
     }
 
     #[test]
@@ -284,10 +317,22 @@ mod tests {
             assert_eq!(p.to_string(), text);
         }
         assert_eq!("1.5".parse::<Qty>(), Ok(Qty(150_000_000)));
-        assert_eq!("1.0000001".parse::<Price>(), Err(ParseDecimalError::TooPrecise(6)));
-        for bad in ["", ".", "1.", ".5", "1e5", "--1", "1.2.3", "NaN", "inf", " 1"] {
-            assert_eq!(bad.parse::<Price>(), Err(ParseDecimalError::Malformed), "{bad:?}");
+        assert_eq!(
+            "1.0000001".parse::<Price>(),
+            Err(ParseDecimalError::TooPrecise(6))
+        );
+        for bad in [
+            "", ".", "1.", ".5", "1e5", "--1", "1.2.3", "NaN", "inf", " 1",
+        ] {
+            assert_eq!(
+                bad.parse::<Price>(),
+                Err(ParseDecimalError::Malformed),
+                "{bad:?}"
+            );
         }
-        assert_eq!("99999999999999999999".parse::<Price>(), Err(ParseDecimalError::OutOfRange));
+        assert_eq!(
+            "99999999999999999999".parse::<Price>(),
+            Err(ParseDecimalError::OutOfRange)
+        );
     }
 }

@@ -29,8 +29,6 @@ impl Input {
     }
 }
 
-
-
 fn order_ref(w: &mut Writer, o: OrderRef) {
     match o {
         OrderRef::Id(id) => {
@@ -48,7 +46,10 @@ fn read_order_ref(r: &mut Reader<'_>) -> Result<OrderRef, DecodeError> {
     match r.u8()? {
         0 => Ok(OrderRef::Id(r.order()?)),
         1 => Ok(OrderRef::Client(r.u64()?)),
-        tag => Err(DecodeError::BadTag { what: "order ref", tag }),
+        tag => Err(DecodeError::BadTag {
+            what: "order ref",
+            tag,
+        }),
     }
 }
 
@@ -63,11 +64,16 @@ fn option_level(w: &mut Writer, level: Option<(crate::fixed::Price, Qty)>) {
     }
 }
 
-fn read_option_level(r: &mut Reader<'_>) -> Result<Option<(crate::fixed::Price, Qty)>, DecodeError> {
+fn read_option_level(
+    r: &mut Reader<'_>,
+) -> Result<Option<(crate::fixed::Price, Qty)>, DecodeError> {
     match r.u8()? {
         0 => Ok(None),
         1 => Ok(Some((r.price()?, r.qty()?))),
-        tag => Err(DecodeError::BadTag { what: "option", tag }),
+        tag => Err(DecodeError::BadTag {
+            what: "option",
+            tag,
+        }),
     }
 }
 
@@ -81,7 +87,10 @@ fn encode_command(w: &mut Writer, c: &Command) {
             w.u8(1);
             w.instrument(*instrument);
         }
-        Command::SettleInstrument { instrument, settlement_price } => {
+        Command::SettleInstrument {
+            instrument,
+            settlement_price,
+        } => {
             w.u8(2);
             w.instrument(*instrument);
             w.price(*settlement_price);
@@ -134,7 +143,12 @@ fn encode_command(w: &mut Writer, c: &Command) {
             w.self_trade(o.self_trade);
             w.u64(o.client_order_id);
         }
-        Command::Amend { account, order, price, qty } => {
+        Command::Amend {
+            account,
+            order,
+            price,
+            qty,
+        } => {
             w.u8(8);
             w.account(*account);
             order_ref(w, *order);
@@ -146,7 +160,10 @@ fn encode_command(w: &mut Writer, c: &Command) {
             w.account(*account);
             order_ref(w, *order);
         }
-        Command::CancelAll { account, instrument } => {
+        Command::CancelAll {
+            account,
+            instrument,
+        } => {
             w.u8(10);
             w.account(*account);
             match instrument {
@@ -176,19 +193,31 @@ fn encode_command(w: &mut Writer, c: &Command) {
             w.account(*account);
             w.u8(*mode as u8);
         }
-        Command::Liquidate { liquidator, account, instrument, qty } => {
+        Command::Liquidate {
+            liquidator,
+            account,
+            instrument,
+            qty,
+        } => {
             w.u8(14);
             w.account(*liquidator);
             w.account(*account);
             w.instrument(*instrument);
             w.qty(*qty);
         }
-        Command::Deleverage { account, instrument } => {
+        Command::Deleverage {
+            account,
+            instrument,
+        } => {
             w.u8(15);
             w.account(*account);
             w.instrument(*instrument);
         }
-        Command::SetSessionKey { account, key, expiry_ms } => {
+        Command::SetSessionKey {
+            account,
+            key,
+            expiry_ms,
+        } => {
             w.u8(16);
             w.account(*account);
             w.address(*key);
@@ -199,13 +228,32 @@ fn encode_command(w: &mut Writer, c: &Command) {
 
 fn decode_command(r: &mut Reader<'_>) -> Result<Command, DecodeError> {
     Ok(match r.u8()? {
-        0 => Command::ListInstrument { spec: decode_spec(r)? },
-        1 => Command::ActivateInstrument { instrument: r.instrument()? },
-        2 => Command::SettleInstrument { instrument: r.instrument()?, settlement_price: r.price()? },
-        3 => Command::OpenAccount { owner: r.address()? },
-        4 => Command::Deposit { account: r.account()?, amount: r.amount()? },
-        5 => Command::Withdraw { account: r.account()?, amount: r.amount()? },
-        6 => Command::Transfer { from: r.account()?, to: r.account()?, amount: r.amount()? },
+        0 => Command::ListInstrument {
+            spec: decode_spec(r)?,
+        },
+        1 => Command::ActivateInstrument {
+            instrument: r.instrument()?,
+        },
+        2 => Command::SettleInstrument {
+            instrument: r.instrument()?,
+            settlement_price: r.price()?,
+        },
+        3 => Command::OpenAccount {
+            owner: r.address()?,
+        },
+        4 => Command::Deposit {
+            account: r.account()?,
+            amount: r.amount()?,
+        },
+        5 => Command::Withdraw {
+            account: r.account()?,
+            amount: r.amount()?,
+        },
+        6 => Command::Transfer {
+            from: r.account()?,
+            to: r.account()?,
+            amount: r.amount()?,
+        },
         7 => {
             let account = r.account()?;
             let instrument = r.instrument()?;
@@ -217,26 +265,60 @@ fn decode_command(r: &mut Reader<'_>) -> Result<Command, DecodeError> {
                     protection_price: match r.u8()? {
                         0 => None,
                         1 => Some(r.price()?),
-                        tag => return Err(DecodeError::BadTag { what: "option", tag }),
+                        tag => {
+                            return Err(DecodeError::BadTag {
+                                what: "option",
+                                tag,
+                            });
+                        }
                     },
                 },
-                tag => return Err(DecodeError::BadTag { what: "order type", tag }),
+                tag => {
+                    return Err(DecodeError::BadTag {
+                        what: "order type",
+                        tag,
+                    });
+                }
             };
             let time_in_force = r.time_in_force()?;
             let post_only = r.bool()?;
             let reduce_only = r.bool()?;
             let self_trade = r.self_trade()?;
             let client_order_id = r.u64()?;
-            Command::PlaceOrder(NewOrder { account, instrument, side, qty, order_type, time_in_force, post_only, reduce_only, self_trade, client_order_id })
+            Command::PlaceOrder(NewOrder {
+                account,
+                instrument,
+                side,
+                qty,
+                order_type,
+                time_in_force,
+                post_only,
+                reduce_only,
+                self_trade,
+                client_order_id,
+            })
         }
-        8 => Command::Amend { account: r.account()?, order: read_order_ref(r)?, price: r.price()?, qty: r.qty()? },
-        9 => Command::Cancel { account: r.account()?, order: read_order_ref(r)? },
+        8 => Command::Amend {
+            account: r.account()?,
+            order: read_order_ref(r)?,
+            price: r.price()?,
+            qty: r.qty()?,
+        },
+        9 => Command::Cancel {
+            account: r.account()?,
+            order: read_order_ref(r)?,
+        },
         10 => Command::CancelAll {
             account: r.account()?,
             instrument: match r.u8()? {
                 0 => None,
                 1 => Some(r.instrument()?),
-                tag => return Err(DecodeError::BadTag { what: "option", tag }),
+                tag => {
+                    return Err(DecodeError::BadTag {
+                        what: "option",
+                        tag,
+                    });
+                }
             },
         },
         11 => {
@@ -244,23 +326,53 @@ fn decode_command(r: &mut Reader<'_>) -> Result<Command, DecodeError> {
             let n = r.len(MAX_LIST)?;
             let mut quotes = Vec::with_capacity(n);
             for _ in 0..n {
-                quotes.push(Quote { instrument: r.instrument()?, bid: read_option_level(r)?, ask: read_option_level(r)? });
+                quotes.push(Quote {
+                    instrument: r.instrument()?,
+                    bid: read_option_level(r)?,
+                    ask: read_option_level(r)?,
+                });
             }
             Command::MassQuote { account, quotes }
         }
-        12 => Command::OracleUpdate(OracleUpdate::decode(r.bytes(usize::MAX)?, MAX_LIST, MAX_LIST)?),
+        12 => Command::OracleUpdate(OracleUpdate::decode(
+            r.bytes(usize::MAX)?,
+            MAX_LIST,
+            MAX_LIST,
+        )?),
         13 => Command::SetMarginMode {
             account: r.account()?,
             mode: match r.u8()? {
                 0 => MarginMode::WorstCase,
                 1 => MarginMode::Standard,
                 2 => MarginMode::Portfolio,
-                tag => return Err(DecodeError::BadTag { what: "margin mode", tag }),
+                tag => {
+                    return Err(DecodeError::BadTag {
+                        what: "margin mode",
+                        tag,
+                    });
+                }
             },
         },
-        14 => Command::Liquidate { liquidator: r.account()?, account: r.account()?, instrument: r.instrument()?, qty: r.qty()? },
-        15 => Command::Deleverage { account: r.account()?, instrument: r.instrument()? },
-        16 => Command::SetSessionKey { account: r.account()?, key: r.address()?, expiry_ms: r.u64()? },
-        tag => return Err(DecodeError::BadTag { what: "command", tag }),
+        14 => Command::Liquidate {
+            liquidator: r.account()?,
+            account: r.account()?,
+            instrument: r.instrument()?,
+            qty: r.qty()?,
+        },
+        15 => Command::Deleverage {
+            account: r.account()?,
+            instrument: r.instrument()?,
+        },
+        16 => Command::SetSessionKey {
+            account: r.account()?,
+            key: r.address()?,
+            expiry_ms: r.u64()?,
+        },
+        tag => {
+            return Err(DecodeError::BadTag {
+                what: "command",
+                tag,
+            });
+        }
     })
 }

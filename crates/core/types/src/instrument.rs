@@ -8,14 +8,16 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::fixed::{ArithError, FeeRate, Price, Qty, Rounding, mul_div, MONEY_SCALE, QTY_SCALE};
+use crate::fixed::{ArithError, FeeRate, MONEY_SCALE, Price, QTY_SCALE, Qty, Rounding, mul_div};
 
 /// Milliseconds in a day.
 pub const DAY_MS: u64 = 86_400_000;
 /// Options expire at 08:00 UTC.
 pub const EXPIRY_HOUR_MS: u64 = 8 * 3_600_000;
 
-const MONTHS: [&str; 12] = ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"];
+const MONTHS: [&str; 12] = [
+    "JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC",
+];
 
 /// Call or put.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -40,14 +42,22 @@ pub struct ExpiryDate {
 impl ExpiryDate {
     /// Builds a date, checking the day against the month (leap years included).
     pub fn new(year: u16, month: u8, day: u8) -> Option<Self> {
-        let valid = (2000..=2099).contains(&year) && (1..=12).contains(&month) && day >= 1 && day <= days_in_month(year, month);
+        let valid = (2000..=2099).contains(&year)
+            && (1..=12).contains(&month)
+            && day >= 1
+            && day <= days_in_month(year, month);
         valid.then_some(Self { year, month, day })
     }
 
     /// Expiry instant: 08:00 UTC on this date, in milliseconds since the Unix epoch.
     pub fn expiry_ms(self) -> u64 {
-        let days = days_from_civil(i64::from(self.year), u32::from(self.month), u32::from(self.day));
-        u64::try_from(days).expect("years 2000..=2099 are after the epoch") * DAY_MS + EXPIRY_HOUR_MS
+        let days = days_from_civil(
+            i64::from(self.year),
+            u32::from(self.month),
+            u32::from(self.day),
+        );
+        u64::try_from(days).expect("years 2000..=2099 are after the epoch") * DAY_MS
+            + EXPIRY_HOUR_MS
     }
 }
 
@@ -143,7 +153,10 @@ impl FromStr for InstrumentName {
             _ => return Err(NameError::Shape),
         };
         check_underlying(underlying)?;
-        Ok(Self { underlying: underlying.to_owned(), kind })
+        Ok(Self {
+            underlying: underlying.to_owned(),
+            kind,
+        })
     }
 }
 
@@ -153,7 +166,10 @@ fn check_underlying(symbol: &str) -> Result<(), NameError> {
         None => (symbol, None),
     };
     let ok = |s: &str, max: usize, digits: bool| {
-        !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_uppercase() || (digits && b.is_ascii_digit()))
+        !s.is_empty()
+            && s.len() <= max
+            && s.bytes()
+                .all(|b| b.is_ascii_uppercase() || (digits && b.is_ascii_digit()))
     };
     if ok(base, 10, true) && suffix.is_none_or(|s| ok(s, 6, false)) {
         Ok(())
@@ -174,7 +190,10 @@ fn parse_date(text: &str) -> Result<ExpiryDate, NameError> {
     if !all_digits(day) || day.starts_with('0') || !all_digits(year) {
         return Err(NameError::Date);
     }
-    let month = MONTHS.iter().position(|m| *m == month).ok_or(NameError::Date)?;
+    let month = MONTHS
+        .iter()
+        .position(|m| *m == month)
+        .ok_or(NameError::Date)?;
     let day: u8 = day.parse().map_err(|_| NameError::Date)?;
     let year: u16 = year.parse().map_err(|_| NameError::Date)?;
     ExpiryDate::new(2000 + year, month as u8 + 1, day).ok_or(NameError::Date)
@@ -199,14 +218,22 @@ fn parse_strike(text: &str) -> Result<Price, NameError> {
         None => int.to_owned(),
     };
     let strike = Price::parse_decimal(&decimal).map_err(|_| NameError::Strike)?;
-    if strike.is_positive() { Ok(strike) } else { Err(NameError::Strike) }
+    if strike.is_positive() {
+        Ok(strike)
+    } else {
+        Err(NameError::Strike)
+    }
 }
 
 impl fmt::Display for InstrumentName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.kind {
             InstrumentKind::Perpetual => write!(f, "{}-PERPETUAL", self.underlying),
-            InstrumentKind::Option { expiry, strike, right } => {
+            InstrumentKind::Option {
+                expiry,
+                strike,
+                right,
+            } => {
                 let strike = strike.to_string().replace('.', "d");
                 let right = match right {
                     OptionRight::Call => 'C',
@@ -292,16 +319,24 @@ impl InstrumentSpec {
     /// Checks the invariants every other part of the system relies on.
     pub fn validate(&self) -> Result<(), SpecError> {
         let (tick, step, min) = (self.tick_size.0, self.amount_step.0, self.min_size.0);
-        if tick <= 0 || step <= 0 || min <= 0 || min % step != 0 || self.contract_multiplier.0 <= 0 {
+        if tick <= 0 || step <= 0 || min <= 0 || min % step != 0 || self.contract_multiplier.0 <= 0
+        {
             return Err(SpecError::Increments);
         }
         if (i128::from(tick) * i128::from(step)) % i128::from(QTY_SCALE) != 0 {
             return Err(SpecError::InexactNotional);
         }
-        if self.underlying_cap.0 <= 0 || self.underlying_cap.0 > 1_000_000_000 * MONEY_SCALE || self.contract_multiplier.0 > 1_000_000 * QTY_SCALE {
+        if self.underlying_cap.0 <= 0
+            || self.underlying_cap.0 > 1_000_000_000 * MONEY_SCALE
+            || self.contract_multiplier.0 > 1_000_000 * QTY_SCALE
+        {
             return Err(SpecError::Range);
         }
-        if let InstrumentKind::Option { strike, right: OptionRight::Call, .. } = self.name.kind
+        if let InstrumentKind::Option {
+            strike,
+            right: OptionRight::Call,
+            ..
+        } = self.name.kind
             && strike >= self.underlying_cap
         {
             return Err(SpecError::Cap);
@@ -323,12 +358,27 @@ impl InstrumentSpec {
     /// bounds what a short owes, so it must never understate it.
     pub fn max_payoff_per_contract(&self) -> Result<Price, ArithError> {
         let per_unit = match self.name.kind {
-            InstrumentKind::Option { strike, right: OptionRight::Call, .. } => self.underlying_cap.checked_sub(strike)?,
-            InstrumentKind::Option { strike, right: OptionRight::Put, .. } => strike,
+            InstrumentKind::Option {
+                strike,
+                right: OptionRight::Call,
+                ..
+            } => self.underlying_cap.checked_sub(strike)?,
+            InstrumentKind::Option {
+                strike,
+                right: OptionRight::Put,
+                ..
+            } => strike,
             InstrumentKind::Perpetual => self.underlying_cap,
         };
-        let v = mul_div(i128::from(per_unit.0), i128::from(self.contract_multiplier.0), i128::from(QTY_SCALE), Rounding::AgainstAccount)?;
-        i64::try_from(v).map(Price).map_err(|_| ArithError::Overflow)
+        let v = mul_div(
+            i128::from(per_unit.0),
+            i128::from(self.contract_multiplier.0),
+            i128::from(QTY_SCALE),
+            Rounding::AgainstAccount,
+        )?;
+        i64::try_from(v)
+            .map(Price)
+            .map_err(|_| ArithError::Overflow)
     }
 
     /// Highest accepted order price: the max payoff rounded down to a tick.
@@ -350,8 +400,16 @@ impl InstrumentSpec {
     pub fn settlement_value_numerator(&self, settlement_price: Price) -> i128 {
         let s = settlement_price.0.clamp(0, self.underlying_cap.0);
         let per_unit = match self.name.kind {
-            InstrumentKind::Option { strike, right: OptionRight::Call, .. } => (s - strike.0).max(0),
-            InstrumentKind::Option { strike, right: OptionRight::Put, .. } => (strike.0 - s).max(0),
+            InstrumentKind::Option {
+                strike,
+                right: OptionRight::Call,
+                ..
+            } => (s - strike.0).max(0),
+            InstrumentKind::Option {
+                strike,
+                right: OptionRight::Put,
+                ..
+            } => (strike.0 - s).max(0),
             InstrumentKind::Perpetual => s,
         };
         i128::from(per_unit) * i128::from(self.contract_multiplier.0)
@@ -380,7 +438,14 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for name in ["BTC-27DEC24-60000-C", "ETH-PERPETUAL", "ETH-1JAN25-2500-P", "XRP_USDC-29FEB28-0d625-C", "BTC_USDC-PERPETUAL", "SOL-31MAR25-150d5-P"] {
+        for name in [
+            "BTC-27DEC24-60000-C",
+            "ETH-PERPETUAL",
+            "ETH-1JAN25-2500-P",
+            "XRP_USDC-29FEB28-0d625-C",
+            "BTC_USDC-PERPETUAL",
+            "SOL-31MAR25-150d5-P",
+        ] {
             let parsed: InstrumentName = name.parse().unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(parsed.to_string(), name);
         }
@@ -409,7 +474,11 @@ mod tests {
             ("BTC-27DEC24-60000-X", NameError::Right),
         ];
         for (name, want) in cases {
-            assert_eq!(name.parse::<InstrumentName>(), Err(want.clone()), "{name:?}");
+            assert_eq!(
+                name.parse::<InstrumentName>(),
+                Err(want.clone()),
+                "{name:?}"
+            );
         }
     }
 
@@ -418,7 +487,10 @@ mod tests {
         let d = ExpiryDate::new(2024, 12, 27).expect("valid");
         // 2024-12-27T08:00:00Z
         assert_eq!(d.expiry_ms(), 1_735_286_400_000);
-        assert_eq!(ExpiryDate::new(2000, 3, 1).expect("valid").expiry_ms(), 951_897_600_000);
+        assert_eq!(
+            ExpiryDate::new(2000, 3, 1).expect("valid").expiry_ms(),
+            951_897_600_000
+        );
     }
 
     #[test]
@@ -426,7 +498,10 @@ mod tests {
         let name: InstrumentName = "BTC-27DEC24-60000-C".parse().expect("valid");
         let good = InstrumentSpec::with_defaults(name, Price(200_000 * MONEY_SCALE));
         assert_eq!(good.validate(), Ok(()));
-        assert_eq!(good.max_payoff_per_contract(), Ok(Price(140_000 * MONEY_SCALE)));
+        assert_eq!(
+            good.max_payoff_per_contract(),
+            Ok(Price(140_000 * MONEY_SCALE))
+        );
         let mut bad = good.clone();
         bad.tick_size = Price(1);
         assert_eq!(bad.validate(), Err(SpecError::InexactNotional));

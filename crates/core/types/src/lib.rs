@@ -21,10 +21,14 @@ pub mod reject;
 pub mod state;
 
 pub use event::{DoneReason, Event};
-pub use fixed::{Amount, ArithError, FeeRate, Price, Qty, Rounding, MONEY_SCALE, QTY_SCALE};
+pub use fixed::{Amount, ArithError, FeeRate, MONEY_SCALE, Price, QTY_SCALE, Qty, Rounding};
 pub use ids::{AccountId, Address, InstrumentId, OrderId};
-pub use input::{Command, Input, NewOrder, OrderRef, OrderType, Quote, SelfTradePrevention, Side, TimeInForce};
-pub use instrument::{InstrumentKind, InstrumentName, InstrumentSpec, InstrumentStatus, OptionRight};
+pub use input::{
+    Command, Input, NewOrder, OrderRef, OrderType, Quote, SelfTradePrevention, Side, TimeInForce,
+};
+pub use instrument::{
+    InstrumentKind, InstrumentName, InstrumentSpec, InstrumentStatus, OptionRight,
+};
 pub use margin::{Exposure, MarginModel, WorstCaseMargin};
 pub use oracle::{MarginMode, MarkUpdate, OracleUpdate, RiskConfig};
 pub use reject::RejectCode;

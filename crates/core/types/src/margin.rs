@@ -6,7 +6,7 @@
 //! requirement; the account's requirement is the sum, and the engine keeps
 //! `balance >= requirement` for every account after every input.
 
-use crate::fixed::{Amount, ArithError, FEE_RATE_SCALE, Price, Qty, QTY_SCALE, Rounding, mul_div};
+use crate::fixed::{Amount, ArithError, FEE_RATE_SCALE, Price, QTY_SCALE, Qty, Rounding, mul_div};
 use crate::instrument::InstrumentSpec;
 
 /// One account's exposure in one instrument.
@@ -29,7 +29,8 @@ pub struct Exposure {
 /// Turns an exposure into the collateral it needs.
 pub trait MarginModel {
     /// Collateral this exposure requires, rounded against the account.
-    fn requirement(&self, spec: &InstrumentSpec, exposure: &Exposure) -> Result<Amount, ArithError>;
+    fn requirement(&self, spec: &InstrumentSpec, exposure: &Exposure)
+    -> Result<Amount, ArithError>;
 }
 
 /// Fully collateralized worst case over underlying prices in `[0, underlying_cap]`.
@@ -53,19 +54,32 @@ pub struct WorstCaseMargin;
 impl WorstCaseMargin {
     fn liability(position: i64, max_payoff: Price) -> Result<i128, ArithError> {
         let short = i128::from((-position).max(0));
-        mul_div(short, i128::from(max_payoff.0), i128::from(QTY_SCALE), Rounding::AgainstAccount)
+        mul_div(
+            short,
+            i128::from(max_payoff.0),
+            i128::from(QTY_SCALE),
+            Rounding::AgainstAccount,
+        )
     }
 }
 
 impl MarginModel for WorstCaseMargin {
     fn requirement(&self, spec: &InstrumentSpec, e: &Exposure) -> Result<Amount, ArithError> {
         let w = spec.max_payoff_per_contract()?;
-        let after_sells = e.position.0.checked_sub(e.sell_qty.0).ok_or(ArithError::Overflow)?;
-        let after_all = after_sells.checked_add(e.buy_qty.0).ok_or(ArithError::Overflow)?;
+        let after_sells = e
+            .position
+            .0
+            .checked_sub(e.sell_qty.0)
+            .ok_or(ArithError::Overflow)?;
+        let after_all = after_sells
+            .checked_add(e.buy_qty.0)
+            .ok_or(ArithError::Overflow)?;
         let sells_only = Self::liability(after_sells, w)?;
         let all = i128::from(e.buy_cost.0) + Self::liability(after_all, w)?;
         let total = sells_only.max(all) + i128::from(e.fee_reserve.0);
-        i64::try_from(total).map(Amount).map_err(|_| ArithError::Overflow)
+        i64::try_from(total)
+            .map(Amount)
+            .map_err(|_| ArithError::Overflow)
     }
 }
 
@@ -75,9 +89,16 @@ impl MarginModel for WorstCaseMargin {
 pub fn fee_reserve(spec: &InstrumentSpec, price: Price, qty: Qty) -> Result<Amount, ArithError> {
     let rate = i128::from(spec.maker_fee.0.max(spec.taker_fee.0).max(0));
     let step_notional = i128::from(price.notional(spec.amount_step)?.0);
-    let per_step = mul_div(step_notional, rate, i128::from(FEE_RATE_SCALE), Rounding::AgainstAccount)?;
+    let per_step = mul_div(
+        step_notional,
+        rate,
+        i128::from(FEE_RATE_SCALE),
+        Rounding::AgainstAccount,
+    )?;
     let steps = i128::from(qty.0 / spec.amount_step.0);
-    i64::try_from(per_step * steps).map(Amount).map_err(|_| ArithError::Overflow)
+    i64::try_from(per_step * steps)
+        .map(Amount)
+        .map_err(|_| ArithError::Overflow)
 }
 
 #[cfg(test)]
@@ -86,28 +107,55 @@ mod tests {
     use crate::fixed::MONEY_SCALE;
 
     fn call() -> InstrumentSpec {
-        InstrumentSpec::with_defaults("BTC-27DEC24-60000-C".parse().expect("valid"), Price(100_000 * MONEY_SCALE))
+        InstrumentSpec::with_defaults(
+            "BTC-27DEC24-60000-C".parse().expect("valid"),
+            Price(100_000 * MONEY_SCALE),
+        )
     }
 
     #[test]
     fn short_call_needs_cap_minus_strike() {
-        let e = Exposure { position: Qty(-QTY_SCALE), ..Exposure::default() };
-        assert_eq!(WorstCaseMargin.requirement(&call(), &e), Ok(Amount(40_000 * MONEY_SCALE)));
+        let e = Exposure {
+            position: Qty(-QTY_SCALE),
+            ..Exposure::default()
+        };
+        assert_eq!(
+            WorstCaseMargin.requirement(&call(), &e),
+            Ok(Amount(40_000 * MONEY_SCALE))
+        );
     }
 
     #[test]
     fn long_needs_nothing_and_a_bid_needs_its_cost() {
         let spec = call();
-        let long = Exposure { position: Qty(QTY_SCALE), ..Exposure::default() };
+        let long = Exposure {
+            position: Qty(QTY_SCALE),
+            ..Exposure::default()
+        };
         assert_eq!(WorstCaseMargin.requirement(&spec, &long), Ok(Amount(0)));
-        let bid = Exposure { buy_qty: Qty(QTY_SCALE), buy_cost: Amount(500 * MONEY_SCALE), ..Exposure::default() };
-        assert_eq!(WorstCaseMargin.requirement(&spec, &bid), Ok(Amount(500 * MONEY_SCALE)));
+        let bid = Exposure {
+            buy_qty: Qty(QTY_SCALE),
+            buy_cost: Amount(500 * MONEY_SCALE),
+            ..Exposure::default()
+        };
+        assert_eq!(
+            WorstCaseMargin.requirement(&spec, &bid),
+            Ok(Amount(500 * MONEY_SCALE))
+        );
     }
 
     #[test]
     fn a_bid_that_closes_a_short_does_not_add() {
-        let e = Exposure { position: Qty(-QTY_SCALE), buy_qty: Qty(QTY_SCALE), buy_cost: Amount(500 * MONEY_SCALE), ..Exposure::default() };
-        assert_eq!(WorstCaseMargin.requirement(&call(), &e), Ok(Amount(40_000 * MONEY_SCALE)));
+        let e = Exposure {
+            position: Qty(-QTY_SCALE),
+            buy_qty: Qty(QTY_SCALE),
+            buy_cost: Amount(500 * MONEY_SCALE),
+            ..Exposure::default()
+        };
+        assert_eq!(
+            WorstCaseMargin.requirement(&call(), &e),
+            Ok(Amount(40_000 * MONEY_SCALE))
+        );
     }
 
     #[test]
@@ -117,7 +165,10 @@ mod tests {
         let whole = fee_reserve(&spec, price, Qty(10 * spec.amount_step.0)).expect("fits");
         let mut charged = Amount(0);
         for _ in 0..10 {
-            let fee = spec.taker_fee.fee_on(price.notional(spec.amount_step).expect("exact")).expect("fits");
+            let fee = spec
+                .taker_fee
+                .fee_on(price.notional(spec.amount_step).expect("exact"))
+                .expect("fits");
             charged = charged.checked_add(fee).expect("fits");
         }
         assert!(charged <= whole);

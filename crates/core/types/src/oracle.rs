@@ -131,9 +131,15 @@ impl OracleUpdate {
     }
 
     /// Decodes canonical bytes, with bounds on every length.
-    pub fn decode(bytes: &[u8], max_marks: usize, max_scenarios: usize) -> Result<Self, crate::codec::DecodeError> {
+    pub fn decode(
+        bytes: &[u8],
+        max_marks: usize,
+        max_scenarios: usize,
+    ) -> Result<Self, crate::codec::DecodeError> {
         let mut r = crate::codec::Reader::new(bytes);
-        let underlying = std::str::from_utf8(r.bytes(MAX_UNDERLYING_LEN)?).map_err(|_| crate::codec::DecodeError::Invalid("underlying is not UTF-8"))?.to_owned();
+        let underlying = std::str::from_utf8(r.bytes(MAX_UNDERLYING_LEN)?)
+            .map_err(|_| crate::codec::DecodeError::Invalid("underlying is not UTF-8"))?
+            .to_owned();
         let published_ms = r.u64()?;
         let index_price = r.price()?;
         let n = r.len(max_marks)?;
@@ -142,9 +148,18 @@ impl OracleUpdate {
             let instrument = r.instrument()?;
             let mark = r.price()?;
             let risk_array = r.amounts(max_scenarios)?;
-            marks.push(MarkUpdate { instrument, mark, risk_array });
+            marks.push(MarkUpdate {
+                instrument,
+                mark,
+                risk_array,
+            });
         }
         r.finish()?;
-        Ok(Self { underlying, published_ms, index_price, marks })
+        Ok(Self {
+            underlying,
+            published_ms,
+            index_price,
+            marks,
+        })
     }
 }

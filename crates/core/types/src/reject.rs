@@ -164,7 +164,10 @@ mod tests {
         for code in RejectCode::ALL {
             assert!(seen.insert(code.code()), "duplicate code {}", code.code());
             let row = format!("| {} | `{:?}` | {} |", code.code(), code, code.message());
-            assert!(doc.contains(&row), "docs/rejections.md lacks the row for {code:?}: {row}");
+            assert!(
+                doc.contains(&row),
+                "docs/rejections.md lacks the row for {code:?}: {row}"
+            );
             assert_eq!(RejectCode::from_code(code.code()), Some(*code));
         }
         assert_eq!(RejectCode::from_code(9999), None);

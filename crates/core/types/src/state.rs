@@ -8,7 +8,7 @@ use crate::fixed::{Amount, FeeRate, Price, Qty};
 use crate::ids::{AccountId, Address, InstrumentId, OrderId};
 use crate::input::{SelfTradePrevention, Side, TimeInForce};
 use crate::instrument::{InstrumentName, InstrumentSpec, InstrumentStatus};
-use crate::oracle::{MarginMode, RiskConfig, MAX_UNDERLYING_LEN};
+use crate::oracle::{MAX_UNDERLYING_LEN, MarginMode, RiskConfig};
 
 const MAGIC: &[u8; 8] = b"OPTIOST\0";
 const VERSION: u32 = 2;
@@ -288,7 +288,12 @@ impl CanonicalState {
         let next_order_id = r.u64()?;
         let limits = decode_limits(&mut r)?;
         let risk = decode_risk(&mut r)?;
-        let totals = Totals { deposits: r.i128()?, withdrawals: r.i128()?, fee_pool: r.amount()?, insurance: r.amount()? };
+        let totals = Totals {
+            deposits: r.i128()?,
+            withdrawals: r.i128()?,
+            fee_pool: r.amount()?,
+            insurance: r.amount()?,
+        };
         let n = r.len(limits.max_instruments as usize)?;
         let mut instruments = Vec::with_capacity(n);
         for _ in 0..n {
@@ -298,12 +303,22 @@ impl CanonicalState {
                 1 => InstrumentStatus::Active,
                 2 => InstrumentStatus::Expired,
                 3 => InstrumentStatus::Settled,
-                tag => return Err(DecodeError::BadTag { what: "instrument status", tag }),
+                tag => {
+                    return Err(DecodeError::BadTag {
+                        what: "instrument status",
+                        tag,
+                    });
+                }
             };
             let settlement_price = match r.u8()? {
                 0 => None,
                 1 => Some(r.price()?),
-                tag => return Err(DecodeError::BadTag { what: "option", tag }),
+                tag => {
+                    return Err(DecodeError::BadTag {
+                        what: "option",
+                        tag,
+                    });
+                }
             };
             let mark = match r.u8()? {
                 0 => None,
@@ -311,9 +326,19 @@ impl CanonicalState {
                     let mark = r.price()?;
                     Some((mark, r.amounts(risk.scenarios as usize)?))
                 }
-                tag => return Err(DecodeError::BadTag { what: "option", tag }),
+                tag => {
+                    return Err(DecodeError::BadTag {
+                        what: "option",
+                        tag,
+                    });
+                }
             };
-            instruments.push(InstrumentRecord { spec, status, settlement_price, mark });
+            instruments.push(InstrumentRecord {
+                spec,
+                status,
+                settlement_price,
+                mark,
+            });
         }
         let n = r.len(limits.max_accounts as usize)?;
         let mut accounts = Vec::with_capacity(n);
@@ -323,43 +348,78 @@ impl CanonicalState {
             let m = r.len(limits.max_instruments as usize)?;
             let mut positions = Vec::with_capacity(m);
             for _ in 0..m {
-                positions.push(PositionRecord { instrument: r.instrument()?, qty: r.qty()?, cost: r.amount()?, realized_pnl: r.amount()? });
+                positions.push(PositionRecord {
+                    instrument: r.instrument()?,
+                    qty: r.qty()?,
+                    cost: r.amount()?,
+                    realized_pnl: r.amount()?,
+                });
             }
             let margin_mode = match r.u8()? {
                 0 => MarginMode::WorstCase,
                 1 => MarginMode::Standard,
                 2 => MarginMode::Portfolio,
-                tag => return Err(DecodeError::BadTag { what: "margin mode", tag }),
+                tag => {
+                    return Err(DecodeError::BadTag {
+                        what: "margin mode",
+                        tag,
+                    });
+                }
             };
             let liquidating_since = match r.u8()? {
                 0 => None,
                 1 => Some(r.u64()?),
-                tag => return Err(DecodeError::BadTag { what: "option", tag }),
+                tag => {
+                    return Err(DecodeError::BadTag {
+                        what: "option",
+                        tag,
+                    });
+                }
             };
             let k = r.len(crate::oracle::MAX_SESSION_KEYS)?;
             let mut session_keys = Vec::with_capacity(k);
             for _ in 0..k {
                 session_keys.push((r.address()?, r.u64()?));
             }
-            accounts.push(AccountRecord { owner, balance, positions, margin_mode, liquidating_since, session_keys });
+            accounts.push(AccountRecord {
+                owner,
+                balance,
+                positions,
+                margin_mode,
+                liquidating_since,
+                session_keys,
+            });
         }
         let n = r.len(limits.max_instruments as usize)?;
         let mut oracles = Vec::with_capacity(n);
         for _ in 0..n {
-            let underlying = std::str::from_utf8(r.bytes(MAX_UNDERLYING_LEN)?).map_err(|_| DecodeError::Invalid("underlying is not UTF-8"))?.to_owned();
+            let underlying = std::str::from_utf8(r.bytes(MAX_UNDERLYING_LEN)?)
+                .map_err(|_| DecodeError::Invalid("underlying is not UTF-8"))?
+                .to_owned();
             let index_price = r.price()?;
             let published_ms = r.u64()?;
             let held = match r.u8()? {
                 0 => None,
                 1 => Some((r.price()?, r.u64()?)),
-                tag => return Err(DecodeError::BadTag { what: "option", tag }),
+                tag => {
+                    return Err(DecodeError::BadTag {
+                        what: "option",
+                        tag,
+                    });
+                }
             };
             let m = r.len(usize::MAX)?;
             let mut samples = Vec::with_capacity(m);
             for _ in 0..m {
                 samples.push((r.u64()?, r.price()?));
             }
-            oracles.push(OracleRecord { underlying, index_price, published_ms, held, samples });
+            oracles.push(OracleRecord {
+                underlying,
+                index_price,
+                published_ms,
+                held,
+                samples,
+            });
         }
         let n = r.len(usize::MAX)?;
         let mut orders = Vec::with_capacity(n);
@@ -394,10 +454,19 @@ impl CanonicalState {
             });
         }
         r.finish()?;
-        Ok(Self { time_ms, next_order_id, limits, risk, totals, instruments, accounts, oracles, orders })
+        Ok(Self {
+            time_ms,
+            next_order_id,
+            limits,
+            risk,
+            totals,
+            instruments,
+            accounts,
+            oracles,
+            orders,
+        })
     }
 }
-
 
 fn encode_limits(w: &mut Writer, l: &EngineLimits) {
     w.u32(l.max_open_orders_per_account);
@@ -474,8 +543,11 @@ pub fn encode_spec(w: &mut Writer, s: &InstrumentSpec) {
 
 /// Decodes an instrument spec; the name must parse.
 pub fn decode_spec(r: &mut Reader<'_>) -> Result<InstrumentSpec, DecodeError> {
-    let name = std::str::from_utf8(r.bytes(64)?).map_err(|_| DecodeError::Invalid("instrument name is not UTF-8"))?;
-    let name: InstrumentName = name.parse().map_err(|_| DecodeError::Invalid("instrument name"))?;
+    let name = std::str::from_utf8(r.bytes(64)?)
+        .map_err(|_| DecodeError::Invalid("instrument name is not UTF-8"))?;
+    let name: InstrumentName = name
+        .parse()
+        .map_err(|_| DecodeError::Invalid("instrument name"))?;
     Ok(InstrumentSpec {
         name,
         contract_multiplier: r.qty()?,

@@ -4,13 +4,7 @@ use optio_intents::{Action, DERIVE_TRADE_MODULE, Domain, TradeData, address_of};
 use secp256k1::{Message, SecretKey};
 use serde_json::{Value, json};
 
-fn hex(b: &[u8]) -> String {
-    let mut s = String::from("0x");
-    for x in b {
-        s.push_str(&format!("{x:02x}"));
-    }
-    s
-}
+use crate::views::hex;
 
 /// A decimal string as an 18-decimal integer (at most 18 decimals).
 fn to18(s: &str) -> Option<i128> {
@@ -18,7 +12,10 @@ fn to18(s: &str) -> Option<i128> {
     if frac.len() > 18 {
         return None;
     }
-    Some(int.parse::<i128>().ok()?.checked_mul(10i128.pow(18))? + format!("{frac:0<18}").parse::<i128>().ok()?)
+    Some(
+        int.parse::<i128>().ok()?.checked_mul(10i128.pow(18))?
+            + format!("{frac:0<18}").parse::<i128>().ok()?,
+    )
 }
 
 /// One order to sign.
@@ -47,7 +44,12 @@ pub struct OrderRequest<'a> {
 }
 
 /// `private/order` params signed by `key` under Optio's native domain.
-pub fn order_params(key: &SecretKey, chain_id: u64, contract: [u8; 20], o: &OrderRequest<'_>) -> Option<Value> {
+pub fn order_params(
+    key: &SecretKey,
+    chain_id: u64,
+    contract: [u8; 20],
+    o: &OrderRequest<'_>,
+) -> Option<Value> {
     let owner = address_of(&secp256k1::PublicKey::from_secret_key(key));
     let data = TradeData {
         asset: contract,
@@ -58,9 +60,21 @@ pub fn order_params(key: &SecretKey, chain_id: u64, contract: [u8; 20], o: &Orde
         recipient_id: u128::from(o.subaccount),
         is_bid: o.direction == "buy",
     };
-    let action = Action { subaccount_id: o.subaccount, nonce: o.nonce, module: DERIVE_TRADE_MODULE, data: data.encode(), expiry: o.expiry, owner, signer: owner };
+    let action = Action {
+        subaccount_id: o.subaccount,
+        nonce: o.nonce,
+        module: DERIVE_TRADE_MODULE,
+        data: data.encode(),
+        expiry: o.expiry,
+        owner,
+        signer: owner,
+    };
     let digest = action.digest(&Domain::optio(chain_id, contract).separator());
-    let (recid, sig) = secp256k1::ecdsa::RecoverableSignature::sign_ecdsa_recoverable(Message::from_digest(digest), key).serialize_compact();
+    let (recid, sig) = secp256k1::ecdsa::RecoverableSignature::sign_ecdsa_recoverable(
+        Message::from_digest(digest),
+        key,
+    )
+    .serialize_compact();
     let mut signature = sig.to_vec();
     signature.push(27 + recid.to_u8());
     Some(json!({
@@ -68,4 +82,38 @@ pub fn order_params(key: &SecretKey, chain_id: u64, contract: [u8; 20], o: &Orde
         "limit_price": o.price, "amount": o.amount, "max_fee": o.max_fee, "subaccount_id": o.subaccount, "nonce": o.nonce.to_string(),
         "signer": hex(&owner), "signature": hex(&signature), "signature_expiry_sec": o.expiry,
     }))
+}
+
+fn unhex<const N: usize>(v: &Value) -> Option<[u8; N]> {
+    let s = v.as_str()?.strip_prefix("0x")?;
+    if s.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// A receipt as the API returns it (`result.receipt`, or `error.data` for an input the engine
+/// refused), ready to `verify` against the sequencer's public key (`/health`).
+pub fn parse_receipt(v: &Value) -> Option<optio_sequencer::Receipt> {
+    let seal = &v["seal"];
+    Some(optio_sequencer::Receipt {
+        seq: v["seq"].as_u64()?,
+        intent_hash: unhex(&v["intent_hash"])?,
+        previous: unhex(&v["previous"])?,
+        seal: optio_sequencer::Seal {
+            first_seq: seal["first_seq"].as_u64()?,
+            count: u32::try_from(seal["count"].as_u64()?).ok()?,
+            root: unhex(&seal["root"])?,
+            signature: unhex(&seal["signature"])?,
+        },
+        path: v["path"]
+            .as_array()?
+            .iter()
+            .map(unhex)
+            .collect::<Option<Vec<_>>>()?,
+    })
 }

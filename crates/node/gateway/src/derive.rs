@@ -16,7 +16,10 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use optio_types::{AccountId, Command, InstrumentKind, InstrumentStatus, OptionRight, OrderId, OrderRef, Price, Qty, RejectCode, Side, QTY_SCALE};
+use optio_types::{
+    AccountId, Command, InstrumentKind, InstrumentStatus, OptionRight, OrderId, OrderRef, Price,
+    QTY_SCALE, Qty, RejectCode, Side,
+};
 use serde_json::{Value, json};
 
 use crate::history::OrderInfo;
@@ -31,13 +34,7 @@ fn qty(q: i64) -> String {
     Qty(q).to_string()
 }
 
-fn hex(b: &[u8]) -> String {
-    let mut s = String::from("0x");
-    for x in b {
-        s.push_str(&format!("{x:02x}"));
-    }
-    s
-}
+use crate::views::hex;
 
 /// Derive's error code for an outcome (what ccxt maps to its exception classes).
 pub fn derive_code(e: &CallError) -> i64 {
@@ -83,26 +80,54 @@ fn reply(result: Result<Value, CallError>) -> Response {
             json!({"id": "optio", "error": {"code": derive_code(&e), "message": message}})
         }
     };
-    ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 fn parse_body(body: &Bytes) -> Result<Value, CallError> {
-    let v: Value = if body.is_empty() { json!({}) } else { serde_json::from_slice(body).map_err(|_| GatewayError::Parse)? };
-    if v.is_object() { Ok(v) } else { Err(GatewayError::InvalidRequest("body must be a JSON object").into()) }
+    let v: Value = if body.is_empty() {
+        json!({})
+    } else {
+        serde_json::from_slice(body).map_err(|_| GatewayError::Parse)?
+    };
+    if v.is_object() {
+        Ok(v)
+    } else {
+        Err(GatewayError::InvalidRequest("body must be a JSON object").into())
+    }
 }
 
-async fn public_post(State(g): State<Arc<Gateway>>, Path(method): Path<String>, body: Bytes) -> Response {
-    let out = tokio::task::spawn_blocking(move || parse_body(&body).and_then(|p| public(&g, &method, &p))).await;
+async fn public_post(
+    State(g): State<Arc<Gateway>>,
+    Path(method): Path<String>,
+    body: Bytes,
+) -> Response {
+    let out = tokio::task::spawn_blocking(move || {
+        parse_body(&body).and_then(|p| public(&g, &method, &p))
+    })
+    .await;
     reply(out.unwrap_or(Err(GatewayError::Internal.into())))
 }
 
 async fn currencies(State(g): State<Arc<Gateway>>) -> Response {
-    let out = tokio::task::spawn_blocking(move || public(&g, "get_all_currencies", &json!({}))).await;
+    let out =
+        tokio::task::spawn_blocking(move || public(&g, "get_all_currencies", &json!({}))).await;
     reply(out.unwrap_or(Err(GatewayError::Internal.into())))
 }
 
-async fn private_post(State(g): State<Arc<Gateway>>, Path(method): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
-    let out = tokio::task::spawn_blocking(move || parse_body(&body).and_then(|p| private(&g, &method, &p, &headers))).await;
+async fn private_post(
+    State(g): State<Arc<Gateway>>,
+    Path(method): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let out = tokio::task::spawn_blocking(move || {
+        parse_body(&body).and_then(|p| private(&g, &method, &p, &headers))
+    })
+    .await;
     reply(out.unwrap_or(Err(GatewayError::Internal.into())))
 }
 
@@ -120,16 +145,33 @@ fn public(g: &Gateway, method: &str, params: &Value) -> Result<Value, CallError>
     match method {
         "get_time" => Ok(json!(crate::now_ms())),
         "get_all_currencies" => {
-            let mut list: Vec<String> = engine.instruments().map(|i| i.spec.name.underlying.clone()).collect();
+            let mut list: Vec<String> = engine
+                .instruments()
+                .map(|i| i.spec.name.underlying.clone())
+                .collect();
             list.sort();
             list.dedup();
             Ok(Value::Array(list.into_iter().map(|c| json!({"currency": c, "market_type": "ALL", "spot_price": engine.oracle(&c).map(|o| money(o.index_price.0))})).collect()))
         }
         "get_all_instruments" => {
-            let kind = params.get("instrument_type").and_then(Value::as_str).unwrap_or("option");
-            let expired = params.get("expired").and_then(Value::as_bool).unwrap_or(false);
-            let page = params.get("page").and_then(Value::as_u64).unwrap_or(1).max(1) as usize;
-            let page_size = params.get("page_size").and_then(Value::as_u64).unwrap_or(1_000).clamp(1, 1_000) as usize;
+            let kind = params
+                .get("instrument_type")
+                .and_then(Value::as_str)
+                .unwrap_or("option");
+            let expired = params
+                .get("expired")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            let page = params
+                .get("page")
+                .and_then(Value::as_u64)
+                .unwrap_or(1)
+                .max(1) as usize;
+            let page_size = params
+                .get("page_size")
+                .and_then(Value::as_u64)
+                .unwrap_or(1_000)
+                .clamp(1, 1_000) as usize;
             let all: Vec<Value> = engine
                 .instruments()
                 .filter(|i| matches!((kind, i.spec.name.kind), ("option", InstrumentKind::Option { .. }) | ("perp", InstrumentKind::Perpetual)))
@@ -165,25 +207,49 @@ fn public(g: &Gateway, method: &str, params: &Value) -> Result<Value, CallError>
                 })
                 .collect();
             let count = all.len();
-            let instruments: Vec<Value> = all.into_iter().skip((page - 1) * page_size).take(page_size).collect();
-            Ok(json!({"instruments": instruments, "pagination": {"num_pages": count.div_ceil(page_size), "count": count}}))
+            let instruments: Vec<Value> = all
+                .into_iter()
+                .skip((page - 1) * page_size)
+                .take(page_size)
+                .collect();
+            Ok(
+                json!({"instruments": instruments, "pagination": {"num_pages": count.div_ceil(page_size), "count": count}}),
+            )
         }
         "get_ticker" => {
             let native = crate::views::ticker(&node.sequencer, params, crate::now_ms())?;
-            let id = crate::views::instrument_id(&node.sequencer, native["instrument_name"].as_str().unwrap_or_default())?;
+            let id = crate::views::instrument_id(
+                &node.sequencer,
+                native["instrument_name"].as_str().unwrap_or_default(),
+            )?;
             let top = |side| engine.book_levels(id, side, 1).first().copied();
             let (bid, ask) = (top(Side::Buy), top(Side::Sell));
-            let pair = |l: Option<(Price, Qty)>| l.map_or(("0".to_owned(), "0".to_owned()), |(p, q)| (money(p.0), qty(q.0)));
+            let pair = |l: Option<(Price, Qty)>| {
+                l.map_or(("0".to_owned(), "0".to_owned()), |(p, q)| {
+                    (money(p.0), qty(q.0))
+                })
+            };
             let ((b, bq), (a, aq)) = (pair(bid), pair(ask));
             let mark = native["mark_price"].as_str().unwrap_or("0").to_owned();
             let index = native["index_price"].as_str().unwrap_or("0").to_owned();
-            let view = engine.instruments().nth(id.0 as usize).ok_or(GatewayError::Internal)?;
+            let view = engine
+                .instruments()
+                .nth(id.0 as usize)
+                .ok_or(GatewayError::Internal)?;
             let g_ = &native["greeks"];
             let pricing = if g_.is_null() {
                 Value::Null
             } else {
-                let f = |k: &str| g_[k].as_f64().map(|x| format!("{x:.8}")).unwrap_or_default();
-                let iv = native["mark_iv"].as_f64().map(|x| format!("{x:.6}")).unwrap_or_default();
+                let f = |k: &str| {
+                    g_[k]
+                        .as_f64()
+                        .map(|x| format!("{x:.8}"))
+                        .unwrap_or_default()
+                };
+                let iv = native["mark_iv"]
+                    .as_f64()
+                    .map(|x| format!("{x:.6}"))
+                    .unwrap_or_default();
                 json!({"d": f("delta"), "g": f("gamma"), "t": f("theta"), "v": f("vega"), "r": f("rho"), "i": iv, "bi": iv, "ai": iv, "m": mark, "f": index, "df": "1"})
             };
             Ok(json!({
@@ -198,7 +264,11 @@ fn public(g: &Gateway, method: &str, params: &Value) -> Result<Value, CallError>
 
 fn order_json(g_labels: &OrderInfo, id: u64, name: &str, subaccount: u32) -> Value {
     let o = g_labels;
-    let average = if o.filled.0 > 0 { money((o.notional / i128::from(o.filled.0)) as i64) } else { "0".into() };
+    let average = if o.filled.0 > 0 {
+        money((o.notional / i128::from(o.filled.0)) as i64)
+    } else {
+        "0".into()
+    };
     json!({
         "subaccount_id": subaccount,
         "order_id": id.to_string(),
@@ -221,7 +291,10 @@ fn order_json(g_labels: &OrderInfo, id: u64, name: &str, subaccount: u32) -> Val
 }
 
 fn account_param(params: &Value) -> Result<AccountId, CallError> {
-    Ok(AccountId(u32::try_from(uint(params, "subaccount_id")?).map_err(|_| GatewayError::InvalidParams("subaccount_id".into()))?))
+    Ok(AccountId(
+        u32::try_from(uint(params, "subaccount_id")?)
+            .map_err(|_| GatewayError::InvalidParams("subaccount_id".into()))?,
+    ))
 }
 
 fn portfolio(g: &Gateway, account: AccountId) -> Value {
@@ -246,7 +319,8 @@ fn positions(s: &optio_sequencer::Sequencer, account: AccountId) -> Vec<Value> {
             (size.0 != 0).then(|| {
                 let mark = i.mark.map_or(0, |m| m.0);
                 let value = i128::from(size.0) * i128::from(mark) / i128::from(QTY_SCALE);
-                let cost = i128::from(size.0) * i128::from(entry.map_or(0, |p| p.0)) / i128::from(QTY_SCALE);
+                let cost = i128::from(size.0) * i128::from(entry.map_or(0, |p| p.0))
+                    / i128::from(QTY_SCALE);
                 json!({
                     "instrument_name": i.spec.name.to_string(),
                     "amount": qty(size.0),
@@ -264,28 +338,57 @@ fn positions(s: &optio_sequencer::Sequencer, account: AccountId) -> Vec<Value> {
         .collect()
 }
 
-fn private(g: &Gateway, method: &str, params: &Value, headers: &HeaderMap) -> Result<Value, CallError> {
+fn private(
+    g: &Gateway,
+    method: &str,
+    params: &Value,
+    headers: &HeaderMap,
+) -> Result<Value, CallError> {
     let wallet = g.wallet(headers, "x-derive")?;
     if let Some(w) = params.get("wallet").and_then(Value::as_str)
         && optio_intents::parse_address(w) != Some(wallet)
     {
         return Err(GatewayError::Unauthorized.into());
     }
-    let name_of = |id: optio_types::InstrumentId| g.lock().sequencer.engine().instruments().nth(id.0 as usize).map(|i| i.spec.name.to_string()).unwrap_or_default();
+    let name_of = |id: optio_types::InstrumentId| {
+        g.lock()
+            .sequencer
+            .engine()
+            .instruments()
+            .nth(id.0 as usize)
+            .map(|i| i.spec.name.to_string())
+            .unwrap_or_default()
+    };
     match method {
         "get_subaccounts" => {
             let node = g.lock();
             let engine = node.sequencer.engine();
-            let ids: Vec<u32> = (0..engine.account_count() as u32).filter(|a| engine.account_owner(AccountId(*a)).is_some_and(|o| o.0 == wallet)).collect();
+            let ids: Vec<u32> = (0..engine.account_count() as u32)
+                .filter(|a| {
+                    engine
+                        .account_owner(AccountId(*a))
+                        .is_some_and(|o| o.0 == wallet)
+                })
+                .collect();
             Ok(json!({"wallet": hex(&wallet), "subaccount_ids": ids}))
         }
         "get_all_portfolios" => {
             let ids: Vec<u32> = {
                 let node = g.lock();
                 let engine = node.sequencer.engine();
-                (0..engine.account_count() as u32).filter(|a| engine.account_owner(AccountId(*a)).is_some_and(|o| o.0 == wallet)).collect()
+                (0..engine.account_count() as u32)
+                    .filter(|a| {
+                        engine
+                            .account_owner(AccountId(*a))
+                            .is_some_and(|o| o.0 == wallet)
+                    })
+                    .collect()
             };
-            Ok(Value::Array(ids.into_iter().map(|a| portfolio(g, AccountId(a))).collect()))
+            Ok(Value::Array(
+                ids.into_iter()
+                    .map(|a| portfolio(g, AccountId(a)))
+                    .collect(),
+            ))
         }
         "get_subaccount" => {
             let account = g.owned_by(account_param(params)?, wallet)?;
@@ -295,7 +398,12 @@ fn private(g: &Gateway, method: &str, params: &Value, headers: &HeaderMap) -> Re
             let account = g.owned_by(account_param(params)?, wallet)?;
             let placed = g.place_signed_order(params, Some(wallet), true)?;
             let node = g.lock();
-            let info = node.history.orders.get(&placed.order_id).cloned().ok_or(GatewayError::Internal)?;
+            let info = node
+                .history
+                .orders
+                .get(&placed.order_id)
+                .cloned()
+                .ok_or(GatewayError::Internal)?;
             drop(node);
             let mut order = order_json(&info, placed.order_id, &placed.name, account.0);
             order["signer"] = json!(hex(&placed.signer));
@@ -308,10 +416,22 @@ fn private(g: &Gateway, method: &str, params: &Value, headers: &HeaderMap) -> Re
         "cancel" | "cancel_by_label" => {
             let account = g.owned_by(account_param(params)?, wallet)?;
             let order = if method == "cancel" {
-                let id: u64 = params.get("order_id").and_then(|v| v.as_str().and_then(|s| s.parse().ok()).or_else(|| v.as_u64())).ok_or_else(|| GatewayError::InvalidParams("order_id".into()))?;
+                let id: u64 = params
+                    .get("order_id")
+                    .and_then(|v| {
+                        v.as_str()
+                            .and_then(|s| s.parse().ok())
+                            .or_else(|| v.as_u64())
+                    })
+                    .ok_or_else(|| GatewayError::InvalidParams("order_id".into()))?;
                 OrderRef::Id(OrderId(id))
             } else {
-                OrderRef::Client(label_id(params.get("label").and_then(Value::as_str).unwrap_or_default()))
+                OrderRef::Client(label_id(
+                    params
+                        .get("label")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default(),
+                ))
             };
             let events = g.sequence(Command::Cancel { account, order })?;
             let id = events.iter().find_map(|e| match e {
@@ -319,18 +439,32 @@ fn private(g: &Gateway, method: &str, params: &Value, headers: &HeaderMap) -> Re
                 _ => None,
             });
             let node = g.lock();
-            let info = id.and_then(|i| node.history.orders.get(&i).cloned()).ok_or(CallError::Engine(RejectCode::UnknownOrder, None))?;
+            let info = id
+                .and_then(|i| node.history.orders.get(&i).cloned())
+                .ok_or(CallError::Engine(RejectCode::UnknownOrder, None))?;
             drop(node);
-            Ok(order_json(&info, id.unwrap_or(0), &name_of(info.instrument), account.0))
+            Ok(order_json(
+                &info,
+                id.unwrap_or(0),
+                &name_of(info.instrument),
+                account.0,
+            ))
         }
         "cancel_all" | "cancel_by_instrument" => {
             let account = g.owned_by(account_param(params)?, wallet)?;
             let instrument = match params.get("instrument_name").and_then(Value::as_str) {
-                Some(n) if method == "cancel_by_instrument" => Some(crate::views::instrument_id(&g.lock().sequencer, n)?),
+                Some(n) if method == "cancel_by_instrument" => {
+                    Some(crate::views::instrument_id(&g.lock().sequencer, n)?)
+                }
                 _ => None,
             };
-            let events = g.sequence(Command::CancelAll { account, instrument })?;
-            Ok(json!({"cancelled_orders": events.iter().filter(|e| matches!(e, optio_types::Event::OrderDone { .. })).count()}))
+            let events = g.sequence(Command::CancelAll {
+                account,
+                instrument,
+            })?;
+            Ok(
+                json!({"cancelled_orders": events.iter().filter(|e| matches!(e, optio_types::Event::OrderDone { .. })).count()}),
+            )
         }
         "get_open_orders" => {
             let account = g.owned_by(account_param(params)?, wallet)?;
@@ -339,22 +473,64 @@ fn private(g: &Gateway, method: &str, params: &Value, headers: &HeaderMap) -> Re
             let orders: Vec<Value> = open
                 .iter()
                 .filter_map(|o| node.history.orders.get(&o.id.0).map(|info| (o, info)))
-                .map(|(o, info)| order_json(info, o.id.0, &node.sequencer.engine().instruments().nth(o.instrument.0 as usize).map(|i| i.spec.name.to_string()).unwrap_or_default(), account.0))
+                .map(|(o, info)| {
+                    order_json(
+                        info,
+                        o.id.0,
+                        &node
+                            .sequencer
+                            .engine()
+                            .instruments()
+                            .nth(o.instrument.0 as usize)
+                            .map(|i| i.spec.name.to_string())
+                            .unwrap_or_default(),
+                        account.0,
+                    )
+                })
                 .collect();
             Ok(json!({"subaccount_id": account.0, "orders": orders}))
         }
         "get_order" => {
             let account = g.owned_by(account_param(params)?, wallet)?;
-            let id: u64 = params.get("order_id").and_then(|v| v.as_str().and_then(|s| s.parse().ok()).or_else(|| v.as_u64())).ok_or_else(|| GatewayError::InvalidParams("order_id".into()))?;
-            let info = g.lock().history.orders.get(&id).cloned().filter(|o| o.account == account).ok_or(CallError::Engine(RejectCode::UnknownOrder, None))?;
+            let id: u64 = params
+                .get("order_id")
+                .and_then(|v| {
+                    v.as_str()
+                        .and_then(|s| s.parse().ok())
+                        .or_else(|| v.as_u64())
+                })
+                .ok_or_else(|| GatewayError::InvalidParams("order_id".into()))?;
+            let info = g
+                .lock()
+                .history
+                .orders
+                .get(&id)
+                .cloned()
+                .filter(|o| o.account == account)
+                .ok_or(CallError::Engine(RejectCode::UnknownOrder, None))?;
             Ok(order_json(&info, id, &name_of(info.instrument), account.0))
         }
         "get_trade_history" => {
             let account = g.owned_by(account_param(params)?, wallet)?;
-            let instrument = params.get("instrument_name").and_then(Value::as_str).map(|n| crate::views::instrument_id(&g.lock().sequencer, n)).transpose()?;
-            let since = params.get("from_timestamp").and_then(Value::as_u64).unwrap_or(0);
-            let page_size = params.get("page_size").and_then(Value::as_u64).unwrap_or(100).clamp(1, 1_000) as usize;
-            let page = params.get("page").and_then(Value::as_u64).unwrap_or(1).max(1) as usize;
+            let instrument = params
+                .get("instrument_name")
+                .and_then(Value::as_str)
+                .map(|n| crate::views::instrument_id(&g.lock().sequencer, n))
+                .transpose()?;
+            let since = params
+                .get("from_timestamp")
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
+            let page_size = params
+                .get("page_size")
+                .and_then(Value::as_u64)
+                .unwrap_or(100)
+                .clamp(1, 1_000) as usize;
+            let page = params
+                .get("page")
+                .and_then(Value::as_u64)
+                .unwrap_or(1)
+                .max(1) as usize;
             let node = g.lock();
             let all: Vec<Value> = node
                 .history
@@ -371,13 +547,21 @@ fn private(g: &Gateway, method: &str, params: &Value, headers: &HeaderMap) -> Re
                 })
                 .collect();
             let count = all.len();
-            let trades: Vec<Value> = all.into_iter().skip((page - 1) * page_size).take(page_size).collect();
-            Ok(json!({"subaccount_id": account.0, "trades": trades, "pagination": {"num_pages": count.div_ceil(page_size), "count": count}}))
+            let trades: Vec<Value> = all
+                .into_iter()
+                .skip((page - 1) * page_size)
+                .take(page_size)
+                .collect();
+            Ok(
+                json!({"subaccount_id": account.0, "trades": trades, "pagination": {"num_pages": count.div_ceil(page_size), "count": count}}),
+            )
         }
         "get_positions" => {
             let account = g.owned_by(account_param(params)?, wallet)?;
             let node = g.lock();
-            Ok(json!({"subaccount_id": account.0, "positions": positions(&node.sequencer, account)}))
+            Ok(
+                json!({"subaccount_id": account.0, "positions": positions(&node.sequencer, account)}),
+            )
         }
         _ => Err(GatewayError::MethodNotFound.into()),
     }

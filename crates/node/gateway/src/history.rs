@@ -74,32 +74,68 @@ pub struct History {
 impl History {
     /// Folds one input's events in. `placed` describes an order the input placed (side, price,
     /// amount, label, nonce), since `OrderAccepted` does not carry them.
-    pub fn record(&mut self, events: &[Event], time_ms: u64, placed: Option<(Side, Price, Qty, String, Option<u64>)>) {
+    pub fn record(
+        &mut self,
+        events: &[Event],
+        time_ms: u64,
+        placed: Option<(Side, Price, Qty, String, Option<u64>)>,
+    ) {
         for e in events {
             match e {
-                Event::OrderAccepted { order, account, instrument, .. } => {
+                Event::OrderAccepted {
+                    order,
+                    account,
+                    instrument,
+                    ..
+                } => {
                     if let Some((side, price, amount, label, nonce)) = placed.clone() {
-                        self.orders.insert(order.0, OrderInfo {
-                            account: *account,
-                            instrument: *instrument,
-                            side,
-                            price,
-                            amount,
-                            filled: Qty::ZERO,
-                            notional: 0,
-                            fee: 0,
-                            status: "open",
-                            label,
-                            nonce,
-                            created_ms: time_ms,
-                            updated_ms: time_ms,
-                        });
+                        self.orders.insert(
+                            order.0,
+                            OrderInfo {
+                                account: *account,
+                                instrument: *instrument,
+                                side,
+                                price,
+                                amount,
+                                filled: Qty::ZERO,
+                                notional: 0,
+                                fee: 0,
+                                status: "open",
+                                label,
+                                nonce,
+                                created_ms: time_ms,
+                                updated_ms: time_ms,
+                            },
+                        );
                     }
                 }
-                Event::Fill { instrument, maker_order, taker_order, maker_account, taker_account, taker_side, price, qty, maker_fee, taker_fee } => {
+                Event::Fill {
+                    instrument,
+                    maker_order,
+                    taker_order,
+                    maker_account,
+                    taker_account,
+                    taker_side,
+                    price,
+                    qty,
+                    maker_fee,
+                    taker_fee,
+                } => {
                     for (order, account, side, maker, fee) in [
-                        (maker_order.0, *maker_account, taker_side.opposite(), true, maker_fee.0),
-                        (taker_order.0, *taker_account, *taker_side, false, taker_fee.0),
+                        (
+                            maker_order.0,
+                            *maker_account,
+                            taker_side.opposite(),
+                            true,
+                            maker_fee.0,
+                        ),
+                        (
+                            taker_order.0,
+                            *taker_account,
+                            *taker_side,
+                            false,
+                            taker_fee.0,
+                        ),
                     ] {
                         if let Some(o) = self.orders.get_mut(&order) {
                             o.filled = Qty(o.filled.0 + qty.0);
@@ -131,7 +167,12 @@ impl History {
                         o.updated_ms = time_ms;
                     }
                 }
-                Event::OrderAmended { order, price, remaining, .. } => {
+                Event::OrderAmended {
+                    order,
+                    price,
+                    remaining,
+                    ..
+                } => {
                     if let Some(o) = self.orders.get_mut(&order.0) {
                         o.price = *price;
                         o.amount = Qty(o.filled.0 + remaining.0);

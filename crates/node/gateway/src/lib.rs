@@ -1,6 +1,6 @@
 //! The gateway: where requests from the outside become sequenced inputs.
 //!
-//! Owns: the HTTP JSON-RPC 2.0 surface (bounded: 64 KiB bodies, no batches, bounded strings),
+//! Owns: the HTTP JSON-RPC 2.0 surface (bounded: 64 KiB bodies, batches of at most 32, bounded strings),
 //! request parsing, order-signature verification (EIP-712 `Action`, Optio's native domain and,
 //! where configured, the Derive-compatible domain ccxt signs), header authentication for reads
 //! and cancels (EIP-191 `personal_sign` of a fresh timestamp), per-owner nonces, and the views the
@@ -33,8 +33,8 @@ use axum::routing::{get, post};
 use optio_intents::{Action, Address, Domain, TradeData, parse_address, parse_hex, recover};
 use optio_sequencer::Sequencer;
 use optio_types::{
-    AccountId, Address as EngineAddress, Amount, Command, Input, InstrumentId, NewOrder, OrderId, OrderRef, OrderType, Price, Qty,
-    SelfTradePrevention, Side, TimeInForce,
+    AccountId, Address as EngineAddress, Amount, Command, Input, InstrumentId, NewOrder, OrderId,
+    OrderRef, OrderType, Price, Qty, SelfTradePrevention, Side, TimeInForce,
 };
 use serde_json::{Value, json};
 
@@ -106,8 +106,18 @@ pub(crate) struct Node {
 const MAX_INTENTS: usize = 1_000_000;
 
 impl Node {
-    fn remember_intent(&mut self, digest: [u8; 32], seq: u64, time_ms: u64, result: Option<optio_types::RejectCode>) {
-        if self.intents.insert(digest, (seq, time_ms, result)).is_none() {
+    fn remember_intent(
+        &mut self,
+        digest: [u8; 32],
+        seq: u64,
+        time_ms: u64,
+        result: Option<optio_types::RejectCode>,
+    ) {
+        if self
+            .intents
+            .insert(digest, (seq, time_ms, result))
+            .is_none()
+        {
             self.intent_order.push_back(digest);
             if self.intent_order.len() > MAX_INTENTS
                 && let Some(old) = self.intent_order.pop_front()
@@ -167,7 +177,12 @@ pub(crate) struct OrderCtx {
 const MAX_GROUP: usize = 4_096;
 
 /// The writer: takes every order waiting, sequences them as one group, answers each.
-fn writer(node: Arc<Mutex<Node>>, jobs: std::sync::mpsc::Receiver<Job>, events: tokio::sync::broadcast::Sender<ws::Published>) {
+fn writer(
+    node: Arc<Mutex<Node>>,
+    signer: optio_sequencer::ReceiptSigner,
+    jobs: std::sync::mpsc::Receiver<Job>,
+    events: tokio::sync::broadcast::Sender<ws::Published>,
+) {
     while let Ok(first) = jobs.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -182,21 +197,40 @@ fn writer(node: Arc<Mutex<Node>>, jobs: std::sync::mpsc::Receiver<Job>, events: 
             let Ok(mut n) = node.lock() else { return };
             let t = now_ms().max(n.last_ms);
             n.last_ms = t;
-            let inputs: Vec<(Input, Option<optio_sequencer::Intent>)> = group.iter().map(|j| (Input { time_ms: t, command: j.input.clone() }, j.intent)).collect();
-            n.sequencer.stage(inputs).and_then(|staged| Ok((staged, n.sequencer.syncer()?, t)))
+            let inputs: Vec<(Input, Option<optio_sequencer::Intent>)> = group
+                .iter()
+                .map(|j| {
+                    (
+                        Input {
+                            time_ms: t,
+                            command: j.input.clone(),
+                        },
+                        j.intent,
+                    )
+                })
+                .collect();
+            n.sequencer
+                .stage(inputs)
+                .and_then(|staged| Ok((staged, n.sequencer.syncer()?, t)))
         };
         let committed = staged.and_then(|(staged, syncer, t)| {
             syncer.sync()?;
-            let Ok(mut n) = node.lock() else { return Err(optio_sequencer::SequencerError::GroupPending) };
+            let Ok(mut n) = node.lock() else {
+                return Err(optio_sequencer::SequencerError::GroupPending);
+            };
             let outcomes = n.sequencer.commit(staged)?;
             Ok((n, outcomes, t))
         });
         match committed {
-            Ok((mut n, outcomes, t)) => {
+            Ok((mut n, mut outcomes, t)) => {
                 n.groups += 1;
                 n.grouped_inputs += outcomes.len() as u64;
-                for (job, outcome) in group.into_iter().zip(outcomes) {
-                    let placed = if outcome.result.is_ok() { job.placed.clone() } else { None };
+                for (job, outcome) in group.iter().zip(&outcomes) {
+                    let placed = if outcome.result.is_ok() {
+                        job.placed.clone()
+                    } else {
+                        None
+                    };
                     if let Some((_, _, _, label, _)) = &placed
                         && !label.is_empty()
                         && let Some(id) = outcome.events.iter().find_map(|e| match e {
@@ -208,9 +242,23 @@ fn writer(node: Arc<Mutex<Node>>, jobs: std::sync::mpsc::Receiver<Job>, events: 
                     }
                     n.history.record(&outcome.events, t, placed);
                     if let Some(intent) = job.intent {
-                        n.remember_intent(intent.digest, outcome.receipt.seq, t, outcome.result.err());
+                        n.remember_intent(
+                            intent.digest,
+                            outcome.receipt.seq,
+                            t,
+                            outcome.result.err(),
+                        );
                     }
-                    let _ = events.send(ws::Published { seq: outcome.receipt.seq, time_ms: t, events: Arc::new(outcome.events.clone()) });
+                    let _ = events.send(ws::Published {
+                        seq: outcome.receipt.seq,
+                        time_ms: t,
+                        events: Arc::new(outcome.events.clone()),
+                    });
+                }
+                drop(n);
+                // One signature seals the whole group, outside the lock.
+                signer.seal(outcomes.iter_mut().map(|o| &mut o.receipt));
+                for (job, outcome) in group.into_iter().zip(outcomes) {
                     job.reply.send(Ok((outcome, t)));
                 }
             }
@@ -228,7 +276,10 @@ fn writer(node: Arc<Mutex<Node>>, jobs: std::sync::mpsc::Receiver<Job>, events: 
 
 /// What an input places, for the order history: side, limit (or protection) price, size, label
 /// and nonce; `None` if it places no order.
-fn placed_by(command: &Command, nonce: Option<u64>) -> Option<(Side, Price, Qty, String, Option<u64>)> {
+fn placed_by(
+    command: &Command,
+    nonce: Option<u64>,
+) -> Option<(Side, Price, Qty, String, Option<u64>)> {
     match command {
         Command::PlaceOrder(p) => Some((
             p.side,
@@ -251,7 +302,6 @@ pub struct Gateway {
     owner_limits: limits::Buckets<Address>,
     /// Every sequenced input's events, for WebSocket subscribers (bounded: laggards are dropped).
     pub(crate) events: tokio::sync::broadcast::Sender<ws::Published>,
-    receipt_signer: optio_sequencer::ReceiptSigner,
     jobs: std::sync::mpsc::SyncSender<Job>,
     pub(crate) config: Config,
     /// Accepted domain separators: native first.
@@ -260,7 +310,9 @@ pub struct Gateway {
 
 /// Wall-clock milliseconds since the epoch.
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn to_engine(a: Address) -> EngineAddress {
@@ -268,11 +320,15 @@ fn to_engine(a: Address) -> EngineAddress {
 }
 
 fn param<'a>(params: &'a Value, key: &str) -> Result<&'a Value, GatewayError> {
-    params.get(key).ok_or_else(|| GatewayError::InvalidParams(format!("missing {key}")))
+    params
+        .get(key)
+        .ok_or_else(|| GatewayError::InvalidParams(format!("missing {key}")))
 }
 
 fn string<'a>(params: &'a Value, key: &str) -> Result<&'a str, GatewayError> {
-    let s = param(params, key)?.as_str().ok_or_else(|| GatewayError::InvalidParams(format!("{key} must be a string")))?;
+    let s = param(params, key)?
+        .as_str()
+        .ok_or_else(|| GatewayError::InvalidParams(format!("{key} must be a string")))?;
     if s.len() > MAX_STRING {
         return Err(GatewayError::InvalidParams(format!("{key} too long")));
     }
@@ -281,7 +337,9 @@ fn string<'a>(params: &'a Value, key: &str) -> Result<&'a str, GatewayError> {
 
 pub(crate) fn uint(params: &Value, key: &str) -> Result<u64, GatewayError> {
     let v = param(params, key)?;
-    v.as_u64().or_else(|| v.as_str().and_then(|s| s.parse().ok())).ok_or_else(|| GatewayError::InvalidParams(format!("{key} must be a non-negative integer")))
+    v.as_u64()
+        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+        .ok_or_else(|| GatewayError::InvalidParams(format!("{key} must be a non-negative integer")))
 }
 
 /// A decimal string or number as fixed point with `decimals` places; NaN, infinities, negatives
@@ -291,12 +349,22 @@ fn decimal(params: &Value, key: &str, decimals: u32) -> Result<i64, GatewayError
     let text = match v {
         Value::String(s) if s.len() <= 40 => s.clone(),
         Value::Number(n) => n.to_string(),
-        _ => return Err(GatewayError::InvalidParams(format!("{key} must be a decimal string"))),
+        _ => {
+            return Err(GatewayError::InvalidParams(format!(
+                "{key} must be a decimal string"
+            )));
+        }
     };
-    let parsed = if decimals == 6 { Price::parse_decimal(&text).map(|p| p.0) } else { Qty::parse_decimal(&text).map(|q| q.0) };
+    let parsed = if decimals == 6 {
+        Price::parse_decimal(&text).map(|p| p.0)
+    } else {
+        Qty::parse_decimal(&text).map(|q| q.0)
+    };
     let value = parsed.map_err(|e| GatewayError::InvalidParams(format!("{key}: {e}")))?;
     if value < 0 {
-        return Err(GatewayError::InvalidParams(format!("{key} must not be negative")));
+        return Err(GatewayError::InvalidParams(format!(
+            "{key} must not be negative"
+        )));
     }
     Ok(value)
 }
@@ -309,7 +377,12 @@ pub(crate) fn label_id(label: &str) -> u64 {
 impl Gateway {
     /// Opens the sequencer in `dir` and rebuilds the order and trade history and the intent
     /// statuses from its log (labels of orders placed before the restart are not kept).
-    pub fn open(dir: &std::path::Path, key: [u8; 32], limits: optio_types::EngineLimits, config: Config) -> Result<Self, optio_sequencer::SequencerError> {
+    pub fn open(
+        dir: &std::path::Path,
+        key: [u8; 32],
+        limits: optio_types::EngineLimits,
+        config: Config,
+    ) -> Result<Self, optio_sequencer::SequencerError> {
         let mut history = history::History::default();
         let mut intents = Vec::new();
         let sequencer = Sequencer::open_observed(dir, key, limits, &mut |r| {
@@ -336,7 +409,8 @@ impl Gateway {
 
     /// A gateway over `sequencer` (history starts empty; see `open`).
     pub fn new(sequencer: Sequencer, config: Config) -> Self {
-        let mut domains = vec![Domain::optio(config.chain_id, config.verifying_contract).separator()];
+        let mut domains =
+            vec![Domain::optio(config.chain_id, config.verifying_contract).separator()];
         if let Some(sandbox) = config.compat_domain {
             domains.push(Domain::derive_compat(sandbox).separator());
         }
@@ -346,27 +420,64 @@ impl Gateway {
         let mut nonces: BTreeMap<Address, std::collections::BTreeSet<u64>> = BTreeMap::new();
         let mut nonce_expiries = std::collections::BTreeSet::new();
         let now_s = now_ms() / 1_000;
-        for intent in sequencer.recovered_intents().iter().filter(|i| i.expiry >= now_s) {
+        for intent in sequencer
+            .recovered_intents()
+            .iter()
+            .filter(|i| i.expiry >= now_s)
+        {
             nonces.entry(intent.owner).or_default().insert(intent.nonce);
             nonce_expiries.insert((intent.expiry, intent.owner, intent.nonce));
         }
-        let node = Arc::new(Mutex::new(Node { sequencer, nonces, nonce_expiries, labels: BTreeMap::new(), history: history::History::default(), last_ms, groups: 0, grouped_inputs: 0, intents: BTreeMap::new(), intent_order: Default::default() }));
+        let node = Arc::new(Mutex::new(Node {
+            sequencer,
+            nonces,
+            nonce_expiries,
+            labels: BTreeMap::new(),
+            history: history::History::default(),
+            last_ms,
+            groups: 0,
+            grouped_inputs: 0,
+            intents: BTreeMap::new(),
+            intent_order: Default::default(),
+        }));
         let (jobs, queue) = std::sync::mpsc::sync_channel(65_536);
         let (events, _) = tokio::sync::broadcast::channel(ws::STREAM_CAPACITY);
         let (shared, stream) = (node.clone(), events.clone());
-        std::thread::Builder::new().name("optio-writer".into()).spawn(move || writer(shared, queue, stream)).expect("spawn the writer thread");
-        let ip_limits = limits::Buckets::new(config.ip_requests_per_second, 2 * config.ip_requests_per_second);
-        let owner_limits = limits::Buckets::new(config.owner_orders_per_second, 2 * config.owner_orders_per_second);
-        Self { node, ip_limits, owner_limits, events, receipt_signer, jobs, config, domains }
+        std::thread::Builder::new()
+            .name("optio-writer".into())
+            .spawn(move || writer(shared, receipt_signer, queue, stream))
+            .expect("spawn the writer thread");
+        let ip_limits = limits::Buckets::new(
+            config.ip_requests_per_second,
+            2 * config.ip_requests_per_second,
+        );
+        let owner_limits = limits::Buckets::new(
+            config.owner_orders_per_second,
+            2 * config.owner_orders_per_second,
+        );
+        Self {
+            node,
+            ip_limits,
+            owner_limits,
+            events,
+            jobs,
+            config,
+            domains,
+        }
     }
 
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Node> {
         // A panic while holding the lock means an invariant stopped the engine: stay stopped.
-        self.node.lock().expect("the engine halted on a violated invariant")
+        self.node
+            .lock()
+            .expect("the engine halted on a violated invariant")
     }
 
     /// Submits operator inputs (listing, oracle updates, deposits) at the current time.
-    pub fn submit_admin(&self, commands: Vec<Command>) -> Result<Vec<Result<(), optio_types::RejectCode>>, GatewayError> {
+    pub fn submit_admin(
+        &self,
+        commands: Vec<Command>,
+    ) -> Result<Vec<Result<(), optio_types::RejectCode>>, GatewayError> {
         let waits = commands
             .into_iter()
             .map(|command| {
@@ -374,13 +485,32 @@ impl Gateway {
                 self.enqueue(command, None, placed)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        waits.into_iter().map(|rx| rx.recv().map_err(|_| GatewayError::Internal)?.map(|(o, _)| o.result)).collect()
+        waits
+            .into_iter()
+            .map(|rx| {
+                rx.recv()
+                    .map_err(|_| GatewayError::Internal)?
+                    .map(|(o, _)| o.result)
+            })
+            .collect()
     }
 
     /// Queues one input for the writer; the answer arrives on the returned channel.
-    fn enqueue(&self, input: Command, intent: Option<optio_sequencer::Intent>, placed: Option<(Side, Price, Qty, String, Option<u64>)>) -> Result<std::sync::mpsc::Receiver<Answer>, GatewayError> {
+    fn enqueue(
+        &self,
+        input: Command,
+        intent: Option<optio_sequencer::Intent>,
+        placed: Option<(Side, Price, Qty, String, Option<u64>)>,
+    ) -> Result<std::sync::mpsc::Receiver<Answer>, GatewayError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.jobs.send(Job { input, intent, placed, reply: Reply::Blocking(tx) }).map_err(|_| GatewayError::Internal)?;
+        self.jobs
+            .send(Job {
+                input,
+                intent,
+                placed,
+                reply: Reply::Blocking(tx),
+            })
+            .map_err(|_| GatewayError::Internal)?;
         Ok(rx)
     }
 
@@ -388,13 +518,22 @@ impl Gateway {
     pub fn submit_oracle(&self, signed: &optio_oracle::SignedUpdate) -> Result<(), CallError> {
         let key = self.config.oracle_key.ok_or(GatewayError::BadSignature)?;
         optio_oracle::verify(signed, &key).map_err(|_| GatewayError::BadSignature)?;
-        self.sequence(Command::OracleUpdate(signed.update.clone())).map(|_| ())
+        self.sequence(Command::OracleUpdate(signed.update.clone()))
+            .map(|_| ())
     }
 
     /// Opens a subaccount for `owner` and credits `amount` (devnet faucet, deposits from L1).
     pub fn fund(&self, owner: Address, amount: Amount) -> Result<u64, GatewayError> {
         let id = self.lock().sequencer.engine().account_count() as u32;
-        let results = self.submit_admin(vec![Command::OpenAccount { owner: to_engine(owner) }, Command::Deposit { account: AccountId(id), amount }])?;
+        let results = self.submit_admin(vec![
+            Command::OpenAccount {
+                owner: to_engine(owner),
+            },
+            Command::Deposit {
+                account: AccountId(id),
+                amount,
+            },
+        ])?;
         if results.iter().any(Result::is_err) {
             return Err(GatewayError::Internal);
         }
@@ -402,14 +541,27 @@ impl Gateway {
     }
 
     /// Handles one JSON-RPC call.
-    pub fn call(&self, method: &str, params: &Value, headers: &HeaderMap) -> Result<Value, CallError> {
+    pub fn call(
+        &self,
+        method: &str,
+        params: &Value,
+        headers: &HeaderMap,
+    ) -> Result<Value, CallError> {
         match method {
             "public/get_time" => Ok(json!(now_ms())),
             "public/get_instruments" => Ok(views::instruments(&self.lock().sequencer, params)),
             "public/get_intent_status" => {
-                let hash: [u8; 32] = parse_hex(string(params, "intent_hash")?).and_then(|b| b.try_into().ok()).ok_or_else(|| GatewayError::InvalidParams("intent_hash must be 32 bytes of hex".into()))?;
+                let hash: [u8; 32] = parse_hex(string(params, "intent_hash")?)
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(|| {
+                        GatewayError::InvalidParams("intent_hash must be 32 bytes of hex".into())
+                    })?;
                 let node = self.lock();
-                let (seq, time, result) = node.intents.get(&hash).copied().ok_or_else(|| GatewayError::InvalidParams("unknown intent".into()))?;
+                let (seq, time, result) = node
+                    .intents
+                    .get(&hash)
+                    .copied()
+                    .ok_or_else(|| GatewayError::InvalidParams("unknown intent".into()))?;
                 // The later stages become real with the settlement layer (batches on L1, proofs).
                 Ok(json!({
                     "intent_hash": params["intent_hash"],
@@ -422,9 +574,18 @@ impl Gateway {
             }
             "oracle/submit_update" => {
                 // The oracle's canonical update bytes and its signature over them.
-                let bytes = parse_hex(params.get("update").and_then(Value::as_str).unwrap_or_default()).ok_or_else(|| GatewayError::InvalidParams("update".into()))?;
-                let update = optio_types::OracleUpdate::decode(&bytes, 100_000, 1_024).map_err(|e| GatewayError::InvalidParams(format!("update: {e}")))?;
-                let signature: [u8; 64] = parse_hex(string(params, "signature")?).and_then(|b| b.try_into().ok()).ok_or(GatewayError::BadSignature)?;
+                let bytes = parse_hex(
+                    params
+                        .get("update")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default(),
+                )
+                .ok_or_else(|| GatewayError::InvalidParams("update".into()))?;
+                let update = optio_types::OracleUpdate::decode(&bytes, 100_000, 1_024)
+                    .map_err(|e| GatewayError::InvalidParams(format!("update: {e}")))?;
+                let signature: [u8; 64] = parse_hex(string(params, "signature")?)
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or(GatewayError::BadSignature)?;
                 self.submit_oracle(&optio_oracle::SignedUpdate { update, signature })?;
                 Ok(json!("ok"))
             }
@@ -439,7 +600,11 @@ impl Gateway {
             "private/cancel" => {
                 let account = self.authorized(params, headers)?;
                 let order = OrderId(uint(params, "order_id")?);
-                self.sequence(Command::Cancel { account, order: OrderRef::Id(order) }).map(|_| json!({"order_id": order.0.to_string(), "order_status": "cancelled"}))
+                self.sequence(Command::Cancel {
+                    account,
+                    order: OrderRef::Id(order),
+                })
+                .map(|_| json!({"order_id": order.0.to_string(), "order_status": "cancelled"}))
             }
             "private/edit" => {
                 // Header-authenticated like Deribit's edit; replaying the same edit is refused
@@ -448,18 +613,42 @@ impl Gateway {
                 let order = OrderId(uint(params, "order_id")?);
                 let price = Price(decimal(params, "price", 6)?);
                 let qty = Qty(decimal(params, "amount", 8)?);
-                let events = self.sequence(Command::Amend { account, order: OrderRef::Id(order), price, qty })?;
-                let kept = events.iter().any(|e| matches!(e, optio_types::Event::OrderAmended { kept_priority: true, .. }));
-                Ok(json!({"order_id": order.0.to_string(), "price": price.to_string(), "amount": qty.to_string(), "kept_priority": kept}))
+                let events = self.sequence(Command::Amend {
+                    account,
+                    order: OrderRef::Id(order),
+                    price,
+                    qty,
+                })?;
+                let kept = events.iter().any(|e| {
+                    matches!(
+                        e,
+                        optio_types::Event::OrderAmended {
+                            kept_priority: true,
+                            ..
+                        }
+                    )
+                });
+                Ok(
+                    json!({"order_id": order.0.to_string(), "price": price.to_string(), "amount": qty.to_string(), "kept_priority": kept}),
+                )
             }
             "private/cancel_all" => {
                 let account = self.authorized(params, headers)?;
                 let instrument = match params.get("instrument_name") {
-                    Some(_) => Some(views::instrument_id(&self.lock().sequencer, string(params, "instrument_name")?)?),
+                    Some(_) => Some(views::instrument_id(
+                        &self.lock().sequencer,
+                        string(params, "instrument_name")?,
+                    )?),
                     None => None,
                 };
-                let outcome = self.sequence(Command::CancelAll { account, instrument })?;
-                let cancelled = outcome.iter().filter(|e| matches!(e, optio_types::Event::OrderDone { .. })).count();
+                let outcome = self.sequence(Command::CancelAll {
+                    account,
+                    instrument,
+                })?;
+                let cancelled = outcome
+                    .iter()
+                    .filter(|e| matches!(e, optio_types::Event::OrderDone { .. }))
+                    .count();
                 Ok(json!(cancelled))
             }
             "private/get_open_orders" => {
@@ -474,11 +663,20 @@ impl Gateway {
             "private/register_session_key" => {
                 // Only the owner (header authentication) registers or revokes session keys.
                 let account = self.authorized(params, headers)?;
-                let key = parse_address(string(params, "public_session_key")?).ok_or_else(|| GatewayError::InvalidParams("public_session_key".into()))?;
+                let key = parse_address(string(params, "public_session_key")?)
+                    .ok_or_else(|| GatewayError::InvalidParams("public_session_key".into()))?;
                 let expiry_s = uint(params, "expiry_sec")?;
-                let expiry_ms = expiry_s.checked_mul(1_000).ok_or_else(|| GatewayError::InvalidParams("expiry_sec".into()))?;
-                self.sequence(Command::SetSessionKey { account, key: to_engine(key), expiry_ms })?;
-                Ok(json!({"subaccount_id": account.0, "public_session_key": params["public_session_key"], "expiry_sec": expiry_s}))
+                let expiry_ms = expiry_s
+                    .checked_mul(1_000)
+                    .ok_or_else(|| GatewayError::InvalidParams("expiry_sec".into()))?;
+                self.sequence(Command::SetSessionKey {
+                    account,
+                    key: to_engine(key),
+                    expiry_ms,
+                })?;
+                Ok(
+                    json!({"subaccount_id": account.0, "public_session_key": params["public_session_key"], "expiry_sec": expiry_s}),
+                )
             }
             "private/get_subaccount" => {
                 let account = self.authorized(params, headers)?;
@@ -490,13 +688,16 @@ impl Gateway {
 
     /// Sequences one command; returns its events or the engine's rejection (with the receipt).
     pub(crate) fn sequence(&self, command: Command) -> Result<Vec<optio_types::Event>, CallError> {
-        let (mut outcome, _) = self.enqueue(command, None, None)?.recv().map_err(|_| GatewayError::Internal)??;
+        let (outcome, _) = self
+            .enqueue(command, None, None)?
+            .recv()
+            .map_err(|_| GatewayError::Internal)??;
         match outcome.result {
             Ok(()) => Ok(outcome.events),
-            Err(code) => {
-                self.receipt_signer.sign(&mut outcome.receipt);
-                Err(CallError::Engine(code, Some(views::receipt(&outcome.receipt))))
-            }
+            Err(code) => Err(CallError::Engine(
+                code,
+                Some(views::receipt(&outcome.receipt)),
+            )),
         }
     }
 
@@ -505,23 +706,38 @@ impl Gateway {
     /// own `subaccount_id`.
     fn authorized(&self, params: &Value, headers: &HeaderMap) -> Result<AccountId, CallError> {
         let wallet = self.wallet(headers, "x-optio")?;
-        let account = AccountId(u32::try_from(uint(params, "subaccount_id")?).map_err(|_| GatewayError::InvalidParams("subaccount_id".into()))?);
+        let account = AccountId(
+            u32::try_from(uint(params, "subaccount_id")?)
+                .map_err(|_| GatewayError::InvalidParams("subaccount_id".into()))?,
+        );
         self.owned_by(account, wallet)
     }
 
     /// The subaccount, if `wallet` owns it.
-    pub(crate) fn owned_by(&self, account: AccountId, wallet: Address) -> Result<AccountId, CallError> {
+    pub(crate) fn owned_by(
+        &self,
+        account: AccountId,
+        wallet: Address,
+    ) -> Result<AccountId, CallError> {
         match self.lock().sequencer.engine().account_owner(account) {
             Some(owner) if owner.0 == wallet => Ok(account),
             Some(_) => Err(GatewayError::NotOwner.into()),
-            None => Err(CallError::Engine(optio_types::RejectCode::UnknownAccount, None)),
+            None => Err(CallError::Engine(
+                optio_types::RejectCode::UnknownAccount,
+                None,
+            )),
         }
     }
 
     /// Header authentication with headers `{prefix}wallet`, `{prefix}timestamp`,
     /// `{prefix}signature`: the wallet that signed a fresh timestamp.
     pub(crate) fn wallet(&self, headers: &HeaderMap, prefix: &str) -> Result<Address, CallError> {
-        let h = |name: &str| headers.get(format!("{prefix}{name}")).and_then(|v| v.to_str().ok()).ok_or(GatewayError::Unauthorized);
+        let h = |name: &str| {
+            headers
+                .get(format!("{prefix}{name}"))
+                .and_then(|v| v.to_str().ok())
+                .ok_or(GatewayError::Unauthorized)
+        };
         let wallet = parse_address(h("wallet")?).ok_or(GatewayError::Unauthorized)?;
         let timestamp = h("timestamp")?;
         let ts: u64 = timestamp.parse().map_err(|_| GatewayError::Unauthorized)?;
@@ -531,7 +747,8 @@ impl Gateway {
         let signature = parse_hex(h("signature")?).ok_or(GatewayError::Unauthorized)?;
         let mut message = format!("\x19Ethereum Signed Message:\n{}", timestamp.len()).into_bytes();
         message.extend_from_slice(timestamp.as_bytes());
-        let signer = recover(&optio_intents::keccak(&message), &signature).map_err(|_| GatewayError::Unauthorized)?;
+        let signer = recover(&optio_intents::keccak(&message), &signature)
+            .map_err(|_| GatewayError::Unauthorized)?;
         if signer != wallet {
             return Err(GatewayError::Unauthorized.into());
         }
@@ -542,20 +759,39 @@ impl Gateway {
     /// expiry, max fee and nonce, then sequence it.
     fn order(&self, params: &Value) -> Result<Value, CallError> {
         let placed = self.place_signed_order(params, None, false)?;
-        Ok(views::order_result(&placed.name, placed.side, placed.price, placed.amount, &placed.label, &placed.events, placed.receipt, placed.time_ms))
+        Ok(views::order_result(
+            &placed.name,
+            placed.side,
+            placed.price,
+            placed.amount,
+            &placed.label,
+            &placed.events,
+            placed.receipt,
+            placed.time_ms,
+        ))
     }
 
     /// Verifies and sequences a signed order. `owner` is the wallet the caller authenticated as
     /// (the Derive-compatible API signs it; the native API takes the subaccount's owner).
     /// `fee_per_unit`: `max_fee` bounds the fee per contract (Derive) instead of in total.
-    pub(crate) fn place_signed_order(&self, params: &Value, owner_wallet: Option<Address>, fee_per_unit: bool) -> Result<PlacedOrder, CallError> {
+    pub(crate) fn place_signed_order(
+        &self,
+        params: &Value,
+        owner_wallet: Option<Address>,
+        fee_per_unit: bool,
+    ) -> Result<PlacedOrder, CallError> {
         let (ctx, rx) = self.prepare_signed_order(params, owner_wallet, fee_per_unit)?;
         let (outcome, t) = rx.blocking_recv().map_err(|_| GatewayError::Internal)??;
         self.finish_order(ctx, outcome, t)
     }
 
     /// `place_signed_order` without blocking a thread while the group commits.
-    pub(crate) async fn place_signed_order_async(&self, params: &Value, owner_wallet: Option<Address>, fee_per_unit: bool) -> Result<PlacedOrder, CallError> {
+    pub(crate) async fn place_signed_order_async(
+        &self,
+        params: &Value,
+        owner_wallet: Option<Address>,
+        fee_per_unit: bool,
+    ) -> Result<PlacedOrder, CallError> {
         let (ctx, rx) = self.prepare_signed_order(params, owner_wallet, fee_per_unit)?;
         let (outcome, t) = rx.await.map_err(|_| GatewayError::Internal)??;
         self.finish_order(ctx, outcome, t)
@@ -568,37 +804,71 @@ impl Gateway {
         params: &Value,
         owner_wallet: Option<Address>,
         fee_per_unit: bool,
-    ) -> Result<(OrderCtx, tokio::sync::oneshot::Receiver<Result<(optio_sequencer::Outcome, u64), GatewayError>>), CallError> {
+    ) -> Result<
+        (
+            OrderCtx,
+            tokio::sync::oneshot::Receiver<Result<(optio_sequencer::Outcome, u64), GatewayError>>,
+        ),
+        CallError,
+    > {
         let subaccount = uint(params, "subaccount_id")?;
-        let account = AccountId(u32::try_from(subaccount).map_err(|_| GatewayError::InvalidParams("subaccount_id".into()))?);
+        let account = AccountId(
+            u32::try_from(subaccount)
+                .map_err(|_| GatewayError::InvalidParams("subaccount_id".into()))?,
+        );
         let name = string(params, "instrument_name")?;
         let side = match string(params, "direction")? {
             "buy" => Side::Buy,
             "sell" => Side::Sell,
-            _ => return Err(GatewayError::InvalidParams("direction must be buy or sell".into()).into()),
+            _ => {
+                return Err(
+                    GatewayError::InvalidParams("direction must be buy or sell".into()).into(),
+                );
+            }
         };
         let order_type = string(params, "order_type").unwrap_or("limit");
-        let tif = params.get("time_in_force").and_then(Value::as_str).unwrap_or("gtc");
+        let tif = params
+            .get("time_in_force")
+            .and_then(Value::as_str)
+            .unwrap_or("gtc");
         let price = decimal(params, "limit_price", 6)?;
         let amount = decimal(params, "amount", 8)?;
         let max_fee = decimal(params, "max_fee", 6)?;
-        let nonce: u64 = string(params, "nonce")?.parse().map_err(|_| GatewayError::InvalidParams("nonce must be a decimal string".into()))?;
+        let nonce: u64 = string(params, "nonce")?
+            .parse()
+            .map_err(|_| GatewayError::InvalidParams("nonce must be a decimal string".into()))?;
         let expiry = uint(params, "signature_expiry_sec")?;
-        let signer = parse_address(string(params, "signer")?).ok_or_else(|| GatewayError::InvalidParams("signer".into()))?;
-        let signature = parse_hex(string(params, "signature")?).ok_or(GatewayError::BadSignature)?;
+        let signer = parse_address(string(params, "signer")?)
+            .ok_or_else(|| GatewayError::InvalidParams("signer".into()))?;
+        let signature =
+            parse_hex(string(params, "signature")?).ok_or(GatewayError::BadSignature)?;
         let label = params.get("label").and_then(Value::as_str).unwrap_or("");
         if label.len() > 64 {
             return Err(GatewayError::InvalidParams("label longer than 64".into()).into());
         }
-        let reduce_only = params.get("reduce_only").and_then(Value::as_bool).unwrap_or(false);
+        let reduce_only = params
+            .get("reduce_only")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
 
         let (instrument, owner, taker_fee, step) = {
             let node = self.lock();
             let engine = node.sequencer.engine();
             let instrument = views::instrument_id(&node.sequencer, name)?;
-            let owner = engine.account_owner(account).ok_or(CallError::Engine(optio_types::RejectCode::UnknownAccount, None))?;
-            let view = engine.instruments().nth(instrument.0 as usize).ok_or(GatewayError::Internal)?;
-            (instrument, owner, view.spec.taker_fee.0.max(view.spec.maker_fee.0), view.spec.amount_step.0)
+            let owner = engine.account_owner(account).ok_or(CallError::Engine(
+                optio_types::RejectCode::UnknownAccount,
+                None,
+            ))?;
+            let view = engine
+                .instruments()
+                .nth(instrument.0 as usize)
+                .ok_or(GatewayError::Internal)?;
+            (
+                instrument,
+                owner,
+                view.spec.taker_fee.0.max(view.spec.maker_fee.0),
+                view.spec.amount_step.0,
+            )
         };
         if let Some(wallet) = owner_wallet
             && wallet != owner.0
@@ -620,7 +890,15 @@ impl Gateway {
             recipient_id: u128::from(subaccount),
             is_bid: side == Side::Buy,
         };
-        let action = Action { subaccount_id: subaccount, nonce, module: optio_intents::DERIVE_TRADE_MODULE, data: data.encode(), expiry, owner: owner.0, signer };
+        let action = Action {
+            subaccount_id: subaccount,
+            nonce,
+            module: optio_intents::DERIVE_TRADE_MODULE,
+            data: data.encode(),
+            expiry,
+            owner: owner.0,
+            signer,
+        };
         let digest = self
             .domains
             .iter()
@@ -628,7 +906,12 @@ impl Gateway {
             .find(|digest| recover(digest, &signature).is_ok_and(|who| who == signer))
             .ok_or(GatewayError::BadSignature)?;
         // The owner, or a session key the owner registered (checked against engine state).
-        if !self.lock().sequencer.engine().may_trade(account, to_engine(signer)) {
+        if !self
+            .lock()
+            .sequencer
+            .engine()
+            .may_trade(account, to_engine(signer))
+        {
             return Err(GatewayError::NotOwner.into());
         }
         if !self.owner_limits.take(&owner.0, now_ms()) {
@@ -649,13 +932,51 @@ impl Gateway {
             return Err(GatewayError::MaxFeeTooLow.into());
         }
         let (order_type, time_in_force, post_only) = match (order_type, tif) {
-            ("limit", "gtc") => (OrderType::Limit { price: Price(price) }, TimeInForce::GoodTillCancelled, false),
-            ("limit", "post_only") => (OrderType::Limit { price: Price(price) }, TimeInForce::GoodTillCancelled, true),
-            ("limit", "ioc") => (OrderType::Limit { price: Price(price) }, TimeInForce::ImmediateOrCancel, false),
-            ("limit", "fok") => (OrderType::Limit { price: Price(price) }, TimeInForce::FillOrKill, false),
-            ("market", "ioc" | "gtc") => (OrderType::Market { protection_price: Some(Price(price)) }, TimeInForce::ImmediateOrCancel, false),
-            ("market", "fok") => (OrderType::Market { protection_price: Some(Price(price)) }, TimeInForce::FillOrKill, false),
-            _ => return Err(GatewayError::InvalidParams("order_type / time_in_force".into()).into()),
+            ("limit", "gtc") => (
+                OrderType::Limit {
+                    price: Price(price),
+                },
+                TimeInForce::GoodTillCancelled,
+                false,
+            ),
+            ("limit", "post_only") => (
+                OrderType::Limit {
+                    price: Price(price),
+                },
+                TimeInForce::GoodTillCancelled,
+                true,
+            ),
+            ("limit", "ioc") => (
+                OrderType::Limit {
+                    price: Price(price),
+                },
+                TimeInForce::ImmediateOrCancel,
+                false,
+            ),
+            ("limit", "fok") => (
+                OrderType::Limit {
+                    price: Price(price),
+                },
+                TimeInForce::FillOrKill,
+                false,
+            ),
+            ("market", "ioc" | "gtc") => (
+                OrderType::Market {
+                    protection_price: Some(Price(price)),
+                },
+                TimeInForce::ImmediateOrCancel,
+                false,
+            ),
+            ("market", "fok") => (
+                OrderType::Market {
+                    protection_price: Some(Price(price)),
+                },
+                TimeInForce::FillOrKill,
+                false,
+            ),
+            _ => {
+                return Err(GatewayError::InvalidParams("order_type / time_in_force".into()).into());
+            }
         };
         {
             // Nonces are unique per owner for as long as their signature is valid.
@@ -692,11 +1013,27 @@ impl Gateway {
             owner: owner.0,
             nonce,
             expiry,
-            signature: signature.as_slice().try_into().map_err(|_| GatewayError::BadSignature)?,
+            signature: signature
+                .as_slice()
+                .try_into()
+                .map_err(|_| GatewayError::BadSignature)?,
         };
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let placed = Some((side, Price(price), Qty(amount), label.to_owned(), Some(nonce)));
-        self.jobs.send(Job { input: command, intent: Some(intent), placed, reply: Reply::Async(reply) }).map_err(|_| GatewayError::Internal)?;
+        let placed = Some((
+            side,
+            Price(price),
+            Qty(amount),
+            label.to_owned(),
+            Some(nonce),
+        ));
+        self.jobs
+            .send(Job {
+                input: command,
+                intent: Some(intent),
+                placed,
+                reply: Reply::Async(reply),
+            })
+            .map_err(|_| GatewayError::Internal)?;
         let ctx = OrderCtx {
             name: name.to_owned(),
             side,
@@ -711,9 +1048,12 @@ impl Gateway {
         Ok((ctx, answer))
     }
 
-    fn finish_order(&self, ctx: OrderCtx, mut outcome: optio_sequencer::Outcome, t: u64) -> Result<PlacedOrder, CallError> {
-        // Receipts are signed here, in parallel across requests, not by the writer.
-        self.receipt_signer.sign(&mut outcome.receipt);
+    fn finish_order(
+        &self,
+        ctx: OrderCtx,
+        outcome: optio_sequencer::Outcome,
+        t: u64,
+    ) -> Result<PlacedOrder, CallError> {
         let receipt = views::receipt(&outcome.receipt);
         if let Err(code) = outcome.result {
             return Err(CallError::Engine(code, Some(receipt)));
@@ -750,22 +1090,40 @@ impl Gateway {
         let engine = node.sequencer.engine();
         let now = now_ms();
         let mut out = String::new();
-        out.push_str("# HELP optio_sequence Next sequence number.\n# TYPE optio_sequence counter\n");
+        out.push_str(
+            "# HELP optio_sequence Next sequence number.\n# TYPE optio_sequence counter\n",
+        );
         out.push_str(&format!("optio_sequence {}\n", node.sequencer.next_seq()));
         out.push_str("# HELP optio_wal_groups_total Group commits (one fsync each).\n# TYPE optio_wal_groups_total counter\n");
         out.push_str(&format!("optio_wal_groups_total {}\n", node.groups));
         out.push_str("# HELP optio_wal_group_inputs_total Signed orders carried by group commits.\n# TYPE optio_wal_group_inputs_total counter\n");
-        out.push_str(&format!("optio_wal_group_inputs_total {}\n", node.grouped_inputs));
-        out.push_str("# HELP optio_open_orders Open orders on all books.\n# TYPE optio_open_orders gauge\n");
+        out.push_str(&format!(
+            "optio_wal_group_inputs_total {}\n",
+            node.grouped_inputs
+        ));
+        out.push_str(
+            "# HELP optio_open_orders Open orders on all books.\n# TYPE optio_open_orders gauge\n",
+        );
         out.push_str(&format!("optio_open_orders {}\n", engine.open_orders()));
-        out.push_str("# HELP optio_oracle_index Accepted index price.\n# TYPE optio_oracle_index gauge\n");
+        out.push_str(
+            "# HELP optio_oracle_index Accepted index price.\n# TYPE optio_oracle_index gauge\n",
+        );
         out.push_str("# HELP optio_oracle_age_seconds Age of the accepted index.\n# TYPE optio_oracle_age_seconds gauge\n");
         out.push_str("# HELP optio_oracle_held 1 while the circuit breaker holds a jump.\n# TYPE optio_oracle_held gauge\n");
         for u in engine.underlyings() {
             if let Some(o) = engine.oracle(u) {
-                out.push_str(&format!("optio_oracle_index{{underlying=\"{u}\"}} {}\n", o.index_price));
-                out.push_str(&format!("optio_oracle_age_seconds{{underlying=\"{u}\"}} {:.3}\n", now.saturating_sub(o.published_ms) as f64 / 1e3));
-                out.push_str(&format!("optio_oracle_held{{underlying=\"{u}\"}} {}\n", u8::from(o.held.is_some())));
+                out.push_str(&format!(
+                    "optio_oracle_index{{underlying=\"{u}\"}} {}\n",
+                    o.index_price
+                ));
+                out.push_str(&format!(
+                    "optio_oracle_age_seconds{{underlying=\"{u}\"}} {:.3}\n",
+                    now.saturating_sub(o.published_ms) as f64 / 1e3
+                ));
+                out.push_str(&format!(
+                    "optio_oracle_held{{underlying=\"{u}\"}} {}\n",
+                    u8::from(o.held.is_some())
+                ));
             }
         }
         out
@@ -776,96 +1134,219 @@ async fn rpc_body(State(g): State<Arc<Gateway>>, headers: HeaderMap, body: Bytes
     dispatch(g, headers, body, None).await
 }
 
-async fn rpc_path(State(g): State<Arc<Gateway>>, Path(method): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+async fn rpc_path(
+    State(g): State<Arc<Gateway>>,
+    Path(method): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     dispatch(g, headers, body, Some(method)).await
 }
 
+/// Most requests in one JSON-RPC batch.
+pub const MAX_BATCH: usize = 32;
+
 /// A JSON-RPC request's id, method and params, or the error envelope to answer with.
-fn parse_request(body: &Bytes, path_method: Option<&String>) -> Result<(Value, String, Value), Value> {
-    let request: Value = serde_json::from_slice(body).map_err(|_| rpc::err(&Value::Null, &GatewayError::Parse.into()))?;
+fn parse_request(
+    request: &Value,
+    path_method: Option<&String>,
+) -> Result<(Value, String, Value), Value> {
     let id = request.get("id").cloned().unwrap_or(Value::Null);
-    let (method, params) = match (path_method, &request) {
-        (Some(m), Value::Object(_)) => (m.clone(), request.get("params").cloned().unwrap_or_else(|| request.clone())),
+    let (method, params) = match (path_method, request) {
+        (Some(m), Value::Object(_)) => (
+            m.clone(),
+            request
+                .get("params")
+                .cloned()
+                .unwrap_or_else(|| request.clone()),
+        ),
         (None, Value::Object(o)) => {
             if o.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
-                return Err(rpc::err(&id, &GatewayError::InvalidRequest("jsonrpc must be \"2.0\"").into()));
+                return Err(rpc::err(
+                    &id,
+                    &GatewayError::InvalidRequest("jsonrpc must be \"2.0\"").into(),
+                ));
             }
             match o.get("method").and_then(Value::as_str) {
-                Some(m) if m.len() <= 64 => (m.to_owned(), o.get("params").cloned().unwrap_or(Value::Object(Default::default()))),
-                _ => return Err(rpc::err(&id, &GatewayError::InvalidRequest("method must be a string").into())),
+                Some(m) if m.len() <= 64 => (
+                    m.to_owned(),
+                    o.get("params")
+                        .cloned()
+                        .unwrap_or(Value::Object(Default::default())),
+                ),
+                _ => {
+                    return Err(rpc::err(
+                        &id,
+                        &GatewayError::InvalidRequest("method must be a string").into(),
+                    ));
+                }
             }
         }
-        (_, Value::Array(_)) => return Err(rpc::err(&id, &GatewayError::InvalidRequest("batches are not supported").into())),
-        _ => return Err(rpc::err(&id, &GatewayError::InvalidRequest("request must be an object").into())),
+        _ => {
+            return Err(rpc::err(
+                &id,
+                &GatewayError::InvalidRequest("request must be an object").into(),
+            ));
+        }
     };
     if !params.is_object() {
-        return Err(rpc::err(&id, &GatewayError::InvalidParams("params must be an object".into()).into()));
+        return Err(rpc::err(
+            &id,
+            &GatewayError::InvalidParams("params must be an object".into()).into(),
+        ));
     }
     Ok((id, method, params))
 }
 
-async fn dispatch(g: Arc<Gateway>, headers: HeaderMap, body: Bytes, path_method: Option<String>) -> Response {
+async fn dispatch(
+    g: Arc<Gateway>,
+    headers: HeaderMap,
+    body: Bytes,
+    path_method: Option<String>,
+) -> Response {
+    let reply = match serde_json::from_slice::<Value>(&body) {
+        Err(_) => rpc::err(&Value::Null, &GatewayError::Parse.into()),
+        // A JSON-RPC 2.0 batch (on /api/v2 only): answered in order, its signed orders verified
+        // concurrently and sequenced in the same group commits.
+        Ok(Value::Array(requests)) if path_method.is_none() => {
+            if requests.is_empty() || requests.len() > MAX_BATCH {
+                rpc::err(
+                    &Value::Null,
+                    &GatewayError::InvalidRequest("a batch holds 1 to 32 requests").into(),
+                )
+            } else {
+                let handles: Vec<_> = requests
+                    .into_iter()
+                    .map(|r| tokio::spawn(answer(g.clone(), headers.clone(), r, None)))
+                    .collect();
+                let mut replies = Vec::with_capacity(handles.len());
+                for h in handles {
+                    replies.push(h.await.unwrap_or_else(|_| {
+                        rpc::err(&Value::Null, &GatewayError::Internal.into())
+                    }));
+                }
+                Value::Array(replies)
+            }
+        }
+        Ok(request) => answer(g, headers, request, path_method).await,
+    };
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        reply.to_string(),
+    )
+        .into_response()
+}
+
+/// Answers one JSON-RPC request.
+async fn answer(
+    g: Arc<Gateway>,
+    headers: HeaderMap,
+    request: Value,
+    path_method: Option<String>,
+) -> Value {
     // Signed orders: verify on this task and wait for the group commit without holding a thread,
     // so that many orders share one fsync.
-    if let Ok((id, method, mut params)) = parse_request(&body, path_method.as_ref())
-        && matches!(method.as_str(), "private/order" | "private/buy" | "private/sell")
+    if let Ok((id, method, mut params)) = parse_request(&request, path_method.as_ref())
+        && matches!(
+            method.as_str(),
+            "private/order" | "private/buy" | "private/sell"
+        )
     {
         // Deribit-style `private/buy` and `private/sell` are `private/order` with the direction
         // in the method name (it is still part of what the user signed).
         if let Some(direction) = method.strip_prefix("private/").filter(|d| *d != "order") {
             params["direction"] = json!(direction);
         }
-        let reply = match g.place_signed_order_async(&params, None, false).await {
-            Ok(placed) => {
-                rpc::ok(&id, views::order_result(&placed.name, placed.side, placed.price, placed.amount, &placed.label, &placed.events, placed.receipt, placed.time_ms))
-            }
+        return match g.place_signed_order_async(&params, None, false).await {
+            Ok(placed) => rpc::ok(
+                &id,
+                views::order_result(
+                    &placed.name,
+                    placed.side,
+                    placed.price,
+                    placed.amount,
+                    &placed.label,
+                    &placed.events,
+                    placed.receipt,
+                    placed.time_ms,
+                ),
+            ),
             Err(e) => rpc::err(&id, &e),
         };
-        return ([(header::CONTENT_TYPE, "application/json")], reply.to_string()).into_response();
     }
-    let reply = tokio::task::spawn_blocking(move || match parse_request(&body, path_method.as_ref()) {
-        Ok((id, method, params)) => match g.call(&method, &params, &headers) {
-            Ok(result) => rpc::ok(&id, result),
-            Err(e) => rpc::err(&id, &e),
+    tokio::task::spawn_blocking(
+        move || match parse_request(&request, path_method.as_ref()) {
+            Ok((id, method, params)) => match g.call(&method, &params, &headers) {
+                Ok(result) => rpc::ok(&id, result),
+                Err(e) => rpc::err(&id, &e),
+            },
+            Err(envelope) => envelope,
         },
-        Err(envelope) => envelope,
-    })
+    )
     .await
-    .unwrap_or_else(|_| rpc::err(&Value::Null, &GatewayError::Internal.into()));
-    ([(header::CONTENT_TYPE, "application/json")], reply.to_string()).into_response()
+    .unwrap_or_else(|_| rpc::err(&Value::Null, &GatewayError::Internal.into()))
 }
 
 async fn metrics(State(g): State<Arc<Gateway>>) -> Response {
-    let text = tokio::task::spawn_blocking(move || g.metrics()).await.unwrap_or_default();
+    let text = tokio::task::spawn_blocking(move || g.metrics())
+        .await
+        .unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 async fn health(State(g): State<Arc<Gateway>>) -> Response {
-    let (seq, hash) = tokio::task::spawn_blocking(move || {
+    let (seq, hash, key) = tokio::task::spawn_blocking(move || {
         let node = g.lock();
-        let hash: String = node.sequencer.engine().state_hash().iter().map(|b| format!("{b:02x}")).collect();
-        (node.sequencer.next_seq(), hash)
+        let hash = views::hex(&node.sequencer.engine().state_hash())[2..].to_owned();
+        let key = views::hex(&node.sequencer.public_key().serialize());
+        (node.sequencer.next_seq(), hash, key)
     })
     .await
     .unwrap_or_default();
-    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], json!({"status": "ok", "next_seq": seq, "state_hash": hash}).to_string()).into_response()
+    let body =
+        json!({"status": "ok", "next_seq": seq, "state_hash": hash, "sequencer_public_key": key});
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 /// Refuses requests beyond the client IP's rate (when the server provides peer addresses).
-async fn ip_limit(State(g): State<Arc<Gateway>>, request: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let ip = request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+async fn ip_limit(
+    State(g): State<Arc<Gateway>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let ip = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
     if let Some(ip) = ip
         && !g.ip_limits.take(&ip, now_ms())
     {
         let body = rpc::err(&Value::Null, &GatewayError::RateLimited.into()).to_string();
-        return (StatusCode::TOO_MANY_REQUESTS, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response();
     }
     next.run(request).await
 }
 
 /// Serves `router(gateway)` on `listener` with peer addresses (for per-IP limits).
-pub async fn serve(listener: tokio::net::TcpListener, gateway: Arc<Gateway>) -> std::io::Result<()> {
-    axum::serve(listener, router(gateway).into_make_service_with_connect_info::<std::net::SocketAddr>()).await
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    gateway: Arc<Gateway>,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router(gateway).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .await
 }
 
 /// The HTTP router: `POST /api/v2` (JSON-RPC 2.0 body), `POST /api/v2/{method}` (params body),
@@ -879,7 +1360,10 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/ws", get(ws::upgrade))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(axum::middleware::from_fn_with_state(gateway.clone(), ip_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            gateway.clone(),
+            ip_limit,
+        ))
         .with_state(gateway)
 }
 

@@ -18,19 +18,27 @@ const MAX_BUCKETS: usize = 100_000;
 impl<K: Ord + Clone> Buckets<K> {
     /// `per_second` sustained, `burst` at once.
     pub fn new(per_second: u64, burst: u64) -> Self {
-        Self { per_second, burst, table: Mutex::new(BTreeMap::new()) }
+        Self {
+            per_second,
+            burst,
+            table: Mutex::new(BTreeMap::new()),
+        }
     }
 
     /// Takes one token for `key` at `now_ms`; false when the bucket is empty.
     pub fn take(&self, key: &K, now_ms: u64) -> bool {
-        let Ok(mut table) = self.table.lock() else { return false };
+        let Ok(mut table) = self.table.lock() else {
+            return false;
+        };
         if table.len() >= MAX_BUCKETS {
             // Buckets idle long enough to be full again carry no information.
             let full_after = self.burst * 1_000 / self.per_second.max(1);
             table.retain(|_, (_, last)| now_ms.saturating_sub(*last) < full_after);
         }
         // Tokens in thousandths, refilled by elapsed time.
-        let (tokens, last) = table.entry(key.clone()).or_insert((self.burst * 1_000, now_ms));
+        let (tokens, last) = table
+            .entry(key.clone())
+            .or_insert((self.burst * 1_000, now_ms));
         let refill = now_ms.saturating_sub(*last) * self.per_second;
         *tokens = (*tokens + refill).min(self.burst * 1_000);
         *last = now_ms;

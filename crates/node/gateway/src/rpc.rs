@@ -91,7 +91,9 @@ pub fn ok(id: &Value, result: Value) -> Value {
 /// An error envelope.
 pub fn err(id: &Value, e: &CallError) -> Value {
     match e {
-        CallError::Gateway(g) => json!({"jsonrpc": "2.0", "id": id, "error": {"code": g.code(), "message": g.to_string()}}),
+        CallError::Gateway(g) => {
+            json!({"jsonrpc": "2.0", "id": id, "error": {"code": g.code(), "message": g.to_string()}})
+        }
         CallError::Engine(code, data) => {
             json!({"jsonrpc": "2.0", "id": id, "error": {"code": code.code(), "message": code.message(), "data": data}})
         }

@@ -4,16 +4,22 @@ use std::collections::BTreeMap;
 
 use optio_pricing::{Right, black76, implied_vol_black76};
 use optio_sequencer::{Receipt, Sequencer};
-use optio_types::{AccountId, DoneReason, Event, InstrumentId, InstrumentKind, InstrumentStatus, OptionRight, Price, Qty, Side, MONEY_SCALE, QTY_SCALE};
+use optio_types::{
+    AccountId, DoneReason, Event, InstrumentId, InstrumentKind, InstrumentStatus, MONEY_SCALE,
+    OptionRight, Price, QTY_SCALE, Qty, Side,
+};
 use serde_json::{Value, json};
 
 use crate::rpc::{CallError, GatewayError};
 
-fn hex(bytes: &[u8]) -> String {
+/// `0x`-prefixed lowercase hex (on every reply's hot path: no formatting machinery).
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(2 + 2 * bytes.len());
     s.push_str("0x");
     for b in bytes {
-        s.push_str(&format!("{b:02x}"));
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 15)]));
     }
     s
 }
@@ -28,13 +34,24 @@ fn qty(q: i64) -> String {
 
 /// The receipt as JSON.
 pub fn receipt(r: &Receipt) -> Value {
-    json!({"seq": r.seq, "intent_hash": hex(&r.intent_hash), "previous": hex(&r.previous), "signature": hex(&r.signature)})
+    json!({
+        "seq": r.seq,
+        "intent_hash": hex(&r.intent_hash),
+        "previous": hex(&r.previous),
+        "seal": {"first_seq": r.seal.first_seq, "count": r.seal.count, "root": hex(&r.seal.root), "signature": hex(&r.seal.signature)},
+        "path": r.path.iter().map(|h| hex(h)).collect::<Vec<_>>(),
+    })
 }
 
 /// Instrument id by name.
 pub fn instrument_id(s: &Sequencer, name: &str) -> Result<InstrumentId, CallError> {
-    let parsed = name.parse().map_err(|e| GatewayError::InvalidParams(format!("instrument_name: {e}")))?;
-    s.engine().instrument_id(&parsed).ok_or(CallError::Engine(optio_types::RejectCode::UnknownInstrument, None))
+    let parsed = name
+        .parse()
+        .map_err(|e| GatewayError::InvalidParams(format!("instrument_name: {e}")))?;
+    s.engine().instrument_id(&parsed).ok_or(CallError::Engine(
+        optio_types::RejectCode::UnknownInstrument,
+        None,
+    ))
 }
 
 pub(crate) fn status(s: InstrumentStatus) -> &'static str {
@@ -54,10 +71,29 @@ pub fn instruments(s: &Sequencer, params: &Value) -> Value {
         .engine()
         .instruments()
         .filter(|i| currency.is_none_or(|c| c == "any" || i.spec.name.underlying == c))
-        .filter(|i| matches!((kind, i.spec.name.kind), (None, _) | (Some("option"), InstrumentKind::Option { .. }) | (Some("future" | "perp"), InstrumentKind::Perpetual)))
+        .filter(|i| {
+            matches!(
+                (kind, i.spec.name.kind),
+                (None, _)
+                    | (Some("option"), InstrumentKind::Option { .. })
+                    | (Some("future" | "perp"), InstrumentKind::Perpetual)
+            )
+        })
         .map(|i| {
             let (strike, right, expiry) = match i.spec.name.kind {
-                InstrumentKind::Option { strike, right, expiry } => (Some(money(strike.0)), Some(if right == OptionRight::Call { "call" } else { "put" }), Some(expiry.expiry_ms())),
+                InstrumentKind::Option {
+                    strike,
+                    right,
+                    expiry,
+                } => (
+                    Some(money(strike.0)),
+                    Some(if right == OptionRight::Call {
+                        "call"
+                    } else {
+                        "put"
+                    }),
+                    Some(expiry.expiry_ms()),
+                ),
                 InstrumentKind::Perpetual => (None, None, None),
             };
             json!({
@@ -87,17 +123,36 @@ pub fn instruments(s: &Sequencer, params: &Value) -> Value {
 }
 
 fn levels(s: &Sequencer, id: InstrumentId, side: Side, depth: usize) -> Vec<Value> {
-    s.engine().book_levels(id, side, depth).into_iter().map(|(p, q)| json!([money(p.0), qty(q.0)])).collect()
+    s.engine()
+        .book_levels(id, side, depth)
+        .into_iter()
+        .map(|(p, q)| json!([money(p.0), qty(q.0)]))
+        .collect()
 }
 
 /// `public/get_order_book`: `instrument_name`, optional `depth` (1..=1000, default 10).
 pub fn order_book(s: &Sequencer, params: &Value) -> Result<Value, CallError> {
-    let name = params.get("instrument_name").and_then(Value::as_str).ok_or_else(|| GatewayError::InvalidParams("instrument_name".into()))?;
-    let depth = params.get("depth").map_or(Some(10), Value::as_u64).filter(|d| (1..=1_000).contains(d)).ok_or_else(|| GatewayError::InvalidParams("depth must be 1..=1000".into()))? as usize;
+    let name = params
+        .get("instrument_name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| GatewayError::InvalidParams("instrument_name".into()))?;
+    let depth = params
+        .get("depth")
+        .map_or(Some(10), Value::as_u64)
+        .filter(|d| (1..=1_000).contains(d))
+        .ok_or_else(|| GatewayError::InvalidParams("depth must be 1..=1000".into()))?
+        as usize;
     let id = instrument_id(s, name)?;
     let (bid, ask) = s.engine().best_bid_ask(id);
-    let view = s.engine().instruments().nth(id.0 as usize).ok_or(GatewayError::Internal)?;
-    let index = s.engine().oracle(&view.spec.name.underlying).map(|o| money(o.index_price.0));
+    let view = s
+        .engine()
+        .instruments()
+        .nth(id.0 as usize)
+        .ok_or(GatewayError::Internal)?;
+    let index = s
+        .engine()
+        .oracle(&view.spec.name.underlying)
+        .map(|o| money(o.index_price.0));
     Ok(json!({
         "instrument_name": name,
         "bids": levels(s, id, Side::Buy, depth),
@@ -114,21 +169,50 @@ pub fn order_book(s: &Sequencer, params: &Value) -> Result<Value, CallError> {
 /// `public/ticker`: best prices, mark and index, and for options the mark's implied volatility
 /// and Greeks (Black-76 on the index as forward, from the mark).
 pub fn ticker(s: &Sequencer, params: &Value, now_ms: u64) -> Result<Value, CallError> {
-    let name = params.get("instrument_name").and_then(Value::as_str).ok_or_else(|| GatewayError::InvalidParams("instrument_name".into()))?;
+    let name = params
+        .get("instrument_name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| GatewayError::InvalidParams("instrument_name".into()))?;
     let id = instrument_id(s, name)?;
     let engine = s.engine();
-    let view = engine.instruments().nth(id.0 as usize).ok_or(GatewayError::Internal)?;
+    let view = engine
+        .instruments()
+        .nth(id.0 as usize)
+        .ok_or(GatewayError::Internal)?;
     let oracle = engine.oracle(&view.spec.name.underlying);
     let (bid, ask) = engine.best_bid_ask(id);
     let mut iv = Value::Null;
     let mut greeks = Value::Null;
-    if let (InstrumentKind::Option { strike, right, expiry }, Some(mark), Some(o)) = (view.spec.name.kind, view.mark, oracle) {
+    if let (
+        InstrumentKind::Option {
+            strike,
+            right,
+            expiry,
+        },
+        Some(mark),
+        Some(o),
+    ) = (view.spec.name.kind, view.mark, oracle)
+    {
         let t = (expiry.expiry_ms() as f64 - now_ms as f64) / (365.0 * 86_400_000.0);
         let mult = view.spec.contract_multiplier.0 as f64 / QTY_SCALE as f64;
-        let (f, k) = (o.index_price.0 as f64 / MONEY_SCALE as f64, strike.0 as f64 / MONEY_SCALE as f64);
-        let right = if right == OptionRight::Call { Right::Call } else { Right::Put };
+        let (f, k) = (
+            o.index_price.0 as f64 / MONEY_SCALE as f64,
+            strike.0 as f64 / MONEY_SCALE as f64,
+        );
+        let right = if right == OptionRight::Call {
+            Right::Call
+        } else {
+            Right::Put
+        };
         if t > 0.0
-            && let Ok(vol) = implied_vol_black76(right, mark.0 as f64 / MONEY_SCALE as f64 / mult, f, k, t, 1.0)
+            && let Ok(vol) = implied_vol_black76(
+                right,
+                mark.0 as f64 / MONEY_SCALE as f64 / mult,
+                f,
+                k,
+                t,
+                1.0,
+            )
         {
             let g = black76(right, f, k, t, vol, 1.0);
             iv = json!(vol);
@@ -169,8 +253,17 @@ fn order_json(o: &optio_types::state::OrderRecord, name: &str, label: Option<&St
 /// `private/get_open_orders`.
 pub fn open_orders(s: &Sequencer, account: AccountId, labels: &BTreeMap<u64, String>) -> Value {
     let engine = s.engine();
-    let names: Vec<String> = engine.instruments().map(|i| i.spec.name.to_string()).collect();
-    Value::Array(engine.open_orders_of(account).iter().map(|o| order_json(o, &names[o.instrument.0 as usize], labels.get(&o.id.0))).collect())
+    let names: Vec<String> = engine
+        .instruments()
+        .map(|i| i.spec.name.to_string())
+        .collect();
+    Value::Array(
+        engine
+            .open_orders_of(account)
+            .iter()
+            .map(|o| order_json(o, &names[o.instrument.0 as usize], labels.get(&o.id.0)))
+            .collect(),
+    )
 }
 
 /// `private/get_positions`: non-zero positions.
@@ -211,7 +304,16 @@ pub fn subaccount(s: &Sequencer, account: AccountId) -> Value {
 
 /// The result of a placed order: its state and trades, and the receipt.
 #[allow(clippy::too_many_arguments)]
-pub fn order_result(name: &str, side: Side, price: Price, amount: Qty, label: &str, events: &[Event], receipt: Value, time_ms: u64) -> Value {
+pub fn order_result(
+    name: &str,
+    side: Side,
+    price: Price,
+    amount: Qty,
+    label: &str,
+    events: &[Event],
+    receipt: Value,
+    time_ms: u64,
+) -> Value {
     let mut order_id = 0;
     let mut filled = 0i64;
     let mut notional = 0i128;
@@ -221,7 +323,13 @@ pub fn order_result(name: &str, side: Side, price: Price, amount: Qty, label: &s
     for e in events {
         match e {
             Event::OrderAccepted { order, .. } => order_id = order.0,
-            Event::Fill { price, qty: q, taker_fee, maker_order, .. } => {
+            Event::Fill {
+                price,
+                qty: q,
+                taker_fee,
+                maker_order,
+                ..
+            } => {
                 filled += q.0;
                 notional += i128::from(price.0) * i128::from(q.0);
                 fee += taker_fee.0;

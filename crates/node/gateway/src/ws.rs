@@ -14,8 +14,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use optio_types::{AccountId, Event, InstrumentId, Side};
 use serde_json::{Value, json};
@@ -39,20 +39,31 @@ pub const STREAM_CAPACITY: usize = 8_192;
 
 fn instrument_of(e: &Event) -> Option<InstrumentId> {
     match e {
-        Event::Fill { instrument, .. } | Event::OrderAccepted { instrument, .. } | Event::InstrumentExpired { instrument } | Event::InstrumentSettled { instrument, .. } => Some(*instrument),
+        Event::Fill { instrument, .. }
+        | Event::OrderAccepted { instrument, .. }
+        | Event::InstrumentExpired { instrument }
+        | Event::InstrumentSettled { instrument, .. } => Some(*instrument),
         _ => None,
     }
 }
 
 pub(crate) async fn upgrade(State(g): State<Arc<Gateway>>, ws: WebSocketUpgrade) -> Response {
-    ws.max_message_size(16 * 1024).on_upgrade(move |socket| session(g, socket))
+    ws.max_message_size(16 * 1024)
+        .on_upgrade(move |socket| session(g, socket))
 }
 
 /// How long one message may wait for a consumer that is not reading before it is dropped.
 const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 async fn send(socket: &mut WebSocket, v: Value) -> bool {
-    matches!(tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Text(v.to_string().into()))).await, Ok(Ok(())))
+    matches!(
+        tokio::time::timeout(
+            SEND_TIMEOUT,
+            socket.send(Message::Text(v.to_string().into()))
+        )
+        .await,
+        Ok(Ok(()))
+    )
 }
 
 async fn session(g: Arc<Gateway>, mut socket: WebSocket) {
@@ -110,18 +121,42 @@ pub(crate) struct BookState {
 }
 
 fn levels(book: &Value, side: &str) -> Vec<(String, String)> {
-    book[side].as_array().map(|l| l.iter().map(|x| (x[0].as_str().unwrap_or_default().to_owned(), x[1].as_str().unwrap_or_default().to_owned())).collect()).unwrap_or_default()
+    book[side]
+        .as_array()
+        .map(|l| {
+            l.iter()
+                .map(|x| {
+                    (
+                        x[0].as_str().unwrap_or_default().to_owned(),
+                        x[1].as_str().unwrap_or_default().to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn current(g: &Gateway, name: &str) -> Value {
     let node = g.lock();
-    views::order_book(&node.sequencer, &json!({"instrument_name": name, "depth": 10})).unwrap_or(Value::Null)
+    views::order_book(
+        &node.sequencer,
+        &json!({"instrument_name": name, "depth": 10}),
+    )
+    .unwrap_or(Value::Null)
 }
 
 /// Levels that differ between two views of a side: new or changed amounts, "0" for gone ones.
 fn diff(old: &[(String, String)], new: &[(String, String)]) -> Vec<Value> {
-    let mut out: Vec<Value> = new.iter().filter(|l| !old.contains(l)).map(|(p, a)| json!([p, a])).collect();
-    out.extend(old.iter().filter(|(p, _)| !new.iter().any(|(q, _)| q == p)).map(|(p, _)| json!([p, "0"])));
+    let mut out: Vec<Value> = new
+        .iter()
+        .filter(|l| !old.contains(l))
+        .map(|(p, a)| json!([p, a]))
+        .collect();
+    out.extend(
+        old.iter()
+            .filter(|(p, _)| !new.iter().any(|(q, _)| q == p))
+            .map(|(p, _)| json!([p, "0"])),
+    );
     out
 }
 
@@ -136,15 +171,40 @@ fn subscribe(
 ) -> (Value, Vec<Value>) {
     let request: Value = match serde_json::from_str(text) {
         Ok(v) => v,
-        Err(_) => return (json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32_700, "message": "parse error"}}), vec![]),
+        Err(_) => {
+            return (
+                json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32_700, "message": "parse error"}}),
+                vec![],
+            );
+        }
     };
     let id = request.get("id").cloned().unwrap_or(Value::Null);
-    let method = request.get("method").and_then(Value::as_str).unwrap_or_default();
+    let method = request
+        .get("method")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     let params = request.get("params").cloned().unwrap_or(json!({}));
-    let channels: Vec<String> = params.get("channels").and_then(Value::as_array).map(|a| a.iter().filter_map(|c| c.as_str().map(str::to_owned)).take(64).collect()).unwrap_or_default();
-    let error = |code: i64, message: &str| (json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}}), vec![]);
+    let channels: Vec<String> = params
+        .get("channels")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|c| c.as_str().map(str::to_owned))
+                .take(64)
+                .collect()
+        })
+        .unwrap_or_default();
+    let error = |code: i64, message: &str| {
+        (
+            json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}}),
+            vec![],
+        )
+    };
     if channels.is_empty() || !matches!(method, "public/subscribe" | "private/subscribe") {
-        return error(-32_602, "method must be public/subscribe or private/subscribe with channels");
+        return error(
+            -32_602,
+            "method must be public/subscribe or private/subscribe with channels",
+        );
     }
     let mut snapshots = Vec::new();
     for channel in &channels {
@@ -153,13 +213,26 @@ fn subscribe(
                 return error(6_005, "user channels need private/subscribe");
             }
             let mut headers = axum::http::HeaderMap::new();
-            for (h, k) in [("x-optiowallet", "wallet"), ("x-optiotimestamp", "timestamp"), ("x-optiosignature", "signature")] {
-                if let Some(v) = params.get(k).and_then(Value::as_str).and_then(|v| v.parse().ok()) {
+            for (h, k) in [
+                ("x-optiowallet", "wallet"),
+                ("x-optiotimestamp", "timestamp"),
+                ("x-optiosignature", "signature"),
+            ] {
+                if let Some(v) = params
+                    .get(k)
+                    .and_then(Value::as_str)
+                    .and_then(|v| v.parse().ok())
+                {
                     headers.insert(h, v);
                 }
             }
-            let Ok(account) = sub.parse::<u32>() else { return error(-32_602, "bad subaccount") };
-            match g.wallet(&headers, "x-optio").and_then(|w| g.owned_by(AccountId(account), w)) {
+            let Ok(account) = sub.parse::<u32>() else {
+                return error(-32_602, "bad subaccount");
+            };
+            match g
+                .wallet(&headers, "x-optio")
+                .and_then(|w| g.owned_by(AccountId(account), w))
+            {
                 Ok(a) => {
                     users.insert(a);
                 }
@@ -167,7 +240,9 @@ fn subscribe(
             }
             continue;
         }
-        let Some((kind, name)) = channel.split_once('.') else { return error(-32_602, "unknown channel") };
+        let Some((kind, name)) = channel.split_once('.') else {
+            return error(-32_602, "unknown channel");
+        };
         let instrument = {
             let node = g.lock();
             match views::instrument_id(&node.sequencer, name) {
@@ -179,7 +254,15 @@ fn subscribe(
             "book" => {
                 let seq = g.lock().sequencer.next_seq() - 1;
                 let mut book = current(g, name);
-                books.insert(instrument, BookState { name: name.to_owned(), change_id: seq, bids: levels(&book, "bids"), asks: levels(&book, "asks") });
+                books.insert(
+                    instrument,
+                    BookState {
+                        name: name.to_owned(),
+                        change_id: seq,
+                        bids: levels(&book, "bids"),
+                        asks: levels(&book, "asks"),
+                    },
+                );
                 book["type"] = json!("snapshot");
                 book["change_id"] = json!(seq);
                 snapshots.push(note(channel, book));
@@ -193,7 +276,10 @@ fn subscribe(
             _ => return error(-32_602, "unknown channel"),
         }
     }
-    (json!({"jsonrpc": "2.0", "id": id, "result": channels}), snapshots)
+    (
+        json!({"jsonrpc": "2.0", "id": id, "result": channels}),
+        snapshots,
+    )
 }
 
 fn notifications(
@@ -210,7 +296,18 @@ fn notifications(
         if let Some(i) = instrument_of(e) {
             changed.insert(i);
         }
-        if let Event::Fill { instrument, taker_side, price, qty, maker_account, taker_account, maker_order, taker_order, .. } = e {
+        if let Event::Fill {
+            instrument,
+            taker_side,
+            price,
+            qty,
+            maker_account,
+            taker_account,
+            maker_order,
+            taker_order,
+            ..
+        } = e
+        {
             if let Some(name) = trades.get(instrument) {
                 out.push(note(&format!("trades.{name}"), json!({"price": price.to_string(), "amount": qty.to_string(), "direction": if *taker_side == Side::Buy { "buy" } else { "sell" }, "change_id": p.seq, "timestamp": p.time_ms})));
             }
@@ -224,7 +321,12 @@ fn notifications(
             Event::OrderAccepted { order, account, .. } if users.contains(account) => {
                 out.push(note(&format!("user.orders.{}", account.0), json!({"order_id": order.0.to_string(), "order_status": "accepted", "change_id": p.seq})));
             }
-            Event::OrderDone { order, account, reason, unfilled } if users.contains(account) => {
+            Event::OrderDone {
+                order,
+                account,
+                reason,
+                unfilled,
+            } if users.contains(account) => {
                 out.push(note(&format!("user.orders.{}", account.0), json!({"order_id": order.0.to_string(), "order_status": format!("{reason:?}").to_lowercase(), "unfilled": unfilled.to_string(), "change_id": p.seq})));
             }
             _ => {}
@@ -232,7 +334,15 @@ fn notifications(
     }
     // Rested or removed orders change books without naming the instrument: refresh every
     // subscribed book an input touched at all (cheap: one snapshot per subscribed book).
-    let touches_books = p.events.iter().any(|e| matches!(e, Event::OrderRested { .. } | Event::OrderDone { .. } | Event::OrderAmended { .. } | Event::Fill { .. }));
+    let touches_books = p.events.iter().any(|e| {
+        matches!(
+            e,
+            Event::OrderRested { .. }
+                | Event::OrderDone { .. }
+                | Event::OrderAmended { .. }
+                | Event::Fill { .. }
+        )
+    });
     for (instrument, state) in books.iter_mut() {
         if changed.contains(instrument) || touches_books {
             let book = current(g, &state.name);
@@ -248,11 +358,18 @@ fn notifications(
             (state.bids, state.asks, state.change_id) = (bids, asks, p.seq);
         }
     }
-    let oracle = p.events.iter().any(|e| matches!(e, Event::OracleAccepted { .. }));
+    let oracle = p
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::OracleAccepted { .. }));
     for (instrument, name) in tickers {
         if changed.contains(instrument) || oracle || touches_books {
             let node = g.lock();
-            if let Ok(t) = views::ticker(&node.sequencer, &json!({"instrument_name": name}), crate::now_ms()) {
+            if let Ok(t) = views::ticker(
+                &node.sequencer,
+                &json!({"instrument_name": name}),
+                crate::now_ms(),
+            ) {
                 out.push(note(&format!("ticker.{name}"), t));
             }
         }

@@ -9,7 +9,9 @@ use optio_intents::{Action, DERIVE_TRADE_MODULE, Domain, TradeData, address_of, 
 use optio_pricing::risk::default_scenarios;
 use optio_pricing::svi::{Slice, Surface, Svi};
 use optio_sequencer::Sequencer;
-use optio_types::{Amount, Command, EngineLimits, InstrumentId, InstrumentSpec, Price, MONEY_SCALE};
+use optio_types::{
+    Amount, Command, EngineLimits, InstrumentId, InstrumentSpec, MONEY_SCALE, Price,
+};
 use secp256k1::{Message, SecretKey};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -24,11 +26,18 @@ struct Trader {
 }
 
 fn hex(b: &[u8]) -> String {
-    format!("0x{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>())
+    format!(
+        "0x{}",
+        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+    )
 }
 
 fn sign(key: &SecretKey, digest: [u8; 32]) -> Vec<u8> {
-    let (recid, sig) = secp256k1::ecdsa::RecoverableSignature::sign_ecdsa_recoverable(Message::from_digest(digest), key).serialize_compact();
+    let (recid, sig) = secp256k1::ecdsa::RecoverableSignature::sign_ecdsa_recoverable(
+        Message::from_digest(digest),
+        key,
+    )
+    .serialize_compact();
     let mut out = sig.to_vec();
     out.push(27 + recid.to_u8());
     out
@@ -49,38 +58,112 @@ impl Harness {
 
     async fn start_with(tune: impl FnOnce(Config) -> Config) -> (Harness, Trader, Trader) {
         let dir = tempfile::tempdir().expect("temp dir");
-        let sequencer = Sequencer::open(dir.path(), [9; 32], EngineLimits::default()).expect("sequencer");
+        let sequencer =
+            Sequencer::open(dir.path(), [9; 32], EngineLimits::default()).expect("sequencer");
         let oracle = optio_oracle::OracleSigner::from_bytes([0x0c; 32]).expect("oracle key");
-        let config = Config { chain_id: CHAIN, verifying_contract: CONTRACT, ip_requests_per_second: 200, owner_orders_per_second: 100, oracle_key: Some(oracle.public_key()), ..Config::default() };
+        let config = Config {
+            chain_id: CHAIN,
+            verifying_contract: CONTRACT,
+            ip_requests_per_second: 200,
+            owner_orders_per_second: 100,
+            oracle_key: Some(oracle.public_key()),
+            ..Config::default()
+        };
         let gateway = Arc::new(Gateway::new(sequencer, tune(config)));
         let specs: Vec<InstrumentSpec> = ["BTC-26MAR27-100000-C", "BTC-PERPETUAL"]
             .iter()
-            .map(|n| InstrumentSpec::with_defaults(n.parse().expect("valid"), Price(300_000 * MONEY_SCALE)))
+            .map(|n| {
+                InstrumentSpec::with_defaults(
+                    n.parse().expect("valid"),
+                    Price(300_000 * MONEY_SCALE),
+                )
+            })
             .collect();
-        let mut admin: Vec<Command> = specs.iter().map(|spec| Command::ListInstrument { spec: spec.clone() }).collect();
-        admin.extend((0..2).map(|i| Command::ActivateInstrument { instrument: InstrumentId(i) }));
-        assert!(gateway.submit_admin(admin).expect("admin").iter().all(Result::is_ok));
-        let svi = Svi { a: 0.02, b: 0.1, rho: -0.3, m: 0.0, sigma: 0.3 };
-        let surface = Surface::new(90_000.0, 0.0, vec![Slice { t: 0.1, svi }, Slice { t: 1.0, svi: Svi { a: 0.2, ..svi } }]).expect("surface");
-        let list: Vec<(InstrumentId, &InstrumentSpec)> = specs.iter().enumerate().map(|(i, s)| (InstrumentId(i as u32), s)).collect();
-        let update = optio_oracle::build_update("BTC", &surface, &default_scenarios(), &list, optio_gateway::now_ms()).expect("update");
-        gateway.submit_oracle(&oracle.sign(update)).expect("a signed oracle update is sequenced");
+        let mut admin: Vec<Command> = specs
+            .iter()
+            .map(|spec| Command::ListInstrument { spec: spec.clone() })
+            .collect();
+        admin.extend((0..2).map(|i| Command::ActivateInstrument {
+            instrument: InstrumentId(i),
+        }));
+        assert!(
+            gateway
+                .submit_admin(admin)
+                .expect("admin")
+                .iter()
+                .all(Result::is_ok)
+        );
+        let svi = Svi {
+            a: 0.02,
+            b: 0.1,
+            rho: -0.3,
+            m: 0.0,
+            sigma: 0.3,
+        };
+        let surface = Surface::new(
+            90_000.0,
+            0.0,
+            vec![
+                Slice { t: 0.1, svi },
+                Slice {
+                    t: 1.0,
+                    svi: Svi { a: 0.2, ..svi },
+                },
+            ],
+        )
+        .expect("surface");
+        let list: Vec<(InstrumentId, &InstrumentSpec)> = specs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (InstrumentId(i as u32), s))
+            .collect();
+        let update = optio_oracle::build_update(
+            "BTC",
+            &surface,
+            &default_scenarios(),
+            &list,
+            optio_gateway::now_ms(),
+        )
+        .expect("update");
+        gateway
+            .submit_oracle(&oracle.sign(update))
+            .expect("a signed oracle update is sequenced");
         let trader = |seed: u8| {
             let key = SecretKey::from_secret_bytes([seed; 32]).expect("key");
             let address = address_of(&secp256k1::PublicKey::from_secret_key(&key));
-            let subaccount = gateway.fund(address, Amount(1_000_000 * MONEY_SCALE)).expect("funded");
-            Trader { key, address, subaccount }
+            let subaccount = gateway
+                .fund(address, Amount(1_000_000 * MONEY_SCALE))
+                .expect("funded");
+            Trader {
+                key,
+                address,
+                subaccount,
+            }
         };
         let (alice, bob) = (trader(1), trader(2));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
         let addr = listener.local_addr().expect("addr");
         let api = gateway.clone();
         tokio::spawn(async move { optio_gateway::serve(listener, api).await.expect("serve") });
-        (Harness { addr, gateway, _dir: dir, instrument: 0, nonce: std::sync::atomic::AtomicU64::new(1) }, alice, bob)
+        (
+            Harness {
+                addr,
+                gateway,
+                _dir: dir,
+                instrument: 0,
+                nonce: std::sync::atomic::AtomicU64::new(1),
+            },
+            alice,
+            bob,
+        )
     }
 
     async fn raw(&self, request: String) -> (u16, String) {
-        let mut stream = tokio::net::TcpStream::connect(self.addr).await.expect("connect");
+        let mut stream = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .expect("connect");
         stream.write_all(request.as_bytes()).await.expect("write");
         let mut response = Vec::new();
         stream.read_to_end(&mut response).await.expect("read");
@@ -91,24 +174,63 @@ impl Harness {
     }
 
     async fn post(&self, body: &str, headers: &[(&str, String)]) -> (u16, Value) {
-        let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
-        let request = format!("POST /api/v2 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n{body}", body.len());
+        let extra: String = headers
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}\r\n"))
+            .collect();
+        let request = format!(
+            "POST /api/v2 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n{body}",
+            body.len()
+        );
         let (status, body) = self.raw(request).await;
         (status, serde_json::from_str(&body).unwrap_or(Value::Null))
     }
 
     async fn call(&self, method: &str, params: Value) -> Value {
-        self.post(&json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).to_string(), &[]).await.1
+        self.post(
+            &json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).to_string(),
+            &[],
+        )
+        .await
+        .1
     }
 
-    fn order_params(&self, t: &Trader, direction: &str, price: &str, amount: &str, chain: u64) -> Value {
-        self.order_params_as(t, t.address, t.subaccount, optio_gateway::now_ms() / 1_000 + 3_600, direction, price, amount, chain)
+    fn order_params(
+        &self,
+        t: &Trader,
+        direction: &str,
+        price: &str,
+        amount: &str,
+        chain: u64,
+    ) -> Value {
+        self.order_params_as(
+            t,
+            t.address,
+            t.subaccount,
+            optio_gateway::now_ms() / 1_000 + 3_600,
+            direction,
+            price,
+            amount,
+            chain,
+        )
     }
 
     /// Signed by `t` for `subaccount` owned by `owner`, expiring at `expiry` (seconds).
     #[allow(clippy::too_many_arguments)]
-    fn order_params_as(&self, t: &Trader, owner: [u8; 20], subaccount: u64, expiry: u64, direction: &str, price: &str, amount: &str, chain: u64) -> Value {
-        let nonce = self.nonce.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    fn order_params_as(
+        &self,
+        t: &Trader,
+        owner: [u8; 20],
+        subaccount: u64,
+        expiry: u64,
+        direction: &str,
+        price: &str,
+        amount: &str,
+        chain: u64,
+    ) -> Value {
+        let nonce = self
+            .nonce
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let to18 = |s: &str| -> i128 {
             let (int, frac) = s.split_once('.').unwrap_or((s, ""));
             let frac = format!("{frac:0<18}");
@@ -123,8 +245,19 @@ impl Harness {
             recipient_id: u128::from(subaccount),
             is_bid: direction == "buy",
         };
-        let action = Action { subaccount_id: subaccount, nonce, module: DERIVE_TRADE_MODULE, data: data.encode(), expiry, owner, signer: t.address };
-        let sig = sign(&t.key, action.digest(&Domain::optio(chain, CONTRACT).separator()));
+        let action = Action {
+            subaccount_id: subaccount,
+            nonce,
+            module: DERIVE_TRADE_MODULE,
+            data: data.encode(),
+            expiry,
+            owner,
+            signer: t.address,
+        };
+        let sig = sign(
+            &t.key,
+            action.digest(&Domain::optio(chain, CONTRACT).separator()),
+        );
         json!({
             "instrument_name": "BTC-26MAR27-100000-C", "direction": direction, "order_type": "limit", "time_in_force": "gtc",
             "limit_price": price, "amount": amount, "max_fee": "100", "subaccount_id": subaccount, "nonce": nonce.to_string(),
@@ -137,47 +270,133 @@ impl Harness {
         let mut message = format!("\x19Ethereum Signed Message:\n{}", ts.len()).into_bytes();
         message.extend_from_slice(ts.as_bytes());
         let sig = sign(&t.key, keccak(&message));
-        vec![("X-OptioWallet", hex(&t.address)), ("X-OptioTimestamp", ts), ("X-OptioSignature", hex(&sig))]
+        vec![
+            ("X-OptioWallet", hex(&t.address)),
+            ("X-OptioTimestamp", ts),
+            ("X-OptioSignature", hex(&sig)),
+        ]
     }
 }
 
 fn code(v: &Value) -> i64 {
-    v["error"]["code"].as_i64().unwrap_or_else(|| panic!("expected an error, got {v}"))
+    v["error"]["code"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("expected an error, got {v}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_orders_trade_and_market_data_shows_marks_iv_and_greeks() {
     let (h, alice, bob) = Harness::start().await;
-    let instruments = h.call("public/get_instruments", json!({"currency": "BTC", "kind": "option"})).await;
-    assert_eq!(instruments["result"][0]["instrument_name"], "BTC-26MAR27-100000-C");
-    let ask = h.call("private/order", h.order_params(&alice, "sell", "9000", "0.5", CHAIN)).await;
+    let instruments = h
+        .call(
+            "public/get_instruments",
+            json!({"currency": "BTC", "kind": "option"}),
+        )
+        .await;
+    assert_eq!(
+        instruments["result"][0]["instrument_name"],
+        "BTC-26MAR27-100000-C"
+    );
+    let ask = h
+        .call(
+            "private/order",
+            h.order_params(&alice, "sell", "9000", "0.5", CHAIN),
+        )
+        .await;
     assert_eq!(ask["result"]["order"]["order_status"], "open", "{ask}");
-    assert!(ask["result"]["receipt"]["seq"].as_u64().is_some());
-    let buy = h.call("private/order", h.order_params(&bob, "buy", "9000", "0.2", CHAIN)).await;
+    // The receipt verifies against the sequencer key the health endpoint publishes, and only
+    // for its own intent.
+    let health: Value = serde_json::from_str(
+        &h.raw("GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".into())
+            .await
+            .1,
+    )
+    .expect("health is JSON");
+    let key_hex = health["sequencer_public_key"]
+        .as_str()
+        .expect("published")
+        .trim_start_matches("0x")
+        .to_owned();
+    let key_bytes: Vec<u8> = (0..key_hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&key_hex[i..i + 2], 16).expect("hex"))
+        .collect();
+    let key = secp256k1::PublicKey::from_slice(&key_bytes).expect("a public key");
+    let mut receipt =
+        optio_gateway::client::parse_receipt(&ask["result"]["receipt"]).expect("a receipt");
+    assert!(receipt.verify(&key), "{ask}");
+    receipt.intent_hash[0] ^= 1;
+    assert!(!receipt.verify(&key));
+    let buy = h
+        .call(
+            "private/order",
+            h.order_params(&bob, "buy", "9000", "0.2", CHAIN),
+        )
+        .await;
     assert_eq!(buy["result"]["order"]["order_status"], "filled", "{buy}");
     assert_eq!(buy["result"]["trades"][0]["trade_amount"], "0.2");
-    let status = h.call("public/get_intent_status", json!({"intent_hash": buy["result"]["receipt"]["intent_hash"]})).await;
+    let status = h
+        .call(
+            "public/get_intent_status",
+            json!({"intent_hash": buy["result"]["receipt"]["intent_hash"]}),
+        )
+        .await;
     assert_eq!(status["result"]["status"], "executed", "{status}");
     assert_eq!(status["result"]["seq"], buy["result"]["receipt"]["seq"]);
     assert!(status["result"]["committed_at"].is_null());
-    let book = h.call("public/get_order_book", json!({"instrument_name": "BTC-26MAR27-100000-C"})).await;
+    let book = h
+        .call(
+            "public/get_order_book",
+            json!({"instrument_name": "BTC-26MAR27-100000-C"}),
+        )
+        .await;
     assert_eq!(book["result"]["asks"][0], json!(["9000", "0.3"]));
-    let ticker = h.call("public/ticker", json!({"instrument_name": "BTC-26MAR27-100000-C"})).await;
-    let iv = ticker["result"]["mark_iv"].as_f64().expect("an implied volatility from the mark");
+    let ticker = h
+        .call(
+            "public/ticker",
+            json!({"instrument_name": "BTC-26MAR27-100000-C"}),
+        )
+        .await;
+    let iv = ticker["result"]["mark_iv"]
+        .as_f64()
+        .expect("an implied volatility from the mark");
     assert!(iv > 0.05 && iv < 3.0, "{ticker}");
-    assert!(ticker["result"]["greeks"]["delta"].as_f64().is_some_and(|d| d > 0.0 && d < 1.0));
-    let order_id: u64 = ask["result"]["order"]["order_id"].as_str().expect("id").parse().expect("number");
+    assert!(
+        ticker["result"]["greeks"]["delta"]
+            .as_f64()
+            .is_some_and(|d| d > 0.0 && d < 1.0)
+    );
+    let order_id: u64 = ask["result"]["order"]["order_id"]
+        .as_str()
+        .expect("id")
+        .parse()
+        .expect("number");
     let edit = json!({"jsonrpc": "2.0", "id": 9, "method": "private/edit", "params": {"subaccount_id": alice.subaccount, "order_id": order_id, "price": "9000", "amount": "0.25"}}).to_string();
     let edited = h.post(&edit, &h.auth(&alice)).await.1;
     assert_eq!(edited["result"]["kept_priority"], true, "{edited}");
-    assert_eq!(code(&h.post(&edit, &h.auth(&alice)).await.1), 4_017, "the same edit again changes nothing");
-    assert_eq!(code(&h.post(&edit, &h.auth(&bob)).await.1), 6_002, "only the owner edits");
+    assert_eq!(
+        code(&h.post(&edit, &h.auth(&alice)).await.1),
+        4_017,
+        "the same edit again changes nothing"
+    );
+    assert_eq!(
+        code(&h.post(&edit, &h.auth(&bob)).await.1),
+        6_002,
+        "only the owner edits"
+    );
     let open = h.post(&json!({"jsonrpc": "2.0", "id": 2, "method": "private/get_open_orders", "params": {"subaccount_id": alice.subaccount}}).to_string(), &h.auth(&alice)).await.1;
     assert_eq!(open["result"][0]["filled_amount"], "0.2", "{open}");
     let positions = h.post(&json!({"jsonrpc": "2.0", "id": 3, "method": "private/get_positions", "params": {"subaccount_id": bob.subaccount}}).to_string(), &h.auth(&bob)).await.1;
     assert_eq!(positions["result"][0]["size"], "0.2");
-    let metrics = h.raw("GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".into()).await.1;
-    assert!(metrics.contains("optio_oracle_index{underlying=\"BTC\"}") && metrics.contains("optio_oracle_held{underlying=\"BTC\"} 0"), "{metrics}");
+    let metrics = h
+        .raw("GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".into())
+        .await
+        .1;
+    assert!(
+        metrics.contains("optio_oracle_index{underlying=\"BTC\"}")
+            && metrics.contains("optio_oracle_held{underlying=\"BTC\"} 0"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -187,7 +406,9 @@ async fn bad_input_gets_its_code_and_changes_nothing() {
     let order = |t: &Trader, chain| h.order_params(t, "buy", "9000", "0.1", chain);
     let mut cases: Vec<(&str, String, i64)> = vec![
         ("malformed JSON", "{\"jsonrpc\": \"2.0\", ".into(), -32_700),
-        ("not an object", "[1, 2]".into(), -32_600),
+        ("not an object", "7".into(), -32_600),
+        ("empty batch", "[]".into(), -32_600),
+        ("oversized batch", format!("[{}]", vec![json!({"jsonrpc": "2.0", "id": 1, "method": "public/get_time"}).to_string(); 33].join(",")), -32_600),
         ("wrong version", json!({"jsonrpc": "1.0", "id": 1, "method": "public/get_time"}).to_string(), -32_600),
         ("unknown method", json!({"jsonrpc": "2.0", "id": 1, "method": "private/steal"}).to_string(), -32_601),
         ("missing params", json!({"jsonrpc": "2.0", "id": 1, "method": "public/ticker", "params": {}}).to_string(), -32_602),
@@ -198,40 +419,106 @@ async fn bad_input_gets_its_code_and_changes_nothing() {
     let mut with = |name: &'static str, f: &dyn Fn(&mut Value), want: i64| {
         let mut p = order(&alice, CHAIN);
         f(&mut p);
-        cases.push((name, json!({"jsonrpc": "2.0", "id": 1, "method": "private/order", "params": p}).to_string(), want));
+        cases.push((
+            name,
+            json!({"jsonrpc": "2.0", "id": 1, "method": "private/order", "params": p}).to_string(),
+            want,
+        ));
     };
     with("NaN amount", &|p| p["amount"] = json!("NaN"), -32_602);
     with("negative amount", &|p| p["amount"] = json!("-1"), -32_602);
-    with("overflowing price", &|p| p["limit_price"] = json!("1e400"), -32_602);
-    with("huge price", &|p| p["limit_price"] = json!("99999999999999999999"), -32_602);
-    with("wrong type", &|p| p["subaccount_id"] = json!("one"), -32_602);
+    with(
+        "overflowing price",
+        &|p| p["limit_price"] = json!("1e400"),
+        -32_602,
+    );
+    with(
+        "huge price",
+        &|p| p["limit_price"] = json!("99999999999999999999"),
+        -32_602,
+    );
+    with(
+        "wrong type",
+        &|p| p["subaccount_id"] = json!("one"),
+        -32_602,
+    );
     with("tampered amount", &|p| p["amount"] = json!("0.2"), 6_001);
-    with("bad signature hex", &|p| p["signature"] = json!("0xzz"), 6_001);
-    with("high-s signature", &|p| {
-        let sig = optio_intents::parse_hex(p["signature"].as_str().expect("sig")).expect("hex");
-        let n: [u8; 32] = [0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFE, 0xBA, 0xAE, 0xDC, 0xE6, 0xAF, 0x48, 0xA0, 0x3B, 0xBF, 0xD2, 0x5E, 0x8C, 0xD0, 0x36, 0x41, 0x41];
-        let mut high = sig.clone();
-        let mut borrow = 0i16;
-        for i in (0..32).rev() {
-            let d = i16::from(n[i]) - i16::from(sig[32 + i]) - borrow;
-            high[32 + i] = d.rem_euclid(256) as u8;
-            borrow = i16::from(d < 0);
-        }
-        high[64] = 55 - high[64];
-        p["signature"] = json!(hex(&high));
-    }, 6_001);
-    with("expired signature", &|p| p["signature_expiry_sec"] = json!(1_000), 6_001);
+    with(
+        "bad signature hex",
+        &|p| p["signature"] = json!("0xzz"),
+        6_001,
+    );
+    with(
+        "high-s signature",
+        &|p| {
+            let sig = optio_intents::parse_hex(p["signature"].as_str().expect("sig")).expect("hex");
+            let n: [u8; 32] = [
+                0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+                0xFF, 0xFE, 0xBA, 0xAE, 0xDC, 0xE6, 0xAF, 0x48, 0xA0, 0x3B, 0xBF, 0xD2, 0x5E, 0x8C,
+                0xD0, 0x36, 0x41, 0x41,
+            ];
+            let mut high = sig.clone();
+            let mut borrow = 0i16;
+            for i in (0..32).rev() {
+                let d = i16::from(n[i]) - i16::from(sig[32 + i]) - borrow;
+                high[32 + i] = d.rem_euclid(256) as u8;
+                borrow = i16::from(d < 0);
+            }
+            high[64] = 55 - high[64];
+            p["signature"] = json!(hex(&high));
+        },
+        6_001,
+    );
+    with(
+        "expired signature",
+        &|p| p["signature_expiry_sec"] = json!(1_000),
+        6_001,
+    );
     cases.push(("foreign chain id", json!({"jsonrpc": "2.0", "id": 1, "method": "private/order", "params": order(&alice, CHAIN + 1)}).to_string(), 6_001));
     let mut stolen = order(&bob, CHAIN);
     stolen["subaccount_id"] = json!(alice.subaccount);
-    cases.push(("someone else's subaccount", json!({"jsonrpc": "2.0", "id": 1, "method": "private/order", "params": stolen}).to_string(), 6_001));
+    cases.push((
+        "someone else's subaccount",
+        json!({"jsonrpc": "2.0", "id": 1, "method": "private/order", "params": stolen}).to_string(),
+        6_001,
+    ));
     // Validly signed, but by a key that does not own the subaccount.
-    let impostor = h.order_params_as(&bob, alice.address, alice.subaccount, optio_gateway::now_ms() / 1_000 + 3_600, "buy", "9000", "0.1", CHAIN);
-    cases.push(("signer is not the owner", json!({"jsonrpc": "2.0", "id": 1, "method": "private/order", "params": impostor}).to_string(), 6_002));
+    let impostor = h.order_params_as(
+        &bob,
+        alice.address,
+        alice.subaccount,
+        optio_gateway::now_ms() / 1_000 + 3_600,
+        "buy",
+        "9000",
+        "0.1",
+        CHAIN,
+    );
+    cases.push((
+        "signer is not the owner",
+        json!({"jsonrpc": "2.0", "id": 1, "method": "private/order", "params": impostor})
+            .to_string(),
+        6_002,
+    ));
     // Validly signed, but expired, or valid for far too long.
-    for expiry in [optio_gateway::now_ms() / 1_000 - 10, optio_gateway::now_ms() / 1_000 + 1_000 * 86_400] {
-        let p = h.order_params_as(&alice, alice.address, alice.subaccount, expiry, "buy", "9000", "0.1", CHAIN);
-        cases.push(("signature expiry out of range", json!({"jsonrpc": "2.0", "id": 1, "method": "private/order", "params": p}).to_string(), 6_004));
+    for expiry in [
+        optio_gateway::now_ms() / 1_000 - 10,
+        optio_gateway::now_ms() / 1_000 + 1_000 * 86_400,
+    ] {
+        let p = h.order_params_as(
+            &alice,
+            alice.address,
+            alice.subaccount,
+            expiry,
+            "buy",
+            "9000",
+            "0.1",
+            CHAIN,
+        );
+        cases.push((
+            "signature expiry out of range",
+            json!({"jsonrpc": "2.0", "id": 1, "method": "private/order", "params": p}).to_string(),
+            6_004,
+        ));
     }
     for (name, body, want) in &cases {
         let (status, reply) = h.post(body, &[]).await;
@@ -250,9 +537,15 @@ async fn bad_input_gets_its_code_and_changes_nothing() {
     let mut poor = h.order_params(&alice, "buy", "9000", "5000", CHAIN);
     poor["max_fee"] = json!("100000");
     let refused = h.call("private/order", poor).await;
-    assert!(code(&refused) == 6_001 || code(&refused) == 4_014 || code(&refused) == 4_005, "{refused}");
+    assert!(
+        code(&refused) == 6_001 || code(&refused) == 4_014 || code(&refused) == 4_005,
+        "{refused}"
+    );
     // Oversized body: refused by the transport.
-    let big = format!("{{\"jsonrpc\": \"2.0\", \"id\": 1, \"method\": \"public/get_time\", \"pad\": \"{}\"}}", "x".repeat(70_000));
+    let big = format!(
+        "{{\"jsonrpc\": \"2.0\", \"id\": 1, \"method\": \"public/get_time\", \"pad\": \"{}\"}}",
+        "x".repeat(70_000)
+    );
     assert_eq!(h.post(&big, &[]).await.0, 413);
     // Reads need the owner's fresh signature.
     let read = json!({"jsonrpc": "2.0", "id": 2, "method": "private/get_open_orders", "params": {"subaccount_id": alice.subaccount}}).to_string();
@@ -269,9 +562,14 @@ mod websocket {
 
     use super::*;
 
-    async fn next_json(ws: &mut (impl StreamExt<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin)) -> Option<Value> {
+    async fn next_json(
+        ws: &mut (impl StreamExt<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin),
+    ) -> Option<Value> {
         loop {
-            let m = tokio::time::timeout(std::time::Duration::from_secs(5), ws.next()).await.ok()??.ok()?;
+            let m = tokio::time::timeout(std::time::Duration::from_secs(5), ws.next())
+                .await
+                .ok()??
+                .ok()?;
             if let Message::Text(t) = m {
                 return serde_json::from_str(&t).ok();
             }
@@ -284,34 +582,60 @@ mod websocket {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn book_trades_and_user_orders_stream_with_change_ids() {
         let (h, alice, bob) = Harness::start().await;
-        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", h.addr)).await.expect("ws connects");
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", h.addr))
+            .await
+            .expect("ws connects");
         let name = "BTC-26MAR27-100000-C";
         let sub = json!({"jsonrpc": "2.0", "id": 1, "method": "public/subscribe", "params": {"channels": [format!("book.{name}"), format!("trades.{name}")]}});
-        ws.send(Message::Text(sub.to_string().into())).await.expect("send");
+        ws.send(Message::Text(sub.to_string().into()))
+            .await
+            .expect("send");
         assert_eq!(next_json(&mut ws).await.expect("reply")["id"], 1);
         let snapshot = next_json(&mut ws).await.expect("snapshot");
         assert_eq!(snapshot["params"]["data"]["type"], "snapshot");
-        let mut last = snapshot["params"]["data"]["change_id"].as_u64().expect("change id");
+        let mut last = snapshot["params"]["data"]["change_id"]
+            .as_u64()
+            .expect("change id");
         let mut local_asks: Vec<(String, String)> = Vec::new();
         let auth = h.auth(&alice);
         let private = json!({"jsonrpc": "2.0", "id": 2, "method": "private/subscribe", "params": {"channels": [format!("user.orders.{}", alice.subaccount)], "wallet": auth[0].1, "timestamp": auth[1].1, "signature": auth[2].1}});
-        ws.send(Message::Text(private.to_string().into())).await.expect("send");
+        ws.send(Message::Text(private.to_string().into()))
+            .await
+            .expect("send");
         assert_eq!(next_json(&mut ws).await.expect("reply")["id"], 2);
-        h.call("private/order", h.order_params(&alice, "sell", "9000", "0.5", CHAIN)).await;
-        h.call("private/order", h.order_params(&bob, "buy", "9000", "0.2", CHAIN)).await;
+        h.call(
+            "private/order",
+            h.order_params(&alice, "sell", "9000", "0.5", CHAIN),
+        )
+        .await;
+        h.call(
+            "private/order",
+            h.order_params(&bob, "buy", "9000", "0.2", CHAIN),
+        )
+        .await;
         let (mut saw_trade, mut saw_user, mut books) = (false, false, 0);
         while !(saw_trade && saw_user && books >= 2) {
             let m = next_json(&mut ws).await.expect("notification");
-            let channel = m["params"]["channel"].as_str().unwrap_or_default().to_owned();
+            let channel = m["params"]["channel"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
             let data = &m["params"]["data"];
             if channel.starts_with("book.") {
                 assert_eq!(data["type"], "change");
-                assert_eq!(data["prev_change_id"].as_u64(), Some(last), "a gap in the book stream");
+                assert_eq!(
+                    data["prev_change_id"].as_u64(),
+                    Some(last),
+                    "a gap in the book stream"
+                );
                 last = data["change_id"].as_u64().expect("change id");
                 // Applying the changes to the local book gives the server's book.
                 for (side, levels) in [("asks", &mut local_asks)] {
                     for l in data[side].as_array().expect("levels") {
-                        let (p, a) = (l[0].as_str().expect("price").to_owned(), l[1].as_str().expect("amount").to_owned());
+                        let (p, a) = (
+                            l[0].as_str().expect("price").to_owned(),
+                            l[1].as_str().expect("amount").to_owned(),
+                        );
                         levels.retain(|(q, _)| *q != p);
                         if a != "0" {
                             levels.push((p, a));
@@ -326,15 +650,35 @@ mod websocket {
                 saw_user = true;
             }
         }
-        let book = h.call("public/get_order_book", json!({"instrument_name": name})).await;
-        let server: Vec<(String, String)> = book["result"]["asks"].as_array().expect("asks").iter().map(|l| (l[0].as_str().expect("p").to_owned(), l[1].as_str().expect("a").to_owned())).collect();
-        assert_eq!(local_asks, server, "the incremental stream rebuilds the book");
+        let book = h
+            .call("public/get_order_book", json!({"instrument_name": name}))
+            .await;
+        let server: Vec<(String, String)> = book["result"]["asks"]
+            .as_array()
+            .expect("asks")
+            .iter()
+            .map(|l| {
+                (
+                    l[0].as_str().expect("p").to_owned(),
+                    l[1].as_str().expect("a").to_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            local_asks, server,
+            "the incremental stream rebuilds the book"
+        );
         let bad = json!({"jsonrpc": "2.0", "id": 3, "method": "private/subscribe", "params": {"channels": [format!("user.orders.{}", bob.subaccount)], "wallet": auth[0].1, "timestamp": auth[1].1, "signature": auth[2].1}});
-        ws.send(Message::Text(bad.to_string().into())).await.expect("send");
+        ws.send(Message::Text(bad.to_string().into()))
+            .await
+            .expect("send");
         loop {
             let m = next_json(&mut ws).await.expect("reply");
             if m["id"] == 3 {
-                assert_eq!(m["error"]["code"], 6_005, "someone else's user channel is refused: {m}");
+                assert_eq!(
+                    m["error"]["code"], 6_005,
+                    "someone else's user channel is refused: {m}"
+                );
                 break;
             }
         }
@@ -348,9 +692,13 @@ mod websocket {
         let socket = tokio::net::TcpSocket::new_v4().expect("socket");
         socket.set_recv_buffer_size(4_096).expect("small buffer");
         let stream = socket.connect(h.addr).await.expect("connects");
-        let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{}/ws", h.addr), stream).await.expect("ws handshake");
+        let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{}/ws", h.addr), stream)
+            .await
+            .expect("ws handshake");
         let sub = json!({"jsonrpc": "2.0", "id": 1, "method": "public/subscribe", "params": {"channels": ["book.BTC-PERPETUAL"]}});
-        ws.send(Message::Text(sub.to_string().into())).await.expect("send");
+        ws.send(Message::Text(sub.to_string().into()))
+            .await
+            .expect("send");
         assert_eq!(next_json(&mut ws).await.expect("reply")["id"], 1);
         // Publish far more than the stream holds while the client reads nothing: orders that
         // rest and are cancelled, each changing the book.
@@ -365,16 +713,23 @@ mod websocket {
                         instrument: InstrumentId(1),
                         side: optio_types::Side::Buy,
                         qty: optio_types::Qty(1_000_000),
-                        order_type: optio_types::OrderType::Limit { price: Price((50_000 + (chunk * 500 + i) as i64 % 1_000) * MONEY_SCALE) },
+                        order_type: optio_types::OrderType::Limit {
+                            price: Price((50_000 + (chunk * 500 + i) as i64 % 1_000) * MONEY_SCALE),
+                        },
                         time_in_force: optio_types::TimeInForce::GoodTillCancelled,
                         post_only: false,
                         reduce_only: false,
                         self_trade: optio_types::SelfTradePrevention::CancelTaker,
                         client_order_id: 0,
                     }));
-                    commands.push(Command::CancelAll { account: optio_types::AccountId(0), instrument: None });
+                    commands.push(Command::CancelAll {
+                        account: optio_types::AccountId(0),
+                        instrument: None,
+                    });
                 }
-                gateway.submit_admin(commands).expect("the node keeps sequencing");
+                gateway
+                    .submit_admin(commands)
+                    .expect("the node keeps sequencing");
             }
         })
         .await
@@ -390,27 +745,59 @@ mod websocket {
                 Ok(Some(Ok(_))) => received += 1,
             }
         }
-        assert!(received < published, "the slow consumer was dropped: it got {received} of {published} book changes, then the connection closed");
-        assert!(h.call("public/get_time", json!({})).await["result"].is_u64(), "the node is unaffected");
+        assert!(
+            received < published,
+            "the slow consumer was dropped: it got {received} of {published} book changes, then the connection closed"
+        );
+        assert!(
+            h.call("public/get_time", json!({})).await["result"].is_u64(),
+            "the node is unaffected"
+        );
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_keys_trade_until_revoked_and_never_administer() {
     let (h, alice, _bob) = Harness::start().await;
-    let session = Trader { key: SecretKey::from_secret_bytes([0x55; 32]).expect("key"), address: [0; 20], subaccount: alice.subaccount };
-    let session = Trader { address: address_of(&secp256k1::PublicKey::from_secret_key(&session.key)), ..session };
+    let session = Trader {
+        key: SecretKey::from_secret_bytes([0x55; 32]).expect("key"),
+        address: [0; 20],
+        subaccount: alice.subaccount,
+    };
+    let session = Trader {
+        address: address_of(&secp256k1::PublicKey::from_secret_key(&session.key)),
+        ..session
+    };
     let expiry = optio_gateway::now_ms() / 1_000 + 3_600;
-    let register = |expiry_sec: u64| json!({"jsonrpc": "2.0", "id": 1, "method": "private/register_session_key", "params": {"subaccount_id": alice.subaccount, "public_session_key": hex(&session.address), "expiry_sec": expiry_sec}}).to_string();
+    let register = |expiry_sec: u64| {
+        json!({"jsonrpc": "2.0", "id": 1, "method": "private/register_session_key", "params": {"subaccount_id": alice.subaccount, "public_session_key": hex(&session.address), "expiry_sec": expiry_sec}}).to_string()
+    };
     // Signed by the session key for alice's subaccount: refused before registration.
-    let order = |h: &Harness| h.order_params_as(&session, alice.address, alice.subaccount, optio_gateway::now_ms() / 1_000 + 600, "sell", "9500", "0.1", CHAIN);
+    let order = |h: &Harness| {
+        h.order_params_as(
+            &session,
+            alice.address,
+            alice.subaccount,
+            optio_gateway::now_ms() / 1_000 + 600,
+            "sell",
+            "9500",
+            "0.1",
+            CHAIN,
+        )
+    };
     assert_eq!(code(&h.call("private/order", order(&h)).await), 6_002);
     // The session key cannot register itself; the owner can.
-    assert_eq!(code(&h.post(&register(expiry), &h.auth(&session)).await.1), 6_002);
+    assert_eq!(
+        code(&h.post(&register(expiry), &h.auth(&session)).await.1),
+        6_002
+    );
     let ok = h.post(&register(expiry), &h.auth(&alice)).await.1;
     assert!(ok["result"].is_object(), "{ok}");
     let placed = h.call("private/order", order(&h)).await;
-    assert_eq!(placed["result"]["order"]["order_status"], "open", "{placed}");
+    assert_eq!(
+        placed["result"]["order"]["order_status"], "open",
+        "{placed}"
+    );
     // Revoked: refused again.
     let revoked = h.post(&register(0), &h.auth(&alice)).await.1;
     assert!(revoked["result"].is_object(), "{revoked}");
@@ -423,7 +810,12 @@ async fn session_keys_trade_until_revoked_and_never_administer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limits_refuse_floods_per_ip_and_per_owner() {
     // Rates low enough that the test does not depend on how fast this machine sends.
-    let (h, alice, _bob) = Harness::start_with(|c| Config { owner_orders_per_second: 2, ip_requests_per_second: 10, ..c }).await;
+    let (h, alice, _bob) = Harness::start_with(|c| Config {
+        owner_orders_per_second: 2,
+        ip_requests_per_second: 10,
+        ..c
+    })
+    .await;
     // Per owner: 2 orders/s, burst 4. Far-away IOC orders, signed and valid.
     let mut limited = 0;
     for _ in 0..24 {
@@ -438,7 +830,12 @@ async fn rate_limits_refuse_floods_per_ip_and_per_owner() {
     // Per IP: 10 requests/s, burst 20 (the orders above already spent most of it).
     let mut refused = 0;
     for _ in 0..60 {
-        let (status, _) = h.post(&json!({"jsonrpc": "2.0", "id": 1, "method": "public/get_time"}).to_string(), &[]).await;
+        let (status, _) = h
+            .post(
+                &json!({"jsonrpc": "2.0", "id": 1, "method": "public/get_time"}).to_string(),
+                &[],
+            )
+            .await;
         if status == 429 {
             refused += 1;
         }
@@ -449,10 +846,26 @@ async fn rate_limits_refuse_floods_per_ip_and_per_owner() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oracle_updates_need_the_oracle_signature() {
     let (h, _alice, _bob) = Harness::start().await;
-    let specs = [InstrumentSpec::with_defaults("BTC-PERPETUAL".parse().expect("valid"), Price(300_000 * MONEY_SCALE))];
-    let svi = Svi { a: 0.02, b: 0.1, rho: -0.3, m: 0.0, sigma: 0.3 };
+    let specs = [InstrumentSpec::with_defaults(
+        "BTC-PERPETUAL".parse().expect("valid"),
+        Price(300_000 * MONEY_SCALE),
+    )];
+    let svi = Svi {
+        a: 0.02,
+        b: 0.1,
+        rho: -0.3,
+        m: 0.0,
+        sigma: 0.3,
+    };
     let surface = Surface::new(91_000.0, 0.0, vec![Slice { t: 0.1, svi }]).expect("surface");
-    let update = optio_oracle::build_update("BTC", &surface, &default_scenarios(), &[(InstrumentId(1), &specs[0])], optio_gateway::now_ms()).expect("update");
+    let update = optio_oracle::build_update(
+        "BTC",
+        &surface,
+        &default_scenarios(),
+        &[(InstrumentId(1), &specs[0])],
+        optio_gateway::now_ms(),
+    )
+    .expect("update");
     let submit = |signer: &optio_oracle::OracleSigner, tamper: bool| {
         let signed = signer.sign(update.clone());
         let mut bytes = signed.update.encode();
@@ -464,13 +877,21 @@ async fn oracle_updates_need_the_oracle_signature() {
     };
     let before = h.gateway.state_hash();
     let impostor = optio_oracle::OracleSigner::from_bytes([0x0d; 32]).expect("key");
-    assert_eq!(code(&h.post(&submit(&impostor, false).to_string(), &[]).await.1), 6_001);
+    assert_eq!(
+        code(&h.post(&submit(&impostor, false).to_string(), &[]).await.1),
+        6_001
+    );
     let oracle = optio_oracle::OracleSigner::from_bytes([0x0c; 32]).expect("key");
-    assert_eq!(code(&h.post(&submit(&oracle, true).to_string(), &[]).await.1), 6_001);
+    assert_eq!(
+        code(&h.post(&submit(&oracle, true).to_string(), &[]).await.1),
+        6_001
+    );
     assert_eq!(h.gateway.state_hash(), before);
     let ok = h.post(&submit(&oracle, false).to_string(), &[]).await.1;
     assert_eq!(ok["result"], "ok", "{ok}");
-    let ticker = h.call("public/ticker", json!({"instrument_name": "BTC-PERPETUAL"})).await;
+    let ticker = h
+        .call("public/ticker", json!({"instrument_name": "BTC-PERPETUAL"}))
+        .await;
     assert_eq!(ticker["result"]["index_price"], "91000");
 }
 
@@ -479,27 +900,102 @@ async fn oracle_updates_need_the_oracle_signature() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_answers_every_method_of_its_openapi_spec() {
     let (h, _alice, _bob) = Harness::start().await;
-    let spec: Value = serde_json::from_str(include_str!("../../../../docs/openapi.json")).expect("spec is JSON");
+    let spec: Value =
+        serde_json::from_str(include_str!("../../../../docs/openapi.json")).expect("spec is JSON");
     let paths = spec["paths"].as_object().expect("paths");
     assert!(paths.len() >= 12);
     for (path, item) in paths {
         let method = path.split_once('#').expect("path names its method").1;
-        assert_eq!(item["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]["method"]["const"], method);
+        assert_eq!(
+            item["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]["method"]
+                ["const"],
+            method
+        );
         let reply = h.call(method, json!({})).await;
-        assert_ne!(reply["error"]["code"], -32_601, "{method} is in the spec but not served");
-        assert!(reply.get("result").is_some() || reply.get("error").is_some(), "{method}: {reply}");
+        assert_ne!(
+            reply["error"]["code"], -32_601,
+            "{method} is in the spec but not served"
+        );
+        assert!(
+            reply.get("result").is_some() || reply.get("error").is_some(),
+            "{method}: {reply}"
+        );
     }
-    assert_eq!(code(&h.call("public/not_in_the_spec", json!({})).await), -32_601);
+    assert_eq!(
+        code(&h.call("public/not_in_the_spec", json!({})).await),
+        -32_601
+    );
+}
+
+/// A JSON-RPC batch is answered in order, element by element: signed orders (sequenced in the
+/// same group commits), reads, and errors each in their own envelope.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_answer_each_request_in_order() {
+    let (h, alice, bob) = Harness::start().await;
+    let batch = json!([
+        {"jsonrpc": "2.0", "id": "a", "method": "private/order", "params": h.order_params(&alice, "sell", "9000", "0.1", CHAIN)},
+        {"jsonrpc": "2.0", "id": "b", "method": "private/order", "params": h.order_params(&bob, "buy", "8000", "0.1", CHAIN)},
+        {"jsonrpc": "2.0", "id": "c", "method": "private/steal", "params": {}},
+        {"jsonrpc": "2.0", "id": "d", "method": "public/get_time"},
+        {"jsonrpc": "2.0", "id": "e", "method": "private/order", "params": h.order_params(&bob, "buy", "8000", "0.1", CHAIN + 1)},
+    ]);
+    let (status, replies) = h.post(&batch.to_string(), &[]).await;
+    assert_eq!(status, 200);
+    let ids: Vec<&str> = replies
+        .as_array()
+        .expect("an array")
+        .iter()
+        .filter_map(|r| r["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["a", "b", "c", "d", "e"]);
+    assert_eq!(
+        replies[0]["result"]["order"]["order_status"], "open",
+        "{replies}"
+    );
+    assert_eq!(
+        replies[1]["result"]["order"]["order_status"], "open",
+        "{replies}"
+    );
+    assert_eq!(code(&replies[2]), -32_601);
+    assert!(replies[3]["result"].as_u64().is_some(), "{replies}");
+    assert_eq!(code(&replies[4]), 6_001, "signed for another chain");
+    let book = h
+        .call(
+            "public/get_order_book",
+            json!({"instrument_name": "BTC-26MAR27-100000-C"}),
+        )
+        .await;
+    assert_eq!(book["result"]["asks"][0], json!(["9000", "0.1"]));
+    assert_eq!(book["result"]["bids"][0], json!(["8000", "0.1"]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deribit_style_buy_and_sell_are_signed_orders() {
     let (h, alice, bob) = Harness::start().await;
-    let ask = h.call("private/sell", h.order_params(&alice, "sell", "9100", "0.1", CHAIN)).await;
+    let ask = h
+        .call(
+            "private/sell",
+            h.order_params(&alice, "sell", "9100", "0.1", CHAIN),
+        )
+        .await;
     assert_eq!(ask["result"]["order"]["direction"], "sell", "{ask}");
-    let bid = h.call("private/buy", h.order_params(&bob, "buy", "9100", "0.1", CHAIN)).await;
+    let bid = h
+        .call(
+            "private/buy",
+            h.order_params(&bob, "buy", "9100", "0.1", CHAIN),
+        )
+        .await;
     assert_eq!(bid["result"]["order"]["order_status"], "filled", "{bid}");
     // The method's direction overrides the body, and the signature covers it: a sell signed as a
     // buy does not verify.
-    assert_eq!(code(&h.call("private/buy", h.order_params(&bob, "sell", "9100", "0.1", CHAIN)).await), 6_001);
+    assert_eq!(
+        code(
+            &h.call(
+                "private/buy",
+                h.order_params(&bob, "sell", "9100", "0.1", CHAIN)
+            )
+            .await
+        ),
+        6_001
+    );
 }

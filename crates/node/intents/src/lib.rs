@@ -35,13 +35,15 @@ pub enum SignatureError {
 
 /// secp256k1 curve order / 2, big-endian.
 const HALF_ORDER: [u8; 32] = [
-    0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x5d, 0x57, 0x6e, 0x73, 0x57, 0xa4, 0x50, 0x1d, 0xdf, 0xe9,
-    0x2f, 0x46, 0x68, 0x1b, 0x20, 0xa0,
+    0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    0x5d, 0x57, 0x6e, 0x73, 0x57, 0xa4, 0x50, 0x1d, 0xdf, 0xe9, 0x2f, 0x46, 0x68, 0x1b, 0x20, 0xa0,
 ];
 
 /// The address that signed `digest`, from a 65-byte `r || s || v` signature.
 pub fn recover(digest: &[u8; 32], signature: &[u8]) -> Result<Address, SignatureError> {
-    let sig: &[u8; 65] = signature.try_into().map_err(|_| SignatureError::Malformed)?;
+    let sig: &[u8; 65] = signature
+        .try_into()
+        .map_err(|_| SignatureError::Malformed)?;
     let v = match sig[64] {
         0 | 27 => 0,
         1 | 28 => 1,
@@ -51,8 +53,11 @@ pub fn recover(digest: &[u8; 32], signature: &[u8]) -> Result<Address, Signature
         return Err(SignatureError::HighS);
     }
     let recid = RecoveryId::try_from(v).map_err(|_| SignatureError::Malformed)?;
-    let recoverable = RecoverableSignature::from_compact(&sig[..64], recid).map_err(|_| SignatureError::Malformed)?;
-    let key = recoverable.recover(Message::from_digest(*digest)).map_err(|_| SignatureError::Unrecoverable)?;
+    let recoverable = RecoverableSignature::from_compact(&sig[..64], recid)
+        .map_err(|_| SignatureError::Malformed)?;
+    let key = recoverable
+        .recover(Message::from_digest(*digest))
+        .map_err(|_| SignatureError::Unrecoverable)?;
     Ok(address_of(&key))
 }
 
@@ -95,12 +100,14 @@ pub struct Domain {
 
 /// Derive's matching contract, which unmodified ccxt signs for (see `derive_compat`).
 pub const DERIVE_MATCHING: Address = [
-    0xeb, 0x8d, 0x77, 0x0e, 0xc1, 0x8d, 0xb9, 0x8d, 0xb9, 0x22, 0xe9, 0xd8, 0x32, 0x60, 0xa5, 0x85, 0xb9, 0xf0, 0xde, 0xad,
+    0xeb, 0x8d, 0x77, 0x0e, 0xc1, 0x8d, 0xb9, 0x8d, 0xb9, 0x22, 0xe9, 0xd8, 0x32, 0x60, 0xa5, 0x85,
+    0xb9, 0xf0, 0xde, 0xad,
 ];
 
 /// Derive's trade module, the `module` field of every order ccxt signs.
 pub const DERIVE_TRADE_MODULE: Address = [
-    0xb8, 0xd2, 0x0c, 0x2b, 0x7a, 0x1a, 0xd2, 0xee, 0x33, 0xbc, 0x50, 0xef, 0x10, 0x87, 0x6e, 0xd3, 0x03, 0x5b, 0x5e, 0x7b,
+    0xb8, 0xd2, 0x0c, 0x2b, 0x7a, 0x1a, 0xd2, 0xee, 0x33, 0xbc, 0x50, 0xef, 0x10, 0x87, 0x6e, 0xd3,
+    0x03, 0x5b, 0x5e, 0x7b,
 ];
 
 impl Domain {
@@ -110,17 +117,29 @@ impl Domain {
     /// and vice versa, so the gateway only accepts it where configured, and per-owner nonces plus
     /// signature expiry limit a replayed intent to one use within its window.
     pub fn derive_compat(sandbox: bool) -> Self {
-        Self { name: "Matching".into(), version: "1.0".into(), chain_id: if sandbox { 11_155_111 } else { 1 }, verifying_contract: DERIVE_MATCHING }
+        Self {
+            name: "Matching".into(),
+            version: "1.0".into(),
+            chain_id: if sandbox { 11_155_111 } else { 1 },
+            verifying_contract: DERIVE_MATCHING,
+        }
     }
 
     /// Optio's native domain: the real chain id and Optio's own settlement contract.
     pub fn optio(chain_id: u64, contract: Address) -> Self {
-        Self { name: "Optio".into(), version: "1".into(), chain_id, verifying_contract: contract }
+        Self {
+            name: "Optio".into(),
+            version: "1".into(),
+            chain_id,
+            verifying_contract: contract,
+        }
     }
 
     /// The domain separator.
     pub fn separator(&self) -> [u8; 32] {
-        let typehash = keccak(b"EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)");
+        let typehash = keccak(
+            b"EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)",
+        );
         let mut enc = Vec::with_capacity(5 * 32);
         enc.extend_from_slice(&typehash);
         enc.extend_from_slice(&keccak(self.name.as_bytes()));
@@ -213,11 +232,16 @@ impl Action {
 
 /// Parses a `0x`-prefixed hex string into bytes.
 pub fn parse_hex(text: &str) -> Option<Vec<u8>> {
-    let body = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X"))?;
+    let body = text
+        .strip_prefix("0x")
+        .or_else(|| text.strip_prefix("0X"))?;
     if body.len() % 2 != 0 || body.len() > 4_096 {
         return None;
     }
-    (0..body.len()).step_by(2).map(|i| u8::from_str_radix(body.get(i..i + 2)?, 16).ok()).collect()
+    (0..body.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(body.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// Parses a `0x` address.

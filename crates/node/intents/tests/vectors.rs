@@ -2,7 +2,10 @@
 //! (`../shared/reference/derive-protocol.md`, section 7) and vectors signed by Python's
 //! eth-account (`test-vectors/intents.json`, from `tools/vectors/intents.py`).
 
-use optio_intents::{Action, Domain, SignatureError, TradeData, DERIVE_TRADE_MODULE, parse_address, parse_hex, recover};
+use optio_intents::{
+    Action, DERIVE_TRADE_MODULE, Domain, SignatureError, TradeData, parse_address, parse_hex,
+    recover,
+};
 use serde_json::Value;
 
 fn hex32(s: &str) -> [u8; 32] {
@@ -12,8 +15,14 @@ fn hex32(s: &str) -> [u8; 32] {
 #[test]
 fn reproduces_the_captured_ccxt_order_exactly() {
     let domain = Domain::derive_compat(false);
-    assert_eq!(domain.separator(), hex32("0xda616dfabb88681b08e1592820a41d55ddc62d68de110e327ae99d734506fe19"));
-    assert_eq!(Domain::derive_compat(true).separator(), hex32("0x24d674cd5f2b9d564691c51e9d88f649b99246a2244dd74ce27b96578d773e85"));
+    assert_eq!(
+        domain.separator(),
+        hex32("0xda616dfabb88681b08e1592820a41d55ddc62d68de110e327ae99d734506fe19")
+    );
+    assert_eq!(
+        Domain::derive_compat(true).separator(),
+        hex32("0x24d674cd5f2b9d564691c51e9d88f649b99246a2244dd74ce27b96578d773e85")
+    );
     let data = TradeData {
         asset: parse_address("0x4BB4C3CDc7562f08e9910A0C7D8bB7e108861eB4").expect("address"),
         sub_id: 39_614_082_330_873_992_798_568_259_968,
@@ -25,25 +34,46 @@ fn reproduces_the_captured_ccxt_order_exactly() {
     };
     let encoded = data.encode();
     assert_eq!(encoded.len(), 224);
-    assert_eq!(optio_intents::keccak(&encoded), hex32("0xb2e20ab3c769407a0ef36ff58b0b2080d0a8041ca0817f53b70f427906bb8888"));
+    assert_eq!(
+        optio_intents::keccak(&encoded),
+        hex32("0xb2e20ab3c769407a0ef36ff58b0b2080d0a8041ca0817f53b70f427906bb8888")
+    );
     let owner = parse_address("0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266").expect("address");
-    let action = Action { subaccount_id: 1001, nonce: 1_795_609_712_925_298_321, module: DERIVE_TRADE_MODULE, data: encoded, expiry: 1_803_385_712, owner, signer: owner };
-    assert_eq!(action.struct_hash(), hex32("0x502b83c666e2ea97b952834c219c10e0eb5ec2d22cd35b465a37acaacc9ca91e"));
+    let action = Action {
+        subaccount_id: 1001,
+        nonce: 1_795_609_712_925_298_321,
+        module: DERIVE_TRADE_MODULE,
+        data: encoded,
+        expiry: 1_803_385_712,
+        owner,
+        signer: owner,
+    };
+    assert_eq!(
+        action.struct_hash(),
+        hex32("0x502b83c666e2ea97b952834c219c10e0eb5ec2d22cd35b465a37acaacc9ca91e")
+    );
     let digest = action.digest(&domain.separator());
-    assert_eq!(digest, hex32("0x72d8a0ba739a3384eba2c0fb42a33ad464c4e9bcc67dc0271f8d161da17c7bdf"));
+    assert_eq!(
+        digest,
+        hex32("0x72d8a0ba739a3384eba2c0fb42a33ad464c4e9bcc67dc0271f8d161da17c7bdf")
+    );
     let sig = parse_hex("0x0331cd0554cd7baaaa0cd3c7e4a8afd5ad54272cb69e7899dddbfb17518f847360121411765c6344443c52d3d90eda0e7ea7c8da54f3981d15ef564dff6de5a81C").expect("hex");
     assert_eq!(recover(&digest, &sig), Ok(owner));
 }
 
 #[test]
 fn recovers_what_eth_account_signed_and_refuses_the_rest() {
-    let v: Value = serde_json::from_str(include_str!("../../../../test-vectors/intents.json")).expect("json");
+    let v: Value =
+        serde_json::from_str(include_str!("../../../../test-vectors/intents.json")).expect("json");
     let cases = v["cases"].as_array().expect("cases");
     assert!(cases.len() >= 20);
     for c in cases {
         let s = |k: &str| c[k].as_str().unwrap_or_else(|| panic!("{k}"));
         let n = |k: &str| c[k].as_u64().unwrap_or_else(|| panic!("{k}"));
-        let domain = Domain::optio(n("chain_id"), parse_address(s("verifying_contract")).expect("address"));
+        let domain = Domain::optio(
+            n("chain_id"),
+            parse_address(s("verifying_contract")).expect("address"),
+        );
         assert_eq!(domain.separator(), hex32(s("domain_separator")));
         let action = Action {
             subaccount_id: n("subaccount_id"),
@@ -55,18 +85,31 @@ fn recovers_what_eth_account_signed_and_refuses_the_rest() {
             signer: parse_address(s("signer")).expect("address"),
         };
         let digest = action.digest(&domain.separator());
-        assert_eq!(digest, hex32(s("digest")), "digest differs from eth-account's");
+        assert_eq!(
+            digest,
+            hex32(s("digest")),
+            "digest differs from eth-account's"
+        );
         let signer = parse_address(s("signer")).expect("address");
         let sig = parse_hex(s("signature")).expect("hex");
         assert_eq!(recover(&digest, &sig), Ok(signer));
         // A signature for another chain id recovers someone else.
         let foreign = Domain::optio(n("chain_id") + 1, domain.verifying_contract);
-        assert_ne!(recover(&action.digest(&foreign.separator()), &sig), Ok(signer));
+        assert_ne!(
+            recover(&action.digest(&foreign.separator()), &sig),
+            Ok(signer)
+        );
         // The malleated twin (s -> n - s, v flipped) is refused outright.
-        assert_eq!(recover(&digest, &parse_hex(s("high_s_signature")).expect("hex")), Err(SignatureError::HighS));
+        assert_eq!(
+            recover(&digest, &parse_hex(s("high_s_signature")).expect("hex")),
+            Err(SignatureError::HighS)
+        );
         let mut tampered = action.clone();
         tampered.nonce += 1;
-        assert_ne!(recover(&tampered.digest(&domain.separator()), &sig), Ok(signer));
+        assert_ne!(
+            recover(&tampered.digest(&domain.separator()), &sig),
+            Ok(signer)
+        );
     }
     let digest = [7u8; 32];
     assert_eq!(recover(&digest, &[0u8; 64]), Err(SignatureError::Malformed));

@@ -2,14 +2,16 @@
 //! applies them to the engine; after a crash it rebuilds the identical state.
 //!
 //! Owns: the write-ahead log (one checksummed record per input, fsync once per group before any
-//! acknowledgement), the receipt chain (each receipt signs `(seq, intent hash, previous receipt
-//! hash)`: two receipts for one sequence number are proof of equivocation), engine snapshots, and
+//! acknowledgement), the receipt chain (each input's link hashes `(seq, intent hash, previous link)`; one
+//! signature per group seals the Merkle root of its links: two receipts for one sequence number
+//! are proof of equivocation), engine snapshots, and
 //! recovery (snapshot plus the log after it; a torn last record was never acknowledged and is
 //! dropped; damage anywhere else refuses to start).
 //!
 //! Must not: verify user signatures or parse API requests (the gateway does, before it submits),
 //! or block the engine on anything but its own log.
 
+mod receipt;
 mod wal;
 
 use std::fs;
@@ -18,11 +20,11 @@ use std::path::{Path, PathBuf};
 
 use optio_engine::{Engine, RestoreError};
 use optio_types::{EngineLimits, Event, Input, RejectCode, WorstCaseMargin};
-use secp256k1::{Message, PublicKey, SecretKey, ecdsa};
+use secp256k1::{PublicKey, SecretKey};
 
+pub use receipt::{Receipt, ReceiptSigner, Seal, is_equivocation};
 pub use wal::{Record, Wal, WalError};
 
-const RECEIPT_DOMAIN: &[u8] = b"optio-receipt-v1";
 const SNAPSHOT_FILE: &str = "snapshot.bin";
 const WAL_FILE: &str = "wal.log";
 
@@ -67,47 +69,6 @@ impl Syncer {
     pub fn sync(&self) -> Result<(), SequencerError> {
         Ok(self.file.sync_data()?)
     }
-}
-
-/// An acknowledgement: the sequencer's signature over the input's place in the order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Receipt {
-    /// Global sequence number.
-    pub seq: u64,
-    /// Hash of the intent (of the input's canonical bytes until the gateway supplies the
-    /// user-signed intent's EIP-712 digest).
-    pub intent_hash: [u8; 32],
-    /// Hash of the previous receipt (all zero before the first).
-    pub previous: [u8; 32],
-    /// Compact secp256k1 signature over `hash()`.
-    pub signature: [u8; 64],
-}
-
-impl Receipt {
-    /// The hash the next receipt chains to, and the digest the sequencer signs.
-    pub fn hash(&self) -> [u8; 32] {
-        receipt_digest(self.seq, &self.intent_hash, &self.previous)
-    }
-
-    /// Checks the signature against the sequencer's public key.
-    pub fn verify(&self, sequencer: &PublicKey) -> bool {
-        ecdsa::Signature::from_compact(&self.signature).is_ok_and(|sig| ecdsa::verify(&sig, Message::from_digest(self.hash()), sequencer).is_ok())
-    }
-}
-
-fn receipt_digest(seq: u64, intent_hash: &[u8; 32], previous: &[u8; 32]) -> [u8; 32] {
-    let mut h = blake3::Hasher::new();
-    h.update(RECEIPT_DOMAIN);
-    h.update(&seq.to_le_bytes());
-    h.update(intent_hash);
-    h.update(previous);
-    *h.finalize().as_bytes()
-}
-
-/// Two validly signed receipts for one sequence number with different intents: the sequencer
-/// equivocated (the evidence a slashing contract takes).
-pub fn is_equivocation(a: &Receipt, b: &Receipt, sequencer: &PublicKey) -> bool {
-    a.seq == b.seq && (a.intent_hash != b.intent_hash || a.previous != b.previous) && a.verify(sequencer) && b.verify(sequencer)
 }
 
 /// The signed intent behind an input: its EIP-712 digest, owner, nonce, expiry and signature.
@@ -162,19 +123,6 @@ pub fn intent_hash(input: &Input, intent: Option<&Intent>) -> [u8; 32] {
     intent.map_or_else(|| *blake3::hash(&input.encode()).as_bytes(), |i| i.digest)
 }
 
-/// The sequencer's receipt-signing key.
-#[derive(Clone, Copy)]
-pub struct ReceiptSigner {
-    key: SecretKey,
-}
-
-impl ReceiptSigner {
-    /// Fills in the receipt's signature over its hash.
-    pub fn sign(&self, receipt: &mut Receipt) {
-        receipt.signature = ecdsa::sign(Message::from_digest(receipt.hash()), &self.key).serialize_compact();
-    }
-}
-
 /// One input replayed at start, as shown to an observer.
 #[derive(Debug)]
 pub struct Replayed<'a> {
@@ -221,7 +169,12 @@ impl Sequencer {
 
     /// Like `open`, and shows every input replayed from the log after the snapshot, with its
     /// events, to `observer` (for rebuilding views such as order history).
-    pub fn open_observed(dir: &Path, key: [u8; 32], limits: EngineLimits, observer: &mut dyn FnMut(Replayed<'_>)) -> Result<Self, SequencerError> {
+    pub fn open_observed(
+        dir: &Path,
+        key: [u8; 32],
+        limits: EngineLimits,
+        observer: &mut dyn FnMut(Replayed<'_>),
+    ) -> Result<Self, SequencerError> {
         let key = SecretKey::from_secret_bytes(key).map_err(|_| SequencerError::Key)?;
         fs::create_dir_all(dir)?;
         let (mut engine, snapshot_seq, mut previous) = match fs::read(dir.join(SNAPSHOT_FILE)) {
@@ -229,9 +182,19 @@ impl Sequencer {
                 if bytes.len() < 40 {
                     return Err(SequencerError::SnapshotFormat);
                 }
-                let seq = u64::from_le_bytes(bytes[..8].try_into().map_err(|_| SequencerError::SnapshotFormat)?);
-                let previous: [u8; 32] = bytes[8..40].try_into().map_err(|_| SequencerError::SnapshotFormat)?;
-                (Engine::restore_bytes(&bytes[40..], WorstCaseMargin)?, seq, previous)
+                let seq = u64::from_le_bytes(
+                    bytes[..8]
+                        .try_into()
+                        .map_err(|_| SequencerError::SnapshotFormat)?,
+                );
+                let previous: [u8; 32] = bytes[8..40]
+                    .try_into()
+                    .map_err(|_| SequencerError::SnapshotFormat)?;
+                (
+                    Engine::restore_bytes(&bytes[40..], WorstCaseMargin)?,
+                    seq,
+                    previous,
+                )
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Engine::new(limits), 0, [0; 32]),
             Err(e) => return Err(e.into()),
@@ -246,11 +209,24 @@ impl Sequencer {
                 continue;
             }
             let _ = engine.apply(&input, &mut events);
-            observer(Replayed { seq, input: &input, intent: intent.as_ref(), events: &events });
+            observer(Replayed {
+                seq,
+                input: &input,
+                intent: intent.as_ref(),
+                events: &events,
+            });
             events.clear();
-            previous = receipt_digest(seq, &intent_hash(&input, intent.as_ref()), &previous);
+            previous = receipt::link(seq, &intent_hash(&input, intent.as_ref()), &previous);
         }
-        Ok(Self { dir: dir.to_owned(), wal, engine, key, previous, recovered, staged: None })
+        Ok(Self {
+            dir: dir.to_owned(),
+            wal,
+            engine,
+            key,
+            previous,
+            recovered,
+            staged: None,
+        })
     }
 
     /// The sequencer's public key (receipts verify against it).
@@ -282,19 +258,23 @@ impl Sequencer {
     /// Sequences a group of inputs with their signed intents: appends them to the log with one
     /// fsync, then applies them and signs their receipts. Nothing is acknowledged before it is
     /// durable.
-    pub fn submit_intents(&mut self, inputs: &[(Input, Option<Intent>)]) -> Result<Vec<Outcome>, SequencerError> {
+    pub fn submit_intents(
+        &mut self,
+        inputs: &[(Input, Option<Intent>)],
+    ) -> Result<Vec<Outcome>, SequencerError> {
         let mut outcomes = self.submit_intents_unsigned(inputs)?;
-        let signer = self.receipt_signer();
-        for o in &mut outcomes {
-            signer.sign(&mut o.receipt);
-        }
+        self.receipt_signer()
+            .seal(outcomes.iter_mut().map(|o| &mut o.receipt));
         Ok(outcomes)
     }
 
-    /// Like `submit_intents`, but leaves the receipts' signatures empty, so that the caller can
-    /// sign them with `receipt_signer()` off the sequencing path (in parallel, without the lock).
+    /// Like `submit_intents`, but leaves the receipts unsealed, so that the caller can seal them
+    /// with `receipt_signer()` off the sequencing path (without the lock).
     /// The chain of receipt hashes is fixed here, in order.
-    pub fn submit_intents_unsigned(&mut self, inputs: &[(Input, Option<Intent>)]) -> Result<Vec<Outcome>, SequencerError> {
+    pub fn submit_intents_unsigned(
+        &mut self,
+        inputs: &[(Input, Option<Intent>)],
+    ) -> Result<Vec<Outcome>, SequencerError> {
         let staged = self.stage(inputs.to_vec())?;
         self.syncer()?.sync()?;
         self.commit(staged)
@@ -303,11 +283,17 @@ impl Sequencer {
     /// Writes a group to the log without waiting for it to be durable, so that the caller can
     /// fsync (with `syncer`) without holding the sequencer. Nothing is applied or acknowledged
     /// until `commit`, which must follow that fsync; one group at a time.
-    pub fn stage(&mut self, inputs: Vec<(Input, Option<Intent>)>) -> Result<Staged, SequencerError> {
+    pub fn stage(
+        &mut self,
+        inputs: Vec<(Input, Option<Intent>)>,
+    ) -> Result<Staged, SequencerError> {
         if self.staged.is_some() {
             return Err(SequencerError::GroupPending);
         }
-        let logged: Vec<(Input, Option<Vec<u8>>)> = inputs.iter().map(|(i, intent)| (i.clone(), intent.map(|x| x.encode()))).collect();
+        let logged: Vec<(Input, Option<Vec<u8>>)> = inputs
+            .iter()
+            .map(|(i, intent)| (i.clone(), intent.map(|x| x.encode())))
+            .collect();
         let first = self.wal.append(&logged)?;
         self.staged = Some(first);
         Ok(Staged { first, inputs })
@@ -315,7 +301,9 @@ impl Sequencer {
 
     /// A handle that makes everything written so far durable.
     pub fn syncer(&self) -> Result<Syncer, SequencerError> {
-        Ok(Syncer { file: self.wal.sync_handle()? })
+        Ok(Syncer {
+            file: self.wal.sync_handle()?,
+        })
     }
 
     /// Applies a staged group (after its fsync) and builds its receipts, unsigned.
@@ -330,10 +318,19 @@ impl Sequencer {
             let mut events = Vec::new();
             let result = self.engine.apply(input, &mut events);
             let intent = intent_hash(input, signed.as_ref());
-            let digest = receipt_digest(seq, &intent, &self.previous);
-            let receipt = Receipt { seq, intent_hash: intent, previous: self.previous, signature: [0; 64] };
-            self.previous = digest;
-            outcomes.push(Outcome { receipt, result, events });
+            let receipt = Receipt {
+                seq,
+                intent_hash: intent,
+                previous: self.previous,
+                seal: Seal::UNSIGNED,
+                path: Vec::new(),
+            };
+            self.previous = receipt.link();
+            outcomes.push(Outcome {
+                receipt,
+                result,
+                events,
+            });
         }
         Ok(outcomes)
     }

@@ -68,7 +68,12 @@ fn parse(bytes: &[u8]) -> Option<(usize, Record)> {
 impl Wal {
     /// Opens the log, returning every valid record in order.
     pub fn open(path: &Path) -> Result<(Wal, Vec<Record>), WalError> {
-        let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
         let mut records = Vec::new();
@@ -86,7 +91,9 @@ impl Wal {
                 }
                 None => {
                     // Torn tail, or damage in the middle? Look for any valid record after it.
-                    let later = (offset + 1..bytes.len()).any(|o| parse(&bytes[o..]).is_some_and(|(_, (seq, _, _))| seq >= expected));
+                    let later = (offset + 1..bytes.len()).any(|o| {
+                        parse(&bytes[o..]).is_some_and(|(_, (seq, _, _))| seq >= expected)
+                    });
                     if later {
                         return Err(WalError::Corrupt(offset as u64));
                     }
@@ -97,7 +104,14 @@ impl Wal {
             }
         }
         file.seek(SeekFrom::Start(offset as u64))?;
-        Ok((Wal { file, next_seq: expected, buffer: Vec::new() }, records))
+        Ok((
+            Wal {
+                file,
+                next_seq: expected,
+                buffer: Vec::new(),
+            },
+            records,
+        ))
     }
 
     /// Next sequence number to assign.
@@ -121,8 +135,10 @@ impl Wal {
             if payload.len() > MAX_RECORD {
                 return Err(WalError::TooLarge(payload.len()));
             }
-            self.buffer.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-            self.buffer.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+            self.buffer
+                .extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            self.buffer
+                .extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
             self.buffer.extend_from_slice(&payload);
         }
         self.file.write_all(&self.buffer)?;

@@ -8,8 +8,8 @@ use std::io::{Seek, SeekFrom, Write};
 use optio_engine::Engine;
 use optio_sequencer::{Intent, Sequencer, SequencerError, WalError, is_equivocation};
 use optio_types::{
-    AccountId, Address, Amount, Command, EngineLimits, Input, InstrumentId, InstrumentSpec, NewOrder, OrderType, Price, Qty,
-    SelfTradePrevention, Side, TimeInForce, MONEY_SCALE,
+    AccountId, Address, Amount, Command, EngineLimits, Input, InstrumentId, InstrumentSpec,
+    MONEY_SCALE, NewOrder, OrderType, Price, Qty, SelfTradePrevention, Side, TimeInForce,
 };
 use proptest::prelude::*;
 
@@ -18,11 +18,24 @@ const T0: u64 = 1_734_764_400_000;
 
 /// A market and `n` orders alternating sides around 2,000 so that some trade.
 fn inputs(n: usize) -> Vec<Input> {
-    let spec = InstrumentSpec::with_defaults("BTC-27DEC24-60000-C".parse().expect("valid"), Price(100_000 * MONEY_SCALE));
-    let mut v = vec![Command::ListInstrument { spec }, Command::ActivateInstrument { instrument: InstrumentId(0) }];
+    let spec = InstrumentSpec::with_defaults(
+        "BTC-27DEC24-60000-C".parse().expect("valid"),
+        Price(100_000 * MONEY_SCALE),
+    );
+    let mut v = vec![
+        Command::ListInstrument { spec },
+        Command::ActivateInstrument {
+            instrument: InstrumentId(0),
+        },
+    ];
     for a in 0..3u8 {
-        v.push(Command::OpenAccount { owner: Address([a + 1; 20]) });
-        v.push(Command::Deposit { account: AccountId(u32::from(a)), amount: Amount(1_000_000 * MONEY_SCALE) });
+        v.push(Command::OpenAccount {
+            owner: Address([a + 1; 20]),
+        });
+        v.push(Command::Deposit {
+            account: AccountId(u32::from(a)),
+            amount: Amount(1_000_000 * MONEY_SCALE),
+        });
     }
     for i in 0..n {
         let side = if i % 2 == 0 { Side::Buy } else { Side::Sell };
@@ -32,7 +45,9 @@ fn inputs(n: usize) -> Vec<Input> {
             instrument: InstrumentId(0),
             side,
             qty: Qty(1_000_000 * (1 + (i % 4) as i64)),
-            order_type: OrderType::Limit { price: Price((2_000 + offset) * MONEY_SCALE) },
+            order_type: OrderType::Limit {
+                price: Price((2_000 + offset) * MONEY_SCALE),
+            },
             time_in_force: TimeInForce::GoodTillCancelled,
             post_only: false,
             reduce_only: false,
@@ -40,7 +55,13 @@ fn inputs(n: usize) -> Vec<Input> {
             client_order_id: 0,
         }));
     }
-    v.into_iter().enumerate().map(|(i, command)| Input { time_ms: T0 + i as u64, command }).collect()
+    v.into_iter()
+        .enumerate()
+        .map(|(i, command)| Input {
+            time_ms: T0 + i as u64,
+            command,
+        })
+        .collect()
 }
 
 fn direct(inputs: &[Input]) -> [u8; 32] {
@@ -59,11 +80,23 @@ fn receipts_chain_verify_and_survive_a_restart() {
     let mut s = Sequencer::open(dir.path(), KEY, EngineLimits::default()).expect("opens");
     let mut receipts = Vec::new();
     for group in all.chunks(7) {
-        receipts.extend(s.submit(group).expect("durable").into_iter().map(|o| o.receipt));
+        receipts.extend(
+            s.submit(group)
+                .expect("durable")
+                .into_iter()
+                .map(|o| o.receipt),
+        );
     }
     let key = s.public_key();
     assert!(receipts.iter().all(|r| r.verify(&key)));
-    assert!(receipts.windows(2).all(|w| w[1].previous == w[0].hash() && w[1].seq == w[0].seq + 1));
+    // One seal per group: seven receipts share one signature.
+    assert_eq!(receipts[0].seal, receipts[6].seal);
+    assert_ne!(receipts[6].seal, receipts[7].seal);
+    assert!(
+        receipts
+            .windows(2)
+            .all(|w| w[1].previous == w[0].link() && w[1].seq == w[0].seq + 1)
+    );
     let hash = s.engine().state_hash();
     drop(s);
     let mut s = Sequencer::open(dir.path(), KEY, EngineLimits::default()).expect("reopens");
@@ -72,7 +105,10 @@ fn receipts_chain_verify_and_survive_a_restart() {
     // The chain continues where it stopped.
     let next = s.submit(&inputs(41)[all.len()..]).expect("durable");
     assert_eq!(next[0].receipt.seq, all.len() as u64 + 1);
-    assert_eq!(next[0].receipt.previous, receipts.last().expect("some").hash());
+    assert_eq!(
+        next[0].receipt.previous,
+        receipts.last().expect("some").link()
+    );
 }
 
 #[test]
@@ -86,7 +122,8 @@ fn snapshot_plus_log_restores_the_same_state() {
     let last = s.submit(&[]).expect("empty group");
     assert!(last.is_empty());
     drop(s);
-    let s = Sequencer::open(dir.path(), KEY, EngineLimits::default()).expect("reopens from snapshot and log");
+    let s = Sequencer::open(dir.path(), KEY, EngineLimits::default())
+        .expect("reopens from snapshot and log");
     assert_eq!(s.engine().state_hash(), direct(&all));
 }
 
@@ -132,7 +169,10 @@ fn damage_before_valid_records_refuses_to_start() {
     drop(f);
     match Sequencer::open(dir.path(), KEY, EngineLimits::default()) {
         Err(SequencerError::Wal(WalError::Corrupt(_))) => {}
-        other => panic!("expected corruption to be refused, got {:?}", other.map(|s| s.next_seq())),
+        other => panic!(
+            "expected corruption to be refused, got {:?}",
+            other.map(|s| s.next_seq())
+        ),
     }
 }
 
@@ -143,24 +183,39 @@ fn two_receipts_for_one_sequence_number_prove_equivocation() {
     let all = inputs(3);
     let mut honest = Sequencer::open(a.path(), KEY, EngineLimits::default()).expect("opens");
     let mut forked = Sequencer::open(b.path(), KEY, EngineLimits::default()).expect("opens");
-    let r1 = honest.submit(&all[..1]).expect("durable")[0].receipt;
-    let r2 = forked.submit(&all[1..2]).expect("durable")[0].receipt;
+    let r1 = honest.submit(&all[..1]).expect("durable")[0]
+        .receipt
+        .clone();
+    let r2 = forked.submit(&all[1..2]).expect("durable")[0]
+        .receipt
+        .clone();
     let key = honest.public_key();
     assert!(is_equivocation(&r1, &r2, &key));
     assert!(!is_equivocation(&r1, &r1, &key));
     let mut forged = r2;
-    forged.signature[0] ^= 1;
-    assert!(!is_equivocation(&r1, &forged, &key), "an invalid signature proves nothing");
+    forged.seal.signature[0] ^= 1;
+    assert!(
+        !is_equivocation(&r1, &forged, &key),
+        "an invalid signature proves nothing"
+    );
 }
 
 #[test]
 fn signed_intents_are_logged_and_recovered_and_name_the_receipt() {
     let dir = tempfile::tempdir().expect("temp dir");
     let all = inputs(2);
-    let intent = Intent { digest: [3; 32], owner: [4; 20], nonce: 77, expiry: 1_900_000_000, signature: [5; 65] };
+    let intent = Intent {
+        digest: [3; 32],
+        owner: [4; 20],
+        nonce: 77,
+        expiry: 1_900_000_000,
+        signature: [5; 65],
+    };
     let mut s = Sequencer::open(dir.path(), KEY, EngineLimits::default()).expect("opens");
     s.submit(&all[..all.len() - 1]).expect("durable");
-    let out = s.submit_intents(&[(all[all.len() - 1].clone(), Some(intent))]).expect("durable");
+    let out = s
+        .submit_intents(&[(all[all.len() - 1].clone(), Some(intent))])
+        .expect("durable");
     assert_eq!(out[0].receipt.intent_hash, intent.digest);
     drop(s);
     let s = Sequencer::open(dir.path(), KEY, EngineLimits::default()).expect("reopens");

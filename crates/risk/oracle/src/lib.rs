@@ -8,7 +8,10 @@
 use optio_pricing::Right;
 use optio_pricing::risk::{Contract, Scenario, value};
 use optio_pricing::svi::Surface;
-use optio_types::{Amount, InstrumentId, InstrumentKind, InstrumentSpec, MarkUpdate, OptionRight, OracleUpdate, Price, MONEY_SCALE, QTY_SCALE};
+use optio_types::{
+    Amount, InstrumentId, InstrumentKind, InstrumentSpec, MONEY_SCALE, MarkUpdate, OptionRight,
+    OracleUpdate, Price, QTY_SCALE,
+};
 use secp256k1::{Message, PublicKey, SecretKey, ecdsa};
 
 const YEAR_MS: f64 = 365.0 * 86_400_000.0;
@@ -52,7 +55,9 @@ pub struct OracleSigner {
 impl OracleSigner {
     /// From 32 secret bytes.
     pub fn from_bytes(bytes: [u8; 32]) -> Result<Self, OracleError> {
-        SecretKey::from_secret_bytes(bytes).map(|key| Self { key }).map_err(|_| OracleError::BadKey)
+        SecretKey::from_secret_bytes(bytes)
+            .map(|key| Self { key })
+            .map_err(|_| OracleError::BadKey)
     }
 
     /// The public key the gateway is configured with.
@@ -62,23 +67,34 @@ impl OracleSigner {
 
     /// Signs an update.
     pub fn sign(&self, update: OracleUpdate) -> SignedUpdate {
-        let signature = ecdsa::sign(Message::from_digest(digest(&update)), &self.key).serialize_compact();
+        let signature =
+            ecdsa::sign(Message::from_digest(digest(&update)), &self.key).serialize_compact();
         SignedUpdate { update, signature }
     }
 }
 
 /// Checks an update's signature (libsecp256k1 refuses high-s signatures).
 pub fn verify(signed: &SignedUpdate, oracle: &PublicKey) -> Result<(), OracleError> {
-    let sig = ecdsa::Signature::from_compact(&signed.signature).map_err(|_| OracleError::BadSignature)?;
-    ecdsa::verify(&sig, Message::from_digest(digest(&signed.update)), oracle).map_err(|_| OracleError::BadSignature)
+    let sig =
+        ecdsa::Signature::from_compact(&signed.signature).map_err(|_| OracleError::BadSignature)?;
+    ecdsa::verify(&sig, Message::from_digest(digest(&signed.update)), oracle)
+        .map_err(|_| OracleError::BadSignature)
 }
 
 /// The pricing view of an instrument at `now_ms`.
 pub fn contract(spec: &InstrumentSpec, now_ms: u64) -> Contract {
     let multiplier = spec.contract_multiplier.0 as f64 / QTY_SCALE as f64;
     match spec.name.kind {
-        InstrumentKind::Option { strike, right, expiry } => Contract::Option {
-            right: if right == OptionRight::Call { Right::Call } else { Right::Put },
+        InstrumentKind::Option {
+            strike,
+            right,
+            expiry,
+        } => Contract::Option {
+            right: if right == OptionRight::Call {
+                Right::Call
+            } else {
+                Right::Put
+            },
             strike: strike.0 as f64 / MONEY_SCALE as f64,
             t: ((expiry.expiry_ms() as f64 - now_ms as f64) / YEAR_MS).max(1e-9),
             multiplier,
@@ -100,11 +116,17 @@ pub fn build_update(
     now_ms: u64,
 ) -> Result<OracleUpdate, OracleError> {
     let micro = MONEY_SCALE as f64;
-    let shocked: Vec<Surface> = scenarios.iter().map(|s| surface.shocked(s.spot_shock, s.vol_shock)).collect();
+    let shocked: Vec<Surface> = scenarios
+        .iter()
+        .map(|s| surface.shocked(s.spot_shock, s.vol_shock))
+        .collect();
     let mut marks = Vec::with_capacity(instruments.len());
     for (id, spec) in instruments {
         let c = contract(spec, now_ms);
-        let max = spec.max_price().map_err(|_| OracleError::NonFinite(id.0))?.0;
+        let max = spec
+            .max_price()
+            .map_err(|_| OracleError::NonFinite(id.0))?
+            .0;
         let base = value(surface, &c) * micro;
         if !base.is_finite() {
             return Err(OracleError::NonFinite(id.0));
@@ -119,9 +141,18 @@ pub fn build_update(
             let pnl = (v - mark as f64).floor() as i64;
             risk_array.push(Amount(pnl.clamp(-mark, max - mark)));
         }
-        marks.push(MarkUpdate { instrument: *id, mark: Price(mark), risk_array });
+        marks.push(MarkUpdate {
+            instrument: *id,
+            mark: Price(mark),
+            risk_array,
+        });
     }
-    Ok(OracleUpdate { underlying: underlying.to_owned(), published_ms: now_ms, index_price: Price((surface.spot * micro).round() as i64), marks })
+    Ok(OracleUpdate {
+        underlying: underlying.to_owned(),
+        published_ms: now_ms,
+        index_price: Price((surface.spot * micro).round() as i64),
+        marks,
+    })
 }
 
 #[cfg(test)]
@@ -131,26 +162,57 @@ mod tests {
     use optio_pricing::svi::{Slice, Svi};
 
     fn surface() -> Surface {
-        let svi = Svi { a: 0.004, b: 0.04, rho: -0.3, m: 0.0, sigma: 0.2 };
-        Surface::new(60_000.0, 0.0, vec![Slice { t: 0.02, svi }, Slice { t: 0.2, svi: Svi { a: 0.04, ..svi } }]).expect("valid")
+        let svi = Svi {
+            a: 0.004,
+            b: 0.04,
+            rho: -0.3,
+            m: 0.0,
+            sigma: 0.2,
+        };
+        Surface::new(
+            60_000.0,
+            0.0,
+            vec![
+                Slice { t: 0.02, svi },
+                Slice {
+                    t: 0.2,
+                    svi: Svi { a: 0.04, ..svi },
+                },
+            ],
+        )
+        .expect("valid")
     }
 
     fn specs() -> Vec<InstrumentSpec> {
-        ["BTC-27DEC24-60000-C", "BTC-27DEC24-50000-P", "BTC-PERPETUAL"]
-            .iter()
-            .map(|n| InstrumentSpec::with_defaults(n.parse().expect("valid"), Price(200_000 * MONEY_SCALE)))
-            .collect()
+        [
+            "BTC-27DEC24-60000-C",
+            "BTC-27DEC24-50000-P",
+            "BTC-PERPETUAL",
+        ]
+        .iter()
+        .map(|n| {
+            InstrumentSpec::with_defaults(n.parse().expect("valid"), Price(200_000 * MONEY_SCALE))
+        })
+        .collect()
     }
 
     #[test]
     fn builds_marks_and_arrays_in_fixed_point() {
         let specs = specs();
-        let list: Vec<(InstrumentId, &InstrumentSpec)> = specs.iter().enumerate().map(|(i, s)| (InstrumentId(i as u32), s)).collect();
+        let list: Vec<(InstrumentId, &InstrumentSpec)> = specs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (InstrumentId(i as u32), s))
+            .collect();
         let now = 1_734_600_000_000; // 2024-12-19T09:20Z, ~8 days to expiry
         let scenarios = default_scenarios();
         let u = build_update("BTC", &surface(), &scenarios, &list, now).expect("builds");
         assert_eq!(u.index_price, Price(60_000 * MONEY_SCALE));
-        assert!(u.marks.iter().all(|m| m.risk_array.len() == scenarios.len() && m.mark.is_positive()));
+        assert!(
+            u.marks
+                .iter()
+                .all(|m| m.risk_array.len() == scenarios.len() && m.mark.is_positive())
+        );
         // The perpetual's risk array is exactly the spot move.
         let perp = &u.marks[2];
         assert_eq!(perp.mark, Price(60_000 * MONEY_SCALE));
@@ -167,19 +229,37 @@ mod tests {
         let signer = OracleSigner::from_bytes([7; 32]).expect("valid key");
         let other = OracleSigner::from_bytes([8; 32]).expect("valid key");
         let specs = specs();
-        let list: Vec<(InstrumentId, &InstrumentSpec)> = specs.iter().enumerate().map(|(i, s)| (InstrumentId(i as u32), s)).collect();
-        let update = build_update("BTC", &surface(), &default_scenarios(), &list, 1_734_600_000_000).expect("builds");
+        let list: Vec<(InstrumentId, &InstrumentSpec)> = specs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (InstrumentId(i as u32), s))
+            .collect();
+        let update = build_update(
+            "BTC",
+            &surface(),
+            &default_scenarios(),
+            &list,
+            1_734_600_000_000,
+        )
+        .expect("builds");
         let signed = signer.sign(update);
         assert_eq!(verify(&signed, &signer.public_key()), Ok(()));
-        assert_eq!(verify(&signed, &other.public_key()), Err(OracleError::BadSignature));
+        assert_eq!(
+            verify(&signed, &other.public_key()),
+            Err(OracleError::BadSignature)
+        );
         let mut tampered = signed.clone();
         tampered.update.index_price.0 += 1;
-        assert_eq!(verify(&tampered, &signer.public_key()), Err(OracleError::BadSignature));
+        assert_eq!(
+            verify(&tampered, &signer.public_key()),
+            Err(OracleError::BadSignature)
+        );
         // The same signature with s replaced by n - s (high s) is refused.
         let mut high_s = signed.clone();
         let n: [u8; 32] = [
-            0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFE, 0xBA, 0xAE, 0xDC, 0xE6, 0xAF, 0x48, 0xA0, 0x3B,
-            0xBF, 0xD2, 0x5E, 0x8C, 0xD0, 0x36, 0x41, 0x41,
+            0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+            0xFF, 0xFE, 0xBA, 0xAE, 0xDC, 0xE6, 0xAF, 0x48, 0xA0, 0x3B, 0xBF, 0xD2, 0x5E, 0x8C,
+            0xD0, 0x36, 0x41, 0x41,
         ];
         let mut borrow = 0i16;
         for i in (0..32).rev() {
@@ -187,7 +267,13 @@ mod tests {
             high_s.signature[32 + i] = d.rem_euclid(256) as u8;
             borrow = i16::from(d < 0);
         }
-        assert_eq!(verify(&high_s, &signer.public_key()), Err(OracleError::BadSignature));
-        assert_eq!(OracleSigner::from_bytes([0; 32]).err(), Some(OracleError::BadKey));
+        assert_eq!(
+            verify(&high_s, &signer.public_key()),
+            Err(OracleError::BadSignature)
+        );
+        assert_eq!(
+            OracleSigner::from_bytes([0; 32]).err(),
+            Some(OracleError::BadKey)
+        );
     }
 }

@@ -58,14 +58,37 @@ fn core(f: f64, k: f64, t: f64, vol: f64) -> Core {
     let s = vol * sqrt_t;
     if s.is_nan() || s <= 0.0 {
         let (call, put) = ((f - k).max(0.0), (k - f).max(0.0));
-        let itm = if f > k { 1.0 } else if f < k { 0.0 } else { 0.5 };
-        return Core { call, put, n_d1: itm, n_d2: itm, n_md1: 1.0 - itm, n_md2: 1.0 - itm, pdf_d1: 0.0, sqrt_t };
+        let itm = if f > k {
+            1.0
+        } else if f < k {
+            0.0
+        } else {
+            0.5
+        };
+        return Core {
+            call,
+            put,
+            n_d1: itm,
+            n_d2: itm,
+            n_md1: 1.0 - itm,
+            n_md2: 1.0 - itm,
+            pdf_d1: 0.0,
+            sqrt_t,
+        };
     }
     let d1 = (f / k).ln() / s + 0.5 * s;
     let d2 = d1 - s;
     // One erfc per d: the tail side directly, the other as its complement (which is >= 0.5 and
     // so keeps its digits).
-    let split = |d: f64| if d < 0.0 { let lo = cdf(d); (lo, 1.0 - lo) } else { let hi = cdf(-d); (1.0 - hi, hi) };
+    let split = |d: f64| {
+        if d < 0.0 {
+            let lo = cdf(d);
+            (lo, 1.0 - lo)
+        } else {
+            let hi = cdf(-d);
+            (1.0 - hi, hi)
+        }
+    };
     let ((n_d1, n_md1), (n_d2, n_md2)) = (split(d1), split(d2));
     let (call, put) = if f <= k {
         // Call out of the money: direct; put by parity.
@@ -75,7 +98,16 @@ fn core(f: f64, k: f64, t: f64, vol: f64) -> Core {
         let put = (k * n_md2 - f * n_md1).max(0.0);
         (put + (f - k), put)
     };
-    Core { call, put, n_d1, n_d2, n_md1, n_md2, pdf_d1: pdf(d1), sqrt_t }
+    Core {
+        call,
+        put,
+        n_d1,
+        n_d2,
+        n_md1,
+        n_md2,
+        pdf_d1: pdf(d1),
+        sqrt_t,
+    }
 }
 
 /// Black-76: option on forward `f`, strike `k`, `t` years, volatility `vol`, discount factor
@@ -88,15 +120,29 @@ pub fn black76(right: Right, f: f64, k: f64, t: f64, vol: f64, df: f64) -> Greek
     };
     let price = df * undiscounted;
     let (gamma, vega) = if c.pdf_d1 > 0.0 {
-        (df * c.pdf_d1 / (f * vol * c.sqrt_t), df * f * c.pdf_d1 * c.sqrt_t)
+        (
+            df * c.pdf_d1 / (f * vol * c.sqrt_t),
+            df * f * c.pdf_d1 * c.sqrt_t,
+        )
     } else {
         (0.0, 0.0)
     };
     // Forward fixed: dV/dT = -r V + df * (vega-like time decay); with r = -ln(df)/T.
     let r = if t > 0.0 { -df.ln() / t } else { 0.0 };
-    let decay = if c.sqrt_t > 0.0 { df * f * c.pdf_d1 * vol / (2.0 * c.sqrt_t) } else { 0.0 };
+    let decay = if c.sqrt_t > 0.0 {
+        df * f * c.pdf_d1 * vol / (2.0 * c.sqrt_t)
+    } else {
+        0.0
+    };
     let theta = r * price - decay;
-    Greeks { price, delta, gamma, vega, theta, rho: -t * price }
+    Greeks {
+        price,
+        delta,
+        gamma,
+        vega,
+        theta,
+        rho: -t * price,
+    }
 }
 
 /// Black-Scholes-Merton on spot `s` with continuously compounded rate `r` and carry/dividend
@@ -113,15 +159,29 @@ pub fn bsm(right: Right, s: f64, k: f64, t: f64, r: f64, q: f64, vol: f64) -> Gr
     let price = df * undiscounted;
     let delta = dq * n1;
     let (gamma, vega) = if c.pdf_d1 > 0.0 {
-        (dq * c.pdf_d1 / (s * vol * c.sqrt_t), s * dq * c.pdf_d1 * c.sqrt_t)
+        (
+            dq * c.pdf_d1 / (s * vol * c.sqrt_t),
+            s * dq * c.pdf_d1 * c.sqrt_t,
+        )
     } else {
         (0.0, 0.0)
     };
-    let decay = if c.sqrt_t > 0.0 { s * dq * c.pdf_d1 * vol / (2.0 * c.sqrt_t) } else { 0.0 };
+    let decay = if c.sqrt_t > 0.0 {
+        s * dq * c.pdf_d1 * vol / (2.0 * c.sqrt_t)
+    } else {
+        0.0
+    };
     // theta = -dV/dT; for puts n1 = -N(-d1) and n2 = -N(-d2) carry the sign.
     let theta = -decay - r * k * df * n2 + q * s * dq * n1;
     let rho = k * t * df * n2;
-    Greeks { price, delta, gamma, vega, theta, rho }
+    Greeks {
+        price,
+        delta,
+        gamma,
+        vega,
+        theta,
+        rho,
+    }
 }
 
 /// Structure-of-arrays inputs for Black-76 batch evaluation.
@@ -162,7 +222,14 @@ impl BatchOutputs {
     /// Outputs sized for `n` instruments.
     pub fn with_len(n: usize) -> Self {
         let v = || vec![0.0; n];
-        Self { price: v(), delta: v(), gamma: v(), vega: v(), theta: v(), rho: v() }
+        Self {
+            price: v(),
+            delta: v(),
+            gamma: v(),
+            vega: v(),
+            theta: v(),
+            rho: v(),
+        }
     }
 }
 
@@ -171,14 +238,33 @@ impl BatchOutputs {
 pub fn black76_batch(input: &BatchInputs, out: &mut BatchOutputs) {
     let n = input.forward.len();
     assert!(
-        [input.strike.len(), input.t.len(), input.vol.len(), input.discount.len(), input.is_call.len(), out.price.len(), out.rho.len()]
-            .iter()
-            .all(|&l| l == n),
+        [
+            input.strike.len(),
+            input.t.len(),
+            input.vol.len(),
+            input.discount.len(),
+            input.is_call.len(),
+            out.price.len(),
+            out.rho.len()
+        ]
+        .iter()
+        .all(|&l| l == n),
         "batch slices must have one length"
     );
     for i in 0..n {
-        let right = if input.is_call[i] { Right::Call } else { Right::Put };
-        let g = black76(right, input.forward[i], input.strike[i], input.t[i], input.vol[i], input.discount[i]);
+        let right = if input.is_call[i] {
+            Right::Call
+        } else {
+            Right::Put
+        };
+        let g = black76(
+            right,
+            input.forward[i],
+            input.strike[i],
+            input.t[i],
+            input.vol[i],
+            input.discount[i],
+        );
         out.price[i] = g.price;
         out.delta[i] = g.delta;
         out.gamma[i] = g.gamma;
@@ -194,14 +280,21 @@ mod tests {
 
     #[test]
     fn put_call_parity_and_limits() {
-        for (f, k, t, v) in [(100.0, 80.0, 0.5, 0.4), (100.0, 130.0, 2.0, 0.9), (100.0, 100.0, 0.01, 0.2)] {
+        for (f, k, t, v) in [
+            (100.0, 80.0, 0.5, 0.4),
+            (100.0, 130.0, 2.0, 0.9),
+            (100.0, 100.0, 0.01, 0.2),
+        ] {
             let df = 0.97;
             let c = black76(Right::Call, f, k, t, v, df).price;
             let p = black76(Right::Put, f, k, t, v, df).price;
             assert!((c - p - df * (f - k)).abs() < 1e-12 * f);
         }
         let expired = black76(Right::Call, 110.0, 100.0, 0.0, 0.5, 1.0);
-        assert_eq!((expired.price, expired.delta, expired.gamma), (10.0, 1.0, 0.0));
+        assert_eq!(
+            (expired.price, expired.delta, expired.gamma),
+            (10.0, 1.0, 0.0)
+        );
         let zero_vol = bsm(Right::Put, 90.0, 100.0, 1.0, 0.0, 0.0, 0.0);
         assert!((zero_vol.price - 10.0).abs() < 1e-12 && zero_vol.price.is_finite());
     }

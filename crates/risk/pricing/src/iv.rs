@@ -45,7 +45,14 @@ fn otm_price(right: Right, f: f64, k: f64, s: f64) -> (f64, f64) {
 }
 
 /// Implied Black-76 volatility of an option priced `price` (present value) on forward `f`.
-pub fn implied_vol_black76(right: Right, price: f64, f: f64, k: f64, t: f64, df: f64) -> Result<f64, IvError> {
+pub fn implied_vol_black76(
+    right: Right,
+    price: f64,
+    f: f64,
+    k: f64,
+    t: f64,
+    df: f64,
+) -> Result<f64, IvError> {
     let finite = [price, f, k, t, df].iter().all(|x| x.is_finite());
     if !finite || f <= 0.0 || k <= 0.0 || t <= 0.0 || df <= 0.0 || df >= 2.0 || price < 0.0 {
         return Err(IvError::InvalidInput);
@@ -79,7 +86,11 @@ pub fn implied_vol_black76(right: Right, price: f64, f: f64, k: f64, t: f64, df:
     let ln_target = target.ln();
     let (mut lo, mut hi) = (0.0_f64, MAX_TOTAL_VOL);
     let x = (f / k).ln().abs();
-    let mut s = if x > 1e-8 { (2.0 * x).sqrt() } else { (2.0 * std::f64::consts::PI).sqrt() * target / f };
+    let mut s = if x > 1e-8 {
+        (2.0 * x).sqrt()
+    } else {
+        (2.0 * std::f64::consts::PI).sqrt() * target / f
+    };
     s = s.clamp(1e-8, MAX_TOTAL_VOL * 0.5);
     for _ in 0..200 {
         let (p, dp) = otm_price(otm_right, f, k, s);
@@ -88,13 +99,23 @@ pub fn implied_vol_black76(right: Right, price: f64, f: f64, k: f64, t: f64, df:
         } else {
             lo = s;
         }
-        let g = if p > 0.0 { p.ln() - ln_target } else { f64::NEG_INFINITY };
-        let step = if p > 0.0 && dp > 0.0 { g * p / dp } else { f64::NAN };
+        let g = if p > 0.0 {
+            p.ln() - ln_target
+        } else {
+            f64::NEG_INFINITY
+        };
+        let step = if p > 0.0 && dp > 0.0 {
+            g * p / dp
+        } else {
+            f64::NAN
+        };
         let mut next = s - step;
         if !(next > lo && next < hi) {
             next = 0.5 * (lo + hi);
         }
-        if (next - s).abs() <= 4.0 * f64::EPSILON * s.max(1e-300) || hi - lo <= 4.0 * f64::EPSILON * hi {
+        if (next - s).abs() <= 4.0 * f64::EPSILON * s.max(1e-300)
+            || hi - lo <= 4.0 * f64::EPSILON * hi
+        {
             s = next;
             break;
         }
@@ -104,7 +125,15 @@ pub fn implied_vol_black76(right: Right, price: f64, f: f64, k: f64, t: f64, df:
 }
 
 /// Implied Black-Scholes-Merton volatility (spot `s`, rate `r`, carry/dividend yield `q`).
-pub fn implied_vol_bsm(right: Right, price: f64, spot: f64, k: f64, t: f64, r: f64, q: f64) -> Result<f64, IvError> {
+pub fn implied_vol_bsm(
+    right: Right,
+    price: f64,
+    spot: f64,
+    k: f64,
+    t: f64,
+    r: f64,
+    q: f64,
+) -> Result<f64, IvError> {
     if ![spot, r, q, t].iter().all(|x| x.is_finite()) || t <= 0.0 {
         return Err(IvError::InvalidInput);
     }
@@ -124,15 +153,25 @@ mod tests {
         assert_eq!(ok(-1.0), Err(IvError::InvalidInput));
         assert_eq!(ok(f64::NAN), Err(IvError::InvalidInput));
         assert_eq!(ok(100.0), Err(IvError::AboveUpperBound));
-        assert_eq!(implied_vol_black76(Right::Call, 5.0, 110.0, 100.0, 1.0, 1.0), Err(IvError::BelowIntrinsic));
-        assert_eq!(implied_vol_black76(Right::Call, 10.0, 110.0, 100.0, 1.0, 1.0), Ok(0.0));
-        assert_eq!(implied_vol_black76(Right::Put, 1.0, 100.0, 100.0, 0.0, 1.0), Err(IvError::InvalidInput));
+        assert_eq!(
+            implied_vol_black76(Right::Call, 5.0, 110.0, 100.0, 1.0, 1.0),
+            Err(IvError::BelowIntrinsic)
+        );
+        assert_eq!(
+            implied_vol_black76(Right::Call, 10.0, 110.0, 100.0, 1.0, 1.0),
+            Ok(0.0)
+        );
+        assert_eq!(
+            implied_vol_black76(Right::Put, 1.0, 100.0, 100.0, 0.0, 1.0),
+            Err(IvError::InvalidInput)
+        );
     }
 
     #[test]
     fn round_trips_at_the_money() {
         let p = black76(Right::Call, 100.0, 100.0, 0.5, 0.65, 0.99).price;
-        let v = implied_vol_black76(Right::Call, p, 100.0, 100.0, 0.5, 0.99).expect("inside bounds");
+        let v =
+            implied_vol_black76(Right::Call, p, 100.0, 100.0, 0.5, 0.99).expect("inside bounds");
         assert!((v - 0.65).abs() < 1e-12);
     }
 }

@@ -15,5 +15,5 @@ pub mod norm;
 pub mod risk;
 pub mod svi;
 
-pub use black::{Greeks, Right, black76, black76_batch, bsm, BatchInputs, BatchOutputs};
+pub use black::{BatchInputs, BatchOutputs, Greeks, Right, black76, black76_batch, bsm};
 pub use iv::{IvError, implied_vol_black76, implied_vol_bsm};

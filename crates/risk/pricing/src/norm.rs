@@ -25,7 +25,13 @@ mod tests {
         assert!((cdf(0.0) - 0.5).abs() < 1e-16);
         // Reference values from mpmath's ncdf at 30 digits. libm's erfc stays within ~2e-14
         // relative even at -20, where 1 - erf would have no digits left at all.
-        let cases = [(-1.0, 0.158_655_253_931_457_05), (-5.0, 2.866_515_718_791_939e-7), (-20.0, 2.753_624_118_606_233_7e-89), (-30.0, 4.906_713_927_148_187e-198), (3.0, 0.998_650_101_968_369_9)];
+        let cases = [
+            (-1.0, 0.158_655_253_931_457_05),
+            (-5.0, 2.866_515_718_791_939e-7),
+            (-20.0, 2.753_624_118_606_233_7e-89),
+            (-30.0, 4.906_713_927_148_187e-198),
+            (3.0, 0.998_650_101_968_369_9),
+        ];
         for (x, want) in cases {
             let rel = (cdf(x) - want).abs() / want;
             assert!(rel < 1e-13, "cdf({x}) = {} want {want}", cdf(x));

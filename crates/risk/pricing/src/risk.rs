@@ -24,11 +24,17 @@ pub fn default_scenarios() -> Vec<Scenario> {
     let mut out = Vec::with_capacity(31);
     for spot in [-0.20, -0.15, -0.10, -0.05, 0.0, 0.05, 0.10, 0.15, 0.20] {
         for vol in [-0.30, 0.0, 0.30] {
-            out.push(Scenario { spot_shock: spot, vol_shock: vol });
+            out.push(Scenario {
+                spot_shock: spot,
+                vol_shock: vol,
+            });
         }
     }
     for (spot, vol) in [(-0.35, 0.40), (0.35, 0.40), (-0.50, 0.60), (0.50, 0.60)] {
-        out.push(Scenario { spot_shock: spot, vol_shock: vol });
+        out.push(Scenario {
+            spot_shock: spot,
+            vol_shock: vol,
+        });
     }
     out
 }
@@ -57,7 +63,12 @@ pub enum Contract {
 /// Value of one contract on a surface.
 pub fn value(surface: &Surface, contract: &Contract) -> f64 {
     match *contract {
-        Contract::Option { right, strike, t, multiplier } => multiplier * surface.mark(right, strike, t).price,
+        Contract::Option {
+            right,
+            strike,
+            t,
+            multiplier,
+        } => multiplier * surface.mark(right, strike, t).price,
         Contract::Perpetual { multiplier } => multiplier * surface.spot,
     }
 }
@@ -65,9 +76,18 @@ pub fn value(surface: &Surface, contract: &Contract) -> f64 {
 /// Risk arrays for many instruments: `out[i * scenarios.len() + s]` is the P&L of one long
 /// contract of instrument `i` in scenario `s` (shocked value minus current value). The shocked
 /// surfaces are built once per scenario, not once per instrument.
-pub fn risk_arrays(surface: &Surface, contracts: &[Contract], scenarios: &[Scenario], out: &mut [f64]) {
+pub fn risk_arrays(
+    surface: &Surface,
+    contracts: &[Contract],
+    scenarios: &[Scenario],
+    out: &mut [f64],
+) {
     let n = scenarios.len();
-    assert_eq!(out.len(), contracts.len() * n, "output must hold instruments x scenarios");
+    assert_eq!(
+        out.len(),
+        contracts.len() * n,
+        "output must hold instruments x scenarios"
+    );
     let base: Vec<f64> = contracts.iter().map(|c| value(surface, c)).collect();
     for (s, scenario) in scenarios.iter().enumerate() {
         let shocked = surface.shocked(scenario.spot_shock, scenario.vol_shock);
@@ -82,7 +102,10 @@ pub fn risk_arrays(surface: &Surface, contracts: &[Contract], scenarios: &[Scena
 pub fn portfolio_loss(positions: &[(usize, f64)], arrays: &[f64], scenarios: usize) -> f64 {
     let mut worst = 0.0f64;
     for s in 0..scenarios {
-        let pnl: f64 = positions.iter().map(|&(i, q)| q * arrays[i * scenarios + s]).sum();
+        let pnl: f64 = positions
+            .iter()
+            .map(|&(i, q)| q * arrays[i * scenarios + s])
+            .sum();
         worst = worst.max(-pnl);
     }
     worst
@@ -94,8 +117,25 @@ mod tests {
     use crate::svi::{Slice, Svi};
 
     fn surface() -> Surface {
-        let svi = Svi { a: 0.01, b: 0.08, rho: -0.3, m: 0.0, sigma: 0.2 };
-        Surface::new(60_000.0, 0.0, vec![Slice { t: 0.05, svi }, Slice { t: 0.3, svi: Svi { a: 0.05, ..svi } }]).expect("valid")
+        let svi = Svi {
+            a: 0.01,
+            b: 0.08,
+            rho: -0.3,
+            m: 0.0,
+            sigma: 0.2,
+        };
+        Surface::new(
+            60_000.0,
+            0.0,
+            vec![
+                Slice { t: 0.05, svi },
+                Slice {
+                    t: 0.3,
+                    svi: Svi { a: 0.05, ..svi },
+                },
+            ],
+        )
+        .expect("valid")
     }
 
     #[test]
@@ -103,12 +143,23 @@ mod tests {
         let s = surface();
         let scenarios = default_scenarios();
         assert_eq!(scenarios.len(), 31);
-        let contracts = [Contract::Option { right: Right::Call, strike: 65_000.0, t: 0.1, multiplier: 1.0 }, Contract::Perpetual { multiplier: 1.0 }];
+        let contracts = [
+            Contract::Option {
+                right: Right::Call,
+                strike: 65_000.0,
+                t: 0.1,
+                multiplier: 1.0,
+            },
+            Contract::Perpetual { multiplier: 1.0 },
+        ];
         let mut arrays = vec![0.0; contracts.len() * scenarios.len()];
         risk_arrays(&s, &contracts, &scenarios, &mut arrays);
         let naked = portfolio_loss(&[(0, -1.0)], &arrays, scenarios.len());
         let hedged = portfolio_loss(&[(0, -1.0), (1, 0.35)], &arrays, scenarios.len());
-        assert!(naked > 0.0 && hedged < naked, "naked {naked} hedged {hedged}");
+        assert!(
+            naked > 0.0 && hedged < naked,
+            "naked {naked} hedged {hedged}"
+        );
         // The long perpetual loses exactly 50% of spot in the -50% tail.
         assert!((portfolio_loss(&[(1, 1.0)], &arrays, scenarios.len()) - 30_000.0).abs() < 1e-6);
     }

@@ -62,12 +62,17 @@ impl Svi {
     fn dw(&self, k: f64) -> (f64, f64) {
         let x = k - self.m;
         let r = (x * x + self.sigma * self.sigma).sqrt();
-        (self.b * (self.rho + x / r), self.b * self.sigma * self.sigma / (r * r * r))
+        (
+            self.b * (self.rho + x / r),
+            self.b * self.sigma * self.sigma / (r * r * r),
+        )
     }
 
     /// Checks the parameter domain.
     pub fn validate(&self) -> Result<(), SurfaceError> {
-        let finite = [self.a, self.b, self.rho, self.m, self.sigma].iter().all(|x| x.is_finite());
+        let finite = [self.a, self.b, self.rho, self.m, self.sigma]
+            .iter()
+            .all(|x| x.is_finite());
         let min_w = self.a + self.b * self.sigma * (1.0 - self.rho * self.rho).max(0.0).sqrt();
         if !finite || self.b < 0.0 || self.rho.abs() >= 1.0 || self.sigma <= 0.0 || min_w < 0.0 {
             return Err(SurfaceError::BadParameters);
@@ -83,7 +88,8 @@ impl Svi {
             .filter(|&k| {
                 let w = self.w(k);
                 let (w1, w2) = self.dw(k);
-                let g = (1.0 - k * w1 / (2.0 * w)).powi(2) - w1 * w1 / 4.0 * (1.0 / w + 0.25) + w2 / 2.0;
+                let g = (1.0 - k * w1 / (2.0 * w)).powi(2) - w1 * w1 / 4.0 * (1.0 / w + 0.25)
+                    + w2 / 2.0;
                 w <= 0.0 || g < -1e-12
             })
             .collect()
@@ -91,16 +97,27 @@ impl Svi {
 
     /// Fits a smile to quotes.
     pub fn fit(points: &[SmilePoint]) -> Result<Svi, SurfaceError> {
-        let ok = points.iter().all(|p| p.k.is_finite() && p.w.is_finite() && p.w > 0.0 && p.weight.is_finite() && p.weight > 0.0);
+        let ok = points.iter().all(|p| {
+            p.k.is_finite()
+                && p.w.is_finite()
+                && p.w > 0.0
+                && p.weight.is_finite()
+                && p.weight > 0.0
+        });
         if points.len() < 5 || !ok {
             return Err(SurfaceError::BadQuotes);
         }
-        let (k_min, k_max) = points.iter().fold((f64::MAX, f64::MIN), |(lo, hi), p| (lo.min(p.k), hi.max(p.k)));
+        let (k_min, k_max) = points.iter().fold((f64::MAX, f64::MIN), |(lo, hi), p| {
+            (lo.min(p.k), hi.max(p.k))
+        });
         let w_max = points.iter().fold(0.0f64, |acc, p| acc.max(p.w));
         let objective = |m: f64, sigma: f64| -> (f64, Svi) {
             let sigma = sigma.abs().max(1e-4);
             let svi = inner_fit(points, m, sigma, w_max);
-            let err = points.iter().map(|p| p.weight * (svi.w(p.k) - p.w).powi(2)).sum::<f64>();
+            let err = points
+                .iter()
+                .map(|p| p.weight * (svi.w(p.k) - p.w).powi(2))
+                .sum::<f64>();
             (err, svi)
         };
         let mut best: Option<(f64, Svi)> = None;
@@ -149,7 +166,13 @@ fn inner_fit(points: &[SmilePoint], m: f64, sigma: f64, w_max: f64) -> Svi {
     let a = (num / den).max(-(c * c - d * d).max(0.0).sqrt());
     let b = c / sigma;
     let rho = if c > 0.0 { d / c } else { 0.0 };
-    Svi { a, b, rho, m, sigma }
+    Svi {
+        a,
+        b,
+        rho,
+        m,
+        sigma,
+    }
 }
 
 fn solve3(mut a: [[f64; 3]; 3], mut b: [f64; 3]) -> Option<[f64; 3]> {
@@ -177,8 +200,17 @@ fn solve3(mut a: [[f64; 3]; 3], mut b: [f64; 3]) -> Option<[f64; 3]> {
 }
 
 /// Nelder-Mead in two dimensions.
-fn nelder_mead(f: impl Fn([f64; 2]) -> f64, start: [f64; 2], step: [f64; 2], iterations: usize) -> (f64, f64) {
-    let mut simplex = [start, [start[0] + step[0], start[1]], [start[0], start[1] + step[1]]];
+fn nelder_mead(
+    f: impl Fn([f64; 2]) -> f64,
+    start: [f64; 2],
+    step: [f64; 2],
+    iterations: usize,
+) -> (f64, f64) {
+    let mut simplex = [
+        start,
+        [start[0] + step[0], start[1]],
+        [start[0], start[1] + step[1]],
+    ];
     let mut values = simplex.map(&f);
     for _ in 0..iterations {
         let mut order = [0, 1, 2];
@@ -187,14 +219,26 @@ fn nelder_mead(f: impl Fn([f64; 2]) -> f64, start: [f64; 2], step: [f64; 2], ite
         if (values[worst] - values[best]).abs() <= 1e-16 * (1.0 + values[best].abs()) {
             break;
         }
-        let centroid = [(simplex[best][0] + simplex[mid][0]) / 2.0, (simplex[best][1] + simplex[mid][1]) / 2.0];
-        let toward = |t: f64| [centroid[0] + t * (simplex[worst][0] - centroid[0]), centroid[1] + t * (simplex[worst][1] - centroid[1])];
+        let centroid = [
+            (simplex[best][0] + simplex[mid][0]) / 2.0,
+            (simplex[best][1] + simplex[mid][1]) / 2.0,
+        ];
+        let toward = |t: f64| {
+            [
+                centroid[0] + t * (simplex[worst][0] - centroid[0]),
+                centroid[1] + t * (simplex[worst][1] - centroid[1]),
+            ]
+        };
         let reflected = toward(-1.0);
         let fr = f(reflected);
         if fr < values[best] {
             let expanded = toward(-2.0);
             let fe = f(expanded);
-            (simplex[worst], values[worst]) = if fe < fr { (expanded, fe) } else { (reflected, fr) };
+            (simplex[worst], values[worst]) = if fe < fr {
+                (expanded, fe)
+            } else {
+                (reflected, fr)
+            };
         } else if fr < values[mid] {
             (simplex[worst], values[worst]) = (reflected, fr);
         } else {
@@ -204,13 +248,18 @@ fn nelder_mead(f: impl Fn([f64; 2]) -> f64, start: [f64; 2], step: [f64; 2], ite
                 (simplex[worst], values[worst]) = (contracted, fc);
             } else {
                 for i in [mid, worst] {
-                    simplex[i] = [(simplex[i][0] + simplex[best][0]) / 2.0, (simplex[i][1] + simplex[best][1]) / 2.0];
+                    simplex[i] = [
+                        (simplex[i][0] + simplex[best][0]) / 2.0,
+                        (simplex[i][1] + simplex[best][1]) / 2.0,
+                    ];
                     values[i] = f(simplex[i]);
                 }
             }
         }
     }
-    let best = (0..3).min_by(|&i, &j| values[i].total_cmp(&values[j])).unwrap_or(0);
+    let best = (0..3)
+        .min_by(|&i, &j| values[i].total_cmp(&values[j]))
+        .unwrap_or(0);
     (simplex[best][0], simplex[best][1].abs().max(1e-4))
 }
 
@@ -244,19 +293,32 @@ impl Surface {
     /// calendar arbitrage on the check grid.
     pub fn new(spot: f64, rate: f64, mut slices: Vec<Slice>) -> Result<Self, SurfaceError> {
         slices.sort_by(|a, b| a.t.total_cmp(&b.t));
-        if !(spot.is_finite() && spot > 0.0 && rate.is_finite()) || slices.is_empty() || slices.iter().any(|s| !(s.t.is_finite() && s.t > 0.0)) || slices.windows(2).any(|w| w[0].t >= w[1].t) {
+        if !(spot.is_finite() && spot > 0.0 && rate.is_finite())
+            || slices.is_empty()
+            || slices.iter().any(|s| !(s.t.is_finite() && s.t > 0.0))
+            || slices.windows(2).any(|w| w[0].t >= w[1].t)
+        {
             return Err(SurfaceError::BadExpiries);
         }
         let grid = check_grid();
         for s in &slices {
             s.svi.validate()?;
             if let Some(k) = s.svi.butterfly_violations(&grid).first() {
-                return Err(SurfaceError::Arbitrage(format!("butterfly at T={:.4}, k={k}", s.t)));
+                return Err(SurfaceError::Arbitrage(format!(
+                    "butterfly at T={:.4}, k={k}",
+                    s.t
+                )));
             }
         }
         for w in slices.windows(2) {
-            if let Some(k) = grid.iter().find(|&&k| w[1].svi.w(k) < w[0].svi.w(k) - 1e-12) {
-                return Err(SurfaceError::Arbitrage(format!("calendar between T={:.4} and T={:.4} at k={k}", w[0].t, w[1].t)));
+            if let Some(k) = grid
+                .iter()
+                .find(|&&k| w[1].svi.w(k) < w[0].svi.w(k) - 1e-12)
+            {
+                return Err(SurfaceError::Arbitrage(format!(
+                    "calendar between T={:.4} and T={:.4} at k={k}",
+                    w[0].t, w[1].t
+                )));
             }
         }
         Ok(Self { spot, rate, slices })
@@ -293,15 +355,37 @@ impl Surface {
     /// Mark price and Greeks of one option (per unit of underlying).
     pub fn mark(&self, right: Right, strike: f64, t: f64) -> Greeks {
         let f = self.forward(t);
-        black76(right, f, strike, t, self.vol(strike, t), (-self.rate * t).exp())
+        black76(
+            right,
+            f,
+            strike,
+            t,
+            self.vol(strike, t),
+            (-self.rate * t).exp(),
+        )
     }
 
     /// The same surface with the index moved by `spot_shock` (relative) and every volatility
     /// scaled by `1 + vol_shock`, sticky in log-moneyness.
     pub fn shocked(&self, spot_shock: f64, vol_shock: f64) -> Surface {
         let scale = (1.0 + vol_shock).max(0.0).powi(2);
-        let slices = self.slices.iter().map(|s| Slice { t: s.t, svi: Svi { a: s.svi.a * scale, b: s.svi.b * scale, ..s.svi } }).collect();
-        Surface { spot: self.spot * (1.0 + spot_shock), rate: self.rate, slices }
+        let slices = self
+            .slices
+            .iter()
+            .map(|s| Slice {
+                t: s.t,
+                svi: Svi {
+                    a: s.svi.a * scale,
+                    b: s.svi.b * scale,
+                    ..s.svi
+                },
+            })
+            .collect();
+        Surface {
+            spot: self.spot * (1.0 + spot_shock),
+            rate: self.rate,
+            slices,
+        }
     }
 
     /// The slices.
@@ -315,37 +399,113 @@ mod tests {
     use super::*;
 
     fn smile() -> Svi {
-        Svi { a: 0.02, b: 0.1, rho: -0.4, m: 0.05, sigma: 0.2 }
+        Svi {
+            a: 0.02,
+            b: 0.1,
+            rho: -0.4,
+            m: 0.05,
+            sigma: 0.2,
+        }
     }
 
     #[test]
     fn fit_recovers_a_known_smile() {
         let truth = smile();
-        let points: Vec<SmilePoint> = (-10..=10).map(|i| f64::from(i) * 0.08).map(|k| SmilePoint { k, w: truth.w(k), weight: 1.0 }).collect();
+        let points: Vec<SmilePoint> = (-10..=10)
+            .map(|i| f64::from(i) * 0.08)
+            .map(|k| SmilePoint {
+                k,
+                w: truth.w(k),
+                weight: 1.0,
+            })
+            .collect();
         let fitted = Svi::fit(&points).expect("fits");
         for p in &points {
-            assert!((fitted.w(p.k) - p.w).abs() < 1e-6, "at k={}: {} vs {}", p.k, fitted.w(p.k), p.w);
+            assert!(
+                (fitted.w(p.k) - p.w).abs() < 1e-6,
+                "at k={}: {} vs {}",
+                p.k,
+                fitted.w(p.k),
+                p.w
+            );
         }
     }
 
     #[test]
     fn bad_quotes_and_arbitrage_are_refused() {
-        assert_eq!(Svi::fit(&[SmilePoint { k: 0.0, w: 0.1, weight: 1.0 }; 3]), Err(SurfaceError::BadQuotes));
-        let nan = vec![SmilePoint { k: f64::NAN, w: 0.1, weight: 1.0 }; 6];
+        assert_eq!(
+            Svi::fit(
+                &[SmilePoint {
+                    k: 0.0,
+                    w: 0.1,
+                    weight: 1.0
+                }; 3]
+            ),
+            Err(SurfaceError::BadQuotes)
+        );
+        let nan = vec![
+            SmilePoint {
+                k: f64::NAN,
+                w: 0.1,
+                weight: 1.0
+            };
+            6
+        ];
         assert_eq!(Svi::fit(&nan), Err(SurfaceError::BadQuotes));
         // A far expiry with less variance than the near one: calendar arbitrage.
-        let near = Slice { t: 0.1, svi: smile() };
-        let far = Slice { t: 0.2, svi: Svi { a: 0.001, ..smile() } };
-        assert!(matches!(Surface::new(60_000.0, 0.0, vec![near, far]), Err(SurfaceError::Arbitrage(_))));
+        let near = Slice {
+            t: 0.1,
+            svi: smile(),
+        };
+        let far = Slice {
+            t: 0.2,
+            svi: Svi {
+                a: 0.001,
+                ..smile()
+            },
+        };
+        assert!(matches!(
+            Surface::new(60_000.0, 0.0, vec![near, far]),
+            Err(SurfaceError::Arbitrage(_))
+        ));
         // Wings steeper than Roger Lee's bound (b (1 + |rho|) > 4 / T-scaled): butterfly arbitrage.
-        let steep = Slice { t: 0.1, svi: Svi { a: 0.0, b: 3.0, rho: 0.9, m: 0.0, sigma: 0.01 } };
-        assert!(matches!(Surface::new(60_000.0, 0.0, vec![steep]), Err(SurfaceError::Arbitrage(_))));
-        assert_eq!(Surface::new(60_000.0, 0.0, vec![]), Err(SurfaceError::BadExpiries));
+        let steep = Slice {
+            t: 0.1,
+            svi: Svi {
+                a: 0.0,
+                b: 3.0,
+                rho: 0.9,
+                m: 0.0,
+                sigma: 0.01,
+            },
+        };
+        assert!(matches!(
+            Surface::new(60_000.0, 0.0, vec![steep]),
+            Err(SurfaceError::Arbitrage(_))
+        ));
+        assert_eq!(
+            Surface::new(60_000.0, 0.0, vec![]),
+            Err(SurfaceError::BadExpiries)
+        );
     }
 
     #[test]
     fn interpolation_is_monotone_in_time_and_matches_slices() {
-        let s = Surface::new(60_000.0, 0.01, vec![Slice { t: 0.1, svi: smile() }, Slice { t: 0.5, svi: Svi { a: 0.08, ..smile() } }]).expect("valid");
+        let s = Surface::new(
+            60_000.0,
+            0.01,
+            vec![
+                Slice {
+                    t: 0.1,
+                    svi: smile(),
+                },
+                Slice {
+                    t: 0.5,
+                    svi: Svi { a: 0.08, ..smile() },
+                },
+            ],
+        )
+        .expect("valid");
         assert!((s.total_variance(0.1, 0.1) - smile().w(0.1)).abs() < 1e-15);
         let mut last = 0.0;
         for i in 1..100 {

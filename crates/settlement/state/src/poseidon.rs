@@ -30,7 +30,11 @@ pub fn hash4(a: Fr, b: Fr, c: Fr, d: Fr) -> Fr {
 
 /// A signed 64-bit value as a field element: negatives as `p - |v|` (the circuit's convention).
 pub fn from_i64(v: i64) -> Fr {
-    if v >= 0 { Fr::from(v as u64) } else { -Fr::from(v.unsigned_abs()) }
+    if v >= 0 {
+        Fr::from(v as u64)
+    } else {
+        -Fr::from(v.unsigned_abs())
+    }
 }
 
 /// A 20-byte address as a field element (big-endian integer, always below the modulus).

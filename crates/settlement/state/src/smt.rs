@@ -78,15 +78,25 @@ impl<S: NodeStore> SparseMerkleTree<S> {
     /// A tree over `store`.
     pub fn with_store(depth: u8, store: S) -> Self {
         assert!((1..=64).contains(&depth), "depth 1..=64");
-        Self { depth, empty: empty_hashes(depth), store }
+        Self {
+            depth,
+            empty: empty_hashes(depth),
+            store,
+        }
     }
 
     fn node(&self, height: u8, index: u64) -> Fr {
-        self.store.get(height, index).unwrap_or(self.empty[height as usize])
+        self.store
+            .get(height, index)
+            .unwrap_or(self.empty[height as usize])
     }
 
     fn check(&self, index: u64) -> Result<(), TreeError> {
-        if self.depth < 64 && index >> self.depth != 0 { Err(TreeError::IndexOutOfRange) } else { Ok(()) }
+        if self.depth < 64 && index >> self.depth != 0 {
+            Err(TreeError::IndexOutOfRange)
+        } else {
+            Ok(())
+        }
     }
 
     /// The root.
@@ -109,7 +119,11 @@ impl<S: NodeStore> SparseMerkleTree<S> {
             let stored = (value != self.empty[h as usize]).then_some(value);
             self.store.put(h, i, stored);
             let sibling = self.node(h, i ^ 1);
-            value = if i & 1 == 0 { hash2(value, sibling) } else { hash2(sibling, value) };
+            value = if i & 1 == 0 {
+                hash2(value, sibling)
+            } else {
+                hash2(sibling, value)
+            };
             i >>= 1;
         }
         let stored = (value != self.empty[self.depth as usize]).then_some(value);
@@ -120,7 +134,9 @@ impl<S: NodeStore> SparseMerkleTree<S> {
     /// The proof for `index`.
     pub fn prove(&self, index: u64) -> Result<Proof, TreeError> {
         self.check(index)?;
-        let siblings = (0..self.depth).map(|h| self.node(h, (index >> h) ^ 1)).collect();
+        let siblings = (0..self.depth)
+            .map(|h| self.node(h, (index >> h) ^ 1))
+            .collect();
         Ok(Proof { index, siblings })
     }
 }
@@ -129,7 +145,11 @@ impl<S: NodeStore> SparseMerkleTree<S> {
 pub fn verify(root: Fr, leaf: Fr, proof: &Proof) -> bool {
     let mut value = leaf;
     for (h, sibling) in proof.siblings.iter().enumerate() {
-        value = if (proof.index >> h) & 1 == 0 { hash2(value, *sibling) } else { hash2(*sibling, value) };
+        value = if (proof.index >> h) & 1 == 0 {
+            hash2(value, *sibling)
+        } else {
+            hash2(*sibling, value)
+        };
     }
     value == root
 }

@@ -15,9 +15,15 @@ fn fr(s: &str) -> Fr {
 
 #[test]
 fn poseidon_matches_the_shared_vectors() {
-    let v: Value = serde_json::from_str(include_str!("../../../../test-vectors/poseidon.json")).expect("json");
+    let v: Value =
+        serde_json::from_str(include_str!("../../../../test-vectors/poseidon.json")).expect("json");
     for case in v["hashes"].as_array().expect("hashes") {
-        let inputs: Vec<Fr> = case["inputs"].as_array().expect("inputs").iter().map(|x| fr(x.as_str().expect("decimal"))).collect();
+        let inputs: Vec<Fr> = case["inputs"]
+            .as_array()
+            .expect("inputs")
+            .iter()
+            .map(|x| fr(x.as_str().expect("decimal")))
+            .collect();
         let got = match inputs.as_slice() {
             [a] => hash1(*a),
             [a, b] => hash2(*a, *b),

@@ -2,7 +2,10 @@
 //! a thin-book pump (Mango), a position too large to liquidate at the mark (JELLY), a 30% crash.
 
 use optio_engine::Engine;
-use optio_types::{AccountId, Amount, Command, EngineLimits, Event, InstrumentId, MarginMode, Qty, RejectCode, Side};
+use optio_types::{
+    AccountId, Amount, Command, EngineLimits, Event, InstrumentId, MarginMode, Qty, RejectCode,
+    Side,
+};
 use proptest::prelude::*;
 
 use crate::common::{STEP, T0, engine_with, limit, px, run, usd};
@@ -16,33 +19,94 @@ const PERP: u32 = 2;
 fn leveraged_long() -> Engine {
     let mut e = engine_with(EngineLimits::default(), 4, usd(200_000));
     run(&mut e, T0, Command::OracleUpdate(update(60_000.0, T0))).expect("oracle");
-    run(&mut e, T0, Command::SetMarginMode { account: AccountId(1), mode: MarginMode::Standard }).expect("standard");
-    run(&mut e, T0, Command::PlaceOrder(limit(2, PERP, Side::Sell, px(60_000), 100))).expect("ask");
-    run(&mut e, T0, Command::PlaceOrder(limit(1, PERP, Side::Buy, px(60_000), 100))).expect("buy 1 perp");
+    run(
+        &mut e,
+        T0,
+        Command::SetMarginMode {
+            account: AccountId(1),
+            mode: MarginMode::Standard,
+        },
+    )
+    .expect("standard");
+    run(
+        &mut e,
+        T0,
+        Command::PlaceOrder(limit(2, PERP, Side::Sell, px(60_000), 100)),
+    )
+    .expect("ask");
+    run(
+        &mut e,
+        T0,
+        Command::PlaceOrder(limit(1, PERP, Side::Buy, px(60_000), 100)),
+    )
+    .expect("buy 1 perp");
     let (_, _, free) = e.collateral(AccountId(1)).expect("exists");
-    run(&mut e, T0, Command::Withdraw { account: AccountId(1), amount: Amount(free.0 - usd(500).0) }).expect("withdraw to 500 free");
+    run(
+        &mut e,
+        T0,
+        Command::Withdraw {
+            account: AccountId(1),
+            amount: Amount(free.0 - usd(500).0),
+        },
+    )
+    .expect("withdraw to 500 free");
     e.check_invariants().expect("audit");
     e
 }
 
 fn position(e: &Engine, account: u32) -> i64 {
-    e.position_view(AccountId(account), InstrumentId(PERP)).map_or(0, |p| p.0.0)
+    e.position_view(AccountId(account), InstrumentId(PERP))
+        .map_or(0, |p| p.0.0)
 }
 
 fn take(e: &mut Engine, time: u64, qty: i64) -> Result<Vec<Event>, RejectCode> {
-    run(e, time, Command::Liquidate { liquidator: AccountId(3), account: AccountId(1), instrument: InstrumentId(PERP), qty: Qty(qty) })
+    run(
+        e,
+        time,
+        Command::Liquidate {
+            liquidator: AccountId(3),
+            account: AccountId(1),
+            instrument: InstrumentId(PERP),
+            qty: Qty(qty),
+        },
+    )
 }
 
 #[test]
 fn below_maintenance_the_auction_sells_in_steps_until_cured_or_flat() {
     let mut e = leveraged_long();
     let t = T0 + 1_000;
-    let events = run(&mut e, t, Command::OracleUpdate(update(55_000.0, t))).expect("an 8% drop is accepted");
-    assert!(events.contains(&Event::LiquidationStarted { account: AccountId(1) }), "{events:?}");
-    assert_eq!(run(&mut e, t, Command::PlaceOrder(limit(1, PERP, Side::Sell, px(55_000), 10))), Err(RejectCode::AccountInLiquidation));
-    assert_eq!(take(&mut e, t, 50 * STEP), Err(RejectCode::LiquidationTooLarge));
+    let events =
+        run(&mut e, t, Command::OracleUpdate(update(55_000.0, t))).expect("an 8% drop is accepted");
+    assert!(
+        events.contains(&Event::LiquidationStarted {
+            account: AccountId(1)
+        }),
+        "{events:?}"
+    );
     assert_eq!(
-        run(&mut e, t, Command::Liquidate { liquidator: AccountId(1), account: AccountId(1), instrument: InstrumentId(PERP), qty: Qty(STEP) }),
+        run(
+            &mut e,
+            t,
+            Command::PlaceOrder(limit(1, PERP, Side::Sell, px(55_000), 10))
+        ),
+        Err(RejectCode::AccountInLiquidation)
+    );
+    assert_eq!(
+        take(&mut e, t, 50 * STEP),
+        Err(RejectCode::LiquidationTooLarge)
+    );
+    assert_eq!(
+        run(
+            &mut e,
+            t,
+            Command::Liquidate {
+                liquidator: AccountId(1),
+                account: AccountId(1),
+                instrument: InstrumentId(PERP),
+                qty: Qty(STEP)
+            }
+        ),
         Err(RejectCode::SelfLiquidation)
     );
     let events = take(&mut e, t, 25 * STEP).expect("a 25% step");
@@ -54,7 +118,9 @@ fn below_maintenance_the_auction_sells_in_steps_until_cured_or_flat() {
         let held = position(&e, 1);
         let step = (held / 4 / STEP * STEP).max(STEP).min(held);
         let events = take(&mut e, t, step).expect("next step");
-        ended = events.contains(&Event::LiquidationEnded { account: AccountId(1) });
+        ended = events.contains(&Event::LiquidationEnded {
+            account: AccountId(1),
+        });
         e.check_invariants().expect("audit after every take");
         rounds += 1;
     }
@@ -62,7 +128,10 @@ fn below_maintenance_the_auction_sells_in_steps_until_cured_or_flat() {
     let (balance, _, _) = e.collateral(AccountId(1)).expect("exists");
     // Equity at the 55,000 mark (position in 1e-8 contracts, 55,000 USD = 5.5e10 micro).
     let equity = balance.0 + position(&e, 1) * 550;
-    assert!(equity >= 0, "solvent: no deficit was needed (equity {equity})");
+    assert!(
+        equity >= 0,
+        "solvent: no deficit was needed (equity {equity})"
+    );
     assert!(position(&e, 3) > 0, "the liquidator holds what it took");
 }
 
@@ -73,29 +142,62 @@ fn jelly_a_position_nobody_takes_is_deleveraged_and_the_waterfall_covers_the_los
     let t1 = T0 + 1_000;
     let events = run(&mut e, t1, Command::OracleUpdate(update(45_000.0, t1))).expect("held");
     assert!(matches!(events.as_slice(), [Event::OracleHeld { .. }]));
-    e.check_invariants().expect("a held price changes no margin");
+    e.check_invariants()
+        .expect("a held price changes no margin");
     let t2 = T0 + 2_000;
     let events = run(&mut e, t2, Command::OracleUpdate(update(45_100.0, t2))).expect("confirmed");
-    assert!(events.contains(&Event::LiquidationStarted { account: AccountId(1) }));
+    assert!(events.contains(&Event::LiquidationStarted {
+        account: AccountId(1)
+    }));
     // The would-be liquidator cannot carry the position.
     let (_, _, free) = e.collateral(AccountId(3)).expect("exists");
-    run(&mut e, t2, Command::Withdraw { account: AccountId(3), amount: Amount(free.0 - usd(1_000).0) }).expect("liquidator withdraws");
-    assert_eq!(take(&mut e, t2, 100 * STEP), Err(RejectCode::InsufficientMargin));
-    let deleverage = Command::Deleverage { account: AccountId(1), instrument: InstrumentId(PERP) };
-    assert_eq!(run(&mut e, t2, deleverage.clone()), Err(RejectCode::AuctionNotOver));
+    run(
+        &mut e,
+        t2,
+        Command::Withdraw {
+            account: AccountId(3),
+            amount: Amount(free.0 - usd(1_000).0),
+        },
+    )
+    .expect("liquidator withdraws");
+    assert_eq!(
+        take(&mut e, t2, 100 * STEP),
+        Err(RejectCode::InsufficientMargin)
+    );
+    let deleverage = Command::Deleverage {
+        account: AccountId(1),
+        instrument: InstrumentId(PERP),
+    };
+    assert_eq!(
+        run(&mut e, t2, deleverage.clone()),
+        Err(RejectCode::AuctionNotOver)
+    );
     let t3 = t2 + 15 * 60_000;
-    assert_eq!(run(&mut e, t3, deleverage.clone()), Err(RejectCode::OracleStale));
+    assert_eq!(
+        run(&mut e, t3, deleverage.clone()),
+        Err(RejectCode::OracleStale)
+    );
     run(&mut e, t3, Command::OracleUpdate(update(45_100.0, t3))).expect("fresh marks");
     let fee_pool_before = e.pools().0;
     let events = run(&mut e, t3, deleverage).expect("deleverage");
     // The only opposite holder, account 2 (short one perp), is closed at the mark.
     assert!(events.iter().any(|ev| matches!(ev, Event::LiquidationTransfer { counterparty, deleverage: true, price, .. } if *counterparty == AccountId(2) && *price == px(45_100))));
     let covered = events.iter().find_map(|ev| match ev {
-        Event::DeficitCovered { insurance, fee_pool, socialized, unresolved, .. } => Some((*insurance, *fee_pool, *socialized, *unresolved)),
+        Event::DeficitCovered {
+            insurance,
+            fee_pool,
+            socialized,
+            unresolved,
+            ..
+        } => Some((*insurance, *fee_pool, *socialized, *unresolved)),
         _ => None,
     });
-    let (_, from_fees, socialized, unresolved) = covered.expect("the bankrupt account's deficit is covered");
-    assert_eq!(from_fees, fee_pool_before, "the fee pool is used before any user loses");
+    let (_, from_fees, socialized, unresolved) =
+        covered.expect("the bankrupt account's deficit is covered");
+    assert_eq!(
+        from_fees, fee_pool_before,
+        "the fee pool is used before any user loses"
+    );
     assert!(socialized.0 > 0 && unresolved.0 == 0);
     assert_eq!(e.collateral(AccountId(1)).expect("exists").0, Amount(0));
     assert_eq!(position(&e, 1), 0);
@@ -108,17 +210,53 @@ fn mango_a_pumped_trade_price_does_not_create_collateral() {
     let mut e = engine_with(EngineLimits::default(), 4, usd(200_000));
     run(&mut e, T0, Command::OracleUpdate(update(60_000.0, T0))).expect("oracle");
     for a in [1, 2] {
-        run(&mut e, T0, Command::SetMarginMode { account: AccountId(a), mode: MarginMode::Standard }).expect("standard");
+        run(
+            &mut e,
+            T0,
+            Command::SetMarginMode {
+                account: AccountId(a),
+                mode: MarginMode::Standard,
+            },
+        )
+        .expect("standard");
     }
-    let free = |e: &Engine| (1..=2).map(|a| e.collateral(AccountId(a)).expect("exists").2.0).sum::<i64>();
+    let free = |e: &Engine| {
+        (1..=2)
+            .map(|a| e.collateral(AccountId(a)).expect("exists").2.0)
+            .sum::<i64>()
+    };
     let before = free(&e);
     // Two colluding accounts print a trade 50% above the index on an empty book.
-    run(&mut e, T0, Command::PlaceOrder(limit(2, PERP, Side::Sell, px(90_000), 100))).expect("ask");
-    run(&mut e, T0, Command::PlaceOrder(limit(1, PERP, Side::Buy, px(90_000), 100))).expect("pumped print");
+    run(
+        &mut e,
+        T0,
+        Command::PlaceOrder(limit(2, PERP, Side::Sell, px(90_000), 100)),
+    )
+    .expect("ask");
+    run(
+        &mut e,
+        T0,
+        Command::PlaceOrder(limit(1, PERP, Side::Buy, px(90_000), 100)),
+    )
+    .expect("pumped print");
     // Margin values positions at the oracle mark, not at the last trade: no new collateral.
-    assert!(free(&e) <= before, "free collateral grew from {before} to {}", free(&e));
+    assert!(
+        free(&e) <= before,
+        "free collateral grew from {before} to {}",
+        free(&e)
+    );
     let (_, _, free_seller) = e.collateral(AccountId(2)).expect("exists");
-    assert_eq!(run(&mut e, T0, Command::Withdraw { account: AccountId(2), amount: Amount(free_seller.0 + 1) }), Err(RejectCode::InsufficientFreeCollateral));
+    assert_eq!(
+        run(
+            &mut e,
+            T0,
+            Command::Withdraw {
+                account: AccountId(2),
+                amount: Amount(free_seller.0 + 1)
+            }
+        ),
+        Err(RejectCode::InsufficientFreeCollateral)
+    );
     e.check_invariants().expect("audit");
 }
 
@@ -133,91 +271,205 @@ fn step() -> impl Strategy<Value = Step> {
 fn liquidation_history(steps: &[Step]) -> Result<(usize, usize, usize, usize), TestCaseError> {
     let mut counts = (0, 0, 0, 0);
 
-        let mut e = engine_with(EngineLimits::default(), 6, usd(5_000));
-        let mut t = T0;
-        let mut spot = 60_000.0;
-        let mut events = Vec::new();
-        let mut apply = |e: &mut Engine, time: u64, command: Command, events: &mut Vec<Event>| {
-            events.clear();
-            let _ = e.apply(&optio_types::Input { time_ms: time, command }, events);
-            for ev in events.iter() {
-                match ev {
-                    Event::LiquidationStarted { .. } => counts.0 += 1,
-                    Event::LiquidationTransfer { .. } => counts.1 += 1,
-                    Event::DeficitCovered { .. } => counts.2 += 1,
-                    Event::PositionSettled { .. } => counts.3 += 1,
-                    _ => {}
-                }
+    let mut e = engine_with(EngineLimits::default(), 6, usd(5_000));
+    let mut t = T0;
+    let mut spot = 60_000.0;
+    let mut events = Vec::new();
+    let mut apply = |e: &mut Engine, time: u64, command: Command, events: &mut Vec<Event>| {
+        events.clear();
+        let _ = e.apply(
+            &optio_types::Input {
+                time_ms: time,
+                command,
+            },
+            events,
+        );
+        for ev in events.iter() {
+            match ev {
+                Event::LiquidationStarted { .. } => counts.0 += 1,
+                Event::LiquidationTransfer { .. } => counts.1 += 1,
+                Event::DeficitCovered { .. } => counts.2 += 1,
+                Event::PositionSettled { .. } => counts.3 += 1,
+                _ => {}
             }
-            if let Err(v) = e.check_invariants() {
-                panic!("{v}");
-            }
+        }
+        if let Err(v) = e.check_invariants() {
+            panic!("{v}");
+        }
+    };
+    apply(
+        &mut e,
+        t,
+        Command::OracleUpdate(update(spot, t)),
+        &mut events,
+    );
+    apply(
+        &mut e,
+        t,
+        Command::Deposit {
+            account: AccountId(5),
+            amount: usd(2_000_000),
+        },
+        &mut events,
+    );
+    for a in 0..5u32 {
+        let mode = if a % 2 == 0 {
+            MarginMode::Standard
+        } else {
+            MarginMode::Portfolio
         };
-        apply(&mut e, t, Command::OracleUpdate(update(spot, t)), &mut events);
-        apply(&mut e, t, Command::Deposit { account: AccountId(5), amount: usd(2_000_000) }, &mut events);
-        for a in 0..5u32 {
-            let mode = if a % 2 == 0 { MarginMode::Standard } else { MarginMode::Portfolio };
-            apply(&mut e, t, Command::SetMarginMode { account: AccountId(a), mode }, &mut events);
-        }
-        let mut unresolved = false;
-        for &(kind, a, size, move_bp) in steps {
-            t += 20_000;
-            let account = u32::from(a);
-            match kind {
-                0 | 1 => {
-                    let side = if kind == 0 { Side::Buy } else { Side::Sell };
-                    let price = px((spot as i64 / 10) * 10);
-                    apply(&mut e, t, Command::PlaceOrder(limit(account, PERP, side, price, i64::from(size))), &mut events);
-                    apply(&mut e, t, Command::PlaceOrder(limit(4 - account.min(3), PERP, side.opposite(), price, i64::from(size))), &mut events);
-                }
-                2 => {
-                    // Now and then a crash or a squeeze of up to 36% in one step.
-                    let scale = if size > 30 { 3.0 } else { 1.0 };
-                    spot *= 1.0 + scale * f64::from(move_bp) / 1_000.0;
-                    spot = spot.clamp(20_000.0, 95_000.0);
-                    apply(&mut e, t, Command::OracleUpdate(update(spot, t)), &mut events);
-                    // A big move is held; confirm it.
-                    if events.iter().any(|ev| matches!(ev, Event::OracleHeld { .. })) {
-                        t += 1_000;
-                        apply(&mut e, t, Command::OracleUpdate(update(spot, t)), &mut events);
-                    }
-                }
-                3 => {
-                    for victim in 0..5u32 {
-                        let q = e.position_view(AccountId(victim), InstrumentId(PERP)).map_or(0, |p| p.0.0.abs());
-                        let qty = (q / 4 / STEP * STEP).max(STEP).min(q.max(STEP));
-                        apply(&mut e, t, Command::Liquidate { liquidator: AccountId(5), account: AccountId(victim), instrument: InstrumentId(PERP), qty: Qty(qty) }, &mut events);
-                    }
-                }
-                4 => {
-                    t += 16 * 60_000;
-                    apply(&mut e, t, Command::OracleUpdate(update(spot, t)), &mut events);
-                    for victim in 0..5u32 {
-                        apply(&mut e, t, Command::Deleverage { account: AccountId(victim), instrument: InstrumentId(PERP) }, &mut events);
-                        unresolved |= events.iter().any(|ev| matches!(ev, Event::DeficitCovered { unresolved, .. } if unresolved.0 > 0));
-                    }
-                }
-                5 => {
-                    apply(&mut e, t, Command::Deposit { account: AccountId(account), amount: usd(i64::from(size) * 100) }, &mut events);
-                }
-                _ => {
-                    // The put that expires at T0 + 1h, traded near its mark: histories that run
-                    // past expiry settle it at the TWAP, liquidating accounts included.
-                    let side = if move_bp > 0 { Side::Buy } else { Side::Sell };
-                    let price = px(500 + i64::from(move_bp.abs()) * 10);
-                    apply(&mut e, t, Command::PlaceOrder(limit(account, 1, side, price, i64::from(size))), &mut events);
-                    apply(&mut e, t, Command::PlaceOrder(limit(4 - account.min(3), 1, side.opposite(), price, i64::from(size))), &mut events);
+        apply(
+            &mut e,
+            t,
+            Command::SetMarginMode {
+                account: AccountId(a),
+                mode,
+            },
+            &mut events,
+        );
+    }
+    let mut unresolved = false;
+    for &(kind, a, size, move_bp) in steps {
+        t += 20_000;
+        let account = u32::from(a);
+        match kind {
+            0 | 1 => {
+                let side = if kind == 0 { Side::Buy } else { Side::Sell };
+                let price = px((spot as i64 / 10) * 10);
+                apply(
+                    &mut e,
+                    t,
+                    Command::PlaceOrder(limit(account, PERP, side, price, i64::from(size))),
+                    &mut events,
+                );
+                apply(
+                    &mut e,
+                    t,
+                    Command::PlaceOrder(limit(
+                        4 - account.min(3),
+                        PERP,
+                        side.opposite(),
+                        price,
+                        i64::from(size),
+                    )),
+                    &mut events,
+                );
+            }
+            2 => {
+                // Now and then a crash or a squeeze of up to 36% in one step.
+                let scale = if size > 30 { 3.0 } else { 1.0 };
+                spot *= 1.0 + scale * f64::from(move_bp) / 1_000.0;
+                spot = spot.clamp(20_000.0, 95_000.0);
+                apply(
+                    &mut e,
+                    t,
+                    Command::OracleUpdate(update(spot, t)),
+                    &mut events,
+                );
+                // A big move is held; confirm it.
+                if events
+                    .iter()
+                    .any(|ev| matches!(ev, Event::OracleHeld { .. }))
+                {
+                    t += 1_000;
+                    apply(
+                        &mut e,
+                        t,
+                        Command::OracleUpdate(update(spot, t)),
+                        &mut events,
+                    );
                 }
             }
-        }
-        if !unresolved {
-            for a in 0..6u32 {
-                let (balance, _, _) = e.collateral(AccountId(a)).expect("exists");
-                let flat = e.position_view(AccountId(a), InstrumentId(PERP)).is_none_or(|p| p.0.0 == 0);
-                prop_assert!(!(flat && balance.0 < 0), "account {a} flat with negative balance {balance}");
+            3 => {
+                for victim in 0..5u32 {
+                    let q = e
+                        .position_view(AccountId(victim), InstrumentId(PERP))
+                        .map_or(0, |p| p.0.0.abs());
+                    let qty = (q / 4 / STEP * STEP).max(STEP).min(q.max(STEP));
+                    apply(
+                        &mut e,
+                        t,
+                        Command::Liquidate {
+                            liquidator: AccountId(5),
+                            account: AccountId(victim),
+                            instrument: InstrumentId(PERP),
+                            qty: Qty(qty),
+                        },
+                        &mut events,
+                    );
+                }
+            }
+            4 => {
+                t += 16 * 60_000;
+                apply(
+                    &mut e,
+                    t,
+                    Command::OracleUpdate(update(spot, t)),
+                    &mut events,
+                );
+                for victim in 0..5u32 {
+                    apply(
+                        &mut e,
+                        t,
+                        Command::Deleverage {
+                            account: AccountId(victim),
+                            instrument: InstrumentId(PERP),
+                        },
+                        &mut events,
+                    );
+                    unresolved |= events.iter().any(|ev| matches!(ev, Event::DeficitCovered { unresolved, .. } if unresolved.0 > 0));
+                }
+            }
+            5 => {
+                apply(
+                    &mut e,
+                    t,
+                    Command::Deposit {
+                        account: AccountId(account),
+                        amount: usd(i64::from(size) * 100),
+                    },
+                    &mut events,
+                );
+            }
+            _ => {
+                // The put that expires at T0 + 1h, traded near its mark: histories that run
+                // past expiry settle it at the TWAP, liquidating accounts included.
+                let side = if move_bp > 0 { Side::Buy } else { Side::Sell };
+                let price = px(500 + i64::from(move_bp.abs()) * 10);
+                apply(
+                    &mut e,
+                    t,
+                    Command::PlaceOrder(limit(account, 1, side, price, i64::from(size))),
+                    &mut events,
+                );
+                apply(
+                    &mut e,
+                    t,
+                    Command::PlaceOrder(limit(
+                        4 - account.min(3),
+                        1,
+                        side.opposite(),
+                        price,
+                        i64::from(size),
+                    )),
+                    &mut events,
+                );
             }
         }
-        Ok(counts)
+    }
+    if !unresolved {
+        for a in 0..6u32 {
+            let (balance, _, _) = e.collateral(AccountId(a)).expect("exists");
+            let flat = e
+                .position_view(AccountId(a), InstrumentId(PERP))
+                .is_none_or(|p| p.0.0 == 0);
+            prop_assert!(
+                !(flat && balance.0 < 0),
+                "account {a} flat with negative balance {balance}"
+            );
+        }
+    }
+    Ok(counts)
 }
 
 proptest! {
@@ -241,10 +493,19 @@ fn the_random_histories_do_liquidate() {
     let mut runner = TestRunner::deterministic();
     let mut total = (0, 0, 0, 0);
     for _ in 0..48 {
-        let steps = prop::collection::vec(step(), 80).new_tree(&mut runner).expect("strategy").current();
+        let steps = prop::collection::vec(step(), 80)
+            .new_tree(&mut runner)
+            .expect("strategy")
+            .current();
         let c = liquidation_history(&steps).expect("history holds");
         total = (total.0 + c.0, total.1 + c.1, total.2 + c.2, total.3 + c.3);
     }
-    eprintln!("liquidations {} transfers {} deficits {} settlements {}", total.0, total.1, total.2, total.3);
-    assert!(total.0 > 0 && total.1 > 0 && total.2 > 0 && total.3 > 0, "{total:?}");
+    eprintln!(
+        "liquidations {} transfers {} deficits {} settlements {}",
+        total.0, total.1, total.2, total.3
+    );
+    assert!(
+        total.0 > 0 && total.1 > 0 && total.2 > 0 && total.3 > 0,
+        "{total:?}"
+    );
 }

@@ -5,8 +5,9 @@
 use optio_engine::Engine;
 use optio_reference::Reference;
 use optio_types::{
-    AccountId, Address, Amount, CanonicalState, Command, EngineLimits, Input, InstrumentId, InstrumentSpec, NewOrder, OrderId, OrderRef,
-    OrderType, Price, Qty, Quote, SelfTradePrevention, Side, TimeInForce,
+    AccountId, Address, Amount, CanonicalState, Command, EngineLimits, Input, InstrumentId,
+    InstrumentSpec, NewOrder, OrderId, OrderRef, OrderType, Price, Qty, Quote, SelfTradePrevention,
+    Side, TimeInForce,
 };
 use proptest::prelude::*;
 
@@ -30,7 +31,14 @@ pub fn test_limits() -> EngineLimits {
 pub type Op = (u8, u8, u8, u16, u16, u8);
 
 pub fn op() -> impl Strategy<Value = Op> {
-    (0u8..28, any::<u8>(), any::<u8>(), any::<u16>(), any::<u16>(), any::<u8>())
+    (
+        0u8..28,
+        any::<u8>(),
+        any::<u8>(),
+        any::<u16>(),
+        any::<u16>(),
+        any::<u8>(),
+    )
 }
 
 fn mid(instrument: u32) -> i64 {
@@ -63,7 +71,11 @@ fn qty(c: u16) -> Qty {
 pub fn input(op: Op, state: &CanonicalState, time: &mut u64) -> Input {
     let (kind, a, b, c, d, flags) = op;
     let accounts = state.accounts.len().max(1) as u32;
-    let account = AccountId(if a == 255 { 77 } else { u32::from(a) % accounts });
+    let account = AccountId(if a == 255 {
+        77
+    } else {
+        u32::from(a) % accounts
+    });
     let instrument = match b % 16 {
         15 => 3,
         k => u32::from(k) % 3,
@@ -81,7 +93,12 @@ pub fn input(op: Op, state: &CanonicalState, time: &mut u64) -> Input {
     };
     // Buys lean above the mid and sells below it, so that orders cross often.
     let lean = |p: Price| Price(p.0 + side.sign() * 4 * TICK);
-    let live = |n: u16| state.orders.get(n as usize % state.orders.len().max(1)).copied();
+    let live = |n: u16| {
+        state
+            .orders
+            .get(n as usize % state.orders.len().max(1))
+            .copied()
+    };
     let order_ref = |n: u16| match (live(n), flags % 4) {
         (Some(o), 0) if o.client_order_id != 0 => (o.account, OrderRef::Client(o.client_order_id)),
         (Some(o), 1 | 2) => (o.account, OrderRef::Id(o.id)),
@@ -100,8 +117,14 @@ pub fn input(op: Op, state: &CanonicalState, time: &mut u64) -> Input {
                 account,
                 instrument: InstrumentId(instrument),
                 side,
-                qty: if reducing { Qty(qty(d).0.min(held.abs())) } else { qty(d) },
-                order_type: OrderType::Limit { price: lean(price(instrument, c)) },
+                qty: if reducing {
+                    Qty(qty(d).0.min(held.abs()))
+                } else {
+                    qty(d)
+                },
+                order_type: OrderType::Limit {
+                    price: lean(price(instrument, c)),
+                },
                 time_in_force,
                 post_only: flags & 0x18 == 0x18 && flags & 0x20 != 0,
                 reduce_only: flags & 0x40 == 0x40 && flags & 0x20 == 0,
@@ -110,7 +133,11 @@ pub fn input(op: Op, state: &CanonicalState, time: &mut u64) -> Input {
                     1 => SelfTradePrevention::CancelMaker,
                     _ => SelfTradePrevention::CancelBoth,
                 },
-                client_order_id: if flags & 0x80 != 0 { u64::from(d % 5) } else { 0 },
+                client_order_id: if flags & 0x80 != 0 {
+                    u64::from(d % 5)
+                } else {
+                    0
+                },
             })
         }
         5 => Command::PlaceOrder(NewOrder {
@@ -118,7 +145,9 @@ pub fn input(op: Op, state: &CanonicalState, time: &mut u64) -> Input {
             instrument: InstrumentId(instrument),
             side,
             qty: qty(d),
-            order_type: OrderType::Market { protection_price: (flags & 2 != 0).then(|| price(instrument, c)) },
+            order_type: OrderType::Market {
+                protection_price: (flags & 2 != 0).then(|| price(instrument, c)),
+            },
             time_in_force: match (flags >> 2) % 8 {
                 0 => TimeInForce::FillOrKill,
                 1 => TimeInForce::GoodTillCancelled,
@@ -137,17 +166,28 @@ pub fn input(op: Op, state: &CanonicalState, time: &mut u64) -> Input {
             let (price, qty) = match d % 5 {
                 0 => (base_price, Qty(base_qty.0 - STEP)),
                 1 => (base_price, Qty(base_qty.0 + STEP)),
-                2 => (Price(base_price.0 + (i64::from(c % 7) - 3) * TICK), base_qty),
+                2 => (
+                    Price(base_price.0 + (i64::from(c % 7) - 3) * TICK),
+                    base_qty,
+                ),
                 3 => (base_price, base_qty),
                 _ => (price(o.map_or(instrument, |o| o.instrument.0), c), qty(d)),
             };
-            Command::Amend { account: acct, order, price, qty }
+            Command::Amend {
+                account: acct,
+                order,
+                price,
+                qty,
+            }
         }
         8 | 9 => {
             let (account, order) = order_ref(c);
             Command::Cancel { account, order }
         }
-        10 => Command::CancelAll { account, instrument: (flags & 2 != 0).then_some(InstrumentId(u32::from(b) % 5)) },
+        10 => Command::CancelAll {
+            account,
+            instrument: (flags & 2 != 0).then_some(InstrumentId(u32::from(b) % 5)),
+        },
         11 => {
             let n = 1 + usize::from(flags % 4);
             let quotes = (0..n)
@@ -157,40 +197,85 @@ pub fn input(op: Op, state: &CanonicalState, time: &mut u64) -> Input {
                     let m = price(inst, c.wrapping_add(k as u16 * 3));
                     Quote {
                         instrument: InstrumentId(inst),
-                        bid: (flags & 0x20 == 0).then_some((Price(m.0 - spread), qty(d.wrapping_add(k as u16)))),
-                        ask: (flags & 0x40 == 0).then_some((Price(m.0 + spread + TICK), qty(d >> 3))),
+                        bid: (flags & 0x20 == 0)
+                            .then_some((Price(m.0 - spread), qty(d.wrapping_add(k as u16)))),
+                        ask: (flags & 0x40 == 0)
+                            .then_some((Price(m.0 + spread + TICK), qty(d >> 3))),
                     }
                 })
                 .collect();
             Command::MassQuote { account, quotes }
         }
-        12 => Command::Deposit { account, amount: Amount([usd(50).0, usd(500).0, usd(5_000).0, 0, -5][usize::from(flags % 5)]) },
-        13 => Command::Withdraw { account, amount: Amount([usd(10).0, usd(300).0, usd(3_000).0, 0][usize::from(flags % 4)]) },
-        14 => Command::Transfer { from: account, to: AccountId(u32::from(b) % accounts), amount: usd([10, 200, 2_000][usize::from(flags % 3)]) },
+        12 => Command::Deposit {
+            account,
+            amount: Amount([usd(50).0, usd(500).0, usd(5_000).0, 0, -5][usize::from(flags % 5)]),
+        },
+        13 => Command::Withdraw {
+            account,
+            amount: Amount([usd(10).0, usd(300).0, usd(3_000).0, 0][usize::from(flags % 4)]),
+        },
+        14 => Command::Transfer {
+            from: account,
+            to: AccountId(u32::from(b) % accounts),
+            amount: usd([10, 200, 2_000][usize::from(flags % 3)]),
+        },
         15 => {
             *time += u64::from(c % 1_200) * 1_000;
-            Command::CancelAll { account, instrument: Some(InstrumentId(1)) }
+            Command::CancelAll {
+                account,
+                instrument: Some(InstrumentId(1)),
+            }
         }
-        16 if flags & 0x10 == 0 => Command::CancelAll { account, instrument: None },
-        16 => Command::SettleInstrument { instrument: InstrumentId(instrument), settlement_price: px([55_000, 60_000, 61_000, 0][usize::from(flags % 4)]) },
-        17 if flags % 4 == 0 => Command::OpenAccount { owner: owner(1 + flags % 3) },
-        17 => Command::Deposit { account, amount: usd(20_000) },
+        16 if flags & 0x10 == 0 => Command::CancelAll {
+            account,
+            instrument: None,
+        },
+        16 => Command::SettleInstrument {
+            instrument: InstrumentId(instrument),
+            settlement_price: px([55_000, 60_000, 61_000, 0][usize::from(flags % 4)]),
+        },
+        17 if flags % 4 == 0 => Command::OpenAccount {
+            owner: owner(1 + flags % 3),
+        },
+        17 => Command::Deposit {
+            account,
+            amount: usd(20_000),
+        },
         18 => {
-            let names = ["BTC-27DEC24-80000-C", "BTC-PERPETUAL", "BTC-20DEC24-60000-C", "ETH-27DEC24-3000-P"];
-            let mut spec = InstrumentSpec::with_defaults(names[usize::from(flags % 4)].parse().expect("valid"), px(100_000));
+            let names = [
+                "BTC-27DEC24-80000-C",
+                "BTC-PERPETUAL",
+                "BTC-20DEC24-60000-C",
+                "ETH-27DEC24-3000-P",
+            ];
+            let mut spec = InstrumentSpec::with_defaults(
+                names[usize::from(flags % 4)].parse().expect("valid"),
+                px(100_000),
+            );
             if flags & 0x10 != 0 {
                 spec.tick_size = Price(1);
             }
             Command::ListInstrument { spec }
         }
-        19 if flags & 0x30 == 0 => Command::Deposit { account, amount: usd(1_000) },
-        _ => Command::ActivateInstrument { instrument: InstrumentId(instrument + u32::from(flags % 3)) },
+        19 if flags & 0x30 == 0 => Command::Deposit {
+            account,
+            amount: usd(1_000),
+        },
+        _ => Command::ActivateInstrument {
+            instrument: InstrumentId(instrument + u32::from(flags % 3)),
+        },
     };
     if kind == 19 && flags & 0xC0 == 0xC0 {
         // Now and then: an input whose time goes backwards.
-        return Input { time_ms: time.saturating_sub(1), command };
+        return Input {
+            time_ms: time.saturating_sub(1),
+            command,
+        };
     }
-    Input { time_ms: *time, command }
+    Input {
+        time_ms: *time,
+        command,
+    }
 }
 
 /// Runs ops through both models, checking everything after every input. Returns the inputs.
@@ -213,14 +298,21 @@ pub fn check_against_reference(ops: &[Op]) -> Vec<Input> {
         let want = reference.apply(&input);
         assert_eq!(got, want, "step {n}: {input:?}");
         if let Err(code) = got {
-            assert_eq!(engine.state_hash(), before, "step {n}: rejection {code:?} changed state");
+            assert_eq!(
+                engine.state_hash(),
+                before,
+                "step {n}: rejection {code:?} changed state"
+            );
             assert_eq!(events.last(), Some(&optio_types::Event::Rejected { code }));
         }
         if let Err(e) = engine.check_invariants() {
             panic!("step {n}: {e} after {input:?}");
         }
         let (e, r) = (engine.canonical(), reference.canonical());
-        assert!(e == r, "step {n}: engine and reference diverge after {input:?}\nengine: {e:?}\nreference: {r:?}");
+        assert!(
+            e == r,
+            "step {n}: engine and reference diverge after {input:?}\nengine: {e:?}\nreference: {r:?}"
+        );
         inputs.push(input);
     }
     inputs
@@ -247,23 +339,28 @@ fn specs_are_valid() {
 /// feature the property test is meant to exercise never happens.
 #[test]
 fn generator_exercises_every_feature() {
-    use std::collections::BTreeMap;
     use proptest::strategy::ValueTree;
     use proptest::test_runner::TestRunner;
+    use std::collections::BTreeMap;
     let mut runner = TestRunner::deterministic();
     let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
     for _ in 0..40 {
-        let ops = prop::collection::vec(op(), 250).new_tree(&mut runner).expect("strategy").current();
+        let ops = prop::collection::vec(op(), 250)
+            .new_tree(&mut runner)
+            .expect("strategy")
+            .current();
         let inputs = check_against_reference(&ops);
         let mut engine = Engine::new(test_limits());
         let mut events = Vec::new();
         for input in &inputs {
             events.clear();
             let r = engine.apply(input, &mut events);
-            *outcomes.entry(match r {
-                Ok(()) => "accepted".into(),
-                Err(code) => format!("{code:?}"),
-            }).or_default() += 1;
+            *outcomes
+                .entry(match r {
+                    Ok(()) => "accepted".into(),
+                    Err(code) => format!("{code:?}"),
+                })
+                .or_default() += 1;
             for e in &events {
                 let name = format!("{e:?}");
                 let name = name.split([' ', '{']).next().unwrap_or_default().to_owned();
@@ -276,9 +373,26 @@ fn generator_exercises_every_feature() {
         }
     }
     eprintln!("{outcomes:#?}");
-    for must in ["accepted", "Fill", "OrderDone:SelfTrade", "OrderDone:ReduceOnly", "OrderDone:Expired", "OrderDone:InstrumentExpired",
-        "InstrumentSettled", "OrderAmended", "InsufficientMargin", "FokNotFillable", "PostOnlyWouldCross", "TooManyOpenOrders",
-        "TooManyPriceLevels", "OrderDone:UnfilledRemainder", "PositionSettled"] {
-        assert!(outcomes.contains_key(must), "generator never produced {must}");
+    for must in [
+        "accepted",
+        "Fill",
+        "OrderDone:SelfTrade",
+        "OrderDone:ReduceOnly",
+        "OrderDone:Expired",
+        "OrderDone:InstrumentExpired",
+        "InstrumentSettled",
+        "OrderAmended",
+        "InsufficientMargin",
+        "FokNotFillable",
+        "PostOnlyWouldCross",
+        "TooManyOpenOrders",
+        "TooManyPriceLevels",
+        "OrderDone:UnfilledRemainder",
+        "PositionSettled",
+    ] {
+        assert!(
+            outcomes.contains_key(must),
+            "generator never produced {must}"
+        );
     }
 }

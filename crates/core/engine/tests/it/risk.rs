@@ -5,21 +5,42 @@ use optio_oracle::build_update;
 use optio_pricing::risk::default_scenarios;
 use optio_pricing::svi::{Slice, Surface, Svi};
 use optio_types::{
-    AccountId, Amount, Command, EngineLimits, Event, InstrumentId, InstrumentSpec, MarginMode, OracleUpdate, Price, Qty, RejectCode, Side,
-    MONEY_SCALE,
+    AccountId, Amount, Command, EngineLimits, Event, InstrumentId, InstrumentSpec, MONEY_SCALE,
+    MarginMode, OracleUpdate, Price, Qty, RejectCode, Side,
 };
 
 use crate::common::{STEP, T0, engine_with, limit, px, run, specs, usd};
 
 fn surface(spot: f64) -> Surface {
-    let svi = Svi { a: 0.002, b: 0.03, rho: -0.3, m: 0.0, sigma: 0.2 };
-    Surface::new(spot, 0.0, vec![Slice { t: 0.01, svi }, Slice { t: 0.1, svi: Svi { a: 0.02, ..svi } }]).expect("valid surface")
+    let svi = Svi {
+        a: 0.002,
+        b: 0.03,
+        rho: -0.3,
+        m: 0.0,
+        sigma: 0.2,
+    };
+    Surface::new(
+        spot,
+        0.0,
+        vec![
+            Slice { t: 0.01, svi },
+            Slice {
+                t: 0.1,
+                svi: Svi { a: 0.02, ..svi },
+            },
+        ],
+    )
+    .expect("valid surface")
 }
 
 /// An update for every instrument of the test market at index `spot`, published at `at`.
 pub fn update(spot: f64, at: u64) -> OracleUpdate {
     let specs: Vec<InstrumentSpec> = specs();
-    let list: Vec<(InstrumentId, &InstrumentSpec)> = specs.iter().enumerate().map(|(i, s)| (InstrumentId(i as u32), s)).collect();
+    let list: Vec<(InstrumentId, &InstrumentSpec)> = specs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (InstrumentId(i as u32), s))
+        .collect();
     build_update("BTC", &surface(spot), &default_scenarios(), &list, at).expect("builds")
 }
 
@@ -30,7 +51,15 @@ fn market() -> Engine {
 }
 
 fn mode(e: &mut Engine, account: u32, mode: MarginMode) {
-    run(e, T0, Command::SetMarginMode { account: AccountId(account), mode }).expect("mode change");
+    run(
+        e,
+        T0,
+        Command::SetMarginMode {
+            account: AccountId(account),
+            mode,
+        },
+    )
+    .expect("mode change");
 }
 
 #[test]
@@ -45,26 +74,38 @@ fn oracle_updates_are_validated_and_rejections_change_nothing() {
         (update(60_000.0, T0), RejectCode::OracleOutOfOrder),
         (update(60_000.0, T0 + 5_000), RejectCode::OracleStale),
         (bad, RejectCode::OracleBadInstrument),
-        ({
-            let mut u = update(60_000.0, T0 + 1_000);
-            u.marks[0].risk_array.pop();
-            u
-        }, RejectCode::RiskArrayLength),
-        ({
-            let mut u = update(60_000.0, T0 + 1_000);
-            u.marks[1].mark = Price(0);
-            u
-        }, RejectCode::InvalidMark),
-        ({
-            let mut u = update(60_000.0, T0 + 1_000);
-            u.marks.push(u.marks[0].clone());
-            u
-        }, RejectCode::OracleBadInstrument),
-        ({
-            let mut u = update(60_000.0, T0 + 1_000);
-            u.index_price = Price(-1);
-            u
-        }, RejectCode::InvalidMark),
+        (
+            {
+                let mut u = update(60_000.0, T0 + 1_000);
+                u.marks[0].risk_array.pop();
+                u
+            },
+            RejectCode::RiskArrayLength,
+        ),
+        (
+            {
+                let mut u = update(60_000.0, T0 + 1_000);
+                u.marks[1].mark = Price(0);
+                u
+            },
+            RejectCode::InvalidMark,
+        ),
+        (
+            {
+                let mut u = update(60_000.0, T0 + 1_000);
+                u.marks.push(u.marks[0].clone());
+                u
+            },
+            RejectCode::OracleBadInstrument,
+        ),
+        (
+            {
+                let mut u = update(60_000.0, T0 + 1_000);
+                u.index_price = Price(-1);
+                u
+            },
+            RejectCode::InvalidMark,
+        ),
     ];
     for (u, code) in cases {
         // Engine time T0 + 2s: an update published at T0 + 5s is from the future.
@@ -74,24 +115,46 @@ fn oracle_updates_are_validated_and_rejections_change_nothing() {
     fresh.time_ms = T0;
     let mut e2 = Engine::restore(&fresh, optio_types::WorstCaseMargin).expect("restores");
     assert_eq!(e2.state_hash(), before);
-    assert_eq!(run(&mut e2, T0 + 20_000, Command::OracleUpdate(update(60_000.0, T0 + 1_000))), Err(RejectCode::OracleStale));
+    assert_eq!(
+        run(
+            &mut e2,
+            T0 + 20_000,
+            Command::OracleUpdate(update(60_000.0, T0 + 1_000))
+        ),
+        Err(RejectCode::OracleStale)
+    );
 }
 
 #[test]
 fn a_30_percent_crash_in_one_step_is_held_until_confirmed() {
     let mut e = market();
     mode(&mut e, 1, MarginMode::Standard);
-    let events = run(&mut e, T0 + 1_000, Command::OracleUpdate(update(42_000.0, T0 + 1_000))).expect("accepted as held");
+    let events = run(
+        &mut e,
+        T0 + 1_000,
+        Command::OracleUpdate(update(42_000.0, T0 + 1_000)),
+    )
+    .expect("accepted as held");
     assert!(matches!(events.as_slice(), [Event::OracleHeld { .. }]));
     // The held price is not used: margin is unchanged.
     let (_, req_before, _) = e.collateral(AccountId(1)).expect("exists");
     // A second update near the held price confirms the move.
-    let events = run(&mut e, T0 + 2_000, Command::OracleUpdate(update(42_300.0, T0 + 2_000))).expect("confirmed");
+    let events = run(
+        &mut e,
+        T0 + 2_000,
+        Command::OracleUpdate(update(42_300.0, T0 + 2_000)),
+    )
+    .expect("confirmed");
     assert!(matches!(events.as_slice(), [Event::OracleAccepted { .. }]));
     let _ = req_before;
     e.check_invariants().expect("audit");
     // A jump that reverts instead is held again, not accepted.
-    let events = run(&mut e, T0 + 3_000, Command::OracleUpdate(update(60_000.0, T0 + 3_000))).expect("held");
+    let events = run(
+        &mut e,
+        T0 + 3_000,
+        Command::OracleUpdate(update(60_000.0, T0 + 3_000)),
+    )
+    .expect("held");
     assert!(matches!(events.as_slice(), [Event::OracleHeld { .. }]));
 }
 
@@ -99,18 +162,63 @@ fn a_30_percent_crash_in_one_step_is_held_until_confirmed() {
 fn stale_marks_block_risk_but_never_cancels_even_after_a_restart() {
     let mut e = market();
     mode(&mut e, 1, MarginMode::Standard);
-    run(&mut e, T0, Command::PlaceOrder(limit(1, 2, Side::Buy, px(50_000), 1))).expect("fresh marks");
+    run(
+        &mut e,
+        T0,
+        Command::PlaceOrder(limit(1, 2, Side::Buy, px(50_000), 1)),
+    )
+    .expect("fresh marks");
     // Restart from a snapshot: the oracle is silent for a minute.
     let snapshot = e.snapshot();
     let mut e = Engine::restore_bytes(&snapshot, optio_types::WorstCaseMargin).expect("restores");
     let later = T0 + 60_000;
-    assert_eq!(run(&mut e, later, Command::PlaceOrder(limit(1, 2, Side::Buy, px(50_000), 1))), Err(RejectCode::OracleStale));
-    assert_eq!(run(&mut e, later, Command::Withdraw { account: AccountId(1), amount: usd(1) }), Err(RejectCode::OracleStale));
-    run(&mut e, later, Command::CancelAll { account: AccountId(1), instrument: None }).expect("cancels are always allowed");
+    assert_eq!(
+        run(
+            &mut e,
+            later,
+            Command::PlaceOrder(limit(1, 2, Side::Buy, px(50_000), 1))
+        ),
+        Err(RejectCode::OracleStale)
+    );
+    assert_eq!(
+        run(
+            &mut e,
+            later,
+            Command::Withdraw {
+                account: AccountId(1),
+                amount: usd(1)
+            }
+        ),
+        Err(RejectCode::OracleStale)
+    );
+    run(
+        &mut e,
+        later,
+        Command::CancelAll {
+            account: AccountId(1),
+            instrument: None,
+        },
+    )
+    .expect("cancels are always allowed");
     // Fully collateralized accounts do not depend on marks.
-    run(&mut e, later, Command::PlaceOrder(limit(0, 2, Side::Buy, px(50_000), 1))).expect("worst-case account");
-    run(&mut e, later, Command::OracleUpdate(update(60_000.0, later))).expect("fresh again");
-    run(&mut e, later, Command::PlaceOrder(limit(1, 2, Side::Buy, px(50_000), 1))).expect("trading resumes");
+    run(
+        &mut e,
+        later,
+        Command::PlaceOrder(limit(0, 2, Side::Buy, px(50_000), 1)),
+    )
+    .expect("worst-case account");
+    run(
+        &mut e,
+        later,
+        Command::OracleUpdate(update(60_000.0, later)),
+    )
+    .expect("fresh again");
+    run(
+        &mut e,
+        later,
+        Command::PlaceOrder(limit(1, 2, Side::Buy, px(50_000), 1)),
+    )
+    .expect("trading resumes");
 }
 
 #[test]
@@ -121,8 +229,18 @@ fn standard_margin_follows_the_per_position_rule() {
     // Account 2 sells one BTC-27DEC24-60000-C to account 1 (both standard).
     let u = update(60_000.0, T0);
     let mark = u.marks[0].mark.0;
-    run(&mut e, T0, Command::PlaceOrder(limit(2, 0, Side::Sell, Price(mark - mark % 100_000), 100))).expect("ask");
-    run(&mut e, T0, Command::PlaceOrder(limit(1, 0, Side::Buy, Price(mark - mark % 100_000), 100))).expect("lift");
+    run(
+        &mut e,
+        T0,
+        Command::PlaceOrder(limit(2, 0, Side::Sell, Price(mark - mark % 100_000), 100)),
+    )
+    .expect("ask");
+    run(
+        &mut e,
+        T0,
+        Command::PlaceOrder(limit(1, 0, Side::Buy, Price(mark - mark % 100_000), 100)),
+    )
+    .expect("lift");
     let (_, long_req, _) = e.collateral(AccountId(1)).expect("exists");
     let (_, short_req, _) = e.collateral(AccountId(2)).expect("exists");
     // Long option: nothing beyond the premium already paid.
@@ -141,15 +259,43 @@ fn portfolio_margin_credits_hedges_and_covers_the_worst_scenario() {
     let u = update(60_000.0, T0);
     let call_mark = u.marks[0].mark.0;
     let tick = |p: i64| Price(p - p % 100_000);
-    run(&mut e, T0, Command::PlaceOrder(limit(2, 0, Side::Buy, tick(call_mark), 100))).expect("bid");
-    run(&mut e, T0, Command::PlaceOrder(limit(1, 0, Side::Sell, tick(call_mark), 100))).expect("account 1 short 1 call");
+    run(
+        &mut e,
+        T0,
+        Command::PlaceOrder(limit(2, 0, Side::Buy, tick(call_mark), 100)),
+    )
+    .expect("bid");
+    run(
+        &mut e,
+        T0,
+        Command::PlaceOrder(limit(1, 0, Side::Sell, tick(call_mark), 100)),
+    )
+    .expect("account 1 short 1 call");
     let (_, naked, _) = e.collateral(AccountId(1)).expect("exists");
     // At least the worst single-scenario loss of the short call, net of its value.
-    let worst = u.marks[0].risk_array.iter().map(|a| a.0).max().expect("scenarios");
-    assert!(naked.0 >= worst - call_mark, "requirement {naked} below worst loss {worst}");
+    let worst = u.marks[0]
+        .risk_array
+        .iter()
+        .map(|a| a.0)
+        .max()
+        .expect("scenarios");
+    assert!(
+        naked.0 >= worst - call_mark,
+        "requirement {naked} below worst loss {worst}"
+    );
     // Buying 0.5 perpetual against it (a delta hedge) must not raise the requirement.
-    run(&mut e, T0, Command::PlaceOrder(limit(2, 2, Side::Sell, px(60_000), 50))).expect("perp ask");
-    run(&mut e, T0, Command::PlaceOrder(limit(1, 2, Side::Buy, px(60_000), 50))).expect("hedge");
+    run(
+        &mut e,
+        T0,
+        Command::PlaceOrder(limit(2, 2, Side::Sell, px(60_000), 50)),
+    )
+    .expect("perp ask");
+    run(
+        &mut e,
+        T0,
+        Command::PlaceOrder(limit(1, 2, Side::Buy, px(60_000), 50)),
+    )
+    .expect("hedge");
     let (_, hedged, _) = e.collateral(AccountId(1)).expect("exists");
     assert!(hedged <= naked, "hedged {hedged} > naked {naked}");
     e.check_invariants().expect("audit");
@@ -161,16 +307,54 @@ fn switching_mode_needs_the_new_mode_covered() {
     mode(&mut e, 1, MarginMode::Standard);
     let u = update(60_000.0, T0);
     let bid = Price(u.marks[0].mark.0 - u.marks[0].mark.0 % 100_000);
-    run(&mut e, T0, Command::PlaceOrder(limit(2, 0, Side::Buy, bid, 400))).expect("bid for 4 calls");
-    run(&mut e, T0, Command::PlaceOrder(limit(1, 0, Side::Sell, bid, 400))).expect("account 1 short 4 calls");
+    run(
+        &mut e,
+        T0,
+        Command::PlaceOrder(limit(2, 0, Side::Buy, bid, 400)),
+    )
+    .expect("bid for 4 calls");
+    run(
+        &mut e,
+        T0,
+        Command::PlaceOrder(limit(1, 0, Side::Sell, bid, 400)),
+    )
+    .expect("account 1 short 4 calls");
     let (_, _, free) = e.collateral(AccountId(1)).expect("exists");
-    run(&mut e, T0, Command::Withdraw { account: AccountId(1), amount: Amount(free.0 - usd(1_000).0) }).expect("withdraw down to 1,000 free");
+    run(
+        &mut e,
+        T0,
+        Command::Withdraw {
+            account: AccountId(1),
+            amount: Amount(free.0 - usd(1_000).0),
+        },
+    )
+    .expect("withdraw down to 1,000 free");
     // Worst case needs 4 x (100,000 - 60,000) = 160,000: far more than the balance.
     let before = e.state_hash();
-    assert_eq!(run(&mut e, T0, Command::SetMarginMode { account: AccountId(1), mode: MarginMode::WorstCase }), Err(RejectCode::InsufficientMargin));
+    assert_eq!(
+        run(
+            &mut e,
+            T0,
+            Command::SetMarginMode {
+                account: AccountId(1),
+                mode: MarginMode::WorstCase
+            }
+        ),
+        Err(RejectCode::InsufficientMargin)
+    );
     assert_eq!(e.state_hash(), before);
     // Portfolio margin's +50% tail scenario costs a naked short call more than the standard rule.
-    assert_eq!(run(&mut e, T0, Command::SetMarginMode { account: AccountId(1), mode: MarginMode::Portfolio }), Err(RejectCode::InsufficientMargin));
+    assert_eq!(
+        run(
+            &mut e,
+            T0,
+            Command::SetMarginMode {
+                account: AccountId(1),
+                mode: MarginMode::Portfolio
+            }
+        ),
+        Err(RejectCode::InsufficientMargin)
+    );
     assert_eq!(e.state_hash(), before);
     e.check_invariants().expect("audit");
 }
@@ -178,16 +362,38 @@ fn switching_mode_needs_the_new_mode_covered() {
 #[test]
 fn expiry_settles_at_the_time_weighted_index() {
     let mut e = market();
-    run(&mut e, T0, Command::PlaceOrder(limit(1, 1, Side::Sell, px(500), 100))).expect("short put");
-    run(&mut e, T0, Command::PlaceOrder(limit(0, 1, Side::Buy, px(500), 100))).expect("long put");
+    run(
+        &mut e,
+        T0,
+        Command::PlaceOrder(limit(1, 1, Side::Sell, px(500), 100)),
+    )
+    .expect("short put");
+    run(
+        &mut e,
+        T0,
+        Command::PlaceOrder(limit(0, 1, Side::Buy, px(500), 100)),
+    )
+    .expect("long put");
     // BTC-21DEC24-60000-P expires at T0 + 1h. Index 59,000 from 07:30 to 07:50, then 58,000.
     let expiry = T0 + 3_600_000;
     let mut t = expiry - 40 * 60_000;
-    for (at, spot) in [(t, 60_000.0), (expiry - 30 * 60_000, 59_000.0), (expiry - 10 * 60_000, 58_000.0)] {
+    for (at, spot) in [
+        (t, 60_000.0),
+        (expiry - 30 * 60_000, 59_000.0),
+        (expiry - 10 * 60_000, 58_000.0),
+    ] {
         t = at;
         run(&mut e, t, Command::OracleUpdate(update(spot, t))).expect("update");
     }
-    let events = run(&mut e, expiry, Command::CancelAll { account: AccountId(3), instrument: None }).expect("time passes");
+    let events = run(
+        &mut e,
+        expiry,
+        Command::CancelAll {
+            account: AccountId(3),
+            instrument: None,
+        },
+    )
+    .expect("time passes");
     // TWAP = (59,000 * 20 + 58,000 * 10) / 30 = 58,666.666666 (rounded down to the micro).
     let twap = Price(58_666_666_666);
     assert!(events.iter().any(|ev| matches!(ev, Event::InstrumentSettled { settlement_price, .. } if *settlement_price == twap)), "{events:?}");
@@ -210,7 +416,15 @@ mod portfolio_properties {
         let mut e = engine_with(EngineLimits::default(), 4, usd(5_000_000));
         let u = update(60_000.0, T0);
         run(&mut e, T0, Command::OracleUpdate(u.clone())).expect("oracle");
-        run(&mut e, T0, Command::SetMarginMode { account: AccountId(1), mode: MarginMode::Portfolio }).expect("portfolio");
+        run(
+            &mut e,
+            T0,
+            Command::SetMarginMode {
+                account: AccountId(1),
+                mode: MarginMode::Portfolio,
+            },
+        )
+        .expect("portfolio");
         // Sizes in multiples of 4 steps, so that every fraction of the hedge below is exact and
         // the hedge is truly proportional (a rounded one can remove a leg that was a hedge).
         for &(i, q) in legs {
@@ -225,9 +439,23 @@ mod portfolio_properties {
         }
         let mark = u.marks[instrument as usize].mark.0;
         let price = Price((mark - mark % 100_000).max(100_000));
-        let (side, other) = if steps > 0 { (Side::Buy, Side::Sell) } else { (Side::Sell, Side::Buy) };
-        run(e, T0, Command::PlaceOrder(limit(2, instrument, other, price, steps.abs()))).expect("counterparty");
-        run(e, T0, Command::PlaceOrder(limit(1, instrument, side, price, steps.abs()))).expect("portfolio account trades");
+        let (side, other) = if steps > 0 {
+            (Side::Buy, Side::Sell)
+        } else {
+            (Side::Sell, Side::Buy)
+        };
+        run(
+            e,
+            T0,
+            Command::PlaceOrder(limit(2, instrument, other, price, steps.abs())),
+        )
+        .expect("counterparty");
+        run(
+            e,
+            T0,
+            Command::PlaceOrder(limit(1, instrument, side, price, steps.abs())),
+        )
+        .expect("portfolio account trades");
     }
 
     /// (gross portfolio requirement = net requirement + position value, worst single-scenario
@@ -237,7 +465,14 @@ mod portfolio_properties {
         let mut value = 0i128;
         let mut worst = 0i128;
         let mut n = 0;
-        let qs: Vec<i128> = (0..3).map(|i| i128::from(e.position_view(AccountId(1), InstrumentId(i)).map_or(0, |p| p.0.0))).collect();
+        let qs: Vec<i128> = (0..3)
+            .map(|i| {
+                i128::from(
+                    e.position_view(AccountId(1), InstrumentId(i))
+                        .map_or(0, |p| p.0.0),
+                )
+            })
+            .collect();
         for (i, q) in qs.iter().enumerate() {
             if *q != 0 {
                 n += 1;
@@ -245,7 +480,13 @@ mod portfolio_properties {
             }
         }
         for s in 0..u.marks[0].risk_array.len() {
-            let pnl: i128 = qs.iter().enumerate().map(|(i, q)| (q * i128::from(u.marks[i].risk_array[s].0)).div_euclid(MICRO_PER_CONTRACT)).sum();
+            let pnl: i128 = qs
+                .iter()
+                .enumerate()
+                .map(|(i, q)| {
+                    (q * i128::from(u.marks[i].risk_array[s].0)).div_euclid(MICRO_PER_CONTRACT)
+                })
+                .sum();
             worst = worst.max(-pnl);
         }
         (i128::from(requirement.0) + value, worst, n)

@@ -42,7 +42,18 @@ proptest! {
 }
 
 fn busy_snapshot() -> Vec<u8> {
-    let ops: Vec<_> = (0..300u16).map(|i| ((i % 28) as u8, (i * 7) as u8, (i * 3) as u8, i.wrapping_mul(2_654), i.wrapping_mul(40_503), (i * 13) as u8)).collect();
+    let ops: Vec<_> = (0..300u16)
+        .map(|i| {
+            (
+                (i % 28) as u8,
+                (i * 7) as u8,
+                (i * 3) as u8,
+                i.wrapping_mul(2_654),
+                i.wrapping_mul(40_503),
+                (i * 13) as u8,
+            )
+        })
+        .collect();
     let inputs = check_against_reference(&ops);
     // Snapshot the busiest moment of the run.
     let mut engine = Engine::new(test_limits());
@@ -60,13 +71,22 @@ fn busy_snapshot() -> Vec<u8> {
 #[test]
 fn damaged_snapshots_are_refused_with_a_reason() {
     let bytes = busy_snapshot();
-    assert!(matches!(Engine::restore_bytes(&bytes[..bytes.len() - 1], WorstCaseMargin), Err(RestoreError::Decode(DecodeError::Truncated))));
+    assert!(matches!(
+        Engine::restore_bytes(&bytes[..bytes.len() - 1], WorstCaseMargin),
+        Err(RestoreError::Decode(DecodeError::Truncated))
+    ));
     let mut longer = bytes.clone();
     longer.push(0);
-    assert!(matches!(Engine::restore_bytes(&longer, WorstCaseMargin), Err(RestoreError::Decode(DecodeError::Trailing(1)))));
+    assert!(matches!(
+        Engine::restore_bytes(&longer, WorstCaseMargin),
+        Err(RestoreError::Decode(DecodeError::Trailing(1)))
+    ));
     let mut wrong_magic = bytes.clone();
     wrong_magic[0] ^= 1;
-    assert!(matches!(Engine::restore_bytes(&wrong_magic, WorstCaseMargin), Err(RestoreError::Decode(DecodeError::Version))));
+    assert!(matches!(
+        Engine::restore_bytes(&wrong_magic, WorstCaseMargin),
+        Err(RestoreError::Decode(DecodeError::Version))
+    ));
     // Every single-byte corruption either fails to decode or fails the audit, or (for bytes
     // that only carry an order's filled size or a realized P&L) decodes to another valid state.
     let mut refused = 0;
@@ -77,7 +97,10 @@ fn damaged_snapshots_are_refused_with_a_reason() {
             refused += 1;
         }
     }
-    assert!(refused * 2 > bytes.len() / 7, "most corruptions must be refused ({refused})");
+    assert!(
+        refused * 2 > bytes.len() / 7,
+        "most corruptions must be refused ({refused})"
+    );
 }
 
 #[test]
@@ -85,11 +108,22 @@ fn a_state_that_creates_money_is_refused() {
     let bytes = busy_snapshot();
     let mut state = CanonicalState::decode(&bytes).expect("decodes");
     state.accounts[0].balance.0 += 1;
-    assert!(matches!(Engine::restore(&state, WorstCaseMargin), Err(RestoreError::Invariant(_))));
+    assert!(matches!(
+        Engine::restore(&state, WorstCaseMargin),
+        Err(RestoreError::Invariant(_))
+    ));
     let mut state = CanonicalState::decode(&bytes).expect("decodes");
-    if let Some(p) = state.accounts.iter_mut().flat_map(|a| a.positions.iter_mut()).find(|p| p.qty.0 != 0) {
+    if let Some(p) = state
+        .accounts
+        .iter_mut()
+        .flat_map(|a| a.positions.iter_mut())
+        .find(|p| p.qty.0 != 0)
+    {
         p.qty.0 += 1_000_000;
-        assert!(matches!(Engine::restore(&state, WorstCaseMargin), Err(RestoreError::Invariant(_))));
+        assert!(matches!(
+            Engine::restore(&state, WorstCaseMargin),
+            Err(RestoreError::Invariant(_))
+        ));
     }
 }
 

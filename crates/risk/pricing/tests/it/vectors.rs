@@ -7,11 +7,16 @@ use proptest::prelude::*;
 use serde_json::Value;
 
 fn vectors() -> Value {
-    serde_json::from_str(include_str!("../../../../../test-vectors/pricing.json")).expect("vectors are JSON")
+    serde_json::from_str(include_str!("../../../../../test-vectors/pricing.json"))
+        .expect("vectors are JSON")
 }
 
 fn right(v: &Value) -> Right {
-    if v["right"] == "C" { Right::Call } else { Right::Put }
+    if v["right"] == "C" {
+        Right::Call
+    } else {
+        Right::Put
+    }
 }
 
 fn f(v: &Value, key: &str) -> f64 {
@@ -30,7 +35,15 @@ fn bsm_prices_and_greeks_match_the_exact_closed_form_and_quantlib() {
     assert!(cases.len() > 400);
     let (mut worst_exact, mut worst_ql, mut ql_checked) = (0.0f64, 0.0f64, 0);
     for c in cases {
-        let g = bsm(right(c), f(c, "spot"), f(c, "strike"), f(c, "t"), f(c, "r"), f(c, "q"), f(c, "vol"));
+        let g = bsm(
+            right(c),
+            f(c, "spot"),
+            f(c, "strike"),
+            f(c, "t"),
+            f(c, "r"),
+            f(c, "q"),
+            f(c, "vol"),
+        );
         // Against the 40-digit closed form: prices to 1e-10 relative for every price above 1e-12
         // of spot (6e-8 USD at 60,000: far below any tick); the tinier far-tail prices (down to
         // 1e-238 here) lose digits to cancellation between two tail terms and are held to 1e-9.
@@ -40,15 +53,31 @@ fn bsm_prices_and_greeks_match_the_exact_closed_form_and_quantlib() {
         if !tiny {
             worst_exact = worst_exact.max(rel);
         }
-        assert!(rel <= if tiny { 1e-9 } else { 1e-10 }, "price {} vs exact {exact} (rel {rel:e}): {c}", g.price);
+        assert!(
+            rel <= if tiny { 1e-9 } else { 1e-10 },
+            "price {} vs exact {exact} (rel {rel:e}): {c}",
+            g.price
+        );
         let scale = f(c, "spot");
-        for (name, ours) in [("delta", g.delta), ("gamma", g.gamma), ("vega", g.vega), ("theta", g.theta), ("rho", g.rho)] {
+        for (name, ours) in [
+            ("delta", g.delta),
+            ("gamma", g.gamma),
+            ("vega", g.vega),
+            ("theta", g.theta),
+            ("rho", g.rho),
+        ] {
             let want = f(c, &format!("mp_{name}"));
-            assert!(close(ours, want, 1e-9, 1e-280), "{name} {ours} vs exact {want}: {c}");
+            assert!(
+                close(ours, want, 1e-9, 1e-280),
+                "{name} {ours} vs exact {want}: {c}"
+            );
             // And against QuantLib wherever QuantLib itself is exact to 1e-11.
             let ql = f(c, name);
             if close(ql, want, 1e-11, 1e-12 * scale) {
-                assert!(close(ours, ql, 1e-10, 1e-12 * scale), "{name} {ours} vs QuantLib {ql}: {c}");
+                assert!(
+                    close(ours, ql, 1e-10, 1e-12 * scale),
+                    "{name} {ours} vs QuantLib {ql}: {c}"
+                );
             }
         }
         let ql = f(c, "price");
@@ -59,16 +88,32 @@ fn bsm_prices_and_greeks_match_the_exact_closed_form_and_quantlib() {
             assert!(rel <= 1e-10, "price {} vs QuantLib {ql}: {c}", g.price);
         }
     }
-    assert!(ql_checked > 300, "QuantLib comparable on too few cases ({ql_checked})");
-    eprintln!("worst relative price error: {worst_exact:e} vs exact, {worst_ql:e} vs QuantLib ({ql_checked} cases)");
+    assert!(
+        ql_checked > 300,
+        "QuantLib comparable on too few cases ({ql_checked})"
+    );
+    eprintln!(
+        "worst relative price error: {worst_exact:e} vs exact, {worst_ql:e} vs QuantLib ({ql_checked} cases)"
+    );
 }
 
 #[test]
 fn black76_prices_match_quantlib() {
     let v = vectors();
     for c in v["black76"].as_array().expect("black-76 cases") {
-        let g = black76(right(c), f(c, "forward"), f(c, "strike"), f(c, "t"), f(c, "vol"), f(c, "discount"));
-        assert!(close(g.price, f(c, "price"), 1e-10, 1e-9 * f(c, "forward")), "{} vs {c}", g.price);
+        let g = black76(
+            right(c),
+            f(c, "forward"),
+            f(c, "strike"),
+            f(c, "t"),
+            f(c, "vol"),
+            f(c, "discount"),
+        );
+        assert!(
+            close(g.price, f(c, "price"), 1e-10, 1e-9 * f(c, "forward")),
+            "{} vs {c}",
+            g.price
+        );
     }
 }
 
@@ -86,8 +131,13 @@ fn implied_vol_recovers_every_vector() {
         if price - intrinsic < 1e-9 * s || f(c, "vega") < 1e-9 * s {
             continue;
         }
-        let iv = implied_vol_bsm(right(c), price, s, k, t, f(c, "r"), f(c, "q")).expect("inside bounds");
-        assert!(close(iv, f(c, "vol"), 1e-7, 1e-7), "iv {iv} vs {}: {c}", f(c, "vol"));
+        let iv =
+            implied_vol_bsm(right(c), price, s, k, t, f(c, "r"), f(c, "q")).expect("inside bounds");
+        assert!(
+            close(iv, f(c, "vol"), 1e-7, 1e-7),
+            "iv {iv} vs {}: {c}",
+            f(c, "vol")
+        );
     }
 }
 
