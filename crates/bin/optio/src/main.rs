@@ -110,6 +110,9 @@ impl Demo {
             Event::PositionSettled {
                 account, qty, cash, ..
             } => format!("account {account}: position {qty} settled for {cash} USDC"),
+            Event::LossShared { account, amount } => {
+                format!("account {account}: {amount} USDC of a liquidated deficit")
+            }
             Event::AccountOpened { account, owner } => {
                 format!("account {account} opened for {owner}")
             }

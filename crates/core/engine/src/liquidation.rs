@@ -362,6 +362,10 @@ impl<M: MarginModel> Engine<M> {
             for (a, _, share) in shares {
                 if share > 0 {
                     self.credit(a, Amount(-share as i64));
+                    events.push(Event::LossShared {
+                        account: a,
+                        amount: Amount(share as i64),
+                    });
                 }
             }
             self.credit(account, Amount(socialized as i64));

@@ -71,6 +71,14 @@ pub enum Event {
         /// Cash paid (+) or taken (-).
         cash: Amount,
     },
+    /// A share of a liquidated account's deficit charged to another account (pro rata by free
+    /// collateral), before the `DeficitCovered` that sums the shares.
+    LossShared {
+        /// Charged.
+        account: AccountId,
+        /// Taken from its balance (positive).
+        amount: Amount,
+    },
     /// A new account.
     AccountOpened {
         /// Assigned id.

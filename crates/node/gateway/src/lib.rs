@@ -975,7 +975,9 @@ impl Gateway {
                 false,
             ),
             _ => {
-                return Err(GatewayError::InvalidParams("order_type / time_in_force".into()).into());
+                return Err(
+                    GatewayError::InvalidParams("order_type / time_in_force".into()).into(),
+                );
             }
         };
         {

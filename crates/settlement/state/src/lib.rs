@@ -1,16 +1,24 @@
-//! The settlement state's hashing and tree (issue #6, first part).
+//! The settlement state (issue #6): what each batch commits to L1, and what anyone can rebuild
+//! from the posted data alone.
 //!
 //! Owns: the circom-compatible Poseidon hash over BN254 (the same hash the circuits and the L1
-//! contracts use; shared vectors keep them equal), field-element encodings of the values that
-//! enter leaves, and a sparse Merkle tree with membership and non-membership proofs.
-//! Must not: know the disk (the tree computes; a store persists, behind `NodeStore`) or the
-//! engine (the batcher turns engine events into leaves).
-//!
-//! Not built yet: the leaf layouts (accounts, instruments, insurance), the batcher, the data
-//! blob, rebuild and exit proofs, and a persistent store.
+//! contracts use; shared vectors keep them equal), the leaf layouts, a sparse Merkle tree with
+//! membership and non-membership proofs, the settlement ops derived from engine events, the
+//! settlement ledger they update (all of a batch or none), the versioned data blob, the batcher
+//! that cuts batches, rebuild from blobs and exit proofs.
+//! Must not: run the engine (it consumes the engine's events) or block it.
 
+pub mod batcher;
+pub mod blob;
+pub mod leaf;
+pub mod ledger;
+pub mod ops;
 pub mod poseidon;
 pub mod smt;
 
+pub use batcher::{Batch, BatchHeader, Batcher, rebuild};
+pub use blob::{BlobError, decode, encode};
+pub use ledger::{ExitProof, SettlementState, StateError};
+pub use ops::{Op, ops_from};
 pub use poseidon::{Fr, hash1, hash2, hash4};
 pub use smt::{NodeStore, Proof, SparseMerkleTree, verify};

@@ -7,7 +7,8 @@ use light_poseidon::{Poseidon, PoseidonHasher};
 /// A BN254 scalar field element.
 pub type Fr = ark_bn254::Fr;
 
-fn hash(inputs: &[Fr]) -> Fr {
+/// Poseidon of 1 to 12 elements (circomlib's `Poseidon(n)`).
+pub fn hash(inputs: &[Fr]) -> Fr {
     Poseidon::<Fr>::new_circom(inputs.len())
         .and_then(|mut p| p.hash(inputs))
         .expect("circom parameters exist for 1..=12 inputs and inputs are field elements")
@@ -40,6 +41,17 @@ pub fn from_i64(v: i64) -> Fr {
 /// A 20-byte address as a field element (big-endian integer, always below the modulus).
 pub fn from_address(a: &[u8; 20]) -> Fr {
     Fr::from_be_bytes_mod_order(a)
+}
+
+/// Bytes as field elements, 31 bytes (big-endian) per element, then a chain
+/// `h = Poseidon(h, chunk)` from `h = Poseidon(len)`: a commitment a circuit can recompute over
+/// exactly the bytes posted.
+pub fn hash_bytes(bytes: &[u8]) -> Fr {
+    bytes
+        .chunks(31)
+        .fold(hash1(Fr::from(bytes.len() as u64)), |h, chunk| {
+            hash2(h, Fr::from_be_bytes_mod_order(chunk))
+        })
 }
 
 /// Big-endian 32 bytes of a field element.

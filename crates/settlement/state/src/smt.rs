@@ -9,6 +9,9 @@ use std::collections::BTreeMap;
 
 use crate::poseidon::{Fr, hash2};
 
+/// Below this many nodes in a level, hashing stays on one thread.
+const PARALLEL_MIN: usize = 256;
+
 /// Where non-empty nodes live: `(height, index at that height) -> hash`. The tree computes;
 /// implementations of this trait persist.
 pub trait NodeStore {
@@ -52,6 +55,7 @@ pub enum TreeError {
 }
 
 /// A sparse Merkle tree of `depth` levels (at most 64).
+#[derive(Debug, Clone)]
 pub struct SparseMerkleTree<S: NodeStore = BTreeMap<(u8, u64), Fr>> {
     depth: u8,
     empty: Vec<Fr>,
@@ -128,6 +132,55 @@ impl<S: NodeStore> SparseMerkleTree<S> {
         }
         let stored = (value != self.empty[self.depth as usize]).then_some(value);
         self.store.put(self.depth, 0, stored);
+        Ok(())
+    }
+
+    /// Sets many leaves, then rehashes each touched node once, level by level (a node shared
+    /// by several paths is hashed once; at each level the nodes are independent and are hashed
+    /// on all cores when there are many). Later updates of one index win. Nothing changes if an
+    /// index is out of range.
+    pub fn set_many(&mut self, updates: &[(u64, Fr)]) -> Result<(), TreeError>
+    where
+        S: Sync,
+    {
+        for (index, _) in updates {
+            self.check(*index)?;
+        }
+        let mut level: BTreeMap<u64, Fr> = updates.iter().copied().collect();
+        for h in 0..self.depth {
+            for (i, v) in &level {
+                let stored = (*v != self.empty[h as usize]).then_some(*v);
+                self.store.put(h, *i, stored);
+            }
+            let parents: Vec<u64> = {
+                let mut p: Vec<u64> = level.keys().map(|i| i >> 1).collect();
+                p.dedup();
+                p
+            };
+            let this = &*self;
+            let hash_parent =
+                |p: &u64| (*p, hash2(this.node(h, p << 1), this.node(h, (p << 1) | 1)));
+            level = if parents.len() >= PARALLEL_MIN {
+                let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+                let chunk = parents.len().div_ceil(threads);
+                std::thread::scope(|scope| {
+                    let handles: Vec<_> = parents
+                        .chunks(chunk)
+                        .map(|c| scope.spawn(move || c.iter().map(hash_parent).collect::<Vec<_>>()))
+                        .collect();
+                    handles
+                        .into_iter()
+                        .flat_map(|h| h.join().expect("hashing does not panic"))
+                        .collect()
+                })
+            } else {
+                parents.iter().map(hash_parent).collect()
+            };
+        }
+        for (i, v) in &level {
+            let stored = (*v != self.empty[self.depth as usize]).then_some(*v);
+            self.store.put(self.depth, *i, stored);
+        }
         Ok(())
     }
 

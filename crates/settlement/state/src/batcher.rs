@@ -1,0 +1,305 @@
+//! The batcher: turns sequenced inputs and their events into settlement ops, cuts batches by size
+//! and time, applies each to the settlement state and produces its header and data blob. And
+//! `rebuild`: the same state from the blobs alone.
+
+use std::collections::BTreeMap;
+
+use optio_types::{Event, Input};
+use sha3::{Digest, Keccak256};
+
+use crate::blob::{self, BlobError, BlobMeta};
+use crate::ledger::{SettlementState, StateError};
+use crate::ops::{Op, ops_from};
+use crate::poseidon::{Fr, hash_bytes, to_bytes};
+
+/// What L1 records for a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchHeader {
+    /// Batch number, from 1.
+    pub number: u64,
+    /// State root before.
+    pub previous_root: Fr,
+    /// State root after.
+    pub new_root: Fr,
+    /// Poseidon commitment to the blob bytes (`poseidon::hash_bytes`, what a circuit recomputes).
+    pub ops_commitment: Fr,
+    /// keccak256 of the blob (what the L1 contract checks the posted data against).
+    pub data_hash: [u8; 32],
+    /// First sequence number covered.
+    pub first_seq: u64,
+    /// Last sequence number covered.
+    pub last_seq: u64,
+    /// Engine time at the cut, ms.
+    pub time_ms: u64,
+}
+
+impl BatchHeader {
+    /// As JSON (roots and hashes as 0x-hex, big-endian).
+    pub fn to_json(&self) -> String {
+        let hex = |b: &[u8]| -> String {
+            std::iter::once("0x".to_owned())
+                .chain(b.iter().map(|x| format!("{x:02x}")))
+                .collect()
+        };
+        format!(
+            "{{\"number\":{},\"previous_root\":\"{}\",\"new_root\":\"{}\",\"ops_commitment\":\"{}\",\"data_hash\":\"{}\",\"first_seq\":{},\"last_seq\":{},\"time_ms\":{}}}",
+            self.number,
+            hex(&to_bytes(&self.previous_root)),
+            hex(&to_bytes(&self.new_root)),
+            hex(&to_bytes(&self.ops_commitment)),
+            hex(&self.data_hash),
+            self.first_seq,
+            self.last_seq,
+            self.time_ms
+        )
+    }
+}
+
+/// A cut batch.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// Header.
+    pub header: BatchHeader,
+    /// Data blob.
+    pub blob: Vec<u8>,
+    /// Fills in it (for bytes-per-trade reporting).
+    pub fills: usize,
+}
+
+/// Why a batch could not be produced or rebuilt.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    /// The blob does not decode.
+    #[error("batch {number}: {source}")]
+    Blob {
+        /// Which batch (position in the sequence, from 1).
+        number: u64,
+        /// Why.
+        source: BlobError,
+    },
+    /// The ops do not apply.
+    #[error("batch {number}: {source}")]
+    State {
+        /// Which batch.
+        number: u64,
+        /// Why.
+        source: StateError,
+    },
+    /// Batch numbers or sequence ranges do not continue the previous batch.
+    #[error(
+        "batch {number}: out of order (expected batch {expected_number} from seq {expected_seq})"
+    )]
+    OutOfOrder {
+        /// Which batch (as found).
+        number: u64,
+        /// Expected number.
+        expected_number: u64,
+        /// Expected first sequence number.
+        expected_seq: u64,
+    },
+    /// A sequence number that does not follow the last one pushed.
+    #[error("input {got} pushed after {last}")]
+    SeqGap {
+        /// Last pushed.
+        last: u64,
+        /// Got.
+        got: u64,
+    },
+}
+
+/// Cuts batches from sequenced inputs.
+pub struct Batcher {
+    state: SettlementState,
+    number: u64,
+    last_seq: u64,
+    first_seq: u64,
+    opened_ms: Option<u64>,
+    last_ms: u64,
+    pending: Vec<Op>,
+    marks: BTreeMap<u32, Op>,
+    fills: usize,
+    max_ops: usize,
+    max_age_ms: u64,
+}
+
+impl Batcher {
+    /// A batcher from genesis, cutting at `max_ops` ops or `max_age_ms` after a batch's first op.
+    pub fn new(max_ops: usize, max_age_ms: u64) -> Self {
+        Self::resume(SettlementState::new(), 0, 0, max_ops, max_age_ms)
+    }
+
+    /// Continues after batch `number`, which ended at `last_seq` with `state` (rebuilt from the
+    /// blobs).
+    pub fn resume(
+        state: SettlementState,
+        number: u64,
+        last_seq: u64,
+        max_ops: usize,
+        max_age_ms: u64,
+    ) -> Self {
+        Self {
+            state,
+            number,
+            last_seq,
+            first_seq: last_seq + 1,
+            opened_ms: None,
+            last_ms: 0,
+            pending: Vec::new(),
+            marks: BTreeMap::new(),
+            fills: 0,
+            max_ops: max_ops.max(1),
+            max_age_ms,
+        }
+    }
+
+    /// The settlement state as of the last cut batch.
+    pub fn state(&self) -> &SettlementState {
+        &self.state
+    }
+
+    /// Last batch number cut.
+    pub fn number(&self) -> u64 {
+        self.number
+    }
+
+    /// Last sequence number pushed.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// Ops waiting for the next cut.
+    pub fn pending(&self) -> usize {
+        self.pending.len() + self.marks.len()
+    }
+
+    /// Takes one sequenced input with the engine's events for it (rejected inputs too: they
+    /// advance the sequence range). Returns a batch when this input fills one.
+    pub fn push(
+        &mut self,
+        seq: u64,
+        input: &Input,
+        events: &[Event],
+    ) -> Result<Option<Batch>, BatchError> {
+        if seq != self.last_seq + 1 {
+            return Err(BatchError::SeqGap {
+                last: self.last_seq,
+                got: seq,
+            });
+        }
+        self.last_seq = seq;
+        self.last_ms = self.last_ms.max(input.time_ms);
+        let (ops, marks) = ops_from(input, events);
+        if (!ops.is_empty() || !marks.is_empty()) && self.opened_ms.is_none() {
+            self.opened_ms = Some(input.time_ms);
+        }
+        self.fills += ops.iter().filter(|o| matches!(o, Op::Fill { .. })).count();
+        self.pending.extend(ops);
+        for m in marks {
+            if let Op::Mark { instrument, .. } = &m {
+                self.marks.insert(instrument.0, m);
+            }
+        }
+        if self.pending() >= self.max_ops {
+            self.cut().map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Cuts a batch if its first op is at least `max_age_ms` old at `now_ms`.
+    pub fn tick(&mut self, now_ms: u64) -> Result<Option<Batch>, BatchError> {
+        match self.opened_ms {
+            Some(t) if now_ms.saturating_sub(t) >= self.max_age_ms => self.cut().map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// Cuts what is pending into a batch (marks last, one per instrument, by id); `None` if
+    /// nothing is pending.
+    pub fn flush(&mut self) -> Result<Option<Batch>, BatchError> {
+        if self.pending() == 0 {
+            Ok(None)
+        } else {
+            self.cut().map(Some)
+        }
+    }
+
+    fn cut(&mut self) -> Result<Batch, BatchError> {
+        let mut ops = std::mem::take(&mut self.pending);
+        ops.extend(std::mem::take(&mut self.marks).into_values());
+        let meta = BlobMeta {
+            number: self.number + 1,
+            first_seq: self.first_seq,
+            last_seq: self.last_seq,
+            time_ms: self.last_ms,
+        };
+        let blob = blob::encode(&meta, &ops);
+        let previous_root = self.state.root();
+        self.state
+            .apply_batch(&ops)
+            .map_err(|source| BatchError::State {
+                number: meta.number,
+                source,
+            })?;
+        let new_root = self.state.commit();
+        self.number = meta.number;
+        self.first_seq = self.last_seq + 1;
+        self.opened_ms = None;
+        let fills = std::mem::take(&mut self.fills);
+        let header = header(&meta, previous_root, new_root, &blob);
+        Ok(Batch {
+            header,
+            blob,
+            fills,
+        })
+    }
+}
+
+fn header(meta: &BlobMeta, previous_root: Fr, new_root: Fr, blob: &[u8]) -> BatchHeader {
+    BatchHeader {
+        number: meta.number,
+        previous_root,
+        new_root,
+        ops_commitment: hash_bytes(blob),
+        data_hash: Keccak256::digest(blob).into(),
+        first_seq: meta.first_seq,
+        last_seq: meta.last_seq,
+        time_ms: meta.time_ms,
+    }
+}
+
+/// Rebuilds the settlement state from genesis and the blobs alone, in order, calling `each` with
+/// every batch's header as recomputed (its `new_root` is what the batcher must have committed).
+/// Stops at the first blob that does not decode, continue or apply; the state stays at the last
+/// good batch.
+pub fn rebuild<'a>(
+    blobs: impl IntoIterator<Item = &'a [u8]>,
+    state: &mut SettlementState,
+    mut each: impl FnMut(&BatchHeader),
+) -> Result<(u64, u64), BatchError> {
+    let (mut number, mut last_seq) = (0u64, 0u64);
+    for bytes in blobs {
+        let (meta, ops) = blob::decode(bytes).map_err(|source| BatchError::Blob {
+            number: number + 1,
+            source,
+        })?;
+        if meta.number != number + 1 || meta.first_seq != last_seq + 1 {
+            return Err(BatchError::OutOfOrder {
+                number: meta.number,
+                expected_number: number + 1,
+                expected_seq: last_seq + 1,
+            });
+        }
+        let previous_root = state.root();
+        state
+            .apply_batch(&ops)
+            .map_err(|source| BatchError::State {
+                number: meta.number,
+                source,
+            })?;
+        let new_root = state.commit();
+        each(&header(&meta, previous_root, new_root, bytes));
+        (number, last_seq) = (meta.number, meta.last_seq);
+    }
+    Ok((number, last_seq))
+}

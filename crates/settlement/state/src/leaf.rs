@@ -1,0 +1,130 @@
+//! Leaf layouts: what each leaf of the settlement state hashes, field by field. Circuits and the
+//! L1 contracts recompute exactly these (docs/settlement.md; vectors in
+//! test-vectors/settlement.json).
+//!
+//! ```text
+//! root            = Poseidon(accounts_root, instruments_root, funds)
+//! funds           = Poseidon(insurance, fee_pool)
+//! account leaf    = Poseidon(owner, keys_hash, nonce, collateral, positions_root)   at index account id
+//! keys_hash       = fold of Poseidon(h, key, expiry_ms) over keys in address order, from 0
+//! position leaf   = signed quantity (p - |q| when short; 0 = flat)                at index instrument id
+//! instrument leaf = Poseidon(spec_hash, status, mark, risk_hash, settlement_price)  at index instrument id
+//! spec_hash       = hash_bytes(canonical spec encoding)
+//! risk_hash       = fold of Poseidon(h, a, b, c) over the risk array in threes (0-padded), from 0
+//! ```
+//! Amounts and prices are fixed-point integers (micro-USDC; quantities in 1e-8), negatives as
+//! `p - |v|`; a missing mark or settlement price is 0.
+
+use optio_types::{Address, Amount, InstrumentSpec, Price, Qty};
+
+use crate::poseidon::{Fr, from_address, from_i64, hash, hash_bytes};
+
+/// Depth of the accounts tree (16.7M accounts).
+pub const ACCOUNT_DEPTH: u8 = 24;
+/// Depth of the instruments tree and of each account's positions tree (1M instruments).
+pub const INSTRUMENT_DEPTH: u8 = 20;
+
+/// Status codes in the instrument leaf.
+pub mod status {
+    /// Listed, not yet trading.
+    pub const LISTED: u64 = 0;
+    /// Trading.
+    pub const ACTIVE: u64 = 1;
+    /// Expired, awaiting settlement.
+    pub const EXPIRED: u64 = 2;
+    /// Settled.
+    pub const SETTLED: u64 = 3;
+}
+
+/// The fields of an account leaf.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccountLeaf {
+    /// Owner wallet.
+    pub owner: Address,
+    /// Hash of the registered session keys.
+    pub keys_hash: Fr,
+    /// Withdrawals processed (an L1 withdrawal claim names it).
+    pub nonce: u64,
+    /// Collateral, micro-USDC (negative only for an account in deficit during liquidation).
+    pub collateral: Amount,
+    /// Root of the account's positions tree.
+    pub positions_root: Fr,
+}
+
+impl AccountLeaf {
+    /// The leaf hash.
+    pub fn hash(&self) -> Fr {
+        hash(&[
+            from_address(&self.owner.0),
+            self.keys_hash,
+            Fr::from(self.nonce),
+            from_i64(self.collateral.0),
+            self.positions_root,
+        ])
+    }
+}
+
+/// Hash of an account's session keys (sorted by address).
+pub fn keys_hash<'a>(keys: impl IntoIterator<Item = (&'a Address, &'a u64)>) -> Fr {
+    keys.into_iter().fold(Fr::from(0u64), |h, (key, expiry)| {
+        hash(&[h, from_address(&key.0), Fr::from(*expiry)])
+    })
+}
+
+/// A position leaf.
+pub fn position_leaf(qty: Qty) -> Fr {
+    from_i64(qty.0)
+}
+
+/// The fields of an instrument leaf.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InstrumentLeaf {
+    /// `spec_hash` of the instrument's spec.
+    pub spec_hash: Fr,
+    /// One of `status::*`.
+    pub status: u64,
+    /// Last committed mark per contract (0 before the first).
+    pub mark: Price,
+    /// Hash of the last committed risk array.
+    pub risk_hash: Fr,
+    /// Settlement price (0 before settlement).
+    pub settlement_price: Price,
+}
+
+impl InstrumentLeaf {
+    /// The leaf hash.
+    pub fn hash(&self) -> Fr {
+        hash(&[
+            self.spec_hash,
+            Fr::from(self.status),
+            from_i64(self.mark.0),
+            self.risk_hash,
+            from_i64(self.settlement_price.0),
+        ])
+    }
+}
+
+/// Hash of an instrument's canonical spec bytes.
+pub fn spec_hash(spec: &InstrumentSpec) -> Fr {
+    let mut w = optio_types::codec::Writer::default();
+    optio_types::state::encode_spec(&mut w, spec);
+    hash_bytes(&w.bytes)
+}
+
+/// Hash of a risk array.
+pub fn risk_hash(risk: &[Amount]) -> Fr {
+    risk.chunks(3).fold(Fr::from(0u64), |h, c| {
+        let at = |i: usize| c.get(i).map_or(Fr::from(0u64), |a| from_i64(a.0));
+        hash(&[h, at(0), at(1), at(2)])
+    })
+}
+
+/// The funds leaf.
+pub fn funds_hash(insurance: Amount, fee_pool: Amount) -> Fr {
+    hash(&[from_i64(insurance.0), from_i64(fee_pool.0)])
+}
+
+/// The state root over the three parts.
+pub fn state_root(accounts_root: Fr, instruments_root: Fr, funds: Fr) -> Fr {
+    hash(&[accounts_root, instruments_root, funds])
+}

@@ -1,0 +1,776 @@
+//! The settlement state: accounts, instruments and funds as the ops leave them, with their
+//! trees. `apply_batch` applies a whole batch or nothing; `commit` rehashes what the batch
+//! touched and returns the new root.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use optio_types::{
+    AccountId, Address, Amount, CanonicalState, InstrumentId, InstrumentSpec, InstrumentStatus,
+    Price, Qty,
+};
+
+use crate::leaf::{self, ACCOUNT_DEPTH, AccountLeaf, INSTRUMENT_DEPTH, InstrumentLeaf, status};
+use crate::ops::Op;
+use crate::poseidon::Fr;
+use crate::smt::{Proof, SparseMerkleTree};
+
+/// Why a batch does not apply (nothing was applied).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StateError {
+    /// Op `index` names an account that does not exist.
+    #[error("op {0}: unknown account")]
+    UnknownAccount(usize),
+    /// Op `index` names an instrument that does not exist.
+    #[error("op {0}: unknown instrument")]
+    UnknownInstrument(usize),
+    /// Op `index` would overflow an amount or exceed the trees' capacity.
+    #[error("op {0}: out of range")]
+    OutOfRange(usize),
+}
+
+/// One account.
+#[derive(Debug, Clone)]
+pub struct Account {
+    /// Owner.
+    pub owner: Address,
+    /// Session keys and their expiry (ms).
+    pub keys: BTreeMap<Address, u64>,
+    /// Withdrawals processed.
+    pub nonce: u64,
+    /// Collateral.
+    pub collateral: Amount,
+    /// Open positions by instrument id.
+    pub positions: BTreeMap<u32, Qty>,
+    tree: SparseMerkleTree,
+    dirty_positions: BTreeSet<u32>,
+}
+
+/// One instrument.
+#[derive(Debug, Clone)]
+pub struct Instrument {
+    /// Spec.
+    pub spec: InstrumentSpec,
+    spec_hash: Fr,
+    /// One of `leaf::status::*`.
+    pub status: u64,
+    /// Last committed mark.
+    pub mark: Price,
+    /// Last committed risk array.
+    pub risk: Vec<Amount>,
+    /// Settlement price.
+    pub settlement_price: Price,
+}
+
+impl Instrument {
+    fn leaf(&self) -> InstrumentLeaf {
+        InstrumentLeaf {
+            spec_hash: self.spec_hash,
+            status: self.status,
+            mark: self.mark,
+            risk_hash: leaf::risk_hash(&self.risk),
+            settlement_price: self.settlement_price,
+        }
+    }
+}
+
+/// The settlement state.
+#[derive(Debug, Clone)]
+pub struct SettlementState {
+    accounts: Vec<Account>,
+    instruments: Vec<Instrument>,
+    insurance: Amount,
+    fee_pool: Amount,
+    account_tree: SparseMerkleTree,
+    instrument_tree: SparseMerkleTree,
+    dirty_accounts: BTreeSet<u32>,
+    dirty_instruments: BTreeSet<u32>,
+}
+
+impl Default for SettlementState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What an account can take to L1 to exit: its leaf, its positions and the instruments' leaves,
+/// each with its Merkle proof, against one state root (the layout of docs/settlement.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExitProof {
+    /// The state root the proofs are against.
+    pub root: Fr,
+    /// Root of the accounts tree.
+    pub accounts_root: Fr,
+    /// Root of the instruments tree.
+    pub instruments_root: Fr,
+    /// Insurance fund.
+    pub insurance: Amount,
+    /// Fee pool.
+    pub fee_pool: Amount,
+    /// The account's id.
+    pub account: AccountId,
+    /// Its leaf.
+    pub leaf: AccountLeaf,
+    /// Its proof in the accounts tree.
+    pub account_proof: Proof,
+    /// Each open position: instrument, quantity, proof in the account's positions tree, the
+    /// instrument's leaf and its proof in the instruments tree.
+    pub positions: Vec<(InstrumentId, Qty, Proof, InstrumentLeaf, Proof)>,
+}
+
+impl ExitProof {
+    /// Every proof checks against `root` (what the L1 exit function checks).
+    pub fn verify(&self) -> bool {
+        leaf::state_root(
+            self.accounts_root,
+            self.instruments_root,
+            leaf::funds_hash(self.insurance, self.fee_pool),
+        ) == self.root
+            && self.account_proof.index == u64::from(self.account.0)
+            && crate::smt::verify(self.accounts_root, self.leaf.hash(), &self.account_proof)
+            && self
+                .positions
+                .iter()
+                .all(|(instrument, qty, proof, inst, inst_proof)| {
+                    proof.index == u64::from(instrument.0)
+                        && inst_proof.index == u64::from(instrument.0)
+                        && crate::smt::verify(
+                            self.leaf.positions_root,
+                            leaf::position_leaf(*qty),
+                            proof,
+                        )
+                        && crate::smt::verify(self.instruments_root, inst.hash(), inst_proof)
+                })
+    }
+}
+
+fn add(a: Amount, b: i64, op: usize) -> Result<Amount, StateError> {
+    a.0.checked_add(b)
+        .map(Amount)
+        .ok_or(StateError::OutOfRange(op))
+}
+
+impl SettlementState {
+    /// The empty state (genesis).
+    pub fn new() -> Self {
+        Self {
+            accounts: Vec::new(),
+            instruments: Vec::new(),
+            insurance: Amount::ZERO,
+            fee_pool: Amount::ZERO,
+            account_tree: SparseMerkleTree::new(ACCOUNT_DEPTH),
+            instrument_tree: SparseMerkleTree::new(INSTRUMENT_DEPTH),
+            dirty_accounts: BTreeSet::new(),
+            dirty_instruments: BTreeSet::new(),
+        }
+    }
+
+    /// Accounts by id.
+    pub fn accounts(&self) -> &[Account] {
+        &self.accounts
+    }
+
+    /// Instruments by id.
+    pub fn instruments(&self) -> &[Instrument] {
+        &self.instruments
+    }
+
+    /// Insurance fund and fee pool.
+    pub fn funds(&self) -> (Amount, Amount) {
+        (self.insurance, self.fee_pool)
+    }
+
+    /// The root as of the last `commit`.
+    pub fn root(&self) -> Fr {
+        leaf::state_root(
+            self.account_tree.root(),
+            self.instrument_tree.root(),
+            leaf::funds_hash(self.insurance, self.fee_pool),
+        )
+    }
+
+    /// Checks that every op names what exists (counting what the batch itself creates), so that
+    /// `apply_batch` either applies all or nothing.
+    fn validate(&self, ops: &[Op]) -> Result<(), StateError> {
+        let (mut accounts, mut instruments) =
+            (self.accounts.len() as u64, self.instruments.len() as u64);
+        for (i, op) in ops.iter().enumerate() {
+            let account = |a: &AccountId| {
+                if u64::from(a.0) < accounts {
+                    Ok(())
+                } else {
+                    Err(StateError::UnknownAccount(i))
+                }
+            };
+            let instrument = |x: &InstrumentId| {
+                if u64::from(x.0) < instruments {
+                    Ok(())
+                } else {
+                    Err(StateError::UnknownInstrument(i))
+                }
+            };
+            match op {
+                Op::ListInstrument { .. } => {
+                    instruments += 1;
+                    if instruments > 1 << INSTRUMENT_DEPTH {
+                        return Err(StateError::OutOfRange(i));
+                    }
+                }
+                Op::OpenAccount { .. } => {
+                    accounts += 1;
+                    if accounts > 1 << ACCOUNT_DEPTH {
+                        return Err(StateError::OutOfRange(i));
+                    }
+                }
+                Op::ActivateInstrument { instrument: x }
+                | Op::ExpireInstrument { instrument: x }
+                | Op::SettleInstrument { instrument: x, .. }
+                | Op::Mark { instrument: x, .. } => instrument(x)?,
+                Op::SettlePosition {
+                    account: a,
+                    instrument: x,
+                    ..
+                } => {
+                    account(a)?;
+                    instrument(x)?;
+                }
+                Op::Deposit { account: a, .. }
+                | Op::Withdraw { account: a, .. }
+                | Op::LossShared { account: a, .. }
+                | Op::DeficitCovered { account: a, .. }
+                | Op::SessionKey { account: a, .. } => account(a)?,
+                Op::Transfer { from, to, .. } => {
+                    account(from)?;
+                    account(to)?;
+                }
+                Op::Fill {
+                    instrument: x,
+                    maker,
+                    taker,
+                    ..
+                } => {
+                    instrument(x)?;
+                    account(maker)?;
+                    account(taker)?;
+                }
+                Op::Liquidation {
+                    account: a,
+                    counterparty,
+                    instrument: x,
+                    ..
+                } => {
+                    instrument(x)?;
+                    account(a)?;
+                    account(counterparty)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a batch's ops in order: all of them, or (on error) none.
+    pub fn apply_batch(&mut self, ops: &[Op]) -> Result<(), StateError> {
+        self.validate(ops)?;
+        // The batch runs on copies of what it touches; an op out of range drops the copies.
+        let mut scratch = self.scratch_for(ops);
+        for (i, op) in ops.iter().enumerate() {
+            scratch.apply(i, op)?;
+        }
+        scratch.write_back(self);
+        Ok(())
+    }
+
+    fn scratch_for(&self, ops: &[Op]) -> Scratch {
+        let mut touched = BTreeSet::new();
+        let mut instruments = BTreeSet::new();
+        for op in ops {
+            match op {
+                Op::SettlePosition {
+                    account,
+                    instrument,
+                    ..
+                } => {
+                    touched.insert(account.0);
+                    instruments.insert(instrument.0);
+                }
+                Op::Deposit { account, .. }
+                | Op::Withdraw { account, .. }
+                | Op::LossShared { account, .. }
+                | Op::DeficitCovered { account, .. }
+                | Op::SessionKey { account, .. } => {
+                    touched.insert(account.0);
+                }
+                Op::Transfer { from, to, .. } => {
+                    touched.extend([from.0, to.0]);
+                }
+                Op::Fill {
+                    instrument,
+                    maker,
+                    taker,
+                    ..
+                } => {
+                    touched.extend([maker.0, taker.0]);
+                    instruments.insert(instrument.0);
+                }
+                Op::Liquidation {
+                    account,
+                    counterparty,
+                    instrument,
+                    ..
+                } => {
+                    touched.extend([account.0, counterparty.0]);
+                    instruments.insert(instrument.0);
+                }
+                Op::ActivateInstrument { instrument }
+                | Op::ExpireInstrument { instrument }
+                | Op::SettleInstrument { instrument, .. }
+                | Op::Mark { instrument, .. } => {
+                    instruments.insert(instrument.0);
+                }
+                Op::ListInstrument { .. } | Op::OpenAccount { .. } => {}
+            }
+        }
+        Scratch {
+            accounts: touched
+                .into_iter()
+                .filter_map(|a| self.accounts.get(a as usize).map(|x| (a, x.light_clone())))
+                .collect(),
+            instruments: instruments
+                .into_iter()
+                .filter_map(|i| self.instruments.get(i as usize).map(|x| (i, x.clone())))
+                .collect(),
+            new_accounts: Vec::new(),
+            new_instruments: Vec::new(),
+            first_new_account: self.accounts.len() as u32,
+            first_new_instrument: self.instruments.len() as u32,
+            insurance: self.insurance,
+            fee_pool: self.fee_pool,
+        }
+    }
+
+    /// Rehashes what changed since the last commit (positions trees and account leaves on all
+    /// cores, then each tree once per touched node) and returns the new root.
+    pub fn commit(&mut self) -> Fr {
+        let dirty: Vec<u32> = std::mem::take(&mut self.dirty_accounts)
+            .into_iter()
+            .collect();
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut touched: Vec<&mut Account> = Vec::with_capacity(dirty.len());
+        {
+            let mut rest = &mut self.accounts[..];
+            let mut offset = 0u32;
+            for &id in &dirty {
+                let (_, tail) = rest.split_at_mut((id - offset) as usize);
+                let (one, after) = tail.split_at_mut(1);
+                touched.push(&mut one[0]);
+                rest = after;
+                offset = id + 1;
+            }
+        }
+        let leaves: Vec<Fr> = if touched.len() >= 64 && threads > 1 {
+            let chunk = touched.len().div_ceil(threads);
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = touched
+                    .chunks_mut(chunk)
+                    .map(|c| {
+                        scope.spawn(move || c.iter_mut().map(|a| a.rehash()).collect::<Vec<_>>())
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .flat_map(|h| h.join().expect("hashing does not panic"))
+                    .collect()
+            })
+        } else {
+            touched.iter_mut().map(|a| a.rehash()).collect()
+        };
+        let updates: Vec<(u64, Fr)> = dirty.iter().map(|a| u64::from(*a)).zip(leaves).collect();
+        self.account_tree
+            .set_many(&updates)
+            .expect("account ids were validated against the depth");
+        let instruments: Vec<(u64, Fr)> = std::mem::take(&mut self.dirty_instruments)
+            .into_iter()
+            .map(|i| (u64::from(i), self.instruments[i as usize].leaf().hash()))
+            .collect();
+        self.instrument_tree
+            .set_many(&instruments)
+            .expect("instrument ids were validated against the depth");
+        self.root()
+    }
+
+    /// The exit proof of `account` against the last committed root.
+    pub fn exit_proof(&self, account: AccountId) -> Option<ExitProof> {
+        let a = self.accounts.get(account.0 as usize)?;
+        let positions = a
+            .positions
+            .iter()
+            .map(|(i, q)| {
+                let inst = &self.instruments[*i as usize];
+                let proof = a
+                    .tree
+                    .prove(u64::from(*i))
+                    .expect("instrument ids fit the depth");
+                let inst_proof = self
+                    .instrument_tree
+                    .prove(u64::from(*i))
+                    .expect("instrument ids fit the depth");
+                (InstrumentId(*i), *q, proof, inst.leaf(), inst_proof)
+            })
+            .collect();
+        Some(ExitProof {
+            root: self.root(),
+            accounts_root: self.account_tree.root(),
+            instruments_root: self.instrument_tree.root(),
+            insurance: self.insurance,
+            fee_pool: self.fee_pool,
+            account,
+            leaf: a.leaf(),
+            account_proof: self
+                .account_tree
+                .prove(u64::from(account.0))
+                .expect("account ids fit the depth"),
+            positions,
+        })
+    }
+
+    /// Where this state differs from the engine's (collateral, positions, owners, keys, funds,
+    /// instrument status, marks and settlement prices); `None` when they agree. The node checks
+    /// it at every batch; tests check it after every batch of random histories.
+    pub fn diff_engine(&self, engine: &CanonicalState) -> Option<String> {
+        if engine.accounts.len() != self.accounts.len()
+            || engine.instruments.len() != self.instruments.len()
+        {
+            return Some(format!(
+                "{} accounts and {} instruments, the engine has {} and {}",
+                self.accounts.len(),
+                self.instruments.len(),
+                engine.accounts.len(),
+                engine.instruments.len()
+            ));
+        }
+        if (engine.totals.insurance, engine.totals.fee_pool) != (self.insurance, self.fee_pool) {
+            return Some(format!(
+                "funds {:?}, the engine has {:?}",
+                (self.insurance, self.fee_pool),
+                (engine.totals.insurance, engine.totals.fee_pool)
+            ));
+        }
+        for (i, (mine, theirs)) in self.accounts.iter().zip(&engine.accounts).enumerate() {
+            let positions: BTreeMap<u32, Qty> = theirs
+                .positions
+                .iter()
+                .filter(|p| p.qty.0 != 0)
+                .map(|p| (p.instrument.0, p.qty))
+                .collect();
+            let keys: BTreeMap<Address, u64> = theirs.session_keys.iter().copied().collect();
+            if mine.owner != theirs.owner
+                || mine.collateral != theirs.balance
+                || mine.positions != positions
+                || mine.keys != keys
+            {
+                return Some(format!(
+                    "account {i}: {:?} {:?} {:?}, the engine has {:?} {:?} {:?}",
+                    mine.collateral, mine.positions, mine.keys, theirs.balance, positions, keys
+                ));
+            }
+        }
+        for (i, (mine, theirs)) in self.instruments.iter().zip(&engine.instruments).enumerate() {
+            let st = match theirs.status {
+                InstrumentStatus::Listed => status::LISTED,
+                InstrumentStatus::Active => status::ACTIVE,
+                InstrumentStatus::Expired => status::EXPIRED,
+                InstrumentStatus::Settled => status::SETTLED,
+            };
+            let mark = theirs
+                .mark
+                .as_ref()
+                .map_or((Price::ZERO, Vec::new()), |(p, r)| (*p, r.clone()));
+            if mine.spec != theirs.spec
+                || mine.status != st
+                || (mine.mark, mine.risk.clone()) != mark
+                || Some(mine.settlement_price).filter(|p| p.0 != 0) != theirs.settlement_price
+            {
+                return Some(format!(
+                    "instrument {i}: status {} mark {:?} settlement {:?}, the engine has {st} {:?} {:?}",
+                    mine.status, mine.mark, mine.settlement_price, mark.0, theirs.settlement_price
+                ));
+            }
+        }
+        None
+    }
+}
+
+impl Account {
+    fn new(owner: Address) -> Self {
+        Self {
+            owner,
+            keys: BTreeMap::new(),
+            nonce: 0,
+            collateral: Amount::ZERO,
+            positions: BTreeMap::new(),
+            tree: SparseMerkleTree::new(INSTRUMENT_DEPTH),
+            dirty_positions: BTreeSet::new(),
+        }
+    }
+
+    /// A copy without the positions tree (batches work on these; `write_back` moves the
+    /// changes into the real account).
+    fn light_clone(&self) -> Account {
+        Account {
+            owner: self.owner,
+            keys: self.keys.clone(),
+            nonce: self.nonce,
+            collateral: self.collateral,
+            positions: self.positions.clone(),
+            tree: SparseMerkleTree::new(1),
+            dirty_positions: BTreeSet::new(),
+        }
+    }
+
+    fn leaf(&self) -> AccountLeaf {
+        AccountLeaf {
+            owner: self.owner,
+            keys_hash: leaf::keys_hash(&self.keys),
+            nonce: self.nonce,
+            collateral: self.collateral,
+            positions_root: self.tree.root(),
+        }
+    }
+
+    fn rehash(&mut self) -> Fr {
+        let updates: Vec<(u64, Fr)> = std::mem::take(&mut self.dirty_positions)
+            .into_iter()
+            .map(|i| {
+                (
+                    u64::from(i),
+                    leaf::position_leaf(self.positions.get(&i).copied().unwrap_or(Qty::ZERO)),
+                )
+            })
+            .collect();
+        self.tree
+            .set_many(&updates)
+            .expect("instrument ids were validated against the depth");
+        self.leaf().hash()
+    }
+
+    fn move_position(&mut self, instrument: u32, delta: i64, op: usize) -> Result<(), StateError> {
+        let q = self
+            .positions
+            .get(&instrument)
+            .map_or(0, |q| q.0)
+            .checked_add(delta)
+            .ok_or(StateError::OutOfRange(op))?;
+        if q == 0 {
+            self.positions.remove(&instrument);
+        } else {
+            self.positions.insert(instrument, Qty(q));
+        }
+        self.dirty_positions.insert(instrument);
+        Ok(())
+    }
+}
+
+/// A batch in progress: copies of what it touches, written back only when every op applied.
+struct Scratch {
+    accounts: BTreeMap<u32, Account>,
+    instruments: BTreeMap<u32, Instrument>,
+    new_accounts: Vec<Account>,
+    new_instruments: Vec<Instrument>,
+    first_new_account: u32,
+    first_new_instrument: u32,
+    insurance: Amount,
+    fee_pool: Amount,
+}
+
+impl Scratch {
+    fn account(&mut self, id: AccountId) -> &mut Account {
+        if id.0 >= self.first_new_account {
+            &mut self.new_accounts[(id.0 - self.first_new_account) as usize]
+        } else {
+            self.accounts
+                .get_mut(&id.0)
+                .expect("validated and collected")
+        }
+    }
+
+    fn instrument(&mut self, id: InstrumentId) -> &mut Instrument {
+        if id.0 >= self.first_new_instrument {
+            &mut self.new_instruments[(id.0 - self.first_new_instrument) as usize]
+        } else {
+            self.instruments
+                .get_mut(&id.0)
+                .expect("validated and collected")
+        }
+    }
+
+    fn spec(&mut self, id: InstrumentId) -> InstrumentSpec {
+        self.instrument(id).spec.clone()
+    }
+
+    fn credit(&mut self, id: AccountId, amount: i64, op: usize) -> Result<(), StateError> {
+        let a = self.account(id);
+        a.collateral = add(a.collateral, amount, op)?;
+        Ok(())
+    }
+
+    fn apply(&mut self, i: usize, op: &Op) -> Result<(), StateError> {
+        let range = |_| StateError::OutOfRange(i);
+        match op {
+            Op::ListInstrument { spec } => self.new_instruments.push(Instrument {
+                spec: spec.clone(),
+                spec_hash: leaf::spec_hash(spec),
+                status: status::LISTED,
+                mark: Price::ZERO,
+                risk: Vec::new(),
+                settlement_price: Price::ZERO,
+            }),
+            Op::ActivateInstrument { instrument } => {
+                self.instrument(*instrument).status = status::ACTIVE
+            }
+            Op::ExpireInstrument { instrument } => {
+                self.instrument(*instrument).status = status::EXPIRED
+            }
+            Op::SettleInstrument {
+                instrument,
+                price,
+                insurance_credit,
+            } => {
+                let inst = self.instrument(*instrument);
+                inst.status = status::SETTLED;
+                inst.settlement_price = *price;
+                self.insurance = add(self.insurance, insurance_credit.0, i)?;
+            }
+            Op::SettlePosition {
+                account,
+                instrument,
+                cash,
+            } => {
+                let a = self.account(*account);
+                a.positions.remove(&instrument.0);
+                a.dirty_positions.insert(instrument.0);
+                a.collateral = add(a.collateral, cash.0, i)?;
+            }
+            Op::OpenAccount { owner } => self.new_accounts.push(Account::new(*owner)),
+            Op::Deposit { account, amount } => self.credit(*account, amount.0, i)?,
+            Op::Withdraw { account, amount } => {
+                self.credit(
+                    *account,
+                    amount.0.checked_neg().ok_or(StateError::OutOfRange(i))?,
+                    i,
+                )?;
+                self.account(*account).nonce += 1;
+            }
+            Op::Transfer { from, to, amount } => {
+                self.credit(
+                    *from,
+                    amount.0.checked_neg().ok_or(StateError::OutOfRange(i))?,
+                    i,
+                )?;
+                self.credit(*to, amount.0, i)?;
+            }
+            Op::Fill {
+                instrument,
+                maker,
+                taker,
+                taker_side,
+                price,
+                qty,
+            } => {
+                let spec = self.spec(*instrument);
+                let notional = price.notional(*qty).map_err(range)?;
+                let maker_fee = spec.maker_fee.fee_on(notional).map_err(range)?;
+                let taker_fee = spec.taker_fee.fee_on(notional).map_err(range)?;
+                let sign = taker_side.sign();
+                // The taker pays (buying) or receives (selling) the premium; the maker opposite.
+                self.credit(*taker, -sign * notional.0 - taker_fee.0, i)?;
+                self.credit(*maker, sign * notional.0 - maker_fee.0, i)?;
+                self.fee_pool = add(self.fee_pool, maker_fee.0 + taker_fee.0, i)?;
+                self.account(*taker)
+                    .move_position(instrument.0, sign * qty.0, i)?;
+                self.account(*maker)
+                    .move_position(instrument.0, -sign * qty.0, i)?;
+            }
+            Op::Liquidation {
+                account,
+                counterparty,
+                instrument,
+                qty,
+                price,
+                fee,
+            } => {
+                // The liquidated account's position changes by `qty`; cash moves the other way.
+                let notional = price.notional(Qty(qty.0.abs())).map_err(range)?;
+                let sign = qty.0.signum();
+                self.credit(*account, -sign * notional.0 - fee.0, i)?;
+                self.credit(*counterparty, sign * notional.0, i)?;
+                self.insurance = add(self.insurance, fee.0, i)?;
+                self.account(*account)
+                    .move_position(instrument.0, qty.0, i)?;
+                self.account(*counterparty)
+                    .move_position(instrument.0, -qty.0, i)?;
+            }
+            Op::LossShared { account, amount } => self.credit(*account, -amount.0, i)?,
+            Op::DeficitCovered {
+                account,
+                insurance,
+                fee_pool,
+                socialized,
+            } => {
+                self.insurance = add(self.insurance, -insurance.0, i)?;
+                self.fee_pool = add(self.fee_pool, -fee_pool.0, i)?;
+                self.credit(*account, insurance.0 + fee_pool.0 + socialized.0, i)?;
+            }
+            Op::SessionKey {
+                account,
+                key,
+                expiry_ms,
+                at_ms,
+            } => {
+                let a = self.account(*account);
+                a.keys.retain(|_, until| *until > *at_ms);
+                if *expiry_ms == 0 {
+                    a.keys.remove(key);
+                } else {
+                    a.keys.insert(*key, *expiry_ms);
+                }
+            }
+            Op::Mark {
+                instrument,
+                mark,
+                risk,
+            } => {
+                let inst = self.instrument(*instrument);
+                inst.mark = *mark;
+                inst.risk = risk.clone();
+            }
+        }
+        Ok(())
+    }
+
+    fn write_back(self, state: &mut SettlementState) {
+        for (id, a) in self.accounts {
+            let real = &mut state.accounts[id as usize];
+            real.keys = a.keys;
+            real.nonce = a.nonce;
+            real.collateral = a.collateral;
+            real.positions = a.positions;
+            real.dirty_positions.extend(a.dirty_positions);
+            state.dirty_accounts.insert(id);
+        }
+        for a in self.new_accounts {
+            state.dirty_accounts.insert(state.accounts.len() as u32);
+            state.accounts.push(a);
+        }
+        for (id, x) in self.instruments {
+            state.instruments[id as usize] = x;
+            state.dirty_instruments.insert(id);
+        }
+        for x in self.new_instruments {
+            state
+                .dirty_instruments
+                .insert(state.instruments.len() as u32);
+            state.instruments.push(x);
+        }
+        state.insurance = self.insurance;
+        state.fee_pool = self.fee_pool;
+    }
+}

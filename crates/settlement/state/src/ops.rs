@@ -1,0 +1,290 @@
+//! Settlement ops: the state changes a batch commits, derived from what the engine did. Orders,
+//! cancels and books are not settlement state; fills, cash movements, liquidations, expiries and
+//! marks are.
+
+use optio_types::{
+    AccountId, Address, Amount, Command, Event, Input, InstrumentId, InstrumentSpec, Price, Qty,
+    Side,
+};
+
+/// One settlement op. Ids of new accounts and instruments are implicit: the next index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// A new instrument (id: the next instrument index).
+    ListInstrument {
+        /// Its spec.
+        spec: InstrumentSpec,
+    },
+    /// Trading opens.
+    ActivateInstrument {
+        /// Which.
+        instrument: InstrumentId,
+    },
+    /// Reached expiry.
+    ExpireInstrument {
+        /// Which.
+        instrument: InstrumentId,
+    },
+    /// Cash-settled at a price; the rounding remainder goes to the insurance fund.
+    SettleInstrument {
+        /// Which.
+        instrument: InstrumentId,
+        /// Settlement price of the underlying.
+        price: Price,
+        /// To the insurance fund.
+        insurance_credit: Amount,
+    },
+    /// One position closed into its account's collateral at settlement.
+    SettlePosition {
+        /// Whose.
+        account: AccountId,
+        /// Which.
+        instrument: InstrumentId,
+        /// Paid (+) or taken (-).
+        cash: Amount,
+    },
+    /// A new account (id: the next account index).
+    OpenAccount {
+        /// Owner.
+        owner: Address,
+    },
+    /// Collateral in from L1.
+    Deposit {
+        /// To.
+        account: AccountId,
+        /// Amount.
+        amount: Amount,
+    },
+    /// Collateral out to L1 (the account's nonce advances).
+    Withdraw {
+        /// From.
+        account: AccountId,
+        /// Amount.
+        amount: Amount,
+    },
+    /// Collateral between two accounts of one owner.
+    Transfer {
+        /// From.
+        from: AccountId,
+        /// To.
+        to: AccountId,
+        /// Amount.
+        amount: Amount,
+    },
+    /// A trade: premium from buyer to seller, fees (from the instrument's rates) to the fee
+    /// pool, positions to both.
+    Fill {
+        /// Instrument.
+        instrument: InstrumentId,
+        /// Resting side's account.
+        maker: AccountId,
+        /// Incoming side's account.
+        taker: AccountId,
+        /// The taker's side.
+        taker_side: Side,
+        /// Price per contract.
+        price: Price,
+        /// Contracts.
+        qty: Qty,
+    },
+    /// A position moved out of a liquidated account (auction or deleverage), with its fee to
+    /// the insurance fund.
+    Liquidation {
+        /// Liquidated.
+        account: AccountId,
+        /// Taking the position.
+        counterparty: AccountId,
+        /// Instrument.
+        instrument: InstrumentId,
+        /// Change of the liquidated account's position (signed).
+        qty: Qty,
+        /// Price.
+        price: Price,
+        /// Fee from the liquidated account to insurance.
+        fee: Amount,
+    },
+    /// A share of a deficit charged to an account.
+    LossShared {
+        /// Charged.
+        account: AccountId,
+        /// Amount (positive).
+        amount: Amount,
+    },
+    /// A liquidated account's deficit covered from insurance, the fee pool and the shares.
+    DeficitCovered {
+        /// The account.
+        account: AccountId,
+        /// From insurance.
+        insurance: Amount,
+        /// From the fee pool.
+        fee_pool: Amount,
+        /// Sum of the `LossShared` before it.
+        socialized: Amount,
+    },
+    /// A session key registered (expiry in ms) or revoked (expiry 0); keys expired at `at_ms`
+    /// are dropped first (the set stays bounded).
+    SessionKey {
+        /// Account.
+        account: AccountId,
+        /// Key.
+        key: Address,
+        /// Expiry, ms; 0 revokes.
+        expiry_ms: u64,
+        /// When the change was made, ms.
+        at_ms: u64,
+    },
+    /// The mark and risk array an instrument ends the batch with (one per instrument per
+    /// batch).
+    Mark {
+        /// Instrument.
+        instrument: InstrumentId,
+        /// Mark per contract.
+        mark: Price,
+        /// Risk array.
+        risk: Vec<Amount>,
+    },
+}
+
+/// The settlement ops of one sequenced input, from the input and the engine's events for it.
+/// Marks are returned apart: the batcher keeps the last per instrument.
+pub fn ops_from(input: &Input, events: &[Event]) -> (Vec<Op>, Vec<Op>) {
+    let mut ops = Vec::new();
+    let mut marks = Vec::new();
+    for event in events {
+        match *event {
+            Event::InstrumentListed { .. } => {
+                if let Command::ListInstrument { spec } = &input.command {
+                    ops.push(Op::ListInstrument { spec: spec.clone() });
+                }
+            }
+            Event::InstrumentActivated { instrument } => {
+                ops.push(Op::ActivateInstrument { instrument })
+            }
+            Event::InstrumentExpired { instrument } => {
+                ops.push(Op::ExpireInstrument { instrument })
+            }
+            Event::InstrumentSettled {
+                instrument,
+                settlement_price,
+                insurance_credit,
+            } => {
+                ops.push(Op::SettleInstrument {
+                    instrument,
+                    price: settlement_price,
+                    insurance_credit,
+                });
+            }
+            Event::PositionSettled {
+                account,
+                instrument,
+                cash,
+                ..
+            } => ops.push(Op::SettlePosition {
+                account,
+                instrument,
+                cash,
+            }),
+            Event::AccountOpened { owner, .. } => ops.push(Op::OpenAccount { owner }),
+            Event::BalanceChanged {
+                account, amount, ..
+            } => match input.command {
+                Command::Deposit { .. } => ops.push(Op::Deposit { account, amount }),
+                Command::Withdraw { .. } => ops.push(Op::Withdraw {
+                    account,
+                    amount: Amount(-amount.0),
+                }),
+                // A transfer shows as two balance changes; one op carries both.
+                Command::Transfer {
+                    from,
+                    to,
+                    amount: moved,
+                } if account == from => ops.push(Op::Transfer {
+                    from,
+                    to,
+                    amount: moved,
+                }),
+                _ => {}
+            },
+            Event::Fill {
+                instrument,
+                maker_account,
+                taker_account,
+                taker_side,
+                price,
+                qty,
+                ..
+            } => {
+                ops.push(Op::Fill {
+                    instrument,
+                    maker: maker_account,
+                    taker: taker_account,
+                    taker_side,
+                    price,
+                    qty,
+                });
+            }
+            Event::OracleAccepted { .. } => {
+                if let Command::OracleUpdate(u) = &input.command {
+                    marks.extend(u.marks.iter().map(|m| Op::Mark {
+                        instrument: m.instrument,
+                        mark: m.mark,
+                        risk: m.risk_array.clone(),
+                    }));
+                }
+            }
+            Event::LiquidationTransfer {
+                account,
+                counterparty,
+                instrument,
+                qty,
+                price,
+                fee,
+                ..
+            } => {
+                ops.push(Op::Liquidation {
+                    account,
+                    counterparty,
+                    instrument,
+                    qty,
+                    price,
+                    fee,
+                });
+            }
+            Event::LossShared { account, amount } => ops.push(Op::LossShared { account, amount }),
+            Event::DeficitCovered {
+                account,
+                insurance,
+                fee_pool,
+                socialized,
+                ..
+            } => {
+                ops.push(Op::DeficitCovered {
+                    account,
+                    insurance,
+                    fee_pool,
+                    socialized,
+                });
+            }
+            Event::SessionKeyChanged {
+                account,
+                key,
+                expiry_ms,
+            } => ops.push(Op::SessionKey {
+                account,
+                key,
+                expiry_ms,
+                at_ms: input.time_ms,
+            }),
+            Event::Rejected { .. }
+            | Event::OrderAccepted { .. }
+            | Event::OrderRested { .. }
+            | Event::OrderAmended { .. }
+            | Event::OrderDone { .. }
+            | Event::OracleHeld { .. }
+            | Event::LiquidationStarted { .. }
+            | Event::LiquidationEnded { .. }
+            | Event::MarginModeChanged { .. } => {}
+        }
+    }
+    (ops, marks)
+}

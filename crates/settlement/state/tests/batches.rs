@@ -1,0 +1,559 @@
+//! Random engine histories through the batcher: after every batch the settlement state agrees
+//! with the engine; rebuilding from the blobs alone gives the same roots batch by batch; every
+//! account's exit proof verifies and a tampered one does not; damaged blobs are refused whole.
+
+use optio_engine::Engine;
+use optio_oracle::build_update;
+use optio_pricing::risk::default_scenarios;
+use optio_pricing::svi::{Slice, Surface, Svi};
+use optio_state::{Batch, Batcher, BlobError, Op, SettlementState, decode, rebuild};
+use optio_types::{
+    AccountId, Address, Amount, Command, EngineLimits, Input, InstrumentId, InstrumentSpec,
+    MONEY_SCALE, MarginMode, NewOrder, OrderType, Price, Qty, SelfTradePrevention, Side,
+    TimeInForce,
+};
+use proptest::prelude::*;
+use rand::{Rng, SeedableRng};
+
+/// One hour before the put expires.
+const T0: u64 = 1_734_764_400_000;
+const STEP: i64 = 1_000_000;
+
+fn px(x: i64) -> Price {
+    Price(x * MONEY_SCALE)
+}
+
+fn specs() -> Vec<InstrumentSpec> {
+    [
+        "BTC-27DEC24-60000-C",
+        "BTC-21DEC24-60000-P",
+        "BTC-PERPETUAL",
+        "BTC-27DEC24-70000-C",
+    ]
+    .iter()
+    .map(|n| InstrumentSpec::with_defaults(n.parse().expect("valid name"), px(100_000)))
+    .collect()
+}
+
+fn oracle(spot: f64, at: u64) -> Command {
+    let svi = Svi {
+        a: 0.002,
+        b: 0.03,
+        rho: -0.3,
+        m: 0.0,
+        sigma: 0.2,
+    };
+    let surface = Surface::new(
+        spot,
+        0.0,
+        vec![
+            Slice { t: 0.01, svi },
+            Slice {
+                t: 0.1,
+                svi: Svi { a: 0.02, ..svi },
+            },
+        ],
+    )
+    .expect("valid surface");
+    let specs = specs();
+    let list: Vec<(InstrumentId, &InstrumentSpec)> = specs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (InstrumentId(i as u32), s))
+        .collect();
+    Command::OracleUpdate(
+        build_update("BTC", &surface, &default_scenarios(), &list, at).expect("builds"),
+    )
+}
+
+/// A history: a market with four instruments and eight accounts of three owners, then random
+/// orders, cancels, deposits, withdrawals, transfers, session keys, margin modes, oracle moves
+/// (with crashes that start liquidations), liquidations, deleveraging, expiry and settlement.
+fn history(seed: u64, len: usize) -> Vec<Input> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut t = T0;
+    let mut inputs = Vec::new();
+    let mut push = |t: u64, command| {
+        inputs.push(Input {
+            time_ms: t,
+            command,
+        })
+    };
+    for spec in specs() {
+        push(t, Command::ListInstrument { spec });
+    }
+    for i in 0..3 {
+        push(
+            t,
+            Command::ActivateInstrument {
+                instrument: InstrumentId(i),
+            },
+        );
+    }
+    for a in 0..8u32 {
+        push(
+            t,
+            Command::OpenAccount {
+                owner: Address([(a % 3) as u8 + 1; 20]),
+            },
+        );
+        push(
+            t,
+            Command::Deposit {
+                account: AccountId(a),
+                amount: Amount(rng.random_range(20_000..200_000) * MONEY_SCALE),
+            },
+        );
+    }
+    let mut spot = 60_000.0;
+    push(t, oracle(spot, t));
+    // Half the accounts on standard (leveraged) margin, so that crashes liquidate some.
+    for a in 0..4 {
+        push(
+            t,
+            Command::SetMarginMode {
+                account: AccountId(a),
+                mode: MarginMode::Standard,
+            },
+        );
+    }
+    for _ in 0..len {
+        let account = AccountId(rng.random_range(0..8));
+        let command = match rng.random_range(0..100) {
+            0..=54 => {
+                let instrument = rng.random_range(0..3u32);
+                let side = if rng.random_bool(0.5) {
+                    Side::Buy
+                } else {
+                    Side::Sell
+                };
+                let base = if instrument == 2 { spot } else { 3_000.0 };
+                let price = ((base * rng.random_range(0.95..1.05)) as i64).max(1) * MONEY_SCALE;
+                Command::PlaceOrder(NewOrder {
+                    account,
+                    instrument: InstrumentId(instrument),
+                    side,
+                    qty: Qty(rng.random_range(1..if instrument == 2 { 300 } else { 40 }) * STEP),
+                    order_type: OrderType::Limit {
+                        price: Price(price),
+                    },
+                    time_in_force: if rng.random_bool(0.3) {
+                        TimeInForce::ImmediateOrCancel
+                    } else {
+                        TimeInForce::GoodTillCancelled
+                    },
+                    post_only: false,
+                    reduce_only: false,
+                    self_trade: SelfTradePrevention::CancelTaker,
+                    client_order_id: 0,
+                })
+            }
+            55..=59 => Command::CancelAll {
+                account,
+                instrument: None,
+            },
+            60..=63 => Command::Deposit {
+                account,
+                amount: Amount(rng.random_range(1..5_000) * MONEY_SCALE),
+            },
+            64..=67 => Command::Withdraw {
+                account,
+                amount: Amount(rng.random_range(1..20_000) * MONEY_SCALE),
+            },
+            68..=70 => Command::Transfer {
+                from: account,
+                to: AccountId((account.0 + 3) % 8),
+                amount: Amount(rng.random_range(1..5_000) * MONEY_SCALE),
+            },
+            71..=72 => Command::SetSessionKey {
+                account,
+                key: Address([rng.random_range(10..13); 20]),
+                expiry_ms: if rng.random_bool(0.7) {
+                    t + 3_600_000
+                } else {
+                    0
+                },
+            },
+            73..=75 => Command::SetMarginMode {
+                account,
+                mode: if rng.random_bool(0.7) {
+                    MarginMode::Standard
+                } else {
+                    MarginMode::Portfolio
+                },
+            },
+            76..=85 => {
+                t += 1_000;
+                spot *= if rng.random_bool(0.08) {
+                    0.85
+                } else if rng.random_bool(0.08) {
+                    1.15
+                } else {
+                    rng.random_range(0.995..1.005)
+                };
+                oracle(spot, t)
+            }
+            86..=93 => Command::Liquidate {
+                liquidator: AccountId(rng.random_range(0..8)),
+                account,
+                instrument: InstrumentId(rng.random_range(0..3)),
+                qty: Qty(rng.random_range(1..20) * STEP),
+            },
+            94..=96 => {
+                t += 20_000;
+                Command::Deleverage {
+                    account,
+                    instrument: InstrumentId(rng.random_range(0..3)),
+                }
+            }
+            _ => {
+                // Past the put's expiry: it stops trading and, once a TWAP exists, settles.
+                t = t.max(T0 + 3_600_000) + 60_000;
+                Command::SettleInstrument {
+                    instrument: InstrumentId(1),
+                    settlement_price: px(60_000),
+                }
+            }
+        };
+        push(t, command);
+    }
+    inputs
+}
+
+/// Runs a history through the engine and a batcher cutting every `max_ops` ops; checks the
+/// settlement state against the engine at every cut. Returns the batches and the engine.
+fn run(inputs: &[Input], max_ops: usize) -> (Vec<Batch>, Engine, Batcher) {
+    let mut engine = Engine::new(EngineLimits::default());
+    let mut batcher = Batcher::new(max_ops, u64::MAX);
+    let mut batches = Vec::new();
+    let mut events = Vec::new();
+    for (i, input) in inputs.iter().enumerate() {
+        events.clear();
+        let _ = engine.apply(input, &mut events);
+        if let Some(batch) = batcher
+            .push(i as u64 + 1, input, &events)
+            .expect("every engine history batches")
+        {
+            assert_eq!(
+                batcher.state().diff_engine(&engine.canonical()),
+                None,
+                "after batch {}",
+                batch.header.number
+            );
+            batches.push(batch);
+        }
+    }
+    if let Some(batch) = batcher.flush().expect("flushes") {
+        batches.push(batch);
+    }
+    assert_eq!(
+        batcher.state().diff_engine(&engine.canonical()),
+        None,
+        "at the end"
+    );
+    (batches, engine, batcher)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 8, ..ProptestConfig::default() })]
+
+    #[test]
+    fn rebuild_from_blobs_equals_the_batcher_and_every_exit_proof_verifies(seed in any::<u64>(), max_ops in 5usize..60) {
+        let inputs = history(seed, 400);
+        let (batches, _, batcher) = run(&inputs, max_ops);
+        prop_assert!(batches.len() >= 2);
+        let mut rebuilt = SettlementState::new();
+        let mut headers = Vec::new();
+        let end = rebuild(batches.iter().map(|b| b.blob.as_slice()), &mut rebuilt, |h| headers.push(*h)).expect("rebuilds");
+        prop_assert_eq!(end, (batches.len() as u64, batches.last().expect("some").header.last_seq));
+        for (b, h) in batches.iter().zip(&headers) {
+            prop_assert_eq!(&b.header, h, "batch {} differs on rebuild", h.number);
+        }
+        prop_assert_eq!(rebuilt.root(), batcher.state().root());
+        for a in 0..rebuilt.accounts().len() as u32 {
+            let proof = rebuilt.exit_proof(AccountId(a)).expect("exists");
+            prop_assert!(proof.verify(), "account {}", a);
+            let mut richer = proof.clone();
+            richer.leaf.collateral = Amount(richer.leaf.collateral.0 + 1);
+            prop_assert!(!richer.verify(), "a tampered leaf must fail");
+            let mut moved = proof.clone();
+            moved.account_proof.siblings[3] = optio_state::Fr::from(7u64);
+            prop_assert!(!moved.verify(), "a tampered proof must fail");
+            if let Some(p) = moved.positions.first_mut() {
+                let mut more = proof.clone();
+                more.positions[0].1 = Qty(p.1.0 + 1);
+                prop_assert!(!more.verify(), "a tampered position must fail");
+            }
+        }
+    }
+}
+
+#[test]
+fn histories_exercise_every_kind_of_settlement_op() {
+    let mut seen = Vec::new();
+    for seed in 0..6 {
+        let (batches, _, _) = run(&history(seed, 600), 50);
+        for b in &batches {
+            for op in decode(&b.blob).expect("decodes").1 {
+                seen.push(std::mem::discriminant(&op));
+            }
+        }
+    }
+    let want = [
+        Op::ListInstrument {
+            spec: specs()[0].clone(),
+        },
+        Op::ActivateInstrument {
+            instrument: InstrumentId(0),
+        },
+        Op::ExpireInstrument {
+            instrument: InstrumentId(0),
+        },
+        Op::SettleInstrument {
+            instrument: InstrumentId(0),
+            price: Price(0),
+            insurance_credit: Amount(0),
+        },
+        Op::SettlePosition {
+            account: AccountId(0),
+            instrument: InstrumentId(0),
+            cash: Amount(0),
+        },
+        Op::OpenAccount {
+            owner: Address([0; 20]),
+        },
+        Op::Deposit {
+            account: AccountId(0),
+            amount: Amount(0),
+        },
+        Op::Withdraw {
+            account: AccountId(0),
+            amount: Amount(0),
+        },
+        Op::Transfer {
+            from: AccountId(0),
+            to: AccountId(0),
+            amount: Amount(0),
+        },
+        Op::Fill {
+            instrument: InstrumentId(0),
+            maker: AccountId(0),
+            taker: AccountId(0),
+            taker_side: Side::Buy,
+            price: Price(0),
+            qty: Qty(0),
+        },
+        Op::Liquidation {
+            account: AccountId(0),
+            counterparty: AccountId(0),
+            instrument: InstrumentId(0),
+            qty: Qty(0),
+            price: Price(0),
+            fee: Amount(0),
+        },
+        Op::SessionKey {
+            account: AccountId(0),
+            key: Address([0; 20]),
+            expiry_ms: 0,
+            at_ms: 0,
+        },
+        Op::Mark {
+            instrument: InstrumentId(0),
+            mark: Price(0),
+            risk: Vec::new(),
+        },
+    ];
+    for op in want {
+        assert!(
+            seen.contains(&std::mem::discriminant(&op)),
+            "no history produced {op:?}"
+        );
+    }
+}
+
+/// A leveraged long that a 25% crash makes bankrupt, that no liquidator can carry: it is
+/// deleveraged against the shorts and its deficit is covered by insurance, the fee pool and
+/// shares of other accounts; the settlement state follows every step.
+#[test]
+fn a_bankrupt_account_deleveraged_with_its_loss_shared_settles_exactly() {
+    let mut engine = Engine::new(EngineLimits::default());
+    let mut inputs: Vec<Input> = Vec::new();
+    let mut step = |engine: &mut Engine, t: u64, command: Command| {
+        let input = Input {
+            time_ms: t,
+            command,
+        };
+        let _ = engine.apply(&input, &mut Vec::new());
+        inputs.push(input);
+    };
+    for spec in specs() {
+        step(&mut engine, T0, Command::ListInstrument { spec });
+    }
+    step(
+        &mut engine,
+        T0,
+        Command::ActivateInstrument {
+            instrument: InstrumentId(2),
+        },
+    );
+    for a in 0..4u32 {
+        step(
+            &mut engine,
+            T0,
+            Command::OpenAccount {
+                owner: Address([a as u8 + 1; 20]),
+            },
+        );
+        step(
+            &mut engine,
+            T0,
+            Command::Deposit {
+                account: AccountId(a),
+                amount: Amount(200_000 * MONEY_SCALE),
+            },
+        );
+    }
+    step(&mut engine, T0, oracle(60_000.0, T0));
+    step(
+        &mut engine,
+        T0,
+        Command::SetMarginMode {
+            account: AccountId(1),
+            mode: MarginMode::Standard,
+        },
+    );
+    let order = |account: u32, side, qty: i64| {
+        Command::PlaceOrder(NewOrder {
+            account: AccountId(account),
+            instrument: InstrumentId(2),
+            side,
+            qty: Qty(qty * STEP),
+            order_type: OrderType::Limit { price: px(60_000) },
+            time_in_force: TimeInForce::GoodTillCancelled,
+            post_only: false,
+            reduce_only: false,
+            self_trade: SelfTradePrevention::CancelTaker,
+            client_order_id: 0,
+        })
+    };
+    step(&mut engine, T0, order(2, Side::Sell, 100));
+    step(&mut engine, T0, order(1, Side::Buy, 100));
+    let (_, _, free) = engine.collateral(AccountId(1)).expect("exists");
+    step(
+        &mut engine,
+        T0,
+        Command::Withdraw {
+            account: AccountId(1),
+            amount: Amount(free.0 - 500 * MONEY_SCALE),
+        },
+    );
+    // The crash: held by the circuit breaker, then confirmed.
+    step(&mut engine, T0 + 1_000, oracle(45_000.0, T0 + 1_000));
+    step(&mut engine, T0 + 2_000, oracle(45_100.0, T0 + 2_000));
+    // After the auction, deleverage against the short.
+    let later = T0 + 2_000 + 16 * 60_000;
+    step(&mut engine, later, oracle(45_100.0, later));
+    step(
+        &mut engine,
+        later,
+        Command::Deleverage {
+            account: AccountId(1),
+            instrument: InstrumentId(2),
+        },
+    );
+    let (batches, _, _) = run(&inputs, 3);
+    let ops: Vec<Op> = batches
+        .iter()
+        .flat_map(|b| decode(&b.blob).expect("decodes").1)
+        .collect();
+    assert!(
+        ops.iter().any(|o| matches!(o, Op::DeficitCovered { .. })),
+        "{ops:?}"
+    );
+    assert!(
+        ops.iter().any(|o| matches!(o, Op::Liquidation { .. })),
+        "{ops:?}"
+    );
+    let mut rebuilt = SettlementState::new();
+    rebuild(
+        batches.iter().map(|b| b.blob.as_slice()),
+        &mut rebuilt,
+        |_| {},
+    )
+    .expect("rebuilds");
+    assert_eq!(rebuilt.diff_engine(&engine.canonical()), None);
+}
+
+#[test]
+fn damaged_or_reordered_blobs_are_refused_and_apply_nothing() {
+    let (batches, _, _) = run(&history(7, 300), 20);
+    let blob = &batches[1].blob;
+    // Every truncation and a flipped byte in every position: an error or a different decode,
+    // never a panic; truncations are always errors.
+    for cut in 0..blob.len() {
+        assert!(decode(&blob[..cut]).is_err(), "a blob cut at {cut} decoded");
+    }
+    for i in 0..blob.len() {
+        let mut bad = blob.clone();
+        bad[i] ^= 0x41;
+        let _ = decode(&bad);
+    }
+    let mut trailing = blob.clone();
+    trailing.push(0);
+    assert_eq!(decode(&trailing).map(|_| ()), Err(BlobError::Trailing(1)));
+    let mut version = blob.clone();
+    version[4] = 9;
+    assert_eq!(decode(&version).map(|_| ()), Err(BlobError::Version(9)));
+    assert_eq!(
+        decode(&vec![0u8; (1 << 20) + 1]).map(|_| ()),
+        Err(BlobError::Oversized((1 << 20) + 1))
+    );
+
+    // Out of order: batch 2 before batch 1.
+    let mut state = SettlementState::new();
+    let genesis = state.root();
+    let err = rebuild([batches[1].blob.as_slice()], &mut state, |_| {}).expect_err("out of order");
+    assert!(err.to_string().contains("out of order"), "{err}");
+    assert_eq!(state.root(), genesis, "nothing applied");
+
+    // A batch whose ops name an account that does not exist applies nothing.
+    let mut state = SettlementState::new();
+    rebuild([batches[0].blob.as_slice()], &mut state, |_| {}).expect("batch 1");
+    let before = state.root();
+    let accounts = state.accounts().len();
+    let bogus = optio_state::encode(
+        &optio_state::blob::BlobMeta {
+            number: 2,
+            first_seq: batches[0].header.last_seq + 1,
+            last_seq: batches[0].header.last_seq + 2,
+            time_ms: T0,
+        },
+        &[
+            Op::Deposit {
+                account: AccountId(0),
+                amount: Amount(5),
+            },
+            Op::Deposit {
+                account: AccountId(999),
+                amount: Amount(5),
+            },
+        ],
+    );
+    let err = rebuild(
+        [batches[0].blob.as_slice(), bogus.as_slice()],
+        &mut SettlementState::new(),
+        |_| {},
+    )
+    .expect_err("unknown account");
+    assert!(err.to_string().contains("unknown account"), "{err}");
+    assert!(
+        state
+            .apply_batch(&decode(&bogus).expect("decodes").1)
+            .is_err()
+    );
+    assert_eq!(
+        (state.commit(), state.accounts().len()),
+        (before, accounts),
+        "a refused batch changes nothing"
+    );
+}
