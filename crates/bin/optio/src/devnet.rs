@@ -43,6 +43,9 @@ pub struct DevnetArgs {
     /// Serve the API only: no oracle feed, market makers or takers.
     #[arg(long)]
     pub no_flow: bool,
+    /// Cut a settlement batch at most this long after its first op (ms).
+    #[arg(long, default_value_t = 2_000)]
+    pub batch_age_ms: u64,
 }
 
 const MONTHS: [&str; 12] = [
@@ -172,6 +175,7 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
     let oracle = OracleSigner::from_bytes([0x0c; 32]).context("oracle key")?;
     let config = Config {
         oracle_key: Some(oracle.public_key()),
+        batch_max_age_ms: args.batch_age_ms,
         ..Config::default()
     };
     let gateway = Arc::new(
@@ -223,6 +227,10 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
     println!("  JSON-RPC  http://{addr}/api/v2");
     println!("  health    http://{addr}/health    metrics http://{addr}/metrics");
     println!("  data      {}", dir.display());
+    println!(
+        "  batches   {} (optio rebuild --batches ...)",
+        dir.join("batches").display()
+    );
     println!(
         "  demo key  0x{}  address 0x{}  subaccount {demo}",
         demo_key

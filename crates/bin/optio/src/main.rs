@@ -3,6 +3,7 @@
 
 mod devnet;
 mod node;
+mod settle;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -34,6 +35,12 @@ enum Cmd {
     Devnet(devnet::DevnetArgs),
     /// Run a configured node: `--config optio.toml`, `OPTIO_*` environment variables and flags.
     Node(node::NodeArgs),
+    /// Rebuild the settlement state from genesis and the data blobs alone; print each batch's
+    /// root and check it against the committed header.
+    Rebuild(settle::RebuildArgs),
+    /// Print an account's exit proof (leaf, positions, Merkle proofs) against the state the
+    /// blobs build.
+    ExitProof(settle::ExitProofArgs),
 }
 
 fn main() -> Result<()> {
@@ -41,6 +48,8 @@ fn main() -> Result<()> {
         Cmd::Demo => demo(),
         Cmd::Devnet(args) => devnet::run(args),
         Cmd::Node(args) => node::run(args),
+        Cmd::Rebuild(args) => settle::rebuild(args),
+        Cmd::ExitProof(args) => settle::exit_proof(args),
     }
 }
 

@@ -12,6 +12,7 @@
 //! method names and envelopes ccxt expects, and a dedicated sequencer thread with group commit
 //! across requests (each write request is its own fsync group for now).
 
+pub mod batching;
 pub mod client;
 pub mod derive;
 pub mod history;
@@ -64,6 +65,10 @@ pub struct Config {
     pub owner_orders_per_second: u64,
     /// The risk oracle's public key: oracle updates are sequenced only with its signature.
     pub oracle_key: Option<secp256k1::PublicKey>,
+    /// A settlement batch is cut at this many ops ...
+    pub batch_max_ops: usize,
+    /// ... or this long after its first op.
+    pub batch_max_age_ms: u64,
 }
 
 impl Default for Config {
@@ -77,6 +82,8 @@ impl Default for Config {
             ip_requests_per_second: 100_000,
             owner_orders_per_second: 50_000,
             oracle_key: None,
+            batch_max_ops: 10_000,
+            batch_max_age_ms: 2_000,
         }
     }
 }
@@ -182,6 +189,7 @@ fn writer(
     signer: optio_sequencer::ReceiptSigner,
     jobs: std::sync::mpsc::Receiver<Job>,
     events: tokio::sync::broadcast::Sender<ws::Published>,
+    mut batches: Option<batching::Feed>,
 ) {
     while let Ok(first) = jobs.recv() {
         let mut group = vec![first];
@@ -249,10 +257,21 @@ fn writer(
                             outcome.result.err(),
                         );
                     }
+                    let published = Arc::new(outcome.events.clone());
+                    if let Some(feed) = batches.as_mut() {
+                        feed.send(batching::Item {
+                            seq: outcome.receipt.seq,
+                            input: Input {
+                                time_ms: t,
+                                command: job.input.clone(),
+                            },
+                            events: published.clone(),
+                        });
+                    }
                     let _ = events.send(ws::Published {
                         seq: outcome.receipt.seq,
                         time_ms: t,
-                        events: Arc::new(outcome.events.clone()),
+                        events: published,
                     });
                 }
                 drop(n);
@@ -306,6 +325,8 @@ pub struct Gateway {
     pub(crate) config: Config,
     /// Accepted domain separators: native first.
     domains: Vec<[u8; 32]>,
+    /// The batcher's progress (nodes opened on a data directory).
+    batch_stats: Option<Arc<Mutex<batching::BatchStats>>>,
 }
 
 /// Wall-clock milliseconds since the epoch.
@@ -385,7 +406,27 @@ impl Gateway {
     ) -> Result<Self, optio_sequencer::SequencerError> {
         let mut history = history::History::default();
         let mut intents = Vec::new();
+        // The batcher resumes from its blobs; every input after the last batched one is fed
+        // again, in order.
+        let (feed, stats, batched) = batching::start(
+            &dir.join("batches"),
+            config.batch_max_ops,
+            config.batch_max_age_ms,
+        )
+        .map_err(|e| {
+            optio_sequencer::SequencerError::Io(std::io::Error::other(format!("batches: {e}")))
+        })?;
+        let mut backlog: Vec<batching::Item> = Vec::new();
+        let mut first_replayed = None;
         let sequencer = Sequencer::open_observed(dir, key, limits, &mut |r| {
+            first_replayed.get_or_insert(r.seq);
+            if r.seq > batched {
+                backlog.push(batching::Item {
+                    seq: r.seq,
+                    input: r.input.clone(),
+                    events: Arc::new(r.events.to_vec()),
+                });
+            }
             let placed = placed_by(&r.input.command, r.intent.map(|i| i.nonce));
             history.record(r.events, r.input.time_ms, placed);
             if let Some(intent) = r.intent {
@@ -396,7 +437,35 @@ impl Gateway {
                 intents.push((intent.digest, r.seq, r.input.time_ms, rejected));
             }
         })?;
-        let gateway = Self::new(sequencer, config);
+        // A snapshot newer than the last batch: the inputs between come from the log, replayed
+        // on a scratch engine for their events.
+        let resume_from = first_replayed.unwrap_or(sequencer.next_seq());
+        if resume_from > batched + 1 {
+            let (_, records) = optio_sequencer::Wal::open(&dir.join("wal.log"))?;
+            let mut scratch = optio_engine::Engine::new(limits);
+            let mut gap = Vec::new();
+            for (seq, input, _) in records
+                .into_iter()
+                .take_while(|(seq, _, _)| *seq < resume_from)
+            {
+                let mut events = Vec::new();
+                let _ = scratch.apply(&input, &mut events);
+                if seq > batched {
+                    gap.push(batching::Item {
+                        seq,
+                        input,
+                        events: Arc::new(events),
+                    });
+                }
+            }
+            gap.append(&mut backlog);
+            backlog = gap;
+        }
+        let mut feed = feed;
+        for item in backlog {
+            feed.send(item);
+        }
+        let gateway = Self::build(sequencer, config, Some((feed, stats)));
         {
             let mut node = gateway.lock();
             node.history = history;
@@ -409,6 +478,15 @@ impl Gateway {
 
     /// A gateway over `sequencer` (history starts empty; see `open`).
     pub fn new(sequencer: Sequencer, config: Config) -> Self {
+        Self::build(sequencer, config, None)
+    }
+
+    fn build(
+        sequencer: Sequencer,
+        config: Config,
+        batches: Option<(batching::Feed, Arc<Mutex<batching::BatchStats>>)>,
+    ) -> Self {
+        let (feed, batch_stats) = batches.map_or((None, None), |(f, s)| (Some(f), Some(s)));
         let mut domains =
             vec![Domain::optio(config.chain_id, config.verifying_contract).separator()];
         if let Some(sandbox) = config.compat_domain {
@@ -445,7 +523,7 @@ impl Gateway {
         let (shared, stream) = (node.clone(), events.clone());
         std::thread::Builder::new()
             .name("optio-writer".into())
-            .spawn(move || writer(shared, receipt_signer, queue, stream))
+            .spawn(move || writer(shared, receipt_signer, queue, stream, feed))
             .expect("spawn the writer thread");
         let ip_limits = limits::Buckets::new(
             config.ip_requests_per_second,
@@ -463,6 +541,7 @@ impl Gateway {
             jobs,
             config,
             domains,
+            batch_stats,
         }
     }
 
@@ -1103,6 +1182,33 @@ impl Gateway {
             "optio_wal_group_inputs_total {}\n",
             node.grouped_inputs
         ));
+        if let Some(stats) = self
+            .batch_stats
+            .as_ref()
+            .and_then(|s| s.lock().ok().map(|s| s.clone()))
+        {
+            out.push_str("# HELP optio_batches_total Settlement batches written.\n# TYPE optio_batches_total counter\n");
+            out.push_str(&format!("optio_batches_total {}\n", stats.number));
+            out.push_str("# HELP optio_batch_lag_inputs Sequenced inputs the batcher has not taken yet.\n# TYPE optio_batch_lag_inputs gauge\n");
+            out.push_str(&format!(
+                "optio_batch_lag_inputs {}\n",
+                node.sequencer
+                    .next_seq()
+                    .saturating_sub(1)
+                    .saturating_sub(stats.last_seq)
+            ));
+            out.push_str("# HELP optio_batch_queue_overflow Inputs waiting beyond the batcher's full queue (backpressure).\n# TYPE optio_batch_queue_overflow gauge\n");
+            out.push_str(&format!("optio_batch_queue_overflow {}\n", stats.overflow));
+            out.push_str("# HELP optio_batch_blob_bytes_total Data blob bytes written.\n# TYPE optio_batch_blob_bytes_total counter\n");
+            out.push_str(&format!("optio_batch_blob_bytes_total {}\n", stats.bytes));
+            out.push_str("# HELP optio_batch_fills_total Fills in written batches.\n# TYPE optio_batch_fills_total counter\n");
+            out.push_str(&format!("optio_batch_fills_total {}\n", stats.fills));
+            out.push_str("# HELP optio_batcher_failed 1 if the batcher stopped (see the logs).\n# TYPE optio_batcher_failed gauge\n");
+            out.push_str(&format!(
+                "optio_batcher_failed {}\n",
+                u8::from(stats.failed.is_some())
+            ));
+        }
         out.push_str(
             "# HELP optio_open_orders Open orders on all books.\n# TYPE optio_open_orders gauge\n",
         );

@@ -62,6 +62,14 @@ pub fn to_bytes(f: &Fr) -> [u8; 32] {
     out
 }
 
+/// `0x`-prefixed big-endian hex of a field element.
+pub fn to_hex(f: &Fr) -> String {
+    to_bytes(f).iter().fold(String::from("0x"), |mut s, b| {
+        s.push_str(&format!("{b:02x}"));
+        s
+    })
+}
+
 /// The field element of 32 big-endian bytes, if below the modulus.
 pub fn from_bytes(b: &[u8; 32]) -> Option<Fr> {
     let f = Fr::from_be_bytes_mod_order(b);

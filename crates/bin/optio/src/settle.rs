@@ -1,0 +1,154 @@
+//! `optio rebuild` and `optio exit-proof`: the settlement state from the data blobs alone.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use optio_state::poseidon::to_hex;
+use optio_types::AccountId;
+use serde_json::{Value, json};
+
+/// Where the blobs are.
+#[derive(clap::Args)]
+pub struct RebuildArgs {
+    /// Directory of `NNNNNNNN.blob` files (a node writes them under `<data>/batches`).
+    #[arg(long, default_value = "optio-data/batches")]
+    batches: PathBuf,
+}
+
+/// Which account, against the state the blobs build.
+#[derive(clap::Args)]
+pub struct ExitProofArgs {
+    /// Directory of `NNNNNNNN.blob` files.
+    #[arg(long, default_value = "optio-data/batches")]
+    batches: PathBuf,
+    /// Account (subaccount) id.
+    #[arg(long)]
+    account: u32,
+}
+
+/// Rebuilds from genesis and the blobs, printing every batch's root and, where the node wrote a
+/// header beside the blob, checking that root against it.
+pub fn rebuild(args: RebuildArgs) -> Result<()> {
+    let files = optio_gateway::batching::blob_files(&args.batches)
+        .with_context(|| format!("reading {}", args.batches.display()))?;
+    if files.is_empty() {
+        bail!("no .blob files in {}", args.batches.display());
+    }
+    let blobs: Vec<Vec<u8>> = files.iter().map(std::fs::read).collect::<Result<_, _>>()?;
+    let total = blobs.len();
+    let (mut bytes, mut fills, mut mismatches) = (0usize, 0usize, Vec::new());
+    let mut state = optio_state::SettlementState::new();
+    let result = optio_state::rebuild(blobs.iter().map(Vec::as_slice), &mut state, |h| {
+        let i = (h.number - 1) as usize;
+        bytes += blobs[i].len();
+        let n = optio_state::decode(&blobs[i]).map_or(0, |(_, ops)| {
+            ops.iter()
+                .filter(|o| matches!(o, optio_state::Op::Fill { .. }))
+                .count()
+        });
+        fills += n;
+        let committed = std::fs::read_to_string(files[i].with_extension("json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok());
+        let check = match committed
+            .as_ref()
+            .and_then(|c| c["new_root"].as_str().map(str::to_owned))
+        {
+            Some(root) if root == to_hex(&h.new_root) => "= committed",
+            Some(_) => {
+                mismatches.push(h.number);
+                "DIFFERS from the committed root"
+            }
+            None => "(no header to compare)",
+        };
+        println!(
+            "batch {:>6}  seq {:>9}..{:<9} {:>7} bytes {:>6} fills  root {} {check}",
+            h.number,
+            h.first_seq,
+            h.last_seq,
+            blobs[i].len(),
+            n,
+            to_hex(&h.new_root)
+        );
+        if total >= 50
+            && (h.number as usize % (total / 50).max(1) == 0 || h.number as usize == total)
+        {
+            let done = h.number as usize * 40 / total;
+            eprint!(
+                "\r[{}{}] {}/{total}",
+                "=".repeat(done),
+                " ".repeat(40 - done),
+                h.number
+            );
+        }
+    });
+    if total >= 50 {
+        eprintln!();
+    }
+    let (number, last_seq) = result?;
+    println!(
+        "rebuilt {number} batches up to seq {last_seq}: {} accounts, {} instruments, root {}",
+        state.accounts().len(),
+        state.instruments().len(),
+        to_hex(&state.root())
+    );
+    if fills > 0 {
+        println!(
+            "data: {bytes} bytes for {fills} fills = {:.1} bytes per fill (all ops included)",
+            bytes as f64 / fills as f64
+        );
+    }
+    if !mismatches.is_empty() {
+        bail!(
+            "{} batches rebuild to a root other than the one committed: {mismatches:?}",
+            mismatches.len()
+        );
+    }
+    Ok(())
+}
+
+/// Prints the exit proof of one account as JSON (the layout of docs/settlement.md).
+pub fn exit_proof(args: ExitProofArgs) -> Result<()> {
+    let (state, number, _) =
+        optio_gateway::batching::rebuild_dir(&args.batches, |_| {}).map_err(anyhow::Error::msg)?;
+    let p = state
+        .exit_proof(AccountId(args.account))
+        .with_context(|| format!("no account {} after batch {number}", args.account))?;
+    if !p.verify() {
+        bail!("the proof does not verify against its own root (a bug: please report)");
+    }
+    let siblings =
+        |proof: &optio_state::Proof| -> Vec<String> { proof.siblings.iter().map(to_hex).collect() };
+    let out = json!({
+        "batch": number,
+        "root": to_hex(&p.root),
+        "accounts_root": to_hex(&p.accounts_root),
+        "instruments_root": to_hex(&p.instruments_root),
+        "insurance": p.insurance.0,
+        "fee_pool": p.fee_pool.0,
+        "account": p.account.0,
+        "leaf": {
+            "owner": format!("0x{}", p.leaf.owner.0.iter().map(|b| format!("{b:02x}")).collect::<String>()),
+            "keys_hash": to_hex(&p.leaf.keys_hash),
+            "nonce": p.leaf.nonce,
+            "collateral": p.leaf.collateral.0,
+            "positions_root": to_hex(&p.leaf.positions_root),
+        },
+        "account_proof": siblings(&p.account_proof),
+        "positions": p.positions.iter().map(|(instrument, qty, proof, leaf, inst_proof)| json!({
+            "instrument": instrument.0,
+            "qty": qty.0,
+            "proof": siblings(proof),
+            "instrument_leaf": {
+                "spec_hash": to_hex(&leaf.spec_hash),
+                "status": leaf.status,
+                "mark": leaf.mark.0,
+                "risk_hash": to_hex(&leaf.risk_hash),
+                "settlement_price": leaf.settlement_price.0,
+            },
+            "instrument_proof": siblings(inst_proof),
+        })).collect::<Vec<_>>(),
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}

@@ -1,0 +1,202 @@
+//! The node's batcher thread: sequenced inputs with their events arrive through a bounded queue
+//! (the writer never waits on it: what does not fit waits in the writer's overflow, counted in
+//! the metrics); batches are cut by size and age and written as `<dir>/NNNNNNNN.blob` with the
+//! header beside it as `NNNNNNNN.json` (each written to a temporary file, fsynced, renamed). At
+//! start the state is rebuilt from the blobs on disk, so a restart continues the same chain of
+//! roots.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use optio_state::{Batch, Batcher, SettlementState};
+use optio_types::{Event, Input};
+
+/// Queue length between the writer and the batcher.
+const QUEUE: usize = 65_536;
+
+/// One sequenced input for the batcher.
+pub(crate) struct Item {
+    pub seq: u64,
+    pub input: Input,
+    pub events: Arc<Vec<Event>>,
+}
+
+/// What the metrics show.
+#[derive(Debug, Default, Clone)]
+pub struct BatchStats {
+    /// Last batch number written.
+    pub number: u64,
+    /// Its root (0x-hex).
+    pub root: String,
+    /// Last sequence number the batcher has taken.
+    pub last_seq: u64,
+    /// Blob bytes and fills written since start.
+    pub bytes: u64,
+    /// Fills written since start.
+    pub fills: u64,
+    /// Items waiting in the writer's overflow (the queue was full).
+    pub overflow: u64,
+    /// The batcher stopped (a batch failed to apply or could not be written).
+    pub failed: Option<String>,
+}
+
+/// The writer's end: a bounded queue plus an overflow that never blocks.
+pub(crate) struct Feed {
+    tx: SyncSender<Item>,
+    overflow: VecDeque<Item>,
+    stats: Arc<Mutex<BatchStats>>,
+}
+
+impl Feed {
+    /// Hands an item to the batcher without waiting.
+    pub fn send(&mut self, item: Item) {
+        self.overflow.push_back(item);
+        while let Some(next) = self.overflow.pop_front() {
+            match self.tx.try_send(next) {
+                Ok(()) => {}
+                Err(TrySendError::Full(back)) => {
+                    self.overflow.push_front(back);
+                    break;
+                }
+                Err(TrySendError::Disconnected(_)) => {
+                    self.overflow.clear();
+                    break;
+                }
+            }
+        }
+        if let Ok(mut s) = self.stats.lock() {
+            s.overflow = self.overflow.len() as u64;
+        }
+    }
+}
+
+/// Blob files in `dir`, in batch order.
+pub fn blob_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "blob"))
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    files.sort();
+    Ok(files)
+}
+
+/// Rebuilds the settlement state from the blobs in `dir`: the state, the last batch number and
+/// the last sequence number it covers.
+pub fn rebuild_dir(
+    dir: &Path,
+    each: impl FnMut(&optio_state::BatchHeader),
+) -> Result<(SettlementState, u64, u64), String> {
+    let blobs: Vec<Vec<u8>> = blob_files(dir)
+        .map_err(|e| e.to_string())?
+        .iter()
+        .map(std::fs::read)
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let mut state = SettlementState::new();
+    let (number, last_seq) =
+        optio_state::rebuild(blobs.iter().map(Vec::as_slice), &mut state, each)
+            .map_err(|e| e.to_string())?;
+    Ok((state, number, last_seq))
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+fn write_batch(dir: &Path, batch: &Batch) -> std::io::Result<()> {
+    let stem = dir.join(format!("{:08}", batch.header.number));
+    // The header first: a blob on disk always has its header.
+    write_atomically(
+        &stem.with_extension("json"),
+        batch.header.to_json().as_bytes(),
+    )?;
+    write_atomically(&stem.with_extension("blob"), &batch.blob)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Starts the batcher over `dir` (rebuilding from its blobs); returns the writer's feed and the
+/// last sequence number already batched (later inputs must be fed, in order).
+pub(crate) fn start(
+    dir: &Path,
+    max_ops: usize,
+    max_age_ms: u64,
+) -> Result<(Feed, Arc<Mutex<BatchStats>>, u64), String> {
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let (state, number, last_seq) = rebuild_dir(dir, |_| {})?;
+    let stats = Arc::new(Mutex::new(BatchStats {
+        number,
+        root: optio_state::poseidon::to_hex(&state.root()),
+        last_seq,
+        ..BatchStats::default()
+    }));
+    let batcher = Batcher::resume(state, number, last_seq, max_ops, max_age_ms);
+    let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
+    let (dir, shared) = (dir.to_owned(), stats.clone());
+    std::thread::Builder::new()
+        .name("optio-batcher".into())
+        .spawn(move || run(batcher, rx, &dir, &shared))
+        .map_err(|e| e.to_string())?;
+    Ok((
+        Feed {
+            tx,
+            overflow: VecDeque::new(),
+            stats: stats.clone(),
+        },
+        stats,
+        last_seq,
+    ))
+}
+
+fn run(mut batcher: Batcher, rx: Receiver<Item>, dir: &Path, stats: &Mutex<BatchStats>) {
+    loop {
+        let item = rx.recv_timeout(Duration::from_millis(100));
+        let cut =
+            match &item {
+                Ok(item) if item.seq <= batcher.last_seq() => Ok(None),
+                // A steady stream never times out: the age is checked after every input too.
+                Ok(item) => batcher
+                    .push(item.seq, &item.input, &item.events)
+                    .and_then(|cut| match cut {
+                        Some(batch) => Ok(Some(batch)),
+                        None => batcher.tick(crate::now_ms()),
+                    }),
+                Err(RecvTimeoutError::Timeout) => batcher.tick(crate::now_ms()),
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+        let written = cut.map_err(|e| e.to_string()).and_then(|b| match b {
+            Some(batch) => write_batch(dir, &batch)
+                .map(|()| Some(batch))
+                .map_err(|e| e.to_string()),
+            None => Ok(None),
+        });
+        let Ok(mut s) = stats.lock() else { return };
+        s.last_seq = batcher.last_seq();
+        match written {
+            Ok(Some(batch)) => {
+                s.number = batch.header.number;
+                s.root = optio_state::poseidon::to_hex(&batch.header.new_root);
+                s.bytes += batch.blob.len() as u64;
+                s.fills += batch.fills as u64;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                // Settlement stops; trading goes on; the operator sees it in the metrics and logs.
+                tracing::error!(error = %e, "batcher stopped");
+                s.failed = Some(e);
+                return;
+            }
+        }
+    }
+}
