@@ -71,7 +71,8 @@ pub fn rebuild(args: RebuildArgs) -> Result<()> {
             to_hex(&h.new_root)
         );
         if total >= 50
-            && (h.number as usize % (total / 50).max(1) == 0 || h.number as usize == total)
+            && ((h.number as usize).is_multiple_of((total / 50).max(1))
+                || h.number as usize == total)
         {
             let done = h.number as usize * 40 / total;
             eprint!(

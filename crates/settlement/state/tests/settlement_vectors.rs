@@ -1,0 +1,229 @@
+//! The shared settlement vectors (test-vectors/settlement.json): leaf hashes, a small state with
+//! its root and an exit proof, and encoded blobs with their headers. The circuits and the L1
+//! contracts check the same file. Regenerate after a deliberate format change with
+//! `OPTIO_WRITE_VECTORS=1 cargo test -p optio-state --test settlement_vectors` and say why in
+//! the commit.
+
+use optio_state::blob::BlobMeta;
+use optio_state::leaf::{self, AccountLeaf, InstrumentLeaf};
+use optio_state::poseidon::{Fr, to_hex};
+use optio_state::{Op, SettlementState, decode, encode};
+use optio_types::{
+    AccountId, Address, Amount, InstrumentId, InstrumentSpec, MONEY_SCALE, Price, QTY_SCALE, Qty,
+    Side,
+};
+use serde_json::{Value, json};
+
+const PATH: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../../test-vectors/settlement.json"
+);
+
+fn hex(b: &[u8]) -> String {
+    b.iter().fold(String::from("0x"), |mut s, x| {
+        s.push_str(&format!("{x:02x}"));
+        s
+    })
+}
+
+fn batches() -> Vec<(BlobMeta, Vec<Op>)> {
+    let perp = InstrumentSpec::with_defaults(
+        "BTC-PERPETUAL".parse().expect("name"),
+        Price(100_000 * MONEY_SCALE),
+    );
+    let call = InstrumentSpec::with_defaults(
+        "BTC-26MAR27-100000-C".parse().expect("name"),
+        Price(100_000 * MONEY_SCALE),
+    );
+    vec![
+        (
+            BlobMeta {
+                number: 1,
+                first_seq: 1,
+                last_seq: 7,
+                time_ms: 1_800_000_000_000,
+            },
+            vec![
+                Op::ListInstrument { spec: perp },
+                Op::ListInstrument { spec: call },
+                Op::ActivateInstrument {
+                    instrument: InstrumentId(0),
+                },
+                Op::ActivateInstrument {
+                    instrument: InstrumentId(1),
+                },
+                Op::OpenAccount {
+                    owner: Address([0x11; 20]),
+                },
+                Op::OpenAccount {
+                    owner: Address([0x22; 20]),
+                },
+                Op::Deposit {
+                    account: AccountId(0),
+                    amount: Amount(100_000 * MONEY_SCALE),
+                },
+                Op::Deposit {
+                    account: AccountId(1),
+                    amount: Amount(250_000 * MONEY_SCALE),
+                },
+            ],
+        ),
+        (
+            BlobMeta {
+                number: 2,
+                first_seq: 8,
+                last_seq: 20,
+                time_ms: 1_800_000_002_000,
+            },
+            vec![
+                Op::Fill {
+                    instrument: InstrumentId(1),
+                    maker: AccountId(1),
+                    taker: AccountId(0),
+                    taker_side: Side::Buy,
+                    price: Price(4_200 * MONEY_SCALE),
+                    qty: Qty(QTY_SCALE / 2),
+                },
+                Op::Fill {
+                    instrument: InstrumentId(1),
+                    maker: AccountId(1),
+                    taker: AccountId(0),
+                    taker_side: Side::Buy,
+                    price: Price(4_210 * MONEY_SCALE),
+                    qty: Qty(QTY_SCALE / 10),
+                },
+                Op::Fill {
+                    instrument: InstrumentId(0),
+                    maker: AccountId(0),
+                    taker: AccountId(1),
+                    taker_side: Side::Sell,
+                    price: Price(91_000 * MONEY_SCALE),
+                    qty: Qty(QTY_SCALE / 100),
+                },
+                Op::SessionKey {
+                    account: AccountId(0),
+                    key: Address([0x33; 20]),
+                    expiry_ms: 1_800_086_400_000,
+                    at_ms: 1_800_000_001_000,
+                },
+                Op::Withdraw {
+                    account: AccountId(1),
+                    amount: Amount(1_000 * MONEY_SCALE),
+                },
+                Op::Mark {
+                    instrument: InstrumentId(1),
+                    mark: Price(4_205 * MONEY_SCALE),
+                    risk: vec![
+                        Amount(-4_205 * MONEY_SCALE),
+                        Amount(0),
+                        Amount(9_000 * MONEY_SCALE),
+                        Amount(-1),
+                    ],
+                },
+            ],
+        ),
+    ]
+}
+
+fn vectors() -> Value {
+    let account = AccountLeaf {
+        owner: Address([0x11; 20]),
+        keys_hash: Fr::from(0u64),
+        nonce: 3,
+        collateral: Amount(-12_345),
+        positions_root: Fr::from(7u64),
+    };
+    let instrument = InstrumentLeaf {
+        spec_hash: Fr::from(5u64),
+        status: leaf::status::ACTIVE,
+        mark: Price(4_205 * MONEY_SCALE),
+        risk_hash: Fr::from(9u64),
+        settlement_price: Price(0),
+    };
+    let keys = [
+        (Address([0x33; 20]), 1_800_086_400_000u64),
+        (Address([0x44; 20]), 1_900_000_000_000u64),
+    ];
+    let risk = [
+        Amount(-4_205 * MONEY_SCALE),
+        Amount(0),
+        Amount(9_000 * MONEY_SCALE),
+        Amount(-1),
+    ];
+    let perp = InstrumentSpec::with_defaults(
+        "BTC-PERPETUAL".parse().expect("name"),
+        Price(100_000 * MONEY_SCALE),
+    );
+    let mut state = SettlementState::new();
+    let mut blobs = Vec::new();
+    for (meta, ops) in batches() {
+        let previous = state.root();
+        state.apply_batch(&ops).expect("applies");
+        let root = state.commit();
+        let bytes = encode(&meta, &ops);
+        assert_eq!(
+            decode(&bytes).expect("decodes"),
+            (meta, ops.clone()),
+            "round trip"
+        );
+        blobs.push(json!({"number": meta.number, "ops": ops.len(), "blob": hex(&bytes), "previous_root": to_hex(&previous), "new_root": to_hex(&root)}));
+    }
+    let proof = state.exit_proof(AccountId(0)).expect("exists");
+    assert!(proof.verify());
+    json!({
+        "description": "Optio settlement vectors: leaf hashes (docs/settlement.md), a two-batch state with its blobs, roots and an exit proof. Field elements are 0x big-endian hex; amounts are integers (micro-USDC, quantities 1e-8).",
+        "leaves": {
+            "account": {"owner": hex(&account.owner.0), "keys_hash": to_hex(&account.keys_hash), "nonce": account.nonce, "collateral": account.collateral.0, "positions_root": to_hex(&account.positions_root), "hash": to_hex(&account.hash())},
+            "instrument": {"spec_hash": to_hex(&instrument.spec_hash), "status": instrument.status, "mark": instrument.mark.0, "risk_hash": to_hex(&instrument.risk_hash), "settlement_price": instrument.settlement_price.0, "hash": to_hex(&instrument.hash())},
+            "keys_hash": {"keys": keys.iter().map(|(k, e)| json!([hex(&k.0), e])).collect::<Vec<_>>(), "hash": to_hex(&leaf::keys_hash(keys.iter().map(|(k, e)| (k, e))))},
+            "risk_hash": {"risk": risk.iter().map(|a| a.0).collect::<Vec<_>>(), "hash": to_hex(&leaf::risk_hash(&risk))},
+            "spec_hash": {"spec": "BTC-PERPETUAL with defaults, cap 100000", "hash": to_hex(&leaf::spec_hash(&perp))},
+            "position": {"qty": -150_000_000i64, "leaf": to_hex(&leaf::position_leaf(Qty(-150_000_000)))},
+            "funds": {"insurance": 5, "fee_pool": 7, "hash": to_hex(&leaf::funds_hash(Amount(5), Amount(7)))},
+        },
+        "batches": blobs,
+        "exit_proof": {
+            "account": 0,
+            "root": to_hex(&proof.root),
+            "accounts_root": to_hex(&proof.accounts_root),
+            "instruments_root": to_hex(&proof.instruments_root),
+            "leaf_hash": to_hex(&proof.leaf.hash()),
+            "collateral": proof.leaf.collateral.0,
+            "account_proof": proof.account_proof.siblings.iter().map(to_hex).collect::<Vec<_>>(),
+            "positions": proof.positions.iter().map(|(i, q, p, l, ip)| json!({"instrument": i.0, "qty": q.0, "proof": p.siblings.iter().map(to_hex).collect::<Vec<_>>(), "instrument_leaf_hash": to_hex(&l.hash()), "instrument_proof": ip.siblings.iter().map(to_hex).collect::<Vec<_>>()})).collect::<Vec<_>>(),
+        },
+    })
+}
+
+#[test]
+fn the_shared_settlement_vectors_hold() {
+    let computed = vectors();
+    if std::env::var_os("OPTIO_WRITE_VECTORS").is_some() {
+        std::fs::write(
+            PATH,
+            serde_json::to_string_pretty(&computed).expect("json") + "\n",
+        )
+        .expect("writes the vectors");
+    }
+    let stored: Value = serde_json::from_str(
+        &std::fs::read_to_string(PATH).expect("test-vectors/settlement.json exists"),
+    )
+    .expect("JSON");
+    assert_eq!(
+        stored, computed,
+        "the settlement format changed: regenerate the vectors only if that was deliberate"
+    );
+}
+
+#[test]
+fn blob_bytes_per_fill_op() {
+    // The two fills of one instrument in batch 2: each op's bytes (the second price is a delta).
+    let (meta, ops) = &batches()[1];
+    let all = encode(meta, ops).len();
+    let without_last_fill = encode(meta, &[&ops[..1], &ops[2..]].concat()).len();
+    assert!(
+        all - without_last_fill <= 12,
+        "a fill costs {} bytes",
+        all - without_last_fill
+    );
+}
