@@ -739,7 +739,7 @@ mod websocket {
         let published = (flood / 1_000) * 1_000;
         let mut received = 0;
         loop {
-            match tokio::time::timeout(std::time::Duration::from_secs(10), ws.next()).await {
+            match tokio::time::timeout(std::time::Duration::from_secs(60), ws.next()).await {
                 Err(_) => panic!("the server neither delivered nor closed ({received} received)"),
                 Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => break,
                 Ok(Some(Ok(_))) => received += 1,
