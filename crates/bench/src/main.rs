@@ -8,6 +8,7 @@ mod engine_bench;
 mod intents_bench;
 mod load_bench;
 mod pricing_bench;
+mod settlement_bench;
 
 use clap::{Parser, Subcommand};
 
@@ -37,6 +38,9 @@ enum Bench {
     /// over loopback HTTP at rising rates (fsync on); reports sustained orders/s and
     /// acknowledgement latency beside the raw signature-recovery ceiling.
     Load(load_bench::Args),
+    /// Settlement state: Poseidon tree updates and batch roots against jmt and
+    /// sparse-merkle-tree with the same hash, blake3 as the reference point.
+    Settlement(settlement_bench::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,5 +49,6 @@ fn main() -> anyhow::Result<()> {
         Bench::Pricing(args) => pricing_bench::run(&args),
         Bench::Intents(args) => intents_bench::run(&args),
         Bench::Load(args) => load_bench::run(&args),
+        Bench::Settlement(args) => settlement_bench::run(&args),
     }
 }

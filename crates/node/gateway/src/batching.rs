@@ -43,6 +43,13 @@ pub struct BatchStats {
     pub failed: Option<String>,
 }
 
+impl BatchStats {
+    /// Whether the batcher has taken every input up to `seq`.
+    pub fn caught_up(&self, seq: u64) -> bool {
+        self.last_seq >= seq
+    }
+}
+
 /// The writer's end: a bounded queue plus an overflow that never blocks.
 pub(crate) struct Feed {
     tx: SyncSender<Item>,

@@ -327,6 +327,8 @@ pub struct Gateway {
     domains: Vec<[u8; 32]>,
     /// The batcher's progress (nodes opened on a data directory).
     batch_stats: Option<Arc<Mutex<batching::BatchStats>>>,
+    /// Live WebSocket sessions.
+    pub(crate) ws_sessions: std::sync::atomic::AtomicU64,
 }
 
 /// Wall-clock milliseconds since the epoch.
@@ -542,7 +544,25 @@ impl Gateway {
             config,
             domains,
             batch_stats,
+            ws_sessions: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// The next sequence number.
+    pub fn next_seq(&self) -> u64 {
+        self.lock().sequencer.next_seq()
+    }
+
+    /// The batcher's progress (`None` for a gateway built without a data directory).
+    pub fn batch_stats(&self) -> Option<batching::BatchStats> {
+        self.batch_stats
+            .as_ref()
+            .and_then(|s| s.lock().ok().map(|s| s.clone()))
+    }
+
+    /// Live WebSocket sessions.
+    pub fn ws_sessions(&self) -> u64 {
+        self.ws_sessions.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Node> {
@@ -1209,6 +1229,10 @@ impl Gateway {
                 u8::from(stats.failed.is_some())
             ));
         }
+        out.push_str(
+            "# HELP optio_ws_sessions Live WebSocket sessions.\n# TYPE optio_ws_sessions gauge\n",
+        );
+        out.push_str(&format!("optio_ws_sessions {}\n", self.ws_sessions()));
         out.push_str(
             "# HELP optio_open_orders Open orders on all books.\n# TYPE optio_open_orders gauge\n",
         );

@@ -66,7 +66,21 @@ async fn send(socket: &mut WebSocket, v: Value) -> bool {
     )
 }
 
+/// Counts a live session until dropped (the `optio_ws_sessions` gauge).
+struct Live(Arc<Gateway>);
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0
+            .ws_sessions
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 async fn session(g: Arc<Gateway>, mut socket: WebSocket) {
+    g.ws_sessions
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let _live = Live(g.clone());
     let mut stream = g.events.subscribe();
     let mut books: BTreeMap<InstrumentId, BookState> = BTreeMap::new();
     let mut trades: BTreeMap<InstrumentId, String> = BTreeMap::new();

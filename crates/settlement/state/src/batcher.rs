@@ -199,14 +199,21 @@ impl Batcher {
                 self.marks.insert(instrument.0, m);
             }
         }
-        if self.pending() >= self.max_ops {
+        // Both criteria read only the sequence (sizes and sequenced times), so replaying the same
+        // inputs cuts the same batches: a restart continues with the roots an uninterrupted run
+        // would have committed. Only `tick` (an idle node) reads the wall clock.
+        let aged = self
+            .opened_ms
+            .is_some_and(|t| input.time_ms.saturating_sub(t) >= self.max_age_ms);
+        if self.pending() >= self.max_ops || (aged && self.pending() > 0) {
             self.cut().map(Some)
         } else {
             Ok(None)
         }
     }
 
-    /// Cuts a batch if its first op is at least `max_age_ms` old at `now_ms`.
+    /// Cuts a batch if its first op is at least `max_age_ms` old at `now_ms` (for a node that
+    /// receives no input: the only cut that depends on the wall clock).
     pub fn tick(&mut self, now_ms: u64) -> Result<Option<Batch>, BatchError> {
         match self.opened_ms {
             Some(t) if now_ms.saturating_sub(t) >= self.max_age_ms => self.cut().map(Some),

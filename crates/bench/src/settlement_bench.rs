@@ -1,0 +1,321 @@
+//! Settlement-state benchmark, side by side in one run:
+//! - Poseidon (BN254, circom) per tree node: ours against `light-poseidon`'s hasher;
+//! - single leaf updates per second into a tree already holding `--accounts` accounts: Optio's
+//!   Poseidon sparse Merkle tree against `jmt` 0.12 and `sparse-merkle-tree` 0.6 with the same
+//!   Poseidon (those trees hash byte strings: the bytes go in 31-byte field elements, as
+//!   `optio_state::poseidon::hash_bytes` does), and both peers with blake3 as a reference point;
+//! - the root after a batch touching `--touched` accounts: Optio on one core and on all cores,
+//!   the peers' batch updates;
+//! - data-blob bytes per fill.
+
+use std::time::Instant;
+
+use optio_state::SparseMerkleTree;
+use optio_state::poseidon::{Fr, hash_bytes, hash2, to_bytes};
+use rand::{Rng, SeedableRng};
+
+/// Arguments.
+#[derive(clap::Args, Clone, Copy)]
+pub struct Args {
+    /// Accounts in Optio's tree before measuring.
+    #[arg(long, default_value_t = 1_000_000)]
+    accounts: u64,
+    /// Accounts in the peers' trees (building a Poseidon jmt of 20,000 takes about a minute
+    /// here: a million would take most of an hour). Optio's tree has a fixed depth, so its
+    /// update cost does not depend on the count; the peers' grows with it, so a smaller peer
+    /// tree flatters the peers.
+    #[arg(long, default_value_t = 20_000)]
+    peer_accounts: u64,
+    /// Single-leaf updates timed per tree.
+    #[arg(long, default_value_t = 1_000)]
+    updates: u64,
+    /// Accounts touched by the timed batch.
+    #[arg(long, default_value_t = 10_000)]
+    touched: u64,
+}
+
+/// Poseidon over byte strings, for the byte-oriented peer trees.
+#[derive(Default)]
+struct PoseidonBytes(Vec<u8>);
+
+impl jmt::SimpleHasher for PoseidonBytes {
+    fn new() -> Self {
+        Self(Vec::with_capacity(96))
+    }
+    fn update(&mut self, data: &[u8]) {
+        self.0.extend_from_slice(data);
+    }
+    fn finalize(self) -> [u8; 32] {
+        to_bytes(&hash_bytes(&self.0))
+    }
+}
+
+impl sparse_merkle_tree::traits::Hasher for PoseidonBytes {
+    fn write_h256(&mut self, h: &sparse_merkle_tree::H256) {
+        self.0.extend_from_slice(h.as_slice());
+    }
+    fn write_byte(&mut self, b: u8) {
+        self.0.push(b);
+    }
+    fn finish(self) -> sparse_merkle_tree::H256 {
+        to_bytes(&hash_bytes(&self.0)).into()
+    }
+}
+
+/// blake3 for the peer trees (the reference point).
+#[derive(Default)]
+struct Blake3(blake3::Hasher);
+
+impl jmt::SimpleHasher for Blake3 {
+    fn new() -> Self {
+        Self(blake3::Hasher::new())
+    }
+    fn update(&mut self, data: &[u8]) {
+        self.0.update(data);
+    }
+    fn finalize(self) -> [u8; 32] {
+        *self.0.finalize().as_bytes()
+    }
+}
+
+impl sparse_merkle_tree::traits::Hasher for Blake3 {
+    fn write_h256(&mut self, h: &sparse_merkle_tree::H256) {
+        self.0.update(h.as_slice());
+    }
+    fn write_byte(&mut self, b: u8) {
+        self.0.update(&[b]);
+    }
+    fn finish(self) -> sparse_merkle_tree::H256 {
+        (*self.0.finalize().as_bytes()).into()
+    }
+}
+
+fn key(i: u64) -> [u8; 32] {
+    *blake3::hash(&i.to_le_bytes()).as_bytes()
+}
+
+fn value(i: u64, round: u64) -> [u8; 32] {
+    let mut v = [0u8; 32];
+    v[..8].copy_from_slice(&i.to_le_bytes());
+    v[8..16].copy_from_slice(&round.to_le_bytes());
+    v
+}
+
+/// Result of one tree: updates/s and the batch root time.
+struct Row {
+    name: String,
+    build_s: f64,
+    updates_per_s: f64,
+    batch_ms: f64,
+}
+
+fn optio_trees(args: &Args) -> Vec<Row> {
+    let t = Instant::now();
+    let mut tree = SparseMerkleTree::new(optio_state::leaf::ACCOUNT_DEPTH);
+    let leaves: Vec<(u64, Fr)> = (0..args.accounts).map(|i| (i, Fr::from(i + 1))).collect();
+    tree.set_many(&leaves).expect("in range");
+    let build_s = t.elapsed().as_secs_f64();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    let t = Instant::now();
+    for r in 0..args.updates {
+        tree.set(rng.random_range(0..args.accounts), Fr::from(r + 7))
+            .expect("in range");
+    }
+    let updates_per_s = args.updates as f64 / t.elapsed().as_secs_f64();
+    let batch: Vec<(u64, Fr)> = (0..args.touched)
+        .map(|_| {
+            (
+                rng.random_range(0..args.accounts),
+                Fr::from(rng.random::<u64>()),
+            )
+        })
+        .collect();
+    let mut one_by_one = tree.clone();
+    let t = Instant::now();
+    for (i, v) in &batch {
+        one_by_one.set(*i, *v).expect("in range");
+    }
+    let serial_ms = t.elapsed().as_secs_f64() * 1e3;
+    let t = Instant::now();
+    tree.set_many(&batch).expect("in range");
+    let batch_ms = t.elapsed().as_secs_f64() * 1e3;
+    assert_eq!(tree.root(), one_by_one.root(), "both ways reach one root");
+    let name = |s: &str| format!("Optio SMT ({} accts), {s}", args.accounts);
+    vec![
+        Row {
+            name: name("leaf by leaf, 1 core"),
+            build_s,
+            updates_per_s,
+            batch_ms: serial_ms,
+        },
+        Row {
+            name: name("batch, all cores"),
+            build_s,
+            updates_per_s,
+            batch_ms,
+        },
+    ]
+}
+
+fn jmt_tree<H: jmt::SimpleHasher>(args: &Args, hasher: &str) -> Row {
+    use jmt::{JellyfishMerkleTree, KeyHash, mock::MockTreeStore};
+    let store = MockTreeStore::default();
+    let t = Instant::now();
+    {
+        let tree = JellyfishMerkleTree::<_, H>::new(&store);
+        let (_, batch) = tree
+            .put_value_set(
+                (0..args.accounts).map(|i| (KeyHash(key(i)), Some(value(i, 0).to_vec()))),
+                0,
+            )
+            .expect("writes");
+        store.write_tree_update_batch(batch).expect("stores");
+    }
+    let build_s = t.elapsed().as_secs_f64();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    let tree = JellyfishMerkleTree::<_, H>::new(&store);
+    let t = Instant::now();
+    for r in 0..args.updates {
+        let i = rng.random_range(0..args.accounts);
+        let (_, batch) = tree
+            .put_value_set([(KeyHash(key(i)), Some(value(i, r + 1).to_vec()))], r + 1)
+            .expect("writes");
+        store.write_tree_update_batch(batch).expect("stores");
+    }
+    let updates_per_s = args.updates as f64 / t.elapsed().as_secs_f64();
+    let version = args.updates + 1;
+    let batch: Vec<_> = (0..args.touched)
+        .map(|_| rng.random_range(0..args.accounts))
+        .collect();
+    let t = Instant::now();
+    let (root, update) = tree
+        .put_value_set(
+            batch
+                .iter()
+                .map(|i| (KeyHash(key(*i)), Some(value(*i, version).to_vec()))),
+            version,
+        )
+        .expect("writes");
+    store.write_tree_update_batch(update).expect("stores");
+    let batch_ms = t.elapsed().as_secs_f64() * 1e3;
+    std::hint::black_box(root);
+    Row {
+        name: format!("jmt 0.12 ({} accts), {hasher}", args.accounts),
+        build_s,
+        updates_per_s,
+        batch_ms,
+    }
+}
+
+fn smt_tree<H: sparse_merkle_tree::traits::Hasher + Default>(args: &Args, hasher: &str) -> Row {
+    use sparse_merkle_tree::{H256, SparseMerkleTree as Smt, default_store::DefaultStore};
+    let mut tree: Smt<H, H256, DefaultStore<H256>> = Smt::default();
+    let t = Instant::now();
+    tree.update_all(
+        (0..args.accounts)
+            .map(|i| (H256::from(key(i)), H256::from(value(i, 0))))
+            .collect(),
+    )
+    .expect("writes");
+    let build_s = t.elapsed().as_secs_f64();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    let t = Instant::now();
+    for r in 0..args.updates {
+        let i = rng.random_range(0..args.accounts);
+        tree.update(H256::from(key(i)), H256::from(value(i, r + 1)))
+            .expect("writes");
+    }
+    let updates_per_s = args.updates as f64 / t.elapsed().as_secs_f64();
+    let batch: Vec<_> = (0..args.touched)
+        .map(|_| rng.random_range(0..args.accounts))
+        .map(|i| (H256::from(key(i)), H256::from(value(i, u64::MAX))))
+        .collect();
+    let t = Instant::now();
+    tree.update_all(batch).expect("writes");
+    let batch_ms = t.elapsed().as_secs_f64() * 1e3;
+    std::hint::black_box(tree.root());
+    Row {
+        name: format!("sparse-merkle-tree 0.6 ({} accts), {hasher}", args.accounts),
+        build_s,
+        updates_per_s,
+        batch_ms,
+    }
+}
+
+fn poseidon_micro() {
+    use light_poseidon::{Poseidon, PoseidonHasher};
+    let n = 20_000u64;
+    let mut h = Fr::from(1u64);
+    let t = Instant::now();
+    for _ in 0..n {
+        h = hash2(h, Fr::from(7u64));
+    }
+    let ours = t.elapsed().as_secs_f64() / n as f64 * 1e6;
+    let mut p = Poseidon::<Fr>::new_circom(2).expect("parameters");
+    let mut g = Fr::from(1u64);
+    let t = Instant::now();
+    for _ in 0..n {
+        g = p.hash(&[g, Fr::from(7u64)]).expect("hashes");
+    }
+    let theirs = t.elapsed().as_secs_f64() / n as f64 * 1e6;
+    assert_eq!(h, g, "the two Poseidon implementations agree");
+    let t = Instant::now();
+    let mut b = [0u8; 32];
+    for _ in 0..n {
+        let mut x = blake3::Hasher::new();
+        x.update(&b);
+        x.update(&[7; 32]);
+        b = *x.finalize().as_bytes();
+    }
+    let blake = t.elapsed().as_secs_f64() / n as f64 * 1e6;
+    std::hint::black_box(b);
+    println!("tree node hash (two children), one core:");
+    println!("  Optio Poseidon(2)                 {ours:>8.2} µs");
+    println!(
+        "  light-poseidon 0.5 (reused)       {theirs:>8.2} µs   Optio is {:.2}x faster",
+        theirs / ours
+    );
+    println!(
+        "  blake3 of 64 bytes                {blake:>8.2} µs   Poseidon costs {:.0}x blake3\n",
+        ours / blake
+    );
+}
+
+/// Runs the benchmark.
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    poseidon_micro();
+    println!(
+        "{} accounts in Optio's tree, {} in each peer's; {} single-leaf updates; a batch touching {} accounts",
+        args.accounts, args.peer_accounts, args.updates, args.touched
+    );
+    let peers = Args {
+        accounts: args.peer_accounts,
+        ..*args
+    };
+    let mut rows = optio_trees(args);
+    rows.push(jmt_tree::<PoseidonBytes>(&peers, "Poseidon"));
+    rows.push(smt_tree::<PoseidonBytes>(&peers, "Poseidon"));
+    rows.push(jmt_tree::<Blake3>(&peers, "blake3"));
+    rows.push(smt_tree::<Blake3>(&peers, "blake3"));
+    let ours = rows[0].updates_per_s;
+    let ours_batch = rows[1].batch_ms;
+    println!(
+        "{:<52} {:>9} {:>12} {:>10} {:>14} {:>11}",
+        "tree", "build s", "updates/s", "Optio/x", "batch root ms", "Optio/x"
+    );
+    for r in &rows {
+        println!(
+            "{:<52} {:>9.1} {:>12.0} {:>9.2}x {:>14.1} {:>10.2}x",
+            r.name,
+            r.build_s,
+            r.updates_per_s,
+            ours / r.updates_per_s,
+            r.batch_ms,
+            r.batch_ms / ours_batch
+        );
+    }
+    println!(
+        "(Optio/x: how many times faster Optio's Poseidon tree is; the blake3 rows are the reference point, not a like-for-like hash)"
+    );
+    Ok(())
+}
