@@ -157,6 +157,45 @@ fn optio_trees(args: &Args) -> Vec<Row> {
     ]
 }
 
+/// Optio's tree on the `redb` store the node uses: built and committed, single updates each
+/// committed (one fsync each), and the batch committed in one transaction.
+fn optio_redb(args: &Args) -> anyhow::Result<Row> {
+    let dir = tempfile::tempdir()?;
+    let store = optio_state::RedbStore::open(&dir.path().join("tree.redb"))?;
+    let t = Instant::now();
+    let mut tree = SparseMerkleTree::with_store(optio_state::leaf::ACCOUNT_DEPTH, store.clone());
+    let leaves: Vec<(u64, Fr)> = (0..args.accounts).map(|i| (i, Fr::from(i + 1))).collect();
+    tree.set_many(&leaves).expect("in range");
+    store.commit(&optio_state::store::Records::default())?;
+    let build_s = t.elapsed().as_secs_f64();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    let t = Instant::now();
+    for r in 0..args.updates {
+        tree.set(rng.random_range(0..args.accounts), Fr::from(r + 7))
+            .expect("in range");
+        store.commit(&optio_state::store::Records::default())?;
+    }
+    let updates_per_s = args.updates as f64 / t.elapsed().as_secs_f64();
+    let batch: Vec<(u64, Fr)> = (0..args.touched)
+        .map(|_| {
+            (
+                rng.random_range(0..args.accounts),
+                Fr::from(rng.random::<u64>()),
+            )
+        })
+        .collect();
+    let t = Instant::now();
+    tree.set_many(&batch).expect("in range");
+    store.commit(&optio_state::store::Records::default())?;
+    let batch_ms = t.elapsed().as_secs_f64() * 1e3;
+    Ok(Row {
+        name: format!("Optio SMT ({} accts) on redb, commit each", args.accounts),
+        build_s,
+        updates_per_s,
+        batch_ms,
+    })
+}
+
 fn jmt_tree<H: jmt::SimpleHasher>(args: &Args, hasher: &str) -> Row {
     use jmt::{JellyfishMerkleTree, KeyHash, mock::MockTreeStore};
     let store = MockTreeStore::default();
@@ -433,6 +472,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         ..*args
     };
     let mut rows = optio_trees(args);
+    rows.push(optio_redb(args)?);
     rows.push(jmt_tree::<PoseidonBytes>(&peers, "Poseidon"));
     rows.push(smt_tree::<PoseidonBytes>(&peers, "Poseidon"));
     rows.push(jmt_tree::<Blake3>(&peers, "blake3"));

@@ -1,9 +1,10 @@
 //! The node's batcher thread: sequenced inputs with their events arrive through a bounded queue
 //! (the writer never waits on it: what does not fit waits in the writer's overflow, counted in
 //! the metrics); batches are cut by size and age and written as `<dir>/NNNNNNNN.blob` with the
-//! header beside it as `NNNNNNNN.json` (each written to a temporary file, fsynced, renamed). At
-//! start the state is rebuilt from the blobs on disk, so a restart continues the same chain of
-//! roots.
+//! header beside it as `NNNNNNNN.json` (each written to a temporary file, fsynced, renamed), then
+//! the settlement state after it is persisted in `<dir>/state.redb` (tree nodes and records, one
+//! transaction). At start the state is opened from that file and any blob written after it is
+//! applied, so a restart continues the same chain of roots without replaying history.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -141,7 +142,32 @@ pub(crate) fn start(
     max_age_ms: u64,
 ) -> Result<(Feed, Arc<Mutex<BatchStats>>, u64), String> {
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-    let (state, number, last_seq) = rebuild_dir(dir, |_| {})?;
+    // The persisted state after some batch, then the blobs written after it (a crash between
+    // writing a blob and persisting its state leaves one or more such blobs).
+    let (mut state, persisted, persisted_seq) =
+        SettlementState::open(&dir.join("state.redb")).map_err(|e| e.to_string())?;
+    let files = blob_files(dir).map_err(|e| e.to_string())?;
+    if (files.len() as u64) < persisted {
+        return Err(format!(
+            "the state file is at batch {persisted} but only {} blobs exist",
+            files.len()
+        ));
+    }
+    let later: Vec<Vec<u8>> = files[persisted as usize..]
+        .iter()
+        .map(std::fs::read)
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let (number, last_seq) = optio_state::rebuild_after(
+        later.iter().map(Vec::as_slice),
+        &mut state,
+        (persisted, persisted_seq),
+        |_| {},
+    )
+    .map_err(|e| e.to_string())?;
+    if number > persisted {
+        state.persist(number, last_seq).map_err(|e| e.to_string())?;
+    }
     let stats = Arc::new(Mutex::new(BatchStats {
         number,
         root: optio_state::poseidon::to_hex(&state.root()),
@@ -183,9 +209,11 @@ fn run(mut batcher: Batcher, rx: Receiver<Item>, dir: &Path, stats: &Mutex<Batch
                 Err(RecvTimeoutError::Disconnected) => return,
             };
         let written = cut.map_err(|e| e.to_string()).and_then(|b| match b {
+            // The blob first (durable), then the state after it.
             Some(batch) => write_batch(dir, &batch)
-                .map(|()| Some(batch))
-                .map_err(|e| e.to_string()),
+                .map_err(|e| e.to_string())
+                .and_then(|()| batcher.persist(&batch.header).map_err(|e| e.to_string()))
+                .map(|()| Some(batch)),
             None => Ok(None),
         });
         let Ok(mut s) = stats.lock() else { return };

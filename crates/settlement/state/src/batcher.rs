@@ -157,6 +157,12 @@ impl Batcher {
         &self.state
     }
 
+    /// Persists the state after `header`'s batch (for a state opened on a file; see
+    /// `SettlementState::persist`).
+    pub fn persist(&mut self, header: &BatchHeader) -> Result<(), crate::StoreError> {
+        self.state.persist(header.number, header.last_seq)
+    }
+
     /// Last batch number cut.
     pub fn number(&self) -> u64 {
         self.number
@@ -282,9 +288,20 @@ fn header(meta: &BlobMeta, previous_root: Fr, new_root: Fr, blob: &[u8]) -> Batc
 pub fn rebuild<'a>(
     blobs: impl IntoIterator<Item = &'a [u8]>,
     state: &mut SettlementState,
+    each: impl FnMut(&BatchHeader),
+) -> Result<(u64, u64), BatchError> {
+    rebuild_after(blobs, state, (0, 0), each)
+}
+
+/// `rebuild` from a state that is already the state after batch `after.0` (ending at sequence
+/// number `after.1`): the blobs given must start with the next batch.
+pub fn rebuild_after<'a>(
+    blobs: impl IntoIterator<Item = &'a [u8]>,
+    state: &mut SettlementState,
+    after: (u64, u64),
     mut each: impl FnMut(&BatchHeader),
 ) -> Result<(u64, u64), BatchError> {
-    let (mut number, mut last_seq) = (0u64, 0u64);
+    let (mut number, mut last_seq) = after;
     for bytes in blobs {
         let (meta, ops) = blob::decode(bytes).map_err(|source| BatchError::Blob {
             number: number + 1,

@@ -13,6 +13,15 @@ use crate::leaf::{self, ACCOUNT_DEPTH, AccountLeaf, INSTRUMENT_DEPTH, Instrument
 use crate::ops::Op;
 use crate::poseidon::Fr;
 use crate::smt::{Proof, SparseMerkleTree};
+use crate::store::{Records, RedbStore, StoreError, TreeStore};
+
+type Tree = SparseMerkleTree<TreeStore>;
+
+/// Namespaces of the trees in the store: 0 accounts, 1 instruments, 2 + id an account's
+/// positions.
+const ACCOUNTS_NS: u32 = 0;
+const INSTRUMENTS_NS: u32 = 1;
+const POSITIONS_NS: u32 = 2;
 
 /// Why a batch does not apply (nothing was applied).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -41,7 +50,7 @@ pub struct Account {
     pub collateral: Amount,
     /// Open positions by instrument id.
     pub positions: BTreeMap<u32, Qty>,
-    tree: SparseMerkleTree,
+    tree: Tree,
     dirty_positions: BTreeSet<u32>,
 }
 
@@ -80,10 +89,15 @@ pub struct SettlementState {
     instruments: Vec<Instrument>,
     insurance: Amount,
     fee_pool: Amount,
-    account_tree: SparseMerkleTree,
-    instrument_tree: SparseMerkleTree,
+    account_tree: Tree,
+    instrument_tree: Tree,
     dirty_accounts: BTreeSet<u32>,
     dirty_instruments: BTreeSet<u32>,
+    /// The file the state persists to (`None`: in memory only), and what changed since the
+    /// last `persist`.
+    store: Option<RedbStore>,
+    unsaved_accounts: BTreeSet<u32>,
+    unsaved_instruments: BTreeSet<u32>,
 }
 
 impl Default for SettlementState {
@@ -157,11 +171,119 @@ impl SettlementState {
             instruments: Vec::new(),
             insurance: Amount::ZERO,
             fee_pool: Amount::ZERO,
-            account_tree: SparseMerkleTree::new(ACCOUNT_DEPTH),
-            instrument_tree: SparseMerkleTree::new(INSTRUMENT_DEPTH),
+            account_tree: Tree::with_store(ACCOUNT_DEPTH, TreeStore::default()),
+            instrument_tree: Tree::with_store(INSTRUMENT_DEPTH, TreeStore::default()),
             dirty_accounts: BTreeSet::new(),
             dirty_instruments: BTreeSet::new(),
+            store: None,
+            unsaved_accounts: BTreeSet::new(),
+            unsaved_instruments: BTreeSet::new(),
         }
+    }
+
+    fn tree_store(&self, namespace: u32) -> TreeStore {
+        self.store.as_ref().map_or_else(TreeStore::default, |s| {
+            TreeStore::Redb(s.namespace(namespace))
+        })
+    }
+
+    /// Opens the state persisted at `path` (an empty one if the file is new): the state, the
+    /// batch it is the state after, and that batch's last sequence number. The stored root must
+    /// be what the stored nodes give.
+    pub fn open(path: &std::path::Path) -> Result<(Self, u64, u64), StoreError> {
+        let store = RedbStore::open(path)?;
+        let mut state = Self::new();
+        let meta_u64 = |name: &str| -> Result<u64, StoreError> {
+            Ok(store
+                .meta(name)?
+                .map(|v| {
+                    v.try_into()
+                        .map(u64::from_le_bytes)
+                        .map_err(|_| StoreError::Corrupt("meta"))
+                })
+                .transpose()?
+                .unwrap_or(0))
+        };
+        let (batch, last_seq) = (meta_u64("batch")?, meta_u64("last_seq")?);
+        state.insurance = Amount(meta_u64("insurance")? as i64);
+        state.fee_pool = Amount(meta_u64("fee_pool")? as i64);
+        state.account_tree =
+            Tree::with_store(ACCOUNT_DEPTH, TreeStore::Redb(store.namespace(ACCOUNTS_NS)));
+        state.instrument_tree = Tree::with_store(
+            INSTRUMENT_DEPTH,
+            TreeStore::Redb(store.namespace(INSTRUMENTS_NS)),
+        );
+        let (accounts, instruments) = store.records()?;
+        for (i, (id, bytes)) in instruments.iter().enumerate() {
+            if *id as usize != i {
+                return Err(StoreError::Corrupt("instrument ids"));
+            }
+            state
+                .instruments
+                .push(decode_instrument(bytes).ok_or(StoreError::Corrupt("instrument record"))?);
+        }
+        for (i, (id, bytes)) in accounts.iter().enumerate() {
+            if *id as usize != i {
+                return Err(StoreError::Corrupt("account ids"));
+            }
+            let tree = Tree::with_store(
+                INSTRUMENT_DEPTH,
+                TreeStore::Redb(store.namespace(POSITIONS_NS + id)),
+            );
+            state
+                .accounts
+                .push(decode_account(bytes, tree).ok_or(StoreError::Corrupt("account record"))?);
+        }
+        state.store = Some(store);
+        if batch > 0 {
+            let root = state
+                .store
+                .as_ref()
+                .map(|s| s.meta("root"))
+                .transpose()?
+                .flatten();
+            if root.as_deref() != Some(&crate::poseidon::to_bytes(&state.root())[..]) {
+                return Err(StoreError::Corrupt(
+                    "the stored root is not what the stored nodes give",
+                ));
+            }
+        }
+        Ok((state, batch, last_seq))
+    }
+
+    /// Writes what the batches since the last `persist` changed (tree nodes and records) to the
+    /// file in one durable transaction, as the state after `batch` (ending at `last_seq`).
+    /// Nothing to do for a state in memory. Call after `commit`.
+    pub fn persist(&mut self, batch: u64, last_seq: u64) -> Result<(), StoreError> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let records = Records {
+            meta: vec![
+                ("batch", batch.to_le_bytes().to_vec()),
+                ("last_seq", last_seq.to_le_bytes().to_vec()),
+                (
+                    "insurance",
+                    (self.insurance.0 as u64).to_le_bytes().to_vec(),
+                ),
+                ("fee_pool", (self.fee_pool.0 as u64).to_le_bytes().to_vec()),
+                ("root", crate::poseidon::to_bytes(&self.root()).to_vec()),
+            ],
+            accounts: self
+                .unsaved_accounts
+                .iter()
+                .map(|id| (*id, encode_account(&self.accounts[*id as usize])))
+                .collect(),
+            instruments: self
+                .unsaved_instruments
+                .iter()
+                .map(|id| (*id, encode_instrument(&self.instruments[*id as usize])))
+                .collect(),
+        };
+        store.commit(&records)?;
+        self.unsaved_accounts.clear();
+        self.unsaved_instruments.clear();
+        Ok(())
     }
 
     /// Accounts by id.
@@ -500,14 +622,14 @@ impl SettlementState {
 }
 
 impl Account {
-    fn new(owner: Address) -> Self {
+    fn new(owner: Address, store: TreeStore) -> Self {
         Self {
             owner,
             keys: BTreeMap::new(),
             nonce: 0,
             collateral: Amount::ZERO,
             positions: BTreeMap::new(),
-            tree: SparseMerkleTree::new(INSTRUMENT_DEPTH),
+            tree: Tree::with_store(INSTRUMENT_DEPTH, store),
             dirty_positions: BTreeSet::new(),
         }
     }
@@ -521,7 +643,7 @@ impl Account {
             nonce: self.nonce,
             collateral: self.collateral,
             positions: self.positions.clone(),
-            tree: SparseMerkleTree::new(1),
+            tree: Tree::with_store(1, TreeStore::default()),
             dirty_positions: BTreeSet::new(),
         }
     }
@@ -649,7 +771,9 @@ impl Scratch {
                 a.dirty_positions.insert(instrument.0);
                 a.collateral = add(a.collateral, cash.0, i)?;
             }
-            Op::OpenAccount { owner } => self.new_accounts.push(Account::new(*owner)),
+            Op::OpenAccount { owner } => self
+                .new_accounts
+                .push(Account::new(*owner, TreeStore::default())),
             Op::Deposit { account, amount } => self.credit(*account, amount.0, i)?,
             Op::Withdraw { account, amount } => {
                 self.credit(
@@ -755,22 +879,97 @@ impl Scratch {
             real.positions = a.positions;
             real.dirty_positions.extend(a.dirty_positions);
             state.dirty_accounts.insert(id);
+            state.unsaved_accounts.insert(id);
         }
-        for a in self.new_accounts {
-            state.dirty_accounts.insert(state.accounts.len() as u32);
+        for mut a in self.new_accounts {
+            let id = state.accounts.len() as u32;
+            // Its positions tree lives in the state's store (it holds no node yet).
+            a.tree = Tree::with_store(INSTRUMENT_DEPTH, state.tree_store(POSITIONS_NS + id));
+            state.dirty_accounts.insert(id);
+            state.unsaved_accounts.insert(id);
             state.accounts.push(a);
         }
         for (id, x) in self.instruments {
             state.instruments[id as usize] = x;
             state.dirty_instruments.insert(id);
+            state.unsaved_instruments.insert(id);
         }
         for x in self.new_instruments {
-            state
-                .dirty_instruments
-                .insert(state.instruments.len() as u32);
+            let id = state.instruments.len() as u32;
+            state.dirty_instruments.insert(id);
+            state.unsaved_instruments.insert(id);
             state.instruments.push(x);
         }
         state.insurance = self.insurance;
         state.fee_pool = self.fee_pool;
     }
+}
+
+fn encode_account(a: &Account) -> Vec<u8> {
+    let mut w = optio_types::codec::Writer::default();
+    w.address(a.owner);
+    w.u64(a.nonce);
+    w.i64(a.collateral.0);
+    w.u32(a.keys.len() as u32);
+    for (k, e) in &a.keys {
+        w.address(*k);
+        w.u64(*e);
+    }
+    w.u32(a.positions.len() as u32);
+    for (i, q) in &a.positions {
+        w.u32(*i);
+        w.i64(q.0);
+    }
+    w.bytes
+}
+
+fn decode_account(bytes: &[u8], tree: Tree) -> Option<Account> {
+    let mut r = optio_types::codec::Reader::new(bytes);
+    let owner = r.address().ok()?;
+    let nonce = r.u64().ok()?;
+    let collateral = Amount(r.i64().ok()?);
+    let keys = (0..r.u32().ok()?)
+        .map(|_| Some((r.address().ok()?, r.u64().ok()?)))
+        .collect::<Option<BTreeMap<_, _>>>()?;
+    let positions = (0..r.u32().ok()?)
+        .map(|_| Some((r.u32().ok()?, Qty(r.i64().ok()?))))
+        .collect::<Option<BTreeMap<_, _>>>()?;
+    r.finish().ok()?;
+    Some(Account {
+        owner,
+        keys,
+        nonce,
+        collateral,
+        positions,
+        tree,
+        dirty_positions: BTreeSet::new(),
+    })
+}
+
+fn encode_instrument(x: &Instrument) -> Vec<u8> {
+    let mut w = optio_types::codec::Writer::default();
+    optio_types::state::encode_spec(&mut w, &x.spec);
+    w.u64(x.status);
+    w.i64(x.mark.0);
+    w.i64(x.settlement_price.0);
+    w.amounts(&x.risk);
+    w.bytes
+}
+
+fn decode_instrument(bytes: &[u8]) -> Option<Instrument> {
+    let mut r = optio_types::codec::Reader::new(bytes);
+    let spec = optio_types::state::decode_spec(&mut r).ok()?;
+    let status = r.u64().ok()?;
+    let mark = Price(r.i64().ok()?);
+    let settlement_price = Price(r.i64().ok()?);
+    let risk = r.amounts(crate::blob::MAX_RISK).ok()?;
+    r.finish().ok()?;
+    Some(Instrument {
+        spec_hash: leaf::spec_hash(&spec),
+        spec,
+        status,
+        mark,
+        risk,
+        settlement_price,
+    })
 }

@@ -5,7 +5,7 @@
 //! contracts use; shared vectors keep them equal), the leaf layouts, a sparse Merkle tree with
 //! membership and non-membership proofs, the settlement ops derived from engine events, the
 //! settlement ledger they update (all of a batch or none), the versioned data blob, the batcher
-//! that cuts batches, rebuild from blobs and exit proofs.
+//! that cuts batches, rebuild from blobs and exit proofs, and a `redb` store for tree nodes.
 //! Must not: run the engine (it consumes the engine's events) or block it.
 
 pub mod batcher;
@@ -15,10 +15,12 @@ pub mod ledger;
 pub mod ops;
 pub mod poseidon;
 pub mod smt;
+pub mod store;
 
-pub use batcher::{Batch, BatchHeader, Batcher, rebuild};
+pub use batcher::{Batch, BatchHeader, Batcher, rebuild, rebuild_after};
 pub use blob::{BlobError, decode, encode};
 pub use ledger::{ExitProof, SettlementState, StateError};
 pub use ops::{Op, ops_from};
 pub use poseidon::{Fr, hash1, hash2, hash4};
 pub use smt::{NodeStore, Proof, SparseMerkleTree, verify};
+pub use store::{RedbStore, StoreError};

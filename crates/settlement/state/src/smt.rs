@@ -103,6 +103,16 @@ impl<S: NodeStore> SparseMerkleTree<S> {
         }
     }
 
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The store, to commit it.
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.store
+    }
+
     /// The root.
     pub fn root(&self) -> Fr {
         self.node(self.depth, 0)
