@@ -109,20 +109,34 @@ struct Row {
     batch_ms: f64,
 }
 
-fn optio_trees(args: &Args) -> Vec<Row> {
+/// What `build_and_update` measured, and the batch to time next.
+struct Measured {
+    build_s: f64,
+    updates_per_s: f64,
+    batch: Vec<(u64, Fr)>,
+}
+
+/// Builds `tree` with `--accounts` leaves, then times single updates (each followed by
+/// `commit`); returns the build time, the update rate and a random batch of `--touched` leaves.
+fn build_and_update<S: optio_state::NodeStore + Sync>(
+    args: &Args,
+    tree: &mut SparseMerkleTree<S>,
+    mut commit: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<Measured> {
     let t = Instant::now();
-    let mut tree = SparseMerkleTree::new(optio_state::leaf::ACCOUNT_DEPTH);
     let leaves: Vec<(u64, Fr)> = (0..args.accounts).map(|i| (i, Fr::from(i + 1))).collect();
     tree.set_many(&leaves).expect("in range");
+    commit()?;
     let build_s = t.elapsed().as_secs_f64();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
     let t = Instant::now();
     for r in 0..args.updates {
         tree.set(rng.random_range(0..args.accounts), Fr::from(r + 7))
             .expect("in range");
+        commit()?;
     }
     let updates_per_s = args.updates as f64 / t.elapsed().as_secs_f64();
-    let batch: Vec<(u64, Fr)> = (0..args.touched)
+    let batch = (0..args.touched)
         .map(|_| {
             (
                 rng.random_range(0..args.accounts),
@@ -130,6 +144,20 @@ fn optio_trees(args: &Args) -> Vec<Row> {
             )
         })
         .collect();
+    Ok(Measured {
+        build_s,
+        updates_per_s,
+        batch,
+    })
+}
+
+fn optio_trees(args: &Args) -> anyhow::Result<Vec<Row>> {
+    let mut tree = SparseMerkleTree::new(optio_state::leaf::ACCOUNT_DEPTH);
+    let Measured {
+        build_s,
+        updates_per_s,
+        batch,
+    } = build_and_update(args, &mut tree, || Ok(()))?;
     let mut one_by_one = tree.clone();
     let t = Instant::now();
     for (i, v) in &batch {
@@ -141,7 +169,7 @@ fn optio_trees(args: &Args) -> Vec<Row> {
     let batch_ms = t.elapsed().as_secs_f64() * 1e3;
     assert_eq!(tree.root(), one_by_one.root(), "both ways reach one root");
     let name = |s: &str| format!("Optio SMT ({} accts), {s}", args.accounts);
-    vec![
+    Ok(vec![
         Row {
             name: name("leaf by leaf, 1 core"),
             build_s,
@@ -154,7 +182,7 @@ fn optio_trees(args: &Args) -> Vec<Row> {
             updates_per_s,
             batch_ms,
         },
-    ]
+    ])
 }
 
 /// Optio's tree on the `redb` store the node uses: built and committed, single updates each
@@ -162,31 +190,16 @@ fn optio_trees(args: &Args) -> Vec<Row> {
 fn optio_redb(args: &Args) -> anyhow::Result<Row> {
     let dir = tempfile::tempdir()?;
     let store = optio_state::RedbStore::open(&dir.path().join("tree.redb"))?;
-    let t = Instant::now();
     let mut tree = SparseMerkleTree::with_store(optio_state::leaf::ACCOUNT_DEPTH, store.clone());
-    let leaves: Vec<(u64, Fr)> = (0..args.accounts).map(|i| (i, Fr::from(i + 1))).collect();
-    tree.set_many(&leaves).expect("in range");
-    store.commit(&optio_state::store::Records::default())?;
-    let build_s = t.elapsed().as_secs_f64();
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
-    let t = Instant::now();
-    for r in 0..args.updates {
-        tree.set(rng.random_range(0..args.accounts), Fr::from(r + 7))
-            .expect("in range");
-        store.commit(&optio_state::store::Records::default())?;
-    }
-    let updates_per_s = args.updates as f64 / t.elapsed().as_secs_f64();
-    let batch: Vec<(u64, Fr)> = (0..args.touched)
-        .map(|_| {
-            (
-                rng.random_range(0..args.accounts),
-                Fr::from(rng.random::<u64>()),
-            )
-        })
-        .collect();
+    let commit = || Ok(store.commit(&optio_state::store::Records::default())?);
+    let Measured {
+        build_s,
+        updates_per_s,
+        batch,
+    } = build_and_update(args, &mut tree, commit)?;
     let t = Instant::now();
     tree.set_many(&batch).expect("in range");
-    store.commit(&optio_state::store::Records::default())?;
+    commit()?;
     let batch_ms = t.elapsed().as_secs_f64() * 1e3;
     Ok(Row {
         name: format!("Optio SMT ({} accts) on redb, commit each", args.accounts),
@@ -471,7 +484,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         accounts: args.peer_accounts,
         ..*args
     };
-    let mut rows = optio_trees(args);
+    let mut rows = optio_trees(args)?;
     rows.push(optio_redb(args)?);
     rows.push(jmt_tree::<PoseidonBytes>(&peers, "Poseidon"));
     rows.push(smt_tree::<PoseidonBytes>(&peers, "Poseidon"));
