@@ -1,6 +1,6 @@
 //! Order and trade history kept by the gateway from engine events, for `get_order`,
 //! `get_trade_history` and the open-order views; rebuilt from the log at start
-//! (`Gateway::open`), except the labels of orders placed before the restart.
+//! (`Gateway::open`), labels included (they are logged with the signed intents).
 
 use std::collections::BTreeMap;
 

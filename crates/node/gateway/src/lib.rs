@@ -398,8 +398,8 @@ pub(crate) fn label_id(label: &str) -> u64 {
 }
 
 impl Gateway {
-    /// Opens the sequencer in `dir` and rebuilds the order and trade history and the intent
-    /// statuses from its log (labels of orders placed before the restart are not kept).
+    /// Opens the sequencer in `dir` and rebuilds the order and trade history, the orders'
+    /// labels and the intent statuses from its log.
     pub fn open(
         dir: &std::path::Path,
         key: [u8; 32],
@@ -407,6 +407,7 @@ impl Gateway {
         config: Config,
     ) -> Result<Self, optio_sequencer::SequencerError> {
         let mut history = history::History::default();
+        let mut labels = BTreeMap::new();
         let mut intents = Vec::new();
         // The batcher resumes from its blobs; every input after the last batched one is fed
         // again, in order.
@@ -429,7 +430,19 @@ impl Gateway {
                     events: Arc::new(r.events.to_vec()),
                 });
             }
-            let placed = placed_by(&r.input.command, r.intent.map(|i| i.nonce));
+            let mut placed = placed_by(&r.input.command, r.intent.map(|i| i.nonce));
+            // Labels come back from the log with their signed intents.
+            if let (Some((_, _, _, label, _)), Some(intent)) = (placed.as_mut(), r.intent) {
+                label.push_str(intent.label.as_str());
+                if !label.is_empty()
+                    && let Some(order) = r.events.iter().find_map(|e| match e {
+                        optio_types::Event::OrderAccepted { order, .. } => Some(order.0),
+                        _ => None,
+                    })
+                {
+                    labels.insert(order, label.clone());
+                }
+            }
             history.record(r.events, r.input.time_ms, placed);
             if let Some(intent) = r.intent {
                 let rejected = r.events.iter().find_map(|e| match e {
@@ -471,6 +484,7 @@ impl Gateway {
         {
             let mut node = gateway.lock();
             node.history = history;
+            node.labels = labels;
             for (digest, seq, time, rejected) in intents {
                 node.remember_intent(digest, seq, time, rejected);
             }
@@ -1118,6 +1132,8 @@ impl Gateway {
                 .as_slice()
                 .try_into()
                 .map_err(|_| GatewayError::BadSignature)?,
+            label: optio_sequencer::Label::new(label)
+                .ok_or_else(|| GatewayError::InvalidParams("label longer than 64".into()))?,
         };
         let (reply, answer) = tokio::sync::oneshot::channel();
         let placed = Some((

@@ -86,12 +86,51 @@ pub struct Intent {
     pub expiry: u64,
     /// r || s || v.
     pub signature: [u8; 65],
+    /// The client's label for the order (not signed; kept so that it survives restarts).
+    pub label: Label,
+}
+
+/// A client label of at most 64 bytes of UTF-8.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Label {
+    bytes: [u8; Label::MAX],
+    len: u8,
+}
+
+impl Default for Label {
+    fn default() -> Self {
+        Label {
+            bytes: [0; Label::MAX],
+            len: 0,
+        }
+    }
+}
+
+impl Label {
+    /// Longest label, bytes.
+    pub const MAX: usize = 64;
+
+    /// The label, if it fits.
+    pub fn new(text: &str) -> Option<Label> {
+        let mut label = Label::default();
+        label
+            .bytes
+            .get_mut(..text.len())?
+            .copy_from_slice(text.as_bytes());
+        label.len = text.len() as u8;
+        Some(label)
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
+    }
 }
 
 impl Intent {
     const LEN: usize = 32 + 20 + 8 + 8 + 65;
 
-    /// Fixed-width bytes.
+    /// Fixed-width fields, then the label.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(Self::LEN);
         out.extend_from_slice(&self.digest);
@@ -99,12 +138,13 @@ impl Intent {
         out.extend_from_slice(&self.nonce.to_le_bytes());
         out.extend_from_slice(&self.expiry.to_le_bytes());
         out.extend_from_slice(&self.signature);
+        out.extend_from_slice(self.label.as_str().as_bytes());
         out
     }
 
-    /// Parses fixed-width bytes.
+    /// Parses the fixed-width fields and the label after them.
     pub fn decode(bytes: &[u8]) -> Option<Intent> {
-        if bytes.len() != Self::LEN {
+        if bytes.len() < Self::LEN {
             return None;
         }
         Some(Intent {
@@ -112,7 +152,8 @@ impl Intent {
             owner: bytes[32..52].try_into().ok()?,
             nonce: u64::from_le_bytes(bytes[52..60].try_into().ok()?),
             expiry: u64::from_le_bytes(bytes[60..68].try_into().ok()?),
-            signature: bytes[68..].try_into().ok()?,
+            signature: bytes[68..Self::LEN].try_into().ok()?,
+            label: Label::new(std::str::from_utf8(&bytes[Self::LEN..]).ok()?)?,
         })
     }
 }

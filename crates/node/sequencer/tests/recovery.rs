@@ -210,6 +210,7 @@ fn signed_intents_are_logged_and_recovered_and_name_the_receipt() {
         nonce: 77,
         expiry: 1_900_000_000,
         signature: [5; 65],
+        label: optio_sequencer::Label::new("hedge-7").expect("short"),
     };
     let mut s = Sequencer::open(dir.path(), KEY, EngineLimits::default()).expect("opens");
     s.submit(&all[..all.len() - 1]).expect("durable");
@@ -220,6 +221,11 @@ fn signed_intents_are_logged_and_recovered_and_name_the_receipt() {
     drop(s);
     let s = Sequencer::open(dir.path(), KEY, EngineLimits::default()).expect("reopens");
     assert_eq!(s.recovered_intents(), &[intent]);
+    assert_eq!(
+        s.recovered_intents()[0].label.as_str(),
+        "hedge-7",
+        "the label survives the restart"
+    );
     assert_eq!(s.engine().state_hash(), direct(&all));
 }
 

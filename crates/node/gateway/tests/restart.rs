@@ -1,6 +1,7 @@
-//! The node's batcher across restarts: a node stopped between batches and in the middle of one
-//! (its queue and pending ops lost, as in a crash) resumes from its blobs and the log, and the
-//! batches on disk are byte for byte those of one uninterrupted batcher over the same log.
+//! What survives a restart. The batcher: a node stopped between batches and in the middle of one
+//! (its queue and pending ops lost, as in a crash) resumes from its persisted state, blobs and
+//! log, and the batches on disk are byte for byte those of one uninterrupted batcher over the
+//! same log. And the client labels of open orders.
 
 use optio_gateway::{Config, Gateway};
 use optio_state::Batcher;
@@ -144,4 +145,87 @@ fn restarts_between_and_within_batches_commit_the_batches_of_an_uninterrupted_ru
         let header = std::fs::read_to_string(file.with_extension("json")).expect("header");
         assert_eq!(header, want.header.to_json(), "{}", file.display());
     }
+}
+
+/// An order's client label survives a restart (it is logged with the signed intent).
+#[test]
+fn labels_of_open_orders_survive_a_restart() {
+    use secp256k1::{Message, SecretKey};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key = SecretKey::from_secret_bytes([0x42; 32]).expect("key");
+    let address = optio_intents::address_of(&secp256k1::PublicKey::from_secret_key(&key));
+    let spec = InstrumentSpec::with_defaults(
+        "BTC-26MAR27-100000-C".parse().expect("name"),
+        Price(300_000 * MONEY_SCALE),
+    );
+    let subaccount = {
+        let g = open(dir.path());
+        assert!(
+            g.submit_admin(vec![
+                Command::ListInstrument { spec },
+                Command::ActivateInstrument {
+                    instrument: InstrumentId(0)
+                }
+            ])
+            .expect("sequenced")
+            .iter()
+            .all(Result::is_ok)
+        );
+        let subaccount = g
+            .fund(address, Amount(100_000 * MONEY_SCALE))
+            .expect("funded");
+        let config = Config::default();
+        let request = optio_gateway::client::OrderRequest {
+            subaccount,
+            instrument_id: 0,
+            instrument_name: "BTC-26MAR27-100000-C",
+            direction: "buy",
+            price: "1000",
+            amount: "0.1",
+            max_fee: "100",
+            nonce: 1,
+            expiry: optio_gateway::now_ms() / 1_000 + 3_600,
+            time_in_force: "gtc",
+        };
+        let mut params = optio_gateway::client::order_params(
+            &key,
+            config.chain_id,
+            config.verifying_contract,
+            &request,
+        )
+        .expect("signs");
+        params["label"] = "mm-quote-7".into();
+        let placed = g.call("private/order", &params, &Default::default());
+        assert!(placed.is_ok(), "{placed:?}");
+        stop(g);
+        subaccount
+    };
+    let g = open(dir.path());
+    let ts = optio_gateway::now_ms().to_string();
+    let mut message = format!("\x19Ethereum Signed Message:\n{}", ts.len()).into_bytes();
+    message.extend_from_slice(ts.as_bytes());
+    let (recid, sig) = secp256k1::ecdsa::RecoverableSignature::sign_ecdsa_recoverable(
+        Message::from_digest(optio_intents::keccak(&message)),
+        &key,
+    )
+    .serialize_compact();
+    let mut sig = sig.to_vec();
+    sig.push(27 + recid.to_u8());
+    let hex = |b: &[u8]| {
+        b.iter()
+            .fold(String::from("0x"), |s, x| s + &format!("{x:02x}"))
+    };
+    let mut headers = axum::http::HeaderMap::new();
+    headers.insert("x-optiowallet", hex(&address).parse().expect("header"));
+    headers.insert("x-optiotimestamp", ts.parse().expect("header"));
+    headers.insert("x-optiosignature", hex(&sig).parse().expect("header"));
+    let open_orders = g
+        .call(
+            "private/get_open_orders",
+            &serde_json::json!({"subaccount_id": subaccount}),
+            &headers,
+        )
+        .expect("authorized");
+    assert_eq!(open_orders[0]["label"], "mm-quote-7", "{open_orders}");
+    stop(g);
 }
