@@ -1,0 +1,292 @@
+// SPDX-License-Identifier: MIT
+pragma solidity ^0.8.20;
+
+import {IERC20} from "./TestUSDC.sol";
+import {Field, IPoseidon2, IPoseidon3, IPoseidon5} from "./Poseidon.sol";
+
+/// Optio's rollup on L1: the collateral vault, the chain of committed and finalized state roots,
+/// the priority queue (deposits and forced withdrawal requests, each with a deadline), the
+/// freeze anyone may trigger when the operator leaves one unserved, and the exodus exit by
+/// Merkle proof against the last finalized root (leaf layouts: docs/settlement.md).
+///
+/// Not yet here: the validity-proof verifier (batches finalize after `finalizationDelay`; the
+/// contract trusts the operator's count of priority operations served until the proof checks
+/// it), withdrawals paid from finalized batches, slashing of the bond, the admin timelock.
+contract OptioRollup {
+    uint256 internal constant ACCOUNT_DEPTH = 24;
+    uint256 internal constant POSITIONS_DEPTH = 20;
+    uint256 internal constant INSTRUMENT_DEPTH = 20;
+    int256 internal constant QTY_SCALE = 1e8;
+
+    uint8 internal constant DEPOSIT = 1;
+    uint8 internal constant FORCED_WITHDRAWAL = 2;
+
+    struct Batch {
+        uint256 root;
+        bytes32 dataHash;
+        uint64 lastSeq;
+        uint64 committedAt;
+        uint64 priorityServed;
+    }
+
+    struct PriorityOp {
+        uint8 kind;
+        address owner;
+        uint32 account;
+        uint256 amount;
+        uint64 deadline;
+    }
+
+    /// One open position of an exiting account, with its instrument's leaf and the proof of
+    /// that leaf in the instruments tree.
+    struct Position {
+        uint32 instrument;
+        int64 qty;
+        uint256 specHash;
+        uint64 status;
+        int64 mark;
+        uint256 riskHash;
+        int64 settlementPrice;
+        uint256[] instrumentProof;
+    }
+
+    /// What an account proves to exit (docs/settlement.md, "Exit proof").
+    struct ExitProof {
+        uint32 account;
+        uint256 accountsRoot;
+        uint256 instrumentsRoot;
+        int64 insurance;
+        int64 feePool;
+        uint256 keysHash;
+        uint64 nonce;
+        int64 collateral;
+        uint256[] accountProof;
+        /// Every open position, by instrument id, strictly increasing: the positions root is
+        /// rebuilt from exactly these, so none can be left out.
+        Position[] positions;
+    }
+
+    IERC20 public immutable usdc;
+    address public immutable operator;
+    IPoseidon2 public immutable h2;
+    IPoseidon3 public immutable h3;
+    IPoseidon5 public immutable h5;
+    uint256 public immutable finalizationDelay;
+    uint256 public immutable priorityWindow;
+    uint256 public immutable bond;
+
+    Batch[] public batches;
+    uint256 public lastFinalized;
+    PriorityOp[] public priorityOps;
+    uint256 public priorityServed;
+    bool public frozen;
+    mapping(uint32 => bool) public exited;
+    uint256 public totalDeposited;
+    uint256 public totalPaid;
+    /// Hashes of empty subtrees of the positions tree, by height.
+    uint256[POSITIONS_DEPTH + 1] internal zeros;
+
+    event Deposit(uint256 indexed priorityId, address indexed owner, uint32 account, uint256 amount, uint64 deadline);
+    event WithdrawalRequested(uint256 indexed priorityId, address indexed owner, uint32 account, uint64 deadline);
+    event BatchCommitted(uint256 indexed number, uint256 root, bytes32 dataHash, uint64 lastSeq);
+    event BatchFinalized(uint256 indexed number, uint256 root);
+    event Frozen(uint256 priorityId);
+    event Exit(uint32 indexed account, address indexed owner, uint256 amount);
+
+    error NotOperator();
+    error IsFrozen();
+    error NotFrozen();
+    error ZeroAmount();
+    error TransferFailed();
+    error BadBatch(string why);
+    error TooEarly(uint256 finalizableAt);
+    error NothingOverdue();
+    error AlreadyExited(uint32 account);
+    error BadProof(string why);
+    error Insolvent(uint256 owed, uint256 held);
+
+    modifier onlyOperator() {
+        if (msg.sender != operator) revert NotOperator();
+        _;
+    }
+
+    modifier live() {
+        if (frozen) revert IsFrozen();
+        _;
+    }
+
+    /// `genesisRoot` is the root of the empty state; the value sent is the operator's bond.
+    constructor(
+        IERC20 usdc_,
+        address operator_,
+        IPoseidon2 h2_,
+        IPoseidon3 h3_,
+        IPoseidon5 h5_,
+        uint256 genesisRoot,
+        uint256 finalizationDelay_,
+        uint256 priorityWindow_
+    ) payable {
+        usdc = usdc_;
+        operator = operator_;
+        (h2, h3, h5) = (h2_, h3_, h5_);
+        finalizationDelay = finalizationDelay_;
+        priorityWindow = priorityWindow_;
+        bond = msg.value;
+        batches.push(Batch({root: genesisRoot, dataHash: 0, lastSeq: 0, committedAt: uint64(block.timestamp), priorityServed: 0}));
+        for (uint256 h = 0; h < POSITIONS_DEPTH; h++) {
+            zeros[h + 1] = h2_.poseidon([zeros[h], zeros[h]]);
+        }
+    }
+
+    // ---- priority queue ----------------------------------------------------------------------
+
+    /// Deposits `amount` (token units = micro-USDC) for `account`; the operator must include it
+    /// before its deadline.
+    function deposit(uint32 account, uint256 amount) external live returns (uint256 id) {
+        if (amount == 0) revert ZeroAmount();
+        if (!usdc.transferFrom(msg.sender, address(this), amount)) revert TransferFailed();
+        totalDeposited += amount;
+        uint64 deadline = uint64(block.timestamp + priorityWindow);
+        id = priorityOps.length;
+        priorityOps.push(PriorityOp({kind: DEPOSIT, owner: msg.sender, account: account, amount: amount, deadline: deadline}));
+        emit Deposit(id, msg.sender, account, amount, deadline);
+    }
+
+    /// Asks the operator to withdraw `account`'s free collateral before the deadline; if it
+    /// does not, anyone may freeze the contract.
+    function requestWithdrawal(uint32 account) external live returns (uint256 id) {
+        uint64 deadline = uint64(block.timestamp + priorityWindow);
+        id = priorityOps.length;
+        priorityOps.push(PriorityOp({kind: FORCED_WITHDRAWAL, owner: msg.sender, account: account, amount: 0, deadline: deadline}));
+        emit WithdrawalRequested(id, msg.sender, account, deadline);
+    }
+
+    /// Freezes the contract when the oldest unserved priority operation is past its deadline.
+    function freeze() external live {
+        uint256 next = priorityServed;
+        if (next >= priorityOps.length || priorityOps[next].deadline >= block.timestamp) revert NothingOverdue();
+        frozen = true;
+        emit Frozen(next);
+    }
+
+    // ---- batches -----------------------------------------------------------------------------
+
+    /// Commits batch `number` (header fields of docs/settlement.md; the blob in calldata).
+    function commitBatch(
+        uint256 number,
+        uint256 previousRoot,
+        uint256 newRoot,
+        uint64 firstSeq,
+        uint64 lastSeq,
+        uint64 priorityServed_,
+        bytes calldata data
+    ) external onlyOperator live {
+        Batch storage last = batches[batches.length - 1];
+        if (number != batches.length) revert BadBatch("number");
+        if (previousRoot != last.root) revert BadBatch("previous root");
+        if (firstSeq != last.lastSeq + 1 || lastSeq < firstSeq) revert BadBatch("sequence range");
+        if (priorityServed_ < last.priorityServed || priorityServed_ > priorityOps.length) revert BadBatch("priority operations");
+        Field.check(newRoot);
+        bytes32 dataHash = keccak256(data);
+        batches.push(Batch({root: newRoot, dataHash: dataHash, lastSeq: lastSeq, committedAt: uint64(block.timestamp), priorityServed: priorityServed_}));
+        emit BatchCommitted(number, newRoot, dataHash, lastSeq);
+    }
+
+    /// Finalizes the next batch once its delay has passed (until validity proofs land).
+    function finalize() external live {
+        uint256 number = lastFinalized + 1;
+        if (number >= batches.length) revert BadBatch("nothing to finalize");
+        Batch storage b = batches[number];
+        if (block.timestamp < b.committedAt + finalizationDelay) revert TooEarly(b.committedAt + finalizationDelay);
+        lastFinalized = number;
+        priorityServed = b.priorityServed;
+        emit BatchFinalized(number, b.root);
+    }
+
+    function committedBatches() external view returns (uint256) {
+        return batches.length - 1;
+    }
+
+    // ---- exodus ------------------------------------------------------------------------------
+
+    /// After a freeze, pays an account's owner what the last finalized state owes it: its
+    /// collateral plus each position at its instrument's committed mark; once per account.
+    function exit(ExitProof calldata p) external returns (uint256 amount) {
+        if (!frozen) revert NotFrozen();
+        if (exited[p.account]) revert AlreadyExited(p.account);
+        int256 owed = verifyExit(p, msg.sender);
+        exited[p.account] = true;
+        amount = owed > 0 ? uint256(owed) : 0;
+        uint256 held = usdc.balanceOf(address(this));
+        if (amount > held) revert Insolvent(amount, held);
+        totalPaid += amount;
+        if (amount > 0 && !usdc.transfer(msg.sender, amount)) revert TransferFailed();
+        emit Exit(p.account, msg.sender, amount);
+    }
+
+    /// Checks an exit proof for `owner` against the last finalized root; returns what the
+    /// account is owed (negative: nothing). Reverts with the reason when the proof is wrong.
+    function verifyExit(ExitProof calldata p, address owner) public view returns (int256 owed) {
+        uint256 funds = h2.poseidon([Field.fromInt(p.insurance), Field.fromInt(p.feePool)]);
+        uint256 root = h3.poseidon([Field.check(p.accountsRoot), Field.check(p.instrumentsRoot), funds]);
+        if (root != batches[lastFinalized].root) revert BadProof("root");
+        owed = p.collateral;
+        uint256 n = p.positions.length;
+        uint256[] memory idx = new uint256[](n);
+        uint256[] memory val = new uint256[](n);
+        for (uint256 i = 0; i < n; i++) {
+            Position calldata x = p.positions[i];
+            if (i > 0 && x.instrument <= p.positions[i - 1].instrument) revert BadProof("positions order");
+            if (x.qty == 0) revert BadProof("flat position");
+            uint256 leaf = h5.poseidon([Field.check(x.specHash), uint256(x.status), Field.fromInt(x.mark), Field.check(x.riskHash), Field.fromInt(x.settlementPrice)]);
+            if (!_member(p.instrumentsRoot, leaf, x.instrument, x.instrumentProof, INSTRUMENT_DEPTH)) revert BadProof("instrument");
+            idx[i] = x.instrument;
+            val[i] = Field.fromInt(x.qty);
+            int256 value = int256(x.qty) * int256(x.mark);
+            // Floor division: a short position's liability is never rounded in the owner's favour.
+            owed += value >= 0 ? value / QTY_SCALE : -((-value + QTY_SCALE - 1) / QTY_SCALE);
+        }
+        uint256 positionsRoot = _sparseRoot(idx, val, n);
+        uint256 accountLeaf = h5.poseidon([uint256(uint160(owner)), Field.check(p.keysHash), uint256(p.nonce), Field.fromInt(p.collateral), positionsRoot]);
+        if (!_member(p.accountsRoot, accountLeaf, p.account, p.accountProof, ACCOUNT_DEPTH)) revert BadProof("account");
+    }
+
+    /// Whether `leaf` sits at `index` under `root` (siblings leaf level first).
+    function _member(uint256 root, uint256 leaf, uint256 index, uint256[] calldata siblings, uint256 depth) internal view returns (bool) {
+        if (siblings.length != depth) return false;
+        uint256 node = leaf;
+        for (uint256 h = 0; h < depth; h++) {
+            uint256 s = Field.check(siblings[h]);
+            node = (index >> h) & 1 == 0 ? h2.poseidon([node, s]) : h2.poseidon([s, node]);
+        }
+        return node == root;
+    }
+
+    /// Root of a positions tree holding exactly the given leaves (indices strictly increasing).
+    function _sparseRoot(uint256[] memory idx, uint256[] memory val, uint256 n) internal view returns (uint256) {
+        if (n == 0) return zeros[POSITIONS_DEPTH];
+        for (uint256 h = 0; h < POSITIONS_DEPTH; h++) {
+            uint256 m = 0;
+            uint256 i = 0;
+            while (i < n) {
+                uint256 id = idx[i];
+                uint256 parent;
+                if (id & 1 == 0 && i + 1 < n && idx[i + 1] == id + 1) {
+                    parent = h2.poseidon([val[i], val[i + 1]]);
+                    i += 2;
+                } else if (id & 1 == 0) {
+                    parent = h2.poseidon([val[i], zeros[h]]);
+                    i += 1;
+                } else {
+                    parent = h2.poseidon([zeros[h], val[i]]);
+                    i += 1;
+                }
+                idx[m] = id >> 1;
+                val[m] = parent;
+                m++;
+            }
+            n = m;
+        }
+        return val[0];
+    }
+}

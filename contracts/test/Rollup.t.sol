@@ -1,0 +1,320 @@
+// SPDX-License-Identifier: MIT
+pragma solidity ^0.8.20;
+
+import {MiniTest} from "./MiniTest.sol";
+import {OptioRollup} from "../src/OptioRollup.sol";
+import {TestUSDC} from "../src/TestUSDC.sol";
+import {IPoseidon1, IPoseidon2, IPoseidon3, IPoseidon4, IPoseidon5} from "../src/Poseidon.sol";
+
+/// The cheatcodes these tests use (forge-std's signatures).
+interface VmExt {
+    function readFile(string calldata) external view returns (string memory);
+    function parseBytes(string calldata) external pure returns (bytes memory);
+    function parseJsonUint(string calldata, string calldata) external pure returns (uint256);
+    function parseJsonInt(string calldata, string calldata) external pure returns (int256);
+    function parseJsonUintArray(string calldata, string calldata) external pure returns (uint256[] memory);
+    function parseJsonAddress(string calldata, string calldata) external pure returns (address);
+    function parseJsonBytes(string calldata, string calldata) external pure returns (bytes memory);
+    function warp(uint256) external;
+    function prank(address) external;
+    function expectRevert(bytes calldata) external;
+    function expectRevert() external;
+}
+
+/// Deploys the Poseidon hashers from contracts/poseidon/*.hex.
+abstract contract WithHashers is MiniTest {
+    VmExt internal constant hevm = VmExt(address(uint160(uint256(keccak256("hevm cheat code")))));
+
+    function deployHasher(uint256 n) internal returns (address addr) {
+        bytes memory code = hevm.parseBytes(hevm.readFile(string.concat("poseidon/poseidon", _digit(n), ".hex")));
+        assembly {
+            addr := create(0, add(code, 0x20), mload(code))
+        }
+        require(addr != address(0), "hasher deployment failed");
+    }
+
+    function _digit(uint256 n) internal pure returns (string memory) {
+        bytes memory b = new bytes(1);
+        b[0] = bytes1(uint8(48 + n));
+        return string(b);
+    }
+}
+
+/// Poseidon on the EVM equals the Rust side: the published values and the settlement vectors'
+/// leaf hashes.
+contract PoseidonTest is WithHashers {
+    function test_hashers_match_the_reference_values() public {
+        IPoseidon1 h1 = IPoseidon1(deployHasher(1));
+        IPoseidon2 h2 = IPoseidon2(deployHasher(2));
+        IPoseidon4 h4 = IPoseidon4(deployHasher(4));
+        assertEq(h2.poseidon([uint256(1), 2]), 7853200120776062878684798364095072458815029376092732009249414926327459813530, "Poseidon([1,2])");
+        assertEq(h1.poseidon([uint256(1)]), 18586133768512220936620570745912940619677854269274689475585506675881198879027, "Poseidon([1])");
+        assertEq(h4.poseidon([uint256(1), 2, 3, 4]), 18821383157269793795438455681495246036402687001665670618754263018637548127333, "Poseidon([1,2,3,4])");
+    }
+
+    function test_leaf_hashes_match_the_settlement_vectors() public {
+        string memory v = hevm.readFile("../test-vectors/settlement.json");
+        IPoseidon2 h2 = IPoseidon2(deployHasher(2));
+        IPoseidon5 h5 = IPoseidon5(deployHasher(5));
+        uint256 account = h5.poseidon(
+            [
+                uint256(uint160(hevm.parseJsonAddress(v, ".leaves.account.owner"))),
+                hevm.parseJsonUint(v, ".leaves.account.keys_hash"),
+                hevm.parseJsonUint(v, ".leaves.account.nonce"),
+                _field(hevm.parseJsonInt(v, ".leaves.account.collateral")),
+                hevm.parseJsonUint(v, ".leaves.account.positions_root")
+            ]
+        );
+        assertEq(account, hevm.parseJsonUint(v, ".leaves.account.hash"), "account leaf");
+        uint256 funds = h2.poseidon([uint256(hevm.parseJsonUint(v, ".leaves.funds.insurance")), hevm.parseJsonUint(v, ".leaves.funds.fee_pool")]);
+        assertEq(funds, hevm.parseJsonUint(v, ".leaves.funds.hash"), "funds leaf");
+    }
+
+    function _field(int256 x) internal pure returns (uint256) {
+        uint256 p = 21888242871839275222246405745257275088548364400416034343698204186575808495617;
+        return x >= 0 ? uint256(x) : p - uint256(-x);
+    }
+}
+
+/// The escape hatch against the shared vectors: the operator commits two batches and then
+/// stops serving the priority queue; anyone freezes; the account exits with the proof the Rust
+/// side produced, once, for exactly what the state owes it.
+contract RollupTest is WithHashers {
+    uint256 constant DELAY = 1 hours;
+    uint256 constant WINDOW = 6 hours;
+
+    TestUSDC usdc;
+    OptioRollup rollup;
+    string v;
+    address owner;
+    address funder = address(0xF00D);
+
+    function setUp() public {
+        v = hevm.readFile("../test-vectors/settlement.json");
+        usdc = new TestUSDC();
+        rollup = new OptioRollup(
+            usdc,
+            address(this),
+            IPoseidon2(deployHasher(2)),
+            IPoseidon3(deployHasher(3)),
+            IPoseidon5(deployHasher(5)),
+            hevm.parseJsonUint(v, ".genesis_root"),
+            DELAY,
+            WINDOW
+        );
+        owner = hevm.parseJsonAddress(v, ".exit_proof.owner");
+        // The vault holds what users deposited.
+        usdc.mint(funder, 500_000e6);
+        hevm.prank(funder);
+        usdc.approve(address(rollup), type(uint256).max);
+        hevm.prank(funder);
+        rollup.deposit(7, 400_000e6);
+    }
+
+    function commit(uint256 i, uint64 served) internal {
+        string memory b = string.concat(".batches[", _digit(i), "]");
+        rollup.commitBatch(
+            i + 1,
+            hevm.parseJsonUint(v, string.concat(b, ".previous_root")),
+            hevm.parseJsonUint(v, string.concat(b, ".new_root")),
+            i == 0 ? 1 : 8,
+            i == 0 ? 7 : 20,
+            served,
+            hevm.parseJsonBytes(v, string.concat(b, ".blob"))
+        );
+    }
+
+    function proof() internal view returns (OptioRollup.ExitProof memory p) {
+        string memory e = ".exit_proof";
+        p.account = uint32(hevm.parseJsonUint(v, ".exit_proof.account"));
+        p.accountsRoot = hevm.parseJsonUint(v, ".exit_proof.accounts_root");
+        p.instrumentsRoot = hevm.parseJsonUint(v, ".exit_proof.instruments_root");
+        p.insurance = int64(hevm.parseJsonInt(v, ".exit_proof.insurance"));
+        p.feePool = int64(hevm.parseJsonInt(v, ".exit_proof.fee_pool"));
+        p.keysHash = hevm.parseJsonUint(v, ".exit_proof.keys_hash");
+        p.nonce = uint64(hevm.parseJsonUint(v, ".exit_proof.nonce"));
+        p.collateral = int64(hevm.parseJsonInt(v, ".exit_proof.collateral"));
+        p.accountProof = hevm.parseJsonUintArray(v, ".exit_proof.account_proof");
+        p.positions = new OptioRollup.Position[](2);
+        for (uint256 i = 0; i < 2; i++) {
+            string memory x = string.concat(e, ".positions[", _digit(i), "]");
+            p.positions[i] = OptioRollup.Position({
+                instrument: uint32(hevm.parseJsonUint(v, string.concat(x, ".instrument"))),
+                qty: int64(hevm.parseJsonInt(v, string.concat(x, ".qty"))),
+                specHash: hevm.parseJsonUint(v, string.concat(x, ".spec_hash")),
+                status: uint64(hevm.parseJsonUint(v, string.concat(x, ".status"))),
+                mark: int64(hevm.parseJsonInt(v, string.concat(x, ".mark"))),
+                riskHash: hevm.parseJsonUint(v, string.concat(x, ".risk_hash")),
+                settlementPrice: int64(hevm.parseJsonInt(v, string.concat(x, ".settlement_price"))),
+                instrumentProof: hevm.parseJsonUintArray(v, string.concat(x, ".instrument_proof"))
+            });
+        }
+    }
+
+    /// Commits and finalizes both batches, lets the deposit go unserved past its deadline and
+    /// freezes.
+    function operatorDisappears() internal {
+        commit(0, 0);
+        commit(1, 0);
+        hevm.warp(block.timestamp + DELAY);
+        rollup.finalize();
+        rollup.finalize();
+        hevm.warp(block.timestamp + WINDOW);
+        rollup.freeze();
+    }
+
+    function test_the_account_exits_once_with_exactly_what_it_is_owed() public {
+        operatorDisappears();
+        // Collateral plus 0.6 contracts at the committed mark 4,205 (the perpetual has no mark).
+        uint256 expected = uint256(int256(hevm.parseJsonInt(v, ".exit_proof.collateral"))) + 2_523e6;
+        OptioRollup.ExitProof memory p = proof();
+        hevm.prank(owner);
+        uint256 paid = rollup.exit(p);
+        assertEq(paid, expected, "paid");
+        assertEq(usdc.balanceOf(owner), expected, "received");
+        hevm.prank(owner);
+        hevm.expectRevert(abi.encodeWithSelector(OptioRollup.AlreadyExited.selector, uint32(0)));
+        rollup.exit(p);
+    }
+
+    function test_wrong_exits_revert() public {
+        operatorDisappears();
+        OptioRollup.ExitProof memory p = proof();
+        // Someone else cannot take the account's money.
+        hevm.prank(funder);
+        hevm.expectRevert(abi.encodeWithSelector(OptioRollup.BadProof.selector, "account"));
+        rollup.exit(p);
+        // More collateral than committed.
+        p.collateral += 1;
+        hevm.prank(owner);
+        hevm.expectRevert(abi.encodeWithSelector(OptioRollup.BadProof.selector, "account"));
+        rollup.exit(p);
+        p.collateral -= 1;
+        // A position left out (the positions root no longer matches).
+        OptioRollup.Position[] memory one = new OptioRollup.Position[](1);
+        one[0] = p.positions[1];
+        OptioRollup.Position[] memory all = p.positions;
+        p.positions = one;
+        hevm.prank(owner);
+        hevm.expectRevert(abi.encodeWithSelector(OptioRollup.BadProof.selector, "account"));
+        rollup.exit(p);
+        p.positions = all;
+        // A higher mark than committed.
+        p.positions[1].mark += 1;
+        hevm.prank(owner);
+        hevm.expectRevert(abi.encodeWithSelector(OptioRollup.BadProof.selector, "instrument"));
+        rollup.exit(p);
+    }
+
+    function test_no_exit_before_a_freeze_and_no_freeze_while_the_operator_serves() public {
+        commit(0, 1);
+        hevm.warp(block.timestamp + DELAY);
+        rollup.finalize();
+        hevm.warp(block.timestamp + WINDOW + 1);
+        // The deposit was served in a finalized batch: nothing is overdue.
+        hevm.expectRevert(abi.encodeWithSelector(OptioRollup.NothingOverdue.selector));
+        rollup.freeze();
+        OptioRollup.ExitProof memory p = proof();
+        hevm.prank(owner);
+        hevm.expectRevert(abi.encodeWithSelector(OptioRollup.NotFrozen.selector));
+        rollup.exit(p);
+    }
+
+    function test_an_exit_against_a_stale_root_reverts() public {
+        commit(0, 0);
+        commit(1, 0);
+        hevm.warp(block.timestamp + DELAY);
+        rollup.finalize(); // only batch 1: the proof is against batch 2's root
+        hevm.warp(block.timestamp + WINDOW);
+        rollup.freeze();
+        OptioRollup.ExitProof memory p = proof();
+        hevm.prank(owner);
+        hevm.expectRevert(abi.encodeWithSelector(OptioRollup.BadProof.selector, "root"));
+        rollup.exit(p);
+    }
+
+    function test_batches_must_continue_the_chain_and_finalize_after_the_delay() public {
+        hevm.expectRevert(abi.encodeWithSelector(OptioRollup.BadBatch.selector, "number"));
+        rollup.commitBatch(2, 0, 1, 1, 7, 0, "");
+        commit(0, 0);
+        hevm.expectRevert(abi.encodeWithSelector(OptioRollup.BadBatch.selector, "previous root"));
+        rollup.commitBatch(2, 12345, 1, 8, 20, 0, "");
+        hevm.expectRevert(abi.encodeWithSelector(OptioRollup.TooEarly.selector, block.timestamp + DELAY));
+        rollup.finalize();
+        hevm.prank(funder);
+        hevm.expectRevert(abi.encodeWithSelector(OptioRollup.NotOperator.selector));
+        rollup.commitBatch(2, 0, 1, 8, 20, 0, "");
+    }
+
+    /// Fuzz: any deposit is held and counted; amounts beyond the balance revert and change
+    /// nothing.
+    function testFuzz_deposits_are_held(uint256 amount) public {
+        amount = bound(amount, 1, 100_000e6);
+        uint256 before = usdc.balanceOf(address(rollup));
+        hevm.prank(funder);
+        rollup.deposit(9, amount);
+        assertEq(usdc.balanceOf(address(rollup)), before + amount, "held");
+        assertEq(rollup.totalDeposited(), 400_000e6 + amount, "counted");
+    }
+}
+
+/// Drives the rollup with random deposits, forced withdrawal requests, time and freezes.
+contract Handler is MiniTest {
+    VmExt internal constant hevm = VmExt(address(uint160(uint256(keccak256("hevm cheat code")))));
+    OptioRollup public rollup;
+    TestUSDC public usdc;
+    uint256 public deposited;
+
+    constructor(OptioRollup rollup_, TestUSDC usdc_) {
+        rollup = rollup_;
+        usdc = usdc_;
+        usdc.approve(address(rollup_), type(uint256).max);
+    }
+
+    function deposit(uint32 account, uint256 amount) external {
+        if (rollup.frozen()) return;
+        amount = bound(amount, 1, 1_000_000e6);
+        usdc.mint(address(this), amount);
+        rollup.deposit(account, amount);
+        deposited += amount;
+    }
+
+    function requestWithdrawal(uint32 account) external {
+        if (rollup.frozen()) return;
+        rollup.requestWithdrawal(account);
+    }
+
+    function wait(uint256 seconds_) external {
+        hevm.warp(block.timestamp + bound(seconds_, 0, 12 hours));
+    }
+
+    function freeze() external {
+        if (rollup.frozen()) return;
+        try rollup.freeze() {} catch {}
+    }
+}
+
+/// Whatever users do, the vault holds every deposit and has paid out nothing it does not hold.
+contract RollupInvariants is WithHashers {
+    OptioRollup rollup;
+    TestUSDC usdc;
+    Handler handler;
+
+    function setUp() public {
+        usdc = new TestUSDC();
+        IPoseidon2 h2 = IPoseidon2(deployHasher(2));
+        rollup = new OptioRollup(usdc, address(this), h2, IPoseidon3(deployHasher(3)), IPoseidon5(deployHasher(5)), 0, 1 hours, 6 hours);
+        handler = new Handler(rollup, usdc);
+    }
+
+    function targetContracts() public view returns (address[] memory t) {
+        t = new address[](1);
+        t[0] = address(handler);
+    }
+
+    function invariant_the_vault_covers_every_claim() public view {
+        assertEq(rollup.totalDeposited(), handler.deposited(), "every deposit counted");
+        assertTrue(rollup.totalPaid() <= rollup.totalDeposited(), "paid no more than deposited");
+        assertEq(usdc.balanceOf(address(rollup)), rollup.totalDeposited() - rollup.totalPaid(), "vault holds the rest");
+    }
+}
