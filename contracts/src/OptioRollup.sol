@@ -9,9 +9,10 @@ import {Field, IPoseidon2, IPoseidon3, IPoseidon5} from "./Poseidon.sol";
 /// freeze anyone may trigger when the operator leaves one unserved, and the exodus exit by
 /// Merkle proof against the last finalized root (leaf layouts: docs/settlement.md).
 ///
-/// Not yet here: the validity-proof verifier (batches finalize after `finalizationDelay`; the
-/// contract trusts the operator's count of priority operations served until the proof checks
-/// it), withdrawals paid from finalized batches, slashing of the bond, the admin timelock.
+/// Not yet here: the validity-proof verifier (batches finalize after `finalizationDelay`; until
+/// the proof checks them, the contract trusts the operator's count of priority operations served
+/// and its withdrawal list, both of which the posted data lets anyone audit), slashing of the
+/// bond. There are no admin functions (nothing to change, so nothing to timelock).
 contract OptioRollup {
     uint256 internal constant ACCOUNT_DEPTH = 24;
     uint256 internal constant POSITIONS_DEPTH = 20;
@@ -24,6 +25,7 @@ contract OptioRollup {
     struct Batch {
         uint256 root;
         bytes32 dataHash;
+        bytes32 withdrawalsHash;
         uint64 lastSeq;
         uint64 committedAt;
         uint64 priorityServed;
@@ -35,6 +37,14 @@ contract OptioRollup {
         uint32 account;
         uint256 amount;
         uint64 deadline;
+    }
+
+    /// A withdrawal a batch pays once final (the batch's `withdrawalsHash` is keccak256 of the
+    /// ABI-encoded list).
+    struct Withdrawal {
+        uint32 account;
+        address owner;
+        uint256 amount;
     }
 
     /// One open position of an exiting account, with its instrument's leaf and the proof of
@@ -81,6 +91,8 @@ contract OptioRollup {
     uint256 public priorityServed;
     bool public frozen;
     mapping(uint32 => bool) public exited;
+    /// Withdrawals paid, by batch and index in its list.
+    mapping(uint256 => mapping(uint256 => bool)) public withdrawn;
     uint256 public totalDeposited;
     uint256 public totalPaid;
     /// Hashes of empty subtrees of the positions tree, by height.
@@ -92,6 +104,7 @@ contract OptioRollup {
     event BatchFinalized(uint256 indexed number, uint256 root);
     event Frozen(uint256 priorityId);
     event Exit(uint32 indexed account, address indexed owner, uint256 amount);
+    event Withdrawn(uint256 indexed batch, uint256 index, address indexed owner, uint256 amount);
 
     error NotOperator();
     error IsFrozen();
@@ -104,6 +117,9 @@ contract OptioRollup {
     error AlreadyExited(uint32 account);
     error BadProof(string why);
     error Insolvent(uint256 owed, uint256 held);
+    error NotFinal(uint256 batch);
+    error WrongWithdrawals();
+    error AlreadyWithdrawn(uint256 batch, uint256 index);
 
     modifier onlyOperator() {
         if (msg.sender != operator) revert NotOperator();
@@ -132,7 +148,7 @@ contract OptioRollup {
         finalizationDelay = finalizationDelay_;
         priorityWindow = priorityWindow_;
         bond = msg.value;
-        batches.push(Batch({root: genesisRoot, dataHash: 0, lastSeq: 0, committedAt: uint64(block.timestamp), priorityServed: 0}));
+        batches.push(Batch({root: genesisRoot, dataHash: 0, withdrawalsHash: 0, lastSeq: 0, committedAt: uint64(block.timestamp), priorityServed: 0}));
         for (uint256 h = 0; h < POSITIONS_DEPTH; h++) {
             zeros[h + 1] = h2_.poseidon([zeros[h], zeros[h]]);
         }
@@ -179,6 +195,7 @@ contract OptioRollup {
         uint64 firstSeq,
         uint64 lastSeq,
         uint64 priorityServed_,
+        bytes32 withdrawalsHash,
         bytes calldata data
     ) external onlyOperator live {
         Batch storage last = batches[batches.length - 1];
@@ -188,7 +205,7 @@ contract OptioRollup {
         if (priorityServed_ < last.priorityServed || priorityServed_ > priorityOps.length) revert BadBatch("priority operations");
         Field.check(newRoot);
         bytes32 dataHash = keccak256(data);
-        batches.push(Batch({root: newRoot, dataHash: dataHash, lastSeq: lastSeq, committedAt: uint64(block.timestamp), priorityServed: priorityServed_}));
+        batches.push(Batch({root: newRoot, dataHash: dataHash, withdrawalsHash: withdrawalsHash, lastSeq: lastSeq, committedAt: uint64(block.timestamp), priorityServed: priorityServed_}));
         emit BatchCommitted(number, newRoot, dataHash, lastSeq);
     }
 
@@ -201,6 +218,22 @@ contract OptioRollup {
         lastFinalized = number;
         priorityServed = b.priorityServed;
         emit BatchFinalized(number, b.root);
+    }
+
+    /// Pays withdrawal `index` of finalized batch `number` to its account's owner (anyone may
+    /// call; `list` is the batch's whole withdrawal list). Also after a freeze: a finalized
+    /// withdrawal is already out of the state the exits pay from.
+    function withdraw(uint256 number, Withdrawal[] calldata list, uint256 index) external {
+        if (number == 0 || number > lastFinalized) revert NotFinal(number);
+        if (keccak256(abi.encode(list)) != batches[number].withdrawalsHash) revert WrongWithdrawals();
+        if (withdrawn[number][index]) revert AlreadyWithdrawn(number, index);
+        Withdrawal calldata w = list[index];
+        withdrawn[number][index] = true;
+        uint256 held = usdc.balanceOf(address(this));
+        if (w.amount > held) revert Insolvent(w.amount, held);
+        totalPaid += w.amount;
+        if (!usdc.transfer(w.owner, w.amount)) revert TransferFailed();
+        emit Withdrawn(number, index, w.owner, w.amount);
     }
 
     function committedBatches() external view returns (uint256) {

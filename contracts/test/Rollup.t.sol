@@ -120,6 +120,7 @@ contract RollupTest is WithHashers {
             i == 0 ? 1 : 8,
             i == 0 ? 7 : 20,
             served,
+            bytes32(hevm.parseJsonUint(v, string.concat(b, ".withdrawals_hash"))),
             hevm.parseJsonBytes(v, string.concat(b, ".blob"))
         );
     }
@@ -235,15 +236,41 @@ contract RollupTest is WithHashers {
 
     function test_batches_must_continue_the_chain_and_finalize_after_the_delay() public {
         hevm.expectRevert(abi.encodeWithSelector(OptioRollup.BadBatch.selector, "number"));
-        rollup.commitBatch(2, 0, 1, 1, 7, 0, "");
+        rollup.commitBatch(2, 0, 1, 1, 7, 0, 0, "");
         commit(0, 0);
         hevm.expectRevert(abi.encodeWithSelector(OptioRollup.BadBatch.selector, "previous root"));
-        rollup.commitBatch(2, 12345, 1, 8, 20, 0, "");
+        rollup.commitBatch(2, 12345, 1, 8, 20, 0, 0, "");
         hevm.expectRevert(abi.encodeWithSelector(OptioRollup.TooEarly.selector, block.timestamp + DELAY));
         rollup.finalize();
         hevm.prank(funder);
         hevm.expectRevert(abi.encodeWithSelector(OptioRollup.NotOperator.selector));
-        rollup.commitBatch(2, 0, 1, 8, 20, 0, "");
+        rollup.commitBatch(2, 0, 1, 8, 20, 0, 0, "");
+    }
+
+    function batch2Withdrawals() internal pure returns (OptioRollup.Withdrawal[] memory list) {
+        list = new OptioRollup.Withdrawal[](1);
+        list[0] = OptioRollup.Withdrawal({account: 1, owner: address(0x2222222222222222222222222222222222222222), amount: 1_000e6});
+    }
+
+    function test_withdrawals_are_paid_once_from_finalized_batches_only() public {
+        OptioRollup.Withdrawal[] memory list = batch2Withdrawals();
+        // The Rust side's hash of the list is the ABI encoding's.
+        assertEq(keccak256(abi.encode(list)), bytes32(hevm.parseJsonUint(v, ".batches[1].withdrawals_hash")), "withdrawals hash");
+        commit(0, 0);
+        commit(1, 0);
+        hevm.expectRevert(abi.encodeWithSelector(OptioRollup.NotFinal.selector, uint256(2)));
+        rollup.withdraw(2, list, 0);
+        hevm.warp(block.timestamp + DELAY);
+        rollup.finalize();
+        rollup.finalize();
+        OptioRollup.Withdrawal[] memory forged = batch2Withdrawals();
+        forged[0].owner = funder;
+        hevm.expectRevert(abi.encodeWithSelector(OptioRollup.WrongWithdrawals.selector));
+        rollup.withdraw(2, forged, 0);
+        rollup.withdraw(2, list, 0);
+        assertEq(usdc.balanceOf(list[0].owner), 1_000e6, "paid to the account's owner");
+        hevm.expectRevert(abi.encodeWithSelector(OptioRollup.AlreadyWithdrawn.selector, uint256(2), uint256(0)));
+        rollup.withdraw(2, list, 0);
     }
 
     /// Fuzz: any deposit is held and counted; amounts beyond the balance revert and change

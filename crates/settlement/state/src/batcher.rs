@@ -25,6 +25,9 @@ pub struct BatchHeader {
     pub ops_commitment: Fr,
     /// keccak256 of the blob (what the L1 contract checks the posted data against).
     pub data_hash: [u8; 32],
+    /// keccak256 of the batch's withdrawals, ABI-encoded as `(uint32 account, address owner,
+    /// uint256 amount)[]` (what the L1 contract pays from once the batch is final).
+    pub withdrawals_hash: [u8; 32],
     /// First sequence number covered.
     pub first_seq: u64,
     /// Last sequence number covered.
@@ -42,12 +45,13 @@ impl BatchHeader {
                 .collect()
         };
         format!(
-            "{{\"number\":{},\"previous_root\":\"{}\",\"new_root\":\"{}\",\"ops_commitment\":\"{}\",\"data_hash\":\"{}\",\"first_seq\":{},\"last_seq\":{},\"time_ms\":{}}}",
+            "{{\"number\":{},\"previous_root\":\"{}\",\"new_root\":\"{}\",\"ops_commitment\":\"{}\",\"data_hash\":\"{}\",\"withdrawals_hash\":\"{}\",\"first_seq\":{},\"last_seq\":{},\"time_ms\":{}}}",
             self.number,
             hex(&to_bytes(&self.previous_root)),
             hex(&to_bytes(&self.new_root)),
             hex(&to_bytes(&self.ops_commitment)),
             hex(&self.data_hash),
+            hex(&self.withdrawals_hash),
             self.first_seq,
             self.last_seq,
             self.time_ms
@@ -259,7 +263,13 @@ impl Batcher {
         self.first_seq = self.last_seq + 1;
         self.opened_ms = None;
         let fills = std::mem::take(&mut self.fills);
-        let header = header(&meta, previous_root, new_root, &blob);
+        let header = header(
+            &meta,
+            previous_root,
+            new_root,
+            &blob,
+            &withdrawals(&ops, &self.state),
+        );
         Ok(Batch {
             header,
             blob,
@@ -268,8 +278,50 @@ impl Batcher {
     }
 }
 
-fn header(meta: &BlobMeta, previous_root: Fr, new_root: Fr, blob: &[u8]) -> BatchHeader {
+/// A withdrawal a finalized batch pays on L1: account, its owner, amount (micro-USDC).
+pub type Withdrawal = (u32, optio_types::Address, optio_types::Amount);
+
+/// The withdrawals among a batch's ops, in order, with their accounts' owners.
+pub fn withdrawals(ops: &[Op], state: &SettlementState) -> Vec<Withdrawal> {
+    ops.iter()
+        .filter_map(|op| match op {
+            Op::Withdraw { account, amount } => Some((
+                account.0,
+                state.accounts()[account.0 as usize].owner,
+                *amount,
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// keccak256 of `abi.encode(Withdrawal[])` with `Withdrawal = (uint32, address, uint256)`.
+pub fn withdrawals_hash(list: &[Withdrawal]) -> [u8; 32] {
+    let word = |v: &[u8]| {
+        let mut w = [0u8; 32];
+        w[32 - v.len()..].copy_from_slice(v);
+        w
+    };
+    let mut h = Keccak256::new();
+    h.update(word(&[0x20]));
+    h.update(word(&(list.len() as u64).to_be_bytes()));
+    for (account, owner, amount) in list {
+        h.update(word(&account.to_be_bytes()));
+        h.update(word(&owner.0));
+        h.update(word(&(amount.0.max(0) as u64).to_be_bytes()));
+    }
+    h.finalize().into()
+}
+
+fn header(
+    meta: &BlobMeta,
+    previous_root: Fr,
+    new_root: Fr,
+    blob: &[u8],
+    withdrawals: &[Withdrawal],
+) -> BatchHeader {
     BatchHeader {
+        withdrawals_hash: withdrawals_hash(withdrawals),
         number: meta.number,
         previous_root,
         new_root,
@@ -322,7 +374,13 @@ pub fn rebuild_after<'a>(
                 source,
             })?;
         let new_root = state.commit();
-        each(&header(&meta, previous_root, new_root, bytes));
+        each(&header(
+            &meta,
+            previous_root,
+            new_root,
+            bytes,
+            &withdrawals(&ops, state),
+        ));
         (number, last_seq) = (meta.number, meta.last_seq);
     }
     Ok((number, last_seq))

@@ -17,7 +17,9 @@ pub mod poseidon;
 pub mod smt;
 pub mod store;
 
-pub use batcher::{Batch, BatchHeader, Batcher, rebuild, rebuild_after};
+pub use batcher::{
+    Batch, BatchHeader, Batcher, Withdrawal, rebuild, rebuild_after, withdrawals, withdrawals_hash,
+};
 pub use blob::{BlobError, decode, encode};
 pub use ledger::{ExitProof, SettlementState, StateError};
 pub use ops::{Op, ops_from};

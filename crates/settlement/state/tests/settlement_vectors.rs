@@ -166,7 +166,16 @@ fn vectors() -> Value {
             (meta, ops.clone()),
             "round trip"
         );
-        blobs.push(json!({"number": meta.number, "ops": ops.len(), "blob": hex(&bytes), "previous_root": to_hex(&previous), "new_root": to_hex(&root)}));
+        let paid = optio_state::withdrawals(&ops, &state);
+        blobs.push(json!({
+            "number": meta.number,
+            "ops": ops.len(),
+            "blob": hex(&bytes),
+            "previous_root": to_hex(&previous),
+            "new_root": to_hex(&root),
+            "withdrawals": paid.iter().map(|(a, o, x)| json!([a, hex(&o.0), x.0])).collect::<Vec<_>>(),
+            "withdrawals_hash": hex(&optio_state::withdrawals_hash(&paid)),
+        }));
     }
     let proof = state.exit_proof(AccountId(0)).expect("exists");
     assert!(proof.verify());
