@@ -1,0 +1,306 @@
+//! The settler: posts the batcher's batches (`<data>/batches/NNNNNNNN.{json,blob}`) to the
+//! `OptioRollup` contract in order, waits for each to be mined, and asks the chain, not its own
+//! memory, what is committed: after a reorg dropped commitments it simply posts from the first
+//! missing one again. Also deploys the contracts (tests, devnets).
+//!
+//! Not built yet: tracking confirmations for the intent status API, finalizing, and feeding L1
+//! deposits and forced withdrawals to the sequencer.
+
+use std::path::{Path, PathBuf};
+
+use alloy::network::{EthereumWallet, TransactionBuilder};
+use alloy::primitives::{Address, B256, Bytes, U256};
+use alloy::providers::{DynProvider, Provider, ProviderBuilder};
+use alloy::rpc::types::TransactionRequest;
+use alloy::signers::local::PrivateKeySigner;
+use alloy::sol_types::SolConstructor;
+
+/// Bindings generated from the contracts' ABI (the subset the settler calls).
+#[allow(clippy::too_many_arguments, missing_docs)]
+mod bindings {
+    use alloy::sol;
+
+    sol! {
+        #[sol(rpc)]
+        contract OptioRollup {
+            constructor(address usdc, address operator, address h2, address h3, address h5, uint256 genesisRoot, uint256 finalizationDelay, uint256 priorityWindow) payable;
+            function commitBatch(uint256 number, uint256 previousRoot, uint256 newRoot, uint64 firstSeq, uint64 lastSeq, uint64 priorityServed, bytes32 withdrawalsHash, bytes calldata data) external;
+            function finalize() external;
+            function committedBatches() external view returns (uint256);
+            function lastFinalized() external view returns (uint256);
+            function batches(uint256) external view returns (uint256 root, bytes32 dataHash, bytes32 withdrawalsHash, uint64 lastSeq, uint64 committedAt, uint64 priorityServed);
+        }
+
+        #[sol(rpc)]
+        contract TestUSDC {
+            function mint(address to, uint256 amount) external;
+            function balanceOf(address who) external view returns (uint256);
+        }
+    }
+}
+
+pub use bindings::{OptioRollup, TestUSDC};
+
+/// Why the settler stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SettlerError {
+    /// The chain or the node answered with an error.
+    #[error("L1: {0}")]
+    Rpc(String),
+    /// A batch file is missing or malformed.
+    #[error("batch {0}: {1}")]
+    Batch(u64, String),
+    /// Contract artifacts are missing (build them with forge).
+    #[error("artifacts: {0}")]
+    Artifacts(String),
+}
+
+fn rpc<E: std::fmt::Display>(e: E) -> SettlerError {
+    SettlerError::Rpc(e.to_string())
+}
+
+/// A provider that signs with the operator's key. Nonces are asked of the chain for every
+/// transaction (a cached nonce is wrong after a reorg).
+pub fn connect(url: &str, key: &str) -> Result<DynProvider, SettlerError> {
+    let signer: PrivateKeySigner = key.parse().map_err(rpc)?;
+    let url = url.parse().map_err(rpc)?;
+    Ok(ProviderBuilder::new()
+        .disable_recommended_fillers()
+        .with_gas_estimation()
+        .with_simple_nonce_management()
+        .fetch_chain_id()
+        .wallet(EthereumWallet::from(signer))
+        .connect_http(url)
+        .erased())
+}
+
+/// Where the deployed contracts are.
+#[derive(Debug, Clone, Copy)]
+pub struct Deployment {
+    /// The collateral token.
+    pub usdc: Address,
+    /// The rollup.
+    pub rollup: Address,
+}
+
+fn artifact(contracts: &Path, file: &str, name: &str) -> Result<Bytes, SettlerError> {
+    let path = contracts
+        .join("out")
+        .join(file)
+        .join(format!("{name}.json"));
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        SettlerError::Artifacts(format!(
+            "{}: {e} (run forge build in contracts/)",
+            path.display()
+        ))
+    })?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| SettlerError::Artifacts(e.to_string()))?;
+    let hex = json["bytecode"]["object"]
+        .as_str()
+        .ok_or_else(|| SettlerError::Artifacts(format!("{name}: no bytecode")))?;
+    hex.parse()
+        .map_err(|e| SettlerError::Artifacts(format!("{name}: {e}")))
+}
+
+/// Waits for a sent transaction's receipt by asking for it (no block subscription, so it also
+/// works across a node's snapshots and reverts); gives up after a minute.
+async fn mined(
+    provider: &DynProvider,
+    hash: B256,
+) -> Result<alloy::rpc::types::TransactionReceipt, SettlerError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some(receipt) = provider.get_transaction_receipt(hash).await.map_err(rpc)? {
+            return Ok(receipt);
+        }
+        if std::time::Instant::now() > deadline {
+            let tx = provider.get_transaction_by_hash(hash).await.map_err(rpc)?;
+            return Err(SettlerError::Rpc(format!(
+                "transaction {hash} not mined within a minute: {tx:?}"
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+async fn deploy_code(
+    provider: &DynProvider,
+    code: Bytes,
+    value: U256,
+) -> Result<Address, SettlerError> {
+    let tx = TransactionRequest::default()
+        .with_deploy_code(code)
+        .with_value(value);
+    let hash = *provider.send_transaction(tx).await.map_err(rpc)?.tx_hash();
+    let receipt = mined(provider, hash).await?;
+    receipt
+        .contract_address
+        .ok_or_else(|| SettlerError::Rpc("deployment produced no contract".into()))
+}
+
+/// Deploys the Poseidon hashers, a `TestUSDC` and the rollup (operator: the provider's signer)
+/// from the forge artifacts under `contracts/out` and the hasher bytecode under
+/// `contracts/poseidon`.
+pub async fn deploy(
+    provider: &DynProvider,
+    operator: Address,
+    genesis_root: U256,
+    finalization_delay: u64,
+    priority_window: u64,
+    bond: U256,
+) -> Result<Deployment, SettlerError> {
+    let contracts: PathBuf = optio_contracts::contracts_dir();
+    let mut hashers = Vec::new();
+    for n in [2, 3, 5] {
+        let path = contracts.join(format!("poseidon/poseidon{n}.hex"));
+        let hex = std::fs::read_to_string(&path)
+            .map_err(|e| SettlerError::Artifacts(format!("{}: {e}", path.display())))?;
+        let code: Bytes = hex
+            .trim()
+            .parse()
+            .map_err(|e| SettlerError::Artifacts(format!("poseidon{n}: {e}")))?;
+        hashers.push(deploy_code(provider, code, U256::ZERO).await?);
+    }
+    let usdc = deploy_code(
+        provider,
+        artifact(&contracts, "TestUSDC.sol", "TestUSDC")?,
+        U256::ZERO,
+    )
+    .await?;
+    let args = OptioRollup::constructorCall {
+        usdc,
+        operator,
+        h2: hashers[0],
+        h3: hashers[1],
+        h5: hashers[2],
+        genesisRoot: genesis_root,
+        finalizationDelay: U256::from(finalization_delay),
+        priorityWindow: U256::from(priority_window),
+    };
+    let mut code = artifact(&contracts, "OptioRollup.sol", "OptioRollup")?.to_vec();
+    code.extend_from_slice(&args.abi_encode());
+    let rollup = deploy_code(provider, code.into(), bond).await?;
+    Ok(Deployment { usdc, rollup })
+}
+
+/// One batch as the node wrote it.
+#[derive(Debug, Clone)]
+pub struct PostedBatch {
+    /// Number.
+    pub number: u64,
+    /// Root before.
+    pub previous_root: U256,
+    /// Root after.
+    pub new_root: U256,
+    /// Sequence range.
+    pub first_seq: u64,
+    /// Sequence range.
+    pub last_seq: u64,
+    /// Hash of the withdrawal list.
+    pub withdrawals_hash: B256,
+    /// The data blob.
+    pub blob: Bytes,
+}
+
+/// Reads batch `number` from a batches directory.
+pub fn read_batch(dir: &Path, number: u64) -> Result<Option<PostedBatch>, SettlerError> {
+    let stem = dir.join(format!("{number:08}"));
+    let (Ok(header), Ok(blob)) = (
+        std::fs::read_to_string(stem.with_extension("json")),
+        std::fs::read(stem.with_extension("blob")),
+    ) else {
+        return Ok(None);
+    };
+    let bad = |what: &str| SettlerError::Batch(number, format!("header field {what}"));
+    let h: serde_json::Value =
+        serde_json::from_str(&header).map_err(|e| SettlerError::Batch(number, e.to_string()))?;
+    let u256 = |k: &str| {
+        h[k].as_str()
+            .and_then(|s| s.parse::<U256>().ok())
+            .ok_or_else(|| bad(k))
+    };
+    let u64_ = |k: &str| h[k].as_u64().ok_or_else(|| bad(k));
+    Ok(Some(PostedBatch {
+        number,
+        previous_root: u256("previous_root")?,
+        new_root: u256("new_root")?,
+        first_seq: u64_("first_seq")?,
+        last_seq: u64_("last_seq")?,
+        withdrawals_hash: h["withdrawals_hash"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad("withdrawals_hash"))?,
+        blob: blob.into(),
+    }))
+}
+
+/// Posts batches to one rollup contract.
+pub struct Settler {
+    provider: DynProvider,
+    rollup: Address,
+    batches: PathBuf,
+}
+
+impl Settler {
+    /// A settler for `rollup`, posting from `batches`.
+    pub fn new(provider: DynProvider, rollup: Address, batches: &Path) -> Self {
+        Self {
+            provider,
+            rollup,
+            batches: batches.to_owned(),
+        }
+    }
+
+    /// Batches the contract holds now (after any reorg).
+    pub async fn committed(&self) -> Result<u64, SettlerError> {
+        let n = OptioRollup::new(self.rollup, &self.provider)
+            .committedBatches()
+            .call()
+            .await
+            .map_err(rpc)?;
+        u64::try_from(n).map_err(rpc)
+    }
+
+    /// The root the contract holds for batch `number`.
+    pub async fn root(&self, number: u64) -> Result<U256, SettlerError> {
+        Ok(OptioRollup::new(self.rollup, &self.provider)
+            .batches(U256::from(number))
+            .call()
+            .await
+            .map_err(rpc)?
+            .root)
+    }
+
+    /// Posts every batch on disk the contract does not hold yet, in order, each mined before the
+    /// next; returns how many were posted.
+    pub async fn post_pending(&self) -> Result<u64, SettlerError> {
+        let rollup = OptioRollup::new(self.rollup, &self.provider);
+        let mut posted = 0;
+        let mut next = self.committed().await? + 1;
+        while let Some(b) = read_batch(&self.batches, next)? {
+            let served = 0; // priority operations: not fed to the sequencer yet
+            let pending = rollup
+                .commitBatch(
+                    U256::from(b.number),
+                    b.previous_root,
+                    b.new_root,
+                    b.first_seq,
+                    b.last_seq,
+                    served,
+                    b.withdrawals_hash,
+                    b.blob,
+                )
+                .send()
+                .await
+                .map_err(rpc)?;
+            let receipt = mined(&self.provider, *pending.tx_hash()).await?;
+            if !receipt.status() {
+                return Err(SettlerError::Batch(next, "commitBatch reverted".into()));
+            }
+            posted += 1;
+            next += 1;
+        }
+        Ok(posted)
+    }
+}

@@ -1,0 +1,181 @@
+//! The settler against a real EVM (anvil from npm, on 127.0.0.1): the contracts deploy, the
+//! batches the Rust side wrote (test-vectors/settlement.json) are committed in order with the
+//! same roots, posting again posts nothing, and after a reorg drops a commitment the settler
+//! posts it again.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use alloy::primitives::U256;
+use alloy::providers::Provider;
+use optio_settler::{Settler, connect, deploy};
+
+/// anvil's first default account.
+const KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
+
+struct Anvil(Child);
+
+impl Drop for Anvil {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_anvil() -> (Anvil, String) {
+    let bin = optio_contracts::contracts_dir()
+        .join("node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil");
+    assert!(
+        bin.is_file(),
+        "anvil is not installed: run `npm ci --prefix contracts`"
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("free port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let child = Command::new(bin)
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--silent",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("anvil starts");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "anvil did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (Anvil(child), format!("http://127.0.0.1:{port}"))
+}
+
+fn forge_build() {
+    let dir = optio_contracts::contracts_dir();
+    let forge =
+        optio_contracts::forge().expect("forge is installed: run `npm ci --prefix contracts`");
+    let out = Command::new(forge)
+        .arg("build")
+        .current_dir(&dir)
+        .env("FOUNDRY_SOLC", dir.join("tools/solc"))
+        .output()
+        .expect("forge runs");
+    assert!(
+        out.status.success(),
+        "forge build: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Writes the vectors' two batches as the node would.
+fn write_batches(dir: &std::path::Path) -> (serde_json::Value, Vec<U256>) {
+    let vectors: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            optio_contracts::contracts_dir().join("../test-vectors/settlement.json"),
+        )
+        .expect("vectors"),
+    )
+    .expect("JSON");
+    let ranges = [(1u64, 7u64), (8, 20)];
+    let mut roots = Vec::new();
+    for (i, b) in vectors["batches"]
+        .as_array()
+        .expect("batches")
+        .iter()
+        .enumerate()
+    {
+        let number = i as u64 + 1;
+        let header = serde_json::json!({
+            "number": number,
+            "previous_root": b["previous_root"],
+            "new_root": b["new_root"],
+            "first_seq": ranges[i].0,
+            "last_seq": ranges[i].1,
+            "withdrawals_hash": b["withdrawals_hash"],
+        });
+        let blob = b["blob"].as_str().expect("hex").trim_start_matches("0x");
+        let bytes: Vec<u8> = (0..blob.len())
+            .step_by(2)
+            .map(|k| u8::from_str_radix(&blob[k..k + 2], 16).expect("hex"))
+            .collect();
+        std::fs::write(dir.join(format!("{number:08}.json")), header.to_string()).expect("writes");
+        std::fs::write(dir.join(format!("{number:08}.blob")), bytes).expect("writes");
+        roots.push(b["new_root"].as_str().expect("root").parse().expect("U256"));
+    }
+    (vectors, roots)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_are_committed_in_order_and_reposted_after_a_reorg() {
+    let (_anvil, url) = start_anvil();
+    forge_build();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (vectors, roots) = write_batches(dir.path());
+    let provider = connect(&url, KEY).expect("provider");
+    let operator = provider.get_accounts().await.expect("accounts")[0];
+    let genesis: U256 = vectors["genesis_root"]
+        .as_str()
+        .expect("root")
+        .parse()
+        .expect("U256");
+    let deployment = deploy(
+        &provider,
+        operator,
+        genesis,
+        3_600,
+        6 * 3_600,
+        U256::from(10u64).pow(U256::from(18u64)),
+    )
+    .await
+    .expect("deploys");
+    let settler = Settler::new(provider.clone(), deployment.rollup, dir.path());
+
+    // Only batch 1 on disk at first; a snapshot to reorg back to afterwards.
+    let second = (
+        dir.path().join("00000002.json"),
+        dir.path().join("00000002.blob"),
+    );
+    let saved = (
+        std::fs::read(&second.0).expect("reads"),
+        std::fs::read(&second.1).expect("reads"),
+    );
+    std::fs::remove_file(&second.0).expect("removes");
+    std::fs::remove_file(&second.1).expect("removes");
+    assert_eq!(settler.post_pending().await.expect("posts"), 1);
+    let snapshot: U256 = provider
+        .raw_request("evm_snapshot".into(), ())
+        .await
+        .expect("snapshot");
+    std::fs::write(&second.0, saved.0).expect("writes");
+    std::fs::write(&second.1, saved.1).expect("writes");
+    assert_eq!(settler.post_pending().await.expect("posts"), 1);
+    assert_eq!(settler.committed().await.expect("reads"), 2);
+    for (i, root) in roots.iter().enumerate() {
+        assert_eq!(
+            settler.root(i as u64 + 1).await.expect("reads"),
+            *root,
+            "batch {} root on L1",
+            i + 1
+        );
+    }
+    assert_eq!(
+        settler.post_pending().await.expect("posts"),
+        0,
+        "nothing is posted twice"
+    );
+
+    // A reorg drops batch 2's commitment: the settler asks the chain and posts it again.
+    let reverted: bool = provider
+        .raw_request("evm_revert".into(), (snapshot,))
+        .await
+        .expect("revert");
+    assert!(reverted);
+    assert_eq!(settler.committed().await.expect("reads"), 1);
+    assert_eq!(settler.post_pending().await.expect("posts"), 1);
+    assert_eq!(settler.committed().await.expect("reads"), 2);
+    assert_eq!(settler.root(2).await.expect("reads"), roots[1]);
+}
