@@ -41,6 +41,9 @@ enum Cmd {
     /// Print an account's exit proof (leaf, positions, Merkle proofs) against the state the
     /// blobs build.
     ExitProof(settle::ExitProofArgs),
+    /// The escape hatch: from L1 data alone (the committed blobs), rebuild the state, prove an
+    /// account against the last finalized root and submit its exit (the contract must be frozen).
+    Exit(settle::ExitArgs),
 }
 
 fn main() -> Result<()> {
@@ -50,6 +53,7 @@ fn main() -> Result<()> {
         Cmd::Node(args) => node::run(args),
         Cmd::Rebuild(args) => settle::rebuild(args),
         Cmd::ExitProof(args) => settle::exit_proof(args),
+        Cmd::Exit(args) => settle::exit(args),
     }
 }
 

@@ -153,3 +153,42 @@ pub fn exit_proof(args: ExitProofArgs) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
 }
+
+/// Where the rollup is and whose account exits.
+#[derive(clap::Args)]
+pub struct ExitArgs {
+    /// Ethereum JSON-RPC endpoint.
+    #[arg(long, env = "OPTIO_L1_RPC")]
+    rpc: String,
+    /// The rollup contract's address.
+    #[arg(long)]
+    rollup: String,
+    /// Account (subaccount) id.
+    #[arg(long)]
+    account: u32,
+    /// The owner's private key (hex); the environment keeps it out of the shell history.
+    #[arg(long, env = "OPTIO_EXIT_KEY", hide_env_values = true)]
+    key: String,
+}
+
+/// Submits an exodus exit built from L1 data alone.
+pub fn exit(args: ExitArgs) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let provider = optio_settler::connect(&args.rpc, &args.key)?;
+        let owner = alloy_owner(&args.key)?;
+        let rollup = args.rollup.parse().context("rollup address")?;
+        let paid = optio_settler::exit_from_l1(&provider, rollup, args.account, owner).await?;
+        println!(
+            "account {} exited: paid {} micro-USDC to {owner}",
+            args.account, paid
+        );
+        Ok(())
+    })
+}
+
+fn alloy_owner(key: &str) -> Result<optio_settler::Address> {
+    optio_settler::signer_address(key).map_err(anyhow::Error::msg)
+}

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use alloy::network::{EthereumWallet, TransactionBuilder};
-use alloy::primitives::{Address, B256, Bytes, U256};
+use alloy::primitives::{B256, Bytes, U256};
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
 use alloy::rpc::types::TransactionRequest;
 use alloy::signers::local::PrivateKeySigner;
@@ -23,6 +23,33 @@ mod bindings {
     sol! {
         #[sol(rpc)]
         contract OptioRollup {
+            struct Position {
+                uint32 instrument;
+                int64 qty;
+                uint256 specHash;
+                uint64 status;
+                int64 mark;
+                uint256 riskHash;
+                int64 settlementPrice;
+                uint256[] instrumentProof;
+            }
+            struct ExitProof {
+                uint32 account;
+                uint256 accountsRoot;
+                uint256 instrumentsRoot;
+                int64 insurance;
+                int64 feePool;
+                uint256 keysHash;
+                uint64 nonce;
+                int64 collateral;
+                uint256[] accountProof;
+                Position[] positions;
+            }
+            event BatchCommitted(uint256 indexed number, uint256 root, bytes32 dataHash, uint64 lastSeq);
+            function exit(ExitProof calldata p) external returns (uint256 amount);
+            function frozen() external view returns (bool);
+            function freeze() external;
+            function deposit(uint32 account, uint256 amount) external returns (uint256 id);
             constructor(address usdc, address operator, address h2, address h3, address h5, uint256 genesisRoot, uint256 finalizationDelay, uint256 priorityWindow) payable;
             function commitBatch(uint256 number, uint256 previousRoot, uint256 newRoot, uint64 firstSeq, uint64 lastSeq, uint64 priorityServed, bytes32 withdrawalsHash, bytes calldata data) external;
             function finalize() external;
@@ -34,6 +61,7 @@ mod bindings {
         #[sol(rpc)]
         contract TestUSDC {
             function mint(address to, uint256 amount) external;
+            function approve(address spender, uint256 amount) external returns (bool);
             function balanceOf(address who) external view returns (uint256);
         }
     }
@@ -57,6 +85,15 @@ pub enum SettlerError {
 
 fn rpc<E: std::fmt::Display>(e: E) -> SettlerError {
     SettlerError::Rpc(e.to_string())
+}
+
+pub use alloy::primitives::Address;
+
+/// The address of a hex private key.
+pub fn signer_address(key: &str) -> Result<Address, String> {
+    key.parse::<PrivateKeySigner>()
+        .map(|s| s.address())
+        .map_err(|e| e.to_string())
 }
 
 /// A provider that signs with the operator's key. Nonces are asked of the chain for every
@@ -101,6 +138,21 @@ fn artifact(contracts: &Path, file: &str, name: &str) -> Result<Bytes, SettlerEr
         .ok_or_else(|| SettlerError::Artifacts(format!("{name}: no bytecode")))?;
     hex.parse()
         .map_err(|e| SettlerError::Artifacts(format!("{name}: {e}")))
+}
+
+/// Sends a contract call and waits for it to be mined; an error if it reverted.
+pub async fn transact<P: Provider, C: alloy::sol_types::SolCall>(
+    call: alloy::contract::SolCallBuilder<P, C>,
+) -> Result<(), SettlerError> {
+    let pending = call.send().await.map_err(rpc)?;
+    let hash = *pending.tx_hash();
+    let provider = pending.provider().clone().erased();
+    let receipt = mined(&provider, hash).await?;
+    if receipt.status() {
+        Ok(())
+    } else {
+        Err(SettlerError::Rpc(format!("transaction {hash} reverted")))
+    }
 }
 
 /// Waits for a sent transaction's receipt by asking for it (no block subscription, so it also
@@ -233,6 +285,108 @@ pub fn read_batch(dir: &Path, number: u64) -> Result<Option<PostedBatch>, Settle
             .ok_or_else(|| bad("withdrawals_hash"))?,
         blob: blob.into(),
     }))
+}
+
+/// The data blobs of the batches `rollup` holds, from L1 alone (the `BatchCommitted` events and
+/// the calldata of the transactions that emitted them), in batch order, up to and including
+/// batch `upto`.
+pub async fn blobs_from_l1(
+    provider: &DynProvider,
+    rollup: Address,
+    upto: u64,
+) -> Result<Vec<Vec<u8>>, SettlerError> {
+    use alloy::rpc::types::Filter;
+    use alloy::sol_types::{SolCall, SolEvent};
+    let filter = Filter::new()
+        .address(rollup)
+        .event_signature(OptioRollup::BatchCommitted::SIGNATURE_HASH)
+        .from_block(0u64);
+    let mut found: std::collections::BTreeMap<u64, Vec<u8>> = std::collections::BTreeMap::new();
+    for log in provider.get_logs(&filter).await.map_err(rpc)? {
+        let hash = log
+            .transaction_hash
+            .ok_or_else(|| SettlerError::Rpc("a log without its transaction".into()))?;
+        let tx = provider
+            .get_transaction_by_hash(hash)
+            .await
+            .map_err(rpc)?
+            .ok_or_else(|| SettlerError::Rpc(format!("transaction {hash} not found")))?;
+        let input = alloy::consensus::Transaction::input(&tx);
+        let call = OptioRollup::commitBatchCall::abi_decode(input).map_err(rpc)?;
+        let number = u64::try_from(call.number).map_err(rpc)?;
+        if number <= upto {
+            found.insert(number, call.data.to_vec());
+        }
+    }
+    if found.len() as u64 != upto || found.keys().next().is_some_and(|k| *k != 1) {
+        return Err(SettlerError::Rpc(format!(
+            "found {} of {upto} batches on L1",
+            found.len()
+        )));
+    }
+    Ok(found.into_values().collect())
+}
+
+/// The exit call for `proof` (the Rust exit proof in the contract's ABI).
+pub fn exit_call(proof: &optio_state::ExitProof) -> OptioRollup::ExitProof {
+    let u = |f: &optio_state::Fr| U256::from_be_bytes(optio_state::poseidon::to_bytes(f));
+    OptioRollup::ExitProof {
+        account: proof.account.0,
+        accountsRoot: u(&proof.accounts_root),
+        instrumentsRoot: u(&proof.instruments_root),
+        insurance: proof.insurance.0,
+        feePool: proof.fee_pool.0,
+        keysHash: u(&proof.leaf.keys_hash),
+        nonce: proof.leaf.nonce,
+        collateral: proof.leaf.collateral.0,
+        accountProof: proof.account_proof.siblings.iter().map(u).collect(),
+        positions: proof
+            .positions
+            .iter()
+            .map(
+                |(instrument, qty, _, leaf, inst_proof)| OptioRollup::Position {
+                    instrument: instrument.0,
+                    qty: qty.0,
+                    specHash: u(&leaf.spec_hash),
+                    status: leaf.status,
+                    mark: leaf.mark.0,
+                    riskHash: u(&leaf.risk_hash),
+                    settlementPrice: leaf.settlement_price.0,
+                    instrumentProof: inst_proof.siblings.iter().map(u).collect(),
+                },
+            )
+            .collect(),
+    }
+}
+
+/// The escape hatch from L1 data alone: reads the finalized batches' blobs from the chain,
+/// rebuilds the state, builds `account`'s exit proof against the last finalized root and
+/// submits it from `owner` (the account's owner; `provider` must be able to send for it).
+/// Returns the amount paid.
+pub async fn exit_from_l1(
+    provider: &DynProvider,
+    rollup: Address,
+    account: u32,
+    owner: Address,
+) -> Result<U256, SettlerError> {
+    let contract = OptioRollup::new(rollup, provider);
+    let finalized =
+        u64::try_from(contract.lastFinalized().call().await.map_err(rpc)?).map_err(rpc)?;
+    let blobs = blobs_from_l1(provider, rollup, finalized).await?;
+    let mut state = optio_state::SettlementState::new();
+    optio_state::rebuild(blobs.iter().map(Vec::as_slice), &mut state, |_| {})
+        .map_err(|e| SettlerError::Batch(finalized, e.to_string()))?;
+    let proof = state
+        .exit_proof(optio_types::AccountId(account))
+        .ok_or_else(|| SettlerError::Batch(finalized, format!("no account {account}")))?;
+    let call = contract.exit(exit_call(&proof)).from(owner);
+    let paid = call.call().await.map_err(rpc)?;
+    let pending = call.send().await.map_err(rpc)?;
+    let receipt = mined(provider, *pending.tx_hash()).await?;
+    if !receipt.status() {
+        return Err(SettlerError::Rpc("exit reverted".into()));
+    }
+    Ok(paid)
 }
 
 /// Posts batches to one rollup contract.

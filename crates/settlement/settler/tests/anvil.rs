@@ -55,6 +55,11 @@ fn start_anvil() -> (Anvil, String) {
 }
 
 fn forge_build() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(forge_build_now);
+}
+
+fn forge_build_now() {
     let dir = optio_contracts::contracts_dir();
     let forge =
         optio_contracts::forge().expect("forge is installed: run `npm ci --prefix contracts`");
@@ -178,4 +183,112 @@ async fn batches_are_committed_in_order_and_reposted_after_a_reorg() {
     assert_eq!(settler.post_pending().await.expect("posts"), 1);
     assert_eq!(settler.committed().await.expect("reads"), 2);
     assert_eq!(settler.root(2).await.expect("reads"), roots[1]);
+}
+
+/// The escape hatch from L1 data alone: the operator commits both batches and then leaves a
+/// deposit unserved; after the deadline anyone freezes; the account's owner rebuilds the state
+/// from the blobs in the commitment transactions' calldata, proves its account against the last
+/// finalized root and is paid exactly what the state owes it, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_exits_from_l1_data_alone_after_a_freeze() {
+    use optio_settler::{OptioRollup, TestUSDC, exit_from_l1, transact};
+    let (_anvil, url) = start_anvil();
+    forge_build();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (vectors, _) = write_batches(dir.path());
+    let operator_provider = connect(&url, KEY).expect("provider");
+    let operator = operator_provider.get_accounts().await.expect("accounts")[0];
+    let genesis: U256 = vectors["genesis_root"]
+        .as_str()
+        .expect("root")
+        .parse()
+        .expect("U256");
+    let d = deploy(
+        &operator_provider,
+        operator,
+        genesis,
+        3_600,
+        6 * 3_600,
+        U256::ZERO,
+    )
+    .await
+    .expect("deploys");
+    assert_eq!(
+        Settler::new(operator_provider.clone(), d.rollup, dir.path())
+            .post_pending()
+            .await
+            .expect("posts"),
+        2
+    );
+    let rollup = OptioRollup::new(d.rollup, &operator_provider);
+    let usdc = TestUSDC::new(d.usdc, &operator_provider);
+    let advance = |seconds: u64| {
+        let p = operator_provider.clone();
+        async move {
+            let _: serde_json::Value = p
+                .raw_request("evm_increaseTime".into(), (seconds,))
+                .await
+                .expect("time");
+            let _: serde_json::Value = p.raw_request("evm_mine".into(), ()).await.expect("mine");
+        }
+    };
+    advance(3_601).await;
+    transact(rollup.finalize()).await.expect("batch 1 final");
+    transact(rollup.finalize()).await.expect("batch 2 final");
+    // Users' money in the vault, and a deposit the operator never serves.
+    transact(usdc.mint(operator, U256::from(500_000_000_000u64)))
+        .await
+        .expect("mint");
+    transact(usdc.approve(d.rollup, U256::MAX))
+        .await
+        .expect("approve");
+    transact(rollup.deposit(9, U256::from(400_000_000_000u64)))
+        .await
+        .expect("deposit");
+    assert!(
+        transact(rollup.freeze()).await.is_err(),
+        "nothing is overdue yet"
+    );
+    advance(6 * 3_600 + 1).await;
+    transact(rollup.freeze())
+        .await
+        .expect("anyone freezes once a deposit is overdue");
+
+    // The owner (impersonated on anvil: the vectors' key is not known) exits with nothing but L1.
+    let owner: alloy::primitives::Address = vectors["exit_proof"]["owner"]
+        .as_str()
+        .expect("owner")
+        .parse()
+        .expect("address");
+    let _: serde_json::Value = operator_provider
+        .raw_request("anvil_impersonateAccount".into(), (owner,))
+        .await
+        .expect("impersonate");
+    let _: serde_json::Value = operator_provider
+        .raw_request(
+            "anvil_setBalance".into(),
+            (owner, U256::from(10u64).pow(U256::from(18u64))),
+        )
+        .await
+        .expect("gas money");
+    let as_owner = alloy::providers::ProviderBuilder::new()
+        .connect_http(url.parse().expect("url"))
+        .erased();
+    let paid = exit_from_l1(&as_owner, d.rollup, 0, owner)
+        .await
+        .expect("exits");
+    let collateral = vectors["exit_proof"]["collateral"]
+        .as_i64()
+        .expect("collateral");
+    let expected = U256::from(collateral as u64 + 2_523_000_000);
+    assert_eq!(paid, expected);
+    assert_eq!(
+        usdc.balanceOf(owner).call().await.expect("balance"),
+        expected,
+        "received exactly what the state owes"
+    );
+    assert!(
+        exit_from_l1(&as_owner, d.rollup, 0, owner).await.is_err(),
+        "a second exit reverts"
+    );
 }
