@@ -114,9 +114,20 @@ fn write_batches(dir: &std::path::Path) -> (serde_json::Value, Vec<U256>) {
     (vectors, roots)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batches_are_committed_in_order_and_reposted_after_a_reorg() {
-    let (_anvil, url) = start_anvil();
+/// anvil with the contracts deployed and the vectors' batches written to a batches directory.
+struct Chain {
+    _anvil: Anvil,
+    url: String,
+    dir: tempfile::TempDir,
+    vectors: serde_json::Value,
+    roots: Vec<U256>,
+    provider: alloy::providers::DynProvider,
+    operator: alloy::primitives::Address,
+    deployment: optio_settler::Deployment,
+}
+
+async fn chain(bond: U256) -> Chain {
+    let (anvil, url) = start_anvil();
     forge_build();
     let dir = tempfile::tempdir().expect("temp dir");
     let (vectors, roots) = write_batches(dir.path());
@@ -127,17 +138,26 @@ async fn batches_are_committed_in_order_and_reposted_after_a_reorg() {
         .expect("root")
         .parse()
         .expect("U256");
-    let deployment = deploy(
-        &provider,
+    let deployment = deploy(&provider, operator, genesis, 3_600, 6 * 3_600, bond)
+        .await
+        .expect("deploys");
+    Chain {
+        _anvil: anvil,
+        url,
+        dir,
+        vectors,
+        roots,
+        provider,
         operator,
-        genesis,
-        3_600,
-        6 * 3_600,
-        U256::from(10u64).pow(U256::from(18u64)),
-    )
-    .await
-    .expect("deploys");
-    let settler = Settler::new(provider.clone(), deployment.rollup, dir.path());
+        deployment,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_are_committed_in_order_and_reposted_after_a_reorg() {
+    let c = chain(U256::from(10u64).pow(U256::from(18u64))).await;
+    let (provider, dir, roots) = (&c.provider, &c.dir, &c.roots);
+    let settler = Settler::new(provider.clone(), c.deployment.rollup, dir.path());
 
     // Only batch 1 on disk at first; a snapshot to reorg back to afterwards.
     let second = (
@@ -192,36 +212,18 @@ async fn batches_are_committed_in_order_and_reposted_after_a_reorg() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_account_exits_from_l1_data_alone_after_a_freeze() {
     use optio_settler::{OptioRollup, TestUSDC, exit_from_l1, transact};
-    let (_anvil, url) = start_anvil();
-    forge_build();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (vectors, _) = write_batches(dir.path());
-    let operator_provider = connect(&url, KEY).expect("provider");
-    let operator = operator_provider.get_accounts().await.expect("accounts")[0];
-    let genesis: U256 = vectors["genesis_root"]
-        .as_str()
-        .expect("root")
-        .parse()
-        .expect("U256");
-    let d = deploy(
-        &operator_provider,
-        operator,
-        genesis,
-        3_600,
-        6 * 3_600,
-        U256::ZERO,
-    )
-    .await
-    .expect("deploys");
+    let c = chain(U256::ZERO).await;
+    let (operator_provider, operator, d, vectors, url) =
+        (&c.provider, c.operator, c.deployment, &c.vectors, &c.url);
     assert_eq!(
-        Settler::new(operator_provider.clone(), d.rollup, dir.path())
+        Settler::new(operator_provider.clone(), d.rollup, c.dir.path())
             .post_pending()
             .await
             .expect("posts"),
         2
     );
-    let rollup = OptioRollup::new(d.rollup, &operator_provider);
-    let usdc = TestUSDC::new(d.usdc, &operator_provider);
+    let rollup = OptioRollup::new(d.rollup, operator_provider);
+    let usdc = TestUSDC::new(d.usdc, operator_provider);
     let advance = |seconds: u64| {
         let p = operator_provider.clone();
         async move {
