@@ -6,6 +6,7 @@
 
 mod engine_bench;
 mod intents_bench;
+mod l1_gas_bench;
 mod load_bench;
 mod pricing_bench;
 mod settlement_bench;
@@ -41,6 +42,8 @@ enum Bench {
     /// Settlement state: Poseidon tree updates and batch roots against jmt and
     /// sparse-merkle-tree with the same hash, blake3 as the reference point.
     Settlement(settlement_bench::Args),
+    /// L1 gas per trade and per operation on anvil, beside StarkEx's published figures.
+    L1Gas(l1_gas_bench::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -50,5 +53,6 @@ fn main() -> anyhow::Result<()> {
         Bench::Intents(args) => intents_bench::run(&args),
         Bench::Load(args) => load_bench::run(&args),
         Bench::Settlement(args) => settlement_bench::run(&args),
+        Bench::L1Gas(args) => l1_gas_bench::run(&args),
     }
 }

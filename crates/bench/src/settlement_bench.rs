@@ -333,86 +333,128 @@ fn poseidon_micro() {
     );
 }
 
-/// Blob bytes per fill for a synthetic but realistic flow: a BTC chain of 57 instruments (four
-/// expiries x 7 strikes x calls and puts, and the perpetual) whose marks and 31-scenario risk
-/// arrays come from the real oracle code, 10 market makers, 1,000 takers, fills near the mark,
-/// batches every 2 s carrying one mark per instrument.
-fn blob_bytes() -> anyhow::Result<()> {
-    use optio_state::Op;
-    use optio_state::blob::{BlobMeta, encode};
-    use optio_types::{
-        AccountId, InstrumentId, InstrumentSpec, MONEY_SCALE, Price, QTY_SCALE, Qty, Side,
-    };
-    let now = 1_795_651_200_000u64; // 2026-11-26T00:00Z
-    let mut names = vec!["BTC-PERPETUAL".to_owned()];
-    for expiry in ["27NOV26", "4DEC26", "25DEC26", "26MAR27"] {
-        for strike in [70_000, 80_000, 85_000, 90_000, 95_000, 100_000, 110_000] {
-            for right in ["C", "P"] {
-                names.push(format!("BTC-{expiry}-{strike}-{right}"));
+/// A synthetic but realistic flow: a BTC chain of 57 instruments (four expiries x 7 strikes x
+/// calls and puts, and the perpetual) whose marks and 31-scenario risk arrays come from the real
+/// oracle code, 10 market makers, 1,000 takers, fills near the mark.
+pub(crate) struct Flow {
+    /// Engine time of the flow.
+    pub now: u64,
+    specs: Vec<optio_types::InstrumentSpec>,
+    update: optio_types::OracleUpdate,
+}
+
+impl Flow {
+    pub(crate) fn new() -> anyhow::Result<Flow> {
+        use optio_types::{InstrumentId, InstrumentSpec, MONEY_SCALE, Price};
+        let now = 1_795_651_200_000u64; // 2026-11-26T00:00Z
+        let mut names = vec!["BTC-PERPETUAL".to_owned()];
+        for expiry in ["27NOV26", "4DEC26", "25DEC26", "26MAR27"] {
+            for strike in [70_000, 80_000, 85_000, 90_000, 95_000, 100_000, 110_000] {
+                for right in ["C", "P"] {
+                    names.push(format!("BTC-{expiry}-{strike}-{right}"));
+                }
             }
         }
-    }
-    let specs: Vec<InstrumentSpec> = names
-        .iter()
-        .map(|n| {
-            InstrumentSpec::with_defaults(
-                n.parse().expect("valid name"),
-                Price(300_000 * MONEY_SCALE),
-            )
-        })
-        .collect();
-    let list: Vec<(InstrumentId, &InstrumentSpec)> = specs
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (InstrumentId(i as u32), s))
-        .collect();
-    let svi = optio_pricing::svi::Svi {
-        a: 0.002,
-        b: 0.03,
-        rho: -0.3,
-        m: 0.0,
-        sigma: 0.2,
-    };
-    let surface = optio_pricing::svi::Surface::new(
-        90_000.0,
-        0.0,
-        vec![
+        let specs: Vec<InstrumentSpec> = names
+            .iter()
+            .map(|n| {
+                InstrumentSpec::with_defaults(
+                    n.parse().expect("valid name"),
+                    Price(300_000 * MONEY_SCALE),
+                )
+            })
+            .collect();
+        let list: Vec<(InstrumentId, &InstrumentSpec)> = specs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (InstrumentId(i as u32), s))
+            .collect();
+        let svi = optio_pricing::svi::Svi {
+            a: 0.002,
+            b: 0.03,
+            rho: -0.3,
+            m: 0.0,
+            sigma: 0.2,
+        };
+        let slices = vec![
             optio_pricing::svi::Slice { t: 0.01, svi },
             optio_pricing::svi::Slice {
                 t: 0.4,
                 svi: optio_pricing::svi::Svi { a: 0.02, ..svi },
             },
-        ],
-    )?;
-    let update = optio_oracle::build_update(
-        "BTC",
-        &surface,
-        &optio_pricing::risk::default_scenarios(),
-        &list,
-        now,
-    )?;
-    let marks: Vec<Op> = update
-        .marks
-        .iter()
-        .map(|m| Op::Mark {
-            instrument: m.instrument,
-            mark: m.mark,
-            risk: m.risk_array.clone(),
-        })
-        .collect();
-    let marks_bytes = encode(
-        &BlobMeta {
-            number: 1,
-            first_seq: 1,
-            last_seq: 1,
-            time_ms: now,
-        },
-        &marks,
-    )
-    .len();
+        ];
+        let surface = optio_pricing::svi::Surface::new(90_000.0, 0.0, slices)?;
+        let update = optio_oracle::build_update(
+            "BTC",
+            &surface,
+            &optio_pricing::risk::default_scenarios(),
+            &list,
+            now,
+        )?;
+        Ok(Flow { now, specs, update })
+    }
+
+    /// One mark op per instrument (what every batch carries).
+    pub(crate) fn marks(&self) -> Vec<optio_state::Op> {
+        self.update
+            .marks
+            .iter()
+            .map(|m| optio_state::Op::Mark {
+                instrument: m.instrument,
+                mark: m.mark,
+                risk: m.risk_array.clone(),
+            })
+            .collect()
+    }
+
+    /// `n` fills near the marks.
+    pub(crate) fn fills(&self, n: u64, rng: &mut impl Rng) -> Vec<optio_state::Op> {
+        use optio_types::{AccountId, Price, QTY_SCALE, Qty, Side};
+        (0..n)
+            .map(|_| {
+                let i = rng.random_range(0..self.update.marks.len());
+                let m = &self.update.marks[i];
+                let tick = self.specs[i].tick_size.0;
+                let offset = (m.mark.0 as f64 * rng.random_range(-0.01..0.01)) as i64;
+                optio_state::Op::Fill {
+                    instrument: m.instrument,
+                    maker: AccountId(rng.random_range(0..10)),
+                    taker: AccountId(rng.random_range(10..1_010)),
+                    taker_side: if rng.random_bool(0.5) {
+                        Side::Buy
+                    } else {
+                        Side::Sell
+                    },
+                    price: Price(((m.mark.0 + offset) / tick).max(1) * tick),
+                    qty: Qty(rng.random_range(1..200) * QTY_SCALE / 100),
+                }
+            })
+            .collect()
+    }
+
+    /// The blob of a batch of `ops`.
+    pub(crate) fn blob(&self, ops: &[optio_state::Op]) -> Vec<u8> {
+        optio_state::encode(
+            &optio_state::blob::BlobMeta {
+                number: 1,
+                first_seq: 1,
+                last_seq: ops.len() as u64,
+                time_ms: self.now,
+            },
+            ops,
+        )
+    }
+}
+
+/// Blob bytes per fill for the realistic flow, batches every 2 s carrying one mark per
+/// instrument.
+fn blob_bytes() -> anyhow::Result<()> {
+    let flow = Flow::new()?;
+    let marks = flow.marks();
     println!(
-        "data blob, one batch every 2 s, {} instruments' marks and risk arrays in each ({marks_bytes} bytes):",
-        marks.len()
+        "data blob, one batch every 2 s, {} instruments' marks and risk arrays in each ({} bytes):",
+        marks.len(),
+        flow.blob(&marks).len()
     );
     println!(
         "{:>10} {:>14} {:>12} {:>16} {:>22}",
@@ -421,47 +463,10 @@ fn blob_bytes() -> anyhow::Result<()> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
     for rate in [50u64, 200, 1_000, 5_000] {
         let n = rate * 2;
-        let mut ops = Vec::with_capacity(n as usize + marks.len());
-        for _ in 0..n {
-            let i = rng.random_range(0..update.marks.len());
-            let m = &update.marks[i];
-            let tick = specs[i].tick_size.0;
-            let offset = (m.mark.0 as f64 * rng.random_range(-0.01..0.01)) as i64;
-            let price = ((m.mark.0 + offset) / tick).max(1) * tick;
-            ops.push(Op::Fill {
-                instrument: m.instrument,
-                maker: AccountId(rng.random_range(0..10)),
-                taker: AccountId(rng.random_range(10..1_010)),
-                taker_side: if rng.random_bool(0.5) {
-                    Side::Buy
-                } else {
-                    Side::Sell
-                },
-                price: Price(price),
-                qty: Qty(rng.random_range(1..200) * QTY_SCALE / 100),
-            });
-        }
-        let fills_only = encode(
-            &BlobMeta {
-                number: 1,
-                first_seq: 1,
-                last_seq: n,
-                time_ms: now,
-            },
-            &ops,
-        )
-        .len();
+        let mut ops = flow.fills(n, &mut rng);
+        let fills_only = flow.blob(&ops).len();
         ops.extend(marks.iter().cloned());
-        let all = encode(
-            &BlobMeta {
-                number: 1,
-                first_seq: 1,
-                last_seq: n,
-                time_ms: now,
-            },
-            &ops,
-        )
-        .len();
+        let all = flow.blob(&ops).len();
         println!(
             "{rate:>10} {n:>14} {all:>12} {:>16.1} {:>22.1}",
             all as f64 / n as f64,

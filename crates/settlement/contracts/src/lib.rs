@@ -20,3 +20,74 @@ pub fn forge() -> Option<PathBuf> {
         .map(|e| e.path().join("bin/forge"))
         .find(|p| p.is_file())
 }
+
+/// Builds the contracts with the native forge (artifacts under `contracts/out`).
+pub fn forge_build() -> Result<(), String> {
+    let dir = contracts_dir();
+    let forge = forge().ok_or("forge is not installed: run `npm ci --prefix contracts`")?;
+    let out = std::process::Command::new(forge)
+        .arg("build")
+        .current_dir(&dir)
+        .env("FOUNDRY_SOLC", dir.join("tools/solc"))
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// A local anvil (from npm) on a free port of 127.0.0.1, stopped when dropped.
+pub struct Anvil {
+    child: std::process::Child,
+    /// Its JSON-RPC URL.
+    pub url: String,
+}
+
+impl Anvil {
+    /// Starts anvil and waits until it accepts connections.
+    pub fn start() -> Result<Anvil, String> {
+        let bin = std::fs::read_dir(contracts_dir().join("node_modules/@foundry-rs"))
+            .map_err(|_| "anvil is not installed: run `npm ci --prefix contracts`".to_owned())?
+            .filter_map(Result::ok)
+            .map(|e| e.path().join("bin/anvil"))
+            .find(|p| p.is_file())
+            .ok_or("anvil is not installed: run `npm ci --prefix contracts`")?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| e.to_string())?
+            .port();
+        let child = std::process::Command::new(bin)
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--silent",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let anvil = Anvil {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if std::time::Instant::now() > deadline {
+                return Err("anvil did not come up within 30 s".into());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Ok(anvil)
+    }
+}
+
+impl Drop for Anvil {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

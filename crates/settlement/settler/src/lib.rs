@@ -50,6 +50,7 @@ mod bindings {
             function frozen() external view returns (bool);
             function freeze() external;
             function deposit(uint32 account, uint256 amount) external returns (uint256 id);
+            function requestWithdrawal(uint32 account) external returns (uint256 id);
             constructor(address usdc, address operator, address h2, address h3, address h5, uint256 genesisRoot, uint256 finalizationDelay, uint256 priorityWindow) payable;
             function commitBatch(uint256 number, uint256 previousRoot, uint256 newRoot, uint64 firstSeq, uint64 lastSeq, uint64 priorityServed, bytes32 withdrawalsHash, bytes calldata data) external;
             function finalize() external;
@@ -140,16 +141,16 @@ fn artifact(contracts: &Path, file: &str, name: &str) -> Result<Bytes, SettlerEr
         .map_err(|e| SettlerError::Artifacts(format!("{name}: {e}")))
 }
 
-/// Sends a contract call and waits for it to be mined; an error if it reverted.
+/// Sends a contract call and waits for it to be mined; its receipt, or an error if it reverted.
 pub async fn transact<P: Provider, C: alloy::sol_types::SolCall>(
     call: alloy::contract::SolCallBuilder<P, C>,
-) -> Result<(), SettlerError> {
+) -> Result<alloy::rpc::types::TransactionReceipt, SettlerError> {
     let pending = call.send().await.map_err(rpc)?;
     let hash = *pending.tx_hash();
     let provider = pending.provider().clone().erased();
     let receipt = mined(&provider, hash).await?;
     if receipt.status() {
-        Ok(())
+        Ok(receipt)
     } else {
         Err(SettlerError::Rpc(format!("transaction {hash} reverted")))
     }

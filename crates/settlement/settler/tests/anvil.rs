@@ -3,9 +3,6 @@
 //! same roots, posting again posts nothing, and after a reorg drops a commitment the settler
 //! posts it again.
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
 use alloy::primitives::U256;
 use alloy::providers::Provider;
 use optio_settler::{Settler, connect, deploy};
@@ -13,67 +10,9 @@ use optio_settler::{Settler, connect, deploy};
 /// anvil's first default account.
 const KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
 
-struct Anvil(Child);
-
-impl Drop for Anvil {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_anvil() -> (Anvil, String) {
-    let bin = optio_contracts::contracts_dir()
-        .join("node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil");
-    assert!(
-        bin.is_file(),
-        "anvil is not installed: run `npm ci --prefix contracts`"
-    );
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("free port")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let child = Command::new(bin)
-        .args([
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--silent",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("anvil starts");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "anvil did not come up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (Anvil(child), format!("http://127.0.0.1:{port}"))
-}
-
 fn forge_build() {
     static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(forge_build_now);
-}
-
-fn forge_build_now() {
-    let dir = optio_contracts::contracts_dir();
-    let forge =
-        optio_contracts::forge().expect("forge is installed: run `npm ci --prefix contracts`");
-    let out = Command::new(forge)
-        .arg("build")
-        .current_dir(&dir)
-        .env("FOUNDRY_SOLC", dir.join("tools/solc"))
-        .output()
-        .expect("forge runs");
-    assert!(
-        out.status.success(),
-        "forge build: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ONCE.call_once(|| optio_contracts::forge_build().expect("forge build"));
 }
 
 /// Writes the vectors' two batches as the node would.
@@ -116,7 +55,7 @@ fn write_batches(dir: &std::path::Path) -> (serde_json::Value, Vec<U256>) {
 
 /// anvil with the contracts deployed and the vectors' batches written to a batches directory.
 struct Chain {
-    _anvil: Anvil,
+    _anvil: optio_contracts::Anvil,
     url: String,
     dir: tempfile::TempDir,
     vectors: serde_json::Value,
@@ -127,7 +66,8 @@ struct Chain {
 }
 
 async fn chain(bond: U256) -> Chain {
-    let (anvil, url) = start_anvil();
+    let anvil = optio_contracts::Anvil::start().expect("anvil");
+    let url = anvil.url.clone();
     forge_build();
     let dir = tempfile::tempdir().expect("temp dir");
     let (vectors, roots) = write_batches(dir.path());

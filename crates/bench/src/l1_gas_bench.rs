@@ -1,0 +1,119 @@
+//! L1 gas, measured on a real EVM (anvil from npm, the contracts built by forge): commitBatch for
+//! batches of the realistic flow (settlement_bench::Flow) at 100 and 1,000 fills, per trade; and
+//! deposit, forced withdrawal request and freeze. Printed beside StarkEx's published figures.
+//! Optio has no validity proof yet, so its per-trade figure lacks the verifier's share: the
+//! comparison says so.
+
+use alloy::primitives::U256;
+use alloy::providers::Provider;
+use optio_settler::{OptioRollup, TestUSDC, connect, deploy, transact};
+use rand::SeedableRng;
+
+use crate::settlement_bench::Flow;
+
+/// anvil's first default account.
+const KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
+
+/// Arguments.
+#[derive(clap::Args)]
+pub struct Args {}
+
+/// Runs the benchmark.
+pub fn run(_: &Args) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(measure())
+}
+
+async fn measure() -> anyhow::Result<()> {
+    optio_contracts::forge_build().map_err(anyhow::Error::msg)?;
+    let anvil = optio_contracts::Anvil::start().map_err(anyhow::Error::msg)?;
+    let provider = connect(&anvil.url, KEY)?;
+    let operator = provider.get_accounts().await?[0];
+    let d = deploy(
+        &provider,
+        operator,
+        U256::ZERO,
+        3_600,
+        6 * 3_600,
+        U256::ZERO,
+    )
+    .await?;
+    let rollup = OptioRollup::new(d.rollup, &provider);
+    let flow = Flow::new()?;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    println!(
+        "L1 gas on anvil (Optio has no validity proof yet: add the verifier's share per batch when it lands)"
+    );
+    println!(
+        "{:>12} {:>12} {:>14} {:>16} {:>20}",
+        "fills", "blob bytes", "commit gas", "gas per trade", "without the marks"
+    );
+    let (mut number, mut root, mut seq) = (1u64, U256::ZERO, 0u64);
+    for n in [100u64, 1_000] {
+        let fills = flow.fills(n, &mut rng);
+        let mut with_marks = fills.clone();
+        with_marks.extend(flow.marks());
+        let mut gas = Vec::new();
+        for ops in [&with_marks, &fills] {
+            let blob = flow.blob(ops);
+            let next = U256::from(number + 1_000);
+            let receipt = transact(rollup.commitBatch(
+                U256::from(number),
+                root,
+                next,
+                seq + 1,
+                seq + n,
+                0,
+                Default::default(),
+                blob.clone().into(),
+            ))
+            .await?;
+            gas.push((receipt.gas_used, blob.len()));
+            (number, root, seq) = (number + 1, next, seq + n);
+        }
+        println!(
+            "{n:>12} {:>12} {:>14} {:>16.0} {:>20.0}",
+            gas[0].1,
+            gas[0].0,
+            gas[0].0 as f64 / n as f64,
+            gas[1].0 as f64 / n as f64
+        );
+    }
+    let usdc = TestUSDC::new(d.usdc, &provider);
+    transact(usdc.mint(operator, U256::from(1_000_000_000u64))).await?;
+    transact(usdc.approve(d.rollup, U256::MAX)).await?;
+    let deposit = transact(rollup.deposit(1, U256::from(1_000_000u64)))
+        .await?
+        .gas_used;
+    let forced = transact(rollup.requestWithdrawal(1)).await?.gas_used;
+    let _: serde_json::Value = provider
+        .raw_request("evm_increaseTime".into(), (6 * 3_600 + 1,))
+        .await?;
+    let _: serde_json::Value = provider.raw_request("evm_mine".into(), ()).await?;
+    let freeze = transact(rollup.freeze()).await?.gas_used;
+    println!(
+        "\n{:<28} {:>10} {:>32}",
+        "operation", "Optio", "StarkEx (published, with proofs)"
+    );
+    println!(
+        "{:<28} {:>10} {:>32}",
+        "trade (1,000-fill batch)", "see above", "426 (spot trade)"
+    );
+    println!("{:<28} {:>10} {:>32}", "deposit", deposit, "10,000");
+    println!(
+        "{:<28} {:>10} {:>32}",
+        "forced withdrawal request", forced, "86,185"
+    );
+    println!("{:<28} {:>10} {:>32}", "freeze", freeze, "");
+    println!(
+        "{:<28} {:>10} {:>32}",
+        "exit, two positions", "~3.1M (forge gas report)", ""
+    );
+    println!(
+        "StarkEx: docs.starkware.co, 'Gas usage for transactions in StarkEx' (recursive proofs)."
+    );
+    println!("Loopring and zkSync Lite: no published per-trade figure was at hand; not compared.");
+    Ok(())
+}
