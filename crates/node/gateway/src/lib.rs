@@ -1296,30 +1296,33 @@ pub const MAX_BATCH: usize = 32;
 
 /// A JSON-RPC request's id, method and params, or the error envelope to answer with.
 fn parse_request(
-    request: &Value,
+    mut request: Value,
     path_method: Option<&String>,
 ) -> Result<(Value, String, Value), Value> {
     let id = request.get("id").cloned().unwrap_or(Value::Null);
-    let (method, params) = match (path_method, request) {
-        (Some(m), Value::Object(_)) => (
-            m.clone(),
-            request
-                .get("params")
-                .cloned()
-                .unwrap_or_else(|| request.clone()),
-        ),
-        (None, Value::Object(o)) => {
-            if o.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+    let Some(object) = request.as_object_mut() else {
+        return Err(rpc::err(
+            &id,
+            &GatewayError::InvalidRequest("request must be an object").into(),
+        ));
+    };
+    let (method, params) = match path_method {
+        Some(m) => {
+            let params = object.remove("params");
+            (m.clone(), params.unwrap_or(request))
+        }
+        None => {
+            if object.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
                 return Err(rpc::err(
                     &id,
                     &GatewayError::InvalidRequest("jsonrpc must be \"2.0\"").into(),
                 ));
             }
-            match o.get("method").and_then(Value::as_str) {
+            match object.get("method").and_then(Value::as_str) {
                 Some(m) if m.len() <= 64 => (
                     m.to_owned(),
-                    o.get("params")
-                        .cloned()
+                    object
+                        .remove("params")
                         .unwrap_or(Value::Object(Default::default())),
                 ),
                 _ => {
@@ -1329,12 +1332,6 @@ fn parse_request(
                     ));
                 }
             }
-        }
-        _ => {
-            return Err(rpc::err(
-                &id,
-                &GatewayError::InvalidRequest("request must be an object").into(),
-            ));
         }
     };
     if !params.is_object() {
@@ -1392,14 +1389,16 @@ async fn answer(
     request: Value,
     path_method: Option<String>,
 ) -> Value {
+    let (id, method, mut params) = match parse_request(request, path_method.as_ref()) {
+        Ok(parsed) => parsed,
+        Err(envelope) => return envelope,
+    };
     // Signed orders: verify on this task and wait for the group commit without holding a thread,
     // so that many orders share one fsync.
-    if let Ok((id, method, mut params)) = parse_request(&request, path_method.as_ref())
-        && matches!(
-            method.as_str(),
-            "private/order" | "private/buy" | "private/sell"
-        )
-    {
+    if matches!(
+        method.as_str(),
+        "private/order" | "private/buy" | "private/sell"
+    ) {
         // Deribit-style `private/buy` and `private/sell` are `private/order` with the direction
         // in the method name (it is still part of what the user signed).
         if let Some(direction) = method.strip_prefix("private/").filter(|d| *d != "order") {
@@ -1422,15 +1421,10 @@ async fn answer(
             Err(e) => rpc::err(&id, &e),
         };
     }
-    tokio::task::spawn_blocking(
-        move || match parse_request(&request, path_method.as_ref()) {
-            Ok((id, method, params)) => match g.call(&method, &params, &headers) {
-                Ok(result) => rpc::ok(&id, result),
-                Err(e) => rpc::err(&id, &e),
-            },
-            Err(envelope) => envelope,
-        },
-    )
+    tokio::task::spawn_blocking(move || match g.call(&method, &params, &headers) {
+        Ok(result) => rpc::ok(&id, result),
+        Err(e) => rpc::err(&id, &e),
+    })
     .await
     .unwrap_or_else(|_| rpc::err(&Value::Null, &GatewayError::Internal.into()))
 }
