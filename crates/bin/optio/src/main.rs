@@ -44,6 +44,9 @@ enum Cmd {
     /// The escape hatch: from L1 data alone (the committed blobs), rebuild the state, prove an
     /// account against the last finalized root and submit its exit (the contract must be frozen).
     Exit(settle::ExitArgs),
+    /// The watchtower: from L1 alone, rebuild the state from every committed batch's data and
+    /// check each committed root; exits non-zero on the first mismatch or unusable data.
+    Verify(settle::VerifyArgs),
 }
 
 fn main() -> Result<()> {
@@ -54,6 +57,7 @@ fn main() -> Result<()> {
         Cmd::Rebuild(args) => settle::rebuild(args),
         Cmd::ExitProof(args) => settle::exit_proof(args),
         Cmd::Exit(args) => settle::exit(args),
+        Cmd::Verify(args) => settle::verify(args),
     }
 }
 

@@ -192,3 +192,49 @@ pub fn exit(args: ExitArgs) -> Result<()> {
 fn alloy_owner(key: &str) -> Result<optio_settler::Address> {
     optio_settler::signer_address(key).map_err(anyhow::Error::msg)
 }
+
+/// Which rollup to watch.
+#[derive(clap::Args)]
+pub struct VerifyArgs {
+    /// Ethereum JSON-RPC endpoint.
+    #[arg(long, env = "OPTIO_L1_RPC")]
+    rpc: String,
+    /// The rollup contract's address.
+    #[arg(long)]
+    rollup: String,
+}
+
+/// Checks every committed root against the posted data.
+pub fn verify(args: VerifyArgs) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let provider = alloy_reader(&args.rpc)?;
+        let rollup = args.rollup.parse().context("rollup address")?;
+        let verdicts = optio_settler::verify_l1(&provider, rollup).await?;
+        let mut bad = 0;
+        for v in &verdicts {
+            match v {
+                optio_settler::Verdict::Agrees(n) => println!("batch {n:>6}: root agrees with its data"),
+                optio_settler::Verdict::Differs { number, committed, rebuilt } => {
+                    bad += 1;
+                    println!("batch {number:>6}: ALERT committed root {committed:#x} but the data gives {rebuilt:#x}");
+                }
+                optio_settler::Verdict::BadData { number, why } => {
+                    bad += 1;
+                    println!("batch {number:>6}: ALERT its data cannot be rebuilt: {why}");
+                }
+            }
+        }
+        if bad > 0 {
+            bail!("{bad} of {} committed batches fail verification", verdicts.len());
+        }
+        println!("all {} committed batches verified from L1 data", verdicts.len());
+        Ok(())
+    })
+}
+
+fn alloy_reader(url: &str) -> Result<optio_settler::DynProvider> {
+    optio_settler::reader(url).map_err(anyhow::Error::msg)
+}

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use alloy::network::{EthereumWallet, TransactionBuilder};
 use alloy::primitives::{B256, Bytes, U256};
-use alloy::providers::{DynProvider, Provider, ProviderBuilder};
+use alloy::providers::{Provider, ProviderBuilder};
 use alloy::rpc::types::TransactionRequest;
 use alloy::signers::local::PrivateKeySigner;
 use alloy::sol_types::SolConstructor;
@@ -89,6 +89,14 @@ fn rpc<E: std::fmt::Display>(e: E) -> SettlerError {
 }
 
 pub use alloy::primitives::Address;
+
+pub use alloy::providers::DynProvider;
+
+/// A read-only provider (for the watchtower).
+pub fn reader(url: &str) -> Result<DynProvider, String> {
+    let url: alloy::transports::http::reqwest::Url = url.parse().map_err(|e| format!("{e}"))?;
+    Ok(ProviderBuilder::new().connect_http(url).erased())
+}
 
 /// The address of a hex private key.
 pub fn signer_address(key: &str) -> Result<Address, String> {
@@ -326,6 +334,79 @@ pub async fn blobs_from_l1(
         )));
     }
     Ok(found.into_values().collect())
+}
+
+/// What the watchtower found for one committed batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The root rebuilt from the posted data equals the committed root.
+    Agrees(u64),
+    /// The committed root is not what the posted data gives.
+    Differs {
+        /// Batch.
+        number: u64,
+        /// Committed on L1.
+        committed: U256,
+        /// Rebuilt from the data.
+        rebuilt: U256,
+    },
+    /// The posted data does not decode or apply: the state cannot be rebuilt past it.
+    BadData {
+        /// Batch.
+        number: u64,
+        /// Why.
+        why: String,
+    },
+}
+
+/// The watchtower: follows L1 alone, rebuilds the state from every committed batch's posted
+/// data and compares each committed root; stops at the first batch whose data is unusable.
+pub async fn verify_l1(
+    provider: &DynProvider,
+    rollup: Address,
+) -> Result<Vec<Verdict>, SettlerError> {
+    let contract = OptioRollup::new(rollup, provider);
+    let committed =
+        u64::try_from(contract.committedBatches().call().await.map_err(rpc)?).map_err(rpc)?;
+    let blobs = blobs_from_l1(provider, rollup, committed).await?;
+    let mut state = optio_state::SettlementState::new();
+    let mut verdicts = Vec::new();
+    let mut after = (0u64, 0u64);
+    for (i, blob) in blobs.iter().enumerate() {
+        let number = i as u64 + 1;
+        let mut header = None;
+        match optio_state::rebuild_after([blob.as_slice()], &mut state, after, |h| {
+            header = Some(*h)
+        }) {
+            Ok(end) => after = end,
+            Err(e) => {
+                verdicts.push(Verdict::BadData {
+                    number,
+                    why: e.to_string(),
+                });
+                break;
+            }
+        }
+        let rebuilt = header
+            .map(|h| U256::from_be_bytes(optio_state::poseidon::to_bytes(&h.new_root)))
+            .unwrap_or_default();
+        let on_chain = contract
+            .batches(U256::from(number))
+            .call()
+            .await
+            .map_err(rpc)?
+            .root;
+        verdicts.push(if on_chain == rebuilt {
+            Verdict::Agrees(number)
+        } else {
+            Verdict::Differs {
+                number,
+                committed: on_chain,
+                rebuilt,
+            }
+        });
+    }
+    Ok(verdicts)
 }
 
 /// The exit call for `proof` (the Rust exit proof in the contract's ABI).

@@ -234,3 +234,71 @@ async fn an_account_exits_from_l1_data_alone_after_a_freeze() {
         "a second exit reverts"
     );
 }
+
+/// The watchtower from L1 alone: honest batches agree; a batch whose committed root is not what
+/// its posted data gives is reported, and so is one whose data does not decode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watchtower_flags_a_root_the_data_does_not_give() {
+    use optio_settler::{OptioRollup, Verdict, transact, verify_l1};
+    let c = chain(U256::ZERO).await;
+    let settler = Settler::new(c.provider.clone(), c.deployment.rollup, c.dir.path());
+    assert_eq!(settler.post_pending().await.expect("posts"), 2);
+    assert_eq!(
+        verify_l1(&c.provider, c.deployment.rollup)
+            .await
+            .expect("verifies"),
+        vec![Verdict::Agrees(1), Verdict::Agrees(2)]
+    );
+    // A rogue operator commits batch 3: valid data (no ops) under an invented root.
+    let rollup = OptioRollup::new(c.deployment.rollup, &c.provider);
+    let blob = optio_state::encode(
+        &optio_state::blob::BlobMeta {
+            number: 3,
+            first_seq: 21,
+            last_seq: 21,
+            time_ms: 0,
+        },
+        &[],
+    );
+    let invented = U256::from(12_345u64);
+    transact(rollup.commitBatch(
+        U256::from(3u64),
+        c.roots[1],
+        invented,
+        21,
+        21,
+        0,
+        Default::default(),
+        blob.into(),
+    ))
+    .await
+    .expect("commits");
+    let verdicts = verify_l1(&c.provider, c.deployment.rollup)
+        .await
+        .expect("verifies");
+    assert_eq!(verdicts.len(), 3);
+    assert!(
+        matches!(verdicts[2], Verdict::Differs { number: 3, committed, rebuilt } if committed == invented && rebuilt == c.roots[1]),
+        "{verdicts:?}"
+    );
+    // And batch 4 with data that does not decode.
+    transact(rollup.commitBatch(
+        U256::from(4u64),
+        invented,
+        U256::from(1u64),
+        22,
+        22,
+        0,
+        Default::default(),
+        vec![1, 2, 3].into(),
+    ))
+    .await
+    .expect("commits");
+    let verdicts = verify_l1(&c.provider, c.deployment.rollup)
+        .await
+        .expect("verifies");
+    assert!(
+        matches!(&verdicts[3], Verdict::BadData { number: 4, .. }),
+        "{verdicts:?}"
+    );
+}
