@@ -46,6 +46,15 @@ pub struct DevnetArgs {
     /// Cut a settlement batch at most this long after its first op (ms).
     #[arg(long, default_value_t = 2_000)]
     pub batch_age_ms: u64,
+    /// Post batches to this Ethereum JSON-RPC endpoint (with --rollup and OPTIO_L1_KEY).
+    #[arg(long, requires = "rollup")]
+    pub l1_rpc: Option<String>,
+    /// The rollup contract the batches go to.
+    #[arg(long, requires = "l1_rpc")]
+    pub rollup: Option<String>,
+    /// The operator's L1 key (hex), the rollup's `operator`.
+    #[arg(long, env = "OPTIO_L1_KEY", hide_env_values = true)]
+    pub l1_key: Option<String>,
 }
 
 const MONTHS: [&str; 12] = [
@@ -256,6 +265,29 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
             eprintln!("api server stopped: {e}");
         }
     });
+    if let (Some(rpc), Some(rollup)) = (&args.l1_rpc, &args.rollup) {
+        let key = args
+            .l1_key
+            .clone()
+            .context("--l1-rpc needs the operator key in OPTIO_L1_KEY")?;
+        let provider = optio_settler::connect(rpc, &key)?;
+        let rollup: optio_settler::Address = rollup.parse().context("rollup address")?;
+        let settler = optio_settler::Settler::new(provider, rollup, &dir.join("batches"));
+        println!("  L1        {rpc} rollup {rollup}: batches are posted as they are cut");
+        // The settler asks the chain what is committed each time, so a failed round (or a
+        // reorg) is made good by the next.
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                match settler.post_pending().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(batches = n, "posted to L1"),
+                    Err(e) => tracing::warn!(error = %e, "posting to L1 failed; retrying"),
+                }
+            }
+        });
+    }
 
     let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
     let mut spots = [90_000.0f64, 3_000.0];
