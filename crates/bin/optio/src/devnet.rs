@@ -274,19 +274,7 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
         let rollup: optio_settler::Address = rollup.parse().context("rollup address")?;
         let settler = optio_settler::Settler::new(provider, rollup, &dir.join("batches"));
         println!("  L1        {rpc} rollup {rollup}: batches are posted as they are cut");
-        // The settler asks the chain what is committed each time, so a failed round (or a
-        // reorg) is made good by the next.
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tick.tick().await;
-                match settler.post_pending().await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(batches = n, "posted to L1"),
-                    Err(e) => tracing::warn!(error = %e, "posting to L1 failed; retrying"),
-                }
-            }
-        });
+        optio_settler::spawn_posting(settler, Duration::from_secs(1));
     }
 
     let mut rng = ChaCha8Rng::seed_from_u64(args.seed);

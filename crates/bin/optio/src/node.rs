@@ -13,6 +13,8 @@
 //! sequencer_key = "0x…"              # better: OPTIO_SEQUENCER_KEY in the environment
 //! ip_requests_per_second = 100000
 //! owner_orders_per_second = 50000
+//! l1_rpc = "http://127.0.0.1:8545"   # post batches to this chain (operator key: OPTIO_L1_KEY)
+//! rollup = "0x…"                     # the OptioRollup contract
 //!
 //! [[instrument]]
 //! name = "BTC-PERPETUAL"
@@ -43,6 +45,15 @@ pub struct NodeArgs {
     /// Sequencer secret key, hex (overrides the file; prefer the environment).
     #[arg(long, env = "OPTIO_SEQUENCER_KEY", hide_env_values = true)]
     pub sequencer_key: Option<String>,
+    /// Ethereum JSON-RPC endpoint to post batches to (overrides the file; with a rollup).
+    #[arg(long, env = "OPTIO_L1_RPC")]
+    pub l1_rpc: Option<String>,
+    /// The rollup contract (overrides the file).
+    #[arg(long, env = "OPTIO_ROLLUP")]
+    pub rollup: Option<String>,
+    /// The operator's L1 key, hex (environment only in practice).
+    #[arg(long, env = "OPTIO_L1_KEY", hide_env_values = true)]
+    pub l1_key: Option<String>,
     /// Stop after this many seconds (tests).
     #[arg(long)]
     pub duration_s: Option<u64>,
@@ -60,6 +71,8 @@ struct FileConfig {
     sequencer_key: Option<String>,
     ip_requests_per_second: Option<u64>,
     owner_orders_per_second: Option<u64>,
+    l1_rpc: Option<String>,
+    rollup: Option<String>,
     #[serde(default)]
     instrument: Vec<InstrumentEntry>,
 }
@@ -188,6 +201,23 @@ pub fn run(args: NodeArgs) -> Result<()> {
         let addr = listener.local_addr()?;
         tracing::info!(%addr, data = %data.display(), "optio node serving");
         println!("optio node on http://{addr}/api/v2");
+        let l1 = (
+            args.l1_rpc.clone().or(file.l1_rpc.clone()),
+            args.rollup.clone().or(file.rollup.clone()),
+        );
+        if let (Some(rpc), Some(rollup)) = l1 {
+            let key = args
+                .l1_key
+                .clone()
+                .context("posting to L1 needs the operator key in OPTIO_L1_KEY")?;
+            let provider = optio_settler::connect(&rpc, &key)?;
+            let rollup: optio_settler::Address = rollup.parse().context("rollup address")?;
+            optio_settler::spawn_posting(
+                optio_settler::Settler::new(provider, rollup, &data.join("batches")),
+                std::time::Duration::from_secs(1),
+            );
+            tracing::info!(%rpc, %rollup, "posting batches to L1");
+        }
         let server = optio_gateway::serve(listener, gateway.clone());
         let stop = async {
             match args.duration_s {

@@ -1,20 +1,25 @@
-//! The devnet posts its batches to L1: against anvil (from npm) with the contracts deployed, the
-//! node's first batch is committed on chain with the root its header names, and the watchtower's
-//! check from L1 alone agrees.
+//! The node posts its batches to L1: against anvil (from npm) with the contracts deployed, the
+//! first batch of the devnet and of a configured node is committed on chain with the root its
+//! header names, and the watchtower's check from L1 alone agrees.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use alloy::primitives::U256;
-use alloy::providers::Provider;
+use alloy::providers::{DynProvider, Provider};
 
 const KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_devnet_commits_its_batches_on_l1() {
+/// anvil with the contracts deployed for an empty genesis state.
+async fn chain() -> (
+    optio_contracts::Anvil,
+    DynProvider,
+    optio_settler::Deployment,
+) {
+    static BUILD: std::sync::Once = std::sync::Once::new();
     let anvil = optio_contracts::Anvil::start().expect("anvil");
-    optio_contracts::forge_build().expect("forge build");
+    BUILD.call_once(|| optio_contracts::forge_build().expect("forge build"));
     let provider = optio_settler::connect(&anvil.url, KEY).expect("provider");
     let operator = provider.get_accounts().await.expect("accounts")[0];
     let genesis = U256::from_be_bytes(optio_state::poseidon::to_bytes(
@@ -23,7 +28,54 @@ async fn the_devnet_commits_its_batches_on_l1() {
     let d = optio_settler::deploy(&provider, operator, genesis, 3_600, 6 * 3_600, U256::ZERO)
         .await
         .expect("deploys");
+    (anvil, provider, d)
+}
 
+/// Waits until the rollup holds a batch, then checks it against the node's header and the
+/// watchtower.
+async fn first_batch_on_l1(
+    provider: &DynProvider,
+    d: &optio_settler::Deployment,
+    data: &std::path::Path,
+) {
+    let settler = optio_settler::Settler::new(provider.clone(), d.rollup, &data.join("batches"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while settler.committed().await.expect("reads") < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "no batch reached L1 within a minute"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let header: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(data.join("batches/00000001.json")).expect("header"),
+    )
+    .expect("JSON");
+    let root: U256 = header["new_root"]
+        .as_str()
+        .expect("root")
+        .parse()
+        .expect("U256");
+    assert_eq!(
+        settler.root(1).await.expect("reads"),
+        root,
+        "the committed root is the batcher's"
+    );
+    let verdicts = optio_settler::verify_l1(provider, d.rollup)
+        .await
+        .expect("verifies");
+    assert!(
+        !verdicts.is_empty()
+            && verdicts
+                .iter()
+                .all(|v| matches!(v, optio_settler::Verdict::Agrees(_))),
+        "{verdicts:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_devnet_commits_its_batches_on_l1() {
+    let (anvil, provider, d) = chain().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let mut node = Command::new(env!("CARGO_BIN_EXE_optio"))
         .args([
@@ -43,41 +95,35 @@ async fn the_devnet_commits_its_batches_on_l1() {
         .expect("devnet starts");
     let lines = BufReader::new(node.stdout.take().expect("stdout")).lines();
     std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
-
-    let settler =
-        optio_settler::Settler::new(provider.clone(), d.rollup, &dir.path().join("batches"));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while settler.committed().await.expect("reads") < 1 {
-        assert!(
-            Instant::now() < deadline,
-            "no batch reached L1 within a minute"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    first_batch_on_l1(&provider, &d, dir.path()).await;
     let _ = node.kill();
     let _ = node.wait();
-    let header: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.path().join("batches/00000001.json")).expect("header"),
-    )
-    .expect("JSON");
-    let root: U256 = header["new_root"]
-        .as_str()
-        .expect("root")
-        .parse()
-        .expect("U256");
-    assert_eq!(
-        settler.root(1).await.expect("reads"),
-        root,
-        "the committed root is the batcher's"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_node_commits_its_batches_on_l1() {
+    let (anvil, provider, d) = chain().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("optio.toml");
+    let data = dir.path().join("data");
+    let toml = format!(
+        "data = \"{}\"\nrollup = \"{}\"\n\n[[instrument]]\nname = \"BTC-PERPETUAL\"\nunderlying_cap = \"400000\"\n",
+        data.display(),
+        d.rollup
     );
-    let verdicts = optio_settler::verify_l1(&provider, d.rollup)
-        .await
-        .expect("verifies");
-    assert!(
-        !verdicts.is_empty()
-            && verdicts
-                .iter()
-                .all(|v| matches!(v, optio_settler::Verdict::Agrees(_))),
-        "{verdicts:?}"
-    );
+    std::fs::write(&config, toml).expect("writes");
+    let mut node = Command::new(env!("CARGO_BIN_EXE_optio"))
+        .args(["node", "--config"])
+        .arg(&config)
+        .args(["--duration-s", "60", "--l1-rpc", &anvil.url])
+        .env("OPTIO_SEQUENCER_KEY", format!("0x{}", "11".repeat(32)))
+        .env("OPTIO_LISTEN", "127.0.0.1:0")
+        .env("OPTIO_L1_KEY", KEY)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("node starts");
+    first_batch_on_l1(&provider, &d, &data).await;
+    let _ = node.kill();
+    let _ = node.wait();
 }

@@ -540,3 +540,20 @@ impl Settler {
         Ok(posted)
     }
 }
+
+/// Runs `settler` on the current tokio runtime: every `every`, posts what the chain does not hold
+/// yet. The settler asks the chain what is committed each time, so a failed round (or a reorg)
+/// is made good by the next; failures are logged, never fatal.
+pub fn spawn_posting(settler: Settler, every: std::time::Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            match settler.post_pending().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(batches = n, "posted to L1"),
+                Err(e) => tracing::warn!(error = %e, "posting to L1 failed; retrying"),
+            }
+        }
+    })
+}
