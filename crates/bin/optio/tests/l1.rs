@@ -127,3 +127,136 @@ async fn a_configured_node_commits_its_batches_on_l1() {
     let _ = node.kill();
     let _ = node.wait();
 }
+
+/// The whole escape hatch through the binaries: the devnet funds its demo account and commits
+/// that batch on L1, then the operator disappears; the batch finalizes, a deposit goes unserved,
+/// anyone freezes, and `optio exit` (L1 data alone, the demo key) pays the demo account exactly
+/// its committed collateral.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn optio_exit_pays_the_demo_account_after_the_operator_disappears() {
+    use optio_settler::{OptioRollup, TestUSDC, transact};
+    let (anvil, provider, d) = chain().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut node = Command::new(env!("CARGO_BIN_EXE_optio"))
+        .args([
+            "devnet",
+            "--no-flow",
+            "--batch-age-ms",
+            "100",
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+        ])
+        .arg(dir.path())
+        .args(["--l1-rpc", &anvil.url, "--rollup", &d.rollup.to_string()])
+        .env("OPTIO_L1_KEY", KEY)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("devnet starts");
+    let mut lines = BufReader::new(node.stdout.take().expect("stdout")).lines();
+    let mut demo = None;
+    for line in lines.by_ref().map_while(Result::ok) {
+        if line.contains("demo key") {
+            demo = line.rsplit(' ').next().and_then(|s| s.parse::<u32>().ok());
+        }
+        if line.contains("instruments:") {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
+    let demo = demo.expect("the devnet prints the demo subaccount");
+    first_batch_on_l1(&provider, &d, dir.path()).await;
+    // The operator disappears.
+    let _ = node.kill();
+    let _ = node.wait();
+
+    let rollup = OptioRollup::new(d.rollup, &provider);
+    let advance = |seconds: u64| {
+        let p = provider.clone();
+        async move {
+            let _: serde_json::Value = p
+                .raw_request("evm_increaseTime".into(), (seconds,))
+                .await
+                .expect("time");
+            let _: serde_json::Value = p.raw_request("evm_mine".into(), ()).await.expect("mine");
+        }
+    };
+    advance(3_601).await;
+    let committed =
+        optio_settler::Settler::new(provider.clone(), d.rollup, &dir.path().join("batches"))
+            .committed()
+            .await
+            .expect("reads");
+    for _ in 0..committed {
+        transact(rollup.finalize()).await.expect("finalizes");
+    }
+    let usdc = TestUSDC::new(d.usdc, &provider);
+    let operator = provider.get_accounts().await.expect("accounts")[0];
+    transact(usdc.mint(operator, U256::from(10u64).pow(U256::from(13u64))))
+        .await
+        .expect("mint");
+    transact(usdc.approve(d.rollup, U256::MAX))
+        .await
+        .expect("approve");
+    transact(rollup.deposit(0, U256::from(10u64).pow(U256::from(13u64))))
+        .await
+        .expect("an unserved deposit");
+    advance(6 * 3_600 + 1).await;
+    transact(rollup.freeze()).await.expect("anyone freezes");
+
+    // What the finalized state owes the demo account, rebuilt independently from the blobs.
+    let blobs: Vec<Vec<u8>> = (1..=committed)
+        .map(|n| std::fs::read(dir.path().join(format!("batches/{n:08}.blob"))).expect("blob"))
+        .collect();
+    let mut state = optio_state::SettlementState::new();
+    optio_state::rebuild(blobs.iter().map(Vec::as_slice), &mut state, |_| {}).expect("rebuilds");
+    let owed = state.accounts()[demo as usize].collateral.0;
+    assert!(owed > 0, "the devnet funded the demo account");
+    let demo_key = format!("0x{}", "de".repeat(32));
+    let demo_address = optio_settler::signer_address(&demo_key).expect("address");
+    let _: serde_json::Value = provider
+        .raw_request(
+            "anvil_setBalance".into(),
+            (demo_address, U256::from(10u64).pow(U256::from(18u64))),
+        )
+        .await
+        .expect("gas money");
+    let out = Command::new(env!("CARGO_BIN_EXE_optio"))
+        .args([
+            "exit",
+            "--rpc",
+            &anvil.url,
+            "--rollup",
+            &d.rollup.to_string(),
+            "--account",
+            &demo.to_string(),
+        ])
+        .env("OPTIO_EXIT_KEY", &demo_key)
+        .output()
+        .expect("optio exit runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains(&format!("paid {owed} micro-USDC")), "{text}");
+    assert_eq!(
+        usdc.balanceOf(demo_address).call().await.expect("balance"),
+        U256::from(owed as u64)
+    );
+    let again = Command::new(env!("CARGO_BIN_EXE_optio"))
+        .args([
+            "exit",
+            "--rpc",
+            &anvil.url,
+            "--rollup",
+            &d.rollup.to_string(),
+            "--account",
+            &demo.to_string(),
+        ])
+        .env("OPTIO_EXIT_KEY", &demo_key)
+        .output()
+        .expect("optio exit runs");
+    assert!(!again.status.success(), "a second exit fails");
+}
