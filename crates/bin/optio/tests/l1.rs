@@ -98,6 +98,22 @@ async fn the_devnet_commits_its_batches_on_l1() {
     first_batch_on_l1(&provider, &d, dir.path()).await;
     let _ = node.kill();
     let _ = node.wait();
+    // The watchtower's command agrees with every committed batch.
+    let out = Command::new(env!("CARGO_BIN_EXE_optio"))
+        .args([
+            "verify",
+            "--rpc",
+            &anvil.url,
+            "--rollup",
+            &d.rollup.to_string(),
+        ])
+        .output()
+        .expect("optio verify runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("committed batches verified from L1 data"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
