@@ -73,10 +73,8 @@ async fn first_batch_on_l1(
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_devnet_commits_its_batches_on_l1() {
-    let (anvil, provider, d) = chain().await;
-    let dir = tempfile::tempdir().expect("temp dir");
+/// Starts the devnet on `dir`, posting to `rollup` on `url`; returns it and its demo subaccount.
+fn start_devnet(url: &str, rollup: &str, dir: &std::path::Path) -> (std::process::Child, u32) {
     let mut node = Command::new(env!("CARGO_BIN_EXE_optio"))
         .args([
             "devnet",
@@ -87,14 +85,31 @@ async fn the_devnet_commits_its_batches_on_l1() {
             "127.0.0.1:0",
             "--data",
         ])
-        .arg(dir.path())
-        .args(["--l1-rpc", &anvil.url, "--rollup", &d.rollup.to_string()])
+        .arg(dir)
+        .args(["--l1-rpc", url, "--rollup", rollup])
         .env("OPTIO_L1_KEY", KEY)
         .stdout(Stdio::piped())
         .spawn()
         .expect("devnet starts");
-    let lines = BufReader::new(node.stdout.take().expect("stdout")).lines();
+    let mut lines = BufReader::new(node.stdout.take().expect("stdout")).lines();
+    let mut demo = None;
+    for line in lines.by_ref().map_while(Result::ok) {
+        if line.contains("demo key") {
+            demo = line.rsplit(' ').next().and_then(|s| s.parse::<u32>().ok());
+        }
+        if line.contains("instruments:") {
+            break;
+        }
+    }
     std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
+    (node, demo.expect("the devnet prints the demo subaccount"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_devnet_commits_its_batches_on_l1() {
+    let (anvil, provider, d) = chain().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut node, _) = start_devnet(&anvil.url, &d.rollup.to_string(), dir.path());
     first_batch_on_l1(&provider, &d, dir.path()).await;
     let _ = node.kill();
     let _ = node.wait();
@@ -153,34 +168,7 @@ async fn optio_exit_pays_the_demo_account_after_the_operator_disappears() {
     use optio_settler::{OptioRollup, TestUSDC, transact};
     let (anvil, provider, d) = chain().await;
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut node = Command::new(env!("CARGO_BIN_EXE_optio"))
-        .args([
-            "devnet",
-            "--no-flow",
-            "--batch-age-ms",
-            "100",
-            "--listen",
-            "127.0.0.1:0",
-            "--data",
-        ])
-        .arg(dir.path())
-        .args(["--l1-rpc", &anvil.url, "--rollup", &d.rollup.to_string()])
-        .env("OPTIO_L1_KEY", KEY)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("devnet starts");
-    let mut lines = BufReader::new(node.stdout.take().expect("stdout")).lines();
-    let mut demo = None;
-    for line in lines.by_ref().map_while(Result::ok) {
-        if line.contains("demo key") {
-            demo = line.rsplit(' ').next().and_then(|s| s.parse::<u32>().ok());
-        }
-        if line.contains("instruments:") {
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
-    let demo = demo.expect("the devnet prints the demo subaccount");
+    let (mut node, demo) = start_devnet(&anvil.url, &d.rollup.to_string(), dir.path());
     first_batch_on_l1(&provider, &d, dir.path()).await;
     // The operator disappears.
     let _ = node.kill();
@@ -237,19 +225,22 @@ async fn optio_exit_pays_the_demo_account_after_the_operator_disappears() {
         )
         .await
         .expect("gas money");
-    let out = Command::new(env!("CARGO_BIN_EXE_optio"))
-        .args([
-            "exit",
-            "--rpc",
-            &anvil.url,
-            "--rollup",
-            &d.rollup.to_string(),
-            "--account",
-            &demo.to_string(),
-        ])
-        .env("OPTIO_EXIT_KEY", &demo_key)
-        .output()
-        .expect("optio exit runs");
+    let exit = || {
+        Command::new(env!("CARGO_BIN_EXE_optio"))
+            .args([
+                "exit",
+                "--rpc",
+                &anvil.url,
+                "--rollup",
+                &d.rollup.to_string(),
+                "--account",
+                &demo.to_string(),
+            ])
+            .env("OPTIO_EXIT_KEY", &demo_key)
+            .output()
+            .expect("optio exit runs")
+    };
+    let out = exit();
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -261,18 +252,6 @@ async fn optio_exit_pays_the_demo_account_after_the_operator_disappears() {
         usdc.balanceOf(demo_address).call().await.expect("balance"),
         U256::from(owed as u64)
     );
-    let again = Command::new(env!("CARGO_BIN_EXE_optio"))
-        .args([
-            "exit",
-            "--rpc",
-            &anvil.url,
-            "--rollup",
-            &d.rollup.to_string(),
-            "--account",
-            &demo.to_string(),
-        ])
-        .env("OPTIO_EXIT_KEY", &demo_key)
-        .output()
-        .expect("optio exit runs");
+    let again = exit();
     assert!(!again.status.success(), "a second exit fails");
 }
