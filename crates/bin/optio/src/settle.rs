@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use optio_state::poseidon::to_hex;
+use optio_state::poseidon::{hex, to_hex};
 use optio_types::AccountId;
 use serde_json::{Value, json};
 
@@ -129,7 +129,7 @@ pub fn exit_proof(args: ExitProofArgs) -> Result<()> {
         "fee_pool": p.fee_pool.0,
         "account": p.account.0,
         "leaf": {
-            "owner": format!("0x{}", p.leaf.owner.0.iter().map(|b| format!("{b:02x}")).collect::<String>()),
+            "owner": hex(&p.leaf.owner.0),
             "keys_hash": to_hex(&p.leaf.keys_hash),
             "nonce": p.leaf.nonce,
             "collateral": p.leaf.collateral.0,

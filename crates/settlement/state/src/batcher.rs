@@ -10,7 +10,7 @@ use sha3::{Digest, Keccak256};
 use crate::blob::{self, BlobError, BlobMeta};
 use crate::ledger::{SettlementState, StateError};
 use crate::ops::{Op, ops_from};
-use crate::poseidon::{Fr, hash_bytes, to_bytes};
+use crate::poseidon::{Fr, hash_bytes};
 
 /// What L1 records for a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,17 +39,13 @@ pub struct BatchHeader {
 impl BatchHeader {
     /// As JSON (roots and hashes as 0x-hex, big-endian).
     pub fn to_json(&self) -> String {
-        let hex = |b: &[u8]| -> String {
-            std::iter::once("0x".to_owned())
-                .chain(b.iter().map(|x| format!("{x:02x}")))
-                .collect()
-        };
+        use crate::poseidon::{hex, to_hex};
         format!(
             "{{\"number\":{},\"previous_root\":\"{}\",\"new_root\":\"{}\",\"ops_commitment\":\"{}\",\"data_hash\":\"{}\",\"withdrawals_hash\":\"{}\",\"first_seq\":{},\"last_seq\":{},\"time_ms\":{}}}",
             self.number,
-            hex(&to_bytes(&self.previous_root)),
-            hex(&to_bytes(&self.new_root)),
-            hex(&to_bytes(&self.ops_commitment)),
+            to_hex(&self.previous_root),
+            to_hex(&self.new_root),
+            to_hex(&self.ops_commitment),
             hex(&self.data_hash),
             hex(&self.withdrawals_hash),
             self.first_seq,

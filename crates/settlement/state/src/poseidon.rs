@@ -131,7 +131,12 @@ pub fn to_bytes(f: &Fr) -> [u8; 32] {
 
 /// `0x`-prefixed big-endian hex of a field element.
 pub fn to_hex(f: &Fr) -> String {
-    to_bytes(f).iter().fold(String::from("0x"), |mut s, b| {
+    hex(&to_bytes(f))
+}
+
+/// `0x`-prefixed lowercase hex of bytes (roots, hashes, addresses in headers and proofs).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().fold(String::from("0x"), |mut s, b| {
         s.push_str(&format!("{b:02x}"));
         s
     })

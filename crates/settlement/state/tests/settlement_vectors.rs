@@ -6,7 +6,7 @@
 
 use optio_state::blob::BlobMeta;
 use optio_state::leaf::{self, AccountLeaf, InstrumentLeaf};
-use optio_state::poseidon::{Fr, to_hex};
+use optio_state::poseidon::{Fr, hex, to_hex};
 use optio_state::{Op, SettlementState, decode, encode};
 use optio_types::{
     AccountId, Address, Amount, InstrumentId, InstrumentSpec, MONEY_SCALE, Price, QTY_SCALE, Qty,
@@ -18,13 +18,6 @@ const PATH: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../../../test-vectors/settlement.json"
 );
-
-fn hex(b: &[u8]) -> String {
-    b.iter().fold(String::from("0x"), |mut s, x| {
-        s.push_str(&format!("{x:02x}"));
-        s
-    })
-}
 
 fn batches() -> Vec<(BlobMeta, Vec<Op>)> {
     let perp = InstrumentSpec::with_defaults(
