@@ -9,15 +9,25 @@ import {Field, IPoseidon2, IPoseidon3, IPoseidon5} from "./Poseidon.sol";
 /// freeze anyone may trigger when the operator leaves one unserved, and the exodus exit by
 /// Merkle proof against the last finalized root (leaf layouts: docs/settlement.md).
 ///
+/// The sequencer serves the priority queue in order (each served operation is an op in the posted
+/// data, with its queue id); a batch's header says how far it got.
+///
 /// Not yet here: the validity-proof verifier (batches finalize after `finalizationDelay`; until
 /// the proof checks them, the contract trusts the operator's count of priority operations served
-/// and its withdrawal list, both of which the posted data lets anyone audit), slashing of the
-/// bond. There are no admin functions (nothing to change, so nothing to timelock).
+/// and its withdrawal list, both of which the posted data lets anyone audit, and `optio verify`
+/// does), slashing of the bond. There are no admin functions (nothing to change, so nothing to
+/// timelock).
 contract OptioRollup {
     uint256 internal constant ACCOUNT_DEPTH = 24;
     uint256 internal constant POSITIONS_DEPTH = 20;
     uint256 internal constant INSTRUMENT_DEPTH = 20;
     int256 internal constant QTY_SCALE = 1e8;
+    /// Largest single deposit (micro-USDC): the engine's per-amount limit, so every deposit the
+    /// queue holds can be credited.
+    uint256 public constant MAX_DEPOSIT = 1e18;
+    /// Deposit to this account id (or any id not yet opened) to open a new account owned by the
+    /// depositor.
+    uint32 public constant NEW_ACCOUNT = type(uint32).max;
 
     uint8 internal constant DEPOSIT = 1;
     uint8 internal constant FORCED_WITHDRAWAL = 2;
@@ -110,6 +120,7 @@ contract OptioRollup {
     error IsFrozen();
     error NotFrozen();
     error ZeroAmount();
+    error DepositTooLarge(uint256 max);
     error TransferFailed();
     error BadBatch(string why);
     error TooEarly(uint256 finalizableAt);
@@ -156,10 +167,12 @@ contract OptioRollup {
 
     // ---- priority queue ----------------------------------------------------------------------
 
-    /// Deposits `amount` (token units = micro-USDC) for `account`; the operator must include it
-    /// before its deadline.
+    /// Deposits `amount` (token units = micro-USDC) for `account` (an account that does not
+    /// exist yet, e.g. `NEW_ACCOUNT`: a new one owned by the sender); the operator must include
+    /// it before its deadline.
     function deposit(uint32 account, uint256 amount) external live returns (uint256 id) {
         if (amount == 0) revert ZeroAmount();
+        if (amount > MAX_DEPOSIT) revert DepositTooLarge(MAX_DEPOSIT);
         if (!usdc.transferFrom(msg.sender, address(this), amount)) revert TransferFailed();
         totalDeposited += amount;
         uint64 deadline = uint64(block.timestamp + priorityWindow);
@@ -234,6 +247,11 @@ contract OptioRollup {
         totalPaid += w.amount;
         if (!usdc.transfer(w.owner, w.amount)) revert TransferFailed();
         emit Withdrawn(number, index, w.owner, w.amount);
+    }
+
+    /// Priority operations ever queued (the next one gets this id).
+    function priorityCount() external view returns (uint256) {
+        return priorityOps.length;
     }
 
     function committedBatches() external view returns (uint256) {

@@ -273,6 +273,16 @@ contract RollupTest is WithHashers {
         rollup.withdraw(2, list, 0);
     }
 
+    /// A deposit above the engine's per-amount limit is refused on L1 (the queue only holds
+    /// deposits the sequencer can credit).
+    function test_deposit_above_cap_reverts() public {
+        usdc.mint(funder, 2e18);
+        hevm.prank(funder);
+        hevm.expectRevert(abi.encodeWithSelector(OptioRollup.DepositTooLarge.selector, uint256(1e18)));
+        rollup.deposit(9, 1e18 + 1);
+        assertEq(rollup.priorityCount(), 1, "nothing queued");
+    }
+
     /// Fuzz: any deposit is held and counted; amounts beyond the balance revert and change
     /// nothing.
     function testFuzz_deposits_are_held(uint256 amount) public {

@@ -55,6 +55,9 @@ pub struct DevnetArgs {
     /// The operator's L1 key (hex), the rollup's `operator`.
     #[arg(long, env = "OPTIO_L1_KEY", hide_env_values = true)]
     pub l1_key: Option<String>,
+    /// Blocks an L1 deposit or forced withdrawal must be deep before it is sequenced.
+    #[arg(long, default_value_t = 1)]
+    pub l1_confirmations: u64,
 }
 
 const MONTHS: [&str; 12] = [
@@ -270,11 +273,18 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
             .l1_key
             .clone()
             .context("--l1-rpc needs the operator key in OPTIO_L1_KEY")?;
-        let provider = optio_settler::connect(rpc, &key)?;
-        let rollup: optio_settler::Address = rollup.parse().context("rollup address")?;
-        let settler = optio_settler::Settler::new(provider, rollup, &dir.join("batches"));
-        println!("  L1        {rpc} rollup {rollup}: batches are posted as they are cut");
-        optio_settler::spawn_posting(settler, Duration::from_secs(1));
+        let rollup = crate::settle::spawn_settler(
+            gateway.clone(),
+            rpc,
+            rollup,
+            &key,
+            &dir.join("batches"),
+            args.l1_confirmations,
+        )?;
+        println!(
+            "  L1        {rpc} rollup {rollup}: batches posted as they are cut; deposits and forced withdrawals sequenced {} blocks deep",
+            args.l1_confirmations
+        );
     }
 
     let mut rng = ChaCha8Rng::seed_from_u64(args.seed);

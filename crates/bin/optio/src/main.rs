@@ -133,6 +133,13 @@ impl Demo {
             Event::AccountOpened { account, owner } => {
                 format!("account {account} opened for {owner}")
             }
+            Event::PriorityServed {
+                priority,
+                account,
+                amount,
+            } => {
+                format!("L1 priority operation {priority} served: account {account}, {amount} USDC")
+            }
             Event::BalanceChanged {
                 account,
                 amount,

@@ -54,6 +54,10 @@ pub struct NodeArgs {
     /// The operator's L1 key, hex (environment only in practice).
     #[arg(long, env = "OPTIO_L1_KEY", hide_env_values = true)]
     pub l1_key: Option<String>,
+    /// Blocks an L1 deposit or forced withdrawal must be deep before it is sequenced
+    /// (overrides the file; default 2).
+    #[arg(long, env = "OPTIO_L1_CONFIRMATIONS")]
+    pub l1_confirmations: Option<u64>,
     /// Stop after this many seconds (tests).
     #[arg(long)]
     pub duration_s: Option<u64>,
@@ -73,6 +77,7 @@ struct FileConfig {
     owner_orders_per_second: Option<u64>,
     l1_rpc: Option<String>,
     rollup: Option<String>,
+    l1_confirmations: Option<u64>,
     #[serde(default)]
     instrument: Vec<InstrumentEntry>,
 }
@@ -210,13 +215,16 @@ pub fn run(args: NodeArgs) -> Result<()> {
                 .l1_key
                 .clone()
                 .context("posting to L1 needs the operator key in OPTIO_L1_KEY")?;
-            let provider = optio_settler::connect(&rpc, &key)?;
-            let rollup: optio_settler::Address = rollup.parse().context("rollup address")?;
-            optio_settler::spawn_posting(
-                optio_settler::Settler::new(provider, rollup, &data.join("batches")),
-                std::time::Duration::from_secs(1),
-            );
-            tracing::info!(%rpc, %rollup, "posting batches to L1");
+            let confirmations = args.l1_confirmations.or(file.l1_confirmations).unwrap_or(2);
+            let rollup = crate::settle::spawn_settler(
+                gateway.clone(),
+                &rpc,
+                &rollup,
+                &key,
+                &data.join("batches"),
+                confirmations,
+            )?;
+            tracing::info!(%rpc, %rollup, confirmations, "settling on L1");
         }
         let server = optio_gateway::serve(listener, gateway.clone());
         let stop = async {

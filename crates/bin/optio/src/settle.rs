@@ -238,3 +238,41 @@ pub fn verify(args: VerifyArgs) -> Result<()> {
 fn alloy_reader(url: &str) -> Result<optio_settler::DynProvider> {
     optio_settler::reader(url).map_err(anyhow::Error::msg)
 }
+
+/// The gateway as the settler sees it.
+struct Link(std::sync::Arc<optio_gateway::Gateway>);
+
+impl optio_settler::NodeLink for Link {
+    fn priority_served(&self) -> u64 {
+        self.0.priority_served()
+    }
+
+    fn serve(&self, op: &optio_settler::PriorityOp) -> Result<bool, String> {
+        self.0.submit_l1(op.command()).map_err(|e| format!("{e:?}"))
+    }
+
+    fn progress(&self, p: optio_settler::Progress) {
+        self.0.record_l1(p.committed_seq, p.finalized_seq);
+    }
+}
+
+/// Starts the settler for `gateway` on the current runtime: posts its batches to `rollup`,
+/// finalizes them, and sequences the L1 priority queue `confirmations` blocks deep.
+pub fn spawn_settler(
+    gateway: std::sync::Arc<optio_gateway::Gateway>,
+    rpc: &str,
+    rollup: &str,
+    key: &str,
+    batches: &std::path::Path,
+    confirmations: u64,
+) -> Result<optio_settler::Address> {
+    let provider = optio_settler::connect(rpc, key)?;
+    let rollup: optio_settler::Address = rollup.parse().context("rollup address")?;
+    optio_settler::spawn(
+        optio_settler::Settler::new(provider, rollup, batches),
+        std::sync::Arc::new(Link(gateway)),
+        std::time::Duration::from_secs(1),
+        confirmations,
+    );
+    Ok(rollup)
+}

@@ -214,6 +214,17 @@ impl<M: MarginModel> Engine<M> {
             Command::OpenAccount { owner } => self.open_account(*owner, events),
             Command::Deposit { account, amount } => self.deposit(*account, *amount, events),
             Command::Withdraw { account, amount } => self.withdraw(*account, *amount, events),
+            Command::L1Deposit {
+                priority,
+                owner,
+                account,
+                amount,
+            } => self.l1_deposit(*priority, *owner, *account, *amount, events),
+            Command::L1Withdrawal {
+                priority,
+                owner,
+                account,
+            } => self.l1_withdrawal(*priority, *owner, *account, events),
             Command::Transfer { from, to, amount } => self.transfer(*from, *to, *amount, events),
             Command::PlaceOrder(order) => self.place_order(order, events),
             Command::Amend {
@@ -850,6 +861,76 @@ impl<M: MarginModel> Engine<M> {
         self.totals.deposits += i128::from(amount.0);
         self.credit(account, amount);
         self.push_balance_event(account, amount, events);
+        Ok(())
+    }
+
+    fn check_priority(&self, priority: u64) -> Result<(), RejectCode> {
+        if priority != self.totals.priority_served {
+            return Err(RejectCode::PriorityOutOfOrder);
+        }
+        Ok(())
+    }
+
+    /// Serves an L1 deposit. Out of order is the only refusal: once in order it is served, so
+    /// the L1 queue always advances. A deposit the engine cannot credit (an account table that
+    /// is full, an amount past the limits; unreachable with the contract's per-deposit cap and
+    /// real USDC supply) is served with nothing credited, and says so in its event.
+    fn l1_deposit(
+        &mut self,
+        priority: u64,
+        owner: Address,
+        account: AccountId,
+        amount: Amount,
+        events: &mut Vec<Event>,
+    ) -> Result<(), RejectCode> {
+        self.check_priority(priority)?;
+        let target = if self.account(account).is_ok() {
+            Some(account)
+        } else {
+            self.open_account(owner, events)
+                .ok()
+                .map(|()| AccountId(self.accounts.len() as u32 - 1))
+        };
+        let credited = match target {
+            Some(to) if self.deposit(to, amount, events).is_ok() => amount,
+            _ => Amount(0),
+        };
+        self.totals.priority_served += 1;
+        events.push(Event::PriorityServed {
+            priority,
+            account: target.unwrap_or(account),
+            amount: credited,
+        });
+        Ok(())
+    }
+
+    /// Serves an L1 forced withdrawal: when `owner` owns `account`, cancels its open orders and
+    /// withdraws all its free collateral (nothing while it is being liquidated or its marks are
+    /// stale); otherwise nothing moves.
+    fn l1_withdrawal(
+        &mut self,
+        priority: u64,
+        owner: Address,
+        account: AccountId,
+        events: &mut Vec<Event>,
+    ) -> Result<(), RejectCode> {
+        self.check_priority(priority)?;
+        let mut withdrawn = Amount(0);
+        if self.account(account).is_ok_and(|a| a.owner == owner) {
+            self.cancel_all(account, None, events)?;
+            let free = self.accounts[account.0 as usize]
+                .free_collateral()
+                .min(self.limits.max_amount);
+            if free.is_positive() && self.withdraw(account, free, events).is_ok() {
+                withdrawn = free;
+            }
+        }
+        self.totals.priority_served += 1;
+        events.push(Event::PriorityServed {
+            priority,
+            account,
+            amount: Amount(-withdrawn.0),
+        });
         Ok(())
     }
 

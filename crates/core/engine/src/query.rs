@@ -91,6 +91,11 @@ impl<M: MarginModel> Engine<M> {
         self.accounts.get(account.0 as usize).map(|a| a.mode)
     }
 
+    /// L1 priority operations served (the queue id the engine accepts next).
+    pub fn priority_served(&self) -> u64 {
+        self.totals.priority_served
+    }
+
     /// Number of accounts.
     pub fn account_count(&self) -> usize {
         self.accounts.len()

@@ -119,6 +119,14 @@ impl Reference {
             .retain(|o| !matches!(o.rec.time_in_force, TimeInForce::GoodTillTime(g) if g <= t));
     }
 
+    fn next_priority(&mut self, priority: u64) -> Result<(), RejectCode> {
+        if priority != self.totals.priority_served {
+            return Err(RejectCode::PriorityOutOfOrder);
+        }
+        self.totals.priority_served += 1;
+        Ok(())
+    }
+
     fn command(&mut self, c: &Command) -> Result<(), RejectCode> {
         match c {
             Command::ListInstrument { spec } => {
@@ -181,6 +189,47 @@ impl Reference {
                 }
                 self.totals.deposits += i128::from(amount.0);
                 self.accounts[account.0 as usize].balance += amount.0;
+                Ok(())
+            }
+            // L1 priority operations: in queue order; once in order always served.
+            Command::L1Deposit {
+                priority,
+                owner,
+                account,
+                amount,
+            } => {
+                self.next_priority(*priority)?;
+                let to = if self.acct(*account).is_ok() {
+                    Some(*account)
+                } else {
+                    self.command(&Command::OpenAccount { owner: *owner })
+                        .ok()
+                        .map(|()| AccountId(self.accounts.len() as u32 - 1))
+                };
+                if let Some(to) = to {
+                    let _ = self.command(&Command::Deposit {
+                        account: to,
+                        amount: *amount,
+                    });
+                }
+                Ok(())
+            }
+            Command::L1Withdrawal {
+                priority,
+                owner,
+                account,
+            } => {
+                self.next_priority(*priority)?;
+                if self.acct(*account).is_ok_and(|a| a.owner == *owner) {
+                    self.orders.retain(|o| o.rec.account != *account);
+                    let free = self.free(*account).min(self.limits.max_amount.0);
+                    if free > 0 {
+                        let _ = self.command(&Command::Withdraw {
+                            account: *account,
+                            amount: Amount(free),
+                        });
+                    }
+                }
                 Ok(())
             }
             Command::Withdraw { account, amount } => {

@@ -86,6 +86,17 @@ pub enum Event {
         /// Owner.
         owner: Address,
     },
+    /// An L1 priority operation served (after any `AccountOpened` / `BalanceChanged` it caused):
+    /// `amount` credited (deposit) or withdrawn (forced withdrawal, negative), zero when
+    /// nothing moved.
+    PriorityServed {
+        /// Queue id on L1.
+        priority: u64,
+        /// Account credited or debited (for a deposit to an unknown account: the new one).
+        account: AccountId,
+        /// Signed change.
+        amount: Amount,
+    },
     /// Collateral moved in, out, or between accounts (`amount` signed from `account`'s view).
     BalanceChanged {
         /// Whose.

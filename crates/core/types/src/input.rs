@@ -161,6 +161,30 @@ pub enum Command {
         /// Amount.
         amount: Amount,
     },
+    /// L1 priority operation `priority` (the rollup contract's queue id; the engine serves the
+    /// queue in order): credit `amount` to `account`, or, when no such account exists, to a
+    /// new account opened for `owner` (the depositor).
+    L1Deposit {
+        /// Queue id: must equal the count served so far.
+        priority: u64,
+        /// Depositor on L1.
+        owner: Address,
+        /// Account the deposit names.
+        account: AccountId,
+        /// Amount.
+        amount: Amount,
+    },
+    /// L1 priority operation `priority`: a forced withdrawal. When `owner` owns `account`, its
+    /// open orders are cancelled and all its free collateral is withdrawn (none while it is
+    /// being liquidated); otherwise nothing moves. Served either way.
+    L1Withdrawal {
+        /// Queue id: must equal the count served so far.
+        priority: u64,
+        /// Requester on L1.
+        owner: Address,
+        /// Account named.
+        account: AccountId,
+    },
     /// Debit collateral for withdrawal, only from free collateral.
     Withdraw {
         /// Debited account.

@@ -104,6 +104,28 @@ fn encode_command(w: &mut Writer, c: &Command) {
             w.account(*account);
             w.amount(*amount);
         }
+        Command::L1Deposit {
+            priority,
+            owner,
+            account,
+            amount,
+        } => {
+            w.u8(17);
+            w.u64(*priority);
+            w.address(*owner);
+            w.account(*account);
+            w.amount(*amount);
+        }
+        Command::L1Withdrawal {
+            priority,
+            owner,
+            account,
+        } => {
+            w.u8(18);
+            w.u64(*priority);
+            w.address(*owner);
+            w.account(*account);
+        }
         Command::Withdraw { account, amount } => {
             w.u8(5);
             w.account(*account);
@@ -367,6 +389,17 @@ fn decode_command(r: &mut Reader<'_>) -> Result<Command, DecodeError> {
             account: r.account()?,
             key: r.address()?,
             expiry_ms: r.u64()?,
+        },
+        17 => Command::L1Deposit {
+            priority: r.u64()?,
+            owner: r.address()?,
+            account: r.account()?,
+            amount: r.amount()?,
+        },
+        18 => Command::L1Withdrawal {
+            priority: r.u64()?,
+            owner: r.address()?,
+            account: r.account()?,
         },
         tag => {
             return Err(DecodeError::BadTag {

@@ -139,6 +139,9 @@ reject_codes! {
     AuctionNotOver = 5010, "the liquidation auction has not run its course";
     /// An account cannot liquidate itself or a subaccount of its owner.
     SelfLiquidation = 5011, "liquidator and liquidated account share an owner";
+    /// An L1 priority operation whose id is not the next one in the queue (already served, or
+    /// one before it is missing).
+    PriorityOutOfOrder = 6001, "L1 priority operation out of queue order";
 }
 
 impl fmt::Display for RejectCode {

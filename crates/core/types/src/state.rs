@@ -58,6 +58,9 @@ pub struct Totals {
     pub fee_pool: Amount,
     /// Insurance fund (settlement rounding remainders; later liquidation surplus).
     pub insurance: Amount,
+    /// L1 priority operations (deposits, forced withdrawals) served, in queue order: the next
+    /// one the engine accepts has this id.
+    pub priority_served: u64,
 }
 
 /// One instrument.
@@ -189,6 +192,7 @@ impl CanonicalState {
         w.i128(self.totals.withdrawals);
         w.amount(self.totals.fee_pool);
         w.amount(self.totals.insurance);
+        w.u64(self.totals.priority_served);
         w.len(self.instruments.len());
         for i in &self.instruments {
             encode_spec(&mut w, &i.spec);
@@ -293,6 +297,7 @@ impl CanonicalState {
             withdrawals: r.i128()?,
             fee_pool: r.amount()?,
             insurance: r.amount()?,
+            priority_served: r.u64()?,
         };
         let n = r.len(limits.max_instruments as usize)?;
         let mut instruments = Vec::with_capacity(n);

@@ -107,6 +107,18 @@ pub(crate) struct Node {
     /// Status of recent signed intents by EIP-712 digest (bounded, oldest forgotten first).
     intents: BTreeMap<[u8; 32], (u64, u64, Option<optio_types::RejectCode>)>,
     intent_order: std::collections::VecDeque<[u8; 32]>,
+    /// How far L1 has come: each time the committed (or finalized) batches reached further,
+    /// the last sequence number they cover and when (ms). Kept in memory: after a restart the
+    /// settler reports it again on its first round.
+    committed: Vec<(u64, u64)>,
+    finalized: Vec<(u64, u64)>,
+}
+
+/// When the watermark first covered `seq` (ms), from a list of (watermark, time) rises.
+fn covered_at(rises: &[(u64, u64)], seq: u64) -> Option<u64> {
+    rises
+        .get(rises.partition_point(|(upto, _)| *upto < seq))
+        .map(|(_, at)| *at)
 }
 
 /// Signed intents whose status the gateway remembers.
@@ -533,6 +545,8 @@ impl Gateway {
             grouped_inputs: 0,
             intents: BTreeMap::new(),
             intent_order: Default::default(),
+            committed: Vec::new(),
+            finalized: Vec::new(),
         }));
         let (jobs, queue) = std::sync::mpsc::sync_channel(65_536);
         let (events, _) = tokio::sync::broadcast::channel(ws::STREAM_CAPACITY);
@@ -635,6 +649,44 @@ impl Gateway {
             .map(|_| ())
     }
 
+    /// L1 priority operations the engine has served: the queue id it takes next.
+    pub fn priority_served(&self) -> u64 {
+        self.lock().sequencer.engine().priority_served()
+    }
+
+    /// Sequences one L1 priority operation (`Command::L1Deposit` or `Command::L1Withdrawal`,
+    /// from the settler's watch of the rollup contract). Returns `false`, sequencing nothing,
+    /// for one already served, so feeding the same operation twice (after a restart, or from
+    /// two watchers) credits it once; one that skips ahead of the queue is refused with
+    /// `PriorityOutOfOrder` and changes nothing.
+    pub fn submit_l1(&self, command: Command) -> Result<bool, CallError> {
+        let (Command::L1Deposit { priority, .. } | Command::L1Withdrawal { priority, .. }) =
+            command
+        else {
+            return Err(GatewayError::InvalidParams("not an L1 priority operation".into()).into());
+        };
+        if priority < self.priority_served() {
+            return Ok(false);
+        }
+        self.sequence(command).map(|_| true)
+    }
+
+    /// Records how far L1 has come: the last sequence number covered by the committed batches
+    /// and by the finalized ones. Intents at or below move to `committed` / `finalized`.
+    pub fn record_l1(&self, committed_seq: u64, finalized_seq: u64) {
+        let now = now_ms();
+        let mut guard = self.lock();
+        let node = &mut *guard;
+        for (rises, seq) in [
+            (&mut node.committed, committed_seq),
+            (&mut node.finalized, finalized_seq),
+        ] {
+            if rises.last().is_none_or(|(upto, _)| seq > *upto) {
+                rises.push((seq, now));
+            }
+        }
+    }
+
     /// Opens a subaccount for `owner` and credits `amount` (devnet faucet, deposits from L1).
     pub fn fund(&self, owner: Address, amount: Amount) -> Result<u64, GatewayError> {
         let id = self.lock().sequencer.engine().account_count() as u32;
@@ -675,14 +727,29 @@ impl Gateway {
                     .get(&hash)
                     .copied()
                     .ok_or_else(|| GatewayError::InvalidParams("unknown intent".into()))?;
-                // The later stages become real with the settlement layer (batches on L1, proofs).
+                // Committed and finalized come from the settler's view of L1; proven waits for
+                // the validity proofs.
+                let (committed_at, finalized_at) = if result.is_some() {
+                    (None, None)
+                } else {
+                    (
+                        covered_at(&node.committed, seq),
+                        covered_at(&node.finalized, seq),
+                    )
+                };
+                let status = match (result, committed_at, finalized_at) {
+                    (Some(_), _, _) => "rejected",
+                    (None, _, Some(_)) => "finalized",
+                    (None, Some(_), None) => "committed",
+                    (None, None, None) => "executed",
+                };
                 Ok(json!({
                     "intent_hash": params["intent_hash"],
-                    "status": if result.is_some() { "rejected" } else { "executed" },
+                    "status": status,
                     "code": result.map(|c| c.code()),
                     "seq": seq,
                     "received_at": time, "sequenced_at": time, "executed_at": time,
-                    "committed_at": null, "proven_at": null, "finalized_at": null,
+                    "committed_at": committed_at, "proven_at": null, "finalized_at": finalized_at,
                 }))
             }
             "oracle/submit_update" => {
@@ -1218,6 +1285,21 @@ impl Gateway {
             "optio_wal_group_inputs_total {}\n",
             node.grouped_inputs
         ));
+        out.push_str("# HELP optio_l1_priority_served L1 priority operations (deposits, forced withdrawals) sequenced.\n# TYPE optio_l1_priority_served counter\n");
+        out.push_str(&format!(
+            "optio_l1_priority_served {}\n",
+            engine.priority_served()
+        ));
+        for (name, rises, help) in [
+            ("committed", &node.committed, "committed on L1"),
+            ("finalized", &node.finalized, "finalized on L1"),
+        ] {
+            out.push_str(&format!("# HELP optio_l1_{name}_seq Last sequence number {help}.\n# TYPE optio_l1_{name}_seq gauge\n"));
+            out.push_str(&format!(
+                "optio_l1_{name}_seq {}\n",
+                rises.last().map_or(0, |(seq, _)| *seq)
+            ));
+        }
         if let Some(stats) = self
             .batch_stats
             .as_ref()

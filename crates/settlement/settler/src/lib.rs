@@ -3,8 +3,10 @@
 //! memory, what is committed: after a reorg dropped commitments it simply posts from the first
 //! missing one again. Also deploys the contracts (tests, devnets).
 //!
-//! Not built yet: tracking confirmations for the intent status API, finalizing, and feeding L1
-//! deposits and forced withdrawals to the sequencer.
+//! Each round it also finalizes what is due and reports how far L1 has come (the intent status
+//! API's committed and finalized), and `priority_ops` reads the L1 priority queue (deposits,
+//! forced withdrawals) for the node to sequence, only as deep as the configured confirmations
+//! so that a reorg cannot take back an operation already credited.
 
 use std::path::{Path, PathBuf};
 
@@ -56,6 +58,17 @@ mod bindings {
             function finalize() external;
             function committedBatches() external view returns (uint256);
             function lastFinalized() external view returns (uint256);
+            function priorityCount() external view returns (uint256);
+            function priorityServed() external view returns (uint256);
+            function NEW_ACCOUNT() external view returns (uint32);
+            function priorityOps(uint256) external view returns (uint8 kind, address owner, uint32 account, uint256 amount, uint64 deadline);
+            function finalizationDelay() external view returns (uint256);
+            function withdraw(uint256 number, Withdrawal[] calldata list, uint256 index) external;
+            struct Withdrawal {
+                uint32 account;
+                address owner;
+                uint256 amount;
+            }
             function batches(uint256) external view returns (uint256 root, bytes32 dataHash, bytes32 withdrawalsHash, uint64 lastSeq, uint64 committedAt, uint64 priorityServed);
         }
 
@@ -260,6 +273,8 @@ pub struct PostedBatch {
     pub last_seq: u64,
     /// Hash of the withdrawal list.
     pub withdrawals_hash: B256,
+    /// L1 priority operations served by its end.
+    pub priority_served: u64,
     /// The data blob.
     pub blob: Bytes,
 }
@@ -288,6 +303,7 @@ pub fn read_batch(dir: &Path, number: u64) -> Result<Option<PostedBatch>, Settle
         new_root: u256("new_root")?,
         first_seq: u64_("first_seq")?,
         last_seq: u64_("last_seq")?,
+        priority_served: u64_("priority_served")?,
         withdrawals_hash: h["withdrawals_hash"]
             .as_str()
             .and_then(|s| s.parse().ok())
@@ -471,6 +487,115 @@ pub async fn exit_from_l1(
     Ok(paid)
 }
 
+/// What an L1 priority operation asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PriorityKind {
+    /// Credit `amount` to the account (a new one for the depositor if it does not exist).
+    Deposit,
+    /// Withdraw all free collateral of the account, if the requester owns it.
+    ForcedWithdrawal,
+}
+
+/// One L1 priority operation, as the rollup contract queued it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PriorityOp {
+    /// Queue id.
+    pub id: u64,
+    /// Deposit or forced withdrawal.
+    pub kind: PriorityKind,
+    /// The L1 sender.
+    pub owner: Address,
+    /// The account it names.
+    pub account: u32,
+    /// Deposited amount (micro-USDC; zero for a withdrawal).
+    pub amount: U256,
+}
+
+impl PriorityOp {
+    /// The sequencer input that serves it.
+    pub fn command(&self) -> optio_types::Command {
+        let (owner, account) = (
+            optio_types::Address(self.owner.into_array()),
+            optio_types::AccountId(self.account),
+        );
+        match self.kind {
+            PriorityKind::Deposit => optio_types::Command::L1Deposit {
+                priority: self.id,
+                owner,
+                account,
+                // The contract caps a deposit at 1e18, inside i64.
+                amount: optio_types::Amount(i64::try_from(self.amount).unwrap_or(i64::MAX)),
+            },
+            PriorityKind::ForcedWithdrawal => optio_types::Command::L1Withdrawal {
+                priority: self.id,
+                owner,
+                account,
+            },
+        }
+    }
+}
+
+/// The priority operations with ids from `from` on that sit at least `confirmations` blocks
+/// below the chain head (read from the contract's state at that depth, so an operation a reorg
+/// could still take back is not returned yet), in queue order.
+pub async fn priority_ops(
+    provider: &DynProvider,
+    rollup: Address,
+    from: u64,
+    confirmations: u64,
+) -> Result<Vec<PriorityOp>, SettlerError> {
+    let head = provider.get_block_number().await.map_err(rpc)?;
+    let Some(at) = head.checked_sub(confirmations) else {
+        return Ok(Vec::new());
+    };
+    let at = alloy::eips::BlockId::number(at);
+    let contract = OptioRollup::new(rollup, provider);
+    let count = u64::try_from(
+        contract
+            .priorityCount()
+            .block(at)
+            .call()
+            .await
+            .map_err(rpc)?,
+    )
+    .map_err(rpc)?;
+    let mut ops = Vec::new();
+    for id in from..count {
+        let op = contract
+            .priorityOps(U256::from(id))
+            .block(at)
+            .call()
+            .await
+            .map_err(rpc)?;
+        ops.push(PriorityOp {
+            id,
+            kind: match op.kind {
+                1 => PriorityKind::Deposit,
+                2 => PriorityKind::ForcedWithdrawal,
+                k => return Err(SettlerError::Rpc(format!("priority op {id}: kind {k}"))),
+            },
+            owner: op.owner,
+            account: op.account,
+            amount: op.amount,
+        });
+    }
+    Ok(ops)
+}
+
+/// How far L1 has come: the last sequence number covered by the committed batches and by the
+/// finalized ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Progress {
+    /// Batches committed.
+    pub committed: u64,
+    /// Their last sequence number.
+    pub committed_seq: u64,
+    /// Batches finalized.
+    pub finalized: u64,
+    /// Their last sequence number.
+    pub finalized_seq: u64,
+}
+
 /// Posts batches to one rollup contract.
 pub struct Settler {
     provider: DynProvider,
@@ -508,6 +633,69 @@ impl Settler {
             .root)
     }
 
+    /// How far L1 has come (batch 0 is genesis, covering nothing).
+    pub async fn progress(&self) -> Result<Progress, SettlerError> {
+        let contract = OptioRollup::new(self.rollup, &self.provider);
+        let committed = self.committed().await?;
+        let finalized =
+            u64::try_from(contract.lastFinalized().call().await.map_err(rpc)?).map_err(rpc)?;
+        let last_seq = |n: u64| {
+            let contract = &contract;
+            async move {
+                Ok::<u64, SettlerError>(
+                    contract
+                        .batches(U256::from(n))
+                        .call()
+                        .await
+                        .map_err(rpc)?
+                        .lastSeq,
+                )
+            }
+        };
+        Ok(Progress {
+            committed,
+            committed_seq: last_seq(committed).await?,
+            finalized,
+            finalized_seq: last_seq(finalized).await?,
+        })
+    }
+
+    /// Finalizes, in order, every committed batch whose delay has passed at the head block
+    /// (anyone may; the operator does it as a service); returns how many.
+    pub async fn finalize_due(&self) -> Result<u64, SettlerError> {
+        let contract = OptioRollup::new(self.rollup, &self.provider);
+        let delay = contract.finalizationDelay().call().await.map_err(rpc)?;
+        let mut done = 0;
+        loop {
+            let next = u64::try_from(contract.lastFinalized().call().await.map_err(rpc)?)
+                .map_err(rpc)?
+                + 1;
+            if next > self.committed().await? {
+                return Ok(done);
+            }
+            let head = self
+                .provider
+                .get_block_by_number(alloy::eips::BlockNumberOrTag::Latest)
+                .await
+                .map_err(rpc)?
+                .ok_or_else(|| SettlerError::Rpc("no head block".into()))?;
+            let committed_at = contract
+                .batches(U256::from(next))
+                .call()
+                .await
+                .map_err(rpc)?
+                .committedAt;
+            if U256::from(head.header.timestamp) < U256::from(committed_at) + delay {
+                return Ok(done);
+            }
+            let pending = contract.finalize().send().await.map_err(rpc)?;
+            if !mined(&self.provider, *pending.tx_hash()).await?.status() {
+                return Err(SettlerError::Batch(next, "finalize reverted".into()));
+            }
+            done += 1;
+        }
+    }
+
     /// Posts every batch on disk the contract does not hold yet, in order, each mined before the
     /// next; returns how many were posted.
     pub async fn post_pending(&self) -> Result<u64, SettlerError> {
@@ -515,7 +703,6 @@ impl Settler {
         let mut posted = 0;
         let mut next = self.committed().await? + 1;
         while let Some(b) = read_batch(&self.batches, next)? {
-            let served = 0; // priority operations: not fed to the sequencer yet
             let pending = rollup
                 .commitBatch(
                     U256::from(b.number),
@@ -523,7 +710,7 @@ impl Settler {
                     b.new_root,
                     b.first_seq,
                     b.last_seq,
-                    served,
+                    b.priority_served,
                     b.withdrawals_hash,
                     b.blob,
                 )
@@ -541,18 +728,68 @@ impl Settler {
     }
 }
 
-/// Runs `settler` on the current tokio runtime: every `every`, posts what the chain does not hold
-/// yet. The settler asks the chain what is committed each time, so a failed round (or a reorg)
-/// is made good by the next; failures are logged, never fatal.
-pub fn spawn_posting(settler: Settler, every: std::time::Duration) -> tokio::task::JoinHandle<()> {
+/// What the settler tells the node it serves, and asks of it. The node's calls block (they wait
+/// for the sequencer's fsync), so the settler makes them off the async workers.
+pub trait NodeLink: Send + Sync + 'static {
+    /// The id of the next L1 priority operation the node has not served.
+    fn priority_served(&self) -> u64;
+    /// Sequences one priority operation: `Ok(false)` when it was served before.
+    fn serve(&self, op: &PriorityOp) -> Result<bool, String>;
+    /// How far L1 has come (for the intent status API).
+    fn progress(&self, progress: Progress);
+}
+
+/// One settler round: post what the chain lacks, finalize what is due, report progress, then
+/// feed the node the priority operations `confirmations` deep that it has not served.
+pub async fn round(
+    settler: &Settler,
+    node: &std::sync::Arc<dyn NodeLink>,
+    confirmations: u64,
+) -> Result<(u64, u64, u64), SettlerError> {
+    let posted = settler.post_pending().await?;
+    let finalized = settler.finalize_due().await?;
+    let progress = settler.progress().await?;
+    let link = node.clone();
+    let from = tokio::task::spawn_blocking(move || {
+        link.progress(progress);
+        link.priority_served()
+    })
+    .await
+    .map_err(rpc)?;
+    let ops = priority_ops(&settler.provider, settler.rollup, from, confirmations).await?;
+    let mut served = 0;
+    for op in ops {
+        let link = node.clone();
+        if tokio::task::spawn_blocking(move || link.serve(&op))
+            .await
+            .map_err(rpc)?
+            .map_err(|e| SettlerError::Rpc(format!("serving priority operation {}: {e}", op.id)))?
+        {
+            served += 1;
+        }
+    }
+    Ok((posted, finalized, served))
+}
+
+/// Runs `settler` for `node` on the current tokio runtime: a `round` every `every`. The settler
+/// asks the chain what is committed and the node what is served each time, so a failed round
+/// (or a reorg, or a restart) is made good by the next; failures are logged, never fatal.
+pub fn spawn(
+    settler: Settler,
+    node: std::sync::Arc<dyn NodeLink>,
+    every: std::time::Duration,
+    confirmations: u64,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
-            match settler.post_pending().await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(batches = n, "posted to L1"),
-                Err(e) => tracing::warn!(error = %e, "posting to L1 failed; retrying"),
+            match round(&settler, &node, confirmations).await {
+                Ok((0, 0, 0)) => {}
+                Ok((posted, finalized, served)) => {
+                    tracing::info!(posted, finalized, served, "L1 round")
+                }
+                Err(e) => tracing::warn!(error = %e, "L1 round failed; retrying"),
             }
         }
     })

@@ -40,6 +40,7 @@ fn write_batches(dir: &std::path::Path) -> (serde_json::Value, Vec<U256>) {
             "first_seq": ranges[i].0,
             "last_seq": ranges[i].1,
             "withdrawals_hash": b["withdrawals_hash"],
+            "priority_served": 0,
         });
         let blob = b["blob"].as_str().expect("hex").trim_start_matches("0x");
         let bytes: Vec<u8> = (0..blob.len())

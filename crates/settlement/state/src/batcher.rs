@@ -32,6 +32,9 @@ pub struct BatchHeader {
     pub first_seq: u64,
     /// Last sequence number covered.
     pub last_seq: u64,
+    /// L1 priority operations served by the end of this batch (the contract's queue advances
+    /// to here once the batch is final).
+    pub priority_served: u64,
     /// Engine time at the cut, ms.
     pub time_ms: u64,
 }
@@ -41,7 +44,7 @@ impl BatchHeader {
     pub fn to_json(&self) -> String {
         use crate::poseidon::{hex, to_hex};
         format!(
-            "{{\"number\":{},\"previous_root\":\"{}\",\"new_root\":\"{}\",\"ops_commitment\":\"{}\",\"data_hash\":\"{}\",\"withdrawals_hash\":\"{}\",\"first_seq\":{},\"last_seq\":{},\"time_ms\":{}}}",
+            "{{\"number\":{},\"previous_root\":\"{}\",\"new_root\":\"{}\",\"ops_commitment\":\"{}\",\"data_hash\":\"{}\",\"withdrawals_hash\":\"{}\",\"first_seq\":{},\"last_seq\":{},\"priority_served\":{},\"time_ms\":{}}}",
             self.number,
             to_hex(&self.previous_root),
             to_hex(&self.new_root),
@@ -50,6 +53,7 @@ impl BatchHeader {
             hex(&self.withdrawals_hash),
             self.first_seq,
             self.last_seq,
+            self.priority_served,
             self.time_ms
         )
     }
@@ -254,18 +258,12 @@ impl Batcher {
                 number: meta.number,
                 source,
             })?;
-        let new_root = self.state.commit();
+        self.state.commit();
         self.number = meta.number;
         self.first_seq = self.last_seq + 1;
         self.opened_ms = None;
         let fills = std::mem::take(&mut self.fills);
-        let header = header(
-            &meta,
-            previous_root,
-            new_root,
-            &blob,
-            &withdrawals(&ops, &self.state),
-        );
+        let header = header(&meta, previous_root, &blob, &ops, &self.state);
         Ok(Batch {
             header,
             blob,
@@ -281,7 +279,10 @@ pub type Withdrawal = (u32, optio_types::Address, optio_types::Amount);
 pub fn withdrawals(ops: &[Op], state: &SettlementState) -> Vec<Withdrawal> {
     ops.iter()
         .filter_map(|op| match op {
-            Op::Withdraw { account, amount } => Some((
+            Op::Withdraw { account, amount }
+            | Op::L1Withdrawal {
+                account, amount, ..
+            } if amount.0 > 0 => Some((
                 account.0,
                 state.accounts()[account.0 as usize].owner,
                 *amount,
@@ -312,15 +313,16 @@ pub fn withdrawals_hash(list: &[Withdrawal]) -> [u8; 32] {
 fn header(
     meta: &BlobMeta,
     previous_root: Fr,
-    new_root: Fr,
     blob: &[u8],
-    withdrawals: &[Withdrawal],
+    ops: &[Op],
+    state: &SettlementState,
 ) -> BatchHeader {
     BatchHeader {
-        withdrawals_hash: withdrawals_hash(withdrawals),
+        withdrawals_hash: withdrawals_hash(&withdrawals(ops, state)),
+        priority_served: state.priority_served(),
+        new_root: state.root(),
         number: meta.number,
         previous_root,
-        new_root,
         ops_commitment: hash_bytes(blob),
         data_hash: Keccak256::digest(blob).into(),
         first_seq: meta.first_seq,
@@ -369,14 +371,8 @@ pub fn rebuild_after<'a>(
                 number: meta.number,
                 source,
             })?;
-        let new_root = state.commit();
-        each(&header(
-            &meta,
-            previous_root,
-            new_root,
-            bytes,
-            &withdrawals(&ops, state),
-        ));
+        state.commit();
+        each(&header(&meta, previous_root, bytes, &ops, state));
         (number, last_seq) = (meta.number, meta.last_seq);
     }
     Ok((number, last_seq))

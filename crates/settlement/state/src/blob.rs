@@ -87,6 +87,8 @@ mod tag {
     pub const DEFICIT: u8 = 22;
     pub const SESSION_KEY: u8 = 23;
     pub const MARK: u8 = 24;
+    pub const L1_DEPOSIT: u8 = 25;
+    pub const L1_WITHDRAWAL: u8 = 26;
 }
 
 fn uvar(out: &mut Vec<u8>, mut v: u64) {
@@ -166,6 +168,24 @@ pub fn encode(meta: &BlobMeta, ops: &[Op]) -> Vec<u8> {
                     Op::Withdraw { .. } => tag::WITHDRAW,
                     _ => tag::LOSS_SHARED,
                 });
+                uvar(&mut out, account.0.into());
+                svar(&mut out, amount.0);
+            }
+            Op::L1Deposit {
+                priority,
+                account,
+                amount,
+            }
+            | Op::L1Withdrawal {
+                priority,
+                account,
+                amount,
+            } => {
+                out.push(match op {
+                    Op::L1Deposit { .. } => tag::L1_DEPOSIT,
+                    _ => tag::L1_WITHDRAWAL,
+                });
+                uvar(&mut out, *priority);
                 uvar(&mut out, account.0.into());
                 svar(&mut out, amount.0);
             }
@@ -415,6 +435,16 @@ pub fn decode(bytes: &[u8]) -> Result<(BlobMeta, Vec<Op>), BlobError> {
                 amount: c.amount()?,
             },
             tag::WITHDRAW => Op::Withdraw {
+                account: c.account()?,
+                amount: c.amount()?,
+            },
+            tag::L1_DEPOSIT => Op::L1Deposit {
+                priority: c.uvar()?,
+                account: c.account()?,
+                amount: c.amount()?,
+            },
+            tag::L1_WITHDRAWAL => Op::L1Withdrawal {
+                priority: c.uvar()?,
                 account: c.account()?,
                 amount: c.amount()?,
             },

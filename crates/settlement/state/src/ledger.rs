@@ -35,6 +35,16 @@ pub enum StateError {
     /// Op `index` would overflow an amount or exceed the trees' capacity.
     #[error("op {0}: out of range")]
     OutOfRange(usize),
+    /// Op `op` serves an L1 priority operation out of queue order.
+    #[error("op {op}: L1 priority operation {got} served, {expected} is next")]
+    PriorityOutOfOrder {
+        /// Index of the op.
+        op: usize,
+        /// The next id in the queue.
+        expected: u64,
+        /// The id the op names.
+        got: u64,
+    },
 }
 
 /// One account.
@@ -89,6 +99,9 @@ pub struct SettlementState {
     instruments: Vec<Instrument>,
     insurance: Amount,
     fee_pool: Amount,
+    /// L1 priority operations served so far (the next one served has this id). Not in the
+    /// root: each batch header carries it, and `optio verify` checks it against the L1 queue.
+    priority_served: u64,
     account_tree: Tree,
     instrument_tree: Tree,
     dirty_accounts: BTreeSet<u32>,
@@ -171,6 +184,7 @@ impl SettlementState {
             instruments: Vec::new(),
             insurance: Amount::ZERO,
             fee_pool: Amount::ZERO,
+            priority_served: 0,
             account_tree: Tree::with_store(ACCOUNT_DEPTH, TreeStore::default()),
             instrument_tree: Tree::with_store(INSTRUMENT_DEPTH, TreeStore::default()),
             dirty_accounts: BTreeSet::new(),
@@ -207,6 +221,7 @@ impl SettlementState {
         let (batch, last_seq) = (meta_u64("batch")?, meta_u64("last_seq")?);
         state.insurance = Amount(meta_u64("insurance")? as i64);
         state.fee_pool = Amount(meta_u64("fee_pool")? as i64);
+        state.priority_served = meta_u64("priority_served")?;
         state.account_tree =
             Tree::with_store(ACCOUNT_DEPTH, TreeStore::Redb(store.namespace(ACCOUNTS_NS)));
         state.instrument_tree = Tree::with_store(
@@ -267,6 +282,10 @@ impl SettlementState {
                     (self.insurance.0 as u64).to_le_bytes().to_vec(),
                 ),
                 ("fee_pool", (self.fee_pool.0 as u64).to_le_bytes().to_vec()),
+                (
+                    "priority_served",
+                    self.priority_served.to_le_bytes().to_vec(),
+                ),
                 ("root", crate::poseidon::to_bytes(&self.root()).to_vec()),
             ],
             accounts: self
@@ -299,6 +318,11 @@ impl SettlementState {
     /// Insurance fund and fee pool.
     pub fn funds(&self) -> (Amount, Amount) {
         (self.insurance, self.fee_pool)
+    }
+
+    /// L1 priority operations served so far (the id of the next one).
+    pub fn priority_served(&self) -> u64 {
+        self.priority_served
     }
 
     /// The root as of the last `commit`.
@@ -357,6 +381,8 @@ impl SettlementState {
                 }
                 Op::Deposit { account: a, .. }
                 | Op::Withdraw { account: a, .. }
+                | Op::L1Deposit { account: a, .. }
+                | Op::L1Withdrawal { account: a, .. }
                 | Op::LossShared { account: a, .. }
                 | Op::DeficitCovered { account: a, .. }
                 | Op::SessionKey { account: a, .. } => account(a)?,
@@ -416,6 +442,8 @@ impl SettlementState {
                 }
                 Op::Deposit { account, .. }
                 | Op::Withdraw { account, .. }
+                | Op::L1Deposit { account, .. }
+                | Op::L1Withdrawal { account, .. }
                 | Op::LossShared { account, .. }
                 | Op::DeficitCovered { account, .. }
                 | Op::SessionKey { account, .. } => {
@@ -466,6 +494,7 @@ impl SettlementState {
             first_new_instrument: self.instruments.len() as u32,
             insurance: self.insurance,
             fee_pool: self.fee_pool,
+            priority_served: self.priority_served,
         }
     }
 
@@ -701,6 +730,7 @@ struct Scratch {
     first_new_instrument: u32,
     insurance: Amount,
     fee_pool: Amount,
+    priority_served: u64,
 }
 
 impl Scratch {
@@ -775,13 +805,27 @@ impl Scratch {
                 .new_accounts
                 .push(Account::new(*owner, TreeStore::default())),
             Op::Deposit { account, amount } => self.credit(*account, amount.0, i)?,
-            Op::Withdraw { account, amount } => {
-                self.credit(
-                    *account,
-                    amount.0.checked_neg().ok_or(StateError::OutOfRange(i))?,
-                    i,
-                )?;
-                self.account(*account).nonce += 1;
+            Op::Withdraw { account, amount } => self.debit(*account, *amount, i)?,
+            Op::L1Deposit {
+                priority,
+                account,
+                amount,
+            } => {
+                self.serve(*priority, i)?;
+                if amount.0 < 0 {
+                    return Err(StateError::OutOfRange(i));
+                }
+                self.credit(*account, amount.0, i)?;
+            }
+            Op::L1Withdrawal {
+                priority,
+                account,
+                amount,
+            } => {
+                self.serve(*priority, i)?;
+                if amount.0 != 0 {
+                    self.debit(*account, *amount, i)?;
+                }
             }
             Op::Transfer { from, to, amount } => {
                 self.credit(
@@ -902,6 +946,30 @@ impl Scratch {
         }
         state.insurance = self.insurance;
         state.fee_pool = self.fee_pool;
+        state.priority_served = self.priority_served;
+    }
+
+    /// Takes L1 priority operation `priority`, which must be the next in the queue.
+    fn serve(&mut self, priority: u64, i: usize) -> Result<(), StateError> {
+        if priority != self.priority_served {
+            return Err(StateError::PriorityOutOfOrder {
+                op: i,
+                expected: self.priority_served,
+                got: priority,
+            });
+        }
+        self.priority_served += 1;
+        Ok(())
+    }
+
+    /// A withdrawal to L1: a positive amount out; the account's nonce advances.
+    fn debit(&mut self, account: AccountId, amount: Amount, i: usize) -> Result<(), StateError> {
+        if amount.0 <= 0 {
+            return Err(StateError::OutOfRange(i));
+        }
+        self.credit(account, -amount.0, i)?;
+        self.account(account).nonce += 1;
+        Ok(())
     }
 }
 

@@ -55,6 +55,26 @@ pub enum Op {
         /// Amount.
         amount: Amount,
     },
+    /// L1 priority operation `priority` served: a deposit of `amount` (zero when the engine
+    /// could not credit it) to `account`.
+    L1Deposit {
+        /// Queue id on L1 (the next one served).
+        priority: u64,
+        /// Credited.
+        account: AccountId,
+        /// Amount.
+        amount: Amount,
+    },
+    /// L1 priority operation `priority` served: a forced withdrawal of `amount` from `account`
+    /// (zero: nothing moved; otherwise the account's nonce advances and the batch pays it).
+    L1Withdrawal {
+        /// Queue id on L1 (the next one served).
+        priority: u64,
+        /// Debited.
+        account: AccountId,
+        /// Amount (not negative).
+        amount: Amount,
+    },
     /// Collateral out to L1 (the account's nonce advances).
     Withdraw {
         /// From.
@@ -185,6 +205,23 @@ pub fn ops_from(input: &Input, events: &[Event]) -> (Vec<Op>, Vec<Op>) {
                 cash,
             }),
             Event::AccountOpened { owner, .. } => ops.push(Op::OpenAccount { owner }),
+            // The balance changes of an L1 operation travel in the one op this event makes.
+            Event::PriorityServed {
+                priority,
+                account,
+                amount,
+            } => ops.push(match input.command {
+                Command::L1Deposit { .. } => Op::L1Deposit {
+                    priority,
+                    account,
+                    amount,
+                },
+                _ => Op::L1Withdrawal {
+                    priority,
+                    account,
+                    amount: Amount(-amount.0),
+                },
+            }),
             Event::BalanceChanged {
                 account, amount, ..
             } => match input.command {

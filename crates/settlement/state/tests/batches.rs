@@ -67,8 +67,10 @@ fn oracle(spot: f64, at: u64) -> Command {
 }
 
 /// A history: a market with four instruments and eight accounts of three owners, then random
-/// orders, cancels, deposits, withdrawals, transfers, session keys, margin modes, oracle moves
-/// (with crashes that start liquidations), liquidations, deleveraging, expiry and settlement.
+/// orders, cancels, deposits, withdrawals, L1 deposits and forced withdrawals (some out of queue
+/// order, some to new accounts or not the requester's), transfers, session keys, margin modes,
+/// oracle moves (with crashes that start liquidations), liquidations, deleveraging, expiry and
+/// settlement.
 fn history(seed: u64, len: usize) -> Vec<Input> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let mut t = T0;
@@ -106,6 +108,7 @@ fn history(seed: u64, len: usize) -> Vec<Input> {
         );
     }
     let mut spot = 60_000.0;
+    let mut priority = 0u64;
     push(t, oracle(spot, t));
     // Half the accounts on standard (leveraged) margin, so that crashes liquidate some.
     for a in 0..4 {
@@ -152,10 +155,34 @@ fn history(seed: u64, len: usize) -> Vec<Input> {
                 account,
                 instrument: None,
             },
-            60..=63 => Command::Deposit {
+            60..=61 => Command::Deposit {
                 account,
                 amount: Amount(rng.random_range(1..5_000) * MONEY_SCALE),
             },
+            62..=63 => {
+                // One in ten skips ahead of the queue (refused); the rest serve the next id.
+                let id = if rng.random_bool(0.1) {
+                    priority + 1
+                } else {
+                    priority += 1;
+                    priority - 1
+                };
+                let owner = Address([rng.random_range(1..=4); 20]);
+                if rng.random_bool(0.5) {
+                    Command::L1Deposit {
+                        priority: id,
+                        owner,
+                        account: AccountId(rng.random_range(0..11)),
+                        amount: Amount(rng.random_range(1..5_000) * MONEY_SCALE),
+                    }
+                } else {
+                    Command::L1Withdrawal {
+                        priority: id,
+                        owner,
+                        account,
+                    }
+                }
+            }
             64..=67 => Command::Withdraw {
                 account,
                 amount: Amount(rng.random_range(1..20_000) * MONEY_SCALE),
@@ -240,6 +267,7 @@ fn run(inputs: &[Input], max_ops: usize) -> (Vec<Batch>, Engine, Batcher) {
                 "after batch {}",
                 batch.header.number
             );
+            assert_eq!(batch.header.priority_served, engine.priority_served());
             batches.push(batch);
         }
     }
@@ -291,10 +319,14 @@ proptest! {
 #[test]
 fn histories_exercise_every_kind_of_settlement_op() {
     let mut seen = Vec::new();
+    let mut forced_paid = 0;
     for seed in 0..6 {
         let (batches, _, _) = run(&history(seed, 600), 50);
         for b in &batches {
             for op in decode(&b.blob).expect("decodes").1 {
+                if matches!(op, Op::L1Withdrawal { amount, .. } if amount.0 > 0) {
+                    forced_paid += 1;
+                }
                 seen.push(std::mem::discriminant(&op));
             }
         }
@@ -323,6 +355,16 @@ fn histories_exercise_every_kind_of_settlement_op() {
             owner: Address([0; 20]),
         },
         Op::Deposit {
+            account: AccountId(0),
+            amount: Amount(0),
+        },
+        Op::L1Deposit {
+            priority: 0,
+            account: AccountId(0),
+            amount: Amount(0),
+        },
+        Op::L1Withdrawal {
+            priority: 0,
             account: AccountId(0),
             amount: Amount(0),
         },
@@ -369,6 +411,7 @@ fn histories_exercise_every_kind_of_settlement_op() {
             "no history produced {op:?}"
         );
     }
+    assert!(forced_paid > 0, "no forced withdrawal paid anything");
 }
 
 /// A leveraged long that a 25% crash makes bankrupt, that no liquidator can carry: it is

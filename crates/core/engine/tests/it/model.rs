@@ -237,6 +237,14 @@ pub fn input(op: Op, state: &CanonicalState, time: &mut u64) -> Input {
         17 if flags % 4 == 0 => Command::OpenAccount {
             owner: owner(1 + flags % 3),
         },
+        // L1 deposits: the next queue id, now and then one ahead (refused); account 77 does
+        // not exist (a new one is opened for the depositor).
+        17 if flags % 4 == 1 => Command::L1Deposit {
+            priority: state.totals.priority_served + u64::from(flags & 0x40 != 0),
+            owner: owner(1 + (flags >> 2) % 3),
+            account,
+            amount: usd(20_000),
+        },
         17 => Command::Deposit {
             account,
             amount: usd(20_000),
@@ -260,6 +268,12 @@ pub fn input(op: Op, state: &CanonicalState, time: &mut u64) -> Input {
         19 if flags & 0x30 == 0 => Command::Deposit {
             account,
             amount: usd(1_000),
+        },
+        // Forced withdrawals, by the owner or by someone else.
+        19 if flags & 0x70 == 0x10 => Command::L1Withdrawal {
+            priority: state.totals.priority_served + u64::from(flags & 0x80 != 0),
+            owner: owner(1 + flags % 3),
+            account,
         },
         _ => Command::ActivateInstrument {
             instrument: InstrumentId(instrument + u32::from(flags % 3)),
@@ -344,7 +358,7 @@ fn generator_exercises_every_feature() {
     use std::collections::BTreeMap;
     let mut runner = TestRunner::deterministic();
     let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
-    for _ in 0..40 {
+    for _ in 0..100 {
         let ops = prop::collection::vec(op(), 250)
             .new_tree(&mut runner)
             .expect("strategy")
@@ -389,6 +403,8 @@ fn generator_exercises_every_feature() {
         "TooManyPriceLevels",
         "OrderDone:UnfilledRemainder",
         "PositionSettled",
+        "PriorityServed",
+        "PriorityOutOfOrder",
     ] {
         assert!(
             outcomes.contains_key(must),

@@ -1,0 +1,296 @@
+//! L1 deposits and forced withdrawals reach the sequencer: against anvil (from npm) with the
+//! contracts deployed and a real gateway (sequencer, WAL, batcher) on a temporary directory,
+//! settler rounds sequence the priority queue once it is deep enough, never twice (fed again,
+//! after a restart of the node, from a second settler), never an operation a reorg took back;
+//! the batches say how far the queue was served, so a served deposit cannot be used to freeze;
+//! a served forced withdrawal is paid on L1 from the finalized batch.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use alloy::primitives::{Address, U256};
+use alloy::providers::{DynProvider, Provider};
+use optio_gateway::{Config, Gateway};
+use optio_settler::{
+    NodeLink, OptioRollup, PriorityKind, PriorityOp, Progress, Settler, TestUSDC, connect, deploy,
+    priority_ops, round, transact,
+};
+use optio_types::EngineLimits;
+
+/// anvil's first default account (the operator).
+const KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
+const USDC: u64 = 1_000_000;
+
+struct Link(Arc<Gateway>);
+
+impl NodeLink for Link {
+    fn priority_served(&self) -> u64 {
+        self.0.priority_served()
+    }
+    fn serve(&self, op: &PriorityOp) -> Result<bool, String> {
+        self.0.submit_l1(op.command()).map_err(|e| format!("{e:?}"))
+    }
+    fn progress(&self, p: Progress) {
+        self.0.record_l1(p.committed_seq, p.finalized_seq);
+    }
+}
+
+fn open(dir: &std::path::Path) -> Arc<Gateway> {
+    let config = Config {
+        batch_max_age_ms: 100,
+        ..Config::default()
+    };
+    Arc::new(Gateway::open(dir, [9; 32], EngineLimits::default(), config).expect("opens"))
+}
+
+/// A user on L1: a fresh key with gas money and USDC approved for the rollup.
+struct User {
+    address: Address,
+    provider: DynProvider,
+}
+
+async fn user(url: &str, operator: &DynProvider, usdc: Address, rollup: Address, n: u8) -> User {
+    let key = format!("0x{}", format!("{n:02x}").repeat(32));
+    let address = optio_settler::signer_address(&key).expect("address");
+    let _: serde_json::Value = operator
+        .raw_request(
+            "anvil_setBalance".into(),
+            (address, U256::from(10u64).pow(U256::from(18u64))),
+        )
+        .await
+        .expect("gas money");
+    let provider = connect(url, &key).expect("provider");
+    transact(TestUSDC::new(usdc, &provider).mint(address, U256::from(1_000_000 * USDC)))
+        .await
+        .expect("mint");
+    transact(TestUSDC::new(usdc, &provider).approve(rollup, U256::MAX))
+        .await
+        .expect("approve");
+    User { address, provider }
+}
+
+async fn mine(p: &DynProvider) {
+    let _: serde_json::Value = p.raw_request("evm_mine".into(), ()).await.expect("mine");
+}
+
+/// The settlement state the node's batches on disk give, once they cover everything sequenced
+/// so far.
+fn settled(dir: &std::path::Path, gateway: &Gateway) -> optio_state::SettlementState {
+    let last = gateway.next_seq() - 1;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let files = optio_gateway::batching::blob_files(&dir.join("batches")).expect("blobs");
+        let blobs: Vec<Vec<u8>> = files
+            .iter()
+            .map(std::fs::read)
+            .collect::<Result<_, _>>()
+            .expect("reads");
+        let mut state = optio_state::SettlementState::new();
+        let (_, covered) =
+            optio_state::rebuild(blobs.iter().map(Vec::as_slice), &mut state, |_| {})
+                .expect("rebuilds");
+        if covered >= last {
+            return state;
+        }
+        assert!(Instant::now() < deadline, "the batcher did not catch up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn collateral(state: &optio_state::SettlementState, owner: Address) -> Vec<i64> {
+    state
+        .accounts()
+        .iter()
+        .filter(|a| a.owner.0 == owner.into_array())
+        .map(|a| a.collateral.0)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deposits_and_forced_withdrawals_are_sequenced_once_and_paid() {
+    let anvil = optio_contracts::Anvil::start().expect("anvil");
+    optio_contracts::forge_build().expect("forge build");
+    let operator = connect(&anvil.url, KEY).expect("provider");
+    let genesis = U256::from_be_bytes(optio_state::poseidon::to_bytes(
+        &optio_state::SettlementState::new().root(),
+    ));
+    let me = operator.get_accounts().await.expect("accounts")[0];
+    // No finalization delay: a batch is final as soon as the settler finalizes it.
+    let d = deploy(&operator, me, genesis, 0, 6 * 3_600, U256::ZERO)
+        .await
+        .expect("deploys");
+    let rollup = OptioRollup::new(d.rollup, &operator);
+    let data = tempfile::tempdir().expect("temp dir");
+    let gateway = open(data.path());
+    let node: Arc<dyn NodeLink> = Arc::new(Link(gateway.clone()));
+    let settler = Settler::new(operator.clone(), d.rollup, &data.path().join("batches"));
+
+    let alice = user(&anvil.url, &operator, d.usdc, d.rollup, 0xa1).await;
+    let bob = user(&anvil.url, &operator, d.usdc, d.rollup, 0xb0).await;
+    let new = OptioRollup::new(d.rollup, &alice.provider)
+        .NEW_ACCOUNT()
+        .call()
+        .await
+        .expect("reads");
+    transact(OptioRollup::new(d.rollup, &alice.provider).deposit(new, U256::from(1_000 * USDC)))
+        .await
+        .expect("alice deposits");
+    transact(OptioRollup::new(d.rollup, &bob.provider).deposit(new, U256::from(500 * USDC)))
+        .await
+        .expect("bob deposits");
+
+    // One confirmation: bob's deposit is the head block, not deep enough yet.
+    round(&settler, &node, 1).await.expect("round");
+    assert_eq!(
+        gateway.priority_served(),
+        1,
+        "only alice's deposit is deep enough"
+    );
+    mine(&operator).await;
+    round(&settler, &node, 1).await.expect("round");
+    assert_eq!(gateway.priority_served(), 2);
+
+    // Fed again, directly or by another round: nothing more is credited.
+    let ops = priority_ops(&operator, d.rollup, 0, 0)
+        .await
+        .expect("reads");
+    assert_eq!(ops.len(), 2);
+    assert_eq!(
+        (ops[0].kind, ops[0].owner),
+        (PriorityKind::Deposit, alice.address)
+    );
+    for op in &ops {
+        assert!(matches!(gateway.submit_l1(op.command()), Ok(false)));
+    }
+    assert_eq!(round(&settler, &node, 0).await.expect("round").2, 0);
+    // An id ahead of the queue is refused and changes nothing.
+    let ahead = PriorityOp { id: 5, ..ops[0] };
+    assert!(gateway.submit_l1(ahead.command()).is_err());
+    assert_eq!(gateway.priority_served(), 2);
+    let state = settled(data.path(), &gateway);
+    assert_eq!(collateral(&state, alice.address), vec![1_000 * USDC as i64]);
+    assert_eq!(collateral(&state, bob.address), vec![500 * USDC as i64]);
+
+    // A restart of the node: the served count comes back from its log; nothing is fed twice.
+    drop(node);
+    assert_eq!(Arc::strong_count(&gateway), 1);
+    drop(gateway);
+    // Its writer and batcher threads see their channels close and stop (the batcher polls
+    // every 100 ms).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let gateway = open(data.path());
+    let node: Arc<dyn NodeLink> = Arc::new(Link(gateway.clone()));
+    assert_eq!(gateway.priority_served(), 2);
+    assert_eq!(round(&settler, &node, 0).await.expect("round").2, 0);
+
+    // A deposit that a reorg takes back before it is deep enough is never credited.
+    let carol = user(&anvil.url, &operator, d.usdc, d.rollup, 0xc0).await;
+    let snapshot: U256 = operator
+        .raw_request("evm_snapshot".into(), ())
+        .await
+        .expect("snapshot");
+    transact(OptioRollup::new(d.rollup, &carol.provider).deposit(new, U256::from(700 * USDC)))
+        .await
+        .expect("carol deposits");
+    round(&settler, &node, 1).await.expect("round");
+    assert_eq!(gateway.priority_served(), 2, "not deep enough yet");
+    let _: bool = operator
+        .raw_request("evm_revert".into(), (snapshot,))
+        .await
+        .expect("reorg");
+    mine(&operator).await;
+    mine(&operator).await;
+    round(&settler, &node, 1).await.expect("round");
+    assert_eq!(gateway.priority_served(), 2, "the reorged deposit is gone");
+
+    // The batches carry the served count to L1: the queue's deadlines cannot freeze it.
+    let state = settled(data.path(), &gateway);
+    assert_eq!(state.priority_served(), 2);
+    assert!(collateral(&state, carol.address).is_empty());
+    round(&settler, &node, 0).await.expect("round");
+    assert_eq!(
+        rollup.priorityServed().call().await.expect("reads"),
+        U256::from(2u64),
+        "final batches served both deposits"
+    );
+    let _: serde_json::Value = operator
+        .raw_request("evm_increaseTime".into(), (7 * 3_600u64,))
+        .await
+        .expect("time");
+    mine(&operator).await;
+    assert!(
+        transact(rollup.freeze()).await.is_err(),
+        "nothing is overdue: no freeze"
+    );
+
+    // Alice forces a withdrawal; once served and final, she is paid on L1 from the batch.
+    let account = state
+        .accounts()
+        .iter()
+        .position(|a| a.owner.0 == alice.address.into_array())
+        .expect("alice's account") as u32;
+    transact(OptioRollup::new(d.rollup, &alice.provider).requestWithdrawal(account))
+        .await
+        .expect("requests");
+    // Bob asks to withdraw from alice's account: served, nothing moves.
+    transact(OptioRollup::new(d.rollup, &bob.provider).requestWithdrawal(account))
+        .await
+        .expect("requests");
+    round(&settler, &node, 0).await.expect("round");
+    assert_eq!(gateway.priority_served(), 4);
+    let state = settled(data.path(), &gateway);
+    assert_eq!(collateral(&state, alice.address), vec![0]);
+    assert_eq!(collateral(&state, bob.address), vec![500 * USDC as i64]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        round(&settler, &node, 0).await.expect("round");
+        let p = settler.progress().await.expect("reads");
+        if p.finalized_seq == gateway.next_seq() - 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not finalized: {p:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The batch whose withdrawal list is alice's one withdrawal.
+    let list = vec![OptioRollup::Withdrawal {
+        account,
+        owner: alice.address,
+        amount: U256::from(1_000 * USDC),
+    }];
+    let want = optio_state::poseidon::hex(&optio_state::withdrawals_hash(&[(
+        account,
+        optio_types::Address(alice.address.into_array()),
+        optio_types::Amount(1_000 * USDC as i64),
+    )]));
+    let number = (1..)
+        .find(|n| {
+            let header = std::fs::read_to_string(data.path().join(format!("batches/{n:08}.json")))
+                .expect("every batch up to the withdrawal has a header");
+            header.contains(&want)
+        })
+        .expect("a batch pays it");
+    let usdc = TestUSDC::new(d.usdc, &operator);
+    let before = usdc.balanceOf(alice.address).call().await.expect("reads");
+    transact(rollup.withdraw(U256::from(number), list.clone(), U256::ZERO))
+        .await
+        .expect("the final batch pays the forced withdrawal");
+    assert_eq!(
+        usdc.balanceOf(alice.address).call().await.expect("reads") - before,
+        U256::from(1_000 * USDC)
+    );
+    assert!(
+        transact(rollup.withdraw(U256::from(number), list, U256::ZERO))
+            .await
+            .is_err(),
+        "paid once"
+    );
+    let metrics = gateway.metrics();
+    assert!(metrics.contains("optio_l1_priority_served 4"), "{metrics}");
+    assert!(
+        metrics.contains(&format!(
+            "optio_l1_finalized_seq {}",
+            gateway.next_seq() - 1
+        )),
+        "{metrics}"
+    );
+}
