@@ -107,7 +107,14 @@ pub fn run(args: &Args) -> Result<()> {
     };
     let data = tempfile::tempdir()?;
     let mut node = Command::new(&optio)
-        .args(["devnet", "--no-flow", "--listen", "127.0.0.1:0", "--data"])
+        .args([
+            "devnet",
+            "--no-l1",
+            "--no-flow",
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+        ])
         .arg(data.path())
         .stdout(Stdio::piped())
         .spawn()

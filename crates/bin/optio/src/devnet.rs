@@ -3,8 +3,14 @@
 //! signed updates every second, two simulated market makers quoting every listed instrument from
 //! the oracle's marks, and a light taker flow. Funds a demo key and any `--fund` address.
 //!
-//! Not yet in it (later issues): the embedded EVM and L1 contracts (deposits here are credited
-//! directly), the batcher and prover.
+//! It settles on an L1 chain: by default a local one it starts itself (anvil from the npm
+//! Foundry package, a block every second, the contracts deployed at start); with `--l1-rpc` and
+//! `--rollup`, the given chain. Batches are posted and finalized, and every participant is
+//! funded by a real L1 deposit (the operator mints test USDC and deposits it for their
+//! accounts), so the vault always holds what the state owes. With `--no-l1` there is no chain
+//! and the faucet credits accounts directly.
+//!
+//! Not yet in it: an in-process EVM (the local chain is an anvil child process), the prover.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -46,17 +52,22 @@ pub struct DevnetArgs {
     /// Cut a settlement batch at most this long after its first op (ms).
     #[arg(long, default_value_t = 2_000)]
     pub batch_age_ms: u64,
-    /// Post batches to this Ethereum JSON-RPC endpoint (with --rollup and OPTIO_L1_KEY).
-    #[arg(long, requires = "rollup")]
+    /// Post batches to this Ethereum JSON-RPC endpoint (with --rollup and OPTIO_L1_KEY) instead
+    /// of a local chain.
+    #[arg(long, requires = "rollup", conflicts_with = "no_l1")]
     pub l1_rpc: Option<String>,
+    /// No L1 chain at all: the faucet credits accounts directly and batches stay on disk.
+    #[arg(long)]
+    pub no_l1: bool,
     /// The rollup contract the batches go to.
     #[arg(long, requires = "l1_rpc")]
     pub rollup: Option<String>,
     /// The operator's L1 key (hex), the rollup's `operator`.
     #[arg(long, env = "OPTIO_L1_KEY", hide_env_values = true)]
     pub l1_key: Option<String>,
-    /// Blocks an L1 deposit or forced withdrawal must be deep before it is sequenced.
-    #[arg(long, default_value_t = 1)]
+    /// Blocks an L1 deposit or forced withdrawal must be deep before it is sequenced (a
+    /// devnet chain does not reorg).
+    #[arg(long, default_value_t = 0)]
     pub l1_confirmations: u64,
 }
 
@@ -171,6 +182,122 @@ fn tick(p: i64, tick: i64) -> i64 {
     (p - p % tick).max(tick)
 }
 
+/// anvil's first default key: the local chain's operator (a well-known test key, never for
+/// real funds).
+const LOCAL_OPERATOR_KEY: &str =
+    "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
+
+/// Starts the local L1 chain (anvil from `npm ci --prefix contracts`: a block for every
+/// transaction, and one every second when there are none) and
+/// deploys the contracts for an empty genesis (finalization after 60 s, priority deadline 1 h);
+/// returns the chain and the rollup's address.
+async fn local_chain_up() -> Result<(optio_contracts::Anvil, String)> {
+    let anvil = optio_contracts::Anvil::start_with(&["--block-time", "1", "--mixed-mining"])
+        .map_err(|e| {
+            anyhow::anyhow!("starting the local L1 chain: {e} (or run with --no-l1, or --l1-rpc)")
+        })?;
+    optio_contracts::forge_build().map_err(|e| anyhow::anyhow!("building the contracts: {e}"))?;
+    let provider = optio_settler::connect(&anvil.url, LOCAL_OPERATOR_KEY)?;
+    let operator = optio_settler::signer_address(LOCAL_OPERATOR_KEY).map_err(anyhow::Error::msg)?;
+    let genesis = optio_settler::U256::from_be_bytes(optio_state::poseidon::to_bytes(
+        &optio_state::SettlementState::new().root(),
+    ));
+    let d = optio_settler::deploy(
+        &provider,
+        operator,
+        genesis,
+        60,
+        3_600,
+        optio_settler::U256::ZERO,
+    )
+    .await
+    .context("deploying the contracts on the local chain")?;
+    println!(
+        "  L1 chain  {} (local anvil: a block per transaction and at least one a second): rollup {} usdc {}",
+        anvil.url, d.rollup, d.usdc
+    );
+    Ok((anvil, d.rollup.to_string()))
+}
+
+/// How the devnet funds its participants: the faucet credits directly; on an L1 every account
+/// is funded by a deposit the operator makes on chain for it, sequenced like any user's.
+enum Funder {
+    Faucet(Arc<Gateway>),
+    L1 {
+        gateway: Arc<Gateway>,
+        provider: optio_settler::DynProvider,
+        rollup: optio_settler::Address,
+        usdc: optio_settler::Address,
+        operator: optio_settler::Address,
+    },
+}
+
+impl Funder {
+    async fn l1(
+        gateway: Arc<Gateway>,
+        rpc: &str,
+        key: &str,
+        rollup: optio_settler::Address,
+    ) -> Result<Self> {
+        use optio_settler::{OptioRollup, TestUSDC, transact};
+        let provider = optio_settler::connect(rpc, key)?;
+        let operator = optio_settler::signer_address(key).map_err(anyhow::Error::msg)?;
+        let usdc = OptioRollup::new(rollup, &provider)
+            .usdc()
+            .call()
+            .await
+            .context("reading the rollup's USDC")?;
+        transact(TestUSDC::new(usdc, &provider).approve(rollup, optio_settler::U256::MAX)).await?;
+        Ok(Funder::L1 {
+            gateway,
+            provider,
+            rollup,
+            usdc,
+            operator,
+        })
+    }
+
+    /// Opens an account for `owner` holding `amount`; returns its id.
+    async fn fund(&self, owner: [u8; 20], amount: Amount) -> Result<u64> {
+        use optio_settler::{OptioRollup, TestUSDC, U256, transact};
+        let (gateway, provider, rollup, usdc, operator) = match self {
+            Funder::Faucet(gateway) => return Ok(gateway.fund(owner, amount)?),
+            Funder::L1 {
+                gateway,
+                provider,
+                rollup,
+                usdc,
+                operator,
+            } => (gateway, provider, *rollup, *usdc, *operator),
+        };
+        let id = gateway.account_count() as u32;
+        let opened = gateway.submit_admin(vec![Command::OpenAccount {
+            owner: optio_types::Address(owner),
+        }])?;
+        anyhow::ensure!(
+            opened.iter().all(Result::is_ok),
+            "opening an account: {opened:?}"
+        );
+        let units = U256::from(amount.0 as u64);
+        transact(TestUSDC::new(usdc, provider).mint(operator, units)).await?;
+        let receipt = transact(OptioRollup::new(rollup, provider).deposit(id, units)).await?;
+        let queued = receipt
+            .decoded_log::<OptioRollup::Deposit>()
+            .context("the deposit's event")?
+            .priorityId;
+        let queued = u64::try_from(queued).context("priority id")?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while gateway.priority_served() <= queued {
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "the L1 deposit for account {id} was not sequenced within a minute"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(u64::from(id))
+    }
+}
+
 /// Runs the devnet until Ctrl-C or the duration ends.
 pub fn run(args: DevnetArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -213,22 +340,68 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
         .iter()
         .filter_map(|s| optio_gateway::instrument_of(&gateway, &s.name.to_string()))
         .collect();
+    // The local chain lives as long as the devnet.
+    let mut local_chain = None;
+    let chain = match (&args.l1_rpc, &args.rollup, args.no_l1) {
+        (Some(rpc), Some(rollup), _) => Some((
+            rpc.clone(),
+            rollup.clone(),
+            args.l1_key
+                .clone()
+                .context("--l1-rpc needs the operator key in OPTIO_L1_KEY")?,
+        )),
+        (_, _, false) => {
+            let (anvil, rollup) = local_chain_up().await?;
+            let rpc = anvil.url.clone();
+            local_chain = Some(anvil);
+            Some((rpc, rollup, LOCAL_OPERATOR_KEY.to_owned()))
+        }
+        _ => None,
+    };
+    let l1 = match chain {
+        Some((rpc, rollup, key)) => {
+            let rollup = crate::settle::spawn_settler(
+                gateway.clone(),
+                &rpc,
+                &rollup,
+                &key,
+                &dir.join("batches"),
+                args.l1_confirmations,
+            )?;
+            Some((rpc, key, rollup))
+        }
+        None => None,
+    };
+    let funder = match &l1 {
+        Some((rpc, key, rollup)) => Funder::l1(gateway.clone(), rpc, key, *rollup).await?,
+        None => Funder::Faucet(gateway.clone()),
+    };
     // Simulated participants: two market makers and a taker, fully collateralized.
     let makers = [
-        gateway.fund([0xa1; 20], Amount(2_000_000_000 * MONEY_SCALE))?,
-        gateway.fund([0xa2; 20], Amount(2_000_000_000 * MONEY_SCALE))?,
+        funder
+            .fund([0xa1; 20], Amount(2_000_000_000 * MONEY_SCALE))
+            .await?,
+        funder
+            .fund([0xa2; 20], Amount(2_000_000_000 * MONEY_SCALE))
+            .await?,
     ];
-    let taker = gateway.fund([0xb1; 20], Amount(50_000_000 * MONEY_SCALE))?;
+    let taker = funder
+        .fund([0xb1; 20], Amount(50_000_000 * MONEY_SCALE))
+        .await?;
     let demo_key = secp256k1::SecretKey::from_secret_bytes([0xde; 32]).context("demo key")?;
     let demo_address = optio_intents::address_of(&secp256k1::PublicKey::from_secret_key(&demo_key));
-    let demo = gateway.fund(demo_address, Amount(1_000_000 * MONEY_SCALE))?;
+    let demo = funder
+        .fund(demo_address, Amount(1_000_000 * MONEY_SCALE))
+        .await?;
     let mut funded = Vec::new();
     for a in &args.fund {
         let address = optio_intents::parse_address(a)
             .with_context(|| format!("--fund {a}: not a 0x address"))?;
         funded.push((
             a.clone(),
-            gateway.fund(address, Amount(1_000_000 * MONEY_SCALE))?,
+            funder
+                .fund(address, Amount(1_000_000 * MONEY_SCALE))
+                .await?,
         ));
     }
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -268,19 +441,7 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
             eprintln!("api server stopped: {e}");
         }
     });
-    if let (Some(rpc), Some(rollup)) = (&args.l1_rpc, &args.rollup) {
-        let key = args
-            .l1_key
-            .clone()
-            .context("--l1-rpc needs the operator key in OPTIO_L1_KEY")?;
-        let rollup = crate::settle::spawn_settler(
-            gateway.clone(),
-            rpc,
-            rollup,
-            &key,
-            &dir.join("batches"),
-            args.l1_confirmations,
-        )?;
+    if let Some((rpc, _, rollup)) = &l1 {
         println!(
             "  L1        {rpc} rollup {rollup}: batches posted as they are cut; deposits and forced withdrawals sequenced {} blocks deep",
             args.l1_confirmations
@@ -394,5 +555,7 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
         }
     }
     println!("devnet stopped after {rounds} s");
+    // The local chain stops with the devnet.
+    drop(local_chain);
     Ok(())
 }

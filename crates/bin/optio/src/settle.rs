@@ -163,9 +163,9 @@ pub struct ExitArgs {
     /// The rollup contract's address.
     #[arg(long)]
     rollup: String,
-    /// Account (subaccount) id.
+    /// Account (subaccount) id; every account the key owns if not given.
     #[arg(long)]
-    account: u32,
+    account: Option<u32>,
     /// The owner's private key (hex); the environment keeps it out of the shell history.
     #[arg(long, env = "OPTIO_EXIT_KEY", hide_env_values = true)]
     key: String,
@@ -180,11 +180,16 @@ pub fn exit(args: ExitArgs) -> Result<()> {
         let provider = optio_settler::connect(&args.rpc, &args.key)?;
         let owner = alloy_owner(&args.key)?;
         let rollup = args.rollup.parse().context("rollup address")?;
-        let paid = optio_settler::exit_from_l1(&provider, rollup, args.account, owner).await?;
-        println!(
-            "account {} exited: paid {} micro-USDC to {owner}",
-            args.account, paid
-        );
+        let paid = match args.account {
+            Some(account) => vec![(
+                account,
+                optio_settler::exit_from_l1(&provider, rollup, account, owner).await?,
+            )],
+            None => optio_settler::exit_all_from_l1(&provider, rollup, owner).await?,
+        };
+        for (account, amount) in paid {
+            println!("account {account} exited: paid {amount} micro-USDC to {owner}");
+        }
         Ok(())
     })
 }
@@ -220,6 +225,10 @@ pub fn verify(args: VerifyArgs) -> Result<()> {
                 optio_settler::Verdict::Differs { number, committed, rebuilt } => {
                     bad += 1;
                     println!("batch {number:>6}: ALERT committed root {committed:#x} but the data gives {rebuilt:#x}");
+                }
+                optio_settler::Verdict::Priority { number, why } => {
+                    bad += 1;
+                    println!("batch {number:>6}: ALERT it misreports the L1 priority queue: {why}");
                 }
                 optio_settler::Verdict::BadData { number, why } => {
                     bad += 1;

@@ -10,7 +10,14 @@ use std::process::{Command, Stdio};
 fn ccxt_derive_trades_on_the_devnet() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../..");
     let mut node = Command::new(env!("CARGO_BIN_EXE_optio"))
-        .args(["devnet", "--listen", "127.0.0.1:0", "--duration-s", "60"])
+        .args([
+            "devnet",
+            "--no-l1",
+            "--listen",
+            "127.0.0.1:0",
+            "--duration-s",
+            "60",
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .expect("devnet starts");

@@ -22,6 +22,7 @@ fn start(dir: &Path) -> (Child, String, u64) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_optio"))
         .args([
             "devnet",
+            "--no-l1",
             "--no-flow",
             "--batch-age-ms",
             "50",

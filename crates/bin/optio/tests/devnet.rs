@@ -1,5 +1,6 @@
-//! The README's first command: `optio devnet` starts, serves live market data on loopback with
-//! marks, implied volatility and Greeks from its oracle, and stops by itself.
+//! The README's first command: `optio devnet` starts its local L1 chain, funds its participants
+//! by L1 deposits, serves live market data on loopback with marks, implied volatility and Greeks
+//! from its oracle, commits its batches on its chain, and stops by itself.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -18,7 +19,9 @@ fn devnet_serves_a_live_market_and_stops_by_itself() {
             "--listen",
             "127.0.0.1:0",
             "--duration-s",
-            "6",
+            "8",
+            "--batch-age-ms",
+            "500",
             "--fund",
             "0x1111111111111111111111111111111111111111",
         ])
@@ -26,6 +29,13 @@ fn devnet_serves_a_live_market_and_stops_by_itself() {
         .spawn()
         .expect("starts");
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    assert!(
+        lines
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|l| l.contains("L1 chain  http://127.0.0.1:")),
+        "starts its local chain"
+    );
     let url = lines
         .by_ref()
         .map_while(Result::ok)
@@ -79,6 +89,24 @@ fn devnet_serves_a_live_market_and_stops_by_itself() {
         !book["result"]["bids"].as_array().expect("bids").is_empty(),
         "market makers quote: {book}"
     );
+    // The batches reach the local chain, and intents move to committed.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let metrics = common::get_text(&url, "/metrics").expect("metrics");
+        let committed = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("optio_l1_committed_seq "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .expect("the L1 gauge");
+        if committed > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no batch committed on the local chain"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     for _ in lines.map_while(Result::ok) {}
     assert!(child.wait().expect("exits").success());
 }

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use alloy::primitives::U256;
 use alloy::providers::{DynProvider, Provider};
 
+mod common;
+
 const KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
 
 /// anvil with the contracts deployed for an empty genesis state.
@@ -73,8 +75,25 @@ async fn first_batch_on_l1(
     );
 }
 
-/// Starts the devnet on `dir`, posting to `rollup` on `url`; returns it and its demo subaccount.
-fn start_devnet(url: &str, rollup: &str, dir: &std::path::Path) -> (std::process::Child, u32) {
+/// A devnet process, killed when dropped (also when a test fails half way).
+struct Devnet(std::process::Child);
+
+impl Devnet {
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Devnet {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Starts the devnet on `dir`, posting to `rollup` on `url`; returns it, its demo subaccount
+/// and its API address.
+fn start_devnet(url: &str, rollup: &str, dir: &std::path::Path) -> (Devnet, u32, String) {
     let mut node = Command::new(env!("CARGO_BIN_EXE_optio"))
         .args([
             "devnet",
@@ -92,8 +111,11 @@ fn start_devnet(url: &str, rollup: &str, dir: &std::path::Path) -> (std::process
         .spawn()
         .expect("devnet starts");
     let mut lines = BufReader::new(node.stdout.take().expect("stdout")).lines();
-    let mut demo = None;
+    let (mut demo, mut addr) = (None, None);
     for line in lines.by_ref().map_while(Result::ok) {
+        if let Some(url) = line.trim().strip_prefix("JSON-RPC  http://") {
+            addr = url.strip_suffix("/api/v2").map(str::to_owned);
+        }
         if line.contains("demo key") {
             demo = line.rsplit(' ').next().and_then(|s| s.parse::<u32>().ok());
         }
@@ -102,17 +124,20 @@ fn start_devnet(url: &str, rollup: &str, dir: &std::path::Path) -> (std::process
         }
     }
     std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
-    (node, demo.expect("the devnet prints the demo subaccount"))
+    (
+        Devnet(node),
+        demo.expect("the devnet prints the demo subaccount"),
+        addr.expect("the devnet prints its API address"),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_devnet_commits_its_batches_on_l1() {
     let (anvil, provider, d) = chain().await;
     let dir = tempfile::tempdir().expect("temp dir");
-    let (mut node, _) = start_devnet(&anvil.url, &d.rollup.to_string(), dir.path());
+    let (mut node, _, _) = start_devnet(&anvil.url, &d.rollup.to_string(), dir.path());
     first_batch_on_l1(&provider, &d, dir.path()).await;
-    let _ = node.kill();
-    let _ = node.wait();
+    node.kill();
     // The watchtower's command agrees with every committed batch.
     let out = Command::new(env!("CARGO_BIN_EXE_optio"))
         .args([
@@ -143,38 +168,199 @@ async fn a_configured_node_commits_its_batches_on_l1() {
         d.rollup
     );
     std::fs::write(&config, toml).expect("writes");
-    let mut node = Command::new(env!("CARGO_BIN_EXE_optio"))
-        .args(["node", "--config"])
-        .arg(&config)
-        .args(["--duration-s", "60", "--l1-rpc", &anvil.url])
-        .env("OPTIO_SEQUENCER_KEY", format!("0x{}", "11".repeat(32)))
-        .env("OPTIO_LISTEN", "127.0.0.1:0")
-        .env("OPTIO_L1_KEY", KEY)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("node starts");
+    let mut node = Devnet(
+        Command::new(env!("CARGO_BIN_EXE_optio"))
+            .args(["node", "--config"])
+            .arg(&config)
+            .args(["--duration-s", "60", "--l1-rpc", &anvil.url])
+            .env("OPTIO_SEQUENCER_KEY", format!("0x{}", "11".repeat(32)))
+            .env("OPTIO_LISTEN", "127.0.0.1:0")
+            .env("OPTIO_L1_KEY", KEY)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("node starts"),
+    );
     first_batch_on_l1(&provider, &d, &data).await;
-    let _ = node.kill();
-    let _ = node.wait();
+    node.kill();
 }
 
-/// The whole escape hatch through the binaries: the devnet funds its demo account and commits
-/// that batch on L1, then the operator disappears; the batch finalizes, a deposit goes unserved,
-/// anyone freezes, and `optio exit` (L1 data alone, the demo key) pays the demo account exactly
-/// its committed collateral.
+/// Waits until the batches on disk cover sequence number `seq` and L1 has committed all of
+/// them; returns how many there are.
+async fn committed_through(
+    provider: &DynProvider,
+    d: &optio_settler::Deployment,
+    data: &std::path::Path,
+    seq: u64,
+) -> u64 {
+    let settler = optio_settler::Settler::new(provider.clone(), d.rollup, &data.join("batches"));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let files = optio_gateway::batching::blob_files(&data.join("batches")).expect("blobs");
+        let last = files.last().and_then(|f| {
+            let header: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(f.with_extension("json")).ok()?)
+                    .ok()?;
+            header["last_seq"].as_u64()
+        });
+        let committed = settler.committed().await.expect("reads");
+        if last.is_some_and(|l| l >= seq) && committed == files.len() as u64 {
+            return committed;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sequence {seq} not committed on L1 within two minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The escape hatch end to end through the binaries, for `OPTIO_ESCAPE_USERS` users (50 by
+/// default; README: the 200-user run): each deposits on L1 (a new account, sequenced from the L1
+/// queue by the devnet's settler) and trades an ETH put with another over the API; the batches
+/// reach L1; the operator disappears; the batches finalize; every user requests a forced
+/// withdrawal, which goes unserved; after the deadline anyone freezes; every user exits with
+/// `optio exit` (their key and L1 data alone) and receives exactly what the last finalized
+/// state owes them. A second exit, an exit for someone else's account and an exit against a
+/// stale root all revert.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn optio_exit_pays_the_demo_account_after_the_operator_disappears() {
-    use optio_settler::{OptioRollup, TestUSDC, transact};
+async fn every_user_escapes_with_what_the_finalized_state_owes_after_the_operator_disappears() {
+    use optio_gateway::client::{OrderRequest, order_params};
+    use optio_settler::{OptioRollup, TestUSDC, connect, transact};
+    let users: usize = std::env::var("OPTIO_ESCAPE_USERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    assert!(
+        (2..=200).contains(&users) && users.is_multiple_of(2),
+        "an even number of users up to 200"
+    );
     let (anvil, provider, d) = chain().await;
     let dir = tempfile::tempdir().expect("temp dir");
-    let (mut node, demo) = start_devnet(&anvil.url, &d.rollup.to_string(), dir.path());
-    first_batch_on_l1(&provider, &d, dir.path()).await;
-    // The operator disappears.
-    let _ = node.kill();
-    let _ = node.wait();
-
+    let (mut node, _, addr) = start_devnet(&anvil.url, &d.rollup.to_string(), dir.path());
     let rollup = OptioRollup::new(d.rollup, &provider);
+    let usdc = TestUSDC::new(d.usdc, &provider);
+
+    // Users on L1: gas money, USDC, one deposit each into a new account.
+    const DEPOSIT: u64 = 20_000_000_000; // 20,000 USDC
+    const MINTED: u64 = 50_000_000_000;
+    let keys: Vec<String> = (1..=users)
+        .map(|i| format!("0x{}", format!("{i:02x}").repeat(32)))
+        .collect();
+    let addresses: Vec<alloy::primitives::Address> = keys
+        .iter()
+        .map(|k| optio_settler::signer_address(k).expect("address"))
+        .collect();
+    let new_account = rollup.NEW_ACCOUNT().call().await.expect("reads");
+    for (key, address) in keys.iter().zip(&addresses) {
+        let _: serde_json::Value = provider
+            .raw_request(
+                "anvil_setBalance".into(),
+                (*address, U256::from(10u64).pow(U256::from(18u64))),
+            )
+            .await
+            .expect("gas money");
+        let user = connect(&anvil.url, key).expect("provider");
+        transact(TestUSDC::new(d.usdc, &user).mint(*address, U256::from(MINTED)))
+            .await
+            .expect("mint");
+        transact(TestUSDC::new(d.usdc, &user).approve(d.rollup, U256::MAX))
+            .await
+            .expect("approve");
+        transact(OptioRollup::new(d.rollup, &user).deposit(new_account, U256::from(DEPOSIT)))
+            .await
+            .expect("deposit");
+    }
+    // The devnet sequences the deposits; each user's account id from the batches it writes.
+    let accounts_of = |state: &optio_state::SettlementState| -> Vec<Option<u32>> {
+        addresses
+            .iter()
+            .map(|a| {
+                state
+                    .accounts()
+                    .iter()
+                    .position(|x| x.owner.0 == a.into_array())
+                    .map(|i| i as u32)
+            })
+            .collect()
+    };
+    let on_disk = || {
+        let files =
+            optio_gateway::batching::blob_files(&dir.path().join("batches")).expect("blobs");
+        let blobs: Vec<Vec<u8>> = files
+            .iter()
+            .map(|f| std::fs::read(f).expect("blob"))
+            .collect();
+        let mut state = optio_state::SettlementState::new();
+        optio_state::rebuild(blobs.iter().map(Vec::as_slice), &mut state, |_| {})
+            .expect("rebuilds");
+        state
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let accounts: Vec<u32> = loop {
+        let found = accounts_of(&on_disk());
+        if found.iter().all(Option::is_some) {
+            break found.into_iter().flatten().collect();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the deposits were not sequenced and batched"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    // Pairs trade one ETH put: the first sells (resting), the second buys it.
+    let instruments = common::post(&addr, r#"{"jsonrpc":"2.0","id":1,"method":"public/get_instruments","params":{"currency":"ETH","kind":"option"}}"#)
+        .expect("instruments");
+    let put = instruments["result"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|i| {
+            i["instrument_name"]
+                .as_str()
+                .is_some_and(|n| n.ends_with("-3000-P"))
+        })
+        .expect("an ETH 3000 put")
+        .clone();
+    let name = put["instrument_name"].as_str().expect("name");
+    let id = put["instrument_id"].as_u64().expect("id") as u32;
+    let expiry = optio_gateway::now_ms() / 1_000 + 3_600;
+    for pair in 0..users / 2 {
+        for (k, direction, tif) in [(2 * pair, "sell", "gtc"), (2 * pair + 1, "buy", "ioc")] {
+            let key = secp256k1::SecretKey::from_secret_bytes([(k + 1) as u8; 32]).expect("key");
+            let params = order_params(
+                &key,
+                31_337,
+                [0x0a; 20],
+                &OrderRequest {
+                    subaccount: u64::from(accounts[k]),
+                    instrument_id: id,
+                    instrument_name: name,
+                    direction,
+                    price: "50",
+                    amount: "1",
+                    max_fee: "100",
+                    nonce: 1,
+                    expiry,
+                    time_in_force: tif,
+                },
+            )
+            .expect("signs");
+            let reply = common::post(
+                &addr,
+                &serde_json::json!({"jsonrpc":"2.0","id":1,"method":"private/order","params":params}).to_string(),
+            )
+            .expect("reply");
+            assert!(reply.get("error").is_none(), "user {k}: {reply}");
+        }
+    }
+    let health = common::get(&addr, "/health").expect("health");
+    let last_seq = health["next_seq"].as_u64().expect("next_seq") - 1;
+    let committed = committed_through(&provider, &d, dir.path(), last_seq).await;
+    // The operator disappears.
+    node.kill();
+
     let advance = |seconds: u64| {
         let p = provider.clone();
         async move {
@@ -186,72 +372,120 @@ async fn optio_exit_pays_the_demo_account_after_the_operator_disappears() {
         }
     };
     advance(3_601).await;
-    let committed =
-        optio_settler::Settler::new(provider.clone(), d.rollup, &dir.path().join("batches"))
-            .committed()
-            .await
-            .expect("reads");
-    for _ in 0..committed {
-        transact(rollup.finalize()).await.expect("finalizes");
+    while rollup.lastFinalized().call().await.expect("reads") < U256::from(committed) {
+        transact(rollup.finalize()).await.expect("anyone finalizes");
     }
-    let usdc = TestUSDC::new(d.usdc, &provider);
-    let operator = provider.get_accounts().await.expect("accounts")[0];
-    transact(usdc.mint(operator, U256::from(10u64).pow(U256::from(13u64))))
-        .await
-        .expect("mint");
-    transact(usdc.approve(d.rollup, U256::MAX))
-        .await
-        .expect("approve");
-    transact(rollup.deposit(0, U256::from(10u64).pow(U256::from(13u64))))
-        .await
-        .expect("an unserved deposit");
+    for (key, account) in keys.iter().zip(&accounts) {
+        let user = connect(&anvil.url, key).expect("provider");
+        transact(OptioRollup::new(d.rollup, &user).requestWithdrawal(*account))
+            .await
+            .expect("forced withdrawal requested");
+    }
+    assert!(
+        transact(rollup.freeze()).await.is_err(),
+        "nothing overdue yet"
+    );
     advance(6 * 3_600 + 1).await;
     transact(rollup.freeze()).await.expect("anyone freezes");
 
-    // What the finalized state owes the demo account, rebuilt independently from the blobs.
-    let blobs: Vec<Vec<u8>> = (1..=committed)
-        .map(|n| std::fs::read(dir.path().join(format!("batches/{n:08}.blob"))).expect("blob"))
-        .collect();
-    let mut state = optio_state::SettlementState::new();
-    optio_state::rebuild(blobs.iter().map(Vec::as_slice), &mut state, |_| {}).expect("rebuilds");
-    let owed = state.accounts()[demo as usize].collateral.0;
-    assert!(owed > 0, "the devnet funded the demo account");
-    let demo_key = format!("0x{}", "de".repeat(32));
-    let demo_address = optio_settler::signer_address(&demo_key).expect("address");
-    let _: serde_json::Value = provider
-        .raw_request(
-            "anvil_setBalance".into(),
-            (demo_address, U256::from(10u64).pow(U256::from(18u64))),
-        )
-        .await
-        .expect("gas money");
-    let exit = || {
-        Command::new(env!("CARGO_BIN_EXE_optio"))
-            .args([
-                "exit",
-                "--rpc",
-                &anvil.url,
-                "--rollup",
-                &d.rollup.to_string(),
-                "--account",
-                &demo.to_string(),
-            ])
-            .env("OPTIO_EXIT_KEY", &demo_key)
+    // What the finalized state owes each user, rebuilt independently from the node's blobs.
+    let state = on_disk();
+    let owed = |account: u32| -> i64 {
+        let a = &state.accounts()[account as usize];
+        a.positions
+            .iter()
+            .fold(a.collateral.0, |sum, (instrument, qty)| {
+                let mark = state.instruments()[*instrument as usize].mark.0;
+                sum + (i128::from(qty.0) * i128::from(mark)).div_euclid(100_000_000) as i64
+            })
+    };
+    let traded = accounts
+        .iter()
+        .filter(|a| !state.accounts()[**a as usize].positions.is_empty())
+        .count();
+    assert_eq!(traded, users, "every user holds the put");
+    let exit = |key: &str, account: Option<u32>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_optio"));
+        cmd.args([
+            "exit",
+            "--rpc",
+            &anvil.url,
+            "--rollup",
+            &d.rollup.to_string(),
+        ]);
+        if let Some(a) = account {
+            cmd.args(["--account", &a.to_string()]);
+        }
+        cmd.env("OPTIO_EXIT_KEY", key)
             .output()
             .expect("optio exit runs")
     };
-    let out = exit();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    // Someone else's account: refused.
+    let other = exit(&keys[0], Some(accounts[1]));
+    assert!(
+        !other.status.success(),
+        "an exit for someone else's account reverts"
     );
-    assert!(out.status.success(), "{text}");
-    assert!(text.contains(&format!("paid {owed} micro-USDC")), "{text}");
-    assert_eq!(
-        usdc.balanceOf(demo_address).call().await.expect("balance"),
-        U256::from(owed as u64)
+    // A proof against a stale root (the state before the trades): refused.
+    let stale = {
+        let files =
+            optio_gateway::batching::blob_files(&dir.path().join("batches")).expect("blobs");
+        let blobs: Vec<Vec<u8>> = files
+            .iter()
+            .map(|f| std::fs::read(f).expect("blob"))
+            .collect();
+        let mut older = optio_state::SettlementState::new();
+        let (mut found, mut after) = (None, (0, 0));
+        for blob in &blobs {
+            after = optio_state::rebuild_after([blob.as_slice()], &mut older, after, |_| {})
+                .expect("rebuilds");
+            if accounts_of(&older)[0].is_some() {
+                found = older.exit_proof(optio_types::AccountId(accounts[0]));
+                break;
+            }
+        }
+        found.expect("user 0's account in an older state")
+    };
+    assert_ne!(
+        stale.leaf.collateral.0,
+        owed(accounts[0]),
+        "the older state differs"
     );
-    let again = exit();
-    assert!(!again.status.success(), "a second exit fails");
+    let user0 = connect(&anvil.url, &keys[0]).expect("provider");
+    assert!(
+        transact(OptioRollup::new(d.rollup, &user0).exit(optio_settler::exit_call(&stale)))
+            .await
+            .is_err(),
+        "an exit against a stale root reverts"
+    );
+    let mut total = 0u64;
+    for (k, (key, account)) in keys.iter().zip(&accounts).enumerate() {
+        let out = exit(key, None);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "user {k}: {text}");
+        let expected = owed(*account);
+        assert!(expected > 0, "user {k} is owed something");
+        assert!(
+            text.contains(&format!("paid {expected} micro-USDC")),
+            "user {k}: {text}"
+        );
+        assert_eq!(
+            usdc.balanceOf(addresses[k]).call().await.expect("balance"),
+            U256::from(MINTED - DEPOSIT + expected as u64),
+            "user {k} holds exactly what the state owed"
+        );
+        total += expected as u64;
+    }
+    assert!(
+        !exit(&keys[0], None).status.success(),
+        "a second exit reverts"
+    );
+    assert!(
+        total <= users as u64 * DEPOSIT,
+        "users take out no more than they put in and traded between themselves"
+    );
 }

@@ -649,6 +649,11 @@ impl Gateway {
             .map(|_| ())
     }
 
+    /// Accounts opened so far (the next one gets this id).
+    pub fn account_count(&self) -> usize {
+        self.lock().sequencer.engine().account_count()
+    }
+
     /// L1 priority operations the engine has served: the queue id it takes next.
     pub fn priority_served(&self) -> u64 {
         self.lock().sequencer.engine().priority_served()

@@ -46,8 +46,14 @@ pub struct Anvil {
 }
 
 impl Anvil {
-    /// Starts anvil and waits until it accepts connections.
+    /// Starts anvil (mining a block per transaction) and waits until it accepts connections.
     pub fn start() -> Result<Anvil, String> {
+        Self::start_with(&[])
+    }
+
+    /// Starts anvil with extra arguments (e.g. `--block-time 1`) and waits until it accepts
+    /// connections.
+    pub fn start_with(extra: &[&str]) -> Result<Anvil, String> {
         let bin = std::fs::read_dir(contracts_dir().join("node_modules/@foundry-rs"))
             .map_err(|_| "anvil is not installed: run `npm ci --prefix contracts`".to_owned())?
             .filter_map(Result::ok)
@@ -66,6 +72,7 @@ impl Anvil {
                 &port.to_string(),
                 "--silent",
             ])
+            .args(extra)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()

@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use alloy::network::{EthereumWallet, TransactionBuilder};
-use alloy::primitives::{B256, Bytes, U256};
+use alloy::primitives::{B256, Bytes};
 use alloy::providers::{Provider, ProviderBuilder};
 use alloy::rpc::types::TransactionRequest;
 use alloy::signers::local::PrivateKeySigner;
@@ -48,6 +48,8 @@ mod bindings {
                 Position[] positions;
             }
             event BatchCommitted(uint256 indexed number, uint256 root, bytes32 dataHash, uint64 lastSeq);
+            event Deposit(uint256 indexed priorityId, address indexed owner, uint32 account, uint256 amount, uint64 deadline);
+            function usdc() external view returns (address);
             function exit(ExitProof calldata p) external returns (uint256 amount);
             function frozen() external view returns (bool);
             function freeze() external;
@@ -101,7 +103,7 @@ fn rpc<E: std::fmt::Display>(e: E) -> SettlerError {
     SettlerError::Rpc(e.to_string())
 }
 
-pub use alloy::primitives::Address;
+pub use alloy::primitives::{Address, U256};
 
 pub use alloy::providers::DynProvider;
 
@@ -366,6 +368,15 @@ pub enum Verdict {
         /// Rebuilt from the data.
         rebuilt: U256,
     },
+    /// The roots agree, but the batch misreports the L1 priority queue: an operation served
+    /// other than the user asked on L1 (amount, account, owner), or a served count in the header
+    /// that is not what the data serves.
+    Priority {
+        /// Batch.
+        number: u64,
+        /// What differs.
+        why: String,
+    },
     /// The posted data does not decode or apply: the state cannot be rebuilt past it.
     BadData {
         /// Batch.
@@ -376,7 +387,9 @@ pub enum Verdict {
 }
 
 /// The watchtower: follows L1 alone, rebuilds the state from every committed batch's posted
-/// data and compares each committed root; stops at the first batch whose data is unusable.
+/// data and compares each committed root, and checks every priority operation the data serves
+/// against the L1 queue and the header's served count; stops at the first batch whose data is
+/// unusable.
 pub async fn verify_l1(
     provider: &DynProvider,
     rollup: Address,
@@ -410,19 +423,88 @@ pub async fn verify_l1(
             .batches(U256::from(number))
             .call()
             .await
-            .map_err(rpc)?
-            .root;
-        verdicts.push(if on_chain == rebuilt {
-            Verdict::Agrees(number)
-        } else {
+            .map_err(rpc)?;
+        let audit = audit_priority(&contract, blob, &state, on_chain.priorityServed).await?;
+        let on_chain = on_chain.root;
+        verdicts.push(if on_chain != rebuilt {
             Verdict::Differs {
                 number,
                 committed: on_chain,
                 rebuilt,
             }
+        } else if let Some(why) = audit {
+            Verdict::Priority { number, why }
+        } else {
+            Verdict::Agrees(number)
         });
     }
     Ok(verdicts)
+}
+
+/// What is wrong with how batch data `blob` (already applied to `state`) serves the L1 priority
+/// queue, if anything: each served operation must be the queued one, with its amount and
+/// account (a deposit to an account that did not exist opens one for the depositor), and the
+/// header's served count must be where the data leaves the queue.
+async fn audit_priority(
+    contract: &OptioRollup::OptioRollupInstance<&DynProvider>,
+    blob: &[u8],
+    state: &optio_state::SettlementState,
+    header_served: u64,
+) -> Result<Option<String>, SettlerError> {
+    let (_, ops) = optio_state::decode(blob).map_err(rpc)?;
+    for op in ops {
+        let (priority, account, amount, deposit) = match op {
+            optio_state::Op::L1Deposit {
+                priority,
+                account,
+                amount,
+            } => (priority, account.0, amount.0, true),
+            optio_state::Op::L1Withdrawal {
+                priority,
+                account,
+                amount,
+            } => (priority, account.0, amount.0, false),
+            _ => continue,
+        };
+        let queued = contract
+            .priorityOps(U256::from(priority))
+            .call()
+            .await
+            .map_err(|_| SettlerError::Rpc(format!("priority operation {priority} not on L1")));
+        let Ok(queued) = queued else {
+            return Ok(Some(format!(
+                "serves priority operation {priority}, which L1 never queued"
+            )));
+        };
+        let owner_of = |a: u32| {
+            state
+                .accounts()
+                .get(a as usize)
+                .map(|x| Address::from(x.owner.0))
+        };
+        let wrong = if deposit {
+            queued.kind != 1
+                || U256::from(amount.max(0) as u64) != queued.amount
+                || (account != queued.account && owner_of(account) != Some(queued.owner))
+        } else {
+            queued.kind != 2
+                || account != queued.account
+                || (amount > 0 && owner_of(account) != Some(queued.owner))
+        };
+        if wrong {
+            return Ok(Some(format!(
+                "priority operation {priority} served as account {account}, amount {amount}; L1 queued kind {}, account {}, amount {}, from {}",
+                queued.kind, queued.account, queued.amount, queued.owner
+            )));
+        }
+    }
+    if header_served != state.priority_served() {
+        return Ok(Some(format!(
+            "header says {header_served} priority operations served, the data serves {}",
+            state.priority_served()
+        )));
+    }
+    Ok(None)
 }
 
 /// The exit call for `proof` (the Rust exit proof in the contract's ABI).
@@ -467,6 +549,41 @@ pub async fn exit_from_l1(
     account: u32,
     owner: Address,
 ) -> Result<U256, SettlerError> {
+    let state = finalized_state(provider, rollup).await?;
+    exit_account(provider, rollup, &state, account, owner).await
+}
+
+/// `exit_from_l1` for every account `owner` holds in the last finalized state; returns each
+/// account with the amount paid (an error if it holds none).
+pub async fn exit_all_from_l1(
+    provider: &DynProvider,
+    rollup: Address,
+    owner: Address,
+) -> Result<Vec<(u32, U256)>, SettlerError> {
+    let state = finalized_state(provider, rollup).await?;
+    let mine: Vec<u32> = (0..state.accounts().len() as u32)
+        .filter(|a| Address::from(state.accounts()[*a as usize].owner.0) == owner)
+        .collect();
+    if mine.is_empty() {
+        return Err(SettlerError::Rpc(format!(
+            "{owner} holds no account in the finalized state"
+        )));
+    }
+    let mut paid = Vec::new();
+    for account in mine {
+        paid.push((
+            account,
+            exit_account(provider, rollup, &state, account, owner).await?,
+        ));
+    }
+    Ok(paid)
+}
+
+/// The state after the last finalized batch, rebuilt from L1 data alone.
+async fn finalized_state(
+    provider: &DynProvider,
+    rollup: Address,
+) -> Result<optio_state::SettlementState, SettlerError> {
     let contract = OptioRollup::new(rollup, provider);
     let finalized =
         u64::try_from(contract.lastFinalized().call().await.map_err(rpc)?).map_err(rpc)?;
@@ -474,9 +591,20 @@ pub async fn exit_from_l1(
     let mut state = optio_state::SettlementState::new();
     optio_state::rebuild(blobs.iter().map(Vec::as_slice), &mut state, |_| {})
         .map_err(|e| SettlerError::Batch(finalized, e.to_string()))?;
+    Ok(state)
+}
+
+async fn exit_account(
+    provider: &DynProvider,
+    rollup: Address,
+    state: &optio_state::SettlementState,
+    account: u32,
+    owner: Address,
+) -> Result<U256, SettlerError> {
     let proof = state
         .exit_proof(optio_types::AccountId(account))
-        .ok_or_else(|| SettlerError::Batch(finalized, format!("no account {account}")))?;
+        .ok_or_else(|| SettlerError::Rpc(format!("no account {account} in the finalized state")))?;
+    let contract = OptioRollup::new(rollup, provider);
     let call = contract.exit(exit_call(&proof)).from(owner);
     let paid = call.call().await.map_err(rpc)?;
     let pending = call.send().await.map_err(rpc)?;

@@ -12,8 +12,8 @@ use alloy::primitives::{Address, U256};
 use alloy::providers::{DynProvider, Provider};
 use optio_gateway::{Config, Gateway};
 use optio_settler::{
-    NodeLink, OptioRollup, PriorityKind, PriorityOp, Progress, Settler, TestUSDC, connect, deploy,
-    priority_ops, round, transact,
+    NodeLink, OptioRollup, PriorityKind, PriorityOp, Progress, Settler, TestUSDC, Verdict, connect,
+    deploy, priority_ops, round, transact, verify_l1,
 };
 use optio_types::EngineLimits;
 
@@ -284,6 +284,52 @@ async fn deposits_and_forced_withdrawals_are_sequenced_once_and_paid() {
             .is_err(),
         "paid once"
     );
+    // The watchtower agrees with every batch, priority operations included.
+    let verdicts = verify_l1(&operator, d.rollup).await.expect("verifies");
+    assert!(
+        verdicts.iter().all(|v| matches!(v, Verdict::Agrees(_))),
+        "{verdicts:?}"
+    );
+
+    // A rogue operator credits a deposit nobody made on L1, under the root that data gives: the
+    // roots agree, the watchtower still flags it.
+    let p = settler.progress().await.expect("reads");
+    let mut state = settled(data.path(), &gateway);
+    let forged = [optio_state::Op::L1Deposit {
+        priority: 4,
+        account: optio_types::AccountId(0),
+        amount: optio_types::Amount(1_000_000 * USDC as i64),
+    }];
+    let previous = settler.root(p.committed).await.expect("reads");
+    state.apply_batch(&forged).expect("applies");
+    let root = U256::from_be_bytes(optio_state::poseidon::to_bytes(&state.commit()));
+    let blob = optio_state::encode(
+        &optio_state::blob::BlobMeta {
+            number: p.committed + 1,
+            first_seq: p.committed_seq + 1,
+            last_seq: p.committed_seq + 1,
+            time_ms: 0,
+        },
+        &forged,
+    );
+    transact(rollup.commitBatch(
+        U256::from(p.committed + 1),
+        previous,
+        root,
+        p.committed_seq + 1,
+        p.committed_seq + 1,
+        4,
+        optio_state::withdrawals_hash(&[]).into(),
+        blob.into(),
+    ))
+    .await
+    .expect("the contract takes it on trust until proofs");
+    let verdicts = verify_l1(&operator, d.rollup).await.expect("verifies");
+    assert!(
+        matches!(verdicts.last(), Some(Verdict::Priority { number, why }) if *number == p.committed + 1 && why.contains("never queued")),
+        "{verdicts:?}"
+    );
+
     let metrics = gateway.metrics();
     assert!(metrics.contains("optio_l1_priority_served 4"), "{metrics}");
     assert!(

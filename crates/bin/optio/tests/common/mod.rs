@@ -16,6 +16,19 @@ pub fn post(addr: &str, body: &str) -> Option<serde_json::Value> {
     serde_json::from_str(text.split("\r\n\r\n").nth(1)?).ok()
 }
 
+/// GETs a path and returns the body as text.
+pub fn get_text(addr: &str, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.split_once("\r\n\r\n").map(|(_, body)| body.to_owned())
+}
+
 /// GETs a path and parses the JSON reply.
 pub fn get(addr: &str, path: &str) -> Option<serde_json::Value> {
     let mut s = TcpStream::connect(addr).ok()?;
