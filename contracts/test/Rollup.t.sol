@@ -273,6 +273,16 @@ contract RollupTest is WithHashers {
         rollup.withdraw(2, list, 0);
     }
 
+    /// The verifier hook exists for #9 and refuses every proof until then; a batch that does not
+    /// exist is refused first.
+    function test_verify_batch_refuses_until_a_verifier_exists() public {
+        commit(0, 0);
+        hevm.expectRevert(abi.encodeWithSelector(OptioRollup.NoVerifier.selector));
+        rollup.verifyBatch(1, hex"00");
+        hevm.expectRevert(abi.encodeWithSelector(OptioRollup.BadBatch.selector, "number"));
+        rollup.verifyBatch(2, hex"00");
+    }
+
     /// A deposit above the engine's per-amount limit is refused on L1 (the queue only holds
     /// deposits the sequencer can credit).
     function test_deposit_above_cap_reverts() public {

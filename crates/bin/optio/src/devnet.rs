@@ -3,14 +3,15 @@
 //! signed updates every second, two simulated market makers quoting every listed instrument from
 //! the oracle's marks, and a light taker flow. Funds a demo key and any `--fund` address.
 //!
-//! It settles on an L1 chain: by default a local one it starts itself (anvil from the npm
-//! Foundry package, a block every second, the contracts deployed at start); with `--l1-rpc` and
-//! `--rollup`, the given chain. Batches are posted and finalized, and every participant is
+//! It settles on an L1 chain: by default an embedded one (`optio-chain`: revm behind the
+//! Ethereum JSON-RPC on 127.0.0.1, a block per transaction and one every second, the contracts
+//! deployed at start, the operator, demo and `--fund` addresses given ETH for gas); with
+//! `--l1-rpc` and `--rollup`, the given chain (anvil, a testnet). Batches are posted and finalized, and every participant is
 //! funded by a real L1 deposit (the operator mints test USDC and deposits it for their
 //! accounts), so the vault always holds what the state owes. With `--no-l1` there is no chain
 //! and the faucet credits accounts directly.
 //!
-//! Not yet in it: an in-process EVM (the local chain is an anvil child process), the prover.
+//! Not yet in it: the prover.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -182,41 +183,43 @@ fn tick(p: i64, tick: i64) -> i64 {
     (p - p % tick).max(tick)
 }
 
-/// anvil's first default key: the local chain's operator (a well-known test key, never for
+/// The local chain's operator key (anvil's first default key: a well-known test key, never for
 /// real funds).
 const LOCAL_OPERATOR_KEY: &str =
     "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
 
-/// Starts the local L1 chain (anvil from `npm ci --prefix contracts`: a block for every
-/// transaction, and one every second when there are none) and
-/// deploys the contracts for an empty genesis (finalization after 60 s, priority deadline 1 h);
-/// returns the chain and the rollup's address.
-async fn local_chain_up() -> Result<(optio_contracts::Anvil, String)> {
-    let anvil = optio_contracts::Anvil::start_with(&["--block-time", "1", "--mixed-mining"])
-        .map_err(|e| {
-            anyhow::anyhow!("starting the local L1 chain: {e} (or run with --no-l1, or --l1-rpc)")
-        })?;
-    optio_contracts::forge_build().map_err(|e| anyhow::anyhow!("building the contracts: {e}"))?;
-    let provider = optio_settler::connect(&anvil.url, LOCAL_OPERATOR_KEY)?;
+/// Starts the embedded L1 chain (`optio-chain`: revm behind the Ethereum JSON-RPC, a block per
+/// transaction and an empty one every second), funds the operator and `users` with 100 ETH at
+/// genesis, and deploys the contracts for an empty state (finalization after 60 s, priority
+/// deadline 1 h); returns the chain and the rollup's address.
+async fn local_chain_up(users: &[[u8; 20]]) -> Result<(optio_chain::Chain, String)> {
+    use optio_settler::U256;
     let operator = optio_settler::signer_address(LOCAL_OPERATOR_KEY).map_err(anyhow::Error::msg)?;
-    let genesis = optio_settler::U256::from_be_bytes(optio_state::poseidon::to_bytes(
+    let ether = U256::from(100u64) * U256::from(10u64).pow(U256::from(18u64));
+    let funded: Vec<(optio_settler::Address, U256)> = std::iter::once(operator)
+        .chain(users.iter().map(|u| optio_settler::Address::from(*u)))
+        .map(|a| (a, ether))
+        .collect();
+    let chain = optio_chain::Chain::start(31_337, &funded, Duration::from_secs(1))
+        .await
+        .context("starting the embedded L1 chain")?;
+    optio_contracts::forge_build().map_err(|e| {
+        anyhow::anyhow!(
+            "building the contracts: {e} (run `npm ci --prefix contracts`, or start with --no-l1)"
+        )
+    })?;
+    let provider = optio_settler::connect(&chain.url, LOCAL_OPERATOR_KEY)?;
+    let genesis = U256::from_be_bytes(optio_state::poseidon::to_bytes(
         &optio_state::SettlementState::new().root(),
     ));
-    let d = optio_settler::deploy(
-        &provider,
-        operator,
-        genesis,
-        60,
-        3_600,
-        optio_settler::U256::ZERO,
-    )
-    .await
-    .context("deploying the contracts on the local chain")?;
+    let d = optio_settler::deploy(&provider, operator, genesis, 60, 3_600, U256::ZERO)
+        .await
+        .context("deploying the contracts on the embedded chain")?;
     println!(
-        "  L1 chain  {} (local anvil: a block per transaction and at least one a second): rollup {} usdc {}",
-        anvil.url, d.rollup, d.usdc
+        "  L1 chain  {} (embedded EVM, chain id 31337, a block per transaction and one a second): rollup {} usdc {}",
+        chain.url, d.rollup, d.usdc
     );
-    Ok((anvil, d.rollup.to_string()))
+    Ok((chain, d.rollup.to_string()))
 }
 
 /// How the devnet funds its participants: the faucet credits directly; on an L1 every account
@@ -340,6 +343,8 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
         .iter()
         .filter_map(|s| optio_gateway::instrument_of(&gateway, &s.name.to_string()))
         .collect();
+    let demo_key = secp256k1::SecretKey::from_secret_bytes([0xde; 32]).context("demo key")?;
+    let demo_address = optio_intents::address_of(&secp256k1::PublicKey::from_secret_key(&demo_key));
     // The local chain lives as long as the devnet.
     let mut local_chain = None;
     let chain = match (&args.l1_rpc, &args.rollup, args.no_l1) {
@@ -351,9 +356,16 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
                 .context("--l1-rpc needs the operator key in OPTIO_L1_KEY")?,
         )),
         (_, _, false) => {
-            let (anvil, rollup) = local_chain_up().await?;
-            let rpc = anvil.url.clone();
-            local_chain = Some(anvil);
+            let mut users = vec![demo_address];
+            for a in &args.fund {
+                users.push(
+                    optio_intents::parse_address(a)
+                        .with_context(|| format!("--fund {a}: not a 0x address"))?,
+                );
+            }
+            let (chain, rollup) = local_chain_up(&users).await?;
+            let rpc = chain.url.clone();
+            local_chain = Some(chain);
             Some((rpc, rollup, LOCAL_OPERATOR_KEY.to_owned()))
         }
         _ => None,
@@ -388,8 +400,6 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
     let taker = funder
         .fund([0xb1; 20], Amount(50_000_000 * MONEY_SCALE))
         .await?;
-    let demo_key = secp256k1::SecretKey::from_secret_bytes([0xde; 32]).context("demo key")?;
-    let demo_address = optio_intents::address_of(&secp256k1::PublicKey::from_secret_key(&demo_key));
     let demo = funder
         .fund(demo_address, Amount(1_000_000 * MONEY_SCALE))
         .await?;

@@ -1,6 +1,7 @@
-//! The README's first command: `optio devnet` starts its local L1 chain, funds its participants
-//! by L1 deposits, serves live market data on loopback with marks, implied volatility and Greeks
-//! from its oracle, commits its batches on its chain, and stops by itself.
+//! The README's first command: `optio devnet` starts its embedded L1 chain, funds its
+//! participants by L1 deposits, serves live market data on loopback with marks, implied
+//! volatility and Greeks from its oracle, commits its batches on its chain (which the watchtower
+//! verifies from the chain alone), and stops by itself.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -29,12 +30,16 @@ fn devnet_serves_a_live_market_and_stops_by_itself() {
         .spawn()
         .expect("starts");
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    assert!(
-        lines
-            .by_ref()
-            .map_while(Result::ok)
-            .any(|l| l.contains("L1 chain  http://127.0.0.1:")),
-        "starts its local chain"
+    // The embedded chain's URL and the rollup's address.
+    let chain_line = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.contains("L1 chain  http://127.0.0.1:"))
+        .expect("starts its embedded chain");
+    let words: Vec<&str> = chain_line.split_whitespace().collect();
+    let (chain_url, rollup) = (
+        words[2].to_owned(),
+        words[words.iter().position(|w| *w == "rollup").expect("rollup") + 1].to_owned(),
     );
     let url = lines
         .by_ref()
@@ -107,6 +112,17 @@ fn devnet_serves_a_live_market_and_stops_by_itself() {
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+    // The watchtower, from the chain alone, agrees with what was committed.
+    let verify = Command::new(env!("CARGO_BIN_EXE_optio"))
+        .args(["verify", "--rpc", &chain_url, "--rollup", &rollup])
+        .output()
+        .expect("optio verify runs");
+    let text = String::from_utf8_lossy(&verify.stdout);
+    assert!(
+        verify.status.success() && text.contains("committed batches verified from L1 data"),
+        "{text}{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
     for _ in lines.map_while(Result::ok) {}
     assert!(child.wait().expect("exits").success());
 }

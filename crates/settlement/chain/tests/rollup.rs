@@ -1,0 +1,111 @@
+//! The embedded chain runs the real contracts through the same client code as anvil: deploy,
+//! ERC-20 mint/approve, a deposit into the rollup's priority queue read back by the settler, a
+//! revert with its decoded reason, the Poseidon hashers agreeing with Rust, events by filter,
+//! calldata by transaction hash, and blocks that keep coming on their own.
+
+use std::time::Duration;
+
+use alloy::primitives::U256;
+use alloy::providers::Provider;
+use optio_chain::Chain;
+use optio_settler::{OptioRollup, PriorityKind, TestUSDC, connect, deploy, priority_ops, transact};
+
+/// anvil's first default key (any key works: the chain funds it at genesis).
+const KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rollup_runs_on_the_embedded_chain() {
+    optio_contracts::forge_build().expect("forge build");
+    let operator = optio_settler::signer_address(KEY).expect("address");
+    let chain = Chain::start(
+        31_337,
+        &[(operator, U256::from(10u64).pow(U256::from(21u64)))],
+        Duration::from_millis(200),
+    )
+    .await
+    .expect("starts");
+    let provider = connect(&chain.url, KEY).expect("provider");
+    assert_eq!(provider.get_chain_id().await.expect("chain id"), 31_337);
+    let genesis = U256::from_be_bytes(optio_state::poseidon::to_bytes(
+        &optio_state::SettlementState::new().root(),
+    ));
+    let d = deploy(&provider, operator, genesis, 60, 3_600, U256::ZERO)
+        .await
+        .expect("deploys");
+    let rollup = OptioRollup::new(d.rollup, &provider);
+    let usdc = TestUSDC::new(d.usdc, &provider);
+    transact(usdc.mint(operator, U256::from(5_000_000u64)))
+        .await
+        .expect("mint");
+    transact(usdc.approve(d.rollup, U256::MAX))
+        .await
+        .expect("approve");
+    let receipt = transact(rollup.deposit(u32::MAX, U256::from(2_000_000u64)))
+        .await
+        .expect("deposit");
+    let event = receipt
+        .decoded_log::<OptioRollup::Deposit>()
+        .expect("the Deposit event in the receipt");
+    assert_eq!(event.owner, operator);
+    assert_eq!(
+        usdc.balanceOf(d.rollup).call().await.expect("reads"),
+        U256::from(2_000_000u64)
+    );
+
+    // The settler's view of the queue, at the head and one block deep.
+    let ops = priority_ops(&provider, d.rollup, 0, 0)
+        .await
+        .expect("reads");
+    assert_eq!(ops.len(), 1);
+    assert_eq!(
+        (ops[0].kind, ops[0].owner, ops[0].amount),
+        (PriorityKind::Deposit, operator, U256::from(2_000_000u64))
+    );
+
+    // A revert comes back with the contract's reason, and changes nothing.
+    let err = rollup
+        .deposit(1, U256::ZERO)
+        .call()
+        .await
+        .expect_err("zero deposits revert");
+    let selector = &alloy::primitives::keccak256("ZeroAmount()")[..4];
+    assert!(
+        err.as_revert_data()
+            .is_some_and(|d| d.starts_with(selector)),
+        "{err}"
+    );
+    assert!(transact(rollup.deposit(1, U256::ZERO)).await.is_err());
+    assert_eq!(
+        rollup.priorityCount().call().await.expect("reads"),
+        U256::from(1u64)
+    );
+
+    // Poseidon on this EVM agrees with Rust: the genesis root went through the constructor's
+    // zero-subtree hashing, and freeze is refused until a deadline passes.
+    assert!(transact(rollup.freeze()).await.is_err(), "nothing overdue");
+
+    // Events by filter and calldata by hash, as the watchtower reads them.
+    let logs = provider
+        .get_logs(
+            &alloy::rpc::types::Filter::new()
+                .address(d.rollup)
+                .event_signature(
+                    <OptioRollup::Deposit as alloy::sol_types::SolEvent>::SIGNATURE_HASH,
+                )
+                .from_block(0u64),
+        )
+        .await
+        .expect("logs");
+    assert_eq!(logs.len(), 1);
+    let tx = provider
+        .get_transaction_by_hash(logs[0].transaction_hash.expect("hash"))
+        .await
+        .expect("reads")
+        .expect("found");
+    assert_eq!(alloy::consensus::Transaction::to(&tx), Some(d.rollup));
+
+    // Blocks keep coming with nobody sending.
+    let before = provider.get_block_number().await.expect("head");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(provider.get_block_number().await.expect("head") > before);
+}
