@@ -341,6 +341,9 @@ pub struct Gateway {
     batch_stats: Option<Arc<Mutex<batching::BatchStats>>>,
     /// Live WebSocket sessions.
     pub(crate) ws_sessions: std::sync::atomic::AtomicU64,
+    /// How far L1 has come (last sequence number committed, finalized), for the `settlement`
+    /// WebSocket channel.
+    pub(crate) l1: tokio::sync::watch::Sender<(u64, u64)>,
 }
 
 /// Wall-clock milliseconds since the epoch.
@@ -573,6 +576,7 @@ impl Gateway {
             domains,
             batch_stats,
             ws_sessions: std::sync::atomic::AtomicU64::new(0),
+            l1: tokio::sync::watch::Sender::new((0, 0)),
         }
     }
 
@@ -690,6 +694,10 @@ impl Gateway {
                 rises.push((seq, now));
             }
         }
+        let latest = |rises: &[(u64, u64)]| rises.last().map_or(0, |(seq, _)| *seq);
+        let progress = (latest(&node.committed), latest(&node.finalized));
+        self.l1
+            .send_if_modified(|p| std::mem::replace(p, progress) != progress);
     }
 
     /// Opens a subaccount for `owner` and credits `amount` (devnet faucet, deposits from L1).

@@ -1,9 +1,11 @@
 //! WebSocket market data and user streams at `GET /ws`.
 //!
 //! JSON-RPC over the socket: `public/subscribe {channels}` for `book.<instrument>`,
-//! `trades.<instrument>`, `ticker.<instrument>`; `private/subscribe {channels, wallet, timestamp,
-//! signature}` for `user.orders.<subaccount>` (the same EIP-191 timestamp signature as the HTTP
-//! headers). Notifications are `{"method": "subscription", "params": {"channel", "data"}}`.
+//! `trades.<instrument>`, `ticker.<instrument>`, and `settlement` (how far L1 has come: the last
+//! sequence number committed and finalized, pushed when either moves; an intent whose `seq` (in
+//! its receipt and its `change_id`s) is at or below a mark has reached that status);
+//! `private/subscribe {channels, wallet, timestamp, signature}` for `user.orders.<subaccount>`
+//! (the same EIP-191 timestamp signature as the HTTP headers). Notifications are `{"method": "subscription", "params": {"channel", "data"}}`.
 //! Book messages: a `snapshot` of the top 10 levels on subscribe, then `change` messages with
 //! only the levels that changed (`[price, amount]`, amount `"0"` for a level that went away),
 //! each with `change_id` (the sequence number of the input that changed it) and
@@ -86,13 +88,16 @@ async fn session(g: Arc<Gateway>, mut socket: WebSocket) {
     let mut trades: BTreeMap<InstrumentId, String> = BTreeMap::new();
     let mut tickers: BTreeMap<InstrumentId, String> = BTreeMap::new();
     let mut users: BTreeSet<AccountId> = BTreeSet::new();
+    let mut l1 = g.l1.subscribe();
+    let mut settlement = false;
     // Orders of subscribed users: order id -> account (fills name only the accounts).
     loop {
         tokio::select! {
             incoming = socket.recv() => {
                 let Some(Ok(message)) = incoming else { return };
                 let Message::Text(text) = message else { continue };
-                let reply = subscribe(&g, &text, &mut books, &mut trades, &mut tickers, &mut users);
+                let subs = Subscriptions { books: &mut books, trades: &mut trades, tickers: &mut tickers, users: &mut users, settlement: &mut settlement };
+                let reply = subscribe(&g, &text, subs);
                 let snapshots = reply.1;
                 if !send(&mut socket, reply.0).await {
                     return;
@@ -101,6 +106,15 @@ async fn session(g: Arc<Gateway>, mut socket: WebSocket) {
                     if !send(&mut socket, s).await {
                         return;
                     }
+                }
+            }
+            changed = l1.changed(), if settlement => {
+                if changed.is_err() {
+                    return;
+                }
+                let progress = *l1.borrow_and_update();
+                if !send(&mut socket, settlement_note(progress)).await {
+                    return;
                 }
             }
             published = stream.recv() => {
@@ -120,6 +134,22 @@ async fn session(g: Arc<Gateway>, mut socket: WebSocket) {
             }
         }
     }
+}
+
+fn settlement_note((committed, finalized): (u64, u64)) -> Value {
+    note(
+        "settlement",
+        json!({"committed_seq": committed, "finalized_seq": finalized, "proven_seq": null}),
+    )
+}
+
+/// What a session is subscribed to.
+struct Subscriptions<'a> {
+    books: &'a mut BTreeMap<InstrumentId, BookState>,
+    trades: &'a mut BTreeMap<InstrumentId, String>,
+    tickers: &'a mut BTreeMap<InstrumentId, String>,
+    users: &'a mut BTreeSet<AccountId>,
+    settlement: &'a mut bool,
 }
 
 fn note(channel: &str, data: Value) -> Value {
@@ -174,15 +204,14 @@ fn diff(old: &[(String, String)], new: &[(String, String)]) -> Vec<Value> {
     out
 }
 
-#[allow(clippy::type_complexity)]
-fn subscribe(
-    g: &Gateway,
-    text: &str,
-    books: &mut BTreeMap<InstrumentId, BookState>,
-    trades: &mut BTreeMap<InstrumentId, String>,
-    tickers: &mut BTreeMap<InstrumentId, String>,
-    users: &mut BTreeSet<AccountId>,
-) -> (Value, Vec<Value>) {
+fn subscribe(g: &Gateway, text: &str, subs: Subscriptions<'_>) -> (Value, Vec<Value>) {
+    let Subscriptions {
+        books,
+        trades,
+        tickers,
+        users,
+        settlement,
+    } = subs;
     let request: Value = match serde_json::from_str(text) {
         Ok(v) => v,
         Err(_) => {
@@ -222,6 +251,11 @@ fn subscribe(
     }
     let mut snapshots = Vec::new();
     for channel in &channels {
+        if channel == "settlement" {
+            *settlement = true;
+            snapshots.push(settlement_note(*g.l1.borrow()));
+            continue;
+        }
         if let Some(sub) = channel.strip_prefix("user.orders.") {
             if method != "private/subscribe" {
                 return error(6_005, "user channels need private/subscribe");

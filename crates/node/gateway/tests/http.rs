@@ -579,6 +579,63 @@ mod websocket {
         }
     }
 
+    /// The `settlement` channel pushes how far L1 has come, and an intent's status follows:
+    /// executed, then committed, then finalized.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn settlement_progress_is_pushed_and_intents_move_to_committed_and_finalized() {
+        let (h, alice, _) = Harness::start().await;
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", h.addr))
+            .await
+            .expect("ws connects");
+        let sub = json!({"jsonrpc": "2.0", "id": 1, "method": "public/subscribe", "params": {"channels": ["settlement"]}});
+        ws.send(Message::Text(sub.to_string().into()))
+            .await
+            .expect("send");
+        assert_eq!(next_json(&mut ws).await.expect("reply")["id"], 1);
+        let first = next_json(&mut ws).await.expect("current progress");
+        assert_eq!(first["params"]["channel"], "settlement");
+        assert_eq!(first["params"]["data"]["committed_seq"], 0);
+        let placed = h
+            .call(
+                "private/order",
+                h.order_params(&alice, "sell", "9000", "0.5", CHAIN),
+            )
+            .await;
+        let receipt =
+            optio_gateway::client::parse_receipt(&placed["result"]["receipt"]).expect("a receipt");
+        let hash = format!(
+            "0x{}",
+            receipt
+                .intent_hash
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        );
+        let query = json!({"intent_hash": hash});
+        let status = h.call("public/get_intent_status", query.clone()).await;
+        assert_eq!(status["result"]["status"], "executed", "{status}");
+        for (committed, finalized, want) in [
+            (receipt.seq, 0, "committed"),
+            (receipt.seq, receipt.seq, "finalized"),
+        ] {
+            h.gateway.record_l1(committed, finalized);
+            let pushed = next_json(&mut ws).await.expect("a push");
+            assert_eq!(pushed["params"]["data"]["committed_seq"], committed);
+            assert_eq!(pushed["params"]["data"]["finalized_seq"], finalized);
+            let now = h.call("public/get_intent_status", query.clone()).await["result"].clone();
+            assert_eq!(now["status"], want, "{now}");
+            assert!(now[format!("{want}_at")].is_u64(), "{now}");
+        }
+        // Nothing moved: nothing is pushed.
+        h.gateway.record_l1(receipt.seq, receipt.seq);
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(300), ws.next())
+                .await
+                .is_err(),
+            "no push without progress"
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn book_trades_and_user_orders_stream_with_change_ids() {
         let (h, alice, bob) = Harness::start().await;
