@@ -284,13 +284,15 @@ async fn every_user_escapes_with_what_the_finalized_state_owes_after_the_operato
             })
             .collect()
     };
-    let on_disk = || {
-        let files =
-            optio_gateway::batching::blob_files(&dir.path().join("batches")).expect("blobs");
-        let blobs: Vec<Vec<u8>> = files
+    let blobs_on_disk = || -> Vec<Vec<u8>> {
+        optio_gateway::batching::blob_files(&dir.path().join("batches"))
+            .expect("blobs")
             .iter()
             .map(|f| std::fs::read(f).expect("blob"))
-            .collect();
+            .collect()
+    };
+    let on_disk = || {
+        let blobs = blobs_on_disk();
         let mut state = optio_state::SettlementState::new();
         optio_state::rebuild(blobs.iter().map(Vec::as_slice), &mut state, |_| {})
             .expect("rebuilds");
@@ -428,12 +430,7 @@ async fn every_user_escapes_with_what_the_finalized_state_owes_after_the_operato
     );
     // A proof against a stale root (the state before the trades): refused.
     let stale = {
-        let files =
-            optio_gateway::batching::blob_files(&dir.path().join("batches")).expect("blobs");
-        let blobs: Vec<Vec<u8>> = files
-            .iter()
-            .map(|f| std::fs::read(f).expect("blob"))
-            .collect();
+        let blobs = blobs_on_disk();
         let mut older = optio_state::SettlementState::new();
         let (mut found, mut after) = (None, (0, 0));
         for blob in &blobs {

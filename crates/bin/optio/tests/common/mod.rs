@@ -31,13 +31,5 @@ pub fn get_text(addr: &str, path: &str) -> Option<String> {
 
 /// GETs a path and parses the JSON reply.
 pub fn get(addr: &str, path: &str) -> Option<serde_json::Value> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    serde_json::from_str(text.split("\r\n\r\n").nth(1)?).ok()
+    serde_json::from_str(&get_text(addr, path)?).ok()
 }
