@@ -4,6 +4,7 @@
 mod devnet;
 mod node;
 mod settle;
+mod sim;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -47,6 +48,9 @@ enum Cmd {
     /// The watchtower: from L1 alone, rebuild the state from every committed batch's data and
     /// check each committed root; exits non-zero on the first mismatch or unusable data.
     Verify(settle::VerifyArgs),
+    /// Deterministic simulation: the node's real components driven by a seeded RNG (traders,
+    /// hostile clients, L1 deposits) with crashes and torn writes, checked after every step.
+    Sim(sim::SimArgs),
 }
 
 fn main() -> Result<()> {
@@ -58,6 +62,7 @@ fn main() -> Result<()> {
         Cmd::ExitProof(args) => settle::exit_proof(args),
         Cmd::Exit(args) => settle::exit(args),
         Cmd::Verify(args) => settle::verify(args),
+        Cmd::Sim(args) => sim::run(args),
     }
 }
 

@@ -117,3 +117,25 @@ pub fn parse_receipt(v: &Value) -> Option<optio_sequencer::Receipt> {
             .collect::<Option<Vec<_>>>()?,
     })
 }
+
+/// The private-API authentication headers for `key` now: `X-OptioWallet`, `X-OptioTimestamp`
+/// (ms) and `X-OptioSignature` (EIP-191 personal_sign of the timestamp's decimal string).
+pub fn auth_headers(key: &SecretKey, now_ms: u64) -> Vec<(&'static str, String)> {
+    let owner = address_of(&secp256k1::PublicKey::from_secret_key(key));
+    let ts = now_ms.to_string();
+    let mut message = format!("\x19Ethereum Signed Message:\n{}", ts.len()).into_bytes();
+    message.extend_from_slice(ts.as_bytes());
+    let digest = optio_intents::keccak(&message);
+    let (recid, sig) = secp256k1::ecdsa::RecoverableSignature::sign_ecdsa_recoverable(
+        Message::from_digest(digest),
+        key,
+    )
+    .serialize_compact();
+    let mut signature = sig.to_vec();
+    signature.push(27 + recid.to_u8());
+    vec![
+        ("x-optiowallet", hex(&owner)),
+        ("x-optiotimestamp", ts),
+        ("x-optiosignature", hex(&signature)),
+    ]
+}

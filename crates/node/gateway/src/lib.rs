@@ -653,6 +653,20 @@ impl Gateway {
             .map(|_| ())
     }
 
+    /// The engine's canonical state (tests, the simulator, the settlement check).
+    pub fn canonical_state(&self) -> optio_types::CanonicalState {
+        self.lock().sequencer.engine().canonical()
+    }
+
+    /// The engine's invariants, checked in full now.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        self.lock()
+            .sequencer
+            .engine()
+            .check_invariants()
+            .map_err(|e| format!("{e:?}"))
+    }
+
     /// Accounts opened so far (the next one gets this id).
     pub fn account_count(&self) -> usize {
         self.lock().sequencer.engine().account_count()

@@ -97,6 +97,16 @@ impl Wal {
                     if later {
                         return Err(WalError::Corrupt(offset as u64));
                     }
+                    // The simulator's canary (`--features canary`, never in a release): a planted
+                    // off-by-one that also drops the last complete record, which was
+                    // acknowledged. `optio sim` must catch it.
+                    #[cfg(feature = "canary")]
+                    if let Some((_, input, intent)) = records.pop() {
+                        let mut payload = 12 + input.encode().len() + 4;
+                        payload += intent.as_ref().map_or(0, Vec::len);
+                        offset -= HEADER + payload;
+                        expected -= 1;
+                    }
                     file.set_len(offset as u64)?;
                     file.sync_all()?;
                     break;

@@ -118,6 +118,8 @@ pub struct Batcher {
     last_seq: u64,
     first_seq: u64,
     opened_ms: Option<u64>,
+    /// Sequenced time of the first input not in a batch yet (with or without ops).
+    uncovered_ms: Option<u64>,
     last_ms: u64,
     pending: Vec<Op>,
     marks: BTreeMap<u32, Op>,
@@ -147,6 +149,7 @@ impl Batcher {
             last_seq,
             first_seq: last_seq + 1,
             opened_ms: None,
+            uncovered_ms: None,
             last_ms: 0,
             pending: Vec::new(),
             marks: BTreeMap::new(),
@@ -199,6 +202,7 @@ impl Batcher {
         self.last_seq = seq;
         self.last_ms = self.last_ms.max(input.time_ms);
         let (ops, marks) = ops_from(input, events);
+        self.uncovered_ms.get_or_insert(input.time_ms);
         if (!ops.is_empty() || !marks.is_empty()) && self.opened_ms.is_none() {
             self.opened_ms = Some(input.time_ms);
         }
@@ -223,10 +227,15 @@ impl Batcher {
     }
 
     /// Cuts a batch if its first op is at least `max_age_ms` old at `now_ms` (for a node that
-    /// receives no input: the only cut that depends on the wall clock).
+    /// receives no input: the only cut that depends on the wall clock). Inputs that changed no
+    /// settlement state (orders that only rested, cancels) ride in the next batch; when the node
+    /// goes idle with such inputs uncovered for `max_age_ms`, they are cut into a batch without
+    /// ops, so that every sequenced intent reaches L1 (its `committed` status) in bounded time.
     pub fn tick(&mut self, now_ms: u64) -> Result<Option<Batch>, BatchError> {
-        match self.opened_ms {
-            Some(t) if now_ms.saturating_sub(t) >= self.max_age_ms => self.cut().map(Some),
+        match (self.opened_ms, self.uncovered_ms) {
+            (Some(t), _) | (None, Some(t)) if now_ms.saturating_sub(t) >= self.max_age_ms => {
+                self.cut().map(Some)
+            }
             _ => Ok(None),
         }
     }
@@ -262,6 +271,7 @@ impl Batcher {
         self.number = meta.number;
         self.first_seq = self.last_seq + 1;
         self.opened_ms = None;
+        self.uncovered_ms = None;
         let fills = std::mem::take(&mut self.fills);
         let header = header(&meta, previous_root, &blob, &ops, &self.state);
         Ok(Batch {

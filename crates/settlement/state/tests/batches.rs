@@ -651,3 +651,41 @@ fn a_persisted_state_reopens_to_the_same_root_and_continues_like_one_in_memory()
             .expect("persists");
     }
 }
+
+/// Inputs that change no settlement state (a resting order) still reach a batch: when the node
+/// goes idle, `tick` cuts them into a batch without ops once they are `max_age_ms` old, so
+/// their intents can be committed on L1.
+#[test]
+fn an_idle_tail_of_inputs_without_ops_is_cut_into_an_empty_batch() {
+    let mut batcher = Batcher::new(100, 1_000);
+    let rests = Input {
+        time_ms: T0,
+        command: Command::CancelAll {
+            account: AccountId(0),
+            instrument: None,
+        },
+    };
+    assert!(batcher.push(1, &rests, &[]).expect("pushes").is_none());
+    assert!(
+        batcher.tick(T0 + 999).expect("ticks").is_none(),
+        "not old enough"
+    );
+    let batch = batcher
+        .tick(T0 + 1_000)
+        .expect("ticks")
+        .expect("an empty batch");
+    assert_eq!(
+        (batch.header.first_seq, batch.header.last_seq),
+        (1, 1),
+        "it covers the input"
+    );
+    assert!(decode(&batch.blob).expect("decodes").1.is_empty());
+    assert_eq!(
+        batch.header.new_root, batch.header.previous_root,
+        "nothing changed"
+    );
+    assert!(
+        batcher.tick(T0 + 5_000).expect("ticks").is_none(),
+        "nothing left"
+    );
+}
