@@ -232,6 +232,8 @@ enum Funder {
         rollup: optio_settler::Address,
         usdc: optio_settler::Address,
         operator: optio_settler::Address,
+        /// Deposits queued so far (the queue id after the last one).
+        last_queued: std::sync::atomic::AtomicU64,
     },
 }
 
@@ -257,6 +259,7 @@ impl Funder {
             rollup,
             usdc,
             operator,
+            last_queued: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -271,6 +274,7 @@ impl Funder {
                 rollup,
                 usdc,
                 operator,
+                ..
             } => (gateway, provider, *rollup, *usdc, *operator),
         };
         let id = gateway.account_count() as u32;
@@ -289,20 +293,45 @@ impl Funder {
             .context("the deposit's event")?
             .priorityId;
         let queued = u64::try_from(queued).context("priority id")?;
+        if let Funder::L1 { last_queued, .. } = self {
+            last_queued.store(queued + 1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(u64::from(id))
+    }
+
+    /// Waits until the node has sequenced every deposit made so far (the settler must be
+    /// running: it feeds them).
+    async fn settled(&self) -> Result<()> {
+        let Funder::L1 {
+            gateway,
+            last_queued,
+            ..
+        } = self
+        else {
+            return Ok(());
+        };
+        let want = last_queued.load(std::sync::atomic::Ordering::Relaxed);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while gateway.priority_served() <= queued {
+        while gateway.priority_served() < want {
             anyhow::ensure!(
                 tokio::time::Instant::now() < deadline,
-                "the L1 deposit for account {id} was not sequenced within a minute"
+                "the devnet's L1 deposits were not sequenced within a minute"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Ok(u64::from(id))
+        Ok(())
     }
 }
 
 /// Runs the devnet until Ctrl-C or the duration ends.
 pub fn run(args: DevnetArgs) -> Result<()> {
+    // Warnings (an L1 round that failed, a batcher that stopped) on stderr; RUST_LOG for more.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -370,22 +399,13 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
         }
         _ => None,
     };
-    let l1 = match chain {
+    // Everyone is funded before the settler starts: both send from the operator key, and
+    // two senders of one key race for its nonces.
+    let funder = match &chain {
         Some((rpc, rollup, key)) => {
-            let rollup = crate::settle::spawn_settler(
-                gateway.clone(),
-                &rpc,
-                &rollup,
-                &key,
-                &dir.join("batches"),
-                args.l1_confirmations,
-            )?;
-            Some((rpc, key, rollup))
+            let rollup = rollup.parse().context("rollup address")?;
+            Funder::l1(gateway.clone(), rpc, key, rollup).await?
         }
-        None => None,
-    };
-    let funder = match &l1 {
-        Some((rpc, key, rollup)) => Funder::l1(gateway.clone(), rpc, key, *rollup).await?,
         None => Funder::Faucet(gateway.clone()),
     };
     // Simulated participants: two market makers and a taker, fully collateralized.
@@ -414,6 +434,21 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
                 .await?,
         ));
     }
+    let l1 = match chain {
+        Some((rpc, rollup, key)) => {
+            let rollup = crate::settle::spawn_settler(
+                gateway.clone(),
+                &rpc,
+                &rollup,
+                &key,
+                &dir.join("batches"),
+                args.l1_confirmations,
+            )?;
+            Some((rpc, key, rollup))
+        }
+        None => None,
+    };
+    funder.settled().await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;

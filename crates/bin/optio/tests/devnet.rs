@@ -20,7 +20,7 @@ fn devnet_serves_a_live_market_and_stops_by_itself() {
             "--listen",
             "127.0.0.1:0",
             "--duration-s",
-            "8",
+            "20",
             "--batch-age-ms",
             "500",
             "--fund",
@@ -95,7 +95,7 @@ fn devnet_serves_a_live_market_and_stops_by_itself() {
         "market makers quote: {book}"
     );
     // The batches reach the local chain, and intents move to committed.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     loop {
         let metrics = common::get_text(&url, "/metrics").expect("metrics");
         let committed = metrics

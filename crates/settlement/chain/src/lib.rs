@@ -358,7 +358,9 @@ impl Ledger {
         match self.simulate(request, None)? {
             // A margin above what it used: gas forwarded to calls (63/64) is needed up front.
             ExecutionResult::Success { gas, .. } => {
-                let used = gas.total_gas_spent();
+                // What execution spent before refunds, or the calldata floor (EIP-7623) when
+                // that is higher: the limit must cover both.
+                let used = gas.total_gas_spent().max(gas.floor_gas());
                 Ok(quantity((used + used / 4 + 10_000).min(TX_GAS_CAP)))
             }
             ExecutionResult::Revert { output, .. } => Err(reverted(&output)),
