@@ -415,9 +415,20 @@ impl World {
             let files = optio_gateway::batching::blob_files(&batches)?;
             let blobs: Vec<Vec<u8>> = files.iter().map(std::fs::read).collect::<Result<_, _>>()?;
             let mut state = optio_state::SettlementState::new();
-            let (number, covered) =
-                optio_state::rebuild(blobs.iter().map(Vec::as_slice), &mut state, |_| {})
-                    .map_err(|e| anyhow::anyhow!("the blobs do not rebuild: {e}"))?;
+            // A directory listing taken while the batcher writes can miss a file created during
+            // it (readdir's order is not creation order): a rebuild that fails is retried until
+            // the batcher is quiet, and reported only if it still fails then.
+            let rebuilt = optio_state::rebuild(blobs.iter().map(Vec::as_slice), &mut state, |_| {});
+            let (number, covered) = match rebuilt {
+                Ok(end) => end,
+                Err(e) if std::time::Instant::now() >= deadline => {
+                    bail!("the blobs do not rebuild: {e}")
+                }
+                Err(_) => {
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+            };
             if covered >= last {
                 let stats = gateway.batch_stats().context("batcher")?;
                 ensure!(
