@@ -58,8 +58,9 @@ struct Ledger {
     chain_id: u64,
     db: Db,
     blocks: Vec<Block>,
-    /// States after the most recent blocks, oldest first: (block number, state).
-    history: VecDeque<(u64, Db)>,
+    /// States after the most recent blocks, oldest first: (block number, state). An empty
+    /// block shares the snapshot of the block before it.
+    history: VecDeque<(u64, Arc<Db>)>,
     txs: BTreeMap<B256, Mined>,
     logs: Vec<Log>,
 }
@@ -94,7 +95,7 @@ impl Ledger {
             gas_used: 0,
             txs: Vec::new(),
         };
-        let history = VecDeque::from([(0, db.clone())]);
+        let history = VecDeque::from([(0, Arc::new(db.clone()))]);
         Self {
             chain_id,
             db,
@@ -135,6 +136,7 @@ impl Ledger {
             preimage.extend_from_slice(t.as_slice());
         }
         let hash = keccak256(&preimage);
+        let txs_empty = txs.is_empty();
         self.blocks.push(Block {
             hash,
             parent,
@@ -142,7 +144,12 @@ impl Ledger {
             gas_used,
             txs,
         });
-        self.history.push_back((number, self.db.clone()));
+        // Only a block with transactions changed the state: an empty one shares the snapshot.
+        let snapshot = match self.history.back() {
+            Some((_, last)) if txs_empty => last.clone(),
+            _ => Arc::new(self.db.clone()),
+        };
+        self.history.push_back((number, snapshot));
         while self.history.len() > KEPT_STATES {
             self.history.pop_front();
         }
@@ -272,15 +279,15 @@ impl Ledger {
         Ok(hash)
     }
 
-    /// The state at a block tag: the head's, or one of the last `KEPT_STATES` blocks'.
-    fn state_at(&self, tag: Option<&Value>) -> Result<Db, RpcError> {
+    /// The state at a block tag, borrowed: the head's, or one of the last `KEPT_STATES` blocks'.
+    fn state_at(&self, tag: Option<&Value>) -> Result<&Db, RpcError> {
         match self.block_number(tag)? {
-            n if n == self.head() => Ok(self.db.clone()),
+            n if n == self.head() => Ok(&self.db),
             n => self
                 .history
                 .iter()
                 .find(|(at, _)| *at == n)
-                .map(|(_, db)| db.clone())
+                .map(|(_, db)| db.as_ref())
                 .ok_or_else(|| {
                     invalid(format!(
                         "state at block {n} is not kept (only the last {KEPT_STATES} blocks)"
@@ -307,9 +314,9 @@ impl Ledger {
     fn simulate(&self, request: &Value, tag: Option<&Value>) -> Result<ExecutionResult, RpcError> {
         let request: TransactionRequest =
             serde_json::from_value(request.clone()).map_err(|e| invalid(format!("call: {e}")))?;
-        let mut db = self.state_at(tag)?;
+        let db = self.state_at(tag)?;
         let from = request.from.unwrap_or_default();
-        let nonce = revm::Database::basic(&mut db, from)
+        let nonce = revm::DatabaseRef::basic_ref(db, from)
             .ok()
             .flatten()
             .map_or(0, |a| a.nonce);
@@ -332,7 +339,7 @@ impl Ledger {
         Context::mainnet()
             .modify_cfg_chained(|c| c.chain_id = chain_id)
             .with_block(env)
-            .with_db(db)
+            .with_db(revm::database_interface::WrapDatabaseRef(db))
             .build_mainnet()
             .transact(tx)
             .map(|r| r.result)
@@ -486,8 +493,8 @@ impl Ledger {
             }
             "eth_getBalance" | "eth_getTransactionCount" | "eth_getCode" => {
                 let who = address(0)?;
-                let mut db = self.state_at(p(1))?;
-                let info = revm::Database::basic(&mut db, who)
+                let db = self.state_at(p(1))?;
+                let info = revm::DatabaseRef::basic_ref(db, who)
                     .map_err(|e| (-32603, format!("{e:?}"), None))?
                     .unwrap_or_default();
                 Ok(match method {
@@ -496,7 +503,7 @@ impl Ledger {
                     _ => {
                         let code = match info.code {
                             Some(c) => c.original_bytes(),
-                            None => revm::Database::code_by_hash(&mut db, info.code_hash)
+                            None => revm::DatabaseRef::code_by_hash_ref(db, info.code_hash)
                                 .map(|c| c.original_bytes())
                                 .unwrap_or_default(),
                         };
@@ -508,8 +515,8 @@ impl Ledger {
                 let who = address(0)?;
                 let slot: U256 = serde_json::from_value(p(1).cloned().unwrap_or(Value::Null))
                     .map_err(|e| invalid(format!("slot: {e}")))?;
-                let mut db = self.state_at(p(2))?;
-                let v = revm::Database::storage(&mut db, who, slot)
+                let db = self.state_at(p(2))?;
+                let v = revm::DatabaseRef::storage_ref(db, who, slot)
                     .map_err(|e| (-32603, format!("{e:?}"), None))?;
                 Ok(Value::String(format!("{:#066x}", v)))
             }
