@@ -103,6 +103,13 @@ fn rpc<E: std::fmt::Display>(e: E) -> SettlerError {
     SettlerError::Rpc(e.to_string())
 }
 
+/// The last finalized batch the rollup holds.
+async fn last_finalized(
+    contract: &OptioRollup::OptioRollupInstance<&DynProvider>,
+) -> Result<u64, SettlerError> {
+    u64::try_from(contract.lastFinalized().call().await.map_err(rpc)?).map_err(rpc)
+}
+
 pub use alloy::primitives::{Address, U256};
 
 pub use alloy::providers::DynProvider;
@@ -453,17 +460,22 @@ async fn audit_priority(
 ) -> Result<Option<String>, SettlerError> {
     let (_, ops) = optio_state::decode(blob).map_err(rpc)?;
     for op in ops {
-        let (priority, account, amount, deposit) = match op {
+        let (priority, account, amount, kind) = match op {
             optio_state::Op::L1Deposit {
                 priority,
                 account,
                 amount,
-            } => (priority, account.0, amount.0, true),
+            } => (priority, account.0, amount.0, PriorityKind::Deposit),
             optio_state::Op::L1Withdrawal {
                 priority,
                 account,
                 amount,
-            } => (priority, account.0, amount.0, false),
+            } => (
+                priority,
+                account.0,
+                amount.0,
+                PriorityKind::ForcedWithdrawal,
+            ),
             _ => continue,
         };
         let queued = contract
@@ -482,15 +494,17 @@ async fn audit_priority(
                 .get(a as usize)
                 .map(|x| Address::from(x.owner.0))
         };
-        let wrong = if deposit {
-            queued.kind != 1
-                || U256::from(amount.max(0) as u64) != queued.amount
-                || (account != queued.account && owner_of(account) != Some(queued.owner))
-        } else {
-            queued.kind != 2
-                || account != queued.account
-                || (amount > 0 && owner_of(account) != Some(queued.owner))
-        };
+        let wrong = PriorityKind::from_l1(queued.kind) != Some(kind)
+            || match kind {
+                PriorityKind::Deposit => {
+                    U256::from(amount.max(0) as u64) != queued.amount
+                        || (account != queued.account && owner_of(account) != Some(queued.owner))
+                }
+                PriorityKind::ForcedWithdrawal => {
+                    account != queued.account
+                        || (amount > 0 && owner_of(account) != Some(queued.owner))
+                }
+            };
         if wrong {
             return Ok(Some(format!(
                 "priority operation {priority} served as account {account}, amount {amount}; L1 queued kind {}, account {}, amount {}, from {}",
@@ -584,9 +598,7 @@ async fn finalized_state(
     provider: &DynProvider,
     rollup: Address,
 ) -> Result<optio_state::SettlementState, SettlerError> {
-    let contract = OptioRollup::new(rollup, provider);
-    let finalized =
-        u64::try_from(contract.lastFinalized().call().await.map_err(rpc)?).map_err(rpc)?;
+    let finalized = last_finalized(&OptioRollup::new(rollup, provider)).await?;
     let blobs = blobs_from_l1(provider, rollup, finalized).await?;
     let mut state = optio_state::SettlementState::new();
     optio_state::rebuild(blobs.iter().map(Vec::as_slice), &mut state, |_| {})
@@ -637,6 +649,17 @@ pub struct PriorityOp {
     pub account: u32,
     /// Deposited amount (micro-USDC; zero for a withdrawal).
     pub amount: U256,
+}
+
+impl PriorityKind {
+    /// The kind the rollup contract stores (`DEPOSIT = 1`, `FORCED_WITHDRAWAL = 2`).
+    pub fn from_l1(kind: u8) -> Option<Self> {
+        match kind {
+            1 => Some(Self::Deposit),
+            2 => Some(Self::ForcedWithdrawal),
+            _ => None,
+        }
+    }
 }
 
 impl PriorityOp {
@@ -697,11 +720,8 @@ pub async fn priority_ops(
             .map_err(rpc)?;
         ops.push(PriorityOp {
             id,
-            kind: match op.kind {
-                1 => PriorityKind::Deposit,
-                2 => PriorityKind::ForcedWithdrawal,
-                k => return Err(SettlerError::Rpc(format!("priority op {id}: kind {k}"))),
-            },
+            kind: PriorityKind::from_l1(op.kind)
+                .ok_or_else(|| SettlerError::Rpc(format!("priority op {id}: kind {}", op.kind)))?,
             owner: op.owner,
             account: op.account,
             amount: op.amount,
@@ -765,8 +785,7 @@ impl Settler {
     pub async fn progress(&self) -> Result<Progress, SettlerError> {
         let contract = OptioRollup::new(self.rollup, &self.provider);
         let committed = self.committed().await?;
-        let finalized =
-            u64::try_from(contract.lastFinalized().call().await.map_err(rpc)?).map_err(rpc)?;
+        let finalized = last_finalized(&contract).await?;
         let last_seq = |n: u64| {
             let contract = &contract;
             async move {
@@ -795,9 +814,7 @@ impl Settler {
         let delay = contract.finalizationDelay().call().await.map_err(rpc)?;
         let mut done = 0;
         loop {
-            let next = u64::try_from(contract.lastFinalized().call().await.map_err(rpc)?)
-                .map_err(rpc)?
-                + 1;
+            let next = last_finalized(&contract).await? + 1;
             if next > self.committed().await? {
                 return Ok(done);
             }
@@ -816,10 +833,9 @@ impl Settler {
             if U256::from(head.header.timestamp) < U256::from(committed_at) + delay {
                 return Ok(done);
             }
-            let pending = contract.finalize().send().await.map_err(rpc)?;
-            if !mined(&self.provider, *pending.tx_hash()).await?.status() {
-                return Err(SettlerError::Batch(next, "finalize reverted".into()));
-            }
+            transact(contract.finalize())
+                .await
+                .map_err(|e| SettlerError::Batch(next, format!("finalize: {e}")))?;
             done += 1;
         }
     }
