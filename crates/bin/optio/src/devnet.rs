@@ -6,9 +6,9 @@
 //! It settles on an L1 chain: by default an embedded one (`optio-chain`: revm behind the
 //! Ethereum JSON-RPC on 127.0.0.1, a block per transaction and one every second, the contracts
 //! deployed at start, the operator, demo and `--fund` addresses given ETH for gas); with
-//! `--l1-rpc` and `--rollup`, the given chain (anvil, a testnet). Batches are posted and finalized, and every participant is
-//! funded by a real L1 deposit (the operator mints test USDC and deposits it for their
-//! accounts), so the vault always holds what the state owes. With `--no-l1` there is no chain
+//! `--l1-rpc` and `--rollup`, the given chain (anvil, a testnet). Batches are posted and
+//! finalized, and every participant is funded by a real L1 deposit (the operator mints test
+//! USDC and deposits it for their accounts), so the vault always holds what the state owes. With `--no-l1` there is no chain
 //! and the faucet credits accounts directly.
 //!
 //! Not yet in it: the prover.
@@ -374,6 +374,15 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
         .collect();
     let demo_key = secp256k1::SecretKey::from_secret_bytes([0xde; 32]).context("demo key")?;
     let demo_address = optio_intents::address_of(&secp256k1::PublicKey::from_secret_key(&demo_key));
+    let fund: Vec<(&String, [u8; 20])> = args
+        .fund
+        .iter()
+        .map(|a| {
+            optio_intents::parse_address(a)
+                .map(|address| (a, address))
+                .with_context(|| format!("--fund {a}: not a 0x address"))
+        })
+        .collect::<Result<_>>()?;
     // The local chain lives as long as the devnet.
     let mut local_chain = None;
     let chain = match (&args.l1_rpc, &args.rollup, args.no_l1) {
@@ -385,13 +394,9 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
                 .context("--l1-rpc needs the operator key in OPTIO_L1_KEY")?,
         )),
         (_, _, false) => {
-            let mut users = vec![demo_address];
-            for a in &args.fund {
-                users.push(
-                    optio_intents::parse_address(a)
-                        .with_context(|| format!("--fund {a}: not a 0x address"))?,
-                );
-            }
+            let users: Vec<[u8; 20]> = std::iter::once(demo_address)
+                .chain(fund.iter().map(|(_, address)| *address))
+                .collect();
             let (chain, rollup) = local_chain_up(&users).await?;
             let rpc = chain.url.clone();
             local_chain = Some(chain);
@@ -424,13 +429,11 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
         .fund(demo_address, Amount(1_000_000 * MONEY_SCALE))
         .await?;
     let mut funded = Vec::new();
-    for a in &args.fund {
-        let address = optio_intents::parse_address(a)
-            .with_context(|| format!("--fund {a}: not a 0x address"))?;
+    for (a, address) in &fund {
         funded.push((
-            a.clone(),
+            (*a).clone(),
             funder
-                .fund(address, Amount(1_000_000 * MONEY_SCALE))
+                .fund(*address, Amount(1_000_000 * MONEY_SCALE))
                 .await?,
         ));
     }

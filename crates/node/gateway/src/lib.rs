@@ -716,7 +716,7 @@ impl Gateway {
 
     /// Opens a subaccount for `owner` and credits `amount` (devnet faucet, deposits from L1).
     pub fn fund(&self, owner: Address, amount: Amount) -> Result<u64, GatewayError> {
-        let id = self.lock().sequencer.engine().account_count() as u32;
+        let id = self.account_count() as u32;
         let results = self.submit_admin(vec![
             Command::OpenAccount {
                 owner: to_engine(owner),
@@ -1317,15 +1317,13 @@ impl Gateway {
             "optio_l1_priority_served {}\n",
             engine.priority_served()
         ));
-        for (name, rises, help) in [
-            ("committed", &node.committed, "committed on L1"),
-            ("finalized", &node.finalized, "finalized on L1"),
+        let (committed, finalized) = *self.l1.borrow();
+        for (name, seq, help) in [
+            ("committed", committed, "committed on L1"),
+            ("finalized", finalized, "finalized on L1"),
         ] {
             out.push_str(&format!("# HELP optio_l1_{name}_seq Last sequence number {help}.\n# TYPE optio_l1_{name}_seq gauge\n"));
-            out.push_str(&format!(
-                "optio_l1_{name}_seq {}\n",
-                rises.last().map_or(0, |(seq, _)| *seq)
-            ));
+            out.push_str(&format!("optio_l1_{name}_seq {seq}\n"));
         }
         if let Some(stats) = self
             .batch_stats

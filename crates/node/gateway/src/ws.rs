@@ -5,7 +5,8 @@
 //! sequence number committed and finalized, pushed when either moves; an intent whose `seq` (in
 //! its receipt and its `change_id`s) is at or below a mark has reached that status);
 //! `private/subscribe {channels, wallet, timestamp, signature}` for `user.orders.<subaccount>`
-//! (the same EIP-191 timestamp signature as the HTTP headers). Notifications are `{"method": "subscription", "params": {"channel", "data"}}`.
+//! (the same EIP-191 timestamp signature as the HTTP headers). Notifications are
+//! `{"method": "subscription", "params": {"channel", "data"}}`.
 //! Book messages: a `snapshot` of the top 10 levels on subscribe, then `change` messages with
 //! only the levels that changed (`[price, amount]`, amount `"0"` for a level that went away),
 //! each with `change_id` (the sequence number of the input that changed it) and

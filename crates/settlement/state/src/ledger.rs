@@ -583,9 +583,10 @@ impl SettlementState {
         })
     }
 
-    /// Where this state differs from the engine's (collateral, positions, owners, keys, funds,
-    /// instrument status, marks and settlement prices); `None` when they agree. The node checks
-    /// it at every batch; tests check it after every batch of random histories.
+    /// Where this state differs from the engine's (collateral, positions, owners, keys, funds, L1
+    /// priority operations served, instrument status, marks and settlement prices); `None` when
+    /// they agree. Tests check it after every batch of random histories, and `optio sim` at the
+    /// end of every seed.
     pub fn diff_engine(&self, engine: &CanonicalState) -> Option<String> {
         if engine.accounts.len() != self.accounts.len()
             || engine.instruments.len() != self.instruments.len()
@@ -596,6 +597,12 @@ impl SettlementState {
                 self.instruments.len(),
                 engine.accounts.len(),
                 engine.instruments.len()
+            ));
+        }
+        if engine.totals.priority_served != self.priority_served {
+            return Some(format!(
+                "{} L1 priority operations served, the engine has {}",
+                self.priority_served, engine.totals.priority_served
             ));
         }
         if (engine.totals.insurance, engine.totals.fee_pool) != (self.insurance, self.fee_pool) {
