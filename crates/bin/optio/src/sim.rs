@@ -335,10 +335,8 @@ impl World {
     fn crash(&mut self) -> Result<()> {
         let gateway = self.gateway.take().expect("up");
         let (hash, seq) = (gateway.state_hash(), gateway.next_seq());
+        // Dropping the node stops its threads and frees its files.
         drop(gateway);
-        // The writer and batcher threads see their channels close (the batcher polls every
-        // 100 ms) and release the files.
-        std::thread::sleep(Duration::from_millis(150));
         self.stats.crashes += 1;
         if self.rng.random_bool(0.5) {
             // A write that never completed: a record header and part of its body.
@@ -351,22 +349,7 @@ impl World {
                 .write_all(&torn)?;
             self.stats.torn += 1;
         }
-        // Its threads may still hold the files for a while: the dropped node's batcher drains
-        // the inputs queued for it before it releases its store (a real crash would discard
-        // them; the restarted node re-derives them from the WAL either way).
-        let deadline = std::time::Instant::now() + Duration::from_secs(120);
-        let gateway = loop {
-            match open(self.dir.path()) {
-                Ok(g) => break g,
-                Err(e)
-                    if std::time::Instant::now() < deadline
-                        && format!("{e:#}").contains("already open") =>
-                {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                Err(e) => return Err(e),
-            }
-        };
+        let gateway = open(self.dir.path())?;
         ensure!(
             gateway.next_seq() == seq,
             "after restart the next sequence number is {}, it was {seq}",

@@ -56,6 +56,21 @@ pub(crate) struct Feed {
     tx: SyncSender<Item>,
     overflow: VecDeque<Item>,
     stats: Arc<Mutex<BatchStats>>,
+    /// The batcher thread, joined when the feed is dropped.
+    batcher: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Feed {
+    /// Closes the batcher's queue and waits for it to finish what it holds and release its
+    /// files (inputs still in `overflow` are dropped: the WAL has them, and the next start feeds
+    /// them again).
+    fn drop(&mut self) {
+        let (closed, _) = std::sync::mpsc::sync_channel(0);
+        drop(std::mem::replace(&mut self.tx, closed));
+        if let Some(batcher) = self.batcher.take() {
+            let _ = batcher.join();
+        }
+    }
 }
 
 impl Feed {
@@ -177,7 +192,7 @@ pub(crate) fn start(
     let batcher = Batcher::resume(state, number, last_seq, max_ops, max_age_ms);
     let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
     let (dir, shared) = (dir.to_owned(), stats.clone());
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("optio-batcher".into())
         .spawn(move || run(batcher, rx, &dir, &shared))
         .map_err(|e| e.to_string())?;
@@ -186,6 +201,7 @@ pub(crate) fn start(
             tx,
             overflow: VecDeque::new(),
             stats: stats.clone(),
+            batcher: Some(thread),
         },
         stats,
         last_seq,

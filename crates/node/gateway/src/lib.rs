@@ -344,6 +344,21 @@ pub struct Gateway {
     /// How far L1 has come (last sequence number committed, finalized), for the `settlement`
     /// WebSocket channel.
     pub(crate) l1: tokio::sync::watch::Sender<(u64, u64)>,
+    /// The writer thread, joined when the gateway is dropped.
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Gateway {
+    /// Stops the node's threads: closes the writer's queue and waits for the writer, which
+    /// drops the batcher's feed and so waits for the batcher. Once dropped, the data directory
+    /// is free for the next `open`.
+    fn drop(&mut self) {
+        let (closed, _) = std::sync::mpsc::sync_channel(0);
+        drop(std::mem::replace(&mut self.jobs, closed));
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
 }
 
 /// Wall-clock milliseconds since the epoch.
@@ -554,7 +569,7 @@ impl Gateway {
         let (jobs, queue) = std::sync::mpsc::sync_channel(65_536);
         let (events, _) = tokio::sync::broadcast::channel(ws::STREAM_CAPACITY);
         let (shared, stream) = (node.clone(), events.clone());
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("optio-writer".into())
             .spawn(move || writer(shared, receipt_signer, queue, stream, feed))
             .expect("spawn the writer thread");
@@ -577,6 +592,7 @@ impl Gateway {
             batch_stats,
             ws_sessions: std::sync::atomic::AtomicU64::new(0),
             l1: tokio::sync::watch::Sender::new((0, 0)),
+            writer: Some(writer),
         }
     }
 

@@ -174,10 +174,8 @@ async fn deposits_and_forced_withdrawals_are_sequenced_once_and_paid() {
     // A restart of the node: the served count comes back from its log; nothing is fed twice.
     drop(node);
     assert_eq!(Arc::strong_count(&gateway), 1);
+    // Dropping it stops its threads and frees the data directory.
     drop(gateway);
-    // Its writer and batcher threads see their channels close and stop (the batcher polls
-    // every 100 ms).
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let gateway = open(data.path());
     let node: Arc<dyn NodeLink> = Arc::new(Link(gateway.clone()));
     assert_eq!(gateway.priority_served(), 2);
