@@ -1,7 +1,9 @@
 //! The embedded chain runs the real contracts through the same client code as anvil: deploy,
 //! ERC-20 mint/approve, a deposit into the rollup's priority queue read back by the settler, a
 //! revert with its decoded reason, the Poseidon hashers agreeing with Rust, events by filter,
-//! calldata by transaction hash, and blocks that keep coming on their own.
+//! calldata by transaction hash, bad input refused with its code (no transaction, another
+//! chain's, an unknown method) and nothing mined for it, and blocks that keep coming on their
+//! own.
 
 use std::time::Duration;
 
@@ -103,6 +105,50 @@ async fn the_rollup_runs_on_the_embedded_chain() {
         .expect("reads")
         .expect("found");
     assert_eq!(alloy::consensus::Transaction::to(&tx), Some(d.rollup));
+
+    // Bad input is refused with its code and mines nothing: bytes that are no transaction, a
+    // transaction for another chain, an unknown method.
+    let head = provider.get_block_number().await.expect("head");
+    let garbage = provider
+        .raw_request::<_, serde_json::Value>("eth_sendRawTransaction".into(), ("0x1234",))
+        .await
+        .expect_err("not a transaction");
+    assert!(garbage.to_string().contains("-32602"), "{garbage}");
+    let unknown = provider
+        .raw_request::<_, serde_json::Value>("eth_mineAndPray".into(), ())
+        .await
+        .expect_err("unknown method");
+    assert!(unknown.to_string().contains("-32601"), "{unknown}");
+    let foreign = alloy::providers::ProviderBuilder::new()
+        .wallet(alloy::network::EthereumWallet::from(
+            KEY.parse::<alloy::signers::local::PrivateKeySigner>()
+                .expect("key"),
+        ))
+        .with_chain_id(1)
+        .connect_http(chain.url.parse().expect("url"));
+    let sent = foreign
+        .send_transaction(
+            alloy::rpc::types::TransactionRequest::default()
+                .to(operator)
+                .value(U256::from(1u64)),
+        )
+        .await;
+    assert!(
+        sent.is_err_and(|e| e.to_string().contains("chain id")),
+        "a transaction for another chain is refused"
+    );
+    // Only the timer's empty blocks came since.
+    for n in head + 1..=provider.get_block_number().await.expect("head") {
+        let block = provider
+            .get_block_by_number(n.into())
+            .await
+            .expect("reads")
+            .expect("exists");
+        assert!(
+            block.transactions.is_empty(),
+            "block {n} holds a refused transaction"
+        );
+    }
 
     // Blocks keep coming with nobody sending.
     let before = provider.get_block_number().await.expect("head");
