@@ -155,6 +155,7 @@ pub(crate) fn start(
     dir: &Path,
     max_ops: usize,
     max_age_ms: u64,
+    clock: crate::Clock,
 ) -> Result<(Feed, Arc<Mutex<BatchStats>>, u64), String> {
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     // The persisted state after some batch, then the blobs written after it (a crash between
@@ -194,7 +195,7 @@ pub(crate) fn start(
     let (dir, shared) = (dir.to_owned(), stats.clone());
     let thread = std::thread::Builder::new()
         .name("optio-batcher".into())
-        .spawn(move || run(batcher, rx, &dir, &shared))
+        .spawn(move || run(batcher, rx, &dir, &shared, &clock))
         .map_err(|e| e.to_string())?;
     Ok((
         Feed {
@@ -208,7 +209,13 @@ pub(crate) fn start(
     ))
 }
 
-fn run(mut batcher: Batcher, rx: Receiver<Item>, dir: &Path, stats: &Mutex<BatchStats>) {
+fn run(
+    mut batcher: Batcher,
+    rx: Receiver<Item>,
+    dir: &Path,
+    stats: &Mutex<BatchStats>,
+    clock: &crate::Clock,
+) {
     loop {
         let item = rx.recv_timeout(Duration::from_millis(100));
         let cut =
@@ -219,9 +226,9 @@ fn run(mut batcher: Batcher, rx: Receiver<Item>, dir: &Path, stats: &Mutex<Batch
                     .push(item.seq, &item.input, &item.events)
                     .and_then(|cut| match cut {
                         Some(batch) => Ok(Some(batch)),
-                        None => batcher.tick(crate::now_ms()),
+                        None => batcher.tick(clock.now_ms()),
                     }),
-                Err(RecvTimeoutError::Timeout) => batcher.tick(crate::now_ms()),
+                Err(RecvTimeoutError::Timeout) => batcher.tick(clock.now_ms()),
                 Err(RecvTimeoutError::Disconnected) => return,
             };
         let written = cut.map_err(|e| e.to_string()).and_then(|b| match b {

@@ -143,7 +143,7 @@ fn public(g: &Gateway, method: &str, params: &Value) -> Result<Value, CallError>
     let node = g.lock();
     let engine = node.sequencer.engine();
     match method {
-        "get_time" => Ok(json!(crate::now_ms())),
+        "get_time" => Ok(json!(g.config.clock.now_ms())),
         "get_all_currencies" => {
             let mut list: Vec<String> = engine
                 .instruments()
@@ -217,7 +217,7 @@ fn public(g: &Gateway, method: &str, params: &Value) -> Result<Value, CallError>
             )
         }
         "get_ticker" => {
-            let native = crate::views::ticker(&node.sequencer, params, crate::now_ms())?;
+            let native = crate::views::ticker(&node.sequencer, params, g.config.clock.now_ms())?;
             let id = crate::views::instrument_id(
                 &node.sequencer,
                 native["instrument_name"].as_str().unwrap_or_default(),

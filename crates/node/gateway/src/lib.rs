@@ -69,6 +69,43 @@ pub struct Config {
     pub batch_max_ops: usize,
     /// ... or this long after its first op.
     pub batch_max_age_ms: u64,
+    /// Where the node reads the time (the simulator moves a manual clock).
+    pub clock: Clock,
+}
+
+/// The node's clock: the system's, or a manual one that only moves when told (the simulator's
+/// simulated time). Everything the node stamps or compares with "now" (sequencing time,
+/// signature expiry, header authentication, rate limits, batch ages, intent status times)
+/// reads it.
+#[derive(Debug, Clone, Default)]
+pub enum Clock {
+    /// Wall-clock milliseconds since the epoch.
+    #[default]
+    System,
+    /// Milliseconds since the epoch as set by the owner of the shared counter.
+    Manual(Arc<std::sync::atomic::AtomicU64>),
+}
+
+impl Clock {
+    /// A manual clock at `start_ms`.
+    pub fn manual(start_ms: u64) -> Self {
+        Self::Manual(Arc::new(std::sync::atomic::AtomicU64::new(start_ms)))
+    }
+
+    /// Milliseconds since the epoch.
+    pub fn now_ms(&self) -> u64 {
+        match self {
+            Self::System => now_ms(),
+            Self::Manual(t) => t.load(std::sync::atomic::Ordering::Acquire),
+        }
+    }
+
+    /// Moves a manual clock forward by `ms` (the system clock moves by itself: no effect).
+    pub fn advance(&self, ms: u64) {
+        if let Self::Manual(t) = self {
+            t.fetch_add(ms, std::sync::atomic::Ordering::AcqRel);
+        }
+    }
 }
 
 impl Default for Config {
@@ -84,6 +121,7 @@ impl Default for Config {
             oracle_key: None,
             batch_max_ops: 10_000,
             batch_max_age_ms: 2_000,
+            clock: Clock::System,
         }
     }
 }
@@ -197,6 +235,7 @@ const MAX_GROUP: usize = 4_096;
 
 /// The writer: takes every order waiting, sequences them as one group, answers each.
 fn writer(
+    clock: Clock,
     node: Arc<Mutex<Node>>,
     signer: optio_sequencer::ReceiptSigner,
     jobs: std::sync::mpsc::Receiver<Job>,
@@ -215,7 +254,7 @@ fn writer(
         // request handlers go on meanwhile), then apply it and answer.
         let staged = {
             let Ok(mut n) = node.lock() else { return };
-            let t = now_ms().max(n.last_ms);
+            let t = clock.now_ms().max(n.last_ms);
             n.last_ms = t;
             let inputs: Vec<(Input, Option<optio_sequencer::Intent>)> = group
                 .iter()
@@ -445,6 +484,7 @@ impl Gateway {
             &dir.join("batches"),
             config.batch_max_ops,
             config.batch_max_age_ms,
+            config.clock.clone(),
         )
         .map_err(|e| {
             optio_sequencer::SequencerError::Io(std::io::Error::other(format!("batches: {e}")))
@@ -543,7 +583,7 @@ impl Gateway {
         // Replay protection survives restarts: the log holds every signed intent.
         let mut nonces: BTreeMap<Address, std::collections::BTreeSet<u64>> = BTreeMap::new();
         let mut nonce_expiries = std::collections::BTreeSet::new();
-        let now_s = now_ms() / 1_000;
+        let now_s = config.clock.now_ms() / 1_000;
         for intent in sequencer
             .recovered_intents()
             .iter()
@@ -568,10 +608,10 @@ impl Gateway {
         }));
         let (jobs, queue) = std::sync::mpsc::sync_channel(65_536);
         let (events, _) = tokio::sync::broadcast::channel(ws::STREAM_CAPACITY);
-        let (shared, stream) = (node.clone(), events.clone());
+        let (shared, stream, clock) = (node.clone(), events.clone(), config.clock.clone());
         let writer = std::thread::Builder::new()
             .name("optio-writer".into())
-            .spawn(move || writer(shared, receipt_signer, queue, stream, feed))
+            .spawn(move || writer(clock, shared, receipt_signer, queue, stream, feed))
             .expect("spawn the writer thread");
         let ip_limits = limits::Buckets::new(
             config.ip_requests_per_second,
@@ -713,7 +753,7 @@ impl Gateway {
     /// Records how far L1 has come: the last sequence number covered by the committed batches
     /// and by the finalized ones. Intents at or below move to `committed` / `finalized`.
     pub fn record_l1(&self, committed_seq: u64, finalized_seq: u64) {
-        let now = now_ms();
+        let now = self.config.clock.now_ms();
         let mut guard = self.lock();
         let node = &mut *guard;
         for (rises, seq) in [
@@ -756,7 +796,7 @@ impl Gateway {
         headers: &HeaderMap,
     ) -> Result<Value, CallError> {
         match method {
-            "public/get_time" => Ok(json!(now_ms())),
+            "public/get_time" => Ok(json!(self.config.clock.now_ms())),
             "public/get_instruments" => Ok(views::instruments(&self.lock().sequencer, params)),
             "public/get_intent_status" => {
                 let hash: [u8; 32] = parse_hex(string(params, "intent_hash")?)
@@ -813,7 +853,7 @@ impl Gateway {
                 Ok(json!("ok"))
             }
             "public/get_order_book" => Ok(views::order_book(&self.lock().sequencer, params)?),
-            "public/ticker" => Ok(views::ticker(&self.lock().sequencer, params, now_ms())?),
+            "public/ticker" => Ok(views::ticker(&self.lock().sequencer, params, self.config.clock.now_ms())?),
             "private/order" => self.order(params),
             "private/buy" | "private/sell" => {
                 let mut params = params.clone();
@@ -901,6 +941,52 @@ impl Gateway {
                     json!({"subaccount_id": account.0, "public_session_key": params["public_session_key"], "expiry_sec": expiry_s}),
                 )
             }
+            "private/set_margin_mode" => {
+                // The owner chooses how the account is margined (header authentication); the
+                // engine refuses a mode whose initial requirement the account would not meet.
+                let account = self.authorized(params, headers)?;
+                let mode = match string(params, "margin_mode")? {
+                    "worst_case" => optio_types::MarginMode::WorstCase,
+                    "standard" => optio_types::MarginMode::Standard,
+                    "portfolio" => optio_types::MarginMode::Portfolio,
+                    _ => return Err(GatewayError::InvalidParams("margin_mode".into()).into()),
+                };
+                self.sequence(Command::SetMarginMode { account, mode })?;
+                Ok(json!({"subaccount_id": account.0, "margin_mode": params["margin_mode"]}))
+            }
+            "private/liquidate" => {
+                // A liquidator (header authentication: the wallet owns `subaccount_id`) takes
+                // `amount` contracts of a liquidating account's position at the auction's
+                // current price; the engine checks the auction step and the liquidator's margin.
+                let liquidator = self.authorized(params, headers)?;
+                let account = AccountId(
+                    u32::try_from(uint(params, "account_id")?)
+                        .map_err(|_| GatewayError::InvalidParams("account_id".into()))?,
+                );
+                let instrument = views::instrument_id(
+                    &self.lock().sequencer,
+                    string(params, "instrument_name")?,
+                )?;
+                let qty = Qty(decimal(params, "amount", 8)?);
+                let events = self.sequence(Command::Liquidate {
+                    liquidator,
+                    account,
+                    instrument,
+                    qty,
+                })?;
+                let (price, fee) = events
+                    .iter()
+                    .find_map(|e| match e {
+                        optio_types::Event::LiquidationTransfer { price, fee, .. } => {
+                            Some((price.to_string(), fee.to_string()))
+                        }
+                        _ => None,
+                    })
+                    .unwrap_or_default();
+                Ok(
+                    json!({"account_id": account.0, "instrument_name": params["instrument_name"], "amount": qty.to_string(), "price": price, "fee": fee}),
+                )
+            }
             "private/get_subaccount" => {
                 let account = self.authorized(params, headers)?;
                 Ok(views::subaccount(&self.lock().sequencer, account))
@@ -964,7 +1050,7 @@ impl Gateway {
         let wallet = parse_address(h("wallet")?).ok_or(GatewayError::Unauthorized)?;
         let timestamp = h("timestamp")?;
         let ts: u64 = timestamp.parse().map_err(|_| GatewayError::Unauthorized)?;
-        if now_ms().abs_diff(ts) > self.config.auth_window_ms {
+        if self.config.clock.now_ms().abs_diff(ts) > self.config.auth_window_ms {
             return Err(GatewayError::Unauthorized.into());
         }
         let signature = parse_hex(h("signature")?).ok_or(GatewayError::Unauthorized)?;
@@ -1137,10 +1223,10 @@ impl Gateway {
         {
             return Err(GatewayError::NotOwner.into());
         }
-        if !self.owner_limits.take(&owner.0, now_ms()) {
+        if !self.owner_limits.take(&owner.0, self.config.clock.now_ms()) {
             return Err(GatewayError::RateLimited.into());
         }
-        let now_s = now_ms() / 1_000;
+        let now_s = self.config.clock.now_ms() / 1_000;
         if expiry <= now_s || expiry > now_s + self.config.max_signature_lifetime_s {
             return Err(GatewayError::SignatureExpiry.into());
         }
@@ -1315,7 +1401,7 @@ impl Gateway {
     pub fn metrics(&self) -> String {
         let node = self.lock();
         let engine = node.sequencer.engine();
-        let now = now_ms();
+        let now = self.config.clock.now_ms();
         let mut out = String::new();
         out.push_str(
             "# HELP optio_sequence Next sequence number.\n# TYPE optio_sequence counter\n",
@@ -1589,7 +1675,7 @@ async fn ip_limit(
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0.ip());
     if let Some(ip) = ip
-        && !g.ip_limits.take(&ip, now_ms())
+        && !g.ip_limits.take(&ip, g.config.clock.now_ms())
     {
         let body = rpc::err(&Value::Null, &GatewayError::RateLimited.into()).to_string();
         return (

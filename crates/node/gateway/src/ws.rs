@@ -417,7 +417,7 @@ fn notifications(
             if let Ok(t) = views::ticker(
                 &node.sequencer,
                 &json!({"instrument_name": name}),
-                crate::now_ms(),
+                g.config.clock.now_ms(),
             ) {
                 out.push(note(&format!("ticker.{name}"), t));
             }

@@ -7,10 +7,13 @@
 //! and an empty block is mined every `block_time` so that time moves on L1 (finalization delays,
 //! priority deadlines) while nobody sends anything. The base fee is fixed at 1 gwei.
 //!
-//! What it is not: a consensus client. There are no reorgs, no pending pool (a transaction is
-//! mined or refused with its reason when sent), no blob transactions, no tracing, and state is
-//! kept for the last 64 blocks only (`eth_call` at an older block is refused with a clear
-//! error). State lives in memory: it ends with the process.
+//! What it is not: a consensus client. There is no pending pool (a transaction is mined or
+//! refused with its reason when sent), no blob transactions, no tracing, and state is kept for
+//! the last 64 blocks only (`eth_call` at an older block is refused with a clear error). State
+//! lives in memory: it ends with the process. Reorgs happen only when its owner asks
+//! (`Chain::reorg`, for the simulator and tests): the last blocks are replaced by a longer fork
+//! of empty blocks and their transactions are gone, as if the fork's builder had never seen
+//! them.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -63,6 +66,9 @@ struct Ledger {
     history: VecDeque<(u64, Arc<Db>)>,
     txs: BTreeMap<B256, Mined>,
     logs: Vec<Log>,
+    /// Reorgs so far: part of every later block's hash, so a fork's blocks never share a hash
+    /// with the blocks they replaced.
+    forks: u64,
 }
 
 /// A JSON-RPC error: code, message, optional data.
@@ -103,6 +109,7 @@ impl Ledger {
             history,
             txs: BTreeMap::new(),
             logs: Vec::new(),
+            forks: 0,
         }
     }
 
@@ -132,6 +139,9 @@ impl Ledger {
         preimage.extend_from_slice(parent.as_slice());
         preimage.extend_from_slice(&number.to_be_bytes());
         preimage.extend_from_slice(&timestamp.to_be_bytes());
+        if self.forks > 0 {
+            preimage.extend_from_slice(&self.forks.to_be_bytes());
+        }
         for t in &txs {
             preimage.extend_from_slice(t.as_slice());
         }
@@ -160,6 +170,42 @@ impl Ledger {
     fn mine_empty(&mut self) {
         let env = self.next_block();
         self.seal(&env, Vec::new(), 0);
+    }
+
+    /// Replaces the last `depth` blocks with a fork of `depth + 1` empty blocks; returns the
+    /// transactions that were in the replaced blocks (now unknown to the chain).
+    fn reorg(&mut self, depth: u64) -> Result<Vec<B256>, String> {
+        let head = self.head();
+        if depth == 0 || depth >= head || depth >= KEPT_STATES as u64 {
+            return Err(format!(
+                "a reorg of {depth} blocks at head {head} (1 to {} and below the head)",
+                KEPT_STATES - 1
+            ));
+        }
+        let keep = head - depth;
+        let state = self
+            .history
+            .iter()
+            .find(|(at, _)| *at == keep)
+            .map(|(_, db)| db.as_ref().clone())
+            .ok_or_else(|| format!("state at block {keep} is not kept"))?;
+        self.db = state;
+        self.history.retain(|(at, _)| *at <= keep);
+        let gone: Vec<B256> = self
+            .blocks
+            .drain(keep as usize + 1..)
+            .flat_map(|b| b.txs)
+            .collect();
+        for hash in &gone {
+            self.txs.remove(hash);
+        }
+        self.logs
+            .retain(|l| l.block_number.is_some_and(|n| n <= keep));
+        self.forks += 1;
+        for _ in 0..=depth {
+            self.mine_empty();
+        }
+        Ok(gone)
     }
 
     fn send_raw(&mut self, raw: &[u8]) -> Result<B256, RpcError> {
@@ -613,6 +659,7 @@ async fn rpc(State(ledger): State<Shared>, body: axum::body::Bytes) -> axum::Jso
 pub struct Chain {
     /// `http://127.0.0.1:PORT`.
     pub url: String,
+    ledger: Shared,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -630,6 +677,7 @@ impl Chain {
         let app = axum::Router::new()
             .route("/", post(rpc))
             .with_state(ledger.clone());
+        let timed = ledger.clone();
         let server = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::error!(error = %e, "embedded chain stopped");
@@ -640,15 +688,41 @@ impl Chain {
             tick.tick().await;
             loop {
                 tick.tick().await;
-                if let Ok(mut l) = ledger.lock() {
+                if let Ok(mut l) = timed.lock() {
                     l.mine_empty();
                 }
             }
         });
         Ok(Chain {
             url,
+            ledger,
             tasks: vec![server, timer],
         })
+    }
+
+    /// The head block's number.
+    pub fn head(&self) -> u64 {
+        self.ledger.lock().map_or(0, |l| l.head())
+    }
+
+    /// Mines `blocks` empty blocks now (time moves on L1: each is at least a second after the
+    /// one before).
+    pub fn mine(&self, blocks: u64) {
+        if let Ok(mut l) = self.ledger.lock() {
+            for _ in 0..blocks {
+                l.mine_empty();
+            }
+        }
+    }
+
+    /// A reorg: the last `depth` blocks (1 to 63, below the head) are replaced by `depth + 1`
+    /// empty ones; returns the hashes of the transactions that were in them, which the chain no
+    /// longer knows (their senders' nonces are free again).
+    pub fn reorg(&self, depth: u64) -> Result<Vec<B256>, String> {
+        self.ledger
+            .lock()
+            .map_err(|_| "the chain's ledger is poisoned".to_owned())?
+            .reorg(depth)
     }
 }
 

@@ -155,3 +155,79 @@ async fn the_rollup_runs_on_the_embedded_chain() {
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert!(provider.get_block_number().await.expect("head") > before);
 }
+
+/// A reorg the chain's owner asks for: the replaced blocks' transaction is gone (no receipt,
+/// its transfer undone, the sender's nonce free again), the fork is one block longer with a new
+/// hash at every replaced height, and a reorg deeper than the kept states is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reorg_drops_the_replaced_blocks_transactions() {
+    use alloy::network::TransactionBuilder;
+    let operator = optio_settler::signer_address(KEY).expect("address");
+    let chain = Chain::start(
+        31_337,
+        &[(operator, U256::from(10u64).pow(U256::from(21u64)))],
+        Duration::from_secs(3_600),
+    )
+    .await
+    .expect("starts");
+    let provider = connect(&chain.url, KEY).expect("provider");
+    chain.mine(3);
+    let to = alloy::primitives::Address::repeat_byte(0x77);
+    let tx = alloy::rpc::types::TransactionRequest::default()
+        .with_to(to)
+        .with_value(U256::from(12_345u64));
+    let hash = *provider
+        .send_transaction(tx.clone())
+        .await
+        .expect("sends")
+        .tx_hash();
+    assert!(
+        provider
+            .get_transaction_receipt(hash)
+            .await
+            .expect("reads")
+            .is_some()
+    );
+    assert_eq!(
+        provider.get_balance(to).await.expect("reads"),
+        U256::from(12_345u64)
+    );
+    let head = chain.head();
+    let replaced = provider
+        .get_block_by_number(head.into())
+        .await
+        .expect("reads")
+        .expect("the block")
+        .header
+        .hash;
+
+    let gone = chain.reorg(2).expect("reorgs");
+    assert_eq!(gone, vec![hash]);
+    assert_eq!(chain.head(), head + 1);
+    assert!(
+        provider
+            .get_transaction_receipt(hash)
+            .await
+            .expect("reads")
+            .is_none()
+    );
+    assert_eq!(provider.get_balance(to).await.expect("reads"), U256::ZERO);
+    let fork = provider
+        .get_block_by_number(head.into())
+        .await
+        .expect("reads")
+        .expect("the block")
+        .header
+        .hash;
+    assert_ne!(fork, replaced);
+    // The sender's nonce is free again: the same transfer goes through once more.
+    let _sent = provider.send_transaction(tx).await.expect("sends again");
+    assert_eq!(
+        provider.get_balance(to).await.expect("reads"),
+        U256::from(12_345u64)
+    );
+
+    assert!(chain.reorg(0).is_err());
+    assert!(chain.reorg(64).is_err());
+    assert!(chain.reorg(chain.head()).is_err());
+}
