@@ -153,7 +153,7 @@ fn specs(now_ms: u64) -> Vec<InstrumentSpec> {
     out
 }
 
-fn surface(spot: f64) -> Surface {
+pub(crate) fn surface(spot: f64) -> Surface {
     let svi = Svi {
         a: 0.0008,
         b: 0.02,

@@ -249,7 +249,7 @@ fn alloy_reader(url: &str) -> Result<optio_settler::DynProvider> {
 }
 
 /// The gateway as the settler sees it.
-struct Link(std::sync::Arc<optio_gateway::Gateway>);
+pub(crate) struct Link(pub(crate) std::sync::Arc<optio_gateway::Gateway>);
 
 impl optio_settler::NodeLink for Link {
     fn priority_served(&self) -> u64 {

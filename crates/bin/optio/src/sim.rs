@@ -1,28 +1,56 @@
-//! `optio sim --seed S --ops N`: the node's real components in one process (gateway logic with
-//! real signatures, sequencer with its WAL on disk, engine, batcher writing blobs), driven by a
-//! seeded RNG: traders sending signed orders and cancels, L1 deposits fed like the settler
-//! feeds them, hostile clients (bad, foreign-chain and replayed signatures, malformed and
-//! out-of-range values), and faults (crash and restart at random points, a torn record at the
-//! WAL's tail). After every step it checks what must hold, and any failure names its seed.
+//! `optio sim --seed S --ops N`: the node's real components in one process, on simulated time,
+//! driven by a seeded RNG, under faults, with what must hold checked after every step; any
+//! failure names its seed and step.
 //!
-//! Checks: after each input, an accepted order has a receipt that verifies against the
-//! sequencer's key, and a hostile input is refused without sequencing anything; after each
-//! restart, the state hash and sequence number equal those before the crash (the torn record
-//! was never acknowledged), every acknowledged intent is there with its sequence number, the
-//! engine's invariants hold in full, and the L1 queue fed again credits nothing twice; at the
-//! end, the blobs rebuild to the batcher's root and to the engine's state.
+//! Components: the gateway (real signatures, nonces, rate limits, the JSON-RPC methods and the
+//! HTTP/WebSocket server on 127.0.0.1), the sequencer with its WAL on disk, the engine, the
+//! batcher writing blobs, the risk oracle's signed updates, and the settler posting and
+//! finalizing batches and feeding the L1 priority queue from the embedded EVM chain, where the
+//! rollup contract runs. Time: the node reads a manual clock the simulator moves (milliseconds
+//! per step, sometimes a minute or two at once); L1 time moves when blocks are mined.
 //!
-//! Not yet (issue #8): simulated time (the node reads the wall clock), the oracle and
-//! liquidations, the settler against the embedded chain with L1 delays and reorgs, storage that
-//! loses writes the node fsynced, slow subscribers.
+//! Clients: traders (signed orders, header-authenticated cancels; some margined from marks and
+//! so liquidatable), liquidators bidding in liquidation auctions, the operator deleveraging what
+//! an auction could not place, depositors and forced withdrawals on L1, WebSocket subscribers
+//! (one that reads and checks the book stream for gaps, some that never read), and hostile
+//! clients (flipped, foreign-chain and replayed signatures, malformed and out-of-range values,
+//! unknown instruments and accounts).
+//!
+//! Faults: crash and restart at random points; a torn record at the WAL's tail; a crash between
+//! writing a group and its fsync, after which the power loss keeps none, part or all of the
+//! unsynced bytes; oracle stalls (no update for minutes: marks go stale) and jumps (up to a
+//! quarter of the price at once: the circuit breaker and liquidations); L1 delays (blocks come
+//! late, the settler runs rarely) and reorgs (up to `L1_CONFIRMATIONS - 1` blocks, taking back
+//! deposits, batches and finalizations); clock jumps; slow subscribers.
+//!
+//! Checks: after each signed input, its receipt verifies against the sequencer's key; a hostile
+//! input is refused and changes nothing; the reading subscriber sees every book change in order
+//! (or is told it was too slow); no step waits on a subscriber; after oracle, liquidation and L1
+//! steps, the engine's invariants in full; after each restart, the state equals the state before
+//! the crash (plus the unacknowledged group, if the power loss kept all of it), every
+//! acknowledged intent is there with its sequence number, and the L1 queue fed again credits
+//! nothing twice; at the end, the blobs rebuild to the batcher's root and to the engine's state,
+//! every batch is posted and finalized, the watchtower agrees with every batch, the state rebuilt
+//! from L1 data alone equals the engine's (every balance and position), and the L1 vault holds
+//! exactly the deposits the engine credited.
+//!
+//! Reproducibility: inputs, faults and time are functions of the seed. Thread timing is not:
+//! where the batcher cuts batches and when a subscriber falls behind can differ between runs of
+//! one seed, and no check depends on them.
 
 use std::path::Path;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use optio_gateway::client::{OrderRequest, auth_headers, order_params, parse_receipt};
-use optio_gateway::{Config, Gateway};
-use optio_types::{AccountId, Address, Amount, Command, EngineLimits, InstrumentSpec, MONEY_SCALE};
+use futures_util::{SinkExt, StreamExt};
+use optio_gateway::client::{
+    OrderRequest, auth_headers, order_params, parse_receipt, signed_order,
+};
+use optio_gateway::{Clock, Config, Gateway};
+use optio_oracle::{OracleSigner, build_update};
+use optio_settler::{OptioRollup, Settler, TestUSDC, U256, transact};
+use optio_types::{AccountId, Command, EngineLimits, InstrumentSpec, MONEY_SCALE};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Value, json};
@@ -55,50 +83,236 @@ pub struct Stats {
     accepted: u64,
     cancels: u64,
     hostile: u64,
+    oracle_updates: u64,
+    oracle_stalls: u64,
+    oracle_jumps: u64,
+    liquidations: u64,
+    deleverages: u64,
     deposits: u64,
+    forced_withdrawals: u64,
+    settler_rounds: u64,
+    reorgs: u64,
+    reorged_txs: u64,
     crashes: u64,
     torn: u64,
+    lost_unsynced: u64,
+    kept_unsynced: u64,
+    slow_subscribers: u64,
+    book_changes_checked: u64,
     batches: u64,
 }
 
+impl Stats {
+    fn add(&mut self, s: &Stats) {
+        self.orders += s.orders;
+        self.accepted += s.accepted;
+        self.cancels += s.cancels;
+        self.hostile += s.hostile;
+        self.oracle_updates += s.oracle_updates;
+        self.oracle_stalls += s.oracle_stalls;
+        self.oracle_jumps += s.oracle_jumps;
+        self.liquidations += s.liquidations;
+        self.deleverages += s.deleverages;
+        self.deposits += s.deposits;
+        self.forced_withdrawals += s.forced_withdrawals;
+        self.settler_rounds += s.settler_rounds;
+        self.reorgs += s.reorgs;
+        self.reorged_txs += s.reorged_txs;
+        self.crashes += s.crashes;
+        self.torn += s.torn;
+        self.lost_unsynced += s.lost_unsynced;
+        self.kept_unsynced += s.kept_unsynced;
+        self.slow_subscribers += s.slow_subscribers;
+        self.book_changes_checked += s.book_changes_checked;
+        self.batches += s.batches;
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "{} orders ({} accepted), {} cancels, {} hostile refused, {} oracle updates ({} stalls, {} jumps), {} liquidation bids filled, {} deleverages, {} L1 deposits, {} forced withdrawals, {} settler rounds, {} L1 reorgs ({} txs dropped), {} crashes ({} torn tails, {} unsynced groups lost, {} kept), {} slow subscribers, {} book changes checked, {} batches",
+            self.orders,
+            self.accepted,
+            self.cancels,
+            self.hostile,
+            self.oracle_updates,
+            self.oracle_stalls,
+            self.oracle_jumps,
+            self.liquidations,
+            self.deleverages,
+            self.deposits,
+            self.forced_withdrawals,
+            self.settler_rounds,
+            self.reorgs,
+            self.reorged_txs,
+            self.crashes,
+            self.torn,
+            self.lost_unsynced,
+            self.kept_unsynced,
+            self.slow_subscribers,
+            self.book_changes_checked,
+            self.batches
+        )
+    }
+}
+
 const CHAIN: u64 = 31_337;
-const CONTRACT: [u8; 20] = [0x0a; 20];
 const INSTRUMENT: &str = "ETH-PERPETUAL";
 const TRADERS: usize = 6;
+/// Traders margined from marks (liquidatable); the others are fully collateralized.
+const MARGINED: usize = 3;
+/// The last traders also bid in liquidation auctions.
+const LIQUIDATORS: std::ops::Range<usize> = 4..6;
+/// How deep an L1 priority operation must be before it is sequenced; reorgs stay shallower.
+const L1_CONFIRMATIONS: u64 = 3;
+/// Seconds after its commitment a batch may be finalized.
+const FINALIZATION_DELAY_S: u64 = 5;
+/// The oracle publishes when its last update is this old (simulated time), unless stalled.
+const ORACLE_EVERY_MS: u64 = 1_000;
+/// Sequencer key and oracle key.
+const SEQUENCER_KEY: [u8; 32] = [0x51; 32];
+const ORACLE_KEY: [u8; 32] = [0x0c; 32];
+/// The operator's L1 key (anvil's first default key: a well-known test key).
+const OPERATOR_KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
+/// Wall-clock time any step may take before the simulator calls the node stalled.
+const STALL: Duration = Duration::from_secs(20);
 
 struct Trader {
     key: secp256k1::SecretKey,
     address: [u8; 20],
     account: u64,
     nonce: u64,
+    l1: optio_settler::DynProvider,
+}
+
+/// The L1 side: the embedded chain, the deployed contracts and the settler.
+struct L1 {
+    chain: optio_chain::Chain,
+    rollup: optio_settler::Address,
+    usdc: optio_settler::Address,
+    settler: Settler,
+}
+
+/// What the reading WebSocket subscriber found.
+#[derive(Default)]
+struct Watch {
+    violation: Option<String>,
+    changes: u64,
+}
+
+/// The API server of the current node life (its runtime ends with the node), and its
+/// subscribers.
+struct Api {
+    runtime: tokio::runtime::Runtime,
+    watch: Arc<Mutex<Watch>>,
 }
 
 struct World {
     dir: tempfile::TempDir,
-    gateway: Option<Gateway>,
+    config: Config,
+    gateway: Option<Arc<Gateway>>,
+    api: Option<Api>,
+    /// The simulator's own runtime: the chain, the settler, the WebSocket clients.
+    runtime: tokio::runtime::Runtime,
+    l1: L1,
     rng: ChaCha8Rng,
+    clock: Clock,
     traders: Vec<Trader>,
-    instrument: u32,
+    instrument: optio_types::InstrumentId,
+    oracle: OracleSigner,
+    index: f64,
+    last_oracle_ms: u64,
+    stalled_until_ms: u64,
     /// Acknowledged intents: EIP-712 digest (hex) and sequence number.
     acked: Vec<(String, u64)>,
     /// Params of accepted orders (replayed by hostile clients).
     sent: Vec<Value>,
-    /// The simulated L1 priority queue (deposits), fed in order like the settler does.
-    l1_queue: Vec<Command>,
     public_key: secp256k1::PublicKey,
     stats: Stats,
 }
 
-fn config() -> Config {
-    Config {
-        batch_max_ops: 300,
-        batch_max_age_ms: 50,
-        ..Config::default()
-    }
+fn open(dir: &Path, config: &Config) -> Result<Arc<Gateway>> {
+    Ok(Arc::new(
+        Gateway::open(dir, SEQUENCER_KEY, EngineLimits::default(), config.clone())
+            .context("opening the node")?,
+    ))
 }
 
-fn open(dir: &Path) -> Result<Gateway> {
-    Gateway::open(dir, [0x51; 32], EngineLimits::default(), config()).context("opening the node")
+fn key_hex(key: &secp256k1::SecretKey) -> String {
+    let hex: String = key
+        .to_secret_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("0x{hex}")
+}
+
+/// Starts the API server for `gateway` on 127.0.0.1 with one reading subscriber and `slow`
+/// subscribers that never read.
+fn serve(gateway: &Arc<Gateway>, slow: usize, client: &tokio::runtime::Runtime) -> Result<Api> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let addr = listener.local_addr()?;
+    runtime.spawn(optio_gateway::serve(listener, gateway.clone()));
+    let watch = Arc::new(Mutex::new(Watch::default()));
+    let url = format!("ws://{addr}/ws");
+    let subscribe = json!({"jsonrpc": "2.0", "id": 1, "method": "public/subscribe", "params": {"channels": [format!("book.{INSTRUMENT}"), format!("trades.{INSTRUMENT}"), format!("ticker.{INSTRUMENT}")]}}).to_string();
+    for _ in 0..slow {
+        let (url, subscribe) = (url.clone(), subscribe.clone());
+        client.spawn(async move {
+            if let Ok((mut ws, _)) = tokio_tungstenite::connect_async(&url).await {
+                let _ = ws.send(subscribe.into()).await;
+                // Never reads: holds the socket until the server drops it or the node stops.
+                std::future::pending::<()>().await;
+                drop(ws);
+            }
+        });
+    }
+    let (reader, url) = (watch.clone(), url.clone());
+    client.block_on(async move {
+        let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+            .await
+            .context("connecting the reading subscriber")?;
+        ws.send(subscribe.into()).await?;
+        tokio::spawn(async move {
+            let mut last: Option<u64> = None;
+            while let Some(Ok(message)) = ws.next().await {
+                let tokio_tungstenite::tungstenite::Message::Text(text) = message else {
+                    continue;
+                };
+                let Ok(m) = serde_json::from_str::<Value>(&text) else {
+                    continue;
+                };
+                if m["method"] == "disconnect" {
+                    // Told it fell behind: a clean end, not a gap.
+                    return;
+                }
+                let data = &m["params"]["data"];
+                if !m["params"]["channel"]
+                    .as_str()
+                    .is_some_and(|c| c.starts_with("book."))
+                {
+                    continue;
+                }
+                let id = data["change_id"].as_u64();
+                let mut w = reader.lock().expect("watch");
+                if data["type"] == "change" {
+                    if data["prev_change_id"].as_u64() != last {
+                        w.violation.get_or_insert(format!(
+                            "book stream gap: prev_change_id {} after {last:?}",
+                            data["prev_change_id"]
+                        ));
+                    }
+                    w.changes += 1;
+                }
+                last = id;
+            }
+        });
+        anyhow::Ok(())
+    })?;
+    Ok(Api { runtime, watch })
 }
 
 impl World {
@@ -106,9 +320,69 @@ impl World {
         self.gateway.as_ref().expect("the node is up between steps")
     }
 
+    fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
     fn new(seed: u64) -> Result<World> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let operator = optio_settler::signer_address(OPERATOR_KEY).map_err(anyhow::Error::msg)?;
+        let keys: Vec<secp256k1::SecretKey> = (0..TRADERS)
+            .map(|i| secp256k1::SecretKey::from_secret_bytes([0x30 + i as u8; 32]))
+            .collect::<Result<_, _>>()?;
+        let addresses: Vec<[u8; 20]> = keys
+            .iter()
+            .map(|k| optio_intents::address_of(&secp256k1::PublicKey::from_secret_key(k)))
+            .collect();
+        let ether = U256::from(1_000u64) * U256::from(10u64).pow(U256::from(18u64));
+        let funded: Vec<(optio_settler::Address, U256)> = std::iter::once(operator)
+            .chain(addresses.iter().map(|a| optio_settler::Address::from(*a)))
+            .map(|a| (a, ether))
+            .collect();
+        // Blocks only when the simulator mines them (or a transaction arrives).
+        let chain = runtime
+            .block_on(optio_chain::Chain::start(
+                CHAIN,
+                &funded,
+                Duration::from_secs(365 * 86_400),
+            ))
+            .context("starting the embedded chain")?;
+        optio_contracts::forge_build().map_err(|e| {
+            anyhow::anyhow!("building the contracts: {e} (npm ci --prefix contracts)")
+        })?;
+        let provider = optio_settler::connect(&chain.url, OPERATOR_KEY)?;
+        let genesis = U256::from_be_bytes(optio_state::poseidon::to_bytes(
+            &optio_state::SettlementState::new().root(),
+        ));
+        let deployment = runtime
+            .block_on(optio_settler::deploy(
+                &provider,
+                operator,
+                genesis,
+                FINALIZATION_DELAY_S,
+                10_000_000,
+                U256::ZERO,
+            ))
+            .context("deploying the contracts")?;
         let dir = tempfile::tempdir()?;
-        let gateway = open(dir.path())?;
+        let start_ms = 1_800_000_000_000 + rng.random_range(0..1_000_000_000);
+        let clock = Clock::manual(start_ms);
+        let oracle = OracleSigner::from_bytes(ORACLE_KEY).context("oracle key")?;
+        let config = Config {
+            chain_id: CHAIN,
+            verifying_contract: deployment.rollup.into_array(),
+            oracle_key: Some(oracle.public_key()),
+            batch_max_ops: 300,
+            batch_max_age_ms: 20_000,
+            clock: clock.clone(),
+            ..Config::default()
+        };
+        let gateway = open(dir.path(), &config)?;
+        let settler = Settler::new(provider, deployment.rollup, &dir.path().join("batches"));
         let spec = InstrumentSpec::with_defaults(
             INSTRUMENT.parse().context("name")?,
             optio_types::Price(15_000 * MONEY_SCALE),
@@ -120,36 +394,109 @@ impl World {
             },
         ])?;
         ensure!(listed.iter().all(Result::is_ok), "listing: {listed:?}");
-        let mut traders = Vec::new();
-        for i in 0..TRADERS {
-            let key = secp256k1::SecretKey::from_secret_bytes([0x30 + i as u8; 32])?;
-            let address = optio_intents::address_of(&secp256k1::PublicKey::from_secret_key(&key));
-            let account = gateway.fund(address, Amount(1_000_000 * MONEY_SCALE))?;
-            traders.push(Trader {
-                key,
-                address,
-                account,
-                nonce: 0,
-            });
-        }
-        let public_key = secp256k1::PublicKey::from_secret_key(
-            &secp256k1::SecretKey::from_secret_bytes([0x51; 32])?,
-        );
-        Ok(World {
+        let traders = keys
+            .into_iter()
+            .zip(addresses)
+            .map(|(key, address)| {
+                Ok(Trader {
+                    l1: optio_settler::connect(&chain.url, &key_hex(&key))?,
+                    key,
+                    address,
+                    account: 0,
+                    nonce: 0,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut w = World {
             dir,
+            config,
             gateway: Some(gateway),
-            rng: ChaCha8Rng::seed_from_u64(seed),
+            api: None,
+            runtime,
+            l1: L1 {
+                chain,
+                rollup: deployment.rollup,
+                usdc: deployment.usdc,
+                settler,
+            },
+            rng,
+            clock,
             traders,
-            instrument: 0,
+            instrument: optio_types::InstrumentId(0),
+            oracle,
+            index: 3_000.0,
+            last_oracle_ms: 0,
+            stalled_until_ms: 0,
             acked: Vec::new(),
             sent: Vec::new(),
-            l1_queue: Vec::new(),
-            public_key,
+            public_key: secp256k1::PublicKey::from_secret_key(
+                &secp256k1::SecretKey::from_secret_bytes(SEQUENCER_KEY)?,
+            ),
             stats: Stats::default(),
-        })
+        };
+        // Every trader is funded by its own L1 deposit to a new account, sequenced from the
+        // queue: the margined ones with little, the others with plenty.
+        for t in 0..TRADERS {
+            let amount = if t < MARGINED { 5_000 } else { 1_000_000 };
+            let trader = &w.traders[t];
+            let (usdc, rollup) = (
+                TestUSDC::new(w.l1.usdc, &trader.l1),
+                OptioRollup::new(w.l1.rollup, &trader.l1),
+            );
+            w.runtime.block_on(async {
+                transact(usdc.mint(
+                    trader.address.into(),
+                    U256::from(10u64).pow(U256::from(30u64)),
+                ))
+                .await?;
+                transact(usdc.approve(w.l1.rollup, U256::MAX)).await?;
+                transact(rollup.deposit(u32::MAX, U256::from(amount * MONEY_SCALE as u64))).await
+            })?;
+        }
+        w.l1.chain.mine(L1_CONFIRMATIONS);
+        w.settler_round()?;
+        let accounts = w.gateway().canonical_state().accounts;
+        for t in &mut w.traders {
+            t.account = accounts
+                .iter()
+                .position(|a| a.owner.0 == t.address)
+                .context("a trader's deposit opened no account")? as u64;
+        }
+        w.oracle_update(false)?;
+        for t in 0..MARGINED {
+            w.header_call(
+                t,
+                "private/set_margin_mode",
+                json!({"subaccount_id": w.traders[t].account, "margin_mode": "standard"}),
+            )
+            .map_err(|e| anyhow::anyhow!("setting the margin mode: {e:?}"))?;
+        }
+        let slow = w.rng.random_range(0..3);
+        w.stats.slow_subscribers += slow as u64;
+        w.api = Some(serve(w.gateway.as_ref().expect("up"), slow, &w.runtime)?);
+        Ok(w)
+    }
+
+    /// A header-authenticated call by trader `t`.
+    fn header_call(
+        &self,
+        t: usize,
+        method: &str,
+        params: Value,
+    ) -> Result<Value, optio_gateway::CallError> {
+        let mut headers = axum::http::HeaderMap::new();
+        for (k, v) in auth_headers(&self.traders[t].key, self.now_ms()) {
+            headers.insert(k, v.parse().expect("an ASCII header"));
+        }
+        self.gateway().call(method, &params, &headers)
     }
 
     fn order(&mut self, t: usize) -> Value {
+        self.signed(t).map_or(Value::Null, |(params, _)| params)
+    }
+
+    /// A signed order by trader `t` near the index, and its digest.
+    fn signed(&mut self, t: usize) -> Option<(Value, [u8; 32])> {
         let trader = &mut self.traders[t];
         trader.nonce += 1;
         let side = if self.rng.random_bool(0.5) {
@@ -157,25 +504,30 @@ impl World {
         } else {
             "sell"
         };
-        let price = format!("{}", 2_950 + 5 * self.rng.random_range(0..20));
-        let amount = format!("0.{}", self.rng.random_range(1..10));
+        let offset = self.rng.random_range(-20i64..=20);
+        let price = ((self.index * (1.0 + offset as f64 / 1_000.0)) as i64 / 5 * 5).max(5);
+        let amount = format!(
+            "{}.{}",
+            self.rng.random_range(0..3),
+            self.rng.random_range(1..10)
+        );
         let request = OrderRequest {
             subaccount: trader.account,
-            instrument_id: self.instrument,
+            instrument_id: self.instrument.0,
             instrument_name: INSTRUMENT,
             direction: side,
-            price: &price,
+            price: &price.to_string(),
             amount: &amount,
             max_fee: "100",
             nonce: trader.nonce,
-            expiry: optio_gateway::now_ms() / 1_000 + 3_600,
+            expiry: self.clock.now_ms() / 1_000 + 3_600,
             time_in_force: if self.rng.random_bool(0.3) {
                 "ioc"
             } else {
                 "gtc"
             },
         };
-        order_params(&trader.key, CHAIN, CONTRACT, &request).unwrap_or(Value::Null)
+        signed_order(&trader.key, CHAIN, self.config.verifying_contract, &request)
     }
 
     /// One honest signed order: accepted or refused by the engine, it is acknowledged with a
@@ -212,85 +564,95 @@ impl World {
     }
 
     fn cancel_all(&mut self) -> Result<()> {
-        let t = &self.traders[self.rng.random_range(0..TRADERS)];
-        let mut headers = axum::http::HeaderMap::new();
-        for (k, v) in auth_headers(&t.key, optio_gateway::now_ms()) {
-            headers.insert(k, v.parse().context("header")?);
-        }
+        let t = self.rng.random_range(0..TRADERS);
         self.stats.cancels += 1;
-        self.gateway()
-            .call(
-                "private/cancel_all",
-                &json!({"subaccount_id": t.account}),
-                &headers,
-            )
-            .map_err(|e| anyhow::anyhow!("cancel_all by the owner refused: {e:?}"))?;
+        self.header_call(
+            t,
+            "private/cancel_all",
+            json!({"subaccount_id": self.traders[t].account}),
+        )
+        .map_err(|e| anyhow::anyhow!("cancel_all by the owner refused: {e:?}"))?;
         Ok(())
     }
 
     /// A hostile input: refused before sequencing, nothing changes.
     fn hostile(&mut self) -> Result<()> {
         let t = self.rng.random_range(0..TRADERS);
-        let kind = self.rng.random_range(0..6);
-        let params = match kind {
+        let kind = self.rng.random_range(0..8);
+        let (method, params, headers) = match kind {
             // A byte of the signature flipped.
             0 => {
                 let mut p = self.order(t);
                 let sig = p["signature"].as_str().unwrap_or_default().to_owned();
                 let flipped = if sig.ends_with('1') { "2" } else { "1" };
                 p["signature"] = json!(format!("{}{flipped}", &sig[..sig.len() - 1]));
-                p
+                ("private/order", p, None)
             }
             // Signed for another chain.
             1 => {
                 let trader = &mut self.traders[t];
                 trader.nonce += 1;
-                order_params(
+                let p = order_params(
                     &trader.key,
                     1,
-                    CONTRACT,
+                    self.config.verifying_contract,
                     &OrderRequest {
                         subaccount: trader.account,
-                        instrument_id: self.instrument,
+                        instrument_id: self.instrument.0,
                         instrument_name: INSTRUMENT,
                         direction: "buy",
                         price: "3000",
                         amount: "0.1",
                         max_fee: "100",
                         nonce: trader.nonce,
-                        expiry: optio_gateway::now_ms() / 1_000 + 3_600,
+                        expiry: self.clock.now_ms() / 1_000 + 3_600,
                         time_in_force: "gtc",
                     },
                 )
-                .unwrap_or(Value::Null)
+                .unwrap_or(Value::Null);
+                ("private/order", p, None)
             }
             // A replay of an accepted order.
             2 if !self.sent.is_empty() => {
-                self.sent[self.rng.random_range(0..self.sent.len())].clone()
+                let p = self.sent[self.rng.random_range(0..self.sent.len())].clone();
+                ("private/order", p, None)
             }
             // Values out of range or malformed.
             3 => {
                 let mut p = self.order(t);
                 p["amount"] =
                     json!(["NaN", "-1", "1e400", "", "0x10"][self.rng.random_range(0..5)]);
-                p
+                ("private/order", p, None)
             }
             4 => {
                 let mut p = self.order(t);
                 p["instrument_name"] = json!("DOGE-PERPETUAL");
-                p
+                ("private/order", p, None)
+            }
+            // A liquidation bid or a margin mode for someone else's account.
+            5 => {
+                let victim = (t + 1) % TRADERS;
+                let p = json!({"subaccount_id": self.traders[victim].account, "account_id": self.traders[t].account, "instrument_name": INSTRUMENT, "amount": "0.1"});
+                ("private/liquidate", p, Some(t))
+            }
+            6 => {
+                let victim = (t + 1) % TRADERS;
+                let mode = ["portfolio", "cross", ""][self.rng.random_range(0..3)];
+                let p = json!({"subaccount_id": self.traders[victim].account, "margin_mode": mode});
+                ("private/set_margin_mode", p, Some(t))
             }
             _ => {
                 let mut p = self.order(t);
                 p["subaccount_id"] = json!(u64::MAX);
-                p
+                ("private/order", p, None)
             }
         };
         self.stats.hostile += 1;
         let (seq, hash) = (self.gateway().next_seq(), self.gateway().state_hash());
-        let reply = self
-            .gateway()
-            .call("private/order", &params, &Default::default());
+        let reply = match headers {
+            Some(t) => self.header_call(t, method, params.clone()),
+            None => self.gateway().call(method, &params, &Default::default()),
+        };
         ensure!(
             reply.is_err(),
             "hostile input {kind} was accepted: {params}"
@@ -302,41 +664,227 @@ impl World {
         Ok(())
     }
 
-    /// An L1 deposit: queued on the simulated L1, then the queue is fed from where the node
-    /// stands, as the settler does.
-    fn deposit(&mut self) -> Result<()> {
-        let t = &self.traders[self.rng.random_range(0..TRADERS)];
-        self.l1_queue.push(Command::L1Deposit {
-            priority: self.l1_queue.len() as u64,
-            owner: Address(t.address),
-            account: AccountId(t.account as u32),
-            amount: Amount(self.rng.random_range(1..5_000) * MONEY_SCALE),
-        });
-        self.stats.deposits += 1;
-        self.feed_l1()
+    /// The risk oracle: publishes on time unless stalled; sometimes the index jumps.
+    fn oracle_tick(&mut self) -> Result<()> {
+        let now = self.now_ms();
+        if now < self.stalled_until_ms || now < self.last_oracle_ms + ORACLE_EVERY_MS {
+            return Ok(());
+        }
+        if self.rng.random_range(0..100) == 0 {
+            // A stall: nothing for one to five minutes (marks go stale after 30 s).
+            self.stalled_until_ms = now + self.rng.random_range(60_000..300_000);
+            self.stats.oracle_stalls += 1;
+            return Ok(());
+        }
+        let jump = self.rng.random_range(0..20) == 0;
+        self.oracle_update(jump)
     }
 
-    fn feed_l1(&self) -> Result<()> {
-        let from = self.gateway().priority_served() as usize;
-        for op in &self.l1_queue[from..] {
-            let fresh = self
-                .gateway()
-                .submit_l1(op.clone())
-                .map_err(|e| anyhow::anyhow!("L1 operation refused: {e:?}"))?;
-            ensure!(
-                fresh,
-                "an L1 operation past the served count was already served"
-            );
+    fn oracle_update(&mut self, jump: bool) -> Result<()> {
+        let now = self.now_ms();
+        let moved = if jump {
+            self.stats.oracle_jumps += 1;
+            let size = self.rng.random_range(0.05..0.25);
+            if self.rng.random_bool(0.5) {
+                size
+            } else {
+                -size
+            }
+        } else {
+            self.rng.random_range(-0.003..0.003)
+        };
+        self.index = (self.index * (1.0 + moved)).clamp(500.0, 12_000.0);
+        let spec = self
+            .gateway()
+            .canonical_state()
+            .instruments
+            .first()
+            .map(|i| i.spec.clone())
+            .context("the instrument")?;
+        let update = build_update(
+            "ETH",
+            &crate::devnet::surface(self.index),
+            &optio_pricing::risk::default_scenarios(),
+            &[(self.instrument, &spec)],
+            now,
+        )
+        .context("oracle update")?;
+        self.gateway()
+            .submit_oracle(&self.oracle.sign(update))
+            .map_err(|e| anyhow::anyhow!("a signed oracle update refused: {e:?}"))?;
+        self.last_oracle_ms = now;
+        self.stats.oracle_updates += 1;
+        self.gateway()
+            .check_invariants()
+            .map_err(anyhow::Error::msg)
+    }
+
+    /// Liquidators bid on every liquidating account's position; once an auction has run its
+    /// course, the operator deleverages what is left.
+    fn liquidate(&mut self) -> Result<()> {
+        let state = self.gateway().canonical_state();
+        let duration = state.risk.liquidation_duration_ms;
+        let step = state.risk.liquidation_step_bps;
+        for (id, account) in state.accounts.iter().enumerate() {
+            let Some(since) = account.liquidating_since else {
+                continue;
+            };
+            for p in account.positions.iter().filter(|p| p.qty.0 != 0) {
+                if self.now_ms() >= since + duration {
+                    let done = self.gateway().submit_admin(vec![Command::Deleverage {
+                        account: AccountId(id as u32),
+                        instrument: p.instrument,
+                    }])?;
+                    if done.iter().all(Result::is_ok) {
+                        self.stats.deleverages += 1;
+                    }
+                    continue;
+                }
+                let lot = optio_types::QTY_SCALE / 100;
+                let qty = (p.qty.0.abs() * i64::from(step) / 10_000 / lot * lot).max(lot);
+                let t = self.rng.random_range(LIQUIDATORS);
+                let reply = self.header_call(
+                    t,
+                    "private/liquidate",
+                    json!({"subaccount_id": self.traders[t].account, "account_id": id, "instrument_name": INSTRUMENT, "amount": optio_types::Qty(qty).to_string()}),
+                );
+                match reply {
+                    Ok(_) => self.stats.liquidations += 1,
+                    // The engine may refuse (too large, the liquidator's margin, no fresh mark).
+                    Err(optio_gateway::CallError::Engine(..)) => {}
+                    Err(e) => bail!("a liquidation bid refused before sequencing: {e:?}"),
+                }
+            }
+        }
+        self.gateway()
+            .check_invariants()
+            .map_err(anyhow::Error::msg)
+    }
+
+    /// An L1 deposit by a trader to its account (sequenced once it is deep enough).
+    fn deposit(&mut self) -> Result<()> {
+        let t = self.rng.random_range(0..TRADERS);
+        let amount = self.rng.random_range(1..5_000) * MONEY_SCALE as u64;
+        let trader = &self.traders[t];
+        let rollup = OptioRollup::new(self.l1.rollup, &trader.l1);
+        self.runtime
+            .block_on(transact(
+                rollup.deposit(trader.account as u32, U256::from(amount)),
+            ))
+            .context("an L1 deposit")?;
+        self.stats.deposits += 1;
+        Ok(())
+    }
+
+    /// A forced withdrawal requested on L1 (rare: it takes the trader's free collateral).
+    fn forced_withdrawal(&mut self) -> Result<()> {
+        let t = self.rng.random_range(0..TRADERS);
+        let trader = &self.traders[t];
+        let rollup = OptioRollup::new(self.l1.rollup, &trader.l1);
+        self.runtime
+            .block_on(transact(rollup.requestWithdrawal(trader.account as u32)))
+            .context("an L1 forced withdrawal")?;
+        self.stats.forced_withdrawals += 1;
+        Ok(())
+    }
+
+    /// One settler round: post, finalize what is due, feed the queue `L1_CONFIRMATIONS` deep.
+    fn settler_round(&mut self) -> Result<()> {
+        let link: Arc<dyn optio_settler::NodeLink> =
+            Arc::new(crate::settle::Link(self.gateway.clone().expect("up")));
+        self.runtime
+            .block_on(optio_settler::round(
+                &self.l1.settler,
+                &link,
+                L1_CONFIRMATIONS,
+            ))
+            .context("a settler round")?;
+        self.stats.settler_rounds += 1;
+        self.gateway()
+            .check_invariants()
+            .map_err(anyhow::Error::msg)
+    }
+
+    fn reorg(&mut self) -> Result<()> {
+        let depth = self.rng.random_range(1..L1_CONFIRMATIONS);
+        if self.l1.chain.head() <= depth + 1 {
+            return Ok(());
+        }
+        let gone = self.l1.chain.reorg(depth).map_err(anyhow::Error::msg)?;
+        self.stats.reorgs += 1;
+        self.stats.reorged_txs += gone.len() as u64;
+        Ok(())
+    }
+
+    /// The subscriber that reads found no gap.
+    fn watch(&mut self) -> Result<()> {
+        if let Some(api) = &self.api {
+            let mut w = api.watch.lock().expect("watch");
+            if let Some(v) = w.violation.take() {
+                bail!("{v}");
+            }
+            self.stats.book_changes_checked += std::mem::take(&mut w.changes);
         }
         Ok(())
     }
 
-    /// Crash and restart, sometimes with a torn record at the WAL's tail; then the checks.
-    fn crash(&mut self) -> Result<()> {
+    /// Stops the node's API and the node; the data directory is free afterwards.
+    fn stop(&mut self) -> Result<()> {
+        self.watch()?;
+        if let Some(api) = self.api.take() {
+            api.runtime.shutdown_timeout(Duration::from_secs(5));
+        }
         let gateway = self.gateway.take().expect("up");
-        let (hash, seq) = (gateway.state_hash(), gateway.next_seq());
+        ensure!(
+            Arc::strong_count(&gateway) == 1,
+            "the node is still referenced after its server stopped"
+        );
         // Dropping the node stops its threads and frees its files.
         drop(gateway);
+        Ok(())
+    }
+
+    /// Crash and restart: sometimes with a torn record at the WAL's tail, sometimes between a
+    /// group's write and its fsync (the power loss keeps none, part or all of it); then the
+    /// checks.
+    fn crash(&mut self) -> Result<()> {
+        let wal = self.dir.path().join("wal.log");
+        let (mut hash, mut seq) = (self.gateway().state_hash(), self.gateway().next_seq());
+        let mut unsynced: Option<String> = None;
+        if self.rng.random_bool(0.3) {
+            // The writer dies after writing the next group (one signed order), before fsync.
+            let synced = std::fs::metadata(&wal)?.len();
+            let t = self.rng.random_range(0..TRADERS);
+            let (params, digest) = self.signed(t).context("signing")?;
+            self.gateway().crash_before_next_fsync();
+            let reply = self
+                .gateway()
+                .call("private/order", &params, &Default::default());
+            ensure!(
+                reply.is_err(),
+                "an order was answered although its group never reached the disk"
+            );
+            self.stop()?;
+            let written = std::fs::metadata(&wal)?.len();
+            ensure!(written > synced, "the crashed group was not written");
+            let keep = match self.rng.random_range(0..3) {
+                0 => 0,
+                1 => self.rng.random_range(1..written - synced),
+                _ => written - synced,
+            };
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&wal)?
+                .set_len(synced + keep)?;
+            if keep == written - synced {
+                self.stats.kept_unsynced += 1;
+                unsynced = Some(optio_state::poseidon::hex(&digest));
+            } else {
+                self.stats.lost_unsynced += 1;
+            }
+        } else {
+            self.stop()?;
+        }
         self.stats.crashes += 1;
         if self.rng.random_bool(0.5) {
             // A write that never completed: a record header and part of its body.
@@ -345,11 +893,28 @@ impl World {
             use std::io::Write;
             std::fs::OpenOptions::new()
                 .append(true)
-                .open(self.dir.path().join("wal.log"))?
+                .open(&wal)?
                 .write_all(&torn)?;
             self.stats.torn += 1;
         }
-        let gateway = open(self.dir.path())?;
+        let gateway = open(self.dir.path(), &self.config)?;
+        if let Some(digest) = &unsynced {
+            // The whole group survived the power loss: it is there, never acknowledged.
+            let status = gateway
+                .call(
+                    "public/get_intent_status",
+                    &json!({"intent_hash": digest}),
+                    &Default::default(),
+                )
+                .map_err(|e| anyhow::anyhow!("the kept unsynced order is missing: {e:?}"))?;
+            ensure!(
+                status["seq"].as_u64() == Some(seq),
+                "the kept unsynced order has sequence {}, not {seq}",
+                status["seq"]
+            );
+            seq += 1;
+            hash = gateway.state_hash();
+        }
         ensure!(
             gateway.next_seq() == seq,
             "after restart the next sequence number is {}, it was {seq}",
@@ -375,26 +940,41 @@ impl World {
             );
         }
         let served = gateway.priority_served();
-        self.gateway = Some(gateway);
-        // The L1 queue fed again from the start: nothing is credited twice.
-        for op in &self.l1_queue {
-            let fresh = self
-                .gateway()
-                .submit_l1(op.clone())
+        // Every L1 operation served so far, fed again: nothing is credited twice.
+        let ops = self
+            .runtime
+            .block_on(optio_settler::priority_ops(
+                &optio_settler::reader(&self.l1.chain.url).map_err(anyhow::Error::msg)?,
+                self.l1.rollup,
+                0,
+                L1_CONFIRMATIONS,
+            ))
+            .context("reading the L1 queue")?;
+        for op in ops.iter().filter(|op| op.id < served) {
+            let fresh = gateway
+                .submit_l1(op.command())
                 .map_err(|e| anyhow::anyhow!("L1 operation refused after restart: {e:?}"))?;
-            ensure!(!fresh, "an L1 operation was credited twice after a restart");
+            ensure!(!fresh, "L1 operation {} was credited twice", op.id);
         }
-        ensure!(self.gateway().priority_served() == served);
+        ensure!(gateway.priority_served() == served);
+        let slow = self.rng.random_range(0..3);
+        self.stats.slow_subscribers += slow as u64;
+        self.api = Some(serve(&gateway, slow, &self.runtime)?);
+        self.gateway = Some(gateway);
         Ok(())
     }
 
-    /// At the end: the blobs rebuild to the batcher's root and to the engine's state.
+    /// At the end: every queued L1 operation is served; the blobs rebuild to the batcher's root
+    /// and to the engine's state; every batch is posted and finalized; L1 agrees.
     fn settle(&mut self) -> Result<()> {
-        let gateway = self.gateway();
-        let last = gateway.next_seq() - 1;
+        self.l1.chain.mine(L1_CONFIRMATIONS);
+        self.settler_round()?;
+        // The last batch is cut once it is old enough.
+        self.clock.advance(self.config.batch_max_age_ms + 1);
+        let last = self.gateway().next_seq() - 1;
         let batches = self.dir.path().join("batches");
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let count = loop {
             let files = optio_gateway::batching::blob_files(&batches)?;
             let blobs: Vec<Vec<u8>> = files.iter().map(std::fs::read).collect::<Result<_, _>>()?;
             let mut state = optio_state::SettlementState::new();
@@ -404,61 +984,139 @@ impl World {
             let rebuilt = optio_state::rebuild(blobs.iter().map(Vec::as_slice), &mut state, |_| {});
             let (number, covered) = match rebuilt {
                 Ok(end) => end,
-                Err(e) if std::time::Instant::now() >= deadline => {
-                    bail!("the blobs do not rebuild: {e}")
-                }
+                Err(e) if Instant::now() >= deadline => bail!("the blobs do not rebuild: {e}"),
                 Err(_) => {
                     std::thread::sleep(Duration::from_millis(100));
                     continue;
                 }
             };
             if covered >= last {
-                let stats = gateway.batch_stats().context("batcher")?;
+                let stats = self.gateway().batch_stats().context("batcher")?;
                 ensure!(
                     stats.root == optio_state::poseidon::to_hex(&state.root()),
                     "the rebuilt root differs from the batcher's"
                 );
-                if let Some(diff) = state.diff_engine(&gateway.canonical_state()) {
+                if let Some(diff) = state.diff_engine(&self.gateway().canonical_state()) {
                     bail!("the settlement state differs from the engine: {diff}");
                 }
-                ensure!(
-                    state.priority_served() == self.l1_queue.len() as u64,
-                    "the batches served {} L1 operations, the queue holds {}",
-                    state.priority_served(),
-                    self.l1_queue.len()
-                );
-                self.stats.batches = number;
-                return Ok(());
+                break number;
             }
             ensure!(
-                std::time::Instant::now() < deadline,
+                Instant::now() < deadline,
                 "the batcher did not catch up: blobs cover {covered} of {last}; {:?}",
-                gateway.batch_stats()
+                self.gateway().batch_stats()
             );
             std::thread::sleep(Duration::from_millis(20));
+        };
+        self.stats.batches = count;
+        // Post everything and let it finalize.
+        for _ in 0..10 {
+            self.settler_round()?;
+            let progress = self.runtime.block_on(self.l1.settler.progress())?;
+            if progress.finalized == count {
+                break;
+            }
+            self.l1.chain.mine(FINALIZATION_DELAY_S + 1);
         }
+        let reader = optio_settler::reader(&self.l1.chain.url).map_err(anyhow::Error::msg)?;
+        let progress = self.runtime.block_on(self.l1.settler.progress())?;
+        ensure!(
+            progress.committed == count && progress.finalized == count,
+            "L1 holds {} batches, {} final, of {count}",
+            progress.committed,
+            progress.finalized
+        );
+        let verdicts = self
+            .runtime
+            .block_on(optio_settler::verify_l1(&reader, self.l1.rollup))?;
+        if let Some(bad) = verdicts
+            .iter()
+            .find(|v| !matches!(v, optio_settler::Verdict::Agrees(_)))
+        {
+            bail!("the watchtower disagrees: {bad:?}");
+        }
+        // The state rebuilt from L1 data alone is the engine's, balance for balance.
+        let blobs =
+            self.runtime
+                .block_on(optio_settler::blobs_from_l1(&reader, self.l1.rollup, count))?;
+        let mut from_l1 = optio_state::SettlementState::new();
+        optio_state::rebuild(blobs.iter().map(|b| b.as_ref()), &mut from_l1, |_| {})
+            .map_err(|e| anyhow::anyhow!("L1 data does not rebuild: {e}"))?;
+        let engine = self.gateway().canonical_state();
+        if let Some(diff) = from_l1.diff_engine(&engine) {
+            bail!("the state rebuilt from L1 differs from the engine: {diff}");
+        }
+        // Every deposit still on L1 was credited exactly once: the vault holds what the engine
+        // credited (no withdrawal has been paid out).
+        let ops =
+            self.runtime
+                .block_on(optio_settler::priority_ops(&reader, self.l1.rollup, 0, 0))?;
+        ensure!(
+            engine.totals.priority_served == ops.len() as u64,
+            "the engine served {} L1 operations, L1 holds {}",
+            engine.totals.priority_served,
+            ops.len()
+        );
+        let queued: u128 = ops.iter().map(|op| op.amount.to::<u128>()).sum();
+        let vault = self.runtime.block_on(async {
+            TestUSDC::new(self.l1.usdc, &reader)
+                .balanceOf(self.l1.rollup)
+                .call()
+                .await
+        })?;
+        ensure!(
+            u128::try_from(engine.totals.deposits).ok() == Some(queued)
+                && vault == U256::from(queued),
+            "deposits: engine {}, L1 queue {queued}, vault {vault}",
+            engine.totals.deposits
+        );
+        self.watch()
     }
 }
 
 /// Runs one seed; `Err` names the first violation.
 pub fn run_seed(seed: u64, ops: u64, crash_every: u64) -> Result<Stats> {
-    let mut w = World::new(seed)?;
+    let mut w = World::new(seed).with_context(|| format!("seed {seed}, setup"))?;
     for step in 0..ops {
-        let roll = w.rng.random_range(0..100);
-        let result = match roll {
-            0..=69 => w.trade(),
-            70..=76 => w.cancel_all(),
-            77..=91 => w.hostile(),
-            _ => w.deposit(),
+        let started = Instant::now();
+        // Simulated time: a few milliseconds per step, now and then a minute or two.
+        let dt = if w.rng.random_range(0..50) == 0 {
+            w.rng.random_range(1_000..120_000)
+        } else {
+            w.rng.random_range(1..100)
         };
-        result.with_context(|| format!("seed {seed}, input {step}"))?;
+        w.clock.advance(dt);
+        let roll = w.rng.random_range(0..1_000);
+        let result = w.oracle_tick().and_then(|()| match roll {
+            0..=599 => w.trade(),
+            600..=659 => w.cancel_all(),
+            660..=809 => w.hostile(),
+            810..=859 => w.liquidate(),
+            860..=899 => w.deposit(),
+            900..=902 => w.forced_withdrawal(),
+            903..=949 => w.settler_round(),
+            950..=989 => {
+                w.l1.chain.mine(w.rng.random_range(1..4));
+                Ok(())
+            }
+            _ => w.reorg(),
+        });
+        result
+            .and_then(|()| w.watch())
+            .with_context(|| format!("seed {seed}, input {step}"))?;
         if w.rng.random_range(0..crash_every.max(1)) == 0 {
             w.crash()
                 .with_context(|| format!("seed {seed}, restart after input {step}"))?;
         }
+        ensure!(
+            started.elapsed() < STALL,
+            "seed {seed}, input {step}: the step took {:?}; the node stalled",
+            started.elapsed()
+        );
     }
     w.settle()
         .with_context(|| format!("seed {seed}, final settlement check"))?;
+    w.stop()?;
     Ok(w.stats)
 }
 
@@ -474,27 +1132,14 @@ pub fn run(args: SimArgs) -> Result<()> {
             }
             Err(e) => return Err(e),
         };
-        println!(
-            "seed {seed}: {} inputs ({} orders, {} accepted, {} cancels, {} hostile, {} L1 deposits), {} crashes ({} torn tails), {} batches: ok",
-            args.ops,
-            s.orders,
-            s.accepted,
-            s.cancels,
-            s.hostile,
-            s.deposits,
-            s.crashes,
-            s.torn,
-            s.batches
-        );
-        total.orders += s.orders;
-        total.hostile += s.hostile;
-        total.crashes += s.crashes;
-        total.torn += s.torn;
-        total.deposits += s.deposits;
+        println!("seed {seed}: {} inputs: {}: ok", args.ops, s.line());
+        total.add(&s);
     }
     println!(
-        "all {} seeds x {} inputs: no violation ({} crashes, {} torn tails, {} hostile inputs refused)",
-        args.seeds, args.ops, total.crashes, total.torn, total.hostile
+        "all {} seeds x {} inputs: no violation; {}",
+        args.seeds,
+        args.ops,
+        total.line()
     );
     if args.expect_violation {
         bail!("a violation was expected (the canary build) and none was found");

@@ -1,9 +1,33 @@
 //! The deterministic simulation in CI: a fixed set of seeds, each a stream of signed orders,
-//! cancels, hostile inputs and L1 deposits with crashes and torn WAL tails, runs without a
-//! violation. (The canary build that shows the simulator can fail runs from `.ci/run`:
-//! `cargo run -p optio --features canary -- sim ... --expect-violation`.)
+//! cancels, hostile inputs, oracle updates with stalls and jumps, liquidation bids, L1 deposits
+//! and forced withdrawals, settler rounds against the embedded chain with reorgs, crashes (torn
+//! WAL tails, groups lost or kept by a power loss before their fsync) and slow subscribers, runs
+//! without a violation, and every kind of fault was injected. (The canary build that shows the
+//! simulator can fail runs from `.ci/run`: `tools/sim-canary`.)
 
 use std::process::Command;
+
+/// The count printed before `label` in the simulator's summary line.
+fn count(text: &str, label: &str) -> u64 {
+    let summary = text
+        .lines()
+        .find(|l| l.starts_with("all "))
+        .unwrap_or_default();
+    let at = summary
+        .find(&format!(" {label}"))
+        .unwrap_or_else(|| panic!("no {label} in {summary}"));
+    let digits: String = summary[..at]
+        .chars()
+        .rev()
+        .take_while(char::is_ascii_digit)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("{label}: {summary}"))
+}
 
 #[test]
 fn fixed_seeds_run_without_a_violation() {
@@ -13,9 +37,9 @@ fn fixed_seeds_run_without_a_violation() {
             "--seed",
             "1",
             "--seeds",
-            "4",
+            "6",
             "--ops",
-            "1500",
+            "3000",
             "--crash-every",
             "250",
         ])
@@ -28,9 +52,23 @@ fn fixed_seeds_run_without_a_violation() {
     );
     assert!(out.status.success(), "{text}");
     assert!(
-        text.contains("all 4 seeds x 1500 inputs: no violation"),
+        text.contains("all 6 seeds x 3000 inputs: no violation"),
         "{text}"
     );
-    // Faults were injected: the line reports crashes and torn tails.
-    assert!(!text.contains("(0 crashes"), "{text}");
+    for label in [
+        "hostile refused",
+        "liquidation bids filled",
+        "jumps",
+        "L1 deposits",
+        "forced withdrawals",
+        "L1 reorgs",
+        "crashes",
+        "torn tails",
+        "unsynced groups lost",
+        "slow subscribers",
+        "book changes checked",
+        "batches",
+    ] {
+        assert!(count(&text, label) > 0, "no {label}: {text}");
+    }
 }

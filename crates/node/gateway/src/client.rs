@@ -62,6 +62,17 @@ pub fn order_params(
     contract: [u8; 20],
     o: &OrderRequest<'_>,
 ) -> Option<Value> {
+    signed_order(key, chain_id, contract, o).map(|(params, _)| params)
+}
+
+/// `private/order` params signed by `key` under Optio's native domain, and the EIP-712 digest
+/// signed (the intent's hash in its receipt and in `public/get_intent_status`).
+pub fn signed_order(
+    key: &SecretKey,
+    chain_id: u64,
+    contract: [u8; 20],
+    o: &OrderRequest<'_>,
+) -> Option<(Value, [u8; 32])> {
     let owner = address_of(&secp256k1::PublicKey::from_secret_key(key));
     let data = TradeData {
         asset: contract,
@@ -83,11 +94,12 @@ pub fn order_params(
     };
     let digest = action.digest(&Domain::optio(chain_id, contract).separator());
     let signature = sign(key, digest);
-    Some(json!({
+    let params = json!({
         "instrument_name": o.instrument_name, "direction": o.direction, "order_type": "limit", "time_in_force": o.time_in_force,
         "limit_price": o.price, "amount": o.amount, "max_fee": o.max_fee, "subaccount_id": o.subaccount, "nonce": o.nonce.to_string(),
         "signer": hex(&owner), "signature": hex(&signature), "signature_expiry_sec": o.expiry,
-    }))
+    });
+    Some((params, digest))
 }
 
 fn unhex<const N: usize>(v: &Value) -> Option<[u8; N]> {

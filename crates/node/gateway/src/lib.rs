@@ -236,6 +236,7 @@ const MAX_GROUP: usize = 4_096;
 /// The writer: takes every order waiting, sequences them as one group, answers each.
 fn writer(
     clock: Clock,
+    crash_before_sync: Arc<std::sync::atomic::AtomicBool>,
     node: Arc<Mutex<Node>>,
     signer: optio_sequencer::ReceiptSigner,
     jobs: std::sync::mpsc::Receiver<Job>,
@@ -272,6 +273,10 @@ fn writer(
                 .stage(inputs)
                 .and_then(|staged| Ok((staged, n.sequencer.syncer()?, t)))
         };
+        if crash_before_sync.swap(false, std::sync::atomic::Ordering::AcqRel) {
+            // The injected crash: the group is in the log's file, not synced, unanswered.
+            return;
+        }
         let committed = staged.and_then(|(staged, syncer, t)| {
             syncer.sync()?;
             let Ok(mut n) = node.lock() else {
@@ -385,6 +390,8 @@ pub struct Gateway {
     pub(crate) l1: tokio::sync::watch::Sender<(u64, u64)>,
     /// The writer thread, joined when the gateway is dropped.
     writer: Option<std::thread::JoinHandle<()>>,
+    /// Fault injection (the simulator): the writer dies after writing its next group, unsynced.
+    crash_before_sync: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Drop for Gateway {
@@ -609,9 +616,11 @@ impl Gateway {
         let (jobs, queue) = std::sync::mpsc::sync_channel(65_536);
         let (events, _) = tokio::sync::broadcast::channel(ws::STREAM_CAPACITY);
         let (shared, stream, clock) = (node.clone(), events.clone(), config.clock.clone());
+        let crash_before_sync = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let crash = crash_before_sync.clone();
         let writer = std::thread::Builder::new()
             .name("optio-writer".into())
-            .spawn(move || writer(clock, shared, receipt_signer, queue, stream, feed))
+            .spawn(move || writer(clock, crash, shared, receipt_signer, queue, stream, feed))
             .expect("spawn the writer thread");
         let ip_limits = limits::Buckets::new(
             config.ip_requests_per_second,
@@ -633,7 +642,18 @@ impl Gateway {
             ws_sessions: std::sync::atomic::AtomicU64::new(0),
             l1: tokio::sync::watch::Sender::new((0, 0)),
             writer: Some(writer),
+            crash_before_sync,
         }
+    }
+
+    /// Fault injection for the simulator: the writer stops, as if the process died, right after
+    /// it has written its next group to the log and before that group's fsync; nothing of the
+    /// group is applied or answered (its callers get an internal error), and every later call
+    /// fails. What a power loss keeps of the unsynced bytes is the caller's to choose (it cuts
+    /// the log file) before it drops this gateway and opens the directory again.
+    pub fn crash_before_next_fsync(&self) {
+        self.crash_before_sync
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// The next sequence number.
@@ -853,7 +873,11 @@ impl Gateway {
                 Ok(json!("ok"))
             }
             "public/get_order_book" => Ok(views::order_book(&self.lock().sequencer, params)?),
-            "public/ticker" => Ok(views::ticker(&self.lock().sequencer, params, self.config.clock.now_ms())?),
+            "public/ticker" => Ok(views::ticker(
+                &self.lock().sequencer,
+                params,
+                self.config.clock.now_ms(),
+            )?),
             "private/order" => self.order(params),
             "private/buy" | "private/sell" => {
                 let mut params = params.clone();

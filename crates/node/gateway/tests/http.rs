@@ -93,25 +93,7 @@ impl Harness {
                 .iter()
                 .all(Result::is_ok)
         );
-        let svi = Svi {
-            a: 0.02,
-            b: 0.1,
-            rho: -0.3,
-            m: 0.0,
-            sigma: 0.3,
-        };
-        let surface = Surface::new(
-            90_000.0,
-            0.0,
-            vec![
-                Slice { t: 0.1, svi },
-                Slice {
-                    t: 1.0,
-                    svi: Svi { a: 0.2, ..svi },
-                },
-            ],
-        )
-        .expect("surface");
+        let surface = surface(90_000.0);
         let list: Vec<(InstrumentId, &InstrumentSpec)> = specs
             .iter()
             .enumerate()
@@ -276,6 +258,29 @@ impl Harness {
             ("X-OptioSignature", hex(&sig)),
         ]
     }
+}
+
+/// The harness's volatility surface around `spot`.
+fn surface(spot: f64) -> Surface {
+    let svi = Svi {
+        a: 0.02,
+        b: 0.1,
+        rho: -0.3,
+        m: 0.0,
+        sigma: 0.3,
+    };
+    Surface::new(
+        spot,
+        0.0,
+        vec![
+            Slice { t: 0.1, svi },
+            Slice {
+                t: 1.0,
+                svi: Svi { a: 0.2, ..svi },
+            },
+        ],
+    )
+    .expect("surface")
 }
 
 fn code(v: &Value) -> i64 {
@@ -1062,4 +1067,147 @@ async fn deribit_style_buy_and_sell_are_signed_orders() {
         ),
         6_001
     );
+}
+
+/// Margin modes and liquidation auctions over HTTP: the owner moves a small account to mark
+/// margin; after the mark falls it is liquidating, and a liquidator takes one auction step at
+/// the auction price; a step too large, a bid by the account's own owner, a bid from an
+/// account the caller does not own and an unknown mode are refused with their codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn margin_modes_and_liquidation_bids() {
+    let (h, alice, bob) = Harness::start().await;
+    let key = SecretKey::from_secret_bytes([7; 32]).expect("key");
+    let carol = Trader {
+        key,
+        address: address_of(&secp256k1::PublicKey::from_secret_key(&key)),
+        subaccount: h
+            .gateway
+            .fund(
+                address_of(&secp256k1::PublicKey::from_secret_key(&key)),
+                Amount(1_000 * MONEY_SCALE),
+            )
+            .expect("funded"),
+    };
+    let rpc = |method: &str, params: Value| {
+        json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).to_string()
+    };
+    let mode = |t: &Trader, m: &str| {
+        rpc(
+            "private/set_margin_mode",
+            json!({"subaccount_id": t.subaccount, "margin_mode": m}),
+        )
+    };
+    assert_eq!(
+        code(&h.post(&mode(&carol, "cross"), &h.auth(&carol)).await.1),
+        -32_602
+    );
+    assert_eq!(
+        code(&h.post(&mode(&carol, "standard"), &h.auth(&bob)).await.1),
+        6_002
+    );
+    let set = h.post(&mode(&carol, "standard"), &h.auth(&carol)).await.1;
+    assert_eq!(set["result"]["margin_mode"], "standard", "{set}");
+    let sub = rpc(
+        "private/get_subaccount",
+        json!({"subaccount_id": carol.subaccount}),
+    );
+    assert_eq!(
+        h.post(&sub, &h.auth(&carol)).await.1["result"]["margin_mode"],
+        "Standard"
+    );
+
+    // Carol buys 0.1 BTC-PERPETUAL from bob at 90,000 on 1,000 USDC of collateral.
+    for (t, side) in [(&bob, "sell"), (&carol, "buy")] {
+        let params = optio_gateway::client::order_params(
+            &t.key,
+            CHAIN,
+            CONTRACT,
+            &optio_gateway::client::OrderRequest {
+                subaccount: t.subaccount,
+                instrument_id: 1,
+                instrument_name: "BTC-PERPETUAL",
+                direction: side,
+                price: "90000",
+                amount: "0.1",
+                max_fee: "100",
+                nonce: 1,
+                expiry: optio_gateway::now_ms() / 1_000 + 600,
+                time_in_force: "gtc",
+            },
+        )
+        .expect("signs");
+        let placed = h.call("private/order", params).await;
+        assert!(placed.get("result").is_some(), "{placed}");
+    }
+    let bid = |t: &Trader, amount: &str| {
+        rpc(
+            "private/liquidate",
+            json!({"subaccount_id": t.subaccount, "account_id": carol.subaccount, "instrument_name": "BTC-PERPETUAL", "amount": amount}),
+        )
+    };
+    // Not liquidating yet.
+    assert_eq!(
+        code(&h.post(&bid(&bob, "0.02"), &h.auth(&bob)).await.1),
+        5_008
+    );
+    // The mark falls 8%: carol's equity is below maintenance.
+    let oracle = optio_oracle::OracleSigner::from_bytes([0x0c; 32]).expect("oracle key");
+    let specs: Vec<InstrumentSpec> = h
+        .gateway
+        .canonical_state()
+        .instruments
+        .iter()
+        .map(|i| i.spec.clone())
+        .collect();
+    let list: Vec<(InstrumentId, &InstrumentSpec)> = specs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (InstrumentId(i as u32), s))
+        .collect();
+    let update = optio_oracle::build_update(
+        "BTC",
+        &surface(82_800.0),
+        &default_scenarios(),
+        &list,
+        optio_gateway::now_ms(),
+    )
+    .expect("update");
+    h.gateway
+        .submit_oracle(&oracle.sign(update))
+        .expect("sequenced");
+    assert!(
+        h.gateway.canonical_state().accounts[carol.subaccount as usize]
+            .liquidating_since
+            .is_some()
+    );
+    // The bidder must own the liquidating account it bids from; the owner cannot bid on
+    // itself; the whole position is more than one auction step.
+    assert_eq!(
+        code(&h.post(&bid(&bob, "0.02"), &h.auth(&alice)).await.1),
+        6_002
+    );
+    assert_eq!(
+        code(&h.post(&bid(&carol, "0.02"), &h.auth(&carol)).await.1),
+        5_011
+    );
+    assert_eq!(
+        code(&h.post(&bid(&bob, "0.1"), &h.auth(&bob)).await.1),
+        5_009
+    );
+    let taken = h.post(&bid(&bob, "0.02"), &h.auth(&bob)).await.1;
+    assert_eq!(taken["result"]["amount"], "0.02", "{taken}");
+    let price: f64 = taken["result"]["price"]
+        .as_str()
+        .and_then(|p| p.parse().ok())
+        .expect("the auction price");
+    assert!(price < 82_800.0, "a long is sold below the mark: {price}");
+    let positions = rpc(
+        "private/get_positions",
+        json!({"subaccount_id": carol.subaccount}),
+    );
+    assert_eq!(
+        h.post(&positions, &h.auth(&carol)).await.1["result"][0]["size"],
+        "0.08"
+    );
+    h.gateway.check_invariants().expect("invariants hold");
 }
