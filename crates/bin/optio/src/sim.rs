@@ -26,8 +26,9 @@
 //! Checks: after each signed input, its receipt verifies against the sequencer's key; a hostile
 //! input is refused and changes nothing; the reading subscriber sees every book change in order
 //! (or is told it was too slow); no step waits on a subscriber; after oracle, liquidation and L1
-//! steps, the engine's invariants in full; after each restart, the state equals the state before
-//! the crash (plus the unacknowledged group, if the power loss kept all of it), every
+//! steps, the engine's invariants in full; after each restart (from the node's latest snapshot,
+//! taken every 400 inputs, plus the log after it), the state equals the state before the crash
+//! (plus the unacknowledged group, if the power loss kept all of it), every
 //! acknowledged intent is there with its sequence number, and the L1 queue fed again credits
 //! nothing twice; at the end, the blobs rebuild to the batcher's root and to the engine's state,
 //! every batch is posted and finalized, the watchtower agrees with every batch, the state rebuilt
@@ -94,6 +95,7 @@ pub struct Stats {
     reorgs: u64,
     reorged_txs: u64,
     crashes: u64,
+    from_snapshot: u64,
     torn: u64,
     lost_unsynced: u64,
     kept_unsynced: u64,
@@ -119,6 +121,7 @@ impl Stats {
         self.reorgs += s.reorgs;
         self.reorged_txs += s.reorged_txs;
         self.crashes += s.crashes;
+        self.from_snapshot += s.from_snapshot;
         self.torn += s.torn;
         self.lost_unsynced += s.lost_unsynced;
         self.kept_unsynced += s.kept_unsynced;
@@ -129,7 +132,7 @@ impl Stats {
 
     fn line(&self) -> String {
         format!(
-            "{} orders ({} accepted), {} cancels, {} hostile refused, {} oracle updates ({} stalls, {} jumps), {} liquidation bids filled, {} deleverages, {} L1 deposits, {} forced withdrawals, {} settler rounds, {} L1 reorgs ({} txs dropped), {} crashes ({} torn tails, {} unsynced groups lost, {} kept), {} slow subscribers, {} book changes checked, {} batches",
+            "{} orders ({} accepted), {} cancels, {} hostile refused, {} oracle updates ({} stalls, {} jumps), {} liquidation bids filled, {} deleverages, {} L1 deposits, {} forced withdrawals, {} settler rounds, {} L1 reorgs ({} txs dropped), {} crashes ({} restarts from a snapshot, {} torn tails, {} unsynced groups lost, {} kept), {} slow subscribers, {} book changes checked, {} batches",
             self.orders,
             self.accepted,
             self.cancels,
@@ -145,6 +148,7 @@ impl Stats {
             self.reorgs,
             self.reorged_txs,
             self.crashes,
+            self.from_snapshot,
             self.torn,
             self.lost_unsynced,
             self.kept_unsynced,
@@ -378,6 +382,7 @@ impl World {
             oracle_key: Some(oracle.public_key()),
             batch_max_ops: 300,
             batch_max_age_ms: 20_000,
+            snapshot_every: 400,
             clock: clock.clone(),
             ..Config::default()
         };
@@ -898,6 +903,9 @@ impl World {
             self.stats.torn += 1;
         }
         let gateway = open(self.dir.path(), &self.config)?;
+        if gateway.snapshot_seq() > 0 {
+            self.stats.from_snapshot += 1;
+        }
         if let Some(digest) = &unsynced {
             // The whole group survived the power loss: it is there, never acknowledged.
             let status = gateway

@@ -184,3 +184,116 @@ impl History {
         }
     }
 }
+
+fn side_code(side: Side) -> u8 {
+    match side {
+        Side::Buy => 0,
+        Side::Sell => 1,
+    }
+}
+
+fn side_of(code: u64) -> Option<Side> {
+    match code {
+        0 => Some(Side::Buy),
+        1 => Some(Side::Sell),
+        _ => None,
+    }
+}
+
+fn status_of(text: &str) -> Option<&'static str> {
+    ["open", "filled", "cancelled", "expired"]
+        .into_iter()
+        .find(|s| *s == text)
+}
+
+impl History {
+    /// The history as compact JSON arrays (kept in the node's snapshots).
+    pub fn to_json(&self) -> serde_json::Value {
+        let orders: Vec<serde_json::Value> = self
+            .orders
+            .iter()
+            .map(|(id, o)| {
+                serde_json::json!([
+                    id,
+                    o.account.0,
+                    o.instrument.0,
+                    side_code(o.side),
+                    o.price.0,
+                    o.amount.0,
+                    o.filled.0,
+                    o.notional.to_string(),
+                    o.fee,
+                    o.status,
+                    o.label,
+                    o.nonce,
+                    o.created_ms,
+                    o.updated_ms
+                ])
+            })
+            .collect();
+        let trades: Vec<serde_json::Value> = self
+            .trades
+            .iter()
+            .map(|t| {
+                serde_json::json!([
+                    t.trade_id,
+                    t.order,
+                    t.account.0,
+                    t.instrument.0,
+                    side_code(t.side),
+                    t.maker,
+                    t.price.0,
+                    t.amount.0,
+                    t.fee,
+                    t.time_ms
+                ])
+            })
+            .collect();
+        serde_json::json!({"orders": orders, "trades": trades})
+    }
+
+    /// The history `to_json` wrote; `None` if anything in it is malformed.
+    pub fn from_json(v: &serde_json::Value) -> Option<History> {
+        let u = |v: &serde_json::Value, i: usize| v.get(i)?.as_u64();
+        let i = |v: &serde_json::Value, i: usize| v.get(i)?.as_i64();
+        let mut history = History::default();
+        for o in v.get("orders")?.as_array()? {
+            history.orders.insert(
+                u(o, 0)?,
+                OrderInfo {
+                    account: AccountId(u32::try_from(u(o, 1)?).ok()?),
+                    instrument: InstrumentId(u32::try_from(u(o, 2)?).ok()?),
+                    side: side_of(u(o, 3)?)?,
+                    price: Price(i(o, 4)?),
+                    amount: Qty(i(o, 5)?),
+                    filled: Qty(i(o, 6)?),
+                    notional: o.get(7)?.as_str()?.parse().ok()?,
+                    fee: i(o, 8)?,
+                    status: status_of(o.get(9)?.as_str()?)?,
+                    label: o.get(10)?.as_str()?.to_owned(),
+                    nonce: match o.get(11)? {
+                        serde_json::Value::Null => None,
+                        n => Some(n.as_u64()?),
+                    },
+                    created_ms: u(o, 12)?,
+                    updated_ms: u(o, 13)?,
+                },
+            );
+        }
+        for t in v.get("trades")?.as_array()? {
+            history.trades.push(TradeInfo {
+                trade_id: u(t, 0)?,
+                order: u(t, 1)?,
+                account: AccountId(u32::try_from(u(t, 2)?).ok()?),
+                instrument: InstrumentId(u32::try_from(u(t, 3)?).ok()?),
+                side: side_of(u(t, 4)?)?,
+                maker: t.get(5)?.as_bool()?,
+                price: Price(i(t, 6)?),
+                amount: Qty(i(t, 7)?),
+                fee: i(t, 8)?,
+                time_ms: u(t, 9)?,
+            });
+        }
+        Some(history)
+    }
+}

@@ -71,6 +71,9 @@ pub struct Config {
     pub batch_max_age_ms: u64,
     /// Where the node reads the time (the simulator moves a manual clock).
     pub clock: Clock,
+    /// A snapshot (engine and views) after about this many inputs, so that a restart replays
+    /// only the log after it (0: never).
+    pub snapshot_every: u64,
 }
 
 /// The node's clock: the system's, or a manual one that only moves when told (the simulator's
@@ -122,6 +125,7 @@ impl Default for Config {
             batch_max_ops: 10_000,
             batch_max_age_ms: 2_000,
             clock: Clock::System,
+            snapshot_every: 100_000,
         }
     }
 }
@@ -161,6 +165,59 @@ fn covered_at(rises: &[(u64, u64)], seq: u64) -> Option<u64> {
 
 /// Signed intents whose status the gateway remembers.
 const MAX_INTENTS: usize = 1_000_000;
+
+impl Node {
+    /// The views a snapshot keeps beside the engine: order and trade history, labels, and the
+    /// recent intent statuses (oldest first).
+    fn views(&self) -> Vec<u8> {
+        let labels: Vec<Value> = self.labels.iter().map(|(id, l)| json!([id, l])).collect();
+        let intents: Vec<Value> = self
+            .intent_order
+            .iter()
+            .filter_map(|d| {
+                let (seq, time, code) = self.intents.get(d)?;
+                Some(json!([views::hex(d), seq, time, code.map(|c| c as u16)]))
+            })
+            .collect();
+        json!({"version": 1, "history": self.history.to_json(), "labels": labels, "intents": intents})
+            .to_string()
+            .into_bytes()
+    }
+}
+
+/// Views restored from a snapshot: history, labels, intent statuses (oldest first).
+type Views = (
+    history::History,
+    BTreeMap<u64, String>,
+    Vec<([u8; 32], u64, u64, Option<optio_types::RejectCode>)>,
+);
+
+/// The views `Node::views` wrote; `None` if they are malformed.
+fn restore_views(bytes: &[u8]) -> Option<Views> {
+    let v: Value = serde_json::from_slice(bytes).ok()?;
+    if v["version"] != 1 {
+        return None;
+    }
+    let history = history::History::from_json(&v["history"])?;
+    let mut labels = BTreeMap::new();
+    for l in v["labels"].as_array()? {
+        labels.insert(l.get(0)?.as_u64()?, l.get(1)?.as_str()?.to_owned());
+    }
+    let mut intents = Vec::new();
+    for i in v["intents"].as_array()? {
+        let digest: [u8; 32] = optio_intents::parse_hex(i.get(0)?.as_str()?)?
+            .try_into()
+            .ok()?;
+        let code = match i.get(3)? {
+            Value::Null => None,
+            c => Some(optio_types::RejectCode::from_code(
+                u16::try_from(c.as_u64()?).ok()?,
+            )?),
+        };
+        intents.push((digest, i.get(1)?.as_u64()?, i.get(2)?.as_u64()?, code));
+    }
+    Some((history, labels, intents))
+}
 
 impl Node {
     fn remember_intent(
@@ -234,9 +291,15 @@ pub(crate) struct OrderCtx {
 const MAX_GROUP: usize = 4_096;
 
 /// The writer: takes every order waiting, sequences them as one group, answers each.
-fn writer(
+/// What the writer needs of the configuration.
+struct WriterSettings {
     clock: Clock,
+    snapshot_every: u64,
     crash_before_sync: Arc<std::sync::atomic::AtomicBool>,
+}
+
+fn writer(
+    settings: WriterSettings,
     node: Arc<Mutex<Node>>,
     signer: optio_sequencer::ReceiptSigner,
     jobs: std::sync::mpsc::Receiver<Job>,
@@ -255,7 +318,7 @@ fn writer(
         // request handlers go on meanwhile), then apply it and answer.
         let staged = {
             let Ok(mut n) = node.lock() else { return };
-            let t = clock.now_ms().max(n.last_ms);
+            let t = settings.clock.now_ms().max(n.last_ms);
             n.last_ms = t;
             let inputs: Vec<(Input, Option<optio_sequencer::Intent>)> = group
                 .iter()
@@ -273,7 +336,10 @@ fn writer(
                 .stage(inputs)
                 .and_then(|staged| Ok((staged, n.sequencer.syncer()?, t)))
         };
-        if crash_before_sync.swap(false, std::sync::atomic::Ordering::AcqRel) {
+        if settings
+            .crash_before_sync
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+        {
             // The injected crash: the group is in the log's file, not synced, unanswered.
             return;
         }
@@ -335,6 +401,18 @@ fn writer(
                 signer.seal(outcomes.iter_mut().map(|o| &mut o.receipt));
                 for (job, outcome) in group.into_iter().zip(outcomes) {
                     job.reply.send(Ok((outcome, t)));
+                }
+                if settings.snapshot_every > 0 {
+                    let Ok(mut n) = node.lock() else { return };
+                    let at = n.sequencer.next_seq() - 1;
+                    if at - n.sequencer.snapshot_seq() >= settings.snapshot_every {
+                        // The log stays the record: a failed snapshot only means a longer
+                        // replay at the next start.
+                        let views = n.views();
+                        if let Err(e) = n.sequencer.snapshot_with(&views) {
+                            tracing::warn!(error = %e, seq = at, "snapshot failed");
+                        }
+                    }
                 }
             }
             Err(_) => {
@@ -496,6 +574,14 @@ impl Gateway {
         .map_err(|e| {
             optio_sequencer::SequencerError::Io(std::io::Error::other(format!("batches: {e}")))
         })?;
+        // The views at the snapshot, if there is one; the log after it is folded in below.
+        if let Some(extra) = Sequencer::read_snapshot_extra(dir)? {
+            let (h, l, i) =
+                restore_views(&extra).ok_or(optio_sequencer::SequencerError::SnapshotFormat)?;
+            history = h;
+            labels = l;
+            intents = i;
+        }
         let mut backlog: Vec<batching::Item> = Vec::new();
         let mut first_replayed = None;
         let sequencer = Sequencer::open_observed(dir, key, limits, &mut |r| {
@@ -615,12 +701,16 @@ impl Gateway {
         }));
         let (jobs, queue) = std::sync::mpsc::sync_channel(65_536);
         let (events, _) = tokio::sync::broadcast::channel(ws::STREAM_CAPACITY);
-        let (shared, stream, clock) = (node.clone(), events.clone(), config.clock.clone());
+        let (shared, stream) = (node.clone(), events.clone());
         let crash_before_sync = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let crash = crash_before_sync.clone();
+        let settings = WriterSettings {
+            clock: config.clock.clone(),
+            snapshot_every: config.snapshot_every,
+            crash_before_sync: crash_before_sync.clone(),
+        };
         let writer = std::thread::Builder::new()
             .name("optio-writer".into())
-            .spawn(move || writer(clock, crash, shared, receipt_signer, queue, stream, feed))
+            .spawn(move || writer(settings, shared, receipt_signer, queue, stream, feed))
             .expect("spawn the writer thread");
         let ip_limits = limits::Buckets::new(
             config.ip_requests_per_second,
@@ -654,6 +744,11 @@ impl Gateway {
     pub fn crash_before_next_fsync(&self) {
         self.crash_before_sync
             .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The sequence number of the node's last snapshot (0: none yet).
+    pub fn snapshot_seq(&self) -> u64 {
+        self.lock().sequencer.snapshot_seq()
     }
 
     /// The next sequence number.

@@ -1,7 +1,9 @@
 //! What survives a restart. The batcher: a node stopped between batches and in the middle of one
 //! (its queue and pending ops lost, as in a crash) resumes from its persisted state, blobs and
 //! log, and the batches on disk are byte for byte those of one uninterrupted batcher over the
-//! same log. And the client labels of open orders.
+//! same log. And the client labels of open orders, the order history and intent statuses. Each
+//! runs without snapshots (the whole log replayed) and with a snapshot every few inputs (the
+//! engine and the views restored from it, the log after it replayed).
 
 use optio_gateway::{Config, Gateway};
 use optio_state::Batcher;
@@ -12,11 +14,12 @@ use optio_types::{
 
 const MAX_OPS: usize = 10;
 
-fn open(dir: &std::path::Path) -> Gateway {
+fn open(dir: &std::path::Path, snapshot_every: u64) -> Gateway {
     // Cuts by size only (the age is never reached), so cut points depend on the sequence alone.
     let config = Config {
         batch_max_ops: MAX_OPS,
         batch_max_age_ms: u64::MAX,
+        snapshot_every,
         ..Config::default()
     };
     Gateway::open(dir, [9; 32], EngineLimits::default(), config).expect("opens")
@@ -72,8 +75,14 @@ fn stop(g: Gateway) {
 
 #[test]
 fn restarts_between_and_within_batches_commit_the_batches_of_an_uninterrupted_run() {
+    for snapshot_every in [0, 7] {
+        restarts_commit_the_batches_of_an_uninterrupted_run(snapshot_every);
+    }
+}
+
+fn restarts_commit_the_batches_of_an_uninterrupted_run(snapshot_every: u64) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let g = open(dir.path());
+    let g = open(dir.path(), snapshot_every);
     let spec = InstrumentSpec::with_defaults(
         "BTC-26MAR27-100000-C".parse().expect("name"),
         Price(300_000 * MONEY_SCALE),
@@ -107,7 +116,7 @@ fn restarts_between_and_within_batches_commit_the_batches_of_an_uninterrupted_ru
     );
     stop(g);
     for round in 1..4 {
-        let g = open(dir.path());
+        let g = open(dir.path(), snapshot_every);
         assert!(
             g.submit_admin(trades(round, 17 + round * 5))
                 .expect("sequenced")
@@ -146,9 +155,16 @@ fn restarts_between_and_within_batches_commit_the_batches_of_an_uninterrupted_ru
     }
 }
 
-/// An order's client label survives a restart (it is logged with the signed intent).
+/// An order's client label (logged with the signed intent, kept in snapshots), its history and
+/// its intent status survive a restart.
 #[test]
-fn labels_of_open_orders_survive_a_restart() {
+fn labels_history_and_intent_statuses_survive_a_restart() {
+    for snapshot_every in [0, 1] {
+        labels_history_and_intent_statuses_survive(snapshot_every);
+    }
+}
+
+fn labels_history_and_intent_statuses_survive(snapshot_every: u64) {
     use secp256k1::{Message, SecretKey};
     let dir = tempfile::tempdir().expect("temp dir");
     let key = SecretKey::from_secret_bytes([0x42; 32]).expect("key");
@@ -157,8 +173,8 @@ fn labels_of_open_orders_survive_a_restart() {
         "BTC-26MAR27-100000-C".parse().expect("name"),
         Price(300_000 * MONEY_SCALE),
     );
-    let subaccount = {
-        let g = open(dir.path());
+    let (subaccount, status) = {
+        let g = open(dir.path(), snapshot_every);
         assert!(
             g.submit_admin(vec![
                 Command::ListInstrument { spec },
@@ -194,12 +210,20 @@ fn labels_of_open_orders_survive_a_restart() {
         )
         .expect("signs");
         params["label"] = "mm-quote-7".into();
-        let placed = g.call("private/order", &params, &Default::default());
-        assert!(placed.is_ok(), "{placed:?}");
+        let placed = g
+            .call("private/order", &params, &Default::default())
+            .expect("placed");
+        let status = g
+            .call(
+                "public/get_intent_status",
+                &serde_json::json!({"intent_hash": placed["receipt"]["intent_hash"]}),
+                &Default::default(),
+            )
+            .expect("its status");
         stop(g);
-        subaccount
+        (subaccount, status)
     };
-    let g = open(dir.path());
+    let g = open(dir.path(), snapshot_every);
     let ts = optio_gateway::now_ms().to_string();
     let mut message = format!("\x19Ethereum Signed Message:\n{}", ts.len()).into_bytes();
     message.extend_from_slice(ts.as_bytes());
@@ -226,5 +250,20 @@ fn labels_of_open_orders_survive_a_restart() {
         )
         .expect("authorized");
     assert_eq!(open_orders[0]["label"], "mm-quote-7", "{open_orders}");
+    let after = g
+        .call(
+            "public/get_intent_status",
+            &serde_json::json!({"intent_hash": status["intent_hash"]}),
+            &Default::default(),
+        )
+        .expect("its status after the restart");
+    assert_eq!(after["seq"], status["seq"], "{after}");
+    assert_eq!(after["status"], status["status"], "{after}");
+    if snapshot_every > 0 {
+        assert!(
+            dir.path().join("snapshot.bin").exists(),
+            "the node took a snapshot"
+        );
+    }
     stop(g);
 }

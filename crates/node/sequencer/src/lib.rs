@@ -199,6 +199,22 @@ pub struct Sequencer {
     recovered: Vec<Intent>,
     /// First sequence number of the group staged and not yet committed.
     staged: Option<u64>,
+    /// Sequence number of the last snapshot (0: none).
+    snapshot_seq: u64,
+    /// The extra bytes of the snapshot restored at open.
+    snapshot_extra: Option<Vec<u8>>,
+}
+
+/// A snapshot file's parts: sequence number, previous receipt link, engine bytes, extra bytes.
+type SnapshotParts<'a> = (u64, [u8; 32], &'a [u8], &'a [u8]);
+
+/// Splits a snapshot file into its parts.
+fn split_snapshot(bytes: &[u8]) -> Option<SnapshotParts<'_>> {
+    let seq = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+    let previous: [u8; 32] = bytes.get(8..40)?.try_into().ok()?;
+    let len = usize::try_from(u64::from_le_bytes(bytes.get(40..48)?.try_into().ok()?)).ok()?;
+    let end = 48usize.checked_add(len)?;
+    Some((seq, previous, bytes.get(48..end)?, bytes.get(end..)?))
 }
 
 impl Sequencer {
@@ -218,28 +234,23 @@ impl Sequencer {
     ) -> Result<Self, SequencerError> {
         let key = SecretKey::from_secret_bytes(key).map_err(|_| SequencerError::Key)?;
         fs::create_dir_all(dir)?;
-        let (mut engine, snapshot_seq, mut previous) = match fs::read(dir.join(SNAPSHOT_FILE)) {
-            Ok(bytes) => {
-                if bytes.len() < 40 {
-                    return Err(SequencerError::SnapshotFormat);
+        let (mut engine, snapshot_seq, mut previous, snapshot_extra) =
+            match fs::read(dir.join(SNAPSHOT_FILE)) {
+                Ok(bytes) => {
+                    let (seq, previous, engine, extra) =
+                        split_snapshot(&bytes).ok_or(SequencerError::SnapshotFormat)?;
+                    (
+                        Engine::restore_bytes(engine, WorstCaseMargin)?,
+                        seq,
+                        previous,
+                        Some(extra.to_vec()),
+                    )
                 }
-                let seq = u64::from_le_bytes(
-                    bytes[..8]
-                        .try_into()
-                        .map_err(|_| SequencerError::SnapshotFormat)?,
-                );
-                let previous: [u8; 32] = bytes[8..40]
-                    .try_into()
-                    .map_err(|_| SequencerError::SnapshotFormat)?;
-                (
-                    Engine::restore_bytes(&bytes[40..], WorstCaseMargin)?,
-                    seq,
-                    previous,
-                )
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Engine::new(limits), 0, [0; 32]),
-            Err(e) => return Err(e.into()),
-        };
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    (Engine::new(limits), 0, [0; 32], None)
+                }
+                Err(e) => return Err(e.into()),
+            };
         let (wal, records) = Wal::open(&dir.join(WAL_FILE))?;
         let mut events = Vec::new();
         let mut recovered = Vec::new();
@@ -267,6 +278,8 @@ impl Sequencer {
             previous,
             recovered,
             staged: None,
+            snapshot_seq,
+            snapshot_extra,
         })
     }
 
@@ -283,6 +296,28 @@ impl Sequencer {
     /// Next sequence number.
     pub fn next_seq(&self) -> u64 {
         self.wal.next_seq()
+    }
+
+    /// The extra bytes of the snapshot in `dir` (what `snapshot_with` kept beside the engine),
+    /// read without opening the sequencer; `None` without a snapshot.
+    pub fn read_snapshot_extra(dir: &Path) -> Result<Option<Vec<u8>>, SequencerError> {
+        match fs::read(dir.join(SNAPSHOT_FILE)) {
+            Ok(bytes) => split_snapshot(&bytes)
+                .map(|(_, _, _, extra)| Some(extra.to_vec()))
+                .ok_or(SequencerError::SnapshotFormat),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The sequence number of the last snapshot (0: none), written or restored.
+    pub fn snapshot_seq(&self) -> u64 {
+        self.snapshot_seq
+    }
+
+    /// The extra bytes of the snapshot this sequencer was restored from, if any.
+    pub fn snapshot_extra(&self) -> Option<&[u8]> {
+        self.snapshot_extra.as_deref()
     }
 
     /// Signed intents the log held when the sequencer opened.
@@ -383,11 +418,25 @@ impl Sequencer {
 
     /// Writes a snapshot of the engine at the current sequence number, atomically (temporary
     /// file, fsync, rename, directory fsync).
-    pub fn snapshot(&self) -> Result<(), SequencerError> {
-        let mut bytes = Vec::new();
+    pub fn snapshot(&mut self) -> Result<(), SequencerError> {
+        self.snapshot_with(&[])
+    }
+
+    /// Like `snapshot`, with `extra` bytes kept beside the engine (the gateway's views at the
+    /// same sequence number), handed back by `snapshot_extra` after the next open. Refused while
+    /// a group is staged (the engine would not match the log's end).
+    pub fn snapshot_with(&mut self, extra: &[u8]) -> Result<(), SequencerError> {
+        if self.staged.is_some() {
+            return Err(SequencerError::GroupPending);
+        }
+        let engine = self.engine.snapshot();
+        let mut bytes = Vec::with_capacity(48 + engine.len() + extra.len());
         bytes.extend_from_slice(&(self.wal.next_seq() - 1).to_le_bytes());
         bytes.extend_from_slice(&self.previous);
-        bytes.extend_from_slice(&self.engine.snapshot());
+        bytes.extend_from_slice(&(engine.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&engine);
+        bytes.extend_from_slice(extra);
+        self.snapshot_seq = self.wal.next_seq() - 1;
         let tmp = self.dir.join("snapshot.tmp");
         let mut file = fs::File::create(&tmp)?;
         file.write_all(&bytes)?;

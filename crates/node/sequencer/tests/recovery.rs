@@ -117,7 +117,8 @@ fn snapshot_plus_log_restores_the_same_state() {
     let all = inputs(60);
     let mut s = Sequencer::open(dir.path(), KEY, EngineLimits::default()).expect("opens");
     s.submit(&all[..30]).expect("durable");
-    s.snapshot().expect("snapshot");
+    s.snapshot_with(b"the gateway's views").expect("snapshot");
+    assert_eq!(s.snapshot_seq(), 30);
     s.submit(&all[30..]).expect("durable");
     let last = s.submit(&[]).expect("empty group");
     assert!(last.is_empty());
@@ -125,6 +126,15 @@ fn snapshot_plus_log_restores_the_same_state() {
     let s = Sequencer::open(dir.path(), KEY, EngineLimits::default())
         .expect("reopens from snapshot and log");
     assert_eq!(s.engine().state_hash(), direct(&all));
+    assert_eq!(s.snapshot_seq(), 30);
+    assert_eq!(s.snapshot_extra(), Some(&b"the gateway's views"[..]));
+    assert_eq!(s.next_seq(), all.len() as u64 + 1);
+    drop(s);
+    // A snapshot cut short is refused, never half restored.
+    let path = dir.path().join("snapshot.bin");
+    let bytes = std::fs::read(&path).expect("reads");
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).expect("writes");
+    assert!(Sequencer::open(dir.path(), KEY, EngineLimits::default()).is_err());
 }
 
 proptest! {
