@@ -35,9 +35,12 @@
 //! from L1 data alone equals the engine's (every balance and position), and the L1 vault holds
 //! exactly the deposits the engine credited.
 //!
-//! Reproducibility: inputs, faults and time are functions of the seed. Thread timing is not:
-//! where the batcher cuts batches and when a subscriber falls behind can differ between runs of
-//! one seed, and no check depends on them.
+//! Reproducibility: a seed's run repeats exactly. Inputs, faults and time are functions of the
+//! seed, and so is everything that feeds back into the inputs: batches are cut by size (the
+//! last one by a final clock jump), each settler round waits until the batcher has taken every
+//! input, and L1 blocks are stamped with logical time (a second per block). Only how far a
+//! subscriber gets before it is dropped depends on thread timing, and nothing else depends on
+//! that.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -102,6 +105,8 @@ pub struct Stats {
     slow_subscribers: u64,
     book_changes_checked: u64,
     batches: u64,
+    /// The engine's state hash at the end (a rerun of the seed must end on the same one).
+    state: [u8; 32],
 }
 
 impl Stats {
@@ -355,6 +360,7 @@ impl World {
                 Duration::from_secs(365 * 86_400),
             ))
             .context("starting the embedded chain")?;
+        chain.logical_time(1);
         optio_contracts::forge_build().map_err(|e| {
             anyhow::anyhow!("building the contracts: {e} (npm ci --prefix contracts)")
         })?;
@@ -380,8 +386,10 @@ impl World {
             chain_id: CHAIN,
             verifying_contract: deployment.rollup.into_array(),
             oracle_key: Some(oracle.public_key()),
-            batch_max_ops: 300,
-            batch_max_age_ms: 20_000,
+            batch_max_ops: 100,
+            // Batches are cut by size (their cut points a function of the sequence alone) until
+            // the end, where the clock jumps past this age to cut the last one.
+            batch_max_age_ms: 10 * 86_400_000,
             snapshot_every: 400,
             clock: clock.clone(),
             ..Config::default()
@@ -794,7 +802,23 @@ impl World {
     }
 
     /// One settler round: post, finalize what is due, feed the queue `L1_CONFIRMATIONS` deep.
+    /// It starts once the batcher has taken every input so far, so that what it posts (and so
+    /// the blocks it mines) depends on the sequence alone, not on the batcher thread's timing.
     fn settler_round(&mut self) -> Result<()> {
+        let last = self.gateway().next_seq() - 1;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self
+            .gateway()
+            .batch_stats()
+            .is_some_and(|s| s.caught_up(last))
+        {
+            ensure!(
+                Instant::now() < deadline,
+                "the batcher did not take the inputs up to {last}: {:?}",
+                self.gateway().batch_stats()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
         let link: Arc<dyn optio_settler::NodeLink> =
             Arc::new(crate::settle::Link(self.gateway.clone().expect("up")));
         self.runtime
@@ -1017,6 +1041,7 @@ impl World {
             std::thread::sleep(Duration::from_millis(20));
         };
         self.stats.batches = count;
+        self.stats.state = self.gateway().state_hash();
         // Post everything and let it finalize.
         for _ in 0..10 {
             self.settler_round()?;
@@ -1095,6 +1120,17 @@ pub fn run_seed(seed: u64, ops: u64, crash_every: u64) -> Result<Stats> {
         };
         w.clock.advance(dt);
         let roll = w.rng.random_range(0..1_000);
+        let kind = match roll {
+            0..=599 => "a signed order",
+            600..=659 => "a cancel_all",
+            660..=809 => "a hostile input",
+            810..=859 => "liquidation bids",
+            860..=899 => "an L1 deposit",
+            900..=902 => "an L1 forced withdrawal",
+            903..=949 => "a settler round",
+            950..=989 => "L1 blocks",
+            _ => "an L1 reorg",
+        };
         let result = w.oracle_tick().and_then(|()| match roll {
             0..=599 => w.trade(),
             600..=659 => w.cancel_all(),
@@ -1111,7 +1147,7 @@ pub fn run_seed(seed: u64, ops: u64, crash_every: u64) -> Result<Stats> {
         });
         result
             .and_then(|()| w.watch())
-            .with_context(|| format!("seed {seed}, input {step}"))?;
+            .with_context(|| format!("seed {seed}, input {step} ({kind})"))?;
         if w.rng.random_range(0..crash_every.max(1)) == 0 {
             w.crash()
                 .with_context(|| format!("seed {seed}, restart after input {step}"))?;
@@ -1140,7 +1176,12 @@ pub fn run(args: SimArgs) -> Result<()> {
             }
             Err(e) => return Err(e),
         };
-        println!("seed {seed}: {} inputs: {}: ok", args.ops, s.line());
+        println!(
+            "seed {seed}: {} inputs: {}: ok, final state {}",
+            args.ops,
+            s.line(),
+            optio_state::poseidon::hex(&s.state)
+        );
         total.add(&s);
     }
     println!(

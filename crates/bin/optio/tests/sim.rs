@@ -72,3 +72,39 @@ fn fixed_seeds_run_without_a_violation() {
         assert!(count(&text, label) > 0, "no {label}: {text}");
     }
 }
+
+/// A seed's run repeats exactly: the same inputs, faults and outcomes, ending on the same state
+/// hash (only how far the reading subscriber got may differ).
+#[test]
+fn a_seed_repeats_exactly() {
+    let run = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_optio"))
+            .args([
+                "sim",
+                "--seed",
+                "77",
+                "--ops",
+                "1500",
+                "--crash-every",
+                "200",
+            ])
+            .output()
+            .expect("optio sim runs");
+        assert!(out.status.success(), "{out:?}");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("seed 77:"))
+            .unwrap_or_else(|| panic!("{text}"))
+            .to_owned();
+        assert!(line.contains("final state 0x"), "{line}");
+        // Everything but the subscriber's progress.
+        let (before, after) = line.split_once(" slow subscribers, ").expect("the summary");
+        let after = after
+            .split_once(" book changes checked")
+            .expect("the summary")
+            .1;
+        format!("{before}{after}")
+    };
+    assert_eq!(run(), run());
+}

@@ -15,8 +15,8 @@ use std::time::Duration;
 use optio_state::{Batch, Batcher, SettlementState};
 use optio_types::{Event, Input};
 
-/// Queue length between the writer and the batcher.
-const QUEUE: usize = 65_536;
+/// Queue length between the writer and the batcher, in groups.
+const QUEUE: usize = 4_096;
 
 /// One sequenced input for the batcher.
 pub(crate) struct Item {
@@ -51,10 +51,10 @@ impl BatchStats {
     }
 }
 
-/// The writer's end: a bounded queue plus an overflow that never blocks.
+/// The writer's end: a bounded queue of groups plus an overflow that never blocks.
 pub(crate) struct Feed {
-    tx: SyncSender<Item>,
-    overflow: VecDeque<Item>,
+    tx: SyncSender<Vec<Item>>,
+    overflow: VecDeque<Vec<Item>>,
     stats: Arc<Mutex<BatchStats>>,
     /// The batcher thread, joined when the feed is dropped.
     batcher: Option<std::thread::JoinHandle<()>>,
@@ -74,9 +74,9 @@ impl Drop for Feed {
 }
 
 impl Feed {
-    /// Hands an item to the batcher without waiting.
-    pub fn send(&mut self, item: Item) {
-        self.overflow.push_back(item);
+    /// Hands a group's items (in sequence order) to the batcher without waiting.
+    pub fn send(&mut self, items: Vec<Item>) {
+        self.overflow.push_back(items);
         while let Some(next) = self.overflow.pop_front() {
             match self.tx.try_send(next) {
                 Ok(()) => {}
@@ -90,8 +90,9 @@ impl Feed {
                 }
             }
         }
+        let waiting = self.overflow.iter().map(Vec::len).sum::<usize>() as u64;
         if let Ok(mut s) = self.stats.lock() {
-            s.overflow = self.overflow.len() as u64;
+            s.overflow = waiting;
         }
     }
 }
@@ -211,44 +212,59 @@ pub(crate) fn start(
 
 fn run(
     mut batcher: Batcher,
-    rx: Receiver<Item>,
+    rx: Receiver<Vec<Item>>,
     dir: &Path,
     stats: &Mutex<BatchStats>,
     clock: &crate::Clock,
 ) {
     loop {
-        let item = rx.recv_timeout(Duration::from_millis(100));
-        let cut =
-            match &item {
-                Ok(item) if item.seq <= batcher.last_seq() => Ok(None),
-                // A steady stream never times out: the age is checked after every input too.
-                Ok(item) => batcher
-                    .push(item.seq, &item.input, &item.events)
-                    .and_then(|cut| match cut {
-                        Some(batch) => Ok(Some(batch)),
-                        None => batcher.tick(clock.now_ms()),
-                    }),
-                Err(RecvTimeoutError::Timeout) => batcher.tick(clock.now_ms()),
-                Err(RecvTimeoutError::Disconnected) => return,
-            };
-        let written = cut.map_err(|e| e.to_string()).and_then(|b| match b {
-            // The blob first (durable), then the state after it.
-            Some(batch) => write_batch(dir, &batch)
-                .map_err(|e| e.to_string())
-                .and_then(|()| batcher.persist(&batch.header).map_err(|e| e.to_string()))
-                .map(|()| Some(batch)),
-            None => Ok(None),
-        });
+        let items = match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(items) => items,
+            Err(RecvTimeoutError::Timeout) => Vec::new(),
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        let mut cuts = Vec::new();
+        let mut result = Ok(());
+        for item in &items {
+            if item.seq <= batcher.last_seq() {
+                continue;
+            }
+            // A steady stream never times out: the age is checked after every input too.
+            result = batcher
+                .push(item.seq, &item.input, &item.events)
+                .and_then(|cut| match cut {
+                    Some(batch) => Ok(Some(batch)),
+                    None => batcher.tick(clock.now_ms()),
+                })
+                .map(|cut| cuts.extend(cut));
+            if result.is_err() {
+                break;
+            }
+        }
+        if items.is_empty() {
+            result = batcher.tick(clock.now_ms()).map(|cut| cuts.extend(cut));
+        }
+        // The batches cut before any failure are written, each blob first (durable), then the
+        // state after it.
+        let written = cuts
+            .iter()
+            .try_for_each(|batch| {
+                write_batch(dir, batch).map_err(|e| e.to_string())?;
+                batcher.persist(&batch.header).map_err(|e| e.to_string())
+            })
+            .and_then(|()| result.map_err(|e| e.to_string()))
+            .map(|()| cuts);
         let Ok(mut s) = stats.lock() else { return };
         s.last_seq = batcher.last_seq();
         match written {
-            Ok(Some(batch)) => {
-                s.number = batch.header.number;
-                s.root = optio_state::poseidon::to_hex(&batch.header.new_root);
-                s.bytes += batch.blob.len() as u64;
-                s.fills += batch.fills as u64;
+            Ok(batches) => {
+                for batch in batches {
+                    s.number = batch.header.number;
+                    s.root = optio_state::poseidon::to_hex(&batch.header.new_root);
+                    s.bytes += batch.blob.len() as u64;
+                    s.fills += batch.fills as u64;
+                }
             }
-            Ok(None) => {}
             Err(e) => {
                 // Settlement stops; trading goes on; the operator sees it in the metrics and logs.
                 tracing::error!(error = %e, "batcher stopped");

@@ -130,13 +130,39 @@ impl Default for Config {
     }
 }
 
+/// Used nonces per owner, and the same by expiry (seconds) so that expired ones are dropped
+/// from the front instead of scanning every nonce on every order. Behind its own lock: checking
+/// a nonce never waits for the writer's commit.
+#[derive(Default)]
+struct Nonces {
+    used: BTreeMap<Address, std::collections::BTreeSet<u64>>,
+    by_expiry: std::collections::BTreeSet<(u64, Address, u64)>,
+}
+
+impl Nonces {
+    /// Records `nonce` for `owner` until `expiry` (seconds); `false` if it is in use. Nonces
+    /// whose signatures expired before `now_s` are forgotten first.
+    fn take(&mut self, owner: Address, nonce: u64, expiry: u64, now_s: u64) -> bool {
+        while let Some(&(until, who, n)) = self.by_expiry.first() {
+            if until >= now_s {
+                break;
+            }
+            self.by_expiry.pop_first();
+            if let Some(set) = self.used.get_mut(&who) {
+                set.remove(&n);
+            }
+        }
+        if !self.used.entry(owner).or_default().insert(nonce) {
+            return false;
+        }
+        self.by_expiry.insert((expiry, owner, nonce));
+        true
+    }
+}
+
 /// Mutable node state behind the gateway.
 pub(crate) struct Node {
     pub(crate) sequencer: Sequencer,
-    /// Used nonces per owner, and the same by expiry (seconds) so that expired ones are dropped
-    /// from the front instead of scanning every nonce on every order.
-    nonces: BTreeMap<Address, std::collections::BTreeSet<u64>>,
-    nonce_expiries: std::collections::BTreeSet<(u64, Address, u64)>,
     /// Client labels of orders (the engine keeps a 64-bit hash of them).
     labels: BTreeMap<u64, String>,
     /// Orders and trades, from events.
@@ -379,24 +405,40 @@ fn writer(
                             outcome.result.err(),
                         );
                     }
-                    let published = Arc::new(outcome.events.clone());
-                    if let Some(feed) = batches.as_mut() {
-                        feed.send(batching::Item {
-                            seq: outcome.receipt.seq,
-                            input: Input {
-                                time_ms: t,
-                                command: job.input.clone(),
-                            },
-                            events: published.clone(),
-                        });
-                    }
-                    let _ = events.send(ws::Published {
-                        seq: outcome.receipt.seq,
-                        time_ms: t,
-                        events: published,
-                    });
                 }
                 drop(n);
+                // The batcher and the subscribers get the group outside the lock: one hand-off
+                // to the batcher per group.
+                let published: Vec<Arc<Vec<optio_types::Event>>> = outcomes
+                    .iter()
+                    .map(|o| Arc::new(o.events.clone()))
+                    .collect();
+                if let Some(feed) = batches.as_mut() {
+                    feed.send(
+                        group
+                            .iter()
+                            .zip(&outcomes)
+                            .zip(&published)
+                            .map(|((job, outcome), events)| batching::Item {
+                                seq: outcome.receipt.seq,
+                                input: Input {
+                                    time_ms: t,
+                                    command: job.input.clone(),
+                                },
+                                events: events.clone(),
+                            })
+                            .collect(),
+                    );
+                }
+                if events.receiver_count() > 0 {
+                    for (outcome, published) in outcomes.iter().zip(published) {
+                        let _ = events.send(ws::Published {
+                            seq: outcome.receipt.seq,
+                            time_ms: t,
+                            events: published,
+                        });
+                    }
+                }
                 // One signature seals the whole group, outside the lock.
                 signer.seal(outcomes.iter_mut().map(|o| &mut o.receipt));
                 for (job, outcome) in group.into_iter().zip(outcomes) {
@@ -451,6 +493,7 @@ fn placed_by(
 /// The gateway.
 pub struct Gateway {
     node: Arc<Mutex<Node>>,
+    nonces: Mutex<Nonces>,
     ip_limits: limits::Buckets<std::net::IpAddr>,
     owner_limits: limits::Buckets<Address>,
     /// Every sequenced input's events, for WebSocket subscribers (bounded: laggards are dropped).
@@ -640,8 +683,9 @@ impl Gateway {
             backlog = gap;
         }
         let mut feed = feed;
-        for item in backlog {
-            feed.send(item);
+        while !backlog.is_empty() {
+            let rest = backlog.split_off(backlog.len().min(MAX_GROUP));
+            feed.send(std::mem::replace(&mut backlog, rest));
         }
         let gateway = Self::build(sequencer, config, Some((feed, stats)));
         {
@@ -674,21 +718,17 @@ impl Gateway {
         let last_ms = sequencer.engine().time_ms();
         let receipt_signer = sequencer.receipt_signer();
         // Replay protection survives restarts: the log holds every signed intent.
-        let mut nonces: BTreeMap<Address, std::collections::BTreeSet<u64>> = BTreeMap::new();
-        let mut nonce_expiries = std::collections::BTreeSet::new();
+        let mut nonces = Nonces::default();
         let now_s = config.clock.now_ms() / 1_000;
         for intent in sequencer
             .recovered_intents()
             .iter()
             .filter(|i| i.expiry >= now_s)
         {
-            nonces.entry(intent.owner).or_default().insert(intent.nonce);
-            nonce_expiries.insert((intent.expiry, intent.owner, intent.nonce));
+            nonces.take(intent.owner, intent.nonce, intent.expiry, now_s);
         }
         let node = Arc::new(Mutex::new(Node {
             sequencer,
-            nonces,
-            nonce_expiries,
             labels: BTreeMap::new(),
             history: history::History::default(),
             last_ms,
@@ -722,6 +762,7 @@ impl Gateway {
         );
         Self {
             node,
+            nonces: Mutex::new(nonces),
             ip_limits,
             owner_limits,
             events,
@@ -1279,7 +1320,7 @@ impl Gateway {
             .and_then(Value::as_bool)
             .unwrap_or(false);
 
-        let (instrument, owner, taker_fee, step) = {
+        let (instrument, owner, taker_fee, step, may_trade) = {
             let node = self.lock();
             let engine = node.sequencer.engine();
             let instrument = views::instrument_id(&node.sequencer, name)?;
@@ -1287,6 +1328,9 @@ impl Gateway {
                 optio_types::RejectCode::UnknownAccount,
                 None,
             ))?;
+            // The owner, or a session key the owner registered (the signature is checked to
+            // recover to this signer below).
+            let may_trade = engine.may_trade(account, to_engine(signer));
             let view = engine
                 .instruments()
                 .nth(instrument.0 as usize)
@@ -1296,6 +1340,7 @@ impl Gateway {
                 owner,
                 view.spec.taker_fee.0.max(view.spec.maker_fee.0),
                 view.spec.amount_step.0,
+                may_trade,
             )
         };
         if let Some(wallet) = owner_wallet
@@ -1333,13 +1378,7 @@ impl Gateway {
             .map(|d| action.digest(d))
             .find(|digest| recover(digest, &signature).is_ok_and(|who| who == signer))
             .ok_or(GatewayError::BadSignature)?;
-        // The owner, or a session key the owner registered (checked against engine state).
-        if !self
-            .lock()
-            .sequencer
-            .engine()
-            .may_trade(account, to_engine(signer))
-        {
+        if !may_trade {
             return Err(GatewayError::NotOwner.into());
         }
         if !self.owner_limits.take(&owner.0, self.config.clock.now_ms()) {
@@ -1408,22 +1447,14 @@ impl Gateway {
                 );
             }
         };
+        // Nonces are unique per owner for as long as their signature is valid.
+        if !self
+            .nonces
+            .lock()
+            .map_err(|_| GatewayError::Internal)?
+            .take(owner.0, nonce, expiry, now_s)
         {
-            // Nonces are unique per owner for as long as their signature is valid.
-            let mut node = self.lock();
-            while let Some(&(until, who, n)) = node.nonce_expiries.first() {
-                if until >= now_s {
-                    break;
-                }
-                node.nonce_expiries.pop_first();
-                if let Some(set) = node.nonces.get_mut(&who) {
-                    set.remove(&n);
-                }
-            }
-            if !node.nonces.entry(owner.0).or_default().insert(nonce) {
-                return Err(GatewayError::ReplayedNonce.into());
-            }
-            node.nonce_expiries.insert((expiry, owner.0, nonce));
+            return Err(GatewayError::ReplayedNonce.into());
         }
         let client_order_id = if label.is_empty() { 0 } else { label_id(label) };
         let command = Command::PlaceOrder(NewOrder {

@@ -927,6 +927,8 @@ async fn oracle_updates_need_the_oracle_signature() {
         sigma: 0.3,
     };
     let surface = Surface::new(91_000.0, 0.0, vec![Slice { t: 0.1, svi }]).expect("surface");
+    // Published after the harness's own update (an update must be newer than the last).
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     let update = optio_oracle::build_update(
         "BTC",
         &surface,
@@ -1150,7 +1152,8 @@ async fn margin_modes_and_liquidation_bids() {
         code(&h.post(&bid(&bob, "0.02"), &h.auth(&bob)).await.1),
         5_008
     );
-    // The mark falls 8%: carol's equity is below maintenance.
+    // The mark falls 8%: carol's equity is below maintenance (published after the last update).
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     let oracle = optio_oracle::OracleSigner::from_bytes([0x0c; 32]).expect("oracle key");
     let specs: Vec<InstrumentSpec> = h
         .gateway

@@ -69,6 +69,9 @@ struct Ledger {
     /// Reorgs so far: part of every later block's hash, so a fork's blocks never share a hash
     /// with the blocks they replaced.
     forks: u64,
+    /// Block timestamps step by exactly this many seconds (a simulation's logical time), not
+    /// by the wall clock.
+    logical_step: Option<u64>,
 }
 
 /// A JSON-RPC error: code, message, optional data.
@@ -110,6 +113,7 @@ impl Ledger {
             txs: BTreeMap::new(),
             logs: Vec::new(),
             forks: 0,
+            logical_step: None,
         }
     }
 
@@ -122,7 +126,10 @@ impl Ledger {
         let last = self.blocks.last().expect("genesis");
         BlockEnv {
             number: U256::from(self.head() + 1),
-            timestamp: U256::from(now_s().max(last.timestamp + 1)),
+            timestamp: U256::from(match self.logical_step {
+                Some(step) => last.timestamp + step,
+                None => now_s().max(last.timestamp + 1),
+            }),
             gas_limit: BLOCK_GAS_LIMIT,
             basefee: BASE_FEE,
             prevrandao: Some(B256::ZERO),
@@ -698,6 +705,15 @@ impl Chain {
             ledger,
             tasks: vec![server, timer],
         })
+    }
+
+    /// From now on, each block's timestamp is the previous one's plus `step_s` seconds, whatever
+    /// the wall clock says: L1 time becomes a function of the blocks mined (the simulator's
+    /// runs then repeat exactly).
+    pub fn logical_time(&self, step_s: u64) {
+        if let Ok(mut l) = self.ledger.lock() {
+            l.logical_step = Some(step_s.max(1));
+        }
     }
 
     /// The head block's number.
