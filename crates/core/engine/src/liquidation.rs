@@ -1,6 +1,6 @@
 //! Liquidation: below maintenance an account's orders are cancelled and its positions are sold
 //! by a Dutch auction to liquidators; what the auction cannot place is deleveraged against the
-//! most profitable opposite positions at the mark; a deficit left on a bankrupt account is
+//! most profitable opposite positions at the mark (their orders in that instrument cancelled); a deficit left on a bankrupt account is
 //! covered by the pre-committed waterfall.
 //!
 //! Waterfall (in order): the account's own collateral (positions transferred at the auction
@@ -285,6 +285,21 @@ impl<M: MarginModel> Engine<M> {
                 break;
             }
             let take = left.min(q.abs());
+            // The counterparty's orders in the instrument go first: orders can rest on the
+            // position being closed (a long's asks are covered by it), and without them its
+            // requirement only falls as the position shrinks at the mark.
+            let mut slot = self.accounts[counterparty.0 as usize].orders_head;
+            let mut slots = Vec::new();
+            while slot != NIL {
+                let order = self.store.get(slot);
+                if order.instrument == instrument {
+                    slots.push(slot);
+                }
+                slot = order.account_next;
+            }
+            for slot in slots {
+                self.remove_order(slot, DoneReason::Deleveraged, events);
+            }
             self.transfer_position(account, counterparty, instrument, long, Qty(take), price);
             events.push(Event::LiquidationTransfer {
                 account,

@@ -26,6 +26,9 @@ pub enum DoneReason {
     InstrumentExpired,
     /// Its account went into liquidation.
     Liquidation,
+    /// Its account's position in the instrument was auto-deleveraged against a liquidated
+    /// account (orders there could rest on the position that was closed).
+    Deleveraged,
 }
 
 /// Something that happened.

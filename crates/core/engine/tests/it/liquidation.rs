@@ -509,3 +509,88 @@ fn the_random_histories_do_liquidate() {
         "{total:?}"
     );
 }
+
+/// Found by `optio sim`: a fully collateralized counterparty whose asks rested on its long (the
+/// long covered part of what they could sell) was deleveraged, its long closed at the mark, and
+/// the asks left uncovered: under-collateralized, and the engine halted on its invariant. Now
+/// the counterparty's orders in the instrument are cancelled before the transfer, and every
+/// invariant holds.
+#[test]
+fn a_deleveraged_counterparty_loses_the_orders_its_position_covered() {
+    let mut e = engine_with(EngineLimits::default(), 4, usd(200_000));
+    run(&mut e, T0, Command::OracleUpdate(update(60_000.0, T0))).expect("oracle");
+    run(
+        &mut e,
+        T0,
+        Command::SetMarginMode {
+            account: AccountId(1),
+            mode: MarginMode::Standard,
+        },
+    )
+    .expect("standard");
+    // Account 2 (fully collateralized) buys one perpetual from account 1 (margined).
+    run(
+        &mut e,
+        T0,
+        Command::PlaceOrder(limit(2, PERP, Side::Buy, px(60_000), 100)),
+    )
+    .expect("bid");
+    run(
+        &mut e,
+        T0,
+        Command::PlaceOrder(limit(1, PERP, Side::Sell, px(60_000), 100)),
+    )
+    .expect("sell 1 perp");
+    // Account 2 offers two at 90,000: one is covered by its long, one by collateral; then it
+    // withdraws everything else.
+    run(
+        &mut e,
+        T0,
+        Command::PlaceOrder(limit(2, PERP, Side::Sell, px(90_000), 200)),
+    )
+    .expect("asks resting on the long");
+    for account in [1, 2] {
+        let (_, _, free) = e.collateral(AccountId(account)).expect("exists");
+        run(
+            &mut e,
+            T0,
+            Command::Withdraw {
+                account: AccountId(account),
+                amount: Amount(free.0 - usd(500).0),
+            },
+        )
+        .expect("withdraw to 500 free");
+    }
+    // An 8% rise: account 1's short is below maintenance; nobody bids in the auction.
+    let t = T0 + 1_000;
+    let events = run(&mut e, t, Command::OracleUpdate(update(64_800.0, t))).expect("accepted");
+    assert!(events.contains(&Event::LiquidationStarted {
+        account: AccountId(1)
+    }));
+    let t = t + 15 * 60_000;
+    run(&mut e, t, Command::OracleUpdate(update(64_800.0, t))).expect("fresh marks");
+    let events = run(
+        &mut e,
+        t,
+        Command::Deleverage {
+            account: AccountId(1),
+            instrument: InstrumentId(PERP),
+        },
+    )
+    .expect("deleveraged against account 2");
+    assert!(
+        events.iter().any(|ev| matches!(
+            ev,
+            Event::OrderDone {
+                reason: optio_types::DoneReason::Deleveraged,
+                ..
+            }
+        )),
+        "{events:?}"
+    );
+    assert!(events.iter().any(|ev| matches!(ev, Event::LiquidationTransfer { counterparty, deleverage: true, .. } if *counterparty == AccountId(2))));
+    assert_eq!(position(&e, 2), 0);
+    let (balance, requirement, _) = e.collateral(AccountId(2)).expect("exists");
+    assert!(balance >= requirement, "{balance:?} < {requirement:?}");
+    e.check_invariants().expect("every invariant holds");
+}
