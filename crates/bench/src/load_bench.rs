@@ -13,7 +13,7 @@ use anyhow::{Context, Result, bail};
 use hdrhistogram::Histogram;
 use optio_gateway::client::{OrderRequest, order_params};
 use secp256k1::{Message, SecretKey};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Arguments.
 #[derive(clap::Args)]
@@ -34,6 +34,9 @@ pub struct Args {
     /// Orders per HTTP request (a JSON-RPC batch when above 1, as a market maker sends quotes).
     #[arg(long, default_value_t = 1)]
     batch: usize,
+    /// The node's snapshot interval in inputs (0: never; the node's default otherwise).
+    #[arg(long)]
+    snapshot_every: Option<u64>,
     /// Path of the `optio` binary (default: next to this one).
     #[arg(long)]
     optio: Option<std::path::PathBuf>,
@@ -65,35 +68,45 @@ fn recovery_ceiling() -> f64 {
     total as f64 / start.elapsed().as_secs_f64()
 }
 
+/// Sends one pre-built HTTP request and reads its response; checks that it acknowledges
+/// `expected` orders. Cheap on purpose: the generator shares the node's cores.
 async fn post(
-    stream: &mut tokio::io::BufReader<tokio::net::TcpStream>,
-    body: &str,
+    stream: &mut tokio::net::TcpStream,
+    request: &[u8],
     expected: usize,
+    buf: &mut Vec<u8>,
 ) -> Result<()> {
     // One write per request (two small writes would meet Nagle and delayed ACKs: 40 ms).
-    let request = format!(
-        "POST /api/v2 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.get_mut().write_all(request.as_bytes()).await?;
-    let mut len = 0usize;
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if stream.read_line(&mut line).await? == 0 {
+    stream.write_all(request).await?;
+    buf.clear();
+    let mut chunk = [0u8; 16 * 1024];
+    let (head, len) = loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
             bail!("connection closed");
         }
-        if line == "\r\n" {
-            break;
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = memchr::memmem::find(buf, b"\r\n\r\n") {
+            let headers = std::str::from_utf8(&buf[..end])?.to_ascii_lowercase();
+            let len: usize = headers
+                .split("\r\n")
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .context("no content-length")?
+                .trim()
+                .parse()?;
+            break (end + 4, len);
         }
-        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-            len = v.trim().parse()?;
+    };
+    while buf.len() < head + len {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            bail!("connection closed");
         }
+        buf.extend_from_slice(&chunk[..n]);
     }
-    let mut buf = vec![0; len];
-    stream.read_exact(&mut buf).await?;
-    if buf.windows(9).filter(|w| *w == b"\"receipt\"").count() != expected {
-        bail!("order not acknowledged: {}", String::from_utf8_lossy(&buf));
+    let body = &buf[head..head + len];
+    if memchr::memmem::find_iter(body, b"\"receipt\"").count() != expected {
+        bail!("order not acknowledged: {}", String::from_utf8_lossy(body));
     }
     Ok(())
 }
@@ -116,6 +129,11 @@ pub fn run(args: &Args) -> Result<()> {
             "--data",
         ])
         .arg(data.path())
+        .args(
+            args.snapshot_every
+                .map(|n| vec!["--snapshot-every".to_owned(), n.to_string()])
+                .unwrap_or_default(),
+        )
         .stdout(Stdio::piped())
         .spawn()
         .with_context(|| format!("starting {}", optio.display()))?;
@@ -172,6 +190,23 @@ async fn drive(args: &Args, addr: &str, subaccount: u64, ceiling: f64) -> Result
             serde_json::json!({"jsonrpc": "2.0", "id": i, "method": "private/order", "params": params}).to_string()
         })
         .collect();
+    // Whole HTTP requests, built before the clock starts: one order each, or a JSON-RPC batch.
+    let batch = args.batch.max(1);
+    let bodies: Vec<Vec<u8>> = bodies
+        .chunks(batch)
+        .map(|orders| {
+            let body = if batch == 1 {
+                orders[0].clone()
+            } else {
+                format!("[{}]", orders.join(","))
+            };
+            format!(
+                "POST /api/v2 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes()
+        })
+        .collect();
     let bodies = Arc::new(bodies);
     println!(
         "signature-recovery ceiling on this machine (all {} cores): {ceiling:.0} orders/s\n",
@@ -199,22 +234,16 @@ async fn drive(args: &Args, addr: &str, subaccount: u64, ceiling: f64) -> Result
             let (bodies, addr) = (bodies.clone(), addr.to_owned());
             tasks.push(tokio::spawn(async move {
                 let mut hist = Histogram::<u64>::new(3).expect("histogram");
-                let socket = tokio::net::TcpStream::connect(&addr).await?;
-                socket.set_nodelay(true)?;
-                let mut stream = tokio::io::BufReader::new(socket);
+                let mut stream = tokio::net::TcpStream::connect(&addr).await?;
+                stream.set_nodelay(true)?;
+                let mut buf = Vec::with_capacity(64 * 1024);
                 let mut done = 0u64;
                 let mut j = c as u64;
                 while j < requests {
                     let due = start + Duration::from_nanos(j * batch * 1_000_000_000 / rate);
                     tokio::time::sleep_until(due.into()).await;
-                    let first = (offset + j * batch) as usize;
-                    let orders = &bodies[first..first + batch as usize];
-                    let body = if batch == 1 {
-                        orders[0].clone()
-                    } else {
-                        format!("[{}]", orders.join(","))
-                    };
-                    post(&mut stream, &body, orders.len()).await?;
+                    let request = &bodies[(offset / batch + j) as usize];
+                    post(&mut stream, request, batch as usize, &mut buf).await?;
                     hist.record(due.elapsed().as_micros() as u64)?;
                     done += batch;
                     j += stride;
@@ -240,7 +269,7 @@ async fn drive(args: &Args, addr: &str, subaccount: u64, ceiling: f64) -> Result
         );
         table.push((rate, achieved, q(0.99)));
         best = best.max(achieved);
-        offset += n;
+        offset += requests * batch;
         if achieved < 0.9 * rate as f64 {
             break;
         }

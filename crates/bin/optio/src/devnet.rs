@@ -53,6 +53,9 @@ pub struct DevnetArgs {
     /// Cut a settlement batch at most this long after its first op (ms).
     #[arg(long, default_value_t = 2_000)]
     pub batch_age_ms: u64,
+    /// Snapshot the engine and views after this many inputs (0: never).
+    #[arg(long, default_value_t = 100_000)]
+    pub snapshot_every: u64,
     /// Post batches to this Ethereum JSON-RPC endpoint (with --rollup and OPTIO_L1_KEY) instead
     /// of a local chain.
     #[arg(long, requires = "rollup", conflicts_with = "no_l1")]
@@ -347,6 +350,7 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
     let config = Config {
         oracle_key: Some(oracle.public_key()),
         batch_max_age_ms: args.batch_age_ms,
+        snapshot_every: args.snapshot_every,
         ..Config::default()
     };
     let gateway = Arc::new(

@@ -13,6 +13,7 @@
 //! sequencer_key = "0x…"              # better: OPTIO_SEQUENCER_KEY in the environment
 //! ip_requests_per_second = 100000
 //! owner_orders_per_second = 50000
+//! snapshot_every = 100000        # inputs between snapshots (0: never)
 //! l1_rpc = "http://127.0.0.1:8545"   # post batches to this chain (operator key: OPTIO_L1_KEY)
 //! rollup = "0x…"                     # the OptioRollup contract
 //!
@@ -75,6 +76,7 @@ struct FileConfig {
     sequencer_key: Option<String>,
     ip_requests_per_second: Option<u64>,
     owner_orders_per_second: Option<u64>,
+    snapshot_every: Option<u64>,
     l1_rpc: Option<String>,
     rollup: Option<String>,
     l1_confirmations: Option<u64>,
@@ -147,6 +149,9 @@ pub fn run(args: NodeArgs) -> Result<()> {
     }
     if let Some(r) = file.ip_requests_per_second {
         config.ip_requests_per_second = r;
+    }
+    if let Some(n) = file.snapshot_every {
+        config.snapshot_every = n;
     }
     if let Some(r) = file.owner_orders_per_second {
         config.owner_orders_per_second = r;

@@ -1,8 +1,10 @@
 //! Order and trade history kept by the gateway from engine events, for `get_order`,
-//! `get_trade_history` and the open-order views; rebuilt from the log at start
-//! (`Gateway::open`), labels included (they are logged with the signed intents).
+//! `get_trade_history` and the open-order views; restored from the node's snapshot and the log
+//! after it at start (`Gateway::open`), labels included (they are logged with the signed
+//! intents). Bounded: every open order, and the most recent `KEPT` finished orders and `KEPT`
+//! trades (the log keeps everything).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use optio_types::{AccountId, DoneReason, Event, InstrumentId, Price, Qty, Side};
 
@@ -62,13 +64,20 @@ pub struct TradeInfo {
     pub time_ms: u64,
 }
 
+/// Finished orders and trades kept in memory (each).
+pub const KEPT: usize = 50_000;
+
 /// Orders and trades by id and subaccount.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct History {
     /// By order id.
     pub orders: BTreeMap<u64, OrderInfo>,
-    /// In time order.
-    pub trades: Vec<TradeInfo>,
+    /// In time order, the most recent `KEPT`.
+    pub trades: VecDeque<TradeInfo>,
+    /// Trades ever recorded (the next trade's id is one more).
+    pub trades_total: u64,
+    /// Finished orders in `orders`.
+    finished: usize,
 }
 
 impl History {
@@ -143,8 +152,9 @@ impl History {
                             o.fee += fee;
                             o.updated_ms = time_ms;
                         }
-                        self.trades.push(TradeInfo {
-                            trade_id: self.trades.len() as u64 + 1,
+                        self.trades_total += 1;
+                        self.trades.push_back(TradeInfo {
+                            trade_id: self.trades_total,
                             order,
                             account,
                             instrument: *instrument,
@@ -159,6 +169,9 @@ impl History {
                 }
                 Event::OrderDone { order, reason, .. } => {
                     if let Some(o) = self.orders.get_mut(&order.0) {
+                        if o.status == "open" {
+                            self.finished += 1;
+                        }
                         o.status = match reason {
                             DoneReason::Filled => "filled",
                             DoneReason::Expired | DoneReason::InstrumentExpired => "expired",
@@ -180,6 +193,62 @@ impl History {
                     }
                 }
                 _ => {}
+            }
+        }
+        self.trim();
+    }
+
+    /// A copy holding every open order and the most recent `recent` finished orders and
+    /// trades (what a snapshot keeps).
+    pub fn recent(&self, recent: usize) -> History {
+        let mut finished: Vec<u64> = self
+            .orders
+            .iter()
+            .rev()
+            .filter(|(_, o)| o.status != "open")
+            .take(recent)
+            .map(|(id, _)| *id)
+            .collect();
+        finished.sort_unstable();
+        let mut orders: BTreeMap<u64, OrderInfo> = self
+            .orders
+            .iter()
+            .filter(|(_, o)| o.status == "open")
+            .map(|(id, o)| (*id, o.clone()))
+            .collect();
+        for id in &finished {
+            if let Some(o) = self.orders.get(id) {
+                orders.insert(*id, o.clone());
+            }
+        }
+        let skip = self.trades.len().saturating_sub(recent);
+        History {
+            orders,
+            trades: self.trades.iter().skip(skip).cloned().collect(),
+            trades_total: self.trades_total,
+            finished: finished.len(),
+        }
+    }
+
+    /// Forgets the oldest finished orders and trades beyond `KEPT`.
+    fn trim(&mut self) {
+        // In chunks (an eighth over the bound), so that the scan past open orders is rare.
+        if self.trades.len() > KEPT + KEPT / 8 {
+            let excess = self.trades.len() - KEPT;
+            self.trades.drain(..excess);
+        }
+        if self.finished > KEPT + KEPT / 8 {
+            let excess = self.finished - KEPT;
+            let old: Vec<u64> = self
+                .orders
+                .iter()
+                .filter(|(_, o)| o.status != "open")
+                .take(excess)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in old {
+                self.orders.remove(&id);
+                self.finished -= 1;
             }
         }
     }
@@ -207,52 +276,53 @@ fn status_of(text: &str) -> Option<&'static str> {
 }
 
 impl History {
-    /// The history as compact JSON arrays (kept in the node's snapshots).
-    pub fn to_json(&self) -> serde_json::Value {
-        let orders: Vec<serde_json::Value> = self
-            .orders
-            .iter()
-            .map(|(id, o)| {
-                serde_json::json!([
-                    id,
-                    o.account.0,
-                    o.instrument.0,
-                    side_code(o.side),
-                    o.price.0,
-                    o.amount.0,
-                    o.filled.0,
-                    o.notional.to_string(),
-                    o.fee,
-                    o.status,
-                    o.label,
-                    o.nonce,
-                    o.created_ms,
-                    o.updated_ms
-                ])
-            })
-            .collect();
-        let trades: Vec<serde_json::Value> = self
-            .trades
-            .iter()
-            .map(|t| {
-                serde_json::json!([
-                    t.trade_id,
-                    t.order,
-                    t.account.0,
-                    t.instrument.0,
-                    side_code(t.side),
-                    t.maker,
-                    t.price.0,
-                    t.amount.0,
-                    t.fee,
-                    t.time_ms
-                ])
-            })
-            .collect();
-        serde_json::json!({"orders": orders, "trades": trades})
+    /// Appends the history as compact JSON arrays to `out` (kept in the node's snapshots),
+    /// written straight as text.
+    pub fn write_json(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        out.push_str("{\"orders\":[");
+        for (i, (id, o)) in self.orders.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "," };
+            let nonce = o.nonce.map_or_else(|| "null".to_owned(), |n| n.to_string());
+            let _ = write!(
+                out,
+                "{sep}[{id},{},{},{},{},{},{},\"{}\",{},\"{}\",{},{nonce},{},{}]",
+                o.account.0,
+                o.instrument.0,
+                side_code(o.side),
+                o.price.0,
+                o.amount.0,
+                o.filled.0,
+                o.notional,
+                o.fee,
+                o.status,
+                serde_json::Value::String(o.label.clone()),
+                o.created_ms,
+                o.updated_ms
+            );
+        }
+        out.push_str("],\"trades\":[");
+        for (i, t) in self.trades.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "," };
+            let _ = write!(
+                out,
+                "{sep}[{},{},{},{},{},{},{},{},{},{}]",
+                t.trade_id,
+                t.order,
+                t.account.0,
+                t.instrument.0,
+                side_code(t.side),
+                t.maker,
+                t.price.0,
+                t.amount.0,
+                t.fee,
+                t.time_ms
+            );
+        }
+        let _ = write!(out, "],\"trades_total\":{}}}", self.trades_total);
     }
 
-    /// The history `to_json` wrote; `None` if anything in it is malformed.
+    /// The history `write_json` wrote; `None` if anything in it is malformed.
     pub fn from_json(v: &serde_json::Value) -> Option<History> {
         let u = |v: &serde_json::Value, i: usize| v.get(i)?.as_u64();
         let i = |v: &serde_json::Value, i: usize| v.get(i)?.as_i64();
@@ -280,8 +350,14 @@ impl History {
                 },
             );
         }
+        history.finished = history
+            .orders
+            .values()
+            .filter(|o| o.status != "open")
+            .count();
+        history.trades_total = v.get("trades_total")?.as_u64()?;
         for t in v.get("trades")?.as_array()? {
-            history.trades.push(TradeInfo {
+            history.trades.push_back(TradeInfo {
                 trade_id: u(t, 0)?,
                 order: u(t, 1)?,
                 account: AccountId(u32::try_from(u(t, 2)?).ok()?),
@@ -295,5 +371,74 @@ impl History {
             });
         }
         Some(history)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use optio_types::{Amount, OrderId};
+
+    fn accepted(id: u64) -> Event {
+        Event::OrderAccepted {
+            order: OrderId(id),
+            account: AccountId(0),
+            instrument: InstrumentId(0),
+            client_order_id: 0,
+        }
+    }
+
+    /// Open orders stay however many there are; finished orders and trades are kept to the
+    /// most recent `KEPT` (trimmed in chunks), trade ids keep counting, and the JSON round trip
+    /// keeps all of it.
+    #[test]
+    fn history_is_bounded_and_round_trips() {
+        let mut h = History::default();
+        let placed = || Some((Side::Buy, Price(1), Qty(2), String::new(), None));
+        // Order 0 rests for good.
+        h.record(&[accepted(0)], 0, placed());
+        let n = (KEPT + KEPT / 4) as u64;
+        for id in 1..=n {
+            let fill = Event::Fill {
+                instrument: InstrumentId(0),
+                maker_order: OrderId(0),
+                taker_order: OrderId(id),
+                maker_account: AccountId(0),
+                taker_account: AccountId(1),
+                taker_side: Side::Sell,
+                price: Price(1),
+                qty: Qty(1),
+                maker_fee: Amount(0),
+                taker_fee: Amount(0),
+            };
+            let done = Event::OrderDone {
+                order: OrderId(id),
+                account: AccountId(1),
+                reason: DoneReason::Filled,
+                unfilled: Qty(0),
+            };
+            h.record(&[accepted(id), fill, done], id, placed());
+        }
+        assert!(h.orders.contains_key(&0), "the open order is kept");
+        assert!(h.orders.len() <= KEPT + KEPT / 8 + 1);
+        assert!(
+            h.orders.contains_key(&n),
+            "the newest finished order is kept"
+        );
+        assert!(
+            !h.orders.contains_key(&1),
+            "the oldest finished order is gone"
+        );
+        assert!(h.trades.len() <= KEPT + KEPT / 8);
+        assert_eq!(h.trades_total, 2 * n);
+        assert_eq!(h.trades.back().map(|t| t.trade_id), Some(2 * n));
+        let mut text = String::new();
+        h.write_json(&mut text);
+        let back =
+            History::from_json(&serde_json::from_str(&text).expect("JSON")).expect("reads back");
+        assert_eq!(back.orders.len(), h.orders.len());
+        assert_eq!(back.trades.len(), h.trades.len());
+        assert_eq!(back.trades_total, h.trades_total);
+        assert_eq!(back.finished, h.finished);
     }
 }

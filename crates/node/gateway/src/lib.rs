@@ -174,7 +174,8 @@ pub(crate) struct Node {
     grouped_inputs: u64,
     /// Status of recent signed intents by EIP-712 digest (bounded, oldest forgotten first).
     intents: BTreeMap<[u8; 32], (u64, u64, Option<optio_types::RejectCode>)>,
-    intent_order: std::collections::VecDeque<[u8; 32]>,
+    /// The same in the order they were first recorded, oldest first.
+    intent_order: std::collections::VecDeque<IntentStatus>,
     /// How far L1 has come: each time the committed (or finalized) batches reached further,
     /// the last sequence number they cover and when (ms). Kept in memory: after a restart the
     /// settler reports it again on its first round.
@@ -191,32 +192,57 @@ fn covered_at(rises: &[(u64, u64)], seq: u64) -> Option<u64> {
 
 /// Signed intents whose status the gateway remembers.
 const MAX_INTENTS: usize = 1_000_000;
+/// Intent statuses a snapshot keeps (the most recent).
+const SNAPSHOT_INTENTS: usize = 20_000;
+/// Finished orders and trades a snapshot keeps (the most recent, each; open orders all).
+const SNAPSHOT_RECENT: usize = 10_000;
 
 impl Node {
-    /// The views a snapshot keeps beside the engine: order and trade history, labels, and the
-    /// recent intent statuses (oldest first).
-    fn views(&self) -> Vec<u8> {
-        let labels: Vec<Value> = self.labels.iter().map(|(id, l)| json!([id, l])).collect();
-        let intents: Vec<Value> = self
-            .intent_order
-            .iter()
-            .filter_map(|d| {
-                let (seq, time, code) = self.intents.get(d)?;
-                Some(json!([views::hex(d), seq, time, code.map(|c| c as u16)]))
-            })
+    /// A copy of the views a snapshot keeps beside the engine, bounded so that taking it under
+    /// the lock stays short: every open order and the most recent `SNAPSHOT_RECENT` finished
+    /// orders and trades, their labels, and the most recent `SNAPSHOT_INTENTS` intent statuses
+    /// (oldest first). After a restart the views hold that plus everything the log replays
+    /// after the snapshot.
+    fn views(&self) -> Views {
+        let skip = self.intent_order.len().saturating_sub(SNAPSHOT_INTENTS);
+        let intents = self.intent_order.iter().skip(skip).copied().collect();
+        let history = self.history.recent(SNAPSHOT_RECENT);
+        let labels = history
+            .orders
+            .keys()
+            .filter_map(|id| self.labels.get(id).map(|l| (*id, l.clone())))
             .collect();
-        json!({"version": 1, "history": self.history.to_json(), "labels": labels, "intents": intents})
-            .to_string()
-            .into_bytes()
+        (history, labels, intents)
     }
 }
 
+/// The bytes of a snapshot's views (what `restore_views` reads), written straight into one
+/// string (a `Value` tree per order cost several times more, on the cores that answer orders).
+fn encode_views((history, labels, intents): &Views) -> Vec<u8> {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(64 * (history.orders.len() + intents.len()) + 1_024);
+    out.push_str("{\"version\":1,\"history\":");
+    history.write_json(&mut out);
+    out.push_str(",\"labels\":[");
+    for (i, (id, label)) in labels.iter().enumerate() {
+        let sep = if i == 0 { "" } else { "," };
+        let _ = write!(out, "{sep}[{id},{}]", Value::String(label.clone()));
+    }
+    out.push_str("],\"intents\":[");
+    for (i, (digest, seq, time, code)) in intents.iter().enumerate() {
+        let sep = if i == 0 { "" } else { "," };
+        let code = code.map_or_else(|| "null".to_owned(), |c| (c as u16).to_string());
+        let _ = write!(out, "{sep}[\"{}\",{seq},{time},{code}]", views::hex(digest));
+    }
+    out.push_str("]}");
+    out.into_bytes()
+}
+
+/// An intent's status: digest, sequence number, time, and its rejection if refused.
+type IntentStatus = ([u8; 32], u64, u64, Option<optio_types::RejectCode>);
+
 /// Views restored from a snapshot: history, labels, intent statuses (oldest first).
-type Views = (
-    history::History,
-    BTreeMap<u64, String>,
-    Vec<([u8; 32], u64, u64, Option<optio_types::RejectCode>)>,
-);
+type Views = (history::History, BTreeMap<u64, String>, Vec<IntentStatus>);
 
 /// The views `Node::views` wrote; `None` if they are malformed.
 fn restore_views(bytes: &[u8]) -> Option<Views> {
@@ -258,9 +284,9 @@ impl Node {
             .insert(digest, (seq, time_ms, result))
             .is_none()
         {
-            self.intent_order.push_back(digest);
+            self.intent_order.push_back((digest, seq, time_ms, result));
             if self.intent_order.len() > MAX_INTENTS
-                && let Some(old) = self.intent_order.pop_front()
+                && let Some((old, ..)) = self.intent_order.pop_front()
             {
                 self.intents.remove(&old);
             }
@@ -324,6 +350,63 @@ struct WriterSettings {
     crash_before_sync: Arc<std::sync::atomic::AtomicBool>,
 }
 
+/// The snapshot thread: writes one snapshot at a time, off the writer's path.
+struct Snapshots {
+    queue: Option<std::sync::mpsc::SyncSender<(optio_sequencer::PendingSnapshot, Views)>>,
+    busy: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Snapshots {
+    fn start() -> Option<Self> {
+        let (queue, rx) =
+            std::sync::mpsc::sync_channel::<(optio_sequencer::PendingSnapshot, Views)>(1);
+        let busy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = busy.clone();
+        let thread = std::thread::Builder::new()
+            .name("optio-snapshot".into())
+            .spawn(move || {
+                for (pending, views) in rx {
+                    let seq = pending.seq();
+                    if let Err(e) = pending.write(&encode_views(&views)) {
+                        tracing::warn!(error = %e, seq, "snapshot failed");
+                    }
+                    flag.store(false, std::sync::atomic::Ordering::Release);
+                }
+            })
+            .ok()?;
+        Some(Self {
+            queue: Some(queue),
+            busy,
+            thread: Some(thread),
+        })
+    }
+
+    /// Whether the last snapshot is on disk (or failed).
+    fn idle(&self) -> bool {
+        !self.busy.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn write(&mut self, pending: optio_sequencer::PendingSnapshot, views: Views) {
+        self.busy.store(true, std::sync::atomic::Ordering::Release);
+        if let Some(q) = &self.queue
+            && q.send((pending, views)).is_err()
+        {
+            self.busy.store(false, std::sync::atomic::Ordering::Release);
+        }
+    }
+}
+
+impl Drop for Snapshots {
+    /// Finishes the snapshot being written.
+    fn drop(&mut self) {
+        self.queue.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 fn writer(
     settings: WriterSettings,
     node: Arc<Mutex<Node>>,
@@ -332,6 +415,11 @@ fn writer(
     events: tokio::sync::broadcast::Sender<ws::Published>,
     mut batches: Option<batching::Feed>,
 ) {
+    let mut snapshots = if settings.snapshot_every > 0 {
+        Snapshots::start()
+    } else {
+        None
+    };
     while let Ok(first) = jobs.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -447,12 +535,21 @@ fn writer(
                 if settings.snapshot_every > 0 {
                     let Ok(mut n) = node.lock() else { return };
                     let at = n.sequencer.next_seq() - 1;
-                    if at - n.sequencer.snapshot_seq() >= settings.snapshot_every {
-                        // The log stays the record: a failed snapshot only means a longer
-                        // replay at the next start.
-                        let views = n.views();
-                        if let Err(e) = n.sequencer.snapshot_with(&views) {
-                            tracing::warn!(error = %e, seq = at, "snapshot failed");
+                    if at - n.sequencer.snapshot_seq() >= settings.snapshot_every
+                        && snapshots.as_ref().is_some_and(|s| s.idle())
+                    {
+                        // Copies under the lock; encoding and the fsyncs happen on the
+                        // snapshot thread. The log stays the record: a failed snapshot only
+                        // means a longer replay at the next start.
+                        match n.sequencer.take_snapshot() {
+                            Ok(pending) => {
+                                let views = n.views();
+                                drop(n);
+                                if let Some(s) = snapshots.as_mut() {
+                                    s.write(pending, views);
+                                }
+                            }
+                            Err(e) => tracing::warn!(error = %e, seq = at, "snapshot failed"),
                         }
                     }
                 }

@@ -426,20 +426,58 @@ impl Sequencer {
     /// same sequence number), handed back by `snapshot_extra` after the next open. Refused while
     /// a group is staged (the engine would not match the log's end).
     pub fn snapshot_with(&mut self, extra: &[u8]) -> Result<(), SequencerError> {
+        self.take_snapshot()?.write(extra)
+    }
+
+    /// The engine's part of a snapshot at the current sequence number, to be written (with the
+    /// extra bytes) by `PendingSnapshot::write`, off the caller's critical path: taking it
+    /// copies the engine state, writing it encodes nothing more from the sequencer. It counts
+    /// as the latest snapshot from now on. Refused while a group is staged.
+    pub fn take_snapshot(&mut self) -> Result<PendingSnapshot, SequencerError> {
         if self.staged.is_some() {
             return Err(SequencerError::GroupPending);
         }
-        let engine = self.engine.snapshot();
-        let mut bytes = Vec::with_capacity(48 + engine.len() + extra.len());
-        bytes.extend_from_slice(&(self.wal.next_seq() - 1).to_le_bytes());
+        let seq = self.wal.next_seq() - 1;
+        self.snapshot_seq = seq;
+        Ok(PendingSnapshot {
+            dir: self.dir.clone(),
+            seq,
+            previous: self.previous,
+            engine: self.engine.snapshot(),
+        })
+    }
+}
+
+/// A snapshot taken and not yet on disk (see `Sequencer::take_snapshot`).
+pub struct PendingSnapshot {
+    dir: PathBuf,
+    seq: u64,
+    previous: [u8; 32],
+    engine: Vec<u8>,
+}
+
+impl PendingSnapshot {
+    /// The sequence number it is at.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Writes it with `extra` atomically (temporary file, fsync, rename, directory fsync).
+    pub fn write(self, extra: &[u8]) -> Result<(), SequencerError> {
+        let mut bytes = Vec::with_capacity(48 + self.engine.len() + extra.len());
+        bytes.extend_from_slice(&self.seq.to_le_bytes());
         bytes.extend_from_slice(&self.previous);
-        bytes.extend_from_slice(&(engine.len() as u64).to_le_bytes());
-        bytes.extend_from_slice(&engine);
+        bytes.extend_from_slice(&(self.engine.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&self.engine);
         bytes.extend_from_slice(extra);
-        self.snapshot_seq = self.wal.next_seq() - 1;
         let tmp = self.dir.join("snapshot.tmp");
         let mut file = fs::File::create(&tmp)?;
-        file.write_all(&bytes)?;
+        // Synced a slice at a time: the log's fsyncs (which on ext4 can wait for other files'
+        // dirty data) never wait for more than one slice of a large snapshot.
+        for slice in bytes.chunks(256 * 1024) {
+            file.write_all(slice)?;
+            file.sync_data()?;
+        }
         file.sync_all()?;
         fs::rename(&tmp, self.dir.join(SNAPSHOT_FILE))?;
         fs::File::open(&self.dir)?.sync_all()?;
