@@ -134,7 +134,8 @@ impl FromStr for InstrumentName {
     type Err = NameError;
 
     fn from_str(text: &str) -> Result<Self, NameError> {
-        if text.len() > 64 {
+        // Names are ASCII; the parts below are cut at byte offsets.
+        if text.len() > 64 || !text.is_ascii() {
             return Err(NameError::Shape);
         }
         let parts: Vec<&str> = text.split('-').collect();
@@ -472,6 +473,9 @@ mod tests {
             ("BTC-27DEC24-1.5-C", NameError::Strike),
             ("BTC-27DEC24--1-C", NameError::Shape),
             ("BTC-27DEC24-60000-X", NameError::Right),
+            // Found by the blob fuzzer: a date cut inside a multi-byte character panicked.
+            ("BTC-2\u{4f2}AR27-100000-C", NameError::Shape),
+            ("\u{e9}TH-PERPETUAL", NameError::Shape),
         ];
         for (name, want) in cases {
             assert_eq!(
