@@ -4,11 +4,6 @@
 //! Owns: the generated input streams and the adapters that feed them to each peer.
 //! Must not: be linked into the node; peers are benchmark-only dependencies.
 
-/// mimalloc: the node allocates per request and per event; the system allocator cost about 12%
-/// of the CPU under load (perf), mimalloc less (`optio-bench load` compares).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 mod engine_bench;
 mod intents_bench;
 mod l1_gas_bench;

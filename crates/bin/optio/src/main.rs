@@ -1,11 +1,6 @@
 //! The `optio` command: `optio devnet` runs everything in one process; `optio demo` walks through
 //! the deterministic core and prints what happens. Later issues add settlement and exit tooling.
 
-/// mimalloc: the node allocates per request and per event; the system allocator cost about 12%
-/// of the CPU under load (perf), mimalloc less (`optio-bench load` compares).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 mod devnet;
 mod node;
 mod settle;
