@@ -93,23 +93,7 @@ impl Harness {
                 .iter()
                 .all(Result::is_ok)
         );
-        let surface = surface(90_000.0);
-        let list: Vec<(InstrumentId, &InstrumentSpec)> = specs
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (InstrumentId(i as u32), s))
-            .collect();
-        let update = optio_oracle::build_update(
-            "BTC",
-            &surface,
-            &default_scenarios(),
-            &list,
-            optio_gateway::now_ms(),
-        )
-        .expect("update");
-        gateway
-            .submit_oracle(&oracle.sign(update))
-            .expect("a signed oracle update is sequenced");
+        publish_marks(&gateway, &oracle, 90_000.0);
         let trader = |seed: u8| {
             let key = SecretKey::from_secret_bytes([seed; 32]).expect("key");
             let address = address_of(&secp256k1::PublicKey::from_secret_key(&key));
@@ -258,6 +242,32 @@ impl Harness {
             ("X-OptioSignature", hex(&sig)),
         ]
     }
+}
+
+/// Publishes the oracle's marks for every listed instrument with the index at `spot`.
+fn publish_marks(gateway: &Gateway, oracle: &optio_oracle::OracleSigner, spot: f64) {
+    let specs: Vec<InstrumentSpec> = gateway
+        .canonical_state()
+        .instruments
+        .iter()
+        .map(|i| i.spec.clone())
+        .collect();
+    let list: Vec<(InstrumentId, &InstrumentSpec)> = specs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (InstrumentId(i as u32), s))
+        .collect();
+    let update = optio_oracle::build_update(
+        "BTC",
+        &surface(spot),
+        &default_scenarios(),
+        &list,
+        optio_gateway::now_ms(),
+    )
+    .expect("update");
+    gateway
+        .submit_oracle(&oracle.sign(update))
+        .expect("a signed oracle update is sequenced");
 }
 
 /// The harness's volatility surface around `spot`.
@@ -1155,29 +1165,7 @@ async fn margin_modes_and_liquidation_bids() {
     // The mark falls 8%: carol's equity is below maintenance (published after the last update).
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     let oracle = optio_oracle::OracleSigner::from_bytes([0x0c; 32]).expect("oracle key");
-    let specs: Vec<InstrumentSpec> = h
-        .gateway
-        .canonical_state()
-        .instruments
-        .iter()
-        .map(|i| i.spec.clone())
-        .collect();
-    let list: Vec<(InstrumentId, &InstrumentSpec)> = specs
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (InstrumentId(i as u32), s))
-        .collect();
-    let update = optio_oracle::build_update(
-        "BTC",
-        &surface(82_800.0),
-        &default_scenarios(),
-        &list,
-        optio_gateway::now_ms(),
-    )
-    .expect("update");
-    h.gateway
-        .submit_oracle(&oracle.sign(update))
-        .expect("sequenced");
+    publish_marks(&h.gateway, &oracle, 82_800.0);
     assert!(
         h.gateway.canonical_state().accounts[carol.subaccount as usize]
             .liquidating_since

@@ -17,17 +17,7 @@ const PERP: u32 = 2;
 /// equity left (initial margin is 6,000). Account 3 is a well-funded fully collateralized
 /// liquidator; account 0 shares account 3's owner.
 fn leveraged_long() -> Engine {
-    let mut e = engine_with(EngineLimits::default(), 4, usd(200_000));
-    run(&mut e, T0, Command::OracleUpdate(update(60_000.0, T0))).expect("oracle");
-    run(
-        &mut e,
-        T0,
-        Command::SetMarginMode {
-            account: AccountId(1),
-            mode: MarginMode::Standard,
-        },
-    )
-    .expect("standard");
+    let mut e = margined_market();
     run(
         &mut e,
         T0,
@@ -40,18 +30,39 @@ fn leveraged_long() -> Engine {
         Command::PlaceOrder(limit(1, PERP, Side::Buy, px(60_000), 100)),
     )
     .expect("buy 1 perp");
-    let (_, _, free) = e.collateral(AccountId(1)).expect("exists");
+    withdraw_to_500_free(&mut e, 1);
+    e.check_invariants().expect("audit");
+    e
+}
+
+/// Four accounts of 200,000, marks at 60,000, account 1 margined from marks (standard).
+fn margined_market() -> Engine {
+    let mut e = engine_with(EngineLimits::default(), 4, usd(200_000));
+    run(&mut e, T0, Command::OracleUpdate(update(60_000.0, T0))).expect("oracle");
     run(
         &mut e,
         T0,
-        Command::Withdraw {
+        Command::SetMarginMode {
             account: AccountId(1),
+            mode: MarginMode::Standard,
+        },
+    )
+    .expect("standard");
+    e
+}
+
+/// Withdraws all but 500 of the account's free collateral.
+fn withdraw_to_500_free(e: &mut Engine, account: u32) {
+    let (_, _, free) = e.collateral(AccountId(account)).expect("exists");
+    run(
+        e,
+        T0,
+        Command::Withdraw {
+            account: AccountId(account),
             amount: Amount(free.0 - usd(500).0),
         },
     )
     .expect("withdraw to 500 free");
-    e.check_invariants().expect("audit");
-    e
 }
 
 fn position(e: &Engine, account: u32) -> i64 {
@@ -517,17 +528,7 @@ fn the_random_histories_do_liquidate() {
 /// invariant holds.
 #[test]
 fn a_deleveraged_counterparty_loses_the_orders_its_position_covered() {
-    let mut e = engine_with(EngineLimits::default(), 4, usd(200_000));
-    run(&mut e, T0, Command::OracleUpdate(update(60_000.0, T0))).expect("oracle");
-    run(
-        &mut e,
-        T0,
-        Command::SetMarginMode {
-            account: AccountId(1),
-            mode: MarginMode::Standard,
-        },
-    )
-    .expect("standard");
+    let mut e = margined_market();
     // Account 2 (fully collateralized) buys one perpetual from account 1 (margined).
     run(
         &mut e,
@@ -550,16 +551,7 @@ fn a_deleveraged_counterparty_loses_the_orders_its_position_covered() {
     )
     .expect("asks resting on the long");
     for account in [1, 2] {
-        let (_, _, free) = e.collateral(AccountId(account)).expect("exists");
-        run(
-            &mut e,
-            T0,
-            Command::Withdraw {
-                account: AccountId(account),
-                amount: Amount(free.0 - usd(500).0),
-            },
-        )
-        .expect("withdraw to 500 free");
+        withdraw_to_500_free(&mut e, account);
     }
     // An 8% rise: account 1's short is below maintenance; nobody bids in the auction.
     let t = T0 + 1_000;
