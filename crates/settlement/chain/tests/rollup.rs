@@ -15,18 +15,31 @@ use optio_settler::{OptioRollup, PriorityKind, TestUSDC, connect, deploy, priori
 /// anvil's first default key (any key works: the chain funds it at genesis).
 const KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_rollup_runs_on_the_embedded_chain() {
-    optio_contracts::forge_build().expect("forge build");
+/// A chain with `KEY`'s account funded at genesis and an empty block every `block_time`; the
+/// operator's address and a provider signing with `KEY`.
+async fn start(
+    block_time: Duration,
+) -> (
+    Chain,
+    alloy::primitives::Address,
+    optio_settler::DynProvider,
+) {
     let operator = optio_settler::signer_address(KEY).expect("address");
     let chain = Chain::start(
         31_337,
         &[(operator, U256::from(10u64).pow(U256::from(21u64)))],
-        Duration::from_millis(200),
+        block_time,
     )
     .await
     .expect("starts");
     let provider = connect(&chain.url, KEY).expect("provider");
+    (chain, operator, provider)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rollup_runs_on_the_embedded_chain() {
+    optio_contracts::forge_build().expect("forge build");
+    let (chain, operator, provider) = start(Duration::from_millis(200)).await;
     assert_eq!(provider.get_chain_id().await.expect("chain id"), 31_337);
     let genesis = U256::from_be_bytes(optio_state::poseidon::to_bytes(
         &optio_state::SettlementState::new().root(),
@@ -162,15 +175,7 @@ async fn the_rollup_runs_on_the_embedded_chain() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reorg_drops_the_replaced_blocks_transactions() {
     use alloy::network::TransactionBuilder;
-    let operator = optio_settler::signer_address(KEY).expect("address");
-    let chain = Chain::start(
-        31_337,
-        &[(operator, U256::from(10u64).pow(U256::from(21u64)))],
-        Duration::from_secs(3_600),
-    )
-    .await
-    .expect("starts");
-    let provider = connect(&chain.url, KEY).expect("provider");
+    let (chain, _, provider) = start(Duration::from_secs(3_600)).await;
     chain.mine(3);
     let to = alloy::primitives::Address::repeat_byte(0x77);
     let tx = alloy::rpc::types::TransactionRequest::default()
