@@ -223,54 +223,56 @@ fn run(
             Err(RecvTimeoutError::Timeout) => Vec::new(),
             Err(RecvTimeoutError::Disconnected) => return,
         };
+        // Each batch is written the moment it is cut, blob first (durable), then the state after
+        // it, before the next input is pushed: the state file never runs ahead of the blobs.
         let mut cuts = Vec::new();
-        let mut result = Ok(());
+        let mut failed = None;
+        let mut save = |batcher: &mut Batcher, cut: Option<optio_state::Batch>| {
+            if let Some(batch) = cut {
+                write_batch(dir, &batch).map_err(|e| e.to_string())?;
+                batcher.persist(&batch.header).map_err(|e| e.to_string())?;
+                cuts.push(batch);
+            }
+            Ok::<(), String>(())
+        };
         for item in &items {
             if item.seq <= batcher.last_seq() {
                 continue;
             }
             // A steady stream never times out: the age is checked after every input too.
-            result = batcher
+            let cut = batcher
                 .push(item.seq, &item.input, &item.events)
                 .and_then(|cut| match cut {
                     Some(batch) => Ok(Some(batch)),
                     None => batcher.tick(clock.now_ms()),
                 })
-                .map(|cut| cuts.extend(cut));
-            if result.is_err() {
+                .map_err(|e| e.to_string());
+            if let Err(e) = cut.and_then(|cut| save(&mut batcher, cut)) {
+                failed = Some(e);
                 break;
             }
         }
-        if items.is_empty() {
-            result = batcher.tick(clock.now_ms()).map(|cut| cuts.extend(cut));
+        if items.is_empty()
+            && let Err(e) = batcher
+                .tick(clock.now_ms())
+                .map_err(|e| e.to_string())
+                .and_then(|cut| save(&mut batcher, cut))
+        {
+            failed = Some(e);
         }
-        // The batches cut before any failure are written, each blob first (durable), then the
-        // state after it.
-        let written = cuts
-            .iter()
-            .try_for_each(|batch| {
-                write_batch(dir, batch).map_err(|e| e.to_string())?;
-                batcher.persist(&batch.header).map_err(|e| e.to_string())
-            })
-            .and_then(|()| result.map_err(|e| e.to_string()))
-            .map(|()| cuts);
         let Ok(mut s) = stats.lock() else { return };
         s.last_seq = batcher.last_seq();
-        match written {
-            Ok(batches) => {
-                for batch in batches {
-                    s.number = batch.header.number;
-                    s.root = optio_state::poseidon::to_hex(&batch.header.new_root);
-                    s.bytes += batch.blob.len() as u64;
-                    s.fills += batch.fills as u64;
-                }
-            }
-            Err(e) => {
-                // Settlement stops; trading goes on; the operator sees it in the metrics and logs.
-                tracing::error!(error = %e, "batcher stopped");
-                s.failed = Some(e);
-                return;
-            }
+        for batch in cuts {
+            s.number = batch.header.number;
+            s.root = optio_state::poseidon::to_hex(&batch.header.new_root);
+            s.bytes += batch.blob.len() as u64;
+            s.fills += batch.fills as u64;
+        }
+        if let Some(e) = failed {
+            // Settlement stops; trading goes on; the operator sees it in the metrics and logs.
+            tracing::error!(error = %e, "batcher stopped");
+            s.failed = Some(e);
+            return;
         }
     }
 }
