@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 
 use crate::history::OrderInfo;
 use crate::rpc::{CallError, GatewayError};
-use crate::{Gateway, label_id, uint};
+use crate::{Gateway, account_param, label_id};
 
 fn money(p: i64) -> String {
     Price(p).to_string()
@@ -290,13 +290,6 @@ fn order_json(g_labels: &OrderInfo, id: u64, name: &str, subaccount: u32) -> Val
     })
 }
 
-fn account_param(params: &Value) -> Result<AccountId, CallError> {
-    Ok(AccountId(
-        u32::try_from(uint(params, "subaccount_id")?)
-            .map_err(|_| GatewayError::InvalidParams("subaccount_id".into()))?,
-    ))
-}
-
 fn portfolio(g: &Gateway, account: AccountId) -> Value {
     let node = g.lock();
     let engine = node.sequencer.engine();
@@ -391,11 +384,11 @@ fn private(
             ))
         }
         "get_subaccount" => {
-            let account = g.owned_by(account_param(params)?, wallet)?;
+            let account = g.owned_by(account_param(params, "subaccount_id")?, wallet)?;
             Ok(portfolio(g, account))
         }
         "order" => {
-            let account = g.owned_by(account_param(params)?, wallet)?;
+            let account = g.owned_by(account_param(params, "subaccount_id")?, wallet)?;
             let placed = g.place_signed_order(params, Some(wallet), true)?;
             let node = g.lock();
             let info = node
@@ -414,7 +407,7 @@ fn private(
             Ok(json!({"order": order, "trades": [], "receipt": placed.receipt}))
         }
         "cancel" | "cancel_by_label" => {
-            let account = g.owned_by(account_param(params)?, wallet)?;
+            let account = g.owned_by(account_param(params, "subaccount_id")?, wallet)?;
             let order = if method == "cancel" {
                 let id: u64 = params
                     .get("order_id")
@@ -451,7 +444,7 @@ fn private(
             ))
         }
         "cancel_all" | "cancel_by_instrument" => {
-            let account = g.owned_by(account_param(params)?, wallet)?;
+            let account = g.owned_by(account_param(params, "subaccount_id")?, wallet)?;
             let instrument = match params.get("instrument_name").and_then(Value::as_str) {
                 Some(n) if method == "cancel_by_instrument" => {
                     Some(crate::views::instrument_id(&g.lock().sequencer, n)?)
@@ -467,7 +460,7 @@ fn private(
             )
         }
         "get_open_orders" => {
-            let account = g.owned_by(account_param(params)?, wallet)?;
+            let account = g.owned_by(account_param(params, "subaccount_id")?, wallet)?;
             let node = g.lock();
             let open = node.sequencer.engine().open_orders_of(account);
             let orders: Vec<Value> = open
@@ -491,7 +484,7 @@ fn private(
             Ok(json!({"subaccount_id": account.0, "orders": orders}))
         }
         "get_order" => {
-            let account = g.owned_by(account_param(params)?, wallet)?;
+            let account = g.owned_by(account_param(params, "subaccount_id")?, wallet)?;
             let id: u64 = params
                 .get("order_id")
                 .and_then(|v| {
@@ -511,7 +504,7 @@ fn private(
             Ok(order_json(&info, id, &name_of(info.instrument), account.0))
         }
         "get_trade_history" => {
-            let account = g.owned_by(account_param(params)?, wallet)?;
+            let account = g.owned_by(account_param(params, "subaccount_id")?, wallet)?;
             let instrument = params
                 .get("instrument_name")
                 .and_then(Value::as_str)
@@ -557,7 +550,7 @@ fn private(
             )
         }
         "get_positions" => {
-            let account = g.owned_by(account_param(params)?, wallet)?;
+            let account = g.owned_by(account_param(params, "subaccount_id")?, wallet)?;
             let node = g.lock();
             Ok(
                 json!({"subaccount_id": account.0, "positions": positions(&node.sequencer, account)}),

@@ -172,10 +172,13 @@ pub(crate) struct Node {
     /// Group commits and the inputs they carried (for the metrics).
     groups: u64,
     grouped_inputs: u64,
-    /// Status of recent signed intents by EIP-712 digest (bounded, oldest forgotten first).
-    intents: BTreeMap<[u8; 32], (u64, u64, Option<optio_types::RejectCode>)>,
-    /// The same in the order they were first recorded, oldest first.
+    /// Statuses of recent signed intents in the order they were first recorded (bounded,
+    /// oldest forgotten first)...
     intent_order: std::collections::VecDeque<IntentStatus>,
+    /// ... and where each is in it, by EIP-712 digest: its position counted from the first
+    /// intent ever recorded (`intents_forgotten` of them are gone from the front).
+    intents: BTreeMap<[u8; 32], u64>,
+    intents_forgotten: u64,
     /// How far L1 has come: each time the committed (or finalized) batches reached further,
     /// the last sequence number they cover and when (ms). Kept in memory: after a restart the
     /// settler reports it again on its first round.
@@ -279,18 +282,30 @@ impl Node {
         time_ms: u64,
         result: Option<optio_types::RejectCode>,
     ) {
-        if self
-            .intents
-            .insert(digest, (seq, time_ms, result))
-            .is_none()
-        {
-            self.intent_order.push_back((digest, seq, time_ms, result));
-            if self.intent_order.len() > MAX_INTENTS
-                && let Some((old, ..)) = self.intent_order.pop_front()
-            {
-                self.intents.remove(&old);
-            }
+        let status = (digest, seq, time_ms, result);
+        if let Some(at) = self.intents.get(&digest) {
+            self.intent_order[(at - self.intents_forgotten) as usize] = status;
+            return;
         }
+        let at = self.intents_forgotten + self.intent_order.len() as u64;
+        self.intents.insert(digest, at);
+        self.intent_order.push_back(status);
+        if self.intent_order.len() > MAX_INTENTS
+            && let Some((old, ..)) = self.intent_order.pop_front()
+        {
+            self.intents.remove(&old);
+            self.intents_forgotten += 1;
+        }
+    }
+
+    /// The status of the intent with this digest: sequence number, time, rejection.
+    fn intent_status(
+        &self,
+        digest: &[u8; 32],
+    ) -> Option<(u64, u64, Option<optio_types::RejectCode>)> {
+        let at = self.intents.get(digest)?;
+        let (_, seq, time, result) = self.intent_order[(at - self.intents_forgotten) as usize];
+        Some((seq, time, result))
     }
 }
 
@@ -342,7 +357,6 @@ pub(crate) struct OrderCtx {
 /// Largest group the writer commits at once.
 const MAX_GROUP: usize = 4_096;
 
-/// The writer: takes every order waiting, sequences them as one group, answers each.
 /// What the writer needs of the configuration.
 struct WriterSettings {
     clock: Clock,
@@ -407,6 +421,8 @@ impl Drop for Snapshots {
     }
 }
 
+/// The writer: takes every order waiting, sequences them as one group, answers each; now and
+/// then hands a snapshot to the snapshot thread.
 fn writer(
     settings: WriterSettings,
     node: Arc<Mutex<Node>>,
@@ -532,12 +548,11 @@ fn writer(
                 for (job, outcome) in group.into_iter().zip(outcomes) {
                     job.reply.send(Ok((outcome, t)));
                 }
-                if settings.snapshot_every > 0 {
+                // (No snapshot thread without `snapshot_every`, and none while one is written.)
+                if let Some(s) = snapshots.as_mut().filter(|s| s.idle()) {
                     let Ok(mut n) = node.lock() else { return };
                     let at = n.sequencer.next_seq() - 1;
-                    if at - n.sequencer.snapshot_seq() >= settings.snapshot_every
-                        && snapshots.as_ref().is_some_and(|s| s.idle())
-                    {
+                    if at - n.sequencer.snapshot_seq() >= settings.snapshot_every {
                         // Copies under the lock; encoding and the fsyncs happen on the
                         // snapshot thread. The log stays the record: a failed snapshot only
                         // means a longer replay at the next start.
@@ -545,9 +560,7 @@ fn writer(
                             Ok(pending) => {
                                 let views = n.views();
                                 drop(n);
-                                if let Some(s) = snapshots.as_mut() {
-                                    s.write(pending, views);
-                                }
+                                s.write(pending, views);
                             }
                             Err(e) => tracing::warn!(error = %e, seq = at, "snapshot failed"),
                         }
@@ -564,6 +577,13 @@ fn writer(
             }
         }
     }
+}
+
+/// An account id parameter (`key`): a JSON integer that fits an account id.
+pub(crate) fn account_param(params: &Value, key: &str) -> Result<AccountId, CallError> {
+    Ok(AccountId(
+        u32::try_from(uint(params, key)?).map_err(|_| GatewayError::InvalidParams(key.into()))?,
+    ))
 }
 
 /// What an input places, for the order history: side, limit (or protection) price, size, label
@@ -832,6 +852,7 @@ impl Gateway {
             groups: 0,
             grouped_inputs: 0,
             intents: BTreeMap::new(),
+            intents_forgotten: 0,
             intent_order: Default::default(),
             committed: Vec::new(),
             finalized: Vec::new(),
@@ -1059,9 +1080,7 @@ impl Gateway {
                     })?;
                 let node = self.lock();
                 let (seq, time, result) = node
-                    .intents
-                    .get(&hash)
-                    .copied()
+                    .intent_status(&hash)
                     .ok_or_else(|| GatewayError::InvalidParams("unknown intent".into()))?;
                 // Committed and finalized come from the settler's view of L1; proven waits for
                 // the validity proofs.
@@ -1216,10 +1235,7 @@ impl Gateway {
                 // `amount` contracts of a liquidating account's position at the auction's
                 // current price; the engine checks the auction step and the liquidator's margin.
                 let liquidator = self.authorized(params, headers)?;
-                let account = AccountId(
-                    u32::try_from(uint(params, "account_id")?)
-                        .map_err(|_| GatewayError::InvalidParams("account_id".into()))?,
-                );
+                let account = account_param(params, "account_id")?;
                 let instrument = views::instrument_id(
                     &self.lock().sequencer,
                     string(params, "instrument_name")?,
@@ -1272,11 +1288,7 @@ impl Gateway {
     /// own `subaccount_id`.
     fn authorized(&self, params: &Value, headers: &HeaderMap) -> Result<AccountId, CallError> {
         let wallet = self.wallet(headers, "x-optio")?;
-        let account = AccountId(
-            u32::try_from(uint(params, "subaccount_id")?)
-                .map_err(|_| GatewayError::InvalidParams("subaccount_id".into()))?,
-        );
-        self.owned_by(account, wallet)
+        self.owned_by(account_param(params, "subaccount_id")?, wallet)
     }
 
     /// The subaccount, if `wallet` owns it.
