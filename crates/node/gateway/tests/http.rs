@@ -1109,6 +1109,7 @@ async fn margin_modes_and_liquidation_bids() {
             json!({"subaccount_id": t.subaccount, "margin_mode": m}),
         )
     };
+    let before = h.gateway.state_hash();
     assert_eq!(
         code(&h.post(&mode(&carol, "cross"), &h.auth(&carol)).await.1),
         -32_602
@@ -1117,6 +1118,7 @@ async fn margin_modes_and_liquidation_bids() {
         code(&h.post(&mode(&carol, "standard"), &h.auth(&bob)).await.1),
         6_002
     );
+    assert_eq!(h.gateway.state_hash(), before, "refusals change nothing");
     let set = h.post(&mode(&carol, "standard"), &h.auth(&carol)).await.1;
     assert_eq!(set["result"]["margin_mode"], "standard", "{set}");
     let sub = rpc(
@@ -1172,7 +1174,13 @@ async fn margin_modes_and_liquidation_bids() {
             .is_some()
     );
     // The bidder must own the liquidating account it bids from; the owner cannot bid on
-    // itself; the whole position is more than one auction step.
+    // itself; the whole position is more than one auction step. None of it changes state (the
+    // engine's refusals are sequenced, so only the engine's clock moves).
+    let state = || optio_types::CanonicalState {
+        time_ms: 0,
+        ..h.gateway.canonical_state()
+    };
+    let before = state();
     assert_eq!(
         code(&h.post(&bid(&bob, "0.02"), &h.auth(&alice)).await.1),
         6_002
@@ -1185,6 +1193,7 @@ async fn margin_modes_and_liquidation_bids() {
         code(&h.post(&bid(&bob, "0.1"), &h.auth(&bob)).await.1),
         5_009
     );
+    assert_eq!(state(), before, "refused bids change nothing");
     let taken = h.post(&bid(&bob, "0.02"), &h.auth(&bob)).await.1;
     assert_eq!(taken["result"]["amount"], "0.02", "{taken}");
     let price: f64 = taken["result"]["price"]
