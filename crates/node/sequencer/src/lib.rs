@@ -201,8 +201,6 @@ pub struct Sequencer {
     staged: Option<u64>,
     /// Sequence number of the last snapshot (0: none).
     snapshot_seq: u64,
-    /// The extra bytes of the snapshot restored at open.
-    snapshot_extra: Option<Vec<u8>>,
 }
 
 /// A snapshot file's parts: sequence number, previous receipt link, engine bytes, extra bytes.
@@ -234,23 +232,19 @@ impl Sequencer {
     ) -> Result<Self, SequencerError> {
         let key = SecretKey::from_secret_bytes(key).map_err(|_| SequencerError::Key)?;
         fs::create_dir_all(dir)?;
-        let (mut engine, snapshot_seq, mut previous, snapshot_extra) =
-            match fs::read(dir.join(SNAPSHOT_FILE)) {
-                Ok(bytes) => {
-                    let (seq, previous, engine, extra) =
-                        split_snapshot(&bytes).ok_or(SequencerError::SnapshotFormat)?;
-                    (
-                        Engine::restore_bytes(engine, WorstCaseMargin)?,
-                        seq,
-                        previous,
-                        Some(extra.to_vec()),
-                    )
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    (Engine::new(limits), 0, [0; 32], None)
-                }
-                Err(e) => return Err(e.into()),
-            };
+        let (mut engine, snapshot_seq, mut previous) = match fs::read(dir.join(SNAPSHOT_FILE)) {
+            Ok(bytes) => {
+                let (seq, previous, engine, _) =
+                    split_snapshot(&bytes).ok_or(SequencerError::SnapshotFormat)?;
+                (
+                    Engine::restore_bytes(engine, WorstCaseMargin)?,
+                    seq,
+                    previous,
+                )
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Engine::new(limits), 0, [0; 32]),
+            Err(e) => return Err(e.into()),
+        };
         let (wal, records) = Wal::open(&dir.join(WAL_FILE))?;
         let mut events = Vec::new();
         let mut recovered = Vec::new();
@@ -279,7 +273,6 @@ impl Sequencer {
             recovered,
             staged: None,
             snapshot_seq,
-            snapshot_extra,
         })
     }
 
@@ -313,11 +306,6 @@ impl Sequencer {
     /// The sequence number of the last snapshot (0: none), written or restored.
     pub fn snapshot_seq(&self) -> u64 {
         self.snapshot_seq
-    }
-
-    /// The extra bytes of the snapshot this sequencer was restored from, if any.
-    pub fn snapshot_extra(&self) -> Option<&[u8]> {
-        self.snapshot_extra.as_deref()
     }
 
     /// Signed intents the log held when the sequencer opened.
@@ -423,7 +411,7 @@ impl Sequencer {
     }
 
     /// Like `snapshot`, with `extra` bytes kept beside the engine (the gateway's views at the
-    /// same sequence number), handed back by `snapshot_extra` after the next open. Refused while
+    /// same sequence number), read back by `read_snapshot_extra`. Refused while
     /// a group is staged (the engine would not match the log's end).
     pub fn snapshot_with(&mut self, extra: &[u8]) -> Result<(), SequencerError> {
         self.take_snapshot()?.write(extra)
