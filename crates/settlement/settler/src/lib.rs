@@ -80,10 +80,18 @@ mod bindings {
             function approve(address spender, uint256 amount) external returns (bool);
             function balanceOf(address who) external view returns (uint256);
         }
+
+        #[sol(rpc)]
+        contract Groth16Verifier {
+            constructor(uint256[26] vk);
+            function verify(uint256[8] calldata proof, uint256[5] calldata input) external view returns (bool);
+            function verifyMany(uint256[8][] calldata proofs, uint256[5][] calldata inputs) external view returns (bool);
+            function verifyingKey() external view returns (uint256[26] memory vk);
+        }
     }
 }
 
-pub use bindings::{OptioRollup, TestUSDC};
+pub use bindings::{Groth16Verifier, OptioRollup, TestUSDC};
 
 /// Why the settler stopped.
 #[derive(Debug, thiserror::Error)]
@@ -265,6 +273,18 @@ pub async fn deploy(
     code.extend_from_slice(&args.abi_encode());
     let rollup = deploy_code(provider, code.into(), bond).await?;
     Ok(Deployment { usdc, rollup })
+}
+
+/// Deploys the batch-proof verifier with its verifying key (the 26 words of
+/// `optio_prover::solidity::verifying_key`).
+pub async fn deploy_verifier(
+    provider: &DynProvider,
+    vk: [U256; 26],
+) -> Result<Address, SettlerError> {
+    let contracts: PathBuf = optio_contracts::contracts_dir();
+    let mut code = artifact(&contracts, "Groth16Verifier.sol", "Groth16Verifier")?.to_vec();
+    code.extend_from_slice(&Groth16Verifier::constructorCall { vk }.abi_encode());
+    deploy_code(provider, code.into(), U256::ZERO).await
 }
 
 /// One batch as the node wrote it.

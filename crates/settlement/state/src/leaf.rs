@@ -9,7 +9,7 @@
 //! keys_hash       = fold of Poseidon(h, key, expiry_ms) over keys in address order, from 0
 //! position leaf   = signed quantity (p - |q| when short; 0 = flat)                at index instrument id
 //! instrument leaf = Poseidon(spec_hash, status, mark, risk_hash, settlement_price)  at index instrument id
-//! spec_hash       = hash_bytes(canonical spec encoding)
+//! spec_hash       = Poseidon(hash_bytes(canonical spec encoding), maker_fee, taker_fee)
 //! risk_hash       = fold of Poseidon(h, a, b, c) over the risk array in threes (0-padded), from 0
 //! ```
 //! Amounts and prices are fixed-point integers (micro-USDC; quantities in 1e-8), negatives as
@@ -77,7 +77,7 @@ pub fn position_leaf(qty: Qty) -> Fr {
 }
 
 /// The fields of an instrument leaf.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct InstrumentLeaf {
     /// `spec_hash` of the instrument's spec.
     pub spec_hash: Fr,
@@ -104,8 +104,18 @@ impl InstrumentLeaf {
     }
 }
 
-/// Hash of an instrument's canonical spec bytes.
+/// Hash of an instrument's spec: its canonical bytes, with the fee rates again as field elements
+/// so that the validity circuit reads them with one hash instead of re-hashing the bytes.
 pub fn spec_hash(spec: &InstrumentSpec) -> Fr {
+    hash(&[
+        spec_bytes_hash(spec),
+        from_i64(i64::from(spec.maker_fee.0)),
+        from_i64(i64::from(spec.taker_fee.0)),
+    ])
+}
+
+/// `hash_bytes` of an instrument's canonical spec encoding (the first input of `spec_hash`).
+pub fn spec_bytes_hash(spec: &InstrumentSpec) -> Fr {
     let mut w = optio_types::codec::Writer::default();
     optio_types::state::encode_spec(&mut w, spec);
     hash_bytes(&w.bytes)

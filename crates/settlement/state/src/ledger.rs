@@ -81,7 +81,8 @@ pub struct Instrument {
 }
 
 impl Instrument {
-    fn leaf(&self) -> InstrumentLeaf {
+    /// Its leaf's fields.
+    pub fn leaf(&self) -> InstrumentLeaf {
         InstrumentLeaf {
             spec_hash: self.spec_hash,
             status: self.status,
@@ -323,6 +324,30 @@ impl SettlementState {
     /// L1 priority operations served so far (the id of the next one).
     pub fn priority_served(&self) -> u64 {
         self.priority_served
+    }
+
+    /// Root of the accounts tree as of the last `commit`.
+    pub fn accounts_root(&self) -> Fr {
+        self.account_tree.root()
+    }
+
+    /// Root of the instruments tree as of the last `commit`.
+    pub fn instruments_root(&self) -> Fr {
+        self.instrument_tree.root()
+    }
+
+    /// Proof of account `id`'s leaf in the accounts tree (as of the last `commit`; an id not yet
+    /// opened proves the empty leaf).
+    pub fn account_proof(&self, id: AccountId) -> Proof {
+        self.account_tree
+            .prove(u64::from(id.0))
+            .expect("a u32 id fits the accounts tree")
+    }
+
+    /// Proof of instrument `id`'s leaf in the instruments tree (as of the last `commit`; an id
+    /// not yet listed proves the empty leaf).
+    pub fn instrument_proof(&self, id: InstrumentId) -> Option<Proof> {
+        self.instrument_tree.prove(u64::from(id.0)).ok()
     }
 
     /// The root as of the last `commit`.
@@ -684,7 +709,8 @@ impl Account {
         }
     }
 
-    fn leaf(&self) -> AccountLeaf {
+    /// Its leaf's fields (the positions root as of the last `commit`).
+    pub fn leaf(&self) -> AccountLeaf {
         AccountLeaf {
             owner: self.owner,
             keys_hash: leaf::keys_hash(&self.keys),

@@ -17,14 +17,21 @@ pub type Fr = ark_bn254::Fr;
 /// Widest state (12 inputs + the capacity element).
 const MAX_WIDTH: usize = 13;
 
-struct Params {
-    ark: Vec<Fr>,
-    mds: Vec<Vec<Fr>>,
-    full_rounds: usize,
-    partial_rounds: usize,
+/// circomlib's parameters for one state width (inputs + 1): what the circuits' Poseidon gadget
+/// reads so that it computes exactly this hash.
+pub struct Params {
+    /// Round constants, `width` per round.
+    pub ark: Vec<Fr>,
+    /// The MDS matrix, by row.
+    pub mds: Vec<Vec<Fr>>,
+    /// Full rounds (half before, half after the partial ones).
+    pub full_rounds: usize,
+    /// Partial rounds (S-box on the first element only).
+    pub partial_rounds: usize,
 }
 
-fn params(width: usize) -> &'static Params {
+/// The parameters for a state of `width` elements (2..=13), loaded once.
+pub fn params(width: usize) -> &'static Params {
     static ALL: [OnceLock<Params>; MAX_WIDTH + 1] = [const { OnceLock::new() }; MAX_WIDTH + 1];
     ALL[width].get_or_init(|| {
         let p = light_poseidon::parameters::bn254_x5::get_poseidon_parameters::<Fr>(width as u8)

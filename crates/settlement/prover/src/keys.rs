@@ -1,0 +1,184 @@
+//! Keys, proofs and verification. Key generation is Groth16's circuit-specific setup run by one
+//! party (`optio prove setup`): whoever runs it could forge proofs if they kept the randomness,
+//! so it is drawn from the operating system and dropped (README: the trust this implies and the
+//! multi-party ceremony that would replace it).
+
+use std::path::Path;
+
+use ark_bn254::Bn254;
+use ark_groth16::{Groth16, Proof, ProvingKey, VerifyingKey};
+use ark_relations::gr1cs::{ConstraintSystem, SynthesisError, SynthesisMode};
+use ark_serialize::{CanonicalDeserialize, CanonicalSerialize};
+use ark_snark::{CircuitSpecificSetupSNARK, SNARK};
+use ark_std::rand::SeedableRng;
+use ark_std::rand::rngs::StdRng;
+use optio_state::poseidon::Fr;
+
+use crate::circuit::BatchCircuit;
+use crate::gadgets::Cs;
+use crate::witness::{self, BatchWitness, PublicInputs, Shape, WitnessError};
+
+/// Why no proof was made.
+#[derive(Debug, thiserror::Error)]
+pub enum ProveError {
+    /// No witness (an op the circuit does not cover, or a batch too large for the shape).
+    #[error(transparent)]
+    Witness(#[from] WitnessError),
+    /// The batch breaks a rule of the circuit: it cannot be proven.
+    #[error("the batch breaks a rule of the circuit (first unsatisfied constraint: {0})")]
+    Unsatisfied(String),
+    /// The keys are for another shape.
+    #[error("the keys are for {keys:?}, the batch for {batch:?}")]
+    Shape {
+        /// Of the keys.
+        keys: Shape,
+        /// Of the witness.
+        batch: Shape,
+    },
+    /// arkworks refused.
+    #[error("synthesis: {0}")]
+    Synthesis(#[from] SynthesisError),
+    /// Key files.
+    #[error("key file {path}: {why}")]
+    KeyFile {
+        /// Which.
+        path: String,
+        /// What went wrong.
+        why: String,
+    },
+}
+
+/// A shape's proving and verifying keys.
+pub struct Keys {
+    /// The circuit's shape.
+    pub shape: Shape,
+    /// Proving key.
+    pub pk: ProvingKey<Bn254>,
+    /// Verifying key.
+    pub vk: VerifyingKey<Bn254>,
+}
+
+/// A generator seeded from the operating system.
+pub fn os_rng() -> StdRng {
+    StdRng::from_seed(rand_seed())
+}
+
+fn rand_seed() -> [u8; 32] {
+    let mut seed = [0u8; 32];
+    getrandom(&mut seed);
+    seed
+}
+
+fn getrandom(out: &mut [u8]) {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(out))
+        .expect("the operating system provides randomness");
+}
+
+impl Keys {
+    /// Generates keys for `shape` with randomness from `rng` (tests pass a seeded one; the
+    /// command passes `os_rng()`).
+    pub fn generate(shape: Shape, rng: &mut StdRng) -> Result<Keys, ProveError> {
+        let circuit = BatchCircuit {
+            witness: witness::empty(shape),
+        };
+        let (pk, vk) = Groth16::<Bn254>::setup(circuit, rng)?;
+        Ok(Keys { shape, pk, vk })
+    }
+
+    fn file(dir: &Path, shape: Shape, what: &str) -> std::path::PathBuf {
+        dir.join(format!(
+            "batch-{}x{}x{}.{what}",
+            shape.slots, shape.marks, shape.risk_chunks
+        ))
+    }
+
+    /// Writes `batch-SxMxR.pk` and `.vk` into `dir`.
+    pub fn write(&self, dir: &Path) -> Result<(), ProveError> {
+        for (what, bytes) in [("pk", serialize(&self.pk)), ("vk", serialize(&self.vk))] {
+            let path = Self::file(dir, self.shape, what);
+            write_synced(&path, &bytes).map_err(|e| ProveError::KeyFile {
+                path: path.display().to_string(),
+                why: e.to_string(),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Reads the keys of `shape` from `dir`.
+    pub fn read(dir: &Path, shape: Shape) -> Result<Keys, ProveError> {
+        let read = |what: &str| {
+            let path = Self::file(dir, shape, what);
+            let bytes = std::fs::read(&path).map_err(|e| ProveError::KeyFile {
+                path: path.display().to_string(),
+                why: e.to_string(),
+            })?;
+            Ok::<_, ProveError>((path, bytes))
+        };
+        let bad = |path: &Path, e: ark_serialize::SerializationError| ProveError::KeyFile {
+            path: path.display().to_string(),
+            why: e.to_string(),
+        };
+        let (path, pk) = read("pk")?;
+        let pk =
+            ProvingKey::deserialize_uncompressed_unchecked(&pk[..]).map_err(|e| bad(&path, e))?;
+        let (path, vk) = read("vk")?;
+        let vk = VerifyingKey::deserialize_uncompressed(&vk[..]).map_err(|e| bad(&path, e))?;
+        Ok(Keys { shape, pk, vk })
+    }
+}
+
+fn serialize(x: &impl CanonicalSerialize) -> Vec<u8> {
+    let mut out = Vec::new();
+    x.serialize_uncompressed(&mut out)
+        .expect("writing to memory succeeds");
+    out
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Checks the witness against every constraint without proving (and without building the
+/// matrices); where the first unsatisfied one is on failure. Returns the number of constraints.
+pub fn check(w: &BatchWitness) -> Result<usize, ProveError> {
+    let cs = ConstraintSystem::<Fr>::new_ref();
+    cs.set_mode(SynthesisMode::Prove {
+        construct_matrices: false,
+        generate_lc_assignments: false,
+    });
+    let gadgets = Cs::new(cs);
+    crate::circuit::synthesize(&gadgets, w)?;
+    match gadgets.first_failure() {
+        None => Ok(gadgets.num_constraints()),
+        Some(at) => Err(ProveError::Unsatisfied(at)),
+    }
+}
+
+/// Proves a batch (after checking that it satisfies the circuit: a proof of a batch that breaks
+/// a rule would not verify anyway, and this says so at once).
+pub fn prove(keys: &Keys, w: BatchWitness, rng: &mut StdRng) -> Result<Proof<Bn254>, ProveError> {
+    if w.shape != keys.shape {
+        return Err(ProveError::Shape {
+            keys: keys.shape,
+            batch: w.shape,
+        });
+    }
+    check(&w)?;
+    Ok(Groth16::<Bn254>::prove(
+        &keys.pk,
+        BatchCircuit { witness: w },
+        rng,
+    )?)
+}
+
+/// Verifies a proof against its public inputs.
+pub fn verify(vk: &VerifyingKey<Bn254>, public: &PublicInputs, proof: &Proof<Bn254>) -> bool {
+    Groth16::<Bn254>::verify(vk, &public.to_vec(), proof).unwrap_or(false)
+}

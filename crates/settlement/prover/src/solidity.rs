@@ -1,0 +1,67 @@
+//! What the L1 verifier (`contracts/src/Groth16Verifier.sol`) takes: the verifying key as its
+//! constructor's 26 words, a proof as 8 words and the public inputs as 5, each a big-endian
+//! 32-byte integer (G2 coordinates imaginary part first, the precompile's order).
+
+use ark_bn254::{Bn254, Fq, Fq2, G1Affine, G2Affine};
+use ark_ff::{BigInteger, PrimeField};
+use ark_groth16::{Proof, VerifyingKey};
+use optio_state::poseidon::to_bytes;
+
+use crate::witness::PublicInputs;
+
+/// One EVM word, big-endian.
+pub type Word = [u8; 32];
+
+fn fq(x: &Fq) -> Word {
+    let bytes = x.into_bigint().to_bytes_be();
+    let mut out = [0u8; 32];
+    out[32 - bytes.len()..].copy_from_slice(&bytes);
+    out
+}
+
+fn g1(p: &G1Affine) -> [Word; 2] {
+    [fq(&p.x), fq(&p.y)]
+}
+
+fn fq2(x: &Fq2) -> [Word; 2] {
+    [fq(&x.c1), fq(&x.c0)]
+}
+
+fn g2(p: &G2Affine) -> [Word; 4] {
+    let [x1, x0] = fq2(&p.x);
+    let [y1, y0] = fq2(&p.y);
+    [x1, x0, y1, y0]
+}
+
+/// The verifier's constructor argument: alpha, beta, gamma, delta, IC0..IC5.
+pub fn verifying_key(vk: &VerifyingKey<Bn254>) -> Vec<Word> {
+    let mut out = Vec::with_capacity(26);
+    out.extend(g1(&vk.alpha_g1));
+    out.extend(g2(&vk.beta_g2));
+    out.extend(g2(&vk.gamma_g2));
+    out.extend(g2(&vk.delta_g2));
+    for p in &vk.gamma_abc_g1 {
+        out.extend(g1(p));
+    }
+    out
+}
+
+/// A proof: A, B, C.
+pub fn proof(p: &Proof<Bn254>) -> [Word; 8] {
+    let [ax, ay] = g1(&p.a);
+    let [bx1, bx0, by1, by0] = g2(&p.b);
+    let [cx, cy] = g1(&p.c);
+    [ax, ay, bx1, bx0, by1, by0, cx, cy]
+}
+
+/// The public inputs, in the circuit's order.
+pub fn inputs(public: &PublicInputs) -> [Word; 5] {
+    let v = public.to_vec();
+    [
+        to_bytes(&v[0]),
+        to_bytes(&v[1]),
+        to_bytes(&v[2]),
+        to_bytes(&v[3]),
+        to_bytes(&v[4]),
+    ]
+}

@@ -1,0 +1,403 @@
+//! The batch circuit against the native transition: gadgets equal the native hash and trees;
+//! random batches satisfy the circuit with the root `SettlementState` computes; a batch that
+//! breaks a rule, or public inputs that differ from the batch, do not.
+
+use ark_relations::gr1cs::ConstraintSystem;
+use optio_prover::gadgets::Cs;
+use optio_prover::keys::check;
+use optio_prover::witness::{BatchWitness, kind};
+use optio_prover::{ProveError, Shape, witness};
+use optio_state::poseidon::{Fr, hash};
+use optio_state::smt::SparseMerkleTree;
+use optio_state::{Op, SettlementState};
+use optio_types::{
+    AccountId, Address, Amount, FeeRate, InstrumentId, InstrumentSpec, MONEY_SCALE, Price,
+    QTY_SCALE, Qty, Side,
+};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+const SHAPE: Shape = Shape {
+    slots: 8,
+    marks: 2,
+    risk_chunks: 2,
+};
+
+#[test]
+fn poseidon_gadget_equals_the_native_hash() {
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    for n in [1usize, 2, 3, 4, 5, 10] {
+        let cs = ConstraintSystem::<Fr>::new_ref();
+        let b = Cs::new(cs.clone());
+        let values: Vec<Fr> = (0..n).map(|_| Fr::from(rng.random::<u64>())).collect();
+        let wires = b.witnesses(&values).expect("alloc");
+        let out = b.poseidon(&wires).expect("hash");
+        assert_eq!(out.value, hash(&values), "width {n}");
+        // The constraints hold and pin the output.
+        let pinned = b.witness(hash(&values)).expect("alloc");
+        b.equal(&out, &pinned).expect("eq");
+        assert!(cs.is_satisfied().expect("check"), "width {n}");
+        let wrong = b.witness(hash(&values) + Fr::from(1u64)).expect("alloc");
+        b.equal(&out, &wrong).expect("eq");
+        assert!(!cs.is_satisfied().expect("check"), "width {n}");
+    }
+}
+
+#[test]
+fn merkle_gadget_equals_the_native_tree() {
+    let mut tree = SparseMerkleTree::new(20);
+    tree.set(5, Fr::from(7u64)).expect("set");
+    tree.set(1_000, Fr::from(9u64)).expect("set");
+    let proof = tree.prove(1_000).expect("prove");
+    let cs = ConstraintSystem::<Fr>::new_ref();
+    let b = Cs::new(cs.clone());
+    let index = b.witness(Fr::from(1_000u64)).expect("alloc");
+    let bits = b.bits(&index, 20).expect("bits");
+    let leaf = b.witness(Fr::from(9u64)).expect("alloc");
+    let siblings = b.witnesses(&proof.siblings).expect("alloc");
+    let root = b.merkle_root(&leaf, &bits, &siblings).expect("root");
+    assert_eq!(root.value, tree.root());
+    assert!(cs.is_satisfied().expect("check"));
+}
+
+fn spec(name: &str) -> InstrumentSpec {
+    let mut s =
+        InstrumentSpec::with_defaults(name.parse().expect("name"), Price(200_000 * MONEY_SCALE));
+    s.maker_fee = FeeRate(-100);
+    s
+}
+
+/// A committed state with two instruments and `n` funded accounts.
+fn genesis(n: u32) -> SettlementState {
+    let mut state = SettlementState::new();
+    let mut ops = vec![
+        Op::ListInstrument {
+            spec: spec("BTC-PERPETUAL"),
+        },
+        Op::ListInstrument {
+            spec: spec("BTC-26MAR27-100000-C"),
+        },
+        Op::ActivateInstrument {
+            instrument: InstrumentId(0),
+        },
+        Op::ActivateInstrument {
+            instrument: InstrumentId(1),
+        },
+    ];
+    for i in 0..n {
+        ops.push(Op::OpenAccount {
+            owner: Address([(i % 3) as u8 + 1; 20]),
+        });
+        ops.push(Op::Deposit {
+            account: AccountId(i),
+            amount: Amount(1_000_000 * MONEY_SCALE),
+        });
+    }
+    state.apply_batch(&ops).expect("genesis applies");
+    state.commit();
+    state
+}
+
+/// A random batch of covered ops that keeps every rule.
+fn random_batch(rng: &mut ChaCha8Rng, state: &SettlementState, priority: &mut u64) -> Vec<Op> {
+    // The funded accounts (an account opened here has nothing to pay with).
+    let n = 6;
+    let mut ops = Vec::new();
+    let mut opened = 0;
+    while ops.len() < SHAPE.slots - 1 {
+        let a = AccountId(rng.random_range(0..n));
+        let b = AccountId(rng.random_range(0..n));
+        let amount = Amount(rng.random_range(1..1_000) * MONEY_SCALE);
+        ops.push(match rng.random_range(0..8) {
+            0 => Op::Deposit { account: a, amount },
+            1 => Op::Withdraw { account: a, amount },
+            2 => {
+                *priority += 1;
+                Op::L1Deposit {
+                    priority: *priority - 1,
+                    account: a,
+                    amount,
+                }
+            }
+            3 => {
+                *priority += 1;
+                Op::L1Withdrawal {
+                    priority: *priority - 1,
+                    account: a,
+                    amount: if rng.random_bool(0.3) {
+                        Amount::ZERO
+                    } else {
+                        amount
+                    },
+                }
+            }
+            4 => {
+                // Same owner: ids equal mod 3.
+                let to = AccountId((a.0 + 3) % n);
+                if state.accounts()[to.0 as usize].owner != state.accounts()[a.0 as usize].owner {
+                    continue;
+                }
+                Op::Transfer {
+                    from: a,
+                    to,
+                    amount,
+                }
+            }
+            5 if opened == 0 => {
+                opened += 1;
+                Op::OpenAccount {
+                    owner: Address([9; 20]),
+                }
+            }
+            _ => Op::Fill {
+                instrument: InstrumentId(rng.random_range(0..2)),
+                maker: a,
+                taker: b,
+                taker_side: if rng.random_bool(0.5) {
+                    Side::Buy
+                } else {
+                    Side::Sell
+                },
+                price: Price(rng.random_range(1..50_000) * 100_000),
+                qty: Qty(rng.random_range(1..100) * QTY_SCALE / 100),
+            },
+        });
+    }
+    ops.push(Op::Mark {
+        instrument: InstrumentId(rng.random_range(0..2)),
+        mark: Price(rng.random_range(1..100_000) * MONEY_SCALE),
+        risk: (0..5)
+            .map(|_| Amount(rng.random_range(-1_000_000..1_000_000)))
+            .collect(),
+    });
+    ops
+}
+
+fn after(state: &SettlementState, ops: &[Op]) -> SettlementState {
+    let mut next = state.clone();
+    next.apply_batch(ops).expect("the batch applies natively");
+    next.commit();
+    next
+}
+
+#[test]
+fn random_batches_satisfy_the_circuit_with_the_native_root() {
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let mut state = genesis(6);
+    let mut priority = 0;
+    for round in 0..4 {
+        let ops = random_batch(&mut rng, &state, &mut priority);
+        let w = witness(&state, &ops, SHAPE).expect("covered ops");
+        let next = after(&state, &ops);
+        assert_eq!(w.public.old_root, state.root(), "round {round}");
+        assert_eq!(
+            w.public.new_root,
+            next.root(),
+            "round {round}: native roots agree"
+        );
+        assert_eq!(w.public.priority_after, next.priority_served());
+        check(&w).unwrap_or_else(|e| panic!("round {round}: {e}"));
+        state = next;
+    }
+}
+
+fn batch_of(state: &SettlementState, ops: &[Op]) -> BatchWitness {
+    witness(state, ops, SHAPE).expect("covered ops")
+}
+
+fn refused(w: &BatchWitness) -> bool {
+    matches!(check(w), Err(ProveError::Unsatisfied(_)))
+}
+
+#[test]
+fn a_withdrawal_below_zero_cannot_be_proven() {
+    let state = genesis(2);
+    let ok = batch_of(
+        &state,
+        &[Op::Withdraw {
+            account: AccountId(0),
+            amount: Amount(1_000_000 * MONEY_SCALE),
+        }],
+    );
+    check(&ok).expect("withdrawing everything is fine");
+    let w = batch_of(
+        &state,
+        &[Op::Withdraw {
+            account: AccountId(0),
+            amount: Amount(1_000_000 * MONEY_SCALE + 1),
+        }],
+    );
+    assert!(refused(&w));
+}
+
+#[test]
+fn a_fill_that_leaves_its_buyer_below_zero_cannot_be_proven() {
+    let state = genesis(2);
+    let fill = |qty| Op::Fill {
+        instrument: InstrumentId(0),
+        maker: AccountId(0),
+        taker: AccountId(1),
+        taker_side: Side::Buy,
+        price: Price(100_000 * MONEY_SCALE),
+        qty: Qty(qty),
+    };
+    check(&batch_of(&state, &[fill(QTY_SCALE)])).expect("affordable");
+    assert!(refused(&batch_of(&state, &[fill(10 * QTY_SCALE)])));
+}
+
+#[test]
+fn fees_other_than_the_specs_cannot_be_proven() {
+    let state = genesis(2);
+    let ops = [Op::Fill {
+        instrument: InstrumentId(1),
+        maker: AccountId(0),
+        taker: AccountId(1),
+        taker_side: Side::Sell,
+        price: Price(1_234 * MONEY_SCALE),
+        qty: Qty(3 * QTY_SCALE / 10),
+    }];
+    let honest = batch_of(&state, &ops);
+    check(&honest).expect("honest fees");
+    // A taker fee one unit higher, with the root recomputed as the operator would.
+    let mut w = honest.clone();
+    w.slots[0].taker_fee += Fr::from(1u64);
+    assert!(refused(&w));
+    // Fee rates other than the committed spec's.
+    let mut w = honest.clone();
+    w.slots[0].maker_rate = Fr::from(0u64);
+    assert!(refused(&w));
+}
+
+#[test]
+fn public_inputs_that_differ_from_the_batch_cannot_be_proven() {
+    let state = genesis(3);
+    let ops = [
+        Op::Deposit {
+            account: AccountId(2),
+            amount: Amount(5),
+        },
+        Op::L1Deposit {
+            priority: 0,
+            account: AccountId(1),
+            amount: Amount(7),
+        },
+    ];
+    let honest = batch_of(&state, &ops);
+    check(&honest).expect("honest");
+    let mut w = honest.clone();
+    w.public.new_root += Fr::from(1u64);
+    assert!(refused(&w), "a wrong new root");
+    let mut w = honest.clone();
+    w.public.old_root += Fr::from(1u64);
+    assert!(refused(&w), "a wrong old root");
+    let mut w = honest.clone();
+    w.public.priority_after += 1;
+    assert!(refused(&w), "a wrong priority count");
+    // The data: a different amount than the one posted.
+    let other = batch_of(
+        &state,
+        &[
+            Op::Deposit {
+                account: AccountId(2),
+                amount: Amount(6),
+            },
+            ops[1].clone(),
+        ],
+    );
+    let mut w = honest.clone();
+    w.public.commitment = other.public.commitment;
+    assert!(refused(&w), "a commitment to other data");
+    // L1 operations out of queue order.
+    let w = batch_of(
+        &state,
+        &[Op::L1Deposit {
+            priority: 1,
+            account: AccountId(1),
+            amount: Amount(7),
+        }],
+    );
+    assert!(refused(&w), "skipping an L1 operation");
+}
+
+#[test]
+fn a_transfer_between_owners_cannot_be_proven() {
+    let state = genesis(4);
+    let same = batch_of(
+        &state,
+        &[Op::Transfer {
+            from: AccountId(0),
+            to: AccountId(3),
+            amount: Amount(1),
+        }],
+    );
+    check(&same).expect("same owner");
+    let other = batch_of(
+        &state,
+        &[Op::Transfer {
+            from: AccountId(0),
+            to: AccountId(1),
+            amount: Amount(1),
+        }],
+    );
+    assert!(refused(&other));
+}
+
+#[test]
+fn uncovered_ops_and_oversized_batches_are_named() {
+    let state = genesis(2);
+    let err = witness(
+        &state,
+        &[Op::LossShared {
+            account: AccountId(0),
+            amount: Amount(1),
+        }],
+        SHAPE,
+    )
+    .expect_err("not covered");
+    assert!(err.to_string().contains("LossShared"), "{err}");
+    let many = vec![
+        Op::Deposit {
+            account: AccountId(0),
+            amount: Amount(1),
+        };
+        SHAPE.slots + 1
+    ];
+    assert!(witness(&state, &many, SHAPE).is_err());
+    assert_eq!(kind::SLOT_KINDS.len(), 7);
+}
+
+/// The gadgets' own check (values against every constraint as it is laid) and arkworks'
+/// satisfiability check over the built matrices agree, on a batch that keeps the rules and one
+/// that does not.
+#[test]
+fn the_value_check_agrees_with_arkworks() {
+    let shape = Shape {
+        slots: 1,
+        marks: 1,
+        risk_chunks: 1,
+    };
+    let state = genesis(2);
+    for (amount, ok) in [
+        (1_000_000 * MONEY_SCALE, true),
+        (1_000_000 * MONEY_SCALE + 1, false),
+    ] {
+        let ops = [
+            Op::Withdraw {
+                account: AccountId(1),
+                amount: Amount(amount),
+            },
+            Op::Mark {
+                instrument: InstrumentId(0),
+                mark: Price(5),
+                risk: vec![Amount(-3), Amount(4)],
+            },
+        ];
+        let w = witness(&state, &ops, shape).expect("covered");
+        assert_eq!(check(&w).is_ok(), ok);
+        let cs = ConstraintSystem::<Fr>::new_ref();
+        let b = Cs::new(cs.clone());
+        optio_prover::circuit::synthesize(&b, &w).expect("synthesis");
+        assert_eq!(cs.is_satisfied().expect("check"), ok);
+        assert_eq!(b.num_constraints(), cs.num_constraints());
+    }
+}
