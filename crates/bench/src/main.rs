@@ -9,6 +9,7 @@ mod intents_bench;
 mod l1_gas_bench;
 mod load_bench;
 mod pricing_bench;
+mod prove_bench;
 mod settlement_bench;
 
 use clap::{Parser, Subcommand};
@@ -44,6 +45,10 @@ enum Bench {
     Settlement(settlement_bench::Args),
     /// L1 gas per trade and per operation on anvil, beside StarkEx's published figures.
     L1Gas(l1_gas_bench::Args),
+    /// Validity proofs: constraints per op, proving seconds per trade and peak memory beside a
+    /// prototype's anchor; L1 verification gas per batch and per trade, with and without
+    /// aggregation.
+    Prove(prove_bench::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -54,5 +59,6 @@ fn main() -> anyhow::Result<()> {
         Bench::Load(args) => load_bench::run(&args),
         Bench::Settlement(args) => settlement_bench::run(&args),
         Bench::L1Gas(args) => l1_gas_bench::run(&args),
+        Bench::Prove(args) => prove_bench::run(&args),
     }
 }

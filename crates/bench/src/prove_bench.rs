@@ -1,0 +1,229 @@
+//! Validity proofs: constraints per op slot and per mark slot, key generation and proving time
+//! per trade and peak memory on this machine, side by side with the measured anchor of a
+//! straightforward prototype (about 96k constraints and 1.6 to 2.9 s per trade on 2 cores); L1
+//! gas of the verifier on a real EVM (the embedded chain), one proof per transaction and many
+//! per transaction, per batch and per trade at 16, 64 and 256 trades per batch; and how many
+//! prover cores keep up with 100 trades/s.
+
+use std::time::{Duration, Instant};
+
+use alloy::primitives::U256;
+use ark_std::rand::SeedableRng;
+use ark_std::rand::rngs::StdRng;
+use optio_prover::keys::check;
+use optio_prover::solidity::{self, Word};
+use optio_prover::witness::empty;
+use optio_prover::{Keys, Shape, prove, verify, witness};
+use optio_settler::{Groth16Verifier, connect, deploy_verifier, transact};
+use optio_state::{Op, SettlementState};
+use optio_types::{
+    AccountId, Address, Amount, InstrumentId, InstrumentSpec, MONEY_SCALE, Price, QTY_SCALE, Qty,
+    Side,
+};
+
+/// The prototype's figures (task text): constraints per trade, seconds per trade on 2 cores.
+const ANCHOR_CONSTRAINTS: f64 = 96_000.0;
+const ANCHOR_SECONDS: (f64, f64) = (1.6, 2.9);
+
+/// anvil's first default key (the embedded chain funds it).
+const KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
+
+/// Arguments.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Fills in the proved batch (op slots of the circuit).
+    #[arg(long, default_value_t = 4)]
+    slots: usize,
+    /// Skip proving (constraint counts and gas only need one small proof).
+    #[arg(long)]
+    no_prove: bool,
+}
+
+fn constraints(shape: Shape) -> anyhow::Result<usize> {
+    check(&empty(shape)).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// A state with two funded accounts and an instrument, and a batch of `n` fills between them.
+fn fills(n: usize) -> (SettlementState, Vec<Op>) {
+    let mut state = SettlementState::new();
+    let spec = InstrumentSpec::with_defaults(
+        "BTC-PERPETUAL".parse().expect("name"),
+        Price(200_000 * MONEY_SCALE),
+    );
+    let mut genesis = vec![
+        Op::ListInstrument { spec },
+        Op::ActivateInstrument {
+            instrument: InstrumentId(0),
+        },
+    ];
+    for i in 0..2u32 {
+        genesis.push(Op::OpenAccount {
+            owner: Address([i as u8 + 1; 20]),
+        });
+        genesis.push(Op::Deposit {
+            account: AccountId(i),
+            amount: Amount(10_000_000 * MONEY_SCALE),
+        });
+    }
+    state.apply_batch(&genesis).expect("genesis applies");
+    state.commit();
+    let ops = (0..n)
+        .map(|i| Op::Fill {
+            instrument: InstrumentId(0),
+            maker: AccountId((i % 2) as u32),
+            taker: AccountId(1 - (i % 2) as u32),
+            taker_side: if i % 3 == 0 { Side::Sell } else { Side::Buy },
+            price: Price((95_000 + i as i64) * MONEY_SCALE),
+            qty: Qty(QTY_SCALE / 10),
+        })
+        .collect();
+    (state, ops)
+}
+
+fn words<const N: usize>(ws: &[Word]) -> [U256; N] {
+    std::array::from_fn(|i| U256::from_be_bytes(ws[i]))
+}
+
+/// Runs the benchmark.
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let risk_chunks = optio_pricing::risk::default_scenarios().len().div_ceil(3);
+    let shape = |slots, marks| Shape {
+        slots,
+        marks,
+        risk_chunks,
+    };
+    let one = constraints(shape(1, 0))?;
+    let per_slot = constraints(shape(2, 0))? - one;
+    let per_mark = constraints(shape(1, 1))? - one;
+    let fixed = one - per_slot;
+    println!("Batch circuit (Groth16, BN254): constraints");
+    println!(
+        "  per op slot (any kind: the slot is universal)  {per_slot:>9}   anchor per trade {:>7.0}   ratio {:.2}",
+        ANCHOR_CONSTRAINTS,
+        per_slot as f64 / ANCHOR_CONSTRAINTS
+    );
+    println!(
+        "  per mark slot ({} scenarios)                  {per_mark:>9}   (once per instrument per batch)",
+        risk_chunks * 3
+    );
+    println!("  fixed per batch (roots in and out)            {fixed:>9}");
+    println!(
+        "  goal per trade: 40,000 -> {:.2} of it",
+        per_slot as f64 / 40_000.0
+    );
+
+    let mut rng = StdRng::seed_from_u64(1);
+    let slots = if args.no_prove { 1 } else { args.slots.max(1) };
+    let proved = shape(slots, 1);
+    let t = Instant::now();
+    let keys = Keys::generate(proved, &mut rng).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let keygen = t.elapsed();
+    let (state, ops) = fills(slots);
+    let w = witness(&state, &ops, proved).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let public = w.public;
+    let t = Instant::now();
+    let proof = prove(&keys, w, &mut rng).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let proving = t.elapsed();
+    anyhow::ensure!(verify(&keys.vk, &public, &proof), "the proof verifies");
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per_trade = proving.as_secs_f64() / slots as f64;
+    println!(
+        "\nProving a batch of {slots} fills ({} constraints) on {cores} cores",
+        constraints(proved)?
+    );
+    println!(
+        "  key generation {:>8.1} s   proving {:>8.1} s   peak memory {:>7.0} MiB",
+        keygen.as_secs_f64(),
+        proving.as_secs_f64(),
+        peak_rss_mib()
+    );
+    println!(
+        "  per trade {:>6.2} s   anchor {:.1}-{:.1} s   ratio {:.2}-{:.2}",
+        per_trade,
+        ANCHOR_SECONDS.0,
+        ANCHOR_SECONDS.1,
+        per_trade / ANCHOR_SECONDS.1,
+        per_trade / ANCHOR_SECONDS.0
+    );
+    let core_seconds = per_trade * cores as f64;
+    println!(
+        "  100 trades/s needs {:.0} prover cores like these ({:.2} core-s per trade); a 16-trade batch lags {:.0} s on {cores} cores",
+        100.0 * core_seconds,
+        core_seconds,
+        16.0 * per_trade
+    );
+
+    let gas = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(verifier_gas(&keys, &proof, &public))?;
+    println!(
+        "\nL1 gas of verification (embedded EVM, gas used by the transaction, 21,000 and calldata included)"
+    );
+    println!(
+        "  {:>24} {:>10} {:>16} {:>16} {:>16}",
+        "", "per batch", "16 trades/batch", "64 trades/batch", "256 trades/batch"
+    );
+    for (label, per_batch) in [
+        ("one proof per tx".to_string(), gas[0] as f64),
+        ("4 proofs per tx".to_string(), gas[1] as f64 / 4.0),
+        ("16 proofs per tx".to_string(), gas[2] as f64 / 16.0),
+    ] {
+        println!(
+            "  {label:>24} {per_batch:>10.0} {:>16.0} {:>16.0} {:>16.0}",
+            per_batch / 16.0,
+            per_batch / 64.0,
+            per_batch / 256.0
+        );
+    }
+    println!(
+        "  aggregation saves {:.0}% per batch at 16 proofs per transaction",
+        100.0 * (1.0 - gas[2] as f64 / 16.0 / gas[0] as f64)
+    );
+    Ok(())
+}
+
+async fn verifier_gas(
+    keys: &Keys,
+    proof: &ark_groth16::Proof<ark_bn254::Bn254>,
+    public: &optio_prover::PublicInputs,
+) -> anyhow::Result<[u64; 3]> {
+    optio_contracts::forge_build().map_err(anyhow::Error::msg)?;
+    let operator = optio_settler::signer_address(KEY).map_err(anyhow::Error::msg)?;
+    let chain = optio_chain::Chain::start(
+        31_337,
+        &[(operator, U256::from(10u64).pow(U256::from(21u64)))],
+        Duration::from_secs(3_600),
+    )
+    .await?;
+    let provider = connect(&chain.url, KEY)?;
+    let address = deploy_verifier(&provider, words(&solidity::verifying_key(&keys.vk))).await?;
+    let verifier = Groth16Verifier::new(address, &provider);
+    let p: [U256; 8] = words(&solidity::proof(proof));
+    let i: [U256; 5] = words(&solidity::inputs(public));
+    anyhow::ensure!(
+        verifier.verify(p, i).call().await?,
+        "the L1 verifier accepts"
+    );
+    // Sent as transactions: the receipts' gas used.
+    let one = transact(verifier.verify(p, i)).await?.gas_used;
+    let mut many = [0u64; 2];
+    for (slot, k) in [(0, 4usize), (1, 16)] {
+        let call = verifier.verifyMany(vec![p; k], vec![i; k]);
+        anyhow::ensure!(call.call().await?, "the L1 verifier accepts {k} proofs");
+        many[slot] = transact(call).await?.gas_used;
+    }
+    Ok([one, many[0], many[1]])
+}
