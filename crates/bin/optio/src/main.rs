@@ -3,6 +3,7 @@
 
 mod devnet;
 mod node;
+mod prove;
 mod settle;
 mod sim;
 
@@ -48,6 +49,10 @@ enum Cmd {
     /// The watchtower: from L1 alone, rebuild the state from every committed batch's data and
     /// check each committed root; exits non-zero on the first mismatch or unusable data.
     Verify(settle::VerifyArgs),
+    /// Validity proofs: `setup` generates the keys of a circuit shape, `run` proves the
+    /// committed batches of a batches directory (as many workers as wanted), `check` verifies
+    /// every proof against the blobs.
+    Prove(prove::ProveArgs),
     /// Deterministic simulation: the node's real components driven by a seeded RNG (traders,
     /// hostile clients, L1 deposits) with crashes and torn writes, checked after every step.
     Sim(sim::SimArgs),
@@ -63,6 +68,7 @@ fn main() -> Result<()> {
         Cmd::Exit(args) => settle::exit(args),
         Cmd::Verify(args) => settle::verify(args),
         Cmd::Sim(args) => sim::run(args),
+        Cmd::Prove(args) => prove::run(args),
     }
 }
 

@@ -12,6 +12,7 @@ pub mod gadgets;
 pub mod keys;
 pub mod solidity;
 pub mod witness;
+pub mod worker;
 
 pub use circuit::BatchCircuit;
 pub use keys::{Keys, ProveError, prove, verify};

@@ -65,3 +65,27 @@ pub fn inputs(public: &PublicInputs) -> [Word; 5] {
         to_bytes(&v[4]),
     ]
 }
+
+fn fq_from(w: &Word) -> Option<Fq> {
+    let x = Fq::from_be_bytes_mod_order(w);
+    (fq(&x) == *w).then_some(x)
+}
+
+/// A proof back from its 8 words; `None` unless every point is on its curve and in the
+/// prime-order subgroup.
+pub fn proof_from(w: &[Word]) -> Option<Proof<Bn254>> {
+    if w.len() != 8 {
+        return None;
+    }
+    let a = G1Affine::new_unchecked(fq_from(&w[0])?, fq_from(&w[1])?);
+    let b = G2Affine::new_unchecked(
+        Fq2::new(fq_from(&w[3])?, fq_from(&w[2])?),
+        Fq2::new(fq_from(&w[5])?, fq_from(&w[4])?),
+    );
+    let c = G1Affine::new_unchecked(fq_from(&w[6])?, fq_from(&w[7])?);
+    let valid = a.is_on_curve()
+        && c.is_on_curve()
+        && b.is_on_curve()
+        && b.is_in_correct_subgroup_assuming_on_curve();
+    valid.then_some(Proof { a, b, c })
+}

@@ -1,0 +1,166 @@
+//! `optio prove`: key generation, prover workers over a batches directory, and the auditor's
+//! check of every proof against the blobs.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Result, anyhow, bail};
+use optio_prover::keys::os_rng;
+use optio_prover::worker::{Outcome, check_proofs, prove_pending};
+use optio_prover::{Keys, Shape};
+
+/// The circuit's shape (keys are generated per shape; workers and checks must name the same).
+#[derive(clap::Args, Clone, Copy)]
+pub struct ShapeArgs {
+    /// Op slots per batch (the batcher's `batch_max_ops` must not exceed it for a batch to be
+    /// provable).
+    #[arg(long, default_value_t = 16)]
+    slots: usize,
+    /// Mark slots per batch (instruments whose mark a batch may commit).
+    #[arg(long, default_value_t = 8)]
+    marks: usize,
+    /// Risk-array scenarios a mark may carry.
+    #[arg(long, default_value_t = 33)]
+    risk_scenarios: usize,
+}
+
+impl ShapeArgs {
+    fn shape(self) -> Shape {
+        Shape {
+            slots: self.slots.max(1),
+            marks: self.marks,
+            risk_chunks: self.risk_scenarios.div_ceil(3),
+        }
+    }
+}
+
+/// What to do.
+#[derive(clap::Subcommand)]
+pub enum ProveCmd {
+    /// Generate the proving and verifying keys of a shape (Groth16 setup with randomness from
+    /// the operating system, dropped afterwards: README, "Validity proofs", on what this trusts).
+    Setup {
+        /// Directory for `batch-SxMxR.pk` and `.vk`.
+        #[arg(long, default_value = "optio-keys")]
+        keys: PathBuf,
+        #[command(flatten)]
+        shape: ShapeArgs,
+    },
+    /// Prove the committed batches of a batches directory, writing `NNNNNNNN.proof.json` beside
+    /// each blob; run as many workers (processes, machines sharing the directory) as needed.
+    Run {
+        /// Directory of `NNNNNNNN.blob` files (a node writes them under `<data>/batches`).
+        #[arg(long, default_value = "optio-data/batches")]
+        batches: PathBuf,
+        /// Directory of the keys.
+        #[arg(long, default_value = "optio-keys")]
+        keys: PathBuf,
+        #[command(flatten)]
+        shape: ShapeArgs,
+        /// One pass, then exit (otherwise keep following the directory).
+        #[arg(long)]
+        once: bool,
+        /// Seconds after which another worker's claim counts as abandoned.
+        #[arg(long, default_value_t = 600)]
+        stale_after_s: u64,
+    },
+    /// Check every proof against the state rebuilt from the blobs alone and the verifying key;
+    /// exits non-zero on a proof that does not check.
+    Check {
+        /// Directory of the blobs and proofs.
+        #[arg(long, default_value = "optio-data/batches")]
+        batches: PathBuf,
+        /// Directory of the keys.
+        #[arg(long, default_value = "optio-keys")]
+        keys: PathBuf,
+        #[command(flatten)]
+        shape: ShapeArgs,
+    },
+}
+
+/// Arguments of `optio prove`.
+#[derive(clap::Args)]
+pub struct ProveArgs {
+    #[command(subcommand)]
+    cmd: ProveCmd,
+}
+
+/// Runs `optio prove`.
+pub fn run(args: ProveArgs) -> Result<()> {
+    match args.cmd {
+        ProveCmd::Setup { keys, shape } => {
+            let shape = shape.shape();
+            std::fs::create_dir_all(&keys)?;
+            let t = std::time::Instant::now();
+            let generated = Keys::generate(shape, &mut os_rng()).map_err(|e| anyhow!("{e}"))?;
+            generated.write(&keys).map_err(|e| anyhow!("{e}"))?;
+            println!(
+                "keys for {} op slots, {} mark slots, {} risk scenarios written to {} in {:.1} s",
+                shape.slots,
+                shape.marks,
+                shape.risk_chunks * 3,
+                keys.display(),
+                t.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+        ProveCmd::Run {
+            batches,
+            keys,
+            shape,
+            once,
+            stale_after_s,
+        } => {
+            let keys = Keys::read(&keys, shape.shape()).map_err(|e| anyhow!("{e}"))?;
+            let mut rng = os_rng();
+            loop {
+                let done = prove_pending(
+                    &batches,
+                    &keys,
+                    &mut rng,
+                    Duration::from_secs(stale_after_s),
+                )
+                .map_err(|e| anyhow!(e))?;
+                for outcome in &done {
+                    match outcome {
+                        Outcome::Proven { batch, seconds } => {
+                            println!("batch {batch}: proven in {seconds:.1} s")
+                        }
+                        Outcome::Unprovable { batch, reason } => {
+                            println!("batch {batch}: not provable yet: {reason}")
+                        }
+                    }
+                }
+                if once {
+                    return Ok(());
+                }
+                if done.is_empty() {
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        }
+        ProveCmd::Check {
+            batches,
+            keys,
+            shape,
+        } => {
+            let keys = Keys::read(&keys, shape.shape()).map_err(|e| anyhow!("{e}"))?;
+            match check_proofs(&batches, &keys) {
+                Ok((proven, missing)) => {
+                    println!(
+                        "{} batches proven, every proof checks against the blobs; {} without a proof{}",
+                        proven.len(),
+                        missing.len(),
+                        if missing.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {missing:?}")
+                        }
+                    );
+                    Ok(())
+                }
+                Err(e) => bail!("{e}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! `optio prove`: workers that take committed batches from the batches directory (the blobs the
+//! node writes), prove them and write `NNNNNNNN.proof.json` beside each blob. Several workers
+//! (processes or machines sharing the directory) scale out with no coordination but the queue
+//! itself: a worker claims a batch by creating `NNNNNNNN.claim` exclusively, and a claim older
+//! than `stale_after` (its worker died) may be taken over. Each worker rebuilds the state from
+//! the blobs on its own, so none depends on another's progress.
+//!
+//! A batch the circuit does not cover yet gets `NNNNNNNN.unprovable` with the reason instead; the
+//! batches after it are still proven (each proof stands alone: old root to new root).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use ark_bn254::Bn254;
+use ark_groth16::Proof;
+use ark_std::rand::rngs::StdRng;
+use optio_state::poseidon::to_hex;
+use optio_state::{SettlementState, decode, rebuild_after};
+use serde_json::{Value, json};
+
+use crate::keys::{Keys, prove, verify};
+use crate::solidity::{self, Word};
+use crate::witness::{PublicInputs, witness};
+
+/// What happened to one batch in a pass.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Proven by this worker, in this many seconds.
+    Proven {
+        /// Batch number.
+        batch: u64,
+        /// Proving time.
+        seconds: f64,
+    },
+    /// The circuit does not cover it; why.
+    Unprovable {
+        /// Batch number.
+        batch: u64,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn stem(dir: &Path, batch: u64) -> PathBuf {
+    dir.join(format!("{batch:08}"))
+}
+
+/// The proof file of a batch.
+pub fn proof_path(dir: &Path, batch: u64) -> PathBuf {
+    stem(dir, batch).with_extension("proof.json")
+}
+
+fn blobs(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "blob"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Takes the claim on a batch, or `None` if a live worker holds it.
+fn claim(dir: &Path, batch: u64, stale_after: Duration) -> Option<Claim> {
+    let path = stem(dir, batch).with_extension("claim");
+    for _ in 0..2 {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(_) => return Some(Claim(path)),
+            Err(_) => {
+                let age = std::fs::metadata(&path)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| SystemTime::now().duration_since(t).ok());
+                match age {
+                    Some(age) if age > stale_after => {
+                        let _ = std::fs::remove_file(&path);
+                    }
+                    _ => return None,
+                }
+            }
+        }
+    }
+    None
+}
+
+/// A held claim, released when dropped.
+struct Claim(PathBuf);
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+fn hex_words(words: &[Word]) -> Vec<String> {
+    words
+        .iter()
+        .map(|w| optio_state::poseidon::hex(w))
+        .collect()
+}
+
+/// The proof file's JSON.
+fn proof_json(
+    batch: u64,
+    keys: &Keys,
+    public: &PublicInputs,
+    proof: &Proof<Bn254>,
+    seconds: f64,
+) -> Value {
+    json!({
+        "batch": batch,
+        "shape": [keys.shape.slots, keys.shape.marks, keys.shape.risk_chunks],
+        "public": {
+            "old_root": to_hex(&public.old_root),
+            "new_root": to_hex(&public.new_root),
+            "commitment": to_hex(&public.commitment),
+            "priority_before": public.priority_before,
+            "priority_after": public.priority_after,
+        },
+        "inputs": hex_words(&solidity::inputs(public)),
+        "proof": hex_words(&solidity::proof(proof)),
+        "prove_seconds": seconds,
+    })
+}
+
+/// One pass over the batches directory: every batch with neither a proof nor a live claim is
+/// proven (or marked unprovable). Returns what this worker did.
+pub fn prove_pending(
+    dir: &Path,
+    keys: &Keys,
+    rng: &mut StdRng,
+    stale_after: Duration,
+) -> Result<Vec<Outcome>, String> {
+    let files = blobs(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut state = SettlementState::new();
+    let mut after = (0u64, 0u64);
+    let mut done = Vec::new();
+    for file in files {
+        let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+        let (meta, ops) = decode(&bytes).map_err(|e| format!("{}: {e}", file.display()))?;
+        let batch = meta.number;
+        let settled = proof_path(dir, batch).exists()
+            || stem(dir, batch).with_extension("unprovable").exists();
+        if !settled && let Some(_claim) = claim(dir, batch, stale_after) {
+            match witness(&state, &ops, keys.shape) {
+                Ok(w) => {
+                    let public = w.public;
+                    let t = Instant::now();
+                    let proof = prove(keys, w, rng).map_err(|e| format!("batch {batch}: {e}"))?;
+                    let seconds = t.elapsed().as_secs_f64();
+                    let text = proof_json(batch, keys, &public, &proof, seconds).to_string();
+                    write_atomic(&proof_path(dir, batch), &text)
+                        .map_err(|e| format!("batch {batch}: {e}"))?;
+                    done.push(Outcome::Proven { batch, seconds });
+                }
+                Err(e) => {
+                    let reason = e.to_string();
+                    write_atomic(&stem(dir, batch).with_extension("unprovable"), &reason)
+                        .map_err(|e| format!("batch {batch}: {e}"))?;
+                    done.push(Outcome::Unprovable { batch, reason });
+                }
+            }
+        }
+        after = rebuild_after([bytes.as_slice()], &mut state, after, |_| {})
+            .map_err(|e| format!("{}: {e}", file.display()))?;
+    }
+    Ok(done)
+}
+
+/// Checks every proof file against the state rebuilt from the blobs alone (its public inputs
+/// must be the rebuilt roots and the batch's commitment) and the verifying key. Returns the
+/// batches proven and those without a valid proof yet; an error names a proof that is wrong.
+pub fn check_proofs(dir: &Path, keys: &Keys) -> Result<(Vec<u64>, Vec<u64>), String> {
+    let files = blobs(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut state = SettlementState::new();
+    let mut after = (0u64, 0u64);
+    let (mut proven, mut missing) = (Vec::new(), Vec::new());
+    for file in files {
+        let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+        let (meta, ops) = decode(&bytes).map_err(|e| format!("{}: {e}", file.display()))?;
+        let batch = meta.number;
+        match std::fs::read_to_string(proof_path(dir, batch)) {
+            Ok(text) => {
+                let expected = witness(&state, &ops, keys.shape)
+                    .map_err(|e| format!("batch {batch} has a proof but {e}"))?
+                    .public;
+                let proof = parse_proof(&text).map_err(|e| format!("batch {batch}: {e}"))?;
+                if !verify(&keys.vk, &expected, &proof) {
+                    return Err(format!(
+                        "batch {batch}: the proof does not verify against the roots rebuilt from the blobs"
+                    ));
+                }
+                proven.push(batch);
+            }
+            Err(_) => missing.push(batch),
+        }
+        after = rebuild_after([bytes.as_slice()], &mut state, after, |_| {})
+            .map_err(|e| format!("{}: {e}", file.display()))?;
+    }
+    Ok((proven, missing))
+}
+
+/// Reads a proof back from its file.
+pub fn parse_proof(text: &str) -> Result<Proof<Bn254>, String> {
+    let v: Value = serde_json::from_str(text).map_err(|e| format!("proof file: {e}"))?;
+    let words: Vec<Word> = v["proof"]
+        .as_array()
+        .ok_or("proof file: no proof")?
+        .iter()
+        .map(|w| {
+            let s = w.as_str().ok_or("proof file: a word is not a string")?;
+            let s = s.strip_prefix("0x").unwrap_or(s);
+            if s.len() != 64 {
+                return Err("proof file: a word is not 32 bytes");
+            }
+            let mut out = [0u8; 32];
+            for (i, b) in out.iter_mut().enumerate() {
+                *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16)
+                    .map_err(|_| "proof file: not hex")?;
+            }
+            Ok(out)
+        })
+        .collect::<Result<_, _>>()?;
+    solidity::proof_from(&words).ok_or_else(|| "proof file: points not on the curve".into())
+}

@@ -1,0 +1,163 @@
+//! `optio prove` workers on a batches directory: two workers at once prove every covered batch
+//! exactly once, mark the uncovered one with its reason, respect a live claim and take over a
+//! stale one; the proofs check against the roots rebuilt from the blobs alone, and a proof moved
+//! to another batch does not.
+
+use std::time::Duration;
+
+use ark_std::rand::SeedableRng;
+use ark_std::rand::rngs::StdRng;
+use optio_prover::worker::{Outcome, check_proofs, proof_path, prove_pending};
+use optio_prover::{Keys, Shape};
+use optio_state::Op;
+use optio_state::blob::{BlobMeta, encode};
+use optio_types::{
+    AccountId, Address, Amount, InstrumentId, InstrumentSpec, MONEY_SCALE, Price, QTY_SCALE, Qty,
+    Side,
+};
+
+const SHAPE: Shape = Shape {
+    slots: 3,
+    marks: 1,
+    risk_chunks: 1,
+};
+
+fn batches() -> Vec<Vec<Op>> {
+    let spec = InstrumentSpec::with_defaults(
+        "ETH-PERPETUAL".parse().expect("name"),
+        Price(20_000 * MONEY_SCALE),
+    );
+    let fill = |maker, taker, side| Op::Fill {
+        instrument: InstrumentId(0),
+        maker: AccountId(maker),
+        taker: AccountId(taker),
+        taker_side: side,
+        price: Price(2_500 * MONEY_SCALE),
+        qty: Qty(QTY_SCALE),
+    };
+    vec![
+        vec![
+            Op::ListInstrument { spec },
+            Op::ActivateInstrument {
+                instrument: InstrumentId(0),
+            },
+        ],
+        vec![
+            Op::OpenAccount {
+                owner: Address([1; 20]),
+            },
+            Op::OpenAccount {
+                owner: Address([2; 20]),
+            },
+            Op::Deposit {
+                account: AccountId(1),
+                amount: Amount(50_000 * MONEY_SCALE),
+            },
+        ],
+        vec![
+            Op::Deposit {
+                account: AccountId(0),
+                amount: Amount(50_000 * MONEY_SCALE),
+            },
+            fill(0, 1, Side::Buy),
+            Op::Mark {
+                instrument: InstrumentId(0),
+                mark: Price(2_600 * MONEY_SCALE),
+                risk: vec![Amount(-1), Amount(2), Amount(3)],
+            },
+        ],
+        vec![fill(1, 0, Side::Sell)],
+    ]
+}
+
+fn write_blobs(dir: &std::path::Path) {
+    for (i, ops) in batches().iter().enumerate() {
+        let number = i as u64 + 1;
+        let meta = BlobMeta {
+            number,
+            first_seq: 10 * number - 9,
+            last_seq: 10 * number,
+            time_ms: 1_000 * number,
+        };
+        std::fs::write(dir.join(format!("{number:08}.blob")), encode(&meta, ops)).expect("write");
+    }
+}
+
+#[test]
+fn workers_share_the_queue_and_their_proofs_check_against_the_blobs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_blobs(dir.path());
+    let keys = Keys::generate(SHAPE, &mut StdRng::seed_from_u64(1)).expect("keys");
+    // A live claim on batch 4: no worker touches it for now.
+    std::fs::write(dir.path().join("00000004.claim"), b"").expect("claim");
+    let hour = Duration::from_secs(3_600);
+    let outcomes: Vec<Outcome> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..2u64)
+            .map(|i| {
+                let (keys, dir) = (&keys, dir.path());
+                s.spawn(move || {
+                    prove_pending(dir, keys, &mut StdRng::seed_from_u64(10 + i), hour)
+                        .expect("pass")
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("worker"))
+            .collect()
+    });
+    let mut proven: Vec<u64> = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            Outcome::Proven { batch, .. } => Some(*batch),
+            Outcome::Unprovable { .. } => None,
+        })
+        .collect();
+    proven.sort_unstable();
+    assert_eq!(
+        proven,
+        vec![2, 3],
+        "each covered batch once, the claimed one left alone"
+    );
+    let unprovable: Vec<&Outcome> = outcomes
+        .iter()
+        .filter(|o| matches!(o, Outcome::Unprovable { .. }))
+        .collect();
+    assert_eq!(unprovable.len(), 1);
+    assert!(
+        matches!(unprovable[0], Outcome::Unprovable { batch: 1, reason } if reason.contains("ListInstrument")),
+        "{unprovable:?}"
+    );
+
+    // The claim is stale for a worker that allows no time: it takes batch 4 over.
+    let again = prove_pending(
+        dir.path(),
+        &keys,
+        &mut StdRng::seed_from_u64(3),
+        Duration::ZERO,
+    )
+    .expect("pass");
+    assert!(
+        matches!(again.as_slice(), [Outcome::Proven { batch: 4, .. }]),
+        "{again:?}"
+    );
+    assert!(
+        prove_pending(dir.path(), &keys, &mut StdRng::seed_from_u64(4), hour)
+            .expect("pass")
+            .is_empty(),
+        "nothing left"
+    );
+
+    let (ok, missing) = check_proofs(dir.path(), &keys).expect("proofs check");
+    assert_eq!((ok, missing), (vec![2, 3, 4], vec![1]));
+
+    // A valid proof of batch 3 filed as batch 4's does not check.
+    std::fs::copy(proof_path(dir.path(), 3), proof_path(dir.path(), 4)).expect("copy");
+    let err = check_proofs(dir.path(), &keys).expect_err("moved proof");
+    assert!(err.contains("batch 4"), "{err}");
+    // Nor does a damaged one.
+    let text = std::fs::read_to_string(proof_path(dir.path(), 2)).expect("read");
+    let damaged = text.replacen("\"proof\":[\"0x", "\"proof\":[\"0x1", 1);
+    std::fs::write(proof_path(dir.path(), 2), damaged).expect("write");
+    assert!(check_proofs(dir.path(), &keys).is_err());
+}
