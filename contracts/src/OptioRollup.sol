@@ -4,6 +4,12 @@ pragma solidity ^0.8.20;
 import {IERC20} from "./TestUSDC.sol";
 import {Field, IPoseidon2, IPoseidon3, IPoseidon5} from "./Poseidon.sol";
 
+/// The batch-proof verifier (`Groth16Verifier.sol`).
+interface IGroth16Verifier {
+    function verify(uint256[8] calldata proof, uint256[5] calldata input) external view returns (bool);
+    function verifyMany(uint256[8][] calldata proofs, uint256[5][] calldata inputs) external view returns (bool);
+}
+
 /// Optio's rollup on L1: the collateral vault, the chain of committed and finalized state roots,
 /// the priority queue (deposits and forced withdrawal requests, each with a deadline), the
 /// freeze anyone may trigger when the operator leaves one unserved, and the exodus exit by
@@ -12,11 +18,17 @@ import {Field, IPoseidon2, IPoseidon3, IPoseidon5} from "./Poseidon.sol";
 /// The sequencer serves the priority queue in order (each served operation is an op in the posted
 /// data, with its queue id); a batch's header says how far it got.
 ///
-/// Not yet here: the validity-proof verifier (batches finalize after `finalizationDelay`; until
-/// the proof checks them, the contract trusts the operator's count of priority operations served
-/// and its withdrawal list, both of which the posted data lets anyone audit, and `optio verify`
-/// does), slashing of the bond. There are no admin functions (nothing to change, so nothing to
-/// timelock).
+/// Validity proofs (issue #9, in part): anyone may submit a batch's Groth16 proof to
+/// `verifyBatch` (or many to `verifyBatches`, one pairing check); the verifier checks it against
+/// the batch's roots and L1 priority counts as committed here and the ops commitment the proof
+/// names, and the batch is marked proven. Not yet here: binding that commitment to the posted
+/// data bytes (the proof does not check `dataHash` yet: `optio prove check` and `optio verify`
+/// compare them off-chain), finality that requires a proof (batches still finalize after
+/// `finalizationDelay`, which the circuit's coverage does not allow to change yet: listings,
+/// liquidations, expiries and session keys are not in it), the authorization challenge and
+/// slashing of the bond. Until then the contract trusts the operator's withdrawal list, which
+/// the posted data lets anyone audit. There are no admin functions (nothing to change, so
+/// nothing to timelock).
 contract OptioRollup {
     uint256 internal constant ACCOUNT_DEPTH = 24;
     uint256 internal constant POSITIONS_DEPTH = 20;
@@ -87,6 +99,8 @@ contract OptioRollup {
     }
 
     IERC20 public immutable usdc;
+    /// The batch-proof verifier (address 0: none, proofs are refused).
+    IGroth16Verifier public immutable verifier;
     address public immutable operator;
     IPoseidon2 public immutable h2;
     IPoseidon3 public immutable h3;
@@ -101,6 +115,9 @@ contract OptioRollup {
     uint256 public priorityServed;
     bool public frozen;
     mapping(uint32 => bool) public exited;
+    /// Batches whose validity proof verified, with the ops commitment the proof binds.
+    mapping(uint256 => bool) public proven;
+    mapping(uint256 => uint256) public provenCommitment;
     /// Withdrawals paid, by batch and index in its list.
     mapping(uint256 => mapping(uint256 => bool)) public withdrawn;
     uint256 public totalDeposited;
@@ -112,6 +129,7 @@ contract OptioRollup {
     event WithdrawalRequested(uint256 indexed priorityId, address indexed owner, uint32 account, uint64 deadline);
     event BatchCommitted(uint256 indexed number, uint256 root, bytes32 dataHash, uint64 lastSeq);
     event BatchFinalized(uint256 indexed number, uint256 root);
+    event BatchProven(uint256 indexed number, uint256 commitment);
     event Frozen(uint256 priorityId);
     event Exit(uint32 indexed account, address indexed owner, uint256 amount);
     event Withdrawn(uint256 indexed batch, uint256 index, address indexed owner, uint256 amount);
@@ -152,9 +170,11 @@ contract OptioRollup {
         IPoseidon5 h5_,
         uint256 genesisRoot,
         uint256 finalizationDelay_,
-        uint256 priorityWindow_
+        uint256 priorityWindow_,
+        IGroth16Verifier verifier_
     ) payable {
         usdc = usdc_;
+        verifier = verifier_;
         operator = operator_;
         (h2, h3, h5) = (h2_, h3_, h5_);
         finalizationDelay = finalizationDelay_;
@@ -223,15 +243,45 @@ contract OptioRollup {
         emit BatchCommitted(number, newRoot, dataHash, lastSeq);
     }
 
-    /// The hook for the validity-proof verifier (issue #9 fills it: check `proof` against the
-    /// batch's roots and data commitment, mark the batch proven, and make `finalize` require
-    /// proven batches). There is no verifier yet, so it refuses every proof, and batches
-    /// finalize after `finalizationDelay` instead: final because nobody objected in time, which
-    /// is weaker than a proof.
-    function verifyBatch(uint256 number, bytes calldata proof) external view {
+    /// The verifier's public inputs for batch `number` with ops commitment `commitment`: the
+    /// previous and new roots and L1 priority counts as committed here.
+    function batchInputs(uint256 number, uint256 commitment) public view returns (uint256[5] memory) {
         if (number == 0 || number >= batches.length) revert BadBatch("number");
-        proof;
-        revert NoVerifier();
+        Batch storage previous = batches[number - 1];
+        Batch storage b = batches[number];
+        return [previous.root, b.root, commitment, previous.priorityServed, b.priorityServed];
+    }
+
+    /// Verifies batch `number`'s validity proof (anyone may submit it) and marks it proven.
+    function verifyBatch(uint256 number, uint256 commitment, uint256[8] calldata proof) external live {
+        if (address(verifier) == address(0)) revert NoVerifier();
+        if (proven[number]) revert BadBatch("already proven");
+        if (!verifier.verify(proof, batchInputs(number, commitment))) revert BadProof("validity proof");
+        _proven(number, commitment);
+    }
+
+    /// Verifies many batches' proofs in one pairing check and marks them all proven (all or
+    /// none).
+    function verifyBatches(uint256[] calldata numbers, uint256[] calldata commitments, uint256[8][] calldata proofs) external live {
+        if (address(verifier) == address(0)) revert NoVerifier();
+        uint256 k = numbers.length;
+        if (k == 0 || commitments.length != k || proofs.length != k) revert BadProof("lengths");
+        uint256[5][] memory inputs = new uint256[5][](k);
+        for (uint256 i = 0; i < k; i++) {
+            if (proven[numbers[i]]) revert BadBatch("already proven");
+            inputs[i] = batchInputs(numbers[i], commitments[i]);
+        }
+        if (!verifier.verifyMany(proofs, inputs)) revert BadProof("validity proofs");
+        for (uint256 i = 0; i < k; i++) {
+            if (proven[numbers[i]]) revert BadBatch("listed twice");
+            _proven(numbers[i], commitments[i]);
+        }
+    }
+
+    function _proven(uint256 number, uint256 commitment) internal {
+        proven[number] = true;
+        provenCommitment[number] = commitment;
+        emit BatchProven(number, commitment);
     }
 
     /// Finalizes the next batch once its delay has passed (until validity proofs land).

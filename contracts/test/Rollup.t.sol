@@ -2,7 +2,7 @@
 pragma solidity ^0.8.20;
 
 import {MiniTest} from "./MiniTest.sol";
-import {OptioRollup} from "../src/OptioRollup.sol";
+import {IGroth16Verifier, OptioRollup} from "../src/OptioRollup.sol";
 import {TestUSDC} from "../src/TestUSDC.sol";
 import {IPoseidon1, IPoseidon2, IPoseidon3, IPoseidon4, IPoseidon5} from "../src/Poseidon.sol";
 
@@ -100,7 +100,8 @@ contract RollupTest is WithHashers {
             IPoseidon5(deployHasher(5)),
             hevm.parseJsonUint(v, ".genesis_root"),
             DELAY,
-            WINDOW
+            WINDOW,
+            IGroth16Verifier(address(0))
         );
         owner = hevm.parseJsonAddress(v, ".exit_proof.owner");
         // The vault holds what users deposited.
@@ -273,14 +274,15 @@ contract RollupTest is WithHashers {
         rollup.withdraw(2, list, 0);
     }
 
-    /// The verifier hook exists for #9 and refuses every proof until then; a batch that does not
-    /// exist is refused first.
-    function test_verify_batch_refuses_until_a_verifier_exists() public {
+    /// A rollup deployed without a verifier refuses every proof (real proofs against a real
+    /// verifier: crates/settlement/prover/tests/evm_verifier.rs).
+    function test_verify_batch_refuses_without_a_verifier() public {
         commit(0, 0);
+        uint256[8] memory noProof;
         hevm.expectRevert(abi.encodeWithSelector(OptioRollup.NoVerifier.selector));
-        rollup.verifyBatch(1, hex"00");
+        rollup.verifyBatch(1, 0, noProof);
         hevm.expectRevert(abi.encodeWithSelector(OptioRollup.BadBatch.selector, "number"));
-        rollup.verifyBatch(2, hex"00");
+        rollup.batchInputs(2, 0);
     }
 
     /// A deposit above the engine's per-amount limit is refused on L1 (the queue only holds
@@ -350,7 +352,7 @@ contract RollupInvariants is WithHashers {
     function setUp() public {
         usdc = new TestUSDC();
         IPoseidon2 h2 = IPoseidon2(deployHasher(2));
-        rollup = new OptioRollup(usdc, address(this), h2, IPoseidon3(deployHasher(3)), IPoseidon5(deployHasher(5)), 0, 1 hours, 6 hours);
+        rollup = new OptioRollup(usdc, address(this), h2, IPoseidon3(deployHasher(3)), IPoseidon5(deployHasher(5)), 0, 1 hours, 6 hours, IGroth16Verifier(address(0)));
         handler = new Handler(rollup, usdc);
     }
 

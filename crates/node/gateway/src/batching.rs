@@ -42,6 +42,33 @@ pub struct BatchStats {
     pub overflow: u64,
     /// The batcher stopped (a batch failed to apply or could not be written).
     pub failed: Option<String>,
+    /// Where the blobs are (the provers write their proofs beside them).
+    pub dir: std::path::PathBuf,
+}
+
+/// What the provers (`optio prove run`, separate processes) have done in a batches directory:
+/// batches with a proof file (`NNNNNNNN.proof.json`), batches marked not provable by the
+/// circuit yet (`NNNNNNNN.unprovable`), and the proving time of the newest proof.
+pub fn proving_progress(dir: &Path) -> (u64, u64, Option<f64>) {
+    let (mut proven, mut unprovable, mut newest) = (0, 0, None::<(u64, std::path::PathBuf)>);
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if let Some(number) = name.strip_suffix(".proof.json") {
+            proven += 1;
+            let number: u64 = number.parse().unwrap_or(0);
+            if newest.as_ref().is_none_or(|(n, _)| number > *n) {
+                newest = Some((number, entry.path()));
+            }
+        } else if name.ends_with(".unprovable") {
+            unprovable += 1;
+        }
+    }
+    let seconds = newest.and_then(|(_, path)| {
+        let text = std::fs::read_to_string(path).ok()?;
+        serde_json::from_str::<serde_json::Value>(&text).ok()?["prove_seconds"].as_f64()
+    });
+    (proven, unprovable, seconds)
 }
 
 impl BatchStats {
@@ -189,6 +216,7 @@ pub(crate) fn start(
         number,
         root: optio_state::poseidon::to_hex(&state.root()),
         last_seq,
+        dir: dir.to_owned(),
         ..BatchStats::default()
     }));
     let batcher = Batcher::resume(state, number, last_seq, max_ops, max_age_ms);

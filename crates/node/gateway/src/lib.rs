@@ -1658,6 +1658,14 @@ impl Gateway {
 
     /// Prometheus text exposition.
     pub fn metrics(&self) -> String {
+        // Read before taking the node's lock: the provers' files are on disk.
+        let batch_stats = self
+            .batch_stats
+            .as_ref()
+            .and_then(|s| s.lock().ok().map(|s| s.clone()));
+        let proving = batch_stats
+            .as_ref()
+            .map(|s| batching::proving_progress(&s.dir));
         let node = self.lock();
         let engine = node.sequencer.engine();
         let now = self.config.clock.now_ms();
@@ -1686,11 +1694,20 @@ impl Gateway {
             out.push_str(&format!("# HELP optio_l1_{name}_seq Last sequence number {help}.\n# TYPE optio_l1_{name}_seq gauge\n"));
             out.push_str(&format!("optio_l1_{name}_seq {seq}\n"));
         }
-        if let Some(stats) = self
-            .batch_stats
-            .as_ref()
-            .and_then(|s| s.lock().ok().map(|s| s.clone()))
-        {
+        if let (Some(stats), Some((proven, unprovable, seconds))) = (batch_stats, proving) {
+            out.push_str("# HELP optio_batches_proven_total Batches with a validity proof (optio prove run).\n# TYPE optio_batches_proven_total counter\n");
+            out.push_str(&format!("optio_batches_proven_total {proven}\n"));
+            out.push_str("# HELP optio_batches_unprovable_total Batches with an op the circuit does not cover yet.\n# TYPE optio_batches_unprovable_total counter\n");
+            out.push_str(&format!("optio_batches_unprovable_total {unprovable}\n"));
+            out.push_str("# HELP optio_proving_lag_batches Written batches neither proven nor marked unprovable.\n# TYPE optio_proving_lag_batches gauge\n");
+            out.push_str(&format!(
+                "optio_proving_lag_batches {}\n",
+                stats.number.saturating_sub(proven + unprovable)
+            ));
+            if let Some(seconds) = seconds {
+                out.push_str("# HELP optio_prove_seconds Proving time of the newest proof.\n# TYPE optio_prove_seconds gauge\n");
+                out.push_str(&format!("optio_prove_seconds {seconds}\n"));
+            }
             out.push_str("# HELP optio_batches_total Settlement batches written.\n# TYPE optio_batches_total counter\n");
             out.push_str(&format!("optio_batches_total {}\n", stats.number));
             out.push_str("# HELP optio_batch_lag_inputs Sequenced inputs the batcher has not taken yet.\n# TYPE optio_batch_lag_inputs gauge\n");

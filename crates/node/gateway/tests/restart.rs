@@ -267,3 +267,50 @@ fn labels_history_and_intent_statuses_survive(snapshot_every: u64) {
     }
     stop(g);
 }
+
+/// The provers' progress shows in the metrics: batches with a proof file, batches marked not
+/// provable, the newest proving time, and the lag of written batches neither proven nor marked.
+#[test]
+fn metrics_show_the_provers_progress() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let g = open(dir.path(), 0);
+    let metric = |g: &Gateway, name: &str| {
+        g.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")).map(str::to_owned))
+    };
+    assert_eq!(
+        metric(&g, "optio_batches_proven_total").as_deref(),
+        Some("0")
+    );
+    assert_eq!(metric(&g, "optio_prove_seconds"), None, "no proof yet");
+    let batches = dir.path().join("batches");
+    std::fs::write(batches.join("00000001.unprovable"), "op 0: ListInstrument").expect("write");
+    std::fs::write(
+        batches.join("00000002.proof.json"),
+        r#"{"prove_seconds":1.5}"#,
+    )
+    .expect("write");
+    std::fs::write(
+        batches.join("00000003.proof.json"),
+        r#"{"prove_seconds":2.5}"#,
+    )
+    .expect("write");
+    assert_eq!(
+        metric(&g, "optio_batches_proven_total").as_deref(),
+        Some("2")
+    );
+    assert_eq!(
+        metric(&g, "optio_batches_unprovable_total").as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        metric(&g, "optio_prove_seconds").as_deref(),
+        Some("2.5"),
+        "the newest"
+    );
+    assert_eq!(
+        metric(&g, "optio_proving_lag_batches").as_deref(),
+        Some("0")
+    );
+}

@@ -11,7 +11,10 @@ use ark_std::rand::rngs::StdRng;
 use optio_chain::Chain;
 use optio_prover::solidity::{self, Word};
 use optio_prover::{Keys, Shape, prove, verify, witness};
-use optio_settler::{Groth16Verifier, connect, deploy_verifier};
+use optio_settler::{
+    Groth16Verifier, OptioRollup, connect, deploy_verifier, deploy_with_verifier, transact,
+};
+use optio_state::blob::{BlobMeta, encode};
 use optio_state::{Op, SettlementState};
 use optio_types::{
     AccountId, Address, Amount, InstrumentId, InstrumentSpec, MONEY_SCALE, Price, QTY_SCALE, Qty,
@@ -34,9 +37,9 @@ fn words<const N: usize>(ws: &[Word]) -> [U256; N] {
     std::array::from_fn(|i| u(&ws[i]))
 }
 
-/// Three consecutive batches (a fill, a deposit, a mark) on a small state, with their proofs.
-fn proofs(keys: &Keys, rng: &mut StdRng) -> Vec<([U256; 8], [U256; 5])> {
-    let mut state = SettlementState::new();
+/// A genesis batch the circuit does not cover (a listing), then three it does (a fill, a
+/// deposit, a mark).
+fn batches() -> Vec<Vec<Op>> {
     let spec = InstrumentSpec::with_defaults(
         "ETH-PERPETUAL".parse().expect("name"),
         Price(20_000 * MONEY_SCALE),
@@ -56,9 +59,8 @@ fn proofs(keys: &Keys, rng: &mut StdRng) -> Vec<([U256; 8], [U256; 5])> {
             amount: Amount(10_000 * MONEY_SCALE),
         });
     }
-    state.apply_batch(&genesis).expect("genesis");
-    state.commit();
-    let batches = [
+    vec![
+        genesis,
         vec![Op::Fill {
             instrument: InstrumentId(0),
             maker: AccountId(0),
@@ -76,8 +78,16 @@ fn proofs(keys: &Keys, rng: &mut StdRng) -> Vec<([U256; 8], [U256; 5])> {
             mark: Price(3_100 * MONEY_SCALE),
             risk: vec![Amount(-300), Amount(250)],
         }],
-    ];
-    batches
+    ]
+}
+
+/// The proofs of batches 2.. (batch 1 is applied unproven).
+fn proofs(keys: &Keys, rng: &mut StdRng) -> Vec<([U256; 8], [U256; 5])> {
+    let all = batches();
+    let mut state = SettlementState::new();
+    state.apply_batch(&all[0]).expect("genesis");
+    state.commit();
+    all[1..]
         .iter()
         .map(|ops| {
             let w = witness(&state, ops, SHAPE).expect("covered");
@@ -188,18 +198,149 @@ async fn the_solidity_verifier_accepts_real_proofs_and_refuses_tampered_ones() {
             .expect("calls")
     );
 
-    let one = verifier
-        .verify(proofs[0].0, proofs[0].1)
-        .estimate_gas()
+    // Sent as transactions: the receipts' gas used.
+    let one = transact(verifier.verify(proofs[0].0, proofs[0].1))
         .await
-        .expect("gas");
-    let many = verifier
-        .verifyMany(all_proofs, all_inputs)
-        .estimate_gas()
+        .expect("sent")
+        .gas_used;
+    let many = transact(verifier.verifyMany(all_proofs, all_inputs))
         .await
-        .expect("gas");
+        .expect("sent")
+        .gas_used;
     println!(
         "gas: verify {one}, verifyMany of 3 {many} ({} per proof)",
         many / 3
+    );
+}
+
+/// The rollup with a real verifier: batches committed as the settler commits them; real proofs
+/// mark them proven one at a time and several in one transaction; a proof with another
+/// commitment, a proof of another batch, a second proof of a proven batch, and a batch nobody
+/// can prove (its op is not covered) stay refused or unproven.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rollup_marks_batches_proven_by_real_proofs() {
+    optio_contracts::forge_build().expect("forge build");
+    let mut rng = StdRng::seed_from_u64(4);
+    let keys = Keys::generate(SHAPE, &mut rng).expect("keys");
+    let proofs = proofs(&keys, &mut rng);
+    let operator = optio_settler::signer_address(KEY).expect("address");
+    let chain = Chain::start(
+        31_337,
+        &[(operator, U256::from(10u64).pow(U256::from(21u64)))],
+        Duration::from_secs(3_600),
+    )
+    .await
+    .expect("chain");
+    let provider = connect(&chain.url, KEY).expect("provider");
+    let verifier = deploy_verifier(&provider, words(&solidity::verifying_key(&keys.vk)))
+        .await
+        .expect("verifier");
+    let genesis = U256::from_be_bytes(optio_state::poseidon::to_bytes(
+        &SettlementState::new().root(),
+    ));
+    let d = deploy_with_verifier(
+        &provider,
+        operator,
+        genesis,
+        3_600,
+        6 * 3_600,
+        U256::ZERO,
+        verifier,
+    )
+    .await
+    .expect("rollup");
+    let rollup = OptioRollup::new(d.rollup, &provider);
+
+    // Commit the four batches as the settler would.
+    let mut state = SettlementState::new();
+    for (i, ops) in batches().iter().enumerate() {
+        let number = i as u64 + 1;
+        let previous = state.root();
+        state.apply_batch(ops).expect("applies");
+        state.commit();
+        let meta = BlobMeta {
+            number,
+            first_seq: number,
+            last_seq: number,
+            time_ms: number,
+        };
+        let root =
+            |f: &optio_state::poseidon::Fr| U256::from_be_bytes(optio_state::poseidon::to_bytes(f));
+        transact(rollup.commitBatch(
+            U256::from(number),
+            root(&previous),
+            root(&state.root()),
+            number,
+            number,
+            state.priority_served(),
+            optio_state::withdrawals_hash(&[]).into(),
+            encode(&meta, ops).into(),
+        ))
+        .await
+        .expect("commits");
+    }
+    for (i, (_, input)) in proofs.iter().enumerate() {
+        let on_l1 = rollup
+            .batchInputs(U256::from(i + 2), input[2])
+            .call()
+            .await
+            .expect("reads");
+        assert_eq!(
+            on_l1,
+            *input,
+            "the rollup's inputs for batch {} are the prover's",
+            i + 2
+        );
+    }
+
+    let (proof2, input2) = proofs[0];
+    // Another commitment than the proof's, and batch 3's proof for batch 2: refused.
+    assert!(
+        transact(rollup.verifyBatch(U256::from(2), input2[2] + U256::from(1u64), proof2))
+            .await
+            .is_err()
+    );
+    assert!(
+        transact(rollup.verifyBatch(U256::from(2), proofs[1].1[2], proofs[1].0))
+            .await
+            .is_err()
+    );
+    assert!(!rollup.proven(U256::from(2)).call().await.expect("reads"));
+    let one = transact(rollup.verifyBatch(U256::from(2), input2[2], proof2))
+        .await
+        .expect("proves batch 2");
+    assert!(rollup.proven(U256::from(2)).call().await.expect("reads"));
+    assert!(
+        transact(rollup.verifyBatch(U256::from(2), input2[2], proof2))
+            .await
+            .is_err(),
+        "once"
+    );
+
+    // Batches 3 and 4 in one transaction; with one wrong commitment neither is proven.
+    let numbers = vec![U256::from(3), U256::from(4)];
+    let proofs34: Vec<[U256; 8]> = proofs[1..].iter().map(|p| p.0).collect();
+    let commitments: Vec<U256> = proofs[1..].iter().map(|p| p.1[2]).collect();
+    let mut wrong = commitments.clone();
+    wrong[1] += U256::from(1u64);
+    assert!(
+        transact(rollup.verifyBatches(numbers.clone(), wrong, proofs34.clone()))
+            .await
+            .is_err()
+    );
+    assert!(!rollup.proven(U256::from(3)).call().await.expect("reads"));
+    let both = transact(rollup.verifyBatches(numbers, commitments, proofs34))
+        .await
+        .expect("proves 3 and 4");
+    for n in [3u64, 4] {
+        assert!(rollup.proven(U256::from(n)).call().await.expect("reads"));
+    }
+    assert!(
+        !rollup.proven(U256::from(1)).call().await.expect("reads"),
+        "uncovered batch 1"
+    );
+    println!(
+        "gas: verifyBatch {}, verifyBatches of 2 {}",
+        one.gas_used, both.gas_used
     );
 }

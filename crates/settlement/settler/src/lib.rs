@@ -55,7 +55,12 @@ mod bindings {
             function freeze() external;
             function deposit(uint32 account, uint256 amount) external returns (uint256 id);
             function requestWithdrawal(uint32 account) external returns (uint256 id);
-            constructor(address usdc, address operator, address h2, address h3, address h5, uint256 genesisRoot, uint256 finalizationDelay, uint256 priorityWindow) payable;
+            constructor(address usdc, address operator, address h2, address h3, address h5, uint256 genesisRoot, uint256 finalizationDelay, uint256 priorityWindow, address verifier) payable;
+            event BatchProven(uint256 indexed number, uint256 commitment);
+            function verifyBatch(uint256 number, uint256 commitment, uint256[8] calldata proof) external;
+            function verifyBatches(uint256[] calldata numbers, uint256[] calldata commitments, uint256[8][] calldata proofs) external;
+            function batchInputs(uint256 number, uint256 commitment) external view returns (uint256[5] memory);
+            function proven(uint256 number) external view returns (bool);
             function commitBatch(uint256 number, uint256 previousRoot, uint256 newRoot, uint64 firstSeq, uint64 lastSeq, uint64 priorityServed, bytes32 withdrawalsHash, bytes calldata data) external;
             function finalize() external;
             function committedBatches() external view returns (uint256);
@@ -232,7 +237,7 @@ async fn deploy_code(
 
 /// Deploys the Poseidon hashers, a `TestUSDC` and the rollup (operator: the provider's signer)
 /// from the forge artifacts under `contracts/out` and the hasher bytecode under
-/// `contracts/poseidon`.
+/// `contracts/poseidon`, with no proof verifier.
 pub async fn deploy(
     provider: &DynProvider,
     operator: Address,
@@ -240,6 +245,28 @@ pub async fn deploy(
     finalization_delay: u64,
     priority_window: u64,
     bond: U256,
+) -> Result<Deployment, SettlerError> {
+    deploy_with_verifier(
+        provider,
+        operator,
+        genesis_root,
+        finalization_delay,
+        priority_window,
+        bond,
+        Address::ZERO,
+    )
+    .await
+}
+
+/// `deploy` with a batch-proof verifier (`deploy_verifier`).
+pub async fn deploy_with_verifier(
+    provider: &DynProvider,
+    operator: Address,
+    genesis_root: U256,
+    finalization_delay: u64,
+    priority_window: u64,
+    bond: U256,
+    verifier: Address,
 ) -> Result<Deployment, SettlerError> {
     let contracts: PathBuf = optio_contracts::contracts_dir();
     let mut hashers = Vec::new();
@@ -268,6 +295,7 @@ pub async fn deploy(
         genesisRoot: genesis_root,
         finalizationDelay: U256::from(finalization_delay),
         priorityWindow: U256::from(priority_window),
+        verifier,
     };
     let mut code = artifact(&contracts, "OptioRollup.sol", "OptioRollup")?.to_vec();
     code.extend_from_slice(&args.abi_encode());
