@@ -99,34 +99,50 @@ fn words<const N: usize>(ws: &[Word]) -> [U256; N] {
 /// Runs the benchmark.
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let risk_chunks = optio_pricing::risk::default_scenarios().len().div_ceil(3);
-    let shape = |slots, marks| Shape {
+    // Registers sized for the benchmark's batches: fills between a few accounts in one
+    // instrument.
+    let shape = |slots, accounts, positions, instruments, marks| Shape {
         slots,
+        accounts,
+        positions,
+        instruments,
         marks,
         risk_chunks,
     };
-    let one = constraints(shape(1, 0))?;
-    let per_slot = constraints(shape(2, 0))? - one;
-    let per_mark = constraints(shape(1, 1))? - one;
-    let fixed = one - per_slot;
+    let base = constraints(shape(1, 1, 1, 1, 0))?;
+    let per_slot = constraints(shape(2, 16, 16, 4, 0))? - constraints(shape(1, 16, 16, 4, 0))?;
+    let per_account = constraints(shape(1, 2, 1, 1, 0))? - base;
+    let per_position = constraints(shape(1, 1, 2, 1, 0))? - base;
+    let per_instrument = constraints(shape(1, 1, 1, 2, 0))? - base;
+    let per_mark = constraints(shape(1, 1, 1, 1, 1))? - base;
     println!("Batch circuit (Groth16, BN254): constraints");
+    println!("  per op slot (16 account, 16 position, 4 instrument registers) {per_slot:>8}");
+    println!("  per account register (read and written once per batch)       {per_account:>8}");
+    println!("  per position register (read and written once per batch)      {per_position:>8}");
+    println!("  per instrument register (read once per batch)                 {per_instrument:>8}");
     println!(
-        "  per op slot (any kind: the slot is universal)  {per_slot:>9}   anchor per trade {:>7.0}   ratio {:.2}",
-        ANCHOR_CONSTRAINTS,
-        per_slot as f64 / ANCHOR_CONSTRAINTS
-    );
-    println!(
-        "  per mark slot ({} scenarios)                  {per_mark:>9}   (once per instrument per batch)",
+        "  per mark slot ({} scenarios, once per instrument per batch)     {per_mark:>8}",
         risk_chunks * 3
     );
-    println!("  fixed per batch (roots in and out)            {fixed:>9}");
+    let worst = per_slot + 2 * per_account + 2 * per_position + per_instrument;
     println!(
-        "  goal per trade: 40,000 -> {:.2} of it",
-        per_slot as f64 / 40_000.0
+        "  per trade, worst case (two accounts, two positions and an instrument of its own): {worst}   anchor {ANCHOR_CONSTRAINTS:.0}   ratio {:.2}   of the 40,000 goal {:.2}",
+        worst as f64 / ANCHOR_CONSTRAINTS,
+        worst as f64 / 40_000.0
     );
+    for (fills, accounts) in [(16usize, 4usize), (64, 8), (256, 16)] {
+        let total = fills * per_slot + accounts * (per_account + per_position) + per_instrument;
+        println!(
+            "  per trade, {fills} fills among {accounts} accounts in one instrument: {:>7}   anchor ratio {:.2}   of the goal {:.2}",
+            total / fills,
+            (total / fills) as f64 / ANCHOR_CONSTRAINTS,
+            (total / fills) as f64 / 40_000.0
+        );
+    }
 
     let mut rng = StdRng::seed_from_u64(1);
     let slots = if args.no_prove { 1 } else { args.slots.max(1) };
-    let proved = shape(slots, 1);
+    let proved = shape(slots, 2, 2, 1, 1);
     let t = Instant::now();
     let keys = Keys::generate(proved, &mut rng).map_err(|e| anyhow::anyhow!("{e}"))?;
     let keygen = t.elapsed();
@@ -140,7 +156,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let per_trade = proving.as_secs_f64() / slots as f64;
     println!(
-        "\nProving a batch of {slots} fills ({} constraints) on {cores} cores",
+        "\nProving a batch of {slots} fills between two accounts, and one mark ({} constraints) on {cores} cores",
         constraints(proved)?
     );
     println!(

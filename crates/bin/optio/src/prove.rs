@@ -16,6 +16,15 @@ pub struct ShapeArgs {
     /// provable).
     #[arg(long, default_value_t = 16)]
     slots: usize,
+    /// Distinct accounts a batch may touch.
+    #[arg(long, default_value_t = 16)]
+    accounts: usize,
+    /// Distinct (account, instrument) positions a batch's fills may change.
+    #[arg(long, default_value_t = 16)]
+    positions: usize,
+    /// Distinct instruments a batch's fills may trade.
+    #[arg(long, default_value_t = 8)]
+    instruments: usize,
     /// Mark slots per batch (instruments whose mark a batch may commit).
     #[arg(long, default_value_t = 8)]
     marks: usize,
@@ -28,6 +37,9 @@ impl ShapeArgs {
     fn shape(self) -> Shape {
         Shape {
             slots: self.slots.max(1),
+            accounts: self.accounts,
+            positions: self.positions,
+            instruments: self.instruments,
             marks: self.marks,
             risk_chunks: self.risk_scenarios.div_ceil(3),
         }
@@ -40,7 +52,7 @@ pub enum ProveCmd {
     /// Generate the proving and verifying keys of a shape (Groth16 setup with randomness from
     /// the operating system, dropped afterwards: README, "Validity proofs", on what this trusts).
     Setup {
-        /// Directory for `batch-SxMxR.pk` and `.vk`.
+        /// Directory for the key files (`<shape name>.pk` and `.vk`).
         #[arg(long, default_value = "optio-keys")]
         keys: PathBuf,
         #[command(flatten)]
@@ -95,8 +107,12 @@ pub fn run(args: ProveArgs) -> Result<()> {
             let generated = Keys::generate(shape, &mut os_rng()).map_err(|e| anyhow!("{e}"))?;
             generated.write(&keys).map_err(|e| anyhow!("{e}"))?;
             println!(
-                "keys for {} op slots, {} mark slots, {} risk scenarios written to {} in {:.1} s",
+                "keys {} ({} op slots, {} accounts, {} positions, {} instruments, {} mark slots, {} risk scenarios) written to {} in {:.1} s",
+                shape.name(),
                 shape.slots,
+                shape.accounts,
+                shape.positions,
+                shape.instruments,
                 shape.marks,
                 shape.risk_chunks * 3,
                 keys.display(),

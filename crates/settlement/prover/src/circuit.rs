@@ -3,8 +3,13 @@
 //! ops whose records hash to `commitment`, serving L1 priority operations `priority_before..
 //! priority_after` in order, and that every op obeyed its rules:
 //!
-//! - every leaf read is a member of the tree as the batch left it so far, and every write
-//!   recomputes the root along the same path;
+//! - the accounts, positions and instruments the batch touches are loaded into registers once:
+//!   each register's leaf is a member of its tree, the ops work on the registers (an op names
+//!   its registers with one-hot selectors, which must point at registers in use, and a fill's
+//!   position registers must belong to its accounts and instrument), and the registers are
+//!   written back at the end, positions then accounts, each read and rewritten along one path
+//!   against the root as the earlier write-backs left it; registers in use come first with
+//!   strictly increasing keys, so no account or position is loaded twice;
 //! - amounts are non-negative 63-bit integers, collateral and positions stay 64-bit signed
 //!   integers, and an account that pays (withdrawal, transfer, fill) keeps non-negative
 //!   collateral;
@@ -26,8 +31,8 @@ use optio_state::smt::empty_hashes;
 use optio_types::QTY_SCALE;
 use optio_types::fixed::FEE_RATE_SCALE;
 
-use crate::gadgets::{Cs, R, Wire};
-use crate::witness::{AccountStep, BatchWitness, MarkSlot, Slot, kind};
+use crate::gadgets::{Cs, R, Wire, pow2};
+use crate::witness::{BatchWitness, MarkSlot, Slot, kind};
 
 /// The circuit of one batch (its witness; key generation uses an empty batch of the same shape).
 pub struct BatchCircuit {
@@ -41,21 +46,96 @@ impl ConstraintSynthesizer<Fr> for BatchCircuit {
     }
 }
 
-/// What the slots carry from one to the next.
-struct Running {
-    accounts_root: Wire,
-    instruments_root: Wire,
-    fee_pool: Wire,
-    priority: Wire,
-    commitment: Wire,
-}
-
 fn one() -> Wire {
     Wire::constant(Fr::from(1u64))
 }
 
 fn not(w: &Wire) -> Wire {
     one().sub(w)
+}
+
+/// An account register as the ops leave it.
+struct AccountWires {
+    enabled: Wire,
+    opened: Wire,
+    id: Wire,
+    id_bits: Vec<Wire>,
+    owner0: Wire,
+    keys: Wire,
+    nonce0: Wire,
+    collateral0: Wire,
+    positions_root0: Wire,
+    owner: Wire,
+    nonce: Wire,
+    collateral: Wire,
+    positions_root: Wire,
+    /// OPEN ops that named it.
+    opens: Wire,
+    /// Times an op selected it (must be 0 unless enabled).
+    used: Wire,
+}
+
+/// A position register.
+struct PositionWires {
+    enabled: Wire,
+    account: Wire,
+    account_sel: Vec<Wire>,
+    instrument: Wire,
+    instrument_bits: Vec<Wire>,
+    qty0: Wire,
+    qty: Wire,
+    used: Wire,
+}
+
+/// An instrument register (read only).
+struct InstrumentWires {
+    id: Wire,
+    maker_rate: Wire,
+    taker_rate: Wire,
+    status: Wire,
+    enabled: Wire,
+    used: Wire,
+}
+
+/// What the slots carry from one to the next.
+struct Running {
+    accounts: Vec<AccountWires>,
+    positions: Vec<PositionWires>,
+    instruments: Vec<InstrumentWires>,
+    fee_pool: Wire,
+    priority: Wire,
+    commitment: Wire,
+}
+
+/// One-hot selector over `n` registers: `index` or none; its sum is returned too.
+fn selector(cs: &Cs, n: usize, index: Option<usize>) -> R<(Vec<Wire>, Wire)> {
+    let sel = (0..n)
+        .map(|k| cs.boolean(index == Some(k)))
+        .collect::<R<Vec<_>>>()?;
+    let sum = Wire::sum(&sel);
+    Ok((sel, sum))
+}
+
+/// `sum_k sel_k * values_k`.
+fn pick(cs: &Cs, sel: &[Wire], values: impl Iterator<Item = Wire>) -> R<Wire> {
+    let mut out = Wire::zero();
+    for (s, v) in sel.iter().zip(values) {
+        out = out.add(&cs.mul(s, &v)?);
+    }
+    Ok(out)
+}
+
+/// Registers in use come first: `enabled[k+1] <= enabled[k]`; and their keys strictly increase.
+fn ordered(cs: &Cs, enabled: &[Wire], keys: &[Wire], bits: usize) -> R<()> {
+    for k in 1..enabled.len() {
+        cs.equal_if(&enabled[k], &enabled[k - 1], &one())?;
+        let gap = cs.mul(
+            &enabled[k],
+            &keys[k].sub(&keys[k - 1]).add_const(-Fr::from(1u64)),
+        )?;
+        cs.range(&gap, bits)?;
+    }
+    Ok(())
 }
 
 /// Lays out the whole batch.
@@ -68,7 +148,7 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
     let priority_after = cs.input(Fr::from(p.priority_after))?;
 
     cs.part("the old root".into());
-    let accounts_root = cs.witness(w.accounts_root)?;
+    let mut accounts_root = cs.witness(w.accounts_root)?;
     let instruments_root = cs.witness(w.instruments_root)?;
     let insurance = cs.witness(w.insurance)?;
     let fee_pool = cs.witness(w.fee_pool)?;
@@ -76,9 +156,110 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
     let root = cs.poseidon(&[accounts_root.clone(), instruments_root.clone(), funds])?;
     cs.equal(&root, &old_root)?;
 
+    cs.part("the registers".into());
+    let mut accounts = Vec::with_capacity(w.accounts.len());
+    for r in &w.accounts {
+        let id = cs.witness(Fr::from(r.id))?;
+        let id_bits = cs.bits(&id, ACCOUNT_DEPTH as usize)?;
+        let (owner0, nonce0, collateral0, positions_root0) = (
+            cs.witness(r.owner)?,
+            cs.witness(r.nonce)?,
+            cs.witness(r.collateral)?,
+            cs.witness(r.positions_root)?,
+        );
+        accounts.push(AccountWires {
+            enabled: cs.boolean(r.enabled)?,
+            opened: cs.boolean(r.opened)?,
+            id,
+            id_bits,
+            keys: cs.witness(r.keys_hash)?,
+            owner: owner0.clone(),
+            nonce: nonce0.clone(),
+            collateral: collateral0.clone(),
+            positions_root: positions_root0.clone(),
+            owner0,
+            nonce0,
+            collateral0,
+            positions_root0,
+            opens: Wire::zero(),
+            used: Wire::zero(),
+        });
+    }
+    let enabled: Vec<Wire> = accounts.iter().map(|a| a.enabled.clone()).collect();
+    let keys: Vec<Wire> = accounts.iter().map(|a| a.id.clone()).collect();
+    ordered(cs, &enabled, &keys, ACCOUNT_DEPTH as usize)?;
+
+    let mut positions = Vec::with_capacity(w.positions.len());
+    for q in &w.positions {
+        let enabled = cs.boolean(q.enabled)?;
+        let (account_sel, sum) = selector(cs, accounts.len(), q.enabled.then_some(q.account))?;
+        cs.equal(&sum, &enabled)?;
+        let account = account_sel
+            .iter()
+            .enumerate()
+            .fold(Wire::zero(), |acc, (k, s)| acc.plus(Fr::from(k as u64), s));
+        let instrument = cs.witness(Fr::from(q.instrument))?;
+        let instrument_bits = cs.bits(&instrument, INSTRUMENT_DEPTH as usize)?;
+        let qty0 = cs.witness(q.qty)?;
+        positions.push(PositionWires {
+            enabled,
+            account,
+            account_sel,
+            instrument,
+            instrument_bits,
+            qty: qty0.clone(),
+            qty0,
+            used: Wire::zero(),
+        });
+    }
+    let enabled: Vec<Wire> = positions.iter().map(|q| q.enabled.clone()).collect();
+    let keys: Vec<Wire> = positions
+        .iter()
+        .map(|q| {
+            q.account
+                .scale(pow2(INSTRUMENT_DEPTH as usize))
+                .add(&q.instrument)
+        })
+        .collect();
+    ordered(cs, &enabled, &keys, 40)?;
+
+    let mut instruments = Vec::with_capacity(w.instruments.len());
+    for i in &w.instruments {
+        let enabled = cs.boolean(i.enabled)?;
+        let id = cs.witness(Fr::from(i.id))?;
+        let bits = cs.bits(&id, INSTRUMENT_DEPTH as usize)?;
+        let maker_rate = cs.witness(i.maker_rate)?;
+        let taker_rate = cs.witness(i.taker_rate)?;
+        let spec_hash = cs.poseidon(&[
+            cs.witness(i.spec_bytes_hash)?,
+            maker_rate.clone(),
+            taker_rate.clone(),
+        ])?;
+        let status = cs.witness(Fr::from(i.leaf.status))?;
+        let leaf = cs.poseidon(&[
+            spec_hash,
+            status.clone(),
+            cs.witness(from_i64(i.leaf.mark.0))?,
+            cs.witness(i.leaf.risk_hash)?,
+            cs.witness(from_i64(i.leaf.settlement_price.0))?,
+        ])?;
+        let siblings = cs.witnesses(&i.siblings)?;
+        let root = cs.merkle_root(&leaf, &bits, &siblings)?;
+        cs.equal_if(&enabled, &root, &instruments_root)?;
+        instruments.push(InstrumentWires {
+            id,
+            maker_rate,
+            taker_rate,
+            status,
+            enabled,
+            used: Wire::zero(),
+        });
+    }
+
     let mut st = Running {
-        accounts_root,
-        instruments_root,
+        accounts,
+        positions,
+        instruments,
         fee_pool,
         priority: priority_before,
         commitment: Wire::zero(),
@@ -87,90 +268,80 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
         cs.part(format!("op slot {i} (kind {})", slot.kind));
         op_slot(cs, slot, &mut st)?;
     }
+
+    cs.part("the positions' write-back".into());
+    let mut instruments_root = instruments_root;
+    for (k, q) in w.positions.iter().enumerate() {
+        let reg = &st.positions[k];
+        let current = pick(
+            cs,
+            &reg.account_sel,
+            st.accounts.iter().map(|a| a.positions_root.clone()),
+        )?;
+        let siblings = cs.witnesses(&q.siblings)?;
+        let old = cs.merkle_root(&reg.qty0, &reg.instrument_bits, &siblings)?;
+        cs.equal_if(&reg.enabled, &old, &current)?;
+        cs.signed_range(&reg.qty, 64)?;
+        let new = cs.merkle_root(&reg.qty, &reg.instrument_bits, &siblings)?;
+        let change = new.sub(&current);
+        for (a, s) in st.accounts.iter_mut().zip(&reg.account_sel) {
+            a.positions_root = a.positions_root.add(&cs.mul(s, &change)?);
+        }
+        cs.equal_if(&reg.used, &reg.enabled, &one())?;
+    }
+
+    cs.part("the accounts' write-back".into());
+    let empty_positions = Wire::constant(empty_hashes(INSTRUMENT_DEPTH)[INSTRUMENT_DEPTH as usize]);
+    for (k, a) in st.accounts.iter().enumerate() {
+        // An opened account starts empty, and exactly one OPEN op named it.
+        for (field, value) in [
+            (&a.owner0, Wire::zero()),
+            (&a.keys, Wire::zero()),
+            (&a.nonce0, Wire::zero()),
+            (&a.collateral0, Wire::zero()),
+            (&a.positions_root0, empty_positions.clone()),
+        ] {
+            cs.equal_if(&a.opened, field, &value)?;
+        }
+        cs.equal(&a.opens, &a.opened)?;
+        cs.equal_if(&a.used, &a.enabled, &one())?;
+        let leaf = cs.poseidon(&[
+            a.owner0.clone(),
+            a.keys.clone(),
+            a.nonce0.clone(),
+            a.collateral0.clone(),
+            a.positions_root0.clone(),
+        ])?;
+        let old_leaf = cs.select(&a.opened, &Wire::zero(), &leaf)?;
+        let siblings = cs.witnesses(&w.accounts[k].siblings)?;
+        let old = cs.merkle_root(&old_leaf, &a.id_bits, &siblings)?;
+        cs.equal_if(&a.enabled, &old, &accounts_root)?;
+        cs.signed_range(&a.collateral, 64)?;
+        let new_leaf = cs.poseidon(&[
+            a.owner.clone(),
+            a.keys.clone(),
+            a.nonce.clone(),
+            a.collateral.clone(),
+            a.positions_root.clone(),
+        ])?;
+        let new = cs.merkle_root(&new_leaf, &a.id_bits, &siblings)?;
+        accounts_root = cs.select(&a.enabled, &new, &accounts_root)?;
+    }
+    for i in &st.instruments {
+        cs.equal_if(&i.used, &i.enabled, &one())?;
+    }
+
     for (i, mark) in w.marks.iter().enumerate() {
         cs.part(format!("mark slot {i}"));
-        mark_slot(cs, mark, &mut st)?;
+        mark_slot(cs, mark, &mut instruments_root, &mut st.commitment)?;
     }
     cs.part("the new root, priority count and commitment".into());
     cs.signed_range(&st.fee_pool, 64)?;
     let funds = cs.poseidon(&[insurance, st.fee_pool.clone()])?;
-    let root = cs.poseidon(&[st.accounts_root, st.instruments_root, funds])?;
+    let root = cs.poseidon(&[accounts_root, instruments_root, funds])?;
     cs.equal(&root, &new_root)?;
     cs.equal(&st.priority, &priority_after)?;
     cs.equal(&st.commitment, &commitment)
-}
-
-/// How a slot changes one account.
-struct Update {
-    /// The slot touches this account.
-    enabled: Wire,
-    /// It opens the account (its leaf must be empty); `owner` becomes its owner.
-    open: Wire,
-    owner: Wire,
-    cash: Wire,
-    nonce: Wire,
-    /// Change of the position in the slot's instrument, applied where `position_enabled`.
-    position: Wire,
-    position_enabled: Wire,
-    /// Collateral must end non-negative.
-    pays: Wire,
-}
-
-/// One account's update in the accounts tree; returns its id and owner (before) wires.
-fn account_update(
-    cs: &Cs,
-    step: &AccountStep,
-    u: &Update,
-    instrument_bits: &[Wire],
-    st: &mut Running,
-) -> R<(Wire, Wire)> {
-    let id = cs.witness(Fr::from(step.id))?;
-    let bits = cs.bits(&id, ACCOUNT_DEPTH as usize)?;
-    cs.equal_if(&not(&u.enabled), &id, &Wire::zero())?;
-    let owner = cs.witness(step.owner)?;
-    let keys = cs.witness(step.keys_hash)?;
-    let nonce = cs.witness(step.nonce)?;
-    let collateral = cs.witness(step.collateral)?;
-    let positions_root = cs.witness(step.positions_root)?;
-    let leaf = cs.poseidon(&[
-        owner.clone(),
-        keys.clone(),
-        nonce.clone(),
-        collateral.clone(),
-        positions_root.clone(),
-    ])?;
-    let old_leaf = cs.select(&u.open, &Wire::zero(), &leaf)?;
-    let siblings = cs.witnesses(&step.siblings)?;
-    let old_root = cs.merkle_root(&old_leaf, &bits, &siblings)?;
-    cs.equal_if(&u.enabled, &old_root, &st.accounts_root)?;
-
-    let position = cs.witness(step.position)?;
-    let position_siblings = cs.witnesses(&step.position_siblings)?;
-    let old_positions = cs.merkle_root(&position, instrument_bits, &position_siblings)?;
-    cs.equal_if(&u.position_enabled, &old_positions, &positions_root)?;
-    let position = position.add(&u.position);
-    cs.signed_range(&position, 64)?;
-    let new_positions = cs.merkle_root(&position, instrument_bits, &position_siblings)?;
-    let positions_root_after = cs.select(&u.position_enabled, &new_positions, &positions_root)?;
-
-    let collateral_after = collateral.add(&u.cash);
-    cs.signed_range(&collateral_after, 64)?;
-    let paid = cs.mul(&u.pays, &collateral_after)?;
-    cs.range(&paid, 63)?;
-    let nonce_after = nonce.add(&u.nonce);
-
-    let empty_positions = Wire::constant(empty_hashes(INSTRUMENT_DEPTH)[INSTRUMENT_DEPTH as usize]);
-    let fields = [
-        cs.select(&u.open, &u.owner, &owner)?,
-        cs.select(&u.open, &Wire::zero(), &keys)?,
-        cs.select(&u.open, &Wire::zero(), &nonce_after)?,
-        cs.select(&u.open, &Wire::zero(), &collateral_after)?,
-        cs.select(&u.open, &empty_positions, &positions_root_after)?,
-    ];
-    let new_leaf = cs.poseidon(&fields)?;
-    let new_root = cs.merkle_root(&new_leaf, &bits, &siblings)?;
-    st.accounts_root = cs.select(&u.enabled, &new_root, &st.accounts_root)?;
-    Ok((id, owner))
 }
 
 /// `ceil(notional * rate / FEE_RATE_SCALE)`, the fee (or, negative, rebate) of one side.
@@ -214,14 +385,34 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     let taker_buys = cs.boolean(s.taker_buys)?;
     let priority = cs.witness(s.priority)?;
     let owner = cs.witness(s.owner)?;
-    let instrument = cs.witness(Fr::from(s.instrument))?;
-    let instrument_bits = cs.bits(&instrument, INSTRUMENT_DEPTH as usize)?;
+
+    // Registers the op works on.
+    let (sel_a, sum_a) = selector(cs, st.accounts.len(), s.a)?;
+    cs.equal(&sum_a, &used)?;
+    let (sel_b, sum_b) = selector(cs, st.accounts.len(), s.b)?;
+    cs.equal(&sum_b, &transfer.add(&fill))?;
+    let (sel_pa, sum_pa) = selector(cs, st.positions.len(), s.pa)?;
+    cs.equal(&sum_pa, &fill)?;
+    let (sel_pb, sum_pb) = selector(cs, st.positions.len(), s.pb)?;
+    cs.equal(&sum_pb, &fill)?;
+    let (sel_i, sum_i) = selector(cs, st.instruments.len(), s.i)?;
+    cs.equal(&sum_i, &fill)?;
+    for (a, (x, y)) in st.accounts.iter_mut().zip(sel_a.iter().zip(&sel_b)) {
+        a.used = a.used.add(x).add(y);
+    }
+    for (q, (x, y)) in st.positions.iter_mut().zip(sel_pa.iter().zip(&sel_pb)) {
+        q.used = q.used.add(x).add(y);
+    }
+    for (i, x) in st.instruments.iter_mut().zip(&sel_i) {
+        i.used = i.used.add(x);
+    }
+    let instrument = pick(cs, &sel_i, st.instruments.iter().map(|i| i.id.clone()))?;
 
     // A slot's record says exactly what it does: fields its kind does not use are zero.
     let moves_cash = Wire::sum([&deposit, &l1_deposit, &withdraw, &l1_withdrawal, &transfer]);
     let l1 = l1_deposit.add(&l1_withdrawal);
     cs.equal_if(&not(&moves_cash), &amount, &Wire::zero())?;
-    for field in [&price, &qty, &taker_buys, &instrument] {
+    for field in [&price, &qty, &taker_buys] {
         cs.equal_if(&not(&fill), field, &Wire::zero())?;
     }
     cs.equal_if(&not(&l1), &priority, &Wire::zero())?;
@@ -239,22 +430,18 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     cs.range(&notional, 63)?;
     let price_qty = cs.mul(&price, &qty)?;
     cs.equal(&notional.scale(Fr::from(QTY_SCALE as u64)), &price_qty)?;
-    let maker_rate = cs.witness(s.maker_rate)?;
-    let taker_rate = cs.witness(s.taker_rate)?;
-    let spec_bytes = cs.witness(s.spec_bytes_hash)?;
-    let spec_hash = cs.poseidon(&[spec_bytes, maker_rate.clone(), taker_rate.clone()])?;
-    let status = cs.witness(Fr::from(s.read.status))?;
-    let read_leaf = cs.poseidon(&[
-        spec_hash,
-        status.clone(),
-        cs.witness(from_i64(s.read.mark.0))?,
-        cs.witness(s.read.risk_hash)?,
-        cs.witness(from_i64(s.read.settlement_price.0))?,
-    ])?;
-    let read_siblings = cs.witnesses(&s.read_siblings)?;
-    let read_root = cs.merkle_root(&read_leaf, &instrument_bits, &read_siblings)?;
-    cs.equal_if(&fill, &read_root, &st.instruments_root)?;
-    cs.equal_if(&fill, &status, &one())?;
+    let status = pick(cs, &sel_i, st.instruments.iter().map(|i| i.status.clone()))?;
+    cs.equal(&status, &fill)?;
+    let maker_rate = pick(
+        cs,
+        &sel_i,
+        st.instruments.iter().map(|i| i.maker_rate.clone()),
+    )?;
+    let taker_rate = pick(
+        cs,
+        &sel_i,
+        st.instruments.iter().map(|i| i.taker_rate.clone()),
+    )?;
     let maker_fee = fee(cs, &notional, &maker_rate, s.maker_fee)?;
     let taker_fee = fee(cs, &notional, &taker_rate, s.taker_fee)?;
     let sign = taker_buys.scale(Fr::from(2u64)).add_const(-Fr::from(1u64));
@@ -262,7 +449,7 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     let signed_qty = cs.mul(&sign, &qty)?;
     let taker_moves = cs.mul(&fill, &signed_qty)?;
 
-    // The first account: opened, credited, debited, transfer sender or fill maker.
+    // Cash, nonces, owners and openings on the account registers.
     let cash_sign = Wire::sum([&deposit, &l1_deposit])
         .sub(&withdraw)
         .sub(&l1_withdrawal)
@@ -270,52 +457,72 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     let a_cash = cs
         .mul(&cash_sign, &amount)?
         .add(&cs.mul(&fill, &signed_notional.sub(&maker_fee))?);
-    let forced_out = cs.mul(&l1_withdrawal, &cs.is_nonzero(&amount)?)?;
-    let a = Update {
-        enabled: used.clone(),
-        open,
-        owner: owner.clone(),
-        cash: a_cash,
-        nonce: withdraw.add(&forced_out),
-        position: taker_moves.scale(-Fr::from(1u64)),
-        position_enabled: fill.clone(),
-        pays: Wire::sum([&withdraw, &l1_withdrawal, &transfer, &fill]),
-    };
-    let (a_id, a_owner) = account_update(cs, &s.a, &a, &instrument_bits, st)?;
-
-    // The second: transfer receiver or fill taker.
     let b_cash = cs.mul(&transfer, &amount)?.add(&cs.mul(
         &fill,
         &signed_notional.scale(-Fr::from(1u64)).sub(&taker_fee),
     )?);
-    let b = Update {
-        enabled: transfer.add(&fill),
-        open: Wire::zero(),
-        owner: Wire::zero(),
-        cash: b_cash,
-        nonce: Wire::zero(),
-        position: taker_moves,
-        position_enabled: fill.clone(),
-        pays: fill.clone(),
+    let forced_out = cs.mul(&l1_withdrawal, &cs.is_nonzero(&amount)?)?;
+    let a_nonce = withdraw.add(&forced_out);
+    for (a, (x, y)) in st.accounts.iter_mut().zip(sel_a.iter().zip(&sel_b)) {
+        a.collateral = a
+            .collateral
+            .add(&cs.mul(x, &a_cash)?)
+            .add(&cs.mul(y, &b_cash)?);
+        a.nonce = a.nonce.add(&cs.mul(x, &a_nonce)?);
+        a.owner = a.owner.add(&cs.mul(x, &owner)?);
+        a.opens = a.opens.add(&cs.mul(x, &open)?);
+    }
+    // Collateral stays a 64-bit integer, and non-negative for an account that pays.
+    let a_after = pick(cs, &sel_a, st.accounts.iter().map(|a| a.collateral.clone()))?;
+    let b_after = pick(cs, &sel_b, st.accounts.iter().map(|a| a.collateral.clone()))?;
+    cs.signed_range(&a_after, 64)?;
+    cs.signed_range(&b_after, 64)?;
+    let a_pays = Wire::sum([&withdraw, &l1_withdrawal, &transfer, &fill]);
+    cs.range(&cs.mul(&a_pays, &a_after)?, 63)?;
+    cs.range(&cs.mul(&fill, &b_after)?, 63)?;
+    // A transfer stays with one owner.
+    let mut owners = Wire::zero();
+    for (a, (x, y)) in st.accounts.iter().zip(sel_a.iter().zip(&sel_b)) {
+        owners = owners.add(&cs.mul(&x.sub(y), &a.owner)?);
+    }
+    cs.equal_if(&transfer, &owners, &Wire::zero())?;
+    let a_id = pick(cs, &sel_a, st.accounts.iter().map(|a| a.id.clone()))?;
+    let b_id = pick(cs, &sel_b, st.accounts.iter().map(|a| a.id.clone()))?;
+
+    // Positions: the fill's registers belong to its accounts and instrument.
+    let index = |sel: &[Wire]| {
+        sel.iter()
+            .enumerate()
+            .fold(Wire::zero(), |acc, (k, s)| acc.plus(Fr::from(k as u64), s))
     };
-    let (b_id, b_owner) = account_update(cs, &s.b, &b, &instrument_bits, st)?;
-    cs.equal_if(&transfer, &a_owner, &b_owner)?;
+    for (sel_p, sel) in [(&sel_pa, &sel_a), (&sel_pb, &sel_b)] {
+        let owner_reg = pick(cs, sel_p, st.positions.iter().map(|q| q.account.clone()))?;
+        cs.equal_if(&fill, &owner_reg, &index(sel))?;
+        let traded = pick(cs, sel_p, st.positions.iter().map(|q| q.instrument.clone()))?;
+        cs.equal(&traded, &instrument)?;
+    }
+    for (q, (x, y)) in st.positions.iter_mut().zip(sel_pa.iter().zip(&sel_pb)) {
+        q.qty = q
+            .qty
+            .sub(&cs.mul(x, &taker_moves)?)
+            .add(&cs.mul(y, &taker_moves)?);
+    }
 
     st.fee_pool = st.fee_pool.add(&cs.mul(&fill, &maker_fee.add(&taker_fee))?);
     let record = [
         kind_code, a_id, b_id, instrument, amount, price, qty, taker_buys, priority, owner,
     ];
-    absorb(cs, st, record)
+    absorb(cs, &mut st.commitment, record)
 }
 
-fn absorb(cs: &Cs, st: &mut Running, record: [Wire; 10]) -> R<()> {
-    let mut inputs = vec![st.commitment.clone()];
+fn absorb(cs: &Cs, commitment: &mut Wire, record: [Wire; 10]) -> R<()> {
+    let mut inputs = vec![commitment.clone()];
     inputs.extend(record);
-    st.commitment = cs.poseidon(&inputs)?;
+    *commitment = cs.poseidon(&inputs)?;
     Ok(())
 }
 
-fn mark_slot(cs: &Cs, m: &MarkSlot, st: &mut Running) -> R<()> {
+fn mark_slot(cs: &Cs, m: &MarkSlot, instruments_root: &mut Wire, commitment: &mut Wire) -> R<()> {
     let enabled = cs.boolean(m.enabled)?;
     let instrument = cs.witness(Fr::from(m.instrument))?;
     let bits = cs.bits(&instrument, INSTRUMENT_DEPTH as usize)?;
@@ -332,7 +539,7 @@ fn mark_slot(cs: &Cs, m: &MarkSlot, st: &mut Running) -> R<()> {
     ])?;
     let siblings = cs.witnesses(&m.siblings)?;
     let old_root = cs.merkle_root(&old_leaf, &bits, &siblings)?;
-    cs.equal_if(&enabled, &old_root, &st.instruments_root)?;
+    cs.equal_if(&enabled, &old_root, instruments_root)?;
 
     let mark = cs.witness(m.mark)?;
     cs.signed_range(&mark, 64)?;
@@ -362,7 +569,7 @@ fn mark_slot(cs: &Cs, m: &MarkSlot, st: &mut Running) -> R<()> {
         settlement,
     ])?;
     let new_root = cs.merkle_root(&new_leaf, &bits, &siblings)?;
-    st.instruments_root = cs.select(&enabled, &new_root, &st.instruments_root)?;
+    *instruments_root = cs.select(&enabled, &new_root, instruments_root)?;
     let record = [
         enabled.scale(Fr::from(kind::MARK)),
         Wire::zero(),
@@ -375,5 +582,5 @@ fn mark_slot(cs: &Cs, m: &MarkSlot, st: &mut Running) -> R<()> {
         Wire::zero(),
         risk_hash,
     ];
-    absorb(cs, st, record)
+    absorb(cs, commitment, record)
 }

@@ -88,13 +88,10 @@ impl Keys {
     }
 
     fn file(dir: &Path, shape: Shape, what: &str) -> std::path::PathBuf {
-        dir.join(format!(
-            "batch-{}x{}x{}.{what}",
-            shape.slots, shape.marks, shape.risk_chunks
-        ))
+        dir.join(format!("{}.{what}", shape.name()))
     }
 
-    /// Writes `batch-SxMxR.pk` and `.vk` into `dir`.
+    /// Writes `<shape name>.pk` and `.vk` into `dir` (`Shape::name`).
     pub fn write(&self, dir: &Path) -> Result<(), ProveError> {
         for (what, bytes) in [("pk", serialize(&self.pk)), ("vk", serialize(&self.vk))] {
             let path = Self::file(dir, self.shape, what);

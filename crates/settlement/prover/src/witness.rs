@@ -1,7 +1,13 @@
 //! The batch witness: what the circuit needs to re-run a batch, taken from the settlement state
 //! before the batch and the batch's ops. The native side of the shared specification: it applies
 //! the same transition as `SettlementState::apply_batch` (tests hold the two to the same root),
-//! records every leaf and Merkle path as it goes, and computes the public inputs.
+//! records every leaf and Merkle path, and computes the public inputs.
+//!
+//! Accounts, positions and instruments a batch touches are loaded once into registers (an
+//! account traded sixteen times in a batch is read and written once, not sixteen times): the
+//! ops work on the registers, and the registers are written back at the end, accounts in id
+//! order, positions in (account, instrument) order, each path taken from the tree as the
+//! previous write-backs left it.
 //!
 //! It does not judge the batch: a batch that breaks a rule still gets a witness, and the circuit
 //! is what refuses it (the tests rely on that).
@@ -47,16 +53,37 @@ pub mod kind {
     ];
 }
 
-/// The fixed shape of a circuit: how many op slots and mark slots a batch may use, and how long
-/// a risk array may be (in chunks of three). Keys are generated per shape.
+/// The fixed shape of a circuit: how many op slots, registers and mark slots a batch may use,
+/// and how long a risk array may be (in chunks of three). Keys are generated per shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shape {
     /// Op slots (every op but marks takes one).
     pub slots: usize,
+    /// Distinct accounts a batch may touch.
+    pub accounts: usize,
+    /// Distinct (account, instrument) positions its fills may change.
+    pub positions: usize,
+    /// Distinct instruments its fills may trade.
+    pub instruments: usize,
     /// Mark slots (one per instrument whose mark the batch commits).
     pub marks: usize,
     /// Risk array capacity, in chunks of three scenarios.
     pub risk_chunks: usize,
+}
+
+impl Shape {
+    /// The name of its key files: `batch-<slots>x<accounts>x<positions>x<instruments>x<marks>x<risk_chunks>`.
+    pub fn name(&self) -> String {
+        format!(
+            "batch-{}x{}x{}x{}x{}x{}",
+            self.slots,
+            self.accounts,
+            self.positions,
+            self.instruments,
+            self.marks,
+            self.risk_chunks
+        )
+    }
 }
 
 /// Why no witness could be made.
@@ -78,12 +105,17 @@ pub enum WitnessError {
     Invalid(usize),
 }
 
-/// One account's leaf and paths as a slot finds it.
+/// An account register: the account's leaf as the batch finds it, and the path its write-back
+/// takes (against the accounts root as the earlier write-backs left it).
 #[derive(Debug, Clone, Default)]
-pub struct AccountStep {
-    /// Account id.
+pub struct AccountReg {
+    /// In use.
+    pub enabled: bool,
+    /// Opened by this batch (its leaf is empty before).
+    pub opened: bool,
+    /// Account id (registers in use: strictly increasing).
     pub id: u32,
-    /// Leaf fields before the slot.
+    /// Leaf fields before the batch (zero, and the empty positions root, when opened).
     pub owner: Fr,
     /// Hash of its session keys.
     pub keys_hash: Fr,
@@ -93,23 +125,65 @@ pub struct AccountStep {
     pub collateral: Fr,
     /// Root of its positions tree.
     pub positions_root: Fr,
-    /// Path in the accounts tree (against the accounts root the slot starts from).
+    /// Path of its write-back.
     pub siblings: Vec<Fr>,
-    /// Its position in the slot's instrument.
-    pub position: Fr,
-    /// Path of that position in its positions tree.
-    pub position_siblings: Vec<Fr>,
 }
 
-/// An op slot.
+/// A position register: one account's position in one instrument, and the path its write-back
+/// takes in that account's positions tree.
+#[derive(Debug, Clone, Default)]
+pub struct PositionReg {
+    /// In use.
+    pub enabled: bool,
+    /// Index of the account register it belongs to.
+    pub account: usize,
+    /// Instrument id.
+    pub instrument: u32,
+    /// Quantity before the batch.
+    pub qty: Fr,
+    /// Path of its write-back.
+    pub siblings: Vec<Fr>,
+}
+
+/// An instrument register: the leaf of an instrument the batch's fills trade (read only), the
+/// opening of its spec hash, and its path against the instruments root before the batch.
+#[derive(Debug, Clone, Default)]
+pub struct InstrumentReg {
+    /// In use.
+    pub enabled: bool,
+    /// Instrument id.
+    pub id: u32,
+    /// Its leaf.
+    pub leaf: InstrumentLeaf,
+    /// First input of `spec_hash`.
+    pub spec_bytes_hash: Fr,
+    /// Maker fee rate.
+    pub maker_rate: Fr,
+    /// Taker fee rate.
+    pub taker_rate: Fr,
+    /// Its path.
+    pub siblings: Vec<Fr>,
+}
+
+/// An op slot: the op's fields and which registers it works on.
 #[derive(Debug, Clone, Default)]
 pub struct Slot {
     /// One of `kind::*`.
     pub kind: u64,
-    /// The account (maker of a fill, sender of a transfer).
-    pub a: AccountStep,
-    /// The second account (taker of a fill, receiver of a transfer).
-    pub b: AccountStep,
+    /// Register of the account (maker of a fill, sender of a transfer, the opened account).
+    pub a: Option<usize>,
+    /// Register of the second account (taker of a fill, receiver of a transfer).
+    pub b: Option<usize>,
+    /// Position registers of a fill's maker and taker.
+    pub pa: Option<usize>,
+    /// Taker's.
+    pub pb: Option<usize>,
+    /// Instrument register of a fill.
+    pub i: Option<usize>,
+    /// Account ids (for the record).
+    pub a_id: u32,
+    /// Second account id.
+    pub b_id: u32,
     /// Instrument of a fill.
     pub instrument: u32,
     /// Amount of a cash op.
@@ -124,16 +198,6 @@ pub struct Slot {
     pub priority: Fr,
     /// Owner of an opened account.
     pub owner: Fr,
-    /// The fill's instrument leaf, its path, and the opening of its spec hash.
-    pub read: InstrumentLeaf,
-    /// Path of `read`.
-    pub read_siblings: Vec<Fr>,
-    /// First input of `spec_hash`.
-    pub spec_bytes_hash: Fr,
-    /// Maker fee rate.
-    pub maker_rate: Fr,
-    /// Taker fee rate.
-    pub taker_rate: Fr,
     /// Fill notional.
     pub notional: Fr,
     /// Maker fee.
@@ -202,6 +266,12 @@ pub struct BatchWitness {
     pub insurance: Fr,
     /// Fee pool before.
     pub fee_pool: Fr,
+    /// Account registers.
+    pub accounts: Vec<AccountReg>,
+    /// Position registers.
+    pub positions: Vec<PositionReg>,
+    /// Instrument registers.
+    pub instruments: Vec<InstrumentReg>,
     /// Op slots.
     pub slots: Vec<Slot>,
     /// Mark slots.
@@ -223,8 +293,8 @@ pub fn fr(v: i128) -> Fr {
 pub fn slot_record(s: &Slot) -> [Fr; 10] {
     [
         Fr::from(s.kind),
-        Fr::from(s.a.id),
-        Fr::from(s.b.id),
+        Fr::from(s.a_id),
+        Fr::from(s.b_id),
         Fr::from(s.instrument),
         s.amount,
         s.price,
@@ -276,16 +346,17 @@ pub fn commitment(slots: &[Slot], marks: &[MarkSlot]) -> Fr {
 }
 
 /// An account as the batch leaves it so far.
-struct Shadow {
+struct Acct {
     owner: Fr,
     keys_hash: Fr,
     nonce: i128,
     collateral: i128,
     positions: BTreeMap<u32, i128>,
+    /// Its whole positions tree (as before the batch until the write-back).
     tree: SparseMerkleTree,
 }
 
-impl Shadow {
+impl Acct {
     fn leaf(&self) -> Fr {
         hash(&[
             self.owner,
@@ -295,36 +366,10 @@ impl Shadow {
             self.tree.root(),
         ])
     }
-
-    fn step(&self, id: u32, instrument: u32, accounts: &SparseMerkleTree) -> AccountStep {
-        AccountStep {
-            id,
-            owner: self.owner,
-            keys_hash: self.keys_hash,
-            nonce: fr(self.nonce),
-            collateral: fr(self.collateral),
-            positions_root: self.tree.root(),
-            siblings: prove(accounts, u64::from(id)).siblings,
-            position: fr(self.positions.get(&instrument).copied().unwrap_or(0)),
-            position_siblings: prove(&self.tree, u64::from(instrument)).siblings,
-        }
-    }
-
-    fn move_position(&mut self, instrument: u32, delta: i128) {
-        let q = self.positions.get(&instrument).copied().unwrap_or(0) + delta;
-        if q == 0 {
-            self.positions.remove(&instrument);
-        } else {
-            self.positions.insert(instrument, q);
-        }
-        self.tree
-            .set(u64::from(instrument), fr(q))
-            .expect("instrument ids fit the depth");
-    }
 }
 
-fn prove(tree: &SparseMerkleTree, index: u64) -> Proof {
-    tree.prove(index).expect("ids fit the depth")
+fn path(tree: &SparseMerkleTree, index: u64) -> Vec<Fr> {
+    tree.prove(index).expect("ids fit the depth").siblings
 }
 
 /// A tree holding only the paths of `ids`, seeded from proofs against the state's tree: enough
@@ -343,18 +388,6 @@ fn overlay(depth: u8, ids: &[(u64, Fr, Proof)]) -> SparseMerkleTree {
     tree
 }
 
-fn account_of(op: &Op) -> Vec<u32> {
-    match op {
-        Op::Deposit { account, .. }
-        | Op::Withdraw { account, .. }
-        | Op::L1Deposit { account, .. }
-        | Op::L1Withdrawal { account, .. } => vec![account.0],
-        Op::Transfer { from, to, .. } => vec![from.0, to.0],
-        Op::Fill { maker, taker, .. } => vec![maker.0, taker.0],
-        _ => Vec::new(),
-    }
-}
-
 fn unsupported(index: usize, op: &Op) -> WitnessError {
     let what = match op {
         Op::ListInstrument { .. } => "ListInstrument",
@@ -371,6 +404,10 @@ fn unsupported(index: usize, op: &Op) -> WitnessError {
     WitnessError::Unsupported { index, what }
 }
 
+fn zeros(n: u8) -> Vec<Fr> {
+    vec![Fr::from(0u64); n as usize]
+}
+
 /// The witness of `ops` applied to `state` (as of its last commit), for a circuit of `shape`.
 pub fn witness(
     state: &SettlementState,
@@ -379,140 +416,174 @@ pub fn witness(
 ) -> Result<BatchWitness, WitnessError> {
     let accounts = state.accounts();
     let instruments = state.instruments();
-    // What the batch touches, with the proofs to seed the partial trees.
-    let mut touched = BTreeSet::new();
+    // What the batch touches. Opened accounts take the next ids.
     let mut next_account = accounts.len() as u32;
-    let mut read_instruments = BTreeSet::new();
+    let (mut account_ids, mut position_keys, mut instrument_ids) =
+        (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
     let mut marks = Vec::new();
-    let mut slot_ops = Vec::new();
+    let mut slot_ops: Vec<(&Op, u32)> = Vec::new();
     for (i, op) in ops.iter().enumerate() {
+        let known = |a: &AccountId| a.0 < next_account;
         match op {
-            Op::Mark { .. } => marks.push((i, op)),
+            Op::Mark { instrument, .. } => {
+                if instrument.0 as usize >= instruments.len() {
+                    return Err(WitnessError::Invalid(i));
+                }
+                marks.push((i, op));
+                continue;
+            }
             _ if !marks.is_empty() => return Err(WitnessError::Invalid(i)),
             Op::OpenAccount { .. } => {
-                touched.insert(next_account);
+                account_ids.insert(next_account);
+                slot_ops.push((op, next_account));
                 next_account += 1;
-                slot_ops.push((i, op));
+                continue;
             }
-            Op::Deposit { .. }
-            | Op::Withdraw { .. }
-            | Op::L1Deposit { .. }
-            | Op::L1Withdrawal { .. }
-            | Op::Transfer { .. }
-            | Op::Fill { .. } => {
-                for a in account_of(op) {
-                    if a >= next_account {
-                        return Err(WitnessError::Invalid(i));
-                    }
-                    touched.insert(a);
+            Op::Deposit { account, .. }
+            | Op::Withdraw { account, .. }
+            | Op::L1Deposit { account, .. }
+            | Op::L1Withdrawal { account, .. } => {
+                if !known(account) {
+                    return Err(WitnessError::Invalid(i));
                 }
-                if let Op::Fill { instrument, .. } = op {
-                    if instrument.0 as usize >= instruments.len() {
-                        return Err(WitnessError::Invalid(i));
-                    }
-                    read_instruments.insert(instrument.0);
+                account_ids.insert(account.0);
+            }
+            Op::Transfer { from, to, .. } => {
+                if !known(from) || !known(to) {
+                    return Err(WitnessError::Invalid(i));
                 }
-                slot_ops.push((i, op));
+                account_ids.extend([from.0, to.0]);
+            }
+            Op::Fill {
+                instrument,
+                maker,
+                taker,
+                ..
+            } => {
+                if !known(maker) || !known(taker) || instrument.0 as usize >= instruments.len() {
+                    return Err(WitnessError::Invalid(i));
+                }
+                account_ids.extend([maker.0, taker.0]);
+                position_keys.extend([(maker.0, instrument.0), (taker.0, instrument.0)]);
+                instrument_ids.insert(instrument.0);
             }
             _ => return Err(unsupported(i, op)),
         }
+        slot_ops.push((op, 0));
     }
-    if slot_ops.len() > shape.slots {
-        return Err(WitnessError::TooLarge("op slots"));
+    for (what, used, room) in [
+        ("op slots", slot_ops.len(), shape.slots),
+        ("account registers", account_ids.len(), shape.accounts),
+        ("position registers", position_keys.len(), shape.positions),
+        (
+            "instrument registers",
+            instrument_ids.len(),
+            shape.instruments,
+        ),
+        ("mark slots", marks.len(), shape.marks),
+    ] {
+        if used > room {
+            return Err(WitnessError::TooLarge(what));
+        }
     }
-    if marks.len() > shape.marks {
-        return Err(WitnessError::TooLarge("mark slots"));
-    }
-    let mut shadows: BTreeMap<u32, Shadow> = BTreeMap::new();
-    let mut seeds = Vec::new();
-    for &id in &touched {
-        let proof = state.account_proof(AccountId(id));
-        let leaf = match accounts.get(id as usize) {
+
+    // Registers, with the values before the batch.
+    let account_ids: Vec<u32> = account_ids.into_iter().collect();
+    let reg_of: BTreeMap<u32, usize> = account_ids
+        .iter()
+        .enumerate()
+        .map(|(r, id)| (*id, r))
+        .collect();
+    let mut accts: Vec<Acct> = Vec::with_capacity(account_ids.len());
+    let mut account_regs: Vec<AccountReg> = Vec::with_capacity(shape.accounts);
+    for &id in &account_ids {
+        let acct = match accounts.get(id as usize) {
             Some(a) => {
-                let mut tree = SparseMerkleTree::new(INSTRUMENT_DEPTH);
                 let positions: BTreeMap<u32, i128> = a
                     .positions
                     .iter()
                     .map(|(i, q)| (*i, i128::from(q.0)))
                     .collect();
-                let updates: Vec<(u64, Fr)> = positions
+                let mut tree = SparseMerkleTree::new(INSTRUMENT_DEPTH);
+                let leaves: Vec<(u64, Fr)> = positions
                     .iter()
                     .map(|(i, q)| (u64::from(*i), fr(*q)))
                     .collect();
-                tree.set_many(&updates)
+                tree.set_many(&leaves)
                     .expect("instrument ids fit the depth");
-                let shadow = Shadow {
+                Acct {
                     owner: from_address(&a.owner.0),
                     keys_hash: leaf::keys_hash(&a.keys),
                     nonce: i128::from(a.nonce),
                     collateral: i128::from(a.collateral.0),
                     positions,
                     tree,
-                };
-                let leaf = shadow.leaf();
-                shadows.insert(id, shadow);
-                leaf
+                }
             }
-            None => Fr::from(0u64),
+            None => Acct {
+                owner: Fr::from(0u64),
+                keys_hash: Fr::from(0u64),
+                nonce: 0,
+                collateral: 0,
+                positions: BTreeMap::new(),
+                tree: SparseMerkleTree::new(INSTRUMENT_DEPTH),
+            },
         };
-        seeds.push((u64::from(id), leaf, proof));
+        account_regs.push(AccountReg {
+            enabled: true,
+            opened: id as usize >= accounts.len(),
+            id,
+            owner: acct.owner,
+            keys_hash: acct.keys_hash,
+            nonce: fr(acct.nonce),
+            collateral: fr(acct.collateral),
+            positions_root: acct.tree.root(),
+            siblings: Vec::new(),
+        });
+        accts.push(acct);
     }
-    let mut account_tree = overlay(ACCOUNT_DEPTH, &seeds);
-    let mut instrument_ids: BTreeSet<u32> = read_instruments.clone();
-    for (i, op) in &marks {
-        if let Op::Mark { instrument, .. } = op {
-            if instrument.0 as usize >= instruments.len() {
-                return Err(WitnessError::Invalid(*i));
-            }
-            instrument_ids.insert(instrument.0);
-        }
-    }
-    let instrument_seeds: Vec<(u64, Fr, Proof)> = instrument_ids
+    let position_keys: Vec<(u32, u32)> = position_keys.into_iter().collect();
+    let pos_of: BTreeMap<(u32, u32), usize> = position_keys
         .iter()
-        .map(|&id| {
-            let proof = state
-                .instrument_proof(InstrumentId(id))
-                .expect("listed ids fit the depth");
-            (u64::from(id), instruments[id as usize].leaf().hash(), proof)
+        .enumerate()
+        .map(|(p, k)| (*k, p))
+        .collect();
+    let mut position_regs: Vec<PositionReg> = position_keys
+        .iter()
+        .map(|&(account, instrument)| PositionReg {
+            enabled: true,
+            account: reg_of[&account],
+            instrument,
+            qty: fr(accts[reg_of[&account]]
+                .positions
+                .get(&instrument)
+                .copied()
+                .unwrap_or(0)),
+            siblings: Vec::new(),
         })
         .collect();
-    let mut instrument_tree = overlay(INSTRUMENT_DEPTH, &instrument_seeds);
+    let instrument_ids: Vec<u32> = instrument_ids.into_iter().collect();
+    let inst_of: BTreeMap<u32, usize> = instrument_ids
+        .iter()
+        .enumerate()
+        .map(|(r, id)| (*id, r))
+        .collect();
 
-    let (insurance, fee_pool) = state.funds();
-    let mut fee_pool = i128::from(fee_pool.0);
+    // The ops, on the registers.
+    let (insurance, fee_pool_before) = state.funds();
+    let mut fee_pool = i128::from(fee_pool_before.0);
     let mut priority = state.priority_served();
-    let old_root = state.root();
     let mut slots = Vec::with_capacity(shape.slots);
-    let mut opened = accounts.len() as u32;
-    for (_, op) in &slot_ops {
-        let mut slot = Slot {
-            read_siblings: vec![Fr::from(0u64); INSTRUMENT_DEPTH as usize],
-            ..pad_slot()
-        };
+    for (op, opened_id) in &slot_ops {
+        let mut slot = Slot::default();
         match op {
             Op::OpenAccount { owner } => {
-                let id = opened;
-                opened += 1;
+                let r = reg_of[opened_id];
                 slot.kind = kind::OPEN;
                 slot.owner = from_address(&owner.0);
-                slot.a = AccountStep {
-                    id,
-                    siblings: prove(&account_tree, u64::from(id)).siblings,
-                    position_siblings: vec![Fr::from(0u64); INSTRUMENT_DEPTH as usize],
-                    ..AccountStep::default()
-                };
-                let shadow = Shadow {
-                    owner: slot.owner,
-                    keys_hash: Fr::from(0u64),
-                    nonce: 0,
-                    collateral: 0,
-                    positions: BTreeMap::new(),
-                    tree: SparseMerkleTree::new(INSTRUMENT_DEPTH),
-                };
-                account_tree
-                    .set(u64::from(id), shadow.leaf())
-                    .expect("ids fit the depth");
-                shadows.insert(id, shadow);
+                slot.a = Some(r);
+                slot.a_id = *opened_id;
+                accts[r].owner = slot.owner;
             }
             Op::Deposit { account, amount }
             | Op::Withdraw { account, amount }
@@ -522,53 +593,37 @@ pub fn witness(
             | Op::L1Withdrawal {
                 account, amount, ..
             } => {
-                let (k, debit) = match op {
-                    Op::Deposit { .. } => (kind::DEPOSIT, false),
-                    Op::Withdraw { .. } => (kind::WITHDRAW, true),
-                    Op::L1Deposit { priority: p, .. } => {
-                        slot.priority = Fr::from(*p);
-                        priority += 1;
-                        (kind::L1_DEPOSIT, false)
-                    }
-                    Op::L1Withdrawal { priority: p, .. } => {
-                        slot.priority = Fr::from(*p);
-                        priority += 1;
-                        (kind::L1_WITHDRAWAL, true)
-                    }
-                    _ => unreachable!("matched above"),
+                let debit = matches!(op, Op::Withdraw { .. } | Op::L1Withdrawal { .. });
+                slot.kind = match op {
+                    Op::Deposit { .. } => kind::DEPOSIT,
+                    Op::Withdraw { .. } => kind::WITHDRAW,
+                    Op::L1Deposit { .. } => kind::L1_DEPOSIT,
+                    _ => kind::L1_WITHDRAWAL,
                 };
-                slot.kind = k;
+                if let Op::L1Deposit { priority: p, .. } | Op::L1Withdrawal { priority: p, .. } = op
+                {
+                    slot.priority = Fr::from(*p);
+                    priority += 1;
+                }
+                let r = reg_of[&account.0];
+                slot.a = Some(r);
+                slot.a_id = account.0;
                 slot.amount = fr(i128::from(amount.0));
-                let shadow = shadows.get_mut(&account.0).expect("collected");
-                slot.a = shadow.step(account.0, 0, &account_tree);
                 let amount = i128::from(amount.0);
                 if debit {
-                    shadow.collateral -= amount;
-                    shadow.nonce += i128::from(amount != 0);
+                    accts[r].collateral -= amount;
+                    accts[r].nonce += i128::from(amount != 0);
                 } else {
-                    shadow.collateral += amount;
+                    accts[r].collateral += amount;
                 }
-                account_tree
-                    .set(u64::from(account.0), shadow.leaf())
-                    .expect("ids fit the depth");
             }
             Op::Transfer { from, to, amount } => {
                 slot.kind = kind::TRANSFER;
                 slot.amount = fr(i128::from(amount.0));
-                let amount = i128::from(amount.0);
-                for (id, delta, side) in [(from.0, -amount, 0), (to.0, amount, 1)] {
-                    let shadow = shadows.get_mut(&id).expect("collected");
-                    let step = shadow.step(id, 0, &account_tree);
-                    shadow.collateral += delta;
-                    account_tree
-                        .set(u64::from(id), shadow.leaf())
-                        .expect("ids fit the depth");
-                    if side == 0 {
-                        slot.a = step;
-                    } else {
-                        slot.b = step;
-                    }
-                }
+                let (ra, rb) = (reg_of[&from.0], reg_of[&to.0]);
+                (slot.a, slot.b, slot.a_id, slot.b_id) = (Some(ra), Some(rb), from.0, to.0);
+                accts[ra].collateral -= i128::from(amount.0);
+                accts[rb].collateral += i128::from(amount.0);
             }
             Op::Fill {
                 instrument,
@@ -578,45 +633,36 @@ pub fn witness(
                 price,
                 qty,
             } => {
-                let inst = &instruments[instrument.0 as usize];
+                let spec = &instruments[instrument.0 as usize].spec;
                 slot.kind = kind::FILL;
                 slot.instrument = instrument.0;
                 slot.price = fr(i128::from(price.0));
                 slot.qty = fr(i128::from(qty.0));
                 slot.taker_buys = *taker_side == Side::Buy;
-                slot.read = inst.leaf();
-                slot.read_siblings = prove(&instrument_tree, u64::from(instrument.0)).siblings;
-                slot.spec_bytes_hash = leaf::spec_bytes_hash(&inst.spec);
-                let (maker_rate, taker_rate) = (
-                    i128::from(inst.spec.maker_fee.0),
-                    i128::from(inst.spec.taker_fee.0),
-                );
-                slot.maker_rate = fr(maker_rate);
-                slot.taker_rate = fr(taker_rate);
+                let (ra, rb) = (reg_of[&maker.0], reg_of[&taker.0]);
+                (slot.a, slot.b, slot.a_id, slot.b_id) = (Some(ra), Some(rb), maker.0, taker.0);
+                slot.pa = Some(pos_of[&(maker.0, instrument.0)]);
+                slot.pb = Some(pos_of[&(taker.0, instrument.0)]);
+                slot.i = Some(inst_of[&instrument.0]);
                 let notional = i128::from(price.0) * i128::from(qty.0) / i128::from(QTY_SCALE);
-                let fee =
-                    |rate: i128| -((-(notional * rate)).div_euclid(i128::from(FEE_RATE_SCALE)));
-                let (maker_fee, taker_fee) = (fee(maker_rate), fee(taker_rate));
+                let fee = |rate: i32| {
+                    -((-(notional * i128::from(rate))).div_euclid(i128::from(FEE_RATE_SCALE)))
+                };
+                let (maker_fee, taker_fee) = (fee(spec.maker_fee.0), fee(spec.taker_fee.0));
                 slot.notional = fr(notional);
                 slot.maker_fee = fr(maker_fee);
                 slot.taker_fee = fr(taker_fee);
                 let sign: i128 = if slot.taker_buys { 1 } else { -1 };
                 let q = i128::from(qty.0);
-                for (id, cash, moved, side) in [
-                    (maker.0, sign * notional - maker_fee, -sign * q, 0),
-                    (taker.0, -sign * notional - taker_fee, sign * q, 1),
+                for (r, cash, moved) in [
+                    (ra, sign * notional - maker_fee, -sign * q),
+                    (rb, -sign * notional - taker_fee, sign * q),
                 ] {
-                    let shadow = shadows.get_mut(&id).expect("collected");
-                    let step = shadow.step(id, instrument.0, &account_tree);
-                    shadow.collateral += cash;
-                    shadow.move_position(instrument.0, moved);
-                    account_tree
-                        .set(u64::from(id), shadow.leaf())
-                        .expect("ids fit the depth");
-                    if side == 0 {
-                        slot.a = step;
-                    } else {
-                        slot.b = step;
+                    accts[r].collateral += cash;
+                    let p = accts[r].positions.entry(instrument.0).or_insert(0);
+                    *p += moved;
+                    if *p == 0 {
+                        accts[r].positions.remove(&instrument.0);
                     }
                 }
                 fee_pool += maker_fee + taker_fee;
@@ -625,8 +671,87 @@ pub fn witness(
         }
         slots.push(slot);
     }
-    slots.resize_with(shape.slots, pad_slot);
+    slots.resize_with(shape.slots, Slot::default);
 
+    // Write-backs: positions in (account, instrument) order, then accounts in id order.
+    for reg in position_regs.iter_mut() {
+        let acct = &mut accts[reg.account];
+        reg.siblings = path(&acct.tree, u64::from(reg.instrument));
+        let q = acct.positions.get(&reg.instrument).copied().unwrap_or(0);
+        acct.tree
+            .set(u64::from(reg.instrument), fr(q))
+            .expect("instrument ids fit the depth");
+    }
+    position_regs.resize_with(shape.positions, || PositionReg {
+        siblings: zeros(INSTRUMENT_DEPTH),
+        ..PositionReg::default()
+    });
+    let seeds: Vec<(u64, Fr, Proof)> = account_ids
+        .iter()
+        .zip(&account_regs)
+        .map(|(&id, reg)| {
+            let before = if reg.opened {
+                Fr::from(0u64)
+            } else {
+                hash(&[
+                    reg.owner,
+                    reg.keys_hash,
+                    reg.nonce,
+                    reg.collateral,
+                    reg.positions_root,
+                ])
+            };
+            (u64::from(id), before, state.account_proof(AccountId(id)))
+        })
+        .collect();
+    let mut account_tree = overlay(ACCOUNT_DEPTH, &seeds);
+    for (reg, acct) in account_regs.iter_mut().zip(&accts) {
+        reg.siblings = path(&account_tree, u64::from(reg.id));
+        account_tree
+            .set(u64::from(reg.id), acct.leaf())
+            .expect("ids fit the depth");
+    }
+    account_regs.resize_with(shape.accounts, || AccountReg {
+        siblings: zeros(ACCOUNT_DEPTH),
+        ..AccountReg::default()
+    });
+
+    // Instruments: the fills' reads against the root before the batch, then the marks.
+    let mut touched: BTreeSet<u32> = instrument_ids.iter().copied().collect();
+    for (_, op) in &marks {
+        if let Op::Mark { instrument, .. } = op {
+            touched.insert(instrument.0);
+        }
+    }
+    let instrument_seeds: Vec<(u64, Fr, Proof)> = touched
+        .iter()
+        .map(|&id| {
+            let proof = state
+                .instrument_proof(InstrumentId(id))
+                .expect("listed ids fit the depth");
+            (u64::from(id), instruments[id as usize].leaf().hash(), proof)
+        })
+        .collect();
+    let mut instrument_tree = overlay(INSTRUMENT_DEPTH, &instrument_seeds);
+    let mut instrument_regs: Vec<InstrumentReg> = instrument_ids
+        .iter()
+        .map(|&id| {
+            let inst = &instruments[id as usize];
+            InstrumentReg {
+                enabled: true,
+                id,
+                leaf: inst.leaf(),
+                spec_bytes_hash: leaf::spec_bytes_hash(&inst.spec),
+                maker_rate: fr(i128::from(inst.spec.maker_fee.0)),
+                taker_rate: fr(i128::from(inst.spec.taker_fee.0)),
+                siblings: path(&instrument_tree, u64::from(id)),
+            }
+        })
+        .collect();
+    instrument_regs.resize_with(shape.instruments, || InstrumentReg {
+        siblings: zeros(INSTRUMENT_DEPTH),
+        ..InstrumentReg::default()
+    });
     let mut mark_slots = Vec::with_capacity(shape.marks);
     for (i, op) in &marks {
         let Op::Mark {
@@ -642,7 +767,7 @@ pub fn witness(
             return Err(WitnessError::TooLarge("risk array"));
         }
         let before = instruments[instrument.0 as usize].leaf();
-        let siblings = prove(&instrument_tree, u64::from(instrument.0)).siblings;
+        let siblings = path(&instrument_tree, u64::from(instrument.0));
         let mut values: Vec<Fr> = risk.iter().map(|a| fr(i128::from(a.0))).collect();
         values.resize(shape.risk_chunks * 3, Fr::from(0u64));
         let after = InstrumentLeaf {
@@ -667,17 +792,17 @@ pub fn witness(
         });
     }
     mark_slots.resize_with(shape.marks, || MarkSlot {
-        siblings: vec![Fr::from(0u64); INSTRUMENT_DEPTH as usize],
+        siblings: zeros(INSTRUMENT_DEPTH),
         risk: vec![Fr::from(0u64); shape.risk_chunks * 3],
         ..MarkSlot::default()
     });
 
-    let accounts_root = if touched.is_empty() {
+    let accounts_root = if account_ids.is_empty() {
         state.accounts_root()
     } else {
         account_tree.root()
     };
-    let instruments_root = if instrument_ids.is_empty() {
+    let instruments_root = if touched.is_empty() {
         state.instruments_root()
     } else {
         instrument_tree.root()
@@ -688,7 +813,7 @@ pub fn witness(
         hash(&[fr(i128::from(insurance.0)), fr(fee_pool)]),
     );
     let public = PublicInputs {
-        old_root,
+        old_root: state.root(),
         new_root,
         commitment: commitment(&slots, &mark_slots),
         priority_before: state.priority_served(),
@@ -699,27 +824,14 @@ pub fn witness(
         accounts_root: state.accounts_root(),
         instruments_root: state.instruments_root(),
         insurance: fr(i128::from(insurance.0)),
-        fee_pool: fr(i128::from(state.funds().1.0)),
+        fee_pool: fr(i128::from(fee_pool_before.0)),
+        accounts: account_regs,
+        positions: position_regs,
+        instruments: instrument_regs,
         slots,
         marks: mark_slots,
         public,
     })
-}
-
-/// An unused op slot (zero paths: nothing in it is checked against a tree).
-pub fn pad_slot() -> Slot {
-    let zeros = |n: u8| vec![Fr::from(0u64); n as usize];
-    let step = AccountStep {
-        siblings: zeros(ACCOUNT_DEPTH),
-        position_siblings: zeros(INSTRUMENT_DEPTH),
-        ..AccountStep::default()
-    };
-    Slot {
-        a: step.clone(),
-        b: step,
-        read_siblings: zeros(INSTRUMENT_DEPTH),
-        ..Slot::default()
-    }
 }
 
 /// The witness of an empty batch of `shape` (what key generation synthesizes).

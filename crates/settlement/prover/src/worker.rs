@@ -121,7 +121,7 @@ fn proof_json(
 ) -> Value {
     json!({
         "batch": batch,
-        "shape": [keys.shape.slots, keys.shape.marks, keys.shape.risk_chunks],
+        "shape": keys.shape.name(),
         "public": {
             "old_root": to_hex(&public.old_root),
             "new_root": to_hex(&public.new_root),

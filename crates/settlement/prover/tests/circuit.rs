@@ -19,6 +19,9 @@ use rand_chacha::ChaCha8Rng;
 
 const SHAPE: Shape = Shape {
     slots: 8,
+    accounts: 8,
+    positions: 8,
+    instruments: 2,
     marks: 2,
     risk_chunks: 2,
 };
@@ -264,7 +267,7 @@ fn fees_other_than_the_specs_cannot_be_proven() {
     assert!(refused(&w));
     // Fee rates other than the committed spec's.
     let mut w = honest.clone();
-    w.slots[0].maker_rate = Fr::from(0u64);
+    w.instruments[0].maker_rate = Fr::from(0u64);
     assert!(refused(&w));
 }
 
@@ -373,6 +376,9 @@ fn uncovered_ops_and_oversized_batches_are_named() {
 fn the_value_check_agrees_with_arkworks() {
     let shape = Shape {
         slots: 1,
+        accounts: 1,
+        positions: 1,
+        instruments: 1,
         marks: 1,
         risk_chunks: 1,
     };
@@ -400,4 +406,40 @@ fn the_value_check_agrees_with_arkworks() {
         assert_eq!(cs.is_satisfied().expect("check"), ok);
         assert_eq!(b.num_constraints(), cs.num_constraints());
     }
+}
+
+/// The registers cannot be misused: an op on a register not in use (its leaf never checked), a
+/// fill whose position register belongs to the other side, an account loaded twice, and an
+/// account marked opened by no OPEN op are each refused.
+#[test]
+fn registers_cannot_be_misused() {
+    let state = genesis(3);
+    let ops = [
+        Op::Fill {
+            instrument: InstrumentId(0),
+            maker: AccountId(0),
+            taker: AccountId(1),
+            taker_side: Side::Buy,
+            price: Price(1_000 * MONEY_SCALE),
+            qty: Qty(QTY_SCALE),
+        },
+        Op::Deposit {
+            account: AccountId(2),
+            amount: Amount(5),
+        },
+    ];
+    let honest = batch_of(&state, &ops);
+    check(&honest).expect("honest");
+    let mut w = honest.clone();
+    w.slots[1].a = Some(SHAPE.accounts - 1);
+    assert!(refused(&w), "a register not in use");
+    let mut w = honest.clone();
+    w.slots[0].pa = w.slots[0].pb;
+    assert!(refused(&w), "the taker's position register for the maker");
+    let mut w = honest.clone();
+    w.accounts[1] = w.accounts[0].clone();
+    assert!(refused(&w), "one account in two registers");
+    let mut w = honest.clone();
+    w.accounts[2].opened = true;
+    assert!(refused(&w), "opened without an OPEN op");
 }

@@ -25,6 +25,9 @@ const KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f
 
 const SHAPE: Shape = Shape {
     slots: 1,
+    accounts: 2,
+    positions: 2,
+    instruments: 1,
     marks: 1,
     risk_chunks: 1,
 };

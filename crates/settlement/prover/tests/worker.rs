@@ -18,6 +18,9 @@ use optio_types::{
 
 const SHAPE: Shape = Shape {
     slots: 3,
+    accounts: 2,
+    positions: 2,
+    instruments: 1,
     marks: 1,
     risk_chunks: 1,
 };
