@@ -21,12 +21,12 @@ interface IGroth16Verifier {
 /// Validity proofs (issue #9, in part): anyone may submit a batch's Groth16 proof to
 /// `verifyBatch` (or many to `verifyBatches`, one pairing check); the verifier checks it against
 /// the batch's roots and L1 priority counts as committed here and the ops commitment the proof
-/// names, and the batch is marked proven. Not yet here: binding that commitment to the posted
-/// data bytes (the proof does not check `dataHash` yet: `optio prove check` and `optio verify`
-/// compare them off-chain), finality that requires a proof (batches still finalize after
-/// `finalizationDelay`, which the circuit's coverage does not allow to change yet: listings,
-/// liquidations, expiries and session keys are not in it), the authorization challenge and
-/// slashing of the bond. Until then the contract trusts the operator's withdrawal list, which
+/// names, and the batch is marked proven. A rollup deployed with a verifier finalizes only
+/// proven batches, `finalizationDelay` after their proof; one deployed without (the devnet's,
+/// since the circuit does not cover listings, liquidations, expiries and session keys yet)
+/// finalizes after the delay alone. Not yet here: binding the proof's commitment to the posted
+/// data bytes (the proof does not check `dataHash` yet: `optio prove check` compares them
+/// off-chain), the authorization challenge and slashing of the bond. Until then the contract trusts the operator's withdrawal list, which
 /// the posted data lets anyone audit. There are no admin functions (nothing to change, so
 /// nothing to timelock).
 contract OptioRollup {
@@ -118,6 +118,7 @@ contract OptioRollup {
     /// Batches whose validity proof verified, with the ops commitment the proof binds.
     mapping(uint256 => bool) public proven;
     mapping(uint256 => uint256) public provenCommitment;
+    mapping(uint256 => uint256) public provenAt;
     /// Withdrawals paid, by batch and index in its list.
     mapping(uint256 => mapping(uint256 => bool)) public withdrawn;
     uint256 public totalDeposited;
@@ -149,6 +150,7 @@ contract OptioRollup {
     error NotFinal(uint256 batch);
     error WrongWithdrawals();
     error NoVerifier();
+    error NotProven(uint256 batch);
     error AlreadyWithdrawn(uint256 batch, uint256 index);
 
     modifier onlyOperator() {
@@ -281,15 +283,23 @@ contract OptioRollup {
     function _proven(uint256 number, uint256 commitment) internal {
         proven[number] = true;
         provenCommitment[number] = commitment;
+        provenAt[number] = block.timestamp;
         emit BatchProven(number, commitment);
     }
 
-    /// Finalizes the next batch once its delay has passed (until validity proofs land).
+    /// Finalizes the next batch: with a verifier, once it is proven and `finalizationDelay` has
+    /// passed since its proof (the window of the authorization challenge, issue #9); without
+    /// one, once the delay has passed since its commitment.
     function finalize() external live {
         uint256 number = lastFinalized + 1;
         if (number >= batches.length) revert BadBatch("nothing to finalize");
         Batch storage b = batches[number];
-        if (block.timestamp < b.committedAt + finalizationDelay) revert TooEarly(b.committedAt + finalizationDelay);
+        uint256 from = b.committedAt;
+        if (address(verifier) != address(0)) {
+            if (!proven[number]) revert NotProven(number);
+            from = provenAt[number];
+        }
+        if (block.timestamp < from + finalizationDelay) revert TooEarly(from + finalizationDelay);
         lastFinalized = number;
         priorityServed = b.priorityServed;
         emit BatchFinalized(number, b.root);

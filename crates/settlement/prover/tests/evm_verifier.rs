@@ -24,7 +24,7 @@ use optio_types::{
 const KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
 
 const SHAPE: Shape = Shape {
-    slots: 1,
+    slots: 4,
     accounts: 2,
     positions: 2,
     instruments: 1,
@@ -40,30 +40,31 @@ fn words<const N: usize>(ws: &[Word]) -> [U256; N] {
     std::array::from_fn(|i| u(&ws[i]))
 }
 
-/// A genesis batch the circuit does not cover (a listing), then three it does (a fill, a
-/// deposit, a mark).
+/// Five batches: accounts opened and funded, a listing (the circuit does not cover it), a fill,
+/// a deposit, a mark.
 fn batches() -> Vec<Vec<Op>> {
     let spec = InstrumentSpec::with_defaults(
         "ETH-PERPETUAL".parse().expect("name"),
         Price(20_000 * MONEY_SCALE),
     );
-    let mut genesis = vec![
-        Op::ListInstrument { spec },
-        Op::ActivateInstrument {
-            instrument: InstrumentId(0),
-        },
-    ];
+    let mut accounts = Vec::new();
     for i in 0..2u32 {
-        genesis.push(Op::OpenAccount {
+        accounts.push(Op::OpenAccount {
             owner: Address([i as u8 + 1; 20]),
         });
-        genesis.push(Op::Deposit {
+        accounts.push(Op::Deposit {
             account: AccountId(i),
             amount: Amount(10_000 * MONEY_SCALE),
         });
     }
     vec![
-        genesis,
+        accounts,
+        vec![
+            Op::ListInstrument { spec },
+            Op::ActivateInstrument {
+                instrument: InstrumentId(0),
+            },
+        ],
         vec![Op::Fill {
             instrument: InstrumentId(0),
             maker: AccountId(0),
@@ -84,28 +85,28 @@ fn batches() -> Vec<Vec<Op>> {
     ]
 }
 
-/// The proofs of batches 2.. (batch 1 is applied unproven).
+/// The batches with a proof (the listing has none).
+const PROVEN: [u64; 4] = [1, 3, 4, 5];
+
+/// The proofs of the covered batches, in order (the listing is applied unproven).
 fn proofs(keys: &Keys, rng: &mut StdRng) -> Vec<([U256; 8], [U256; 5])> {
-    let all = batches();
     let mut state = SettlementState::new();
-    state.apply_batch(&all[0]).expect("genesis");
-    state.commit();
-    all[1..]
-        .iter()
-        .map(|ops| {
-            let w = witness(&state, ops, SHAPE).expect("covered");
+    let mut out = Vec::new();
+    for ops in batches() {
+        if let Ok(w) = witness(&state, &ops, SHAPE) {
             let public = w.public;
             let proof = prove(keys, w, rng).expect("proves");
             assert!(verify(&keys.vk, &public, &proof), "verifies natively");
-            state.apply_batch(ops).expect("applies");
-            state.commit();
-            assert_eq!(state.root(), public.new_root);
-            (
+            out.push((
                 words(&solidity::proof(&proof)),
                 words(&solidity::inputs(&public)),
-            )
-        })
-        .collect()
+            ));
+        }
+        state.apply_batch(&ops).expect("applies");
+        state.commit();
+    }
+    assert_eq!(out.len(), PROVEN.len());
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -173,7 +174,7 @@ async fn the_solidity_verifier_accepts_real_proofs_and_refuses_tampered_ones() {
             .await
             .expect("calls")
     );
-    // One wrong input among three.
+    // One wrong input among them.
     let mut wrong = all_inputs.clone();
     wrong[2][1] += U256::from(1u64);
     assert!(
@@ -210,16 +211,18 @@ async fn the_solidity_verifier_accepts_real_proofs_and_refuses_tampered_ones() {
         .await
         .expect("sent")
         .gas_used;
+    let k = proofs.len() as u64;
     println!(
-        "gas: verify {one}, verifyMany of 3 {many} ({} per proof)",
-        many / 3
+        "gas: verify {one}, verifyMany of {k} {many} ({} per proof)",
+        many / k
     );
 }
 
-/// The rollup with a real verifier: batches committed as the settler commits them; real proofs
-/// mark them proven one at a time and several in one transaction; a proof with another
-/// commitment, a proof of another batch, a second proof of a proven batch, and a batch nobody
-/// can prove (its op is not covered) stay refused or unproven.
+/// The rollup with a real verifier: batches committed as the settler commits them; nothing
+/// finalizes before its proof; real proofs mark batches proven one at a time and several in one
+/// transaction; a proof with another commitment, a proof of another batch, a second proof of a
+/// proven batch are refused, and a batch nobody can prove (its op is not covered) stays
+/// unproven and holds finality.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rollup_marks_batches_proven_by_real_proofs() {
     optio_contracts::forge_build().expect("forge build");
@@ -245,7 +248,7 @@ async fn the_rollup_marks_batches_proven_by_real_proofs() {
         &provider,
         operator,
         genesis,
-        3_600,
+        0,
         6 * 3_600,
         U256::ZERO,
         verifier,
@@ -254,7 +257,7 @@ async fn the_rollup_marks_batches_proven_by_real_proofs() {
     .expect("rollup");
     let rollup = OptioRollup::new(d.rollup, &provider);
 
-    // Commit the four batches as the settler would.
+    // Commit the five batches as the settler would.
     let mut state = SettlementState::new();
     for (i, ops) in batches().iter().enumerate() {
         let number = i as u64 + 1;
@@ -282,65 +285,89 @@ async fn the_rollup_marks_batches_proven_by_real_proofs() {
         .await
         .expect("commits");
     }
-    for (i, (_, input)) in proofs.iter().enumerate() {
+    for (n, (_, input)) in PROVEN.iter().zip(&proofs) {
         let on_l1 = rollup
-            .batchInputs(U256::from(i + 2), input[2])
+            .batchInputs(U256::from(*n), input[2])
             .call()
             .await
             .expect("reads");
         assert_eq!(
-            on_l1,
-            *input,
-            "the rollup's inputs for batch {} are the prover's",
-            i + 2
+            on_l1, *input,
+            "the rollup's inputs for batch {n} are the prover's"
         );
     }
 
-    let (proof2, input2) = proofs[0];
-    // Another commitment than the proof's, and batch 3's proof for batch 2: refused.
+    // With a verifier, nothing finalizes unproven.
     assert!(
-        transact(rollup.verifyBatch(U256::from(2), input2[2] + U256::from(1u64), proof2))
-            .await
-            .is_err()
+        transact(rollup.finalize()).await.is_err(),
+        "batch 1 is not proven"
     );
-    assert!(
-        transact(rollup.verifyBatch(U256::from(2), proofs[1].1[2], proofs[1].0))
-            .await
-            .is_err()
-    );
-    assert!(!rollup.proven(U256::from(2)).call().await.expect("reads"));
-    let one = transact(rollup.verifyBatch(U256::from(2), input2[2], proof2))
+    let (proof1, input1) = proofs[0];
+    transact(rollup.verifyBatch(U256::from(1), input1[2], proof1))
         .await
-        .expect("proves batch 2");
-    assert!(rollup.proven(U256::from(2)).call().await.expect("reads"));
+        .expect("proves batch 1");
+    transact(rollup.finalize())
+        .await
+        .expect("finalizes batch 1");
+    assert_eq!(
+        rollup.lastFinalized().call().await.expect("reads"),
+        U256::from(1)
+    );
     assert!(
-        transact(rollup.verifyBatch(U256::from(2), input2[2], proof2))
+        transact(rollup.finalize()).await.is_err(),
+        "batch 2 has no proof"
+    );
+
+    let (proof3, input3) = proofs[1];
+    // Another commitment than the proof's, and batch 4's proof for batch 3: refused.
+    assert!(
+        transact(rollup.verifyBatch(U256::from(3), input3[2] + U256::from(1u64), proof3))
+            .await
+            .is_err()
+    );
+    assert!(
+        transact(rollup.verifyBatch(U256::from(3), proofs[2].1[2], proofs[2].0))
+            .await
+            .is_err()
+    );
+    assert!(!rollup.proven(U256::from(3)).call().await.expect("reads"));
+    let one = transact(rollup.verifyBatch(U256::from(3), input3[2], proof3))
+        .await
+        .expect("proves batch 3");
+    assert!(rollup.proven(U256::from(3)).call().await.expect("reads"));
+    assert!(
+        transact(rollup.verifyBatch(U256::from(3), input3[2], proof3))
             .await
             .is_err(),
         "once"
     );
 
-    // Batches 3 and 4 in one transaction; with one wrong commitment neither is proven.
-    let numbers = vec![U256::from(3), U256::from(4)];
-    let proofs34: Vec<[U256; 8]> = proofs[1..].iter().map(|p| p.0).collect();
-    let commitments: Vec<U256> = proofs[1..].iter().map(|p| p.1[2]).collect();
+    // Batches 4 and 5 in one transaction; with one wrong commitment neither is proven.
+    let numbers = vec![U256::from(4), U256::from(5)];
+    let proofs45: Vec<[U256; 8]> = proofs[2..].iter().map(|p| p.0).collect();
+    let commitments: Vec<U256> = proofs[2..].iter().map(|p| p.1[2]).collect();
     let mut wrong = commitments.clone();
     wrong[1] += U256::from(1u64);
     assert!(
-        transact(rollup.verifyBatches(numbers.clone(), wrong, proofs34.clone()))
+        transact(rollup.verifyBatches(numbers.clone(), wrong, proofs45.clone()))
             .await
             .is_err()
     );
-    assert!(!rollup.proven(U256::from(3)).call().await.expect("reads"));
-    let both = transact(rollup.verifyBatches(numbers, commitments, proofs34))
+    assert!(!rollup.proven(U256::from(4)).call().await.expect("reads"));
+    let both = transact(rollup.verifyBatches(numbers, commitments, proofs45))
         .await
-        .expect("proves 3 and 4");
-    for n in [3u64, 4] {
+        .expect("proves 4 and 5");
+    for n in [4u64, 5] {
         assert!(rollup.proven(U256::from(n)).call().await.expect("reads"));
     }
     assert!(
-        !rollup.proven(U256::from(1)).call().await.expect("reads"),
-        "uncovered batch 1"
+        !rollup.proven(U256::from(2)).call().await.expect("reads"),
+        "the listing"
+    );
+    assert_eq!(
+        rollup.lastFinalized().call().await.expect("reads"),
+        U256::from(1),
+        "batch 2 still holds finality"
     );
     println!(
         "gas: verifyBatch {}, verifyBatches of 2 {}",
