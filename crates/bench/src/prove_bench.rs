@@ -106,6 +106,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         accounts,
         positions,
         instruments,
+        listings: 0,
+        expiries: 0,
         marks,
         risk_chunks,
     };

@@ -25,6 +25,12 @@ pub struct ShapeArgs {
     /// Distinct instruments a batch's fills may trade.
     #[arg(long, default_value_t = 8)]
     instruments: usize,
+    /// Listing and activation slots per batch.
+    #[arg(long, default_value_t = 4)]
+    listings: usize,
+    /// Expiry slots per batch.
+    #[arg(long, default_value_t = 4)]
+    expiries: usize,
     /// Mark slots per batch (instruments whose mark a batch may commit).
     #[arg(long, default_value_t = 8)]
     marks: usize,
@@ -40,6 +46,8 @@ impl ShapeArgs {
             accounts: self.accounts,
             positions: self.positions,
             instruments: self.instruments,
+            listings: self.listings,
+            expiries: self.expiries,
             marks: self.marks,
             risk_chunks: self.risk_scenarios.div_ceil(3),
         }
@@ -61,14 +69,8 @@ pub enum ProveCmd {
     /// Prove the committed batches of a batches directory, writing `NNNNNNNN.proof.json` beside
     /// each blob; run as many workers (processes, machines sharing the directory) as needed.
     Run {
-        /// Directory of `NNNNNNNN.blob` files (a node writes them under `<data>/batches`).
-        #[arg(long, default_value = "optio-data/batches")]
-        batches: PathBuf,
-        /// Directory of the keys.
-        #[arg(long, default_value = "optio-keys")]
-        keys: PathBuf,
         #[command(flatten)]
-        shape: ShapeArgs,
+        at: Place,
         /// One pass, then exit (otherwise keep following the directory).
         #[arg(long)]
         once: bool,
@@ -79,15 +81,29 @@ pub enum ProveCmd {
     /// Check every proof against the state rebuilt from the blobs alone and the verifying key;
     /// exits non-zero on a proof that does not check.
     Check {
-        /// Directory of the blobs and proofs.
-        #[arg(long, default_value = "optio-data/batches")]
-        batches: PathBuf,
-        /// Directory of the keys.
-        #[arg(long, default_value = "optio-keys")]
-        keys: PathBuf,
         #[command(flatten)]
-        shape: ShapeArgs,
+        at: Place,
     },
+}
+
+/// Where the batches and keys are, and which circuit shape.
+#[derive(clap::Args)]
+pub struct Place {
+    /// Directory of `NNNNNNNN.blob` files, where the proofs go (a node writes the blobs under
+    /// `<data>/batches`).
+    #[arg(long, default_value = "optio-data/batches")]
+    batches: PathBuf,
+    /// Directory of the keys.
+    #[arg(long, default_value = "optio-keys")]
+    keys: PathBuf,
+    #[command(flatten)]
+    shape: ShapeArgs,
+}
+
+impl Place {
+    fn keys(&self) -> Result<Keys> {
+        Keys::read(&self.keys, self.shape.shape()).map_err(|e| anyhow!("{e}"))
+    }
 }
 
 /// Arguments of `optio prove`.
@@ -107,12 +123,14 @@ pub fn run(args: ProveArgs) -> Result<()> {
             let generated = Keys::generate(shape, &mut os_rng()).map_err(|e| anyhow!("{e}"))?;
             generated.write(&keys).map_err(|e| anyhow!("{e}"))?;
             println!(
-                "keys {} ({} op slots, {} accounts, {} positions, {} instruments, {} mark slots, {} risk scenarios) written to {} in {:.1} s",
+                "keys {} ({} op slots, {} accounts, {} positions, {} instruments, {} listing and {} expiry slots, {} mark slots, {} risk scenarios) written to {} in {:.1} s",
                 shape.name(),
                 shape.slots,
                 shape.accounts,
                 shape.positions,
                 shape.instruments,
+                shape.listings,
+                shape.expiries,
                 shape.marks,
                 shape.risk_chunks * 3,
                 keys.display(),
@@ -121,13 +139,12 @@ pub fn run(args: ProveArgs) -> Result<()> {
             Ok(())
         }
         ProveCmd::Run {
-            batches,
-            keys,
-            shape,
+            at,
             once,
             stale_after_s,
         } => {
-            let keys = Keys::read(&keys, shape.shape()).map_err(|e| anyhow!("{e}"))?;
+            let keys = at.keys()?;
+            let batches = at.batches;
             let mut rng = os_rng();
             loop {
                 let done = prove_pending(
@@ -155,13 +172,9 @@ pub fn run(args: ProveArgs) -> Result<()> {
                 }
             }
         }
-        ProveCmd::Check {
-            batches,
-            keys,
-            shape,
-        } => {
-            let keys = Keys::read(&keys, shape.shape()).map_err(|e| anyhow!("{e}"))?;
-            match check_proofs(&batches, &keys) {
+        ProveCmd::Check { at } => {
+            let keys = at.keys()?;
+            match check_proofs(&at.batches, &keys) {
                 Ok((proven, missing)) => {
                     println!(
                         "{} batches proven, every proof checks against the blobs; {} without a proof{}",

@@ -18,21 +18,24 @@
 //!   positions and the fee pool move as `SettlementState::apply_batch` moves them;
 //! - a transfer moves money between two accounts of one owner; an opened account takes an empty
 //!   leaf; an L1 operation is the next in the queue;
+//! - a listing takes an empty instrument leaf (status listed, the listed spec's hash), an
+//!   activation moves it from listed to active, an expiry from active to expired; listings and
+//!   activations apply before the op slots, expiries after;
 //! - a mark slot replaces an instrument's mark and risk array (hashed in the circuit).
 //!
-//! Not yet in the circuit (README, "Validity proofs"): liquidations, deficit sharing, expiry and
-//! settlement, listings, session keys; the margin rule against the committed risk arrays; fills
+//! Not yet in the circuit (README, "Validity proofs"): liquidations, deficit sharing,
+//! settlement, session keys; the margin rule against the committed risk arrays; fills
 //! against the maker's and taker's signed order limits (orders are not in the posted data yet).
 
 use ark_relations::gr1cs::{ConstraintSynthesizer, ConstraintSystemRef, SynthesisError};
-use optio_state::leaf::{ACCOUNT_DEPTH, INSTRUMENT_DEPTH};
+use optio_state::leaf::{ACCOUNT_DEPTH, INSTRUMENT_DEPTH, status};
 use optio_state::poseidon::{Fr, from_i64};
 use optio_state::smt::empty_hashes;
 use optio_types::QTY_SCALE;
 use optio_types::fixed::FEE_RATE_SCALE;
 
 use crate::gadgets::{Cs, R, Wire, pow2};
-use crate::witness::{BatchWitness, MarkSlot, Slot, kind};
+use crate::witness::{BatchWitness, InstrumentOp, MarkSlot, Slot, kind};
 
 /// The circuit of one batch (its witness; key generation uses an empty batch of the same shape).
 pub struct BatchCircuit {
@@ -156,6 +159,13 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
     let root = cs.poseidon(&[accounts_root.clone(), instruments_root.clone(), funds])?;
     cs.equal(&root, &old_root)?;
 
+    let mut instruments_root = instruments_root;
+    let mut commitment_so_far = Wire::zero();
+    for (i, o) in w.listings.iter().enumerate() {
+        cs.part(format!("listing slot {i}"));
+        instrument_op(cs, o, &mut instruments_root, &mut commitment_so_far)?;
+    }
+
     cs.part("the registers".into());
     let mut accounts = Vec::with_capacity(w.accounts.len());
     for r in &w.accounts {
@@ -262,15 +272,19 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
         instruments,
         fee_pool,
         priority: priority_before,
-        commitment: Wire::zero(),
+        commitment: commitment_so_far,
     };
     for (i, slot) in w.slots.iter().enumerate() {
         cs.part(format!("op slot {i} (kind {})", slot.kind));
         op_slot(cs, slot, &mut st)?;
     }
 
+    for (i, o) in w.expiries.iter().enumerate() {
+        cs.part(format!("expiry slot {i}"));
+        instrument_op(cs, o, &mut instruments_root, &mut st.commitment)?;
+    }
+
     cs.part("the positions' write-back".into());
-    let mut instruments_root = instruments_root;
     for (k, q) in w.positions.iter().enumerate() {
         let reg = &st.positions[k];
         let current = pick(
@@ -520,6 +534,73 @@ fn absorb(cs: &Cs, commitment: &mut Wire, record: [Wire; 10]) -> R<()> {
     inputs.extend(record);
     *commitment = cs.poseidon(&inputs)?;
     Ok(())
+}
+
+/// A listing (the leaf must be empty; the new one has the listed spec's hash, status listed),
+/// an activation (listed to active) or an expiry (active to expired).
+fn instrument_op(
+    cs: &Cs,
+    o: &InstrumentOp,
+    instruments_root: &mut Wire,
+    commitment: &mut Wire,
+) -> R<()> {
+    let list = cs.boolean(o.kind == kind::LIST)?;
+    let activate = cs.boolean(o.kind == kind::ACTIVATE)?;
+    let expire = cs.boolean(o.kind == kind::EXPIRE)?;
+    let used = Wire::sum([&list, &activate, &expire]);
+    cs.assert_boolean(&used)?;
+    let kind_code = list
+        .scale(Fr::from(kind::LIST))
+        .add(&activate.scale(Fr::from(kind::ACTIVATE)))
+        .add(&expire.scale(Fr::from(kind::EXPIRE)));
+    let instrument = cs.witness(Fr::from(o.instrument))?;
+    let bits = cs.bits(&instrument, INSTRUMENT_DEPTH as usize)?;
+    cs.equal_if(&not(&used), &instrument, &Wire::zero())?;
+    let fields = [
+        cs.witness(o.before.spec_hash)?,
+        cs.witness(Fr::from(o.before.status))?,
+        cs.witness(from_i64(o.before.mark.0))?,
+        cs.witness(o.before.risk_hash)?,
+        cs.witness(from_i64(o.before.settlement_price.0))?,
+    ];
+    let leaf = cs.poseidon(&fields)?;
+    let old_leaf = cs.select(&list, &Wire::zero(), &leaf)?;
+    let siblings = cs.witnesses(&o.siblings)?;
+    let old_root = cs.merkle_root(&old_leaf, &bits, &siblings)?;
+    cs.equal_if(&used, &old_root, instruments_root)?;
+    // Listed -> active -> expired, one step at a time.
+    let status = &fields[1];
+    cs.equal_if(&activate, status, &Wire::constant(Fr::from(status::LISTED)))?;
+    cs.equal_if(&expire, status, &Wire::constant(Fr::from(status::ACTIVE)))?;
+    let spec_hash = cs.witness(o.spec_hash)?;
+    cs.equal_if(&not(&list), &spec_hash, &Wire::zero())?;
+    let zero = Wire::zero();
+    let new_leaf = cs.poseidon(&[
+        cs.select(&list, &spec_hash, &fields[0])?,
+        cs.select(&list, &zero, &status.add(&activate).add(&expire))?,
+        cs.select(&list, &zero, &fields[2])?,
+        cs.select(&list, &zero, &fields[3])?,
+        cs.select(&list, &zero, &fields[4])?,
+    ])?;
+    let new_root = cs.merkle_root(&new_leaf, &bits, &siblings)?;
+    *instruments_root = cs.select(&used, &new_root, instruments_root)?;
+    let z = Wire::zero;
+    absorb(
+        cs,
+        commitment,
+        [
+            kind_code,
+            z(),
+            z(),
+            instrument,
+            z(),
+            z(),
+            z(),
+            z(),
+            z(),
+            spec_hash,
+        ],
+    )
 }
 
 fn mark_slot(cs: &Cs, m: &MarkSlot, instruments_root: &mut Wire, commitment: &mut Wire) -> R<()> {

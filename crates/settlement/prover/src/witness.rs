@@ -14,17 +14,23 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use optio_state::leaf::{self, ACCOUNT_DEPTH, INSTRUMENT_DEPTH, InstrumentLeaf};
+use optio_state::leaf::{self, ACCOUNT_DEPTH, INSTRUMENT_DEPTH, InstrumentLeaf, status};
 use optio_state::poseidon::{Fr, from_address, hash};
 use optio_state::smt::{NodeStore, Proof, SparseMerkleTree};
 use optio_state::{Op, SettlementState};
 use optio_types::fixed::FEE_RATE_SCALE;
-use optio_types::{AccountId, InstrumentId, QTY_SCALE, Side};
+use optio_types::{AccountId, InstrumentId, InstrumentSpec, QTY_SCALE, Side};
 
 /// Op kinds as the circuit numbers them (the blob's tags where one exists).
 pub mod kind {
     /// An unused slot.
     pub const PAD: u64 = 0;
+    /// `Op::ListInstrument` (instrument-op slots).
+    pub const LIST: u64 = 1;
+    /// `Op::ActivateInstrument` (instrument-op slots).
+    pub const ACTIVATE: u64 = 2;
+    /// `Op::ExpireInstrument` (instrument-op slots).
+    pub const EXPIRE: u64 = 3;
     /// `Op::OpenAccount`.
     pub const OPEN: u64 = 6;
     /// `Op::Deposit`.
@@ -65,6 +71,10 @@ pub struct Shape {
     pub positions: usize,
     /// Distinct instruments its fills may trade.
     pub instruments: usize,
+    /// Listing and activation slots (applied before the op slots).
+    pub listings: usize,
+    /// Expiry slots (applied after the op slots).
+    pub expiries: usize,
     /// Mark slots (one per instrument whose mark the batch commits).
     pub marks: usize,
     /// Risk array capacity, in chunks of three scenarios.
@@ -72,14 +82,17 @@ pub struct Shape {
 }
 
 impl Shape {
-    /// The name of its key files: `batch-<slots>x<accounts>x<positions>x<instruments>x<marks>x<risk_chunks>`.
+    /// The name of its key files:
+    /// `batch-<slots>x<accounts>x<positions>x<instruments>x<listings>x<expiries>x<marks>x<risk_chunks>`.
     pub fn name(&self) -> String {
         format!(
-            "batch-{}x{}x{}x{}x{}x{}",
+            "batch-{}x{}x{}x{}x{}x{}x{}x{}",
             self.slots,
             self.accounts,
             self.positions,
             self.instruments,
+            self.listings,
+            self.expiries,
             self.marks,
             self.risk_chunks
         )
@@ -225,6 +238,21 @@ pub struct MarkSlot {
     pub chunks: usize,
 }
 
+/// An instrument-op slot: a listing or activation (before the op slots) or an expiry (after).
+#[derive(Debug, Clone, Default)]
+pub struct InstrumentOp {
+    /// `kind::LIST`, `ACTIVATE`, `EXPIRE`, or `PAD`.
+    pub kind: u64,
+    /// Instrument id.
+    pub instrument: u32,
+    /// Its leaf before (all zero before a listing).
+    pub before: InstrumentLeaf,
+    /// Its path.
+    pub siblings: Vec<Fr>,
+    /// The listed spec's hash (listings only).
+    pub spec_hash: Fr,
+}
+
 /// The public inputs, in the verifier's order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PublicInputs {
@@ -272,8 +300,12 @@ pub struct BatchWitness {
     pub positions: Vec<PositionReg>,
     /// Instrument registers.
     pub instruments: Vec<InstrumentReg>,
+    /// Listing and activation slots.
+    pub listings: Vec<InstrumentOp>,
     /// Op slots.
     pub slots: Vec<Slot>,
+    /// Expiry slots.
+    pub expiries: Vec<InstrumentOp>,
     /// Mark slots.
     pub marks: Vec<MarkSlot>,
     /// What the circuit's public inputs must be.
@@ -331,13 +363,34 @@ fn risk_hash_of(values: &[Fr]) -> Fr {
         .fold(Fr::from(0u64), |h, c| hash(&[h, c[0], c[1], c[2]]))
 }
 
-/// The commitment to a batch's ops: `h = Poseidon(h, record)` over every op slot then every mark
-/// slot (unused ones as zero records), from 0.
-pub fn commitment(slots: &[Slot], marks: &[MarkSlot]) -> Fr {
-    let records = slots
+/// The ten fields of an instrument-op slot's record.
+pub fn instrument_op_record(o: &InstrumentOp) -> [Fr; 10] {
+    let z = Fr::from(0u64);
+    [
+        Fr::from(o.kind),
+        z,
+        z,
+        Fr::from(o.instrument),
+        z,
+        z,
+        z,
+        z,
+        z,
+        o.spec_hash,
+    ]
+}
+
+/// The commitment to a batch's ops: `h = Poseidon(h, record)` over the listing slots, the op
+/// slots, the expiry slots and the mark slots in that order (unused ones as zero records), from
+/// 0.
+pub fn commitment(w: &BatchWitness) -> Fr {
+    let records = w
+        .listings
         .iter()
-        .map(slot_record)
-        .chain(marks.iter().map(mark_record));
+        .map(instrument_op_record)
+        .chain(w.slots.iter().map(slot_record))
+        .chain(w.expiries.iter().map(instrument_op_record))
+        .chain(w.marks.iter().map(mark_record));
     records.fold(Fr::from(0u64), |h, r| {
         let mut inputs = vec![h];
         inputs.extend_from_slice(&r);
@@ -415,24 +468,48 @@ pub fn witness(
     shape: Shape,
 ) -> Result<BatchWitness, WitnessError> {
     let accounts = state.accounts();
-    let instruments = state.instruments();
-    // What the batch touches. Opened accounts take the next ids.
+    // Specs by instrument id, those the batch lists included.
+    let mut specs: Vec<&InstrumentSpec> = state.instruments().iter().map(|x| &x.spec).collect();
+    // What the batch touches. Opened accounts and listed instruments take the next ids.
     let mut next_account = accounts.len() as u32;
     let (mut account_ids, mut position_keys, mut instrument_ids) =
         (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
     let mut marks = Vec::new();
     let mut slot_ops: Vec<(&Op, u32)> = Vec::new();
+    // Listings and activations are applied before the op slots, expiries after: a fill in an
+    // instrument may not come before its listing or activation, nor after its expiry.
+    let (mut leading, mut trailing) = (Vec::new(), Vec::new());
+    let mut filled: BTreeSet<u32> = BTreeSet::new();
     for (i, op) in ops.iter().enumerate() {
         let known = |a: &AccountId| a.0 < next_account;
+        let listed = specs.len();
         match op {
             Op::Mark { instrument, .. } => {
-                if instrument.0 as usize >= instruments.len() {
+                if instrument.0 as usize >= listed {
                     return Err(WitnessError::Invalid(i));
                 }
                 marks.push((i, op));
                 continue;
             }
             _ if !marks.is_empty() => return Err(WitnessError::Invalid(i)),
+            Op::ListInstrument { spec } => {
+                leading.push((kind::LIST, listed as u32, Some(spec)));
+                specs.push(spec);
+                continue;
+            }
+            Op::ActivateInstrument { instrument } | Op::ExpireInstrument { instrument } => {
+                let activation = matches!(op, Op::ActivateInstrument { .. });
+                if instrument.0 as usize >= listed || (activation && filled.contains(&instrument.0))
+                {
+                    return Err(WitnessError::Invalid(i));
+                }
+                if activation {
+                    leading.push((kind::ACTIVATE, instrument.0, None));
+                } else {
+                    trailing.push((kind::EXPIRE, instrument.0, None));
+                }
+                continue;
+            }
             Op::OpenAccount { .. } => {
                 account_ids.insert(next_account);
                 slot_ops.push((op, next_account));
@@ -460,9 +537,11 @@ pub fn witness(
                 taker,
                 ..
             } => {
-                if !known(maker) || !known(taker) || instrument.0 as usize >= instruments.len() {
+                let expired = trailing.iter().any(|(_, x, _)| *x == instrument.0);
+                if !known(maker) || !known(taker) || instrument.0 as usize >= listed || expired {
                     return Err(WitnessError::Invalid(i));
                 }
+                filled.insert(instrument.0);
                 account_ids.extend([maker.0, taker.0]);
                 position_keys.extend([(maker.0, instrument.0), (taker.0, instrument.0)]);
                 instrument_ids.insert(instrument.0);
@@ -472,6 +551,8 @@ pub fn witness(
         slot_ops.push((op, 0));
     }
     for (what, used, room) in [
+        ("listing slots", leading.len(), shape.listings),
+        ("expiry slots", trailing.len(), shape.expiries),
         ("op slots", slot_ops.len(), shape.slots),
         ("account registers", account_ids.len(), shape.accounts),
         ("position registers", position_keys.len(), shape.positions),
@@ -633,7 +714,7 @@ pub fn witness(
                 price,
                 qty,
             } => {
-                let spec = &instruments[instrument.0 as usize].spec;
+                let spec = specs[instrument.0 as usize];
                 slot.kind = kind::FILL;
                 slot.instrument = instrument.0;
                 slot.price = fr(i128::from(price.0));
@@ -716,34 +797,92 @@ pub fn witness(
         ..AccountReg::default()
     });
 
-    // Instruments: the fills' reads against the root before the batch, then the marks.
+    // Instruments: listings and activations, the fills' reads, expiries, then the marks, each
+    // on the leaves as the previous left them.
+    let existing = state.instruments();
     let mut touched: BTreeSet<u32> = instrument_ids.iter().copied().collect();
+    touched.extend(leading.iter().chain(&trailing).map(|(_, id, _)| *id));
     for (_, op) in &marks {
         if let Op::Mark { instrument, .. } = op {
             touched.insert(instrument.0);
         }
     }
-    let instrument_seeds: Vec<(u64, Fr, Proof)> = touched
-        .iter()
-        .map(|&id| {
-            let proof = state
-                .instrument_proof(InstrumentId(id))
-                .expect("listed ids fit the depth");
-            (u64::from(id), instruments[id as usize].leaf().hash(), proof)
-        })
-        .collect();
+    let mut leaves: BTreeMap<u32, InstrumentLeaf> = BTreeMap::new();
+    let mut instrument_seeds: Vec<(u64, Fr, Proof)> = Vec::new();
+    for &id in &touched {
+        let proof = state
+            .instrument_proof(InstrumentId(id))
+            .ok_or(WitnessError::TooLarge("instrument id"))?;
+        let leaf = existing
+            .get(id as usize)
+            .map(|x| x.leaf())
+            .unwrap_or_default();
+        let hashed = if (id as usize) < existing.len() {
+            leaf.hash()
+        } else {
+            Fr::from(0u64)
+        };
+        leaves.insert(id, leaf);
+        instrument_seeds.push((u64::from(id), hashed, proof));
+    }
     let mut instrument_tree = overlay(INSTRUMENT_DEPTH, &instrument_seeds);
+    fn instrument_op(
+        (k, id, spec): (u64, u32, Option<&InstrumentSpec>),
+        tree: &mut SparseMerkleTree,
+        leaves: &mut BTreeMap<u32, InstrumentLeaf>,
+    ) -> InstrumentOp {
+        let before = if k == kind::LIST {
+            InstrumentLeaf::default()
+        } else {
+            leaves[&id]
+        };
+        let siblings = path(tree, u64::from(id));
+        let spec_hash = spec.map_or(Fr::from(0u64), leaf::spec_hash);
+        let after = match k {
+            kind::LIST => InstrumentLeaf {
+                spec_hash,
+                ..InstrumentLeaf::default()
+            },
+            kind::ACTIVATE => InstrumentLeaf {
+                status: status::ACTIVE,
+                ..before
+            },
+            _ => InstrumentLeaf {
+                status: status::EXPIRED,
+                ..before
+            },
+        };
+        leaves.insert(id, after);
+        tree.set(u64::from(id), after.hash())
+            .expect("ids fit the depth");
+        InstrumentOp {
+            kind: k,
+            instrument: id,
+            before,
+            siblings,
+            spec_hash,
+        }
+    }
+    let pad = || InstrumentOp {
+        siblings: zeros(INSTRUMENT_DEPTH),
+        ..InstrumentOp::default()
+    };
+    let mut listing_slots: Vec<InstrumentOp> = leading
+        .iter()
+        .map(|o| instrument_op(*o, &mut instrument_tree, &mut leaves))
+        .collect();
+    listing_slots.resize_with(shape.listings, pad);
     let mut instrument_regs: Vec<InstrumentReg> = instrument_ids
         .iter()
         .map(|&id| {
-            let inst = &instruments[id as usize];
+            let spec = specs[id as usize];
             InstrumentReg {
                 enabled: true,
                 id,
-                leaf: inst.leaf(),
-                spec_bytes_hash: leaf::spec_bytes_hash(&inst.spec),
-                maker_rate: fr(i128::from(inst.spec.maker_fee.0)),
-                taker_rate: fr(i128::from(inst.spec.taker_fee.0)),
+                leaf: leaves[&id],
+                spec_bytes_hash: leaf::spec_bytes_hash(spec),
+                maker_rate: fr(i128::from(spec.maker_fee.0)),
+                taker_rate: fr(i128::from(spec.taker_fee.0)),
                 siblings: path(&instrument_tree, u64::from(id)),
             }
         })
@@ -752,6 +891,11 @@ pub fn witness(
         siblings: zeros(INSTRUMENT_DEPTH),
         ..InstrumentReg::default()
     });
+    let mut expiry_slots: Vec<InstrumentOp> = trailing
+        .iter()
+        .map(|o| instrument_op(*o, &mut instrument_tree, &mut leaves))
+        .collect();
+    expiry_slots.resize_with(shape.expiries, pad);
     let mut mark_slots = Vec::with_capacity(shape.marks);
     for (i, op) in &marks {
         let Op::Mark {
@@ -766,7 +910,7 @@ pub fn witness(
         if chunks > shape.risk_chunks {
             return Err(WitnessError::TooLarge("risk array"));
         }
-        let before = instruments[instrument.0 as usize].leaf();
+        let before = leaves[&instrument.0];
         let siblings = path(&instrument_tree, u64::from(instrument.0));
         let mut values: Vec<Fr> = risk.iter().map(|a| fr(i128::from(a.0))).collect();
         values.resize(shape.risk_chunks * 3, Fr::from(0u64));
@@ -781,6 +925,7 @@ pub fn witness(
         instrument_tree
             .set(u64::from(instrument.0), after.hash())
             .expect("ids fit the depth");
+        leaves.insert(instrument.0, after);
         mark_slots.push(MarkSlot {
             enabled: true,
             instrument: instrument.0,
@@ -812,14 +957,7 @@ pub fn witness(
         instruments_root,
         hash(&[fr(i128::from(insurance.0)), fr(fee_pool)]),
     );
-    let public = PublicInputs {
-        old_root: state.root(),
-        new_root,
-        commitment: commitment(&slots, &mark_slots),
-        priority_before: state.priority_served(),
-        priority_after: priority,
-    };
-    Ok(BatchWitness {
+    let mut w = BatchWitness {
         shape,
         accounts_root: state.accounts_root(),
         instruments_root: state.instruments_root(),
@@ -828,10 +966,20 @@ pub fn witness(
         accounts: account_regs,
         positions: position_regs,
         instruments: instrument_regs,
+        listings: listing_slots,
         slots,
+        expiries: expiry_slots,
         marks: mark_slots,
-        public,
-    })
+        public: PublicInputs {
+            old_root: state.root(),
+            new_root,
+            commitment: Fr::from(0u64),
+            priority_before: state.priority_served(),
+            priority_after: priority,
+        },
+    };
+    w.public.commitment = commitment(&w);
+    Ok(w)
 }
 
 /// The witness of an empty batch of `shape` (what key generation synthesizes).

@@ -22,6 +22,8 @@ const SHAPE: Shape = Shape {
     accounts: 8,
     positions: 8,
     instruments: 2,
+    listings: 2,
+    expiries: 1,
     marks: 2,
     risk_chunks: 2,
 };
@@ -379,6 +381,8 @@ fn the_value_check_agrees_with_arkworks() {
         accounts: 1,
         positions: 1,
         instruments: 1,
+        listings: 1,
+        expiries: 1,
         marks: 1,
         risk_chunks: 1,
     };
@@ -442,4 +446,78 @@ fn registers_cannot_be_misused() {
     let mut w = honest.clone();
     w.accounts[2].opened = true;
     assert!(refused(&w), "opened without an OPEN op");
+}
+
+/// Listings and activations before the op slots, expiries after: a batch that lists an
+/// instrument, activates it, trades it and expires it proves with the native root; activating
+/// an active instrument, expiring a listed one, or listing over a taken id cannot be proven, and
+/// a fill after its instrument's expiry is refused outright.
+#[test]
+fn listings_activations_and_expiries() {
+    let state = genesis(2);
+    let ops = vec![
+        Op::ListInstrument {
+            spec: spec("ETH-26MAR27-4000-P"),
+        },
+        Op::ActivateInstrument {
+            instrument: InstrumentId(2),
+        },
+        Op::Fill {
+            instrument: InstrumentId(2),
+            maker: AccountId(0),
+            taker: AccountId(1),
+            taker_side: Side::Buy,
+            price: Price(150 * MONEY_SCALE),
+            qty: Qty(QTY_SCALE),
+        },
+        Op::ExpireInstrument {
+            instrument: InstrumentId(2),
+        },
+    ];
+    let w = batch_of(&state, &ops);
+    assert_eq!(
+        w.public.new_root,
+        after(&state, &ops).root(),
+        "the native root"
+    );
+    check(&w).expect("proves");
+
+    let twice = batch_of(
+        &state,
+        &[Op::ActivateInstrument {
+            instrument: InstrumentId(0),
+        }],
+    );
+    assert!(refused(&twice), "activating an active instrument");
+    let listed = after(
+        &state,
+        &[Op::ListInstrument {
+            spec: spec("ETH-26MAR27-4000-P"),
+        }],
+    );
+    let early = batch_of(
+        &listed,
+        &[Op::ExpireInstrument {
+            instrument: InstrumentId(2),
+        }],
+    );
+    assert!(refused(&early), "expiring a listed instrument");
+    let mut over = batch_of(
+        &state,
+        &[Op::ListInstrument {
+            spec: spec("ETH-26MAR27-4000-P"),
+        }],
+    );
+    over.listings[0].instrument = 1;
+    assert!(refused(&over), "listing over an existing instrument");
+    let late = [
+        Op::ExpireInstrument {
+            instrument: InstrumentId(1),
+        },
+        ops[2].clone(),
+    ];
+    assert!(
+        witness(&state, &late, SHAPE).is_err(),
+        "a fill after its expiry"
+    );
 }

@@ -28,6 +28,8 @@ const SHAPE: Shape = Shape {
     accounts: 2,
     positions: 2,
     instruments: 1,
+    listings: 2,
+    expiries: 1,
     marks: 1,
     risk_chunks: 1,
 };
@@ -40,7 +42,8 @@ fn words<const N: usize>(ws: &[Word]) -> [U256; N] {
     std::array::from_fn(|i| u(&ws[i]))
 }
 
-/// Five batches: accounts opened and funded, a listing (the circuit does not cover it), a fill,
+/// Five batches: accounts opened and funded, a listing with a session key (the circuit does not
+/// cover session keys), a fill,
 /// a deposit, a mark.
 fn batches() -> Vec<Vec<Op>> {
     let spec = InstrumentSpec::with_defaults(
@@ -64,6 +67,12 @@ fn batches() -> Vec<Vec<Op>> {
             Op::ActivateInstrument {
                 instrument: InstrumentId(0),
             },
+            Op::SessionKey {
+                account: AccountId(0),
+                key: Address([7; 20]),
+                expiry_ms: 1_000_000,
+                at_ms: 1,
+            },
         ],
         vec![Op::Fill {
             instrument: InstrumentId(0),
@@ -85,10 +94,10 @@ fn batches() -> Vec<Vec<Op>> {
     ]
 }
 
-/// The batches with a proof (the listing has none).
+/// The batches with a proof (the one with the session key has none).
 const PROVEN: [u64; 4] = [1, 3, 4, 5];
 
-/// The proofs of the covered batches, in order (the listing is applied unproven).
+/// The proofs of the covered batches, in order (the uncovered one is applied unproven).
 fn proofs(keys: &Keys, rng: &mut StdRng) -> Vec<([U256; 8], [U256; 5])> {
     let mut state = SettlementState::new();
     let mut out = Vec::new();
@@ -109,13 +118,21 @@ fn proofs(keys: &Keys, rng: &mut StdRng) -> Vec<([U256; 8], [U256; 5])> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_solidity_verifier_accepts_real_proofs_and_refuses_tampered_ones() {
+/// Keys (seeded), the proofs of the covered batches, an embedded chain with `KEY` funded, a
+/// provider signing with it, and the verifier deployed with the keys.
+async fn setup(
+    seed: u64,
+) -> (
+    Keys,
+    Vec<([U256; 8], [U256; 5])>,
+    Chain,
+    optio_settler::DynProvider,
+    alloy::primitives::Address,
+) {
     optio_contracts::forge_build().expect("forge build");
-    let mut rng = StdRng::seed_from_u64(3);
+    let mut rng = StdRng::seed_from_u64(seed);
     let keys = Keys::generate(SHAPE, &mut rng).expect("keys");
     let proofs = proofs(&keys, &mut rng);
-
     let operator = optio_settler::signer_address(KEY).expect("address");
     let chain = Chain::start(
         31_337,
@@ -125,8 +142,16 @@ async fn the_solidity_verifier_accepts_real_proofs_and_refuses_tampered_ones() {
     .await
     .expect("chain");
     let provider = connect(&chain.url, KEY).expect("provider");
+    let verifier = deploy_verifier(&provider, words(&solidity::verifying_key(&keys.vk)))
+        .await
+        .expect("verifier");
+    (keys, proofs, chain, provider, verifier)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_solidity_verifier_accepts_real_proofs_and_refuses_tampered_ones() {
+    let (keys, proofs, _chain, provider, address) = setup(3).await;
     let vk: [U256; 26] = words(&solidity::verifying_key(&keys.vk));
-    let address = deploy_verifier(&provider, vk).await.expect("deploys");
     let verifier = Groth16Verifier::new(address, &provider);
     assert_eq!(verifier.verifyingKey().call().await.expect("reads"), vk);
 
@@ -225,22 +250,8 @@ async fn the_solidity_verifier_accepts_real_proofs_and_refuses_tampered_ones() {
 /// unproven and holds finality.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rollup_marks_batches_proven_by_real_proofs() {
-    optio_contracts::forge_build().expect("forge build");
-    let mut rng = StdRng::seed_from_u64(4);
-    let keys = Keys::generate(SHAPE, &mut rng).expect("keys");
-    let proofs = proofs(&keys, &mut rng);
+    let (_keys, proofs, _chain, provider, verifier) = setup(4).await;
     let operator = optio_settler::signer_address(KEY).expect("address");
-    let chain = Chain::start(
-        31_337,
-        &[(operator, U256::from(10u64).pow(U256::from(21u64)))],
-        Duration::from_secs(3_600),
-    )
-    .await
-    .expect("chain");
-    let provider = connect(&chain.url, KEY).expect("provider");
-    let verifier = deploy_verifier(&provider, words(&solidity::verifying_key(&keys.vk)))
-        .await
-        .expect("verifier");
     let genesis = U256::from_be_bytes(optio_state::poseidon::to_bytes(
         &SettlementState::new().root(),
     ));
@@ -362,7 +373,7 @@ async fn the_rollup_marks_batches_proven_by_real_proofs() {
     }
     assert!(
         !rollup.proven(U256::from(2)).call().await.expect("reads"),
-        "the listing"
+        "the session key"
     );
     assert_eq!(
         rollup.lastFinalized().call().await.expect("reads"),

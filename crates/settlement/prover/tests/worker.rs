@@ -21,6 +21,8 @@ const SHAPE: Shape = Shape {
     accounts: 2,
     positions: 2,
     instruments: 1,
+    listings: 2,
+    expiries: 1,
     marks: 1,
     risk_chunks: 1,
 };
@@ -51,6 +53,12 @@ fn batches() -> Vec<Vec<Op>> {
             },
             Op::OpenAccount {
                 owner: Address([2; 20]),
+            },
+            Op::SessionKey {
+                account: AccountId(0),
+                key: Address([7; 20]),
+                expiry_ms: 1_000_000,
+                at_ms: 1,
             },
             Op::Deposit {
                 account: AccountId(1),
@@ -119,7 +127,7 @@ fn workers_share_the_queue_and_their_proofs_check_against_the_blobs() {
     proven.sort_unstable();
     assert_eq!(
         proven,
-        vec![2, 3],
+        vec![1, 3],
         "each covered batch once, the claimed one left alone"
     );
     let unprovable: Vec<&Outcome> = outcomes
@@ -128,7 +136,7 @@ fn workers_share_the_queue_and_their_proofs_check_against_the_blobs() {
         .collect();
     assert_eq!(unprovable.len(), 1);
     assert!(
-        matches!(unprovable[0], Outcome::Unprovable { batch: 1, reason } if reason.contains("ListInstrument")),
+        matches!(unprovable[0], Outcome::Unprovable { batch: 2, reason } if reason.contains("SessionKey")),
         "{unprovable:?}"
     );
 
@@ -152,15 +160,15 @@ fn workers_share_the_queue_and_their_proofs_check_against_the_blobs() {
     );
 
     let (ok, missing) = check_proofs(dir.path(), &keys).expect("proofs check");
-    assert_eq!((ok, missing), (vec![2, 3, 4], vec![1]));
+    assert_eq!((ok, missing), (vec![1, 3, 4], vec![2]));
 
     // A valid proof of batch 3 filed as batch 4's does not check.
     std::fs::copy(proof_path(dir.path(), 3), proof_path(dir.path(), 4)).expect("copy");
     let err = check_proofs(dir.path(), &keys).expect_err("moved proof");
     assert!(err.contains("batch 4"), "{err}");
     // Nor does a damaged one.
-    let text = std::fs::read_to_string(proof_path(dir.path(), 2)).expect("read");
+    let text = std::fs::read_to_string(proof_path(dir.path(), 1)).expect("read");
     let damaged = text.replacen("\"proof\":[\"0x", "\"proof\":[\"0x1", 1);
-    std::fs::write(proof_path(dir.path(), 2), damaged).expect("write");
+    std::fs::write(proof_path(dir.path(), 1), damaged).expect("write");
     assert!(check_proofs(dir.path(), &keys).is_err());
 }
