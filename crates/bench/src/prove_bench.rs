@@ -111,12 +111,17 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         marks,
         risk_chunks,
     };
+    let with_listing = Shape {
+        listings: 1,
+        ..shape(1, 1, 1, 1, 0)
+    };
     let base = constraints(shape(1, 1, 1, 1, 0))?;
     let per_slot = constraints(shape(2, 16, 16, 4, 0))? - constraints(shape(1, 16, 16, 4, 0))?;
     let per_account = constraints(shape(1, 2, 1, 1, 0))? - base;
     let per_position = constraints(shape(1, 1, 2, 1, 0))? - base;
     let per_instrument = constraints(shape(1, 1, 1, 2, 0))? - base;
     let per_mark = constraints(shape(1, 1, 1, 1, 1))? - base;
+    let per_listing = constraints(with_listing)? - base;
     println!("Batch circuit (Groth16, BN254): constraints");
     println!("  per op slot (16 account, 16 position, 4 instrument registers) {per_slot:>8}");
     println!("  per account register (read and written once per batch)       {per_account:>8}");
@@ -126,6 +131,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         "  per mark slot ({} scenarios, once per instrument per batch)     {per_mark:>8}",
         risk_chunks * 3
     );
+    println!("  per listing, activation or expiry slot                        {per_listing:>8}");
     let worst = per_slot + 2 * per_account + 2 * per_position + per_instrument;
     println!(
         "  per trade, worst case (two accounts, two positions and an instrument of its own): {worst}   anchor {ANCHOR_CONSTRAINTS:.0}   ratio {:.2}   of the 40,000 goal {:.2}",

@@ -28,12 +28,12 @@ pub enum ProveError {
     #[error("the batch breaks a rule of the circuit (first unsatisfied constraint: {0})")]
     Unsatisfied(String),
     /// The keys are for another shape.
-    #[error("the keys are for {keys:?}, the batch for {batch:?}")]
+    #[error("the keys are for {keys}, the batch for {batch}")]
     Shape {
-        /// Of the keys.
-        keys: Shape,
+        /// Of the keys (`Shape::name`).
+        keys: String,
         /// Of the witness.
-        batch: Shape,
+        batch: String,
     },
     /// arkworks refused.
     #[error("synthesis: {0}")]
@@ -163,8 +163,8 @@ pub fn check(w: &BatchWitness) -> Result<usize, ProveError> {
 pub fn prove(keys: &Keys, w: BatchWitness, rng: &mut StdRng) -> Result<Proof<Bn254>, ProveError> {
     if w.shape != keys.shape {
         return Err(ProveError::Shape {
-            keys: keys.shape,
-            batch: w.shape,
+            keys: keys.shape.name(),
+            batch: w.shape.name(),
         });
     }
     check(&w)?;
