@@ -204,6 +204,10 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
         let enabled = cs.boolean(q.enabled)?;
         let (account_sel, sum) = selector(cs, accounts.len(), q.enabled.then_some(q.account))?;
         cs.equal(&sum, &enabled)?;
+        // Its account register must be in use too.
+        for (a, s) in accounts.iter_mut().zip(&account_sel) {
+            a.used = a.used.add(s);
+        }
         let account = account_sel
             .iter()
             .enumerate()

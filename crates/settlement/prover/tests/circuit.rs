@@ -446,6 +446,9 @@ fn registers_cannot_be_misused() {
     let mut w = honest.clone();
     w.accounts[2].opened = true;
     assert!(refused(&w), "opened without an OPEN op");
+    let mut w = honest.clone();
+    w.positions[0].account = SHAPE.accounts - 1;
+    assert!(refused(&w), "a position of an account register not in use");
 }
 
 /// Listings and activations before the op slots, expiries after: a batch that lists an
