@@ -108,6 +108,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         instruments,
         listings: 0,
         expiries: 0,
+        settlements: 0,
+        holders: 0,
         marks,
         risk_chunks,
     };
@@ -122,6 +124,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let per_instrument = constraints(shape(1, 1, 1, 2, 0))? - base;
     let per_mark = constraints(shape(1, 1, 1, 1, 1))? - base;
     let per_listing = constraints(with_listing)? - base;
+    let settle = |holders| Shape {
+        settlements: 1,
+        holders,
+        ..shape(1, 16, 16, 1, 0)
+    };
+    let per_settlement = constraints(settle(0))? - constraints(shape(1, 16, 16, 1, 0))?;
+    let per_holder = constraints(settle(2))? - constraints(settle(1))?;
     println!("Batch circuit (Groth16, BN254): constraints");
     println!("  per op slot (16 account, 16 position, 4 instrument registers) {per_slot:>8}");
     println!("  per account register (read and written once per batch)       {per_account:>8}");
@@ -132,6 +141,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         risk_chunks * 3
     );
     println!("  per listing, activation or expiry slot                        {per_listing:>8}");
+    println!(
+        "  per settlement slot, and per position it pays (16/16 regs)  {per_settlement:>8} {per_holder:>6}"
+    );
     let worst = per_slot + 2 * per_account + 2 * per_position + per_instrument;
     println!(
         "  per trade, worst case (two accounts, two positions and an instrument of its own): {worst}   anchor {ANCHOR_CONSTRAINTS:.0}   ratio {:.2}   of the 40,000 goal {:.2}",

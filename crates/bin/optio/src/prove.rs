@@ -31,6 +31,12 @@ pub struct ShapeArgs {
     /// Expiry slots per batch.
     #[arg(long, default_value_t = 4)]
     expiries: usize,
+    /// Settlement slots per batch (expired instruments cash-settled).
+    #[arg(long, default_value_t = 2)]
+    settlements: usize,
+    /// Positions each settlement slot may pay out.
+    #[arg(long, default_value_t = 16)]
+    holders: usize,
     /// Mark slots per batch (instruments whose mark a batch may commit).
     #[arg(long, default_value_t = 8)]
     marks: usize,
@@ -48,6 +54,8 @@ impl ShapeArgs {
             instruments: self.instruments,
             listings: self.listings,
             expiries: self.expiries,
+            settlements: self.settlements,
+            holders: self.holders,
             marks: self.marks,
             risk_chunks: self.risk_scenarios.div_ceil(3),
         }

@@ -35,7 +35,7 @@ use optio_types::QTY_SCALE;
 use optio_types::fixed::FEE_RATE_SCALE;
 
 use crate::gadgets::{Cs, R, Wire, pow2};
-use crate::witness::{BatchWitness, InstrumentOp, MarkSlot, Slot, kind};
+use crate::witness::{BatchWitness, InstrumentOp, MarkSlot, SettleSlot, Slot, SpecOpening, kind};
 
 /// The circuit of one batch (its witness; key generation uses an empty batch of the same shape).
 pub struct BatchCircuit {
@@ -153,7 +153,7 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
     cs.part("the old root".into());
     let mut accounts_root = cs.witness(w.accounts_root)?;
     let instruments_root = cs.witness(w.instruments_root)?;
-    let insurance = cs.witness(w.insurance)?;
+    let mut insurance = cs.witness(w.insurance)?;
     let fee_pool = cs.witness(w.fee_pool)?;
     let funds = cs.poseidon(&[insurance.clone(), fee_pool.clone()])?;
     let root = cs.poseidon(&[accounts_root.clone(), instruments_root.clone(), funds])?;
@@ -242,13 +242,7 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
         let enabled = cs.boolean(i.enabled)?;
         let id = cs.witness(Fr::from(i.id))?;
         let bits = cs.bits(&id, INSTRUMENT_DEPTH as usize)?;
-        let maker_rate = cs.witness(i.maker_rate)?;
-        let taker_rate = cs.witness(i.taker_rate)?;
-        let spec_hash = cs.poseidon(&[
-            cs.witness(i.spec_bytes_hash)?,
-            maker_rate.clone(),
-            taker_rate.clone(),
-        ])?;
+        let (spec_hash, spec) = spec_wires(cs, &i.spec)?;
         let status = cs.witness(Fr::from(i.leaf.status))?;
         let leaf = cs.poseidon(&[
             spec_hash,
@@ -262,8 +256,8 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
         cs.equal_if(&enabled, &root, &instruments_root)?;
         instruments.push(InstrumentWires {
             id,
-            maker_rate,
-            taker_rate,
+            maker_rate: spec.maker_rate,
+            taker_rate: spec.taker_rate,
             status,
             enabled,
             used: Wire::zero(),
@@ -286,6 +280,10 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
     for (i, o) in w.expiries.iter().enumerate() {
         cs.part(format!("expiry slot {i}"));
         instrument_op(cs, o, &mut instruments_root, &mut st.commitment)?;
+    }
+    for (i, o) in w.settlements.iter().enumerate() {
+        cs.part(format!("settlement slot {i}"));
+        settle_slot(cs, o, &mut st, &mut instruments_root, &mut insurance)?;
     }
 
     cs.part("the positions' write-back".into());
@@ -537,6 +535,203 @@ fn absorb(cs: &Cs, commitment: &mut Wire, record: [Wire; 10]) -> R<()> {
     let mut inputs = vec![commitment.clone()];
     inputs.extend(record);
     *commitment = cs.poseidon(&inputs)?;
+    Ok(())
+}
+
+/// The opened inputs of a spec hash.
+struct SpecWires {
+    maker_rate: Wire,
+    taker_rate: Wire,
+    is_call: Wire,
+    is_put: Wire,
+    strike: Wire,
+    cap: Wire,
+    multiplier: Wire,
+}
+
+/// `spec_hash` from its opening (`optio_state::leaf::spec_hash`), and the opened fields.
+fn spec_wires(cs: &Cs, o: &SpecOpening) -> R<(Wire, SpecWires)> {
+    let is_call = cs.boolean(o.payoff == 1)?;
+    let is_put = cs.boolean(o.payoff == 2)?;
+    cs.assert_boolean(&is_call.add(&is_put))?;
+    let w = SpecWires {
+        maker_rate: cs.witness(o.maker_rate)?,
+        taker_rate: cs.witness(o.taker_rate)?,
+        strike: cs.witness(o.strike)?,
+        cap: cs.witness(o.cap)?,
+        multiplier: cs.witness(o.multiplier)?,
+        is_call,
+        is_put,
+    };
+    let payoff = w.is_call.add(&w.is_put.scale(Fr::from(2u64)));
+    let hash = cs.poseidon(&[
+        cs.witness(o.bytes_hash)?,
+        w.maker_rate.clone(),
+        w.taker_rate.clone(),
+        payoff,
+        w.strike.clone(),
+        w.cap.clone(),
+        w.multiplier.clone(),
+    ])?;
+    Ok((hash, w))
+}
+
+/// 10^16: settlement values are fractions `value * qty / (QTY_SCALE * QTY_SCALE)`.
+fn settle_scale() -> Fr {
+    Fr::from(QTY_SCALE as u64) * Fr::from(QTY_SCALE as u64)
+}
+
+/// An expired instrument settled at `price`: its value per contract from the committed spec
+/// (the price clamped to `[0, cap]`, the call's or put's intrinsic value or the perpetual's
+/// price, times the multiplier), each holder paid `floor(value * qty / 1e16)` with its position
+/// closed (and its collateral left non-negative), the rounding remainder to insurance (the
+/// payouts and the credit sum to zero), status expired -> settled.
+fn settle_slot(
+    cs: &Cs,
+    o: &SettleSlot,
+    st: &mut Running,
+    instruments_root: &mut Wire,
+    insurance: &mut Wire,
+) -> R<()> {
+    let enabled = cs.boolean(o.enabled)?;
+    let instrument = cs.witness(Fr::from(o.instrument))?;
+    let bits = cs.bits(&instrument, INSTRUMENT_DEPTH as usize)?;
+    cs.equal_if(&not(&enabled), &instrument, &Wire::zero())?;
+    let (spec_hash, spec) = spec_wires(cs, &o.spec)?;
+    let status = cs.witness(Fr::from(o.before.status))?;
+    let mark = cs.witness(from_i64(o.before.mark.0))?;
+    let risk_hash = cs.witness(o.before.risk_hash)?;
+    let old_leaf = cs.poseidon(&[
+        spec_hash.clone(),
+        status.clone(),
+        mark.clone(),
+        risk_hash.clone(),
+        cs.witness(from_i64(o.before.settlement_price.0))?,
+    ])?;
+    let siblings = cs.witnesses(&o.siblings)?;
+    let old_root = cs.merkle_root(&old_leaf, &bits, &siblings)?;
+    cs.equal_if(&enabled, &old_root, instruments_root)?;
+    cs.equal_if(
+        &enabled,
+        &status,
+        &Wire::constant(Fr::from(status::EXPIRED)),
+    )?;
+
+    // The value of one contract.
+    let price = cs.witness(o.price)?;
+    cs.equal_if(&not(&enabled), &price, &Wire::zero())?;
+    cs.range(&price.sub(&enabled), 63)?;
+    let capped = cs.boolean(o.capped)?;
+    cs.range(
+        &cs.mul(&capped, &price.sub(&spec.cap).add_const(-Fr::from(1u64)))?,
+        63,
+    )?;
+    cs.range(&cs.mul(&not(&capped), &spec.cap.sub(&price))?, 63)?;
+    let s = cs.select(&capped, &spec.cap, &price)?;
+    // call: s - K; put: K - s; perpetual: s.
+    let put_s = cs.mul(&spec.is_put, &s)?;
+    let k_term = cs.mul(&spec.is_put.sub(&spec.is_call), &spec.strike)?;
+    let x = s.sub(&put_s.scale(Fr::from(2u64))).add(&k_term);
+    let in_money = cs.boolean(o.in_money)?;
+    cs.range(&cs.select(&in_money, &x, &x.scale(-Fr::from(1u64)))?, 63)?;
+    let per_unit = cs.mul(&in_money, &x)?;
+    let value = cs.mul(&per_unit, &spec.multiplier)?;
+
+    let credit = cs.witness(o.insurance_credit)?;
+    cs.signed_range(&credit, 64)?;
+    cs.equal_if(&not(&enabled), &credit, &Wire::zero())?;
+    let z = Wire::zero;
+    absorb(
+        cs,
+        &mut st.commitment,
+        [
+            enabled.scale(Fr::from(kind::SETTLE)),
+            z(),
+            z(),
+            instrument.clone(),
+            credit.clone(),
+            price.clone(),
+            z(),
+            z(),
+            z(),
+            z(),
+        ],
+    )?;
+    let mut paid = Wire::zero();
+    for h in &o.holders {
+        let (sel_a, used) = selector(cs, st.accounts.len(), h.account)?;
+        let (sel_p, used_p) = selector(cs, st.positions.len(), h.position)?;
+        cs.equal(&used_p, &used)?;
+        cs.equal_if(&used, &enabled, &one())?;
+        for (a, x) in st.accounts.iter_mut().zip(&sel_a) {
+            a.used = a.used.add(x);
+        }
+        for (q, x) in st.positions.iter_mut().zip(&sel_p) {
+            q.used = q.used.add(x);
+        }
+        // The position is this account's, in this instrument.
+        let index = sel_a
+            .iter()
+            .enumerate()
+            .fold(Wire::zero(), |acc, (k, x)| acc.plus(Fr::from(k as u64), x));
+        let owner_reg = pick(cs, &sel_p, st.positions.iter().map(|q| q.account.clone()))?;
+        cs.equal(&owner_reg, &index)?;
+        let held = pick(
+            cs,
+            &sel_p,
+            st.positions.iter().map(|q| q.instrument.clone()),
+        )?;
+        cs.equal(&held, &cs.mul(&used, &instrument)?)?;
+        let qty = pick(cs, &sel_p, st.positions.iter().map(|q| q.qty.clone()))?;
+        // cash = floor(value * qty / 1e16).
+        let cash = cs.witness(h.cash)?;
+        cs.signed_range(&cash, 64)?;
+        let rem = cs.mul(&value, &qty)?.sub(&cash.scale(settle_scale()));
+        cs.range(&rem, 54)?;
+        cs.range(
+            &Wire::constant(settle_scale() - Fr::from(1u64)).sub(&rem),
+            54,
+        )?;
+        cs.equal_if(&not(&used), &cash, &Wire::zero())?;
+        for (a, x) in st.accounts.iter_mut().zip(&sel_a) {
+            a.collateral = a.collateral.add(&cs.mul(x, &cash)?);
+        }
+        for (q, x) in st.positions.iter_mut().zip(&sel_p) {
+            q.qty = q.qty.sub(&cs.mul(x, &qty)?);
+        }
+        let after = pick(cs, &sel_a, st.accounts.iter().map(|a| a.collateral.clone()))?;
+        cs.range(&after, 63)?;
+        paid = paid.add(&cash);
+        let account_id = pick(cs, &sel_a, st.accounts.iter().map(|a| a.id.clone()))?;
+        absorb(
+            cs,
+            &mut st.commitment,
+            [
+                used.scale(Fr::from(kind::SETTLE_POSITION)),
+                account_id,
+                z(),
+                held,
+                cash,
+                z(),
+                z(),
+                z(),
+                z(),
+                z(),
+            ],
+        )?;
+    }
+    // The payouts and the insurance credit sum to zero.
+    cs.equal(&credit.add(&paid), &Wire::zero())?;
+    *insurance = insurance.add(&credit);
+    let new_leaf = cs.poseidon(&[
+        spec_hash,
+        Wire::constant(Fr::from(status::SETTLED)),
+        mark,
+        risk_hash,
+        price,
+    ])?;
+    let new_root = cs.merkle_root(&new_leaf, &bits, &siblings)?;
+    *instruments_root = cs.select(&enabled, &new_root, instruments_root)?;
     Ok(())
 }
 

@@ -31,6 +31,10 @@ pub mod kind {
     pub const ACTIVATE: u64 = 2;
     /// `Op::ExpireInstrument` (instrument-op slots).
     pub const EXPIRE: u64 = 3;
+    /// `Op::SettleInstrument` (settlement slots).
+    pub const SETTLE: u64 = 4;
+    /// `Op::SettlePosition` (a holder of a settlement slot).
+    pub const SETTLE_POSITION: u64 = 5;
     /// `Op::OpenAccount`.
     pub const OPEN: u64 = 6;
     /// `Op::Deposit`.
@@ -75,6 +79,10 @@ pub struct Shape {
     pub listings: usize,
     /// Expiry slots (applied after the op slots).
     pub expiries: usize,
+    /// Settlement slots (after the expiry slots).
+    pub settlements: usize,
+    /// Positions each settlement slot may pay out.
+    pub holders: usize,
     /// Mark slots (one per instrument whose mark the batch commits).
     pub marks: usize,
     /// Risk array capacity, in chunks of three scenarios.
@@ -83,16 +91,18 @@ pub struct Shape {
 
 impl Shape {
     /// The name of its key files:
-    /// `batch-<slots>x<accounts>x<positions>x<instruments>x<listings>x<expiries>x<marks>x<risk_chunks>`.
+    /// `batch-<slots>x<accounts>x<positions>x<instruments>x<listings>x<expiries>x<settlements>x<holders>x<marks>x<risk_chunks>`.
     pub fn name(&self) -> String {
         format!(
-            "batch-{}x{}x{}x{}x{}x{}x{}x{}",
+            "batch-{}x{}x{}x{}x{}x{}x{}x{}x{}x{}",
             self.slots,
             self.accounts,
             self.positions,
             self.instruments,
             self.listings,
             self.expiries,
+            self.settlements,
+            self.holders,
             self.marks,
             self.risk_chunks
         )
@@ -168,14 +178,84 @@ pub struct InstrumentReg {
     pub id: u32,
     /// Its leaf.
     pub leaf: InstrumentLeaf,
-    /// First input of `spec_hash`.
-    pub spec_bytes_hash: Fr,
+    /// The opening of its spec hash.
+    pub spec: SpecOpening,
+    /// Its path.
+    pub siblings: Vec<Fr>,
+}
+
+/// The inputs of an instrument's `spec_hash` (`optio_state::leaf::spec_hash`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SpecOpening {
+    /// `hash_bytes` of the canonical spec.
+    pub bytes_hash: Fr,
     /// Maker fee rate.
     pub maker_rate: Fr,
     /// Taker fee rate.
     pub taker_rate: Fr,
+    /// 0 perpetual, 1 call, 2 put.
+    pub payoff: u64,
+    /// Strike (0 for a perpetual).
+    pub strike: Fr,
+    /// Underlying cap.
+    pub cap: Fr,
+    /// Contract multiplier.
+    pub multiplier: Fr,
+}
+
+impl SpecOpening {
+    /// The opening of `spec`'s hash.
+    pub fn of(spec: &InstrumentSpec) -> Self {
+        let (payoff, strike) = leaf::payoff_terms(spec);
+        Self {
+            bytes_hash: leaf::spec_bytes_hash(spec),
+            maker_rate: fr(i128::from(spec.maker_fee.0)),
+            taker_rate: fr(i128::from(spec.taker_fee.0)),
+            payoff,
+            strike: fr(i128::from(strike)),
+            cap: fr(i128::from(spec.underlying_cap.0)),
+            multiplier: fr(i128::from(spec.contract_multiplier.0)),
+        }
+    }
+}
+
+/// A settlement slot: an expired instrument settled at `price`, and the positions it pays out
+/// (each a holder: account and position registers, and the cash it gets).
+#[derive(Debug, Clone, Default)]
+pub struct SettleSlot {
+    /// Used.
+    pub enabled: bool,
+    /// Instrument.
+    pub instrument: u32,
+    /// Its leaf before.
+    pub before: InstrumentLeaf,
+    /// The opening of its spec hash.
+    pub spec: SpecOpening,
     /// Its path.
     pub siblings: Vec<Fr>,
+    /// Settlement price of the underlying.
+    pub price: Fr,
+    /// To the insurance fund (the rounding remainder).
+    pub insurance_credit: Fr,
+    /// The price is above the cap.
+    pub capped: bool,
+    /// The option is in the money (always for a perpetual).
+    pub in_money: bool,
+    /// Holders settled, padded to the shape's capacity.
+    pub holders: Vec<Holder>,
+}
+
+/// One position paid out by a settlement slot.
+#[derive(Debug, Clone, Default)]
+pub struct Holder {
+    /// Account register.
+    pub account: Option<usize>,
+    /// Position register.
+    pub position: Option<usize>,
+    /// Account id (for the record).
+    pub account_id: u32,
+    /// Cash paid (+) or taken (-).
+    pub cash: Fr,
 }
 
 /// An op slot: the op's fields and which registers it works on.
@@ -306,6 +386,10 @@ pub struct BatchWitness {
     pub slots: Vec<Slot>,
     /// Expiry slots.
     pub expiries: Vec<InstrumentOp>,
+    /// Settlement slots.
+    pub settlements: Vec<SettleSlot>,
+    /// Insurance fund after the settlements.
+    pub insurance_after: Fr,
     /// Mark slots.
     pub marks: Vec<MarkSlot>,
     /// What the circuit's public inputs must be.
@@ -380,9 +464,47 @@ pub fn instrument_op_record(o: &InstrumentOp) -> [Fr; 10] {
     ]
 }
 
+/// The records of a settlement slot: the instrument's, then one per holder (all zero when
+/// unused).
+pub fn settle_records(o: &SettleSlot) -> Vec<[Fr; 10]> {
+    let z = Fr::from(0u64);
+    let mut out = vec![if o.enabled {
+        [
+            Fr::from(kind::SETTLE),
+            z,
+            z,
+            Fr::from(o.instrument),
+            o.insurance_credit,
+            o.price,
+            z,
+            z,
+            z,
+            z,
+        ]
+    } else {
+        [z; 10]
+    }];
+    out.extend(o.holders.iter().map(|h| match h.account {
+        Some(_) => [
+            Fr::from(kind::SETTLE_POSITION),
+            Fr::from(h.account_id),
+            z,
+            Fr::from(o.instrument),
+            h.cash,
+            z,
+            z,
+            z,
+            z,
+            z,
+        ],
+        None => [z; 10],
+    }));
+    out
+}
+
 /// The commitment to a batch's ops: `h = Poseidon(h, record)` over the listing slots, the op
-/// slots, the expiry slots and the mark slots in that order (unused ones as zero records), from
-/// 0.
+/// slots, the expiry slots, the settlement slots and the mark slots in that order (unused ones as
+/// zero records), from 0.
 pub fn commitment(w: &BatchWitness) -> Fr {
     let records = w
         .listings
@@ -390,6 +512,7 @@ pub fn commitment(w: &BatchWitness) -> Fr {
         .map(instrument_op_record)
         .chain(w.slots.iter().map(slot_record))
         .chain(w.expiries.iter().map(instrument_op_record))
+        .chain(w.settlements.iter().flat_map(settle_records))
         .chain(w.marks.iter().map(mark_record));
     records.fold(Fr::from(0u64), |h, r| {
         let mut inputs = vec![h];
@@ -457,6 +580,23 @@ fn unsupported(index: usize, op: &Op) -> WitnessError {
     WitnessError::Unsupported { index, what }
 }
 
+/// An instrument's settlement in a batch: instrument, price, insurance credit, and the holders
+/// paid (account, cash).
+type Settlement = (u32, i64, i64, Vec<(u32, i64)>);
+
+/// The accounts an op of the op slots touches.
+fn account_ids_of(op: &Op) -> Vec<u32> {
+    match op {
+        Op::Deposit { account, .. }
+        | Op::Withdraw { account, .. }
+        | Op::L1Deposit { account, .. }
+        | Op::L1Withdrawal { account, .. } => vec![account.0],
+        Op::Transfer { from, to, .. } => vec![from.0, to.0],
+        Op::Fill { maker, taker, .. } => vec![maker.0, taker.0],
+        _ => Vec::new(),
+    }
+}
+
 fn zeros(n: u8) -> Vec<Fr> {
     vec![Fr::from(0u64); n as usize]
 }
@@ -480,6 +620,9 @@ pub fn witness(
     // instrument may not come before its listing or activation, nor after its expiry.
     let (mut leading, mut trailing) = (Vec::new(), Vec::new());
     let mut filled: BTreeSet<u32> = BTreeSet::new();
+    let mut settled_accounts: BTreeSet<u32> = BTreeSet::new();
+    let mut pending: BTreeMap<u32, Vec<(u32, i64)>> = BTreeMap::new();
+    let mut settles: Vec<Settlement> = Vec::new();
     for (i, op) in ops.iter().enumerate() {
         let known = |a: &AccountId| a.0 < next_account;
         let listed = specs.len();
@@ -516,6 +659,44 @@ pub fn witness(
                 next_account += 1;
                 continue;
             }
+            // Settlements apply after the op slots: a position settled here must not be
+            // followed by another op of its account in the batch (the circuit would see that
+            // op before the settlement's cash).
+            Op::SettlePosition {
+                account,
+                instrument,
+                cash,
+            } => {
+                if !known(account) || instrument.0 as usize >= listed {
+                    return Err(WitnessError::Invalid(i));
+                }
+                account_ids.insert(account.0);
+                position_keys.insert((account.0, instrument.0));
+                settled_accounts.insert(account.0);
+                pending
+                    .entry(instrument.0)
+                    .or_default()
+                    .push((account.0, cash.0));
+                continue;
+            }
+            Op::SettleInstrument {
+                instrument,
+                price,
+                insurance_credit,
+            } => {
+                if instrument.0 as usize >= listed {
+                    return Err(WitnessError::Invalid(i));
+                }
+                let holders = pending.remove(&instrument.0).unwrap_or_default();
+                settles.push((instrument.0, price.0, insurance_credit.0, holders));
+                continue;
+            }
+            _ if account_ids_of(op)
+                .iter()
+                .any(|a| settled_accounts.contains(a)) =>
+            {
+                return Err(WitnessError::Invalid(i));
+            }
             Op::Deposit { account, .. }
             | Op::Withdraw { account, .. }
             | Op::L1Deposit { account, .. }
@@ -550,7 +731,20 @@ pub fn witness(
         }
         slot_ops.push((op, 0));
     }
+    if let Some((&instrument, _)) = pending.iter().next() {
+        // Positions settled without their instrument's settlement in the batch.
+        return Err(WitnessError::Invalid(
+            ops.iter()
+                .position(
+                    |o| matches!(o, Op::SettlePosition { instrument: x, .. } if x.0 == instrument),
+                )
+                .unwrap_or(0),
+        ));
+    }
+    let most_holders = settles.iter().map(|s| s.3.len()).max().unwrap_or(0);
     for (what, used, room) in [
+        ("settlement slots", settles.len(), shape.settlements),
+        ("holders of a settlement", most_holders, shape.holders),
         ("listing slots", leading.len(), shape.listings),
         ("expiry slots", trailing.len(), shape.expiries),
         ("op slots", slot_ops.len(), shape.slots),
@@ -754,6 +948,29 @@ pub fn witness(
     }
     slots.resize_with(shape.slots, Slot::default);
 
+    // Settlements' cash and positions (their instrument leaves follow with the instruments).
+    let mut insurance_after = i128::from(insurance.0);
+    let mut settle_holders = Vec::with_capacity(settles.len());
+    for (instrument, _, credit, holders) in &settles {
+        let mut out: Vec<Holder> = holders
+            .iter()
+            .map(|&(account, cash)| {
+                let r = reg_of[&account];
+                accts[r].collateral += i128::from(cash);
+                accts[r].positions.remove(instrument);
+                Holder {
+                    account: Some(r),
+                    position: Some(pos_of[&(account, *instrument)]),
+                    account_id: account,
+                    cash: fr(i128::from(cash)),
+                }
+            })
+            .collect();
+        out.resize_with(shape.holders, Holder::default);
+        settle_holders.push(out);
+        insurance_after += i128::from(*credit);
+    }
+
     // Write-backs: positions in (account, instrument) order, then accounts in id order.
     for reg in position_regs.iter_mut() {
         let acct = &mut accts[reg.account];
@@ -802,6 +1019,7 @@ pub fn witness(
     let existing = state.instruments();
     let mut touched: BTreeSet<u32> = instrument_ids.iter().copied().collect();
     touched.extend(leading.iter().chain(&trailing).map(|(_, id, _)| *id));
+    touched.extend(settles.iter().map(|s| s.0));
     for (_, op) in &marks {
         if let Op::Mark { instrument, .. } = op {
             touched.insert(instrument.0);
@@ -880,9 +1098,7 @@ pub fn witness(
                 enabled: true,
                 id,
                 leaf: leaves[&id],
-                spec_bytes_hash: leaf::spec_bytes_hash(spec),
-                maker_rate: fr(i128::from(spec.maker_fee.0)),
-                taker_rate: fr(i128::from(spec.taker_fee.0)),
+                spec: SpecOpening::of(spec),
                 siblings: path(&instrument_tree, u64::from(id)),
             }
         })
@@ -896,6 +1112,46 @@ pub fn witness(
         .map(|o| instrument_op(*o, &mut instrument_tree, &mut leaves))
         .collect();
     expiry_slots.resize_with(shape.expiries, pad);
+    let mut settle_slots = Vec::with_capacity(shape.settlements);
+    for ((instrument, price, credit, _), holders) in settles.iter().zip(settle_holders) {
+        let before = leaves[instrument];
+        let siblings = path(&instrument_tree, u64::from(*instrument));
+        let spec = specs[*instrument as usize];
+        let (payoff, strike) = leaf::payoff_terms(spec);
+        let cap = spec.underlying_cap.0;
+        let clamped = (*price).clamp(0, cap);
+        let per_unit = match payoff {
+            1 => clamped - strike,
+            2 => strike - clamped,
+            _ => clamped,
+        };
+        let after = InstrumentLeaf {
+            status: status::SETTLED,
+            settlement_price: optio_types::Price(*price),
+            ..before
+        };
+        instrument_tree
+            .set(u64::from(*instrument), after.hash())
+            .expect("ids fit the depth");
+        leaves.insert(*instrument, after);
+        settle_slots.push(SettleSlot {
+            enabled: true,
+            instrument: *instrument,
+            before,
+            spec: SpecOpening::of(spec),
+            siblings,
+            price: fr(i128::from(*price)),
+            insurance_credit: fr(i128::from(*credit)),
+            capped: *price > cap,
+            in_money: payoff == 0 || per_unit > 0,
+            holders,
+        });
+    }
+    settle_slots.resize_with(shape.settlements, || SettleSlot {
+        siblings: zeros(INSTRUMENT_DEPTH),
+        holders: vec![Holder::default(); shape.holders],
+        ..SettleSlot::default()
+    });
     let mut mark_slots = Vec::with_capacity(shape.marks);
     for (i, op) in &marks {
         let Op::Mark {
@@ -955,7 +1211,7 @@ pub fn witness(
     let new_root = leaf::state_root(
         accounts_root,
         instruments_root,
-        hash(&[fr(i128::from(insurance.0)), fr(fee_pool)]),
+        hash(&[fr(insurance_after), fr(fee_pool)]),
     );
     let mut w = BatchWitness {
         shape,
@@ -969,6 +1225,8 @@ pub fn witness(
         listings: listing_slots,
         slots,
         expiries: expiry_slots,
+        settlements: settle_slots,
+        insurance_after: fr(insurance_after),
         marks: mark_slots,
         public: PublicInputs {
             old_root: state.root(),

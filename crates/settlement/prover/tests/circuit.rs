@@ -24,6 +24,8 @@ const SHAPE: Shape = Shape {
     instruments: 2,
     listings: 2,
     expiries: 1,
+    settlements: 1,
+    holders: 4,
     marks: 2,
     risk_chunks: 2,
 };
@@ -269,7 +271,7 @@ fn fees_other_than_the_specs_cannot_be_proven() {
     assert!(refused(&w));
     // Fee rates other than the committed spec's.
     let mut w = honest.clone();
-    w.instruments[0].maker_rate = Fr::from(0u64);
+    w.instruments[0].spec.maker_rate = Fr::from(0u64);
     assert!(refused(&w));
 }
 
@@ -383,6 +385,8 @@ fn the_value_check_agrees_with_arkworks() {
         instruments: 1,
         listings: 1,
         expiries: 1,
+        settlements: 1,
+        holders: 1,
         marks: 1,
         risk_chunks: 1,
     };
@@ -522,5 +526,80 @@ fn listings_activations_and_expiries() {
     assert!(
         witness(&state, &late, SHAPE).is_err(),
         "a fill after its expiry"
+    );
+}
+
+/// Expiry settlement: holders are paid `floor(value * qty / 1e16)` of the committed spec's value
+/// at the settlement price (here a call, with a remainder of one unit to insurance); one unit
+/// more to a holder, a credit that does not balance the payouts, another payoff kind than the
+/// spec's, and settling an instrument that has not expired each cannot be proven.
+#[test]
+fn expiry_settlement_pays_the_spec_value() {
+    let state = after(
+        &genesis(2),
+        &[Op::Fill {
+            instrument: InstrumentId(1),
+            maker: AccountId(0),
+            taker: AccountId(1),
+            taker_side: Side::Buy,
+            price: Price(5_000 * MONEY_SCALE),
+            qty: Qty(37_000_000),
+        }],
+    );
+    let s = 120_000 * MONEY_SCALE + 1;
+    let value = i128::from(s - 100_000 * MONEY_SCALE) * i128::from(QTY_SCALE);
+    let pay =
+        |q: i128| (value * q).div_euclid(i128::from(QTY_SCALE) * i128::from(QTY_SCALE)) as i64;
+    let (long, short) = (pay(37_000_000), pay(-37_000_000));
+    assert_eq!((long, short), (7_400_000_000, -7_400_000_001));
+    let ops = |long: i64, short: i64, credit: i64, expire: bool| {
+        let mut ops = Vec::new();
+        if expire {
+            ops.push(Op::ExpireInstrument {
+                instrument: InstrumentId(1),
+            });
+        }
+        ops.extend([
+            Op::SettlePosition {
+                account: AccountId(1),
+                instrument: InstrumentId(1),
+                cash: Amount(long),
+            },
+            Op::SettlePosition {
+                account: AccountId(0),
+                instrument: InstrumentId(1),
+                cash: Amount(short),
+            },
+            Op::SettleInstrument {
+                instrument: InstrumentId(1),
+                price: Price(s),
+                insurance_credit: Amount(credit),
+            },
+        ]);
+        ops
+    };
+    let honest = ops(long, short, 1, true);
+    let w = batch_of(&state, &honest);
+    assert_eq!(
+        w.public.new_root,
+        after(&state, &honest).root(),
+        "the native root"
+    );
+    check(&w).expect("proves");
+
+    assert!(
+        refused(&batch_of(&state, &ops(long + 1, short, 0, true))),
+        "one unit more"
+    );
+    assert!(
+        refused(&batch_of(&state, &ops(long, short, 2, true))),
+        "an unbalanced credit"
+    );
+    let mut put = w.clone();
+    put.settlements[0].spec.payoff = 2;
+    assert!(refused(&put), "a put's value for a call");
+    assert!(
+        refused(&batch_of(&state, &ops(long, short, 1, false))),
+        "not expired"
     );
 }

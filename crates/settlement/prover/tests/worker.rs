@@ -23,6 +23,8 @@ const SHAPE: Shape = Shape {
     instruments: 1,
     listings: 2,
     expiries: 1,
+    settlements: 1,
+    holders: 2,
     marks: 1,
     risk_chunks: 1,
 };

@@ -9,13 +9,15 @@
 //! keys_hash       = fold of Poseidon(h, key, expiry_ms) over keys in address order, from 0
 //! position leaf   = signed quantity (p - |q| when short; 0 = flat)                at index instrument id
 //! instrument leaf = Poseidon(spec_hash, status, mark, risk_hash, settlement_price)  at index instrument id
-//! spec_hash       = Poseidon(hash_bytes(canonical spec encoding), maker_fee, taker_fee)
+//! spec_hash       = Poseidon(hash_bytes(canonical spec encoding), maker_fee, taker_fee,
+//!                            payoff kind (0 perpetual, 1 call, 2 put), strike, underlying cap,
+//!                            contract multiplier)
 //! risk_hash       = fold of Poseidon(h, a, b, c) over the risk array in threes (0-padded), from 0
 //! ```
 //! Amounts and prices are fixed-point integers (micro-USDC; quantities in 1e-8), negatives as
 //! `p - |v|`; a missing mark or settlement price is 0.
 
-use optio_types::{Address, Amount, InstrumentSpec, Price, Qty};
+use optio_types::{Address, Amount, InstrumentKind, InstrumentSpec, OptionRight, Price, Qty};
 
 use crate::poseidon::{Fr, from_address, from_i64, hash, hash_bytes};
 
@@ -104,14 +106,37 @@ impl InstrumentLeaf {
     }
 }
 
-/// Hash of an instrument's spec: its canonical bytes, with the fee rates again as field elements
-/// so that the validity circuit reads them with one hash instead of re-hashing the bytes.
+/// Hash of an instrument's spec: its canonical bytes, with the fee rates and the payoff terms
+/// again as field elements so that the validity circuit reads them with one hash instead of
+/// re-hashing the bytes.
 pub fn spec_hash(spec: &InstrumentSpec) -> Fr {
+    let (kind, strike) = payoff_terms(spec);
     hash(&[
         spec_bytes_hash(spec),
         from_i64(i64::from(spec.maker_fee.0)),
         from_i64(i64::from(spec.taker_fee.0)),
+        Fr::from(kind),
+        from_i64(strike),
+        from_i64(spec.underlying_cap.0),
+        from_i64(spec.contract_multiplier.0),
     ])
+}
+
+/// The payoff kind (0 perpetual, 1 call, 2 put) and the strike (0 for a perpetual).
+pub fn payoff_terms(spec: &InstrumentSpec) -> (u64, i64) {
+    match spec.name.kind {
+        InstrumentKind::Perpetual => (0, 0),
+        InstrumentKind::Option {
+            strike,
+            right: OptionRight::Call,
+            ..
+        } => (1, strike.0),
+        InstrumentKind::Option {
+            strike,
+            right: OptionRight::Put,
+            ..
+        } => (2, strike.0),
+    }
 }
 
 /// `hash_bytes` of an instrument's canonical spec encoding (the first input of `spec_hash`).
