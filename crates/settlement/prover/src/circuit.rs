@@ -11,8 +11,9 @@
 //!   against the root as the earlier write-backs left it; registers in use come first with
 //!   strictly increasing keys, so no account or position is loaded twice;
 //! - amounts are non-negative 63-bit integers, collateral and positions stay 64-bit signed
-//!   integers, and an account that pays (withdrawal, transfer, fill) keeps non-negative
-//!   collateral;
+//!   integers, and money leaves an account (withdrawal, transfer) only while its collateral
+//!   stays non-negative (a fill may leave it negative: a leveraged perpetual long holds negative
+//!   cash against its position; the margin rule bounds that, and is not in the circuit yet);
 //! - a fill trades an active instrument at `notional = price * qty / 1e8` exactly; its fees are
 //!   `ceil(notional * rate / 1e6)` with the rates of the instrument's committed spec; cash,
 //!   positions and the fee pool move as `SettlementState::apply_batch` moves them;
@@ -488,14 +489,16 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
         a.owner = a.owner.add(&cs.mul(x, &owner)?);
         a.opens = a.opens.add(&cs.mul(x, &open)?);
     }
-    // Collateral stays a 64-bit integer, and non-negative for an account that pays.
+    // Collateral stays a 64-bit integer, and non-negative after money leaves the account
+    // (withdrawals, transfers). A fill may leave it negative: a leveraged perpetual long holds
+    // negative cash against its position, and the margin rule, not cash, bounds that (not in the
+    // circuit yet).
     let a_after = pick(cs, &sel_a, st.accounts.iter().map(|a| a.collateral.clone()))?;
     let b_after = pick(cs, &sel_b, st.accounts.iter().map(|a| a.collateral.clone()))?;
     cs.signed_range(&a_after, 64)?;
     cs.signed_range(&b_after, 64)?;
-    let a_pays = Wire::sum([&withdraw, &l1_withdrawal, &transfer, &fill]);
+    let a_pays = Wire::sum([&withdraw, &l1_withdrawal, &transfer]);
     cs.range(&cs.mul(&a_pays, &a_after)?, 63)?;
-    cs.range(&cs.mul(&fill, &b_after)?, 63)?;
     // A transfer stays with one owner.
     let mut owners = Wire::zero();
     for (a, (x, y)) in st.accounts.iter().zip(sel_a.iter().zip(&sel_b)) {
@@ -700,7 +703,7 @@ fn settle_slot(
             q.qty = q.qty.sub(&cs.mul(x, &qty)?);
         }
         let after = pick(cs, &sel_a, st.accounts.iter().map(|a| a.collateral.clone()))?;
-        cs.range(&after, 63)?;
+        cs.signed_range(&after, 64)?;
         paid = paid.add(&cash);
         let account_id = pick(cs, &sel_a, st.accounts.iter().map(|a| a.id.clone()))?;
         absorb(

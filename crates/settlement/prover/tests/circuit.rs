@@ -237,19 +237,31 @@ fn a_withdrawal_below_zero_cannot_be_proven() {
     assert!(refused(&w));
 }
 
+/// A fill may leave its buyer's cash negative (a leveraged long holds negative cash against its
+/// position, as the engine allows); a withdrawal may not.
 #[test]
-fn a_fill_that_leaves_its_buyer_below_zero_cannot_be_proven() {
+fn a_fill_may_leave_cash_negative_a_withdrawal_may_not() {
     let state = genesis(2);
-    let fill = |qty| Op::Fill {
+    let fill = Op::Fill {
         instrument: InstrumentId(0),
         maker: AccountId(0),
         taker: AccountId(1),
         taker_side: Side::Buy,
         price: Price(100_000 * MONEY_SCALE),
-        qty: Qty(qty),
+        qty: Qty(20 * QTY_SCALE),
     };
-    check(&batch_of(&state, &[fill(QTY_SCALE)])).expect("affordable");
-    assert!(refused(&batch_of(&state, &[fill(10 * QTY_SCALE)])));
+    let w = batch_of(&state, std::slice::from_ref(&fill));
+    check(&w).expect("a leveraged long");
+    let after_fill = after(&state, &[fill]);
+    assert!(after_fill.accounts()[1].collateral.0 < 0);
+    let out = batch_of(
+        &after_fill,
+        &[Op::Withdraw {
+            account: AccountId(1),
+            amount: Amount(1),
+        }],
+    );
+    assert!(refused(&out), "money out of negative cash");
 }
 
 #[test]
