@@ -131,7 +131,7 @@ pub fn run(args: ProveArgs) -> Result<()> {
             let generated = Keys::generate(shape, &mut os_rng()).map_err(|e| anyhow!("{e}"))?;
             generated.write(&keys).map_err(|e| anyhow!("{e}"))?;
             println!(
-                "keys {} ({} op slots, {} accounts, {} positions, {} instruments, {} listing and {} expiry slots, {} mark slots, {} risk scenarios) written to {} in {:.1} s",
+                "keys {} ({} op slots, {} accounts, {} positions, {} instruments, {} listing and {} expiry slots, {} settlement slots of {} holders, {} mark slots, {} risk scenarios) written to {} in {:.1} s",
                 shape.name(),
                 shape.slots,
                 shape.accounts,
@@ -139,6 +139,8 @@ pub fn run(args: ProveArgs) -> Result<()> {
                 shape.instruments,
                 shape.listings,
                 shape.expiries,
+                shape.settlements,
+                shape.holders,
                 shape.marks,
                 shape.risk_chunks * 3,
                 keys.display(),
@@ -160,18 +162,16 @@ pub fn run(args: ProveArgs) -> Result<()> {
                     &keys,
                     &mut rng,
                     Duration::from_secs(stale_after_s),
-                )
-                .map_err(|e| anyhow!(e))?;
-                for outcome in &done {
-                    match outcome {
+                    |outcome| match outcome {
                         Outcome::Proven { batch, seconds } => {
                             println!("batch {batch}: proven in {seconds:.1} s")
                         }
                         Outcome::Unprovable { batch, reason } => {
                             println!("batch {batch}: not provable yet: {reason}")
                         }
-                    }
-                }
+                    },
+                )
+                .map_err(|e| anyhow!(e))?;
                 if once {
                     return Ok(());
                 }

@@ -136,12 +136,13 @@ fn proof_json(
 }
 
 /// One pass over the batches directory: every batch with neither a proof nor a live claim is
-/// proven (or marked unprovable). Returns what this worker did.
+/// proven (or marked unprovable), `each` told as each is done. Returns what this worker did.
 pub fn prove_pending(
     dir: &Path,
     keys: &Keys,
     rng: &mut StdRng,
     stale_after: Duration,
+    mut each: impl FnMut(&Outcome),
 ) -> Result<Vec<Outcome>, String> {
     let files = blobs(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let mut state = SettlementState::new();
@@ -164,11 +165,16 @@ pub fn prove_pending(
                     write_atomic(&proof_path(dir, batch), &text)
                         .map_err(|e| format!("batch {batch}: {e}"))?;
                     done.push(Outcome::Proven { batch, seconds });
+                    each(&Outcome::Proven { batch, seconds });
                 }
                 Err(e) => {
                     let reason = e.to_string();
                     write_atomic(&stem(dir, batch).with_extension("unprovable"), &reason)
                         .map_err(|e| format!("batch {batch}: {e}"))?;
+                    each(&Outcome::Unprovable {
+                        batch,
+                        reason: reason.clone(),
+                    });
                     done.push(Outcome::Unprovable { batch, reason });
                 }
             }

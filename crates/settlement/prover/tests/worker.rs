@@ -109,7 +109,7 @@ fn workers_share_the_queue_and_their_proofs_check_against_the_blobs() {
             .map(|i| {
                 let (keys, dir) = (&keys, dir.path());
                 s.spawn(move || {
-                    prove_pending(dir, keys, &mut StdRng::seed_from_u64(10 + i), hour)
+                    prove_pending(dir, keys, &mut StdRng::seed_from_u64(10 + i), hour, |_| {})
                         .expect("pass")
                 })
             })
@@ -143,21 +143,30 @@ fn workers_share_the_queue_and_their_proofs_check_against_the_blobs() {
     );
 
     // The claim is stale for a worker that allows no time: it takes batch 4 over.
+    let mut told = Vec::new();
     let again = prove_pending(
         dir.path(),
         &keys,
         &mut StdRng::seed_from_u64(3),
         Duration::ZERO,
+        |o| told.push(o.clone()),
     )
     .expect("pass");
     assert!(
         matches!(again.as_slice(), [Outcome::Proven { batch: 4, .. }]),
         "{again:?}"
     );
+    assert_eq!(told, again, "each outcome is told as it is done");
     assert!(
-        prove_pending(dir.path(), &keys, &mut StdRng::seed_from_u64(4), hour)
-            .expect("pass")
-            .is_empty(),
+        prove_pending(
+            dir.path(),
+            &keys,
+            &mut StdRng::seed_from_u64(4),
+            hour,
+            |_| {}
+        )
+        .expect("pass")
+        .is_empty(),
         "nothing left"
     );
 
