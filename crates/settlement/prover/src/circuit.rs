@@ -17,6 +17,8 @@
 //! - a fill trades an active instrument at `notional = price * qty / 1e8` exactly; its fees are
 //!   `ceil(notional * rate / 1e6)` with the rates of the instrument's committed spec; cash,
 //!   positions and the fee pool move as `SettlementState::apply_batch` moves them;
+//! - a liquidation moves a position between the liquidated account and its counterparty at its
+//!   price (exact notional), the liquidated account paying its fee to insurance;
 //! - a transfer moves money between two accounts of one owner; an opened account takes an empty
 //!   leaf; an L1 operation is the next in the queue;
 //! - a listing takes an empty instrument leaf (status listed, the listed spec's hash), an
@@ -107,6 +109,7 @@ struct Running {
     positions: Vec<PositionWires>,
     instruments: Vec<InstrumentWires>,
     fee_pool: Wire,
+    insurance: Wire,
     priority: Wire,
     commitment: Wire,
 }
@@ -154,7 +157,7 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
     cs.part("the old root".into());
     let mut accounts_root = cs.witness(w.accounts_root)?;
     let instruments_root = cs.witness(w.instruments_root)?;
-    let mut insurance = cs.witness(w.insurance)?;
+    let insurance = cs.witness(w.insurance)?;
     let fee_pool = cs.witness(w.fee_pool)?;
     let funds = cs.poseidon(&[insurance.clone(), fee_pool.clone()])?;
     let root = cs.poseidon(&[accounts_root.clone(), instruments_root.clone(), funds])?;
@@ -270,6 +273,7 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
         positions,
         instruments,
         fee_pool,
+        insurance,
         priority: priority_before,
         commitment: commitment_so_far,
     };
@@ -284,7 +288,7 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
     }
     for (i, o) in w.settlements.iter().enumerate() {
         cs.part(format!("settlement slot {i}"));
-        settle_slot(cs, o, &mut st, &mut instruments_root, &mut insurance)?;
+        settle_slot(cs, o, &mut st, &mut instruments_root)?;
     }
 
     cs.part("the positions' write-back".into());
@@ -354,7 +358,8 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
     }
     cs.part("the new root, priority count and commitment".into());
     cs.signed_range(&st.fee_pool, 64)?;
-    let funds = cs.poseidon(&[insurance, st.fee_pool.clone()])?;
+    cs.signed_range(&st.insurance, 64)?;
+    let funds = cs.poseidon(&[st.insurance.clone(), st.fee_pool.clone()])?;
     let root = cs.poseidon(&[accounts_root, instruments_root, funds])?;
     cs.equal(&root, &new_root)?;
     cs.equal(&st.priority, &priority_after)?;
@@ -388,7 +393,10 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
         l1_withdrawal,
         transfer,
         fill,
-    ] = <[Wire; 7]>::try_from(flags.clone()).expect("seven kinds");
+        liquidation,
+    ] = <[Wire; 8]>::try_from(flags.clone()).expect("eight kinds");
+    // A fill or a liquidation: a trade between accounts a and b.
+    let trade = fill.add(&liquidation);
     let used = Wire::sum(&flags);
     cs.assert_boolean(&used)?;
     let kind_code = flags
@@ -407,13 +415,13 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     let (sel_a, sum_a) = selector(cs, st.accounts.len(), s.a)?;
     cs.equal(&sum_a, &used)?;
     let (sel_b, sum_b) = selector(cs, st.accounts.len(), s.b)?;
-    cs.equal(&sum_b, &transfer.add(&fill))?;
+    cs.equal(&sum_b, &transfer.add(&trade))?;
     let (sel_pa, sum_pa) = selector(cs, st.positions.len(), s.pa)?;
-    cs.equal(&sum_pa, &fill)?;
+    cs.equal(&sum_pa, &trade)?;
     let (sel_pb, sum_pb) = selector(cs, st.positions.len(), s.pb)?;
-    cs.equal(&sum_pb, &fill)?;
+    cs.equal(&sum_pb, &trade)?;
     let (sel_i, sum_i) = selector(cs, st.instruments.len(), s.i)?;
-    cs.equal(&sum_i, &fill)?;
+    cs.equal(&sum_i, &trade)?;
     for (a, (x, y)) in st.accounts.iter_mut().zip(sel_a.iter().zip(&sel_b)) {
         a.used = a.used.add(x).add(y);
     }
@@ -428,9 +436,9 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     // A slot's record says exactly what it does: fields its kind does not use are zero.
     let moves_cash = Wire::sum([&deposit, &l1_deposit, &withdraw, &l1_withdrawal, &transfer]);
     let l1 = l1_deposit.add(&l1_withdrawal);
-    cs.equal_if(&not(&moves_cash), &amount, &Wire::zero())?;
+    cs.equal_if(&not(&moves_cash.add(&liquidation)), &amount, &Wire::zero())?;
     for field in [&price, &qty, &taker_buys] {
-        cs.equal_if(&not(&fill), field, &Wire::zero())?;
+        cs.equal_if(&not(&trade), field, &Wire::zero())?;
     }
     cs.equal_if(&not(&l1), &priority, &Wire::zero())?;
     cs.equal_if(&not(&open), &owner, &Wire::zero())?;
@@ -448,7 +456,7 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     let price_qty = cs.mul(&price, &qty)?;
     cs.equal(&notional.scale(Fr::from(QTY_SCALE as u64)), &price_qty)?;
     let status = pick(cs, &sel_i, st.instruments.iter().map(|i| i.status.clone()))?;
-    cs.equal(&status, &fill)?;
+    cs.equal_if(&fill, &status, &one())?;
     let maker_rate = pick(
         cs,
         &sel_i,
@@ -464,7 +472,13 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     let sign = taker_buys.scale(Fr::from(2u64)).add_const(-Fr::from(1u64));
     let signed_notional = cs.mul(&sign, &notional)?;
     let signed_qty = cs.mul(&sign, &qty)?;
-    let taker_moves = cs.mul(&fill, &signed_qty)?;
+    let taker_moves = cs.mul(&trade, &signed_qty)?;
+    // A fill pays the spec's fees to the fee pool; a liquidation pays `amount` from the
+    // liquidated account (b) to insurance.
+    let a_fee = cs.mul(&fill, &maker_fee)?;
+    let liquidation_fee = cs.mul(&liquidation, &amount)?;
+    let b_fee = cs.mul(&fill, &taker_fee)?.add(&liquidation_fee);
+    st.insurance = st.insurance.add(&liquidation_fee);
 
     // Cash, nonces, owners and openings on the account registers.
     let cash_sign = Wire::sum([&deposit, &l1_deposit])
@@ -473,11 +487,10 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
         .sub(&transfer);
     let a_cash = cs
         .mul(&cash_sign, &amount)?
-        .add(&cs.mul(&fill, &signed_notional.sub(&maker_fee))?);
-    let b_cash = cs.mul(&transfer, &amount)?.add(&cs.mul(
-        &fill,
-        &signed_notional.scale(-Fr::from(1u64)).sub(&taker_fee),
-    )?);
+        .add(&cs.mul(&trade, &signed_notional.sub(&a_fee))?);
+    let b_cash = cs
+        .mul(&transfer, &amount)?
+        .add(&cs.mul(&trade, &signed_notional.scale(-Fr::from(1u64)).sub(&b_fee))?);
     let forced_out = cs.mul(&l1_withdrawal, &cs.is_nonzero(&amount)?)?;
     let a_nonce = withdraw.add(&forced_out);
     for (a, (x, y)) in st.accounts.iter_mut().zip(sel_a.iter().zip(&sel_b)) {
@@ -516,7 +529,7 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     };
     for (sel_p, sel) in [(&sel_pa, &sel_a), (&sel_pb, &sel_b)] {
         let owner_reg = pick(cs, sel_p, st.positions.iter().map(|q| q.account.clone()))?;
-        cs.equal_if(&fill, &owner_reg, &index(sel))?;
+        cs.equal_if(&trade, &owner_reg, &index(sel))?;
         let traded = pick(cs, sel_p, st.positions.iter().map(|q| q.instrument.clone()))?;
         cs.equal(&traded, &instrument)?;
     }
@@ -589,13 +602,7 @@ fn settle_scale() -> Fr {
 /// price, times the multiplier), each holder paid `floor(value * qty / 1e16)` with its position
 /// closed (and its collateral left non-negative), the rounding remainder to insurance (the
 /// payouts and the credit sum to zero), status expired -> settled.
-fn settle_slot(
-    cs: &Cs,
-    o: &SettleSlot,
-    st: &mut Running,
-    instruments_root: &mut Wire,
-    insurance: &mut Wire,
-) -> R<()> {
+fn settle_slot(cs: &Cs, o: &SettleSlot, st: &mut Running, instruments_root: &mut Wire) -> R<()> {
     let enabled = cs.boolean(o.enabled)?;
     let instrument = cs.witness(Fr::from(o.instrument))?;
     let bits = cs.bits(&instrument, INSTRUMENT_DEPTH as usize)?;
@@ -725,7 +732,7 @@ fn settle_slot(
     }
     // The payouts and the insurance credit sum to zero.
     cs.equal(&credit.add(&paid), &Wire::zero())?;
-    *insurance = insurance.add(&credit);
+    st.insurance = st.insurance.add(&credit);
     let new_leaf = cs.poseidon(&[
         spec_hash,
         Wire::constant(Fr::from(status::SETTLED)),

@@ -45,6 +45,9 @@ pub mod kind {
     pub const TRANSFER: u64 = 9;
     /// `Op::Fill`.
     pub const FILL: u64 = 16;
+    /// `Op::Liquidation` (account b the liquidated, a the counterparty, `taker_buys` when the
+    /// liquidated account's position grows, `amount` the fee to insurance).
+    pub const LIQUIDATION: u64 = 20;
     /// `Op::Mark` (mark slots only).
     pub const MARK: u64 = 24;
     /// `Op::L1Deposit`.
@@ -52,7 +55,7 @@ pub mod kind {
     /// `Op::L1Withdrawal`.
     pub const L1_WITHDRAWAL: u64 = 26;
     /// The kinds of the op slots, in the order the circuit's selector flags follow.
-    pub const SLOT_KINDS: [u64; 7] = [
+    pub const SLOT_KINDS: [u64; 8] = [
         OPEN,
         DEPOSIT,
         L1_DEPOSIT,
@@ -60,6 +63,7 @@ pub mod kind {
         L1_WITHDRAWAL,
         TRANSFER,
         FILL,
+        LIQUIDATION,
     ];
 }
 
@@ -593,6 +597,11 @@ fn account_ids_of(op: &Op) -> Vec<u32> {
         | Op::L1Withdrawal { account, .. } => vec![account.0],
         Op::Transfer { from, to, .. } => vec![from.0, to.0],
         Op::Fill { maker, taker, .. } => vec![maker.0, taker.0],
+        Op::Liquidation {
+            account,
+            counterparty,
+            ..
+        } => vec![account.0, counterparty.0],
         _ => Vec::new(),
     }
 }
@@ -711,6 +720,25 @@ pub fn witness(
                     return Err(WitnessError::Invalid(i));
                 }
                 account_ids.extend([from.0, to.0]);
+            }
+            Op::Liquidation {
+                account,
+                counterparty,
+                instrument,
+                ..
+            } => {
+                let expired = trailing.iter().any(|(_, x, _)| *x == instrument.0);
+                if !known(account)
+                    || !known(counterparty)
+                    || instrument.0 as usize >= listed
+                    || expired
+                {
+                    return Err(WitnessError::Invalid(i));
+                }
+                filled.insert(instrument.0);
+                account_ids.extend([account.0, counterparty.0]);
+                position_keys.extend([(account.0, instrument.0), (counterparty.0, instrument.0)]);
+                instrument_ids.insert(instrument.0);
             }
             Op::Fill {
                 instrument,
@@ -846,6 +874,7 @@ pub fn witness(
 
     // The ops, on the registers.
     let (insurance, fee_pool_before) = state.funds();
+    let mut liquidation_fees: i128 = 0;
     let mut fee_pool = i128::from(fee_pool_before.0);
     let mut priority = state.priority_served();
     let mut slots = Vec::with_capacity(shape.slots);
@@ -900,26 +929,59 @@ pub fn witness(
                 accts[ra].collateral -= i128::from(amount.0);
                 accts[rb].collateral += i128::from(amount.0);
             }
-            Op::Fill {
-                instrument,
-                maker,
-                taker,
-                taker_side,
-                price,
-                qty,
-            } => {
-                let spec = specs[instrument.0 as usize];
-                slot.kind = kind::FILL;
-                slot.instrument = instrument.0;
-                slot.price = fr(i128::from(price.0));
-                slot.qty = fr(i128::from(qty.0));
-                slot.taker_buys = *taker_side == Side::Buy;
-                let (ra, rb) = (reg_of[&maker.0], reg_of[&taker.0]);
-                (slot.a, slot.b, slot.a_id, slot.b_id) = (Some(ra), Some(rb), maker.0, taker.0);
-                slot.pa = Some(pos_of[&(maker.0, instrument.0)]);
-                slot.pb = Some(pos_of[&(taker.0, instrument.0)]);
-                slot.i = Some(inst_of[&instrument.0]);
-                let notional = i128::from(price.0) * i128::from(qty.0) / i128::from(QTY_SCALE);
+            Op::Fill { .. } | Op::Liquidation { .. } => {
+                // A liquidation is a trade at its price between the counterparty (a, no fee)
+                // and the liquidated account (b, the fee to insurance); `taker_buys` when the
+                // liquidated account's position grows.
+                let (k, instrument, a_id, b_id, buys, price, q, liquidation_fee) = match op {
+                    Op::Fill {
+                        instrument,
+                        maker,
+                        taker,
+                        taker_side,
+                        price,
+                        qty,
+                    } => (
+                        kind::FILL,
+                        instrument.0,
+                        maker.0,
+                        taker.0,
+                        *taker_side == Side::Buy,
+                        price.0,
+                        i128::from(qty.0),
+                        None,
+                    ),
+                    Op::Liquidation {
+                        account,
+                        counterparty,
+                        instrument,
+                        qty,
+                        price,
+                        fee,
+                    } => (
+                        kind::LIQUIDATION,
+                        instrument.0,
+                        counterparty.0,
+                        account.0,
+                        qty.0 > 0,
+                        price.0,
+                        i128::from(qty.0).abs(),
+                        Some(i128::from(fee.0)),
+                    ),
+                    _ => unreachable!("matched above"),
+                };
+                let spec = specs[instrument as usize];
+                slot.kind = k;
+                slot.instrument = instrument;
+                slot.price = fr(i128::from(price));
+                slot.qty = fr(q);
+                slot.taker_buys = buys;
+                let (ra, rb) = (reg_of[&a_id], reg_of[&b_id]);
+                (slot.a, slot.b, slot.a_id, slot.b_id) = (Some(ra), Some(rb), a_id, b_id);
+                slot.pa = Some(pos_of[&(a_id, instrument)]);
+                slot.pb = Some(pos_of[&(b_id, instrument)]);
+                slot.i = Some(inst_of[&instrument]);
+                let notional = i128::from(price) * q / i128::from(QTY_SCALE);
                 let fee = |rate: i32| {
                     -((-(notional * i128::from(rate))).div_euclid(i128::from(FEE_RATE_SCALE)))
                 };
@@ -927,20 +989,29 @@ pub fn witness(
                 slot.notional = fr(notional);
                 slot.maker_fee = fr(maker_fee);
                 slot.taker_fee = fr(taker_fee);
-                let sign: i128 = if slot.taker_buys { 1 } else { -1 };
-                let q = i128::from(qty.0);
+                let (a_fee, b_fee) = match liquidation_fee {
+                    Some(f) => {
+                        slot.amount = fr(f);
+                        liquidation_fees += f;
+                        (0, f)
+                    }
+                    None => {
+                        fee_pool += maker_fee + taker_fee;
+                        (maker_fee, taker_fee)
+                    }
+                };
+                let sign: i128 = if buys { 1 } else { -1 };
                 for (r, cash, moved) in [
-                    (ra, sign * notional - maker_fee, -sign * q),
-                    (rb, -sign * notional - taker_fee, sign * q),
+                    (ra, sign * notional - a_fee, -sign * q),
+                    (rb, -sign * notional - b_fee, sign * q),
                 ] {
                     accts[r].collateral += cash;
-                    let p = accts[r].positions.entry(instrument.0).or_insert(0);
+                    let p = accts[r].positions.entry(instrument).or_insert(0);
                     *p += moved;
                     if *p == 0 {
-                        accts[r].positions.remove(&instrument.0);
+                        accts[r].positions.remove(&instrument);
                     }
                 }
-                fee_pool += maker_fee + taker_fee;
             }
             _ => unreachable!("only covered ops reach the slots"),
         }
@@ -949,7 +1020,7 @@ pub fn witness(
     slots.resize_with(shape.slots, Slot::default);
 
     // Settlements' cash and positions (their instrument leaves follow with the instruments).
-    let mut insurance_after = i128::from(insurance.0);
+    let mut insurance_after = i128::from(insurance.0) + liquidation_fees;
     let mut settle_holders = Vec::with_capacity(settles.len());
     for (instrument, _, credit, holders) in &settles {
         let mut out: Vec<Holder> = holders

@@ -382,7 +382,7 @@ fn uncovered_ops_and_oversized_batches_are_named() {
         SHAPE.slots + 1
     ];
     assert!(witness(&state, &many, SHAPE).is_err());
-    assert_eq!(kind::SLOT_KINDS.len(), 7);
+    assert_eq!(kind::SLOT_KINDS.len(), 8);
 }
 
 /// The gadgets' own check (values against every constraint as it is laid) and arkworks'
@@ -614,4 +614,42 @@ fn expiry_settlement_pays_the_spec_value() {
         refused(&batch_of(&state, &ops(long, short, 1, false))),
         "not expired"
     );
+}
+
+/// A liquidation moves the position at its price with its fee to insurance (the native root);
+/// a fee other than the posted one, or a price that does not give an exact notional, cannot be
+/// proven.
+#[test]
+fn liquidations_move_positions_and_pay_insurance() {
+    let state = after(
+        &genesis(3),
+        &[Op::Fill {
+            instrument: InstrumentId(0),
+            maker: AccountId(0),
+            taker: AccountId(1),
+            taker_side: Side::Buy,
+            price: Price(90_000 * MONEY_SCALE),
+            qty: Qty(2 * QTY_SCALE),
+        }],
+    );
+    let liquidation = |fee: i64| Op::Liquidation {
+        account: AccountId(1),
+        counterparty: AccountId(2),
+        instrument: InstrumentId(0),
+        qty: Qty(-QTY_SCALE / 2),
+        price: Price(85_000 * MONEY_SCALE),
+        fee: Amount(fee),
+    };
+    let ops = [liquidation(250 * MONEY_SCALE)];
+    let w = batch_of(&state, &ops);
+    let native = after(&state, &ops);
+    assert_eq!(w.public.new_root, native.root(), "the native root");
+    assert_eq!(native.funds().0, Amount(250 * MONEY_SCALE), "the fee to insurance");
+    check(&w).expect("proves");
+    let mut fee = w.clone();
+    fee.slots[0].amount += Fr::from(1u64);
+    assert!(refused(&fee), "another fee than the posted one");
+    let mut inexact = w.clone();
+    inexact.slots[0].price += Fr::from(1u64);
+    assert!(refused(&inexact), "an inexact notional");
 }
