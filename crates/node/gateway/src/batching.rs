@@ -7,7 +7,7 @@
 //! applied, so a restart continues the same chain of roots without replaying history.
 
 use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -124,19 +124,7 @@ impl Feed {
     }
 }
 
-/// Blob files in `dir`, in batch order.
-pub fn blob_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
-        Ok(entries) => entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "blob"))
-            .collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(e),
-    };
-    files.sort();
-    Ok(files)
-}
+pub use optio_state::blob_files;
 
 /// Rebuilds the settlement state from the blobs in `dir`: the state, the last batch number and
 /// the last sequence number it covers.

@@ -123,6 +123,13 @@ fn selector(cs: &Cs, n: usize, index: Option<usize>) -> R<(Vec<Wire>, Wire)> {
     Ok((sel, sum))
 }
 
+/// The index a one-hot selector points at (0 when it points at none): `sum_k k * sel_k`, free.
+fn index_of(sel: &[Wire]) -> Wire {
+    sel.iter()
+        .enumerate()
+        .fold(Wire::zero(), |acc, (k, s)| acc.plus(Fr::from(k as u64), s))
+}
+
 /// `sum_k sel_k * values_k`.
 fn pick(cs: &Cs, sel: &[Wire], values: impl Iterator<Item = Wire>) -> R<Wire> {
     let mut out = Wire::zero();
@@ -212,10 +219,7 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
         for (a, s) in accounts.iter_mut().zip(&account_sel) {
             a.used = a.used.add(s);
         }
-        let account = account_sel
-            .iter()
-            .enumerate()
-            .fold(Wire::zero(), |acc, (k, s)| acc.plus(Fr::from(k as u64), s));
+        let account = index_of(&account_sel);
         let instrument = cs.witness(Fr::from(q.instrument))?;
         let instrument_bits = cs.bits(&instrument, INSTRUMENT_DEPTH as usize)?;
         let qty0 = cs.witness(q.qty)?;
@@ -522,14 +526,9 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     let b_id = pick(cs, &sel_b, st.accounts.iter().map(|a| a.id.clone()))?;
 
     // Positions: the fill's registers belong to its accounts and instrument.
-    let index = |sel: &[Wire]| {
-        sel.iter()
-            .enumerate()
-            .fold(Wire::zero(), |acc, (k, s)| acc.plus(Fr::from(k as u64), s))
-    };
     for (sel_p, sel) in [(&sel_pa, &sel_a), (&sel_pb, &sel_b)] {
         let owner_reg = pick(cs, sel_p, st.positions.iter().map(|q| q.account.clone()))?;
-        cs.equal_if(&trade, &owner_reg, &index(sel))?;
+        cs.equal_if(&trade, &owner_reg, &index_of(sel))?;
         let traded = pick(cs, sel_p, st.positions.iter().map(|q| q.instrument.clone()))?;
         cs.equal(&traded, &instrument)?;
     }
@@ -680,12 +679,8 @@ fn settle_slot(cs: &Cs, o: &SettleSlot, st: &mut Running, instruments_root: &mut
             q.used = q.used.add(x);
         }
         // The position is this account's, in this instrument.
-        let index = sel_a
-            .iter()
-            .enumerate()
-            .fold(Wire::zero(), |acc, (k, x)| acc.plus(Fr::from(k as u64), x));
         let owner_reg = pick(cs, &sel_p, st.positions.iter().map(|q| q.account.clone()))?;
-        cs.equal(&owner_reg, &index)?;
+        cs.equal(&owner_reg, &index_of(&sel_a))?;
         let held = pick(
             cs,
             &sel_p,

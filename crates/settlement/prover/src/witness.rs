@@ -18,7 +18,6 @@ use optio_state::leaf::{self, ACCOUNT_DEPTH, INSTRUMENT_DEPTH, InstrumentLeaf, s
 use optio_state::poseidon::{Fr, from_address, hash};
 use optio_state::smt::{NodeStore, Proof, SparseMerkleTree};
 use optio_state::{Op, SettlementState};
-use optio_types::fixed::FEE_RATE_SCALE;
 use optio_types::{AccountId, InstrumentId, InstrumentSpec, QTY_SCALE, Side};
 
 /// Op kinds as the circuit numbers them (the blob's tags where one exists).
@@ -568,14 +567,9 @@ fn overlay(depth: u8, ids: &[(u64, Fr, Proof)]) -> SparseMerkleTree {
     tree
 }
 
+/// The ops the circuit does not cover yet.
 fn unsupported(index: usize, op: &Op) -> WitnessError {
     let what = match op {
-        Op::ListInstrument { .. } => "ListInstrument",
-        Op::ActivateInstrument { .. } => "ActivateInstrument",
-        Op::ExpireInstrument { .. } => "ExpireInstrument",
-        Op::SettleInstrument { .. } => "SettleInstrument",
-        Op::SettlePosition { .. } => "SettlePosition",
-        Op::Liquidation { .. } => "Liquidation",
         Op::LossShared { .. } => "LossShared",
         Op::DeficitCovered { .. } => "DeficitCovered",
         Op::SessionKey { .. } => "SessionKey",
@@ -624,7 +618,8 @@ pub fn witness(
     let (mut account_ids, mut position_keys, mut instrument_ids) =
         (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
     let mut marks = Vec::new();
-    let mut slot_ops: Vec<(&Op, u32)> = Vec::new();
+    // Op slots: the op's index in the batch, the op, and the id an opening takes.
+    let mut slot_ops: Vec<(usize, &Op, u32)> = Vec::new();
     // Listings and activations are applied before the op slots, expiries after: a fill in an
     // instrument may not come before its listing or activation, nor after its expiry.
     let (mut leading, mut trailing) = (Vec::new(), Vec::new());
@@ -664,7 +659,7 @@ pub fn witness(
             }
             Op::OpenAccount { .. } => {
                 account_ids.insert(next_account);
-                slot_ops.push((op, next_account));
+                slot_ops.push((i, op, next_account));
                 next_account += 1;
                 continue;
             }
@@ -757,7 +752,7 @@ pub fn witness(
             }
             _ => return Err(unsupported(i, op)),
         }
-        slot_ops.push((op, 0));
+        slot_ops.push((i, op, 0));
     }
     if let Some((&instrument, _)) = pending.iter().next() {
         // Positions settled without their instrument's settlement in the batch.
@@ -878,15 +873,15 @@ pub fn witness(
     let mut fee_pool = i128::from(fee_pool_before.0);
     let mut priority = state.priority_served();
     let mut slots = Vec::with_capacity(shape.slots);
-    for (op, opened_id) in &slot_ops {
+    for &(index, op, opened_id) in &slot_ops {
         let mut slot = Slot::default();
         match op {
             Op::OpenAccount { owner } => {
-                let r = reg_of[opened_id];
+                let r = reg_of[&opened_id];
                 slot.kind = kind::OPEN;
                 slot.owner = from_address(&owner.0);
                 slot.a = Some(r);
-                slot.a_id = *opened_id;
+                slot.a_id = opened_id;
                 accts[r].owner = slot.owner;
             }
             Op::Deposit { account, amount }
@@ -982,10 +977,15 @@ pub fn witness(
                 slot.pb = Some(pos_of[&(b_id, instrument)]);
                 slot.i = Some(inst_of[&instrument]);
                 let notional = i128::from(price) * q / i128::from(QTY_SCALE);
-                let fee = |rate: i32| {
-                    -((-(notional * i128::from(rate))).div_euclid(i128::from(FEE_RATE_SCALE)))
+                // The engine's fee rule (the circuit checks the same rounding).
+                let fee = |rate: optio_types::FeeRate| {
+                    i64::try_from(notional)
+                        .ok()
+                        .and_then(|n| rate.fee_on(optio_types::Amount(n)).ok())
+                        .map(|f| i128::from(f.0))
+                        .ok_or(WitnessError::Invalid(index))
                 };
-                let (maker_fee, taker_fee) = (fee(spec.maker_fee.0), fee(spec.taker_fee.0));
+                let (maker_fee, taker_fee) = (fee(spec.maker_fee)?, fee(spec.taker_fee)?);
                 slot.notional = fr(notional);
                 slot.maker_fee = fr(maker_fee);
                 slot.taker_fee = fr(taker_fee);

@@ -15,7 +15,7 @@ use ark_bn254::Bn254;
 use ark_groth16::Proof;
 use ark_std::rand::rngs::StdRng;
 use optio_state::poseidon::to_hex;
-use optio_state::{SettlementState, decode, rebuild_after};
+use optio_state::{Op, SettlementState, blob_files, decode, rebuild_after};
 use serde_json::{Value, json};
 
 use crate::keys::{Keys, prove, verify};
@@ -50,13 +50,26 @@ pub fn proof_path(dir: &Path, batch: u64) -> PathBuf {
     stem(dir, batch).with_extension("proof.json")
 }
 
-fn blobs(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "blob"))
-        .collect();
-    files.sort();
-    Ok(files)
+/// Walks the batches of `dir` in order: `each` gets the state before a batch, its number and
+/// its ops; the batch is then applied (with `rebuild_after`'s checks of numbering and data).
+fn each_batch(
+    dir: &Path,
+    mut each: impl FnMut(&SettlementState, u64, &[Op]) -> Result<(), String>,
+) -> Result<(), String> {
+    if !dir.is_dir() {
+        return Err(format!("{}: not a directory", dir.display()));
+    }
+    let files = blob_files(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut state = SettlementState::new();
+    let mut after = (0u64, 0u64);
+    for file in files {
+        let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+        let (meta, ops) = decode(&bytes).map_err(|e| format!("{}: {e}", file.display()))?;
+        each(&state, meta.number, &ops)?;
+        after = rebuild_after([bytes.as_slice()], &mut state, after, |_| {})
+            .map_err(|e| format!("{}: {e}", file.display()))?;
+    }
+    Ok(())
 }
 
 /// Takes the claim on a batch, or `None` if a live worker holds it.
@@ -144,44 +157,38 @@ pub fn prove_pending(
     stale_after: Duration,
     mut each: impl FnMut(&Outcome),
 ) -> Result<Vec<Outcome>, String> {
-    let files = blobs(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let mut state = SettlementState::new();
-    let mut after = (0u64, 0u64);
     let mut done = Vec::new();
-    for file in files {
-        let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-        let (meta, ops) = decode(&bytes).map_err(|e| format!("{}: {e}", file.display()))?;
-        let batch = meta.number;
+    each_batch(dir, |state, batch, ops| {
         let settled = proof_path(dir, batch).exists()
             || stem(dir, batch).with_extension("unprovable").exists();
-        if !settled && let Some(_claim) = claim(dir, batch, stale_after) {
-            match witness(&state, &ops, keys.shape) {
-                Ok(w) => {
-                    let public = w.public;
-                    let t = Instant::now();
-                    let proof = prove(keys, w, rng).map_err(|e| format!("batch {batch}: {e}"))?;
-                    let seconds = t.elapsed().as_secs_f64();
-                    let text = proof_json(batch, keys, &public, &proof, seconds).to_string();
-                    write_atomic(&proof_path(dir, batch), &text)
-                        .map_err(|e| format!("batch {batch}: {e}"))?;
-                    done.push(Outcome::Proven { batch, seconds });
-                    each(&Outcome::Proven { batch, seconds });
-                }
-                Err(e) => {
-                    let reason = e.to_string();
-                    write_atomic(&stem(dir, batch).with_extension("unprovable"), &reason)
-                        .map_err(|e| format!("batch {batch}: {e}"))?;
-                    each(&Outcome::Unprovable {
-                        batch,
-                        reason: reason.clone(),
-                    });
-                    done.push(Outcome::Unprovable { batch, reason });
-                }
-            }
+        if settled {
+            return Ok(());
         }
-        after = rebuild_after([bytes.as_slice()], &mut state, after, |_| {})
-            .map_err(|e| format!("{}: {e}", file.display()))?;
-    }
+        let Some(_claim) = claim(dir, batch, stale_after) else {
+            return Ok(());
+        };
+        let outcome = match witness(state, ops, keys.shape) {
+            Ok(w) => {
+                let public = w.public;
+                let t = Instant::now();
+                let proof = prove(keys, w, rng).map_err(|e| format!("batch {batch}: {e}"))?;
+                let seconds = t.elapsed().as_secs_f64();
+                let text = proof_json(batch, keys, &public, &proof, seconds).to_string();
+                write_atomic(&proof_path(dir, batch), &text)
+                    .map_err(|e| format!("batch {batch}: {e}"))?;
+                Outcome::Proven { batch, seconds }
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                write_atomic(&stem(dir, batch).with_extension("unprovable"), &reason)
+                    .map_err(|e| format!("batch {batch}: {e}"))?;
+                Outcome::Unprovable { batch, reason }
+            }
+        };
+        each(&outcome);
+        done.push(outcome);
+        Ok(())
+    })?;
     Ok(done)
 }
 
@@ -189,32 +196,24 @@ pub fn prove_pending(
 /// must be the rebuilt roots and the batch's commitment) and the verifying key. Returns the
 /// batches proven and those without a valid proof yet; an error names a proof that is wrong.
 pub fn check_proofs(dir: &Path, keys: &Keys) -> Result<(Vec<u64>, Vec<u64>), String> {
-    let files = blobs(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let mut state = SettlementState::new();
-    let mut after = (0u64, 0u64);
     let (mut proven, mut missing) = (Vec::new(), Vec::new());
-    for file in files {
-        let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-        let (meta, ops) = decode(&bytes).map_err(|e| format!("{}: {e}", file.display()))?;
-        let batch = meta.number;
-        match std::fs::read_to_string(proof_path(dir, batch)) {
-            Ok(text) => {
-                let expected = witness(&state, &ops, keys.shape)
-                    .map_err(|e| format!("batch {batch} has a proof but {e}"))?
-                    .public;
-                let proof = parse_proof(&text).map_err(|e| format!("batch {batch}: {e}"))?;
-                if !verify(&keys.vk, &expected, &proof) {
-                    return Err(format!(
-                        "batch {batch}: the proof does not verify against the roots rebuilt from the blobs"
-                    ));
-                }
-                proven.push(batch);
-            }
-            Err(_) => missing.push(batch),
+    each_batch(dir, |state, batch, ops| {
+        let Ok(text) = std::fs::read_to_string(proof_path(dir, batch)) else {
+            missing.push(batch);
+            return Ok(());
+        };
+        let expected = witness(state, ops, keys.shape)
+            .map_err(|e| format!("batch {batch} has a proof but {e}"))?
+            .public;
+        let proof = parse_proof(&text).map_err(|e| format!("batch {batch}: {e}"))?;
+        if !verify(&keys.vk, &expected, &proof) {
+            return Err(format!(
+                "batch {batch}: the proof does not verify against the roots rebuilt from the blobs"
+            ));
         }
-        after = rebuild_after([bytes.as_slice()], &mut state, after, |_| {})
-            .map_err(|e| format!("{}: {e}", file.display()))?;
-    }
+        proven.push(batch);
+        Ok(())
+    })?;
     Ok((proven, missing))
 }
 
@@ -226,17 +225,10 @@ pub fn parse_proof(text: &str) -> Result<Proof<Bn254>, String> {
         .ok_or("proof file: no proof")?
         .iter()
         .map(|w| {
-            let s = w.as_str().ok_or("proof file: a word is not a string")?;
-            let s = s.strip_prefix("0x").unwrap_or(s);
-            if s.len() != 64 {
-                return Err("proof file: a word is not 32 bytes");
-            }
-            let mut out = [0u8; 32];
-            for (i, b) in out.iter_mut().enumerate() {
-                *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16)
-                    .map_err(|_| "proof file: not hex")?;
-            }
-            Ok(out)
+            w.as_str()
+                .and_then(optio_intents::parse_hex)
+                .and_then(|bytes| Word::try_from(bytes).ok())
+                .ok_or("proof file: a word is not 0x and 32 bytes of hex")
         })
         .collect::<Result<_, _>>()?;
     solidity::proof_from(&words).ok_or_else(|| "proof file: points not on the curve".into())

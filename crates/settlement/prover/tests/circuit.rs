@@ -644,7 +644,11 @@ fn liquidations_move_positions_and_pay_insurance() {
     let w = batch_of(&state, &ops);
     let native = after(&state, &ops);
     assert_eq!(w.public.new_root, native.root(), "the native root");
-    assert_eq!(native.funds().0, Amount(250 * MONEY_SCALE), "the fee to insurance");
+    assert_eq!(
+        native.funds().0,
+        Amount(250 * MONEY_SCALE),
+        "the fee to insurance"
+    );
     check(&w).expect("proves");
     let mut fee = w.clone();
     fee.slots[0].amount += Fr::from(1u64);

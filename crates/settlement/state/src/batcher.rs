@@ -387,3 +387,17 @@ pub fn rebuild_after<'a>(
     }
     Ok((number, last_seq))
 }
+
+/// The blob files (`*.blob`) in `dir`, in batch order; none if `dir` does not exist.
+pub fn blob_files(dir: &std::path::Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    let mut files: Vec<std::path::PathBuf> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "blob"))
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    files.sort();
+    Ok(files)
+}
