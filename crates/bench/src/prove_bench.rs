@@ -228,7 +228,30 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         "  aggregation saves {:.0}% per batch at 16 proofs per transaction",
         100.0 * (1.0 - gas[2] as f64 / 16.0 / gas[0] as f64)
     );
+    // The physical floor: the precompiles' prices alone (EIP-1108) plus the transaction's base.
+    let floor_one = precompile_floor(1);
+    println!(
+        "  floor (21,000 + pairing 45,000 + 34,000 per pair + 6,150 per scalar multiply and add): one proof {floor_one}, ratio {:.2}; 16 proofs {} per batch, ratio {:.2}",
+        gas[0] as f64 / floor_one as f64,
+        precompile_floor(16) / 16,
+        gas[2] as f64 / precompile_floor(16) as f64
+    );
     Ok(())
+}
+
+/// Gas of the precompile calls `k` proofs need at the least, plus 21,000: one proof is a
+/// pairing of 4 pairs and 6 multiply-adds (IC0 and the five inputs); `k` aggregated are one
+/// pairing of k + 3 pairs, 2k multiplies (r A, r C), and 7 multiply-adds (alpha and the IC
+/// points).
+fn precompile_floor(k: u64) -> u64 {
+    const PAIRING: u64 = 45_000;
+    const PAIR: u64 = 34_000;
+    const MUL_ADD: u64 = 6_150;
+    if k == 1 {
+        21_000 + PAIRING + 4 * PAIR + 6 * MUL_ADD
+    } else {
+        21_000 + PAIRING + (k + 3) * PAIR + (2 * k + 7) * MUL_ADD
+    }
 }
 
 async fn verifier_gas(

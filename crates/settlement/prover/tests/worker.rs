@@ -183,3 +183,34 @@ fn workers_share_the_queue_and_their_proofs_check_against_the_blobs() {
     std::fs::write(proof_path(dir.path(), 1), damaged).expect("write");
     assert!(check_proofs(dir.path(), &keys).is_err());
 }
+
+/// Keys survive the disk; the wrong shape, missing or damaged key files and a batch of another
+/// shape are refused with errors that say which.
+#[test]
+fn key_files_round_trip_and_bad_ones_are_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = Keys::generate(SHAPE, &mut StdRng::seed_from_u64(2)).expect("keys");
+    keys.write(dir.path()).expect("writes");
+    let back = Keys::read(dir.path(), SHAPE).expect("reads");
+    assert_eq!(back.vk, keys.vk);
+
+    let other = Shape { slots: 1, ..SHAPE };
+    let missing = Keys::read(dir.path(), other)
+        .err()
+        .expect("no keys of that shape");
+    assert!(missing.to_string().contains(&other.name()), "{missing}");
+
+    let vk = dir.path().join(format!("{}.vk", SHAPE.name()));
+    let mut bytes = std::fs::read(&vk).expect("read");
+    bytes.truncate(bytes.len() / 2);
+    std::fs::write(&vk, bytes).expect("write");
+    let damaged = Keys::read(dir.path(), SHAPE).err().expect("damaged");
+    assert!(damaged.to_string().contains(".vk"), "{damaged}");
+
+    let w = optio_prover::witness::empty(other);
+    let err = optio_prover::prove(&keys, w, &mut StdRng::seed_from_u64(3)).expect_err("shape");
+    assert!(
+        matches!(err, optio_prover::ProveError::Shape { .. }),
+        "{err}"
+    );
+}
