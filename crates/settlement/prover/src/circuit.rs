@@ -112,6 +112,8 @@ struct Running {
     insurance: Wire,
     priority: Wire,
     commitment: Wire,
+    /// Loss shares charged since the last deficit cover.
+    shared: Wire,
 }
 
 /// One-hot selector over `n` registers: `index` or none; its sum is returned too.
@@ -280,11 +282,15 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
         insurance,
         priority: priority_before,
         commitment: commitment_so_far,
+        shared: Wire::zero(),
     };
     for (i, slot) in w.slots.iter().enumerate() {
         cs.part(format!("op slot {i} (kind {})", slot.kind));
         op_slot(cs, slot, &mut st)?;
     }
+    cs.part("loss shares claimed".into());
+    // Every loss share was claimed by a deficit cover.
+    cs.equal(&st.shared, &Wire::zero())?;
 
     for (i, o) in w.expiries.iter().enumerate() {
         cs.part(format!("expiry slot {i}"));
@@ -398,7 +404,9 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
         transfer,
         fill,
         liquidation,
-    ] = <[Wire; 8]>::try_from(flags.clone()).expect("eight kinds");
+        loss,
+        deficit,
+    ] = <[Wire; 10]>::try_from(flags.clone()).expect("ten kinds");
     // A fill or a liquidation: a trade between accounts a and b.
     let trade = fill.add(&liquidation);
     let used = Wire::sum(&flags);
@@ -440,8 +448,10 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     // A slot's record says exactly what it does: fields its kind does not use are zero.
     let moves_cash = Wire::sum([&deposit, &l1_deposit, &withdraw, &l1_withdrawal, &transfer]);
     let l1 = l1_deposit.add(&l1_withdrawal);
-    cs.equal_if(&not(&moves_cash.add(&liquidation)), &amount, &Wire::zero())?;
-    for field in [&price, &qty, &taker_buys] {
+    let has_amount = Wire::sum([&moves_cash, &liquidation, &loss, &deficit]);
+    cs.equal_if(&not(&has_amount), &amount, &Wire::zero())?;
+    cs.equal_if(&not(&trade.add(&deficit)), &price, &Wire::zero())?;
+    for field in [&qty, &taker_buys] {
         cs.equal_if(&not(&trade), field, &Wire::zero())?;
     }
     cs.equal_if(&not(&l1), &priority, &Wire::zero())?;
@@ -484,14 +494,29 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     let b_fee = cs.mul(&fill, &taker_fee)?.add(&liquidation_fee);
     st.insurance = st.insurance.add(&liquidation_fee);
 
+    // Loss sharing: shares are charged, and the next deficit cover credits exactly their sum
+    // with what it takes from insurance (`amount`) and the fee pool (`price`), which stay
+    // non-negative.
+    let shared = st.shared.add(&cs.mul(&loss, &amount)?);
+    let claimed = cs.mul(&deficit, &shared)?;
+    st.shared = shared.sub(&claimed);
+    let from_fees = cs.mul(&deficit, &price)?;
+    st.insurance = st.insurance.sub(&cs.mul(&deficit, &amount)?);
+    st.fee_pool = st.fee_pool.sub(&from_fees);
+    cs.range(&cs.mul(&deficit, &st.insurance)?, 63)?;
+    cs.range(&cs.mul(&deficit, &st.fee_pool)?, 63)?;
+
     // Cash, nonces, owners and openings on the account registers.
-    let cash_sign = Wire::sum([&deposit, &l1_deposit])
+    let cash_sign = Wire::sum([&deposit, &l1_deposit, &deficit])
         .sub(&withdraw)
         .sub(&l1_withdrawal)
-        .sub(&transfer);
+        .sub(&transfer)
+        .sub(&loss);
     let a_cash = cs
         .mul(&cash_sign, &amount)?
-        .add(&cs.mul(&trade, &signed_notional.sub(&a_fee))?);
+        .add(&cs.mul(&trade, &signed_notional.sub(&a_fee))?)
+        .add(&from_fees)
+        .add(&claimed);
     let b_cash = cs
         .mul(&transfer, &amount)?
         .add(&cs.mul(&trade, &signed_notional.scale(-Fr::from(1u64)).sub(&b_fee))?);
@@ -514,8 +539,10 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     let b_after = pick(cs, &sel_b, st.accounts.iter().map(|a| a.collateral.clone()))?;
     cs.signed_range(&a_after, 64)?;
     cs.signed_range(&b_after, 64)?;
-    let a_pays = Wire::sum([&withdraw, &l1_withdrawal, &transfer]);
+    let a_pays = Wire::sum([&withdraw, &l1_withdrawal, &transfer, &loss]);
     cs.range(&cs.mul(&a_pays, &a_after)?, 63)?;
+    // A deficit cover pays at most the deficit: the account is left at or below zero.
+    cs.range(&cs.mul(&deficit, &a_after)?.scale(-Fr::from(1u64)), 63)?;
     // A transfer stays with one owner.
     let mut owners = Wire::zero();
     for (a, (x, y)) in st.accounts.iter().zip(sel_a.iter().zip(&sel_b)) {

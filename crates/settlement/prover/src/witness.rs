@@ -47,6 +47,11 @@ pub mod kind {
     /// `Op::Liquidation` (account b the liquidated, a the counterparty, `taker_buys` when the
     /// liquidated account's position grows, `amount` the fee to insurance).
     pub const LIQUIDATION: u64 = 20;
+    /// `Op::LossShared` (`amount` charged to account a).
+    pub const LOSS_SHARED: u64 = 21;
+    /// `Op::DeficitCovered` (account a credited `amount` from insurance, `price` from the fee
+    /// pool, and the loss shares since the previous cover).
+    pub const DEFICIT: u64 = 22;
     /// `Op::Mark` (mark slots only).
     pub const MARK: u64 = 24;
     /// `Op::L1Deposit`.
@@ -54,7 +59,7 @@ pub mod kind {
     /// `Op::L1Withdrawal`.
     pub const L1_WITHDRAWAL: u64 = 26;
     /// The kinds of the op slots, in the order the circuit's selector flags follow.
-    pub const SLOT_KINDS: [u64; 8] = [
+    pub const SLOT_KINDS: [u64; 10] = [
         OPEN,
         DEPOSIT,
         L1_DEPOSIT,
@@ -63,6 +68,8 @@ pub mod kind {
         TRANSFER,
         FILL,
         LIQUIDATION,
+        LOSS_SHARED,
+        DEFICIT,
     ];
 }
 
@@ -570,8 +577,6 @@ fn overlay(depth: u8, ids: &[(u64, Fr, Proof)]) -> SparseMerkleTree {
 /// The ops the circuit does not cover yet.
 fn unsupported(index: usize, op: &Op) -> WitnessError {
     let what = match op {
-        Op::LossShared { .. } => "LossShared",
-        Op::DeficitCovered { .. } => "DeficitCovered",
         Op::SessionKey { .. } => "SessionKey",
         _ => "this op",
     };
@@ -588,7 +593,9 @@ fn account_ids_of(op: &Op) -> Vec<u32> {
         Op::Deposit { account, .. }
         | Op::Withdraw { account, .. }
         | Op::L1Deposit { account, .. }
-        | Op::L1Withdrawal { account, .. } => vec![account.0],
+        | Op::L1Withdrawal { account, .. }
+        | Op::LossShared { account, .. }
+        | Op::DeficitCovered { account, .. } => vec![account.0],
         Op::Transfer { from, to, .. } => vec![from.0, to.0],
         Op::Fill { maker, taker, .. } => vec![maker.0, taker.0],
         Op::Liquidation {
@@ -704,7 +711,9 @@ pub fn witness(
             Op::Deposit { account, .. }
             | Op::Withdraw { account, .. }
             | Op::L1Deposit { account, .. }
-            | Op::L1Withdrawal { account, .. } => {
+            | Op::L1Withdrawal { account, .. }
+            | Op::LossShared { account, .. }
+            | Op::DeficitCovered { account, .. } => {
                 if !known(account) {
                     return Err(WitnessError::Invalid(i));
                 }
@@ -869,8 +878,11 @@ pub fn witness(
 
     // The ops, on the registers.
     let (insurance, fee_pool_before) = state.funds();
+    // Insurance moved by the op slots (liquidation fees in, deficit covers out).
     let mut liquidation_fees: i128 = 0;
     let mut fee_pool = i128::from(fee_pool_before.0);
+    // Loss shares since the last deficit cover.
+    let mut shared: i128 = 0;
     let mut priority = state.priority_served();
     let mut slots = Vec::with_capacity(shape.slots);
     for &(index, op, opened_id) in &slot_ops {
@@ -915,6 +927,33 @@ pub fn witness(
                 } else {
                     accts[r].collateral += amount;
                 }
+            }
+            Op::LossShared { account, amount } => {
+                slot.kind = kind::LOSS_SHARED;
+                let r = reg_of[&account.0];
+                (slot.a, slot.a_id) = (Some(r), account.0);
+                slot.amount = fr(i128::from(amount.0));
+                accts[r].collateral -= i128::from(amount.0);
+                shared += i128::from(amount.0);
+            }
+            Op::DeficitCovered {
+                account,
+                insurance,
+                fee_pool: from_fees,
+                socialized,
+            } => {
+                if i128::from(socialized.0) != shared {
+                    return Err(WitnessError::Invalid(index));
+                }
+                slot.kind = kind::DEFICIT;
+                let r = reg_of[&account.0];
+                (slot.a, slot.a_id) = (Some(r), account.0);
+                slot.amount = fr(i128::from(insurance.0));
+                slot.price = fr(i128::from(from_fees.0));
+                accts[r].collateral += i128::from(insurance.0) + i128::from(from_fees.0) + shared;
+                liquidation_fees -= i128::from(insurance.0);
+                fee_pool -= i128::from(from_fees.0);
+                shared = 0;
             }
             Op::Transfer { from, to, amount } => {
                 slot.kind = kind::TRANSFER;
@@ -1016,6 +1055,10 @@ pub fn witness(
             _ => unreachable!("only covered ops reach the slots"),
         }
         slots.push(slot);
+    }
+    if shared != 0 {
+        // Loss shares no deficit cover claimed.
+        return Err(WitnessError::Invalid(ops.len().saturating_sub(1)));
     }
     slots.resize_with(shape.slots, Slot::default);
 

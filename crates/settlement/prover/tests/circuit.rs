@@ -216,6 +216,14 @@ fn refused(w: &BatchWitness) -> bool {
     matches!(check(w), Err(ProveError::Unsatisfied(_)))
 }
 
+/// Where the circuit first refuses `w` (panics if it proves).
+fn refused_at(w: &BatchWitness) -> String {
+    match check(w) {
+        Err(ProveError::Unsatisfied(at)) => at,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
 #[test]
 fn a_withdrawal_below_zero_cannot_be_proven() {
     let state = genesis(2);
@@ -366,14 +374,16 @@ fn uncovered_ops_and_oversized_batches_are_named() {
     let state = genesis(2);
     let err = witness(
         &state,
-        &[Op::LossShared {
+        &[Op::SessionKey {
             account: AccountId(0),
-            amount: Amount(1),
+            key: Address([9; 20]),
+            expiry_ms: 1,
+            at_ms: 0,
         }],
         SHAPE,
     )
     .expect_err("not covered");
-    assert!(err.to_string().contains("LossShared"), "{err}");
+    assert!(err.to_string().contains("SessionKey"), "{err}");
     let many = vec![
         Op::Deposit {
             account: AccountId(0),
@@ -382,7 +392,7 @@ fn uncovered_ops_and_oversized_batches_are_named() {
         SHAPE.slots + 1
     ];
     assert!(witness(&state, &many, SHAPE).is_err());
-    assert_eq!(kind::SLOT_KINDS.len(), 8);
+    assert_eq!(kind::SLOT_KINDS.len(), 10);
 }
 
 /// The gadgets' own check (values against every constraint as it is laid) and arkworks'
@@ -656,4 +666,136 @@ fn liquidations_move_positions_and_pay_insurance() {
     let mut inexact = w.clone();
     inexact.slots[0].price += Fr::from(1u64);
     assert!(refused(&inexact), "an inexact notional");
+}
+
+/// Account 1 after a leveraged long closed by a liquidation far below its price: negative cash,
+/// no position, with insurance and the fee pool holding something.
+fn with_deficit() -> (SettlementState, i64) {
+    let state = after(
+        &genesis(4),
+        &[
+            Op::Fill {
+                instrument: InstrumentId(0),
+                maker: AccountId(0),
+                taker: AccountId(1),
+                taker_side: Side::Buy,
+                price: Price(100_000 * MONEY_SCALE),
+                qty: Qty(20 * QTY_SCALE),
+            },
+            Op::Liquidation {
+                account: AccountId(1),
+                counterparty: AccountId(2),
+                instrument: InstrumentId(0),
+                qty: Qty(-20 * QTY_SCALE),
+                price: Price(40_000 * MONEY_SCALE),
+                fee: Amount(500 * MONEY_SCALE),
+            },
+        ],
+    );
+    let deficit = -state.accounts()[1].collateral.0;
+    assert!(deficit > 0 && state.accounts()[1].positions.is_empty());
+    (state, deficit)
+}
+
+/// `[shares from accounts 0 and 3, the cover]` for account 1, taking `insurance` and `fees`
+/// and paying `extra` beyond the deficit.
+fn cover(deficit: i64, insurance: i64, fees: i64, extra: i64) -> Vec<Op> {
+    let socialized = deficit - insurance - fees + extra;
+    let x = socialized / 3;
+    vec![
+        Op::LossShared {
+            account: AccountId(0),
+            amount: Amount(x),
+        },
+        Op::LossShared {
+            account: AccountId(3),
+            amount: Amount(socialized - x),
+        },
+        Op::DeficitCovered {
+            account: AccountId(1),
+            insurance: Amount(insurance),
+            fee_pool: Amount(fees),
+            socialized: Amount(socialized),
+        },
+    ]
+}
+
+#[test]
+fn a_deficit_is_covered_by_insurance_fees_and_exactly_the_shares() {
+    let (state, deficit) = with_deficit();
+    let (insurance, fees) = state.funds();
+    assert!(insurance.0 > 0 && fees.0 > 0);
+    let ops = cover(deficit, insurance.0, fees.0, 0);
+    let w = batch_of(&state, &ops);
+    let native = after(&state, &ops);
+    assert_eq!(w.public.new_root, native.root(), "the native root");
+    assert_eq!(native.accounts()[1].collateral, Amount(0));
+    assert_eq!(native.funds(), (Amount(0), Amount(0)));
+    check(&w).expect("proves");
+
+    // Covering more than the deficit leaves the account with money nobody lost.
+    // (Each of these batches applies natively with the witness's root: only the rule refuses.)
+    let over = batch_of(&state, &cover(deficit, insurance.0, fees.0, 1));
+    assert!(
+        refused_at(&over).contains("op slot 2"),
+        "a cover beyond the deficit"
+    );
+    // Taking more than insurance or the fee pool holds.
+    let more = batch_of(&state, &cover(deficit, insurance.0 + 1, fees.0, -1));
+    assert!(
+        refused_at(&more).contains("op slot 2"),
+        "insurance below zero"
+    );
+    let more = batch_of(&state, &cover(deficit, insurance.0, fees.0 + 1, -1));
+    assert!(
+        refused_at(&more).contains("op slot 2"),
+        "the fee pool below zero"
+    );
+    // A share charged beyond an account's cash.
+    let mut ops = cover(deficit, 0, 0, 0);
+    ops[0] = Op::LossShared {
+        account: AccountId(1),
+        amount: Amount(1),
+    };
+    ops[1] = Op::LossShared {
+        account: AccountId(3),
+        amount: Amount(deficit - 1),
+    };
+    let negative = batch_of(&state, &ops);
+    assert!(
+        refused_at(&negative).contains("op slot 0"),
+        "a share from an account in deficit"
+    );
+}
+
+#[test]
+fn shares_must_sum_to_the_cover_that_claims_them() {
+    let (state, deficit) = with_deficit();
+    let mut unclaimed = cover(deficit, 0, 0, 0);
+    unclaimed.pop();
+    let mut mismatched = cover(deficit, 0, 0, 0);
+    if let Some(Op::DeficitCovered { socialized, .. }) = mismatched.last_mut() {
+        socialized.0 -= 1;
+    }
+    for ops in [unclaimed, mismatched] {
+        let mut native = state.clone();
+        let err = native.apply_batch(&ops).expect_err("refused natively");
+        assert!(
+            matches!(err, optio_state::StateError::SharesUnbalanced(_)),
+            "{err}"
+        );
+        assert_eq!(native.root(), state.root(), "nothing applied");
+        assert!(witness(&state, &ops, SHAPE).is_err(), "no witness either");
+    }
+
+    // In the circuit: a cover turned into a deposit of the same sum leaves the shares
+    // unclaimed (the roots are those of the honest batch).
+    let ops = cover(deficit, 0, 0, 0);
+    let mut w = batch_of(&state, &ops);
+    w.slots[2].kind = kind::DEPOSIT;
+    w.slots[2].amount = Fr::from(deficit as u64);
+    assert!(
+        refused_at(&w).contains("loss shares"),
+        "shares nobody claimed"
+    );
 }

@@ -45,6 +45,11 @@ pub enum StateError {
         /// The id the op names.
         got: u64,
     },
+    /// Op `index` breaks loss sharing: a share that is not positive, a deficit cover taking a
+    /// negative amount or whose `socialized` differs from the shares since the previous cover,
+    /// or shares left unclaimed at the end of the batch.
+    #[error("op {0}: loss shares do not match the deficit they cover")]
+    SharesUnbalanced(usize),
 }
 
 /// One account.
@@ -364,7 +369,30 @@ impl SettlementState {
     fn validate(&self, ops: &[Op]) -> Result<(), StateError> {
         let (mut accounts, mut instruments) =
             (self.accounts.len() as u64, self.instruments.len() as u64);
+        // Loss shares since the last deficit cover, and the index of the last one.
+        let (mut shared, mut last_share) = (0i128, 0);
         for (i, op) in ops.iter().enumerate() {
+            match op {
+                Op::LossShared { amount, .. } => {
+                    if amount.0 <= 0 {
+                        return Err(StateError::SharesUnbalanced(i));
+                    }
+                    shared += i128::from(amount.0);
+                    last_share = i;
+                }
+                Op::DeficitCovered {
+                    insurance,
+                    fee_pool,
+                    socialized,
+                    ..
+                } => {
+                    if insurance.0 < 0 || fee_pool.0 < 0 || i128::from(socialized.0) != shared {
+                        return Err(StateError::SharesUnbalanced(i));
+                    }
+                    shared = 0;
+                }
+                _ => {}
+            }
             let account = |a: &AccountId| {
                 if u64::from(a.0) < accounts {
                     Ok(())
@@ -436,6 +464,9 @@ impl SettlementState {
                     account(counterparty)?;
                 }
             }
+        }
+        if shared != 0 {
+            return Err(StateError::SharesUnbalanced(last_share));
         }
         Ok(())
     }
