@@ -12,7 +12,7 @@ use ark_std::rand::SeedableRng;
 use ark_std::rand::rngs::StdRng;
 use optio_prover::keys::check;
 use optio_prover::solidity::{self, Word};
-use optio_prover::witness::empty;
+use optio_prover::witness::{KEYS, empty};
 use optio_prover::{Keys, Shape, prove, verify, witness};
 use optio_settler::{Groth16Verifier, connect, deploy_verifier, transact};
 use optio_state::{Op, SettlementState};
@@ -112,6 +112,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         holders: 0,
         marks,
         risk_chunks,
+        keys: 0,
     };
     let with_listing = Shape {
         listings: 1,
@@ -131,6 +132,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     };
     let per_settlement = constraints(settle(0))? - constraints(shape(1, 16, 16, 1, 0))?;
     let per_holder = constraints(settle(2))? - constraints(settle(1))?;
+    let per_key = constraints(Shape {
+        keys: 1,
+        ..shape(1, 1, 1, 1, 0)
+    })? - base;
     println!("Batch circuit (Groth16, BN254): constraints");
     println!("  per op slot (16 account, 16 position, 4 instrument registers) {per_slot:>8}");
     println!("  per account register (read and written once per batch)       {per_account:>8}");
@@ -144,6 +149,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     println!(
         "  per settlement slot, and per position it pays (16/16 regs)  {per_settlement:>8} {per_holder:>6}"
     );
+    println!("  per session-key slot ({KEYS} keys an account may hold)            {per_key:>8}");
     let worst = per_slot + 2 * per_account + 2 * per_position + per_instrument;
     println!(
         "  per trade, worst case (two accounts, two positions and an instrument of its own): {worst}   anchor {ANCHOR_CONSTRAINTS:.0}   ratio {:.2}   of the 40,000 goal {:.2}",

@@ -43,6 +43,9 @@ pub struct ShapeArgs {
     /// Risk-array scenarios a mark may carry.
     #[arg(long, default_value_t = 33)]
     risk_scenarios: usize,
+    /// Session-key slots per batch (keys registered or revoked).
+    #[arg(long, default_value_t = 4)]
+    keys: usize,
 }
 
 impl ShapeArgs {
@@ -58,6 +61,7 @@ impl ShapeArgs {
             holders: self.holders,
             marks: self.marks,
             risk_chunks: self.risk_scenarios.div_ceil(3),
+            keys: self.keys,
         }
     }
 }

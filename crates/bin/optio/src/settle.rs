@@ -261,7 +261,11 @@ impl optio_settler::NodeLink for Link {
     }
 
     fn progress(&self, p: optio_settler::Progress) {
-        self.0.record_l1(p.committed_seq, p.finalized_seq);
+        self.0.record_l1(optio_gateway::L1Progress {
+            committed_seq: p.committed_seq,
+            proven_seq: p.proven_seq,
+            finalized_seq: p.finalized_seq,
+        });
     }
 }
 

@@ -179,11 +179,23 @@ pub(crate) struct Node {
     /// intent ever recorded (`intents_forgotten` of them are gone from the front).
     intents: BTreeMap<[u8; 32], u64>,
     intents_forgotten: u64,
-    /// How far L1 has come: each time the committed (or finalized) batches reached further,
-    /// the last sequence number they cover and when (ms). Kept in memory: after a restart the
-    /// settler reports it again on its first round.
+    /// How far L1 has come: each time the committed (proven, finalized) batches reached
+    /// further, the last sequence number they cover and when (ms). Kept in memory: after a
+    /// restart the settler reports it again on its first round.
     committed: Vec<(u64, u64)>,
+    proven: Vec<(u64, u64)>,
     finalized: Vec<(u64, u64)>,
+}
+
+/// How far L1 has come, as last sequence numbers covered (`Gateway::record_l1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct L1Progress {
+    /// By the committed batches.
+    pub committed_seq: u64,
+    /// By the batches proven on L1, with every batch before them.
+    pub proven_seq: u64,
+    /// By the finalized batches.
+    pub finalized_seq: u64,
 }
 
 /// When the watermark first covered `seq` (ms), from a list of (watermark, time) rises.
@@ -625,7 +637,7 @@ pub struct Gateway {
     pub(crate) ws_sessions: std::sync::atomic::AtomicU64,
     /// How far L1 has come (last sequence number committed, finalized), for the `settlement`
     /// WebSocket channel.
-    pub(crate) l1: tokio::sync::watch::Sender<(u64, u64)>,
+    pub(crate) l1: tokio::sync::watch::Sender<L1Progress>,
     /// The writer thread, joined when the gateway is dropped.
     writer: Option<std::thread::JoinHandle<()>>,
     /// Fault injection (the simulator): the writer dies after writing its next group, unsynced.
@@ -855,6 +867,7 @@ impl Gateway {
             intents_forgotten: 0,
             intent_order: Default::default(),
             committed: Vec::new(),
+            proven: Vec::new(),
             finalized: Vec::new(),
         }));
         let (jobs, queue) = std::sync::mpsc::sync_channel(65_536);
@@ -889,7 +902,7 @@ impl Gateway {
             domains,
             batch_stats,
             ws_sessions: std::sync::atomic::AtomicU64::new(0),
-            l1: tokio::sync::watch::Sender::new((0, 0)),
+            l1: tokio::sync::watch::Sender::new(L1Progress::default()),
             writer: Some(writer),
             crash_before_sync,
         }
@@ -1024,22 +1037,29 @@ impl Gateway {
         self.sequence(command).map(|_| true)
     }
 
-    /// Records how far L1 has come: the last sequence number covered by the committed batches
-    /// and by the finalized ones. Intents at or below move to `committed` / `finalized`.
-    pub fn record_l1(&self, committed_seq: u64, finalized_seq: u64) {
+    /// Records how far L1 has come: the last sequence number covered by the committed batches,
+    /// by the proven ones (a validity proof verified on L1, every batch before proven too) and
+    /// by the finalized ones. Intents at or below move to `committed` / `proven` /
+    /// `finalized`.
+    pub fn record_l1(&self, progress: L1Progress) {
         let now = self.config.clock.now_ms();
         let mut guard = self.lock();
         let node = &mut *guard;
         for (rises, seq) in [
-            (&mut node.committed, committed_seq),
-            (&mut node.finalized, finalized_seq),
+            (&mut node.committed, progress.committed_seq),
+            (&mut node.proven, progress.proven_seq),
+            (&mut node.finalized, progress.finalized_seq),
         ] {
             if rises.last().is_none_or(|(upto, _)| seq > *upto) {
                 rises.push((seq, now));
             }
         }
         let latest = |rises: &[(u64, u64)]| rises.last().map_or(0, |(seq, _)| *seq);
-        let progress = (latest(&node.committed), latest(&node.finalized));
+        let progress = L1Progress {
+            committed_seq: latest(&node.committed),
+            proven_seq: latest(&node.proven),
+            finalized_seq: latest(&node.finalized),
+        };
         self.l1
             .send_if_modified(|p| std::mem::replace(p, progress) != progress);
     }
@@ -1082,21 +1102,24 @@ impl Gateway {
                 let (seq, time, result) = node
                     .intent_status(&hash)
                     .ok_or_else(|| GatewayError::InvalidParams("unknown intent".into()))?;
-                // Committed and finalized come from the settler's view of L1; proven waits for
-                // the validity proofs.
-                let (committed_at, finalized_at) = if result.is_some() {
-                    (None, None)
+                // Committed, proven and finalized come from the settler's view of L1 (proven:
+                // the batch's validity proof verified there; a rollup without a verifier
+                // proves nothing, and its intents go from committed to finalized).
+                let (committed_at, proven_at, finalized_at) = if result.is_some() {
+                    (None, None, None)
                 } else {
                     (
                         covered_at(&node.committed, seq),
+                        covered_at(&node.proven, seq),
                         covered_at(&node.finalized, seq),
                     )
                 };
-                let status = match (result, committed_at, finalized_at) {
-                    (Some(_), _, _) => "rejected",
-                    (None, _, Some(_)) => "finalized",
-                    (None, Some(_), None) => "committed",
-                    (None, None, None) => "executed",
+                let status = match (result, committed_at, proven_at, finalized_at) {
+                    (Some(_), ..) => "rejected",
+                    (None, _, _, Some(_)) => "finalized",
+                    (None, _, Some(_), None) => "proven",
+                    (None, Some(_), None, None) => "committed",
+                    (None, None, None, None) => "executed",
                 };
                 Ok(json!({
                     "intent_hash": params["intent_hash"],
@@ -1104,7 +1127,7 @@ impl Gateway {
                     "code": result.map(|c| c.code()),
                     "seq": seq,
                     "received_at": time, "sequenced_at": time, "executed_at": time,
-                    "committed_at": committed_at, "proven_at": null, "finalized_at": finalized_at,
+                    "committed_at": committed_at, "proven_at": proven_at, "finalized_at": finalized_at,
                 }))
             }
             "oracle/submit_update" => {
@@ -1686,10 +1709,15 @@ impl Gateway {
             "optio_l1_priority_served {}\n",
             engine.priority_served()
         ));
-        let (committed, finalized) = *self.l1.borrow();
+        let l1 = *self.l1.borrow();
         for (name, seq, help) in [
-            ("committed", committed, "committed on L1"),
-            ("finalized", finalized, "finalized on L1"),
+            ("committed", l1.committed_seq, "committed on L1"),
+            (
+                "proven",
+                l1.proven_seq,
+                "proven on L1 (validity proof verified, with every batch before it)",
+            ),
+            ("finalized", l1.finalized_seq, "finalized on L1"),
         ] {
             out.push_str(&format!("# HELP optio_l1_{name}_seq Last sequence number {help}.\n# TYPE optio_l1_{name}_seq gauge\n"));
             out.push_str(&format!("optio_l1_{name}_seq {seq}\n"));

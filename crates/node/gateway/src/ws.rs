@@ -137,10 +137,10 @@ async fn session(g: Arc<Gateway>, mut socket: WebSocket) {
     }
 }
 
-fn settlement_note((committed, finalized): (u64, u64)) -> Value {
+fn settlement_note(p: crate::L1Progress) -> Value {
     note(
         "settlement",
-        json!({"committed_seq": committed, "finalized_seq": finalized, "proven_seq": null}),
+        json!({"committed_seq": p.committed_seq, "proven_seq": p.proven_seq, "finalized_seq": p.finalized_seq}),
     )
 }
 

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use optio_gateway::{Config, Gateway};
+use optio_gateway::{Config, Gateway, L1Progress};
 use optio_intents::{Action, DERIVE_TRADE_MODULE, Domain, TradeData, address_of, keccak};
 use optio_pricing::risk::default_scenarios;
 use optio_pricing::svi::{Slice, Surface, Svi};
@@ -629,20 +629,30 @@ mod websocket {
         let query = json!({"intent_hash": hash});
         let status = h.call("public/get_intent_status", query.clone()).await;
         assert_eq!(status["result"]["status"], "executed", "{status}");
-        for (committed, finalized, want) in [
-            (receipt.seq, 0, "committed"),
-            (receipt.seq, receipt.seq, "finalized"),
+        for (committed, proven, finalized, want) in [
+            (receipt.seq, 0, 0, "committed"),
+            (receipt.seq, receipt.seq, 0, "proven"),
+            (receipt.seq, receipt.seq, receipt.seq, "finalized"),
         ] {
-            h.gateway.record_l1(committed, finalized);
+            h.gateway.record_l1(L1Progress {
+                committed_seq: committed,
+                proven_seq: proven,
+                finalized_seq: finalized,
+            });
             let pushed = next_json(&mut ws).await.expect("a push");
             assert_eq!(pushed["params"]["data"]["committed_seq"], committed);
+            assert_eq!(pushed["params"]["data"]["proven_seq"], proven);
             assert_eq!(pushed["params"]["data"]["finalized_seq"], finalized);
             let now = h.call("public/get_intent_status", query.clone()).await["result"].clone();
             assert_eq!(now["status"], want, "{now}");
             assert!(now[format!("{want}_at")].is_u64(), "{now}");
         }
         // Nothing moved: nothing is pushed.
-        h.gateway.record_l1(receipt.seq, receipt.seq);
+        h.gateway.record_l1(L1Progress {
+            committed_seq: receipt.seq,
+            proven_seq: receipt.seq,
+            finalized_seq: receipt.seq,
+        });
         assert!(
             tokio::time::timeout(std::time::Duration::from_millis(300), ws.next())
                 .await

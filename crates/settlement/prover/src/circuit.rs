@@ -11,24 +11,32 @@
 //!   against the root as the earlier write-backs left it; registers in use come first with
 //!   strictly increasing keys, so no account or position is loaded twice;
 //! - amounts are non-negative 63-bit integers, collateral and positions stay 64-bit signed
-//!   integers, and money leaves an account (withdrawal, transfer) only while its collateral
-//!   stays non-negative (a fill may leave it negative: a leveraged perpetual long holds negative
-//!   cash against its position; the margin rule bounds that, and is not in the circuit yet);
+//!   integers, and money leaves an account (withdrawal, transfer, forced withdrawal, loss
+//!   share) only while its collateral stays non-negative (a fill may leave it negative: a
+//!   leveraged perpetual long holds negative cash against its position; the margin rule bounds
+//!   that, and is not in the circuit yet);
 //! - a fill trades an active instrument at `notional = price * qty / 1e8` exactly; its fees are
 //!   `ceil(notional * rate / 1e6)` with the rates of the instrument's committed spec; cash,
 //!   positions and the fee pool move as `SettlementState::apply_batch` moves them;
 //! - a liquidation moves a position between the liquidated account and its counterparty at its
 //!   price (exact notional), the liquidated account paying its fee to insurance;
+//! - a deficit cover credits what it takes from insurance and the fee pool (both left
+//!   non-negative) and exactly the loss shares charged since the previous cover, and leaves the
+//!   account at or below zero; every share is claimed;
 //! - a transfer moves money between two accounts of one owner; an opened account takes an empty
 //!   leaf; an L1 operation is the next in the queue;
+//! - a session key changes the account's key list as the ledger does (expired keys dropped,
+//!   the key registered or revoked, the list sorted with no repeats, its hash in the leaf);
 //! - a listing takes an empty instrument leaf (status listed, the listed spec's hash), an
 //!   activation moves it from listed to active, an expiry from active to expired; listings and
 //!   activations apply before the op slots, expiries after;
+//! - an expired instrument settles at the value its committed spec gives the settlement price,
+//!   each holder paid and its position closed, payouts and the insurance credit summing to zero;
 //! - a mark slot replaces an instrument's mark and risk array (hashed in the circuit).
 //!
-//! Not yet in the circuit (README, "Validity proofs"): liquidations, deficit sharing,
-//! settlement, session keys; the margin rule against the committed risk arrays; fills
-//! against the maker's and taker's signed order limits (orders are not in the posted data yet).
+//! Not yet in the circuit (README, "Validity proofs"): the margin rule against the committed
+//! risk arrays; fills against the maker's and taker's signed order limits (orders are not in
+//! the posted data yet); binding the commitment to the posted bytes.
 
 use ark_relations::gr1cs::{ConstraintSynthesizer, ConstraintSystemRef, SynthesisError};
 use optio_state::leaf::{ACCOUNT_DEPTH, INSTRUMENT_DEPTH, status};
@@ -38,7 +46,9 @@ use optio_types::QTY_SCALE;
 use optio_types::fixed::FEE_RATE_SCALE;
 
 use crate::gadgets::{Cs, R, Wire, pow2};
-use crate::witness::{BatchWitness, InstrumentOp, MarkSlot, SettleSlot, Slot, SpecOpening, kind};
+use crate::witness::{
+    BatchWitness, InstrumentOp, KeySlot, MarkSlot, SettleSlot, Slot, SpecOpening, kind,
+};
 
 /// The circuit of one batch (its witness; key generation uses an empty batch of the same shape).
 pub struct BatchCircuit {
@@ -67,11 +77,12 @@ struct AccountWires {
     id: Wire,
     id_bits: Vec<Wire>,
     owner0: Wire,
-    keys: Wire,
+    keys0: Wire,
     nonce0: Wire,
     collateral0: Wire,
     positions_root0: Wire,
     owner: Wire,
+    keys: Wire,
     nonce: Wire,
     collateral: Wire,
     positions_root: Wire,
@@ -184,8 +195,9 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
     for r in &w.accounts {
         let id = cs.witness(Fr::from(r.id))?;
         let id_bits = cs.bits(&id, ACCOUNT_DEPTH as usize)?;
-        let (owner0, nonce0, collateral0, positions_root0) = (
+        let (owner0, keys0, nonce0, collateral0, positions_root0) = (
             cs.witness(r.owner)?,
+            cs.witness(r.keys_hash)?,
             cs.witness(r.nonce)?,
             cs.witness(r.collateral)?,
             cs.witness(r.positions_root)?,
@@ -195,12 +207,13 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
             opened: cs.boolean(r.opened)?,
             id,
             id_bits,
-            keys: cs.witness(r.keys_hash)?,
             owner: owner0.clone(),
+            keys: keys0.clone(),
             nonce: nonce0.clone(),
             collateral: collateral0.clone(),
             positions_root: positions_root0.clone(),
             owner0,
+            keys0,
             nonce0,
             collateral0,
             positions_root0,
@@ -291,6 +304,10 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
     cs.part("loss shares claimed".into());
     // Every loss share was claimed by a deficit cover.
     cs.equal(&st.shared, &Wire::zero())?;
+    for (i, o) in w.keys.iter().enumerate() {
+        cs.part(format!("session-key slot {i}"));
+        key_slot(cs, o, &mut st)?;
+    }
 
     for (i, o) in w.expiries.iter().enumerate() {
         cs.part(format!("expiry slot {i}"));
@@ -327,7 +344,7 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
         // An opened account starts empty, and exactly one OPEN op named it.
         for (field, value) in [
             (&a.owner0, Wire::zero()),
-            (&a.keys, Wire::zero()),
+            (&a.keys0, Wire::zero()),
             (&a.nonce0, Wire::zero()),
             (&a.collateral0, Wire::zero()),
             (&a.positions_root0, empty_positions.clone()),
@@ -338,7 +355,7 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
         cs.equal_if(&a.used, &a.enabled, &one())?;
         let leaf = cs.poseidon(&[
             a.owner0.clone(),
-            a.keys.clone(),
+            a.keys0.clone(),
             a.nonce0.clone(),
             a.collateral0.clone(),
             a.positions_root0.clone(),
@@ -520,7 +537,8 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     let b_cash = cs
         .mul(&transfer, &amount)?
         .add(&cs.mul(&trade, &signed_notional.scale(-Fr::from(1u64)).sub(&b_fee))?);
-    let forced_out = cs.mul(&l1_withdrawal, &cs.is_nonzero(&amount)?)?;
+    let moves_money = cs.is_nonzero(&amount)?;
+    let forced_out = cs.mul(&l1_withdrawal, &moves_money)?;
     let a_nonce = withdraw.add(&forced_out);
     for (a, (x, y)) in st.accounts.iter_mut().zip(sel_a.iter().zip(&sel_b)) {
         a.collateral = a
@@ -539,7 +557,11 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     let b_after = pick(cs, &sel_b, st.accounts.iter().map(|a| a.collateral.clone()))?;
     cs.signed_range(&a_after, 64)?;
     cs.signed_range(&b_after, 64)?;
-    let a_pays = Wire::sum([&withdraw, &l1_withdrawal, &transfer, &loss]);
+    // (A forced withdrawal of 0, nothing moved, is served whatever the account holds.)
+    let a_pays = cs.mul(
+        &Wire::sum([&withdraw, &l1_withdrawal, &transfer, &loss]),
+        &moves_money,
+    )?;
     cs.range(&cs.mul(&a_pays, &a_after)?, 63)?;
     // A deficit cover pays at most the deficit: the account is left at or below zero.
     cs.range(&cs.mul(&deficit, &a_after)?.scale(-Fr::from(1u64)), 63)?;
@@ -569,6 +591,127 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     st.fee_pool = st.fee_pool.add(&cs.mul(&fill, &maker_fee.add(&taker_fee))?);
     let record = [
         kind_code, a_id, b_id, instrument, amount, price, qty, taker_buys, priority, owner,
+    ];
+    absorb(cs, &mut st.commitment, record)
+}
+
+/// `h = Poseidon(h, key, expiry)` over the entries in use, from 0: `leaf::keys_hash`.
+fn keys_hash(cs: &Cs, entries: &[(Wire, Wire)], present: &[Wire]) -> R<Wire> {
+    let mut h = Wire::zero();
+    for ((key, expiry), p) in entries.iter().zip(present) {
+        let next = cs.poseidon(&[h.clone(), key.clone(), expiry.clone()])?;
+        h = cs.select(p, &next, &h)?;
+    }
+    Ok(h)
+}
+
+/// A key list's (address, expiry) entries and their in-use flags.
+type KeyList = (Vec<(Wire, Wire)>, Vec<Wire>);
+
+/// A key list's entries and their in-use flags, which must form a prefix.
+fn key_list(cs: &Cs, list: &[(Fr, u64)], len: usize) -> R<KeyList> {
+    let mut entries = Vec::with_capacity(list.len());
+    let mut present: Vec<Wire> = Vec::with_capacity(list.len());
+    for (i, (key, expiry)) in list.iter().enumerate() {
+        let p = cs.boolean(i < len)?;
+        if let Some(previous) = present.last() {
+            cs.equal_if(&p, previous, &one())?;
+        }
+        let (key, expiry) = (cs.witness(*key)?, cs.witness(Fr::from(*expiry))?);
+        // Unused entries are zero, so a list has one encoding.
+        cs.equal_if(&not(&p), &key, &Wire::zero())?;
+        cs.equal_if(&not(&p), &expiry, &Wire::zero())?;
+        cs.range(&key, 160)?;
+        cs.range(&expiry, 64)?;
+        entries.push((key, expiry));
+        present.push(p);
+    }
+    Ok((entries, present))
+}
+
+/// A session key registered until `expiry` (0: revoked) on one account, the keys expired at
+/// `at` dropped first: the account's key list before (whose hash is the register's) and after
+/// (whose hash the register takes), the list after sorted by address with no repeats, and every
+/// entry after taken from exactly one source: an entry before that is kept (live at `at` and
+/// not the key), each used exactly once, or the key itself, used once unless revoked.
+fn key_slot(cs: &Cs, o: &KeySlot, st: &mut Running) -> R<()> {
+    let enabled = cs.boolean(o.enabled)?;
+    let (sel, sum) = selector(cs, st.accounts.len(), o.account)?;
+    cs.equal(&sum, &enabled)?;
+    for (a, x) in st.accounts.iter_mut().zip(&sel) {
+        a.used = a.used.add(x);
+    }
+    let key = cs.witness(o.key)?;
+    let expiry = cs.witness(Fr::from(o.expiry))?;
+    let at = cs.witness(Fr::from(o.at))?;
+    cs.range(&key, 160)?;
+    cs.range(&expiry, 64)?;
+    cs.range(&at, 64)?;
+    for field in [&key, &expiry, &at] {
+        cs.equal_if(&not(&enabled), field, &Wire::zero())?;
+    }
+
+    let (old, old_present) = key_list(cs, &o.old, o.old_len)?;
+    let before = pick(cs, &sel, st.accounts.iter().map(|a| a.keys.clone()))?;
+    cs.equal_if(&enabled, &keys_hash(cs, &old, &old_present)?, &before)?;
+    let mut kept = Vec::with_capacity(old.len());
+    for (((k, e), p), (_, expires)) in old.iter().zip(&old_present).zip(&o.old) {
+        // live: e > at, else e <= at.
+        let live = cs.boolean(o.at < *expires)?;
+        let gap = cs.select(&live, &e.sub(&at).add_const(-Fr::from(1u64)), &at.sub(e))?;
+        cs.range(&gap, 64)?;
+        let other = cs.is_nonzero(&k.sub(&key))?;
+        kept.push(cs.mul(&cs.mul(p, &live)?, &other)?);
+    }
+
+    let (new, new_present) = key_list(cs, &o.new, o.new_len)?;
+    let adds = cs.is_nonzero(&expiry)?;
+    let mut inserted = Wire::zero();
+    let mut taken = vec![Wire::zero(); old.len()];
+    for (j, ((k, e), q)) in new.iter().zip(&new_present).enumerate() {
+        let source = o.sources.get(j).copied();
+        let from_key = cs.boolean(source == Some(None))?;
+        let mut count = from_key.clone();
+        let (mut k_src, mut e_src) = (cs.mul(&from_key, &key)?, cs.mul(&from_key, &expiry)?);
+        for (i, (ok, oe)) in old.iter().enumerate() {
+            let s = cs.boolean(source == Some(Some(i)))?;
+            k_src = k_src.add(&cs.mul(&s, ok)?);
+            e_src = e_src.add(&cs.mul(&s, oe)?);
+            taken[i] = taken[i].add(&s);
+            count = count.add(&s);
+        }
+        cs.equal(&count, q)?;
+        cs.equal(k, &k_src)?;
+        cs.equal(e, &e_src)?;
+        inserted = inserted.add(&from_key);
+        if j > 0 {
+            // Strictly increasing addresses while in use.
+            let step = k.sub(&new[j - 1].0).add_const(-Fr::from(1u64));
+            cs.range(&cs.mul(q, &step)?, 160)?;
+        }
+    }
+    for (t, k) in taken.iter().zip(&kept) {
+        cs.equal(t, k)?;
+    }
+    cs.equal(&inserted, &adds)?;
+
+    let after = keys_hash(cs, &new, &new_present)?;
+    let change = after.sub(&before);
+    for (a, x) in st.accounts.iter_mut().zip(&sel) {
+        a.keys = a.keys.add(&cs.mul(x, &change)?);
+    }
+    let account = pick(cs, &sel, st.accounts.iter().map(|a| a.id.clone()))?;
+    let record = [
+        enabled.scale(Fr::from(kind::SESSION_KEY)),
+        account,
+        Wire::zero(),
+        Wire::zero(),
+        expiry,
+        at,
+        Wire::zero(),
+        Wire::zero(),
+        Wire::zero(),
+        key,
     ];
     absorb(cs, &mut st.commitment, record)
 }

@@ -18,7 +18,7 @@ use optio_state::leaf::{self, ACCOUNT_DEPTH, INSTRUMENT_DEPTH, InstrumentLeaf, s
 use optio_state::poseidon::{Fr, from_address, hash};
 use optio_state::smt::{NodeStore, Proof, SparseMerkleTree};
 use optio_state::{Op, SettlementState};
-use optio_types::{AccountId, InstrumentId, InstrumentSpec, QTY_SCALE, Side};
+use optio_types::{AccountId, Address, InstrumentId, InstrumentSpec, QTY_SCALE, Side};
 
 /// Op kinds as the circuit numbers them (the blob's tags where one exists).
 pub mod kind {
@@ -52,6 +52,8 @@ pub mod kind {
     /// `Op::DeficitCovered` (account a credited `amount` from insurance, `price` from the fee
     /// pool, and the loss shares since the previous cover).
     pub const DEFICIT: u64 = 22;
+    /// `Op::SessionKey` (session-key slots only).
+    pub const SESSION_KEY: u64 = 23;
     /// `Op::Mark` (mark slots only).
     pub const MARK: u64 = 24;
     /// `Op::L1Deposit`.
@@ -97,14 +99,16 @@ pub struct Shape {
     pub marks: usize,
     /// Risk array capacity, in chunks of three scenarios.
     pub risk_chunks: usize,
+    /// Session-key slots (applied after the op slots).
+    pub keys: usize,
 }
 
 impl Shape {
     /// The name of its key files:
-    /// `batch-<slots>x<accounts>x<positions>x<instruments>x<listings>x<expiries>x<settlements>x<holders>x<marks>x<risk_chunks>`.
+    /// `batch-<slots>x<accounts>x<positions>x<instruments>x<listings>x<expiries>x<settlements>x<holders>x<marks>x<risk_chunks>x<keys>`.
     pub fn name(&self) -> String {
         format!(
-            "batch-{}x{}x{}x{}x{}x{}x{}x{}x{}x{}",
+            "batch-{}x{}x{}x{}x{}x{}x{}x{}x{}x{}x{}",
             self.slots,
             self.accounts,
             self.positions,
@@ -114,7 +118,8 @@ impl Shape {
             self.settlements,
             self.holders,
             self.marks,
-            self.risk_chunks
+            self.risk_chunks,
+            self.keys
         )
     }
 }
@@ -122,14 +127,6 @@ impl Shape {
 /// Why no witness could be made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WitnessError {
-    /// The circuit does not prove this op type yet (README: what the validity tier covers).
-    #[error("op {index}: {what} is not covered by the batch circuit yet")]
-    Unsupported {
-        /// Index of the op in the batch.
-        index: usize,
-        /// Its type.
-        what: &'static str,
-    },
     /// More ops, marks or risk scenarios than the shape holds.
     #[error("the batch does not fit the circuit's shape: {0}")]
     TooLarge(&'static str),
@@ -309,6 +306,41 @@ pub struct Slot {
     pub taker_fee: Fr,
 }
 
+/// Most session keys an account holds (`optio_types::oracle::MAX_SESSION_KEYS`): the length of
+/// a session-key slot's lists.
+pub const KEYS: usize = optio_types::oracle::MAX_SESSION_KEYS;
+
+/// A session-key slot: `key` registered until `expiry` (0: revoked) on the account of register
+/// `account`, the keys expired at `at` dropped first. The account's key list before and after,
+/// each sorted by address and padded with zeros to `KEYS`, and where each entry after comes
+/// from.
+#[derive(Debug, Clone, Default)]
+pub struct KeySlot {
+    /// Used.
+    pub enabled: bool,
+    /// Account register.
+    pub account: Option<usize>,
+    /// Account id (for the record).
+    pub account_id: u32,
+    /// The key (an address).
+    pub key: Fr,
+    /// Its expiry, ms (0 revokes).
+    pub expiry: u64,
+    /// The time keys expire against, ms.
+    pub at: u64,
+    /// Keys before: (address, expiry), the first `old_len` in use.
+    pub old: Vec<(Fr, u64)>,
+    /// Entries in use before.
+    pub old_len: usize,
+    /// Keys after.
+    pub new: Vec<(Fr, u64)>,
+    /// Entries in use after.
+    pub new_len: usize,
+    /// For each entry after: the index of the entry before it keeps, or `None` for the
+    /// registered key.
+    pub sources: Vec<Option<usize>>,
+}
+
 /// A mark slot.
 #[derive(Debug, Clone, Default)]
 pub struct MarkSlot {
@@ -394,6 +426,8 @@ pub struct BatchWitness {
     pub listings: Vec<InstrumentOp>,
     /// Op slots.
     pub slots: Vec<Slot>,
+    /// Session-key slots.
+    pub keys: Vec<KeySlot>,
     /// Expiry slots.
     pub expiries: Vec<InstrumentOp>,
     /// Settlement slots.
@@ -428,6 +462,26 @@ pub fn slot_record(s: &Slot) -> [Fr; 10] {
         Fr::from(u64::from(s.taker_buys)),
         s.priority,
         s.owner,
+    ]
+}
+
+/// The ten fields of a session-key slot's record.
+pub fn key_record(k: &KeySlot) -> [Fr; 10] {
+    let z = Fr::from(0u64);
+    if !k.enabled {
+        return [z; 10];
+    }
+    [
+        Fr::from(kind::SESSION_KEY),
+        Fr::from(k.account_id),
+        z,
+        z,
+        Fr::from(k.expiry),
+        Fr::from(k.at),
+        z,
+        z,
+        z,
+        k.key,
     ]
 }
 
@@ -521,6 +575,7 @@ pub fn commitment(w: &BatchWitness) -> Fr {
         .iter()
         .map(instrument_op_record)
         .chain(w.slots.iter().map(slot_record))
+        .chain(w.keys.iter().map(key_record))
         .chain(w.expiries.iter().map(instrument_op_record))
         .chain(w.settlements.iter().flat_map(settle_records))
         .chain(w.marks.iter().map(mark_record));
@@ -534,7 +589,7 @@ pub fn commitment(w: &BatchWitness) -> Fr {
 /// An account as the batch leaves it so far.
 struct Acct {
     owner: Fr,
-    keys_hash: Fr,
+    keys: BTreeMap<Address, u64>,
     nonce: i128,
     collateral: i128,
     positions: BTreeMap<u32, i128>,
@@ -546,7 +601,7 @@ impl Acct {
     fn leaf(&self) -> Fr {
         hash(&[
             self.owner,
-            self.keys_hash,
+            leaf::keys_hash(&self.keys),
             fr(self.nonce),
             fr(self.collateral),
             self.tree.root(),
@@ -572,15 +627,6 @@ fn overlay(depth: u8, ids: &[(u64, Fr, Proof)]) -> SparseMerkleTree {
         tree.set(*id, *leaf).expect("ids fit the depth");
     }
     tree
-}
-
-/// The ops the circuit does not cover yet.
-fn unsupported(index: usize, op: &Op) -> WitnessError {
-    let what = match op {
-        Op::SessionKey { .. } => "SessionKey",
-        _ => "this op",
-    };
-    WitnessError::Unsupported { index, what }
 }
 
 /// An instrument's settlement in a batch: instrument, price, insurance credit, and the holders
@@ -634,6 +680,7 @@ pub fn witness(
     let mut settled_accounts: BTreeSet<u32> = BTreeSet::new();
     let mut pending: BTreeMap<u32, Vec<(u32, i64)>> = BTreeMap::new();
     let mut settles: Vec<Settlement> = Vec::new();
+    let mut key_ops: Vec<&Op> = Vec::new();
     for (i, op) in ops.iter().enumerate() {
         let known = |a: &AccountId| a.0 < next_account;
         let listed = specs.len();
@@ -662,6 +709,14 @@ pub fn witness(
                 } else {
                     trailing.push((kind::EXPIRE, instrument.0, None));
                 }
+                continue;
+            }
+            Op::SessionKey { account, .. } => {
+                if !known(account) {
+                    return Err(WitnessError::Invalid(i));
+                }
+                account_ids.insert(account.0);
+                key_ops.push(op);
                 continue;
             }
             Op::OpenAccount { .. } => {
@@ -759,7 +814,6 @@ pub fn witness(
                 position_keys.extend([(maker.0, instrument.0), (taker.0, instrument.0)]);
                 instrument_ids.insert(instrument.0);
             }
-            _ => return Err(unsupported(i, op)),
         }
         slot_ops.push((i, op, 0));
     }
@@ -780,6 +834,7 @@ pub fn witness(
         ("listing slots", leading.len(), shape.listings),
         ("expiry slots", trailing.len(), shape.expiries),
         ("op slots", slot_ops.len(), shape.slots),
+        ("session-key slots", key_ops.len(), shape.keys),
         ("account registers", account_ids.len(), shape.accounts),
         ("position registers", position_keys.len(), shape.positions),
         (
@@ -820,7 +875,7 @@ pub fn witness(
                     .expect("instrument ids fit the depth");
                 Acct {
                     owner: from_address(&a.owner.0),
-                    keys_hash: leaf::keys_hash(&a.keys),
+                    keys: a.keys.clone(),
                     nonce: i128::from(a.nonce),
                     collateral: i128::from(a.collateral.0),
                     positions,
@@ -829,7 +884,7 @@ pub fn witness(
             }
             None => Acct {
                 owner: Fr::from(0u64),
-                keys_hash: Fr::from(0u64),
+                keys: BTreeMap::new(),
                 nonce: 0,
                 collateral: 0,
                 positions: BTreeMap::new(),
@@ -841,7 +896,7 @@ pub fn witness(
             opened: id as usize >= accounts.len(),
             id,
             owner: acct.owner,
-            keys_hash: acct.keys_hash,
+            keys_hash: leaf::keys_hash(&acct.keys),
             nonce: fr(acct.nonce),
             collateral: fr(acct.collateral),
             positions_root: acct.tree.root(),
@@ -1061,6 +1116,65 @@ pub fn witness(
         return Err(WitnessError::Invalid(ops.len().saturating_sub(1)));
     }
     slots.resize_with(shape.slots, Slot::default);
+
+    // Session keys, after the op slots (which neither read nor write keys).
+    let mut key_slots = Vec::with_capacity(shape.keys);
+    for op in key_ops {
+        let Op::SessionKey {
+            account,
+            key,
+            expiry_ms,
+            at_ms,
+        } = op
+        else {
+            unreachable!("collected session keys")
+        };
+        let r = reg_of[&account.0];
+        let before = accts[r].keys.clone();
+        let keys = &mut accts[r].keys;
+        keys.retain(|_, until| *until > *at_ms);
+        if *expiry_ms == 0 {
+            keys.remove(key);
+        } else {
+            keys.insert(*key, *expiry_ms);
+        }
+        if before.len() > KEYS || keys.len() > KEYS {
+            return Err(WitnessError::TooLarge("session keys of an account"));
+        }
+        let list = |m: &BTreeMap<Address, u64>| {
+            let mut v: Vec<(Fr, u64)> = m.iter().map(|(k, e)| (from_address(&k.0), *e)).collect();
+            v.resize(KEYS, (Fr::from(0u64), 0));
+            v
+        };
+        let sources = keys
+            .keys()
+            .map(|k| {
+                if k == key {
+                    None
+                } else {
+                    before.keys().position(|b| b == k)
+                }
+            })
+            .collect();
+        key_slots.push(KeySlot {
+            enabled: true,
+            account: Some(r),
+            account_id: account.0,
+            key: from_address(&key.0),
+            expiry: *expiry_ms,
+            at: *at_ms,
+            old: list(&before),
+            old_len: before.len(),
+            new: list(keys),
+            new_len: keys.len(),
+            sources,
+        });
+    }
+    key_slots.resize_with(shape.keys, || KeySlot {
+        old: vec![(Fr::from(0u64), 0); KEYS],
+        new: vec![(Fr::from(0u64), 0); KEYS],
+        ..KeySlot::default()
+    });
 
     // Settlements' cash and positions (their instrument leaves follow with the instruments).
     let mut insurance_after = i128::from(insurance.0) + liquidation_fees;
@@ -1338,6 +1452,7 @@ pub fn witness(
         instruments: instrument_regs,
         listings: listing_slots,
         slots,
+        keys: key_slots,
         expiries: expiry_slots,
         settlements: settle_slots,
         insurance_after: fr(insurance_after),

@@ -28,6 +28,7 @@ const SHAPE: Shape = Shape {
     holders: 4,
     marks: 2,
     risk_chunks: 2,
+    keys: 4,
 };
 
 #[test]
@@ -270,6 +271,19 @@ fn a_fill_may_leave_cash_negative_a_withdrawal_may_not() {
         }],
     );
     assert!(refused(&out), "money out of negative cash");
+    // A forced withdrawal the engine served with nothing moved proves whatever the cash.
+    let forced = |amount| {
+        batch_of(
+            &after_fill,
+            &[Op::L1Withdrawal {
+                priority: 0,
+                account: AccountId(1),
+                amount: Amount(amount),
+            }],
+        )
+    };
+    check(&forced(0)).expect("nothing moved");
+    assert!(refused(&forced(1)), "forced out of negative cash");
 }
 
 #[test]
@@ -370,20 +384,13 @@ fn a_transfer_between_owners_cannot_be_proven() {
 }
 
 #[test]
-fn uncovered_ops_and_oversized_batches_are_named() {
+fn oversized_batches_are_named() {
     let state = genesis(2);
-    let err = witness(
-        &state,
-        &[Op::SessionKey {
-            account: AccountId(0),
-            key: Address([9; 20]),
-            expiry_ms: 1,
-            at_ms: 0,
-        }],
-        SHAPE,
-    )
-    .expect_err("not covered");
-    assert!(err.to_string().contains("SessionKey"), "{err}");
+    let keys: Vec<Op> = (0..=SHAPE.keys as u8)
+        .map(|k| session_key(0, k + 1, 10, 0))
+        .collect();
+    let err = witness(&state, &keys, SHAPE).expect_err("one key op too many");
+    assert!(err.to_string().contains("session-key slots"), "{err}");
     let many = vec![
         Op::Deposit {
             account: AccountId(0),
@@ -391,7 +398,8 @@ fn uncovered_ops_and_oversized_batches_are_named() {
         };
         SHAPE.slots + 1
     ];
-    assert!(witness(&state, &many, SHAPE).is_err());
+    let err = witness(&state, &many, SHAPE).expect_err("one op too many");
+    assert!(err.to_string().contains("op slots"), "{err}");
     assert_eq!(kind::SLOT_KINDS.len(), 10);
 }
 
@@ -411,6 +419,7 @@ fn the_value_check_agrees_with_arkworks() {
         holders: 1,
         marks: 1,
         risk_chunks: 1,
+        keys: 0,
     };
     let state = genesis(2);
     for (amount, ok) in [
@@ -797,5 +806,93 @@ fn shares_must_sum_to_the_cover_that_claims_them() {
     assert!(
         refused_at(&w).contains("loss shares"),
         "shares nobody claimed"
+    );
+}
+
+fn session_key(account: u32, key: u8, expiry_ms: u64, at_ms: u64) -> Op {
+    Op::SessionKey {
+        account: AccountId(account),
+        key: Address([key; 20]),
+        expiry_ms,
+        at_ms,
+    }
+}
+
+#[test]
+fn session_keys_are_registered_expired_and_revoked_as_natively() {
+    let state = genesis(2);
+    // Keys out of address order, one on an account opened in the batch, beside cash ops.
+    let ops = [
+        session_key(0, 0x30, 1_000, 0),
+        Op::Deposit {
+            account: AccountId(0),
+            amount: Amount(5),
+        },
+        session_key(0, 0x10, 2_000, 0),
+        session_key(0, 0x20, 3_000, 0),
+        Op::OpenAccount {
+            owner: Address([7; 20]),
+        },
+        session_key(2, 0x40, 9_000, 0),
+    ];
+    let w = batch_of(&state, &ops);
+    let state = {
+        let next = after(&state, &ops);
+        assert_eq!(w.public.new_root, next.root(), "the native root");
+        check(&w).expect("proves");
+        next
+    };
+    assert_eq!(state.accounts()[0].keys.len(), 3);
+    // At 1,500 the key of 0x30 has expired and is dropped; 0x20 is revoked; 0x05 registered.
+    let ops = [
+        session_key(0, 0x05, 8_000, 1_500),
+        session_key(0, 0x20, 0, 1_500),
+    ];
+    let w = batch_of(&state, &ops);
+    let next = after(&state, &ops);
+    assert_eq!(w.public.new_root, next.root(), "the native root");
+    let keys: Vec<_> = next.accounts()[0].keys.iter().collect();
+    assert_eq!(
+        keys,
+        [(&Address([5; 20]), &8_000), (&Address([0x10; 20]), &2_000)]
+    );
+    check(&w).expect("proves");
+
+    // Each tampering leaves the batch's roots and records as they were: only the key rule
+    // refuses. The first slot: before [0x10, 0x20, 0x30 (expired)], after [0x05, 0x10, 0x20].
+    let at_keys = |w: &BatchWitness| refused_at(w).contains("session-key slot");
+    let mut other_expiry = w.clone();
+    other_expiry.keys[0].new[0].1 += 1;
+    assert!(at_keys(&other_expiry), "the key with another expiry");
+    let mut dropped = w.clone();
+    dropped.keys[0].new[2] = (Fr::from(0u64), 0);
+    dropped.keys[0].new_len = 2;
+    dropped.keys[0].sources.pop();
+    assert!(at_keys(&dropped), "a live key dropped");
+    let mut expired_kept = w.clone();
+    let expired = expired_kept.keys[0].old[2];
+    expired_kept.keys[0].new[3] = expired;
+    expired_kept.keys[0].new_len = 4;
+    expired_kept.keys[0].sources.push(Some(2));
+    assert!(at_keys(&expired_kept), "an expired key kept");
+    let mut unsorted = w.clone();
+    unsorted.keys[0].new.swap(1, 2);
+    unsorted.keys[0].sources.swap(1, 2);
+    assert!(at_keys(&unsorted), "keys out of order");
+    let mut twice = w.clone();
+    twice.keys[0].new[2] = twice.keys[0].new[1];
+    twice.keys[0].sources[2] = twice.keys[0].sources[1];
+    assert!(at_keys(&twice), "a key taken twice");
+    let mut other_before = w.clone();
+    other_before.keys[0].old[0].1 += 1;
+    assert!(
+        at_keys(&other_before),
+        "a key list other than the account's"
+    );
+    let mut live_dropped = w.clone();
+    live_dropped.keys[0].at = 0;
+    assert!(
+        at_keys(&live_dropped),
+        "a key dropped that had not expired at `at`"
     );
 }

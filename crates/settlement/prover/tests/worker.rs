@@ -27,6 +27,7 @@ const SHAPE: Shape = Shape {
     holders: 2,
     marks: 1,
     risk_chunks: 1,
+    keys: 1,
 };
 
 fn batches() -> Vec<Vec<Op>> {
@@ -56,9 +57,16 @@ fn batches() -> Vec<Vec<Op>> {
             Op::OpenAccount {
                 owner: Address([2; 20]),
             },
+            // Two session keys: more than the shape's one slot, so no proof.
             Op::SessionKey {
                 account: AccountId(0),
                 key: Address([7; 20]),
+                expiry_ms: 1_000_000,
+                at_ms: 1,
+            },
+            Op::SessionKey {
+                account: AccountId(0),
+                key: Address([8; 20]),
                 expiry_ms: 1_000_000,
                 at_ms: 1,
             },
@@ -138,7 +146,7 @@ fn workers_share_the_queue_and_their_proofs_check_against_the_blobs() {
         .collect();
     assert_eq!(unprovable.len(), 1);
     assert!(
-        matches!(unprovable[0], Outcome::Unprovable { batch: 2, reason } if reason.contains("SessionKey")),
+        matches!(unprovable[0], Outcome::Unprovable { batch: 2, reason } if reason.contains("session-key slots")),
         "{unprovable:?}"
     );
 

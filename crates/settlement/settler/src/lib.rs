@@ -3,8 +3,10 @@
 //! memory, what is committed: after a reorg dropped commitments it simply posts from the first
 //! missing one again. Also deploys the contracts (tests, devnets).
 //!
-//! Each round it also finalizes what is due and reports how far L1 has come (the intent status
-//! API's committed and finalized), and `priority_ops` reads the L1 priority queue (deposits,
+//! Each round it also submits the validity proofs `optio prove run` wrote beside the batches
+//! (`NNNNNNNN.proof.json`, many in one `verifyBatches` transaction) when the rollup has a
+//! verifier, finalizes what is due and reports how far L1 has come (the intent status API's
+//! committed, proven and finalized), and `priority_ops` reads the L1 priority queue (deposits,
 //! forced withdrawals) for the node to sequence, only as deep as the configured confirmations
 //! so that a reorg cannot take back an operation already credited.
 
@@ -61,6 +63,8 @@ mod bindings {
             function verifyBatches(uint256[] calldata numbers, uint256[] calldata commitments, uint256[8][] calldata proofs) external;
             function batchInputs(uint256 number, uint256 commitment) external view returns (uint256[5] memory);
             function proven(uint256 number) external view returns (bool);
+            function verifier() external view returns (address);
+            function provenAt(uint256 number) external view returns (uint256);
             function commitBatch(uint256 number, uint256 previousRoot, uint256 newRoot, uint64 firstSeq, uint64 lastSeq, uint64 priorityServed, bytes32 withdrawalsHash, bytes calldata data) external;
             function finalize() external;
             function committedBatches() external view returns (uint256);
@@ -335,6 +339,46 @@ pub struct PostedBatch {
     /// The data blob.
     pub blob: Bytes,
 }
+
+/// A batch's validity proof as `optio prove run` wrote it (`NNNNNNNN.proof.json`): the ops
+/// commitment it proves and its eight proof words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchProof {
+    /// Batch number.
+    pub number: u64,
+    /// The ops commitment (public input 3).
+    pub commitment: U256,
+    /// `A.x, A.y, B.x.c1, B.x.c0, B.y.c1, B.y.c0, C.x, C.y`.
+    pub proof: [U256; 8],
+}
+
+/// Reads batch `number`'s proof from a batches directory: `None` while there is none.
+pub fn read_proof(dir: &Path, number: u64) -> Result<Option<BatchProof>, SettlerError> {
+    let path = dir.join(format!("{number:08}.proof.json"));
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(None);
+    };
+    let bad = |what: &str| SettlerError::Batch(number, format!("proof file: {what}"));
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(&e.to_string()))?;
+    if v["batch"].as_u64() != Some(number) {
+        return Err(bad("another batch's proof"));
+    }
+    let word = |w: &serde_json::Value| w.as_str().and_then(|s| s.parse::<U256>().ok());
+    let commitment = word(&v["public"]["commitment"]).ok_or_else(|| bad("commitment"))?;
+    let words: Vec<U256> = v["proof"]
+        .as_array()
+        .map(|a| a.iter().filter_map(word).collect())
+        .unwrap_or_default();
+    let proof: [U256; 8] = words.try_into().map_err(|_| bad("proof words"))?;
+    Ok(Some(BatchProof {
+        number,
+        commitment,
+        proof,
+    }))
+}
+
+/// Most proofs the settler aggregates into one `verifyBatches` transaction.
+pub const PROOFS_PER_TX: usize = 16;
 
 /// Reads batch `number` from a batches directory.
 pub fn read_batch(dir: &Path, number: u64) -> Result<Option<PostedBatch>, SettlerError> {
@@ -786,6 +830,10 @@ pub struct Progress {
     pub committed: u64,
     /// Their last sequence number.
     pub committed_seq: u64,
+    /// Batches proven with every one before them (0 when the rollup has no verifier).
+    pub proven: u64,
+    /// Their last sequence number.
+    pub proven_seq: u64,
     /// Batches finalized.
     pub finalized: u64,
     /// Their last sequence number.
@@ -834,6 +882,20 @@ impl Settler {
         let contract = OptioRollup::new(self.rollup, &self.provider);
         let committed = self.committed().await?;
         let finalized = last_finalized(&contract).await?;
+        // With a verifier, a finalized batch is proven; the proven run may reach further.
+        let mut proven = 0;
+        if self.verifier().await?.is_some() {
+            proven = finalized;
+            while proven < committed
+                && contract
+                    .proven(U256::from(proven + 1))
+                    .call()
+                    .await
+                    .map_err(rpc)?
+            {
+                proven += 1;
+            }
+        }
         let last_seq = |n: u64| {
             let contract = &contract;
             async move {
@@ -850,16 +912,84 @@ impl Settler {
         Ok(Progress {
             committed,
             committed_seq: last_seq(committed).await?,
+            proven,
+            proven_seq: last_seq(proven).await?,
             finalized,
             finalized_seq: last_seq(finalized).await?,
         })
     }
 
+    /// The rollup's verifier, if it has one.
+    pub async fn verifier(&self) -> Result<Option<Address>, SettlerError> {
+        let v = OptioRollup::new(self.rollup, &self.provider)
+            .verifier()
+            .call()
+            .await
+            .map_err(rpc)?;
+        Ok((v != Address::ZERO).then_some(v))
+    }
+
+    /// Submits the proofs on disk of committed, unfinalized batches the rollup does not hold as
+    /// proven yet, in batch order, up to `PROOFS_PER_TX` in one `verifyBatches` transaction (one
+    /// pairing check). If the aggregate is refused (one bad proof fails them all), each is
+    /// submitted alone so that the good ones still land; the bad ones are logged and left for
+    /// the next round. Returns how many batches were proven; 0 when the rollup has no verifier.
+    pub async fn prove_pending(&self) -> Result<u64, SettlerError> {
+        if self.verifier().await?.is_none() {
+            return Ok(0);
+        }
+        let contract = OptioRollup::new(self.rollup, &self.provider);
+        let committed = self.committed().await?;
+        let mut ready = Vec::new();
+        for number in last_finalized(&contract).await? + 1..=committed {
+            if ready.len() == PROOFS_PER_TX {
+                break;
+            }
+            if contract
+                .proven(U256::from(number))
+                .call()
+                .await
+                .map_err(rpc)?
+            {
+                continue;
+            }
+            // A damaged proof file is skipped (logged), not fatal: the round's other work
+            // (finality, the priority queue) must not wait on it.
+            match read_proof(&self.batches, number) {
+                Ok(Some(p)) => ready.push(p),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "proof file skipped"),
+            }
+        }
+        if ready.is_empty() {
+            return Ok(0);
+        }
+        let all = contract.verifyBatches(
+            ready.iter().map(|p| U256::from(p.number)).collect(),
+            ready.iter().map(|p| p.commitment).collect(),
+            ready.iter().map(|p| p.proof).collect(),
+        );
+        if transact(all).await.is_ok() {
+            return Ok(ready.len() as u64);
+        }
+        let mut proven = 0;
+        for p in ready {
+            match transact(contract.verifyBatch(U256::from(p.number), p.commitment, p.proof)).await
+            {
+                Ok(_) => proven += 1,
+                Err(e) => tracing::warn!(batch = p.number, error = %e, "proof refused on L1"),
+            }
+        }
+        Ok(proven)
+    }
+
     /// Finalizes, in order, every committed batch whose delay has passed at the head block
-    /// (anyone may; the operator does it as a service); returns how many.
+    /// (anyone may; the operator does it as a service); returns how many. With a verifier the
+    /// delay runs from the batch's proof, and an unproven batch waits.
     pub async fn finalize_due(&self) -> Result<u64, SettlerError> {
         let contract = OptioRollup::new(self.rollup, &self.provider);
         let delay = contract.finalizationDelay().call().await.map_err(rpc)?;
+        let verified = self.verifier().await?.is_some();
         let mut done = 0;
         loop {
             let next = last_finalized(&contract).await? + 1;
@@ -872,13 +1002,27 @@ impl Settler {
                 .await
                 .map_err(rpc)?
                 .ok_or_else(|| SettlerError::Rpc("no head block".into()))?;
-            let committed_at = contract
-                .batches(U256::from(next))
-                .call()
-                .await
-                .map_err(rpc)?
-                .committedAt;
-            if U256::from(head.header.timestamp) < U256::from(committed_at) + delay {
+            let since = if verified {
+                let at = contract
+                    .provenAt(U256::from(next))
+                    .call()
+                    .await
+                    .map_err(rpc)?;
+                if at.is_zero() {
+                    return Ok(done);
+                }
+                at
+            } else {
+                U256::from(
+                    contract
+                        .batches(U256::from(next))
+                        .call()
+                        .await
+                        .map_err(rpc)?
+                        .committedAt,
+                )
+            };
+            if U256::from(head.header.timestamp) < since + delay {
                 return Ok(done);
             }
             transact(contract.finalize())
@@ -931,14 +1075,29 @@ pub trait NodeLink: Send + Sync + 'static {
     fn progress(&self, progress: Progress);
 }
 
-/// One settler round: post what the chain lacks, finalize what is due, report progress, then
-/// feed the node the priority operations `confirmations` deep that it has not served.
+/// What one settler round did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RoundReport {
+    /// Batches committed.
+    pub posted: u64,
+    /// Batches proven on L1.
+    pub proven: u64,
+    /// Batches finalized.
+    pub finalized: u64,
+    /// Priority operations the node sequenced.
+    pub served: u64,
+}
+
+/// One settler round: post what the chain lacks, submit the proofs on disk, finalize what is
+/// due, report progress, then feed the node the priority operations `confirmations` deep that
+/// it has not served.
 pub async fn round(
     settler: &Settler,
     node: &std::sync::Arc<dyn NodeLink>,
     confirmations: u64,
-) -> Result<(u64, u64, u64), SettlerError> {
+) -> Result<RoundReport, SettlerError> {
     let posted = settler.post_pending().await?;
+    let proven = settler.prove_pending().await?;
     let finalized = settler.finalize_due().await?;
     let progress = settler.progress().await?;
     let link = node.clone();
@@ -960,7 +1119,12 @@ pub async fn round(
             served += 1;
         }
     }
-    Ok((posted, finalized, served))
+    Ok(RoundReport {
+        posted,
+        proven,
+        finalized,
+        served,
+    })
 }
 
 /// Runs `settler` for `node` on the current tokio runtime: a `round` every `every`. The settler
@@ -977,10 +1141,14 @@ pub fn spawn(
         loop {
             tick.tick().await;
             match round(&settler, &node, confirmations).await {
-                Ok((0, 0, 0)) => {}
-                Ok((posted, finalized, served)) => {
-                    tracing::info!(posted, finalized, served, "L1 round")
-                }
+                Ok(r) if r == RoundReport::default() => {}
+                Ok(r) => tracing::info!(
+                    posted = r.posted,
+                    proven = r.proven,
+                    finalized = r.finalized,
+                    served = r.served,
+                    "L1 round"
+                ),
                 Err(e) => tracing::warn!(error = %e, "L1 round failed; retrying"),
             }
         }

@@ -31,7 +31,11 @@ impl NodeLink for Link {
         self.0.submit_l1(op.command()).map_err(|e| format!("{e:?}"))
     }
     fn progress(&self, p: Progress) {
-        self.0.record_l1(p.committed_seq, p.finalized_seq);
+        self.0.record_l1(optio_gateway::L1Progress {
+            committed_seq: p.committed_seq,
+            proven_seq: p.proven_seq,
+            finalized_seq: p.finalized_seq,
+        });
     }
 }
 
@@ -162,7 +166,7 @@ async fn deposits_and_forced_withdrawals_are_sequenced_once_and_paid() {
     for op in &ops {
         assert!(matches!(gateway.submit_l1(op.command()), Ok(false)));
     }
-    assert_eq!(round(&settler, &node, 0).await.expect("round").2, 0);
+    assert_eq!(round(&settler, &node, 0).await.expect("round").served, 0);
     // An id ahead of the queue is refused and changes nothing.
     let ahead = PriorityOp { id: 5, ..ops[0] };
     assert!(gateway.submit_l1(ahead.command()).is_err());
@@ -179,7 +183,7 @@ async fn deposits_and_forced_withdrawals_are_sequenced_once_and_paid() {
     let gateway = open(data.path());
     let node: Arc<dyn NodeLink> = Arc::new(Link(gateway.clone()));
     assert_eq!(gateway.priority_served(), 2);
-    assert_eq!(round(&settler, &node, 0).await.expect("round").2, 0);
+    assert_eq!(round(&settler, &node, 0).await.expect("round").served, 0);
 
     // A deposit that a reorg takes back before it is deep enough is never credited.
     let carol = user(&anvil.url, &operator, d.usdc, d.rollup, 0xc0).await;
