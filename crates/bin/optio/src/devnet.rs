@@ -11,7 +11,10 @@
 //! USDC and deposits it for their accounts), so the vault always holds what the state owes. With `--no-l1` there is no chain
 //! and the faucet credits accounts directly.
 //!
-//! Not yet in it: the prover.
+//! With `--prove-keys DIR` (keys from `optio prove setup`) every batch is proven: batches are cut
+//! so that the keys' circuit shape holds each, a prover worker runs in the process, the settler
+//! submits the proofs, and the embedded rollup is deployed with the verifier, so that a batch
+//! finalizes only once proven (intents go executed, committed, proven, finalized).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -50,9 +53,14 @@ pub struct DevnetArgs {
     /// Serve the API only: no oracle feed, market makers or takers.
     #[arg(long)]
     pub no_flow: bool,
-    /// Cut a settlement batch at most this long after its first op (ms).
-    #[arg(long, default_value_t = 2_000)]
-    pub batch_age_ms: u64,
+    /// Cut a settlement batch at most this long after its first op (ms; default 2,000, or
+    /// 30,000 with --prove-keys: a proof takes seconds to tens of seconds on a laptop).
+    #[arg(long)]
+    pub batch_age_ms: Option<u64>,
+    /// Prove every batch with the keys in this directory (`optio prove setup --keys DIR`, one
+    /// shape); the embedded rollup then finalizes only proven batches.
+    #[arg(long, conflicts_with_all = ["no_l1", "l1_rpc"])]
+    pub prove_keys: Option<std::path::PathBuf>,
     /// Snapshot the engine and views after this many inputs (0: never).
     #[arg(long, default_value_t = 100_000)]
     pub snapshot_every: u64,
@@ -195,7 +203,10 @@ const LOCAL_OPERATOR_KEY: &str =
 /// transaction and an empty one every second), funds the operator and `users` with 100 ETH at
 /// genesis, and deploys the contracts for an empty state (finalization after 60 s, priority
 /// deadline 1 h); returns the chain and the rollup's address.
-async fn local_chain_up(users: &[[u8; 20]]) -> Result<(optio_chain::Chain, String)> {
+async fn local_chain_up(
+    users: &[[u8; 20]],
+    keys: Option<&optio_prover::Keys>,
+) -> Result<(optio_chain::Chain, String)> {
     use optio_settler::U256;
     let operator = optio_settler::signer_address(LOCAL_OPERATOR_KEY).map_err(anyhow::Error::msg)?;
     let ether = U256::from(100u64) * U256::from(10u64).pow(U256::from(18u64));
@@ -215,9 +226,27 @@ async fn local_chain_up(users: &[[u8; 20]]) -> Result<(optio_chain::Chain, Strin
     let genesis = U256::from_be_bytes(optio_state::poseidon::to_bytes(
         &optio_state::SettlementState::new().root(),
     ));
-    let d = optio_settler::deploy(&provider, operator, genesis, 60, 3_600, U256::ZERO)
-        .await
-        .context("deploying the contracts on the embedded chain")?;
+    let verifier = match keys {
+        Some(k) => {
+            let vk = optio_prover::solidity::verifying_key(&k.vk);
+            let words: [U256; 26] = std::array::from_fn(|i| U256::from_be_bytes(vk[i]));
+            optio_settler::deploy_verifier(&provider, words)
+                .await
+                .context("deploying the batch-proof verifier")?
+        }
+        None => optio_settler::Address::ZERO,
+    };
+    let d = optio_settler::deploy_with_verifier(
+        &provider,
+        operator,
+        genesis,
+        60,
+        3_600,
+        U256::ZERO,
+        verifier,
+    )
+    .await
+    .context("deploying the contracts on the embedded chain")?;
     println!(
         "  L1 chain  {} (embedded EVM, chain id 31337, a block per transaction and one a second): rollup {} usdc {}",
         chain.url, d.rollup, d.usdc
@@ -347,9 +376,22 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
     let temp = tempfile::tempdir().context("temporary data directory")?;
     let dir = args.data.clone().unwrap_or_else(|| temp.path().to_owned());
     let oracle = OracleSigner::from_bytes([0x0c; 32]).context("oracle key")?;
+    let keys = match &args.prove_keys {
+        Some(dir) => Some(Arc::new(
+            optio_prover::Keys::read_only(dir).map_err(|e| anyhow::anyhow!("--prove-keys: {e}"))?,
+        )),
+        None => None,
+    };
+    let capacity = keys.as_ref().map(|k| {
+        let shape = k.shape;
+        optio_state::Capacity::new(move |state, ops| optio_prover::fits(state, ops, shape).is_ok())
+    });
     let config = Config {
         oracle_key: Some(oracle.public_key()),
-        batch_max_age_ms: args.batch_age_ms,
+        batch_max_age_ms: args
+            .batch_age_ms
+            .unwrap_or(if keys.is_some() { 30_000 } else { 2_000 }),
+        batch_capacity: capacity,
         snapshot_every: args.snapshot_every,
         ..Config::default()
     };
@@ -401,7 +443,7 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
             let users: Vec<[u8; 20]> = std::iter::once(demo_address)
                 .chain(fund.iter().map(|(_, address)| *address))
                 .collect();
-            let (chain, rollup) = local_chain_up(&users).await?;
+            let (chain, rollup) = local_chain_up(&users, keys.as_deref()).await?;
             let rpc = chain.url.clone();
             local_chain = Some(chain);
             Some((rpc, rollup, LOCAL_OPERATOR_KEY.to_owned()))
@@ -456,6 +498,23 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
         None => None,
     };
     funder.settled().await?;
+    if let Some(keys) = keys.clone() {
+        let batches = dir.join("batches");
+        std::thread::Builder::new()
+            .name("optio-prover".into())
+            .spawn(move || {
+                if let Err(e) = crate::prove::work(
+                    &batches,
+                    &keys,
+                    Duration::from_secs(600),
+                    false,
+                    "  prover: ",
+                ) {
+                    eprintln!("prover stopped: {e}");
+                }
+            })
+            .context("starting the prover")?;
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
@@ -497,6 +556,12 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
         println!(
             "  L1        {rpc} rollup {rollup}: batches posted as they are cut; deposits and forced withdrawals sequenced {} blocks deep",
             args.l1_confirmations
+        );
+    }
+    if let Some(k) = &keys {
+        println!(
+            "  prover    circuit {}: batches cut to fit it, proven in this process, proofs verified on L1; a batch finalizes 60 s after its proof",
+            k.shape.name()
         );
     }
 

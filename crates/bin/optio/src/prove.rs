@@ -45,7 +45,7 @@ pub struct ShapeArgs {
     risk_scenarios: usize,
     /// Session-key slots per batch (keys registered or revoked).
     #[arg(long, default_value_t = 4)]
-    keys: usize,
+    session_keys: usize,
 }
 
 impl ShapeArgs {
@@ -61,7 +61,7 @@ impl ShapeArgs {
             holders: self.holders,
             marks: self.marks,
             risk_chunks: self.risk_scenarios.div_ceil(3),
-            keys: self.keys,
+            keys: self.session_keys,
         }
     }
 }
@@ -125,6 +125,41 @@ pub struct ProveArgs {
     cmd: ProveCmd,
 }
 
+/// A prover worker on `batches`: proves what no other worker holds, prints each outcome after
+/// `prefix`, then (unless `once`) follows the directory for new batches.
+pub(crate) fn work(
+    batches: &std::path::Path,
+    keys: &Keys,
+    stale_after: Duration,
+    once: bool,
+    prefix: &str,
+) -> Result<()> {
+    let mut rng = os_rng();
+    loop {
+        let done = prove_pending(
+            batches,
+            keys,
+            &mut rng,
+            stale_after,
+            |outcome| match outcome {
+                Outcome::Proven { batch, seconds } => {
+                    println!("{prefix}batch {batch}: proven in {seconds:.1} s")
+                }
+                Outcome::Unprovable { batch, reason } => {
+                    println!("{prefix}batch {batch}: not provable: {reason}")
+                }
+            },
+        )
+        .map_err(|e| anyhow!(e))?;
+        if once {
+            return Ok(());
+        }
+        if done.is_empty() {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+}
+
 /// Runs `optio prove`.
 pub fn run(args: ProveArgs) -> Result<()> {
     match args.cmd {
@@ -135,7 +170,7 @@ pub fn run(args: ProveArgs) -> Result<()> {
             let generated = Keys::generate(shape, &mut os_rng()).map_err(|e| anyhow!("{e}"))?;
             generated.write(&keys).map_err(|e| anyhow!("{e}"))?;
             println!(
-                "keys {} ({} op slots, {} accounts, {} positions, {} instruments, {} listing and {} expiry slots, {} settlement slots of {} holders, {} mark slots, {} risk scenarios) written to {} in {:.1} s",
+                "keys {} ({} op slots, {} accounts, {} positions, {} instruments, {} listing and {} expiry slots, {} settlement slots of {} holders, {} mark slots, {} risk scenarios, {} session-key slots) written to {} in {:.1} s",
                 shape.name(),
                 shape.slots,
                 shape.accounts,
@@ -147,6 +182,7 @@ pub fn run(args: ProveArgs) -> Result<()> {
                 shape.holders,
                 shape.marks,
                 shape.risk_chunks * 3,
+                shape.keys,
                 keys.display(),
                 t.elapsed().as_secs_f64()
             );
@@ -158,31 +194,13 @@ pub fn run(args: ProveArgs) -> Result<()> {
             stale_after_s,
         } => {
             let keys = at.keys()?;
-            let batches = at.batches;
-            let mut rng = os_rng();
-            loop {
-                let done = prove_pending(
-                    &batches,
-                    &keys,
-                    &mut rng,
-                    Duration::from_secs(stale_after_s),
-                    |outcome| match outcome {
-                        Outcome::Proven { batch, seconds } => {
-                            println!("batch {batch}: proven in {seconds:.1} s")
-                        }
-                        Outcome::Unprovable { batch, reason } => {
-                            println!("batch {batch}: not provable yet: {reason}")
-                        }
-                    },
-                )
-                .map_err(|e| anyhow!(e))?;
-                if once {
-                    return Ok(());
-                }
-                if done.is_empty() {
-                    std::thread::sleep(Duration::from_secs(1));
-                }
-            }
+            work(
+                &at.batches,
+                &keys,
+                Duration::from_secs(stale_after_s),
+                once,
+                "",
+            )
         }
         ProveCmd::Check { at } => {
             let keys = at.keys()?;

@@ -171,6 +171,7 @@ pub(crate) fn start(
     dir: &Path,
     max_ops: usize,
     max_age_ms: u64,
+    capacity: Option<optio_state::Capacity>,
     clock: crate::Clock,
 ) -> Result<(Feed, Arc<Mutex<BatchStats>>, u64), String> {
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
@@ -207,7 +208,8 @@ pub(crate) fn start(
         dir: dir.to_owned(),
         ..BatchStats::default()
     }));
-    let batcher = Batcher::resume(state, number, last_seq, max_ops, max_age_ms);
+    let batcher =
+        Batcher::resume(state, number, last_seq, max_ops, max_age_ms).with_capacity(capacity);
     let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
     let (dir, shared) = (dir.to_owned(), stats.clone());
     let thread = std::thread::Builder::new()

@@ -69,6 +69,9 @@ pub struct Config {
     pub batch_max_ops: usize,
     /// ... or this long after its first op.
     pub batch_max_age_ms: u64,
+    /// ... or before an input that would make it too large to prove (the circuit's shape;
+    /// `None`: no such limit).
+    pub batch_capacity: Option<optio_state::Capacity>,
     /// Where the node reads the time (the simulator moves a manual clock).
     pub clock: Clock,
     /// A snapshot (engine and views) after about this many inputs, so that a restart replays
@@ -124,6 +127,7 @@ impl Default for Config {
             oracle_key: None,
             batch_max_ops: 10_000,
             batch_max_age_ms: 2_000,
+            batch_capacity: None,
             clock: Clock::System,
             snapshot_every: 100_000,
         }
@@ -741,6 +745,7 @@ impl Gateway {
             &dir.join("batches"),
             config.batch_max_ops,
             config.batch_max_age_ms,
+            config.batch_capacity.clone(),
             config.clock.clone(),
         )
         .map_err(|e| {

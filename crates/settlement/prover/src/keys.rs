@@ -103,6 +103,27 @@ impl Keys {
         Ok(())
     }
 
+    /// Reads the one set of keys in `dir`, whatever its shape (named by its files); an error if
+    /// there is none or more than one.
+    pub fn read_only(dir: &Path) -> Result<Keys, ProveError> {
+        let bad = |why: String| ProveError::KeyFile {
+            path: dir.display().to_string(),
+            why,
+        };
+        let entries = std::fs::read_dir(dir).map_err(|e| bad(e.to_string()))?;
+        let shapes: Vec<Shape> = entries
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter_map(|name| Shape::from_name(name.strip_suffix(".vk")?))
+            .collect();
+        match shapes[..] {
+            [shape] => Self::read(dir, shape),
+            [] => Err(bad(
+                "no keys (make them with optio prove setup --keys DIR)".into()
+            )),
+            _ => Err(bad(format!("keys of {} shapes; keep one", shapes.len()))),
+        }
+    }
+
     /// Reads the keys of `shape` from `dir`.
     pub fn read(dir: &Path, shape: Shape) -> Result<Keys, ProveError> {
         let read = |what: &str| {

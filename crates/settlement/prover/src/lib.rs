@@ -16,4 +16,4 @@ pub mod worker;
 
 pub use circuit::BatchCircuit;
 pub use keys::{Keys, ProveError, prove, verify};
-pub use witness::{BatchWitness, PublicInputs, Shape, WitnessError, witness};
+pub use witness::{BatchWitness, PublicInputs, Shape, WitnessError, fits, witness};

@@ -122,6 +122,41 @@ impl Shape {
             self.keys
         )
     }
+
+    /// The shape a `name()` names.
+    pub fn from_name(name: &str) -> Option<Shape> {
+        let n: Vec<usize> = name
+            .strip_prefix("batch-")?
+            .split('x')
+            .map(|x| x.parse().ok())
+            .collect::<Option<_>>()?;
+        let [
+            slots,
+            accounts,
+            positions,
+            instruments,
+            listings,
+            expiries,
+            settlements,
+            holders,
+            marks,
+            risk_chunks,
+            keys,
+        ] = <[usize; 11]>::try_from(n).ok()?;
+        Some(Shape {
+            slots,
+            accounts,
+            positions,
+            instruments,
+            listings,
+            expiries,
+            settlements,
+            holders,
+            marks,
+            risk_chunks,
+            keys,
+        })
+    }
 }
 
 /// Why no witness could be made.
@@ -657,12 +692,33 @@ fn zeros(n: u8) -> Vec<Fr> {
     vec![Fr::from(0u64); n as usize]
 }
 
-/// The witness of `ops` applied to `state` (as of its last commit), for a circuit of `shape`.
-pub fn witness(
-    state: &SettlementState,
-    ops: &[Op],
+/// What a batch touches and which slots its ops take (the witness's first pass).
+struct Plan<'a> {
+    specs: Vec<&'a InstrumentSpec>,
+    account_ids: BTreeSet<u32>,
+    position_keys: BTreeSet<(u32, u32)>,
+    instrument_ids: BTreeSet<u32>,
+    marks: Vec<(usize, &'a Op)>,
+    /// Op slots: the op's index in the batch, the op, and the id an opening takes.
+    slot_ops: Vec<(usize, &'a Op, u32)>,
+    leading: Vec<(u64, u32, Option<&'a InstrumentSpec>)>,
+    trailing: Vec<(u64, u32, Option<&'a InstrumentSpec>)>,
+    settles: Vec<Settlement>,
+    key_ops: Vec<&'a Op>,
+}
+
+/// Whether a circuit of `shape` has room for `ops` applied to `state`, in the order it applies
+/// them: the witness's first pass alone (no hashing), cheap enough for a batcher to ask before
+/// each input it adds (`optio devnet --prove` cuts batches so that each can be proven).
+pub fn fits(state: &SettlementState, ops: &[Op], shape: Shape) -> Result<(), WitnessError> {
+    plan(state, ops, shape).map(|_| ())
+}
+
+fn plan<'a>(
+    state: &'a SettlementState,
+    ops: &'a [Op],
     shape: Shape,
-) -> Result<BatchWitness, WitnessError> {
+) -> Result<Plan<'a>, WitnessError> {
     let accounts = state.accounts();
     // Specs by instrument id, those the batch lists included.
     let mut specs: Vec<&InstrumentSpec> = state.instruments().iter().map(|x| &x.spec).collect();
@@ -848,6 +904,40 @@ pub fn witness(
             return Err(WitnessError::TooLarge(what));
         }
     }
+
+    Ok(Plan {
+        specs,
+        account_ids,
+        position_keys,
+        instrument_ids,
+        marks,
+        slot_ops,
+        leading,
+        trailing,
+        settles,
+        key_ops,
+    })
+}
+
+/// The witness of `ops` applied to `state` (as of its last commit), for a circuit of `shape`.
+pub fn witness(
+    state: &SettlementState,
+    ops: &[Op],
+    shape: Shape,
+) -> Result<BatchWitness, WitnessError> {
+    let Plan {
+        specs,
+        account_ids,
+        position_keys,
+        instrument_ids,
+        marks,
+        slot_ops,
+        leading,
+        trailing,
+        settles,
+        key_ops,
+    } = plan(state, ops, shape)?;
+    let accounts = state.accounts();
 
     // Registers, with the values before the batch.
     let account_ids: Vec<u32> = account_ids.into_iter().collect();

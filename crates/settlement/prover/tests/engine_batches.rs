@@ -119,3 +119,75 @@ fn cash_goes_negative(state: &SettlementState, ops: &[optio_state::Op]) -> bool 
         s.apply_batch(&ops[..=i]).is_ok() && s.accounts()[from.0 as usize].collateral.0 < 0
     })
 }
+
+/// A batcher told the circuit's capacity (`optio devnet --prove`) cuts only batches the shape
+/// holds, from the same engine histories, and a replay cuts the same ones.
+#[test]
+fn a_capacity_aware_batcher_cuts_only_batches_that_fit() {
+    use optio_engine::Engine;
+    use optio_state::{Batcher, Capacity};
+    use optio_types::EngineLimits;
+
+    const SMALL: Shape = Shape {
+        slots: 4,
+        accounts: 4,
+        positions: 4,
+        instruments: 2,
+        listings: 2,
+        expiries: 2,
+        settlements: 1,
+        holders: 8,
+        marks: 8,
+        risk_chunks: 11,
+        keys: 1,
+    };
+    let cut = |inputs: &[optio_types::Input]| {
+        let mut engine = Engine::new(EngineLimits::default());
+        let capacity = Capacity::new(|state, ops| optio_prover::fits(state, ops, SMALL).is_ok());
+        let mut batcher = Batcher::new(1_000, u64::MAX).with_capacity(Some(capacity));
+        let mut batches = Vec::new();
+        let mut events = Vec::new();
+        for (i, input) in inputs.iter().enumerate() {
+            events.clear();
+            let _ = engine.apply(input, &mut events);
+            batches.extend(batcher.push(i as u64 + 1, input, &events).expect("batches"));
+        }
+        batches.extend(batcher.flush().expect("flushes"));
+        assert_eq!(batcher.state().diff_engine(&engine.canonical()), None);
+        batches
+    };
+    for seed in 0..2u64 {
+        let inputs = support::history(seed, 400);
+        let batches = cut(&inputs);
+        let (unbounded, _, _) = support::run(&inputs, 1_000);
+        assert!(batches.len() > unbounded.len(), "seed {seed}: cut smaller");
+        let mut state = SettlementState::new();
+        let mut oversized = 0;
+        for b in &batches {
+            let (_, ops) = decode(&b.blob).expect("decodes");
+            match witness(&state, &ops, SMALL) {
+                Ok(w) => assert_eq!(w.public.new_root, b.header.new_root),
+                // One input's own ops larger than the shape (a batch of its own).
+                Err(WitnessError::TooLarge(_)) => oversized += 1,
+                Err(e) => panic!("seed {seed} batch {}: {e}", b.header.number),
+            }
+            state.apply_batch(&ops).expect("applies");
+            state.commit();
+        }
+        println!(
+            "seed {seed}: {} batches ({oversized} single inputs too large), {} unbounded",
+            batches.len(),
+            unbounded.len()
+        );
+        assert!(
+            oversized * 10 <= batches.len(),
+            "seed {seed}: {oversized} too large"
+        );
+        let again = cut(&inputs);
+        assert!(
+            batches.iter().zip(&again).all(|(a, b)| a.blob == b.blob)
+                && batches.len() == again.len(),
+            "a replay cuts the same batches"
+        );
+    }
+}

@@ -111,6 +111,34 @@ pub enum BatchError {
     },
 }
 
+/// A batch capacity rule: whether a batch of these ops, applied to the state of the last cut,
+/// can be proven (a circuit has a fixed number of slots and registers). The batcher asks it
+/// before an input joins the pending batch and cuts first if the input would not fit; the
+/// answer must depend only on its arguments, so that a replay cuts the same batches.
+#[derive(Clone)]
+pub struct Capacity(std::sync::Arc<FitsFn>);
+
+/// The rule behind a `Capacity`.
+type FitsFn = dyn Fn(&SettlementState, &[Op]) -> bool + Send + Sync;
+
+impl Capacity {
+    /// The rule `fits`.
+    pub fn new(fits: impl Fn(&SettlementState, &[Op]) -> bool + Send + Sync + 'static) -> Self {
+        Self(std::sync::Arc::new(fits))
+    }
+
+    /// Whether `ops` fit one batch after `state`.
+    pub fn fits(&self, state: &SettlementState, ops: &[Op]) -> bool {
+        (self.0)(state, ops)
+    }
+}
+
+impl std::fmt::Debug for Capacity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Capacity(..)")
+    }
+}
+
 /// Cuts batches from sequenced inputs.
 pub struct Batcher {
     state: SettlementState,
@@ -126,6 +154,7 @@ pub struct Batcher {
     fills: usize,
     max_ops: usize,
     max_age_ms: u64,
+    capacity: Option<Capacity>,
 }
 
 impl Batcher {
@@ -156,7 +185,29 @@ impl Batcher {
             fills: 0,
             max_ops: max_ops.max(1),
             max_age_ms,
+            capacity: None,
         }
+    }
+
+    /// Also cuts so that every batch satisfies `capacity` (an input that alone does not fit
+    /// still makes a batch of its own).
+    pub fn with_capacity(mut self, capacity: Option<Capacity>) -> Self {
+        self.capacity = capacity;
+        self
+    }
+
+    /// The pending batch with `ops` and `marks` added, as it would be cut.
+    fn with(&self, ops: &[Op], marks: &[Op]) -> Vec<Op> {
+        let mut latest = self.marks.clone();
+        for m in marks {
+            if let Op::Mark { instrument, .. } = m {
+                latest.insert(instrument.0, m.clone());
+            }
+        }
+        let mut all = self.pending.clone();
+        all.extend_from_slice(ops);
+        all.extend(latest.into_values());
+        all
     }
 
     /// The settlement state as of the last cut batch.
@@ -199,9 +250,17 @@ impl Batcher {
                 got: seq,
             });
         }
+        let (ops, marks) = ops_from(input, events);
+        // A batch the circuit could not prove is cut before this input joins it.
+        let full = match &self.capacity {
+            Some(c) if self.pending() > 0 && (!ops.is_empty() || !marks.is_empty()) => {
+                !c.fits(&self.state, &self.with(&ops, &marks))
+            }
+            _ => false,
+        };
+        let before = if full { Some(self.cut()?) } else { None };
         self.last_seq = seq;
         self.last_ms = self.last_ms.max(input.time_ms);
-        let (ops, marks) = ops_from(input, events);
         self.uncovered_ms.get_or_insert(input.time_ms);
         if (!ops.is_empty() || !marks.is_empty()) && self.opened_ms.is_none() {
             self.opened_ms = Some(input.time_ms);
@@ -216,6 +275,11 @@ impl Batcher {
         // Both criteria read only the sequence (sizes and sequenced times), so replaying the same
         // inputs cuts the same batches: a restart continues with the roots an uninterrupted run
         // would have committed. Only `tick` (an idle node) reads the wall clock.
+        if before.is_some() {
+            // One batch per input: this one's own cut, if due, comes with the next input or
+            // tick.
+            return Ok(before);
+        }
         let aged = self
             .opened_ms
             .is_some_and(|t| input.time_ms.saturating_sub(t) >= self.max_age_ms);

@@ -1,0 +1,130 @@
+//! `optio devnet --prove-keys`: keys from `optio prove setup` (a small shape, so that the test
+//! is quick), the devnet cuts its batches to fit them, proves them in its own process, and its
+//! settler gets the proofs verified by the embedded rollup's verifier; `/metrics` shows the
+//! batches proven and the sequence numbers proven on L1; `optio prove check` then checks every
+//! proof against the blobs alone.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+
+/// The shape: 4 op slots and account registers, 8 listing slots, nothing else.
+const SHAPE: [&str; 20] = [
+    "--slots",
+    "4",
+    "--accounts",
+    "4",
+    "--positions",
+    "1",
+    "--instruments",
+    "1",
+    "--listings",
+    "8",
+    "--expiries",
+    "0",
+    "--settlements",
+    "0",
+    "--holders",
+    "0",
+    "--marks",
+    "0",
+    "--session-keys",
+    "0",
+];
+
+/// A child process killed when dropped (also when the test fails half way).
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn metric(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} "))?.trim().parse().ok())
+}
+
+#[test]
+fn the_devnet_proves_its_batches_and_l1_verifies_them() {
+    let optio = env!("CARGO_BIN_EXE_optio");
+    let keys = tempfile::tempdir().expect("tempdir");
+    let data = tempfile::tempdir().expect("tempdir");
+    let keys_dir = keys.path().to_str().expect("utf-8");
+    let setup = Command::new(optio)
+        .args(["prove", "setup", "--keys", keys_dir])
+        .args(SHAPE)
+        .status()
+        .expect("runs");
+    assert!(setup.success(), "optio prove setup");
+
+    let mut child = Killed(
+        Command::new(optio)
+            .args([
+                "devnet",
+                "--no-flow",
+                "--listen",
+                "127.0.0.1:0",
+                "--duration-s",
+                "300",
+                "--prove-keys",
+                keys_dir,
+                "--data",
+                data.path().to_str().expect("utf-8"),
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starts"),
+    );
+    let mut lines = BufReader::new(child.0.stdout.take().expect("stdout")).lines();
+    let addr = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("JSON-RPC  http://")
+                .map(|u| u.trim_end_matches("/api/v2").to_owned())
+        })
+        .expect("prints the API URL");
+    std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
+
+    // 58 instruments listed and activated at start: 15 batches of at most 8 listing slots.
+    // Wait for the first to be proven on L1.
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let metrics = loop {
+        let text = common::get_text(&addr, "/metrics").unwrap_or_default();
+        if metric(&text, "optio_l1_proven_seq").is_some_and(|s| s > 0) {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "nothing proven on L1:\n{text}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(metric(&metrics, "optio_batches_proven_total").is_some_and(|n| n >= 1));
+    assert_eq!(metric(&metrics, "optio_batches_unprovable_total"), Some(0));
+    assert!(
+        metric(&metrics, "optio_l1_committed_seq") >= metric(&metrics, "optio_l1_proven_seq"),
+        "{metrics}"
+    );
+    drop(child);
+
+    // Every proof written checks against the blobs alone (the last batch may be unproven).
+    let check = Command::new(optio)
+        .args([
+            "prove",
+            "check",
+            "--batches",
+            data.path().join("batches").to_str().expect("utf-8"),
+            "--keys",
+            keys_dir,
+        ])
+        .args(SHAPE)
+        .output()
+        .expect("runs");
+    let out = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "optio prove check: {out}");
+    assert!(out.contains("every proof checks"), "{out}");
+}
