@@ -217,7 +217,10 @@ pub fn verify(args: VerifyArgs) -> Result<()> {
     runtime.block_on(async {
         let provider = alloy_reader(&args.rpc)?;
         let rollup = args.rollup.parse().context("rollup address")?;
-        let verdicts = optio_settler::verify_l1(&provider, rollup).await?;
+        let commitment = |state: &optio_state::SettlementState, ops: &[optio_state::Op]| {
+            optio_prover::data_commitment(state, ops).map_err(|e| e.to_string())
+        };
+        let verdicts = optio_settler::verify_l1(&provider, rollup, Some(&commitment)).await?;
         let mut bad = 0;
         for v in &verdicts {
             match v {
@@ -229,6 +232,10 @@ pub fn verify(args: VerifyArgs) -> Result<()> {
                 optio_settler::Verdict::Priority { number, why } => {
                     bad += 1;
                     println!("batch {number:>6}: ALERT it misreports the L1 priority queue: {why}");
+                }
+                optio_settler::Verdict::ProvenOtherData { number, proven, data } => {
+                    bad += 1;
+                    println!("batch {number:>6}: ALERT proven on L1 with ops commitment {proven:#x} but its posted data's is {data:#x}");
                 }
                 optio_settler::Verdict::BadData { number, why } => {
                     bad += 1;

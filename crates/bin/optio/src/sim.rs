@@ -1059,9 +1059,9 @@ impl World {
             progress.committed,
             progress.finalized
         );
-        let verdicts = self
-            .runtime
-            .block_on(optio_settler::verify_l1(&reader, self.l1.rollup))?;
+        let verdicts =
+            self.runtime
+                .block_on(optio_settler::verify_l1(&reader, self.l1.rollup, None))?;
         if let Some(bad) = verdicts
             .iter()
             .find(|v| !matches!(v, optio_settler::Verdict::Agrees(_)))

@@ -41,15 +41,7 @@ fn devnet_serves_a_live_market_and_stops_by_itself() {
         words[2].to_owned(),
         words[words.iter().position(|w| *w == "rollup").expect("rollup") + 1].to_owned(),
     );
-    let url = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find_map(|l| {
-            l.trim()
-                .strip_prefix("JSON-RPC  http://")
-                .map(|u| u.trim_end_matches("/api/v2").to_owned())
-        })
-        .expect("prints the API URL");
+    let url = common::api_url(lines.by_ref().map_while(Result::ok)).expect("prints the API URL");
     let mut seen_funded = false;
     for line in lines.by_ref().map_while(Result::ok) {
         if line.contains("funded    0x1111111111111111111111111111111111111111") {

@@ -81,15 +81,7 @@ fn the_devnet_proves_its_batches_and_l1_verifies_them() {
             .expect("starts"),
     );
     let mut lines = BufReader::new(child.0.stdout.take().expect("stdout")).lines();
-    let addr = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find_map(|l| {
-            l.trim()
-                .strip_prefix("JSON-RPC  http://")
-                .map(|u| u.trim_end_matches("/api/v2").to_owned())
-        })
-        .expect("prints the API URL");
+    let addr = common::api_url(lines.by_ref().map_while(Result::ok)).expect("prints the API URL");
     std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
 
     // 58 instruments listed and activated at start: 15 batches of at most 8 listing slots.

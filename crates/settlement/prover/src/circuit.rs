@@ -592,7 +592,7 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     let record = [
         kind_code, a_id, b_id, instrument, amount, price, qty, taker_buys, priority, owner,
     ];
-    absorb(cs, &mut st.commitment, record)
+    absorb(cs, &mut st.commitment, &used, record)
 }
 
 /// `h = Poseidon(h, key, expiry)` over the entries in use, from 0: `leaf::keys_hash`.
@@ -713,13 +713,16 @@ fn key_slot(cs: &Cs, o: &KeySlot, st: &mut Running) -> R<()> {
         Wire::zero(),
         key,
     ];
-    absorb(cs, &mut st.commitment, record)
+    absorb(cs, &mut st.commitment, &enabled, record)
 }
 
-fn absorb(cs: &Cs, commitment: &mut Wire, record: [Wire; 10]) -> R<()> {
+/// `h = Poseidon(h, record)` for a slot in use; an unused slot leaves `h` as it is, so the
+/// commitment depends on the batch's ops alone, not on the shape that proves them.
+fn absorb(cs: &Cs, commitment: &mut Wire, used: &Wire, record: [Wire; 10]) -> R<()> {
     let mut inputs = vec![commitment.clone()];
     inputs.extend(record);
-    *commitment = cs.poseidon(&inputs)?;
+    let next = cs.poseidon(&inputs)?;
+    *commitment = cs.select(used, &next, commitment)?;
     Ok(())
 }
 
@@ -823,6 +826,7 @@ fn settle_slot(cs: &Cs, o: &SettleSlot, st: &mut Running, instruments_root: &mut
     absorb(
         cs,
         &mut st.commitment,
+        &enabled,
         [
             enabled.scale(Fr::from(kind::SETTLE)),
             z(),
@@ -881,6 +885,7 @@ fn settle_slot(cs: &Cs, o: &SettleSlot, st: &mut Running, instruments_root: &mut
         absorb(
             cs,
             &mut st.commitment,
+            &used,
             [
                 used.scale(Fr::from(kind::SETTLE_POSITION)),
                 account_id,
@@ -962,6 +967,7 @@ fn instrument_op(
     absorb(
         cs,
         commitment,
+        &used,
         [
             kind_code,
             z(),
@@ -1037,5 +1043,5 @@ fn mark_slot(cs: &Cs, m: &MarkSlot, instruments_root: &mut Wire, commitment: &mu
         Wire::zero(),
         risk_hash,
     ];
-    absorb(cs, commitment, record)
+    absorb(cs, commitment, &enabled, record)
 }

@@ -16,4 +16,6 @@ pub mod worker;
 
 pub use circuit::BatchCircuit;
 pub use keys::{Keys, ProveError, prove, verify};
-pub use witness::{BatchWitness, PublicInputs, Shape, WitnessError, fits, witness};
+pub use witness::{
+    BatchWitness, PublicInputs, Shape, WitnessError, data_commitment, fits, witness,
+};

@@ -107,8 +107,36 @@ impl Shape {
     /// The name of its key files:
     /// `batch-<slots>x<accounts>x<positions>x<instruments>x<listings>x<expiries>x<settlements>x<holders>x<marks>x<risk_chunks>x<keys>`.
     pub fn name(&self) -> String {
-        format!(
-            "batch-{}x{}x{}x{}x{}x{}x{}x{}x{}x{}x{}",
+        let fields = self.fields().map(|n| n.to_string());
+        format!("batch-{}", fields.join("x"))
+    }
+
+    /// The shape a `name()` names.
+    pub fn from_name(name: &str) -> Option<Shape> {
+        let n: Vec<usize> = name
+            .strip_prefix("batch-")?
+            .split('x')
+            .map(|x| x.parse().ok())
+            .collect::<Option<_>>()?;
+        let n = <[usize; 11]>::try_from(n).ok()?;
+        Some(Shape {
+            slots: n[0],
+            accounts: n[1],
+            positions: n[2],
+            instruments: n[3],
+            listings: n[4],
+            expiries: n[5],
+            settlements: n[6],
+            holders: n[7],
+            marks: n[8],
+            risk_chunks: n[9],
+            keys: n[10],
+        })
+    }
+
+    /// Its sizes in the order of its name.
+    fn fields(&self) -> [usize; 11] {
+        [
             self.slots,
             self.accounts,
             self.positions,
@@ -119,43 +147,8 @@ impl Shape {
             self.holders,
             self.marks,
             self.risk_chunks,
-            self.keys
-        )
-    }
-
-    /// The shape a `name()` names.
-    pub fn from_name(name: &str) -> Option<Shape> {
-        let n: Vec<usize> = name
-            .strip_prefix("batch-")?
-            .split('x')
-            .map(|x| x.parse().ok())
-            .collect::<Option<_>>()?;
-        let [
-            slots,
-            accounts,
-            positions,
-            instruments,
-            listings,
-            expiries,
-            settlements,
-            holders,
-            marks,
-            risk_chunks,
-            keys,
-        ] = <[usize; 11]>::try_from(n).ok()?;
-        Some(Shape {
-            slots,
-            accounts,
-            positions,
-            instruments,
-            listings,
-            expiries,
-            settlements,
-            holders,
-            marks,
-            risk_chunks,
-            keys,
-        })
+            self.keys,
+        ]
     }
 }
 
@@ -602,8 +595,8 @@ pub fn settle_records(o: &SettleSlot) -> Vec<[Fr; 10]> {
 }
 
 /// The commitment to a batch's ops: `h = Poseidon(h, record)` over the listing slots, the op
-/// slots, the expiry slots, the settlement slots and the mark slots in that order (unused ones as
-/// zero records), from 0.
+/// slots, the session-key slots, the expiry slots, the settlement slots and the mark slots in
+/// that order, from 0, skipping unused slots.
 pub fn commitment(w: &BatchWitness) -> Fr {
     let records = w
         .listings
@@ -613,7 +606,9 @@ pub fn commitment(w: &BatchWitness) -> Fr {
         .chain(w.keys.iter().map(key_record))
         .chain(w.expiries.iter().map(instrument_op_record))
         .chain(w.settlements.iter().flat_map(settle_records))
-        .chain(w.marks.iter().map(mark_record));
+        .chain(w.marks.iter().map(mark_record))
+        // Unused slots (all-zero records, kind 0) are skipped: the commitment is the ops'.
+        .filter(|r| r[0] != Fr::from(0u64));
     records.fold(Fr::from(0u64), |h, r| {
         let mut inputs = vec![h];
         inputs.extend_from_slice(&r);
@@ -705,6 +700,50 @@ struct Plan<'a> {
     trailing: Vec<(u64, u32, Option<&'a InstrumentSpec>)>,
     settles: Vec<Settlement>,
     key_ops: Vec<&'a Op>,
+}
+
+/// The commitment any proof of `ops` applied to `state` has as its third public input, whatever
+/// the circuit's shape (unused slots do not enter it): what a watchtower compares with the
+/// commitment a batch was proven with on L1 (`optio verify`).
+pub fn data_commitment(state: &SettlementState, ops: &[Op]) -> Result<Fr, WitnessError> {
+    let unbounded = Shape {
+        slots: usize::MAX,
+        accounts: usize::MAX,
+        positions: usize::MAX,
+        instruments: usize::MAX,
+        listings: usize::MAX,
+        expiries: usize::MAX,
+        settlements: usize::MAX,
+        holders: usize::MAX,
+        marks: usize::MAX,
+        risk_chunks: usize::MAX,
+        keys: usize::MAX,
+    };
+    let p = plan(state, ops, unbounded)?;
+    let risk = p
+        .marks
+        .iter()
+        .map(|(_, op)| match op {
+            Op::Mark { risk, .. } => risk.len(),
+            _ => 0,
+        })
+        .max()
+        .unwrap_or(0);
+    // The smallest shape that holds the batch.
+    let shape = Shape {
+        slots: p.slot_ops.len(),
+        accounts: p.account_ids.len(),
+        positions: p.position_keys.len(),
+        instruments: p.instrument_ids.len(),
+        listings: p.leading.len(),
+        expiries: p.trailing.len(),
+        settlements: p.settles.len(),
+        holders: p.settles.iter().map(|s| s.3.len()).max().unwrap_or(0),
+        marks: p.marks.len(),
+        risk_chunks: risk.div_ceil(3),
+        keys: p.key_ops.len(),
+    };
+    Ok(commitment(&witness(state, ops, shape)?))
 }
 
 /// Whether a circuit of `shape` has room for `ops` applied to `state`, in the order it applies

@@ -41,6 +41,13 @@ fn covered_engine_batches_satisfy_the_circuit_with_the_batchers_roots() {
                         "seed {seed} batch {}",
                         b.header.number
                     );
+                    // The commitment is the ops', whatever the shape.
+                    assert_eq!(
+                        optio_prover::data_commitment(&state, &ops),
+                        Ok(w.public.commitment),
+                        "seed {seed} batch {}",
+                        b.header.number
+                    );
                     let proven = match check(&w) {
                         Ok(_) => true,
                         // Money out of an account whose cash the batch leaves negative: the

@@ -515,3 +515,96 @@ async fn the_settler_submits_the_workers_proofs_and_finality_waits_for_them() {
         "batch 2, unprovable, still holds finality"
     );
 }
+
+/// The gap the contract still has, and the watchtower that covers it: the rollup takes the
+/// commitment from the prover, so a proof of other ops with the same roots (two deposits of 70
+/// and 7 where the posted data has one of 77) is accepted on L1; `verify_l1` with the data's
+/// commitment names that batch, and only that one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watchtower_names_a_batch_proven_with_other_ops_than_posted() {
+    use optio_prover::worker::prove_pending;
+    use optio_settler::{Settler, Verdict, verify_l1};
+
+    let (keys, _, _chain, provider, verifier) = setup(6).await;
+    let operator = optio_settler::signer_address(KEY).expect("address");
+    let genesis = U256::from_be_bytes(optio_state::poseidon::to_bytes(
+        &SettlementState::new().root(),
+    ));
+    let d = deploy_with_verifier(&provider, operator, genesis, 0, 3_600, U256::ZERO, verifier)
+        .await
+        .expect("rollup");
+    let rollup = OptioRollup::new(d.rollup, &provider);
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_batches(dir.path());
+    let settler = Settler::new(provider.clone(), d.rollup, dir.path());
+    assert_eq!(settler.post_pending().await.expect("posts"), 5);
+
+    // Batch 4 posted one deposit of 77 to account 1; prove two that sum to it instead.
+    let mut state = SettlementState::new();
+    for ops in &batches()[..3] {
+        state.apply_batch(ops).expect("applies");
+        state.commit();
+    }
+    let other = [
+        Op::Deposit {
+            account: AccountId(1),
+            amount: Amount(70),
+        },
+        Op::Deposit {
+            account: AccountId(1),
+            amount: Amount(7),
+        },
+    ];
+    let mut rng = StdRng::seed_from_u64(11);
+    let w = witness(&state, &other, SHAPE).expect("fits");
+    let public = w.public;
+    let proof = prove(&keys, w, &mut rng).expect("proves");
+    let commitment = U256::from_be_bytes(optio_state::poseidon::to_bytes(&public.commitment));
+    transact(rollup.verifyBatch(U256::from(4), commitment, words(&solidity::proof(&proof))))
+        .await
+        .expect("the contract cannot tell");
+    // The others honestly, by the worker and the settler.
+    prove_pending(
+        dir.path(),
+        &keys,
+        &mut rng,
+        Duration::from_secs(600),
+        |_| {},
+    )
+    .expect("worker");
+    assert_eq!(
+        settler.prove_pending().await.expect("runs"),
+        3,
+        "1, 3 and 5"
+    );
+
+    let data = |state: &SettlementState, ops: &[Op]| {
+        optio_prover::data_commitment(state, ops).map_err(|e| e.to_string())
+    };
+    let verdicts = verify_l1(&provider, d.rollup, Some(&data))
+        .await
+        .expect("verifies");
+    let posted = optio_prover::data_commitment(&state, &batches()[3]).expect("commits");
+    let posted = U256::from_be_bytes(optio_state::poseidon::to_bytes(&posted));
+    assert_eq!(verdicts.len(), 5);
+    for (i, v) in verdicts.iter().enumerate() {
+        let number = i as u64 + 1;
+        if number == 4 {
+            assert_eq!(
+                *v,
+                Verdict::ProvenOtherData {
+                    number,
+                    proven: commitment,
+                    data: posted
+                }
+            );
+        } else {
+            assert_eq!(*v, Verdict::Agrees(number), "batch {number}");
+        }
+    }
+    // Without the commitment check, the roots alone agree everywhere.
+    let roots_only = verify_l1(&provider, d.rollup, None)
+        .await
+        .expect("verifies");
+    assert!(roots_only.iter().all(|v| matches!(v, Verdict::Agrees(_))));
+}

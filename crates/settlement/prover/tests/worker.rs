@@ -201,6 +201,14 @@ fn key_files_round_trip_and_bad_ones_are_named() {
     keys.write(dir.path()).expect("writes");
     let back = Keys::read(dir.path(), SHAPE).expect("reads");
     assert_eq!(back.vk, keys.vk);
+    // The one shape in a directory, found by its files' name.
+    assert_eq!(Shape::from_name(&SHAPE.name()), Some(SHAPE));
+    assert_eq!(Shape::from_name("batch-1x2x3"), None);
+    let only = Keys::read_only(dir.path()).expect("one shape");
+    assert_eq!((only.shape, only.vk), (SHAPE, keys.vk.clone()));
+    let empty = tempfile::tempdir().expect("tempdir");
+    let none = Keys::read_only(empty.path()).err().expect("no keys");
+    assert!(none.to_string().contains("optio prove setup"), "{none}");
 
     let other = Shape { slots: 1, ..SHAPE };
     let missing = Keys::read(dir.path(), other)

@@ -245,7 +245,7 @@ async fn the_watchtower_flags_a_root_the_data_does_not_give() {
     let settler = Settler::new(c.provider.clone(), c.deployment.rollup, c.dir.path());
     assert_eq!(settler.post_pending().await.expect("posts"), 2);
     assert_eq!(
-        verify_l1(&c.provider, c.deployment.rollup)
+        verify_l1(&c.provider, c.deployment.rollup, None)
             .await
             .expect("verifies"),
         vec![Verdict::Agrees(1), Verdict::Agrees(2)]
@@ -274,7 +274,7 @@ async fn the_watchtower_flags_a_root_the_data_does_not_give() {
     ))
     .await
     .expect("commits");
-    let verdicts = verify_l1(&c.provider, c.deployment.rollup)
+    let verdicts = verify_l1(&c.provider, c.deployment.rollup, None)
         .await
         .expect("verifies");
     assert_eq!(verdicts.len(), 3);
@@ -295,7 +295,7 @@ async fn the_watchtower_flags_a_root_the_data_does_not_give() {
     ))
     .await
     .expect("commits");
-    let verdicts = verify_l1(&c.provider, c.deployment.rollup)
+    let verdicts = verify_l1(&c.provider, c.deployment.rollup, None)
         .await
         .expect("verifies");
     assert!(

@@ -33,3 +33,12 @@ pub fn get_text(addr: &str, path: &str) -> Option<String> {
 pub fn get(addr: &str, path: &str) -> Option<serde_json::Value> {
     serde_json::from_str(&get_text(addr, path)?).ok()
 }
+
+/// The API address (`127.0.0.1:port`) a starting devnet or node prints on its `JSON-RPC` line.
+pub fn api_url(lines: impl Iterator<Item = String>) -> Option<String> {
+    lines.into_iter().find_map(|l| {
+        l.trim()
+            .strip_prefix("JSON-RPC  http://")
+            .map(|u| u.trim_end_matches("/api/v2").to_owned())
+    })
+}
