@@ -428,6 +428,44 @@ fn write_batches(dir: &std::path::Path) {
     }
 }
 
+/// A rollup with the verifier on the embedded chain, the batches written as the node writes
+/// them, and a settler that has committed all five.
+struct Pipeline {
+    keys: Keys,
+    _chain: Chain,
+    provider: optio_settler::DynProvider,
+    verifier: alloy::primitives::Address,
+    rollup: alloy::primitives::Address,
+    dir: tempfile::TempDir,
+    settler: optio_settler::Settler,
+}
+
+impl Pipeline {
+    async fn start(seed: u64) -> Pipeline {
+        let (keys, _, chain, provider, verifier) = setup(seed).await;
+        let operator = optio_settler::signer_address(KEY).expect("address");
+        let genesis = U256::from_be_bytes(optio_state::poseidon::to_bytes(
+            &SettlementState::new().root(),
+        ));
+        let d = deploy_with_verifier(&provider, operator, genesis, 0, 3_600, U256::ZERO, verifier)
+            .await
+            .expect("rollup");
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_batches(dir.path());
+        let settler = optio_settler::Settler::new(provider.clone(), d.rollup, dir.path());
+        assert_eq!(settler.post_pending().await.expect("posts"), 5);
+        Pipeline {
+            keys,
+            _chain: chain,
+            provider,
+            verifier,
+            rollup: d.rollup,
+            dir,
+            settler,
+        }
+    }
+}
+
 /// The operator's pipeline with real proofs: the settler commits the batches, a prover worker
 /// writes proofs beside them, the settler submits them (aggregated; one at a time when the
 /// aggregate is refused because one proof file is wrong) and finalizes only proven batches, in
@@ -436,22 +474,11 @@ fn write_batches(dir: &std::path::Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_settler_submits_the_workers_proofs_and_finality_waits_for_them() {
     use optio_prover::worker::{proof_path, prove_pending};
-    use optio_settler::Settler;
 
-    let (keys, _, _chain, provider, verifier) = setup(5).await;
-    let operator = optio_settler::signer_address(KEY).expect("address");
-    let genesis = U256::from_be_bytes(optio_state::poseidon::to_bytes(
-        &SettlementState::new().root(),
-    ));
-    let d = deploy_with_verifier(&provider, operator, genesis, 0, 3_600, U256::ZERO, verifier)
-        .await
-        .expect("rollup");
-    let rollup = OptioRollup::new(d.rollup, &provider);
-    let dir = tempfile::tempdir().expect("tempdir");
-    write_batches(dir.path());
-    let settler = Settler::new(provider.clone(), d.rollup, dir.path());
-    assert_eq!(settler.verifier().await.expect("reads"), Some(verifier));
-    assert_eq!(settler.post_pending().await.expect("posts"), 5);
+    let p = Pipeline::start(5).await;
+    let (keys, provider, dir, settler) = (&p.keys, &p.provider, &p.dir, &p.settler);
+    let rollup = OptioRollup::new(p.rollup, provider);
+    assert_eq!(settler.verifier().await.expect("reads"), Some(p.verifier));
     assert_eq!(
         settler.prove_pending().await.expect("runs"),
         0,
@@ -466,7 +493,7 @@ async fn the_settler_submits_the_workers_proofs_and_finality_waits_for_them() {
 
     let mut rng = StdRng::seed_from_u64(9);
     let stale = Duration::from_secs(600);
-    let outcomes = prove_pending(dir.path(), &keys, &mut rng, stale, |_| {}).expect("worker");
+    let outcomes = prove_pending(dir.path(), keys, &mut rng, stale, |_| {}).expect("worker");
     assert_eq!(outcomes.len(), 5, "four proofs and one batch too large");
     // Batch 4's proof file names batch 5's commitment: the aggregate fails, each alone lands
     // but that one.
@@ -523,21 +550,11 @@ async fn the_settler_submits_the_workers_proofs_and_finality_waits_for_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_watchtower_names_a_batch_proven_with_other_ops_than_posted() {
     use optio_prover::worker::prove_pending;
-    use optio_settler::{Settler, Verdict, verify_l1};
+    use optio_settler::{Verdict, verify_l1};
 
-    let (keys, _, _chain, provider, verifier) = setup(6).await;
-    let operator = optio_settler::signer_address(KEY).expect("address");
-    let genesis = U256::from_be_bytes(optio_state::poseidon::to_bytes(
-        &SettlementState::new().root(),
-    ));
-    let d = deploy_with_verifier(&provider, operator, genesis, 0, 3_600, U256::ZERO, verifier)
-        .await
-        .expect("rollup");
-    let rollup = OptioRollup::new(d.rollup, &provider);
-    let dir = tempfile::tempdir().expect("tempdir");
-    write_batches(dir.path());
-    let settler = Settler::new(provider.clone(), d.rollup, dir.path());
-    assert_eq!(settler.post_pending().await.expect("posts"), 5);
+    let p = Pipeline::start(6).await;
+    let (keys, provider, dir, settler) = (&p.keys, &p.provider, &p.dir, &p.settler);
+    let rollup = OptioRollup::new(p.rollup, provider);
 
     // Batch 4 posted one deposit of 77 to account 1; prove two that sum to it instead.
     let mut state = SettlementState::new();
@@ -558,20 +575,13 @@ async fn the_watchtower_names_a_batch_proven_with_other_ops_than_posted() {
     let mut rng = StdRng::seed_from_u64(11);
     let w = witness(&state, &other, SHAPE).expect("fits");
     let public = w.public;
-    let proof = prove(&keys, w, &mut rng).expect("proves");
+    let proof = prove(keys, w, &mut rng).expect("proves");
     let commitment = U256::from_be_bytes(optio_state::poseidon::to_bytes(&public.commitment));
     transact(rollup.verifyBatch(U256::from(4), commitment, words(&solidity::proof(&proof))))
         .await
         .expect("the contract cannot tell");
     // The others honestly, by the worker and the settler.
-    prove_pending(
-        dir.path(),
-        &keys,
-        &mut rng,
-        Duration::from_secs(600),
-        |_| {},
-    )
-    .expect("worker");
+    prove_pending(dir.path(), keys, &mut rng, Duration::from_secs(600), |_| {}).expect("worker");
     assert_eq!(
         settler.prove_pending().await.expect("runs"),
         3,
@@ -581,7 +591,7 @@ async fn the_watchtower_names_a_batch_proven_with_other_ops_than_posted() {
     let data = |state: &SettlementState, ops: &[Op]| {
         optio_prover::data_commitment(state, ops).map_err(|e| e.to_string())
     };
-    let verdicts = verify_l1(&provider, d.rollup, Some(&data))
+    let verdicts = verify_l1(provider, p.rollup, Some(&data))
         .await
         .expect("verifies");
     let posted = optio_prover::data_commitment(&state, &batches()[3]).expect("commits");
@@ -603,8 +613,6 @@ async fn the_watchtower_names_a_batch_proven_with_other_ops_than_posted() {
         }
     }
     // Without the commitment check, the roots alone agree everywhere.
-    let roots_only = verify_l1(&provider, d.rollup, None)
-        .await
-        .expect("verifies");
+    let roots_only = verify_l1(provider, p.rollup, None).await.expect("verifies");
     assert!(roots_only.iter().all(|v| matches!(v, Verdict::Agrees(_))));
 }
