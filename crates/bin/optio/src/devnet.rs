@@ -382,10 +382,7 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
         )),
         None => None,
     };
-    let capacity = keys.as_ref().map(|k| {
-        let shape = k.shape;
-        optio_state::Capacity::new(move |state, ops| optio_prover::fits(state, ops, shape).is_ok())
-    });
+    let capacity = keys.as_ref().map(|k| crate::prove::capacity(k.shape));
     let config = Config {
         oracle_key: Some(oracle.public_key()),
         batch_max_age_ms: args

@@ -16,6 +16,8 @@
 //! snapshot_every = 100000        # inputs between snapshots (0: never)
 //! l1_rpc = "http://127.0.0.1:8545"   # post batches to this chain (operator key: OPTIO_L1_KEY)
 //! rollup = "0x…"                     # the OptioRollup contract
+//! prove_keys = "/var/lib/optio-keys" # cut batches to fit this circuit (`optio prove setup`);
+//!                                    # prove them with `optio prove run` workers
 //!
 //! [[instrument]]
 //! name = "BTC-PERPETUAL"
@@ -59,6 +61,10 @@ pub struct NodeArgs {
     /// (overrides the file; default 2).
     #[arg(long, env = "OPTIO_L1_CONFIRMATIONS")]
     pub l1_confirmations: Option<u64>,
+    /// Cut batches so that the circuit of the keys in this directory (`optio prove setup`)
+    /// holds each, for `optio prove run` workers to prove (overrides the file).
+    #[arg(long, env = "OPTIO_PROVE_KEYS")]
+    pub prove_keys: Option<PathBuf>,
     /// Stop after this many seconds (tests).
     #[arg(long)]
     pub duration_s: Option<u64>,
@@ -80,6 +86,7 @@ struct FileConfig {
     l1_rpc: Option<String>,
     rollup: Option<String>,
     l1_confirmations: Option<u64>,
+    prove_keys: Option<PathBuf>,
     #[serde(default)]
     instrument: Vec<InstrumentEntry>,
 }
@@ -155,6 +162,12 @@ pub fn run(args: NodeArgs) -> Result<()> {
     }
     if let Some(r) = file.owner_orders_per_second {
         config.owner_orders_per_second = r;
+    }
+    if let Some(dir) = args.prove_keys.clone().or(file.prove_keys.clone()) {
+        let shape =
+            optio_prover::Keys::shape_in(&dir).map_err(|e| anyhow::anyhow!("prove_keys: {e}"))?;
+        tracing::info!(shape = %shape.name(), "batches cut to fit the circuit");
+        config.batch_capacity = Some(crate::prove::capacity(shape));
     }
     let specs = file
         .instrument

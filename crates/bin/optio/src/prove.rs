@@ -125,6 +125,11 @@ pub struct ProveArgs {
     cmd: ProveCmd,
 }
 
+/// The batch capacity of a circuit shape: a batcher given it cuts only batches the shape holds.
+pub(crate) fn capacity(shape: optio_prover::Shape) -> optio_state::Capacity {
+    optio_state::Capacity::new(move |state, ops| optio_prover::fits(state, ops, shape).is_ok())
+}
+
 /// A prover worker on `batches`: proves what no other worker holds, prints each outcome after
 /// `prefix`, then (unless `once`) follows the directory for new batches.
 pub(crate) fn work(

@@ -805,6 +805,24 @@ impl World {
     /// It starts once the batcher has taken every input so far, so that what it posts (and so
     /// the blocks it mines) depends on the sequence alone, not on the batcher thread's timing.
     fn settler_round(&mut self) -> Result<()> {
+        self.batcher_caught_up()?;
+        let link: Arc<dyn optio_settler::NodeLink> =
+            Arc::new(crate::settle::Link(self.gateway.clone().expect("up")));
+        self.runtime
+            .block_on(optio_settler::round(
+                &self.l1.settler,
+                &link,
+                L1_CONFIRMATIONS,
+            ))
+            .context("a settler round")?;
+        self.stats.settler_rounds += 1;
+        self.gateway()
+            .check_invariants()
+            .map_err(anyhow::Error::msg)
+    }
+
+    /// Waits until the batcher has taken every input sequenced so far.
+    fn batcher_caught_up(&self) -> Result<()> {
         let last = self.gateway().next_seq() - 1;
         let deadline = Instant::now() + Duration::from_secs(30);
         while !self
@@ -819,19 +837,7 @@ impl World {
             );
             std::thread::sleep(Duration::from_millis(1));
         }
-        let link: Arc<dyn optio_settler::NodeLink> =
-            Arc::new(crate::settle::Link(self.gateway.clone().expect("up")));
-        self.runtime
-            .block_on(optio_settler::round(
-                &self.l1.settler,
-                &link,
-                L1_CONFIRMATIONS,
-            ))
-            .context("a settler round")?;
-        self.stats.settler_rounds += 1;
-        self.gateway()
-            .check_invariants()
-            .map_err(anyhow::Error::msg)
+        Ok(())
     }
 
     fn reorg(&mut self) -> Result<()> {
@@ -1001,7 +1007,10 @@ impl World {
     fn settle(&mut self) -> Result<()> {
         self.l1.chain.mine(L1_CONFIRMATIONS);
         self.settler_round()?;
-        // The last batch is cut once it is old enough.
+        // The last batch is cut once it is old enough. The round may have sequenced L1
+        // operations: the batcher takes them first, or each would be cut into a batch of its
+        // own after the jump, as many as the batcher thread lagged (a race seen under load).
+        self.batcher_caught_up()?;
         self.clock.advance(self.config.batch_max_age_ms + 1);
         let last = self.gateway().next_seq() - 1;
         let batches = self.dir.path().join("batches");

@@ -120,3 +120,79 @@ fn the_devnet_proves_its_batches_and_l1_verifies_them() {
     assert!(check.status.success(), "optio prove check: {out}");
     assert!(out.contains("every proof checks"), "{out}");
 }
+
+/// `optio node` with `prove_keys` in its file: its batches are cut to the keys' shape (12
+/// listings and activations, at most 8 listing slots a batch), so that `optio prove run`
+/// workers, run apart from the node, prove every one of them.
+#[test]
+fn a_node_cuts_its_batches_for_external_provers() {
+    let optio = env!("CARGO_BIN_EXE_optio");
+    let keys = tempfile::tempdir().expect("tempdir");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys_dir = keys.path().to_str().expect("utf-8");
+    let setup = Command::new(optio)
+        .args(["prove", "setup", "--keys", keys_dir])
+        .args(SHAPE)
+        .status()
+        .expect("runs");
+    assert!(setup.success(), "optio prove setup");
+    let instruments: String = [1000, 2000, 3000, 4000, 5000]
+        .iter()
+        .map(|k| {
+            format!("[[instrument]]\nname = \"ETH-26MAR27-{k}-C\"\nunderlying_cap = \"20000\"\n")
+        })
+        .collect();
+    let config = dir.path().join("optio.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\ndata = \"{}\"\nprove_keys = \"{keys_dir}\"\n\n[[instrument]]\nname = \"BTC-PERPETUAL\"\nunderlying_cap = \"400000\"\n{instruments}",
+            dir.path().join("data").display()
+        ),
+    )
+    .expect("write config");
+    let node = Command::new(optio)
+        .args(["node", "--config"])
+        .arg(&config)
+        .args(["--duration-s", "4"])
+        .env("OPTIO_SEQUENCER_KEY", format!("0x{}", "11".repeat(32)))
+        .output()
+        .expect("runs");
+    assert!(node.status.success(), "{node:?}");
+
+    let batches = dir.path().join("data").join("batches");
+    let blobs = std::fs::read_dir(&batches)
+        .expect("batches")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "blob"))
+        })
+        .count();
+    assert_eq!(blobs, 2, "12 listing ops in batches of at most 8");
+    let batches = batches.to_str().expect("utf-8");
+    let run = Command::new(optio)
+        .args([
+            "prove",
+            "run",
+            "--once",
+            "--batches",
+            batches,
+            "--keys",
+            keys_dir,
+        ])
+        .args(SHAPE)
+        .output()
+        .expect("runs");
+    let out = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{out}");
+    assert_eq!(out.matches("proven in").count(), 2, "{out}");
+    assert!(!out.contains("not provable"), "{out}");
+    let check = Command::new(optio)
+        .args(["prove", "check", "--batches", batches, "--keys", keys_dir])
+        .args(SHAPE)
+        .output()
+        .expect("runs");
+    let out = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{out}");
+    assert!(out.starts_with("2 batches proven"), "{out}");
+}

@@ -106,6 +106,11 @@ impl Keys {
     /// Reads the one set of keys in `dir`, whatever its shape (named by its files); an error if
     /// there is none or more than one.
     pub fn read_only(dir: &Path) -> Result<Keys, ProveError> {
+        Self::read(dir, Self::shape_in(dir)?)
+    }
+
+    /// The shape of the one set of keys in `dir` (from its files' name, without reading them).
+    pub fn shape_in(dir: &Path) -> Result<Shape, ProveError> {
         let bad = |why: String| ProveError::KeyFile {
             path: dir.display().to_string(),
             why,
@@ -116,7 +121,7 @@ impl Keys {
             .filter_map(|name| Shape::from_name(name.strip_suffix(".vk")?))
             .collect();
         match shapes[..] {
-            [shape] => Self::read(dir, shape),
+            [shape] => Ok(shape),
             [] => Err(bad(
                 "no keys (make them with optio prove setup --keys DIR)".into()
             )),
