@@ -129,11 +129,11 @@ contract Groth16Verifier {
             if (input[j] >= R) return false;
             sums.inputs[j] = addmod(sums.inputs[j], mulmod(r, input[j], R), R);
         }
-        (bool ok, uint256 x, uint256 y) = _mul(proof[0], proof[1], r);
+        (bool ok, uint256 x, uint256 y) = _scale(proof[0], proof[1], r);
         if (!ok) return false;
         uint256 o = 6 * i;
         _pair(pairs, o, x, _neg(y), proof[2], proof[3], proof[4], proof[5]);
-        (ok, x, y) = _mul(proof[6], proof[7], r);
+        (ok, x, y) = _scale(proof[6], proof[7], r);
         if (!ok) return false;
         (ok, sums.cx, sums.cy) = i == 0 ? (true, x, y) : _add(sums.cx, sums.cy, x, y);
         return ok;
@@ -142,7 +142,7 @@ contract Groth16Verifier {
     /// `s0 * IC0 + sum w_j * IC_(j+1)`.
     function _vkx(uint256 s0, uint256[INPUTS] memory w) internal view returns (bool, uint256, uint256) {
         uint256[2][6] memory ic = [[ic0X, ic0Y], [ic1X, ic1Y], [ic2X, ic2Y], [ic3X, ic3Y], [ic4X, ic4Y], [ic5X, ic5Y]];
-        (bool ok, uint256 x, uint256 y) = _mul(ic[0][0], ic[0][1], s0);
+        (bool ok, uint256 x, uint256 y) = _scale(ic[0][0], ic[0][1], s0);
         for (uint256 j = 0; j < INPUTS && ok; j++) {
             (bool okm, uint256 px, uint256 py) = _mul(ic[j + 1][0], ic[j + 1][1], w[j]);
             if (!okm) return (false, 0, 0);
@@ -171,6 +171,14 @@ contract Groth16Verifier {
             ok := staticcall(gas(), 0x06, input, 128, out, 64)
         }
         return (ok, out[0], out[1]);
+    }
+
+    /// `s * P`, without the precompile when `s` is 1 (one proof's IC0, the first proof's weight
+    /// in `verifyMany`: 6,000 gas each). A point not on the curve is still refused: the pairing
+    /// or the addition that takes it fails.
+    function _scale(uint256 px, uint256 py, uint256 s) internal view returns (bool, uint256, uint256) {
+        if (s == 1) return (true, px, py);
+        return _mul(px, py, s);
     }
 
     function _mul(uint256 px, uint256 py, uint256 s) internal view returns (bool ok, uint256 x, uint256 y) {
