@@ -171,6 +171,20 @@ fn random_batch(rng: &mut ChaCha8Rng, state: &SettlementState, priority: &mut u6
             },
         });
     }
+    // Session keys from a small set (so that some are renewed or revoked), some expiring.
+    for _ in 0..rng.random_range(0..=SHAPE.keys) {
+        let at_ms = rng.random_range(0..5_000);
+        ops.push(Op::SessionKey {
+            account: AccountId(rng.random_range(0..n)),
+            key: Address([rng.random_range(1..7u8); 20]),
+            expiry_ms: if rng.random_bool(0.2) {
+                0
+            } else {
+                at_ms + rng.random_range(1..3_000)
+            },
+            at_ms,
+        });
+    }
     ops.push(Op::Mark {
         instrument: InstrumentId(rng.random_range(0..2)),
         mark: Price(rng.random_range(1..100_000) * MONEY_SCALE),
@@ -193,7 +207,8 @@ fn random_batches_satisfy_the_circuit_with_the_native_root() {
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let mut state = genesis(6);
     let mut priority = 0;
-    for round in 0..4 {
+    let mut keys_seen = 0;
+    for round in 0..6 {
         let ops = random_batch(&mut rng, &state, &mut priority);
         let w = witness(&state, &ops, SHAPE).expect("covered ops");
         let next = after(&state, &ops);
@@ -205,8 +220,17 @@ fn random_batches_satisfy_the_circuit_with_the_native_root() {
         );
         assert_eq!(w.public.priority_after, next.priority_served());
         check(&w).unwrap_or_else(|e| panic!("round {round}: {e}"));
+        keys_seen += ops
+            .iter()
+            .filter(|o| matches!(o, Op::SessionKey { .. }))
+            .count();
         state = next;
     }
+    assert!(
+        keys_seen >= 6,
+        "session keys in the random batches: {keys_seen}"
+    );
+    assert!(state.accounts().iter().any(|a| !a.keys.is_empty()));
 }
 
 fn batch_of(state: &SettlementState, ops: &[Op]) -> BatchWitness {
