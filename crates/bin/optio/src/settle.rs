@@ -247,6 +247,18 @@ pub fn verify(args: VerifyArgs) -> Result<()> {
             bail!("{bad} of {} committed batches fail verification", verdicts.len());
         }
         println!("all {} committed batches verified from L1 data", verdicts.len());
+        // How far validity proofs reach (a rollup without a verifier proves nothing).
+        let progress = optio_settler::Settler::new(provider.clone(), rollup, std::path::Path::new(""))
+            .progress()
+            .await?;
+        if progress.proven > 0 {
+            println!(
+                "batches 1 to {} proven on L1, each with its posted data's ops commitment; {} finalized",
+                progress.proven, progress.finalized
+            );
+        } else {
+            println!("no batch proven on L1 yet; {} finalized", progress.finalized);
+        }
         Ok(())
     })
 }

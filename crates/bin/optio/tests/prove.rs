@@ -81,6 +81,16 @@ fn the_devnet_proves_its_batches_and_l1_verifies_them() {
             .expect("starts"),
     );
     let mut lines = BufReader::new(child.0.stdout.take().expect("stdout")).lines();
+    let chain_line = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.contains("L1 chain  http://127.0.0.1:"))
+        .expect("starts its embedded chain");
+    let words: Vec<&str> = chain_line.split_whitespace().collect();
+    let (chain_url, rollup) = (
+        words[2].to_owned(),
+        words[words.iter().position(|w| *w == "rollup").expect("rollup") + 1].to_owned(),
+    );
     let addr = common::api_url(lines.by_ref().map_while(Result::ok)).expect("prints the API URL");
     std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
 
@@ -100,6 +110,17 @@ fn the_devnet_proves_its_batches_and_l1_verifies_them() {
     assert!(
         metric(&metrics, "optio_l1_committed_seq") >= metric(&metrics, "optio_l1_proven_seq"),
         "{metrics}"
+    );
+    // The watchtower agrees from L1 alone, proofs included.
+    let verify = Command::new(optio)
+        .args(["verify", "--rpc", &chain_url, "--rollup", &rollup])
+        .output()
+        .expect("runs");
+    let out = String::from_utf8_lossy(&verify.stdout);
+    assert!(verify.status.success(), "optio verify: {out}");
+    assert!(
+        out.contains("proven on L1, each with its posted data's ops commitment"),
+        "{out}"
     );
     drop(child);
 
