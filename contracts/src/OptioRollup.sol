@@ -22,11 +22,11 @@ interface IGroth16Verifier {
 /// `verifyBatch` (or many to `verifyBatches`, one pairing check); the verifier checks it against
 /// the batch's roots and L1 priority counts as committed here and the ops commitment the proof
 /// names, and the batch is marked proven. A rollup deployed with a verifier finalizes only
-/// proven batches, `finalizationDelay` after their proof; one deployed without (the devnet's,
-/// since the circuit does not cover listings, liquidations, expiries and session keys yet)
-/// finalizes after the delay alone. Not yet here: binding the proof's commitment to the posted
-/// data bytes (the proof does not check `dataHash` yet: `optio prove check` compares them
-/// off-chain), the authorization challenge and slashing of the bond. Until then the contract trusts the operator's withdrawal list, which
+/// proven batches, `finalizationDelay` after their proof; one deployed without (the default
+/// devnet's: proving every batch takes more cores than a laptop has) finalizes after the delay
+/// alone. Not yet here: binding the proof's commitment to the posted data bytes (the proof does
+/// not check `dataHash` yet: `optio verify` compares them off-chain and raises an alert), the
+/// authorization challenge and slashing of the bond. Until then the contract trusts the operator's withdrawal list, which
 /// the posted data lets anyone audit. There are no admin functions (nothing to change, so
 /// nothing to timelock).
 contract OptioRollup {

@@ -1730,7 +1730,7 @@ impl Gateway {
         if let (Some(stats), Some((proven, unprovable, seconds))) = (batch_stats, proving) {
             out.push_str("# HELP optio_batches_proven_total Batches with a validity proof (optio prove run).\n# TYPE optio_batches_proven_total counter\n");
             out.push_str(&format!("optio_batches_proven_total {proven}\n"));
-            out.push_str("# HELP optio_batches_unprovable_total Batches with an op the circuit does not cover yet.\n# TYPE optio_batches_unprovable_total counter\n");
+            out.push_str("# HELP optio_batches_unprovable_total Batches the circuit cannot prove (too large for the shape, or ops in an order it does not keep).\n# TYPE optio_batches_unprovable_total counter\n");
             out.push_str(&format!("optio_batches_unprovable_total {unprovable}\n"));
             out.push_str("# HELP optio_proving_lag_batches Written batches neither proven nor marked unprovable.\n# TYPE optio_proving_lag_batches gauge\n");
             out.push_str(&format!(

@@ -21,7 +21,7 @@ use crate::witness::{self, BatchWitness, PublicInputs, Shape, WitnessError};
 /// Why no proof was made.
 #[derive(Debug, thiserror::Error)]
 pub enum ProveError {
-    /// No witness (an op the circuit does not cover, or a batch too large for the shape).
+    /// No witness (a batch too large for the shape, or ops out of the order the circuit keeps).
     #[error(transparent)]
     Witness(#[from] WitnessError),
     /// The batch breaks a rule of the circuit: it cannot be proven.

@@ -5,8 +5,9 @@
 //! than `stale_after` (its worker died) may be taken over. Each worker rebuilds the state from
 //! the blobs on its own, so none depends on another's progress.
 //!
-//! A batch the circuit does not cover yet gets `NNNNNNNN.unprovable` with the reason instead; the
-//! batches after it are still proven (each proof stands alone: old root to new root).
+//! A batch the circuit cannot prove (too large for the shape, or ops in an order it does not
+//! keep) gets `NNNNNNNN.unprovable` with the reason instead; the batches after it are still
+//! proven (each proof stands alone: old root to new root).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -32,7 +33,7 @@ pub enum Outcome {
         /// Proving time.
         seconds: f64,
     },
-    /// The circuit does not cover it; why.
+    /// The circuit cannot prove it; why.
     Unprovable {
         /// Batch number.
         batch: u64,
