@@ -920,3 +920,79 @@ fn session_keys_are_registered_expired_and_revoked_as_natively() {
         "a key dropped that had not expired at `at`"
     );
 }
+
+/// Random deficits (a leveraged long closed far below its price) covered in random parts from
+/// insurance, the fee pool and shares of one to three other accounts, beside other ops: the
+/// circuit agrees with the native root every time.
+#[test]
+fn random_deficit_covers_satisfy_the_circuit_with_the_native_root() {
+    let mut rng = ChaCha8Rng::seed_from_u64(21);
+    for round in 0..6 {
+        let entry = rng.random_range(100_000..150_000) * MONEY_SCALE;
+        let exit = rng.random_range(20_000..40_000) * MONEY_SCALE;
+        let state = after(
+            &genesis(6),
+            &[
+                Op::Fill {
+                    instrument: InstrumentId(0),
+                    maker: AccountId(0),
+                    taker: AccountId(1),
+                    taker_side: Side::Buy,
+                    price: Price(entry),
+                    qty: Qty(20 * QTY_SCALE),
+                },
+                Op::Liquidation {
+                    account: AccountId(1),
+                    counterparty: AccountId(2),
+                    instrument: InstrumentId(0),
+                    qty: Qty(-20 * QTY_SCALE),
+                    price: Price(exit),
+                    fee: Amount(rng.random_range(0..1_000) * MONEY_SCALE),
+                },
+            ],
+        );
+        let deficit = -state.accounts()[1].collateral.0;
+        assert!(deficit > 0, "round {round}");
+        let (insurance, fees) = state.funds();
+        let from_insurance = rng.random_range(0..=insurance.0.min(deficit));
+        let from_fees = rng.random_range(0..=fees.0.min(deficit - from_insurance));
+        let socialized = deficit - from_insurance - from_fees;
+        // Some of accounts 3 to 5 (each within its cash), then the maker, who sold at the high
+        // price, for the rest.
+        let mut sharers: Vec<u32> = [3, 4, 5]
+            .into_iter()
+            .filter(|_| rng.random_bool(0.6))
+            .collect();
+        sharers.push(0);
+        let mut ops = vec![Op::Deposit {
+            account: AccountId(4),
+            amount: Amount(7),
+        }];
+        let mut left = socialized;
+        for (k, a) in sharers.iter().enumerate() {
+            let share = if k + 1 == sharers.len() {
+                left
+            } else {
+                rng.random_range(0..=left.min(state.accounts()[*a as usize].collateral.0))
+            };
+            left -= share;
+            if share > 0 {
+                ops.push(Op::LossShared {
+                    account: AccountId(*a),
+                    amount: Amount(share),
+                });
+            }
+        }
+        ops.push(Op::DeficitCovered {
+            account: AccountId(1),
+            insurance: Amount(from_insurance),
+            fee_pool: Amount(from_fees),
+            socialized: Amount(socialized),
+        });
+        let w = batch_of(&state, &ops);
+        let native = after(&state, &ops);
+        assert_eq!(w.public.new_root, native.root(), "round {round}");
+        assert_eq!(native.accounts()[1].collateral, Amount(0), "round {round}");
+        check(&w).unwrap_or_else(|e| panic!("round {round}: {e}"));
+    }
+}
