@@ -31,16 +31,8 @@ fn devnet_serves_a_live_market_and_stops_by_itself() {
         .expect("starts");
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
     // The embedded chain's URL and the rollup's address.
-    let chain_line = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find(|l| l.contains("L1 chain  http://127.0.0.1:"))
-        .expect("starts its embedded chain");
-    let words: Vec<&str> = chain_line.split_whitespace().collect();
-    let (chain_url, rollup) = (
-        words[2].to_owned(),
-        words[words.iter().position(|w| *w == "rollup").expect("rollup") + 1].to_owned(),
-    );
+    let (chain_url, rollup) =
+        common::chain_of(lines.by_ref().map_while(Result::ok)).expect("starts its embedded chain");
     let url = common::api_url(lines.by_ref().map_while(Result::ok)).expect("prints the API URL");
     let mut seen_funded = false;
     for line in lines.by_ref().map_while(Result::ok) {

@@ -49,18 +49,25 @@ fn metric(text: &str, name: &str) -> Option<u64> {
         .find_map(|l| l.strip_prefix(&format!("{name} "))?.trim().parse().ok())
 }
 
-#[test]
-fn the_devnet_proves_its_batches_and_l1_verifies_them() {
-    let optio = env!("CARGO_BIN_EXE_optio");
+/// Keys of `SHAPE`, made by `optio prove setup` in a fresh directory.
+fn small_keys() -> tempfile::TempDir {
     let keys = tempfile::tempdir().expect("tempdir");
-    let data = tempfile::tempdir().expect("tempdir");
-    let keys_dir = keys.path().to_str().expect("utf-8");
-    let setup = Command::new(optio)
-        .args(["prove", "setup", "--keys", keys_dir])
+    let setup = Command::new(env!("CARGO_BIN_EXE_optio"))
+        .args(["prove", "setup", "--keys"])
+        .arg(keys.path())
         .args(SHAPE)
         .status()
         .expect("runs");
     assert!(setup.success(), "optio prove setup");
+    keys
+}
+
+#[test]
+fn the_devnet_proves_its_batches_and_l1_verifies_them() {
+    let optio = env!("CARGO_BIN_EXE_optio");
+    let keys = small_keys();
+    let data = tempfile::tempdir().expect("tempdir");
+    let keys_dir = keys.path().to_str().expect("utf-8");
 
     let mut child = Killed(
         Command::new(optio)
@@ -81,16 +88,8 @@ fn the_devnet_proves_its_batches_and_l1_verifies_them() {
             .expect("starts"),
     );
     let mut lines = BufReader::new(child.0.stdout.take().expect("stdout")).lines();
-    let chain_line = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find(|l| l.contains("L1 chain  http://127.0.0.1:"))
-        .expect("starts its embedded chain");
-    let words: Vec<&str> = chain_line.split_whitespace().collect();
-    let (chain_url, rollup) = (
-        words[2].to_owned(),
-        words[words.iter().position(|w| *w == "rollup").expect("rollup") + 1].to_owned(),
-    );
+    let (chain_url, rollup) =
+        common::chain_of(lines.by_ref().map_while(Result::ok)).expect("starts its embedded chain");
     let addr = common::api_url(lines.by_ref().map_while(Result::ok)).expect("prints the API URL");
     std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
 
@@ -148,15 +147,9 @@ fn the_devnet_proves_its_batches_and_l1_verifies_them() {
 #[test]
 fn a_node_cuts_its_batches_for_external_provers() {
     let optio = env!("CARGO_BIN_EXE_optio");
-    let keys = tempfile::tempdir().expect("tempdir");
+    let keys = small_keys();
     let dir = tempfile::tempdir().expect("tempdir");
     let keys_dir = keys.path().to_str().expect("utf-8");
-    let setup = Command::new(optio)
-        .args(["prove", "setup", "--keys", keys_dir])
-        .args(SHAPE)
-        .status()
-        .expect("runs");
-    assert!(setup.success(), "optio prove setup");
     let instruments: String = [1000, 2000, 3000, 4000, 5000]
         .iter()
         .map(|k| {

@@ -901,6 +901,9 @@ pub struct Settler {
     provider: DynProvider,
     rollup: Address,
     batches: PathBuf,
+    /// The rollup's verifier once read (immutable in the contract: read once, not thrice a
+    /// round).
+    verifier: std::sync::OnceLock<Option<Address>>,
 }
 
 impl Settler {
@@ -910,6 +913,7 @@ impl Settler {
             provider,
             rollup,
             batches: batches.to_owned(),
+            verifier: std::sync::OnceLock::new(),
         }
     }
 
@@ -977,12 +981,17 @@ impl Settler {
 
     /// The rollup's verifier, if it has one.
     pub async fn verifier(&self) -> Result<Option<Address>, SettlerError> {
+        if let Some(v) = self.verifier.get() {
+            return Ok(*v);
+        }
         let v = OptioRollup::new(self.rollup, &self.provider)
             .verifier()
             .call()
             .await
             .map_err(rpc)?;
-        Ok((v != Address::ZERO).then_some(v))
+        Ok(*self
+            .verifier
+            .get_or_init(|| (v != Address::ZERO).then_some(v)))
     }
 
     /// Submits the proofs on disk of committed, unfinalized batches the rollup does not hold as

@@ -42,3 +42,14 @@ pub fn api_url(lines: impl Iterator<Item = String>) -> Option<String> {
             .map(|u| u.trim_end_matches("/api/v2").to_owned())
     })
 }
+
+/// The embedded chain's URL and the rollup's address, from the `L1 chain` line a starting
+/// devnet prints.
+pub fn chain_of(lines: impl Iterator<Item = String>) -> Option<(String, String)> {
+    let line = lines
+        .into_iter()
+        .find(|l| l.contains("L1 chain  http://127.0.0.1:"))?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let rollup = words[words.iter().position(|w| *w == "rollup")? + 1];
+    Some((words.get(2)?.to_string(), rollup.to_owned()))
+}
