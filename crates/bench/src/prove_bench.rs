@@ -1,4 +1,5 @@
-//! Validity proofs: constraints per op slot and per mark slot, key generation and proving time
+//! Validity proofs: constraints per op slot and per mark (a path each, or a window of 64 ids
+//! sharing one), key generation and proving time
 //! per trade and peak memory on this machine, side by side with the measured anchor of a
 //! straightforward prototype (about 96k constraints and 1.6 to 2.9 s per trade on 2 cores); L1
 //! gas of the verifier on a real EVM (the embedded chain), one proof per transaction and many
@@ -37,6 +38,11 @@ pub struct Args {
     /// Skip proving (constraint counts and gas only need one small proof).
     #[arg(long)]
     no_prove: bool,
+    /// Also prove a devnet batch (16 fills and the marks of 58 instruments) in the devnet's
+    /// shape, with a path per mark and with one mark window of 64 ids (minutes: two key
+    /// generations of about 1.5M and 0.9M constraints).
+    #[arg(long)]
+    devnet: bool,
 }
 
 fn constraints(shape: Shape) -> anyhow::Result<usize> {
@@ -98,7 +104,9 @@ fn words<const N: usize>(ws: &[Word]) -> [U256; N] {
 
 /// Runs the benchmark.
 pub fn run(args: &Args) -> anyhow::Result<()> {
-    let risk_chunks = optio_pricing::risk::default_scenarios().len().div_ceil(3);
+    let risk_chunks = optio_pricing::risk::default_scenarios()
+        .len()
+        .div_ceil(optio_state::leaf::RISK_CHUNK);
     // Registers sized for the benchmark's batches: fills between a few accounts in one
     // instrument.
     let shape = |slots, accounts, positions, instruments, marks| Shape {
@@ -113,6 +121,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         marks,
         risk_chunks,
         keys: 0,
+        mark_window_bits: 0,
     };
     let with_listing = Shape {
         listings: 1,
@@ -143,7 +152,24 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     println!("  per instrument register (read once per batch)                 {per_instrument:>8}");
     println!(
         "  per mark slot ({} scenarios, once per instrument per batch)     {per_mark:>8}",
-        risk_chunks * 3
+        risk_chunks * optio_state::leaf::RISK_CHUNK
+    );
+    // The devnet's marks: 58 instruments (ids 0 to 57) each batch, one path each against
+    // one window of 64 ids sharing a path.
+    let marks_alone = |marks, mark_window_bits| {
+        constraints(Shape {
+            mark_window_bits,
+            ..shape(1, 1, 1, 1, marks)
+        })
+        .map(|n| n - base)
+    };
+    let (one_path_each, windowed) = (marks_alone(64, 0)?, marks_alone(1, 6)?);
+    println!(
+        "  58 to 64 marks with one path each (64 windows of one id)         {one_path_each:>8}"
+    );
+    println!(
+        "  the same in one window of 64 ids (one path, the subtree rebuilt) {windowed:>8}   ratio {:.2}",
+        windowed as f64 / one_path_each as f64
     );
     println!("  per listing, activation or expiry slot                        {per_listing:>8}");
     println!(
@@ -164,6 +190,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             (total / fills) as f64 / ANCHOR_CONSTRAINTS,
             (total / fills) as f64 / 40_000.0
         );
+    }
+
+    if args.devnet {
+        devnet_batch()?;
     }
 
     let mut rng = StdRng::seed_from_u64(1);
@@ -241,6 +271,86 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         gas[0] as f64 / floor_one as f64,
         precompile_floor(16) / 16,
         gas[2] as f64 / precompile_floor(16) as f64
+    );
+    Ok(())
+}
+
+/// The devnet's batch: 16 fills and the marks of its 58 instruments (33 scenarios each), proven
+/// in the devnet's shape with a path per mark (64 mark slots) and with one window of 64 ids.
+fn devnet_batch() -> anyhow::Result<()> {
+    let (mut state, mut ops) = fills(16);
+    let listings: Vec<Op> = (1..58u32)
+        .flat_map(|k| {
+            let name = format!("BTC-26MAR27-{}-C", 40_000 + 1_000 * k);
+            let spec = InstrumentSpec::with_defaults(
+                name.parse().expect("name"),
+                Price(200_000 * MONEY_SCALE),
+            );
+            [
+                Op::ListInstrument { spec },
+                Op::ActivateInstrument {
+                    instrument: InstrumentId(k),
+                },
+            ]
+        })
+        .collect();
+    state
+        .apply_batch(&listings)
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    state.commit();
+    let scenarios = optio_pricing::risk::default_scenarios().len();
+    ops.extend((0..58u32).map(|k| {
+        Op::Mark {
+            instrument: InstrumentId(k),
+            mark: Price((1_000 + i64::from(k)) * MONEY_SCALE),
+            risk: (0..scenarios)
+                .map(|s| Amount((s as i64 - 16) * 1_000 * MONEY_SCALE))
+                .collect(),
+        }
+    }));
+    let devnet = |marks, mark_window_bits| Shape {
+        slots: 16,
+        accounts: 16,
+        positions: 16,
+        instruments: 8,
+        listings: 4,
+        expiries: 4,
+        settlements: 2,
+        holders: 16,
+        marks,
+        risk_chunks: scenarios.div_ceil(optio_state::leaf::RISK_CHUNK),
+        keys: KEYS.min(4),
+        mark_window_bits,
+    };
+    println!(
+        "\nA devnet batch (16 fills, 58 marks of {scenarios} scenarios) in the devnet's shape"
+    );
+    let mut seconds = Vec::new();
+    for (label, shape) in [
+        ("one window of 64 ids", devnet(1, 6)),
+        ("a path per mark     ", devnet(64, 0)),
+    ] {
+        let mut rng = StdRng::seed_from_u64(2);
+        let t = Instant::now();
+        let keys = Keys::generate(shape, &mut rng).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let keygen = t.elapsed().as_secs_f64();
+        let w = witness(&state, &ops, shape).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let public = w.public;
+        let t = Instant::now();
+        let proof = prove(&keys, w, &mut rng).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let proving = t.elapsed().as_secs_f64();
+        anyhow::ensure!(verify(&keys.vk, &public, &proof), "the proof verifies");
+        println!(
+            "  {label} ({}): {:>9} constraints   keys {keygen:>6.1} s   proving {proving:>6.1} s   peak memory so far {:>6.0} MiB",
+            shape.name(),
+            constraints(shape)?,
+            peak_rss_mib()
+        );
+        seconds.push(proving);
+    }
+    println!(
+        "  proving time, window / path per mark: {:.2}",
+        seconds[0] / seconds[1]
     );
     Ok(())
 }

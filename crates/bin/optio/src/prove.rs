@@ -37,15 +37,30 @@ pub struct ShapeArgs {
     /// Positions each settlement slot may pay out.
     #[arg(long, default_value_t = 16)]
     holders: usize,
-    /// Mark slots per batch (instruments whose mark a batch may commit).
+    /// Mark windows per batch: each commits the marks of instruments in one aligned run of
+    /// `--mark-window` ids.
     #[arg(long, default_value_t = 8)]
     marks: usize,
+    /// Instrument ids a mark window spans (a power of two): its marks share one path of the
+    /// instruments tree. 1: a path per mark; the devnet's 58 instruments fit one window of 64.
+    #[arg(long, default_value_t = 1, value_parser = power_of_two)]
+    mark_window: usize,
     /// Risk-array scenarios a mark may carry.
     #[arg(long, default_value_t = 33)]
     risk_scenarios: usize,
     /// Session-key slots per batch (keys registered or revoked).
     #[arg(long, default_value_t = 4)]
     session_keys: usize,
+}
+
+fn power_of_two(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n.is_power_of_two() && n <= 1 << optio_state::leaf::INSTRUMENT_DEPTH => Ok(n),
+        _ => Err(format!(
+            "{s} is not a power of two up to 2^{}",
+            optio_state::leaf::INSTRUMENT_DEPTH
+        )),
+    }
 }
 
 impl ShapeArgs {
@@ -60,8 +75,9 @@ impl ShapeArgs {
             settlements: self.settlements,
             holders: self.holders,
             marks: self.marks,
-            risk_chunks: self.risk_scenarios.div_ceil(3),
+            risk_chunks: self.risk_scenarios.div_ceil(optio_state::leaf::RISK_CHUNK),
             keys: self.session_keys,
+            mark_window_bits: self.mark_window.trailing_zeros() as usize,
         }
     }
 }
@@ -175,7 +191,7 @@ pub fn run(args: ProveArgs) -> Result<()> {
             let generated = Keys::generate(shape, &mut os_rng()).map_err(|e| anyhow!("{e}"))?;
             generated.write(&keys).map_err(|e| anyhow!("{e}"))?;
             println!(
-                "keys {} ({} op slots, {} accounts, {} positions, {} instruments, {} listing and {} expiry slots, {} settlement slots of {} holders, {} mark slots, {} risk scenarios, {} session-key slots) written to {} in {:.1} s",
+                "keys {} ({} op slots, {} accounts, {} positions, {} instruments, {} listing and {} expiry slots, {} settlement slots of {} holders, {} mark windows of {} ids, {} risk scenarios, {} session-key slots) written to {} in {:.1} s",
                 shape.name(),
                 shape.slots,
                 shape.accounts,
@@ -186,7 +202,8 @@ pub fn run(args: ProveArgs) -> Result<()> {
                 shape.settlements,
                 shape.holders,
                 shape.marks,
-                shape.risk_chunks * 3,
+                shape.mark_window(),
+                shape.risk_chunks * optio_state::leaf::RISK_CHUNK,
                 shape.keys,
                 keys.display(),
                 t.elapsed().as_secs_f64()

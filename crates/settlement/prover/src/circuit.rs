@@ -32,14 +32,17 @@
 //!   activations apply before the op slots, expiries after;
 //! - an expired instrument settles at the value its committed spec gives the settlement price,
 //!   each holder paid and its position closed, payouts and the insurance credit summing to zero;
-//! - a mark slot replaces an instrument's mark and risk array (hashed in the circuit).
+//! - a mark window replaces the mark and risk array (hashed in the circuit) of the instruments
+//!   it marks among an aligned run of `2^mark_window_bits` ids: the run's subtree is rebuilt
+//!   from its leaves before and after, under one path, so the marks share the path above it;
+//!   windows in use come first, by index, so the marks enter the commitment by id.
 //!
 //! Not yet in the circuit (README, "Validity proofs"): the margin rule against the committed
 //! risk arrays; fills against the maker's and taker's signed order limits (orders are not in
 //! the posted data yet); binding the commitment to the posted bytes.
 
 use ark_relations::gr1cs::{ConstraintSynthesizer, ConstraintSystemRef, SynthesisError};
-use optio_state::leaf::{ACCOUNT_DEPTH, INSTRUMENT_DEPTH, status};
+use optio_state::leaf::{ACCOUNT_DEPTH, INSTRUMENT_DEPTH, RISK_CHUNK, status};
 use optio_state::poseidon::{Fr, from_i64};
 use optio_state::smt::empty_hashes;
 use optio_types::QTY_SCALE;
@@ -47,7 +50,7 @@ use optio_types::fixed::FEE_RATE_SCALE;
 
 use crate::gadgets::{Cs, R, Wire, pow2};
 use crate::witness::{
-    BatchWitness, InstrumentOp, KeySlot, MarkSlot, SettleSlot, Slot, SpecOpening, kind,
+    BatchWitness, InstrumentOp, KeySlot, MarkEntry, MarkWindow, SettleSlot, Slot, SpecOpening, kind,
 };
 
 /// The circuit of one batch (its witness; key generation uses an empty batch of the same shape).
@@ -379,9 +382,22 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
         cs.equal_if(&i.used, &i.enabled, &one())?;
     }
 
-    for (i, mark) in w.marks.iter().enumerate() {
-        cs.part(format!("mark slot {i}"));
-        mark_slot(cs, mark, &mut instruments_root, &mut st.commitment)?;
+    let bits = w.shape.mark_window_bits;
+    let mut previous: Option<(Wire, Wire)> = None;
+    for (i, window) in w.marks.iter().enumerate() {
+        cs.part(format!("mark window {i}"));
+        let (enabled, index) =
+            mark_window(cs, window, bits, &mut instruments_root, &mut st.commitment)?;
+        // Windows in use come first, by index (so the marks enter the commitment by id).
+        if let Some((enabled0, index0)) = &previous {
+            ordered(
+                cs,
+                &[enabled0.clone(), enabled.clone()],
+                &[index0.clone(), index.clone()],
+                INSTRUMENT_DEPTH as usize - bits,
+            )?;
+        }
+        previous = Some((enabled, index));
     }
     cs.part("the new root, priority count and commitment".into());
     cs.signed_range(&st.fee_pool, 64)?;
@@ -983,42 +999,87 @@ fn instrument_op(
     )
 }
 
-fn mark_slot(cs: &Cs, m: &MarkSlot, instruments_root: &mut Wire, commitment: &mut Wire) -> R<()> {
-    let enabled = cs.boolean(m.enabled)?;
-    let instrument = cs.witness(Fr::from(m.instrument))?;
-    let bits = cs.bits(&instrument, INSTRUMENT_DEPTH as usize)?;
-    cs.equal_if(&not(&enabled), &instrument, &Wire::zero())?;
-    let spec_hash = cs.witness(m.before.spec_hash)?;
-    let status = cs.witness(Fr::from(m.before.status))?;
-    let settlement = cs.witness(from_i64(m.before.settlement_price.0))?;
-    let old_leaf = cs.poseidon(&[
+/// A mark window: the subtree of `2^bits` instrument leaves from `index << bits` rebuilt from
+/// its leaves before (proven by one path against the running root), the marked entries' leaves
+/// opened and given their new mark and risk array, and the subtree rebuilt with them (the new
+/// root by the same path). Returns whether it is used, and its index.
+fn mark_window(
+    cs: &Cs,
+    w: &MarkWindow,
+    bits: usize,
+    instruments_root: &mut Wire,
+    commitment: &mut Wire,
+) -> R<(Wire, Wire)> {
+    let enabled = cs.boolean(w.enabled)?;
+    let index = cs.witness(Fr::from(w.index))?;
+    let index_bits = cs.bits(&index, INSTRUMENT_DEPTH as usize - bits)?;
+    cs.equal_if(&not(&enabled), &index, &Wire::zero())?;
+    let base = index.scale(Fr::from(1u64 << bits));
+    let (mut old_leaves, mut new_leaves) = (Vec::new(), Vec::new());
+    for (j, e) in w.entries.iter().enumerate() {
+        let id = base.add_const(Fr::from(j as u64));
+        let (old, new) = mark_entry(cs, e, &enabled, id, commitment)?;
+        old_leaves.push(old);
+        new_leaves.push(new);
+    }
+    let siblings = cs.witnesses(&w.siblings)?;
+    let old_root = cs.merkle_root(&subtree(cs, old_leaves)?, &index_bits, &siblings)?;
+    cs.equal_if(&enabled, &old_root, instruments_root)?;
+    let new_root = cs.merkle_root(&subtree(cs, new_leaves)?, &index_bits, &siblings)?;
+    *instruments_root = cs.select(&enabled, &new_root, instruments_root)?;
+    Ok((enabled, index))
+}
+
+/// The root of a complete binary tree over `leaves` (a power of two of them), left to right.
+fn subtree(cs: &Cs, mut level: Vec<Wire>) -> R<Wire> {
+    while level.len() > 1 {
+        level = level
+            .chunks(2)
+            .map(|pair| cs.poseidon(&[pair[0].clone(), pair[1].clone()]))
+            .collect::<R<_>>()?;
+    }
+    Ok(level.pop().expect("a window has an entry"))
+}
+
+/// One id of a mark window: its leaf before (opened if marked) and after. A marked entry gets
+/// the new mark and the hash of the new risk array, the rest of its leaf kept, and its record
+/// enters the commitment.
+fn mark_entry(
+    cs: &Cs,
+    e: &MarkEntry,
+    enabled: &Wire,
+    id: Wire,
+    commitment: &mut Wire,
+) -> R<(Wire, Wire)> {
+    let marked = cs.boolean(e.marked)?;
+    cs.equal_if(&marked, enabled, &one())?;
+    let leaf = cs.witness(e.leaf)?;
+    let spec_hash = cs.witness(e.before.spec_hash)?;
+    let status = cs.witness(Fr::from(e.before.status))?;
+    let settlement = cs.witness(from_i64(e.before.settlement_price.0))?;
+    let opened = cs.poseidon(&[
         spec_hash.clone(),
         status.clone(),
-        cs.witness(from_i64(m.before.mark.0))?,
-        cs.witness(m.before.risk_hash)?,
+        cs.witness(from_i64(e.before.mark.0))?,
+        cs.witness(e.before.risk_hash)?,
         settlement.clone(),
     ])?;
-    let siblings = cs.witnesses(&m.siblings)?;
-    let old_root = cs.merkle_root(&old_leaf, &bits, &siblings)?;
-    cs.equal_if(&enabled, &old_root, instruments_root)?;
+    cs.equal_if(&marked, &opened, &leaf)?;
 
-    let mark = cs.witness(m.mark)?;
+    let mark = cs.witness(e.mark)?;
     cs.signed_range(&mark, 64)?;
-    cs.equal_if(&not(&enabled), &mark, &Wire::zero())?;
-    // The risk array's hash, over its first `chunks` chunks of three.
-    let values = cs.witnesses(&m.risk)?;
+    cs.equal_if(&not(&marked), &mark, &Wire::zero())?;
+    // The risk array's hash, over its first `chunks` chunks of `RISK_CHUNK`.
+    let values = cs.witnesses(&e.risk)?;
     let mut risk_hash = Wire::zero();
-    let mut previous = enabled.clone();
-    for (k, chunk) in values.chunks(3).enumerate() {
-        let active = cs.boolean(k < m.chunks)?;
-        // Active chunks come first, and only in a used slot.
+    let mut previous = marked.clone();
+    for (k, chunk) in values.chunks(RISK_CHUNK).enumerate() {
+        let active = cs.boolean(k < e.chunks)?;
+        // Active chunks come first, and only in a marked entry.
         cs.equal_if(&active, &previous, &one())?;
-        let next = cs.poseidon(&[
-            risk_hash.clone(),
-            chunk[0].clone(),
-            chunk[1].clone(),
-            chunk[2].clone(),
-        ])?;
+        let mut inputs = vec![risk_hash.clone()];
+        inputs.extend_from_slice(chunk);
+        let next = cs.poseidon(&inputs)?;
         risk_hash = cs.select(&active, &next, &risk_hash)?;
         previous = active;
     }
@@ -1029,13 +1090,12 @@ fn mark_slot(cs: &Cs, m: &MarkSlot, instruments_root: &mut Wire, commitment: &mu
         risk_hash.clone(),
         settlement,
     ])?;
-    let new_root = cs.merkle_root(&new_leaf, &bits, &siblings)?;
-    *instruments_root = cs.select(&enabled, &new_root, instruments_root)?;
+    let after = cs.select(&marked, &new_leaf, &leaf)?;
     let record = [
-        enabled.scale(Fr::from(kind::MARK)),
+        marked.scale(Fr::from(kind::MARK)),
         Wire::zero(),
         Wire::zero(),
-        instrument,
+        cs.mul(&marked, &id)?,
         Wire::zero(),
         mark,
         Wire::zero(),
@@ -1043,5 +1103,6 @@ fn mark_slot(cs: &Cs, m: &MarkSlot, instruments_root: &mut Wire, commitment: &mu
         Wire::zero(),
         risk_hash,
     ];
-    absorb(cs, commitment, &enabled, record)
+    absorb(cs, commitment, &marked, record)?;
+    Ok((leaf, after))
 }

@@ -14,7 +14,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use optio_state::leaf::{self, ACCOUNT_DEPTH, INSTRUMENT_DEPTH, InstrumentLeaf, status};
+use optio_state::leaf::{
+    self, ACCOUNT_DEPTH, INSTRUMENT_DEPTH, InstrumentLeaf, RISK_CHUNK, status,
+};
 use optio_state::poseidon::{Fr, from_address, hash};
 use optio_state::smt::{NodeStore, Proof, SparseMerkleTree};
 use optio_state::{Op, SettlementState};
@@ -54,7 +56,7 @@ pub mod kind {
     pub const DEFICIT: u64 = 22;
     /// `Op::SessionKey` (session-key slots only).
     pub const SESSION_KEY: u64 = 23;
-    /// `Op::Mark` (mark slots only).
+    /// `Op::Mark` (mark windows only).
     pub const MARK: u64 = 24;
     /// `Op::L1Deposit`.
     pub const L1_DEPOSIT: u64 = 25;
@@ -75,8 +77,8 @@ pub mod kind {
     ];
 }
 
-/// The fixed shape of a circuit: how many op slots, registers and mark slots a batch may use,
-/// and how long a risk array may be (in chunks of three). Keys are generated per shape.
+/// The fixed shape of a circuit: how many op slots, registers and mark windows a batch may use,
+/// and how long a risk array may be (in chunks of `RISK_CHUNK`). Keys are generated per shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shape {
     /// Op slots (every op but marks takes one).
@@ -95,17 +97,21 @@ pub struct Shape {
     pub settlements: usize,
     /// Positions each settlement slot may pay out.
     pub holders: usize,
-    /// Mark slots (one per instrument whose mark the batch commits).
+    /// Mark windows: each commits the marks of the instruments in one aligned run of
+    /// `2^mark_window_bits` ids (with 0, one mark per window).
     pub marks: usize,
-    /// Risk array capacity, in chunks of three scenarios.
+    /// Risk array capacity, in chunks of `RISK_CHUNK` (11) scenarios.
     pub risk_chunks: usize,
     /// Session-key slots (applied after the op slots).
     pub keys: usize,
+    /// A mark window spans `2^mark_window_bits` instrument ids: its marks share one path of the
+    /// instruments tree (from the window's subtree root up) instead of one path each.
+    pub mark_window_bits: usize,
 }
 
 impl Shape {
     /// The name of its key files:
-    /// `batch-<slots>x<accounts>x<positions>x<instruments>x<listings>x<expiries>x<settlements>x<holders>x<marks>x<risk_chunks>x<keys>`.
+    /// `batch-<slots>x<accounts>x<positions>x<instruments>x<listings>x<expiries>x<settlements>x<holders>x<marks>x<risk_chunks>x<keys>x<mark_window_bits>`.
     pub fn name(&self) -> String {
         let fields = self.fields().map(|n| n.to_string());
         format!("batch-{}", fields.join("x"))
@@ -118,7 +124,10 @@ impl Shape {
             .split('x')
             .map(|x| x.parse().ok())
             .collect::<Option<_>>()?;
-        let n = <[usize; 11]>::try_from(n).ok()?;
+        let n = <[usize; 12]>::try_from(n).ok()?;
+        if n[11] > INSTRUMENT_DEPTH as usize {
+            return None;
+        }
         Some(Shape {
             slots: n[0],
             accounts: n[1],
@@ -131,11 +140,12 @@ impl Shape {
             marks: n[8],
             risk_chunks: n[9],
             keys: n[10],
+            mark_window_bits: n[11],
         })
     }
 
     /// Its sizes in the order of its name.
-    fn fields(&self) -> [usize; 11] {
+    fn fields(&self) -> [usize; 12] {
         [
             self.slots,
             self.accounts,
@@ -148,7 +158,13 @@ impl Shape {
             self.marks,
             self.risk_chunks,
             self.keys,
+            self.mark_window_bits,
         ]
+    }
+
+    /// Instrument ids a mark window spans.
+    pub fn mark_window(&self) -> usize {
+        1 << self.mark_window_bits
     }
 }
 
@@ -369,17 +385,31 @@ pub struct KeySlot {
     pub sources: Vec<Option<usize>>,
 }
 
-/// A mark slot.
+/// A mark window: the aligned run of `2^mark_window_bits` instrument ids from
+/// `index << mark_window_bits`, with the marks the batch commits among them. The circuit rebuilds
+/// the run's subtree from its leaves before and after, and proves one path from the subtree's
+/// root up.
 #[derive(Debug, Clone, Default)]
-pub struct MarkSlot {
+pub struct MarkWindow {
     /// Used.
     pub enabled: bool,
-    /// Instrument.
-    pub instrument: u32,
-    /// Its leaf before.
-    pub before: InstrumentLeaf,
-    /// Its path.
+    /// Which run.
+    pub index: u64,
+    /// The path of the run's subtree root (the instruments tree's levels above the window).
     pub siblings: Vec<Fr>,
+    /// One per id of the run, in order.
+    pub entries: Vec<MarkEntry>,
+}
+
+/// One instrument id of a mark window.
+#[derive(Debug, Clone, Default)]
+pub struct MarkEntry {
+    /// The batch commits its mark.
+    pub marked: bool,
+    /// Its leaf's hash before (zero where no instrument is listed).
+    pub leaf: Fr,
+    /// Its leaf before (marked entries).
+    pub before: InstrumentLeaf,
     /// New mark.
     pub mark: Fr,
     /// New risk array, zero-padded to the shape's capacity.
@@ -462,8 +492,8 @@ pub struct BatchWitness {
     pub settlements: Vec<SettleSlot>,
     /// Insurance fund after the settlements.
     pub insurance_after: Fr,
-    /// Mark slots.
-    pub marks: Vec<MarkSlot>,
+    /// Mark windows.
+    pub marks: Vec<MarkWindow>,
     /// What the circuit's public inputs must be.
     pub public: PublicInputs,
 }
@@ -513,30 +543,39 @@ pub fn key_record(k: &KeySlot) -> [Fr; 10] {
     ]
 }
 
-/// The ten fields of a mark slot's record.
-pub fn mark_record(m: &MarkSlot) -> [Fr; 10] {
-    if !m.enabled {
-        return [Fr::from(0u64); 10];
-    }
+/// The records of a mark window: one per marked entry, in id order (all zero when unmarked).
+pub fn mark_records(w: &MarkWindow) -> Vec<[Fr; 10]> {
     let z = Fr::from(0u64);
-    [
-        Fr::from(kind::MARK),
-        z,
-        z,
-        Fr::from(m.instrument),
-        z,
-        m.mark,
-        z,
-        z,
-        z,
-        risk_hash_of(&m.risk[..m.chunks * 3]),
-    ]
+    let base = w.index << w.entries.len().trailing_zeros();
+    w.entries
+        .iter()
+        .enumerate()
+        .map(|(j, e)| {
+            if !e.marked {
+                return [z; 10];
+            }
+            [
+                Fr::from(kind::MARK),
+                z,
+                z,
+                Fr::from(base + j as u64),
+                z,
+                e.mark,
+                z,
+                z,
+                z,
+                risk_hash_of(&e.risk[..e.chunks * RISK_CHUNK]),
+            ]
+        })
+        .collect()
 }
 
 fn risk_hash_of(values: &[Fr]) -> Fr {
-    values
-        .chunks(3)
-        .fold(Fr::from(0u64), |h, c| hash(&[h, c[0], c[1], c[2]]))
+    values.chunks(RISK_CHUNK).fold(Fr::from(0u64), |h, c| {
+        let mut inputs = vec![h];
+        inputs.extend_from_slice(c);
+        hash(&inputs)
+    })
 }
 
 /// The ten fields of an instrument-op slot's record.
@@ -595,8 +634,8 @@ pub fn settle_records(o: &SettleSlot) -> Vec<[Fr; 10]> {
 }
 
 /// The commitment to a batch's ops: `h = Poseidon(h, record)` over the listing slots, the op
-/// slots, the session-key slots, the expiry slots, the settlement slots and the mark slots in
-/// that order, from 0, skipping unused slots.
+/// slots, the session-key slots, the expiry slots, the settlement slots and the marks (by
+/// instrument id, whatever windows hold them) in that order, from 0, skipping unused slots.
 pub fn commitment(w: &BatchWitness) -> Fr {
     let records = w
         .listings
@@ -606,7 +645,7 @@ pub fn commitment(w: &BatchWitness) -> Fr {
         .chain(w.keys.iter().map(key_record))
         .chain(w.expiries.iter().map(instrument_op_record))
         .chain(w.settlements.iter().flat_map(settle_records))
-        .chain(w.marks.iter().map(mark_record))
+        .chain(w.marks.iter().flat_map(mark_records))
         // Unused slots (all-zero records, kind 0) are skipped: the commitment is the ops'.
         .filter(|r| r[0] != Fr::from(0u64));
     records.fold(Fr::from(0u64), |h, r| {
@@ -718,6 +757,7 @@ pub fn data_commitment(state: &SettlementState, ops: &[Op]) -> Result<Fr, Witnes
         marks: usize::MAX,
         risk_chunks: usize::MAX,
         keys: usize::MAX,
+        mark_window_bits: 0,
     };
     let p = plan(state, ops, unbounded)?;
     let risk = p
@@ -740,8 +780,9 @@ pub fn data_commitment(state: &SettlementState, ops: &[Op]) -> Result<Fr, Witnes
         settlements: p.settles.len(),
         holders: p.settles.iter().map(|s| s.3.len()).max().unwrap_or(0),
         marks: p.marks.len(),
-        risk_chunks: risk.div_ceil(3),
+        risk_chunks: risk.div_ceil(RISK_CHUNK),
         keys: p.key_ops.len(),
+        mark_window_bits: 0,
     };
     Ok(commitment(&witness(state, ops, shape)?))
 }
@@ -781,7 +822,12 @@ fn plan<'a>(
         let listed = specs.len();
         match op {
             Op::Mark { instrument, .. } => {
-                if instrument.0 as usize >= listed {
+                // Marks come last, one per instrument, by id (the order the circuit's windows
+                // commit them in).
+                let after_previous = marks.last().is_none_or(|(_, m): &(usize, &Op)| {
+                    matches!(m, Op::Mark { instrument: p, .. } if p.0 < instrument.0)
+                });
+                if instrument.0 as usize >= listed || !after_previous {
                     return Err(WitnessError::Invalid(i));
                 }
                 marks.push((i, op));
@@ -923,6 +969,14 @@ fn plan<'a>(
         ));
     }
     let most_holders = settles.iter().map(|s| s.3.len()).max().unwrap_or(0);
+    let windows = marks
+        .iter()
+        .filter_map(|(_, op)| match op {
+            Op::Mark { instrument, .. } => Some(instrument.0 >> shape.mark_window_bits.min(31)),
+            _ => None,
+        })
+        .collect::<BTreeSet<u32>>()
+        .len();
     for (what, used, room) in [
         ("settlement slots", settles.len(), shape.settlements),
         ("holders of a settlement", most_holders, shape.holders),
@@ -937,7 +991,7 @@ fn plan<'a>(
             instrument_ids.len(),
             shape.instruments,
         ),
-        ("mark slots", marks.len(), shape.marks),
+        ("mark windows", windows, shape.marks),
     ] {
         if used > room {
             return Err(WitnessError::TooLarge(what));
@@ -1377,9 +1431,12 @@ pub fn witness(
     let mut touched: BTreeSet<u32> = instrument_ids.iter().copied().collect();
     touched.extend(leading.iter().chain(&trailing).map(|(_, id, _)| *id));
     touched.extend(settles.iter().map(|s| s.0));
+    // Every id of a mark window: the circuit rebuilds the window's subtree from all its leaves.
+    let span = shape.mark_window() as u32;
     for (_, op) in &marks {
         if let Op::Mark { instrument, .. } = op {
-            touched.insert(instrument.0);
+            let base = instrument.0 - instrument.0 % span;
+            touched.extend(base..base + span);
         }
     }
     let mut leaves: BTreeMap<u32, InstrumentLeaf> = BTreeMap::new();
@@ -1509,7 +1566,12 @@ pub fn witness(
         holders: vec![Holder::default(); shape.holders],
         ..SettleSlot::default()
     });
-    let mut mark_slots = Vec::with_capacity(shape.marks);
+    let bits = shape.mark_window_bits;
+    let empty_entry = || MarkEntry {
+        risk: vec![Fr::from(0u64); shape.risk_chunks * RISK_CHUNK],
+        ..MarkEntry::default()
+    };
+    let mut mark_windows: Vec<MarkWindow> = Vec::with_capacity(shape.marks);
     for (i, op) in &marks {
         let Op::Mark {
             instrument,
@@ -1519,40 +1581,56 @@ pub fn witness(
         else {
             unreachable!("collected marks")
         };
-        let chunks = risk.len().div_ceil(3);
+        let chunks = risk.len().div_ceil(RISK_CHUNK);
         if chunks > shape.risk_chunks {
             return Err(WitnessError::TooLarge("risk array"));
         }
+        let id = u64::from(instrument.0);
+        if mark_windows.last().is_none_or(|w| w.index != id >> bits) {
+            // The window's leaves and path as the earlier slots left them.
+            let base = (id >> bits) << bits;
+            let entries = (0..shape.mark_window() as u64)
+                .map(|j| MarkEntry {
+                    leaf: instrument_tree.leaf(base + j).expect("ids fit the depth"),
+                    ..empty_entry()
+                })
+                .collect();
+            mark_windows.push(MarkWindow {
+                enabled: true,
+                index: id >> bits,
+                siblings: path(&instrument_tree, base)[bits..].to_vec(),
+                entries,
+            });
+        }
         let before = leaves[&instrument.0];
-        let siblings = path(&instrument_tree, u64::from(instrument.0));
         let mut values: Vec<Fr> = risk.iter().map(|a| fr(i128::from(a.0))).collect();
-        values.resize(shape.risk_chunks * 3, Fr::from(0u64));
+        values.resize(shape.risk_chunks * RISK_CHUNK, Fr::from(0u64));
         let after = InstrumentLeaf {
             mark: *mark,
             risk_hash: leaf::risk_hash(risk),
             ..before
         };
-        if after.risk_hash != risk_hash_of(&values[..chunks * 3]) {
+        if after.risk_hash != risk_hash_of(&values[..chunks * RISK_CHUNK]) {
             return Err(WitnessError::Invalid(*i));
         }
         instrument_tree
-            .set(u64::from(instrument.0), after.hash())
+            .set(id, after.hash())
             .expect("ids fit the depth");
         leaves.insert(instrument.0, after);
-        mark_slots.push(MarkSlot {
-            enabled: true,
-            instrument: instrument.0,
+        let window = mark_windows.last_mut().expect("pushed above");
+        window.entries[(id - (window.index << bits)) as usize] = MarkEntry {
+            marked: true,
             before,
-            siblings,
             mark: fr(i128::from(mark.0)),
             risk: values,
             chunks,
-        });
+            ..window.entries[(id - (window.index << bits)) as usize].clone()
+        };
     }
-    mark_slots.resize_with(shape.marks, || MarkSlot {
-        siblings: zeros(INSTRUMENT_DEPTH),
-        risk: vec![Fr::from(0u64); shape.risk_chunks * 3],
-        ..MarkSlot::default()
+    mark_windows.resize_with(shape.marks, || MarkWindow {
+        siblings: zeros(INSTRUMENT_DEPTH - bits as u8),
+        entries: vec![empty_entry(); shape.mark_window()],
+        ..MarkWindow::default()
     });
 
     let accounts_root = if account_ids.is_empty() {
@@ -1585,7 +1663,7 @@ pub fn witness(
         expiries: expiry_slots,
         settlements: settle_slots,
         insurance_after: fr(insurance_after),
-        marks: mark_slots,
+        marks: mark_windows,
         public: PublicInputs {
             old_root: state.root(),
             new_root,

@@ -27,8 +27,9 @@ const SHAPE: Shape = Shape {
     settlements: 1,
     holders: 4,
     marks: 2,
-    risk_chunks: 2,
+    risk_chunks: 1,
     keys: 4,
+    mark_window_bits: 0,
 };
 
 #[test]
@@ -444,6 +445,7 @@ fn the_value_check_agrees_with_arkworks() {
         marks: 1,
         risk_chunks: 1,
         keys: 0,
+        mark_window_bits: 0,
     };
     let state = genesis(2);
     for (amount, ok) in [
@@ -995,4 +997,151 @@ fn random_deficit_covers_satisfy_the_circuit_with_the_native_root() {
         assert_eq!(native.accounts()[1].collateral, Amount(0), "round {round}");
         check(&w).unwrap_or_else(|e| panic!("round {round}: {e}"));
     }
+}
+
+/// A committed state with `n` active instruments (ids 0 to n - 1) and no accounts.
+fn listed(n: u32) -> SettlementState {
+    let mut state = SettlementState::new();
+    let mut ops: Vec<Op> = (0..n)
+        .map(|k| Op::ListInstrument {
+            spec: spec(&format!("BTC-26MAR27-{}-C", 50_000 + 1_000 * k)),
+        })
+        .collect();
+    ops.extend((0..n).map(|k| Op::ActivateInstrument {
+        instrument: InstrumentId(k),
+    }));
+    state.apply_batch(&ops).expect("listings apply");
+    state.commit();
+    state
+}
+
+fn mark_op(rng: &mut ChaCha8Rng, instrument: u32) -> Op {
+    Op::Mark {
+        instrument: InstrumentId(instrument),
+        mark: Price(rng.random_range(1..100_000) * MONEY_SCALE),
+        risk: (0..rng.random_range(1..=6))
+            .map(|_| Amount(rng.random_range(-1_000_000..1_000_000)))
+            .collect(),
+    }
+}
+
+/// Windows of four ids: at most three per batch.
+const WINDOWED: Shape = Shape {
+    marks: 3,
+    mark_window_bits: 2,
+    ..SHAPE
+};
+
+/// Marks by window (one path per run of ids, the subtree rebuilt) and by a path each give the
+/// native root and the same commitment, on random sets of marks over 14 instruments, some
+/// batches listing a 15th and marking it in a window whose other ids hold no instrument.
+#[test]
+fn marks_in_windows_agree_with_a_path_each_and_the_native_root() {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let mut state = listed(14);
+    let one_each = Shape { marks: 16, ..SHAPE };
+    for round in 0..8 {
+        // Up to three windows' worth of ids, in order.
+        let windows: std::collections::BTreeSet<u32> =
+            (0..3).map(|_| rng.random_range(0..4u32)).collect();
+        let mut ids: Vec<u32> = Vec::new();
+        for w in &windows {
+            for id in w * 4..w * 4 + 4 {
+                if (id as usize) < state.instruments().len() && rng.random_bool(0.6) {
+                    ids.push(id);
+                }
+            }
+        }
+        let mut ops = Vec::new();
+        if round % 3 == 2 && state.instruments().len() < 16 {
+            let next = state.instruments().len() as u32;
+            ops.push(Op::ListInstrument {
+                spec: spec(&format!("ETH-26MAR27-{}-P", 1_000 + next)),
+            });
+            if windows.len() < 3 || windows.contains(&(next / 4)) {
+                ids.push(next);
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        ops.extend(ids.iter().map(|&id| mark_op(&mut rng, id)));
+        let next = after(&state, &ops);
+        let windowed = witness(&state, &ops, WINDOWED).expect("fits three windows");
+        let each = witness(&state, &ops, one_each).expect("fits a path each");
+        for w in [&windowed, &each] {
+            assert_eq!(w.public.new_root, next.root(), "round {round}");
+            check(w).unwrap_or_else(|e| panic!("round {round}: {e}"));
+        }
+        assert_eq!(windowed.public.commitment, each.public.commitment);
+        assert_eq!(
+            optio_prover::data_commitment(&state, &ops),
+            Ok(windowed.public.commitment)
+        );
+        state = next;
+    }
+}
+
+/// A window's leaves, its order, its entries' openings and its new marks are each bound: a
+/// witness that changes one is refused by that window's rules.
+#[test]
+fn mark_windows_cannot_be_forged() {
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    let state = listed(12);
+    let ops: Vec<Op> = [1u32, 2, 6, 9]
+        .iter()
+        .map(|&id| mark_op(&mut rng, id))
+        .collect();
+    let ok = witness(&state, &ops, WINDOWED).expect("three windows");
+    check(&ok).expect("the honest witness proves");
+    assert_eq!(ok.marks.iter().filter(|w| w.enabled).count(), 3);
+
+    // An unmarked id's leaf other than the tree's: the old subtree does not match.
+    let mut w = ok.clone();
+    w.marks[0].entries[0].leaf += Fr::from(1u64);
+    assert!(refused_at(&w).contains("mark window 0"));
+    // A marked entry whose opening is not its leaf.
+    let mut w = ok.clone();
+    w.marks[0].entries[1].before.mark = Price(w.marks[0].entries[1].before.mark.0 + 1);
+    assert!(refused_at(&w).contains("mark window 0"));
+    // Another mark than the batch's new root has.
+    let mut w = ok.clone();
+    w.marks[2].entries[1].mark += Fr::from(1u64);
+    assert!(refused(&w));
+    // The same window twice, each consistent with the root the other left: the marks would
+    // enter the commitment out of id order (ids 1, 2 then 0), so the order rule refuses it.
+    let first = [ops[0].clone(), ops[1].clone()];
+    let mut w = witness(&state, &first, WINDOWED).expect("one window");
+    let between = after(&state, &first);
+    let again = [mark_op(&mut rng, 0)];
+    w.marks[1] = witness(&between, &again, WINDOWED)
+        .expect("one window")
+        .marks[0]
+        .clone();
+    w.public.new_root = after(&between, &again).root();
+    w.public.commitment = optio_prover::witness::commitment(&w);
+    assert!(refused_at(&w).contains("mark window 1"));
+    // A mark in an unused window.
+    let mut w = ok.clone();
+    w.marks[2].enabled = false;
+    assert!(refused_at(&w).contains("mark window 2"));
+
+    // The witness itself refuses marks out of id order, and more windows than the shape has.
+    let mut backwards = ops.clone();
+    backwards.swap(0, 1);
+    assert_eq!(
+        witness(&state, &backwards, WINDOWED).map(|_| ()),
+        Err(optio_prover::WitnessError::Invalid(1))
+    );
+    let spread: Vec<Op> = [0u32, 4, 8, 11]
+        .iter()
+        .map(|&id| mark_op(&mut rng, id))
+        .collect();
+    let two = Shape {
+        marks: 2,
+        ..WINDOWED
+    };
+    let err = witness(&state, &spread, two)
+        .map(|_| ())
+        .expect_err("three windows");
+    assert!(err.to_string().contains("mark windows"), "{err}");
 }

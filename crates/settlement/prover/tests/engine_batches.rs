@@ -20,13 +20,21 @@ const SHAPE: Shape = Shape {
     settlements: 3,
     holders: 16,
     marks: 8,
-    risk_chunks: 11,
+    risk_chunks: 3,
     keys: 4,
+    mark_window_bits: 0,
+};
+
+/// The same with marks in windows of four instrument ids (up to 32 ids in eight windows).
+const WINDOWED: Shape = Shape {
+    mark_window_bits: 2,
+    ..SHAPE
 };
 
 #[test]
 fn covered_engine_batches_satisfy_the_circuit_with_the_batchers_roots() {
     let (mut covered, mut other, mut cash_rule) = (0, Vec::new(), Vec::new());
+    let mut in_windows = 0;
     let mut kinds = std::collections::BTreeSet::new();
     for seed in 0..3u64 {
         let inputs = support::history(seed, 400);
@@ -64,6 +72,14 @@ fn covered_engine_batches_satisfy_the_circuit_with_the_batchers_roots() {
                     };
                     if proven {
                         covered += 1;
+                        // The same batch with its marks in windows of four ids: the same roots
+                        // and commitment, and it proves too (one history: the checks are slow).
+                        let windowed = witness(&state, &ops, WINDOWED).ok().filter(|_| seed == 0);
+                        if let Some(windowed) = windowed {
+                            assert_eq!(windowed.public, w.public, "seed {seed}");
+                            check(&windowed).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+                            in_windows += 1;
+                        }
                     }
                     for op in ops.iter().filter(|_| proven) {
                         kinds.insert(
@@ -92,7 +108,7 @@ fn covered_engine_batches_satisfy_the_circuit_with_the_batchers_roots() {
         }
     }
     println!(
-        "covered {covered}, refused by the interim cash rule {cash_rule:?}, other {other:?}; op kinds {kinds:?}"
+        "covered {covered} ({in_windows} also with mark windows), refused by the interim cash rule {cash_rule:?}, other {other:?}; op kinds {kinds:?}"
     );
     // One batch of the three histories has an account trading after its position was settled
     // in the same batch, an order the witness refuses (settlements apply after the op slots).
@@ -101,6 +117,10 @@ fn covered_engine_batches_satisfy_the_circuit_with_the_batchers_roots() {
         "only {covered} batches covered; {other:?}"
     );
     assert!(covered >= 28, "only {covered} batches proven satisfiable");
+    assert!(
+        in_windows >= 8,
+        "only {in_windows} batches proven with mark windows"
+    );
     for k in [
         "Fill",
         "Mark",
@@ -145,8 +165,9 @@ fn a_capacity_aware_batcher_cuts_only_batches_that_fit() {
         settlements: 1,
         holders: 8,
         marks: 8,
-        risk_chunks: 11,
+        risk_chunks: 3,
         keys: 1,
+        mark_window_bits: 0,
     };
     let cut = |inputs: &[optio_types::Input]| {
         let mut engine = Engine::new(EngineLimits::default());

@@ -35,6 +35,7 @@ const SHAPE: Shape = Shape {
     marks: 1,
     risk_chunks: 1,
     keys: 1,
+    mark_window_bits: 0,
 };
 
 fn u(w: &Word) -> U256 {

@@ -28,6 +28,7 @@ const SHAPE: Shape = Shape {
     marks: 1,
     risk_chunks: 1,
     keys: 1,
+    mark_window_bits: 0,
 };
 
 fn batches() -> Vec<Vec<Op>> {

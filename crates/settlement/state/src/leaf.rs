@@ -12,7 +12,7 @@
 //! spec_hash       = Poseidon(hash_bytes(canonical spec encoding), maker_fee, taker_fee,
 //!                            payoff kind (0 perpetual, 1 call, 2 put), strike, underlying cap,
 //!                            contract multiplier)
-//! risk_hash       = fold of Poseidon(h, a, b, c) over the risk array in threes (0-padded), from 0
+//! risk_hash       = fold of Poseidon(h, r0..r10) over the risk array in elevens (0-padded), from 0
 //! ```
 //! Amounts and prices are fixed-point integers (micro-USDC; quantities in 1e-8), negatives as
 //! `p - |v|`; a missing mark or settlement price is 0.
@@ -146,11 +146,20 @@ pub fn spec_bytes_hash(spec: &InstrumentSpec) -> Fr {
     hash_bytes(&w.bytes)
 }
 
+/// Risk scenarios per Poseidon call of `risk_hash`: eleven and the running hash are the widest
+/// input circomlib's parameters take (12), the fewest constraints per scenario in a circuit (46,
+/// against 100 in threes).
+pub const RISK_CHUNK: usize = 11;
+
 /// Hash of a risk array.
 pub fn risk_hash(risk: &[Amount]) -> Fr {
-    risk.chunks(3).fold(Fr::from(0u64), |h, c| {
-        let at = |i: usize| c.get(i).map_or(Fr::from(0u64), |a| from_i64(a.0));
-        hash(&[h, at(0), at(1), at(2)])
+    risk.chunks(RISK_CHUNK).fold(Fr::from(0u64), |h, c| {
+        let mut inputs = [Fr::from(0u64); RISK_CHUNK + 1];
+        inputs[0] = h;
+        for (slot, a) in inputs[1..].iter_mut().zip(c) {
+            *slot = from_i64(a.0);
+        }
+        hash(&inputs)
     })
 }
 
