@@ -38,6 +38,13 @@ pub enum ProveError {
     /// arkworks refused.
     #[error("synthesis: {0}")]
     Synthesis(#[from] SynthesisError),
+    /// The batch keeps every rule, yet its proof does not verify with the keys' verifying key:
+    /// the keys are not this circuit's (made by another version of optio, or the proving and
+    /// verifying keys of two setups).
+    #[error(
+        "the proof does not verify with these keys although the batch keeps every rule: the keys are for another circuit; make new ones with optio prove setup"
+    )]
+    KeysMismatch,
     /// Key files.
     #[error("key file {path}: {why}")]
     KeyFile {
@@ -116,12 +123,17 @@ impl Keys {
             why,
         };
         let entries = std::fs::read_dir(dir).map_err(|e| bad(e.to_string()))?;
-        let shapes: Vec<Shape> = entries
+        let names: Vec<String> = entries
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .filter_map(|name| Shape::from_name(name.strip_suffix(".vk")?))
+            .filter_map(|name| Some(name.strip_suffix(".vk")?.to_owned()))
             .collect();
+        let shapes: Vec<Shape> = names.iter().filter_map(|n| Shape::from_name(n)).collect();
         match shapes[..] {
             [shape] => Ok(shape),
+            [] if !names.is_empty() => Err(bad(format!(
+                "keys of another circuit version ({}): make new ones with optio prove setup --keys DIR",
+                names.join(", ")
+            ))),
             [] => Err(bad(
                 "no keys (make them with optio prove setup --keys DIR)".into()
             )),
@@ -184,8 +196,9 @@ pub fn check(w: &BatchWitness) -> Result<usize, ProveError> {
     }
 }
 
-/// Proves a batch (after checking that it satisfies the circuit: a proof of a batch that breaks
-/// a rule would not verify anyway, and this says so at once).
+/// Proves a batch, and verifies the proof before returning it. The circuit is laid out once, as
+/// arkworks proves; a batch that breaks a rule gives a proof that does not verify, and only then
+/// is the witness checked, to name the rule (or, if it keeps every rule, the keys).
 pub fn prove(keys: &Keys, w: BatchWitness, rng: &mut StdRng) -> Result<Proof<Bn254>, ProveError> {
     if w.shape != keys.shape {
         return Err(ProveError::Shape {
@@ -193,12 +206,13 @@ pub fn prove(keys: &Keys, w: BatchWitness, rng: &mut StdRng) -> Result<Proof<Bn2
             batch: w.shape.name(),
         });
     }
+    let public = w.public;
+    let proof = Groth16::<Bn254>::prove(&keys.pk, BatchCircuit { witness: w.clone() }, rng)?;
+    if verify(&keys.vk, &public, &proof) {
+        return Ok(proof);
+    }
     check(&w)?;
-    Ok(Groth16::<Bn254>::prove(
-        &keys.pk,
-        BatchCircuit { witness: w },
-        rng,
-    )?)
+    Err(ProveError::KeysMismatch)
 }
 
 /// Verifies a proof against its public inputs.

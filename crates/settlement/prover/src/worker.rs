@@ -19,7 +19,7 @@ use optio_state::poseidon::to_hex;
 use optio_state::{Op, SettlementState, blob_files, decode, rebuild_after};
 use serde_json::{Value, json};
 
-use crate::keys::{Keys, prove, verify};
+use crate::keys::{Keys, ProveError, prove, verify};
 use crate::solidity::{self, Word};
 use crate::witness::{PublicInputs, witness};
 
@@ -168,17 +168,27 @@ pub fn prove_pending(
         let Some(_claim) = claim(dir, batch, stale_after) else {
             return Ok(());
         };
-        let outcome = match witness(state, ops, keys.shape) {
-            Ok(w) => {
+        let proven = witness(state, ops, keys.shape)
+            .map_err(ProveError::from)
+            .and_then(|w| {
                 let public = w.public;
                 let t = Instant::now();
-                let proof = prove(keys, w, rng).map_err(|e| format!("batch {batch}: {e}"))?;
-                let seconds = t.elapsed().as_secs_f64();
+                let proof = prove(keys, w, rng)?;
+                Ok((public, proof, t.elapsed().as_secs_f64()))
+            });
+        let outcome = match proven {
+            Ok((public, proof, seconds)) => {
                 let text = proof_json(batch, keys, &public, &proof, seconds).to_string();
                 write_atomic(&proof_path(dir, batch), &text)
                     .map_err(|e| format!("batch {batch}: {e}"))?;
                 Outcome::Proven { batch, seconds }
             }
+            // Keys that are not the circuit's, or arkworks refusing: nothing this worker proves
+            // would verify.
+            Err(e @ (ProveError::KeysMismatch | ProveError::Synthesis(_))) => {
+                return Err(format!("batch {batch}: {e}"));
+            }
+            // No witness for the shape, or a batch that breaks a rule of the circuit.
             Err(e) => {
                 let reason = e.to_string();
                 write_atomic(&stem(dir, batch).with_extension("unprovable"), &reason)

@@ -210,6 +210,14 @@ fn key_files_round_trip_and_bad_ones_are_named() {
     let empty = tempfile::tempdir().expect("tempdir");
     let none = Keys::read_only(empty.path()).err().expect("no keys");
     assert!(none.to_string().contains("optio prove setup"), "{none}");
+    // Keys named as before mark windows (eleven sizes): another circuit, and said so.
+    std::fs::write(empty.path().join("batch-1x1x1x1x0x0x0x0x1x1x0.vk"), b"").expect("write");
+    let old = Keys::read_only(empty.path()).err().expect("old keys");
+    assert!(
+        old.to_string()
+            .contains("another circuit version (batch-1x1x1x1x0x0x0x0x1x1x0)"),
+        "{old}"
+    );
 
     let other = Shape { slots: 1, ..SHAPE };
     let missing = Keys::read(dir.path(), other)
@@ -230,4 +238,130 @@ fn key_files_round_trip_and_bad_ones_are_named() {
         matches!(err, optio_prover::ProveError::Shape { .. }),
         "{err}"
     );
+}
+
+/// Op slots and registers for fills only (quicker keys).
+const FILLS: Shape = Shape {
+    expiries: 0,
+    settlements: 0,
+    holders: 0,
+    marks: 0,
+    keys: 0,
+    ..SHAPE
+};
+
+/// A proof is verified before it is returned: a batch that breaks a rule is named by its rule,
+/// and keys that are not the circuit's (here a proving key and a verifying key of two setups)
+/// are named as such, instead of a proof L1 would refuse.
+#[test]
+fn a_proof_that_does_not_verify_names_the_rule_or_the_keys() {
+    use optio_prover::{ProveError, prove, verify};
+    let keys = Keys::generate(FILLS, &mut StdRng::seed_from_u64(2)).expect("keys");
+    let other = Keys::generate(FILLS, &mut StdRng::seed_from_u64(5)).expect("keys");
+    let rng = &mut StdRng::seed_from_u64(3);
+    let w = optio_prover::witness::empty(FILLS);
+    let proof = prove(&keys, w.clone(), rng).expect("an empty batch proves");
+    assert!(verify(&keys.vk, &w.public, &proof));
+
+    let mut broken = w.clone();
+    broken.public.new_root += optio_state::poseidon::Fr::from(1u64);
+    let err = prove(&keys, broken, rng).expect_err("another new root");
+    assert!(
+        matches!(&err, ProveError::Unsatisfied(at) if at.contains("new root")),
+        "{err}"
+    );
+
+    let mixed = Keys {
+        shape: FILLS,
+        pk: keys.pk.clone(),
+        vk: other.vk.clone(),
+    };
+    let err = prove(&mixed, w, rng).expect_err("keys of two setups");
+    assert!(matches!(err, ProveError::KeysMismatch), "{err}");
+    assert!(err.to_string().contains("optio prove setup"), "{err}");
+}
+
+/// A batch that breaks a rule of the circuit (here money out of an account whose cash a fill
+/// left negative: the interim cash rule, README) is marked unprovable with the rule, and the
+/// worker goes on to the next batch.
+#[test]
+fn a_batch_that_breaks_a_rule_is_marked_unprovable_and_the_worker_goes_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = InstrumentSpec::with_defaults(
+        "ETH-PERPETUAL".parse().expect("name"),
+        Price(20_000 * MONEY_SCALE),
+    );
+    let deposit = |account, amount| Op::Deposit {
+        account: AccountId(account),
+        amount: Amount(amount * MONEY_SCALE),
+    };
+    let batches = [
+        vec![
+            Op::ListInstrument { spec },
+            Op::ActivateInstrument {
+                instrument: InstrumentId(0),
+            },
+        ],
+        vec![
+            Op::OpenAccount {
+                owner: Address([1; 20]),
+            },
+            Op::OpenAccount {
+                owner: Address([2; 20]),
+            },
+            deposit(0, 50_000),
+        ],
+        vec![
+            deposit(1, 1_000),
+            Op::Fill {
+                instrument: InstrumentId(0),
+                maker: AccountId(0),
+                taker: AccountId(1),
+                taker_side: Side::Buy,
+                price: Price(2_500 * MONEY_SCALE),
+                qty: Qty(QTY_SCALE),
+            },
+            Op::Withdraw {
+                account: AccountId(1),
+                amount: Amount(1),
+            },
+        ],
+        vec![deposit(1, 5_000)],
+    ];
+    for (i, ops) in batches.iter().enumerate() {
+        let number = i as u64 + 1;
+        let meta = BlobMeta {
+            number,
+            first_seq: number,
+            last_seq: number,
+            time_ms: number,
+        };
+        std::fs::write(
+            dir.path().join(format!("{number:08}.blob")),
+            encode(&meta, ops),
+        )
+        .expect("write");
+    }
+    let keys = Keys::generate(FILLS, &mut StdRng::seed_from_u64(6)).expect("keys");
+    let outcomes = prove_pending(
+        dir.path(),
+        &keys,
+        &mut StdRng::seed_from_u64(7),
+        Duration::from_secs(3_600),
+        |_| {},
+    )
+    .expect("the pass goes on past the broken batch");
+    let proven: Vec<u64> = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            Outcome::Proven { batch, .. } => Some(*batch),
+            Outcome::Unprovable { .. } => None,
+        })
+        .collect();
+    assert_eq!(proven, vec![1, 2, 4]);
+    assert!(
+        outcomes.iter().any(|o| matches!(o, Outcome::Unprovable { batch: 3, reason } if reason.contains("breaks a rule"))),
+        "{outcomes:?}"
+    );
+    assert!(dir.path().join("00000003.unprovable").exists());
 }
