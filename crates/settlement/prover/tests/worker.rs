@@ -31,51 +31,65 @@ const SHAPE: Shape = Shape {
     mark_window_bits: 0,
 };
 
-fn batches() -> Vec<Vec<Op>> {
+/// An ETH perpetual listed and activated (instrument 0).
+fn listing() -> Vec<Op> {
     let spec = InstrumentSpec::with_defaults(
         "ETH-PERPETUAL".parse().expect("name"),
         Price(20_000 * MONEY_SCALE),
     );
-    let fill = |maker, taker, side| Op::Fill {
+    vec![
+        Op::ListInstrument { spec },
+        Op::ActivateInstrument {
+            instrument: InstrumentId(0),
+        },
+    ]
+}
+
+/// Accounts 0 and 1 opened, of two owners.
+fn two_accounts() -> [Op; 2] {
+    [1u8, 2].map(|o| Op::OpenAccount {
+        owner: Address([o; 20]),
+    })
+}
+
+/// One contract of instrument 0 at 2,500.
+fn fill(maker: u32, taker: u32, side: Side) -> Op {
+    Op::Fill {
         instrument: InstrumentId(0),
         maker: AccountId(maker),
         taker: AccountId(taker),
         taker_side: side,
         price: Price(2_500 * MONEY_SCALE),
         qty: Qty(QTY_SCALE),
-    };
+    }
+}
+
+fn batches() -> Vec<Vec<Op>> {
     vec![
-        vec![
-            Op::ListInstrument { spec },
-            Op::ActivateInstrument {
-                instrument: InstrumentId(0),
-            },
-        ],
-        vec![
-            Op::OpenAccount {
-                owner: Address([1; 20]),
-            },
-            Op::OpenAccount {
-                owner: Address([2; 20]),
-            },
-            // Two session keys: more than the shape's one slot, so no proof.
-            Op::SessionKey {
-                account: AccountId(0),
-                key: Address([7; 20]),
-                expiry_ms: 1_000_000,
-                at_ms: 1,
-            },
-            Op::SessionKey {
-                account: AccountId(0),
-                key: Address([8; 20]),
-                expiry_ms: 1_000_000,
-                at_ms: 1,
-            },
-            Op::Deposit {
-                account: AccountId(1),
-                amount: Amount(50_000 * MONEY_SCALE),
-            },
-        ],
+        listing(),
+        [
+            &two_accounts()[..],
+            &[
+                // Two session keys: more than the shape's one slot, so no proof.
+                Op::SessionKey {
+                    account: AccountId(0),
+                    key: Address([7; 20]),
+                    expiry_ms: 1_000_000,
+                    at_ms: 1,
+                },
+                Op::SessionKey {
+                    account: AccountId(0),
+                    key: Address([8; 20]),
+                    expiry_ms: 1_000_000,
+                    at_ms: 1,
+                },
+                Op::Deposit {
+                    account: AccountId(1),
+                    amount: Amount(50_000 * MONEY_SCALE),
+                },
+            ],
+        ]
+        .concat(),
         vec![
             Op::Deposit {
                 account: AccountId(0),
@@ -92,8 +106,8 @@ fn batches() -> Vec<Vec<Op>> {
     ]
 }
 
-fn write_blobs(dir: &std::path::Path) {
-    for (i, ops) in batches().iter().enumerate() {
+fn write_blobs(dir: &std::path::Path, batches: &[Vec<Op>]) {
+    for (i, ops) in batches.iter().enumerate() {
         let number = i as u64 + 1;
         let meta = BlobMeta {
             number,
@@ -108,7 +122,7 @@ fn write_blobs(dir: &std::path::Path) {
 #[test]
 fn workers_share_the_queue_and_their_proofs_check_against_the_blobs() {
     let dir = tempfile::tempdir().expect("tempdir");
-    write_blobs(dir.path());
+    write_blobs(dir.path(), &batches());
     let keys = Keys::generate(SHAPE, &mut StdRng::seed_from_u64(1)).expect("keys");
     // A live claim on batch 4: no worker touches it for now.
     std::fs::write(dir.path().join("00000004.claim"), b"").expect("claim");
@@ -287,40 +301,16 @@ fn a_proof_that_does_not_verify_names_the_rule_or_the_keys() {
 #[test]
 fn a_batch_that_breaks_a_rule_is_marked_unprovable_and_the_worker_goes_on() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let spec = InstrumentSpec::with_defaults(
-        "ETH-PERPETUAL".parse().expect("name"),
-        Price(20_000 * MONEY_SCALE),
-    );
     let deposit = |account, amount| Op::Deposit {
         account: AccountId(account),
         amount: Amount(amount * MONEY_SCALE),
     };
     let batches = [
-        vec![
-            Op::ListInstrument { spec },
-            Op::ActivateInstrument {
-                instrument: InstrumentId(0),
-            },
-        ],
-        vec![
-            Op::OpenAccount {
-                owner: Address([1; 20]),
-            },
-            Op::OpenAccount {
-                owner: Address([2; 20]),
-            },
-            deposit(0, 50_000),
-        ],
+        listing(),
+        [&two_accounts()[..], &[deposit(0, 50_000)]].concat(),
         vec![
             deposit(1, 1_000),
-            Op::Fill {
-                instrument: InstrumentId(0),
-                maker: AccountId(0),
-                taker: AccountId(1),
-                taker_side: Side::Buy,
-                price: Price(2_500 * MONEY_SCALE),
-                qty: Qty(QTY_SCALE),
-            },
+            fill(0, 1, Side::Buy),
             Op::Withdraw {
                 account: AccountId(1),
                 amount: Amount(1),
@@ -328,20 +318,7 @@ fn a_batch_that_breaks_a_rule_is_marked_unprovable_and_the_worker_goes_on() {
         ],
         vec![deposit(1, 5_000)],
     ];
-    for (i, ops) in batches.iter().enumerate() {
-        let number = i as u64 + 1;
-        let meta = BlobMeta {
-            number,
-            first_seq: number,
-            last_seq: number,
-            time_ms: number,
-        };
-        std::fs::write(
-            dir.path().join(format!("{number:08}.blob")),
-            encode(&meta, ops),
-        )
-        .expect("write");
-    }
+    write_blobs(dir.path(), &batches);
     let keys = Keys::generate(FILLS, &mut StdRng::seed_from_u64(6)).expect("keys");
     let outcomes = prove_pending(
         dir.path(),
