@@ -166,6 +166,15 @@ impl Shape {
     pub fn mark_window(&self) -> usize {
         1 << self.mark_window_bits
     }
+
+    /// The mark window an instrument's mark falls in, and the instrument's place in it.
+    pub fn mark_window_of(&self, instrument: u32) -> (u64, usize) {
+        let id = u64::from(instrument);
+        (
+            id >> self.mark_window_bits,
+            (id & (self.mark_window() as u64 - 1)) as usize,
+        )
+    }
 }
 
 /// Why no witness could be made.
@@ -564,18 +573,10 @@ pub fn mark_records(w: &MarkWindow) -> Vec<[Fr; 10]> {
                 z,
                 z,
                 z,
-                risk_hash_of(&e.risk[..e.chunks * RISK_CHUNK]),
+                leaf::risk_hash_of(&e.risk[..e.chunks * RISK_CHUNK]),
             ]
         })
         .collect()
-}
-
-fn risk_hash_of(values: &[Fr]) -> Fr {
-    values.chunks(RISK_CHUNK).fold(Fr::from(0u64), |h, c| {
-        let mut inputs = vec![h];
-        inputs.extend_from_slice(c);
-        hash(&inputs)
-    })
 }
 
 /// The ten fields of an instrument-op slot's record.
@@ -972,10 +973,10 @@ fn plan<'a>(
     let windows = marks
         .iter()
         .filter_map(|(_, op)| match op {
-            Op::Mark { instrument, .. } => Some(instrument.0 >> shape.mark_window_bits.min(31)),
+            Op::Mark { instrument, .. } => Some(shape.mark_window_of(instrument.0).0),
             _ => None,
         })
-        .collect::<BTreeSet<u32>>()
+        .collect::<BTreeSet<u64>>()
         .len();
     for (what, used, room) in [
         ("settlement slots", settles.len(), shape.settlements),
@@ -1435,7 +1436,7 @@ pub fn witness(
     let span = shape.mark_window() as u32;
     for (_, op) in &marks {
         if let Op::Mark { instrument, .. } = op {
-            let base = instrument.0 - instrument.0 % span;
+            let base = instrument.0 - shape.mark_window_of(instrument.0).1 as u32;
             touched.extend(base..base + span);
         }
     }
@@ -1572,7 +1573,7 @@ pub fn witness(
         ..MarkEntry::default()
     };
     let mut mark_windows: Vec<MarkWindow> = Vec::with_capacity(shape.marks);
-    for (i, op) in &marks {
+    for (_, op) in &marks {
         let Op::Mark {
             instrument,
             mark,
@@ -1586,9 +1587,10 @@ pub fn witness(
             return Err(WitnessError::TooLarge("risk array"));
         }
         let id = u64::from(instrument.0);
-        if mark_windows.last().is_none_or(|w| w.index != id >> bits) {
+        let (index, place) = shape.mark_window_of(instrument.0);
+        if mark_windows.last().is_none_or(|w| w.index != index) {
             // The window's leaves and path as the earlier slots left them.
-            let base = (id >> bits) << bits;
+            let base = index << bits;
             let entries = (0..shape.mark_window() as u64)
                 .map(|j| MarkEntry {
                     leaf: instrument_tree.leaf(base + j).expect("ids fit the depth"),
@@ -1597,7 +1599,7 @@ pub fn witness(
                 .collect();
             mark_windows.push(MarkWindow {
                 enabled: true,
-                index: id >> bits,
+                index,
                 siblings: path(&instrument_tree, base)[bits..].to_vec(),
                 entries,
             });
@@ -1607,24 +1609,21 @@ pub fn witness(
         values.resize(shape.risk_chunks * RISK_CHUNK, Fr::from(0u64));
         let after = InstrumentLeaf {
             mark: *mark,
-            risk_hash: leaf::risk_hash(risk),
+            risk_hash: leaf::risk_hash_of(&values[..chunks * RISK_CHUNK]),
             ..before
         };
-        if after.risk_hash != risk_hash_of(&values[..chunks * RISK_CHUNK]) {
-            return Err(WitnessError::Invalid(*i));
-        }
         instrument_tree
             .set(id, after.hash())
             .expect("ids fit the depth");
         leaves.insert(instrument.0, after);
-        let window = mark_windows.last_mut().expect("pushed above");
-        window.entries[(id - (window.index << bits)) as usize] = MarkEntry {
+        let entry = &mut mark_windows.last_mut().expect("pushed above").entries[place];
+        *entry = MarkEntry {
             marked: true,
+            leaf: entry.leaf,
             before,
             mark: fr(i128::from(mark.0)),
             risk: values,
             chunks,
-            ..window.entries[(id - (window.index << bits)) as usize].clone()
         };
     }
     mark_windows.resize_with(shape.marks, || MarkWindow {

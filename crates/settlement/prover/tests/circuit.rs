@@ -703,18 +703,18 @@ fn liquidations_move_positions_and_pay_insurance() {
     assert!(refused(&inexact), "an inexact notional");
 }
 
-/// Account 1 after a leveraged long closed by a liquidation far below its price: negative cash,
-/// no position, with insurance and the fee pool holding something.
-fn with_deficit() -> (SettlementState, i64) {
-    let state = after(
-        &genesis(4),
+/// `genesis(accounts)` after account 1 bought 20 contracts of instrument 0 from account 0 at
+/// `entry` and was liquidated to account 2 at `exit` with a fee of `fee`.
+fn liquidated_long(accounts: u32, entry: i64, exit: i64, fee: i64) -> SettlementState {
+    after(
+        &genesis(accounts),
         &[
             Op::Fill {
                 instrument: InstrumentId(0),
                 maker: AccountId(0),
                 taker: AccountId(1),
                 taker_side: Side::Buy,
-                price: Price(100_000 * MONEY_SCALE),
+                price: Price(entry),
                 qty: Qty(20 * QTY_SCALE),
             },
             Op::Liquidation {
@@ -722,10 +722,21 @@ fn with_deficit() -> (SettlementState, i64) {
                 counterparty: AccountId(2),
                 instrument: InstrumentId(0),
                 qty: Qty(-20 * QTY_SCALE),
-                price: Price(40_000 * MONEY_SCALE),
-                fee: Amount(500 * MONEY_SCALE),
+                price: Price(exit),
+                fee: Amount(fee),
             },
         ],
+    )
+}
+
+/// Account 1 after a leveraged long closed by a liquidation far below its price: negative cash,
+/// no position, with insurance and the fee pool holding something.
+fn with_deficit() -> (SettlementState, i64) {
+    let state = liquidated_long(
+        4,
+        100_000 * MONEY_SCALE,
+        40_000 * MONEY_SCALE,
+        500 * MONEY_SCALE,
     );
     let deficit = -state.accounts()[1].collateral.0;
     assert!(deficit > 0 && state.accounts()[1].positions.is_empty());
@@ -932,27 +943,8 @@ fn random_deficit_covers_satisfy_the_circuit_with_the_native_root() {
     for round in 0..6 {
         let entry = rng.random_range(100_000..150_000) * MONEY_SCALE;
         let exit = rng.random_range(20_000..40_000) * MONEY_SCALE;
-        let state = after(
-            &genesis(6),
-            &[
-                Op::Fill {
-                    instrument: InstrumentId(0),
-                    maker: AccountId(0),
-                    taker: AccountId(1),
-                    taker_side: Side::Buy,
-                    price: Price(entry),
-                    qty: Qty(20 * QTY_SCALE),
-                },
-                Op::Liquidation {
-                    account: AccountId(1),
-                    counterparty: AccountId(2),
-                    instrument: InstrumentId(0),
-                    qty: Qty(-20 * QTY_SCALE),
-                    price: Price(exit),
-                    fee: Amount(rng.random_range(0..1_000) * MONEY_SCALE),
-                },
-            ],
-        );
+        let fee = rng.random_range(0..1_000) * MONEY_SCALE;
+        let state = liquidated_long(6, entry, exit, fee);
         let deficit = -state.accounts()[1].collateral.0;
         assert!(deficit > 0, "round {round}");
         let (insurance, fees) = state.funds();

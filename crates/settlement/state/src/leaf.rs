@@ -153,12 +153,17 @@ pub const RISK_CHUNK: usize = 11;
 
 /// Hash of a risk array.
 pub fn risk_hash(risk: &[Amount]) -> Fr {
-    risk.chunks(RISK_CHUNK).fold(Fr::from(0u64), |h, c| {
+    let values: Vec<Fr> = risk.iter().map(|a| from_i64(a.0)).collect();
+    risk_hash_of(&values)
+}
+
+/// `risk_hash` of a risk array as field elements (the last chunk zero-padded), as the batch
+/// circuit's witness holds it.
+pub fn risk_hash_of(values: &[Fr]) -> Fr {
+    values.chunks(RISK_CHUNK).fold(Fr::from(0u64), |h, c| {
         let mut inputs = [Fr::from(0u64); RISK_CHUNK + 1];
         inputs[0] = h;
-        for (slot, a) in inputs[1..].iter_mut().zip(c) {
-            *slot = from_i64(a.0);
-        }
+        inputs[1..=c.len()].copy_from_slice(c);
         hash(&inputs)
     })
 }
