@@ -210,3 +210,30 @@ fn a_node_cuts_its_batches_for_external_provers() {
     assert!(check.status.success(), "{out}");
     assert!(out.starts_with("2 batches proven"), "{out}");
 }
+
+/// A mark window that is not a power of two is refused before any key is made, with a message
+/// that says what is allowed, and the keys directory stays empty.
+#[test]
+fn a_mark_window_that_is_not_a_power_of_two_is_refused() {
+    let keys = tempfile::tempdir().expect("tempdir");
+    for window in ["3", "0", "2097152", "x"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_optio"))
+            .args(["prove", "setup", "--keys"])
+            .arg(keys.path())
+            .args(SHAPE)
+            .args(["--mark-window", window])
+            .output()
+            .expect("runs");
+        assert!(!out.status.success(), "--mark-window {window}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("is not a power of two up to 2^20"),
+            "{stderr}"
+        );
+        assert_eq!(
+            std::fs::read_dir(keys.path()).expect("dir").count(),
+            0,
+            "no keys written for --mark-window {window}"
+        );
+    }
+}
