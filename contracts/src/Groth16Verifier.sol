@@ -21,8 +21,8 @@ contract Groth16Verifier {
     /// BN254 scalar field modulus (public inputs are below it).
     uint256 internal constant R = 21888242871839275222246405745257275088548364400416034343698204186575808495617;
     /// Public inputs per proof: old root, new root, ops commitment, L1 operations served before
-    /// and after.
-    uint256 public constant INPUTS = 5;
+    /// and after, and the point and value of the posted words' evaluation.
+    uint256 public constant INPUTS = 7;
 
     // G1 points as (x, y); G2 points as (x.c1, x.c0, y.c1, y.c0), the precompile's order.
     uint256 internal immutable alphaX;
@@ -51,10 +51,14 @@ contract Groth16Verifier {
     uint256 internal immutable ic4Y;
     uint256 internal immutable ic5X;
     uint256 internal immutable ic5Y;
+    uint256 internal immutable ic6X;
+    uint256 internal immutable ic6Y;
+    uint256 internal immutable ic7X;
+    uint256 internal immutable ic7Y;
 
-    /// `vk`: alpha (2), beta (4), gamma (4), delta (4), IC0..IC5 (12), in the orders above.
-    constructor(uint256[26] memory vk) {
-        for (uint256 i = 0; i < 26; i++) {
+    /// `vk`: alpha (2), beta (4), gamma (4), delta (4), IC0..IC7 (16), in the orders above.
+    constructor(uint256[30] memory vk) {
+        for (uint256 i = 0; i < 30; i++) {
             require(vk[i] < Q, "verifying key: coordinate out of range");
         }
         (alphaX, alphaY) = (vk[0], vk[1]);
@@ -64,14 +68,15 @@ contract Groth16Verifier {
         (ic0X, ic0Y, ic1X, ic1Y) = (vk[14], vk[15], vk[16], vk[17]);
         (ic2X, ic2Y, ic3X, ic3Y) = (vk[18], vk[19], vk[20], vk[21]);
         (ic4X, ic4Y, ic5X, ic5Y) = (vk[22], vk[23], vk[24], vk[25]);
+        (ic6X, ic6Y, ic7X, ic7Y) = (vk[26], vk[27], vk[28], vk[29]);
     }
 
     /// The verifying key, in the constructor's order.
-    function verifyingKey() external view returns (uint256[26] memory vk) {
+    function verifyingKey() external view returns (uint256[30] memory vk) {
         vk = [
             alphaX, alphaY, betaX1, betaX0, betaY1, betaY0, gammaX1, gammaX0, gammaY1, gammaY0,
             deltaX1, deltaX0, deltaY1, deltaY0, ic0X, ic0Y, ic1X, ic1Y, ic2X, ic2Y, ic3X, ic3Y,
-            ic4X, ic4Y, ic5X, ic5Y
+            ic4X, ic4Y, ic5X, ic5Y, ic6X, ic6Y, ic7X, ic7Y
         ];
     }
 
@@ -141,7 +146,7 @@ contract Groth16Verifier {
 
     /// `s0 * IC0 + sum w_j * IC_(j+1)`.
     function _vkx(uint256 s0, uint256[INPUTS] memory w) internal view returns (bool, uint256, uint256) {
-        uint256[2][6] memory ic = [[ic0X, ic0Y], [ic1X, ic1Y], [ic2X, ic2Y], [ic3X, ic3Y], [ic4X, ic4Y], [ic5X, ic5Y]];
+        uint256[2][8] memory ic = [[ic0X, ic0Y], [ic1X, ic1Y], [ic2X, ic2Y], [ic3X, ic3Y], [ic4X, ic4Y], [ic5X, ic5Y], [ic6X, ic6Y], [ic7X, ic7Y]];
         (bool ok, uint256 x, uint256 y) = _scale(ic[0][0], ic[0][1], s0);
         for (uint256 j = 0; j < INPUTS && ok; j++) {
             (bool okm, uint256 px, uint256 py) = _mul(ic[j + 1][0], ic[j + 1][1], w[j]);

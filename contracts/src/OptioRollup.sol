@@ -6,8 +6,8 @@ import {Field, IPoseidon2, IPoseidon3, IPoseidon5} from "./Poseidon.sol";
 
 /// The batch-proof verifier (`Groth16Verifier.sol`).
 interface IGroth16Verifier {
-    function verify(uint256[8] calldata proof, uint256[5] calldata input) external view returns (bool);
-    function verifyMany(uint256[8][] calldata proofs, uint256[5][] calldata inputs) external view returns (bool);
+    function verify(uint256[8] calldata proof, uint256[7] calldata input) external view returns (bool);
+    function verifyMany(uint256[8][] calldata proofs, uint256[7][] calldata inputs) external view returns (bool);
 }
 
 /// Optio's rollup on L1: the collateral vault, the chain of committed and finalized state roots,
@@ -20,13 +20,16 @@ interface IGroth16Verifier {
 ///
 /// Validity proofs (issue #9, in part): anyone may submit a batch's Groth16 proof to
 /// `verifyBatch` (or many to `verifyBatches`, one pairing check); the verifier checks it against
-/// the batch's roots and L1 priority counts as committed here and the ops commitment the proof
-/// names, and the batch is marked proven. A rollup deployed with a verifier finalizes only
+/// the batch's roots and L1 priority counts as committed here, the ops commitment posted with it,
+/// and the evaluation of the posted words (below), and the batch is marked proven. A rollup deployed with a verifier finalizes only
 /// proven batches, `finalizationDelay` after their proof; one deployed without (the default
 /// devnet's: proving every batch takes more cores than a laptop has) finalizes after the delay
-/// alone. Not yet here: binding the proof's commitment to the posted data bytes (the proof does
-/// not check `dataHash` yet: `optio verify` compares them off-chain and raises an alert), the
-/// authorization challenge and slashing of the bond. Until then the contract trusts the operator's withdrawal list, which
+/// alone. The proof is bound to the posted bytes: `commitBatch` takes the Poseidon commitment
+/// `C` to the batch's ops with the data, draws `z = keccak256(keccak256(words) || C) mod p` and
+/// evaluates `y = z^n + sum w_i z^(n-1-i)` over the data's `n` 32-byte words; `C`, `z` and `y`
+/// are public inputs, and the circuit evaluates the same polynomial over the words of the ops it
+/// proves (docs/settlement.md, "Binding"). Not yet here: the authorization challenge and
+/// slashing of the bond. Until then the contract trusts the operator's withdrawal list, which
 /// the posted data lets anyone audit. There are no admin functions (nothing to change, so
 /// nothing to timelock).
 contract OptioRollup {
@@ -119,6 +122,11 @@ contract OptioRollup {
     mapping(uint256 => bool) public proven;
     mapping(uint256 => uint256) public provenCommitment;
     mapping(uint256 => uint256) public provenAt;
+    /// Per committed batch: the ops commitment posted with it, and the point and value of the
+    /// evaluation of its posted words (public inputs of its proof).
+    mapping(uint256 => uint256) public opsCommitment;
+    mapping(uint256 => uint256) public evaluationPoint;
+    mapping(uint256 => uint256) public evaluation;
     /// Withdrawals paid, by batch and index in its list.
     mapping(uint256 => mapping(uint256 => bool)) public withdrawn;
     uint256 public totalDeposited;
@@ -232,6 +240,7 @@ contract OptioRollup {
         uint64 lastSeq,
         uint64 priorityServed_,
         bytes32 withdrawalsHash,
+        uint256 commitment,
         bytes calldata data
     ) external onlyOperator live {
         Batch storage last = batches[batches.length - 1];
@@ -240,18 +249,61 @@ contract OptioRollup {
         if (firstSeq != last.lastSeq + 1 || lastSeq < firstSeq) revert BadBatch("sequence range");
         if (priorityServed_ < last.priorityServed || priorityServed_ > priorityOps.length) revert BadBatch("priority operations");
         Field.check(newRoot);
+        Field.check(commitment);
+        (uint256 z, uint256 y) = evaluate(data, commitment);
+        opsCommitment[number] = commitment;
+        evaluationPoint[number] = z;
+        evaluation[number] = y;
         bytes32 dataHash = keccak256(data);
         batches.push(Batch({root: newRoot, dataHash: dataHash, withdrawalsHash: withdrawalsHash, lastSeq: lastSeq, committedAt: uint64(block.timestamp), priorityServed: priorityServed_}));
         emit BatchCommitted(number, newRoot, dataHash, lastSeq);
     }
 
-    /// The verifier's public inputs for batch `number` with ops commitment `commitment`: the
-    /// previous and new roots and L1 priority counts as committed here.
-    function batchInputs(uint256 number, uint256 commitment) public view returns (uint256[5] memory) {
+    /// Bytes of a batch blob before its words (docs/settlement.md).
+    uint256 public constant BLOB_HEADER = 49;
+
+    /// The point `z = keccak256(keccak256(words) || commitment) mod p` and the evaluation
+    /// `y = z^n + sum_i w_i z^(n-1-i)` of a blob's `n` words (each below p), Horner from 1.
+    function evaluate(bytes calldata data, uint256 commitment) public pure returns (uint256 z, uint256 y) {
+        if (data.length < BLOB_HEADER || (data.length - BLOB_HEADER) % 32 != 0) revert BadBatch("data is not whole words");
+        uint256 p = Field.P;
+        bytes32 words;
+        assembly {
+            let len := sub(data.length, 49)
+            let ptr := mload(0x40)
+            calldatacopy(ptr, add(data.offset, 49), len)
+            words := keccak256(ptr, len)
+        }
+        z = uint256(keccak256(abi.encodePacked(words, commitment))) % p;
+        y = 1;
+        uint256 from;
+        uint256 end;
+        assembly {
+            from := add(data.offset, 49)
+            end := add(data.offset, data.length)
+        }
+        for (uint256 cursor = from; cursor < end; cursor += 32) {
+            uint256 w;
+            assembly {
+                w := calldataload(cursor)
+            }
+            if (w >= p) revert BadBatch("a word is not below the field modulus");
+            y = addmod(mulmod(y, z, p), w, p);
+        }
+    }
+
+    /// The verifier's public inputs for batch `number`: the previous and new roots and L1
+    /// priority counts, the ops commitment and the words' evaluation, all as committed here
+    /// (`commitment` must be the one posted).
+    function batchInputs(uint256 number, uint256 commitment) public view returns (uint256[7] memory) {
         if (number == 0 || number >= batches.length) revert BadBatch("number");
+        if (commitment != opsCommitment[number]) revert BadProof("not the commitment posted with the batch");
         Batch storage previous = batches[number - 1];
         Batch storage b = batches[number];
-        return [previous.root, b.root, commitment, previous.priorityServed, b.priorityServed];
+        return [
+            previous.root, b.root, commitment, previous.priorityServed, b.priorityServed,
+            evaluationPoint[number], evaluation[number]
+        ];
     }
 
     /// Verifies batch `number`'s validity proof (anyone may submit it) and marks it proven.
@@ -268,7 +320,7 @@ contract OptioRollup {
         if (address(verifier) == address(0)) revert NoVerifier();
         uint256 k = numbers.length;
         if (k == 0 || commitments.length != k || proofs.length != k) revert BadProof("lengths");
-        uint256[5][] memory inputs = new uint256[5][](k);
+        uint256[7][] memory inputs = new uint256[7][](k);
         for (uint256 i = 0; i < k; i++) {
             if (proven[numbers[i]]) revert BadBatch("already proven");
             inputs[i] = batchInputs(numbers[i], commitments[i]);

@@ -122,8 +122,34 @@ contract RollupTest is WithHashers {
             i == 0 ? 7 : 20,
             served,
             bytes32(hevm.parseJsonUint(v, string.concat(b, ".withdrawals_hash"))),
+            hevm.parseJsonUint(v, string.concat(b, ".commitment")),
             hevm.parseJsonBytes(v, string.concat(b, ".blob"))
         );
+    }
+
+    function test_the_posted_words_evaluate_as_the_rust_side_computes() public {
+        commit(0, 0);
+        commit(1, 0);
+        for (uint256 i = 0; i < 2; i++) {
+            string memory b = string.concat(".batches[", _digit(i), "]");
+            require(rollup.opsCommitment(i + 1) == hevm.parseJsonUint(v, string.concat(b, ".commitment")), "commitment");
+            require(rollup.evaluationPoint(i + 1) == hevm.parseJsonUint(v, string.concat(b, ".z")), "z");
+            require(rollup.evaluation(i + 1) == hevm.parseJsonUint(v, string.concat(b, ".y")), "y");
+        }
+    }
+
+    function test_data_that_is_not_whole_field_words_is_refused() public {
+        bytes memory blob = hevm.parseJsonBytes(v, ".batches[0].blob");
+        uint256 c = hevm.parseJsonUint(v, ".batches[0].commitment");
+        uint256 root = hevm.parseJsonUint(v, ".batches[0].new_root");
+        bytes memory cut = new bytes(blob.length - 1);
+        for (uint256 i = 0; i < cut.length; i++) cut[i] = blob[i];
+        hevm.expectRevert(abi.encodeWithSelector(OptioRollup.BadBatch.selector, "data is not whole words"));
+        rollup.commitBatch(1, hevm.parseJsonUint(v, ".genesis_root"), root, 1, 7, 0, 0, c, cut);
+        // A word at or above the modulus.
+        for (uint256 i = 49; i < 81; i++) blob[i] = 0xff;
+        hevm.expectRevert(abi.encodeWithSelector(OptioRollup.BadBatch.selector, "a word is not below the field modulus"));
+        rollup.commitBatch(1, hevm.parseJsonUint(v, ".genesis_root"), root, 1, 7, 0, 0, c, blob);
     }
 
     function proof() internal view returns (OptioRollup.ExitProof memory p) {
@@ -237,15 +263,15 @@ contract RollupTest is WithHashers {
 
     function test_batches_must_continue_the_chain_and_finalize_after_the_delay() public {
         hevm.expectRevert(abi.encodeWithSelector(OptioRollup.BadBatch.selector, "number"));
-        rollup.commitBatch(2, 0, 1, 1, 7, 0, 0, "");
+        rollup.commitBatch(2, 0, 1, 1, 7, 0, 0, 0, "");
         commit(0, 0);
         hevm.expectRevert(abi.encodeWithSelector(OptioRollup.BadBatch.selector, "previous root"));
-        rollup.commitBatch(2, 12345, 1, 8, 20, 0, 0, "");
+        rollup.commitBatch(2, 12345, 1, 8, 20, 0, 0, 0, "");
         hevm.expectRevert(abi.encodeWithSelector(OptioRollup.TooEarly.selector, block.timestamp + DELAY));
         rollup.finalize();
         hevm.prank(funder);
         hevm.expectRevert(abi.encodeWithSelector(OptioRollup.NotOperator.selector));
-        rollup.commitBatch(2, 0, 1, 8, 20, 0, 0, "");
+        rollup.commitBatch(2, 0, 1, 8, 20, 0, 0, 0, "");
     }
 
     function batch2Withdrawals() internal pure returns (OptioRollup.Withdrawal[] memory list) {

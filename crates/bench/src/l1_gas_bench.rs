@@ -68,6 +68,7 @@ async fn measure() -> anyhow::Result<()> {
                 seq + n,
                 0,
                 Default::default(),
+                U256::ZERO,
                 blob.clone().into(),
             ))
             .await?;

@@ -387,7 +387,7 @@ async fn verifier_gas(
     let address = deploy_verifier(&provider, words(&solidity::verifying_key(&keys.vk))).await?;
     let verifier = Groth16Verifier::new(address, &provider);
     let p: [U256; 8] = words(&solidity::proof(proof));
-    let i: [U256; 5] = words(&solidity::inputs(public));
+    let i: [U256; 7] = words(&solidity::inputs(public));
     anyhow::ensure!(
         verifier.verify(p, i).call().await?,
         "the L1 verifier accepts"

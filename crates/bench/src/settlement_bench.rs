@@ -440,9 +440,12 @@ impl Flow {
                 first_seq: 1,
                 last_seq: ops.len() as u64,
                 time_ms: self.now,
+                accounts: 0,
+                instruments: self.specs.len() as u32,
             },
             ops,
         )
+        .expect("the flow's ops encode")
     }
 }
 

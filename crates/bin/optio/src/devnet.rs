@@ -229,7 +229,7 @@ async fn local_chain_up(
     let verifier = match keys {
         Some(k) => {
             let vk = optio_prover::solidity::verifying_key(&k.vk);
-            let words: [U256; 26] = std::array::from_fn(|i| U256::from_be_bytes(vk[i]));
+            let words: [U256; 30] = std::array::from_fn(|i| U256::from_be_bytes(vk[i]));
             optio_settler::deploy_verifier(&provider, words)
                 .await
                 .context("deploying the batch-proof verifier")?

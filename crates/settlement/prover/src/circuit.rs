@@ -48,9 +48,12 @@ use optio_state::smt::empty_hashes;
 use optio_types::QTY_SCALE;
 use optio_types::fixed::FEE_RATE_SCALE;
 
+use optio_state::blob::bits as at;
+
 use crate::gadgets::{Cs, R, Wire, pow2};
 use crate::witness::{
-    BatchWitness, InstrumentOp, KeySlot, MarkEntry, MarkWindow, SettleSlot, Slot, SpecOpening, kind,
+    BatchWitness, InstrumentOp, KeySlot, MarkEntry, MarkWindow, SPEC_CHUNKS, SettleSlot, Slot,
+    SpecOpening, kind,
 };
 
 /// The circuit of one batch (its witness; key generation uses an empty batch of the same shape).
@@ -126,8 +129,38 @@ struct Running {
     insurance: Wire,
     priority: Wire,
     commitment: Wire,
+    /// The posted words so far, evaluated.
+    poly: Poly,
     /// Loss shares charged since the last deficit cover.
     shared: Wire,
+}
+
+/// The running evaluation `y = z^n + sum_i w_i z^(n-1-i)` of the words the blob posts for the
+/// ops so far (`optio_state::blob::binding`), Horner from 1: one constraint a word, and one to
+/// skip an op that is not there.
+struct Poly {
+    z: Wire,
+    y: Wire,
+}
+
+impl Poly {
+    /// Appends `words` when `present`.
+    fn push(&mut self, cs: &Cs, present: &Wire, words: &[Wire]) -> R<()> {
+        let mut y = self.y.clone();
+        for w in words {
+            y = cs.mul(&y, &self.z)?.add(w);
+        }
+        self.y = cs.select(present, &y, &self.y)?;
+        Ok(())
+    }
+}
+
+/// `sum_k field_k * 2^shift_k`: fields packed into one word (linear, so free; every field is
+/// range-checked where the circuit makes it, so the packing is injective).
+fn pack(fields: &[(&Wire, usize)]) -> Wire {
+    fields
+        .iter()
+        .fold(Wire::zero(), |acc, (f, shift)| acc.plus(pow2(*shift), f))
 }
 
 /// One-hot selector over `n` registers: `index` or none; its sum is returned too.
@@ -176,6 +209,11 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
     let commitment = cs.input(p.commitment)?;
     let priority_before = cs.input(Fr::from(p.priority_before))?;
     let priority_after = cs.input(Fr::from(p.priority_after))?;
+    let z = cs.input(p.z)?;
+    let y = cs.input(p.y)?;
+    // (Priority ids are packed in 64 bits.)
+    cs.range(&priority_before, 62)?;
+    let mut poly = Poly { z, y: one() };
 
     cs.part("the old root".into());
     let mut accounts_root = cs.witness(w.accounts_root)?;
@@ -190,7 +228,13 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
     let mut commitment_so_far = Wire::zero();
     for (i, o) in w.listings.iter().enumerate() {
         cs.part(format!("listing slot {i}"));
-        instrument_op(cs, o, &mut instruments_root, &mut commitment_so_far)?;
+        instrument_op(
+            cs,
+            o,
+            &mut instruments_root,
+            &mut commitment_so_far,
+            &mut poly,
+        )?;
     }
 
     cs.part("the registers".into());
@@ -298,6 +342,7 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
         insurance,
         priority: priority_before,
         commitment: commitment_so_far,
+        poly,
         shared: Wire::zero(),
     };
     for (i, slot) in w.slots.iter().enumerate() {
@@ -314,7 +359,13 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
 
     for (i, o) in w.expiries.iter().enumerate() {
         cs.part(format!("expiry slot {i}"));
-        instrument_op(cs, o, &mut instruments_root, &mut st.commitment)?;
+        instrument_op(
+            cs,
+            o,
+            &mut instruments_root,
+            &mut st.commitment,
+            &mut st.poly,
+        )?;
     }
     for (i, o) in w.settlements.iter().enumerate() {
         cs.part(format!("settlement slot {i}"));
@@ -386,8 +437,14 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
     let mut previous: Option<(Wire, Wire)> = None;
     for (i, window) in w.marks.iter().enumerate() {
         cs.part(format!("mark window {i}"));
-        let (enabled, index) =
-            mark_window(cs, window, bits, &mut instruments_root, &mut st.commitment)?;
+        let (enabled, index) = mark_window(
+            cs,
+            window,
+            bits,
+            &mut instruments_root,
+            &mut st.commitment,
+            &mut st.poly,
+        )?;
         // Windows in use come first, by index (so the marks enter the commitment by id).
         if let Some((enabled0, index0)) = &previous {
             ordered(
@@ -406,7 +463,9 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
     let root = cs.poseidon(&[accounts_root, instruments_root, funds])?;
     cs.equal(&root, &new_root)?;
     cs.equal(&st.priority, &priority_after)?;
-    cs.equal(&st.commitment, &commitment)
+    cs.equal(&st.commitment, &commitment)?;
+    // The words evaluate to what the contract computed over the posted bytes.
+    cs.equal(&st.poly.y, &y)
 }
 
 /// `ceil(notional * rate / FEE_RATE_SCALE)`, the fee (or, negative, rebate) of one side.
@@ -605,6 +664,22 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     }
 
     st.fee_pool = st.fee_pool.add(&cs.mul(&fill, &maker_fee.add(&taker_fee))?);
+    // The posted words: the ids, side, price and quantity in one; the amount and priority id
+    // in a second where the kind has them; an opened account's owner in a third.
+    cs.range(&owner, 160)?;
+    let head = pack(&[
+        (&kind_code, 0),
+        (&a_id, at::A),
+        (&b_id, at::B),
+        (&instrument, at::INSTRUMENT),
+        (&taker_buys, at::SMALL),
+        (&price, at::PRICE),
+        (&qty, at::QTY),
+    ]);
+    st.poly.push(cs, &used, &[head])?;
+    st.poly
+        .push(cs, &has_amount, &[pack(&[(&amount, 0), (&priority, 63)])])?;
+    st.poly.push(cs, &open, std::slice::from_ref(&owner))?;
     let record = [
         kind_code, a_id, b_id, instrument, amount, price, qty, taker_buys, priority, owner,
     ];
@@ -717,8 +792,16 @@ fn key_slot(cs: &Cs, o: &KeySlot, st: &mut Running) -> R<()> {
         a.keys = a.keys.add(&cs.mul(x, &change)?);
     }
     let account = pick(cs, &sel, st.accounts.iter().map(|a| a.id.clone()))?;
+    let kind_code = enabled.scale(Fr::from(kind::SESSION_KEY));
+    let head = pack(&[
+        (&kind_code, 0),
+        (&account, at::A),
+        (&expiry, at::SMALL),
+        (&at, at::QTY),
+    ]);
+    st.poly.push(cs, &enabled, &[head, key.clone()])?;
     let record = [
-        enabled.scale(Fr::from(kind::SESSION_KEY)),
+        kind_code,
         account,
         Wire::zero(),
         Wire::zero(),
@@ -755,6 +838,12 @@ struct SpecWires {
 
 /// `spec_hash` from its opening (`optio_state::leaf::spec_hash`), and the opened fields.
 fn spec_wires(cs: &Cs, o: &SpecOpening) -> R<(Wire, SpecWires)> {
+    let bytes_hash = cs.witness(o.bytes_hash)?;
+    spec_wires_over(cs, o, bytes_hash)
+}
+
+/// `spec_wires` with the hash of the spec's bytes given.
+fn spec_wires_over(cs: &Cs, o: &SpecOpening, bytes_hash: Wire) -> R<(Wire, SpecWires)> {
     let is_call = cs.boolean(o.payoff == 1)?;
     let is_put = cs.boolean(o.payoff == 2)?;
     cs.assert_boolean(&is_call.add(&is_put))?;
@@ -769,7 +858,7 @@ fn spec_wires(cs: &Cs, o: &SpecOpening) -> R<(Wire, SpecWires)> {
     };
     let payoff = w.is_call.add(&w.is_put.scale(Fr::from(2u64)));
     let hash = cs.poseidon(&[
-        cs.witness(o.bytes_hash)?,
+        bytes_hash,
         w.maker_rate.clone(),
         w.taker_rate.clone(),
         payoff,
@@ -838,13 +927,17 @@ fn settle_slot(cs: &Cs, o: &SettleSlot, st: &mut Running, instruments_root: &mut
     let credit = cs.witness(o.insurance_credit)?;
     cs.signed_range(&credit, 64)?;
     cs.equal_if(&not(&enabled), &credit, &Wire::zero())?;
+    let kind_code = enabled.scale(Fr::from(kind::SETTLE));
+    let head = pack(&[(&kind_code, 0), (&instrument, at::INSTRUMENT)]);
+    st.poly
+        .push(cs, &enabled, &[head, price.clone(), credit.clone()])?;
     let z = Wire::zero;
     absorb(
         cs,
         &mut st.commitment,
         &enabled,
         [
-            enabled.scale(Fr::from(kind::SETTLE)),
+            kind_code,
             z(),
             z(),
             instrument.clone(),
@@ -898,12 +991,19 @@ fn settle_slot(cs: &Cs, o: &SettleSlot, st: &mut Running, instruments_root: &mut
         cs.signed_range(&after, 64)?;
         paid = paid.add(&cash);
         let account_id = pick(cs, &sel_a, st.accounts.iter().map(|a| a.id.clone()))?;
+        let kind_code = used.scale(Fr::from(kind::SETTLE_POSITION));
+        let head = pack(&[
+            (&kind_code, 0),
+            (&account_id, at::A),
+            (&held, at::INSTRUMENT),
+        ]);
+        st.poly.push(cs, &used, &[head, cash.clone()])?;
         absorb(
             cs,
             &mut st.commitment,
             &used,
             [
-                used.scale(Fr::from(kind::SETTLE_POSITION)),
+                kind_code,
                 account_id,
                 z(),
                 held,
@@ -938,6 +1038,7 @@ fn instrument_op(
     o: &InstrumentOp,
     instruments_root: &mut Wire,
     commitment: &mut Wire,
+    poly: &mut Poly,
 ) -> R<()> {
     let list = cs.boolean(o.kind == kind::LIST)?;
     let activate = cs.boolean(o.kind == kind::ACTIVATE)?;
@@ -967,8 +1068,40 @@ fn instrument_op(
     let status = &fields[1];
     cs.equal_if(&activate, status, &Wire::constant(Fr::from(status::LISTED)))?;
     cs.equal_if(&expire, status, &Wire::constant(Fr::from(status::ACTIVE)))?;
-    let spec_hash = cs.witness(o.spec_hash)?;
-    cs.equal_if(&not(&list), &spec_hash, &Wire::zero())?;
+    // A listing's spec hash, from the posted bytes (`poseidon::hash_bytes`: 31 bytes to a
+    // chunk, `h = Poseidon(len)` then `h = Poseidon(h, chunk)`) and the opened terms.
+    let len = cs.witness(Fr::from(o.spec_len as u64))?;
+    cs.equal_if(&not(&list), &len, &Wire::zero())?;
+    let mut chunks_used = Vec::with_capacity(SPEC_CHUNKS);
+    let mut previous = list.clone();
+    let mut bytes_hash = cs.poseidon(std::slice::from_ref(&len))?;
+    let chunks = cs.witnesses(&o.spec_chunks[..SPEC_CHUNKS])?;
+    for (k, chunk) in chunks.iter().enumerate() {
+        let c = cs.boolean(k * at::SPEC_CHUNK < o.spec_len)?;
+        cs.equal_if(&c, &previous, &one())?;
+        let next = cs.poseidon(&[bytes_hash.clone(), chunk.clone()])?;
+        bytes_hash = cs.select(&c, &next, &bytes_hash)?;
+        chunks_used.push(c.clone());
+        previous = c;
+    }
+    // 31 (n - 1) < len <= 31 n for n chunks.
+    let n = Wire::sum(&chunks_used).scale(Fr::from(at::SPEC_CHUNK as u64));
+    cs.range(&n.sub(&len), 5)?;
+    cs.range(
+        &len.add_const(Fr::from(at::SPEC_CHUNK as u64 - 1)).sub(&n),
+        5,
+    )?;
+    let (listed_hash, _) = spec_wires_over(cs, &o.spec, bytes_hash)?;
+    let spec_hash = cs.mul(&list, &listed_hash)?;
+    let head = pack(&[
+        (&kind_code, 0),
+        (&instrument, at::INSTRUMENT),
+        (&len, at::SMALL),
+    ]);
+    poly.push(cs, &used, &[head])?;
+    for (c, chunk) in chunks_used.iter().zip(&chunks) {
+        poly.push(cs, c, std::slice::from_ref(chunk))?;
+    }
     let zero = Wire::zero();
     let new_leaf = cs.poseidon(&[
         cs.select(&list, &spec_hash, &fields[0])?,
@@ -1009,6 +1142,7 @@ fn mark_window(
     bits: usize,
     instruments_root: &mut Wire,
     commitment: &mut Wire,
+    poly: &mut Poly,
 ) -> R<(Wire, Wire)> {
     let enabled = cs.boolean(w.enabled)?;
     let index = cs.witness(Fr::from(w.index))?;
@@ -1018,7 +1152,7 @@ fn mark_window(
     let (mut old_leaves, mut new_leaves) = (Vec::new(), Vec::new());
     for (j, e) in w.entries.iter().enumerate() {
         let id = base.add_const(Fr::from(j as u64));
-        let (old, new) = mark_entry(cs, e, &enabled, id, commitment)?;
+        let (old, new) = mark_entry(cs, e, &enabled, id, commitment, poly)?;
         old_leaves.push(old);
         new_leaves.push(new);
     }
@@ -1050,6 +1184,7 @@ fn mark_entry(
     enabled: &Wire,
     id: Wire,
     commitment: &mut Wire,
+    poly: &mut Poly,
 ) -> R<(Wire, Wire)> {
     let marked = cs.boolean(e.marked)?;
     cs.equal_if(&marked, enabled, &one())?;
@@ -1069,19 +1204,50 @@ fn mark_entry(
     let mark = cs.witness(e.mark)?;
     cs.signed_range(&mark, 64)?;
     cs.equal_if(&not(&marked), &mark, &Wire::zero())?;
-    // The risk array's hash, over its first `chunks` chunks of `RISK_CHUNK`.
+    // The risk array: its first `len` values present (the rest zero), in -2^47..2^47; its hash
+    // over its first `ceil(len / RISK_CHUNK)` chunks.
     let values = cs.witnesses(&e.risk)?;
-    let mut risk_hash = Wire::zero();
+    let mut present = Vec::with_capacity(values.len());
     let mut previous = marked.clone();
+    for (j, v) in values.iter().enumerate() {
+        let p = cs.boolean(j < e.len)?;
+        // Present values come first, and only in a marked entry.
+        cs.equal_if(&p, &previous, &one())?;
+        cs.equal_if(&not(&p), v, &Wire::zero())?;
+        cs.range(&v.add_const(pow2(at::RISK - 1)), at::RISK)?;
+        present.push(p.clone());
+        previous = p;
+    }
+    let len = Wire::sum(&present);
+    let mut risk_hash = Wire::zero();
+    let mut active_chunks = Vec::new();
     for (k, chunk) in values.chunks(RISK_CHUNK).enumerate() {
-        let active = cs.boolean(k < e.chunks)?;
-        // Active chunks come first, and only in a marked entry.
-        cs.equal_if(&active, &previous, &one())?;
+        let active = present[k * RISK_CHUNK].clone();
+        active_chunks.push(active.clone());
         let mut inputs = vec![risk_hash.clone()];
         inputs.extend_from_slice(chunk);
         let next = cs.poseidon(&inputs)?;
         risk_hash = cs.select(&active, &next, &risk_hash)?;
-        previous = active;
+    }
+    // The posted words: kind, id and length; the mark; the values of the chunks in use, five to
+    // a word as `v + 2^47` at bit `48 j` (a value past the last chunk adds nothing).
+    let kind_code = marked.scale(Fr::from(kind::MARK));
+    let marked_id = cs.mul(&marked, &id)?;
+    let head = pack(&[
+        (&kind_code, 0),
+        (&marked_id, at::INSTRUMENT),
+        (&len, at::SMALL),
+    ]);
+    poly.push(cs, &marked, &[head, mark.clone()])?;
+    for (k, four) in values.chunks(at::RISK_PER_WORD).enumerate() {
+        let mut word = Wire::zero();
+        for (j, v) in four.iter().enumerate() {
+            let chunk = &active_chunks[(k * at::RISK_PER_WORD + j) / RISK_CHUNK];
+            let shift = pow2(at::RISK * j);
+            word = word.plus(shift, v).plus(shift * pow2(at::RISK - 1), chunk);
+        }
+        let chunk = &active_chunks[k * at::RISK_PER_WORD / RISK_CHUNK];
+        poly.push(cs, chunk, &[word])?;
     }
     let new_leaf = cs.poseidon(&[
         spec_hash,
@@ -1092,10 +1258,10 @@ fn mark_entry(
     ])?;
     let after = cs.select(&marked, &new_leaf, &leaf)?;
     let record = [
-        marked.scale(Fr::from(kind::MARK)),
+        kind_code,
         Wire::zero(),
         Wire::zero(),
-        cs.mul(&marked, &id)?,
+        marked_id,
         Wire::zero(),
         mark,
         Wire::zero(),

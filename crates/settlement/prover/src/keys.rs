@@ -160,6 +160,17 @@ impl Keys {
             ProvingKey::deserialize_uncompressed_unchecked(&pk[..]).map_err(|e| bad(&path, e))?;
         let (path, vk) = read("vk")?;
         let vk = VerifyingKey::deserialize_uncompressed(&vk[..]).map_err(|e| bad(&path, e))?;
+        // Keys of an older circuit with other public inputs (the binding added two).
+        let inputs = crate::witness::PublicInputs::COUNT;
+        if vk.gamma_abc_g1.len() != inputs + 1 {
+            return Err(ProveError::KeyFile {
+                path: path.display().to_string(),
+                why: format!(
+                    "keys of another circuit version ({} public inputs, this circuit has {inputs}): make new ones with optio prove setup --keys DIR",
+                    vk.gamma_abc_g1.len().saturating_sub(1)
+                ),
+            });
+        }
         Ok(Keys { shape, pk, vk })
     }
 }

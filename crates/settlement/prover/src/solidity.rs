@@ -1,5 +1,5 @@
 //! What the L1 verifier (`contracts/src/Groth16Verifier.sol`) takes: the verifying key as its
-//! constructor's 26 words, a proof as 8 words and the public inputs as 5, each a big-endian
+//! constructor's 30 words, a proof as 8 words and the public inputs as 7, each a big-endian
 //! 32-byte integer (G2 coordinates imaginary part first, the precompile's order).
 
 use ark_bn254::{Bn254, Fq, Fq2, G1Affine, G2Affine};
@@ -33,9 +33,9 @@ fn g2(p: &G2Affine) -> [Word; 4] {
     [x1, x0, y1, y0]
 }
 
-/// The verifier's constructor argument: alpha, beta, gamma, delta, IC0..IC5.
+/// The verifier's constructor argument: alpha, beta, gamma, delta, IC0..IC7.
 pub fn verifying_key(vk: &VerifyingKey<Bn254>) -> Vec<Word> {
-    let mut out = Vec::with_capacity(26);
+    let mut out = Vec::with_capacity(30);
     out.extend(g1(&vk.alpha_g1));
     out.extend(g2(&vk.beta_g2));
     out.extend(g2(&vk.gamma_g2));
@@ -55,15 +55,9 @@ pub fn proof(p: &Proof<Bn254>) -> [Word; 8] {
 }
 
 /// The public inputs, in the circuit's order.
-pub fn inputs(public: &PublicInputs) -> [Word; 5] {
+pub fn inputs(public: &PublicInputs) -> [Word; 7] {
     let v = public.to_vec();
-    [
-        to_bytes(&v[0]),
-        to_bytes(&v[1]),
-        to_bytes(&v[2]),
-        to_bytes(&v[3]),
-        to_bytes(&v[4]),
-    ]
+    std::array::from_fn(|i| to_bytes(&v[i]))
 }
 
 fn fq_from(w: &Word) -> Option<Fq> {

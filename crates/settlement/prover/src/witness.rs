@@ -423,7 +423,9 @@ pub struct MarkEntry {
     pub mark: Fr,
     /// New risk array, zero-padded to the shape's capacity.
     pub risk: Vec<Fr>,
-    /// Chunks of three the array hashes in.
+    /// Its length.
+    pub len: usize,
+    /// Chunks of `RISK_CHUNK` the array hashes in.
     pub chunks: usize,
 }
 
@@ -440,7 +442,17 @@ pub struct InstrumentOp {
     pub siblings: Vec<Fr>,
     /// The listed spec's hash (listings only).
     pub spec_hash: Fr,
+    /// The listed spec's opening (listings only).
+    pub spec: SpecOpening,
+    /// Length of the listed spec's canonical bytes (listings only).
+    pub spec_len: usize,
+    /// Those bytes, 31 to a field element (`poseidon::hash_bytes`), zero-padded to `SPEC_CHUNKS`.
+    pub spec_chunks: Vec<Fr>,
 }
+
+/// Most 31-byte chunks a spec's canonical bytes take (a 64-byte name and the fixed fields: 120
+/// bytes).
+pub const SPEC_CHUNKS: usize = 4;
 
 /// The public inputs, in the verifier's order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -455,9 +467,16 @@ pub struct PublicInputs {
     pub priority_before: u64,
     /// And after.
     pub priority_after: u64,
+    /// The point the posted words are evaluated at (`optio_state::blob::binding`).
+    pub z: Fr,
+    /// Their evaluation there.
+    pub y: Fr,
 }
 
 impl PublicInputs {
+    /// How many there are.
+    pub const COUNT: usize = 7;
+
     /// As field elements, in order.
     pub fn to_vec(&self) -> Vec<Fr> {
         vec![
@@ -466,6 +485,8 @@ impl PublicInputs {
             self.commitment,
             Fr::from(self.priority_before),
             Fr::from(self.priority_after),
+            self.z,
+            self.y,
         ]
     }
 }
@@ -1471,6 +1492,12 @@ pub fn witness(
         };
         let siblings = path(tree, u64::from(id));
         let spec_hash = spec.map_or(Fr::from(0u64), leaf::spec_hash);
+        let bytes = spec.map(optio_state::blob::spec_bytes).unwrap_or_default();
+        let mut spec_chunks: Vec<Fr> = bytes
+            .chunks(31)
+            .map(<Fr as ark_ff::PrimeField>::from_be_bytes_mod_order)
+            .collect();
+        spec_chunks.resize(SPEC_CHUNKS.max(spec_chunks.len()), Fr::from(0u64));
         let after = match k {
             kind::LIST => InstrumentLeaf {
                 spec_hash,
@@ -1494,10 +1521,14 @@ pub fn witness(
             before,
             siblings,
             spec_hash,
+            spec: spec.map(SpecOpening::of).unwrap_or_default(),
+            spec_len: bytes.len(),
+            spec_chunks,
         }
     }
     let pad = || InstrumentOp {
         siblings: zeros(INSTRUMENT_DEPTH),
+        spec_chunks: vec![Fr::from(0u64); SPEC_CHUNKS],
         ..InstrumentOp::default()
     };
     let mut listing_slots: Vec<InstrumentOp> = leading
@@ -1623,6 +1654,7 @@ pub fn witness(
             before,
             mark: fr(i128::from(mark.0)),
             risk: values,
+            len: risk.len(),
             chunks,
         };
     }
@@ -1669,9 +1701,23 @@ pub fn witness(
             commitment: Fr::from(0u64),
             priority_before: state.priority_served(),
             priority_after: priority,
+            z: Fr::from(0u64),
+            y: Fr::from(0u64),
         },
     };
     w.public.commitment = commitment(&w);
+    // The words the blob posts for these ops, and the point the contract evaluates them at.
+    let meta = optio_state::blob::BlobMeta {
+        accounts: state.accounts().len() as u32,
+        instruments: state.instruments().len() as u32,
+        ..optio_state::blob::BlobMeta::default()
+    };
+    let encoded = optio_state::blob::encode_ops(&meta, ops).map_err(|e| match e {
+        optio_state::BlobError::Unencodable { op, .. } => WitnessError::Invalid(op),
+        _ => WitnessError::Invalid(0),
+    })?;
+    let words: Vec<Fr> = encoded.into_iter().flat_map(|e| e.words).collect();
+    (w.public.z, w.public.y) = optio_state::blob::binding(w.public.commitment, &words);
     Ok(w)
 }
 

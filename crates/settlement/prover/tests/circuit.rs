@@ -334,6 +334,15 @@ fn fees_other_than_the_specs_cannot_be_proven() {
     assert!(refused(&w));
 }
 
+/// `ops` with the first deposit's amount one more.
+fn other_ops(ops: &[Op]) -> Vec<Op> {
+    let mut out = ops.to_vec();
+    if let Some(Op::Deposit { amount, .. }) = out.first_mut() {
+        amount.0 += 1;
+    }
+    out
+}
+
 #[test]
 fn public_inputs_that_differ_from_the_batch_cannot_be_proven() {
     let state = genesis(3);
@@ -373,6 +382,42 @@ fn public_inputs_that_differ_from_the_batch_cannot_be_proven() {
     let mut w = honest.clone();
     w.public.commitment = other.public.commitment;
     assert!(refused(&w), "a commitment to other data");
+    // The posted words: the ops' own are the only ones that evaluate to `y` at the contract's
+    // point (drawn from the posted words and the commitment).
+    let posted = |ops: &[Op]| -> Vec<Fr> {
+        let meta = optio_state::blob::BlobMeta {
+            accounts: state.accounts().len() as u32,
+            ..Default::default()
+        };
+        optio_state::blob::encode_ops(&meta, ops)
+            .expect("encodes")
+            .into_iter()
+            .flat_map(|e| e.words)
+            .collect()
+    };
+    let (z, y) = optio_state::blob::binding(honest.public.commitment, &posted(&ops));
+    assert_eq!(
+        (z, y),
+        (honest.public.z, honest.public.y),
+        "as the contract"
+    );
+    let mut w = honest.clone();
+    w.public.y += Fr::from(1u64);
+    assert!(refused(&w), "a wrong evaluation");
+    let mut w = honest.clone();
+    w.public.z += Fr::from(1u64);
+    assert!(refused(&w), "another point");
+    // Data posted with the 6 while the 5 is proven (the commitment posted with it, the 5's).
+    let other_words = posted(&other_ops(&ops));
+    let mut w = honest.clone();
+    (w.public.z, w.public.y) = optio_state::blob::binding(honest.public.commitment, &other_words);
+    assert!(refused(&w), "words other than the proven ops'");
+    // And the same words in another order (the circuit's order is the blob's).
+    let mut swapped = posted(&ops);
+    swapped.swap(0, 2);
+    let mut w = honest.clone();
+    (w.public.z, w.public.y) = optio_state::blob::binding(honest.public.commitment, &swapped);
+    assert!(refused(&w), "the words reordered");
     // L1 operations out of queue order.
     let w = batch_of(
         &state,

@@ -108,7 +108,7 @@ fn batches() -> Vec<Vec<Op>> {
 const PROVEN: [u64; 4] = [1, 3, 4, 5];
 
 /// The proofs of the covered batches, in order (the uncovered one is applied unproven).
-fn proofs(keys: &Keys, rng: &mut StdRng) -> Vec<([U256; 8], [U256; 5])> {
+fn proofs(keys: &Keys, rng: &mut StdRng) -> Vec<([U256; 8], [U256; 7])> {
     let mut state = SettlementState::new();
     let mut out = Vec::new();
     for ops in batches() {
@@ -134,7 +134,7 @@ async fn setup(
     seed: u64,
 ) -> (
     Keys,
-    Vec<([U256; 8], [U256; 5])>,
+    Vec<([U256; 8], [U256; 7])>,
     Chain,
     optio_settler::DynProvider,
     alloy::primitives::Address,
@@ -161,7 +161,7 @@ async fn setup(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_solidity_verifier_accepts_real_proofs_and_refuses_tampered_ones() {
     let (keys, proofs, _chain, provider, address) = setup(3).await;
-    let vk: [U256; 26] = words(&solidity::verifying_key(&keys.vk));
+    let vk: [U256; 30] = words(&solidity::verifying_key(&keys.vk));
     let verifier = Groth16Verifier::new(address, &provider);
     assert_eq!(verifier.verifyingKey().call().await.expect("reads"), vk);
 
@@ -179,7 +179,7 @@ async fn the_solidity_verifier_accepts_real_proofs_and_refuses_tampered_ones() {
         bad[0] += U256::from(1u64);
         assert!(!verifier.verify(bad, *input).call().await.expect("calls"));
         // Each public input changed by one.
-        for j in 0..5 {
+        for j in 0..7 {
             let mut wrong = *input;
             wrong[j] += U256::from(1u64);
             assert!(!verifier.verify(*proof, wrong).call().await.expect("calls"));
@@ -201,7 +201,7 @@ async fn the_solidity_verifier_accepts_real_proofs_and_refuses_tampered_ones() {
     }
 
     let all_proofs: Vec<[U256; 8]> = proofs.iter().map(|p| p.0).collect();
-    let all_inputs: Vec<[U256; 5]> = proofs.iter().map(|p| p.1).collect();
+    let all_inputs: Vec<[U256; 7]> = proofs.iter().map(|p| p.1).collect();
     assert!(
         verifier
             .verifyMany(all_proofs.clone(), all_inputs.clone())
@@ -283,14 +283,19 @@ async fn the_rollup_marks_batches_proven_by_real_proofs() {
     for (i, ops) in batches().iter().enumerate() {
         let number = i as u64 + 1;
         let previous = state.root();
-        state.apply_batch(ops).expect("applies");
-        state.commit();
         let meta = BlobMeta {
             number,
             first_seq: number,
             last_seq: number,
             time_ms: number,
+            accounts: state.accounts().len() as u32,
+            instruments: state.instruments().len() as u32,
         };
+        let commitment = optio_state::blob::commitment(
+            &optio_state::blob::encode_ops(&meta, ops).expect("encodes"),
+        );
+        state.apply_batch(ops).expect("applies");
+        state.commit();
         let root =
             |f: &optio_state::poseidon::Fr| U256::from_be_bytes(optio_state::poseidon::to_bytes(f));
         transact(rollup.commitBatch(
@@ -301,7 +306,8 @@ async fn the_rollup_marks_batches_proven_by_real_proofs() {
             number,
             state.priority_served(),
             optio_state::withdrawals_hash(&[]).into(),
-            encode(&meta, ops).into(),
+            root(&commitment),
+            encode(&meta, ops).expect("encodes").into(),
         ))
         .await
         .expect("commits");
@@ -406,8 +412,10 @@ fn write_batches(dir: &std::path::Path) {
             first_seq: 10 * number - 9,
             last_seq: 10 * number,
             time_ms: number,
+            accounts: state.accounts().len() as u32,
+            instruments: state.instruments().len() as u32,
         };
-        let blob = encode(&meta, ops);
+        let blob = encode(&meta, ops).expect("encodes");
         let previous_root = state.root();
         state.apply_batch(ops).expect("applies");
         state.commit();
@@ -415,7 +423,9 @@ fn write_batches(dir: &std::path::Path) {
             number,
             previous_root,
             new_root: state.root(),
-            ops_commitment: optio_state::poseidon::hash_bytes(&blob),
+            ops_commitment: optio_state::blob::commitment(
+                &optio_state::blob::encode_ops(&meta, ops).expect("encodes"),
+            ),
             data_hash: alloy::primitives::keccak256(&blob).0,
             withdrawals_hash: optio_state::withdrawals_hash(&[]),
             first_seq: meta.first_seq,
@@ -544,12 +554,13 @@ async fn the_settler_submits_the_workers_proofs_and_finality_waits_for_them() {
     );
 }
 
-/// The gap the contract still has, and the watchtower that covers it: the rollup takes the
-/// commitment from the prover, so a proof of other ops with the same roots (two deposits of 70
-/// and 7 where the posted data has one of 77) is accepted on L1; `verify_l1` with the data's
-/// commitment names that batch, and only that one.
+/// The proof is bound to the posted data: a proof of other ops with the same roots (two deposits
+/// of 70 and 7 where the posted data has one of 77) is refused on L1, whether it names its own
+/// commitment (not the one posted with the batch) or the posted one (its words evaluate to
+/// another value at the contract's point); the honest proof of that batch then verifies, and
+/// the watchtower finds every batch agreeing with its data.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_watchtower_names_a_batch_proven_with_other_ops_than_posted() {
+async fn a_proof_of_other_ops_than_posted_is_refused_on_l1() {
     use optio_prover::worker::prove_pending;
     use optio_settler::{Verdict, verify_l1};
 
@@ -576,43 +587,48 @@ async fn the_watchtower_names_a_batch_proven_with_other_ops_than_posted() {
     let mut rng = StdRng::seed_from_u64(11);
     let w = witness(&state, &other, SHAPE).expect("fits");
     let public = w.public;
-    let proof = prove(keys, w, &mut rng).expect("proves");
-    let commitment = U256::from_be_bytes(optio_state::poseidon::to_bytes(&public.commitment));
-    transact(rollup.verifyBatch(U256::from(4), commitment, words(&solidity::proof(&proof))))
-        .await
-        .expect("the contract cannot tell");
-    // The others honestly, by the worker and the settler.
+    let proof = words(&solidity::proof(&prove(keys, w, &mut rng).expect("proves")));
+    let own = U256::from_be_bytes(optio_state::poseidon::to_bytes(&public.commitment));
+    let posted = U256::from_be_bytes(optio_state::poseidon::to_bytes(
+        &optio_prover::data_commitment(&state, &batches()[3]).expect("commits"),
+    ));
+    assert_ne!(own, posted, "other ops, another commitment");
+    assert_eq!(
+        rollup
+            .opsCommitment(U256::from(4))
+            .call()
+            .await
+            .expect("reads"),
+        posted,
+        "the contract holds the commitment posted with the data"
+    );
+    for commitment in [own, posted] {
+        let refused = transact(rollup.verifyBatch(U256::from(4), commitment, proof)).await;
+        assert!(
+            refused.is_err(),
+            "a proof of other ops than posted must be refused"
+        );
+    }
+    assert!(!rollup.proven(U256::from(4)).call().await.expect("reads"));
+
+    // All five honestly, by the worker and the settler.
     prove_pending(dir.path(), keys, &mut rng, Duration::from_secs(600), |_| {}).expect("worker");
     assert_eq!(
         settler.prove_pending().await.expect("runs"),
-        3,
-        "1, 3 and 5"
+        4,
+        "1, 3, 4 and 5"
     );
-
     let data = |state: &SettlementState, ops: &[Op]| {
         optio_prover::data_commitment(state, ops).map_err(|e| e.to_string())
     };
     let verdicts = verify_l1(provider, p.rollup, Some(&data))
         .await
         .expect("verifies");
-    let posted = optio_prover::data_commitment(&state, &batches()[3]).expect("commits");
-    let posted = U256::from_be_bytes(optio_state::poseidon::to_bytes(&posted));
-    assert_eq!(verdicts.len(), 5);
-    for (i, v) in verdicts.iter().enumerate() {
-        let number = i as u64 + 1;
-        if number == 4 {
-            assert_eq!(
-                *v,
-                Verdict::ProvenOtherData {
-                    number,
-                    proven: commitment,
-                    data: posted
-                }
-            );
-        } else {
-            assert_eq!(*v, Verdict::Agrees(number), "batch {number}");
-        }
-    }
+    assert_eq!(
+        verdicts,
+        (1..=5).map(Verdict::Agrees).collect::<Vec<_>>(),
+        "every batch proven with its posted data"
+    );
     // Without the commitment check, the roots alone agree everywhere.
     let roots_only = verify_l1(provider, p.rollup, None).await.expect("verifies");
     assert!(roots_only.iter().all(|v| matches!(v, Verdict::Agrees(_))));

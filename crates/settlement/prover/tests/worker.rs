@@ -107,6 +107,7 @@ fn batches() -> Vec<Vec<Op>> {
 }
 
 fn write_blobs(dir: &std::path::Path, batches: &[Vec<Op>]) {
+    let mut state = optio_state::SettlementState::new();
     for (i, ops) in batches.iter().enumerate() {
         let number = i as u64 + 1;
         let meta = BlobMeta {
@@ -114,8 +115,13 @@ fn write_blobs(dir: &std::path::Path, batches: &[Vec<Op>]) {
             first_seq: 10 * number - 9,
             last_seq: 10 * number,
             time_ms: 1_000 * number,
+            accounts: state.accounts().len() as u32,
+            instruments: state.instruments().len() as u32,
         };
-        std::fs::write(dir.join(format!("{number:08}.blob")), encode(&meta, ops)).expect("write");
+        let blob = encode(&meta, ops).expect("encodes");
+        std::fs::write(dir.join(format!("{number:08}.blob")), blob).expect("write");
+        state.apply_batch(ops).expect("applies");
+        state.commit();
     }
 }
 

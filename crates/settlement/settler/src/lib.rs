@@ -61,12 +61,15 @@ mod bindings {
             event BatchProven(uint256 indexed number, uint256 commitment);
             function verifyBatch(uint256 number, uint256 commitment, uint256[8] calldata proof) external;
             function verifyBatches(uint256[] calldata numbers, uint256[] calldata commitments, uint256[8][] calldata proofs) external;
-            function batchInputs(uint256 number, uint256 commitment) external view returns (uint256[5] memory);
+            function batchInputs(uint256 number, uint256 commitment) external view returns (uint256[7] memory);
             function proven(uint256 number) external view returns (bool);
             function verifier() external view returns (address);
             function provenAt(uint256 number) external view returns (uint256);
             function provenCommitment(uint256 number) external view returns (uint256);
-            function commitBatch(uint256 number, uint256 previousRoot, uint256 newRoot, uint64 firstSeq, uint64 lastSeq, uint64 priorityServed, bytes32 withdrawalsHash, bytes calldata data) external;
+            function opsCommitment(uint256 number) external view returns (uint256);
+            function evaluationPoint(uint256 number) external view returns (uint256);
+            function evaluation(uint256 number) external view returns (uint256);
+            function commitBatch(uint256 number, uint256 previousRoot, uint256 newRoot, uint64 firstSeq, uint64 lastSeq, uint64 priorityServed, bytes32 withdrawalsHash, uint256 commitment, bytes calldata data) external;
             function finalize() external;
             function committedBatches() external view returns (uint256);
             function lastFinalized() external view returns (uint256);
@@ -93,10 +96,10 @@ mod bindings {
 
         #[sol(rpc)]
         contract Groth16Verifier {
-            constructor(uint256[26] vk);
-            function verify(uint256[8] calldata proof, uint256[5] calldata input) external view returns (bool);
-            function verifyMany(uint256[8][] calldata proofs, uint256[5][] calldata inputs) external view returns (bool);
-            function verifyingKey() external view returns (uint256[26] memory vk);
+            constructor(uint256[30] vk);
+            function verify(uint256[8] calldata proof, uint256[7] calldata input) external view returns (bool);
+            function verifyMany(uint256[8][] calldata proofs, uint256[7][] calldata inputs) external view returns (bool);
+            function verifyingKey() external view returns (uint256[30] memory vk);
         }
     }
 }
@@ -308,11 +311,11 @@ pub async fn deploy_with_verifier(
     Ok(Deployment { usdc, rollup })
 }
 
-/// Deploys the batch-proof verifier with its verifying key (the 26 words of
+/// Deploys the batch-proof verifier with its verifying key (the 30 words of
 /// `optio_prover::solidity::verifying_key`).
 pub async fn deploy_verifier(
     provider: &DynProvider,
-    vk: [U256; 26],
+    vk: [U256; 30],
 ) -> Result<Address, SettlerError> {
     let contracts: PathBuf = optio_contracts::contracts_dir();
     let mut code = artifact(&contracts, "Groth16Verifier.sol", "Groth16Verifier")?.to_vec();
@@ -329,6 +332,8 @@ pub struct PostedBatch {
     pub previous_root: U256,
     /// Root after.
     pub new_root: U256,
+    /// The ops commitment posted with it (the header's `ops_commitment`).
+    pub commitment: U256,
     /// Sequence range.
     pub first_seq: u64,
     /// Sequence range.
@@ -403,6 +408,7 @@ pub fn read_batch(dir: &Path, number: u64) -> Result<Option<PostedBatch>, Settle
         number,
         previous_root: u256("previous_root")?,
         new_root: u256("new_root")?,
+        commitment: u256("ops_commitment")?,
         first_seq: u64_("first_seq")?,
         last_seq: u64_("last_seq")?,
         priority_served: u64_("priority_served")?,
@@ -1113,6 +1119,7 @@ impl Settler {
                     b.last_seq,
                     b.priority_served,
                     b.withdrawals_hash,
+                    b.commitment,
                     b.blob,
                 )
                 .send()

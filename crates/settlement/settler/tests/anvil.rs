@@ -40,6 +40,7 @@ fn write_batches(dir: &std::path::Path) -> (serde_json::Value, Vec<U256>) {
             "first_seq": ranges[i].0,
             "last_seq": ranges[i].1,
             "withdrawals_hash": b["withdrawals_hash"],
+            "ops_commitment": b["commitment"],
             "priority_served": 0,
         });
         let blob = b["blob"].as_str().expect("hex").trim_start_matches("0x");
@@ -252,15 +253,24 @@ async fn the_watchtower_flags_a_root_the_data_does_not_give() {
     );
     // A rogue operator commits batch 3: valid data (no ops) under an invented root.
     let rollup = OptioRollup::new(c.deployment.rollup, &c.provider);
+    let second = optio_settler::read_batch(c.dir.path(), 2)
+        .expect("reads")
+        .expect("batch 2");
+    let (meta, ops) = optio_state::decode(&second.blob).expect("decodes");
+    let count = |f: fn(&optio_state::Op) -> bool| ops.iter().filter(|o| f(o)).count() as u32;
     let blob = optio_state::encode(
         &optio_state::blob::BlobMeta {
             number: 3,
             first_seq: 21,
             last_seq: 21,
             time_ms: 0,
+            accounts: meta.accounts + count(|o| matches!(o, optio_state::Op::OpenAccount { .. })),
+            instruments: meta.instruments
+                + count(|o| matches!(o, optio_state::Op::ListInstrument { .. })),
         },
         &[],
-    );
+    )
+    .expect("encodes");
     let invented = U256::from(12_345u64);
     transact(rollup.commitBatch(
         U256::from(3u64),
@@ -270,6 +280,7 @@ async fn the_watchtower_flags_a_root_the_data_does_not_give() {
         21,
         0,
         Default::default(),
+        U256::ZERO,
         blob.into(),
     ))
     .await
@@ -282,7 +293,8 @@ async fn the_watchtower_flags_a_root_the_data_does_not_give() {
         matches!(verdicts[2], Verdict::Differs { number: 3, committed, rebuilt } if committed == invented && rebuilt == c.roots[1]),
         "{verdicts:?}"
     );
-    // And batch 4 with data that does not decode.
+    // And batch 4 with data that does not decode (whole words, so the contract takes it: no
+    // words at all, after a header that is not a blob's).
     transact(rollup.commitBatch(
         U256::from(4u64),
         invented,
@@ -291,7 +303,8 @@ async fn the_watchtower_flags_a_root_the_data_does_not_give() {
         22,
         0,
         Default::default(),
-        vec![1, 2, 3].into(),
+        U256::ZERO,
+        vec![1u8; 49].into(),
     ))
     .await
     .expect("commits");

@@ -305,16 +305,19 @@ async fn deposits_and_forced_withdrawals_are_sequenced_once_and_paid() {
         amount: optio_types::Amount(1_000_000 * USDC as i64),
     }];
     let previous = settler.root(p.committed).await.expect("reads");
+    let meta = optio_state::blob::BlobMeta {
+        number: p.committed + 1,
+        first_seq: p.committed_seq + 1,
+        last_seq: p.committed_seq + 1,
+        time_ms: 0,
+        accounts: state.accounts().len() as u32,
+        instruments: state.instruments().len() as u32,
+    };
     state.apply_batch(&forged).expect("applies");
     let root = U256::from_be_bytes(optio_state::poseidon::to_bytes(&state.commit()));
-    let blob = optio_state::encode(
-        &optio_state::blob::BlobMeta {
-            number: p.committed + 1,
-            first_seq: p.committed_seq + 1,
-            last_seq: p.committed_seq + 1,
-            time_ms: 0,
-        },
-        &forged,
+    let blob = optio_state::encode(&meta, &forged).expect("encodes");
+    let commitment = optio_state::blob::commitment(
+        &optio_state::blob::encode_ops(&meta, &forged).expect("encodes"),
     );
     transact(rollup.commitBatch(
         U256::from(p.committed + 1),
@@ -324,6 +327,7 @@ async fn deposits_and_forced_withdrawals_are_sequenced_once_and_paid() {
         p.committed_seq + 1,
         4,
         optio_state::withdrawals_hash(&[]).into(),
+        U256::from_be_bytes(optio_state::poseidon::to_bytes(&commitment)),
         blob.into(),
     ))
     .await

@@ -10,7 +10,7 @@ use sha3::{Digest, Keccak256};
 use crate::blob::{self, BlobError, BlobMeta};
 use crate::ledger::{SettlementState, StateError};
 use crate::ops::{Op, ops_from};
-use crate::poseidon::{Fr, hash_bytes};
+use crate::poseidon::Fr;
 
 /// What L1 records for a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,7 +21,9 @@ pub struct BatchHeader {
     pub previous_root: Fr,
     /// State root after.
     pub new_root: Fr,
-    /// Poseidon commitment to the blob bytes (`poseidon::hash_bytes`, what a circuit recomputes).
+    /// The validity proof's commitment to the ops (`blob::commitment`: Poseidon over their records,
+    /// computed from the blob alone); posted with the batch, it fixes the ops before the contract
+    /// draws the point that binds the proof to the posted words.
     pub ops_commitment: Fr,
     /// keccak256 of the blob (what the L1 contract checks the posted data against).
     pub data_hash: [u8; 32],
@@ -322,8 +324,13 @@ impl Batcher {
             first_seq: self.first_seq,
             last_seq: self.last_seq,
             time_ms: self.last_ms,
+            accounts: self.state.accounts().len() as u32,
+            instruments: self.state.instruments().len() as u32,
         };
-        let blob = blob::encode(&meta, &ops);
+        let blob = blob::encode(&meta, &ops).map_err(|source| BatchError::Blob {
+            number: meta.number,
+            source,
+        })?;
         let previous_root = self.state.root();
         self.state
             .apply_batch(&ops)
@@ -397,7 +404,9 @@ fn header(
         new_root: state.root(),
         number: meta.number,
         previous_root,
-        ops_commitment: hash_bytes(blob),
+        ops_commitment: blob::commitment(
+            &blob::encode_ops(meta, ops).expect("the ops were encoded into the blob"),
+        ),
         data_hash: Keccak256::digest(blob).into(),
         first_seq: meta.first_seq,
         last_seq: meta.last_seq,
@@ -436,6 +445,17 @@ pub fn rebuild_after<'a>(
                 number: meta.number,
                 expected_number: number + 1,
                 expected_seq: last_seq + 1,
+            });
+        }
+        if meta.accounts as usize != state.accounts().len()
+            || meta.instruments as usize != state.instruments().len()
+        {
+            return Err(BatchError::Blob {
+                number: meta.number,
+                source: BlobError::Invalid {
+                    offset: 37,
+                    what: "account or instrument count (not the state's before the batch)",
+                },
             });
         }
         let previous_root = state.root();

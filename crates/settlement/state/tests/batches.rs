@@ -302,6 +302,8 @@ fn damaged_or_reordered_blobs_are_refused_and_apply_nothing() {
             first_seq: batches[0].header.last_seq + 1,
             last_seq: batches[0].header.last_seq + 2,
             time_ms: T0,
+            accounts: state.accounts().len() as u32,
+            instruments: state.instruments().len() as u32,
         },
         &[
             Op::Deposit {
@@ -313,7 +315,8 @@ fn damaged_or_reordered_blobs_are_refused_and_apply_nothing() {
                 amount: Amount(5),
             },
         ],
-    );
+    )
+    .expect("encodes");
     let err = rebuild(
         [batches[0].blob.as_slice(), bogus.as_slice()],
         &mut SettlementState::new(),

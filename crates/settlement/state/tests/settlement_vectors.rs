@@ -35,6 +35,8 @@ fn batches() -> Vec<(BlobMeta, Vec<Op>)> {
                 first_seq: 1,
                 last_seq: 7,
                 time_ms: 1_800_000_000_000,
+                accounts: 0,
+                instruments: 0,
             },
             vec![
                 Op::ListInstrument { spec: perp },
@@ -67,6 +69,8 @@ fn batches() -> Vec<(BlobMeta, Vec<Op>)> {
                 first_seq: 8,
                 last_seq: 20,
                 time_ms: 1_800_000_002_000,
+                accounts: 2,
+                instruments: 2,
             },
             vec![
                 Op::Fill {
@@ -153,17 +157,42 @@ fn vectors() -> Value {
         let previous = state.root();
         state.apply_batch(&ops).expect("applies");
         let root = state.commit();
-        let bytes = encode(&meta, &ops);
+        let bytes = encode(&meta, &ops).expect("encodes");
+        // The blob holds the ops in the circuit's order: the same state, and the same bytes
+        // again.
+        let (decoded_meta, decoded) = decode(&bytes).expect("decodes");
+        assert_eq!(decoded_meta, meta);
         assert_eq!(
-            decode(&bytes).expect("decodes"),
-            (meta, ops.clone()),
+            encode(&meta, &decoded).expect("encodes"),
+            bytes,
             "round trip"
         );
+        let mut again = SettlementState::new();
+        for (m, o) in batches().iter().take_while(|(m, _)| m.number < meta.number) {
+            again.apply_batch(o).expect("applies");
+            again.commit();
+            let _ = m;
+        }
+        again.apply_batch(&decoded).expect("the decoded ops apply");
+        assert_eq!(
+            again.commit(),
+            state.root(),
+            "the decoded ops give the same root"
+        );
         let paid = optio_state::withdrawals(&ops, &state);
+        // The commitment posted with the blob, and the evaluation of its words the L1 contract
+        // computes (the forge tests compare theirs).
+        let encoded = optio_state::blob::encode_ops(&meta, &ops).expect("encodes");
+        let commitment = optio_state::blob::commitment(&encoded);
+        let words = optio_state::blob::words(&bytes).expect("words");
+        let (z, y) = optio_state::blob::binding(commitment, &words);
         blobs.push(json!({
             "number": meta.number,
             "ops": ops.len(),
             "blob": hex(&bytes),
+            "commitment": to_hex(&commitment),
+            "z": to_hex(&z),
+            "y": to_hex(&y),
             "previous_root": to_hex(&previous),
             "new_root": to_hex(&root),
             "withdrawals": paid.iter().map(|(a, o, x)| json!([a, hex(&o.0), x.0])).collect::<Vec<_>>(),
@@ -237,13 +266,12 @@ fn the_shared_settlement_vectors_hold() {
 
 #[test]
 fn blob_bytes_per_fill_op() {
-    // The two fills of one instrument in batch 2: each op's bytes (the second price is a delta).
+    // A fill packs into one 32-byte word: kind, both accounts, instrument, side, price and
+    // quantity.
     let (meta, ops) = &batches()[1];
-    let all = encode(meta, ops).len();
-    let without_last_fill = encode(meta, &[&ops[..1], &ops[2..]].concat()).len();
-    assert!(
-        all - without_last_fill <= 12,
-        "a fill costs {} bytes",
-        all - without_last_fill
-    );
+    let all = encode(meta, ops).expect("encodes").len();
+    let without_last_fill = encode(meta, &[&ops[..1], &ops[2..]].concat())
+        .expect("encodes")
+        .len();
+    assert_eq!(all - without_last_fill, 32, "a fill costs one word");
 }

@@ -1,0 +1,184 @@
+//! The blob's words (format version 2): one encoding per batch, refusals with stable errors,
+//! and the evaluation the L1 contract computes over them.
+
+use optio_state::blob::{self, BlobError, BlobMeta, HEADER_BYTES, bits, kind};
+use optio_state::poseidon::{Fr, to_bytes};
+use optio_state::{Op, decode, encode};
+use optio_types::{AccountId, Address, Amount, InstrumentId, Price, Qty, Side};
+
+fn meta() -> BlobMeta {
+    BlobMeta {
+        number: 3,
+        first_seq: 10,
+        last_seq: 20,
+        time_ms: 1_800_000_000_000,
+        accounts: 4,
+        instruments: 2,
+    }
+}
+
+fn ops() -> Vec<Op> {
+    vec![
+        Op::Mark {
+            instrument: InstrumentId(1),
+            mark: Price(-5),
+            risk: vec![Amount(-(1 << 46)), Amount(0), Amount((1 << 46) + 3)],
+        },
+        Op::Fill {
+            instrument: InstrumentId(1),
+            maker: AccountId(2),
+            taker: AccountId(3),
+            taker_side: Side::Buy,
+            price: Price(4_200_000_000),
+            qty: Qty(50_000_000),
+        },
+        Op::OpenAccount {
+            owner: Address([0xab; 20]),
+        },
+        Op::Deposit {
+            account: AccountId(4),
+            amount: Amount(77),
+        },
+    ]
+}
+
+#[test]
+fn ops_come_back_in_the_circuits_order_and_reencode_to_the_same_bytes() {
+    let bytes = encode(&meta(), &ops()).expect("encodes");
+    let (m, decoded) = decode(&bytes).expect("decodes");
+    assert_eq!(m, meta());
+    // Op slots first (in the batch's order), marks last.
+    assert_eq!(decoded[..3], ops()[1..]);
+    assert_eq!(decoded[3], ops()[0]);
+    assert_eq!(encode(&m, &decoded).expect("encodes"), bytes);
+    // Fill: 1 word; opening: 2; deposit: 2; mark: 2, and its one chunk of eleven values
+    // (three given, zero-padded) five to a word.
+    assert_eq!(bytes.len(), HEADER_BYTES + 32 * (1 + 2 + 2 + 2 + 3));
+}
+
+#[test]
+fn damaged_blobs_are_refused_with_the_reason() {
+    let bytes = encode(&meta(), &ops()).expect("encodes");
+    let word = |i: usize| HEADER_BYTES + 32 * i;
+    // A word at or above the modulus.
+    let mut bad = bytes.clone();
+    bad[word(0)..word(1)].fill(0xff);
+    assert!(matches!(
+        decode(&bad),
+        Err(BlobError::Invalid { what, .. }) if what.contains("modulus")
+    ));
+    // A bit set where the fill has no field (above the quantity).
+    let mut bad = bytes.clone();
+    bad[word(0)] = 0x01;
+    assert!(matches!(decode(&bad), Err(BlobError::Invalid { .. })));
+    // An unknown kind.
+    let mut bad = bytes.clone();
+    bad[word(1) - 1] = 99;
+    assert_eq!(
+        decode(&bad).map(|_| ()),
+        Err(BlobError::UnknownOp {
+            offset: word(0),
+            tag: 99
+        })
+    );
+    // An opening whose id is not the next (the header says 5 accounts before the batch).
+    let mut other_count = bytes.clone();
+    other_count[40] = 5;
+    assert!(matches!(
+        decode(&other_count),
+        Err(BlobError::Invalid { what, .. }) if what.contains("not canonical")
+    ));
+    // The mark before the fill: marks come last.
+    let encoded = blob::encode_ops(&meta(), &ops()).expect("encodes");
+    let mut words: Vec<Fr> = encoded.iter().flat_map(|e| e.words.clone()).collect();
+    words.rotate_right(5);
+    let mut reordered = bytes[..HEADER_BYTES].to_vec();
+    for w in &words {
+        reordered.extend_from_slice(&to_bytes(w));
+    }
+    assert_eq!(
+        decode(&reordered).map(|_| ()),
+        Err(BlobError::Invalid {
+            offset: HEADER_BYTES,
+            what: "op order (not the circuit's)"
+        })
+    );
+    // Fewer or more words than the header says.
+    assert_eq!(
+        decode(&bytes[..bytes.len() - 32]).map(|_| ()),
+        Err(BlobError::Truncated(bytes.len() - 32))
+    );
+    let mut longer = bytes.clone();
+    longer.extend_from_slice(&[0; 32]);
+    assert_eq!(decode(&longer).map(|_| ()), Err(BlobError::Trailing(32)));
+}
+
+#[test]
+fn what_the_format_cannot_hold_is_refused_at_encoding() {
+    let too_wide = [Op::Mark {
+        instrument: InstrumentId(0),
+        mark: Price(1),
+        risk: vec![Amount(1 << 47)],
+    }];
+    assert_eq!(
+        encode(&meta(), &too_wide).map(|_| ()),
+        Err(BlobError::Unencodable {
+            op: 0,
+            what: "a risk value outside -2^47..2^47"
+        })
+    );
+    let negative = [Op::Deposit {
+        account: AccountId(0),
+        amount: Amount(-1),
+    }];
+    assert!(matches!(
+        encode(&meta(), &negative),
+        Err(BlobError::Unencodable { op: 0, .. })
+    ));
+    let orphan = [Op::SettlePosition {
+        account: AccountId(0),
+        instrument: InstrumentId(0),
+        cash: Amount(5),
+    }];
+    assert!(matches!(
+        encode(&meta(), &orphan),
+        Err(BlobError::Unencodable { op: 0, .. })
+    ));
+}
+
+#[test]
+fn the_fill_word_packs_its_fields_at_the_documented_bits() {
+    let encoded = blob::encode_ops(&meta(), &ops()[1..2]).expect("encodes");
+    let w = encoded[0].words[0];
+    let expected = Fr::from(kind::FILL)
+        + Fr::from(2u64) * blob::pow2(bits::A)
+        + Fr::from(3u64) * blob::pow2(bits::B)
+        + Fr::from(1u64) * blob::pow2(bits::INSTRUMENT)
+        + blob::pow2(bits::SMALL)
+        + Fr::from(4_200_000_000u64) * blob::pow2(bits::PRICE)
+        + Fr::from(50_000_000u64) * blob::pow2(bits::QTY);
+    assert_eq!(w, expected);
+}
+
+#[test]
+fn the_evaluation_is_horner_from_one_at_a_point_drawn_from_the_words_and_the_commitment() {
+    let encoded = blob::encode_ops(&meta(), &ops()).expect("encodes");
+    let words: Vec<Fr> = encoded.iter().flat_map(|e| e.words.clone()).collect();
+    let c = blob::commitment(&encoded);
+    let (z, y) = blob::binding(c, &words);
+    let mut expected = Fr::from(1u64);
+    for w in &words {
+        expected = expected * z + w;
+    }
+    assert_eq!(y, expected);
+    // Another commitment, another point; a changed word, another value.
+    let (z2, _) = blob::binding(c + Fr::from(1u64), &words);
+    assert_ne!(z, z2);
+    let mut changed = words.clone();
+    changed[0] += Fr::from(1u64);
+    assert_ne!(blob::evaluate(z, &changed), y);
+    // A leading zero word changes the value too (the length is in it).
+    let mut longer = vec![Fr::from(0u64)];
+    longer.extend_from_slice(&words);
+    assert_ne!(blob::evaluate(z, &longer), y);
+}
