@@ -356,17 +356,18 @@ fn devnet_batch() -> anyhow::Result<()> {
 }
 
 /// Gas of the precompile calls `k` proofs need at the least, plus 21,000: one proof is a
-/// pairing of 4 pairs and 5 multiply-adds (the five inputs times their IC points, added to
-/// IC0); `k` aggregated are one pairing of k + 3 pairs, 2(k - 1) multiply-adds (r A, r C; the
-/// first proof's weight is 1) and 7 (alpha and the IC points).
+/// pairing of 4 pairs and one multiply-add per public input (times its IC point, added to IC0);
+/// `k` aggregated are one pairing of k + 3 pairs, 2(k - 1) multiply-adds (r A, r C; the first
+/// proof's weight is 1) and one per input plus one (alpha).
 fn precompile_floor(k: u64) -> u64 {
     const PAIRING: u64 = 45_000;
     const PAIR: u64 = 34_000;
     const MUL_ADD: u64 = 6_150;
+    let inputs = optio_prover::PublicInputs::COUNT as u64;
     if k == 1 {
-        21_000 + PAIRING + 4 * PAIR + 5 * MUL_ADD
+        21_000 + PAIRING + 4 * PAIR + inputs * MUL_ADD
     } else {
-        21_000 + PAIRING + (k + 3) * PAIR + (2 * (k - 1) + 7) * MUL_ADD
+        21_000 + PAIRING + (k + 3) * PAIR + (2 * (k - 1) + inputs + 2) * MUL_ADD
     }
 }
 

@@ -217,10 +217,7 @@ pub fn verify(args: VerifyArgs) -> Result<()> {
     runtime.block_on(async {
         let provider = alloy_reader(&args.rpc)?;
         let rollup = args.rollup.parse().context("rollup address")?;
-        let commitment = |state: &optio_state::SettlementState, ops: &[optio_state::Op]| {
-            optio_prover::data_commitment(state, ops).map_err(|e| e.to_string())
-        };
-        let verdicts = optio_settler::verify_l1(&provider, rollup, Some(&commitment)).await?;
+        let verdicts = optio_settler::verify_l1(&provider, rollup).await?;
         let mut bad = 0;
         for v in &verdicts {
             match v {
@@ -233,9 +230,9 @@ pub fn verify(args: VerifyArgs) -> Result<()> {
                     bad += 1;
                     println!("batch {number:>6}: ALERT it misreports the L1 priority queue: {why}");
                 }
-                optio_settler::Verdict::ProvenOtherData { number, proven, data } => {
+                optio_settler::Verdict::CommitmentMismatch { number, posted, data } => {
                     bad += 1;
-                    println!("batch {number:>6}: ALERT proven on L1 with ops commitment {proven:#x} but its posted data's is {data:#x}");
+                    println!("batch {number:>6}: ALERT posted with ops commitment {posted:#x} but its data gives {data:#x}: no proof can verify it");
                 }
                 optio_settler::Verdict::BadData { number, why } => {
                     bad += 1;

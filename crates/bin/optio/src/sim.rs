@@ -1068,9 +1068,9 @@ impl World {
             progress.committed,
             progress.finalized
         );
-        let verdicts =
-            self.runtime
-                .block_on(optio_settler::verify_l1(&reader, self.l1.rollup, None))?;
+        let verdicts = self
+            .runtime
+            .block_on(optio_settler::verify_l1(&reader, self.l1.rollup))?;
         if let Some(bad) = verdicts
             .iter()
             .find(|v| !matches!(v, optio_settler::Verdict::Agrees(_)))

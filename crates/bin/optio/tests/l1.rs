@@ -63,7 +63,7 @@ async fn first_batch_on_l1(
         root,
         "the committed root is the batcher's"
     );
-    let verdicts = optio_settler::verify_l1(provider, d.rollup, None)
+    let verdicts = optio_settler::verify_l1(provider, d.rollup)
         .await
         .expect("verifies");
     assert!(

@@ -20,48 +20,14 @@ use optio_state::leaf::{
 use optio_state::poseidon::{Fr, from_address, hash};
 use optio_state::smt::{NodeStore, Proof, SparseMerkleTree};
 use optio_state::{Op, SettlementState};
-use optio_types::{AccountId, Address, InstrumentId, InstrumentSpec, QTY_SCALE, Side};
+use optio_types::{AccountId, Address, InstrumentId, InstrumentSpec, QTY_SCALE};
 
-/// Op kinds as the circuit numbers them (the blob's tags where one exists).
+/// Op kinds as the circuit numbers them (the blob's, `optio_state::blob::kind`).
 pub mod kind {
+    pub use optio_state::blob::kind::*;
+
     /// An unused slot.
     pub const PAD: u64 = 0;
-    /// `Op::ListInstrument` (instrument-op slots).
-    pub const LIST: u64 = 1;
-    /// `Op::ActivateInstrument` (instrument-op slots).
-    pub const ACTIVATE: u64 = 2;
-    /// `Op::ExpireInstrument` (instrument-op slots).
-    pub const EXPIRE: u64 = 3;
-    /// `Op::SettleInstrument` (settlement slots).
-    pub const SETTLE: u64 = 4;
-    /// `Op::SettlePosition` (a holder of a settlement slot).
-    pub const SETTLE_POSITION: u64 = 5;
-    /// `Op::OpenAccount`.
-    pub const OPEN: u64 = 6;
-    /// `Op::Deposit`.
-    pub const DEPOSIT: u64 = 7;
-    /// `Op::Withdraw`.
-    pub const WITHDRAW: u64 = 8;
-    /// `Op::Transfer`.
-    pub const TRANSFER: u64 = 9;
-    /// `Op::Fill`.
-    pub const FILL: u64 = 16;
-    /// `Op::Liquidation` (account b the liquidated, a the counterparty, `taker_buys` when the
-    /// liquidated account's position grows, `amount` the fee to insurance).
-    pub const LIQUIDATION: u64 = 20;
-    /// `Op::LossShared` (`amount` charged to account a).
-    pub const LOSS_SHARED: u64 = 21;
-    /// `Op::DeficitCovered` (account a credited `amount` from insurance, `price` from the fee
-    /// pool, and the loss shares since the previous cover).
-    pub const DEFICIT: u64 = 22;
-    /// `Op::SessionKey` (session-key slots only).
-    pub const SESSION_KEY: u64 = 23;
-    /// `Op::Mark` (mark windows only).
-    pub const MARK: u64 = 24;
-    /// `Op::L1Deposit`.
-    pub const L1_DEPOSIT: u64 = 25;
-    /// `Op::L1Withdrawal`.
-    pub const L1_WITHDRAWAL: u64 = 26;
     /// The kinds of the op slots, in the order the circuit's selector flags follow.
     pub const SLOT_KINDS: [u64; 10] = [
         OPEN,
@@ -1224,46 +1190,13 @@ pub fn witness(
                 accts[rb].collateral += i128::from(amount.0);
             }
             Op::Fill { .. } | Op::Liquidation { .. } => {
-                // A liquidation is a trade at its price between the counterparty (a, no fee)
-                // and the liquidated account (b, the fee to insurance); `taker_buys` when the
-                // liquidated account's position grows.
-                let (k, instrument, a_id, b_id, buys, price, q, liquidation_fee) = match op {
-                    Op::Fill {
-                        instrument,
-                        maker,
-                        taker,
-                        taker_side,
-                        price,
-                        qty,
-                    } => (
-                        kind::FILL,
-                        instrument.0,
-                        maker.0,
-                        taker.0,
-                        *taker_side == Side::Buy,
-                        price.0,
-                        i128::from(qty.0),
-                        None,
-                    ),
-                    Op::Liquidation {
-                        account,
-                        counterparty,
-                        instrument,
-                        qty,
-                        price,
-                        fee,
-                    } => (
-                        kind::LIQUIDATION,
-                        instrument.0,
-                        counterparty.0,
-                        account.0,
-                        qty.0 > 0,
-                        price.0,
-                        i128::from(qty.0).abs(),
-                        Some(i128::from(fee.0)),
-                    ),
-                    _ => unreachable!("matched above"),
-                };
+                // A liquidation is a trade between the counterparty and the liquidated account
+                // (`optio_state::blob::Trade`).
+                let t = optio_state::blob::trade(op).expect("a fill or a liquidation");
+                let (k, instrument, a_id, b_id, buys) =
+                    (t.kind, t.instrument, t.a, t.b, t.taker_buys);
+                let (price, q, liquidation_fee) =
+                    (t.price, i128::from(t.qty).abs(), t.fee.map(i128::from));
                 let spec = specs[instrument as usize];
                 slot.kind = k;
                 slot.instrument = instrument;

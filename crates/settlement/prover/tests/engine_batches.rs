@@ -49,10 +49,16 @@ fn covered_engine_batches_satisfy_the_circuit_with_the_batchers_roots() {
                         "seed {seed} batch {}",
                         b.header.number
                     );
-                    // The commitment is the ops', whatever the shape.
+                    // The commitment is the ops', whatever the shape, and the one the batcher
+                    // posts with the blob (computed from the blob alone).
                     assert_eq!(
                         optio_prover::data_commitment(&state, &ops),
                         Ok(w.public.commitment),
+                        "seed {seed} batch {}",
+                        b.header.number
+                    );
+                    assert_eq!(
+                        b.header.ops_commitment, w.public.commitment,
                         "seed {seed} batch {}",
                         b.header.number
                     );

@@ -483,15 +483,15 @@ pub enum Verdict {
         /// What differs.
         why: String,
     },
-    /// The root agrees, but the batch was proven on L1 with an ops commitment other than its
-    /// posted data's: the proof is of some other ops (the contract does not yet bind the
-    /// commitment to the posted bytes; the watchtower does).
-    ProvenOtherData {
+    /// The root agrees, but the ops commitment posted with the batch is not its data's: no
+    /// proof can verify against it (the proof's words must evaluate at the point drawn from the
+    /// posted commitment and words), so on a rollup with a verifier the batch never finalizes.
+    CommitmentMismatch {
         /// Batch.
         number: u64,
-        /// The commitment the proof was verified with.
-        proven: U256,
-        /// The posted data's.
+        /// The commitment posted with it.
+        posted: U256,
+        /// The one its data gives (`optio_state::blob::commitment`).
         data: U256,
     },
     /// The posted data does not decode or apply: the state cannot be rebuilt past it.
@@ -503,20 +503,14 @@ pub enum Verdict {
     },
 }
 
-/// The ops commitment a proof of a batch's data has (`optio_prover::data_commitment`), from the
-/// state before the batch and its ops.
-pub type DataCommitment = dyn Fn(&optio_state::SettlementState, &[optio_state::Op]) -> Result<optio_state::Fr, String>
-    + Sync;
-
 /// The watchtower: follows L1 alone, rebuilds the state from every committed batch's posted
-/// data and compares each committed root, and checks every priority operation the data serves
-/// against the L1 queue and the header's served count; with `commitment`, also that every batch
-/// proven on L1 was proven with its posted data's commitment. Stops at the first batch whose
-/// data is unusable.
+/// data and compares each committed root, checks every priority operation the data serves
+/// against the L1 queue and the header's served count, and checks the ops commitment posted
+/// with each batch against the one its data gives. Stops at the first batch whose data is
+/// unusable.
 pub async fn verify_l1(
     provider: &DynProvider,
     rollup: Address,
-    commitment: Option<&DataCommitment>,
 ) -> Result<Vec<Verdict>, SettlerError> {
     let contract = OptioRollup::new(rollup, provider);
     let committed =
@@ -527,19 +521,6 @@ pub async fn verify_l1(
     let mut after = (0u64, 0u64);
     for (i, blob) in blobs.iter().enumerate() {
         let number = i as u64 + 1;
-        // The data's commitment, from the state before the batch (None: not asked, or the
-        // batch is not proven on L1).
-        let mut data_commitment = None;
-        if let Some(f) = commitment
-            && contract
-                .proven(U256::from(number))
-                .call()
-                .await
-                .map_err(rpc)?
-            && let Ok((_, ops)) = optio_state::decode(blob)
-        {
-            data_commitment = Some(f(&state, &ops));
-        }
         let mut header = None;
         match optio_state::rebuild_after([blob.as_slice()], &mut state, after, |h| {
             header = Some(*h)
@@ -563,24 +544,14 @@ pub async fn verify_l1(
             .map_err(rpc)?;
         let audit = audit_priority(&contract, blob, &state, on_chain.priorityServed).await?;
         let on_chain = on_chain.root;
-        let proven_other = match data_commitment {
-            Some(data) => {
-                let proven = contract
-                    .provenCommitment(U256::from(number))
-                    .call()
-                    .await
-                    .map_err(rpc)?;
-                match data {
-                    Ok(c) => {
-                        let data = U256::from_be_bytes(optio_state::poseidon::to_bytes(&c));
-                        (data != proven).then_some((proven, data))
-                    }
-                    // Data no proof could be of: any proven commitment is another's.
-                    Err(_) => Some((proven, U256::ZERO)),
-                }
-            }
-            None => None,
-        };
+        let data = header
+            .map(|h| U256::from_be_bytes(optio_state::poseidon::to_bytes(&h.ops_commitment)))
+            .unwrap_or_default();
+        let posted = contract
+            .opsCommitment(U256::from(number))
+            .call()
+            .await
+            .map_err(rpc)?;
         verdicts.push(if on_chain != rebuilt {
             Verdict::Differs {
                 number,
@@ -589,10 +560,10 @@ pub async fn verify_l1(
             }
         } else if let Some(why) = audit {
             Verdict::Priority { number, why }
-        } else if let Some((proven, data)) = proven_other {
-            Verdict::ProvenOtherData {
+        } else if posted != data {
+            Verdict::CommitmentMismatch {
                 number,
-                proven,
+                posted,
                 data,
             }
         } else {

@@ -237,6 +237,47 @@ async fn an_account_exits_from_l1_data_alone_after_a_freeze() {
     );
 }
 
+/// The watchtower names a batch posted with an ops commitment its data does not give (no proof
+/// can verify against it, so it would never finalize on a rollup with a verifier).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watchtower_flags_a_commitment_the_data_does_not_give() {
+    use optio_settler::{OptioRollup, Verdict, transact, verify_l1};
+    let c = chain(U256::ZERO).await;
+    let first = optio_settler::read_batch(c.dir.path(), 1)
+        .expect("reads")
+        .expect("batch 1");
+    let wrong: U256 = c.vectors["batches"][1]["commitment"]
+        .as_str()
+        .expect("hex")
+        .parse()
+        .expect("U256");
+    assert_ne!(wrong, first.commitment);
+    let rollup = OptioRollup::new(c.deployment.rollup, &c.provider);
+    transact(rollup.commitBatch(
+        U256::from(1u64),
+        first.previous_root,
+        first.new_root,
+        first.first_seq,
+        first.last_seq,
+        first.priority_served,
+        first.withdrawals_hash,
+        wrong,
+        first.blob.clone(),
+    ))
+    .await
+    .expect("the contract cannot tell before a proof");
+    assert_eq!(
+        verify_l1(&c.provider, c.deployment.rollup)
+            .await
+            .expect("verifies"),
+        vec![Verdict::CommitmentMismatch {
+            number: 1,
+            posted: wrong,
+            data: first.commitment
+        }]
+    );
+}
+
 /// The watchtower from L1 alone: honest batches agree; a batch whose committed root is not what
 /// its posted data gives is reported, and so is one whose data does not decode.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -246,7 +287,7 @@ async fn the_watchtower_flags_a_root_the_data_does_not_give() {
     let settler = Settler::new(c.provider.clone(), c.deployment.rollup, c.dir.path());
     assert_eq!(settler.post_pending().await.expect("posts"), 2);
     assert_eq!(
-        verify_l1(&c.provider, c.deployment.rollup, None)
+        verify_l1(&c.provider, c.deployment.rollup)
             .await
             .expect("verifies"),
         vec![Verdict::Agrees(1), Verdict::Agrees(2)]
@@ -285,7 +326,7 @@ async fn the_watchtower_flags_a_root_the_data_does_not_give() {
     ))
     .await
     .expect("commits");
-    let verdicts = verify_l1(&c.provider, c.deployment.rollup, None)
+    let verdicts = verify_l1(&c.provider, c.deployment.rollup)
         .await
         .expect("verifies");
     assert_eq!(verdicts.len(), 3);
@@ -308,7 +349,7 @@ async fn the_watchtower_flags_a_root_the_data_does_not_give() {
     ))
     .await
     .expect("commits");
-    let verdicts = verify_l1(&c.provider, c.deployment.rollup, None)
+    let verdicts = verify_l1(&c.provider, c.deployment.rollup)
         .await
         .expect("verifies");
     assert!(

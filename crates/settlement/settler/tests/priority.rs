@@ -287,9 +287,7 @@ async fn deposits_and_forced_withdrawals_are_sequenced_once_and_paid() {
         "paid once"
     );
     // The watchtower agrees with every batch, priority operations included.
-    let verdicts = verify_l1(&operator, d.rollup, None)
-        .await
-        .expect("verifies");
+    let verdicts = verify_l1(&operator, d.rollup).await.expect("verifies");
     assert!(
         verdicts.iter().all(|v| matches!(v, Verdict::Agrees(_))),
         "{verdicts:?}"
@@ -332,9 +330,7 @@ async fn deposits_and_forced_withdrawals_are_sequenced_once_and_paid() {
     ))
     .await
     .expect("the contract takes it on trust until proofs");
-    let verdicts = verify_l1(&operator, d.rollup, None)
-        .await
-        .expect("verifies");
+    let verdicts = verify_l1(&operator, d.rollup).await.expect("verifies");
     assert!(
         matches!(verdicts.last(), Some(Verdict::Priority { number, why }) if *number == p.committed + 1 && why.contains("never queued")),
         "{verdicts:?}"

@@ -391,44 +391,11 @@ pub fn encode_op(op: &Op, id: u32, index: usize) -> Result<Encoded, BlobError> {
             e
         }
         Op::Fill { .. } | Op::Liquidation { .. } => {
-            let (k, instrument, a, b, buys, price, qty, fee) = match op {
-                Op::Fill {
-                    instrument,
-                    maker,
-                    taker,
-                    taker_side,
-                    price,
-                    qty,
-                } => (
-                    kind::FILL,
-                    instrument.0,
-                    maker.0,
-                    taker.0,
-                    *taker_side == Side::Buy,
-                    price.0,
-                    qty.0,
-                    0,
-                ),
-                Op::Liquidation {
-                    account,
-                    counterparty,
-                    instrument,
-                    qty,
-                    price,
-                    fee,
-                } => (
-                    kind::LIQUIDATION,
-                    instrument.0,
-                    counterparty.0,
-                    account.0,
-                    qty.0 > 0,
-                    price.0,
-                    qty.0.checked_abs().unwrap_or(-1),
-                    fee.0,
-                ),
-                _ => unreachable!("matched above"),
-            };
-            let price = within(price, 63, index, "a price outside 0..2^63")?;
+            let t = trade(op).expect("a fill or a liquidation");
+            let (k, instrument, a, b, buys) = (t.kind, t.instrument, t.a, t.b, t.taker_buys);
+            let fee = t.fee.unwrap_or(0);
+            let qty = t.qty.checked_abs().unwrap_or(-1);
+            let price = within(t.price, 63, index, "a price outside 0..2^63")?;
             let qty = within(qty, 63, index, "a quantity outside 0..2^63")?;
             let fee = amount(fee)?;
             let mut record = [z; 10];
@@ -496,6 +463,70 @@ pub fn encode_op(op: &Op, id: u32, index: usize) -> Result<Encoded, BlobError> {
             Encoded { record, words }
         }
     })
+}
+
+/// A trade as the circuit sees it: a fill, or a liquidation as a trade at its price between the
+/// counterparty (a, no fee) and the liquidated account (b, its fee to insurance), `taker_buys`
+/// when the liquidated account's position grows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Trade {
+    /// `kind::FILL` or `kind::LIQUIDATION`.
+    pub kind: u64,
+    /// Instrument.
+    pub instrument: u32,
+    /// The maker, or the counterparty.
+    pub a: u32,
+    /// The taker, or the liquidated account.
+    pub b: u32,
+    /// The taker bought (the liquidated position grows).
+    pub taker_buys: bool,
+    /// Price per contract.
+    pub price: i64,
+    /// Contracts (a liquidation's signed change; its size is the absolute value).
+    pub qty: i64,
+    /// A liquidation's fee.
+    pub fee: Option<i64>,
+}
+
+/// The trade of a fill or a liquidation.
+pub fn trade(op: &Op) -> Option<Trade> {
+    match op {
+        Op::Fill {
+            instrument,
+            maker,
+            taker,
+            taker_side,
+            price,
+            qty,
+        } => Some(Trade {
+            kind: kind::FILL,
+            instrument: instrument.0,
+            a: maker.0,
+            b: taker.0,
+            taker_buys: *taker_side == Side::Buy,
+            price: price.0,
+            qty: qty.0,
+            fee: None,
+        }),
+        Op::Liquidation {
+            account,
+            counterparty,
+            instrument,
+            qty,
+            price,
+            fee,
+        } => Some(Trade {
+            kind: kind::LIQUIDATION,
+            instrument: instrument.0,
+            a: counterparty.0,
+            b: account.0,
+            taker_buys: qty.0 > 0,
+            price: price.0,
+            qty: qty.0,
+            fee: Some(fee.0),
+        }),
+        _ => None,
+    }
 }
 
 /// Risk values (each in -2^47..2^47) five to a word, value `j` of a word at bit `48 j` as
