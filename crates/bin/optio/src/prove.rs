@@ -129,8 +129,23 @@ pub struct Place {
 }
 
 impl Place {
+    /// The keys of the shape the flags name; if the directory has none of that shape but holds
+    /// one set, that set (its file names say its shape: `optio prove run --keys DIR` needs no
+    /// shape flags).
     fn keys(&self) -> Result<Keys> {
-        Keys::read(&self.keys, self.shape.shape()).map_err(|e| anyhow!("{e}"))
+        let named = self.shape.shape();
+        Keys::read(&self.keys, named).or_else(|e| match Keys::shape_in(&self.keys) {
+            Ok(shape) if shape.name() != named.name() => {
+                println!(
+                    "keys {} (the one set in {}; the shape flags name {})",
+                    shape.name(),
+                    self.keys.display(),
+                    named.name()
+                );
+                Keys::read(&self.keys, shape).map_err(|e| anyhow!("{e}"))
+            }
+            _ => Err(anyhow!("{e}")),
+        })
     }
 }
 
