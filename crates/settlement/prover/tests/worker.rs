@@ -299,6 +299,26 @@ fn a_proof_that_does_not_verify_names_the_rule_or_the_keys() {
     let err = prove(&mixed, w, rng).expect_err("keys of two setups");
     assert!(matches!(err, ProveError::KeysMismatch), "{err}");
     assert!(err.to_string().contains("optio prove setup"), "{err}");
+
+    // Keys of the circuit before the binding to the posted bytes (five public inputs) are
+    // refused when read, by what they are.
+    let mut vk = keys.vk.clone();
+    vk.gamma_abc_g1.truncate(6);
+    let older = Keys {
+        shape: FILLS,
+        pk: keys.pk.clone(),
+        vk,
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    older.write(dir.path()).expect("writes");
+    let Err(err) = Keys::read(dir.path(), FILLS) else {
+        panic!("keys with five public inputs were read");
+    };
+    assert!(
+        err.to_string()
+            .contains("5 public inputs, this circuit has 7"),
+        "{err}"
+    );
 }
 
 /// A batch that breaks a rule of the circuit (here money out of an account whose cash a fill
