@@ -92,6 +92,9 @@ contract OptioRollup {
         uint256 instrumentsRoot;
         int64 insurance;
         int64 feePool;
+        /// Accounts opened and instruments listed (the funds leaf holds them: the next ids).
+        uint32 accounts;
+        uint32 instruments;
         uint256 keysHash;
         uint64 nonce;
         int64 collateral;
@@ -402,7 +405,8 @@ contract OptioRollup {
     /// Checks an exit proof for `owner` against the last finalized root; returns what the
     /// account is owed (negative: nothing). Reverts with the reason when the proof is wrong.
     function verifyExit(ExitProof calldata p, address owner) public view returns (int256 owed) {
-        uint256 funds = h2.poseidon([Field.fromInt(p.insurance), Field.fromInt(p.feePool)]);
+        uint256 counts = uint256(p.accounts) | (uint256(p.instruments) << 32);
+        uint256 funds = h3.poseidon([Field.fromInt(p.insurance), Field.fromInt(p.feePool), counts]);
         uint256 root = h3.poseidon([Field.check(p.accountsRoot), Field.check(p.instrumentsRoot), funds]);
         if (root != batches[lastFinalized].root) revert BadProof("root");
         owed = p.collateral;

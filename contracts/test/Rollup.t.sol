@@ -55,6 +55,7 @@ contract PoseidonTest is WithHashers {
     function test_leaf_hashes_match_the_settlement_vectors() public {
         string memory v = hevm.readFile("../test-vectors/settlement.json");
         IPoseidon2 h2 = IPoseidon2(deployHasher(2));
+        IPoseidon3 h3 = IPoseidon3(deployHasher(3));
         IPoseidon5 h5 = IPoseidon5(deployHasher(5));
         uint256 account = h5.poseidon(
             [
@@ -66,7 +67,8 @@ contract PoseidonTest is WithHashers {
             ]
         );
         assertEq(account, hevm.parseJsonUint(v, ".leaves.account.hash"), "account leaf");
-        uint256 funds = h2.poseidon([uint256(hevm.parseJsonUint(v, ".leaves.funds.insurance")), hevm.parseJsonUint(v, ".leaves.funds.fee_pool")]);
+        uint256 counts = hevm.parseJsonUint(v, ".leaves.funds.accounts") | (hevm.parseJsonUint(v, ".leaves.funds.instruments") << 32);
+        uint256 funds = h3.poseidon([uint256(hevm.parseJsonUint(v, ".leaves.funds.insurance")), hevm.parseJsonUint(v, ".leaves.funds.fee_pool"), counts]);
         assertEq(funds, hevm.parseJsonUint(v, ".leaves.funds.hash"), "funds leaf");
     }
 
@@ -159,6 +161,8 @@ contract RollupTest is WithHashers {
         p.instrumentsRoot = hevm.parseJsonUint(v, ".exit_proof.instruments_root");
         p.insurance = int64(hevm.parseJsonInt(v, ".exit_proof.insurance"));
         p.feePool = int64(hevm.parseJsonInt(v, ".exit_proof.fee_pool"));
+        p.accounts = uint32(hevm.parseJsonUint(v, ".exit_proof.accounts"));
+        p.instruments = uint32(hevm.parseJsonUint(v, ".exit_proof.instruments"));
         p.keysHash = hevm.parseJsonUint(v, ".exit_proof.keys_hash");
         p.nonce = uint64(hevm.parseJsonUint(v, ".exit_proof.nonce"));
         p.collateral = int64(hevm.parseJsonInt(v, ".exit_proof.collateral"));

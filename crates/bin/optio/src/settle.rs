@@ -127,6 +127,8 @@ pub fn exit_proof(args: ExitProofArgs) -> Result<()> {
         "instruments_root": to_hex(&p.instruments_root),
         "insurance": p.insurance.0,
         "fee_pool": p.fee_pool.0,
+        "accounts": p.accounts,
+        "instruments": p.instruments,
         "account": p.account.0,
         "leaf": {
             "owner": hex(&p.leaf.owner.0),

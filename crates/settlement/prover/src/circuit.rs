@@ -133,6 +133,8 @@ struct Running {
     poly: Poly,
     /// Loss shares charged since the last deficit cover.
     shared: Wire,
+    /// The id the next opened account takes (how many were opened before it).
+    next_account: Wire,
 }
 
 /// The running evaluation `y = z^n + sum_i w_i z^(n-1-i)` of the words the blob posts for the
@@ -220,7 +222,15 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
     let instruments_root = cs.witness(w.instruments_root)?;
     let insurance = cs.witness(w.insurance)?;
     let fee_pool = cs.witness(w.fee_pool)?;
-    let funds = cs.poseidon(&[insurance.clone(), fee_pool.clone()])?;
+    // How many accounts were opened and instruments listed: the next ids.
+    let next_account = cs.witness(Fr::from(w.counts.0))?;
+    let mut next_instrument = cs.witness(Fr::from(w.counts.1))?;
+    let counts = |accounts: &Wire, instruments: &Wire| accounts.add(&instruments.scale(pow2(32)));
+    let funds = cs.poseidon(&[
+        insurance.clone(),
+        fee_pool.clone(),
+        counts(&next_account, &next_instrument),
+    ])?;
     let root = cs.poseidon(&[accounts_root.clone(), instruments_root.clone(), funds])?;
     cs.equal(&root, &old_root)?;
 
@@ -232,6 +242,7 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
             cs,
             o,
             &mut instruments_root,
+            &mut next_instrument,
             &mut commitment_so_far,
             &mut poly,
         )?;
@@ -344,6 +355,7 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
         commitment: commitment_so_far,
         poly,
         shared: Wire::zero(),
+        next_account,
     };
     for (i, slot) in w.slots.iter().enumerate() {
         cs.part(format!("op slot {i} (kind {})", slot.kind));
@@ -363,6 +375,7 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
             cs,
             o,
             &mut instruments_root,
+            &mut next_instrument,
             &mut st.commitment,
             &mut st.poly,
         )?;
@@ -459,7 +472,11 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
     cs.part("the new root, priority count and commitment".into());
     cs.signed_range(&st.fee_pool, 64)?;
     cs.signed_range(&st.insurance, 64)?;
-    let funds = cs.poseidon(&[st.insurance.clone(), st.fee_pool.clone()])?;
+    let funds = cs.poseidon(&[
+        st.insurance.clone(),
+        st.fee_pool.clone(),
+        counts(&st.next_account, &next_instrument),
+    ])?;
     let root = cs.poseidon(&[accounts_root, instruments_root, funds])?;
     cs.equal(&root, &new_root)?;
     cs.equal(&st.priority, &priority_after)?;
@@ -648,6 +665,9 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     cs.equal_if(&transfer, &owners, &Wire::zero())?;
     let a_id = pick(cs, &sel_a, st.accounts.iter().map(|a| a.id.clone()))?;
     let b_id = pick(cs, &sel_b, st.accounts.iter().map(|a| a.id.clone()))?;
+    // An opened account takes the next id.
+    cs.equal_if(&open, &a_id, &st.next_account)?;
+    st.next_account = st.next_account.add(&open);
 
     // Positions: the fill's registers belong to its accounts and instrument.
     for (sel_p, sel) in [(&sel_pa, &sel_a), (&sel_pb, &sel_b)] {
@@ -1037,6 +1057,7 @@ fn instrument_op(
     cs: &Cs,
     o: &InstrumentOp,
     instruments_root: &mut Wire,
+    next_instrument: &mut Wire,
     commitment: &mut Wire,
     poly: &mut Poly,
 ) -> R<()> {
@@ -1052,6 +1073,9 @@ fn instrument_op(
     let instrument = cs.witness(Fr::from(o.instrument))?;
     let bits = cs.bits(&instrument, INSTRUMENT_DEPTH as usize)?;
     cs.equal_if(&not(&used), &instrument, &Wire::zero())?;
+    // A listed instrument takes the next id.
+    cs.equal_if(&list, &instrument, next_instrument)?;
+    *next_instrument = next_instrument.add(&list);
     let fields = [
         cs.witness(o.before.spec_hash)?,
         cs.witness(Fr::from(o.before.status))?,
@@ -1072,25 +1096,38 @@ fn instrument_op(
     // chunk, `h = Poseidon(len)` then `h = Poseidon(h, chunk)`) and the opened terms.
     let len = cs.witness(Fr::from(o.spec_len as u64))?;
     cs.equal_if(&not(&list), &len, &Wire::zero())?;
+    // `len` in unary: byte k is there exactly when k < len (at most SPEC_CHUNKS chunks).
+    let bytes = (0..SPEC_CHUNKS * at::SPEC_CHUNK)
+        .map(|k| cs.boolean(k < o.spec_len))
+        .collect::<R<Vec<_>>>()?;
+    for k in 1..bytes.len() {
+        cs.equal_if(&bytes[k], &bytes[k - 1], &one())?;
+    }
+    cs.equal(&Wire::sum(&bytes), &len)?;
     let mut chunks_used = Vec::with_capacity(SPEC_CHUNKS);
-    let mut previous = list.clone();
     let mut bytes_hash = cs.poseidon(std::slice::from_ref(&len))?;
     let chunks = cs.witnesses(&o.spec_chunks[..SPEC_CHUNKS])?;
     for (k, chunk) in chunks.iter().enumerate() {
-        let c = cs.boolean(k * at::SPEC_CHUNK < o.spec_len)?;
-        cs.equal_if(&c, &previous, &one())?;
+        let there = &bytes[k * at::SPEC_CHUNK..(k + 1) * at::SPEC_CHUNK];
+        let c = there[0].clone();
         let next = cs.poseidon(&[bytes_hash.clone(), chunk.clone()])?;
         bytes_hash = cs.select(&c, &next, &bytes_hash)?;
-        chunks_used.push(c.clone());
-        previous = c;
+        // A chunk of n bytes is their big-endian number, below 2^(8 n): its byte b from the
+        // low end is zero unless the chunk has more than b bytes (so the decoder reads exactly
+        // the bytes hashed).
+        let bits = cs.bits(chunk, 8 * at::SPEC_CHUNK)?;
+        for (b, present) in there.iter().enumerate() {
+            let byte = pack(
+                &bits[8 * b..8 * b + 8]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, bit)| (bit, i))
+                    .collect::<Vec<_>>(),
+            );
+            cs.equal_if(&not(present), &byte, &Wire::zero())?;
+        }
+        chunks_used.push(c);
     }
-    // 31 (n - 1) < len <= 31 n for n chunks.
-    let n = Wire::sum(&chunks_used).scale(Fr::from(at::SPEC_CHUNK as u64));
-    cs.range(&n.sub(&len), 5)?;
-    cs.range(
-        &len.add_const(Fr::from(at::SPEC_CHUNK as u64 - 1)).sub(&n),
-        5,
-    )?;
     let (listed_hash, _) = spec_wires_over(cs, &o.spec, bytes_hash)?;
     let spec_hash = cs.mul(&list, &listed_hash)?;
     let head = pack(&[

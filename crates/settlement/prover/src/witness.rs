@@ -470,6 +470,8 @@ pub struct BatchWitness {
     pub insurance: Fr,
     /// Fee pool before.
     pub fee_pool: Fr,
+    /// Accounts opened and instruments listed before (`leaf::counts`: the next ids).
+    pub counts: (u32, u32),
     /// Account registers.
     pub accounts: Vec<AccountReg>,
     /// Position registers.
@@ -1607,10 +1609,26 @@ pub fn witness(
     } else {
         instrument_tree.root()
     };
+    let counts = (
+        state.accounts().len() as u32,
+        state.instruments().len() as u32,
+    );
+    let opened = ops
+        .iter()
+        .filter(|o| matches!(o, Op::OpenAccount { .. }))
+        .count() as u32;
+    let listed = ops
+        .iter()
+        .filter(|o| matches!(o, Op::ListInstrument { .. }))
+        .count() as u32;
     let new_root = leaf::state_root(
         accounts_root,
         instruments_root,
-        hash(&[fr(insurance_after), fr(fee_pool)]),
+        hash(&[
+            fr(insurance_after),
+            fr(fee_pool),
+            leaf::counts(counts.0 + opened, counts.1 + listed),
+        ]),
     );
     let mut w = BatchWitness {
         shape,
@@ -1618,6 +1636,7 @@ pub fn witness(
         instruments_root: state.instruments_root(),
         insurance: fr(i128::from(insurance.0)),
         fee_pool: fr(i128::from(fee_pool_before.0)),
+        counts,
         accounts: account_regs,
         positions: position_regs,
         instruments: instrument_regs,
@@ -1641,8 +1660,8 @@ pub fn witness(
     w.public.commitment = commitment(&w);
     // The words the blob posts for these ops, and the point the contract evaluates them at.
     let meta = optio_state::blob::BlobMeta {
-        accounts: state.accounts().len() as u32,
-        instruments: state.instruments().len() as u32,
+        accounts: counts.0,
+        instruments: counts.1,
         ..optio_state::blob::BlobMeta::default()
     };
     let encoded = optio_state::blob::encode_ops(&meta, ops).map_err(|e| match e {

@@ -4,8 +4,9 @@
 
 use ark_relations::gr1cs::ConstraintSystem;
 use optio_prover::gadgets::Cs;
+use optio_prover::gadgets::pow2;
 use optio_prover::keys::check;
-use optio_prover::witness::{BatchWitness, kind};
+use optio_prover::witness::{BatchWitness, SPEC_CHUNKS, kind};
 use optio_prover::{ProveError, Shape, witness};
 use optio_state::poseidon::{Fr, hash};
 use optio_state::smt::SparseMerkleTree;
@@ -555,6 +556,95 @@ fn registers_cannot_be_misused() {
     let mut w = honest.clone();
     w.positions[0].account = SHAPE.accounts - 1;
     assert!(refused(&w), "a position of an account register not in use");
+}
+
+/// An opened account and a listed instrument take the next id (the counts in the funds leaf):
+/// one given another empty id, with that id's true path, is refused at its own slot, before any
+/// root is compared (the blob format names no id for them: a rebuild from L1 would give the
+/// next one and reach another root). Counts other than the old root's are refused there.
+#[test]
+fn opened_accounts_and_listed_instruments_take_the_next_id() {
+    let state = genesis(3);
+    let ops = [
+        Op::OpenAccount {
+            owner: Address([7; 20]),
+        },
+        Op::ListInstrument {
+            spec: spec("ETH-26MAR27-4000-P"),
+        },
+    ];
+    let honest = batch_of(&state, &ops);
+    assert_eq!(honest.counts, (3, 2));
+    assert_eq!(
+        honest.public.new_root,
+        after(&state, &ops).root(),
+        "the native root"
+    );
+    check(&honest).expect("honest");
+
+    let mut w = honest.clone();
+    let r = w.slots[0].a.expect("the open op's register");
+    assert_eq!(w.accounts[r].id, 3);
+    w.accounts[r].id = 7;
+    w.accounts[r].siblings = state.account_proof(AccountId(7)).siblings;
+    assert!(
+        refused_at(&w).starts_with("op slot 0 "),
+        "{}",
+        refused_at(&w)
+    );
+
+    let mut w = honest.clone();
+    assert_eq!(w.listings[0].instrument, 2);
+    w.listings[0].instrument = 5;
+    w.listings[0].siblings = state
+        .instrument_proof(InstrumentId(5))
+        .expect("fits the tree")
+        .siblings;
+    assert!(
+        refused_at(&w).starts_with("listing slot 0 "),
+        "{}",
+        refused_at(&w)
+    );
+
+    let mut w = honest.clone();
+    w.counts.0 += 1;
+    assert!(
+        refused_at(&w).starts_with("the old root "),
+        "{}",
+        refused_at(&w)
+    );
+}
+
+/// A listing's spec chunks hold exactly the bytes its length says (31 to a chunk, big-endian,
+/// as `hash_bytes` reads them), so that the decoder reads back the bytes that were hashed: a
+/// last chunk with one byte more, a full chunk of 2^248 or more, or a chunk past the length
+/// that is not empty cannot be proven.
+#[test]
+fn spec_chunks_hold_exactly_their_bytes() {
+    let state = genesis(2);
+    let ops = [Op::ListInstrument {
+        spec: spec("ETH-26MAR27-4000-P"),
+    }];
+    let honest = batch_of(&state, &ops);
+    check(&honest).expect("honest");
+    let len = honest.listings[0].spec_len;
+    let last = (len - 1) / 31;
+    let n = len - 31 * last;
+    assert!(
+        n < 31 && last + 1 < SPEC_CHUNKS,
+        "a partial last chunk and an unused one ({len} bytes)"
+    );
+    let refusals = [
+        (last, pow2(8 * n), "a byte more in the last chunk"),
+        (0, pow2(248), "a full chunk of 2^248"),
+        (last + 1, Fr::from(1u64), "a chunk past the length"),
+    ];
+    for (chunk, more, what) in refusals {
+        let mut w = honest.clone();
+        w.listings[0].spec_chunks[chunk] += more;
+        let at = refused_at(&w);
+        assert!(at.starts_with("listing slot 0 "), "{what}: {at}");
+    }
 }
 
 /// Listings and activations before the op slots, expiries after: a batch that lists an

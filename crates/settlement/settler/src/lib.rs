@@ -43,6 +43,8 @@ mod bindings {
                 uint256 instrumentsRoot;
                 int64 insurance;
                 int64 feePool;
+                uint32 accounts;
+                uint32 instruments;
                 uint256 keysHash;
                 uint64 nonce;
                 int64 collateral;
@@ -655,6 +657,8 @@ pub fn exit_call(proof: &optio_state::ExitProof) -> OptioRollup::ExitProof {
         instrumentsRoot: u(&proof.instruments_root),
         insurance: proof.insurance.0,
         feePool: proof.fee_pool.0,
+        accounts: proof.accounts,
+        instruments: proof.instruments,
         keysHash: u(&proof.leaf.keys_hash),
         nonce: proof.leaf.nonce,
         collateral: proof.leaf.collateral.0,

@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! root            = Poseidon(accounts_root, instruments_root, funds)
-//! funds           = Poseidon(insurance, fee_pool)
+//! funds           = Poseidon(insurance, fee_pool, counts)
+//! counts          = accounts + 2^32 * instruments   (how many were opened and listed: the next ids)
 //! account leaf    = Poseidon(owner, keys_hash, nonce, collateral, positions_root)   at index account id
 //! keys_hash       = fold of Poseidon(h, key, expiry_ms) over keys in address order, from 0
 //! position leaf   = signed quantity (p - |q| when short; 0 = flat)                at index instrument id
@@ -168,9 +169,19 @@ pub fn risk_hash_of(values: &[Fr]) -> Fr {
     })
 }
 
-/// The funds leaf.
-pub fn funds_hash(insurance: Amount, fee_pool: Amount) -> Fr {
-    hash(&[from_i64(insurance.0), from_i64(fee_pool.0)])
+/// The funds leaf: the two funds, and how many accounts were opened and instruments listed
+/// (so that the circuit gives an opened account and a listed instrument the next id).
+pub fn funds_hash(insurance: Amount, fee_pool: Amount, accounts: u32, instruments: u32) -> Fr {
+    hash(&[
+        from_i64(insurance.0),
+        from_i64(fee_pool.0),
+        counts(accounts, instruments),
+    ])
+}
+
+/// The account and instrument counts in one field element: `accounts + 2^32 * instruments`.
+pub fn counts(accounts: u32, instruments: u32) -> Fr {
+    Fr::from(u64::from(accounts) | u64::from(instruments) << 32)
 }
 
 /// The state root over the three parts.

@@ -139,6 +139,10 @@ pub struct ExitProof {
     pub insurance: Amount,
     /// Fee pool.
     pub fee_pool: Amount,
+    /// Accounts opened (the next account id).
+    pub accounts: u32,
+    /// Instruments listed (the next instrument id).
+    pub instruments: u32,
     /// The account's id.
     pub account: AccountId,
     /// Its leaf.
@@ -156,7 +160,12 @@ impl ExitProof {
         leaf::state_root(
             self.accounts_root,
             self.instruments_root,
-            leaf::funds_hash(self.insurance, self.fee_pool),
+            leaf::funds_hash(
+                self.insurance,
+                self.fee_pool,
+                self.accounts,
+                self.instruments,
+            ),
         ) == self.root
             && self.account_proof.index == u64::from(self.account.0)
             && crate::smt::verify(self.accounts_root, self.leaf.hash(), &self.account_proof)
@@ -360,7 +369,12 @@ impl SettlementState {
         leaf::state_root(
             self.account_tree.root(),
             self.instrument_tree.root(),
-            leaf::funds_hash(self.insurance, self.fee_pool),
+            leaf::funds_hash(
+                self.insurance,
+                self.fee_pool,
+                self.accounts.len() as u32,
+                self.instruments.len() as u32,
+            ),
         )
     }
 
@@ -629,6 +643,8 @@ impl SettlementState {
             instruments_root: self.instrument_tree.root(),
             insurance: self.insurance,
             fee_pool: self.fee_pool,
+            accounts: self.accounts.len() as u32,
+            instruments: self.instruments.len() as u32,
             account,
             leaf: a.leaf(),
             account_proof: self
