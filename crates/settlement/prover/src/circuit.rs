@@ -42,7 +42,7 @@
 //! the posted data yet); binding the commitment to the posted bytes.
 
 use ark_relations::gr1cs::{ConstraintSynthesizer, ConstraintSystemRef, SynthesisError};
-use optio_state::leaf::{ACCOUNT_DEPTH, INSTRUMENT_DEPTH, RISK_CHUNK, status};
+use optio_state::leaf::{ACCOUNT_DEPTH, INSTRUMENT_DEPTH, RISK_CHUNK, spec, status};
 use optio_state::poseidon::{Fr, from_i64};
 use optio_state::smt::empty_hashes;
 use optio_types::QTY_SCALE;
@@ -889,6 +889,89 @@ fn spec_wires_over(cs: &Cs, o: &SpecOpening, bytes_hash: Wire) -> R<(Wire, SpecW
     Ok((hash, w))
 }
 
+/// A listing's opened terms are the ones its posted bytes hold (`leaf::spec_bytes`: fixed
+/// offsets in the first two chunks, which a spec of 65 to 81 bytes fills), and the bytes are
+/// what `leaf::spec_from_bytes` decodes: a payoff kind of 0 to 2, a perpetual's date and strike
+/// zero, an option's year at most 99 (from 2000), month 1 to 12 and day 1 to 31, and a symbol
+/// of `A-Z 0-9 _`. `bytes` is the length in unary; `chunk_bytes[k][b]` byte b from the low end
+/// of chunk k.
+fn spec_terms_from_bytes(
+    cs: &Cs,
+    list: &Wire,
+    len: &Wire,
+    bytes: &[Wire],
+    chunk_bytes: &[Vec<Wire>],
+    terms: &SpecWires,
+) -> R<()> {
+    let n = at::SPEC_CHUNK;
+    // Byte p of the spec, for p in the two full chunks.
+    let byte = |p: usize| chunk_bytes[p / n][n - 1 - p % n].clone();
+    let unsigned = |from: usize, width: usize| {
+        (from..from + width).fold(Wire::zero(), |acc, p| {
+            acc.scale(Fr::from(256u64)).add(&byte(p))
+        })
+    };
+    // Two's complement: the top bit of the first byte counts -2^(8 width - 1) instead of +.
+    let signed = |from: usize, width: usize| -> R<Wire> {
+        let top = cs.bits(&byte(from), 8)?.pop().expect("eight bits");
+        Ok(unsigned(from, width).sub(&top.scale(pow2(8 * width))))
+    };
+    // 65 <= len <= 81 for a listing.
+    let over = len.sub(&list.scale(Fr::from((spec::SYMBOL + 1) as u64)));
+    cs.range(&over, 5)?;
+    cs.range(
+        &list
+            .scale(Fr::from((spec::SYMBOL_MAX - 1) as u64))
+            .sub(&over),
+        5,
+    )?;
+    let payoff = terms.is_call.add(&terms.is_put.scale(Fr::from(2u64)));
+    cs.equal_if(list, &byte(spec::PAYOFF), &payoff)?;
+    for (term, at, width) in [
+        (&terms.strike, spec::STRIKE, 8),
+        (&terms.cap, spec::CAP, 8),
+        (&terms.multiplier, spec::MULTIPLIER, 8),
+        (&terms.maker_rate, spec::MAKER_FEE, 4),
+        (&terms.taker_rate, spec::TAKER_FEE, 4),
+    ] {
+        cs.equal_if(list, term, &signed(at, width)?)?;
+    }
+    let (year, month, day) = (byte(1), byte(2), byte(3));
+    let option = cs.mul(list, &terms.is_call.add(&terms.is_put))?;
+    let perpetual = list.sub(&option);
+    for field in [&year, &month, &day, &unsigned(spec::STRIKE, 8)] {
+        cs.equal_if(&perpetual, field, &Wire::zero())?;
+    }
+    let k = |v: u64| Fr::from(v);
+    cs.range(&Wire::constant(k(99)).sub(&year), 7)?;
+    cs.range(&month.sub(&option), 4)?;
+    cs.range(&option.scale(k(12)).sub(&month), 4)?;
+    cs.range(&day.sub(&option), 5)?;
+    cs.range(&option.scale(k(31)).sub(&day), 5)?;
+    // The symbol: bytes 64 to len - 1, at the low end of the third chunk (byte b from the low
+    // end is a symbol byte when 64 + b < len). Each is a digit, a capital or `_`: with d, l, u
+    // its class, `t = v - 48 d - 65 l - 95 u` lies in 0..=9, 0..=25 or is 0.
+    for b in 0..spec::SYMBOL_MAX {
+        let symbol = &bytes[spec::SYMBOL + b];
+        let v = cs.mul(symbol, &chunk_bytes[2][b])?;
+        let class = |lo: u8, hi: u8| {
+            let x = v.value;
+            (Fr::from(u64::from(lo))..=Fr::from(u64::from(hi))).contains(&x)
+        };
+        let d = cs.boolean(class(b'0', b'9'))?;
+        let l = cs.boolean(class(b'A', b'Z'))?;
+        let u = cs.boolean(class(b'_', b'_'))?;
+        cs.equal(&Wire::sum([&d, &l, &u]), symbol)?;
+        let t = v
+            .sub(&d.scale(k(48)))
+            .sub(&l.scale(k(65)))
+            .sub(&u.scale(k(95)));
+        cs.range(&t, 5)?;
+        cs.range(&d.scale(k(9)).add(&l.scale(k(25))).sub(&t), 5)?;
+    }
+    Ok(())
+}
+
 /// 10^16: settlement values are fractions `value * qty / (QTY_SCALE * QTY_SCALE)`.
 fn settle_scale() -> Fr {
     Fr::from(QTY_SCALE as u64) * Fr::from(QTY_SCALE as u64)
@@ -1107,6 +1190,8 @@ fn instrument_op(
     let mut chunks_used = Vec::with_capacity(SPEC_CHUNKS);
     let mut bytes_hash = cs.poseidon(std::slice::from_ref(&len))?;
     let chunks = cs.witnesses(&o.spec_chunks[..SPEC_CHUNKS])?;
+    // Each chunk's bytes, from its low end (`byte(k, b)`: byte b from the low end of chunk k).
+    let mut chunk_bytes: Vec<Vec<Wire>> = Vec::with_capacity(SPEC_CHUNKS);
     for (k, chunk) in chunks.iter().enumerate() {
         let there = &bytes[k * at::SPEC_CHUNK..(k + 1) * at::SPEC_CHUNK];
         let c = there[0].clone();
@@ -1116,6 +1201,7 @@ fn instrument_op(
         // low end is zero unless the chunk has more than b bytes (so the decoder reads exactly
         // the bytes hashed).
         let bits = cs.bits(chunk, 8 * at::SPEC_CHUNK)?;
+        let mut low_first = Vec::with_capacity(at::SPEC_CHUNK);
         for (b, present) in there.iter().enumerate() {
             let byte = pack(
                 &bits[8 * b..8 * b + 8]
@@ -1125,10 +1211,13 @@ fn instrument_op(
                     .collect::<Vec<_>>(),
             );
             cs.equal_if(&not(present), &byte, &Wire::zero())?;
+            low_first.push(byte);
         }
+        chunk_bytes.push(low_first);
         chunks_used.push(c);
     }
-    let (listed_hash, _) = spec_wires_over(cs, &o.spec, bytes_hash)?;
+    let (listed_hash, terms) = spec_wires_over(cs, &o.spec, bytes_hash)?;
+    spec_terms_from_bytes(cs, &list, &len, &bytes, &chunk_bytes, &terms)?;
     let spec_hash = cs.mul(&list, &listed_hash)?;
     let head = pack(&[
         (&kind_code, 0),

@@ -2,6 +2,7 @@
 //! random batches satisfy the circuit with the root `SettlementState` computes; a batch that
 //! breaks a rule, or public inputs that differ from the batch, do not.
 
+use ark_ff::PrimeField;
 use ark_relations::gr1cs::ConstraintSystem;
 use optio_prover::gadgets::Cs;
 use optio_prover::gadgets::pow2;
@@ -644,6 +645,82 @@ fn spec_chunks_hold_exactly_their_bytes() {
         w.listings[0].spec_chunks[chunk] += more;
         let at = refused_at(&w);
         assert!(at.starts_with("listing slot 0 "), "{what}: {at}");
+    }
+}
+
+/// A listing's opened terms are read out of its posted bytes, and the bytes are what the
+/// decoder reads back as a spec (`leaf::spec_from_bytes`): calls, puts, perpetuals and a
+/// suffixed symbol prove with the native root; terms other than the bytes' (a fee rate, the
+/// strike, the payoff kind), and bytes the decoder refuses (each of its reasons), cannot be
+/// proven, refused at the listing itself.
+#[test]
+fn a_listings_terms_are_its_bytes_and_its_bytes_decode() {
+    use optio_state::leaf::{spec as at, spec_bytes, spec_from_bytes};
+    let state = genesis(1);
+    for name in [
+        "ETH-26MAR27-4000-C",
+        "BTC-1JAN30-65000-P",
+        "SOL-PERPETUAL",
+        "XRP_USDC-31DEC99-2-C",
+    ] {
+        let ops = [Op::ListInstrument { spec: spec(name) }];
+        let w = batch_of(&state, &ops);
+        assert_eq!(w.public.new_root, after(&state, &ops).root(), "{name}");
+        check(&w).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    let honest = batch_of(
+        &state,
+        &[Op::ListInstrument {
+            spec: spec("ETH-26MAR27-4000-C"),
+        }],
+    );
+    let at_listing = |w: &BatchWitness, what: &str| {
+        let at = refused_at(w);
+        assert!(at.starts_with("listing slot 0 "), "{what}: {at}");
+    };
+    let mut w = honest.clone();
+    w.listings[0].spec.maker_rate += Fr::from(1u64);
+    at_listing(&w, "a maker rate other than the bytes'");
+    let mut w = honest.clone();
+    w.listings[0].spec.strike += Fr::from(1u64);
+    at_listing(&w, "a strike other than the bytes'");
+    let mut w = honest.clone();
+    w.listings[0].spec.payoff = 2;
+    at_listing(&w, "a put opened over a call's bytes");
+
+    let call = spec_bytes(&spec("ETH-26MAR27-4000-C"));
+    let perp = spec_bytes(&spec("SOL-PERPETUAL"));
+    let with = |base: &[u8], at: usize, v: u8| {
+        let mut b = base.to_vec();
+        b[at] = v;
+        b
+    };
+    let refused_bytes = [
+        perp[..at::SYMBOL].to_vec(),
+        [perp.clone(), b"ABCDEFGHIJKLMNO".to_vec()].concat(),
+        with(&call, at::PAYOFF, 3),
+        with(&perp, 2, 1),
+        with(&perp, at::STRIKE + 7, 1),
+        with(&call, 1, 100),
+        with(&call, 2, 13),
+        with(&call, 2, 0),
+        with(&call, 3, 32),
+        with(&call, 3, 0),
+        with(&call, at::SYMBOL + 1, b'h'),
+        with(&call, at::SYMBOL, b'-'),
+    ];
+    for bytes in refused_bytes {
+        let why = spec_from_bytes(&bytes).expect_err("the decoder refuses them too");
+        let mut w = honest.clone();
+        let mut chunks: Vec<Fr> = bytes.chunks(31).map(Fr::from_be_bytes_mod_order).collect();
+        chunks.resize(SPEC_CHUNKS.max(chunks.len()), Fr::from(0u64));
+        w.listings[0].spec_chunks = chunks;
+        w.listings[0].spec_len = bytes.len();
+        if bytes[at::PAYOFF] == 0 {
+            w.listings[0].spec.payoff = 0;
+            w.listings[0].spec.strike = Fr::from(0u64);
+        }
+        at_listing(&w, why);
     }
 }
 

@@ -16,8 +16,7 @@
 use std::collections::BTreeMap;
 
 use ark_ff::{BigInteger, PrimeField};
-use optio_types::codec::Reader;
-use optio_types::{AccountId, Address, Amount, InstrumentId, InstrumentSpec, Price, Qty, Side};
+use optio_types::{AccountId, Address, Amount, InstrumentId, Price, Qty, Side};
 use sha3::{Digest, Keccak256};
 
 use crate::leaf::{self, RISK_CHUNK};
@@ -246,12 +245,7 @@ fn within(v: i64, bits: u32, op: usize, what: &'static str) -> Result<u128, Blob
     }
 }
 
-/// The canonical bytes of a spec (what `leaf::spec_bytes_hash` hashes).
-pub fn spec_bytes(spec: &InstrumentSpec) -> Vec<u8> {
-    let mut w = optio_types::codec::Writer::default();
-    optio_types::state::encode_spec(&mut w, spec);
-    w.bytes
-}
+pub use crate::leaf::spec_bytes;
 
 /// The record and words of one op (`index` its place in the batch, for errors); `id` is the
 /// account an opening or the instrument a listing takes. A deficit cover's `socialized` is not
@@ -288,9 +282,8 @@ pub fn encode_op(op: &Op, id: u32, index: usize) -> Result<Encoded, BlobError> {
     Ok(match op {
         Op::ListInstrument { spec } => {
             let bytes = spec_bytes(spec);
-            if bytes.len() >= 1 << 16 {
-                return Err(unencodable(index, "a spec longer than 65535 bytes"));
-            }
+            // What the circuit admits and the decoder reads back.
+            leaf::spec_from_bytes(&bytes).map_err(|what| unencodable(index, what))?;
             let mut record = [z; 10];
             record[0] = Fr::from(kind::LIST);
             record[3] = Fr::from(id);
@@ -735,11 +728,7 @@ pub fn decode(bytes: &[u8]) -> Result<(BlobMeta, Vec<Op>), BlobError> {
                     let take = (len - c * bits::SPEC_CHUNK).min(bits::SPEC_CHUNK);
                     raw.extend_from_slice(&to_bytes(get(1 + c)?)[32 - take..]);
                 }
-                let mut r = Reader::new(&raw);
-                let spec = optio_types::state::decode_spec(&mut r)
-                    .ok()
-                    .filter(|_| r.finish().is_ok())
-                    .ok_or(invalid("instrument spec"))?;
+                let spec = leaf::spec_from_bytes(&raw).map_err(invalid)?;
                 id = instrument;
                 instrument += 1;
                 Op::ListInstrument { spec }

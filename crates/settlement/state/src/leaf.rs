@@ -10,7 +10,7 @@
 //! keys_hash       = fold of Poseidon(h, key, expiry_ms) over keys in address order, from 0
 //! position leaf   = signed quantity (p - |q| when short; 0 = flat)                at index instrument id
 //! instrument leaf = Poseidon(spec_hash, status, mark, risk_hash, settlement_price)  at index instrument id
-//! spec_hash       = Poseidon(hash_bytes(canonical spec encoding), maker_fee, taker_fee,
+//! spec_hash       = Poseidon(hash_bytes(spec_bytes), maker_fee, taker_fee,
 //!                            payoff kind (0 perpetual, 1 call, 2 put), strike, underlying cap,
 //!                            contract multiplier)
 //! risk_hash       = fold of Poseidon(h, r0..r10) over the risk array in elevens (0-padded), from 0
@@ -18,7 +18,10 @@
 //! Amounts and prices are fixed-point integers (micro-USDC; quantities in 1e-8), negatives as
 //! `p - |v|`; a missing mark or settlement price is 0.
 
-use optio_types::{Address, Amount, InstrumentKind, InstrumentSpec, OptionRight, Price, Qty};
+use optio_types::{
+    Address, Amount, FeeRate, InstrumentKind, InstrumentName, InstrumentSpec, OptionRight, Price,
+    Qty,
+};
 
 use crate::poseidon::{Fr, from_address, from_i64, hash, hash_bytes};
 
@@ -140,11 +143,119 @@ pub fn payoff_terms(spec: &InstrumentSpec) -> (u64, i64) {
     }
 }
 
-/// `hash_bytes` of an instrument's canonical spec encoding (the first input of `spec_hash`).
+/// `hash_bytes` of an instrument's canonical spec bytes (the first input of `spec_hash`).
 pub fn spec_bytes_hash(spec: &InstrumentSpec) -> Fr {
-    let mut w = optio_types::codec::Writer::default();
-    optio_types::state::encode_spec(&mut w, spec);
-    hash_bytes(&w.bytes)
+    hash_bytes(&spec_bytes(spec))
+}
+
+/// The canonical spec bytes: fixed fields at fixed offsets, the underlying symbol last, so that
+/// the validity circuit reads the terms it needs out of the posted bytes (`spec::` offsets) and
+/// the name is rebuilt from its parts. Big-endian; signed fields in two's complement.
+///
+/// ```text
+/// 0 payoff (0 perpetual, 1 call, 2 put) | 1 year - 2000 | 2 month | 3 day   (0 for a perpetual)
+/// 4 strike:i64 (0 for a perpetual) | 12 underlying cap:i64 | 20 contract multiplier:i64
+/// 28 maker fee:i32 | 32 taker fee:i32 | 36 tick size:i64 | 44 min size:i64 | 52 amount step:i64
+/// 60 market protection bps:u32 | 64 underlying symbol (1 to 17 of A-Z 0-9 _)
+/// ```
+pub fn spec_bytes(spec: &InstrumentSpec) -> Vec<u8> {
+    let (payoff, strike) = payoff_terms(spec);
+    let (year, month, day) = match spec.name.kind {
+        InstrumentKind::Perpetual => (0, 0, 0),
+        InstrumentKind::Option { expiry, .. } => (
+            u8::try_from(expiry.year.saturating_sub(2000)).unwrap_or(u8::MAX),
+            expiry.month,
+            expiry.day,
+        ),
+    };
+    let mut b = Vec::with_capacity(spec::SYMBOL + spec.name.underlying.len());
+    b.extend([payoff as u8, year, month, day]);
+    for v in [strike, spec.underlying_cap.0, spec.contract_multiplier.0] {
+        b.extend(v.to_be_bytes());
+    }
+    b.extend(spec.maker_fee.0.to_be_bytes());
+    b.extend(spec.taker_fee.0.to_be_bytes());
+    for v in [spec.tick_size.0, spec.min_size.0, spec.amount_step.0] {
+        b.extend(v.to_be_bytes());
+    }
+    b.extend(spec.market_protection_bps.to_be_bytes());
+    b.extend(spec.name.underlying.as_bytes());
+    b
+}
+
+/// The spec of canonical spec bytes, or what is wrong with them: exactly what the validity
+/// circuit admits (a payoff kind of 0 to 2; a perpetual's date and strike zero; an option's year
+/// at most 2099, month 1 to 12 and day 1 to 31, the calendar not consulted; a symbol of 1 to 17
+/// of `A-Z 0-9 _`), so that every proven listing decodes.
+pub fn spec_from_bytes(b: &[u8]) -> Result<InstrumentSpec, &'static str> {
+    if !(spec::SYMBOL + 1..=spec::SYMBOL + spec::SYMBOL_MAX).contains(&b.len()) {
+        return Err("a spec's length is 65 to 81 bytes");
+    }
+    let i64_at = |o: usize| i64::from_be_bytes(b[o..o + 8].try_into().expect("eight bytes"));
+    let i32_at = |o: usize| i32::from_be_bytes(b[o..o + 4].try_into().expect("four bytes"));
+    let (year, month, day, strike) = (b[1], b[2], b[3], i64_at(spec::STRIKE));
+    let kind = match b[0] {
+        0 if (year, month, day, strike) == (0, 0, 0, 0) => InstrumentKind::Perpetual,
+        0 => return Err("a perpetual with a date or strike"),
+        1 | 2 if year <= 99 && (1..=12).contains(&month) && (1..=31).contains(&day) => {
+            InstrumentKind::Option {
+                expiry: optio_types::instrument::ExpiryDate {
+                    year: 2000 + u16::from(year),
+                    month,
+                    day,
+                },
+                strike: Price(strike),
+                right: if b[0] == 1 {
+                    OptionRight::Call
+                } else {
+                    OptionRight::Put
+                },
+            }
+        }
+        1 | 2 => return Err("an option's expiry date out of range"),
+        _ => return Err("a payoff kind other than 0, 1 or 2"),
+    };
+    let symbol = &b[spec::SYMBOL..];
+    if !symbol
+        .iter()
+        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == b'_')
+    {
+        return Err("a symbol outside A-Z 0-9 _");
+    }
+    Ok(InstrumentSpec {
+        name: InstrumentName {
+            underlying: String::from_utf8(symbol.to_vec()).expect("ASCII"),
+            kind,
+        },
+        underlying_cap: Price(i64_at(spec::CAP)),
+        contract_multiplier: Qty(i64_at(spec::MULTIPLIER)),
+        maker_fee: FeeRate(i32_at(spec::MAKER_FEE)),
+        taker_fee: FeeRate(i32_at(spec::TAKER_FEE)),
+        tick_size: Price(i64_at(36)),
+        min_size: Qty(i64_at(44)),
+        amount_step: Qty(i64_at(52)),
+        market_protection_bps: u32::from_be_bytes(b[60..64].try_into().expect("four bytes")),
+    })
+}
+
+/// Offsets in the canonical spec bytes of what the circuit reads.
+pub mod spec {
+    /// Payoff kind (one byte), then year - 2000, month and day.
+    pub const PAYOFF: usize = 0;
+    /// Strike (eight bytes).
+    pub const STRIKE: usize = 4;
+    /// Underlying cap (eight bytes).
+    pub const CAP: usize = 12;
+    /// Contract multiplier (eight bytes).
+    pub const MULTIPLIER: usize = 20;
+    /// Maker fee (four bytes).
+    pub const MAKER_FEE: usize = 28;
+    /// Taker fee (four bytes).
+    pub const TAKER_FEE: usize = 32;
+    /// The underlying symbol, to the end.
+    pub const SYMBOL: usize = 64;
+    /// Longest symbol (`UNDERLYING_SUFFIX`: 10, `_` and 6).
+    pub const SYMBOL_MAX: usize = 17;
 }
 
 /// Risk scenarios per Poseidon call of `risk_hash`: eleven and the running hash are the widest
