@@ -892,8 +892,7 @@ fn spec_wires_over(cs: &Cs, o: &SpecOpening, bytes_hash: Wire) -> R<(Wire, SpecW
 /// A listing's opened terms are the ones its posted bytes hold (`leaf::spec_bytes`: fixed
 /// offsets in the first two chunks, which a spec of 65 to 81 bytes fills), and the bytes are
 /// what `leaf::spec_from_bytes` decodes: a payoff kind of 0 to 2, a perpetual's date and strike
-/// zero, an option's year at most 99 (from 2000), month 1 to 12 and day 1 to 31, and a symbol
-/// of `A-Z 0-9 _`. `bytes` is the length in unary; `chunk_bytes[k][b]` byte b from the low end
+/// zero, an option's date on the calendar from 2000 to 2099, and a symbol of `A-Z 0-9 _`. `bytes` is the length in unary; `chunk_bytes[k][b]` byte b from the low end
 /// of chunk k.
 fn spec_terms_from_bytes(
     cs: &Cs,
@@ -943,11 +942,28 @@ fn spec_terms_from_bytes(
         cs.equal_if(&perpetual, field, &Wire::zero())?;
     }
     let k = |v: u64| Fr::from(v);
+    // An option's date is on the calendar: year at most 99 (from 2000), the month one of twelve,
+    // the day from 1 to the month's length (29 in February of a year divisible by 4: 2000 to
+    // 2099 need no century rule).
     cs.range(&Wire::constant(k(99)).sub(&year), 7)?;
-    cs.range(&month.sub(&option), 4)?;
-    cs.range(&option.scale(k(12)).sub(&month), 4)?;
+    let year_bits = cs.bits(&year, 7)?;
+    let months = (1..=12u64)
+        .map(|m| cs.boolean(option.value == Fr::from(1u64) && month.value == Fr::from(m)))
+        .collect::<R<Vec<_>>>()?;
+    cs.equal(&Wire::sum(&months), &option)?;
+    let named = (1..=12u64)
+        .zip(&months)
+        .fold(Wire::zero(), |acc, (m, flag)| acc.plus(k(m), flag));
+    cs.equal(&named, &month)?;
+    let leap = cs.mul(&not(&year_bits[0]), &not(&year_bits[1]))?;
+    let length = [31u64, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]
+        .iter()
+        .zip(&months)
+        .fold(cs.mul(&months[1], &leap)?, |acc, (days, flag)| {
+            acc.plus(k(*days), flag)
+        });
     cs.range(&day.sub(&option), 5)?;
-    cs.range(&option.scale(k(31)).sub(&day), 5)?;
+    cs.range(&length.sub(&day), 5)?;
     // The symbol: bytes 64 to len - 1, at the low end of the third chunk (byte b from the low
     // end is a symbol byte when 64 + b < len). Each is a digit, a capital or `_`: with d, l, u
     // its class, `t = v - 48 d - 65 l - 95 u` lies in 0..=9, 0..=25 or is 0.

@@ -662,6 +662,7 @@ fn a_listings_terms_are_its_bytes_and_its_bytes_decode() {
         "BTC-1JAN30-65000-P",
         "SOL-PERPETUAL",
         "XRP_USDC-31DEC99-2-C",
+        "BTC-29FEB28-90000-C",
     ] {
         let ops = [Op::ListInstrument { spec: spec(name) }];
         let w = batch_of(&state, &ops);
@@ -706,6 +707,9 @@ fn a_listings_terms_are_its_bytes_and_its_bytes_decode() {
         with(&call, 2, 0),
         with(&call, 3, 32),
         with(&call, 3, 0),
+        // 29 February 2027, 31 April 2027.
+        with(&with(&call, 2, 2), 3, 29),
+        with(&with(&call, 2, 4), 3, 31),
         with(&call, at::SYMBOL + 1, b'h'),
         with(&call, at::SYMBOL, b'-'),
     ];

@@ -184,9 +184,9 @@ pub fn spec_bytes(spec: &InstrumentSpec) -> Vec<u8> {
 }
 
 /// The spec of canonical spec bytes, or what is wrong with them: exactly what the validity
-/// circuit admits (a payoff kind of 0 to 2; a perpetual's date and strike zero; an option's year
-/// at most 2099, month 1 to 12 and day 1 to 31, the calendar not consulted; a symbol of 1 to 17
-/// of `A-Z 0-9 _`), so that every proven listing decodes.
+/// circuit admits (a payoff kind of 0 to 2; a perpetual's date and strike zero; an option's date
+/// on the calendar from 2000 to 2099; a symbol of 1 to 17 of `A-Z 0-9 _`), so that every
+/// proven listing decodes.
 pub fn spec_from_bytes(b: &[u8]) -> Result<InstrumentSpec, &'static str> {
     if !(spec::SYMBOL + 1..=spec::SYMBOL + spec::SYMBOL_MAX).contains(&b.len()) {
         return Err("a spec's length is 65 to 81 bytes");
@@ -197,22 +197,16 @@ pub fn spec_from_bytes(b: &[u8]) -> Result<InstrumentSpec, &'static str> {
     let kind = match b[0] {
         0 if (year, month, day, strike) == (0, 0, 0, 0) => InstrumentKind::Perpetual,
         0 => return Err("a perpetual with a date or strike"),
-        1 | 2 if year <= 99 && (1..=12).contains(&month) && (1..=31).contains(&day) => {
-            InstrumentKind::Option {
-                expiry: optio_types::instrument::ExpiryDate {
-                    year: 2000 + u16::from(year),
-                    month,
-                    day,
-                },
-                strike: Price(strike),
-                right: if b[0] == 1 {
-                    OptionRight::Call
-                } else {
-                    OptionRight::Put
-                },
-            }
-        }
-        1 | 2 => return Err("an option's expiry date out of range"),
+        1 | 2 => InstrumentKind::Option {
+            expiry: optio_types::instrument::ExpiryDate::new(2000 + u16::from(year), month, day)
+                .ok_or("an option's expiry date not on the calendar")?,
+            strike: Price(strike),
+            right: if b[0] == 1 {
+                OptionRight::Call
+            } else {
+                OptionRight::Put
+            },
+        },
         _ => return Err("a payoff kind other than 0, 1 or 2"),
     };
     let symbol = &b[spec::SYMBOL..];

@@ -228,7 +228,7 @@ fn spec_bytes_round_trip_and_refuse_what_the_circuit_does_not_admit() {
         b
     };
     let long = [perp.clone(), b"ABCDEFGHIJKLMNO".to_vec()].concat();
-    let refusals: [(Vec<u8>, &str); 9] = [
+    let refusals: [(Vec<u8>, &str); 11] = [
         (
             perp[..spec::SYMBOL].to_vec(),
             "a spec's length is 65 to 81 bytes",
@@ -243,9 +243,27 @@ fn spec_bytes_round_trip_and_refuse_what_the_circuit_does_not_admit() {
             with(&perp, spec::STRIKE + 7, 1),
             "a perpetual with a date or strike",
         ),
-        (with(&call, 1, 100), "an option's expiry date out of range"),
-        (with(&call, 2, 13), "an option's expiry date out of range"),
-        (with(&call, 3, 0), "an option's expiry date out of range"),
+        (
+            with(&call, 1, 100),
+            "an option's expiry date not on the calendar",
+        ),
+        (
+            with(&call, 2, 13),
+            "an option's expiry date not on the calendar",
+        ),
+        (
+            with(&call, 3, 0),
+            "an option's expiry date not on the calendar",
+        ),
+        // 29 February 2027, 31 April 2027.
+        (
+            with(&with(&call, 2, 2), 3, 29),
+            "an option's expiry date not on the calendar",
+        ),
+        (
+            with(&with(&call, 2, 4), 3, 31),
+            "an option's expiry date not on the calendar",
+        ),
         (
             with(&call, spec::SYMBOL, b'e'),
             "a symbol outside A-Z 0-9 _",
@@ -254,7 +272,7 @@ fn spec_bytes_round_trip_and_refuse_what_the_circuit_does_not_admit() {
     for (bytes, why) in refusals {
         assert_eq!(spec_from_bytes(&bytes), Err(why));
     }
-    // The calendar is not consulted: 31 February is carried as posted.
-    let feb = with(&with(&call, 2, 2), 3, 31);
-    assert!(spec_from_bytes(&feb).is_ok());
+    // 29 February 2028 is on it.
+    let leap = with(&with(&with(&call, 1, 28), 2, 2), 3, 29);
+    assert!(spec_from_bytes(&leap).is_ok());
 }
