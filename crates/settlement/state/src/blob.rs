@@ -25,8 +25,9 @@ use crate::poseidon::{Fr, from_address, from_i64, hash, to_bytes};
 
 /// First bytes of every blob.
 pub const MAGIC: &[u8; 4] = b"OPTB";
-/// The version this code writes and reads.
-pub const VERSION: u8 = 2;
+/// The version this code writes and reads (3: the spec bytes' binary layout, and the funds
+/// leaf's counts, after 2: field words).
+pub const VERSION: u8 = 3;
 /// Largest blob accepted (bytes).
 pub const MAX_BLOB_BYTES: usize = 1 << 20;
 /// Longest risk array accepted.

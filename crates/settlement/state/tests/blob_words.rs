@@ -1,4 +1,4 @@
-//! The blob's words (format version 2): one encoding per batch, refusals with stable errors,
+//! The blob's words (format version 3): one encoding per batch, refusals with stable errors,
 //! and the evaluation the L1 contract computes over them.
 
 use optio_state::blob::{self, BlobError, BlobMeta, HEADER_BYTES, bits, kind};
