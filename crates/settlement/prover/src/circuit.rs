@@ -165,6 +165,13 @@ fn pack(fields: &[(&Wire, usize)]) -> Wire {
         .fold(Wire::zero(), |acc, (f, shift)| acc.plus(pow2(*shift), f))
 }
 
+/// The byte of eight bits, low first (linear).
+fn byte_of(bits: &[Wire]) -> Wire {
+    bits.iter()
+        .enumerate()
+        .fold(Wire::zero(), |acc, (i, bit)| acc.plus(pow2(i), bit))
+}
+
 /// One-hot selector over `n` registers: `index` or none; its sum is returned too.
 fn selector(cs: &Cs, n: usize, index: Option<usize>) -> R<(Vec<Wire>, Wire)> {
     let sel = (0..n)
@@ -892,28 +899,32 @@ fn spec_wires_over(cs: &Cs, o: &SpecOpening, bytes_hash: Wire) -> R<(Wire, SpecW
 /// A listing's opened terms are the ones its posted bytes hold (`leaf::spec_bytes`: fixed
 /// offsets in the first two chunks, which a spec of 65 to 81 bytes fills), and the bytes are
 /// what `leaf::spec_from_bytes` decodes: a payoff kind of 0 to 2, a perpetual's date and strike
-/// zero, an option's date on the calendar from 2000 to 2099, and a symbol of `A-Z 0-9 _`. `bytes` is the length in unary; `chunk_bytes[k][b]` byte b from the low end
-/// of chunk k.
+/// zero, an option's date on the calendar from 2000 to 2099, and a symbol of `A-Z 0-9 _`.
+/// `bytes` is the length in unary; `chunk_bits[k]` the bits of chunk k, low first (the range
+/// checks' decomposition, reused: reading a byte or its sign costs no constraint).
 fn spec_terms_from_bytes(
     cs: &Cs,
     list: &Wire,
     len: &Wire,
     bytes: &[Wire],
-    chunk_bytes: &[Vec<Wire>],
+    chunk_bits: &[Vec<Wire>],
     terms: &SpecWires,
 ) -> R<()> {
     let n = at::SPEC_CHUNK;
-    // Byte p of the spec, for p in the two full chunks.
-    let byte = |p: usize| chunk_bytes[p / n][n - 1 - p % n].clone();
+    // The bits of byte p of the spec, low first, for p in the two full chunks.
+    let bits_of = |p: usize| {
+        let low_end = n - 1 - p % n;
+        &chunk_bits[p / n][8 * low_end..8 * low_end + 8]
+    };
+    let byte = |p: usize| byte_of(bits_of(p));
     let unsigned = |from: usize, width: usize| {
         (from..from + width).fold(Wire::zero(), |acc, p| {
             acc.scale(Fr::from(256u64)).add(&byte(p))
         })
     };
     // Two's complement: the top bit of the first byte counts -2^(8 width - 1) instead of +.
-    let signed = |from: usize, width: usize| -> R<Wire> {
-        let top = cs.bits(&byte(from), 8)?.pop().expect("eight bits");
-        Ok(unsigned(from, width).sub(&top.scale(pow2(8 * width))))
+    let signed = |from: usize, width: usize| {
+        unsigned(from, width).sub(&bits_of(from)[7].scale(pow2(8 * width)))
     };
     // 65 <= len <= 81 for a listing.
     let over = len.sub(&list.scale(Fr::from((spec::SYMBOL + 1) as u64)));
@@ -933,7 +944,7 @@ fn spec_terms_from_bytes(
         (&terms.maker_rate, spec::MAKER_FEE, 4),
         (&terms.taker_rate, spec::TAKER_FEE, 4),
     ] {
-        cs.equal_if(list, term, &signed(at, width)?)?;
+        cs.equal_if(list, term, &signed(at, width))?;
     }
     let (year, month, day) = (byte(1), byte(2), byte(3));
     let option = cs.mul(list, &terms.is_call.add(&terms.is_put))?;
@@ -946,7 +957,7 @@ fn spec_terms_from_bytes(
     // the day from 1 to the month's length (29 in February of a year divisible by 4: 2000 to
     // 2099 need no century rule).
     cs.range(&Wire::constant(k(99)).sub(&year), 7)?;
-    let year_bits = cs.bits(&year, 7)?;
+    let year_bits = bits_of(1);
     let months = (1..=12u64)
         .map(|m| cs.boolean(option.value == Fr::from(1u64) && month.value == Fr::from(m)))
         .collect::<R<Vec<_>>>()?;
@@ -969,7 +980,7 @@ fn spec_terms_from_bytes(
     // its class, `t = v - 48 d - 65 l - 95 u` lies in 0..=9, 0..=25 or is 0.
     for b in 0..spec::SYMBOL_MAX {
         let symbol = &bytes[spec::SYMBOL + b];
-        let v = cs.mul(symbol, &chunk_bytes[2][b])?;
+        let v = cs.mul(symbol, &byte_of(&chunk_bits[2][8 * b..8 * b + 8]))?;
         let class = |lo: u8, hi: u8| {
             let x = v.value;
             (Fr::from(u64::from(lo))..=Fr::from(u64::from(hi))).contains(&x)
@@ -1206,8 +1217,7 @@ fn instrument_op(
     let mut chunks_used = Vec::with_capacity(SPEC_CHUNKS);
     let mut bytes_hash = cs.poseidon(std::slice::from_ref(&len))?;
     let chunks = cs.witnesses(&o.spec_chunks[..SPEC_CHUNKS])?;
-    // Each chunk's bytes, from its low end (`byte(k, b)`: byte b from the low end of chunk k).
-    let mut chunk_bytes: Vec<Vec<Wire>> = Vec::with_capacity(SPEC_CHUNKS);
+    let mut chunk_bits: Vec<Vec<Wire>> = Vec::with_capacity(SPEC_CHUNKS);
     for (k, chunk) in chunks.iter().enumerate() {
         let there = &bytes[k * at::SPEC_CHUNK..(k + 1) * at::SPEC_CHUNK];
         let c = there[0].clone();
@@ -1217,23 +1227,15 @@ fn instrument_op(
         // low end is zero unless the chunk has more than b bytes (so the decoder reads exactly
         // the bytes hashed).
         let bits = cs.bits(chunk, 8 * at::SPEC_CHUNK)?;
-        let mut low_first = Vec::with_capacity(at::SPEC_CHUNK);
         for (b, present) in there.iter().enumerate() {
-            let byte = pack(
-                &bits[8 * b..8 * b + 8]
-                    .iter()
-                    .enumerate()
-                    .map(|(i, bit)| (bit, i))
-                    .collect::<Vec<_>>(),
-            );
+            let byte = byte_of(&bits[8 * b..8 * b + 8]);
             cs.equal_if(&not(present), &byte, &Wire::zero())?;
-            low_first.push(byte);
         }
-        chunk_bytes.push(low_first);
+        chunk_bits.push(bits);
         chunks_used.push(c);
     }
     let (listed_hash, terms) = spec_wires_over(cs, &o.spec, bytes_hash)?;
-    spec_terms_from_bytes(cs, &list, &len, &bytes, &chunk_bytes, &terms)?;
+    spec_terms_from_bytes(cs, &list, &len, &bytes, &chunk_bits, &terms)?;
     let spec_hash = cs.mul(&list, &listed_hash)?;
     let head = pack(&[
         (&kind_code, 0),

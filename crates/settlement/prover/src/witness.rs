@@ -718,7 +718,10 @@ fn zeros(n: u8) -> Vec<Fr> {
 
 /// What a batch touches and which slots its ops take (the witness's first pass).
 struct Plan<'a> {
+    /// Specs by instrument id, those the batch lists included.
     specs: Vec<&'a InstrumentSpec>,
+    /// Accounts after the batch (the next id an opening would take).
+    accounts_after: u32,
     account_ids: BTreeSet<u32>,
     position_keys: BTreeSet<(u32, u32)>,
     instrument_ids: BTreeSet<u32>,
@@ -990,6 +993,7 @@ fn plan<'a>(
 
     Ok(Plan {
         specs,
+        accounts_after: next_account,
         account_ids,
         position_keys,
         instrument_ids,
@@ -1010,6 +1014,7 @@ pub fn witness(
 ) -> Result<BatchWitness, WitnessError> {
     let Plan {
         specs,
+        accounts_after,
         account_ids,
         position_keys,
         instrument_ids,
@@ -1613,21 +1618,13 @@ pub fn witness(
         state.accounts().len() as u32,
         state.instruments().len() as u32,
     );
-    let opened = ops
-        .iter()
-        .filter(|o| matches!(o, Op::OpenAccount { .. }))
-        .count() as u32;
-    let listed = ops
-        .iter()
-        .filter(|o| matches!(o, Op::ListInstrument { .. }))
-        .count() as u32;
     let new_root = leaf::state_root(
         accounts_root,
         instruments_root,
         hash(&[
             fr(insurance_after),
             fr(fee_pool),
-            leaf::counts(counts.0 + opened, counts.1 + listed),
+            leaf::counts(accounts_after, specs.len() as u32),
         ]),
     );
     let mut w = BatchWitness {
