@@ -144,6 +144,23 @@ fn what_the_format_cannot_hold_is_refused_at_encoding() {
         encode(&meta(), &orphan),
         Err(BlobError::Unencodable { op: 0, .. })
     ));
+    // A spec the decoder could not read back (the engine's names never make one): a symbol of
+    // 18 characters, or one outside A-Z 0-9 _.
+    let mut spec = optio_types::InstrumentSpec::with_defaults(
+        "BTC-PERPETUAL".parse().expect("a name"),
+        Price(1 << 40),
+    );
+    for (symbol, what) in [
+        ("ABCDEFGHIJ_KLMNOPQ", "a spec's length is 65 to 81 bytes"),
+        ("btc", "a symbol outside A-Z 0-9 _"),
+    ] {
+        spec.name.underlying = symbol.to_string();
+        let listing = [Op::ListInstrument { spec: spec.clone() }];
+        assert_eq!(
+            encode(&meta(), &listing).map(|_| ()),
+            Err(BlobError::Unencodable { op: 0, what })
+        );
+    }
 }
 
 #[test]
