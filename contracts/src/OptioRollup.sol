@@ -2,7 +2,7 @@
 pragma solidity ^0.8.20;
 
 import {IERC20} from "./TestUSDC.sol";
-import {Field, IPoseidon2, IPoseidon3, IPoseidon5} from "./Poseidon.sol";
+import {Field, IPoseidon3, IPoseidon4, IPoseidon5} from "./Poseidon.sol";
 
 /// The batch-proof verifier (`Groth16Verifier.sol`).
 interface IGroth16Verifier {
@@ -33,9 +33,10 @@ interface IGroth16Verifier {
 /// the posted data lets anyone audit. There are no admin functions (nothing to change, so
 /// nothing to timelock).
 contract OptioRollup {
-    uint256 internal constant ACCOUNT_DEPTH = 24;
-    uint256 internal constant POSITIONS_DEPTH = 20;
-    uint256 internal constant INSTRUMENT_DEPTH = 20;
+    /// Index bits of the trees (arity 4: two bits per level, docs/settlement.md).
+    uint256 internal constant ACCOUNT_BITS = 24;
+    uint256 internal constant INSTRUMENT_BITS = 20;
+    uint256 internal constant POSITIONS_LEVELS = 10;
     int256 internal constant QTY_SCALE = 1e8;
     /// Largest single deposit (micro-USDC): the engine's per-amount limit, so every deposit the
     /// queue holds can be credited.
@@ -108,7 +109,7 @@ contract OptioRollup {
     /// The batch-proof verifier (address 0: none, proofs are refused).
     IGroth16Verifier public immutable verifier;
     address public immutable operator;
-    IPoseidon2 public immutable h2;
+    IPoseidon4 public immutable h4;
     IPoseidon3 public immutable h3;
     IPoseidon5 public immutable h5;
     uint256 public immutable finalizationDelay;
@@ -135,7 +136,7 @@ contract OptioRollup {
     uint256 public totalDeposited;
     uint256 public totalPaid;
     /// Hashes of empty subtrees of the positions tree, by height.
-    uint256[POSITIONS_DEPTH + 1] internal zeros;
+    uint256[POSITIONS_LEVELS + 1] internal zeros;
 
     event Deposit(uint256 indexed priorityId, address indexed owner, uint32 account, uint256 amount, uint64 deadline);
     event WithdrawalRequested(uint256 indexed priorityId, address indexed owner, uint32 account, uint64 deadline);
@@ -178,7 +179,7 @@ contract OptioRollup {
     constructor(
         IERC20 usdc_,
         address operator_,
-        IPoseidon2 h2_,
+        IPoseidon4 h4_,
         IPoseidon3 h3_,
         IPoseidon5 h5_,
         uint256 genesisRoot,
@@ -189,13 +190,13 @@ contract OptioRollup {
         usdc = usdc_;
         verifier = verifier_;
         operator = operator_;
-        (h2, h3, h5) = (h2_, h3_, h5_);
+        (h4, h3, h5) = (h4_, h3_, h5_);
         finalizationDelay = finalizationDelay_;
         priorityWindow = priorityWindow_;
         bond = msg.value;
         batches.push(Batch({root: genesisRoot, dataHash: 0, withdrawalsHash: 0, lastSeq: 0, committedAt: uint64(block.timestamp), priorityServed: 0}));
-        for (uint256 h = 0; h < POSITIONS_DEPTH; h++) {
-            zeros[h + 1] = h2_.poseidon([zeros[h], zeros[h]]);
+        for (uint256 h = 0; h < POSITIONS_LEVELS; h++) {
+            zeros[h + 1] = h4_.poseidon([zeros[h], zeros[h], zeros[h], zeros[h]]);
         }
     }
 
@@ -418,7 +419,7 @@ contract OptioRollup {
             if (i > 0 && x.instrument <= p.positions[i - 1].instrument) revert BadProof("positions order");
             if (x.qty == 0) revert BadProof("flat position");
             uint256 leaf = h5.poseidon([Field.check(x.specHash), uint256(x.status), Field.fromInt(x.mark), Field.check(x.riskHash), Field.fromInt(x.settlementPrice)]);
-            if (!_member(p.instrumentsRoot, leaf, x.instrument, x.instrumentProof, INSTRUMENT_DEPTH)) revert BadProof("instrument");
+            if (!_member(p.instrumentsRoot, leaf, x.instrument, x.instrumentProof, INSTRUMENT_BITS)) revert BadProof("instrument");
             idx[i] = x.instrument;
             val[i] = Field.fromInt(x.qty);
             int256 value = int256(x.qty) * int256(x.mark);
@@ -427,41 +428,45 @@ contract OptioRollup {
         }
         uint256 positionsRoot = _sparseRoot(idx, val, n);
         uint256 accountLeaf = h5.poseidon([uint256(uint160(owner)), Field.check(p.keysHash), uint256(p.nonce), Field.fromInt(p.collateral), positionsRoot]);
-        if (!_member(p.accountsRoot, accountLeaf, p.account, p.accountProof, ACCOUNT_DEPTH)) revert BadProof("account");
+        if (!_member(p.accountsRoot, accountLeaf, p.account, p.accountProof, ACCOUNT_BITS)) revert BadProof("account");
     }
 
-    /// Whether `leaf` sits at `index` under `root` (siblings leaf level first).
-    function _member(uint256 root, uint256 leaf, uint256 index, uint256[] calldata siblings, uint256 depth) internal view returns (bool) {
-        if (siblings.length != depth) return false;
+    /// Whether `leaf` sits at `index` (below `2^bits`) under `root` in an arity-4 tree: per
+    /// level, the node's slot is two bits of the index and `siblings` holds the three other
+    /// children in slot order (leaf level first).
+    function _member(uint256 root, uint256 leaf, uint256 index, uint256[] calldata siblings, uint256 bits) internal view returns (bool) {
+        uint256 levels = bits / 2;
+        // An index beyond the tree would alias the leaf at its low bits.
+        if (index >> bits != 0 || siblings.length != 3 * levels) return false;
         uint256 node = leaf;
-        for (uint256 h = 0; h < depth; h++) {
-            uint256 s = Field.check(siblings[h]);
-            node = (index >> h) & 1 == 0 ? h2.poseidon([node, s]) : h2.poseidon([s, node]);
+        uint256 k = 0;
+        for (uint256 h = 0; h < levels; h++) {
+            uint256 slot = (index >> (2 * h)) & 3;
+            uint256[4] memory c;
+            for (uint256 j = 0; j < 4; j++) {
+                c[j] = j == slot ? node : Field.check(siblings[k++]);
+            }
+            node = h4.poseidon(c);
         }
         return node == root;
     }
 
     /// Root of a positions tree holding exactly the given leaves (indices strictly increasing).
     function _sparseRoot(uint256[] memory idx, uint256[] memory val, uint256 n) internal view returns (uint256) {
-        if (n == 0) return zeros[POSITIONS_DEPTH];
-        for (uint256 h = 0; h < POSITIONS_DEPTH; h++) {
+        if (n == 0) return zeros[POSITIONS_LEVELS];
+        for (uint256 h = 0; h < POSITIONS_LEVELS; h++) {
             uint256 m = 0;
             uint256 i = 0;
             while (i < n) {
-                uint256 id = idx[i];
-                uint256 parent;
-                if (id & 1 == 0 && i + 1 < n && idx[i + 1] == id + 1) {
-                    parent = h2.poseidon([val[i], val[i + 1]]);
-                    i += 2;
-                } else if (id & 1 == 0) {
-                    parent = h2.poseidon([val[i], zeros[h]]);
-                    i += 1;
-                } else {
-                    parent = h2.poseidon([zeros[h], val[i]]);
-                    i += 1;
+                uint256 parent = idx[i] >> 2;
+                uint256 z = zeros[h];
+                uint256[4] memory c = [z, z, z, z];
+                while (i < n && idx[i] >> 2 == parent) {
+                    c[idx[i] & 3] = val[i];
+                    i++;
                 }
-                idx[m] = id >> 1;
-                val[m] = parent;
+                idx[m] = parent;
+                val[m] = h4.poseidon(c);
                 m++;
             }
             n = m;

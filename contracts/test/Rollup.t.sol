@@ -54,7 +54,6 @@ contract PoseidonTest is WithHashers {
 
     function test_leaf_hashes_match_the_settlement_vectors() public {
         string memory v = hevm.readFile("../test-vectors/settlement.json");
-        IPoseidon2 h2 = IPoseidon2(deployHasher(2));
         IPoseidon3 h3 = IPoseidon3(deployHasher(3));
         IPoseidon5 h5 = IPoseidon5(deployHasher(5));
         uint256 account = h5.poseidon(
@@ -97,7 +96,7 @@ contract RollupTest is WithHashers {
         rollup = new OptioRollup(
             usdc,
             address(this),
-            IPoseidon2(deployHasher(2)),
+            IPoseidon4(deployHasher(4)),
             IPoseidon3(deployHasher(3)),
             IPoseidon5(deployHasher(5)),
             hevm.parseJsonUint(v, ".genesis_root"),
@@ -233,6 +232,19 @@ contract RollupTest is WithHashers {
         p.positions = all;
         // A higher mark than committed.
         p.positions[1].mark += 1;
+        hevm.prank(owner);
+        hevm.expectRevert(abi.encodeWithSelector(OptioRollup.BadProof.selector, "instrument"));
+        rollup.exit(p);
+        p.positions[1].mark -= 1;
+        // Another account id whose low 24 bits are this account's: the id is beyond the tree,
+        // and would otherwise alias the leaf (and exit it twice).
+        p.account += uint32(1) << 24;
+        hevm.prank(owner);
+        hevm.expectRevert(abi.encodeWithSelector(OptioRollup.BadProof.selector, "account"));
+        rollup.exit(p);
+        p.account -= uint32(1) << 24;
+        // The same for an instrument id beyond the instruments tree.
+        p.positions[1].instrument += uint32(1) << 20;
         hevm.prank(owner);
         hevm.expectRevert(abi.encodeWithSelector(OptioRollup.BadProof.selector, "instrument"));
         rollup.exit(p);
@@ -381,8 +393,8 @@ contract RollupInvariants is WithHashers {
 
     function setUp() public {
         usdc = new TestUSDC();
-        IPoseidon2 h2 = IPoseidon2(deployHasher(2));
-        rollup = new OptioRollup(usdc, address(this), h2, IPoseidon3(deployHasher(3)), IPoseidon5(deployHasher(5)), 0, 1 hours, 6 hours, IGroth16Verifier(address(0)));
+        IPoseidon4 h4 = IPoseidon4(deployHasher(4));
+        rollup = new OptioRollup(usdc, address(this), h4, IPoseidon3(deployHasher(3)), IPoseidon5(deployHasher(5)), 0, 1 hours, 6 hours, IGroth16Verifier(address(0)));
         handler = new Handler(rollup, usdc);
     }
 

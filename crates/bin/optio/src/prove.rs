@@ -41,9 +41,10 @@ pub struct ShapeArgs {
     /// `--mark-window` ids.
     #[arg(long, default_value_t = 8)]
     marks: usize,
-    /// Instrument ids a mark window spans (a power of two): its marks share one path of the
-    /// instruments tree. 1: a path per mark; the devnet's 58 instruments fit one window of 64.
-    #[arg(long, default_value_t = 1, value_parser = power_of_two)]
+    /// Instrument ids a mark window spans (a power of four: a whole subtree of the arity-4
+    /// tree): its marks share one path of the instruments tree. 1: a path per mark; the
+    /// devnet's 58 instruments fit one window of 64.
+    #[arg(long, default_value_t = 1, value_parser = power_of_four)]
     mark_window: usize,
     /// Risk-array scenarios a mark may carry.
     #[arg(long, default_value_t = 33)]
@@ -53,11 +54,17 @@ pub struct ShapeArgs {
     session_keys: usize,
 }
 
-fn power_of_two(s: &str) -> Result<usize, String> {
+fn power_of_four(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
-        Ok(n) if n.is_power_of_two() && n <= 1 << optio_state::leaf::INSTRUMENT_DEPTH => Ok(n),
+        Ok(n)
+            if n.is_power_of_two()
+                && n.trailing_zeros() % 2 == 0
+                && n <= 1 << optio_state::leaf::INSTRUMENT_DEPTH =>
+        {
+            Ok(n)
+        }
         _ => Err(format!(
-            "{s} is not a power of two up to 2^{}",
+            "{s} is not a power of four up to 2^{}",
             optio_state::leaf::INSTRUMENT_DEPTH
         )),
     }

@@ -212,12 +212,12 @@ fn a_node_cuts_its_batches_for_external_provers() {
     assert!(out.contains("2 batches proven"), "{out}");
 }
 
-/// A mark window that is not a power of two is refused before any key is made, with a message
+/// A mark window that is not a power of four (a whole subtree of the arity-4 tree) is refused before any key is made, with a message
 /// that says what is allowed, and the keys directory stays empty.
 #[test]
-fn a_mark_window_that_is_not_a_power_of_two_is_refused() {
+fn a_mark_window_that_is_not_a_power_of_four_is_refused() {
     let keys = tempfile::tempdir().expect("tempdir");
-    for window in ["3", "0", "2097152", "x"] {
+    for window in ["3", "0", "2", "32", "4194304", "x"] {
         let out = Command::new(env!("CARGO_BIN_EXE_optio"))
             .args(["prove", "setup", "--keys"])
             .arg(keys.path())
@@ -228,7 +228,7 @@ fn a_mark_window_that_is_not_a_power_of_two_is_refused() {
         assert!(!out.status.success(), "--mark-window {window}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
-            stderr.contains("is not a power of two up to 2^20"),
+            stderr.contains("is not a power of four up to 2^20"),
             "{stderr}"
         );
         assert_eq!(

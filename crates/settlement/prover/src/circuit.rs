@@ -44,7 +44,7 @@
 use ark_relations::gr1cs::{ConstraintSynthesizer, ConstraintSystemRef, SynthesisError};
 use optio_state::leaf::{ACCOUNT_DEPTH, INSTRUMENT_DEPTH, RISK_CHUNK, spec, status};
 use optio_state::poseidon::{Fr, from_i64};
-use optio_state::smt::empty_hashes;
+use optio_state::smt::empty_root;
 use optio_types::QTY_SCALE;
 use optio_types::fixed::FEE_RATE_SCALE;
 
@@ -413,7 +413,7 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
     }
 
     cs.part("the accounts' write-back".into());
-    let empty_positions = Wire::constant(empty_hashes(INSTRUMENT_DEPTH)[INSTRUMENT_DEPTH as usize]);
+    let empty_positions = Wire::constant(empty_root(INSTRUMENT_DEPTH));
     for (k, a) in st.accounts.iter().enumerate() {
         // An opened account starts empty, and exactly one OPEN op named it.
         for (field, value) in [
@@ -1308,12 +1308,12 @@ fn mark_window(
     Ok((enabled, index))
 }
 
-/// The root of a complete binary tree over `leaves` (a power of two of them), left to right.
+/// The root of a complete arity-4 tree over `leaves` (a power of four of them), left to right.
 fn subtree(cs: &Cs, mut level: Vec<Wire>) -> R<Wire> {
     while level.len() > 1 {
         level = level
-            .chunks(2)
-            .map(|pair| cs.poseidon(&[pair[0].clone(), pair[1].clone()]))
+            .chunks(4)
+            .map(|four| cs.poseidon(four))
             .collect::<R<_>>()?;
     }
     Ok(level.pop().expect("a window has an entry"))

@@ -264,13 +264,34 @@ impl Cs {
         Ok(state.swap_remove(0))
     }
 
-    /// The root above `leaf` at the index whose bits (least significant first) are `bits`.
+    /// The root above `leaf` at the index whose bits (least significant first) are `bits`, in
+    /// the arity-4 tree of `optio_state::smt`: per level, two bits give the slot and
+    /// `siblings` the three other children in slot order. Seven constraints per level place
+    /// the node among them (one-hot slot flags from the two bits), then one Poseidon(4).
     pub fn merkle_root(&self, leaf: &Wire, bits: &[Wire], siblings: &[Wire]) -> R<Wire> {
+        assert!(
+            bits.len() % 2 == 0 && siblings.len() == bits.len() / 2 * 3,
+            "two bits and three siblings per level"
+        );
         let mut node = leaf.clone();
-        for (bit, sibling) in bits.iter().zip(siblings) {
-            let left = self.select(bit, sibling, &node)?;
-            let right = node.add(sibling).sub(&left);
-            node = self.poseidon(&[left, right])?;
+        for (b, s) in bits.chunks(2).zip(siblings.chunks(3)) {
+            let e3 = self.mul(&b[0], &b[1])?;
+            let e1 = b[0].sub(&e3);
+            let e2 = b[1].sub(&e3);
+            let e0 = Wire::constant(Fr::from(1u64))
+                .sub(&b[0])
+                .sub(&b[1])
+                .add(&e3);
+            // Slot 0: (n, s0, s1, s2); 1: (s0, n, s1, s2); 2: (s0, s1, n, s2); 3: (s0, s1, s2, n).
+            let c0 = s[0].add(&self.mul(&e0, &node.sub(&s[0]))?);
+            let c1 = s[1]
+                .add(&self.mul(&e1, &node.sub(&s[1]))?)
+                .add(&self.mul(&e0, &s[0].sub(&s[1]))?);
+            let c2 = s[1]
+                .add(&self.mul(&e2, &node.sub(&s[1]))?)
+                .add(&self.mul(&e3, &s[2].sub(&s[1]))?);
+            let c3 = s[2].add(&self.mul(&e3, &node.sub(&s[2]))?);
+            node = self.poseidon(&[c0, c1, c2, c3])?;
         }
         Ok(node)
     }

@@ -77,21 +77,22 @@ pub struct Shape {
 
 impl Shape {
     /// The name of its key files:
-    /// `batch-<slots>x<accounts>x<positions>x<instruments>x<listings>x<expiries>x<settlements>x<holders>x<marks>x<risk_chunks>x<keys>x<mark_window_bits>`.
+    /// `quad-<slots>x<accounts>x<positions>x<instruments>x<listings>x<expiries>x<settlements>x<holders>x<marks>x<risk_chunks>x<keys>x<mark_window_bits>`.
     pub fn name(&self) -> String {
         let fields = self.fields().map(|n| n.to_string());
-        format!("batch-{}", fields.join("x"))
+        format!("quad-{}", fields.join("x"))
     }
 
     /// The shape a `name()` names.
     pub fn from_name(name: &str) -> Option<Shape> {
         let n: Vec<usize> = name
-            .strip_prefix("batch-")?
+            .strip_prefix("quad-")?
             .split('x')
             .map(|x| x.parse().ok())
             .collect::<Option<_>>()?;
         let n = <[usize; 12]>::try_from(n).ok()?;
-        if n[11] > INSTRUMENT_DEPTH as usize {
+        // A window is a whole subtree of the arity-4 tree: an even number of id bits.
+        if n[11] > INSTRUMENT_DEPTH as usize || n[11] % 2 != 0 {
             return None;
         }
         Some(Shape {
@@ -677,8 +678,12 @@ fn path(tree: &SparseMerkleTree, index: u64) -> Vec<Fr> {
 fn overlay(depth: u8, ids: &[(u64, Fr, Proof)]) -> SparseMerkleTree {
     let mut tree = SparseMerkleTree::new(depth);
     for (id, leaf, proof) in ids {
-        for (h, sibling) in proof.siblings.iter().enumerate() {
-            tree.store_mut().put(h as u8, (id >> h) ^ 1, Some(*sibling));
+        for (h, three) in proof.siblings.chunks(3).enumerate() {
+            let at = id >> (2 * h);
+            let others = (0..4).filter(|c| *c != at & 3);
+            for (c, sibling) in others.zip(three) {
+                tree.store_mut().put(h as u8, (at & !3) | c, Some(*sibling));
+            }
         }
         tree.store_mut().put(0, *id, Some(*leaf));
     }
@@ -712,8 +717,9 @@ fn account_ids_of(op: &Op) -> Vec<u32> {
     }
 }
 
-fn zeros(n: u8) -> Vec<Fr> {
-    vec![Fr::from(0u64); n as usize]
+/// The (zero) siblings of a path through `bits` index bits: three per level of two bits.
+fn zeros(bits: u8) -> Vec<Fr> {
+    vec![Fr::from(0u64); 3 * bits as usize / 2]
 }
 
 /// What a batch touches and which slots its ops take (the witness's first pass).
@@ -1571,7 +1577,7 @@ pub fn witness(
             mark_windows.push(MarkWindow {
                 enabled: true,
                 index,
-                siblings: path(&instrument_tree, base)[bits..].to_vec(),
+                siblings: path(&instrument_tree, base)[3 * bits / 2..].to_vec(),
                 entries,
             });
         }

@@ -57,18 +57,32 @@ fn poseidon_gadget_equals_the_native_hash() {
 #[test]
 fn merkle_gadget_equals_the_native_tree() {
     let mut tree = SparseMerkleTree::new(20);
-    tree.set(5, Fr::from(7u64)).expect("set");
-    tree.set(1_000, Fr::from(9u64)).expect("set");
-    let proof = tree.prove(1_000).expect("prove");
-    let cs = ConstraintSystem::<Fr>::new_ref();
-    let b = Cs::new(cs.clone());
-    let index = b.witness(Fr::from(1_000u64)).expect("alloc");
-    let bits = b.bits(&index, 20).expect("bits");
-    let leaf = b.witness(Fr::from(9u64)).expect("alloc");
-    let siblings = b.witnesses(&proof.siblings).expect("alloc");
-    let root = b.merkle_root(&leaf, &bits, &siblings).expect("root");
-    assert_eq!(root.value, tree.root());
-    assert!(cs.is_satisfied().expect("check"));
+    // Indices whose two-bit digits take every slot at some level (0b11_10_01_00 = 228).
+    let ids = [5u64, 228, 1_000, 0xF_FFFF, 0x5_5555];
+    for (k, id) in ids.iter().enumerate() {
+        tree.set(*id, Fr::from(k as u64 + 7)).expect("set");
+    }
+    for (k, id) in ids.iter().enumerate() {
+        let proof = tree.prove(*id).expect("prove");
+        let cs = ConstraintSystem::<Fr>::new_ref();
+        let b = Cs::new(cs.clone());
+        let index = b.witness(Fr::from(*id)).expect("alloc");
+        let bits = b.bits(&index, 20).expect("bits");
+        let leaf = b.witness(Fr::from(k as u64 + 7)).expect("alloc");
+        let siblings = b.witnesses(&proof.siblings).expect("alloc");
+        let root = b.merkle_root(&leaf, &bits, &siblings).expect("root");
+        assert_eq!(root.value, tree.root(), "id {id}");
+        assert!(cs.is_satisfied().expect("check"));
+        // The same leaf and siblings at a neighbouring index give another root.
+        let cs = ConstraintSystem::<Fr>::new_ref();
+        let b = Cs::new(cs.clone());
+        let index = b.witness(Fr::from(id ^ 1)).expect("alloc");
+        let bits = b.bits(&index, 20).expect("bits");
+        let leaf = b.witness(Fr::from(k as u64 + 7)).expect("alloc");
+        let siblings = b.witnesses(&proof.siblings).expect("alloc");
+        let root = b.merkle_root(&leaf, &bits, &siblings).expect("root");
+        assert_ne!(root.value, tree.root(), "id {id} moved to {}", id ^ 1);
+    }
 }
 
 fn spec(name: &str) -> InstrumentSpec {

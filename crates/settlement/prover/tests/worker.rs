@@ -224,20 +224,30 @@ fn key_files_round_trip_and_bad_ones_are_named() {
     assert_eq!(back.vk, keys.vk);
     // The one shape in a directory, found by its files' name.
     assert_eq!(Shape::from_name(&SHAPE.name()), Some(SHAPE));
-    assert_eq!(Shape::from_name("batch-1x2x3"), None);
+    assert_eq!(Shape::from_name("quad-1x2x3"), None);
+    // A mark window of an odd number of id bits is no subtree of the arity-4 tree.
+    assert_eq!(Shape::from_name("quad-1x1x1x1x0x0x0x0x1x1x0x1"), None);
     let only = Keys::read_only(dir.path()).expect("one shape");
     assert_eq!((only.shape, only.vk), (SHAPE, keys.vk.clone()));
     let empty = tempfile::tempdir().expect("tempdir");
     let none = Keys::read_only(empty.path()).err().expect("no keys");
     assert!(none.to_string().contains("optio prove setup"), "{none}");
-    // Keys named as before mark windows (eleven sizes): another circuit, and said so.
-    std::fs::write(empty.path().join("batch-1x1x1x1x0x0x0x0x1x1x0.vk"), b"").expect("write");
-    let old = Keys::read_only(empty.path()).err().expect("old keys");
-    assert!(
-        old.to_string()
-            .contains("another circuit version (batch-1x1x1x1x0x0x0x0x1x1x0)"),
-        "{old}"
-    );
+    // Keys named as before mark windows (eleven sizes), or as before the arity-4 trees:
+    // another circuit, and said so.
+    for old in [
+        "batch-1x1x1x1x0x0x0x0x1x1x0",
+        "batch-1x1x1x1x0x0x0x0x1x1x0x0",
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join(format!("{old}.vk")), b"").expect("write");
+        let refused = Keys::read_only(dir.path()).err().expect("old keys");
+        assert!(
+            refused
+                .to_string()
+                .contains(&format!("another circuit version ({old})")),
+            "{refused}"
+        );
+    }
 
     let other = Shape { slots: 1, ..SHAPE };
     let missing = Keys::read(dir.path(), other)

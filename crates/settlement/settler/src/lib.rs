@@ -59,7 +59,7 @@ mod bindings {
             function freeze() external;
             function deposit(uint32 account, uint256 amount) external returns (uint256 id);
             function requestWithdrawal(uint32 account) external returns (uint256 id);
-            constructor(address usdc, address operator, address h2, address h3, address h5, uint256 genesisRoot, uint256 finalizationDelay, uint256 priorityWindow, address verifier) payable;
+            constructor(address usdc, address operator, address h4, address h3, address h5, uint256 genesisRoot, uint256 finalizationDelay, uint256 priorityWindow, address verifier) payable;
             event BatchProven(uint256 indexed number, uint256 commitment);
             function verifyBatch(uint256 number, uint256 commitment, uint256[8] calldata proof) external;
             function verifyBatches(uint256[] calldata numbers, uint256[] calldata commitments, uint256[8][] calldata proofs) external;
@@ -280,7 +280,7 @@ pub async fn deploy_with_verifier(
 ) -> Result<Deployment, SettlerError> {
     let contracts: PathBuf = optio_contracts::contracts_dir();
     let mut hashers = Vec::new();
-    for n in [2, 3, 5] {
+    for n in [4, 3, 5] {
         let path = contracts.join(format!("poseidon/poseidon{n}.hex"));
         let hex = std::fs::read_to_string(&path)
             .map_err(|e| SettlerError::Artifacts(format!("{}: {e}", path.display())))?;
@@ -299,7 +299,7 @@ pub async fn deploy_with_verifier(
     let args = OptioRollup::constructorCall {
         usdc,
         operator,
-        h2: hashers[0],
+        h4: hashers[0],
         h3: hashers[1],
         h5: hashers[2],
         genesisRoot: genesis_root,

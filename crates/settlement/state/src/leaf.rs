@@ -25,9 +25,10 @@ use optio_types::{
 
 use crate::poseidon::{Fr, from_address, from_i64, hash, hash_bytes};
 
-/// Depth of the accounts tree (16.7M accounts).
+/// Index bits of the accounts tree (16.7M accounts; 12 levels of four children).
 pub const ACCOUNT_DEPTH: u8 = 24;
-/// Depth of the instruments tree and of each account's positions tree (1M instruments).
+/// Index bits of the instruments tree and of each account's positions tree (1M instruments; 10
+/// levels of four children).
 pub const INSTRUMENT_DEPTH: u8 = 20;
 
 /// Status codes in the instrument leaf.

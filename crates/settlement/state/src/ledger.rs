@@ -751,7 +751,7 @@ impl Account {
             nonce: self.nonce,
             collateral: self.collateral,
             positions: self.positions.clone(),
-            tree: Tree::with_store(1, TreeStore::default()),
+            tree: Tree::with_store(2, TreeStore::default()),
             dirty_positions: BTreeSet::new(),
         }
     }

@@ -93,12 +93,12 @@ pub fn hash1(a: Fr) -> Fr {
     hash(&[a])
 }
 
-/// Poseidon of two elements (tree nodes).
+/// Poseidon of two elements (chains: `hash_bytes`, risk arrays).
 pub fn hash2(a: Fr, b: Fr) -> Fr {
     hash(&[a, b])
 }
 
-/// Poseidon of four elements (leaves).
+/// Poseidon of four elements (tree nodes).
 pub fn hash4(a: Fr, b: Fr, c: Fr, d: Fr) -> Fr {
     hash(&[a, b, c, d])
 }

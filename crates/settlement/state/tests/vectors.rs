@@ -83,3 +83,32 @@ fn out_of_range_indices_are_refused() {
     assert!(tree.set(256, Fr::from(1u64)).is_err());
     assert!(tree.prove(1 << 9).is_err());
 }
+
+#[test]
+fn the_tree_has_four_children_per_node_in_index_order() {
+    // 16 leaves, two levels, written out by hand: the convention the circuit and Solidity share.
+    let leaves: Vec<Fr> = (0..16u64).map(|i| Fr::from(i * i + 3)).collect();
+    let mut tree = SparseMerkleTree::new(4);
+    let mut many = SparseMerkleTree::new(4);
+    for (i, v) in leaves.iter().enumerate() {
+        tree.set(i as u64, *v).expect("in range");
+    }
+    let updates: Vec<(u64, Fr)> = leaves.iter().enumerate().map(|(i, v)| (i as u64, *v)).collect();
+    many.set_many(&updates).expect("in range");
+    let node = |k: usize| hash4(leaves[4 * k], leaves[4 * k + 1], leaves[4 * k + 2], leaves[4 * k + 3]);
+    let root = hash4(node(0), node(1), node(2), node(3));
+    assert_eq!(tree.root(), root);
+    assert_eq!(many.root(), root);
+    // Leaf 6 sits in slot 2 of node 1, node 1 in slot 1: siblings in slot order per level.
+    let proof = tree.prove(6).expect("in range");
+    assert_eq!(
+        proof.siblings,
+        vec![leaves[4], leaves[5], leaves[7], node(0), node(2), node(3)]
+    );
+    // An empty subtree of height 1 is H(0, 0, 0, 0).
+    let z1 = hash4(Fr::from(0u64), Fr::from(0u64), Fr::from(0u64), Fr::from(0u64));
+    assert_eq!(SparseMerkleTree::new(2).root(), z1);
+    assert_eq!(optio_state::smt::empty_root(4), hash4(z1, z1, z1, z1));
+    // An odd number of index bits is no arity-4 tree.
+    assert!(std::panic::catch_unwind(|| SparseMerkleTree::new(5)).is_err());
+}
