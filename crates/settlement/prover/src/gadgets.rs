@@ -270,7 +270,7 @@ impl Cs {
     /// the node among them (one-hot slot flags from the two bits), then one Poseidon(4).
     pub fn merkle_root(&self, leaf: &Wire, bits: &[Wire], siblings: &[Wire]) -> R<Wire> {
         assert!(
-            bits.len() % 2 == 0 && siblings.len() == bits.len() / 2 * 3,
+            bits.len().is_multiple_of(2) && siblings.len() == bits.len() / 2 * 3,
             "two bits and three siblings per level"
         );
         let mut node = leaf.clone();

@@ -92,7 +92,7 @@ impl Shape {
             .collect::<Option<_>>()?;
         let n = <[usize; 12]>::try_from(n).ok()?;
         // A window is a whole subtree of the arity-4 tree: an even number of id bits.
-        if n[11] > INSTRUMENT_DEPTH as usize || n[11] % 2 != 0 {
+        if n[11] > INSTRUMENT_DEPTH as usize || !n[11].is_multiple_of(2) {
             return None;
         }
         Some(Shape {

@@ -115,7 +115,7 @@ impl<S: NodeStore> SparseMerkleTree<S> {
     /// A tree over `store`.
     pub fn with_store(bits: u8, store: S) -> Self {
         assert!(
-            (2..=64).contains(&bits) && bits % 2 == 0,
+            (2..=64).contains(&bits) && bits.is_multiple_of(2),
             "index bits: even, 2..=64"
         );
         Self {
@@ -267,15 +267,12 @@ impl<S: NodeStore> SparseMerkleTree<S> {
 /// The root above `node` at `index` (its index at its own height), through `siblings` (three
 /// per level).
 pub fn root_from(node: Fr, index: u64, siblings: &[Fr]) -> Fr {
-    siblings
-        .chunks(3)
-        .enumerate()
-        .fold(node, |value, (h, s)| {
-            climb(value, ((index >> (2 * h)) & 3) as usize, s)
-        })
+    siblings.chunks(3).enumerate().fold(node, |value, (h, s)| {
+        climb(value, ((index >> (2 * h)) & 3) as usize, s)
+    })
 }
 
 /// Whether `leaf` sits at `proof.index` under `root` (a zero leaf proves absence).
 pub fn verify(root: Fr, leaf: Fr, proof: &Proof) -> bool {
-    proof.siblings.len() % 3 == 0 && root_from(leaf, proof.index, &proof.siblings) == root
+    proof.siblings.len().is_multiple_of(3) && root_from(leaf, proof.index, &proof.siblings) == root
 }

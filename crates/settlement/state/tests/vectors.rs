@@ -93,9 +93,20 @@ fn the_tree_has_four_children_per_node_in_index_order() {
     for (i, v) in leaves.iter().enumerate() {
         tree.set(i as u64, *v).expect("in range");
     }
-    let updates: Vec<(u64, Fr)> = leaves.iter().enumerate().map(|(i, v)| (i as u64, *v)).collect();
+    let updates: Vec<(u64, Fr)> = leaves
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (i as u64, *v))
+        .collect();
     many.set_many(&updates).expect("in range");
-    let node = |k: usize| hash4(leaves[4 * k], leaves[4 * k + 1], leaves[4 * k + 2], leaves[4 * k + 3]);
+    let node = |k: usize| {
+        hash4(
+            leaves[4 * k],
+            leaves[4 * k + 1],
+            leaves[4 * k + 2],
+            leaves[4 * k + 3],
+        )
+    };
     let root = hash4(node(0), node(1), node(2), node(3));
     assert_eq!(tree.root(), root);
     assert_eq!(many.root(), root);
@@ -106,7 +117,12 @@ fn the_tree_has_four_children_per_node_in_index_order() {
         vec![leaves[4], leaves[5], leaves[7], node(0), node(2), node(3)]
     );
     // An empty subtree of height 1 is H(0, 0, 0, 0).
-    let z1 = hash4(Fr::from(0u64), Fr::from(0u64), Fr::from(0u64), Fr::from(0u64));
+    let z1 = hash4(
+        Fr::from(0u64),
+        Fr::from(0u64),
+        Fr::from(0u64),
+        Fr::from(0u64),
+    );
     assert_eq!(SparseMerkleTree::new(2).root(), z1);
     assert_eq!(optio_state::smt::empty_root(4), hash4(z1, z1, z1, z1));
     // An odd number of index bits is no arity-4 tree.
