@@ -27,7 +27,7 @@ use optio_pricing::risk::default_scenarios;
 use optio_pricing::svi::{Slice, Surface, Svi};
 use optio_types::{
     AccountId, Amount, Command, EngineLimits, InstrumentId, InstrumentSpec, MONEY_SCALE, NewOrder,
-    OrderType, Price, QTY_SCALE, Qty, Quote, SelfTradePrevention, Side, TimeInForce,
+    OrderType, Price, QTY_SCALE, Qty, Quote, RejectCode, SelfTradePrevention, Side, TimeInForce,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -655,16 +655,18 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
             }));
         }
         let results = gateway
-            .submit_admin(commands)
+            .submit_admin(commands.clone())
             .context("sequencing the simulated flow")?;
-        let refused = results.iter().filter(|r| r.is_err()).count();
+        let requoted = requote_crossed(&gateway, &commands, &results)?;
+        let refused = results.iter().filter(|r| r.is_err()).count() - requoted;
         if rounds % 10 == 1 {
             println!(
-                "[{rounds:>4}s] BTC {:.2} ETH {:.2}  inputs {} ({} refused)",
+                "[{rounds:>4}s] BTC {:.2} ETH {:.2}  inputs {} ({} refused, {} quotes re-placed after pulling a stale one)",
                 spots[0],
                 spots[1],
                 results.len(),
-                refused
+                refused,
+                requoted,
             );
         }
     }
@@ -672,4 +674,52 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
     // The local chain stops with the devnet.
     drop(local_chain);
     Ok(())
+}
+
+/// An option's mark can move several percent in a second, so a market maker's new post-only
+/// quote may cross another maker's quote from the second before, and be refused. Left there,
+/// both makers would keep their stale quotes (each new one crossing the other's old one) while
+/// the mark moves on. As a market maker does, each refused maker pulls its quote in that
+/// instrument, and then all of them quote again. Returns how many quotes went in at the second
+/// attempt.
+fn requote_crossed(
+    gateway: &Gateway,
+    commands: &[Command],
+    results: &[std::result::Result<(), RejectCode>],
+) -> Result<usize> {
+    let crossed: Vec<&Command> = commands
+        .iter()
+        .zip(results)
+        .filter(|(c, r)| {
+            matches!(c, Command::MassQuote { .. }) && **r == Err(RejectCode::PostOnlyWouldCross)
+        })
+        .map(|(c, _)| c)
+        .collect();
+    if crossed.is_empty() {
+        return Ok(0);
+    }
+    let pulls = crossed
+        .iter()
+        .filter_map(|c| match c {
+            Command::MassQuote { account, quotes } => Some(Command::MassQuote {
+                account: *account,
+                quotes: quotes
+                    .iter()
+                    .map(|q| Quote {
+                        instrument: q.instrument,
+                        bid: None,
+                        ask: None,
+                    })
+                    .collect(),
+            }),
+            _ => None,
+        })
+        .collect();
+    gateway
+        .submit_admin(pulls)
+        .context("pulling stale quotes")?;
+    let again = gateway
+        .submit_admin(crossed.into_iter().cloned().collect())
+        .context("re-quoting")?;
+    Ok(again.iter().filter(|r| r.is_ok()).count())
 }
