@@ -687,39 +687,33 @@ fn requote_crossed(
     commands: &[Command],
     results: &[std::result::Result<(), RejectCode>],
 ) -> Result<usize> {
-    let crossed: Vec<&Command> = commands
+    let (crossed, pulls): (Vec<Command>, Vec<Command>) = commands
         .iter()
         .zip(results)
-        .filter(|(c, r)| {
-            matches!(c, Command::MassQuote { .. }) && **r == Err(RejectCode::PostOnlyWouldCross)
+        .filter_map(|(c, r)| match c {
+            Command::MassQuote { account, quotes } if *r == Err(RejectCode::PostOnlyWouldCross) => {
+                let pull = Command::MassQuote {
+                    account: *account,
+                    quotes: quotes
+                        .iter()
+                        .map(|q| Quote {
+                            instrument: q.instrument,
+                            bid: None,
+                            ask: None,
+                        })
+                        .collect(),
+                };
+                Some((c.clone(), pull))
+            }
+            _ => None,
         })
-        .map(|(c, _)| c)
-        .collect();
+        .unzip();
     if crossed.is_empty() {
         return Ok(0);
     }
-    let pulls = crossed
-        .iter()
-        .filter_map(|c| match c {
-            Command::MassQuote { account, quotes } => Some(Command::MassQuote {
-                account: *account,
-                quotes: quotes
-                    .iter()
-                    .map(|q| Quote {
-                        instrument: q.instrument,
-                        bid: None,
-                        ask: None,
-                    })
-                    .collect(),
-            }),
-            _ => None,
-        })
-        .collect();
     gateway
         .submit_admin(pulls)
         .context("pulling stale quotes")?;
-    let again = gateway
-        .submit_admin(crossed.into_iter().cloned().collect())
-        .context("re-quoting")?;
+    let again = gateway.submit_admin(crossed).context("re-quoting")?;
     Ok(again.iter().filter(|r| r.is_ok()).count())
 }

@@ -18,7 +18,7 @@ use optio_state::leaf::{
     self, ACCOUNT_DEPTH, INSTRUMENT_DEPTH, InstrumentLeaf, RISK_CHUNK, status,
 };
 use optio_state::poseidon::{Fr, from_address, hash};
-use optio_state::smt::{NodeStore, Proof, SparseMerkleTree};
+use optio_state::smt::{Proof, SparseMerkleTree};
 use optio_state::{Op, SettlementState};
 use optio_types::{AccountId, Address, InstrumentId, InstrumentSpec, QTY_SCALE};
 
@@ -677,15 +677,8 @@ fn path(tree: &SparseMerkleTree, index: u64) -> Vec<Fr> {
 /// to update those leaves and prove them again.
 fn overlay(depth: u8, ids: &[(u64, Fr, Proof)]) -> SparseMerkleTree {
     let mut tree = SparseMerkleTree::new(depth);
-    for (id, leaf, proof) in ids {
-        for (h, three) in proof.siblings.chunks(3).enumerate() {
-            let at = id >> (2 * h);
-            let others = (0..4).filter(|c| *c != at & 3);
-            for (c, sibling) in others.zip(three) {
-                tree.store_mut().put(h as u8, (at & !3) | c, Some(*sibling));
-            }
-        }
-        tree.store_mut().put(0, *id, Some(*leaf));
+    for (_, leaf, proof) in ids {
+        tree.seed(*leaf, proof).expect("ids fit the depth");
     }
     for (id, leaf, _) in ids {
         tree.set(*id, *leaf).expect("ids fit the depth");
@@ -1577,7 +1570,7 @@ pub fn witness(
             mark_windows.push(MarkWindow {
                 enabled: true,
                 index,
-                siblings: path(&instrument_tree, base)[3 * bits / 2..].to_vec(),
+                siblings: instrument_tree.siblings_from(bits as u8 / 2, index),
                 entries,
             });
         }

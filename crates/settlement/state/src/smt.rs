@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use crate::poseidon::{Fr, hash4};
 
 /// Children per node.
-pub const ARITY: usize = 4;
+const ARITY: usize = 4;
 
 /// Below this many nodes in a level, hashing stays on one thread.
 const PARALLEL_MIN: usize = 256;
@@ -65,7 +65,7 @@ pub enum TreeError {
 #[derive(Debug, Clone)]
 pub struct SparseMerkleTree<S: NodeStore = BTreeMap<(u8, u64), Fr>> {
     bits: u8,
-    levels: u8,
+    /// `Z[0..=levels]`: the number of levels is `empty.len() - 1`.
     empty: Vec<Fr>,
     store: S,
 }
@@ -92,13 +92,13 @@ pub fn empty_root(bits: u8) -> Fr {
 }
 
 /// The parent of four children.
-pub fn parent(children: [Fr; ARITY]) -> Fr {
+fn parent(children: [Fr; ARITY]) -> Fr {
     hash4(children[0], children[1], children[2], children[3])
 }
 
 /// The parent of `node` in slot `slot` (0..4) with the three other children `siblings` (in
 /// slot order).
-pub fn climb(node: Fr, slot: usize, siblings: &[Fr]) -> Fr {
+fn climb(node: Fr, slot: usize, siblings: &[Fr]) -> Fr {
     let mut children = [Fr::from(0u64); ARITY];
     let mut others = siblings.iter();
     for (c, child) in children.iter_mut().enumerate() {
@@ -120,10 +120,13 @@ impl<S: NodeStore> SparseMerkleTree<S> {
         );
         Self {
             bits,
-            levels: bits / 2,
             empty: empty_hashes(bits / 2),
             store,
         }
+    }
+
+    fn levels(&self) -> u8 {
+        self.bits / 2
     }
 
     fn node(&self, height: u8, index: u64) -> Fr {
@@ -152,7 +155,7 @@ impl<S: NodeStore> SparseMerkleTree<S> {
 
     /// The root.
     pub fn root(&self) -> Fr {
-        self.node(self.levels, 0)
+        self.node(self.levels(), 0)
     }
 
     /// The leaf at `index` (zero if empty).
@@ -170,14 +173,14 @@ impl<S: NodeStore> SparseMerkleTree<S> {
         self.check(index)?;
         let mut value = leaf;
         let mut i = index;
-        for h in 0..self.levels {
+        for h in 0..self.levels() {
             let stored = (value != self.empty[h as usize]).then_some(value);
             self.store.put(h, i, stored);
             value = parent(self.children(h, i >> 2));
             i >>= 2;
         }
-        let stored = (value != self.empty[self.levels as usize]).then_some(value);
-        self.store.put(self.levels, 0, stored);
+        let stored = (value != self.empty[self.levels() as usize]).then_some(value);
+        self.store.put(self.levels(), 0, stored);
         Ok(())
     }
 
@@ -193,7 +196,7 @@ impl<S: NodeStore> SparseMerkleTree<S> {
             self.check(*index)?;
         }
         let mut level: BTreeMap<u64, Fr> = updates.iter().copied().collect();
-        for h in 0..self.levels {
+        for h in 0..self.levels() {
             for (i, v) in &level {
                 let stored = (*v != self.empty[h as usize]).then_some(*v);
                 self.store.put(h, *i, stored);
@@ -223,8 +226,8 @@ impl<S: NodeStore> SparseMerkleTree<S> {
             };
         }
         for (i, v) in &level {
-            let stored = (*v != self.empty[self.levels as usize]).then_some(*v);
-            self.store.put(self.levels, *i, stored);
+            let stored = (*v != self.empty[self.levels() as usize]).then_some(*v);
+            self.store.put(self.levels(), *i, stored);
         }
         Ok(())
     }
@@ -241,9 +244,9 @@ impl<S: NodeStore> SparseMerkleTree<S> {
     /// The siblings of node `index` at height `height` (in levels) up to the root, three per
     /// level: the path above a subtree.
     pub fn siblings_from(&self, height: u8, index: u64) -> Vec<Fr> {
-        let mut siblings = Vec::with_capacity(3 * (self.levels - height) as usize);
+        let mut siblings = Vec::with_capacity(3 * (self.levels() - height) as usize);
         let mut i = index;
-        for h in height..self.levels {
+        for h in height..self.levels() {
             let slot = (i & 3) as usize;
             let children = self.children(h, i >> 2);
             siblings.extend(
@@ -258,15 +261,26 @@ impl<S: NodeStore> SparseMerkleTree<S> {
         siblings
     }
 
-    /// The node at `height` (in levels) and `index` at that height.
-    pub fn node_at(&self, height: u8, index: u64) -> Fr {
-        self.node(height, index)
+    /// Stores the path of `proof` (its leaf `leaf` and the siblings at every level), as another
+    /// tree proved it: a tree seeded with the paths of some leaves can update those leaves and
+    /// prove them again without holding the rest.
+    pub fn seed(&mut self, leaf: Fr, proof: &Proof) -> Result<(), TreeError> {
+        self.check(proof.index)?;
+        for (h, three) in proof.siblings.chunks(3).enumerate() {
+            let at = proof.index >> (2 * h);
+            let others = (0..ARITY as u64).filter(|c| *c != at & 3);
+            for (c, sibling) in others.zip(three) {
+                self.store.put(h as u8, (at & !3) | c, Some(*sibling));
+            }
+        }
+        self.store.put(0, proof.index, Some(leaf));
+        Ok(())
     }
 }
 
 /// The root above `node` at `index` (its index at its own height), through `siblings` (three
 /// per level).
-pub fn root_from(node: Fr, index: u64, siblings: &[Fr]) -> Fr {
+fn root_from(node: Fr, index: u64, siblings: &[Fr]) -> Fr {
     siblings.chunks(3).enumerate().fold(node, |value, (h, s)| {
         climb(value, ((index >> (2 * h)) & 3) as usize, s)
     })
