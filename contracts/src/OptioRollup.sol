@@ -28,9 +28,16 @@ interface IGroth16Verifier {
 /// `C` to the batch's ops with the data, draws `z = keccak256(keccak256(words) || C) mod p` and
 /// evaluates `y = z^n + sum w_i z^(n-1-i)` over the data's `n` 32-byte words; `C`, `z` and `y`
 /// are public inputs, and the circuit evaluates the same polynomial over the words of the ops it
-/// proves (docs/settlement.md, "Binding"). Not yet here: the authorization challenge and
-/// slashing of the bond. Until then the contract trusts the operator's withdrawal list, which
-/// the posted data lets anyone audit. There are no admin functions (nothing to change, so
+/// proves (docs/settlement.md, "Binding").
+///
+/// Authorization challenge (`authorizations` on): signatures stay outside the circuit; each
+/// batch posts, beside its data, the signed order behind each side of each fill. Until a batch
+/// is final, anyone may show that one fill side's record does not authorize it
+/// (`challengeAuthorization`): the batch and every later one are reverted, the operator's bond
+/// goes to the challenger and the rollup freezes. Not yet here: session keys (only the owner's
+/// own signature authorizes), the signed fee cap, fills of one order adding up beyond its size
+/// (`optio verify` checks that off-chain), and the operator's withdrawal list (trusted; the
+/// posted data lets anyone audit it). There are no admin functions (nothing to change, so
 /// nothing to timelock).
 contract OptioRollup {
     /// Index bits of the trees (arity 4: two bits per level, docs/settlement.md).
@@ -55,6 +62,9 @@ contract OptioRollup {
         uint64 lastSeq;
         uint64 committedAt;
         uint64 priorityServed;
+        /// keccak256 of the authorization section posted with the batch (the fills' signed
+        /// orders).
+        bytes32 authHash;
     }
 
     struct PriorityOp {
@@ -86,6 +96,33 @@ contract OptioRollup {
         uint256[] instrumentProof;
     }
 
+    /// An account's leaf opened against a batch's root: the funds and tree roots that make the
+    /// state root, the leaf's fields and its proof in the accounts tree.
+    struct AccountOpening {
+        uint256 accountsRoot;
+        uint256 instrumentsRoot;
+        int64 insurance;
+        int64 feePool;
+        uint32 accounts;
+        uint32 instruments;
+        address owner;
+        uint256 keysHash;
+        uint64 nonce;
+        int64 collateral;
+        uint256 positionsRoot;
+        uint256[] proof;
+    }
+
+    /// One fill as the posted words say it (docs/settlement.md, "Words").
+    struct Fill {
+        uint32 maker;
+        uint32 taker;
+        uint32 instrument;
+        bool takerBuys;
+        int64 price;
+        int64 qty;
+    }
+
     /// What an account proves to exit (docs/settlement.md, "Exit proof").
     struct ExitProof {
         uint32 account;
@@ -115,6 +152,10 @@ contract OptioRollup {
     uint256 public immutable finalizationDelay;
     uint256 public immutable priorityWindow;
     uint256 public immutable bond;
+    /// Fills carry their orders' signatures (the authorization section), and anyone may
+    /// challenge a fill of a batch that is not final whose signature does not authorize it.
+    bool public immutable authorizations;
+    bool public slashed;
 
     Batch[] public batches;
     uint256 public lastFinalized;
@@ -146,6 +187,7 @@ contract OptioRollup {
     event Frozen(uint256 priorityId);
     event Exit(uint32 indexed account, address indexed owner, uint256 amount);
     event Withdrawn(uint256 indexed batch, uint256 index, address indexed owner, uint256 amount);
+    event Challenged(uint256 indexed number, uint256 fill, bool taker, address indexed challenger, uint256 reward);
 
     error NotOperator();
     error IsFrozen();
@@ -164,6 +206,8 @@ contract OptioRollup {
     error NoVerifier();
     error NotProven(uint256 batch);
     error AlreadyWithdrawn(uint256 batch, uint256 index);
+    error NoChallenges();
+    error Authorized();
 
     modifier onlyOperator() {
         if (msg.sender != operator) revert NotOperator();
@@ -175,7 +219,9 @@ contract OptioRollup {
         _;
     }
 
-    /// `genesisRoot` is the root of the empty state; the value sent is the operator's bond.
+    /// `genesisRoot` is the root of the empty state; the value sent is the operator's bond;
+    /// `authorizations_` turns on the authorization challenge (every fill must carry its
+    /// orders' signatures).
     constructor(
         IERC20 usdc_,
         address operator_,
@@ -185,8 +231,10 @@ contract OptioRollup {
         uint256 genesisRoot,
         uint256 finalizationDelay_,
         uint256 priorityWindow_,
-        IGroth16Verifier verifier_
+        IGroth16Verifier verifier_,
+        bool authorizations_
     ) payable {
+        authorizations = authorizations_;
         usdc = usdc_;
         verifier = verifier_;
         operator = operator_;
@@ -194,7 +242,7 @@ contract OptioRollup {
         finalizationDelay = finalizationDelay_;
         priorityWindow = priorityWindow_;
         bond = msg.value;
-        batches.push(Batch({root: genesisRoot, dataHash: 0, withdrawalsHash: 0, lastSeq: 0, committedAt: uint64(block.timestamp), priorityServed: 0}));
+        batches.push(Batch({root: genesisRoot, dataHash: 0, withdrawalsHash: 0, lastSeq: 0, committedAt: uint64(block.timestamp), priorityServed: 0, authHash: 0}));
         for (uint256 h = 0; h < POSITIONS_LEVELS; h++) {
             zeros[h + 1] = h4_.poseidon([zeros[h], zeros[h], zeros[h], zeros[h]]);
         }
@@ -235,7 +283,8 @@ contract OptioRollup {
 
     // ---- batches -----------------------------------------------------------------------------
 
-    /// Commits batch `number` (header fields of docs/settlement.md; the blob in calldata).
+    /// Commits batch `number` (header fields of docs/settlement.md; the blob and the
+    /// authorization section in calldata).
     function commitBatch(
         uint256 number,
         uint256 previousRoot,
@@ -245,22 +294,32 @@ contract OptioRollup {
         uint64 priorityServed_,
         bytes32 withdrawalsHash,
         uint256 commitment,
-        bytes calldata data
+        bytes calldata data,
+        bytes calldata authorizations_
     ) external onlyOperator live {
+        _checkContinues(number, previousRoot, firstSeq, lastSeq, priorityServed_);
+        Field.check(newRoot);
+        _bind(number, commitment, data);
+        batches.push(Batch({root: newRoot, dataHash: keccak256(data), withdrawalsHash: withdrawalsHash, lastSeq: lastSeq, committedAt: uint64(block.timestamp), priorityServed: priorityServed_, authHash: keccak256(authorizations_)}));
+        emit BatchCommitted(number, newRoot, keccak256(data), lastSeq);
+    }
+
+    /// Refuses a batch that does not continue the chain.
+    function _checkContinues(uint256 number, uint256 previousRoot, uint64 firstSeq, uint64 lastSeq, uint64 priorityServed_) internal view {
         Batch storage last = batches[batches.length - 1];
         if (number != batches.length) revert BadBatch("number");
         if (previousRoot != last.root) revert BadBatch("previous root");
         if (firstSeq != last.lastSeq + 1 || lastSeq < firstSeq) revert BadBatch("sequence range");
         if (priorityServed_ < last.priorityServed || priorityServed_ > priorityOps.length) revert BadBatch("priority operations");
-        Field.check(newRoot);
-        Field.check(commitment);
-        (uint256 z, uint256 y) = evaluate(data, commitment);
+    }
+
+    /// Keeps batch `number`'s ops commitment and its words' evaluation (its proof's public
+    /// inputs).
+    function _bind(uint256 number, uint256 commitment, bytes calldata data) internal {
+        (uint256 z, uint256 y) = evaluate(data, Field.check(commitment));
         opsCommitment[number] = commitment;
         evaluationPoint[number] = z;
         evaluation[number] = y;
-        bytes32 dataHash = keccak256(data);
-        batches.push(Batch({root: newRoot, dataHash: dataHash, withdrawalsHash: withdrawalsHash, lastSeq: lastSeq, committedAt: uint64(block.timestamp), priorityServed: priorityServed_}));
-        emit BatchCommitted(number, newRoot, dataHash, lastSeq);
     }
 
     /// Bytes of a batch blob before its words (docs/settlement.md).
@@ -377,6 +436,182 @@ contract OptioRollup {
         emit Withdrawn(number, index, w.owner, w.amount);
     }
 
+    // ---- authorization challenge -------------------------------------------------------------
+
+    uint256 internal constant FILL = 16;
+    /// Bytes per record of an authorization section (docs/settlement.md).
+    uint256 public constant AUTH_RECORD = 126;
+    /// secp256k1's order / 2: signatures with a higher `s` are malleated copies (refused, as the
+    /// gateway refuses them).
+    uint256 internal constant HALF_ORDER = 0x7fffffffffffffffffffffffffffffff5d576e7357a4501ddfe92f46681b20a0;
+    bytes32 internal constant ACTION_TYPEHASH =
+        keccak256("Action(uint256 subaccountId,uint256 nonce,address module,bytes data,uint256 expiry,address owner,address signer)");
+    bytes32 internal constant DOMAIN_TYPEHASH =
+        keccak256("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)");
+    /// The `module` of every order (Derive's trade module, as ccxt signs it).
+    address internal constant TRADE_MODULE = 0xB8D20c2B7a1Ad2EE33Bc50eF10876eD3035b5e7b;
+    /// The verifying contract of the Derive-compatible domain ccxt hard-codes.
+    address internal constant DERIVE_MATCHING = 0xeB8d770ec18DB98Db922E9D83260A585b9F0DeAD;
+
+    /// Shows that one side of fill `fill` (counted from 0 in the posted words' order; the
+    /// taker's side when `taker`, else the maker's) of batch `number`, not final yet, is not
+    /// authorized by the record posted for it: `data` and `auths` are the batch's posted data
+    /// and authorization section, `opening` opens the account's leaf (its owner) under the
+    /// batch's root. The record authorizes the fill when its signature over the order it
+    /// describes (the fill's account, instrument and side with the record's nonce, expiry,
+    /// limit price, amount and maximum fee) recovers to the account's owner, the fill price is
+    /// within the limit and the fill's size within the amount. On success the batch and every
+    /// later one are reverted, the operator's bond is paid to the challenger, and the rollup
+    /// freezes: everyone exits from the last finalized state.
+    function challengeAuthorization(
+        uint256 number,
+        bytes calldata data,
+        bytes calldata auths,
+        uint256 fill,
+        bool taker,
+        AccountOpening calldata opening
+    ) external live {
+        if (!authorizations) revert NoChallenges();
+        if (number <= lastFinalized || number >= batches.length) revert BadBatch("not a committed batch that is not final");
+        Batch storage b = batches[number];
+        if (keccak256(data) != b.dataHash) revert BadBatch("not the posted data");
+        if (keccak256(auths) != b.authHash) revert BadBatch("not the posted authorizations");
+        Fill memory f = fillAt(data, fill);
+        uint32 account = taker ? f.taker : f.maker;
+        _checkOpening(b.root, account, opening);
+        if (authorizes(auths, 2 * fill + (taker ? 1 : 0), f, taker, opening.owner)) revert Authorized();
+        while (batches.length > number) {
+            uint256 n = batches.length - 1;
+            delete proven[n];
+            delete provenAt[n];
+            delete provenCommitment[n];
+            batches.pop();
+        }
+        frozen = true;
+        slashed = true;
+        uint256 reward = address(this).balance;
+        emit Challenged(number, fill, taker, msg.sender, reward);
+        (bool paid,) = msg.sender.call{value: reward}("");
+        if (!paid) revert TransferFailed();
+    }
+
+    /// Fill `k` (from 0) of posted data: the ops are walked from the first word (each op's
+    /// length follows from its first word), so a word inside another op is never read as one.
+    function fillAt(bytes calldata data, uint256 k) public pure returns (Fill memory f) {
+        if (data.length < BLOB_HEADER || (data.length - BLOB_HEADER) % 32 != 0) revert BadBatch("data is not whole words");
+        uint256 seen = 0;
+        for (uint256 cursor = BLOB_HEADER; cursor < data.length;) {
+            uint256 w = uint256(bytes32(data[cursor:cursor + 32]));
+            uint256 kind = w & 0xff;
+            if (kind == FILL) {
+                if (seen == k) {
+                    return Fill({
+                        maker: uint32(w >> 8),
+                        taker: uint32(w >> 40),
+                        instrument: uint32(w >> 72),
+                        takerBuys: (w >> 104) & 1 == 1,
+                        price: int64(uint64((w >> 105) & type(uint64).max >> 1)),
+                        qty: int64(uint64((w >> 168) & type(uint64).max >> 1))
+                    });
+                }
+                seen++;
+            }
+            cursor += 32 * _opWords(kind, w);
+        }
+        revert BadBatch("no such fill");
+    }
+
+    /// Words of an op, from its first word `w` (docs/settlement.md, "Words").
+    function _opWords(uint256 kind, uint256 w) internal pure returns (uint256) {
+        if (kind == FILL || kind == 2 || kind == 3) return 1; // fill, activation, expiry
+        if (kind == 4) return 3; // instrument settlement
+        if (kind == 1) return 1 + (((w >> 104) & 0xffff) + 30) / 31; // listing: spec chunks
+        if (kind == 24) {
+            // mark: the mark word and the risk values, padded to chunks of 11, five per word
+            uint256 padded = ((((w >> 104) & 0xff) + 10) / 11) * 11;
+            return 2 + (padded + 4) / 5;
+        }
+        if ((kind >= 5 && kind <= 9) || (kind >= 20 && kind <= 23) || kind == 25 || kind == 26) return 2;
+        revert BadBatch("unknown op");
+    }
+
+    /// Whether record `i` of `auths` authorizes the maker's (or the taker's) side of `f` for an
+    /// account owned by `owner`.
+    function authorizes(bytes calldata auths, uint256 i, Fill memory f, bool taker, address owner) public view returns (bool) {
+        if (auths.length < (i + 1) * AUTH_RECORD) return false;
+        bytes calldata r = auths[i * AUTH_RECORD:(i + 1) * AUTH_RECORD];
+        bool buys = taker == f.takerBuys;
+        int64 limit = int64(uint64(bytes8(r[37:45])));
+        int64 amount = int64(uint64(bytes8(r[45:53])));
+        if (buys ? f.price > limit : f.price < limit) return false;
+        if (f.qty > amount || limit < 0 || amount <= 0) return false;
+        if (address(bytes20(r[16:36])) != owner) return false;
+        bytes32 digest = _orderDigest(r, f, taker ? f.taker : f.maker, buys, owner);
+        if (digest == 0 || uint256(bytes32(r[93:125])) > HALF_ORDER) return false;
+        uint8 v = uint8(r[125]);
+        address who = ecrecover(digest, v < 27 ? v + 27 : v, bytes32(r[61:93]), bytes32(r[93:125]));
+        return who != address(0) && who == owner;
+    }
+
+    /// The EIP-712 digest of the order record `r` describes (0: a malformed record).
+    function _orderDigest(bytes calldata r, Fill memory f, uint32 account, bool buys, address owner) internal view returns (bytes32) {
+        int64 maxFee = int64(uint64(bytes8(r[53:61])));
+        bytes32 separator = _separator(uint8(r[36]));
+        if (maxFee < 0 || separator == 0) return 0;
+        bytes32 trade = keccak256(
+            abi.encode(
+                address(this),
+                uint256(f.instrument),
+                int256(int64(uint64(bytes8(r[37:45])))) * 1e12,
+                int256(int64(uint64(bytes8(r[45:53])))) * 1e10,
+                uint256(uint64(maxFee)) * 1e12,
+                uint256(account),
+                buys
+            )
+        );
+        bytes32 action = keccak256(
+            abi.encode(
+                ACTION_TYPEHASH,
+                uint256(account),
+                uint256(uint64(bytes8(r[0:8]))),
+                TRADE_MODULE,
+                trade,
+                uint256(uint64(bytes8(r[8:16]))),
+                owner,
+                owner
+            )
+        );
+        return keccak256(abi.encodePacked(hex"1901", separator, action));
+    }
+
+    /// The domain separator of a record's domain byte: 0 Optio's own (this chain, this
+    /// contract), 1 and 2 the Derive-compatible one ccxt signs under (chain 1, its sandbox).
+    function _separator(uint8 d) internal view returns (bytes32) {
+        if (d == 0) return keccak256(abi.encode(DOMAIN_TYPEHASH, keccak256("Optio"), keccak256("1"), block.chainid, address(this)));
+        if (d == 1 || d == 2) {
+            return keccak256(abi.encode(DOMAIN_TYPEHASH, keccak256("Matching"), keccak256("1.0"), d == 1 ? 1 : 11155111, DERIVE_MATCHING));
+        }
+        return 0;
+    }
+
+    /// Checks that `o` opens `account`'s leaf under `root`.
+    function _checkOpening(uint256 root, uint32 account, AccountOpening calldata o) internal view {
+        if (_stateRoot(o.accountsRoot, o.instrumentsRoot, o.insurance, o.feePool, o.accounts, o.instruments) != root) revert BadProof("root");
+        uint256 leaf = h5.poseidon([uint256(uint160(o.owner)), Field.check(o.keysHash), uint256(o.nonce), Field.fromInt(o.collateral), Field.check(o.positionsRoot)]);
+        if (!_member(o.accountsRoot, leaf, account, o.proof, ACCOUNT_BITS)) revert BadProof("account");
+    }
+
+    /// The state root over the two trees' roots and the funds leaf.
+    function _stateRoot(uint256 accountsRoot, uint256 instrumentsRoot, int64 insurance, int64 feePool, uint32 accounts, uint32 instruments)
+        internal
+        view
+        returns (uint256)
+    {
+        uint256 counts = uint256(accounts) | (uint256(instruments) << 32);
+        uint256 funds = h3.poseidon([Field.fromInt(insurance), Field.fromInt(feePool), counts]);
+        return h3.poseidon([Field.check(accountsRoot), Field.check(instrumentsRoot), funds]);
+    }
+
     /// Priority operations ever queued (the next one gets this id).
     function priorityCount() external view returns (uint256) {
         return priorityOps.length;
@@ -406,9 +641,7 @@ contract OptioRollup {
     /// Checks an exit proof for `owner` against the last finalized root; returns what the
     /// account is owed (negative: nothing). Reverts with the reason when the proof is wrong.
     function verifyExit(ExitProof calldata p, address owner) public view returns (int256 owed) {
-        uint256 counts = uint256(p.accounts) | (uint256(p.instruments) << 32);
-        uint256 funds = h3.poseidon([Field.fromInt(p.insurance), Field.fromInt(p.feePool), counts]);
-        uint256 root = h3.poseidon([Field.check(p.accountsRoot), Field.check(p.instrumentsRoot), funds]);
+        uint256 root = _stateRoot(p.accountsRoot, p.instrumentsRoot, p.insurance, p.feePool, p.accounts, p.instruments);
         if (root != batches[lastFinalized].root) revert BadProof("root");
         owed = p.collateral;
         uint256 n = p.positions.length;

@@ -102,7 +102,8 @@ contract RollupTest is WithHashers {
             hevm.parseJsonUint(v, ".genesis_root"),
             DELAY,
             WINDOW,
-            IGroth16Verifier(address(0))
+            IGroth16Verifier(address(0)),
+            true
         );
         owner = hevm.parseJsonAddress(v, ".exit_proof.owner");
         // The vault holds what users deposited.
@@ -124,7 +125,8 @@ contract RollupTest is WithHashers {
             served,
             bytes32(hevm.parseJsonUint(v, string.concat(b, ".withdrawals_hash"))),
             hevm.parseJsonUint(v, string.concat(b, ".commitment")),
-            hevm.parseJsonBytes(v, string.concat(b, ".blob"))
+            hevm.parseJsonBytes(v, string.concat(b, ".blob")),
+            ""
         );
     }
 
@@ -146,11 +148,11 @@ contract RollupTest is WithHashers {
         bytes memory cut = new bytes(blob.length - 1);
         for (uint256 i = 0; i < cut.length; i++) cut[i] = blob[i];
         hevm.expectRevert(abi.encodeWithSelector(OptioRollup.BadBatch.selector, "data is not whole words"));
-        rollup.commitBatch(1, hevm.parseJsonUint(v, ".genesis_root"), root, 1, 7, 0, 0, c, cut);
+        rollup.commitBatch(1, hevm.parseJsonUint(v, ".genesis_root"), root, 1, 7, 0, 0, c, cut, "");
         // A word at or above the modulus.
         for (uint256 i = 49; i < 81; i++) blob[i] = 0xff;
         hevm.expectRevert(abi.encodeWithSelector(OptioRollup.BadBatch.selector, "a word is not below the field modulus"));
-        rollup.commitBatch(1, hevm.parseJsonUint(v, ".genesis_root"), root, 1, 7, 0, 0, c, blob);
+        rollup.commitBatch(1, hevm.parseJsonUint(v, ".genesis_root"), root, 1, 7, 0, 0, c, blob, "");
     }
 
     function proof() internal view returns (OptioRollup.ExitProof memory p) {
@@ -279,15 +281,15 @@ contract RollupTest is WithHashers {
 
     function test_batches_must_continue_the_chain_and_finalize_after_the_delay() public {
         hevm.expectRevert(abi.encodeWithSelector(OptioRollup.BadBatch.selector, "number"));
-        rollup.commitBatch(2, 0, 1, 1, 7, 0, 0, 0, "");
+        rollup.commitBatch(2, 0, 1, 1, 7, 0, 0, 0, "", "");
         commit(0, 0);
         hevm.expectRevert(abi.encodeWithSelector(OptioRollup.BadBatch.selector, "previous root"));
-        rollup.commitBatch(2, 12345, 1, 8, 20, 0, 0, 0, "");
+        rollup.commitBatch(2, 12345, 1, 8, 20, 0, 0, 0, "", "");
         hevm.expectRevert(abi.encodeWithSelector(OptioRollup.TooEarly.selector, block.timestamp + DELAY));
         rollup.finalize();
         hevm.prank(funder);
         hevm.expectRevert(abi.encodeWithSelector(OptioRollup.NotOperator.selector));
-        rollup.commitBatch(2, 0, 1, 8, 20, 0, 0, 0, "");
+        rollup.commitBatch(2, 0, 1, 8, 20, 0, 0, 0, "", "");
     }
 
     function batch2Withdrawals() internal pure returns (OptioRollup.Withdrawal[] memory list) {
@@ -394,7 +396,7 @@ contract RollupInvariants is WithHashers {
     function setUp() public {
         usdc = new TestUSDC();
         IPoseidon4 h4 = IPoseidon4(deployHasher(4));
-        rollup = new OptioRollup(usdc, address(this), h4, IPoseidon3(deployHasher(3)), IPoseidon5(deployHasher(5)), 0, 1 hours, 6 hours, IGroth16Verifier(address(0)));
+        rollup = new OptioRollup(usdc, address(this), h4, IPoseidon3(deployHasher(3)), IPoseidon5(deployHasher(5)), 0, 1 hours, 6 hours, IGroth16Verifier(address(0)), true);
         handler = new Handler(rollup, usdc);
     }
 

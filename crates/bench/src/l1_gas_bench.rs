@@ -1,6 +1,7 @@
 //! L1 gas, measured on a real EVM (anvil from npm, the contracts built by forge): commitBatch for
 //! batches of the realistic flow (settlement_bench::Flow) at 100 and 1,000 fills, per trade; and
-//! deposit, forced withdrawal request and freeze. Printed beside StarkEx's published figures, and
+//! deposit, forced withdrawal request and freeze. Each batch is posted with and without its
+//! authorization section (two 126-byte signed-order records per fill, for the challenge). Printed beside StarkEx's published figures, and
 //! per trade beside Loopring's and zkSync Lite's.
 //! The commitment includes the evaluation of the posted words that binds the proof to them; the
 //! proof's verification is measured apart (`optio-bench prove`), and the comparison says so.
@@ -48,8 +49,8 @@ async fn measure() -> anyhow::Result<()> {
         "L1 gas on anvil of commitBatch (the words' evaluation included; the proof's verification is measured by `optio-bench prove`: add its share per batch)"
     );
     println!(
-        "{:>12} {:>12} {:>14} {:>16} {:>20}",
-        "fills", "blob bytes", "commit gas", "gas per trade", "without the marks"
+        "{:>8} {:>12} {:>14} {:>16} {:>20} {:>22}",
+        "fills", "blob bytes", "commit gas", "gas per trade", "without signatures", "nor marks"
     );
     let (mut number, mut root, mut seq) = (1u64, U256::ZERO, 0u64);
     for n in [100u64, 1_000] {
@@ -57,7 +58,30 @@ async fn measure() -> anyhow::Result<()> {
         let mut with_marks = fills.clone();
         with_marks.extend(flow.marks());
         let mut gas = Vec::new();
-        for ops in [&with_marks, &fills] {
+        // What the gateway logs for a signed order: realistic field sizes, random signatures.
+        let records: Vec<Option<optio_state::auth::Authorization>> = (0..2 * n)
+            .map(|k| {
+                let mut signature = [0u8; 65];
+                rand::Rng::fill(&mut rng, &mut signature[..64]);
+                signature[64] = 27;
+                Some(optio_state::auth::Authorization {
+                    nonce: 1_700_000_000_000 + k,
+                    expiry_s: 1_800_000_000,
+                    signer: optio_types::Address([0x5a; 20]),
+                    domain: 0,
+                    limit_price: optio_types::Price(1_234_500_000),
+                    amount: optio_types::Qty(150_000_000),
+                    max_fee: 10_000_000,
+                    signature,
+                })
+            })
+            .collect();
+        let section = optio_state::auth::section_of(&records);
+        for (ops, auths) in [
+            (&with_marks, section.clone()),
+            (&with_marks, Vec::new()),
+            (&fills, Vec::new()),
+        ] {
             let blob = flow.blob(ops);
             let (meta, decoded) = optio_state::decode(&blob).map_err(anyhow::Error::msg)?;
             let commitment = optio_state::blob::commitment(
@@ -74,17 +98,19 @@ async fn measure() -> anyhow::Result<()> {
                 Default::default(),
                 U256::from_be_bytes(optio_state::poseidon::to_bytes(&commitment)),
                 blob.clone().into(),
+                auths.into(),
             ))
             .await?;
             gas.push((receipt.gas_used, blob.len()));
             (number, root, seq) = (number + 1, next, seq + n);
         }
         println!(
-            "{n:>12} {:>12} {:>14} {:>16.0} {:>20.0}",
+            "{n:>8} {:>12} {:>14} {:>16.0} {:>20.0} {:>22.0}",
             gas[0].1,
             gas[0].0,
             gas[0].0 as f64 / n as f64,
-            gas[1].0 as f64 / n as f64
+            gas[1].0 as f64 / n as f64,
+            gas[2].0 as f64 / n as f64
         );
     }
     let usdc = TestUSDC::new(d.usdc, &provider);

@@ -244,6 +244,7 @@ async fn local_chain_up(
         3_600,
         U256::ZERO,
         verifier,
+        false,
     )
     .await
     .context("deploying the contracts on the embedded chain")?;

@@ -209,9 +209,15 @@ pub struct VerifyArgs {
     /// The rollup contract's address.
     #[arg(long)]
     rollup: String,
+    /// Key (0x-hex) to file authorization challenges with: a fill whose posted signed order
+    /// does not authorize it, in a batch not final yet, is challenged on L1 (the batch and all
+    /// later ones are reverted and the operator's bond is paid to this key's address).
+    #[arg(long, env = "OPTIO_CHALLENGER_KEY")]
+    challenger_key: Option<String>,
 }
 
-/// Checks every committed root against the posted data.
+/// Checks every committed root against the posted data, every fill against its signed orders,
+/// and files the authorization challenges it can.
 pub fn verify(args: VerifyArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -239,6 +245,18 @@ pub fn verify(args: VerifyArgs) -> Result<()> {
                 optio_settler::Verdict::BadData { number, why } => {
                     bad += 1;
                     println!("batch {number:>6}: ALERT its data cannot be rebuilt: {why}");
+                }
+                optio_settler::Verdict::Unauthorized { number, fill, taker, account, why, challenge } => {
+                    bad += 1;
+                    let side = if *taker { "taker" } else { "maker" };
+                    println!("batch {number:>6}: ALERT fill {fill}'s {side} side (account {account}) is not authorized: {why}");
+                    if let (Some(c), Some(key)) = (challenge, &args.challenger_key) {
+                        let signer = optio_settler::connect(&args.rpc, key)?;
+                        match optio_settler::file_challenge(&signer, rollup, c).await {
+                            Ok(r) => println!("batch {number:>6}: challenged in transaction {}: batches from {number} reverted, the operator's bond paid to {}", r.transaction_hash, alloy_owner(key)?),
+                            Err(e) => println!("batch {number:>6}: the challenge failed: {e}"),
+                        }
+                    }
                 }
             }
         }

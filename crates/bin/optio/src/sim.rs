@@ -369,13 +369,16 @@ impl World {
             &optio_state::SettlementState::new().root(),
         ));
         let deployment = runtime
-            .block_on(optio_settler::deploy(
+            .block_on(optio_settler::deploy_with_verifier(
                 &provider,
                 operator,
                 genesis,
                 FINALIZATION_DELAY_S,
                 10_000_000,
                 U256::ZERO,
+                optio_settler::Address::ZERO,
+                // Every fill posts its signed orders: the watchtower checks them at the end.
+                true,
             ))
             .context("deploying the contracts")?;
         let dir = tempfile::tempdir()?;

@@ -1,7 +1,9 @@
 //! The node's batcher thread: sequenced inputs with their events arrive through a bounded queue
 //! (the writer never waits on it: what does not fit waits in the writer's overflow, counted in
 //! the metrics); batches are cut by size and age and written as `<dir>/NNNNNNNN.blob` with the
-//! header beside it as `NNNNNNNN.json` (each written to a temporary file, fsynced, renamed), then
+//! header beside it as `NNNNNNNN.json`, its authorization section as `NNNNNNNN.auth` and the
+//! changes to the signed orders that may still fill as `NNNNNNNN.orders` (each written to a
+//! temporary file, fsynced, renamed; the blob last), then
 //! the settlement state after it is persisted in `<dir>/state.redb` (tree nodes and records, one
 //! transaction). At start the state is opened from that file and any blob written after it is
 //! applied, so a restart continues the same chain of roots without replaying history.
@@ -12,6 +14,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use optio_state::auth::RECORD_BYTES;
 use optio_state::{Batch, Batcher, SettlementState};
 use optio_types::{Event, Input};
 
@@ -22,6 +25,8 @@ const QUEUE: usize = 4_096;
 pub(crate) struct Item {
     pub seq: u64,
     pub input: Input,
+    /// What the user signed for it (an order's signature), posted beside its fills.
+    pub signed: Option<optio_state::auth::Signed>,
     pub events: Arc<Vec<Event>>,
 }
 
@@ -154,9 +159,51 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// `NNNNNNNN.orders`: per changed order, its id (8 bytes, big-endian), then 1 and its record or
+/// 0 for an order gone.
+fn encode_orders(changes: &[(u64, Option<[u8; RECORD_BYTES]>)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(changes.len() * (9 + RECORD_BYTES));
+    for (id, record) in changes {
+        out.extend_from_slice(&id.to_be_bytes());
+        match record {
+            Some(r) => {
+                out.push(1);
+                out.extend_from_slice(r);
+            }
+            None => out.push(0),
+        }
+    }
+    out
+}
+
+type OrderChanges = Vec<(u64, Option<[u8; RECORD_BYTES]>)>;
+
+fn decode_orders(mut bytes: &[u8]) -> Option<OrderChanges> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let id = u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?);
+        let (record, rest) = match bytes.get(8)? {
+            1 => (
+                Some(bytes.get(9..9 + RECORD_BYTES)?.try_into().ok()?),
+                &bytes[9 + RECORD_BYTES..],
+            ),
+            0 => (None, &bytes[9..]),
+            _ => return None,
+        };
+        out.push((id, record));
+        bytes = rest;
+    }
+    Some(out)
+}
+
 fn write_batch(dir: &Path, batch: &Batch) -> std::io::Result<()> {
     let stem = dir.join(format!("{:08}", batch.header.number));
-    // The header first: a blob on disk always has its header.
+    // The blob last: a blob on disk always has its orders, authorizations and header.
+    write_atomically(
+        &stem.with_extension("orders"),
+        &encode_orders(&batch.orders),
+    )?;
+    write_atomically(&stem.with_extension("auth"), &batch.authorizations)?;
     write_atomically(
         &stem.with_extension("json"),
         batch.header.to_json().as_bytes(),
@@ -199,8 +246,19 @@ pub(crate) fn start(
     )
     .map_err(|e| e.to_string())?;
     if number > persisted {
+        // The signed orders as of the last blob: each later batch's changes on top of the
+        // persisted ones.
+        for n in persisted + 1..=number {
+            let path = dir.join(format!("{n:08}.orders"));
+            let bytes = std::fs::read(&path).unwrap_or_default();
+            let changes =
+                decode_orders(&bytes).ok_or_else(|| format!("{}: malformed", path.display()))?;
+            state.stage_orders(&changes);
+        }
         state.persist(number, last_seq).map_err(|e| e.to_string())?;
     }
+    let orders =
+        optio_state::auth::Orders::from_stored(state.stored_orders().map_err(|e| e.to_string())?);
     let stats = Arc::new(Mutex::new(BatchStats {
         number,
         root: optio_state::poseidon::to_hex(&state.root()),
@@ -208,8 +266,9 @@ pub(crate) fn start(
         dir: dir.to_owned(),
         ..BatchStats::default()
     }));
-    let batcher =
-        Batcher::resume(state, number, last_seq, max_ops, max_age_ms).with_capacity(capacity);
+    let batcher = Batcher::resume(state, number, last_seq, max_ops, max_age_ms)
+        .with_capacity(capacity)
+        .with_orders(orders);
     let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
     let (dir, shared) = (dir.to_owned(), stats.clone());
     let thread = std::thread::Builder::new()
@@ -259,7 +318,7 @@ fn run(
             }
             // A steady stream never times out: the age is checked after every input too.
             let cut = batcher
-                .push(item.seq, &item.input, &item.events)
+                .push_signed(item.seq, &item.input, item.signed.as_ref(), &item.events)
                 .and_then(|cut| match cut {
                     Some(batch) => Ok(Some(batch)),
                     None => batcher.tick(clock.now_ms()),

@@ -545,6 +545,7 @@ fn writer(
                                     time_ms: t,
                                     command: job.input.clone(),
                                 },
+                                signed: signed_of(job.intent.as_ref()),
                                 events: events.clone(),
                             })
                             .collect(),
@@ -634,7 +635,8 @@ pub struct Gateway {
     jobs: std::sync::mpsc::SyncSender<Job>,
     pub(crate) config: Config,
     /// Accepted domain separators: native first.
-    domains: Vec<[u8; 32]>,
+    /// The domains orders may be signed under, with their `auth::domain` byte.
+    domains: Vec<(u8, [u8; 32])>,
     /// The batcher's progress (nodes opened on a data directory).
     batch_stats: Option<Arc<Mutex<batching::BatchStats>>>,
     /// Live WebSocket sessions.
@@ -666,6 +668,21 @@ pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What the batcher posts beside an order's fills: its signature and the signed fields the
+/// engine's order does not carry.
+fn signed_of(intent: Option<&optio_sequencer::Intent>) -> Option<optio_state::auth::Signed> {
+    let i = intent?;
+    let o = i.order?;
+    Some(optio_state::auth::Signed {
+        nonce: i.nonce,
+        expiry_s: i.expiry,
+        signer: EngineAddress(o.signer),
+        domain: o.domain,
+        max_fee: o.max_fee,
+        signature: i.signature,
+    })
 }
 
 fn to_engine(a: Address) -> EngineAddress {
@@ -767,6 +784,7 @@ impl Gateway {
                 backlog.push(batching::Item {
                     seq: r.seq,
                     input: r.input.clone(),
+                    signed: signed_of(r.intent),
                     events: Arc::new(r.events.to_vec()),
                 });
             }
@@ -799,16 +817,18 @@ impl Gateway {
             let (_, records) = optio_sequencer::Wal::open(&dir.join("wal.log"))?;
             let mut scratch = optio_engine::Engine::new(limits);
             let mut gap = Vec::new();
-            for (seq, input, _) in records
+            for (seq, input, intent) in records
                 .into_iter()
                 .take_while(|(seq, _, _)| *seq < resume_from)
             {
                 let mut events = Vec::new();
                 let _ = scratch.apply(&input, &mut events);
                 if seq > batched {
+                    let intent = intent.as_deref().and_then(optio_sequencer::Intent::decode);
                     gap.push(batching::Item {
                         seq,
                         input,
+                        signed: signed_of(intent.as_ref()),
                         events: Arc::new(events),
                     });
                 }
@@ -844,10 +864,18 @@ impl Gateway {
         batches: Option<(batching::Feed, Arc<Mutex<batching::BatchStats>>)>,
     ) -> Self {
         let (feed, batch_stats) = batches.map_or((None, None), |(f, s)| (Some(f), Some(s)));
-        let mut domains =
-            vec![Domain::optio(config.chain_id, config.verifying_contract).separator()];
+        use optio_state::auth::domain;
+        let mut domains = vec![(
+            domain::OPTIO,
+            Domain::optio(config.chain_id, config.verifying_contract).separator(),
+        )];
         if let Some(sandbox) = config.compat_domain {
-            domains.push(Domain::derive_compat(sandbox).separator());
+            let d = if sandbox {
+                domain::COMPAT_SANDBOX
+            } else {
+                domain::COMPAT
+            };
+            domains.push((d, Domain::derive_compat(sandbox).separator()));
         }
         let last_ms = sequencer.engine().time_ms();
         let receipt_signer = sequencer.receipt_signer();
@@ -1509,11 +1537,11 @@ impl Gateway {
             owner: owner.0,
             signer,
         };
-        let digest = self
+        let (domain, digest) = self
             .domains
             .iter()
-            .map(|d| action.digest(d))
-            .find(|digest| recover(digest, &signature).is_ok_and(|who| who == signer))
+            .map(|(domain, separator)| (*domain, action.digest(separator)))
+            .find(|(_, digest)| recover(digest, &signature).is_ok_and(|who| who == signer))
             .ok_or(GatewayError::BadSignature)?;
         if !may_trade {
             return Err(GatewayError::NotOwner.into());
@@ -1617,6 +1645,11 @@ impl Gateway {
                 .map_err(|_| GatewayError::BadSignature)?,
             label: optio_sequencer::Label::new(label)
                 .ok_or_else(|| GatewayError::InvalidParams("label longer than 64".into()))?,
+            order: Some(optio_sequencer::OrderSigning {
+                signer,
+                max_fee,
+                domain,
+            }),
         };
         let (reply, answer) = tokio::sync::oneshot::channel();
         let placed = Some((

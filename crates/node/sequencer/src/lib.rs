@@ -88,6 +88,21 @@ pub struct Intent {
     pub signature: [u8; 65],
     /// The client's label for the order (not signed; kept so that it survives restarts).
     pub label: Label,
+    /// For an order: what its signature covers beyond the engine's order (`None` in logs
+    /// written before it was kept).
+    pub order: Option<OrderSigning>,
+}
+
+/// What an order's signature covers beyond the engine's order (its price and size): kept so
+/// that the posted data can carry every fill's signed orders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OrderSigning {
+    /// The key that signed.
+    pub signer: [u8; 20],
+    /// Maximum fee, micro-USDC.
+    pub max_fee: i64,
+    /// The domain it was signed under (`optio_state::auth::domain`).
+    pub domain: u8,
 }
 
 /// A client label of at most 64 bytes of UTF-8.
@@ -130,30 +145,60 @@ impl Label {
 impl Intent {
     const LEN: usize = 32 + 20 + 8 + 8 + 65;
 
-    /// Fixed-width fields, then the label.
+    /// After the label, an order's trailer: signer, maximum fee, domain, the label's length
+    /// and `TRAILER_MARK`.
+    const TRAILER: usize = 20 + 8 + 1 + 1 + 1;
+    const TRAILER_MARK: u8 = 0xA1;
+
+    /// Fixed-width fields, the label, then for an order the trailer.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(Self::LEN);
+        let mut out = Vec::with_capacity(Self::LEN + Label::MAX + Self::TRAILER);
         out.extend_from_slice(&self.digest);
         out.extend_from_slice(&self.owner);
         out.extend_from_slice(&self.nonce.to_le_bytes());
         out.extend_from_slice(&self.expiry.to_le_bytes());
         out.extend_from_slice(&self.signature);
         out.extend_from_slice(self.label.as_str().as_bytes());
+        if let Some(o) = &self.order {
+            out.extend_from_slice(&o.signer);
+            out.extend_from_slice(&o.max_fee.to_le_bytes());
+            out.push(o.domain);
+            out.push(self.label.len);
+            out.push(Self::TRAILER_MARK);
+        }
         out
     }
 
-    /// Parses the fixed-width fields and the label after them.
+    /// Parses the fixed-width fields, the label and the trailer (logs written before the
+    /// trailer existed have none: their labels end the record).
     pub fn decode(bytes: &[u8]) -> Option<Intent> {
         if bytes.len() < Self::LEN {
             return None;
         }
+        let rest = &bytes[Self::LEN..];
+        let trailer = rest.len().checked_sub(Self::TRAILER).filter(|label| {
+            rest.last() == Some(&Self::TRAILER_MARK) && usize::from(rest[rest.len() - 2]) == *label
+        });
+        let (label, order) = match trailer {
+            Some(n) => {
+                let t = &rest[n..];
+                let order = OrderSigning {
+                    signer: t[..20].try_into().ok()?,
+                    max_fee: i64::from_le_bytes(t[20..28].try_into().ok()?),
+                    domain: t[28],
+                };
+                (&rest[..n], Some(order))
+            }
+            None => (rest, None),
+        };
         Some(Intent {
             digest: bytes[..32].try_into().ok()?,
             owner: bytes[32..52].try_into().ok()?,
             nonce: u64::from_le_bytes(bytes[52..60].try_into().ok()?),
             expiry: u64::from_le_bytes(bytes[60..68].try_into().ok()?),
             signature: bytes[68..Self::LEN].try_into().ok()?,
-            label: Label::new(std::str::from_utf8(&bytes[Self::LEN..]).ok()?)?,
+            label: Label::new(std::str::from_utf8(label).ok()?)?,
+            order,
         })
     }
 }

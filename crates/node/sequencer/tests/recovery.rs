@@ -224,6 +224,11 @@ fn signed_intents_are_logged_and_recovered_and_name_the_receipt() {
         expiry: 1_900_000_000,
         signature: [5; 65],
         label: optio_sequencer::Label::new("hedge-7").expect("short"),
+        order: Some(optio_sequencer::OrderSigning {
+            signer: [6; 20],
+            max_fee: 1_234,
+            domain: 2,
+        }),
     };
     let mut s = Sequencer::open(dir.path(), KEY, EngineLimits::default()).expect("opens");
     s.submit(&all[..all.len() - 1]).expect("durable");

@@ -273,6 +273,7 @@ async fn the_rollup_marks_batches_proven_by_real_proofs() {
         6 * 3_600,
         U256::ZERO,
         verifier,
+        false,
     )
     .await
     .expect("rollup");
@@ -308,6 +309,7 @@ async fn the_rollup_marks_batches_proven_by_real_proofs() {
             optio_state::withdrawals_hash(&[]).into(),
             root(&commitment),
             encode(&meta, ops).expect("encodes").into(),
+            Default::default(),
         ))
         .await
         .expect("commits");
@@ -458,9 +460,18 @@ impl Pipeline {
         let genesis = U256::from_be_bytes(optio_state::poseidon::to_bytes(
             &SettlementState::new().root(),
         ));
-        let d = deploy_with_verifier(&provider, operator, genesis, 0, 3_600, U256::ZERO, verifier)
-            .await
-            .expect("rollup");
+        let d = deploy_with_verifier(
+            &provider,
+            operator,
+            genesis,
+            0,
+            3_600,
+            U256::ZERO,
+            verifier,
+            false,
+        )
+        .await
+        .expect("rollup");
         let dir = tempfile::tempdir().expect("tempdir");
         write_batches(dir.path());
         let settler = optio_settler::Settler::new(provider.clone(), d.rollup, dir.path());

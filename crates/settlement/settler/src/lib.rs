@@ -51,7 +51,36 @@ mod bindings {
                 uint256[] accountProof;
                 Position[] positions;
             }
+            struct AccountOpening {
+                uint256 accountsRoot;
+                uint256 instrumentsRoot;
+                int64 insurance;
+                int64 feePool;
+                uint32 accounts;
+                uint32 instruments;
+                address owner;
+                uint256 keysHash;
+                uint64 nonce;
+                int64 collateral;
+                uint256 positionsRoot;
+                uint256[] proof;
+            }
+            struct Fill {
+                uint32 maker;
+                uint32 taker;
+                uint32 instrument;
+                bool takerBuys;
+                int64 price;
+                int64 qty;
+            }
             event BatchCommitted(uint256 indexed number, uint256 root, bytes32 dataHash, uint64 lastSeq);
+            event Challenged(uint256 indexed number, uint256 fill, bool taker, address indexed challenger, uint256 reward);
+            function challengeAuthorization(uint256 number, bytes calldata data, bytes calldata auths, uint256 fill, bool taker, AccountOpening calldata opening) external;
+            function fillAt(bytes calldata data, uint256 k) external pure returns (Fill memory f);
+            function authorizes(bytes calldata auths, uint256 i, Fill memory f, bool taker, address owner) external view returns (bool);
+            function authorizations() external view returns (bool);
+            function slashed() external view returns (bool);
+            function bond() external view returns (uint256);
             event Deposit(uint256 indexed priorityId, address indexed owner, uint32 account, uint256 amount, uint64 deadline);
             function usdc() external view returns (address);
             function exit(ExitProof calldata p) external returns (uint256 amount);
@@ -59,7 +88,7 @@ mod bindings {
             function freeze() external;
             function deposit(uint32 account, uint256 amount) external returns (uint256 id);
             function requestWithdrawal(uint32 account) external returns (uint256 id);
-            constructor(address usdc, address operator, address h4, address h3, address h5, uint256 genesisRoot, uint256 finalizationDelay, uint256 priorityWindow, address verifier) payable;
+            constructor(address usdc, address operator, address h4, address h3, address h5, uint256 genesisRoot, uint256 finalizationDelay, uint256 priorityWindow, address verifier, bool authorizations) payable;
             event BatchProven(uint256 indexed number, uint256 commitment);
             function verifyBatch(uint256 number, uint256 commitment, uint256[8] calldata proof) external;
             function verifyBatches(uint256[] calldata numbers, uint256[] calldata commitments, uint256[8][] calldata proofs) external;
@@ -71,7 +100,7 @@ mod bindings {
             function opsCommitment(uint256 number) external view returns (uint256);
             function evaluationPoint(uint256 number) external view returns (uint256);
             function evaluation(uint256 number) external view returns (uint256);
-            function commitBatch(uint256 number, uint256 previousRoot, uint256 newRoot, uint64 firstSeq, uint64 lastSeq, uint64 priorityServed, bytes32 withdrawalsHash, uint256 commitment, bytes calldata data) external;
+            function commitBatch(uint256 number, uint256 previousRoot, uint256 newRoot, uint64 firstSeq, uint64 lastSeq, uint64 priorityServed, bytes32 withdrawalsHash, uint256 commitment, bytes calldata data, bytes calldata authorizations) external;
             function finalize() external;
             function committedBatches() external view returns (uint256);
             function lastFinalized() external view returns (uint256);
@@ -86,7 +115,7 @@ mod bindings {
                 address owner;
                 uint256 amount;
             }
-            function batches(uint256) external view returns (uint256 root, bytes32 dataHash, bytes32 withdrawalsHash, uint64 lastSeq, uint64 committedAt, uint64 priorityServed);
+            function batches(uint256) external view returns (uint256 root, bytes32 dataHash, bytes32 withdrawalsHash, uint64 lastSeq, uint64 committedAt, uint64 priorityServed, bytes32 authHash);
         }
 
         #[sol(rpc)]
@@ -247,7 +276,7 @@ async fn deploy_code(
 
 /// Deploys the Poseidon hashers, a `TestUSDC` and the rollup (operator: the provider's signer)
 /// from the forge artifacts under `contracts/out` and the hasher bytecode under
-/// `contracts/poseidon`, with no proof verifier.
+/// `contracts/poseidon`, with no proof verifier and no authorization challenge.
 pub async fn deploy(
     provider: &DynProvider,
     operator: Address,
@@ -264,11 +293,15 @@ pub async fn deploy(
         priority_window,
         bond,
         Address::ZERO,
+        false,
     )
     .await
 }
 
-/// `deploy` with a batch-proof verifier (`deploy_verifier`).
+/// `deploy` with a batch-proof verifier (`deploy_verifier`; `Address::ZERO`: none), and the
+/// authorization challenge when `authorizations` (every batch must then post its fills'
+/// signed orders: `optio_state::auth`).
+#[allow(clippy::too_many_arguments)]
 pub async fn deploy_with_verifier(
     provider: &DynProvider,
     operator: Address,
@@ -277,6 +310,7 @@ pub async fn deploy_with_verifier(
     priority_window: u64,
     bond: U256,
     verifier: Address,
+    authorizations: bool,
 ) -> Result<Deployment, SettlerError> {
     let contracts: PathBuf = optio_contracts::contracts_dir();
     let mut hashers = Vec::new();
@@ -306,6 +340,7 @@ pub async fn deploy_with_verifier(
         finalizationDelay: U256::from(finalization_delay),
         priorityWindow: U256::from(priority_window),
         verifier,
+        authorizations,
     };
     let mut code = artifact(&contracts, "OptioRollup.sol", "OptioRollup")?.to_vec();
     code.extend_from_slice(&args.abi_encode());
@@ -346,6 +381,8 @@ pub struct PostedBatch {
     pub priority_served: u64,
     /// The data blob.
     pub blob: Bytes,
+    /// The authorization section (`NNNNNNNN.auth`; empty when the node wrote none).
+    pub authorizations: Bytes,
 }
 
 /// A batch's validity proof as `optio prove run` wrote it (`NNNNNNNN.proof.json`): the ops
@@ -419,6 +456,9 @@ pub fn read_batch(dir: &Path, number: u64) -> Result<Option<PostedBatch>, Settle
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| bad("withdrawals_hash"))?,
         blob: blob.into(),
+        authorizations: std::fs::read(stem.with_extension("auth"))
+            .unwrap_or_default()
+            .into(),
     }))
 }
 
@@ -430,13 +470,27 @@ pub async fn blobs_from_l1(
     rollup: Address,
     upto: u64,
 ) -> Result<Vec<Vec<u8>>, SettlerError> {
+    Ok(posted_from_l1(provider, rollup, upto)
+        .await?
+        .into_iter()
+        .map(|(blob, _)| blob)
+        .collect())
+}
+
+/// `blobs_from_l1` with each batch's authorization section.
+pub async fn posted_from_l1(
+    provider: &DynProvider,
+    rollup: Address,
+    upto: u64,
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>, SettlerError> {
     use alloy::rpc::types::Filter;
     use alloy::sol_types::{SolCall, SolEvent};
     let filter = Filter::new()
         .address(rollup)
         .event_signature(OptioRollup::BatchCommitted::SIGNATURE_HASH)
         .from_block(0u64);
-    let mut found: std::collections::BTreeMap<u64, Vec<u8>> = std::collections::BTreeMap::new();
+    let mut found: std::collections::BTreeMap<u64, (Vec<u8>, Vec<u8>)> =
+        std::collections::BTreeMap::new();
     for log in provider.get_logs(&filter).await.map_err(rpc)? {
         let hash = log
             .transaction_hash
@@ -450,7 +504,7 @@ pub async fn blobs_from_l1(
         let call = OptioRollup::commitBatchCall::abi_decode(input).map_err(rpc)?;
         let number = u64::try_from(call.number).map_err(rpc)?;
         if number <= upto {
-            found.insert(number, call.data.to_vec());
+            found.insert(number, (call.data.to_vec(), call.authorizations.to_vec()));
         }
     }
     if found.len() as u64 != upto || found.keys().next().is_some_and(|k| *k != 1) {
@@ -503,6 +557,155 @@ pub enum Verdict {
         /// Why.
         why: String,
     },
+    /// The roots agree, but a fill is not authorized by the signed order posted for it (on a
+    /// rollup with the authorization challenge): `challenge` is ready to file while the batch
+    /// is not final (`file_challenge`).
+    Unauthorized {
+        /// Batch.
+        number: u64,
+        /// The fill (from 0, in the posted order) and its side.
+        fill: u64,
+        /// The taker's side (else the maker's).
+        taker: bool,
+        /// The account.
+        account: u32,
+        /// Why.
+        why: String,
+        /// The challenge to file (`None` for what L1 cannot judge: an order filled beyond its
+        /// size over several fills).
+        challenge: Option<Box<Challenge>>,
+    },
+}
+
+/// A filed-ready authorization challenge: `challengeAuthorization`'s arguments.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Challenge {
+    /// Batch.
+    pub number: u64,
+    /// Its posted data.
+    pub data: Vec<u8>,
+    /// Its posted authorization section.
+    pub auths: Vec<u8>,
+    /// Fill index.
+    pub fill: u64,
+    /// Which side.
+    pub taker: bool,
+    /// The account's leaf opened under the batch's root.
+    pub opening: optio_state::ExitProof,
+}
+
+impl std::fmt::Debug for Challenge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Challenge {{ batch {}, fill {} ({}), {} data bytes, {} authorization bytes, account {} }}",
+            self.number,
+            self.fill,
+            if self.taker { "taker" } else { "maker" },
+            self.data.len(),
+            self.auths.len(),
+            self.opening.account.0
+        )
+    }
+}
+
+/// The `AccountOpening` argument of a challenge: the account's leaf and its proof from an exit
+/// proof (the positions are not needed).
+pub fn opening_call(proof: &optio_state::ExitProof) -> OptioRollup::AccountOpening {
+    let u = |f: &optio_state::Fr| U256::from_be_bytes(optio_state::poseidon::to_bytes(f));
+    OptioRollup::AccountOpening {
+        accountsRoot: u(&proof.accounts_root),
+        instrumentsRoot: u(&proof.instruments_root),
+        insurance: proof.insurance.0,
+        feePool: proof.fee_pool.0,
+        accounts: proof.accounts,
+        instruments: proof.instruments,
+        owner: Address::from(proof.leaf.owner.0),
+        keysHash: u(&proof.leaf.keys_hash),
+        nonce: proof.leaf.nonce,
+        collateral: proof.leaf.collateral.0,
+        positionsRoot: u(&proof.leaf.positions_root),
+        proof: proof.account_proof.siblings.iter().map(u).collect(),
+    }
+}
+
+/// Files `c` with the provider's signer as the challenger (who is paid the operator's bond).
+pub async fn file_challenge(
+    provider: &DynProvider,
+    rollup: Address,
+    c: &Challenge,
+) -> Result<alloy::rpc::types::TransactionReceipt, SettlerError> {
+    let contract = OptioRollup::new(rollup, provider);
+    transact(contract.challengeAuthorization(
+        U256::from(c.number),
+        c.data.clone().into(),
+        c.auths.clone().into(),
+        U256::from(c.fill),
+        c.taker,
+        opening_call(&c.opening),
+    ))
+    .await
+}
+
+/// The first fill side of a batch (its ops applied to `state`) that its posted authorization
+/// section does not authorize, and orders filled beyond their size over all batches so far
+/// (`filled`: quantity filled per order digest).
+fn audit_authorizations(
+    number: u64,
+    blob: &[u8],
+    auths: &[u8],
+    state: &optio_state::SettlementState,
+    venue: &optio_state::auth::Venue,
+    filled: &mut std::collections::BTreeMap<[u8; 32], i64>,
+) -> Option<Verdict> {
+    use optio_state::auth::{self, Unauthorized};
+    let (_, ops) = optio_state::decode(blob).ok()?;
+    let sides = auth::fill_sides(ops.iter());
+    for (i, side) in sides.iter().enumerate() {
+        let owner = state.accounts().get(side.account.0 as usize)?.owner;
+        let verdict = |why: String, challenge: bool| Verdict::Unauthorized {
+            number,
+            fill: i as u64 / 2,
+            taker: i % 2 == 1,
+            account: side.account.0,
+            why,
+            challenge: challenge.then(|| {
+                Box::new(Challenge {
+                    number,
+                    data: blob.to_vec(),
+                    auths: auths.to_vec(),
+                    fill: i as u64 / 2,
+                    taker: i % 2 == 1,
+                    opening: state.exit_proof(side.account).expect("the account exists"),
+                })
+            }),
+        };
+        let checked = match auth::record(auths, i) {
+            Some(r) => r.check(side, owner, venue).map(|()| r),
+            None => Err(Unauthorized::Missing),
+        };
+        match checked {
+            Err(why) => return Some(verdict(why.to_string(), true)),
+            Ok(r) => {
+                let digest = r
+                    .action(side, owner, venue)
+                    .zip(venue.separator(r.domain))
+                    .map(|(a, d)| a.digest(&d))
+                    .unwrap_or_default();
+                let total = filled.entry(digest).or_default();
+                *total += side.qty.0;
+                if *total > r.amount.0 {
+                    let why = format!(
+                        "its order is filled {} in all, beyond its signed amount {}",
+                        optio_types::Qty(*total),
+                        r.amount
+                    );
+                    return Some(verdict(why, false));
+                }
+            }
+        }
+    }
+    None
 }
 
 /// The watchtower: follows L1 alone, rebuilds the state from every committed batch's posted
@@ -517,11 +720,17 @@ pub async fn verify_l1(
     let contract = OptioRollup::new(rollup, provider);
     let committed =
         u64::try_from(contract.committedBatches().call().await.map_err(rpc)?).map_err(rpc)?;
-    let blobs = blobs_from_l1(provider, rollup, committed).await?;
+    let posted = posted_from_l1(provider, rollup, committed).await?;
+    let checks_authorizations = contract.authorizations().call().await.map_err(rpc)?;
+    let venue = optio_state::auth::Venue {
+        chain_id: provider.get_chain_id().await.map_err(rpc)?,
+        rollup: optio_types::Address(rollup.into_array()),
+    };
+    let mut filled = std::collections::BTreeMap::new();
     let mut state = optio_state::SettlementState::new();
     let mut verdicts = Vec::new();
     let mut after = (0u64, 0u64);
-    for (i, blob) in blobs.iter().enumerate() {
+    for (i, (blob, auths)) in posted.iter().enumerate() {
         let number = i as u64 + 1;
         let mut header = None;
         match optio_state::rebuild_after([blob.as_slice()], &mut state, after, |h| {
@@ -568,6 +777,11 @@ pub async fn verify_l1(
                 posted,
                 data,
             }
+        } else if let Some(v) = checks_authorizations
+            .then(|| audit_authorizations(number, blob, auths, &state, &venue, &mut filled))
+            .flatten()
+        {
+            v
         } else {
             Verdict::Agrees(number)
         });
@@ -1096,6 +1310,7 @@ impl Settler {
                     b.withdrawals_hash,
                     b.commitment,
                     b.blob,
+                    b.authorizations,
                 )
                 .send()
                 .await

@@ -263,6 +263,7 @@ async fn the_watchtower_flags_a_commitment_the_data_does_not_give() {
         first.withdrawals_hash,
         wrong,
         first.blob.clone(),
+        Default::default(),
     ))
     .await
     .expect("the contract cannot tell before a proof");
@@ -323,6 +324,7 @@ async fn the_watchtower_flags_a_root_the_data_does_not_give() {
         Default::default(),
         U256::ZERO,
         blob.into(),
+        Default::default(),
     ))
     .await
     .expect("commits");
@@ -346,6 +348,7 @@ async fn the_watchtower_flags_a_root_the_data_does_not_give() {
         Default::default(),
         U256::ZERO,
         vec![1u8; 49].into(),
+        Default::default(),
     ))
     .await
     .expect("commits");

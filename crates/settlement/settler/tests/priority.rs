@@ -327,6 +327,7 @@ async fn deposits_and_forced_withdrawals_are_sequenced_once_and_paid() {
         optio_state::withdrawals_hash(&[]).into(),
         U256::from_be_bytes(optio_state::poseidon::to_bytes(&commitment)),
         blob.into(),
+        Default::default(),
     ))
     .await
     .expect("the contract takes it on trust until proofs");

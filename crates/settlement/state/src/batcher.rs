@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use optio_types::{Event, Input};
 use sha3::{Digest, Keccak256};
 
+use crate::auth::{self, Authorization, Orders, Signed};
 use crate::blob::{self, BlobError, BlobMeta};
 use crate::ledger::{SettlementState, StateError};
 use crate::ops::{Op, ops_from};
@@ -70,6 +71,11 @@ pub struct Batch {
     pub blob: Vec<u8>,
     /// Fills in it (for bytes-per-trade reporting).
     pub fills: usize,
+    /// The authorization section posted with it (`auth`: the signed orders behind each fill).
+    pub authorizations: Vec<u8>,
+    /// The batcher's signed orders changed by its inputs (written beside the blob, so that a
+    /// restart that rebuilds from blobs rebuilds them too).
+    pub orders: Vec<(u64, Option<[u8; auth::RECORD_BYTES]>)>,
 }
 
 /// Why a batch could not be produced or rebuilt.
@@ -154,6 +160,10 @@ pub struct Batcher {
     pending: Vec<Op>,
     marks: BTreeMap<u32, Op>,
     fills: usize,
+    /// The signed orders that may still fill, and the records of the pending fills (maker,
+    /// taker), fill by fill.
+    orders: Orders,
+    records: Vec<Option<Authorization>>,
     max_ops: usize,
     max_age_ms: u64,
     capacity: Option<Capacity>,
@@ -185,6 +195,8 @@ impl Batcher {
             pending: Vec::new(),
             marks: BTreeMap::new(),
             fills: 0,
+            orders: Orders::default(),
+            records: Vec::new(),
             max_ops: max_ops.max(1),
             max_age_ms,
             capacity: None,
@@ -196,6 +208,17 @@ impl Batcher {
     pub fn with_capacity(mut self, capacity: Option<Capacity>) -> Self {
         self.capacity = capacity;
         self
+    }
+
+    /// Continues with the signed orders persisted with the state (`SettlementState::stored_orders`).
+    pub fn with_orders(mut self, orders: Orders) -> Self {
+        self.orders = orders;
+        self
+    }
+
+    /// The signed orders that may still fill.
+    pub fn orders(&self) -> &Orders {
+        &self.orders
     }
 
     /// The pending batch with `ops` and `marks` added, as it would be cut.
@@ -246,6 +269,18 @@ impl Batcher {
         input: &Input,
         events: &[Event],
     ) -> Result<Option<Batch>, BatchError> {
+        self.push_signed(seq, input, None, events)
+    }
+
+    /// `push` with what the user signed for the input (an order's signature), so that the
+    /// batch posts it beside each fill of that order.
+    pub fn push_signed(
+        &mut self,
+        seq: u64,
+        input: &Input,
+        signed: Option<&Signed>,
+        events: &[Event],
+    ) -> Result<Option<Batch>, BatchError> {
         if seq != self.last_seq + 1 {
             return Err(BatchError::SeqGap {
                 last: self.last_seq,
@@ -261,6 +296,10 @@ impl Batcher {
             _ => false,
         };
         let before = if full { Some(self.cut()?) } else { None };
+        // After a cut before this input: the orders persisted with that batch are as of its
+        // last input.
+        let records = self.orders.apply(input, signed, events);
+        self.records.extend(records.into_iter().flatten());
         self.last_seq = seq;
         self.last_ms = self.last_ms.max(input.time_ms);
         self.uncovered_ms.get_or_insert(input.time_ms);
@@ -345,10 +384,14 @@ impl Batcher {
         self.uncovered_ms = None;
         let fills = std::mem::take(&mut self.fills);
         let header = header(&meta, previous_root, &blob, &ops, &self.state);
+        let orders = self.orders.take_changes();
+        self.state.stage_orders(&orders);
         Ok(Batch {
             header,
             blob,
             fills,
+            authorizations: auth::section_of(&std::mem::take(&mut self.records)),
+            orders,
         })
     }
 }

@@ -117,6 +117,8 @@ pub struct SettlementState {
     store: Option<RedbStore>,
     unsaved_accounts: BTreeSet<u32>,
     unsaved_instruments: BTreeSet<u32>,
+    /// Order authorizations to write with the next `persist`.
+    unsaved_orders: BTreeMap<u64, Option<[u8; crate::auth::RECORD_BYTES]>>,
 }
 
 impl Default for SettlementState {
@@ -207,6 +209,7 @@ impl SettlementState {
             store: None,
             unsaved_accounts: BTreeSet::new(),
             unsaved_instruments: BTreeSet::new(),
+            unsaved_orders: BTreeMap::new(),
         }
     }
 
@@ -313,11 +316,43 @@ impl SettlementState {
                 .iter()
                 .map(|id| (*id, encode_instrument(&self.instruments[*id as usize])))
                 .collect(),
+            orders: std::mem::take(&mut self.unsaved_orders)
+                .into_iter()
+                .map(|(id, r)| (id, r.map(|r| r.to_vec())))
+                .collect(),
         };
         store.commit(&records)?;
         self.unsaved_accounts.clear();
         self.unsaved_instruments.clear();
         Ok(())
+    }
+
+    /// Stages changes to the batcher's signed orders (`auth::Orders::take_changes`), written
+    /// with the state by the next `persist` (the orders are not settlement state: no root
+    /// covers them; they are kept in the same file so that both are as of the same batch).
+    pub fn stage_orders(&mut self, changes: &[(u64, Option<[u8; crate::auth::RECORD_BYTES]>)]) {
+        if self.store.is_some() {
+            self.unsaved_orders.extend(changes.iter().copied());
+        }
+    }
+
+    /// The signed orders persisted with the state (none for a state in memory).
+    pub fn stored_orders(&self) -> Result<Vec<(u64, [u8; crate::auth::RECORD_BYTES])>, StoreError> {
+        let Some(store) = &self.store else {
+            return Ok(Vec::new());
+        };
+        store
+            .orders()?
+            .into_iter()
+            .map(|(id, bytes)| {
+                Ok((
+                    id,
+                    bytes
+                        .try_into()
+                        .map_err(|_| StoreError::Corrupt("order record"))?,
+                ))
+            })
+            .collect()
     }
 
     /// Accounts by id.

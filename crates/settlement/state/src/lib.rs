@@ -8,6 +8,7 @@
 //! that cuts batches, rebuild from blobs and exit proofs, and a `redb` store for tree nodes.
 //! Must not: run the engine (it consumes the engine's events) or block it.
 
+pub mod auth;
 pub mod batcher;
 pub mod blob;
 pub mod leaf;

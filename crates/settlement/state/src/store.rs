@@ -17,6 +17,8 @@ const NODES: TableDefinition<u128, [u8; 32]> = TableDefinition::new("nodes");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const ACCOUNTS: TableDefinition<u32, &[u8]> = TableDefinition::new("accounts");
 const INSTRUMENTS: TableDefinition<u32, &[u8]> = TableDefinition::new("instruments");
+/// The batcher's signed orders that may still fill (`auth::Orders`), by order id.
+const ORDERS: TableDefinition<u64, &[u8]> = TableDefinition::new("orders");
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +44,8 @@ pub struct Records {
     pub accounts: Vec<(u32, Vec<u8>)>,
     /// Instrument records by id.
     pub instruments: Vec<(u32, Vec<u8>)>,
+    /// Order authorizations by order id (`None`: removed).
+    pub orders: Vec<(u64, Option<Vec<u8>>)>,
 }
 
 struct Shared {
@@ -74,6 +78,7 @@ impl RedbStore {
         txn.open_table(META).map_err(db_err)?;
         txn.open_table(ACCOUNTS).map_err(db_err)?;
         txn.open_table(INSTRUMENTS).map_err(db_err)?;
+        txn.open_table(ORDERS).map_err(db_err)?;
         txn.commit().map_err(db_err)?;
         Ok(Self {
             shared: Arc::new(Shared {
@@ -139,6 +144,13 @@ impl RedbStore {
             for (id, value) in &records.instruments {
                 instruments.insert(*id, value.as_slice()).map_err(db_err)?;
             }
+            let mut orders = txn.open_table(ORDERS).map_err(db_err)?;
+            for (id, value) in &records.orders {
+                match value {
+                    Some(v) => orders.insert(*id, v.as_slice()).map_err(db_err)?,
+                    None => orders.remove(*id).map_err(db_err)?,
+                };
+            }
         }
         txn.commit().map_err(db_err)?;
         pending.clear();
@@ -155,19 +167,29 @@ impl RedbStore {
     /// Every committed account and instrument record, in id order.
     #[allow(clippy::type_complexity)]
     pub fn records(&self) -> Result<(Vec<(u32, Vec<u8>)>, Vec<(u32, Vec<u8>)>), StoreError> {
+        Ok((self.table(ACCOUNTS)?, self.table(INSTRUMENTS)?))
+    }
+
+    /// Every committed order authorization, by order id.
+    pub fn orders(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        self.table(ORDERS)
+    }
+
+    /// A committed table of records, in key order.
+    fn table<K>(&self, def: TableDefinition<K, &[u8]>) -> Result<Vec<(K, Vec<u8>)>, StoreError>
+    where
+        K: redb::Key + 'static + for<'a> redb::Value<SelfType<'a> = K>,
+    {
         let txn = self.shared.db.begin_read().map_err(db_err)?;
-        let read = |def: TableDefinition<u32, &[u8]>| -> Result<Vec<(u32, Vec<u8>)>, StoreError> {
-            let table = txn.open_table(def).map_err(db_err)?;
-            table
-                .iter()
-                .map_err(db_err)?
-                .map(|r| {
-                    r.map(|(k, v)| (k.value(), v.value().to_vec()))
-                        .map_err(db_err)
-                })
-                .collect()
-        };
-        Ok((read(ACCOUNTS)?, read(INSTRUMENTS)?))
+        let table = txn.open_table(def).map_err(db_err)?;
+        table
+            .iter()
+            .map_err(db_err)?
+            .map(|r| {
+                r.map(|(k, v)| (k.value(), v.value().to_vec()))
+                    .map_err(db_err)
+            })
+            .collect()
     }
 
     /// Nodes written and not yet committed (all namespaces).

@@ -1,0 +1,558 @@
+//! The authorization challenge on a real EVM (anvil from npm, on 127.0.0.1), end to end: users
+//! deposit on L1 and sign their orders as any client does (`optio_gateway::client`); an honest
+//! batch posts each fill's signed orders and is finalized; the operator then forges a fill at a
+//! price the maker never signed, reposting the maker's old signature. The watchtower
+//! (`verify_l1`, what `optio verify` runs) finds it and files the challenge: the forged batch is
+//! reverted, the operator's bond is paid to the challenger, the rollup freezes, and both users
+//! exit with exactly what the finalized state owes them. Challenging an honest fill reverts and
+//! changes nothing. The contract's check and the Rust one agree on every way a record can be
+//! wrong (other terms, another signer, another domain, a malleated signature, a price beyond the
+//! limit, a size beyond the amount, no record at all), and the contract finds a fill in posted
+//! data behind ops of every length.
+
+use alloy::primitives::{Address, U256};
+use alloy::providers::Provider;
+use optio_settler::{
+    Challenge, OptioRollup, TestUSDC, Verdict, connect, deploy_with_verifier, file_challenge,
+    opening_call, transact, verify_l1,
+};
+use optio_state::auth::{self, Authorization, Venue};
+use optio_state::blob::{BlobMeta, encode_ops};
+use optio_state::{Op, SettlementState, encode, withdrawals_hash};
+use optio_types::{
+    AccountId, Amount, InstrumentId, InstrumentSpec, MONEY_SCALE, Price, QTY_SCALE, Qty, Side,
+};
+use secp256k1::SecretKey;
+
+/// anvil's default keys: the operator, the challenger, two users.
+const OPERATOR: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
+const CHALLENGER: &str = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d";
+const ALICE: &str = "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a";
+const BOB: &str = "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6";
+const BOND: u64 = 1_000_000_000_000_000_000;
+const USDC: i64 = MONEY_SCALE;
+
+fn secret(hex: &str) -> SecretKey {
+    let bytes: Vec<u8> = (2..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+        .collect();
+    SecretKey::from_secret_bytes(bytes.try_into().expect("32 bytes")).expect("key")
+}
+
+fn address(key: &str) -> optio_types::Address {
+    optio_types::Address(
+        optio_settler::signer_address(key)
+            .expect("address")
+            .into_array(),
+    )
+}
+
+fn word(f: &optio_state::Fr) -> U256 {
+    U256::from_be_bytes(optio_state::poseidon::to_bytes(f))
+}
+
+/// The record a client's signed order gives: signed with `optio_gateway::client::signed_order`
+/// (what traders and the load generator use), read back from its request parameters.
+fn signed(
+    key: &str,
+    venue: &Venue,
+    account: u32,
+    side: Side,
+    price: &str,
+    amount: &str,
+    nonce: u64,
+) -> Authorization {
+    let request = optio_gateway::client::OrderRequest {
+        subaccount: u64::from(account),
+        instrument_id: 0,
+        instrument_name: "BTC-PERPETUAL",
+        direction: if side == Side::Buy { "buy" } else { "sell" },
+        price,
+        amount,
+        max_fee: "1000",
+        nonce,
+        expiry: 4_000_000_000,
+        time_in_force: "gtc",
+    };
+    let (params, digest) =
+        optio_gateway::client::signed_order(&secret(key), venue.chain_id, venue.rollup.0, &request)
+            .expect("signs");
+    let hex = params["signature"].as_str().expect("signature");
+    let signature: Vec<u8> = (2..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+        .collect();
+    let record = Authorization {
+        nonce,
+        expiry_s: request.expiry,
+        signer: address(key),
+        domain: auth::domain::OPTIO,
+        limit_price: price.parse().expect("price"),
+        amount: amount.parse().expect("amount"),
+        max_fee: 1_000 * USDC,
+        signature: signature.try_into().expect("65 bytes"),
+    };
+    // The record rebuilds exactly the digest the client signed.
+    let fill = auth::FillSide {
+        account: AccountId(account),
+        instrument: InstrumentId(0),
+        side,
+        price: Price(0),
+        qty: Qty(0),
+    };
+    let separator = venue.separator(auth::domain::OPTIO).expect("domain");
+    assert_eq!(
+        record
+            .action(&fill, address(key), venue)
+            .expect("an order")
+            .digest(&separator),
+        digest
+    );
+    record
+}
+
+/// One batch's blob, commitment and section over `state` (applied and committed).
+struct Posted {
+    blob: Vec<u8>,
+    commitment: U256,
+    root: U256,
+}
+
+fn post(state: &mut SettlementState, number: u64, ops: &[Op]) -> Posted {
+    let meta = BlobMeta {
+        number,
+        first_seq: number,
+        last_seq: number,
+        time_ms: 0,
+        accounts: state.accounts().len() as u32,
+        instruments: state.instruments().len() as u32,
+    };
+    let blob = encode(&meta, ops).expect("encodes");
+    let commitment = word(&optio_state::blob::commitment(
+        &encode_ops(&meta, ops).expect("encodes"),
+    ));
+    state.apply_batch(ops).expect("applies");
+    Posted {
+        blob,
+        commitment,
+        root: word(&state.commit()),
+    }
+}
+
+/// Commits batch `number` (one sequence number each, both L1 deposits served) with `section`.
+async fn commit(
+    rollup: &OptioRollup::OptioRollupInstance<&optio_settler::DynProvider>,
+    number: u64,
+    previous: U256,
+    b: &Posted,
+    section: &[u8],
+) {
+    transact(rollup.commitBatch(
+        U256::from(number),
+        previous,
+        b.root,
+        number,
+        number,
+        2,
+        withdrawals_hash(&[]).into(),
+        b.commitment,
+        b.blob.clone().into(),
+        section.to_vec().into(),
+    ))
+    .await
+    .expect("commits");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_fill_is_caught_reverted_and_slashed_and_users_exit_whole() {
+    optio_contracts::forge_build().expect("forge build");
+    let anvil = optio_contracts::Anvil::start().expect("anvil");
+    let operator = connect(&anvil.url, OPERATOR).expect("provider");
+    let genesis = word(&SettlementState::new().root());
+    let d = deploy_with_verifier(
+        &operator,
+        optio_settler::signer_address(OPERATOR).expect("address"),
+        genesis,
+        0,
+        6 * 3_600,
+        U256::from(BOND),
+        Address::ZERO,
+        true,
+    )
+    .await
+    .expect("deploys");
+    let rollup = OptioRollup::new(d.rollup, &operator);
+    assert!(rollup.authorizations().call().await.expect("reads"));
+    let venue = Venue {
+        chain_id: operator.get_chain_id().await.expect("chain id"),
+        rollup: optio_types::Address(d.rollup.into_array()),
+    };
+
+    // Alice and Bob deposit 100,000 USDC each on L1.
+    let usdc = TestUSDC::new(d.usdc, &operator);
+    for key in [ALICE, BOB] {
+        let user = connect(&anvil.url, key).expect("provider");
+        let who = optio_settler::signer_address(key).expect("address");
+        transact(usdc.mint(who, U256::from(100_000 * USDC as u64)))
+            .await
+            .expect("mint");
+        let token = TestUSDC::new(d.usdc, &user);
+        transact(token.approve(d.rollup, U256::MAX))
+            .await
+            .expect("approve");
+        transact(
+            OptioRollup::new(d.rollup, &user).deposit(u32::MAX, U256::from(100_000 * USDC as u64)),
+        )
+        .await
+        .expect("deposit");
+    }
+
+    // Batch 1, honest: the accounts, a listing (a multi-word op before the fill), a trade both
+    // signed, a mark with a risk array after it.
+    let mut state = SettlementState::new();
+    let spec = InstrumentSpec::with_defaults(
+        "BTC-PERPETUAL".parse().expect("name"),
+        Price(200_000 * MONEY_SCALE),
+    );
+    let fill = Op::Fill {
+        instrument: InstrumentId(0),
+        maker: AccountId(0),
+        taker: AccountId(1),
+        taker_side: Side::Buy,
+        price: Price(1_000 * USDC),
+        qty: Qty(QTY_SCALE / 2),
+    };
+    let ops = vec![
+        Op::OpenAccount {
+            owner: address(ALICE),
+        },
+        Op::L1Deposit {
+            priority: 0,
+            account: AccountId(0),
+            amount: Amount(100_000 * USDC),
+        },
+        Op::OpenAccount {
+            owner: address(BOB),
+        },
+        Op::L1Deposit {
+            priority: 1,
+            account: AccountId(1),
+            amount: Amount(100_000 * USDC),
+        },
+        Op::ListInstrument { spec },
+        Op::ActivateInstrument {
+            instrument: InstrumentId(0),
+        },
+        fill.clone(),
+        Op::Mark {
+            instrument: InstrumentId(0),
+            mark: Price(1_000 * USDC),
+            risk: (0..13).map(|k| Amount(k * 1_000 - 5_000)).collect(),
+        },
+    ];
+    let alice_sells = signed(ALICE, &venue, 0, Side::Sell, "1000", "1", 1);
+    let bob_buys = signed(BOB, &venue, 1, Side::Buy, "1010", "0.5", 1);
+    let section1 = auth::section_of(&[Some(alice_sells), Some(bob_buys)]);
+    let b1 = post(&mut state, 1, &ops);
+    commit(&rollup, 1, genesis, &b1, &section1).await;
+    let finalized = state.clone();
+
+    // The contract finds the fill behind the listing's chunks and the deposits' two words.
+    let found = rollup
+        .fillAt(b1.blob.clone().into(), U256::ZERO)
+        .call()
+        .await
+        .expect("finds the fill");
+    assert_eq!(
+        (
+            found.maker,
+            found.taker,
+            found.instrument,
+            found.takerBuys,
+            found.price,
+            found.qty
+        ),
+        (0, 1, 0, true, 1_000 * USDC, QTY_SCALE / 2)
+    );
+    assert!(
+        rollup
+            .fillAt(b1.blob.clone().into(), U256::from(1u64))
+            .call()
+            .await
+            .is_err(),
+        "a second fill that is not there"
+    );
+
+    // The contract and the Rust check agree on every way a record can be wrong.
+    let sides = auth::fill_sides([&fill]);
+    let alice = address(ALICE);
+    let mut variants: Vec<(&str, Option<Authorization>, bool)> = vec![
+        ("as signed", Some(alice_sells), true),
+        (
+            "a limit it was not signed for",
+            Some(Authorization {
+                limit_price: Price(990 * USDC),
+                ..alice_sells
+            }),
+            false,
+        ),
+        (
+            "an amount it was not signed for",
+            Some(Authorization {
+                amount: Qty(2 * QTY_SCALE),
+                ..alice_sells
+            }),
+            false,
+        ),
+        (
+            "another nonce",
+            Some(Authorization {
+                nonce: 2,
+                ..alice_sells
+            }),
+            false,
+        ),
+        (
+            "another expiry",
+            Some(Authorization {
+                expiry_s: 4_000_000_001,
+                ..alice_sells
+            }),
+            false,
+        ),
+        (
+            "another fee cap",
+            Some(Authorization {
+                max_fee: 1,
+                ..alice_sells
+            }),
+            false,
+        ),
+        (
+            "another domain",
+            Some(Authorization {
+                domain: auth::domain::COMPAT,
+                ..alice_sells
+            }),
+            false,
+        ),
+        (
+            "an unknown domain",
+            Some(Authorization {
+                domain: 9,
+                ..alice_sells
+            }),
+            false,
+        ),
+        (
+            "Bob's signature for Alice's account",
+            Some(Authorization {
+                signer: address(BOB),
+                ..signed(BOB, &venue, 0, Side::Sell, "1000", "1", 1)
+            }),
+            false,
+        ),
+        (
+            "signed by Alice, but for a price beyond the fill",
+            Some(signed(ALICE, &venue, 0, Side::Sell, "1001", "1", 3)),
+            false,
+        ),
+        (
+            "signed by Alice, but smaller than the fill",
+            Some(signed(ALICE, &venue, 0, Side::Sell, "1000", "0.25", 4)),
+            false,
+        ),
+        (
+            "signed by Alice, but to buy",
+            Some(signed(ALICE, &venue, 0, Side::Buy, "1000", "1", 5)),
+            false,
+        ),
+        ("no record", None, false),
+    ];
+    // The same signature malleated (s -> n - s, v flipped): refused as the gateway refuses it.
+    let mut high = alice_sells;
+    let n = U256::from_str_radix(
+        "fffffffffffffffffffffffffffffffebaaedce6af48a03bbfd25e8cd0364141",
+        16,
+    )
+    .expect("order");
+    let s = U256::from_be_slice(&high.signature[32..64]);
+    high.signature[32..64].copy_from_slice(&(n - s).to_be_bytes::<32>());
+    high.signature[64] ^= 1;
+    variants.push(("a malleated signature", Some(high), false));
+    for (what, record, expected) in variants {
+        let rust = record.is_some_and(|r| r.check(&sides[0], alice, &venue).is_ok());
+        // No record at all: an empty section.
+        let records: Vec<Option<Authorization>> = record.map(Some).into_iter().collect();
+        let evm = rollup
+            .authorizes(
+                auth::section_of(&records).into(),
+                U256::ZERO,
+                found.clone(),
+                false,
+                Address::from(alice.0),
+            )
+            .call()
+            .await
+            .expect("calls");
+        assert_eq!((rust, evm), (expected, expected), "{what}");
+    }
+    assert!(
+        bob_buys.check(&sides[1], address(BOB), &venue).is_ok(),
+        "the taker's record"
+    );
+
+    // Anyone finalizes batch 1 (no delay on this rollup), and the watchtower agrees with it.
+    transact(rollup.finalize()).await.expect("finalizes");
+    assert_eq!(
+        verify_l1(&operator, d.rollup).await.expect("verifies"),
+        vec![Verdict::Agrees(1)]
+    );
+
+    // Batch 2, forged: Bob buys again, at 900, a price Alice never signed (her batch-1
+    // signature is reposted); Bob's own order is real.
+    let forged = Op::Fill {
+        instrument: InstrumentId(0),
+        maker: AccountId(0),
+        taker: AccountId(1),
+        taker_side: Side::Buy,
+        price: Price(900 * USDC),
+        qty: Qty(QTY_SCALE / 2),
+    };
+    let b2 = post(&mut state, 2, std::slice::from_ref(&forged));
+    let section2 = auth::section_of(&[
+        Some(alice_sells),
+        Some(signed(BOB, &venue, 1, Side::Buy, "900", "0.5", 2)),
+    ]);
+    // The contract takes it until challenged.
+    commit(&rollup, 2, b1.root, &b2, &section2).await;
+
+    // Challenging an honest side reverts and changes nothing.
+    let honest = Challenge {
+        number: 2,
+        data: b2.blob.clone(),
+        auths: section2.clone(),
+        fill: 0,
+        taker: true,
+        opening: state.exit_proof(AccountId(1)).expect("Bob"),
+    };
+    let challenger = connect(&anvil.url, CHALLENGER).expect("provider");
+    assert!(
+        file_challenge(&challenger, d.rollup, &honest)
+            .await
+            .is_err()
+    );
+    // So does a challenge with other data than was posted, or against the final batch.
+    let other = Challenge {
+        data: b1.blob.clone(),
+        taker: false,
+        ..honest.clone()
+    };
+    assert!(file_challenge(&challenger, d.rollup, &other).await.is_err());
+    let final_one = Challenge {
+        number: 1,
+        data: b1.blob.clone(),
+        auths: section1.clone(),
+        opening: finalized.exit_proof(AccountId(0)).expect("Alice"),
+        taker: false,
+        fill: 0,
+    };
+    assert!(
+        file_challenge(&challenger, d.rollup, &final_one)
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        rollup.committedBatches().call().await.expect("reads"),
+        U256::from(2u64)
+    );
+    assert!(!rollup.frozen().call().await.expect("reads"));
+
+    // The watchtower finds the forgery with the challenge ready, and files it.
+    let verdicts = verify_l1(&operator, d.rollup).await.expect("verifies");
+    let Some(Verdict::Unauthorized {
+        number: 2,
+        fill: 0,
+        taker: false,
+        account: 0,
+        why,
+        challenge: Some(c),
+    }) = verdicts.last()
+    else {
+        panic!("{verdicts:?}")
+    };
+    assert!(why.contains("beyond the signed limit"), "{why}");
+    assert_eq!(opening_call(&c.opening).owner, Address::from(alice.0));
+    let before = operator
+        .get_balance(optio_settler::signer_address(CHALLENGER).expect("address"))
+        .await
+        .expect("balance");
+    let receipt = file_challenge(&challenger, d.rollup, c)
+        .await
+        .expect("the challenge succeeds");
+    println!(
+        "a successful challenge: {} gas ({} data bytes, {} authorization bytes)",
+        receipt.gas_used,
+        c.data.len(),
+        c.auths.len()
+    );
+    let event = receipt
+        .decoded_log::<OptioRollup::Challenged>()
+        .expect("the Challenged event");
+    assert_eq!(
+        (event.number, event.reward),
+        (U256::from(2u64), U256::from(BOND))
+    );
+    let after = operator
+        .get_balance(optio_settler::signer_address(CHALLENGER).expect("address"))
+        .await
+        .expect("balance");
+    let gas = U256::from(receipt.gas_used) * U256::from(receipt.effective_gas_price);
+    assert_eq!(
+        after + gas - before,
+        U256::from(BOND),
+        "the bond went to the challenger"
+    );
+    assert_eq!(
+        operator.get_balance(d.rollup).await.expect("balance"),
+        U256::ZERO
+    );
+    assert!(rollup.slashed().call().await.expect("reads"));
+    assert!(rollup.frozen().call().await.expect("reads"));
+    assert_eq!(
+        rollup.committedBatches().call().await.expect("reads"),
+        U256::from(1u64)
+    );
+    assert!(
+        file_challenge(&challenger, d.rollup, c).await.is_err(),
+        "once"
+    );
+
+    // Honest users' money is intact: each exits with what the finalized batch 1 owes them.
+    for (key, account) in [(ALICE, 0u32), (BOB, 1)] {
+        let user = connect(&anvil.url, key).expect("provider");
+        let who = optio_settler::signer_address(key).expect("address");
+        let proof = finalized
+            .exit_proof(AccountId(account))
+            .expect("exit proof");
+        let owed = proof.leaf.collateral.0
+            + proof
+                .positions
+                .iter()
+                .map(|(_, q, _, leaf, _)| {
+                    (i128::from(q.0) * i128::from(leaf.mark.0)).div_euclid(i128::from(QTY_SCALE))
+                        as i64
+                })
+                .sum::<i64>();
+        let held = usdc.balanceOf(who).call().await.expect("reads");
+        transact(OptioRollup::new(d.rollup, &user).exit(optio_settler::exit_call(&proof)))
+            .await
+            .expect("exits");
+        assert_eq!(
+            usdc.balanceOf(who).call().await.expect("reads") - held,
+            U256::from(owed as u64),
+            "account {account}"
+        );
+    }
+}

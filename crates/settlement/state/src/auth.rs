@@ -1,0 +1,404 @@
+//! Authorizations: the signed orders behind a batch's fills, posted beside its data so that
+//! anyone can check every fill against what its two accounts signed (docs/settlement.md,
+//! "Authorization challenge").
+//!
+//! The circuit does not check signatures (secp256k1 and keccak would cost far more than the
+//! state transition). Instead each fill of a batch has two records in the batch's authorization
+//! section, the maker's order then the taker's, in the fills' circuit order: the fields of the
+//! order its account signed (nonce, signature expiry, signer, domain, limit price, amount,
+//! maximum fee) and the signature. The instrument, side, account and owner are the fill's and
+//! the state's, so a record rebuilds the exact EIP-712 digest the gateway checked
+//! (`optio_intents::Action` with its `TradeData`). A fill is authorized when its record's
+//! signature recovers to the account's owner, the signed side is the fill's, the fill price is
+//! within the signed limit and the fill's size within the signed amount. The L1 contract checks
+//! one fill the same way when challenged (`OptioRollup.challengeAuthorization`), and reverts the
+//! batch and slashes the operator when the check fails.
+//!
+//! A record is 126 bytes, big-endian: nonce (8), signature expiry in seconds (8), signer (20),
+//! domain (1), limit price in micro-USDC (8), amount in 1e-8 contracts (8), maximum fee in
+//! micro-USDC (8), r (32), s (32), v (1).
+
+use std::collections::BTreeMap;
+
+use optio_intents::{Action, DERIVE_TRADE_MODULE, Domain, TradeData, recover};
+use optio_types::{
+    AccountId, Address, Command, Event, Input, InstrumentId, NewOrder, OrderType, Price, Qty, Side,
+};
+
+/// Bytes per record.
+pub const RECORD_BYTES: usize = 126;
+
+/// Domains an order may be signed under (the record's `domain` byte).
+pub mod domain {
+    /// Optio's own: the chain's id and the rollup's address.
+    pub const OPTIO: u8 = 0;
+    /// The Derive-compatible domain stock ccxt signs under (chain id 1).
+    pub const COMPAT: u8 = 1;
+    /// The same in ccxt's sandbox mode (chain id 11155111).
+    pub const COMPAT_SANDBOX: u8 = 2;
+}
+
+/// The order one account signed, as one side of a fill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Authorization {
+    /// The order's nonce.
+    pub nonce: u64,
+    /// Signature expiry, seconds.
+    pub expiry_s: u64,
+    /// The key that signed.
+    pub signer: Address,
+    /// Which domain (`domain::*`).
+    pub domain: u8,
+    /// Limit price (a market order's protection price), micro-USDC per contract.
+    pub limit_price: Price,
+    /// Order size, 1e-8 contracts.
+    pub amount: Qty,
+    /// Maximum fee, micro-USDC.
+    pub max_fee: i64,
+    /// `r || s || v`.
+    pub signature: [u8; 65],
+}
+
+/// Why one side of a fill is not authorized (what a challenge shows).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unauthorized {
+    /// The section has no record for it.
+    #[error("no authorization posted")]
+    Missing,
+    /// The fill trades beyond the signed limit price.
+    #[error("price {price} beyond the signed limit {limit}")]
+    Price {
+        /// Fill price.
+        price: Price,
+        /// Signed limit.
+        limit: Price,
+    },
+    /// The fill is larger than the signed amount.
+    #[error("size {qty} beyond the signed amount {amount}")]
+    Size {
+        /// Fill size.
+        qty: Qty,
+        /// Signed amount.
+        amount: Qty,
+    },
+    /// A domain the rollup does not know, or a negative fee or price.
+    #[error("malformed record")]
+    Malformed,
+    /// The signature does not recover to the account's owner (a signature over other fields,
+    /// or by another key).
+    #[error("signature does not recover to the account's owner")]
+    Signature,
+}
+
+/// One side of a fill, as the data posts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FillSide {
+    /// The account.
+    pub account: AccountId,
+    /// Instrument.
+    pub instrument: InstrumentId,
+    /// This account's side.
+    pub side: Side,
+    /// Fill price.
+    pub price: Price,
+    /// Fill size.
+    pub qty: Qty,
+}
+
+/// The chain and contract a rollup's orders are signed for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Venue {
+    /// Chain id.
+    pub chain_id: u64,
+    /// The rollup (Optio's domain's verifying contract and the orders' asset).
+    pub rollup: Address,
+}
+
+impl Venue {
+    /// The domain separator for a record's `domain` byte.
+    pub fn separator(&self, d: u8) -> Option<[u8; 32]> {
+        Some(match d {
+            domain::OPTIO => Domain::optio(self.chain_id, self.rollup.0).separator(),
+            domain::COMPAT => Domain::derive_compat(false).separator(),
+            domain::COMPAT_SANDBOX => Domain::derive_compat(true).separator(),
+            _ => return None,
+        })
+    }
+
+    /// The `domain` byte of a separator, if the rollup knows it.
+    pub fn domain_of(&self, separator: &[u8; 32]) -> Option<u8> {
+        [domain::OPTIO, domain::COMPAT, domain::COMPAT_SANDBOX]
+            .into_iter()
+            .find(|d| self.separator(*d).as_ref() == Some(separator))
+    }
+}
+
+impl Authorization {
+    /// The 126-byte record.
+    pub fn encode(&self) -> [u8; RECORD_BYTES] {
+        let mut out = [0u8; RECORD_BYTES];
+        let mut at = 0;
+        for part in [
+            &self.nonce.to_be_bytes()[..],
+            &self.expiry_s.to_be_bytes(),
+            &self.signer.0,
+            &[self.domain],
+            &self.limit_price.0.to_be_bytes(),
+            &self.amount.0.to_be_bytes(),
+            &self.max_fee.to_be_bytes(),
+            &self.signature,
+        ] {
+            out[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
+        out
+    }
+
+    /// Reads one record (exactly `RECORD_BYTES`).
+    pub fn decode(bytes: &[u8; RECORD_BYTES]) -> Authorization {
+        let u = |at: usize| u64::from_be_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+        Authorization {
+            nonce: u(0),
+            expiry_s: u(8),
+            signer: Address(bytes[16..36].try_into().expect("20 bytes")),
+            domain: bytes[36],
+            limit_price: Price(u(37) as i64),
+            amount: Qty(u(45) as i64),
+            max_fee: u(53) as i64,
+            signature: bytes[61..].try_into().expect("65 bytes"),
+        }
+    }
+
+    /// The EIP-712 action the account signed for `side` of a fill (`None`: fields no order
+    /// can have).
+    pub fn action(&self, side: &FillSide, owner: Address, venue: &Venue) -> Option<Action> {
+        if self.max_fee < 0 || self.limit_price.0 < 0 || self.amount.0 <= 0 {
+            return None;
+        }
+        let data = TradeData {
+            asset: venue.rollup.0,
+            sub_id: u128::from(side.instrument.0),
+            limit_price: i128::from(self.limit_price.0) * 1_000_000_000_000,
+            amount: i128::from(self.amount.0) * 10_000_000_000,
+            max_fee: self.max_fee as u128 * 1_000_000_000_000,
+            recipient_id: u128::from(side.account.0),
+            is_bid: side.side == Side::Buy,
+        };
+        Some(Action {
+            subaccount_id: u64::from(side.account.0),
+            nonce: self.nonce,
+            module: DERIVE_TRADE_MODULE,
+            data: data.encode(),
+            expiry: self.expiry_s,
+            owner: owner.0,
+            signer: self.signer.0,
+        })
+    }
+
+    /// Whether this record authorizes `side` for an account owned by `owner`.
+    pub fn check(
+        &self,
+        side: &FillSide,
+        owner: Address,
+        venue: &Venue,
+    ) -> Result<(), Unauthorized> {
+        let beyond = match side.side {
+            Side::Buy => side.price > self.limit_price,
+            Side::Sell => side.price < self.limit_price,
+        };
+        if beyond {
+            return Err(Unauthorized::Price {
+                price: side.price,
+                limit: self.limit_price,
+            });
+        }
+        if side.qty > self.amount {
+            return Err(Unauthorized::Size {
+                qty: side.qty,
+                amount: self.amount,
+            });
+        }
+        let separator = venue
+            .separator(self.domain)
+            .ok_or(Unauthorized::Malformed)?;
+        let action = self
+            .action(side, owner, venue)
+            .ok_or(Unauthorized::Malformed)?;
+        // Only the owner's own key: session keys need the owner's signed delegation posted
+        // with them (not built yet, README).
+        match recover(&action.digest(&separator), &self.signature) {
+            Ok(who) if who == owner.0 && self.signer == owner => Ok(()),
+            _ => Err(Unauthorized::Signature),
+        }
+    }
+}
+
+/// Record `i` of a section, read as the L1 contract reads it: bytes `126 i .. 126 (i + 1)`, if
+/// the section has them (trailing bytes are never a record). An all-zero record stands for a
+/// fill side without a signed order (one the operator placed): `None`, as if absent.
+pub fn record(section: &[u8], i: usize) -> Option<Authorization> {
+    let bytes = section.get(i * RECORD_BYTES..(i + 1) * RECORD_BYTES)?;
+    if bytes.iter().all(|b| *b == 0) {
+        return None;
+    }
+    Some(Authorization::decode(
+        bytes.try_into().expect("a whole record"),
+    ))
+}
+
+/// The section for fill sides in order, an all-zero record where a side has none.
+pub fn section_of(sides: &[Option<Authorization>]) -> Vec<u8> {
+    sides
+        .iter()
+        .flat_map(|r| r.map_or([0u8; RECORD_BYTES], |r| r.encode()))
+        .collect()
+}
+
+/// What a user signed for an order besides its price and size (which the engine's order
+/// carries): the gateway logs it with the order's input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Signed {
+    /// Nonce.
+    pub nonce: u64,
+    /// Signature expiry, seconds.
+    pub expiry_s: u64,
+    /// The key that signed.
+    pub signer: Address,
+    /// Which domain (`domain::*`).
+    pub domain: u8,
+    /// Maximum fee, micro-USDC.
+    pub max_fee: i64,
+    /// `r || s || v`.
+    pub signature: [u8; 65],
+}
+
+impl Signed {
+    /// The record of `order` placed with this signature (`None` for a market order without a
+    /// protection price: it has no signed limit).
+    pub fn record(&self, order: &NewOrder) -> Option<Authorization> {
+        let limit_price = match order.order_type {
+            OrderType::Limit { price } => price,
+            OrderType::Market {
+                protection_price: Some(price),
+            } => price,
+            OrderType::Market {
+                protection_price: None,
+            } => return None,
+        };
+        Some(Authorization {
+            nonce: self.nonce,
+            expiry_s: self.expiry_s,
+            signer: self.signer,
+            domain: self.domain,
+            limit_price,
+            amount: order.qty,
+            max_fee: self.max_fee,
+            signature: self.signature,
+        })
+    }
+}
+
+/// The signed orders that may still fill, by order id, from their placement to their last fill
+/// (or cancellation), and the changes not yet persisted. Built from the sequence alone (inputs,
+/// the signatures logged with them, the engine's events), so a restart rebuilds the same.
+#[derive(Debug, Clone, Default)]
+pub struct Orders {
+    live: BTreeMap<u64, Authorization>,
+    changed: BTreeMap<u64, Option<Authorization>>,
+}
+
+impl Orders {
+    /// The orders as persisted (`SettlementState::stored_orders`).
+    pub fn from_stored(stored: Vec<(u64, [u8; RECORD_BYTES])>) -> Self {
+        Self {
+            live: stored
+                .into_iter()
+                .map(|(id, bytes)| (id, Authorization::decode(&bytes)))
+                .collect(),
+            changed: BTreeMap::new(),
+        }
+    }
+
+    /// Takes one sequenced input (with the signature logged with it) and its events: a signed
+    /// order placed gets its record, each fill gives its maker's and taker's records (`None`
+    /// for an order without one), an order done is dropped.
+    pub fn apply(
+        &mut self,
+        input: &Input,
+        signed: Option<&Signed>,
+        events: &[Event],
+    ) -> Vec<[Option<Authorization>; 2]> {
+        let mut fills = Vec::new();
+        for event in events {
+            match event {
+                Event::OrderAccepted { order, .. } => {
+                    if let (Command::PlaceOrder(o), Some(s)) = (&input.command, signed)
+                        && let Some(record) = s.record(o)
+                    {
+                        self.live.insert(order.0, record);
+                        self.changed.insert(order.0, Some(record));
+                    }
+                }
+                Event::Fill {
+                    maker_order,
+                    taker_order,
+                    ..
+                } => fills.push([
+                    self.live.get(&maker_order.0).copied(),
+                    self.live.get(&taker_order.0).copied(),
+                ]),
+                Event::OrderDone { order, .. } if self.live.remove(&order.0).is_some() => {
+                    self.changed.insert(order.0, None);
+                }
+                _ => {}
+            }
+        }
+        fills
+    }
+
+    /// Orders held.
+    pub fn len(&self) -> usize {
+        self.live.len()
+    }
+
+    /// Whether none is held.
+    pub fn is_empty(&self) -> bool {
+        self.live.is_empty()
+    }
+
+    /// The changes since the last call (to persist: a record, or `None` for an order gone).
+    pub fn take_changes(&mut self) -> Vec<(u64, Option<[u8; RECORD_BYTES]>)> {
+        std::mem::take(&mut self.changed)
+            .into_iter()
+            .map(|(id, r)| (id, r.map(|r| r.encode())))
+            .collect()
+    }
+}
+
+/// The two sides of each fill of a batch's ops in circuit order (maker, then taker): what the
+/// section's records answer, one to one.
+pub fn fill_sides<'a>(ordered: impl IntoIterator<Item = &'a crate::Op>) -> Vec<FillSide> {
+    let mut sides = Vec::new();
+    for op in ordered {
+        if let crate::Op::Fill {
+            instrument,
+            maker,
+            taker,
+            taker_side,
+            price,
+            qty,
+        } = op
+        {
+            for (account, side) in [(*maker, taker_side.opposite()), (*taker, *taker_side)] {
+                sides.push(FillSide {
+                    account,
+                    instrument: *instrument,
+                    side,
+                    price: *price,
+                    qty: *qty,
+                });
+            }
+        }
+    }
+    sides
+}
