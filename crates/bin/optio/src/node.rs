@@ -169,6 +169,13 @@ pub fn run(args: NodeArgs) -> Result<()> {
         tracing::info!(shape = %shape.name(), "batches cut to fit the circuit");
         config.batch_capacity = Some(crate::prove::capacity(shape));
     }
+    // A rollup that judges fills by their signatures: refuse what it could not justify.
+    if let (Some(rpc), Some(rollup)) = (
+        args.l1_rpc.clone().or(file.l1_rpc.clone()),
+        args.rollup.clone().or(file.rollup.clone()),
+    ) {
+        config.signed_terms_only = crate::settle::judges_signatures(&rpc, &rollup)?;
+    }
     let specs = file
         .instrument
         .iter()

@@ -280,6 +280,23 @@ pub fn verify(args: VerifyArgs) -> Result<()> {
     })
 }
 
+/// Whether the rollup at `rollup` judges every fill by its orders' posted signatures
+/// (deployed with `authorizations`): the gateway must then refuse what it could not justify.
+pub(crate) fn judges_signatures(rpc: &str, rollup: &str) -> Result<bool> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let provider = alloy_reader(rpc)?;
+        let rollup: optio_settler::Address = rollup.parse().context("rollup address")?;
+        optio_settler::OptioRollup::new(rollup, &provider)
+            .authorizations()
+            .call()
+            .await
+            .context("reading the rollup's authorizations flag")
+    })
+}
+
 fn alloy_reader(url: &str) -> Result<optio_settler::DynProvider> {
     optio_settler::reader(url).map_err(anyhow::Error::msg)
 }

@@ -395,6 +395,8 @@ impl World {
             batch_max_age_ms: 10 * 86_400_000,
             snapshot_every: 400,
             clock: clock.clone(),
+            // The rollup judges fills by their signatures.
+            signed_terms_only: true,
             ..Config::default()
         };
         let gateway = open(dir.path(), &config)?;

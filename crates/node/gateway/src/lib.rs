@@ -77,6 +77,10 @@ pub struct Config {
     /// A snapshot (engine and views) after about this many inputs, so that a restart replays
     /// only the log after it (0: never).
     pub snapshot_every: u64,
+    /// The rollup judges every fill by its orders' posted signatures (deployed with
+    /// `authorizations`): refuse what the operator could not justify there, an order signed by
+    /// a session key and an edit that loosens an order beyond what was signed (6008).
+    pub signed_terms_only: bool,
 }
 
 /// The node's clock: the system's, or a manual one that only moves when told (the simulator's
@@ -130,6 +134,7 @@ impl Default for Config {
             batch_capacity: None,
             clock: Clock::System,
             snapshot_every: 100_000,
+            signed_terms_only: false,
         }
     }
 }
@@ -1208,6 +1213,20 @@ impl Gateway {
                 let order = OrderId(uint(params, "order_id")?);
                 let price = Price(decimal(params, "price", 6)?);
                 let qty = Qty(decimal(params, "amount", 8)?);
+                // Only tightening keeps every later fill within what was signed: by induction
+                // the order's terms stay within its signature.
+                if self.config.signed_terms_only
+                    && let Some(o) = self.lock().sequencer.engine().open_order(order)
+                    && o.account == account
+                {
+                    let looser = match o.side {
+                        Side::Buy => price > o.price,
+                        Side::Sell => price < o.price,
+                    };
+                    if looser || qty > o.remaining {
+                        return Err(GatewayError::BeyondSignedTerms.into());
+                    }
+                }
                 let events = self.sequence(Command::Amend {
                     account,
                     order: OrderRef::Id(order),
@@ -1545,6 +1564,9 @@ impl Gateway {
             .ok_or(GatewayError::BadSignature)?;
         if !may_trade {
             return Err(GatewayError::NotOwner.into());
+        }
+        if self.config.signed_terms_only && signer != owner.0 {
+            return Err(GatewayError::BeyondSignedTerms.into());
         }
         if !self.owner_limits.take(&owner.0, self.config.clock.now_ms()) {
             return Err(GatewayError::RateLimited.into());

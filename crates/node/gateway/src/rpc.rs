@@ -40,6 +40,11 @@ pub enum GatewayError {
     /// The max fee the user signed is below what the order could pay (6006).
     #[error("max fee too low")]
     MaxFeeTooLow,
+    /// On a rollup that judges fills by their signed orders: an order signed by a session key,
+    /// or an edit beyond the order's signed terms (a higher bid, a lower ask, a larger size)
+    /// (6008).
+    #[error("beyond what the order's signature covers on this rollup")]
+    BeyondSignedTerms,
     /// Too many requests from this IP, or orders from this owner (6007).
     #[error("rate limit exceeded")]
     RateLimited,
@@ -63,6 +68,7 @@ impl GatewayError {
             GatewayError::Unauthorized => 6_005,
             GatewayError::MaxFeeTooLow => 6_006,
             GatewayError::RateLimited => 6_007,
+            GatewayError::BeyondSignedTerms => 6_008,
             GatewayError::Internal => 6_100,
         }
     }

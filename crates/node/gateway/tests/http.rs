@@ -896,6 +896,71 @@ async fn session_keys_trade_until_revoked_and_never_administer() {
     assert_eq!(code(&past), 2_006);
 }
 
+/// On a rollup that judges every fill by its orders' posted signatures, the gateway refuses
+/// what the operator could not justify there: an order signed by a session key, and an edit
+/// that loosens an order (a higher bid, a lower ask, a larger size); tightening edits go
+/// through. Each refusal has its code and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_signed_terms_only_session_keys_and_loosening_edits_are_refused() {
+    let (h, alice, _bob) = Harness::start_with(|c| Config {
+        signed_terms_only: true,
+        ..c
+    })
+    .await;
+    let session = Trader {
+        key: SecretKey::from_secret_bytes([0x56; 32]).expect("key"),
+        address: [0; 20],
+        subaccount: alice.subaccount,
+    };
+    let session = Trader {
+        address: address_of(&secp256k1::PublicKey::from_secret_key(&session.key)),
+        ..session
+    };
+    let expiry = optio_gateway::now_ms() / 1_000 + 3_600;
+    let register = json!({"jsonrpc": "2.0", "id": 1, "method": "private/register_session_key", "params": {"subaccount_id": alice.subaccount, "public_session_key": hex(&session.address), "expiry_sec": expiry}}).to_string();
+    assert!(h.post(&register, &h.auth(&alice)).await.1["result"].is_object());
+    let before = h.gateway.state_hash();
+    let by_key = h.order_params_as(
+        &session,
+        alice.address,
+        alice.subaccount,
+        optio_gateway::now_ms() / 1_000 + 600,
+        "sell",
+        "9500",
+        "0.1",
+        CHAIN,
+    );
+    assert_eq!(code(&h.call("private/order", by_key).await), 6_008);
+    assert_eq!(h.gateway.state_hash(), before, "refused before sequencing");
+
+    // The owner's own ask, then edits: looser ones refused, tighter ones taken.
+    let ask = h
+        .call(
+            "private/order",
+            h.order_params(&alice, "sell", "9500", "0.3", CHAIN),
+        )
+        .await;
+    let order_id: u64 = ask["result"]["order"]["order_id"]
+        .as_str()
+        .expect("id")
+        .parse()
+        .expect("number");
+    let edit = |price: &str, amount: &str| {
+        json!({"jsonrpc": "2.0", "id": 9, "method": "private/edit", "params": {"subaccount_id": alice.subaccount, "order_id": order_id, "price": price, "amount": amount}}).to_string()
+    };
+    let before = h.gateway.state_hash();
+    for (price, amount) in [("9400", "0.3"), ("9500", "0.4")] {
+        assert_eq!(
+            code(&h.post(&edit(price, amount), &h.auth(&alice)).await.1),
+            6_008,
+            "{price} x {amount}"
+        );
+    }
+    assert_eq!(h.gateway.state_hash(), before);
+    let tighter = h.post(&edit("9600", "0.2"), &h.auth(&alice)).await.1;
+    assert_eq!(tighter["result"]["price"], "9600", "{tighter}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limits_refuse_floods_per_ip_and_per_owner() {
     // Rates low enough that the test does not depend on how fast this machine sends.
