@@ -845,22 +845,27 @@ mod websocket {
     }
 }
 
+/// A session key (from `seed`) for `owner`'s subaccount.
+fn session_key(owner: &Trader, seed: u8) -> Trader {
+    let key = SecretKey::from_secret_bytes([seed; 32]).expect("key");
+    Trader {
+        address: address_of(&secp256k1::PublicKey::from_secret_key(&key)),
+        key,
+        subaccount: owner.subaccount,
+    }
+}
+
+/// `private/register_session_key` for `session` on `owner`'s subaccount (0 revokes).
+fn register_session_key(owner: &Trader, session: &Trader, expiry_sec: u64) -> String {
+    json!({"jsonrpc": "2.0", "id": 1, "method": "private/register_session_key", "params": {"subaccount_id": owner.subaccount, "public_session_key": hex(&session.address), "expiry_sec": expiry_sec}}).to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_keys_trade_until_revoked_and_never_administer() {
     let (h, alice, _bob) = Harness::start().await;
-    let session = Trader {
-        key: SecretKey::from_secret_bytes([0x55; 32]).expect("key"),
-        address: [0; 20],
-        subaccount: alice.subaccount,
-    };
-    let session = Trader {
-        address: address_of(&secp256k1::PublicKey::from_secret_key(&session.key)),
-        ..session
-    };
+    let session = session_key(&alice, 0x55);
     let expiry = optio_gateway::now_ms() / 1_000 + 3_600;
-    let register = |expiry_sec: u64| {
-        json!({"jsonrpc": "2.0", "id": 1, "method": "private/register_session_key", "params": {"subaccount_id": alice.subaccount, "public_session_key": hex(&session.address), "expiry_sec": expiry_sec}}).to_string()
-    };
+    let register = |expiry_sec: u64| register_session_key(&alice, &session, expiry_sec);
     // Signed by the session key for alice's subaccount: refused before registration.
     let order = |h: &Harness| {
         h.order_params_as(
@@ -907,17 +912,9 @@ async fn with_signed_terms_only_session_keys_and_loosening_edits_are_refused() {
         ..c
     })
     .await;
-    let session = Trader {
-        key: SecretKey::from_secret_bytes([0x56; 32]).expect("key"),
-        address: [0; 20],
-        subaccount: alice.subaccount,
-    };
-    let session = Trader {
-        address: address_of(&secp256k1::PublicKey::from_secret_key(&session.key)),
-        ..session
-    };
+    let session = session_key(&alice, 0x56);
     let expiry = optio_gateway::now_ms() / 1_000 + 3_600;
-    let register = json!({"jsonrpc": "2.0", "id": 1, "method": "private/register_session_key", "params": {"subaccount_id": alice.subaccount, "public_session_key": hex(&session.address), "expiry_sec": expiry}}).to_string();
+    let register = register_session_key(&alice, &session, expiry);
     assert!(h.post(&register, &h.auth(&alice)).await.1["result"].is_object());
     let before = h.gateway.state_hash();
     let by_key = h.order_params_as(
