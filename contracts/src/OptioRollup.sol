@@ -163,6 +163,8 @@ contract OptioRollup {
     uint256 public priorityServed;
     bool public frozen;
     mapping(uint32 => bool) public exited;
+    /// Deposits returned after a freeze, by priority id.
+    mapping(uint256 => bool) public reclaimed;
     /// Batches whose validity proof verified, with the ops commitment the proof binds.
     mapping(uint256 => bool) public proven;
     mapping(uint256 => uint256) public provenCommitment;
@@ -186,6 +188,7 @@ contract OptioRollup {
     event BatchProven(uint256 indexed number, uint256 commitment);
     event Frozen(uint256 priorityId);
     event Exit(uint32 indexed account, address indexed owner, uint256 amount);
+    event Reclaimed(uint256 indexed priorityId, address indexed owner, uint256 amount);
     event Withdrawn(uint256 indexed batch, uint256 index, address indexed owner, uint256 amount);
     event Challenged(uint256 indexed number, uint256 fill, bool taker, address indexed challenger, uint256 reward);
 
@@ -207,6 +210,7 @@ contract OptioRollup {
     error NotProven(uint256 batch);
     error AlreadyWithdrawn(uint256 batch, uint256 index);
     error NoChallenges();
+    error NotReclaimable(uint256 priorityId);
     error Authorized();
 
     modifier onlyOperator() {
@@ -636,6 +640,22 @@ contract OptioRollup {
         totalPaid += amount;
         if (amount > 0 && !usdc.transfer(msg.sender, amount)) revert TransferFailed();
         emit Exit(p.account, msg.sender, amount);
+    }
+
+    /// After a freeze, returns deposit `id` to its depositor when the last finalized state did
+    /// not serve it (queued at or after the finalized batches' served count: no exit pays it);
+    /// once. Anyone may call; the money goes to the depositor.
+    function reclaimDeposit(uint256 id) external {
+        if (!frozen) revert NotFrozen();
+        if (id >= priorityOps.length || id < priorityServed || reclaimed[id]) revert NotReclaimable(id);
+        PriorityOp storage op = priorityOps[id];
+        if (op.kind != DEPOSIT) revert NotReclaimable(id);
+        reclaimed[id] = true;
+        uint256 held = usdc.balanceOf(address(this));
+        if (op.amount > held) revert Insolvent(op.amount, held);
+        totalPaid += op.amount;
+        if (!usdc.transfer(op.owner, op.amount)) revert TransferFailed();
+        emit Reclaimed(id, op.owner, op.amount);
     }
 
     /// Checks an exit proof for `owner` against the last finalized root; returns what the

@@ -266,6 +266,35 @@ contract RollupTest is WithHashers {
         rollup.exit(p);
     }
 
+    /// After a freeze, a deposit the finalized state never served goes back to its depositor,
+    /// once; a served deposit, a forced withdrawal request, an unknown id and any reclaim before
+    /// the freeze are refused.
+    function test_after_a_freeze_unserved_deposits_are_returned_once() public {
+        commit(0, 1);
+        hevm.warp(block.timestamp + DELAY);
+        rollup.finalize();
+        hevm.prank(funder);
+        uint256 late = rollup.deposit(type(uint32).max, 25_000e6);
+        hevm.prank(funder);
+        uint256 request = rollup.requestWithdrawal(7);
+        hevm.expectRevert(abi.encodeWithSelector(OptioRollup.NotFrozen.selector));
+        rollup.reclaimDeposit(late);
+        hevm.warp(block.timestamp + WINDOW + 1);
+        rollup.freeze();
+        uint256 before = usdc.balanceOf(funder);
+        rollup.reclaimDeposit(late);
+        assertEq(usdc.balanceOf(funder), before + 25_000e6, "returned to the depositor");
+        assertEq(rollup.totalPaid(), 25_000e6, "counted as paid");
+        hevm.expectRevert(abi.encodeWithSelector(OptioRollup.NotReclaimable.selector, late));
+        rollup.reclaimDeposit(late);
+        hevm.expectRevert(abi.encodeWithSelector(OptioRollup.NotReclaimable.selector, 0));
+        rollup.reclaimDeposit(0);
+        hevm.expectRevert(abi.encodeWithSelector(OptioRollup.NotReclaimable.selector, request));
+        rollup.reclaimDeposit(request);
+        hevm.expectRevert(abi.encodeWithSelector(OptioRollup.NotReclaimable.selector, 99));
+        rollup.reclaimDeposit(99);
+    }
+
     function test_an_exit_against_a_stale_root_reverts() public {
         commit(0, 0);
         commit(1, 0);
@@ -384,6 +413,11 @@ contract Handler is MiniTest {
     function freeze() external {
         if (rollup.frozen()) return;
         try rollup.freeze() {} catch {}
+    }
+
+    function reclaim(uint256 id) external {
+        if (!rollup.frozen() || rollup.priorityCount() == 0) return;
+        try rollup.reclaimDeposit(bound(id, 0, rollup.priorityCount() - 1)) {} catch {}
     }
 }
 

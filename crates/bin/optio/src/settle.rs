@@ -173,7 +173,8 @@ pub struct ExitArgs {
     key: String,
 }
 
-/// Submits an exodus exit built from L1 data alone.
+/// Submits an exodus exit built from L1 data alone, and takes back the key's deposits the
+/// finalized state never served.
 pub fn exit(args: ExitArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -182,12 +183,21 @@ pub fn exit(args: ExitArgs) -> Result<()> {
         let provider = optio_settler::connect(&args.rpc, &args.key)?;
         let owner = alloy_owner(&args.key)?;
         let rollup = args.rollup.parse().context("rollup address")?;
+        let returned = optio_settler::reclaim_deposits_from_l1(&provider, rollup, owner).await?;
+        for (id, amount) in &returned {
+            println!("deposit {id} (never served) returned: {amount} micro-USDC to {owner}");
+        }
         let paid = match args.account {
             Some(account) => vec![(
                 account,
                 optio_settler::exit_from_l1(&provider, rollup, account, owner).await?,
             )],
-            None => optio_settler::exit_all_from_l1(&provider, rollup, owner).await?,
+            None => match optio_settler::exit_all_from_l1(&provider, rollup, owner).await {
+                Ok(paid) => paid,
+                // Only unserved deposits: nothing else to exit.
+                Err(_) if !returned.is_empty() => Vec::new(),
+                Err(e) => return Err(e.into()),
+            },
         };
         for (account, amount) in paid {
             println!("account {account} exited: paid {amount} micro-USDC to {owner}");

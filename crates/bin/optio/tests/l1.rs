@@ -221,8 +221,9 @@ async fn committed_through(
 /// reach L1; the operator disappears; the batches finalize; every user requests a forced
 /// withdrawal, which goes unserved; after the deadline anyone freezes; every user exits with
 /// `optio exit` (their key and L1 data alone) and receives exactly what the last finalized
-/// state owes them. A second exit, an exit for someone else's account and an exit against a
-/// stale root all revert.
+/// state owes them; a deposit one user made after the operator left (never served) comes back
+/// to them with the same command. A second exit, an exit for someone else's account and an exit
+/// against a stale root all revert.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_user_escapes_with_what_the_finalized_state_owes_after_the_operator_disappears() {
     use optio_gateway::client::{OrderRequest, order_params};
@@ -360,8 +361,13 @@ async fn every_user_escapes_with_what_the_finalized_state_owes_after_the_operato
     let health = common::get(&addr, "/health").expect("health");
     let last_seq = health["next_seq"].as_u64().expect("next_seq") - 1;
     let committed = committed_through(&provider, &d, dir.path(), last_seq).await;
-    // The operator disappears.
+    // The operator disappears; user 0 deposits once more, which nobody will serve.
     node.kill();
+    const LATE: u64 = 7_000_000;
+    let user0 = connect(&anvil.url, &keys[0]).expect("provider");
+    transact(OptioRollup::new(d.rollup, &user0).deposit(accounts[0], U256::from(LATE)))
+        .await
+        .expect("a late deposit");
 
     let advance = |seconds: u64| {
         let p = provider.clone();
@@ -428,6 +434,12 @@ async fn every_user_escapes_with_what_the_finalized_state_owes_after_the_operato
         !other.status.success(),
         "an exit for someone else's account reverts"
     );
+    // Its deposit that nobody served came back first, once.
+    let text = String::from_utf8_lossy(&other.stdout);
+    assert!(
+        text.contains(&format!("returned: {LATE} micro-USDC")),
+        "{text}"
+    );
     // A proof against a stale root (the state before the trades): refused.
     let stale = {
         let blobs = blobs_on_disk();
@@ -448,7 +460,6 @@ async fn every_user_escapes_with_what_the_finalized_state_owes_after_the_operato
         owed(accounts[0]),
         "the older state differs"
     );
-    let user0 = connect(&anvil.url, &keys[0]).expect("provider");
     assert!(
         transact(OptioRollup::new(d.rollup, &user0).exit(optio_settler::exit_call(&stale)))
             .await
@@ -470,6 +481,8 @@ async fn every_user_escapes_with_what_the_finalized_state_owes_after_the_operato
             text.contains(&format!("paid {expected} micro-USDC")),
             "user {k}: {text}"
         );
+        // User 0's late deposit came back with the first `optio exit` (above): the balance
+        // below holds it.
         assert_eq!(
             usdc.balanceOf(addresses[k]).call().await.expect("balance"),
             U256::from(MINTED - DEPOSIT + expected as u64),

@@ -80,6 +80,8 @@ mod bindings {
             function authorizes(bytes calldata auths, uint256 i, Fill memory f, bool taker, address owner) external view returns (bool);
             function authorizations() external view returns (bool);
             function slashed() external view returns (bool);
+            function reclaimDeposit(uint256 id) external;
+            function reclaimed(uint256 id) external view returns (bool);
             function bond() external view returns (uint256);
             event Deposit(uint256 indexed priorityId, address indexed owner, uint32 account, uint256 amount, uint64 deadline);
             function usdc() external view returns (address);
@@ -934,6 +936,45 @@ pub async fn exit_all_from_l1(
         ));
     }
     Ok(paid)
+}
+
+/// After a freeze: returns `owner`'s deposits that the finalized state never served (the
+/// contract's `reclaimDeposit`), each once; the ids and amounts returned.
+pub async fn reclaim_deposits_from_l1(
+    provider: &DynProvider,
+    rollup: Address,
+    owner: Address,
+) -> Result<Vec<(u64, U256)>, SettlerError> {
+    let contract = OptioRollup::new(rollup, provider);
+    if !contract.frozen().call().await.map_err(rpc)? {
+        return Ok(Vec::new());
+    }
+    let served =
+        u64::try_from(contract.priorityServed().call().await.map_err(rpc)?).map_err(rpc)?;
+    let count = u64::try_from(contract.priorityCount().call().await.map_err(rpc)?).map_err(rpc)?;
+    let mut returned = Vec::new();
+    for id in served..count {
+        let op = contract
+            .priorityOps(U256::from(id))
+            .call()
+            .await
+            .map_err(rpc)?;
+        if PriorityKind::from_l1(op.kind) != Some(PriorityKind::Deposit)
+            || op.owner != owner
+            || contract
+                .reclaimed(U256::from(id))
+                .call()
+                .await
+                .map_err(rpc)?
+        {
+            continue;
+        }
+        transact(contract.reclaimDeposit(U256::from(id)).from(owner))
+            .await
+            .map_err(|e| SettlerError::Rpc(format!("reclaiming deposit {id}: {e}")))?;
+        returned.push((id, op.amount));
+    }
+    Ok(returned)
 }
 
 /// The state after the last finalized batch, rebuilt from L1 data alone.
