@@ -31,7 +31,7 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use optio_intents::{Action, Address, Domain, TradeData, parse_address, parse_hex, recover};
+use optio_intents::{Action, Address, TradeData, parse_address, parse_hex, recover};
 use optio_sequencer::Sequencer;
 use optio_types::{
     AccountId, Address as EngineAddress, Amount, Command, Input, InstrumentId, NewOrder, OrderId,
@@ -639,8 +639,7 @@ pub struct Gateway {
     pub(crate) events: tokio::sync::broadcast::Sender<ws::Published>,
     jobs: std::sync::mpsc::SyncSender<Job>,
     pub(crate) config: Config,
-    /// Accepted domain separators: native first.
-    /// The domains orders may be signed under, with their `auth::domain` byte.
+    /// The domains orders may be signed under (native first), with their `auth::domain` byte.
     domains: Vec<(u8, [u8; 32])>,
     /// The batcher's progress (nodes opened on a data directory).
     batch_stats: Option<Arc<Mutex<batching::BatchStats>>>,
@@ -869,19 +868,23 @@ impl Gateway {
         batches: Option<(batching::Feed, Arc<Mutex<batching::BatchStats>>)>,
     ) -> Self {
         let (feed, batch_stats) = batches.map_or((None, None), |(f, s)| (Some(f), Some(s)));
-        use optio_state::auth::domain;
-        let mut domains = vec![(
-            domain::OPTIO,
-            Domain::optio(config.chain_id, config.verifying_contract).separator(),
-        )];
-        if let Some(sandbox) = config.compat_domain {
-            let d = if sandbox {
+        use optio_state::auth::{Venue, domain};
+        let venue = Venue {
+            chain_id: config.chain_id,
+            rollup: to_engine(config.verifying_contract),
+        };
+        let compat = config.compat_domain.map(|sandbox| {
+            if sandbox {
                 domain::COMPAT_SANDBOX
             } else {
                 domain::COMPAT
-            };
-            domains.push((d, Domain::derive_compat(sandbox).separator()));
-        }
+            }
+        });
+        let domains = [Some(domain::OPTIO), compat]
+            .into_iter()
+            .flatten()
+            .map(|d| (d, venue.separator(d).expect("a domain the rollup knows")))
+            .collect();
         let last_ms = sequencer.engine().time_ms();
         let receipt_signer = sequencer.receipt_signer();
         // Replay protection survives restarts: the log holds every signed intent.
@@ -1538,15 +1541,15 @@ impl Gateway {
             return Err(CallError::Engine(optio_types::RejectCode::InvalidQty, None));
         }
         // What the user signed, rebuilt from the request (18-decimal fixed point).
-        let data = TradeData {
-            asset: self.config.verifying_contract,
-            sub_id: u128::from(instrument.0),
-            limit_price: i128::from(price) * 1_000_000_000_000,
-            amount: i128::from(amount) * 10_000_000_000,
-            max_fee: u128::try_from(max_fee).unwrap_or(0) * 1_000_000_000_000,
-            recipient_id: u128::from(subaccount),
-            is_bid: side == Side::Buy,
-        };
+        let data = TradeData::from_engine_units(
+            self.config.verifying_contract,
+            instrument.0,
+            price,
+            amount,
+            max_fee,
+            subaccount,
+            side == Side::Buy,
+        );
         let action = Action {
             subaccount_id: subaccount,
             nonce,

@@ -171,6 +171,30 @@ pub struct TradeData {
 }
 
 impl TradeData {
+    /// An order in Optio's engine units (prices and fees in micro-USDC, amounts in 1e-8
+    /// contracts) as the 18-decimal data the user signs: the gateway checks signatures against
+    /// it and the authorization challenge rebuilds it from the posted records. A negative fee
+    /// cap signs as 0.
+    pub fn from_engine_units(
+        asset: Address,
+        instrument: u32,
+        limit_price: i64,
+        amount: i64,
+        max_fee: i64,
+        subaccount: u64,
+        is_bid: bool,
+    ) -> Self {
+        TradeData {
+            asset,
+            sub_id: u128::from(instrument),
+            limit_price: i128::from(limit_price) * 1_000_000_000_000,
+            amount: i128::from(amount) * 10_000_000_000,
+            max_fee: u128::try_from(max_fee).unwrap_or(0) * 1_000_000_000_000,
+            recipient_id: u128::from(subaccount),
+            is_bid,
+        }
+    }
+
     /// The 224-byte ABI encoding.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(224);

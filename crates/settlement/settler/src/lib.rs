@@ -649,20 +649,20 @@ pub async fn file_challenge(
     .await
 }
 
-/// The first fill side of a batch (its ops applied to `state`) that its posted authorization
-/// section does not authorize, and orders filled beyond their size over all batches so far
-/// (`filled`: quantity filled per order digest).
+/// The first fill side of a batch (`blob`, decoded as `ops`, applied to `state`) that its posted
+/// authorization section does not authorize, and orders filled beyond their size over all
+/// batches so far (`filled`: quantity filled per order digest).
 fn audit_authorizations(
     number: u64,
     blob: &[u8],
+    ops: &[optio_state::Op],
     auths: &[u8],
     state: &optio_state::SettlementState,
     venue: &optio_state::auth::Venue,
     filled: &mut std::collections::BTreeMap<[u8; 32], i64>,
 ) -> Option<Verdict> {
     use optio_state::auth::{self, Unauthorized};
-    let (_, ops) = optio_state::decode(blob).ok()?;
-    let sides = auth::fill_sides(ops.iter());
+    let sides = auth::fill_sides(ops);
     for (i, side) in sides.iter().enumerate() {
         let owner = state.accounts().get(side.account.0 as usize)?.owner;
         let verdict = |why: String, challenge: bool| Verdict::Unauthorized {
@@ -689,11 +689,7 @@ fn audit_authorizations(
         match checked {
             Err(why) => return Some(verdict(why.to_string(), true)),
             Ok(r) => {
-                let digest = r
-                    .action(side, owner, venue)
-                    .zip(venue.separator(r.domain))
-                    .map(|(a, d)| a.digest(&d))
-                    .unwrap_or_default();
+                let digest = r.digest(side, owner, venue).unwrap_or_default();
                 let total = filled.entry(digest).or_default();
                 *total += side.qty.0;
                 if *total > r.amount.0 {
@@ -755,7 +751,9 @@ pub async fn verify_l1(
             .call()
             .await
             .map_err(rpc)?;
-        let audit = audit_priority(&contract, blob, &state, on_chain.priorityServed).await?;
+        // Decoded once for both audits (the rebuild above has applied it).
+        let (_, ops) = optio_state::decode(blob).map_err(rpc)?;
+        let audit = audit_priority(&contract, &ops, &state, on_chain.priorityServed).await?;
         let on_chain = on_chain.root;
         let data = header
             .map(|h| U256::from_be_bytes(optio_state::poseidon::to_bytes(&h.ops_commitment)))
@@ -780,7 +778,7 @@ pub async fn verify_l1(
                 data,
             }
         } else if let Some(v) = checks_authorizations
-            .then(|| audit_authorizations(number, blob, auths, &state, &venue, &mut filled))
+            .then(|| audit_authorizations(number, blob, &ops, auths, &state, &venue, &mut filled))
             .flatten()
         {
             v
@@ -797,13 +795,12 @@ pub async fn verify_l1(
 /// header's served count must be where the data leaves the queue.
 async fn audit_priority(
     contract: &OptioRollup::OptioRollupInstance<&DynProvider>,
-    blob: &[u8],
+    ops: &[optio_state::Op],
     state: &optio_state::SettlementState,
     header_served: u64,
 ) -> Result<Option<String>, SettlerError> {
-    let (_, ops) = optio_state::decode(blob).map_err(rpc)?;
     for op in ops {
-        let (priority, account, amount, kind) = match op {
+        let (priority, account, amount, kind) = match *op {
             optio_state::Op::L1Deposit {
                 priority,
                 account,

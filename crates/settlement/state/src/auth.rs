@@ -124,13 +124,6 @@ impl Venue {
             _ => return None,
         })
     }
-
-    /// The `domain` byte of a separator, if the rollup knows it.
-    pub fn domain_of(&self, separator: &[u8; 32]) -> Option<u8> {
-        [domain::OPTIO, domain::COMPAT, domain::COMPAT_SANDBOX]
-            .into_iter()
-            .find(|d| self.separator(*d).as_ref() == Some(separator))
-    }
 }
 
 impl Authorization {
@@ -175,15 +168,15 @@ impl Authorization {
         if self.max_fee < 0 || self.limit_price.0 < 0 || self.amount.0 <= 0 {
             return None;
         }
-        let data = TradeData {
-            asset: venue.rollup.0,
-            sub_id: u128::from(side.instrument.0),
-            limit_price: i128::from(self.limit_price.0) * 1_000_000_000_000,
-            amount: i128::from(self.amount.0) * 10_000_000_000,
-            max_fee: self.max_fee as u128 * 1_000_000_000_000,
-            recipient_id: u128::from(side.account.0),
-            is_bid: side.side == Side::Buy,
-        };
+        let data = TradeData::from_engine_units(
+            venue.rollup.0,
+            side.instrument.0,
+            self.limit_price.0,
+            self.amount.0,
+            self.max_fee,
+            u64::from(side.account.0),
+            side.side == Side::Buy,
+        );
         Some(Action {
             subaccount_id: u64::from(side.account.0),
             nonce: self.nonce,
@@ -193,6 +186,13 @@ impl Authorization {
             owner: owner.0,
             signer: self.signer.0,
         })
+    }
+
+    /// The EIP-712 digest of that action under the record's domain (`None`: a malformed
+    /// record).
+    pub fn digest(&self, side: &FillSide, owner: Address, venue: &Venue) -> Option<[u8; 32]> {
+        let separator = venue.separator(self.domain)?;
+        Some(self.action(side, owner, venue)?.digest(&separator))
     }
 
     /// Whether this record authorizes `side` for an account owned by `owner`.
@@ -218,15 +218,12 @@ impl Authorization {
                 amount: self.amount,
             });
         }
-        let separator = venue
-            .separator(self.domain)
-            .ok_or(Unauthorized::Malformed)?;
-        let action = self
-            .action(side, owner, venue)
+        let digest = self
+            .digest(side, owner, venue)
             .ok_or(Unauthorized::Malformed)?;
         // Only the owner's own key: session keys need the owner's signed delegation posted
         // with them (not built yet, README).
-        match recover(&action.digest(&separator), &self.signature) {
+        match recover(&digest, &self.signature) {
             Ok(who) if who == owner.0 && self.signer == owner => Ok(()),
             _ => Err(Unauthorized::Signature),
         }
@@ -354,11 +351,6 @@ impl Orders {
             }
         }
         fills
-    }
-
-    /// Orders held.
-    pub fn len(&self) -> usize {
-        self.live.len()
     }
 
     /// Whether none is held.

@@ -216,11 +216,6 @@ impl Batcher {
         self
     }
 
-    /// The signed orders that may still fill.
-    pub fn orders(&self) -> &Orders {
-        &self.orders
-    }
-
     /// The pending batch with `ops` and `marks` added, as it would be cut.
     fn with(&self, ops: &[Op], marks: &[Op]) -> Vec<Op> {
         let mut latest = self.marks.clone();
