@@ -108,6 +108,8 @@ contract OptioRollup {
         address owner;
         uint256 keysHash;
         uint64 nonce;
+        /// Open positions (docs/settlement.md: the leaf's third field is nonce + 2^64 positions).
+        uint32 positions;
         int64 collateral;
         uint256 positionsRoot;
         uint256[] proof;
@@ -601,7 +603,7 @@ contract OptioRollup {
     /// Checks that `o` opens `account`'s leaf under `root`.
     function _checkOpening(uint256 root, uint32 account, AccountOpening calldata o) internal view {
         if (_stateRoot(o.accountsRoot, o.instrumentsRoot, o.insurance, o.feePool, o.accounts, o.instruments) != root) revert BadProof("root");
-        uint256 leaf = h5.poseidon([uint256(uint160(o.owner)), Field.check(o.keysHash), uint256(o.nonce), Field.fromInt(o.collateral), Field.check(o.positionsRoot)]);
+        uint256 leaf = h5.poseidon([uint256(uint160(o.owner)), Field.check(o.keysHash), uint256(o.nonce) | (uint256(o.positions) << 64), Field.fromInt(o.collateral), Field.check(o.positionsRoot)]);
         if (!_member(o.accountsRoot, leaf, account, o.proof, ACCOUNT_BITS)) revert BadProof("account");
     }
 
@@ -680,7 +682,7 @@ contract OptioRollup {
             owed += value >= 0 ? value / QTY_SCALE : -((-value + QTY_SCALE - 1) / QTY_SCALE);
         }
         uint256 positionsRoot = _sparseRoot(idx, val, n);
-        uint256 accountLeaf = h5.poseidon([uint256(uint160(owner)), Field.check(p.keysHash), uint256(p.nonce), Field.fromInt(p.collateral), positionsRoot]);
+        uint256 accountLeaf = h5.poseidon([uint256(uint160(owner)), Field.check(p.keysHash), uint256(p.nonce) | (n << 64), Field.fromInt(p.collateral), positionsRoot]);
         if (!_member(p.accountsRoot, accountLeaf, p.account, p.accountProof, ACCOUNT_BITS)) revert BadProof("account");
     }
 

@@ -60,7 +60,7 @@ contract PoseidonTest is WithHashers {
             [
                 uint256(uint160(hevm.parseJsonAddress(v, ".leaves.account.owner"))),
                 hevm.parseJsonUint(v, ".leaves.account.keys_hash"),
-                hevm.parseJsonUint(v, ".leaves.account.nonce"),
+                hevm.parseJsonUint(v, ".leaves.account.nonce") | (hevm.parseJsonUint(v, ".leaves.account.positions") << 64),
                 _field(hevm.parseJsonInt(v, ".leaves.account.collateral")),
                 hevm.parseJsonUint(v, ".leaves.account.positions_root")
             ]

@@ -122,6 +122,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         risk_chunks,
         keys: 0,
         mark_window_bits: 0,
+        margins: 0,
     };
     let with_listing = Shape {
         listings: 1,
@@ -145,6 +146,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         keys: 1,
         ..shape(1, 1, 1, 1, 0)
     })? - base;
+    // A margin slot at the devnet's register counts (16 op slots, 16 accounts, 16 positions, 8
+    // instruments): it reads every position register as of its op.
+    let devnet_regs = shape(16, 16, 16, 8, 0);
+    let per_margin = constraints(Shape {
+        margins: 1,
+        ..devnet_regs
+    })? - constraints(devnet_regs)?;
     println!("Batch circuit (Groth16, BN254): constraints");
     println!("  per op slot (16 account, 16 position, 4 instrument registers) {per_slot:>8}");
     println!("  per account register (read and written once per batch)       {per_account:>8}");
@@ -176,6 +184,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         "  per settlement slot, and per position it pays (16/16 regs)  {per_settlement:>8} {per_holder:>6}"
     );
     println!("  per session-key slot ({KEYS} keys an account may hold)            {per_key:>8}");
+    println!(
+        "  per margin slot (a withdrawal or transfer priced; 16/16/16/8 regs) {per_margin:>8}"
+    );
     let worst = per_slot + 2 * per_account + 2 * per_position + per_instrument;
     println!(
         "  per trade, worst case (two accounts, two positions and an instrument of its own): {worst}   anchor {ANCHOR_CONSTRAINTS:.0}   ratio {:.2}   of the 40,000 goal {:.2}",
@@ -321,6 +332,7 @@ fn devnet_batch() -> anyhow::Result<()> {
         risk_chunks: scenarios.div_ceil(optio_state::leaf::RISK_CHUNK),
         keys: KEYS.min(4),
         mark_window_bits,
+        margins: 2,
     };
     println!(
         "\nA devnet batch (16 fills, 58 marks of {scenarios} scenarios) in the devnet's shape"

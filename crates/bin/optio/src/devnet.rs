@@ -26,8 +26,8 @@ use optio_oracle::{OracleSigner, build_update};
 use optio_pricing::risk::default_scenarios;
 use optio_pricing::svi::{Slice, Surface, Svi};
 use optio_types::{
-    AccountId, Amount, Command, EngineLimits, InstrumentId, InstrumentSpec, MONEY_SCALE, NewOrder,
-    OrderType, Price, QTY_SCALE, Qty, Quote, RejectCode, SelfTradePrevention, Side, TimeInForce,
+    AccountId, Amount, Command, InstrumentId, InstrumentSpec, MONEY_SCALE, NewOrder, OrderType,
+    Price, QTY_SCALE, Qty, Quote, RejectCode, SelfTradePrevention, Side, TimeInForce,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -394,8 +394,13 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
         ..Config::default()
     };
     let gateway = Arc::new(
-        Gateway::open(&dir, [0x5e; 32], EngineLimits::default(), config)
-            .context("opening the sequencer")?,
+        Gateway::open(
+            &dir,
+            [0x5e; 32],
+            crate::prove::limits(keys.as_ref().map(|k| k.shape)),
+            config,
+        )
+        .context("opening the sequencer")?,
     );
     let now = optio_gateway::now_ms();
     let specs = specs(now);

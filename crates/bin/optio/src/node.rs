@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use optio_gateway::{Config, Gateway};
-use optio_types::{Command, EngineLimits, InstrumentId, InstrumentSpec, Price};
+use optio_types::{Command, InstrumentId, InstrumentSpec, Price};
 use serde::Deserialize;
 
 /// `optio node` arguments; each also reads `OPTIO_<NAME>` from the environment.
@@ -163,11 +163,13 @@ pub fn run(args: NodeArgs) -> Result<()> {
     if let Some(r) = file.owner_orders_per_second {
         config.owner_orders_per_second = r;
     }
+    let mut shape = None;
     if let Some(dir) = args.prove_keys.clone().or(file.prove_keys.clone()) {
-        let shape =
+        let s =
             optio_prover::Keys::shape_in(&dir).map_err(|e| anyhow::anyhow!("prove_keys: {e}"))?;
-        tracing::info!(shape = %shape.name(), "batches cut to fit the circuit");
-        config.batch_capacity = Some(crate::prove::capacity(shape));
+        tracing::info!(shape = %s.name(), "batches cut to fit the circuit");
+        config.batch_capacity = Some(crate::prove::capacity(s));
+        shape = Some(s);
     }
     // A rollup that judges fills by their signatures: refuse what it could not justify.
     if let (Some(rpc), Some(rollup)) = (
@@ -198,7 +200,7 @@ pub fn run(args: NodeArgs) -> Result<()> {
         Gateway::open(
             &data,
             hex32(&key, "sequencer_key")?,
-            EngineLimits::default(),
+            crate::prove::limits(shape),
             config,
         )
         .context("opening the sequencer")?,

@@ -52,6 +52,10 @@ pub struct ShapeArgs {
     /// Session-key slots per batch (keys registered or revoked).
     #[arg(long, default_value_t = 4)]
     session_keys: usize,
+    /// Margin slots per batch: each proves the stress rule for one withdrawal, forced
+    /// withdrawal or transfer (every position of its account must then fit the registers).
+    #[arg(long, default_value_t = 2)]
+    margins: usize,
 }
 
 fn power_of_four(s: &str) -> Result<usize, String> {
@@ -85,6 +89,7 @@ impl ShapeArgs {
             risk_chunks: self.risk_scenarios.div_ceil(optio_state::leaf::RISK_CHUNK),
             keys: self.session_keys,
             mark_window_bits: self.mark_window.trailing_zeros() as usize,
+            margins: self.margins,
         }
     }
 }
@@ -161,6 +166,16 @@ impl Place {
 pub struct ProveArgs {
     #[command(subcommand)]
     cmd: ProveCmd,
+}
+
+/// The engine's limits for a node whose batches a circuit of `shape` proves: money leaves only
+/// an account whose positions all fit the shape's registers in a batch of their own.
+pub(crate) fn limits(shape: Option<optio_prover::Shape>) -> optio_types::EngineLimits {
+    let mut limits = optio_types::EngineLimits::default();
+    if let Some(shape) = shape {
+        limits.max_positions_to_withdraw = shape.positions.min(shape.instruments) as u32;
+    }
+    limits
 }
 
 /// The batch capacity of a circuit shape: a batcher given it cuts only batches the shape holds.

@@ -918,8 +918,12 @@ impl<M: MarginModel> Engine<M> {
         let mut withdrawn = Amount(0);
         if self.account(account).is_ok_and(|a| a.owner == owner) {
             self.cancel_all(account, None, events)?;
+            // (An account with more positions than a proof can price gets nothing.)
+            let stress =
+                Amount(i64::try_from(self.stress_free(account).max(0)).unwrap_or(i64::MAX));
             let free = self.accounts[account.0 as usize]
                 .free_collateral()
+                .min(stress)
                 .min(self.limits.max_amount);
             if free.is_positive() && self.withdraw(account, free, events).is_ok() {
                 withdrawn = free;
@@ -947,7 +951,8 @@ impl<M: MarginModel> Engine<M> {
             return Err(RejectCode::AccountInLiquidation);
         }
         self.check_account_fresh(account)?;
-        if amount > free {
+        self.check_positions_to_withdraw(account)?;
+        if amount > free || i128::from(amount.0) > self.stress_free(account) {
             return Err(RejectCode::InsufficientFreeCollateral);
         }
         self.totals.withdrawals += i128::from(amount.0);
@@ -976,7 +981,8 @@ impl<M: MarginModel> Engine<M> {
             return Err(RejectCode::AccountInLiquidation);
         }
         self.check_account_fresh(from)?;
-        if amount > source.free_collateral() {
+        self.check_positions_to_withdraw(from)?;
+        if amount > source.free_collateral() || i128::from(amount.0) > self.stress_free(from) {
             return Err(RejectCode::InsufficientFreeCollateral);
         }
         self.credit(from, Amount(-amount.0));

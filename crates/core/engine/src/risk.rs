@@ -628,3 +628,42 @@ impl<M: MarginModel> Engine<M> {
         ))
     }
 }
+
+impl<M: MarginModel> Engine<M> {
+    /// What the account may withdraw or transfer out under the stress rule the validity circuit
+    /// proves (docs/risk.md, "Withdrawals"): after the money leaves, its collateral plus the
+    /// value of its positions stays non-negative at the marks and in every scenario of their
+    /// risk arrays, `balance + sum_i q_i * (mark_i + RA_i[s]) / 1e8 >= 0` for each `s` and for
+    /// the no-move scenario, whatever its margin mode. An instrument without a mark counts
+    /// nothing. Rounded down; negative when the account is already short of it.
+    pub(crate) fn stress_free(&self, account: AccountId) -> i128 {
+        let acct = &self.accounts[account.0 as usize];
+        let n = self.risk.scenarios as usize;
+        let mut totals = vec![i128::from(acct.balance.0) * Q; n + 1];
+        for (&instrument, &slot) in &acct.positions {
+            let q = i128::from(self.positions[slot as usize].exposure.position.0);
+            let Some((mark, risk_array)) = &self.instruments[instrument.0 as usize].mark else {
+                continue;
+            };
+            let m = i128::from(mark.0);
+            for (total, ra) in totals.iter_mut().zip(risk_array.iter().chain([&0])) {
+                *total += q * (m + i128::from(*ra));
+            }
+        }
+        floor_div(totals.into_iter().min().unwrap_or(0), Q)
+    }
+
+    /// Refuses money out of an account holding more open positions than a validity proof can
+    /// price (`EngineLimits::max_positions_to_withdraw`).
+    pub(crate) fn check_positions_to_withdraw(&self, account: AccountId) -> Result<(), RejectCode> {
+        let open = self.accounts[account.0 as usize]
+            .positions
+            .values()
+            .filter(|&&slot| self.positions[slot as usize].exposure.position.0 != 0)
+            .count();
+        if open > self.limits.max_positions_to_withdraw as usize {
+            return Err(RejectCode::TooManyPositionsToWithdraw);
+        }
+        Ok(())
+    }
+}

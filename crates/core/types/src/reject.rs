@@ -58,6 +58,9 @@ reject_codes! {
     /// A session key equal to the owner, expiring in the past, beyond the limit of keys per
     /// account, or a revocation of a key that is not registered.
     InvalidSessionKey = 2006, "invalid session key";
+    /// Money may not leave an account holding more open positions than
+    /// `EngineLimits::max_positions_to_withdraw` (what a validity proof can price).
+    TooManyPositionsToWithdraw = 2007, "too many open positions for money to leave the account";
     /// No such instrument.
     UnknownInstrument = 3001, "unknown instrument";
     /// The instrument spec failed validation.

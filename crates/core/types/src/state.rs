@@ -11,7 +11,7 @@ use crate::instrument::{InstrumentName, InstrumentSpec, InstrumentStatus};
 use crate::oracle::{MAX_UNDERLYING_LEN, MarginMode, RiskConfig};
 
 const MAGIC: &[u8; 8] = b"OPTIOST\0";
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 
 /// Bounds the engine enforces, each with its own rejection code. Part of the state: replicas
 /// must agree on them.
@@ -31,6 +31,10 @@ pub struct EngineLimits {
     pub max_order_qty: Qty,
     /// One deposit, withdrawal or transfer.
     pub max_amount: Amount,
+    /// Open positions an account may hold while money leaves it (a withdrawal, a transfer, a
+    /// forced withdrawal, which then moves nothing): the validity proof prices every one, and
+    /// its circuit's shape holds only so many (`optio node` sets it from the prover's shape).
+    pub max_positions_to_withdraw: u32,
 }
 
 impl Default for EngineLimits {
@@ -43,6 +47,7 @@ impl Default for EngineLimits {
             max_accounts: 10_000_000,
             max_order_qty: Qty(1_000_000 * crate::fixed::QTY_SCALE),
             max_amount: Amount(1_000_000_000_000 * crate::fixed::MONEY_SCALE),
+            max_positions_to_withdraw: u32::MAX,
         }
     }
 }
@@ -481,6 +486,7 @@ fn encode_limits(w: &mut Writer, l: &EngineLimits) {
     w.u32(l.max_accounts);
     w.qty(l.max_order_qty);
     w.amount(l.max_amount);
+    w.u32(l.max_positions_to_withdraw);
 }
 
 fn encode_risk(w: &mut Writer, c: &RiskConfig) {
@@ -530,6 +536,7 @@ fn decode_limits(r: &mut Reader<'_>) -> Result<EngineLimits, DecodeError> {
         max_accounts: r.u32()?,
         max_order_qty: r.qty()?,
         max_amount: r.amount()?,
+        max_positions_to_withdraw: r.u32()?,
     })
 }
 

@@ -11,10 +11,13 @@
 //!   against the root as the earlier write-backs left it; registers in use come first with
 //!   strictly increasing keys, so no account or position is loaded twice;
 //! - amounts are non-negative 63-bit integers, collateral and positions stay 64-bit signed
-//!   integers, and money leaves an account (withdrawal, transfer, forced withdrawal, loss
-//!   share) only while its collateral stays non-negative (a fill may leave it negative: a
-//!   leveraged perpetual long holds negative cash against its position; the margin rule bounds
-//!   that, and is not in the circuit yet);
+//!   integers; money that leaves an account at its holder's request (withdrawal, forced
+//!   withdrawal, transfer) leaves it covered by the stress rule against the committed marks and
+//!   risk arrays (`collateral + sum_i q_i * (mark_i + RA_i[s]) / 1e8 >= 0` for every scenario
+//!   and the no-move one, over every position it holds: a margin slot per such op; the leaf
+//!   counts the account's positions, so none can be left out), and a loss share leaves its
+//!   collateral non-negative (a fill may leave it negative: a leveraged perpetual long holds
+//!   negative cash against its position);
 //! - a fill trades an active instrument at `notional = price * qty / 1e8` exactly; its fees are
 //!   `ceil(notional * rate / 1e6)` with the rates of the instrument's committed spec; cash,
 //!   positions and the fee pool move as `SettlementState::apply_batch` moves them;
@@ -37,9 +40,9 @@
 //!   from its leaves before and after, under one path, so the marks share the path above it;
 //!   windows in use come first, by index, so the marks enter the commitment by id.
 //!
-//! Not yet in the circuit (README, "Validity proofs"): the margin rule against the committed
-//! risk arrays; fills against the maker's and taker's signed order limits (orders are not in
-//! the posted data yet); binding the commitment to the posted bytes.
+//! Not in the circuit (README, "Validity proofs"): a margin check after fills (margin is the
+//! engine's at order time, with the orders, which the state does not hold); fills against the
+//! maker's and taker's signed order limits (the authorization challenge judges those on L1).
 
 use ark_relations::gr1cs::{ConstraintSynthesizer, ConstraintSystemRef, SynthesisError};
 use optio_state::leaf::{ACCOUNT_DEPTH, INSTRUMENT_DEPTH, RISK_CHUNK, spec, status};
@@ -85,6 +88,10 @@ struct AccountWires {
     owner0: Wire,
     keys0: Wire,
     nonce0: Wire,
+    /// Open positions before (the leaf's third field is `nonce + 2^64 * open positions`).
+    count0: Wire,
+    /// Money leaves it in the batch: every position it held before is in a register.
+    margined: Wire,
     collateral0: Wire,
     positions_root0: Wire,
     owner: Wire,
@@ -106,6 +113,8 @@ struct PositionWires {
     instrument: Wire,
     instrument_bits: Vec<Wire>,
     qty0: Wire,
+    /// 1 when it held a position before the batch.
+    nz0: Wire,
     qty: Wire,
     used: Wire,
 }
@@ -118,6 +127,21 @@ struct InstrumentWires {
     status: Wire,
     enabled: Wire,
     used: Wire,
+    /// Its committed mark and risk array (zero-padded to the shape's capacity).
+    mark: Wire,
+    risk: Vec<Wire>,
+}
+
+/// The state right after one op slot, for the margin slots.
+struct Snapshot {
+    /// The op's account (a).
+    a_id: Wire,
+    /// Its collateral after the op.
+    a_after: Wire,
+    /// Money left account a at its holder's request.
+    out: Wire,
+    /// Every position register's quantity.
+    qty: Vec<Wire>,
 }
 
 /// What the slots carry from one to the next.
@@ -135,6 +159,8 @@ struct Running {
     shared: Wire,
     /// The id the next opened account takes (how many were opened before it).
     next_account: Wire,
+    /// After each op slot.
+    snapshots: Vec<Snapshot>,
 }
 
 /// The running evaluation `y = z^n + sum_i w_i z^(n-1-i)` of the words the blob posts for the
@@ -267,6 +293,10 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
             cs.witness(r.collateral)?,
             cs.witness(r.positions_root)?,
         );
+        // The leaf's third field splits one way only.
+        let count0 = cs.witness(Fr::from(r.open_positions))?;
+        cs.range(&nonce0, 64)?;
+        cs.range(&count0, 32)?;
         accounts.push(AccountWires {
             enabled: cs.boolean(r.enabled)?,
             opened: cs.boolean(r.opened)?,
@@ -280,6 +310,8 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
             owner0,
             keys0,
             nonce0,
+            count0,
+            margined: cs.boolean(r.margined)?,
             collateral0,
             positions_root0,
             opens: Wire::zero(),
@@ -303,7 +335,9 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
         let instrument = cs.witness(Fr::from(q.instrument))?;
         let instrument_bits = cs.bits(&instrument, INSTRUMENT_DEPTH as usize)?;
         let qty0 = cs.witness(q.qty)?;
+        let nz0 = cs.is_nonzero(&qty0)?;
         positions.push(PositionWires {
+            nz0,
             enabled,
             account,
             account_sel,
@@ -332,13 +366,33 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
         let bits = cs.bits(&id, INSTRUMENT_DEPTH as usize)?;
         let (spec_hash, spec) = spec_wires(cs, &i.spec)?;
         let status = cs.witness(Fr::from(i.leaf.status))?;
+        let mark = cs.witness(from_i64(i.leaf.mark.0))?;
+        let risk_hash = cs.witness(i.leaf.risk_hash)?;
         let leaf = cs.poseidon(&[
             spec_hash,
             status.clone(),
-            cs.witness(from_i64(i.leaf.mark.0))?,
-            cs.witness(i.leaf.risk_hash)?,
+            mark.clone(),
+            risk_hash.clone(),
             cs.witness(from_i64(i.leaf.settlement_price.0))?,
         ])?;
+        // The committed risk array: the values of its first `chunks` chunks hash to the leaf's
+        // risk hash, the rest are zero (the values were range-checked when committed).
+        let risk = cs.witnesses(&i.risk)?;
+        let mut hashed = Wire::zero();
+        let mut previous = one();
+        for (k, chunk) in risk.chunks(RISK_CHUNK).enumerate() {
+            let active = cs.boolean(k < i.chunks)?;
+            cs.equal_if(&active, &previous, &one())?;
+            for v in chunk {
+                cs.equal_if(&not(&active), v, &Wire::zero())?;
+            }
+            let mut inputs = vec![hashed.clone()];
+            inputs.extend_from_slice(chunk);
+            let next = cs.poseidon(&inputs)?;
+            hashed = cs.select(&active, &next, &hashed)?;
+            previous = active;
+        }
+        cs.equal_if(&enabled, &hashed, &risk_hash)?;
         let siblings = cs.witnesses(&i.siblings)?;
         let root = cs.merkle_root(&leaf, &bits, &siblings)?;
         cs.equal_if(&enabled, &root, &instruments_root)?;
@@ -349,6 +403,8 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
             status,
             enabled,
             used: Wire::zero(),
+            mark,
+            risk,
         });
     }
 
@@ -363,11 +419,14 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
         poly,
         shared: Wire::zero(),
         next_account,
+        snapshots: Vec::with_capacity(w.slots.len()),
     };
     for (i, slot) in w.slots.iter().enumerate() {
         cs.part(format!("op slot {i} (kind {})", slot.kind));
         op_slot(cs, slot, &mut st)?;
     }
+    cs.part("margin slots".into());
+    margin_slots(cs, w, &st)?;
     cs.part("loss shares claimed".into());
     // Every loss share was claimed by a deficit cover.
     cs.equal(&st.shared, &Wire::zero())?;
@@ -393,6 +452,7 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
     }
 
     cs.part("the positions' write-back".into());
+    let mut nz_end = Vec::with_capacity(w.positions.len());
     for (k, q) in w.positions.iter().enumerate() {
         let reg = &st.positions[k];
         let current = pick(
@@ -404,6 +464,7 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
         let old = cs.merkle_root(&reg.qty0, &reg.instrument_bits, &siblings)?;
         cs.equal_if(&reg.enabled, &old, &current)?;
         cs.signed_range(&reg.qty, 64)?;
+        nz_end.push(cs.is_nonzero(&reg.qty)?);
         let new = cs.merkle_root(&reg.qty, &reg.instrument_bits, &siblings)?;
         let change = new.sub(&current);
         for (a, s) in st.accounts.iter_mut().zip(&reg.account_sel) {
@@ -415,11 +476,21 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
     cs.part("the accounts' write-back".into());
     let empty_positions = Wire::constant(empty_root(INSTRUMENT_DEPTH));
     for (k, a) in st.accounts.iter().enumerate() {
+        // Open positions: those held before, less those closed, plus those opened. A margined
+        // account's registers hold every position it held before.
+        let (mut held0, mut held) = (Wire::zero(), Wire::zero());
+        for (q, nz) in st.positions.iter().zip(&nz_end) {
+            held0 = held0.add(&cs.mul(&q.account_sel[k], &q.nz0)?);
+            held = held.add(&cs.mul(&q.account_sel[k], nz)?);
+        }
+        cs.equal_if(&a.margined, &held0, &a.count0)?;
+        let count = a.count0.add(&held).sub(&held0);
         // An opened account starts empty, and exactly one OPEN op named it.
         for (field, value) in [
             (&a.owner0, Wire::zero()),
             (&a.keys0, Wire::zero()),
             (&a.nonce0, Wire::zero()),
+            (&a.count0, Wire::zero()),
             (&a.collateral0, Wire::zero()),
             (&a.positions_root0, empty_positions.clone()),
         ] {
@@ -430,7 +501,7 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
         let leaf = cs.poseidon(&[
             a.owner0.clone(),
             a.keys0.clone(),
-            a.nonce0.clone(),
+            a.nonce0.add(&a.count0.scale(pow2(64))),
             a.collateral0.clone(),
             a.positions_root0.clone(),
         ])?;
@@ -442,7 +513,7 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
         let new_leaf = cs.poseidon(&[
             a.owner.clone(),
             a.keys.clone(),
-            a.nonce.clone(),
+            a.nonce.add(&count.scale(pow2(64))),
             a.collateral.clone(),
             a.positions_root.clone(),
         ])?;
@@ -648,19 +719,21 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
         a.owner = a.owner.add(&cs.mul(x, &owner)?);
         a.opens = a.opens.add(&cs.mul(x, &open)?);
     }
-    // Collateral stays a 64-bit integer, and non-negative after money leaves the account
-    // (withdrawals, transfers). A fill may leave it negative: a leveraged perpetual long holds
-    // negative cash against its position, and the margin rule, not cash, bounds that (not in the
-    // circuit yet).
+    // Collateral stays a 64-bit integer. Money that leaves at the holder's request (a
+    // withdrawal, a forced withdrawal, a transfer) must leave the account's positions covered in
+    // every stress scenario: a margin slot proves that for this op. A loss share leaves the
+    // collateral non-negative. A fill may leave it negative: a leveraged perpetual long holds
+    // negative cash against its position.
     let a_after = pick(cs, &sel_a, st.accounts.iter().map(|a| a.collateral.clone()))?;
     let b_after = pick(cs, &sel_b, st.accounts.iter().map(|a| a.collateral.clone()))?;
     cs.signed_range(&a_after, 64)?;
     cs.signed_range(&b_after, 64)?;
     // (A forced withdrawal of 0, nothing moved, is served whatever the account holds.)
-    let a_pays = cs.mul(
-        &Wire::sum([&withdraw, &l1_withdrawal, &transfer, &loss]),
+    let out = cs.mul(
+        &Wire::sum([&withdraw, &l1_withdrawal, &transfer]),
         &moves_money,
     )?;
+    let a_pays = cs.mul(&loss, &moves_money)?;
     cs.range(&cs.mul(&a_pays, &a_after)?, 63)?;
     // A deficit cover pays at most the deficit: the account is left at or below zero.
     cs.range(&cs.mul(&deficit, &a_after)?.scale(-Fr::from(1u64)), 63)?;
@@ -707,10 +780,97 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     st.poly
         .push(cs, &has_amount, &[pack(&[(&amount, 0), (&priority, 63)])])?;
     st.poly.push(cs, &open, std::slice::from_ref(&owner))?;
+    st.snapshots.push(Snapshot {
+        a_id: a_id.clone(),
+        a_after,
+        out,
+        qty: st.positions.iter().map(|q| q.qty.clone()).collect(),
+    });
     let record = [
         kind_code, a_id, b_id, instrument, amount, price, qty, taker_buys, priority, owner,
     ];
     absorb(cs, &mut st.commitment, &used, record)
+}
+
+/// Bits of a stress total: `|collateral| * 1e8 < 2^90`, each instrument's
+/// `|q * (mark + RA[s])| < 2^127` and at most 2^7 instruments, so a total below zero (`p - |t|`)
+/// is far above `2^135`.
+const STRESS_BITS: usize = 135;
+
+/// The stress rule, once for each op that takes money out of an account (the engine's
+/// `stress_free`, docs/risk.md): right after the op, for every scenario `s` of the committed
+/// risk arrays and the no-move one,
+/// `collateral * 1e8 + sum_i q_i * (mark_i + RA_i[s]) >= 0` over all the account's positions.
+/// All of them are priced: the account's registers hold every position it held before the
+/// batch (the write-back checks their count against its leaf) and those the batch opened, and
+/// each register's instrument is loaded with its committed mark and risk array.
+fn margin_slots(cs: &Cs, w: &BatchWitness, st: &Running) -> R<()> {
+    // Which instrument register prices each position register.
+    let mut prices = Vec::with_capacity(st.positions.len());
+    for q in &st.positions {
+        let mut row = Vec::with_capacity(st.instruments.len());
+        for i in &st.instruments {
+            let same = not(&cs.is_nonzero(&q.instrument.sub(&i.id))?);
+            row.push(cs.mul(&same, &i.enabled)?);
+        }
+        prices.push(row);
+    }
+    let scenarios = w.shape.risk_chunks * RISK_CHUNK;
+    let mut checked = vec![Wire::zero(); st.snapshots.len()];
+    for m in &w.margins {
+        let enabled = cs.boolean(m.enabled)?;
+        let (sel_k, sum_k) = selector(cs, st.snapshots.len(), m.slot)?;
+        cs.equal(&sum_k, &enabled)?;
+        let (sel_a, sum_a) = selector(cs, st.accounts.len(), m.account)?;
+        cs.equal(&sum_a, &enabled)?;
+        for (c, s) in checked.iter_mut().zip(&sel_k) {
+            *c = c.add(s);
+        }
+        // The op's account, after the op; money left it; its registers hold all it held.
+        let a_id = pick(cs, &sel_k, st.snapshots.iter().map(|x| x.a_id.clone()))?;
+        cs.equal(
+            &a_id,
+            &pick(cs, &sel_a, st.accounts.iter().map(|a| a.id.clone()))?,
+        )?;
+        let out = pick(cs, &sel_k, st.snapshots.iter().map(|x| x.out.clone()))?;
+        cs.equal(&out, &enabled)?;
+        let margined = pick(cs, &sel_a, st.accounts.iter().map(|a| a.margined.clone()))?;
+        cs.equal(&margined, &enabled)?;
+        let collateral = pick(cs, &sel_k, st.snapshots.iter().map(|x| x.a_after.clone()))?;
+        // Its quantity per instrument register.
+        let account = index_of(&sel_a);
+        let mut held = vec![Wire::zero(); st.instruments.len()];
+        for (r, q) in st.positions.iter().enumerate() {
+            let qty = pick(cs, &sel_k, st.snapshots.iter().map(|x| x.qty[r].clone()))?;
+            let same = not(&cs.is_nonzero(&q.account.sub(&account))?);
+            let belongs = cs.mul(&cs.mul(&same, &q.enabled)?, &enabled)?;
+            // Each of its positions is priced by exactly one instrument register.
+            cs.equal_if(&belongs, &Wire::sum(&prices[r]), &one())?;
+            let mine = cs.mul(&belongs, &qty)?;
+            for (h, price) in held.iter_mut().zip(&prices[r]) {
+                *h = h.add(&cs.mul(price, &mine)?);
+            }
+        }
+        let base = held.iter().zip(&st.instruments).try_fold(
+            collateral.scale(Fr::from(QTY_SCALE as u64)),
+            |acc, (q, i)| Ok::<_, SynthesisError>(acc.add(&cs.mul(q, &i.mark)?)),
+        )?;
+        cs.range(&base, STRESS_BITS)?;
+        for s in 0..scenarios {
+            let total = held
+                .iter()
+                .zip(&st.instruments)
+                .try_fold(base.clone(), |acc, (q, i)| {
+                    Ok::<_, SynthesisError>(acc.add(&cs.mul(q, &i.risk[s])?))
+                })?;
+            cs.range(&total, STRESS_BITS)?;
+        }
+    }
+    // Every op that takes money out has exactly one margin slot.
+    for (c, x) in checked.iter().zip(&st.snapshots) {
+        cs.equal(c, &x.out)?;
+    }
+    Ok(())
 }
 
 /// `h = Poseidon(h, key, expiry)` over the entries in use, from 0: `leaf::keys_hash`.

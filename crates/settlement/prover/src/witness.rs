@@ -73,11 +73,15 @@ pub struct Shape {
     /// A mark window spans `2^mark_window_bits` instrument ids: its marks share one path of the
     /// instruments tree (from the window's subtree root up) instead of one path each.
     pub mark_window_bits: usize,
+    /// Margin slots: each proves the stress rule for one op that takes money out of an account
+    /// (a withdrawal, a forced withdrawal that moved something, a transfer), every position of
+    /// the account loaded in the registers.
+    pub margins: usize,
 }
 
 impl Shape {
     /// The name of its key files:
-    /// `quad-<slots>x<accounts>x<positions>x<instruments>x<listings>x<expiries>x<settlements>x<holders>x<marks>x<risk_chunks>x<keys>x<mark_window_bits>`.
+    /// `quad-<slots>x<accounts>x<positions>x<instruments>x<listings>x<expiries>x<settlements>x<holders>x<marks>x<risk_chunks>x<keys>x<mark_window_bits>x<margins>`.
     pub fn name(&self) -> String {
         let fields = self.fields().map(|n| n.to_string());
         format!("quad-{}", fields.join("x"))
@@ -90,7 +94,7 @@ impl Shape {
             .split('x')
             .map(|x| x.parse().ok())
             .collect::<Option<_>>()?;
-        let n = <[usize; 12]>::try_from(n).ok()?;
+        let n = <[usize; 13]>::try_from(n).ok()?;
         // A window is a whole subtree of the arity-4 tree: an even number of id bits.
         if n[11] > INSTRUMENT_DEPTH as usize || !n[11].is_multiple_of(2) {
             return None;
@@ -108,11 +112,12 @@ impl Shape {
             risk_chunks: n[9],
             keys: n[10],
             mark_window_bits: n[11],
+            margins: n[12],
         })
     }
 
     /// Its sizes in the order of its name.
-    fn fields(&self) -> [usize; 12] {
+    fn fields(&self) -> [usize; 13] {
         [
             self.slots,
             self.accounts,
@@ -126,6 +131,7 @@ impl Shape {
             self.risk_chunks,
             self.keys,
             self.mark_window_bits,
+            self.margins,
         ]
     }
 
@@ -171,10 +177,15 @@ pub struct AccountReg {
     pub keys_hash: Fr,
     /// Withdrawals processed.
     pub nonce: Fr,
+    /// Open positions (non-zero leaves of its positions tree).
+    pub open_positions: u64,
     /// Collateral.
     pub collateral: Fr,
     /// Root of its positions tree.
     pub positions_root: Fr,
+    /// Money leaves it in the batch: every position it holds before is in a position register
+    /// (the margin slots price them all).
+    pub margined: bool,
     /// Path of its write-back.
     pub siblings: Vec<Fr>,
 }
@@ -207,8 +218,25 @@ pub struct InstrumentReg {
     pub leaf: InstrumentLeaf,
     /// The opening of its spec hash.
     pub spec: SpecOpening,
+    /// Its committed risk array (hashing to the leaf's `risk_hash`), zero-padded to the shape's
+    /// capacity.
+    pub risk: Vec<Fr>,
+    /// Chunks of `RISK_CHUNK` the array hashes in.
+    pub chunks: usize,
     /// Its path.
     pub siblings: Vec<Fr>,
+}
+
+/// A margin slot: the op slot whose money leaves an account, and the account's register. The
+/// circuit prices the account's positions as they stand right after that op.
+#[derive(Debug, Clone, Default)]
+pub struct MarginSlot {
+    /// Used.
+    pub enabled: bool,
+    /// The op slot.
+    pub slot: Option<usize>,
+    /// The account register.
+    pub account: Option<usize>,
 }
 
 /// The inputs of an instrument's `spec_hash` (`optio_state::leaf::spec_hash`).
@@ -493,6 +521,8 @@ pub struct BatchWitness {
     pub insurance_after: Fr,
     /// Mark windows.
     pub marks: Vec<MarkWindow>,
+    /// Margin slots.
+    pub margins: Vec<MarginSlot>,
     /// What the circuit's public inputs must be.
     pub public: PublicInputs,
 }
@@ -649,6 +679,8 @@ pub fn commitment(w: &BatchWitness) -> Fr {
 /// An account as the batch leaves it so far.
 struct Acct {
     owner: Fr,
+    /// Open positions before the batch.
+    open: u64,
     keys: BTreeMap<Address, u64>,
     nonce: i128,
     collateral: i128,
@@ -659,10 +691,11 @@ struct Acct {
 
 impl Acct {
     fn leaf(&self) -> Fr {
+        let open = self.positions.values().filter(|q| **q != 0).count();
         hash(&[
             self.owner,
             leaf::keys_hash(&self.keys),
-            fr(self.nonce),
+            fr(self.nonce) + Fr::from(open as u64) * crate::gadgets::pow2(64),
             fr(self.collateral),
             self.tree.root(),
         ])
@@ -731,6 +764,8 @@ struct Plan<'a> {
     trailing: Vec<(u64, u32, Option<&'a InstrumentSpec>)>,
     settles: Vec<Settlement>,
     key_ops: Vec<&'a Op>,
+    /// Op slots (indices into `slot_ops`) whose money leaves an account, and that account.
+    margin_slots: Vec<(usize, u32)>,
 }
 
 /// The commitment any proof of `ops` applied to `state` has as its third public input, whatever
@@ -750,6 +785,7 @@ pub fn data_commitment(state: &SettlementState, ops: &[Op]) -> Result<Fr, Witnes
         risk_chunks: usize::MAX,
         keys: usize::MAX,
         mark_window_bits: 0,
+        margins: usize::MAX,
     };
     let p = plan(state, ops, unbounded)?;
     let risk = p
@@ -760,7 +796,8 @@ pub fn data_commitment(state: &SettlementState, ops: &[Op]) -> Result<Fr, Witnes
             _ => 0,
         })
         .max()
-        .unwrap_or(0);
+        .unwrap_or(0)
+        .max(register_risk(state, &p.instrument_ids));
     // The smallest shape that holds the batch.
     let shape = Shape {
         slots: p.slot_ops.len(),
@@ -775,8 +812,20 @@ pub fn data_commitment(state: &SettlementState, ops: &[Op]) -> Result<Fr, Witnes
         risk_chunks: risk.div_ceil(RISK_CHUNK),
         keys: p.key_ops.len(),
         mark_window_bits: 0,
+        margins: p.margin_slots.len(),
     };
     Ok(commitment(&witness(state, ops, shape)?))
+}
+
+/// The longest committed risk array among `instruments` (those listed by the batch have none).
+fn register_risk(state: &SettlementState, instruments: &BTreeSet<u32>) -> usize {
+    let existing = state.instruments();
+    instruments
+        .iter()
+        .filter_map(|&id| existing.get(id as usize))
+        .map(|x| x.risk.len())
+        .max()
+        .unwrap_or(0)
 }
 
 /// Whether a circuit of `shape` has room for `ops` applied to `state`, in the order it applies
@@ -809,6 +858,7 @@ fn plan<'a>(
     let mut pending: BTreeMap<u32, Vec<(u32, i64)>> = BTreeMap::new();
     let mut settles: Vec<Settlement> = Vec::new();
     let mut key_ops: Vec<&Op> = Vec::new();
+    let mut margin_slots: Vec<(usize, u32)> = Vec::new();
     for (i, op) in ops.iter().enumerate() {
         let known = |a: &AccountId| a.0 < next_account;
         let listed = specs.len();
@@ -948,6 +998,22 @@ fn plan<'a>(
                 instrument_ids.insert(instrument.0);
             }
         }
+        // Money leaving an account is priced against all its positions: those it held before
+        // the batch join the registers (those the batch opens are there already).
+        if optio_state::moves_money_out(op) {
+            let account = match op {
+                Op::Transfer { from, .. } => from.0,
+                Op::Withdraw { account, .. } | Op::L1Withdrawal { account, .. } => account.0,
+                _ => unreachable!("moves_money_out"),
+            };
+            margin_slots.push((slot_ops.len(), account));
+            if let Some(a) = accounts.get(account as usize) {
+                for &instrument in a.positions.keys() {
+                    position_keys.insert((account, instrument));
+                    instrument_ids.insert(instrument);
+                }
+            }
+        }
         slot_ops.push((i, op, 0));
     }
     if let Some((&instrument, _)) = pending.iter().next() {
@@ -984,6 +1050,12 @@ fn plan<'a>(
             shape.instruments,
         ),
         ("mark windows", windows, shape.marks),
+        ("margin slots", margin_slots.len(), shape.margins),
+        (
+            "risk scenarios of a register's instrument",
+            register_risk(state, &instrument_ids),
+            shape.risk_chunks.saturating_mul(RISK_CHUNK),
+        ),
     ] {
         if used > room {
             return Err(WitnessError::TooLarge(what));
@@ -1002,6 +1074,7 @@ fn plan<'a>(
         trailing,
         settles,
         key_ops,
+        margin_slots,
     })
 }
 
@@ -1023,6 +1096,7 @@ pub fn witness(
         trailing,
         settles,
         key_ops,
+        margin_slots,
     } = plan(state, ops, shape)?;
     let accounts = state.accounts();
 
@@ -1052,6 +1126,7 @@ pub fn witness(
                     .expect("instrument ids fit the depth");
                 Acct {
                     owner: from_address(&a.owner.0),
+                    open: a.positions.len() as u64,
                     keys: a.keys.clone(),
                     nonce: i128::from(a.nonce),
                     collateral: i128::from(a.collateral.0),
@@ -1061,6 +1136,7 @@ pub fn witness(
             }
             None => Acct {
                 owner: Fr::from(0u64),
+                open: 0,
                 keys: BTreeMap::new(),
                 nonce: 0,
                 collateral: 0,
@@ -1075,8 +1151,10 @@ pub fn witness(
             owner: acct.owner,
             keys_hash: leaf::keys_hash(&acct.keys),
             nonce: fr(acct.nonce),
+            open_positions: acct.open,
             collateral: fr(acct.collateral),
             positions_root: acct.tree.root(),
+            margined: margin_slots.iter().any(|(_, a)| *a == id),
             siblings: Vec::new(),
         });
         accts.push(acct);
@@ -1366,7 +1444,7 @@ pub fn witness(
                 hash(&[
                     reg.owner,
                     reg.keys_hash,
-                    reg.nonce,
+                    reg.nonce + Fr::from(reg.open_positions) * crate::gadgets::pow2(64),
                     reg.collateral,
                     reg.positions_root,
                 ])
@@ -1479,17 +1557,24 @@ pub fn witness(
         .iter()
         .map(|&id| {
             let spec = specs[id as usize];
+            let risk = existing.get(id as usize).map_or(&[][..], |x| &x.risk[..]);
+            let chunks = risk.len().div_ceil(RISK_CHUNK);
+            let mut values: Vec<Fr> = risk.iter().map(|a| fr(i128::from(a.0))).collect();
+            values.resize(shape.risk_chunks * RISK_CHUNK, Fr::from(0u64));
             InstrumentReg {
                 enabled: true,
                 id,
                 leaf: leaves[&id],
                 spec: SpecOpening::of(spec),
+                risk: values,
+                chunks,
                 siblings: path(&instrument_tree, u64::from(id)),
             }
         })
         .collect();
     instrument_regs.resize_with(shape.instruments, || InstrumentReg {
         siblings: zeros(INSTRUMENT_DEPTH),
+        risk: vec![Fr::from(0u64); shape.risk_chunks * RISK_CHUNK],
         ..InstrumentReg::default()
     });
     let mut expiry_slots: Vec<InstrumentOp> = trailing
@@ -1626,6 +1711,15 @@ pub fn witness(
             leaf::counts(accounts_after, specs.len() as u32),
         ]),
     );
+    let mut margins: Vec<MarginSlot> = margin_slots
+        .iter()
+        .map(|&(slot, account)| MarginSlot {
+            enabled: true,
+            slot: Some(slot),
+            account: Some(reg_of[&account]),
+        })
+        .collect();
+    margins.resize_with(shape.margins, MarginSlot::default);
     let mut w = BatchWitness {
         shape,
         accounts_root: state.accounts_root(),
@@ -1643,6 +1737,7 @@ pub fn witness(
         settlements: settle_slots,
         insurance_after: fr(insurance_after),
         marks: mark_windows,
+        margins,
         public: PublicInputs {
             old_root: state.root(),
             new_root,

@@ -22,7 +22,7 @@ use rand_chacha::ChaCha8Rng;
 const SHAPE: Shape = Shape {
     slots: 8,
     accounts: 8,
-    positions: 8,
+    positions: 12,
     instruments: 2,
     listings: 2,
     expiries: 1,
@@ -32,6 +32,7 @@ const SHAPE: Shape = Shape {
     risk_chunks: 1,
     keys: 4,
     mark_window_bits: 0,
+    margins: 8,
 };
 
 #[test]
@@ -287,19 +288,24 @@ fn a_withdrawal_below_zero_cannot_be_proven() {
     assert!(refused(&w));
 }
 
+/// Account 1 takes `qty` perpetuals at 100,000 from account 0 (buying or selling).
+fn perp_fill(taker_side: Side, qty: i64) -> Op {
+    Op::Fill {
+        instrument: InstrumentId(0),
+        maker: AccountId(0),
+        taker: AccountId(1),
+        taker_side,
+        price: Price(100_000 * MONEY_SCALE),
+        qty: Qty(qty * QTY_SCALE),
+    }
+}
+
 /// A fill may leave its buyer's cash negative (a leveraged long holds negative cash against its
 /// position, as the engine allows); a withdrawal may not.
 #[test]
 fn a_fill_may_leave_cash_negative_a_withdrawal_may_not() {
     let state = genesis(2);
-    let fill = Op::Fill {
-        instrument: InstrumentId(0),
-        maker: AccountId(0),
-        taker: AccountId(1),
-        taker_side: Side::Buy,
-        price: Price(100_000 * MONEY_SCALE),
-        qty: Qty(20 * QTY_SCALE),
-    };
+    let fill = perp_fill(Side::Buy, 20);
     let w = batch_of(&state, std::slice::from_ref(&fill));
     check(&w).expect("a leveraged long");
     let after_fill = after(&state, &[fill]);
@@ -325,6 +331,158 @@ fn a_fill_may_leave_cash_negative_a_withdrawal_may_not() {
     };
     check(&forced(0)).expect("nothing moved");
     assert!(refused(&forced(1)), "forced out of negative cash");
+}
+
+/// Account 1 long 20 perpetuals from account 0 at 100,000 (cash about -1,000,000), the
+/// perpetual then marked at 100,000 with scenarios of -30% and +30%.
+fn marked_long() -> SettlementState {
+    let state = after(&genesis(2), &[perp_fill(Side::Buy, 20)]);
+    after(
+        &state,
+        &[Op::Mark {
+            instrument: InstrumentId(0),
+            mark: Price(100_000 * MONEY_SCALE),
+            risk: vec![Amount(-30_000 * MONEY_SCALE), Amount(30_000 * MONEY_SCALE)],
+        }],
+    )
+}
+
+/// Money that leaves an account leaves its positions covered in every stress scenario of the
+/// committed risk arrays (the engine's `stress_free`): the leveraged long may withdraw against
+/// its position's value down to its -30% scenario, not a unit more; the short down to its +30%
+/// one; by withdrawal, transfer or forced withdrawal alike.
+#[test]
+fn money_leaves_only_what_the_stress_scenarios_leave() {
+    let state = marked_long();
+    let cash = |a: usize| state.accounts()[a].collateral.0;
+    // 20 contracts: worth 1,400,000 at -30% (long), owing 2,600,000 at +30% (short).
+    let free = [
+        cash(0) - 2_600_000 * MONEY_SCALE,
+        cash(1) + 1_400_000 * MONEY_SCALE,
+    ];
+    assert!(
+        cash(1) < 0 && free[1] > 0,
+        "a long with negative cash: {free:?}"
+    );
+    for (account, free) in [(0u32, free[0]), (1, free[1])] {
+        for amount in [free, free + 1] {
+            let ops = [
+                Op::Withdraw {
+                    account: AccountId(account),
+                    amount: Amount(amount),
+                },
+                Op::L1Withdrawal {
+                    priority: 0,
+                    account: AccountId(account),
+                    amount: Amount(amount),
+                },
+            ];
+            for op in ops {
+                let w = batch_of(&state, std::slice::from_ref(&op));
+                if amount == free {
+                    check(&w).unwrap_or_else(|e| panic!("{op:?}: {e}"));
+                } else {
+                    assert!(
+                        refused_at(&w).starts_with("margin slots"),
+                        "{op:?} past the stress rule"
+                    );
+                }
+            }
+        }
+    }
+    // A transfer to an account of the same owner (3 shares account 0's).
+    let state = after(
+        &state,
+        &[Op::OpenAccount {
+            owner: state.accounts()[0].owner,
+        }],
+    );
+    let transfer = |amount| {
+        batch_of(
+            &state,
+            &[Op::Transfer {
+                from: AccountId(0),
+                to: AccountId(2),
+                amount: Amount(amount),
+            }],
+        )
+    };
+    check(&transfer(free[0])).expect("a transfer within the rule");
+    assert!(refused(&transfer(free[0] + 1)), "a transfer past it");
+}
+
+/// The rule prices the account as right after the op, against the marks committed before the
+/// batch: a fill later in the batch that would cover it, or a mark the batch commits, does not
+/// count; a fill before it that adds risk does.
+#[test]
+fn the_stress_rule_reads_the_account_right_after_the_op() {
+    let state = marked_long();
+    let free = state.accounts()[1].collateral.0 + 1_400_000 * MONEY_SCALE;
+    let withdraw = Op::Withdraw {
+        account: AccountId(1),
+        amount: Amount(free),
+    };
+    // Buying 10 more before the withdrawal adds the -30% loss on them.
+    let more = perp_fill(Side::Buy, 10);
+    assert!(refused(&batch_of(
+        &state,
+        &[more.clone(), withdraw.clone()]
+    )));
+    // The same fill after the withdrawal does not matter to it.
+    let sell = perp_fill(Side::Sell, 10);
+    check(&batch_of(&state, &[withdraw.clone(), sell])).expect("withdraw, then trade");
+    // A higher mark committed by the batch comes after its ops.
+    let over = Op::Withdraw {
+        account: AccountId(1),
+        amount: Amount(free + MONEY_SCALE),
+    };
+    let mark = Op::Mark {
+        instrument: InstrumentId(0),
+        mark: Price(200_000 * MONEY_SCALE),
+        risk: vec![Amount(0), Amount(0)],
+    };
+    assert!(refused(&batch_of(&state, &[over, mark])));
+}
+
+/// Every position the account held is priced: leaving one out of the registers (here the
+/// leveraged long's short counterpart's position, which alone makes its withdrawal too large)
+/// breaks the count its leaf commits.
+#[test]
+fn a_position_left_out_of_the_stress_rule_cannot_be_proven() {
+    let state = marked_long();
+    // Account 0 is short 20: it may take out its cash less 2,600,000.
+    let free = state.accounts()[0].collateral.0 - 2_600_000 * MONEY_SCALE;
+    let mut w = batch_of(
+        &state,
+        &[Op::Withdraw {
+            account: AccountId(0),
+            amount: Amount(free + MONEY_SCALE),
+        }],
+    );
+    assert!(refused(&w), "past the rule with the short priced");
+    // The prover drops the short from the registers (it is the only one): the stress rule then
+    // sees cash alone, which covers the withdrawal, but the account's count does not match.
+    assert_eq!(
+        w.positions.iter().filter(|p| p.enabled).count(),
+        1,
+        "the short, loaded for the margin slot"
+    );
+    w.positions[0].enabled = false;
+    assert!(
+        refused_at(&w).starts_with("the accounts' write-back"),
+        "caught by the position count"
+    );
+    // Nor can the count be understated.
+    let mut w = batch_of(
+        &state,
+        &[Op::Withdraw {
+            account: AccountId(0),
+            amount: Amount(free + MONEY_SCALE),
+        }],
+    );
+    w.positions[0].enabled = false;
+    w.accounts[0].open_positions = 0;
+    assert!(refused(&w), "the leaf commits the count");
 }
 
 #[test]
@@ -507,6 +665,7 @@ fn the_value_check_agrees_with_arkworks() {
         risk_chunks: 1,
         keys: 0,
         mark_window_bits: 0,
+        margins: 2,
     };
     let state = genesis(2);
     for (amount, ok) in [
@@ -1251,6 +1410,7 @@ fn mark_op(rng: &mut ChaCha8Rng, instrument: u32) -> Op {
 const WINDOWED: Shape = Shape {
     marks: 3,
     mark_window_bits: 2,
+    margins: 2,
     ..SHAPE
 };
 

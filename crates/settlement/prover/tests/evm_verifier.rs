@@ -36,6 +36,7 @@ const SHAPE: Shape = Shape {
     risk_chunks: 1,
     keys: 1,
     mark_window_bits: 0,
+    margins: 2,
 };
 
 fn u(w: &Word) -> U256 {

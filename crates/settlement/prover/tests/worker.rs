@@ -29,6 +29,7 @@ const SHAPE: Shape = Shape {
     risk_chunks: 1,
     keys: 1,
     mark_window_bits: 0,
+    margins: 2,
 };
 
 /// An ETH perpetual listed and activated (instrument 0).
@@ -332,8 +333,8 @@ fn a_proof_that_does_not_verify_names_the_rule_or_the_keys() {
 }
 
 /// A batch that breaks a rule of the circuit (here money out of an account whose cash a fill
-/// left negative: the interim cash rule, README) is marked unprovable with the rule, and the
-/// worker goes on to the next batch.
+/// left negative, with no committed mark to value its position: the stress rule) is marked
+/// unprovable with the rule, and the worker goes on to the next batch.
 #[test]
 fn a_batch_that_breaks_a_rule_is_marked_unprovable_and_the_worker_goes_on() {
     let dir = tempfile::tempdir().expect("tempdir");

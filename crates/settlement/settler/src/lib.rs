@@ -61,6 +61,7 @@ mod bindings {
                 address owner;
                 uint256 keysHash;
                 uint64 nonce;
+                uint32 positions;
                 int64 collateral;
                 uint256 positionsRoot;
                 uint256[] proof;
@@ -625,6 +626,7 @@ pub fn opening_call(proof: &optio_state::ExitProof) -> OptioRollup::AccountOpeni
         owner: Address::from(proof.leaf.owner.0),
         keysHash: u(&proof.leaf.keys_hash),
         nonce: proof.leaf.nonce,
+        positions: proof.leaf.positions,
         collateral: proof.leaf.collateral.0,
         positionsRoot: u(&proof.leaf.positions_root),
         proof: proof.account_proof.siblings.iter().map(u).collect(),

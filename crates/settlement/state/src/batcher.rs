@@ -290,6 +290,10 @@ impl Batcher {
             }
             _ => false,
         };
+        // Money leaving an account is proven against the marks committed before its batch
+        // (the circuit applies a batch's marks after its ops), which are the engine's only while
+        // no mark is pending: with one pending, the batch is cut before the money leaves.
+        let full = full || (!self.marks.is_empty() && ops.iter().any(moves_money_out));
         let before = if full { Some(self.cut()?) } else { None };
         // After a cut before this input: the orders persisted with that batch are as of its
         // last input.
@@ -522,4 +526,14 @@ pub fn blob_files(dir: &std::path::Path) -> std::io::Result<Vec<std::path::PathB
     };
     files.sort();
     Ok(files)
+}
+
+/// Whether the op takes money out of an account at its holder's request (a withdrawal, a
+/// forced withdrawal that moved something, a transfer): what the circuit's stress rule covers.
+pub fn moves_money_out(op: &Op) -> bool {
+    match op {
+        Op::Withdraw { .. } | Op::Transfer { .. } => true,
+        Op::L1Withdrawal { amount, .. } => amount.0 != 0,
+        _ => false,
+    }
 }

@@ -6,7 +6,9 @@
 //! root            = Poseidon(accounts_root, instruments_root, funds)
 //! funds           = Poseidon(insurance, fee_pool, counts)
 //! counts          = accounts + 2^32 * instruments   (how many were opened and listed: the next ids)
-//! account leaf    = Poseidon(owner, keys_hash, nonce, collateral, positions_root)   at index account id
+//! account leaf    = Poseidon(owner, keys_hash, nonce + 2^64 * positions, collateral, positions_root)
+//!                                                                                    at index account id
+//! positions       = how many positions the account holds (non-zero leaves of its positions tree)
 //! keys_hash       = fold of Poseidon(h, key, expiry_ms) over keys in address order, from 0
 //! position leaf   = signed quantity (p - |q| when short; 0 = flat)                at index instrument id
 //! instrument leaf = Poseidon(spec_hash, status, mark, risk_hash, settlement_price)  at index instrument id
@@ -52,6 +54,9 @@ pub struct AccountLeaf {
     pub keys_hash: Fr,
     /// Withdrawals processed (an L1 withdrawal claim names it).
     pub nonce: u64,
+    /// Open positions: the non-zero leaves of its positions tree (the validity circuit's margin
+    /// check proves that it saw all of them).
+    pub positions: u32,
     /// Collateral, micro-USDC (negative only for an account in deficit during liquidation).
     pub collateral: Amount,
     /// Root of the account's positions tree.
@@ -64,11 +69,16 @@ impl AccountLeaf {
         hash(&[
             from_address(&self.owner.0),
             self.keys_hash,
-            Fr::from(self.nonce),
+            nonce_word(self.nonce, self.positions),
             from_i64(self.collateral.0),
             self.positions_root,
         ])
     }
+}
+
+/// The leaf's third field: the nonce, with the open-position count above its 64 bits.
+pub fn nonce_word(nonce: u64, positions: u32) -> Fr {
+    Fr::from(u128::from(nonce) | (u128::from(positions) << 64))
 }
 
 /// Hash of an account's session keys (sorted by address).

@@ -797,6 +797,7 @@ impl Account {
             owner: self.owner,
             keys_hash: leaf::keys_hash(&self.keys),
             nonce: self.nonce,
+            positions: self.positions.len() as u32,
             collateral: self.collateral,
             positions_root: self.tree.root(),
         }

@@ -19,8 +19,8 @@ pub mod smt;
 pub mod store;
 
 pub use batcher::{
-    Batch, BatchHeader, Batcher, Capacity, Withdrawal, blob_files, rebuild, rebuild_after,
-    withdrawals, withdrawals_hash,
+    Batch, BatchHeader, Batcher, Capacity, Withdrawal, blob_files, moves_money_out, rebuild,
+    rebuild_after, withdrawals, withdrawals_hash,
 };
 pub use blob::{BlobError, decode, encode};
 pub use ledger::{ExitProof, SettlementState, StateError};

@@ -211,9 +211,19 @@ fn a_bankrupt_account_deleveraged_with_its_loss_shared_settles_exactly() {
             client_order_id: 0,
         })
     };
-    step(&mut engine, T0, order(2, Side::Sell, 100));
-    step(&mut engine, T0, order(1, Side::Buy, 100));
-    let (_, _, free) = engine.collateral(AccountId(1)).expect("exists");
+    // Account 1 first withdraws what leaves it 500 free once long (a withdrawal must leave its
+    // positions' stress scenarios covered, which the leveraged long would not): the free
+    // collateral after the trade comes from a copy of the engine that trades first.
+    let mut probe: Engine =
+        Engine::restore(&engine.canonical(), Default::default()).expect("restores");
+    for command in [order(2, Side::Sell, 100), order(1, Side::Buy, 100)] {
+        let input = Input {
+            time_ms: T0,
+            command,
+        };
+        probe.apply(&input, &mut Vec::new()).expect("trades");
+    }
+    let (_, _, free) = probe.collateral(AccountId(1)).expect("exists");
     step(
         &mut engine,
         T0,
@@ -222,6 +232,10 @@ fn a_bankrupt_account_deleveraged_with_its_loss_shared_settles_exactly() {
             amount: Amount(free.0 - 500 * MONEY_SCALE),
         },
     );
+    step(&mut engine, T0, order(2, Side::Sell, 100));
+    step(&mut engine, T0, order(1, Side::Buy, 100));
+    let (_, _, free) = engine.collateral(AccountId(1)).expect("exists");
+    assert_eq!(free, Amount(500 * MONEY_SCALE));
     // The crash: held by the circuit breaker, then confirmed.
     step(&mut engine, T0 + 1_000, oracle(45_000.0, T0 + 1_000));
     step(&mut engine, T0 + 2_000, oracle(45_100.0, T0 + 2_000));
@@ -422,5 +436,79 @@ fn an_idle_tail_of_inputs_without_ops_is_cut_into_an_empty_batch() {
     assert!(
         batcher.tick(T0 + 5_000).expect("ticks").is_none(),
         "nothing left"
+    );
+}
+
+/// Money leaving an account is proven against the marks committed before its batch: a
+/// withdrawal or transfer that follows a mark not yet committed starts a new batch, which the
+/// mark's batch precedes; with no mark pending, it joins the batch in progress.
+#[test]
+fn money_leaving_after_a_pending_mark_starts_a_new_batch() {
+    let mut engine = Engine::new(EngineLimits::default());
+    let mut batcher = Batcher::new(1_000, u64::MAX);
+    let mut events = Vec::new();
+    let mut seq = 0;
+    let mut push = |engine: &mut Engine, command: Command| {
+        let input = Input {
+            time_ms: T0 + 10,
+            command,
+        };
+        events.clear();
+        engine.apply(&input, &mut events).expect("accepted");
+        seq += 1;
+        batcher.push(seq, &input, &events).expect("pushes")
+    };
+    for spec in specs() {
+        assert!(push(&mut engine, Command::ListInstrument { spec }).is_none());
+    }
+    let owner = Address([1; 20]);
+    assert!(push(&mut engine, Command::OpenAccount { owner }).is_none());
+    assert!(push(&mut engine, Command::OpenAccount { owner }).is_none());
+    let deposit = Command::Deposit {
+        account: AccountId(0),
+        amount: Amount(1_000 * MONEY_SCALE),
+    };
+    assert!(push(&mut engine, deposit).is_none());
+    let withdraw = || Command::Withdraw {
+        account: AccountId(0),
+        amount: Amount(MONEY_SCALE),
+    };
+    assert!(
+        push(&mut engine, withdraw()).is_none(),
+        "no mark pending: the withdrawal joins the batch"
+    );
+    assert!(push(&mut engine, oracle(60_000.0, T0)).is_none());
+    let cut = push(&mut engine, withdraw()).expect("cut before the withdrawal");
+    assert_eq!(
+        cut.header.last_seq,
+        3 + specs().len() as u64 + 2,
+        "the withdrawal is not in it"
+    );
+    let ops = decode(&cut.blob).expect("decodes").1;
+    assert!(
+        matches!(ops.last(), Some(Op::Mark { .. })),
+        "the marks close it"
+    );
+    let transfer = Command::Transfer {
+        from: AccountId(0),
+        to: AccountId(1),
+        amount: Amount(MONEY_SCALE),
+    };
+    assert!(
+        push(&mut engine, transfer).is_none(),
+        "the marks are committed: the transfer joins the new batch"
+    );
+    assert!(push(&mut engine, oracle(60_100.0, T0 + 5)).is_none());
+    assert!(
+        push(
+            &mut engine,
+            Command::Transfer {
+                from: AccountId(0),
+                to: AccountId(1),
+                amount: Amount(MONEY_SCALE),
+            }
+        )
+        .is_some(),
+        "a transfer after a pending mark cuts too"
     );
 }

@@ -127,6 +127,7 @@ fn vectors() -> Value {
         owner: Address([0x11; 20]),
         keys_hash: Fr::from(0u64),
         nonce: 3,
+        positions: 2,
         collateral: Amount(-12_345),
         positions_root: Fr::from(7u64),
     };
@@ -204,7 +205,7 @@ fn vectors() -> Value {
     json!({
         "description": "Optio settlement vectors: leaf hashes (docs/settlement.md), a two-batch state with its blobs, roots and an exit proof. Field elements are 0x big-endian hex; amounts are integers (micro-USDC, quantities 1e-8).",
         "leaves": {
-            "account": {"owner": hex(&account.owner.0), "keys_hash": to_hex(&account.keys_hash), "nonce": account.nonce, "collateral": account.collateral.0, "positions_root": to_hex(&account.positions_root), "hash": to_hex(&account.hash())},
+            "account": {"owner": hex(&account.owner.0), "keys_hash": to_hex(&account.keys_hash), "nonce": account.nonce, "positions": account.positions, "collateral": account.collateral.0, "positions_root": to_hex(&account.positions_root), "hash": to_hex(&account.hash())},
             "instrument": {"spec_hash": to_hex(&instrument.spec_hash), "status": instrument.status, "mark": instrument.mark.0, "risk_hash": to_hex(&instrument.risk_hash), "settlement_price": instrument.settlement_price.0, "hash": to_hex(&instrument.hash())},
             "keys_hash": {"keys": keys.iter().map(|(k, e)| json!([hex(&k.0), e])).collect::<Vec<_>>(), "hash": to_hex(&leaf::keys_hash(keys.iter().map(|(k, e)| (k, e))))},
             "risk_hash": {"risk": risk.iter().map(|a| a.0).collect::<Vec<_>>(), "hash": to_hex(&leaf::risk_hash(&risk))},

@@ -17,22 +17,27 @@ const PERP: u32 = 2;
 /// equity left (initial margin is 6,000). Account 3 is a well-funded fully collateralized
 /// liquidator; account 0 shares account 3's owner.
 fn leveraged_long() -> Engine {
-    let mut e = margined_market();
+    let e = with_500_free_after(margined_market, &[1], |e| {
+        long_one(e, PERP, 60_000);
+    });
+    e.check_invariants().expect("audit");
+    e
+}
+
+/// Account 1 buys one contract of `instrument` from account 2 at `price`.
+fn long_one(e: &mut Engine, instrument: u32, price: i64) {
     run(
-        &mut e,
+        e,
         T0,
-        Command::PlaceOrder(limit(2, PERP, Side::Sell, px(60_000), 100)),
+        Command::PlaceOrder(limit(2, instrument, Side::Sell, px(price), 100)),
     )
     .expect("ask");
     run(
-        &mut e,
+        e,
         T0,
-        Command::PlaceOrder(limit(1, PERP, Side::Buy, px(60_000), 100)),
+        Command::PlaceOrder(limit(1, instrument, Side::Buy, px(price), 100)),
     )
-    .expect("buy 1 perp");
-    withdraw_to_500_free(&mut e, 1);
-    e.check_invariants().expect("audit");
-    e
+    .expect("buy");
 }
 
 /// Four accounts of 200,000, marks at 60,000, account 1 margined from marks (standard).
@@ -51,18 +56,35 @@ fn margined_market() -> Engine {
     e
 }
 
-/// Withdraws all but 500 of the account's free collateral.
-fn withdraw_to_500_free(e: &mut Engine, account: u32) {
-    let (_, _, free) = e.collateral(AccountId(account)).expect("exists");
-    run(
-        e,
-        T0,
-        Command::Withdraw {
-            account: AccountId(account),
-            amount: Amount(free.0 - usd(500).0),
-        },
-    )
-    .expect("withdraw to 500 free");
+/// `setup()` then `trade`, the `accounts` having first withdrawn what leaves each of them 500
+/// free after the trade. (A withdrawal must leave the stress scenarios of the account's
+/// positions covered, which a leveraged position is not: leverage is taken after withdrawing.)
+fn with_500_free_after(
+    setup: fn() -> Engine,
+    accounts: &[u32],
+    trade: impl Fn(&mut Engine),
+) -> Engine {
+    let mut probe = setup();
+    trade(&mut probe);
+    let mut e = setup();
+    for &account in accounts {
+        let (_, _, free) = probe.collateral(AccountId(account)).expect("exists");
+        run(
+            &mut e,
+            T0,
+            Command::Withdraw {
+                account: AccountId(account),
+                amount: Amount(free.0 - usd(500).0),
+            },
+        )
+        .expect("withdraw what leaves 500 free after the trade");
+    }
+    trade(&mut e);
+    for &account in accounts {
+        let (_, _, free) = e.collateral(AccountId(account)).expect("exists");
+        assert_eq!(free, usd(500));
+    }
+    e
 }
 
 fn position(e: &Engine, account: u32) -> i64 {
@@ -238,18 +260,7 @@ fn mango_a_pumped_trade_price_does_not_create_collateral() {
     };
     let before = free(&e);
     // Two colluding accounts print a trade 50% above the index on an empty book.
-    run(
-        &mut e,
-        T0,
-        Command::PlaceOrder(limit(2, PERP, Side::Sell, px(90_000), 100)),
-    )
-    .expect("ask");
-    run(
-        &mut e,
-        T0,
-        Command::PlaceOrder(limit(1, PERP, Side::Buy, px(90_000), 100)),
-    )
-    .expect("pumped print");
+    long_one(&mut e, PERP, 90_000);
     // Margin values positions at the oracle mark, not at the last trade: no new collateral.
     assert!(
         free(&e) <= before,
@@ -528,31 +539,29 @@ fn the_random_histories_do_liquidate() {
 /// invariant holds.
 #[test]
 fn a_deleveraged_counterparty_loses_the_orders_its_position_covered() {
-    let mut e = margined_market();
-    // Account 2 (fully collateralized) buys one perpetual from account 1 (margined).
-    run(
-        &mut e,
-        T0,
-        Command::PlaceOrder(limit(2, PERP, Side::Buy, px(60_000), 100)),
-    )
-    .expect("bid");
-    run(
-        &mut e,
-        T0,
-        Command::PlaceOrder(limit(1, PERP, Side::Sell, px(60_000), 100)),
-    )
-    .expect("sell 1 perp");
-    // Account 2 offers two at 90,000: one is covered by its long, one by collateral; then it
-    // withdraws everything else.
-    run(
-        &mut e,
-        T0,
-        Command::PlaceOrder(limit(2, PERP, Side::Sell, px(90_000), 200)),
-    )
-    .expect("asks resting on the long");
-    for account in [1, 2] {
-        withdraw_to_500_free(&mut e, account);
-    }
+    // Account 2 (fully collateralized) buys one perpetual from account 1 (margined), then
+    // offers two at 90,000: one is covered by its long, one by collateral. Both are left with 500
+    // free.
+    let mut e = with_500_free_after(margined_market, &[1, 2], |e| {
+        run(
+            e,
+            T0,
+            Command::PlaceOrder(limit(2, PERP, Side::Buy, px(60_000), 100)),
+        )
+        .expect("bid");
+        run(
+            e,
+            T0,
+            Command::PlaceOrder(limit(1, PERP, Side::Sell, px(60_000), 100)),
+        )
+        .expect("sell 1 perp");
+        run(
+            e,
+            T0,
+            Command::PlaceOrder(limit(2, PERP, Side::Sell, px(90_000), 200)),
+        )
+        .expect("asks resting on the long");
+    });
     // An 8% rise: account 1's short is below maintenance; nobody bids in the auction.
     let t = T0 + 1_000;
     let events = run(&mut e, t, Command::OracleUpdate(update(64_800.0, t))).expect("accepted");
@@ -585,4 +594,182 @@ fn a_deleveraged_counterparty_loses_the_orders_its_position_covered() {
     let (balance, requirement, _) = e.collateral(AccountId(2)).expect("exists");
     assert!(balance >= requirement, "{balance:?} < {requirement:?}");
     e.check_invariants().expect("every invariant holds");
+}
+
+/// Withdrawals and transfers leave the account's positions covered in every stress scenario of
+/// their risk arrays, whatever its margin mode (the rule the validity circuit proves): the
+/// standard rule would let a 60,000 perpetual long withdraw down to 10% initial margin, the
+/// stress rule keeps its -50% scenario covered. A refusal changes nothing; an L1 forced
+/// withdrawal takes exactly what the rule leaves.
+#[test]
+fn withdrawals_keep_the_stress_scenarios_covered() {
+    let long = || {
+        let mut e = margined_market();
+        long_one(&mut e, PERP, 60_000);
+        e
+    };
+    let mut e = long();
+    // Account 4: account 1's owner's second account, for the transfer.
+    let owner = e.account_owner(AccountId(1)).expect("exists");
+    run(&mut e, T0, Command::OpenAccount { owner }).expect("second account");
+    let u = update(60_000.0, T0);
+    let mark = u
+        .marks
+        .iter()
+        .find(|m| m.instrument == InstrumentId(PERP))
+        .expect("perpetual marked");
+    let worst = mark
+        .risk_array
+        .iter()
+        .map(|a| a.0)
+        .min()
+        .unwrap_or(0)
+        .min(0);
+    let (balance, _, free) = e.collateral(AccountId(1)).expect("exists");
+    let q = i128::from(position(&e, 1));
+    let stress = i128::from(balance.0)
+        + (q * i128::from(mark.mark.0 + worst)).div_euclid(i128::from(optio_types::QTY_SCALE));
+    let stress = Amount(i64::try_from(stress).expect("fits"));
+    assert!(
+        stress.0 > 0 && stress < free,
+        "the standard rule frees {free}, the stress rule {stress}"
+    );
+    let before = e.state_hash();
+    for (command, what) in [
+        (
+            Command::Withdraw {
+                account: AccountId(1),
+                amount: Amount(stress.0 + 1),
+            },
+            "withdrawal",
+        ),
+        (
+            Command::Transfer {
+                from: AccountId(1),
+                to: AccountId(4),
+                amount: Amount(stress.0 + 1),
+            },
+            "transfer",
+        ),
+    ] {
+        assert_eq!(
+            run(&mut e, T0, command),
+            Err(RejectCode::InsufficientFreeCollateral),
+            "{what} beyond the stress rule"
+        );
+        assert_eq!(e.state_hash(), before, "a refused {what} changes nothing");
+    }
+    run(
+        &mut e,
+        T0,
+        Command::Withdraw {
+            account: AccountId(1),
+            amount: stress,
+        },
+    )
+    .expect("withdraw exactly what the stress rule leaves");
+    e.check_invariants().expect("audit");
+
+    let mut e = long();
+    assert_eq!(forced_withdrawal(&mut e, 1), Amount(-stress.0));
+    e.check_invariants().expect("audit");
+}
+
+/// Money leaves only an account whose open positions a validity proof can price
+/// (`EngineLimits::max_positions_to_withdraw`, set from the prover's shape): past it a
+/// withdrawal or transfer is refused and changes nothing, and a forced withdrawal moves nothing.
+#[test]
+fn money_leaves_only_accounts_whose_positions_a_proof_can_price() {
+    let limits = EngineLimits {
+        max_positions_to_withdraw: 1,
+        ..EngineLimits::default()
+    };
+    let mut e = engine_with(limits, 4, usd(200_000));
+    run(&mut e, T0, Command::OracleUpdate(update(60_000.0, T0))).expect("oracle");
+    long_one(&mut e, PERP, 60_000);
+    let withdraw = || Command::Withdraw {
+        account: AccountId(1),
+        amount: usd(1_000),
+    };
+    run(&mut e, T0, withdraw()).expect("one position: within the limit");
+    long_one(&mut e, 0, 1_000);
+    let before = e.state_hash();
+    assert_eq!(
+        run(&mut e, T0, withdraw()),
+        Err(RejectCode::TooManyPositionsToWithdraw)
+    );
+    assert_eq!(e.state_hash(), before, "a refusal changes nothing");
+    assert_eq!(forced_withdrawal(&mut e, 1), Amount(0), "nothing moves");
+    e.check_invariants().expect("audit");
+}
+
+/// Known bug, not fixed yet (README): found by the random exploration of
+/// `conservation_holds_through_liquidation_and_expiry` on 2026-12-01, this history of trades,
+/// crashes, liquidations, deleveraging and an expiry drives the insurance fund or the fee pool
+/// below zero, and the engine halts on its invariant. Run with `--ignored` to reproduce.
+#[test]
+#[ignore = "known bug: the loss waterfall can take insurance or the fee pool below zero"]
+fn known_bug_a_waterfall_history_takes_insurance_below_zero() {
+    let steps: Vec<Step> = vec![
+        (2, 0, 1, -16),
+        (1, 0, 1, 0),
+        (0, 0, 1, 0),
+        (0, 0, 1, 0),
+        (0, 0, 1, 0),
+        (2, 0, 1, 1),
+        (0, 0, 1, 0),
+        (0, 0, 1, 24),
+        (1, 2, 13, -30),
+        (2, 1, 20, -62),
+        (6, 1, 37, 111),
+        (4, 1, 30, 85),
+        (6, 3, 1, -25),
+        (2, 1, 10, 119),
+        (0, 3, 5, -110),
+        (3, 1, 28, 80),
+        (4, 0, 2, 43),
+        (1, 1, 26, -79),
+        (2, 0, 32, -93),
+        (6, 2, 5, 35),
+        (3, 3, 3, -5),
+        (3, 0, 21, -75),
+        (6, 3, 27, -107),
+        (3, 1, 4, -35),
+        (2, 2, 11, -23),
+        (0, 1, 18, -72),
+        (5, 3, 33, -114),
+        (6, 1, 32, -31),
+        (0, 1, 12, -48),
+        (2, 0, 31, 25),
+        (4, 1, 6, 82),
+        (0, 0, 25, 4),
+        (6, 2, 24, 57),
+        (5, 0, 21, 50),
+        (1, 3, 36, 70),
+        (1, 0, 16, 46),
+    ];
+    liquidation_history(&steps).expect("the invariants hold");
+}
+
+/// Serves an L1 forced withdrawal (the first in the queue) for the account's owner; returns the
+/// amount it moved (negative: out of the account).
+fn forced_withdrawal(e: &mut Engine, account: u32) -> Amount {
+    let owner = e.account_owner(AccountId(account)).expect("exists");
+    let events = run(
+        e,
+        T0,
+        Command::L1Withdrawal {
+            priority: 0,
+            owner,
+            account: AccountId(account),
+        },
+    )
+    .expect("served");
+    events
+        .iter()
+        .find_map(|ev| match ev {
+            Event::PriorityServed { amount, .. } => Some(*amount),
+            _ => None,
+        })
+        .expect("served")
 }

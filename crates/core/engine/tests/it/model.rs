@@ -23,6 +23,7 @@ pub fn test_limits() -> EngineLimits {
         max_accounts: 9,
         max_order_qty: Qty(40 * STEP),
         max_amount: usd(1_000_000),
+        max_positions_to_withdraw: u32::MAX,
     }
 }
 

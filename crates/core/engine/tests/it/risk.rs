@@ -303,23 +303,25 @@ fn portfolio_margin_credits_hedges_and_covers_the_worst_scenario() {
 
 #[test]
 fn switching_mode_needs_the_new_mode_covered() {
-    let mut e = market();
-    mode(&mut e, 1, MarginMode::Standard);
     let u = update(60_000.0, T0);
     let bid = Price(u.marks[0].mark.0 - u.marks[0].mark.0 % 100_000);
-    run(
-        &mut e,
-        T0,
-        Command::PlaceOrder(limit(2, 0, Side::Buy, bid, 400)),
-    )
-    .expect("bid for 4 calls");
-    run(
-        &mut e,
-        T0,
-        Command::PlaceOrder(limit(1, 0, Side::Sell, bid, 400)),
-    )
-    .expect("account 1 short 4 calls");
-    let (_, _, free) = e.collateral(AccountId(1)).expect("exists");
+    let short_calls = |e: &mut Engine| {
+        run(e, T0, Command::PlaceOrder(limit(2, 0, Side::Buy, bid, 400))).expect("bid for 4 calls");
+        run(
+            e,
+            T0,
+            Command::PlaceOrder(limit(1, 0, Side::Sell, bid, 400)),
+        )
+        .expect("account 1 short 4 calls");
+    };
+    // Account 1 withdraws first what leaves it 1,000 free once short (a withdrawal must cover the
+    // stress scenarios of the positions it leaves, which this standard-margined short does not).
+    let mut probe = market();
+    mode(&mut probe, 1, MarginMode::Standard);
+    short_calls(&mut probe);
+    let (_, _, free) = probe.collateral(AccountId(1)).expect("exists");
+    let mut e = market();
+    mode(&mut e, 1, MarginMode::Standard);
     run(
         &mut e,
         T0,
@@ -328,7 +330,9 @@ fn switching_mode_needs_the_new_mode_covered() {
             amount: Amount(free.0 - usd(1_000).0),
         },
     )
-    .expect("withdraw down to 1,000 free");
+    .expect("withdraw what leaves 1,000 free");
+    short_calls(&mut e);
+    assert_eq!(e.collateral(AccountId(1)).expect("exists").2, usd(1_000));
     // Worst case needs 4 x (100,000 - 60,000) = 160,000: far more than the balance.
     let before = e.state_hash();
     assert_eq!(

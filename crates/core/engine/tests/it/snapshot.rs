@@ -90,7 +90,7 @@ fn damaged_snapshots_are_refused_with_a_reason() {
     // Every single-byte corruption either fails to decode or fails the audit, or (for bytes
     // that only carry an order's filled size or a realized P&L) decodes to another valid state.
     let mut refused = 0;
-    for i in (0..bytes.len()).step_by(7) {
+    for i in 0..bytes.len() {
         let mut damaged = bytes.clone();
         damaged[i] = damaged[i].wrapping_add(1);
         if Engine::restore_bytes(&damaged, WorstCaseMargin).is_err() {
@@ -98,8 +98,9 @@ fn damaged_snapshots_are_refused_with_a_reason() {
         }
     }
     assert!(
-        refused * 2 > bytes.len() / 7,
-        "most corruptions must be refused ({refused})"
+        refused * 2 > bytes.len(),
+        "most corruptions must be refused ({refused} of {})",
+        bytes.len()
     );
 }
 

@@ -262,13 +262,17 @@ pub fn run(inputs: &[Input], max_ops: usize) -> (Vec<Batch>, Engine, Batcher) {
             .push(i as u64 + 1, input, &events)
             .expect("every engine history batches")
         {
-            assert_eq!(
-                batcher.state().diff_engine(&engine.canonical()),
-                None,
-                "after batch {}",
-                batch.header.number
-            );
-            assert_eq!(batch.header.priority_served, engine.priority_served());
+            // A batch cut before this input (money leaving after a pending mark) is checked with
+            // the next one: the engine has already applied the input.
+            if batch.header.last_seq == i as u64 + 1 {
+                assert_eq!(
+                    batcher.state().diff_engine(&engine.canonical()),
+                    None,
+                    "after batch {}",
+                    batch.header.number
+                );
+                assert_eq!(batch.header.priority_served, engine.priority_served());
+            }
             batches.push(batch);
         }
     }
