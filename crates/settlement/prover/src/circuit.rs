@@ -378,21 +378,18 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
         // The committed risk array: the values of its first `chunks` chunks hash to the leaf's
         // risk hash, the rest are zero (the values were range-checked when committed).
         let risk = cs.witnesses(&i.risk)?;
-        let mut hashed = Wire::zero();
+        let mut active = Vec::new();
         let mut previous = one();
         for (k, chunk) in risk.chunks(RISK_CHUNK).enumerate() {
-            let active = cs.boolean(k < i.chunks)?;
-            cs.equal_if(&active, &previous, &one())?;
+            let a = cs.boolean(k < i.chunks)?;
+            cs.equal_if(&a, &previous, &one())?;
             for v in chunk {
-                cs.equal_if(&not(&active), v, &Wire::zero())?;
+                cs.equal_if(&not(&a), v, &Wire::zero())?;
             }
-            let mut inputs = vec![hashed.clone()];
-            inputs.extend_from_slice(chunk);
-            let next = cs.poseidon(&inputs)?;
-            hashed = cs.select(&active, &next, &hashed)?;
-            previous = active;
+            previous = a.clone();
+            active.push(a);
         }
-        cs.equal_if(&enabled, &hashed, &risk_hash)?;
+        cs.equal_if(&enabled, &risk_hash_of(cs, &risk, &active)?, &risk_hash)?;
         let siblings = cs.witnesses(&i.siblings)?;
         let root = cs.merkle_root(&leaf, &bits, &siblings)?;
         cs.equal_if(&enabled, &root, &instruments_root)?;
@@ -1479,6 +1476,19 @@ fn subtree(cs: &Cs, mut level: Vec<Wire>) -> R<Wire> {
     Ok(level.pop().expect("a window has an entry"))
 }
 
+/// `leaf::risk_hash` of a zero-padded risk array: `h = Poseidon(h, chunk)` from 0 over its
+/// chunks of `RISK_CHUNK` values while `active` (a prefix).
+fn risk_hash_of(cs: &Cs, values: &[Wire], active: &[Wire]) -> R<Wire> {
+    let mut h = Wire::zero();
+    for (chunk, a) in values.chunks(RISK_CHUNK).zip(active) {
+        let mut inputs = vec![h.clone()];
+        inputs.extend_from_slice(chunk);
+        let next = cs.poseidon(&inputs)?;
+        h = cs.select(a, &next, &h)?;
+    }
+    Ok(h)
+}
+
 /// One id of a mark window: its leaf before (opened if marked) and after. A marked entry gets
 /// the new mark and the hash of the new risk array, the rest of its leaf kept, and its record
 /// enters the commitment.
@@ -1523,16 +1533,10 @@ fn mark_entry(
         previous = p;
     }
     let len = Wire::sum(&present);
-    let mut risk_hash = Wire::zero();
-    let mut active_chunks = Vec::new();
-    for (k, chunk) in values.chunks(RISK_CHUNK).enumerate() {
-        let active = present[k * RISK_CHUNK].clone();
-        active_chunks.push(active.clone());
-        let mut inputs = vec![risk_hash.clone()];
-        inputs.extend_from_slice(chunk);
-        let next = cs.poseidon(&inputs)?;
-        risk_hash = cs.select(&active, &next, &risk_hash)?;
-    }
+    let active_chunks: Vec<Wire> = (0..values.len().div_ceil(RISK_CHUNK))
+        .map(|k| present[k * RISK_CHUNK].clone())
+        .collect();
+    let risk_hash = risk_hash_of(cs, &values, &active_chunks)?;
     // The posted words: kind, id and length; the mark; the values of the chunks in use, five to
     // a word as `v + 2^47` at bit `48 j` (a value past the last chunk adds nothing).
     let kind_code = marked.scale(Fr::from(kind::MARK));

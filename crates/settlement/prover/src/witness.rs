@@ -695,7 +695,7 @@ impl Acct {
         hash(&[
             self.owner,
             leaf::keys_hash(&self.keys),
-            fr(self.nonce) + Fr::from(open as u64) * crate::gadgets::pow2(64),
+            leaf::nonce_word(u64::try_from(self.nonce).expect("a u64 nonce"), open as u32),
             fr(self.collateral),
             self.tree.root(),
         ])
@@ -1000,12 +1000,7 @@ fn plan<'a>(
         }
         // Money leaving an account is priced against all its positions: those it held before
         // the batch join the registers (those the batch opens are there already).
-        if optio_state::moves_money_out(op) {
-            let account = match op {
-                Op::Transfer { from, .. } => from.0,
-                Op::Withdraw { account, .. } | Op::L1Withdrawal { account, .. } => account.0,
-                _ => unreachable!("moves_money_out"),
-            };
+        if let Some(AccountId(account)) = optio_state::money_out_of(op) {
             margin_slots.push((slot_ops.len(), account));
             if let Some(a) = accounts.get(account as usize) {
                 for &instrument in a.positions.keys() {
@@ -1441,13 +1436,7 @@ pub fn witness(
             let before = if reg.opened {
                 Fr::from(0u64)
             } else {
-                hash(&[
-                    reg.owner,
-                    reg.keys_hash,
-                    reg.nonce + Fr::from(reg.open_positions) * crate::gadgets::pow2(64),
-                    reg.collateral,
-                    reg.positions_root,
-                ])
+                accounts[id as usize].leaf().hash()
             };
             (u64::from(id), before, state.account_proof(AccountId(id)))
         })

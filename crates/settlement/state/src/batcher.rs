@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use optio_types::{Event, Input};
+use optio_types::{AccountId, Event, Input};
 use sha3::{Digest, Keccak256};
 
 use crate::auth::{self, Authorization, Orders, Signed};
@@ -293,7 +293,8 @@ impl Batcher {
         // Money leaving an account is proven against the marks committed before its batch
         // (the circuit applies a batch's marks after its ops), which are the engine's only while
         // no mark is pending: with one pending, the batch is cut before the money leaves.
-        let full = full || (!self.marks.is_empty() && ops.iter().any(moves_money_out));
+        let full =
+            full || (!self.marks.is_empty() && ops.iter().any(|o| money_out_of(o).is_some()));
         let before = if full { Some(self.cut()?) } else { None };
         // After a cut before this input: the orders persisted with that batch are as of its
         // last input.
@@ -528,12 +529,15 @@ pub fn blob_files(dir: &std::path::Path) -> std::io::Result<Vec<std::path::PathB
     Ok(files)
 }
 
-/// Whether the op takes money out of an account at its holder's request (a withdrawal, a
-/// forced withdrawal that moved something, a transfer): what the circuit's stress rule covers.
-pub fn moves_money_out(op: &Op) -> bool {
+/// The account an op takes money out of at its holder's request (a withdrawal, a forced
+/// withdrawal that moved something, a transfer's sender): what the circuit's stress rule covers.
+pub fn money_out_of(op: &Op) -> Option<AccountId> {
     match op {
-        Op::Withdraw { .. } | Op::Transfer { .. } => true,
-        Op::L1Withdrawal { amount, .. } => amount.0 != 0,
-        _ => false,
+        Op::Withdraw { account, .. } => Some(*account),
+        Op::Transfer { from, .. } => Some(*from),
+        Op::L1Withdrawal {
+            account, amount, ..
+        } if amount.0 != 0 => Some(*account),
+        _ => None,
     }
 }
