@@ -741,13 +741,14 @@ impl<M: MarginModel> Engine<M> {
                 .expect("holders have a position");
             let pos = &mut self.positions[slot as usize];
             let q = pos.exposure.position.0;
-            let rounding = if q > 0 {
-                optio_types::Rounding::TowardSystem
-            } else {
-                optio_types::Rounding::AgainstAccount
-            };
-            let cash = Amount::from_ratio(value * i128::from(q), denom, rounding)
-                .expect("a settlement value is bounded by the cap");
+            // Rounded down whatever the side: a long is paid the floor, a short pays the
+            // ceiling (its cash is negative), and the remainder goes to insurance.
+            let cash = Amount::from_ratio(
+                value * i128::from(q),
+                denom,
+                optio_types::Rounding::TowardSystem,
+            )
+            .expect("a settlement value is bounded by the cap");
             pos.realized_pnl = Amount(pos.realized_pnl.0 + cash.0 - pos.cost.0);
             pos.cost = Amount::ZERO;
             pos.exposure.position = Qty::ZERO;

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use optio_types::{
     AccountId, Address, Amount, CanonicalState, InstrumentId, InstrumentSpec, InstrumentStatus,
-    Price, Qty,
+    Price, QTY_SCALE, Qty,
 };
 
 use crate::leaf::{self, ACCOUNT_DEPTH, AccountLeaf, INSTRUMENT_DEPTH, InstrumentLeaf, status};
@@ -50,6 +50,12 @@ pub enum StateError {
     /// or shares left unclaimed at the end of the batch.
     #[error("op {0}: loss shares do not match the deficit they cover")]
     SharesUnbalanced(usize),
+    /// Op `index` breaks an expiry settlement: a position settled that the account does not
+    /// hold, or whose cash is not `floor(value * qty / 1e16)` at the settlement price; an
+    /// instrument settled that is not expired or whose insurance credit is not minus its
+    /// payouts; or a position settled with no settlement of its instrument after it.
+    #[error("op {0}: the settlement does not pay the committed value")]
+    Settlement(usize),
 }
 
 /// One account.
@@ -528,6 +534,9 @@ impl SettlementState {
         for (i, op) in ops.iter().enumerate() {
             scratch.apply(i, op)?;
         }
+        if let Some(&(.., op)) = scratch.settling.first() {
+            return Err(StateError::Settlement(op));
+        }
         scratch.write_back(self);
         Ok(())
     }
@@ -600,6 +609,7 @@ impl SettlementState {
             insurance: self.insurance,
             fee_pool: self.fee_pool,
             priority_served: self.priority_served,
+            settling: Vec::new(),
         }
     }
 
@@ -847,6 +857,9 @@ struct Scratch {
     insurance: Amount,
     fee_pool: Amount,
     priority_served: u64,
+    /// Positions settled whose instrument's settlement op has not come yet: (instrument, qty,
+    /// cash, op index).
+    settling: Vec<(u32, i64, i64, usize)>,
 }
 
 impl Scratch {
@@ -903,6 +916,31 @@ impl Scratch {
                 insurance_credit,
             } => {
                 let inst = self.instrument(*instrument);
+                if inst.status != status::EXPIRED || !price.is_positive() {
+                    return Err(StateError::Settlement(i));
+                }
+                // Every holder is paid the value rounded down (a short pays it rounded up).
+                let value = inst.spec.settlement_value_numerator(*price);
+                let denom = i128::from(QTY_SCALE) * i128::from(QTY_SCALE);
+                let mut paid = 0i128;
+                let mut wrong = None;
+                self.settling.retain(|&(x, qty, cash, op)| {
+                    if x != instrument.0 {
+                        return true;
+                    }
+                    if (value * i128::from(qty)).div_euclid(denom) != i128::from(cash) {
+                        wrong.get_or_insert(op);
+                    }
+                    paid += i128::from(cash);
+                    false
+                });
+                if let Some(op) = wrong {
+                    return Err(StateError::Settlement(op));
+                }
+                if paid + i128::from(insurance_credit.0) != 0 {
+                    return Err(StateError::Settlement(i));
+                }
+                let inst = self.instrument(*instrument);
                 inst.status = status::SETTLED;
                 inst.settlement_price = *price;
                 self.insurance = add(self.insurance, insurance_credit.0, i)?;
@@ -913,9 +951,13 @@ impl Scratch {
                 cash,
             } => {
                 let a = self.account(*account);
-                a.positions.remove(&instrument.0);
+                let qty = a
+                    .positions
+                    .remove(&instrument.0)
+                    .ok_or(StateError::Settlement(i))?;
                 a.dirty_positions.insert(instrument.0);
                 a.collateral = add(a.collateral, cash.0, i)?;
+                self.settling.push((instrument.0, qty.0, cash.0, i));
             }
             Op::OpenAccount { owner } => self
                 .new_accounts

@@ -512,3 +512,80 @@ fn money_leaving_after_a_pending_mark_starts_a_new_batch() {
         "a transfer after a pending mark cuts too"
     );
 }
+
+/// An expiry settlement applies only as the engine computes it: each holder's cash is the
+/// value at the settlement price times its position, rounded down, and the insurance credit is
+/// minus the payouts. Paying a holder one unit more, moving the credit alone, or settling a
+/// position the account does not hold is refused whole.
+#[test]
+fn a_settlement_pays_exactly_the_committed_value() {
+    let (batches, at) = (0..6)
+        .find_map(|seed| {
+            let (batches, _, _) = run(&history(seed, 600), 50);
+            let at = batches.iter().position(|b| {
+                decode(&b.blob)
+                    .expect("decodes")
+                    .1
+                    .iter()
+                    .any(|op| matches!(op, Op::SettlePosition { .. }))
+            })?;
+            Some((batches, at))
+        })
+        .expect("a history settles a position");
+    let mut state = SettlementState::new();
+    rebuild(
+        batches[..at].iter().map(|b| b.blob.as_slice()),
+        &mut state,
+        |_| {},
+    )
+    .expect("rebuilds");
+    let ops = decode(&batches[at].blob).expect("decodes").1;
+    let settle = ops
+        .iter()
+        .position(|op| matches!(op, Op::SettlePosition { .. }))
+        .expect("found");
+    let credit = (settle..ops.len())
+        .find(|&i| matches!(ops[i], Op::SettleInstrument { .. }))
+        .expect("the instrument settles after its positions");
+    let before = state.root();
+
+    let mut richer = ops.clone();
+    if let Op::SettlePosition { cash, .. } = &mut richer[settle] {
+        cash.0 += 1;
+    }
+    if let Op::SettleInstrument {
+        insurance_credit, ..
+    } = &mut richer[credit]
+    {
+        insurance_credit.0 -= 1;
+    }
+    let mut only_credit = ops.clone();
+    if let Op::SettleInstrument {
+        insurance_credit, ..
+    } = &mut only_credit[credit]
+    {
+        insurance_credit.0 += 1;
+    }
+    let mut not_held = ops.clone();
+    if let Op::SettlePosition { account, .. } = &mut not_held[settle] {
+        *account = (0..state.accounts().len() as u32)
+            .map(AccountId)
+            .find(|a| state.accounts()[a.0 as usize].positions.is_empty())
+            .expect("an account without positions");
+    }
+    let mut dangling = ops.clone();
+    dangling.truncate(credit);
+    for (bad, want) in [
+        (richer, settle),
+        (only_credit, credit),
+        (not_held, settle),
+        (dangling, settle),
+    ] {
+        assert_eq!(
+            state.apply_batch(&bad),
+            Err(optio_state::StateError::Settlement(want))
+        );
+        assert_eq!(state.root(), before, "a refused batch changes nothing");
+    }
+    state.apply_batch(&ops).expect("the engine's settlement applies");
+}

@@ -6,7 +6,7 @@ use optio_pricing::risk::default_scenarios;
 use optio_pricing::svi::{Slice, Surface, Svi};
 use optio_types::{
     AccountId, Amount, Command, EngineLimits, Event, InstrumentId, InstrumentSpec, MONEY_SCALE,
-    MarginMode, OracleUpdate, Price, Qty, RejectCode, Side,
+    MarginMode, OracleUpdate, Price, RejectCode, Side,
 };
 
 use crate::common::{STEP, T0, engine_with, limit, px, run, specs, usd};
@@ -363,6 +363,40 @@ fn switching_mode_needs_the_new_mode_covered() {
     e.check_invariants().expect("audit");
 }
 
+/// Walks the index to the put's expiry (BTC-21DEC24-60000-P at T0 + 1h): 59,000 from 07:30
+/// to 07:50, then 58,000; returns the events of the input at expiry.
+fn run_to_expiry(e: &mut Engine) -> Vec<Event> {
+    let expiry = T0 + 3_600_000;
+    for (at, spot) in [
+        (expiry - 40 * 60_000, 60_000.0),
+        (expiry - 30 * 60_000, 59_000.0),
+        (expiry - 10 * 60_000, 58_000.0),
+    ] {
+        run(e, at, Command::OracleUpdate(update(spot, at))).expect("update");
+    }
+    run(
+        e,
+        expiry,
+        Command::CancelAll {
+            account: AccountId(3),
+            instrument: None,
+        },
+    )
+    .expect("time passes")
+}
+
+fn settled_cash(events: &[Event], account: u32) -> Amount {
+    events
+        .iter()
+        .find_map(|ev| match ev {
+            Event::PositionSettled {
+                account: a, cash, ..
+            } if *a == AccountId(account) => Some(*cash),
+            _ => None,
+        })
+        .expect("settled")
+}
+
 #[test]
 fn expiry_settles_at_the_time_weighted_index() {
     let mut e = market();
@@ -378,33 +412,39 @@ fn expiry_settles_at_the_time_weighted_index() {
         Command::PlaceOrder(limit(0, 1, Side::Buy, px(500), 100)),
     )
     .expect("long put");
-    // BTC-21DEC24-60000-P expires at T0 + 1h. Index 59,000 from 07:30 to 07:50, then 58,000.
-    let expiry = T0 + 3_600_000;
-    let mut t = expiry - 40 * 60_000;
-    for (at, spot) in [
-        (t, 60_000.0),
-        (expiry - 30 * 60_000, 59_000.0),
-        (expiry - 10 * 60_000, 58_000.0),
-    ] {
-        t = at;
-        run(&mut e, t, Command::OracleUpdate(update(spot, t))).expect("update");
-    }
-    let events = run(
-        &mut e,
-        expiry,
-        Command::CancelAll {
-            account: AccountId(3),
-            instrument: None,
-        },
-    )
-    .expect("time passes");
+    let events = run_to_expiry(&mut e);
     // TWAP = (59,000 * 20 + 58,000 * 10) / 30 = 58,666.666666 (rounded down to the micro).
     let twap = Price(58_666_666_666);
     assert!(events.iter().any(|ev| matches!(ev, Event::InstrumentSettled { settlement_price, .. } if *settlement_price == twap)), "{events:?}");
     // The long put receives (60,000 - 58,666.666666) for one contract.
-    assert!(events.iter().any(|ev| matches!(ev, Event::PositionSettled { account, cash, .. } if *account == AccountId(0) && *cash == Amount(1_333_333_334))));
+    assert_eq!(settled_cash(&events, 0), Amount(1_333_333_334));
     e.check_invariants().expect("audit");
-    let _ = (Qty(STEP), px(1));
+}
+
+/// A settlement value that is not a whole number of micro-USDC per position is rounded down
+/// for every holder: a long is paid the floor, a short pays the ceiling, the remainder goes to
+/// insurance. (Rounding the shorts' payments up once paid out one unit more than came in and,
+/// with insurance at zero, halted the engine on its invariant.)
+#[test]
+fn expiry_rounds_every_payment_toward_the_system() {
+    let mut e = market();
+    for (account, side, steps) in [(1, Side::Sell, 99), (2, Side::Sell, 1), (0, Side::Buy, 100)] {
+        run(
+            &mut e,
+            T0,
+            Command::PlaceOrder(limit(account, 1, side, px(500), steps)),
+        )
+        .expect("trades");
+    }
+    let insurance = e.pools().1;
+    let events = run_to_expiry(&mut e);
+    // 1,333.333334 per contract: 0.99 contract is 1,320.000000660 and 0.01 is 13.333333340.
+    assert_eq!(settled_cash(&events, 0), Amount(1_333_333_334));
+    assert_eq!(settled_cash(&events, 1), Amount(-1_320_000_001));
+    assert_eq!(settled_cash(&events, 2), Amount(-13_333_334));
+    assert!(events.iter().any(|ev| matches!(ev, Event::InstrumentSettled { insurance_credit, .. } if *insurance_credit == Amount(1))), "{events:?}");
+    assert_eq!(e.pools().1, Amount(insurance.0 + 1));
+    e.check_invariants().expect("audit");
 }
 
 mod portfolio_properties {
