@@ -34,10 +34,10 @@ interface IGroth16Verifier {
 /// batch posts, beside its data, the signed order behind each side of each fill. Until a batch
 /// is final, anyone may show that one fill side's record does not authorize it
 /// (`challengeAuthorization`): the batch and every later one are reverted, the operator's bond
-/// goes to the challenger and the rollup freezes. Not yet here: session keys (only the owner's
-/// own signature authorizes), the signed fee cap, fills of one order adding up beyond its size
-/// (`optio verify` checks that off-chain), and the operator's withdrawal list (trusted; the
-/// posted data lets anyone audit it). There are no admin functions (nothing to change, so
+/// goes to the challenger and the rollup freezes. Fills of one signed order that add up beyond
+/// its amount, over one batch or several, are challenged the same way (`challengeOverfill`).
+/// Not yet here: session keys (only the owner's own signature authorizes), the signed fee cap,
+/// and the operator's withdrawal list (trusted; the posted data lets anyone audit it). There are no admin functions (nothing to change, so
 /// nothing to timelock).
 contract OptioRollup {
     /// Index bits of the trees (arity 4: two bits per level, docs/settlement.md).
@@ -193,6 +193,7 @@ contract OptioRollup {
     event Reclaimed(uint256 indexed priorityId, address indexed owner, uint256 amount);
     event Withdrawn(uint256 indexed batch, uint256 index, address indexed owner, uint256 amount);
     event Challenged(uint256 indexed number, uint256 fill, bool taker, address indexed challenger, uint256 reward);
+    event Overfilled(uint256 indexed number, bytes32 order, int256 filled, int256 amount, address indexed challenger, uint256 reward);
 
     error NotOperator();
     error IsFrozen();
@@ -214,6 +215,7 @@ contract OptioRollup {
     error NoChallenges();
     error NotReclaimable(uint256 priorityId);
     error Authorized();
+    error NotOverfilled(int256 filled, int256 amount);
 
     modifier onlyOperator() {
         if (msg.sender != operator) revert NotOperator();
@@ -486,6 +488,89 @@ contract OptioRollup {
         uint32 account = taker ? f.taker : f.maker;
         _checkOpening(b.root, account, opening);
         if (authorizes(auths, 2 * fill + (taker ? 1 : 0), f, taker, opening.owner)) revert Authorized();
+        emit Challenged(number, fill, taker, msg.sender, address(this).balance);
+        _slash(number);
+    }
+
+    /// One batch's share of an overfill challenge: the batch, its posted data and authorization
+    /// section, and fill sides there (`2 * fill`, plus 1 for the taker's side), ascending.
+    struct FillSides {
+        uint256 number;
+        bytes data;
+        bytes auths;
+        uint256[] sides;
+    }
+
+    /// Shows that fills of one signed order add up beyond the order's amount: `parts` name fill
+    /// sides of committed batches, in ascending batch order, whose posted records all describe
+    /// the same order (one EIP-712 digest over the owner's account, instrument, side, nonce,
+    /// expiry, limit, amount and fee cap) and whose sizes sum past its amount. The last part's
+    /// batch must not be final; `opening` opens the account's leaf (its owner) under its root.
+    /// That batch holds a fill past the amount (the fills shown are some of the order's, so the
+    /// order was already past its amount or went past it there): it and every later one are
+    /// reverted, the operator's bond is paid to the challenger, and the rollup freezes.
+    function challengeOverfill(FillSides[] calldata parts, AccountOpening calldata opening) external live {
+        if (!authorizations) revert NoChallenges();
+        if (parts.length == 0) revert BadBatch("no fills");
+        uint256 last = parts[parts.length - 1].number;
+        if (last <= lastFinalized) revert BadBatch("not a committed batch that is not final");
+        Tally memory t;
+        uint256 previous = 0;
+        for (uint256 i = 0; i < parts.length; i++) {
+            FillSides calldata p = parts[i];
+            if (p.number <= previous || p.number >= batches.length) revert BadBatch("batches not committed and ascending");
+            previous = p.number;
+            if (keccak256(p.data) != batches[p.number].dataHash) revert BadBatch("not the posted data");
+            if (keccak256(p.auths) != batches[p.number].authHash) revert BadBatch("not the posted authorizations");
+            _tally(p, t, opening.owner);
+        }
+        if (t.filled <= t.amount) revert NotOverfilled(t.filled, t.amount);
+        _checkOpening(batches[last].root, t.account, opening);
+        emit Overfilled(last, t.order, t.filled, t.amount, msg.sender, address(this).balance);
+        _slash(last);
+    }
+
+    /// The order an overfill challenge follows and what its fills add up to so far.
+    struct Tally {
+        bytes32 order;
+        uint32 account;
+        int256 amount;
+        int256 filled;
+    }
+
+    /// Adds one part's fill sides to `t`; each must describe the order of the first.
+    function _tally(FillSides calldata p, Tally memory t, address owner) internal view {
+        Fill[] memory fills = _fillsAt(p.data, p.sides);
+        for (uint256 j = 0; j < fills.length; j++) {
+            (bytes32 digest, uint32 account, int256 amount) = _sideOrder(p.auths, p.sides[j], fills[j], owner);
+            if (t.order == 0) {
+                (t.order, t.account, t.amount) = (digest, account, amount);
+            } else if (digest != t.order) {
+                revert BadBatch("fills of different orders");
+            }
+            t.filled += fills[j].qty;
+        }
+    }
+
+    /// The order a fill side's record describes: its digest, the side's account and the
+    /// order's signed amount.
+    function _sideOrder(bytes calldata auths, uint256 side, Fill memory f, address owner)
+        internal
+        view
+        returns (bytes32 digest, uint32 account, int256 amount)
+    {
+        (bool found, bytes calldata r) = _record(auths, side);
+        if (!found) revert BadBatch("no record");
+        bool taker = side % 2 == 1;
+        account = taker ? f.taker : f.maker;
+        digest = _orderDigest(r, f, account, taker == f.takerBuys, owner);
+        if (digest == 0) revert BadBatch("malformed record");
+        amount = int64(uint64(bytes8(r[45:53])));
+    }
+
+    /// Reverts batch `number` and every later one, freezes the rollup and pays the operator's
+    /// bond to the challenger.
+    function _slash(uint256 number) internal {
         while (batches.length > number) {
             uint256 n = batches.length - 1;
             delete proven[n];
@@ -496,7 +581,6 @@ contract OptioRollup {
         frozen = true;
         slashed = true;
         uint256 reward = address(this).balance;
-        emit Challenged(number, fill, taker, msg.sender, reward);
         (bool paid,) = msg.sender.call{value: reward}("");
         if (!paid) revert TransferFailed();
     }
@@ -504,14 +588,28 @@ contract OptioRollup {
     /// Fill `k` (from 0) of posted data: the ops are walked from the first word (each op's
     /// length follows from its first word), so a word inside another op is never read as one.
     function fillAt(bytes calldata data, uint256 k) public pure returns (Fill memory f) {
+        uint256[] memory sides = new uint256[](1);
+        sides[0] = 2 * k;
+        return _fillsAt(data, sides)[0];
+    }
+
+    /// The fills of fill sides `sides` (`2 * fill + taker`, strictly ascending) of posted data,
+    /// in one walk of its ops.
+    function _fillsAt(bytes calldata data, uint256[] memory sides) internal pure returns (Fill[] memory fills) {
         if (data.length < BLOB_HEADER || (data.length - BLOB_HEADER) % 32 != 0) revert BadBatch("data is not whole words");
+        if (sides.length == 0) revert BadBatch("no fills");
+        for (uint256 j = 1; j < sides.length; j++) {
+            if (sides[j] <= sides[j - 1]) revert BadBatch("sides not ascending");
+        }
+        fills = new Fill[](sides.length);
+        uint256 next = 0;
         uint256 seen = 0;
-        for (uint256 cursor = BLOB_HEADER; cursor < data.length;) {
+        for (uint256 cursor = BLOB_HEADER; cursor < data.length && next < sides.length;) {
             uint256 w = uint256(bytes32(data[cursor:cursor + 32]));
             uint256 kind = w & 0xff;
             if (kind == FILL) {
-                if (seen == k) {
-                    return Fill({
+                while (next < sides.length && sides[next] / 2 == seen) {
+                    fills[next++] = Fill({
                         maker: uint32(w >> 8),
                         taker: uint32(w >> 40),
                         instrument: uint32(w >> 72),
@@ -524,7 +622,7 @@ contract OptioRollup {
             }
             cursor += 32 * _opWords(kind, w);
         }
-        revert BadBatch("no such fill");
+        if (next < sides.length) revert BadBatch("no such fill");
     }
 
     /// Words of an op, from its first word `w` (docs/settlement.md, "Words").
@@ -544,8 +642,8 @@ contract OptioRollup {
     /// Whether record `i` of `auths` authorizes the maker's (or the taker's) side of `f` for an
     /// account owned by `owner`.
     function authorizes(bytes calldata auths, uint256 i, Fill memory f, bool taker, address owner) public view returns (bool) {
-        if (auths.length < (i + 1) * AUTH_RECORD) return false;
-        bytes calldata r = auths[i * AUTH_RECORD:(i + 1) * AUTH_RECORD];
+        (bool found, bytes calldata r) = _record(auths, i);
+        if (!found) return false;
         bool buys = taker == f.takerBuys;
         int64 limit = int64(uint64(bytes8(r[37:45])));
         int64 amount = int64(uint64(bytes8(r[45:53])));
@@ -557,6 +655,20 @@ contract OptioRollup {
         uint8 v = uint8(r[125]);
         address who = ecrecover(digest, v < 27 ? v + 27 : v, bytes32(r[61:93]), bytes32(r[93:125]));
         return who != address(0) && who == owner;
+    }
+
+    /// The record of fill side `i` in an authorization section: the count `n` of its records (4
+    /// bytes), the records, then one 4-byte index per fill side; none when the index is `n` or
+    /// more or the section lacks the bytes (docs/settlement.md).
+    function _record(bytes calldata auths, uint256 i) internal pure returns (bool found, bytes calldata r) {
+        r = auths[0:0];
+        if (auths.length < 4) return (false, r);
+        uint256 n = uint32(bytes4(auths[0:4]));
+        uint256 pos = 4 + n * AUTH_RECORD + 4 * i;
+        if (pos + 4 > auths.length) return (false, r);
+        uint256 k = uint32(bytes4(auths[pos:pos + 4]));
+        if (k >= n) return (false, r);
+        return (true, auths[4 + k * AUTH_RECORD:4 + (k + 1) * AUTH_RECORD]);
     }
 
     /// The EIP-712 digest of the order record `r` describes (0: a malformed record).

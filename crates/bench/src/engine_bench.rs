@@ -183,6 +183,20 @@ fn spec(n: u32) -> InstrumentSpec {
     )
 }
 
+/// The benchmark's default stream (`inputs` long) through Optio's engine, market set up: the
+/// engine and the inputs (for other benchmarks that need an engine-made flow of fills).
+pub(crate) fn default_stream(inputs: usize) -> (Engine, Vec<Input>) {
+    let args = Args {
+        inputs,
+        instruments: 64,
+        accounts: 256,
+        rounds: 1,
+        seed: 7,
+        optio_only: true,
+    };
+    optio_setup(&args, &generate(&args))
+}
+
 /// Optio's engine with the market set up, and the stream translated to inputs.
 fn optio_setup(args: &Args, ops: &[Op]) -> (Engine, Vec<Input>) {
     let limits = EngineLimits {

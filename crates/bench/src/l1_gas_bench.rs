@@ -1,8 +1,11 @@
 //! L1 gas, measured on a real EVM (anvil from npm, the contracts built by forge): commitBatch for
 //! batches of the realistic flow (settlement_bench::Flow) at 100 and 1,000 fills, per trade; and
 //! deposit, forced withdrawal request and freeze. Each batch is posted with and without its
-//! authorization section (two 126-byte signed-order records per fill, for the challenge). Printed beside StarkEx's published figures, and
-//! per trade beside Loopring's and zkSync Lite's.
+//! authorization section (a 126-byte signed-order record per fill side, for the challenge; the
+//! flow's orders are all distinct, the worst case for a section that posts each record once).
+//! The section's size is also measured on the engine benchmark's stream, where resting orders
+//! fill several times and takers sweep levels: each record once against one per side. Printed
+//! beside StarkEx's published figures, and per trade beside Loopring's and zkSync Lite's.
 //! The commitment includes the evaluation of the posted words that binds the proof to them; the
 //! proof's verification is measured apart (`optio-bench prove`), and the comparison says so.
 
@@ -113,6 +116,7 @@ async fn measure() -> anyhow::Result<()> {
             gas[2].0 as f64 / n as f64
         );
     }
+    section_sharing();
     let usdc = TestUSDC::new(d.usdc, &provider);
     transact(usdc.mint(operator, U256::from(1_000_000_000u64))).await?;
     transact(usdc.approve(d.rollup, U256::MAX)).await?;
@@ -152,4 +156,88 @@ async fn measure() -> anyhow::Result<()> {
          transaction to publish the state, plus its SNARK verification per block (zkSync FAQ)."
     );
     Ok(())
+}
+
+/// Calldata gas of `bytes` at EIP-7623's floor price (10 per zero byte, 40 per other byte).
+fn floor_gas(bytes: &[u8]) -> u64 {
+    bytes.iter().map(|&b| if b == 0 { 10 } else { 40 }).sum()
+}
+
+/// The authorization section of the fills an engine makes (the engine benchmark's stream, its
+/// orders each given a record with realistic field sizes and a random signature), cut in
+/// batches of 100 and 1,000 fills: each record once (the posted layout) against one record per
+/// fill side, in bytes and calldata gas per trade.
+fn section_sharing() {
+    use optio_state::auth::{Authorization, RECORD_BYTES, section_of};
+    let (mut engine, inputs) = crate::engine_bench::default_stream(300_000);
+    let mut sides = Vec::new();
+    let mut events = Vec::new();
+    for input in &inputs {
+        events.clear();
+        let _ = engine.apply(input, &mut events);
+        for ev in &events {
+            if let optio_types::Event::Fill {
+                maker_order,
+                taker_order,
+                ..
+            } = ev
+            {
+                sides.push(maker_order.0);
+                sides.push(taker_order.0);
+            }
+        }
+    }
+    let record = |order: u64| {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(order);
+        let mut signature = [0u8; 65];
+        rand::Rng::fill(&mut rng, &mut signature[..64]);
+        signature[64] = 27;
+        Authorization {
+            nonce: 1_700_000_000_000 + order,
+            expiry_s: 1_800_000_000,
+            signer: optio_types::Address([0x5a; 20]),
+            domain: 0,
+            limit_price: optio_types::Price(1_234_500_000),
+            amount: optio_types::Qty(150_000_000),
+            max_fee: 10_000_000,
+            signature,
+        }
+    };
+    println!(
+        "\nauthorization section on the engine benchmark's stream ({} fills of {} inputs), per trade:",
+        sides.len() / 2,
+        inputs.len()
+    );
+    println!(
+        "{:>8} {:>14} {:>16} {:>18} {:>20} {:>8}",
+        "fills", "orders/batch", "bytes, shared", "bytes, per side", "floor gas, shared", "ratio"
+    );
+    for n in [100usize, 1_000] {
+        let (mut shared, mut each, mut gas_shared, mut gas_each, mut orders) = (0, 0, 0, 0, 0);
+        let batches = sides.len() / (2 * n);
+        for chunk in sides.chunks_exact(2 * n) {
+            let records: Vec<Option<Authorization>> =
+                chunk.iter().map(|&o| Some(record(o))).collect();
+            let section = section_of(&records);
+            let one_per_side: Vec<u8> = records
+                .iter()
+                .flat_map(|r| r.expect("signed").encode())
+                .collect();
+            orders += (section.len() - 4 - 8 * n) / RECORD_BYTES;
+            shared += section.len();
+            each += one_per_side.len();
+            gas_shared += floor_gas(&section);
+            gas_each += floor_gas(&one_per_side);
+        }
+        let per_trade = |v: usize| v as f64 / (batches * n) as f64;
+        println!(
+            "{n:>8} {:>14.0} {:>16.1} {:>18.1} {:>20.0} {:>8.2}   (one record per side: {:.0} gas)",
+            orders as f64 / batches as f64,
+            per_trade(shared),
+            per_trade(each),
+            per_trade(gas_shared as usize),
+            gas_shared as f64 / gas_each as f64,
+            per_trade(gas_each as usize),
+        );
+    }
 }

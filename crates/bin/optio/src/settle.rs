@@ -260,12 +260,19 @@ pub fn verify(args: VerifyArgs) -> Result<()> {
                     bad += 1;
                     let side = if *taker { "taker" } else { "maker" };
                     println!("batch {number:>6}: ALERT fill {fill}'s {side} side (account {account}) is not authorized: {why}");
-                    if let (Some(c), Some(key)) = (challenge, &args.challenger_key) {
+                    if let Some(key) = &args.challenger_key {
                         let signer = optio_settler::connect(&args.rpc, key)?;
-                        match optio_settler::file_challenge(&signer, rollup, c).await {
-                            Ok(r) => println!("batch {number:>6}: challenged in transaction {}: batches from {number} reverted, the operator's bond paid to {}", r.transaction_hash, alloy_owner(key)?),
-                            Err(e) => println!("batch {number:>6}: the challenge failed: {e}"),
-                        }
+                        let filed = optio_settler::file_challenge(&signer, rollup, challenge).await.map(|r| r.transaction_hash);
+                        report_challenge(*number, filed, key)?;
+                    }
+                }
+                optio_settler::Verdict::Overfilled { number, account, why, challenge } => {
+                    bad += 1;
+                    println!("batch {number:>6}: ALERT a fill of account {account}'s order is not authorized: {why}");
+                    if let Some(key) = &args.challenger_key {
+                        let signer = optio_settler::connect(&args.rpc, key)?;
+                        let filed = optio_settler::file_overfill(&signer, rollup, challenge).await.map(|r| r.transaction_hash);
+                        report_challenge(*number, filed, key)?;
                     }
                 }
             }
@@ -288,6 +295,22 @@ pub fn verify(args: VerifyArgs) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// Prints how a challenge against batch `number`, filed with `key`, went.
+fn report_challenge(
+    number: u64,
+    filed: Result<impl std::fmt::Display, optio_settler::SettlerError>,
+    key: &str,
+) -> Result<()> {
+    match filed {
+        Ok(tx) => println!(
+            "batch {number:>6}: challenged in transaction {tx}: batches from {number} reverted, the operator's bond paid to {}",
+            alloy_owner(key)?
+        ),
+        Err(e) => println!("batch {number:>6}: the challenge failed: {e}"),
+    }
+    Ok(())
 }
 
 /// Whether the rollup at `rollup` judges every fill by its orders' posted signatures

@@ -76,6 +76,14 @@ mod bindings {
             }
             event BatchCommitted(uint256 indexed number, uint256 root, bytes32 dataHash, uint64 lastSeq);
             event Challenged(uint256 indexed number, uint256 fill, bool taker, address indexed challenger, uint256 reward);
+            struct FillSides {
+                uint256 number;
+                bytes data;
+                bytes auths;
+                uint256[] sides;
+            }
+            event Overfilled(uint256 indexed number, bytes32 order, int256 filled, int256 amount, address indexed challenger, uint256 reward);
+            function challengeOverfill(FillSides[] calldata parts, AccountOpening calldata opening) external;
             function challengeAuthorization(uint256 number, bytes calldata data, bytes calldata auths, uint256 fill, bool taker, AccountOpening calldata opening) external;
             function fillAt(bytes calldata data, uint256 k) external pure returns (Fill memory f);
             function authorizes(bytes calldata auths, uint256 i, Fill memory f, bool taker, address owner) external view returns (bool);
@@ -574,10 +582,60 @@ pub enum Verdict {
         account: u32,
         /// Why.
         why: String,
-        /// The challenge to file (`None` for what L1 cannot judge: an order filled beyond its
-        /// size over several fills).
-        challenge: Option<Box<Challenge>>,
+        /// The challenge to file.
+        challenge: Box<Challenge>,
     },
+    /// The roots agree, but the fills of one signed order, over this batch and earlier ones,
+    /// add up beyond its signed amount (on a rollup with the authorization challenge):
+    /// `challenge` is ready to file while the batch is not final (`file_overfill`).
+    Overfilled {
+        /// Batch (where the fills went past the amount).
+        number: u64,
+        /// The account whose order it is.
+        account: u32,
+        /// Why.
+        why: String,
+        /// The challenge to file.
+        challenge: Box<Overfill>,
+    },
+}
+
+/// A filed-ready overfill challenge: `challengeOverfill`'s arguments.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Overfill {
+    /// Fill sides of the order by batch, ascending.
+    pub parts: Vec<FillSides>,
+    /// The account's leaf opened under the last part's batch root.
+    pub opening: optio_state::ExitProof,
+}
+
+/// One batch's share of an overfill challenge.
+#[derive(Clone, PartialEq, Eq)]
+pub struct FillSides {
+    /// Batch.
+    pub number: u64,
+    /// Its posted data.
+    pub data: Vec<u8>,
+    /// Its posted authorization section.
+    pub auths: Vec<u8>,
+    /// Fill sides there (`2 * fill`, plus 1 for the taker's side), ascending.
+    pub sides: Vec<u64>,
+}
+
+impl std::fmt::Debug for Overfill {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sides: Vec<String> = self
+            .parts
+            .iter()
+            .map(|p| format!("batch {} sides {:?}", p.number, p.sides))
+            .collect();
+        write!(
+            f,
+            "Overfill {{ {}, account {} }}",
+            sides.join(", "),
+            self.opening.account.0
+        )
+    }
 }
 
 /// A filed-ready authorization challenge: `challengeAuthorization`'s arguments.
@@ -651,9 +709,70 @@ pub async fn file_challenge(
     .await
 }
 
+/// Files `c` with the provider's signer as the challenger (who is paid the operator's bond).
+pub async fn file_overfill(
+    provider: &DynProvider,
+    rollup: Address,
+    c: &Overfill,
+) -> Result<alloy::rpc::types::TransactionReceipt, SettlerError> {
+    let contract = OptioRollup::new(rollup, provider);
+    let parts = c
+        .parts
+        .iter()
+        .map(|p| OptioRollup::FillSides {
+            number: U256::from(p.number),
+            data: p.data.clone().into(),
+            auths: p.auths.clone().into(),
+            sides: p.sides.iter().map(|&s| U256::from(s)).collect(),
+        })
+        .collect();
+    transact(contract.challengeOverfill(parts, opening_call(&c.opening))).await
+}
+
+/// The fill sides seen so far of one signed order (by digest): (batch, side, size).
+type OrderFills = std::collections::BTreeMap<[u8; 32], Vec<(u64, u64, i64)>>;
+
+/// The overfill challenge for an order whose fills (`fills`, the last in batch `number`) add
+/// up beyond `amount`: the latest fills whose sizes pass it, grouped by batch.
+fn overfill(
+    fills: &[(u64, u64, i64)],
+    amount: i64,
+    posted: &[(Vec<u8>, Vec<u8>)],
+    opening: optio_state::ExitProof,
+) -> Overfill {
+    let mut total = 0;
+    let mut take = Vec::new();
+    for &(batch, side, qty) in fills.iter().rev() {
+        take.push((batch, side));
+        total += qty;
+        if total > amount {
+            break;
+        }
+    }
+    take.reverse();
+    let mut parts: Vec<FillSides> = Vec::new();
+    for (batch, side) in take {
+        match parts.last_mut() {
+            Some(p) if p.number == batch => p.sides.push(side),
+            _ => {
+                let (data, auths) = &posted[batch as usize - 1];
+                parts.push(FillSides {
+                    number: batch,
+                    data: data.clone(),
+                    auths: auths.clone(),
+                    sides: vec![side],
+                });
+            }
+        }
+    }
+    Overfill { parts, opening }
+}
+
 /// The first fill side of a batch (`blob`, decoded as `ops`, applied to `state`) that its posted
-/// authorization section does not authorize, and orders filled beyond their size over all
-/// batches so far (`filled`: quantity filled per order digest).
+/// authorization section does not authorize, or whose order's fills over all batches so far
+/// (`filled`, by order digest; `posted`: every batch's data and section) add up beyond its
+/// signed amount.
+#[allow(clippy::too_many_arguments)]
 fn audit_authorizations(
     number: u64,
     blob: &[u8],
@@ -661,46 +780,54 @@ fn audit_authorizations(
     auths: &[u8],
     state: &optio_state::SettlementState,
     venue: &optio_state::auth::Venue,
-    filled: &mut std::collections::BTreeMap<[u8; 32], i64>,
+    filled: &mut OrderFills,
+    posted: &[(Vec<u8>, Vec<u8>)],
 ) -> Option<Verdict> {
     use optio_state::auth::{self, Unauthorized};
     let sides = auth::fill_sides(ops);
     for (i, side) in sides.iter().enumerate() {
         let owner = state.accounts().get(side.account.0 as usize)?.owner;
-        let verdict = |why: String, challenge: bool| Verdict::Unauthorized {
-            number,
-            fill: i as u64 / 2,
-            taker: i % 2 == 1,
-            account: side.account.0,
-            why,
-            challenge: challenge.then(|| {
-                Box::new(Challenge {
-                    number,
-                    data: blob.to_vec(),
-                    auths: auths.to_vec(),
-                    fill: i as u64 / 2,
-                    taker: i % 2 == 1,
-                    opening: state.exit_proof(side.account).expect("the account exists"),
-                })
-            }),
-        };
+        let opening = || state.exit_proof(side.account).expect("the account exists");
         let checked = match auth::record(auths, i) {
             Some(r) => r.check(side, owner, venue).map(|()| r),
             None => Err(Unauthorized::Missing),
         };
         match checked {
-            Err(why) => return Some(verdict(why.to_string(), true)),
+            Err(why) => {
+                return Some(Verdict::Unauthorized {
+                    number,
+                    fill: i as u64 / 2,
+                    taker: i % 2 == 1,
+                    account: side.account.0,
+                    why: why.to_string(),
+                    challenge: Box::new(Challenge {
+                        number,
+                        data: blob.to_vec(),
+                        auths: auths.to_vec(),
+                        fill: i as u64 / 2,
+                        taker: i % 2 == 1,
+                        opening: opening(),
+                    }),
+                });
+            }
             Ok(r) => {
                 let digest = r.digest(side, owner, venue).unwrap_or_default();
-                let total = filled.entry(digest).or_default();
-                *total += side.qty.0;
-                if *total > r.amount.0 {
-                    let why = format!(
-                        "its order is filled {} in all, beyond its signed amount {}",
-                        optio_types::Qty(*total),
-                        r.amount
-                    );
-                    return Some(verdict(why, false));
+                let fills = filled.entry(digest).or_default();
+                fills.push((number, i as u64, side.qty.0));
+                let total: i64 = fills.iter().map(|f| f.2).sum();
+                if total > r.amount.0 {
+                    return Some(Verdict::Overfilled {
+                        number,
+                        account: side.account.0,
+                        why: format!(
+                            "its order (nonce {}) is filled {} over {} fills, beyond its signed amount {}",
+                            r.nonce,
+                            optio_types::Qty(total),
+                            fills.len(),
+                            r.amount
+                        ),
+                        challenge: Box::new(overfill(fills, r.amount.0, posted, opening())),
+                    });
                 }
             }
         }
@@ -720,7 +847,7 @@ pub async fn verify_l1(
     let contract = OptioRollup::new(rollup, provider);
     let committed =
         u64::try_from(contract.committedBatches().call().await.map_err(rpc)?).map_err(rpc)?;
-    let posted = posted_from_l1(provider, rollup, committed).await?;
+    let data_posted = posted_from_l1(provider, rollup, committed).await?;
     let checks_authorizations = contract.authorizations().call().await.map_err(rpc)?;
     let venue = optio_state::auth::Venue {
         chain_id: provider.get_chain_id().await.map_err(rpc)?,
@@ -730,7 +857,7 @@ pub async fn verify_l1(
     let mut state = optio_state::SettlementState::new();
     let mut verdicts = Vec::new();
     let mut after = (0u64, 0u64);
-    for (i, (blob, auths)) in posted.iter().enumerate() {
+    for (i, (blob, auths)) in data_posted.iter().enumerate() {
         let number = i as u64 + 1;
         let mut header = None;
         match optio_state::rebuild_after([blob.as_slice()], &mut state, after, |h| {
@@ -780,7 +907,18 @@ pub async fn verify_l1(
                 data,
             }
         } else if let Some(v) = checks_authorizations
-            .then(|| audit_authorizations(number, blob, &ops, auths, &state, &venue, &mut filled))
+            .then(|| {
+                audit_authorizations(
+                    number,
+                    blob,
+                    &ops,
+                    auths,
+                    &state,
+                    &venue,
+                    &mut filled,
+                    &data_posted,
+                )
+            })
             .flatten()
         {
             v

@@ -157,8 +157,16 @@ async fn commit(
     .expect("commits");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_forged_fill_is_caught_reverted_and_slashed_and_users_exit_whole() {
+/// A rollup with the authorization challenge, deployed by the operator with its bond, where
+/// Alice and Bob have each deposited 100,000 USDC on L1.
+struct Rig {
+    anvil: optio_contracts::Anvil,
+    operator: optio_settler::DynProvider,
+    d: optio_settler::Deployment,
+    venue: Venue,
+}
+
+async fn rig() -> Rig {
     optio_contracts::forge_build().expect("forge build");
     let anvil = optio_contracts::Anvil::start().expect("anvil");
     let operator = connect(&anvil.url, OPERATOR).expect("provider");
@@ -175,14 +183,17 @@ async fn a_forged_fill_is_caught_reverted_and_slashed_and_users_exit_whole() {
     )
     .await
     .expect("deploys");
-    let rollup = OptioRollup::new(d.rollup, &operator);
-    assert!(rollup.authorizations().call().await.expect("reads"));
+    assert!(
+        OptioRollup::new(d.rollup, &operator)
+            .authorizations()
+            .call()
+            .await
+            .expect("reads")
+    );
     let venue = Venue {
         chain_id: operator.get_chain_id().await.expect("chain id"),
         rollup: optio_types::Address(d.rollup.into_array()),
     };
-
-    // Alice and Bob deposit 100,000 USDC each on L1.
     let usdc = TestUSDC::new(d.usdc, &operator);
     for key in [ALICE, BOB] {
         let user = connect(&anvil.url, key).expect("provider");
@@ -200,23 +211,18 @@ async fn a_forged_fill_is_caught_reverted_and_slashed_and_users_exit_whole() {
         .await
         .expect("deposit");
     }
+    Rig {
+        anvil,
+        operator,
+        d,
+        venue,
+    }
+}
 
-    // Batch 1, honest: the accounts, a listing (a multi-word op before the fill), a trade both
-    // signed, a mark with a risk array after it.
-    let mut state = SettlementState::new();
-    let spec = InstrumentSpec::with_defaults(
-        "BTC-PERPETUAL".parse().expect("name"),
-        Price(200_000 * MONEY_SCALE),
-    );
-    let fill = Op::Fill {
-        instrument: InstrumentId(0),
-        maker: AccountId(0),
-        taker: AccountId(1),
-        taker_side: Side::Buy,
-        price: Price(1_000 * USDC),
-        qty: Qty(QTY_SCALE / 2),
-    };
-    let ops = vec![
+/// Batch 1's ops: both accounts with their L1 deposits, a listing (a multi-word op before the
+/// fill), `fill`, and a mark with a risk array after it.
+fn opening_ops(fill: &Op) -> Vec<Op> {
+    vec![
         Op::OpenAccount {
             owner: address(ALICE),
         },
@@ -233,7 +239,12 @@ async fn a_forged_fill_is_caught_reverted_and_slashed_and_users_exit_whole() {
             account: AccountId(1),
             amount: Amount(100_000 * USDC),
         },
-        Op::ListInstrument { spec },
+        Op::ListInstrument {
+            spec: InstrumentSpec::with_defaults(
+                "BTC-PERPETUAL".parse().expect("name"),
+                Price(200_000 * MONEY_SCALE),
+            ),
+        },
         Op::ActivateInstrument {
             instrument: InstrumentId(0),
         },
@@ -243,7 +254,37 @@ async fn a_forged_fill_is_caught_reverted_and_slashed_and_users_exit_whole() {
             mark: Price(1_000 * USDC),
             risk: (0..13).map(|k| Amount(k * 1_000 - 5_000)).collect(),
         },
-    ];
+    ]
+}
+
+/// Bob buys `qty` from Alice at 1,000.
+fn bob_buys(qty: i64) -> Op {
+    Op::Fill {
+        instrument: InstrumentId(0),
+        maker: AccountId(0),
+        taker: AccountId(1),
+        taker_side: Side::Buy,
+        price: Price(1_000 * USDC),
+        qty: Qty(qty),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_fill_is_caught_reverted_and_slashed_and_users_exit_whole() {
+    let Rig {
+        anvil,
+        operator,
+        d,
+        venue,
+    } = rig().await;
+    let rollup = OptioRollup::new(d.rollup, &operator);
+    let genesis = word(&SettlementState::new().root());
+    let usdc = TestUSDC::new(d.usdc, &operator);
+
+    // Batch 1, honest: the accounts, a listing, a trade both signed, a mark.
+    let mut state = SettlementState::new();
+    let fill = bob_buys(QTY_SCALE / 2);
+    let ops = opening_ops(&fill);
     let alice_sells = signed(ALICE, &venue, 0, Side::Sell, "1000", "1", 1);
     let bob_buys = signed(BOB, &venue, 1, Side::Buy, "1010", "0.5", 1);
     let section1 = auth::section_of(&[Some(alice_sells), Some(bob_buys)]);
@@ -470,7 +511,7 @@ async fn a_forged_fill_is_caught_reverted_and_slashed_and_users_exit_whole() {
         taker: false,
         account: 0,
         why,
-        challenge: Some(c),
+        challenge: c,
     }) = verdicts.last()
     else {
         panic!("{verdicts:?}")
@@ -548,4 +589,147 @@ async fn a_forged_fill_is_caught_reverted_and_slashed_and_users_exit_whole() {
             "account {account}"
         );
     }
+}
+
+/// Every fill of Alice's order (sell 1 at 1,000, signed once) is within its limit and its
+/// amount, but over three batches they add up to 1.2: batch 1 (0.5, final), batch 2 (0.4),
+/// batch 3 (0.3). The watchtower follows the order's fills across batches, names batch 3 and
+/// files the overfill challenge with the fills that pass the amount; the contract refuses fills
+/// that stay within it, batches out of order, another order's side, and data other than was
+/// posted; the real challenge reverts batch 3 (batch 2 stands), pays the bond and freezes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_filled_past_its_amount_over_several_batches_is_caught_and_slashed() {
+    let Rig {
+        anvil,
+        operator,
+        d,
+        venue,
+    } = rig().await;
+    let rollup = OptioRollup::new(d.rollup, &operator);
+    let alice_sells = signed(ALICE, &venue, 0, Side::Sell, "1000", "1", 1);
+    let mut state = SettlementState::new();
+    let mut root = word(&state.root());
+    let mut posted = Vec::new();
+    for (number, qty, bob) in [(1u64, "0.5", 1u64), (2, "0.4", 2), (3, "0.3", 3)] {
+        let size: f64 = qty.parse().expect("size");
+        let fill = bob_buys((size * QTY_SCALE as f64).round() as i64);
+        let ops = if number == 1 {
+            opening_ops(&fill)
+        } else {
+            vec![fill]
+        };
+        let b = post(&mut state, number, &ops);
+        let section = auth::section_of(&[
+            Some(alice_sells),
+            Some(signed(BOB, &venue, 1, Side::Buy, "1000", qty, bob)),
+        ]);
+        commit(&rollup, number, root, &b, &section).await;
+        root = b.root;
+        if number == 1 {
+            transact(rollup.finalize()).await.expect("finalizes");
+        }
+        posted.push((b.blob, section));
+    }
+
+    let verdicts = verify_l1(&operator, d.rollup).await.expect("verifies");
+    let [
+        Verdict::Agrees(1),
+        Verdict::Agrees(2),
+        Verdict::Overfilled {
+            number: 3,
+            account: 0,
+            why,
+            challenge,
+        },
+    ] = verdicts.as_slice()
+    else {
+        panic!("{verdicts:?}")
+    };
+    assert!(why.contains("beyond its signed amount"), "{why}");
+    let sides: Vec<(u64, Vec<u64>)> = challenge
+        .parts
+        .iter()
+        .map(|p| (p.number, p.sides.clone()))
+        .collect();
+    assert_eq!(sides, vec![(1, vec![0]), (2, vec![0]), (3, vec![0])]);
+
+    let challenger = connect(&anvil.url, CHALLENGER).expect("provider");
+    let part = |n: usize, sides: Vec<u64>| optio_settler::FillSides {
+        number: n as u64,
+        data: posted[n - 1].0.clone(),
+        auths: posted[n - 1].1.clone(),
+        sides,
+    };
+    let not_overfilled = alloy::primitives::hex::encode(
+        &alloy::primitives::keccak256("NotOverfilled(int256,int256)")[..4],
+    );
+    let refused = [
+        (
+            not_overfilled.as_str(),
+            vec![part(2, vec![0]), part(3, vec![0])],
+        ),
+        (
+            "batches not committed and ascending",
+            vec![part(2, vec![0]), part(1, vec![0]), part(3, vec![0])],
+        ),
+        (
+            "fills of different orders",
+            vec![part(1, vec![0]), part(2, vec![1]), part(3, vec![0])],
+        ),
+        (
+            "sides not ascending",
+            vec![part(1, vec![0]), part(2, vec![0, 0]), part(3, vec![0])],
+        ),
+        (
+            "not the posted data",
+            vec![
+                part(1, vec![0]),
+                part(2, vec![0]),
+                optio_settler::FillSides {
+                    data: posted[1].0.clone(),
+                    ..part(3, vec![0])
+                },
+            ],
+        ),
+    ];
+    // Fills within the amount; batches out of order; Bob's side among Alice's; a side named
+    // twice; batch 2's data for batch 3.
+    for (why, parts) in refused {
+        let c = optio_settler::Overfill {
+            parts,
+            ..(**challenge).clone()
+        };
+        let err = optio_settler::file_overfill(&challenger, d.rollup, &c)
+            .await
+            .expect_err(why);
+        assert!(err.to_string().contains(why), "{why}: {err}");
+    }
+    assert!(!rollup.frozen().call().await.expect("reads"));
+
+    let receipt = optio_settler::file_overfill(&challenger, d.rollup, challenge)
+        .await
+        .expect("the challenge succeeds");
+    println!(
+        "a successful overfill challenge over 3 batches: {} gas",
+        receipt.gas_used
+    );
+    let event = receipt
+        .decoded_log::<OptioRollup::Overfilled>()
+        .expect("the Overfilled event");
+    assert_eq!(
+        (event.number, event.filled, event.amount, event.reward),
+        (
+            U256::from(3u64),
+            alloy::primitives::I256::try_from(QTY_SCALE * 12 / 10).expect("fits"),
+            alloy::primitives::I256::try_from(QTY_SCALE).expect("fits"),
+            U256::from(BOND)
+        )
+    );
+    assert!(rollup.slashed().call().await.expect("reads"));
+    assert!(rollup.frozen().call().await.expect("reads"));
+    assert_eq!(
+        rollup.committedBatches().call().await.expect("reads"),
+        U256::from(2u64),
+        "batch 3 reverted, batch 2 stands"
+    );
 }

@@ -17,6 +17,11 @@
 //! A record is 126 bytes, big-endian: nonce (8), signature expiry in seconds (8), signer (20),
 //! domain (1), limit price in micro-USDC (8), amount in 1e-8 contracts (8), maximum fee in
 //! micro-USDC (8), r (32), s (32), v (1).
+//!
+//! A section posts each distinct record once: the number of records `n` (4 bytes), the `n`
+//! records, then per fill side, in order, the index of its record (4 bytes; `n` or more: none).
+//! A resting order filled many times, or a taker's order sweeping several levels, costs its
+//! 126 bytes once and 4 bytes a fill.
 
 use std::collections::BTreeMap;
 
@@ -230,11 +235,26 @@ impl Authorization {
     }
 }
 
-/// Record `i` of a section, read as the L1 contract reads it: bytes `126 i .. 126 (i + 1)`, if
-/// the section has them (trailing bytes are never a record). An all-zero record stands for a
-/// fill side without a signed order (one the operator placed): `None`, as if absent.
+/// Bytes of a count or an index in a section.
+const INDEX_BYTES: usize = 4;
+
+fn u32_at(section: &[u8], at: usize) -> Option<usize> {
+    let bytes = section.get(at..at.checked_add(INDEX_BYTES)?)?;
+    Some(u32::from_be_bytes(bytes.try_into().expect("four bytes")) as usize)
+}
+
+/// The record of fill side `i`, read as the L1 contract reads it: the side's index after the
+/// records, naming one of them (an index past them, or bytes the section lacks: `None`). An
+/// all-zero record stands for a side without a signed order: `None`, as if absent.
 pub fn record(section: &[u8], i: usize) -> Option<Authorization> {
-    let bytes = section.get(i * RECORD_BYTES..(i + 1) * RECORD_BYTES)?;
+    let n = u32_at(section, 0)?;
+    let table = n.checked_mul(RECORD_BYTES)?.checked_add(INDEX_BYTES)?;
+    let k = u32_at(section, table.checked_add(i.checked_mul(INDEX_BYTES)?)?)?;
+    if k >= n {
+        return None;
+    }
+    let at = INDEX_BYTES + k * RECORD_BYTES;
+    let bytes = &section[at..at + RECORD_BYTES];
     if bytes.iter().all(|b| *b == 0) {
         return None;
     }
@@ -243,12 +263,34 @@ pub fn record(section: &[u8], i: usize) -> Option<Authorization> {
     ))
 }
 
-/// The section for fill sides in order, an all-zero record where a side has none.
+/// The section for fill sides in order: each distinct record once, then each side's index
+/// (`u32::MAX` where a side has none).
 pub fn section_of(sides: &[Option<Authorization>]) -> Vec<u8> {
-    sides
+    let mut index: BTreeMap<[u8; RECORD_BYTES], u32> = BTreeMap::new();
+    let mut records = Vec::new();
+    let indices: Vec<u32> = sides
         .iter()
-        .flat_map(|r| r.map_or([0u8; RECORD_BYTES], |r| r.encode()))
-        .collect()
+        .map(|r| {
+            r.map_or(u32::MAX, |r| {
+                let bytes = r.encode();
+                *index.entry(bytes).or_insert_with(|| {
+                    records.push(bytes);
+                    u32::try_from(records.len() - 1).expect("fewer records than 2^32")
+                })
+            })
+        })
+        .collect();
+    let mut out = Vec::with_capacity(
+        INDEX_BYTES + records.len() * RECORD_BYTES + indices.len() * INDEX_BYTES,
+    );
+    out.extend_from_slice(&(records.len() as u32).to_be_bytes());
+    for r in &records {
+        out.extend_from_slice(r);
+    }
+    for k in indices {
+        out.extend_from_slice(&k.to_be_bytes());
+    }
+    out
 }
 
 /// What a user signed for an order besides its price and size (which the engine's order

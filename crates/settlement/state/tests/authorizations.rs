@@ -63,6 +63,7 @@ fn feed(
 #[test]
 fn every_fill_posts_the_records_of_the_orders_that_filled() {
     let mut sides_checked = 0;
+    let mut shared = 0;
     let mut unsigned = 0;
     for seed in 0..4 {
         let inputs = sequence(seed);
@@ -99,13 +100,21 @@ fn every_fill_posts_the_records_of_the_orders_that_filled() {
         for b in &posted {
             let (_, ops) = decode(&b.blob).expect("decodes");
             let sides = auth::fill_sides(ops.iter());
+            // Each distinct record once, then an index per fill side.
+            let records =
+                u32::from_be_bytes(b.authorizations[..4].try_into().expect("a count")) as usize;
             assert_eq!(
                 b.authorizations.len(),
-                sides.len() * auth::RECORD_BYTES,
-                "batch {}: one record per fill side",
+                4 + records * auth::RECORD_BYTES + 4 * sides.len(),
+                "batch {}: the records, then one index per fill side",
                 b.header.number
             );
+            let first = got.len();
             got.extend((0..sides.len()).map(|i| auth::record(&b.authorizations, i)));
+            let distinct: std::collections::BTreeSet<_> =
+                got[first..].iter().flatten().map(|r| r.encode()).collect();
+            assert_eq!(records, distinct.len(), "batch {}", b.header.number);
+            shared += got[first..].iter().flatten().count() - distinct.len();
         }
         assert_eq!(got.len(), expected.len(), "seed {seed}");
         assert_eq!(got, expected, "seed {seed}");
@@ -113,6 +122,7 @@ fn every_fill_posts_the_records_of_the_orders_that_filled() {
         unsigned += got.iter().filter(|r| r.is_none()).count();
     }
     assert!(sides_checked > 100, "{sides_checked} fill sides");
+    assert!(shared > 0, "no record was posted once for several sides");
     assert!(
         unsigned > 0 && unsigned < sides_checked,
         "{unsigned} unsigned of {sides_checked}"

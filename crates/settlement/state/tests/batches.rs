@@ -587,5 +587,7 @@ fn a_settlement_pays_exactly_the_committed_value() {
         );
         assert_eq!(state.root(), before, "a refused batch changes nothing");
     }
-    state.apply_batch(&ops).expect("the engine's settlement applies");
+    state
+        .apply_batch(&ops)
+        .expect("the engine's settlement applies");
 }
