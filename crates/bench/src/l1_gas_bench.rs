@@ -61,23 +61,8 @@ async fn measure() -> anyhow::Result<()> {
         let mut with_marks = fills.clone();
         with_marks.extend(flow.marks());
         let mut gas = Vec::new();
-        // What the gateway logs for a signed order: realistic field sizes, random signatures.
         let records: Vec<Option<optio_state::auth::Authorization>> = (0..2 * n)
-            .map(|k| {
-                let mut signature = [0u8; 65];
-                rand::Rng::fill(&mut rng, &mut signature[..64]);
-                signature[64] = 27;
-                Some(optio_state::auth::Authorization {
-                    nonce: 1_700_000_000_000 + k,
-                    expiry_s: 1_800_000_000,
-                    signer: optio_types::Address([0x5a; 20]),
-                    domain: 0,
-                    limit_price: optio_types::Price(1_234_500_000),
-                    amount: optio_types::Qty(150_000_000),
-                    max_fee: 10_000_000,
-                    signature,
-                })
-            })
+            .map(|k| Some(sample_record(k, &mut rng)))
             .collect();
         let section = optio_state::auth::section_of(&records);
         for (ops, auths) in [
@@ -158,6 +143,23 @@ async fn measure() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What the gateway logs for a signed order: realistic field sizes, a random signature.
+fn sample_record(k: u64, rng: &mut impl rand::Rng) -> optio_state::auth::Authorization {
+    let mut signature = [0u8; 65];
+    rng.fill(&mut signature[..64]);
+    signature[64] = 27;
+    optio_state::auth::Authorization {
+        nonce: 1_700_000_000_000 + k,
+        expiry_s: 1_800_000_000,
+        signer: optio_types::Address([0x5a; 20]),
+        domain: 0,
+        limit_price: optio_types::Price(1_234_500_000),
+        amount: optio_types::Qty(150_000_000),
+        max_fee: 10_000_000,
+        signature,
+    }
+}
+
 /// Calldata gas of `bytes` at EIP-7623's floor price (10 per zero byte, 40 per other byte).
 fn floor_gas(bytes: &[u8]) -> u64 {
     bytes.iter().map(|&b| if b == 0 { 10 } else { 40 }).sum()
@@ -187,22 +189,8 @@ fn section_sharing() {
             }
         }
     }
-    let record = |order: u64| {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(order);
-        let mut signature = [0u8; 65];
-        rand::Rng::fill(&mut rng, &mut signature[..64]);
-        signature[64] = 27;
-        Authorization {
-            nonce: 1_700_000_000_000 + order,
-            expiry_s: 1_800_000_000,
-            signer: optio_types::Address([0x5a; 20]),
-            domain: 0,
-            limit_price: optio_types::Price(1_234_500_000),
-            amount: optio_types::Qty(150_000_000),
-            max_fee: 10_000_000,
-            signature,
-        }
-    };
+    let record =
+        |order: u64| sample_record(order, &mut rand_chacha::ChaCha8Rng::seed_from_u64(order));
     println!(
         "\nauthorization section on the engine benchmark's stream ({} fills of {} inputs), per trade:",
         sides.len() / 2,
