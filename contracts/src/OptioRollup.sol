@@ -36,8 +36,10 @@ interface IGroth16Verifier {
 /// (`challengeAuthorization`): the batch and every later one are reverted, the operator's bond
 /// goes to the challenger and the rollup freezes. Fills of one signed order that add up beyond
 /// its amount, over one batch or several, are challenged the same way (`challengeOverfill`).
-/// Not yet here: session keys (only the owner's own signature authorizes), the signed fee cap,
-/// and the operator's withdrawal list (trusted; the posted data lets anyone audit it). There are no admin functions (nothing to change, so
+/// A record signed by a session key authorizes when the key is one the account's leaf commits
+/// under the batch's root, live at the batch's time (the challenger posts the account's keys,
+/// which must hash to the leaf's). Not yet here: the signed fee cap, and the operator's
+/// withdrawal list (trusted; the posted data lets anyone audit it). There are no admin functions (nothing to change, so
 /// nothing to timelock).
 contract OptioRollup {
     /// Index bits of the trees (arity 4: two bits per level, docs/settlement.md).
@@ -461,35 +463,50 @@ contract OptioRollup {
     /// The verifying contract of the Derive-compatible domain ccxt hard-codes.
     address internal constant DERIVE_MATCHING = 0xeB8d770ec18DB98Db922E9D83260A585b9F0DeAD;
 
-    /// Shows that one side of fill `fill` (counted from 0 in the posted words' order; the
-    /// taker's side when `taker`, else the maker's) of batch `number`, not final yet, is not
-    /// authorized by the record posted for it: `data` and `auths` are the batch's posted data
-    /// and authorization section, `opening` opens the account's leaf (its owner) under the
-    /// batch's root. The record authorizes the fill when its signature over the order it
+    /// A session key as an account's leaf commits it: the leaf's keys hash folds
+    /// `Poseidon(h, key, expiryMs)` over them in address order, from 0 (docs/settlement.md).
+    struct SessionKey {
+        address key;
+        uint64 expiryMs;
+    }
+
+    /// Shows that one side of fill `c.fill` (counted from 0 in the posted words' order; the
+    /// taker's side when `c.taker`, else the maker's) of batch `c.number`, not final yet, is
+    /// not authorized by the record posted for it: `c.data` and `c.auths` are the batch's posted
+    /// data and authorization section, `opening` opens the account's leaf (its owner) under the
+    /// batch's root and `keys` are the account's session keys there (they must hash to the
+    /// leaf's keys hash). The record authorizes the fill when its signature over the order it
     /// describes (the fill's account, instrument and side with the record's nonce, expiry,
-    /// limit price, amount and maximum fee) recovers to the account's owner, the fill price is
-    /// within the limit and the fill's size within the amount. On success the batch and every
+    /// limit price, amount and maximum fee) recovers to its signer, the signer is the owner or
+    /// one of `keys` expiring after the batch's time, the fill price is within the limit and
+    /// the fill's size within the amount. On success the batch and every
     /// later one are reverted, the operator's bond is paid to the challenger, and the rollup
     /// freezes: everyone exits from the last finalized state.
-    function challengeAuthorization(
-        uint256 number,
-        bytes calldata data,
-        bytes calldata auths,
-        uint256 fill,
-        bool taker,
-        AccountOpening calldata opening
-    ) external live {
+    function challengeAuthorization(SideChallenge calldata c, AccountOpening calldata opening, SessionKey[] calldata keys)
+        external
+        live
+    {
         if (!authorizations) revert NoChallenges();
-        if (number <= lastFinalized || number >= batches.length) revert BadBatch("not a committed batch that is not final");
-        Batch storage b = batches[number];
-        if (keccak256(data) != b.dataHash) revert BadBatch("not the posted data");
-        if (keccak256(auths) != b.authHash) revert BadBatch("not the posted authorizations");
-        Fill memory f = fillAt(data, fill);
-        uint32 account = taker ? f.taker : f.maker;
-        _checkOpening(b.root, account, opening);
-        if (authorizes(auths, 2 * fill + (taker ? 1 : 0), f, taker, opening.owner)) revert Authorized();
-        emit Challenged(number, fill, taker, msg.sender, address(this).balance);
-        _slash(number);
+        if (c.number <= lastFinalized) revert BadBatch("not a committed batch that is not final");
+        _checkPosted(c.number, c.data, c.auths);
+        Fill memory f = fillAt(c.data, c.fill);
+        _checkOpening(batches[c.number].root, c.taker ? f.taker : f.maker, opening);
+        if (_keysHash(keys) != opening.keysHash) revert BadProof("keys");
+        uint256 side = 2 * c.fill + (c.taker ? 1 : 0);
+        if (_authorizes(c.auths, side, f, Signers(opening.owner, _batchTime(c.data), keys))) revert Authorized();
+        emit Challenged(c.number, c.fill, c.taker, msg.sender, address(this).balance);
+        _slash(c.number);
+    }
+
+    /// The fill side an authorization challenge names: fill `fill` (counted from 0 in the posted
+    /// words' order) of batch `number`, the taker's side when `taker`, with the batch's posted
+    /// data and authorization section.
+    struct SideChallenge {
+        uint256 number;
+        bytes data;
+        bytes auths;
+        uint256 fill;
+        bool taker;
     }
 
     /// One batch's share of an overfill challenge: the batch, its posted data and authorization
@@ -518,10 +535,9 @@ contract OptioRollup {
         uint256 previous = 0;
         for (uint256 i = 0; i < parts.length; i++) {
             FillSides calldata p = parts[i];
-            if (p.number <= previous || p.number >= batches.length) revert BadBatch("batches not committed and ascending");
+            if (p.number <= previous) revert BadBatch("batches not ascending");
             previous = p.number;
-            if (keccak256(p.data) != batches[p.number].dataHash) revert BadBatch("not the posted data");
-            if (keccak256(p.auths) != batches[p.number].authHash) revert BadBatch("not the posted authorizations");
+            _checkPosted(p.number, p.data, p.auths);
             _tally(p, t, opening.owner);
         }
         if (t.filled <= t.amount) revert NotOverfilled(t.filled, t.amount);
@@ -566,6 +582,25 @@ contract OptioRollup {
         digest = _orderDigest(r, f, account, taker == f.takerBuys, owner);
         if (digest == 0) revert BadBatch("malformed record");
         amount = int64(uint64(bytes8(r[45:53])));
+    }
+
+    /// Checks that `data` and `auths` are what was posted with committed batch `number`.
+    function _checkPosted(uint256 number, bytes calldata data, bytes calldata auths) internal view {
+        if (number == 0 || number >= batches.length) revert BadBatch("not a committed batch");
+        if (keccak256(data) != batches[number].dataHash) revert BadBatch("not the posted data");
+        if (keccak256(auths) != batches[number].authHash) revert BadBatch("not the posted authorizations");
+    }
+
+    /// The keys hash of an account's session keys (as `AccountLeaf.keys_hash`).
+    function _keysHash(SessionKey[] calldata keys) internal view returns (uint256 h) {
+        for (uint256 i = 0; i < keys.length; i++) {
+            h = h3.poseidon([h, uint256(uint160(keys[i].key)), uint256(keys[i].expiryMs)]);
+        }
+    }
+
+    /// A batch's time: the engine time (ms) at its cut, from its posted data's header.
+    function _batchTime(bytes calldata data) internal pure returns (uint64) {
+        return uint64(bytes8(data[29:37]));
     }
 
     /// Reverts batch `number` and every later one, freezes the rollup and pays the operator's
@@ -639,22 +674,62 @@ contract OptioRollup {
         revert BadBatch("unknown op");
     }
 
-    /// Whether record `i` of `auths` authorizes the maker's (or the taker's) side of `f` for an
-    /// account owned by `owner`.
-    function authorizes(bytes calldata auths, uint256 i, Fill memory f, bool taker, address owner) public view returns (bool) {
+    /// Whether fill side `i` (`2 * fill`, plus 1 for the taker's side) of posted `data` is
+    /// authorized by its record in `auths`, for an account owned by `owner` with session keys
+    /// `keys` (the batch's time is the data's).
+    function authorizes(bytes calldata auths, uint256 i, bytes calldata data, address owner, SessionKey[] calldata keys)
+        public
+        view
+        returns (bool)
+    {
+        return _authorizes(auths, i, fillAt(data, i / 2), Signers(owner, _batchTime(data), keys));
+    }
+
+    /// Who may sign for an account in a batch: its owner, and its session keys expiring after
+    /// the batch's time (ms).
+    struct Signers {
+        address owner;
+        uint64 time;
+        SessionKey[] keys;
+    }
+
+    /// Whether record `i` of `auths` authorizes side `i` (the taker's when odd) of fill `f`,
+    /// signed by one of `s`.
+    function _authorizes(bytes calldata auths, uint256 i, Fill memory f, Signers memory s) internal view returns (bool) {
         (bool found, bytes calldata r) = _record(auths, i);
-        if (!found) return false;
+        bool taker = i % 2 == 1;
+        if (!found || !_within(r, f, taker)) return false;
+        address signer = address(bytes20(r[16:36]));
+        if (signer != s.owner && !_live(s, signer)) return false;
+        return _signedBy(r, f, taker, s.owner, signer);
+    }
+
+    /// Whether fill side `f` (the taker's when `taker`) is within record `r`'s signed side,
+    /// limit price and amount.
+    function _within(bytes calldata r, Fill memory f, bool taker) internal pure returns (bool) {
         bool buys = taker == f.takerBuys;
         int64 limit = int64(uint64(bytes8(r[37:45])));
         int64 amount = int64(uint64(bytes8(r[45:53])));
         if (buys ? f.price > limit : f.price < limit) return false;
-        if (f.qty > amount || limit < 0 || amount <= 0) return false;
-        if (address(bytes20(r[16:36])) != owner) return false;
-        bytes32 digest = _orderDigest(r, f, taker ? f.taker : f.maker, buys, owner);
+        return f.qty <= amount && limit >= 0 && amount > 0;
+    }
+
+    /// Whether record `r`'s signature (low `s` only) over the order it describes for fill side
+    /// `f` recovers to `signer`.
+    function _signedBy(bytes calldata r, Fill memory f, bool taker, address owner, address signer) internal view returns (bool) {
+        bytes32 digest = _orderDigest(r, f, taker ? f.taker : f.maker, taker == f.takerBuys, owner);
         if (digest == 0 || uint256(bytes32(r[93:125])) > HALF_ORDER) return false;
         uint8 v = uint8(r[125]);
         address who = ecrecover(digest, v < 27 ? v + 27 : v, bytes32(r[61:93]), bytes32(r[93:125]));
-        return who != address(0) && who == owner;
+        return who != address(0) && who == signer;
+    }
+
+    /// Whether `signer` is one of `s`'s session keys expiring after its time.
+    function _live(Signers memory s, address signer) internal pure returns (bool) {
+        for (uint256 i = 0; i < s.keys.length; i++) {
+            if (s.keys[i].key == signer) return s.keys[i].expiryMs > s.time;
+        }
+        return false;
     }
 
     /// The record of fill side `i` in an authorization section: the count `n` of its records (4
@@ -671,7 +746,8 @@ contract OptioRollup {
         return (true, auths[4 + k * AUTH_RECORD:4 + (k + 1) * AUTH_RECORD]);
     }
 
-    /// The EIP-712 digest of the order record `r` describes (0: a malformed record).
+    /// The EIP-712 digest of the order record `r` describes, signed by the record's signer for
+    /// an account owned by `owner` (0: a malformed record).
     function _orderDigest(bytes calldata r, Fill memory f, uint32 account, bool buys, address owner) internal view returns (bytes32) {
         int64 maxFee = int64(uint64(bytes8(r[53:61])));
         bytes32 separator = _separator(uint8(r[36]));
@@ -687,7 +763,14 @@ contract OptioRollup {
                 buys
             )
         );
-        bytes32 action = keccak256(
+        bytes32 action = _actionHash(r, account, trade, owner);
+        return keccak256(abi.encodePacked(hex"1901", separator, action));
+    }
+
+    /// The hash of the `Action` record `r` signs for `account` (owned by `owner`) with trade
+    /// data hash `trade`: signed by the record's signer.
+    function _actionHash(bytes calldata r, uint32 account, bytes32 trade, address owner) internal pure returns (bytes32) {
+        return keccak256(
             abi.encode(
                 ACTION_TYPEHASH,
                 uint256(account),
@@ -696,10 +779,9 @@ contract OptioRollup {
                 trade,
                 uint256(uint64(bytes8(r[8:16]))),
                 owner,
-                owner
+                address(bytes20(r[16:36]))
             )
         );
-        return keccak256(abi.encodePacked(hex"1901", separator, action));
     }
 
     /// The domain separator of a record's domain byte: 0 Optio's own (this chain, this

@@ -84,9 +84,20 @@ mod bindings {
             }
             event Overfilled(uint256 indexed number, bytes32 order, int256 filled, int256 amount, address indexed challenger, uint256 reward);
             function challengeOverfill(FillSides[] calldata parts, AccountOpening calldata opening) external;
-            function challengeAuthorization(uint256 number, bytes calldata data, bytes calldata auths, uint256 fill, bool taker, AccountOpening calldata opening) external;
+            struct SessionKey {
+                address key;
+                uint64 expiryMs;
+            }
+            struct SideChallenge {
+                uint256 number;
+                bytes data;
+                bytes auths;
+                uint256 fill;
+                bool taker;
+            }
+            function challengeAuthorization(SideChallenge calldata c, AccountOpening calldata opening, SessionKey[] calldata keys) external;
             function fillAt(bytes calldata data, uint256 k) external pure returns (Fill memory f);
-            function authorizes(bytes calldata auths, uint256 i, Fill memory f, bool taker, address owner) external view returns (bool);
+            function authorizes(bytes calldata auths, uint256 i, bytes calldata data, address owner, SessionKey[] calldata keys) external view returns (bool);
             function authorizations() external view returns (bool);
             function slashed() external view returns (bool);
             function reclaimDeposit(uint256 id) external;
@@ -653,6 +664,8 @@ pub struct Challenge {
     pub taker: bool,
     /// The account's leaf opened under the batch's root.
     pub opening: optio_state::ExitProof,
+    /// The account's session keys there, in address order, with their expiry (ms).
+    pub keys: Vec<(optio_types::Address, u64)>,
 }
 
 impl std::fmt::Debug for Challenge {
@@ -691,6 +704,17 @@ pub fn opening_call(proof: &optio_state::ExitProof) -> OptioRollup::AccountOpeni
     }
 }
 
+/// The `SessionKey[]` argument of a challenge: an account's session keys as its leaf commits
+/// them (address order).
+pub fn keys_call(keys: &[(optio_types::Address, u64)]) -> Vec<OptioRollup::SessionKey> {
+    keys.iter()
+        .map(|(key, expiry)| OptioRollup::SessionKey {
+            key: Address::from(key.0),
+            expiryMs: *expiry,
+        })
+        .collect()
+}
+
 /// Files `c` with the provider's signer as the challenger (who is paid the operator's bond).
 pub async fn file_challenge(
     provider: &DynProvider,
@@ -699,12 +723,15 @@ pub async fn file_challenge(
 ) -> Result<alloy::rpc::types::TransactionReceipt, SettlerError> {
     let contract = OptioRollup::new(rollup, provider);
     transact(contract.challengeAuthorization(
-        U256::from(c.number),
-        c.data.clone().into(),
-        c.auths.clone().into(),
-        U256::from(c.fill),
-        c.taker,
+        OptioRollup::SideChallenge {
+            number: U256::from(c.number),
+            data: c.data.clone().into(),
+            auths: c.auths.clone().into(),
+            fill: U256::from(c.fill),
+            taker: c.taker,
+        },
         opening_call(&c.opening),
+        keys_call(&c.keys),
     ))
     .await
 }
@@ -775,6 +802,7 @@ fn overfill(
 #[allow(clippy::too_many_arguments)]
 fn audit_authorizations(
     number: u64,
+    time_ms: u64,
     blob: &[u8],
     ops: &[optio_state::Op],
     auths: &[u8],
@@ -786,10 +814,11 @@ fn audit_authorizations(
     use optio_state::auth::{self, Unauthorized};
     let sides = auth::fill_sides(ops);
     for (i, side) in sides.iter().enumerate() {
-        let owner = state.accounts().get(side.account.0 as usize)?.owner;
+        let account = state.accounts().get(side.account.0 as usize)?;
+        let (owner, keys) = (account.owner, &account.keys);
         let opening = || state.exit_proof(side.account).expect("the account exists");
         let checked = match auth::record(auths, i) {
-            Some(r) => r.check(side, owner, venue).map(|()| r),
+            Some(r) => r.check(side, owner, keys, time_ms, venue).map(|()| r),
             None => Err(Unauthorized::Missing),
         };
         match checked {
@@ -807,6 +836,7 @@ fn audit_authorizations(
                         fill: i as u64 / 2,
                         taker: i % 2 == 1,
                         opening: opening(),
+                        keys: keys.iter().map(|(k, e)| (*k, *e)).collect(),
                     }),
                 });
             }
@@ -881,7 +911,7 @@ pub async fn verify_l1(
             .await
             .map_err(rpc)?;
         // Decoded once for both audits (the rebuild above has applied it).
-        let (_, ops) = optio_state::decode(blob).map_err(rpc)?;
+        let (meta, ops) = optio_state::decode(blob).map_err(rpc)?;
         let audit = audit_priority(&contract, &ops, &state, on_chain.priorityServed).await?;
         let on_chain = on_chain.root;
         let data = header
@@ -910,6 +940,7 @@ pub async fn verify_l1(
             .then(|| {
                 audit_authorizations(
                     number,
+                    meta.time_ms,
                     blob,
                     &ops,
                     auths,

@@ -29,6 +29,9 @@ const OPERATOR: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d
 const CHALLENGER: &str = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d";
 const ALICE: &str = "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a";
 const BOB: &str = "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6";
+/// A session key Alice registers in batch 1, live until engine time `SESSION_UNTIL`.
+const SESSION: &str = "0x2a871d0798f97d79848a013d4936a73bf4cc922c825d33c1cf7073dff6d409c6";
+const SESSION_UNTIL: u64 = 5_000;
 const BOND: u64 = 1_000_000_000_000_000_000;
 const USDC: i64 = MONEY_SCALE;
 
@@ -102,6 +105,56 @@ fn signed(
         qty: Qty(0),
     };
     assert_eq!(record.digest(&fill, address(key), venue), Some(digest));
+    record
+}
+
+/// A record to judge: what it is, the record, the account's session keys, whether it
+/// authorizes the fill side.
+type Variant<'a> = (
+    &'a str,
+    Option<Authorization>,
+    Vec<(optio_types::Address, u64)>,
+    bool,
+);
+
+/// A record of an order for `owner`'s account signed by `key` (a session key of the account,
+/// the record's signer), as the gateway logs one.
+#[allow(clippy::too_many_arguments)]
+fn signed_by_key(
+    key: &str,
+    owner: &str,
+    venue: &Venue,
+    account: u32,
+    side: Side,
+    price: i64,
+    amount: i64,
+    nonce: u64,
+) -> Authorization {
+    let mut record = Authorization {
+        nonce,
+        expiry_s: 4_000_000_000,
+        signer: address(key),
+        domain: auth::domain::OPTIO,
+        limit_price: Price(price),
+        amount: Qty(amount),
+        max_fee: 1_000 * USDC,
+        signature: [0; 65],
+    };
+    let fill = auth::FillSide {
+        account: AccountId(account),
+        instrument: InstrumentId(0),
+        side,
+        price: Price(0),
+        qty: Qty(0),
+    };
+    let digest = record.digest(&fill, address(owner), venue).expect("digest");
+    let (recid, sig) = secp256k1::ecdsa::RecoverableSignature::sign_ecdsa_recoverable(
+        secp256k1::Message::from_digest(digest),
+        &secret(key),
+    )
+    .serialize_compact();
+    record.signature[..64].copy_from_slice(&sig);
+    record.signature[64] = 27 + recid.to_u8();
     record
 }
 
@@ -219,7 +272,8 @@ async fn rig() -> Rig {
     }
 }
 
-/// Batch 1's ops: both accounts with their L1 deposits, a listing (a multi-word op before the
+/// Batch 1's ops (cut at engine time 0): both accounts with their L1 deposits, Alice's session
+/// key, a listing (a multi-word op before the
 /// fill), `fill`, and a mark with a risk array after it.
 fn opening_ops(fill: &Op) -> Vec<Op> {
     vec![
@@ -230,6 +284,12 @@ fn opening_ops(fill: &Op) -> Vec<Op> {
             priority: 0,
             account: AccountId(0),
             amount: Amount(100_000 * USDC),
+        },
+        Op::SessionKey {
+            account: AccountId(0),
+            key: address(SESSION),
+            expiry_ms: SESSION_UNTIL,
+            at_ms: 0,
         },
         Op::OpenAccount {
             owner: address(BOB),
@@ -415,17 +475,71 @@ async fn a_forged_fill_is_caught_reverted_and_slashed_and_users_exit_whole() {
     high.signature[32..64].copy_from_slice(&(n - s).to_be_bytes::<32>());
     high.signature[64] ^= 1;
     variants.push(("a malleated signature", Some(high), false));
-    for (what, record, expected) in variants {
-        let rust = record.is_some_and(|r| r.check(&sides[0], alice, &venue).is_ok());
+    // A record signed by Alice's session key (batch 1 is cut at engine time 0; the key is live
+    // until SESSION_UNTIL), judged against the keys her leaf commits.
+    let session = address(SESSION);
+    let live = vec![(session, SESSION_UNTIL)];
+    let by_key = signed_by_key(
+        SESSION,
+        ALICE,
+        &venue,
+        0,
+        Side::Sell,
+        1_000 * USDC,
+        QTY_SCALE,
+        6,
+    );
+    let mut variants: Vec<Variant> = variants
+        .into_iter()
+        .map(|(what, record, expected)| (what, record, Vec::new(), expected))
+        .collect();
+    variants.extend([
+        (
+            "signed by a live session key",
+            Some(by_key),
+            live.clone(),
+            true,
+        ),
+        (
+            "signed by a session key expired at the batch's time",
+            Some(by_key),
+            vec![(session, 0)],
+            false,
+        ),
+        (
+            "signed by a key the account does not have",
+            Some(by_key),
+            Vec::new(),
+            false,
+        ),
+        (
+            "signed by a session key, its signer named as the owner",
+            Some(Authorization {
+                signer: alice,
+                ..by_key
+            }),
+            live.clone(),
+            false,
+        ),
+        (
+            "signed by the owner, with session keys",
+            Some(alice_sells),
+            live.clone(),
+            true,
+        ),
+    ]);
+    for (what, record, keys, expected) in variants {
+        let held: std::collections::BTreeMap<_, _> = keys.iter().copied().collect();
+        let rust = record.is_some_and(|r| r.check(&sides[0], alice, &held, 0, &venue).is_ok());
         // No record at all: an empty section.
         let records: Vec<Option<Authorization>> = record.map(Some).into_iter().collect();
         let evm = rollup
             .authorizes(
                 auth::section_of(&records).into(),
                 U256::ZERO,
-                found.clone(),
-                false,
+                b1.blob.clone().into(),
                 Address::from(alice.0),
+                optio_settler::keys_call(&keys),
             )
             .call()
             .await
@@ -433,7 +547,9 @@ async fn a_forged_fill_is_caught_reverted_and_slashed_and_users_exit_whole() {
         assert_eq!((rust, evm), (expected, expected), "{what}");
     }
     assert!(
-        bob_buys.check(&sides[1], address(BOB), &venue).is_ok(),
+        bob_buys
+            .check(&sides[1], address(BOB), &Default::default(), 0, &venue)
+            .is_ok(),
         "the taker's record"
     );
 
@@ -470,6 +586,7 @@ async fn a_forged_fill_is_caught_reverted_and_slashed_and_users_exit_whole() {
         fill: 0,
         taker: true,
         opening: state.exit_proof(AccountId(1)).expect("Bob"),
+        keys: Vec::new(),
     };
     let challenger = connect(&anvil.url, CHALLENGER).expect("provider");
     assert!(
@@ -491,6 +608,7 @@ async fn a_forged_fill_is_caught_reverted_and_slashed_and_users_exit_whole() {
         opening: finalized.exit_proof(AccountId(0)).expect("Alice"),
         taker: false,
         fill: 0,
+        keys: live.clone(),
     };
     assert!(
         file_challenge(&challenger, d.rollup, &final_one)
@@ -518,6 +636,16 @@ async fn a_forged_fill_is_caught_reverted_and_slashed_and_users_exit_whole() {
     };
     assert!(why.contains("beyond the signed limit"), "{why}");
     assert_eq!(opening_call(&c.opening).owner, Address::from(alice.0));
+    assert_eq!(c.keys, live, "Alice's session key, as her leaf commits it");
+    // Her keys left out: they do not hash to her leaf's.
+    let keyless = Challenge {
+        keys: Vec::new(),
+        ..(**c).clone()
+    };
+    let err = file_challenge(&challenger, d.rollup, &keyless)
+        .await
+        .expect_err("keys that are not the leaf's");
+    assert!(err.to_string().contains("keys"), "{err}");
     let before = operator
         .get_balance(optio_settler::signer_address(CHALLENGER).expect("address"))
         .await
@@ -669,7 +797,7 @@ async fn an_order_filled_past_its_amount_over_several_batches_is_caught_and_slas
             vec![part(2, vec![0]), part(3, vec![0])],
         ),
         (
-            "batches not committed and ascending",
+            "batches not ascending",
             vec![part(2, vec![0]), part(1, vec![0]), part(3, vec![0])],
         ),
         (

@@ -9,8 +9,10 @@
 //! maximum fee) and the signature. The instrument, side, account and owner are the fill's and
 //! the state's, so a record rebuilds the exact EIP-712 digest the gateway checked
 //! (`optio_intents::Action` with its `TradeData`). A fill is authorized when its record's
-//! signature recovers to the account's owner, the signed side is the fill's, the fill price is
-//! within the signed limit and the fill's size within the signed amount. The L1 contract checks
+//! signature recovers to its signer, the signer is the account's owner or one of the session
+//! keys its leaf commits at the batch's root (expiring after the batch's time), the signed side
+//! is the fill's, the fill price is within the signed limit and the fill's size within the
+//! signed amount. The L1 contract checks
 //! one fill the same way when challenged (`OptioRollup.challengeAuthorization`), and reverts the
 //! batch and slashes the operator when the check fails.
 //!
@@ -89,10 +91,16 @@ pub enum Unauthorized {
     /// A domain the rollup does not know, or a negative fee or price.
     #[error("malformed record")]
     Malformed,
-    /// The signature does not recover to the account's owner (a signature over other fields,
+    /// The signature does not recover to the record's signer (a signature over other fields,
     /// or by another key).
-    #[error("signature does not recover to the account's owner")]
+    #[error("signature does not recover to the record's signer")]
     Signature,
+    /// The record's signer is neither the account's owner nor one of its session keys live at
+    /// the batch's time.
+    #[error(
+        "signed by {0}, neither the account's owner nor a session key live at the batch's time"
+    )]
+    Signer(Address),
 }
 
 /// One side of a fill, as the data posts it.
@@ -200,11 +208,15 @@ impl Authorization {
         Some(self.action(side, owner, venue)?.digest(&separator))
     }
 
-    /// Whether this record authorizes `side` for an account owned by `owner`.
+    /// Whether this record authorizes `side` for an account owned by `owner` whose session keys
+    /// (with their expiry, ms) are `keys`, in a batch cut at engine time `time_ms`: signed by
+    /// the owner, or by one of the keys expiring after `time_ms`.
     pub fn check(
         &self,
         side: &FillSide,
         owner: Address,
+        keys: &BTreeMap<Address, u64>,
+        time_ms: u64,
         venue: &Venue,
     ) -> Result<(), Unauthorized> {
         let beyond = match side.side {
@@ -223,13 +235,14 @@ impl Authorization {
                 amount: self.amount,
             });
         }
+        if self.signer != owner && keys.get(&self.signer).is_none_or(|until| *until <= time_ms) {
+            return Err(Unauthorized::Signer(self.signer));
+        }
         let digest = self
             .digest(side, owner, venue)
             .ok_or(Unauthorized::Malformed)?;
-        // Only the owner's own key: session keys need the owner's signed delegation posted
-        // with them (not built yet, README).
         match recover(&digest, &self.signature) {
-            Ok(who) if who == owner.0 && self.signer == owner => Ok(()),
+            Ok(who) if who == self.signer.0 => Ok(()),
             _ => Err(Unauthorized::Signature),
         }
     }
