@@ -728,10 +728,7 @@ impl<M: MarginModel> Engine<M> {
             return Err(RejectCode::InvalidSettlementPrice);
         }
         self.touch_instrument(id);
-        let inst = &mut self.instruments[id.0 as usize];
-        let value = inst.spec.settlement_value_numerator(settlement_price);
-        let holders = std::mem::take(&mut inst.holders);
-        let denom = i128::from(optio_types::QTY_SCALE) * i128::from(optio_types::QTY_SCALE);
+        let holders = std::mem::take(&mut self.instruments[id.0 as usize].holders);
         let mut paid: i128 = 0;
         let mut settled = Vec::new();
         for account in holders {
@@ -741,14 +738,11 @@ impl<M: MarginModel> Engine<M> {
                 .expect("holders have a position");
             let pos = &mut self.positions[slot as usize];
             let q = pos.exposure.position.0;
-            // Rounded down whatever the side: a long is paid the floor, a short pays the
-            // ceiling (its cash is negative), and the remainder goes to insurance.
-            let cash = Amount::from_ratio(
-                value * i128::from(q),
-                denom,
-                optio_types::Rounding::TowardSystem,
-            )
-            .expect("a settlement value is bounded by the cap");
+            // Rounded down whatever the side; the remainder goes to insurance.
+            let cash = self.instruments[id.0 as usize]
+                .spec
+                .settlement_cash(settlement_price, Qty(q))
+                .expect("a settlement value is bounded by the cap");
             pos.realized_pnl = Amount(pos.realized_pnl.0 + cash.0 - pos.cost.0);
             pos.cost = Amount::ZERO;
             pos.exposure.position = Qty::ZERO;

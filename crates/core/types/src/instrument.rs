@@ -8,7 +8,9 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::fixed::{ArithError, FeeRate, MONEY_SCALE, Price, QTY_SCALE, Qty, Rounding, mul_div};
+use crate::fixed::{
+    Amount, ArithError, FeeRate, MONEY_SCALE, Price, QTY_SCALE, Qty, Rounding, mul_div,
+};
 
 /// Milliseconds in a day.
 pub const DAY_MS: u64 = 86_400_000;
@@ -394,6 +396,22 @@ impl InstrumentSpec {
             InstrumentKind::Option { expiry, .. } => Some(expiry.expiry_ms()),
             InstrumentKind::Perpetual => None,
         }
+    }
+
+    /// The cash a position of `qty` receives at settlement price `settlement_price` (negative:
+    /// pays): `floor(value * qty / QTY_SCALE^2)`, rounded down whatever the side (a long is
+    /// paid the floor of its value, a short pays the ceiling of its own), so the remainder, never
+    /// negative, stays with the system. What the engine pays and the settlement state checks.
+    pub fn settlement_cash(&self, settlement_price: Price, qty: Qty) -> Result<Amount, ArithError> {
+        let value = self
+            .settlement_value_numerator(settlement_price)
+            .checked_mul(i128::from(qty.0))
+            .ok_or(ArithError::Overflow)?;
+        Amount::from_ratio(
+            value,
+            i128::from(QTY_SCALE) * i128::from(QTY_SCALE),
+            Rounding::TowardSystem,
+        )
     }
 
     /// Settlement value of one long contract at underlying price `settlement_price`, as an exact

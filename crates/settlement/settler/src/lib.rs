@@ -756,8 +756,9 @@ pub async fn file_overfill(
     transact(contract.challengeOverfill(parts, opening_call(&c.opening))).await
 }
 
-/// The fill sides seen so far of one signed order (by digest): (batch, side, size).
-type OrderFills = std::collections::BTreeMap<[u8; 32], Vec<(u64, u64, i64)>>;
+/// Per signed order (by digest): the size filled so far, and its fill sides (batch, side,
+/// size).
+type OrderFills = std::collections::BTreeMap<[u8; 32], (i64, Vec<(u64, u64, i64)>)>;
 
 /// The overfill challenge for an order whose fills (`fills`, the last in batch `number`) add
 /// up beyond `amount`: the latest fills whose sizes pass it, grouped by batch.
@@ -842,17 +843,17 @@ fn audit_authorizations(
             }
             Ok(r) => {
                 let digest = r.digest(side, owner, venue).unwrap_or_default();
-                let fills = filled.entry(digest).or_default();
+                let (total, fills) = filled.entry(digest).or_default();
+                *total += side.qty.0;
                 fills.push((number, i as u64, side.qty.0));
-                let total: i64 = fills.iter().map(|f| f.2).sum();
-                if total > r.amount.0 {
+                if *total > r.amount.0 {
                     return Some(Verdict::Overfilled {
                         number,
                         account: side.account.0,
                         why: format!(
                             "its order (nonce {}) is filled {} over {} fills, beyond its signed amount {}",
                             r.nonce,
-                            optio_types::Qty(total),
+                            optio_types::Qty(*total),
                             fills.len(),
                             r.amount
                         ),

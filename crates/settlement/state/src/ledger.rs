@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use optio_types::{
     AccountId, Address, Amount, CanonicalState, InstrumentId, InstrumentSpec, InstrumentStatus,
-    Price, QTY_SCALE, Qty,
+    Price, Qty,
 };
 
 use crate::leaf::{self, ACCOUNT_DEPTH, AccountLeaf, INSTRUMENT_DEPTH, InstrumentLeaf, status};
@@ -920,15 +920,14 @@ impl Scratch {
                     return Err(StateError::Settlement(i));
                 }
                 // Every holder is paid the value rounded down (a short pays it rounded up).
-                let value = inst.spec.settlement_value_numerator(*price);
-                let denom = i128::from(QTY_SCALE) * i128::from(QTY_SCALE);
+                let spec = inst.spec.clone();
                 let mut paid = 0i128;
                 let mut wrong = None;
                 self.settling.retain(|&(x, qty, cash, op)| {
                     if x != instrument.0 {
                         return true;
                     }
-                    if (value * i128::from(qty)).div_euclid(denom) != i128::from(cash) {
+                    if spec.settlement_cash(*price, Qty(qty)) != Ok(Amount(cash)) {
                         wrong.get_or_insert(op);
                     }
                     paid += i128::from(cash);
