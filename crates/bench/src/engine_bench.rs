@@ -255,6 +255,7 @@ fn optio_setup(args: &Args, ops: &[Op]) -> (Engine, Vec<Input>) {
             reduce_only: false,
             self_trade: SelfTradePrevention::CancelTaker,
             client_order_id: cid,
+            session_key: None,
         })
     };
     let inputs = ops

@@ -658,6 +658,7 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
                 reduce_only: false,
                 self_trade: SelfTradePrevention::CancelTaker,
                 client_order_id: 0,
+                session_key: None,
             }));
         }
         let results = gateway

@@ -272,6 +272,7 @@ fn order(
         reduce_only: false,
         self_trade: SelfTradePrevention::CancelTaker,
         client_order_id: 0,
+        session_key: None,
     })
 }
 

@@ -9,8 +9,9 @@
 //! rollup contract runs. Time: the node reads a manual clock the simulator moves (milliseconds
 //! per step, sometimes a minute or two at once); L1 time moves when blocks are mined.
 //!
-//! Clients: traders (signed orders, header-authenticated cancels; some margined from marks and
-//! so liquidatable), liquidators bidding in liquidation auctions, the operator deleveraging what
+//! Clients: traders (signed orders, about half of them by a session key while the trader's key
+//! is live; header-authenticated cancels and session key registrations, extensions, shortenings
+//! and revocations; some margined from marks and so liquidatable), liquidators bidding in liquidation auctions, the operator deleveraging what
 //! an auction could not place, depositors and forced withdrawals on L1, WebSocket subscribers
 //! (one that reads and checks the book stream for gaps, some that never read), and hostile
 //! clients (flipped, foreign-chain and replayed signatures, malformed and out-of-range values,
@@ -31,7 +32,9 @@
 //! (plus the unacknowledged group, if the power loss kept all of it), every
 //! acknowledged intent is there with its sequence number, and the L1 queue fed again credits
 //! nothing twice; at the end, the blobs rebuild to the batcher's root and to the engine's state,
-//! every batch is posted and finalized, the watchtower agrees with every batch, the state rebuilt
+//! every batch is posted and finalized, the watchtower agrees with every batch (every fill side
+//! authorized by its posted signed order as the contract judges it, session keys included),
+//! the state rebuilt
 //! from L1 data alone equals the engine's (every balance and position), and the L1 vault holds
 //! exactly the deposits the engine credited.
 //!
@@ -49,7 +52,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use futures_util::{SinkExt, StreamExt};
 use optio_gateway::client::{
-    OrderRequest, auth_headers, order_params, parse_receipt, signed_order,
+    OrderRequest, auth_headers, order_params, parse_receipt, signed_order_for,
 };
 use optio_gateway::{Clock, Config, Gateway};
 use optio_oracle::{OracleSigner, build_update};
@@ -105,6 +108,8 @@ pub struct Stats {
     slow_subscribers: u64,
     book_changes_checked: u64,
     batches: u64,
+    key_changes: u64,
+    key_orders: u64,
     /// The engine's state hash at the end (a rerun of the seed must end on the same one).
     state: [u8; 32],
 }
@@ -133,11 +138,13 @@ impl Stats {
         self.slow_subscribers += s.slow_subscribers;
         self.book_changes_checked += s.book_changes_checked;
         self.batches += s.batches;
+        self.key_changes += s.key_changes;
+        self.key_orders += s.key_orders;
     }
 
     fn line(&self) -> String {
         format!(
-            "{} orders ({} accepted), {} cancels, {} hostile refused, {} oracle updates ({} stalls, {} jumps), {} liquidation bids filled, {} deleverages, {} L1 deposits, {} forced withdrawals, {} settler rounds, {} L1 reorgs ({} txs dropped), {} crashes ({} restarts from a snapshot, {} torn tails, {} unsynced groups lost, {} kept), {} slow subscribers, {} book changes checked, {} batches",
+            "{} orders ({} accepted), {} cancels, {} hostile refused, {} oracle updates ({} stalls, {} jumps), {} liquidation bids filled, {} deleverages, {} L1 deposits, {} forced withdrawals, {} settler rounds, {} L1 reorgs ({} txs dropped), {} crashes ({} restarts from a snapshot, {} torn tails, {} unsynced groups lost, {} kept), {} slow subscribers, {} book changes checked, {} batches, {} session key changes, {} orders signed by a session key",
             self.orders,
             self.accepted,
             self.cancels,
@@ -159,7 +166,9 @@ impl Stats {
             self.kept_unsynced,
             self.slow_subscribers,
             self.book_changes_checked,
-            self.batches
+            self.batches,
+            self.key_changes,
+            self.key_orders
         )
     }
 }
@@ -190,6 +199,11 @@ struct Trader {
     address: [u8; 20],
     account: u64,
     nonce: u64,
+    /// A session key the trader registers, extends, shortens and revokes now and then, and
+    /// signs about half its orders with while it is live.
+    session: secp256k1::SecretKey,
+    /// When the session key expires (ms; 0: not registered).
+    session_until_ms: u64,
     l1: optio_settler::DynProvider,
 }
 
@@ -422,6 +436,11 @@ impl World {
                     address,
                     account: 0,
                     nonce: 0,
+                    session: secp256k1::SecretKey::from_secret_bytes(optio_intents::keccak(
+                        &key.to_secret_bytes(),
+                    ))
+                    .expect("a valid key"),
+                    session_until_ms: 0,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -545,7 +564,45 @@ impl World {
                 "gtc"
             },
         };
-        signed_order(&trader.key, CHAIN, self.config.verifying_contract, &request)
+        let now_ms = self.clock.now_ms();
+        let key = if trader.session_until_ms > now_ms && self.rng.random_bool(0.5) {
+            self.stats.key_orders += 1;
+            &trader.session
+        } else {
+            &trader.key
+        };
+        signed_order_for(
+            key,
+            trader.address,
+            CHAIN,
+            self.config.verifying_contract,
+            &request,
+        )
+    }
+
+    /// Trader `t` registers its session key (or extends or shortens its life: half a minute to
+    /// five minutes from now), or revokes it. Header-authenticated by the owner; the engine
+    /// cancels the key's orders that would outlive the change.
+    fn session_key_change(&mut self, t: usize) -> Result<()> {
+        let now_ms = self.clock.now_ms();
+        let expiry_s = if self.traders[t].session_until_ms > now_ms && self.rng.random_bool(0.25) {
+            0
+        } else {
+            now_ms / 1_000 + self.rng.random_range(30..300)
+        };
+        let trader = &self.traders[t];
+        let key =
+            optio_intents::address_of(&secp256k1::PublicKey::from_secret_key(&trader.session));
+        let params = json!({
+            "subaccount_id": trader.account,
+            "public_session_key": format!("0x{}", key.iter().map(|b| format!("{b:02x}")).collect::<String>()),
+            "expiry_sec": expiry_s,
+        });
+        self.header_call(t, "private/register_session_key", params)
+            .map_err(|e| anyhow::anyhow!("a session key change by the owner refused: {e:?}"))?;
+        self.traders[t].session_until_ms = expiry_s * 1_000;
+        self.stats.key_changes += 1;
+        Ok(())
     }
 
     /// One honest signed order: accepted or refused by the engine, it is acknowledged with a
@@ -1135,7 +1192,8 @@ pub fn run_seed(seed: u64, ops: u64, crash_every: u64) -> Result<Stats> {
         w.clock.advance(dt);
         let roll = w.rng.random_range(0..1_000);
         let kind = match roll {
-            0..=599 => "a signed order",
+            0..=569 => "a signed order",
+            570..=599 => "a session key change",
             600..=659 => "a cancel_all",
             660..=809 => "a hostile input",
             810..=859 => "liquidation bids",
@@ -1146,7 +1204,11 @@ pub fn run_seed(seed: u64, ops: u64, crash_every: u64) -> Result<Stats> {
             _ => "an L1 reorg",
         };
         let result = w.oracle_tick().and_then(|()| match roll {
-            0..=599 => w.trade(),
+            0..=569 => w.trade(),
+            570..=599 => {
+                let t = w.rng.random_range(0..TRADERS);
+                w.session_key_change(t)
+            }
             600..=659 => w.cancel_all(),
             660..=809 => w.hostile(),
             810..=859 => w.liquidate(),

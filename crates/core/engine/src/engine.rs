@@ -814,6 +814,26 @@ impl<M: MarginModel> Engine<M> {
             key,
             expiry_ms,
         });
+        // The key's orders that would outlive it now (all of them when it is revoked) go with
+        // it: none fills after its signer stopped being one.
+        let mut slots = std::mem::take(&mut self.scratch);
+        slots.clear();
+        let mut slot = self.accounts[account.0 as usize].orders_head;
+        while slot != NIL {
+            let o = self.store.get(slot);
+            let outlives = match o.time_in_force {
+                TimeInForce::GoodTillTime(t) => expiry_ms == 0 || t > expiry_ms,
+                _ => true,
+            };
+            if o.session_key == Some(key) && outlives {
+                slots.push(slot);
+            }
+            slot = o.account_next;
+        }
+        for &slot in &slots {
+            self.remove_order(slot, DoneReason::Cancelled, events);
+        }
+        self.scratch = slots;
         Ok(())
     }
 
@@ -1012,6 +1032,24 @@ impl<M: MarginModel> Engine<M> {
         {
             return Err(RejectCode::GoodTillInPast);
         }
+        // An order signed by a session key needs the key live now and lives no longer than it,
+        // so that every fill of it is one the key could still sign.
+        let time_in_force = match o.session_key {
+            None => o.time_in_force,
+            Some(key) => {
+                let until = acct
+                    .session_keys
+                    .get(&key)
+                    .copied()
+                    .filter(|until| *until > self.time_ms)
+                    .ok_or(RejectCode::SessionKeyNotLive)?;
+                match o.time_in_force {
+                    TimeInForce::GoodTillCancelled => TimeInForce::GoodTillTime(until),
+                    TimeInForce::GoodTillTime(t) => TimeInForce::GoodTillTime(t.min(until)),
+                    immediate => immediate,
+                }
+            }
+        };
         let limit = match o.order_type {
             OrderType::Limit { price }
             | OrderType::Market {
@@ -1103,11 +1141,12 @@ impl<M: MarginModel> Engine<M> {
                 remaining,
                 filled,
                 client_order_id: o.client_order_id,
-                time_in_force: o.time_in_force,
+                time_in_force,
                 post_only: o.post_only,
                 reduce_only: o.reduce_only,
                 self_trade: o.self_trade,
                 is_quote: false,
+                session_key: o.session_key,
             });
             self.rest_order(order, events);
         } else {
@@ -1400,6 +1439,7 @@ impl<M: MarginModel> Engine<M> {
                     reduce_only: false,
                     self_trade: SelfTradePrevention::CancelTaker,
                     is_quote: true,
+                    session_key: None,
                 });
                 self.rest_order(order, events);
             }

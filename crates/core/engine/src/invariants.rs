@@ -86,6 +86,16 @@ impl<M: MarginModel> Engine<M> {
                         {
                             return fail(format!("good-till order {} not indexed", o.id));
                         }
+                        if let Some(key) = o.session_key {
+                            let until = self.accounts[o.account.0 as usize].session_keys.get(&key);
+                            let lives = match o.time_in_force {
+                                TimeInForce::GoodTillTime(t) => until.is_some_and(|u| t <= *u),
+                                _ => false,
+                            };
+                            if !lives {
+                                return fail(format!("order {} outlives its session key", o.id));
+                            }
+                        }
                         let entry = exposures.entry((o.account, id)).or_default();
                         Self::exposure_add(&inst.spec, &mut entry.0, side, o.price, o.remaining)?;
                         entry.1 += 1;

@@ -259,6 +259,9 @@ impl Reference {
                 self.accounts[to.0 as usize].balance += amount.0;
                 Ok(())
             }
+            Command::PlaceOrder(o) if o.session_key.is_some() => {
+                panic!("the reference model does not model session keys")
+            }
             Command::PlaceOrder(o) => self.place(o),
             Command::Amend {
                 account,
@@ -726,6 +729,7 @@ impl Reference {
                 reduce_only: o.reduce_only,
                 self_trade: o.self_trade,
                 is_quote: false,
+                session_key: None,
             });
         }
         Ok(())
@@ -855,6 +859,7 @@ impl Reference {
                 reduce_only: false,
                 self_trade: SelfTradePrevention::CancelTaker,
                 is_quote: true,
+                session_key: None,
             });
         }
         if i128::from(self.accounts[a.0 as usize].balance) < self.requirement(a, None)? {

@@ -107,6 +107,11 @@ pub struct NewOrder {
     pub self_trade: SelfTradePrevention,
     /// Client's id, unique among the account's open orders; 0 means none.
     pub client_order_id: u64,
+    /// The session key that signed it, if not the owner: the engine refuses it unless the key
+    /// is live, ends its life at the key's expiry at the latest, and cancels it when a change
+    /// shortens the key's life (so that every fill of it is one the key could sign, judged at
+    /// its batch: docs/settlement.md, "Authorization challenge").
+    pub session_key: Option<Address>,
 }
 
 /// An order, by engine id or by the client's id.

@@ -138,7 +138,8 @@ fn encode_command(w: &mut Writer, c: &Command) {
             w.amount(*amount);
         }
         Command::PlaceOrder(o) => {
-            w.u8(7);
+            // Tag 19: the same, signed by a session key (its address follows).
+            w.u8(if o.session_key.is_some() { 19 } else { 7 });
             w.account(o.account);
             w.instrument(o.instrument);
             w.side(o.side);
@@ -164,6 +165,9 @@ fn encode_command(w: &mut Writer, c: &Command) {
             w.bool(o.reduce_only);
             w.self_trade(o.self_trade);
             w.u64(o.client_order_id);
+            if let Some(key) = o.session_key {
+                w.address(key);
+            }
         }
         Command::Amend {
             account,
@@ -276,7 +280,7 @@ fn decode_command(r: &mut Reader<'_>) -> Result<Command, DecodeError> {
             to: r.account()?,
             amount: r.amount()?,
         },
-        7 => {
+        tag @ (7 | 19) => {
             let account = r.account()?;
             let instrument = r.instrument()?;
             let side = r.side()?;
@@ -307,6 +311,7 @@ fn decode_command(r: &mut Reader<'_>) -> Result<Command, DecodeError> {
             let reduce_only = r.bool()?;
             let self_trade = r.self_trade()?;
             let client_order_id = r.u64()?;
+            let session_key = if tag == 19 { Some(r.address()?) } else { None };
             Command::PlaceOrder(NewOrder {
                 account,
                 instrument,
@@ -318,6 +323,7 @@ fn decode_command(r: &mut Reader<'_>) -> Result<Command, DecodeError> {
                 reduce_only,
                 self_trade,
                 client_order_id,
+                session_key,
             })
         }
         8 => Command::Amend {

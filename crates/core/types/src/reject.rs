@@ -61,6 +61,8 @@ reject_codes! {
     /// Money may not leave an account holding more open positions than
     /// `EngineLimits::max_positions_to_withdraw` (what a validity proof can price).
     TooManyPositionsToWithdraw = 2007, "too many open positions for money to leave the account";
+    /// An order signed by a session key the account does not hold, or one that has expired.
+    SessionKeyNotLive = 2008, "the signing session key is not registered or has expired";
     /// No such instrument.
     UnknownInstrument = 3001, "unknown instrument";
     /// The instrument spec failed validation.

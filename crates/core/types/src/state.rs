@@ -11,7 +11,7 @@ use crate::instrument::{InstrumentName, InstrumentSpec, InstrumentStatus};
 use crate::oracle::{MAX_UNDERLYING_LEN, MarginMode, RiskConfig};
 
 const MAGIC: &[u8; 8] = b"OPTIOST\0";
-const VERSION: u32 = 3;
+const VERSION: u32 = 4;
 
 /// Bounds the engine enforces, each with its own rejection code. Part of the state: replicas
 /// must agree on them.
@@ -157,6 +157,9 @@ pub struct OrderRecord {
     pub self_trade: SelfTradePrevention,
     /// Placed by a mass quote (replaced by the next one).
     pub is_quote: bool,
+    /// The session key that signed it (`None`: the owner, or not signed). It lives no longer
+    /// than the key, and a change that shortens the key's life cancels it.
+    pub session_key: Option<Address>,
 }
 
 /// The whole engine state in canonical form.
@@ -277,6 +280,13 @@ impl CanonicalState {
             w.bool(o.reduce_only);
             w.self_trade(o.self_trade);
             w.bool(o.is_quote);
+            match o.session_key {
+                None => w.u8(0),
+                Some(key) => {
+                    w.u8(1);
+                    w.address(key);
+                }
+            }
         }
         w.bytes
     }
@@ -447,6 +457,7 @@ impl CanonicalState {
             let reduce_only = r.bool()?;
             let self_trade = r.self_trade()?;
             let is_quote = r.bool()?;
+            let session_key = if r.bool()? { Some(r.address()?) } else { None };
             orders.push(OrderRecord {
                 id,
                 account,
@@ -461,6 +472,7 @@ impl CanonicalState {
                 reduce_only,
                 self_trade,
                 is_quote,
+                session_key,
             });
         }
         r.finish()?;

@@ -74,6 +74,19 @@ pub fn signed_order(
     o: &OrderRequest<'_>,
 ) -> Option<(Value, [u8; 32])> {
     let owner = address_of(&secp256k1::PublicKey::from_secret_key(key));
+    signed_order_for(key, owner, chain_id, contract, o)
+}
+
+/// `signed_order` signed by `key` for a subaccount of `owner` (a session key the owner
+/// registered, when they differ).
+pub fn signed_order_for(
+    key: &SecretKey,
+    owner: [u8; 20],
+    chain_id: u64,
+    contract: [u8; 20],
+    o: &OrderRequest<'_>,
+) -> Option<(Value, [u8; 32])> {
+    let signer = address_of(&secp256k1::PublicKey::from_secret_key(key));
     let data = TradeData {
         asset: contract,
         sub_id: u128::from(o.instrument_id),
@@ -90,14 +103,14 @@ pub fn signed_order(
         data: data.encode(),
         expiry: o.expiry,
         owner,
-        signer: owner,
+        signer,
     };
     let digest = action.digest(&Domain::optio(chain_id, contract).separator());
     let signature = sign(key, digest);
     let params = json!({
         "instrument_name": o.instrument_name, "direction": o.direction, "order_type": "limit", "time_in_force": o.time_in_force,
         "limit_price": o.price, "amount": o.amount, "max_fee": o.max_fee, "subaccount_id": o.subaccount, "nonce": o.nonce.to_string(),
-        "signer": hex(&owner), "signature": hex(&signature), "signature_expiry_sec": o.expiry,
+        "signer": hex(&signer), "signature": hex(&signature), "signature_expiry_sec": o.expiry,
     });
     Some((params, digest))
 }

@@ -78,8 +78,10 @@ pub struct Config {
     /// only the log after it (0: never).
     pub snapshot_every: u64,
     /// The rollup judges every fill by its orders' posted signatures (deployed with
-    /// `authorizations`): refuse what the operator could not justify there, an order signed by
-    /// a session key and an edit that loosens an order beyond what was signed (6008).
+    /// `authorizations`): refuse what the operator could not justify there, an edit that
+    /// loosens an order beyond what was signed (6008). Orders signed by a session key are
+    /// justifiable: the engine ends them with their key and the batcher cuts batches so that
+    /// each is judged while its key is live.
     pub signed_terms_only: bool,
 }
 
@@ -1568,9 +1570,6 @@ impl Gateway {
         if !may_trade {
             return Err(GatewayError::NotOwner.into());
         }
-        if self.config.signed_terms_only && signer != owner.0 {
-            return Err(GatewayError::BeyondSignedTerms.into());
-        }
         if !self.owner_limits.take(&owner.0, self.config.clock.now_ms()) {
             return Err(GatewayError::RateLimited.into());
         }
@@ -1658,6 +1657,9 @@ impl Gateway {
             reduce_only,
             self_trade: SelfTradePrevention::CancelTaker,
             client_order_id,
+            // The engine holds a key's order to the key's life (and refuses it once the key is
+            // gone, whatever this check saw).
+            session_key: (signer != owner.0).then_some(to_engine(signer)),
         });
         let intent = optio_sequencer::Intent {
             digest,

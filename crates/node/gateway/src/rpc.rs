@@ -40,9 +40,8 @@ pub enum GatewayError {
     /// The max fee the user signed is below what the order could pay (6006).
     #[error("max fee too low")]
     MaxFeeTooLow,
-    /// On a rollup that judges fills by their signed orders: an order signed by a session key,
-    /// or an edit beyond the order's signed terms (a higher bid, a lower ask, a larger size)
-    /// (6008).
+    /// On a rollup that judges fills by their signed orders: an edit beyond the order's signed
+    /// terms (a higher bid, a lower ask, a larger size) (6008).
     #[error("beyond what the order's signature covers on this rollup")]
     BeyondSignedTerms,
     /// Too many requests from this IP, or orders from this owner (6007).

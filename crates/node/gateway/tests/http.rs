@@ -806,6 +806,7 @@ mod websocket {
                     reduce_only: false,
                     self_trade: optio_types::SelfTradePrevention::CancelTaker,
                     client_order_id: 0,
+                    session_key: None,
                 })
             };
             for _ in 0..flood / 1_000 {
@@ -902,11 +903,12 @@ async fn session_keys_trade_until_revoked_and_never_administer() {
 }
 
 /// On a rollup that judges every fill by its orders' posted signatures, the gateway refuses
-/// what the operator could not justify there: an order signed by a session key, and an edit
-/// that loosens an order (a higher bid, a lower ask, a larger size); tightening edits go
-/// through. Each refusal has its code and changes nothing.
+/// what the operator could not justify there, an edit that loosens an order (a higher bid, a
+/// lower ask, a larger size), with its code and changing nothing; tightening edits go through.
+/// An order signed by a session key is taken: it lives no longer than its key and goes when
+/// the key is revoked, so that each of its fills is judged while the key is live.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_signed_terms_only_session_keys_and_loosening_edits_are_refused() {
+async fn with_signed_terms_only_loosening_edits_are_refused_and_key_orders_end_with_their_key() {
     let (h, alice, _bob) = Harness::start_with(|c| Config {
         signed_terms_only: true,
         ..c
@@ -914,9 +916,8 @@ async fn with_signed_terms_only_session_keys_and_loosening_edits_are_refused() {
     .await;
     let session = session_key(&alice, 0x56);
     let expiry = optio_gateway::now_ms() / 1_000 + 3_600;
-    let register = register_session_key(&alice, &session, expiry);
-    assert!(h.post(&register, &h.auth(&alice)).await.1["result"].is_object());
-    let before = h.gateway.state_hash();
+    let register = |expiry_sec| register_session_key(&alice, &session, expiry_sec);
+    assert!(h.post(&register(expiry), &h.auth(&alice)).await.1["result"].is_object());
     let by_key = h.order_params_as(
         &session,
         alice.address,
@@ -927,8 +928,38 @@ async fn with_signed_terms_only_session_keys_and_loosening_edits_are_refused() {
         "0.1",
         CHAIN,
     );
-    assert_eq!(code(&h.call("private/order", by_key).await), 6_008);
-    assert_eq!(h.gateway.state_hash(), before, "refused before sequencing");
+    let placed = h.call("private/order", by_key).await;
+    assert_eq!(
+        placed["result"]["order"]["order_status"], "open",
+        "{placed}"
+    );
+    let id = optio_types::OrderId(
+        placed["result"]["order"]["order_id"]
+            .as_str()
+            .expect("id")
+            .parse()
+            .expect("number"),
+    );
+    let open_order = |id: optio_types::OrderId| {
+        h.gateway
+            .canonical_state()
+            .orders
+            .into_iter()
+            .find(|o| o.id == id)
+    };
+    let open = open_order(id).expect("resting");
+    assert_eq!(
+        open.time_in_force,
+        optio_types::TimeInForce::GoodTillTime(expiry * 1_000),
+        "good till the key expires"
+    );
+    assert_eq!(
+        open.session_key,
+        Some(optio_types::Address(session.address))
+    );
+    // Revoking the key cancels its order.
+    assert!(h.post(&register(0), &h.auth(&alice)).await.1["result"].is_object());
+    assert!(open_order(id).is_none(), "cancelled with its key");
 
     // The owner's own ask, then edits: looser ones refused, tighter ones taken.
     let ask = h

@@ -39,6 +39,7 @@ fn order(account: u32, side: Side, price: i64) -> Command {
         reduce_only: false,
         self_trade: SelfTradePrevention::CancelTaker,
         client_order_id: 0,
+        session_key: None,
     })
 }
 

@@ -37,6 +37,13 @@ fn inputs(n: usize) -> Vec<Input> {
             amount: Amount(1_000_000 * MONEY_SCALE),
         });
     }
+    // Account 2 trades partly through a session key (its orders log the key).
+    let key = Address([0x5e; 20]);
+    v.push(Command::SetSessionKey {
+        account: AccountId(2),
+        key,
+        expiry_ms: T0 + 3_600_000,
+    });
     for i in 0..n {
         let side = if i % 2 == 0 { Side::Buy } else { Side::Sell };
         let offset = (i % 7) as i64 - 3;
@@ -53,6 +60,7 @@ fn inputs(n: usize) -> Vec<Input> {
             reduce_only: false,
             self_trade: SelfTradePrevention::CancelTaker,
             client_order_id: 0,
+            session_key: (i % 3 == 2 && i % 2 == 0).then_some(key),
         }));
     }
     v.into_iter()

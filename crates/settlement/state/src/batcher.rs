@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use optio_types::{AccountId, Event, Input};
+use optio_types::{AccountId, Address, Event, Input};
 use sha3::{Digest, Keccak256};
 
 use crate::auth::{self, Authorization, Orders, Signed};
@@ -164,6 +164,13 @@ pub struct Batcher {
     /// taker), fill by fill.
     orders: Orders,
     records: Vec<Option<Authorization>>,
+    /// The session keys behind the pending fills' records, with the expiry (ms) the batch will
+    /// commit for them. The contract judges a record signed by a key against the keys its
+    /// batch's root commits, live at the batch's time (its last input's), so the batch is cut
+    /// before an input that would leave one of these expired at that time or revoked.
+    signing_keys: BTreeMap<(AccountId, Address), u64>,
+    /// Session keys the pending ops register (expiry) or revoke (0), over the last cut's state.
+    pending_keys: BTreeMap<(AccountId, Address), u64>,
     max_ops: usize,
     max_age_ms: u64,
     capacity: Option<Capacity>,
@@ -197,6 +204,8 @@ impl Batcher {
             fills: 0,
             orders: Orders::default(),
             records: Vec::new(),
+            signing_keys: BTreeMap::new(),
+            pending_keys: BTreeMap::new(),
             max_ops: max_ops.max(1),
             max_age_ms,
             capacity: None,
@@ -295,10 +304,42 @@ impl Batcher {
         // no mark is pending: with one pending, the batch is cut before the money leaves.
         let full =
             full || (!self.marks.is_empty() && ops.iter().any(|o| money_out_of(o).is_some()));
+        let full = full || self.ends_a_signing_key(input.time_ms, &ops);
         let before = if full { Some(self.cut()?) } else { None };
         // After a cut before this input: the orders persisted with that batch are as of its
         // last input.
         let records = self.orders.apply(input, signed, events);
+        for op in &ops {
+            if let Op::SessionKey {
+                account,
+                key,
+                expiry_ms,
+                ..
+            } = op
+            {
+                self.pending_keys.insert((*account, *key), *expiry_ms);
+                if let Some(until) = self.signing_keys.get_mut(&(*account, *key)) {
+                    *until = *expiry_ms;
+                }
+            }
+        }
+        let accounts = events.iter().filter_map(|e| match e {
+            Event::Fill {
+                maker_account,
+                taker_account,
+                ..
+            } => Some([*maker_account, *taker_account]),
+            _ => None,
+        });
+        for (pair, accounts) in records.iter().zip(accounts) {
+            for (record, account) in pair.iter().zip(accounts) {
+                if let Some(r) = record
+                    && let Some(until) = self.session_key(account, r.signer)
+                {
+                    self.signing_keys.insert((account, r.signer), until);
+                }
+            }
+        }
         self.records.extend(records.into_iter().flatten());
         self.last_seq = seq;
         self.last_ms = self.last_ms.max(input.time_ms);
@@ -355,7 +396,33 @@ impl Batcher {
         }
     }
 
+    /// Whether an input at `time_ms` with `ops` would leave a session key behind a pending
+    /// fill unable to authorize it in this batch: expired at the batch's time, or revoked.
+    fn ends_a_signing_key(&self, time_ms: u64, ops: &[Op]) -> bool {
+        self.signing_keys.values().any(|until| *until <= time_ms)
+            || ops.iter().any(|op| {
+                matches!(op, Op::SessionKey { account, key, expiry_ms, .. }
+                    if *expiry_ms <= time_ms && self.signing_keys.contains_key(&(*account, *key)))
+            })
+    }
+
+    /// The expiry of `key` among `account`'s session keys as of the pending ops (`None`: not
+    /// one of them, e.g. the owner).
+    fn session_key(&self, account: AccountId, key: Address) -> Option<u64> {
+        match self.pending_keys.get(&(account, key)) {
+            Some(0) => None,
+            Some(until) => Some(*until),
+            None => self
+                .state
+                .accounts()
+                .get(account.0 as usize)
+                .and_then(|a| a.keys.get(&key).copied()),
+        }
+    }
+
     fn cut(&mut self) -> Result<Batch, BatchError> {
+        self.signing_keys.clear();
+        self.pending_keys.clear();
         let mut ops = std::mem::take(&mut self.pending);
         ops.extend(std::mem::take(&mut self.marks).into_values());
         let meta = BlobMeta {

@@ -209,6 +209,7 @@ fn a_bankrupt_account_deleveraged_with_its_loss_shared_settles_exactly() {
             reduce_only: false,
             self_trade: SelfTradePrevention::CancelTaker,
             client_order_id: 0,
+            session_key: None,
         })
     };
     // Account 1 first withdraws what leaves it 500 free once long (a withdrawal must leave its

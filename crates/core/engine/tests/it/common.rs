@@ -91,6 +91,7 @@ pub fn limit(account: u32, instrument: u32, side: Side, price: Price, qty: i64) 
         reduce_only: false,
         self_trade: SelfTradePrevention::CancelTaker,
         client_order_id: 0,
+        session_key: None,
     }
 }
 

@@ -139,6 +139,7 @@ pub fn input(op: Op, state: &CanonicalState, time: &mut u64) -> Input {
                 } else {
                     0
                 },
+                session_key: None,
             })
         }
         5 => Command::PlaceOrder(NewOrder {
@@ -158,6 +159,7 @@ pub fn input(op: Op, state: &CanonicalState, time: &mut u64) -> Input {
             reduce_only: flags & 0x48 == 0x48,
             self_trade: SelfTradePrevention::CancelMaker,
             client_order_id: 0,
+            session_key: None,
         }),
         6 | 7 => {
             let (acct, order) = order_ref(c);

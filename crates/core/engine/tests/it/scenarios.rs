@@ -877,3 +877,106 @@ fn bad_amounts_and_transfers() {
     .expect("same owner");
     assert_eq!(e.collateral(AccountId(3)).expect("exists").0, usd(100_001));
 }
+
+/// An order signed by a session key needs the key live when it is placed, lives no longer than
+/// the key, and goes when a change shortens the key's life (all of the key's orders when it is
+/// revoked); the owner's orders and another key's stay. Refusals change nothing.
+#[test]
+fn session_key_orders_live_and_die_with_their_key() {
+    let mut e = market();
+    let (k1, k2) = (
+        optio_types::Address([0xa1; 20]),
+        optio_types::Address([0xa2; 20]),
+    );
+    let by = |key, price: i64, tif| {
+        let mut o = limit(1, 0, Side::Buy, px(price), 1);
+        o.session_key = key;
+        o.time_in_force = tif;
+        Command::PlaceOrder(o)
+    };
+    let gtc = TimeInForce::GoodTillCancelled;
+    // Not registered: refused, nothing changes.
+    let before = e.state_hash();
+    assert_eq!(
+        run(&mut e, T0, by(Some(k1), 1_000, gtc)),
+        Err(RejectCode::SessionKeyNotLive)
+    );
+    assert_eq!(e.state_hash(), before);
+    let key = |key, expiry_ms| Command::SetSessionKey {
+        account: AccountId(1),
+        key,
+        expiry_ms,
+    };
+    run(&mut e, T0, key(k1, T0 + 60_000)).expect("k1");
+    run(&mut e, T0, key(k2, T0 + 60_000)).expect("k2");
+    // A good-till-cancelled order by k1 lives until k1 expires; a good-till-time one past it is
+    // cut to it; one before it keeps its time; the owner's and k2's are their own.
+    for (k, price, tif) in [
+        (Some(k1), 1_000, gtc),
+        (Some(k1), 1_001, TimeInForce::GoodTillTime(T0 + 90_000)),
+        (Some(k1), 1_002, TimeInForce::GoodTillTime(T0 + 30_000)),
+        (None, 1_003, gtc),
+        (Some(k2), 1_004, gtc),
+    ] {
+        run(&mut e, T0, by(k, price, tif)).expect("rests");
+    }
+    let lifetimes = |e: &optio_engine::Engine| {
+        let mut v: Vec<_> = e
+            .open_orders_of(AccountId(1))
+            .iter()
+            .map(|o| (o.id.0, o.time_in_force, o.session_key))
+            .collect();
+        v.sort();
+        v
+    };
+    let gtt = TimeInForce::GoodTillTime;
+    assert_eq!(
+        lifetimes(&e),
+        vec![
+            (1, gtt(T0 + 60_000), Some(k1)),
+            (2, gtt(T0 + 60_000), Some(k1)),
+            (3, gtt(T0 + 30_000), Some(k1)),
+            (4, gtc, None),
+            (5, gtt(T0 + 60_000), Some(k2)),
+        ]
+    );
+    e.check_invariants().expect("invariants");
+    // The snapshot keeps which key signed each order.
+    let restored = optio_engine::Engine::restore_bytes(&e.snapshot(), optio_types::WorstCaseMargin)
+        .expect("restores");
+    assert_eq!(restored.state_hash(), e.state_hash());
+    // Extending k1 keeps its orders; shortening it to T0 + 45 s cancels those that would
+    // outlive that.
+    assert!(done(&run(&mut e, T0 + 1, key(k1, T0 + 120_000)).expect("extend")).is_empty());
+    assert_eq!(
+        done(&run(&mut e, T0 + 2, key(k1, T0 + 45_000)).expect("shorten")),
+        vec![(2, DoneReason::Cancelled), (1, DoneReason::Cancelled)]
+    );
+    // Revoking k1 cancels the rest of its orders, and k1 signs no more.
+    assert_eq!(
+        done(&run(&mut e, T0 + 3, key(k1, 0)).expect("revoke")),
+        vec![(3, DoneReason::Cancelled)]
+    );
+    let before = e.state_hash();
+    assert_eq!(
+        run(&mut e, T0 + 3, by(Some(k1), 1_000, gtc)),
+        Err(RejectCode::SessionKeyNotLive)
+    );
+    assert_eq!(e.state_hash(), before);
+    // k2's order expires with k2; after that k2 signs nothing, not even an immediate order.
+    let events = run(&mut e, T0 + 60_000, by(None, 1_005, gtc)).expect("owner");
+    assert_eq!(done(&events), vec![(5, DoneReason::Expired)]);
+    assert_eq!(
+        run(
+            &mut e,
+            T0 + 60_000,
+            by(Some(k2), 1_000, TimeInForce::ImmediateOrCancel)
+        ),
+        Err(RejectCode::SessionKeyNotLive)
+    );
+    assert_eq!(
+        lifetimes(&e).iter().map(|o| o.0).collect::<Vec<_>>(),
+        vec![4, 6]
+    );
+    e.check_invariants().expect("invariants");
+}

@@ -150,6 +150,7 @@ pub fn history(seed: u64, len: usize) -> Vec<Input> {
                     reduce_only: false,
                     self_trade: SelfTradePrevention::CancelTaker,
                     client_order_id: 0,
+                    session_key: None,
                 })
             }
             55..=59 => Command::CancelAll {
