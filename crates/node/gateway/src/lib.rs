@@ -6,11 +6,12 @@
 //! and cancels (EIP-191 `personal_sign` of a fresh timestamp), per-owner nonces, and the views the
 //! API returns (instruments, books, tickers with mark, implied volatility and Greeks, orders,
 //! positions, collateral), plus `/health` and Prometheus `/metrics`.
+//! Also: WebSocket subscriptions (`ws`), session keys (registered by the owner; orders they sign
+//! carry the key to the engine, which ends them with it), per-IP and per-owner rate limits
+//! (`limits`), the Derive method names and envelopes ccxt expects (`derive`), one writer thread
+//! that commits the requests queued meanwhile as one fsync group, and the batcher thread beside
+//! it (`batching`).
 //! Must not: change engine state except by submitting inputs to the sequencer.
-//!
-//! Not built yet (issue #5): WebSocket subscriptions, session keys, rate limits, the Derive
-//! method names and envelopes ccxt expects, and a dedicated sequencer thread with group commit
-//! across requests (each write request is its own fsync group for now).
 
 pub mod batching;
 pub mod client;

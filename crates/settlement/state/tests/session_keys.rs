@@ -12,14 +12,16 @@ use optio_intents::address_of;
 use optio_state::auth::{self, Signed, Venue, domain};
 use optio_state::{Batch, Batcher, decode};
 use optio_types::{
-    AccountId, Address, Amount, Command, EngineLimits, Input, InstrumentId, InstrumentSpec,
-    MONEY_SCALE, NewOrder, OrderType, Price, Qty, SelfTradePrevention, Side, TimeInForce,
+    AccountId, Address, Amount, Command, EngineLimits, Input, InstrumentId, MONEY_SCALE, NewOrder,
+    OrderType, Price, Qty, SelfTradePrevention, Side, TimeInForce,
 };
 use rand::{Rng, SeedableRng};
 use secp256k1::{Message, PublicKey, SecretKey};
 
-const T0: u64 = 1_734_764_400_000;
-const STEP: i64 = 1_000_000;
+mod support;
+
+use support::{STEP, T0};
+
 const ACCOUNTS: u8 = 4;
 const VENUE: Venue = Venue {
     chain_id: 31_337,
@@ -72,10 +74,7 @@ fn sign(a: u8, k: u8, order: &NewOrder, nonce: u64, now_ms: u64) -> Signed {
 /// A random history: each input with what was signed for it.
 fn history(seed: u64, len: usize) -> Vec<(Input, Option<Signed>)> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let spec = InstrumentSpec::with_defaults(
-        "BTC-27DEC24-60000-C".parse().expect("a valid name"),
-        Price(100_000 * MONEY_SCALE),
-    );
+    let spec = support::specs().swap_remove(0);
     let mut commands = vec![
         Command::ListInstrument { spec },
         Command::ActivateInstrument {
