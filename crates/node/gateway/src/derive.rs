@@ -64,6 +64,8 @@ pub fn derive_code(e: &CallError) -> i64 {
             RejectCode::InstrumentNotActive => 11_021,
             RejectCode::UnknownInstrument => 12_001,
             RejectCode::UnknownAccount => 14_001,
+            // Derive's "signer is not the wallet owner or a registered session key".
+            RejectCode::SessionKeyNotLive => 14_023,
             other => i64::from(other.code()),
         },
     }
