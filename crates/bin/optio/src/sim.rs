@@ -11,8 +11,8 @@
 //!
 //! Clients: traders (signed orders, about half of them by a session key while the trader's key
 //! is live; header-authenticated cancels and session key registrations, extensions, shortenings
-//! and revocations; some margined from marks and so liquidatable), liquidators bidding in liquidation auctions, the operator deleveraging what
-//! an auction could not place, depositors and forced withdrawals on L1, WebSocket subscribers
+//! and revocations; some margined from marks and so liquidatable), liquidators bidding in
+//! liquidation auctions, the operator deleveraging what an auction could not place, depositors and forced withdrawals on L1, WebSocket subscribers
 //! (one that reads and checks the book stream for gaps, some that never read), and hostile
 //! clients (flipped, foreign-chain and replayed signatures, malformed and out-of-range values,
 //! unknown instruments and accounts).
@@ -33,10 +33,9 @@
 //! acknowledged intent is there with its sequence number, and the L1 queue fed again credits
 //! nothing twice; at the end, the blobs rebuild to the batcher's root and to the engine's state,
 //! every batch is posted and finalized, the watchtower agrees with every batch (every fill side
-//! authorized by its posted signed order as the contract judges it, session keys included),
-//! the state rebuilt
-//! from L1 data alone equals the engine's (every balance and position), and the L1 vault holds
-//! exactly the deposits the engine credited.
+//! authorized by its posted signed order as the contract judges it, session keys included), the
+//! state rebuilt from L1 data alone equals the engine's (every balance and position), and the L1
+//! vault holds exactly the deposits the engine credited.
 //!
 //! Reproducibility: a seed's run repeats exactly. Inputs, faults and time are functions of the
 //! seed, and so is everything that feeds back into the inputs: batches are cut by size (the
@@ -261,12 +260,7 @@ fn open(dir: &Path, config: &Config) -> Result<Arc<Gateway>> {
 }
 
 fn key_hex(key: &secp256k1::SecretKey) -> String {
-    let hex: String = key
-        .to_secret_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("0x{hex}")
+    optio_state::poseidon::hex(&key.to_secret_bytes())
 }
 
 /// Starts the API server for `gateway` on 127.0.0.1 with one reading subscriber and `slow`
@@ -595,7 +589,7 @@ impl World {
             optio_intents::address_of(&secp256k1::PublicKey::from_secret_key(&trader.session));
         let params = json!({
             "subaccount_id": trader.account,
-            "public_session_key": format!("0x{}", key.iter().map(|b| format!("{b:02x}")).collect::<String>()),
+            "public_session_key": optio_state::poseidon::hex(&key),
             "expiry_sec": expiry_s,
         });
         self.header_call(t, "private/register_session_key", params)

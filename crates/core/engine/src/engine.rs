@@ -816,24 +816,18 @@ impl<M: MarginModel> Engine<M> {
         });
         // The key's orders that would outlive it now (all of them when it is revoked) go with
         // it: none fills after its signer stopped being one.
-        let mut slots = std::mem::take(&mut self.scratch);
-        slots.clear();
-        let mut slot = self.accounts[account.0 as usize].orders_head;
-        while slot != NIL {
-            let o = self.store.get(slot);
-            let outlives = match o.time_in_force {
-                TimeInForce::GoodTillTime(t) => expiry_ms == 0 || t > expiry_ms,
-                _ => true,
-            };
-            if o.session_key == Some(key) && outlives {
-                slots.push(slot);
-            }
-            slot = o.account_next;
-        }
-        for &slot in &slots {
-            self.remove_order(slot, DoneReason::Cancelled, events);
-        }
-        self.scratch = slots;
+        self.remove_orders_where(
+            account,
+            |o| {
+                let outlives = match o.time_in_force {
+                    TimeInForce::GoodTillTime(t) => expiry_ms == 0 || t > expiry_ms,
+                    _ => true,
+                };
+                o.session_key == Some(key) && outlives
+            },
+            DoneReason::Cancelled,
+            events,
+        );
         Ok(())
     }
 
@@ -1311,21 +1305,38 @@ impl<M: MarginModel> Engine<M> {
         if let Some(id) = instrument {
             self.instrument(id)?;
         }
+        self.remove_orders_where(
+            account,
+            |o| instrument.is_none_or(|i| o.instrument == i),
+            DoneReason::Cancelled,
+            events,
+        );
+        Ok(())
+    }
+
+    /// Takes off the book, with `reason`, the account's open orders that `which` picks (in the
+    /// account's order list's order).
+    pub(crate) fn remove_orders_where(
+        &mut self,
+        account: AccountId,
+        which: impl Fn(&OrderRecord) -> bool,
+        reason: DoneReason,
+        events: &mut Vec<Event>,
+    ) {
         let mut slots = std::mem::take(&mut self.scratch);
         slots.clear();
         let mut slot = self.accounts[account.0 as usize].orders_head;
         while slot != NIL {
             let o = self.store.get(slot);
-            if instrument.is_none_or(|i| o.instrument == i) {
+            if which(o) {
                 slots.push(slot);
             }
             slot = o.account_next;
         }
         for &slot in &slots {
-            self.remove_order(slot, DoneReason::Cancelled, events);
+            self.remove_order(slot, reason, events);
         }
         self.scratch = slots;
-        Ok(())
     }
 
     fn mass_quote(

@@ -14,7 +14,6 @@ use optio_types::{
     Qty, RejectCode,
 };
 
-use crate::book::NIL;
 use crate::engine::Engine;
 
 const BPS: i128 = 10_000;
@@ -60,15 +59,7 @@ impl<M: MarginModel> Engine<M> {
                 (None, true) => {
                     self.accounts[account.0 as usize].liquidating_since = Some(self.time_ms);
                     events.push(Event::LiquidationStarted { account });
-                    let mut slot = self.accounts[account.0 as usize].orders_head;
-                    let mut slots = Vec::new();
-                    while slot != NIL {
-                        slots.push(slot);
-                        slot = self.store.get(slot).account_next;
-                    }
-                    for slot in slots {
-                        self.remove_order(slot, DoneReason::Liquidation, events);
-                    }
+                    self.remove_orders_where(account, |_| true, DoneReason::Liquidation, events);
                     // Nothing to auction (a settlement left it bankrupt): cover it now.
                     self.finish_if_flat(account, events);
                 }
@@ -288,18 +279,12 @@ impl<M: MarginModel> Engine<M> {
             // The counterparty's orders in the instrument go first: orders can rest on the
             // position being closed (a long's asks are covered by it), and without them its
             // requirement only falls as the position shrinks at the mark.
-            let mut slot = self.accounts[counterparty.0 as usize].orders_head;
-            let mut slots = Vec::new();
-            while slot != NIL {
-                let order = self.store.get(slot);
-                if order.instrument == instrument {
-                    slots.push(slot);
-                }
-                slot = order.account_next;
-            }
-            for slot in slots {
-                self.remove_order(slot, DoneReason::Deleveraged, events);
-            }
+            self.remove_orders_where(
+                counterparty,
+                |o| o.instrument == instrument,
+                DoneReason::Deleveraged,
+                events,
+            );
             self.transfer_position(account, counterparty, instrument, long, Qty(take), price);
             events.push(Event::LiquidationTransfer {
                 account,

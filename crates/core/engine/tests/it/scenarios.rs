@@ -945,6 +945,18 @@ fn session_key_orders_live_and_die_with_their_key() {
     let restored = optio_engine::Engine::restore_bytes(&e.snapshot(), optio_types::WorstCaseMargin)
         .expect("restores");
     assert_eq!(restored.state_hash(), e.state_hash());
+    // A snapshot whose key order outlives its key is refused.
+    let mut tampered = e.canonical();
+    let k1_order = tampered
+        .orders
+        .iter_mut()
+        .find(|o| o.session_key == Some(k1))
+        .expect("k1 rests an order");
+    k1_order.time_in_force = gtc;
+    assert!(matches!(
+        optio_engine::Engine::restore(&tampered, optio_types::WorstCaseMargin),
+        Err(optio_engine::RestoreError::Invariant(_))
+    ));
     // Extending k1 keeps its orders; shortening it to T0 + 45 s cancels those that would
     // outlive that.
     assert!(done(&run(&mut e, T0 + 1, key(k1, T0 + 120_000)).expect("extend")).is_empty());
