@@ -38,8 +38,9 @@ interface IGroth16Verifier {
 /// its amount, over one batch or several, are challenged the same way (`challengeOverfill`).
 /// A record signed by a session key authorizes when the key is one the account's leaf commits
 /// under the batch's root, live at the batch's time (the challenger posts the account's keys,
-/// which must hash to the leaf's). Not yet here: the signed fee cap, and the operator's
-/// withdrawal list (trusted; the posted data lets anyone audit it). There are no admin functions (nothing to change, so
+/// which must hash to the leaf's). The withdrawal list and the L1 operations a batch
+/// serves are checked against its posted words when it is committed (`_checkMoves`). Not yet
+/// here: the signed fee cap. There are no admin functions (nothing to change, so
 /// nothing to timelock).
 contract OptioRollup {
     /// Index bits of the trees (arity 4: two bits per level, docs/settlement.md).
@@ -211,6 +212,8 @@ contract OptioRollup {
     error Insolvent(uint256 owed, uint256 held);
     error NotFinal(uint256 batch);
     error WrongWithdrawals();
+    /// A batch serves priority operation `priorityId` other than as queued.
+    error NotQueued(uint256 priorityId);
     error NoVerifier();
     error NotProven(uint256 batch);
     error AlreadyWithdrawn(uint256 batch, uint256 index);
@@ -310,8 +313,112 @@ contract OptioRollup {
         _checkContinues(number, previousRoot, firstSeq, lastSeq, priorityServed_);
         Field.check(newRoot);
         _bind(number, commitment, data);
+        _checkMoves(data, withdrawalsHash);
         batches.push(Batch({root: newRoot, dataHash: keccak256(data), withdrawalsHash: withdrawalsHash, lastSeq: lastSeq, committedAt: uint64(block.timestamp), priorityServed: priorityServed_, authHash: keccak256(authorizations_)}));
         emit BatchCommitted(number, newRoot, keccak256(data), lastSeq);
+    }
+
+    uint256 internal constant OPEN = 6;
+    uint256 internal constant WITHDRAW = 8;
+    uint256 internal constant L1_DEPOSIT = 25;
+    uint256 internal constant L1_WITHDRAWAL = 26;
+
+    /// Walks the ops of a batch's posted words, which its proof binds (docs/settlement.md,
+    /// "What L1 pays"): every L1 operation served is the queued one (a deposit credits its
+    /// amount, or nothing, to the account it named, or to the account opened for its depositor
+    /// just before it; a forced withdrawal that moves money pays its requester), and
+    /// `withdrawalsHash` is exactly the withdrawals the words name, in order, to the owners they
+    /// name (keccak256 of `abi.encode(Withdrawal[])`), so L1 pays what the proven state took out.
+    function _checkMoves(bytes calldata data, bytes32 withdrawalsHash) internal view {
+        uint256 list;
+        uint256 cursor;
+        uint256 end;
+        assembly {
+            list := mload(0x40)
+            cursor := add(data.offset, 49)
+            end := add(data.offset, data.length)
+        }
+        uint256 n;
+        uint256 firstOpened = type(uint256).max;
+        // The account the op before opened (none: max) and for whom.
+        uint256 opened = type(uint256).max;
+        address openedFor;
+        while (true) {
+            // Fills, most of the ops, have nothing to check: skipped a word at a time.
+            uint256 from = cursor;
+            assembly {
+                for {} and(lt(cursor, end), eq(and(calldataload(cursor), 0xff), 16)) {} {
+                    cursor := add(cursor, 32)
+                }
+            }
+            if (cursor >= end) break;
+            if (cursor != from) opened = type(uint256).max;
+            uint256 w;
+            assembly {
+                w := calldataload(cursor)
+            }
+            uint256 kind = w & 0xff;
+            uint256 next = cursor + 32 * _opWords(kind, w);
+            if (next > end) revert BadBatch("op past the end");
+            uint256 a = uint32(w >> 8);
+            if (kind == WITHDRAW || kind == L1_DEPOSIT || kind == L1_WITHDRAWAL) {
+                n = _move(list, n, cursor, kind, a, a == opened ? openedFor : address(0), a < firstOpened);
+            }
+            opened = type(uint256).max;
+            if (kind == OPEN) {
+                if (a < firstOpened) firstOpened = a;
+                opened = a;
+                assembly {
+                    openedFor := and(calldataload(add(cursor, 32)), 0xffffffffffffffffffffffffffffffffffffffff)
+                }
+            }
+            cursor = next;
+        }
+        bytes32 h;
+        assembly {
+            mstore(list, 0x20)
+            mstore(add(list, 32), n)
+            h := keccak256(list, add(64, mul(96, n)))
+        }
+        if (h != withdrawalsHash) revert WrongWithdrawals();
+    }
+
+    /// One op of `kind` (a withdrawal, an L1 deposit or forced withdrawal) at calldata `cursor`
+    /// on account `a`, for `_checkMoves`: an L1 operation must be the one queued under its id
+    /// (`freshFor` is the depositor an opening just before made `a` for, zero if none;
+    /// `unopened` whether `a` is older than the batch's openings); a withdrawal that moves money
+    /// joins the list at `list` (`n` entries so far). Returns the list's length.
+    function _move(uint256 list, uint256 n, uint256 cursor, uint256 kind, uint256 a, address freshFor, bool unopened)
+        internal
+        view
+        returns (uint256)
+    {
+        uint256 w1;
+        address owner;
+        assembly {
+            w1 := calldataload(add(cursor, 32))
+            owner := and(calldataload(add(cursor, 64)), 0xffffffffffffffffffffffffffffffffffffffff)
+        }
+        uint256 amount = w1 & type(uint64).max >> 1;
+        if (kind != WITHDRAW) {
+            uint256 id = w1 >> 63;
+            if (id >= priorityOps.length) revert NotQueued(id);
+            PriorityOp storage q = priorityOps[id];
+            if (kind == L1_DEPOSIT) {
+                bool named = a == q.account && unopened;
+                if (q.kind != DEPOSIT || (amount != 0 && (amount != q.amount || !(named || freshFor == q.owner)))) revert NotQueued(id);
+                return n;
+            }
+            if (q.kind != FORCED_WITHDRAWAL || a != q.account || (amount != 0 && owner != q.owner)) revert NotQueued(id);
+        }
+        if (amount == 0) return n;
+        assembly {
+            let e := add(list, add(64, mul(96, n)))
+            mstore(e, a)
+            mstore(add(e, 32), owner)
+            mstore(add(e, 64), amount)
+        }
+        return n + 1;
     }
 
     /// Refuses a batch that does not continue the chain.
@@ -670,7 +777,8 @@ contract OptioRollup {
             uint256 padded = ((((w >> 104) & 0xff) + 10) / 11) * 11;
             return 2 + (padded + 4) / 5;
         }
-        if ((kind >= 5 && kind <= 9) || (kind >= 20 && kind <= 23) || kind == 25 || kind == 26) return 2;
+        if (kind == WITHDRAW || kind == L1_WITHDRAWAL) return 3; // and the owner paid
+        if ((kind >= 5 && kind <= 9) || (kind >= 20 && kind <= 23) || kind == 25) return 2;
         revert BadBatch("unknown op");
     }
 

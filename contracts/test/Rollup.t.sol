@@ -331,6 +331,25 @@ contract RollupTest is WithHashers {
         // The Rust side's hash of the list is the ABI encoding's.
         assertEq(keccak256(abi.encode(list)), bytes32(hevm.parseJsonUint(v, ".batches[1].withdrawals_hash")), "withdrawals hash");
         commit(0, 0);
+        // The list must be the withdrawals the posted words name, to the owners they name.
+        OptioRollup.Withdrawal[] memory toFunder = batch2Withdrawals();
+        toFunder[0].owner = funder;
+        bytes32[2] memory wrong = [keccak256(abi.encode(toFunder)), keccak256(abi.encode(new OptioRollup.Withdrawal[](0)))];
+        for (uint256 i = 0; i < 2; i++) {
+            hevm.expectRevert(abi.encodeWithSelector(OptioRollup.WrongWithdrawals.selector));
+            rollup.commitBatch(
+                2,
+                hevm.parseJsonUint(v, ".batches[1].previous_root"),
+                hevm.parseJsonUint(v, ".batches[1].new_root"),
+                8,
+                20,
+                0,
+                wrong[i],
+                hevm.parseJsonUint(v, ".batches[1].commitment"),
+                hevm.parseJsonBytes(v, ".batches[1].blob"),
+                ""
+            );
+        }
         commit(1, 0);
         hevm.expectRevert(abi.encodeWithSelector(OptioRollup.NotFinal.selector, uint256(2)));
         rollup.withdraw(2, list, 0);

@@ -83,7 +83,7 @@ async fn measure() -> anyhow::Result<()> {
                 seq + 1,
                 seq + n,
                 0,
-                Default::default(),
+                optio_state::withdrawals_hash(&optio_state::withdrawals(&decoded)).into(),
                 U256::from_be_bytes(optio_state::poseidon::to_bytes(&commitment)),
                 blob.clone().into(),
                 auths.into(),

@@ -27,7 +27,8 @@
 //!   non-negative) and exactly the loss shares charged since the previous cover, and leaves the
 //!   account at or below zero; every share is claimed;
 //! - a transfer moves money between two accounts of one owner; an opened account takes an empty
-//!   leaf; an L1 operation is the next in the queue;
+//!   leaf; a withdrawal (and a forced one) names the account's owner in its words, whom the
+//!   contract pays; an L1 operation is the next in the queue;
 //! - a session key changes the account's key list as the ledger does (expired keys dropped,
 //!   the key registered or revoked, the list sorted with no repeats, its hash in the leaf);
 //! - a listing takes an empty instrument leaf (status listed, the listed spec's hash), an
@@ -639,7 +640,10 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
         cs.equal_if(&not(&trade), field, &Wire::zero())?;
     }
     cs.equal_if(&not(&l1), &priority, &Wire::zero())?;
-    cs.equal_if(&not(&open), &owner, &Wire::zero())?;
+    // An opening's owner, or the owner a withdrawal pays on L1.
+    let pays = withdraw.add(&l1_withdrawal);
+    let names_owner = open.add(&pays);
+    cs.equal_if(&not(&names_owner), &owner, &Wire::zero())?;
     cs.range(&amount, 63)?;
 
     // L1 operations are served in queue order.
@@ -707,13 +711,14 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     let moves_money = cs.is_nonzero(&amount)?;
     let forced_out = cs.mul(&l1_withdrawal, &moves_money)?;
     let a_nonce = withdraw.add(&forced_out);
+    let opened_owner = cs.mul(&open, &owner)?;
     for (a, (x, y)) in st.accounts.iter_mut().zip(sel_a.iter().zip(&sel_b)) {
         a.collateral = a
             .collateral
             .add(&cs.mul(x, &a_cash)?)
             .add(&cs.mul(y, &b_cash)?);
         a.nonce = a.nonce.add(&cs.mul(x, &a_nonce)?);
-        a.owner = a.owner.add(&cs.mul(x, &owner)?);
+        a.owner = a.owner.add(&cs.mul(x, &opened_owner)?);
         a.opens = a.opens.add(&cs.mul(x, &open)?);
     }
     // Collateral stays a 64-bit integer. Money that leaves at the holder's request (a
@@ -740,6 +745,9 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
         owners = owners.add(&cs.mul(&x.sub(y), &a.owner)?);
     }
     cs.equal_if(&transfer, &owners, &Wire::zero())?;
+    // A withdrawal names the account's owner: the contract pays whom the words name.
+    let a_owner = pick(cs, &sel_a, st.accounts.iter().map(|a| a.owner.clone()))?;
+    cs.equal_if(&pays, &owner, &a_owner)?;
     let a_id = pick(cs, &sel_a, st.accounts.iter().map(|a| a.id.clone()))?;
     let b_id = pick(cs, &sel_b, st.accounts.iter().map(|a| a.id.clone()))?;
     // An opened account takes the next id.
@@ -762,7 +770,8 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
 
     st.fee_pool = st.fee_pool.add(&cs.mul(&fill, &maker_fee.add(&taker_fee))?);
     // The posted words: the ids, side, price and quantity in one; the amount and priority id
-    // in a second where the kind has them; an opened account's owner in a third.
+    // in a second where the kind has them; then an opened account's owner, or the owner a
+    // withdrawal pays.
     cs.range(&owner, 160)?;
     let head = pack(&[
         (&kind_code, 0),
@@ -776,7 +785,7 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     st.poly.push(cs, &used, &[head])?;
     st.poly
         .push(cs, &has_amount, &[pack(&[(&amount, 0), (&priority, 63)])])?;
-    st.poly.push(cs, &open, std::slice::from_ref(&owner))?;
+    st.poly.push(cs, &names_owner, std::slice::from_ref(&owner))?;
     st.snapshots.push(Snapshot {
         a_id: a_id.clone(),
         a_after,

@@ -1202,7 +1202,9 @@ pub fn witness(
                 accts[r].owner = slot.owner;
             }
             Op::Deposit { account, amount }
-            | Op::Withdraw { account, amount }
+            | Op::Withdraw {
+                account, amount, ..
+            }
             | Op::L1Deposit {
                 account, amount, ..
             }
@@ -1220,6 +1222,9 @@ pub fn witness(
                 {
                     slot.priority = Fr::from(*p);
                     priority += 1;
+                }
+                if let Op::Withdraw { owner, .. } | Op::L1Withdrawal { owner, .. } = op {
+                    slot.owner = from_address(&owner.0);
                 }
                 let r = reg_of[&account.0];
                 slot.a = Some(r);

@@ -9,7 +9,7 @@ use optio_prover::gadgets::pow2;
 use optio_prover::keys::check;
 use optio_prover::witness::{BatchWitness, SPEC_CHUNKS, kind};
 use optio_prover::{ProveError, Shape, witness};
-use optio_state::poseidon::{Fr, hash};
+use optio_state::poseidon::{Fr, from_address, hash};
 use optio_state::smt::SparseMerkleTree;
 use optio_state::{Op, SettlementState};
 use optio_types::{
@@ -112,7 +112,7 @@ fn genesis(n: u32) -> SettlementState {
     ];
     for i in 0..n {
         ops.push(Op::OpenAccount {
-            owner: Address([(i % 3) as u8 + 1; 20]),
+            owner: owner_of(AccountId(i)),
         });
         ops.push(Op::Deposit {
             account: AccountId(i),
@@ -122,6 +122,11 @@ fn genesis(n: u32) -> SettlementState {
     state.apply_batch(&ops).expect("genesis applies");
     state.commit();
     state
+}
+
+/// The owner `genesis` gives an account (ids equal mod 3 share one).
+fn owner_of(account: AccountId) -> Address {
+    Address([(account.0 % 3) as u8 + 1; 20])
 }
 
 /// A random batch of covered ops that keeps every rule.
@@ -136,7 +141,11 @@ fn random_batch(rng: &mut ChaCha8Rng, state: &SettlementState, priority: &mut u6
         let amount = Amount(rng.random_range(1..1_000) * MONEY_SCALE);
         ops.push(match rng.random_range(0..8) {
             0 => Op::Deposit { account: a, amount },
-            1 => Op::Withdraw { account: a, amount },
+            1 => Op::Withdraw {
+                account: a,
+                amount,
+                owner: owner_of(a),
+            },
             2 => {
                 *priority += 1;
                 Op::L1Deposit {
@@ -150,6 +159,7 @@ fn random_batch(rng: &mut ChaCha8Rng, state: &SettlementState, priority: &mut u6
                 Op::L1Withdrawal {
                     priority: *priority - 1,
                     account: a,
+                    owner: owner_of(a),
                     amount: if rng.random_bool(0.3) {
                         Amount::ZERO
                     } else {
@@ -274,6 +284,7 @@ fn a_withdrawal_below_zero_cannot_be_proven() {
         &state,
         &[Op::Withdraw {
             account: AccountId(0),
+            owner: owner_of(AccountId(0)),
             amount: Amount(1_000_000 * MONEY_SCALE),
         }],
     );
@@ -282,6 +293,7 @@ fn a_withdrawal_below_zero_cannot_be_proven() {
         &state,
         &[Op::Withdraw {
             account: AccountId(0),
+            owner: owner_of(AccountId(0)),
             amount: Amount(1_000_000 * MONEY_SCALE + 1),
         }],
     );
@@ -314,6 +326,7 @@ fn a_fill_may_leave_cash_negative_a_withdrawal_may_not() {
         &after_fill,
         &[Op::Withdraw {
             account: AccountId(1),
+            owner: owner_of(AccountId(1)),
             amount: Amount(1),
         }],
     );
@@ -325,6 +338,7 @@ fn a_fill_may_leave_cash_negative_a_withdrawal_may_not() {
             &[Op::L1Withdrawal {
                 priority: 0,
                 account: AccountId(1),
+                owner: owner_of(AccountId(1)),
                 amount: Amount(amount),
             }],
         )
@@ -369,11 +383,13 @@ fn money_leaves_only_what_the_stress_scenarios_leave() {
             let ops = [
                 Op::Withdraw {
                     account: AccountId(account),
+                    owner: owner_of(AccountId(account)),
                     amount: Amount(amount),
                 },
                 Op::L1Withdrawal {
                     priority: 0,
                     account: AccountId(account),
+                    owner: owner_of(AccountId(account)),
                     amount: Amount(amount),
                 },
             ];
@@ -420,6 +436,7 @@ fn the_stress_rule_reads_the_account_right_after_the_op() {
     let free = state.accounts()[1].collateral.0 + 1_400_000 * MONEY_SCALE;
     let withdraw = Op::Withdraw {
         account: AccountId(1),
+        owner: owner_of(AccountId(1)),
         amount: Amount(free),
     };
     // Buying 10 more before the withdrawal adds the -30% loss on them.
@@ -434,6 +451,7 @@ fn the_stress_rule_reads_the_account_right_after_the_op() {
     // A higher mark committed by the batch comes after its ops.
     let over = Op::Withdraw {
         account: AccountId(1),
+        owner: owner_of(AccountId(1)),
         amount: Amount(free + MONEY_SCALE),
     };
     let mark = Op::Mark {
@@ -456,6 +474,7 @@ fn a_position_left_out_of_the_stress_rule_cannot_be_proven() {
         &state,
         &[Op::Withdraw {
             account: AccountId(0),
+            owner: owner_of(AccountId(0)),
             amount: Amount(free + MONEY_SCALE),
         }],
     );
@@ -477,6 +496,7 @@ fn a_position_left_out_of_the_stress_rule_cannot_be_proven() {
         &state,
         &[Op::Withdraw {
             account: AccountId(0),
+            owner: owner_of(AccountId(0)),
             amount: Amount(free + MONEY_SCALE),
         }],
     );
@@ -506,6 +526,45 @@ fn fees_other_than_the_specs_cannot_be_proven() {
     let mut w = honest.clone();
     w.instruments[0].spec.maker_rate = Fr::from(0u64);
     assert!(refused(&w));
+}
+
+/// L1 pays a withdrawal to the owner its words name: the circuit holds that name to the
+/// account's owner (forced withdrawals too), so a batch paying anyone else cannot be proven.
+#[test]
+fn a_withdrawal_paid_to_another_owner_cannot_be_proven() {
+    let state = genesis(2);
+    let amount = Amount(10 * MONEY_SCALE);
+    let ops = [
+        Op::Withdraw {
+            account: AccountId(0),
+            amount,
+            owner: owner_of(AccountId(0)),
+        },
+        Op::L1Withdrawal {
+            priority: 0,
+            account: AccountId(1),
+            amount,
+            owner: owner_of(AccountId(1)),
+        },
+    ];
+    let honest = batch_of(&state, &ops);
+    check(&honest).expect("paid to the owners");
+    // The ledger refuses the op itself.
+    let mut wrong = ops.clone();
+    if let Op::Withdraw { owner, .. } = &mut wrong[0] {
+        *owner = Address([0xee; 20]);
+    }
+    assert!(matches!(
+        state.clone().apply_batch(&wrong),
+        Err(optio_state::StateError::WrongOwner(0))
+    ));
+    // The prover names another payee in either slot: refused at that slot.
+    for k in 0..2 {
+        let mut w = honest.clone();
+        w.slots[k].owner = from_address(&[0xee; 20]);
+        let at = refused_at(&w);
+        assert!(at.starts_with(&format!("op slot {k}")), "{at}");
+    }
 }
 
 /// `ops` with the first deposit's amount one more.
@@ -675,6 +734,7 @@ fn the_value_check_agrees_with_arkworks() {
         let ops = [
             Op::Withdraw {
                 account: AccountId(1),
+                owner: owner_of(AccountId(1)),
                 amount: Amount(amount),
             },
             Op::Mark {

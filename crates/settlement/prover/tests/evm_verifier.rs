@@ -307,7 +307,7 @@ async fn the_rollup_marks_batches_proven_by_real_proofs() {
             number,
             number,
             state.priority_served(),
-            optio_state::withdrawals_hash(&[]).into(),
+            optio_state::withdrawals_hash(&optio_state::withdrawals(ops)).into(),
             root(&commitment),
             encode(&meta, ops).expect("encodes").into(),
             Default::default(),

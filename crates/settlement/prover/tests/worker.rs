@@ -351,6 +351,7 @@ fn a_batch_that_breaks_a_rule_is_marked_unprovable_and_the_worker_goes_on() {
             Op::Withdraw {
                 account: AccountId(1),
                 amount: Amount(1),
+                owner: Address([2; 20]),
             },
         ],
         vec![deposit(1, 5_000)],

@@ -982,6 +982,7 @@ async fn audit_priority(
                 priority,
                 account,
                 amount,
+                ..
             } => (
                 priority,
                 account.0,

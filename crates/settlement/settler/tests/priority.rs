@@ -293,48 +293,82 @@ async fn deposits_and_forced_withdrawals_are_sequenced_once_and_paid() {
         "{verdicts:?}"
     );
 
-    // A rogue operator credits a deposit nobody made on L1, under the root that data gives: the
-    // roots agree, the watchtower still flags it.
+    // A rogue operator's batches: a deposit nobody made on L1, a queued deposit credited with
+    // more than was deposited, and a withdrawal paid to someone other than the owner its words
+    // name. The contract reads the posted words and refuses each: nothing is committed.
     let p = settler.progress().await.expect("reads");
-    let mut state = settled(data.path(), &gateway);
-    let forged = [optio_state::Op::L1Deposit {
-        priority: 4,
-        account: optio_types::AccountId(0),
-        amount: optio_types::Amount(1_000_000 * USDC as i64),
-    }];
     let previous = settler.root(p.committed).await.expect("reads");
-    let meta = optio_state::blob::BlobMeta {
-        number: p.committed + 1,
-        first_seq: p.committed_seq + 1,
-        last_seq: p.committed_seq + 1,
-        time_ms: 0,
-        accounts: state.accounts().len() as u32,
-        instruments: state.instruments().len() as u32,
+    let state = settled(data.path(), &gateway);
+    let owner = state.accounts()[0].owner;
+    let forge = |ops: &[optio_state::Op], list: &[optio_state::Withdrawal]| {
+        let meta = optio_state::blob::BlobMeta {
+            number: p.committed + 1,
+            first_seq: p.committed_seq + 1,
+            last_seq: p.committed_seq + 1,
+            time_ms: 0,
+            accounts: state.accounts().len() as u32,
+            instruments: state.instruments().len() as u32,
+        };
+        // (Without a verifier the contract takes the root on trust: a batch serving the queue
+        // out of order, which the ledger and the circuit refuse, posts the old one.)
+        let mut after = state.clone();
+        let root = match after.apply_batch(ops) {
+            Ok(()) => after.commit(),
+            Err(_) => state.root(),
+        };
+        let root = U256::from_be_bytes(optio_state::poseidon::to_bytes(&root));
+        let blob = optio_state::encode(&meta, ops).expect("encodes");
+        let commitment = optio_state::blob::commitment(
+            &optio_state::blob::encode_ops(&meta, ops).expect("encodes"),
+        );
+        rollup.commitBatch(
+            U256::from(p.committed + 1),
+            previous,
+            root,
+            p.committed_seq + 1,
+            p.committed_seq + 1,
+            4,
+            optio_state::withdrawals_hash(list).into(),
+            U256::from_be_bytes(optio_state::poseidon::to_bytes(&commitment)),
+            blob.into(),
+            Default::default(),
+        )
     };
-    state.apply_batch(&forged).expect("applies");
-    let root = U256::from_be_bytes(optio_state::poseidon::to_bytes(&state.commit()));
-    let blob = optio_state::encode(&meta, &forged).expect("encodes");
-    let commitment = optio_state::blob::commitment(
-        &optio_state::blob::encode_ops(&meta, &forged).expect("encodes"),
-    );
-    transact(rollup.commitBatch(
-        U256::from(p.committed + 1),
-        previous,
-        root,
-        p.committed_seq + 1,
-        p.committed_seq + 1,
-        4,
-        optio_state::withdrawals_hash(&[]).into(),
-        U256::from_be_bytes(optio_state::poseidon::to_bytes(&commitment)),
-        blob.into(),
-        Default::default(),
-    ))
-    .await
-    .expect("the contract takes it on trust until proofs");
-    let verdicts = verify_l1(&operator, d.rollup).await.expect("verifies");
-    assert!(
-        matches!(verdicts.last(), Some(Verdict::Priority { number, why }) if *number == p.committed + 1 && why.contains("never queued")),
-        "{verdicts:?}"
+    let selector = |error: &str| alloy::primitives::hex::encode(&alloy::primitives::keccak256(error)[..4]);
+    let deposit = |priority, amount| optio_state::Op::L1Deposit {
+        priority,
+        account: optio_types::AccountId(0),
+        amount: optio_types::Amount(amount),
+    };
+    let withdrawal = optio_state::Op::Withdraw {
+        account: optio_types::AccountId(0),
+        amount: optio_types::Amount(USDC as i64),
+        owner,
+    };
+    let operator_address = optio_settler::signer_address(KEY).expect("address");
+    let refused = [
+        (vec![deposit(4, 1_000_000 * USDC as i64)], vec![], "NotQueued(uint256)"),
+        (vec![deposit(0, 1_000_000 * USDC as i64)], vec![], "NotQueued(uint256)"),
+        (
+            vec![withdrawal.clone()],
+            vec![(0, optio_types::Address(operator_address.0.0), optio_types::Amount(USDC as i64))],
+            "WrongWithdrawals()",
+        ),
+        (vec![withdrawal.clone()], vec![], "WrongWithdrawals()"),
+    ];
+    for (ops, list, error) in refused {
+        let Err(err) = forge(&ops, &list).call().await else {
+            panic!("{error}: taken");
+        };
+        assert!(err.to_string().contains(&selector(error)), "{error}: {err}");
+    }
+    // The same withdrawal with the list its words give is taken.
+    let list = optio_state::withdrawals(std::slice::from_ref(&withdrawal));
+    assert_eq!(list, vec![(0, owner, optio_types::Amount(USDC as i64))]);
+    forge(&[withdrawal], &list).call().await.expect("the list the words give");
+    assert_eq!(
+        rollup.committedBatches().call().await.expect("reads"),
+        U256::from(p.committed)
     );
 
     let metrics = gateway.metrics();

@@ -239,6 +239,23 @@ impl Batcher {
         all
     }
 
+    /// The owner of `account`, opened before or in the pending batch (zero if none is).
+    fn owner_of(&self, account: AccountId) -> Address {
+        let cut = self.state.accounts();
+        match cut.get(account.0 as usize) {
+            Some(a) => a.owner,
+            None => self
+                .pending
+                .iter()
+                .filter_map(|op| match op {
+                    Op::OpenAccount { owner } => Some(*owner),
+                    _ => None,
+                })
+                .nth(account.0 as usize - cut.len())
+                .unwrap_or_default(),
+        }
+    }
+
     /// The settlement state as of the last cut batch.
     pub fn state(&self) -> &SettlementState {
         &self.state
@@ -291,7 +308,7 @@ impl Batcher {
                 got: seq,
             });
         }
-        let (ops, marks) = ops_from(input, events);
+        let (ops, marks) = ops_from(input, events, |account| self.owner_of(account));
         // A batch the circuit could not prove is cut before this input joins it.
         let full = match &self.capacity {
             Some(c) if self.pending() > 0 && (!ops.is_empty() || !marks.is_empty()) => {
@@ -466,18 +483,22 @@ impl Batcher {
 /// A withdrawal a finalized batch pays on L1: account, its owner, amount (micro-USDC).
 pub type Withdrawal = (u32, optio_types::Address, optio_types::Amount);
 
-/// The withdrawals among a batch's ops, in order, with their accounts' owners.
-pub fn withdrawals(ops: &[Op], state: &SettlementState) -> Vec<Withdrawal> {
+/// The withdrawals among a batch's ops, in order, with their accounts' owners: what the L1
+/// contract derives from the posted words when the batch is committed.
+pub fn withdrawals(ops: &[Op]) -> Vec<Withdrawal> {
     ops.iter()
         .filter_map(|op| match op {
-            Op::Withdraw { account, amount }
+            Op::Withdraw {
+                account,
+                amount,
+                owner,
+            }
             | Op::L1Withdrawal {
-                account, amount, ..
-            } if amount.0 > 0 => Some((
-                account.0,
-                state.accounts()[account.0 as usize].owner,
-                *amount,
-            )),
+                account,
+                amount,
+                owner,
+                ..
+            } if amount.0 > 0 => Some((account.0, *owner, *amount)),
             _ => None,
         })
         .collect()
@@ -509,7 +530,7 @@ fn header(
     state: &SettlementState,
 ) -> BatchHeader {
     BatchHeader {
-        withdrawals_hash: withdrawals_hash(&withdrawals(ops, state)),
+        withdrawals_hash: withdrawals_hash(&withdrawals(ops)),
         priority_served: state.priority_served(),
         new_root: state.root(),
         number: meta.number,

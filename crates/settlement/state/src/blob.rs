@@ -25,9 +25,9 @@ use crate::poseidon::{Fr, from_address, from_i64, hash, to_bytes};
 
 /// First bytes of every blob.
 pub const MAGIC: &[u8; 4] = b"OPTB";
-/// The version this code writes and reads (3: the spec bytes' binary layout, and the funds
-/// leaf's counts, after 2: field words).
-pub const VERSION: u8 = 3;
+/// The version this code writes and reads (4: withdrawals post their owner, after 3: the
+/// spec bytes' binary layout and the funds leaf's counts, after 2: field words).
+pub const VERSION: u8 = 4;
 /// Largest blob accepted (bytes).
 pub const MAX_BLOB_BYTES: usize = 1 << 20;
 /// Longest risk array accepted.
@@ -248,6 +248,14 @@ fn within(v: i64, bits: u32, op: usize, what: &'static str) -> Result<u128, Blob
 
 pub use crate::leaf::spec_bytes;
 
+/// A withdrawal's record and words with the owner L1 pays: the record's owner field and a
+/// third word.
+fn paid_to(mut e: Encoded, owner: &Address) -> Encoded {
+    e.record[9] = from_address(&owner.0);
+    e.words.push(e.record[9]);
+    e
+}
+
 /// The record and words of one op (`index` its place in the batch, for errors); `id` is the
 /// account an opening or the instrument a listing takes. A deficit cover's `socialized` is not
 /// written: it is the sum of the loss shares since the previous cover.
@@ -359,7 +367,11 @@ pub fn encode_op(op: &Op, id: u32, index: usize) -> Result<Encoded, BlobError> {
             }
         }
         Op::Deposit { account, amount } => cash(kind::DEPOSIT, account.0, 0, amount.0, 0)?,
-        Op::Withdraw { account, amount } => cash(kind::WITHDRAW, account.0, 0, amount.0, 0)?,
+        Op::Withdraw {
+            account,
+            amount,
+            owner,
+        } => paid_to(cash(kind::WITHDRAW, account.0, 0, amount.0, 0)?, owner),
         Op::LossShared { account, amount } => cash(kind::LOSS_SHARED, account.0, 0, amount.0, 0)?,
         Op::Transfer { from, to, amount } => cash(kind::TRANSFER, from.0, to.0, amount.0, 0)?,
         Op::L1Deposit {
@@ -371,7 +383,11 @@ pub fn encode_op(op: &Op, id: u32, index: usize) -> Result<Encoded, BlobError> {
             priority,
             account,
             amount,
-        } => cash(kind::L1_WITHDRAWAL, account.0, 0, amount.0, *priority)?,
+            owner,
+        } => paid_to(
+            cash(kind::L1_WITHDRAWAL, account.0, 0, amount.0, *priority)?,
+            owner,
+        ),
         Op::DeficitCovered {
             account,
             insurance,
@@ -719,6 +735,10 @@ pub fn decode(bytes: &[u8]) -> Result<(BlobMeta, Vec<Op>), BlobError> {
             Ok((field_bits(w, 0, 63) as i64, field_bits(w, 63, 64) as u64))
         };
         let signed_word = |n: usize, what| get(n).and_then(|w| signed(w).ok_or(invalid(what)));
+        // (An address word above 2^160 does not re-encode: refused below.)
+        let address_word = |n: usize| {
+            get(n).map(|w| Address(to_bytes(w)[12..].try_into().expect("20 bytes")))
+        };
         let mut id = 0;
         let op = match k {
             kind::LIST => {
@@ -747,11 +767,10 @@ pub fn decode(bytes: &[u8]) -> Result<(BlobMeta, Vec<Op>), BlobError> {
                 cash: Amount(signed_word(1, "settlement cash")?),
             },
             kind::OPEN => {
-                let owner = to_bytes(get(1)?);
                 id = account;
                 account += 1;
                 Op::OpenAccount {
-                    owner: Address(owner[12..].try_into().expect("20 bytes")),
+                    owner: address_word(1)?,
                 }
             }
             kind::DEPOSIT => Op::Deposit {
@@ -761,6 +780,7 @@ pub fn decode(bytes: &[u8]) -> Result<(BlobMeta, Vec<Op>), BlobError> {
             kind::WITHDRAW => Op::Withdraw {
                 account: a,
                 amount: Amount(amount_word()?.0),
+                owner: address_word(2)?,
             },
             kind::LOSS_SHARED => {
                 let amount = amount_word()?.0;
@@ -788,6 +808,7 @@ pub fn decode(bytes: &[u8]) -> Result<(BlobMeta, Vec<Op>), BlobError> {
                         priority,
                         account: a,
                         amount: Amount(amount),
+                        owner: address_word(2)?,
                     }
                 }
             }

@@ -56,6 +56,9 @@ pub enum StateError {
     /// payouts; or a position settled with no settlement of its instrument after it.
     #[error("op {0}: the settlement does not pay the committed value")]
     Settlement(usize),
+    /// Op `index` pays a withdrawal to someone other than the account's owner.
+    #[error("op {0}: the withdrawal names another owner than the account's")]
+    WrongOwner(usize),
 }
 
 /// One account.
@@ -962,7 +965,14 @@ impl Scratch {
                 .new_accounts
                 .push(Account::new(*owner, TreeStore::default())),
             Op::Deposit { account, amount } => self.credit(*account, amount.0, i)?,
-            Op::Withdraw { account, amount } => self.debit(*account, *amount, i)?,
+            Op::Withdraw {
+                account,
+                amount,
+                owner,
+            } => {
+                self.check_owner(*account, *owner, i)?;
+                self.debit(*account, *amount, i)?;
+            }
             Op::L1Deposit {
                 priority,
                 account,
@@ -978,8 +988,10 @@ impl Scratch {
                 priority,
                 account,
                 amount,
+                owner,
             } => {
                 self.serve(*priority, i)?;
+                self.check_owner(*account, *owner, i)?;
                 if amount.0 != 0 {
                     self.debit(*account, *amount, i)?;
                 }
@@ -1116,6 +1128,14 @@ impl Scratch {
             });
         }
         self.priority_served += 1;
+        Ok(())
+    }
+
+    /// A withdrawal names the account's owner, whom L1 pays.
+    fn check_owner(&mut self, account: AccountId, owner: Address, i: usize) -> Result<(), StateError> {
+        if self.account(account).owner != owner {
+            return Err(StateError::WrongOwner(i));
+        }
         Ok(())
     }
 

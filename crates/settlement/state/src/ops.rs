@@ -74,6 +74,9 @@ pub enum Op {
         account: AccountId,
         /// Amount (not negative).
         amount: Amount,
+        /// The account's owner (zero for an account that does not exist), posted so that L1
+        /// pays the owner the proven state names (docs/settlement.md, "Withdrawals").
+        owner: Address,
     },
     /// Collateral out to L1 (the account's nonce advances).
     Withdraw {
@@ -81,6 +84,8 @@ pub enum Op {
         account: AccountId,
         /// Amount.
         amount: Amount,
+        /// The account's owner, who is paid on L1.
+        owner: Address,
     },
     /// Collateral between two accounts of one owner.
     Transfer {
@@ -165,9 +170,14 @@ pub enum Op {
     },
 }
 
-/// The settlement ops of one sequenced input, from the input and the engine's events for it.
-/// Marks are returned apart: the batcher keeps the last per instrument.
-pub fn ops_from(input: &Input, events: &[Event]) -> (Vec<Op>, Vec<Op>) {
+/// The settlement ops of one sequenced input, from the input and the engine's events for it
+/// (`owner_of` names an account's owner, for the withdrawals L1 pays). Marks are returned
+/// apart: the batcher keeps the last per instrument.
+pub fn ops_from(
+    input: &Input,
+    events: &[Event],
+    owner_of: impl Fn(AccountId) -> Address,
+) -> (Vec<Op>, Vec<Op>) {
     let mut ops = Vec::new();
     let mut marks = Vec::new();
     for event in events {
@@ -220,6 +230,7 @@ pub fn ops_from(input: &Input, events: &[Event]) -> (Vec<Op>, Vec<Op>) {
                     priority,
                     account,
                     amount: Amount(-amount.0),
+                    owner: owner_of(account),
                 },
             }),
             Event::BalanceChanged {
@@ -229,6 +240,7 @@ pub fn ops_from(input: &Input, events: &[Event]) -> (Vec<Op>, Vec<Op>) {
                 Command::Withdraw { .. } => ops.push(Op::Withdraw {
                     account,
                     amount: Amount(-amount.0),
+                    owner: owner_of(account),
                 }),
                 // A transfer shows as two balance changes; one op carries both.
                 Command::Transfer {

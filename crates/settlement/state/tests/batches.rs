@@ -99,10 +99,12 @@ fn histories_exercise_every_kind_of_settlement_op() {
             priority: 0,
             account: AccountId(0),
             amount: Amount(0),
+            owner: Address([0; 20]),
         },
         Op::Withdraw {
             account: AccountId(0),
             amount: Amount(0),
+            owner: Address([0; 20]),
         },
         Op::Transfer {
             from: AccountId(0),

@@ -106,6 +106,7 @@ fn batches() -> Vec<(BlobMeta, Vec<Op>)> {
                 Op::Withdraw {
                     account: AccountId(1),
                     amount: Amount(1_000 * MONEY_SCALE),
+                    owner: Address([0x22; 20]),
                 },
                 Op::Mark {
                     instrument: InstrumentId(1),
@@ -180,7 +181,7 @@ fn vectors() -> Value {
             state.root(),
             "the decoded ops give the same root"
         );
-        let paid = optio_state::withdrawals(&ops, &state);
+        let paid = optio_state::withdrawals(&ops);
         // The commitment posted with the blob, and the evaluation of its words the L1 contract
         // computes (the forge tests compare theirs).
         let encoded = optio_state::blob::encode_ops(&meta, &ops).expect("encodes");
