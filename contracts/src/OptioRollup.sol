@@ -339,7 +339,6 @@ contract OptioRollup {
             end := add(data.offset, data.length)
         }
         uint256 n;
-        uint256 firstOpened = type(uint256).max;
         // The account the op before opened (none: max) and for whom.
         uint256 opened = type(uint256).max;
         address openedFor;
@@ -362,11 +361,10 @@ contract OptioRollup {
             if (next > end) revert BadBatch("op past the end");
             uint256 a = uint32(w >> 8);
             if (kind == WITHDRAW || kind == L1_DEPOSIT || kind == L1_WITHDRAWAL) {
-                n = _move(list, n, cursor, kind, a, a == opened ? openedFor : address(0), a < firstOpened);
+                n = _move(list, n, cursor, kind, a, a == opened ? openedFor : address(0));
             }
             opened = type(uint256).max;
             if (kind == OPEN) {
-                if (a < firstOpened) firstOpened = a;
                 opened = a;
                 assembly {
                     openedFor := and(calldataload(add(cursor, 32)), 0xffffffffffffffffffffffffffffffffffffffff)
@@ -385,10 +383,10 @@ contract OptioRollup {
 
     /// One op of `kind` (a withdrawal, an L1 deposit or forced withdrawal) at calldata `cursor`
     /// on account `a`, for `_checkMoves`: an L1 operation must be the one queued under its id
-    /// (`freshFor` is the depositor an opening just before made `a` for, zero if none;
-    /// `unopened` whether `a` is older than the batch's openings); a withdrawal that moves money
+    /// (`freshFor` is the depositor an opening just before made `a` for, zero if none); a
+    /// withdrawal that moves money
     /// joins the list at `list` (`n` entries so far). Returns the list's length.
-    function _move(uint256 list, uint256 n, uint256 cursor, uint256 kind, uint256 a, address freshFor, bool unopened)
+    function _move(uint256 list, uint256 n, uint256 cursor, uint256 kind, uint256 a, address freshFor)
         internal
         view
         returns (uint256)
@@ -405,8 +403,7 @@ contract OptioRollup {
             if (id >= priorityOps.length) revert NotQueued(id);
             PriorityOp storage q = priorityOps[id];
             if (kind == L1_DEPOSIT) {
-                bool named = a == q.account && unopened;
-                if (q.kind != DEPOSIT || (amount != 0 && (amount != q.amount || !(named || freshFor == q.owner)))) revert NotQueued(id);
+                if (q.kind != DEPOSIT || (amount != 0 && (amount != q.amount || !(a == q.account || freshFor == q.owner)))) revert NotQueued(id);
                 return n;
             }
             if (q.kind != FORCED_WITHDRAWAL || a != q.account || (amount != 0 && owner != q.owner)) revert NotQueued(id);
