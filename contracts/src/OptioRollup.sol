@@ -39,7 +39,8 @@ interface IGroth16Verifier {
 /// A record signed by a session key authorizes when the key is one the account's leaf commits
 /// under the batch's root, live at the batch's time (the challenger posts the account's keys,
 /// which must hash to the leaf's). The withdrawal list and the L1 operations a batch
-/// serves are checked against its posted words when it is committed (`_checkMoves`). Not yet
+/// serves are checked against its posted words when it is committed (`_checkMoves`), and the
+/// operator pays in what its own deposits credit. Not yet
 /// here: the signed fee cap. There are no admin functions (nothing to change, so
 /// nothing to timelock).
 contract OptioRollup {
@@ -313,12 +314,19 @@ contract OptioRollup {
         _checkContinues(number, previousRoot, firstSeq, lastSeq, priorityServed_);
         Field.check(newRoot);
         _bind(number, commitment, data);
-        _checkMoves(data, withdrawalsHash);
+        // Money the operator credits without an L1 deposit (kind 7, a devnet's faucet) is paid
+        // in now, so the vault always holds what the state owes.
+        uint256 minted = _checkMoves(data, withdrawalsHash);
+        if (minted != 0) {
+            if (!usdc.transferFrom(msg.sender, address(this), minted)) revert TransferFailed();
+            totalDeposited += minted;
+        }
         batches.push(Batch({root: newRoot, dataHash: keccak256(data), withdrawalsHash: withdrawalsHash, lastSeq: lastSeq, committedAt: uint64(block.timestamp), priorityServed: priorityServed_, authHash: keccak256(authorizations_)}));
         emit BatchCommitted(number, newRoot, keccak256(data), lastSeq);
     }
 
     uint256 internal constant OPEN = 6;
+    uint256 internal constant OPERATOR_DEPOSIT = 7;
     uint256 internal constant WITHDRAW = 8;
     uint256 internal constant L1_DEPOSIT = 25;
     uint256 internal constant L1_WITHDRAWAL = 26;
@@ -329,7 +337,8 @@ contract OptioRollup {
     /// just before it; a forced withdrawal that moves money pays its requester), and
     /// `withdrawalsHash` is exactly the withdrawals the words name, in order, to the owners they
     /// name (keccak256 of `abi.encode(Withdrawal[])`), so L1 pays what the proven state took out.
-    function _checkMoves(bytes calldata data, bytes32 withdrawalsHash) internal view {
+    /// Returns what the operator's own deposits (kind 7) credit, which it must pay in.
+    function _checkMoves(bytes calldata data, bytes32 withdrawalsHash) internal view returns (uint256 minted) {
         uint256 list;
         uint256 cursor;
         uint256 end;
@@ -362,6 +371,10 @@ contract OptioRollup {
             uint256 a = uint32(w >> 8);
             if (kind == WITHDRAW || kind == L1_DEPOSIT || kind == L1_WITHDRAWAL) {
                 n = _move(list, n, cursor, kind, a, a == opened ? openedFor : address(0));
+            } else if (kind == OPERATOR_DEPOSIT) {
+                assembly {
+                    minted := add(minted, and(calldataload(add(cursor, 32)), 0x7fffffffffffffff))
+                }
             }
             opened = type(uint256).max;
             if (kind == OPEN) {

@@ -112,6 +112,9 @@ contract RollupTest is WithHashers {
         usdc.approve(address(rollup), type(uint256).max);
         hevm.prank(funder);
         rollup.deposit(7, 400_000e6);
+        // The operator (this test) pays in what its own deposits credit when it commits.
+        usdc.mint(address(this), 1_000_000e6);
+        usdc.approve(address(rollup), type(uint256).max);
     }
 
     function commit(uint256 i, uint64 served) internal {
@@ -128,6 +131,20 @@ contract RollupTest is WithHashers {
             hevm.parseJsonBytes(v, string.concat(b, ".blob")),
             ""
         );
+    }
+
+    /// Batch 1 credits 100,000 and 250,000 USDC by the operator's own deposits (no L1 deposit
+    /// brought them): the commitment takes them from the operator, or is refused.
+    function test_the_operator_pays_in_what_its_deposits_credit() public {
+        uint256 before = usdc.balanceOf(address(rollup));
+        usdc.approve(address(rollup), 0);
+        hevm.expectRevert(abi.encodeWithSelector(TestUSDC.Insufficient.selector));
+        commit(0, 0);
+        assertEq(rollup.committedBatches(), 0, "nothing committed");
+        usdc.approve(address(rollup), type(uint256).max);
+        commit(0, 0);
+        assertEq(usdc.balanceOf(address(rollup)) - before, 350_000e6, "the vault holds what the state credits");
+        assertEq(rollup.totalDeposited(), 400_000e6 + 350_000e6, "counted as deposited");
     }
 
     function test_the_posted_words_evaluate_as_the_rust_side_computes() public {

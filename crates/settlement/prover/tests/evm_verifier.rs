@@ -300,6 +300,9 @@ async fn the_rollup_marks_batches_proven_by_real_proofs() {
         state.commit();
         let root =
             |f: &optio_state::poseidon::Fr| U256::from_be_bytes(optio_state::poseidon::to_bytes(f));
+        optio_settler::back_operator_deposits(&provider, d.rollup, ops)
+            .await
+            .expect("the operator pays in its deposits");
         transact(rollup.commitBatch(
             U256::from(number),
             root(&previous),

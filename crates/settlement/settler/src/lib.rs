@@ -105,6 +105,7 @@ mod bindings {
             function bond() external view returns (uint256);
             event Deposit(uint256 indexed priorityId, address indexed owner, uint32 account, uint256 amount, uint64 deadline);
             function usdc() external view returns (address);
+            function operator() external view returns (address);
             function exit(ExitProof calldata p) external returns (uint256 amount);
             function frozen() external view returns (bool);
             function freeze() external;
@@ -145,6 +146,7 @@ mod bindings {
             function mint(address to, uint256 amount) external;
             function approve(address spender, uint256 amount) external returns (bool);
             function balanceOf(address who) external view returns (uint256);
+            function allowance(address owner, address spender) external view returns (uint256);
         }
 
         #[sol(rpc)]
@@ -1510,6 +1512,11 @@ impl Settler {
         let mut posted = 0;
         let mut next = self.committed().await? + 1;
         while let Some(b) = read_batch(&self.batches, next)? {
+            let (_, ops) = optio_state::decode(&b.blob)
+                .map_err(|e| SettlerError::Batch(next, format!("data: {e}")))?;
+            back_operator_deposits(&self.provider, self.rollup, &ops)
+                .await
+                .map_err(|e| SettlerError::Batch(next, e.to_string()))?;
             let pending = rollup
                 .commitBatch(
                     U256::from(b.number),
@@ -1535,6 +1542,50 @@ impl Settler {
         }
         Ok(posted)
     }
+}
+
+/// What the operator's own deposits among `ops` credit (kind 7, a devnet's faucet: money no L1
+/// deposit brought), which the contract takes from the operator when the batch is committed.
+pub fn operator_deposits(ops: &[optio_state::Op]) -> U256 {
+    ops.iter()
+        .filter_map(|op| match op {
+            optio_state::Op::Deposit { amount, .. } => Some(U256::from(amount.0.max(0) as u64)),
+            _ => None,
+        })
+        .fold(U256::ZERO, |a, b| a + b)
+}
+
+/// Lets the operator (the provider's signer) pay in what its deposits among `ops` credit when
+/// the batch is committed: approves the rollup, and on a devnet token (`TestUSDC`, which anyone
+/// may mint) mints what the operator lacks. With real USDC the operator must hold it: the mint
+/// reverts and the error says how much is missing.
+pub async fn back_operator_deposits(
+    provider: &DynProvider,
+    rollup: Address,
+    ops: &[optio_state::Op],
+) -> Result<(), SettlerError> {
+    let amount = operator_deposits(ops);
+    if amount.is_zero() {
+        return Ok(());
+    }
+    let contract = OptioRollup::new(rollup, provider);
+    let operator = contract.operator().call().await.map_err(rpc)?;
+    let usdc = TestUSDC::new(contract.usdc().call().await.map_err(rpc)?, provider);
+    let held = usdc.balanceOf(operator).call().await.map_err(rpc)?;
+    if held < amount {
+        transact(usdc.mint(operator, amount - held))
+            .await
+            .map_err(|e| {
+                SettlerError::Rpc(format!(
+                    "the operator holds {held} USDC units, its deposits in the batch credit \
+                     {amount}, and the token mints none ({e})"
+                ))
+            })?;
+    }
+    if usdc.allowance(operator, rollup).call().await.map_err(rpc)? < amount {
+        transact(usdc.approve(rollup, U256::MAX)).await?;
+    }
+    Ok(())
 }
 
 /// What the settler tells the node it serves, and asks of it. The node's calls block (they wait

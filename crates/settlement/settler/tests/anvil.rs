@@ -253,6 +253,10 @@ async fn the_watchtower_flags_a_commitment_the_data_does_not_give() {
         .expect("U256");
     assert_ne!(wrong, first.commitment);
     let rollup = OptioRollup::new(c.deployment.rollup, &c.provider);
+    let (_, ops) = optio_state::decode(&first.blob).expect("decodes");
+    optio_settler::back_operator_deposits(&c.provider, c.deployment.rollup, &ops)
+        .await
+        .expect("the operator pays in its deposits");
     transact(rollup.commitBatch(
         U256::from(1u64),
         first.previous_root,

@@ -194,6 +194,10 @@ async fn commit(
     b: &Posted,
     section: &[u8],
 ) {
+    let (_, ops) = optio_state::decode(&b.blob).expect("decodes");
+    optio_settler::back_operator_deposits(rollup.provider(), *rollup.address(), &ops)
+        .await
+        .expect("the operator pays in its deposits");
     transact(rollup.commitBatch(
         U256::from(number),
         previous,
