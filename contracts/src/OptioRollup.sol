@@ -352,11 +352,19 @@ contract OptioRollup {
         uint256 opened = type(uint256).max;
         address openedFor;
         while (true) {
-            // Fills, most of the ops, have nothing to check: skipped a word at a time.
+            // Fills and marks, most of the words, have nothing to check: skipped here (a fill
+            // is one word, a mark's length follows from its first word as in `_opWords`).
             uint256 from = cursor;
             assembly {
-                for {} and(lt(cursor, end), eq(and(calldataload(cursor), 0xff), 16)) {} {
-                    cursor := add(cursor, 32)
+                for {} 1 {} {
+                    for {} and(lt(cursor, end), eq(and(calldataload(cursor), 0xff), 16)) {} {
+                        cursor := add(cursor, 32)
+                    }
+                    let w := calldataload(cursor)
+                    if or(iszero(lt(cursor, end)), iszero(eq(and(w, 0xff), 24))) { break }
+                    // A mark: its word, the mark, and the risk values in chunks of 11, five a word.
+                    let chunks := div(add(and(shr(104, w), 0xff), 10), 11)
+                    cursor := add(cursor, mul(32, add(2, div(add(mul(chunks, 11), 4), 5))))
                 }
             }
             if (cursor >= end) break;
