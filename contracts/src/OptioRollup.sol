@@ -405,8 +405,8 @@ contract OptioRollup {
     /// One op of `kind` (a withdrawal, an L1 deposit or forced withdrawal) at calldata `cursor`
     /// on account `a`, for `_checkMoves`: an L1 operation must be the one queued under its id
     /// (`freshFor` is the depositor an opening just before made `a` for, zero if none); a
-    /// withdrawal that moves money
-    /// joins the list at `list` (`n` entries so far). Returns the list's length.
+    /// withdrawal that moves money joins the list at `list` (`n` entries so far). Returns the
+    /// list's length.
     function _move(uint256 list, uint256 n, uint256 cursor, uint256 kind, uint256 a, address freshFor)
         internal
         view

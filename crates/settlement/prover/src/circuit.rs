@@ -739,14 +739,11 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     cs.range(&cs.mul(&a_pays, &a_after)?, 63)?;
     // A deficit cover pays at most the deficit: the account is left at or below zero.
     cs.range(&cs.mul(&deficit, &a_after)?.scale(-Fr::from(1u64)), 63)?;
-    // A transfer stays with one owner.
-    let mut owners = Wire::zero();
-    for (a, (x, y)) in st.accounts.iter().zip(sel_a.iter().zip(&sel_b)) {
-        owners = owners.add(&cs.mul(&x.sub(y), &a.owner)?);
-    }
-    cs.equal_if(&transfer, &owners, &Wire::zero())?;
-    // A withdrawal names the account's owner: the contract pays whom the words name.
+    // A transfer stays with one owner; a withdrawal names the account's owner (the contract
+    // pays whom the words name).
     let a_owner = pick(cs, &sel_a, st.accounts.iter().map(|a| a.owner.clone()))?;
+    let b_owner = pick(cs, &sel_b, st.accounts.iter().map(|a| a.owner.clone()))?;
+    cs.equal_if(&transfer, &a_owner, &b_owner)?;
     cs.equal_if(&pays, &owner, &a_owner)?;
     let a_id = pick(cs, &sel_a, st.accounts.iter().map(|a| a.id.clone()))?;
     let b_id = pick(cs, &sel_b, st.accounts.iter().map(|a| a.id.clone()))?;
@@ -785,7 +782,8 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     st.poly.push(cs, &used, &[head])?;
     st.poly
         .push(cs, &has_amount, &[pack(&[(&amount, 0), (&priority, 63)])])?;
-    st.poly.push(cs, &names_owner, std::slice::from_ref(&owner))?;
+    st.poly
+        .push(cs, &names_owner, std::slice::from_ref(&owner))?;
     st.snapshots.push(Snapshot {
         a_id: a_id.clone(),
         a_after,

@@ -549,15 +549,17 @@ fn a_withdrawal_paid_to_another_owner_cannot_be_proven() {
     ];
     let honest = batch_of(&state, &ops);
     check(&honest).expect("paid to the owners");
-    // The ledger refuses the op itself.
+    // The ledger refuses the op itself, and changes nothing.
     let mut wrong = ops.clone();
     if let Op::Withdraw { owner, .. } = &mut wrong[0] {
         *owner = Address([0xee; 20]);
     }
+    let mut refused_state = state.clone();
     assert!(matches!(
-        state.clone().apply_batch(&wrong),
+        refused_state.apply_batch(&wrong),
         Err(optio_state::StateError::WrongOwner(0))
     ));
+    assert_eq!(refused_state.commit(), state.root(), "state unchanged");
     // The prover names another payee in either slot: refused at that slot.
     for k in 0..2 {
         let mut w = honest.clone();

@@ -334,7 +334,8 @@ async fn deposits_and_forced_withdrawals_are_sequenced_once_and_paid() {
             Default::default(),
         )
     };
-    let selector = |error: &str| alloy::primitives::hex::encode(&alloy::primitives::keccak256(error)[..4]);
+    let selector =
+        |error: &str| alloy::primitives::hex::encode(&alloy::primitives::keccak256(error)[..4]);
     let deposit = |priority, amount| optio_state::Op::L1Deposit {
         priority,
         account: optio_types::AccountId(0),
@@ -347,11 +348,23 @@ async fn deposits_and_forced_withdrawals_are_sequenced_once_and_paid() {
     };
     let operator_address = optio_settler::signer_address(KEY).expect("address");
     let refused = [
-        (vec![deposit(4, 1_000_000 * USDC as i64)], vec![], "NotQueued(uint256)"),
-        (vec![deposit(0, 1_000_000 * USDC as i64)], vec![], "NotQueued(uint256)"),
+        (
+            vec![deposit(4, 1_000_000 * USDC as i64)],
+            vec![],
+            "NotQueued(uint256)",
+        ),
+        (
+            vec![deposit(0, 1_000_000 * USDC as i64)],
+            vec![],
+            "NotQueued(uint256)",
+        ),
         (
             vec![withdrawal.clone()],
-            vec![(0, optio_types::Address(operator_address.0.0), optio_types::Amount(USDC as i64))],
+            vec![(
+                0,
+                optio_types::Address(operator_address.0.0),
+                optio_types::Amount(USDC as i64),
+            )],
             "WrongWithdrawals()",
         ),
         (vec![withdrawal.clone()], vec![], "WrongWithdrawals()"),
@@ -365,7 +378,10 @@ async fn deposits_and_forced_withdrawals_are_sequenced_once_and_paid() {
     // The same withdrawal with the list its words give is taken.
     let list = optio_state::withdrawals(std::slice::from_ref(&withdrawal));
     assert_eq!(list, vec![(0, owner, optio_types::Amount(USDC as i64))]);
-    forge(&[withdrawal], &list).call().await.expect("the list the words give");
+    forge(&[withdrawal], &list)
+        .call()
+        .await
+        .expect("the list the words give");
     assert_eq!(
         rollup.committedBatches().call().await.expect("reads"),
         U256::from(p.committed)

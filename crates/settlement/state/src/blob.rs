@@ -736,9 +736,8 @@ pub fn decode(bytes: &[u8]) -> Result<(BlobMeta, Vec<Op>), BlobError> {
         };
         let signed_word = |n: usize, what| get(n).and_then(|w| signed(w).ok_or(invalid(what)));
         // (An address word above 2^160 does not re-encode: refused below.)
-        let address_word = |n: usize| {
-            get(n).map(|w| Address(to_bytes(w)[12..].try_into().expect("20 bytes")))
-        };
+        let address_word =
+            |n: usize| get(n).map(|w| Address(to_bytes(w)[12..].try_into().expect("20 bytes")));
         let mut id = 0;
         let op = match k {
             kind::LIST => {

@@ -1132,7 +1132,12 @@ impl Scratch {
     }
 
     /// A withdrawal names the account's owner, whom L1 pays.
-    fn check_owner(&mut self, account: AccountId, owner: Address, i: usize) -> Result<(), StateError> {
+    fn check_owner(
+        &mut self,
+        account: AccountId,
+        owner: Address,
+        i: usize,
+    ) -> Result<(), StateError> {
         if self.account(account).owner != owner {
             return Err(StateError::WrongOwner(i));
         }

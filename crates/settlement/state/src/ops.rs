@@ -74,8 +74,8 @@ pub enum Op {
         account: AccountId,
         /// Amount (not negative).
         amount: Amount,
-        /// The account's owner (zero for an account that does not exist), posted so that L1
-        /// pays the owner the proven state names (docs/settlement.md, "Withdrawals").
+        /// The account's owner, posted so that L1 pays the owner the proven state names
+        /// (docs/settlement.md, "What L1 pays").
         owner: Address,
     },
     /// Collateral out to L1 (the account's nonce advances).
