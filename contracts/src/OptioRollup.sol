@@ -3,6 +3,10 @@ pragma solidity ^0.8.20;
 
 import {IERC20} from "./TestUSDC.sol";
 import {Field, IPoseidon3, IPoseidon4, IPoseidon5} from "./Poseidon.sol";
+import {OptioJudge} from "./OptioJudge.sol";
+import {
+    BLOB_HEADER, FILL, Fill, FillSides, L1_DEPOSIT, L1_WITHDRAWAL, OPEN, OPERATOR_DEPOSIT, SessionKey, WITHDRAW, Words
+} from "./Words.sol";
 
 /// The batch-proof verifier (`Groth16Verifier.sol`).
 interface IGroth16Verifier {
@@ -38,9 +42,11 @@ interface IGroth16Verifier {
 /// its amount, over one batch or several, are challenged the same way (`challengeOverfill`).
 /// A record signed by a session key authorizes when the key is one the account's leaf commits
 /// under the batch's root, live at the batch's time (the challenger posts the account's keys,
-/// which must hash to the leaf's). The withdrawal list and the L1 operations a batch
-/// serves are checked against its posted words when it is committed (`_checkMoves`), and the
-/// operator pays in what its own deposits credit. Not yet
+/// which must hash to the leaf's); `OptioJudge` reads the fills and judges the records. The
+/// withdrawal list and the L1 operations a batch
+/// serves are checked against its posted words when it is committed (`_checkMoves`), a deposit
+/// served with nothing credited goes back to its depositor then, and the operator pays in what
+/// its own deposits credit. Not yet
 /// here: the signed fee cap. There are no admin functions (nothing to change, so
 /// nothing to timelock).
 contract OptioRollup {
@@ -119,16 +125,6 @@ contract OptioRollup {
         uint256[] proof;
     }
 
-    /// One fill as the posted words say it (docs/settlement.md, "Words").
-    struct Fill {
-        uint32 maker;
-        uint32 taker;
-        uint32 instrument;
-        bool takerBuys;
-        int64 price;
-        int64 qty;
-    }
-
     /// What an account proves to exit (docs/settlement.md, "Exit proof").
     struct ExitProof {
         uint32 account;
@@ -161,6 +157,8 @@ contract OptioRollup {
     /// Fills carry their orders' signatures (the authorization section), and anyone may
     /// challenge a fill of a batch that is not final whose signature does not authorize it.
     bool public immutable authorizations;
+    /// Judges fills against their signed orders for the challenges (created here).
+    OptioJudge public immutable judge;
     bool public slashed;
 
     Batch[] public batches;
@@ -169,7 +167,7 @@ contract OptioRollup {
     uint256 public priorityServed;
     bool public frozen;
     mapping(uint32 => bool) public exited;
-    /// Deposits returned after a freeze, by priority id.
+    /// Deposits returned, by priority id: after a freeze, or served with nothing credited.
     mapping(uint256 => bool) public reclaimed;
     /// Batches whose validity proof verified, with the ops commitment the proof binds.
     mapping(uint256 => bool) public proven;
@@ -249,6 +247,7 @@ contract OptioRollup {
         bool authorizations_
     ) payable {
         authorizations = authorizations_;
+        judge = new OptioJudge();
         usdc = usdc_;
         verifier = verifier_;
         operator = operator_;
@@ -316,7 +315,7 @@ contract OptioRollup {
         _bind(number, commitment, data);
         // Money the operator credits without an L1 deposit (kind 7, a devnet's faucet) is paid
         // in now, so the vault always holds what the state owes.
-        uint256 minted = _checkMoves(data, withdrawalsHash);
+        uint256 minted = _checkMoves(data, withdrawalsHash, priorityServed_);
         if (minted != 0) {
             if (!usdc.transferFrom(msg.sender, address(this), minted)) revert TransferFailed();
             totalDeposited += minted;
@@ -325,20 +324,16 @@ contract OptioRollup {
         emit BatchCommitted(number, newRoot, keccak256(data), lastSeq);
     }
 
-    uint256 internal constant OPEN = 6;
-    uint256 internal constant OPERATOR_DEPOSIT = 7;
-    uint256 internal constant WITHDRAW = 8;
-    uint256 internal constant L1_DEPOSIT = 25;
-    uint256 internal constant L1_WITHDRAWAL = 26;
-
     /// Walks the ops of a batch's posted words, which its proof binds (docs/settlement.md,
-    /// "What L1 pays"): every L1 operation served is the queued one (a deposit credits its
-    /// amount, or nothing, to the account it named, or to the account opened for its depositor
-    /// just before it; a forced withdrawal that moves money pays its requester), and
-    /// `withdrawalsHash` is exactly the withdrawals the words name, in order, to the owners they
-    /// name (keccak256 of `abi.encode(Withdrawal[])`), so L1 pays what the proven state took out.
-    /// Returns what the operator's own deposits (kind 7) credit, which it must pay in.
-    function _checkMoves(bytes calldata data, bytes32 withdrawalsHash) internal view returns (uint256 minted) {
+    /// "What L1 pays"): every L1 operation served is the queued one, in queue order within the
+    /// ids the batch serves (from where the previous batch stopped to `served`), so none is
+    /// served twice (a deposit credits its amount to the account it named, or to the account
+    /// opened for its depositor just before it, or nothing: then it goes back to the depositor
+    /// now; a forced withdrawal names its requester, whom it pays), and `withdrawalsHash` is
+    /// exactly the withdrawals the words name, in order, to the owners they name (keccak256 of
+    /// `abi.encode(Withdrawal[])`), so L1 pays what the proven state took out. Returns what the
+    /// operator's own deposits (kind 7) credit, which it must pay in.
+    function _checkMoves(bytes calldata data, bytes32 withdrawalsHash, uint256 served) internal returns (uint256 minted) {
         uint256 list;
         uint256 cursor;
         uint256 end;
@@ -348,12 +343,15 @@ contract OptioRollup {
             end := add(data.offset, data.length)
         }
         uint256 n;
+        // The next queue id the batch may serve.
+        uint256 queued = batches[batches.length - 1].priorityServed;
         // The account the op before opened (none: max) and for whom.
         uint256 opened = type(uint256).max;
         address openedFor;
         while (true) {
             // Fills and marks, most of the words, have nothing to check: skipped here (a fill
-            // is one word, a mark's length follows from its first word as in `_opWords`).
+            // is one word, a mark's length follows from its first word as in `Words.opWords`).
+            {
             uint256 from = cursor;
             assembly {
                 for {} 1 {} {
@@ -369,14 +367,23 @@ contract OptioRollup {
             }
             if (cursor >= end) break;
             if (cursor != from) opened = type(uint256).max;
+            }
             uint256 w;
             assembly {
                 w := calldataload(cursor)
             }
             uint256 kind = w & 0xff;
-            uint256 next = cursor + 32 * _opWords(kind, w);
+            uint256 next = cursor + 32 * Words.opWords(kind, w);
             if (next > end) revert BadBatch("op past the end");
             uint256 a = uint32(w >> 8);
+            if (kind == L1_DEPOSIT || kind == L1_WITHDRAWAL) {
+                uint256 id;
+                assembly {
+                    id := shr(63, calldataload(add(cursor, 32)))
+                }
+                if (id < queued || id >= served) revert NotQueued(id);
+                queued = id + 1;
+            }
             if (kind == WITHDRAW || kind == L1_DEPOSIT || kind == L1_WITHDRAWAL) {
                 n = _move(list, n, cursor, kind, a, a == opened ? openedFor : address(0));
             } else if (kind == OPERATOR_DEPOSIT) {
@@ -402,6 +409,14 @@ contract OptioRollup {
         if (h != withdrawalsHash) revert WrongWithdrawals();
     }
 
+    /// Pays queued deposit `id` back to its depositor, once.
+    function _return(uint256 id, PriorityOp storage q) internal {
+        reclaimed[id] = true;
+        totalPaid += q.amount;
+        if (!usdc.transfer(q.owner, q.amount)) revert TransferFailed();
+        emit Reclaimed(id, q.owner, q.amount);
+    }
+
     /// One op of `kind` (a withdrawal, an L1 deposit or forced withdrawal) at calldata `cursor`
     /// on account `a`, for `_checkMoves`: an L1 operation must be the one queued under its id
     /// (`freshFor` is the depositor an opening just before made `a` for, zero if none); a
@@ -409,7 +424,6 @@ contract OptioRollup {
     /// list's length.
     function _move(uint256 list, uint256 n, uint256 cursor, uint256 kind, uint256 a, address freshFor)
         internal
-        view
         returns (uint256)
     {
         uint256 w1;
@@ -421,13 +435,17 @@ contract OptioRollup {
         uint256 amount = w1 & type(uint64).max >> 1;
         if (kind != WITHDRAW) {
             uint256 id = w1 >> 63;
-            if (id >= priorityOps.length) revert NotQueued(id);
             PriorityOp storage q = priorityOps[id];
             if (kind == L1_DEPOSIT) {
                 if (q.kind != DEPOSIT || (amount != 0 && (amount != q.amount || !(a == q.account || freshFor == q.owner)))) revert NotQueued(id);
+                // One the engine could not credit goes back to its depositor now (a reclaim
+                // after a freeze knows it).
+                if (amount == 0) _return(id, q);
                 return n;
             }
-            if (q.kind != FORCED_WITHDRAWAL || a != q.account || (amount != 0 && owner != q.owner)) revert NotQueued(id);
+            // A forced withdrawal names who asked (the proof holds it to the account's owner when
+            // money moves, and to all of a flat account).
+            if (q.kind != FORCED_WITHDRAWAL || a != q.account || owner != q.owner) revert NotQueued(id);
         }
         if (amount == 0) return n;
         assembly {
@@ -456,9 +474,6 @@ contract OptioRollup {
         evaluationPoint[number] = z;
         evaluation[number] = y;
     }
-
-    /// Bytes of a batch blob before its words (docs/settlement.md).
-    uint256 public constant BLOB_HEADER = 49;
 
     /// The point `z = keccak256(keccak256(words) || commitment) mod p` and the evaluation
     /// `y = z^n + sum_i w_i z^(n-1-i)` of a blob's `n` words (each below p), Horner from 1.
@@ -573,27 +588,6 @@ contract OptioRollup {
 
     // ---- authorization challenge -------------------------------------------------------------
 
-    uint256 internal constant FILL = 16;
-    /// Bytes per record of an authorization section (docs/settlement.md).
-    uint256 public constant AUTH_RECORD = 126;
-    /// secp256k1's order / 2: signatures with a higher `s` are malleated copies (refused, as the
-    /// gateway refuses them).
-    uint256 internal constant HALF_ORDER = 0x7fffffffffffffffffffffffffffffff5d576e7357a4501ddfe92f46681b20a0;
-    bytes32 internal constant ACTION_TYPEHASH =
-        keccak256("Action(uint256 subaccountId,uint256 nonce,address module,bytes data,uint256 expiry,address owner,address signer)");
-    bytes32 internal constant DOMAIN_TYPEHASH =
-        keccak256("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)");
-    /// The `module` of every order (Derive's trade module, as ccxt signs it).
-    address internal constant TRADE_MODULE = 0xB8D20c2B7a1Ad2EE33Bc50eF10876eD3035b5e7b;
-    /// The verifying contract of the Derive-compatible domain ccxt hard-codes.
-    address internal constant DERIVE_MATCHING = 0xeB8d770ec18DB98Db922E9D83260A585b9F0DeAD;
-
-    /// A session key as an account's leaf commits it: the leaf's keys hash folds
-    /// `Poseidon(h, key, expiryMs)` over them in address order, from 0 (docs/settlement.md).
-    struct SessionKey {
-        address key;
-        uint64 expiryMs;
-    }
 
     /// Shows that one side of fill `c.fill` (counted from 0 in the posted words' order; the
     /// taker's side when `c.taker`, else the maker's) of batch `c.number`, not final yet, is
@@ -614,11 +608,10 @@ contract OptioRollup {
         if (!authorizations) revert NoChallenges();
         if (c.number <= lastFinalized) revert BadBatch("not a committed batch that is not final");
         _checkPosted(c.number, c.data, c.auths);
-        Fill memory f = fillAt(c.data, c.fill);
+        Fill memory f = judge.fillAt(c.data, c.fill);
         _checkOpening(batches[c.number].root, c.taker ? f.taker : f.maker, opening);
         if (_keysHash(keys) != opening.keysHash) revert BadProof("keys");
-        uint256 side = 2 * c.fill + (c.taker ? 1 : 0);
-        if (_authorizes(c.auths, side, f, Signers(opening.owner, _batchTime(c.data), keys))) revert Authorized();
+        if (judge.authorizes(c.auths, 2 * c.fill + (c.taker ? 1 : 0), c.data, opening.owner, keys)) revert Authorized();
         emit Challenged(c.number, c.fill, c.taker, msg.sender, address(this).balance);
         _slash(c.number);
     }
@@ -634,15 +627,6 @@ contract OptioRollup {
         bool taker;
     }
 
-    /// One batch's share of an overfill challenge: the batch, its posted data and authorization
-    /// section, and fill sides there (`2 * fill`, plus 1 for the taker's side), ascending.
-    struct FillSides {
-        uint256 number;
-        bytes data;
-        bytes auths;
-        uint256[] sides;
-    }
-
     /// Shows that fills of one signed order add up beyond the order's amount: `parts` name fill
     /// sides of committed batches, in ascending batch order, whose posted records all describe
     /// the same order (one EIP-712 digest over the owner's account, instrument, side, nonce,
@@ -656,57 +640,18 @@ contract OptioRollup {
         if (parts.length == 0) revert BadBatch("no fills");
         uint256 last = parts[parts.length - 1].number;
         if (last <= lastFinalized) revert BadBatch("not a committed batch that is not final");
-        Tally memory t;
         uint256 previous = 0;
         for (uint256 i = 0; i < parts.length; i++) {
             FillSides calldata p = parts[i];
             if (p.number <= previous) revert BadBatch("batches not ascending");
             previous = p.number;
             _checkPosted(p.number, p.data, p.auths);
-            _tally(p, t, opening.owner);
         }
+        OptioJudge.Tally memory t = judge.tally(parts, opening.owner);
         if (t.filled <= t.amount) revert NotOverfilled(t.filled, t.amount);
         _checkOpening(batches[last].root, t.account, opening);
         emit Overfilled(last, t.order, t.filled, t.amount, msg.sender, address(this).balance);
         _slash(last);
-    }
-
-    /// The order an overfill challenge follows and what its fills add up to so far.
-    struct Tally {
-        bytes32 order;
-        uint32 account;
-        int256 amount;
-        int256 filled;
-    }
-
-    /// Adds one part's fill sides to `t`; each must describe the order of the first.
-    function _tally(FillSides calldata p, Tally memory t, address owner) internal view {
-        Fill[] memory fills = _fillsAt(p.data, p.sides);
-        for (uint256 j = 0; j < fills.length; j++) {
-            (bytes32 digest, uint32 account, int256 amount) = _sideOrder(p.auths, p.sides[j], fills[j], owner);
-            if (t.order == 0) {
-                (t.order, t.account, t.amount) = (digest, account, amount);
-            } else if (digest != t.order) {
-                revert BadBatch("fills of different orders");
-            }
-            t.filled += fills[j].qty;
-        }
-    }
-
-    /// The order a fill side's record describes: its digest, the side's account and the
-    /// order's signed amount.
-    function _sideOrder(bytes calldata auths, uint256 side, Fill memory f, address owner)
-        internal
-        view
-        returns (bytes32 digest, uint32 account, int256 amount)
-    {
-        (bool found, bytes calldata r) = _record(auths, side);
-        if (!found) revert BadBatch("no record");
-        bool taker = side % 2 == 1;
-        account = taker ? f.taker : f.maker;
-        digest = _orderDigest(r, f, account, taker == f.takerBuys, owner);
-        if (digest == 0) revert BadBatch("malformed record");
-        amount = int64(uint64(bytes8(r[45:53])));
     }
 
     /// Checks that `data` and `auths` are what was posted with committed batch `number`.
@@ -721,11 +666,6 @@ contract OptioRollup {
         for (uint256 i = 0; i < keys.length; i++) {
             h = h3.poseidon([h, uint256(uint160(keys[i].key)), uint256(keys[i].expiryMs)]);
         }
-    }
-
-    /// A batch's time: the engine time (ms) at its cut, from its posted data's header.
-    function _batchTime(bytes calldata data) internal pure returns (uint64) {
-        return uint64(bytes8(data[29:37]));
     }
 
     /// Reverts batch `number` and every later one, freezes the rollup and pays the operator's
@@ -743,181 +683,6 @@ contract OptioRollup {
         uint256 reward = address(this).balance;
         (bool paid,) = msg.sender.call{value: reward}("");
         if (!paid) revert TransferFailed();
-    }
-
-    /// Fill `k` (from 0) of posted data: the ops are walked from the first word (each op's
-    /// length follows from its first word), so a word inside another op is never read as one.
-    function fillAt(bytes calldata data, uint256 k) public pure returns (Fill memory f) {
-        uint256[] memory sides = new uint256[](1);
-        sides[0] = 2 * k;
-        return _fillsAt(data, sides)[0];
-    }
-
-    /// The fills of fill sides `sides` (`2 * fill + taker`, strictly ascending) of posted data,
-    /// in one walk of its ops.
-    function _fillsAt(bytes calldata data, uint256[] memory sides) internal pure returns (Fill[] memory fills) {
-        if (data.length < BLOB_HEADER || (data.length - BLOB_HEADER) % 32 != 0) revert BadBatch("data is not whole words");
-        if (sides.length == 0) revert BadBatch("no fills");
-        for (uint256 j = 1; j < sides.length; j++) {
-            if (sides[j] <= sides[j - 1]) revert BadBatch("sides not ascending");
-        }
-        fills = new Fill[](sides.length);
-        uint256 next = 0;
-        uint256 seen = 0;
-        for (uint256 cursor = BLOB_HEADER; cursor < data.length && next < sides.length;) {
-            uint256 w = uint256(bytes32(data[cursor:cursor + 32]));
-            uint256 kind = w & 0xff;
-            if (kind == FILL) {
-                while (next < sides.length && sides[next] / 2 == seen) {
-                    fills[next++] = Fill({
-                        maker: uint32(w >> 8),
-                        taker: uint32(w >> 40),
-                        instrument: uint32(w >> 72),
-                        takerBuys: (w >> 104) & 1 == 1,
-                        price: int64(uint64((w >> 105) & type(uint64).max >> 1)),
-                        qty: int64(uint64((w >> 168) & type(uint64).max >> 1))
-                    });
-                }
-                seen++;
-            }
-            cursor += 32 * _opWords(kind, w);
-        }
-        if (next < sides.length) revert BadBatch("no such fill");
-    }
-
-    /// Words of an op, from its first word `w` (docs/settlement.md, "Words").
-    function _opWords(uint256 kind, uint256 w) internal pure returns (uint256) {
-        if (kind == FILL || kind == 2 || kind == 3) return 1; // fill, activation, expiry
-        if (kind == 4) return 3; // instrument settlement
-        if (kind == 1) return 1 + (((w >> 104) & 0xffff) + 30) / 31; // listing: spec chunks
-        if (kind == 24) {
-            // mark: the mark word and the risk values, padded to chunks of 11, five per word
-            uint256 padded = ((((w >> 104) & 0xff) + 10) / 11) * 11;
-            return 2 + (padded + 4) / 5;
-        }
-        if (kind == WITHDRAW || kind == L1_WITHDRAWAL) return 3; // and the owner paid
-        if ((kind >= 5 && kind <= 9) || (kind >= 20 && kind <= 23) || kind == 25) return 2;
-        revert BadBatch("unknown op");
-    }
-
-    /// Whether fill side `i` (`2 * fill`, plus 1 for the taker's side) of posted `data` is
-    /// authorized by its record in `auths`, for an account owned by `owner` with session keys
-    /// `keys` (the batch's time is the data's).
-    function authorizes(bytes calldata auths, uint256 i, bytes calldata data, address owner, SessionKey[] calldata keys)
-        public
-        view
-        returns (bool)
-    {
-        return _authorizes(auths, i, fillAt(data, i / 2), Signers(owner, _batchTime(data), keys));
-    }
-
-    /// Who may sign for an account in a batch: its owner, and its session keys expiring after
-    /// the batch's time (ms).
-    struct Signers {
-        address owner;
-        uint64 time;
-        SessionKey[] keys;
-    }
-
-    /// Whether record `i` of `auths` authorizes side `i` (the taker's when odd) of fill `f`,
-    /// signed by one of `s`.
-    function _authorizes(bytes calldata auths, uint256 i, Fill memory f, Signers memory s) internal view returns (bool) {
-        (bool found, bytes calldata r) = _record(auths, i);
-        bool taker = i % 2 == 1;
-        if (!found || !_within(r, f, taker)) return false;
-        address signer = address(bytes20(r[16:36]));
-        if (signer != s.owner && !_live(s, signer)) return false;
-        return _signedBy(r, f, taker, s.owner, signer);
-    }
-
-    /// Whether fill side `f` (the taker's when `taker`) is within record `r`'s signed side,
-    /// limit price and amount.
-    function _within(bytes calldata r, Fill memory f, bool taker) internal pure returns (bool) {
-        bool buys = taker == f.takerBuys;
-        int64 limit = int64(uint64(bytes8(r[37:45])));
-        int64 amount = int64(uint64(bytes8(r[45:53])));
-        if (buys ? f.price > limit : f.price < limit) return false;
-        return f.qty <= amount && limit >= 0 && amount > 0;
-    }
-
-    /// Whether record `r`'s signature (low `s` only) over the order it describes for fill side
-    /// `f` recovers to `signer`.
-    function _signedBy(bytes calldata r, Fill memory f, bool taker, address owner, address signer) internal view returns (bool) {
-        bytes32 digest = _orderDigest(r, f, taker ? f.taker : f.maker, taker == f.takerBuys, owner);
-        if (digest == 0 || uint256(bytes32(r[93:125])) > HALF_ORDER) return false;
-        uint8 v = uint8(r[125]);
-        address who = ecrecover(digest, v < 27 ? v + 27 : v, bytes32(r[61:93]), bytes32(r[93:125]));
-        return who != address(0) && who == signer;
-    }
-
-    /// Whether `signer` is one of `s`'s session keys expiring after its time.
-    function _live(Signers memory s, address signer) internal pure returns (bool) {
-        for (uint256 i = 0; i < s.keys.length; i++) {
-            if (s.keys[i].key == signer) return s.keys[i].expiryMs > s.time;
-        }
-        return false;
-    }
-
-    /// The record of fill side `i` in an authorization section: the count `n` of its records (4
-    /// bytes), the records, then one 4-byte index per fill side; none when the index is `n` or
-    /// more or the section lacks the bytes (docs/settlement.md).
-    function _record(bytes calldata auths, uint256 i) internal pure returns (bool found, bytes calldata r) {
-        r = auths[0:0];
-        if (auths.length < 4) return (false, r);
-        uint256 n = uint32(bytes4(auths[0:4]));
-        uint256 pos = 4 + n * AUTH_RECORD + 4 * i;
-        if (pos + 4 > auths.length) return (false, r);
-        uint256 k = uint32(bytes4(auths[pos:pos + 4]));
-        if (k >= n) return (false, r);
-        return (true, auths[4 + k * AUTH_RECORD:4 + (k + 1) * AUTH_RECORD]);
-    }
-
-    /// The EIP-712 digest of the order record `r` describes, signed by the record's signer for
-    /// an account owned by `owner` (0: a malformed record).
-    function _orderDigest(bytes calldata r, Fill memory f, uint32 account, bool buys, address owner) internal view returns (bytes32) {
-        int64 maxFee = int64(uint64(bytes8(r[53:61])));
-        bytes32 separator = _separator(uint8(r[36]));
-        if (maxFee < 0 || separator == 0) return 0;
-        bytes32 trade = keccak256(
-            abi.encode(
-                address(this),
-                uint256(f.instrument),
-                int256(int64(uint64(bytes8(r[37:45])))) * 1e12,
-                int256(int64(uint64(bytes8(r[45:53])))) * 1e10,
-                uint256(uint64(maxFee)) * 1e12,
-                uint256(account),
-                buys
-            )
-        );
-        bytes32 action = _actionHash(r, account, trade, owner);
-        return keccak256(abi.encodePacked(hex"1901", separator, action));
-    }
-
-    /// The hash of the `Action` record `r` signs for `account` (owned by `owner`) with trade
-    /// data hash `trade`: signed by the record's signer.
-    function _actionHash(bytes calldata r, uint32 account, bytes32 trade, address owner) internal pure returns (bytes32) {
-        return keccak256(
-            abi.encode(
-                ACTION_TYPEHASH,
-                uint256(account),
-                uint256(uint64(bytes8(r[0:8]))),
-                TRADE_MODULE,
-                trade,
-                uint256(uint64(bytes8(r[8:16]))),
-                owner,
-                address(bytes20(r[16:36]))
-            )
-        );
-    }
-
-    /// The domain separator of a record's domain byte: 0 Optio's own (this chain, this
-    /// contract), 1 and 2 the Derive-compatible one ccxt signs under (chain 1, its sandbox).
-    function _separator(uint8 d) internal view returns (bytes32) {
-        if (d == 0) return keccak256(abi.encode(DOMAIN_TYPEHASH, keccak256("Optio"), keccak256("1"), block.chainid, address(this)));
-        if (d == 1 || d == 2) {
-            return keccak256(abi.encode(DOMAIN_TYPEHASH, keccak256("Matching"), keccak256("1.0"), d == 1 ? 1 : 11155111, DERIVE_MATCHING));
-        }
-        return 0;
     }
 
     /// Checks that `o` opens `account`'s leaf under `root`.

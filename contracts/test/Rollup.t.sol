@@ -312,6 +312,53 @@ contract RollupTest is WithHashers {
         rollup.reclaimDeposit(99);
     }
 
+    /// A batch serving the funder's deposit (queue id 0: 400,000 USDC to account 7) as the words
+    /// `kind 25, account 7` and `amount 0, id 0`, after the header.
+    function depositServed(uint256 amount, uint256 id) internal pure returns (bytes memory) {
+        return abi.encodePacked(new bytes(49), uint256(25 | (7 << 8)), amount | (id << 63));
+    }
+
+    function commitServing(bytes memory data, uint64 served) internal {
+        rollup.commitBatch(
+            1, hevm.parseJsonUint(v, ".genesis_root"), 1, 1, 7, served, keccak256(abi.encode(new OptioRollup.Withdrawal[](0))), 1, data, ""
+        );
+    }
+
+    /// A deposit served with nothing credited (the engine could not credit it) goes back to its
+    /// depositor when the batch is committed, once: a reclaim after a freeze refuses it. L1
+    /// operations are served in queue order, each once: an id outside the ids the batch serves
+    /// is refused.
+    function test_a_deposit_served_with_nothing_credited_goes_back_at_commit() public {
+        hevm.expectRevert(abi.encodeWithSelector(OptioRollup.NotQueued.selector, 0));
+        commitServing(depositServed(0, 0), 0);
+        hevm.expectRevert(abi.encodeWithSelector(OptioRollup.NotQueued.selector, 0));
+        commitServing(abi.encodePacked(depositServed(0, 0), uint256(25 | (7 << 8)), uint256(0)), 1);
+        uint256 before = usdc.balanceOf(funder);
+        commitServing(depositServed(0, 0), 1);
+        assertEq(usdc.balanceOf(funder) - before, 400_000e6, "returned at commit");
+        assertEq(rollup.totalPaid(), 400_000e6, "counted as paid");
+        assertTrue(rollup.reclaimed(0), "marked returned");
+        hevm.warp(block.timestamp + WINDOW + 1);
+        hevm.prank(funder);
+        rollup.requestWithdrawal(7);
+        hevm.warp(block.timestamp + WINDOW + 1);
+        rollup.freeze();
+        hevm.expectRevert(abi.encodeWithSelector(OptioRollup.NotReclaimable.selector, 0));
+        rollup.reclaimDeposit(0);
+    }
+
+    /// The same deposit credited in full stays in the vault.
+    function test_a_deposit_credited_stays_in_the_vault() public {
+        uint256 before = usdc.balanceOf(address(rollup));
+        commitServing(depositServed(400_000e6, 0), 1);
+        assertEq(usdc.balanceOf(address(rollup)), before, "held for the account");
+        assertTrue(!rollup.reclaimed(0), "not returned");
+        hevm.expectRevert(abi.encodeWithSelector(OptioRollup.NotQueued.selector, 0));
+        rollup.commitBatch(
+            2, 1, 2, 8, 9, 1, keccak256(abi.encode(new OptioRollup.Withdrawal[](0))), 1, depositServed(0, 0), ""
+        );
+    }
+
     function test_an_exit_against_a_stale_root_reverts() public {
         commit(0, 0);
         commit(1, 0);

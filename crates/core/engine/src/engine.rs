@@ -914,8 +914,9 @@ impl<M: MarginModel> Engine<M> {
     }
 
     /// Serves an L1 forced withdrawal: when `owner` owns `account`, cancels its open orders and
-    /// withdraws all its free collateral (nothing while it is being liquidated or its marks are
-    /// stale); otherwise nothing moves.
+    /// withdraws all its collateral when it holds no position, otherwise all its free collateral
+    /// (nothing while it is being liquidated or its marks are stale); when someone else asks,
+    /// nothing moves.
     fn l1_withdrawal(
         &mut self,
         priority: u64,
@@ -927,15 +928,25 @@ impl<M: MarginModel> Engine<M> {
         let mut withdrawn = Amount(0);
         if self.account(account).is_ok_and(|a| a.owner == owner) {
             self.cancel_all(account, None, events)?;
-            // (An account with more positions than a proof can price gets nothing.)
-            let stress =
-                Amount(i64::try_from(self.stress_free(account).max(0)).unwrap_or(i64::MAX));
-            let free = self.accounts[account.0 as usize]
-                .free_collateral()
-                .min(stress)
-                .min(self.limits.max_amount);
-            if free.is_positive() && self.withdraw(account, free, events).is_ok() {
-                withdrawn = free;
+            if self.flat(account) {
+                // All of it: the validity proof holds the operator to that (the escape hatch
+                // cannot be served with less).
+                let all = self.accounts[account.0 as usize].balance;
+                if all.is_positive() {
+                    self.pay_out(account, all, events);
+                    withdrawn = all;
+                }
+            } else {
+                // (An account with more positions than a proof can price gets nothing.)
+                let stress =
+                    Amount(i64::try_from(self.stress_free(account).max(0)).unwrap_or(i64::MAX));
+                let free = self.accounts[account.0 as usize]
+                    .free_collateral()
+                    .min(stress)
+                    .min(self.limits.max_amount);
+                if free.is_positive() && self.withdraw(account, free, events).is_ok() {
+                    withdrawn = free;
+                }
             }
         }
         self.totals.priority_served += 1;
@@ -964,10 +975,23 @@ impl<M: MarginModel> Engine<M> {
         if amount > free || i128::from(amount.0) > self.stress_free(account) {
             return Err(RejectCode::InsufficientFreeCollateral);
         }
+        self.pay_out(account, amount, events);
+        Ok(())
+    }
+
+    /// Moves `amount` out of `account` to L1.
+    fn pay_out(&mut self, account: AccountId, amount: Amount, events: &mut Vec<Event>) {
         self.totals.withdrawals += i128::from(amount.0);
         self.credit(account, Amount(-amount.0));
         self.push_balance_event(account, Amount(-amount.0), events);
-        Ok(())
+    }
+
+    /// Whether `account` holds no position.
+    pub(crate) fn flat(&self, account: AccountId) -> bool {
+        self.accounts[account.0 as usize]
+            .positions
+            .values()
+            .all(|s| self.positions[*s as usize].exposure.position.0 == 0)
     }
 
     fn transfer(

@@ -303,11 +303,7 @@ impl<M: MarginModel> Engine<M> {
 
     /// Once a liquidated account holds nothing, covers its deficit and ends its liquidation.
     pub(crate) fn finish_if_flat(&mut self, account: AccountId, events: &mut Vec<Event>) {
-        let flat = self.accounts[account.0 as usize]
-            .positions
-            .values()
-            .all(|s| self.positions[*s as usize].exposure.position.0 == 0);
-        if !flat {
+        if !self.flat(account) {
             return;
         }
         let deficit = -i128::from(self.accounts[account.0 as usize].balance.0);

@@ -222,6 +222,14 @@ impl Reference {
                 self.next_priority(*priority)?;
                 if self.acct(*account).is_ok_and(|a| a.owner == *owner) {
                     self.orders.retain(|o| o.rec.account != *account);
+                    let acct = &self.accounts[account.0 as usize];
+                    if acct.positions.values().all(|p| p.qty == 0) {
+                        // A flat account's forced withdrawal takes all of it.
+                        let all = acct.balance.max(0);
+                        self.totals.withdrawals += i128::from(all);
+                        self.accounts[account.0 as usize].balance -= all;
+                        return Ok(());
+                    }
                     let free = self.free(*account).min(self.limits.max_amount.0);
                     if free > 0 {
                         let _ = self.command(&Command::Withdraw {

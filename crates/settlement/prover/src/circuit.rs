@@ -27,8 +27,10 @@
 //!   non-negative) and exactly the loss shares charged since the previous cover, and leaves the
 //!   account at or below zero; every share is claimed;
 //! - a transfer moves money between two accounts of one owner; an opened account takes an empty
-//!   leaf; a withdrawal (and a forced one) names the account's owner in its words, whom the
-//!   contract pays; an L1 operation is the next in the queue;
+//!   leaf; a withdrawal names the account's owner in its words, whom the contract pays; a forced
+//!   one names who asked on L1 (the contract checks its queue): someone else's moves nothing,
+//!   and the owner's leaves an account that held no position when the batch started at or below
+//!   zero (it takes all); an L1 operation is the next in the queue;
 //! - a session key changes the account's key list as the ledger does (expired keys dropped,
 //!   the key registered or revoked, the list sorted with no repeats, its hash in the leaf);
 //! - a listing takes an empty instrument leaf (status listed, the listed spec's hash), an
@@ -737,14 +739,26 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     )?;
     let a_pays = cs.mul(&loss, &moves_money)?;
     cs.range(&cs.mul(&a_pays, &a_after)?, 63)?;
-    // A deficit cover pays at most the deficit: the account is left at or below zero.
-    cs.range(&cs.mul(&deficit, &a_after)?.scale(-Fr::from(1u64)), 63)?;
-    // A transfer stays with one owner; a withdrawal names the account's owner (the contract
-    // pays whom the words name).
+    // A transfer stays with one owner; a withdrawal names the account's owner, a forced one who
+    // asked on L1 (the contract checks its queue, and pays whom the words name). Someone else's
+    // forced withdrawal moves nothing; the owner's takes all of an account that held no
+    // position when the batch started (the escape hatch cannot be served with less).
     let a_owner = pick(cs, &sel_a, st.accounts.iter().map(|a| a.owner.clone()))?;
     let b_owner = pick(cs, &sel_b, st.accounts.iter().map(|a| a.owner.clone()))?;
     cs.equal_if(&transfer, &a_owner, &b_owner)?;
-    cs.equal_if(&pays, &owner, &a_owner)?;
+    cs.equal_if(&withdraw, &owner, &a_owner)?;
+    let stranger = cs.is_nonzero(&owner.sub(&a_owner))?;
+    cs.equal_if(&cs.mul(&l1_withdrawal, &stranger)?, &amount, &Wire::zero())?;
+    let a_held = pick(cs, &sel_a, st.accounts.iter().map(|a| a.count0.clone()))?;
+    let a_held = cs.is_nonzero(&a_held)?;
+    let takes_all = cs.mul(&cs.mul(&l1_withdrawal, &not(&stranger))?, &not(&a_held))?;
+    // A deficit cover pays at most the deficit, and a flat account's forced withdrawal takes
+    // all of it: either leaves the account at or below zero.
+    cs.range(
+        &cs.mul(&deficit.add(&takes_all), &a_after)?
+            .scale(-Fr::from(1u64)),
+        63,
+    )?;
     let a_id = pick(cs, &sel_a, st.accounts.iter().map(|a| a.id.clone()))?;
     let b_id = pick(cs, &sel_b, st.accounts.iter().map(|a| a.id.clone()))?;
     // An opened account takes the next id.

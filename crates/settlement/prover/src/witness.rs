@@ -1223,8 +1223,9 @@ pub fn witness(
                     slot.priority = Fr::from(*p);
                     priority += 1;
                 }
-                if let Op::Withdraw { owner, .. } | Op::L1Withdrawal { owner, .. } = op {
-                    slot.owner = from_address(&owner.0);
+                if let Op::Withdraw { owner: to, .. } | Op::L1Withdrawal { requester: to, .. } = op
+                {
+                    slot.owner = from_address(&to.0);
                 }
                 let r = reg_of[&account.0];
                 slot.a = Some(r);

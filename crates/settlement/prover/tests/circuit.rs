@@ -156,15 +156,35 @@ fn random_batch(rng: &mut ChaCha8Rng, state: &SettlementState, priority: &mut u6
             }
             3 => {
                 *priority += 1;
-                Op::L1Withdrawal {
-                    priority: *priority - 1,
-                    account: a,
-                    owner: owner_of(a),
-                    amount: if rng.random_bool(0.3) {
-                        Amount::ZERO
-                    } else {
-                        amount
-                    },
+                let priority = *priority - 1;
+                let held = &state.accounts()[a.0 as usize];
+                if held.positions.values().any(|q| q.0 != 0) {
+                    Op::L1Withdrawal {
+                        priority,
+                        account: a,
+                        requester: owner_of(a),
+                        amount: if rng.random_bool(0.3) {
+                            Amount::ZERO
+                        } else {
+                            amount
+                        },
+                    }
+                } else if ops.is_empty() {
+                    // A flat account's owner takes all of it (first: nothing traded before).
+                    Op::L1Withdrawal {
+                        priority,
+                        account: a,
+                        requester: owner_of(a),
+                        amount: Amount(held.collateral.0.max(0)),
+                    }
+                } else {
+                    // Someone else's request moves nothing.
+                    Op::L1Withdrawal {
+                        priority,
+                        account: a,
+                        requester: Address([8; 20]),
+                        amount: Amount::ZERO,
+                    }
                 }
             }
             4 => {
@@ -338,7 +358,7 @@ fn a_fill_may_leave_cash_negative_a_withdrawal_may_not() {
             &[Op::L1Withdrawal {
                 priority: 0,
                 account: AccountId(1),
-                owner: owner_of(AccountId(1)),
+                requester: owner_of(AccountId(1)),
                 amount: Amount(amount),
             }],
         )
@@ -389,7 +409,7 @@ fn money_leaves_only_what_the_stress_scenarios_leave() {
                 Op::L1Withdrawal {
                     priority: 0,
                     account: AccountId(account),
-                    owner: owner_of(AccountId(account)),
+                    requester: owner_of(AccountId(account)),
                     amount: Amount(amount),
                 },
             ];
@@ -529,7 +549,8 @@ fn fees_other_than_the_specs_cannot_be_proven() {
 }
 
 /// L1 pays a withdrawal to the owner its words name: the circuit holds that name to the
-/// account's owner (forced withdrawals too), so a batch paying anyone else cannot be proven.
+/// account's owner (a forced withdrawal's, who asked, moves money only when it is the owner), so
+/// a batch paying anyone else cannot be proven.
 #[test]
 fn a_withdrawal_paid_to_another_owner_cannot_be_proven() {
     let state = genesis(2);
@@ -543,8 +564,8 @@ fn a_withdrawal_paid_to_another_owner_cannot_be_proven() {
         Op::L1Withdrawal {
             priority: 0,
             account: AccountId(1),
-            amount,
-            owner: owner_of(AccountId(1)),
+            amount: state.accounts()[1].collateral,
+            requester: owner_of(AccountId(1)),
         },
     ];
     let honest = batch_of(&state, &ops);
@@ -567,6 +588,64 @@ fn a_withdrawal_paid_to_another_owner_cannot_be_proven() {
         let at = refused_at(&w);
         assert!(at.starts_with(&format!("op slot {k}")), "{at}");
     }
+}
+
+/// The escape hatch cannot be served with less: an owner's forced withdrawal from an account
+/// that held no position when the batch started takes all its collateral (the engine pays that),
+/// and someone else's moves nothing. Otherwise neither the ledger nor the circuit takes it.
+#[test]
+fn a_flat_accounts_forced_withdrawal_takes_all_of_it() {
+    let state = genesis(2);
+    let all = state.accounts()[1].collateral.0;
+    let forced = |requester: Address, amount: i64| {
+        [Op::L1Withdrawal {
+            priority: 0,
+            account: AccountId(1),
+            amount: Amount(amount),
+            requester,
+        }]
+    };
+    let owner = owner_of(AccountId(1));
+    let stranger = Address([0xee; 20]);
+    for (ops, ok) in [
+        (forced(owner, all), true),
+        (forced(stranger, 0), true),
+        (forced(owner, all - 1), false),
+        (forced(owner, 0), false),
+        (forced(stranger, 1), false),
+    ] {
+        let mut native = state.clone();
+        let applied = native.apply_batch(&ops);
+        let w = batch_of(&state, &ops);
+        if ok {
+            applied.unwrap_or_else(|e| panic!("{ops:?}: {e}"));
+            check(&w).unwrap_or_else(|e| panic!("{ops:?}: {e}"));
+            continue;
+        }
+        assert!(
+            matches!(
+                applied,
+                Err(optio_state::StateError::ShortExit(0) | optio_state::StateError::WrongOwner(0))
+            ),
+            "{ops:?}: {applied:?}"
+        );
+        assert_eq!(native.commit(), state.root(), "state unchanged");
+        let at = refused_at(&w);
+        assert!(at.starts_with("op slot 0"), "{ops:?}: {at}");
+    }
+    // An account that held a position takes what the stress rule leaves (the test above), or
+    // nothing.
+    let held = after(&state, &[perp_fill(Side::Buy, 1)]);
+    let w = batch_of(
+        &held,
+        &[Op::L1Withdrawal {
+            priority: 0,
+            account: AccountId(1),
+            amount: Amount::ZERO,
+            requester: owner,
+        }],
+    );
+    check(&w).expect("nothing moved from an account with a position");
 }
 
 /// `ops` with the first deposit's amount one more.

@@ -96,8 +96,7 @@ mod bindings {
                 bool taker;
             }
             function challengeAuthorization(SideChallenge calldata c, AccountOpening calldata opening, SessionKey[] calldata keys) external;
-            function fillAt(bytes calldata data, uint256 k) external pure returns (Fill memory f);
-            function authorizes(bytes calldata auths, uint256 i, bytes calldata data, address owner, SessionKey[] calldata keys) external view returns (bool);
+            function judge() external view returns (address);
             function authorizations() external view returns (bool);
             function slashed() external view returns (bool);
             function reclaimDeposit(uint256 id) external;
@@ -142,6 +141,13 @@ mod bindings {
         }
 
         #[sol(rpc)]
+        contract OptioJudge {
+            function rollup() external view returns (address);
+            function fillAt(bytes calldata data, uint256 k) external pure returns (OptioRollup.Fill memory f);
+            function authorizes(bytes calldata auths, uint256 i, bytes calldata data, address owner, OptioRollup.SessionKey[] calldata keys) external view returns (bool);
+        }
+
+        #[sol(rpc)]
         contract TestUSDC {
             function mint(address to, uint256 amount) external;
             function approve(address spender, uint256 amount) external returns (bool);
@@ -159,7 +165,7 @@ mod bindings {
     }
 }
 
-pub use bindings::{Groth16Verifier, OptioRollup, TestUSDC};
+pub use bindings::{Groth16Verifier, OptioJudge, OptioRollup, TestUSDC};
 
 /// Why the settler stopped.
 #[derive(Debug, thiserror::Error)]

@@ -13,8 +13,8 @@
 use alloy::primitives::{Address, U256};
 use alloy::providers::Provider;
 use optio_settler::{
-    Challenge, OptioRollup, TestUSDC, Verdict, connect, deploy_with_verifier, file_challenge,
-    opening_call, transact, verify_l1,
+    Challenge, OptioJudge, OptioRollup, TestUSDC, Verdict, connect, deploy_with_verifier,
+    file_challenge, opening_call, transact, verify_l1,
 };
 use optio_state::auth::{self, Authorization, Venue};
 use optio_state::blob::{BlobMeta, encode_ops};
@@ -357,7 +357,13 @@ async fn a_forged_fill_is_caught_reverted_and_slashed_and_users_exit_whole() {
     let finalized = state.clone();
 
     // The contract finds the fill behind the listing's chunks and the deposits' two words.
-    let found = rollup
+    let judge = OptioJudge::new(rollup.judge().call().await.expect("reads"), &operator);
+    assert_eq!(
+        judge.rollup().call().await.expect("reads"),
+        *rollup.address(),
+        "the rollup's judge"
+    );
+    let found = judge
         .fillAt(b1.blob.clone().into(), U256::ZERO)
         .call()
         .await
@@ -374,7 +380,7 @@ async fn a_forged_fill_is_caught_reverted_and_slashed_and_users_exit_whole() {
         (0, 1, 0, true, 1_000 * USDC, QTY_SCALE / 2)
     );
     assert!(
-        rollup
+        judge
             .fillAt(b1.blob.clone().into(), U256::from(1u64))
             .call()
             .await
@@ -537,7 +543,7 @@ async fn a_forged_fill_is_caught_reverted_and_slashed_and_users_exit_whole() {
         let rust = record.is_some_and(|r| r.check(&sides[0], alice, &held, 0, &venue).is_ok());
         // No record at all: an empty section.
         let records: Vec<Option<Authorization>> = record.map(Some).into_iter().collect();
-        let evm = rollup
+        let evm = judge
             .authorizes(
                 auth::section_of(&records).into(),
                 U256::ZERO,

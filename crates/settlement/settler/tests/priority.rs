@@ -293,9 +293,11 @@ async fn deposits_and_forced_withdrawals_are_sequenced_once_and_paid() {
         "{verdicts:?}"
     );
 
-    // A rogue operator's batches: a deposit nobody made on L1, a queued deposit credited with
-    // more than was deposited, and a withdrawal paid to someone other than the owner its words
-    // name. The contract reads the posted words and refuses each: nothing is committed.
+    // A rogue operator's batches: a queued operation that is not a deposit served as one, a
+    // queued deposit credited with more than was deposited, a withdrawal paid to someone other
+    // than the owner its words name, a forced withdrawal posted as someone else's request
+    // (which the proof would let move nothing), and a deposit served twice. The contract reads
+    // the posted words and refuses each: nothing is committed.
     let p = settler.progress().await.expect("reads");
     let previous = settler.root(p.committed).await.expect("reads");
     let state = settled(data.path(), &gateway);
@@ -318,6 +320,15 @@ async fn deposits_and_forced_withdrawals_are_sequenced_once_and_paid() {
         };
         let root = U256::from_be_bytes(optio_state::poseidon::to_bytes(&root));
         let blob = optio_state::encode(&meta, ops).expect("encodes");
+        // The queue ids the batch claims to serve: through its last L1 operation.
+        let served = ops
+            .iter()
+            .filter_map(|o| match o {
+                optio_state::Op::L1Deposit { priority, .. }
+                | optio_state::Op::L1Withdrawal { priority, .. } => Some(priority + 1),
+                _ => None,
+            })
+            .fold(4, u64::max);
         let commitment = optio_state::blob::commitment(
             &optio_state::blob::encode_ops(&meta, ops).expect("encodes"),
         );
@@ -327,7 +338,7 @@ async fn deposits_and_forced_withdrawals_are_sequenced_once_and_paid() {
             root,
             p.committed_seq + 1,
             p.committed_seq + 1,
-            4,
+            served,
             optio_state::withdrawals_hash(list).into(),
             U256::from_be_bytes(optio_state::poseidon::to_bytes(&commitment)),
             blob.into(),
@@ -347,6 +358,10 @@ async fn deposits_and_forced_withdrawals_are_sequenced_once_and_paid() {
         owner,
     };
     let operator_address = optio_settler::signer_address(KEY).expect("address");
+    // Bob asks again (queue id 4, left unserved).
+    transact(OptioRollup::new(d.rollup, &bob.provider).requestWithdrawal(account))
+        .await
+        .expect("requests");
     let refused = [
         (
             vec![deposit(4, 1_000_000 * USDC as i64)],
@@ -368,6 +383,20 @@ async fn deposits_and_forced_withdrawals_are_sequenced_once_and_paid() {
             "WrongWithdrawals()",
         ),
         (vec![withdrawal.clone()], vec![], "WrongWithdrawals()"),
+        // Bob's forced withdrawal from alice's account (queue id 4) posted as hers.
+        (
+            vec![optio_state::Op::L1Withdrawal {
+                priority: 4,
+                account: optio_types::AccountId(account),
+                amount: optio_types::Amount(0),
+                requester: optio_types::Address(alice.address.into_array()),
+            }],
+            vec![],
+            "NotQueued(uint256)",
+        ),
+        // Alice's deposit (queue id 0, served in the first batch) served again, with nothing
+        // credited (which would return it to her).
+        (vec![deposit(0, 0)], vec![], "NotQueued(uint256)"),
     ];
     for (ops, list, error) in refused {
         let Err(err) = forge(&ops, &list).call().await else {

@@ -322,6 +322,10 @@ impl Batcher {
         let full =
             full || (!self.marks.is_empty() && ops.iter().any(|o| money_out_of(o).is_some()));
         let full = full || self.ends_a_signing_key(input.time_ms, &ops);
+        // The circuit takes a flat account's forced withdrawal whole when the account held no
+        // position at its batch's start: one whose account traded earlier in the pending batch
+        // starts the next.
+        let full = full || self.traded_before_forced_withdrawal(&ops);
         let before = if full { Some(self.cut()?) } else { None };
         // After a cut before this input: the orders persisted with that batch are as of its
         // last input.
@@ -425,6 +429,24 @@ impl Batcher {
 
     /// The expiry of `key` among `account`'s session keys as of the pending ops (`None`: not
     /// one of them, e.g. the owner).
+    /// Whether `ops` serve a forced withdrawal from an account that trades in the pending batch.
+    fn traded_before_forced_withdrawal(&self, ops: &[Op]) -> bool {
+        ops.iter().any(|op| {
+            let Op::L1Withdrawal { account, .. } = op else {
+                return false;
+            };
+            self.pending.iter().any(|p| match p {
+                Op::Fill { maker, taker, .. } => maker == account || taker == account,
+                Op::Liquidation {
+                    account: a,
+                    counterparty,
+                    ..
+                } => a == account || counterparty == account,
+                _ => false,
+            })
+        })
+    }
+
     fn session_key(&self, account: AccountId, key: Address) -> Option<u64> {
         match self.pending_keys.get(&(account, key)) {
             Some(0) => None,
@@ -496,7 +518,7 @@ pub fn withdrawals(ops: &[Op]) -> Vec<Withdrawal> {
             | Op::L1Withdrawal {
                 account,
                 amount,
-                owner,
+                requester: owner,
                 ..
             } if amount.0 > 0 => Some((account.0, *owner, *amount)),
             _ => None,

@@ -383,10 +383,10 @@ pub fn encode_op(op: &Op, id: u32, index: usize) -> Result<Encoded, BlobError> {
             priority,
             account,
             amount,
-            owner,
+            requester,
         } => paid_to(
             cash(kind::L1_WITHDRAWAL, account.0, 0, amount.0, *priority)?,
-            owner,
+            requester,
         ),
         Op::DeficitCovered {
             account,
@@ -807,7 +807,7 @@ pub fn decode(bytes: &[u8]) -> Result<(BlobMeta, Vec<Op>), BlobError> {
                         priority,
                         account: a,
                         amount: Amount(amount),
-                        owner: address_word(2)?,
+                        requester: address_word(2)?,
                     }
                 }
             }

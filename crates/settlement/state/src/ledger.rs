@@ -56,9 +56,15 @@ pub enum StateError {
     /// payouts; or a position settled with no settlement of its instrument after it.
     #[error("op {0}: the settlement does not pay the committed value")]
     Settlement(usize),
-    /// Op `index` pays a withdrawal to someone other than the account's owner.
+    /// Op `index` pays a withdrawal to someone other than the account's owner (a forced
+    /// withdrawal requested by someone else moves nothing).
     #[error("op {0}: the withdrawal names another owner than the account's")]
     WrongOwner(usize),
+    /// Op `index` serves its owner's forced withdrawal from an account that held no position
+    /// at the batch's start but leaves money in it: a flat account's forced withdrawal takes all
+    /// its collateral.
+    #[error("op {0}: the forced withdrawal of a flat account leaves money in it")]
+    ShortExit(usize),
 }
 
 /// One account.
@@ -596,6 +602,15 @@ impl SettlementState {
                 Op::ListInstrument { .. } | Op::OpenAccount { .. } => {}
             }
         }
+        let held_at_start = touched
+            .iter()
+            .copied()
+            .filter(|&a| {
+                self.accounts
+                    .get(a as usize)
+                    .is_some_and(|x| x.positions.values().any(|q| q.0 != 0))
+            })
+            .collect();
         Scratch {
             accounts: touched
                 .into_iter()
@@ -613,6 +628,7 @@ impl SettlementState {
             fee_pool: self.fee_pool,
             priority_served: self.priority_served,
             settling: Vec::new(),
+            held_at_start,
         }
     }
 
@@ -863,6 +879,8 @@ struct Scratch {
     /// Positions settled whose instrument's settlement op has not come yet: (instrument, qty,
     /// cash, op index).
     settling: Vec<(u32, i64, i64, usize)>,
+    /// The accounts that held a position when the batch started.
+    held_at_start: BTreeSet<u32>,
 }
 
 impl Scratch {
@@ -988,12 +1006,24 @@ impl Scratch {
                 priority,
                 account,
                 amount,
-                owner,
+                requester,
             } => {
                 self.serve(*priority, i)?;
-                self.check_owner(*account, *owner, i)?;
+                // Someone else's request moves nothing; the owner's takes what it may, and all
+                // of a flat account's collateral.
+                if self.account(*account).owner != *requester {
+                    return match amount.0 {
+                        0 => Ok(()),
+                        _ => Err(StateError::WrongOwner(i)),
+                    };
+                }
                 if amount.0 != 0 {
                     self.debit(*account, *amount, i)?;
+                }
+                if !self.held_at_start.contains(&account.0)
+                    && self.account(*account).collateral.0 > 0
+                {
+                    return Err(StateError::ShortExit(i));
                 }
             }
             Op::Transfer { from, to, amount } => {

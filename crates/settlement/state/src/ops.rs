@@ -67,6 +67,8 @@ pub enum Op {
     },
     /// L1 priority operation `priority` served: a forced withdrawal of `amount` from `account`
     /// (zero: nothing moved; otherwise the account's nonce advances and the batch pays it).
+    /// Someone else's request moves nothing; the owner's takes all of an account that held no
+    /// position when the batch started.
     L1Withdrawal {
         /// Queue id on L1 (the next one served).
         priority: u64,
@@ -74,9 +76,10 @@ pub enum Op {
         account: AccountId,
         /// Amount (not negative).
         amount: Amount,
-        /// The account's owner, posted so that L1 pays the owner the proven state names
-        /// (docs/settlement.md, "What L1 pays").
-        owner: Address,
+        /// Who asked on L1, posted so that the contract checks it against its queue and pays
+        /// them, and the proof checks it against the account's owner (docs/settlement.md, "What
+        /// L1 pays").
+        requester: Address,
     },
     /// Collateral out to L1 (the account's nonce advances).
     Withdraw {
@@ -226,12 +229,13 @@ pub fn ops_from(
                     account,
                     amount,
                 },
-                _ => Op::L1Withdrawal {
+                Command::L1Withdrawal { owner, .. } => Op::L1Withdrawal {
                     priority,
                     account,
                     amount: Amount(-amount.0),
-                    owner: owner_of(account),
+                    requester: owner,
                 },
+                _ => continue,
             }),
             Event::BalanceChanged {
                 account, amount, ..

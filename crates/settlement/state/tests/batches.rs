@@ -99,7 +99,7 @@ fn histories_exercise_every_kind_of_settlement_op() {
             priority: 0,
             account: AccountId(0),
             amount: Amount(0),
-            owner: Address([0; 20]),
+            requester: Address([0; 20]),
         },
         Op::Withdraw {
             account: AccountId(0),
@@ -593,4 +593,108 @@ fn a_settlement_pays_exactly_the_committed_value() {
     state
         .apply_batch(&ops)
         .expect("the engine's settlement applies");
+}
+
+/// The circuit holds a flat account's forced withdrawal to all of it when the account held no
+/// position at its batch's start: a forced withdrawal from an account that traded earlier in
+/// the pending batch starts a new one (its position then counts from the start); one from an
+/// account that did not joins the batch, and takes all of it.
+#[test]
+fn a_forced_withdrawal_after_its_account_traded_starts_a_new_batch() {
+    let mut engine = Engine::new(EngineLimits::default());
+    let mut batcher = Batcher::new(1_000, u64::MAX);
+    let mut events = Vec::new();
+    let mut seq = 0;
+    let mut push = |engine: &mut Engine, command: Command| {
+        let input = Input {
+            time_ms: T0 + 10,
+            command,
+        };
+        events.clear();
+        engine.apply(&input, &mut events).expect("accepted");
+        seq += 1;
+        (seq, batcher.push(seq, &input, &events).expect("pushes"))
+    };
+    for spec in specs() {
+        push(&mut engine, Command::ListInstrument { spec });
+    }
+    push(
+        &mut engine,
+        Command::ActivateInstrument {
+            instrument: InstrumentId(2),
+        },
+    );
+    let owners = [Address([1; 20]), Address([2; 20]), Address([3; 20])];
+    for (k, owner) in owners.into_iter().enumerate() {
+        push(&mut engine, Command::OpenAccount { owner });
+        push(
+            &mut engine,
+            Command::Deposit {
+                account: AccountId(k as u32),
+                amount: Amount(100_000 * MONEY_SCALE),
+            },
+        );
+    }
+    push(&mut engine, oracle(60_000.0, T0));
+    // The marks are committed before the trade (money out waits for pending marks anyway).
+    let (_, cut) = push(
+        &mut engine,
+        Command::Withdraw {
+            account: AccountId(0),
+            amount: Amount(1),
+        },
+    );
+    assert!(cut.is_some(), "the marks' batch is cut before money moves");
+    let order = |account: u32, side, tif| {
+        Command::PlaceOrder(NewOrder {
+            account: AccountId(account),
+            instrument: InstrumentId(2),
+            side,
+            qty: Qty(STEP),
+            order_type: OrderType::Limit { price: px(60_000) },
+            time_in_force: tif,
+            post_only: false,
+            reduce_only: false,
+            self_trade: SelfTradePrevention::CancelTaker,
+            client_order_id: 0,
+            session_key: None,
+        })
+    };
+    push(
+        &mut engine,
+        order(0, Side::Sell, TimeInForce::GoodTillCancelled),
+    );
+    push(
+        &mut engine,
+        order(1, Side::Buy, TimeInForce::ImmediateOrCancel),
+    );
+    let forced = |priority, account: u32| Command::L1Withdrawal {
+        priority,
+        owner: owners[account as usize],
+        account: AccountId(account),
+    };
+    // Account 2 did not trade: its forced withdrawal joins the batch.
+    let (_, cut) = push(&mut engine, forced(0, 2));
+    assert!(cut.is_none(), "an untouched flat account joins the batch");
+    let (seq_1, cut) = push(&mut engine, forced(1, 1));
+    let cut = cut.expect("account 1 traded in the pending batch");
+    assert_eq!(
+        cut.header.last_seq,
+        seq_1 - 1,
+        "the withdrawal is not in it"
+    );
+    let ops = decode(&cut.blob).expect("decodes").1;
+    assert!(ops.contains(&Op::L1Withdrawal {
+        priority: 0,
+        account: AccountId(2),
+        amount: Amount(100_000 * MONEY_SCALE),
+        requester: owners[2],
+    }));
+    assert!(ops.iter().any(|o| matches!(o, Op::Fill { .. })));
+    let last = batcher.flush().expect("cuts").expect("one pending");
+    let ops = decode(&last.blob).expect("decodes").1;
+    assert!(
+        matches!(ops.as_slice(), [Op::L1Withdrawal { account, amount, .. }] if account.0 == 1 && amount.0 > 0),
+        "{ops:?}"
+    );
 }

@@ -8,7 +8,7 @@ use optio_types::{
 };
 use proptest::prelude::*;
 
-use crate::common::{STEP, T0, engine_with, limit, px, run, usd};
+use crate::common::{STEP, T0, engine_with, limit, owner, px, run, usd};
 use crate::risk::update;
 
 const PERP: u32 = 2;
@@ -706,6 +706,49 @@ fn money_leaves_only_accounts_whose_positions_a_proof_can_price() {
     e.check_invariants().expect("audit");
 }
 
+/// The escape hatch is served whole: a forced withdrawal from an account holding no position
+/// takes all its collateral, past the cap on one typed amount (the validity proof holds the
+/// operator to that); a request by anyone but the owner moves nothing.
+#[test]
+fn a_flat_accounts_forced_withdrawal_takes_all_of_it() {
+    let limits = EngineLimits {
+        max_amount: usd(1_000),
+        ..EngineLimits::default()
+    };
+    let mut e = engine_with(limits, 2, usd(1_000));
+    run(
+        &mut e,
+        T0,
+        Command::Deposit {
+            account: AccountId(1),
+            amount: usd(500),
+        },
+    )
+    .expect("deposit");
+    let before = e.state_hash();
+    let stranger = run(
+        &mut e,
+        T0,
+        Command::L1Withdrawal {
+            priority: 0,
+            owner: owner(9),
+            account: AccountId(1),
+        },
+    )
+    .expect("served");
+    assert!(
+        stranger
+            .iter()
+            .any(|ev| matches!(ev, Event::PriorityServed { amount, .. } if amount.0 == 0)),
+        "someone else's request moves nothing"
+    );
+    assert_ne!(e.state_hash(), before, "served: the queue moved");
+    let served = forced_withdrawal_at(&mut e, 1, 1);
+    assert_eq!(served, Amount(-usd(1_500).0), "all of it, past max_amount");
+    assert_eq!(e.collateral(AccountId(1)).map(|c| c.0), Some(Amount(0)));
+    e.check_invariants().expect("audit");
+}
+
 /// Found by the random exploration of `conservation_holds_through_liquidation_and_expiry`: a
 /// history of trades, crashes, liquidations and deleveraging that ends with the put's expiry,
 /// where one long of 6 contracts is settled against shorts of 5 and 1 at a value that is not a
@@ -758,12 +801,17 @@ fn an_expiry_with_rounded_values_never_takes_insurance_below_zero() {
 /// Serves an L1 forced withdrawal (the first in the queue) for the account's owner; returns the
 /// amount it moved (negative: out of the account).
 fn forced_withdrawal(e: &mut Engine, account: u32) -> Amount {
+    forced_withdrawal_at(e, account, 0)
+}
+
+/// `forced_withdrawal` with queue id `priority`.
+fn forced_withdrawal_at(e: &mut Engine, account: u32, priority: u64) -> Amount {
     let owner = e.account_owner(AccountId(account)).expect("exists");
     let events = run(
         e,
         T0,
         Command::L1Withdrawal {
-            priority: 0,
+            priority,
             owner,
             account: AccountId(account),
         },
