@@ -442,25 +442,48 @@ fn an_idle_tail_of_inputs_without_ops_is_cut_into_an_empty_batch() {
     );
 }
 
+/// Inputs applied to an engine, one sequence number each, and pushed to a batcher that cuts at
+/// 1,000 ops and never by age.
+struct Feed {
+    batcher: Batcher,
+    events: Vec<optio_types::Event>,
+    seq: u64,
+}
+
+impl Feed {
+    fn new() -> Self {
+        Feed {
+            batcher: Batcher::new(1_000, u64::MAX),
+            events: Vec::new(),
+            seq: 0,
+        }
+    }
+
+    /// Applies `command` and pushes it: its sequence number and the batch cut before it, if any.
+    fn push(&mut self, engine: &mut Engine, command: Command) -> (u64, Option<optio_state::Batch>) {
+        let input = Input {
+            time_ms: T0 + 10,
+            command,
+        };
+        self.events.clear();
+        engine.apply(&input, &mut self.events).expect("accepted");
+        self.seq += 1;
+        let cut = self
+            .batcher
+            .push(self.seq, &input, &self.events)
+            .expect("pushes");
+        (self.seq, cut)
+    }
+}
+
 /// Money leaving an account is proven against the marks committed before its batch: a
 /// withdrawal or transfer that follows a mark not yet committed starts a new batch, which the
 /// mark's batch precedes; with no mark pending, it joins the batch in progress.
 #[test]
 fn money_leaving_after_a_pending_mark_starts_a_new_batch() {
+    let mut feed = Feed::new();
+    let mut push = |engine: &mut Engine, command: Command| feed.push(engine, command).1;
     let mut engine = Engine::new(EngineLimits::default());
-    let mut batcher = Batcher::new(1_000, u64::MAX);
-    let mut events = Vec::new();
-    let mut seq = 0;
-    let mut push = |engine: &mut Engine, command: Command| {
-        let input = Input {
-            time_ms: T0 + 10,
-            command,
-        };
-        events.clear();
-        engine.apply(&input, &mut events).expect("accepted");
-        seq += 1;
-        batcher.push(seq, &input, &events).expect("pushes")
-    };
     for spec in specs() {
         assert!(push(&mut engine, Command::ListInstrument { spec }).is_none());
     }
@@ -601,20 +624,9 @@ fn a_settlement_pays_exactly_the_committed_value() {
 /// account that did not joins the batch, and takes all of it.
 #[test]
 fn a_forced_withdrawal_after_its_account_traded_starts_a_new_batch() {
+    let mut feed = Feed::new();
+    let mut push = |engine: &mut Engine, command: Command| feed.push(engine, command);
     let mut engine = Engine::new(EngineLimits::default());
-    let mut batcher = Batcher::new(1_000, u64::MAX);
-    let mut events = Vec::new();
-    let mut seq = 0;
-    let mut push = |engine: &mut Engine, command: Command| {
-        let input = Input {
-            time_ms: T0 + 10,
-            command,
-        };
-        events.clear();
-        engine.apply(&input, &mut events).expect("accepted");
-        seq += 1;
-        (seq, batcher.push(seq, &input, &events).expect("pushes"))
-    };
     for spec in specs() {
         push(&mut engine, Command::ListInstrument { spec });
     }
@@ -691,7 +703,7 @@ fn a_forced_withdrawal_after_its_account_traded_starts_a_new_batch() {
         requester: owners[2],
     }));
     assert!(ops.iter().any(|o| matches!(o, Op::Fill { .. })));
-    let last = batcher.flush().expect("cuts").expect("one pending");
+    let last = feed.batcher.flush().expect("cuts").expect("one pending");
     let ops = decode(&last.blob).expect("decodes").1;
     assert!(
         matches!(ops.as_slice(), [Op::L1Withdrawal { account, amount, .. }] if account.0 == 1 && amount.0 > 0),
