@@ -53,7 +53,8 @@ pub struct ShapeArgs {
     #[arg(long, default_value_t = 4)]
     session_keys: usize,
     /// Margin slots per batch: each proves the stress rule for one withdrawal, forced
-    /// withdrawal or transfer (every position of its account must then fit the registers).
+    /// withdrawal or transfer, or that a deficit cover's account holds no position (every
+    /// position of its account must then fit the registers).
     #[arg(long, default_value_t = 2)]
     margins: usize,
 }

@@ -24,8 +24,10 @@
 //! - a liquidation moves a position between the liquidated account and its counterparty at its
 //!   price (exact notional), the liquidated account paying its fee to insurance;
 //! - a deficit cover credits what it takes from insurance and the fee pool (both left
-//!   non-negative) and exactly the loss shares charged since the previous cover, and leaves the
-//!   account at or below zero; every share is claimed;
+//!   non-negative) and exactly the loss shares charged since the previous cover, in the
+//!   engine's order (the fee pool only once insurance is spent, shares only once both are), and
+//!   leaves the account at or below zero, which must hold no position (a margin slot proves
+//!   that, with every position it held in a register); every share is claimed;
 //! - a transfer moves money between two accounts of one owner; an opened account takes an empty
 //!   leaf; a withdrawal names the account's owner in its words, whom the contract pays; a forced
 //!   one names who asked on L1 (the contract checks its queue): someone else's moves nothing,
@@ -143,6 +145,8 @@ struct Snapshot {
     a_after: Wire,
     /// Money left account a at its holder's request.
     out: Wire,
+    /// A deficit cover of account a: it must hold no position.
+    covered: Wire,
     /// Every position register's quantity.
     qty: Vec<Wire>,
 }
@@ -695,6 +699,11 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     st.fee_pool = st.fee_pool.sub(&from_fees);
     cs.range(&cs.mul(&deficit, &st.insurance)?, 63)?;
     cs.range(&cs.mul(&deficit, &st.fee_pool)?, 63)?;
+    // In the engine's order: the fee pool only once insurance is spent, shares only once both
+    // are.
+    cs.enforce(&from_fees, &st.insurance, &Wire::zero())?;
+    cs.enforce(&claimed, &st.insurance, &Wire::zero())?;
+    cs.enforce(&claimed, &st.fee_pool, &Wire::zero())?;
 
     // Cash, nonces, owners and openings on the account registers.
     let cash_sign = Wire::sum([&deposit, &l1_deposit, &deficit])
@@ -802,6 +811,7 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
         a_id: a_id.clone(),
         a_after,
         out,
+        covered: deficit.clone(),
         qty: st.positions.iter().map(|q| q.qty.clone()).collect(),
     });
     let record = [
@@ -837,6 +847,9 @@ fn margin_slots(cs: &Cs, w: &BatchWitness, st: &Running) -> R<()> {
     let mut checked = vec![Wire::zero(); st.snapshots.len()];
     for m in &w.margins {
         let enabled = cs.boolean(m.enabled)?;
+        // A flat slot proves instead that a deficit cover's account holds no position.
+        let flat = cs.boolean(m.flat)?;
+        cs.equal_if(&flat, &enabled, &one())?;
         let (sel_k, sum_k) = selector(cs, st.snapshots.len(), m.slot)?;
         cs.equal(&sum_k, &enabled)?;
         let (sel_a, sum_a) = selector(cs, st.accounts.len(), m.account)?;
@@ -851,10 +864,14 @@ fn margin_slots(cs: &Cs, w: &BatchWitness, st: &Running) -> R<()> {
             &pick(cs, &sel_a, st.accounts.iter().map(|a| a.id.clone()))?,
         )?;
         let out = pick(cs, &sel_k, st.snapshots.iter().map(|x| x.out.clone()))?;
-        cs.equal(&out, &enabled)?;
+        cs.equal(&out, &enabled.sub(&flat))?;
+        let covered = pick(cs, &sel_k, st.snapshots.iter().map(|x| x.covered.clone()))?;
+        cs.equal(&covered, &flat)?;
         let margined = pick(cs, &sel_a, st.accounts.iter().map(|a| a.margined.clone()))?;
         cs.equal(&margined, &enabled)?;
+        // (A flat slot prices nothing: its collateral, in deficit, counts as zero.)
         let collateral = pick(cs, &sel_k, st.snapshots.iter().map(|x| x.a_after.clone()))?;
+        let collateral = collateral.sub(&cs.mul(&flat, &collateral)?);
         // Its quantity per instrument register.
         let account = index_of(&sel_a);
         let mut held = vec![Wire::zero(); st.instruments.len()];
@@ -865,6 +882,7 @@ fn margin_slots(cs: &Cs, w: &BatchWitness, st: &Running) -> R<()> {
             // Each of its positions is priced by exactly one instrument register.
             cs.equal_if(&belongs, &Wire::sum(&prices[r]), &one())?;
             let mine = cs.mul(&belongs, &qty)?;
+            cs.equal_if(&flat, &mine, &Wire::zero())?;
             for (h, price) in held.iter_mut().zip(&prices[r]) {
                 *h = h.add(&cs.mul(price, &mine)?);
             }
@@ -884,9 +902,9 @@ fn margin_slots(cs: &Cs, w: &BatchWitness, st: &Running) -> R<()> {
             cs.range(&total, STRESS_BITS)?;
         }
     }
-    // Every op that takes money out has exactly one margin slot.
+    // Every op that takes money out, and every deficit cover, has exactly one margin slot.
     for (c, x) in checked.iter().zip(&st.snapshots) {
-        cs.equal(c, &x.out)?;
+        cs.equal(c, &x.out.add(&x.covered))?;
     }
     Ok(())
 }

@@ -74,8 +74,9 @@ pub struct Shape {
     /// instruments tree (from the window's subtree root up) instead of one path each.
     pub mark_window_bits: usize,
     /// Margin slots: each proves the stress rule for one op that takes money out of an account
-    /// (a withdrawal, a forced withdrawal that moved something, a transfer), every position of
-    /// the account loaded in the registers.
+    /// (a withdrawal, a forced withdrawal that moved something, a transfer), or that a deficit
+    /// cover's account holds no position, every position of the account loaded in the
+    /// registers.
     pub margins: usize,
 }
 
@@ -228,11 +229,14 @@ pub struct InstrumentReg {
 }
 
 /// A margin slot: the op slot whose money leaves an account, and the account's register. The
-/// circuit prices the account's positions as they stand right after that op.
+/// circuit prices the account's positions as they stand right after that op; or, for a deficit
+/// cover (`flat`), proves that the account holds none.
 #[derive(Debug, Clone, Default)]
 pub struct MarginSlot {
     /// Used.
     pub enabled: bool,
+    /// A deficit cover's: the account holds no position.
+    pub flat: bool,
     /// The op slot.
     pub slot: Option<usize>,
     /// The account register.
@@ -764,8 +768,9 @@ struct Plan<'a> {
     trailing: Vec<(u64, u32, Option<&'a InstrumentSpec>)>,
     settles: Vec<Settlement>,
     key_ops: Vec<&'a Op>,
-    /// Op slots (indices into `slot_ops`) whose money leaves an account, and that account.
-    margin_slots: Vec<(usize, u32)>,
+    /// Op slots (indices into `slot_ops`) whose money leaves an account, or that cover its deficit
+    /// (`true`: it must hold no position), and that account.
+    margin_slots: Vec<(usize, u32, bool)>,
 }
 
 /// The commitment any proof of `ops` applied to `state` has as its third public input, whatever
@@ -858,7 +863,7 @@ fn plan<'a>(
     let mut pending: BTreeMap<u32, Vec<(u32, i64)>> = BTreeMap::new();
     let mut settles: Vec<Settlement> = Vec::new();
     let mut key_ops: Vec<&Op> = Vec::new();
-    let mut margin_slots: Vec<(usize, u32)> = Vec::new();
+    let mut margin_slots: Vec<(usize, u32, bool)> = Vec::new();
     for (i, op) in ops.iter().enumerate() {
         let known = |a: &AccountId| a.0 < next_account;
         let listed = specs.len();
@@ -1000,8 +1005,11 @@ fn plan<'a>(
         }
         // Money leaving an account is priced against all its positions: those it held before
         // the batch join the registers (those the batch opens are there already).
-        if let Some(AccountId(account)) = optio_state::money_out_of(op) {
-            margin_slots.push((slot_ops.len(), account));
+        let priced = optio_state::money_out_of(op).map(|a| (a, false));
+        if let Some((AccountId(account), flat)) =
+            priced.or(optio_state::flat_for(op).map(|a| (a, true)))
+        {
+            margin_slots.push((slot_ops.len(), account, flat));
             if let Some(a) = accounts.get(account as usize) {
                 for &instrument in a.positions.keys() {
                     position_keys.insert((account, instrument));
@@ -1149,7 +1157,7 @@ pub fn witness(
             open_positions: acct.open,
             collateral: fr(acct.collateral),
             positions_root: acct.tree.root(),
-            margined: margin_slots.iter().any(|(_, a)| *a == id),
+            margined: margin_slots.iter().any(|(_, a, _)| *a == id),
             siblings: Vec::new(),
         });
         accts.push(acct);
@@ -1708,8 +1716,9 @@ pub fn witness(
     );
     let mut margins: Vec<MarginSlot> = margin_slots
         .iter()
-        .map(|&(slot, account)| MarginSlot {
+        .map(|&(slot, account, flat)| MarginSlot {
             enabled: true,
+            flat,
             slot: Some(slot),
             account: Some(reg_of[&account]),
         })

@@ -1309,24 +1309,68 @@ fn a_deficit_is_covered_by_insurance_fees_and_exactly_the_shares() {
     assert_eq!(native.funds(), (Amount(0), Amount(0)));
     check(&w).expect("proves");
 
+    // Each broken rule: refused at its op slot, and natively (nothing applied).
+    let refused_both = |ops: &[Op], slot: usize, what: &str| {
+        let w = batch_of(&state, ops);
+        assert!(
+            refused_at(&w).contains(&format!("op slot {slot}")),
+            "{what}: {}",
+            refused_at(&w)
+        );
+        let mut native = state.clone();
+        assert_eq!(
+            native.apply_batch(ops),
+            Err(optio_state::StateError::Waterfall(slot)),
+            "{what}"
+        );
+        assert_eq!(native.commit(), state.root(), "{what}: nothing applied");
+    };
     // Covering more than the deficit leaves the account with money nobody lost.
-    // (Each of these batches applies natively with the witness's root: only the rule refuses.)
-    let over = batch_of(&state, &cover(deficit, insurance.0, fees.0, 1));
-    assert!(
-        refused_at(&over).contains("op slot 2"),
-        "a cover beyond the deficit"
+    refused_both(
+        &cover(deficit, insurance.0, fees.0, 1),
+        2,
+        "a cover beyond the deficit",
     );
     // Taking more than insurance or the fee pool holds.
-    let more = batch_of(&state, &cover(deficit, insurance.0 + 1, fees.0, -1));
-    assert!(
-        refused_at(&more).contains("op slot 2"),
-        "insurance below zero"
+    refused_both(
+        &cover(deficit, insurance.0 + 1, fees.0, -1),
+        2,
+        "insurance below zero",
     );
-    let more = batch_of(&state, &cover(deficit, insurance.0, fees.0 + 1, -1));
-    assert!(
-        refused_at(&more).contains("op slot 2"),
-        "the fee pool below zero"
+    refused_both(
+        &cover(deficit, insurance.0, fees.0 + 1, -1),
+        2,
+        "the fee pool below zero",
     );
+    // Out of the engine's order: shares charged, or the fee pool taken, while insurance holds
+    // something; shares while the fee pool does.
+    refused_both(
+        &cover(deficit, insurance.0 - 1, fees.0, 0),
+        2,
+        "shares before insurance is spent",
+    );
+    refused_both(
+        &cover(deficit, insurance.0, fees.0 - 1, 0),
+        2,
+        "shares before the fee pool is spent",
+    );
+    let partial = |insurance: i64, fee_pool: i64| {
+        [Op::DeficitCovered {
+            account: AccountId(1),
+            insurance: Amount(insurance),
+            fee_pool: Amount(fee_pool),
+            socialized: Amount(0),
+        }]
+    };
+    refused_both(
+        &partial(insurance.0 - 1, fees.0),
+        0,
+        "the fee pool before insurance is spent",
+    );
+    // What insurance and the fee pool hold, no shares: the rest stays a deficit.
+    let unresolved = partial(insurance.0, fees.0);
+    check(&batch_of(&state, &unresolved)).expect("insurance, then the fee pool");
+    assert!(after(&state, &unresolved).accounts()[1].collateral.0 < 0);
     // A share charged beyond an account's cash.
     let mut ops = cover(deficit, 0, 0, 0);
     ops[0] = Op::LossShared {
@@ -1337,11 +1381,64 @@ fn a_deficit_is_covered_by_insurance_fees_and_exactly_the_shares() {
         account: AccountId(3),
         amount: Amount(deficit - 1),
     };
-    let negative = batch_of(&state, &ops);
-    assert!(
-        refused_at(&negative).contains("op slot 0"),
-        "a share from an account in deficit"
+    refused_both(&ops, 0, "a share from an account in deficit");
+}
+
+/// Only an account with nothing left to liquidate has its deficit covered: a leveraged long
+/// liquidated halfway, cash negative and half its position still held, cannot be covered from
+/// insurance and the fee pool (a flat margin slot proves the account holds no position, its
+/// positions all in registers), and natively the cover is refused and changes nothing.
+#[test]
+fn only_a_flat_accounts_deficit_is_covered() {
+    let state = after(
+        &genesis(4),
+        &[
+            perp_fill(Side::Buy, 20),
+            Op::Liquidation {
+                account: AccountId(1),
+                counterparty: AccountId(2),
+                instrument: InstrumentId(0),
+                qty: Qty(-10 * QTY_SCALE),
+                price: Price(40_000 * MONEY_SCALE),
+                fee: Amount(500 * MONEY_SCALE),
+            },
+        ],
     );
+    assert!(state.accounts()[1].collateral.0 < 0);
+    assert!(!state.accounts()[1].positions.is_empty());
+    let (insurance, fees) = state.funds();
+    let ops = [Op::DeficitCovered {
+        account: AccountId(1),
+        insurance,
+        fee_pool: fees,
+        socialized: Amount(0),
+    }];
+    let w = batch_of(&state, &ops);
+    assert!(
+        refused_at(&w).starts_with("margin slots"),
+        "{}",
+        refused_at(&w)
+    );
+    let mut native = state.clone();
+    assert_eq!(
+        native.apply_batch(&ops),
+        Err(optio_state::StateError::Waterfall(0))
+    );
+    assert_eq!(native.commit(), state.root(), "nothing applied");
+    // Once the rest is liquidated, the same cover proves.
+    let flat = [
+        Op::Liquidation {
+            account: AccountId(1),
+            counterparty: AccountId(2),
+            instrument: InstrumentId(0),
+            qty: Qty(-10 * QTY_SCALE),
+            price: Price(40_000 * MONEY_SCALE),
+            fee: Amount(0),
+        },
+        ops[0].clone(),
+    ];
+    check(&batch_of(&state, &flat)).expect("a flat account's deficit");
+    after(&state, &flat);
 }
 
 #[test]
@@ -1370,6 +1467,8 @@ fn shares_must_sum_to_the_cover_that_claims_them() {
     let mut w = batch_of(&state, &ops);
     w.slots[2].kind = kind::DEPOSIT;
     w.slots[2].amount = Fr::from(deficit as u64);
+    // (and without the cover's flat margin slot, which would refuse it first)
+    w.margins[0] = Default::default();
     assert!(
         refused_at(&w).contains("loss shares"),
         "shares nobody claimed"
@@ -1464,9 +1563,9 @@ fn session_keys_are_registered_expired_and_revoked_as_natively() {
     );
 }
 
-/// Random deficits (a leveraged long closed far below its price) covered in random parts from
-/// insurance, the fee pool and shares of one to three other accounts, beside other ops: the
-/// circuit agrees with the native root every time.
+/// Random deficits (a leveraged long closed far below its price) covered, in full or in a
+/// random part, from insurance, then the fee pool, then shares of one to three other accounts,
+/// beside other ops: the circuit agrees with the native root every time.
 #[test]
 fn random_deficit_covers_satisfy_the_circuit_with_the_native_root() {
     let mut rng = ChaCha8Rng::seed_from_u64(21);
@@ -1478,9 +1577,14 @@ fn random_deficit_covers_satisfy_the_circuit_with_the_native_root() {
         let deficit = -state.accounts()[1].collateral.0;
         assert!(deficit > 0, "round {round}");
         let (insurance, fees) = state.funds();
-        let from_insurance = rng.random_range(0..=insurance.0.min(deficit));
-        let from_fees = rng.random_range(0..=fees.0.min(deficit - from_insurance));
-        let socialized = deficit - from_insurance - from_fees;
+        let covered = if rng.random_bool(0.5) {
+            deficit
+        } else {
+            rng.random_range(1..=deficit)
+        };
+        let from_insurance = insurance.0.min(covered);
+        let from_fees = fees.0.min(covered - from_insurance);
+        let socialized = covered - from_insurance - from_fees;
         // Some of accounts 3 to 5 (each within its cash), then the maker, who sold at the high
         // price, for the rest.
         let mut sharers: Vec<u32> = [3, 4, 5]
@@ -1516,7 +1620,11 @@ fn random_deficit_covers_satisfy_the_circuit_with_the_native_root() {
         let w = batch_of(&state, &ops);
         let native = after(&state, &ops);
         assert_eq!(w.public.new_root, native.root(), "round {round}");
-        assert_eq!(native.accounts()[1].collateral, Amount(0), "round {round}");
+        assert_eq!(
+            native.accounts()[1].collateral,
+            Amount(covered - deficit),
+            "round {round}"
+        );
         check(&w).unwrap_or_else(|e| panic!("round {round}: {e}"));
     }
 }

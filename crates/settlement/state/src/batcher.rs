@@ -639,6 +639,15 @@ pub fn blob_files(dir: &std::path::Path) -> std::io::Result<Vec<std::path::PathB
     Ok(files)
 }
 
+/// The account an op needs to hold no position: a deficit cover's (the loss waterfall covers
+/// only an account with nothing left to liquidate).
+pub fn flat_for(op: &Op) -> Option<AccountId> {
+    match op {
+        Op::DeficitCovered { account, .. } => Some(*account),
+        _ => None,
+    }
+}
+
 /// The account an op takes money out of at its holder's request (a withdrawal, a forced
 /// withdrawal that moved something, a transfer's sender): what the circuit's stress rule covers.
 pub fn money_out_of(op: &Op) -> Option<AccountId> {

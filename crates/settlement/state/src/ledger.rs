@@ -60,6 +60,14 @@ pub enum StateError {
     /// withdrawal requested by someone else moves nothing).
     #[error("op {0}: the withdrawal names another owner than the account's")]
     WrongOwner(usize),
+    /// Op `index` breaks the loss waterfall: a loss share that leaves its account below zero,
+    /// or a deficit cover of an account that holds a position, that leaves insurance or the fee
+    /// pool below zero or the account above zero, takes from the fee pool while insurance holds
+    /// something, or claims shares while either does.
+    #[error(
+        "op {0}: the deficit cover breaks the waterfall (insurance, the fee pool, then shares)"
+    )]
+    Waterfall(usize),
     /// Op `index` serves its owner's forced withdrawal from an account that held no position
     /// at the batch's start but leaves money in it: a flat account's forced withdrawal takes all
     /// its collateral.
@@ -1075,16 +1083,33 @@ impl Scratch {
                 self.account(*counterparty)
                     .move_position(instrument.0, -qty.0, i)?;
             }
-            Op::LossShared { account, amount } => self.credit(*account, -amount.0, i)?,
+            Op::LossShared { account, amount } => {
+                self.credit(*account, -amount.0, i)?;
+                if self.account(*account).collateral.0 < 0 {
+                    return Err(StateError::Waterfall(i));
+                }
+            }
             Op::DeficitCovered {
                 account,
                 insurance,
                 fee_pool,
                 socialized,
             } => {
+                if self.account(*account).positions.values().any(|q| q.0 != 0) {
+                    return Err(StateError::Waterfall(i));
+                }
                 self.insurance = add(self.insurance, -insurance.0, i)?;
                 self.fee_pool = add(self.fee_pool, -fee_pool.0, i)?;
                 self.credit(*account, insurance.0 + fee_pool.0 + socialized.0, i)?;
+                let (left, fees) = (self.insurance.0, self.fee_pool.0);
+                if left < 0
+                    || fees < 0
+                    || self.account(*account).collateral.0 > 0
+                    || (fee_pool.0 != 0 && left != 0)
+                    || (socialized.0 != 0 && (left != 0 || fees != 0))
+                {
+                    return Err(StateError::Waterfall(i));
+                }
             }
             Op::SessionKey {
                 account,

@@ -19,7 +19,7 @@ pub mod smt;
 pub mod store;
 
 pub use batcher::{
-    Batch, BatchHeader, Batcher, Capacity, Withdrawal, blob_files, money_out_of, rebuild,
+    Batch, BatchHeader, Batcher, Capacity, Withdrawal, blob_files, flat_for, money_out_of, rebuild,
     rebuild_after, withdrawals, withdrawals_hash,
 };
 pub use blob::{BlobError, decode, encode};
