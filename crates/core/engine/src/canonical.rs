@@ -201,6 +201,12 @@ impl<M: MarginModel> Engine<M> {
                 pos.realized_pnl = p.realized_pnl;
             }
         }
+        engine.covers_due = (0..engine.accounts.len() as u32)
+            .map(AccountId)
+            .filter(|&a| {
+                engine.accounts[a.0 as usize].liquidating_since.is_some() && engine.flat(a)
+            })
+            .collect();
         let mut sink = Vec::new();
         let mut last: Option<(u32, Side)> = None;
         for (n, o) in state.orders.iter().enumerate() {

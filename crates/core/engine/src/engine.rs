@@ -92,6 +92,13 @@ pub struct Engine<M: MarginModel = WorstCaseMargin> {
     scratch: Vec<u32>,
     touched_accounts: Vec<AccountId>,
     touched_instruments: Vec<InstrumentId>,
+    /// Liquidating accounts an expiry settlement left with nothing: their deficits are covered
+    /// at the end of the next input that settles nothing (a validity proof applies a batch's
+    /// settlements after its other ops, so a cover cannot share its account's settlement's
+    /// input). Derived: exactly the liquidating accounts that hold no position.
+    pub(crate) covers_due: BTreeSet<AccountId>,
+    /// The current input settled an instrument.
+    pub(crate) settled_now: bool,
 }
 
 impl Engine<WorstCaseMargin> {
@@ -128,6 +135,8 @@ impl<M: MarginModel> Engine<M> {
             account_orders: 0,
             good_till: BTreeSet::new(),
             expiries: BTreeSet::new(),
+            covers_due: BTreeSet::new(),
+            settled_now: false,
             plan: Vec::new(),
             scratch: Vec::new(),
             touched_accounts: Vec::new(),
@@ -165,6 +174,7 @@ impl<M: MarginModel> Engine<M> {
         }
         self.touched_accounts.clear();
         self.touched_instruments.clear();
+        self.settled_now = false;
         self.advance_time(input.time_ms, events);
         let result = self.execute(&input.command, events);
         if let Err(code) = result {
@@ -768,15 +778,17 @@ impl<M: MarginModel> Engine<M> {
             settlement_price,
             insurance_credit,
         });
-        // A liquidating account whose last position just settled is finished now.
+        // A liquidating account whose last position just settled is finished by a later input.
         for account in settled {
             if self.accounts[account.0 as usize]
                 .liquidating_since
                 .is_some()
+                && self.flat(account)
             {
-                self.finish_if_flat(account, events);
+                self.covers_due.insert(account);
             }
         }
+        self.settled_now = true;
         Ok(())
     }
 

@@ -253,6 +253,15 @@ impl<M: MarginModel> Engine<M> {
                     "account {account} is below maintenance but not liquidating"
                 ));
             }
+            // A liquidating account that holds nothing waits for its deficit's cover, due at
+            // the end of the next input that settles nothing.
+            if (acct.liquidating_since.is_some() && self.flat(account))
+                != self.covers_due.contains(&account)
+            {
+                return fail(format!(
+                    "account {account}: a cover is due iff it is liquidating with nothing left"
+                ));
+            }
             if acct.liquidating_since.is_some()
                 && (acct.open_orders > 0 || acct.mode == MarginMode::WorstCase)
             {

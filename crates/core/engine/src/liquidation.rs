@@ -38,6 +38,17 @@ impl<M: MarginModel> Engine<M> {
     /// Starts liquidations of touched mark-margined accounts that fell below maintenance, and
     /// ends those that are cured.
     pub(crate) fn liquidation_checks(&mut self, events: &mut Vec<Event>) {
+        // Deficits due since an earlier input's settlements, once this one settled nothing.
+        if !self.settled_now {
+            for account in std::mem::take(&mut self.covers_due) {
+                if self.accounts[account.0 as usize]
+                    .liquidating_since
+                    .is_some()
+                {
+                    self.finish_if_flat(account, events);
+                }
+            }
+        }
         // Fully collateralized accounts are never liquidated: skip the common case cheaply.
         if !self
             .touched_accounts()
@@ -60,8 +71,13 @@ impl<M: MarginModel> Engine<M> {
                     self.accounts[account.0 as usize].liquidating_since = Some(self.time_ms);
                     events.push(Event::LiquidationStarted { account });
                     self.remove_orders_where(account, |_| true, DoneReason::Liquidation, events);
-                    // Nothing to auction (a settlement left it bankrupt): cover it now.
-                    self.finish_if_flat(account, events);
+                    // Nothing to auction (a settlement left it bankrupt): cover it now, or
+                    // after the input that settled it.
+                    if self.settled_now && self.flat(account) {
+                        self.covers_due.insert(account);
+                    } else {
+                        self.finish_if_flat(account, events);
+                    }
                 }
                 (Some(_), false) => {
                     self.accounts[account.0 as usize].liquidating_since = None;

@@ -215,3 +215,138 @@ fn a_capacity_aware_batcher_cuts_only_batches_that_fit() {
         );
     }
 }
+
+/// An expiry that settles the last position of an account being liquidated, bankrupt: the
+/// engine covers the deficit with the next input, and a batcher cutting to the circuit's shape
+/// puts the settlement and the cover in batches that both prove (a cover in its account's
+/// settlement's input would make a batch no shape could prove).
+#[test]
+fn a_deficit_an_expiry_leaves_is_covered_in_a_batch_that_proves() {
+    use optio_types::{
+        AccountId, Amount, Command, Input, InstrumentId, MONEY_SCALE, MarginMode, NewOrder,
+        OrderType, Price, Qty, SelfTradePrevention, Side, TimeInForce,
+    };
+    let mut t = support::T0;
+    let mut inputs = Vec::new();
+    let mut at = |t: u64, command| {
+        inputs.push(Input {
+            time_ms: t,
+            command,
+        })
+    };
+    for spec in support::specs() {
+        at(t, Command::ListInstrument { spec });
+    }
+    at(
+        t,
+        Command::ActivateInstrument {
+            instrument: InstrumentId(1),
+        },
+    );
+    for (a, cash) in [(0u32, 5_000), (1, 2_000_000)] {
+        at(
+            t,
+            Command::OpenAccount {
+                owner: optio_types::Address([a as u8 + 1; 20]),
+            },
+        );
+        at(
+            t,
+            Command::Deposit {
+                account: AccountId(a),
+                amount: Amount(cash * MONEY_SCALE),
+            },
+        );
+    }
+    at(t, support::oracle(60_000.0, t));
+    at(
+        t,
+        Command::SetMarginMode {
+            account: AccountId(0),
+            mode: MarginMode::Standard,
+        },
+    );
+    // Account 0 sells puts to account 1 (the sizes its margin refuses are refused).
+    let order = |account: u32, side, qty: i64| {
+        Command::PlaceOrder(NewOrder {
+            account: AccountId(account),
+            instrument: InstrumentId(1),
+            side,
+            qty: Qty(qty * support::STEP),
+            order_type: OrderType::Limit {
+                price: Price(1_000 * MONEY_SCALE),
+            },
+            time_in_force: TimeInForce::ImmediateOrCancel,
+            post_only: false,
+            reduce_only: false,
+            self_trade: SelfTradePrevention::CancelTaker,
+            client_order_id: 0,
+            session_key: None,
+        })
+    };
+    at(
+        t,
+        Command::PlaceOrder(NewOrder {
+            time_in_force: TimeInForce::GoodTillCancelled,
+            ..match order(1, Side::Buy, 40) {
+                Command::PlaceOrder(o) => o,
+                _ => unreachable!(),
+            }
+        }),
+    );
+    for size in [40, 20, 10, 5, 2, 1] {
+        at(t, order(0, Side::Sell, size));
+    }
+    // A crash, then minute by minute past the put's expiry: nobody bids for account 0's puts.
+    for spot in [50_000.0, 40_000.0, 40_000.0] {
+        t += 60_000;
+        at(t, support::oracle(spot, t));
+    }
+    for _ in 0..70 {
+        t += 60_000;
+        at(t, support::oracle(40_000.0, t));
+    }
+    let capacity =
+        optio_state::Capacity::new(|state, ops| optio_prover::fits(state, ops, SHAPE).is_ok());
+    let mut engine = optio_engine::Engine::new(optio_types::EngineLimits::default());
+    let mut batcher = optio_state::Batcher::new(12, u64::MAX).with_capacity(Some(capacity));
+    let (mut batches, mut events) = (Vec::new(), Vec::new());
+    let (mut settled, mut covered) = (None, None);
+    for (i, input) in inputs.iter().enumerate() {
+        events.clear();
+        let _ = engine.apply(input, &mut events);
+        for ev in &events {
+            match ev {
+                optio_types::Event::PositionSettled { account, .. } if account.0 == 0 => {
+                    settled = Some(i)
+                }
+                optio_types::Event::DeficitCovered { account, .. } if account.0 == 0 => {
+                    covered = Some(i)
+                }
+                _ => {}
+            }
+        }
+        batches.extend(batcher.push(i as u64 + 1, input, &events).expect("batches"));
+    }
+    batches.extend(batcher.flush().expect("flushes"));
+    let settled = settled.expect("account 0's puts settle");
+    assert_eq!(covered, Some(settled + 1), "covered by the next input");
+    let mut state = SettlementState::new();
+    for b in &batches {
+        let (_, ops) = decode(&b.blob).expect("decodes");
+        let w = witness(&state, &ops, SHAPE)
+            .unwrap_or_else(|e| panic!("batch {}: {e}", b.header.number));
+        check(&w).unwrap_or_else(|e| panic!("batch {}: {e}", b.header.number));
+        state.apply_batch(&ops).expect("applies");
+        state.commit();
+    }
+    assert_eq!(state.root(), batcher.state().root());
+    assert!(
+        batches.iter().any(|b| decode(&b.blob)
+            .expect("decodes")
+            .1
+            .iter()
+            .any(|o| matches!(o, optio_state::Op::DeficitCovered { .. }))),
+        "a cover was proven"
+    );
+}

@@ -288,10 +288,15 @@ fn step() -> impl Strategy<Value = Step> {
     (0u8..7, 0u8..4, 1u8..40, -120i16..120)
 }
 
-/// Runs one random history; returns how many liquidations started, transfers happened and
-/// deficits were covered.
-fn liquidation_history(steps: &[Step]) -> Result<(usize, usize, usize, usize), TestCaseError> {
-    let mut counts = (0, 0, 0, 0);
+/// Runs one random history; returns how many liquidations started, transfers happened,
+/// deficits were covered, positions settled, and covers came in an input after the one that
+/// settled the account's last position.
+fn liquidation_history(
+    steps: &[Step],
+) -> Result<(usize, usize, usize, usize, usize), TestCaseError> {
+    let mut counts = (0, 0, 0, 0, 0);
+    // Accounts settled by an earlier input and not traded since.
+    let mut settled_before = std::collections::BTreeSet::new();
 
     let mut e = engine_with(EngineLimits::default(), 6, usd(5_000));
     let mut t = T0;
@@ -306,15 +311,43 @@ fn liquidation_history(steps: &[Step]) -> Result<(usize, usize, usize, usize), T
             },
             events,
         );
+        // A validity proof applies a batch's settlements after its other ops: no input covers
+        // the deficit of, or charges a loss share to, an account it settled.
+        let settled: std::collections::BTreeSet<AccountId> = events
+            .iter()
+            .filter_map(|ev| match ev {
+                Event::PositionSettled { account, .. } => Some(*account),
+                _ => None,
+            })
+            .collect();
         for ev in events.iter() {
             match ev {
                 Event::LiquidationStarted { .. } => counts.0 += 1,
-                Event::LiquidationTransfer { .. } => counts.1 += 1,
-                Event::DeficitCovered { .. } => counts.2 += 1,
+                Event::LiquidationTransfer { account, .. } => {
+                    counts.1 += 1;
+                    settled_before.remove(account);
+                }
+                Event::DeficitCovered { account, .. } => {
+                    counts.2 += 1;
+                    assert!(
+                        !settled.contains(account),
+                        "covered where settled: {events:?}"
+                    );
+                    if settled_before.remove(account) {
+                        counts.4 += 1;
+                    }
+                }
+                Event::LossShared { account, .. } => {
+                    assert!(
+                        !settled.contains(account),
+                        "shared where settled: {events:?}"
+                    );
+                }
                 Event::PositionSettled { .. } => counts.3 += 1,
                 _ => {}
             }
         }
+        settled_before.extend(settled);
         if let Err(v) = e.check_invariants() {
             panic!("{v}");
         }
@@ -479,6 +512,16 @@ fn liquidation_history(steps: &[Step]) -> Result<(usize, usize, usize, usize), T
             }
         }
     }
+    // One more input (no settlement): the covers still due come.
+    apply(
+        &mut e,
+        t,
+        Command::OracleUpdate(update(spot, t)),
+        &mut events,
+    );
+    unresolved |= events
+        .iter()
+        .any(|ev| matches!(ev, Event::DeficitCovered { unresolved, .. } if unresolved.0 > 0));
     if !unresolved {
         for a in 0..6u32 {
             let (balance, _, _) = e.collateral(AccountId(a)).expect("exists");
@@ -516,18 +559,24 @@ fn the_random_histories_do_liquidate() {
     use proptest::strategy::ValueTree;
     use proptest::test_runner::TestRunner;
     let mut runner = TestRunner::deterministic();
-    let mut total = (0, 0, 0, 0);
+    let mut total = (0, 0, 0, 0, 0);
     for _ in 0..48 {
         let steps = prop::collection::vec(step(), 80)
             .new_tree(&mut runner)
             .expect("strategy")
             .current();
         let c = liquidation_history(&steps).expect("history holds");
-        total = (total.0 + c.0, total.1 + c.1, total.2 + c.2, total.3 + c.3);
+        total = (
+            total.0 + c.0,
+            total.1 + c.1,
+            total.2 + c.2,
+            total.3 + c.3,
+            total.4 + c.4,
+        );
     }
     eprintln!(
-        "liquidations {} transfers {} deficits {} settlements {}",
-        total.0, total.1, total.2, total.3
+        "liquidations {} transfers {} deficits {} settlements {} covers after a settlement {}",
+        total.0, total.1, total.2, total.3, total.4
     );
     assert!(
         total.0 > 0 && total.1 > 0 && total.2 > 0 && total.3 > 0,
@@ -747,6 +796,91 @@ fn a_flat_accounts_forced_withdrawal_takes_all_of_it() {
     assert_eq!(served, Amount(-usd(1_500).0), "all of it, past max_amount");
     assert_eq!(e.collateral(AccountId(1)).map(|c| c.0), Some(Amount(0)));
     e.check_invariants().expect("audit");
+}
+
+/// An expiry that settles the last position of an account being liquidated leaves its deficit
+/// to the next input (a validity proof applies a batch's settlements after its other ops, so a
+/// cover cannot share its account's settlement's input): the settlement covers nothing, the
+/// next input covers the deficit.
+#[test]
+fn a_deficit_an_expiry_leaves_is_covered_by_the_next_input() {
+    let mut e = engine_with(EngineLimits::default(), 6, usd(5_000));
+    run(&mut e, T0, Command::OracleUpdate(update(60_000.0, T0))).expect("oracle");
+    run(
+        &mut e,
+        T0,
+        Command::Deposit {
+            account: AccountId(5),
+            amount: usd(2_000_000),
+        },
+    )
+    .expect("deposit");
+    run(
+        &mut e,
+        T0,
+        Command::SetMarginMode {
+            account: AccountId(0),
+            mode: MarginMode::Standard,
+        },
+    )
+    .expect("leveraged");
+    // Account 0 sells as many puts as its margin allows, to account 5.
+    let sold = (1..=40)
+        .rev()
+        .find(|&size| {
+            run(
+                &mut e,
+                T0,
+                Command::PlaceOrder(limit(0, 1, Side::Sell, px(1_000), size)),
+            )
+            .is_ok()
+        })
+        .expect("some puts sold");
+    run(
+        &mut e,
+        T0,
+        Command::PlaceOrder(limit(5, 1, Side::Buy, px(1_000), sold)),
+    )
+    .expect("fills");
+    // A crash: account 0 is liquidated, and nobody bids for its puts.
+    let mut t = T0;
+    let mut started = false;
+    for spot in [50_000.0, 40_000.0, 40_000.0] {
+        t += 60_000;
+        let events = run(&mut e, t, Command::OracleUpdate(update(spot, t))).expect("oracle");
+        started |= events
+            .iter()
+            .any(|ev| matches!(ev, Event::LiquidationStarted { account } if account.0 == 0));
+    }
+    assert!(started, "account 0 is liquidated");
+    // Minute by minute past the put's expiry.
+    let mut settled_at = None;
+    let mut covered_at = None;
+    for n in 0..70 {
+        t += 60_000;
+        let events = run(&mut e, t, Command::OracleUpdate(update(40_000.0, t))).expect("oracle");
+        let settles = events
+            .iter()
+            .any(|ev| matches!(ev, Event::PositionSettled { account, .. } if account.0 == 0));
+        let covers = events
+            .iter()
+            .any(|ev| matches!(ev, Event::DeficitCovered { account, .. } if account.0 == 0));
+        if settles {
+            assert!(!covers, "covered in its settlement's input");
+            settled_at = Some(n);
+        }
+        if covers {
+            covered_at = Some(n);
+        }
+        e.check_invariants().expect("audit");
+    }
+    let settled_at = settled_at.expect("the put settles");
+    assert_eq!(
+        covered_at,
+        Some(settled_at + 1),
+        "covered by the next input"
+    );
+    assert_eq!(e.collateral(AccountId(0)).map(|c| c.0), Some(Amount(0)));
 }
 
 /// Found by the random exploration of `conservation_holds_through_liquidation_and_expiry`: a
