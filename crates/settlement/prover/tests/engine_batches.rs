@@ -267,7 +267,7 @@ fn a_deficit_an_expiry_leaves_is_covered_in_a_batch_that_proves() {
         },
     );
     // Account 0 sells puts to account 1 (the sizes its margin refuses are refused).
-    let order = |account: u32, side, qty: i64| {
+    let order = |account: u32, side, qty: i64, time_in_force| {
         Command::PlaceOrder(NewOrder {
             account: AccountId(account),
             instrument: InstrumentId(1),
@@ -276,7 +276,7 @@ fn a_deficit_an_expiry_leaves_is_covered_in_a_batch_that_proves() {
             order_type: OrderType::Limit {
                 price: Price(1_000 * MONEY_SCALE),
             },
-            time_in_force: TimeInForce::ImmediateOrCancel,
+            time_in_force,
             post_only: false,
             reduce_only: false,
             self_trade: SelfTradePrevention::CancelTaker,
@@ -284,18 +284,12 @@ fn a_deficit_an_expiry_leaves_is_covered_in_a_batch_that_proves() {
             session_key: None,
         })
     };
-    at(
-        t,
-        Command::PlaceOrder(NewOrder {
-            time_in_force: TimeInForce::GoodTillCancelled,
-            ..match order(1, Side::Buy, 40) {
-                Command::PlaceOrder(o) => o,
-                _ => unreachable!(),
-            }
-        }),
-    );
+    at(t, order(1, Side::Buy, 40, TimeInForce::GoodTillCancelled));
     for size in [40, 20, 10, 5, 2, 1] {
-        at(t, order(0, Side::Sell, size));
+        at(
+            t,
+            order(0, Side::Sell, size, TimeInForce::ImmediateOrCancel),
+        );
     }
     // A crash, then minute by minute past the put's expiry: nobody bids for account 0's puts.
     for spot in [50_000.0, 40_000.0, 40_000.0] {
