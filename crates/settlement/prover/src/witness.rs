@@ -860,6 +860,8 @@ fn plan<'a>(
     let (mut leading, mut trailing) = (Vec::new(), Vec::new());
     let mut filled: BTreeSet<u32> = BTreeSet::new();
     let mut settled_accounts: BTreeSet<u32> = BTreeSet::new();
+    // A settlement in the batch credits insurance.
+    let mut credited = false;
     let mut pending: BTreeMap<u32, Vec<(u32, i64)>> = BTreeMap::new();
     let mut settles: Vec<Settlement> = Vec::new();
     let mut key_ops: Vec<&Op> = Vec::new();
@@ -943,8 +945,13 @@ fn plan<'a>(
                 }
                 let holders = pending.remove(&instrument.0).unwrap_or_default();
                 settles.push((instrument.0, price.0, insurance_credit.0, holders));
+                credited |= insurance_credit.0 != 0;
                 continue;
             }
+            // A deficit cover reads insurance as the op slots leave it, before the settlements'
+            // credits (which the engine had already added): one after a settlement that
+            // credits insurance belongs to the next batch.
+            Op::DeficitCovered { .. } if credited => return Err(WitnessError::Invalid(i)),
             _ if account_ids_of(op)
                 .iter()
                 .any(|a| settled_accounts.contains(a)) =>

@@ -1123,7 +1123,7 @@ fn listings_activations_and_expiries() {
 #[test]
 fn expiry_settlement_pays_the_spec_value() {
     let state = after(
-        &genesis(2),
+        &genesis(3),
         &[Op::Fill {
             instrument: InstrumentId(1),
             maker: AccountId(0),
@@ -1189,6 +1189,20 @@ fn expiry_settlement_pays_the_spec_value() {
         refused(&batch_of(&state, &ops(long, short, 1, false))),
         "not expired"
     );
+    // A deficit cover after a settlement that credits insurance would read insurance without
+    // the credit (settlements apply after the op slots): the witness refuses it, so a batcher
+    // cutting to a shape starts a new batch there.
+    let mut cover_after = honest.clone();
+    cover_after.push(Op::DeficitCovered {
+        account: AccountId(2),
+        insurance: Amount(1),
+        fee_pool: Amount(0),
+        socialized: Amount(0),
+    });
+    assert!(matches!(
+        witness(&state, &cover_after, SHAPE),
+        Err(optio_prover::WitnessError::Invalid(4))
+    ));
 }
 
 /// A liquidation moves the position at its price with its fee to insurance (the native root);
