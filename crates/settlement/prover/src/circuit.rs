@@ -741,7 +741,8 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     let b_after = pick(cs, &sel_b, st.accounts.iter().map(|a| a.collateral.clone()))?;
     cs.signed_range(&a_after, 64)?;
     cs.signed_range(&b_after, 64)?;
-    // (A forced withdrawal of 0, nothing moved, is served whatever the account holds.)
+    // (A forced withdrawal of 0, nothing moved, prices nothing: the rule below decides whether
+    // it may move nothing.)
     let out = cs.mul(
         &Wire::sum([&withdraw, &l1_withdrawal, &transfer]),
         &moves_money,
