@@ -1404,19 +1404,18 @@ fn a_deficit_is_covered_by_insurance_fees_and_exactly_the_shares() {
 /// positions all in registers), and natively the cover is refused and changes nothing.
 #[test]
 fn only_a_flat_accounts_deficit_is_covered() {
+    // Account 2 takes `contracts` of account 1's long at 40,000, with `fee` to insurance.
+    let liquidation = |contracts: i64, fee: i64| Op::Liquidation {
+        account: AccountId(1),
+        counterparty: AccountId(2),
+        instrument: InstrumentId(0),
+        qty: Qty(-contracts * QTY_SCALE),
+        price: Price(40_000 * MONEY_SCALE),
+        fee: Amount(fee * MONEY_SCALE),
+    };
     let state = after(
         &genesis(4),
-        &[
-            perp_fill(Side::Buy, 20),
-            Op::Liquidation {
-                account: AccountId(1),
-                counterparty: AccountId(2),
-                instrument: InstrumentId(0),
-                qty: Qty(-10 * QTY_SCALE),
-                price: Price(40_000 * MONEY_SCALE),
-                fee: Amount(500 * MONEY_SCALE),
-            },
-        ],
+        &[perp_fill(Side::Buy, 20), liquidation(10, 500)],
     );
     assert!(state.accounts()[1].collateral.0 < 0);
     assert!(!state.accounts()[1].positions.is_empty());
@@ -1440,17 +1439,7 @@ fn only_a_flat_accounts_deficit_is_covered() {
     );
     assert_eq!(native.commit(), state.root(), "nothing applied");
     // Once the rest is liquidated, the same cover proves.
-    let flat = [
-        Op::Liquidation {
-            account: AccountId(1),
-            counterparty: AccountId(2),
-            instrument: InstrumentId(0),
-            qty: Qty(-10 * QTY_SCALE),
-            price: Price(40_000 * MONEY_SCALE),
-            fee: Amount(0),
-        },
-        ops[0].clone(),
-    ];
+    let flat = [liquidation(10, 0), ops[0].clone()];
     check(&batch_of(&state, &flat)).expect("a flat account's deficit");
     after(&state, &flat);
 }
