@@ -41,12 +41,7 @@ impl<M: MarginModel> Engine<M> {
         // Deficits due since an earlier input's settlements, once this one settled nothing.
         if !self.settled_now {
             for account in std::mem::take(&mut self.covers_due) {
-                if self.accounts[account.0 as usize]
-                    .liquidating_since
-                    .is_some()
-                {
-                    self.finish_if_flat(account, events);
-                }
+                self.finish_if_flat(account, events);
             }
         }
         // Fully collateralized accounts are never liquidated: skip the common case cheaply.
@@ -79,10 +74,7 @@ impl<M: MarginModel> Engine<M> {
                         self.finish_if_flat(account, events);
                     }
                 }
-                (Some(_), false) => {
-                    self.accounts[account.0 as usize].liquidating_since = None;
-                    events.push(Event::LiquidationEnded { account });
-                }
+                (Some(_), false) => self.end_liquidation(account, events),
                 _ => {}
             }
         }
@@ -326,7 +318,13 @@ impl<M: MarginModel> Engine<M> {
         if deficit > 0 {
             self.cover_deficit(account, deficit, events);
         }
+        self.end_liquidation(account, events);
+    }
+
+    /// Ends `account`'s liquidation (cured, or finished flat): no cover is due for it any more.
+    fn end_liquidation(&mut self, account: AccountId, events: &mut Vec<Event>) {
         self.accounts[account.0 as usize].liquidating_since = None;
+        self.covers_due.remove(&account);
         events.push(Event::LiquidationEnded { account });
     }
 

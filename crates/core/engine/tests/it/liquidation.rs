@@ -798,12 +798,10 @@ fn a_flat_accounts_forced_withdrawal_takes_all_of_it() {
     e.check_invariants().expect("audit");
 }
 
-/// An expiry that settles the last position of an account being liquidated leaves its deficit
-/// to the next input (a validity proof applies a batch's settlements after its other ops, so a
-/// cover cannot share its account's settlement's input): the settlement covers nothing, the
-/// next input covers the deficit.
-#[test]
-fn a_deficit_an_expiry_leaves_is_covered_by_the_next_input() {
+/// Account 0, leveraged, short as many puts as its margin allows (sold to account 5), liquidated
+/// by a crash to 40,000 with nobody bidding for its puts; then `deposit(sold, balance)` is paid
+/// into it (it stays liquidating). Returns the engine and the time.
+fn liquidating_put_seller(deposit: impl Fn(i64, Amount) -> Amount) -> (Engine, u64) {
     let mut e = engine_with(EngineLimits::default(), 6, usd(5_000));
     run(&mut e, T0, Command::OracleUpdate(update(60_000.0, T0))).expect("oracle");
     run(
@@ -824,7 +822,6 @@ fn a_deficit_an_expiry_leaves_is_covered_by_the_next_input() {
         },
     )
     .expect("leveraged");
-    // Account 0 sells as many puts as its margin allows, to account 5.
     let sold = (1..=40)
         .rev()
         .find(|&size| {
@@ -842,7 +839,6 @@ fn a_deficit_an_expiry_leaves_is_covered_by_the_next_input() {
         Command::PlaceOrder(limit(5, 1, Side::Buy, px(1_000), sold)),
     )
     .expect("fills");
-    // A crash: account 0 is liquidated, and nobody bids for its puts.
     let mut t = T0;
     let mut started = false;
     for spot in [50_000.0, 40_000.0, 40_000.0] {
@@ -853,12 +849,40 @@ fn a_deficit_an_expiry_leaves_is_covered_by_the_next_input() {
             .any(|ev| matches!(ev, Event::LiquidationStarted { account } if account.0 == 0));
     }
     assert!(started, "account 0 is liquidated");
-    // Minute by minute past the put's expiry.
-    let mut settled_at = None;
-    let mut covered_at = None;
+    let balance = e.collateral(AccountId(0)).expect("exists").0;
+    let amount = deposit(sold, balance);
+    if amount.is_positive() {
+        let events = run(
+            &mut e,
+            t,
+            Command::Deposit {
+                account: AccountId(0),
+                amount,
+            },
+        )
+        .expect("deposit");
+        assert!(
+            !events
+                .iter()
+                .any(|ev| matches!(ev, Event::LiquidationEnded { .. })),
+            "still liquidating"
+        );
+    }
+    (e, t)
+}
+
+/// Runs minute by minute past the put's expiry, the index at `spot(minute)`; returns the minutes
+/// (from 0) at which account 0's put settled and its deficit was covered, if ever, and every
+/// event, auditing after each input.
+fn past_expiry(
+    e: &mut Engine,
+    mut t: u64,
+    spot: impl Fn(u32) -> f64,
+) -> (Option<u32>, Option<u32>, Vec<Event>) {
+    let (mut settled_at, mut covered_at, mut all) = (None, None, Vec::new());
     for n in 0..70 {
         t += 60_000;
-        let events = run(&mut e, t, Command::OracleUpdate(update(40_000.0, t))).expect("oracle");
+        let events = run(e, t, Command::OracleUpdate(update(spot(n), t))).expect("oracle");
         let settles = events
             .iter()
             .any(|ev| matches!(ev, Event::PositionSettled { account, .. } if account.0 == 0));
@@ -873,7 +897,19 @@ fn a_deficit_an_expiry_leaves_is_covered_by_the_next_input() {
             covered_at = Some(n);
         }
         e.check_invariants().expect("audit");
+        all.extend(events);
     }
+    (settled_at, covered_at, all)
+}
+
+/// An expiry that settles the last position of an account being liquidated leaves its deficit
+/// to the next input (a validity proof applies a batch's settlements after its other ops, so a
+/// cover cannot share its account's settlement's input): the settlement covers nothing, the
+/// next input covers the deficit.
+#[test]
+fn a_deficit_an_expiry_leaves_is_covered_by_the_next_input() {
+    let (mut e, t) = liquidating_put_seller(|_, _| Amount(0));
+    let (settled_at, covered_at, _) = past_expiry(&mut e, t, |_| 40_000.0);
     let settled_at = settled_at.expect("the put settles");
     assert_eq!(
         covered_at,
@@ -881,6 +917,28 @@ fn a_deficit_an_expiry_leaves_is_covered_by_the_next_input() {
         "covered by the next input"
     );
     assert_eq!(e.collateral(AccountId(0)).map(|c| c.0), Some(Amount(0)));
+}
+
+/// The same account, paid up to 17,500 a contract while liquidated (its sizes are in hundredths);
+/// the index recovers to 45,000 for the
+/// settlement's average (curing it) and falls back to 40,000 just before the expiry
+/// (liquidating it again): the settlement, about 15,000 a put, leaves it flat with money, its
+/// liquidation ends there, and no cover ever comes (none is left due: the audit holds after
+/// every input).
+#[test]
+fn an_expiry_that_leaves_a_liquidated_account_solvent_ends_its_liquidation() {
+    let (mut e, t) = liquidating_put_seller(|sold, balance| Amount(usd(175 * sold).0 - balance.0));
+    let (settled_at, covered_at, events) =
+        past_expiry(&mut e, t, |n| if n < 55 { 45_000.0 } else { 40_000.0 });
+    assert!(settled_at.is_some(), "the put settles");
+    assert_eq!(covered_at, None, "nothing to cover");
+    assert!(
+        events
+            .iter()
+            .any(|ev| matches!(ev, Event::LiquidationEnded { account } if account.0 == 0)),
+        "its liquidation ends"
+    );
+    assert!(e.collateral(AccountId(0)).is_some_and(|c| c.0.0 > 0));
 }
 
 /// Found by the random exploration of `conservation_holds_through_liquidation_and_expiry`: a
