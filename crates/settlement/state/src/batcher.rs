@@ -427,8 +427,6 @@ impl Batcher {
             })
     }
 
-    /// The expiry of `key` among `account`'s session keys as of the pending ops (`None`: not
-    /// one of them, e.g. the owner).
     /// Whether `ops` serve a forced withdrawal from an account that trades in the pending batch.
     fn traded_before_forced_withdrawal(&self, ops: &[Op]) -> bool {
         ops.iter().any(|op| {
@@ -447,6 +445,8 @@ impl Batcher {
         })
     }
 
+    /// The expiry of `key` among `account`'s session keys as of the pending ops (`None`: not
+    /// one of them, e.g. the owner).
     fn session_key(&self, account: AccountId, key: Address) -> Option<u64> {
         match self.pending_keys.get(&(account, key)) {
             Some(0) => None,
