@@ -158,7 +158,7 @@ fn random_batch(rng: &mut ChaCha8Rng, state: &SettlementState, priority: &mut u6
                 *priority += 1;
                 let priority = *priority - 1;
                 let held = &state.accounts()[a.0 as usize];
-                if held.positions.values().any(|q| q.0 != 0) {
+                if held.holds_position() {
                     Op::L1Withdrawal {
                         priority,
                         account: a,

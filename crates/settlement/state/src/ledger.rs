@@ -616,7 +616,7 @@ impl SettlementState {
             .filter(|&a| {
                 self.accounts
                     .get(a as usize)
-                    .is_some_and(|x| x.positions.values().any(|q| q.0 != 0))
+                    .is_some_and(Account::holds_position)
             })
             .collect();
         Scratch {
@@ -812,6 +812,11 @@ impl Account {
             tree: Tree::with_store(INSTRUMENT_DEPTH, store),
             dirty_positions: BTreeSet::new(),
         }
+    }
+
+    /// Whether it holds a position (a non-zero one).
+    pub fn holds_position(&self) -> bool {
+        self.positions.values().any(|q| q.0 != 0)
     }
 
     /// A copy without the positions tree (batches work on these; `write_back` moves the
@@ -1095,7 +1100,7 @@ impl Scratch {
                 fee_pool,
                 socialized,
             } => {
-                if self.account(*account).positions.values().any(|q| q.0 != 0) {
+                if self.account(*account).holds_position() {
                     return Err(StateError::Waterfall(i));
                 }
                 self.insurance = add(self.insurance, -insurance.0, i)?;
