@@ -89,7 +89,7 @@ impl<M: MarginModel> Engine<M> {
         long: bool,
     ) -> Result<(Price, i128), RejectCode> {
         let inst = &self.instruments[instrument.0 as usize];
-        let (mark, _) = inst.mark.as_ref().ok_or(RejectCode::NoMark)?;
+        let (mark, risk) = inst.mark.as_ref().ok_or(RejectCode::NoMark)?;
         let index = self
             .oracles
             .get(&inst.spec.name.underlying)
@@ -116,7 +116,25 @@ impl<M: MarginModel> Engine<M> {
         } else {
             ((i128::from(mark.0) + discount + tick - 1).div_euclid(tick) * tick).min(max)
         };
-        Ok((Price(price as i64), reference))
+        Ok((
+            Self::within_stress(*mark, risk, tick, long, price),
+            reference,
+        ))
+    }
+
+    /// `price` held to the instrument's stress range on the liquidated account's side, in whole
+    /// ticks: a long is sold at no less than the range's low end, a short bought back at no more
+    /// than its high end (`optio_types::stress_range`). The validity circuit proves that of every
+    /// liquidation, so a discount deeper than the worst scenario of the committed risk array (an
+    /// option's value cannot fall that far) stops at the scenario.
+    fn within_stress(mark: Price, risk: &[i64], tick: i128, long: bool, price: i128) -> Price {
+        let (low, high) = optio_types::stress_range(mark, risk.iter().copied());
+        let price = if long {
+            price.max(-(-low).div_euclid(tick) * tick)
+        } else {
+            price.min(high.div_euclid(tick) * tick)
+        };
+        Price(price as i64)
     }
 
     /// Moves `qty` contracts of the liquidated account's position to `counterparty` at `price`.
@@ -255,9 +273,16 @@ impl<M: MarginModel> Engine<M> {
         }
         self.check_fresh(instrument)?;
         let inst = &self.instruments[instrument.0 as usize];
-        let (mark, _) = inst.mark.as_ref().ok_or(RejectCode::NoMark)?;
+        let (mark, risk) = inst.mark.as_ref().ok_or(RejectCode::NoMark)?;
         let tick = inst.spec.tick_size.0;
-        let price = Price(mark.0 - mark.0 % tick);
+        let long = held > 0;
+        let price = Self::within_stress(
+            *mark,
+            risk,
+            i128::from(tick),
+            long,
+            i128::from(mark.0 - mark.0 % tick),
+        );
         // Opposite holders, most profitable first (unrealized P&L at the mark), then by id.
         let mut ranked: Vec<(i128, AccountId, i64)> = inst
             .holders
@@ -277,7 +302,6 @@ impl<M: MarginModel> Engine<M> {
             .collect();
         ranked.sort_by(|x, y| y.0.cmp(&x.0).then(x.1.cmp(&y.1)));
         self.touch_account(account);
-        let long = held > 0;
         let mut left = held.abs();
         for (_, counterparty, q) in ranked {
             if left == 0 {

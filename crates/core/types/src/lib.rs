@@ -30,6 +30,6 @@ pub use instrument::{
     InstrumentKind, InstrumentName, InstrumentSpec, InstrumentStatus, OptionRight,
 };
 pub use margin::{Exposure, MarginModel, WorstCaseMargin};
-pub use oracle::{MarginMode, MarkUpdate, OracleUpdate, RiskConfig};
+pub use oracle::{MarginMode, MarkUpdate, OracleUpdate, RiskConfig, stress_range};
 pub use reject::RejectCode;
 pub use state::{CanonicalState, EngineLimits};

@@ -39,6 +39,20 @@ pub struct MarkUpdate {
     pub risk_array: Vec<Amount>,
 }
 
+/// The range of one contract's value over its risk array's scenarios and the no-move one,
+/// `(mark + min(0, min_s RA[s]), mark + max(0, max_s RA[s]))` in micro-USDC. A liquidation moves
+/// a position only at a price inside it on the liquidated account's side: a long is sold at no
+/// less than the low end, a short bought back at no more than the high end (docs/risk.md,
+/// "Liquidation"). The engine holds its auction and deleveraging prices to it, and the validity
+/// circuit proves it against the committed mark and risk array.
+pub fn stress_range(mark: Price, risk: impl IntoIterator<Item = i64>) -> (i128, i128) {
+    let (low, high) = risk
+        .into_iter()
+        .fold((0i64, 0i64), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let mark = i128::from(mark.0);
+    (mark + i128::from(low), mark + i128::from(high))
+}
+
 /// A signed, timestamped oracle update for one underlying (the signature is checked before
 /// sequencing and is not part of the engine input).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -22,7 +22,10 @@
 //!   `ceil(notional * rate / 1e6)` with the rates of the instrument's committed spec; cash,
 //!   positions and the fee pool move as `SettlementState::apply_batch` moves them;
 //! - a liquidation moves a position between the liquidated account and its counterparty at its
-//!   price (exact notional), the liquidated account paying its fee to insurance;
+//!   price (exact notional), inside the stress range of the instrument's committed mark and
+//!   risk array on the liquidated account's side (a long sold at no less than
+//!   `mark + min(0, min_s RA[s])`, a short bought back at no more than `mark + max(0, max_s
+//!   RA[s])`), the liquidated account paying its fee to insurance;
 //! - a deficit cover credits what it takes from insurance and the fee pool (both left
 //!   non-negative) and exactly the loss shares charged since the previous cover, in the
 //!   engine's order (the fee pool only once insurance is spent, shares only once both are), and
@@ -135,6 +138,9 @@ struct InstrumentWires {
     /// Its committed mark and risk array (zero-padded to the shape's capacity).
     mark: Wire,
     risk: Vec<Wire>,
+    /// The ends of its stress range, which bound its liquidations' prices.
+    low: Wire,
+    high: Wire,
 }
 
 /// The state right after one op slot, for the margin slots.
@@ -219,6 +225,14 @@ fn index_of(sel: &[Wire]) -> Wire {
     sel.iter()
         .enumerate()
         .fold(Wire::zero(), |acc, (k, s)| acc.plus(Fr::from(k as u64), s))
+}
+
+/// The risk value of scenario `s` of an array, or 0 (the no-move scenario): a selector that
+/// points at one scenario or none.
+fn scenario_value(cs: &Cs, risk: &[Wire], s: Option<usize>) -> R<Wire> {
+    let (sel, sum) = selector(cs, risk.len(), s)?;
+    cs.assert_boolean(&sum)?;
+    pick(cs, &sel, risk.iter().cloned())
 }
 
 /// `sum_k sel_k * values_k`.
@@ -400,6 +414,11 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
         let siblings = cs.witnesses(&i.siblings)?;
         let root = cs.merkle_root(&leaf, &bits, &siblings)?;
         cs.equal_if(&enabled, &root, &instruments_root)?;
+        // The ends of its stress range (`optio_types::stress_range`): the mark plus one
+        // scenario's value each, or the mark alone (the no-move scenario). Any scenario will
+        // do: a price beyond its value is beyond the range's end too.
+        let low = mark.add(&scenario_value(cs, &risk, i.low)?);
+        let high = mark.add(&scenario_value(cs, &risk, i.high)?);
         instruments.push(InstrumentWires {
             id,
             maker_rate: spec.maker_rate,
@@ -409,6 +428,8 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
             used: Wire::zero(),
             mark,
             risk,
+            low,
+            high,
         });
     }
 
@@ -681,6 +702,15 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     let signed_notional = cs.mul(&sign, &notional)?;
     let signed_qty = cs.mul(&sign, &qty)?;
     let taker_moves = cs.mul(&trade, &signed_qty)?;
+    // A liquidation's price is inside its instrument's committed stress range on the liquidated
+    // account's (b's) side: a long sold at no less than the low end, a short bought back at no
+    // more than the high end (`high - price` or `price - low`: 65 bits hold either, and a
+    // negative one is far above them).
+    let low = pick(cs, &sel_i, st.instruments.iter().map(|i| i.low.clone()))?;
+    let high = pick(cs, &sel_i, st.instruments.iter().map(|i| i.high.clone()))?;
+    let bound = cs.select(&taker_buys, &high, &low)?;
+    let room = cs.mul(&sign, &bound.sub(&price))?;
+    cs.range(&cs.mul(&liquidation, &room)?, 65)?;
     // A fill pays the spec's fees to the fee pool; a liquidation pays `amount` from the
     // liquidated account (b) to insurance.
     let a_fee = cs.mul(&fill, &maker_fee)?;

@@ -224,6 +224,11 @@ pub struct InstrumentReg {
     pub risk: Vec<Fr>,
     /// Chunks of `RISK_CHUNK` the array hashes in.
     pub chunks: usize,
+    /// The scenarios of the low and high ends of its stress range (`optio_types::stress_range`;
+    /// none: the no-move one), which bound its liquidations' prices.
+    pub low: Option<usize>,
+    /// (High end.)
+    pub high: Option<usize>,
     /// Its path.
     pub siblings: Vec<Fr>,
 }
@@ -1571,6 +1576,21 @@ pub fn witness(
             let chunks = risk.len().div_ceil(RISK_CHUNK);
             let mut values: Vec<Fr> = risk.iter().map(|a| fr(i128::from(a.0))).collect();
             values.resize(shape.risk_chunks * RISK_CHUNK, Fr::from(0u64));
+            // The first scenario of the lowest and of the highest value, unless the no-move one
+            // is as low (high).
+            let end = |better: fn(i64, i64) -> bool| {
+                risk.iter()
+                    .enumerate()
+                    .fold(None, |best: Option<(usize, i64)>, (s, v)| {
+                        let current = best.map_or(0, |(_, b)| b);
+                        if better(v.0, current) {
+                            Some((s, v.0))
+                        } else {
+                            best
+                        }
+                    })
+                    .map(|(s, _)| s)
+            };
             InstrumentReg {
                 enabled: true,
                 id,
@@ -1578,6 +1598,8 @@ pub fn witness(
                 spec: SpecOpening::of(spec),
                 risk: values,
                 chunks,
+                low: end(|v, best| v < best),
+                high: end(|v, best| v > best),
                 siblings: path(&instrument_tree, u64::from(id)),
             }
         })

@@ -14,7 +14,7 @@ use optio_state::smt::SparseMerkleTree;
 use optio_state::{Op, SettlementState};
 use optio_types::{
     AccountId, Address, Amount, FeeRate, InstrumentId, InstrumentSpec, MONEY_SCALE, Price,
-    QTY_SCALE, Qty, Side,
+    QTY_SCALE, Qty, Side, stress_range,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -139,7 +139,7 @@ fn random_batch(rng: &mut ChaCha8Rng, state: &SettlementState, priority: &mut u6
         let a = AccountId(rng.random_range(0..n));
         let b = AccountId(rng.random_range(0..n));
         let amount = Amount(rng.random_range(1..1_000) * MONEY_SCALE);
-        ops.push(match rng.random_range(0..8) {
+        ops.push(match rng.random_range(0..9) {
             0 => Op::Deposit { account: a, amount },
             1 => Op::Withdraw {
                 account: a,
@@ -205,6 +205,28 @@ fn random_batch(rng: &mut ChaCha8Rng, state: &SettlementState, priority: &mut u6
                     owner: Address([9; 20]),
                 }
             }
+            7 | 8 if a != b => {
+                // A liquidation inside the committed stress range on a's side.
+                let instrument = InstrumentId(rng.random_range(0..2));
+                let x = &state.instruments()[instrument.0 as usize];
+                let (low, high) = stress_range(x.mark, x.risk.iter().map(|v| v.0));
+                let tick = 100_000;
+                let buys = rng.random_bool(0.5);
+                let price = if buys {
+                    rng.random_range(0..=high / tick) * tick
+                } else {
+                    (low.max(0) + tick - 1) / tick * tick + rng.random_range(0..1_000) * tick
+                };
+                let contracts = rng.random_range(1..100) * QTY_SCALE / 100;
+                Op::Liquidation {
+                    account: a,
+                    counterparty: b,
+                    instrument,
+                    qty: Qty(if buys { contracts } else { -contracts }),
+                    price: Price(price as i64),
+                    fee: Amount(rng.random_range(0..100) * MONEY_SCALE),
+                }
+            }
             _ => Op::Fill {
                 instrument: InstrumentId(rng.random_range(0..2)),
                 maker: a,
@@ -255,7 +277,7 @@ fn random_batches_satisfy_the_circuit_with_the_native_root() {
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let mut state = genesis(6);
     let mut priority = 0;
-    let mut keys_seen = 0;
+    let (mut keys_seen, mut liquidations) = (0, 0);
     for round in 0..6 {
         let ops = random_batch(&mut rng, &state, &mut priority);
         let w = witness(&state, &ops, SHAPE).expect("covered ops");
@@ -272,12 +294,17 @@ fn random_batches_satisfy_the_circuit_with_the_native_root() {
             .iter()
             .filter(|o| matches!(o, Op::SessionKey { .. }))
             .count();
+        liquidations += ops
+            .iter()
+            .filter(|o| matches!(o, Op::Liquidation { .. }))
+            .count();
         state = next;
     }
     assert!(
         keys_seen >= 6,
         "session keys in the random batches: {keys_seen}"
     );
+    assert!(liquidations >= 6, "liquidations: {liquidations}");
     assert!(state.accounts().iter().any(|a| !a.keys.is_empty()));
 }
 
@@ -1442,6 +1469,68 @@ fn only_a_flat_accounts_deficit_is_covered() {
     let flat = [liquidation(10, 0), ops[0].clone()];
     check(&batch_of(&state, &flat)).expect("a flat account's deficit");
     after(&state, &flat);
+}
+
+/// A liquidation moves a position only inside the stress range of its instrument's committed
+/// mark and risk array, on the liquidated account's side: account 1's long is sold at no less
+/// than `mark + min(0, min RA)`, account 0's short bought back at no more than
+/// `mark + max(0, max RA)` (the no-move scenario when no value is above zero). One unit beyond
+/// either end is refused at its op slot and natively, leaving the state unchanged.
+#[test]
+fn a_liquidation_is_priced_inside_the_committed_stress_range() {
+    let usd = |x: i64| x * MONEY_SCALE;
+    let liquidation = |account: u32, qty: i64, price: i64| Op::Liquidation {
+        account: AccountId(account),
+        counterparty: AccountId(2),
+        instrument: InstrumentId(0),
+        qty: Qty(qty * QTY_SCALE),
+        price: Price(price),
+        fee: Amount(0),
+    };
+    for (risk, low, high) in [
+        (vec![-15_000, 12_000, -3_000], 85_000, 112_000),
+        (vec![-15_000, -3_000], 85_000, 100_000),
+    ] {
+        let mark = Op::Mark {
+            instrument: InstrumentId(0),
+            mark: Price(usd(100_000)),
+            risk: risk.iter().map(|&v| Amount(usd(v))).collect(),
+        };
+        let state = after(&genesis(4), &[perp_fill(Side::Buy, 2), mark]);
+        for (ops, rule) in [
+            (
+                [liquidation(1, -1, usd(low))],
+                "the long sold at the low end",
+            ),
+            (
+                [liquidation(0, 1, usd(high))],
+                "the short bought back at the high end",
+            ),
+        ] {
+            check(&batch_of(&state, &ops)).expect(rule);
+            after(&state, &ops);
+        }
+        for (ops, rule) in [
+            (
+                [liquidation(1, -1, usd(low) - 1)],
+                "the long sold below the low end",
+            ),
+            (
+                [liquidation(0, 1, usd(high) + 1)],
+                "the short bought back above the high end",
+            ),
+        ] {
+            let at = refused_at(&batch_of(&state, &ops));
+            assert!(at.starts_with("op slot 0"), "{rule}: refused at {at}");
+            let mut native = state.clone();
+            assert_eq!(
+                native.apply_batch(&ops),
+                Err(optio_state::StateError::LiquidationPrice(0)),
+                "{rule}"
+            );
+            assert_eq!(native.commit(), state.root(), "nothing applied");
+        }
+    }
 }
 
 #[test]

@@ -316,11 +316,15 @@ impl Batcher {
             }
             _ => false,
         };
-        // Money leaving an account is proven against the marks committed before its batch
-        // (the circuit applies a batch's marks after its ops), which are the engine's only while
-        // no mark is pending: with one pending, the batch is cut before the money leaves.
-        let full =
-            full || (!self.marks.is_empty() && ops.iter().any(|o| money_out_of(o).is_some()));
+        // Money leaving an account, and a liquidation's price, are proven against the marks
+        // committed before their batch (the circuit applies a batch's marks after its ops),
+        // which are the engine's only while no mark (of the liquidated instrument) is pending:
+        // with one pending, the batch is cut first.
+        let full = full
+            || ops.iter().any(|o| match o {
+                Op::Liquidation { instrument, .. } => self.marks.contains_key(&instrument.0),
+                o => !self.marks.is_empty() && money_out_of(o).is_some(),
+            });
         let full = full || self.ends_a_signing_key(input.time_ms, &ops);
         // The circuit takes a flat account's forced withdrawal whole when the account held no
         // position at its batch's start: one whose account traded earlier in the pending batch

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use optio_types::{
     AccountId, Address, Amount, CanonicalState, InstrumentId, InstrumentSpec, InstrumentStatus,
-    Price, Qty,
+    Price, Qty, stress_range,
 };
 
 use crate::leaf::{self, ACCOUNT_DEPTH, AccountLeaf, INSTRUMENT_DEPTH, InstrumentLeaf, status};
@@ -73,6 +73,11 @@ pub enum StateError {
     /// its collateral.
     #[error("op {0}: the forced withdrawal of a flat account leaves money in it")]
     ShortExit(usize),
+    /// Op `index` liquidates at a price outside the stress range of the instrument's committed
+    /// mark and risk array (`optio_types::stress_range`) on the liquidated account's side: a
+    /// long sold below the low end, or a short bought back above the high end.
+    #[error("op {0}: the liquidation's price is beyond the committed stress range")]
+    LiquidationPrice(usize),
 }
 
 /// One account.
@@ -1077,7 +1082,19 @@ impl Scratch {
                 price,
                 fee,
             } => {
-                // The liquidated account's position changes by `qty`; cash moves the other way.
+                // The liquidated account's position changes by `qty`; cash moves the other way,
+                // at a price inside the stress range of the committed mark and risk array on the
+                // liquidated account's side.
+                let x = self.instrument(*instrument);
+                let (low, high) = stress_range(x.mark, x.risk.iter().map(|v| v.0));
+                let price_ok = if qty.0 > 0 {
+                    i128::from(price.0) <= high
+                } else {
+                    i128::from(price.0) >= low
+                };
+                if !price_ok {
+                    return Err(StateError::LiquidationPrice(i));
+                }
                 let notional = price.notional(Qty(qty.0.abs())).map_err(range)?;
                 let sign = qty.0.signum();
                 self.credit(*account, -sign * notional.0 - fee.0, i)?;

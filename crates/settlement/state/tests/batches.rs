@@ -148,11 +148,9 @@ fn histories_exercise_every_kind_of_settlement_op() {
     assert!(forced_paid > 0, "no forced withdrawal paid anything");
 }
 
-/// A leveraged long that a 25% crash makes bankrupt, that no liquidator can carry: it is
-/// deleveraged against the shorts and its deficit is covered by insurance, the fee pool and
-/// shares of other accounts; the settlement state follows every step.
-#[test]
-fn a_bankrupt_account_deleveraged_with_its_loss_shared_settles_exactly() {
+/// Account 1 long 100 steps of the perpetual at 60,000 with 500 free, crashed to 45,000 (held,
+/// then confirmed), and after the auction a fresh mark and the deleveraging of its long.
+fn bankrupt_and_deleveraged() -> (Engine, Vec<Input>) {
     let mut engine = Engine::new(EngineLimits::default());
     let mut inputs: Vec<Input> = Vec::new();
     let mut step = |engine: &mut Engine, t: u64, command: Command| {
@@ -253,6 +251,15 @@ fn a_bankrupt_account_deleveraged_with_its_loss_shared_settles_exactly() {
             instrument: InstrumentId(2),
         },
     );
+    (engine, inputs)
+}
+
+/// A leveraged long that a 25% crash makes bankrupt, that no liquidator can carry: it is
+/// deleveraged against the shorts and its deficit is covered by insurance, the fee pool and
+/// shares of other accounts; the settlement state follows every step.
+#[test]
+fn a_bankrupt_account_deleveraged_with_its_loss_shared_settles_exactly() {
+    let (engine, inputs) = bankrupt_and_deleveraged();
     let (batches, _, _) = run(&inputs, 3);
     let ops: Vec<Op> = batches
         .iter()
@@ -536,6 +543,43 @@ fn money_leaving_after_a_pending_mark_starts_a_new_batch() {
         )
         .is_some(),
         "a transfer after a pending mark cuts too"
+    );
+}
+
+/// A liquidation's price is proven against its instrument's marks committed before its batch
+/// (`optio_types::stress_range`): the deleveraging that follows a fresh mark of the perpetual
+/// starts a new batch, which the mark closes.
+#[test]
+fn a_liquidation_after_a_pending_mark_of_its_instrument_starts_a_new_batch() {
+    let (_, inputs) = bankrupt_and_deleveraged();
+    let last = inputs.len() - 1;
+    assert!(matches!(inputs[last].command, Command::Deleverage { .. }));
+    assert!(matches!(inputs[last - 1].command, Command::OracleUpdate(_)));
+    let mut batcher = Batcher::new(1_000, u64::MAX);
+    let mut engine = Engine::new(EngineLimits::default());
+    let mut cuts = Vec::new();
+    for (i, input) in inputs.iter().enumerate() {
+        let mut events = Vec::new();
+        let _ = engine.apply(input, &mut events);
+        if let Some(b) = batcher.push(i as u64 + 1, input, &events).expect("pushes") {
+            cuts.push((i, b));
+        }
+    }
+    let (at, batch) = cuts.last().expect("cuts");
+    assert_eq!(*at, last, "cut right before the deleveraging");
+    let ops = decode(&batch.blob).expect("decodes").1;
+    assert!(
+        matches!(ops.last(), Some(Op::Mark { .. })),
+        "the marks close it"
+    );
+    let rest = batcher
+        .flush()
+        .expect("flushes")
+        .expect("the deleveraging's batch");
+    let ops = decode(&rest.blob).expect("decodes").1;
+    assert!(
+        matches!(ops.first(), Some(Op::Liquidation { .. })),
+        "{ops:?}"
     );
 }
 

@@ -168,6 +168,50 @@ fn below_maintenance_the_auction_sells_in_steps_until_cured_or_flat() {
     assert!(position(&e, 3) > 0, "the liquidator holds what it took");
 }
 
+/// The auction sells a long at no less than the low end of the perpetual's committed stress
+/// range (`optio_types::stress_range`: the validity proof refuses a liquidation beyond it). With
+/// risk arrays that move the perpetual at most 5% (2,750 at the 55,000 mark), the long offered at
+/// the end of the auction, 20% below the mark, goes at 52,250 instead of 44,000.
+#[test]
+fn the_auction_stops_at_the_committed_stress_range() {
+    let narrow = |spot: f64, at: u64| {
+        let mut u = update(spot, at);
+        for m in u
+            .marks
+            .iter_mut()
+            .filter(|m| m.instrument == InstrumentId(PERP))
+        {
+            for v in &mut m.risk_array {
+                *v = Amount(v.0.clamp(-usd(2_750).0, usd(2_750).0));
+            }
+        }
+        Command::OracleUpdate(u)
+    };
+    let mut e = leveraged_long();
+    let t = T0 + 1_000;
+    let events = run(&mut e, t, narrow(55_000.0, t)).expect("an 8% drop");
+    assert!(events.contains(&Event::LiquidationStarted {
+        account: AccountId(1)
+    }));
+    let sold_at = |events: &[Event]| {
+        events.iter().find_map(|ev| match ev {
+            Event::LiquidationTransfer { price, .. } => Some(*price),
+            _ => None,
+        })
+    };
+    let events = take(&mut e, t, 25 * STEP).expect("a step at the start");
+    assert_eq!(
+        sold_at(&events),
+        Some(px(54_450)),
+        "1% below, inside the range"
+    );
+    let end = t + 15 * 60_000;
+    run(&mut e, end, narrow(55_000.0, end)).expect("a fresh mark");
+    let events = take(&mut e, end, 10 * STEP).expect("a step at the end");
+    assert_eq!(sold_at(&events), Some(px(52_250)), "{events:?}");
+    e.check_invariants().expect("audit");
+}
+
 #[test]
 fn jelly_a_position_nobody_takes_is_deleveraged_and_the_waterfall_covers_the_loss() {
     let mut e = leveraged_long();
