@@ -367,9 +367,25 @@ fn liquidation_history(
         for ev in events.iter() {
             match ev {
                 Event::LiquidationStarted { .. } => counts.0 += 1,
-                Event::LiquidationTransfer { account, .. } => {
+                Event::LiquidationTransfer {
+                    account,
+                    instrument,
+                    qty,
+                    price,
+                    ..
+                } => {
                     counts.1 += 1;
                     settled_before.remove(account);
+                    // Inside the stress range of the mark it was priced at, on the liquidated
+                    // account's side (what a validity proof checks).
+                    let record = &e.canonical().instruments[instrument.0 as usize];
+                    let (mark, risk) = record.mark.as_ref().expect("liquidated at a mark");
+                    let (low, high) = optio_types::stress_range(*mark, risk.iter().map(|a| a.0));
+                    let p = i128::from(price.0);
+                    assert!(
+                        if qty.0 > 0 { p <= high } else { p >= low },
+                        "{price:?} outside {low}..{high}: {events:?}"
+                    );
                 }
                 Event::DeficitCovered { account, .. } => {
                     counts.2 += 1;
