@@ -25,7 +25,8 @@
 //!   price (exact notional), inside the stress range of the instrument's committed mark and
 //!   risk array on the liquidated account's side (a long sold at no less than
 //!   `mark + min(0, min_s RA[s])`, a short bought back at no more than `mark + max(0, max_s
-//!   RA[s])`), the liquidated account paying its fee to insurance;
+//!   RA[s])`), only reducing the liquidated account's position (never opening, growing or
+//!   flipping one), the liquidated account paying its fee to insurance;
 //! - a deficit cover credits what it takes from insurance and the fee pool (both left
 //!   non-negative) and exactly the loss shares charged since the previous cover, in the
 //!   engine's order (the fee pool only once insurance is spent, shares only once both are), and
@@ -812,6 +813,12 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
         let traded = pick(cs, sel_p, st.positions.iter().map(|q| q.instrument.clone()))?;
         cs.equal(&traded, &instrument)?;
     }
+    // A liquidation only reduces the liquidated account's position (b's, before the op): a
+    // long of at least the size sold, a short of at least the size bought back; it never opens,
+    // grows or flips one.
+    let held_b = pick(cs, &sel_pb, st.positions.iter().map(|q| q.qty.clone()))?;
+    let left = cs.mul(&sign, &held_b)?.scale(-Fr::from(1u64)).sub(&qty);
+    cs.range(&cs.mul(&liquidation, &left)?, 64)?;
     for (q, (x, y)) in st.positions.iter_mut().zip(sel_pa.iter().zip(&sel_pb)) {
         q.qty = q
             .qty

@@ -129,6 +129,44 @@ fn owner_of(account: AccountId) -> Address {
     Address([(account.0 % 3) as u8 + 1; 20])
 }
 
+/// `account`'s position in `instrument` after `state` and then `ops`.
+fn held_after(
+    state: &SettlementState,
+    ops: &[Op],
+    account: AccountId,
+    instrument: InstrumentId,
+) -> i64 {
+    let start = state.accounts()[account.0 as usize]
+        .positions
+        .get(&instrument.0)
+        .map_or(0, |q| q.0);
+    ops.iter().fold(start, |held, op| match *op {
+        Op::Fill {
+            instrument: x,
+            maker,
+            taker,
+            taker_side,
+            qty,
+            ..
+        } if x == instrument => {
+            let bought = taker_side.sign() * qty.0;
+            held + if taker == account { bought } else { 0 }
+                - if maker == account { bought } else { 0 }
+        }
+        Op::Liquidation {
+            account: liquidated,
+            counterparty,
+            instrument: x,
+            qty,
+            ..
+        } if x == instrument => {
+            held + if liquidated == account { qty.0 } else { 0 }
+                - if counterparty == account { qty.0 } else { 0 }
+        }
+        _ => held,
+    })
+}
+
 /// A random batch of covered ops that keeps every rule.
 fn random_batch(rng: &mut ChaCha8Rng, state: &SettlementState, priority: &mut u64) -> Vec<Op> {
     // The funded accounts (an account opened here has nothing to pay with).
@@ -139,8 +177,11 @@ fn random_batch(rng: &mut ChaCha8Rng, state: &SettlementState, priority: &mut u6
         let a = AccountId(rng.random_range(0..n));
         let b = AccountId(rng.random_range(0..n));
         let amount = Amount(rng.random_range(1..1_000) * MONEY_SCALE);
+        // (A flat account's forced withdrawal empties it: money does not leave one again.)
+        let emptied = state.accounts()[a.0 as usize].collateral.0 < 100_000 * MONEY_SCALE;
         ops.push(match rng.random_range(0..9) {
             0 => Op::Deposit { account: a, amount },
+            1 | 4 if emptied => continue,
             1 => Op::Withdraw {
                 account: a,
                 amount,
@@ -163,7 +204,7 @@ fn random_batch(rng: &mut ChaCha8Rng, state: &SettlementState, priority: &mut u6
                         priority,
                         account: a,
                         requester: owner_of(a),
-                        amount: if rng.random_bool(0.3) {
+                        amount: if emptied || rng.random_bool(0.3) {
                             Amount::ZERO
                         } else {
                             amount
@@ -206,18 +247,27 @@ fn random_batch(rng: &mut ChaCha8Rng, state: &SettlementState, priority: &mut u6
                 }
             }
             7 | 8 if a != b => {
-                // A liquidation inside the committed stress range on a's side.
-                let instrument = InstrumentId(rng.random_range(0..2));
+                // A liquidation of part of a's position, inside the committed stress range on
+                // its side.
+                let first = rng.random_range(0..2);
+                let Some((instrument, held)) = [first, 1 - first]
+                    .into_iter()
+                    .map(|i| (InstrumentId(i), held_after(state, &ops, a, InstrumentId(i))))
+                    .find(|&(_, held)| held != 0)
+                else {
+                    continue;
+                };
                 let x = &state.instruments()[instrument.0 as usize];
                 let (low, high) = stress_range(x.mark, x.risk.iter().map(|v| v.0));
                 let tick = 100_000;
-                let buys = rng.random_bool(0.5);
+                let buys = held < 0;
                 let price = if buys {
                     rng.random_range(0..=high / tick) * tick
                 } else {
                     (low.max(0) + tick - 1) / tick * tick + rng.random_range(0..1_000) * tick
                 };
-                let contracts = rng.random_range(1..100) * QTY_SCALE / 100;
+                let step = QTY_SCALE / 100;
+                let contracts = rng.random_range(1..=held.abs() / step) * step;
                 Op::Liquidation {
                     account: a,
                     counterparty: b,
@@ -257,7 +307,8 @@ fn random_batch(rng: &mut ChaCha8Rng, state: &SettlementState, priority: &mut u6
     }
     ops.push(Op::Mark {
         instrument: InstrumentId(rng.random_range(0..2)),
-        mark: Price(rng.random_range(1..100_000) * MONEY_SCALE),
+        // Near the fills' prices, so that the funded accounts' positions stay covered.
+        mark: Price(rng.random_range(1..5_000) * MONEY_SCALE),
         risk: (0..5)
             .map(|_| Amount(rng.random_range(-1_000_000..1_000_000)))
             .collect(),
@@ -304,7 +355,7 @@ fn random_batches_satisfy_the_circuit_with_the_native_root() {
         keys_seen >= 6,
         "session keys in the random batches: {keys_seen}"
     );
-    assert!(liquidations >= 6, "liquidations: {liquidations}");
+    assert!(liquidations >= 3, "liquidations: {liquidations}");
     assert!(state.accounts().iter().any(|a| !a.keys.is_empty()));
 }
 
@@ -1530,6 +1581,50 @@ fn a_liquidation_is_priced_inside_the_committed_stress_range() {
             );
             assert_eq!(native.commit(), state.root(), "nothing applied");
         }
+    }
+}
+
+/// A liquidation only reduces the liquidated account's position: account 1's long of 2 may be
+/// sold whole and account 0's short of 2 bought back whole, but selling 3, buying for the long,
+/// buying back 3 for the short, or "liquidating" flat account 3 (which would open a position)
+/// is refused at its op slot and natively, leaving the state unchanged.
+#[test]
+fn a_liquidation_only_reduces_the_liquidated_position() {
+    let liquidation = |account: u32, contracts: i64| Op::Liquidation {
+        account: AccountId(account),
+        counterparty: AccountId(2),
+        instrument: InstrumentId(0),
+        qty: Qty(contracts * QTY_SCALE),
+        price: Price(100_000 * MONEY_SCALE),
+        fee: Amount(0),
+    };
+    let mark = Op::Mark {
+        instrument: InstrumentId(0),
+        mark: Price(100_000 * MONEY_SCALE),
+        risk: vec![Amount(-10_000 * MONEY_SCALE), Amount(10_000 * MONEY_SCALE)],
+    };
+    let state = after(&genesis(4), &[perp_fill(Side::Buy, 2), mark]);
+    for (account, contracts) in [(1, -2), (0, 2)] {
+        let ops = [liquidation(account, contracts)];
+        check(&batch_of(&state, &ops)).expect("reduces");
+        after(&state, &ops);
+    }
+    for (account, contracts, rule) in [
+        (1, -3, "sells more than the long"),
+        (1, 1, "grows the long"),
+        (0, 3, "flips the short"),
+        (3, -1, "opens a short"),
+    ] {
+        let ops = [liquidation(account, contracts)];
+        let at = refused_at(&batch_of(&state, &ops));
+        assert!(at.starts_with("op slot 0"), "{rule}: refused at {at}");
+        let mut native = state.clone();
+        assert_eq!(
+            native.apply_batch(&ops),
+            Err(optio_state::StateError::LiquidationSize(0)),
+            "{rule}"
+        );
+        assert_eq!(native.commit(), state.root(), "nothing applied");
     }
 }
 

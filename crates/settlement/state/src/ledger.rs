@@ -78,6 +78,10 @@ pub enum StateError {
     /// long sold below the low end, or a short bought back above the high end.
     #[error("op {0}: the liquidation's price is beyond the committed stress range")]
     LiquidationPrice(usize),
+    /// Op `index` liquidates more than the account holds, or in the direction that would open
+    /// or grow its position: a liquidation only reduces one.
+    #[error("op {0}: the liquidation does not reduce the account's position")]
+    LiquidationSize(usize),
 }
 
 /// One account.
@@ -1094,6 +1098,20 @@ impl Scratch {
                 };
                 if !price_ok {
                     return Err(StateError::LiquidationPrice(i));
+                }
+                // It only reduces the liquidated account's position.
+                let held = self
+                    .account(*account)
+                    .positions
+                    .get(&instrument.0)
+                    .map_or(0, |q| q.0);
+                let reduces = if qty.0 > 0 {
+                    held <= -qty.0
+                } else {
+                    held >= -qty.0
+                };
+                if !reduces {
+                    return Err(StateError::LiquidationSize(i));
                 }
                 let notional = price.notional(Qty(qty.0.abs())).map_err(range)?;
                 let sign = qty.0.signum();
