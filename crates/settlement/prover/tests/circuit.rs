@@ -11,7 +11,7 @@ use optio_prover::witness::{BatchWitness, SPEC_CHUNKS, kind};
 use optio_prover::{ProveError, Shape, witness};
 use optio_state::poseidon::{Fr, from_address, hash};
 use optio_state::smt::SparseMerkleTree;
-use optio_state::{Op, SettlementState};
+use optio_state::{Op, SettlementState, StateError};
 use optio_types::{
     AccountId, Address, Amount, FeeRate, InstrumentId, InstrumentSpec, MONEY_SCALE, Price,
     QTY_SCALE, Qty, Side, stress_range,
@@ -1522,6 +1522,16 @@ fn only_a_flat_accounts_deficit_is_covered() {
     after(&state, &flat);
 }
 
+/// `ops` (one op) on `state` are refused at the circuit's first op slot and natively with
+/// `error`, leaving the state unchanged.
+fn refused_first_and_natively(state: &SettlementState, ops: &[Op], error: StateError, rule: &str) {
+    let at = refused_at(&batch_of(state, ops));
+    assert!(at.starts_with("op slot 0"), "{rule}: refused at {at}");
+    let mut native = state.clone();
+    assert_eq!(native.apply_batch(ops), Err(error), "{rule}");
+    assert_eq!(native.commit(), state.root(), "nothing applied");
+}
+
 /// A liquidation moves a position only inside the stress range of its instrument's committed
 /// mark and risk array, on the liquidated account's side: account 1's long is sold at no less
 /// than `mark + min(0, min RA)`, account 0's short bought back at no more than
@@ -1571,15 +1581,7 @@ fn a_liquidation_is_priced_inside_the_committed_stress_range() {
                 "the short bought back above the high end",
             ),
         ] {
-            let at = refused_at(&batch_of(&state, &ops));
-            assert!(at.starts_with("op slot 0"), "{rule}: refused at {at}");
-            let mut native = state.clone();
-            assert_eq!(
-                native.apply_batch(&ops),
-                Err(optio_state::StateError::LiquidationPrice(0)),
-                "{rule}"
-            );
-            assert_eq!(native.commit(), state.root(), "nothing applied");
+            refused_first_and_natively(&state, &ops, StateError::LiquidationPrice(0), rule);
         }
     }
 }
@@ -1616,15 +1618,7 @@ fn a_liquidation_only_reduces_the_liquidated_position() {
         (3, -1, "opens a short"),
     ] {
         let ops = [liquidation(account, contracts)];
-        let at = refused_at(&batch_of(&state, &ops));
-        assert!(at.starts_with("op slot 0"), "{rule}: refused at {at}");
-        let mut native = state.clone();
-        assert_eq!(
-            native.apply_batch(&ops),
-            Err(optio_state::StateError::LiquidationSize(0)),
-            "{rule}"
-        );
-        assert_eq!(native.commit(), state.root(), "nothing applied");
+        refused_first_and_natively(&state, &ops, StateError::LiquidationSize(0), rule);
     }
 }
 
