@@ -15,6 +15,7 @@ use optio_types::{
 };
 
 use crate::engine::Engine;
+use crate::risk::{ceil_div, floor_div};
 
 const BPS: i128 = 10_000;
 const Q: i128 = QTY_SCALE as i128;
@@ -130,9 +131,9 @@ impl<M: MarginModel> Engine<M> {
     fn within_stress(mark: Price, risk: &[i64], tick: i128, long: bool, price: i128) -> Price {
         let (low, high) = optio_types::stress_range(mark, risk.iter().copied());
         let price = if long {
-            price.max(-(-low).div_euclid(tick) * tick)
+            price.max(ceil_div(low, tick) * tick)
         } else {
-            price.min(high.div_euclid(tick) * tick)
+            price.min(floor_div(high, tick) * tick)
         };
         Price(price as i64)
     }

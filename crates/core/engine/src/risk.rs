@@ -54,11 +54,11 @@ pub(crate) type PortfolioSums = Contribution;
 const BPS: i128 = 10_000;
 const Q: i128 = QTY_SCALE as i128;
 
-fn floor_div(n: i128, d: i128) -> i128 {
+pub(crate) fn floor_div(n: i128, d: i128) -> i128 {
     n.div_euclid(d)
 }
 
-fn ceil_div(n: i128, d: i128) -> i128 {
+pub(crate) fn ceil_div(n: i128, d: i128) -> i128 {
     -(-n).div_euclid(d)
 }
 

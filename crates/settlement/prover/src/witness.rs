@@ -1576,21 +1576,11 @@ pub fn witness(
             let chunks = risk.len().div_ceil(RISK_CHUNK);
             let mut values: Vec<Fr> = risk.iter().map(|a| fr(i128::from(a.0))).collect();
             values.resize(shape.risk_chunks * RISK_CHUNK, Fr::from(0u64));
-            // The first scenario of the lowest and of the highest value, unless the no-move one
-            // is as low (high).
-            let end = |better: fn(i64, i64) -> bool| {
-                risk.iter()
-                    .enumerate()
-                    .fold(None, |best: Option<(usize, i64)>, (s, v)| {
-                        let current = best.map_or(0, |(_, b)| b);
-                        if better(v.0, current) {
-                            Some((s, v.0))
-                        } else {
-                            best
-                        }
-                    })
-                    .map(|(s, _)| s)
-            };
+            // A scenario of the lowest and of the highest value, unless the no-move one is as
+            // low (high).
+            let by_value = || risk.iter().enumerate().map(|(s, v)| (v.0, s));
+            let low = by_value().min().filter(|&(v, _)| v < 0).map(|(_, s)| s);
+            let high = by_value().max().filter(|&(v, _)| v > 0).map(|(_, s)| s);
             InstrumentReg {
                 enabled: true,
                 id,
@@ -1598,8 +1588,8 @@ pub fn witness(
                 spec: SpecOpening::of(spec),
                 risk: values,
                 chunks,
-                low: end(|v, best| v < best),
-                high: end(|v, best| v > best),
+                low,
+                high,
                 siblings: path(&instrument_tree, u64::from(id)),
             }
         })
