@@ -1,23 +1,35 @@
 // SPDX-License-Identifier: MIT
 pragma solidity ^0.8.20;
 
-import {BLOB_HEADER, FILL, Fill, FillSides, SessionKey, Words} from "./Words.sol";
+import {BLOB_HEADER, FILL, MARK, Fill, FillSides, SessionKey, Words} from "./Words.sol";
 
 /// Judges fills against the orders their accounts signed, for the rollup's authorization and
-/// overfill challenges (docs/settlement.md, "Authorization challenge"): stateless, created by
+/// overfill challenges (docs/settlement.md, "Authorization challenge"), and marks against the
+/// risk oracle's signatures, for its mark challenge ("Mark challenge"): stateless, created by
 /// the rollup in its constructor (it signs under the rollup's address), and apart from it so
 /// that the rollup stays under the EVM's 24,576-byte code limit.
 contract OptioJudge {
     /// The rollup whose batches it judges (Optio's signing domain names it).
     address public immutable rollup;
+    /// The risk oracle whose signature a batch's marks need (0: marks are not judged).
+    address public immutable oracle;
 
     /// Bytes per record of an authorization section (docs/settlement.md).
     uint256 public constant AUTH_RECORD = 126;
+    /// Bytes per mark attestation at an authorization section's end: publication time (ms, 8)
+    /// and the oracle's signature (65).
+    uint256 public constant MARK_RECORD = 73;
+    /// How long before its batch's time (ms) a mark may have been published.
+    uint256 public constant MARK_WINDOW_MS = 60_000;
+    /// The BN254 scalar field modulus (a posted negative value is `P - |v|`).
+    uint256 internal constant P = 21888242871839275222246405745257275088548364400416034343698204186575808495617;
     /// secp256k1's order / 2: signatures with a higher `s` are malleated copies (refused, as the
     /// gateway refuses them).
     uint256 internal constant HALF_ORDER = 0x7fffffffffffffffffffffffffffffff5d576e7357a4501ddfe92f46681b20a0;
     bytes32 internal constant ACTION_TYPEHASH =
         keccak256("Action(uint256 subaccountId,uint256 nonce,address module,bytes data,uint256 expiry,address owner,address signer)");
+    bytes32 internal constant MARK_TYPEHASH =
+        keccak256("OracleMark(uint32 instrument,int64 mark,int64[] risk,uint64 publishedMs)");
     bytes32 internal constant DOMAIN_TYPEHASH =
         keccak256("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)");
     /// The `module` of every order (Derive's trade module, as ccxt signs it).
@@ -27,8 +39,9 @@ contract OptioJudge {
 
     error BadBatch(string why);
 
-    constructor() {
+    constructor(address oracle_) {
         rollup = msg.sender;
+        oracle = oracle_;
     }
 
     /// Fill `k` (from 0) of posted data: the ops are walked from the first word (each op's
@@ -237,6 +250,73 @@ contract OptioJudge {
         digest = _orderDigest(r, f, account, taker == f.takerBuys, owner);
         if (digest == 0) revert BadBatch("malformed record");
         amount = int64(uint64(bytes8(r[45:53])));
+    }
+
+    /// Whether mark op `k` (from 0, in the posted words' order) of posted `data` is attested by
+    /// its entry at the end of `auths`: the oracle signed its instrument, mark and risk array
+    /// with the entry's publication time, no later than the batch's time and at most
+    /// `MARK_WINDOW_MS` before it.
+    function markAttested(bytes calldata data, bytes calldata auths, uint256 k) external view returns (bool) {
+        (bool found, bytes calldata a) = _attestation(auths, k);
+        uint64 published = found ? uint64(bytes8(a[0:8])) : 0;
+        // Reverts when the data has no mark `k` (a challenge must name a mark that is there).
+        bytes32 mark = _markHash(data, k, published);
+        if (!found || oracle == address(0)) return false;
+        uint64 time = _batchTime(data);
+        if (published > time || time - published > MARK_WINDOW_MS) return false;
+        bytes32 digest = keccak256(abi.encodePacked(hex"1901", _separator(0), mark));
+        if (uint256(bytes32(a[40:72])) > HALF_ORDER) return false;
+        uint8 v = uint8(a[72]);
+        address who = ecrecover(digest, v < 27 ? v + 27 : v, bytes32(a[8:40]), bytes32(a[40:72]));
+        return who != address(0) && who == oracle;
+    }
+
+    /// The EIP-712 struct hash of mark op `k` published at `published` (ms), from the op's
+    /// words: its first word names the instrument and the risk array's length, the next holds
+    /// the mark (a negative one as `P - |v|`), then five risk values a word, 48 bits each,
+    /// stored as `v + 2^47`.
+    function _markHash(bytes calldata data, uint256 k, uint64 published) internal pure returns (bytes32) {
+        if (data.length < BLOB_HEADER || (data.length - BLOB_HEADER) % 32 != 0) revert BadBatch("data is not whole words");
+        uint256 seen = 0;
+        for (uint256 cursor = BLOB_HEADER; cursor < data.length;) {
+            uint256 w = uint256(bytes32(data[cursor:cursor + 32]));
+            uint256 kind = w & 0xff;
+            uint256 n = Words.opWords(kind, w);
+            if (kind == MARK && seen++ == k) {
+                if (cursor + 32 * n > data.length) revert BadBatch("data is not whole words");
+                uint256 m = uint256(bytes32(data[cursor + 32:cursor + 64]));
+                int256 mark = m < P / 2 ? int256(m) : -int256(P - m);
+                bytes32 risk = _riskHash(data[cursor + 64:cursor + 32 * n], (w >> 104) & 0xff);
+                return keccak256(abi.encode(MARK_TYPEHASH, uint256(uint32(w >> 72)), mark, risk, uint256(published)));
+            }
+            cursor += 32 * n;
+        }
+        revert BadBatch("no such mark");
+    }
+
+    /// keccak256 of the first `len` risk values of `words` as signed words.
+    function _riskHash(bytes calldata words, uint256 len) internal pure returns (bytes32) {
+        bytes memory out = new bytes(32 * len);
+        for (uint256 j = 0; j < len; j++) {
+            uint256 w = uint256(bytes32(words[32 * (j / 5):32 * (j / 5) + 32]));
+            int256 v = int256((w >> (48 * (j % 5))) & (2 ** 48 - 1)) - int256(2 ** 47);
+            assembly {
+                mstore(add(out, add(32, mul(32, j))), v)
+            }
+        }
+        return keccak256(out);
+    }
+
+    /// Mark attestation `k` of an authorization section: the count `m` is the section's last 4
+    /// bytes, the `m` entries come before it.
+    function _attestation(bytes calldata auths, uint256 k) internal pure returns (bool found, bytes calldata a) {
+        a = auths[0:0];
+        if (auths.length < 4) return (false, a);
+        uint256 end = auths.length - 4;
+        uint256 m = uint32(bytes4(auths[end:]));
+        if (k >= m || m * MARK_RECORD > end) return (false, a);
+        uint256 start = end - (m - k) * MARK_RECORD;
+        return (true, auths[start:start + MARK_RECORD]);
     }
 
     /// A batch's time: the engine time (ms) at its cut, from its posted data's header.

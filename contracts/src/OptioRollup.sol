@@ -42,7 +42,10 @@ interface IGroth16Verifier {
 /// its amount, over one batch or several, are challenged the same way (`challengeOverfill`).
 /// A record signed by a session key authorizes when the key is one the account's leaf commits
 /// under the batch's root, live at the batch's time (the challenger posts the account's keys,
-/// which must hash to the leaf's); `OptioJudge` reads the fills and judges the records. The
+/// which must hash to the leaf's); `OptioJudge` reads the fills and judges the records. Marks
+/// are judged the same way when the rollup names a risk oracle (`challengeMark`): each batch
+/// posts the oracle's signature of each of its marks, and a mark without one, or published
+/// outside the window before the batch's time, reverts the batch and slashes the bond. The
 /// withdrawal list and the L1 operations a batch
 /// serves are checked against its posted words when it is committed (`_checkMoves`), a deposit
 /// served with nothing credited goes back to its depositor then, and the operator pays in what
@@ -195,6 +198,7 @@ contract OptioRollup {
     event Reclaimed(uint256 indexed priorityId, address indexed owner, uint256 amount);
     event Withdrawn(uint256 indexed batch, uint256 index, address indexed owner, uint256 amount);
     event Challenged(uint256 indexed number, uint256 fill, bool taker, address indexed challenger, uint256 reward);
+    event MarkChallenged(uint256 indexed number, uint256 mark, address indexed challenger, uint256 reward);
     event Overfilled(uint256 indexed number, bytes32 order, int256 filled, int256 amount, address indexed challenger, uint256 reward);
 
     error NotOperator();
@@ -219,6 +223,7 @@ contract OptioRollup {
     error NoChallenges();
     error NotReclaimable(uint256 priorityId);
     error Authorized();
+    error Attested();
     error NotOverfilled(int256 filled, int256 amount);
 
     modifier onlyOperator() {
@@ -233,7 +238,8 @@ contract OptioRollup {
 
     /// `genesisRoot` is the root of the empty state; the value sent is the operator's bond;
     /// `authorizations_` turns on the authorization challenge (every fill must carry its
-    /// orders' signatures).
+    /// orders' signatures); `oracle_` (0: none) is the risk oracle whose signature every mark
+    /// of a batch needs (the mark challenge).
     constructor(
         IERC20 usdc_,
         address operator_,
@@ -244,10 +250,11 @@ contract OptioRollup {
         uint256 finalizationDelay_,
         uint256 priorityWindow_,
         IGroth16Verifier verifier_,
-        bool authorizations_
+        bool authorizations_,
+        address oracle_
     ) payable {
         authorizations = authorizations_;
-        judge = new OptioJudge();
+        judge = new OptioJudge(oracle_);
         usdc = usdc_;
         verifier = verifier_;
         operator = operator_;
@@ -652,6 +659,21 @@ contract OptioRollup {
         _checkOpening(batches[last].root, t.account, opening);
         emit Overfilled(last, t.order, t.filled, t.amount, msg.sender, address(this).balance);
         _slash(last);
+    }
+
+    /// Shows that mark op `mark` (from 0, in the posted words' order) of batch `number`, not
+    /// final, is not attested by the risk oracle the rollup was deployed with: the entry for it
+    /// at the end of the batch's authorization section does not hold the oracle's signature of
+    /// that instrument's mark and risk array, published no later than the batch's time and at
+    /// most `MARK_WINDOW_MS` before it (`OptioJudge.markAttested`). The batch and every later
+    /// one are reverted, the operator's bond is paid to the challenger, and the rollup freezes.
+    function challengeMark(uint256 number, bytes calldata data, bytes calldata auths, uint256 mark) external live {
+        if (judge.oracle() == address(0)) revert NoChallenges();
+        if (number <= lastFinalized) revert BadBatch("not a committed batch that is not final");
+        _checkPosted(number, data, auths);
+        if (judge.markAttested(data, auths, mark)) revert Attested();
+        emit MarkChallenged(number, mark, msg.sender, address(this).balance);
+        _slash(number);
     }
 
     /// Checks that `data` and `auths` are what was posted with committed batch `number`.

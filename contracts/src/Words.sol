@@ -8,6 +8,7 @@ uint256 constant OPEN = 6;
 uint256 constant OPERATOR_DEPOSIT = 7;
 uint256 constant WITHDRAW = 8;
 uint256 constant FILL = 16;
+uint256 constant MARK = 24;
 uint256 constant L1_DEPOSIT = 25;
 uint256 constant L1_WITHDRAWAL = 26;
 
@@ -18,7 +19,7 @@ library Words {
         if (kind == FILL || kind == 2 || kind == 3) return 1; // fill, activation, expiry
         if (kind == 4) return 3; // instrument settlement
         if (kind == 1) return 1 + (((w >> 104) & 0xffff) + 30) / 31; // listing: spec chunks
-        if (kind == 24) {
+        if (kind == MARK) {
             // mark: the mark word and the risk values, padded to chunks of 11, five per word
             uint256 padded = ((((w >> 104) & 0xff) + 10) / 11) * 11;
             return 2 + (padded + 4) / 5;

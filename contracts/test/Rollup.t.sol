@@ -103,7 +103,8 @@ contract RollupTest is WithHashers {
             DELAY,
             WINDOW,
             IGroth16Verifier(address(0)),
-            true
+            true,
+            address(0)
         );
         owner = hevm.parseJsonAddress(v, ".exit_proof.owner");
         // The vault holds what users deposited.
@@ -513,7 +514,7 @@ contract RollupInvariants is WithHashers {
     function setUp() public {
         usdc = new TestUSDC();
         IPoseidon4 h4 = IPoseidon4(deployHasher(4));
-        rollup = new OptioRollup(usdc, address(this), h4, IPoseidon3(deployHasher(3)), IPoseidon5(deployHasher(5)), 0, 1 hours, 6 hours, IGroth16Verifier(address(0)), true);
+        rollup = new OptioRollup(usdc, address(this), h4, IPoseidon3(deployHasher(3)), IPoseidon5(deployHasher(5)), 0, 1 hours, 6 hours, IGroth16Verifier(address(0)), true, address(0));
         handler = new Handler(rollup, usdc);
     }
 

@@ -244,7 +244,10 @@ async fn local_chain_up(
         3_600,
         U256::ZERO,
         verifier,
+        // The devnet's gateway signs for no rollup yet when it opens (the chain starts after
+        // it): orders and marks are not judged on its L1 (`optio sim` judges both).
         false,
+        optio_settler::Address::ZERO,
     )
     .await
     .context("deploying the contracts on the embedded chain")?;
@@ -606,7 +609,7 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
             )
             .context("oracle update")?;
             // The gateway sequences oracle updates only with the oracle's signature.
-            let signed = oracle.sign(update);
+            let signed = oracle.sign(update, &gateway.optio_domain());
             if let Err(e) = gateway.submit_oracle(&signed) {
                 eprintln!("oracle update refused: {e:?}");
             }

@@ -226,8 +226,8 @@ pub struct VerifyArgs {
     challenger_key: Option<String>,
 }
 
-/// Checks every committed root against the posted data, every fill against its signed orders,
-/// and files the authorization challenges it can.
+/// Checks every committed root against the posted data, every fill against its signed orders
+/// and every mark against the oracle's signature, and files the challenges it can.
 pub fn verify(args: VerifyArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -263,6 +263,15 @@ pub fn verify(args: VerifyArgs) -> Result<()> {
                     if let Some(key) = &args.challenger_key {
                         let signer = optio_settler::connect(&args.rpc, key)?;
                         let filed = optio_settler::file_challenge(&signer, rollup, challenge).await.map(|r| r.transaction_hash);
+                        report_challenge(*number, filed, key)?;
+                    }
+                }
+                optio_settler::Verdict::Unattested { number, mark, instrument, why, challenge } => {
+                    bad += 1;
+                    println!("batch {number:>6}: ALERT mark {mark} (instrument {instrument}) is not the oracle's: {why}");
+                    if let Some(key) = &args.challenger_key {
+                        let signer = optio_settler::connect(&args.rpc, key)?;
+                        let filed = optio_settler::file_mark_challenge(&signer, rollup, challenge).await.map(|r| r.transaction_hash);
                         report_challenge(*number, filed, key)?;
                     }
                 }

@@ -376,6 +376,7 @@ impl World {
         let genesis = U256::from_be_bytes(optio_state::poseidon::to_bytes(
             &optio_state::SettlementState::new().root(),
         ));
+        let oracle = OracleSigner::from_bytes(ORACLE_KEY).context("oracle key")?;
         let deployment = runtime
             .block_on(optio_settler::deploy_with_verifier(
                 &provider,
@@ -385,14 +386,15 @@ impl World {
                 10_000_000,
                 U256::ZERO,
                 optio_settler::Address::ZERO,
-                // Every fill posts its signed orders: the watchtower checks them at the end.
+                // Every fill posts its signed orders and every mark the oracle's signature:
+                // the watchtower checks them at the end.
                 true,
+                optio_settler::Address::from(optio_intents::address_of(&oracle.public_key())),
             ))
             .context("deploying the contracts")?;
         let dir = tempfile::tempdir()?;
         let start_ms = 1_800_000_000_000 + rng.random_range(0..1_000_000_000);
         let clock = Clock::manual(start_ms);
-        let oracle = OracleSigner::from_bytes(ORACLE_KEY).context("oracle key")?;
         let config = Config {
             chain_id: CHAIN,
             verifying_contract: deployment.rollup.into_array(),
@@ -779,7 +781,7 @@ impl World {
         )
         .context("oracle update")?;
         self.gateway()
-            .submit_oracle(&self.oracle.sign(update))
+            .submit_oracle(&self.oracle.sign(update, &self.gateway().optio_domain()))
             .map_err(|e| anyhow::anyhow!("a signed oracle update refused: {e:?}"))?;
         self.last_oracle_ms = now;
         self.stats.oracle_updates += 1;

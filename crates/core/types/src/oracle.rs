@@ -37,6 +37,11 @@ pub struct MarkUpdate {
     pub mark: Price,
     /// P&L of one long contract per scenario, in micro-USDC, `RiskConfig::scenarios` entries.
     pub risk_array: Vec<Amount>,
+    /// The oracle's own signature of this mark (`r || s || v`, EIP-712
+    /// `optio_intents::OracleMark` under the rollup's domain, with the update's time): the
+    /// engine does not read it; the gateway checks it, and the batcher posts it beside the
+    /// batch's mark op so that L1 can judge the mark (docs/settlement.md, "Mark challenge").
+    pub attestation: [u8; 65],
 }
 
 /// The range of one contract's value over its risk array's scenarios and the no-move one,
@@ -140,6 +145,7 @@ impl OracleUpdate {
             w.instrument(m.instrument);
             w.price(m.mark);
             w.amounts(&m.risk_array);
+            w.bytes(&m.attestation);
         }
         w.bytes
     }
@@ -162,10 +168,15 @@ impl OracleUpdate {
             let instrument = r.instrument()?;
             let mark = r.price()?;
             let risk_array = r.amounts(max_scenarios)?;
+            let attestation = r
+                .bytes(65)?
+                .try_into()
+                .map_err(|_| crate::codec::DecodeError::Invalid("attestation is not 65 bytes"))?;
             marks.push(MarkUpdate {
                 instrument,
                 mark,
                 risk_array,
+                attestation,
             });
         }
         r.finish()?;

@@ -1032,10 +1032,19 @@ impl Gateway {
         Ok(rx)
     }
 
-    /// Sequences an oracle update if the configured oracle key signed it.
+    /// Optio's signing domain for this rollup (the configured chain and contract): the oracle
+    /// signs each mark under it.
+    pub fn optio_domain(&self) -> [u8; 32] {
+        // Native first (`open`).
+        self.domains[0].1
+    }
+
+    /// Sequences an oracle update if the configured oracle key signed it and each of its marks
+    /// under Optio's domain, as the rollup judges a batch's marks.
     pub fn submit_oracle(&self, signed: &optio_oracle::SignedUpdate) -> Result<(), CallError> {
         let key = self.config.oracle_key.ok_or(GatewayError::BadSignature)?;
-        optio_oracle::verify(signed, &key).map_err(|_| GatewayError::BadSignature)?;
+        optio_oracle::verify(signed, &key, &self.optio_domain())
+            .map_err(|_| GatewayError::BadSignature)?;
         self.sequence(Command::OracleUpdate(signed.update.clone()))
             .map(|_| ())
     }

@@ -266,7 +266,7 @@ fn publish_marks(gateway: &Gateway, oracle: &optio_oracle::OracleSigner, spot: f
     )
     .expect("update");
     gateway
-        .submit_oracle(&oracle.sign(update))
+        .submit_oracle(&oracle.sign(update, &gateway.optio_domain()))
         .expect("a signed oracle update is sequenced");
 }
 
@@ -1050,8 +1050,9 @@ async fn oracle_updates_need_the_oracle_signature() {
         optio_gateway::now_ms(),
     )
     .expect("update");
-    let submit = |signer: &optio_oracle::OracleSigner, tamper: bool| {
-        let signed = signer.sign(update.clone());
+    let domain = h.gateway.optio_domain();
+    let submit_for = |signer: &optio_oracle::OracleSigner, tamper: bool, domain: &[u8; 32]| {
+        let signed = signer.sign(update.clone(), domain);
         let mut bytes = signed.update.encode();
         if tamper {
             let n = bytes.len();
@@ -1059,6 +1060,8 @@ async fn oracle_updates_need_the_oracle_signature() {
         }
         json!({"jsonrpc": "2.0", "id": 1, "method": "oracle/submit_update", "params": {"update": hex(&bytes), "signature": hex(&signed.signature)}})
     };
+    let submit =
+        |signer: &optio_oracle::OracleSigner, tamper: bool| submit_for(signer, tamper, &domain);
     let before = h.gateway.state_hash();
     let impostor = optio_oracle::OracleSigner::from_bytes([0x0d; 32]).expect("key");
     assert_eq!(
@@ -1068,6 +1071,16 @@ async fn oracle_updates_need_the_oracle_signature() {
     let oracle = optio_oracle::OracleSigner::from_bytes([0x0c; 32]).expect("key");
     assert_eq!(
         code(&h.post(&submit(&oracle, true).to_string(), &[]).await.1),
+        6_001
+    );
+    // The oracle's envelope over marks it signed for another rollup (each mark's own signature
+    // is what L1 judges): refused.
+    assert_eq!(
+        code(
+            &h.post(&submit_for(&oracle, false, &[0x0f; 32]).to_string(), &[])
+                .await
+                .1
+        ),
         6_001
     );
     assert_eq!(h.gateway.state_hash(), before);

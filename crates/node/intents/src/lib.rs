@@ -1,8 +1,8 @@
 //! Signed user intents.
 //!
 //! Owns: EIP-712 typed-data hashing for the intents users sign (the Derive-style `Action` with
-//! its trade-module data, exactly as unmodified ccxt 4.5.90 builds it), the domains they are
-//! signed under, and recovery of the signing address with libsecp256k1 (high-s and malformed
+//! its trade-module data, exactly as unmodified ccxt 4.5.90 builds it) and for the risk
+//! oracle's marks (`OracleMark`), the domains they are signed under, and recovery of the signing address with libsecp256k1 (high-s and malformed
 //! signatures refused).
 //! Must not: decide whether a signer may act for an account or whether a nonce is fresh (the
 //! gateway does, with the account registry), or touch engine state.
@@ -245,6 +245,51 @@ impl Action {
     }
 
     /// The digest signed under `domain_separator`: `keccak(0x19 0x01 || separator || structHash)`.
+    pub fn digest(&self, domain_separator: &[u8; 32]) -> [u8; 32] {
+        let mut enc = Vec::with_capacity(66);
+        enc.extend_from_slice(&[0x19, 0x01]);
+        enc.extend_from_slice(domain_separator);
+        enc.extend_from_slice(&self.struct_hash());
+        keccak(&enc)
+    }
+}
+
+/// One instrument's mark and risk array as the risk oracle signs it, EIP-712 under Optio's
+/// domain: `OracleMark(uint32 instrument,int64 mark,int64[] risk,uint64 publishedMs)`. The
+/// signature travels with the update into the log and is posted beside the batch's mark op, so
+/// that the rollup can judge a mark the oracle never signed (`OptioJudge.markAttested`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OracleMark<'a> {
+    /// Instrument id.
+    pub instrument: u32,
+    /// Mark per contract, micro-USDC.
+    pub mark: i64,
+    /// P&L of one long contract per scenario, micro-USDC.
+    pub risk: &'a [i64],
+    /// When the oracle published the update it belongs to, ms since the epoch.
+    pub published_ms: u64,
+}
+
+impl OracleMark<'_> {
+    /// The EIP-712 struct hash (an `int64[]` hashes as keccak of its elements, each a word).
+    pub fn struct_hash(&self) -> [u8; 32] {
+        let typehash =
+            keccak(b"OracleMark(uint32 instrument,int64 mark,int64[] risk,uint64 publishedMs)");
+        let risk: Vec<u8> = self
+            .risk
+            .iter()
+            .flat_map(|v| word_i128(i128::from(*v)))
+            .collect();
+        let mut enc = Vec::with_capacity(5 * 32);
+        enc.extend_from_slice(&typehash);
+        enc.extend_from_slice(&word_u128(u128::from(self.instrument)));
+        enc.extend_from_slice(&word_i128(i128::from(self.mark)));
+        enc.extend_from_slice(&keccak(&risk));
+        enc.extend_from_slice(&word_u128(u128::from(self.published_ms)));
+        keccak(&enc)
+    }
+
+    /// The digest signed under `domain_separator` (Optio's domain for the rollup).
     pub fn digest(&self, domain_separator: &[u8; 32]) -> [u8; 32] {
         let mut enc = Vec::with_capacity(66);
         enc.extend_from_slice(&[0x19, 0x01]);

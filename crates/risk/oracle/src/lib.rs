@@ -1,7 +1,8 @@
 //! The risk oracle: turns a volatility surface into the engine's risk inputs, and signs them.
 //!
 //! Owns: conversion of floating-point marks and scenario P&L into fixed point (named rounding),
-//! the signed envelope of an update, and its verification.
+//! the signed envelope of an update, each mark's own EIP-712 signature (what L1 judges:
+//! `optio_intents::OracleMark`), and their verification.
 //! Must not: run inside the engine. The engine receives updates as sequenced inputs; the gateway
 //! verifies their signature against the configured oracle key before sequencing.
 
@@ -26,6 +27,10 @@ pub enum OracleError {
     /// Not a 32-byte secret key in the curve's range.
     #[error("invalid oracle secret key")]
     BadKey,
+    /// A mark's own signature does not recover to the oracle's address under the rollup's
+    /// domain (or is malformed or high-s).
+    #[error("the mark of instrument {0} is not signed by the oracle")]
+    BadMarkSignature(u32),
     /// The surface produced a non-finite value.
     #[error("non-finite value from the surface for instrument {0}")]
     NonFinite(u32),
@@ -65,20 +70,56 @@ impl OracleSigner {
         PublicKey::from_secret_key(&self.key)
     }
 
-    /// Signs an update.
-    pub fn sign(&self, update: OracleUpdate) -> SignedUpdate {
+    /// Signs each mark of an update for the rollup whose domain separator is `domain`
+    /// (`optio_intents::Domain::optio`), then the whole update.
+    pub fn sign(&self, mut update: OracleUpdate, domain: &[u8; 32]) -> SignedUpdate {
+        for m in &mut update.marks {
+            let digest = mark_digest(domain, update.published_ms, m);
+            let (recid, sig) = ecdsa::RecoverableSignature::sign_ecdsa_recoverable(
+                Message::from_digest(digest),
+                &self.key,
+            )
+            .serialize_compact();
+            m.attestation[..64].copy_from_slice(&sig);
+            m.attestation[64] = 27 + recid.to_u8();
+        }
         let signature =
             ecdsa::sign(Message::from_digest(digest(&update)), &self.key).serialize_compact();
         SignedUpdate { update, signature }
     }
 }
 
-/// Checks an update's signature (libsecp256k1 refuses high-s signatures).
-pub fn verify(signed: &SignedUpdate, oracle: &PublicKey) -> Result<(), OracleError> {
+/// The EIP-712 digest a mark of an update published at `published_ms` is signed over.
+pub fn mark_digest(domain: &[u8; 32], published_ms: u64, m: &MarkUpdate) -> [u8; 32] {
+    let risk: Vec<i64> = m.risk_array.iter().map(|a| a.0).collect();
+    optio_intents::OracleMark {
+        instrument: m.instrument.0,
+        mark: m.mark.0,
+        risk: &risk,
+        published_ms,
+    }
+    .digest(domain)
+}
+
+/// Checks an update's signature and each mark's own one under the rollup's domain `domain`
+/// (libsecp256k1 refuses high-s signatures, and so does `optio_intents::recover`, as L1 does).
+pub fn verify(
+    signed: &SignedUpdate,
+    oracle: &PublicKey,
+    domain: &[u8; 32],
+) -> Result<(), OracleError> {
     let sig =
         ecdsa::Signature::from_compact(&signed.signature).map_err(|_| OracleError::BadSignature)?;
     ecdsa::verify(&sig, Message::from_digest(digest(&signed.update)), oracle)
-        .map_err(|_| OracleError::BadSignature)
+        .map_err(|_| OracleError::BadSignature)?;
+    let address = optio_intents::address_of(oracle);
+    for m in &signed.update.marks {
+        let digest = mark_digest(domain, signed.update.published_ms, m);
+        if optio_intents::recover(&digest, &m.attestation) != Ok(address) {
+            return Err(OracleError::BadMarkSignature(m.instrument.0));
+        }
+    }
+    Ok(())
 }
 
 /// The pricing view of an instrument at `now_ms`.
@@ -103,7 +144,8 @@ pub fn contract(spec: &InstrumentSpec, now_ms: u64) -> Contract {
     }
 }
 
-/// Builds the update for `instruments` (all of one underlying) from `surface` at `now_ms`.
+/// Builds the update for `instruments` (all of one underlying) from `surface` at `now_ms`
+/// (unsigned: `OracleSigner::sign` signs its marks and the whole).
 ///
 /// Rounding: a mark is rounded to the nearest micro-USDC and kept inside `[1, max_price]`; each
 /// scenario P&L is rounded down (a long's gain understated, its loss overstated) and kept such
@@ -145,6 +187,7 @@ pub fn build_update(
             instrument: *id,
             mark: Price(mark),
             risk_array,
+            attestation: [0; 65],
         });
     }
     Ok(OracleUpdate {
@@ -224,6 +267,71 @@ mod tests {
         assert_eq!(OracleUpdate::decode(&u.encode(), 10, 64), Ok(u));
     }
 
+    const DOMAIN_A: [u8; 32] = [0xa1; 32];
+    const DOMAIN_B: [u8; 32] = [0xb2; 32];
+
+    /// `u` with its envelope signed again by `signer`, its marks' signatures kept.
+    fn envelope(signer: &OracleSigner, u: OracleUpdate) -> SignedUpdate {
+        let signature =
+            ecdsa::sign(Message::from_digest(digest(&u)), &signer.key).serialize_compact();
+        SignedUpdate {
+            update: u,
+            signature,
+        }
+    }
+
+    #[test]
+    fn each_mark_carries_its_own_signature_for_one_rollup() {
+        let signer = OracleSigner::from_bytes([7; 32]).expect("valid key");
+        let specs = specs();
+        let list: Vec<(InstrumentId, &InstrumentSpec)> = specs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (InstrumentId(i as u32), s))
+            .collect();
+        let now = 1_734_600_000_000;
+        let update =
+            build_update("BTC", &surface(), &default_scenarios(), &list, now).expect("builds");
+        let signed = signer.sign(update, &DOMAIN_A);
+        // Each mark's signature recovers to the oracle's address over exactly its digest.
+        let address = optio_intents::address_of(&signer.public_key());
+        for m in &signed.update.marks {
+            let digest = mark_digest(&DOMAIN_A, now, m);
+            assert_eq!(optio_intents::recover(&digest, &m.attestation), Ok(address));
+        }
+        // Signed for another rollup: the envelope verifies, the marks do not.
+        assert_eq!(
+            verify(&signed, &signer.public_key(), &DOMAIN_B),
+            Err(OracleError::BadMarkSignature(0))
+        );
+        // A mark changed (or its signature moved to another instrument) under a fresh envelope
+        // is refused by its own signature.
+        let mut moved = signed.update.clone();
+        moved.marks.swap(0, 1);
+        (moved.marks[0].instrument, moved.marks[1].instrument) = (InstrumentId(0), InstrumentId(1));
+        assert_eq!(
+            verify(&envelope(&signer, moved), &signer.public_key(), &DOMAIN_A),
+            Err(OracleError::BadMarkSignature(0))
+        );
+        let mut changed = signed.update.clone();
+        changed.marks[2].risk_array[5].0 -= 1;
+        assert_eq!(
+            verify(&envelope(&signer, changed), &signer.public_key(), &DOMAIN_A),
+            Err(OracleError::BadMarkSignature(2))
+        );
+        // Replayed with another time: the time is part of what each mark signs.
+        let mut later = signed.update.clone();
+        later.published_ms += 1;
+        assert_eq!(
+            verify(&envelope(&signer, later), &signer.public_key(), &DOMAIN_A),
+            Err(OracleError::BadMarkSignature(0))
+        );
+        assert_eq!(
+            OracleUpdate::decode(&signed.update.encode(), 10, 64).as_ref(),
+            Ok(&signed.update)
+        );
+    }
+
     #[test]
     fn signatures_bind_the_update_and_the_key() {
         let signer = OracleSigner::from_bytes([7; 32]).expect("valid key");
@@ -242,16 +350,16 @@ mod tests {
             1_734_600_000_000,
         )
         .expect("builds");
-        let signed = signer.sign(update);
-        assert_eq!(verify(&signed, &signer.public_key()), Ok(()));
+        let signed = signer.sign(update, &DOMAIN_A);
+        assert_eq!(verify(&signed, &signer.public_key(), &DOMAIN_A), Ok(()));
         assert_eq!(
-            verify(&signed, &other.public_key()),
+            verify(&signed, &other.public_key(), &DOMAIN_A),
             Err(OracleError::BadSignature)
         );
         let mut tampered = signed.clone();
         tampered.update.index_price.0 += 1;
         assert_eq!(
-            verify(&tampered, &signer.public_key()),
+            verify(&tampered, &signer.public_key(), &DOMAIN_A),
             Err(OracleError::BadSignature)
         );
         // The same signature with s replaced by n - s (high s) is refused.
@@ -268,7 +376,7 @@ mod tests {
             borrow = i16::from(d < 0);
         }
         assert_eq!(
-            verify(&high_s, &signer.public_key()),
+            verify(&high_s, &signer.public_key(), &DOMAIN_A),
             Err(OracleError::BadSignature)
         );
         assert_eq!(

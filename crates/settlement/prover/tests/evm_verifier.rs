@@ -275,6 +275,7 @@ async fn the_rollup_marks_batches_proven_by_real_proofs() {
         U256::ZERO,
         verifier,
         false,
+        alloy::primitives::Address::ZERO,
     )
     .await
     .expect("rollup");
@@ -473,6 +474,7 @@ impl Pipeline {
             U256::ZERO,
             verifier,
             false,
+            alloy::primitives::Address::ZERO,
         )
         .await
         .expect("rollup");

@@ -96,6 +96,8 @@ mod bindings {
                 bool taker;
             }
             function challengeAuthorization(SideChallenge calldata c, AccountOpening calldata opening, SessionKey[] calldata keys) external;
+            function challengeMark(uint256 number, bytes calldata data, bytes calldata auths, uint256 mark) external;
+            event MarkChallenged(uint256 indexed number, uint256 mark, address indexed challenger, uint256 reward);
             function judge() external view returns (address);
             function authorizations() external view returns (bool);
             function slashed() external view returns (bool);
@@ -110,7 +112,7 @@ mod bindings {
             function freeze() external;
             function deposit(uint32 account, uint256 amount) external returns (uint256 id);
             function requestWithdrawal(uint32 account) external returns (uint256 id);
-            constructor(address usdc, address operator, address h4, address h3, address h5, uint256 genesisRoot, uint256 finalizationDelay, uint256 priorityWindow, address verifier, bool authorizations) payable;
+            constructor(address usdc, address operator, address h4, address h3, address h5, uint256 genesisRoot, uint256 finalizationDelay, uint256 priorityWindow, address verifier, bool authorizations, address oracle) payable;
             event BatchProven(uint256 indexed number, uint256 commitment);
             function verifyBatch(uint256 number, uint256 commitment, uint256[8] calldata proof) external;
             function verifyBatches(uint256[] calldata numbers, uint256[] calldata commitments, uint256[8][] calldata proofs) external;
@@ -143,6 +145,8 @@ mod bindings {
         #[sol(rpc)]
         contract OptioJudge {
             function rollup() external view returns (address);
+            function oracle() external view returns (address);
+            function markAttested(bytes calldata data, bytes calldata auths, uint256 k) external view returns (bool);
             function fillAt(bytes calldata data, uint256 k) external pure returns (OptioRollup.Fill memory f);
             function authorizes(bytes calldata auths, uint256 i, bytes calldata data, address owner, OptioRollup.SessionKey[] calldata keys) external view returns (bool);
         }
@@ -306,7 +310,7 @@ async fn deploy_code(
 
 /// Deploys the Poseidon hashers, a `TestUSDC` and the rollup (operator: the provider's signer)
 /// from the forge artifacts under `contracts/out` and the hasher bytecode under
-/// `contracts/poseidon`, with no proof verifier and no authorization challenge.
+/// `contracts/poseidon`, with no proof verifier, no authorization challenge and no oracle.
 pub async fn deploy(
     provider: &DynProvider,
     operator: Address,
@@ -324,13 +328,15 @@ pub async fn deploy(
         bond,
         Address::ZERO,
         false,
+        Address::ZERO,
     )
     .await
 }
 
-/// `deploy` with a batch-proof verifier (`deploy_verifier`; `Address::ZERO`: none), and the
+/// `deploy` with a batch-proof verifier (`deploy_verifier`; `Address::ZERO`: none), the
 /// authorization challenge when `authorizations` (every batch must then post its fills'
-/// signed orders: `optio_state::auth`).
+/// signed orders: `optio_state::auth`), and the mark challenge for the risk oracle at `oracle`
+/// (`Address::ZERO`: none; every batch must then post the oracle's signature of each mark).
 #[allow(clippy::too_many_arguments)]
 pub async fn deploy_with_verifier(
     provider: &DynProvider,
@@ -341,6 +347,7 @@ pub async fn deploy_with_verifier(
     bond: U256,
     verifier: Address,
     authorizations: bool,
+    oracle: Address,
 ) -> Result<Deployment, SettlerError> {
     let contracts: PathBuf = optio_contracts::contracts_dir();
     let mut hashers = Vec::new();
@@ -371,6 +378,7 @@ pub async fn deploy_with_verifier(
         priorityWindow: U256::from(priority_window),
         verifier,
         authorizations,
+        oracle,
     };
     let mut code = artifact(&contracts, "OptioRollup.sol", "OptioRollup")?.to_vec();
     code.extend_from_slice(&args.abi_encode());
@@ -604,6 +612,22 @@ pub enum Verdict {
         /// The challenge to file.
         challenge: Box<Challenge>,
     },
+    /// The roots agree, but a mark is not attested by the rollup's risk oracle (its posted
+    /// signature does not recover to the oracle over that mark, or it was published outside
+    /// the window before the batch's time): `challenge` is ready to file while the batch is
+    /// not final (`file_mark_challenge`).
+    Unattested {
+        /// Batch.
+        number: u64,
+        /// The mark op (from 0, in the posted order).
+        mark: u64,
+        /// Its instrument.
+        instrument: u32,
+        /// Why.
+        why: String,
+        /// The challenge to file.
+        challenge: Box<MarkChallenge>,
+    },
     /// The roots agree, but the fills of one signed order, over this batch and earlier ones,
     /// add up beyond its signed amount (on a rollup with the authorization challenge):
     /// `challenge` is ready to file while the batch is not final (`file_overfill`).
@@ -617,6 +641,86 @@ pub enum Verdict {
         /// The challenge to file.
         challenge: Box<Overfill>,
     },
+}
+
+/// A filed-ready mark challenge: `challengeMark`'s arguments.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MarkChallenge {
+    /// Batch.
+    pub number: u64,
+    /// Its posted data.
+    pub data: Vec<u8>,
+    /// Its posted authorization section.
+    pub auths: Vec<u8>,
+    /// The mark op (from 0, in the posted order).
+    pub mark: u64,
+}
+
+impl std::fmt::Debug for MarkChallenge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "MarkChallenge {{ batch {}, mark {}, {} data bytes, {} authorization bytes }}",
+            self.number,
+            self.mark,
+            self.data.len(),
+            self.auths.len()
+        )
+    }
+}
+
+/// Files `c` with the provider's signer as the challenger (who is paid the operator's bond).
+pub async fn file_mark_challenge(
+    provider: &DynProvider,
+    rollup: Address,
+    c: &MarkChallenge,
+) -> Result<alloy::rpc::types::TransactionReceipt, SettlerError> {
+    let contract = OptioRollup::new(rollup, provider);
+    transact(contract.challengeMark(
+        U256::from(c.number),
+        c.data.clone().into(),
+        c.auths.clone().into(),
+        U256::from(c.mark),
+    ))
+    .await
+}
+
+/// The first mark op of a batch (`blob`, decoded as `ops`, cut at `time_ms`) that its posted
+/// authorization section does not attest for the oracle at `oracle`.
+fn audit_marks(
+    number: u64,
+    time_ms: u64,
+    blob: &[u8],
+    ops: &[optio_state::Op],
+    auths: &[u8],
+    oracle: optio_types::Address,
+    venue: &optio_state::auth::Venue,
+) -> Option<Verdict> {
+    use optio_state::auth::{self, Unattested};
+    let marks = ops
+        .iter()
+        .filter(|op| matches!(op, optio_state::Op::Mark { .. }));
+    for (k, op) in marks.enumerate() {
+        let checked = match auth::mark_attestation(auths, k) {
+            Some(a) => a.check(op, time_ms, oracle, venue),
+            None => Err(Unattested::Missing),
+        };
+        if let (Err(why), optio_state::Op::Mark { instrument, .. }) = (checked, op) {
+            return Some(Verdict::Unattested {
+                number,
+                mark: k as u64,
+                instrument: instrument.0,
+                why: why.to_string(),
+                challenge: Box::new(MarkChallenge {
+                    number,
+                    data: blob.to_vec(),
+                    auths: auths.to_vec(),
+                    mark: k as u64,
+                }),
+            });
+        }
+    }
+    None
 }
 
 /// A filed-ready overfill challenge: `challengeOverfill`'s arguments.
@@ -877,8 +981,9 @@ fn audit_authorizations(
 /// The watchtower: follows L1 alone, rebuilds the state from every committed batch's posted
 /// data and compares each committed root, checks every priority operation the data serves
 /// against the L1 queue and the header's served count, and checks the ops commitment posted
-/// with each batch against the one its data gives. Stops at the first batch whose data is
-/// unusable.
+/// with each batch against the one its data gives; on a rollup with the challenges, every fill
+/// against its signed orders and every mark against the oracle's signature. Stops at the first
+/// batch whose data is unusable.
 pub async fn verify_l1(
     provider: &DynProvider,
     rollup: Address,
@@ -888,6 +993,13 @@ pub async fn verify_l1(
         u64::try_from(contract.committedBatches().call().await.map_err(rpc)?).map_err(rpc)?;
     let data_posted = posted_from_l1(provider, rollup, committed).await?;
     let checks_authorizations = contract.authorizations().call().await.map_err(rpc)?;
+    let judge = contract.judge().call().await.map_err(rpc)?;
+    let oracle = OptioJudge::new(judge, provider)
+        .oracle()
+        .call()
+        .await
+        .map_err(rpc)?;
+    let oracle = (oracle != Address::ZERO).then(|| optio_types::Address(oracle.into_array()));
     let venue = optio_state::auth::Venue {
         chain_id: provider.get_chain_id().await.map_err(rpc)?,
         rollup: optio_types::Address(rollup.into_array()),
@@ -960,6 +1072,10 @@ pub async fn verify_l1(
                 )
             })
             .flatten()
+        {
+            v
+        } else if let Some(v) =
+            oracle.and_then(|o| audit_marks(number, meta.time_ms, blob, &ops, auths, o, &venue))
         {
             v
         } else {

@@ -8,15 +8,17 @@
 //! changes nothing. The contract's check and the Rust one agree on every way a record can be
 //! wrong (other terms, another signer, another domain, a malleated signature, a price beyond the
 //! limit, a size beyond the amount, no record at all), and the contract finds a fill in posted
-//! data behind ops of every length.
+//! data behind ops of every length. The mark challenge the same way: a mark the oracle never
+//! signed is caught, reverted and slashed, and the contract and the Rust check agree on every
+//! way a mark's attestation can be wrong.
 
 use alloy::primitives::{Address, U256};
 use alloy::providers::Provider;
 use optio_settler::{
-    Challenge, OptioJudge, OptioRollup, TestUSDC, Verdict, connect, deploy_with_verifier,
-    file_challenge, opening_call, transact, verify_l1,
+    Challenge, MarkChallenge, OptioJudge, OptioRollup, TestUSDC, Verdict, connect,
+    deploy_with_verifier, file_challenge, file_mark_challenge, opening_call, transact, verify_l1,
 };
-use optio_state::auth::{self, Authorization, Venue};
+use optio_state::auth::{self, Authorization, MarkAttestation, Venue};
 use optio_state::blob::{BlobMeta, encode_ops};
 use optio_state::{Op, SettlementState, encode, withdrawals_hash};
 use optio_types::{
@@ -214,8 +216,9 @@ async fn commit(
     .expect("commits");
 }
 
-/// A rollup with the authorization challenge, deployed by the operator with its bond, where
-/// Alice and Bob have each deposited 100,000 USDC on L1.
+/// A rollup with the authorization challenge (and the mark challenge for the oracle at
+/// `oracle`, unless zero), deployed by the operator with its bond, where Alice and Bob have
+/// each deposited 100,000 USDC on L1.
 struct Rig {
     anvil: optio_contracts::Anvil,
     operator: optio_settler::DynProvider,
@@ -223,7 +226,7 @@ struct Rig {
     venue: Venue,
 }
 
-async fn rig() -> Rig {
+async fn rig(oracle: Address) -> Rig {
     optio_contracts::forge_build().expect("forge build");
     let anvil = optio_contracts::Anvil::start().expect("anvil");
     let operator = connect(&anvil.url, OPERATOR).expect("provider");
@@ -237,6 +240,7 @@ async fn rig() -> Rig {
         U256::from(BOND),
         Address::ZERO,
         true,
+        oracle,
     )
     .await
     .expect("deploys");
@@ -340,10 +344,9 @@ async fn a_forged_fill_is_caught_reverted_and_slashed_and_users_exit_whole() {
         operator,
         d,
         venue,
-    } = rig().await;
+    } = rig(Address::ZERO).await;
     let rollup = OptioRollup::new(d.rollup, &operator);
     let genesis = word(&SettlementState::new().root());
-    let usdc = TestUSDC::new(d.usdc, &operator);
 
     // Batch 1, honest: the accounts, a listing, a trade both signed, a mark.
     let mut state = SettlementState::new();
@@ -351,7 +354,7 @@ async fn a_forged_fill_is_caught_reverted_and_slashed_and_users_exit_whole() {
     let ops = opening_ops(&fill);
     let alice_sells = signed(ALICE, &venue, 0, Side::Sell, "1000", "1", 1);
     let bob_buys = signed(BOB, &venue, 1, Side::Buy, "1010", "0.5", 1);
-    let section1 = auth::section_of(&[Some(alice_sells), Some(bob_buys)]);
+    let section1 = auth::section_of(&[Some(alice_sells), Some(bob_buys)], &[]);
     let b1 = post(&mut state, 1, &ops);
     commit(&rollup, 1, genesis, &b1, &section1).await;
     let finalized = state.clone();
@@ -545,7 +548,7 @@ async fn a_forged_fill_is_caught_reverted_and_slashed_and_users_exit_whole() {
         let records: Vec<Option<Authorization>> = record.map(Some).into_iter().collect();
         let evm = judge
             .authorizes(
-                auth::section_of(&records).into(),
+                auth::section_of(&records, &[]).into(),
                 U256::ZERO,
                 b1.blob.clone().into(),
                 Address::from(alice.0),
@@ -581,10 +584,13 @@ async fn a_forged_fill_is_caught_reverted_and_slashed_and_users_exit_whole() {
         qty: Qty(QTY_SCALE / 2),
     };
     let b2 = post(&mut state, 2, std::slice::from_ref(&forged));
-    let section2 = auth::section_of(&[
-        Some(alice_sells),
-        Some(signed(BOB, &venue, 1, Side::Buy, "900", "0.5", 2)),
-    ]);
+    let section2 = auth::section_of(
+        &[
+            Some(alice_sells),
+            Some(signed(BOB, &venue, 1, Side::Buy, "900", "0.5", 2)),
+        ],
+        &[],
+    );
     // The contract takes it until challenged.
     commit(&rollup, 2, b1.root, &b2, &section2).await;
 
@@ -701,7 +707,17 @@ async fn a_forged_fill_is_caught_reverted_and_slashed_and_users_exit_whole() {
         "once"
     );
 
-    // Honest users' money is intact: each exits with what the finalized batch 1 owes them.
+    users_exit_whole(&anvil, &d, &finalized).await;
+}
+
+/// Honest users' money is intact: Alice and Bob each exit with what the finalized state owes
+/// them (collateral plus positions at their marks).
+async fn users_exit_whole(
+    anvil: &optio_contracts::Anvil,
+    d: &optio_settler::Deployment,
+    finalized: &SettlementState,
+) {
+    let usdc = TestUSDC::new(d.usdc, connect(&anvil.url, OPERATOR).expect("provider"));
     for (key, account) in [(ALICE, 0u32), (BOB, 1)] {
         let user = connect(&anvil.url, key).expect("provider");
         let who = optio_settler::signer_address(key).expect("address");
@@ -742,7 +758,7 @@ async fn an_order_filled_past_its_amount_over_several_batches_is_caught_and_slas
         operator,
         d,
         venue,
-    } = rig().await;
+    } = rig(Address::ZERO).await;
     let rollup = OptioRollup::new(d.rollup, &operator);
     let alice_sells = signed(ALICE, &venue, 0, Side::Sell, "1000", "1", 1);
     let mut state = SettlementState::new();
@@ -757,10 +773,13 @@ async fn an_order_filled_past_its_amount_over_several_batches_is_caught_and_slas
             vec![fill]
         };
         let b = post(&mut state, number, &ops);
-        let section = auth::section_of(&[
-            Some(alice_sells),
-            Some(signed(BOB, &venue, 1, Side::Buy, "1000", qty, bob)),
-        ]);
+        let section = auth::section_of(
+            &[
+                Some(alice_sells),
+                Some(signed(BOB, &venue, 1, Side::Buy, "1000", qty, bob)),
+            ],
+            &[],
+        );
         commit(&rollup, number, root, &b, &section).await;
         root = b.root;
         if number == 1 {
@@ -870,4 +889,331 @@ async fn an_order_filled_past_its_amount_over_several_batches_is_caught_and_slas
         U256::from(2u64),
         "batch 3 reverted, batch 2 stands"
     );
+}
+
+/// The risk oracle's key in the mark challenge's test.
+const ORACLE: [u8; 32] = [0x0c; 32];
+
+/// The oracle's attestation of mark op `mark`, published at `published_ms`, as the oracle signs
+/// it (`OracleSigner::sign`, what the devnet and the simulator feed the gateway) for the rollup
+/// whose domain separator is `domain`.
+fn attest(
+    oracle: &optio_oracle::OracleSigner,
+    domain: &[u8; 32],
+    mark: &Op,
+    published_ms: u64,
+) -> MarkAttestation {
+    let Op::Mark {
+        instrument,
+        mark,
+        risk,
+    } = mark
+    else {
+        panic!("not a mark: {mark:?}")
+    };
+    let update = optio_types::OracleUpdate {
+        underlying: "BTC".into(),
+        published_ms,
+        index_price: Price(1_000 * USDC),
+        marks: vec![optio_types::MarkUpdate {
+            instrument: *instrument,
+            mark: *mark,
+            risk_array: risk.clone(),
+            attestation: [0; 65],
+        }],
+    };
+    MarkAttestation {
+        published_ms,
+        signature: oracle.sign(update, domain).update.marks[0].attestation,
+    }
+}
+
+/// The mark challenge on a real EVM: the rollup names the oracle; an honest batch posts the
+/// oracle's signature of its mark and is finalized (challenging that mark reverts: the
+/// contract rebuilds the digest the Rust oracle signed); the contract and the Rust check agree
+/// on every way an attestation can be wrong; then the operator posts a mark the oracle never
+/// signed (perpetual at 100 instead of 1,000, the batch-1 signature reposted), which would move
+/// what every holder's position is worth at exit. The watchtower finds it and files the
+/// challenge: the batch is reverted, the bond paid, the rollup frozen, and both users exit with
+/// what the finalized batch owes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mark_the_oracle_never_signed_is_caught_reverted_and_slashed_and_users_exit_whole() {
+    let oracle = optio_oracle::OracleSigner::from_bytes(ORACLE).expect("oracle key");
+    let oracle_address = optio_types::Address(optio_intents::address_of(&oracle.public_key()));
+    let Rig {
+        anvil,
+        operator,
+        d,
+        venue,
+    } = rig(Address::from(oracle_address.0)).await;
+    let rollup = OptioRollup::new(d.rollup, &operator);
+    let judge = OptioJudge::new(rollup.judge().call().await.expect("reads"), &operator);
+    assert_eq!(
+        judge.oracle().call().await.expect("reads"),
+        Address::from(oracle_address.0)
+    );
+    let domain = venue
+        .separator(auth::domain::OPTIO)
+        .expect("Optio's domain");
+
+    // Batch 1, honest (cut at engine time 0): the accounts, a listing, a signed trade, and the
+    // oracle's mark, published at the batch's time.
+    let mut state = SettlementState::new();
+    let fill = bob_buys(QTY_SCALE / 2);
+    let ops = opening_ops(&fill);
+    let mark = ops.last().expect("the mark").clone();
+    let signed_mark = attest(&oracle, &domain, &mark, 0);
+    let section1 = auth::section_of(
+        &[
+            Some(signed(ALICE, &venue, 0, Side::Sell, "1000", "1", 1)),
+            Some(signed(BOB, &venue, 1, Side::Buy, "1010", "0.5", 1)),
+        ],
+        &[Some(signed_mark)],
+    );
+    let b1 = post(&mut state, 1, &ops);
+    commit(
+        &rollup,
+        1,
+        word(&SettlementState::new().root()),
+        &b1,
+        &section1,
+    )
+    .await;
+    let finalized = state.clone();
+    let challenger = connect(&anvil.url, CHALLENGER).expect("provider");
+    let honest = MarkChallenge {
+        number: 1,
+        data: b1.blob.clone(),
+        auths: section1.clone(),
+        mark: 0,
+    };
+    let err = file_mark_challenge(&challenger, d.rollup, &honest)
+        .await
+        .expect_err("an attested mark");
+    let attested: String = optio_intents::keccak(b"Attested()")[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert!(err.to_string().contains(&attested), "Attested(): {err}");
+    let none = MarkChallenge {
+        mark: 1,
+        ..honest.clone()
+    };
+    assert!(
+        file_mark_challenge(&challenger, d.rollup, &none)
+            .await
+            .is_err(),
+        "a second mark that is not there"
+    );
+
+    // The contract and the Rust check agree on every way an attestation can be wrong, for a
+    // mark op (behind other ops) of a batch cut at engine time T.
+    const T: u64 = 1_800_000_000_000;
+    let other_rollup = Venue {
+        rollup: optio_types::Address([0x77; 20]),
+        ..venue
+    }
+    .separator(auth::domain::OPTIO)
+    .expect("domain");
+    let impostor = optio_oracle::OracleSigner::from_bytes([0x0d; 32]).expect("key");
+    let with = |mark: i64, risk: &[i64], instrument: u32| Op::Mark {
+        instrument: InstrumentId(instrument),
+        mark: Price(mark),
+        risk: risk.iter().map(|v| Amount(*v)).collect(),
+    };
+    let risk: Vec<i64> = (0..31).map(|k| k * 7_000_000 - 100_000_000).collect();
+    let op = with(1_000 * USDC, &risk, 0);
+    let good = attest(&oracle, &domain, &op, T - 1_000);
+    let mut high = good;
+    let n = U256::from_str_radix(
+        "fffffffffffffffffffffffffffffffebaaedce6af48a03bbfd25e8cd0364141",
+        16,
+    )
+    .expect("order");
+    let s = U256::from_be_slice(&high.signature[32..64]);
+    high.signature[32..64].copy_from_slice(&(n - s).to_be_bytes::<32>());
+    high.signature[64] ^= 1;
+    let mut other_risk = risk.clone();
+    other_risk[30] += 1;
+    let negative = with(-5 * USDC, &[-1, 0, 1], 0);
+    let window = auth::MARK_WINDOW_MS;
+    let variants: Vec<(&str, Op, Option<MarkAttestation>, bool)> = vec![
+        ("as signed", op.clone(), Some(good), true),
+        (
+            "published at the batch's time",
+            op.clone(),
+            Some(attest(&oracle, &domain, &op, T)),
+            true,
+        ),
+        (
+            "published the whole window before",
+            op.clone(),
+            Some(attest(&oracle, &domain, &op, T - window)),
+            true,
+        ),
+        (
+            "published a millisecond before the window",
+            op.clone(),
+            Some(attest(&oracle, &domain, &op, T - window - 1)),
+            false,
+        ),
+        (
+            "published after the batch's time",
+            op.clone(),
+            Some(attest(&oracle, &domain, &op, T + 1)),
+            false,
+        ),
+        (
+            "another time than it was signed with",
+            op.clone(),
+            Some(MarkAttestation {
+                published_ms: T - 999,
+                ..good
+            }),
+            false,
+        ),
+        (
+            "another mark",
+            with(1_000 * USDC + 1, &risk, 0),
+            Some(good),
+            false,
+        ),
+        (
+            "another risk value",
+            with(1_000 * USDC, &other_risk, 0),
+            Some(good),
+            false,
+        ),
+        (
+            "a risk array cut short",
+            with(1_000 * USDC, &risk[..30], 0),
+            Some(good),
+            false,
+        ),
+        (
+            "another instrument",
+            with(1_000 * USDC, &risk, 1),
+            Some(good),
+            false,
+        ),
+        (
+            "signed by another key",
+            op.clone(),
+            Some(attest(&impostor, &domain, &op, T - 1_000)),
+            false,
+        ),
+        (
+            "signed for another rollup",
+            op.clone(),
+            Some(attest(&oracle, &other_rollup, &op, T - 1_000)),
+            false,
+        ),
+        ("a malleated signature", op.clone(), Some(high), false),
+        ("no attestation", op.clone(), None, false),
+        (
+            "a negative mark and risk values, as signed",
+            negative.clone(),
+            Some(attest(&oracle, &domain, &negative, T)),
+            true,
+        ),
+    ];
+    for (what, mark, attestation, expected) in variants {
+        let ops = vec![
+            Op::OpenAccount {
+                owner: address(ALICE),
+            },
+            Op::ListInstrument {
+                spec: InstrumentSpec::with_defaults(
+                    "BTC-PERPETUAL".parse().expect("name"),
+                    Price(200_000 * MONEY_SCALE),
+                ),
+            },
+            mark.clone(),
+        ];
+        let meta = BlobMeta {
+            number: 9,
+            first_seq: 1,
+            last_seq: 1,
+            time_ms: T,
+            accounts: 0,
+            instruments: 0,
+        };
+        let blob = encode(&meta, &ops).expect("encodes");
+        let section = auth::section_of(&[], &[attestation]);
+        let rust = auth::mark_attestation(&section, 0)
+            .is_some_and(|a| a.check(&mark, T, oracle_address, &venue).is_ok());
+        let evm = judge
+            .markAttested(blob.into(), section.into(), U256::ZERO)
+            .call()
+            .await
+            .expect("calls");
+        assert_eq!((rust, evm), (expected, expected), "{what}");
+    }
+
+    // Anyone finalizes batch 1, and the watchtower agrees with it.
+    transact(rollup.finalize()).await.expect("finalizes");
+    assert_eq!(
+        verify_l1(&operator, d.rollup).await.expect("verifies"),
+        vec![Verdict::Agrees(1)]
+    );
+
+    // Batch 2, forged: the perpetual's mark at 100 (the oracle said 1,000), its batch-1
+    // signature reposted. Alice's short would be worth 450 USDC more at exit, Bob's long as
+    // much less.
+    let forged = Op::Mark {
+        instrument: InstrumentId(0),
+        mark: Price(100 * USDC),
+        risk: (0..13).map(|k| Amount(k * 1_000 - 5_000)).collect(),
+    };
+    let b2 = post(&mut state, 2, std::slice::from_ref(&forged));
+    let section2 = auth::section_of(&[], &[Some(signed_mark)]);
+    commit(&rollup, 2, b1.root, &b2, &section2).await;
+    assert!(!rollup.frozen().call().await.expect("reads"));
+
+    // The watchtower finds it with the challenge ready, and files it.
+    let verdicts = verify_l1(&operator, d.rollup).await.expect("verifies");
+    let Some(Verdict::Unattested {
+        number: 2,
+        mark: 0,
+        instrument: 0,
+        why,
+        challenge: c,
+    }) = verdicts.last()
+    else {
+        panic!("{verdicts:?}")
+    };
+    assert!(why.contains("does not recover to the oracle"), "{why}");
+    let before = operator
+        .get_balance(optio_settler::signer_address(CHALLENGER).expect("address"))
+        .await
+        .expect("balance");
+    let receipt = file_mark_challenge(&challenger, d.rollup, c)
+        .await
+        .expect("the challenge succeeds");
+    println!(
+        "a successful mark challenge: {} gas ({} data bytes, {} authorization bytes)",
+        receipt.gas_used,
+        c.data.len(),
+        c.auths.len()
+    );
+    let event = receipt
+        .decoded_log::<OptioRollup::MarkChallenged>()
+        .expect("the MarkChallenged event");
+    assert_eq!(
+        (event.number, event.mark, event.reward),
+        (U256::from(2u64), U256::ZERO, U256::from(BOND))
+    );
+    let after = operator
+        .get_balance(optio_settler::signer_address(CHALLENGER).expect("address"))
+        .await
+        .expect("balance");
+    let gas = U256::from(receipt.gas_used) * U256::from(receipt.effective_gas_price);
+    assert_eq!(after + gas - before, U256::from(BOND), "the bond");
+    assert!(rollup.slashed().call().await.expect("reads"));
+    assert!(rollup.frozen().call().await.expect("reads"));
+    assert_eq!(
+        rollup.committedBatches().call().await.expect("reads"),
+        U256::from(1u64)
+    );
+    users_exit_whole(&anvil, &d, &finalized).await;
 }

@@ -24,6 +24,14 @@
 //! records, then per fill side, in order, the index of its record (4 bytes; `n` or more: none).
 //! A resting order filled many times, or a taker's order sweeping several levels, costs its
 //! 126 bytes once and 4 bytes a fill.
+//!
+//! The oracle's marks are judged the same way (docs/settlement.md, "Mark challenge"): after the
+//! fill sides' indices, the section ends with one 73-byte attestation per mark op of the batch,
+//! in the posted words' order (when the update was published, ms (8), then the oracle's
+//! signature `r || s || v` (65) of `optio_intents::OracleMark` under Optio's domain), and their
+//! count (4 bytes, the section's last). A mark is attested when its signature recovers to the
+//! oracle's address and it was published no later than the batch's time and at most
+//! `MARK_WINDOW_MS` before it.
 
 use std::collections::BTreeMap;
 
@@ -251,6 +259,134 @@ impl Authorization {
 /// Bytes of a count or an index in a section.
 const INDEX_BYTES: usize = 4;
 
+/// Bytes per mark attestation.
+pub const MARK_BYTES: usize = 8 + 65;
+
+/// How long before its batch's time (ms) a mark may have been published and still be judged
+/// attested on L1 (`OptioJudge.MARK_WINDOW_MS`): the batcher cuts a batch before an input
+/// that would leave one of its marks older than this, and the engine takes no update
+/// published more than `RiskConfig::max_update_delay_ms` (10 s by default) before its time.
+/// Within it, an operator may post any mark the oracle signed, not only the latest.
+pub const MARK_WINDOW_MS: u64 = 60_000;
+
+/// The oracle's signature of one mark op of a batch, with the update's time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MarkAttestation {
+    /// When the oracle published the update the mark came in, ms.
+    pub published_ms: u64,
+    /// `r || s || v` over `optio_intents::OracleMark`.
+    pub signature: [u8; 65],
+}
+
+/// Why a mark op is not attested (what a mark challenge shows).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unattested {
+    /// The section has no attestation for it.
+    #[error("no attestation posted")]
+    Missing,
+    /// Published after the batch's time.
+    #[error("published at {published_ms}, after the batch's time {time_ms}")]
+    Future {
+        /// When.
+        published_ms: u64,
+        /// The batch's time.
+        time_ms: u64,
+    },
+    /// Published more than `MARK_WINDOW_MS` before the batch's time.
+    #[error(
+        "published at {published_ms}, more than {MARK_WINDOW_MS} ms before the batch's time {time_ms}"
+    )]
+    Stale {
+        /// When.
+        published_ms: u64,
+        /// The batch's time.
+        time_ms: u64,
+    },
+    /// The signature does not recover to the oracle over this mark.
+    #[error("the signature does not recover to the oracle over this mark")]
+    Signature,
+}
+
+impl MarkAttestation {
+    /// The 73-byte entry.
+    pub fn encode(&self) -> [u8; MARK_BYTES] {
+        let mut out = [0u8; MARK_BYTES];
+        out[..8].copy_from_slice(&self.published_ms.to_be_bytes());
+        out[8..].copy_from_slice(&self.signature);
+        out
+    }
+
+    /// Reads one entry.
+    pub fn decode(bytes: &[u8; MARK_BYTES]) -> Self {
+        MarkAttestation {
+            published_ms: u64::from_be_bytes(bytes[..8].try_into().expect("8 bytes")),
+            signature: bytes[8..].try_into().expect("65 bytes"),
+        }
+    }
+
+    /// Whether this attests mark op `mark` (an `Op::Mark`; anything else is not attested) of
+    /// a batch cut at engine time `time_ms`, for the oracle at `oracle` on `venue`.
+    pub fn check(
+        &self,
+        mark: &crate::Op,
+        time_ms: u64,
+        oracle: Address,
+        venue: &Venue,
+    ) -> Result<(), Unattested> {
+        let crate::Op::Mark {
+            instrument,
+            mark,
+            risk,
+        } = mark
+        else {
+            return Err(Unattested::Missing);
+        };
+        let published_ms = self.published_ms;
+        if published_ms > time_ms {
+            return Err(Unattested::Future {
+                published_ms,
+                time_ms,
+            });
+        }
+        if time_ms - published_ms > MARK_WINDOW_MS {
+            return Err(Unattested::Stale {
+                published_ms,
+                time_ms,
+            });
+        }
+        let separator = venue.separator(domain::OPTIO).expect("Optio's domain");
+        let risk: Vec<i64> = risk.iter().map(|a| a.0).collect();
+        let digest = optio_intents::OracleMark {
+            instrument: instrument.0,
+            mark: mark.0,
+            risk: &risk,
+            published_ms,
+        }
+        .digest(&separator);
+        match recover(&digest, &self.signature) {
+            Ok(who) if who == oracle.0 => Ok(()),
+            _ => Err(Unattested::Signature),
+        }
+    }
+}
+
+/// The attestation of mark op `k` (from 0, in the posted words' order), read as the L1
+/// contract reads it: the count in the section's last 4 bytes, the entries before it.
+pub fn mark_attestation(section: &[u8], k: usize) -> Option<MarkAttestation> {
+    let end = section.len().checked_sub(INDEX_BYTES)?;
+    let m = u32_at(section, end)?;
+    if k >= m {
+        return None;
+    }
+    let start = end.checked_sub(m.checked_mul(MARK_BYTES)?)?;
+    let at = start + k * MARK_BYTES;
+    Some(MarkAttestation::decode(
+        section[at..at + MARK_BYTES]
+            .try_into()
+            .expect("a whole entry"),
+    ))
+}
+
 fn u32_at(section: &[u8], at: usize) -> Option<usize> {
     let bytes = section.get(at..at.checked_add(INDEX_BYTES)?)?;
     Some(u32::from_be_bytes(bytes.try_into().expect("four bytes")) as usize)
@@ -276,9 +412,10 @@ pub fn record(section: &[u8], i: usize) -> Option<Authorization> {
     ))
 }
 
-/// The section for fill sides in order: each distinct record once, then each side's index
-/// (`u32::MAX` where a side has none).
-pub fn section_of(sides: &[Option<Authorization>]) -> Vec<u8> {
+/// The section for fill sides in order (each distinct record once, then each side's index,
+/// `u32::MAX` where a side has none) and the batch's mark ops in order (each one's
+/// attestation, zeros where a mark has none, then their count).
+pub fn section_of(sides: &[Option<Authorization>], marks: &[Option<MarkAttestation>]) -> Vec<u8> {
     let mut index: BTreeMap<[u8; RECORD_BYTES], u32> = BTreeMap::new();
     let mut records = Vec::new();
     let indices: Vec<u32> = sides
@@ -303,6 +440,10 @@ pub fn section_of(sides: &[Option<Authorization>]) -> Vec<u8> {
     for k in indices {
         out.extend_from_slice(&k.to_be_bytes());
     }
+    for m in marks {
+        out.extend_from_slice(&m.map_or([0; MARK_BYTES], |m| m.encode()));
+    }
+    out.extend_from_slice(&(marks.len() as u32).to_be_bytes());
     out
 }
 

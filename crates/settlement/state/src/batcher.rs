@@ -4,10 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use optio_types::{AccountId, Address, Event, Input};
+use optio_types::{AccountId, Address, Command, Event, Input};
 use sha3::{Digest, Keccak256};
 
-use crate::auth::{self, Authorization, Orders, Signed};
+use crate::auth::{self, Authorization, MarkAttestation, Orders, Signed};
 use crate::blob::{self, BlobError, BlobMeta};
 use crate::ledger::{SettlementState, StateError};
 use crate::ops::{Op, ops_from};
@@ -159,6 +159,10 @@ pub struct Batcher {
     last_ms: u64,
     pending: Vec<Op>,
     marks: BTreeMap<u32, Op>,
+    /// The oracle's signature of each pending mark, by instrument, posted beside the batch's
+    /// mark ops. L1 judges a mark against the batch's time (its last input's): the batch is cut
+    /// before an input that would leave one of them older than `auth::MARK_WINDOW_MS`.
+    attested: BTreeMap<u32, MarkAttestation>,
     fills: usize,
     /// The signed orders that may still fill, and the records of the pending fills (maker,
     /// taker), fill by fill.
@@ -201,6 +205,7 @@ impl Batcher {
             last_ms: 0,
             pending: Vec::new(),
             marks: BTreeMap::new(),
+            attested: BTreeMap::new(),
             fills: 0,
             orders: Orders::default(),
             records: Vec::new(),
@@ -326,6 +331,11 @@ impl Batcher {
                 o => !self.marks.is_empty() && money_out_of(o).is_some(),
             });
         let full = full || self.ends_a_signing_key(input.time_ms, &ops);
+        let full = full
+            || self
+                .attested
+                .values()
+                .any(|a| a.published_ms + auth::MARK_WINDOW_MS < input.time_ms);
         // The circuit takes a flat account's forced withdrawal whole when the account held no
         // position at its batch's start: one whose account traded earlier in the pending batch
         // starts the next.
@@ -377,6 +387,22 @@ impl Batcher {
         for m in marks {
             if let Op::Mark { instrument, .. } = &m {
                 self.marks.insert(instrument.0, m);
+            }
+        }
+        // Marks come from an accepted oracle update: each with its own signature.
+        if let Command::OracleUpdate(u) = &input.command
+            && events
+                .iter()
+                .any(|e| matches!(e, Event::OracleAccepted { .. }))
+        {
+            for m in &u.marks {
+                self.attested.insert(
+                    m.instrument.0,
+                    MarkAttestation {
+                        published_ms: u.published_ms,
+                        signature: m.attestation,
+                    },
+                );
             }
         }
         // Both criteria read only the sequence (sizes and sequenced times), so replaying the same
@@ -467,6 +493,12 @@ impl Batcher {
         self.signing_keys.clear();
         self.pending_keys.clear();
         let mut ops = std::mem::take(&mut self.pending);
+        let attested = std::mem::take(&mut self.attested);
+        let marks: Vec<Option<MarkAttestation>> = self
+            .marks
+            .keys()
+            .map(|i| attested.get(i).copied())
+            .collect();
         ops.extend(std::mem::take(&mut self.marks).into_values());
         let meta = BlobMeta {
             number: self.number + 1,
@@ -500,7 +532,7 @@ impl Batcher {
             header,
             blob,
             fills,
-            authorizations: auth::section_of(&std::mem::take(&mut self.records)),
+            authorizations: auth::section_of(&std::mem::take(&mut self.records), &marks),
             orders,
         })
     }

@@ -3,7 +3,9 @@
 //! operator's), every batch's authorization section has, for each fill in the posted order, the
 //! record of exactly the order that filled (an all-zero record for an unsigned one); and a
 //! batcher restarted from its persisted state and signed orders (as after a crash) cuts the same
-//! batches, sections included, as one that never stopped.
+//! batches, sections included, as one that never stopped. Every mark a batch posts comes with
+//! the oracle's signature of it, published within the window before the batch's time that L1
+//! allows.
 
 use optio_engine::Engine;
 use optio_state::auth::{self, Authorization, Orders, Signed};
@@ -12,7 +14,7 @@ use optio_types::{Address, Command, EngineLimits, Event, Input};
 
 mod support;
 
-use support::history;
+use support::{ORACLE_KEY, T0, history, venue};
 
 /// Two inputs in three signed, with fields derived from their sequence numbers.
 fn signature(seq: u64) -> Option<Signed> {
@@ -103,10 +105,14 @@ fn every_fill_posts_the_records_of_the_orders_that_filled() {
             // Each distinct record once, then an index per fill side.
             let records =
                 u32::from_be_bytes(b.authorizations[..4].try_into().expect("a count")) as usize;
+            let marks = ops
+                .iter()
+                .filter(|op| matches!(op, optio_state::Op::Mark { .. }))
+                .count();
             assert_eq!(
                 b.authorizations.len(),
-                4 + records * auth::RECORD_BYTES + 4 * sides.len(),
-                "batch {}: the records, then one index per fill side",
+                4 + records * auth::RECORD_BYTES + 4 * sides.len() + marks * auth::MARK_BYTES + 4,
+                "batch {}: the records, one index per fill side, then the marks' attestations",
                 b.header.number
             );
             let first = got.len();
@@ -173,4 +179,94 @@ fn a_restarted_batcher_keeps_the_resting_orders_signatures() {
             b.header.number
         );
     }
+}
+
+/// The oracle's address.
+fn oracle() -> Address {
+    let key = optio_oracle::OracleSigner::from_bytes(ORACLE_KEY).expect("oracle key");
+    Address(optio_intents::address_of(&key.public_key()))
+}
+
+/// Over random histories (oracle updates about every second of engine time, with jumps of 20 s
+/// and of over a minute), each batch posts, for each of its mark ops in order, an attestation
+/// that the L1 contract's rule accepts: the oracle's signature of that mark, published no later
+/// than the batch's time and within `MARK_WINDOW_MS` before it.
+#[test]
+fn every_mark_posts_the_oracles_signature_within_the_window() {
+    let (mut marks, mut batches) = (0, 0);
+    for seed in 0..4 {
+        let inputs = sequence(seed);
+        let mut batcher = Batcher::new(40, u64::MAX);
+        let mut posted = Vec::new();
+        feed(&mut batcher, &inputs, 1, |_, b| posted.push(b));
+        posted.extend(batcher.flush().expect("flushes"));
+        for b in &posted {
+            let (meta, ops) = decode(&b.blob).expect("decodes");
+            let ops: Vec<_> = ops
+                .iter()
+                .filter(|op| matches!(op, optio_state::Op::Mark { .. }))
+                .collect();
+            for (k, op) in ops.iter().enumerate() {
+                let a = auth::mark_attestation(&b.authorizations, k).expect("an attestation");
+                assert_eq!(
+                    a.check(op, meta.time_ms, oracle(), &venue()),
+                    Ok(()),
+                    "seed {seed} batch {} mark {k}",
+                    b.header.number
+                );
+            }
+            assert_eq!(auth::mark_attestation(&b.authorizations, ops.len()), None);
+            marks += ops.len();
+            batches += usize::from(!ops.is_empty());
+        }
+    }
+    assert!(
+        marks > 100 && batches > 20,
+        "{marks} marks in {batches} batches"
+    );
+}
+
+/// A batch holding a mark is cut before an input more than `MARK_WINDOW_MS` after the mark's
+/// publication (its time would put the mark outside the window), and not before one at the
+/// window's end.
+#[test]
+fn a_batch_is_cut_before_its_mark_would_leave_the_window() {
+    let mut engine = Engine::new(EngineLimits::default());
+    let mut batcher = Batcher::new(1_000, u64::MAX);
+    let mut seq = 0;
+    let mut push = |time_ms: u64, command: Command| {
+        let input = Input { time_ms, command };
+        let mut events = Vec::new();
+        let _ = engine.apply(&input, &mut events);
+        seq += 1;
+        batcher.push(seq, &input, &events).expect("batches")
+    };
+    // The market, its accounts and the oracle's first update, all at T0.
+    for input in history(7, 0) {
+        assert!(push(input.time_ms, input.command).is_none());
+    }
+    let deposit = || Command::Deposit {
+        account: optio_types::AccountId(0),
+        amount: optio_types::Amount(1),
+    };
+    let window = auth::MARK_WINDOW_MS;
+    assert!(
+        push(T0 + window, deposit()).is_none(),
+        "at the window's end"
+    );
+    let b = push(T0 + window + 1, deposit()).expect("cut before the input past it");
+    let (meta, ops) = decode(&b.blob).expect("decodes");
+    assert_eq!(meta.time_ms, T0 + window);
+    let mark = ops
+        .iter()
+        .find(|op| matches!(op, optio_state::Op::Mark { .. }))
+        .expect("the batch's marks");
+    let a = auth::mark_attestation(&b.authorizations, 0).expect("attested");
+    assert_eq!(
+        (
+            a.published_ms,
+            a.check(mark, meta.time_ms, oracle(), &venue())
+        ),
+        (T0, Ok(()))
+    );
 }

@@ -36,6 +36,19 @@ pub fn specs() -> Vec<InstrumentSpec> {
     .collect()
 }
 
+/// The risk oracle's key in these histories.
+pub const ORACLE_KEY: [u8; 32] = [0x0c; 32];
+
+/// The rollup the histories' marks are signed for.
+pub fn venue() -> optio_state::auth::Venue {
+    optio_state::auth::Venue {
+        chain_id: 31_337,
+        rollup: Address([0x99; 20]),
+    }
+}
+
+/// The oracle's update with the index at `spot`, published at `at`, each mark signed for
+/// `venue()`.
 pub fn oracle(spot: f64, at: u64) -> Command {
     let svi = Svi {
         a: 0.002,
@@ -62,9 +75,12 @@ pub fn oracle(spot: f64, at: u64) -> Command {
         .enumerate()
         .map(|(i, s)| (InstrumentId(i as u32), s))
         .collect();
-    Command::OracleUpdate(
-        build_update("BTC", &surface, &default_scenarios(), &list, at).expect("builds"),
-    )
+    let update = build_update("BTC", &surface, &default_scenarios(), &list, at).expect("builds");
+    let domain = venue()
+        .separator(optio_state::auth::domain::OPTIO)
+        .expect("Optio's domain");
+    let signer = optio_oracle::OracleSigner::from_bytes(ORACLE_KEY).expect("oracle key");
+    Command::OracleUpdate(signer.sign(update, &domain).update)
 }
 
 /// A history: a market with four instruments and eight accounts of three owners, then random
