@@ -202,10 +202,12 @@ const LOCAL_OPERATOR_KEY: &str =
 /// Starts the embedded L1 chain (`optio-chain`: revm behind the Ethereum JSON-RPC, a block per
 /// transaction and an empty one every second), funds the operator and `users` with 100 ETH at
 /// genesis, and deploys the contracts for an empty state (finalization after 60 s, priority
-/// deadline 1 h); returns the chain and the rollup's address.
+/// deadline 1 h, marks judged against the oracle at `oracle`); returns the chain and the
+/// rollup's address.
 async fn local_chain_up(
     users: &[[u8; 20]],
     keys: Option<&optio_prover::Keys>,
+    oracle: [u8; 20],
 ) -> Result<(optio_chain::Chain, String)> {
     use optio_settler::U256;
     let operator = optio_settler::signer_address(LOCAL_OPERATOR_KEY).map_err(anyhow::Error::msg)?;
@@ -244,10 +246,10 @@ async fn local_chain_up(
         3_600,
         U256::ZERO,
         verifier,
-        // The devnet's gateway signs for no rollup yet when it opens (the chain starts after
-        // it): orders and marks are not judged on its L1 (`optio sim` judges both).
+        // Its market makers' orders are the operator's (unsigned): fills are not judged on its
+        // L1 (`optio sim` judges them); every mark is, against the devnet's oracle.
         false,
-        optio_settler::Address::ZERO,
+        optio_settler::Address::from(oracle),
     )
     .await
     .context("deploying the contracts on the embedded chain")?;
@@ -387,7 +389,56 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
         None => None,
     };
     let capacity = keys.as_ref().map(|k| crate::prove::capacity(k.shape));
+    let demo_key = secp256k1::SecretKey::from_secret_bytes([0xde; 32]).context("demo key")?;
+    let demo_address = optio_intents::address_of(&secp256k1::PublicKey::from_secret_key(&demo_key));
+    let fund: Vec<(&String, [u8; 20])> = args
+        .fund
+        .iter()
+        .map(|a| {
+            optio_intents::parse_address(a)
+                .map(|address| (a, address))
+                .with_context(|| format!("--fund {a}: not a 0x address"))
+        })
+        .collect::<Result<_>>()?;
+    // The local chain lives as long as the devnet.
+    let mut local_chain = None;
+    let chain = match (&args.l1_rpc, &args.rollup, args.no_l1) {
+        (Some(rpc), Some(rollup), _) => Some((
+            rpc.clone(),
+            rollup.clone(),
+            args.l1_key
+                .clone()
+                .context("--l1-rpc needs the operator key in OPTIO_L1_KEY")?,
+        )),
+        (_, _, false) => {
+            let users: Vec<[u8; 20]> = std::iter::once(demo_address)
+                .chain(fund.iter().map(|(_, address)| *address))
+                .collect();
+            let oracle = optio_intents::address_of(&oracle.public_key());
+            let (chain, rollup) = local_chain_up(&users, keys.as_deref(), oracle).await?;
+            let rpc = chain.url.clone();
+            local_chain = Some(chain);
+            Some((rpc, rollup, LOCAL_OPERATOR_KEY.to_owned()))
+        }
+        _ => None,
+    };
+    // Orders and the oracle's marks are signed for the rollup (Optio's domain names its chain
+    // and address); without an L1, for the default placeholder.
+    let domain = match &chain {
+        Some((rpc, rollup, _)) => Some((
+            optio_settler::chain_id(&crate::settle::alloy_reader(rpc)?)
+                .await
+                .context("the L1's chain id")?,
+            optio_intents::parse_address(rollup).context("--rollup: not a 0x address")?,
+        )),
+        None => None,
+    };
+    let defaults = Config::default();
+    let (chain_id, verifying_contract) =
+        domain.unwrap_or((defaults.chain_id, defaults.verifying_contract));
     let config = Config {
+        chain_id,
+        verifying_contract,
         oracle_key: Some(oracle.public_key()),
         batch_max_age_ms: args
             .batch_age_ms
@@ -424,38 +475,6 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
         .iter()
         .filter_map(|s| optio_gateway::instrument_of(&gateway, &s.name.to_string()))
         .collect();
-    let demo_key = secp256k1::SecretKey::from_secret_bytes([0xde; 32]).context("demo key")?;
-    let demo_address = optio_intents::address_of(&secp256k1::PublicKey::from_secret_key(&demo_key));
-    let fund: Vec<(&String, [u8; 20])> = args
-        .fund
-        .iter()
-        .map(|a| {
-            optio_intents::parse_address(a)
-                .map(|address| (a, address))
-                .with_context(|| format!("--fund {a}: not a 0x address"))
-        })
-        .collect::<Result<_>>()?;
-    // The local chain lives as long as the devnet.
-    let mut local_chain = None;
-    let chain = match (&args.l1_rpc, &args.rollup, args.no_l1) {
-        (Some(rpc), Some(rollup), _) => Some((
-            rpc.clone(),
-            rollup.clone(),
-            args.l1_key
-                .clone()
-                .context("--l1-rpc needs the operator key in OPTIO_L1_KEY")?,
-        )),
-        (_, _, false) => {
-            let users: Vec<[u8; 20]> = std::iter::once(demo_address)
-                .chain(fund.iter().map(|(_, address)| *address))
-                .collect();
-            let (chain, rollup) = local_chain_up(&users, keys.as_deref()).await?;
-            let rpc = chain.url.clone();
-            local_chain = Some(chain);
-            Some((rpc, rollup, LOCAL_OPERATOR_KEY.to_owned()))
-        }
-        _ => None,
-    };
     // Everyone is funded before the settler starts: both send from the operator key, and
     // two senders of one key race for its nonces.
     let funder = match &chain {

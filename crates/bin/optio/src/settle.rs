@@ -290,6 +290,19 @@ pub fn verify(args: VerifyArgs) -> Result<()> {
             bail!("{bad} of {} committed batches fail verification", verdicts.len());
         }
         println!("all {} committed batches verified from L1 data", verdicts.len());
+        let judging = optio_settler::judging(&provider, rollup).await?;
+        println!(
+            "  fills: {}; marks: {}",
+            if judging.authorizations {
+                "each within what its orders' posted signatures authorize"
+            } else {
+                "not judged (the rollup was deployed without the authorization challenge)"
+            },
+            match judging.oracle {
+                Some(o) => format!("each signed by the oracle {o} within the window before its batch's time"),
+                None => "not judged (the rollup was deployed without an oracle)".into(),
+            }
+        );
         // How far validity proofs reach (a rollup without a verifier proves nothing).
         let progress = optio_settler::Settler::new(provider.clone(), rollup, std::path::Path::new(""))
             .progress()
@@ -339,7 +352,7 @@ pub(crate) fn judges_signatures(rpc: &str, rollup: &str) -> Result<bool> {
     })
 }
 
-fn alloy_reader(url: &str) -> Result<optio_settler::DynProvider> {
+pub(crate) fn alloy_reader(url: &str) -> Result<optio_settler::DynProvider> {
     optio_settler::reader(url).map_err(anyhow::Error::msg)
 }
 

@@ -96,14 +96,17 @@ fn devnet_serves_a_live_market_and_stops_by_itself() {
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    // The watchtower, from the chain alone, agrees with what was committed.
+    // The watchtower, from the chain alone, agrees with what was committed, every mark the
+    // oracle's included.
     let verify = Command::new(env!("CARGO_BIN_EXE_optio"))
         .args(["verify", "--rpc", &chain_url, "--rollup", &rollup])
         .output()
         .expect("optio verify runs");
     let text = String::from_utf8_lossy(&verify.stdout);
     assert!(
-        verify.status.success() && text.contains("committed batches verified from L1 data"),
+        verify.status.success()
+            && text.contains("committed batches verified from L1 data")
+            && text.contains("marks: each signed by the oracle 0x"),
         "{text}{}",
         String::from_utf8_lossy(&verify.stderr)
     );

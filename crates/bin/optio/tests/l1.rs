@@ -332,10 +332,11 @@ async fn every_user_escapes_with_what_the_finalized_state_owes_after_the_operato
     for pair in 0..users / 2 {
         for (k, direction, tif) in [(2 * pair, "sell", "gtc"), (2 * pair + 1, "buy", "ioc")] {
             let key = secp256k1::SecretKey::from_secret_bytes([(k + 1) as u8; 32]).expect("key");
+            // Signed for the rollup (the devnet's native domain names it).
             let params = order_params(
                 &key,
                 31_337,
-                [0x0a; 20],
+                d.rollup.into_array(),
                 &OrderRequest {
                     subaccount: u64::from(accounts[k]),
                     instrument_id: id,

@@ -200,6 +200,11 @@ pub use alloy::primitives::{Address, U256};
 
 pub use alloy::providers::DynProvider;
 
+/// The chain id `provider`'s chain reports.
+pub async fn chain_id(provider: &DynProvider) -> Result<u64, SettlerError> {
+    provider.get_chain_id().await.map_err(rpc)
+}
+
 /// A read-only provider (for the watchtower).
 pub fn reader(url: &str) -> Result<DynProvider, String> {
     let url: alloy::transports::http::reqwest::Url = url.parse().map_err(|e| format!("{e}"))?;
@@ -978,6 +983,31 @@ fn audit_authorizations(
     None
 }
 
+/// What a rollup judges on challenge besides its proofs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Judging {
+    /// Every fill against its orders' posted signatures.
+    pub authorizations: bool,
+    /// Every mark against this oracle's posted signature.
+    pub oracle: Option<Address>,
+}
+
+/// What `rollup` judges.
+pub async fn judging(provider: &DynProvider, rollup: Address) -> Result<Judging, SettlerError> {
+    let contract = OptioRollup::new(rollup, provider);
+    let authorizations = contract.authorizations().call().await.map_err(rpc)?;
+    let judge = contract.judge().call().await.map_err(rpc)?;
+    let oracle = OptioJudge::new(judge, provider)
+        .oracle()
+        .call()
+        .await
+        .map_err(rpc)?;
+    Ok(Judging {
+        authorizations,
+        oracle: (oracle != Address::ZERO).then_some(oracle),
+    })
+}
+
 /// The watchtower: follows L1 alone, rebuilds the state from every committed batch's posted
 /// data and compares each committed root, checks every priority operation the data serves
 /// against the L1 queue and the header's served count, and checks the ops commitment posted
@@ -992,14 +1022,11 @@ pub async fn verify_l1(
     let committed =
         u64::try_from(contract.committedBatches().call().await.map_err(rpc)?).map_err(rpc)?;
     let data_posted = posted_from_l1(provider, rollup, committed).await?;
-    let checks_authorizations = contract.authorizations().call().await.map_err(rpc)?;
-    let judge = contract.judge().call().await.map_err(rpc)?;
-    let oracle = OptioJudge::new(judge, provider)
-        .oracle()
-        .call()
-        .await
-        .map_err(rpc)?;
-    let oracle = (oracle != Address::ZERO).then(|| optio_types::Address(oracle.into_array()));
+    let Judging {
+        authorizations: checks_authorizations,
+        oracle,
+    } = judging(provider, rollup).await?;
+    let oracle = oracle.map(|o| optio_types::Address(o.into_array()));
     let venue = optio_state::auth::Venue {
         chain_id: provider.get_chain_id().await.map_err(rpc)?,
         rollup: optio_types::Address(rollup.into_array()),
