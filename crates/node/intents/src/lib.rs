@@ -209,6 +209,15 @@ impl TradeData {
     }
 }
 
+/// An EIP-712 digest: `keccak(0x19 0x01 || separator || structHash)`.
+pub fn typed_digest(domain_separator: &[u8; 32], struct_hash: &[u8; 32]) -> [u8; 32] {
+    let mut enc = Vec::with_capacity(66);
+    enc.extend_from_slice(&[0x19, 0x01]);
+    enc.extend_from_slice(domain_separator);
+    enc.extend_from_slice(struct_hash);
+    keccak(&enc)
+}
+
 /// `Action(uint256 subaccountId,uint256 nonce,address module,bytes data,uint256 expiry,address owner,address signer)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Action {
@@ -244,13 +253,9 @@ impl Action {
         keccak(&enc)
     }
 
-    /// The digest signed under `domain_separator`: `keccak(0x19 0x01 || separator || structHash)`.
+    /// The digest signed under `domain_separator`.
     pub fn digest(&self, domain_separator: &[u8; 32]) -> [u8; 32] {
-        let mut enc = Vec::with_capacity(66);
-        enc.extend_from_slice(&[0x19, 0x01]);
-        enc.extend_from_slice(domain_separator);
-        enc.extend_from_slice(&self.struct_hash());
-        keccak(&enc)
+        typed_digest(domain_separator, &self.struct_hash())
     }
 }
 
@@ -291,11 +296,7 @@ impl OracleMark<'_> {
 
     /// The digest signed under `domain_separator` (Optio's domain for the rollup).
     pub fn digest(&self, domain_separator: &[u8; 32]) -> [u8; 32] {
-        let mut enc = Vec::with_capacity(66);
-        enc.extend_from_slice(&[0x19, 0x01]);
-        enc.extend_from_slice(domain_separator);
-        enc.extend_from_slice(&self.struct_hash());
-        keccak(&enc)
+        typed_digest(domain_separator, &self.struct_hash())
     }
 }
 

@@ -239,17 +239,24 @@ mod tests {
         .collect()
     }
 
-    #[test]
-    fn builds_marks_and_arrays_in_fixed_point() {
+    /// 2024-12-19T09:20Z, ~8 days to expiry.
+    const NOW: u64 = 1_734_600_000_000;
+
+    /// The update for `specs()` at `NOW`, unsigned.
+    fn update() -> OracleUpdate {
         let specs = specs();
         let list: Vec<(InstrumentId, &InstrumentSpec)> = specs
             .iter()
             .enumerate()
             .map(|(i, s)| (InstrumentId(i as u32), s))
             .collect();
-        let now = 1_734_600_000_000; // 2024-12-19T09:20Z, ~8 days to expiry
+        build_update("BTC", &surface(), &default_scenarios(), &list, NOW).expect("builds")
+    }
+
+    #[test]
+    fn builds_marks_and_arrays_in_fixed_point() {
         let scenarios = default_scenarios();
-        let u = build_update("BTC", &surface(), &scenarios, &list, now).expect("builds");
+        let u = update();
         assert_eq!(u.index_price, Price(60_000 * MONEY_SCALE));
         assert!(
             u.marks
@@ -283,16 +290,8 @@ mod tests {
     #[test]
     fn each_mark_carries_its_own_signature_for_one_rollup() {
         let signer = OracleSigner::from_bytes([7; 32]).expect("valid key");
-        let specs = specs();
-        let list: Vec<(InstrumentId, &InstrumentSpec)> = specs
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (InstrumentId(i as u32), s))
-            .collect();
-        let now = 1_734_600_000_000;
-        let update =
-            build_update("BTC", &surface(), &default_scenarios(), &list, now).expect("builds");
-        let signed = signer.sign(update, &DOMAIN_A);
+        let now = NOW;
+        let signed = signer.sign(update(), &DOMAIN_A);
         // Each mark's signature recovers to the oracle's address over exactly its digest.
         let address = optio_intents::address_of(&signer.public_key());
         for m in &signed.update.marks {
@@ -336,21 +335,7 @@ mod tests {
     fn signatures_bind_the_update_and_the_key() {
         let signer = OracleSigner::from_bytes([7; 32]).expect("valid key");
         let other = OracleSigner::from_bytes([8; 32]).expect("valid key");
-        let specs = specs();
-        let list: Vec<(InstrumentId, &InstrumentSpec)> = specs
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (InstrumentId(i as u32), s))
-            .collect();
-        let update = build_update(
-            "BTC",
-            &surface(),
-            &default_scenarios(),
-            &list,
-            1_734_600_000_000,
-        )
-        .expect("builds");
-        let signed = signer.sign(update, &DOMAIN_A);
+        let signed = signer.sign(update(), &DOMAIN_A);
         assert_eq!(verify(&signed, &signer.public_key(), &DOMAIN_A), Ok(()));
         assert_eq!(
             verify(&signed, &other.public_key(), &DOMAIN_A),

@@ -662,13 +662,7 @@ async fn a_forged_fill_is_caught_reverted_and_slashed_and_users_exit_whole() {
         .await
         .expect_err("keys that are not the leaf's");
     assert!(err.to_string().contains("keys"), "{err}");
-    let before = operator
-        .get_balance(optio_settler::signer_address(CHALLENGER).expect("address"))
-        .await
-        .expect("balance");
-    let receipt = file_challenge(&challenger, d.rollup, c)
-        .await
-        .expect("the challenge succeeds");
+    let receipt = pays_the_bond(&operator, file_challenge(&challenger, d.rollup, c)).await;
     println!(
         "a successful challenge: {} gas ({} data bytes, {} authorization bytes)",
         receipt.gas_used,
@@ -681,16 +675,6 @@ async fn a_forged_fill_is_caught_reverted_and_slashed_and_users_exit_whole() {
     assert_eq!(
         (event.number, event.reward),
         (U256::from(2u64), U256::from(BOND))
-    );
-    let after = operator
-        .get_balance(optio_settler::signer_address(CHALLENGER).expect("address"))
-        .await
-        .expect("balance");
-    let gas = U256::from(receipt.gas_used) * U256::from(receipt.effective_gas_price);
-    assert_eq!(
-        after + gas - before,
-        U256::from(BOND),
-        "the bond went to the challenger"
     );
     assert_eq!(
         operator.get_balance(d.rollup).await.expect("balance"),
@@ -708,6 +692,27 @@ async fn a_forged_fill_is_caught_reverted_and_slashed_and_users_exit_whole() {
     );
 
     users_exit_whole(&anvil, &d, &finalized).await;
+}
+
+/// Files a challenge (`filing`, from the challenger) that must succeed, and checks that it paid
+/// the operator's bond to the challenger.
+async fn pays_the_bond(
+    operator: &optio_settler::DynProvider,
+    filing: impl std::future::Future<
+        Output = Result<alloy::rpc::types::TransactionReceipt, optio_settler::SettlerError>,
+    >,
+) -> alloy::rpc::types::TransactionReceipt {
+    let challenger = optio_settler::signer_address(CHALLENGER).expect("address");
+    let before = operator.get_balance(challenger).await.expect("balance");
+    let receipt = filing.await.expect("the challenge succeeds");
+    let after = operator.get_balance(challenger).await.expect("balance");
+    let gas = U256::from(receipt.gas_used) * U256::from(receipt.effective_gas_price);
+    assert_eq!(
+        after + gas - before,
+        U256::from(BOND),
+        "the bond went to the challenger"
+    );
+    receipt
 }
 
 /// Honest users' money is intact: Alice and Bob each exit with what the finalized state owes
@@ -1183,13 +1188,7 @@ async fn a_mark_the_oracle_never_signed_is_caught_reverted_and_slashed_and_users
         panic!("{verdicts:?}")
     };
     assert!(why.contains("does not recover to the oracle"), "{why}");
-    let before = operator
-        .get_balance(optio_settler::signer_address(CHALLENGER).expect("address"))
-        .await
-        .expect("balance");
-    let receipt = file_mark_challenge(&challenger, d.rollup, c)
-        .await
-        .expect("the challenge succeeds");
+    let receipt = pays_the_bond(&operator, file_mark_challenge(&challenger, d.rollup, c)).await;
     println!(
         "a successful mark challenge: {} gas ({} data bytes, {} authorization bytes)",
         receipt.gas_used,
@@ -1203,12 +1202,6 @@ async fn a_mark_the_oracle_never_signed_is_caught_reverted_and_slashed_and_users
         (event.number, event.mark, event.reward),
         (U256::from(2u64), U256::ZERO, U256::from(BOND))
     );
-    let after = operator
-        .get_balance(optio_settler::signer_address(CHALLENGER).expect("address"))
-        .await
-        .expect("balance");
-    let gas = U256::from(receipt.gas_used) * U256::from(receipt.effective_gas_price);
-    assert_eq!(after + gas - before, U256::from(BOND), "the bond");
     assert!(rollup.slashed().call().await.expect("reads"));
     assert!(rollup.frozen().call().await.expect("reads"));
     assert_eq!(
