@@ -211,7 +211,8 @@ fn encode_command(w: &mut Writer, c: &Command) {
             }
         }
         Command::OracleUpdate(u) => {
-            w.u8(12);
+            // 12: before marks carried their own signature (still decoded).
+            w.u8(20);
             w.bytes(&u.encode());
         }
         Command::SetMarginMode { account, mode } => {
@@ -362,7 +363,12 @@ fn decode_command(r: &mut Reader<'_>) -> Result<Command, DecodeError> {
             }
             Command::MassQuote { account, quotes }
         }
-        12 => Command::OracleUpdate(OracleUpdate::decode(
+        12 => Command::OracleUpdate(OracleUpdate::decode_unattested(
+            r.bytes(usize::MAX)?,
+            MAX_LIST,
+            MAX_LIST,
+        )?),
+        20 => Command::OracleUpdate(OracleUpdate::decode(
             r.bytes(usize::MAX)?,
             MAX_LIST,
             MAX_LIST,
@@ -414,4 +420,67 @@ fn decode_command(r: &mut Reader<'_>) -> Result<Command, DecodeError> {
             });
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixed::{Amount, Price};
+    use crate::ids::InstrumentId;
+    use crate::oracle::MarkUpdate;
+
+    fn update(attestation: [u8; 65]) -> OracleUpdate {
+        OracleUpdate {
+            underlying: "BTC".into(),
+            published_ms: 1_800_000_000_000,
+            index_price: Price(60_000_000_000),
+            marks: vec![MarkUpdate {
+                instrument: InstrumentId(3),
+                mark: Price(1_234_000_000),
+                risk_array: vec![Amount(-5), Amount(0), Amount(7)],
+                attestation,
+            }],
+        }
+    }
+
+    /// An oracle update is logged with each mark's signature (tag 20); one a log wrote before
+    /// marks carried their own signature (tag 12, no attestation field) still decodes, its
+    /// marks unsigned, so that such a log replays.
+    #[test]
+    fn oracle_updates_decode_with_and_without_their_marks_signatures() {
+        let signed = Input {
+            time_ms: 1_800_000_000_001,
+            command: Command::OracleUpdate(update([0x5a; 65])),
+        };
+        let bytes = signed.encode();
+        assert_eq!(bytes[8], 20);
+        assert_eq!(Input::decode(&bytes), Ok(signed));
+        // The bytes of the old format, written field by field as it wrote them.
+        let old = update([0; 65]);
+        let mut u = Writer::default();
+        u.bytes(old.underlying.as_bytes());
+        u.u64(old.published_ms);
+        u.price(old.index_price);
+        u.len(1);
+        u.instrument(old.marks[0].instrument);
+        u.price(old.marks[0].mark);
+        u.amounts(&old.marks[0].risk_array);
+        let mut w = Writer::default();
+        w.u64(1_800_000_000_001);
+        w.u8(12);
+        w.bytes(&u.bytes);
+        assert_eq!(
+            Input::decode(&w.bytes),
+            Ok(Input {
+                time_ms: 1_800_000_000_001,
+                command: Command::OracleUpdate(old),
+            })
+        );
+        // The new format under the old tag is refused (trailing bytes), not misread.
+        let mut w = Writer::default();
+        w.u64(1);
+        w.u8(12);
+        w.bytes(&update([1; 65]).encode());
+        assert!(Input::decode(&w.bytes).is_err());
+    }
 }

@@ -156,6 +156,25 @@ impl OracleUpdate {
         max_marks: usize,
         max_scenarios: usize,
     ) -> Result<Self, crate::codec::DecodeError> {
+        Self::decode_as(bytes, max_marks, max_scenarios, true)
+    }
+
+    /// Decodes the bytes of an update from before marks carried their own signature (a
+    /// write-ahead log written then): each mark's `attestation` is zero.
+    pub fn decode_unattested(
+        bytes: &[u8],
+        max_marks: usize,
+        max_scenarios: usize,
+    ) -> Result<Self, crate::codec::DecodeError> {
+        Self::decode_as(bytes, max_marks, max_scenarios, false)
+    }
+
+    fn decode_as(
+        bytes: &[u8],
+        max_marks: usize,
+        max_scenarios: usize,
+        attested: bool,
+    ) -> Result<Self, crate::codec::DecodeError> {
         let mut r = crate::codec::Reader::new(bytes);
         let underlying = std::str::from_utf8(r.bytes(MAX_UNDERLYING_LEN)?)
             .map_err(|_| crate::codec::DecodeError::Invalid("underlying is not UTF-8"))?
@@ -168,10 +187,13 @@ impl OracleUpdate {
             let instrument = r.instrument()?;
             let mark = r.price()?;
             let risk_array = r.amounts(max_scenarios)?;
-            let attestation = r
-                .bytes(65)?
-                .try_into()
-                .map_err(|_| crate::codec::DecodeError::Invalid("attestation is not 65 bytes"))?;
+            let attestation = if attested {
+                r.bytes(65)?.try_into().map_err(|_| {
+                    crate::codec::DecodeError::Invalid("attestation is not 65 bytes")
+                })?
+            } else {
+                [0; 65]
+            };
             marks.push(MarkUpdate {
                 instrument,
                 mark,
