@@ -75,8 +75,12 @@ contract OptioRollup {
         uint64 lastSeq;
         uint64 committedAt;
         uint64 priorityServed;
+        /// The engine time (ms) the batch was cut at, from its data's header: it never goes
+        /// back from one batch to the next, so a batch cannot be dated before one already
+        /// committed (the marks' window and the session keys' expiry are judged against it).
+        uint64 time;
         /// keccak256 of the authorization section posted with the batch (the fills' signed
-        /// orders).
+        /// orders, then the oracle's signature of each mark).
         bytes32 authHash;
     }
 
@@ -262,7 +266,7 @@ contract OptioRollup {
         finalizationDelay = finalizationDelay_;
         priorityWindow = priorityWindow_;
         bond = msg.value;
-        batches.push(Batch({root: genesisRoot, dataHash: 0, withdrawalsHash: 0, lastSeq: 0, committedAt: uint64(block.timestamp), priorityServed: 0, authHash: 0}));
+        batches.push(Batch({root: genesisRoot, dataHash: 0, withdrawalsHash: 0, lastSeq: 0, committedAt: uint64(block.timestamp), priorityServed: 0, time: 0, authHash: 0}));
         for (uint256 h = 0; h < POSITIONS_LEVELS; h++) {
             zeros[h + 1] = h4_.poseidon([zeros[h], zeros[h], zeros[h], zeros[h]]);
         }
@@ -327,7 +331,7 @@ contract OptioRollup {
             if (!usdc.transferFrom(msg.sender, address(this), minted)) revert TransferFailed();
             totalDeposited += minted;
         }
-        batches.push(Batch({root: newRoot, dataHash: keccak256(data), withdrawalsHash: withdrawalsHash, lastSeq: lastSeq, committedAt: uint64(block.timestamp), priorityServed: priorityServed_, authHash: keccak256(authorizations_)}));
+        batches.push(Batch({root: newRoot, dataHash: keccak256(data), withdrawalsHash: withdrawalsHash, lastSeq: lastSeq, committedAt: uint64(block.timestamp), priorityServed: priorityServed_, time: _time(data), authHash: keccak256(authorizations_)}));
         emit BatchCommitted(number, newRoot, keccak256(data), lastSeq);
     }
 
@@ -471,6 +475,13 @@ contract OptioRollup {
         if (previousRoot != last.root) revert BadBatch("previous root");
         if (firstSeq != last.lastSeq + 1 || lastSeq < firstSeq) revert BadBatch("sequence range");
         if (priorityServed_ < last.priorityServed || priorityServed_ > priorityOps.length) revert BadBatch("priority operations");
+    }
+
+    /// The time in `data`'s header (after `_bind`, which checks the header is there), no
+    /// earlier than the last committed batch's.
+    function _time(bytes calldata data) internal view returns (uint64 time) {
+        time = uint64(bytes8(data[29:37]));
+        if (time < batches[batches.length - 1].time) revert BadBatch("time goes back");
     }
 
     /// Keeps batch `number`'s ops commitment and its words' evaluation (its proof's public

@@ -360,6 +360,23 @@ contract RollupTest is WithHashers {
         );
     }
 
+    /// A batch's time (its data's header) never goes back from the batch before: a batch
+    /// cannot be dated before one already committed.
+    function test_a_batch_dated_before_the_last_one_is_refused() public {
+        bytes memory first = depositServed(400_000e6, 0);
+        first[36] = 0x05; // time 5 ms (big-endian, header bytes 29..37)
+        commitServing(first, 1);
+        bytes memory earlier = new bytes(49);
+        earlier[36] = 0x04;
+        bytes32 none = keccak256(abi.encode(new OptioRollup.Withdrawal[](0)));
+        hevm.expectRevert(abi.encodeWithSelector(OptioRollup.BadBatch.selector, "time goes back"));
+        rollup.commitBatch(2, 1, 2, 8, 9, 1, none, 1, earlier, "");
+        bytes memory same = new bytes(49);
+        same[36] = 0x05;
+        rollup.commitBatch(2, 1, 2, 8, 9, 1, none, 1, same, "");
+        assertEq(rollup.committedBatches(), 2, "the same time is taken");
+    }
+
     function test_an_exit_against_a_stale_root_reverts() public {
         commit(0, 0);
         commit(1, 0);

@@ -266,7 +266,19 @@ pub(crate) fn start(
         dir: dir.to_owned(),
         ..BatchStats::default()
     }));
+    // The last batch's time, which the next one's may not go below.
+    let last_time = match files.last() {
+        Some(f) => {
+            let bytes = std::fs::read(f).map_err(|e| e.to_string())?;
+            optio_state::decode(&bytes)
+                .map_err(|e| format!("{}: {e}", f.display()))?
+                .0
+                .time_ms
+        }
+        None => 0,
+    };
     let batcher = Batcher::resume(state, number, last_seq, max_ops, max_age_ms)
+        .after_time(last_time)
         .with_capacity(capacity)
         .with_orders(orders);
     let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);

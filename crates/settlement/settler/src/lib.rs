@@ -139,7 +139,7 @@ mod bindings {
                 address owner;
                 uint256 amount;
             }
-            function batches(uint256) external view returns (uint256 root, bytes32 dataHash, bytes32 withdrawalsHash, uint64 lastSeq, uint64 committedAt, uint64 priorityServed, bytes32 authHash);
+            function batches(uint256) external view returns (uint256 root, bytes32 dataHash, bytes32 withdrawalsHash, uint64 lastSeq, uint64 committedAt, uint64 priorityServed, uint64 time, bytes32 authHash);
         }
 
         #[sol(rpc)]

@@ -309,7 +309,7 @@ async fn the_watchtower_flags_a_root_the_data_does_not_give() {
             number: 3,
             first_seq: 21,
             last_seq: 21,
-            time_ms: 0,
+            time_ms: meta.time_ms,
             accounts: meta.accounts + count(|o| matches!(o, optio_state::Op::OpenAccount { .. })),
             instruments: meta.instruments
                 + count(|o| matches!(o, optio_state::Op::ListInstrument { .. })),

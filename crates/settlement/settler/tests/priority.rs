@@ -307,7 +307,8 @@ async fn deposits_and_forced_withdrawals_are_sequenced_once_and_paid() {
             number: p.committed + 1,
             first_seq: p.committed_seq + 1,
             last_seq: p.committed_seq + 1,
-            time_ms: 0,
+            // Not before the last committed batch's time (L1 refuses a batch dated earlier).
+            time_ms: u64::MAX,
             accounts: state.accounts().len() as u32,
             instruments: state.instruments().len() as u32,
         };

@@ -224,6 +224,14 @@ impl Batcher {
         self
     }
 
+    /// Continues after a batch cut at engine time `time_ms` (its header's): a later batch's
+    /// time is never earlier, even when the first input after a restart carries an earlier
+    /// time (one the engine refused for it), since L1 refuses a batch dated before the last.
+    pub fn after_time(mut self, time_ms: u64) -> Self {
+        self.last_ms = self.last_ms.max(time_ms);
+        self
+    }
+
     /// Continues with the signed orders persisted with the state (`SettlementState::stored_orders`).
     pub fn with_orders(mut self, orders: Orders) -> Self {
         self.orders = orders;

@@ -270,3 +270,23 @@ fn a_batch_is_cut_before_its_mark_would_leave_the_window() {
         (T0, Ok(()))
     );
 }
+
+/// A batcher resumed after a batch cut at time `t` never dates a batch before `t`, even when the
+/// inputs after the restart carry earlier times (the engine refuses such an input, but it is
+/// sequenced and batched): L1 refuses a batch dated before the last one.
+#[test]
+fn a_resumed_batcher_never_dates_a_batch_before_the_last_one() {
+    let mut engine = Engine::new(EngineLimits::default());
+    let later = T0 + 10_000;
+    let mut batcher = Batcher::new(1_000, u64::MAX).after_time(later);
+    for (i, input) in history(3, 0).into_iter().enumerate() {
+        let mut events = Vec::new();
+        let _ = engine.apply(&input, &mut events);
+        assert!(input.time_ms < later);
+        batcher
+            .push(i as u64 + 1, &input, &events)
+            .expect("batches");
+    }
+    let b = batcher.flush().expect("cuts").expect("a batch");
+    assert_eq!(decode(&b.blob).expect("decodes").0.time_ms, later);
+}
