@@ -44,13 +44,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             signer: owner,
         };
         let digest = action.digest(&domain);
-        let (recid, sig) = secp256k1::ecdsa::RecoverableSignature::sign_ecdsa_recoverable(
-            Message::from_digest(digest),
-            &key,
-        )
-        .serialize_compact();
-        let mut bytes = sig.to_vec();
-        bytes.push(27 + recid.to_u8());
+        let bytes = optio_intents::sign(&key, &digest).to_vec();
         signed.push((data, action, digest, bytes));
     }
     let n = signed.len();

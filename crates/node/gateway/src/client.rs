@@ -1,7 +1,7 @@
 //! Building signed requests as a client would (used by tests, the load generator and tools).
 
 use optio_intents::{Action, DERIVE_TRADE_MODULE, Domain, TradeData, address_of};
-use secp256k1::{Message, SecretKey};
+use secp256k1::SecretKey;
 use serde_json::{Value, json};
 
 use crate::views::hex;
@@ -41,18 +41,6 @@ pub struct OrderRequest<'a> {
     pub expiry: u64,
     /// `gtc`, `ioc`, `fok` or `post_only`.
     pub time_in_force: &'a str,
-}
-
-/// A 65-byte Ethereum signature (r, s, v = 27 + recovery id) of `digest` by `key`.
-fn sign(key: &SecretKey, digest: [u8; 32]) -> Vec<u8> {
-    let (recid, sig) = secp256k1::ecdsa::RecoverableSignature::sign_ecdsa_recoverable(
-        Message::from_digest(digest),
-        key,
-    )
-    .serialize_compact();
-    let mut signature = sig.to_vec();
-    signature.push(27 + recid.to_u8());
-    signature
 }
 
 /// `private/order` params signed by `key` under Optio's native domain.
@@ -106,7 +94,7 @@ pub fn signed_order_for(
         signer,
     };
     let digest = action.digest(&Domain::optio(chain_id, contract).separator());
-    let signature = sign(key, digest);
+    let signature = optio_intents::sign(key, &digest);
     let params = json!({
         "instrument_name": o.instrument_name, "direction": o.direction, "order_type": "limit", "time_in_force": o.time_in_force,
         "limit_price": o.price, "amount": o.amount, "max_fee": o.max_fee, "subaccount_id": o.subaccount, "nonce": o.nonce.to_string(),
@@ -157,7 +145,7 @@ pub fn auth_headers(key: &SecretKey, now_ms: u64) -> Vec<(&'static str, String)>
     let mut message = format!("\x19Ethereum Signed Message:\n{}", ts.len()).into_bytes();
     message.extend_from_slice(ts.as_bytes());
     let digest = optio_intents::keccak(&message);
-    let signature = sign(key, digest);
+    let signature = optio_intents::sign(key, &digest);
     vec![
         ("x-optiowallet", hex(&owner)),
         ("x-optiotimestamp", ts),

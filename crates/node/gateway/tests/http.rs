@@ -12,7 +12,7 @@ use optio_sequencer::Sequencer;
 use optio_types::{
     Amount, Command, EngineLimits, InstrumentId, InstrumentSpec, MONEY_SCALE, Price,
 };
-use secp256k1::{Message, SecretKey};
+use secp256k1::SecretKey;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -33,14 +33,7 @@ fn hex(b: &[u8]) -> String {
 }
 
 fn sign(key: &SecretKey, digest: [u8; 32]) -> Vec<u8> {
-    let (recid, sig) = secp256k1::ecdsa::RecoverableSignature::sign_ecdsa_recoverable(
-        Message::from_digest(digest),
-        key,
-    )
-    .serialize_compact();
-    let mut out = sig.to_vec();
-    out.push(27 + recid.to_u8());
-    out
+    optio_intents::sign(key, &digest).to_vec()
 }
 
 struct Harness {

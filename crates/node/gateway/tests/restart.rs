@@ -166,7 +166,7 @@ fn labels_history_and_intent_statuses_survive_a_restart() {
 }
 
 fn labels_history_and_intent_statuses_survive(snapshot_every: u64) {
-    use secp256k1::{Message, SecretKey};
+    use secp256k1::SecretKey;
     let dir = tempfile::tempdir().expect("temp dir");
     let key = SecretKey::from_secret_bytes([0x42; 32]).expect("key");
     let address = optio_intents::address_of(&secp256k1::PublicKey::from_secret_key(&key));
@@ -228,13 +228,7 @@ fn labels_history_and_intent_statuses_survive(snapshot_every: u64) {
     let ts = optio_gateway::now_ms().to_string();
     let mut message = format!("\x19Ethereum Signed Message:\n{}", ts.len()).into_bytes();
     message.extend_from_slice(ts.as_bytes());
-    let (recid, sig) = secp256k1::ecdsa::RecoverableSignature::sign_ecdsa_recoverable(
-        Message::from_digest(optio_intents::keccak(&message)),
-        &key,
-    )
-    .serialize_compact();
-    let mut sig = sig.to_vec();
-    sig.push(27 + recid.to_u8());
+    let sig = optio_intents::sign(&key, &optio_intents::keccak(&message));
     let hex = |b: &[u8]| {
         b.iter()
             .fold(String::from("0x"), |s, x| s + &format!("{x:02x}"))

@@ -61,6 +61,18 @@ pub fn recover(digest: &[u8; 32], signature: &[u8]) -> Result<Address, Signature
     Ok(address_of(&key))
 }
 
+/// A 65-byte `r || s || v` signature (v = 27 + recovery id, low s) of `digest` by `key`: what
+/// `recover` reads back.
+pub fn sign(key: &secp256k1::SecretKey, digest: &[u8; 32]) -> [u8; 65] {
+    let (recid, sig) =
+        RecoverableSignature::sign_ecdsa_recoverable(Message::from_digest(*digest), key)
+            .serialize_compact();
+    let mut out = [0u8; 65];
+    out[..64].copy_from_slice(&sig);
+    out[64] = 27 + recid.to_u8();
+    out
+}
+
 /// The Ethereum address of a public key.
 pub fn address_of(key: &secp256k1::PublicKey) -> Address {
     let hash = keccak(&key.serialize_uncompressed()[1..]);

@@ -74,14 +74,8 @@ impl OracleSigner {
     /// (`optio_intents::Domain::optio`), then the whole update.
     pub fn sign(&self, mut update: OracleUpdate, domain: &[u8; 32]) -> SignedUpdate {
         for m in &mut update.marks {
-            let digest = mark_digest(domain, update.published_ms, m);
-            let (recid, sig) = ecdsa::RecoverableSignature::sign_ecdsa_recoverable(
-                Message::from_digest(digest),
-                &self.key,
-            )
-            .serialize_compact();
-            m.attestation[..64].copy_from_slice(&sig);
-            m.attestation[64] = 27 + recid.to_u8();
+            m.attestation =
+                optio_intents::sign(&self.key, &mark_digest(domain, update.published_ms, m));
         }
         let signature =
             ecdsa::sign(Message::from_digest(digest(&update)), &self.key).serialize_compact();

@@ -150,13 +150,7 @@ fn signed_by_key(
         qty: Qty(0),
     };
     let digest = record.digest(&fill, address(owner), venue).expect("digest");
-    let (recid, sig) = secp256k1::ecdsa::RecoverableSignature::sign_ecdsa_recoverable(
-        secp256k1::Message::from_digest(digest),
-        &secret(key),
-    )
-    .serialize_compact();
-    record.signature[..64].copy_from_slice(&sig);
-    record.signature[64] = 27 + recid.to_u8();
+    record.signature = optio_intents::sign(&secret(key), &digest);
     record
 }
 

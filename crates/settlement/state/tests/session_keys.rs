@@ -16,7 +16,7 @@ use optio_types::{
     OrderType, Price, Qty, SelfTradePrevention, Side, TimeInForce,
 };
 use rand::{Rng, SeedableRng};
-use secp256k1::{Message, PublicKey, SecretKey};
+use secp256k1::{PublicKey, SecretKey};
 
 mod support;
 
@@ -61,13 +61,7 @@ fn sign(a: u8, k: u8, order: &NewOrder, nonce: u64, now_ms: u64) -> Signed {
     let digest = record
         .digest(&side, address(a, 0), &VENUE)
         .expect("a well-formed record");
-    let (recid, sig) = secp256k1::ecdsa::RecoverableSignature::sign_ecdsa_recoverable(
-        Message::from_digest(digest),
-        &secret(a, k),
-    )
-    .serialize_compact();
-    signed.signature[..64].copy_from_slice(&sig);
-    signed.signature[64] = 27 + recid.to_u8();
+    signed.signature = optio_intents::sign(&secret(a, k), &digest);
     signed
 }
 
