@@ -158,11 +158,11 @@ pub struct Batcher {
     uncovered_ms: Option<u64>,
     last_ms: u64,
     pending: Vec<Op>,
-    marks: BTreeMap<u32, Op>,
-    /// The oracle's signature of each pending mark, by instrument, posted beside the batch's
-    /// mark ops. L1 judges a mark against the batch's time (its last input's): the batch is cut
-    /// before an input that would leave one of them older than `auth::MARK_WINDOW_MS`.
-    attested: BTreeMap<u32, MarkAttestation>,
+    /// The pending marks by instrument (the last of each), with the oracle's signature of
+    /// each, posted beside the batch's mark ops. L1 judges a mark against the batch's time (its
+    /// last input's): the batch is cut before an input that would leave one of them older than
+    /// `auth::MARK_WINDOW_MS`.
+    marks: BTreeMap<u32, (Op, Option<MarkAttestation>)>,
     fills: usize,
     /// The signed orders that may still fill, and the records of the pending fills (maker,
     /// taker), fill by fill.
@@ -205,7 +205,6 @@ impl Batcher {
             last_ms: 0,
             pending: Vec::new(),
             marks: BTreeMap::new(),
-            attested: BTreeMap::new(),
             fills: 0,
             orders: Orders::default(),
             records: Vec::new(),
@@ -240,7 +239,11 @@ impl Batcher {
 
     /// The pending batch with `ops` and `marks` added, as it would be cut.
     fn with(&self, ops: &[Op], marks: &[Op]) -> Vec<Op> {
-        let mut latest = self.marks.clone();
+        let mut latest: BTreeMap<u32, Op> = self
+            .marks
+            .iter()
+            .map(|(i, (op, _))| (*i, op.clone()))
+            .collect();
         for m in marks {
             if let Op::Mark { instrument, .. } = m {
                 latest.insert(instrument.0, m.clone());
@@ -341,8 +344,9 @@ impl Batcher {
         let full = full || self.ends_a_signing_key(input.time_ms, &ops);
         let full = full
             || self
-                .attested
+                .marks
                 .values()
+                .filter_map(|(_, a)| a.as_ref())
                 .any(|a| a.published_ms + auth::MARK_WINDOW_MS < input.time_ms);
         // The circuit takes a flat account's forced withdrawal whole when the account held no
         // position at its batch's start: one whose account traded earlier in the pending batch
@@ -392,25 +396,25 @@ impl Batcher {
         }
         self.fills += ops.iter().filter(|o| matches!(o, Op::Fill { .. })).count();
         self.pending.extend(ops);
-        for m in marks {
-            if let Op::Mark { instrument, .. } = &m {
-                self.marks.insert(instrument.0, m);
-            }
-        }
-        // Marks come from an accepted oracle update: each with its own signature.
-        if let Command::OracleUpdate(u) = &input.command
-            && events
+        // Marks come from an accepted oracle update, each with the oracle's own signature.
+        let signed: BTreeMap<u32, MarkAttestation> = match &input.command {
+            Command::OracleUpdate(u) => u
+                .marks
                 .iter()
-                .any(|e| matches!(e, Event::OracleAccepted { .. }))
-        {
-            for m in &u.marks {
-                self.attested.insert(
-                    m.instrument.0,
-                    MarkAttestation {
+                .map(|m| {
+                    let a = MarkAttestation {
                         published_ms: u.published_ms,
                         signature: m.attestation,
-                    },
-                );
+                    };
+                    (m.instrument.0, a)
+                })
+                .collect(),
+            _ => BTreeMap::new(),
+        };
+        for m in marks {
+            if let Op::Mark { instrument, .. } = &m {
+                let attestation = signed.get(&instrument.0).copied();
+                self.marks.insert(instrument.0, (m, attestation));
             }
         }
         // Both criteria read only the sequence (sizes and sequenced times), so replaying the same
@@ -501,13 +505,9 @@ impl Batcher {
         self.signing_keys.clear();
         self.pending_keys.clear();
         let mut ops = std::mem::take(&mut self.pending);
-        let attested = std::mem::take(&mut self.attested);
-        let marks: Vec<Option<MarkAttestation>> = self
-            .marks
-            .keys()
-            .map(|i| attested.get(i).copied())
-            .collect();
-        ops.extend(std::mem::take(&mut self.marks).into_values());
+        let (marks, attested): (Vec<Op>, Vec<Option<MarkAttestation>>) =
+            std::mem::take(&mut self.marks).into_values().unzip();
+        ops.extend(marks);
         let meta = BlobMeta {
             number: self.number + 1,
             first_seq: self.first_seq,
@@ -540,7 +540,7 @@ impl Batcher {
             header,
             blob,
             fills,
-            authorizations: auth::section_of(&std::mem::take(&mut self.records), &marks),
+            authorizations: auth::section_of(&std::mem::take(&mut self.records), &attested),
             orders,
         })
     }
