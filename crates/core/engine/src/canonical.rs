@@ -109,6 +109,9 @@ impl<M: MarginModel> Engine<M> {
     /// invariant is refused.
     pub fn restore(state: &CanonicalState, margin: M) -> Result<Self, RestoreError> {
         let bad = |what: &str| RestoreError::Invariant(InvariantViolation(what.to_owned()));
+        if state.risk.liquidation_fee_bps > optio_types::MAX_LIQUIDATION_FEE_BPS {
+            return Err(bad("liquidation fee above its provable maximum"));
+        }
         let mut engine = Engine::with_config(state.limits, state.risk, margin);
         for o in &state.oracles {
             let sorted = o.samples.windows(2).all(|w| w[0].0 < w[1].0)

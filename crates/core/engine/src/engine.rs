@@ -115,7 +115,15 @@ impl<M: MarginModel> Engine<M> {
     }
 
     /// An empty engine with the given limits, risk parameters and worst-case margin model.
+    ///
+    /// Panics if `risk.liquidation_fee_bps` exceeds `MAX_LIQUIDATION_FEE_BPS` (no validity proof
+    /// could prove such a fee).
     pub fn with_config(limits: EngineLimits, risk: RiskConfig, margin: M) -> Self {
+        assert!(
+            risk.liquidation_fee_bps <= optio_types::MAX_LIQUIDATION_FEE_BPS,
+            "liquidation fee of {} bps above the provable maximum",
+            risk.liquidation_fee_bps
+        );
         Self {
             margin,
             limits,

@@ -96,7 +96,10 @@ impl<M: MarginModel> Engine<M> {
             .get(&inst.spec.name.underlying)
             .ok_or(RejectCode::NoMark)?
             .index_price;
-        let reference = i128::from(index.0) * i128::from(inst.spec.contract_multiplier.0) / Q;
+        // The index clamped to the cap, as settlement clamps it: the validity circuit bounds the
+        // fee by its value at the cap (`MAX_LIQUIDATION_FEE_BPS`).
+        let index = index.0.clamp(0, inst.spec.underlying_cap.0);
+        let reference = i128::from(index) * i128::from(inst.spec.contract_multiplier.0) / Q;
         let r = &self.risk;
         let elapsed = i128::from(
             self.time_ms

@@ -30,6 +30,9 @@ pub use instrument::{
     InstrumentKind, InstrumentName, InstrumentSpec, InstrumentStatus, OptionRight,
 };
 pub use margin::{Exposure, MarginModel, WorstCaseMargin};
-pub use oracle::{MarginMode, MarkUpdate, OracleUpdate, RiskConfig, stress_range};
+pub use oracle::{
+    MAX_LIQUIDATION_FEE_BPS, MarginMode, MarkUpdate, OracleUpdate, RiskConfig, max_liquidation_fee,
+    stress_range,
+};
 pub use reject::RejectCode;
 pub use state::{CanonicalState, EngineLimits};

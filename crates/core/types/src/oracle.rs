@@ -107,8 +107,25 @@ pub struct RiskConfig {
     /// Largest share of a position one take may transfer while the account is solvent (bps).
     pub liquidation_step_bps: u32,
     /// Fee paid by the liquidated account to the insurance fund, bps of underlying notional
-    /// (never more than the account's remaining equity).
+    /// (never more than the account's remaining equity). At most `MAX_LIQUIDATION_FEE_BPS`.
     pub liquidation_fee_bps: u32,
+}
+
+/// The most `RiskConfig::liquidation_fee_bps` may be: the validity circuit holds every
+/// liquidation's fee to `ceil(qty * floor(cap * multiplier / 1e8) * MAX / (1e4 * 1e8))`, the
+/// fee at this rate with the index at the instrument's cap (the engine prices the fee at the
+/// index clamped to the cap), since the index is not in the settlement state.
+pub const MAX_LIQUIDATION_FEE_BPS: u32 = 100;
+
+/// The most a liquidation of `qty` contracts (either sign) of `spec` may charge the liquidated
+/// account: `ceil(|qty| * floor(cap * multiplier / 1e8) * MAX_LIQUIDATION_FEE_BPS / (1e4 *
+/// 1e8))`, what the validity circuit allows (the engine's fee at a rate no higher, at an index
+/// no higher than the cap, is never above it).
+pub fn max_liquidation_fee(spec: &crate::InstrumentSpec, qty: crate::Qty) -> i128 {
+    let q = i128::from(crate::QTY_SCALE);
+    let reference = i128::from(spec.underlying_cap.0) * i128::from(spec.contract_multiplier.0) / q;
+    let scale = 10_000 * q;
+    (i128::from(qty.0).abs() * reference * i128::from(MAX_LIQUIDATION_FEE_BPS) + scale - 1) / scale
 }
 
 impl Default for RiskConfig {

@@ -520,7 +520,7 @@ fn encode_risk(w: &mut Writer, c: &RiskConfig) {
 }
 
 fn decode_risk(r: &mut Reader<'_>) -> Result<RiskConfig, DecodeError> {
-    Ok(RiskConfig {
+    let risk = RiskConfig {
         scenarios: r.u32()?,
         max_update_delay_ms: r.u64()?,
         mark_max_age_ms: r.u64()?,
@@ -536,7 +536,11 @@ fn decode_risk(r: &mut Reader<'_>) -> Result<RiskConfig, DecodeError> {
         liquidation_duration_ms: r.u64()?,
         liquidation_step_bps: r.u32()?,
         liquidation_fee_bps: r.u32()?,
-    })
+    };
+    if risk.liquidation_fee_bps > crate::oracle::MAX_LIQUIDATION_FEE_BPS {
+        return Err(DecodeError::Invalid("liquidation fee above its maximum"));
+    }
+    Ok(risk)
 }
 
 fn decode_limits(r: &mut Reader<'_>) -> Result<EngineLimits, DecodeError> {

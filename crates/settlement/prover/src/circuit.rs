@@ -26,7 +26,9 @@
 //!   risk array on the liquidated account's side (a long sold at no less than
 //!   `mark + min(0, min_s RA[s])`, a short bought back at no more than `mark + max(0, max_s
 //!   RA[s])`), only reducing the liquidated account's position (never opening, growing or
-//!   flipping one), the liquidated account paying its fee to insurance;
+//!   flipping one), the liquidated account paying its fee to insurance, at most the fee at
+//!   `MAX_LIQUIDATION_FEE_BPS` of the contracts' value with the index at the instrument's cap
+//!   (`optio_types::max_liquidation_fee`: the index is not in the state);
 //! - a deficit cover credits what it takes from insurance and the fee pool (both left
 //!   non-negative) and exactly the loss shares charged since the previous cover, in the
 //!   engine's order (the fee pool only once insurance is spent, shares only once both are), and
@@ -53,12 +55,13 @@
 //! engine's at order time, with the orders, which the state does not hold); fills against the
 //! maker's and taker's signed order limits (the authorization challenge judges those on L1).
 
+use ark_ff::{BigInteger, PrimeField};
 use ark_relations::gr1cs::{ConstraintSynthesizer, ConstraintSystemRef, SynthesisError};
 use optio_state::leaf::{ACCOUNT_DEPTH, INSTRUMENT_DEPTH, RISK_CHUNK, spec, status};
 use optio_state::poseidon::{Fr, from_i64};
 use optio_state::smt::empty_root;
-use optio_types::QTY_SCALE;
 use optio_types::fixed::FEE_RATE_SCALE;
+use optio_types::{MAX_LIQUIDATION_FEE_BPS, QTY_SCALE};
 
 use optio_state::blob::bits as at;
 
@@ -142,6 +145,9 @@ struct InstrumentWires {
     /// The ends of its stress range, which bound its liquidations' prices.
     low: Wire,
     high: Wire,
+    /// `floor(cap * multiplier / 1e8)`: a contract's value with the index at the cap, which
+    /// bounds its liquidations' fees.
+    fee_reference: Wire,
 }
 
 /// The state right after one op slot, for the margin slots.
@@ -420,10 +426,12 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
         // do: a price beyond its value is beyond the range's end too.
         let low = mark.add(&scenario_value(cs, &risk, i.low)?);
         let high = mark.add(&scenario_value(cs, &risk, i.high)?);
+        let fee_reference = fee_reference(cs, &spec)?;
         instruments.push(InstrumentWires {
             id,
             maker_rate: spec.maker_rate,
             taker_rate: spec.taker_rate,
+            fee_reference,
             status,
             enabled,
             used: Wire::zero(),
@@ -712,6 +720,22 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     let bound = cs.select(&taker_buys, &high, &low)?;
     let room = cs.mul(&sign, &bound.sub(&price))?;
     cs.range(&cs.mul(&liquidation, &room)?, 65)?;
+    // Its fee is at most the fee at `MAX_LIQUIDATION_FEE_BPS` with the index at the cap
+    // (`optio_types::max_liquidation_fee`): `fee * 1e12 <= qty * reference * MAX + 1e12 - 1`
+    // (`qty < 2^63`, `reference < 2^100`: 171 bits hold the difference, a negative one is far
+    // above them).
+    let reference = pick(
+        cs,
+        &sel_i,
+        st.instruments.iter().map(|i| i.fee_reference.clone()),
+    )?;
+    let scale = Fr::from(10_000u64 * QTY_SCALE as u64);
+    let fee_room = cs
+        .mul(&qty, &reference)?
+        .scale(Fr::from(u64::from(MAX_LIQUIDATION_FEE_BPS)))
+        .add_const(scale - Fr::from(1u64))
+        .sub(&amount.scale(scale));
+    cs.range(&cs.mul(&liquidation, &fee_room)?, 171)?;
     // A fill pays the spec's fees to the fee pool; a liquidation pays `amount` from the
     // liquidated account (b) to insurance.
     let a_fee = cs.mul(&fill, &maker_fee)?;
@@ -862,6 +886,31 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
 /// `|q * (mark + RA[s])| < 2^127` and at most 2^7 instruments, so a total below zero (`p - |t|`)
 /// is far above `2^135`.
 const STRESS_BITS: usize = 135;
+
+/// `floor(cap * multiplier / 1e8)` of a spec's opened terms (each below 2^64, as listed):
+/// the quotient below 2^100 and the remainder below 1e8 make it exact.
+fn fee_reference(cs: &Cs, spec: &SpecWires) -> R<Wire> {
+    let product = cs.mul(&spec.cap, &spec.multiplier)?;
+    let value = u128::from_le_bytes(
+        product.value.into_bigint().to_bytes_le()[..16]
+            .try_into()
+            .expect("16 bytes"),
+    );
+    let q = QTY_SCALE as u128;
+    let quotient = cs.witness(Fr::from(value / q))?;
+    let remainder = cs.witness(Fr::from((value % q) as u64))?;
+    cs.range(&quotient, 100)?;
+    cs.range(&remainder, 27)?;
+    cs.range(
+        &Wire::constant(Fr::from(QTY_SCALE as u64 - 1)).sub(&remainder),
+        27,
+    )?;
+    cs.equal(
+        &quotient.scale(Fr::from(QTY_SCALE as u64)).add(&remainder),
+        &product,
+    )?;
+    Ok(quotient)
+}
 
 /// The stress rule, once for each op that takes money out of an account (the engine's
 /// `stress_free`, docs/risk.md): right after the op, for every scenario `s` of the committed

@@ -239,7 +239,9 @@ fn random_batch(rng: &mut ChaCha8Rng, state: &SettlementState, priority: &mut u6
                     instrument,
                     qty: Qty(if buys { contracts } else { -contracts }),
                     price: Price(price as i64),
-                    fee: Amount(rng.random_range(0..100) * MONEY_SCALE),
+                    fee: Amount(rng.random_range(
+                        0..=optio_types::max_liquidation_fee(&x.spec, Qty(contracts)) as i64,
+                    )),
                 }
             }
             _ => Op::Fill {
@@ -1548,6 +1550,57 @@ fn a_liquidation_is_priced_inside_the_committed_stress_range() {
             refused_first_and_natively(&state, &ops, StateError::LiquidationPrice(0), rule);
         }
     }
+}
+
+/// A liquidation's fee is bounded by the fee at `MAX_LIQUIDATION_FEE_BPS` of the contracts'
+/// value with the index at the instrument's cap (`optio_types::max_liquidation_fee`: the index
+/// is not in the state): for 1.5 perpetuals capped at 200,000, at most 3,000 USDC, the engine's
+/// 50 bps at an index of 100,000 being 750. Exactly the bound proves; a unit more is refused at
+/// its op slot and natively, leaving the state unchanged; so is every fee when the bound is
+/// computed from another instrument's terms.
+#[test]
+fn a_liquidation_fee_is_bounded_at_the_cap() {
+    let mark = Op::Mark {
+        instrument: InstrumentId(0),
+        mark: Price(100_000 * MONEY_SCALE),
+        risk: vec![Amount(-15_000 * MONEY_SCALE), Amount(12_000 * MONEY_SCALE)],
+    };
+    let state = after(&genesis(4), &[perp_fill(Side::Buy, 2), mark]);
+    let spec = &state.instruments()[0].spec;
+    let qty = Qty(-3 * QTY_SCALE / 2);
+    let most = optio_types::max_liquidation_fee(spec, qty);
+    assert_eq!(most, 3_000 * i128::from(MONEY_SCALE), "1% of 1.5 x 200,000");
+    let liquidation = |fee: i128| {
+        [Op::Liquidation {
+            account: AccountId(1),
+            counterparty: AccountId(2),
+            instrument: InstrumentId(0),
+            qty,
+            price: Price(100_000 * MONEY_SCALE),
+            fee: Amount(fee as i64),
+        }]
+    };
+    let honest = batch_of(&state, &liquidation(most));
+    check(&honest).expect("a fee at the bound");
+    after(&state, &liquidation(most));
+    refused_first_and_natively(
+        &state,
+        &liquidation(most + 1),
+        StateError::LiquidationFee(0),
+        "a fee a unit above the bound",
+    );
+    let mut native = state.clone();
+    assert_eq!(
+        native.apply_batch(&liquidation(-1)),
+        Err(StateError::LiquidationFee(0)),
+        "a negative fee"
+    );
+    // The cap the register opens is the committed spec's: a prover that opens another one
+    // (doubled here, which would raise the bound) breaks the leaf's hash.
+    let mut w = honest.clone();
+    let cap = w.instruments[0].spec.cap;
+    w.instruments[0].spec.cap = cap + cap;
+    assert!(refused(&w), "another cap than the committed spec's");
 }
 
 /// A liquidation only reduces the liquidated account's position: account 1's long of 2 may be

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use optio_types::{
     AccountId, Address, Amount, CanonicalState, InstrumentId, InstrumentSpec, InstrumentStatus,
-    Price, Qty, stress_range,
+    Price, Qty, max_liquidation_fee, stress_range,
 };
 
 use crate::leaf::{self, ACCOUNT_DEPTH, AccountLeaf, INSTRUMENT_DEPTH, InstrumentLeaf, status};
@@ -78,6 +78,11 @@ pub enum StateError {
     /// long sold below the low end, or a short bought back above the high end.
     #[error("op {0}: the liquidation's price is beyond the committed stress range")]
     LiquidationPrice(usize),
+    /// Op `index` charges a liquidation fee below zero or above `optio_types::
+    /// max_liquidation_fee` (the fee at `MAX_LIQUIDATION_FEE_BPS` of the contracts' value with
+    /// the index at the instrument's cap).
+    #[error("op {0}: the liquidation's fee is above its bound")]
+    LiquidationFee(usize),
     /// Op `index` liquidates more than the account holds, or in the direction that would open
     /// or grow its position: a liquidation only reduces one.
     #[error("op {0}: the liquidation does not reduce the account's position")]
@@ -1098,6 +1103,11 @@ impl Scratch {
                 };
                 if !price_ok {
                     return Err(StateError::LiquidationPrice(i));
+                }
+                // Its fee is at most the fee at the provable rate with the index at the cap.
+                let most = max_liquidation_fee(&x.spec, *qty);
+                if fee.0 < 0 || i128::from(fee.0) > most {
+                    return Err(StateError::LiquidationFee(i));
                 }
                 // It only reduces the liquidated account's position.
                 let held = self

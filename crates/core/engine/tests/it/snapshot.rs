@@ -17,6 +17,25 @@ fn replay(inputs: &[optio_types::Input]) -> Engine {
     engine
 }
 
+/// A liquidation fee rate above what a validity proof can prove
+/// (`MAX_LIQUIDATION_FEE_BPS`) is refused, in a decoded state and in the snapshot's bytes.
+#[test]
+fn a_liquidation_fee_above_the_provable_maximum_is_refused() {
+    let bytes = busy_snapshot();
+    let mut state = CanonicalState::decode(&bytes).expect("decodes");
+    state.risk.liquidation_fee_bps = optio_types::MAX_LIQUIDATION_FEE_BPS;
+    Engine::restore(&state, WorstCaseMargin).expect("at the maximum");
+    state.risk.liquidation_fee_bps += 1;
+    assert!(matches!(
+        Engine::restore(&state, WorstCaseMargin),
+        Err(RestoreError::Invariant(_))
+    ));
+    assert!(matches!(
+        Engine::restore_bytes(&state.encode(), WorstCaseMargin),
+        Err(RestoreError::Decode(DecodeError::Invalid(_)))
+    ));
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
 
