@@ -934,9 +934,10 @@ impl<M: MarginModel> Engine<M> {
     }
 
     /// Serves an L1 forced withdrawal: when `owner` owns `account`, cancels its open orders and
-    /// withdraws all its collateral when it holds no position, otherwise all its free collateral
-    /// (nothing while it is being liquidated or its marks are stale); when someone else asks,
-    /// nothing moves.
+    /// withdraws all its collateral when it holds no position, otherwise all that leaves it
+    /// fully collateralized and covered by the stress rule (docs/risk.md, "Withdrawals": what
+    /// the proven state can price, not the margin mode's free collateral); when someone else
+    /// asks, nothing moves.
     fn l1_withdrawal(
         &mut self,
         priority: u64,
@@ -956,16 +957,17 @@ impl<M: MarginModel> Engine<M> {
                     self.pay_out(account, all, events);
                     withdrawn = all;
                 }
-            } else {
-                // (An account with more positions than a proof can price gets nothing.)
-                let stress =
-                    Amount(i64::try_from(self.stress_free(account).max(0)).unwrap_or(i64::MAX));
-                let free = self.accounts[account.0 as usize]
-                    .free_collateral()
-                    .min(stress)
-                    .min(self.limits.max_amount);
-                if free.is_positive() && self.withdraw(account, free, events).is_ok() {
-                    withdrawn = free;
+            } else if self.check_positions_to_withdraw(account).is_ok() {
+                // All that leaves the account fully collateralized and covered by the stress rule
+                // at the marks, whatever its margin mode, a liquidation under way or the marks'
+                // age: the validity proof holds the operator to exactly that. (An account with
+                // more positions than a proof can price gets nothing.)
+                let free = self
+                    .full_collateral_free(account)
+                    .min(self.stress_free(account));
+                if free > 0 {
+                    withdrawn = Amount(free as i64);
+                    self.pay_out(account, withdrawn, events);
                 }
             }
         }

@@ -653,6 +653,21 @@ impl<M: MarginModel> Engine<M> {
         floor_div(totals.into_iter().min().unwrap_or(0), Q)
     }
 
+    /// What `account`'s balance holds above full collateral of its positions, orders aside
+    /// (`optio_types::full_collateral`: the worst-case liability of each short position, what
+    /// a `WorstCase` account's requirement is without orders), whatever its margin mode.
+    pub(crate) fn full_collateral_free(&self, account: AccountId) -> i128 {
+        let acct = &self.accounts[account.0 as usize];
+        acct.positions
+            .iter()
+            .fold(i128::from(acct.balance.0), |free, (&instrument, &slot)| {
+                let position = self.positions[slot as usize].exposure.position;
+                let spec = &self.instruments[instrument.0 as usize].spec;
+                // (A spec whose payoff overflows was refused at listing.)
+                free - optio_types::full_collateral(spec, position).unwrap_or(i128::MAX / 4)
+            })
+    }
+
     /// Refuses money out of an account holding more open positions than a validity proof can
     /// price (`EngineLimits::max_positions_to_withdraw`).
     pub(crate) fn check_positions_to_withdraw(&self, account: AccountId) -> Result<(), RejectCode> {

@@ -63,6 +63,14 @@ impl WorstCaseMargin {
     }
 }
 
+/// The collateral that fully collateralizes `position` of `spec` with no orders: `L(x)` of
+/// [`WorstCaseMargin`], `ceil(max(-x, 0) * W / 1e8)`. An L1 forced withdrawal from an account
+/// holding positions leaves it at least the sum over its positions, whatever its margin mode:
+/// the validity circuit computes the same sum from the committed specs and positions.
+pub fn full_collateral(spec: &InstrumentSpec, position: Qty) -> Result<i128, ArithError> {
+    WorstCaseMargin::liability(position.0, spec.max_payoff_per_contract()?)
+}
+
 impl MarginModel for WorstCaseMargin {
     fn requirement(&self, spec: &InstrumentSpec, e: &Exposure) -> Result<Amount, ArithError> {
         let w = spec.max_payoff_per_contract()?;

@@ -148,6 +148,8 @@ struct InstrumentWires {
     /// `floor(cap * multiplier / 1e8)`: a contract's value with the index at the cap, which
     /// bounds its liquidations' fees.
     fee_reference: Wire,
+    /// Its worst-case payoff per contract, which fully collateralizes a short.
+    max_payoff: Wire,
 }
 
 /// The state right after one op slot, for the margin slots.
@@ -158,6 +160,9 @@ struct Snapshot {
     a_after: Wire,
     /// Money left account a at its holder's request.
     out: Wire,
+    /// Its owner's forced withdrawal from account a, which held positions the registers price:
+    /// it must take all the stress rule leaves, even when nothing moved.
+    priced: Wire,
     /// A deficit cover of account a: it must hold no position.
     covered: Wire,
     /// Every position register's quantity.
@@ -427,11 +432,26 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
         let low = mark.add(&scenario_value(cs, &risk, i.low)?);
         let high = mark.add(&scenario_value(cs, &risk, i.high)?);
         let fee_reference = fee_reference(cs, &spec)?;
+        // The worst-case payoff per contract (`InstrumentSpec::max_payoff_per_contract`): a
+        // call's `cap - strike`, a put's strike, a perpetual's cap, times the multiplier, / 1e8
+        // rounded up (below 2^72: a listing's cap and multiplier are bounded).
+        let per_unit = spec
+            .cap
+            .sub(&cs.mul(&spec.is_put, &spec.cap)?)
+            .sub(&cs.mul(&spec.is_call, &spec.strike)?)
+            .add(&cs.mul(&spec.is_put, &spec.strike)?);
+        let max_payoff = ceil_div(
+            cs,
+            &cs.mul(&per_unit, &spec.multiplier)?,
+            QTY_SCALE as u64,
+            72,
+        )?;
         instruments.push(InstrumentWires {
             id,
             maker_rate: spec.maker_rate,
             taker_rate: spec.taker_rate,
             fee_reference,
+            max_payoff,
             status,
             enabled,
             used: Wire::zero(),
@@ -814,9 +834,30 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     cs.equal_if(&withdraw, &owner, &a_owner)?;
     let stranger = cs.is_nonzero(&owner.sub(&a_owner))?;
     cs.equal_if(&cs.mul(&l1_withdrawal, &stranger)?, &amount, &Wire::zero())?;
-    let a_held = pick(cs, &sel_a, st.accounts.iter().map(|a| a.count0.clone()))?;
-    let a_held = cs.is_nonzero(&a_held)?;
-    let takes_all = cs.mul(&cs.mul(&l1_withdrawal, &not(&stranger))?, &not(&a_held))?;
+    let a_count = pick(cs, &sel_a, st.accounts.iter().map(|a| a.count0.clone()))?;
+    let a_held = cs.is_nonzero(&a_count)?;
+    let owners_exit = cs.mul(&l1_withdrawal, &not(&stranger))?;
+    let takes_all = cs.mul(&owners_exit, &not(&a_held))?;
+    // The owner's forced withdrawal from an account that held positions takes all the stress
+    // rule leaves (a margin slot proves it, even when nothing moved), unless the account holds
+    // more positions than the registers can price (`min(positions, instruments)`, the engine's
+    // `max_positions_to_withdraw` for this shape): then nothing moves. (The batcher starts a new
+    // batch at a forced withdrawal from an account that traded in it, so the count at the
+    // batch's start is the count at the op.)
+    let priceable = st.positions.len().min(st.instruments.len()) as u64;
+    let exits_held = cs.mul(&owners_exit, &a_held)?;
+    let over = cs.boolean(a_count.value > Fr::from(priceable))?;
+    let too_many = cs.mul(&exits_held, &over)?;
+    let priced = exits_held.sub(&too_many);
+    cs.range(
+        &cs.mul(&too_many, &a_count.add_const(-Fr::from(priceable + 1)))?,
+        32,
+    )?;
+    cs.range(
+        &cs.mul(&priced, &Wire::constant(Fr::from(priceable)).sub(&a_count))?,
+        32,
+    )?;
+    cs.equal_if(&too_many, &amount, &Wire::zero())?;
     // A deficit cover pays at most the deficit, and a flat account's forced withdrawal takes
     // all of it: either leaves the account at or below zero.
     cs.range(
@@ -873,6 +914,7 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
         a_id: a_id.clone(),
         a_after,
         out,
+        priced,
         covered: deficit.clone(),
         qty: st.positions.iter().map(|q| q.qty.clone()).collect(),
     });
@@ -912,6 +954,33 @@ fn fee_reference(cs: &Cs, spec: &SpecWires) -> R<Wire> {
     Ok(quotient)
 }
 
+/// `ceil(x / d)` of a non-negative `x` below `d * 2^bits`: the quotient below `2^bits` and
+/// `0 <= q * d - x < d` make it exact.
+fn ceil_div(cs: &Cs, x: &Wire, d: u64, bits: usize) -> R<Wire> {
+    // Long division of the value's four limbs, most significant first.
+    let mut limbs = x.value.into_bigint().0;
+    let mut rem = 0u128;
+    for limb in limbs.iter_mut().rev() {
+        let cur = (rem << 64) | u128::from(*limb);
+        *limb = (cur / u128::from(d)) as u64;
+        rem = cur % u128::from(d);
+    }
+    let quotient = Fr::from_bigint(ark_ff::BigInt(limbs)).unwrap_or_default();
+    let q = cs.witness(quotient + Fr::from(u64::from(rem != 0)))?;
+    let over = q.scale(Fr::from(d)).sub(x);
+    let d_bits = (u64::BITS - d.leading_zeros()) as usize;
+    cs.range(&q, bits)?;
+    cs.range(&over, d_bits)?;
+    cs.range(&Wire::constant(Fr::from(d - 1)).sub(&over), d_bits)?;
+    Ok(q)
+}
+
+/// A field element read as a signed integer of under 2^140 bits (negatives are `p - |t|`), as
+/// a key that orders such integers.
+fn signed_order(v: Fr) -> <Fr as PrimeField>::BigInt {
+    (v + pow2(140)).into_bigint()
+}
+
 /// The stress rule, once for each op that takes money out of an account (the engine's
 /// `stress_free`, docs/risk.md): right after the op, for every scenario `s` of the committed
 /// risk arrays and the no-move one,
@@ -931,6 +1000,12 @@ fn margin_slots(cs: &Cs, w: &BatchWitness, st: &Running) -> R<()> {
         prices.push(row);
     }
     let scenarios = w.shape.risk_chunks * RISK_CHUNK;
+    // The ops that need a margin slot: money out, or an owner's priced forced withdrawal.
+    let needs = st
+        .snapshots
+        .iter()
+        .map(|x| Ok(x.out.add(&x.priced).sub(&cs.mul(&x.out, &x.priced)?)))
+        .collect::<R<Vec<_>>>()?;
     let mut checked = vec![Wire::zero(); st.snapshots.len()];
     for m in &w.margins {
         let enabled = cs.boolean(m.enabled)?;
@@ -950,8 +1025,10 @@ fn margin_slots(cs: &Cs, w: &BatchWitness, st: &Running) -> R<()> {
             &a_id,
             &pick(cs, &sel_a, st.accounts.iter().map(|a| a.id.clone()))?,
         )?;
+        let needed = pick(cs, &sel_k, needs.iter().cloned())?;
+        cs.equal(&needed, &enabled.sub(&flat))?;
         let out = pick(cs, &sel_k, st.snapshots.iter().map(|x| x.out.clone()))?;
-        cs.equal(&out, &enabled.sub(&flat))?;
+        let priced = pick(cs, &sel_k, st.snapshots.iter().map(|x| x.priced.clone()))?;
         let covered = pick(cs, &sel_k, st.snapshots.iter().map(|x| x.covered.clone()))?;
         cs.equal(&covered, &flat)?;
         let margined = pick(cs, &sel_a, st.accounts.iter().map(|a| a.margined.clone()))?;
@@ -978,20 +1055,66 @@ fn margin_slots(cs: &Cs, w: &BatchWitness, st: &Running) -> R<()> {
             collateral.scale(Fr::from(QTY_SCALE as u64)),
             |acc, (q, i)| Ok::<_, SynthesisError>(acc.add(&cs.mul(q, &i.mark)?)),
         )?;
-        cs.range(&base, STRESS_BITS)?;
+        let mut totals = vec![base];
         for s in 0..scenarios {
             let total = held
                 .iter()
                 .zip(&st.instruments)
-                .try_fold(base.clone(), |acc, (q, i)| {
+                .try_fold(totals[0].clone(), |acc, (q, i)| {
                     Ok::<_, SynthesisError>(acc.add(&cs.mul(q, &i.risk[s])?))
                 })?;
-            cs.range(&total, STRESS_BITS)?;
+            totals.push(total);
         }
+        // Money that left leaves every total non-negative (nothing moved: they may be below).
+        for total in &totals {
+            cs.range(&cs.mul(&out, total)?, STRESS_BITS)?;
+        }
+        // What the collateral holds above full collateral of the positions
+        // (`optio_types::full_collateral`: `ceil(short * W / 1e8)` for each short, W the
+        // instrument's worst-case payoff per contract).
+        let mut surplus = collateral.clone();
+        for (q, i) in held.iter().zip(&st.instruments) {
+            let negative = signed_order(q.value) < signed_order(Fr::from(0u64));
+            let (long, short) = if negative {
+                (Fr::from(0u64), -q.value)
+            } else {
+                (q.value, Fr::from(0u64))
+            };
+            let (long, short) = (cs.witness(long)?, cs.witness(short)?);
+            cs.equal(&long.sub(&short), q)?;
+            cs.enforce(&long, &short, &Wire::zero())?;
+            cs.range(&long, 64)?;
+            cs.range(&short, 64)?;
+            let owed = cs.mul(&short, &i.max_payoff)?;
+            surplus = surplus.sub(&ceil_div(cs, &owed, QTY_SCALE as u64, 110)?);
+        }
+        // A priced forced withdrawal took all that leaves the account fully collateralized and
+        // covered by the stress rule: the surplus left is 0 (it moved money: not below 0), or
+        // one more unit would break the stress rule, so some total is below 1e8 (the lowest
+        // one, which the prover points at). Nothing moved: the surplus or a total was short.
+        let moved = cs.mul(&priced, &out)?;
+        cs.range(&cs.mul(&moved, &surplus)?, 64)?;
+        let zero = signed_order(Fr::from(0u64));
+        let full =
+            cs.boolean(priced.value == Fr::from(1u64) && signed_order(surplus.value) <= zero)?;
+        cs.enforce(&full, &not(&priced), &Wire::zero())?;
+        cs.range(&cs.mul(&full, &surplus)?.scale(-Fr::from(1u64)), 114)?;
+        let stressed = priced.sub(&full);
+        let lowest = (0..totals.len())
+            .min_by_key(|&k| signed_order(totals[k].value))
+            .filter(|_| stressed.value == Fr::from(1u64));
+        let (sel_s, sum_s) = selector(cs, totals.len(), lowest)?;
+        cs.equal(&sum_s, &stressed)?;
+        let worst = pick(cs, &sel_s, totals.iter().cloned())?;
+        cs.range(
+            &stressed.scale(Fr::from(QTY_SCALE as u64 - 1)).sub(&worst),
+            STRESS_BITS + 1,
+        )?;
     }
-    // Every op that takes money out, and every deficit cover, has exactly one margin slot.
-    for (c, x) in checked.iter().zip(&st.snapshots) {
-        cs.equal(c, &x.out.add(&x.covered))?;
+    // Every op that takes money out, every owner's priced forced withdrawal and every deficit
+    // cover has exactly one margin slot.
+    for ((c, x), n) in checked.iter().zip(&st.snapshots).zip(&needs) {
+        cs.equal(c, &n.add(&x.covered))?;
     }
     Ok(())
 }

@@ -1017,7 +1017,9 @@ fn plan<'a>(
         }
         // Money leaving an account is priced against all its positions: those it held before
         // the batch join the registers (those the batch opens are there already).
-        let priced = optio_state::money_out_of(op).map(|a| (a, false));
+        let priced = optio_state::money_out_of(op)
+            .or_else(|| priced_exit(op, accounts, shape))
+            .map(|a| (a, false));
         if let Some((AccountId(account), flat)) =
             priced.or(optio_state::flat_for(op).map(|a| (a, true)))
         {
@@ -1785,6 +1787,26 @@ pub fn witness(
     let words: Vec<Fr> = encoded.into_iter().flat_map(|e| e.words).collect();
     (w.public.z, w.public.y) = optio_state::blob::binding(w.public.commitment, &words);
     Ok(w)
+}
+
+/// The account of an owner's forced withdrawal from an account that held positions when the
+/// batch started, no more than `shape`'s registers can price: it takes all the stress rule
+/// leaves, which a margin slot proves even when nothing moved (the circuit's op slot).
+fn priced_exit(
+    op: &Op,
+    accounts: &[optio_state::ledger::Account],
+    shape: Shape,
+) -> Option<AccountId> {
+    let Op::L1Withdrawal {
+        account, requester, ..
+    } = op
+    else {
+        return None;
+    };
+    let held = accounts.get(account.0 as usize)?;
+    let open = held.positions.values().filter(|q| q.0 != 0).count();
+    (held.owner == *requester && open > 0 && open <= shape.positions.min(shape.instruments))
+        .then_some(*account)
 }
 
 /// The witness of an empty batch of `shape` (what key generation synthesizes).

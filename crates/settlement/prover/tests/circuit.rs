@@ -139,8 +139,13 @@ fn random_batch(rng: &mut ChaCha8Rng, state: &SettlementState, priority: &mut u6
         let a = AccountId(rng.random_range(0..n));
         let b = AccountId(rng.random_range(0..n));
         let amount = Amount(rng.random_range(1..1_000) * MONEY_SCALE);
-        // (A flat account's forced withdrawal empties it: money does not leave one again.)
-        let emptied = state.accounts()[a.0 as usize].collateral.0 < 100_000 * MONEY_SCALE;
+        // What the stress rule lets leave a as the batch so far leaves it (a flat account's
+        // forced withdrawal empties it, a held one's takes all the rule leaves: money does not
+        // leave either again).
+        let mut now = state.clone();
+        now.apply_batch(&ops).expect("the batch so far applies");
+        let free = now.stress_free(a).expect("a funded account");
+        let emptied = free < i128::from(amount.0);
         ops.push(match rng.random_range(0..9) {
             0 => Op::Deposit { account: a, amount },
             1 | 4 if emptied => continue,
@@ -161,16 +166,22 @@ fn random_batch(rng: &mut ChaCha8Rng, state: &SettlementState, priority: &mut u6
                 *priority += 1;
                 let priority = *priority - 1;
                 let held = &state.accounts()[a.0 as usize];
-                if held.holds_position() {
+                let traded = ops.iter().any(|o| match o {
+                    Op::Fill { maker, taker, .. } => *maker == a || *taker == a,
+                    Op::Liquidation {
+                        account,
+                        counterparty,
+                        ..
+                    } => *account == a || *counterparty == a,
+                    _ => false,
+                });
+                if held.holds_position() && !traded {
+                    // The owner's takes what is owed, or nothing.
                     Op::L1Withdrawal {
                         priority,
                         account: a,
                         requester: owner_of(a),
-                        amount: if emptied || rng.random_bool(0.3) {
-                            Amount::ZERO
-                        } else {
-                            amount
-                        },
+                        amount: Amount(owed(&now, a)),
                     }
                 } else if ops.is_empty() {
                     // A flat account's owner takes all of it (first: nothing traded before).
@@ -428,7 +439,8 @@ fn marked_long() -> SettlementState {
 /// Money that leaves an account leaves its positions covered in every stress scenario of the
 /// committed risk arrays (the engine's `stress_free`): the leveraged long may withdraw against
 /// its position's value down to its -30% scenario, not a unit more; the short down to its +30%
-/// one; by withdrawal, transfer or forced withdrawal alike.
+/// one; by withdrawal or transfer (a forced withdrawal takes no more than leaves the account
+/// fully collateralized as well: `a_forced_withdrawal_takes_the_fully_collateralized_surplus`).
 #[test]
 fn money_leaves_only_what_the_stress_scenarios_leave() {
     let state = marked_long();
@@ -444,19 +456,11 @@ fn money_leaves_only_what_the_stress_scenarios_leave() {
     );
     for (account, free) in [(0u32, free[0]), (1, free[1])] {
         for amount in [free, free + 1] {
-            let ops = [
-                Op::Withdraw {
-                    account: AccountId(account),
-                    owner: owner_of(AccountId(account)),
-                    amount: Amount(amount),
-                },
-                Op::L1Withdrawal {
-                    priority: 0,
-                    account: AccountId(account),
-                    requester: owner_of(AccountId(account)),
-                    amount: Amount(amount),
-                },
-            ];
+            let ops = [Op::Withdraw {
+                account: AccountId(account),
+                owner: owner_of(AccountId(account)),
+                amount: Amount(amount),
+            }];
             for op in ops {
                 let w = batch_of(&state, std::slice::from_ref(&op));
                 if amount == free {
@@ -677,19 +681,134 @@ fn a_flat_accounts_forced_withdrawal_takes_all_of_it() {
         let at = refused_at(&w);
         assert!(at.starts_with("op slot 0"), "{ops:?}: {at}");
     }
-    // An account that held a position takes what the stress rule leaves (the test above), or
-    // nothing.
+    // An account that held a position takes what leaves it fully collateralized (the test
+    // below): here, a long, all its cash.
     let held = after(&state, &[perp_fill(Side::Buy, 1)]);
-    let w = batch_of(
-        &held,
-        &[Op::L1Withdrawal {
+    let free = owed(&held, AccountId(1));
+    assert_eq!(free, held.accounts()[1].collateral.0);
+    for (amount, ok) in [(free, true), (0, false)] {
+        let w = batch_of(&held, &forced(owner, amount));
+        assert_eq!(check(&w).is_ok(), ok, "{amount} of {free}");
+    }
+}
+
+/// What an owner's forced withdrawal from an account holding positions takes: what leaves it
+/// fully collateralized (`full_collateral_free`: its collateral less each short's worst-case
+/// payoff) and covered by the stress rule (`stress_free`), the smaller, or nothing when either
+/// is short (the engine's `l1_withdrawal`).
+fn owed(state: &SettlementState, id: AccountId) -> i64 {
+    let full = state.full_collateral_free(id).expect("known");
+    let stress = state.stress_free(id).expect("known");
+    full.min(stress).max(0) as i64
+}
+
+/// The escape hatch cannot be served with less from an account that holds positions either:
+/// the owner's forced withdrawal takes exactly `owed`, in every margin mode (the mode is not in
+/// the state). A unit less, a unit more, or nothing while something is owed cannot be proven,
+/// nor can the batch without the margin slot that proves it; someone else's request needs none.
+#[test]
+fn a_forced_withdrawal_takes_the_fully_collateralized_surplus() {
+    let forced = |id: AccountId, amount: i64| {
+        [Op::L1Withdrawal {
             priority: 0,
-            account: AccountId(1),
+            account: id,
+            requester: owner_of(id),
+            amount: Amount(amount),
+        }]
+    };
+    let refused_in_margin = |state: &SettlementState, id: AccountId, amount: i64, what: &str| {
+        let at = refused_at(&batch_of(state, &forced(id, amount)));
+        assert!(at.starts_with("margin slots"), "{what}: {amount}: {at}");
+    };
+    // Account 1 buys 2 calls (strike 100,000, cap 200,000) at 1,000 from account 0: the long
+    // owes nothing, so takes its cash; the short keeps back 2 x 100,000, its worst-case payoff.
+    let calls = Op::Fill {
+        instrument: InstrumentId(1),
+        maker: AccountId(0),
+        taker: AccountId(1),
+        taker_side: Side::Buy,
+        price: Price(1_000 * MONEY_SCALE),
+        qty: Qty(2 * QTY_SCALE),
+    };
+    let state = after(&genesis(2), &[calls]);
+    let cash = |state: &SettlementState, a: usize| state.accounts()[a].collateral.0;
+    assert_eq!(owed(&state, AccountId(1)), cash(&state, 1));
+    assert_eq!(
+        owed(&state, AccountId(0)),
+        cash(&state, 0) - 200_000 * MONEY_SCALE
+    );
+    for id in [AccountId(0), AccountId(1)] {
+        let owed = owed(&state, id);
+        check(&batch_of(&state, &forced(id, owed))).unwrap_or_else(|e| panic!("{id:?}: {e}"));
+        for wrong in [owed - 1, owed + 1, 0] {
+            refused_in_margin(&state, id, wrong, "not what is owed");
+        }
+        for amount in [owed, 0] {
+            let mut w = batch_of(&state, &forced(id, amount));
+            assert!(w.margins[0].enabled);
+            w.margins[0] = Default::default();
+            let at = refused_at(&w);
+            assert!(at.starts_with("margin slots"), "{id:?}, no slot: {at}");
+        }
+        let stranger = [Op::L1Withdrawal {
+            priority: 0,
+            account: id,
+            requester: Address([0xee; 20]),
             amount: Amount::ZERO,
-            requester: owner,
+        }];
+        let w = batch_of(&state, &stranger);
+        assert!(!w.margins[0].enabled);
+        check(&w).expect("a stranger's request");
+    }
+    // The stress rule binds where a scenario is beyond the worst-case payoff (the call marked
+    // at 150,000 with a +60,000 scenario): the short takes what the rule leaves.
+    let marked = after(
+        &state,
+        &[Op::Mark {
+            instrument: InstrumentId(1),
+            mark: Price(150_000 * MONEY_SCALE),
+            risk: vec![Amount(-10_000 * MONEY_SCALE), Amount(60_000 * MONEY_SCALE)],
         }],
     );
-    check(&w).expect("nothing moved from an account with a position");
+    let id = AccountId(0);
+    let stress = marked.stress_free(id).expect("known") as i64;
+    assert!(i128::from(stress) < marked.full_collateral_free(id).expect("known"));
+    assert_eq!(owed(&marked, id), stress);
+    check(&batch_of(&marked, &forced(id, stress))).expect("what the stress rule leaves");
+    refused_in_margin(&marked, id, stress - 1, "a unit less");
+    refused_in_margin(&marked, id, stress + 1, "a unit more");
+    // Short of it (a leveraged perpetual long, its cash negative): nothing, and a unit is refused.
+    let long = marked_long();
+    let id = AccountId(1);
+    assert!(long.full_collateral_free(id).expect("known") < 0);
+    check(&batch_of(&long, &forced(id, 0))).expect("nothing owed");
+    assert!(refused(&batch_of(&long, &forced(id, 1))));
+    // An account holding more positions than the shape's registers can price (one instrument
+    // register here) is served with nothing, as the engine's `max_positions_to_withdraw` says;
+    // in a shape that prices both, it is owed its cash.
+    let both = after(
+        &state,
+        &[Op::Fill {
+            instrument: InstrumentId(0),
+            maker: AccountId(0),
+            taker: AccountId(1),
+            taker_side: Side::Buy,
+            price: Price(100_000 * MONEY_SCALE),
+            qty: Qty(QTY_SCALE),
+        }],
+    );
+    let id = AccountId(1);
+    let narrow = Shape {
+        instruments: 1,
+        ..SHAPE
+    };
+    let w = witness(&both, &forced(id, 0), narrow).expect("nothing to price");
+    assert!(!w.margins[0].enabled);
+    check(&w).expect("too many positions to price: nothing moves");
+    let owed = owed(&both, id);
+    assert!(owed > 0);
+    check(&batch_of(&both, &forced(id, owed))).expect("both priced");
+    refused_in_margin(&both, id, 0, "nothing while something is owed");
 }
 
 /// `ops` with the first deposit's amount one more.

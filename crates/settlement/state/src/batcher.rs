@@ -332,13 +332,15 @@ impl Batcher {
             }
             _ => false,
         };
-        // Money leaving an account, and a liquidation's price, are proven against the marks
+        // Money leaving an account, a forced withdrawal's amount (all the stress rule leaves,
+        // even when that is nothing), and a liquidation's price are proven against the marks
         // committed before their batch (the circuit applies a batch's marks after its ops),
         // which are the engine's only while no mark (of the liquidated instrument) is pending:
         // with one pending, the batch is cut first.
         let full = full
             || ops.iter().any(|o| match o {
                 Op::Liquidation { instrument, .. } => self.marks.contains_key(&instrument.0),
+                Op::L1Withdrawal { .. } => !self.marks.is_empty(),
                 o => !self.marks.is_empty() && money_out_of(o).is_some(),
             });
         let full = full || self.ends_a_signing_key(input.time_ms, &ops);

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use optio_types::{
     AccountId, Address, Amount, CanonicalState, InstrumentId, InstrumentSpec, InstrumentStatus,
-    Price, Qty, max_liquidation_fee, stress_range,
+    Price, QTY_SCALE, Qty, max_liquidation_fee, stress_range,
 };
 
 use crate::leaf::{self, ACCOUNT_DEPTH, AccountLeaf, INSTRUMENT_DEPTH, InstrumentLeaf, status};
@@ -434,6 +434,47 @@ impl SettlementState {
     /// not yet listed proves the empty leaf).
     pub fn instrument_proof(&self, id: InstrumentId) -> Option<Proof> {
         self.instrument_tree.prove(u64::from(id.0)).ok()
+    }
+
+    /// What the stress rule lets leave `account` at the committed marks and risk arrays
+    /// (docs/risk.md, "Withdrawals"; the engine's `stress_free`, the circuit's margin slot):
+    /// `floor(min_s (collateral * 1e8 + sum_i q_i * (mark_i + RA_i[s])) / 1e8)` over every
+    /// scenario and the no-move one, an array shorter than the longest counting 0 past its end.
+    /// Negative when the account is short of it in some scenario; `None` for an unknown account.
+    pub fn stress_free(&self, account: AccountId) -> Option<i128> {
+        let a = self.accounts.get(account.0 as usize)?;
+        let instruments = a
+            .positions
+            .iter()
+            .filter_map(|(id, q)| Some((q.0, self.instruments.get(*id as usize)?)));
+        let scenarios = instruments
+            .clone()
+            .map(|(_, x)| x.risk.len())
+            .max()
+            .unwrap_or(0);
+        let mut totals = vec![i128::from(a.collateral.0) * i128::from(QTY_SCALE); scenarios + 1];
+        for (q, x) in instruments {
+            for (s, total) in totals.iter_mut().enumerate() {
+                let ra = x.risk.get(s).map_or(0, |v| v.0);
+                *total += i128::from(q) * (i128::from(x.mark.0) + i128::from(ra));
+            }
+        }
+        let lowest = totals.into_iter().min().unwrap_or(0);
+        Some(lowest.div_euclid(i128::from(QTY_SCALE)))
+    }
+
+    /// What `account`'s collateral holds above full collateral of its positions
+    /// (`optio_types::full_collateral` of each, from the committed specs): with
+    /// `stress_free`, what an owner's forced withdrawal from an account holding positions takes
+    /// (the smaller, if positive). `None` for an unknown account.
+    pub fn full_collateral_free(&self, account: AccountId) -> Option<i128> {
+        let a = self.accounts.get(account.0 as usize)?;
+        a.positions
+            .iter()
+            .try_fold(i128::from(a.collateral.0), |free, (id, q)| {
+                let spec = &self.instruments.get(*id as usize)?.spec;
+                Some(free - optio_types::full_collateral(spec, *q).ok()?)
+            })
     }
 
     /// The root as of the last `commit`.

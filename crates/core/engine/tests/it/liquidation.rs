@@ -782,8 +782,107 @@ fn withdrawals_keep_the_stress_scenarios_covered() {
     .expect("withdraw exactly what the stress rule leaves");
     e.check_invariants().expect("audit");
 
+    // A forced withdrawal takes what leaves the account fully collateralized, within the stress
+    // rule: a long needs nothing to be fully collateralized, so its balance, which is less than
+    // the stress rule leaves (that counts the long's value in its worst scenario).
     let mut e = long();
-    assert_eq!(forced_withdrawal(&mut e, 1), Amount(-stress.0));
+    assert!(balance < stress, "{balance:?} {stress:?}");
+    assert_eq!(forced_withdrawal(&mut e, 1), Amount(-balance.0));
+    e.check_invariants().expect("audit");
+}
+
+/// The escape hatch pays what leaves an account holding positions fully collateralized (the
+/// worst-case liability of its shorts, `optio_types::full_collateral`) and covered by the stress
+/// rule, in every margin mode and even where a withdrawal is held back: with the marks stale (a
+/// withdrawal is refused, `OracleStale`) the owner's forced withdrawal still takes exactly that,
+/// the amount the validity proof holds the operator to (it prices the committed marks, which
+/// carry no age). A short call keeps its worst-case payoff; a long keeps nothing back.
+#[test]
+fn a_forced_withdrawal_takes_the_fully_collateralized_surplus_even_with_stale_marks() {
+    let mut e = margined_market();
+    long_one(&mut e, PERP, 60_000);
+    let u = update(60_000.0, T0);
+    let mark = u
+        .marks
+        .iter()
+        .find(|m| m.instrument == InstrumentId(PERP))
+        .expect("perpetual marked");
+    let worst = mark
+        .risk_array
+        .iter()
+        .map(|a| a.0)
+        .min()
+        .unwrap_or(0)
+        .min(0);
+    let (balance, _, _) = e.collateral(AccountId(1)).expect("exists");
+    let q = i128::from(position(&e, 1));
+    let stress = i128::from(balance.0)
+        + (q * i128::from(mark.mark.0 + worst)).div_euclid(i128::from(optio_types::QTY_SCALE));
+    assert!(stress > 0, "{stress}");
+    let later = T0 + 60_000;
+    assert_eq!(
+        run(
+            &mut e,
+            later,
+            Command::Withdraw {
+                account: AccountId(1),
+                amount: usd(1),
+            },
+        ),
+        Err(RejectCode::OracleStale),
+        "stale marks hold a withdrawal back"
+    );
+    assert_eq!(e.collateral(AccountId(1)).expect("exists").0, balance);
+    let owner = e.account_owner(AccountId(1)).expect("exists");
+    let events = run(
+        &mut e,
+        later,
+        Command::L1Withdrawal {
+            priority: 0,
+            owner,
+            account: AccountId(1),
+        },
+    )
+    .expect("served");
+    let served = events.iter().find_map(|ev| match ev {
+        Event::PriorityServed { amount, .. } => Some(amount.0),
+        _ => None,
+    });
+    // A long needs nothing to be fully collateralized: its whole balance, below the stress
+    // rule's bound.
+    assert!(i128::from(balance.0) < stress && balance.0 > 0);
+    assert_eq!(served, Some(-balance.0), "the fully collateralized surplus");
+    e.check_invariants().expect("audit");
+
+    // Account 2, short the perpetual to account 1, keeps its worst-case payoff: the cap.
+    let spec = e.canonical().instruments[PERP as usize].spec.clone();
+    let short =
+        optio_types::full_collateral(&spec, optio_types::Qty(position(&e, 2))).expect("fits");
+    let (balance, _, _) = e.collateral(AccountId(2)).expect("exists");
+    assert!(
+        short > 0 && i128::from(balance.0) > short,
+        "{balance:?} {short}"
+    );
+    let owner = e.account_owner(AccountId(2)).expect("exists");
+    let events = run(
+        &mut e,
+        later,
+        Command::L1Withdrawal {
+            priority: 1,
+            owner,
+            account: AccountId(2),
+        },
+    )
+    .expect("served");
+    let served = events.iter().find_map(|ev| match ev {
+        Event::PriorityServed { amount, .. } => Some(i128::from(amount.0)),
+        _ => None,
+    });
+    assert_eq!(
+        served,
+        Some(short - i128::from(balance.0)),
+        "all but the cap's payoff"
+    );
     e.check_invariants().expect("audit");
 }
 
