@@ -38,7 +38,11 @@
 //!   leaf; a withdrawal names the account's owner in its words, whom the contract pays; a forced
 //!   one names who asked on L1 (the contract checks its queue): someone else's moves nothing,
 //!   and the owner's leaves an account that held no position when the batch started at or below
-//!   zero (it takes all); an L1 operation is the next in the queue;
+//!   zero (it takes all), and from an account holding positions takes exactly what leaves it
+//!   fully collateralized (each short's worst-case payoff from its committed spec) and covered
+//!   by the stress rule, the smaller, or nothing when either is short (a margin slot, even
+//!   when nothing moved), unless the account holds more positions than the registers price;
+//!   an L1 operation is the next in the queue;
 //! - a session key changes the account's key list as the ledger does (expired keys dropped,
 //!   the key registered or revoked, the list sorted with no repeats, its hash in the leaf);
 //! - a listing takes an empty instrument leaf (status listed, the listed spec's hash), an
@@ -161,7 +165,7 @@ struct Snapshot {
     /// Money left account a at its holder's request.
     out: Wire,
     /// Its owner's forced withdrawal from account a, which held positions the registers price:
-    /// it must take all the stress rule leaves, even when nothing moved.
+    /// it must take all it is owed (a margin slot proves it), even when nothing moved.
     priced: Wire,
     /// A deficit cover of account a: it must hold no position.
     covered: Wire,
@@ -838,8 +842,9 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     let a_held = cs.is_nonzero(&a_count)?;
     let owners_exit = cs.mul(&l1_withdrawal, &not(&stranger))?;
     let takes_all = cs.mul(&owners_exit, &not(&a_held))?;
-    // The owner's forced withdrawal from an account that held positions takes all the stress
-    // rule leaves (a margin slot proves it, even when nothing moved), unless the account holds
+    // The owner's forced withdrawal from an account that held positions takes what leaves it
+    // fully collateralized and covered by the stress rule, the smaller (a margin slot proves
+    // it, even when nothing moved), unless the account holds
     // more positions than the registers can price (`min(positions, instruments)`, the engine's
     // `max_positions_to_withdraw` for this shape): then nothing moves. (The batcher starts a new
     // batch at a forced withdrawal from an account that traded in it, so the count at the

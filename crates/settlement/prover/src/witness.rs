@@ -74,7 +74,8 @@ pub struct Shape {
     /// instruments tree (from the window's subtree root up) instead of one path each.
     pub mark_window_bits: usize,
     /// Margin slots: each proves the stress rule for one op that takes money out of an account
-    /// (a withdrawal, a forced withdrawal that moved something, a transfer), or that a deficit
+    /// (a withdrawal, a forced withdrawal that moved something, a transfer), that an owner's
+    /// forced withdrawal from an account holding positions took all it was owed, or that a deficit
     /// cover's account holds no position, every position of the account loaded in the
     /// registers.
     pub margins: usize,

@@ -406,7 +406,8 @@ fn a_fill_may_leave_cash_negative_a_withdrawal_may_not() {
         }],
     );
     assert!(refused(&out), "money out of negative cash");
-    // A forced withdrawal the engine served with nothing moved proves whatever the cash.
+    // A forced withdrawal from it is owed nothing (its cash is below full collateral): nothing
+    // moved proves, a unit does not.
     let forced = |amount| {
         batch_of(
             &after_fill,

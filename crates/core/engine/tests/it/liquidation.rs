@@ -708,6 +708,28 @@ fn a_deleveraged_counterparty_loses_the_orders_its_position_covered() {
     e.check_invariants().expect("every invariant holds");
 }
 
+/// What the stress rule lets leave account 1, long the perpetual, at the marks of
+/// `update(60_000.0, T0)`: its balance plus the long's value in the worst scenario.
+fn stress_free_of_1(e: &Engine) -> i128 {
+    let u = update(60_000.0, T0);
+    let mark = u
+        .marks
+        .iter()
+        .find(|m| m.instrument == InstrumentId(PERP))
+        .expect("perpetual marked");
+    let worst = mark
+        .risk_array
+        .iter()
+        .map(|a| a.0)
+        .min()
+        .unwrap_or(0)
+        .min(0);
+    let (balance, _, _) = e.collateral(AccountId(1)).expect("exists");
+    let q = i128::from(position(e, 1));
+    i128::from(balance.0)
+        + (q * i128::from(mark.mark.0 + worst)).div_euclid(i128::from(optio_types::QTY_SCALE))
+}
+
 /// Withdrawals and transfers leave the account's positions covered in every stress scenario of
 /// their risk arrays, whatever its margin mode (the rule the validity circuit proves): the
 /// standard rule would let a 60,000 perpetual long withdraw down to 10% initial margin, the
@@ -724,24 +746,8 @@ fn withdrawals_keep_the_stress_scenarios_covered() {
     // Account 4: account 1's owner's second account, for the transfer.
     let owner = e.account_owner(AccountId(1)).expect("exists");
     run(&mut e, T0, Command::OpenAccount { owner }).expect("second account");
-    let u = update(60_000.0, T0);
-    let mark = u
-        .marks
-        .iter()
-        .find(|m| m.instrument == InstrumentId(PERP))
-        .expect("perpetual marked");
-    let worst = mark
-        .risk_array
-        .iter()
-        .map(|a| a.0)
-        .min()
-        .unwrap_or(0)
-        .min(0);
     let (balance, _, free) = e.collateral(AccountId(1)).expect("exists");
-    let q = i128::from(position(&e, 1));
-    let stress = i128::from(balance.0)
-        + (q * i128::from(mark.mark.0 + worst)).div_euclid(i128::from(optio_types::QTY_SCALE));
-    let stress = Amount(i64::try_from(stress).expect("fits"));
+    let stress = Amount(i64::try_from(stress_free_of_1(&e)).expect("fits"));
     assert!(
         stress.0 > 0 && stress < free,
         "the standard rule frees {free}, the stress rule {stress}"
@@ -796,28 +802,14 @@ fn withdrawals_keep_the_stress_scenarios_covered() {
 /// rule, in every margin mode and even where a withdrawal is held back: with the marks stale (a
 /// withdrawal is refused, `OracleStale`) the owner's forced withdrawal still takes exactly that,
 /// the amount the validity proof holds the operator to (it prices the committed marks, which
-/// carry no age). A short call keeps its worst-case payoff; a long keeps nothing back.
+/// carry no age). A short keeps back its worst-case payoff (the perpetual's cap); a long
+/// keeps nothing back.
 #[test]
 fn a_forced_withdrawal_takes_the_fully_collateralized_surplus_even_with_stale_marks() {
     let mut e = margined_market();
     long_one(&mut e, PERP, 60_000);
-    let u = update(60_000.0, T0);
-    let mark = u
-        .marks
-        .iter()
-        .find(|m| m.instrument == InstrumentId(PERP))
-        .expect("perpetual marked");
-    let worst = mark
-        .risk_array
-        .iter()
-        .map(|a| a.0)
-        .min()
-        .unwrap_or(0)
-        .min(0);
     let (balance, _, _) = e.collateral(AccountId(1)).expect("exists");
-    let q = i128::from(position(&e, 1));
-    let stress = i128::from(balance.0)
-        + (q * i128::from(mark.mark.0 + worst)).div_euclid(i128::from(optio_types::QTY_SCALE));
+    let stress = stress_free_of_1(&e);
     assert!(stress > 0, "{stress}");
     let later = T0 + 60_000;
     assert_eq!(
