@@ -77,11 +77,20 @@ contract OptioRollup {
         uint64 priorityServed;
         /// The engine time (ms) the batch was cut at, from its data's header: it never goes
         /// back from one batch to the next, so a batch cannot be dated before one already
-        /// committed (the marks' window and the session keys' expiry are judged against it).
+        /// committed (the marks' window and the session keys' expiry are judged against it),
+        /// and it lies within `maxBatchLead` after and `maxBatchLag` before the time of the
+        /// block that commits it.
         uint64 time;
         /// keccak256 of the authorization section posted with the batch (the fills' signed
         /// orders, then the oracle's signature of each mark).
         bytes32 authHash;
+    }
+
+    /// How far (seconds) a batch's time may lie after (`lead`) and before (`lag`) the time of
+    /// the block that commits it.
+    struct TimeBounds {
+        uint64 lead;
+        uint64 lag;
     }
 
     struct PriorityOp {
@@ -160,6 +169,13 @@ contract OptioRollup {
     IPoseidon5 public immutable h5;
     uint256 public immutable finalizationDelay;
     uint256 public immutable priorityWindow;
+    /// How far (seconds) a batch's time may be ahead of the block that commits it (the
+    /// operator's clock against L1's) and how far behind it (how long a cut batch may wait to be
+    /// committed): the operator cannot hold its batches' time still for longer than the lag,
+    /// nor date them ahead, so the marks' window and the session keys' expiry are judged
+    /// against a time within these bounds of L1's.
+    uint256 public immutable maxBatchLead;
+    uint256 public immutable maxBatchLag;
     uint256 public immutable bond;
     /// Fills carry their orders' signatures (the authorization section), and anyone may
     /// challenge a fill of a batch that is not final whose signature does not authorize it.
@@ -243,7 +259,8 @@ contract OptioRollup {
     /// `genesisRoot` is the root of the empty state; the value sent is the operator's bond;
     /// `authorizations_` turns on the authorization challenge (every fill must carry its
     /// orders' signatures); `oracle_` (0: none) is the risk oracle whose signature every mark
-    /// of a batch needs (the mark challenge).
+    /// of a batch needs (the mark challenge); a batch's time must lie within `bounds`
+    /// around its commit's block time.
     constructor(
         IERC20 usdc_,
         address operator_,
@@ -255,7 +272,8 @@ contract OptioRollup {
         uint256 priorityWindow_,
         IGroth16Verifier verifier_,
         bool authorizations_,
-        address oracle_
+        address oracle_,
+        TimeBounds memory bounds
     ) payable {
         authorizations = authorizations_;
         judge = new OptioJudge(oracle_);
@@ -265,6 +283,7 @@ contract OptioRollup {
         (h4, h3, h5) = (h4_, h3_, h5_);
         finalizationDelay = finalizationDelay_;
         priorityWindow = priorityWindow_;
+        (maxBatchLead, maxBatchLag) = (bounds.lead, bounds.lag);
         bond = msg.value;
         batches.push(Batch({root: genesisRoot, dataHash: 0, withdrawalsHash: 0, lastSeq: 0, committedAt: uint64(block.timestamp), priorityServed: 0, time: 0, authHash: 0}));
         for (uint256 h = 0; h < POSITIONS_LEVELS; h++) {
@@ -478,10 +497,12 @@ contract OptioRollup {
     }
 
     /// The time in `data`'s header (after `_bind`, which checks the header is there), no
-    /// earlier than the last committed batch's.
+    /// earlier than the last committed batch's and within the bounds around this block's time.
     function _time(bytes calldata data) internal view returns (uint64 time) {
         time = uint64(bytes8(data[29:37]));
         if (time < batches[batches.length - 1].time) revert BadBatch("time goes back");
+        if (time > (block.timestamp + maxBatchLead) * 1000) revert BadBatch("time ahead of L1");
+        if (uint256(time) + maxBatchLag * 1000 < block.timestamp * 1000) revert BadBatch("time behind L1");
     }
 
     /// Keeps batch `number`'s ops commitment and its words' evaluation (its proof's public

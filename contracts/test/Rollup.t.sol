@@ -83,6 +83,8 @@ contract PoseidonTest is WithHashers {
 contract RollupTest is WithHashers {
     uint256 constant DELAY = 1 hours;
     uint256 constant WINDOW = 6 hours;
+    uint64 constant LEAD = 1 hours;
+    uint64 constant LAG = 1 days;
 
     TestUSDC usdc;
     OptioRollup rollup;
@@ -104,7 +106,8 @@ contract RollupTest is WithHashers {
             WINDOW,
             IGroth16Verifier(address(0)),
             true,
-            address(0)
+            address(0),
+            OptioRollup.TimeBounds(LEAD, LAG)
         );
         owner = hevm.parseJsonAddress(v, ".exit_proof.owner");
         // The vault holds what users deposited.
@@ -118,8 +121,15 @@ contract RollupTest is WithHashers {
         usdc.approve(address(rollup), type(uint256).max);
     }
 
+    /// Commits the vectors' batch `i`, at its time on L1 if the chain is behind it.
     function commit(uint256 i, uint64 served) internal {
         string memory b = string.concat(".batches[", _digit(i), "]");
+        bytes memory blob = hevm.parseJsonBytes(v, string.concat(b, ".blob"));
+        uint256 time;
+        for (uint256 k = 29; k < 37; k++) {
+            time = (time << 8) | uint8(blob[k]);
+        }
+        if (time / 1000 > block.timestamp) hevm.warp(time / 1000);
         rollup.commitBatch(
             i + 1,
             hevm.parseJsonUint(v, string.concat(b, ".previous_root")),
@@ -129,7 +139,7 @@ contract RollupTest is WithHashers {
             served,
             bytes32(hevm.parseJsonUint(v, string.concat(b, ".withdrawals_hash"))),
             hevm.parseJsonUint(v, string.concat(b, ".commitment")),
-            hevm.parseJsonBytes(v, string.concat(b, ".blob")),
+            blob,
             ""
         );
     }
@@ -377,6 +387,31 @@ contract RollupTest is WithHashers {
         assertEq(rollup.committedBatches(), 2, "the same time is taken");
     }
 
+    /// An empty batch's words dated `time` ms (big-endian, header bytes 29..37).
+    function dated(uint256 time) internal pure returns (bytes memory data) {
+        data = new bytes(49);
+        for (uint256 i = 0; i < 8; i++) {
+            data[36 - i] = bytes1(uint8(time >> (8 * i)));
+        }
+    }
+
+    /// A batch's time lies within `maxBatchLead` after and `maxBatchLag` before the block that
+    /// commits it: the operator can neither date a batch ahead of L1 nor hold its time still.
+    function test_a_batch_dated_outside_the_bounds_around_l1_time_is_refused() public {
+        commitServing(depositServed(400_000e6, 0), 1);
+        hevm.warp(10 days);
+        uint256 nowMs = 10 days * 1000;
+        bytes32 none = keccak256(abi.encode(new OptioRollup.Withdrawal[](0)));
+        hevm.expectRevert(abi.encodeWithSelector(OptioRollup.BadBatch.selector, "time behind L1"));
+        rollup.commitBatch(2, 1, 2, 8, 9, 1, none, 1, dated(nowMs - LAG * 1000 - 1), "");
+        hevm.expectRevert(abi.encodeWithSelector(OptioRollup.BadBatch.selector, "time ahead of L1"));
+        rollup.commitBatch(2, 1, 2, 8, 9, 1, none, 1, dated(nowMs + LEAD * 1000 + 1), "");
+        assertEq(rollup.committedBatches(), 1, "neither is taken");
+        rollup.commitBatch(2, 1, 2, 8, 9, 1, none, 1, dated(nowMs - LAG * 1000), "");
+        rollup.commitBatch(3, 2, 3, 10, 10, 1, none, 1, dated(nowMs + LEAD * 1000), "");
+        assertEq(rollup.committedBatches(), 3, "both bounds are taken");
+    }
+
     function test_an_exit_against_a_stale_root_reverts() public {
         commit(0, 0);
         commit(1, 0);
@@ -531,7 +566,7 @@ contract RollupInvariants is WithHashers {
     function setUp() public {
         usdc = new TestUSDC();
         IPoseidon4 h4 = IPoseidon4(deployHasher(4));
-        rollup = new OptioRollup(usdc, address(this), h4, IPoseidon3(deployHasher(3)), IPoseidon5(deployHasher(5)), 0, 1 hours, 6 hours, IGroth16Verifier(address(0)), true, address(0));
+        rollup = new OptioRollup(usdc, address(this), h4, IPoseidon3(deployHasher(3)), IPoseidon5(deployHasher(5)), 0, 1 hours, 6 hours, IGroth16Verifier(address(0)), true, address(0), OptioRollup.TimeBounds(1 hours, 1 days));
         handler = new Handler(rollup, usdc);
     }
 

@@ -11,7 +11,7 @@
 
 use alloy::primitives::U256;
 use alloy::providers::Provider;
-use optio_settler::{OptioRollup, TestUSDC, connect, deploy, transact};
+use optio_settler::{OptioRollup, RollupConfig, TestUSDC, connect, deploy, transact};
 use rand::SeedableRng;
 
 use crate::settlement_bench::Flow;
@@ -40,9 +40,7 @@ async fn measure() -> anyhow::Result<()> {
         &provider,
         operator,
         U256::ZERO,
-        3_600,
-        6 * 3_600,
-        U256::ZERO,
+        &RollupConfig::new(3_600, 6 * 3_600),
     )
     .await?;
     let rollup = OptioRollup::new(d.rollup, &provider);

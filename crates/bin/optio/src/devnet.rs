@@ -238,18 +238,18 @@ async fn local_chain_up(
         }
         None => optio_settler::Address::ZERO,
     };
-    let d = optio_settler::deploy_with_verifier(
+    let d = optio_settler::deploy(
         &provider,
         operator,
         genesis,
-        60,
-        3_600,
-        U256::ZERO,
-        verifier,
-        // Its market makers' orders are the operator's (unsigned): fills are not judged on its
-        // L1 (`optio sim` judges them); every mark is, against the devnet's oracle.
-        false,
-        optio_settler::Address::from(oracle),
+        &optio_settler::RollupConfig {
+            verifier,
+            // Its market makers' orders are the operator's (unsigned): fills are not judged on
+            // its L1 (`optio sim` judges them); every mark is, against the devnet's oracle.
+            authorizations: false,
+            oracle: optio_settler::Address::from(oracle),
+            ..optio_settler::RollupConfig::new(60, 3_600)
+        },
     )
     .await
     .context("deploying the contracts on the embedded chain")?;

@@ -303,6 +303,8 @@ pub fn verify(args: VerifyArgs) -> Result<()> {
                 None => "not judged (the rollup was deployed without an oracle)".into(),
             }
         );
+        let (lead, lag) = judging.time_bounds;
+        println!("  batch times: each at most {lead} s after and {lag} s before the L1 block that committed it");
         // How far validity proofs reach (a rollup without a verifier proves nothing).
         let progress = optio_settler::Settler::new(provider.clone(), rollup, std::path::Path::new(""))
             .progress()

@@ -378,31 +378,40 @@ impl World {
         ));
         let oracle = OracleSigner::from_bytes(ORACLE_KEY).context("oracle key")?;
         let deployment = runtime
-            .block_on(optio_settler::deploy_with_verifier(
+            .block_on(optio_settler::deploy(
                 &provider,
                 operator,
                 genesis,
-                FINALIZATION_DELAY_S,
-                10_000_000,
-                U256::ZERO,
-                optio_settler::Address::ZERO,
-                // Every fill posts its signed orders and every mark the oracle's signature:
-                // the watchtower checks them at the end.
-                true,
-                optio_settler::Address::from(optio_intents::address_of(&oracle.public_key())),
+                &optio_settler::RollupConfig {
+                    // Every fill posts its signed orders and every mark the oracle's
+                    // signature: the watchtower checks them at the end.
+                    authorizations: true,
+                    oracle: optio_settler::Address::from(optio_intents::address_of(
+                        &oracle.public_key(),
+                    )),
+                    ..optio_settler::RollupConfig::new(FINALIZATION_DELAY_S, 10_000_000)
+                },
             ))
             .context("deploying the contracts")?;
         let dir = tempfile::tempdir()?;
         let start_ms = 1_800_000_000_000 + rng.random_range(0..1_000_000_000);
         let clock = Clock::manual(start_ms);
+        // L1 time never falls behind the engine's (a rollup refuses a batch dated more than
+        // `RollupConfig::MAX_BATCH_LEAD_S` after its block), and stays within a mined block a
+        // second of it otherwise.
+        let l1_clock = clock.clone();
+        chain.logical_floor(move || l1_clock.now_ms() / 1_000);
         let config = Config {
             chain_id: CHAIN,
             verifying_contract: deployment.rollup.into_array(),
             oracle_key: Some(oracle.public_key()),
             batch_max_ops: 100,
             // Batches are cut by size (their cut points a function of the sequence alone) until
-            // the end, where the clock jumps past this age to cut the last one.
-            batch_max_age_ms: 10 * 86_400_000,
+            // the end, where the clock jumps past this age to cut the last one: longer than any
+            // batch stays open in a run (steps move the clock by at most two minutes), and
+            // shorter than the rollup's `MAX_BATCH_LAG_S`, so that the last batch, dated by
+            // its last input before the jump, is still taken.
+            batch_max_age_ms: 20 * 3_600_000,
             snapshot_every: 400,
             clock: clock.clone(),
             // The rollup judges fills by their signatures.

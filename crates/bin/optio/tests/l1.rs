@@ -27,9 +27,14 @@ async fn chain() -> (
     let genesis = U256::from_be_bytes(optio_state::poseidon::to_bytes(
         &optio_state::SettlementState::new().root(),
     ));
-    let d = optio_settler::deploy(&provider, operator, genesis, 3_600, 6 * 3_600, U256::ZERO)
-        .await
-        .expect("deploys");
+    let d = optio_settler::deploy(
+        &provider,
+        operator,
+        genesis,
+        &optio_settler::RollupConfig::new(3_600, 6 * 3_600),
+    )
+    .await
+    .expect("deploys");
     (anvil, provider, d)
 }
 

@@ -72,6 +72,9 @@ struct Ledger {
     /// Block timestamps step by exactly this many seconds (a simulation's logical time), not
     /// by the wall clock.
     logical_step: Option<u64>,
+    /// With `logical_step`: a clock (seconds) block timestamps never fall behind (a
+    /// simulation's engine clock, so that L1 time keeps up with the batches' time).
+    floor: Option<Box<dyn Fn() -> u64 + Send>>,
 }
 
 /// A JSON-RPC error: code, message, optional data.
@@ -114,6 +117,7 @@ impl Ledger {
             logs: Vec::new(),
             forks: 0,
             logical_step: None,
+            floor: None,
         }
     }
 
@@ -127,7 +131,7 @@ impl Ledger {
         BlockEnv {
             number: U256::from(self.head() + 1),
             timestamp: U256::from(match self.logical_step {
-                Some(step) => last.timestamp + step,
+                Some(step) => (last.timestamp + step).max(self.floor.as_ref().map_or(0, |f| f())),
                 None => now_s().max(last.timestamp + 1),
             }),
             gas_limit: BLOCK_GAS_LIMIT,
@@ -714,6 +718,21 @@ impl Chain {
         if let Ok(mut l) = self.ledger.lock() {
             l.logical_step = Some(step_s.max(1));
         }
+    }
+
+    /// With `logical_time`: block timestamps also never fall behind `clock` (seconds), a
+    /// simulation's clock (still a function of the run, so its runs repeat).
+    pub fn logical_floor(&self, clock: impl Fn() -> u64 + Send + 'static) {
+        if let Ok(mut l) = self.ledger.lock() {
+            l.floor = Some(Box::new(clock));
+        }
+    }
+
+    /// The head block's timestamp (seconds).
+    pub fn head_time(&self) -> u64 {
+        self.ledger
+            .lock()
+            .map_or(0, |l| l.blocks.last().map_or(0, |b| b.timestamp))
     }
 
     /// The head block's number.

@@ -3,14 +3,16 @@
 //! revert with its decoded reason, the Poseidon hashers agreeing with Rust, events by filter,
 //! calldata by transaction hash, bad input refused with its code (no transaction, another
 //! chain's, an unknown method) and nothing mined for it, and blocks that keep coming on their
-//! own.
+//! own; logical time with a floor.
 
 use std::time::Duration;
 
 use alloy::primitives::U256;
 use alloy::providers::Provider;
 use optio_chain::Chain;
-use optio_settler::{OptioRollup, PriorityKind, TestUSDC, connect, deploy, priority_ops, transact};
+use optio_settler::{
+    OptioRollup, PriorityKind, RollupConfig, TestUSDC, connect, deploy, priority_ops, transact,
+};
 
 /// anvil's first default key (any key works: the chain funds it at genesis).
 const KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
@@ -44,7 +46,7 @@ async fn the_rollup_runs_on_the_embedded_chain() {
     let genesis = U256::from_be_bytes(optio_state::poseidon::to_bytes(
         &optio_state::SettlementState::new().root(),
     ));
-    let d = deploy(&provider, operator, genesis, 60, 3_600, U256::ZERO)
+    let d = deploy(&provider, operator, genesis, &RollupConfig::new(60, 3_600))
         .await
         .expect("deploys");
     let rollup = OptioRollup::new(d.rollup, &provider);
@@ -235,4 +237,25 @@ async fn a_reorg_drops_the_replaced_blocks_transactions() {
     assert!(chain.reorg(0).is_err());
     assert!(chain.reorg(64).is_err());
     assert!(chain.reorg(chain.head()).is_err());
+}
+
+/// Logical time: each block one step after the one before, never behind the floor clock (a
+/// simulator's), which may jump ahead; the chain then steps on from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logical_time_steps_and_never_falls_behind_its_floor() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let (chain, _, _) = start(Duration::from_secs(3_600)).await;
+    chain.logical_time(2);
+    let clock = Arc::new(AtomicU64::new(0));
+    let floor = clock.clone();
+    chain.logical_floor(move || floor.load(Ordering::Acquire));
+    let start = chain.head_time();
+    chain.mine(3);
+    assert_eq!(chain.head_time(), start + 6, "steps of 2 s below the floor");
+    clock.store(start + 1_000, Ordering::Release);
+    chain.mine(1);
+    assert_eq!(chain.head_time(), start + 1_000, "the floor, once ahead");
+    chain.mine(2);
+    assert_eq!(chain.head_time(), start + 1_004, "steps from there");
 }

@@ -12,7 +12,7 @@ use optio_chain::Chain;
 use optio_prover::solidity::{self, Word};
 use optio_prover::{Keys, Shape, prove, verify, witness};
 use optio_settler::{
-    Groth16Verifier, OptioRollup, connect, deploy_verifier, deploy_with_verifier, transact,
+    Groth16Verifier, OptioRollup, RollupConfig, connect, deploy, deploy_verifier, transact,
 };
 use optio_state::blob::{BlobMeta, encode};
 use optio_state::{Op, SettlementState};
@@ -266,16 +266,14 @@ async fn the_rollup_marks_batches_proven_by_real_proofs() {
     let genesis = U256::from_be_bytes(optio_state::poseidon::to_bytes(
         &SettlementState::new().root(),
     ));
-    let d = deploy_with_verifier(
+    let d = deploy(
         &provider,
         operator,
         genesis,
-        0,
-        6 * 3_600,
-        U256::ZERO,
-        verifier,
-        false,
-        alloy::primitives::Address::ZERO,
+        &RollupConfig {
+            verifier,
+            ..RollupConfig::new(0, 6 * 3_600)
+        },
     )
     .await
     .expect("rollup");
@@ -290,7 +288,7 @@ async fn the_rollup_marks_batches_proven_by_real_proofs() {
             number,
             first_seq: number,
             last_seq: number,
-            time_ms: number,
+            time_ms: wall_ms() + number,
             accounts: state.accounts().len() as u32,
             instruments: state.instruments().len() as u32,
         };
@@ -409,16 +407,25 @@ async fn the_rollup_marks_batches_proven_by_real_proofs() {
     );
 }
 
+/// Now (ms): the batches' engine time, which a rollup takes only within its time bounds of the
+/// block's time (the embedded chain's is the wall clock).
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// Writes the batches as the node does (`NNNNNNNN.json` header and `.blob`).
 fn write_batches(dir: &std::path::Path) {
     let mut state = SettlementState::new();
     for (i, ops) in batches().iter().enumerate() {
         let number = i as u64 + 1;
+        let time_ms = wall_ms() + number;
         let meta = BlobMeta {
             number,
             first_seq: 10 * number - 9,
             last_seq: 10 * number,
-            time_ms: number,
+            time_ms,
             accounts: state.accounts().len() as u32,
             instruments: state.instruments().len() as u32,
         };
@@ -438,7 +445,7 @@ fn write_batches(dir: &std::path::Path) {
             first_seq: meta.first_seq,
             last_seq: meta.last_seq,
             priority_served: state.priority_served(),
-            time_ms: number,
+            time_ms,
         };
         let stem = dir.join(format!("{number:08}"));
         std::fs::write(stem.with_extension("json"), header.to_json()).expect("header");
@@ -465,16 +472,14 @@ impl Pipeline {
         let genesis = U256::from_be_bytes(optio_state::poseidon::to_bytes(
             &SettlementState::new().root(),
         ));
-        let d = deploy_with_verifier(
+        let d = deploy(
             &provider,
             operator,
             genesis,
-            0,
-            3_600,
-            U256::ZERO,
-            verifier,
-            false,
-            alloy::primitives::Address::ZERO,
+            &RollupConfig {
+                verifier,
+                ..RollupConfig::new(0, 3_600)
+            },
         )
         .await
         .expect("rollup");

@@ -112,7 +112,13 @@ mod bindings {
             function freeze() external;
             function deposit(uint32 account, uint256 amount) external returns (uint256 id);
             function requestWithdrawal(uint32 account) external returns (uint256 id);
-            constructor(address usdc, address operator, address h4, address h3, address h5, uint256 genesisRoot, uint256 finalizationDelay, uint256 priorityWindow, address verifier, bool authorizations, address oracle) payable;
+            struct TimeBounds {
+                uint64 lead;
+                uint64 lag;
+            }
+            constructor(address usdc, address operator, address h4, address h3, address h5, uint256 genesisRoot, uint256 finalizationDelay, uint256 priorityWindow, address verifier, bool authorizations, address oracle, TimeBounds bounds) payable;
+            function maxBatchLead() external view returns (uint256);
+            function maxBatchLag() external view returns (uint256);
             event BatchProven(uint256 indexed number, uint256 commitment);
             function verifyBatch(uint256 number, uint256 commitment, uint256[8] calldata proof) external;
             function verifyBatches(uint256[] calldata numbers, uint256[] calldata commitments, uint256[8][] calldata proofs) external;
@@ -313,46 +319,60 @@ async fn deploy_code(
         .ok_or_else(|| SettlerError::Rpc("deployment produced no contract".into()))
 }
 
-/// Deploys the Poseidon hashers, a `TestUSDC` and the rollup (operator: the provider's signer)
-/// from the forge artifacts under `contracts/out` and the hasher bytecode under
-/// `contracts/poseidon`, with no proof verifier, no authorization challenge and no oracle.
+/// How a rollup is deployed: its constructor's arguments beyond the operator and the genesis
+/// root.
+#[derive(Debug, Clone)]
+pub struct RollupConfig {
+    /// Seconds from a batch's proof to its finalization (the challenge window).
+    pub finalization_delay: u64,
+    /// Seconds the operator has to serve an L1 deposit or forced withdrawal.
+    pub priority_window: u64,
+    /// The operator's bond (wei), paid to a successful challenger.
+    pub bond: U256,
+    /// The batch-proof verifier (`deploy_verifier`; `Address::ZERO`: none, proofs are refused).
+    pub verifier: Address,
+    /// The authorization challenge: every batch must post its fills' signed orders
+    /// (`optio_state::auth`).
+    pub authorizations: bool,
+    /// The risk oracle whose signature every mark needs (the mark challenge; `Address::ZERO`:
+    /// none).
+    pub oracle: Address,
+    /// Seconds a batch's time (its engine time) may lie ahead of the block that commits it.
+    pub max_batch_lead: u64,
+    /// Seconds a batch's time may lie behind the block that commits it: how long a cut batch
+    /// may wait to be committed, and so how long an operator could hold its batches' time
+    /// still.
+    pub max_batch_lag: u64,
+}
+
+impl RollupConfig {
+    /// A batch's time may be this far ahead of L1's by default (Arbitrum's `futureSeconds`).
+    pub const MAX_BATCH_LEAD_S: u64 = 3_600;
+    /// A batch's time may be this far behind L1's by default (Arbitrum's `delaySeconds`).
+    pub const MAX_BATCH_LAG_S: u64 = 86_400;
+
+    /// The given delays, no bond, no verifier, no challenges, the default time bounds.
+    pub fn new(finalization_delay: u64, priority_window: u64) -> Self {
+        Self {
+            finalization_delay,
+            priority_window,
+            bond: U256::ZERO,
+            verifier: Address::ZERO,
+            authorizations: false,
+            oracle: Address::ZERO,
+            max_batch_lead: Self::MAX_BATCH_LEAD_S,
+            max_batch_lag: Self::MAX_BATCH_LAG_S,
+        }
+    }
+}
+
+/// Deploys the Poseidon hashers, a `TestUSDC` and the rollup (operator: `operator`) from the
+/// forge artifacts under `contracts/out` and the hasher bytecode under `contracts/poseidon`.
 pub async fn deploy(
     provider: &DynProvider,
     operator: Address,
     genesis_root: U256,
-    finalization_delay: u64,
-    priority_window: u64,
-    bond: U256,
-) -> Result<Deployment, SettlerError> {
-    deploy_with_verifier(
-        provider,
-        operator,
-        genesis_root,
-        finalization_delay,
-        priority_window,
-        bond,
-        Address::ZERO,
-        false,
-        Address::ZERO,
-    )
-    .await
-}
-
-/// `deploy` with a batch-proof verifier (`deploy_verifier`; `Address::ZERO`: none), the
-/// authorization challenge when `authorizations` (every batch must then post its fills'
-/// signed orders: `optio_state::auth`), and the mark challenge for the risk oracle at `oracle`
-/// (`Address::ZERO`: none; every batch must then post the oracle's signature of each mark).
-#[allow(clippy::too_many_arguments)]
-pub async fn deploy_with_verifier(
-    provider: &DynProvider,
-    operator: Address,
-    genesis_root: U256,
-    finalization_delay: u64,
-    priority_window: u64,
-    bond: U256,
-    verifier: Address,
-    authorizations: bool,
-    oracle: Address,
+    config: &RollupConfig,
 ) -> Result<Deployment, SettlerError> {
     let contracts: PathBuf = optio_contracts::contracts_dir();
     let mut hashers = Vec::new();
@@ -379,15 +399,19 @@ pub async fn deploy_with_verifier(
         h3: hashers[1],
         h5: hashers[2],
         genesisRoot: genesis_root,
-        finalizationDelay: U256::from(finalization_delay),
-        priorityWindow: U256::from(priority_window),
-        verifier,
-        authorizations,
-        oracle,
+        finalizationDelay: U256::from(config.finalization_delay),
+        priorityWindow: U256::from(config.priority_window),
+        verifier: config.verifier,
+        authorizations: config.authorizations,
+        oracle: config.oracle,
+        bounds: OptioRollup::TimeBounds {
+            lead: config.max_batch_lead,
+            lag: config.max_batch_lag,
+        },
     };
     let mut code = artifact(&contracts, "OptioRollup.sol", "OptioRollup")?.to_vec();
     code.extend_from_slice(&args.abi_encode());
-    let rollup = deploy_code(provider, code.into(), bond).await?;
+    let rollup = deploy_code(provider, code.into(), config.bond).await?;
     Ok(Deployment { usdc, rollup })
 }
 
@@ -990,6 +1014,9 @@ pub struct Judging {
     pub authorizations: bool,
     /// Every mark against this oracle's posted signature.
     pub oracle: Option<Address>,
+    /// Seconds a batch's time may lie ahead of (`.0`) and behind (`.1`) the block committing it
+    /// (checked at commit).
+    pub time_bounds: (u64, u64),
 }
 
 /// What `rollup` judges.
@@ -1002,9 +1029,13 @@ pub async fn judging(provider: &DynProvider, rollup: Address) -> Result<Judging,
         .call()
         .await
         .map_err(rpc)?;
+    let lead = contract.maxBatchLead().call().await.map_err(rpc)?;
+    let lag = contract.maxBatchLag().call().await.map_err(rpc)?;
+    let seconds = |v: U256| u64::try_from(v).unwrap_or(u64::MAX);
     Ok(Judging {
         authorizations,
         oracle: (oracle != Address::ZERO).then_some(oracle),
+        time_bounds: (seconds(lead), seconds(lag)),
     })
 }
 
@@ -1025,6 +1056,7 @@ pub async fn verify_l1(
     let Judging {
         authorizations: checks_authorizations,
         oracle,
+        ..
     } = judging(provider, rollup).await?;
     let oracle = oracle.map(|o| optio_types::Address(o.into_array()));
     let venue = optio_state::auth::Venue {

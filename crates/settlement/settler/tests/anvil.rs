@@ -5,7 +5,7 @@
 
 use alloy::primitives::U256;
 use alloy::providers::Provider;
-use optio_settler::{Settler, connect, deploy};
+use optio_settler::{RollupConfig, Settler, connect, deploy};
 
 /// anvil's first default account.
 const KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
@@ -67,8 +67,12 @@ struct Chain {
     deployment: optio_settler::Deployment,
 }
 
+/// L1's time at the start: the vectors' batches are cut at engine time 1,800,000,000,000 ms (and
+/// 2 s later), and a rollup takes a batch only within its time bounds of the block's time.
+const GENESIS_S: &str = "1800000000";
+
 async fn chain(bond: U256) -> Chain {
-    let anvil = optio_contracts::Anvil::start().expect("anvil");
+    let anvil = optio_contracts::Anvil::start_with(&["--timestamp", GENESIS_S]).expect("anvil");
     let url = anvil.url.clone();
     forge_build();
     let dir = tempfile::tempdir().expect("temp dir");
@@ -80,9 +84,17 @@ async fn chain(bond: U256) -> Chain {
         .expect("root")
         .parse()
         .expect("U256");
-    let deployment = deploy(&provider, operator, genesis, 3_600, 6 * 3_600, bond)
-        .await
-        .expect("deploys");
+    let deployment = deploy(
+        &provider,
+        operator,
+        genesis,
+        &RollupConfig {
+            bond,
+            ..RollupConfig::new(3_600, 6 * 3_600)
+        },
+    )
+    .await
+    .expect("deploys");
     Chain {
         _anvil: anvil,
         url,
@@ -341,7 +353,9 @@ async fn the_watchtower_flags_a_root_the_data_does_not_give() {
         "{verdicts:?}"
     );
     // And batch 4 with data that does not decode (whole words, so the contract takes it: no
-    // words at all, after a header that is not a blob's).
+    // words at all, after a header that is not a blob's, dated as batch 3).
+    let mut undecodable = vec![1u8; 49];
+    undecodable[29..37].copy_from_slice(&meta.time_ms.to_be_bytes());
     transact(rollup.commitBatch(
         U256::from(4u64),
         invented,
@@ -351,7 +365,7 @@ async fn the_watchtower_flags_a_root_the_data_does_not_give() {
         0,
         optio_state::withdrawals_hash(&[]).into(),
         U256::ZERO,
-        vec![1u8; 49].into(),
+        undecodable.into(),
         Default::default(),
     ))
     .await

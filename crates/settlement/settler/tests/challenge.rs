@@ -15,8 +15,8 @@
 use alloy::primitives::{Address, U256};
 use alloy::providers::Provider;
 use optio_settler::{
-    Challenge, MarkChallenge, OptioJudge, OptioRollup, TestUSDC, Verdict, connect,
-    deploy_with_verifier, file_challenge, file_mark_challenge, opening_call, transact, verify_l1,
+    Challenge, MarkChallenge, OptioJudge, OptioRollup, RollupConfig, TestUSDC, Verdict, connect,
+    deploy, file_challenge, file_mark_challenge, opening_call, transact, verify_l1,
 };
 use optio_state::auth::{self, Authorization, MarkAttestation, Venue};
 use optio_state::blob::{BlobMeta, encode_ops};
@@ -222,19 +222,21 @@ struct Rig {
 
 async fn rig(oracle: Address) -> Rig {
     optio_contracts::forge_build().expect("forge build");
-    let anvil = optio_contracts::Anvil::start().expect("anvil");
+    // L1 time starts where the batches' engine time does (0 ms and on): a rollup takes a batch
+    // only within its time bounds of the block's time.
+    let anvil = optio_contracts::Anvil::start_with(&["--timestamp", "1"]).expect("anvil");
     let operator = connect(&anvil.url, OPERATOR).expect("provider");
     let genesis = word(&SettlementState::new().root());
-    let d = deploy_with_verifier(
+    let d = deploy(
         &operator,
         optio_settler::signer_address(OPERATOR).expect("address"),
         genesis,
-        0,
-        6 * 3_600,
-        U256::from(BOND),
-        Address::ZERO,
-        true,
-        oracle,
+        &RollupConfig {
+            bond: U256::from(BOND),
+            authorizations: true,
+            oracle,
+            ..RollupConfig::new(0, 6 * 3_600)
+        },
     )
     .await
     .expect("deploys");

@@ -12,8 +12,8 @@ use alloy::primitives::{Address, U256};
 use alloy::providers::{DynProvider, Provider};
 use optio_gateway::{Config, Gateway};
 use optio_settler::{
-    NodeLink, OptioRollup, PriorityKind, PriorityOp, Progress, Settler, TestUSDC, Verdict, connect,
-    deploy, priority_ops, round, transact, verify_l1,
+    NodeLink, OptioRollup, PriorityKind, PriorityOp, Progress, RollupConfig, Settler, TestUSDC,
+    Verdict, connect, deploy, priority_ops, round, transact, verify_l1,
 };
 use optio_types::EngineLimits;
 
@@ -120,7 +120,7 @@ async fn deposits_and_forced_withdrawals_are_sequenced_once_and_paid() {
     ));
     let me = operator.get_accounts().await.expect("accounts")[0];
     // No finalization delay: a batch is final as soon as the settler finalizes it.
-    let d = deploy(&operator, me, genesis, 0, 6 * 3_600, U256::ZERO)
+    let d = deploy(&operator, me, genesis, &RollupConfig::new(0, 6 * 3_600))
         .await
         .expect("deploys");
     let rollup = OptioRollup::new(d.rollup, &operator);
@@ -307,8 +307,9 @@ async fn deposits_and_forced_withdrawals_are_sequenced_once_and_paid() {
             number: p.committed + 1,
             first_seq: p.committed_seq + 1,
             last_seq: p.committed_seq + 1,
-            // Not before the last committed batch's time (L1 refuses a batch dated earlier).
-            time_ms: u64::MAX,
+            // Now: not before the last committed batch's time, nor outside the bounds around
+            // L1's (the contract refuses a batch dated so).
+            time_ms: optio_gateway::now_ms(),
             accounts: state.accounts().len() as u32,
             instruments: state.instruments().len() as u32,
         };
