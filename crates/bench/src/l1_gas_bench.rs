@@ -33,7 +33,12 @@ pub fn run(_: &Args) -> anyhow::Result<()> {
 
 async fn measure() -> anyhow::Result<()> {
     optio_contracts::forge_build().map_err(anyhow::Error::msg)?;
-    let anvil = optio_contracts::Anvil::start().map_err(anyhow::Error::msg)?;
+    let flow = Flow::new()?;
+    // L1 starts at the flow's engine time: the rollup takes a batch only within its time bounds
+    // of the block's time.
+    let genesis_s = (flow.now / 1_000).to_string();
+    let anvil = optio_contracts::Anvil::start_with(&["--timestamp", &genesis_s])
+        .map_err(anyhow::Error::msg)?;
     let provider = connect(&anvil.url, KEY)?;
     let operator = provider.get_accounts().await?[0];
     let d = deploy(
@@ -44,7 +49,6 @@ async fn measure() -> anyhow::Result<()> {
     )
     .await?;
     let rollup = OptioRollup::new(d.rollup, &provider);
-    let flow = Flow::new()?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
     println!(
         "L1 gas on anvil of commitBatch (the words' evaluation included; the proof's verification is measured by `optio-bench prove`: add its share per batch)"
