@@ -1686,15 +1686,48 @@ impl Settler {
         }
     }
 
+    /// Refuses to post batch `number`, dated `time_ms`, when it is already more than the
+    /// rollup's `maxBatchLag` behind the latest block (the next block is no earlier, so the
+    /// rollup would refuse it), saying what that means for the operator. (A batch dated past
+    /// the lead is left to the rollup: the next block may be far later than the latest one.)
+    async fn check_lag(&self, number: u64, time_ms: u64) -> Result<(), SettlerError> {
+        let rollup = OptioRollup::new(self.rollup, &self.provider);
+        let seconds = |v: U256| u64::try_from(v).unwrap_or(u64::MAX);
+        let lag = seconds(rollup.maxBatchLag().call().await.map_err(rpc)?);
+        let now_s = self
+            .provider
+            .get_block_by_number(alloy::eips::BlockNumberOrTag::Latest)
+            .await
+            .map_err(rpc)?
+            .ok_or_else(|| SettlerError::Rpc("no latest block".into()))?
+            .header
+            .timestamp;
+        let (time, now) = (u128::from(time_ms), u128::from(now_s) * 1_000);
+        if time + u128::from(lag) * 1_000 < now {
+            return Err(SettlerError::Batch(
+                number,
+                format!(
+                    "dated {} s before L1's time, past the rollup's {lag} s lag: it can no longer \
+                     be committed, nor any batch after it (the rollup's users exit through the \
+                     priority queue once a request is overdue)",
+                    (now - time) / 1_000
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Posts every batch on disk the contract does not hold yet, in order, each mined before the
-    /// next; returns how many were posted.
+    /// next; returns how many were posted. A batch dated more than the rollup's lag before
+    /// L1's time is not sent: the error says so and what it means.
     pub async fn post_pending(&self) -> Result<u64, SettlerError> {
         let rollup = OptioRollup::new(self.rollup, &self.provider);
         let mut posted = 0;
         let mut next = self.committed().await? + 1;
         while let Some(b) = read_batch(&self.batches, next)? {
-            let (_, ops) = optio_state::decode(&b.blob)
+            let (meta, ops) = optio_state::decode(&b.blob)
                 .map_err(|e| SettlerError::Batch(next, format!("data: {e}")))?;
+            self.check_lag(next, meta.time_ms).await?;
             back_operator_deposits(&self.provider, self.rollup, &ops)
                 .await
                 .map_err(|e| SettlerError::Batch(next, e.to_string()))?;

@@ -378,3 +378,35 @@ async fn the_watchtower_flags_a_root_the_data_does_not_give() {
         "{verdicts:?}"
     );
 }
+
+/// A settler that was down longer than the rollup's lag finds its next batch too old for L1: it
+/// sends nothing, commits nothing, and says which bound and what follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_outside_the_time_bounds_is_not_sent_and_the_error_says_why() {
+    let c = chain(U256::ZERO).await;
+    let settler = Settler::new(c.provider.clone(), c.deployment.rollup, c.dir.path());
+    let rollup = optio_settler::OptioRollup::new(c.deployment.rollup, &c.provider);
+    // Both vectors' batches are dated at L1's genesis (and 2 s after); L1 moves a day and an
+    // hour on.
+    let advance = |seconds: u64| {
+        let p = c.provider.clone();
+        async move {
+            let _: serde_json::Value = p
+                .raw_request("evm_increaseTime".into(), (seconds,))
+                .await
+                .expect("time");
+            let _: serde_json::Value = p.raw_request("evm_mine".into(), ()).await.expect("mine");
+        }
+    };
+    advance(25 * 3_600).await;
+    let err = settler.post_pending().await.expect_err("too old");
+    let text = err.to_string();
+    assert!(
+        text.starts_with("batch 1: dated ") && text.contains("past the rollup's 86400 s lag"),
+        "{text}"
+    );
+    assert_eq!(
+        rollup.committedBatches().call().await.expect("reads"),
+        U256::ZERO
+    );
+}
