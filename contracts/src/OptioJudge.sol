@@ -271,6 +271,39 @@ contract OptioJudge {
         return who != address(0) && who == oracle;
     }
 
+    /// Mark op `mark` (from 0, in the posted words' order) of committed batch `number`, with the
+    /// batch's posted data and authorization section.
+    struct PostedMark {
+        uint256 number;
+        bytes data;
+        bytes auths;
+        uint256 mark;
+    }
+
+    /// Whether `later`'s mark is for the instrument of `earlier`'s attested mark and was
+    /// published before it (its own attestation's time). Reverts when either names no mark.
+    function wentBack(PostedMark calldata earlier, PostedMark calldata later) external view returns (bool) {
+        if (!this.markAttested(earlier.data, earlier.auths, earlier.mark)) return false;
+        (uint32 a, uint64 aPublished) = _markOf(earlier.data, earlier.auths, earlier.mark);
+        (uint32 b, uint64 bPublished) = _markOf(later.data, later.auths, later.mark);
+        return a == b && bPublished < aPublished;
+    }
+
+    /// The instrument of mark op `k` of `data` and the publication time its entry in `auths`
+    /// states (0 if none).
+    function _markOf(bytes calldata data, bytes calldata auths, uint256 k) internal pure returns (uint32 instrument, uint64 published) {
+        (bool found, bytes calldata a) = _attestation(auths, k);
+        if (found) published = uint64(bytes8(a[0:8]));
+        uint256 seen = 0;
+        for (uint256 cursor = BLOB_HEADER; cursor + 32 <= data.length;) {
+            uint256 w = uint256(bytes32(data[cursor:cursor + 32]));
+            uint256 kind = w & 0xff;
+            if (kind == MARK && seen++ == k) return (uint32(w >> 72), published);
+            cursor += 32 * Words.opWords(kind, w);
+        }
+        revert BadBatch("no such mark");
+    }
+
     /// The EIP-712 struct hash of mark op `k` published at `published` (ms), from the op's
     /// words: its first word names the instrument and the risk array's length, the next holds
     /// the mark (a negative one as `P - |v|`), then five risk values a word, 48 bits each,

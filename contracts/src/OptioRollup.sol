@@ -45,7 +45,9 @@ interface IGroth16Verifier {
 /// which must hash to the leaf's); `OptioJudge` reads the fills and judges the records. Marks
 /// are judged the same way when the rollup names a risk oracle (`challengeMark`): each batch
 /// posts the oracle's signature of each of its marks, and a mark without one, or published
-/// outside the window before the batch's time, reverts the batch and slashes the bond. The
+/// outside the window before the batch's time, reverts the batch and slashes the bond, as does
+/// one published before the mark an earlier batch committed for its instrument
+/// (`challengeMarkOrder`: marks only move forward). The
 /// withdrawal list and the L1 operations a batch
 /// serves are checked against its posted words when it is committed (`_checkMoves`), a deposit
 /// served with nothing credited goes back to its depositor then, and the operator pays in what
@@ -219,6 +221,7 @@ contract OptioRollup {
     event Withdrawn(uint256 indexed batch, uint256 index, address indexed owner, uint256 amount);
     event Challenged(uint256 indexed number, uint256 fill, bool taker, address indexed challenger, uint256 reward);
     event MarkChallenged(uint256 indexed number, uint256 mark, address indexed challenger, uint256 reward);
+    event MarkWentBack(uint256 indexed number, uint256 mark, uint256 earlier, address indexed challenger, uint256 reward);
     event Overfilled(uint256 indexed number, bytes32 order, int256 filled, int256 amount, address indexed challenger, uint256 reward);
 
     error NotOperator();
@@ -244,6 +247,7 @@ contract OptioRollup {
     error NotReclaimable(uint256 priorityId);
     error Authorized();
     error Attested();
+    error MarksInOrder();
     error NotOverfilled(int256 filled, int256 amount);
 
     modifier onlyOperator() {
@@ -706,6 +710,22 @@ contract OptioRollup {
         if (judge.markAttested(data, auths, mark)) revert Attested();
         emit MarkChallenged(number, mark, msg.sender, address(this).balance);
         _slash(number);
+    }
+
+    /// Shows that batch `later.number`, not final, posts for an instrument a mark the oracle
+    /// published before the attested mark an earlier batch posted for it (`earlier`): the
+    /// engine takes an oracle's updates only forward in time, so an honest batch never goes
+    /// back to an older mark (one signed within the window before its time, but replaced since).
+    /// The batch and every later one are reverted, the operator's bond is paid to the
+    /// challenger, and the rollup freezes.
+    function challengeMarkOrder(OptioJudge.PostedMark calldata earlier, OptioJudge.PostedMark calldata later) external live {
+        if (judge.oracle() == address(0)) revert NoChallenges();
+        if (later.number <= lastFinalized || later.number <= earlier.number) revert BadBatch("not a later batch that is not final");
+        _checkPosted(earlier.number, earlier.data, earlier.auths);
+        _checkPosted(later.number, later.data, later.auths);
+        if (!judge.wentBack(earlier, later)) revert MarksInOrder();
+        emit MarkWentBack(later.number, later.mark, earlier.number, msg.sender, address(this).balance);
+        _slash(later.number);
     }
 
     /// Checks that `data` and `auths` are what was posted with committed batch `number`.

@@ -275,6 +275,16 @@ pub fn verify(args: VerifyArgs) -> Result<()> {
                         report_challenge(*number, filed, key)?;
                     }
                 }
+                optio_settler::Verdict::MarkWentBack { number, mark, instrument, why, challenge } => {
+                    bad += 1;
+                    println!("batch {number:>6}: ALERT mark {mark} (instrument {instrument}) goes back to an older one: {why}");
+                    if let Some(key) = &args.challenger_key {
+                        let signer = optio_settler::connect(&args.rpc, key)?;
+                        let (earlier, later) = challenge.as_ref();
+                        let filed = optio_settler::file_mark_order_challenge(&signer, rollup, earlier, later).await.map(|r| r.transaction_hash);
+                        report_challenge(*number, filed, key)?;
+                    }
+                }
                 optio_settler::Verdict::Overfilled { number, account, why, challenge } => {
                     bad += 1;
                     println!("batch {number:>6}: ALERT a fill of account {account}'s order is not authorized: {why}");
@@ -299,7 +309,7 @@ pub fn verify(args: VerifyArgs) -> Result<()> {
                 "not judged (the rollup was deployed without the authorization challenge)"
             },
             match judging.oracle {
-                Some(o) => format!("each signed by the oracle {o} within the window before its batch's time"),
+                Some(o) => format!("each signed by the oracle {o} within the window before its batch's time, never older than the last one committed for its instrument"),
                 None => "not judged (the rollup was deployed without an oracle)".into(),
             }
         );

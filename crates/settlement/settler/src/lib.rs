@@ -97,6 +97,7 @@ mod bindings {
             }
             function challengeAuthorization(SideChallenge calldata c, AccountOpening calldata opening, SessionKey[] calldata keys) external;
             function challengeMark(uint256 number, bytes calldata data, bytes calldata auths, uint256 mark) external;
+            event MarkWentBack(uint256 indexed number, uint256 mark, uint256 earlier, address indexed challenger, uint256 reward);
             event MarkChallenged(uint256 indexed number, uint256 mark, address indexed challenger, uint256 reward);
             function judge() external view returns (address);
             function authorizations() external view returns (bool);
@@ -118,6 +119,13 @@ mod bindings {
             }
             constructor(address usdc, address operator, address h4, address h3, address h5, uint256 genesisRoot, uint256 finalizationDelay, uint256 priorityWindow, address verifier, bool authorizations, address oracle, TimeBounds bounds) payable;
             function maxBatchLead() external view returns (uint256);
+            struct PostedMark {
+                uint256 number;
+                bytes data;
+                bytes auths;
+                uint256 mark;
+            }
+            function challengeMarkOrder(PostedMark calldata earlier, PostedMark calldata later) external;
             function maxBatchLag() external view returns (uint256);
             event BatchProven(uint256 indexed number, uint256 commitment);
             function verifyBatch(uint256 number, uint256 commitment, uint256[8] calldata proof) external;
@@ -657,6 +665,22 @@ pub enum Verdict {
         /// The challenge to file.
         challenge: Box<MarkChallenge>,
     },
+    /// The roots agree and every mark is attested, but a mark was published before the mark
+    /// an earlier batch committed for its instrument (the operator went back to an older
+    /// signed mark): `challenge` (the earlier mark, then this one) is ready to file while the
+    /// batch is not final (`file_mark_order_challenge`).
+    MarkWentBack {
+        /// Batch.
+        number: u64,
+        /// The mark op (from 0, in the posted order).
+        mark: u64,
+        /// Its instrument.
+        instrument: u32,
+        /// Why.
+        why: String,
+        /// The challenge to file.
+        challenge: Box<(MarkChallenge, MarkChallenge)>,
+    },
     /// The roots agree, but the fills of one signed order, over this batch and earlier ones,
     /// add up beyond its signed amount (on a rollup with the authorization challenge):
     /// `challenge` is ready to file while the batch is not final (`file_overfill`).
@@ -712,6 +736,69 @@ pub async fn file_mark_challenge(
         U256::from(c.mark),
     ))
     .await
+}
+
+/// Files a mark order challenge: `later`'s mark goes back before `earlier`'s attested one for
+/// the same instrument.
+pub async fn file_mark_order_challenge(
+    provider: &DynProvider,
+    rollup: Address,
+    earlier: &MarkChallenge,
+    later: &MarkChallenge,
+) -> Result<alloy::rpc::types::TransactionReceipt, SettlerError> {
+    let posted = |c: &MarkChallenge| OptioRollup::PostedMark {
+        number: U256::from(c.number),
+        data: c.data.clone().into(),
+        auths: c.auths.clone().into(),
+        mark: U256::from(c.mark),
+    };
+    let contract = OptioRollup::new(rollup, provider);
+    transact(contract.challengeMarkOrder(posted(earlier), posted(later))).await
+}
+
+/// The first mark op of an attested batch (`blob`, decoded as `ops`, with section `auths`)
+/// published before the latest attested mark earlier batches committed for its instrument
+/// (`latest`: instrument to that mark's publication time and challenge), then `latest` moved on
+/// to this batch's marks.
+fn audit_mark_order(
+    number: u64,
+    blob: &[u8],
+    ops: &[optio_state::Op],
+    auths: &[u8],
+    latest: &mut std::collections::BTreeMap<u32, (u64, MarkChallenge)>,
+) -> Option<Verdict> {
+    let marks = ops.iter().filter_map(|op| match op {
+        optio_state::Op::Mark { instrument, .. } => Some(instrument.0),
+        _ => None,
+    });
+    for (k, instrument) in marks.enumerate() {
+        let published = optio_state::auth::mark_attestation(auths, k)?.published_ms;
+        let this = MarkChallenge {
+            number,
+            data: blob.to_vec(),
+            auths: auths.to_vec(),
+            mark: k as u64,
+        };
+        match latest.get(&instrument) {
+            Some((before, earlier)) if published < *before => {
+                return Some(Verdict::MarkWentBack {
+                    number,
+                    mark: k as u64,
+                    instrument,
+                    why: format!(
+                        "published at {published} ms, before the mark batch {} committed \
+                         (published at {before} ms)",
+                        earlier.number
+                    ),
+                    challenge: Box::new((earlier.clone(), this)),
+                });
+            }
+            _ => {
+                latest.insert(instrument, (published, this));
+            }
+        }
+    }
+    None
 }
 
 /// The first mark op of a batch (`blob`, decoded as `ops`, cut at `time_ms`) that its posted
@@ -1064,6 +1151,7 @@ pub async fn verify_l1(
         rollup: optio_types::Address(rollup.into_array()),
     };
     let mut filled = std::collections::BTreeMap::new();
+    let mut latest_marks = std::collections::BTreeMap::new();
     let mut state = optio_state::SettlementState::new();
     let mut verdicts = Vec::new();
     let mut after = (0u64, 0u64);
@@ -1135,6 +1223,12 @@ pub async fn verify_l1(
             v
         } else if let Some(v) =
             oracle.and_then(|o| audit_marks(number, meta.time_ms, blob, &ops, auths, o, &venue))
+        {
+            v
+        } else if let Some(v) = oracle
+            .is_some()
+            .then(|| audit_mark_order(number, blob, &ops, auths, &mut latest_marks))
+            .flatten()
         {
             v
         } else {

@@ -16,7 +16,8 @@ use alloy::primitives::{Address, U256};
 use alloy::providers::Provider;
 use optio_settler::{
     Challenge, MarkChallenge, OptioJudge, OptioRollup, RollupConfig, TestUSDC, Verdict, connect,
-    deploy, file_challenge, file_mark_challenge, opening_call, transact, verify_l1,
+    deploy, file_challenge, file_mark_challenge, file_mark_order_challenge, opening_call, transact,
+    verify_l1,
 };
 use optio_state::auth::{self, Authorization, MarkAttestation, Venue};
 use optio_state::blob::{BlobMeta, encode_ops};
@@ -162,11 +163,16 @@ struct Posted {
 }
 
 fn post(state: &mut SettlementState, number: u64, ops: &[Op]) -> Posted {
+    post_at(state, number, ops, 0)
+}
+
+/// `post`, the batch cut at engine time `time_ms`.
+fn post_at(state: &mut SettlementState, number: u64, ops: &[Op], time_ms: u64) -> Posted {
     let meta = BlobMeta {
         number,
         first_seq: number,
         last_seq: number,
-        time_ms: 0,
+        time_ms,
         accounts: state.accounts().len() as u32,
         instruments: state.instruments().len() as u32,
     };
@@ -1205,4 +1211,132 @@ async fn a_mark_the_oracle_never_signed_is_caught_reverted_and_slashed_and_users
         U256::from(1u64)
     );
     users_exit_whole(&anvil, &d, &finalized).await;
+}
+
+/// The mark order challenge: the engine takes an oracle's updates only forward in time, so a
+/// batch never posts a mark older than the one an earlier batch committed for its instrument.
+/// Two honest batches (marks published at 10 s and 20 s); then the operator posts, at 20 s, a
+/// mark the oracle did sign at 15 s (within the window before the batch's time, so the mark
+/// challenge cannot touch it) but had replaced since. The watchtower finds it and files the
+/// challenge: the batch is reverted and the bond paid; a challenge of two batches in order
+/// reverts and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mark_older_than_one_committed_before_is_caught_reverted_and_slashed() {
+    let oracle = optio_oracle::OracleSigner::from_bytes(ORACLE).expect("oracle key");
+    let oracle_address = optio_intents::address_of(&oracle.public_key());
+    let Rig {
+        anvil,
+        operator,
+        d,
+        venue,
+    } = rig(Address::from(oracle_address)).await;
+    let rollup = OptioRollup::new(d.rollup, &operator);
+    let domain = venue
+        .separator(auth::domain::OPTIO)
+        .expect("Optio's domain");
+    let mark_at = |price: i64| Op::Mark {
+        instrument: InstrumentId(0),
+        mark: Price(price * USDC),
+        risk: (0..13).map(|k| Amount(k * 1_000 - 5_000)).collect(),
+    };
+
+    // Batch 1 at 10 s: the accounts, a listing, a signed trade, the mark published then.
+    let mut state = SettlementState::new();
+    let fill = bob_buys(QTY_SCALE / 2);
+    let ops = opening_ops(&fill);
+    let first = attest(&oracle, &domain, ops.last().expect("the mark"), 10_000);
+    let section1 = auth::section_of(
+        &[
+            Some(signed(ALICE, &venue, 0, Side::Sell, "1000", "1", 1)),
+            Some(signed(BOB, &venue, 1, Side::Buy, "1010", "0.5", 1)),
+        ],
+        &[Some(first)],
+    );
+    let b1 = post_at(&mut state, 1, &ops, 10_000);
+    let genesis = word(&SettlementState::new().root());
+    commit(&rollup, 1, genesis, &b1, &section1).await;
+    // Batch 2 at 20 s: the mark the oracle published then.
+    let b2 = post_at(&mut state, 2, &[mark_at(1_100)], 20_000);
+    let section2 = auth::section_of(
+        &[],
+        &[Some(attest(&oracle, &domain, &mark_at(1_100), 20_000))],
+    );
+    commit(&rollup, 2, b1.root, &b2, &section2).await;
+    // Batches 1 and 2 are in order: that challenge reverts.
+    let challenger = connect(&anvil.url, CHALLENGER).expect("provider");
+    let in_order = MarkChallenge {
+        number: 1,
+        data: b1.blob.clone(),
+        auths: section1.clone(),
+        mark: 0,
+    };
+    let second = MarkChallenge {
+        number: 2,
+        data: b2.blob.clone(),
+        auths: section2.clone(),
+        mark: 0,
+    };
+    let err = file_mark_order_challenge(&challenger, d.rollup, &in_order, &second)
+        .await
+        .expect_err("marks in order");
+    let selector: String = optio_intents::keccak(b"MarksInOrder()")[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert!(err.to_string().contains(&selector), "MarksInOrder(): {err}");
+    assert!(!rollup.frozen().call().await.expect("reads"));
+
+    // Anyone finalizes both (no delay on this rollup).
+    transact(rollup.finalize()).await.expect("finalizes 1");
+    transact(rollup.finalize()).await.expect("finalizes 2");
+    let before = state.clone();
+    // Batch 3 at 20 s: the oracle's mark of 15 s, replaced at 20 s.
+    let b3 = post_at(&mut state, 3, &[mark_at(900)], 20_000);
+    let section3 = auth::section_of(
+        &[],
+        &[Some(attest(&oracle, &domain, &mark_at(900), 15_000))],
+    );
+    commit(&rollup, 3, b2.root, &b3, &section3).await;
+
+    let verdicts = verify_l1(&operator, d.rollup).await.expect("verifies");
+    assert_eq!(
+        verdicts[..2],
+        [Verdict::Agrees(1), Verdict::Agrees(2)],
+        "{verdicts:?}"
+    );
+    let Some(Verdict::MarkWentBack {
+        number: 3,
+        mark: 0,
+        instrument: 0,
+        why,
+        challenge,
+    }) = verdicts.last()
+    else {
+        panic!("{verdicts:?}")
+    };
+    assert!(why.contains("before the mark batch 2 committed"), "{why}");
+    let (earlier, later) = challenge.as_ref();
+    assert_eq!((earlier.number, later.number), (2, 3));
+    let receipt = pays_the_bond(
+        &operator,
+        file_mark_order_challenge(&challenger, d.rollup, earlier, later),
+    )
+    .await;
+    println!(
+        "a successful mark order challenge: {} gas",
+        receipt.gas_used
+    );
+    let event = receipt
+        .decoded_log::<OptioRollup::MarkWentBack>()
+        .expect("the MarkWentBack event");
+    assert_eq!(
+        (event.number, event.earlier, event.reward),
+        (U256::from(3u64), U256::from(2u64), U256::from(BOND))
+    );
+    assert!(rollup.frozen().call().await.expect("reads"));
+    assert_eq!(
+        rollup.committedBatches().call().await.expect("reads"),
+        U256::from(2u64)
+    );
+    users_exit_whole(&anvil, &d, &before).await;
 }
