@@ -71,6 +71,18 @@ struct Chain {
 /// 2 s later), and a rollup takes a batch only within its time bounds of the block's time.
 const GENESIS_S: &str = "1800000000";
 
+/// Moves anvil's time on by `seconds` and mines a block.
+async fn advance(provider: &alloy::providers::DynProvider, seconds: u64) {
+    let _: serde_json::Value = provider
+        .raw_request("evm_increaseTime".into(), (seconds,))
+        .await
+        .expect("time");
+    let _: serde_json::Value = provider
+        .raw_request("evm_mine".into(), ())
+        .await
+        .expect("mine");
+}
+
 async fn chain(bond: U256) -> Chain {
     let anvil = optio_contracts::Anvil::start_with(&["--timestamp", GENESIS_S]).expect("anvil");
     let url = anvil.url.clone();
@@ -178,17 +190,7 @@ async fn an_account_exits_from_l1_data_alone_after_a_freeze() {
     );
     let rollup = OptioRollup::new(d.rollup, operator_provider);
     let usdc = TestUSDC::new(d.usdc, operator_provider);
-    let advance = |seconds: u64| {
-        let p = operator_provider.clone();
-        async move {
-            let _: serde_json::Value = p
-                .raw_request("evm_increaseTime".into(), (seconds,))
-                .await
-                .expect("time");
-            let _: serde_json::Value = p.raw_request("evm_mine".into(), ()).await.expect("mine");
-        }
-    };
-    advance(3_601).await;
+    advance(operator_provider, 3_601).await;
     transact(rollup.finalize()).await.expect("batch 1 final");
     transact(rollup.finalize()).await.expect("batch 2 final");
     // Users' money in the vault, and a deposit the operator never serves.
@@ -205,7 +207,7 @@ async fn an_account_exits_from_l1_data_alone_after_a_freeze() {
         transact(rollup.freeze()).await.is_err(),
         "nothing is overdue yet"
     );
-    advance(6 * 3_600 + 1).await;
+    advance(operator_provider, 6 * 3_600 + 1).await;
     transact(rollup.freeze())
         .await
         .expect("anyone freezes once a deposit is overdue");
@@ -388,17 +390,7 @@ async fn a_batch_outside_the_time_bounds_is_not_sent_and_the_error_says_why() {
     let rollup = optio_settler::OptioRollup::new(c.deployment.rollup, &c.provider);
     // Both vectors' batches are dated at L1's genesis (and 2 s after); L1 moves a day and an
     // hour on.
-    let advance = |seconds: u64| {
-        let p = c.provider.clone();
-        async move {
-            let _: serde_json::Value = p
-                .raw_request("evm_increaseTime".into(), (seconds,))
-                .await
-                .expect("time");
-            let _: serde_json::Value = p.raw_request("evm_mine".into(), ()).await.expect("mine");
-        }
-    };
-    advance(25 * 3_600).await;
+    advance(&c.provider, 25 * 3_600).await;
     let err = settler.post_pending().await.expect_err("too old");
     let text = err.to_string();
     assert!(
