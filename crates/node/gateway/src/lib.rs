@@ -197,6 +197,8 @@ pub(crate) struct Node {
     committed: Vec<(u64, u64)>,
     proven: Vec<(u64, u64)>,
     finalized: Vec<(u64, u64)>,
+    /// When this node opened (ms): where the wait for L1 counts from before the first report.
+    opened_ms: u64,
 }
 
 /// How far L1 has come, as last sequence numbers covered (`Gateway::record_l1`).
@@ -913,6 +915,7 @@ impl Gateway {
             committed: Vec::new(),
             proven: Vec::new(),
             finalized: Vec::new(),
+            opened_ms: config.clock.now_ms(),
         }));
         let (jobs, queue) = std::sync::mpsc::sync_channel(65_536);
         let (events, _) = tokio::sync::broadcast::channel(ws::STREAM_CAPACITY);
@@ -1797,6 +1800,19 @@ impl Gateway {
             out.push_str(&format!("# HELP optio_l1_{name}_seq Last sequence number {help}.\n# TYPE optio_l1_{name}_seq gauge\n"));
             out.push_str(&format!("optio_l1_{name}_seq {seq}\n"));
         }
+        // Inputs wait for L1 since the committed batches last reached further (or since this
+        // node opened), while any sequenced input is beyond them.
+        let waiting = node.sequencer.next_seq().saturating_sub(1) > l1.committed_seq;
+        let since = node.committed.last().map_or(node.opened_ms, |(_, at)| *at);
+        out.push_str("# HELP optio_l1_commit_wait_seconds How long sequenced inputs have waited for L1 to commit further (0 when all are committed; counted from this node's start before its first L1 report): alert well before the rollup's maxBatchLag (24 h by default), past which a cut batch can no longer be committed.\n# TYPE optio_l1_commit_wait_seconds gauge\n");
+        out.push_str(&format!(
+            "optio_l1_commit_wait_seconds {}\n",
+            if waiting {
+                now.saturating_sub(since) / 1_000
+            } else {
+                0
+            }
+        ));
         if let (Some(stats), Some((proven, unprovable, seconds))) = (batch_stats, proving) {
             out.push_str("# HELP optio_batches_proven_total Batches with a validity proof (optio prove run).\n# TYPE optio_batches_proven_total counter\n");
             out.push_str(&format!("optio_batches_proven_total {proven}\n"));

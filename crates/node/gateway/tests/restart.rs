@@ -309,3 +309,43 @@ fn metrics_show_the_provers_progress() {
         Some("0")
     );
 }
+
+/// How long sequenced inputs have waited for L1 shows in the metrics: from the node's start
+/// until the settler's first report, then from the last time the committed batches reached
+/// further, and 0 while everything sequenced is committed.
+#[test]
+fn metrics_show_how_long_inputs_wait_for_l1() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let clock = optio_gateway::Clock::manual(1_800_000_000_000);
+    let config = Config {
+        clock: clock.clone(),
+        ..Config::default()
+    };
+    let g = Gateway::open(dir.path(), [9; 32], EngineLimits::default(), config).expect("opens");
+    let wait = |g: &Gateway| {
+        g.metrics().lines().find_map(|l| {
+            l.strip_prefix("optio_l1_commit_wait_seconds ")
+                .map(str::to_owned)
+        })
+    };
+    assert_eq!(wait(&g).as_deref(), Some("0"), "nothing sequenced");
+    g.fund([1; 20], Amount(1_000 * MONEY_SCALE)).expect("funds");
+    clock.advance(90_000);
+    assert_eq!(wait(&g).as_deref(), Some("90"), "since the node opened");
+    let progress = |seq: u64| optio_gateway::L1Progress {
+        committed_seq: seq,
+        proven_seq: 0,
+        finalized_seq: 0,
+    };
+    let last = g.next_seq() - 1;
+    g.record_l1(progress(last));
+    assert_eq!(wait(&g).as_deref(), Some("0"), "all committed");
+    clock.advance(5_000);
+    g.fund([2; 20], Amount(1_000 * MONEY_SCALE)).expect("funds");
+    clock.advance(30_000);
+    assert_eq!(
+        wait(&g).as_deref(),
+        Some("35"),
+        "since the committed batches last reached further"
+    );
+}
