@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use optio_gateway::{Config, Gateway};
-use optio_oracle::{OracleSigner, build_update};
+use optio_oracle::{OracleSigner, SettlementFeed, build_update};
 use optio_pricing::risk::default_scenarios;
 use optio_pricing::svi::{Slice, Surface, Svi};
 use optio_types::{
@@ -592,6 +592,9 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
 
     let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
     let mut spots = [90_000.0f64, 3_000.0];
+    // Each underlying's settlement prices, from the index the oracle publishes.
+    let window = optio_types::RiskConfig::default().settlement_window_ms;
+    let mut feeds = [SettlementFeed::new(window), SettlementFeed::new(window)];
     let deadline = args
         .duration_s
         .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
@@ -619,7 +622,7 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
                 .filter(|(_, s)| s.name.underlying == *underlying)
                 .map(|(i, s)| (*i, s))
                 .collect();
-            let update = build_update(
+            let mut update = build_update(
                 underlying,
                 &surface(spots[u]),
                 &default_scenarios(),
@@ -627,10 +630,13 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
                 now,
             )
             .context("oracle update")?;
-            // The gateway sequences oracle updates only with the oracle's signature.
+            feeds[u].attach(&mut update, &list);
+            // The gateway sequences oracle updates only with the oracle's signature (and that
+            // of each mark and settlement price).
             let signed = oracle.sign(update, &gateway.optio_domain());
-            if let Err(e) = gateway.submit_oracle(&signed) {
-                eprintln!("oracle update refused: {e:?}");
+            match gateway.submit_oracle(&signed) {
+                Ok(()) => feeds[u].taken(&signed.update),
+                Err(e) => eprintln!("oracle update refused: {e:?}"),
             }
             for (id, spec) in &list {
                 let Some(mark) = signed

@@ -73,7 +73,6 @@ impl<M: MarginModel> Engine<M> {
                 index_price: o.index_price,
                 published_ms: o.published_ms,
                 held: o.held,
-                samples: o.samples.iter().copied().collect(),
             })
             .collect();
         CanonicalState {
@@ -114,12 +113,7 @@ impl<M: MarginModel> Engine<M> {
         }
         let mut engine = Engine::with_config(state.limits, state.risk, margin);
         for o in &state.oracles {
-            let sorted = o.samples.windows(2).all(|w| w[0].0 < w[1].0)
-                && o.samples
-                    .iter()
-                    .all(|(t, p)| *t <= o.published_ms && p.is_positive());
-            if !o.index_price.is_positive() || !sorted || engine.oracles.contains_key(&o.underlying)
-            {
+            if !o.index_price.is_positive() || engine.oracles.contains_key(&o.underlying) {
                 return Err(bad("invalid oracle record"));
             }
             engine.oracles.insert(
@@ -128,7 +122,6 @@ impl<M: MarginModel> Engine<M> {
                     index_price: o.index_price,
                     published_ms: o.published_ms,
                     held: o.held,
-                    samples: o.samples.iter().copied().collect(),
                 },
             );
         }

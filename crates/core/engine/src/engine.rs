@@ -727,10 +727,6 @@ impl<M: MarginModel> Engine<M> {
         self.scratch = slots;
         self.instruments[id.0 as usize].status = InstrumentStatus::Expired;
         events.push(Event::InstrumentExpired { instrument: id });
-        if let Some(price) = self.settlement_twap(id) {
-            self.settle_instrument(id, price, events)
-                .expect("an expired instrument settles at a positive TWAP");
-        }
     }
 
     pub(crate) fn settle_instrument(

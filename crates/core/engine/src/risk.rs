@@ -1,14 +1,11 @@
 //! Marks, oracle updates and mark-based margin (standard and portfolio), and settlement at the
-//! index TWAP.
+//! oracle's signed price (the index TWAP it computes).
 //!
 //! Every margin figure is kept *net of position values*: an account may take risk while
 //! `balance >= requirement` and is liquidatable once `balance < maintenance`. With cash accounting
 //! (balances already paid for what was bought) this is the same as `equity >= margin` with
 //! `equity = balance + sum(q * mark)`.
 
-use std::collections::VecDeque;
-
-use optio_types::fixed::{Rounding, mul_div};
 use optio_types::{
     AccountId, Amount, Event, Exposure, InstrumentId, InstrumentKind, InstrumentStatus, MarginMode,
     MarginModel, OptionRight, OracleUpdate, Price, QTY_SCALE, RejectCode,
@@ -22,8 +19,6 @@ pub(crate) struct OracleState {
     pub index_price: Price,
     pub published_ms: u64,
     pub held: Option<(Price, u64)>,
-    /// (published, index) of accepted updates, oldest first, pruned to the settlement window.
-    pub samples: VecDeque<(u64, Price)>,
 }
 
 /// One instrument's portfolio-margin contribution: per scenario (the configured ones plus an
@@ -524,6 +519,10 @@ impl<M: MarginModel> Engine<M> {
         if seen.windows(2).any(|w| w[0] == w[1]) {
             return Err(RejectCode::OracleBadInstrument);
         }
+        let settling = self.check_settlements(u)?;
+        for (instrument, price) in settling {
+            self.settle_instrument(instrument, price, events)?;
+        }
 
         // Circuit breaker: a jump beyond the bound is held until confirmed by a later update.
         if let Some(o) = self.oracles.get_mut(&u.underlying) {
@@ -543,7 +542,6 @@ impl<M: MarginModel> Engine<M> {
                 return Ok(());
             }
         }
-        let window = self.risk.settlement_window_ms;
         let oracle = self
             .oracles
             .entry(u.underlying.clone())
@@ -551,16 +549,10 @@ impl<M: MarginModel> Engine<M> {
                 index_price: u.index_price,
                 published_ms: u.published_ms,
                 held: None,
-                samples: VecDeque::new(),
             });
         oracle.index_price = u.index_price;
         oracle.published_ms = u.published_ms;
         oracle.held = None;
-        oracle.samples.push_back((u.published_ms, u.index_price));
-        let cutoff = u.published_ms.saturating_sub(window);
-        while oracle.samples.len() >= 2 && oracle.samples[1].0 <= cutoff {
-            oracle.samples.pop_front();
-        }
         for mark in &u.marks {
             self.instruments[mark.instrument.0 as usize].mark =
                 Some((mark.mark, mark.risk_array.iter().map(|a| a.0).collect()));
@@ -592,40 +584,44 @@ impl<M: MarginModel> Engine<M> {
         }
     }
 
-    /// Time-weighted average of the underlying's accepted index over the settlement window
-    /// before the instrument's expiry, if the window holds at least one accepted update.
-    pub(crate) fn settlement_twap(&self, instrument: InstrumentId) -> Option<Price> {
-        let inst = &self.instruments[instrument.0 as usize];
-        let end = inst.spec.expiry_ms()?;
-        let start = end.saturating_sub(self.risk.settlement_window_ms);
-        let samples = &self.oracles.get(&inst.spec.name.underlying)?.samples;
-        if !samples.iter().any(|(t, _)| *t >= start && *t <= end) {
-            return None;
-        }
-        let (mut weighted, mut total) = (0i128, 0i128);
-        let mut current: Option<(u64, Price)> = None;
-        for &(t, p) in samples.iter().filter(|(t, _)| *t <= end) {
-            if let Some((from, price)) = current {
-                let from = from.max(start);
-                if t > from {
-                    weighted += i128::from(price.0) * i128::from(t - from);
-                    total += i128::from(t - from);
-                }
+    /// The settlement prices of update `u` to apply, checked before anything changes: each
+    /// names an instrument of the update's underlying, once, with a positive price; an
+    /// instrument past its expiry settles when the update was published no earlier than the
+    /// expiry (the price averages the index before it), one already settled is passed over
+    /// (the oracle may repeat a price until it sees it applied), any other refuses the update.
+    fn check_settlements(
+        &self,
+        u: &OracleUpdate,
+    ) -> Result<Vec<(InstrumentId, Price)>, RejectCode> {
+        let mut settling = Vec::with_capacity(u.settlements.len());
+        let mut seen: Vec<u32> = Vec::with_capacity(u.settlements.len());
+        for p in &u.settlements {
+            let inst = self
+                .instruments
+                .get(p.instrument.0 as usize)
+                .ok_or(RejectCode::OracleBadInstrument)?;
+            if inst.spec.name.underlying != u.underlying || seen.contains(&p.instrument.0) {
+                return Err(RejectCode::OracleBadInstrument);
             }
-            current = Some((t.max(start), p));
+            seen.push(p.instrument.0);
+            if !p.price.is_positive() {
+                return Err(RejectCode::InvalidSettlementPrice);
+            }
+            match inst.status {
+                InstrumentStatus::Expired
+                    if inst
+                        .spec
+                        .expiry_ms()
+                        .is_some_and(|expiry| u.published_ms >= expiry) =>
+                {
+                    settling.push((p.instrument, p.price))
+                }
+                InstrumentStatus::Expired => return Err(RejectCode::InvalidSettlementPrice),
+                InstrumentStatus::Settled => {}
+                _ => return Err(RejectCode::InvalidStatusTransition),
+            }
         }
-        if let Some((from, price)) = current
-            && end > from
-        {
-            weighted += i128::from(price.0) * i128::from(end - from);
-            total += i128::from(end - from);
-        }
-        if total == 0 {
-            return current.map(|(_, p)| p);
-        }
-        Some(Price(
-            i64::try_from(mul_div(weighted, 1, total, Rounding::TowardSystem).ok()?).ok()?,
-        ))
+        Ok(settling)
     }
 }
 

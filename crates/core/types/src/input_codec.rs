@@ -4,7 +4,7 @@
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::fixed::Qty;
 use crate::input::{Command, Input, NewOrder, OrderRef, OrderType, Quote};
-use crate::oracle::{MarginMode, OracleUpdate};
+use crate::oracle::{MarginMode, OracleUpdate, UpdateFormat};
 use crate::state::{decode_spec, encode_spec};
 
 /// Most entries decoded in one mass quote or oracle update, and most scenarios per risk array.
@@ -211,8 +211,9 @@ fn encode_command(w: &mut Writer, c: &Command) {
             }
         }
         Command::OracleUpdate(u) => {
-            // 12: before marks carried their own signature (still decoded).
-            w.u8(20);
+            // 12: before marks carried their own signature; 20: before settlement prices (both
+            // still decoded).
+            w.u8(21);
             w.bytes(&u.encode());
         }
         Command::SetMarginMode { account, mode } => {
@@ -363,13 +364,13 @@ fn decode_command(r: &mut Reader<'_>) -> Result<Command, DecodeError> {
             }
             Command::MassQuote { account, quotes }
         }
-        12 => Command::OracleUpdate(OracleUpdate::decode_unattested(
+        tag @ (12 | 20 | 21) => Command::OracleUpdate(OracleUpdate::decode(
             r.bytes(usize::MAX)?,
-            MAX_LIST,
-            MAX_LIST,
-        )?),
-        20 => Command::OracleUpdate(OracleUpdate::decode(
-            r.bytes(usize::MAX)?,
+            match tag {
+                12 => UpdateFormat::Unattested,
+                20 => UpdateFormat::SignedMarks,
+                _ => UpdateFormat::Current,
+            },
             MAX_LIST,
             MAX_LIST,
         )?),
@@ -427,7 +428,7 @@ mod tests {
     use super::*;
     use crate::fixed::{Amount, Price};
     use crate::ids::InstrumentId;
-    use crate::oracle::MarkUpdate;
+    use crate::oracle::{MarkUpdate, SettlementUpdate};
 
     fn update(attestation: [u8; 65]) -> OracleUpdate {
         OracleUpdate {
@@ -440,21 +441,44 @@ mod tests {
                 risk_array: vec![Amount(-5), Amount(0), Amount(7)],
                 attestation,
             }],
+            settlements: Vec::new(),
         }
     }
 
-    /// An oracle update is logged with each mark's signature (tag 20); one a log wrote before
-    /// marks carried their own signature (tag 12, no attestation field) still decodes, its
-    /// marks unsigned, so that such a log replays.
+    /// An oracle update is logged with each mark's and settlement price's signature (tag 21);
+    /// one a log wrote before settlement prices (tag 20) or before marks carried their own
+    /// signature (tag 12, no attestation field) still decodes, without settlement prices and
+    /// its marks unsigned, so that such a log replays.
     #[test]
     fn oracle_updates_decode_with_and_without_their_marks_signatures() {
+        let mut settling = update([0x5a; 65]);
+        settling.settlements.push(SettlementUpdate {
+            instrument: InstrumentId(4),
+            price: Price(59_000_000_000),
+            attestation: [0x3c; 65],
+        });
         let signed = Input {
             time_ms: 1_800_000_000_001,
-            command: Command::OracleUpdate(update([0x5a; 65])),
+            command: Command::OracleUpdate(settling),
         };
         let bytes = signed.encode();
-        assert_eq!(bytes[8], 20);
+        assert_eq!(bytes[8], 21);
         assert_eq!(Input::decode(&bytes), Ok(signed));
+        // Tag 20: the marks with their signatures, then nothing.
+        let marks_only = update([0x5a; 65]);
+        let mut tag20 = marks_only.encode();
+        tag20.truncate(tag20.len() - 4);
+        let mut w = Writer::default();
+        w.u64(7);
+        w.u8(20);
+        w.bytes(&tag20);
+        assert_eq!(
+            Input::decode(&w.bytes),
+            Ok(Input {
+                time_ms: 7,
+                command: Command::OracleUpdate(marks_only),
+            })
+        );
         // The bytes of the old format, written field by field as it wrote them.
         let old = update([0; 65]);
         let mut u = Writer::default();

@@ -31,8 +31,8 @@ pub use instrument::{
 };
 pub use margin::{Exposure, MarginModel, WorstCaseMargin, full_collateral};
 pub use oracle::{
-    MAX_LIQUIDATION_FEE_BPS, MarginMode, MarkUpdate, OracleUpdate, RiskConfig, max_liquidation_fee,
-    stress_range,
+    MAX_LIQUIDATION_FEE_BPS, MarginMode, MarkUpdate, OracleUpdate, RiskConfig, SettlementUpdate,
+    UpdateFormat, max_liquidation_fee, stress_range,
 };
 pub use reject::RejectCode;
 pub use state::{CanonicalState, EngineLimits};

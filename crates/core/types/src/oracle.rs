@@ -44,6 +44,22 @@ pub struct MarkUpdate {
     pub attestation: [u8; 65],
 }
 
+/// An expired instrument's settlement price in an oracle update: the underlying's TWAP over
+/// the settlement window before the instrument's expiry, as the oracle computed it from the
+/// index it published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettlementUpdate {
+    /// Instrument (of the update's underlying), expired at or before the update's time.
+    pub instrument: InstrumentId,
+    /// Settlement price of the underlying.
+    pub price: Price,
+    /// The oracle's own signature of this price (`r || s || v`, EIP-712
+    /// `optio_intents::OracleSettlement` under the rollup's domain, with the update's time):
+    /// the gateway checks it, and the batcher posts it beside the batch's settlement op so
+    /// that L1 can judge the price (docs/settlement.md, "Price challenge").
+    pub attestation: [u8; 65],
+}
+
 /// The range of one contract's value over its risk array's scenarios and the no-move one,
 /// `(mark + min(0, min_s RA[s]), mark + max(0, max_s RA[s]))` in micro-USDC. A liquidation moves
 /// a position only at a price inside it on the liquidated account's side: a long is sold at no
@@ -70,6 +86,20 @@ pub struct OracleUpdate {
     pub index_price: Price,
     /// Marks and risk arrays; instruments not named keep their previous ones.
     pub marks: Vec<MarkUpdate>,
+    /// Settlement prices of expired instruments (one already settled is passed over, so the
+    /// oracle may repeat a price until it sees the instrument settled).
+    pub settlements: Vec<SettlementUpdate>,
+}
+
+/// The formats an update's bytes have had in a write-ahead log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateFormat {
+    /// Before marks carried their own signature (log tag 12).
+    Unattested,
+    /// Marks with their signatures, no settlement prices (log tag 20).
+    SignedMarks,
+    /// Signed marks and settlement prices (log tag 21; what `OracleUpdate::encode` writes).
+    Current,
 }
 
 /// Risk parameters. Part of the engine state: replicas must agree on them.
@@ -95,7 +125,9 @@ pub struct RiskConfig {
     pub pm_short_option_floor_bps: u32,
     /// Portfolio margin: maintenance as a fraction of initial, basis points.
     pub pm_maintenance_bps: u32,
-    /// Settlement TWAP window before expiry.
+    /// Settlement TWAP window before expiry: the venue's published terms, which the oracle
+    /// averages its index over (`optio_oracle::IndexHistory::twap`); the engine settles at the
+    /// price the oracle signs.
     pub settlement_window_ms: u64,
     /// Liquidation auction: starting discount to mark, basis points of the contract's
     /// underlying notional (index x multiplier).
@@ -164,34 +196,34 @@ impl OracleUpdate {
             w.amounts(&m.risk_array);
             w.bytes(&m.attestation);
         }
+        w.len(self.settlements.len());
+        for p in &self.settlements {
+            w.instrument(p.instrument);
+            w.price(p.price);
+            w.bytes(&p.attestation);
+        }
         w.bytes
     }
 
-    /// Decodes canonical bytes, with bounds on every length.
+    /// Decodes bytes of format `format` (`UpdateFormat::Current`: what `encode` writes), with
+    /// bounds on every length; marks without their signature decode with a zero `attestation`,
+    /// updates from before settlement prices with none.
     pub fn decode(
         bytes: &[u8],
+        format: UpdateFormat,
         max_marks: usize,
         max_scenarios: usize,
     ) -> Result<Self, crate::codec::DecodeError> {
-        Self::decode_as(bytes, max_marks, max_scenarios, true)
-    }
-
-    /// Decodes the bytes of an update from before marks carried their own signature (a
-    /// write-ahead log written then): each mark's `attestation` is zero.
-    pub fn decode_unattested(
-        bytes: &[u8],
-        max_marks: usize,
-        max_scenarios: usize,
-    ) -> Result<Self, crate::codec::DecodeError> {
-        Self::decode_as(bytes, max_marks, max_scenarios, false)
+        Self::decode_as(bytes, max_marks, max_scenarios, format)
     }
 
     fn decode_as(
         bytes: &[u8],
         max_marks: usize,
         max_scenarios: usize,
-        attested: bool,
+        format: UpdateFormat,
     ) -> Result<Self, crate::codec::DecodeError> {
+        let invalid = crate::codec::DecodeError::Invalid("attestation is not 65 bytes");
         let mut r = crate::codec::Reader::new(bytes);
         let underlying = std::str::from_utf8(r.bytes(MAX_UNDERLYING_LEN)?)
             .map_err(|_| crate::codec::DecodeError::Invalid("underlying is not UTF-8"))?
@@ -204,10 +236,8 @@ impl OracleUpdate {
             let instrument = r.instrument()?;
             let mark = r.price()?;
             let risk_array = r.amounts(max_scenarios)?;
-            let attestation = if attested {
-                r.bytes(65)?.try_into().map_err(|_| {
-                    crate::codec::DecodeError::Invalid("attestation is not 65 bytes")
-                })?
+            let attestation = if format != UpdateFormat::Unattested {
+                r.bytes(65)?.try_into().map_err(|_| invalid.clone())?
             } else {
                 [0; 65]
             };
@@ -218,12 +248,25 @@ impl OracleUpdate {
                 attestation,
             });
         }
+        let mut settlements = Vec::new();
+        if format == UpdateFormat::Current {
+            let n = r.len(max_marks)?;
+            settlements.reserve(n);
+            for _ in 0..n {
+                settlements.push(SettlementUpdate {
+                    instrument: r.instrument()?,
+                    price: r.price()?,
+                    attestation: r.bytes(65)?.try_into().map_err(|_| invalid.clone())?,
+                });
+            }
+        }
         r.finish()?;
         Ok(Self {
             underlying,
             published_ms,
             index_price,
             marks,
+            settlements,
         })
     }
 }

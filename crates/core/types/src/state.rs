@@ -11,7 +11,9 @@ use crate::instrument::{InstrumentName, InstrumentSpec, InstrumentStatus};
 use crate::oracle::{MAX_UNDERLYING_LEN, MarginMode, RiskConfig};
 
 const MAGIC: &[u8; 8] = b"OPTIOST\0";
-const VERSION: u32 = 4;
+const VERSION: u32 = 5;
+/// The last version whose oracle records carry index samples (still decoded).
+const VERSION_WITH_SAMPLES: u32 = 4;
 
 /// Bounds the engine enforces, each with its own rejection code. Part of the state: replicas
 /// must agree on them.
@@ -92,8 +94,6 @@ pub struct OracleRecord {
     pub published_ms: u64,
     /// A jump held by the circuit breaker: (price, published).
     pub held: Option<(Price, u64)>,
-    /// Accepted index prices (published time, price) within the settlement window, oldest first.
-    pub samples: Vec<(u64, Price)>,
 }
 
 /// One position.
@@ -259,11 +259,6 @@ impl CanonicalState {
                     w.u64(t);
                 }
             }
-            w.len(o.samples.len());
-            for (t, p) in &o.samples {
-                w.u64(*t);
-                w.price(*p);
-            }
         }
         w.len(self.orders.len());
         for o in &self.orders {
@@ -300,7 +295,8 @@ impl CanonicalState {
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(bytes);
         let magic: [u8; 8] = std::array::from_fn(|_| r.u8().unwrap_or(0));
-        if &magic != MAGIC || r.u32()? != VERSION {
+        let version = r.u32()?;
+        if &magic != MAGIC || !(VERSION_WITH_SAMPLES..=VERSION).contains(&version) {
             return Err(DecodeError::Version);
         }
         let time_ms = r.u64()?;
@@ -428,17 +424,19 @@ impl CanonicalState {
                     });
                 }
             };
-            let m = r.len(usize::MAX)?;
-            let mut samples = Vec::with_capacity(m);
-            for _ in 0..m {
-                samples.push((r.u64()?, r.price()?));
+            if version == VERSION_WITH_SAMPLES {
+                // The index samples the engine kept for the settlement TWAP, which the oracle
+                // now computes and signs: read past.
+                for _ in 0..r.len(usize::MAX)? {
+                    r.u64()?;
+                    r.price()?;
+                }
             }
             oracles.push(OracleRecord {
                 underlying,
                 index_price,
                 published_ms,
                 held,
-                samples,
             });
         }
         let n = r.len(usize::MAX)?;

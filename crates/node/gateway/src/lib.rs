@@ -1195,8 +1195,13 @@ impl Gateway {
                         .unwrap_or_default(),
                 )
                 .ok_or_else(|| GatewayError::InvalidParams("update".into()))?;
-                let update = optio_types::OracleUpdate::decode(&bytes, 100_000, 1_024)
-                    .map_err(|e| GatewayError::InvalidParams(format!("update: {e}")))?;
+                let update = optio_types::OracleUpdate::decode(
+                    &bytes,
+                    optio_types::UpdateFormat::Current,
+                    100_000,
+                    1_024,
+                )
+                .map_err(|e| GatewayError::InvalidParams(format!("update: {e}")))?;
                 let signature: [u8; 64] = parse_hex(string(params, "signature")?)
                     .and_then(|b| b.try_into().ok())
                     .ok_or(GatewayError::BadSignature)?;

@@ -2,7 +2,7 @@
 //!
 //! Owns: EIP-712 typed-data hashing for the intents users sign (the Derive-style `Action` with
 //! its trade-module data, exactly as unmodified ccxt 4.5.90 builds it) and for the risk
-//! oracle's marks (`OracleMark`), the domains they are signed under, and recovery of the signing address with libsecp256k1 (high-s and malformed
+//! oracle's marks and settlement prices (`OracleMark`, `OracleSettlement`), the domains they are signed under, and recovery of the signing address with libsecp256k1 (high-s and malformed
 //! signatures refused).
 //! Must not: decide whether a signer may act for an account or whether a nonce is fresh (the
 //! gateway does, with the account registry), or touch engine state.
@@ -302,6 +302,41 @@ impl OracleMark<'_> {
         enc.extend_from_slice(&word_u128(u128::from(self.instrument)));
         enc.extend_from_slice(&word_i128(i128::from(self.mark)));
         enc.extend_from_slice(&keccak(&risk));
+        enc.extend_from_slice(&word_u128(u128::from(self.published_ms)));
+        keccak(&enc)
+    }
+
+    /// The digest signed under `domain_separator` (Optio's domain for the rollup).
+    pub fn digest(&self, domain_separator: &[u8; 32]) -> [u8; 32] {
+        typed_digest(domain_separator, &self.struct_hash())
+    }
+}
+
+/// An expired instrument's settlement price as the risk oracle signs it, EIP-712 under Optio's
+/// domain: `OracleSettlement(uint32 instrument,int64 price,uint64 publishedMs)` (the
+/// underlying's TWAP over the settlement window before the expiry, which the oracle computes
+/// from the index it published). The signature travels with the update into the log and is
+/// posted beside the batch's settlement op, so that the rollup can judge a settlement price
+/// the oracle never signed (`OptioJudge.priceAttested`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OracleSettlement {
+    /// Instrument id.
+    pub instrument: u32,
+    /// Settlement price of the underlying, micro-USDC.
+    pub price: i64,
+    /// When the oracle published the update it belongs to, ms since the epoch.
+    pub published_ms: u64,
+}
+
+impl OracleSettlement {
+    /// The EIP-712 struct hash.
+    pub fn struct_hash(&self) -> [u8; 32] {
+        let typehash =
+            keccak(b"OracleSettlement(uint32 instrument,int64 price,uint64 publishedMs)");
+        let mut enc = Vec::with_capacity(4 * 32);
+        enc.extend_from_slice(&typehash);
+        enc.extend_from_slice(&word_u128(u128::from(self.instrument)));
+        enc.extend_from_slice(&word_i128(i128::from(self.price)));
         enc.extend_from_slice(&word_u128(u128::from(self.published_ms)));
         keccak(&enc)
     }

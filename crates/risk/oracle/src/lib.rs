@@ -11,7 +11,7 @@ use optio_pricing::risk::{Contract, Scenario, value};
 use optio_pricing::svi::Surface;
 use optio_types::{
     Amount, InstrumentId, InstrumentKind, InstrumentSpec, MONEY_SCALE, MarkUpdate, OptionRight,
-    OracleUpdate, Price, QTY_SCALE,
+    OracleUpdate, Price, QTY_SCALE, SettlementUpdate,
 };
 use secp256k1::{Message, PublicKey, SecretKey, ecdsa};
 
@@ -31,6 +31,10 @@ pub enum OracleError {
     /// domain (or is malformed or high-s).
     #[error("the mark of instrument {0} is not signed by the oracle")]
     BadMarkSignature(u32),
+    /// A settlement price's own signature does not recover to the oracle's address under the
+    /// rollup's domain (or is malformed or high-s).
+    #[error("the settlement price of instrument {0} is not signed by the oracle")]
+    BadSettlementSignature(u32),
     /// The surface produced a non-finite value.
     #[error("non-finite value from the surface for instrument {0}")]
     NonFinite(u32),
@@ -70,12 +74,18 @@ impl OracleSigner {
         PublicKey::from_secret_key(&self.key)
     }
 
-    /// Signs each mark of an update for the rollup whose domain separator is `domain`
-    /// (`optio_intents::Domain::optio`), then the whole update.
+    /// Signs each mark and settlement price of an update for the rollup whose domain separator
+    /// is `domain` (`optio_intents::Domain::optio`), then the whole update.
     pub fn sign(&self, mut update: OracleUpdate, domain: &[u8; 32]) -> SignedUpdate {
         for m in &mut update.marks {
             m.attestation =
                 optio_intents::sign(&self.key, &mark_digest(domain, update.published_ms, m));
+        }
+        for p in &mut update.settlements {
+            p.attestation = optio_intents::sign(
+                &self.key,
+                &settlement_digest(domain, update.published_ms, p),
+            );
         }
         let signature =
             ecdsa::sign(Message::from_digest(digest(&update)), &self.key).serialize_compact();
@@ -95,7 +105,18 @@ pub fn mark_digest(domain: &[u8; 32], published_ms: u64, m: &MarkUpdate) -> [u8;
     .digest(domain)
 }
 
-/// Checks an update's signature and each mark's own one under the rollup's domain `domain`
+/// The EIP-712 digest a settlement price of an update published at `published_ms` is signed
+/// over.
+pub fn settlement_digest(domain: &[u8; 32], published_ms: u64, p: &SettlementUpdate) -> [u8; 32] {
+    optio_intents::OracleSettlement {
+        instrument: p.instrument.0,
+        price: p.price.0,
+        published_ms,
+    }
+    .digest(domain)
+}
+
+/// Checks an update's signature and each mark's and settlement price's own one under the rollup's domain `domain`
 /// (libsecp256k1 refuses high-s signatures, and so does `optio_intents::recover`, as L1 does).
 pub fn verify(
     signed: &SignedUpdate,
@@ -111,6 +132,12 @@ pub fn verify(
         let digest = mark_digest(domain, signed.update.published_ms, m);
         if optio_intents::recover(&digest, &m.attestation) != Ok(address) {
             return Err(OracleError::BadMarkSignature(m.instrument.0));
+        }
+    }
+    for p in &signed.update.settlements {
+        let digest = settlement_digest(domain, signed.update.published_ms, p);
+        if optio_intents::recover(&digest, &p.attestation) != Ok(address) {
+            return Err(OracleError::BadSettlementSignature(p.instrument.0));
         }
     }
     Ok(())
@@ -189,7 +216,121 @@ pub fn build_update(
         published_ms: now_ms,
         index_price: Price((surface.spot * micro).round() as i64),
         marks,
+        settlements: Vec::new(),
     })
+}
+
+/// The index an oracle published for one underlying, kept as long as a settlement price may
+/// still need it: what it computes an expired instrument's settlement price from.
+#[derive(Debug, Clone, Default)]
+pub struct IndexHistory {
+    /// `(published_ms, index)`, oldest first, strictly increasing in time.
+    samples: std::collections::VecDeque<(u64, Price)>,
+}
+
+impl IndexHistory {
+    /// Records the index published at `at_ms` (ignored unless later than the last), and drops
+    /// what no window ending `keep_ms` before it or later can read (the last sample before such
+    /// a window stays: it holds the price at the window's start).
+    pub fn record(&mut self, at_ms: u64, index: Price, keep_ms: u64) {
+        if self.samples.back().is_some_and(|(t, _)| *t >= at_ms) {
+            return;
+        }
+        self.samples.push_back((at_ms, index));
+        let cutoff = at_ms.saturating_sub(keep_ms);
+        while self.samples.len() >= 2 && self.samples[1].0 <= cutoff {
+            self.samples.pop_front();
+        }
+    }
+
+    /// The settlement price of an instrument expiring at `expiry_ms`: the time-weighted average
+    /// of the index over the `window_ms` before it (each sample counts from its time until the
+    /// next, the one before the window from the window's start), rounded down to the
+    /// micro-USDC; `None` if no sample falls within the window.
+    pub fn twap(&self, expiry_ms: u64, window_ms: u64) -> Option<Price> {
+        let start = expiry_ms.saturating_sub(window_ms);
+        if !self
+            .samples
+            .iter()
+            .any(|(t, _)| *t >= start && *t <= expiry_ms)
+        {
+            return None;
+        }
+        let (mut weighted, mut total) = (0i128, 0i128);
+        let mut current: Option<(u64, Price)> = None;
+        for &(t, p) in self.samples.iter().filter(|(t, _)| *t <= expiry_ms) {
+            if let Some((from, price)) = current
+                && t > from
+            {
+                weighted += i128::from(price.0) * i128::from(t - from);
+                total += i128::from(t - from);
+            }
+            current = Some((t.max(start), p));
+        }
+        if let Some((from, price)) = current
+            && expiry_ms > from
+        {
+            weighted += i128::from(price.0) * i128::from(expiry_ms - from);
+            total += i128::from(expiry_ms - from);
+        }
+        if total == 0 {
+            return current.map(|(_, p)| p);
+        }
+        i64::try_from(weighted.div_euclid(total)).ok().map(Price)
+    }
+}
+
+/// The settlement side of an oracle for one underlying: the index it published, and the
+/// settlement price of each instrument past its expiry until an update carrying it is taken
+/// (the engine passes over an instrument already settled, so repeating one is harmless).
+#[derive(Debug, Clone)]
+pub struct SettlementFeed {
+    index: IndexHistory,
+    window_ms: u64,
+    taken: std::collections::BTreeSet<u32>,
+}
+
+impl SettlementFeed {
+    /// A feed averaging over `window_ms` before each expiry (`RiskConfig::settlement_window_ms`).
+    pub fn new(window_ms: u64) -> Self {
+        Self {
+            index: IndexHistory::default(),
+            window_ms,
+            taken: Default::default(),
+        }
+    }
+
+    /// Records `update`'s index and adds to it the settlement price of each of `instruments`
+    /// (of its underlying) expired by its time and not yet taken, when the index history has a
+    /// sample in the instrument's window (unsigned: `OracleSigner::sign` signs them).
+    pub fn attach(
+        &mut self,
+        update: &mut OracleUpdate,
+        instruments: &[(InstrumentId, &InstrumentSpec)],
+    ) {
+        // Kept for twice the window, so an instrument expired a while ago still settles.
+        self.index
+            .record(update.published_ms, update.index_price, 2 * self.window_ms);
+        for (id, spec) in instruments {
+            if let Some(expiry) = spec.expiry_ms()
+                && expiry <= update.published_ms
+                && !self.taken.contains(&id.0)
+                && let Some(price) = self.index.twap(expiry, self.window_ms)
+            {
+                update.settlements.push(SettlementUpdate {
+                    instrument: *id,
+                    price,
+                    attestation: [0; 65],
+                });
+            }
+        }
+    }
+
+    /// Marks the settlement prices of an update the engine took as published for good.
+    pub fn taken(&mut self, update: &OracleUpdate) {
+        self.taken
+            .extend(update.settlements.iter().map(|p| p.instrument.0));
+    }
 }
 
 #[cfg(test)]
@@ -197,6 +338,7 @@ mod tests {
     use super::*;
     use optio_pricing::risk::default_scenarios;
     use optio_pricing::svi::{Slice, Svi};
+    use optio_types::UpdateFormat;
 
     fn surface() -> Surface {
         let svi = Svi {
@@ -265,7 +407,10 @@ mod tests {
         let call = &u.marks[0];
         assert!(call.risk_array[scenarios.len() - 1] > call.risk_array[0]);
         // Round trip through the canonical encoding.
-        assert_eq!(OracleUpdate::decode(&u.encode(), 10, 64), Ok(u));
+        assert_eq!(
+            OracleUpdate::decode(&u.encode(), UpdateFormat::Current, 10, 64),
+            Ok(u)
+        );
     }
 
     const DOMAIN_A: [u8; 32] = [0xa1; 32];
@@ -320,7 +465,7 @@ mod tests {
             Err(OracleError::BadMarkSignature(0))
         );
         assert_eq!(
-            OracleUpdate::decode(&signed.update.encode(), 10, 64).as_ref(),
+            OracleUpdate::decode(&signed.update.encode(), UpdateFormat::Current, 10, 64).as_ref(),
             Ok(&signed.update)
         );
     }
@@ -362,5 +507,116 @@ mod tests {
             OracleSigner::from_bytes([0; 32]).err(),
             Some(OracleError::BadKey)
         );
+    }
+
+    /// A settlement price is signed on its own, like a mark: for one instrument, price, time
+    /// and rollup.
+    #[test]
+    fn each_settlement_price_carries_its_own_signature() {
+        let signer = OracleSigner::from_bytes([7; 32]).expect("valid key");
+        let mut u = update();
+        u.settlements.push(SettlementUpdate {
+            instrument: InstrumentId(1),
+            price: Price(58_000 * MONEY_SCALE),
+            attestation: [0; 65],
+        });
+        let signed = signer.sign(u, &DOMAIN_A);
+        assert_eq!(verify(&signed, &signer.public_key(), &DOMAIN_A), Ok(()));
+        let address = optio_intents::address_of(&signer.public_key());
+        let p = &signed.update.settlements[0];
+        assert_eq!(
+            optio_intents::recover(&settlement_digest(&DOMAIN_A, NOW, p), &p.attestation),
+            Ok(address)
+        );
+        assert_eq!(
+            verify(&signed, &signer.public_key(), &DOMAIN_B),
+            Err(OracleError::BadMarkSignature(0))
+        );
+        for change in [
+            |p: &mut SettlementUpdate| p.price.0 += 1,
+            |p: &mut SettlementUpdate| p.instrument = InstrumentId(0),
+        ] {
+            let mut changed = signed.update.clone();
+            change(&mut changed.settlements[0]);
+            let instrument = changed.settlements[0].instrument.0;
+            assert_eq!(
+                verify(&envelope(&signer, changed), &signer.public_key(), &DOMAIN_A),
+                Err(OracleError::BadSettlementSignature(instrument))
+            );
+        }
+        assert_eq!(
+            OracleUpdate::decode(&signed.update.encode(), UpdateFormat::Current, 10, 64).as_ref(),
+            Ok(&signed.update)
+        );
+    }
+
+    /// The settlement price is the index's time-weighted average over the window before the
+    /// expiry: the sample before the window counts from its start, the last one until the
+    /// expiry, samples after the expiry not at all; none inside the window: no price.
+    #[test]
+    fn the_settlement_price_is_the_time_weighted_index_before_expiry() {
+        const MIN: u64 = 60_000;
+        let expiry = 1_000 * MIN;
+        let mut h = IndexHistory::default();
+        assert_eq!(h.twap(expiry, 30 * MIN), None);
+        let keep = 60 * MIN;
+        h.record(expiry - 40 * MIN, Price(61_000 * MONEY_SCALE), keep);
+        assert_eq!(h.twap(expiry, 30 * MIN), None, "no sample in the window");
+        h.record(expiry - 20 * MIN, Price(59_000 * MONEY_SCALE), keep);
+        h.record(expiry - 10 * MIN, Price(58_000 * MONEY_SCALE), keep);
+        h.record(expiry + MIN, Price(1), keep);
+        // (61,000 * 10 + 59,000 * 10 + 58,000 * 10) / 30 = 59,333.333333 (rounded down).
+        assert_eq!(h.twap(expiry, 30 * MIN), Some(Price(59_333_333_333)));
+        // A sample no later than the last is ignored.
+        h.record(expiry - 5 * MIN, Price(1), keep);
+        assert_eq!(h.twap(expiry, 30 * MIN), Some(Price(59_333_333_333)));
+        // A sample exactly at the expiry counts for no time, but is in the window.
+        let mut at = IndexHistory::default();
+        at.record(expiry, Price(7), keep);
+        assert_eq!(at.twap(expiry, 30 * MIN), Some(Price(7)));
+        // What the window no longer reads is dropped, the sample at its start kept.
+        let mut pruned = IndexHistory::default();
+        for k in 0..100 {
+            pruned.record(k * MIN, Price(k as i64 + 1), 30 * MIN);
+        }
+        assert_eq!(pruned.samples.len(), 31);
+        assert_eq!(pruned.twap(99 * MIN, 30 * MIN), Some(Price(84)));
+    }
+
+    /// The feed adds an instrument's settlement price to each update from its expiry on (a
+    /// perpetual never), until an update carrying it is taken.
+    #[test]
+    fn the_feed_settles_each_expired_instrument_until_taken() {
+        let specs = specs();
+        let list: Vec<(InstrumentId, &InstrumentSpec)> = specs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (InstrumentId(i as u32), s))
+            .collect();
+        let expiry = specs[0].expiry_ms().expect("an option");
+        let mut feed = SettlementFeed::new(30 * 60_000);
+        let at = |t: u64, feed: &mut SettlementFeed| {
+            let mut u = update();
+            u.published_ms = t;
+            u.index_price = Price(60_000 * MONEY_SCALE);
+            feed.attach(&mut u, &list);
+            u
+        };
+        assert!(at(expiry - 60_000, &mut feed).settlements.is_empty());
+        let due = at(expiry, &mut feed);
+        let settled: Vec<u32> = due.settlements.iter().map(|p| p.instrument.0).collect();
+        assert_eq!(settled, [0, 1], "both options, not the perpetual");
+        assert!(
+            due.settlements
+                .iter()
+                .all(|p| p.price == Price(60_000 * MONEY_SCALE))
+        );
+        assert_eq!(
+            at(expiry + 1_000, &mut feed).settlements.len(),
+            2,
+            "repeated"
+        );
+        feed.taken(&due);
+        assert!(at(expiry + 2_000, &mut feed).settlements.is_empty());
     }
 }

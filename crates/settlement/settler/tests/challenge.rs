@@ -928,6 +928,7 @@ fn attest(
             risk_array: risk.clone(),
             attestation: [0; 65],
         }],
+        settlements: Vec::new(),
     };
     MarkAttestation {
         published_ms,

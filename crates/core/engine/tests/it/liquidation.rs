@@ -9,7 +9,7 @@ use optio_types::{
 use proptest::prelude::*;
 
 use crate::common::{STEP, T0, engine_with, limit, owner, px, run, usd};
-use crate::risk::update;
+use crate::risk::{TestOracle, update};
 
 const PERP: u32 = 2;
 
@@ -343,6 +343,7 @@ fn liquidation_history(
     let mut settled_before = std::collections::BTreeSet::new();
 
     let mut e = engine_with(EngineLimits::default(), 6, usd(5_000));
+    let mut oracle = TestOracle::default();
     let mut t = T0;
     let mut spot = 60_000.0;
     let mut events = Vec::new();
@@ -415,7 +416,7 @@ fn liquidation_history(
     apply(
         &mut e,
         t,
-        Command::OracleUpdate(update(spot, t)),
+        Command::OracleUpdate(oracle.update(spot, t)),
         &mut events,
     );
     apply(
@@ -478,7 +479,7 @@ fn liquidation_history(
                 apply(
                     &mut e,
                     t,
-                    Command::OracleUpdate(update(spot, t)),
+                    Command::OracleUpdate(oracle.update(spot, t)),
                     &mut events,
                 );
                 // A big move is held; confirm it.
@@ -490,7 +491,7 @@ fn liquidation_history(
                     apply(
                         &mut e,
                         t,
-                        Command::OracleUpdate(update(spot, t)),
+                        Command::OracleUpdate(oracle.update(spot, t)),
                         &mut events,
                     );
                 }
@@ -519,7 +520,7 @@ fn liquidation_history(
                 apply(
                     &mut e,
                     t,
-                    Command::OracleUpdate(update(spot, t)),
+                    Command::OracleUpdate(oracle.update(spot, t)),
                     &mut events,
                 );
                 for victim in 0..5u32 {
@@ -548,7 +549,7 @@ fn liquidation_history(
             }
             _ => {
                 // The put that expires at T0 + 1h, traded near its mark: histories that run
-                // past expiry settle it at the TWAP, liquidating accounts included.
+                // past expiry settle it at the oracle's TWAP, liquidating accounts included.
                 let side = if move_bp > 0 { Side::Buy } else { Side::Sell };
                 let price = px(500 + i64::from(move_bp.abs()) * 10);
                 apply(
@@ -576,7 +577,7 @@ fn liquidation_history(
     apply(
         &mut e,
         t,
-        Command::OracleUpdate(update(spot, t)),
+        Command::OracleUpdate(oracle.update(spot, t)),
         &mut events,
     );
     unresolved |= events
@@ -604,7 +605,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
     /// Random leveraged traders, price paths with crashes, liquidations, deleveraging and option
-    /// expiry with settlement at the TWAP: the full
+    /// expiry with settlement at the oracle's TWAP: the full
     /// audit (conservation, zero-sum positions, caches, liquidation state) holds after every
     /// input, and afterwards no flat account is left with a negative balance unless the
     /// waterfall reported it as unresolved.
@@ -1031,9 +1032,10 @@ fn past_expiry(
     spot: impl Fn(u32) -> f64,
 ) -> (Option<u32>, Option<u32>, Vec<Event>) {
     let (mut settled_at, mut covered_at, mut all) = (None, None, Vec::new());
+    let mut oracle = TestOracle::default();
     for n in 0..70 {
         t += 60_000;
-        let events = run(e, t, Command::OracleUpdate(update(spot(n), t))).expect("oracle");
+        let events = run(e, t, Command::OracleUpdate(oracle.update(spot(n), t))).expect("oracle");
         let settles = events
             .iter()
             .any(|ev| matches!(ev, Event::PositionSettled { account, .. } if account.0 == 0));

@@ -1,12 +1,12 @@
-//! Oracle inputs, mark-based margin modes and settlement at the TWAP.
+//! Oracle inputs, mark-based margin modes and settlement at the oracle's TWAP.
 
 use optio_engine::Engine;
-use optio_oracle::build_update;
+use optio_oracle::{IndexHistory, SettlementFeed, build_update};
 use optio_pricing::risk::default_scenarios;
 use optio_pricing::svi::{Slice, Surface, Svi};
 use optio_types::{
     AccountId, Amount, Command, EngineLimits, Event, InstrumentId, InstrumentSpec, MONEY_SCALE,
-    MarginMode, OracleUpdate, Price, RejectCode, Side,
+    MarginMode, OracleUpdate, Price, RejectCode, SettlementUpdate, Side,
 };
 
 use crate::common::{STEP, T0, engine_with, limit, px, run, specs, usd};
@@ -42,6 +42,37 @@ pub fn update(spot: f64, at: u64) -> OracleUpdate {
         .map(|(i, s)| (InstrumentId(i as u32), s))
         .collect();
     build_update("BTC", &surface(spot), &default_scenarios(), &list, at).expect("builds")
+}
+
+/// The test market's oracle: publishes `update(spot, at)` and, once an instrument has expired,
+/// its settlement price (the TWAP of the published index over the 30 minutes before the
+/// expiry) in every update, as it does not watch what the engine applied (the engine passes
+/// over a settled instrument).
+pub struct TestOracle {
+    feed: SettlementFeed,
+}
+
+impl Default for TestOracle {
+    fn default() -> Self {
+        Self {
+            feed: SettlementFeed::new(30 * 60_000),
+        }
+    }
+}
+
+impl TestOracle {
+    /// The update published at `at` with index `spot`.
+    pub fn update(&mut self, spot: f64, at: u64) -> OracleUpdate {
+        let mut u = update(spot, at);
+        let specs = specs();
+        let list: Vec<(InstrumentId, &InstrumentSpec)> = specs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (InstrumentId(i as u32), s))
+            .collect();
+        self.feed.attach(&mut u, &list);
+        u
+    }
 }
 
 fn market() -> Engine {
@@ -363,18 +394,24 @@ fn switching_mode_needs_the_new_mode_covered() {
     e.check_invariants().expect("audit");
 }
 
-/// Walks the index to the put's expiry (BTC-21DEC24-60000-P at T0 + 1h): 59,000 from 07:30
-/// to 07:50, then 58,000; returns the events of the input at expiry.
+/// Walks the index to the put's expiry (instrument 1, BTC-21DEC24-60000-P at T0 + 1h):
+/// 59,000 from 07:30 to 07:50, then 58,000, as the oracle records it. At the expiry the put
+/// stops trading, unsettled; the oracle's next update carries the settlement price it computes
+/// from its index (the TWAP over the 30 minutes before). Returns that update's events.
 fn run_to_expiry(e: &mut Engine) -> Vec<Event> {
     let expiry = T0 + 3_600_000;
+    let window = 30 * 60_000;
+    let mut index = IndexHistory::default();
     for (at, spot) in [
         (expiry - 40 * 60_000, 60_000.0),
         (expiry - 30 * 60_000, 59_000.0),
         (expiry - 10 * 60_000, 58_000.0),
     ] {
-        run(e, at, Command::OracleUpdate(update(spot, at))).expect("update");
+        let u = update(spot, at);
+        index.record(at, u.index_price, window);
+        run(e, at, Command::OracleUpdate(u)).expect("update");
     }
-    run(
+    let expired = run(
         e,
         expiry,
         Command::CancelAll {
@@ -382,7 +419,34 @@ fn run_to_expiry(e: &mut Engine) -> Vec<Event> {
             instrument: None,
         },
     )
-    .expect("time passes")
+    .expect("time passes");
+    assert!(expired.contains(&Event::InstrumentExpired {
+        instrument: InstrumentId(1)
+    }));
+    assert!(
+        !expired
+            .iter()
+            .any(|ev| matches!(ev, Event::InstrumentSettled { .. })),
+        "nothing settles before the oracle's price: {expired:?}"
+    );
+    let at = expiry + 1_000;
+    run(
+        e,
+        at,
+        Command::OracleUpdate(settling(at, index.twap(expiry, window).expect("samples"))),
+    )
+    .expect("settles")
+}
+
+/// An update published at `at` with the put's settlement price `price`.
+fn settling(at: u64, price: Price) -> OracleUpdate {
+    let mut u = update(58_000.0, at);
+    u.settlements.push(SettlementUpdate {
+        instrument: InstrumentId(1),
+        price,
+        attestation: [0; 65],
+    });
+    u
 }
 
 fn settled_cash(events: &[Event], account: u32) -> Amount {
@@ -398,7 +462,7 @@ fn settled_cash(events: &[Event], account: u32) -> Amount {
 }
 
 #[test]
-fn expiry_settles_at_the_time_weighted_index() {
+fn expiry_settles_at_the_oracles_time_weighted_index() {
     let mut e = market();
     run(
         &mut e,
@@ -418,6 +482,129 @@ fn expiry_settles_at_the_time_weighted_index() {
     assert!(events.iter().any(|ev| matches!(ev, Event::InstrumentSettled { settlement_price, .. } if *settlement_price == twap)), "{events:?}");
     // The long put receives (60,000 - 58,666.666666) for one contract.
     assert_eq!(settled_cash(&events, 0), Amount(1_333_333_334));
+    e.check_invariants().expect("audit");
+}
+
+/// A settlement price refused refuses its whole update and changes nothing: for an instrument
+/// not yet expired, a perpetual, another underlying's or an unknown instrument, twice in one
+/// update, not positive, or published before the expiry it averages up to. Once settled, an
+/// instrument's price in a later update is passed over (the oracle may repeat it until it sees
+/// it applied): the update is taken, nothing is paid twice.
+#[test]
+fn settlement_prices_are_checked_and_a_refusal_changes_nothing() {
+    let mut e = market();
+    run(
+        &mut e,
+        T0,
+        Command::PlaceOrder(limit(1, 1, Side::Sell, px(500), 100)),
+    )
+    .expect("short put");
+    run(
+        &mut e,
+        T0,
+        Command::PlaceOrder(limit(0, 1, Side::Buy, px(500), 100)),
+    )
+    .expect("long put");
+    let early = T0 + 1_000;
+    assert_eq!(
+        run(
+            &mut e,
+            early,
+            Command::OracleUpdate(settling(early, Price(58_000 * MONEY_SCALE)))
+        ),
+        Err(RejectCode::InvalidStatusTransition),
+        "the put has not expired"
+    );
+    let expiry = T0 + 3_600_000;
+    run(
+        &mut e,
+        expiry - 5_000,
+        Command::OracleUpdate(update(58_000.0, expiry - 5_000)),
+    )
+    .expect("update");
+    run(
+        &mut e,
+        expiry,
+        Command::CancelAll {
+            account: AccountId(3),
+            instrument: None,
+        },
+    )
+    .expect("expires");
+    let at = expiry + 1_000;
+    run(
+        &mut e,
+        at,
+        Command::CancelAll {
+            account: AccountId(3),
+            instrument: None,
+        },
+    )
+    .expect("time passes");
+    let before = e.state_hash();
+    let price = Price(58_000 * MONEY_SCALE);
+    let with = |change: fn(&mut OracleUpdate)| {
+        let mut u = settling(at, price);
+        change(&mut u);
+        u
+    };
+    let perpetual = specs()
+        .iter()
+        .position(|s| s.expiry_ms().is_none())
+        .expect("a perpetual") as u32;
+    let cases: Vec<(OracleUpdate, RejectCode)> = vec![
+        (
+            with(|u| u.settlements[0].price = Price(0)),
+            RejectCode::InvalidSettlementPrice,
+        ),
+        (
+            with(|u| u.settlements[0].price = Price(-1)),
+            RejectCode::InvalidSettlementPrice,
+        ),
+        (
+            with(|u| {
+                let again = u.settlements[0].clone();
+                u.settlements.push(again);
+            }),
+            RejectCode::OracleBadInstrument,
+        ),
+        (
+            with(|u| u.settlements[0].instrument = InstrumentId(99)),
+            RejectCode::OracleBadInstrument,
+        ),
+        (
+            {
+                let mut u = settling(at, price);
+                u.settlements[0].instrument = InstrumentId(perpetual);
+                u
+            },
+            RejectCode::InvalidStatusTransition,
+        ),
+        (
+            settling(expiry - 1, price),
+            RejectCode::InvalidSettlementPrice,
+        ),
+    ];
+    for (u, code) in cases {
+        assert_eq!(run(&mut e, at, Command::OracleUpdate(u)), Err(code));
+        assert_eq!(e.state_hash(), before);
+    }
+    let events = run(&mut e, at, Command::OracleUpdate(settling(at, price))).expect("settles");
+    assert_eq!(settled_cash(&events, 0), Amount(2_000 * MONEY_SCALE));
+    let later = at + 1_000;
+    let again = run(
+        &mut e,
+        later,
+        Command::OracleUpdate(settling(later, Price(1))),
+    )
+    .expect("taken");
+    assert!(
+        !again.iter().any(|ev| matches!(
+            ev,
+            Event::InstrumentSettled { .. } | Event::PositionSettled { .. }
+        )),
+        "{again:?}"
+    );
     e.check_invariants().expect("audit");
 }
 

@@ -36,6 +36,45 @@ fn a_liquidation_fee_above_the_provable_maximum_is_refused() {
     ));
 }
 
+/// A snapshot written before the oracle signed settlement prices (version 4: each oracle
+/// record followed by the index samples the engine then averaged itself) still decodes, the
+/// samples read past; one of another version does not.
+#[test]
+fn a_snapshot_with_index_samples_still_decodes() {
+    let mut state = CanonicalState::decode(&busy_snapshot()).expect("decodes");
+    state.oracles.clear();
+    let without = state.encode();
+    state.oracles.push(optio_types::state::OracleRecord {
+        underlying: "BTC".into(),
+        index_price: optio_types::Price(60_000_000_000),
+        published_ms: 1_000,
+        held: Some((optio_types::Price(70_000_000_000), 1_500)),
+    });
+    let with = state.encode();
+    // The record sits where the two encodings first differ (its list's length), 4 bytes on.
+    let at = without
+        .iter()
+        .zip(&with)
+        .position(|(a, b)| a != b)
+        .expect("they differ");
+    let end = at + 4 + (with.len() - without.len());
+    let mut old = with[..end].to_vec();
+    old[8..12].copy_from_slice(&4u32.to_le_bytes());
+    old.extend_from_slice(&2u32.to_le_bytes());
+    for (t, p) in [(900u64, 59_000_000_000i64), (1_000, 60_000_000_000)] {
+        old.extend_from_slice(&t.to_le_bytes());
+        old.extend_from_slice(&p.to_le_bytes());
+    }
+    old.extend_from_slice(&with[end..]);
+    assert_eq!(CanonicalState::decode(&old), Ok(state.clone()));
+    assert_eq!(CanonicalState::decode(&with), Ok(state));
+    for version in [3u32, 6] {
+        let mut other = with.clone();
+        other[8..12].copy_from_slice(&version.to_le_bytes());
+        assert_eq!(CanonicalState::decode(&other), Err(DecodeError::Version));
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
 
@@ -164,6 +203,6 @@ proptest! {
     fn decoders_refuse_garbage_without_panicking(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
         let _ = optio_types::Input::decode(&bytes);
         let _ = CanonicalState::decode(&bytes);
-        let _ = optio_types::OracleUpdate::decode(&bytes, 64, 64);
+        let _ = optio_types::OracleUpdate::decode(&bytes, optio_types::UpdateFormat::Current, 64, 64);
     }
 }

@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use optio_engine::Engine;
-use optio_oracle::build_update;
+use optio_oracle::{SettlementFeed, build_update};
 use optio_pricing::risk::default_scenarios;
 use optio_pricing::svi::{Slice, Surface, Svi};
 use optio_state::{Batch, Batcher};
@@ -50,6 +50,15 @@ pub fn venue() -> optio_state::auth::Venue {
 /// The oracle's update with the index at `spot`, published at `at`, each mark signed for
 /// `venue()`.
 pub fn oracle(spot: f64, at: u64) -> Command {
+    oracle_settling(&mut SettlementFeed::new(WINDOW_MS), spot, at)
+}
+
+/// The settlement window the histories' oracle averages over.
+const WINDOW_MS: u64 = 30 * 60_000;
+
+/// `oracle(spot, at)` with the settlement prices `feed` has due (its index recorded), each
+/// signed for `venue()` too.
+pub fn oracle_settling(feed: &mut SettlementFeed, spot: f64, at: u64) -> Command {
     let svi = Svi {
         a: 0.002,
         b: 0.03,
@@ -75,7 +84,9 @@ pub fn oracle(spot: f64, at: u64) -> Command {
         .enumerate()
         .map(|(i, s)| (InstrumentId(i as u32), s))
         .collect();
-    let update = build_update("BTC", &surface, &default_scenarios(), &list, at).expect("builds");
+    let mut update =
+        build_update("BTC", &surface, &default_scenarios(), &list, at).expect("builds");
+    feed.attach(&mut update, &list);
     let domain = venue()
         .separator(optio_state::auth::domain::OPTIO)
         .expect("Optio's domain");
@@ -126,7 +137,8 @@ pub fn history(seed: u64, len: usize) -> Vec<Input> {
     }
     let mut spot = 60_000.0;
     let mut priority = 0u64;
-    push(t, oracle(spot, t));
+    let mut feed = SettlementFeed::new(WINDOW_MS);
+    push(t, oracle_settling(&mut feed, spot, t));
     // Half the accounts on standard (leveraged) margin, so that crashes liquidate some.
     for a in 0..4 {
         push(
@@ -236,7 +248,7 @@ pub fn history(seed: u64, len: usize) -> Vec<Input> {
                 } else {
                     rng.random_range(0.995..1.005)
                 };
-                oracle(spot, t)
+                oracle_settling(&mut feed, spot, t)
             }
             86..=93 => Command::Liquidate {
                 liquidator: AccountId(rng.random_range(0..8)),
@@ -252,12 +264,16 @@ pub fn history(seed: u64, len: usize) -> Vec<Input> {
                 }
             }
             _ => {
-                // Past the put's expiry: it stops trading and, once a TWAP exists, settles.
-                t = t.max(T0 + 3_600_000) + 60_000;
-                Command::SettleInstrument {
-                    instrument: InstrumentId(1),
-                    settlement_price: px(60_000),
+                // Past the put's expiry: it stops trading and, once the oracle has an index
+                // sample in its window, settles at the oracle's price (an update 10 minutes
+                // before the expiry gives it one, when the history is not past it yet).
+                let expiry = T0 + 3_600_000;
+                if t < expiry - 600_000 {
+                    t = expiry - 600_000;
+                    push(t, oracle_settling(&mut feed, spot, t));
                 }
+                t = t.max(expiry) + 60_000;
+                oracle_settling(&mut feed, spot, t)
             }
         };
         push(t, command);
