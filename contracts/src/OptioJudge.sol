@@ -1,11 +1,12 @@
 // SPDX-License-Identifier: MIT
 pragma solidity ^0.8.20;
 
-import {BLOB_HEADER, FILL, MARK, Fill, FillSides, SessionKey, Words} from "./Words.sol";
+import {BLOB_HEADER, FILL, MARK, SETTLE, Fill, FillSides, SessionKey, Words} from "./Words.sol";
 
 /// Judges fills against the orders their accounts signed, for the rollup's authorization and
-/// overfill challenges (docs/settlement.md, "Authorization challenge"), and marks against the
-/// risk oracle's signatures, for its mark challenge ("Mark challenge"): stateless, created by
+/// overfill challenges (docs/settlement.md, "Authorization challenge"), and settlement prices
+/// and marks against the risk oracle's signatures, for its price challenges ("Price
+/// challenge"): stateless, created by
 /// the rollup in its constructor (it signs under the rollup's address), and apart from it so
 /// that the rollup stays under the EVM's 24,576-byte code limit.
 contract OptioJudge {
@@ -16,7 +17,7 @@ contract OptioJudge {
 
     /// Bytes per record of an authorization section (docs/settlement.md).
     uint256 public constant AUTH_RECORD = 126;
-    /// Bytes per mark attestation at an authorization section's end: publication time (ms, 8)
+    /// Bytes per price attestation at an authorization section's end: publication time (ms, 8)
     /// and the oracle's signature (65).
     uint256 public constant MARK_RECORD = 73;
     /// How long before its batch's time (ms) a mark may have been published.
@@ -30,6 +31,8 @@ contract OptioJudge {
         keccak256("Action(uint256 subaccountId,uint256 nonce,address module,bytes data,uint256 expiry,address owner,address signer)");
     bytes32 internal constant MARK_TYPEHASH =
         keccak256("OracleMark(uint32 instrument,int64 mark,int64[] risk,uint64 publishedMs)");
+    bytes32 internal constant SETTLEMENT_TYPEHASH =
+        keccak256("OracleSettlement(uint32 instrument,int64 price,uint64 publishedMs)");
     bytes32 internal constant DOMAIN_TYPEHASH =
         keccak256("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)");
     /// The `module` of every order (Derive's trade module, as ccxt signs it).
@@ -252,27 +255,27 @@ contract OptioJudge {
         amount = int64(uint64(bytes8(r[45:53])));
     }
 
-    /// Whether mark op `k` (from 0, in the posted words' order) of posted `data` is attested by
-    /// its entry at the end of `auths`: the oracle signed its instrument, mark and risk array
-    /// with the entry's publication time, no later than the batch's time and at most
-    /// `MARK_WINDOW_MS` before it.
-    function markAttested(bytes calldata data, bytes calldata auths, uint256 k) external view returns (bool) {
+    /// Whether priced op `k` (from 0, in the posted words' order: settlement prices and marks)
+    /// of posted `data` is attested by its entry at the end of `auths`: the oracle signed its
+    /// instrument and price (a mark: its mark and risk array) with the entry's publication
+    /// time, no later than the batch's time (a mark: at most `MARK_WINDOW_MS` before it).
+    function priceAttested(bytes calldata data, bytes calldata auths, uint256 k) external view returns (bool) {
         (bool found, bytes calldata a) = _attestation(auths, k);
         uint64 published = found ? uint64(bytes8(a[0:8])) : 0;
-        // Reverts when the data has no mark `k` (a challenge must name a mark that is there).
-        bytes32 mark = _markHash(data, k, published);
+        // Reverts when the data has no priced op `k` (a challenge must name one that is there).
+        (bytes32 price, bool mark) = _priceHash(data, k, published);
         if (!found || oracle == address(0)) return false;
         uint64 time = _batchTime(data);
-        if (published > time || time - published > MARK_WINDOW_MS) return false;
-        bytes32 digest = keccak256(abi.encodePacked(hex"1901", _separator(0), mark));
+        if (published > time || (mark && time - published > MARK_WINDOW_MS)) return false;
+        bytes32 digest = keccak256(abi.encodePacked(hex"1901", _separator(0), price));
         if (uint256(bytes32(a[40:72])) > HALF_ORDER) return false;
         uint8 v = uint8(a[72]);
         address who = ecrecover(digest, v < 27 ? v + 27 : v, bytes32(a[8:40]), bytes32(a[40:72]));
         return who != address(0) && who == oracle;
     }
 
-    /// Mark op `mark` (from 0, in the posted words' order) of committed batch `number`, with the
-    /// batch's posted data and authorization section.
+    /// Priced op `mark` (from 0, in the posted words' order), a mark, of committed batch
+    /// `number`, with the batch's posted data and authorization section.
     struct PostedMark {
         uint256 number;
         bytes data;
@@ -283,14 +286,14 @@ contract OptioJudge {
     /// Whether `later`'s mark is for the instrument of `earlier`'s attested mark and was
     /// published before it (its own attestation's time). Reverts when either names no mark.
     function wentBack(PostedMark calldata earlier, PostedMark calldata later) external view returns (bool) {
-        if (!this.markAttested(earlier.data, earlier.auths, earlier.mark)) return false;
+        if (!this.priceAttested(earlier.data, earlier.auths, earlier.mark)) return false;
         (uint32 a, uint64 aPublished) = _markOf(earlier.data, earlier.auths, earlier.mark);
         (uint32 b, uint64 bPublished) = _markOf(later.data, later.auths, later.mark);
         return a == b && bPublished < aPublished;
     }
 
-    /// The instrument of mark op `k` of `data` and the publication time its entry in `auths`
-    /// states (0 if none).
+    /// The instrument of priced op `k` of `data`, a mark, and the publication time its entry in
+    /// `auths` states (0 if none).
     function _markOf(bytes calldata data, bytes calldata auths, uint256 k) internal pure returns (uint32 instrument, uint64 published) {
         (bool found, bytes calldata a) = _attestation(auths, k);
         if (found) published = uint64(bytes8(a[0:8]));
@@ -298,33 +301,41 @@ contract OptioJudge {
         for (uint256 cursor = BLOB_HEADER; cursor + 32 <= data.length;) {
             uint256 w = uint256(bytes32(data[cursor:cursor + 32]));
             uint256 kind = w & 0xff;
-            if (kind == MARK && seen++ == k) return (uint32(w >> 72), published);
+            if ((kind == MARK || kind == SETTLE) && seen++ == k) {
+                if (kind == MARK) return (uint32(w >> 72), published);
+                break;
+            }
             cursor += 32 * Words.opWords(kind, w);
         }
         revert BadBatch("no such mark");
     }
 
-    /// The EIP-712 struct hash of mark op `k` published at `published` (ms), from the op's
-    /// words: its first word names the instrument and the risk array's length, the next holds
-    /// the mark (a negative one as `P - |v|`), then five risk values a word, 48 bits each,
-    /// stored as `v + 2^47`.
-    function _markHash(bytes calldata data, uint256 k, uint64 published) internal pure returns (bytes32) {
+    /// The EIP-712 struct hash of priced op `k` published at `published` (ms), from the op's
+    /// words, and whether it is a mark. A settlement's first word names the instrument, the next
+    /// holds the price. A mark's first word names the instrument and the risk array's length,
+    /// the next holds the mark (a negative one as `P - |v|`), then five risk values a word, 48
+    /// bits each, stored as `v + 2^47`.
+    function _priceHash(bytes calldata data, uint256 k, uint64 published) internal pure returns (bytes32, bool) {
         if (data.length < BLOB_HEADER || (data.length - BLOB_HEADER) % 32 != 0) revert BadBatch("data is not whole words");
         uint256 seen = 0;
         for (uint256 cursor = BLOB_HEADER; cursor < data.length;) {
             uint256 w = uint256(bytes32(data[cursor:cursor + 32]));
             uint256 kind = w & 0xff;
             uint256 n = Words.opWords(kind, w);
-            if (kind == MARK && seen++ == k) {
+            if ((kind == MARK || kind == SETTLE) && seen++ == k) {
                 if (cursor + 32 * n > data.length) revert BadBatch("data is not whole words");
                 uint256 m = uint256(bytes32(data[cursor + 32:cursor + 64]));
-                int256 mark = m < P / 2 ? int256(m) : -int256(P - m);
+                int256 price = m < P / 2 ? int256(m) : -int256(P - m);
+                uint256 instrument = uint32(w >> 72);
+                if (kind == SETTLE) {
+                    return (keccak256(abi.encode(SETTLEMENT_TYPEHASH, instrument, price, uint256(published))), false);
+                }
                 bytes32 risk = _riskHash(data[cursor + 64:cursor + 32 * n], (w >> 104) & 0xff);
-                return keccak256(abi.encode(MARK_TYPEHASH, uint256(uint32(w >> 72)), mark, risk, uint256(published)));
+                return (keccak256(abi.encode(MARK_TYPEHASH, instrument, price, risk, uint256(published))), true);
             }
             cursor += 32 * n;
         }
-        revert BadBatch("no such mark");
+        revert BadBatch("no such price");
     }
 
     /// keccak256 of the first `len` risk values of `words` as signed words.
@@ -340,7 +351,7 @@ contract OptioJudge {
         return keccak256(out);
     }
 
-    /// Mark attestation `k` of an authorization section: the count `m` is the section's last 4
+    /// Price attestation `k` of an authorization section: the count `m` is the section's last 4
     /// bytes, the `m` entries come before it.
     function _attestation(bytes calldata auths, uint256 k) internal pure returns (bool found, bytes calldata a) {
         a = auths[0:0];

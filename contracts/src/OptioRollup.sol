@@ -42,10 +42,11 @@ interface IGroth16Verifier {
 /// its amount, over one batch or several, are challenged the same way (`challengeOverfill`).
 /// A record signed by a session key authorizes when the key is one the account's leaf commits
 /// under the batch's root, live at the batch's time (the challenger posts the account's keys,
-/// which must hash to the leaf's); `OptioJudge` reads the fills and judges the records. Marks
-/// are judged the same way when the rollup names a risk oracle (`challengeMark`): each batch
-/// posts the oracle's signature of each of its marks, and a mark without one, or published
-/// outside the window before the batch's time, reverts the batch and slashes the bond, as does
+/// which must hash to the leaf's); `OptioJudge` reads the fills and judges the records.
+/// Settlement prices and marks are judged the same way when the rollup names a risk oracle
+/// (`challengePrice`): each batch posts the oracle's signature of each of them, and one without
+/// it (a mark also one published outside the window before the batch's time) reverts the batch
+/// and slashes the bond, as does
 /// one published before the mark an earlier batch committed for its instrument
 /// (`challengeMarkOrder`: marks only move forward). The
 /// withdrawal list and the L1 operations a batch
@@ -220,7 +221,7 @@ contract OptioRollup {
     event Reclaimed(uint256 indexed priorityId, address indexed owner, uint256 amount);
     event Withdrawn(uint256 indexed batch, uint256 index, address indexed owner, uint256 amount);
     event Challenged(uint256 indexed number, uint256 fill, bool taker, address indexed challenger, uint256 reward);
-    event MarkChallenged(uint256 indexed number, uint256 mark, address indexed challenger, uint256 reward);
+    event PriceChallenged(uint256 indexed number, uint256 price, address indexed challenger, uint256 reward);
     event MarkWentBack(uint256 indexed number, uint256 mark, uint256 earlier, address indexed challenger, uint256 reward);
     event Overfilled(uint256 indexed number, bytes32 order, int256 filled, int256 amount, address indexed challenger, uint256 reward);
 
@@ -697,18 +698,19 @@ contract OptioRollup {
         _slash(last);
     }
 
-    /// Shows that mark op `mark` (from 0, in the posted words' order) of batch `number`, not
-    /// final, is not attested by the risk oracle the rollup was deployed with: the entry for it
-    /// at the end of the batch's authorization section does not hold the oracle's signature of
-    /// that instrument's mark and risk array, published no later than the batch's time and at
-    /// most `MARK_WINDOW_MS` before it (`OptioJudge.markAttested`). The batch and every later
-    /// one are reverted, the operator's bond is paid to the challenger, and the rollup freezes.
-    function challengeMark(uint256 number, bytes calldata data, bytes calldata auths, uint256 mark) external live {
+    /// Shows that priced op `price` (from 0, in the posted words' order: settlement prices,
+    /// then marks) of batch `number`, not final, is not attested by the risk oracle the rollup
+    /// was deployed with: the entry for it at the end of the batch's authorization section does
+    /// not hold the oracle's signature of that instrument's settlement price (or mark and risk
+    /// array), published no later than the batch's time (a mark: at most `MARK_WINDOW_MS`
+    /// before it; `OptioJudge.priceAttested`). The batch and every later one are reverted, the
+    /// operator's bond is paid to the challenger, and the rollup freezes.
+    function challengePrice(uint256 number, bytes calldata data, bytes calldata auths, uint256 price) external live {
         if (judge.oracle() == address(0)) revert NoChallenges();
         if (number <= lastFinalized) revert BadBatch("not a committed batch that is not final");
         _checkPosted(number, data, auths);
-        if (judge.markAttested(data, auths, mark)) revert Attested();
-        emit MarkChallenged(number, mark, msg.sender, address(this).balance);
+        if (judge.priceAttested(data, auths, price)) revert Attested();
+        emit PriceChallenged(number, price, msg.sender, address(this).balance);
         _slash(number);
     }
 

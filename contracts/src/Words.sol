@@ -9,6 +9,7 @@ uint256 constant OPERATOR_DEPOSIT = 7;
 uint256 constant WITHDRAW = 8;
 uint256 constant FILL = 16;
 uint256 constant MARK = 24;
+uint256 constant SETTLE = 4;
 uint256 constant L1_DEPOSIT = 25;
 uint256 constant L1_WITHDRAWAL = 26;
 
@@ -17,7 +18,7 @@ library Words {
     /// Words of an op, from its first word `w` (docs/settlement.md, "Words").
     function opWords(uint256 kind, uint256 w) internal pure returns (uint256) {
         if (kind == FILL || kind == 2 || kind == 3) return 1; // fill, activation, expiry
-        if (kind == 4) return 3; // instrument settlement
+        if (kind == SETTLE) return 3; // instrument settlement: its word, the price, the insurance credit
         if (kind == 1) return 1 + (((w >> 104) & 0xffff) + 30) / 31; // listing: spec chunks
         if (kind == MARK) {
             // mark: the mark word and the risk values, padded to chunks of 11, five per word

@@ -68,14 +68,14 @@ async fn measure() -> anyhow::Result<()> {
             .collect();
         // Each mark op with the oracle's attestation (random bytes of the same size: calldata
         // gas depends on them only through zero bytes).
-        let attested: Vec<Option<optio_state::auth::MarkAttestation>> = flow
+        let attested: Vec<Option<optio_state::auth::PriceAttestation>> = flow
             .marks()
             .iter()
             .map(|_| {
                 let mut signature = [0u8; 65];
                 rand::Rng::fill(&mut rng, &mut signature[..64]);
                 signature[64] = 27;
-                Some(optio_state::auth::MarkAttestation {
+                Some(optio_state::auth::PriceAttestation {
                     published_ms: 1_800_000_000_000,
                     signature,
                 })

@@ -266,12 +266,12 @@ pub fn verify(args: VerifyArgs) -> Result<()> {
                         report_challenge(*number, filed, key)?;
                     }
                 }
-                optio_settler::Verdict::Unattested { number, mark, instrument, why, challenge } => {
+                optio_settler::Verdict::Unattested { number, price, instrument, why, challenge } => {
                     bad += 1;
-                    println!("batch {number:>6}: ALERT mark {mark} (instrument {instrument}) is not the oracle's: {why}");
+                    println!("batch {number:>6}: ALERT priced op {price} (instrument {instrument}) is not the oracle's: {why}");
                     if let Some(key) = &args.challenger_key {
                         let signer = optio_settler::connect(&args.rpc, key)?;
-                        let filed = optio_settler::file_mark_challenge(&signer, rollup, challenge).await.map(|r| r.transaction_hash);
+                        let filed = optio_settler::file_price_challenge(&signer, rollup, challenge).await.map(|r| r.transaction_hash);
                         report_challenge(*number, filed, key)?;
                     }
                 }
@@ -302,14 +302,14 @@ pub fn verify(args: VerifyArgs) -> Result<()> {
         println!("all {} committed batches verified from L1 data", verdicts.len());
         let judging = optio_settler::judging(&provider, rollup).await?;
         println!(
-            "  fills: {}; marks: {}",
+            "  fills: {}; settlement prices and marks: {}",
             if judging.authorizations {
                 "each within what its orders' posted signatures authorize"
             } else {
                 "not judged (the rollup was deployed without the authorization challenge)"
             },
             match judging.oracle {
-                Some(o) => format!("each signed by the oracle {o} within the window before its batch's time, never older than the last one committed for its instrument"),
+                Some(o) => format!("each signed by the oracle {o} by its batch's time (a mark within the window before it, never older than the last one committed for its instrument)"),
                 None => "not judged (the rollup was deployed without an oracle)".into(),
             }
         );

@@ -106,7 +106,7 @@ fn devnet_serves_a_live_market_and_stops_by_itself() {
     assert!(
         verify.status.success()
             && text.contains("committed batches verified from L1 data")
-            && text.contains("marks: each signed by the oracle 0x")
+            && text.contains("settlement prices and marks: each signed by the oracle 0x")
             && text.contains("batch times: each at most 3600 s after and 86400 s before"),
         "{text}{}",
         String::from_utf8_lossy(&verify.stderr)

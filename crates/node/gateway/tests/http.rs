@@ -1048,8 +1048,9 @@ async fn oracle_updates_need_the_oracle_signature() {
         let signed = signer.sign(update.clone(), domain);
         let mut bytes = signed.update.encode();
         if tamper {
+            // The last mark's last byte (before the settlement prices' count).
             let n = bytes.len();
-            bytes[n - 1] ^= 1;
+            bytes[n - 5] ^= 1;
         }
         json!({"jsonrpc": "2.0", "id": 1, "method": "oracle/submit_update", "params": {"update": hex(&bytes), "signature": hex(&signed.signature)}})
     };

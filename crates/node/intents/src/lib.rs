@@ -274,7 +274,7 @@ impl Action {
 /// One instrument's mark and risk array as the risk oracle signs it, EIP-712 under Optio's
 /// domain: `OracleMark(uint32 instrument,int64 mark,int64[] risk,uint64 publishedMs)`. The
 /// signature travels with the update into the log and is posted beside the batch's mark op, so
-/// that the rollup can judge a mark the oracle never signed (`OptioJudge.markAttested`).
+/// that the rollup can judge a mark the oracle never signed (`OptioJudge.priceAttested`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OracleMark<'a> {
     /// Instrument id.

@@ -96,9 +96,9 @@ mod bindings {
                 bool taker;
             }
             function challengeAuthorization(SideChallenge calldata c, AccountOpening calldata opening, SessionKey[] calldata keys) external;
-            function challengeMark(uint256 number, bytes calldata data, bytes calldata auths, uint256 mark) external;
+            function challengePrice(uint256 number, bytes calldata data, bytes calldata auths, uint256 price) external;
             event MarkWentBack(uint256 indexed number, uint256 mark, uint256 earlier, address indexed challenger, uint256 reward);
-            event MarkChallenged(uint256 indexed number, uint256 mark, address indexed challenger, uint256 reward);
+            event PriceChallenged(uint256 indexed number, uint256 price, address indexed challenger, uint256 reward);
             function judge() external view returns (address);
             function authorizations() external view returns (bool);
             function slashed() external view returns (bool);
@@ -160,7 +160,7 @@ mod bindings {
         contract OptioJudge {
             function rollup() external view returns (address);
             function oracle() external view returns (address);
-            function markAttested(bytes calldata data, bytes calldata auths, uint256 k) external view returns (bool);
+            function priceAttested(bytes calldata data, bytes calldata auths, uint256 k) external view returns (bool);
             function fillAt(bytes calldata data, uint256 k) external pure returns (OptioRollup.Fill memory f);
             function authorizes(bytes calldata auths, uint256 i, bytes calldata data, address owner, OptioRollup.SessionKey[] calldata keys) external view returns (bool);
         }
@@ -649,37 +649,37 @@ pub enum Verdict {
         /// The challenge to file.
         challenge: Box<Challenge>,
     },
-    /// The roots agree, but a mark is not attested by the rollup's risk oracle (its posted
-    /// signature does not recover to the oracle over that mark, or it was published outside
-    /// the window before the batch's time): `challenge` is ready to file while the batch is
-    /// not final (`file_mark_challenge`).
+    /// The roots agree, but a settlement price or mark is not attested by the rollup's risk
+    /// oracle (its posted signature does not recover to the oracle over that price, or it was
+    /// published after the batch's time, a mark also before the window): `challenge` is ready
+    /// to file while the batch is not final (`file_price_challenge`).
     Unattested {
         /// Batch.
         number: u64,
-        /// The mark op (from 0, in the posted order).
-        mark: u64,
+        /// The priced op (from 0, in the posted order: settlement prices, then marks).
+        price: u64,
         /// Its instrument.
         instrument: u32,
         /// Why.
         why: String,
         /// The challenge to file.
-        challenge: Box<MarkChallenge>,
+        challenge: Box<PriceChallenge>,
     },
-    /// The roots agree and every mark is attested, but a mark was published before the mark
+    /// The roots agree and every price is attested, but a mark was published before the mark
     /// an earlier batch committed for its instrument (the operator went back to an older
     /// signed mark): `challenge` (the earlier mark, then this one) is ready to file while the
     /// batch is not final (`file_mark_order_challenge`).
     MarkWentBack {
         /// Batch.
         number: u64,
-        /// The mark op (from 0, in the posted order).
+        /// The mark (from 0, among the posted priced ops: settlement prices, then marks).
         mark: u64,
         /// Its instrument.
         instrument: u32,
         /// Why.
         why: String,
         /// The challenge to file.
-        challenge: Box<(MarkChallenge, MarkChallenge)>,
+        challenge: Box<(PriceChallenge, PriceChallenge)>,
     },
     /// The roots agree, but the fills of one signed order, over this batch and earlier ones,
     /// add up beyond its signed amount (on a rollup with the authorization challenge):
@@ -696,26 +696,27 @@ pub enum Verdict {
     },
 }
 
-/// A filed-ready mark challenge: `challengeMark`'s arguments.
+/// A filed-ready price challenge: `challengePrice`'s arguments (and, for a mark, one side of
+/// `challengeMarkOrder`'s).
 #[derive(Clone, PartialEq, Eq)]
-pub struct MarkChallenge {
+pub struct PriceChallenge {
     /// Batch.
     pub number: u64,
     /// Its posted data.
     pub data: Vec<u8>,
     /// Its posted authorization section.
     pub auths: Vec<u8>,
-    /// The mark op (from 0, in the posted order).
-    pub mark: u64,
+    /// The priced op (from 0, in the posted order: settlement prices, then marks).
+    pub price: u64,
 }
 
-impl std::fmt::Debug for MarkChallenge {
+impl std::fmt::Debug for PriceChallenge {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "MarkChallenge {{ batch {}, mark {}, {} data bytes, {} authorization bytes }}",
+            "PriceChallenge {{ batch {}, priced op {}, {} data bytes, {} authorization bytes }}",
             self.number,
-            self.mark,
+            self.price,
             self.data.len(),
             self.auths.len()
         )
@@ -723,17 +724,17 @@ impl std::fmt::Debug for MarkChallenge {
 }
 
 /// Files `c` with the provider's signer as the challenger (who is paid the operator's bond).
-pub async fn file_mark_challenge(
+pub async fn file_price_challenge(
     provider: &DynProvider,
     rollup: Address,
-    c: &MarkChallenge,
+    c: &PriceChallenge,
 ) -> Result<alloy::rpc::types::TransactionReceipt, SettlerError> {
     let contract = OptioRollup::new(rollup, provider);
-    transact(contract.challengeMark(
+    transact(contract.challengePrice(
         U256::from(c.number),
         c.data.clone().into(),
         c.auths.clone().into(),
-        U256::from(c.mark),
+        U256::from(c.price),
     ))
     .await
 }
@@ -743,20 +744,20 @@ pub async fn file_mark_challenge(
 pub async fn file_mark_order_challenge(
     provider: &DynProvider,
     rollup: Address,
-    earlier: &MarkChallenge,
-    later: &MarkChallenge,
+    earlier: &PriceChallenge,
+    later: &PriceChallenge,
 ) -> Result<alloy::rpc::types::TransactionReceipt, SettlerError> {
-    let posted = |c: &MarkChallenge| OptioRollup::PostedMark {
+    let posted = |c: &PriceChallenge| OptioRollup::PostedMark {
         number: U256::from(c.number),
         data: c.data.clone().into(),
         auths: c.auths.clone().into(),
-        mark: U256::from(c.mark),
+        mark: U256::from(c.price),
     };
     let contract = OptioRollup::new(rollup, provider);
     transact(contract.challengeMarkOrder(posted(earlier), posted(later))).await
 }
 
-/// The first mark op of an attested batch (`blob`, decoded as `ops`, with section `auths`)
+/// The first mark of an attested batch (`blob`, decoded as `ops`, with section `auths`)
 /// published before the latest attested mark earlier batches committed for its instrument
 /// (`latest`: instrument to that mark's publication time and challenge), then `latest` moved on
 /// to this batch's marks.
@@ -765,19 +766,20 @@ fn audit_mark_order(
     blob: &[u8],
     ops: &[optio_state::Op],
     auths: &[u8],
-    latest: &mut std::collections::BTreeMap<u32, (u64, MarkChallenge)>,
+    latest: &mut std::collections::BTreeMap<u32, (u64, PriceChallenge)>,
 ) -> Option<Verdict> {
-    let marks = ops.iter().filter_map(|op| match op {
-        optio_state::Op::Mark { instrument, .. } => Some(instrument.0),
-        _ => None,
-    });
-    for (k, instrument) in marks.enumerate() {
-        let published = optio_state::auth::mark_attestation(auths, k)?.published_ms;
-        let this = MarkChallenge {
+    let priced = ops.iter().filter(|op| optio_state::auth::is_priced(op));
+    for (k, op) in priced.enumerate() {
+        let optio_state::Op::Mark { instrument, .. } = op else {
+            continue;
+        };
+        let instrument = instrument.0;
+        let published = optio_state::auth::price_attestation(auths, k)?.published_ms;
+        let this = PriceChallenge {
             number,
             data: blob.to_vec(),
             auths: auths.to_vec(),
-            mark: k as u64,
+            price: k as u64,
         };
         match latest.get(&instrument) {
             Some((before, earlier)) if published < *before => {
@@ -801,9 +803,10 @@ fn audit_mark_order(
     None
 }
 
-/// The first mark op of a batch (`blob`, decoded as `ops`, cut at `time_ms`) that its posted
-/// authorization section does not attest for the oracle at `oracle`.
-fn audit_marks(
+/// The first priced op (settlement price or mark) of a batch (`blob`, decoded as `ops`, cut at
+/// `time_ms`) that its posted authorization section does not attest for the oracle at
+/// `oracle`.
+fn audit_prices(
     number: u64,
     time_ms: u64,
     blob: &[u8],
@@ -813,25 +816,30 @@ fn audit_marks(
     venue: &optio_state::auth::Venue,
 ) -> Option<Verdict> {
     use optio_state::auth::{self, Unattested};
-    let marks = ops
-        .iter()
-        .filter(|op| matches!(op, optio_state::Op::Mark { .. }));
-    for (k, op) in marks.enumerate() {
-        let checked = match auth::mark_attestation(auths, k) {
+    let priced = ops.iter().filter(|op| auth::is_priced(op));
+    for (k, op) in priced.enumerate() {
+        let checked = match auth::price_attestation(auths, k) {
             Some(a) => a.check(op, time_ms, oracle, venue),
             None => Err(Unattested::Missing),
         };
-        if let (Err(why), optio_state::Op::Mark { instrument, .. }) = (checked, op) {
+        let (what, instrument) = match op {
+            optio_state::Op::Mark { instrument, .. } => ("mark", instrument.0),
+            optio_state::Op::SettleInstrument { instrument, .. } => {
+                ("settlement price", instrument.0)
+            }
+            _ => continue,
+        };
+        if let Err(why) = checked {
             return Some(Verdict::Unattested {
                 number,
-                mark: k as u64,
-                instrument: instrument.0,
-                why: why.to_string(),
-                challenge: Box::new(MarkChallenge {
+                price: k as u64,
+                instrument,
+                why: format!("{what}: {why}"),
+                challenge: Box::new(PriceChallenge {
                     number,
                     data: blob.to_vec(),
                     auths: auths.to_vec(),
-                    mark: k as u64,
+                    price: k as u64,
                 }),
             });
         }
@@ -1222,7 +1230,7 @@ pub async fn verify_l1(
         {
             v
         } else if let Some(v) =
-            oracle.and_then(|o| audit_marks(number, meta.time_ms, blob, &ops, auths, o, &venue))
+            oracle.and_then(|o| audit_prices(number, meta.time_ms, blob, &ops, auths, o, &venue))
         {
             v
         } else if let Some(v) = oracle

@@ -15,11 +15,11 @@
 use alloy::primitives::{Address, U256};
 use alloy::providers::Provider;
 use optio_settler::{
-    Challenge, MarkChallenge, OptioJudge, OptioRollup, RollupConfig, TestUSDC, Verdict, connect,
-    deploy, file_challenge, file_mark_challenge, file_mark_order_challenge, opening_call, transact,
-    verify_l1,
+    Challenge, OptioJudge, OptioRollup, PriceChallenge, RollupConfig, TestUSDC, Verdict, connect,
+    deploy, file_challenge, file_mark_order_challenge, file_price_challenge, opening_call,
+    transact, verify_l1,
 };
-use optio_state::auth::{self, Authorization, MarkAttestation, Venue};
+use optio_state::auth::{self, Authorization, PriceAttestation, Venue};
 use optio_state::blob::{BlobMeta, encode_ops};
 use optio_state::{Op, SettlementState, encode, withdrawals_hash};
 use optio_types::{
@@ -909,7 +909,7 @@ fn attest(
     domain: &[u8; 32],
     mark: &Op,
     published_ms: u64,
-) -> MarkAttestation {
+) -> PriceAttestation {
     let Op::Mark {
         instrument,
         mark,
@@ -930,7 +930,7 @@ fn attest(
         }],
         settlements: Vec::new(),
     };
-    MarkAttestation {
+    PriceAttestation {
         published_ms,
         signature: oracle.sign(update, domain).update.marks[0].attestation,
     }
@@ -989,13 +989,13 @@ async fn a_mark_the_oracle_never_signed_is_caught_reverted_and_slashed_and_users
     .await;
     let finalized = state.clone();
     let challenger = connect(&anvil.url, CHALLENGER).expect("provider");
-    let honest = MarkChallenge {
+    let honest = PriceChallenge {
         number: 1,
         data: b1.blob.clone(),
         auths: section1.clone(),
-        mark: 0,
+        price: 0,
     };
-    let err = file_mark_challenge(&challenger, d.rollup, &honest)
+    let err = file_price_challenge(&challenger, d.rollup, &honest)
         .await
         .expect_err("an attested mark");
     let attested: String = optio_intents::keccak(b"Attested()")[..4]
@@ -1003,12 +1003,12 @@ async fn a_mark_the_oracle_never_signed_is_caught_reverted_and_slashed_and_users
         .map(|b| format!("{b:02x}"))
         .collect();
     assert!(err.to_string().contains(&attested), "Attested(): {err}");
-    let none = MarkChallenge {
-        mark: 1,
+    let none = PriceChallenge {
+        price: 1,
         ..honest.clone()
     };
     assert!(
-        file_mark_challenge(&challenger, d.rollup, &none)
+        file_price_challenge(&challenger, d.rollup, &none)
             .await
             .is_err(),
         "a second mark that is not there"
@@ -1045,7 +1045,7 @@ async fn a_mark_the_oracle_never_signed_is_caught_reverted_and_slashed_and_users
     other_risk[30] += 1;
     let negative = with(-5 * USDC, &[-1, 0, 1], 0);
     let window = auth::MARK_WINDOW_MS;
-    let variants: Vec<(&str, Op, Option<MarkAttestation>, bool)> = vec![
+    let variants: Vec<(&str, Op, Option<PriceAttestation>, bool)> = vec![
         ("as signed", op.clone(), Some(good), true),
         (
             "published at the batch's time",
@@ -1074,7 +1074,7 @@ async fn a_mark_the_oracle_never_signed_is_caught_reverted_and_slashed_and_users
         (
             "another time than it was signed with",
             op.clone(),
-            Some(MarkAttestation {
+            Some(PriceAttestation {
                 published_ms: T - 999,
                 ..good
             }),
@@ -1148,10 +1148,10 @@ async fn a_mark_the_oracle_never_signed_is_caught_reverted_and_slashed_and_users
         };
         let blob = encode(&meta, &ops).expect("encodes");
         let section = auth::section_of(&[], &[attestation]);
-        let rust = auth::mark_attestation(&section, 0)
+        let rust = auth::price_attestation(&section, 0)
             .is_some_and(|a| a.check(&mark, T, oracle_address, &venue).is_ok());
         let evm = judge
-            .markAttested(blob.into(), section.into(), U256::ZERO)
+            .priceAttested(blob.into(), section.into(), U256::ZERO)
             .call()
             .await
             .expect("calls");
@@ -1182,7 +1182,7 @@ async fn a_mark_the_oracle_never_signed_is_caught_reverted_and_slashed_and_users
     let verdicts = verify_l1(&operator, d.rollup).await.expect("verifies");
     let Some(Verdict::Unattested {
         number: 2,
-        mark: 0,
+        price: 0,
         instrument: 0,
         why,
         challenge: c,
@@ -1191,7 +1191,7 @@ async fn a_mark_the_oracle_never_signed_is_caught_reverted_and_slashed_and_users
         panic!("{verdicts:?}")
     };
     assert!(why.contains("does not recover to the oracle"), "{why}");
-    let receipt = pays_the_bond(&operator, file_mark_challenge(&challenger, d.rollup, c)).await;
+    let receipt = pays_the_bond(&operator, file_price_challenge(&challenger, d.rollup, c)).await;
     println!(
         "a successful mark challenge: {} gas ({} data bytes, {} authorization bytes)",
         receipt.gas_used,
@@ -1199,10 +1199,10 @@ async fn a_mark_the_oracle_never_signed_is_caught_reverted_and_slashed_and_users
         c.auths.len()
     );
     let event = receipt
-        .decoded_log::<OptioRollup::MarkChallenged>()
-        .expect("the MarkChallenged event");
+        .decoded_log::<OptioRollup::PriceChallenged>()
+        .expect("the PriceChallenged event");
     assert_eq!(
-        (event.number, event.mark, event.reward),
+        (event.number, event.price, event.reward),
         (U256::from(2u64), U256::ZERO, U256::from(BOND))
     );
     assert!(rollup.slashed().call().await.expect("reads"));
@@ -1265,17 +1265,17 @@ async fn a_mark_older_than_one_committed_before_is_caught_reverted_and_slashed()
     commit(&rollup, 2, b1.root, &b2, &section2).await;
     // Batches 1 and 2 are in order: that challenge reverts.
     let challenger = connect(&anvil.url, CHALLENGER).expect("provider");
-    let in_order = MarkChallenge {
+    let in_order = PriceChallenge {
         number: 1,
         data: b1.blob.clone(),
         auths: section1.clone(),
-        mark: 0,
+        price: 0,
     };
-    let second = MarkChallenge {
+    let second = PriceChallenge {
         number: 2,
         data: b2.blob.clone(),
         auths: section2.clone(),
-        mark: 0,
+        price: 0,
     };
     let err = file_mark_order_challenge(&challenger, d.rollup, &in_order, &second)
         .await
@@ -1340,4 +1340,303 @@ async fn a_mark_older_than_one_committed_before_is_caught_reverted_and_slashed()
         U256::from(2u64)
     );
     users_exit_whole(&anvil, &d, &before).await;
+}
+
+/// The oracle's attestation of instrument `instrument`'s settlement price `price`, published at
+/// `published_ms`, as the oracle signs it (`OracleSigner::sign`) for the rollup whose domain
+/// separator is `domain`.
+fn attest_settlement(
+    oracle: &optio_oracle::OracleSigner,
+    domain: &[u8; 32],
+    instrument: u32,
+    price: i64,
+    published_ms: u64,
+) -> PriceAttestation {
+    let update = optio_types::OracleUpdate {
+        underlying: "BTC".into(),
+        published_ms,
+        index_price: Price(price),
+        marks: Vec::new(),
+        settlements: vec![optio_types::SettlementUpdate {
+            instrument: InstrumentId(instrument),
+            price: Price(price),
+            attestation: [0; 65],
+        }],
+    };
+    PriceAttestation {
+        published_ms,
+        signature: oracle.sign(update, domain).update.settlements[0].attestation,
+    }
+}
+
+/// The put the settlement price challenge's test trades and settles (strike 60,000).
+fn put() -> InstrumentSpec {
+    InstrumentSpec::with_defaults(
+        "BTC-27DEC24-60000-P".parse().expect("name"),
+        Price(200_000 * MONEY_SCALE),
+    )
+}
+
+/// The price challenge on settlement prices, on a real EVM: an honest batch trades a put and is
+/// finalized; the contract and the Rust check agree on every way a settlement price's
+/// attestation can be wrong (and find the mark after it as the next priced op); then the
+/// operator settles the put at 61,000 (the oracle said 58,000: Bob's long would be owed 1,000
+/// USDC, Alice's short would owe it), reposting the oracle's signature of 58,000. The
+/// watchtower finds it and files the challenge: the batch is reverted, the bond paid, the rollup
+/// frozen, and both users exit with what the finalized batch owes them. (The batches are dated
+/// at engine time 0, as in the mark challenge's test: L1 judges a settlement price's
+/// publication only against its batch's time.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settlement_price_the_oracle_never_signed_is_caught_reverted_and_slashed() {
+    let oracle = optio_oracle::OracleSigner::from_bytes(ORACLE).expect("oracle key");
+    let oracle_address = optio_types::Address(optio_intents::address_of(&oracle.public_key()));
+    let Rig {
+        anvil,
+        operator,
+        d,
+        venue,
+    } = rig(Address::from(oracle_address.0)).await;
+    let rollup = OptioRollup::new(d.rollup, &operator);
+    let judge = OptioJudge::new(rollup.judge().call().await.expect("reads"), &operator);
+    let domain = venue
+        .separator(auth::domain::OPTIO)
+        .expect("Optio's domain");
+
+    // Batch 1, honest: Bob buys half a put from Alice at 1,000; the put's mark.
+    let mut state = SettlementState::new();
+    let fill = bob_buys(QTY_SCALE / 2);
+    let ops: Vec<Op> = opening_ops(&fill)
+        .into_iter()
+        .map(|op| match op {
+            Op::ListInstrument { .. } => Op::ListInstrument { spec: put() },
+            op => op,
+        })
+        .collect();
+    let mark = ops.last().expect("the mark").clone();
+    let section1 = auth::section_of(
+        &[
+            Some(signed(ALICE, &venue, 0, Side::Sell, "1000", "1", 1)),
+            Some(signed(BOB, &venue, 1, Side::Buy, "1010", "0.5", 1)),
+        ],
+        &[Some(attest(&oracle, &domain, &mark, 0))],
+    );
+    let b1 = post(&mut state, 1, &ops);
+    commit(
+        &rollup,
+        1,
+        word(&SettlementState::new().root()),
+        &b1,
+        &section1,
+    )
+    .await;
+    transact(rollup.finalize()).await.expect("finalizes");
+    let finalized = state.clone();
+    assert_eq!(
+        verify_l1(&operator, d.rollup).await.expect("verifies"),
+        vec![Verdict::Agrees(1)]
+    );
+
+    // The contract and the Rust check agree, for a settlement op followed by a mark in a batch
+    // cut at engine time T.
+    const T: u64 = 1_800_000_000_000;
+    let said = 58_000 * USDC;
+    let settle = |instrument: u32, price: i64| Op::SettleInstrument {
+        instrument: InstrumentId(instrument),
+        price: Price(price),
+        insurance_credit: Amount(0),
+    };
+    let good = attest_settlement(&oracle, &domain, 0, said, T - 1_000);
+    let other_rollup = Venue {
+        rollup: optio_types::Address([0x77; 20]),
+        ..venue
+    }
+    .separator(auth::domain::OPTIO)
+    .expect("domain");
+    let impostor = optio_oracle::OracleSigner::from_bytes([0x0d; 32]).expect("key");
+    let a_day = 86_400_000;
+    let variants: Vec<(&str, Op, Option<PriceAttestation>, bool)> = vec![
+        ("as signed", settle(0, said), Some(good), true),
+        (
+            "published at the batch's time",
+            settle(0, said),
+            Some(attest_settlement(&oracle, &domain, 0, said, T)),
+            true,
+        ),
+        (
+            "published a day before (no window for a settlement price)",
+            settle(0, said),
+            Some(attest_settlement(&oracle, &domain, 0, said, T - a_day)),
+            true,
+        ),
+        (
+            "published after the batch's time",
+            settle(0, said),
+            Some(attest_settlement(&oracle, &domain, 0, said, T + 1)),
+            false,
+        ),
+        (
+            "another time than it was signed with",
+            settle(0, said),
+            Some(PriceAttestation {
+                published_ms: T - 999,
+                ..good
+            }),
+            false,
+        ),
+        ("another price", settle(0, said + 1), Some(good), false),
+        ("another instrument", settle(1, said), Some(good), false),
+        (
+            "signed by another key",
+            settle(0, said),
+            Some(attest_settlement(&impostor, &domain, 0, said, T - 1_000)),
+            false,
+        ),
+        (
+            "signed for another rollup",
+            settle(0, said),
+            Some(attest_settlement(
+                &oracle,
+                &other_rollup,
+                0,
+                said,
+                T - 1_000,
+            )),
+            false,
+        ),
+        (
+            "a mark's signature of the same numbers",
+            settle(0, said),
+            Some(attest(
+                &oracle,
+                &domain,
+                &Op::Mark {
+                    instrument: InstrumentId(0),
+                    mark: Price(said),
+                    risk: Vec::new(),
+                },
+                T - 1_000,
+            )),
+            false,
+        ),
+        ("no attestation", settle(0, said), None, false),
+    ];
+    let later_mark = Op::Mark {
+        instrument: InstrumentId(0),
+        mark: Price(2_000 * USDC),
+        risk: (0..13).map(|k| Amount(k * 1_000 - 5_000)).collect(),
+    };
+    let mark_attested = attest(&oracle, &domain, &later_mark, T - 1_000);
+    for (what, settlement, attestation, expected) in variants {
+        let ops = vec![
+            Op::OpenAccount {
+                owner: address(ALICE),
+            },
+            Op::ListInstrument { spec: put() },
+            Op::ExpireInstrument {
+                instrument: InstrumentId(0),
+            },
+            settlement.clone(),
+            later_mark.clone(),
+        ];
+        let meta = BlobMeta {
+            number: 9,
+            first_seq: 1,
+            last_seq: 1,
+            time_ms: T,
+            accounts: 0,
+            instruments: 0,
+        };
+        let blob = encode(&meta, &ops).expect("encodes");
+        let section = auth::section_of(&[], &[attestation, Some(mark_attested)]);
+        let rust = auth::price_attestation(&section, 0)
+            .is_some_and(|a| a.check(&settlement, T, oracle_address, &venue).is_ok());
+        let evm = judge
+            .priceAttested(blob.clone().into(), section.clone().into(), U256::ZERO)
+            .call()
+            .await
+            .expect("calls");
+        assert_eq!((rust, evm), (expected, expected), "{what}");
+        // The mark after it is priced op 1, attested whatever the settlement's entry.
+        assert!(
+            judge
+                .priceAttested(blob.into(), section.into(), U256::from(1u64))
+                .call()
+                .await
+                .expect("calls"),
+            "{what}: the mark"
+        );
+    }
+
+    // Batch 2, forged: the put settled at 61,000 (worth nothing) with the oracle's signature
+    // of 58,000 reposted.
+    let forged = 61_000 * USDC;
+    let held = QTY_SCALE / 2;
+    let cash = |qty: i64| {
+        put()
+            .settlement_cash(Price(forged), Qty(qty))
+            .expect("cash")
+    };
+    let ops2 = vec![
+        Op::ExpireInstrument {
+            instrument: InstrumentId(0),
+        },
+        Op::SettlePosition {
+            account: AccountId(0),
+            instrument: InstrumentId(0),
+            cash: cash(-held),
+        },
+        Op::SettlePosition {
+            account: AccountId(1),
+            instrument: InstrumentId(0),
+            cash: cash(held),
+        },
+        Op::SettleInstrument {
+            instrument: InstrumentId(0),
+            price: Price(forged),
+            insurance_credit: Amount(-(cash(-held).0 + cash(held).0)),
+        },
+    ];
+    let b2 = post(&mut state, 2, &ops2);
+    let section2 = auth::section_of(
+        &[],
+        &[Some(attest_settlement(&oracle, &domain, 0, said, 0))],
+    );
+    commit(&rollup, 2, b1.root, &b2, &section2).await;
+
+    let verdicts = verify_l1(&operator, d.rollup).await.expect("verifies");
+    let Some(Verdict::Unattested {
+        number: 2,
+        price: 0,
+        instrument: 0,
+        why,
+        challenge: c,
+    }) = verdicts.last()
+    else {
+        panic!("{verdicts:?}")
+    };
+    assert!(
+        why.starts_with("settlement price:") && why.contains("does not recover to the oracle"),
+        "{why}"
+    );
+    let challenger = connect(&anvil.url, CHALLENGER).expect("provider");
+    let receipt = pays_the_bond(&operator, file_price_challenge(&challenger, d.rollup, c)).await;
+    println!(
+        "a successful settlement price challenge: {} gas ({} data bytes, {} authorization bytes)",
+        receipt.gas_used,
+        c.data.len(),
+        c.auths.len()
+    );
+    let event = receipt
+        .decoded_log::<OptioRollup::PriceChallenged>()
+        .expect("the PriceChallenged event");
+    assert_eq!(
+        (event.number, event.price, event.reward),
+        (U256::from(2u64), U256::ZERO, U256::from(BOND))
+    );
+    assert!(rollup.frozen().call().await.expect("reads"));
+    assert_eq!(
+        rollup.committedBatches().call().await.expect("reads"),
+        U256::from(1u64)
+    );
+    users_exit_whole(&anvil, &d, &finalized).await;
 }

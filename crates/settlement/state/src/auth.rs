@@ -25,12 +25,13 @@
 //! A resting order filled many times, or a taker's order sweeping several levels, costs its
 //! 126 bytes once and 4 bytes a fill.
 //!
-//! The oracle's marks are judged the same way (docs/settlement.md, "Mark challenge"): after the
-//! fill sides' indices, the section ends with one 73-byte attestation per mark op of the batch,
-//! in the posted words' order (when the update was published, ms (8), then the oracle's
-//! signature `r || s || v` (65) of `optio_intents::OracleMark` under Optio's domain), and their
-//! count (4 bytes, the section's last). A mark is attested when its signature recovers to the
-//! oracle's address and it was published no later than the batch's time and at most
+//! The oracle's prices are judged the same way (docs/settlement.md, "Price challenge"): after
+//! the fill sides' indices, the section ends with one 73-byte attestation per priced op of the
+//! batch (each settlement price, then each mark), in the posted words' order (when the update
+//! was published, ms (8), then the oracle's signature `r || s || v` (65) of
+//! `optio_intents::OracleSettlement` or `OracleMark` under Optio's domain), and their count (4
+//! bytes, the section's last). A price is attested when its signature recovers to the oracle's
+//! address and it was published no later than the batch's time, a mark also at most
 //! `MARK_WINDOW_MS` before it.
 
 use std::collections::BTreeMap;
@@ -259,26 +260,28 @@ impl Authorization {
 /// Bytes of a count or an index in a section.
 const INDEX_BYTES: usize = 4;
 
-/// Bytes per mark attestation.
+/// Bytes per price attestation.
 pub const MARK_BYTES: usize = 8 + 65;
 
 /// How long before its batch's time (ms) a mark may have been published and still be judged
 /// attested on L1 (`OptioJudge.MARK_WINDOW_MS`): the batcher cuts a batch before an input
 /// that would leave one of its marks older than this, and the engine takes no update
 /// published more than `RiskConfig::max_update_delay_ms` (10 s by default) before its time.
-/// Within it, an operator may post any mark the oracle signed, not only the latest.
+/// Within it, an operator may post any mark the oracle signed, not only the latest. A
+/// settlement price has no such window: the oracle signs one per instrument.
 pub const MARK_WINDOW_MS: u64 = 60_000;
 
-/// The oracle's signature of one mark op of a batch, with the update's time.
+/// The oracle's signature of one priced op of a batch (a settlement price or a mark), with
+/// the update's time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MarkAttestation {
-    /// When the oracle published the update the mark came in, ms.
+pub struct PriceAttestation {
+    /// When the oracle published the update the price came in, ms.
     pub published_ms: u64,
-    /// `r || s || v` over `optio_intents::OracleMark`.
+    /// `r || s || v` over `optio_intents::OracleSettlement` or `optio_intents::OracleMark`.
     pub signature: [u8; 65],
 }
 
-/// Why a mark op is not attested (what a mark challenge shows).
+/// Why a priced op is not attested (what a price challenge shows).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Unattested {
     /// The section has no attestation for it.
@@ -292,7 +295,7 @@ pub enum Unattested {
         /// The batch's time.
         time_ms: u64,
     },
-    /// Published more than `MARK_WINDOW_MS` before the batch's time.
+    /// A mark published more than `MARK_WINDOW_MS` before the batch's time.
     #[error(
         "published at {published_ms}, more than {MARK_WINDOW_MS} ms before the batch's time {time_ms}"
     )]
@@ -302,12 +305,21 @@ pub enum Unattested {
         /// The batch's time.
         time_ms: u64,
     },
-    /// The signature does not recover to the oracle over this mark.
-    #[error("the signature does not recover to the oracle over this mark")]
+    /// The signature does not recover to the oracle over this price.
+    #[error("the signature does not recover to the oracle over this price")]
     Signature,
 }
 
-impl MarkAttestation {
+/// Whether `op` is a priced op (an instrument's settlement price or mark): those a batch
+/// posts the oracle's attestation of, in the posted words' order.
+pub fn is_priced(op: &crate::Op) -> bool {
+    matches!(
+        op,
+        crate::Op::SettleInstrument { .. } | crate::Op::Mark { .. }
+    )
+}
+
+impl PriceAttestation {
     /// The 73-byte entry.
     pub fn encode(&self) -> [u8; MARK_BYTES] {
         let mut out = [0u8; MARK_BYTES];
@@ -318,51 +330,62 @@ impl MarkAttestation {
 
     /// Reads one entry.
     pub fn decode(bytes: &[u8; MARK_BYTES]) -> Self {
-        MarkAttestation {
+        PriceAttestation {
             published_ms: u64::from_be_bytes(bytes[..8].try_into().expect("8 bytes")),
             signature: bytes[8..].try_into().expect("65 bytes"),
         }
     }
 
-    /// Whether this attests mark op `mark` (an `Op::Mark`; anything else is not attested) of
-    /// a batch cut at engine time `time_ms`, for the oracle at `oracle` on `venue`.
+    /// Whether this attests priced op `op` (an `Op::SettleInstrument` or `Op::Mark`; anything
+    /// else is not attested) of a batch cut at engine time `time_ms`, for the oracle at
+    /// `oracle` on `venue`: signed by the oracle, published no later than the batch's time,
+    /// and a mark no more than `MARK_WINDOW_MS` before it.
     pub fn check(
         &self,
-        mark: &crate::Op,
+        op: &crate::Op,
         time_ms: u64,
         oracle: Address,
         venue: &Venue,
     ) -> Result<(), Unattested> {
-        let crate::Op::Mark {
-            instrument,
-            mark,
-            risk,
-        } = mark
-        else {
-            return Err(Unattested::Missing);
-        };
         let published_ms = self.published_ms;
+        let separator = venue.separator(domain::OPTIO).expect("Optio's domain");
+        let digest = match op {
+            crate::Op::Mark {
+                instrument,
+                mark,
+                risk,
+            } => {
+                if published_ms <= time_ms && time_ms - published_ms > MARK_WINDOW_MS {
+                    return Err(Unattested::Stale {
+                        published_ms,
+                        time_ms,
+                    });
+                }
+                let risk: Vec<i64> = risk.iter().map(|a| a.0).collect();
+                optio_intents::OracleMark {
+                    instrument: instrument.0,
+                    mark: mark.0,
+                    risk: &risk,
+                    published_ms,
+                }
+                .digest(&separator)
+            }
+            crate::Op::SettleInstrument {
+                instrument, price, ..
+            } => optio_intents::OracleSettlement {
+                instrument: instrument.0,
+                price: price.0,
+                published_ms,
+            }
+            .digest(&separator),
+            _ => return Err(Unattested::Missing),
+        };
         if published_ms > time_ms {
             return Err(Unattested::Future {
                 published_ms,
                 time_ms,
             });
         }
-        if time_ms - published_ms > MARK_WINDOW_MS {
-            return Err(Unattested::Stale {
-                published_ms,
-                time_ms,
-            });
-        }
-        let separator = venue.separator(domain::OPTIO).expect("Optio's domain");
-        let risk: Vec<i64> = risk.iter().map(|a| a.0).collect();
-        let digest = optio_intents::OracleMark {
-            instrument: instrument.0,
-            mark: mark.0,
-            risk: &risk,
-            published_ms,
-        }
-        .digest(&separator);
         match recover(&digest, &self.signature) {
             Ok(who) if who == oracle.0 => Ok(()),
             _ => Err(Unattested::Signature),
@@ -370,9 +393,10 @@ impl MarkAttestation {
     }
 }
 
-/// The attestation of mark op `k` (from 0, in the posted words' order), read as the L1
-/// contract reads it: the count in the section's last 4 bytes, the entries before it.
-pub fn mark_attestation(section: &[u8], k: usize) -> Option<MarkAttestation> {
+/// The attestation of priced op `k` (from 0, in the posted words' order: the settlement prices,
+/// then the marks), read as the L1 contract reads it: the count in the section's last 4 bytes,
+/// the entries before it.
+pub fn price_attestation(section: &[u8], k: usize) -> Option<PriceAttestation> {
     let end = section.len().checked_sub(INDEX_BYTES)?;
     let m = u32_at(section, end)?;
     if k >= m {
@@ -380,7 +404,7 @@ pub fn mark_attestation(section: &[u8], k: usize) -> Option<MarkAttestation> {
     }
     let start = end.checked_sub(m.checked_mul(MARK_BYTES)?)?;
     let at = start + k * MARK_BYTES;
-    Some(MarkAttestation::decode(
+    Some(PriceAttestation::decode(
         section[at..at + MARK_BYTES]
             .try_into()
             .expect("a whole entry"),
@@ -413,9 +437,9 @@ pub fn record(section: &[u8], i: usize) -> Option<Authorization> {
 }
 
 /// The section for fill sides in order (each distinct record once, then each side's index,
-/// `u32::MAX` where a side has none) and the batch's mark ops in order (each one's
-/// attestation, zeros where a mark has none, then their count).
-pub fn section_of(sides: &[Option<Authorization>], marks: &[Option<MarkAttestation>]) -> Vec<u8> {
+/// `u32::MAX` where a side has none) and the batch's priced ops in order (each one's
+/// attestation, zeros where one has none, then their count).
+pub fn section_of(sides: &[Option<Authorization>], prices: &[Option<PriceAttestation>]) -> Vec<u8> {
     let mut index: BTreeMap<[u8; RECORD_BYTES], u32> = BTreeMap::new();
     let mut records = Vec::new();
     let indices: Vec<u32> = sides
@@ -440,10 +464,10 @@ pub fn section_of(sides: &[Option<Authorization>], marks: &[Option<MarkAttestati
     for k in indices {
         out.extend_from_slice(&k.to_be_bytes());
     }
-    for m in marks {
-        out.extend_from_slice(&m.map_or([0; MARK_BYTES], |m| m.encode()));
+    for p in prices {
+        out.extend_from_slice(&p.map_or([0; MARK_BYTES], |p| p.encode()));
     }
-    out.extend_from_slice(&(marks.len() as u32).to_be_bytes());
+    out.extend_from_slice(&(prices.len() as u32).to_be_bytes());
     out
 }
 

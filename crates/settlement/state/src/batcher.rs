@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use optio_types::{AccountId, Address, Command, Event, Input};
 use sha3::{Digest, Keccak256};
 
-use crate::auth::{self, Authorization, MarkAttestation, Orders, Signed};
+use crate::auth::{self, Authorization, Orders, PriceAttestation, Signed};
 use crate::blob::{self, BlobError, BlobMeta};
 use crate::ledger::{SettlementState, StateError};
 use crate::ops::{Op, ops_from};
@@ -162,7 +162,10 @@ pub struct Batcher {
     /// each, posted beside the batch's mark ops. L1 judges a mark against the batch's time (its
     /// last input's): the batch is cut before an input that would leave one of them older than
     /// `auth::MARK_WINDOW_MS`.
-    marks: BTreeMap<u32, (Op, Option<MarkAttestation>)>,
+    marks: BTreeMap<u32, (Op, Option<PriceAttestation>)>,
+    /// The oracle's signature of each pending settlement price, in the pending ops' order
+    /// (posted before the marks' signatures, as the settlement ops come before the marks).
+    settlements: Vec<Option<PriceAttestation>>,
     fills: usize,
     /// The signed orders that may still fill, and the records of the pending fills (maker,
     /// taker), fill by fill.
@@ -205,6 +208,7 @@ impl Batcher {
             last_ms: 0,
             pending: Vec::new(),
             marks: BTreeMap::new(),
+            settlements: Vec::new(),
             fills: 0,
             orders: Orders::default(),
             records: Vec::new(),
@@ -397,22 +401,39 @@ impl Batcher {
             self.opened_ms = Some(input.time_ms);
         }
         self.fills += ops.iter().filter(|o| matches!(o, Op::Fill { .. })).count();
-        self.pending.extend(ops);
-        // Marks come from an accepted oracle update, each with the oracle's own signature.
-        let signed: BTreeMap<u32, MarkAttestation> = match &input.command {
-            Command::OracleUpdate(u) => u
-                .marks
-                .iter()
-                .map(|m| {
-                    let a = MarkAttestation {
-                        published_ms: u.published_ms,
-                        signature: m.attestation,
-                    };
-                    (m.instrument.0, a)
-                })
-                .collect(),
-            _ => BTreeMap::new(),
+        // Settlement prices and marks come from an accepted oracle update, each with the
+        // oracle's own signature (an operator's `SettleInstrument` has none: L1 would judge
+        // its price unattested).
+        let (signed, settled) = match &input.command {
+            Command::OracleUpdate(u) => {
+                let attested = |instrument: optio_types::InstrumentId, signature| {
+                    (
+                        instrument.0,
+                        PriceAttestation {
+                            published_ms: u.published_ms,
+                            signature,
+                        },
+                    )
+                };
+                (
+                    u.marks
+                        .iter()
+                        .map(|m| attested(m.instrument, m.attestation))
+                        .collect(),
+                    u.settlements
+                        .iter()
+                        .map(|p| attested(p.instrument, p.attestation))
+                        .collect(),
+                )
+            }
+            _ => (BTreeMap::new(), BTreeMap::new()),
         };
+        for op in &ops {
+            if let Op::SettleInstrument { instrument, .. } = op {
+                self.settlements.push(settled.get(&instrument.0).copied());
+            }
+        }
+        self.pending.extend(ops);
         for m in marks {
             if let Op::Mark { instrument, .. } = &m {
                 let attestation = signed.get(&instrument.0).copied();
@@ -507,9 +528,12 @@ impl Batcher {
         self.signing_keys.clear();
         self.pending_keys.clear();
         let mut ops = std::mem::take(&mut self.pending);
-        let (marks, attested): (Vec<Op>, Vec<Option<MarkAttestation>>) =
+        let (marks, marks_attested): (Vec<Op>, Vec<Option<PriceAttestation>>) =
             std::mem::take(&mut self.marks).into_values().unzip();
         ops.extend(marks);
+        // Posted in the order of the priced ops' words: settlement prices, then marks.
+        let mut attested = std::mem::take(&mut self.settlements);
+        attested.extend(marks_attested);
         let meta = BlobMeta {
             number: self.number + 1,
             first_seq: self.first_seq,

@@ -105,14 +105,11 @@ fn every_fill_posts_the_records_of_the_orders_that_filled() {
             // Each distinct record once, then an index per fill side.
             let records =
                 u32::from_be_bytes(b.authorizations[..4].try_into().expect("a count")) as usize;
-            let marks = ops
-                .iter()
-                .filter(|op| matches!(op, optio_state::Op::Mark { .. }))
-                .count();
+            let prices = ops.iter().filter(|op| auth::is_priced(op)).count();
             assert_eq!(
                 b.authorizations.len(),
-                4 + records * auth::RECORD_BYTES + 4 * sides.len() + marks * auth::MARK_BYTES + 4,
-                "batch {}: the records, one index per fill side, then the marks' attestations",
+                4 + records * auth::RECORD_BYTES + 4 * sides.len() + prices * auth::MARK_BYTES + 4,
+                "batch {}: the records, one index per fill side, then the prices' attestations",
                 b.header.number
             );
             let first = got.len();
@@ -188,12 +185,13 @@ fn oracle() -> Address {
 }
 
 /// Over random histories (oracle updates about every second of engine time, with jumps of 20 s
-/// and of over a minute), each batch posts, for each of its mark ops in order, an attestation
-/// that the L1 contract's rule accepts: the oracle's signature of that mark, published no later
-/// than the batch's time and within `MARK_WINDOW_MS` before it.
+/// and of over a minute, and the put's expiry settled at the oracle's price), each batch posts,
+/// for each of its priced ops in order (settlement prices, then marks), an attestation that the
+/// L1 contract's rule accepts: the oracle's signature of that price, published no later than
+/// the batch's time, a mark within `MARK_WINDOW_MS` before it.
 #[test]
-fn every_mark_posts_the_oracles_signature_within_the_window() {
-    let (mut marks, mut batches) = (0, 0);
+fn every_price_posts_the_oracles_signature_within_the_window() {
+    let (mut marks, mut settlements, mut batches) = (0, 0, 0);
     for seed in 0..4 {
         let inputs = sequence(seed);
         let mut batcher = Batcher::new(40, u64::MAX);
@@ -202,27 +200,39 @@ fn every_mark_posts_the_oracles_signature_within_the_window() {
         posted.extend(batcher.flush().expect("flushes"));
         for b in &posted {
             let (meta, ops) = decode(&b.blob).expect("decodes");
-            let ops: Vec<_> = ops
-                .iter()
-                .filter(|op| matches!(op, optio_state::Op::Mark { .. }))
-                .collect();
+            let ops: Vec<_> = ops.iter().filter(|op| auth::is_priced(op)).collect();
             for (k, op) in ops.iter().enumerate() {
-                let a = auth::mark_attestation(&b.authorizations, k).expect("an attestation");
+                let a = auth::price_attestation(&b.authorizations, k).expect("an attestation");
                 assert_eq!(
                     a.check(op, meta.time_ms, oracle(), &venue()),
                     Ok(()),
-                    "seed {seed} batch {} mark {k}",
+                    "seed {seed} batch {} price {k}",
                     b.header.number
                 );
+                // Another op of the batch at this place is not attested by it.
+                if let Some(other) = ops.iter().find(|o| *o != op) {
+                    assert!(a.check(other, meta.time_ms, oracle(), &venue()).is_err());
+                }
             }
-            assert_eq!(auth::mark_attestation(&b.authorizations, ops.len()), None);
-            marks += ops.len();
+            assert_eq!(auth::price_attestation(&b.authorizations, ops.len()), None);
+            let settling = ops
+                .iter()
+                .filter(|op| matches!(op, optio_state::Op::SettleInstrument { .. }))
+                .count();
+            assert!(
+                ops[..settling]
+                    .iter()
+                    .all(|op| matches!(op, optio_state::Op::SettleInstrument { .. })),
+                "settlement prices come first"
+            );
+            settlements += settling;
+            marks += ops.len() - settling;
             batches += usize::from(!ops.is_empty());
         }
     }
     assert!(
-        marks > 100 && batches > 20,
-        "{marks} marks in {batches} batches"
+        marks > 100 && batches > 20 && settlements > 0,
+        "{marks} marks and {settlements} settlement prices in {batches} batches"
     );
 }
 
@@ -261,7 +271,7 @@ fn a_batch_is_cut_before_its_mark_would_leave_the_window() {
         .iter()
         .find(|op| matches!(op, optio_state::Op::Mark { .. }))
         .expect("the batch's marks");
-    let a = auth::mark_attestation(&b.authorizations, 0).expect("attested");
+    let a = auth::price_attestation(&b.authorizations, 0).expect("attested");
     assert_eq!(
         (
             a.published_ms,
