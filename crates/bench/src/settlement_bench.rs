@@ -347,7 +347,7 @@ pub(crate) struct Flow {
 
 impl Flow {
     pub(crate) fn new() -> anyhow::Result<Flow> {
-        use optio_types::{InstrumentId, InstrumentSpec, MONEY_SCALE, Price};
+        use optio_types::{InstrumentSpec, MONEY_SCALE, Price};
         let now = 1_795_651_200_000u64; // 2026-11-26T00:00Z
         let mut names = vec!["BTC-PERPETUAL".to_owned()];
         for expiry in ["27NOV26", "4DEC26", "25DEC26", "26MAR27"] {
@@ -366,11 +366,7 @@ impl Flow {
                 )
             })
             .collect();
-        let list: Vec<(InstrumentId, &InstrumentSpec)> = specs
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (InstrumentId(i as u32), s))
-            .collect();
+        let list = optio_oracle::numbered(&specs);
         let svi = optio_pricing::svi::Svi {
             a: 0.002,
             b: 0.03,

@@ -245,11 +245,7 @@ fn publish_marks(gateway: &Gateway, oracle: &optio_oracle::OracleSigner, spot: f
         .iter()
         .map(|i| i.spec.clone())
         .collect();
-    let list: Vec<(InstrumentId, &InstrumentSpec)> = specs
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (InstrumentId(i as u32), s))
-        .collect();
+    let list = optio_oracle::numbered(&specs);
     let update = optio_oracle::build_update(
         "BTC",
         &surface(spot),

@@ -121,6 +121,13 @@ fn recovers_what_eth_account_signed_and_refuses_the_rest() {
     assert!(recover(&digest, &zero_r).is_err());
 }
 
+/// The separator of Optio's domain a vector names (its chain id and verifying contract).
+fn optio_separator(case: &Value) -> [u8; 32] {
+    let contract =
+        parse_address(case["verifying_contract"].as_str().expect("contract")).expect("address");
+    Domain::optio(case["chain_id"].as_u64().expect("chain"), contract).separator()
+}
+
 /// The risk oracle's marks: `OracleMark` hashed and signed by eth-account
 /// (`test-vectors/oracle_marks.json`, from `tools/vectors/oracle_marks.py`), with marks across
 /// the signed range (negatives, `i64::MAX`) and risk arrays of 0 to 64 values. Each digest is
@@ -133,10 +140,7 @@ fn matches_eth_account_on_oracle_marks() {
     let cases = vectors["cases"].as_array().expect("cases");
     assert_eq!(cases.len(), 16);
     for case in cases {
-        let contract =
-            parse_address(case["verifying_contract"].as_str().expect("contract")).expect("address");
-        let separator =
-            Domain::optio(case["chain_id"].as_u64().expect("chain"), contract).separator();
+        let separator = optio_separator(case);
         let risk: Vec<i64> = case["risk"]
             .as_array()
             .expect("risk")
@@ -183,10 +187,7 @@ fn matches_eth_account_on_oracle_settlements() {
     let cases = vectors["cases"].as_array().expect("cases");
     assert_eq!(cases.len(), 16);
     for case in cases {
-        let contract =
-            parse_address(case["verifying_contract"].as_str().expect("contract")).expect("address");
-        let separator =
-            Domain::optio(case["chain_id"].as_u64().expect("chain"), contract).separator();
+        let separator = optio_separator(case);
         let settlement = OracleSettlement {
             instrument: u32::try_from(case["instrument"].as_u64().expect("instrument"))
                 .expect("u32"),

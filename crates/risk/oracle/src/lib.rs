@@ -165,6 +165,16 @@ pub fn contract(spec: &InstrumentSpec, now_ms: u64) -> Contract {
     }
 }
 
+/// Each of `specs` with its id, when they were listed in this order from id 0: what
+/// `build_update` and `SettlementFeed::attach` take.
+pub fn numbered(specs: &[InstrumentSpec]) -> Vec<(InstrumentId, &InstrumentSpec)> {
+    specs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (InstrumentId(i as u32), s))
+        .collect()
+}
+
 /// Builds the update for `instruments` (all of one underlying) from `surface` at `now_ms`
 /// (unsigned: `OracleSigner::sign` signs its marks and the whole).
 ///
@@ -381,11 +391,7 @@ mod tests {
     /// The update for `specs()` at `NOW`, unsigned.
     fn update() -> OracleUpdate {
         let specs = specs();
-        let list: Vec<(InstrumentId, &InstrumentSpec)> = specs
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (InstrumentId(i as u32), s))
-            .collect();
+        let list = numbered(&specs);
         build_update("BTC", &surface(), &default_scenarios(), &list, NOW).expect("builds")
     }
 
@@ -588,11 +594,7 @@ mod tests {
     #[test]
     fn the_feed_settles_each_expired_instrument_until_taken() {
         let specs = specs();
-        let list: Vec<(InstrumentId, &InstrumentSpec)> = specs
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (InstrumentId(i as u32), s))
-            .collect();
+        let list = numbered(&specs);
         let expiry = specs[0].expiry_ms().expect("an option");
         let mut feed = SettlementFeed::new(30 * 60_000);
         let at = |t: u64, feed: &mut SettlementFeed| {

@@ -901,6 +901,26 @@ async fn an_order_filled_past_its_amount_over_several_batches_is_caught_and_slas
 /// The risk oracle's key in the mark challenge's test.
 const ORACLE: [u8; 32] = [0x0c; 32];
 
+/// A rig whose rollup judges prices against the test oracle, with the oracle and its address.
+async fn priced_rig() -> (Rig, optio_oracle::OracleSigner, optio_types::Address) {
+    let oracle = optio_oracle::OracleSigner::from_bytes(ORACLE).expect("oracle key");
+    let address = optio_types::Address(optio_intents::address_of(&oracle.public_key()));
+    (rig(Address::from(address.0)).await, oracle, address)
+}
+
+/// What an attestation must not be signed under or by: another rollup's domain separator, and
+/// a key that is not the oracle's.
+fn strangers(venue: &Venue) -> ([u8; 32], optio_oracle::OracleSigner) {
+    let other_rollup = Venue {
+        rollup: optio_types::Address([0x77; 20]),
+        ..*venue
+    }
+    .separator(auth::domain::OPTIO)
+    .expect("domain");
+    let impostor = optio_oracle::OracleSigner::from_bytes([0x0d; 32]).expect("key");
+    (other_rollup, impostor)
+}
+
 /// The oracle's attestation of mark op `mark`, published at `published_ms`, as the oracle signs
 /// it (`OracleSigner::sign`, what the devnet and the simulator feed the gateway) for the rollup
 /// whose domain separator is `domain`.
@@ -946,14 +966,16 @@ fn attest(
 /// what the finalized batch owes them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mark_the_oracle_never_signed_is_caught_reverted_and_slashed_and_users_exit_whole() {
-    let oracle = optio_oracle::OracleSigner::from_bytes(ORACLE).expect("oracle key");
-    let oracle_address = optio_types::Address(optio_intents::address_of(&oracle.public_key()));
-    let Rig {
-        anvil,
-        operator,
-        d,
-        venue,
-    } = rig(Address::from(oracle_address.0)).await;
+    let (
+        Rig {
+            anvil,
+            operator,
+            d,
+            venue,
+        },
+        oracle,
+        oracle_address,
+    ) = priced_rig().await;
     let rollup = OptioRollup::new(d.rollup, &operator);
     let judge = OptioJudge::new(rollup.judge().call().await.expect("reads"), &operator);
     assert_eq!(
@@ -1017,13 +1039,7 @@ async fn a_mark_the_oracle_never_signed_is_caught_reverted_and_slashed_and_users
     // The contract and the Rust check agree on every way an attestation can be wrong, for a
     // mark op (behind other ops) of a batch cut at engine time T.
     const T: u64 = 1_800_000_000_000;
-    let other_rollup = Venue {
-        rollup: optio_types::Address([0x77; 20]),
-        ..venue
-    }
-    .separator(auth::domain::OPTIO)
-    .expect("domain");
-    let impostor = optio_oracle::OracleSigner::from_bytes([0x0d; 32]).expect("key");
+    let (other_rollup, impostor) = strangers(&venue);
     let with = |mark: i64, risk: &[i64], instrument: u32| Op::Mark {
         instrument: InstrumentId(instrument),
         mark: Price(mark),
@@ -1191,9 +1207,22 @@ async fn a_mark_the_oracle_never_signed_is_caught_reverted_and_slashed_and_users
         panic!("{verdicts:?}")
     };
     assert!(why.contains("does not recover to the oracle"), "{why}");
-    let receipt = pays_the_bond(&operator, file_price_challenge(&challenger, d.rollup, c)).await;
+    price_challenge_slashes(&operator, &challenger, d.rollup, c, "mark").await;
+    users_exit_whole(&anvil, &d, &finalized).await;
+}
+
+/// Files price challenge `c` (of batch 2, priced op 0) and checks what it does: the bond paid to
+/// the challenger, the event, the rollup slashed and frozen, batch 1 the last committed.
+async fn price_challenge_slashes(
+    operator: &optio_settler::DynProvider,
+    challenger: &optio_settler::DynProvider,
+    rollup: Address,
+    c: &PriceChallenge,
+    what: &str,
+) {
+    let receipt = pays_the_bond(operator, file_price_challenge(challenger, rollup, c)).await;
     println!(
-        "a successful mark challenge: {} gas ({} data bytes, {} authorization bytes)",
+        "a successful {what} challenge: {} gas ({} data bytes, {} authorization bytes)",
         receipt.gas_used,
         c.data.len(),
         c.auths.len()
@@ -1205,13 +1234,13 @@ async fn a_mark_the_oracle_never_signed_is_caught_reverted_and_slashed_and_users
         (event.number, event.price, event.reward),
         (U256::from(2u64), U256::ZERO, U256::from(BOND))
     );
+    let rollup = OptioRollup::new(rollup, operator);
     assert!(rollup.slashed().call().await.expect("reads"));
     assert!(rollup.frozen().call().await.expect("reads"));
     assert_eq!(
         rollup.committedBatches().call().await.expect("reads"),
         U256::from(1u64)
     );
-    users_exit_whole(&anvil, &d, &finalized).await;
 }
 
 /// The mark order challenge: the engine takes an oracle's updates only forward in time, so a
@@ -1388,14 +1417,16 @@ fn put() -> InstrumentSpec {
 /// publication only against its batch's time.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_settlement_price_the_oracle_never_signed_is_caught_reverted_and_slashed() {
-    let oracle = optio_oracle::OracleSigner::from_bytes(ORACLE).expect("oracle key");
-    let oracle_address = optio_types::Address(optio_intents::address_of(&oracle.public_key()));
-    let Rig {
-        anvil,
-        operator,
-        d,
-        venue,
-    } = rig(Address::from(oracle_address.0)).await;
+    let (
+        Rig {
+            anvil,
+            operator,
+            d,
+            venue,
+        },
+        oracle,
+        oracle_address,
+    ) = priced_rig().await;
     let rollup = OptioRollup::new(d.rollup, &operator);
     let judge = OptioJudge::new(rollup.judge().call().await.expect("reads"), &operator);
     let domain = venue
@@ -1446,13 +1477,7 @@ async fn a_settlement_price_the_oracle_never_signed_is_caught_reverted_and_slash
         insurance_credit: Amount(0),
     };
     let good = attest_settlement(&oracle, &domain, 0, said, T - 1_000);
-    let other_rollup = Venue {
-        rollup: optio_types::Address([0x77; 20]),
-        ..venue
-    }
-    .separator(auth::domain::OPTIO)
-    .expect("domain");
-    let impostor = optio_oracle::OracleSigner::from_bytes([0x0d; 32]).expect("key");
+    let (other_rollup, impostor) = strangers(&venue);
     let a_day = 86_400_000;
     let variants: Vec<(&str, Op, Option<PriceAttestation>, bool)> = vec![
         ("as signed", settle(0, said), Some(good), true),
@@ -1619,24 +1644,6 @@ async fn a_settlement_price_the_oracle_never_signed_is_caught_reverted_and_slash
         "{why}"
     );
     let challenger = connect(&anvil.url, CHALLENGER).expect("provider");
-    let receipt = pays_the_bond(&operator, file_price_challenge(&challenger, d.rollup, c)).await;
-    println!(
-        "a successful settlement price challenge: {} gas ({} data bytes, {} authorization bytes)",
-        receipt.gas_used,
-        c.data.len(),
-        c.auths.len()
-    );
-    let event = receipt
-        .decoded_log::<OptioRollup::PriceChallenged>()
-        .expect("the PriceChallenged event");
-    assert_eq!(
-        (event.number, event.price, event.reward),
-        (U256::from(2u64), U256::ZERO, U256::from(BOND))
-    );
-    assert!(rollup.frozen().call().await.expect("reads"));
-    assert_eq!(
-        rollup.committedBatches().call().await.expect("reads"),
-        U256::from(1u64)
-    );
+    price_challenge_slashes(&operator, &challenger, d.rollup, c, "settlement price").await;
     users_exit_whole(&anvil, &d, &finalized).await;
 }

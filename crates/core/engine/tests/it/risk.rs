@@ -36,11 +36,7 @@ fn surface(spot: f64) -> Surface {
 /// An update for every instrument of the test market at index `spot`, published at `at`.
 pub fn update(spot: f64, at: u64) -> OracleUpdate {
     let specs: Vec<InstrumentSpec> = specs();
-    let list: Vec<(InstrumentId, &InstrumentSpec)> = specs
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (InstrumentId(i as u32), s))
-        .collect();
+    let list = optio_oracle::numbered(&specs);
     build_update("BTC", &surface(spot), &default_scenarios(), &list, at).expect("builds")
 }
 
@@ -65,11 +61,7 @@ impl TestOracle {
     pub fn update(&mut self, spot: f64, at: u64) -> OracleUpdate {
         let mut u = update(spot, at);
         let specs = specs();
-        let list: Vec<(InstrumentId, &InstrumentSpec)> = specs
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (InstrumentId(i as u32), s))
-            .collect();
+        let list = optio_oracle::numbered(&specs);
         self.feed.attach(&mut u, &list);
         u
     }
@@ -461,8 +453,8 @@ fn settled_cash(events: &[Event], account: u32) -> Amount {
         .expect("settled")
 }
 
-#[test]
-fn expiry_settles_at_the_oracles_time_weighted_index() {
+/// `market()` where account 1 sold account 0 one put (instrument 1) at 500.
+fn one_put_traded() -> Engine {
     let mut e = market();
     run(
         &mut e,
@@ -476,6 +468,12 @@ fn expiry_settles_at_the_oracles_time_weighted_index() {
         Command::PlaceOrder(limit(0, 1, Side::Buy, px(500), 100)),
     )
     .expect("long put");
+    e
+}
+
+#[test]
+fn expiry_settles_at_the_oracles_time_weighted_index() {
+    let mut e = one_put_traded();
     let events = run_to_expiry(&mut e);
     // TWAP = (59,000 * 20 + 58,000 * 10) / 30 = 58,666.666666 (rounded down to the micro).
     let twap = Price(58_666_666_666);
@@ -492,19 +490,7 @@ fn expiry_settles_at_the_oracles_time_weighted_index() {
 /// it applied): the update is taken, nothing is paid twice.
 #[test]
 fn settlement_prices_are_checked_and_a_refusal_changes_nothing() {
-    let mut e = market();
-    run(
-        &mut e,
-        T0,
-        Command::PlaceOrder(limit(1, 1, Side::Sell, px(500), 100)),
-    )
-    .expect("short put");
-    run(
-        &mut e,
-        T0,
-        Command::PlaceOrder(limit(0, 1, Side::Buy, px(500), 100)),
-    )
-    .expect("long put");
+    let mut e = one_put_traded();
     let early = T0 + 1_000;
     assert_eq!(
         run(

@@ -79,11 +79,7 @@ pub fn oracle_settling(feed: &mut SettlementFeed, spot: f64, at: u64) -> Command
     )
     .expect("valid surface");
     let specs = specs();
-    let list: Vec<(InstrumentId, &InstrumentSpec)> = specs
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (InstrumentId(i as u32), s))
-        .collect();
+    let list = optio_oracle::numbered(&specs);
     let mut update =
         build_update("BTC", &surface, &default_scenarios(), &list, at).expect("builds");
     feed.attach(&mut update, &list);
