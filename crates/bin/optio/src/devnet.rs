@@ -100,6 +100,12 @@ fn civil(days: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
+/// Day `day` (since 1970-01-01) as a Deribit date code, e.g. `27DEC24`.
+pub(crate) fn date_code(day: i64) -> String {
+    let (y, m, d) = civil(day);
+    format!("{d}{}{:02}", MONTHS[(m - 1) as usize], y % 100)
+}
+
 /// The next two Fridays (at least a day away), as Deribit date codes.
 fn expiries(now_ms: u64) -> Vec<String> {
     let today = (now_ms / 86_400_000) as i64;
@@ -108,8 +114,7 @@ fn expiries(now_ms: u64) -> Vec<String> {
     let mut day = today + 2;
     while out.len() < 2 {
         if day.rem_euclid(7) == 1 {
-            let (y, m, d) = civil(day);
-            out.push(format!("{d}{}{:02}", MONTHS[(m - 1) as usize], y % 100));
+            out.push(date_code(day));
         }
         day += 1;
     }

@@ -4,7 +4,8 @@
 //!
 //! Components: the gateway (real signatures, nonces, rate limits, the JSON-RPC methods and the
 //! HTTP/WebSocket server on 127.0.0.1), the sequencer with its WAL on disk, the engine, the
-//! batcher writing blobs, the risk oracle's signed updates, and the settler posting and
+//! batcher writing blobs, the risk oracle's signed updates (with the settlement price of a put
+//! that expires half way through a run of 3,000 steps), and the settler posting and
 //! finalizing batches and feeding the L1 priority queue from the embedded EVM chain, where the
 //! rollup contract runs. Time: the node reads a manual clock the simulator moves (milliseconds
 //! per step, sometimes a minute or two at once); L1 time moves when blocks are mined.
@@ -33,7 +34,8 @@
 //! acknowledged intent is there with its sequence number, and the L1 queue fed again credits
 //! nothing twice; at the end, the blobs rebuild to the batcher's root and to the engine's state,
 //! every batch is posted and finalized, the watchtower agrees with every batch (every fill side
-//! authorized by its posted signed order as the contract judges it, session keys included), the
+//! authorized by its posted signed order as the contract judges it, session keys included;
+//! every settlement price and mark signed by the oracle, marks in order), the
 //! state rebuilt from L1 data alone equals the engine's (every balance and position), and the L1
 //! vault holds exactly the deposits the engine credited.
 //!
@@ -54,7 +56,7 @@ use optio_gateway::client::{
     OrderRequest, auth_headers, order_params, parse_receipt, signed_order_for,
 };
 use optio_gateway::{Clock, Config, Gateway};
-use optio_oracle::{OracleSigner, build_update};
+use optio_oracle::{OracleSigner, SettlementFeed, build_update};
 use optio_settler::{OptioRollup, Settler, TestUSDC, U256, transact};
 use optio_types::{AccountId, Command, EngineLimits, InstrumentSpec, MONEY_SCALE};
 use rand::{Rng, SeedableRng};
@@ -92,6 +94,7 @@ pub struct Stats {
     oracle_updates: u64,
     oracle_stalls: u64,
     oracle_jumps: u64,
+    settlement_prices: u64,
     liquidations: u64,
     deleverages: u64,
     deposits: u64,
@@ -122,6 +125,7 @@ impl Stats {
         self.oracle_updates += s.oracle_updates;
         self.oracle_stalls += s.oracle_stalls;
         self.oracle_jumps += s.oracle_jumps;
+        self.settlement_prices += s.settlement_prices;
         self.liquidations += s.liquidations;
         self.deleverages += s.deleverages;
         self.deposits += s.deposits;
@@ -143,7 +147,7 @@ impl Stats {
 
     fn line(&self) -> String {
         format!(
-            "{} orders ({} accepted), {} cancels, {} hostile refused, {} oracle updates ({} stalls, {} jumps), {} liquidation bids filled, {} deleverages, {} L1 deposits, {} forced withdrawals, {} settler rounds, {} L1 reorgs ({} txs dropped), {} crashes ({} restarts from a snapshot, {} torn tails, {} unsynced groups lost, {} kept), {} slow subscribers, {} book changes checked, {} batches, {} session key changes, {} orders signed by a session key",
+            "{} orders ({} accepted), {} cancels, {} hostile refused, {} oracle updates ({} stalls, {} jumps, {} settlement prices), {} liquidation bids filled, {} deleverages, {} L1 deposits, {} forced withdrawals, {} settler rounds, {} L1 reorgs ({} txs dropped), {} crashes ({} restarts from a snapshot, {} torn tails, {} unsynced groups lost, {} kept), {} slow subscribers, {} book changes checked, {} batches, {} session key changes, {} orders signed by a session key",
             self.orders,
             self.accepted,
             self.cancels,
@@ -151,6 +155,7 @@ impl Stats {
             self.oracle_updates,
             self.oracle_stalls,
             self.oracle_jumps,
+            self.settlement_prices,
             self.liquidations,
             self.deleverages,
             self.deposits,
@@ -174,6 +179,10 @@ impl Stats {
 
 const CHAIN: u64 = 31_337;
 const INSTRUMENT: &str = "ETH-PERPETUAL";
+/// A day, ms.
+const DAY_MS: u64 = 86_400_000;
+/// When the simulator's put expires: 08:00 UTC, ms into its day.
+const PUT_EXPIRY_HOUR_MS: u64 = 8 * 3_600_000;
 const TRADERS: usize = 6;
 /// Traders margined from marks (liquidatable); the others are fully collateralized.
 const MARGINED: usize = 3;
@@ -241,6 +250,8 @@ struct World {
     traders: Vec<Trader>,
     instrument: optio_types::InstrumentId,
     oracle: OracleSigner,
+    /// The oracle's settlement prices for the put, from the index it publishes.
+    feed: SettlementFeed,
     index: f64,
     last_oracle_ms: u64,
     stalled_until_ms: u64,
@@ -394,7 +405,11 @@ impl World {
             ))
             .context("deploying the contracts")?;
         let dir = tempfile::tempdir()?;
-        let start_ms = 1_800_000_000_000 + rng.random_range(0..1_000_000_000);
+        // Forty minutes before 08:00 UTC on some day: the put listed below expires then, about
+        // half way through a run of 3,000 steps (1.3 s of engine time a step on average), and
+        // is settled at the oracle's price.
+        let drawn = 1_800_000_000_000u64 + rng.random_range(0..1_000_000_000);
+        let start_ms = drawn - drawn % DAY_MS + PUT_EXPIRY_HOUR_MS - 40 * 60_000;
         let clock = Clock::manual(start_ms);
         // L1 time never falls behind the engine's (a rollup refuses a batch dated more than
         // `RollupConfig::MAX_BATCH_LEAD_S` after its block), and stays within a mined block a
@@ -424,10 +439,24 @@ impl World {
             INSTRUMENT.parse().context("name")?,
             optio_types::Price(15_000 * MONEY_SCALE),
         );
+        let put = InstrumentSpec::with_defaults(
+            format!(
+                "ETH-{}-3000-P",
+                crate::devnet::date_code((start_ms / DAY_MS) as i64)
+            )
+            .parse()
+            .context("name")?,
+            optio_types::Price(15_000 * MONEY_SCALE),
+        );
+        ensure!(put.expiry_ms() == Some(start_ms - start_ms % DAY_MS + PUT_EXPIRY_HOUR_MS));
         let listed = gateway.submit_admin(vec![
             Command::ListInstrument { spec },
             Command::ActivateInstrument {
                 instrument: optio_types::InstrumentId(0),
+            },
+            Command::ListInstrument { spec: put },
+            Command::ActivateInstrument {
+                instrument: optio_types::InstrumentId(1),
             },
         ])?;
         ensure!(listed.iter().all(Result::is_ok), "listing: {listed:?}");
@@ -466,6 +495,7 @@ impl World {
             traders,
             instrument: optio_types::InstrumentId(0),
             oracle,
+            feed: SettlementFeed::new(optio_types::RiskConfig::default().settlement_window_ms),
             index: 3_000.0,
             last_oracle_ms: 0,
             stalled_until_ms: 0,
@@ -774,24 +804,30 @@ impl World {
             self.rng.random_range(-0.003..0.003)
         };
         self.index = (self.index * (1.0 + moved)).clamp(500.0, 12_000.0);
-        let spec = self
+        let specs: Vec<InstrumentSpec> = self
             .gateway()
             .canonical_state()
             .instruments
-            .first()
-            .map(|i| i.spec.clone())
-            .context("the instrument")?;
-        let update = build_update(
+            .into_iter()
+            .map(|i| i.spec)
+            .collect();
+        let list = optio_oracle::numbered(&specs);
+        let mut update = build_update(
             "ETH",
             &crate::devnet::surface(self.index),
             &optio_pricing::risk::default_scenarios(),
-            &[(self.instrument, &spec)],
+            &list,
             now,
         )
         .context("oracle update")?;
+        // Once the put has expired: its settlement price, until an update with it is taken.
+        self.feed.attach(&mut update, &list);
+        let signed = self.oracle.sign(update, &self.gateway().optio_domain());
         self.gateway()
-            .submit_oracle(&self.oracle.sign(update, &self.gateway().optio_domain()))
+            .submit_oracle(&signed)
             .map_err(|e| anyhow::anyhow!("a signed oracle update refused: {e:?}"))?;
+        self.feed.taken(&signed.update);
+        self.stats.settlement_prices += signed.update.settlements.len() as u64;
         self.last_oracle_ms = now;
         self.stats.oracle_updates += 1;
         self.gateway()

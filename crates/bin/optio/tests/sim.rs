@@ -59,6 +59,7 @@ fn fixed_seeds_run_without_a_violation() {
         "hostile refused",
         "liquidation bids filled",
         "jumps",
+        "settlement prices",
         "L1 deposits",
         "forced withdrawals",
         "L1 reorgs",
