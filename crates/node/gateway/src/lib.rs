@@ -994,11 +994,26 @@ impl Gateway {
             .expect("the engine halted on a violated invariant")
     }
 
-    /// Submits operator inputs (listing, oracle updates, deposits) at the current time.
+    /// Submits operator inputs (listing, oracle updates, deposits) at the current time. On a
+    /// node with an oracle, an operator's settlement price is refused before anything is
+    /// sequenced: its prices come signed in the oracle's updates, and L1 judges a settlement
+    /// without the oracle's signature unattested (the batch would be reverted and the bond
+    /// slashed).
     pub fn submit_admin(
         &self,
         commands: Vec<Command>,
     ) -> Result<Vec<Result<(), optio_types::RejectCode>>, GatewayError> {
+        if self.config.oracle_key.is_some()
+            && commands
+                .iter()
+                .any(|c| matches!(c, Command::SettleInstrument { .. }))
+        {
+            return Err(GatewayError::InvalidParams(
+                "settlement prices come from the oracle's signed updates on this node: \
+                 L1 would judge an operator's unattested"
+                    .into(),
+            ));
+        }
         let waits = commands
             .into_iter()
             .map(|command| {

@@ -1014,6 +1014,32 @@ async fn rate_limits_refuse_floods_per_ip_and_per_owner() {
     assert!(refused > 20, "an IP's request flood is limited ({refused})");
 }
 
+/// On a node with an oracle, the operator cannot settle an instrument at its own price (L1
+/// would slash the batch): refused with invalid params, nothing sequenced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operators_settlement_price_is_refused_where_the_oracle_signs_them() {
+    let (h, _alice, _bob) = Harness::start().await;
+    let (before, seq) = (h.gateway.state_hash(), h.gateway.next_seq());
+    let refused = h.gateway.submit_admin(vec![
+        Command::CancelAll {
+            account: optio_types::AccountId(0),
+            instrument: None,
+        },
+        Command::SettleInstrument {
+            instrument: InstrumentId(0),
+            settlement_price: Price(90_000 * MONEY_SCALE),
+        },
+    ]);
+    assert!(
+        matches!(&refused, Err(optio_gateway::GatewayError::InvalidParams(why)) if why.contains("oracle")),
+        "{refused:?}"
+    );
+    assert_eq!(
+        (h.gateway.state_hash(), h.gateway.next_seq()),
+        (before, seq)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oracle_updates_need_the_oracle_signature() {
     let (h, _alice, _bob) = Harness::start().await;
