@@ -147,11 +147,14 @@ pub enum Command {
         /// Which.
         instrument: InstrumentId,
     },
-    /// Operator/oracle: cash-settle an expired option at the settlement price of the underlying.
+    /// Operator: cash-settle an expired option at a settlement price of the underlying it names
+    /// itself, for when no oracle publishes one (the oracle's signed prices come in
+    /// `OracleUpdate::settlements`). Unsigned: a node with an oracle refuses it, as L1 would
+    /// judge it unattested.
     SettleInstrument {
         /// Which.
         instrument: InstrumentId,
-        /// Underlying settlement price (TWAP of the index).
+        /// Underlying settlement price.
         settlement_price: Price,
     },
     /// Open a new (sub)account for an owner.
