@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 pragma solidity ^0.8.20;
 
-import {BLOB_HEADER, FILL, MARK, SETTLE, Fill, FillSides, SessionKey, Words} from "./Words.sol";
+import {BLOB_HEADER, EXPIRE, FILL, LIST, MARK, SETTLE, Fill, FillSides, SessionKey, Words} from "./Words.sol";
 
 /// Judges fills against the orders their accounts signed, for the rollup's authorization and
 /// overfill challenges (docs/settlement.md, "Authorization challenge"), and settlement prices
@@ -336,6 +336,45 @@ contract OptioJudge {
             cursor += 32 * n;
         }
         revert BadBatch("no such price");
+    }
+
+    /// Whether `expiry`'s expiry op (its `mark`: the k-th, from 0, in the posted words) ends the
+    /// trading of the instrument `listing`'s listing op lists (its `mark`: the j-th) before the
+    /// instrument expires, by the expiry batch's time: an option expires at 08:00 UTC on the
+    /// date its posted spec bytes give, a perpetual never. Reverts when either op is not there
+    /// or the two name different instruments.
+    function expiredEarly(PostedMark calldata listing, PostedMark calldata expiry) external pure returns (bool) {
+        (uint256 w, uint256 cursor) = _nthOp(listing.data, LIST, listing.mark);
+        (uint256 v,) = _nthOp(expiry.data, EXPIRE, expiry.mark);
+        if (uint32(w >> 72) != uint32(v >> 72)) revert BadBatch("another instrument");
+        // The spec's first 31 bytes fill the word after the listing's: payoff (0 perpetual),
+        // year - 2000, month, day.
+        uint256 spec = uint256(bytes32(listing.data[cursor + 32:cursor + 64]));
+        if ((spec >> 240) & 0xff == 0) return true;
+        uint256 expires = _daysFromCivil(2000 + ((spec >> 232) & 0xff), (spec >> 224) & 0xff, (spec >> 216) & 0xff)
+            * 86_400_000 + 8 * 3_600_000;
+        return _batchTime(expiry.data) < expires;
+    }
+
+    /// The first word and offset of op `k` (from 0) of kind `kind` in posted `data`.
+    function _nthOp(bytes calldata data, uint256 kind, uint256 k) internal pure returns (uint256, uint256) {
+        if (data.length < BLOB_HEADER || (data.length - BLOB_HEADER) % 32 != 0) revert BadBatch("data is not whole words");
+        uint256 seen = 0;
+        for (uint256 cursor = BLOB_HEADER; cursor < data.length;) {
+            uint256 w = uint256(bytes32(data[cursor:cursor + 32]));
+            if (w & 0xff == kind && seen++ == k) return (w, cursor);
+            cursor += 32 * Words.opWords(w & 0xff, w);
+        }
+        revert BadBatch("no such op");
+    }
+
+    /// Days from 1970-01-01 to a date from 2000 on (H. Hinnant's `days_from_civil`).
+    function _daysFromCivil(uint256 y, uint256 m, uint256 d) internal pure returns (uint256) {
+        if (m <= 2) y -= 1;
+        uint256 era = y / 400;
+        uint256 yoe = y - era * 400;
+        uint256 doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
+        return era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
     }
 
     /// keccak256 of the first `len` risk values of `words` as signed words.

@@ -48,7 +48,8 @@ interface IGroth16Verifier {
 /// it (a mark also one published outside the window before the batch's time) reverts the batch
 /// and slashes the bond, as does
 /// one published before the mark an earlier batch committed for its instrument
-/// (`challengeMarkOrder`: marks only move forward). The
+/// (`challengeMarkOrder`: marks only move forward), and one that ends an instrument's trading
+/// before the expiry its posted listing dates (`challengeExpiry`). The
 /// withdrawal list and the L1 operations a batch
 /// serves are checked against its posted words when it is committed (`_checkMoves`), a deposit
 /// served with nothing credited goes back to its depositor then, and the operator pays in what
@@ -223,6 +224,7 @@ contract OptioRollup {
     event Challenged(uint256 indexed number, uint256 fill, bool taker, address indexed challenger, uint256 reward);
     event PriceChallenged(uint256 indexed number, uint256 price, address indexed challenger, uint256 reward);
     event MarkWentBack(uint256 indexed number, uint256 mark, uint256 earlier, address indexed challenger, uint256 reward);
+    event ExpiredEarly(uint256 indexed number, uint256 expiry, uint256 listing, address indexed challenger, uint256 reward);
     event Overfilled(uint256 indexed number, bytes32 order, int256 filled, int256 amount, address indexed challenger, uint256 reward);
 
     error NotOperator();
@@ -249,6 +251,7 @@ contract OptioRollup {
     error Authorized();
     error Attested();
     error MarksInOrder();
+    error OnTime();
     error NotOverfilled(int256 filled, int256 amount);
 
     modifier onlyOperator() {
@@ -728,6 +731,21 @@ contract OptioRollup {
         if (!judge.wentBack(earlier, later)) revert MarksInOrder();
         emit MarkWentBack(later.number, later.mark, earlier.number, msg.sender, address(this).balance);
         _slash(later.number);
+    }
+
+    /// Shows that batch `expiry.number`, not final, ends the trading of an instrument before it
+    /// expires: its expiry op `expiry.mark` names the instrument batch `listing.number`'s
+    /// listing op `listing.mark` lists, whose posted spec dates its expiry (08:00 UTC; a
+    /// perpetual never expires), and the batch's time is before it (`OptioJudge.expiredEarly`).
+    /// The batch and every later one are reverted, the operator's bond is paid to the
+    /// challenger, and the rollup freezes.
+    function challengeExpiry(OptioJudge.PostedMark calldata listing, OptioJudge.PostedMark calldata expiry) external live {
+        if (expiry.number <= lastFinalized || expiry.number < listing.number) revert BadBatch("not a later batch that is not final");
+        _checkPosted(listing.number, listing.data, listing.auths);
+        _checkPosted(expiry.number, expiry.data, expiry.auths);
+        if (!judge.expiredEarly(listing, expiry)) revert OnTime();
+        emit ExpiredEarly(expiry.number, expiry.mark, listing.number, msg.sender, address(this).balance);
+        _slash(expiry.number);
     }
 
     /// Checks that `data` and `auths` are what was posted with committed batch `number`.

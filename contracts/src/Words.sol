@@ -10,6 +10,8 @@ uint256 constant WITHDRAW = 8;
 uint256 constant FILL = 16;
 uint256 constant MARK = 24;
 uint256 constant SETTLE = 4;
+uint256 constant LIST = 1;
+uint256 constant EXPIRE = 3;
 uint256 constant L1_DEPOSIT = 25;
 uint256 constant L1_WITHDRAWAL = 26;
 

@@ -285,6 +285,16 @@ pub fn verify(args: VerifyArgs) -> Result<()> {
                         report_challenge(*number, filed, key)?;
                     }
                 }
+                optio_settler::Verdict::ExpiredEarly { number, instrument, why, challenge } => {
+                    bad += 1;
+                    println!("batch {number:>6}: ALERT instrument {instrument} stops trading before it expires: {why}");
+                    if let Some(key) = &args.challenger_key {
+                        let signer = optio_settler::connect(&args.rpc, key)?;
+                        let (listing, expiry) = challenge.as_ref();
+                        let filed = optio_settler::file_expiry_challenge(&signer, rollup, listing, expiry).await.map(|r| r.transaction_hash);
+                        report_challenge(*number, filed, key)?;
+                    }
+                }
                 optio_settler::Verdict::Overfilled { number, account, why, challenge } => {
                     bad += 1;
                     println!("batch {number:>6}: ALERT a fill of account {account}'s order is not authorized: {why}");
@@ -314,7 +324,7 @@ pub fn verify(args: VerifyArgs) -> Result<()> {
             }
         );
         let (lead, lag) = judging.time_bounds;
-        println!("  batch times: each at most {lead} s after and {lag} s before the L1 block that committed it");
+        println!("  batch times: each at most {lead} s after and {lag} s before the L1 block that committed it; no instrument stops trading before its expiry");
         // How far validity proofs reach (a rollup without a verifier proves nothing).
         let progress = optio_settler::Settler::new(provider.clone(), rollup, std::path::Path::new(""))
             .progress()

@@ -126,6 +126,8 @@ mod bindings {
                 uint256 mark;
             }
             function challengeMarkOrder(PostedMark calldata earlier, PostedMark calldata later) external;
+            function challengeExpiry(PostedMark calldata listing, PostedMark calldata expiry) external;
+            event ExpiredEarly(uint256 indexed number, uint256 expiry, uint256 listing, address indexed challenger, uint256 reward);
             function maxBatchLag() external view returns (uint256);
             event BatchProven(uint256 indexed number, uint256 commitment);
             function verifyBatch(uint256 number, uint256 commitment, uint256[8] calldata proof) external;
@@ -161,6 +163,7 @@ mod bindings {
             function rollup() external view returns (address);
             function oracle() external view returns (address);
             function priceAttested(bytes calldata data, bytes calldata auths, uint256 k) external view returns (bool);
+            function expiredEarly(OptioRollup.PostedMark calldata listing, OptioRollup.PostedMark calldata expiry) external pure returns (bool);
             function fillAt(bytes calldata data, uint256 k) external pure returns (OptioRollup.Fill memory f);
             function authorizes(bytes calldata auths, uint256 i, bytes calldata data, address owner, OptioRollup.SessionKey[] calldata keys) external view returns (bool);
         }
@@ -663,7 +666,7 @@ pub enum Verdict {
         /// Why.
         why: String,
         /// The challenge to file.
-        challenge: Box<PriceChallenge>,
+        challenge: Box<PostedOp>,
     },
     /// The roots agree and every price is attested, but a mark was published before the mark
     /// an earlier batch committed for its instrument (the operator went back to an older
@@ -679,7 +682,21 @@ pub enum Verdict {
         /// Why.
         why: String,
         /// The challenge to file.
-        challenge: Box<(PriceChallenge, PriceChallenge)>,
+        challenge: Box<(PostedOp, PostedOp)>,
+    },
+    /// The roots agree, but an instrument's trading ends (its expiry op) before it expires: an
+    /// option before 08:00 UTC on its date, or a perpetual. `challenge` (the instrument's
+    /// listing, then the expiry) is ready to file while the batch is not final
+    /// (`file_expiry_challenge`).
+    ExpiredEarly {
+        /// Batch.
+        number: u64,
+        /// The instrument.
+        instrument: u32,
+        /// Why.
+        why: String,
+        /// The challenge to file.
+        challenge: Box<(PostedOp, PostedOp)>,
     },
     /// The roots agree, but the fills of one signed order, over this batch and earlier ones,
     /// add up beyond its signed amount (on a rollup with the authorization challenge):
@@ -696,27 +713,28 @@ pub enum Verdict {
     },
 }
 
-/// A filed-ready price challenge: `challengePrice`'s arguments (and, for a mark, one side of
-/// `challengeMarkOrder`'s).
+/// One op of a committed batch, with the batch's posted data and section: a filed-ready price
+/// challenge (`challengePrice`'s arguments), or one side of a mark order or expiry challenge.
 #[derive(Clone, PartialEq, Eq)]
-pub struct PriceChallenge {
+pub struct PostedOp {
     /// Batch.
     pub number: u64,
     /// Its posted data.
     pub data: Vec<u8>,
     /// Its posted authorization section.
     pub auths: Vec<u8>,
-    /// The priced op (from 0, in the posted order: settlement prices, then marks).
-    pub price: u64,
+    /// The op, from 0 in the posted order among its kind: a priced op (settlement prices, then
+    /// marks), a listing or an expiry.
+    pub op: u64,
 }
 
-impl std::fmt::Debug for PriceChallenge {
+impl std::fmt::Debug for PostedOp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "PriceChallenge {{ batch {}, priced op {}, {} data bytes, {} authorization bytes }}",
+            "PostedOp {{ batch {}, op {}, {} data bytes, {} authorization bytes }}",
             self.number,
-            self.price,
+            self.op,
             self.data.len(),
             self.auths.len()
         )
@@ -727,14 +745,14 @@ impl std::fmt::Debug for PriceChallenge {
 pub async fn file_price_challenge(
     provider: &DynProvider,
     rollup: Address,
-    c: &PriceChallenge,
+    c: &PostedOp,
 ) -> Result<alloy::rpc::types::TransactionReceipt, SettlerError> {
     let contract = OptioRollup::new(rollup, provider);
     transact(contract.challengePrice(
         U256::from(c.number),
         c.data.clone().into(),
         c.auths.clone().into(),
-        U256::from(c.price),
+        U256::from(c.op),
     ))
     .await
 }
@@ -744,17 +762,102 @@ pub async fn file_price_challenge(
 pub async fn file_mark_order_challenge(
     provider: &DynProvider,
     rollup: Address,
-    earlier: &PriceChallenge,
-    later: &PriceChallenge,
+    earlier: &PostedOp,
+    later: &PostedOp,
 ) -> Result<alloy::rpc::types::TransactionReceipt, SettlerError> {
-    let posted = |c: &PriceChallenge| OptioRollup::PostedMark {
-        number: U256::from(c.number),
-        data: c.data.clone().into(),
-        auths: c.auths.clone().into(),
-        mark: U256::from(c.price),
-    };
     let contract = OptioRollup::new(rollup, provider);
-    transact(contract.challengeMarkOrder(posted(earlier), posted(later))).await
+    transact(contract.challengeMarkOrder(earlier.on_l1(), later.on_l1())).await
+}
+
+/// Files an expiry challenge: `expiry`'s expiry op ends the trading of the instrument
+/// `listing`'s listing op lists before it expires.
+pub async fn file_expiry_challenge(
+    provider: &DynProvider,
+    rollup: Address,
+    listing: &PostedOp,
+    expiry: &PostedOp,
+) -> Result<alloy::rpc::types::TransactionReceipt, SettlerError> {
+    let contract = OptioRollup::new(rollup, provider);
+    transact(contract.challengeExpiry(listing.on_l1(), expiry.on_l1())).await
+}
+
+impl PostedOp {
+    /// As the rollup takes it.
+    pub fn on_l1(&self) -> OptioRollup::PostedMark {
+        OptioRollup::PostedMark {
+            number: U256::from(self.number),
+            data: self.data.clone().into(),
+            auths: self.auths.clone().into(),
+            mark: U256::from(self.op),
+        }
+    }
+}
+
+/// Records where each instrument a batch (`blob`, decoded as `ops`, with section `auths`, its
+/// first listing taking id `first`) lists was listed, with its expiry in ms (`None`: a
+/// perpetual).
+fn record_listings(
+    number: u64,
+    first: u32,
+    blob: &[u8],
+    ops: &[optio_state::Op],
+    auths: &[u8],
+    listings: &mut std::collections::BTreeMap<u32, (PostedOp, Option<u64>)>,
+) {
+    let listed = ops.iter().filter_map(|op| match op {
+        optio_state::Op::ListInstrument { spec } => Some(spec.expiry_ms()),
+        _ => None,
+    });
+    for (j, expires) in listed.enumerate() {
+        let at = PostedOp {
+            number,
+            data: blob.to_vec(),
+            auths: auths.to_vec(),
+            op: j as u64,
+        };
+        listings.insert(first + j as u32, (at, expires));
+    }
+}
+
+/// The first expiry op of a batch (`blob`, decoded as `ops`, cut at `time_ms`, with section
+/// `auths`) that ends an instrument's trading before it expires (an option at 08:00 UTC on its
+/// date, a perpetual never), with the instrument's listing (`record_listings`).
+fn audit_expiries(
+    number: u64,
+    time_ms: u64,
+    blob: &[u8],
+    ops: &[optio_state::Op],
+    auths: &[u8],
+    listings: &std::collections::BTreeMap<u32, (PostedOp, Option<u64>)>,
+) -> Option<Verdict> {
+    let expired = ops.iter().filter_map(|op| match op {
+        optio_state::Op::ExpireInstrument { instrument } => Some(instrument.0),
+        _ => None,
+    });
+    for (k, instrument) in expired.enumerate() {
+        let (listing, expires) = listings.get(&instrument)?;
+        if expires.is_some_and(|e| e <= time_ms) {
+            continue;
+        }
+        return Some(Verdict::ExpiredEarly {
+            number,
+            instrument,
+            why: match expires {
+                Some(e) => format!("it expires at {e} ms, after the batch's time {time_ms} ms"),
+                None => "a perpetual never expires".into(),
+            },
+            challenge: Box::new((
+                listing.clone(),
+                PostedOp {
+                    number,
+                    data: blob.to_vec(),
+                    auths: auths.to_vec(),
+                    op: k as u64,
+                },
+            )),
+        });
+    }
+    None
 }
 
 /// The first mark of an attested batch (`blob`, decoded as `ops`, with section `auths`)
@@ -766,7 +869,7 @@ fn audit_mark_order(
     blob: &[u8],
     ops: &[optio_state::Op],
     auths: &[u8],
-    latest: &mut std::collections::BTreeMap<u32, (u64, PriceChallenge)>,
+    latest: &mut std::collections::BTreeMap<u32, (u64, PostedOp)>,
 ) -> Option<Verdict> {
     let priced = ops.iter().filter(|op| optio_state::auth::is_priced(op));
     for (k, op) in priced.enumerate() {
@@ -775,11 +878,11 @@ fn audit_mark_order(
         };
         let instrument = instrument.0;
         let published = optio_state::auth::price_attestation(auths, k)?.published_ms;
-        let this = PriceChallenge {
+        let this = PostedOp {
             number,
             data: blob.to_vec(),
             auths: auths.to_vec(),
-            price: k as u64,
+            op: k as u64,
         };
         match latest.get(&instrument) {
             Some((before, earlier)) if published < *before => {
@@ -835,11 +938,11 @@ fn audit_prices(
                 price: k as u64,
                 instrument,
                 why: format!("{what}: {why}"),
-                challenge: Box::new(PriceChallenge {
+                challenge: Box::new(PostedOp {
                     number,
                     data: blob.to_vec(),
                     auths: auths.to_vec(),
-                    price: k as u64,
+                    op: k as u64,
                 }),
             });
         }
@@ -1160,6 +1263,7 @@ pub async fn verify_l1(
     };
     let mut filled = std::collections::BTreeMap::new();
     let mut latest_marks = std::collections::BTreeMap::new();
+    let mut listings = std::collections::BTreeMap::new();
     let mut state = optio_state::SettlementState::new();
     let mut verdicts = Vec::new();
     let mut after = (0u64, 0u64);
@@ -1188,6 +1292,7 @@ pub async fn verify_l1(
             .map_err(rpc)?;
         // Decoded once for both audits (the rebuild above has applied it).
         let (meta, ops) = optio_state::decode(blob).map_err(rpc)?;
+        record_listings(number, meta.instruments, blob, &ops, auths, &mut listings);
         let audit = audit_priority(&contract, &ops, &state, on_chain.priorityServed).await?;
         let on_chain = on_chain.root;
         let data = header
@@ -1238,6 +1343,8 @@ pub async fn verify_l1(
             .then(|| audit_mark_order(number, blob, &ops, auths, &mut latest_marks))
             .flatten()
         {
+            v
+        } else if let Some(v) = audit_expiries(number, meta.time_ms, blob, &ops, auths, &listings) {
             v
         } else {
             Verdict::Agrees(number)

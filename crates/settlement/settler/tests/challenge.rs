@@ -15,9 +15,9 @@
 use alloy::primitives::{Address, U256};
 use alloy::providers::Provider;
 use optio_settler::{
-    Challenge, OptioJudge, OptioRollup, PriceChallenge, RollupConfig, TestUSDC, Verdict, connect,
-    deploy, file_challenge, file_mark_order_challenge, file_price_challenge, opening_call,
-    transact, verify_l1,
+    Challenge, OptioJudge, OptioRollup, PostedOp, RollupConfig, TestUSDC, Verdict, connect, deploy,
+    file_challenge, file_expiry_challenge, file_mark_order_challenge, file_price_challenge,
+    opening_call, transact, verify_l1,
 };
 use optio_state::auth::{self, Authorization, PriceAttestation, Venue};
 use optio_state::blob::{BlobMeta, encode_ops};
@@ -1011,11 +1011,11 @@ async fn a_mark_the_oracle_never_signed_is_caught_reverted_and_slashed_and_users
     .await;
     let finalized = state.clone();
     let challenger = connect(&anvil.url, CHALLENGER).expect("provider");
-    let honest = PriceChallenge {
+    let honest = PostedOp {
         number: 1,
         data: b1.blob.clone(),
         auths: section1.clone(),
-        price: 0,
+        op: 0,
     };
     let err = file_price_challenge(&challenger, d.rollup, &honest)
         .await
@@ -1025,8 +1025,8 @@ async fn a_mark_the_oracle_never_signed_is_caught_reverted_and_slashed_and_users
         .map(|b| format!("{b:02x}"))
         .collect();
     assert!(err.to_string().contains(&attested), "Attested(): {err}");
-    let none = PriceChallenge {
-        price: 1,
+    let none = PostedOp {
+        op: 1,
         ..honest.clone()
     };
     assert!(
@@ -1217,7 +1217,7 @@ async fn price_challenge_slashes(
     operator: &optio_settler::DynProvider,
     challenger: &optio_settler::DynProvider,
     rollup: Address,
-    c: &PriceChallenge,
+    c: &PostedOp,
     what: &str,
 ) {
     let receipt = pays_the_bond(operator, file_price_challenge(challenger, rollup, c)).await;
@@ -1294,17 +1294,17 @@ async fn a_mark_older_than_one_committed_before_is_caught_reverted_and_slashed()
     commit(&rollup, 2, b1.root, &b2, &section2).await;
     // Batches 1 and 2 are in order: that challenge reverts.
     let challenger = connect(&anvil.url, CHALLENGER).expect("provider");
-    let in_order = PriceChallenge {
+    let in_order = PostedOp {
         number: 1,
         data: b1.blob.clone(),
         auths: section1.clone(),
-        price: 0,
+        op: 0,
     };
-    let second = PriceChallenge {
+    let second = PostedOp {
         number: 2,
         data: b2.blob.clone(),
         auths: section2.clone(),
-        price: 0,
+        op: 0,
     };
     let err = file_mark_order_challenge(&challenger, d.rollup, &in_order, &second)
         .await
@@ -1645,5 +1645,200 @@ async fn a_settlement_price_the_oracle_never_signed_is_caught_reverted_and_slash
     );
     let challenger = connect(&anvil.url, CHALLENGER).expect("provider");
     price_challenge_slashes(&operator, &challenger, d.rollup, c, "settlement price").await;
+    users_exit_whole(&anvil, &d, &finalized).await;
+}
+
+/// The posted `op`-th op (of its kind) of `blob` cut at `time_ms`, as a challenge names it.
+fn posted_op(number: u64, blob: Vec<u8>, op: u64) -> PostedOp {
+    PostedOp {
+        number,
+        data: blob,
+        auths: auth::section_of(&[], &[]),
+        op,
+    }
+}
+
+/// The expiry challenge on a real EVM: the contract dates an option's expiry from its posted
+/// listing (08:00 UTC on the spec's date) and agrees with the Rust check at the edge (an expiry
+/// op in a batch cut a millisecond before is early, one at the time is not; a perpetual's is
+/// always early; a listing of another instrument is refused). Then the operator ends the put's
+/// trading in a batch dated years before its date: the watchtower finds it and files the
+/// challenge, the batch is reverted, the bond paid, the rollup frozen, and both users exit with
+/// what the finalized batch owes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_option_expired_before_its_date_is_caught_reverted_and_slashed() {
+    let Rig {
+        anvil,
+        operator,
+        d,
+        venue,
+    } = rig(Address::ZERO).await;
+    let rollup = OptioRollup::new(d.rollup, &operator);
+    let judge = OptioJudge::new(rollup.judge().call().await.expect("reads"), &operator);
+
+    // Batch 1, honest: Bob buys half a put from Alice.
+    let mut state = SettlementState::new();
+    let fill = bob_buys(QTY_SCALE / 2);
+    let ops: Vec<Op> = opening_ops(&fill)
+        .into_iter()
+        .map(|op| match op {
+            Op::ListInstrument { .. } => Op::ListInstrument { spec: put() },
+            op => op,
+        })
+        .collect();
+    let section1 = auth::section_of(
+        &[
+            Some(signed(ALICE, &venue, 0, Side::Sell, "1000", "1", 1)),
+            Some(signed(BOB, &venue, 1, Side::Buy, "1010", "0.5", 1)),
+        ],
+        &[None],
+    );
+    let b1 = post(&mut state, 1, &ops);
+    commit(
+        &rollup,
+        1,
+        word(&SettlementState::new().root()),
+        &b1,
+        &section1,
+    )
+    .await;
+    transact(rollup.finalize()).await.expect("finalizes");
+    let finalized = state.clone();
+    assert_eq!(
+        verify_l1(&operator, d.rollup).await.expect("verifies"),
+        vec![Verdict::Agrees(1)]
+    );
+
+    // The contract's date and the Rust one agree at the edge, for an expiry behind other ops.
+    let expires = put().expiry_ms().expect("an option");
+    let listing = |spec: InstrumentSpec| {
+        let meta = BlobMeta {
+            number: 8,
+            first_seq: 1,
+            last_seq: 1,
+            time_ms: 0,
+            accounts: 0,
+            instruments: 0,
+        };
+        let ops = vec![
+            Op::ListInstrument {
+                spec: InstrumentSpec::with_defaults(
+                    "ETH-PERPETUAL".parse().expect("name"),
+                    Price(20_000 * MONEY_SCALE),
+                ),
+            },
+            Op::ListInstrument { spec },
+        ];
+        posted_op(8, encode(&meta, &ops).expect("encodes"), 1)
+    };
+    let expiring = |time_ms: u64, instrument: u32| {
+        let meta = BlobMeta {
+            number: 9,
+            first_seq: 2,
+            last_seq: 2,
+            time_ms,
+            accounts: 1,
+            instruments: 2,
+        };
+        let ops = vec![
+            Op::Mark {
+                instrument: InstrumentId(0),
+                mark: Price(1_000 * USDC),
+                risk: (0..31).map(|k| Amount(k * 1_000)).collect(),
+            },
+            Op::ExpireInstrument {
+                instrument: InstrumentId(0),
+            },
+            Op::ExpireInstrument {
+                instrument: InstrumentId(instrument),
+            },
+        ];
+        posted_op(9, encode(&meta, &ops).expect("encodes"), 1)
+    };
+    let perpetual = InstrumentSpec::with_defaults(
+        "BTC-PERPETUAL".parse().expect("name"),
+        Price(200_000 * MONEY_SCALE),
+    );
+    for (what, spec, time_ms, early) in [
+        ("a millisecond before", put(), expires - 1, true),
+        ("at the expiry", put(), expires, false),
+        ("after it", put(), expires + 1, false),
+        ("a perpetual", perpetual, u64::MAX / 2, true),
+    ] {
+        let rust = spec.expiry_ms().is_none_or(|e| time_ms < e);
+        let evm = judge
+            .expiredEarly(listing(spec).on_l1(), expiring(time_ms, 1).on_l1())
+            .call()
+            .await
+            .expect("calls");
+        assert_eq!((rust, evm), (early, early), "{what}");
+    }
+    assert!(
+        judge
+            .expiredEarly(listing(put()).on_l1(), expiring(expires - 1, 0).on_l1(),)
+            .call()
+            .await
+            .is_err(),
+        "another instrument"
+    );
+
+    // Batch 2, forged: the put's trading ends at engine time 0, years before 27 Dec 2024.
+    let b2 = post(
+        &mut state,
+        2,
+        &[Op::ExpireInstrument {
+            instrument: InstrumentId(0),
+        }],
+    );
+    let section2 = auth::section_of(&[], &[]);
+    commit(&rollup, 2, b1.root, &b2, &section2).await;
+    let verdicts = verify_l1(&operator, d.rollup).await.expect("verifies");
+    let Some(Verdict::ExpiredEarly {
+        number: 2,
+        instrument: 0,
+        why,
+        challenge,
+    }) = verdicts.last()
+    else {
+        panic!("{verdicts:?}")
+    };
+    assert!(why.contains(&format!("expires at {expires} ms")), "{why}");
+    let (listed, expired) = challenge.as_ref();
+    assert_eq!((listed.number, listed.op, expired.op), (1, 0, 0));
+    let challenger = connect(&anvil.url, CHALLENGER).expect("provider");
+    // The finalized batch alone shows nothing: its listing against itself names no expiry.
+    assert!(
+        file_expiry_challenge(&challenger, d.rollup, listed, listed)
+            .await
+            .is_err()
+    );
+    let receipt = pays_the_bond(
+        &operator,
+        file_expiry_challenge(&challenger, d.rollup, listed, expired),
+    )
+    .await;
+    println!(
+        "a successful expiry challenge: {} gas ({} + {} data bytes)",
+        receipt.gas_used,
+        listed.data.len(),
+        expired.data.len()
+    );
+    let event = receipt
+        .decoded_log::<OptioRollup::ExpiredEarly>()
+        .expect("the ExpiredEarly event");
+    assert_eq!(
+        (event.number, event.expiry, event.listing, event.reward),
+        (
+            U256::from(2u64),
+            U256::ZERO,
+            U256::from(1u64),
+            U256::from(BOND)
+        )
+    );
+    assert!(rollup.frozen().call().await.expect("reads"));
+    assert_eq!(
+        rollup.committedBatches().call().await.expect("reads"),
+        U256::from(1u64)
+    );
     users_exit_whole(&anvil, &d, &finalized).await;
 }
