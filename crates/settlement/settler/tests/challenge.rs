@@ -1398,6 +1398,50 @@ fn attest_settlement(
     }
 }
 
+/// Batch 1 of the put's tests, committed and finalized (the watchtower agrees with it): the
+/// accounts, the put listed, Bob buying half a put from Alice at 1,000 (both orders signed),
+/// and the put's mark with the attestation `attest` gives it. Returns the state after it and
+/// the posted batch.
+async fn put_traded(
+    rollup: &OptioRollup::OptioRollupInstance<&optio_settler::DynProvider>,
+    d: &optio_settler::Deployment,
+    venue: &Venue,
+    attest: impl Fn(&Op) -> Option<PriceAttestation>,
+) -> (SettlementState, Posted) {
+    let mut state = SettlementState::new();
+    let ops: Vec<Op> = opening_ops(&bob_buys(QTY_SCALE / 2))
+        .into_iter()
+        .map(|op| match op {
+            Op::ListInstrument { .. } => Op::ListInstrument { spec: put() },
+            op => op,
+        })
+        .collect();
+    let section = auth::section_of(
+        &[
+            Some(signed(ALICE, venue, 0, Side::Sell, "1000", "1", 1)),
+            Some(signed(BOB, venue, 1, Side::Buy, "1010", "0.5", 1)),
+        ],
+        &[attest(ops.last().expect("the mark"))],
+    );
+    let b1 = post(&mut state, 1, &ops);
+    commit(
+        rollup,
+        1,
+        word(&SettlementState::new().root()),
+        &b1,
+        &section,
+    )
+    .await;
+    transact(rollup.finalize()).await.expect("finalizes");
+    assert_eq!(
+        verify_l1(rollup.provider(), d.rollup)
+            .await
+            .expect("verifies"),
+        vec![Verdict::Agrees(1)]
+    );
+    (state, b1)
+}
+
 /// The put the settlement price challenge's test trades and settles (strike 60,000).
 fn put() -> InstrumentSpec {
     InstrumentSpec::with_defaults(
@@ -1433,39 +1477,12 @@ async fn a_settlement_price_the_oracle_never_signed_is_caught_reverted_and_slash
         .separator(auth::domain::OPTIO)
         .expect("Optio's domain");
 
-    // Batch 1, honest: Bob buys half a put from Alice at 1,000; the put's mark.
-    let mut state = SettlementState::new();
-    let fill = bob_buys(QTY_SCALE / 2);
-    let ops: Vec<Op> = opening_ops(&fill)
-        .into_iter()
-        .map(|op| match op {
-            Op::ListInstrument { .. } => Op::ListInstrument { spec: put() },
-            op => op,
-        })
-        .collect();
-    let mark = ops.last().expect("the mark").clone();
-    let section1 = auth::section_of(
-        &[
-            Some(signed(ALICE, &venue, 0, Side::Sell, "1000", "1", 1)),
-            Some(signed(BOB, &venue, 1, Side::Buy, "1010", "0.5", 1)),
-        ],
-        &[Some(attest(&oracle, &domain, &mark, 0))],
-    );
-    let b1 = post(&mut state, 1, &ops);
-    commit(
-        &rollup,
-        1,
-        word(&SettlementState::new().root()),
-        &b1,
-        &section1,
-    )
+    // Batch 1, honest: Bob buys half a put from Alice at 1,000; the put's mark, signed.
+    let (mut state, b1) = put_traded(&rollup, &d, &venue, |mark| {
+        Some(attest(&oracle, &domain, mark, 0))
+    })
     .await;
-    transact(rollup.finalize()).await.expect("finalizes");
     let finalized = state.clone();
-    assert_eq!(
-        verify_l1(&operator, d.rollup).await.expect("verifies"),
-        vec![Verdict::Agrees(1)]
-    );
 
     // The contract and the Rust check agree, for a settlement op followed by a mark in a batch
     // cut at engine time T.
@@ -1677,37 +1694,8 @@ async fn an_option_expired_before_its_date_is_caught_reverted_and_slashed() {
     let judge = OptioJudge::new(rollup.judge().call().await.expect("reads"), &operator);
 
     // Batch 1, honest: Bob buys half a put from Alice.
-    let mut state = SettlementState::new();
-    let fill = bob_buys(QTY_SCALE / 2);
-    let ops: Vec<Op> = opening_ops(&fill)
-        .into_iter()
-        .map(|op| match op {
-            Op::ListInstrument { .. } => Op::ListInstrument { spec: put() },
-            op => op,
-        })
-        .collect();
-    let section1 = auth::section_of(
-        &[
-            Some(signed(ALICE, &venue, 0, Side::Sell, "1000", "1", 1)),
-            Some(signed(BOB, &venue, 1, Side::Buy, "1010", "0.5", 1)),
-        ],
-        &[None],
-    );
-    let b1 = post(&mut state, 1, &ops);
-    commit(
-        &rollup,
-        1,
-        word(&SettlementState::new().root()),
-        &b1,
-        &section1,
-    )
-    .await;
-    transact(rollup.finalize()).await.expect("finalizes");
+    let (mut state, b1) = put_traded(&rollup, &d, &venue, |_| None).await;
     let finalized = state.clone();
-    assert_eq!(
-        verify_l1(&operator, d.rollup).await.expect("verifies"),
-        vec![Verdict::Agrees(1)]
-    );
 
     // The contract's date and the Rust one agree at the edge, for an expiry behind other ops.
     let expires = put().expiry_ms().expect("an option");
