@@ -214,15 +214,6 @@ impl OracleUpdate {
         max_marks: usize,
         max_scenarios: usize,
     ) -> Result<Self, crate::codec::DecodeError> {
-        Self::decode_as(bytes, max_marks, max_scenarios, format)
-    }
-
-    fn decode_as(
-        bytes: &[u8],
-        max_marks: usize,
-        max_scenarios: usize,
-        format: UpdateFormat,
-    ) -> Result<Self, crate::codec::DecodeError> {
         let invalid = crate::codec::DecodeError::Invalid("attestation is not 65 bytes");
         let mut r = crate::codec::Reader::new(bytes);
         let underlying = std::str::from_utf8(r.bytes(MAX_UNDERLYING_LEN)?)

@@ -793,49 +793,41 @@ impl PostedOp {
     }
 }
 
-/// Records where each instrument a batch (`blob`, decoded as `ops`, with section `auths`, its
-/// first listing taking id `first`) lists was listed, with its expiry in ms (`None`: a
-/// perpetual).
+/// Records where each instrument batch `number` (decoded as `ops`, its first listing taking id
+/// `first`) lists was listed: the batch, the listing's index among its listings, and the
+/// instrument's expiry in ms (`None`: a perpetual).
 fn record_listings(
     number: u64,
     first: u32,
-    blob: &[u8],
     ops: &[optio_state::Op],
-    auths: &[u8],
-    listings: &mut std::collections::BTreeMap<u32, (PostedOp, Option<u64>)>,
+    listings: &mut std::collections::BTreeMap<u32, (u64, u64, Option<u64>)>,
 ) {
     let listed = ops.iter().filter_map(|op| match op {
         optio_state::Op::ListInstrument { spec } => Some(spec.expiry_ms()),
         _ => None,
     });
     for (j, expires) in listed.enumerate() {
-        let at = PostedOp {
-            number,
-            data: blob.to_vec(),
-            auths: auths.to_vec(),
-            op: j as u64,
-        };
-        listings.insert(first + j as u32, (at, expires));
+        listings.insert(first + j as u32, (number, j as u64, expires));
     }
 }
 
-/// The first expiry op of a batch (`blob`, decoded as `ops`, cut at `time_ms`, with section
-/// `auths`) that ends an instrument's trading before it expires (an option at 08:00 UTC on its
-/// date, a perpetual never), with the instrument's listing (`record_listings`).
+/// The first expiry op of batch `number` (decoded as `ops`, cut at `time_ms`) that ends an
+/// instrument's trading before it expires (an option at 08:00 UTC on its date, a perpetual
+/// never), with the instrument's listing (`record_listings`); the challenge is built from
+/// `data_posted`.
 fn audit_expiries(
     number: u64,
     time_ms: u64,
-    blob: &[u8],
     ops: &[optio_state::Op],
-    auths: &[u8],
-    listings: &std::collections::BTreeMap<u32, (PostedOp, Option<u64>)>,
+    data_posted: &[(Vec<u8>, Vec<u8>)],
+    listings: &std::collections::BTreeMap<u32, (u64, u64, Option<u64>)>,
 ) -> Option<Verdict> {
     let expired = ops.iter().filter_map(|op| match op {
         optio_state::Op::ExpireInstrument { instrument } => Some(instrument.0),
         _ => None,
     });
     for (k, instrument) in expired.enumerate() {
-        let (listing, expires) = listings.get(&instrument)?;
+        let &(listed, j, expires) = listings.get(&instrument)?;
         if expires.is_some_and(|e| e <= time_ms) {
             continue;
         }
@@ -847,29 +839,24 @@ fn audit_expiries(
                 None => "a perpetual never expires".into(),
             },
             challenge: Box::new((
-                listing.clone(),
-                PostedOp {
-                    number,
-                    data: blob.to_vec(),
-                    auths: auths.to_vec(),
-                    op: k as u64,
-                },
+                posted_op(data_posted, listed, j),
+                posted_op(data_posted, number, k as u64),
             )),
         });
     }
     None
 }
 
-/// The first mark of an attested batch (`blob`, decoded as `ops`, with section `auths`)
+/// The first mark of an attested batch (`number`, decoded as `ops`, with section `auths`)
 /// published before the latest attested mark earlier batches committed for its instrument
-/// (`latest`: instrument to that mark's publication time and challenge), then `latest` moved on
-/// to this batch's marks.
+/// (`latest`: instrument to that mark's publication time, batch and priced op), then `latest`
+/// moved on to this batch's marks. The challenge is built from `data_posted`.
 fn audit_mark_order(
     number: u64,
-    blob: &[u8],
     ops: &[optio_state::Op],
     auths: &[u8],
-    latest: &mut std::collections::BTreeMap<u32, (u64, PostedOp)>,
+    data_posted: &[(Vec<u8>, Vec<u8>)],
+    latest: &mut std::collections::BTreeMap<u32, (u64, u64, u64)>,
 ) -> Option<Verdict> {
     let priced = ops.iter().filter(|op| optio_state::auth::is_priced(op));
     for (k, op) in priced.enumerate() {
@@ -878,32 +865,39 @@ fn audit_mark_order(
         };
         let instrument = instrument.0;
         let published = optio_state::auth::price_attestation(auths, k)?.published_ms;
-        let this = PostedOp {
-            number,
-            data: blob.to_vec(),
-            auths: auths.to_vec(),
-            op: k as u64,
-        };
         match latest.get(&instrument) {
-            Some((before, earlier)) if published < *before => {
+            Some(&(before, batch, mark)) if published < before => {
                 return Some(Verdict::MarkWentBack {
                     number,
                     mark: k as u64,
                     instrument,
                     why: format!(
-                        "published at {published} ms, before the mark batch {} committed \
-                         (published at {before} ms)",
-                        earlier.number
+                        "published at {published} ms, before the mark batch {batch} committed \
+                         (published at {before} ms)"
                     ),
-                    challenge: Box::new((earlier.clone(), this)),
+                    challenge: Box::new((
+                        posted_op(data_posted, batch, mark),
+                        posted_op(data_posted, number, k as u64),
+                    )),
                 });
             }
             _ => {
-                latest.insert(instrument, (published, this));
+                latest.insert(instrument, (published, number, k as u64));
             }
         }
     }
     None
+}
+
+/// Op `op` of committed batch `number` with the data and section posted for it.
+fn posted_op(data_posted: &[(Vec<u8>, Vec<u8>)], number: u64, op: u64) -> PostedOp {
+    let (data, auths) = &data_posted[number as usize - 1];
+    PostedOp {
+        number,
+        data: data.clone(),
+        auths: auths.clone(),
+        op,
+    }
 }
 
 /// The first priced op (settlement price or mark) of a batch (`blob`, decoded as `ops`, cut at
@@ -1292,7 +1286,7 @@ pub async fn verify_l1(
             .map_err(rpc)?;
         // Decoded once for both audits (the rebuild above has applied it).
         let (meta, ops) = optio_state::decode(blob).map_err(rpc)?;
-        record_listings(number, meta.instruments, blob, &ops, auths, &mut listings);
+        record_listings(number, meta.instruments, &ops, &mut listings);
         let audit = audit_priority(&contract, &ops, &state, on_chain.priorityServed).await?;
         let on_chain = on_chain.root;
         let data = header
@@ -1340,11 +1334,12 @@ pub async fn verify_l1(
             v
         } else if let Some(v) = oracle
             .is_some()
-            .then(|| audit_mark_order(number, blob, &ops, auths, &mut latest_marks))
+            .then(|| audit_mark_order(number, &ops, auths, &data_posted, &mut latest_marks))
             .flatten()
         {
             v
-        } else if let Some(v) = audit_expiries(number, meta.time_ms, blob, &ops, auths, &listings) {
+        } else if let Some(v) = audit_expiries(number, meta.time_ms, &ops, &data_posted, &listings)
+        {
             v
         } else {
             Verdict::Agrees(number)
