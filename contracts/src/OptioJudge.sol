@@ -22,6 +22,8 @@ contract OptioJudge {
     uint256 public constant MARK_RECORD = 73;
     /// How long before its batch's time (ms) a mark may have been published.
     uint256 public constant MARK_WINDOW_MS = 60_000;
+    /// The kinds of the priced ops (settlement prices and marks), as an `_nthOp` set.
+    uint256 internal constant PRICED = (1 << SETTLE) | (1 << MARK);
     /// The BN254 scalar field modulus (a posted negative value is `P - |v|`).
     uint256 internal constant P = 21888242871839275222246405745257275088548364400416034343698204186575808495617;
     /// secp256k1's order / 2: signatures with a higher `s` are malleated copies (refused, as the
@@ -297,16 +299,8 @@ contract OptioJudge {
     function _markOf(bytes calldata data, bytes calldata auths, uint256 k) internal pure returns (uint32 instrument, uint64 published) {
         (bool found, bytes calldata a) = _attestation(auths, k);
         if (found) published = uint64(bytes8(a[0:8]));
-        uint256 seen = 0;
-        for (uint256 cursor = BLOB_HEADER; cursor + 32 <= data.length;) {
-            uint256 w = uint256(bytes32(data[cursor:cursor + 32]));
-            uint256 kind = w & 0xff;
-            if ((kind == MARK || kind == SETTLE) && seen++ == k) {
-                if (kind == MARK) return (uint32(w >> 72), published);
-                break;
-            }
-            cursor += 32 * Words.opWords(kind, w);
-        }
+        (uint256 w,) = _nthOp(data, PRICED, k);
+        if (w & 0xff == MARK) return (uint32(w >> 72), published);
         revert BadBatch("no such mark");
     }
 
@@ -316,26 +310,17 @@ contract OptioJudge {
     /// the next holds the mark (a negative one as `P - |v|`), then five risk values a word, 48
     /// bits each, stored as `v + 2^47`.
     function _priceHash(bytes calldata data, uint256 k, uint64 published) internal pure returns (bytes32, bool) {
-        if (data.length < BLOB_HEADER || (data.length - BLOB_HEADER) % 32 != 0) revert BadBatch("data is not whole words");
-        uint256 seen = 0;
-        for (uint256 cursor = BLOB_HEADER; cursor < data.length;) {
-            uint256 w = uint256(bytes32(data[cursor:cursor + 32]));
-            uint256 kind = w & 0xff;
-            uint256 n = Words.opWords(kind, w);
-            if ((kind == MARK || kind == SETTLE) && seen++ == k) {
-                if (cursor + 32 * n > data.length) revert BadBatch("data is not whole words");
-                uint256 m = uint256(bytes32(data[cursor + 32:cursor + 64]));
-                int256 price = m < P / 2 ? int256(m) : -int256(P - m);
-                uint256 instrument = uint32(w >> 72);
-                if (kind == SETTLE) {
-                    return (keccak256(abi.encode(SETTLEMENT_TYPEHASH, instrument, price, uint256(published))), false);
-                }
-                bytes32 risk = _riskHash(data[cursor + 64:cursor + 32 * n], (w >> 104) & 0xff);
-                return (keccak256(abi.encode(MARK_TYPEHASH, instrument, price, risk, uint256(published))), true);
-            }
-            cursor += 32 * n;
+        (uint256 w, uint256 cursor) = _nthOp(data, PRICED, k);
+        uint256 n = Words.opWords(w & 0xff, w);
+        if (cursor + 32 * n > data.length) revert BadBatch("data is not whole words");
+        uint256 m = uint256(bytes32(data[cursor + 32:cursor + 64]));
+        int256 price = m < P / 2 ? int256(m) : -int256(P - m);
+        uint256 instrument = uint32(w >> 72);
+        if (w & 0xff == SETTLE) {
+            return (keccak256(abi.encode(SETTLEMENT_TYPEHASH, instrument, price, uint256(published))), false);
         }
-        revert BadBatch("no such price");
+        bytes32 risk = _riskHash(data[cursor + 64:cursor + 32 * n], (w >> 104) & 0xff);
+        return (keccak256(abi.encode(MARK_TYPEHASH, instrument, price, risk, uint256(published))), true);
     }
 
     /// Whether `expiry`'s expiry op (its `mark`: the k-th, from 0, in the posted words) ends the
@@ -344,8 +329,8 @@ contract OptioJudge {
     /// date its posted spec bytes give, a perpetual never. Reverts when either op is not there
     /// or the two name different instruments.
     function expiredEarly(PostedMark calldata listing, PostedMark calldata expiry) external pure returns (bool) {
-        (uint256 w, uint256 cursor) = _nthOp(listing.data, LIST, listing.mark);
-        (uint256 v,) = _nthOp(expiry.data, EXPIRE, expiry.mark);
+        (uint256 w, uint256 cursor) = _nthOp(listing.data, 1 << LIST, listing.mark);
+        (uint256 v,) = _nthOp(expiry.data, 1 << EXPIRE, expiry.mark);
         if (uint32(w >> 72) != uint32(v >> 72)) revert BadBatch("another instrument");
         // The spec's first 31 bytes fill the word after the listing's: payoff (0 perpetual),
         // year - 2000, month, day.
@@ -356,13 +341,15 @@ contract OptioJudge {
         return _batchTime(expiry.data) < expires;
     }
 
-    /// The first word and offset of op `k` (from 0) of kind `kind` in posted `data`.
-    function _nthOp(bytes calldata data, uint256 kind, uint256 k) internal pure returns (uint256, uint256) {
+    /// The first word and offset of op `k` (from 0) among the ops of posted `data` whose kind
+    /// is in `kinds` (bit `kind` set), in the posted words' order; the ops are walked from the
+    /// first word, so a word inside another op is never read as one.
+    function _nthOp(bytes calldata data, uint256 kinds, uint256 k) internal pure returns (uint256, uint256) {
         if (data.length < BLOB_HEADER || (data.length - BLOB_HEADER) % 32 != 0) revert BadBatch("data is not whole words");
         uint256 seen = 0;
         for (uint256 cursor = BLOB_HEADER; cursor < data.length;) {
             uint256 w = uint256(bytes32(data[cursor:cursor + 32]));
-            if (w & 0xff == kind && seen++ == k) return (w, cursor);
+            if ((kinds >> (w & 0xff)) & 1 == 1 && seen++ == k) return (w, cursor);
             cursor += 32 * Words.opWords(w & 0xff, w);
         }
         revert BadBatch("no such op");
