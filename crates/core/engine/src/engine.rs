@@ -583,6 +583,14 @@ impl<M: MarginModel> Engine<M> {
                     available = available.min(allowance);
                 }
                 let fill = remaining.min(available);
+                if !self.maker_keeps_maintenance(slot, fill, plan) {
+                    plan.push(Step::Cancel {
+                        slot,
+                        reason: DoneReason::Margin,
+                    });
+                    slot = next;
+                    continue;
+                }
                 plan.push(Step::Fill {
                     slot,
                     qty: Qty(fill),
@@ -601,6 +609,47 @@ impl<M: MarginModel> Engine<M> {
             }
         }
         (Qty(qty.0 - remaining), PlanEnd::Exhausted)
+    }
+
+    /// Whether filling `qty` of the resting order in `slot`, after the fills already planned
+    /// for its account, leaves a mark-margined account at or above maintenance at the current
+    /// marks. A resting order was margined against the marks of its placement; after they move
+    /// it may no longer be covered, and filling it could leave its account liquidatable or
+    /// bankrupt at the fill (its loss then falls on the insurance fund and, past it, on every
+    /// other account). A fully collateralized account needs no check: its requirement does not
+    /// move with the marks, and covered its orders.
+    fn maker_keeps_maintenance(&self, slot: u32, qty: i64, plan: &[Step]) -> bool {
+        let order = self.store.get(slot);
+        let (account, instrument) = (order.account, order.instrument);
+        let acct = &self.accounts[account.0 as usize];
+        if acct.mode == optio_types::MarginMode::WorstCase {
+            return true;
+        }
+        let spec = &self.instruments[instrument.0 as usize].spec;
+        let mut position = i128::from(self.position_qty(account, instrument));
+        let mut balance = i128::from(acct.balance.0);
+        let planned = plan.iter().filter_map(|step| match *step {
+            Step::Fill { slot, qty } if self.store.get(slot).account == account => {
+                Some((slot, qty.0))
+            }
+            _ => None,
+        });
+        for (slot, qty) in planned.chain([(slot, qty)]) {
+            let o = self.store.get(slot);
+            let (Ok(notional), sign) = (o.price.notional(Qty(qty)), i128::from(o.side.sign()))
+            else {
+                return false;
+            };
+            let Ok(fee) = spec.maker_fee.fee_on(notional) else {
+                return false;
+            };
+            position += sign * i128::from(qty);
+            balance -= sign * i128::from(notional.0) + i128::from(fee.0);
+        }
+        i64::try_from(position).is_ok_and(|position| {
+            self.maintenance_with(account, instrument, Qty(position))
+                .is_ok_and(|maintenance| balance >= maintenance)
+        })
     }
 
     /// How much a reduce-only order of `account` on `side` may still fill, counting the fills

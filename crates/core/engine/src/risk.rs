@@ -261,6 +261,45 @@ impl<M: MarginModel> Engine<M> {
         )
     }
 
+    /// A mark-margined account's maintenance requirement if its position in `instrument`
+    /// became `position` (maintenance counts positions only, not orders).
+    pub(crate) fn maintenance_with(
+        &self,
+        account: AccountId,
+        instrument: InstrumentId,
+        position: optio_types::Qty,
+    ) -> Result<i128, RejectCode> {
+        let acct = &self.accounts[account.0 as usize];
+        let old = self
+            .position_index
+            .get(&(account.0, instrument.0))
+            .map(|p| &self.positions[p as usize]);
+        let e = Exposure {
+            position,
+            ..Exposure::default()
+        };
+        let new = self.marked_margin(acct.mode, instrument, &e)?;
+        match (&acct.portfolio, new.scenario) {
+            (Some(sums), Some(c)) => {
+                let old = old.and_then(|p| p.scenario.as_ref());
+                let worst = (0..c.maintenance.len())
+                    .map(|s| {
+                        -(i128::from(sums.maintenance[s]) + i128::from(c.maintenance[s])
+                            - old.map_or(0, |o| i128::from(o.maintenance[s])))
+                    })
+                    .max()
+                    .unwrap_or(0);
+                Ok(
+                    worst + i128::from(sums.floor_maintenance) + i128::from(c.floor_maintenance)
+                        - old.map_or(0, |o| i128::from(o.floor_maintenance)),
+                )
+            }
+            _ => Ok(i128::from(acct.maintenance.0)
+                - old.map_or(0, |p| i128::from(p.maintenance.0))
+                + i128::from(new.maintenance)),
+        }
+    }
+
     /// The account's initial requirement if its exposure in `instrument` became `e`.
     pub(crate) fn requirement_with_marks(
         &self,

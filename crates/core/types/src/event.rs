@@ -29,6 +29,9 @@ pub enum DoneReason {
     /// Its account's position in the instrument was auto-deleveraged against a liquidated
     /// account (orders there could rest on the position that was closed).
     Deleveraged,
+    /// Filling it would have left its mark-margined account below maintenance at the current
+    /// marks (a resting order placed against older marks): cancelled instead of filled.
+    Margin,
 }
 
 /// Something that happened.

@@ -333,12 +333,13 @@ fn step() -> impl Strategy<Value = Step> {
 }
 
 /// Runs one random history; returns how many liquidations started, transfers happened,
-/// deficits were covered, positions settled, and covers came in an input after the one that
-/// settled the account's last position.
+/// deficits were covered, positions settled, covers came in an input after the one that
+/// settled the account's last position, and resting orders were cancelled instead of filled
+/// (their accounts could no longer margin them).
 fn liquidation_history(
     steps: &[Step],
-) -> Result<(usize, usize, usize, usize, usize), TestCaseError> {
-    let mut counts = (0, 0, 0, 0, 0);
+) -> Result<(usize, usize, usize, usize, usize, usize), TestCaseError> {
+    let mut counts = (0, 0, 0, 0, 0, 0);
     // Accounts settled by an earlier input and not traded since.
     let mut settled_before = std::collections::BTreeSet::new();
 
@@ -365,9 +366,33 @@ fn liquidation_history(
                 _ => None,
             })
             .collect();
+        // A fill never leaves either of its accounts below maintenance: the resting order of an
+        // account that could no longer margin it is cancelled instead.
+        let traded: std::collections::BTreeSet<AccountId> = events
+            .iter()
+            .filter_map(|ev| match ev {
+                Event::Fill {
+                    maker_account,
+                    taker_account,
+                    ..
+                } => Some([*maker_account, *taker_account]),
+                _ => None,
+            })
+            .flatten()
+            .collect();
         for ev in events.iter() {
             match ev {
-                Event::LiquidationStarted { .. } => counts.0 += 1,
+                Event::LiquidationStarted { account } => {
+                    counts.0 += 1;
+                    assert!(
+                        !traded.contains(account),
+                        "a fill left account {account:?} below maintenance: {events:?}"
+                    );
+                }
+                Event::OrderDone {
+                    reason: optio_types::DoneReason::Margin,
+                    ..
+                } => counts.5 += 1,
                 Event::LiquidationTransfer {
                     account,
                     instrument,
@@ -620,7 +645,7 @@ fn the_random_histories_do_liquidate() {
     use proptest::strategy::ValueTree;
     use proptest::test_runner::TestRunner;
     let mut runner = TestRunner::deterministic();
-    let mut total = (0, 0, 0, 0, 0);
+    let mut total = (0, 0, 0, 0, 0, 0);
     for _ in 0..48 {
         let steps = prop::collection::vec(step(), 80)
             .new_tree(&mut runner)
@@ -633,14 +658,16 @@ fn the_random_histories_do_liquidate() {
             total.2 + c.2,
             total.3 + c.3,
             total.4 + c.4,
+            total.5 + c.5,
         );
     }
     eprintln!(
-        "liquidations {} transfers {} deficits {} settlements {} covers after a settlement {}",
-        total.0, total.1, total.2, total.3, total.4
+        "liquidations {} transfers {} deficits {} settlements {} covers after a settlement {} \
+         orders cancelled for margin {}",
+        total.0, total.1, total.2, total.3, total.4, total.5
     );
     assert!(
-        total.0 > 0 && total.1 > 0 && total.2 > 0 && total.3 > 0,
+        total.0 > 0 && total.1 > 0 && total.2 > 0 && total.3 > 0 && total.5 > 0,
         "{total:?}"
     );
 }
@@ -1169,4 +1196,140 @@ fn forced_withdrawal_at(e: &mut Engine, account: u32, priority: u64) -> Amount {
             _ => None,
         })
         .expect("served")
+}
+
+/// Moves the index from 60,000 to `spot` in steps the circuit breaker accepts.
+fn drop_to(e: &mut Engine, spot: f64) -> u64 {
+    let mut t = T0;
+    let mut at = 60_000.0;
+    while at > spot {
+        at = (at * 0.95_f64).max(spot);
+        t += 1_000;
+        let events = run(e, t, Command::OracleUpdate(update(at, t))).expect("update");
+        assert!(
+            events
+                .iter()
+                .any(|ev| matches!(ev, Event::OracleAccepted { .. })),
+            "{events:?}"
+        );
+    }
+    t
+}
+
+fn fills_of(events: &[Event]) -> Vec<(u64, i64)> {
+    events
+        .iter()
+        .filter_map(|ev| match ev {
+            Event::Fill {
+                maker_order, price, ..
+            } => Some((maker_order.0, price.0)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A resting bid margined at 60,000 would, after a 15% drop, buy a perpetual 9,000 above its
+/// mark with 6,500 of collateral: the account would be bankrupt at the fill and the insurance
+/// fund would pay its loss. The bid is cancelled instead, and the seller's order rests.
+#[test]
+fn a_resting_order_its_account_can_no_longer_margin_is_cancelled_not_filled() {
+    let mut e = with_500_free_after(margined_market, &[1], |e| {
+        run(
+            e,
+            T0,
+            Command::PlaceOrder(limit(1, PERP, Side::Buy, px(60_000), 100)),
+        )
+        .expect("bid");
+    });
+    let (balance, _, _) = e.collateral(AccountId(1)).expect("exists");
+    let t = drop_to(&mut e, 51_000.0);
+    let events = run(
+        &mut e,
+        t,
+        Command::PlaceOrder(limit(2, PERP, Side::Sell, px(60_000), 100)),
+    )
+    .expect("the sell is accepted");
+    assert_eq!(fills_of(&events), vec![]);
+    assert!(
+        events.contains(&Event::OrderDone {
+            order: optio_types::OrderId(1),
+            account: AccountId(1),
+            reason: optio_types::DoneReason::Margin,
+            unfilled: Qty(100_000_000),
+        }),
+        "{events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|ev| matches!(ev, Event::OrderRested { .. })),
+        "{events:?}"
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|ev| matches!(ev, Event::LiquidationStarted { .. })),
+        "{events:?}"
+    );
+    assert_eq!(e.collateral(AccountId(1)).expect("exists").0, balance);
+    assert_eq!(position(&e, 1), 0);
+    e.check_invariants().expect("audit");
+}
+
+/// Two resting bids of one account, after a 10% drop: the first fill leaves the account above
+/// maintenance and goes ahead; the second, counted after the first, would not, and is cancelled.
+/// With the marks unmoved both fill.
+#[test]
+fn a_makers_fills_in_one_sweep_are_margined_together() {
+    let bids = |e: &mut Engine| {
+        for price in [60_000, 59_000] {
+            run(
+                e,
+                T0,
+                Command::PlaceOrder(limit(1, PERP, Side::Buy, px(price), 100)),
+            )
+            .expect("bid");
+        }
+    };
+    let sweep = |e: &mut Engine, t: u64| {
+        run(
+            e,
+            t,
+            Command::Deposit {
+                account: AccountId(2),
+                amount: usd(1_000_000),
+            },
+        )
+        .expect("deposit");
+        run(
+            e,
+            t,
+            Command::PlaceOrder(limit(2, PERP, Side::Sell, px(59_000), 200)),
+        )
+        .expect("sell")
+    };
+    let mut calm = with_500_free_after(margined_market, &[1], bids);
+    let events = sweep(&mut calm, T0);
+    assert_eq!(
+        fills_of(&events),
+        vec![(1, 60_000_000_000), (2, 59_000_000_000)]
+    );
+
+    let mut e = with_500_free_after(margined_market, &[1], bids);
+    let t = drop_to(&mut e, 54_000.0);
+    let events = sweep(&mut e, t);
+    assert_eq!(fills_of(&events), vec![(1, 60_000_000_000)], "{events:?}");
+    assert!(
+        events.contains(&Event::OrderDone {
+            order: optio_types::OrderId(2),
+            account: AccountId(1),
+            reason: optio_types::DoneReason::Margin,
+            unfilled: Qty(100_000_000),
+        }),
+        "{events:?}"
+    );
+    let (balance, maintenance, _) = e.collateral(AccountId(1)).expect("exists");
+    assert!(balance >= maintenance, "{balance:?} {maintenance:?}");
+    assert_eq!(position(&e, 1), 100_000_000);
+    e.check_invariants().expect("audit");
 }
