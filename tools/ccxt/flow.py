@@ -82,6 +82,9 @@ fetched = ex.fetch_order(order["id"], option["symbol"], {"subaccount_id": sub})
 assert fetched["id"] == order["id"]
 cancelled = ex.cancel_order(order["id"], option["symbol"], {"subaccount_id": sub})
 assert cancelled["status"] == "canceled", cancelled
+assert cancelled["info"]["cancel_reason"] == "user_request", cancelled
+fetched = ex.fetch_order(order["id"], option["symbol"], {"subaccount_id": sub})
+assert fetched["status"] == "canceled" and fetched["info"]["cancel_reason"] == "user_request", fetched
 print("placed, listed and cancelled", order["id"])
 
 # Buy the perpetual through the market makers' quotes.

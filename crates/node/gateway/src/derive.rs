@@ -283,6 +283,7 @@ fn order_json(g_labels: &OrderInfo, id: u64, name: &str, subaccount: u32) -> Val
         "limit_price": money(o.price.0),
         "order_fee": money(o.fee),
         "order_status": o.status,
+        "cancel_reason": o.cancel_reason,
         "order_type": "limit",
         "time_in_force": "gtc",
         "reduce_only": false,

@@ -29,6 +29,8 @@ pub struct OrderInfo {
     pub fee: i64,
     /// `open`, `filled`, `cancelled`, `expired`.
     pub status: &'static str,
+    /// Why it was cancelled, in Derive's words (`cancel_reason`; empty unless cancelled).
+    pub cancel_reason: &'static str,
     /// Client label.
     pub label: String,
     /// Signed nonce, if it came from a signed intent.
@@ -110,6 +112,7 @@ impl History {
                                 notional: 0,
                                 fee: 0,
                                 status: "open",
+                                cancel_reason: "",
                                 label,
                                 nonce,
                                 created_ms: time_ms,
@@ -177,6 +180,7 @@ impl History {
                             DoneReason::Expired | DoneReason::InstrumentExpired => "expired",
                             _ => "cancelled",
                         };
+                        o.cancel_reason = cancel_reason(*reason);
                         o.updated_ms = time_ms;
                     }
                 }
@@ -275,6 +279,33 @@ fn status_of(text: &str) -> Option<&'static str> {
         .find(|s| *s == text)
 }
 
+/// Every `cancel_reason` an order can have.
+const CANCEL_REASONS: [&str; 7] = [
+    "",
+    "user_request",
+    "ioc_or_market_partial_fill",
+    "insufficient_margin",
+    "self_trade_prevention",
+    "reduce_only",
+    "deleveraged",
+];
+
+/// Derive's `cancel_reason` for an order done for `reason` (empty when not cancelled). Derive
+/// has no word for self-trade prevention, a reduce-only order whose position is gone, or a
+/// position deleveraged under its orders: those get their own.
+pub fn cancel_reason(reason: DoneReason) -> &'static str {
+    match reason {
+        DoneReason::Filled | DoneReason::Expired | DoneReason::InstrumentExpired => "",
+        DoneReason::Cancelled => "user_request",
+        DoneReason::UnfilledRemainder => "ioc_or_market_partial_fill",
+        // Its account went into liquidation, or could no longer margin it at a fill.
+        DoneReason::Liquidation | DoneReason::Margin => "insufficient_margin",
+        DoneReason::SelfTrade => "self_trade_prevention",
+        DoneReason::ReduceOnly => "reduce_only",
+        DoneReason::Deleveraged => "deleveraged",
+    }
+}
+
 impl History {
     /// Appends the history as compact JSON arrays to `out` (kept in the node's snapshots),
     /// written straight as text.
@@ -286,7 +317,7 @@ impl History {
             let nonce = o.nonce.map_or_else(|| "null".to_owned(), |n| n.to_string());
             let _ = write!(
                 out,
-                "{sep}[{id},{},{},{},{},{},{},\"{}\",{},\"{}\",{},{nonce},{},{}]",
+                "{sep}[{id},{},{},{},{},{},{},\"{}\",{},\"{}\",{},{nonce},{},{},\"{}\"]",
                 o.account.0,
                 o.instrument.0,
                 side_code(o.side),
@@ -298,7 +329,8 @@ impl History {
                 o.status,
                 serde_json::Value::String(o.label.clone()),
                 o.created_ms,
-                o.updated_ms
+                o.updated_ms,
+                o.cancel_reason
             );
         }
         out.push_str("],\"trades\":[");
@@ -347,6 +379,14 @@ impl History {
                     },
                     created_ms: u(o, 12)?,
                     updated_ms: u(o, 13)?,
+                    // (Snapshots from before the field have none: an empty reason.)
+                    cancel_reason: match o.get(14) {
+                        None => "",
+                        Some(r) => {
+                            let r = r.as_str()?;
+                            CANCEL_REASONS.into_iter().find(|c| *c == r)?
+                        }
+                    },
                 },
             );
         }
@@ -386,6 +426,52 @@ mod tests {
             instrument: InstrumentId(0),
             client_order_id: 0,
         }
+    }
+
+    /// An order cancelled at a fill because its account could no longer margin it reads
+    /// `cancelled` with Derive's `insufficient_margin`, through a snapshot too; a snapshot
+    /// written before the field reads with an empty reason; an unknown reason is refused.
+    #[test]
+    fn a_cancel_reason_is_kept_and_round_trips() {
+        let mut h = History::default();
+        let placed = || Some((Side::Buy, Price(1), Qty(2), String::new(), None));
+        for (id, reason) in [(1, DoneReason::Margin), (2, DoneReason::Filled)] {
+            let done = Event::OrderDone {
+                order: OrderId(id),
+                account: AccountId(0),
+                reason,
+                unfilled: Qty(2),
+            };
+            h.record(&[accepted(id), done], id, placed());
+        }
+        h.record(&[accepted(3)], 3, placed());
+        let reasons = |h: &History| -> Vec<(&str, &str)> {
+            h.orders
+                .values()
+                .map(|o| (o.status, o.cancel_reason))
+                .collect()
+        };
+        let expected = vec![
+            ("cancelled", "insufficient_margin"),
+            ("filled", ""),
+            ("open", ""),
+        ];
+        assert_eq!(reasons(&h), expected);
+        let mut text = String::new();
+        h.write_json(&mut text);
+        let json: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        let back = History::from_json(&json).expect("reads back");
+        assert_eq!(reasons(&back), expected);
+
+        let mut old = json.clone();
+        for o in old["orders"].as_array_mut().expect("orders") {
+            o.as_array_mut().expect("an order").truncate(14);
+        }
+        let back = History::from_json(&old).expect("an older snapshot reads");
+        assert!(back.orders.values().all(|o| o.cancel_reason.is_empty()));
+        let mut bad = json;
+        bad["orders"][0][14] = serde_json::json!("because");
+        assert!(History::from_json(&bad).is_none());
     }
 
     /// Open orders stay however many there are; finished orders and trades are kept to the

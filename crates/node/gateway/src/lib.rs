@@ -1242,7 +1242,7 @@ impl Gateway {
                     account,
                     order: OrderRef::Id(order),
                 })
-                .map(|_| json!({"order_id": order.0.to_string(), "order_status": "cancelled"}))
+                .map(|_| json!({"order_id": order.0.to_string(), "order_status": "cancelled", "cancel_reason": "user_request"}))
             }
             "private/edit" => {
                 // Header-authenticated like Deribit's edit; replaying the same edit is refused

@@ -320,6 +320,7 @@ pub fn order_result(
     let mut fee = 0i64;
     let mut trades = Vec::new();
     let mut status = "open";
+    let mut cancel_reason = "";
     for e in events {
         match e {
             Event::OrderAccepted { order, .. } => order_id = order.0,
@@ -340,6 +341,7 @@ pub fn order_result(
                     DoneReason::Filled => "filled",
                     _ => "cancelled",
                 };
+                cancel_reason = crate::history::cancel_reason(*reason);
             }
             _ => {}
         }
@@ -352,6 +354,7 @@ pub fn order_result(
             "direction": if side == Side::Buy { "buy" } else { "sell" },
             "order_type": "limit",
             "order_status": status,
+            "cancel_reason": cancel_reason,
             "amount": qty(amount.0),
             "filled_amount": qty(filled),
             "limit_price": money(price.0),

@@ -376,7 +376,7 @@ fn notifications(
                 reason,
                 unfilled,
             } if users.contains(account) => {
-                out.push(note(&format!("user.orders.{}", account.0), json!({"order_id": order.0.to_string(), "order_status": format!("{reason:?}").to_lowercase(), "unfilled": unfilled.to_string(), "change_id": p.seq})));
+                out.push(note(&format!("user.orders.{}", account.0), json!({"order_id": order.0.to_string(), "order_status": format!("{reason:?}").to_lowercase(), "cancel_reason": crate::history::cancel_reason(*reason), "unfilled": unfilled.to_string(), "change_id": p.seq})));
             }
             _ => {}
         }
