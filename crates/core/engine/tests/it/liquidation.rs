@@ -380,6 +380,27 @@ fn liquidation_history(
             })
             .flatten()
             .collect();
+        // And leaves both with equity at the marks of at least zero (`balance * 1e8 + sum q *
+        // mark`, a missing mark counting 0): no fill leaves an account bankrupt, the rule a
+        // validity proof of margin after fills would check (docs/settlement.md).
+        let state = e.canonical();
+        for account in &traded {
+            let a = &state.accounts[account.0 as usize];
+            let equity = a.positions.iter().fold(
+                i128::from(a.balance.0) * i128::from(optio_types::QTY_SCALE),
+                |equity, p| {
+                    let mark = state.instruments[p.instrument.0 as usize]
+                        .mark
+                        .as_ref()
+                        .map_or(0, |(m, _)| m.0);
+                    equity + i128::from(p.qty.0) * i128::from(mark)
+                },
+            );
+            assert!(
+                equity >= 0,
+                "a fill left account {account:?} with equity {equity} below zero: {events:?}"
+            );
+        }
         for ev in events.iter() {
             match ev {
                 Event::LiquidationStarted { account } => {
