@@ -49,7 +49,7 @@ pub fn derive_code(e: &CallError) -> i64 {
             GatewayError::ReplayedNonce => 11_017,
             GatewayError::SignatureExpiry => 11_011,
             GatewayError::Unauthorized => 14_022,
-            GatewayError::MaxFeeTooLow => 11_023,
+            GatewayError::MaxFeeTooLow(_) => 11_023,
             GatewayError::RateLimited => -32_000,
             GatewayError::Internal => -32_603,
         },

@@ -694,6 +694,20 @@ fn signed_of(intent: Option<&optio_sequencer::Intent>) -> Option<optio_state::au
     })
 }
 
+/// The signed `max_fee` (micro-USDC) an order must carry to cover its fee at `worst_price`,
+/// at `rate` (a `FeeRate`, 1e-6), rounded up as the engine charges fees: per contract, or for
+/// its whole `amount` (1e-8 contracts).
+fn max_fee_needed(worst_price: i64, amount: i64, rate: i32, per_contract: bool) -> i128 {
+    let contracts = if per_contract {
+        i128::from(optio_types::QTY_SCALE)
+    } else {
+        i128::from(amount)
+    };
+    let scale = i128::from(optio_types::QTY_SCALE) * i128::from(optio_types::fixed::FEE_RATE_SCALE);
+    let fee = i128::from(worst_price) * contracts * i128::from(rate.max(0));
+    -(-fee).div_euclid(scale)
+}
+
 fn to_engine(a: Address) -> EngineAddress {
     EngineAddress(a)
 }
@@ -1542,7 +1556,7 @@ impl Gateway {
             .and_then(Value::as_bool)
             .unwrap_or(false);
 
-        let (instrument, owner, taker_fee, step, may_trade) = {
+        let (instrument, owner, taker_fee, step, max_price, may_trade) = {
             let node = self.lock();
             let engine = node.sequencer.engine();
             let instrument = views::instrument_id(&node.sequencer, name)?;
@@ -1562,6 +1576,7 @@ impl Gateway {
                 owner,
                 view.spec.taker_fee.0.max(view.spec.maker_fee.0),
                 view.spec.amount_step.0,
+                view.spec.max_price().map_err(|_| GatewayError::Internal)?.0,
                 may_trade,
             )
         };
@@ -1610,15 +1625,20 @@ impl Gateway {
         if expiry <= now_s || expiry > now_s + self.config.max_signature_lifetime_s {
             return Err(GatewayError::SignatureExpiry.into());
         }
-        // The most fee the order can pay at its limit price must fit the signed maximum (in total,
-        // or per contract for the Derive-compatible API).
-        let worst_fee = if fee_per_unit {
-            i128::from(price) * i128::from(taker_fee) / 1_000_000
-        } else {
-            i128::from(price) * i128::from(amount) / 100_000_000 * i128::from(taker_fee) / 1_000_000
+        // The most fee the order can pay must fit the signed maximum (in total, or per contract
+        // for the Derive-compatible API). Fees are a rate of the fill's notional: a buy fills at
+        // its limit or below, a sell at its limit or above, up to the instrument's maximum
+        // price (a taker sell sweeps bids above its limit).
+        let worst_price = match side {
+            Side::Buy => price,
+            Side::Sell => max_price,
         };
+        let worst_fee = max_fee_needed(worst_price, amount, taker_fee, fee_per_unit);
         if worst_fee > i128::from(max_fee) {
-            return Err(GatewayError::MaxFeeTooLow.into());
+            return Err(GatewayError::MaxFeeTooLow(
+                Price(i64::try_from(worst_fee).unwrap_or(i64::MAX)).to_string(),
+            )
+            .into());
         }
         let (order_type, time_in_force, post_only) = match (order_type, tif) {
             ("limit", "gtc") => (

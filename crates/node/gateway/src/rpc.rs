@@ -37,9 +37,10 @@ pub enum GatewayError {
     /// Authentication headers missing, stale or wrong (6005).
     #[error("authentication failed")]
     Unauthorized,
-    /// The max fee the user signed is below what the order could pay (6006).
-    #[error("max fee too low")]
-    MaxFeeTooLow,
+    /// The max fee the user signed is below what the order could pay (6006): the minimum it
+    /// must sign, in USDC (per contract on the Derive-compatible API, in total on the native one).
+    #[error("max fee too low: the signed max_fee must be at least {0}")]
+    MaxFeeTooLow(String),
     /// On a rollup that judges fills by their signed orders: an edit beyond the order's signed
     /// terms (a higher bid, a lower ask, a larger size) (6008).
     #[error("beyond what the order's signature covers on this rollup")]
@@ -65,7 +66,7 @@ impl GatewayError {
             GatewayError::ReplayedNonce => 6_003,
             GatewayError::SignatureExpiry => 6_004,
             GatewayError::Unauthorized => 6_005,
-            GatewayError::MaxFeeTooLow => 6_006,
+            GatewayError::MaxFeeTooLow(_) => 6_006,
             GatewayError::RateLimited => 6_007,
             GatewayError::BeyondSignedTerms => 6_008,
             GatewayError::Internal => 6_100,

@@ -187,6 +187,21 @@ impl Harness {
         amount: &str,
         chain: u64,
     ) -> Value {
+        let o = (owner, subaccount, expiry, chain);
+        self.order_params_with_fee(t, o, direction, price, amount, "100")
+    }
+
+    /// The same with the signed `max_fee` given; `o` is the owner, subaccount, signature expiry
+    /// and chain.
+    fn order_params_with_fee(
+        &self,
+        t: &Trader,
+        (owner, subaccount, expiry, chain): ([u8; 20], u64, u64, u64),
+        direction: &str,
+        price: &str,
+        amount: &str,
+        max_fee: &str,
+    ) -> Value {
         let nonce = self
             .nonce
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -200,7 +215,7 @@ impl Harness {
             sub_id: u128::from(self.instrument),
             limit_price: to18(price),
             amount: to18(amount),
-            max_fee: to18("100") as u128,
+            max_fee: to18(max_fee) as u128,
             recipient_id: u128::from(subaccount),
             is_bid: direction == "buy",
         };
@@ -219,7 +234,7 @@ impl Harness {
         );
         json!({
             "instrument_name": "BTC-26MAR27-100000-C", "direction": direction, "order_type": "limit", "time_in_force": "gtc",
-            "limit_price": price, "amount": amount, "max_fee": "100", "subaccount_id": subaccount, "nonce": nonce.to_string(),
+            "limit_price": price, "amount": amount, "max_fee": max_fee, "subaccount_id": subaccount, "nonce": nonce.to_string(),
             "signer": hex(&t.address), "signature": hex(&sig), "signature_expiry_sec": expiry, "label": format!("o{nonce}"),
         })
     }
@@ -537,6 +552,52 @@ async fn bad_input_gets_its_code_and_changes_nothing() {
     let after = h.gateway.state_hash();
     assert_eq!(code(&h.call("private/order", first).await), 6_003);
     assert_eq!(h.gateway.state_hash(), after);
+    // The signed fee cap must cover the most fee the order can pay: a buy's at its limit, a
+    // sell's at the instrument's maximum price (a taker sell sweeps bids above its limit). The
+    // refusal names the minimum; exactly the minimum is taken.
+    let spec = InstrumentSpec::with_defaults(
+        "BTC-26MAR27-100000-C".parse().expect("valid"),
+        Price(300_000 * MONEY_SCALE),
+    );
+    let rate = i128::from(spec.taker_fee.0.max(spec.maker_fee.0));
+    // Fees on a tenth of a contract, rounded up.
+    let at = |price: i64| -(-(i128::from(price) * rate)).div_euclid(10_000_000);
+    let o = (
+        alice.address,
+        alice.subaccount,
+        optio_gateway::now_ms() / 1_000 + 3_600,
+        CHAIN,
+    );
+    for (direction, price, worst) in [
+        ("buy", "1000", at(1_000 * MONEY_SCALE)),
+        ("sell", "150000", at(spec.max_price().expect("priced").0)),
+    ] {
+        assert!(worst > 0);
+        let needed = Price(i64::try_from(worst).expect("small")).to_string();
+        let short = Price(i64::try_from(worst).expect("small") - 1).to_string();
+        let before = h.gateway.state_hash();
+        let refused = h
+            .call(
+                "private/order",
+                h.order_params_with_fee(&alice, o, direction, price, "0.1", &short),
+            )
+            .await;
+        assert_eq!(code(&refused), 6_006, "{refused}");
+        assert!(
+            refused["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.ends_with(&format!("at least {needed}"))),
+            "{refused}"
+        );
+        assert_eq!(h.gateway.state_hash(), before);
+        let taken = h
+            .call(
+                "private/order",
+                h.order_params_with_fee(&alice, o, direction, price, "0.1", &needed),
+            )
+            .await;
+        assert!(taken["result"].is_object(), "{direction}: {taken}");
+    }
     // An order the engine refuses is sequenced (it has a receipt) and changes nothing else.
     let mut poor = h.order_params(&alice, "buy", "9000", "5000", CHAIN);
     poor["max_fee"] = json!("100000");
