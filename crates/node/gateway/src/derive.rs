@@ -392,7 +392,7 @@ fn private(
         }
         "order" => {
             let account = g.owned_by(account_param(params, "subaccount_id")?, wallet)?;
-            let placed = g.place_signed_order(params, Some(wallet), true)?;
+            let placed = g.place_signed_order(params, Some(wallet))?;
             let node = g.lock();
             let info = node
                 .history

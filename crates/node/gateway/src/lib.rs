@@ -1463,7 +1463,7 @@ impl Gateway {
     /// A signed order: rebuild the signed `Action` from the request, check signature, owner,
     /// expiry, max fee and nonce, then sequence it.
     fn order(&self, params: &Value) -> Result<Value, CallError> {
-        let placed = self.place_signed_order(params, None, false)?;
+        let placed = self.place_signed_order(params, None)?;
         Ok(views::order_result(
             &placed.name,
             placed.side,
@@ -1478,14 +1478,12 @@ impl Gateway {
 
     /// Verifies and sequences a signed order. `owner` is the wallet the caller authenticated as
     /// (the Derive-compatible API signs it; the native API takes the subaccount's owner).
-    /// `fee_per_unit`: `max_fee` bounds the fee per contract (Derive) instead of in total.
     pub(crate) fn place_signed_order(
         &self,
         params: &Value,
         owner_wallet: Option<Address>,
-        fee_per_unit: bool,
     ) -> Result<PlacedOrder, CallError> {
-        let (ctx, rx) = self.prepare_signed_order(params, owner_wallet, fee_per_unit)?;
+        let (ctx, rx) = self.prepare_signed_order(params, owner_wallet)?;
         let (outcome, t) = rx.blocking_recv().map_err(|_| GatewayError::Internal)??;
         self.finish_order(ctx, outcome, t)
     }
@@ -1495,9 +1493,8 @@ impl Gateway {
         &self,
         params: &Value,
         owner_wallet: Option<Address>,
-        fee_per_unit: bool,
     ) -> Result<PlacedOrder, CallError> {
-        let (ctx, rx) = self.prepare_signed_order(params, owner_wallet, fee_per_unit)?;
+        let (ctx, rx) = self.prepare_signed_order(params, owner_wallet)?;
         let (outcome, t) = rx.await.map_err(|_| GatewayError::Internal)??;
         self.finish_order(ctx, outcome, t)
     }
@@ -1508,7 +1505,6 @@ impl Gateway {
         &self,
         params: &Value,
         owner_wallet: Option<Address>,
-        fee_per_unit: bool,
     ) -> Result<
         (
             OrderCtx,
@@ -1625,10 +1621,13 @@ impl Gateway {
         if expiry <= now_s || expiry > now_s + self.config.max_signature_lifetime_s {
             return Err(GatewayError::SignatureExpiry.into());
         }
-        // The most fee the order can pay must fit the signed maximum (in total, or per contract
-        // for the Derive-compatible API). Fees are a rate of the fill's notional: a buy fills at
-        // its limit or below, a sell at its limit or above, up to the instrument's maximum
-        // price (a taker sell sweeps bids above its limit).
+        // The most fee the order can pay must fit the signed maximum. What the maximum bounds
+        // follows from what was signed, whichever API brought it: under Derive's domains the fee
+        // per contract (Derive's meaning of `max_fee`), under Optio's the order's fees in
+        // total. Fees are a rate of the fill's notional: a buy fills at its limit or below, a
+        // sell at its limit or above, up to the instrument's maximum price (a taker sell sweeps
+        // bids above its limit).
+        let fee_per_unit = domain != optio_state::auth::domain::OPTIO;
         let worst_price = match side {
             Side::Buy => price,
             Side::Sell => max_price,
@@ -2048,7 +2047,7 @@ async fn answer(
         if let Some(direction) = method.strip_prefix("private/").filter(|d| *d != "order") {
             params["direction"] = json!(direction);
         }
-        return match g.place_signed_order_async(&params, None, false).await {
+        return match g.place_signed_order_async(&params, None).await {
             Ok(placed) => rpc::ok(
                 &id,
                 views::order_result(

@@ -187,16 +187,21 @@ impl Harness {
         amount: &str,
         chain: u64,
     ) -> Value {
-        let o = (owner, subaccount, expiry, chain);
+        let o = (
+            owner,
+            subaccount,
+            expiry,
+            Domain::optio(chain, CONTRACT).separator(),
+        );
         self.order_params_with_fee(t, o, direction, price, amount, "100")
     }
 
     /// The same with the signed `max_fee` given; `o` is the owner, subaccount, signature expiry
-    /// and chain.
+    /// and the separator of the domain it is signed under.
     fn order_params_with_fee(
         &self,
         t: &Trader,
-        (owner, subaccount, expiry, chain): ([u8; 20], u64, u64, u64),
+        (owner, subaccount, expiry, separator): ([u8; 20], u64, u64, [u8; 32]),
         direction: &str,
         price: &str,
         amount: &str,
@@ -228,10 +233,7 @@ impl Harness {
             owner,
             signer: t.address,
         };
-        let sig = sign(
-            &t.key,
-            action.digest(&Domain::optio(chain, CONTRACT).separator()),
-        );
+        let sig = sign(&t.key, action.digest(&separator));
         json!({
             "instrument_name": "BTC-26MAR27-100000-C", "direction": direction, "order_type": "limit", "time_in_force": "gtc",
             "limit_price": price, "amount": amount, "max_fee": max_fee, "subaccount_id": subaccount, "nonce": nonce.to_string(),
@@ -562,15 +564,17 @@ async fn bad_input_gets_its_code_and_changes_nothing() {
     let rate = i128::from(spec.taker_fee.0.max(spec.maker_fee.0));
     // Fees on a tenth of a contract, rounded up.
     let at = |price: i64| -(-(i128::from(price) * rate)).div_euclid(10_000_000);
+    let expiry = optio_gateway::now_ms() / 1_000 + 3_600;
     let o = (
         alice.address,
         alice.subaccount,
-        optio_gateway::now_ms() / 1_000 + 3_600,
-        CHAIN,
+        expiry,
+        Domain::optio(CHAIN, CONTRACT).separator(),
     );
+    let max = spec.max_price().expect("priced").0;
     for (direction, price, worst) in [
         ("buy", "1000", at(1_000 * MONEY_SCALE)),
-        ("sell", "150000", at(spec.max_price().expect("priced").0)),
+        ("sell", "150000", at(max)),
     ] {
         assert!(worst > 0);
         let needed = Price(i64::try_from(worst).expect("small")).to_string();
@@ -597,6 +601,26 @@ async fn bad_input_gets_its_code_and_changes_nothing() {
             )
             .await;
         assert!(taken["result"].is_object(), "{direction}: {taken}");
+    }
+    // What the cap bounds follows from the domain signed under, whichever API brings it: under
+    // Derive's the fee per contract (so a tenth of a contract needs ten times the cap of a
+    // total), under Optio's the order's fees in total (above).
+    let compat = (
+        alice.address,
+        alice.subaccount,
+        expiry,
+        Domain::derive_compat(false).separator(),
+    );
+    let per_contract = at(max) * 10;
+    for (max_fee, taken) in [(per_contract - 1, false), (per_contract, true)] {
+        let fee = Price(i64::try_from(max_fee).expect("small")).to_string();
+        let reply = h
+            .call(
+                "private/order",
+                h.order_params_with_fee(&alice, compat, "sell", "150000", "0.1", &fee),
+            )
+            .await;
+        assert_eq!(reply["result"].is_object(), taken, "{fee}: {reply}");
     }
     // An order the engine refuses is sequenced (it has a receipt) and changes nothing else.
     let mut poor = h.order_params(&alice, "buy", "9000", "5000", CHAIN);
