@@ -682,12 +682,7 @@ async fn a_forged_fill_is_caught_reverted_and_slashed_and_users_exit_whole() {
         operator.get_balance(d.rollup).await.expect("balance"),
         U256::ZERO
     );
-    assert!(rollup.slashed().call().await.expect("reads"));
-    assert!(rollup.frozen().call().await.expect("reads"));
-    assert_eq!(
-        rollup.committedBatches().call().await.expect("reads"),
-        U256::from(1u64)
-    );
+    reverted_to(&rollup, 1).await;
     assert!(
         file_challenge(&challenger, d.rollup, c).await.is_err(),
         "once"
@@ -719,6 +714,21 @@ async fn pays_the_bond(
 
 /// Honest users' money is intact: Alice and Bob each exit with what the finalized state owes
 /// them (collateral plus positions at their marks).
+/// After a successful challenge: the bond is slashed, the rollup frozen, and only the
+/// `standing` batches before the challenged one remain committed.
+async fn reverted_to(
+    rollup: &OptioRollup::OptioRollupInstance<&optio_settler::DynProvider>,
+    standing: u64,
+) {
+    assert!(rollup.slashed().call().await.expect("reads"));
+    assert!(rollup.frozen().call().await.expect("reads"));
+    assert_eq!(
+        rollup.committedBatches().call().await.expect("reads"),
+        U256::from(standing),
+        "the batches before the challenged one stand"
+    );
+}
+
 async fn users_exit_whole(
     anvil: &optio_contracts::Anvil,
     d: &optio_settler::Deployment,
@@ -889,13 +899,7 @@ async fn an_order_filled_past_its_amount_over_several_batches_is_caught_and_slas
             U256::from(BOND)
         )
     );
-    assert!(rollup.slashed().call().await.expect("reads"));
-    assert!(rollup.frozen().call().await.expect("reads"));
-    assert_eq!(
-        rollup.committedBatches().call().await.expect("reads"),
-        U256::from(2u64),
-        "batch 3 reverted, batch 2 stands"
-    );
+    reverted_to(&rollup, 2).await;
 }
 
 /// The risk oracle's key in the mark challenge's test.
@@ -1235,12 +1239,7 @@ async fn price_challenge_slashes(
         (U256::from(2u64), U256::ZERO, U256::from(BOND))
     );
     let rollup = OptioRollup::new(rollup, operator);
-    assert!(rollup.slashed().call().await.expect("reads"));
-    assert!(rollup.frozen().call().await.expect("reads"));
-    assert_eq!(
-        rollup.committedBatches().call().await.expect("reads"),
-        U256::from(1u64)
-    );
+    reverted_to(&rollup, 1).await;
 }
 
 /// The mark order challenge: the engine takes an oracle's updates only forward in time, so a
@@ -1363,11 +1362,7 @@ async fn a_mark_older_than_one_committed_before_is_caught_reverted_and_slashed()
         (event.number, event.earlier, event.reward),
         (U256::from(3u64), U256::from(2u64), U256::from(BOND))
     );
-    assert!(rollup.frozen().call().await.expect("reads"));
-    assert_eq!(
-        rollup.committedBatches().call().await.expect("reads"),
-        U256::from(2u64)
-    );
+    reverted_to(&rollup, 2).await;
     users_exit_whole(&anvil, &d, &before).await;
 }
 
@@ -1823,10 +1818,6 @@ async fn an_option_expired_before_its_date_is_caught_reverted_and_slashed() {
             U256::from(BOND)
         )
     );
-    assert!(rollup.frozen().call().await.expect("reads"));
-    assert_eq!(
-        rollup.committedBatches().call().await.expect("reads"),
-        U256::from(1u64)
-    );
+    reverted_to(&rollup, 1).await;
     users_exit_whole(&anvil, &d, &finalized).await;
 }
