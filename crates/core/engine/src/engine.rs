@@ -636,13 +636,13 @@ impl<M: MarginModel> Engine<M> {
         });
         for (slot, qty) in planned.chain([(slot, qty)]) {
             let o = self.store.get(slot);
-            let (Ok(notional), sign) = (o.price.notional(Qty(qty)), i128::from(o.side.sign()))
-            else {
+            let Ok(notional) = o.price.notional(Qty(qty)) else {
                 return false;
             };
             let Ok(fee) = spec.maker_fee.fee_on(notional) else {
                 return false;
             };
+            let sign = i128::from(o.side.sign());
             position += sign * i128::from(qty);
             balance -= sign * i128::from(notional.0) + i128::from(fee.0);
         }

@@ -282,17 +282,13 @@ impl<M: MarginModel> Engine<M> {
         match (&acct.portfolio, new.scenario) {
             (Some(sums), Some(c)) => {
                 let old = old.and_then(|p| p.scenario.as_ref());
-                let worst = (0..c.maintenance.len())
-                    .map(|s| {
-                        -(i128::from(sums.maintenance[s]) + i128::from(c.maintenance[s])
-                            - old.map_or(0, |o| i128::from(o.maintenance[s])))
-                    })
-                    .max()
-                    .unwrap_or(0);
-                Ok(
-                    worst + i128::from(sums.floor_maintenance) + i128::from(c.floor_maintenance)
-                        - old.map_or(0, |o| i128::from(o.floor_maintenance)),
-                )
+                let mut sums = sums.clone();
+                for s in 0..sums.maintenance.len() {
+                    sums.maintenance[s] += c.maintenance[s] - old.map_or(0, |o| o.maintenance[s]);
+                }
+                sums.floor_maintenance +=
+                    c.floor_maintenance - old.map_or(0, |o| o.floor_maintenance);
+                Ok(i128::from(Self::portfolio_requirement(&sums).1))
             }
             _ => Ok(i128::from(acct.maintenance.0)
                 - old.map_or(0, |p| i128::from(p.maintenance.0))

@@ -1256,7 +1256,7 @@ impl Gateway {
                     account,
                     order: OrderRef::Id(order),
                 })
-                .map(|_| json!({"order_id": order.0.to_string(), "order_status": "cancelled", "cancel_reason": "user_request"}))
+                .map(|_| json!({"order_id": order.0.to_string(), "order_status": "cancelled", "cancel_reason": history::cancel_reason(optio_types::DoneReason::Cancelled)}))
             }
             "private/edit" => {
                 // Header-authenticated like Deribit's edit; replaying the same edit is refused
