@@ -614,6 +614,7 @@ async fn bad_input_gets_its_code_and_changes_nothing() {
     let per_contract = at(max) * 10;
     for (max_fee, taken) in [(per_contract - 1, false), (per_contract, true)] {
         let fee = Price(i64::try_from(max_fee).expect("small")).to_string();
+        let before = h.gateway.state_hash();
         let reply = h
             .call(
                 "private/order",
@@ -621,6 +622,10 @@ async fn bad_input_gets_its_code_and_changes_nothing() {
             )
             .await;
         assert_eq!(reply["result"].is_object(), taken, "{fee}: {reply}");
+        if !taken {
+            assert_eq!(code(&reply), 6_006, "{reply}");
+            assert_eq!(h.gateway.state_hash(), before);
+        }
     }
     // An order the engine refuses is sequenced (it has a receipt) and changes nothing else.
     let mut poor = h.order_params(&alice, "buy", "9000", "5000", CHAIN);
