@@ -123,6 +123,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         keys: 0,
         mark_window_bits: 0,
         margins: 0,
+        prices: 0,
+        solvency: 0,
+        solvency_bits: 0,
     };
     let with_listing = Shape {
         listings: 1,
@@ -187,14 +190,39 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     println!(
         "  per margin slot (a withdrawal or transfer priced; 16/16/16/8 regs) {per_margin:>8}"
     );
-    let worst = per_slot + 2 * per_account + 2 * per_position + per_instrument;
+    // Margin after fills: a price window per run of ids that the positions of the accounts
+    // that filled lie in, and a solvency window per such account and run.
+    let plain = shape(1, 16, 16, 1, 0);
+    let windows = |prices, solvency, solvency_bits| {
+        constraints(Shape {
+            prices,
+            solvency,
+            solvency_bits,
+            ..plain
+        })
+    };
+    let per_price = |bits| windows(1, 0, bits).and_then(|n| Ok(n - constraints(plain)?));
+    let per_solvency = |bits| Ok::<_, anyhow::Error>(windows(1, 1, bits)? - windows(1, 0, bits)?);
+    let (price_1, price_64) = (per_price(0)?, per_price(6)?);
+    let (solvency_1, solvency_64) = (per_solvency(0)?, per_solvency(6)?);
+    println!(
+        "  per price window (once per batch and run of ids), 1 id / 64 ids   {price_1:>8} {price_64:>8}"
+    );
+    println!(
+        "  per solvency window (per account that filled and run), 1 / 64  {solvency_1:>8} {solvency_64:>8}"
+    );
+    let worst =
+        per_slot + 2 * per_account + 2 * per_position + per_instrument + 2 * solvency_1 + price_1;
     println!(
         "  per trade, worst case (two accounts, two positions and an instrument of its own): {worst}   anchor {ANCHOR_CONSTRAINTS:.0}   ratio {:.2}   of the 40,000 goal {:.2}",
         worst as f64 / ANCHOR_CONSTRAINTS,
         worst as f64 / 40_000.0
     );
     for (fills, accounts) in [(16usize, 4usize), (64, 8), (256, 16)] {
-        let total = fills * per_slot + accounts * (per_account + per_position) + per_instrument;
+        let total = fills * per_slot
+            + accounts * (per_account + per_position + solvency_1)
+            + per_instrument
+            + price_1;
         println!(
             "  per trade, {fills} fills among {accounts} accounts in one instrument: {:>7}   anchor ratio {:.2}   of the goal {:.2}",
             total / fills,
@@ -209,7 +237,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 
     let mut rng = StdRng::seed_from_u64(1);
     let slots = if args.no_prove { 1 } else { args.slots.max(1) };
-    let proved = shape(slots, 2, 2, 1, 1);
+    let proved = Shape {
+        prices: 1,
+        solvency: 2,
+        ..shape(slots, 2, 2, 1, 1)
+    };
     let t = Instant::now();
     let keys = Keys::generate(proved, &mut rng).map_err(|e| anyhow::anyhow!("{e}"))?;
     let keygen = t.elapsed();
@@ -333,6 +365,9 @@ fn devnet_batch() -> anyhow::Result<()> {
         keys: KEYS.min(4),
         mark_window_bits,
         margins: 2,
+        prices: 2,
+        solvency: 8,
+        solvency_bits: 6,
     };
     println!(
         "\nA devnet batch (16 fills, 58 marks of {scenarios} scenarios) in the devnet's shape"

@@ -57,6 +57,20 @@ pub struct ShapeArgs {
     /// position of its account must then fit the registers).
     #[arg(long, default_value_t = 2)]
     margins: usize,
+    /// Price windows per batch: each opens the committed marks of one aligned run of
+    /// `--solvency-window` instrument ids, to price the positions of the accounts that filled
+    /// (two: listings past id 63, as expiries roll, open a second run of 64).
+    #[arg(long, default_value_t = 2)]
+    prices: usize,
+    /// Solvency windows per batch: an account that filled takes one per run of
+    /// `--solvency-window` ids its positions lie in, and must end the batch with equity at the
+    /// committed marks of at least zero.
+    #[arg(long, default_value_t = 8)]
+    solvency: usize,
+    /// Instrument ids a price or solvency window spans (a power of four): the devnet's 58
+    /// instruments fit one window of 64.
+    #[arg(long, default_value_t = 64, value_parser = power_of_four)]
+    solvency_window: usize,
 }
 
 fn power_of_four(s: &str) -> Result<usize, String> {
@@ -91,6 +105,9 @@ impl ShapeArgs {
             keys: self.session_keys,
             mark_window_bits: self.mark_window.trailing_zeros() as usize,
             margins: self.margins,
+            prices: self.prices,
+            solvency: self.solvency,
+            solvency_bits: self.solvency_window.trailing_zeros() as usize,
         }
     }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 /// The shape: 4 op slots and account registers, 8 listing slots, nothing else.
-const SHAPE: [&str; 20] = [
+const SHAPE: [&str; 24] = [
     "--slots",
     "4",
     "--accounts",
@@ -31,6 +31,10 @@ const SHAPE: [&str; 20] = [
     "--marks",
     "0",
     "--session-keys",
+    "0",
+    "--prices",
+    "0",
+    "--solvency",
     "0",
 ];
 
@@ -212,20 +216,25 @@ fn a_node_cuts_its_batches_for_external_provers() {
     assert!(out.contains("2 batches proven"), "{out}");
 }
 
-/// A mark window that is not a power of four (a whole subtree of the arity-4 tree) is refused before any key is made, with a message
+/// A mark or solvency window that is not a power of four (a whole subtree of the arity-4 tree)
+/// is refused before any key is made, with a message
 /// that says what is allowed, and the keys directory stays empty.
 #[test]
 fn a_mark_window_that_is_not_a_power_of_four_is_refused() {
     let keys = tempfile::tempdir().expect("tempdir");
-    for window in ["3", "0", "2", "32", "4194304", "x"] {
+    let windows = ["3", "0", "2", "32", "4194304", "x"];
+    for (flag, window) in ["--mark-window", "--solvency-window"]
+        .into_iter()
+        .flat_map(|flag| windows.map(|w| (flag, w)))
+    {
         let out = Command::new(env!("CARGO_BIN_EXE_optio"))
             .args(["prove", "setup", "--keys"])
             .arg(keys.path())
             .args(SHAPE)
-            .args(["--mark-window", window])
+            .args([flag, window])
             .output()
             .expect("runs");
-        assert!(!out.status.success(), "--mark-window {window}");
+        assert!(!out.status.success(), "{flag} {window}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
             stderr.contains("is not a power of four up to 2^20"),
@@ -234,7 +243,7 @@ fn a_mark_window_that_is_not_a_power_of_four_is_refused() {
         assert_eq!(
             std::fs::read_dir(keys.path()).expect("dir").count(),
             0,
-            "no keys written for --mark-window {window}"
+            "no keys written for {flag} {window}"
         );
     }
 }

@@ -50,13 +50,19 @@
 //!   activations apply before the op slots, expiries after;
 //! - an expired instrument settles at the value its committed spec gives the settlement price,
 //!   each holder paid and its position closed, payouts and the insurance credit summing to zero;
+//! - every account a fill named ends the batch solvent at the committed marks: `collateral *
+//!   1e8 + sum_i q_i * mark_i >= 0` over every position it holds after the batch (price windows
+//!   open the committed marks of aligned runs of `2^solvency_bits` instrument ids, solvency
+//!   windows the account's positions in each run, as many nonzero as its leaf counts), and no
+//!   deficit cover of it follows its fill in the batch;
 //! - a mark window replaces the mark and risk array (hashed in the circuit) of the instruments
 //!   it marks among an aligned run of `2^mark_window_bits` ids: the run's subtree is rebuilt
 //!   from its leaves before and after, under one path, so the marks share the path above it;
 //!   windows in use come first, by index, so the marks enter the commitment by id.
 //!
 //! Not in the circuit (README, "Validity proofs"): a margin check after fills (margin is the
-//! engine's at order time, with the orders, which the state does not hold); fills against the
+//! engine's at order time, with the orders and the margin mode, which the state does not hold:
+//! the circuit checks solvency, not margin); fills against the
 //! maker's and taker's signed order limits (the authorization challenge judges those on L1).
 
 use ark_ff::{BigInteger, PrimeField};
@@ -119,6 +125,8 @@ struct AccountWires {
     opens: Wire,
     /// Times an op selected it (must be 0 unless enabled).
     used: Wire,
+    /// Fills that named it so far (it must end the batch solvent).
+    filled: Wire,
 }
 
 /// A position register.
@@ -353,6 +361,7 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
             positions_root0,
             opens: Wire::zero(),
             used: Wire::zero(),
+            filled: Wire::zero(),
         });
     }
     let enabled: Vec<Wire> = accounts.iter().map(|a| a.enabled.clone()).collect();
@@ -531,18 +540,24 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
         cs.equal_if(&reg.used, &reg.enabled, &one())?;
     }
 
-    cs.part("the accounts' write-back".into());
-    let empty_positions = Wire::constant(empty_root(INSTRUMENT_DEPTH));
+    cs.part("the accounts' position counts".into());
+    // Open positions after the batch: those held before, less those closed, plus those opened.
+    // A margined account's registers hold every position it held before.
+    let mut open_after = Vec::with_capacity(st.accounts.len());
     for (k, a) in st.accounts.iter().enumerate() {
-        // Open positions: those held before, less those closed, plus those opened. A margined
-        // account's registers hold every position it held before.
         let (mut held0, mut held) = (Wire::zero(), Wire::zero());
         for (q, nz) in st.positions.iter().zip(&nz_end) {
             held0 = held0.add(&cs.mul(&q.account_sel[k], &q.nz0)?);
             held = held.add(&cs.mul(&q.account_sel[k], nz)?);
         }
         cs.equal_if(&a.margined, &held0, &a.count0)?;
-        let count = a.count0.add(&held).sub(&held0);
+        open_after.push(a.count0.add(&held).sub(&held0));
+    }
+    solvency(cs, w, &st, &instruments_root, &open_after)?;
+
+    cs.part("the accounts' write-back".into());
+    let empty_positions = Wire::constant(empty_root(INSTRUMENT_DEPTH));
+    for (k, (a, count)) in st.accounts.iter().zip(open_after).enumerate() {
         // An opened account starts empty, and exactly one OPEN op named it.
         for (field, value) in [
             (&a.owner0, Wire::zero()),
@@ -619,6 +634,112 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
     cs.equal(&st.commitment, &commitment)?;
     // The words evaluate to what the contract computed over the posted bytes.
     cs.equal(&st.poly.y, &y)
+}
+
+/// Bits of an equity total: `|collateral| * 1e8 < 2^90`, each position's `|q * mark| < 2^126`,
+/// and fewer than 2^33 positions priced, so a total below zero (`p - |t|`) is far above 2^160.
+const EQUITY_BITS: usize = 160;
+
+/// Every account that filled in the batch ends it with equity at the committed marks of at
+/// least zero: `collateral * 1e8 + sum_i q_i * mark_i >= 0` over every position it holds after
+/// the batch (`SettlementState::equity`). Price windows open the committed marks of aligned
+/// runs of instrument ids (against the instruments root after the settlements, before the
+/// batch's marks); solvency windows open an account's positions in one run each, rebuilt from
+/// their leaves under the account's positions root after the write-back. The nonzero leaves of
+/// its windows must number its open positions, so none lies outside them; windows in use come
+/// first, by account and run, so none counts twice.
+fn solvency(
+    cs: &Cs,
+    w: &BatchWitness,
+    st: &Running,
+    instruments_root: &Wire,
+    counts: &[Wire],
+) -> R<()> {
+    let index_bits = INSTRUMENT_DEPTH as usize - w.shape.solvency_bits;
+    let mut prices = Vec::with_capacity(w.prices.len());
+    for (i, p) in w.prices.iter().enumerate() {
+        cs.part(format!("price window {i}"));
+        let enabled = cs.boolean(p.enabled)?;
+        let index = cs.witness(Fr::from(p.index))?;
+        let path = cs.bits(&index, index_bits)?;
+        let (mut leaves, mut marks) = (Vec::new(), Vec::new());
+        for (listed, leaf) in &p.leaves {
+            let listed = cs.boolean(*listed)?;
+            let mark = cs.witness(from_i64(leaf.mark.0))?;
+            let hashed = cs.poseidon(&[
+                cs.witness(leaf.spec_hash)?,
+                cs.witness(Fr::from(leaf.status))?,
+                mark.clone(),
+                cs.witness(leaf.risk_hash)?,
+                cs.witness(from_i64(leaf.settlement_price.0))?,
+            ])?;
+            // An id where no instrument is listed has the empty leaf, and no mark.
+            leaves.push(cs.mul(&listed, &hashed)?);
+            cs.equal_if(&not(&listed), &mark, &Wire::zero())?;
+            marks.push(mark);
+        }
+        let siblings = cs.witnesses(&p.siblings)?;
+        let root = cs.merkle_root(&subtree(cs, leaves)?, &path, &siblings)?;
+        cs.equal_if(&enabled, &root, instruments_root)?;
+        prices.push((enabled, index, marks));
+    }
+    let n = st.accounts.len();
+    let (mut seen, mut value) = (vec![Wire::zero(); n], vec![Wire::zero(); n]);
+    let mut previous: Option<(Wire, Wire)> = None;
+    for (i, s) in w.solvency.iter().enumerate() {
+        cs.part(format!("solvency window {i}"));
+        let enabled = cs.boolean(s.enabled)?;
+        let (sel_a, sum) = selector(cs, n, s.account)?;
+        cs.equal(&sum, &enabled)?;
+        let (sel_p, sum) = selector(cs, prices.len(), s.price)?;
+        cs.equal(&sum, &enabled)?;
+        // Its price window is in use, and gives its run.
+        let priced = pick(cs, &sel_p, prices.iter().map(|p| p.0.clone()))?;
+        cs.equal(&priced, &enabled)?;
+        let index = pick(cs, &sel_p, prices.iter().map(|p| p.1.clone()))?;
+        let path = cs.bits(&index, index_bits)?;
+        let qty = cs.witnesses(&s.qty)?;
+        let siblings = cs.witnesses(&s.siblings)?;
+        let root = cs.merkle_root(&subtree(cs, qty.clone())?, &path, &siblings)?;
+        let positions_root = pick(
+            cs,
+            &sel_a,
+            st.accounts.iter().map(|a| a.positions_root.clone()),
+        )?;
+        cs.equal_if(&enabled, &root, &positions_root)?;
+        let (mut held, mut worth) = (Wire::zero(), Wire::zero());
+        for (j, q) in qty.iter().enumerate() {
+            held = held.add(&cs.is_nonzero(q)?);
+            let mark = pick(cs, &sel_p, prices.iter().map(|p| p.2[j].clone()))?;
+            worth = worth.add(&cs.mul(q, &mark)?);
+        }
+        for (k, x) in sel_a.iter().enumerate() {
+            seen[k] = seen[k].add(&cs.mul(x, &held)?);
+            value[k] = value[k].add(&cs.mul(x, &worth)?);
+        }
+        let account = pick(cs, &sel_a, st.accounts.iter().map(|a| a.id.clone()))?;
+        let key = account.scale(pow2(index_bits)).add(&index);
+        if let Some((enabled0, key0)) = &previous {
+            ordered(
+                cs,
+                &[enabled0.clone(), enabled.clone()],
+                &[key0.clone(), key.clone()],
+                ACCOUNT_DEPTH as usize + index_bits,
+            )?;
+        }
+        previous = Some((enabled, key));
+    }
+    cs.part("solvency".into());
+    for (k, a) in st.accounts.iter().enumerate() {
+        let filled = cs.is_nonzero(&a.filled)?;
+        cs.equal_if(&filled, &seen[k], &counts[k])?;
+        let equity = a
+            .collateral
+            .scale(Fr::from(QTY_SCALE as u64))
+            .add(&value[k]);
+        cs.range(&cs.mul(&filled, &equity)?, EQUITY_BITS)?;
+    }
+    Ok(())
 }
 
 /// `ceil(notional * rate / FEE_RATE_SCALE)`, the fee (or, negative, rebate) of one side.
@@ -802,7 +923,12 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     let forced_out = cs.mul(&l1_withdrawal, &moves_money)?;
     let a_nonce = withdraw.add(&forced_out);
     let opened_owner = cs.mul(&open, &owner)?;
+    // An account that filled must end the batch solvent (`solvency`): a deficit cover of one
+    // that filled earlier in the batch would hide what the fill left.
+    let a_filled = pick(cs, &sel_a, st.accounts.iter().map(|a| a.filled.clone()))?;
+    cs.equal_if(&deficit, &a_filled, &Wire::zero())?;
     for (a, (x, y)) in st.accounts.iter_mut().zip(sel_a.iter().zip(&sel_b)) {
+        a.filled = a.filled.add(&cs.mul(x, &fill)?).add(&cs.mul(y, &fill)?);
         a.collateral = a
             .collateral
             .add(&cs.mul(x, &a_cash)?)

@@ -79,11 +79,21 @@ pub struct Shape {
     /// cover's account holds no position, every position of the account loaded in the
     /// registers.
     pub margins: usize,
+    /// Price windows: each opens the committed marks of one aligned run of
+    /// `2^solvency_bits` instrument ids, for the solvency windows.
+    pub prices: usize,
+    /// Solvency windows: each opens one account's positions in one run after the batch. Every
+    /// account that filled in the batch has one per run its positions lie in, and is proven to
+    /// end the batch with equity at the committed marks of at least zero.
+    pub solvency: usize,
+    /// A price or solvency window spans `2^solvency_bits` instrument ids (the devnet's 58
+    /// instruments fit one run of 64, so a market maker quoting all of them takes one window).
+    pub solvency_bits: usize,
 }
 
 impl Shape {
     /// The name of its key files:
-    /// `quad-<slots>x<accounts>x<positions>x<instruments>x<listings>x<expiries>x<settlements>x<holders>x<marks>x<risk_chunks>x<keys>x<mark_window_bits>x<margins>`.
+    /// `quad-<slots>x<accounts>x<positions>x<instruments>x<listings>x<expiries>x<settlements>x<holders>x<marks>x<risk_chunks>x<keys>x<mark_window_bits>x<margins>x<prices>x<solvency>x<solvency_bits>`.
     pub fn name(&self) -> String {
         let fields = self.fields().map(|n| n.to_string());
         format!("quad-{}", fields.join("x"))
@@ -96,9 +106,12 @@ impl Shape {
             .split('x')
             .map(|x| x.parse().ok())
             .collect::<Option<_>>()?;
-        let n = <[usize; 13]>::try_from(n).ok()?;
+        let n = <[usize; 16]>::try_from(n).ok()?;
         // A window is a whole subtree of the arity-4 tree: an even number of id bits.
-        if n[11] > INSTRUMENT_DEPTH as usize || !n[11].is_multiple_of(2) {
+        if [n[11], n[15]]
+            .iter()
+            .any(|&b| b > INSTRUMENT_DEPTH as usize || !b.is_multiple_of(2))
+        {
             return None;
         }
         Some(Shape {
@@ -115,11 +128,14 @@ impl Shape {
             keys: n[10],
             mark_window_bits: n[11],
             margins: n[12],
+            prices: n[13],
+            solvency: n[14],
+            solvency_bits: n[15],
         })
     }
 
     /// Its sizes in the order of its name.
-    fn fields(&self) -> [usize; 13] {
+    fn fields(&self) -> [usize; 16] {
         [
             self.slots,
             self.accounts,
@@ -134,7 +150,20 @@ impl Shape {
             self.keys,
             self.mark_window_bits,
             self.margins,
+            self.prices,
+            self.solvency,
+            self.solvency_bits,
         ]
+    }
+
+    /// Instrument ids a price or solvency window spans.
+    pub fn solvency_window(&self) -> usize {
+        1 << self.solvency_bits
+    }
+
+    /// The run of price and solvency windows an instrument falls in.
+    pub fn solvency_run(&self, instrument: u32) -> u64 {
+        u64::from(instrument) >> self.solvency_bits
     }
 
     /// Instrument ids a mark window spans.
@@ -247,6 +276,38 @@ pub struct MarginSlot {
     pub slot: Option<usize>,
     /// The account register.
     pub account: Option<usize>,
+}
+
+/// A price window: the instrument leaves of one aligned run of `2^solvency_bits` ids as the
+/// batch's marks find them (their marks are the committed ones), opened for the solvency
+/// windows.
+#[derive(Debug, Clone, Default)]
+pub struct PriceWindow {
+    /// Used.
+    pub enabled: bool,
+    /// Which run.
+    pub index: u64,
+    /// The path of the run's subtree root.
+    pub siblings: Vec<Fr>,
+    /// Each id's leaf, and whether an instrument is listed there (the leaf is zero where none
+    /// is).
+    pub leaves: Vec<(bool, InstrumentLeaf)>,
+}
+
+/// A solvency window: an account's positions in one run after the batch (the leaves of its
+/// positions tree there), priced by the price window of that run.
+#[derive(Debug, Clone, Default)]
+pub struct SolvencyWindow {
+    /// Used.
+    pub enabled: bool,
+    /// The account register.
+    pub account: Option<usize>,
+    /// The price window of its run.
+    pub price: Option<usize>,
+    /// The quantities, one per id of the run.
+    pub qty: Vec<Fr>,
+    /// The path of the run's subtree root in the account's positions tree.
+    pub siblings: Vec<Fr>,
 }
 
 /// The inputs of an instrument's `spec_hash` (`optio_state::leaf::spec_hash`).
@@ -533,6 +594,10 @@ pub struct BatchWitness {
     pub marks: Vec<MarkWindow>,
     /// Margin slots.
     pub margins: Vec<MarginSlot>,
+    /// Price windows.
+    pub prices: Vec<PriceWindow>,
+    /// Solvency windows.
+    pub solvency: Vec<SolvencyWindow>,
     /// What the circuit's public inputs must be.
     pub public: PublicInputs,
 }
@@ -777,6 +842,12 @@ struct Plan<'a> {
     /// Op slots (indices into `slot_ops`) whose money leaves an account, or that cover its deficit
     /// (`true`: it must hold no position), and that account.
     margin_slots: Vec<(usize, u32, bool)>,
+    /// Accounts that filled (checked solvent at the batch's end).
+    filled: BTreeSet<u32>,
+    /// Solvency windows (account, run) and price windows (run) the batch may need: the runs of
+    /// the positions those accounts held before and of those the batch changes.
+    solvency_runs: BTreeSet<(u32, u64)>,
+    price_runs: BTreeSet<u64>,
 }
 
 /// The commitment any proof of `ops` applied to `state` has as its third public input, whatever
@@ -797,6 +868,9 @@ pub fn data_commitment(state: &SettlementState, ops: &[Op]) -> Result<Fr, Witnes
         keys: usize::MAX,
         mark_window_bits: 0,
         margins: usize::MAX,
+        prices: usize::MAX,
+        solvency: usize::MAX,
+        solvency_bits: 0,
     };
     let p = plan(state, ops, unbounded)?;
     let risk = p
@@ -824,6 +898,9 @@ pub fn data_commitment(state: &SettlementState, ops: &[Op]) -> Result<Fr, Witnes
         keys: p.key_ops.len(),
         mark_window_bits: 0,
         margins: p.margin_slots.len(),
+        prices: p.price_runs.len(),
+        solvency: p.solvency_runs.len(),
+        solvency_bits: 0,
     };
     Ok(commitment(&witness(state, ops, shape)?))
 }
@@ -872,6 +949,7 @@ fn plan<'a>(
     let mut settles: Vec<Settlement> = Vec::new();
     let mut key_ops: Vec<&Op> = Vec::new();
     let mut margin_slots: Vec<(usize, u32, bool)> = Vec::new();
+    let mut filled_accounts: BTreeSet<u32> = BTreeSet::new();
     for (i, op) in ops.iter().enumerate() {
         let known = |a: &AccountId| a.0 < next_account;
         let listed = specs.len();
@@ -1011,6 +1089,7 @@ fn plan<'a>(
                     return Err(WitnessError::Invalid(i));
                 }
                 filled.insert(instrument.0);
+                filled_accounts.extend([maker.0, taker.0]);
                 account_ids.extend([maker.0, taker.0]);
                 position_keys.extend([(maker.0, instrument.0), (taker.0, instrument.0)]);
                 instrument_ids.insert(instrument.0);
@@ -1044,6 +1123,18 @@ fn plan<'a>(
                 .unwrap_or(0),
         ));
     }
+    // An account that filled is priced at the batch's end in every run its positions may lie
+    // in: those of the positions it held before and of those the batch changes.
+    let mut solvency_runs: BTreeSet<(u32, u64)> = BTreeSet::new();
+    for &a in &filled_accounts {
+        let held = accounts
+            .get(a as usize)
+            .into_iter()
+            .flat_map(|x| x.positions.keys().copied());
+        let changed = position_keys.range((a, 0)..(a + 1, 0)).map(|&(_, i)| i);
+        solvency_runs.extend(held.chain(changed).map(|i| (a, shape.solvency_run(i))));
+    }
+    let price_runs: BTreeSet<u64> = solvency_runs.iter().map(|&(_, run)| run).collect();
     let most_holders = settles.iter().map(|s| s.3.len()).max().unwrap_or(0);
     let windows = marks
         .iter()
@@ -1069,6 +1160,8 @@ fn plan<'a>(
         ),
         ("mark windows", windows, shape.marks),
         ("margin slots", margin_slots.len(), shape.margins),
+        ("price windows", price_runs.len(), shape.prices),
+        ("solvency windows", solvency_runs.len(), shape.solvency),
         (
             "risk scenarios of a register's instrument",
             register_risk(state, &instrument_ids),
@@ -1093,6 +1186,9 @@ fn plan<'a>(
         settles,
         key_ops,
         margin_slots,
+        filled: filled_accounts,
+        solvency_runs,
+        price_runs,
     })
 }
 
@@ -1115,6 +1211,8 @@ pub fn witness(
         settles,
         key_ops,
         margin_slots,
+        filled,
+        ..
     } = plan(state, ops, shape)?;
     let accounts = state.accounts();
 
@@ -1482,12 +1580,59 @@ pub fn witness(
         ..AccountReg::default()
     });
 
+    // Solvency windows: each account that filled, over the runs its positions end the batch
+    // in, by account and run; and a price window per run they use.
+    let solvency_bits = shape.solvency_bits;
+    let solvency_span = shape.solvency_window() as u32;
+    let mut windows: Vec<(usize, u64)> = Vec::new();
+    for &a in &filled {
+        let r = reg_of[&a];
+        let runs: BTreeSet<u64> = accts[r]
+            .positions
+            .iter()
+            .filter(|(_, q)| **q != 0)
+            .map(|(&i, _)| shape.solvency_run(i))
+            .collect();
+        windows.extend(runs.into_iter().map(|run| (r, run)));
+    }
+    let price_runs: Vec<u64> = windows
+        .iter()
+        .map(|&(_, run)| run)
+        .collect::<BTreeSet<u64>>()
+        .into_iter()
+        .collect();
+    let mut solvency: Vec<SolvencyWindow> = windows
+        .iter()
+        .map(|&(r, run)| {
+            let base = (run << solvency_bits) as u32;
+            SolvencyWindow {
+                enabled: true,
+                account: Some(r),
+                price: price_runs.binary_search(&run).ok(),
+                qty: (base..base + solvency_span)
+                    .map(|i| fr(accts[r].positions.get(&i).copied().unwrap_or(0)))
+                    .collect(),
+                siblings: accts[r].tree.siblings_from(solvency_bits as u8 / 2, run),
+            }
+        })
+        .collect();
+    solvency.resize_with(shape.solvency, || SolvencyWindow {
+        qty: vec![Fr::from(0u64); solvency_span as usize],
+        siblings: zeros(INSTRUMENT_DEPTH - solvency_bits as u8),
+        ..SolvencyWindow::default()
+    });
+
     // Instruments: listings and activations, the fills' reads, expiries, then the marks, each
     // on the leaves as the previous left them.
     let existing = state.instruments();
     let mut touched: BTreeSet<u32> = instrument_ids.iter().copied().collect();
     touched.extend(leading.iter().chain(&trailing).map(|(_, id, _)| *id));
     touched.extend(settles.iter().map(|s| s.0));
+    // Every id of a price window.
+    for &run in &price_runs {
+        let base = (run << solvency_bits) as u32;
+        touched.extend(base..base + solvency_span);
+    }
     // Every id of a mark window: the circuit rebuilds the window's subtree from all its leaves.
     let span = shape.mark_window() as u32;
     for (_, op) in &marks {
@@ -1647,6 +1792,26 @@ pub fn witness(
         holders: vec![Holder::default(); shape.holders],
         ..SettleSlot::default()
     });
+    // The price windows, as the marks find the leaves.
+    let mut prices: Vec<PriceWindow> = price_runs
+        .iter()
+        .map(|&run| {
+            let base = (run << solvency_bits) as u32;
+            PriceWindow {
+                enabled: true,
+                index: run,
+                siblings: instrument_tree.siblings_from(solvency_bits as u8 / 2, run),
+                leaves: (base..base + solvency_span)
+                    .map(|id| ((id as usize) < specs.len(), leaves[&id]))
+                    .collect(),
+            }
+        })
+        .collect();
+    prices.resize_with(shape.prices, || PriceWindow {
+        siblings: zeros(INSTRUMENT_DEPTH - solvency_bits as u8),
+        leaves: vec![(false, InstrumentLeaf::default()); solvency_span as usize],
+        ..PriceWindow::default()
+    });
     let bits = shape.mark_window_bits;
     let empty_entry = || MarkEntry {
         risk: vec![Fr::from(0u64); shape.risk_chunks * RISK_CHUNK],
@@ -1764,6 +1929,8 @@ pub fn witness(
         insurance_after: fr(insurance_after),
         marks: mark_windows,
         margins,
+        prices,
+        solvency,
         public: PublicInputs {
             old_root: state.root(),
             new_root,

@@ -33,6 +33,9 @@ const SHAPE: Shape = Shape {
     keys: 4,
     mark_window_bits: 0,
     margins: 8,
+    prices: 1,
+    solvency: 6,
+    solvency_bits: 2,
 };
 
 #[test]
@@ -300,6 +303,20 @@ fn after(state: &SettlementState, ops: &[Op]) -> SettlementState {
     next
 }
 
+/// `state` after a batch that marks instrument `id` at `price` with no scenarios. A fill is
+/// proven to leave its accounts with equity at the committed marks of at least zero, so the
+/// fixtures that trade away from zero commit a mark first, and build deficits by moving it.
+fn marked(state: &SettlementState, id: u32, price: i64) -> SettlementState {
+    after(
+        state,
+        &[Op::Mark {
+            instrument: InstrumentId(id),
+            mark: Price(price),
+            risk: Vec::new(),
+        }],
+    )
+}
+
 #[test]
 fn random_batches_satisfy_the_circuit_with_the_native_root() {
     let mut rng = ChaCha8Rng::seed_from_u64(7);
@@ -388,24 +405,29 @@ fn perp_fill(taker_side: Side, qty: i64) -> Op {
 }
 
 /// A fill may leave its buyer's cash negative (a leveraged long holds negative cash against its
-/// position, as the engine allows); a withdrawal may not.
+/// position, as the engine allows); a withdrawal may take no more than the stress rule leaves
+/// (here, with no scenarios committed, the position's value at its mark).
 #[test]
 fn a_fill_may_leave_cash_negative_a_withdrawal_may_not() {
-    let state = genesis(2);
+    let state = marked(&genesis(2), 0, 100_000 * MONEY_SCALE);
     let fill = perp_fill(Side::Buy, 20);
     let w = batch_of(&state, std::slice::from_ref(&fill));
     check(&w).expect("a leveraged long");
     let after_fill = after(&state, &[fill]);
     assert!(after_fill.accounts()[1].collateral.0 < 0);
-    let out = batch_of(
-        &after_fill,
-        &[Op::Withdraw {
-            account: AccountId(1),
-            owner: owner_of(AccountId(1)),
-            amount: Amount(1),
-        }],
-    );
-    assert!(refused(&out), "money out of negative cash");
+    let free = after_fill.stress_free(AccountId(1)).expect("known") as i64;
+    let out = |amount| {
+        batch_of(
+            &after_fill,
+            &[Op::Withdraw {
+                account: AccountId(1),
+                owner: owner_of(AccountId(1)),
+                amount: Amount(amount),
+            }],
+        )
+    };
+    check(&out(free)).expect("what the rule leaves");
+    assert!(refused(&out(free + 1)), "money out past the rule");
     // A forced withdrawal from it is owed nothing (its cash is below full collateral): nothing
     // moved proves, a unit does not.
     let forced = |amount| {
@@ -423,10 +445,11 @@ fn a_fill_may_leave_cash_negative_a_withdrawal_may_not() {
     assert!(refused(&forced(1)), "forced out of negative cash");
 }
 
-/// Account 1 long 20 perpetuals from account 0 at 100,000 (cash about -1,000,000), the
-/// perpetual then marked at 100,000 with scenarios of -30% and +30%.
+/// Account 1 long 20 perpetuals from account 0 at 100,000, its mark (cash about -1,000,000),
+/// the perpetual then marked at 100,000 with scenarios of -30% and +30%.
 fn marked_long() -> SettlementState {
-    let state = after(&genesis(2), &[perp_fill(Side::Buy, 20)]);
+    let state = marked(&genesis(2), 0, 100_000 * MONEY_SCALE);
+    let state = after(&state, &[perp_fill(Side::Buy, 20)]);
     after(
         &state,
         &[Op::Mark {
@@ -557,7 +580,7 @@ fn a_position_left_out_of_the_stress_rule_cannot_be_proven() {
     );
     w.positions[0].enabled = false;
     assert!(
-        refused_at(&w).starts_with("the accounts' write-back"),
+        refused_at(&w).starts_with("the accounts' position counts"),
         "caught by the position count"
     );
     // Nor can the count be understated.
@@ -970,6 +993,9 @@ fn the_value_check_agrees_with_arkworks() {
         keys: 0,
         mark_window_bits: 0,
         margins: 2,
+        prices: 0,
+        solvency: 0,
+        solvency_bits: 0,
     };
     let state = genesis(2);
     for (amount, ok) in [
@@ -1412,28 +1438,29 @@ fn liquidations_move_positions_and_pay_insurance() {
 }
 
 /// `genesis(accounts)` after account 1 bought 20 contracts of instrument 0 from account 0 at
-/// `entry` and was liquidated to account 2 at `exit` with a fee of `fee`.
+/// `entry`, its mark, the mark fell to `exit`, and account 1 was liquidated to account 2 at
+/// `exit` with a fee of `fee`.
 fn liquidated_long(accounts: u32, entry: i64, exit: i64, fee: i64) -> SettlementState {
+    let state = marked(&genesis(accounts), 0, entry);
+    let fill = Op::Fill {
+        instrument: InstrumentId(0),
+        maker: AccountId(0),
+        taker: AccountId(1),
+        taker_side: Side::Buy,
+        price: Price(entry),
+        qty: Qty(20 * QTY_SCALE),
+    };
+    let state = marked(&after(&state, &[fill]), 0, exit);
     after(
-        &genesis(accounts),
-        &[
-            Op::Fill {
-                instrument: InstrumentId(0),
-                maker: AccountId(0),
-                taker: AccountId(1),
-                taker_side: Side::Buy,
-                price: Price(entry),
-                qty: Qty(20 * QTY_SCALE),
-            },
-            Op::Liquidation {
-                account: AccountId(1),
-                counterparty: AccountId(2),
-                instrument: InstrumentId(0),
-                qty: Qty(-20 * QTY_SCALE),
-                price: Price(exit),
-                fee: Amount(fee),
-            },
-        ],
+        &state,
+        &[Op::Liquidation {
+            account: AccountId(1),
+            counterparty: AccountId(2),
+            instrument: InstrumentId(0),
+            qty: Qty(-20 * QTY_SCALE),
+            price: Price(exit),
+            fee: Amount(fee),
+        }],
     )
 }
 
@@ -1577,10 +1604,13 @@ fn only_a_flat_accounts_deficit_is_covered() {
         price: Price(40_000 * MONEY_SCALE),
         fee: Amount(fee * MONEY_SCALE),
     };
-    let state = after(
-        &genesis(4),
-        &[perp_fill(Side::Buy, 20), liquidation(10, 500)],
+    let state = marked(&genesis(4), 0, 100_000 * MONEY_SCALE);
+    let state = marked(
+        &after(&state, &[perp_fill(Side::Buy, 20)]),
+        0,
+        40_000 * MONEY_SCALE,
     );
+    let state = after(&state, &[liquidation(10, 500)]);
     assert!(state.accounts()[1].collateral.0 < 0);
     assert!(!state.accounts()[1].positions.is_empty());
     let (insurance, fees) = state.funds();
@@ -1978,6 +2008,9 @@ const WINDOWED: Shape = Shape {
     marks: 3,
     mark_window_bits: 2,
     margins: 2,
+    prices: 1,
+    solvency: 4,
+    solvency_bits: 2,
     ..SHAPE
 };
 
@@ -2093,4 +2126,152 @@ fn mark_windows_cannot_be_forged() {
         .map(|_| ())
         .expect_err("three windows");
     assert!(err.to_string().contains("mark windows"), "{err}");
+}
+
+/// A batch whose fill leaves an account with equity below zero at the committed marks cannot
+/// be proven, and does not apply natively: an operator trading between accounts it controls at
+/// a price far from the mark cannot leave one of them bankrupt for the waterfall to cover. The
+/// rule reads the account at the batch's end: a deposit in the same batch that brings its
+/// equity back to exactly zero proves, a micro-USDC less does not.
+#[test]
+fn a_fill_that_leaves_its_account_insolvent_cannot_be_proven() {
+    let state = marked(&genesis(2), 0, 100_000 * MONEY_SCALE);
+    // Account 1 buys 20 perpetuals marked at 100,000 for 160,000 each: 1,000,000 of cash,
+    // less 3,200,000 paid and its fee, plus 2,000,000 of value.
+    let fill = Op::Fill {
+        instrument: InstrumentId(0),
+        maker: AccountId(0),
+        taker: AccountId(1),
+        taker_side: Side::Buy,
+        price: Price(160_000 * MONEY_SCALE),
+        qty: Qty(20 * QTY_SCALE),
+    };
+    let at = refused_at(&batch_of(&state, std::slice::from_ref(&fill)));
+    assert!(at.starts_with("solvency"), "refused at {at}");
+    let mut native = state.clone();
+    assert_eq!(
+        native.apply_batch(std::slice::from_ref(&fill)),
+        Err(StateError::Insolvent(0))
+    );
+    assert_eq!(native.commit(), state.root(), "nothing applied");
+    // The deposit that leaves its equity at exactly zero.
+    let deposit = |amount| Op::Deposit {
+        account: AccountId(1),
+        amount: Amount(amount),
+    };
+    let plenty = after(&state, &[fill.clone(), deposit(1_000_000 * MONEY_SCALE)]);
+    let equity = plenty.equity(AccountId(1)).expect("known") / i128::from(QTY_SCALE);
+    let exact = 1_000_000 * MONEY_SCALE - equity as i64;
+    let ops = [fill.clone(), deposit(exact)];
+    check(&batch_of(&state, &ops)).expect("equity of exactly zero");
+    assert_eq!(after(&state, &ops).equity(AccountId(1)), Some(0));
+    let short = [fill, deposit(exact - 1)];
+    let at = refused_at(&batch_of(&state, &short));
+    assert!(
+        at.starts_with("solvency"),
+        "a micro-USDC short: refused at {at}"
+    );
+    assert_eq!(
+        state.clone().apply_batch(&short),
+        Err(StateError::Insolvent(0))
+    );
+}
+
+/// The solvency check prices every position the account holds after the batch, at the
+/// committed marks: leaving a window out, or a quantity or mark other than the committed one,
+/// cannot be proven.
+#[test]
+fn solvency_windows_cannot_be_forged() {
+    let state = marked(&genesis(2), 0, 100_000 * MONEY_SCALE);
+    let state = marked(&state, 1, 5_000 * MONEY_SCALE);
+    // Account 1 ends long perpetuals and calls, account 0 short both.
+    let ops = [
+        perp_fill(Side::Buy, 2),
+        Op::Fill {
+            instrument: InstrumentId(1),
+            maker: AccountId(0),
+            taker: AccountId(1),
+            taker_side: Side::Buy,
+            price: Price(5_000 * MONEY_SCALE),
+            qty: Qty(3 * QTY_SCALE),
+        },
+    ];
+    // Windows of one id each, so that each account takes two.
+    let shape = Shape {
+        prices: 2,
+        solvency: 4,
+        solvency_bits: 0,
+        ..SHAPE
+    };
+    let w = witness(&state, &ops, shape).expect("fits");
+    check(&w).expect("an honest batch");
+    let windows = |w: &BatchWitness| w.solvency.iter().filter(|s| s.enabled).count();
+    assert_eq!(windows(&w), 4, "two accounts, two runs each");
+    let refused_in_solvency = |w: &BatchWitness, what: &str| {
+        let at = refused_at(w);
+        assert!(
+            at.starts_with("solvency") || at.starts_with("price window"),
+            "{what}: refused at {at}"
+        );
+    };
+    // A window left out: its position is not counted.
+    let mut left_out = w.clone();
+    left_out.solvency[3] = Default::default();
+    left_out.solvency[3].qty = vec![Fr::from(0u64)];
+    left_out.solvency[3].siblings = w.solvency[3].siblings.clone();
+    refused_in_solvency(&left_out, "a window left out");
+    // A smaller long than the account holds.
+    let mut smaller = w.clone();
+    smaller.solvency[3].qty[0] -= Fr::from(1u64);
+    refused_in_solvency(&smaller, "another quantity");
+    // A higher mark than the committed one.
+    let mut dearer = w.clone();
+    dearer.prices[0].leaves[0].1.mark.0 += 1;
+    refused_in_solvency(&dearer, "another mark");
+    // The same window twice in place of another.
+    let mut twice = w.clone();
+    twice.solvency[3] = w.solvency[2].clone();
+    refused_in_solvency(&twice, "a window twice");
+}
+
+/// A deficit cover of an account that filled earlier in the batch cannot be proven, nor does
+/// it apply natively: the cover would hide the deficit the fill left (its account ends the
+/// batch at zero).
+#[test]
+fn a_deficit_cover_after_its_accounts_fill_cannot_be_proven() {
+    let (state, deficit) = with_deficit();
+    let (insurance, fees) = state.funds();
+    // Account 1, flat, buys a contract and sells it back: the fee pool gains both fills' fees.
+    let fill = |taker_side| Op::Fill {
+        instrument: InstrumentId(0),
+        maker: AccountId(0),
+        taker: AccountId(1),
+        taker_side,
+        price: Price(40_000 * MONEY_SCALE),
+        qty: Qty(QTY_SCALE),
+    };
+    let perp = &state.instruments()[0].spec;
+    let notional = Price(40_000 * MONEY_SCALE)
+        .notional(Qty(QTY_SCALE))
+        .expect("fits");
+    let fee = |rate: FeeRate| rate.fee_on(notional).expect("fits").0;
+    let fees_after = fees.0 + 2 * (fee(perp.maker_fee) + fee(perp.taker_fee));
+    let mut ops = vec![fill(Side::Buy), fill(Side::Sell)];
+    ops.extend(cover(deficit, insurance.0, fees_after, 0));
+    let cover_at = ops.len() - 1;
+    let at = refused_at(&batch_of(&state, &ops));
+    assert!(
+        at.starts_with(&format!("op slot {cover_at}")),
+        "refused at {at}"
+    );
+    let mut native = state.clone();
+    assert_eq!(
+        native.apply_batch(&ops),
+        Err(StateError::CoverAfterFill(cover_at))
+    );
+    assert_eq!(native.commit(), state.root(), "nothing applied");
+    // The cover alone proves.
+    let alone = cover(deficit, insurance.0, fees.0, 0);
+    check(&batch_of(&state, &alone)).expect("the cover alone");
+    after(&state, &alone);
 }

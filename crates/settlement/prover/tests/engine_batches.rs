@@ -24,6 +24,9 @@ const SHAPE: Shape = Shape {
     keys: 4,
     mark_window_bits: 0,
     margins: 4,
+    prices: 1,
+    solvency: 8,
+    solvency_bits: 2,
 };
 
 /// The same with marks in windows of four instrument ids (up to 32 ids in eight windows).
@@ -164,6 +167,9 @@ fn a_capacity_aware_batcher_cuts_only_batches_that_fit() {
         keys: 1,
         mark_window_bits: 0,
         margins: 2,
+        prices: 1,
+        solvency: 4,
+        solvency_bits: 2,
     };
     let cut = |inputs: &[optio_types::Input]| {
         let mut engine = Engine::new(EngineLimits::default());

@@ -37,6 +37,9 @@ const SHAPE: Shape = Shape {
     keys: 1,
     mark_window_bits: 0,
     margins: 2,
+    prices: 1,
+    solvency: 2,
+    solvency_bits: 2,
 };
 
 fn u(w: &Word) -> U256 {

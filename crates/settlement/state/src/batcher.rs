@@ -9,7 +9,7 @@ use sha3::{Digest, Keccak256};
 
 use crate::auth::{self, Authorization, Orders, PriceAttestation, Signed};
 use crate::blob::{self, BlobError, BlobMeta};
-use crate::ledger::{SettlementState, StateError};
+use crate::ledger::{Pending, SettlementState, StateError};
 use crate::ops::{Op, ops_from};
 use crate::poseidon::Fr;
 
@@ -158,6 +158,11 @@ pub struct Batcher {
     uncovered_ms: Option<u64>,
     last_ms: u64,
     pending: Vec<Op>,
+    /// The state the pending ops leave. The batch is cut before an input whose ops would not
+    /// apply to it: one whose fill leaves an account with equity below zero at the marks
+    /// committed before the batch (the engine margins at its latest marks, which the next
+    /// batch starts with), or a deficit cover of an account that filled in the batch.
+    running: Pending,
     /// The pending marks by instrument (the last of each), with the oracle's signature of
     /// each, posted beside the batch's mark ops. L1 judges a mark against the batch's time (its
     /// last input's): the batch is cut before an input that would leave one of them older than
@@ -199,6 +204,7 @@ impl Batcher {
         max_age_ms: u64,
     ) -> Self {
         Self {
+            running: state.begin(),
             state,
             number,
             last_seq,
@@ -358,7 +364,16 @@ impl Batcher {
         // position at its batch's start: one whose account traded earlier in the pending batch
         // starts the next.
         let full = full || self.traded_before_forced_withdrawal(&ops);
-        let before = if full { Some(self.cut()?) } else { None };
+        let full = full || (self.running.push(&self.state, &ops).is_err() && self.pending() > 0);
+        let before = if full {
+            let batch = self.cut()?;
+            // The input starts the next batch (if it does not apply even there, cutting that
+            // batch reports why).
+            let _ = self.running.push(&self.state, &ops);
+            Some(batch)
+        } else {
+            None
+        };
         // After a cut before this input: the orders persisted with that batch are as of its
         // last input.
         let records = self.orders.apply(input, signed, events);
@@ -554,6 +569,7 @@ impl Batcher {
                 source,
             })?;
         self.state.commit();
+        self.running = self.state.begin();
         self.number = meta.number;
         self.first_seq = self.last_seq + 1;
         self.opened_ms = None;

@@ -87,6 +87,16 @@ pub enum StateError {
     /// or grow its position: a liquidation only reduces one.
     #[error("op {0}: the liquidation does not reduce the account's position")]
     LiquidationSize(usize),
+    /// Op `index`, the last fill of an account in the batch, leaves that account with equity
+    /// below zero at the committed marks (those before the batch's): `collateral * 1e8 +
+    /// sum_i q_i * mark_i < 0` over every position it holds after the batch's other ops
+    /// (`SettlementState::equity`; a missing mark counts 0).
+    #[error("op {0}: the fill leaves its account with equity below zero at the committed marks")]
+    Insolvent(usize),
+    /// Op `index` covers the deficit of an account that filled earlier in the batch: the cover
+    /// would hide what the fill left.
+    #[error("op {0}: the deficit cover follows a fill of the same account in the batch")]
+    CoverAfterFill(usize),
 }
 
 /// One account.
@@ -602,97 +612,49 @@ impl SettlementState {
     pub fn apply_batch(&mut self, ops: &[Op]) -> Result<(), StateError> {
         self.validate(ops)?;
         // The batch runs on copies of what it touches; an op out of range drops the copies.
-        let mut scratch = self.scratch_for(ops);
-        for (i, op) in ops.iter().enumerate() {
-            scratch.apply(i, op)?;
-        }
-        if let Some(&(.., op)) = scratch.settling.first() {
+        let mut batch = self.begin();
+        batch.push(self, ops)?;
+        if let Some(&(.., op)) = batch.scratch.settling.first() {
             return Err(StateError::Settlement(op));
         }
-        scratch.write_back(self);
+        batch.scratch.write_back(self);
         Ok(())
     }
 
-    fn scratch_for(&self, ops: &[Op]) -> Scratch {
-        let mut touched = BTreeSet::new();
-        let mut instruments = BTreeSet::new();
-        for op in ops {
-            match op {
-                Op::SettlePosition {
-                    account,
-                    instrument,
-                    ..
-                } => {
-                    touched.insert(account.0);
-                    instruments.insert(instrument.0);
-                }
-                Op::Deposit { account, .. }
-                | Op::Withdraw { account, .. }
-                | Op::L1Deposit { account, .. }
-                | Op::L1Withdrawal { account, .. }
-                | Op::LossShared { account, .. }
-                | Op::DeficitCovered { account, .. }
-                | Op::SessionKey { account, .. } => {
-                    touched.insert(account.0);
-                }
-                Op::Transfer { from, to, .. } => {
-                    touched.extend([from.0, to.0]);
-                }
-                Op::Fill {
-                    instrument,
-                    maker,
-                    taker,
-                    ..
-                } => {
-                    touched.extend([maker.0, taker.0]);
-                    instruments.insert(instrument.0);
-                }
-                Op::Liquidation {
-                    account,
-                    counterparty,
-                    instrument,
-                    ..
-                } => {
-                    touched.extend([account.0, counterparty.0]);
-                    instruments.insert(instrument.0);
-                }
-                Op::ActivateInstrument { instrument }
-                | Op::ExpireInstrument { instrument }
-                | Op::SettleInstrument { instrument, .. }
-                | Op::Mark { instrument, .. } => {
-                    instruments.insert(instrument.0);
-                }
-                Op::ListInstrument { .. } | Op::OpenAccount { .. } => {}
-            }
+    /// A batch over this state, to gather input by input (`Pending::push`).
+    pub fn begin(&self) -> Pending {
+        Pending {
+            scratch: Scratch {
+                accounts: BTreeMap::new(),
+                instruments: BTreeMap::new(),
+                new_accounts: Vec::new(),
+                new_instruments: Vec::new(),
+                first_new_account: self.accounts.len() as u32,
+                first_new_instrument: self.instruments.len() as u32,
+                insurance: self.insurance,
+                fee_pool: self.fee_pool,
+                priority_served: self.priority_served,
+                settling: Vec::new(),
+                held_at_start: BTreeSet::new(),
+            },
+            filled: BTreeMap::new(),
+            ops: 0,
         }
-        let held_at_start = touched
-            .iter()
-            .copied()
-            .filter(|&a| {
-                self.accounts
-                    .get(a as usize)
-                    .is_some_and(Account::holds_position)
-            })
-            .collect();
-        Scratch {
-            accounts: touched
-                .into_iter()
-                .filter_map(|a| self.accounts.get(a as usize).map(|x| (a, x.light_clone())))
-                .collect(),
-            instruments: instruments
-                .into_iter()
-                .filter_map(|i| self.instruments.get(i as usize).map(|x| (i, x.clone())))
-                .collect(),
-            new_accounts: Vec::new(),
-            new_instruments: Vec::new(),
-            first_new_account: self.accounts.len() as u32,
-            first_new_instrument: self.instruments.len() as u32,
-            insurance: self.insurance,
-            fee_pool: self.fee_pool,
-            priority_served: self.priority_served,
-            settling: Vec::new(),
-            held_at_start,
-        }
+    }
+
+    /// `account`'s equity at the committed marks, times 1e8: `collateral * 1e8 + sum_i q_i *
+    /// mark_i` over every position it holds (a missing mark counts 0); the no-move scenario of
+    /// the stress rule. `None` for an unknown account.
+    pub fn equity(&self, account: AccountId) -> Option<i128> {
+        Some(self.equity_of(self.accounts.get(account.0 as usize)?))
+    }
+
+    fn equity_of(&self, a: &Account) -> i128 {
+        let marked = a.positions.iter().map(|(id, q)| {
+            let mark = self.instruments.get(*id as usize).map_or(0, |x| x.mark.0);
+            i128::from(q.0) * i128::from(mark)
+        });
+        i128::from(a.collateral.0) * i128::from(QTY_SCALE) + marked.sum::<i128>()
     }
 
     /// Rehashes what changed since the last commit (positions trees and account leaves on all
@@ -933,6 +895,53 @@ impl Account {
     }
 }
 
+/// A batch being gathered over a state (`SettlementState::begin`): the accounts and
+/// instruments as its ops so far leave them. A batcher pushes each input's ops and cuts the
+/// batch before an input that does not apply, for example one whose fill leaves an account
+/// insolvent at the committed marks (`StateError::Insolvent`), which the proof refuses.
+pub struct Pending {
+    scratch: Scratch,
+    /// Accounts that filled in the batch, with the index of their last fill.
+    filled: BTreeMap<u32, usize>,
+    /// Ops pushed so far.
+    ops: usize,
+}
+
+impl Pending {
+    /// Applies the next `ops` of the batch to `state`, the state the batch started from (as of
+    /// its last `commit`). On error the batch is spoiled: start another.
+    ///
+    /// Besides each op's own rules: every account that filled in the batch is left with equity
+    /// at the committed marks of at least zero by the ops that touch it
+    /// (`SettlementState::equity`), and no deficit cover follows a fill of its account.
+    pub fn push(&mut self, state: &SettlementState, ops: &[Op]) -> Result<(), StateError> {
+        let mut touched = BTreeSet::new();
+        for (i, op) in (self.ops..).zip(ops) {
+            self.scratch.load(state, op, i)?;
+            match op {
+                Op::DeficitCovered { account, .. } if self.filled.contains_key(&account.0) => {
+                    return Err(StateError::CoverAfterFill(i));
+                }
+                Op::Fill { maker, taker, .. } => {
+                    self.filled.extend([(maker.0, i), (taker.0, i)]);
+                }
+                _ => {}
+            }
+            self.scratch.apply(i, op)?;
+            touched.extend(op.accounts().into_iter().map(|a| a.0));
+        }
+        self.ops += ops.len();
+        for a in touched {
+            if let Some(&i) = self.filled.get(&a)
+                && state.equity_of(self.scratch.account(AccountId(a))) < 0
+            {
+                return Err(StateError::Insolvent(i));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A batch in progress: copies of what it touches, written back only when every op applied.
 struct Scratch {
     accounts: BTreeMap<u32, Account>,
@@ -952,13 +961,46 @@ struct Scratch {
 }
 
 impl Scratch {
+    /// Copies what `op` (index `i`) names from `state` on first use.
+    fn load(&mut self, state: &SettlementState, op: &Op, i: usize) -> Result<(), StateError> {
+        for AccountId(a) in op.accounts() {
+            if a >= self.first_new_account {
+                if (a - self.first_new_account) as usize >= self.new_accounts.len() {
+                    return Err(StateError::UnknownAccount(i));
+                }
+            } else if let std::collections::btree_map::Entry::Vacant(e) = self.accounts.entry(a) {
+                let x = state
+                    .accounts
+                    .get(a as usize)
+                    .ok_or(StateError::UnknownAccount(i))?;
+                if x.holds_position() {
+                    self.held_at_start.insert(a);
+                }
+                e.insert(x.light_clone());
+            }
+        }
+        if let Some(InstrumentId(x)) = op.instrument() {
+            if x >= self.first_new_instrument {
+                if (x - self.first_new_instrument) as usize >= self.new_instruments.len() {
+                    return Err(StateError::UnknownInstrument(i));
+                }
+            } else if let std::collections::btree_map::Entry::Vacant(e) = self.instruments.entry(x)
+            {
+                let spec = state
+                    .instruments
+                    .get(x as usize)
+                    .ok_or(StateError::UnknownInstrument(i))?;
+                e.insert(spec.clone());
+            }
+        }
+        Ok(())
+    }
+
     fn account(&mut self, id: AccountId) -> &mut Account {
         if id.0 >= self.first_new_account {
             &mut self.new_accounts[(id.0 - self.first_new_account) as usize]
         } else {
-            self.accounts
-                .get_mut(&id.0)
-                .expect("validated and collected")
+            self.accounts.get_mut(&id.0).expect("loaded")
         }
     }
 
@@ -966,9 +1008,7 @@ impl Scratch {
         if id.0 >= self.first_new_instrument {
             &mut self.new_instruments[(id.0 - self.first_new_instrument) as usize]
         } else {
-            self.instruments
-                .get_mut(&id.0)
-                .expect("validated and collected")
+            self.instruments.get_mut(&id.0).expect("loaded")
         }
     }
 

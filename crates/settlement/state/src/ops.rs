@@ -175,6 +175,58 @@ pub enum Op {
     },
 }
 
+impl Op {
+    /// The accounts it names, those it opens aside.
+    pub fn accounts(&self) -> Vec<AccountId> {
+        match self {
+            Op::SettlePosition { account, .. }
+            | Op::Deposit { account, .. }
+            | Op::L1Deposit { account, .. }
+            | Op::L1Withdrawal { account, .. }
+            | Op::Withdraw { account, .. }
+            | Op::LossShared { account, .. }
+            | Op::DeficitCovered { account, .. }
+            | Op::SessionKey { account, .. } => vec![*account],
+            Op::Transfer { from, to, .. } => vec![*from, *to],
+            Op::Fill { maker, taker, .. } => vec![*maker, *taker],
+            Op::Liquidation {
+                account,
+                counterparty,
+                ..
+            } => vec![*account, *counterparty],
+            Op::ListInstrument { .. }
+            | Op::ActivateInstrument { .. }
+            | Op::ExpireInstrument { .. }
+            | Op::SettleInstrument { .. }
+            | Op::OpenAccount { .. }
+            | Op::Mark { .. } => Vec::new(),
+        }
+    }
+
+    /// The instrument it names, if any (one it lists aside).
+    pub fn instrument(&self) -> Option<InstrumentId> {
+        match self {
+            Op::ActivateInstrument { instrument }
+            | Op::ExpireInstrument { instrument }
+            | Op::SettleInstrument { instrument, .. }
+            | Op::SettlePosition { instrument, .. }
+            | Op::Fill { instrument, .. }
+            | Op::Liquidation { instrument, .. }
+            | Op::Mark { instrument, .. } => Some(*instrument),
+            Op::ListInstrument { .. }
+            | Op::OpenAccount { .. }
+            | Op::Deposit { .. }
+            | Op::L1Deposit { .. }
+            | Op::L1Withdrawal { .. }
+            | Op::Withdraw { .. }
+            | Op::Transfer { .. }
+            | Op::LossShared { .. }
+            | Op::DeficitCovered { .. }
+            | Op::SessionKey { .. } => None,
+        }
+    }
+}
+
 /// The settlement ops of one sequenced input, from the input and the engine's events for it
 /// (`owner_of` names an account's owner, for the withdrawals L1 pays). Marks are returned
 /// apart: the batcher keeps the last per instrument.

@@ -6,7 +6,7 @@ use optio_engine::Engine;
 use optio_state::{Batcher, BlobError, Op, SettlementState, decode, rebuild};
 use optio_types::{
     AccountId, Address, Amount, Command, EngineLimits, Input, InstrumentId, MONEY_SCALE,
-    MarginMode, NewOrder, OrderType, Price, Qty, SelfTradePrevention, Side, TimeInForce,
+    MarginMode, NewOrder, OrderType, Price, QTY_SCALE, Qty, SelfTradePrevention, Side, TimeInForce,
 };
 use proptest::prelude::*;
 
@@ -753,4 +753,100 @@ fn a_forced_withdrawal_after_its_account_traded_starts_a_new_batch() {
         matches!(ops.as_slice(), [Op::L1Withdrawal { account, amount, .. }] if account.0 == 1 && amount.0 > 0),
         "{ops:?}"
     );
+}
+
+/// A fill is proven to leave its accounts with equity of at least zero at the marks committed
+/// before its batch, while the engine margins it at its latest marks: a fill sound only at marks
+/// still pending starts a new batch, which the marks close. Without that cut, the batch with the
+/// fill would not apply (`StateError::Insolvent`).
+#[test]
+fn a_fill_solvent_only_at_pending_marks_starts_a_new_batch() {
+    let mut feed = Feed::new();
+    let mut push = |engine: &mut Engine, command: Command| feed.push(engine, command);
+    let mut engine = Engine::new(EngineLimits::default());
+    for spec in specs() {
+        push(&mut engine, Command::ListInstrument { spec });
+    }
+    let perp = InstrumentId(2);
+    push(
+        &mut engine,
+        Command::ActivateInstrument { instrument: perp },
+    );
+    for (k, cash) in [7_000, 100_000].into_iter().enumerate() {
+        push(
+            &mut engine,
+            Command::OpenAccount {
+                owner: Address([k as u8 + 1; 20]),
+            },
+        );
+        push(
+            &mut engine,
+            Command::Deposit {
+                account: AccountId(k as u32),
+                amount: Amount(cash * MONEY_SCALE),
+            },
+        );
+    }
+    push(
+        &mut engine,
+        Command::SetMarginMode {
+            account: AccountId(0),
+            mode: MarginMode::Standard,
+        },
+    );
+    push(&mut engine, oracle(60_000.0, T0));
+    let (_, cut) = push(
+        &mut engine,
+        Command::Withdraw {
+            account: AccountId(1),
+            amount: Amount(1),
+        },
+    );
+    assert!(cut.is_some(), "the marks at 60,000 are committed");
+    // The index falls to 50,500 in two steps (each inside the circuit breaker); the marks wait
+    // in the batcher.
+    push(&mut engine, oracle(55_000.0, T0 + 1));
+    push(&mut engine, oracle(50_500.0, T0 + 2));
+    let order = |account: u32, side, tif| {
+        Command::PlaceOrder(NewOrder {
+            account: AccountId(account),
+            instrument: perp,
+            side,
+            qty: Qty(QTY_SCALE),
+            order_type: OrderType::Limit { price: px(50_500) },
+            time_in_force: tif,
+            post_only: false,
+            reduce_only: false,
+            self_trade: SelfTradePrevention::CancelTaker,
+            client_order_id: 0,
+            session_key: None,
+        })
+    };
+    let (_, cut) = push(
+        &mut engine,
+        order(1, Side::Buy, TimeInForce::GoodTillCancelled),
+    );
+    assert!(cut.is_none(), "a resting order changes no settlement state");
+    // Account 0 sells one perpetual at 50,500 with 7,000 of collateral: margined at the
+    // engine's mark (about 50,500), but at the committed one (60,000) its equity is about
+    // 7,000 + 50,500 - 60,000 < 0.
+    let (seq, cut) = push(
+        &mut engine,
+        order(0, Side::Sell, TimeInForce::ImmediateOrCancel),
+    );
+    let cut = cut.expect("cut before the fill");
+    assert_eq!(cut.header.last_seq, seq - 1, "the fill is not in it");
+    let ops = decode(&cut.blob).expect("decodes").1;
+    assert!(!ops.iter().any(|o| matches!(o, Op::Fill { .. })));
+    assert!(
+        matches!(ops.last(), Some(Op::Mark { .. })),
+        "the marks close it"
+    );
+    let fill = feed.batcher.flush().expect("the fill's batch applies");
+    let ops = decode(&fill.expect("pending").blob).expect("decodes").1;
+    assert!(
+        matches!(ops.as_slice(), [Op::Fill { maker, taker, .. }] if maker.0 == 1 && taker.0 == 0)
+    );
+    let equity = feed.batcher.state().equity(AccountId(0)).expect("known");
+    assert!(equity >= 0, "{equity}");
 }
