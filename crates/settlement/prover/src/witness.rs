@@ -798,26 +798,6 @@ fn overlay(depth: u8, ids: &[(u64, Fr, Proof)]) -> SparseMerkleTree {
 /// paid (account, cash).
 type Settlement = (u32, i64, i64, Vec<(u32, i64)>);
 
-/// The accounts an op of the op slots touches.
-fn account_ids_of(op: &Op) -> Vec<u32> {
-    match op {
-        Op::Deposit { account, .. }
-        | Op::Withdraw { account, .. }
-        | Op::L1Deposit { account, .. }
-        | Op::L1Withdrawal { account, .. }
-        | Op::LossShared { account, .. }
-        | Op::DeficitCovered { account, .. } => vec![account.0],
-        Op::Transfer { from, to, .. } => vec![from.0, to.0],
-        Op::Fill { maker, taker, .. } => vec![maker.0, taker.0],
-        Op::Liquidation {
-            account,
-            counterparty,
-            ..
-        } => vec![account.0, counterparty.0],
-        _ => Vec::new(),
-    }
-}
-
 /// The (zero) siblings of a path through `bits` index bits: three per level of two bits.
 fn zeros(bits: u8) -> Vec<Fr> {
     vec![Fr::from(0u64); 3 * bits as usize / 2]
@@ -1036,9 +1016,10 @@ fn plan<'a>(
             // credits (which the engine had already added): one after a settlement that
             // credits insurance belongs to the next batch.
             Op::DeficitCovered { .. } if credited => return Err(WitnessError::Invalid(i)),
-            _ if account_ids_of(op)
+            _ if op
+                .accounts()
                 .iter()
-                .any(|a| settled_accounts.contains(a)) =>
+                .any(|a| settled_accounts.contains(&a.0)) =>
             {
                 return Err(WitnessError::Invalid(i));
             }

@@ -394,13 +394,18 @@ fn a_withdrawal_below_zero_cannot_be_proven() {
 
 /// Account 1 takes `qty` perpetuals at 100,000 from account 0 (buying or selling).
 fn perp_fill(taker_side: Side, qty: i64) -> Op {
+    fill_of(0, taker_side, 100_000, qty)
+}
+
+/// Account 1 takes `contracts` of instrument `id` from account 0 at `price` (USDC).
+fn fill_of(id: u32, taker_side: Side, price: i64, contracts: i64) -> Op {
     Op::Fill {
-        instrument: InstrumentId(0),
+        instrument: InstrumentId(id),
         maker: AccountId(0),
         taker: AccountId(1),
         taker_side,
-        price: Price(100_000 * MONEY_SCALE),
-        qty: Qty(qty * QTY_SCALE),
+        price: Price(price * MONEY_SCALE),
+        qty: Qty(contracts * QTY_SCALE),
     }
 }
 
@@ -2138,14 +2143,7 @@ fn a_fill_that_leaves_its_account_insolvent_cannot_be_proven() {
     let state = marked(&genesis(2), 0, 100_000 * MONEY_SCALE);
     // Account 1 buys 20 perpetuals marked at 100,000 for 160,000 each: 1,000,000 of cash,
     // less 3,200,000 paid and its fee, plus 2,000,000 of value.
-    let fill = Op::Fill {
-        instrument: InstrumentId(0),
-        maker: AccountId(0),
-        taker: AccountId(1),
-        taker_side: Side::Buy,
-        price: Price(160_000 * MONEY_SCALE),
-        qty: Qty(20 * QTY_SCALE),
-    };
+    let fill = fill_of(0, Side::Buy, 160_000, 20);
     let at = refused_at(&batch_of(&state, std::slice::from_ref(&fill)));
     assert!(at.starts_with("solvency"), "refused at {at}");
     let mut native = state.clone();
@@ -2185,17 +2183,7 @@ fn solvency_windows_cannot_be_forged() {
     let state = marked(&genesis(2), 0, 100_000 * MONEY_SCALE);
     let state = marked(&state, 1, 5_000 * MONEY_SCALE);
     // Account 1 ends long perpetuals and calls, account 0 short both.
-    let ops = [
-        perp_fill(Side::Buy, 2),
-        Op::Fill {
-            instrument: InstrumentId(1),
-            maker: AccountId(0),
-            taker: AccountId(1),
-            taker_side: Side::Buy,
-            price: Price(5_000 * MONEY_SCALE),
-            qty: Qty(3 * QTY_SCALE),
-        },
-    ];
+    let ops = [perp_fill(Side::Buy, 2), fill_of(1, Side::Buy, 5_000, 3)];
     // Windows of one id each, so that each account takes two.
     let shape = Shape {
         prices: 2,
@@ -2242,14 +2230,7 @@ fn a_deficit_cover_after_its_accounts_fill_cannot_be_proven() {
     let (state, deficit) = with_deficit();
     let (insurance, fees) = state.funds();
     // Account 1, flat, buys a contract and sells it back: the fee pool gains both fills' fees.
-    let fill = |taker_side| Op::Fill {
-        instrument: InstrumentId(0),
-        maker: AccountId(0),
-        taker: AccountId(1),
-        taker_side,
-        price: Price(40_000 * MONEY_SCALE),
-        qty: Qty(QTY_SCALE),
-    };
+    let fill = |taker_side| fill_of(0, taker_side, 40_000, 1);
     let perp = &state.instruments()[0].spec;
     let notional = Price(40_000 * MONEY_SCALE)
         .notional(Qty(QTY_SCALE))

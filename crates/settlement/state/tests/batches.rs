@@ -483,6 +483,23 @@ impl Feed {
     }
 }
 
+/// A limit order of `account` for `qty` of the perpetual (instrument 2) at `price`.
+fn perp_order(account: u32, side: Side, tif: TimeInForce, qty: i64, price: i64) -> Command {
+    Command::PlaceOrder(NewOrder {
+        account: AccountId(account),
+        instrument: InstrumentId(2),
+        side,
+        qty: Qty(qty),
+        order_type: OrderType::Limit { price: px(price) },
+        time_in_force: tif,
+        post_only: false,
+        reduce_only: false,
+        self_trade: SelfTradePrevention::CancelTaker,
+        client_order_id: 0,
+        session_key: None,
+    })
+}
+
 /// Money leaving an account is proven against the marks committed before its batch: a
 /// withdrawal or transfer that follows a mark not yet committed starts a new batch, which the
 /// mark's batch precedes; with no mark pending, it joins the batch in progress.
@@ -701,21 +718,7 @@ fn a_forced_withdrawal_after_its_account_traded_starts_a_new_batch() {
         },
     );
     assert!(cut.is_some(), "the marks' batch is cut before money moves");
-    let order = |account: u32, side, tif| {
-        Command::PlaceOrder(NewOrder {
-            account: AccountId(account),
-            instrument: InstrumentId(2),
-            side,
-            qty: Qty(STEP),
-            order_type: OrderType::Limit { price: px(60_000) },
-            time_in_force: tif,
-            post_only: false,
-            reduce_only: false,
-            self_trade: SelfTradePrevention::CancelTaker,
-            client_order_id: 0,
-            session_key: None,
-        })
-    };
+    let order = |account, side, tif| perp_order(account, side, tif, STEP, 60_000);
     push(
         &mut engine,
         order(0, Side::Sell, TimeInForce::GoodTillCancelled),
@@ -807,21 +810,7 @@ fn a_fill_solvent_only_at_pending_marks_starts_a_new_batch() {
     // in the batcher.
     push(&mut engine, oracle(55_000.0, T0 + 1));
     push(&mut engine, oracle(50_500.0, T0 + 2));
-    let order = |account: u32, side, tif| {
-        Command::PlaceOrder(NewOrder {
-            account: AccountId(account),
-            instrument: perp,
-            side,
-            qty: Qty(QTY_SCALE),
-            order_type: OrderType::Limit { price: px(50_500) },
-            time_in_force: tif,
-            post_only: false,
-            reduce_only: false,
-            self_trade: SelfTradePrevention::CancelTaker,
-            client_order_id: 0,
-            session_key: None,
-        })
-    };
+    let order = |account, side, tif| perp_order(account, side, tif, QTY_SCALE, 50_500);
     let (_, cut) = push(
         &mut engine,
         order(1, Side::Buy, TimeInForce::GoodTillCancelled),
