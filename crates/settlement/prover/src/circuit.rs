@@ -493,7 +493,17 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
         op_slot(cs, slot, &mut st)?;
     }
     cs.part("margin slots".into());
-    margin_slots(cs, w, &st)?;
+    // Which instrument register prices each position register.
+    let mut prices = Vec::with_capacity(st.positions.len());
+    for q in &st.positions {
+        let mut row = Vec::with_capacity(st.instruments.len());
+        for i in &st.instruments {
+            let same = not(&cs.is_nonzero(&q.instrument.sub(&i.id))?);
+            row.push(cs.mul(&same, &i.enabled)?);
+        }
+        prices.push(row);
+    }
+    margin_slots(cs, w, &st, &prices)?;
     cs.part("loss shares claimed".into());
     // Every loss share was claimed by a deficit cover.
     cs.equal(&st.shared, &Wire::zero())?;
@@ -543,7 +553,7 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
     cs.part("the accounts' position counts".into());
     // Open positions after the batch: those held before, less those closed, plus those opened.
     // A margined account's registers hold every position it held before.
-    let mut open_after = Vec::with_capacity(st.accounts.len());
+    let (mut open_after, mut in_registers) = (Vec::new(), Vec::new());
     for (k, a) in st.accounts.iter().enumerate() {
         let (mut held0, mut held) = (Wire::zero(), Wire::zero());
         for (q, nz) in st.positions.iter().zip(&nz_end) {
@@ -552,8 +562,15 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
         }
         cs.equal_if(&a.margined, &held0, &a.count0)?;
         open_after.push(a.count0.add(&held).sub(&held0));
+        // Every position it held before is in a register, so every one it holds after is.
+        in_registers.push(not(&cs.is_nonzero(&held0.sub(&a.count0))?));
     }
-    solvency(cs, w, &st, &instruments_root, &open_after)?;
+    let registers = Registers {
+        prices: &prices,
+        nonzero: &nz_end,
+        complete: &in_registers,
+    };
+    solvency(cs, w, &st, &instruments_root, &open_after, &registers)?;
 
     cs.part("the accounts' write-back".into());
     let empty_positions = Wire::constant(empty_root(INSTRUMENT_DEPTH));
@@ -636,13 +653,28 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
     cs.equal(&st.poly.y, &y)
 }
 
+/// What the registers say about the accounts' positions after the batch, for the accounts the
+/// registers price.
+struct Registers<'a> {
+    /// `prices[r][i]`: instrument register `i` prices position register `r`.
+    prices: &'a [Vec<Wire>],
+    /// Each position register's quantity is nonzero after the batch.
+    nonzero: &'a [Wire],
+    /// Per account register: every position it held before the batch is in a register.
+    complete: &'a [Wire],
+}
+
 /// Bits of an equity total: `|collateral| * 1e8 < 2^90`, each position's `|q * mark| < 2^126`,
 /// and fewer than 2^33 positions priced, so a total below zero (`p - |t|`) is far above 2^160.
 const EQUITY_BITS: usize = 160;
 
 /// Every account that filled in the batch ends it with equity at the committed marks of at
 /// least zero: `collateral * 1e8 + sum_i q_i * mark_i >= 0` over every position it holds after
-/// the batch (`SettlementState::equity`). Price windows open the committed marks of aligned
+/// the batch (`SettlementState::equity`). An account whose every position is in a register
+/// (every one it held before is, so every one it holds after is) may be priced from the
+/// registers: each position register of it that ends nonzero is priced by the instrument
+/// register of its instrument, whose mark is the committed one. The others: price windows open
+/// the committed marks of aligned
 /// runs of instrument ids (against the instruments root after the settlements, before the
 /// batch's marks); solvency windows open an account's positions in one run each, rebuilt from
 /// their leaves under the account's positions root after the write-back. The nonzero leaves of
@@ -654,6 +686,7 @@ fn solvency(
     st: &Running,
     instruments_root: &Wire,
     counts: &[Wire],
+    registers: &Registers,
 ) -> R<()> {
     let index_bits = INSTRUMENT_DEPTH as usize - w.shape.solvency_bits;
     let mut prices = Vec::with_capacity(w.prices.len());
@@ -730,13 +763,37 @@ fn solvency(
         previous = Some((enabled, key));
     }
     cs.part("solvency".into());
+    // Priced from the registers: each position register's value at its instrument register's
+    // mark, which must exist where the account is so priced and the position is open.
+    let by_registers = w
+        .accounts
+        .iter()
+        .map(|a| cs.boolean(a.registers_price))
+        .collect::<R<Vec<_>>>()?;
+    let mut worth = Vec::with_capacity(st.positions.len());
+    for (r, q) in st.positions.iter().enumerate() {
+        let priced = Wire::sum(&registers.prices[r]);
+        let mark = pick(
+            cs,
+            &registers.prices[r],
+            st.instruments.iter().map(|i| i.mark.clone()),
+        )?;
+        let owner_priced = pick(cs, &q.account_sel, by_registers.iter().cloned())?;
+        let needs = cs.mul(&owner_priced, &registers.nonzero[r])?;
+        cs.equal_if(&needs, &priced, &one())?;
+        worth.push(cs.mul(&q.qty, &mark)?);
+    }
     for (k, a) in st.accounts.iter().enumerate() {
         let filled = cs.is_nonzero(&a.filled)?;
-        cs.equal_if(&filled, &seen[k], &counts[k])?;
-        let equity = a
-            .collateral
-            .scale(Fr::from(QTY_SCALE as u64))
-            .add(&value[k]);
+        let registers_price = cs.mul(&filled, &by_registers[k])?;
+        cs.equal_if(&registers_price, &registers.complete[k], &one())?;
+        cs.equal_if(&filled.sub(&registers_price), &seen[k], &counts[k])?;
+        let mut in_registers = Wire::zero();
+        for (q, x) in st.positions.iter().zip(&worth) {
+            in_registers = in_registers.add(&cs.mul(&q.account_sel[k], x)?);
+        }
+        let priced = cs.select(&by_registers[k], &in_registers, &value[k])?;
+        let equity = a.collateral.scale(Fr::from(QTY_SCALE as u64)).add(&priced);
         cs.range(&cs.mul(&filled, &equity)?, EQUITY_BITS)?;
     }
     Ok(())
@@ -1119,17 +1176,8 @@ fn signed_order(v: Fr) -> <Fr as PrimeField>::BigInt {
 /// All of them are priced: the account's registers hold every position it held before the
 /// batch (the write-back checks their count against its leaf) and those the batch opened, and
 /// each register's instrument is loaded with its committed mark and risk array.
-fn margin_slots(cs: &Cs, w: &BatchWitness, st: &Running) -> R<()> {
-    // Which instrument register prices each position register.
-    let mut prices = Vec::with_capacity(st.positions.len());
-    for q in &st.positions {
-        let mut row = Vec::with_capacity(st.instruments.len());
-        for i in &st.instruments {
-            let same = not(&cs.is_nonzero(&q.instrument.sub(&i.id))?);
-            row.push(cs.mul(&same, &i.enabled)?);
-        }
-        prices.push(row);
-    }
+/// `prices[r][i]`: instrument register `i` prices position register `r` (same id, in use).
+fn margin_slots(cs: &Cs, w: &BatchWitness, st: &Running, prices: &[Vec<Wire>]) -> R<()> {
     let scenarios = w.shape.risk_chunks * RISK_CHUNK;
     // The ops that need a margin slot: money out, or an owner's priced forced withdrawal.
     let needs = st

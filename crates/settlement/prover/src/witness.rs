@@ -217,6 +217,10 @@ pub struct AccountReg {
     /// Money leaves it in the batch: every position it holds before is in a position register
     /// (the margin slots price them all).
     pub margined: bool,
+    /// It filled, and every position it holds before the batch is in a position register
+    /// whose instrument has an instrument register: its solvency is priced from the registers,
+    /// with no solvency window.
+    pub registers_price: bool,
     /// Path of its write-back.
     pub siblings: Vec<Fr>,
 }
@@ -822,8 +826,10 @@ struct Plan<'a> {
     /// Op slots (indices into `slot_ops`) whose money leaves an account, or that cover its deficit
     /// (`true`: it must hold no position), and that account.
     margin_slots: Vec<(usize, u32, bool)>,
-    /// Accounts that filled (checked solvent at the batch's end).
+    /// Accounts that filled (checked solvent at the batch's end), and those of them whose
+    /// positions the registers price.
     filled: BTreeSet<u32>,
+    registers_price: BTreeSet<u32>,
     /// Solvency windows (account, run) and price windows (run) the batch may need: the runs of
     /// the positions those accounts held before and of those the batch changes.
     solvency_runs: BTreeSet<(u32, u64)>,
@@ -1104,10 +1110,23 @@ fn plan<'a>(
                 .unwrap_or(0),
         ));
     }
-    // An account that filled is priced at the batch's end in every run its positions may lie
-    // in: those of the positions it held before and of those the batch changes.
+    // An account that filled is priced at the batch's end from the registers when every
+    // position it held before is in one, with its instrument's register; otherwise in every
+    // run its positions may lie in: those of the positions it held before and of those the
+    // batch changes.
+    let registers_price: BTreeSet<u32> = filled_accounts
+        .iter()
+        .copied()
+        .filter(|&a| {
+            accounts.get(a as usize).is_none_or(|x| {
+                x.positions
+                    .keys()
+                    .all(|i| position_keys.contains(&(a, *i)) && instrument_ids.contains(i))
+            })
+        })
+        .collect();
     let mut solvency_runs: BTreeSet<(u32, u64)> = BTreeSet::new();
-    for &a in &filled_accounts {
+    for &a in filled_accounts.difference(&registers_price) {
         let held = accounts
             .get(a as usize)
             .into_iter()
@@ -1168,6 +1187,7 @@ fn plan<'a>(
         key_ops,
         margin_slots,
         filled: filled_accounts,
+        registers_price,
         solvency_runs,
         price_runs,
     })
@@ -1193,6 +1213,7 @@ pub fn witness(
         key_ops,
         margin_slots,
         filled,
+        registers_price,
         ..
     } = plan(state, ops, shape)?;
     let accounts = state.accounts();
@@ -1252,6 +1273,7 @@ pub fn witness(
             collateral: fr(acct.collateral),
             positions_root: acct.tree.root(),
             margined: margin_slots.iter().any(|(_, a, _)| *a == id),
+            registers_price: registers_price.contains(&id),
             siblings: Vec::new(),
         });
         accts.push(acct);
@@ -1561,12 +1583,12 @@ pub fn witness(
         ..AccountReg::default()
     });
 
-    // Solvency windows: each account that filled, over the runs its positions end the batch
-    // in, by account and run; and a price window per run they use.
+    // Solvency windows: each account that filled and the registers do not price, over the runs
+    // its positions end the batch in, by account and run; and a price window per run they use.
     let solvency_bits = shape.solvency_bits;
     let solvency_span = shape.solvency_window() as u32;
     let mut windows: Vec<(usize, u64)> = Vec::new();
-    for &a in &filled {
+    for &a in filled.difference(&registers_price) {
         let r = reg_of[&a];
         let runs: BTreeSet<u64> = accts[r]
             .positions

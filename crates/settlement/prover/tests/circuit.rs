@@ -2144,7 +2144,11 @@ fn a_fill_that_leaves_its_account_insolvent_cannot_be_proven() {
     // Account 1 buys 20 perpetuals marked at 100,000 for 160,000 each: 1,000,000 of cash,
     // less 3,200,000 paid and its fee, plus 2,000,000 of value.
     let fill = fill_of(0, Side::Buy, 160_000, 20);
-    let at = refused_at(&batch_of(&state, std::slice::from_ref(&fill)));
+    let w = batch_of(&state, std::slice::from_ref(&fill));
+    // Both accounts hold only the position the fill changes: the registers price them.
+    assert!(w.accounts[0].registers_price && w.accounts[1].registers_price);
+    assert!(w.solvency.iter().all(|s| !s.enabled));
+    let at = refused_at(&w);
     assert!(at.starts_with("solvency"), "refused at {at}");
     let mut native = state.clone();
     assert_eq!(
@@ -2176,14 +2180,17 @@ fn a_fill_that_leaves_its_account_insolvent_cannot_be_proven() {
 }
 
 /// The solvency check prices every position the account holds after the batch, at the
-/// committed marks: leaving a window out, or a quantity or mark other than the committed one,
-/// cannot be proven.
+/// committed marks: an account holding a position the batch does not trade is priced in
+/// windows; leaving a window out, a quantity or mark other than the committed one, or pricing
+/// it from the registers instead, cannot be proven.
 #[test]
 fn solvency_windows_cannot_be_forged() {
     let state = marked(&genesis(2), 0, 100_000 * MONEY_SCALE);
     let state = marked(&state, 1, 5_000 * MONEY_SCALE);
-    // Account 1 ends long perpetuals and calls, account 0 short both.
-    let ops = [perp_fill(Side::Buy, 2), fill_of(1, Side::Buy, 5_000, 3)];
+    // Account 1 holds calls from an earlier batch, and buys perpetuals in this one; account 0
+    // is short both.
+    let state = after(&state, &[fill_of(1, Side::Buy, 5_000, 3)]);
+    let ops = [perp_fill(Side::Buy, 2)];
     // Windows of one id each, so that each account takes two.
     let shape = Shape {
         prices: 2,
@@ -2195,6 +2202,7 @@ fn solvency_windows_cannot_be_forged() {
     check(&w).expect("an honest batch");
     let windows = |w: &BatchWitness| w.solvency.iter().filter(|s| s.enabled).count();
     assert_eq!(windows(&w), 4, "two accounts, two runs each");
+    assert!(!w.accounts[1].registers_price);
     let refused_in_solvency = |w: &BatchWitness, what: &str| {
         let at = refused_at(w);
         assert!(
@@ -2202,6 +2210,10 @@ fn solvency_windows_cannot_be_forged() {
             "{what}: refused at {at}"
         );
     };
+    // Priced from the registers, which miss the calls.
+    let mut registers = w.clone();
+    registers.accounts[1].registers_price = true;
+    refused_in_solvency(&registers, "the registers, missing a position");
     // A window left out: its position is not counted.
     let mut left_out = w.clone();
     left_out.solvency[3] = Default::default();
