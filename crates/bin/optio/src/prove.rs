@@ -246,7 +246,7 @@ pub fn run(args: ProveArgs) -> Result<()> {
             let generated = Keys::generate(shape, &mut os_rng()).map_err(|e| anyhow!("{e}"))?;
             generated.write(&keys).map_err(|e| anyhow!("{e}"))?;
             println!(
-                "keys {} ({} op slots, {} accounts, {} positions, {} instruments, {} listing and {} expiry slots, {} settlement slots of {} holders, {} mark windows of {} ids, {} risk scenarios, {} session-key slots) written to {} in {:.1} s",
+                "keys {} ({} op slots, {} accounts, {} positions, {} instruments, {} listing and {} expiry slots, {} settlement slots of {} holders, {} mark windows of {} ids, {} risk scenarios, {} session-key slots, {} margin slots, {} price and {} solvency windows of {} ids) written to {} in {:.1} s",
                 shape.name(),
                 shape.slots,
                 shape.accounts,
@@ -260,6 +260,10 @@ pub fn run(args: ProveArgs) -> Result<()> {
                 shape.mark_window(),
                 shape.risk_chunks * optio_state::leaf::RISK_CHUNK,
                 shape.keys,
+                shape.margins,
+                shape.prices,
+                shape.solvency,
+                shape.solvency_window(),
                 keys.display(),
                 t.elapsed().as_secs_f64()
             );
