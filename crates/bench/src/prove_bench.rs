@@ -228,6 +228,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             (total / fills) as f64 / 40_000.0
         );
     }
+    println!(
+        "  the devnet's shape (16/16/16/8 registers, a mark window, 2 price and 8 solvency windows, all of 64 ids) {:>8}",
+        constraints(devnet_shape(1, 6))?
+    );
     let windowed = worst + 2 * solvency_1 + price_1;
     println!(
         "  per trade, worst case, both accounts also holding a position the batch does not touch (windows of 1 id): {windowed}   of the goal {:.2}",
@@ -321,6 +325,30 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The devnet's shape (`optio prove setup`'s defaults) with `marks` mark windows of
+/// `2^mark_window_bits` ids.
+fn devnet_shape(marks: usize, mark_window_bits: usize) -> Shape {
+    let scenarios = optio_pricing::risk::default_scenarios().len();
+    Shape {
+        slots: 16,
+        accounts: 16,
+        positions: 16,
+        instruments: 8,
+        listings: 4,
+        expiries: 4,
+        settlements: 2,
+        holders: 16,
+        marks,
+        risk_chunks: scenarios.div_ceil(optio_state::leaf::RISK_CHUNK),
+        keys: KEYS.min(4),
+        mark_window_bits,
+        margins: 2,
+        prices: 2,
+        solvency: 8,
+        solvency_bits: 6,
+    }
+}
+
 /// The devnet's batch: 16 fills and the marks of its 58 instruments (33 scenarios each), proven
 /// in the devnet's shape with a path per mark (64 mark slots) and with one window of 64 ids.
 fn devnet_batch() -> anyhow::Result<()> {
@@ -354,31 +382,13 @@ fn devnet_batch() -> anyhow::Result<()> {
                 .collect(),
         }
     }));
-    let devnet = |marks, mark_window_bits| Shape {
-        slots: 16,
-        accounts: 16,
-        positions: 16,
-        instruments: 8,
-        listings: 4,
-        expiries: 4,
-        settlements: 2,
-        holders: 16,
-        marks,
-        risk_chunks: scenarios.div_ceil(optio_state::leaf::RISK_CHUNK),
-        keys: KEYS.min(4),
-        mark_window_bits,
-        margins: 2,
-        prices: 2,
-        solvency: 8,
-        solvency_bits: 6,
-    };
     println!(
         "\nA devnet batch (16 fills, 58 marks of {scenarios} scenarios) in the devnet's shape"
     );
     let mut seconds = Vec::new();
     for (label, shape) in [
-        ("one window of 64 ids", devnet(1, 6)),
-        ("a path per mark     ", devnet(64, 0)),
+        ("one window of 64 ids", devnet_shape(1, 6)),
+        ("a path per mark     ", devnet_shape(64, 0)),
     ] {
         let mut rng = StdRng::seed_from_u64(2);
         let t = Instant::now();
