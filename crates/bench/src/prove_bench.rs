@@ -228,9 +228,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             (total / fills) as f64 / 40_000.0
         );
     }
+    // Proving time steps with the evaluation domain, the next power of two.
+    let devnet = constraints(devnet_shape(1, 6))?;
     println!(
-        "  the devnet's shape (16/16/16/8 registers, a mark window, 2 price and 8 solvency windows, all of 64 ids) {:>8}",
-        constraints(devnet_shape(1, 6))?
+        "  the devnet's shape (16/16/16/8 registers, a mark window, 2 price and 8 solvency windows, all of 64 ids) {devnet:>8}   of its 2^20 evaluation domain {:.2}",
+        devnet as f64 / f64::from(1u32 << 20)
     );
     let windowed = worst + 2 * solvency_1 + price_1;
     println!(
