@@ -187,11 +187,13 @@ pub struct ProveArgs {
 }
 
 /// The engine's limits for a node whose batches a circuit of `shape` proves: money leaves only
-/// an account whose positions all fit the shape's registers in a batch of their own.
+/// an account whose positions all fit the shape's registers in a batch of their own, and an
+/// order fills only as many resting orders as a batch of its own holds.
 pub(crate) fn limits(shape: Option<optio_prover::Shape>) -> optio_types::EngineLimits {
     let mut limits = optio_types::EngineLimits::default();
     if let Some(shape) = shape {
         limits.max_positions_to_withdraw = shape.positions.min(shape.instruments) as u32;
+        limits.fill_budget = shape.fill_budget();
     }
     limits
 }

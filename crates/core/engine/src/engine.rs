@@ -9,9 +9,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use optio_types::margin::fee_reserve;
 use optio_types::state::{OrderRecord, Totals};
 use optio_types::{
-    AccountId, Address, Amount, Command, DoneReason, EngineLimits, Event, Exposure, Input,
-    InstrumentId, InstrumentKind, InstrumentName, InstrumentSpec, InstrumentStatus, MarginModel,
-    NewOrder, OrderId, OrderRef, OrderType, Price, Qty, Quote, RejectCode, RiskConfig,
+    AccountId, Address, Amount, Command, DoneReason, EngineLimits, Event, Exposure, FillBudget,
+    Input, InstrumentId, InstrumentKind, InstrumentName, InstrumentSpec, InstrumentStatus,
+    MarginModel, NewOrder, OrderId, OrderRef, OrderType, Price, Qty, Quote, RejectCode, RiskConfig,
     SelfTradePrevention, Side, TimeInForce, WorstCaseMargin,
 };
 
@@ -52,6 +52,26 @@ enum PlanEnd {
     Exhausted,
     /// Self-trade prevention cancels the taker's rest.
     SelfTrade,
+    /// The next fill would pass the fill budget: the taker's rest is cancelled.
+    FillLimit,
+}
+
+/// What the fills planned so far touch, counted against `EngineLimits::fill_budget` the way
+/// the prover's plan counts a batch of them alone.
+#[derive(Default)]
+struct FillCount {
+    fills: u32,
+    accounts: Vec<AccountId>,
+    windows: u32,
+    runs: BTreeSet<u32>,
+}
+
+impl PlanEnd {
+    /// Whether the taker's rest may rest on the book: not when it is cancelled, nor when it
+    /// would cross the orders the budget left unfilled.
+    fn lets_rest(self) -> bool {
+        !matches!(self, PlanEnd::SelfTrade | PlanEnd::FillLimit)
+    }
 }
 
 struct Taker {
@@ -501,6 +521,7 @@ impl<M: MarginModel> Engine<M> {
     #[allow(clippy::too_many_arguments)]
     fn plan_match(
         &mut self,
+        taker: AccountId,
         instrument: InstrumentId,
         side: Side,
         limit: Price,
@@ -514,6 +535,7 @@ impl<M: MarginModel> Engine<M> {
         let result = match side {
             Side::Buy => self.plan_levels(
                 book.asks.iter().take_while(|(p, _)| **p <= limit),
+                taker,
                 instrument,
                 qty,
                 owner,
@@ -522,6 +544,7 @@ impl<M: MarginModel> Engine<M> {
             ),
             Side::Sell => self.plan_levels(
                 book.bids.iter().rev().take_while(|(p, _)| **p >= limit),
+                taker,
                 instrument,
                 qty,
                 owner,
@@ -533,9 +556,11 @@ impl<M: MarginModel> Engine<M> {
         result
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn plan_levels<'a>(
         &self,
         levels: impl Iterator<Item = (&'a Price, &'a crate::book::Level)>,
+        taker: AccountId,
         instrument: InstrumentId,
         qty: Qty,
         owner: Address,
@@ -543,6 +568,8 @@ impl<M: MarginModel> Engine<M> {
         plan: &mut Vec<Step>,
     ) -> (Qty, PlanEnd) {
         let mut remaining = qty.0;
+        let bounded = self.limits.fill_budget != FillBudget::UNBOUNDED;
+        let mut count = FillCount::default();
         for (_, level) in levels {
             let mut slot = level.head;
             while slot != NIL {
@@ -591,6 +618,9 @@ impl<M: MarginModel> Engine<M> {
                     slot = next;
                     continue;
                 }
+                if bounded && !self.admit_fill(&mut count, [taker, o.account], instrument) {
+                    return (Qty(qty.0 - remaining), PlanEnd::FillLimit);
+                }
                 plan.push(Step::Fill {
                     slot,
                     qty: Qty(fill),
@@ -609,6 +639,54 @@ impl<M: MarginModel> Engine<M> {
             }
         }
         (Qty(qty.0 - remaining), PlanEnd::Exhausted)
+    }
+
+    /// Counts one more fill in `instrument` between `accounts` into `count` if the fill budget
+    /// has room for it; otherwise leaves `count` as it was and says no. An account is counted
+    /// once: priced from its one position when that is all it holds (the traded instrument's,
+    /// or none), otherwise in a window per run its nonzero positions and the traded one lie in.
+    fn admit_fill(
+        &self,
+        count: &mut FillCount,
+        accounts: [AccountId; 2],
+        instrument: InstrumentId,
+    ) -> bool {
+        let budget = &self.limits.fill_budget;
+        let (mut added, mut windows, mut runs) = (0, count.windows, count.runs.clone());
+        for (k, account) in accounts.into_iter().enumerate() {
+            if count.accounts.contains(&account) || (k == 1 && account == accounts[0]) {
+                continue;
+            }
+            added += 1;
+            // The runs of the positions it holds in other instruments.
+            let mut held: BTreeSet<u32> = self.accounts[account.0 as usize]
+                .positions
+                .iter()
+                .filter(|(i, slot)| {
+                    **i != instrument && self.positions[**slot as usize].exposure.position.0 != 0
+                })
+                .map(|(i, _)| budget.run(*i))
+                .collect();
+            if !held.is_empty() {
+                held.insert(budget.run(instrument));
+                windows += held.len() as u32;
+                runs.extend(held);
+            }
+        }
+        let fits = count.fills < budget.fills
+            && count.accounts.len() as u64 + added <= u64::from(budget.accounts)
+            && windows <= budget.windows
+            && runs.len() as u64 <= u64::from(budget.prices);
+        if fits {
+            count.fills += 1;
+            for account in accounts {
+                if !count.accounts.contains(&account) {
+                    count.accounts.push(account);
+                }
+            }
+            (count.windows, count.runs) = (windows, runs);
+        }
+        fits
     }
 
     /// Whether filling `qty` of the resting order in `slot`, after the fills already planned
@@ -1175,13 +1253,20 @@ impl<M: MarginModel> Engine<M> {
             return Err(RejectCode::InsufficientMargin);
         }
         let owner = acct.owner;
-        let (filled, end) =
-            self.plan_match(o.instrument, o.side, limit, o.qty, owner, o.self_trade);
+        let (filled, end) = self.plan_match(
+            o.account,
+            o.instrument,
+            o.side,
+            limit,
+            o.qty,
+            owner,
+            o.self_trade,
+        );
         if o.time_in_force == TimeInForce::FillOrKill && filled < o.qty {
             return Err(RejectCode::FokNotFillable);
         }
         let remaining = Qty(o.qty.0 - filled.0);
-        let rests = !immediate && remaining.is_positive() && end != PlanEnd::SelfTrade;
+        let rests = !immediate && remaining.is_positive() && end.lets_rest();
         if rests
             && self.level_limit_hit(
                 &self.instruments[o.instrument.0 as usize],
@@ -1239,6 +1324,8 @@ impl<M: MarginModel> Engine<M> {
                 DoneReason::Filled
             } else if end == PlanEnd::SelfTrade {
                 DoneReason::SelfTrade
+            } else if end == PlanEnd::FillLimit {
+                DoneReason::FillLimit
             } else {
                 DoneReason::UnfilledRemainder
             };
@@ -1313,9 +1400,17 @@ impl<M: MarginModel> Engine<M> {
             return Err(RejectCode::InsufficientMargin);
         }
         let owner = self.accounts[account.0 as usize].owner;
-        let (filled, end) = self.plan_match(o.instrument, o.side, price, qty, owner, o.self_trade);
+        let (filled, end) = self.plan_match(
+            account,
+            o.instrument,
+            o.side,
+            price,
+            qty,
+            owner,
+            o.self_trade,
+        );
         let remaining = Qty(qty.0 - filled.0);
-        let rests = remaining.is_positive() && end != PlanEnd::SelfTrade;
+        let rests = remaining.is_positive() && end.lets_rest();
         if rests
             && self.level_limit_hit(
                 &self.instruments[o.instrument.0 as usize],
@@ -1377,6 +1472,8 @@ impl<M: MarginModel> Engine<M> {
         } else {
             let reason = if remaining.0 == 0 {
                 DoneReason::Filled
+            } else if end == PlanEnd::FillLimit {
+                DoneReason::FillLimit
             } else {
                 DoneReason::SelfTrade
             };

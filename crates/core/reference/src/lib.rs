@@ -571,7 +571,35 @@ impl Reference {
         }
     }
 
-    /// Matches a taker; returns (filled, ended by self-trade prevention).
+    /// Whether a batch of `fills` fills in `i` between `accounts` (each named once) fits the
+    /// fill budget: every account holding a nonzero position in another instrument takes a
+    /// window per run of ids among those positions and `i`; the runs are counted once.
+    fn within_budget(&self, fills: u32, accounts: &[AccountId], i: InstrumentId) -> bool {
+        let b = &self.limits.fill_budget;
+        let mut windows = 0u64;
+        let mut runs = std::collections::BTreeSet::new();
+        for a in accounts {
+            let others: Vec<InstrumentId> = self.accounts[a.0 as usize]
+                .positions
+                .iter()
+                .filter(|(j, p)| **j != i && p.qty != 0)
+                .map(|(j, _)| *j)
+                .collect();
+            if others.is_empty() {
+                continue;
+            }
+            let mine: std::collections::BTreeSet<u32> =
+                others.into_iter().chain([i]).map(|j| b.run(j)).collect();
+            windows += mine.len() as u64;
+            runs.extend(mine);
+        }
+        fills <= b.fills
+            && accounts.len() as u64 <= u64::from(b.accounts)
+            && windows <= u64::from(b.windows)
+            && runs.len() as u64 <= u64::from(b.prices)
+    }
+
+    /// Matches a taker; returns (filled, ended by self-trade prevention or the fill budget).
     fn match_taker(
         &mut self,
         a: AccountId,
@@ -583,6 +611,8 @@ impl Reference {
     ) -> (i64, bool) {
         let owner = self.accounts[a.0 as usize].owner;
         let mut remaining = qty;
+        // Who filled so far, the taker first, and how many fills.
+        let (mut filled_by, mut fills) = (vec![a], 0u32);
         while remaining > 0 {
             let Some(b) = self.best(i, side.opposite()) else {
                 break;
@@ -613,6 +643,14 @@ impl Reference {
                 }
                 available = available.min(room);
             }
+            let mut with = filled_by.clone();
+            if !with.contains(&m.account) {
+                with.push(m.account);
+            }
+            if !self.within_budget(fills + 1, &with, i) {
+                return (qty - remaining, true);
+            }
+            (filled_by, fills) = (with, fills + 1);
             let f = remaining.min(available);
             self.fill(b, a, side, f);
             remaining -= f;
@@ -707,7 +745,7 @@ impl Reference {
         }
         let id = OrderId(self.next_order_id);
         self.next_order_id += 1;
-        let (filled, self_trade) = self.match_taker(
+        let (filled, ended) = self.match_taker(
             o.account,
             o.instrument,
             o.side,
@@ -719,7 +757,7 @@ impl Reference {
             return Err(RejectCode::FokNotFillable);
         }
         let remaining = o.qty.0 - filled;
-        if !immediate && remaining > 0 && !self_trade {
+        if !immediate && remaining > 0 && !ended {
             if self.level_blocked(o.instrument, o.side, limit) {
                 return Err(RejectCode::TooManyPriceLevels);
             }
@@ -791,10 +829,9 @@ impl Reference {
         {
             return Err(RejectCode::InsufficientMargin);
         }
-        let (filled, self_trade) =
-            self.match_taker(a, o.instrument, o.side, price, qty.0, o.self_trade);
+        let (filled, ended) = self.match_taker(a, o.instrument, o.side, price, qty.0, o.self_trade);
         let remaining = qty.0 - filled;
-        if remaining > 0 && !self_trade {
+        if remaining > 0 && !ended {
             if self.level_blocked(o.instrument, o.side, price) {
                 return Err(RejectCode::TooManyPriceLevels);
             }

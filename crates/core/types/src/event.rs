@@ -32,6 +32,9 @@ pub enum DoneReason {
     /// Filling it would have left its mark-margined account below maintenance at the current
     /// marks (a resting order placed against older marks): cancelled instead of filled.
     Margin,
+    /// The order filled all the resting orders one input's proof has room for
+    /// (`EngineLimits::fill_budget`): its rest, which would cross them, is cancelled.
+    FillLimit,
 }
 
 /// Something that happened.

@@ -11,7 +11,9 @@ use crate::instrument::{InstrumentName, InstrumentSpec, InstrumentStatus};
 use crate::oracle::{MAX_UNDERLYING_LEN, MarginMode, RiskConfig};
 
 const MAGIC: &[u8; 8] = b"OPTIOST\0";
-const VERSION: u32 = 5;
+const VERSION: u32 = 6;
+/// The last version without a fill budget in its limits (still decoded: unbounded).
+const VERSION_WITHOUT_FILL_BUDGET: u32 = 5;
 /// The last version whose oracle records carry index samples (still decoded).
 const VERSION_WITH_SAMPLES: u32 = 4;
 
@@ -37,6 +39,46 @@ pub struct EngineLimits {
     /// forced withdrawal, which then moves nothing): the validity proof prices every one, and
     /// its circuit's shape holds only so many (`optio node` sets it from the prover's shape).
     pub max_positions_to_withdraw: u32,
+    /// What the fills of one order may touch: a batch holding only that order's input must fit
+    /// the validity proof's circuit (`optio node` sets it from the prover's shape). The fills
+    /// past it are not made, and the order's rest is cancelled (`DoneReason::FillLimit`).
+    pub fill_budget: FillBudget,
+}
+
+/// What the fills of one order (or amendment) may touch, so that its input alone fits one
+/// proven batch. An order trades one instrument: each account it fills touches one position.
+/// An account that fills and holds a position in another instrument is priced at the batch's
+/// end from its positions, in one solvency window per aligned run of `2^window_bits`
+/// instrument ids they lie in, the traded one's included, and each run's marks in one price
+/// window (the prover's `Shape::solvency_window`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FillBudget {
+    /// Fills (each takes one op slot).
+    pub fills: u32,
+    /// Accounts, the taker's included (each with its one position).
+    pub accounts: u32,
+    /// Solvency windows, summed over the accounts that fill.
+    pub windows: u32,
+    /// Price windows: distinct runs among those.
+    pub prices: u32,
+    /// A window spans `2^window_bits` instrument ids.
+    pub window_bits: u32,
+}
+
+impl FillBudget {
+    /// No bound.
+    pub const UNBOUNDED: FillBudget = FillBudget {
+        fills: u32::MAX,
+        accounts: u32::MAX,
+        windows: u32::MAX,
+        prices: u32::MAX,
+        window_bits: 0,
+    };
+
+    /// The aligned run of window ids `instrument` lies in.
+    pub fn run(&self, instrument: InstrumentId) -> u32 {
+        instrument.0.checked_shr(self.window_bits).unwrap_or(0)
+    }
 }
 
 impl Default for EngineLimits {
@@ -50,6 +92,7 @@ impl Default for EngineLimits {
             max_order_qty: Qty(1_000_000 * crate::fixed::QTY_SCALE),
             max_amount: Amount(1_000_000_000_000 * crate::fixed::MONEY_SCALE),
             max_positions_to_withdraw: u32::MAX,
+            fill_budget: FillBudget::UNBOUNDED,
         }
     }
 }
@@ -301,7 +344,7 @@ impl CanonicalState {
         }
         let time_ms = r.u64()?;
         let next_order_id = r.u64()?;
-        let limits = decode_limits(&mut r)?;
+        let limits = decode_limits(&mut r, version)?;
         let risk = decode_risk(&mut r)?;
         let totals = Totals {
             deposits: r.i128()?,
@@ -497,6 +540,10 @@ fn encode_limits(w: &mut Writer, l: &EngineLimits) {
     w.qty(l.max_order_qty);
     w.amount(l.max_amount);
     w.u32(l.max_positions_to_withdraw);
+    let b = &l.fill_budget;
+    for n in [b.fills, b.accounts, b.windows, b.prices, b.window_bits] {
+        w.u32(n);
+    }
 }
 
 fn encode_risk(w: &mut Writer, c: &RiskConfig) {
@@ -541,8 +588,8 @@ fn decode_risk(r: &mut Reader<'_>) -> Result<RiskConfig, DecodeError> {
     Ok(risk)
 }
 
-fn decode_limits(r: &mut Reader<'_>) -> Result<EngineLimits, DecodeError> {
-    Ok(EngineLimits {
+fn decode_limits(r: &mut Reader<'_>, version: u32) -> Result<EngineLimits, DecodeError> {
+    let mut limits = EngineLimits {
         max_open_orders_per_account: r.u32()?,
         max_price_levels_per_side: r.u32()?,
         max_mass_quote_entries: r.u32()?,
@@ -551,7 +598,21 @@ fn decode_limits(r: &mut Reader<'_>) -> Result<EngineLimits, DecodeError> {
         max_order_qty: r.qty()?,
         max_amount: r.amount()?,
         max_positions_to_withdraw: r.u32()?,
-    })
+        fill_budget: FillBudget::UNBOUNDED,
+    };
+    if version > VERSION_WITHOUT_FILL_BUDGET {
+        limits.fill_budget = FillBudget {
+            fills: r.u32()?,
+            accounts: r.u32()?,
+            windows: r.u32()?,
+            prices: r.u32()?,
+            window_bits: r.u32()?,
+        };
+        if limits.fill_budget.window_bits > 32 {
+            return Err(DecodeError::Invalid("fill budget window above 2^32 ids"));
+        }
+    }
+    Ok(limits)
 }
 
 /// Encodes an instrument spec (the name as its canonical text).

@@ -280,7 +280,7 @@ fn status_of(text: &str) -> Option<&'static str> {
 }
 
 /// Every `cancel_reason` an order can have.
-const CANCEL_REASONS: [&str; 7] = [
+const CANCEL_REASONS: [&str; 8] = [
     "",
     "user_request",
     "ioc_or_market_partial_fill",
@@ -288,11 +288,13 @@ const CANCEL_REASONS: [&str; 7] = [
     "self_trade_prevention",
     "reduce_only",
     "deleveraged",
+    "fill_limit",
 ];
 
 /// Derive's `cancel_reason` for an order done for `reason` (empty when not cancelled). Derive
-/// has no word for self-trade prevention, a reduce-only order whose position is gone, or a
-/// position deleveraged under its orders: those get their own.
+/// has no word for self-trade prevention, a reduce-only order whose position is gone, a
+/// position deleveraged under its orders, or an order's rest cancelled at the fill budget
+/// (`EngineLimits::fill_budget`): those get their own.
 pub fn cancel_reason(reason: DoneReason) -> &'static str {
     match reason {
         DoneReason::Filled | DoneReason::Expired | DoneReason::InstrumentExpired => "",
@@ -303,6 +305,8 @@ pub fn cancel_reason(reason: DoneReason) -> &'static str {
         DoneReason::SelfTrade => "self_trade_prevention",
         DoneReason::ReduceOnly => "reduce_only",
         DoneReason::Deleveraged => "deleveraged",
+        // It filled as many resting orders as one proven batch holds.
+        DoneReason::FillLimit => "fill_limit",
     }
 }
 

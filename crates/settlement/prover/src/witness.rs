@@ -166,6 +166,25 @@ impl Shape {
         u64::from(instrument) >> self.solvency_bits
     }
 
+    /// The engine's fill budget for batches of this shape (`EngineLimits::fill_budget`): the
+    /// fills of one order, alone in a batch, fit it (one op slot, one account and one position
+    /// register each account, the solvency and price windows of the accounts priced in them),
+    /// so that no order makes an input that cannot be proven.
+    pub fn fill_budget(&self) -> optio_types::FillBudget {
+        let bound = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        optio_types::FillBudget {
+            fills: if self.instruments == 0 {
+                0
+            } else {
+                bound(self.slots)
+            },
+            accounts: bound(self.accounts.min(self.positions)),
+            windows: bound(self.solvency),
+            prices: bound(self.prices),
+            window_bits: bound(self.solvency_bits),
+        }
+    }
+
     /// Instrument ids a mark window spans.
     pub fn mark_window(&self) -> usize {
         1 << self.mark_window_bits

@@ -192,26 +192,31 @@ fn a_capacity_aware_batcher_cuts_only_batches_that_fit() {
         let (unbounded, _, _) = support::run(&inputs, 1_000);
         assert!(batches.len() > unbounded.len(), "seed {seed}: cut smaller");
         let mut state = SettlementState::new();
-        let mut oversized = 0;
+        let mut oversized = Vec::new();
         for b in &batches {
             let (_, ops) = decode(&b.blob).expect("decodes");
             match witness(&state, &ops, SMALL) {
                 Ok(w) => assert_eq!(w.public.new_root, b.header.new_root),
                 // One input's own ops larger than the shape (a batch of its own).
-                Err(WitnessError::TooLarge(_)) => oversized += 1,
+                Err(WitnessError::TooLarge(what)) => oversized.push((
+                    what,
+                    ops.iter()
+                        .filter(|o| matches!(o, optio_state::Op::Fill { .. }))
+                        .count(),
+                )),
                 Err(e) => panic!("seed {seed} batch {}: {e}", b.header.number),
             }
             state.apply_batch(&ops).expect("applies");
             state.commit();
         }
         println!(
-            "seed {seed}: {} batches ({oversized} single inputs too large), {} unbounded",
+            "seed {seed}: {} batches (single inputs too large, with their fills: {oversized:?}), {} unbounded",
             batches.len(),
             unbounded.len()
         );
         assert!(
-            oversized * 10 <= batches.len(),
-            "seed {seed}: {oversized} too large"
+            oversized.len() * 10 <= batches.len(),
+            "seed {seed}: {oversized:?} too large"
         );
         let again = cut(&inputs);
         assert!(
@@ -229,8 +234,7 @@ fn a_capacity_aware_batcher_cuts_only_batches_that_fit() {
 #[test]
 fn a_deficit_an_expiry_leaves_is_covered_in_a_batch_that_proves() {
     use optio_types::{
-        AccountId, Amount, Command, Input, InstrumentId, MONEY_SCALE, MarginMode, NewOrder,
-        OrderType, Price, Qty, SelfTradePrevention, Side, TimeInForce,
+        AccountId, Amount, Command, Input, InstrumentId, MONEY_SCALE, MarginMode, Side, TimeInForce,
     };
     let mut t = support::T0;
     let mut inputs = Vec::new();
@@ -274,21 +278,7 @@ fn a_deficit_an_expiry_leaves_is_covered_in_a_batch_that_proves() {
     );
     // Account 0 sells puts to account 1 (the sizes its margin refuses are refused).
     let order = |account: u32, side, qty: i64, time_in_force| {
-        Command::PlaceOrder(NewOrder {
-            account: AccountId(account),
-            instrument: InstrumentId(1),
-            side,
-            qty: Qty(qty * support::STEP),
-            order_type: OrderType::Limit {
-                price: Price(1_000 * MONEY_SCALE),
-            },
-            time_in_force,
-            post_only: false,
-            reduce_only: false,
-            self_trade: SelfTradePrevention::CancelTaker,
-            client_order_id: 0,
-            session_key: None,
-        })
+        limit_order(account, InstrumentId(1), side, qty, 1_000, time_in_force)
     };
     at(t, order(1, Side::Buy, 40, TimeInForce::GoodTillCancelled));
     for size in [40, 20, 10, 5, 2, 1] {
@@ -349,4 +339,218 @@ fn a_deficit_an_expiry_leaves_is_covered_in_a_batch_that_proves() {
             .any(|o| matches!(o, optio_state::Op::DeficitCovered { .. }))),
         "a cover was proven"
     );
+}
+
+/// An order sweeping more makers than one proof holds: with the fill budget of the circuit's
+/// shape (`Shape::fill_budget`, which `optio node` gives the engine) it fills the makers that
+/// fit, its rest is cancelled (`FillLimit`), the other makers' orders keep resting, and every
+/// batch proves; without it, the order's one input makes a batch no proof of that shape holds.
+#[test]
+fn an_order_sweeping_more_makers_than_a_proof_holds_fills_what_fits() {
+    use optio_types::{
+        AccountId, Amount, Command, DoneReason, EngineLimits, Event, Input, InstrumentId,
+        MONEY_SCALE, Side, TimeInForce,
+    };
+    // Windows of one instrument id: a maker holding a call and selling the perpetual is priced
+    // in two windows, so six windows hold three such makers.
+    const SWEEP: Shape = Shape {
+        slots: 8,
+        accounts: 8,
+        positions: 8,
+        instruments: 2,
+        prices: 2,
+        solvency: 6,
+        solvency_bits: 0,
+        ..SHAPE
+    };
+    let (call, perp) = (InstrumentId(0), InstrumentId(2));
+    let t = support::T0;
+    let order = |account: u32, instrument, side, qty: i64, price: i64, time_in_force| Input {
+        time_ms: t,
+        command: limit_order(account, instrument, side, qty, price, time_in_force),
+    };
+    let mut inputs: Vec<Input> = support::specs()
+        .into_iter()
+        .map(|spec| Command::ListInstrument { spec })
+        .chain([call, perp].map(|instrument| Command::ActivateInstrument { instrument }))
+        .map(|command| Input {
+            time_ms: t,
+            command,
+        })
+        .collect();
+    for a in 0..8u32 {
+        for command in [
+            Command::OpenAccount {
+                owner: optio_types::Address([a as u8 + 1; 20]),
+            },
+            Command::Deposit {
+                account: AccountId(a),
+                amount: Amount(1_000_000 * MONEY_SCALE),
+            },
+        ] {
+            inputs.push(Input {
+                time_ms: t,
+                command,
+            });
+        }
+    }
+    inputs.push(Input {
+        time_ms: t,
+        command: support::oracle(60_000.0, t),
+    });
+    // Makers 1 to 6 each buy a call from account 0, then offer one perpetual at 60,000.
+    for maker in 1..=6 {
+        inputs.push(order(
+            maker,
+            call,
+            Side::Buy,
+            1,
+            1_000,
+            TimeInForce::GoodTillCancelled,
+        ));
+        inputs.push(order(
+            0,
+            call,
+            Side::Sell,
+            1,
+            1_000,
+            TimeInForce::ImmediateOrCancel,
+        ));
+    }
+    for maker in 1..=6 {
+        inputs.push(order(
+            maker,
+            perp,
+            Side::Sell,
+            1,
+            60_000,
+            TimeInForce::GoodTillCancelled,
+        ));
+    }
+    // Account 7 sweeps all six offers, then (with the budget) buys the three left.
+    let sweep = inputs.len();
+    inputs.push(order(
+        7,
+        perp,
+        Side::Buy,
+        6,
+        60_000,
+        TimeInForce::GoodTillCancelled,
+    ));
+    inputs.push(order(
+        7,
+        perp,
+        Side::Buy,
+        3,
+        60_000,
+        TimeInForce::ImmediateOrCancel,
+    ));
+
+    let run = |limits: EngineLimits| {
+        let capacity =
+            optio_state::Capacity::new(|state, ops| optio_prover::fits(state, ops, SWEEP).is_ok());
+        let mut engine = optio_engine::Engine::new(limits);
+        let mut batcher = optio_state::Batcher::new(1_000, u64::MAX).with_capacity(Some(capacity));
+        let (mut batches, mut events, mut swept) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, input) in inputs.iter().enumerate() {
+            events.clear();
+            engine.apply(input, &mut events).expect("accepted");
+            if i >= sweep {
+                swept.push(events.clone());
+            }
+            batches.extend(batcher.push(i as u64 + 1, input, &events).expect("batches"));
+        }
+        batches.extend(batcher.flush().expect("flushes"));
+        assert_eq!(batcher.state().diff_engine(&engine.canonical()), None);
+        (batches, swept)
+    };
+    let fills = |events: &[Event]| {
+        events
+            .iter()
+            .filter(|e| matches!(e, Event::Fill { .. }))
+            .count()
+    };
+    // How the taker's order ended, and what of it was left.
+    let done = |events: &[Event]| {
+        events.iter().find_map(|e| match e {
+            Event::OrderDone {
+                account,
+                reason,
+                unfilled,
+                ..
+            } if account.0 == 7 => Some((*reason, unfilled.0 / support::STEP)),
+            _ => None,
+        })
+    };
+
+    let budget = EngineLimits {
+        fill_budget: SWEEP.fill_budget(),
+        ..EngineLimits::default()
+    };
+    let (batches, swept) = run(budget);
+    assert_eq!(fills(&swept[0]), 3, "three makers fit: {:?}", swept[0]);
+    assert_eq!(done(&swept[0]), Some((DoneReason::FillLimit, 3)));
+    assert_eq!(fills(&swept[1]), 3, "the other offers still rest");
+    assert_eq!(done(&swept[1]), Some((DoneReason::Filled, 0)));
+    let mut state = SettlementState::new();
+    for b in &batches {
+        let (_, ops) = decode(&b.blob).expect("decodes");
+        let w = witness(&state, &ops, SWEEP)
+            .unwrap_or_else(|e| panic!("batch {}: {e}", b.header.number));
+        assert_eq!(w.public.new_root, b.header.new_root);
+        check(&w).unwrap_or_else(|e| panic!("batch {}: {e}", b.header.number));
+        state.apply_batch(&ops).expect("applies");
+        state.commit();
+    }
+
+    // Without the budget the sweep's input alone is too large for the shape.
+    let (batches, swept) = run(EngineLimits::default());
+    assert_eq!(fills(&swept[0]), 6);
+    let mut state = SettlementState::new();
+    let mut too_large = Vec::new();
+    for b in &batches {
+        let (_, ops) = decode(&b.blob).expect("decodes");
+        if let Err(e) = witness(&state, &ops, SWEEP) {
+            too_large.push((e, fills_in(&ops)));
+        }
+        state.apply_batch(&ops).expect("applies");
+        state.commit();
+    }
+    assert_eq!(
+        too_large,
+        vec![(WitnessError::TooLarge("solvency windows"), 6)]
+    );
+}
+
+/// A limit order of `qty` contracts at `price` dollars, cancelling the taker on a self-trade.
+fn limit_order(
+    account: u32,
+    instrument: optio_types::InstrumentId,
+    side: optio_types::Side,
+    qty: i64,
+    price: i64,
+    time_in_force: optio_types::TimeInForce,
+) -> optio_types::Command {
+    use optio_types::{AccountId, MONEY_SCALE, NewOrder, OrderType, Price, Qty};
+    optio_types::Command::PlaceOrder(NewOrder {
+        account: AccountId(account),
+        instrument,
+        side,
+        qty: Qty(qty * support::STEP),
+        order_type: OrderType::Limit {
+            price: Price(price * MONEY_SCALE),
+        },
+        time_in_force,
+        post_only: false,
+        reduce_only: false,
+        self_trade: optio_types::SelfTradePrevention::CancelTaker,
+        client_order_id: 0,
+        session_key: None,
+    })
+}
+
+fn fills_in(ops: &[optio_state::Op]) -> usize {
+    ops.iter()
+        .filter(|o| matches!(o, optio_state::Op::Fill { .. }))
+        .count()
 }

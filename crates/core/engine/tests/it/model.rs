@@ -24,6 +24,22 @@ pub fn test_limits() -> EngineLimits {
         max_order_qty: Qty(40 * STEP),
         max_amount: usd(1_000_000),
         max_positions_to_withdraw: u32::MAX,
+        fill_budget: optio_types::FillBudget::UNBOUNDED,
+    }
+}
+
+/// `test_limits` with a fill budget tight enough to end orders now and then: four fills, four
+/// accounts, three windows of two instrument ids, in two runs.
+pub fn budgeted_limits() -> EngineLimits {
+    EngineLimits {
+        fill_budget: optio_types::FillBudget {
+            fills: 4,
+            accounts: 4,
+            windows: 3,
+            prices: 2,
+            window_bits: 1,
+        },
+        ..test_limits()
     }
 }
 
@@ -296,9 +312,9 @@ pub fn input(op: Op, state: &CanonicalState, time: &mut u64) -> Input {
 }
 
 /// Runs ops through both models, checking everything after every input. Returns the inputs.
-pub fn check_against_reference(ops: &[Op]) -> Vec<Input> {
-    let mut engine = Engine::new(test_limits());
-    let mut reference = Reference::new(test_limits());
+pub fn check_against_reference(limits: EngineLimits, ops: &[Op]) -> Vec<Input> {
+    let mut engine = Engine::new(limits);
+    let mut reference = Reference::new(limits);
     let mut inputs = setup(6, usd(20_000));
     let mut events = Vec::new();
     for input in &inputs {
@@ -339,8 +355,8 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
-    fn engine_matches_reference(ops in prop::collection::vec(op(), 1..400)) {
-        check_against_reference(&ops);
+    fn engine_matches_reference(ops in prop::collection::vec(op(), 1..400), budget: bool) {
+        check_against_reference(if budget { budgeted_limits() } else { test_limits() }, &ops);
     }
 }
 
@@ -361,13 +377,19 @@ fn generator_exercises_every_feature() {
     use std::collections::BTreeMap;
     let mut runner = TestRunner::deterministic();
     let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
-    for _ in 0..100 {
+    for n in 0..100 {
         let ops = prop::collection::vec(op(), 250)
             .new_tree(&mut runner)
             .expect("strategy")
             .current();
-        let inputs = check_against_reference(&ops);
-        let mut engine = Engine::new(test_limits());
+        // A fill budget in one run of five.
+        let limits = if n % 5 == 4 {
+            budgeted_limits()
+        } else {
+            test_limits()
+        };
+        let inputs = check_against_reference(limits, &ops);
+        let mut engine = Engine::new(limits);
         let mut events = Vec::new();
         for input in &inputs {
             events.clear();
@@ -405,6 +427,7 @@ fn generator_exercises_every_feature() {
         "TooManyOpenOrders",
         "TooManyPriceLevels",
         "OrderDone:UnfilledRemainder",
+        "OrderDone:FillLimit",
         "PositionSettled",
         "PriorityServed",
         "PriorityOutOfOrder",

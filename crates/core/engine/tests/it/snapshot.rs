@@ -6,10 +6,10 @@ use optio_types::codec::DecodeError;
 use optio_types::{CanonicalState, WorstCaseMargin};
 use proptest::prelude::*;
 
-use crate::model::{check_against_reference, op, test_limits};
+use crate::model::{budgeted_limits, check_against_reference, op, test_limits};
 
-fn replay(inputs: &[optio_types::Input]) -> Engine {
-    let mut engine = Engine::new(test_limits());
+fn replay(limits: optio_types::EngineLimits, inputs: &[optio_types::Input]) -> Engine {
+    let mut engine = Engine::new(limits);
     let mut events = Vec::new();
     for input in inputs {
         let _ = engine.apply(input, &mut events);
@@ -38,7 +38,8 @@ fn a_liquidation_fee_above_the_provable_maximum_is_refused() {
 
 /// A snapshot written before the oracle signed settlement prices (version 4: each oracle
 /// record followed by the index samples the engine then averaged itself) still decodes, the
-/// samples read past; one of another version does not.
+/// samples read past, and so does one written before the fill budget (version 5, and 4), with
+/// no budget; one of another version does not.
 #[test]
 fn a_snapshot_with_index_samples_still_decodes() {
     let mut state = CanonicalState::decode(&busy_snapshot()).expect("decodes");
@@ -66,9 +67,25 @@ fn a_snapshot_with_index_samples_still_decodes() {
         old.extend_from_slice(&p.to_le_bytes());
     }
     old.extend_from_slice(&with[end..]);
+    // Versions 4 and 5 have no fill budget: its 20 bytes sit where a budget first changes the
+    // encoding.
+    let budget_at = {
+        let mut budgeted = state.clone();
+        budgeted.limits.fill_budget.fills = 1;
+        with.iter()
+            .zip(budgeted.encode())
+            .position(|(a, b)| *a != b)
+            .expect("the budget is encoded")
+    };
+    old.drain(budget_at..budget_at + 20);
+    let mut v5 = with.clone();
+    v5.drain(budget_at..budget_at + 20);
+    v5[8..12].copy_from_slice(&5u32.to_le_bytes());
+    assert_eq!(state.limits.fill_budget, optio_types::FillBudget::UNBOUNDED);
     assert_eq!(CanonicalState::decode(&old), Ok(state.clone()));
+    assert_eq!(CanonicalState::decode(&v5), Ok(state.clone()));
     assert_eq!(CanonicalState::decode(&with), Ok(state));
-    for version in [3u32, 6] {
+    for version in [3u32, 7] {
         let mut other = with.clone();
         other[8..12].copy_from_slice(&version.to_le_bytes());
         assert_eq!(CanonicalState::decode(&other), Err(DecodeError::Version));
@@ -79,14 +96,16 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
 
     #[test]
-    fn snapshot_restore_and_replay_agree(ops in prop::collection::vec(op(), 1..200), cut in any::<prop::sample::Index>()) {
-        let inputs = check_against_reference(&ops);
-        let full = replay(&inputs);
+    fn snapshot_restore_and_replay_agree(ops in prop::collection::vec(op(), 1..200), cut in any::<prop::sample::Index>(), budget: bool) {
+        // With a fill budget, which the snapshot keeps.
+        let limits = if budget { budgeted_limits() } else { test_limits() };
+        let inputs = check_against_reference(limits, &ops);
+        let full = replay(limits, &inputs);
         // Replaying the same log gives the same state.
-        prop_assert_eq!(replay(&inputs).state_hash(), full.state_hash());
+        prop_assert_eq!(replay(limits, &inputs).state_hash(), full.state_hash());
         // Snapshot and restore anywhere, continue, and end in the same state.
         let at = cut.index(inputs.len() + 1);
-        let head = replay(&inputs[..at]);
+        let head = replay(limits, &inputs[..at]);
         let bytes = head.snapshot();
         let mut restored = Engine::restore_bytes(&bytes, WorstCaseMargin).expect("own snapshot restores");
         prop_assert_eq!(restored.state_hash(), head.state_hash());
@@ -112,7 +131,7 @@ fn busy_snapshot() -> Vec<u8> {
             )
         })
         .collect();
-    let inputs = check_against_reference(&ops);
+    let inputs = check_against_reference(test_limits(), &ops);
     // Snapshot the busiest moment of the run.
     let mut engine = Engine::new(test_limits());
     let (mut best, mut events) = ((0, Vec::new()), Vec::new());
@@ -193,7 +212,7 @@ proptest! {
     /// the write-ahead-log encoding exactly.
     #[test]
     fn inputs_round_trip_through_their_encoding(ops in prop::collection::vec(op(), 1..100)) {
-        for input in check_against_reference(&ops) {
+        for input in check_against_reference(test_limits(), &ops) {
             prop_assert_eq!(optio_types::Input::decode(&input.encode()), Ok(input));
         }
     }
