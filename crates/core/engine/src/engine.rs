@@ -59,7 +59,7 @@ enum PlanEnd {
 /// What the fills planned so far touch, counted against `EngineLimits::fill_budget` the way
 /// the prover's plan counts a batch of them alone.
 #[derive(Default)]
-struct FillCount {
+pub(crate) struct FillCount {
     fills: u32,
     accounts: Vec<AccountId>,
     windows: u32,
@@ -388,7 +388,7 @@ impl<M: MarginModel> Engine<M> {
         slot
     }
 
-    fn position_qty(&self, account: AccountId, instrument: InstrumentId) -> i64 {
+    pub(crate) fn position_qty(&self, account: AccountId, instrument: InstrumentId) -> i64 {
         self.position(account, instrument)
             .map_or(0, |p| p.exposure.position.0)
     }
@@ -618,7 +618,8 @@ impl<M: MarginModel> Engine<M> {
                     slot = next;
                     continue;
                 }
-                if bounded && !self.admit_fill(&mut count, [taker, o.account], instrument) {
+                let accounts = [(taker, true), (o.account, true)];
+                if bounded && !self.admit_fill(&mut count, accounts, instrument) {
                     return (Qty(qty.0 - remaining), PlanEnd::FillLimit);
                 }
                 plan.push(Step::Fill {
@@ -643,21 +644,26 @@ impl<M: MarginModel> Engine<M> {
 
     /// Counts one more fill in `instrument` between `accounts` into `count` if the fill budget
     /// has room for it; otherwise leaves `count` as it was and says no. An account is counted
-    /// once: priced from its one position when that is all it holds (the traded instrument's,
-    /// or none), otherwise in a window per run its nonzero positions and the traded one lie in.
-    fn admit_fill(
+    /// once. One a proof checks solvent (`true`: a fill's accounts, a liquidation's
+    /// counterparty) is priced from its one position when that is all it holds (the traded
+    /// instrument's, or none), otherwise in a window per run its nonzero positions and the
+    /// traded one lie in; a liquidated account takes registers only.
+    pub(crate) fn admit_fill(
         &self,
         count: &mut FillCount,
-        accounts: [AccountId; 2],
+        accounts: [(AccountId, bool); 2],
         instrument: InstrumentId,
     ) -> bool {
         let budget = &self.limits.fill_budget;
         let (mut added, mut windows, mut runs) = (0, count.windows, count.runs.clone());
-        for (k, account) in accounts.into_iter().enumerate() {
-            if count.accounts.contains(&account) || (k == 1 && account == accounts[0]) {
+        for (k, (account, priced)) in accounts.into_iter().enumerate() {
+            if count.accounts.contains(&account) || (k == 1 && account == accounts[0].0) {
                 continue;
             }
             added += 1;
+            if !priced {
+                continue;
+            }
             // The runs of the positions it holds in other instruments.
             let mut held: BTreeSet<u32> = self.accounts[account.0 as usize]
                 .positions
@@ -679,7 +685,7 @@ impl<M: MarginModel> Engine<M> {
             && runs.len() as u64 <= u64::from(budget.prices);
         if fits {
             count.fills += 1;
-            for account in accounts {
+            for (account, _) in accounts {
                 if !count.accounts.contains(&account) {
                     count.accounts.push(account);
                 }

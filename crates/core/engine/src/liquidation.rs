@@ -10,11 +10,11 @@
 //! as unresolved bad debt (conservation still holds exactly).
 
 use optio_types::{
-    AccountId, Amount, DoneReason, Event, InstrumentId, MarginMode, MarginModel, Price, QTY_SCALE,
-    Qty, RejectCode,
+    AccountId, Amount, DoneReason, Event, FillBudget, InstrumentId, MarginMode, MarginModel, Price,
+    QTY_SCALE, Qty, RejectCode,
 };
 
-use crate::engine::Engine;
+use crate::engine::{Engine, FillCount};
 use crate::risk::{ceil_div, floor_div};
 
 const BPS: i128 = 10_000;
@@ -34,6 +34,31 @@ impl<M: MarginModel> Engine<M> {
                     .map_or(0, |(m, _)| (q * i128::from(m.0)).div_euclid(Q))
             })
             .sum()
+    }
+
+    /// The account's equity at the marks (its balance and each position at its mark, rounded
+    /// down, an instrument without a mark counting 0) were its position in `instrument` to
+    /// change by `delta` contracts and its balance by `cash`. Rounded down, it is never above
+    /// the exact equity a validity proof checks (`SettlementState::equity`).
+    pub(crate) fn equity_after(
+        &self,
+        account: AccountId,
+        instrument: InstrumentId,
+        delta: i64,
+        cash: i128,
+    ) -> i128 {
+        let value = |q: i128| {
+            self.instruments[instrument.0 as usize]
+                .mark
+                .as_ref()
+                .map_or(0, |(m, _)| (q * i128::from(m.0)).div_euclid(Q))
+        };
+        let held = i128::from(self.position_qty(account, instrument));
+        i128::from(self.accounts[account.0 as usize].balance.0)
+            + cash
+            + self.position_value(account)
+            - value(held)
+            + value(held + i128::from(delta))
     }
 
     /// Starts liquidations of touched mark-margined accounts that fell below maintenance, and
@@ -216,11 +241,17 @@ impl<M: MarginModel> Engine<M> {
         let mut e = existing
             .map(|p| self.positions[p as usize].exposure)
             .unwrap_or_default();
-        e.position = Qty(e.position.0 + if long { qty.0 } else { -qty.0 });
+        let delta = if long { qty.0 } else { -qty.0 };
+        e.position = Qty(e.position.0 + delta);
         let notional = i128::from(price.notional(qty)?.0);
-        let balance_after = i128::from(self.accounts[liquidator.0 as usize].balance.0)
-            + if long { -notional } else { notional };
+        let cash = if long { -notional } else { notional };
+        let balance_after = i128::from(self.accounts[liquidator.0 as usize].balance.0) + cash;
         if balance_after < self.requirement_with(liquidator, instrument, existing, &e)? {
+            return Err(RejectCode::InsufficientMargin);
+        }
+        // And ends solvent at the marks, as a validity proof checks of every account that takes
+        // a liquidated position.
+        if self.equity_after(liquidator, instrument, delta, cash) < 0 {
             return Err(RejectCode::InsufficientMargin);
         }
 
@@ -307,11 +338,34 @@ impl<M: MarginModel> Engine<M> {
         ranked.sort_by(|x, y| y.0.cmp(&x.0).then(x.1.cmp(&y.1)));
         self.touch_account(account);
         let mut left = held.abs();
+        // As an order's fills, one input's transfers stay within what one proof holds: the
+        // rest waits for the next `Deleverage`.
+        let bounded = self.limits.fill_budget != FillBudget::UNBOUNDED;
+        let mut count = FillCount::default();
         for (_, counterparty, q) in ranked {
             if left == 0 {
                 break;
             }
             let take = left.min(q.abs());
+            // A holder the transfer would leave with negative equity at the marks is passed
+            // over: a validity proof checks every account that takes a liquidated position
+            // ends its batch solvent. (Closing at the mark moves equity by less than a tick a
+            // contract, so only a holder already at the edge is passed over.)
+            let sign = if long { 1 } else { -1 };
+            let notional = i128::from(price.notional(Qty(take)).expect("whole ticks and steps").0);
+            if self.equity_after(
+                counterparty,
+                instrument,
+                sign * take,
+                -i128::from(sign) * notional,
+            ) < 0
+            {
+                continue;
+            }
+            let accounts = [(account, false), (counterparty, true)];
+            if bounded && !self.admit_fill(&mut count, accounts, instrument) {
+                break;
+            }
             // The counterparty's orders in the instrument go first: orders can rest on the
             // position being closed (a long's asks are covered by it), and without them its
             // requirement only falls as the position shrinks at the mark.

@@ -50,7 +50,8 @@
 //!   activations apply before the op slots, expiries after;
 //! - an expired instrument settles at the value its committed spec gives the settlement price,
 //!   each holder paid and its position closed, payouts and the insurance credit summing to zero;
-//! - every account a fill named ends the batch solvent at the committed marks: `collateral *
+//! - every account a fill named, and every liquidation's counterparty (the account that took
+//!   the liquidated position), ends the batch solvent at the committed marks: `collateral *
 //!   1e8 + sum_i q_i * mark_i >= 0` over every position it holds after the batch (price windows
 //!   open the committed marks of aligned runs of `2^solvency_bits` instrument ids, solvency
 //!   windows the account's positions in each run, as many nonzero as its leaf counts), and no
@@ -668,9 +669,10 @@ struct Registers<'a> {
 /// and fewer than 2^33 positions priced, so a total below zero (`p - |t|`) is far above 2^160.
 const EQUITY_BITS: usize = 160;
 
-/// Every account that filled in the batch ends it with equity at the committed marks of at
-/// least zero: `collateral * 1e8 + sum_i q_i * mark_i >= 0` over every position it holds after
-/// the batch (`SettlementState::equity`). An account whose every position is in a register
+/// Every account that filled in the batch (or took a liquidated position) ends it with equity
+/// at the committed marks of at least zero: `collateral * 1e8 + sum_i q_i * mark_i >= 0` over
+/// every position it holds after the batch (`SettlementState::equity`). An account whose every
+/// position is in a register
 /// (every one it held before is, so every one it holds after is) may be priced from the
 /// registers: each position register of it that ends nonzero is priced by the instrument
 /// register of its instrument, whose mark is the committed one. The others: price windows open
@@ -985,7 +987,8 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     let a_filled = pick(cs, &sel_a, st.accounts.iter().map(|a| a.filled.clone()))?;
     cs.equal_if(&deficit, &a_filled, &Wire::zero())?;
     for (a, (x, y)) in st.accounts.iter_mut().zip(sel_a.iter().zip(&sel_b)) {
-        a.filled = a.filled.add(&cs.mul(x, &fill)?).add(&cs.mul(y, &fill)?);
+        // A liquidation's counterparty (a) takes a position as a fill's accounts do.
+        a.filled = a.filled.add(&cs.mul(x, &trade)?).add(&cs.mul(y, &fill)?);
         a.collateral = a
             .collateral
             .add(&cs.mul(x, &a_cash)?)

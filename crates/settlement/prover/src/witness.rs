@@ -1080,6 +1080,8 @@ fn plan<'a>(
                     return Err(WitnessError::Invalid(i));
                 }
                 filled.insert(instrument.0);
+                // The counterparty took a position: checked solvent as a fill's accounts are.
+                filled_accounts.insert(counterparty.0);
                 account_ids.extend([account.0, counterparty.0]);
                 position_keys.extend([(account.0, instrument.0), (counterparty.0, instrument.0)]);
                 instrument_ids.insert(instrument.0);

@@ -2179,6 +2179,38 @@ fn a_fill_that_leaves_its_account_insolvent_cannot_be_proven() {
     );
 }
 
+/// A liquidation's counterparty is checked as a fill's accounts are: account 1's 20
+/// perpetuals, marked at 40,000, sold by its liquidation to account 2 for more than the mark
+/// (which the price rule allows: only a price below the stress range hurts the liquidated
+/// account) cannot leave account 2 insolvent; at 90,000, where its equity is exactly zero, it
+/// proves.
+#[test]
+fn a_liquidation_that_leaves_its_counterparty_insolvent_cannot_be_proven() {
+    let state = marked(&genesis(3), 0, 100_000 * MONEY_SCALE);
+    let state = after(&state, &[fill_of(0, Side::Buy, 100_000, 20)]);
+    let state = marked(&state, 0, 40_000 * MONEY_SCALE);
+    let sold_at = |price: i64| {
+        [Op::Liquidation {
+            account: AccountId(1),
+            counterparty: AccountId(2),
+            instrument: InstrumentId(0),
+            qty: Qty(-20 * QTY_SCALE),
+            price: Price(price * MONEY_SCALE),
+            fee: Amount(0),
+        }]
+    };
+    // 1,000,000 of cash, less 20 * 90,000 paid, plus 20 * 40,000 of value.
+    let exact = sold_at(90_000);
+    check(&batch_of(&state, &exact)).expect("equity of exactly zero");
+    assert_eq!(after(&state, &exact).equity(AccountId(2)), Some(0));
+    let over = sold_at(90_001);
+    let at = refused_at(&batch_of(&state, &over));
+    assert!(at.starts_with("solvency"), "refused at {at}");
+    let mut native = state.clone();
+    assert_eq!(native.apply_batch(&over), Err(StateError::Insolvent(0)));
+    assert_eq!(native.commit(), state.root(), "nothing applied");
+}
+
 /// The solvency check prices every position the account holds after the batch, at the
 /// committed marks: an account holding a position the batch does not trade is priced in
 /// windows; leaving a window out, a quantity or mark other than the committed one, or pricing

@@ -87,10 +87,11 @@ pub enum StateError {
     /// or grow its position: a liquidation only reduces one.
     #[error("op {0}: the liquidation does not reduce the account's position")]
     LiquidationSize(usize),
-    /// Op `index`, the last fill of an account in the batch, leaves that account with equity
-    /// below zero at the committed marks (those before the batch's): `collateral * 1e8 +
-    /// sum_i q_i * mark_i < 0` over every position it holds after the batch's other ops
-    /// (`SettlementState::equity`; a missing mark counts 0).
+    /// Op `index`, the last fill of an account in the batch (or liquidation that moved a
+    /// position to it), leaves that account with equity below zero at the committed marks
+    /// (those before the batch's): `collateral * 1e8 + sum_i q_i * mark_i < 0` over every
+    /// position it holds after the batch's other ops (`SettlementState::equity`; a missing
+    /// mark counts 0).
     #[error("op {0}: the fill leaves its account with equity below zero at the committed marks")]
     Insolvent(usize),
     /// Op `index` covers the deficit of an account that filled earlier in the batch: the cover
@@ -901,7 +902,8 @@ impl Account {
 /// insolvent at the committed marks (`StateError::Insolvent`), which the proof refuses.
 pub struct Pending {
     scratch: Scratch,
-    /// Accounts that filled in the batch, with the index of their last fill.
+    /// Accounts that filled in the batch or took a liquidated position, with the index of the
+    /// last such op.
     filled: BTreeMap<u32, usize>,
     /// Ops pushed so far.
     ops: usize,
@@ -911,8 +913,9 @@ impl Pending {
     /// Applies the next `ops` of the batch to `state`, the state the batch started from (as of
     /// its last `commit`). On error the batch is spoiled: start another.
     ///
-    /// Besides each op's own rules: every account that filled in the batch is left with equity
-    /// at the committed marks of at least zero by the ops that touch it
+    /// Besides each op's own rules: every account that filled in the batch, or took a position
+    /// from a liquidated account (a liquidator, or a holder deleveraged against it), is left
+    /// with equity at the committed marks of at least zero by the ops that touch it
     /// (`SettlementState::equity`), and no deficit cover follows a fill of its account.
     pub fn push(&mut self, state: &SettlementState, ops: &[Op]) -> Result<(), StateError> {
         let mut touched = BTreeSet::new();
@@ -924,6 +927,9 @@ impl Pending {
                 }
                 Op::Fill { maker, taker, .. } => {
                     self.filled.extend([(maker.0, i), (taker.0, i)]);
+                }
+                Op::Liquidation { counterparty, .. } => {
+                    self.filled.insert(counterparty.0, i);
                 }
                 _ => {}
             }

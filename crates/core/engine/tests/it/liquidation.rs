@@ -382,9 +382,14 @@ fn liquidation_history(
             .collect();
         // And leaves both with equity at the marks of at least zero (`balance * 1e8 + sum q *
         // mark`, a missing mark counting 0): no fill leaves an account bankrupt, the rule a
-        // validity proof of margin after fills would check (docs/settlement.md).
+        // validity proof checks after fills (docs/settlement.md). So does every account that
+        // took a liquidated position, a liquidator or a holder deleveraged against it.
+        let took = events.iter().filter_map(|ev| match ev {
+            Event::LiquidationTransfer { counterparty, .. } => Some(*counterparty),
+            _ => None,
+        });
         let state = e.canonical();
-        for account in &traded {
+        for account in traded.iter().copied().chain(took) {
             let a = &state.accounts[account.0 as usize];
             let equity = a.positions.iter().fold(
                 i128::from(a.balance.0) * i128::from(optio_types::QTY_SCALE),
@@ -398,7 +403,7 @@ fn liquidation_history(
             );
             assert!(
                 equity >= 0,
-                "a fill left account {account:?} with equity {equity} below zero: {events:?}"
+                "account {account:?} left with equity {equity} below zero: {events:?}"
             );
         }
         for ev in events.iter() {
@@ -1353,4 +1358,192 @@ fn a_makers_fills_in_one_sweep_are_margined_together() {
     assert!(balance >= maintenance, "{balance:?} {maintenance:?}");
     assert_eq!(position(&e, 1), 100_000_000);
     e.check_invariants().expect("audit");
+}
+
+/// `margined_market` with account 2 on standard margin too.
+fn two_margined_market() -> Engine {
+    let mut e = margined_market();
+    run(
+        &mut e,
+        T0,
+        Command::SetMarginMode {
+            account: AccountId(2),
+            mode: MarginMode::Standard,
+        },
+    )
+    .expect("standard");
+    e
+}
+
+/// Deleveraging passes over a holder that would end with equity below zero at the marks: a
+/// validity proof checks every account that takes a liquidated position ends its batch
+/// solvent, so the transfer would make a batch no proof holds (and the batcher cannot cut
+/// inside the input). Account 1, short a perpetual, and account 2, long it but short calls,
+/// are both left bankrupt by a 40% rise; the only holder opposite account 1 is account 2.
+#[test]
+fn deleveraging_passes_over_a_holder_it_would_leave_insolvent() {
+    let mut e = with_500_free_after(two_margined_market, &[1, 2], |e| {
+        for (maker, taker, instrument, price, qty) in
+            [(1, 2, PERP, 60_000, 100), (3, 2, 0, 3_000, 1_000)]
+        {
+            let side = if instrument == PERP {
+                Side::Sell
+            } else {
+                Side::Buy
+            };
+            run(
+                e,
+                T0,
+                Command::PlaceOrder(limit(maker, instrument, side, px(price), qty)),
+            )
+            .expect("rests");
+            run(
+                e,
+                T0,
+                Command::PlaceOrder(limit(taker, instrument, side.opposite(), px(price), qty)),
+            )
+            .expect("fills");
+        }
+    });
+    assert_eq!(position(&e, 2), 100 * STEP);
+    let t1 = T0 + 1_000;
+    run(&mut e, t1, Command::OracleUpdate(update(84_000.0, t1))).expect("held");
+    let t2 = T0 + 2_000;
+    let events = run(&mut e, t2, Command::OracleUpdate(update(84_100.0, t2))).expect("confirmed");
+    for account in [1, 2] {
+        assert!(
+            events.contains(&Event::LiquidationStarted {
+                account: AccountId(account)
+            }),
+            "account {account}: {events:?}"
+        );
+    }
+    let equity = |e: &Engine, account: u32| {
+        let state = e.canonical();
+        let a = &state.accounts[account as usize];
+        a.positions.iter().fold(
+            i128::from(a.balance.0) * i128::from(optio_types::QTY_SCALE),
+            |equity, p| {
+                let mark = state.instruments[p.instrument.0 as usize]
+                    .mark
+                    .as_ref()
+                    .map_or(0, |(m, _)| m.0);
+                equity + i128::from(p.qty.0) * i128::from(mark)
+            },
+        )
+    };
+    let t3 = t2 + 15 * 60_000;
+    run(&mut e, t3, Command::OracleUpdate(update(84_100.0, t3))).expect("fresh marks");
+    assert!(
+        equity(&e, 2) < 0,
+        "account 2 is bankrupt: {}",
+        equity(&e, 2)
+    );
+    let before = e.state_hash();
+    let events = run(
+        &mut e,
+        t3,
+        Command::Deleverage {
+            account: AccountId(1),
+            instrument: InstrumentId(PERP),
+        },
+    )
+    .expect("accepted");
+    assert!(
+        !events
+            .iter()
+            .any(|ev| matches!(ev, Event::LiquidationTransfer { .. })),
+        "{events:?}"
+    );
+    assert_eq!(position(&e, 1), -100 * STEP, "account 1 still short");
+    assert_eq!(e.state_hash(), before, "nothing moved");
+    e.check_invariants().expect("audit");
+}
+
+/// Account 1 (standard margin, 15,000 left after withdrawing) long two perpetuals, one from
+/// account 0 and one from account 2, then a 25% crash and a quarter of an hour with no bids:
+/// its auction is over. Returns the engine and the time.
+fn long_two_past_the_auction(limits: EngineLimits) -> (Engine, u64) {
+    let mut e = engine_with(limits, 4, usd(200_000));
+    run(&mut e, T0, Command::OracleUpdate(update(60_000.0, T0))).expect("oracle");
+    for command in [
+        Command::SetMarginMode {
+            account: AccountId(1),
+            mode: MarginMode::Standard,
+        },
+        Command::Withdraw {
+            account: AccountId(1),
+            amount: usd(185_000),
+        },
+    ] {
+        run(&mut e, T0, command).expect("accepted");
+    }
+    for seller in [0, 2] {
+        run(
+            &mut e,
+            T0,
+            Command::PlaceOrder(limit(seller, PERP, Side::Sell, px(60_000), 100)),
+        )
+        .expect("ask");
+        run(
+            &mut e,
+            T0,
+            Command::PlaceOrder(limit(1, PERP, Side::Buy, px(60_000), 100)),
+        )
+        .expect("buy");
+    }
+    assert_eq!(position(&e, 1), 200 * STEP);
+    let t1 = T0 + 1_000;
+    run(&mut e, t1, Command::OracleUpdate(update(45_000.0, t1))).expect("held");
+    let t2 = T0 + 2_000;
+    let events = run(&mut e, t2, Command::OracleUpdate(update(45_100.0, t2))).expect("confirmed");
+    assert!(events.contains(&Event::LiquidationStarted {
+        account: AccountId(1)
+    }));
+    let t3 = t2 + 15 * 60_000;
+    run(&mut e, t3, Command::OracleUpdate(update(45_100.0, t3))).expect("fresh marks");
+    (e, t3)
+}
+
+/// Deleveraging keeps one input's transfers within the fill budget (what one proof holds):
+/// with room for two accounts, the liquidated one and one holder, each `Deleverage` closes
+/// one holder and the next continues; unbounded, one closes both.
+#[test]
+fn deleveraging_stays_within_the_fill_budget() {
+    let counterparties = |limits: EngineLimits| {
+        let (mut e, t) = long_two_past_the_auction(limits);
+        let mut per_input = Vec::new();
+        while position(&e, 1) != 0 {
+            let events = run(
+                &mut e,
+                t,
+                Command::Deleverage {
+                    account: AccountId(1),
+                    instrument: InstrumentId(PERP),
+                },
+            )
+            .expect("deleveraged");
+            per_input.push(
+                events
+                    .iter()
+                    .filter_map(|ev| match ev {
+                        Event::LiquidationTransfer { counterparty, .. } => Some(counterparty.0),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>(),
+            );
+            e.check_invariants().expect("audit");
+            assert!(per_input.len() <= 2, "{per_input:?}");
+        }
+        per_input
+    };
+    assert_eq!(counterparties(EngineLimits::default()), vec![vec![0, 2]]);
+    let budget = EngineLimits {
+        fill_budget: optio_types::FillBudget {
+            accounts: 2,
+            ..optio_types::FillBudget::UNBOUNDED
+        },
+        ..EngineLimits::default()
+    };
+    assert_eq!(counterparties(budget), vec![vec![0], vec![2]]);
 }
