@@ -388,19 +388,8 @@ fn liquidation_history(
             Event::LiquidationTransfer { counterparty, .. } => Some(*counterparty),
             _ => None,
         });
-        let state = e.canonical();
         for account in traded.iter().copied().chain(took) {
-            let a = &state.accounts[account.0 as usize];
-            let equity = a.positions.iter().fold(
-                i128::from(a.balance.0) * i128::from(optio_types::QTY_SCALE),
-                |equity, p| {
-                    let mark = state.instruments[p.instrument.0 as usize]
-                        .mark
-                        .as_ref()
-                        .map_or(0, |(m, _)| m.0);
-                    equity + i128::from(p.qty.0) * i128::from(mark)
-                },
-            );
+            let equity = equity_at_marks(e, account.0);
             assert!(
                 equity >= 0,
                 "account {account:?} left with equity {equity} below zero: {events:?}"
@@ -1383,33 +1372,11 @@ fn two_margined_market() -> Engine {
 #[test]
 fn deleveraging_passes_over_a_holder_it_would_leave_insolvent() {
     let mut e = with_500_free_after(two_margined_market, &[1, 2], |e| {
-        for (maker, taker, instrument, price, qty) in
-            [(1, 2, PERP, 60_000, 100), (3, 2, 0, 3_000, 1_000)]
-        {
-            let side = if instrument == PERP {
-                Side::Sell
-            } else {
-                Side::Buy
-            };
-            run(
-                e,
-                T0,
-                Command::PlaceOrder(limit(maker, instrument, side, px(price), qty)),
-            )
-            .expect("rests");
-            run(
-                e,
-                T0,
-                Command::PlaceOrder(limit(taker, instrument, side.opposite(), px(price), qty)),
-            )
-            .expect("fills");
-        }
+        trade(e, 1, 2, PERP, Side::Sell, 60_000, 100);
+        trade(e, 3, 2, 0, Side::Buy, 3_000, 1_000);
     });
     assert_eq!(position(&e, 2), 100 * STEP);
-    let t1 = T0 + 1_000;
-    run(&mut e, t1, Command::OracleUpdate(update(84_000.0, t1))).expect("held");
-    let t2 = T0 + 2_000;
-    let events = run(&mut e, t2, Command::OracleUpdate(update(84_100.0, t2))).expect("confirmed");
+    let (events, t2) = crash(&mut e, 84_000.0);
     for account in [1, 2] {
         assert!(
             events.contains(&Event::LiquidationStarted {
@@ -1418,26 +1385,12 @@ fn deleveraging_passes_over_a_holder_it_would_leave_insolvent() {
             "account {account}: {events:?}"
         );
     }
-    let equity = |e: &Engine, account: u32| {
-        let state = e.canonical();
-        let a = &state.accounts[account as usize];
-        a.positions.iter().fold(
-            i128::from(a.balance.0) * i128::from(optio_types::QTY_SCALE),
-            |equity, p| {
-                let mark = state.instruments[p.instrument.0 as usize]
-                    .mark
-                    .as_ref()
-                    .map_or(0, |(m, _)| m.0);
-                equity + i128::from(p.qty.0) * i128::from(mark)
-            },
-        )
-    };
     let t3 = t2 + 15 * 60_000;
     run(&mut e, t3, Command::OracleUpdate(update(84_100.0, t3))).expect("fresh marks");
     assert!(
-        equity(&e, 2) < 0,
+        equity_at_marks(&e, 2) < 0,
         "account 2 is bankrupt: {}",
-        equity(&e, 2)
+        equity_at_marks(&e, 2)
     );
     let before = e.state_hash();
     let events = run(
@@ -1479,24 +1432,10 @@ fn long_two_past_the_auction(limits: EngineLimits) -> (Engine, u64) {
         run(&mut e, T0, command).expect("accepted");
     }
     for seller in [0, 2] {
-        run(
-            &mut e,
-            T0,
-            Command::PlaceOrder(limit(seller, PERP, Side::Sell, px(60_000), 100)),
-        )
-        .expect("ask");
-        run(
-            &mut e,
-            T0,
-            Command::PlaceOrder(limit(1, PERP, Side::Buy, px(60_000), 100)),
-        )
-        .expect("buy");
+        trade(&mut e, seller, 1, PERP, Side::Sell, 60_000, 100);
     }
     assert_eq!(position(&e, 1), 200 * STEP);
-    let t1 = T0 + 1_000;
-    run(&mut e, t1, Command::OracleUpdate(update(45_000.0, t1))).expect("held");
-    let t2 = T0 + 2_000;
-    let events = run(&mut e, t2, Command::OracleUpdate(update(45_100.0, t2))).expect("confirmed");
+    let (events, t2) = crash(&mut e, 45_000.0);
     assert!(events.contains(&Event::LiquidationStarted {
         account: AccountId(1)
     }));
@@ -1546,4 +1485,55 @@ fn deleveraging_stays_within_the_fill_budget() {
         ..EngineLimits::default()
     };
     assert_eq!(counterparties(budget), vec![vec![0], vec![2]]);
+}
+
+/// `maker` rests `qty` (in steps) of `instrument` on `side` at `price`, and `taker` fills it.
+fn trade(
+    e: &mut Engine,
+    maker: u32,
+    taker: u32,
+    instrument: u32,
+    side: Side,
+    price: i64,
+    qty: i64,
+) {
+    run(
+        e,
+        T0,
+        Command::PlaceOrder(limit(maker, instrument, side, px(price), qty)),
+    )
+    .expect("rests");
+    run(
+        e,
+        T0,
+        Command::PlaceOrder(limit(taker, instrument, side.opposite(), px(price), qty)),
+    )
+    .expect("fills");
+}
+
+/// A move to `spot` past the circuit breaker: held, then confirmed a second later at `spot +
+/// 100`. Returns the confirmation's events and its time.
+fn crash(e: &mut Engine, spot: f64) -> (Vec<Event>, u64) {
+    let t1 = T0 + 1_000;
+    run(e, t1, Command::OracleUpdate(update(spot, t1))).expect("held");
+    let t2 = T0 + 2_000;
+    let events = run(e, t2, Command::OracleUpdate(update(spot + 100.0, t2))).expect("confirmed");
+    (events, t2)
+}
+
+/// The account's equity at the engine's marks, exactly (`balance * 1e8 + sum q * mark`, a
+/// missing mark counting 0), as a validity proof checks it (`SettlementState::equity`).
+fn equity_at_marks(e: &Engine, account: u32) -> i128 {
+    let state = e.canonical();
+    let a = &state.accounts[account as usize];
+    a.positions.iter().fold(
+        i128::from(a.balance.0) * i128::from(optio_types::QTY_SCALE),
+        |equity, p| {
+            let mark = state.instruments[p.instrument.0 as usize]
+                .mark
+                .as_ref()
+                .map_or(0, |(m, _)| m.0);
+            equity + i128::from(p.qty.0) * i128::from(mark)
+        },
+    )
 }
