@@ -655,7 +655,8 @@ impl<M: MarginModel> Engine<M> {
         instrument: InstrumentId,
     ) -> bool {
         let budget = &self.limits.fill_budget;
-        let (mut added, mut windows, mut runs) = (0, count.windows, count.runs.clone());
+        // What this fill adds: accounts, windows, and runs not counted yet.
+        let (mut added, mut windows, mut new_runs) = (0, count.windows, BTreeSet::new());
         for (k, (account, priced)) in accounts.into_iter().enumerate() {
             if count.accounts.contains(&account) || (k == 1 && account == accounts[0].0) {
                 continue;
@@ -676,13 +677,13 @@ impl<M: MarginModel> Engine<M> {
             if !held.is_empty() {
                 held.insert(budget.run(instrument));
                 windows += held.len() as u32;
-                runs.extend(held);
+                new_runs.extend(held.into_iter().filter(|r| !count.runs.contains(r)));
             }
         }
         let fits = count.fills < budget.fills
             && count.accounts.len() as u64 + added <= u64::from(budget.accounts)
             && windows <= budget.windows
-            && runs.len() as u64 <= u64::from(budget.prices);
+            && (count.runs.len() + new_runs.len()) as u64 <= u64::from(budget.prices);
         if fits {
             count.fills += 1;
             for (account, _) in accounts {
@@ -690,7 +691,8 @@ impl<M: MarginModel> Engine<M> {
                     count.accounts.push(account);
                 }
             }
-            (count.windows, count.runs) = (windows, runs);
+            count.windows = windows;
+            count.runs.extend(new_runs);
         }
         fits
     }

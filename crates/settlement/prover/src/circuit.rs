@@ -672,16 +672,15 @@ const EQUITY_BITS: usize = 160;
 /// Every account that filled in the batch (or took a liquidated position) ends it with equity
 /// at the committed marks of at least zero: `collateral * 1e8 + sum_i q_i * mark_i >= 0` over
 /// every position it holds after the batch (`SettlementState::equity`). An account whose every
-/// position is in a register
-/// (every one it held before is, so every one it holds after is) may be priced from the
-/// registers: each position register of it that ends nonzero is priced by the instrument
-/// register of its instrument, whose mark is the committed one. The others: price windows open
-/// the committed marks of aligned
-/// runs of instrument ids (against the instruments root after the settlements, before the
-/// batch's marks); solvency windows open an account's positions in one run each, rebuilt from
-/// their leaves under the account's positions root after the write-back. The nonzero leaves of
-/// its windows must number its open positions, so none lies outside them; windows in use come
-/// first, by account and run, so none counts twice.
+/// position is in a register (every one it held before is, so every one it holds after is) may
+/// be priced from the registers: each position register of it that ends nonzero is priced by
+/// the instrument register of its instrument, whose mark is the committed one. The others:
+/// price windows open the committed marks of aligned runs of instrument ids (against the
+/// instruments root after the settlements, before the batch's marks); solvency windows open an
+/// account's positions in one run each, rebuilt from their leaves under the account's positions
+/// root after the write-back. The nonzero leaves of its windows must number its open positions,
+/// so none lies outside them; windows in use come first, by account and run, so none counts
+/// twice.
 fn solvency(
     cs: &Cs,
     w: &BatchWitness,
