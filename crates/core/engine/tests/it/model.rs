@@ -28,17 +28,39 @@ pub fn test_limits() -> EngineLimits {
     }
 }
 
-/// `test_limits` with a fill budget tight enough to end orders now and then: four fills, four
-/// accounts, three windows of two instrument ids, in two runs.
-pub fn budgeted_limits() -> EngineLimits {
-    EngineLimits {
-        fill_budget: optio_types::FillBudget {
+/// `test_limits` with a fill budget tight enough to end orders now and then, each `kind`
+/// binding first on another count: 0, windows (four fills and accounts, three windows of two
+/// instrument ids in two runs); 1, runs (four windows of one id in two runs); 2, accounts
+/// (three, and three fills, no window bound); 3, fills (two, no other bound).
+pub fn budgeted_limits(kind: u8) -> EngineLimits {
+    use optio_types::FillBudget;
+    let fill_budget = match kind {
+        0 => FillBudget {
             fills: 4,
             accounts: 4,
             windows: 3,
             prices: 2,
             window_bits: 1,
         },
+        1 => FillBudget {
+            fills: 4,
+            accounts: 4,
+            windows: 4,
+            prices: 2,
+            window_bits: 0,
+        },
+        2 => FillBudget {
+            fills: 3,
+            accounts: 3,
+            ..FillBudget::UNBOUNDED
+        },
+        _ => FillBudget {
+            fills: 2,
+            ..FillBudget::UNBOUNDED
+        },
+    };
+    EngineLimits {
+        fill_budget,
         ..test_limits()
     }
 }
@@ -355,8 +377,12 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
-    fn engine_matches_reference(ops in prop::collection::vec(op(), 1..400), budget: bool) {
-        check_against_reference(if budget { budgeted_limits() } else { test_limits() }, &ops);
+    fn engine_matches_reference(ops in prop::collection::vec(op(), 1..400), budget in 0..8u8) {
+        let limits = match budget {
+            0..4 => budgeted_limits(budget),
+            _ => test_limits(),
+        };
+        check_against_reference(limits, &ops);
     }
 }
 
@@ -382,11 +408,10 @@ fn generator_exercises_every_feature() {
             .new_tree(&mut runner)
             .expect("strategy")
             .current();
-        // A fill budget in one run of five.
-        let limits = if n % 5 == 4 {
-            budgeted_limits()
-        } else {
-            test_limits()
+        // A fill budget in one run of five, its kinds in turn.
+        let limits = match n % 5 {
+            4 => budgeted_limits((n / 5 % 4) as u8),
+            _ => test_limits(),
         };
         let inputs = check_against_reference(limits, &ops);
         let mut engine = Engine::new(limits);

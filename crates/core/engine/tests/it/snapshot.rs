@@ -98,7 +98,7 @@ proptest! {
     #[test]
     fn snapshot_restore_and_replay_agree(ops in prop::collection::vec(op(), 1..200), cut in any::<prop::sample::Index>(), budget: bool) {
         // With a fill budget, which the snapshot keeps.
-        let limits = if budget { budgeted_limits() } else { test_limits() };
+        let limits = if budget { budgeted_limits(0) } else { test_limits() };
         let inputs = check_against_reference(limits, &ops);
         let full = replay(limits, &inputs);
         // Replaying the same log gives the same state.
