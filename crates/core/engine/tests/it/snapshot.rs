@@ -36,6 +36,20 @@ fn a_liquidation_fee_above_the_provable_maximum_is_refused() {
     ));
 }
 
+/// A fill budget whose windows span more than 2^32 instrument ids is refused in a snapshot's
+/// bytes; 2^32 decodes.
+#[test]
+fn a_fill_budget_window_beyond_the_ids_is_refused() {
+    let mut state = CanonicalState::decode(&busy_snapshot()).expect("decodes");
+    state.limits.fill_budget.window_bits = 32;
+    assert_eq!(CanonicalState::decode(&state.encode()), Ok(state.clone()));
+    state.limits.fill_budget.window_bits = 33;
+    assert_eq!(
+        CanonicalState::decode(&state.encode()),
+        Err(DecodeError::Invalid("fill budget window above 2^32 ids"))
+    );
+}
+
 /// A snapshot written before the oracle signed settlement prices (version 4: each oracle
 /// record followed by the index samples the engine then averaged itself) still decodes, the
 /// samples read past, and so does one written before the fill budget (version 5, and 4), with
