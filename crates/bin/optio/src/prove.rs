@@ -194,6 +194,7 @@ pub(crate) fn limits(shape: Option<optio_prover::Shape>) -> optio_types::EngineL
     if let Some(shape) = shape {
         limits.max_positions_to_withdraw = shape.positions.min(shape.instruments) as u32;
         limits.fill_budget = shape.fill_budget();
+        limits.mark_windows = shape.mark_windows();
     }
     limits
 }

@@ -11,8 +11,8 @@ use optio_types::state::{OrderRecord, Totals};
 use optio_types::{
     AccountId, Address, Amount, Command, DoneReason, EngineLimits, Event, Exposure, FillBudget,
     Input, InstrumentId, InstrumentKind, InstrumentName, InstrumentSpec, InstrumentStatus,
-    MarginModel, NewOrder, OrderId, OrderRef, OrderType, Price, Qty, Quote, RejectCode, RiskConfig,
-    SelfTradePrevention, Side, TimeInForce, WorstCaseMargin,
+    MarginModel, MarkWindows, NewOrder, OrderId, OrderRef, OrderType, Price, Qty, Quote,
+    RejectCode, RiskConfig, SelfTradePrevention, Side, TimeInForce, WorstCaseMargin,
 };
 
 use crate::book::index::SlotIndex;
@@ -788,6 +788,22 @@ impl<M: MarginModel> Engine<M> {
 
     // ---- commands ----
 
+    /// Whether the instruments not yet settled, with `listed`, lie in no more mark windows than
+    /// a proven batch holds (`EngineLimits::mark_windows`): the oracle marks each of them.
+    fn marks_fit_with(&self, listed: InstrumentId) -> bool {
+        let w = &self.limits.mark_windows;
+        if *w == MarkWindows::UNBOUNDED {
+            return true;
+        }
+        let runs: BTreeSet<u32> = (0..self.instruments.len() as u32)
+            .map(InstrumentId)
+            .filter(|id| self.instruments[id.0 as usize].status != InstrumentStatus::Settled)
+            .chain([listed])
+            .map(|id| w.run(id))
+            .collect();
+        runs.len() <= w.windows as usize
+    }
+
     fn list_instrument(
         &mut self,
         spec: &InstrumentSpec,
@@ -795,7 +811,9 @@ impl<M: MarginModel> Engine<M> {
     ) -> Result<(), RejectCode> {
         spec.validate()
             .map_err(|_| RejectCode::InvalidInstrumentSpec)?;
-        if self.instruments.len() >= self.limits.max_instruments as usize {
+        if self.instruments.len() >= self.limits.max_instruments as usize
+            || !self.marks_fit_with(InstrumentId(self.instruments.len() as u32))
+        {
             return Err(RejectCode::TooManyInstruments);
         }
         if self.names.contains_key(&spec.name) {

@@ -135,6 +135,20 @@ impl Reference {
                 if self.instruments.len() >= self.limits.max_instruments as usize {
                     return Err(RejectCode::TooManyInstruments);
                 }
+                // The windows of the ids not settled, the new one's included.
+                let w = self.limits.mark_windows;
+                let mut runs: Vec<u32> = (0..=self.instruments.len())
+                    .filter(|&k| {
+                        self.instruments
+                            .get(k)
+                            .is_none_or(|i| i.status != InstrumentStatus::Settled)
+                    })
+                    .map(|k| (k as u64 >> w.bits) as u32)
+                    .collect();
+                runs.dedup();
+                if runs.len() > w.windows as usize {
+                    return Err(RejectCode::TooManyInstruments);
+                }
                 if self.instruments.iter().any(|i| i.spec.name == spec.name) {
                     return Err(RejectCode::DuplicateInstrument);
                 }

@@ -414,6 +414,17 @@ impl InstrumentSpec {
         )
     }
 
+    /// The mark of a settled instrument: one long contract's settlement value at
+    /// `settlement_price`, rounded down to a micro-USDC. A position the settlement left open is
+    /// valued at it (its equity, the L1 exit), so a settlement that leaves holders out moves
+    /// no value between them.
+    pub fn settled_mark(&self, settlement_price: Price) -> Result<Price, ArithError> {
+        let value = self.settlement_value_numerator(settlement_price) / i128::from(QTY_SCALE);
+        i64::try_from(value)
+            .map(Price)
+            .map_err(|_| ArithError::Overflow)
+    }
+
     /// Settlement value of one long contract at underlying price `settlement_price`, as an exact
     /// fraction `numerator / QTY_SCALE` of micro-USDC. The price is clamped to `[0, cap]`.
     pub fn settlement_value_numerator(&self, settlement_price: Price) -> i128 {

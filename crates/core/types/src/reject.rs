@@ -69,7 +69,8 @@ reject_codes! {
     InvalidInstrumentSpec = 3002, "invalid instrument spec";
     /// The instrument is not tradable (listed, expired or settled).
     InstrumentNotActive = 3003, "instrument is not active";
-    /// The instrument table is full.
+    /// The instrument table is full, or the instruments not yet settled would lie in more
+    /// mark windows than a validity proof marks (`EngineLimits::mark_windows`).
     TooManyInstruments = 3004, "instrument limit reached";
     /// An instrument with this name exists.
     DuplicateInstrument = 3005, "instrument already listed";

@@ -11,7 +11,9 @@ use crate::instrument::{InstrumentName, InstrumentSpec, InstrumentStatus};
 use crate::oracle::{MAX_UNDERLYING_LEN, MarginMode, RiskConfig};
 
 const MAGIC: &[u8; 8] = b"OPTIOST\0";
-const VERSION: u32 = 6;
+const VERSION: u32 = 7;
+/// The last version without mark windows in its limits (still decoded: unbounded).
+const VERSION_WITHOUT_MARK_WINDOWS: u32 = 6;
 /// The last version without a fill budget in its limits (still decoded: unbounded).
 const VERSION_WITHOUT_FILL_BUDGET: u32 = 5;
 /// The last version whose oracle records carry index samples (still decoded).
@@ -43,6 +45,36 @@ pub struct EngineLimits {
     /// the validity proof's circuit (`optio node` sets it from the prover's shape). The fills
     /// past it are not made, and the order's rest is cancelled (`DoneReason::FillLimit`).
     pub fill_budget: FillBudget,
+    /// The mark windows one proven batch holds: an instrument is listed only while those not
+    /// yet settled, it included, lie in that many windows (`optio node` sets it from the
+    /// prover's shape), so that any oracle update's marks fit a batch. Refused otherwise with
+    /// `TooManyInstruments`.
+    pub mark_windows: MarkWindows,
+}
+
+/// Aligned runs of `2^bits` instrument ids, `windows` of them: what one proven batch can mark
+/// (the prover's `Shape::marks` windows of `Shape::mark_window` ids). The oracle marks the
+/// instruments not yet settled (a settled one keeps its settlement value as its mark), so the
+/// engine keeps those within the windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MarkWindows {
+    /// Windows.
+    pub windows: u32,
+    /// A window spans `2^bits` ids.
+    pub bits: u32,
+}
+
+impl MarkWindows {
+    /// No bound.
+    pub const UNBOUNDED: MarkWindows = MarkWindows {
+        windows: u32::MAX,
+        bits: 0,
+    };
+
+    /// The window `instrument` lies in.
+    pub fn run(&self, instrument: InstrumentId) -> u32 {
+        instrument.0.checked_shr(self.bits).unwrap_or(0)
+    }
 }
 
 /// What the fills of one order (or amendment) may touch, so that its input alone fits one
@@ -93,6 +125,7 @@ impl Default for EngineLimits {
             max_amount: Amount(1_000_000_000_000 * crate::fixed::MONEY_SCALE),
             max_positions_to_withdraw: u32::MAX,
             fill_budget: FillBudget::UNBOUNDED,
+            mark_windows: MarkWindows::UNBOUNDED,
         }
     }
 }
@@ -544,6 +577,8 @@ fn encode_limits(w: &mut Writer, l: &EngineLimits) {
     for n in [b.fills, b.accounts, b.windows, b.prices, b.window_bits] {
         w.u32(n);
     }
+    w.u32(l.mark_windows.windows);
+    w.u32(l.mark_windows.bits);
 }
 
 fn encode_risk(w: &mut Writer, c: &RiskConfig) {
@@ -599,6 +634,7 @@ fn decode_limits(r: &mut Reader<'_>, version: u32) -> Result<EngineLimits, Decod
         max_amount: r.amount()?,
         max_positions_to_withdraw: r.u32()?,
         fill_budget: FillBudget::UNBOUNDED,
+        mark_windows: MarkWindows::UNBOUNDED,
     };
     if version > VERSION_WITHOUT_FILL_BUDGET {
         limits.fill_budget = FillBudget {
@@ -610,6 +646,15 @@ fn decode_limits(r: &mut Reader<'_>, version: u32) -> Result<EngineLimits, Decod
         };
         if limits.fill_budget.window_bits > 32 {
             return Err(DecodeError::Invalid("fill budget window above 2^32 ids"));
+        }
+    }
+    if version > VERSION_WITHOUT_MARK_WINDOWS {
+        limits.mark_windows = MarkWindows {
+            windows: r.u32()?,
+            bits: r.u32()?,
+        };
+        if limits.mark_windows.bits > 32 {
+            return Err(DecodeError::Invalid("mark window above 2^32 ids"));
         }
     }
     Ok(limits)

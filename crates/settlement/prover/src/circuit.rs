@@ -49,7 +49,10 @@
 //!   activation moves it from listed to active, an expiry from active to expired; listings and
 //!   activations apply before the op slots, expiries after;
 //! - an expired instrument settles at the value its committed spec gives the settlement price,
-//!   each holder paid and its position closed, payouts and the insurance credit summing to zero;
+//!   each holder paid and its position closed, payouts and the insurance credit summing to zero
+//!   (the credit at most a micro-USDC per holder paid), its mark set to that value and its risk
+//!   array to none, so a holder the settlement leaves out keeps the value, and a settled
+//!   instrument settles such holders later at the same price;
 //! - every account a fill named, and every liquidation's counterparty (the account that took
 //!   the liquidated position), ends the batch solvent at the committed marks: `collateral *
 //!   1e8 + sum_i q_i * mark_i >= 0` over every position it holds after the batch (price windows
@@ -57,7 +60,7 @@
 //!   windows the account's positions in each run, as many nonzero as its leaf counts), and no
 //!   deficit cover of it follows its fill in the batch;
 //! - a mark window replaces the mark and risk array (hashed in the circuit) of the instruments
-//!   it marks among an aligned run of `2^mark_window_bits` ids: the run's subtree is rebuilt
+//!   it marks (none settled) among an aligned run of `2^mark_window_bits` ids: the run's subtree is rebuilt
 //!   from its leaves before and after, under one path, so the marks share the path above it;
 //!   windows in use come first, by index, so the marks enter the commitment by id.
 //!
@@ -1147,15 +1150,7 @@ fn fee_reference(cs: &Cs, spec: &SpecWires) -> R<Wire> {
 /// `ceil(x / d)` of a non-negative `x` below `d * 2^bits`: the quotient below `2^bits` and
 /// `0 <= q * d - x < d` make it exact.
 fn ceil_div(cs: &Cs, x: &Wire, d: u64, bits: usize) -> R<Wire> {
-    // Long division of the value's four limbs, most significant first.
-    let mut limbs = x.value.into_bigint().0;
-    let mut rem = 0u128;
-    for limb in limbs.iter_mut().rev() {
-        let cur = (rem << 64) | u128::from(*limb);
-        *limb = (cur / u128::from(d)) as u64;
-        rem = cur % u128::from(d);
-    }
-    let quotient = Fr::from_bigint(ark_ff::BigInt(limbs)).unwrap_or_default();
+    let (quotient, rem) = long_division(x.value, d);
     let q = cs.witness(quotient + Fr::from(u64::from(rem != 0)))?;
     let over = q.scale(Fr::from(d)).sub(x);
     let d_bits = (u64::BITS - d.leading_zeros()) as usize;
@@ -1163,6 +1158,33 @@ fn ceil_div(cs: &Cs, x: &Wire, d: u64, bits: usize) -> R<Wire> {
     cs.range(&over, d_bits)?;
     cs.range(&Wire::constant(Fr::from(d - 1)).sub(&over), d_bits)?;
     Ok(q)
+}
+
+/// `floor(x / d)` of a non-negative `x`, checked to be below `2^bits`.
+fn floor_div(cs: &Cs, x: &Wire, d: u64, bits: usize) -> R<Wire> {
+    let q = cs.witness(long_division(x.value, d).0)?;
+    let rem = x.sub(&q.scale(Fr::from(d)));
+    let d_bits = (u64::BITS - d.leading_zeros()) as usize;
+    cs.range(&q, bits)?;
+    cs.range(&rem, d_bits)?;
+    cs.range(&Wire::constant(Fr::from(d - 1)).sub(&rem), d_bits)?;
+    Ok(q)
+}
+
+/// The quotient and remainder of a field element, read as an integer, by `d`.
+fn long_division(x: Fr, d: u64) -> (Fr, u128) {
+    // The value's four limbs, most significant first.
+    let mut limbs = x.into_bigint().0;
+    let mut rem = 0u128;
+    for limb in limbs.iter_mut().rev() {
+        let cur = (rem << 64) | u128::from(*limb);
+        *limb = (cur / u128::from(d)) as u64;
+        rem = cur % u128::from(d);
+    }
+    (
+        Fr::from_bigint(ark_ff::BigInt(limbs)).unwrap_or_default(),
+        rem,
+    )
 }
 
 /// A field element read as a signed integer of under 2^140 bits (negatives are `p - |t|`), as
@@ -1595,7 +1617,10 @@ fn settle_scale() -> Fr {
 /// (the price clamped to `[0, cap]`, the call's or put's intrinsic value or the perpetual's
 /// price, times the multiplier), each holder paid `floor(value * qty / 1e16)` with its position
 /// closed (and its collateral left non-negative), the rounding remainder to insurance (the
-/// payouts and the credit sum to zero), status expired -> settled.
+/// payouts and the credit sum to zero, the credit at most a micro-USDC per holder paid),
+/// status expired -> settled, the mark the value rounded down to a micro-USDC and the risk
+/// array none. A settled instrument settles again only at its price: the holders a
+/// settlement left out (their positions worth the same mark meanwhile).
 fn settle_slot(cs: &Cs, o: &SettleSlot, st: &mut Running, instruments_root: &mut Wire) -> R<()> {
     let enabled = cs.boolean(o.enabled)?;
     let instrument = cs.witness(Fr::from(o.instrument))?;
@@ -1603,22 +1628,23 @@ fn settle_slot(cs: &Cs, o: &SettleSlot, st: &mut Running, instruments_root: &mut
     cs.equal_if(&not(&enabled), &instrument, &Wire::zero())?;
     let (spec_hash, spec) = spec_wires(cs, &o.spec)?;
     let status = cs.witness(Fr::from(o.before.status))?;
-    let mark = cs.witness(from_i64(o.before.mark.0))?;
-    let risk_hash = cs.witness(o.before.risk_hash)?;
+    let settled_before = cs.witness(from_i64(o.before.settlement_price.0))?;
     let old_leaf = cs.poseidon(&[
         spec_hash.clone(),
         status.clone(),
-        mark.clone(),
-        risk_hash.clone(),
-        cs.witness(from_i64(o.before.settlement_price.0))?,
+        cs.witness(from_i64(o.before.mark.0))?,
+        cs.witness(o.before.risk_hash)?,
+        settled_before.clone(),
     ])?;
     let siblings = cs.witnesses(&o.siblings)?;
     let old_root = cs.merkle_root(&old_leaf, &bits, &siblings)?;
     cs.equal_if(&enabled, &old_root, instruments_root)?;
+    // Expired, or settled (`again`) at this very price.
+    let again = cs.boolean(o.before.status == status::SETTLED)?;
     cs.equal_if(
         &enabled,
         &status,
-        &Wire::constant(Fr::from(status::EXPIRED)),
+        &again.add_const(Fr::from(status::EXPIRED)),
     )?;
 
     // The value of one contract.
@@ -1640,6 +1666,9 @@ fn settle_slot(cs: &Cs, o: &SettleSlot, st: &mut Running, instruments_root: &mut
     cs.range(&cs.select(&in_money, &x, &x.scale(-Fr::from(1u64)))?, 63)?;
     let per_unit = cs.mul(&in_money, &x)?;
     let value = cs.mul(&per_unit, &spec.multiplier)?;
+    cs.equal_if(&again, &price, &settled_before)?;
+    // `InstrumentSpec::settled_mark`.
+    let settled_mark = floor_div(cs, &value, QTY_SCALE as u64, 63)?;
 
     let credit = cs.witness(o.insurance_credit)?;
     cs.signed_range(&credit, 64)?;
@@ -1666,7 +1695,7 @@ fn settle_slot(cs: &Cs, o: &SettleSlot, st: &mut Running, instruments_root: &mut
             z(),
         ],
     )?;
-    let mut paid = Wire::zero();
+    let (mut paid, mut count) = (Wire::zero(), Wire::zero());
     for h in &o.holders {
         let (sel_a, used) = selector(cs, st.accounts.len(), h.account)?;
         let (sel_p, used_p) = selector(cs, st.positions.len(), h.position)?;
@@ -1707,6 +1736,7 @@ fn settle_slot(cs: &Cs, o: &SettleSlot, st: &mut Running, instruments_root: &mut
         let after = pick(cs, &sel_a, st.accounts.iter().map(|a| a.collateral.clone()))?;
         cs.signed_range(&after, 64)?;
         paid = paid.add(&cash);
+        count = count.add(&used);
         let account_id = pick(cs, &sel_a, st.accounts.iter().map(|a| a.id.clone()))?;
         let kind_code = used.scale(Fr::from(kind::SETTLE_POSITION));
         let head = pack(&[
@@ -1733,14 +1763,18 @@ fn settle_slot(cs: &Cs, o: &SettleSlot, st: &mut Running, instruments_root: &mut
             ],
         )?;
     }
-    // The payouts and the insurance credit sum to zero.
+    // The payouts and the insurance credit sum to zero; the credit, in `[0, holders]`, is the
+    // rounding remainder, not a holder left out (`0 <= -sum floor(v q_i) < holders` when the
+    // positions settled sum to zero).
     cs.equal(&credit.add(&paid), &Wire::zero())?;
+    cs.range(&credit, 16)?;
+    cs.range(&count.sub(&credit), 16)?;
     st.insurance = st.insurance.add(&credit);
     let new_leaf = cs.poseidon(&[
         spec_hash,
         Wire::constant(Fr::from(status::SETTLED)),
-        mark,
-        risk_hash,
+        settled_mark,
+        Wire::zero(),
         price,
     ])?;
     let new_root = cs.merkle_root(&new_leaf, &bits, &siblings)?;
@@ -1944,6 +1978,9 @@ fn mark_entry(
         settlement.clone(),
     ])?;
     cs.equal_if(&marked, &opened, &leaf)?;
+    // A settled instrument keeps its settlement value as its mark.
+    let settled = not(&cs.is_nonzero(&status.add_const(-Fr::from(status::SETTLED)))?);
+    cs.equal(&cs.mul(&marked, &settled)?, &Wire::zero())?;
 
     let mark = cs.witness(e.mark)?;
     cs.signed_range(&mark, 64)?;

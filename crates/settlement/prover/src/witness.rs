@@ -185,6 +185,16 @@ impl Shape {
         }
     }
 
+    /// The engine's mark windows for batches of this shape (`EngineLimits::mark_windows`): the
+    /// instruments not yet settled lie in at most `marks` windows, so that the marks of any
+    /// batch fit its mark windows (a settled instrument takes no mark).
+    pub fn mark_windows(&self) -> optio_types::MarkWindows {
+        optio_types::MarkWindows {
+            windows: u32::try_from(self.marks).unwrap_or(u32::MAX),
+            bits: u32::try_from(self.mark_window_bits).unwrap_or(u32::MAX),
+        }
+    }
+
     /// Instrument ids a mark window spans.
     pub fn mark_window(&self) -> usize {
         1 << self.mark_window_bits
@@ -1791,6 +1801,11 @@ pub fn witness(
         };
         let after = InstrumentLeaf {
             status: status::SETTLED,
+            // A value past 63 bits (no listed spec has one) cannot be proven either way.
+            mark: spec
+                .settled_mark(optio_types::Price(*price))
+                .unwrap_or(optio_types::Price::ZERO),
+            risk_hash: Fr::from(0u64),
             settlement_price: optio_types::Price(*price),
             ..before
         };

@@ -1400,6 +1400,129 @@ fn expiry_settlement_pays_the_spec_value() {
     ));
 }
 
+/// A settlement need not pay every holder in one batch, but it cannot take value from the
+/// ones it leaves out: the settled instrument's mark becomes one contract's settlement value
+/// (no risk array), so a position left open is worth what the settlement would have paid it
+/// (its equity at the marks, and the L1 exit, which values positions at the committed marks),
+/// and a later batch settles it at the same price. The credit to insurance is the rounding
+/// remainder, at most a micro-USDC per holder paid, so a settlement cannot pay one side alone
+/// out of insurance or into it. A settled instrument takes no mark.
+#[test]
+fn a_settlement_that_leaves_holders_out_takes_nothing_from_them() {
+    let fill = |maker: u32, taker: u32, qty: i64| Op::Fill {
+        instrument: InstrumentId(1),
+        maker: AccountId(maker),
+        taker: AccountId(taker),
+        taker_side: Side::Buy,
+        price: Price(5_000 * MONEY_SCALE),
+        qty: Qty(qty),
+    };
+    // Accounts 1 and 3 hold calls that accounts 0 and 2 wrote.
+    let state = after(
+        &genesis(4),
+        &[fill(0, 1, 37_000_000), fill(2, 3, 50_000_000)],
+    );
+    let s = 120_000 * MONEY_SCALE + 1;
+    let spec = state.instruments()[1].spec.clone();
+    let cash = |q: i64| spec.settlement_cash(Price(s), Qty(q)).expect("fits").0;
+    let settle = |pairs: &[(u32, i64)], price: i64, credit: i64| {
+        let mut ops: Vec<Op> = pairs
+            .iter()
+            .map(|&(account, cash)| Op::SettlePosition {
+                account: AccountId(account),
+                instrument: InstrumentId(1),
+                cash: Amount(cash),
+            })
+            .collect();
+        ops.push(Op::SettleInstrument {
+            instrument: InstrumentId(1),
+            price: Price(price),
+            insurance_credit: Amount(credit),
+        });
+        ops
+    };
+    let first = settle(&[(1, cash(37_000_000)), (0, cash(-37_000_000))], s, 1);
+    let mut partial = vec![Op::ExpireInstrument {
+        instrument: InstrumentId(1),
+    }];
+    partial.extend(first.clone());
+    let w = batch_of(&state, &partial);
+    let settled = after(&state, &partial);
+    assert_eq!(w.public.new_root, settled.root(), "the native root");
+    check(&w).expect("a settlement of one pair proves");
+    let leaf = settled.instruments()[1].leaf();
+    assert_eq!(
+        leaf.mark,
+        Price(20_000 * MONEY_SCALE + 1),
+        "one contract's value"
+    );
+    assert_eq!(leaf.risk_hash, optio_state::poseidon::Fr::from(0u64));
+    // Accounts 2 and 3 are worth what the settlement would have paid them (to the unit).
+    for (account, q) in [(3, 50_000_000), (2, -50_000_000)] {
+        let equity = settled.equity(AccountId(account)).expect("an account");
+        let paid = i128::from(settled.accounts()[account as usize].collateral.0 + cash(q));
+        assert_eq!(
+            equity.div_euclid(i128::from(QTY_SCALE)),
+            paid,
+            "account {account}"
+        );
+    }
+
+    // The pair left out settles later, at the same price only.
+    let rest = settle(&[(3, cash(50_000_000)), (2, cash(-50_000_000))], s, 1);
+    let w = batch_of(&settled, &rest);
+    assert_eq!(w.public.new_root, after(&settled, &rest).root());
+    check(&w).expect("the holders left out settle later");
+    let mut elsewhere = settled.clone();
+    let other = s + MONEY_SCALE;
+    let cash_at = |q: i64| spec.settlement_cash(Price(other), Qty(q)).expect("fits").0;
+    let moved = settle(
+        &[(3, cash_at(50_000_000)), (2, cash_at(-50_000_000))],
+        other,
+        1,
+    );
+    assert!(refused_at(&batch_of(&settled, &moved)).starts_with("settlement slot 0"));
+    assert_eq!(
+        elsewhere.apply_batch(&moved),
+        Err(StateError::Settlement(2))
+    );
+    assert_eq!(elsewhere.commit(), settled.root(), "nothing applied");
+
+    // One side alone cannot be settled out of insurance, nor into it.
+    for (pair, credit) in [
+        ((3, 50_000_000), -cash(50_000_000)),
+        ((2, -50_000_000), -cash(-50_000_000)),
+    ] {
+        let alone = settle(&[(pair.0, cash(pair.1))], s, credit);
+        assert!(
+            refused_at(&batch_of(&settled, &alone)).starts_with("settlement slot 0"),
+            "account {} alone",
+            pair.0
+        );
+        let mut native = settled.clone();
+        assert_eq!(native.apply_batch(&alone), Err(StateError::Settlement(1)));
+        assert_eq!(native.commit(), settled.root(), "nothing applied");
+    }
+    // Nor in the first batch: settling only the long, the short's payment to insurance.
+    let mut long_only = partial[..1].to_vec();
+    long_only.extend(settle(&[(1, cash(37_000_000))], s, -cash(37_000_000)));
+    assert!(refused_at(&batch_of(&state, &long_only)).starts_with("settlement slot 0"));
+
+    // A settled instrument takes no mark.
+    let mark = [Op::Mark {
+        instrument: InstrumentId(1),
+        mark: Price(25_000 * MONEY_SCALE),
+        risk: Vec::new(),
+    }];
+    assert!(
+        refused(&batch_of(&settled, &mark)),
+        "a mark of a settled instrument"
+    );
+    let mut native = settled.clone();
+    assert_eq!(native.apply_batch(&mark), Err(StateError::MarkSettled(0)));
+    check(&batch_of(&state, &mark)).expect("an active instrument's mark");
+}
+
 /// A liquidation moves the position at its price with its fee to insurance (the native root);
 /// a fee other than the posted one, or a price that does not give an exact notional, cannot be
 /// proven.
@@ -2018,6 +2141,34 @@ const WINDOWED: Shape = Shape {
     solvency_bits: 2,
     ..SHAPE
 };
+
+/// The engine lists an instrument only while those not yet settled lie in the shape's mark
+/// windows (`Shape::mark_windows`, tested in the engine's scenarios): then the marks of every
+/// one of them fit one batch, and one instrument past the windows would not.
+#[test]
+fn the_engines_mark_windows_hold_a_batch_marking_every_instrument() {
+    let shape = Shape {
+        marks: 2,
+        mark_window_bits: 2,
+        ..SHAPE
+    };
+    assert_eq!(
+        shape.mark_windows(),
+        optio_types::MarkWindows {
+            windows: 2,
+            bits: 2
+        }
+    );
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let marks =
+        |rng: &mut ChaCha8Rng, n: u32| -> Vec<Op> { (0..n).map(|k| mark_op(rng, k)).collect() };
+    let ops = marks(&mut rng, 8);
+    check(&witness(&listed(8), &ops, shape).expect("eight ids, two windows")).expect("proves");
+    assert!(matches!(
+        witness(&listed(9), &marks(&mut rng, 9), shape),
+        Err(optio_prover::WitnessError::TooLarge("mark windows"))
+    ));
+}
 
 /// Marks by window (one path per run of ids, the subtree rebuilt) and by a path each give the
 /// native root and the same commitment, on random sets of marks over 14 instruments, some

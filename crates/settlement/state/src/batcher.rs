@@ -2,7 +2,7 @@
 //! and time, applies each to the settlement state and produces its header and data blob. And
 //! `rebuild`: the same state from the blobs alone.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use optio_types::{AccountId, Address, Command, Event, Input};
 use sha3::{Digest, Keccak256};
@@ -171,6 +171,10 @@ pub struct Batcher {
     /// The oracle's signature of each pending settlement price, in the pending ops' order
     /// (posted before the marks' signatures, as the settlement ops come before the marks).
     settlements: Vec<Option<PriceAttestation>>,
+    /// Instruments the pending ops settle. A settled instrument's mark is its settlement value
+    /// for good (the state refuses a later mark), while the oracle may go on marking it: such
+    /// marks, and one pending from before the settlement, stay out of the batch.
+    settled: BTreeSet<u32>,
     fills: usize,
     /// The signed orders that may still fill, and the records of the pending fills (maker,
     /// taker), fill by fill.
@@ -215,6 +219,7 @@ impl Batcher {
             pending: Vec::new(),
             marks: BTreeMap::new(),
             settlements: Vec::new(),
+            settled: BTreeSet::new(),
             fills: 0,
             orders: Orders::default(),
             records: Vec::new(),
@@ -252,6 +257,7 @@ impl Batcher {
         let mut latest: BTreeMap<u32, Op> = self
             .marks
             .iter()
+            .filter(|(i, _)| !settles(ops, **i))
             .map(|(i, (op, _))| (*i, op.clone()))
             .collect();
         for m in marks {
@@ -263,6 +269,16 @@ impl Batcher {
         all.extend_from_slice(ops);
         all.extend(latest.into_values());
         all
+    }
+
+    /// Whether instrument `id` is settled: before the pending batch, by it, or by `ops`.
+    fn is_settled(&self, id: u32, ops: &[Op]) -> bool {
+        self.state
+            .instruments()
+            .get(id as usize)
+            .is_some_and(|i| i.status == crate::leaf::status::SETTLED)
+            || self.settled.contains(&id)
+            || settles(ops, id)
     }
 
     /// The owner of `account`, opened before or in the pending batch (zero if none is).
@@ -334,7 +350,11 @@ impl Batcher {
                 got: seq,
             });
         }
-        let (ops, marks) = ops_from(input, events, |account| self.owner_of(account));
+        let (ops, mut marks) = ops_from(input, events, |account| self.owner_of(account));
+        marks.retain(|m| match m {
+            Op::Mark { instrument, .. } => !self.is_settled(instrument.0, &ops),
+            _ => true,
+        });
         // A batch the circuit could not prove is cut before this input joins it.
         let full = match &self.capacity {
             Some(c) if self.pending() > 0 && (!ops.is_empty() || !marks.is_empty()) => {
@@ -446,6 +466,8 @@ impl Batcher {
         for op in &ops {
             if let Op::SettleInstrument { instrument, .. } = op {
                 self.settlements.push(settled.get(&instrument.0).copied());
+                self.settled.insert(instrument.0);
+                self.marks.remove(&instrument.0);
             }
         }
         self.pending.extend(ops);
@@ -543,6 +565,7 @@ impl Batcher {
         self.signing_keys.clear();
         self.pending_keys.clear();
         let mut ops = std::mem::take(&mut self.pending);
+        self.settled.clear();
         let (marks, marks_attested): (Vec<Op>, Vec<Option<PriceAttestation>>) =
             std::mem::take(&mut self.marks).into_values().unzip();
         ops.extend(marks);
@@ -745,4 +768,10 @@ pub fn money_out_of(op: &Op) -> Option<AccountId> {
         } if amount.0 != 0 => Some(*account),
         _ => None,
     }
+}
+
+/// Whether `ops` settle instrument `id`.
+fn settles(ops: &[Op], id: u32) -> bool {
+    ops.iter()
+        .any(|o| matches!(o, Op::SettleInstrument { instrument, .. } if instrument.0 == id))
 }

@@ -18,7 +18,8 @@
 //! risk_hash       = fold of Poseidon(h, r0..r10) over the risk array in elevens (0-padded), from 0
 //! ```
 //! Amounts and prices are fixed-point integers (micro-USDC; quantities in 1e-8), negatives as
-//! `p - |v|`; a missing mark or settlement price is 0.
+//! `p - |v|`; a missing mark or settlement price is 0. A settled instrument's mark is one
+//! contract's settlement value (`InstrumentSpec::settled_mark`) and its risk array empty.
 
 use optio_types::{
     Address, Amount, FeeRate, InstrumentKind, InstrumentName, InstrumentSpec, OptionRight, Price,

@@ -52,10 +52,14 @@ pub enum StateError {
     SharesUnbalanced(usize),
     /// Op `index` breaks an expiry settlement: a position settled that the account does not
     /// hold, or whose cash is not `floor(value * qty / 1e16)` at the settlement price; an
-    /// instrument settled that is not expired or whose insurance credit is not minus its
-    /// payouts; or a position settled with no settlement of its instrument after it.
+    /// instrument settled that is neither expired nor settled at that price, or whose insurance
+    /// credit is not minus its payouts or exceeds a micro-USDC per holder paid; or a position
+    /// settled with no settlement of its instrument after it.
     #[error("op {0}: the settlement does not pay the committed value")]
     Settlement(usize),
+    /// Op `index` marks a settled instrument (its mark is its settlement value for good).
+    #[error("op {0}: a mark of a settled instrument")]
+    MarkSettled(usize),
     /// Op `index` pays a withdrawal to someone other than the account's owner (a forced
     /// withdrawal requested by someone else moves nothing).
     #[error("op {0}: the withdrawal names another owner than the account's")]
@@ -800,10 +804,17 @@ impl SettlementState {
                 InstrumentStatus::Expired => status::EXPIRED,
                 InstrumentStatus::Settled => status::SETTLED,
             };
-            let mark = theirs
-                .mark
-                .as_ref()
-                .map_or((Price::ZERO, Vec::new()), |(p, r)| (*p, r.clone()));
+            // A settled instrument's mark is its settlement value (the engine's marks go on).
+            let settled = theirs
+                .settlement_price
+                .and_then(|p| theirs.spec.settled_mark(p).ok());
+            let mark = match settled {
+                Some(m) => (m, Vec::new()),
+                None => theirs
+                    .mark
+                    .as_ref()
+                    .map_or((Price::ZERO, Vec::new()), |(p, r)| (*p, r.clone())),
+            };
             if mine.spec != theirs.spec
                 || mine.status != st
                 || (mine.mark, mine.risk.clone()) != mark
@@ -1051,12 +1062,15 @@ impl Scratch {
                 insurance_credit,
             } => {
                 let inst = self.instrument(*instrument);
-                if inst.status != status::EXPIRED || !price.is_positive() {
+                // An expired instrument settles; a settled one settles the holders its
+                // settlement left out, at its price.
+                let again = inst.status == status::SETTLED && inst.settlement_price == *price;
+                if !(inst.status == status::EXPIRED || again) || !price.is_positive() {
                     return Err(StateError::Settlement(i));
                 }
                 // Every holder is paid the value rounded down (a short pays it rounded up).
                 let spec = inst.spec.clone();
-                let mut paid = 0i128;
+                let (mut paid, mut holders) = (0i128, 0i128);
                 let mut wrong = None;
                 self.settling.retain(|&(x, qty, cash, op)| {
                     if x != instrument.0 {
@@ -1066,17 +1080,27 @@ impl Scratch {
                         wrong.get_or_insert(op);
                     }
                     paid += i128::from(cash);
+                    holders += 1;
                     false
                 });
                 if let Some(op) = wrong {
                     return Err(StateError::Settlement(op));
                 }
-                if paid + i128::from(insurance_credit.0) != 0 {
+                // The credit is the rounding remainder: at most a micro-USDC per holder paid.
+                // Paying a holder out of insurance, or charging one into it, is refused.
+                let credit = i128::from(insurance_credit.0);
+                if paid + credit != 0 || !(0..=holders).contains(&credit) {
                     return Err(StateError::Settlement(i));
                 }
+                let mark = spec
+                    .settled_mark(*price)
+                    .map_err(|_| StateError::OutOfRange(i))?;
                 let inst = self.instrument(*instrument);
                 inst.status = status::SETTLED;
                 inst.settlement_price = *price;
+                // A position left open is worth its settlement value: the mark, with no risk.
+                inst.mark = mark;
+                inst.risk = Vec::new();
                 self.insurance = add(self.insurance, insurance_credit.0, i)?;
             }
             Op::SettlePosition {
@@ -1268,6 +1292,9 @@ impl Scratch {
                 risk,
             } => {
                 let inst = self.instrument(*instrument);
+                if inst.status == status::SETTLED {
+                    return Err(StateError::MarkSettled(i));
+                }
                 inst.mark = *mark;
                 inst.risk = risk.clone();
             }

@@ -300,3 +300,82 @@ fn a_resumed_batcher_never_dates_a_batch_before_the_last_one() {
     let b = batcher.flush().expect("cuts").expect("a batch");
     assert_eq!(decode(&b.blob).expect("decodes").0.time_ms, later);
 }
+
+/// A settled instrument's mark is its settlement value for good (the state refuses a later
+/// mark), while the oracle goes on marking it. The batcher keeps those marks out of the batch:
+/// the settling update's own mark of the instrument, and one still pending from an update
+/// before the settlement (the circuit applies a batch's marks after its settlements). Its
+/// state then agrees with the engine's, every other mark posted.
+#[test]
+fn a_settled_instruments_marks_stay_out_of_the_batch() {
+    let mut engine = Engine::new(EngineLimits::default());
+    let mut batcher = Batcher::new(1_000, u64::MAX);
+    let mut posted = Vec::new();
+    let mut seq = 0;
+    let mut push = |time_ms: u64, command: Command, posted: &mut Vec<Batch>| {
+        let input = Input { time_ms, command };
+        let mut events = Vec::new();
+        let _ = engine.apply(&input, &mut events);
+        seq += 1;
+        posted.extend(batcher.push(seq, &input, &events).expect("batches"));
+        (events, engine.canonical())
+    };
+    for input in history(7, 0) {
+        push(input.time_ms, input.command, &mut posted);
+    }
+    // The put (instrument 1) expires an hour after T0; the feed records an index sample in
+    // its window, then settles it.
+    let put = optio_types::InstrumentId(1);
+    let expiry = T0 + 3_600_000;
+    let mut feed = optio_oracle::SettlementFeed::new(30 * 60_000);
+    let spot = 58_000.0;
+    push(
+        expiry - 600_000,
+        support::oracle_settling(&mut feed, spot, expiry - 600_000),
+        &mut posted,
+    );
+    // Marks only (the put expired, not settled), 30 s before the settlement.
+    push(
+        expiry + 30_000,
+        support::oracle(spot, expiry + 30_000),
+        &mut posted,
+    );
+    let (events, canonical) = push(
+        expiry + 60_000,
+        support::oracle_settling(&mut feed, spot, expiry + 60_000),
+        &mut posted,
+    );
+    assert!(
+        events.iter().any(
+            |e| matches!(e, Event::InstrumentSettled { instrument, .. } if instrument.0 == put.0)
+        ),
+        "the put settles: {events:?}"
+    );
+    posted.extend(batcher.flush().expect("the batch applies"));
+    let last = posted.last().expect("a batch");
+    let ops = decode(&last.blob).expect("decodes").1;
+    let marked: Vec<u32> = ops
+        .iter()
+        .filter_map(|op| match op {
+            optio_state::Op::Mark { instrument, .. } => Some(instrument.0),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        ops.iter()
+            .any(|op| matches!(op, optio_state::Op::SettleInstrument { instrument, .. } if *instrument == put)),
+        "the settlement is in the last batch"
+    );
+    assert_eq!(marked, vec![0, 2, 3], "every mark but the settled put's");
+    let state = batcher.state();
+    let settled = &state.instruments()[1];
+    assert_eq!(
+        settled.mark,
+        settled
+            .spec
+            .settled_mark(settled.settlement_price)
+            .expect("fits"),
+    );
+    assert!(settled.risk.is_empty());
+    assert_eq!(state.diff_engine(&canonical), None);
+}

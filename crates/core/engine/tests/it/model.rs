@@ -25,10 +25,12 @@ pub fn test_limits() -> EngineLimits {
         max_amount: usd(1_000_000),
         max_positions_to_withdraw: u32::MAX,
         fill_budget: optio_types::FillBudget::UNBOUNDED,
+        mark_windows: optio_types::MarkWindows::UNBOUNDED,
     }
 }
 
-/// `test_limits` with a fill budget tight enough to end orders now and then, each `kind`
+/// `test_limits` with mark windows for four instruments not settled, and a fill budget tight
+/// enough to end orders now and then, each `kind`
 /// binding first on another count: 0, windows (four fills and accounts, three windows of two
 /// instrument ids in two runs); 1, runs (four windows of one id in two runs); 2, accounts
 /// (three, and three fills, no window bound); 3, fills (two, no other bound).
@@ -61,6 +63,11 @@ pub fn budgeted_limits(kind: u8) -> EngineLimits {
     };
     EngineLimits {
         fill_budget,
+        // Four instruments not settled at most (the fifth listing refused until one settles).
+        mark_windows: optio_types::MarkWindows {
+            windows: 2,
+            bits: 1,
+        },
         ..test_limits()
     }
 }

@@ -992,3 +992,62 @@ fn session_key_orders_live_and_die_with_their_key() {
     );
     e.check_invariants().expect("invariants");
 }
+
+/// With the mark windows of a proven batch (two windows of two ids), an instrument is listed
+/// only while those not yet settled, it included, lie in two windows: the fifth listing (window
+/// 2) is refused with `TooManyInstruments` and nothing changes, still so with one of window
+/// 0's two settled, and accepted once both are (a settled instrument's mark no longer moves,
+/// so the oracle's marks of it stay out of the batches); the next window after it is then full
+/// again.
+#[test]
+fn listings_stay_within_the_mark_windows_of_a_proof() {
+    let limits = EngineLimits {
+        mark_windows: optio_types::MarkWindows {
+            windows: 2,
+            bits: 1,
+        },
+        ..EngineLimits::default()
+    };
+    // Ids 0 (a call expiring 27 Dec) and 1 (a put, T0 + 1 h) in window 0, 2 and 3 in window 1.
+    let mut e = engine_with(limits, 2, usd(100_000));
+    let spec = |name: &str| {
+        optio_types::InstrumentSpec::with_defaults(name.parse().expect("valid"), px(100_000))
+    };
+    let list = |e: &mut optio_engine::Engine, t: u64, name: &str| {
+        run(e, t, Command::ListInstrument { spec: spec(name) })
+    };
+    let before = e.state_hash();
+    assert_eq!(
+        list(&mut e, T0, "BTC-27DEC24-80000-C"),
+        Err(RejectCode::TooManyInstruments)
+    );
+    assert_eq!(e.state_hash(), before, "a refused listing changes nothing");
+    let settle = |e: &mut optio_engine::Engine, t: u64, id: u32| {
+        run(
+            e,
+            t,
+            Command::SettleInstrument {
+                instrument: InstrumentId(id),
+                settlement_price: px(61_000),
+            },
+        )
+        .expect("settles")
+    };
+    let put_expired = T0 + 3_600_000;
+    settle(&mut e, put_expired, 1);
+    assert_eq!(
+        list(&mut e, put_expired, "BTC-27DEC24-80000-C"),
+        Err(RejectCode::TooManyInstruments),
+        "window 0 still holds the call"
+    );
+    let call_expired = put_expired + 6 * 86_400_000;
+    settle(&mut e, call_expired, 0);
+    list(&mut e, call_expired, "BTC-3JAN25-80000-C").expect("window 0 is free: id 4 in window 2");
+    list(&mut e, call_expired, "BTC-3JAN25-90000-C").expect("id 5, window 2");
+    assert_eq!(
+        list(&mut e, call_expired, "BTC-3JAN25-95000-C"),
+        Err(RejectCode::TooManyInstruments),
+        "id 6 would open a third window"
+    );
+    e.check_invariants().expect("audit");
+}

@@ -36,24 +36,32 @@ fn a_liquidation_fee_above_the_provable_maximum_is_refused() {
     ));
 }
 
-/// A fill budget whose windows span more than 2^32 instrument ids is refused in a snapshot's
-/// bytes; 2^32 decodes.
+/// A fill budget or mark windows whose windows span more than 2^32 instrument ids are refused
+/// in a snapshot's bytes; 2^32 decodes.
 #[test]
 fn a_fill_budget_window_beyond_the_ids_is_refused() {
     let mut state = CanonicalState::decode(&busy_snapshot()).expect("decodes");
     state.limits.fill_budget.window_bits = 32;
+    state.limits.mark_windows.bits = 32;
     assert_eq!(CanonicalState::decode(&state.encode()), Ok(state.clone()));
-    state.limits.fill_budget.window_bits = 33;
+    let mut wide = state.clone();
+    wide.limits.fill_budget.window_bits = 33;
+    assert_eq!(
+        CanonicalState::decode(&wide.encode()),
+        Err(DecodeError::Invalid("fill budget window above 2^32 ids"))
+    );
+    state.limits.mark_windows.bits = 33;
     assert_eq!(
         CanonicalState::decode(&state.encode()),
-        Err(DecodeError::Invalid("fill budget window above 2^32 ids"))
+        Err(DecodeError::Invalid("mark window above 2^32 ids"))
     );
 }
 
 /// A snapshot written before the oracle signed settlement prices (version 4: each oracle
 /// record followed by the index samples the engine then averaged itself) still decodes, the
 /// samples read past, and so does one written before the fill budget (version 5, and 4), with
-/// no budget; one of another version does not.
+/// no budget, or before the mark windows (version 6, and 5 and 4), with none; one of another
+/// version does not.
 #[test]
 fn a_snapshot_with_index_samples_still_decodes() {
     let mut state = CanonicalState::decode(&busy_snapshot()).expect("decodes");
@@ -82,7 +90,7 @@ fn a_snapshot_with_index_samples_still_decodes() {
     }
     old.extend_from_slice(&with[end..]);
     // Versions 4 and 5 have no fill budget: its 20 bytes sit where a budget first changes the
-    // encoding.
+    // encoding, and before version 7 no mark windows, the 8 bytes after it.
     let budget_at = {
         let mut budgeted = state.clone();
         budgeted.limits.fill_budget.fills = 1;
@@ -91,15 +99,23 @@ fn a_snapshot_with_index_samples_still_decodes() {
             .position(|(a, b)| *a != b)
             .expect("the budget is encoded")
     };
-    old.drain(budget_at..budget_at + 20);
+    old.drain(budget_at..budget_at + 28);
     let mut v5 = with.clone();
-    v5.drain(budget_at..budget_at + 20);
+    v5.drain(budget_at..budget_at + 28);
     v5[8..12].copy_from_slice(&5u32.to_le_bytes());
+    let mut v6 = with.clone();
+    v6.drain(budget_at + 20..budget_at + 28);
+    v6[8..12].copy_from_slice(&6u32.to_le_bytes());
     assert_eq!(state.limits.fill_budget, optio_types::FillBudget::UNBOUNDED);
+    assert_eq!(
+        state.limits.mark_windows,
+        optio_types::MarkWindows::UNBOUNDED
+    );
     assert_eq!(CanonicalState::decode(&old), Ok(state.clone()));
     assert_eq!(CanonicalState::decode(&v5), Ok(state.clone()));
+    assert_eq!(CanonicalState::decode(&v6), Ok(state.clone()));
     assert_eq!(CanonicalState::decode(&with), Ok(state));
-    for version in [3u32, 7] {
+    for version in [3u32, 8] {
         let mut other = with.clone();
         other[8..12].copy_from_slice(&version.to_le_bytes());
         assert_eq!(CanonicalState::decode(&other), Err(DecodeError::Version));
