@@ -1503,10 +1503,25 @@ fn a_settlement_that_leaves_holders_out_takes_nothing_from_them() {
         assert_eq!(native.apply_batch(&alone), Err(StateError::Settlement(1)));
         assert_eq!(native.commit(), settled.root(), "nothing applied");
     }
-    // Nor in the first batch: settling only the long, the short's payment to insurance.
+    // Nor in the first batch: settling only the long, paid out of insurance; nor by a single
+    // micro-USDC (at 3 micro-USDC over the strike half a contract is worth 1).
     let mut long_only = partial[..1].to_vec();
     long_only.extend(settle(&[(1, cash(37_000_000))], s, -cash(37_000_000)));
     assert!(refused_at(&batch_of(&state, &long_only)).starts_with("settlement slot 0"));
+    let near = 100_000 * MONEY_SCALE + 3;
+    let unit = spec
+        .settlement_cash(Price(near), Qty(50_000_000))
+        .expect("fits")
+        .0;
+    assert_eq!(unit, 1);
+    let mut one_unit = partial[..1].to_vec();
+    one_unit.extend(settle(&[(3, unit)], near, -1));
+    assert!(refused_at(&batch_of(&state, &one_unit)).starts_with("settlement slot 0"));
+    let mut native = state.clone();
+    assert_eq!(
+        native.apply_batch(&one_unit),
+        Err(StateError::Settlement(2))
+    );
 
     // A settled instrument takes no mark.
     let mark = [Op::Mark {
