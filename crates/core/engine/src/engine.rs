@@ -301,6 +301,13 @@ impl<M: MarginModel> Engine<M> {
                 key,
                 expiry_ms,
             } => self.set_session_key(*account, *key, *expiry_ms, events),
+            Command::SetProofLimits(proof) => {
+                if !proof.is_valid() {
+                    return Err(RejectCode::InvalidLimits);
+                }
+                self.limits = self.limits.with_proof(*proof);
+                Ok(())
+            }
         }
     }
 

@@ -311,6 +311,13 @@ impl Reference {
                 Ok(())
             }
             Command::MassQuote { account, quotes } => self.mass_quote(*account, quotes),
+            Command::SetProofLimits(proof) => {
+                if !proof.is_valid() {
+                    return Err(RejectCode::InvalidLimits);
+                }
+                self.limits = self.limits.with_proof(*proof);
+                Ok(())
+            }
             // The reference models the fully collateralized core; oracle-driven margin is
             // checked by its own tests (never generated for the comparison).
             Command::OracleUpdate(_)

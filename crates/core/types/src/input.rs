@@ -5,6 +5,7 @@ use crate::fixed::{Amount, Price, Qty};
 use crate::ids::{AccountId, Address, InstrumentId, OrderId};
 use crate::instrument::InstrumentSpec;
 use crate::oracle::{MarginMode, OracleUpdate};
+use crate::state::ProofLimits;
 
 /// One sequenced input: engine time (ms since the Unix epoch, non-decreasing) and a command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -265,6 +266,10 @@ pub enum Command {
         /// Which position.
         instrument: InstrumentId,
     },
+    /// Operator: the limits of the validity proof's circuit shape (`optio node` sequences them
+    /// from its prover keys when the engine's differ), for what follows; refused
+    /// (`InvalidLimits`) when a window would span more than 2^32 ids.
+    SetProofLimits(ProofLimits),
     /// The owner registers (or, with expiry 0, revokes) a session key that may trade for the
     /// account until `expiry_ms`, never withdraw.
     SetSessionKey {

@@ -5,7 +5,7 @@ use crate::codec::{DecodeError, Reader, Writer};
 use crate::fixed::Qty;
 use crate::input::{Command, Input, NewOrder, OrderRef, OrderType, Quote};
 use crate::oracle::{MarginMode, OracleUpdate, UpdateFormat};
-use crate::state::{decode_spec, encode_spec};
+use crate::state::{decode_proof_limits, decode_spec, encode_proof_limits, encode_spec};
 
 /// Most entries decoded in one mass quote or oracle update, and most scenarios per risk array.
 pub const MAX_LIST: usize = 4_096;
@@ -251,6 +251,10 @@ fn encode_command(w: &mut Writer, c: &Command) {
             w.address(*key);
             w.u64(*expiry_ms);
         }
+        Command::SetProofLimits(p) => {
+            w.u8(22);
+            encode_proof_limits(w, p);
+        }
     }
 }
 
@@ -414,6 +418,7 @@ fn decode_command(r: &mut Reader<'_>) -> Result<Command, DecodeError> {
             owner: r.address()?,
             account: r.account()?,
         },
+        22 => Command::SetProofLimits(decode_proof_limits(r)?),
         tag => {
             return Err(DecodeError::BadTag {
                 what: "command",
@@ -443,6 +448,32 @@ mod tests {
             }],
             settlements: Vec::new(),
         }
+    }
+
+    /// A proof's limits travel whole (tag 22, 32 bytes); a cut one is refused.
+    #[test]
+    fn proof_limits_decode_as_encoded() {
+        let input = Input {
+            time_ms: 1_800_000_000_000,
+            command: Command::SetProofLimits(crate::ProofLimits {
+                max_positions_to_withdraw: 8,
+                fill_budget: crate::FillBudget {
+                    fills: 16,
+                    accounts: 16,
+                    windows: 8,
+                    prices: 2,
+                    window_bits: 6,
+                },
+                mark_windows: crate::MarkWindows {
+                    windows: 1,
+                    bits: 6,
+                },
+            }),
+        };
+        let bytes = input.encode();
+        assert_eq!(bytes[8], 22);
+        assert_eq!(Input::decode(&bytes), Ok(input));
+        assert!(Input::decode(&bytes[..bytes.len() - 1]).is_err());
     }
 
     /// An oracle update is logged with each mark's and settlement price's signature (tag 21);

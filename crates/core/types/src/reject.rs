@@ -45,6 +45,8 @@ reject_codes! {
     Overflow = 1003, "arithmetic overflow";
     /// Engine time may not go backwards.
     TimeWentBackwards = 1004, "input time is before engine time";
+    /// Limits whose windows span more than 2^32 instrument ids (`ProofLimits::is_valid`).
+    InvalidLimits = 1005, "limits out of range";
     /// No such account.
     UnknownAccount = 2001, "unknown account";
     /// The account table is full.

@@ -52,6 +52,54 @@ pub struct EngineLimits {
     pub mark_windows: MarkWindows,
 }
 
+/// The limits a validity proof's circuit shape sets (`EngineLimits`' last three). `optio node`
+/// sequences them from its prover keys (`Command::SetProofLimits`), so that they change only
+/// through the log: a restart, a snapshot or a replay from genesis gives the same engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProofLimits {
+    /// `EngineLimits::max_positions_to_withdraw`.
+    pub max_positions_to_withdraw: u32,
+    /// `EngineLimits::fill_budget`.
+    pub fill_budget: FillBudget,
+    /// `EngineLimits::mark_windows`.
+    pub mark_windows: MarkWindows,
+}
+
+impl ProofLimits {
+    /// No bound (a node without prover keys; every node's genesis).
+    pub const UNBOUNDED: ProofLimits = ProofLimits {
+        max_positions_to_withdraw: u32::MAX,
+        fill_budget: FillBudget::UNBOUNDED,
+        mark_windows: MarkWindows::UNBOUNDED,
+    };
+
+    /// Whether its windows span at most 2^32 instrument ids (what a snapshot holds).
+    pub fn is_valid(&self) -> bool {
+        self.fill_budget.window_bits <= 32 && self.mark_windows.bits <= 32
+    }
+}
+
+impl EngineLimits {
+    /// The limits a proof's shape sets.
+    pub fn proof(&self) -> ProofLimits {
+        ProofLimits {
+            max_positions_to_withdraw: self.max_positions_to_withdraw,
+            fill_budget: self.fill_budget,
+            mark_windows: self.mark_windows,
+        }
+    }
+
+    /// These limits with `proof`'s.
+    pub fn with_proof(self, proof: ProofLimits) -> Self {
+        Self {
+            max_positions_to_withdraw: proof.max_positions_to_withdraw,
+            fill_budget: proof.fill_budget,
+            mark_windows: proof.mark_windows,
+            ..self
+        }
+    }
+}
+
 /// Aligned runs of `2^bits` instrument ids, `windows` of them: what one proven batch can mark
 /// (the prover's `Shape::marks` windows of `Shape::mark_window` ids). The oracle marks the
 /// instruments not yet settled (a settled one keeps its settlement value as its mark), so the
@@ -572,13 +620,36 @@ fn encode_limits(w: &mut Writer, l: &EngineLimits) {
     w.u32(l.max_accounts);
     w.qty(l.max_order_qty);
     w.amount(l.max_amount);
-    w.u32(l.max_positions_to_withdraw);
-    let b = &l.fill_budget;
+    encode_proof_limits(w, &l.proof());
+}
+
+/// The proof's limits, as a snapshot's limits end and as `Command::SetProofLimits` carries them.
+pub(crate) fn encode_proof_limits(w: &mut Writer, p: &ProofLimits) {
+    w.u32(p.max_positions_to_withdraw);
+    let b = &p.fill_budget;
     for n in [b.fills, b.accounts, b.windows, b.prices, b.window_bits] {
         w.u32(n);
     }
-    w.u32(l.mark_windows.windows);
-    w.u32(l.mark_windows.bits);
+    w.u32(p.mark_windows.windows);
+    w.u32(p.mark_windows.bits);
+}
+
+/// What `encode_proof_limits` wrote (windows not checked: `ProofLimits::is_valid`).
+pub(crate) fn decode_proof_limits(r: &mut Reader<'_>) -> Result<ProofLimits, DecodeError> {
+    Ok(ProofLimits {
+        max_positions_to_withdraw: r.u32()?,
+        fill_budget: FillBudget {
+            fills: r.u32()?,
+            accounts: r.u32()?,
+            windows: r.u32()?,
+            prices: r.u32()?,
+            window_bits: r.u32()?,
+        },
+        mark_windows: MarkWindows {
+            windows: r.u32()?,
+            bits: r.u32()?,
+        },
+    })
 }
 
 fn encode_risk(w: &mut Writer, c: &RiskConfig) {

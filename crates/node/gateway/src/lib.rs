@@ -799,9 +799,12 @@ impl Gateway {
             labels = l;
             intents = i;
         }
+        // Every log starts from the same limits; a proof's limits come through it
+        // (`Command::SetProofLimits`, below), so a replay from genesis gives the same engine.
+        let genesis = limits.with_proof(optio_types::ProofLimits::UNBOUNDED);
         let mut backlog: Vec<batching::Item> = Vec::new();
         let mut first_replayed = None;
-        let sequencer = Sequencer::open_observed(dir, key, limits, &mut |r| {
+        let sequencer = Sequencer::open_observed(dir, key, genesis, &mut |r| {
             first_replayed.get_or_insert(r.seq);
             if r.seq > batched {
                 backlog.push(batching::Item {
@@ -838,7 +841,7 @@ impl Gateway {
         let resume_from = first_replayed.unwrap_or(sequencer.next_seq());
         if resume_from > batched + 1 {
             let (_, records) = optio_sequencer::Wal::open(&dir.join("wal.log"))?;
-            let mut scratch = optio_engine::Engine::new(limits);
+            let mut scratch = optio_engine::Engine::new(genesis);
             let mut gap = Vec::new();
             for (seq, input, intent) in records
                 .into_iter()
@@ -872,6 +875,21 @@ impl Gateway {
             for (digest, seq, time, rejected) in intents {
                 node.remember_intent(digest, seq, time, rejected);
             }
+        }
+        // Limits from another shape (new prover keys), or none yet: sequenced for what follows.
+        let current = gateway.lock().sequencer.engine().limits().proof();
+        if current != limits.proof() {
+            let set = gateway
+                .submit_admin(vec![Command::SetProofLimits(limits.proof())])
+                .map_err(|e| std::io::Error::other(format!("setting the proof's limits: {e}")))?;
+            if let Some(Err(code)) = set.first() {
+                return Err(std::io::Error::other(format!(
+                    "the proof's limits were refused: {}",
+                    code.message()
+                ))
+                .into());
+            }
+            tracing::info!(limits = ?limits.proof(), "the proof's limits sequenced");
         }
         Ok(gateway)
     }

@@ -349,3 +349,86 @@ fn metrics_show_how_long_inputs_wait_for_l1() {
         "since the committed batches last reached further"
     );
 }
+
+/// The limits a proof's shape sets come through the log (`Command::SetProofLimits`), never
+/// from the configuration alone: a fresh node sequences its prover keys' limits first; a
+/// restart with the same keys sequences nothing; with other keys, their limits over the
+/// snapshot's; the log replayed from genesis (no snapshot) gives the same engine; a node
+/// without keys goes back to no bound.
+#[test]
+fn a_proofs_limits_come_through_the_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let open_with = |proof: optio_types::ProofLimits, snapshot_every: u64| {
+        let config = Config {
+            batch_max_ops: MAX_OPS,
+            batch_max_age_ms: u64::MAX,
+            snapshot_every,
+            ..Config::default()
+        };
+        Gateway::open(
+            dir.path(),
+            [9; 32],
+            EngineLimits::default().with_proof(proof),
+            config,
+        )
+        .expect("opens")
+    };
+    let small = optio_types::ProofLimits {
+        max_positions_to_withdraw: 4,
+        fill_budget: optio_types::FillBudget {
+            fills: 4,
+            accounts: 4,
+            windows: 2,
+            prices: 1,
+            window_bits: 2,
+        },
+        mark_windows: optio_types::MarkWindows {
+            windows: 1,
+            bits: 4,
+        },
+    };
+    let large = optio_types::ProofLimits {
+        max_positions_to_withdraw: 8,
+        mark_windows: optio_types::MarkWindows {
+            windows: 2,
+            bits: 6,
+        },
+        ..small
+    };
+    let limits = |g: &Gateway| g.canonical_state().limits.proof();
+
+    let g = open_with(small, 1);
+    assert_eq!(
+        (g.next_seq(), limits(&g)),
+        (2, small),
+        "the log's first input"
+    );
+    stop(g);
+    let g = open_with(small, 1);
+    assert_eq!((g.next_seq(), limits(&g)), (2, small), "nothing sequenced");
+    stop(g);
+    let g = open_with(large, 1);
+    assert_eq!(
+        (g.next_seq(), limits(&g)),
+        (3, large),
+        "the new keys' limits"
+    );
+    stop(g);
+    let snapshot = dir.path().join("snapshot.bin");
+    assert!(snapshot.exists(), "a snapshot to restore from");
+    std::fs::remove_file(&snapshot).expect("removed");
+    let g = open_with(large, 0);
+    assert_eq!(
+        (g.next_seq(), limits(&g)),
+        (3, large),
+        "replayed from genesis"
+    );
+    stop(g);
+    let g = open_with(optio_types::ProofLimits::UNBOUNDED, 0);
+    assert_eq!(
+        (g.next_seq(), limits(&g)),
+        (4, optio_types::ProofLimits::UNBOUNDED),
+        "no keys, no bound"
+    );
+    stop(g);
+}

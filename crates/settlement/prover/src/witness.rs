@@ -187,8 +187,12 @@ impl Shape {
 
     /// The engine's mark windows for batches of this shape (`EngineLimits::mark_windows`): the
     /// instruments not yet settled lie in at most `marks` windows, so that the marks of any
-    /// batch fit its mark windows (a settled instrument takes no mark).
+    /// batch fit its mark windows (a settled instrument takes no mark). A shape without mark
+    /// windows proves no mark whatever is listed: it does not hold the listings (unbounded).
     pub fn mark_windows(&self) -> optio_types::MarkWindows {
+        if self.marks == 0 {
+            return optio_types::MarkWindows::UNBOUNDED;
+        }
         optio_types::MarkWindows {
             windows: u32::try_from(self.marks).unwrap_or(u32::MAX),
             bits: u32::try_from(self.mark_window_bits).unwrap_or(u32::MAX),

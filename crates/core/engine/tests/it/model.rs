@@ -297,6 +297,18 @@ pub fn input(op: Op, state: &CanonicalState, time: &mut u64) -> Input {
             account,
             amount: usd(20_000),
         },
+        // Now and then the proof's limits change: none, a budget, windows past 2^32 ids.
+        18 if flags & 0xE0 == 0xE0 => Command::SetProofLimits(match flags % 3 {
+            0 => optio_types::ProofLimits::UNBOUNDED,
+            1 => budgeted_limits((flags >> 2) % 4).proof(),
+            _ => optio_types::ProofLimits {
+                mark_windows: optio_types::MarkWindows {
+                    windows: 1,
+                    bits: 33,
+                },
+                ..budgeted_limits(0).proof()
+            },
+        }),
         18 => {
             let names = [
                 "BTC-27DEC24-80000-C",

@@ -1051,3 +1051,61 @@ fn listings_stay_within_the_mark_windows_of_a_proof() {
     );
     e.check_invariants().expect("audit");
 }
+
+/// The proof's limits change through an input (`SetProofLimits`), for what follows: the engine
+/// takes them whole, a snapshot keeps them, and windows past 2^32 ids are refused
+/// (`InvalidLimits`) with nothing changed.
+#[test]
+fn the_proofs_limits_change_through_an_input() {
+    let mut e = market();
+    let proof = optio_types::ProofLimits {
+        max_positions_to_withdraw: 8,
+        fill_budget: optio_types::FillBudget {
+            fills: 16,
+            accounts: 16,
+            windows: 8,
+            prices: 2,
+            window_bits: 6,
+        },
+        mark_windows: optio_types::MarkWindows {
+            windows: 1,
+            bits: 6,
+        },
+    };
+    assert_eq!(
+        run(&mut e, T0, Command::SetProofLimits(proof)).expect("accepted"),
+        Vec::new()
+    );
+    assert_eq!(e.limits().proof(), proof);
+    assert_eq!(
+        e.limits().max_instruments,
+        EngineLimits::default().max_instruments,
+        "the other limits stay"
+    );
+    let restored = optio_engine::Engine::restore_bytes(&e.snapshot(), optio_types::WorstCaseMargin)
+        .expect("restores");
+    assert_eq!(restored.limits().proof(), proof);
+    let before = e.state_hash();
+    for wide in [
+        optio_types::ProofLimits {
+            mark_windows: optio_types::MarkWindows {
+                windows: 1,
+                bits: 33,
+            },
+            ..proof
+        },
+        optio_types::ProofLimits {
+            fill_budget: optio_types::FillBudget {
+                window_bits: 33,
+                ..proof.fill_budget
+            },
+            ..proof
+        },
+    ] {
+        assert_eq!(
+            run(&mut e, T0, Command::SetProofLimits(wide)),
+            Err(RejectCode::InvalidLimits)
+        );
+        assert_eq!(e.state_hash(), before, "nothing changed");
+    }
+}
