@@ -147,7 +147,11 @@ impl<M: MarginModel> Engine<M> {
             }
             engine.insert_instrument(rec.spec.clone(), rec.status, rec.settlement_price);
             if let Some((mark, risk_array)) = &rec.mark {
-                if risk_array.len() != state.risk.scenarios as usize || !mark.is_positive() {
+                // A settled instrument's mark is its settlement value: zero out of the money.
+                let settled = rec.status == InstrumentStatus::Settled;
+                if risk_array.len() != state.risk.scenarios as usize
+                    || !(mark.is_positive() || settled && mark.0 == 0)
+                {
                     return Err(bad("mark or risk array malformed"));
                 }
                 let inst = engine.instruments.last_mut().expect("just inserted");

@@ -208,7 +208,8 @@ impl<M: MarginModel> Engine<M> {
         if let Err(code) = result {
             events.push(Event::Rejected { code });
         }
-        self.liquidation_checks(events);
+        let oracle_update = matches!(input.command, Command::OracleUpdate(_)) && result.is_ok();
+        self.liquidation_checks(oracle_update, events);
         self.check_touched();
         result
     }
@@ -931,10 +932,19 @@ impl<M: MarginModel> Engine<M> {
             });
             settled.push(account);
         }
+        let scenarios = self.risk.scenarios as usize;
         let inst = &mut self.instruments[id.0 as usize];
         inst.net_position = 0;
         inst.status = InstrumentStatus::Settled;
         inst.settlement_price = Some(settlement_price);
+        // Its mark is one contract's settlement value from now on, in every scenario (the
+        // settlement state's, `InstrumentSpec::settled_mark`): the oracle's later marks for it
+        // are passed over.
+        let value = inst
+            .spec
+            .settled_mark(settlement_price)
+            .expect("a settlement value is bounded by the cap");
+        inst.mark = Some((value, vec![0; scenarios]));
         let insurance_credit = Amount(i64::try_from(-paid).expect("bounded by total collateral"));
         self.totals.insurance = Amount(self.totals.insurance.0 + insurance_credit.0);
         events.push(Event::InstrumentSettled {

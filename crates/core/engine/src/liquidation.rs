@@ -63,11 +63,16 @@ impl<M: MarginModel> Engine<M> {
 
     /// Starts liquidations of touched mark-margined accounts that fell below maintenance, and
     /// ends those that are cured.
-    pub(crate) fn liquidation_checks(&mut self, events: &mut Vec<Event>) {
-        // Deficits due since an earlier input's settlements, once this one settled nothing.
+    pub(crate) fn liquidation_checks(&mut self, oracle_update: bool, events: &mut Vec<Event>) {
+        // Deficits due since an earlier input's settlements, once this one settled nothing
+        // (with a bounded fill budget, only in an accepted oracle update: `covers_wait`).
         if !self.settled_now {
-            for account in std::mem::take(&mut self.covers_due) {
-                self.finish_if_flat(account, events);
+            if !self.covers_wait() {
+                for account in std::mem::take(&mut self.covers_due) {
+                    self.finish_if_flat(account, events);
+                }
+            } else if oracle_update {
+                self.cover_due_within_budget(events);
             }
         }
         // Fully collateralized accounts are never liquidated: skip the common case cheaply.
@@ -391,16 +396,60 @@ impl<M: MarginModel> Engine<M> {
         Ok(())
     }
 
-    /// Once a liquidated account holds nothing, covers its deficit and ends its liquidation.
+    /// Once a liquidated account holds nothing, covers its deficit and ends its liquidation
+    /// (with a bounded fill budget, a deficit's cover is due instead: `covers_wait`).
     pub(crate) fn finish_if_flat(&mut self, account: AccountId, events: &mut Vec<Event>) {
         if !self.flat(account) {
             return;
         }
         let deficit = -i128::from(self.accounts[account.0 as usize].balance.0);
         if deficit > 0 {
-            self.cover_deficit(account, deficit, events);
+            if self.covers_wait() {
+                self.covers_due.insert(account);
+                return;
+            }
+            self.cover_deficit(account, deficit, usize::MAX, events);
         }
         self.end_liquidation(account, events);
+    }
+
+    /// Whether deficit covers wait for an oracle update. A cover and each of its loss shares
+    /// take an op slot and an account register of the batch, and a loss is shared by every
+    /// account with free collateral: in the input that left the deficit (a sweep or a
+    /// deleveraging already within the fill budget) they could make a batch no proof holds.
+    /// With a bounded fill budget a cover comes at the end of the next accepted oracle update
+    /// that settles nothing (its marks take no op slot nor account), shared by as many accounts
+    /// as the budget holds, the most free collateral first; what they cannot carry waits for
+    /// the next update.
+    fn covers_wait(&self) -> bool {
+        self.limits.fill_budget != FillBudget::UNBOUNDED
+    }
+
+    /// The covers due, in account order, within the fill budget: a cover takes one op slot and
+    /// one account, each of its loss shares one more of each. A cover is tried only with room
+    /// for at least one share, so each one moves money or ends its liquidation; one left
+    /// uncovered while another account still has free collateral stays due.
+    fn cover_due_within_budget(&mut self, events: &mut Vec<Event>) {
+        let budget = self.limits.fill_budget;
+        let mut room = budget.fills.min(budget.accounts) as usize;
+        for account in std::mem::take(&mut self.covers_due) {
+            let deficit = -i128::from(self.accounts[account.0 as usize].balance.0);
+            if deficit <= 0 {
+                self.end_liquidation(account, events);
+                continue;
+            }
+            if room < 2 {
+                self.covers_due.insert(account);
+                continue;
+            }
+            let (shares, left, others) = self.cover_deficit(account, deficit, room - 1, events);
+            room -= 1 + shares;
+            if left > 0 && others {
+                self.covers_due.insert(account);
+            } else {
+                self.end_liquidation(account, events);
+            }
+        }
     }
 
     /// Ends `account`'s liquidation (cured, or finished flat): no cover is due for it any more.
@@ -410,7 +459,16 @@ impl<M: MarginModel> Engine<M> {
         events.push(Event::LiquidationEnded { account });
     }
 
-    fn cover_deficit(&mut self, account: AccountId, deficit: i128, events: &mut Vec<Event>) {
+    /// Covers what it can of `account`'s deficit: insurance, the fee pool, then shares of at
+    /// most `sharers` accounts. Returns the shares charged, the deficit left, and whether an
+    /// account past `sharers` still has free collateral.
+    fn cover_deficit(
+        &mut self,
+        account: AccountId,
+        deficit: i128,
+        sharers: usize,
+        events: &mut Vec<Event>,
+    ) -> (usize, i128, bool) {
         let mut left = deficit;
         let insurance = left.min(i128::from(self.totals.insurance.0));
         self.totals.insurance = Amount(self.totals.insurance.0 - insurance as i64);
@@ -421,7 +479,7 @@ impl<M: MarginModel> Engine<M> {
         self.credit(account, Amount((insurance + fee_pool) as i64));
         // Shared pro rata by free collateral, exactly: floor shares, then one unit each in id
         // order until the remainder is placed.
-        let free: Vec<(AccountId, i128)> = self
+        let mut free: Vec<(AccountId, i128)> = self
             .accounts
             .iter()
             .enumerate()
@@ -434,8 +492,16 @@ impl<M: MarginModel> Engine<M> {
             })
             .filter(|(_, f)| *f > 0)
             .collect();
+        // Past `sharers`, the accounts with the most free collateral (then the lowest ids).
+        let others = free.len() > sharers;
+        if others {
+            free.sort_by(|x, y| y.1.cmp(&x.1).then(x.0.cmp(&y.0)));
+            free.truncate(sharers);
+            free.sort_by_key(|(a, _)| *a);
+        }
         let total: i128 = free.iter().map(|(_, f)| f).sum();
         let socialized = left.min(total);
+        let mut charged = 0;
         if socialized > 0 {
             let mut shares: Vec<(AccountId, i128, i128)> = free
                 .iter()
@@ -453,6 +519,7 @@ impl<M: MarginModel> Engine<M> {
             }
             for (a, _, share) in shares {
                 if share > 0 {
+                    charged += 1;
                     self.credit(a, Amount(-share as i64));
                     events.push(Event::LossShared {
                         account: a,
@@ -469,5 +536,6 @@ impl<M: MarginModel> Engine<M> {
             socialized: Amount(socialized as i64),
             unresolved: Amount((left - socialized) as i64),
         });
+        (charged, left - socialized, others)
     }
 }

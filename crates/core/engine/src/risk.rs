@@ -588,9 +588,12 @@ impl<M: MarginModel> Engine<M> {
         oracle.index_price = u.index_price;
         oracle.published_ms = u.published_ms;
         oracle.held = None;
+        // A settled instrument keeps its settlement value (this update may have settled it).
         for mark in &u.marks {
-            self.instruments[mark.instrument.0 as usize].mark =
-                Some((mark.mark, mark.risk_array.iter().map(|a| a.0).collect()));
+            let inst = &mut self.instruments[mark.instrument.0 as usize];
+            if inst.status != InstrumentStatus::Settled {
+                inst.mark = Some((mark.mark, mark.risk_array.iter().map(|a| a.0).collect()));
+            }
         }
         events.push(Event::OracleAccepted {
             underlying: u.underlying.clone(),

@@ -998,7 +998,18 @@ impl Reference {
                     spec: i.spec.clone(),
                     status: i.status,
                     settlement_price: i.settlement_price,
-                    mark: None,
+                    // The model has no oracle: a settled instrument's mark is one contract's
+                    // settlement value, the same in every scenario.
+                    mark: i.settlement_price.map(|s| {
+                        let value = i.spec.settlement_value_numerator(s) / i128::from(QTY_SCALE);
+                        (
+                            Price(value as i64),
+                            vec![
+                                Amount::ZERO;
+                                optio_types::RiskConfig::default().scenarios as usize
+                            ],
+                        )
+                    }),
                 })
                 .collect(),
             accounts: self

@@ -554,3 +554,170 @@ fn fills_in(ops: &[optio_state::Op]) -> usize {
         .filter(|o| matches!(o, optio_state::Op::Fill { .. }))
         .count()
 }
+
+/// A loss shared by more accounts than one proof holds. The engine shares a deficit by every
+/// account with free collateral; in the input that left it, the cover made a batch no proof of
+/// the shape holds. With the shape's fill budget the cover waits for oracle updates, each
+/// shared by as many accounts as a batch holds beside it (here three), and every batch proves.
+#[test]
+fn a_loss_shared_by_more_accounts_than_a_proof_holds_is_covered_over_oracle_updates() {
+    use optio_engine::Engine;
+    use optio_types::{
+        AccountId, Amount, Command, EngineLimits, Event, Input, InstrumentId, MONEY_SCALE,
+        MarginMode, Qty, Side, TimeInForce,
+    };
+    // Four account registers: a cover and three loss shares.
+    const SHARE: Shape = Shape {
+        accounts: 4,
+        ..SHAPE
+    };
+    let perp = InstrumentId(2);
+    let usd = |dollars: i64| Amount(dollars * MONEY_SCALE);
+    struct Run {
+        engine: Engine,
+        batcher: optio_state::Batcher,
+        batches: Vec<optio_state::Batch>,
+        seq: u64,
+    }
+    impl Run {
+        fn apply(&mut self, time_ms: u64, command: Command) -> Vec<Event> {
+            let input = Input { time_ms, command };
+            let mut events = Vec::new();
+            self.engine.apply(&input, &mut events).expect("accepted");
+            self.seq += 1;
+            let cut = self.batcher.push(self.seq, &input, &events);
+            self.batches.extend(cut.expect("batches"));
+            events
+        }
+        /// `account` withdraws what leaves it `keep` dollars free.
+        fn keep_free(&mut self, time_ms: u64, account: u32, keep: i64) {
+            let (_, _, free) = self.engine.collateral(AccountId(account)).expect("exists");
+            let amount = Amount(free.0 - keep * MONEY_SCALE);
+            let account = AccountId(account);
+            self.apply(time_ms, Command::Withdraw { account, amount });
+        }
+    }
+    // Account 1 (standard margin, 15,000) buys a perpetual from each of accounts 0 and 2 at
+    // 60,000; the others keep 1,000 to 3,250 free; a crash to 45,100 leaves account 1
+    // bankrupt, account 3 takes both contracts and keeps 1,000 free. Nine accounts then share
+    // the deficit (about 15,700), none able to carry more than 3,250 of it.
+    let history = |limits: EngineLimits| {
+        let capacity =
+            optio_state::Capacity::new(|state, ops| optio_prover::fits(state, ops, SHARE).is_ok());
+        let mut r = Run {
+            engine: Engine::new(limits),
+            batcher: optio_state::Batcher::new(1_000, u64::MAX).with_capacity(Some(capacity)),
+            batches: Vec::new(),
+            seq: 0,
+        };
+        let mut t = support::T0;
+        for spec in support::specs() {
+            r.apply(t, Command::ListInstrument { spec });
+        }
+        r.apply(t, Command::ActivateInstrument { instrument: perp });
+        for a in 0..10u32 {
+            let owner = optio_types::Address([a as u8 + 1; 20]);
+            r.apply(t, Command::OpenAccount { owner });
+            let (account, amount) = (AccountId(a), usd(200_000));
+            r.apply(t, Command::Deposit { account, amount });
+        }
+        r.apply(t, support::oracle(60_000.0, t));
+        let account = AccountId(1);
+        r.apply(
+            t,
+            Command::SetMarginMode {
+                account,
+                mode: MarginMode::Standard,
+            },
+        );
+        r.apply(
+            t,
+            Command::Withdraw {
+                account,
+                amount: usd(185_000),
+            },
+        );
+        for seller in [0, 2] {
+            let gtc = TimeInForce::GoodTillCancelled;
+            r.apply(t, limit_order(seller, perp, Side::Sell, 100, 60_000, gtc));
+            let ioc = TimeInForce::ImmediateOrCancel;
+            r.apply(t, limit_order(1, perp, Side::Buy, 100, 60_000, ioc));
+        }
+        for a in [0, 2, 4, 5, 6, 7, 8, 9] {
+            r.keep_free(t, a, 1_000 + 250 * i64::from(a));
+        }
+        t += 1_000;
+        r.apply(t, support::oracle(45_000.0, t));
+        t += 1_000;
+        let events = r.apply(t, support::oracle(45_100.0, t));
+        assert!(events.contains(&Event::LiquidationStarted { account }));
+        let liquidation = r.apply(
+            t,
+            Command::Liquidate {
+                liquidator: AccountId(3),
+                account,
+                instrument: perp,
+                qty: Qty(2 * support::STEP * 100),
+            },
+        );
+        r.keep_free(t, 3, 1_000);
+        // The shares of each cover, by the input that made it.
+        let mut shares: Vec<usize> = Vec::new();
+        let count = |events: &[Event]| {
+            events
+                .iter()
+                .filter(|e| matches!(e, Event::LossShared { .. }))
+                .count()
+        };
+        shares.push(count(&liquidation));
+        for _ in 0..6 {
+            t += 1_000;
+            let events = r.apply(t, support::oracle(45_100.0, t));
+            shares.push(count(&events));
+        }
+        r.batches.extend(r.batcher.flush().expect("flushes"));
+        assert_eq!(r.batcher.state().diff_engine(&r.engine.canonical()), None);
+        let (balance, _, _) = r.engine.collateral(account).expect("exists");
+        assert_eq!(balance, Amount(0), "the deficit is covered");
+        (r.batches, shares)
+    };
+    // Every batch that fits the shape proves; the others, with the accounts they touch.
+    let prove = |batches: &[optio_state::Batch]| {
+        let mut state = SettlementState::new();
+        let mut too_large = Vec::new();
+        for b in batches {
+            let (_, ops) = decode(&b.blob).expect("decodes");
+            match witness(&state, &ops, SHARE) {
+                Ok(w) => {
+                    assert_eq!(w.public.new_root, b.header.new_root);
+                    check(&w).unwrap_or_else(|e| panic!("batch {}: {e}", b.header.number));
+                }
+                Err(e) => too_large.push((e, ops.len())),
+            }
+            state.apply_batch(&ops).expect("applies");
+            state.commit();
+        }
+        too_large
+    };
+
+    let budget = EngineLimits {
+        fill_budget: SHARE.fill_budget(),
+        ..EngineLimits::default()
+    };
+    let (batches, shares) = history(budget);
+    assert_eq!(shares[0], 0, "no cover in the liquidation's input");
+    assert!(shares.iter().all(|&n| n <= 3), "{shares:?}");
+    assert!(
+        shares.iter().filter(|&&n| n > 0).count() >= 2,
+        "over several updates: {shares:?}"
+    );
+    assert_eq!(prove(&batches), Vec::new());
+
+    // Without the budget the liquidation's input shares the loss by all nine.
+    let (batches, shares) = history(EngineLimits::default());
+    assert_eq!(shares[0], 9);
+    assert_eq!(
+        prove(&batches),
+        vec![(WitnessError::TooLarge("account registers"), 11)]
+    );
+}

@@ -804,7 +804,8 @@ impl SettlementState {
                 InstrumentStatus::Expired => status::EXPIRED,
                 InstrumentStatus::Settled => status::SETTLED,
             };
-            // A settled instrument's mark is its settlement value (the engine's marks go on).
+            // A settled instrument's mark is its settlement value (the engine's too, but one
+            // restored from a snapshot taken before it set that mark holds the oracle's last).
             let settled = theirs
                 .settlement_price
                 .and_then(|p| theirs.spec.settled_mark(p).ok());

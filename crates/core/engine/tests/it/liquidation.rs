@@ -336,20 +336,48 @@ fn step() -> impl Strategy<Value = Step> {
 /// deficits were covered, positions settled, covers came in an input after the one that
 /// settled the account's last position, and resting orders were cancelled instead of filled
 /// (their accounts could no longer margin them).
+/// A cover in `events` ended its account's liquidation with bad debt left.
+fn left_unresolved(events: &[Event]) -> bool {
+    events.iter().any(|ev| match ev {
+        Event::DeficitCovered {
+            account,
+            unresolved,
+            ..
+        } => unresolved.0 > 0 && events.contains(&Event::LiquidationEnded { account: *account }),
+        _ => false,
+    })
+}
+
+/// One history; with `bounded`, a fill budget of three accounts a batch (a cover and two loss
+/// shares, or a fill and a liquidation's counterparty), under which covers come only in oracle
+/// updates, shared by at most two accounts each.
 fn liquidation_history(
     steps: &[Step],
+    bounded: bool,
 ) -> Result<(usize, usize, usize, usize, usize, usize), TestCaseError> {
     let mut counts = (0, 0, 0, 0, 0, 0);
     // Accounts settled by an earlier input and not traded since.
     let mut settled_before = std::collections::BTreeSet::new();
 
-    let mut e = engine_with(EngineLimits::default(), 6, usd(5_000));
+    let limits = if bounded {
+        EngineLimits {
+            fill_budget: optio_types::FillBudget {
+                accounts: 3,
+                ..optio_types::FillBudget::UNBOUNDED
+            },
+            ..EngineLimits::default()
+        }
+    } else {
+        EngineLimits::default()
+    };
+    let mut e = engine_with(limits, 6, usd(5_000));
     let mut oracle = TestOracle::default();
     let mut t = T0;
     let mut spot = 60_000.0;
     let mut events = Vec::new();
     let mut apply = |e: &mut Engine, time: u64, command: Command, events: &mut Vec<Event>| {
         events.clear();
+        let update = matches!(command, Command::OracleUpdate(_));
         let _ = e.apply(
             &optio_types::Input {
                 time_ms: time,
@@ -357,6 +385,15 @@ fn liquidation_history(
             },
             events,
         );
+        // Within the budget, a cover and its shares come in an oracle update, three ops at
+        // most (a batch holds them).
+        let covers = events
+            .iter()
+            .filter(|ev| matches!(ev, Event::DeficitCovered { .. } | Event::LossShared { .. }))
+            .count();
+        if bounded && covers > 0 {
+            assert!(update && covers <= 3, "{events:?}");
+        }
         // A validity proof applies a batch's settlements after its other ops: no input covers
         // the deficit of, or charges a loss share to, an account it settled.
         let settled: std::collections::BTreeSet<AccountId> = events
@@ -573,7 +610,7 @@ fn liquidation_history(
                         },
                         &mut events,
                     );
-                    unresolved |= events.iter().any(|ev| matches!(ev, Event::DeficitCovered { unresolved, .. } if unresolved.0 > 0));
+                    unresolved |= left_unresolved(&events);
                 }
             }
             5 => {
@@ -613,16 +650,18 @@ fn liquidation_history(
             }
         }
     }
-    // One more input (no settlement): the covers still due come.
-    apply(
-        &mut e,
-        t,
-        Command::OracleUpdate(oracle.update(spot, t)),
-        &mut events,
-    );
-    unresolved |= events
-        .iter()
-        .any(|ev| matches!(ev, Event::DeficitCovered { unresolved, .. } if unresolved.0 > 0));
+    // More updates (no settlement): the covers still due come (within the budget, two
+    // accounts' shares an update).
+    for _ in 0..if bounded { 6 } else { 1 } {
+        t += 1_000;
+        apply(
+            &mut e,
+            t,
+            Command::OracleUpdate(oracle.update(spot, t)),
+            &mut events,
+        );
+        unresolved |= left_unresolved(&events);
+    }
     if !unresolved {
         for a in 0..6u32 {
             let (balance, _, _) = e.collateral(AccountId(a)).expect("exists");
@@ -650,8 +689,8 @@ proptest! {
     /// input, and afterwards no flat account is left with a negative balance unless the
     /// waterfall reported it as unresolved.
     #[test]
-    fn conservation_holds_through_liquidation_and_expiry(steps in prop::collection::vec(step(), 1..80)) {
-        liquidation_history(&steps)?;
+    fn conservation_holds_through_liquidation_and_expiry(steps in prop::collection::vec(step(), 1..80), bounded: bool) {
+        liquidation_history(&steps, bounded)?;
     }
 }
 
@@ -661,12 +700,17 @@ fn the_random_histories_do_liquidate() {
     use proptest::test_runner::TestRunner;
     let mut runner = TestRunner::deterministic();
     let mut total = (0, 0, 0, 0, 0, 0);
-    for _ in 0..48 {
+    // Deficits covered within a fill budget (in oracle updates).
+    let mut bounded_deficits = 0;
+    for k in 0..48 {
         let steps = prop::collection::vec(step(), 80)
             .new_tree(&mut runner)
             .expect("strategy")
             .current();
-        let c = liquidation_history(&steps).expect("history holds");
+        let c = liquidation_history(&steps, k % 2 == 1).expect("history holds");
+        if k % 2 == 1 {
+            bounded_deficits += c.2;
+        }
         total = (
             total.0 + c.0,
             total.1 + c.1,
@@ -685,6 +729,7 @@ fn the_random_histories_do_liquidate() {
         total.0 > 0 && total.1 > 0 && total.2 > 0 && total.3 > 0 && total.5 > 0,
         "{total:?}"
     );
+    assert!(bounded_deficits > 0, "no deficit within a fill budget");
 }
 
 /// Found by `optio sim`: a fully collateralized counterparty whose asks rested on its long (the
@@ -1182,7 +1227,9 @@ fn an_expiry_with_rounded_values_never_takes_insurance_below_zero() {
         (1, 3, 36, 70),
         (1, 0, 16, 46),
     ];
-    liquidation_history(&steps).expect("the invariants hold");
+    for bounded in [false, true] {
+        liquidation_history(&steps, bounded).expect("the invariants hold");
+    }
 }
 
 /// Serves an L1 forced withdrawal (the first in the queue) for the account's owner; returns the
@@ -1536,4 +1583,118 @@ fn equity_at_marks(e: &Engine, account: u32) -> i128 {
             equity + i128::from(p.qty.0) * i128::from(mark)
         },
     )
+}
+
+/// With a bounded fill budget a deficit's cover waits for the next accepted oracle update
+/// that settles nothing, and its loss is shared by as many accounts as the budget holds beside
+/// the cover (here two), those with the most free collateral first; what they cannot carry
+/// waits for the next update. Unbounded, the liquidation that leaves the deficit covers it at
+/// once, shared by every account with free collateral.
+#[test]
+fn a_deficit_is_shared_within_the_fill_budget_over_oracle_updates() {
+    // Account 1 (standard margin, 15,000) long two perpetuals from accounts 0 and 2 at 60,000;
+    // accounts 0, 2, 4, 5 and 6 keep 1,000, 3,000, 4,000, 5,000 and 6,000 free; account 3 is
+    // the liquidator. A crash to 45,100 leaves account 1 bankrupt and the liquidator takes
+    // both contracts.
+    let bankrupt = |limits: EngineLimits| {
+        let mut e = engine_with(limits, 7, usd(200_000));
+        run(&mut e, T0, Command::OracleUpdate(update(60_000.0, T0))).expect("oracle");
+        for command in [
+            Command::SetMarginMode {
+                account: AccountId(1),
+                mode: MarginMode::Standard,
+            },
+            Command::Withdraw {
+                account: AccountId(1),
+                amount: usd(185_000),
+            },
+        ] {
+            run(&mut e, T0, command).expect("accepted");
+        }
+        for seller in [0, 2] {
+            trade(&mut e, seller, 1, PERP, Side::Sell, 60_000, 100);
+        }
+        for (account, keep) in [(0, 1_000), (2, 3_000), (4, 4_000), (5, 5_000), (6, 6_000)] {
+            keep_free(&mut e, T0, account, keep);
+        }
+        let (events, t) = crash(&mut e, 45_000.0);
+        assert!(events.contains(&Event::LiquidationStarted {
+            account: AccountId(1)
+        }));
+        let events = take(&mut e, t, 200 * STEP).expect("all of it: the equity is gone");
+        e.check_invariants().expect("audit");
+        (e, t, events)
+    };
+    let shared = |events: &[Event]| -> Vec<(u32, i64)> {
+        events
+            .iter()
+            .filter_map(|ev| match ev {
+                Event::LossShared { account, amount } => Some((account.0, amount.0)),
+                _ => None,
+            })
+            .collect()
+    };
+    let ended = |events: &[Event]| {
+        events.contains(&Event::LiquidationEnded {
+            account: AccountId(1),
+        })
+    };
+
+    // Unbounded: covered by the liquidation itself, shared by all six others.
+    let (e, _, events) = bankrupt(EngineLimits::default());
+    assert!(ended(&events));
+    let sharers: Vec<u32> = shared(&events).iter().map(|s| s.0).collect();
+    assert_eq!(sharers, vec![0, 2, 3, 4, 5, 6]);
+    assert_eq!(e.collateral(AccountId(1)).expect("exists").0, Amount(0));
+
+    // Bounded: room for three accounts a batch, so a cover and two shares.
+    let limits = EngineLimits {
+        fill_budget: optio_types::FillBudget {
+            accounts: 3,
+            ..optio_types::FillBudget::UNBOUNDED
+        },
+        ..EngineLimits::default()
+    };
+    let (mut e, t, events) = bankrupt(limits);
+    assert!(!ended(&events) && shared(&events).is_empty(), "{events:?}");
+    let (deficit, _, _) = e.collateral(AccountId(1)).expect("exists");
+    assert!(deficit.0 < -usd(15_000).0, "{deficit:?}");
+    // The liquidator keeps 2,000 free; an input other than an oracle update covers nothing.
+    let events = keep_free(&mut e, t, 3, 2_000);
+    assert!(shared(&events).is_empty() && !ended(&events));
+    let (fee_pool, insurance) = e.pools();
+    assert!(fee_pool.0 > 0 && insurance.0 == 0);
+    // The first update: the fee pool, then accounts 6 and 5 carry all they have free.
+    let t = t + 1_000;
+    let events = run(&mut e, t, Command::OracleUpdate(update(45_100.0, t))).expect("update");
+    assert_eq!(shared(&events), vec![(5, usd(5_000).0), (6, usd(6_000).0)]);
+    assert!(events.iter().any(|ev| matches!(ev, Event::DeficitCovered { fee_pool: f, socialized, .. } if *f == fee_pool && socialized.0 == usd(11_000).0)), "{events:?}");
+    assert!(!ended(&events));
+    e.check_invariants().expect("audit");
+    // The second: accounts 4 and 2, pro rata (4,000 : 3,000), and the liquidation ends.
+    let left = -e.collateral(AccountId(1)).expect("exists").0.0;
+    assert!(left > 0 && left < usd(7_000).0, "{left}");
+    let t = t + 1_000;
+    let events = run(&mut e, t, Command::OracleUpdate(update(45_100.0, t))).expect("update");
+    let shares = shared(&events);
+    assert_eq!(shares.iter().map(|s| s.0).collect::<Vec<_>>(), vec![2, 4]);
+    assert_eq!(shares.iter().map(|s| s.1).sum::<i64>(), left);
+    assert!((shares[0].1 * 4 - shares[1].1 * 3).abs() <= 7, "{shares:?}");
+    assert!(ended(&events));
+    assert_eq!(e.collateral(AccountId(1)).expect("exists").0, Amount(0));
+    e.check_invariants().expect("audit");
+}
+
+/// `account` withdraws what leaves it `keep` free (in USD); returns the events.
+fn keep_free(e: &mut Engine, time: u64, account: u32, keep: i64) -> Vec<Event> {
+    let (_, _, free) = e.collateral(AccountId(account)).expect("exists");
+    run(
+        e,
+        time,
+        Command::Withdraw {
+            account: AccountId(account),
+            amount: Amount(free.0 - usd(keep).0),
+        },
+    )
+    .expect("withdraws")
 }

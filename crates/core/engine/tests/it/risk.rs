@@ -483,6 +483,63 @@ fn expiry_settles_at_the_oracles_time_weighted_index() {
     e.check_invariants().expect("audit");
 }
 
+/// Once settled, an instrument's mark is one contract's settlement value (what the settlement
+/// state commits, `InstrumentSpec::settled_mark`), zero out of the money: the oracle's marks
+/// for it, in the settling update and later, are passed over, and a snapshot restores it.
+#[test]
+fn a_settled_instruments_mark_is_its_settlement_value() {
+    let mark_of = |e: &Engine| {
+        e.instruments()
+            .find(|i| i.id == InstrumentId(1))
+            .and_then(|i| i.mark)
+    };
+    let put = specs()[1].clone();
+    // In the money: the TWAP of 58,666.666666 pays the long put 1,333.333334 a contract.
+    let mut e = one_put_traded();
+    let events = run_to_expiry(&mut e);
+    let twap = Price(58_666_666_666);
+    assert!(events.iter().any(|ev| matches!(ev, Event::InstrumentSettled { settlement_price, .. } if *settlement_price == twap)), "{events:?}");
+    let settled = put.settled_mark(twap).expect("bounded");
+    assert_eq!(settled, Price(1_333_333_334));
+    assert_eq!(mark_of(&e), Some(settled));
+    let later = T0 + 3_600_000 + 5_000;
+    let u = update(50_000.0, later);
+    let oracles = u
+        .marks
+        .iter()
+        .find(|m| m.instrument == InstrumentId(1))
+        .expect("marked");
+    assert_ne!(oracles.mark, settled);
+    run(&mut e, later, Command::OracleUpdate(u)).expect("taken");
+    assert_eq!(mark_of(&e), Some(settled), "a later mark is passed over");
+    let restored =
+        Engine::restore_bytes(&e.snapshot(), optio_types::WorstCaseMargin).expect("restores");
+    assert_eq!(restored.state_hash(), e.state_hash());
+    e.check_invariants().expect("audit");
+
+    // Out of the money: the mark is zero, and the snapshot still restores.
+    let mut e = one_put_traded();
+    let expiry = T0 + 3_600_000;
+    run(
+        &mut e,
+        expiry - 5_000,
+        Command::OracleUpdate(update(61_000.0, expiry - 5_000)),
+    )
+    .expect("update");
+    let at = expiry + 1_000;
+    run(
+        &mut e,
+        at,
+        Command::OracleUpdate(settling(at, Price(61_000 * MONEY_SCALE))),
+    )
+    .expect("settles");
+    assert_eq!(mark_of(&e), Some(Price(0)));
+    let restored =
+        Engine::restore_bytes(&e.snapshot(), optio_types::WorstCaseMargin).expect("restores");
+    assert_eq!(restored.state_hash(), e.state_hash());
+    e.check_invariants().expect("audit");
+}
+
 /// A settlement price refused refuses its whole update and changes nothing: for an instrument
 /// not yet expired, a perpetual, another underlying's or an unknown instrument, twice in one
 /// update, not positive, or published before the expiry it averages up to. Once settled, an
