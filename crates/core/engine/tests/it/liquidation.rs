@@ -1460,11 +1460,10 @@ fn deleveraging_passes_over_a_holder_it_would_leave_insolvent() {
     e.check_invariants().expect("audit");
 }
 
-/// Account 1 (standard margin, 15,000 left after withdrawing) long two perpetuals, one from
-/// account 0 and one from account 2, then a 25% crash and a quarter of an hour with no bids:
-/// its auction is over. Returns the engine and the time.
-fn long_two_past_the_auction(limits: EngineLimits) -> (Engine, u64) {
-    let mut e = engine_with(limits, 4, usd(200_000));
+/// `accounts` accounts of 200,000, marks at 60,000; account 1 (standard margin, 15,000 left
+/// after withdrawing) long two perpetuals at 60,000, one from account 0 and one from account 2.
+fn long_two(limits: EngineLimits, accounts: u32) -> Engine {
+    let mut e = engine_with(limits, accounts, usd(200_000));
     run(&mut e, T0, Command::OracleUpdate(update(60_000.0, T0))).expect("oracle");
     for command in [
         Command::SetMarginMode {
@@ -1482,6 +1481,14 @@ fn long_two_past_the_auction(limits: EngineLimits) -> (Engine, u64) {
         trade(&mut e, seller, 1, PERP, Side::Sell, 60_000, 100);
     }
     assert_eq!(position(&e, 1), 200 * STEP);
+    e
+}
+
+/// Account 1 (standard margin, 15,000 left after withdrawing) long two perpetuals, one from
+/// account 0 and one from account 2, then a 25% crash and a quarter of an hour with no bids:
+/// its auction is over. Returns the engine and the time.
+fn long_two_past_the_auction(limits: EngineLimits) -> (Engine, u64) {
+    let mut e = long_two(limits, 4);
     let (events, t2) = crash(&mut e, 45_000.0);
     assert!(events.contains(&Event::LiquidationStarted {
         account: AccountId(1)
@@ -1597,23 +1604,7 @@ fn a_deficit_is_shared_within_the_fill_budget_over_oracle_updates() {
     // the liquidator. A crash to 45,100 leaves account 1 bankrupt and the liquidator takes
     // both contracts.
     let bankrupt = |limits: EngineLimits| {
-        let mut e = engine_with(limits, 7, usd(200_000));
-        run(&mut e, T0, Command::OracleUpdate(update(60_000.0, T0))).expect("oracle");
-        for command in [
-            Command::SetMarginMode {
-                account: AccountId(1),
-                mode: MarginMode::Standard,
-            },
-            Command::Withdraw {
-                account: AccountId(1),
-                amount: usd(185_000),
-            },
-        ] {
-            run(&mut e, T0, command).expect("accepted");
-        }
-        for seller in [0, 2] {
-            trade(&mut e, seller, 1, PERP, Side::Sell, 60_000, 100);
-        }
+        let mut e = long_two(limits, 7);
         for (account, keep) in [(0, 1_000), (2, 3_000), (4, 4_000), (5, 5_000), (6, 6_000)] {
             keep_free(&mut e, T0, account, keep);
         }
