@@ -28,6 +28,7 @@ library Words {
             return 2 + (padded + 4) / 5;
         }
         if (kind == WITHDRAW || kind == L1_WITHDRAWAL) return 3; // and the owner paid
+        if (kind == 5) return 3; // a settled position: its word, the cash, the quantity settled
         if ((kind >= 5 && kind <= 9) || (kind >= 20 && kind <= 23) || kind == 25) return 2;
         revert BadBatch("unknown op");
     }

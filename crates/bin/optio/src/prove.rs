@@ -195,6 +195,7 @@ pub(crate) fn limits(shape: Option<optio_prover::Shape>) -> optio_types::EngineL
         limits.max_positions_to_withdraw = shape.positions.min(shape.instruments) as u32;
         limits.fill_budget = shape.fill_budget();
         limits.mark_windows = shape.mark_windows();
+        limits.settle_budget = shape.settle_budget();
     }
     limits
 }

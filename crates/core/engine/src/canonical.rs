@@ -85,6 +85,7 @@ impl<M: MarginModel> Engine<M> {
             instruments,
             accounts,
             orders,
+            unposted_expiries: self.unposted_expiries.iter().copied().collect(),
         }
     }
 
@@ -135,8 +136,17 @@ impl<M: MarginModel> Engine<M> {
             if engine.names.contains_key(&rec.spec.name) {
                 return Err(bad("duplicate instrument name"));
             }
-            if (rec.status == InstrumentStatus::Settled) != rec.settlement_price.is_some() {
-                return Err(bad("settlement price present iff settled"));
+            // An expired instrument may have its price and wait for the settlement budget.
+            let priced = matches!(
+                rec.status,
+                InstrumentStatus::Expired | InstrumentStatus::Settled
+            );
+            if (rec.status == InstrumentStatus::Settled && rec.settlement_price.is_none())
+                || (rec.settlement_price.is_some() && !priced)
+            {
+                return Err(bad(
+                    "settlement price of a settled instrument only, or one expired",
+                ));
             }
             let unexpired = matches!(
                 rec.status,
@@ -200,6 +210,28 @@ impl<M: MarginModel> Engine<M> {
                 pos.cost = p.cost;
                 pos.realized_pnl = p.realized_pnl;
             }
+        }
+        engine.settles_due = engine
+            .instruments
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| {
+                (i.status == InstrumentStatus::Expired && i.settlement_price.is_some())
+                    || (i.status == InstrumentStatus::Settled && !i.holders.is_empty())
+            })
+            .map(|(n, _)| optio_types::InstrumentId(n as u32))
+            .collect();
+        for (n, &id) in state.unposted_expiries.iter().enumerate() {
+            let expired = engine
+                .instruments
+                .get(id.0 as usize)
+                .is_some_and(|i| i.status == InstrumentStatus::Expired);
+            if !expired || (n > 0 && state.unposted_expiries[n - 1] >= id) {
+                return Err(bad(
+                    "unposted expiries unsorted, or of an instrument not expired",
+                ));
+            }
+            engine.unposted_expiries.insert(id);
         }
         engine.covers_due = (0..engine.accounts.len() as u32)
             .map(AccountId)

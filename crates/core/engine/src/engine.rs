@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use optio_types::fixed::{Rounding, mul_div};
 use optio_types::margin::fee_reserve;
 use optio_types::state::{OrderRecord, Totals};
 use optio_types::{
@@ -119,6 +120,17 @@ pub struct Engine<M: MarginModel = WorstCaseMargin> {
     pub(crate) covers_due: BTreeSet<AccountId>,
     /// The current input settled an instrument.
     pub(crate) settled_now: bool,
+    /// Instruments whose settlement price came and that still have holders to pay (or, before
+    /// their first settlement, none): `settle_due` pays them within the settlement budget.
+    /// Derived: the expired instruments with a settlement price and the settled ones with
+    /// holders.
+    pub(crate) settles_due: BTreeSet<InstrumentId>,
+    /// Instruments expired (on time: orders cancelled, no trading) whose expiry is not yet
+    /// posted (`Event::InstrumentExpired`, the settlement state's expiry op): past their
+    /// input's expiry budget (`EngineLimits::settle_budget`), posted first by the next inputs.
+    pub(crate) unposted_expiries: BTreeSet<InstrumentId>,
+    /// Expiries the current input posted.
+    expiries_posted_now: u32,
 }
 
 impl Engine<WorstCaseMargin> {
@@ -165,6 +177,9 @@ impl<M: MarginModel> Engine<M> {
             expiries: BTreeSet::new(),
             covers_due: BTreeSet::new(),
             settled_now: false,
+            settles_due: BTreeSet::new(),
+            unposted_expiries: BTreeSet::new(),
+            expiries_posted_now: 0,
             plan: Vec::new(),
             scratch: Vec::new(),
             touched_accounts: Vec::new(),
@@ -203,6 +218,10 @@ impl<M: MarginModel> Engine<M> {
         self.touched_accounts.clear();
         self.touched_instruments.clear();
         self.settled_now = false;
+        self.expiries_posted_now = 0;
+        for id in std::mem::take(&mut self.unposted_expiries) {
+            self.post_expiry(id, events);
+        }
         self.advance_time(input.time_ms, events);
         let result = self.execute(&input.command, events);
         if let Err(code) = result {
@@ -887,42 +906,216 @@ impl<M: MarginModel> Engine<M> {
         }
         self.scratch = slots;
         self.instruments[id.0 as usize].status = InstrumentStatus::Expired;
+        self.post_expiry(id, events);
+    }
+
+    /// Posts instrument `id`'s expiry (`Event::InstrumentExpired`: the settlement state's expiry
+    /// op) within the input's expiry budget (`EngineLimits::settle_budget`), or keeps it for the
+    /// next input. It has expired in the engine either way; its settlement waits for the post.
+    fn post_expiry(&mut self, id: InstrumentId, events: &mut Vec<Event>) {
+        if self.expiries_posted_now >= self.limits.settle_budget.expiries {
+            self.unposted_expiries.insert(id);
+            return;
+        }
+        self.expiries_posted_now += 1;
         events.push(Event::InstrumentExpired { instrument: id });
     }
 
+    /// Takes an expired instrument's settlement price; its holders are paid by `settle_due`,
+    /// in this input and, past the settlement budget, at later oracle updates.
     pub(crate) fn settle_instrument(
         &mut self,
         id: InstrumentId,
         settlement_price: Price,
         events: &mut Vec<Event>,
     ) -> Result<(), RejectCode> {
-        if self.instrument(id)?.status != InstrumentStatus::Expired {
+        self.take_settlement_price(id, settlement_price)?;
+        self.settle_due(events);
+        Ok(())
+    }
+
+    /// Records the settlement price of expired instrument `id` (once): it is due to settle.
+    pub(crate) fn take_settlement_price(
+        &mut self,
+        id: InstrumentId,
+        settlement_price: Price,
+    ) -> Result<(), RejectCode> {
+        let inst = self.instrument(id)?;
+        if inst.status != InstrumentStatus::Expired || inst.settlement_price.is_some() {
             return Err(RejectCode::InvalidStatusTransition);
         }
         if !settlement_price.is_positive() {
             return Err(RejectCode::InvalidSettlementPrice);
         }
-        self.touch_instrument(id);
-        let holders = std::mem::take(&mut self.instruments[id.0 as usize].holders);
-        let mut paid: i128 = 0;
-        let mut settled = Vec::new();
-        for account in holders {
+        self.instruments[id.0 as usize].settlement_price = Some(settlement_price);
+        self.settles_due.insert(id);
+        Ok(())
+    }
+
+    /// Settles the instruments due, in id order, within the settlement budget
+    /// (`EngineLimits::settle_budget`): each settlement takes a slot and pays at most as many
+    /// positions as the budget's holders, the input's settlements together. An instrument
+    /// with more holders than that settles in balanced parts (`settlement_part`), one a slot;
+    /// what the budget cannot hold waits for the next accepted oracle update. Unbounded, every
+    /// instrument due settles whole at once.
+    pub(crate) fn settle_due(&mut self, events: &mut Vec<Event>) {
+        let budget = self.limits.settle_budget;
+        let (mut slots, mut room) = (budget.slots, budget.holders as usize);
+        let due: Vec<InstrumentId> = self.settles_due.iter().copied().collect();
+        for id in due {
+            // Its expiry, not yet posted, comes first in the settlement state.
+            if self.unposted_expiries.contains(&id) {
+                continue;
+            }
+            let holders = self.instruments[id.0 as usize].holders.len();
+            // A part pays at least a long and a short (or nobody, when nobody holds any).
+            if slots == 0 || (holders > 0 && room < 2) {
+                break;
+            }
+            let part = self.settlement_part(id, room);
+            slots -= 1;
+            room -= part.len();
+            self.pay_settlement_part(id, &part, events);
+            if self.instruments[id.0 as usize].holders.is_empty() {
+                self.settles_due.remove(&id);
+            }
+        }
+    }
+
+    /// The positions of instrument `id` one settlement pays, at most `room`: every holder's
+    /// whole position when they fit (in account order), else a balanced part, longs and shorts
+    /// in account order matched quantity for quantity until a next match would need a holder
+    /// more (the last long or short may be paid a part of its position, the rest in the next
+    /// part). Each part's quantities sum to zero, so its payouts net to its rounding only.
+    fn settlement_part(&self, id: InstrumentId, room: usize) -> Vec<(AccountId, i64)> {
+        let held = |account: AccountId| {
             let slot = self
                 .position_index
                 .get(&(account.0, id.0))
                 .expect("holders have a position");
-            let pos = &mut self.positions[slot as usize];
-            let q = pos.exposure.position.0;
-            // Rounded down whatever the side; the remainder goes to insurance.
+            self.positions[slot as usize].exposure.position.0
+        };
+        let holders = &self.instruments[id.0 as usize].holders;
+        if holders.len() <= room {
+            return holders.iter().map(|&a| (a, held(a))).collect();
+        }
+        let longs: Vec<(AccountId, i64)> = holders
+            .iter()
+            .map(|&a| (a, held(a)))
+            .filter(|&(_, q)| q > 0)
+            .collect();
+        let shorts: Vec<(AccountId, i64)> = holders
+            .iter()
+            .map(|&a| (a, -held(a)))
+            .filter(|&(_, q)| q > 0)
+            .collect();
+        let mut part: Vec<(AccountId, i64)> = Vec::with_capacity(room);
+        let (mut i, mut j) = (0, 0);
+        let (mut long_left, mut short_left) = (longs[0].1, shorts[0].1);
+        // Where the current long's and short's entries are in `part`, once they have one.
+        let (mut long_at, mut short_at): (Option<usize>, Option<usize>) = (None, None);
+        loop {
+            let new = usize::from(long_at.is_none()) + usize::from(short_at.is_none());
+            if part.len() + new > room {
+                break;
+            }
+            let m = long_left.min(short_left);
+            for (at, account, q) in [
+                (&mut long_at, longs[i].0, m),
+                (&mut short_at, shorts[j].0, -m),
+            ] {
+                match *at {
+                    Some(k) => part[k].1 += q,
+                    None => {
+                        *at = Some(part.len());
+                        part.push((account, q));
+                    }
+                }
+            }
+            long_left -= m;
+            short_left -= m;
+            if long_left == 0 {
+                i += 1;
+                long_at = None;
+            }
+            if short_left == 0 {
+                j += 1;
+                short_at = None;
+            }
+            // Longs and shorts net to zero: they run out together.
+            if i == longs.len() || j == shorts.len() {
+                break;
+            }
+            if long_left == 0 {
+                long_left = longs[i].1;
+            }
+            if short_left == 0 {
+                short_left = shorts[j].1;
+            }
+        }
+        part
+    }
+
+    /// Pays one settlement of instrument `id`: each position of `part` (account, quantity
+    /// settled) is paid `settlement_cash` of its quantity, rounded down whatever the side, the
+    /// remainder to insurance. The first part marks the instrument settled: its mark is one
+    /// contract's settlement value from then on, in every scenario (the settlement state's,
+    /// `InstrumentSpec::settled_mark`), the oracle's later marks for it passed over, so the
+    /// positions a part leaves are worth what their settlement will pay.
+    fn pay_settlement_part(
+        &mut self,
+        id: InstrumentId,
+        part: &[(AccountId, i64)],
+        events: &mut Vec<Event>,
+    ) {
+        self.touch_instrument(id);
+        let settlement_price = self.instruments[id.0 as usize]
+            .settlement_price
+            .expect("a settlement due has its price");
+        let first = self.instruments[id.0 as usize].status == InstrumentStatus::Expired;
+        if first {
+            let scenarios = self.risk.scenarios as usize;
+            let inst = &mut self.instruments[id.0 as usize];
+            inst.status = InstrumentStatus::Settled;
+            let value = inst
+                .spec
+                .settled_mark(settlement_price)
+                .expect("a settlement value is bounded by the cap");
+            inst.mark = Some((value, vec![0; scenarios]));
+        }
+        let mut paid: i128 = 0;
+        for &(account, q) in part {
+            let slot = self
+                .position_index
+                .get(&(account.0, id.0))
+                .expect("holders have a position");
             let cash = self.instruments[id.0 as usize]
                 .spec
                 .settlement_cash(settlement_price, Qty(q))
                 .expect("a settlement value is bounded by the cap");
-            pos.realized_pnl = Amount(pos.realized_pnl.0 + cash.0 - pos.cost.0);
-            pos.cost = Amount::ZERO;
-            pos.exposure.position = Qty::ZERO;
+            let pos = &mut self.positions[slot as usize];
+            let held = pos.exposure.position.0;
+            // The cost of the quantity settled, released as a fill's closing part releases it.
+            let released = if q == held {
+                pos.cost.0
+            } else {
+                let share = mul_div(
+                    i128::from(pos.cost.0),
+                    i128::from(q.abs()),
+                    i128::from(held.abs()),
+                    Rounding::TowardSystem,
+                )
+                .expect("a cost share is at most the cost");
+                i64::try_from(share).expect("a cost share is at most the cost")
+            };
+            pos.realized_pnl = Amount(pos.realized_pnl.0 + cash.0 - released);
+            pos.cost = Amount(pos.cost.0 - released);
+            pos.exposure.position = Qty(held - q);
             paid += i128::from(cash.0);
             self.credit(account, cash);
+            if held == q {
+                self.instruments[id.0 as usize].holders.remove(&account);
+            }
             self.refresh_requirement(account, slot);
             events.push(Event::PositionSettled {
                 account,
@@ -930,21 +1123,23 @@ impl<M: MarginModel> Engine<M> {
                 qty: Qty(q),
                 cash,
             });
-            settled.push(account);
         }
-        let scenarios = self.risk.scenarios as usize;
-        let inst = &mut self.instruments[id.0 as usize];
-        inst.net_position = 0;
-        inst.status = InstrumentStatus::Settled;
-        inst.settlement_price = Some(settlement_price);
-        // Its mark is one contract's settlement value from now on, in every scenario (the
-        // settlement state's, `InstrumentSpec::settled_mark`): the oracle's later marks for it
-        // are passed over.
-        let value = inst
-            .spec
-            .settled_mark(settlement_price)
-            .expect("a settlement value is bounded by the cap");
-        inst.mark = Some((value, vec![0; scenarios]));
+        if first {
+            // The positions left are worth the settlement value now.
+            let left: Vec<AccountId> = self.instruments[id.0 as usize]
+                .holders
+                .iter()
+                .copied()
+                .collect();
+            for account in left {
+                let slot = self
+                    .position_index
+                    .get(&(account.0, id.0))
+                    .expect("holders have a position");
+                self.refresh_requirement(account, slot);
+                self.touch_account(account);
+            }
+        }
         let insurance_credit = Amount(i64::try_from(-paid).expect("bounded by total collateral"));
         self.totals.insurance = Amount(self.totals.insurance.0 + insurance_credit.0);
         events.push(Event::InstrumentSettled {
@@ -953,7 +1148,7 @@ impl<M: MarginModel> Engine<M> {
             insurance_credit,
         });
         // A liquidating account whose last position just settled is finished by a later input.
-        for account in settled {
+        for &(account, _) in part {
             if self.accounts[account.0 as usize]
                 .liquidating_since
                 .is_some()
@@ -963,7 +1158,6 @@ impl<M: MarginModel> Engine<M> {
             }
         }
         self.settled_now = true;
-        Ok(())
     }
 
     fn set_session_key(

@@ -10,8 +10,8 @@
 //! as unresolved bad debt (conservation still holds exactly).
 
 use optio_types::{
-    AccountId, Amount, DoneReason, Event, FillBudget, InstrumentId, MarginMode, MarginModel, Price,
-    QTY_SCALE, Qty, RejectCode,
+    AccountId, Amount, DoneReason, Event, FillBudget, InstrumentId, InstrumentStatus, MarginMode,
+    MarginModel, Price, QTY_SCALE, Qty, RejectCode,
 };
 
 use crate::engine::{Engine, FillCount};
@@ -206,7 +206,11 @@ impl<M: MarginModel> Engine<M> {
     ) -> Result<(), RejectCode> {
         let taker = self.account(liquidator)?;
         let target = self.account(account)?;
-        self.instrument(instrument)?;
+        // A settled position (one a settlement's later part pays) is worth its value: not
+        // auctioned.
+        if self.instrument(instrument)?.status == InstrumentStatus::Settled {
+            return Err(RejectCode::InstrumentNotActive);
+        }
         let since = target.liquidating_since.ok_or(RejectCode::NotLiquidating)?;
         if taker.owner == target.owner {
             return Err(RejectCode::SelfLiquidation);
@@ -299,7 +303,9 @@ impl<M: MarginModel> Engine<M> {
             .account(account)?
             .liquidating_since
             .ok_or(RejectCode::NotLiquidating)?;
-        self.instrument(instrument)?;
+        if self.instrument(instrument)?.status == InstrumentStatus::Settled {
+            return Err(RejectCode::InstrumentNotActive);
+        }
         let slot = self
             .position_index
             .get(&(account.0, instrument.0))

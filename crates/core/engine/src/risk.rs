@@ -556,8 +556,10 @@ impl<M: MarginModel> Engine<M> {
         }
         let settling = self.check_settlements(u)?;
         for (instrument, price) in settling {
-            self.settle_instrument(instrument, price, events)?;
+            self.take_settlement_price(instrument, price)?;
         }
+        // This update's settlements, and those an earlier one's budget left.
+        self.settle_due(events);
 
         // Circuit breaker: a jump beyond the bound is held until confirmed by a later update.
         if let Some(o) = self.oracles.get_mut(&u.underlying) {
@@ -625,7 +627,7 @@ impl<M: MarginModel> Engine<M> {
     /// The settlement prices of update `u` to apply, checked before anything changes: each
     /// names an instrument of the update's underlying, once, with a positive price; an
     /// instrument past its expiry settles when the update was published no earlier than the
-    /// expiry (the price averages the index before it), one already settled is passed over
+    /// expiry (the price averages the index before it), one already settled (or taken) is passed over
     /// (the oracle may repeat a price until it sees it applied), any other refuses the update.
     fn check_settlements(
         &self,
@@ -646,6 +648,8 @@ impl<M: MarginModel> Engine<M> {
                 return Err(RejectCode::InvalidSettlementPrice);
             }
             match inst.status {
+                // Taken already, waiting for the settlement budget: passed over too.
+                InstrumentStatus::Expired if inst.settlement_price.is_some() => {}
                 InstrumentStatus::Expired
                     if inst
                         .spec

@@ -1035,6 +1035,7 @@ impl Reference {
                 })
                 .collect(),
             orders: orders.into_iter().map(|o| o.rec).collect(),
+            unposted_expiries: Vec::new(),
         }
     }
 }

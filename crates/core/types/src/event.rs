@@ -60,7 +60,8 @@ pub enum Event {
         /// Which.
         instrument: InstrumentId,
     },
-    /// Cash-settled.
+    /// Cash-settled: the positions settled since the last event (one settlement, or, within a
+    /// settlement budget, one balanced part of one: `EngineLimits::settle_budget`).
     InstrumentSettled {
         /// Which.
         instrument: InstrumentId,
@@ -75,7 +76,8 @@ pub enum Event {
         account: AccountId,
         /// Which.
         instrument: InstrumentId,
-        /// Position closed.
+        /// The quantity settled: the whole position, or a part of it when the settlement is
+        /// paid in parts.
         qty: Qty,
         /// Cash paid (+) or taken (-).
         cash: Amount,

@@ -252,7 +252,7 @@ fn encode_command(w: &mut Writer, c: &Command) {
             w.u64(*expiry_ms);
         }
         Command::SetProofLimits(p) => {
-            w.u8(22);
+            w.u8(23);
             encode_proof_limits(w, p);
         }
     }
@@ -418,7 +418,9 @@ fn decode_command(r: &mut Reader<'_>) -> Result<Command, DecodeError> {
             owner: r.address()?,
             account: r.account()?,
         },
-        22 => Command::SetProofLimits(decode_proof_limits(r)?),
+        // Tag 22: written before the settlement budget (unbounded).
+        22 => Command::SetProofLimits(decode_proof_limits(r, false)?),
+        23 => Command::SetProofLimits(decode_proof_limits(r, true)?),
         tag => {
             return Err(DecodeError::BadTag {
                 what: "command",
@@ -450,7 +452,8 @@ mod tests {
         }
     }
 
-    /// A proof's limits travel whole (tag 22, 32 bytes); a cut one is refused.
+    /// A proof's limits travel whole (tag 23, 44 bytes); a cut one is refused. A record of
+    /// tag 22 (written before the settlement budget) decodes with the budget unbounded.
     #[test]
     fn proof_limits_decode_as_encoded() {
         let input = Input {
@@ -468,12 +471,24 @@ mod tests {
                     windows: 1,
                     bits: 6,
                 },
+                settle_budget: crate::SettleBudget {
+                    expiries: 4,
+                    slots: 2,
+                    holders: 16,
+                },
             }),
         };
         let bytes = input.encode();
-        assert_eq!(bytes[8], 22);
-        assert_eq!(Input::decode(&bytes), Ok(input));
+        assert_eq!(bytes[8], 23);
+        assert_eq!(Input::decode(&bytes), Ok(input.clone()));
         assert!(Input::decode(&bytes[..bytes.len() - 1]).is_err());
+        let mut old = bytes[..bytes.len() - 12].to_vec();
+        old[8] = 22;
+        let Command::SetProofLimits(limits) = Input::decode(&old).expect("decodes").command else {
+            panic!("proof limits");
+        };
+        assert_eq!(limits.settle_budget, crate::SettleBudget::UNBOUNDED);
+        assert_eq!(limits.mark_windows.bits, 6);
     }
 
     /// An oracle update is logged with each mark's and settlement price's signature (tag 21);

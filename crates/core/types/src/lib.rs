@@ -35,4 +35,4 @@ pub use oracle::{
     UpdateFormat, max_liquidation_fee, stress_range,
 };
 pub use reject::RejectCode;
-pub use state::{CanonicalState, EngineLimits, FillBudget, MarkWindows, ProofLimits};
+pub use state::{CanonicalState, EngineLimits, FillBudget, MarkWindows, ProofLimits, SettleBudget};

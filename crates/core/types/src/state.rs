@@ -11,7 +11,9 @@ use crate::instrument::{InstrumentName, InstrumentSpec, InstrumentStatus};
 use crate::oracle::{MAX_UNDERLYING_LEN, MarginMode, RiskConfig};
 
 const MAGIC: &[u8; 8] = b"OPTIOST\0";
-const VERSION: u32 = 7;
+const VERSION: u32 = 8;
+/// The last version whose proof limits have no settlement budget.
+const VERSION_WITHOUT_SETTLE_BUDGET: u32 = 7;
 /// The last version without mark windows in its limits (still decoded: unbounded).
 const VERSION_WITHOUT_MARK_WINDOWS: u32 = 6;
 /// The last version without a fill budget in its limits (still decoded: unbounded).
@@ -50,6 +52,10 @@ pub struct EngineLimits {
     /// prover's shape), so that any oracle update's marks fit a batch. Refused otherwise with
     /// `TooManyInstruments`.
     pub mark_windows: MarkWindows,
+    /// What one input's expiry settlements may post: an instrument with more holders than one
+    /// settlement holds settles in balanced parts, and settlements past the budget wait, each
+    /// part at a later oracle update (`optio node` sets it from the prover's shape).
+    pub settle_budget: SettleBudget,
 }
 
 /// The limits a validity proof's circuit shape sets (`EngineLimits`' last three). `optio node`
@@ -63,6 +69,8 @@ pub struct ProofLimits {
     pub fill_budget: FillBudget,
     /// `EngineLimits::mark_windows`.
     pub mark_windows: MarkWindows,
+    /// `EngineLimits::settle_budget`.
+    pub settle_budget: SettleBudget,
 }
 
 impl ProofLimits {
@@ -71,6 +79,7 @@ impl ProofLimits {
         max_positions_to_withdraw: u32::MAX,
         fill_budget: FillBudget::UNBOUNDED,
         mark_windows: MarkWindows::UNBOUNDED,
+        settle_budget: SettleBudget::UNBOUNDED,
     };
 
     /// Whether its windows span at most 2^32 instrument ids (what a snapshot holds).
@@ -86,6 +95,7 @@ impl EngineLimits {
             max_positions_to_withdraw: self.max_positions_to_withdraw,
             fill_budget: self.fill_budget,
             mark_windows: self.mark_windows,
+            settle_budget: self.settle_budget,
         }
     }
 
@@ -95,9 +105,32 @@ impl EngineLimits {
             max_positions_to_withdraw: proof.max_positions_to_withdraw,
             fill_budget: proof.fill_budget,
             mark_windows: proof.mark_windows,
+            settle_budget: proof.settle_budget,
             ..self
         }
     }
+}
+
+/// What one input's expiries and settlements may post (the prover's `Shape::expiries` slots, and
+/// its `Shape::settlements` slots, each paying at most `Shape::holders` positions, with an
+/// account register for each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SettleBudget {
+    /// Expiries (the rest are posted by the next inputs; the engine expires them on time).
+    pub expiries: u32,
+    /// Settlements (each an instrument's, or a part of one).
+    pub slots: u32,
+    /// Positions one settlement pays, the accounts of one input's settlements together.
+    pub holders: u32,
+}
+
+impl SettleBudget {
+    /// No bound: every settlement pays every holder at once.
+    pub const UNBOUNDED: SettleBudget = SettleBudget {
+        expiries: u32::MAX,
+        slots: u32::MAX,
+        holders: u32::MAX,
+    };
 }
 
 /// Aligned runs of `2^bits` instrument ids, `windows` of them: what one proven batch can mark
@@ -173,6 +206,7 @@ impl Default for EngineLimits {
             max_amount: Amount(1_000_000_000_000 * crate::fixed::MONEY_SCALE),
             max_positions_to_withdraw: u32::MAX,
             fill_budget: FillBudget::UNBOUNDED,
+            settle_budget: SettleBudget::UNBOUNDED,
             mark_windows: MarkWindows::UNBOUNDED,
         }
     }
@@ -201,7 +235,7 @@ pub struct InstrumentRecord {
     pub spec: InstrumentSpec,
     /// Lifecycle.
     pub status: InstrumentStatus,
-    /// Set when settled.
+    /// Set when settled (or taken and waiting for the settlement budget, still expired).
     pub settlement_price: Option<Price>,
     /// Latest accepted mark and risk array, if the oracle has priced it.
     pub mark: Option<(Price, Vec<Amount>)>,
@@ -308,6 +342,10 @@ pub struct CanonicalState {
     /// Open orders in book priority: by instrument id; bids best price first, then asks best
     /// price first; within a price level in time priority.
     pub orders: Vec<OrderRecord>,
+    /// Expired instruments whose expiry is not yet posted (`Event::InstrumentExpired`, the
+    /// settlement state's expiry op), past their input's expiry budget
+    /// (`EngineLimits::settle_budget`): the next inputs post them first. By id.
+    pub unposted_expiries: Vec<InstrumentId>,
 }
 
 impl CanonicalState {
@@ -406,6 +444,10 @@ impl CanonicalState {
                     w.address(key);
                 }
             }
+        }
+        w.len(self.unposted_expiries.len());
+        for &i in &self.unposted_expiries {
+            w.instrument(i);
         }
         w.bytes
     }
@@ -597,6 +639,13 @@ impl CanonicalState {
                 session_key,
             });
         }
+        let mut unposted_expiries = Vec::new();
+        if version > VERSION_WITHOUT_SETTLE_BUDGET {
+            let n = r.len(instruments.len())?;
+            for _ in 0..n {
+                unposted_expiries.push(r.instrument()?);
+            }
+        }
         r.finish()?;
         Ok(Self {
             time_ms,
@@ -608,6 +657,7 @@ impl CanonicalState {
             accounts,
             oracles,
             orders,
+            unposted_expiries,
         })
     }
 }
@@ -632,11 +682,19 @@ pub(crate) fn encode_proof_limits(w: &mut Writer, p: &ProofLimits) {
     }
     w.u32(p.mark_windows.windows);
     w.u32(p.mark_windows.bits);
+    w.u32(p.settle_budget.expiries);
+    w.u32(p.settle_budget.slots);
+    w.u32(p.settle_budget.holders);
 }
 
 /// What `encode_proof_limits` wrote (windows not checked: `ProofLimits::is_valid`).
-pub(crate) fn decode_proof_limits(r: &mut Reader<'_>) -> Result<ProofLimits, DecodeError> {
-    Ok(ProofLimits {
+/// Before the settlement budget (a snapshot of version 7, a `SetProofLimits` record of tag 22),
+/// `settle_budget` is absent: unbounded.
+pub(crate) fn decode_proof_limits(
+    r: &mut Reader<'_>,
+    settle_budget: bool,
+) -> Result<ProofLimits, DecodeError> {
+    let mut limits = ProofLimits {
         max_positions_to_withdraw: r.u32()?,
         fill_budget: FillBudget {
             fills: r.u32()?,
@@ -649,7 +707,16 @@ pub(crate) fn decode_proof_limits(r: &mut Reader<'_>) -> Result<ProofLimits, Dec
             windows: r.u32()?,
             bits: r.u32()?,
         },
-    })
+        settle_budget: SettleBudget::UNBOUNDED,
+    };
+    if settle_budget {
+        limits.settle_budget = SettleBudget {
+            expiries: r.u32()?,
+            slots: r.u32()?,
+            holders: r.u32()?,
+        };
+    }
+    Ok(limits)
 }
 
 fn encode_risk(w: &mut Writer, c: &RiskConfig) {
@@ -706,6 +773,7 @@ fn decode_limits(r: &mut Reader<'_>, version: u32) -> Result<EngineLimits, Decod
         max_positions_to_withdraw: r.u32()?,
         fill_budget: FillBudget::UNBOUNDED,
         mark_windows: MarkWindows::UNBOUNDED,
+        settle_budget: SettleBudget::UNBOUNDED,
     };
     if version > VERSION_WITHOUT_FILL_BUDGET {
         limits.fill_budget = FillBudget {
@@ -727,6 +795,13 @@ fn decode_limits(r: &mut Reader<'_>, version: u32) -> Result<EngineLimits, Decod
         if limits.mark_windows.bits > 32 {
             return Err(DecodeError::Invalid("mark window above 2^32 ids"));
         }
+    }
+    if version > VERSION_WITHOUT_SETTLE_BUDGET {
+        limits.settle_budget = SettleBudget {
+            expiries: r.u32()?,
+            slots: r.u32()?,
+            holders: r.u32()?,
+        };
     }
     Ok(limits)
 }

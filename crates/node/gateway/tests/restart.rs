@@ -386,6 +386,11 @@ fn a_proofs_limits_come_through_the_log() {
             windows: 1,
             bits: 4,
         },
+        settle_budget: optio_types::SettleBudget {
+            expiries: 2,
+            slots: 1,
+            holders: 4,
+        },
     };
     let large = optio_types::ProofLimits {
         max_positions_to_withdraw: 8,

@@ -49,7 +49,8 @@
 //!   activation moves it from listed to active, an expiry from active to expired; listings and
 //!   activations apply before the op slots, expiries after;
 //! - an expired instrument settles at the value its committed spec gives the settlement price,
-//!   each holder paid and its position closed, payouts and the insurance credit summing to zero
+//!   each holder paid for the quantity settled (all of its position or a part of the same
+//!   sign: an expiry settles in balanced parts), payouts and the insurance credit summing to zero
 //!   (the credit at most a micro-USDC per holder paid), its mark set to that value and its risk
 //!   array to none, so a holder the settlement leaves out keeps the value, and a settled
 //!   instrument settles such holders later at the same price;
@@ -1615,8 +1616,9 @@ fn settle_scale() -> Fr {
 
 /// An expired instrument settled at `price`: its value per contract from the committed spec
 /// (the price clamped to `[0, cap]`, the call's or put's intrinsic value or the perpetual's
-/// price, times the multiplier), each holder paid `floor(value * qty / 1e16)` with its position
-/// closed (and its collateral left non-negative), the rounding remainder to insurance (the
+/// price, times the multiplier), each holder paid `floor(value * qty / 1e16)` for the quantity
+/// settled, all of its position or a part of the same sign (and its collateral left
+/// non-negative), the rounding remainder to insurance (the
 /// payouts and the credit sum to zero, the credit at most a micro-USDC per holder paid),
 /// status expired -> settled, the mark the value rounded down to a micro-USDC and the risk
 /// array none. A settled instrument settles again only at its price: the holders a
@@ -1716,7 +1718,17 @@ fn settle_slot(cs: &Cs, o: &SettleSlot, st: &mut Running, instruments_root: &mut
             st.positions.iter().map(|q| q.instrument.clone()),
         )?;
         cs.equal(&held, &cs.mul(&used, &instrument)?)?;
-        let qty = pick(cs, &sel_p, st.positions.iter().map(|q| q.qty.clone()))?;
+        // The quantity settled: of the position's sign, at most all of it (an expiry with more
+        // holders than a batch holds settles in balanced parts, a holder's position split
+        // between two of them).
+        let position = pick(cs, &sel_p, st.positions.iter().map(|q| q.qty.clone()))?;
+        let qty = cs.witness(h.qty)?;
+        let short = cs.boolean(h.short)?;
+        cs.equal_if(&not(&used), &qty, &Wire::zero())?;
+        let size = cs.select(&short, &qty.scale(-Fr::from(1u64)), &qty)?;
+        cs.range(&size.sub(&used), 63)?;
+        let rest = position.sub(&qty);
+        cs.range(&cs.select(&short, &rest.scale(-Fr::from(1u64)), &rest)?, 63)?;
         // cash = floor(value * qty / 1e16).
         let cash = cs.witness(h.cash)?;
         cs.signed_range(&cash, 64)?;
@@ -1744,7 +1756,8 @@ fn settle_slot(cs: &Cs, o: &SettleSlot, st: &mut Running, instruments_root: &mut
             (&account_id, at::A),
             (&held, at::INSTRUMENT),
         ]);
-        st.poly.push(cs, &used, &[head, cash.clone()])?;
+        st.poly
+            .push(cs, &used, &[head, cash.clone(), qty.clone()])?;
         absorb(
             cs,
             &mut st.commitment,
@@ -1756,7 +1769,7 @@ fn settle_slot(cs: &Cs, o: &SettleSlot, st: &mut Running, instruments_root: &mut
                 held,
                 cash,
                 z(),
-                z(),
+                qty,
                 z(),
                 z(),
                 z(),

@@ -199,6 +199,31 @@ impl Shape {
         }
     }
 
+    /// The engine's settlement budget for batches of this shape (`EngineLimits::settle_budget`):
+    /// an input's expiries fit its expiry slots, and its settlements its settlement slots, each
+    /// paying at most as many positions as a slot holds and the registers hold, the input's
+    /// settlements together. A shape without expiry slots proves no expiry whatever the engine
+    /// does, and one that cannot settle a balanced pair (no slot, or fewer than two holders) no
+    /// settlement with holders: it does not hold them (unbounded).
+    pub fn settle_budget(&self) -> optio_types::SettleBudget {
+        let bound = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        let holders = self.holders.min(self.accounts).min(self.positions);
+        let settles = self.settlements > 0 && holders >= 2;
+        optio_types::SettleBudget {
+            expiries: if self.expiries == 0 {
+                u32::MAX
+            } else {
+                bound(self.expiries)
+            },
+            slots: if settles {
+                bound(self.settlements)
+            } else {
+                u32::MAX
+            },
+            holders: if settles { bound(holders) } else { u32::MAX },
+        }
+    }
+
     /// Instrument ids a mark window spans.
     pub fn mark_window(&self) -> usize {
         1 << self.mark_window_bits
@@ -417,6 +442,10 @@ pub struct Holder {
     pub position: Option<usize>,
     /// Account id (for the record).
     pub account_id: u32,
+    /// The quantity settled (of the position's sign, at most all of it).
+    pub qty: Fr,
+    /// The position is short.
+    pub short: bool,
     /// Cash paid (+) or taken (-).
     pub cash: Fr,
 }
@@ -756,7 +785,7 @@ pub fn settle_records(o: &SettleSlot) -> Vec<[Fr; 10]> {
             Fr::from(o.instrument),
             h.cash,
             z,
-            z,
+            h.qty,
             z,
             z,
             z,
@@ -833,7 +862,7 @@ fn overlay(depth: u8, ids: &[(u64, Fr, Proof)]) -> SparseMerkleTree {
 
 /// An instrument's settlement in a batch: instrument, price, insurance credit, and the holders
 /// paid (account, cash).
-type Settlement = (u32, i64, i64, Vec<(u32, i64)>);
+type Settlement = (u32, i64, i64, Vec<(u32, i64, i64)>);
 
 /// The (zero) siblings of a path through `bits` index bits: three per level of two bits.
 fn zeros(bits: u8) -> Vec<Fr> {
@@ -964,7 +993,7 @@ fn plan<'a>(
     let mut settled_accounts: BTreeSet<u32> = BTreeSet::new();
     // A settlement in the batch credits insurance.
     let mut credited = false;
-    let mut pending: BTreeMap<u32, Vec<(u32, i64)>> = BTreeMap::new();
+    let mut pending: BTreeMap<u32, Vec<(u32, i64, i64)>> = BTreeMap::new();
     let mut settles: Vec<Settlement> = Vec::new();
     let mut key_ops: Vec<&Op> = Vec::new();
     let mut margin_slots: Vec<(usize, u32, bool)> = Vec::new();
@@ -1024,6 +1053,7 @@ fn plan<'a>(
             Op::SettlePosition {
                 account,
                 instrument,
+                qty,
                 cash,
             } => {
                 if !known(account) || instrument.0 as usize >= listed {
@@ -1035,7 +1065,7 @@ fn plan<'a>(
                 pending
                     .entry(instrument.0)
                     .or_default()
-                    .push((account.0, cash.0));
+                    .push((account.0, qty.0, cash.0));
                 continue;
             }
             Op::SettleInstrument {
@@ -1564,14 +1594,22 @@ pub fn witness(
     for (instrument, _, credit, holders) in &settles {
         let mut out: Vec<Holder> = holders
             .iter()
-            .map(|&(account, cash)| {
+            .map(|&(account, qty, cash)| {
                 let r = reg_of[&account];
                 accts[r].collateral += i128::from(cash);
-                accts[r].positions.remove(instrument);
+                let left =
+                    accts[r].positions.get(instrument).copied().unwrap_or(0) - i128::from(qty);
+                if left == 0 {
+                    accts[r].positions.remove(instrument);
+                } else {
+                    accts[r].positions.insert(*instrument, left);
+                }
                 Holder {
                     account: Some(r),
                     position: Some(pos_of[&(account, *instrument)]),
                     account_id: account,
+                    qty: fr(i128::from(qty)),
+                    short: qty < 0,
                     cash: fr(i128::from(cash)),
                 }
             })

@@ -1345,11 +1345,13 @@ fn expiry_settlement_pays_the_spec_value() {
             Op::SettlePosition {
                 account: AccountId(1),
                 instrument: InstrumentId(1),
+                qty: Qty(37_000_000),
                 cash: Amount(long),
             },
             Op::SettlePosition {
                 account: AccountId(0),
                 instrument: InstrumentId(1),
+                qty: Qty(-37_000_000),
                 cash: Amount(short),
             },
             Op::SettleInstrument {
@@ -1425,12 +1427,13 @@ fn a_settlement_that_leaves_holders_out_takes_nothing_from_them() {
     let s = 120_000 * MONEY_SCALE + 1;
     let spec = state.instruments()[1].spec.clone();
     let cash = |q: i64| spec.settlement_cash(Price(s), Qty(q)).expect("fits").0;
-    let settle = |pairs: &[(u32, i64)], price: i64, credit: i64| {
+    let settle = |pairs: &[(u32, i64, i64)], price: i64, credit: i64| {
         let mut ops: Vec<Op> = pairs
             .iter()
-            .map(|&(account, cash)| Op::SettlePosition {
+            .map(|&(account, qty, cash)| Op::SettlePosition {
                 account: AccountId(account),
                 instrument: InstrumentId(1),
+                qty: Qty(qty),
                 cash: Amount(cash),
             })
             .collect();
@@ -1441,7 +1444,14 @@ fn a_settlement_that_leaves_holders_out_takes_nothing_from_them() {
         });
         ops
     };
-    let first = settle(&[(1, cash(37_000_000)), (0, cash(-37_000_000))], s, 1);
+    let first = settle(
+        &[
+            (1, 37_000_000, cash(37_000_000)),
+            (0, -37_000_000, cash(-37_000_000)),
+        ],
+        s,
+        1,
+    );
     let mut partial = vec![Op::ExpireInstrument {
         instrument: InstrumentId(1),
     }];
@@ -1469,7 +1479,14 @@ fn a_settlement_that_leaves_holders_out_takes_nothing_from_them() {
     }
 
     // The pair left out settles later, at the same price only.
-    let rest = settle(&[(3, cash(50_000_000)), (2, cash(-50_000_000))], s, 1);
+    let rest = settle(
+        &[
+            (3, 50_000_000, cash(50_000_000)),
+            (2, -50_000_000, cash(-50_000_000)),
+        ],
+        s,
+        1,
+    );
     let w = batch_of(&settled, &rest);
     assert_eq!(w.public.new_root, after(&settled, &rest).root());
     check(&w).expect("the holders left out settle later");
@@ -1477,7 +1494,10 @@ fn a_settlement_that_leaves_holders_out_takes_nothing_from_them() {
     let other = s + MONEY_SCALE;
     let cash_at = |q: i64| spec.settlement_cash(Price(other), Qty(q)).expect("fits").0;
     let moved = settle(
-        &[(3, cash_at(50_000_000)), (2, cash_at(-50_000_000))],
+        &[
+            (3, 50_000_000, cash_at(50_000_000)),
+            (2, -50_000_000, cash_at(-50_000_000)),
+        ],
         other,
         1,
     );
@@ -1493,7 +1513,7 @@ fn a_settlement_that_leaves_holders_out_takes_nothing_from_them() {
         ((3, 50_000_000), -cash(50_000_000)),
         ((2, -50_000_000), -cash(-50_000_000)),
     ] {
-        let alone = settle(&[(pair.0, cash(pair.1))], s, credit);
+        let alone = settle(&[(pair.0, pair.1, cash(pair.1))], s, credit);
         assert!(
             refused_at(&batch_of(&settled, &alone)).starts_with("settlement slot 0"),
             "account {} alone",
@@ -1506,7 +1526,11 @@ fn a_settlement_that_leaves_holders_out_takes_nothing_from_them() {
     // Nor in the first batch: settling only the long, paid out of insurance; nor by a single
     // micro-USDC (at 3 micro-USDC over the strike half a contract is worth 1).
     let mut long_only = partial[..1].to_vec();
-    long_only.extend(settle(&[(1, cash(37_000_000))], s, -cash(37_000_000)));
+    long_only.extend(settle(
+        &[(1, 37_000_000, cash(37_000_000))],
+        s,
+        -cash(37_000_000),
+    ));
     assert!(refused_at(&batch_of(&state, &long_only)).starts_with("settlement slot 0"));
     let near = 100_000 * MONEY_SCALE + 3;
     let unit = spec
@@ -1515,7 +1539,7 @@ fn a_settlement_that_leaves_holders_out_takes_nothing_from_them() {
         .0;
     assert_eq!(unit, 1);
     let mut one_unit = partial[..1].to_vec();
-    one_unit.extend(settle(&[(3, unit)], near, -1));
+    one_unit.extend(settle(&[(3, 50_000_000, unit)], near, -1));
     assert!(refused_at(&batch_of(&state, &one_unit)).starts_with("settlement slot 0"));
     let mut native = state.clone();
     assert_eq!(
@@ -1536,6 +1560,104 @@ fn a_settlement_that_leaves_holders_out_takes_nothing_from_them() {
     let mut native = settled.clone();
     assert_eq!(native.apply_batch(&mark), Err(StateError::MarkSettled(0)));
     check(&batch_of(&state, &mark)).expect("an active instrument's mark");
+}
+
+/// An expiry with more holders than a batch holds settles in balanced parts, a position split
+/// between two of them: account 0 wrote 87 calls, 37 bought by account 1 and 50 by account 3;
+/// the first part settles 37 of account 0's against account 1's, the second the other 50
+/// against account 3's, in the next batch or in the same one. Each part balances, so neither
+/// is paid out of insurance. Settling more than a holder holds, the other side of its position
+/// or nothing of it cannot be proven, and natively each is refused, leaving the state unchanged.
+#[test]
+fn an_expiry_settles_in_balanced_parts() {
+    let fill = |taker: u32, qty: i64| Op::Fill {
+        instrument: InstrumentId(1),
+        maker: AccountId(0),
+        taker: AccountId(taker),
+        taker_side: Side::Buy,
+        price: Price(5_000 * MONEY_SCALE),
+        qty: Qty(qty),
+    };
+    let mut state = after(&genesis(4), &[fill(1, 37_000_000), fill(3, 50_000_000)]);
+    state = after(
+        &state,
+        &[Op::ExpireInstrument {
+            instrument: InstrumentId(1),
+        }],
+    );
+    let s = 120_000 * MONEY_SCALE + 1;
+    let spec = state.instruments()[1].spec.clone();
+    let cash = |q: i64| spec.settlement_cash(Price(s), Qty(q)).expect("fits").0;
+    let part = |parts: &[(u32, i64)]| {
+        let mut ops: Vec<Op> = parts
+            .iter()
+            .map(|&(account, qty)| Op::SettlePosition {
+                account: AccountId(account),
+                instrument: InstrumentId(1),
+                qty: Qty(qty),
+                cash: Amount(cash(qty)),
+            })
+            .collect();
+        let paid: i64 = parts.iter().map(|&(_, q)| cash(q)).sum();
+        ops.push(Op::SettleInstrument {
+            instrument: InstrumentId(1),
+            price: Price(s),
+            insurance_credit: Amount(-paid),
+        });
+        ops
+    };
+    let first = part(&[(1, 37_000_000), (0, -37_000_000)]);
+    let second = part(&[(3, 50_000_000), (0, -50_000_000)]);
+
+    let w = batch_of(&state, &first);
+    let halfway = after(&state, &first);
+    assert_eq!(w.public.new_root, halfway.root(), "the native root");
+    check(&w).expect("the first part proves");
+    assert_eq!(
+        halfway.accounts()[0].positions.get(&1),
+        Some(&Qty(-50_000_000)),
+        "the part of account 0's short left"
+    );
+    let w = batch_of(&halfway, &second);
+    let done = after(&halfway, &second);
+    assert_eq!(w.public.new_root, done.root(), "the native root");
+    check(&w).expect("the second part proves, a batch later");
+    assert!(done.accounts().iter().all(|a| a.positions.is_empty()));
+    // Both parts in one batch, with a settlement slot each.
+    let both: Vec<Op> = first.iter().chain(&second).cloned().collect();
+    let two = Shape {
+        settlements: 2,
+        ..SHAPE
+    };
+    let w = witness(&state, &both, two).expect("covered ops");
+    assert_eq!(w.public.new_root, done.root(), "the same root in one batch");
+    check(&w).expect("both parts prove in one batch");
+
+    // Each wrong part balances, so only the quantity rule refuses it.
+    for (rule, wrong) in [
+        (
+            "more than account 1 holds",
+            part(&[(1, 38_000_000), (0, -38_000_000)]),
+        ),
+        ("the other side", part(&[(1, -37_000_000), (0, 37_000_000)])),
+        (
+            "nothing of it",
+            part(&[(1, 0), (0, -37_000_000), (3, 37_000_000)]),
+        ),
+    ] {
+        let at = refused_at(&batch_of(&state, &wrong));
+        assert!(
+            at.starts_with("settlement slot 0"),
+            "{rule}: refused at {at}"
+        );
+        let mut native = state.clone();
+        assert_eq!(
+            native.apply_batch(&wrong),
+            Err(StateError::Settlement(0)),
+            "{rule}"
+        );
+        assert_eq!(native.commit(), state.root(), "nothing applied");
+    }
 }
 
 /// A liquidation moves the position at its price with its fee to insurance (the native root);

@@ -721,3 +721,174 @@ fn a_loss_shared_by_more_accounts_than_a_proof_holds_is_covered_over_oracle_upda
         vec![(WitnessError::TooLarge("account registers"), 11)]
     );
 }
+
+/// An expiry with more holders than one settlement slot pays: account 0 wrote six puts, one to
+/// each of accounts 1 to 6; and two calls expiring at the same time with one expiry slot. With
+/// the settlement budget of a shape whose one settlement slot pays four positions and whose one
+/// expiry slot expires one instrument (`Shape::settle_budget`, which `optio node` gives the
+/// engine) the put settles in two balanced parts at two oracle updates, account 0's short split
+/// between them, the calls' expiries are posted by two inputs, every batch proves and every
+/// position is paid; without it, the put's settlement and the calls' expiry each make a batch no
+/// proof of that shape holds.
+#[test]
+fn expiries_and_settlements_past_what_a_proof_holds_come_in_parts() {
+    use optio_types::{
+        AccountId, Amount, Command, EngineLimits, Event, Input, InstrumentId, MONEY_SCALE, Side,
+        TimeInForce,
+    };
+    const PARTS: Shape = Shape {
+        expiries: 1,
+        settlements: 1,
+        holders: 4,
+        ..SHAPE
+    };
+    let mut t = support::T0;
+    let mut inputs = Vec::new();
+    let mut at = |t: u64, command| {
+        inputs.push(Input {
+            time_ms: t,
+            command,
+        })
+    };
+    for spec in support::specs() {
+        at(t, Command::ListInstrument { spec });
+    }
+    // The put (21DEC24) and both calls (27DEC24).
+    for instrument in [0, 1, 3] {
+        at(
+            t,
+            Command::ActivateInstrument {
+                instrument: InstrumentId(instrument),
+            },
+        );
+    }
+    for a in 0..7u32 {
+        at(
+            t,
+            Command::OpenAccount {
+                owner: optio_types::Address([a as u8 + 1; 20]),
+            },
+        );
+        at(
+            t,
+            Command::Deposit {
+                account: AccountId(a),
+                amount: Amount(1_000_000 * MONEY_SCALE),
+            },
+        );
+    }
+    at(t, support::oracle(60_000.0, t));
+    let put = InstrumentId(1);
+    at(
+        t,
+        limit_order(0, put, Side::Sell, 6, 1_000, TimeInForce::GoodTillCancelled),
+    );
+    for a in 1..7 {
+        at(
+            t,
+            limit_order(a, put, Side::Buy, 1, 1_000, TimeInForce::ImmediateOrCancel),
+        );
+    }
+    // Minute by minute past the put's expiry, in the money at 58,000.
+    for _ in 0..75 {
+        t += 60_000;
+        at(t, support::oracle(58_000.0, t));
+    }
+    // Then, second by second, past the calls' expiry.
+    t = support::specs()[0].expiry_ms().expect("an option");
+    for _ in 0..5 {
+        t += 1_000;
+        at(t, support::oracle(58_000.0, t));
+    }
+    let run = |limits: EngineLimits| {
+        let capacity =
+            optio_state::Capacity::new(|state, ops| optio_prover::fits(state, ops, PARTS).is_ok());
+        let mut engine = optio_engine::Engine::new(limits);
+        let mut batcher = optio_state::Batcher::new(12, u64::MAX).with_capacity(Some(capacity));
+        let (mut batches, mut events, mut parts) = (Vec::new(), Vec::new(), Vec::new());
+        let mut expiries = Vec::new();
+        for (i, input) in inputs.iter().enumerate() {
+            events.clear();
+            let _ = engine.apply(input, &mut events);
+            let paid: Vec<u32> = events
+                .iter()
+                .filter_map(|ev| match ev {
+                    Event::PositionSettled { account, .. } => Some(account.0),
+                    _ => None,
+                })
+                .collect();
+            if !paid.is_empty() {
+                parts.push(paid);
+            }
+            let expired: Vec<u32> = events
+                .iter()
+                .filter_map(|ev| match ev {
+                    Event::InstrumentExpired { instrument } => Some(instrument.0),
+                    _ => None,
+                })
+                .collect();
+            if !expired.is_empty() {
+                expiries.push(expired);
+            }
+            batches.extend(batcher.push(i as u64 + 1, input, &events).expect("batches"));
+        }
+        batches.extend(batcher.flush().expect("flushes"));
+        assert_eq!(batcher.state().root(), {
+            let mut state = SettlementState::new();
+            for b in &batches {
+                state
+                    .apply_batch(&decode(&b.blob).expect("decodes").1)
+                    .expect("applies");
+                state.commit();
+            }
+            state.root()
+        });
+        let flat = batcher
+            .state()
+            .accounts()
+            .iter()
+            .all(|a| a.positions.is_empty());
+        (batches, parts, expiries, flat)
+    };
+    // Every batch that fits the shape proves; the others, by what they overflow.
+    let prove = |batches: &[optio_state::Batch]| {
+        let mut state = SettlementState::new();
+        let mut too_large = Vec::new();
+        for b in batches {
+            let (_, ops) = decode(&b.blob).expect("decodes");
+            match witness(&state, &ops, PARTS) {
+                Ok(w) => {
+                    assert_eq!(w.public.new_root, b.header.new_root);
+                    check(&w).unwrap_or_else(|e| panic!("batch {}: {e}", b.header.number));
+                }
+                Err(e) => too_large.push(e),
+            }
+            state.apply_batch(&ops).expect("applies");
+            state.commit();
+        }
+        too_large
+    };
+
+    let budget = EngineLimits {
+        fill_budget: PARTS.fill_budget(),
+        settle_budget: PARTS.settle_budget(),
+        ..EngineLimits::default()
+    };
+    let (batches, parts, expiries, flat) = run(budget);
+    assert_eq!(parts, [vec![1, 0, 2, 3], vec![0, 4, 5, 6]], "two parts");
+    assert_eq!(expiries, [vec![1], vec![0], vec![3]], "an expiry an input");
+    assert!(flat, "every position paid");
+    assert_eq!(prove(&batches), Vec::new());
+
+    let (batches, parts, expiries, flat) = run(EngineLimits::default());
+    assert_eq!(parts, [vec![0, 1, 2, 3, 4, 5, 6]], "one settlement");
+    assert_eq!(expiries, [vec![1], vec![0, 3]], "both calls at once");
+    assert!(flat);
+    assert_eq!(
+        prove(&batches),
+        vec![
+            WitnessError::TooLarge("holders of a settlement"),
+            WitnessError::TooLarge("expiry slots")
+        ]
+    );
+}

@@ -1620,11 +1620,13 @@ async fn a_settlement_price_the_oracle_never_signed_is_caught_reverted_and_slash
         Op::SettlePosition {
             account: AccountId(0),
             instrument: InstrumentId(0),
+            qty: Qty(-held),
             cash: cash(-held),
         },
         Op::SettlePosition {
             account: AccountId(1),
             instrument: InstrumentId(0),
+            qty: Qty(held),
             cash: cash(held),
         },
         Op::SettleInstrument {

@@ -25,9 +25,10 @@ use crate::poseidon::{Fr, from_address, from_i64, hash, to_bytes};
 
 /// First bytes of every blob.
 pub const MAGIC: &[u8; 4] = b"OPTB";
-/// The version this code writes and reads (4: withdrawals post their owner, after 3: the
-/// spec bytes' binary layout and the funds leaf's counts, after 2: field words).
-pub const VERSION: u8 = 4;
+/// The version this code writes and reads (5: a settled position posts the quantity settled,
+/// after 4: withdrawals post their owner, 3: the spec bytes' binary layout and the funds leaf's
+/// counts, 2: field words).
+pub const VERSION: u8 = 5;
 /// Largest blob accepted (bytes).
 pub const MAX_BLOB_BYTES: usize = 1 << 20;
 /// Longest risk array accepted.
@@ -341,6 +342,7 @@ pub fn encode_op(op: &Op, id: u32, index: usize) -> Result<Encoded, BlobError> {
         Op::SettlePosition {
             account,
             instrument,
+            qty,
             cash: paid,
         } => {
             let mut record = [z; 10];
@@ -348,11 +350,13 @@ pub fn encode_op(op: &Op, id: u32, index: usize) -> Result<Encoded, BlobError> {
             record[1] = Fr::from(account.0);
             record[3] = Fr::from(instrument.0);
             record[4] = from_i64(paid.0);
+            record[6] = from_i64(qty.0);
             Encoded {
                 record,
                 words: vec![
                     head(kind::SETTLE_POSITION, account.0, 0, instrument.0, 0, 0, 0),
                     record[4],
+                    record[6],
                 ],
             }
         }
@@ -763,6 +767,7 @@ pub fn decode(bytes: &[u8]) -> Result<(BlobMeta, Vec<Op>), BlobError> {
             kind::SETTLE_POSITION => Op::SettlePosition {
                 account: a,
                 instrument: i,
+                qty: Qty(signed_word(2, "settled quantity")?),
                 cash: Amount(signed_word(1, "settlement cash")?),
             },
             kind::OPEN => {

@@ -1107,13 +1107,26 @@ impl Scratch {
             Op::SettlePosition {
                 account,
                 instrument,
+                qty,
                 cash,
             } => {
                 let a = self.account(*account);
-                let qty = a
+                let held = a
                     .positions
-                    .remove(&instrument.0)
-                    .ok_or(StateError::Settlement(i))?;
+                    .get(&instrument.0)
+                    .ok_or(StateError::Settlement(i))?
+                    .0;
+                // All of the position or a part of it, never more, never the other side.
+                let part =
+                    qty.0 != 0 && held.signum() == qty.0.signum() && qty.0.abs() <= held.abs();
+                if !part {
+                    return Err(StateError::Settlement(i));
+                }
+                if held == qty.0 {
+                    a.positions.remove(&instrument.0);
+                } else {
+                    a.positions.insert(instrument.0, Qty(held - qty.0));
+                }
                 a.dirty_positions.insert(instrument.0);
                 a.collateral = add(a.collateral, cash.0, i)?;
                 self.settling.push((instrument.0, qty.0, cash.0, i));

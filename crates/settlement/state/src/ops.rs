@@ -34,12 +34,15 @@ pub enum Op {
         /// To the insurance fund.
         insurance_credit: Amount,
     },
-    /// One position closed into its account's collateral at settlement.
+    /// One position closed into its account's collateral at settlement, all of it or a part
+    /// (an expiry with more holders than a batch holds settles in parts, each balanced).
     SettlePosition {
         /// Whose.
         account: AccountId,
         /// Which.
         instrument: InstrumentId,
+        /// The quantity settled: of the position's sign, at most all of it.
+        qty: Qty,
         /// Paid (+) or taken (-).
         cash: Amount,
     },
@@ -264,11 +267,12 @@ pub fn ops_from(
             Event::PositionSettled {
                 account,
                 instrument,
+                qty,
                 cash,
-                ..
             } => ops.push(Op::SettlePosition {
                 account,
                 instrument,
+                qty,
                 cash,
             }),
             Event::AccountOpened { owner, .. } => ops.push(Op::OpenAccount { owner }),

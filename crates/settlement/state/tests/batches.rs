@@ -81,6 +81,7 @@ fn histories_exercise_every_kind_of_settlement_op() {
         Op::SettlePosition {
             account: AccountId(0),
             instrument: InstrumentId(0),
+            qty: Qty(-1),
             cash: Amount(0),
         },
         Op::OpenAccount {

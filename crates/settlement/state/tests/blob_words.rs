@@ -138,6 +138,7 @@ fn what_the_format_cannot_hold_is_refused_at_encoding() {
     let orphan = [Op::SettlePosition {
         account: AccountId(0),
         instrument: InstrumentId(0),
+        qty: Qty(1),
         cash: Amount(5),
     }];
     assert!(matches!(

@@ -26,6 +26,7 @@ pub fn test_limits() -> EngineLimits {
         max_positions_to_withdraw: u32::MAX,
         fill_budget: optio_types::FillBudget::UNBOUNDED,
         mark_windows: optio_types::MarkWindows::UNBOUNDED,
+        settle_budget: optio_types::SettleBudget::UNBOUNDED,
     }
 }
 

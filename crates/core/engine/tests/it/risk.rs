@@ -787,3 +787,233 @@ mod portfolio_properties {
         }
     }
 }
+
+/// With a settlement budget (what one proven batch's settlement slots hold), an expiry with
+/// more holders than one settlement pays settles in balanced parts, one at each oracle update:
+/// account 0 wrote three puts and account 4 two, bought by accounts 1 (one), 2 and 3 (two
+/// each); two positions a settlement, one settlement an input. Account 0's short is paid in
+/// two parts. Each part's quantities net to zero; the first marks the put settled, so the
+/// positions left are worth their settlement value meanwhile; a settled position is not
+/// auctioned; a snapshot between parts restores and goes on alike; and every account ends with
+/// what one whole settlement pays it.
+#[test]
+fn an_expiry_settles_in_balanced_parts_within_the_settlement_budget() {
+    let traded = |limits: EngineLimits| {
+        let mut e = engine_with(limits, 5, usd(200_000));
+        run(&mut e, T0, Command::OracleUpdate(update(60_000.0, T0))).expect("first update");
+        for (seller, buyer, n) in [(0, 1, 1), (0, 2, 2), (4, 3, 2)] {
+            run(
+                &mut e,
+                T0,
+                Command::PlaceOrder(limit(seller, 1, Side::Sell, px(500), 100 * n)),
+            )
+            .expect("short puts");
+            run(
+                &mut e,
+                T0,
+                Command::PlaceOrder(limit(buyer, 1, Side::Buy, px(500), 100 * n)),
+            )
+            .expect("long puts");
+        }
+        e
+    };
+    let expiry = T0 + 3_600_000;
+    let settle = |e: &mut Engine| {
+        run(
+            e,
+            expiry - 5_000,
+            Command::OracleUpdate(update(58_000.0, expiry - 5_000)),
+        )
+        .expect("update");
+        run(
+            e,
+            expiry + 1_000,
+            Command::OracleUpdate(settling(expiry + 1_000, Price(58_000 * MONEY_SCALE))),
+        )
+        .expect("settles")
+    };
+    let paid = |events: &[Event]| -> Vec<(u32, i64)> {
+        events
+            .iter()
+            .filter_map(|ev| match ev {
+                Event::PositionSettled { account, qty, .. } => Some((account.0, qty.0 / STEP)),
+                _ => None,
+            })
+            .collect()
+    };
+    let settlements = |events: &[Event]| {
+        events
+            .iter()
+            .filter(|ev| matches!(ev, Event::InstrumentSettled { .. }))
+            .count()
+    };
+    let mut whole = traded(EngineLimits::default());
+    let events = settle(&mut whole);
+    assert_eq!(
+        paid(&events),
+        [(0, -300), (1, 100), (2, 200), (3, 200), (4, -200)]
+    );
+
+    let budget = EngineLimits {
+        settle_budget: optio_types::SettleBudget {
+            expiries: u32::MAX,
+            slots: 1,
+            holders: 2,
+        },
+        ..EngineLimits::default()
+    };
+    let mut e = traded(budget);
+    let events = settle(&mut e);
+    assert_eq!(paid(&events), [(1, 100), (0, -100)], "the first part");
+    assert_eq!(settlements(&events), 1);
+    let put = e
+        .instruments()
+        .find(|i| i.id == InstrumentId(1))
+        .expect("listed");
+    assert_eq!(put.mark, Some(Price(2_000 * MONEY_SCALE)), "settled");
+    e.check_invariants().expect("audit");
+    assert_eq!(
+        run(
+            &mut e,
+            expiry + 1_500,
+            Command::Liquidate {
+                liquidator: AccountId(3),
+                account: AccountId(0),
+                instrument: InstrumentId(1),
+                qty: optio_types::Qty(100 * STEP),
+            }
+        ),
+        Err(RejectCode::InstrumentNotActive),
+        "a settled position is not auctioned"
+    );
+    let mut restored =
+        Engine::restore_bytes(&e.snapshot(), optio_types::WorstCaseMargin).expect("restores");
+    assert_eq!(restored.state_hash(), e.state_hash());
+    let mut parts = Vec::new();
+    for (n, at) in [expiry + 2_000, expiry + 3_000, expiry + 4_000]
+        .into_iter()
+        .enumerate()
+    {
+        let u = update(58_000.0, at);
+        let events = run(&mut e, at, Command::OracleUpdate(u.clone())).expect("update");
+        let again = run(&mut restored, at, Command::OracleUpdate(u)).expect("update");
+        assert_eq!(events, again, "update {n} after the restore");
+        assert_eq!(restored.state_hash(), e.state_hash());
+        e.check_invariants().expect("audit");
+        parts.push(paid(&events));
+    }
+    assert_eq!(
+        parts,
+        [vec![(2, 200), (0, -200)], vec![(3, 200), (4, -200)], vec![]],
+        "a part an update, then nothing"
+    );
+    for a in (0..5).map(AccountId) {
+        assert_eq!(e.collateral(a), whole.collateral(a), "{a}");
+        assert_eq!(
+            e.position_view(a, InstrumentId(1)),
+            whole.position_view(a, InstrumentId(1)),
+            "{a}: flat, with the same realized P&L"
+        );
+    }
+    assert_eq!(e.pools(), whole.pools());
+}
+
+/// With an expiry budget (what one proven batch's expiry slots hold), instruments expiring
+/// together all expire on time (their orders cancelled, no trading), but their expiries are
+/// posted (`InstrumentExpired`, the settlement state's expiry op) one budget an input, the rest
+/// first thing in the next inputs; a snapshot keeps the ones not yet posted, and a settlement
+/// price taken meanwhile waits for its instrument's post.
+#[test]
+fn expiries_past_the_budget_are_posted_by_the_next_inputs() {
+    let budget = EngineLimits {
+        settle_budget: optio_types::SettleBudget {
+            expiries: 1,
+            ..optio_types::SettleBudget::UNBOUNDED
+        },
+        ..EngineLimits::default()
+    };
+    let mut e = engine_with(budget, 2, usd(200_000));
+    let _ = run(
+        &mut e,
+        T0,
+        Command::ActivateInstrument {
+            instrument: InstrumentId(3),
+        },
+    );
+    run(&mut e, T0, Command::OracleUpdate(update(60_000.0, T0))).expect("first update");
+    let expired = |events: &[Event]| -> Vec<u32> {
+        events
+            .iter()
+            .filter_map(|ev| match ev {
+                Event::InstrumentExpired { instrument } => Some(instrument.0),
+                _ => None,
+            })
+            .collect()
+    };
+    let status = |e: &Engine, id: u32| {
+        e.instruments()
+            .find(|i| i.id == InstrumentId(id))
+            .expect("listed")
+            .status
+    };
+    // Past both expiry dates at once: the put (21DEC24) and both calls (27DEC24) expire.
+    let later = T0 + 3_600_000 + 6 * 86_400_000 + 1_000;
+    let tick = |e: &mut Engine, at: u64| {
+        run(
+            e,
+            at,
+            Command::CancelAll {
+                account: AccountId(1),
+                instrument: None,
+            },
+        )
+        .expect("time passes")
+    };
+    let events = tick(&mut e, later);
+    assert_eq!(expired(&events), [1], "one posted");
+    for id in [0, 1, 3] {
+        assert_eq!(status(&e, id), optio_types::InstrumentStatus::Expired);
+    }
+    let restored =
+        Engine::restore_bytes(&e.snapshot(), optio_types::WorstCaseMargin).expect("restores");
+    assert_eq!(restored.state_hash(), e.state_hash());
+    // A settlement price for call 3 waits for its expiry's post (this input posts call 0's).
+    let at = later + 1_000;
+    let mut u = update(60_000.0, at);
+    u.settlements.push(SettlementUpdate {
+        instrument: InstrumentId(3),
+        price: Price(60_000 * MONEY_SCALE),
+        attestation: [0; 65],
+    });
+    let events = run(&mut e, at, Command::OracleUpdate(u)).expect("taken");
+    assert_eq!(expired(&events), [0]);
+    assert!(
+        !events
+            .iter()
+            .any(|ev| matches!(ev, Event::InstrumentSettled { .. })),
+        "not settled before its expiry is posted"
+    );
+    // Call 3 expired on time: an order for it is refused (in the input that posts its expiry).
+    let mut events = Vec::new();
+    let order = optio_types::Input {
+        time_ms: at + 1_000,
+        command: Command::PlaceOrder(limit(0, 3, Side::Buy, px(500), 100)),
+    };
+    assert_eq!(
+        e.apply(&order, &mut events),
+        Err(RejectCode::InstrumentNotActive)
+    );
+    assert_eq!(expired(&events), [3]);
+    let events = run(
+        &mut e,
+        at + 2_000,
+        Command::OracleUpdate(update(60_000.0, at + 2_000)),
+    )
+    .expect("update");
+    assert!(expired(&events).is_empty());
+    assert!(
+        events.iter().any(|ev| matches!(ev, Event::InstrumentSettled { instrument, .. } if *instrument == InstrumentId(3))),
+        "settled once posted: {events:?}"
+    );
+    e.check_invariants().expect("audit");
+}

@@ -1071,6 +1071,11 @@ fn the_proofs_limits_change_through_an_input() {
             windows: 1,
             bits: 6,
         },
+        settle_budget: optio_types::SettleBudget {
+            expiries: 4,
+            slots: 2,
+            holders: 16,
+        },
     };
     assert_eq!(
         run(&mut e, T0, Command::SetProofLimits(proof)).expect("accepted"),
