@@ -233,42 +233,15 @@ fn a_capacity_aware_batcher_cuts_only_batches_that_fit() {
 /// settlement's input would make a batch no shape could prove).
 #[test]
 fn a_deficit_an_expiry_leaves_is_covered_in_a_batch_that_proves() {
-    use optio_types::{
-        AccountId, Amount, Command, Input, InstrumentId, MONEY_SCALE, MarginMode, Side, TimeInForce,
-    };
+    use optio_types::{AccountId, Command, Input, InstrumentId, MarginMode, Side, TimeInForce};
     let mut t = support::T0;
-    let mut inputs = Vec::new();
+    let mut inputs = opening(t, &[1], &[5_000, 2_000_000]);
     let mut at = |t: u64, command| {
         inputs.push(Input {
             time_ms: t,
             command,
         })
     };
-    for spec in support::specs() {
-        at(t, Command::ListInstrument { spec });
-    }
-    at(
-        t,
-        Command::ActivateInstrument {
-            instrument: InstrumentId(1),
-        },
-    );
-    for (a, cash) in [(0u32, 5_000), (1, 2_000_000)] {
-        at(
-            t,
-            Command::OpenAccount {
-                owner: optio_types::Address([a as u8 + 1; 20]),
-            },
-        );
-        at(
-            t,
-            Command::Deposit {
-                account: AccountId(a),
-                amount: Amount(cash * MONEY_SCALE),
-            },
-        );
-    }
-    at(t, support::oracle(60_000.0, t));
     at(
         t,
         Command::SetMarginMode {
@@ -549,6 +522,57 @@ fn limit_order(
     })
 }
 
+/// The inputs opening a market at `t`: the histories' instruments listed, those of `active`
+/// activated, and an account for each of `deposits` (owner `[n + 1; 20]`) funded with it
+/// (USDC), then the oracle's first update.
+fn opening(t: u64, active: &[u32], deposits: &[i64]) -> Vec<optio_types::Input> {
+    use optio_types::{AccountId, Amount, Command, InstrumentId, MONEY_SCALE};
+    let mut commands: Vec<Command> = support::specs()
+        .into_iter()
+        .map(|spec| Command::ListInstrument { spec })
+        .collect();
+    commands.extend(active.iter().map(|&i| Command::ActivateInstrument {
+        instrument: InstrumentId(i),
+    }));
+    for (a, &cash) in (0u32..).zip(deposits) {
+        commands.push(Command::OpenAccount {
+            owner: optio_types::Address([a as u8 + 1; 20]),
+        });
+        commands.push(Command::Deposit {
+            account: AccountId(a),
+            amount: Amount(cash * MONEY_SCALE),
+        });
+    }
+    commands.push(support::oracle(60_000.0, t));
+    commands
+        .into_iter()
+        .map(|command| optio_types::Input {
+            time_ms: t,
+            command,
+        })
+        .collect()
+}
+
+/// Every batch that fits `shape` proves, with the batcher's root; the others, by what they
+/// overflow, with their op counts.
+fn prove_each(batches: &[optio_state::Batch], shape: Shape) -> Vec<(WitnessError, usize)> {
+    let mut state = SettlementState::new();
+    let mut too_large = Vec::new();
+    for b in batches {
+        let (_, ops) = decode(&b.blob).expect("decodes");
+        match witness(&state, &ops, shape) {
+            Ok(w) => {
+                assert_eq!(w.public.new_root, b.header.new_root);
+                check(&w).unwrap_or_else(|e| panic!("batch {}: {e}", b.header.number));
+            }
+            Err(e) => too_large.push((e, ops.len())),
+        }
+        state.apply_batch(&ops).expect("applies");
+        state.commit();
+    }
+    too_large
+}
+
 fn fills_in(ops: &[optio_state::Op]) -> usize {
     ops.iter()
         .filter(|o| matches!(o, optio_state::Op::Fill { .. }))
@@ -681,24 +705,7 @@ fn a_loss_shared_by_more_accounts_than_a_proof_holds_is_covered_over_oracle_upda
         assert_eq!(balance, Amount(0), "the deficit is covered");
         (r.batches, shares)
     };
-    // Every batch that fits the shape proves; the others, with the accounts they touch.
-    let prove = |batches: &[optio_state::Batch]| {
-        let mut state = SettlementState::new();
-        let mut too_large = Vec::new();
-        for b in batches {
-            let (_, ops) = decode(&b.blob).expect("decodes");
-            match witness(&state, &ops, SHARE) {
-                Ok(w) => {
-                    assert_eq!(w.public.new_root, b.header.new_root);
-                    check(&w).unwrap_or_else(|e| panic!("batch {}: {e}", b.header.number));
-                }
-                Err(e) => too_large.push((e, ops.len())),
-            }
-            state.apply_batch(&ops).expect("applies");
-            state.commit();
-        }
-        too_large
-    };
+    let prove = |batches: &[optio_state::Batch]| prove_each(batches, SHARE);
 
     let budget = EngineLimits {
         fill_budget: SHARE.fill_budget(),
@@ -732,10 +739,7 @@ fn a_loss_shared_by_more_accounts_than_a_proof_holds_is_covered_over_oracle_upda
 /// proof of that shape holds.
 #[test]
 fn expiries_and_settlements_past_what_a_proof_holds_come_in_parts() {
-    use optio_types::{
-        AccountId, Amount, Command, EngineLimits, Event, Input, InstrumentId, MONEY_SCALE, Side,
-        TimeInForce,
-    };
+    use optio_types::{EngineLimits, Event, Input, InstrumentId, Side, TimeInForce};
     const PARTS: Shape = Shape {
         expiries: 1,
         settlements: 1,
@@ -743,41 +747,14 @@ fn expiries_and_settlements_past_what_a_proof_holds_come_in_parts() {
         ..SHAPE
     };
     let mut t = support::T0;
-    let mut inputs = Vec::new();
+    // The put (21DEC24) and both calls (27DEC24).
+    let mut inputs = opening(t, &[0, 1, 3], &[1_000_000; 7]);
     let mut at = |t: u64, command| {
         inputs.push(Input {
             time_ms: t,
             command,
         })
     };
-    for spec in support::specs() {
-        at(t, Command::ListInstrument { spec });
-    }
-    // The put (21DEC24) and both calls (27DEC24).
-    for instrument in [0, 1, 3] {
-        at(
-            t,
-            Command::ActivateInstrument {
-                instrument: InstrumentId(instrument),
-            },
-        );
-    }
-    for a in 0..7u32 {
-        at(
-            t,
-            Command::OpenAccount {
-                owner: optio_types::Address([a as u8 + 1; 20]),
-            },
-        );
-        at(
-            t,
-            Command::Deposit {
-                account: AccountId(a),
-                amount: Amount(1_000_000 * MONEY_SCALE),
-            },
-        );
-    }
-    at(t, support::oracle(60_000.0, t));
     let put = InstrumentId(1);
     at(
         t,
@@ -850,23 +827,11 @@ fn expiries_and_settlements_past_what_a_proof_holds_come_in_parts() {
             .all(|a| a.positions.is_empty());
         (batches, parts, expiries, flat)
     };
-    // Every batch that fits the shape proves; the others, by what they overflow.
-    let prove = |batches: &[optio_state::Batch]| {
-        let mut state = SettlementState::new();
-        let mut too_large = Vec::new();
-        for b in batches {
-            let (_, ops) = decode(&b.blob).expect("decodes");
-            match witness(&state, &ops, PARTS) {
-                Ok(w) => {
-                    assert_eq!(w.public.new_root, b.header.new_root);
-                    check(&w).unwrap_or_else(|e| panic!("batch {}: {e}", b.header.number));
-                }
-                Err(e) => too_large.push(e),
-            }
-            state.apply_batch(&ops).expect("applies");
-            state.commit();
-        }
-        too_large
+    let prove = |batches: &[optio_state::Batch]| -> Vec<WitnessError> {
+        prove_each(batches, PARTS)
+            .into_iter()
+            .map(|(e, _)| e)
+            .collect()
     };
 
     let budget = EngineLimits {
