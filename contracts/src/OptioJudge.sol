@@ -210,51 +210,107 @@ contract OptioJudge {
     }
 
     /// The order fill sides `parts` (of batches whose posted data and authorization sections
-    /// the rollup has checked) all describe, signed for an account owned by `owner`: its
-    /// EIP-712 digest, the account, its signed amount and what the sides fill in all. Reverts
-    /// when a side has no record or describes another order.
-    function tally(FillSides[] calldata parts, address owner) external view returns (Tally memory t) {
+    /// the rollup has checked) all describe, signed for an account owned by `owner`, in the
+    /// instrument `listing`'s listing op lists (its `mark`: the j-th listing of its batch):
+    /// its EIP-712 digest, the account, its signed amount and fee cap, what the sides fill in
+    /// all and the fees they paid at the posted spec's rates; and whether they break the order
+    /// (`broken`): a size past the amount, or fees past the cap (`overcharged`). Reverts when a
+    /// side has no record, describes another order or trades another instrument.
+    function tally(FillSides[] calldata parts, address owner, PostedMark calldata listing)
+        external
+        view
+        returns (Tally memory t, bool broken)
+    {
+        (t.instrument, t.makerRate, t.takerRate) = _rates(listing);
         for (uint256 i = 0; i < parts.length; i++) {
             _tally(parts[i], t, owner);
         }
+        broken = t.filled > t.amount || overcharged(t.fees, t.maxFee, t.domain, t.filled, t.sides);
     }
 
-    /// The order an overfill challenge follows and what its fills add up to so far.
+    /// The order an order challenge follows, what its fills add up to so far and the fees they
+    /// paid.
     struct Tally {
         bytes32 order;
         uint32 account;
         int256 amount;
         int256 filled;
+        int256 maxFee;
+        uint8 domain;
+        uint256 sides;
+        int256 fees;
+        uint32 instrument;
+        int256 makerRate;
+        int256 takerRate;
     }
 
-    /// Adds one part's fill sides to `t`; each must describe the order of the first.
+    /// Whether `sides` fill sides of one signed order, `filled` contracts (1e-8) in all, paid
+    /// `fees` past what the order's signed cap `maxFee` allows: under Optio's domain (0) the cap
+    /// bounds the order's fees in total, under Derive's (1, 2) the fee per contract, Derive's
+    /// meaning. Each fee is rounded up from the exact rate of its notional, so honest fills may
+    /// pass the exact bound by less than a micro-USDC each: fees are past the cap when
+    /// `fees * s >= maxFee * u + sides * s` (`s = 1, u = 1` under Optio's domain, `s = 1e8, u =
+    /// filled` under Derive's), as `optio_state::auth::overcharged`.
+    function overcharged(int256 fees, int256 maxFee, uint8 domain, int256 filled, uint256 sides) public pure returns (bool) {
+        (int256 s, int256 u) = domain == 0 ? (int256(1), int256(1)) : (int256(1e8), filled);
+        return fees * s >= maxFee * u + int256(sides) * s;
+    }
+
+    /// The instrument `listing`'s listing op lists and its maker and taker fee rates (1e-6),
+    /// read from its posted spec bytes (docs/settlement.md: 31 bytes a word after the op's
+    /// first; the maker's rate at bytes 28 to 31, the taker's at 32 to 35).
+    function _rates(PostedMark calldata listing) internal pure returns (uint32, int256, int256) {
+        (uint256 w, uint256 c) = _nthOp(listing.data, 1 << LIST, listing.mark);
+        uint256 w0 = uint256(bytes32(listing.data[c + 32:c + 64]));
+        uint256 w1 = uint256(bytes32(listing.data[c + 64:c + 96]));
+        int32 maker = int32(uint32(((w0 & 0xffffff) << 8) | ((w1 >> 240) & 0xff)));
+        int32 taker = int32(uint32(w1 >> 208));
+        return (uint32(w >> 72), maker, taker);
+    }
+
+    /// The fee (a rebate when negative) at `rate` (1e-6) on the notional of `qty` (1e-8
+    /// contracts) at `price`: a charge rounds up, a rebate down (`FeeRate::fee_on`).
+    function _fee(int64 price, int64 qty, int256 rate) internal pure returns (int256) {
+        int256 n = int256(price) * int256(qty) / 1e8;
+        return rate >= 0 ? (n * rate + 1e6 - 1) / 1e6 : -((n * -rate) / 1e6);
+    }
+
+    /// Adds one part's fill sides to `t`; each must describe the order of the first, in the
+    /// listed instrument.
     function _tally(FillSides calldata p, Tally memory t, address owner) internal view {
         Fill[] memory fills = _fillsAt(p.data, p.sides);
         for (uint256 j = 0; j < fills.length; j++) {
-            (bytes32 digest, uint32 account, int256 amount) = _sideOrder(p.auths, p.sides[j], fills[j], owner);
+            if (fills[j].instrument != t.instrument) revert BadBatch("another instrument");
+            bool taker = p.sides[j] % 2 == 1;
+            (bytes32 digest, uint32 account, bytes calldata r) = _sideOrder(p.auths, p.sides[j], fills[j], owner);
             if (t.order == 0) {
-                (t.order, t.account, t.amount) = (digest, account, amount);
+                (t.order, t.account) = (digest, account);
+                t.amount = int64(uint64(bytes8(r[45:53])));
+                t.maxFee = int64(uint64(bytes8(r[53:61])));
+                t.domain = uint8(r[36]);
             } else if (digest != t.order) {
                 revert BadBatch("fills of different orders");
             }
             t.filled += fills[j].qty;
+            t.fees += _fee(fills[j].price, fills[j].qty, taker ? t.takerRate : t.makerRate);
+            t.sides++;
         }
     }
 
     /// The order a fill side's record describes: its digest, the side's account and the
-    /// order's signed amount.
+    /// record.
     function _sideOrder(bytes calldata auths, uint256 side, Fill memory f, address owner)
         internal
         view
-        returns (bytes32 digest, uint32 account, int256 amount)
+        returns (bytes32 digest, uint32 account, bytes calldata r)
     {
-        (bool found, bytes calldata r) = _record(auths, side);
+        bool found;
+        (found, r) = _record(auths, side);
         if (!found) revert BadBatch("no record");
         bool taker = side % 2 == 1;
         account = taker ? f.taker : f.maker;
         digest = _orderDigest(r, f, account, taker == f.takerBuys, owner);
         if (digest == 0) revert BadBatch("malformed record");
-        amount = int64(uint64(bytes8(r[45:53])));
     }
 
     /// Whether priced op `k` (from 0, in the posted words' order: settlement prices and marks)

@@ -39,7 +39,8 @@ interface IGroth16Verifier {
 /// is final, anyone may show that one fill side's record does not authorize it
 /// (`challengeAuthorization`): the batch and every later one are reverted, the operator's bond
 /// goes to the challenger and the rollup freezes. Fills of one signed order that add up beyond
-/// its amount, over one batch or several, are challenged the same way (`challengeOverfill`).
+/// its amount, or whose fees pass its signed fee cap, over one batch or several, are challenged
+/// the same way (`challengeOrder`).
 /// A record signed by a session key authorizes when the key is one the account's leaf commits
 /// under the batch's root, live at the batch's time (the challenger posts the account's keys,
 /// which must hash to the leaf's); `OptioJudge` reads the fills and judges the records.
@@ -225,7 +226,9 @@ contract OptioRollup {
     event PriceChallenged(uint256 indexed number, uint256 price, address indexed challenger, uint256 reward);
     event MarkWentBack(uint256 indexed number, uint256 mark, uint256 earlier, address indexed challenger, uint256 reward);
     event ExpiredEarly(uint256 indexed number, uint256 expiry, uint256 listing, address indexed challenger, uint256 reward);
-    event Overfilled(uint256 indexed number, bytes32 order, int256 filled, int256 amount, address indexed challenger, uint256 reward);
+    event OrderBroken(
+        uint256 indexed number, bytes32 order, int256 filled, int256 amount, int256 fees, int256 maxFee, address indexed challenger, uint256 reward
+    );
 
     error NotOperator();
     error IsFrozen();
@@ -252,7 +255,7 @@ contract OptioRollup {
     error Attested();
     error MarksInOrder();
     error OnTime();
-    error NotOverfilled(int256 filled, int256 amount);
+    error WithinOrder(int256 filled, int256 amount, int256 fees, int256 maxFee);
 
     modifier onlyOperator() {
         if (msg.sender != operator) revert NotOperator();
@@ -674,15 +677,22 @@ contract OptioRollup {
         bool taker;
     }
 
-    /// Shows that fills of one signed order add up beyond the order's amount: `parts` name fill
-    /// sides of committed batches, in ascending batch order, whose posted records all describe
-    /// the same order (one EIP-712 digest over the owner's account, instrument, side, nonce,
-    /// expiry, limit, amount and fee cap) and whose sizes sum past its amount. The last part's
-    /// batch must not be final; `opening` opens the account's leaf (its owner) under its root.
-    /// That batch holds a fill past the amount (the fills shown are some of the order's, so the
-    /// order was already past its amount or went past it there): it and every later one are
-    /// reverted, the operator's bond is paid to the challenger, and the rollup freezes.
-    function challengeOverfill(FillSides[] calldata parts, AccountOpening calldata opening) external live {
+    /// Shows that fills of one signed order break it: their sizes sum past its amount, or the
+    /// fees they paid pass its signed fee cap (`OptioJudge.overcharged`: under Optio's domain
+    /// the order's fees in total, under Derive's the fee per contract, each fee at the rates
+    /// of the instrument's posted spec). `parts` name fill sides of committed batches, in
+    /// ascending batch order, whose posted records all describe the same order (one EIP-712
+    /// digest over the owner's account, instrument, side, nonce, expiry, limit, amount and fee
+    /// cap); `listing` is the instrument's listing op (its `mark`: the j-th listing of batch
+    /// `listing.number`). The last part's batch must not be final; `opening` opens the
+    /// account's leaf (its owner) under its root. That batch holds a fill past the order (the
+    /// fills shown are some of the order's, so the order was already broken or broke there):
+    /// it and every later one are reverted, the operator's bond is paid to the challenger, and
+    /// the rollup freezes.
+    function challengeOrder(FillSides[] calldata parts, OptioJudge.PostedMark calldata listing, AccountOpening calldata opening)
+        external
+        live
+    {
         if (!authorizations) revert NoChallenges();
         if (parts.length == 0) revert BadBatch("no fills");
         uint256 last = parts[parts.length - 1].number;
@@ -694,10 +704,11 @@ contract OptioRollup {
             previous = p.number;
             _checkPosted(p.number, p.data, p.auths);
         }
-        OptioJudge.Tally memory t = judge.tally(parts, opening.owner);
-        if (t.filled <= t.amount) revert NotOverfilled(t.filled, t.amount);
+        _checkPosted(listing.number, listing.data, listing.auths);
+        (OptioJudge.Tally memory t, bool broken) = judge.tally(parts, opening.owner, listing);
+        if (!broken) revert WithinOrder(t.filled, t.amount, t.fees, t.maxFee);
         _checkOpening(batches[last].root, t.account, opening);
-        emit Overfilled(last, t.order, t.filled, t.amount, msg.sender, address(this).balance);
+        emit OrderBroken(last, t.order, t.filled, t.amount, t.fees, t.maxFee, msg.sender, address(this).balance);
         _slash(last);
     }
 

@@ -295,12 +295,12 @@ pub fn verify(args: VerifyArgs) -> Result<()> {
                         report_challenge(*number, filed, key)?;
                     }
                 }
-                optio_settler::Verdict::Overfilled { number, account, why, challenge } => {
+                optio_settler::Verdict::OrderBroken { number, account, why, challenge } => {
                     bad += 1;
                     println!("batch {number:>6}: ALERT a fill of account {account}'s order is not authorized: {why}");
                     if let Some(key) = &args.challenger_key {
                         let signer = optio_settler::connect(&args.rpc, key)?;
-                        let filed = optio_settler::file_overfill(&signer, rollup, challenge).await.map(|r| r.transaction_hash);
+                        let filed = optio_settler::file_order_challenge(&signer, rollup, challenge).await.map(|r| r.transaction_hash);
                         report_challenge(*number, filed, key)?;
                     }
                 }
@@ -314,7 +314,7 @@ pub fn verify(args: VerifyArgs) -> Result<()> {
         println!(
             "  fills: {}; settlement prices and marks: {}",
             if judging.authorizations {
-                "each within what its orders' posted signatures authorize"
+                "each within what its orders' posted signatures authorize (signer, side, limit, amount over all fills, fee cap)"
             } else {
                 "not judged (the rollup was deployed without the authorization challenge)"
             },

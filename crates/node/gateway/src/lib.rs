@@ -694,20 +694,6 @@ fn signed_of(intent: Option<&optio_sequencer::Intent>) -> Option<optio_state::au
     })
 }
 
-/// The signed `max_fee` (micro-USDC) an order must carry to cover its fee at `worst_price`,
-/// at `rate` (a `FeeRate`, 1e-6), rounded up as the engine charges fees: per contract, or for
-/// its whole `amount` (1e-8 contracts).
-fn max_fee_needed(worst_price: i64, amount: i64, rate: i32, per_contract: bool) -> i128 {
-    let contracts = if per_contract {
-        i128::from(optio_types::QTY_SCALE)
-    } else {
-        i128::from(amount)
-    };
-    let scale = i128::from(optio_types::QTY_SCALE) * i128::from(optio_types::fixed::FEE_RATE_SCALE);
-    let fee = i128::from(worst_price) * contracts * i128::from(rate.max(0));
-    -(-fee).div_euclid(scale)
-}
-
 fn to_engine(a: Address) -> EngineAddress {
     EngineAddress(a)
 }
@@ -1570,7 +1556,7 @@ impl Gateway {
             .and_then(Value::as_bool)
             .unwrap_or(false);
 
-        let (instrument, owner, taker_fee, step, max_price, may_trade) = {
+        let (instrument, owner, fee_rate, step, max_price, may_trade) = {
             let node = self.lock();
             let engine = node.sequencer.engine();
             let instrument = views::instrument_id(&node.sequencer, name)?;
@@ -1644,13 +1630,14 @@ impl Gateway {
         // per contract (Derive's meaning of `max_fee`), under Optio's the order's fees in
         // total. Fees are a rate of the fill's notional: a buy fills at its limit or below, a
         // sell at its limit or above, up to the instrument's maximum price (a taker sell sweeps
-        // bids above its limit).
-        let fee_per_unit = domain != optio_state::auth::domain::OPTIO;
+        // bids above its limit), at the higher of the instrument's two rates (a resting order
+        // fills as a maker). So the fills never pass the cap as L1 judges it
+        // (`optio_state::auth::overcharged`, the order challenge).
         let worst_price = match side {
             Side::Buy => price,
             Side::Sell => max_price,
         };
-        let worst_fee = max_fee_needed(worst_price, amount, taker_fee, fee_per_unit);
+        let worst_fee = optio_state::auth::fee_cap_needed(worst_price, amount, fee_rate, domain);
         if worst_fee > i128::from(max_fee) {
             return Err(GatewayError::MaxFeeTooLow(
                 Price(i64::try_from(worst_fee).unwrap_or(i64::MAX)).to_string(),

@@ -82,8 +82,8 @@ mod bindings {
                 bytes auths;
                 uint256[] sides;
             }
-            event Overfilled(uint256 indexed number, bytes32 order, int256 filled, int256 amount, address indexed challenger, uint256 reward);
-            function challengeOverfill(FillSides[] calldata parts, AccountOpening calldata opening) external;
+            event OrderBroken(uint256 indexed number, bytes32 order, int256 filled, int256 amount, int256 fees, int256 maxFee, address indexed challenger, uint256 reward);
+            function challengeOrder(FillSides[] calldata parts, PostedMark calldata listing, AccountOpening calldata opening) external;
             struct SessionKey {
                 address key;
                 uint64 expiryMs;
@@ -166,6 +166,7 @@ mod bindings {
             function expiredEarly(OptioRollup.PostedMark calldata listing, OptioRollup.PostedMark calldata expiry) external pure returns (bool);
             function fillAt(bytes calldata data, uint256 k) external pure returns (OptioRollup.Fill memory f);
             function authorizes(bytes calldata auths, uint256 i, bytes calldata data, address owner, OptioRollup.SessionKey[] calldata keys) external view returns (bool);
+            function overcharged(int256 fees, int256 maxFee, uint8 domain, int256 filled, uint256 sides) external pure returns (bool);
         }
 
         #[sol(rpc)]
@@ -699,17 +700,18 @@ pub enum Verdict {
         challenge: Box<(PostedOp, PostedOp)>,
     },
     /// The roots agree, but the fills of one signed order, over this batch and earlier ones,
-    /// add up beyond its signed amount (on a rollup with the authorization challenge):
-    /// `challenge` is ready to file while the batch is not final (`file_overfill`).
-    Overfilled {
-        /// Batch (where the fills went past the amount).
+    /// break it (on a rollup with the authorization challenge): they add up beyond its signed
+    /// amount, or the fees they paid pass its signed fee cap (`optio_state::auth::overcharged`).
+    /// `challenge` is ready to file while the batch is not final (`file_order_challenge`).
+    OrderBroken {
+        /// Batch (where the fills went past the order).
         number: u64,
         /// The account whose order it is.
         account: u32,
         /// Why.
         why: String,
         /// The challenge to file.
-        challenge: Box<Overfill>,
+        challenge: Box<OrderChallenge>,
     },
 }
 
@@ -944,16 +946,18 @@ fn audit_prices(
     None
 }
 
-/// A filed-ready overfill challenge: `challengeOverfill`'s arguments.
+/// A filed-ready order challenge: `challengeOrder`'s arguments.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Overfill {
+pub struct OrderChallenge {
     /// Fill sides of the order by batch, ascending.
     pub parts: Vec<FillSides>,
+    /// The listing of the order's instrument (its fee rates).
+    pub listing: PostedOp,
     /// The account's leaf opened under the last part's batch root.
     pub opening: optio_state::ExitProof,
 }
 
-/// One batch's share of an overfill challenge.
+/// One batch's share of an order challenge.
 #[derive(Clone, PartialEq, Eq)]
 pub struct FillSides {
     /// Batch.
@@ -966,7 +970,7 @@ pub struct FillSides {
     pub sides: Vec<u64>,
 }
 
-impl std::fmt::Debug for Overfill {
+impl std::fmt::Debug for OrderChallenge {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let sides: Vec<String> = self
             .parts
@@ -975,8 +979,9 @@ impl std::fmt::Debug for Overfill {
             .collect();
         write!(
             f,
-            "Overfill {{ {}, account {} }}",
+            "OrderChallenge {{ {}, listing in batch {}, account {} }}",
             sides.join(", "),
+            self.listing.number,
             self.opening.account.0
         )
     }
@@ -1070,10 +1075,10 @@ pub async fn file_challenge(
 }
 
 /// Files `c` with the provider's signer as the challenger (who is paid the operator's bond).
-pub async fn file_overfill(
+pub async fn file_order_challenge(
     provider: &DynProvider,
     rollup: Address,
-    c: &Overfill,
+    c: &OrderChallenge,
 ) -> Result<alloy::rpc::types::TransactionReceipt, SettlerError> {
     let contract = OptioRollup::new(rollup, provider);
     let parts = c
@@ -1086,27 +1091,36 @@ pub async fn file_overfill(
             sides: p.sides.iter().map(|&s| U256::from(s)).collect(),
         })
         .collect();
-    transact(contract.challengeOverfill(parts, opening_call(&c.opening))).await
+    transact(contract.challengeOrder(parts, c.listing.on_l1(), opening_call(&c.opening))).await
 }
 
-/// Per signed order (by digest): the size filled so far, and its fill sides (batch, side,
-/// size).
-type OrderFills = std::collections::BTreeMap<[u8; 32], (i64, Vec<(u64, u64, i64)>)>;
+/// What one signed order (by digest) has filled so far: its size and fees in all, and its fill
+/// sides (batch, side, size, fee).
+#[derive(Debug, Default)]
+struct OrderFill {
+    filled: i64,
+    fees: i128,
+    sides: Vec<(u64, u64, i64, i64)>,
+}
 
-/// The overfill challenge for an order whose fills (`fills`, the last in batch `number`) add
-/// up beyond `amount`: the latest fills whose sizes pass it, grouped by batch.
-fn overfill(
-    fills: &[(u64, u64, i64)],
-    amount: i64,
+/// Per signed order, by EIP-712 digest.
+type OrderFills = std::collections::BTreeMap<[u8; 32], OrderFill>;
+
+/// The order challenge for an order whose fill sides (`sides`, oldest first) break it: the
+/// latest of them that break it by themselves (`breaks(filled, fees, count)`), grouped by batch.
+fn order_challenge(
+    sides: &[(u64, u64, i64, i64)],
+    breaks: impl Fn(i64, i128, u64) -> bool,
     posted: &[(Vec<u8>, Vec<u8>)],
+    listing: PostedOp,
     opening: optio_state::ExitProof,
-) -> Overfill {
-    let mut total = 0;
+) -> OrderChallenge {
+    let (mut filled, mut fees) = (0, 0);
     let mut take = Vec::new();
-    for &(batch, side, qty) in fills.iter().rev() {
+    for &(batch, side, qty, fee) in sides.iter().rev() {
         take.push((batch, side));
-        total += qty;
-        if total > amount {
+        (filled, fees) = (filled + qty, fees + i128::from(fee));
+        if breaks(filled, fees, take.len() as u64) {
             break;
         }
     }
@@ -1126,13 +1140,19 @@ fn overfill(
             }
         }
     }
-    Overfill { parts, opening }
+    OrderChallenge {
+        parts,
+        listing,
+        opening,
+    }
 }
 
 /// The first fill side of a batch (`blob`, decoded as `ops`, applied to `state`) that its posted
 /// authorization section does not authorize, or whose order's fills over all batches so far
-/// (`filled`, by order digest; `posted`: every batch's data and section) add up beyond its
-/// signed amount.
+/// (`filled`, by order digest; `posted`: every batch's data and section) break it: add up
+/// beyond its signed amount, or pay fees (at the rates of the instrument's spec) past its
+/// signed fee cap. `listings` gives each instrument's listing (`record_listings`), whose posted
+/// spec the contract reads the rates from.
 #[allow(clippy::too_many_arguments)]
 fn audit_authorizations(
     number: u64,
@@ -1144,6 +1164,7 @@ fn audit_authorizations(
     venue: &optio_state::auth::Venue,
     filled: &mut OrderFills,
     posted: &[(Vec<u8>, Vec<u8>)],
+    listings: &std::collections::BTreeMap<u32, (u64, u64, Option<u64>)>,
 ) -> Option<Verdict> {
     use optio_state::auth::{self, Unauthorized};
     let sides = auth::fill_sides(ops);
@@ -1155,7 +1176,7 @@ fn audit_authorizations(
             Some(r) => r.check(side, owner, keys, time_ms, venue).map(|()| r),
             None => Err(Unauthorized::Missing),
         };
-        match checked {
+        let r = match checked {
             Err(why) => {
                 return Some(Verdict::Unauthorized {
                     number,
@@ -1174,27 +1195,56 @@ fn audit_authorizations(
                     }),
                 });
             }
-            Ok(r) => {
-                let digest = r.digest(side, owner, venue).unwrap_or_default();
-                let (total, fills) = filled.entry(digest).or_default();
-                *total += side.qty.0;
-                fills.push((number, i as u64, side.qty.0));
-                if *total > r.amount.0 {
-                    return Some(Verdict::Overfilled {
-                        number,
-                        account: side.account.0,
-                        why: format!(
-                            "its order (nonce {}) is filled {} over {} fills, beyond its signed amount {}",
-                            r.nonce,
-                            optio_types::Qty(*total),
-                            fills.len(),
-                            r.amount
-                        ),
-                        challenge: Box::new(overfill(fills, r.amount.0, posted, opening())),
-                    });
+            Ok(r) => r,
+        };
+        let spec = &state.instruments().get(side.instrument.0 as usize)?.spec;
+        let fee = auth::side_fee(spec, side, i % 2 == 1);
+        let digest = r.digest(side, owner, venue).unwrap_or_default();
+        let order = filled.entry(digest).or_default();
+        order.filled += side.qty.0;
+        order.fees += i128::from(fee);
+        order.sides.push((number, i as u64, side.qty.0, fee));
+        let overcharged = |filled, fees, n| auth::overcharged(fees, r.max_fee, r.domain, filled, n);
+        let why = if order.filled > r.amount.0 {
+            format!(
+                "its order (nonce {}) is filled {} over {} fills, beyond its signed amount {}",
+                r.nonce,
+                optio_types::Qty(order.filled),
+                order.sides.len(),
+                r.amount
+            )
+        } else if overcharged(order.filled, order.fees, order.sides.len() as u64) {
+            format!(
+                "its order (nonce {}) paid fees of {} over {} fills ({} filled), beyond its signed fee cap {} ({})",
+                r.nonce,
+                optio_types::Amount(i64::try_from(order.fees).unwrap_or(i64::MAX)),
+                order.sides.len(),
+                optio_types::Qty(order.filled),
+                optio_types::Amount(r.max_fee),
+                if r.domain == auth::domain::OPTIO {
+                    "in total"
+                } else {
+                    "per contract"
                 }
-            }
-        }
+            )
+        } else {
+            continue;
+        };
+        let amount = r.amount.0;
+        let breaks = |q, f, n| q > amount || overcharged(q, f, n);
+        let &(listed, j, _) = listings.get(&side.instrument.0)?;
+        return Some(Verdict::OrderBroken {
+            number,
+            account: side.account.0,
+            why,
+            challenge: Box::new(order_challenge(
+                &order.sides,
+                breaks,
+                posted,
+                posted_op(posted, listed, j),
+                opening(),
+            )),
+        });
     }
     None
 }
@@ -1323,6 +1373,7 @@ pub async fn verify_l1(
                     &venue,
                     &mut filled,
                     &data_posted,
+                    &listings,
                 )
             })
             .flatten()

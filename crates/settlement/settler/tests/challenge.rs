@@ -69,6 +69,21 @@ fn signed(
     amount: &str,
     nonce: u64,
 ) -> Authorization {
+    signed_with_cap(key, venue, account, side, price, amount, nonce, "1000")
+}
+
+/// `signed`, with the fee cap `max_fee` (USDC: the order's fees in total, Optio's domain).
+#[allow(clippy::too_many_arguments)]
+fn signed_with_cap(
+    key: &str,
+    venue: &Venue,
+    account: u32,
+    side: Side,
+    price: &str,
+    amount: &str,
+    nonce: u64,
+    max_fee: &str,
+) -> Authorization {
     let request = optio_gateway::client::OrderRequest {
         subaccount: u64::from(account),
         instrument_id: 0,
@@ -76,7 +91,7 @@ fn signed(
         direction: if side == Side::Buy { "buy" } else { "sell" },
         price,
         amount,
-        max_fee: "1000",
+        max_fee,
         nonce,
         expiry: 4_000_000_000,
         time_in_force: "gtc",
@@ -96,7 +111,7 @@ fn signed(
         domain: auth::domain::OPTIO,
         limit_price: price.parse().expect("price"),
         amount: amount.parse().expect("amount"),
-        max_fee: 1_000 * USDC,
+        max_fee: max_fee.parse::<Price>().expect("fee cap").0,
         signature: signature.try_into().expect("65 bytes"),
     };
     // The record rebuilds exactly the digest the client signed.
@@ -778,38 +793,13 @@ async fn an_order_filled_past_its_amount_over_several_batches_is_caught_and_slas
     } = rig(Address::ZERO).await;
     let rollup = OptioRollup::new(d.rollup, &operator);
     let alice_sells = signed(ALICE, &venue, 0, Side::Sell, "1000", "1", 1);
-    let mut state = SettlementState::new();
-    let mut root = word(&state.root());
-    let mut posted = Vec::new();
-    for (number, qty, bob) in [(1u64, "0.5", 1u64), (2, "0.4", 2), (3, "0.3", 3)] {
-        let size: f64 = qty.parse().expect("size");
-        let fill = bob_buys((size * QTY_SCALE as f64).round() as i64);
-        let ops = if number == 1 {
-            opening_ops(&fill)
-        } else {
-            vec![fill]
-        };
-        let b = post(&mut state, number, &ops);
-        let section = auth::section_of(
-            &[
-                Some(alice_sells),
-                Some(signed(BOB, &venue, 1, Side::Buy, "1000", qty, bob)),
-            ],
-            &[],
-        );
-        commit(&rollup, number, root, &b, &section).await;
-        root = b.root;
-        if number == 1 {
-            transact(rollup.finalize()).await.expect("finalizes");
-        }
-        posted.push((b.blob, section));
-    }
+    let (posted, _) = alice_fills(&rollup, &venue, alice_sells, &["0.5", "0.4", "0.3"]).await;
 
     let verdicts = verify_l1(&operator, d.rollup).await.expect("verifies");
     let [
         Verdict::Agrees(1),
         Verdict::Agrees(2),
-        Verdict::Overfilled {
+        Verdict::OrderBroken {
             number: 3,
             account: 0,
             why,
@@ -820,23 +810,14 @@ async fn an_order_filled_past_its_amount_over_several_batches_is_caught_and_slas
         panic!("{verdicts:?}")
     };
     assert!(why.contains("beyond its signed amount"), "{why}");
-    let sides: Vec<(u64, Vec<u64>)> = challenge
-        .parts
-        .iter()
-        .map(|p| (p.number, p.sides.clone()))
-        .collect();
-    assert_eq!(sides, vec![(1, vec![0]), (2, vec![0]), (3, vec![0])]);
+    assert_eq!(
+        sides_of(challenge),
+        vec![(1, vec![0]), (2, vec![0]), (3, vec![0])]
+    );
 
     let challenger = connect(&anvil.url, CHALLENGER).expect("provider");
-    let part = |n: usize, sides: Vec<u64>| optio_settler::FillSides {
-        number: n as u64,
-        data: posted[n - 1].0.clone(),
-        auths: posted[n - 1].1.clone(),
-        sides,
-    };
-    let not_overfilled = alloy::primitives::hex::encode(
-        &alloy::primitives::keccak256("NotOverfilled(int256,int256)")[..4],
-    );
+    let part = |n: usize, sides: Vec<u64>| part_of(&posted, n, sides);
+    let not_overfilled = within_order();
     let refused = [
         (
             not_overfilled.as_str(),
@@ -868,19 +849,16 @@ async fn an_order_filled_past_its_amount_over_several_batches_is_caught_and_slas
     ];
     // Fills within the amount; batches out of order; Bob's side among Alice's; a side named
     // twice; batch 2's data for batch 3.
-    for (why, parts) in refused {
-        let c = optio_settler::Overfill {
+    let refused = refused.map(|(why, parts)| {
+        let c = optio_settler::OrderChallenge {
             parts,
             ..(**challenge).clone()
         };
-        let err = optio_settler::file_overfill(&challenger, d.rollup, &c)
-            .await
-            .expect_err(why);
-        assert!(err.to_string().contains(why), "{why}: {err}");
-    }
-    assert!(!rollup.frozen().call().await.expect("reads"));
+        (why, c)
+    });
+    refuses(&challenger, &rollup, &refused).await;
 
-    let receipt = optio_settler::file_overfill(&challenger, d.rollup, challenge)
+    let receipt = optio_settler::file_order_challenge(&challenger, d.rollup, challenge)
         .await
         .expect("the challenge succeeds");
     println!(
@@ -888,8 +866,8 @@ async fn an_order_filled_past_its_amount_over_several_batches_is_caught_and_slas
         receipt.gas_used
     );
     let event = receipt
-        .decoded_log::<OptioRollup::Overfilled>()
-        .expect("the Overfilled event");
+        .decoded_log::<OptioRollup::OrderBroken>()
+        .expect("the OrderBroken event");
     assert_eq!(
         (event.number, event.filled, event.amount, event.reward),
         (
@@ -900,6 +878,240 @@ async fn an_order_filled_past_its_amount_over_several_batches_is_caught_and_slas
         )
     );
     reverted_to(&rollup, 2).await;
+}
+
+/// Commits one batch per size in `sizes`: Bob buys that size from Alice at 1,000 (Alice's side
+/// under her signed order `alice`, Bob's under an order of his own for it, nonce the batch's
+/// number); batch 1 also opens the market (`opening_ops`) and is finalized. Returns each
+/// batch's posted data and section, and the state batch 1 finalized.
+async fn alice_fills(
+    rollup: &OptioRollup::OptioRollupInstance<&optio_settler::DynProvider>,
+    venue: &Venue,
+    alice: Authorization,
+    sizes: &[&str],
+) -> (Vec<(Vec<u8>, Vec<u8>)>, SettlementState) {
+    let mut state = SettlementState::new();
+    let mut root = word(&state.root());
+    let mut posted = Vec::new();
+    let mut finalized = SettlementState::new();
+    for (number, qty) in (1u64..).zip(sizes) {
+        let size: f64 = qty.parse().expect("size");
+        let fill = bob_buys((size * QTY_SCALE as f64).round() as i64);
+        let ops = if number == 1 {
+            opening_ops(&fill)
+        } else {
+            vec![fill]
+        };
+        let b = post(&mut state, number, &ops);
+        let section = auth::section_of(
+            &[
+                Some(alice),
+                Some(signed(BOB, venue, 1, Side::Buy, "1000", qty, number)),
+            ],
+            &[],
+        );
+        commit(rollup, number, root, &b, &section).await;
+        root = b.root;
+        if number == 1 {
+            transact(rollup.finalize()).await.expect("finalizes");
+            finalized = state.clone();
+        }
+        posted.push((b.blob, section));
+    }
+    (posted, finalized)
+}
+
+/// Batch `n`'s share of an order challenge: fill sides `sides` with its posted data and section.
+fn part_of(posted: &[(Vec<u8>, Vec<u8>)], n: usize, sides: Vec<u64>) -> optio_settler::FillSides {
+    optio_settler::FillSides {
+        number: n as u64,
+        data: posted[n - 1].0.clone(),
+        auths: posted[n - 1].1.clone(),
+        sides,
+    }
+}
+
+/// An order challenge's fill sides by batch.
+fn sides_of(c: &optio_settler::OrderChallenge) -> Vec<(u64, Vec<u64>)> {
+    c.parts
+        .iter()
+        .map(|p| (p.number, p.sides.clone()))
+        .collect()
+}
+
+/// Files each order challenge of `refused` and checks that it reverts with its reason and
+/// leaves the rollup live.
+async fn refuses(
+    challenger: &optio_settler::DynProvider,
+    rollup: &OptioRollup::OptioRollupInstance<&optio_settler::DynProvider>,
+    refused: &[(&str, optio_settler::OrderChallenge)],
+) {
+    for (why, c) in refused {
+        let err = optio_settler::file_order_challenge(challenger, *rollup.address(), c)
+            .await
+            .expect_err(why);
+        assert!(err.to_string().contains(why), "{why}: {err}");
+    }
+    assert!(!rollup.frozen().call().await.expect("reads"));
+}
+
+/// The selector of `WithinOrder(filled, amount, fees, maxFee)`: an order challenge over fills
+/// that keep to their order.
+fn within_order() -> String {
+    alloy::primitives::hex::encode(
+        &alloy::primitives::keccak256("WithinOrder(int256,int256,int256,int256)")[..4],
+    )
+}
+
+/// The fee cap on a real EVM: the contract's rule agrees with the Rust one at the bound under
+/// both meanings of a cap. Then the operator fills Alice's order, signed with a cap of 0.06 USDC
+/// on its fees in all, past it over two batches (0.05 and 0.04 at the perpetual's maker rate):
+/// the watchtower finds it and files the challenge with the instrument's listing, whose posted
+/// spec gives the contract the rates. A challenge over fills within their caps, naming no
+/// listing, or with data other than posted reverts; the real one reverts batch 2, pays the
+/// bond and freezes, and both users exit with what batch 1 finalized.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_charged_fees_past_its_signed_cap_is_caught_reverted_and_slashed() {
+    let Rig {
+        anvil,
+        operator,
+        d,
+        venue,
+    } = rig(Address::ZERO).await;
+    let rollup = OptioRollup::new(d.rollup, &operator);
+    let judge = OptioJudge::new(rollup.judge().call().await.expect("reads"), &operator);
+    // The contract's rule is the Rust one, at and around the bound, under both meanings of the
+    // cap (in total, and per contract: 0.06 USDC a contract, 1.5 contracts in 3 fills).
+    for (domain, filled) in [
+        (auth::domain::OPTIO, QTY_SCALE),
+        (auth::domain::COMPAT, QTY_SCALE * 3 / 2),
+    ] {
+        let bound = if domain == auth::domain::OPTIO {
+            60_000
+        } else {
+            90_000
+        };
+        for fees in [
+            -5,
+            0,
+            bound - 1,
+            bound,
+            bound + 2,
+            bound + 3,
+            bound + 4,
+            10 * bound,
+        ] {
+            let on_l1 = judge
+                .overcharged(
+                    alloy::primitives::I256::try_from(fees).expect("fits"),
+                    alloy::primitives::I256::try_from(60_000).expect("fits"),
+                    domain,
+                    alloy::primitives::I256::try_from(filled).expect("fits"),
+                    U256::from(3u64),
+                )
+                .call()
+                .await
+                .expect("reads");
+            assert_eq!(
+                on_l1,
+                auth::overcharged(i128::from(fees), 60_000, domain, filled, 3),
+                "domain {domain}, fees {fees}"
+            );
+            assert_eq!(on_l1, fees >= bound + 3, "domain {domain}, fees {fees}");
+        }
+    }
+
+    // Alice signs a sell of 1 contract at 1,000 with a cap of 0.06 USDC on its fees in all; the
+    // operator fills it as a maker anyway, 0.5 then 0.4 (fees of 0.05 and 0.04 at the
+    // perpetual's 0.01%: 0.09 in all). The gateway would have refused the order (code 6006).
+    let alice_sells = signed_with_cap(ALICE, &venue, 0, Side::Sell, "1000", "1", 1, "0.06");
+    let (posted, finalized) = alice_fills(&rollup, &venue, alice_sells, &["0.5", "0.4"]).await;
+
+    let verdicts = verify_l1(&operator, d.rollup).await.expect("verifies");
+    let [
+        Verdict::Agrees(1),
+        Verdict::OrderBroken {
+            number: 2,
+            account: 0,
+            why,
+            challenge,
+        },
+    ] = verdicts.as_slice()
+    else {
+        panic!("{verdicts:?}")
+    };
+    assert!(why.contains("beyond its signed fee cap 0.06"), "{why}");
+    assert_eq!(sides_of(challenge), vec![(1, vec![0]), (2, vec![0])]);
+    assert_eq!((challenge.listing.number, challenge.listing.op), (1, 0));
+
+    let challenger = connect(&anvil.url, CHALLENGER).expect("provider");
+    let part = |n: usize, sides: Vec<u64>| part_of(&posted, n, sides);
+    let within = within_order();
+    let listing = challenge.listing.clone();
+    let refused = [
+        // The second fill alone pays 0.04, within the cap; Bob's orders, each within theirs.
+        (within.as_str(), vec![part(2, vec![0])], listing.clone()),
+        (within.as_str(), vec![part(2, vec![1])], listing.clone()),
+        // No listing there; the listing with other data.
+        (
+            "no such op",
+            challenge.parts.clone(),
+            PostedOp {
+                op: 1,
+                ..listing.clone()
+            },
+        ),
+        (
+            "not the posted data",
+            challenge.parts.clone(),
+            PostedOp {
+                data: posted[1].0.clone(),
+                ..listing.clone()
+            },
+        ),
+    ];
+    let refused = refused.map(|(why, parts, listing)| {
+        let c = optio_settler::OrderChallenge {
+            parts,
+            listing,
+            ..(**challenge).clone()
+        };
+        (why, c)
+    });
+    refuses(&challenger, &rollup, &refused).await;
+
+    let receipt = pays_the_bond(
+        &operator,
+        optio_settler::file_order_challenge(&challenger, d.rollup, challenge),
+    )
+    .await;
+    println!(
+        "a successful fee cap challenge over 2 batches: {} gas",
+        receipt.gas_used
+    );
+    let event = receipt
+        .decoded_log::<OptioRollup::OrderBroken>()
+        .expect("the OrderBroken event");
+    let int = |v: i64| alloy::primitives::I256::try_from(v).expect("fits");
+    // The contract read the maker's rate from the posted spec and charged what the ledger did.
+    assert_eq!(
+        (
+            event.number,
+            event.filled,
+            event.amount,
+            event.fees,
+            event.maxFee
+        ),
+        (
+            U256::from(2u64),
+            int(QTY_SCALE * 9 / 10),
+            int(QTY_SCALE),
+            int(90_000),
+            int(60_000)
+        )
+    );
+    reverted_to(&rollup, 1).await;
+    users_exit_whole(&anvil, &d, &finalized).await;
 }
 
 /// The risk oracle's key in the mark challenge's test.

@@ -14,7 +14,9 @@
 //! is the fill's, the fill price is within the signed limit and the fill's size within the
 //! signed amount. The L1 contract checks
 //! one fill the same way when challenged (`OptioRollup.challengeAuthorization`), and reverts the
-//! batch and slashes the operator when the check fails.
+//! batch and slashes the operator when the check fails. The fills of one signed order are also
+//! judged together (`OptioRollup.challengeOrder`): their sizes must keep within its amount and
+//! their fees, at the instrument's rates, within its fee cap (`overcharged`).
 //!
 //! A record is 126 bytes, big-endian: nonce (8), signature expiry in seconds (8), signer (20),
 //! domain (1), limit price in micro-USDC (8), amount in 1e-8 contracts (8), maximum fee in
@@ -587,6 +589,54 @@ impl Orders {
     }
 }
 
+/// The fee (a rebate when negative) fill side `side` of a fill pays at its instrument's rates
+/// (`spec`): the taker's rate when `taker`, else the maker's, on the fill's notional (what the
+/// ledger charges; 0 for a notional the ledger would refuse).
+pub fn side_fee(spec: &optio_types::InstrumentSpec, side: &FillSide, taker: bool) -> i64 {
+    let rate = if taker {
+        spec.taker_fee
+    } else {
+        spec.maker_fee
+    };
+    side.price
+        .notional(side.qty)
+        .and_then(|n| rate.fee_on(n))
+        .map_or(0, |f| f.0)
+}
+
+/// The least fee cap (micro-USDC) an order signed under `domain` must carry to cover what its
+/// fills can pay when none trades beyond `worst_price` and the instrument's rates are at most
+/// `rate` (1e-6): under Optio's domain the fees of its whole `amount` (1e-8 contracts), under
+/// Derive's the fee per contract, rounded up as fees are. The gateway refuses an order whose
+/// cap is below it (code 6006), so an honest order's fills are never `overcharged`.
+pub fn fee_cap_needed(worst_price: i64, amount: i64, rate: i32, domain: u8) -> i128 {
+    let scale = i128::from(optio_types::QTY_SCALE);
+    let contracts = if domain == domain::OPTIO {
+        i128::from(amount)
+    } else {
+        scale
+    };
+    let fee = i128::from(worst_price) * contracts * i128::from(rate.max(0));
+    -(-fee).div_euclid(scale * i128::from(optio_types::fixed::FEE_RATE_SCALE))
+}
+
+/// Whether `sides` fill sides of one signed order, `filled` (1e-8 contracts) in all, paid
+/// `fees` (micro-USDC) past what its signed fee cap `max_fee` allows: under Optio's domain the
+/// cap bounds the order's fees in total, under Derive's (`domain::COMPAT`,
+/// `domain::COMPAT_SANDBOX`) the fee per contract, Derive's meaning (as the gateway reads a
+/// cap, by the domain signed). Each fee is rounded up from the exact rate of its notional, so an
+/// honest order's fills may pass the exact bound by less than a micro-USDC each: the fees are
+/// past the cap when `fees * s >= max_fee * u + sides * s`, with `s = 1, u = 1` under Optio's
+/// domain and `s = QTY_SCALE, u = filled` under Derive's (`OptioJudge.overcharged`).
+pub fn overcharged(fees: i128, max_fee: i64, domain: u8, filled: i64, sides: u64) -> bool {
+    let (s, u) = if domain == domain::OPTIO {
+        (1, 1)
+    } else {
+        (i128::from(optio_types::QTY_SCALE), i128::from(filled))
+    };
+    fees * s >= i128::from(max_fee) * u + i128::from(sides) * s
+}
+
 /// The two sides of each fill of a batch's ops in circuit order (maker, then taker): what the
 /// section's records answer, one to one.
 pub fn fill_sides<'a>(ordered: impl IntoIterator<Item = &'a crate::Op>) -> Vec<FillSide> {
@@ -613,4 +663,81 @@ pub fn fill_sides<'a>(ordered: impl IntoIterator<Item = &'a crate::Op>) -> Vec<F
         }
     }
     sides
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use optio_types::{FeeRate, InstrumentSpec, MONEY_SCALE};
+    use proptest::prelude::*;
+
+    fn spec(maker: i32, taker: i32) -> InstrumentSpec {
+        InstrumentSpec {
+            maker_fee: FeeRate(maker),
+            taker_fee: FeeRate(taker),
+            ..InstrumentSpec::with_defaults(
+                "BTC-PERPETUAL".parse().expect("name"),
+                Price(200_000 * MONEY_SCALE),
+            )
+        }
+    }
+
+    proptest! {
+        /// An order whose cap is the least the gateway takes is never judged overcharged,
+        /// whatever its fills (at prices no worse than its worst, as maker or taker, any split
+        /// of at most its amount), under either meaning of the cap; and fees a micro-USDC a
+        /// fill past the exact bound are.
+        #[test]
+        fn fills_within_the_cap_the_gateway_asks_are_never_overcharged(
+            maker in -300i32..=2_000,
+            taker in 0i32..=2_000,
+            worst_ticks in 1i64..2_000_000,
+            parts in proptest::collection::vec((1i64..=300, 1i64..=2_000_000, any::<bool>()), 1..12),
+            derive in any::<bool>(),
+        ) {
+            prop_assume!(maker + taker >= 0);
+            let spec = spec(maker, taker);
+            let domain = if derive { domain::COMPAT } else { domain::OPTIO };
+            let worst = worst_ticks * 100_000;
+            let amount: i64 = parts.iter().map(|p| p.0 * 1_000_000).sum();
+            let cap = fee_cap_needed(worst, amount, maker.max(taker), domain);
+            let cap = i64::try_from(cap).expect("fits");
+            let (mut fees, mut filled) = (0i128, 0i64);
+            for (n, &(steps, ticks, as_taker)) in parts.iter().enumerate() {
+                let side = FillSide {
+                    account: AccountId(0),
+                    instrument: InstrumentId(0),
+                    side: Side::Buy,
+                    price: Price(ticks.min(worst_ticks) * 100_000),
+                    qty: Qty(steps * 1_000_000),
+                };
+                fees += i128::from(side_fee(&spec, &side, as_taker));
+                filled += side.qty.0;
+                prop_assert!(!overcharged(fees, cap, domain, filled, n as u64 + 1));
+            }
+            let n = parts.len() as u64;
+            let bound = if derive {
+                (i128::from(cap) * i128::from(filled)).div_euclid(i128::from(optio_types::QTY_SCALE))
+            } else {
+                i128::from(cap)
+            };
+            // Past the bound by a unit a fill (under Derive's meaning, the exact bound rounded
+            // down, so one unit more).
+            prop_assert!(overcharged(bound + i128::from(n) + i128::from(derive), cap, domain, filled, n));
+        }
+    }
+
+    #[test]
+    fn a_side_pays_its_rate_rounded_against_it_and_a_rebate_rounded_toward_the_system() {
+        let side = FillSide {
+            account: AccountId(0),
+            instrument: InstrumentId(0),
+            side: Side::Sell,
+            price: Price(1_000_100_000),
+            qty: Qty(1_000_000),
+        };
+        // Notional 10.001 USDC: 0.03% is 3,000.3 micro-USDC, -0.01% is -1,000.1.
+        assert_eq!(side_fee(&spec(-100, 300), &side, true), 3_001);
+        assert_eq!(side_fee(&spec(-100, 300), &side, false), -1_000);
+    }
 }
