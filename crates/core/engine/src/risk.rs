@@ -157,6 +157,35 @@ impl<M: MarginModel> Engine<M> {
         );
         // Value of q contracts at the mark, rounded toward the system.
         let value = |q: i128| floor_div(q * m, Q);
+        if inst.status == InstrumentStatus::Settled {
+            // Settled in parts and not yet paid: the position is worth exactly its settlement
+            // value (the mark, with no risk) and has no orders, so it needs what it owes and
+            // nothing for the index (Standard, like its long options, counts no value it is
+            // owed).
+            let q = i128::from(e.position.0);
+            return Ok(match mode {
+                MarginMode::Standard => {
+                    let owed = to_amount((-value(q)).max(0))?;
+                    Marked {
+                        initial: owed + to_amount(fee)?,
+                        maintenance: owed,
+                        scenario: None,
+                    }
+                }
+                _ => {
+                    let mut c = Contribution::zero(n);
+                    let worth = to_amount(value(q))?;
+                    c.initial.fill(worth);
+                    c.maintenance.fill(worth);
+                    c.floor_initial = to_amount(fee)?;
+                    Marked {
+                        initial: 0,
+                        maintenance: 0,
+                        scenario: Some(c),
+                    }
+                }
+            });
+        }
         let option = match inst.spec.name.kind {
             InstrumentKind::Option { strike, right, .. } => Some((i128::from(strike.0), right)),
             InstrumentKind::Perpetual => None,

@@ -6,7 +6,7 @@ use optio_pricing::risk::default_scenarios;
 use optio_pricing::svi::{Slice, Surface, Svi};
 use optio_types::{
     AccountId, Amount, Command, EngineLimits, Event, InstrumentId, InstrumentSpec, MONEY_SCALE,
-    MarginMode, OracleUpdate, Price, RejectCode, SettlementUpdate, Side,
+    MarginMode, OracleUpdate, Price, QTY_SCALE, Qty, RejectCode, SettlementUpdate, Side,
 };
 
 use crate::common::{STEP, T0, engine_with, limit, px, run, specs, usd};
@@ -788,6 +788,135 @@ mod portfolio_properties {
     }
 }
 
+/// When the put `written_puts` trades expires.
+const PUT_EXPIRY: u64 = T0 + 3_600_000;
+
+/// Five accounts of 200,000 USDC (those of `modes` in their margin mode): account 0 writes three
+/// puts (instrument 1, at 500) and account 4 two, bought by accounts 1 (one), 2 and 3 (two
+/// each).
+fn written_puts(limits: EngineLimits, modes: &[(u32, MarginMode)]) -> Engine {
+    let mut e = engine_with(limits, 5, usd(200_000));
+    run(&mut e, T0, Command::OracleUpdate(update(60_000.0, T0))).expect("first update");
+    for &(account, m) in modes {
+        mode(&mut e, account, m);
+    }
+    for (seller, buyer, n) in [(0, 1, 1), (0, 2, 2), (4, 3, 2)] {
+        run(
+            &mut e,
+            T0,
+            Command::PlaceOrder(limit(seller, 1, Side::Sell, px(500), 100 * n)),
+        )
+        .expect("short puts");
+        run(
+            &mut e,
+            T0,
+            Command::PlaceOrder(limit(buyer, 1, Side::Buy, px(500), 100 * n)),
+        )
+        .expect("long puts");
+    }
+    e
+}
+
+/// The put of `written_puts` expires with the index at 58,000 and takes its settlement price
+/// (58,000: 2,000 a contract): the events of the settling update.
+fn settle_puts(e: &mut Engine) -> Vec<Event> {
+    run(
+        e,
+        PUT_EXPIRY - 5_000,
+        Command::OracleUpdate(update(58_000.0, PUT_EXPIRY - 5_000)),
+    )
+    .expect("update");
+    run(
+        e,
+        PUT_EXPIRY + 1_000,
+        Command::OracleUpdate(settling(PUT_EXPIRY + 1_000, Price(58_000 * MONEY_SCALE))),
+    )
+    .expect("settles")
+}
+
+/// A settlement budget of one settlement of two positions an input (expiries unbounded).
+fn two_positions_a_settlement() -> EngineLimits {
+    EngineLimits {
+        settle_budget: optio_types::SettleBudget {
+            expiries: u32::MAX,
+            slots: 1,
+            holders: 2,
+        },
+        ..EngineLimits::default()
+    }
+}
+
+/// Between the parts of a settlement, a margin-mode writer's short in the settled put needs
+/// what it owes at the settlement value and nothing for the index: account 0 (`Standard`) may
+/// withdraw all but that (one unit more is refused and changes nothing), account 4
+/// (`Portfolio`) is held to it as well, and both are paid in full by the later parts with no
+/// liquidation.
+#[test]
+fn a_margin_writer_of_an_option_settling_in_parts_needs_what_it_owes_not_the_index() {
+    let budget = two_positions_a_settlement();
+    let mut e = written_puts(
+        budget,
+        &[(0, MarginMode::Standard), (4, MarginMode::Portfolio)],
+    );
+    settle_puts(&mut e);
+    let put = InstrumentId(1);
+    let owed = |e: &Engine, a: u32| -> i64 {
+        let held = e.position_view(AccountId(a), put).expect("held").0;
+        assert!(held.0 < 0, "account {a} is still short");
+        -held.0 / QTY_SCALE * 2_000 * MONEY_SCALE
+    };
+    // Account 0 was paid for one of its three puts in the first part; account 4 not yet.
+    for a in [0, 4] {
+        let (_, requirement, _) = e.collateral(AccountId(a)).expect("exists");
+        assert_eq!(requirement.0, owed(&e, a), "account {a}");
+    }
+    let (balance, _, free) = e.collateral(AccountId(0)).expect("exists");
+    assert_eq!(free.0, balance.0 - owed(&e, 0));
+    let before = e.collateral(AccountId(0));
+    let too_much = Command::Withdraw {
+        account: AccountId(0),
+        amount: Amount(free.0 + 1),
+    };
+    assert_eq!(
+        run(&mut e, PUT_EXPIRY + 1_500, too_much),
+        Err(RejectCode::InsufficientFreeCollateral)
+    );
+    assert_eq!(
+        e.collateral(AccountId(0)),
+        before,
+        "a refusal changes nothing"
+    );
+    run(
+        &mut e,
+        PUT_EXPIRY + 1_500,
+        Command::Withdraw {
+            account: AccountId(0),
+            amount: free,
+        },
+    )
+    .expect("withdraws all but what it owes");
+    let mut events = Vec::new();
+    for at in [PUT_EXPIRY + 2_000, PUT_EXPIRY + 3_000] {
+        events
+            .extend(run(&mut e, at, Command::OracleUpdate(update(58_000.0, at))).expect("update"));
+        e.check_invariants().expect("audit");
+    }
+    assert!(
+        !events
+            .iter()
+            .any(|ev| matches!(ev, Event::LiquidationStarted { .. })),
+        "{events:?}"
+    );
+    for a in [0, 4] {
+        assert_eq!(
+            e.position_view(AccountId(a), put).map(|p| p.0),
+            Some(Qty(0)),
+            "{a}: paid"
+        );
+    }
+    assert_eq!(e.collateral(AccountId(0)).expect("exists").0, Amount(0));
+}
+
 /// With a settlement budget (what one proven batch's settlement slots hold), an expiry with
 /// more holders than one settlement pays settles in balanced parts, one at each oracle update:
 /// account 0 wrote three puts and account 4 two, bought by accounts 1 (one), 2 and 3 (two
@@ -798,40 +927,9 @@ mod portfolio_properties {
 /// what one whole settlement pays it.
 #[test]
 fn an_expiry_settles_in_balanced_parts_within_the_settlement_budget() {
-    let traded = |limits: EngineLimits| {
-        let mut e = engine_with(limits, 5, usd(200_000));
-        run(&mut e, T0, Command::OracleUpdate(update(60_000.0, T0))).expect("first update");
-        for (seller, buyer, n) in [(0, 1, 1), (0, 2, 2), (4, 3, 2)] {
-            run(
-                &mut e,
-                T0,
-                Command::PlaceOrder(limit(seller, 1, Side::Sell, px(500), 100 * n)),
-            )
-            .expect("short puts");
-            run(
-                &mut e,
-                T0,
-                Command::PlaceOrder(limit(buyer, 1, Side::Buy, px(500), 100 * n)),
-            )
-            .expect("long puts");
-        }
-        e
-    };
-    let expiry = T0 + 3_600_000;
-    let settle = |e: &mut Engine| {
-        run(
-            e,
-            expiry - 5_000,
-            Command::OracleUpdate(update(58_000.0, expiry - 5_000)),
-        )
-        .expect("update");
-        run(
-            e,
-            expiry + 1_000,
-            Command::OracleUpdate(settling(expiry + 1_000, Price(58_000 * MONEY_SCALE))),
-        )
-        .expect("settles")
-    };
+    let traded = |limits| written_puts(limits, &[]);
+    let expiry = PUT_EXPIRY;
+    let settle = settle_puts;
     let paid = |events: &[Event]| -> Vec<(u32, i64)> {
         events
             .iter()
@@ -854,14 +952,7 @@ fn an_expiry_settles_in_balanced_parts_within_the_settlement_budget() {
         [(0, -300), (1, 100), (2, 200), (3, 200), (4, -200)]
     );
 
-    let budget = EngineLimits {
-        settle_budget: optio_types::SettleBudget {
-            expiries: u32::MAX,
-            slots: 1,
-            holders: 2,
-        },
-        ..EngineLimits::default()
-    };
+    let budget = two_positions_a_settlement();
     let mut e = traded(budget);
     let events = settle(&mut e);
     assert_eq!(paid(&events), [(1, 100), (0, -100)], "the first part");
