@@ -793,7 +793,7 @@ async fn an_order_filled_past_its_amount_over_several_batches_is_caught_and_slas
     } = rig(Address::ZERO).await;
     let rollup = OptioRollup::new(d.rollup, &operator);
     let alice_sells = signed(ALICE, &venue, 0, Side::Sell, "1000", "1", 1);
-    let (posted, _) = alice_fills(&rollup, &venue, alice_sells, &["0.5", "0.4", "0.3"]).await;
+    let (posted, _) = alice_fills(&rollup, &venue, alice_sells, &["0.5", "0.4", "0.3"], None).await;
 
     let verdicts = verify_l1(&operator, d.rollup).await.expect("verifies");
     let [
@@ -882,13 +882,15 @@ async fn an_order_filled_past_its_amount_over_several_batches_is_caught_and_slas
 
 /// Commits one batch per size in `sizes`: Bob buys that size from Alice at 1,000 (Alice's side
 /// under her signed order `alice`, Bob's under an order of his own for it, nonce the batch's
-/// number); batch 1 also opens the market (`opening_ops`) and is finalized. Returns each
-/// batch's posted data and section, and the state batch 1 finalized.
+/// number); batch 1 also opens the market (`opening_ops`) and is finalized, and batch 2 lists
+/// `also_listed` (instrument 1) when given. Returns each batch's posted data and section, and
+/// the state batch 1 finalized.
 async fn alice_fills(
     rollup: &OptioRollup::OptioRollupInstance<&optio_settler::DynProvider>,
     venue: &Venue,
     alice: Authorization,
     sizes: &[&str],
+    also_listed: Option<InstrumentSpec>,
 ) -> (Vec<(Vec<u8>, Vec<u8>)>, SettlementState) {
     let mut state = SettlementState::new();
     let mut root = word(&state.root());
@@ -897,10 +899,10 @@ async fn alice_fills(
     for (number, qty) in (1u64..).zip(sizes) {
         let size: f64 = qty.parse().expect("size");
         let fill = bob_buys((size * QTY_SCALE as f64).round() as i64);
-        let ops = if number == 1 {
-            opening_ops(&fill)
-        } else {
-            vec![fill]
+        let ops = match (number, &also_listed) {
+            (1, _) => opening_ops(&fill),
+            (2, Some(spec)) => vec![Op::ListInstrument { spec: spec.clone() }, fill],
+            _ => vec![fill],
         };
         let b = post(&mut state, number, &ops);
         let section = auth::section_of(
@@ -1025,7 +1027,8 @@ async fn an_order_charged_fees_past_its_signed_cap_is_caught_reverted_and_slashe
     // operator fills it as a maker anyway, 0.5 then 0.4 (fees of 0.05 and 0.04 at the
     // perpetual's 0.01%: 0.09 in all). The gateway would have refused the order (code 6006).
     let alice_sells = signed_with_cap(ALICE, &venue, 0, Side::Sell, "1000", "1", 1, "0.06");
-    let (posted, finalized) = alice_fills(&rollup, &venue, alice_sells, &["0.5", "0.4"]).await;
+    let (posted, finalized) =
+        alice_fills(&rollup, &venue, alice_sells, &["0.5", "0.4"], Some(put())).await;
 
     let verdicts = verify_l1(&operator, d.rollup).await.expect("verifies");
     let [
@@ -1052,13 +1055,24 @@ async fn an_order_charged_fees_past_its_signed_cap_is_caught_reverted_and_slashe
         // The second fill alone pays 0.04, within the cap; Bob's orders, each within theirs.
         (within.as_str(), vec![part(2, vec![0])], listing.clone()),
         (within.as_str(), vec![part(2, vec![1])], listing.clone()),
-        // No listing there; the listing with other data.
+        // No listing there; another instrument's listing (the put batch 2 lists); the listing
+        // with other data.
         (
             "no such op",
             challenge.parts.clone(),
             PostedOp {
                 op: 1,
                 ..listing.clone()
+            },
+        ),
+        (
+            "another instrument",
+            challenge.parts.clone(),
+            PostedOp {
+                number: 2,
+                data: posted[1].0.clone(),
+                auths: posted[1].1.clone(),
+                op: 0,
             },
         ),
         (
