@@ -4,6 +4,7 @@ pragma solidity ^0.8.20;
 import {IERC20} from "./TestUSDC.sol";
 import {Field, IPoseidon3, IPoseidon4, IPoseidon5} from "./Poseidon.sol";
 import {OptioJudge} from "./OptioJudge.sol";
+import {AccountOpening, ExitProof, OptioTrees} from "./OptioTrees.sol";
 import {
     BLOB_HEADER, FILL, Fill, FillSides, L1_DEPOSIT, L1_WITHDRAWAL, OPEN, OPERATOR_DEPOSIT, SessionKey, WITHDRAW, Words
 } from "./Words.sol";
@@ -54,15 +55,10 @@ interface IGroth16Verifier {
 /// withdrawal list and the L1 operations a batch
 /// serves are checked against its posted words when it is committed (`_checkMoves`), a deposit
 /// served with nothing credited goes back to its depositor then, and the operator pays in what
-/// its own deposits credit. Not yet
-/// here: the signed fee cap. There are no admin functions (nothing to change, so
-/// nothing to timelock).
+/// its own deposits credit. Accounts' leaves (for the challenges and the exit) are opened by
+/// `OptioTrees`, which the rollup creates as it does its judge. There are no admin functions
+/// (nothing to change, so nothing to timelock).
 contract OptioRollup {
-    /// Index bits of the trees (arity 4: two bits per level, docs/settlement.md).
-    uint256 internal constant ACCOUNT_BITS = 24;
-    uint256 internal constant INSTRUMENT_BITS = 20;
-    uint256 internal constant POSITIONS_LEVELS = 10;
-    int256 internal constant QTY_SCALE = 1e8;
     /// Largest single deposit (micro-USDC): the engine's per-amount limit, so every deposit the
     /// queue holds can be credited.
     uint256 public constant MAX_DEPOSIT = 1e18;
@@ -114,64 +110,10 @@ contract OptioRollup {
         uint256 amount;
     }
 
-    /// One open position of an exiting account, with its instrument's leaf and the proof of
-    /// that leaf in the instruments tree.
-    struct Position {
-        uint32 instrument;
-        int64 qty;
-        uint256 specHash;
-        uint64 status;
-        int64 mark;
-        uint256 riskHash;
-        int64 settlementPrice;
-        uint256[] instrumentProof;
-    }
-
-    /// An account's leaf opened against a batch's root: the funds and tree roots that make the
-    /// state root, the leaf's fields and its proof in the accounts tree.
-    struct AccountOpening {
-        uint256 accountsRoot;
-        uint256 instrumentsRoot;
-        int64 insurance;
-        int64 feePool;
-        uint32 accounts;
-        uint32 instruments;
-        address owner;
-        uint256 keysHash;
-        uint64 nonce;
-        /// Open positions (docs/settlement.md: the leaf's third field is nonce + 2^64 positions).
-        uint32 positions;
-        int64 collateral;
-        uint256 positionsRoot;
-        uint256[] proof;
-    }
-
-    /// What an account proves to exit (docs/settlement.md, "Exit proof").
-    struct ExitProof {
-        uint32 account;
-        uint256 accountsRoot;
-        uint256 instrumentsRoot;
-        int64 insurance;
-        int64 feePool;
-        /// Accounts opened and instruments listed (the funds leaf holds them: the next ids).
-        uint32 accounts;
-        uint32 instruments;
-        uint256 keysHash;
-        uint64 nonce;
-        int64 collateral;
-        uint256[] accountProof;
-        /// Every open position, by instrument id, strictly increasing: the positions root is
-        /// rebuilt from exactly these, so none can be left out.
-        Position[] positions;
-    }
-
     IERC20 public immutable usdc;
     /// The batch-proof verifier (address 0: none, proofs are refused).
     IGroth16Verifier public immutable verifier;
     address public immutable operator;
-    IPoseidon4 public immutable h4;
-    IPoseidon3 public immutable h3;
-    IPoseidon5 public immutable h5;
     uint256 public immutable finalizationDelay;
     uint256 public immutable priorityWindow;
     /// How far (seconds) a batch's time may be ahead of the block that commits it (the
@@ -187,6 +129,9 @@ contract OptioRollup {
     bool public immutable authorizations;
     /// Judges fills against their signed orders for the challenges (created here).
     OptioJudge public immutable judge;
+    /// Opens accounts' leaves under committed roots, for the challenges and the exit (created
+    /// here).
+    OptioTrees public immutable trees;
     bool public slashed;
 
     Batch[] public batches;
@@ -210,8 +155,6 @@ contract OptioRollup {
     mapping(uint256 => mapping(uint256 => bool)) public withdrawn;
     uint256 public totalDeposited;
     uint256 public totalPaid;
-    /// Hashes of empty subtrees of the positions tree, by height.
-    uint256[POSITIONS_LEVELS + 1] internal zeros;
 
     event Deposit(uint256 indexed priorityId, address indexed owner, uint32 account, uint256 amount, uint64 deadline);
     event WithdrawalRequested(uint256 indexed priorityId, address indexed owner, uint32 account, uint64 deadline);
@@ -288,18 +231,15 @@ contract OptioRollup {
     ) payable {
         authorizations = authorizations_;
         judge = new OptioJudge(oracle_);
+        trees = new OptioTrees(h3_, h4_, h5_);
         usdc = usdc_;
         verifier = verifier_;
         operator = operator_;
-        (h4, h3, h5) = (h4_, h3_, h5_);
         finalizationDelay = finalizationDelay_;
         priorityWindow = priorityWindow_;
         (maxBatchLead, maxBatchLag) = (bounds.lead, bounds.lag);
         bond = msg.value;
         batches.push(Batch({root: genesisRoot, dataHash: 0, withdrawalsHash: 0, lastSeq: 0, committedAt: uint64(block.timestamp), priorityServed: 0, time: 0, authHash: 0}));
-        for (uint256 h = 0; h < POSITIONS_LEVELS; h++) {
-            zeros[h + 1] = h4_.poseidon([zeros[h], zeros[h], zeros[h], zeros[h]]);
-        }
     }
 
     // ---- priority queue ----------------------------------------------------------------------
@@ -659,8 +599,8 @@ contract OptioRollup {
         if (c.number <= lastFinalized) revert BadBatch("not a committed batch that is not final");
         _checkPosted(c.number, c.data, c.auths);
         Fill memory f = judge.fillAt(c.data, c.fill);
-        _checkOpening(batches[c.number].root, c.taker ? f.taker : f.maker, opening);
-        if (_keysHash(keys) != opening.keysHash) revert BadProof("keys");
+        trees.checkOpening(batches[c.number].root, c.taker ? f.taker : f.maker, opening);
+        if (trees.keysHash(keys) != opening.keysHash) revert BadProof("keys");
         if (judge.authorizes(c.auths, 2 * c.fill + (c.taker ? 1 : 0), c.data, opening.owner, keys)) revert Authorized();
         emit Challenged(c.number, c.fill, c.taker, msg.sender, address(this).balance);
         _slash(c.number);
@@ -707,7 +647,7 @@ contract OptioRollup {
         _checkPosted(listing.number, listing.data, listing.auths);
         (OptioJudge.Tally memory t, bool broken) = judge.tally(parts, opening.owner, listing);
         if (!broken) revert WithinOrder(t.filled, t.amount, t.fees, t.maxFee);
-        _checkOpening(batches[last].root, t.account, opening);
+        trees.checkOpening(batches[last].root, t.account, opening);
         emit OrderBroken(last, t.order, t.filled, t.amount, t.fees, t.maxFee, msg.sender, address(this).balance);
         _slash(last);
     }
@@ -766,13 +706,6 @@ contract OptioRollup {
         if (keccak256(auths) != batches[number].authHash) revert BadBatch("not the posted authorizations");
     }
 
-    /// The keys hash of an account's session keys (as `AccountLeaf.keys_hash`).
-    function _keysHash(SessionKey[] calldata keys) internal view returns (uint256 h) {
-        for (uint256 i = 0; i < keys.length; i++) {
-            h = h3.poseidon([h, uint256(uint160(keys[i].key)), uint256(keys[i].expiryMs)]);
-        }
-    }
-
     /// Reverts batch `number` and every later one, freezes the rollup and pays the operator's
     /// bond to the challenger.
     function _slash(uint256 number) internal {
@@ -788,24 +721,6 @@ contract OptioRollup {
         uint256 reward = address(this).balance;
         (bool paid,) = msg.sender.call{value: reward}("");
         if (!paid) revert TransferFailed();
-    }
-
-    /// Checks that `o` opens `account`'s leaf under `root`.
-    function _checkOpening(uint256 root, uint32 account, AccountOpening calldata o) internal view {
-        if (_stateRoot(o.accountsRoot, o.instrumentsRoot, o.insurance, o.feePool, o.accounts, o.instruments) != root) revert BadProof("root");
-        uint256 leaf = h5.poseidon([uint256(uint160(o.owner)), Field.check(o.keysHash), uint256(o.nonce) | (uint256(o.positions) << 64), Field.fromInt(o.collateral), Field.check(o.positionsRoot)]);
-        if (!_member(o.accountsRoot, leaf, account, o.proof, ACCOUNT_BITS)) revert BadProof("account");
-    }
-
-    /// The state root over the two trees' roots and the funds leaf.
-    function _stateRoot(uint256 accountsRoot, uint256 instrumentsRoot, int64 insurance, int64 feePool, uint32 accounts, uint32 instruments)
-        internal
-        view
-        returns (uint256)
-    {
-        uint256 counts = uint256(accounts) | (uint256(instruments) << 32);
-        uint256 funds = h3.poseidon([Field.fromInt(insurance), Field.fromInt(feePool), counts]);
-        return h3.poseidon([Field.check(accountsRoot), Field.check(instrumentsRoot), funds]);
     }
 
     /// Priority operations ever queued (the next one gets this id).
@@ -824,7 +739,7 @@ contract OptioRollup {
     function exit(ExitProof calldata p) external returns (uint256 amount) {
         if (!frozen) revert NotFrozen();
         if (exited[p.account]) revert AlreadyExited(p.account);
-        int256 owed = verifyExit(p, msg.sender);
+        int256 owed = trees.owed(batches[lastFinalized].root, p, msg.sender);
         exited[p.account] = true;
         amount = owed > 0 ? uint256(owed) : 0;
         uint256 held = usdc.balanceOf(address(this));
@@ -848,74 +763,5 @@ contract OptioRollup {
         totalPaid += op.amount;
         if (!usdc.transfer(op.owner, op.amount)) revert TransferFailed();
         emit Reclaimed(id, op.owner, op.amount);
-    }
-
-    /// Checks an exit proof for `owner` against the last finalized root; returns what the
-    /// account is owed (negative: nothing). Reverts with the reason when the proof is wrong.
-    function verifyExit(ExitProof calldata p, address owner) public view returns (int256 owed) {
-        uint256 root = _stateRoot(p.accountsRoot, p.instrumentsRoot, p.insurance, p.feePool, p.accounts, p.instruments);
-        if (root != batches[lastFinalized].root) revert BadProof("root");
-        owed = p.collateral;
-        uint256 n = p.positions.length;
-        uint256[] memory idx = new uint256[](n);
-        uint256[] memory val = new uint256[](n);
-        for (uint256 i = 0; i < n; i++) {
-            Position calldata x = p.positions[i];
-            if (i > 0 && x.instrument <= p.positions[i - 1].instrument) revert BadProof("positions order");
-            if (x.qty == 0) revert BadProof("flat position");
-            uint256 leaf = h5.poseidon([Field.check(x.specHash), uint256(x.status), Field.fromInt(x.mark), Field.check(x.riskHash), Field.fromInt(x.settlementPrice)]);
-            if (!_member(p.instrumentsRoot, leaf, x.instrument, x.instrumentProof, INSTRUMENT_BITS)) revert BadProof("instrument");
-            idx[i] = x.instrument;
-            val[i] = Field.fromInt(x.qty);
-            int256 value = int256(x.qty) * int256(x.mark);
-            // Floor division: a short position's liability is never rounded in the owner's favour.
-            owed += value >= 0 ? value / QTY_SCALE : -((-value + QTY_SCALE - 1) / QTY_SCALE);
-        }
-        uint256 positionsRoot = _sparseRoot(idx, val, n);
-        uint256 accountLeaf = h5.poseidon([uint256(uint160(owner)), Field.check(p.keysHash), uint256(p.nonce) | (n << 64), Field.fromInt(p.collateral), positionsRoot]);
-        if (!_member(p.accountsRoot, accountLeaf, p.account, p.accountProof, ACCOUNT_BITS)) revert BadProof("account");
-    }
-
-    /// Whether `leaf` sits at `index` (below `2^bits`) under `root` in an arity-4 tree: per
-    /// level, the node's slot is two bits of the index and `siblings` holds the three other
-    /// children in slot order (leaf level first).
-    function _member(uint256 root, uint256 leaf, uint256 index, uint256[] calldata siblings, uint256 bits) internal view returns (bool) {
-        uint256 levels = bits / 2;
-        // An index beyond the tree would alias the leaf at its low bits.
-        if (index >> bits != 0 || siblings.length != 3 * levels) return false;
-        uint256 node = leaf;
-        uint256 k = 0;
-        for (uint256 h = 0; h < levels; h++) {
-            uint256 slot = (index >> (2 * h)) & 3;
-            uint256[4] memory c;
-            for (uint256 j = 0; j < 4; j++) {
-                c[j] = j == slot ? node : Field.check(siblings[k++]);
-            }
-            node = h4.poseidon(c);
-        }
-        return node == root;
-    }
-
-    /// Root of a positions tree holding exactly the given leaves (indices strictly increasing).
-    function _sparseRoot(uint256[] memory idx, uint256[] memory val, uint256 n) internal view returns (uint256) {
-        if (n == 0) return zeros[POSITIONS_LEVELS];
-        for (uint256 h = 0; h < POSITIONS_LEVELS; h++) {
-            uint256 m = 0;
-            uint256 i = 0;
-            while (i < n) {
-                uint256 parent = idx[i] >> 2;
-                uint256 z = zeros[h];
-                uint256[4] memory c = [z, z, z, z];
-                while (i < n && idx[i] >> 2 == parent) {
-                    c[idx[i] & 3] = val[i];
-                    i++;
-                }
-                idx[m] = parent;
-                val[m] = h4.poseidon(c);
-                m++;
-            }
-            n = m;
-        }
-        return val[0];
     }
 }

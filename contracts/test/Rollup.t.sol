@@ -3,6 +3,7 @@ pragma solidity ^0.8.20;
 
 import {MiniTest} from "./MiniTest.sol";
 import {IGroth16Verifier, OptioRollup} from "../src/OptioRollup.sol";
+import {ExitProof, Position} from "../src/OptioTrees.sol";
 import {TestUSDC} from "../src/TestUSDC.sol";
 import {IPoseidon1, IPoseidon2, IPoseidon3, IPoseidon4, IPoseidon5} from "../src/Poseidon.sol";
 
@@ -183,7 +184,7 @@ contract RollupTest is WithHashers {
         rollup.commitBatch(1, hevm.parseJsonUint(v, ".genesis_root"), root, 1, 7, 0, 0, c, blob, "");
     }
 
-    function proof() internal view returns (OptioRollup.ExitProof memory p) {
+    function proof() internal view returns (ExitProof memory p) {
         string memory e = ".exit_proof";
         p.account = uint32(hevm.parseJsonUint(v, ".exit_proof.account"));
         p.accountsRoot = hevm.parseJsonUint(v, ".exit_proof.accounts_root");
@@ -196,10 +197,10 @@ contract RollupTest is WithHashers {
         p.nonce = uint64(hevm.parseJsonUint(v, ".exit_proof.nonce"));
         p.collateral = int64(hevm.parseJsonInt(v, ".exit_proof.collateral"));
         p.accountProof = hevm.parseJsonUintArray(v, ".exit_proof.account_proof");
-        p.positions = new OptioRollup.Position[](2);
+        p.positions = new Position[](2);
         for (uint256 i = 0; i < 2; i++) {
             string memory x = string.concat(e, ".positions[", _digit(i), "]");
-            p.positions[i] = OptioRollup.Position({
+            p.positions[i] = Position({
                 instrument: uint32(hevm.parseJsonUint(v, string.concat(x, ".instrument"))),
                 qty: int64(hevm.parseJsonInt(v, string.concat(x, ".qty"))),
                 specHash: hevm.parseJsonUint(v, string.concat(x, ".spec_hash")),
@@ -228,7 +229,7 @@ contract RollupTest is WithHashers {
         operatorDisappears();
         // Collateral plus 0.6 contracts at the committed mark 4,205 (the perpetual has no mark).
         uint256 expected = uint256(int256(hevm.parseJsonInt(v, ".exit_proof.collateral"))) + 2_523e6;
-        OptioRollup.ExitProof memory p = proof();
+        ExitProof memory p = proof();
         hevm.prank(owner);
         uint256 paid = rollup.exit(p);
         assertEq(paid, expected, "paid");
@@ -240,7 +241,7 @@ contract RollupTest is WithHashers {
 
     function test_wrong_exits_revert() public {
         operatorDisappears();
-        OptioRollup.ExitProof memory p = proof();
+        ExitProof memory p = proof();
         // Someone else cannot take the account's money.
         hevm.prank(funder);
         hevm.expectRevert(abi.encodeWithSelector(OptioRollup.BadProof.selector, "account"));
@@ -252,9 +253,9 @@ contract RollupTest is WithHashers {
         rollup.exit(p);
         p.collateral -= 1;
         // A position left out (the positions root no longer matches).
-        OptioRollup.Position[] memory one = new OptioRollup.Position[](1);
+        Position[] memory one = new Position[](1);
         one[0] = p.positions[1];
-        OptioRollup.Position[] memory all = p.positions;
+        Position[] memory all = p.positions;
         p.positions = one;
         hevm.prank(owner);
         hevm.expectRevert(abi.encodeWithSelector(OptioRollup.BadProof.selector, "account"));
@@ -288,7 +289,7 @@ contract RollupTest is WithHashers {
         // The deposit was served in a finalized batch: nothing is overdue.
         hevm.expectRevert(abi.encodeWithSelector(OptioRollup.NothingOverdue.selector));
         rollup.freeze();
-        OptioRollup.ExitProof memory p = proof();
+        ExitProof memory p = proof();
         hevm.prank(owner);
         hevm.expectRevert(abi.encodeWithSelector(OptioRollup.NotFrozen.selector));
         rollup.exit(p);
@@ -419,7 +420,7 @@ contract RollupTest is WithHashers {
         rollup.finalize(); // only batch 1: the proof is against batch 2's root
         hevm.warp(block.timestamp + WINDOW);
         rollup.freeze();
-        OptioRollup.ExitProof memory p = proof();
+        ExitProof memory p = proof();
         hevm.prank(owner);
         hevm.expectRevert(abi.encodeWithSelector(OptioRollup.BadProof.selector, "root"));
         rollup.exit(p);

@@ -1,0 +1,178 @@
+// SPDX-License-Identifier: MIT
+pragma solidity ^0.8.20;
+
+import {Field, IPoseidon3, IPoseidon4, IPoseidon5} from "./Poseidon.sol";
+import {SessionKey} from "./Words.sol";
+
+/// One open position of an exiting account, with its instrument's leaf and the proof of that
+/// leaf in the instruments tree.
+struct Position {
+    uint32 instrument;
+    int64 qty;
+    uint256 specHash;
+    uint64 status;
+    int64 mark;
+    uint256 riskHash;
+    int64 settlementPrice;
+    uint256[] instrumentProof;
+}
+
+/// An account's leaf opened against a batch's root: the funds and tree roots that make the
+/// state root, the leaf's fields and its proof in the accounts tree.
+struct AccountOpening {
+    uint256 accountsRoot;
+    uint256 instrumentsRoot;
+    int64 insurance;
+    int64 feePool;
+    uint32 accounts;
+    uint32 instruments;
+    address owner;
+    uint256 keysHash;
+    uint64 nonce;
+    /// Open positions (docs/settlement.md: the leaf's third field is nonce + 2^64 positions).
+    uint32 positions;
+    int64 collateral;
+    uint256 positionsRoot;
+    uint256[] proof;
+}
+
+/// What an account proves to exit (docs/settlement.md, "Exit proof").
+struct ExitProof {
+    uint32 account;
+    uint256 accountsRoot;
+    uint256 instrumentsRoot;
+    int64 insurance;
+    int64 feePool;
+    /// Accounts opened and instruments listed (the funds leaf holds them: the next ids).
+    uint32 accounts;
+    uint32 instruments;
+    uint256 keysHash;
+    uint64 nonce;
+    int64 collateral;
+    uint256[] accountProof;
+    /// Every open position, by instrument id, strictly increasing: the positions root is
+    /// rebuilt from exactly these, so none can be left out.
+    Position[] positions;
+}
+
+/// Opens the settlement state's trees against a state root (docs/settlement.md, "Hash and
+/// trees"): an account's leaf for the rollup's challenges, and a whole account with its
+/// positions for the exodus exit. Stateless but for the empty subtrees' hashes; created by the
+/// rollup in its constructor, and apart from it so that the rollup stays under the EVM's
+/// 24,576-byte code limit. Every check reverts with `BadProof` and what did not open.
+contract OptioTrees {
+    /// Index bits of the trees (arity 4: two bits per level, docs/settlement.md).
+    uint256 internal constant ACCOUNT_BITS = 24;
+    uint256 internal constant INSTRUMENT_BITS = 20;
+    uint256 internal constant POSITIONS_LEVELS = 10;
+    int256 internal constant QTY_SCALE = 1e8;
+
+    IPoseidon3 public immutable h3;
+    IPoseidon4 public immutable h4;
+    IPoseidon5 public immutable h5;
+    /// Hashes of empty subtrees of the positions tree, by height.
+    uint256[POSITIONS_LEVELS + 1] internal zeros;
+
+    error BadProof(string why);
+
+    constructor(IPoseidon3 h3_, IPoseidon4 h4_, IPoseidon5 h5_) {
+        (h3, h4, h5) = (h3_, h4_, h5_);
+        for (uint256 h = 0; h < POSITIONS_LEVELS; h++) {
+            zeros[h + 1] = h4_.poseidon([zeros[h], zeros[h], zeros[h], zeros[h]]);
+        }
+    }
+
+    /// Checks that `o` opens `account`'s leaf under state root `root`.
+    function checkOpening(uint256 root, uint32 account, AccountOpening calldata o) external view {
+        if (stateRoot(o.accountsRoot, o.instrumentsRoot, o.insurance, o.feePool, o.accounts, o.instruments) != root) revert BadProof("root");
+        uint256 leaf = h5.poseidon([uint256(uint160(o.owner)), Field.check(o.keysHash), uint256(o.nonce) | (uint256(o.positions) << 64), Field.fromInt(o.collateral), Field.check(o.positionsRoot)]);
+        if (!_member(o.accountsRoot, leaf, account, o.proof, ACCOUNT_BITS)) revert BadProof("account");
+    }
+
+    /// The keys hash of an account's session keys (as `AccountLeaf.keys_hash`).
+    function keysHash(SessionKey[] calldata keys) external view returns (uint256 h) {
+        for (uint256 i = 0; i < keys.length; i++) {
+            h = h3.poseidon([h, uint256(uint160(keys[i].key)), uint256(keys[i].expiryMs)]);
+        }
+    }
+
+    /// Checks exit proof `p` for `owner` against state root `root`; returns what the account is
+    /// owed there (negative: nothing): its collateral plus each position at its instrument's
+    /// committed mark.
+    function owed(uint256 root, ExitProof calldata p, address owner) external view returns (int256 total) {
+        if (stateRoot(p.accountsRoot, p.instrumentsRoot, p.insurance, p.feePool, p.accounts, p.instruments) != root) revert BadProof("root");
+        total = p.collateral;
+        uint256 n = p.positions.length;
+        uint256[] memory idx = new uint256[](n);
+        uint256[] memory val = new uint256[](n);
+        for (uint256 i = 0; i < n; i++) {
+            Position calldata x = p.positions[i];
+            if (i > 0 && x.instrument <= p.positions[i - 1].instrument) revert BadProof("positions order");
+            if (x.qty == 0) revert BadProof("flat position");
+            uint256 leaf = h5.poseidon([Field.check(x.specHash), uint256(x.status), Field.fromInt(x.mark), Field.check(x.riskHash), Field.fromInt(x.settlementPrice)]);
+            if (!_member(p.instrumentsRoot, leaf, x.instrument, x.instrumentProof, INSTRUMENT_BITS)) revert BadProof("instrument");
+            idx[i] = x.instrument;
+            val[i] = Field.fromInt(x.qty);
+            int256 value = int256(x.qty) * int256(x.mark);
+            // Floor division: a short position's liability is never rounded in the owner's favour.
+            total += value >= 0 ? value / QTY_SCALE : -((-value + QTY_SCALE - 1) / QTY_SCALE);
+        }
+        uint256 positionsRoot = _sparseRoot(idx, val, n);
+        uint256 accountLeaf = h5.poseidon([uint256(uint160(owner)), Field.check(p.keysHash), uint256(p.nonce) | (n << 64), Field.fromInt(p.collateral), positionsRoot]);
+        if (!_member(p.accountsRoot, accountLeaf, p.account, p.accountProof, ACCOUNT_BITS)) revert BadProof("account");
+    }
+
+    /// The state root over the two trees' roots and the funds leaf.
+    function stateRoot(uint256 accountsRoot, uint256 instrumentsRoot, int64 insurance, int64 feePool, uint32 accounts, uint32 instruments)
+        public
+        view
+        returns (uint256)
+    {
+        uint256 counts = uint256(accounts) | (uint256(instruments) << 32);
+        uint256 funds = h3.poseidon([Field.fromInt(insurance), Field.fromInt(feePool), counts]);
+        return h3.poseidon([Field.check(accountsRoot), Field.check(instrumentsRoot), funds]);
+    }
+
+    /// Whether `leaf` sits at `index` (below `2^bits`) under `root` in an arity-4 tree: per
+    /// level, the node's slot is two bits of the index and `siblings` holds the three other
+    /// children in slot order (leaf level first).
+    function _member(uint256 root, uint256 leaf, uint256 index, uint256[] calldata siblings, uint256 bits) internal view returns (bool) {
+        uint256 levels = bits / 2;
+        // An index beyond the tree would alias the leaf at its low bits.
+        if (index >> bits != 0 || siblings.length != 3 * levels) return false;
+        uint256 node = leaf;
+        uint256 k = 0;
+        for (uint256 h = 0; h < levels; h++) {
+            uint256 slot = (index >> (2 * h)) & 3;
+            uint256[4] memory c;
+            for (uint256 j = 0; j < 4; j++) {
+                c[j] = j == slot ? node : Field.check(siblings[k++]);
+            }
+            node = h4.poseidon(c);
+        }
+        return node == root;
+    }
+
+    /// Root of a positions tree holding exactly the given leaves (indices strictly increasing).
+    function _sparseRoot(uint256[] memory idx, uint256[] memory val, uint256 n) internal view returns (uint256) {
+        if (n == 0) return zeros[POSITIONS_LEVELS];
+        for (uint256 h = 0; h < POSITIONS_LEVELS; h++) {
+            uint256 m = 0;
+            uint256 i = 0;
+            while (i < n) {
+                uint256 parent = idx[i] >> 2;
+                uint256 z = zeros[h];
+                uint256[4] memory c = [z, z, z, z];
+                while (i < n && idx[i] >> 2 == parent) {
+                    c[idx[i] & 3] = val[i];
+                    i++;
+                }
+                idx[m] = parent;
+                val[m] = h4.poseidon(c);
+                m++;
+            }
+            n = m;
+        }
+        return val[0];
+    }
+}
