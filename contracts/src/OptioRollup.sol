@@ -728,6 +728,11 @@ contract OptioRollup {
         return priorityOps.length;
     }
 
+    /// The last finalized batch's root: after a freeze, the root every exit is paid from.
+    function finalRoot() external view returns (uint256) {
+        return batches[lastFinalized].root;
+    }
+
     function committedBatches() external view returns (uint256) {
         return batches.length - 1;
     }
@@ -735,7 +740,9 @@ contract OptioRollup {
     // ---- exodus ------------------------------------------------------------------------------
 
     /// After a freeze, pays an account's owner what the last finalized state owes it: its
-    /// collateral plus each position at its instrument's committed mark; once per account.
+    /// collateral plus each position at its instrument's committed mark; once per account. A
+    /// position carries its instrument's leaf and proof, or none once its instrument is opened
+    /// (`OptioTrees.openInstruments`: an account holding many positions opens them first).
     function exit(ExitProof calldata p) external returns (uint256 amount) {
         if (!frozen) revert NotFrozen();
         if (exited[p.account]) revert AlreadyExited(p.account);

@@ -36,6 +36,29 @@ struct AccountOpening {
     uint256[] proof;
 }
 
+/// An instrument's leaf with its proof in the instruments tree (siblings as `Position`'s).
+struct InstrumentLeaf {
+    uint32 instrument;
+    uint256 specHash;
+    uint64 status;
+    int64 mark;
+    uint256 riskHash;
+    int64 settlementPrice;
+    uint256[] proof;
+}
+
+/// Instruments' leaves opened against a state root: the funds and tree roots that make the
+/// root, then the leaves.
+struct InstrumentsOpening {
+    uint256 accountsRoot;
+    uint256 instrumentsRoot;
+    int64 insurance;
+    int64 feePool;
+    uint32 accounts;
+    uint32 instruments;
+    InstrumentLeaf[] leaves;
+}
+
 /// What an account proves to exit (docs/settlement.md, "Exit proof").
 struct ExitProof {
     uint32 account;
@@ -51,15 +74,26 @@ struct ExitProof {
     int64 collateral;
     uint256[] accountProof;
     /// Every open position, by instrument id, strictly increasing: the positions root is
-    /// rebuilt from exactly these, so none can be left out.
+    /// rebuilt from exactly these, so none can be left out. A position with no instrument proof
+    /// is valued at the mark its instrument was opened with (`OptioRollup.openInstruments`),
+    /// and its leaf's fields are not read.
     Position[] positions;
+}
+
+/// What `OptioTrees` reads of its rollup.
+interface IFrozenRollup {
+    function frozen() external view returns (bool);
+    /// The last finalized batch's root (after a freeze, the root every exit is paid from).
+    function finalRoot() external view returns (uint256);
 }
 
 /// Opens the settlement state's trees against a state root (docs/settlement.md, "Hash and
 /// trees"): an account's leaf for the rollup's challenges, and a whole account with its
-/// positions for the exodus exit. Stateless but for the empty subtrees' hashes; created by the
-/// rollup in its constructor, and apart from it so that the rollup stays under the EVM's
-/// 24,576-byte code limit. Every check reverts with `BadProof` and what did not open.
+/// positions for the exodus exit; after a freeze it records instruments' marks opened against
+/// the final root, so that an account holding many positions exits within a transaction's gas
+/// (`openInstruments`). Created by the rollup in its constructor, and apart from it so that the
+/// rollup stays under the EVM's 24,576-byte code limit. Every check reverts with `BadProof` and
+/// what did not open.
 contract OptioTrees {
     /// Index bits of the trees (arity 4: two bits per level, docs/settlement.md).
     uint256 internal constant ACCOUNT_BITS = 24;
@@ -67,15 +101,35 @@ contract OptioTrees {
     uint256 internal constant POSITIONS_LEVELS = 10;
     int256 internal constant QTY_SCALE = 1e8;
 
+    /// The rollup whose final root instruments are opened against (it created this contract).
+    IFrozenRollup public immutable rollup;
     IPoseidon3 public immutable h3;
     IPoseidon4 public immutable h4;
     IPoseidon5 public immutable h5;
     /// Hashes of empty subtrees of the positions tree, by height.
     uint256[POSITIONS_LEVELS + 1] internal zeros;
 
+    /// The final root the instruments were opened against (set by the first opening).
+    uint256 public openedAt;
+    /// The committed marks of the instruments opened for the exits, by id.
+    mapping(uint32 => OpenedMark) public openedMarks;
+
+    /// An instrument's mark in the final state, once its leaf was opened.
+    struct OpenedMark {
+        bool opened;
+        int64 mark;
+    }
+
+    event InstrumentOpened(uint32 indexed instrument, int64 mark);
+
     error BadProof(string why);
+    error NotFrozen();
+    /// An exit values a position at its instrument's opened mark, and the instrument is not
+    /// opened.
+    error NotOpened(uint32 instrument);
 
     constructor(IPoseidon3 h3_, IPoseidon4 h4_, IPoseidon5 h5_) {
+        rollup = IFrozenRollup(msg.sender);
         (h3, h4, h5) = (h3_, h4_, h5_);
         for (uint256 h = 0; h < POSITIONS_LEVELS; h++) {
             zeros[h + 1] = h4_.poseidon([zeros[h], zeros[h], zeros[h], zeros[h]]);
@@ -98,7 +152,9 @@ contract OptioTrees {
 
     /// Checks exit proof `p` for `owner` against state root `root`; returns what the account is
     /// owed there (negative: nothing): its collateral plus each position at its instrument's
-    /// committed mark.
+    /// committed mark. A position without an instrument proof is valued at the mark its
+    /// instrument was opened with (`openInstruments`, against the rollup's final root: the
+    /// rollup's exit passes that root).
     function owed(uint256 root, ExitProof calldata p, address owner) external view returns (int256 total) {
         if (stateRoot(p.accountsRoot, p.instrumentsRoot, p.insurance, p.feePool, p.accounts, p.instruments) != root) revert BadProof("root");
         total = p.collateral;
@@ -109,17 +165,45 @@ contract OptioTrees {
             Position calldata x = p.positions[i];
             if (i > 0 && x.instrument <= p.positions[i - 1].instrument) revert BadProof("positions order");
             if (x.qty == 0) revert BadProof("flat position");
-            uint256 leaf = h5.poseidon([Field.check(x.specHash), uint256(x.status), Field.fromInt(x.mark), Field.check(x.riskHash), Field.fromInt(x.settlementPrice)]);
-            if (!_member(p.instrumentsRoot, leaf, x.instrument, x.instrumentProof, INSTRUMENT_BITS)) revert BadProof("instrument");
+            int256 mark;
+            if (x.instrumentProof.length == 0) {
+                OpenedMark memory m = openedMarks[x.instrument];
+                if (!m.opened || root != openedAt) revert NotOpened(x.instrument);
+                mark = m.mark;
+            } else {
+                uint256 leaf = h5.poseidon([Field.check(x.specHash), uint256(x.status), Field.fromInt(x.mark), Field.check(x.riskHash), Field.fromInt(x.settlementPrice)]);
+                if (!_member(p.instrumentsRoot, leaf, x.instrument, x.instrumentProof, INSTRUMENT_BITS)) revert BadProof("instrument");
+                mark = x.mark;
+            }
             idx[i] = x.instrument;
             val[i] = Field.fromInt(x.qty);
-            int256 value = int256(x.qty) * int256(x.mark);
+            int256 value = int256(x.qty) * mark;
             // Floor division: a short position's liability is never rounded in the owner's favour.
             total += value >= 0 ? value / QTY_SCALE : -((-value + QTY_SCALE - 1) / QTY_SCALE);
         }
         uint256 positionsRoot = _sparseRoot(idx, val, n);
         uint256 accountLeaf = h5.poseidon([uint256(uint160(owner)), Field.check(p.keysHash), uint256(p.nonce) | (n << 64), Field.fromInt(p.collateral), positionsRoot]);
         if (!_member(p.accountsRoot, accountLeaf, p.account, p.accountProof, ACCOUNT_BITS)) revert BadProof("account");
+    }
+
+    /// After the rollup froze, records the marks of instruments whose leaves `o` opens against
+    /// its final root (the last finalized batch's), so that an exit values its positions in
+    /// them without their proofs. An instrument's proof costs about 880k gas and a transaction
+    /// may use at most 2^24 (EIP-7825), so an account holding many positions could not exit
+    /// in one transaction: its instruments are opened first, in as many calls as they need,
+    /// and each once for every account that holds it. Anyone may call.
+    function openInstruments(InstrumentsOpening calldata o) external {
+        if (!rollup.frozen()) revert NotFrozen();
+        uint256 root = rollup.finalRoot();
+        if (stateRoot(o.accountsRoot, o.instrumentsRoot, o.insurance, o.feePool, o.accounts, o.instruments) != root) revert BadProof("root");
+        openedAt = root;
+        for (uint256 i = 0; i < o.leaves.length; i++) {
+            InstrumentLeaf calldata x = o.leaves[i];
+            uint256 leaf = h5.poseidon([Field.check(x.specHash), uint256(x.status), Field.fromInt(x.mark), Field.check(x.riskHash), Field.fromInt(x.settlementPrice)]);
+            if (!_member(o.instrumentsRoot, leaf, x.instrument, x.proof, INSTRUMENT_BITS)) revert BadProof("instrument");
+            openedMarks[x.instrument] = OpenedMark(true, x.mark);
+            emit InstrumentOpened(x.instrument, x.mark);
+        }
     }
 
     /// The state root over the two trees' roots and the funds leaf.

@@ -3,7 +3,7 @@ pragma solidity ^0.8.20;
 
 import {MiniTest} from "./MiniTest.sol";
 import {IGroth16Verifier, OptioRollup} from "../src/OptioRollup.sol";
-import {ExitProof, Position} from "../src/OptioTrees.sol";
+import {ExitProof, InstrumentLeaf, InstrumentsOpening, OptioTrees, Position} from "../src/OptioTrees.sol";
 import {TestUSDC} from "../src/TestUSDC.sol";
 import {IPoseidon1, IPoseidon2, IPoseidon3, IPoseidon4, IPoseidon5} from "../src/Poseidon.sol";
 
@@ -279,6 +279,66 @@ contract RollupTest is WithHashers {
         hevm.prank(owner);
         hevm.expectRevert(abi.encodeWithSelector(OptioRollup.BadProof.selector, "instrument"));
         rollup.exit(p);
+    }
+
+    /// The exit proof's instruments opened against the final root (the funds and roots of `p`).
+    function opening(ExitProof memory p) internal pure returns (InstrumentsOpening memory o) {
+        (o.accountsRoot, o.instrumentsRoot, o.insurance, o.feePool, o.accounts, o.instruments) =
+            (p.accountsRoot, p.instrumentsRoot, p.insurance, p.feePool, p.accounts, p.instruments);
+        o.leaves = new InstrumentLeaf[](p.positions.length);
+        for (uint256 i = 0; i < p.positions.length; i++) {
+            Position memory x = p.positions[i];
+            o.leaves[i] = InstrumentLeaf(x.instrument, x.specHash, x.status, x.mark, x.riskHash, x.settlementPrice, x.instrumentProof);
+        }
+    }
+
+    /// An exit in parts: the instruments are opened first (anyone may, after the freeze and
+    /// against the final root only), and the exit then carries no instrument proofs and is paid
+    /// exactly what the one-call exit pays; a position whose instrument is not opened, or whose
+    /// proof is left out before any opening, is refused.
+    function test_an_account_exits_after_its_instruments_are_opened() public {
+        ExitProof memory p = proof();
+        InstrumentsOpening memory o = opening(p);
+        OptioTrees trees = rollup.trees();
+        hevm.expectRevert(abi.encodeWithSelector(OptioTrees.NotFrozen.selector));
+        trees.openInstruments(o);
+        operatorDisappears();
+        uint256 expected = uint256(int256(hevm.parseJsonInt(v, ".exit_proof.collateral"))) + 2_523e6;
+        Position[] memory proved = proof().positions;
+        for (uint256 i = 0; i < 2; i++) {
+            p.positions[i].instrumentProof = new uint256[](0);
+            // What the leaf says is not read once the instrument is opened.
+            p.positions[i].mark = 1;
+        }
+        hevm.prank(owner);
+        hevm.expectRevert(abi.encodeWithSelector(OptioTrees.NotOpened.selector, p.positions[0].instrument));
+        rollup.exit(p);
+        // A leaf other than the committed one, or funds other than the final root's.
+        o.leaves[1].mark += 1;
+        hevm.expectRevert(abi.encodeWithSelector(OptioTrees.BadProof.selector, "instrument"));
+        trees.openInstruments(o);
+        o.leaves[1].mark -= 1;
+        o.insurance += 1;
+        hevm.expectRevert(abi.encodeWithSelector(OptioTrees.BadProof.selector, "root"));
+        trees.openInstruments(o);
+        o.insurance -= 1;
+        // Only the second instrument: the first still needs its proof.
+        InstrumentLeaf[] memory both = o.leaves;
+        o.leaves = new InstrumentLeaf[](1);
+        o.leaves[0] = both[1];
+        hevm.prank(funder);
+        trees.openInstruments(o);
+        (bool opened, int64 mark) = trees.openedMarks(both[1].instrument);
+        assertTrue(opened, "opened");
+        assertEq(uint256(int256(mark)), uint256(int256(proved[1].mark)), "the committed mark");
+        hevm.prank(owner);
+        hevm.expectRevert(abi.encodeWithSelector(OptioTrees.NotOpened.selector, p.positions[0].instrument));
+        rollup.exit(p);
+        // The first position with its proof, the second from the opening.
+        p.positions[0] = proved[0];
+        hevm.prank(owner);
+        assertEq(rollup.exit(p), expected, "paid as the one-call exit");
+        assertEq(usdc.balanceOf(owner), expected, "received");
     }
 
     function test_no_exit_before_a_freeze_and_no_freeze_while_the_operator_serves() public {

@@ -156,6 +156,33 @@ mod bindings {
                 uint256 amount;
             }
             function batches(uint256) external view returns (uint256 root, bytes32 dataHash, bytes32 withdrawalsHash, uint64 lastSeq, uint64 committedAt, uint64 priorityServed, uint64 time, bytes32 authHash);
+            function trees() external view returns (address);
+            function finalRoot() external view returns (uint256);
+        }
+
+        #[sol(rpc)]
+        contract OptioTrees {
+            struct InstrumentLeaf {
+                uint32 instrument;
+                uint256 specHash;
+                uint64 status;
+                int64 mark;
+                uint256 riskHash;
+                int64 settlementPrice;
+                uint256[] proof;
+            }
+            struct InstrumentsOpening {
+                uint256 accountsRoot;
+                uint256 instrumentsRoot;
+                int64 insurance;
+                int64 feePool;
+                uint32 accounts;
+                uint32 instruments;
+                InstrumentLeaf[] leaves;
+            }
+            function openInstruments(InstrumentsOpening calldata o) external;
+            function openedMarks(uint32 instrument) external view returns (bool opened, int64 mark);
+            function openedAt() external view returns (uint256);
         }
 
         #[sol(rpc)]
@@ -187,7 +214,7 @@ mod bindings {
     }
 }
 
-pub use bindings::{Groth16Verifier, OptioJudge, OptioRollup, TestUSDC};
+pub use bindings::{Groth16Verifier, OptioJudge, OptioRollup, OptioTrees, TestUSDC};
 
 /// Why the settler stopped.
 #[derive(Debug, thiserror::Error)]
@@ -1024,7 +1051,7 @@ impl std::fmt::Debug for Challenge {
 /// The `AccountOpening` argument of a challenge: the account's leaf and its proof from an exit
 /// proof (the positions are not needed).
 pub fn opening_call(proof: &optio_state::ExitProof) -> OptioRollup::AccountOpening {
-    let u = |f: &optio_state::Fr| U256::from_be_bytes(optio_state::poseidon::to_bytes(f));
+    let u = field_word;
     OptioRollup::AccountOpening {
         accountsRoot: u(&proof.accounts_root),
         instrumentsRoot: u(&proof.instruments_root),
@@ -1472,9 +1499,60 @@ async fn audit_priority(
     Ok(None)
 }
 
-/// The exit call for `proof` (the Rust exit proof in the contract's ABI).
+/// A field element as a contract word.
+fn field_word(f: &optio_state::Fr) -> U256 {
+    U256::from_be_bytes(optio_state::poseidon::to_bytes(f))
+}
+
+/// Positions whose instruments' proofs an exit carries itself; an account holding more has the
+/// instruments not opened yet opened first (`OptioTrees.openInstruments`), since one
+/// instrument's proof costs about 880k gas and a transaction may use at most 2^24 (EIP-7825).
+pub const EXIT_INLINE_PROOFS: usize = 8;
+/// Instruments opened per transaction (10.5M gas, under the 2^24 cap with room).
+pub const OPEN_CHUNK: usize = 12;
+
+/// The call that opens `positions` (indices into `proof.positions`) of an exit proof's
+/// instruments against its root.
+pub fn opening_of(
+    proof: &optio_state::ExitProof,
+    positions: &[usize],
+) -> OptioTrees::InstrumentsOpening {
+    let u = field_word;
+    OptioTrees::InstrumentsOpening {
+        accountsRoot: u(&proof.accounts_root),
+        instrumentsRoot: u(&proof.instruments_root),
+        insurance: proof.insurance.0,
+        feePool: proof.fee_pool.0,
+        accounts: proof.accounts,
+        instruments: proof.instruments,
+        leaves: positions
+            .iter()
+            .map(|&i| {
+                let (instrument, _, _, leaf, inst_proof) = &proof.positions[i];
+                OptioTrees::InstrumentLeaf {
+                    instrument: instrument.0,
+                    specHash: u(&leaf.spec_hash),
+                    status: leaf.status,
+                    mark: leaf.mark.0,
+                    riskHash: u(&leaf.risk_hash),
+                    settlementPrice: leaf.settlement_price.0,
+                    proof: inst_proof.siblings.iter().map(u).collect(),
+                }
+            })
+            .collect(),
+    }
+}
+
+/// The exit call for `proof` (the Rust exit proof in the contract's ABI), every position with
+/// its instrument's proof.
 pub fn exit_call(proof: &optio_state::ExitProof) -> OptioRollup::ExitProof {
-    let u = |f: &optio_state::Fr| U256::from_be_bytes(optio_state::poseidon::to_bytes(f));
+    exit_call_opened(proof, &vec![false; proof.positions.len()])
+}
+
+/// The exit call for `proof`, position `i` without its instrument's proof when `opened[i]`
+/// (the instrument was opened on L1: the contract values it at the opened mark).
+pub fn exit_call_opened(proof: &optio_state::ExitProof, opened: &[bool]) -> OptioRollup::ExitProof {
+    let u = field_word;
     OptioRollup::ExitProof {
         account: proof.account.0,
         accountsRoot: u(&proof.accounts_root),
@@ -1490,8 +1568,9 @@ pub fn exit_call(proof: &optio_state::ExitProof) -> OptioRollup::ExitProof {
         positions: proof
             .positions
             .iter()
+            .zip(opened)
             .map(
-                |(instrument, qty, _, leaf, inst_proof)| OptioRollup::Position {
+                |((instrument, qty, _, leaf, inst_proof), &opened)| OptioRollup::Position {
                     instrument: instrument.0,
                     qty: qty.0,
                     specHash: u(&leaf.spec_hash),
@@ -1499,7 +1578,11 @@ pub fn exit_call(proof: &optio_state::ExitProof) -> OptioRollup::ExitProof {
                     mark: leaf.mark.0,
                     riskHash: u(&leaf.risk_hash),
                     settlementPrice: leaf.settlement_price.0,
-                    instrumentProof: inst_proof.siblings.iter().map(u).collect(),
+                    instrumentProof: if opened {
+                        Vec::new()
+                    } else {
+                        inst_proof.siblings.iter().map(u).collect()
+                    },
                 },
             )
             .collect(),
@@ -1609,7 +1692,28 @@ async fn exit_account(
         .exit_proof(optio_types::AccountId(account))
         .ok_or_else(|| SettlerError::Rpc(format!("no account {account} in the finalized state")))?;
     let contract = OptioRollup::new(rollup, provider);
-    let call = contract.exit(exit_call(&proof)).from(owner);
+    let trees = OptioTrees::new(contract.trees().call().await.map_err(rpc)?, provider);
+    let mut opened = Vec::with_capacity(proof.positions.len());
+    for (instrument, ..) in &proof.positions {
+        opened.push(
+            trees
+                .openedMarks(instrument.0)
+                .call()
+                .await
+                .map_err(rpc)?
+                .opened,
+        );
+    }
+    let unopened: Vec<usize> = (0..opened.len()).filter(|&i| !opened[i]).collect();
+    if unopened.len() > EXIT_INLINE_PROOFS {
+        for chunk in unopened.chunks(OPEN_CHUNK) {
+            transact(trees.openInstruments(opening_of(&proof, chunk)).from(owner))
+                .await
+                .map_err(|e| SettlerError::Rpc(format!("opening instruments: {e}")))?;
+        }
+        opened.iter_mut().for_each(|o| *o = true);
+    }
+    let call = contract.exit(exit_call_opened(&proof, &opened)).from(owner);
     let paid = call.call().await.map_err(rpc)?;
     let pending = call.send().await.map_err(rpc)?;
     let receipt = mined(provider, *pending.tx_hash()).await?;

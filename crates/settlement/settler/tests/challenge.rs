@@ -756,15 +756,7 @@ async fn users_exit_whole(
         let proof = finalized
             .exit_proof(AccountId(account))
             .expect("exit proof");
-        let owed = proof.leaf.collateral.0
-            + proof
-                .positions
-                .iter()
-                .map(|(_, q, _, leaf, _)| {
-                    (i128::from(q.0) * i128::from(leaf.mark.0)).div_euclid(i128::from(QTY_SCALE))
-                        as i64
-                })
-                .sum::<i64>();
+        let owed = owed_at_exit(finalized, account);
         let held = usdc.balanceOf(who).call().await.expect("reads");
         transact(OptioRollup::new(d.rollup, &user).exit(optio_settler::exit_call(&proof)))
             .await
@@ -775,6 +767,20 @@ async fn users_exit_whole(
             "account {account}"
         );
     }
+}
+
+/// What `account` is owed at the exit from `state`: its collateral plus each position at its
+/// committed mark, a short's value rounded against it.
+fn owed_at_exit(state: &SettlementState, account: u32) -> i64 {
+    let proof = state.exit_proof(AccountId(account)).expect("exit proof");
+    proof.leaf.collateral.0
+        + proof
+            .positions
+            .iter()
+            .map(|(_, q, _, leaf, _)| {
+                (i128::from(q.0) * i128::from(leaf.mark.0)).div_euclid(i128::from(QTY_SCALE)) as i64
+            })
+            .sum::<i64>()
 }
 
 /// Every fill of Alice's order (sell 1 at 1,000, signed once) is within its limit and its
@@ -2048,4 +2054,145 @@ async fn an_option_expired_before_its_date_is_caught_reverted_and_slashed() {
     );
     reverted_to(&rollup, 1).await;
     users_exit_whole(&anvil, &d, &finalized).await;
+}
+
+/// The escape hatch for an account holding many positions, on a real EVM: Alice writes a tenth
+/// of a contract of each of 58 instruments (the devnet's listing: the perpetual and 57 calls)
+/// to Bob in a finalized batch, then the operator leaves a deposit unserved and anyone
+/// freezes. Alice's one-call exit, every instrument's proof in it, needs more gas than a
+/// transaction may use (EIP-7825's 2^24); `exit_from_l1` (what `optio exit` runs) opens the
+/// instruments first, in parts, and the exit values her positions at the opened marks. Bob
+/// exits after her without opening anything. Both are paid exactly what the finalized state
+/// owes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_holding_every_instrument_exits_in_parts() {
+    const HELD: u32 = 58;
+    let Rig {
+        anvil, operator, d, ..
+    } = rig(Address::ZERO).await;
+    let rollup = OptioRollup::new(d.rollup, &operator);
+    let mut ops = opening_ops(&bob_buys(QTY_SCALE / 10));
+    for k in 1..HELD {
+        let instrument = InstrumentId(k);
+        ops.extend([
+            Op::ListInstrument {
+                spec: InstrumentSpec::with_defaults(
+                    format!("BTC-27DEC24-{}-C", 50_000 + 1_000 * k)
+                        .parse()
+                        .expect("name"),
+                    Price(200_000 * MONEY_SCALE),
+                ),
+            },
+            Op::ActivateInstrument { instrument },
+            Op::Fill {
+                instrument,
+                maker: AccountId(0),
+                taker: AccountId(1),
+                taker_side: Side::Buy,
+                price: Price(1_000 * USDC),
+                qty: Qty(QTY_SCALE / 10),
+            },
+            Op::Mark {
+                instrument,
+                mark: Price((900 + i64::from(k)) * USDC),
+                risk: (0..13).map(|k| Amount(k * 1_000 - 5_000)).collect(),
+            },
+        ]);
+    }
+    let mut finalized = SettlementState::new();
+    let b1 = post(&mut finalized, 1, &ops);
+    commit(&rollup, 1, word(&SettlementState::new().root()), &b1, &[]).await;
+    transact(rollup.finalize()).await.expect("finalizes");
+
+    // A deposit the operator never serves, and the freeze once it is overdue.
+    let usdc = TestUSDC::new(d.usdc, &operator);
+    let me = optio_settler::signer_address(OPERATOR).expect("address");
+    transact(usdc.mint(me, U256::from(USDC as u64)))
+        .await
+        .expect("mint");
+    transact(usdc.approve(d.rollup, U256::MAX))
+        .await
+        .expect("approve");
+    transact(rollup.deposit(u32::MAX, U256::from(USDC as u64)))
+        .await
+        .expect("deposit");
+    let _: serde_json::Value = operator
+        .raw_request("evm_increaseTime".into(), (6 * 3_600 + 1u64,))
+        .await
+        .expect("time");
+    transact(rollup.freeze())
+        .await
+        .expect("anyone freezes once a deposit is overdue");
+
+    for account in [0, 1] {
+        assert_eq!(
+            finalized
+                .exit_proof(AccountId(account))
+                .expect("exit proof")
+                .positions
+                .len(),
+            HELD as usize
+        );
+    }
+    let alice = connect(&anvil.url, ALICE).expect("provider");
+    let who = optio_settler::signer_address(ALICE).expect("address");
+    let one_call = OptioRollup::new(d.rollup, &alice)
+        .exit(optio_settler::exit_call(
+            &finalized.exit_proof(AccountId(0)).expect("exit proof"),
+        ))
+        .from(who)
+        .estimate_gas()
+        .await;
+    match one_call {
+        Ok(gas) => {
+            println!("Alice's one-call exit ({HELD} instrument proofs): {gas} gas");
+            assert!(gas > 1 << 24, "the one-call exit fits a transaction");
+        }
+        Err(e) => println!("Alice's one-call exit ({HELD} instrument proofs) does not fit: {e}"),
+    }
+    let (paid, gas) = exit_from_l1_gas(&anvil, &d, ALICE, 0).await;
+    assert_eq!(
+        paid,
+        owed_at_exit(&finalized, 0),
+        "Alice is paid what she is owed"
+    );
+    println!("Alice's exit in parts: {gas:?} gas (the openings, then the exit)");
+    assert!(gas.len() > 1, "the instruments were opened first");
+    let (paid, gas) = exit_from_l1_gas(&anvil, &d, BOB, 1).await;
+    assert_eq!(
+        paid,
+        owed_at_exit(&finalized, 1),
+        "Bob is paid what he is owed"
+    );
+    assert_eq!(gas.len(), 1, "Bob's exit opens nothing: {gas:?}");
+}
+
+/// `exit_from_l1` for `account` by its owner's `key`: what it paid, and the gas of each
+/// transaction it sent (each must succeed within EIP-7825's cap).
+async fn exit_from_l1_gas(
+    anvil: &optio_contracts::Anvil,
+    d: &optio_settler::Deployment,
+    key: &str,
+    account: u32,
+) -> (i64, Vec<u64>) {
+    let user = connect(&anvil.url, key).expect("provider");
+    let who = optio_settler::signer_address(key).expect("address");
+    let before = user.get_block_number().await.expect("block");
+    let paid = optio_settler::exit_from_l1(&user, d.rollup, account, who)
+        .await
+        .expect("exits");
+    let mut gas = Vec::new();
+    for block in before + 1..=user.get_block_number().await.expect("block") {
+        for receipt in user
+            .get_block_receipts(block.into())
+            .await
+            .expect("receipts")
+            .expect("the block")
+        {
+            assert!(receipt.status(), "every transaction of the exit succeeded");
+            assert!(receipt.gas_used <= 1 << 24, "within EIP-7825's cap");
+            gas.push(receipt.gas_used);
+        }
+    }
+    (i64::try_from(paid).expect("an amount"), gas)
 }
