@@ -176,6 +176,14 @@ pub struct ExitArgs {
 /// Submits an exodus exit built from L1 data alone, and takes back the key's deposits the
 /// finalized state never served.
 pub fn exit(args: ExitArgs) -> Result<()> {
+    // Tells on stderr what an exit in parts sends before it (the instruments it opens); stdout
+    // keeps the results.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

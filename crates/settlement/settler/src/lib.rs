@@ -1707,9 +1707,15 @@ async fn exit_account(
     let unopened: Vec<usize> = (0..opened.len()).filter(|&i| !opened[i]).collect();
     if unopened.len() > EXIT_INLINE_PROOFS {
         for chunk in unopened.chunks(OPEN_CHUNK) {
-            transact(trees.openInstruments(opening_of(&proof, chunk)).from(owner))
+            let receipt = transact(trees.openInstruments(opening_of(&proof, chunk)).from(owner))
                 .await
                 .map_err(|e| SettlerError::Rpc(format!("opening instruments: {e}")))?;
+            tracing::info!(
+                account,
+                instruments = chunk.len(),
+                gas = receipt.gas_used,
+                "opened instruments for the exit (their marks, once for every account)"
+            );
         }
         opened.iter_mut().for_each(|o| *o = true);
     }
