@@ -2245,6 +2245,15 @@ impl<M: MarginModel> Engine<M> {
             .map(|a| (a.balance, a.requirement, a.free_collateral()))
     }
 
+    /// An account's maintenance requirement net of its positions' values (a mark-margined
+    /// account whose balance falls below it is liquidated unless fully collateralized), and what
+    /// its balance holds above full collateral of its positions (`optio_types::full_collateral`:
+    /// below zero it can default).
+    pub fn maintenance(&self, id: AccountId) -> Option<(Amount, i128)> {
+        let a = self.accounts.get(id.0 as usize)?;
+        Some((a.maintenance, self.full_collateral_free(id)))
+    }
+
     /// An account's position in an instrument: size, average entry price (cost / size, rounded
     /// toward zero; `None` when flat) and realized P&L.
     pub fn position_view(

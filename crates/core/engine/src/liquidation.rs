@@ -1,4 +1,5 @@
-//! Liquidation: below maintenance an account's orders are cancelled and its positions are sold
+//! Liquidation: below maintenance an account that is not fully collateralized (its collateral
+//! short of the worst-case payoff of its shorts) has its orders cancelled and its positions sold
 //! by a Dutch auction to liquidators; what the auction cannot place is deleveraged against the
 //! most profitable opposite positions at the mark (their orders in that instrument cancelled); a deficit left on a bankrupt account is
 //! covered by the pre-committed waterfall.
@@ -91,7 +92,10 @@ impl<M: MarginModel> Engine<M> {
             if acct.mode == MarginMode::WorstCase {
                 continue;
             }
-            let below = acct.balance < acct.maintenance;
+            // Below maintenance, and able to default: an account whose balance covers the
+            // worst-case payoff of every short it holds (`short_cover`, whatever the marks) can
+            // pay all it may ever owe, so it is never liquidated.
+            let below = acct.balance < acct.maintenance && self.short_cover(account) < 0;
             match (acct.liquidating_since, below) {
                 (None, true) => {
                     self.accounts[account.0 as usize].liquidating_since = Some(self.time_ms);
@@ -212,6 +216,9 @@ impl<M: MarginModel> Engine<M> {
             return Err(RejectCode::InstrumentNotActive);
         }
         let since = target.liquidating_since.ok_or(RejectCode::NotLiquidating)?;
+        if self.short_cover(account) >= 0 {
+            return Err(RejectCode::NotLiquidating);
+        }
         if taker.owner == target.owner {
             return Err(RejectCode::SelfLiquidation);
         }
@@ -354,7 +361,10 @@ impl<M: MarginModel> Engine<M> {
         let bounded = self.limits.fill_budget != FillBudget::UNBOUNDED;
         let mut count = FillCount::default();
         for (_, counterparty, q) in ranked {
-            if left == 0 {
+            // Buying back a short at no more than its worst-case payoff, or selling a long, never
+            // lowers what the account holds above its shorts' worst case: once it covers them,
+            // the account can no longer default, and the rest of its position stays.
+            if left == 0 || self.short_cover(account) >= 0 {
                 break;
             }
             let take = left.min(q.abs());

@@ -735,6 +735,25 @@ impl<M: MarginModel> Engine<M> {
             })
     }
 
+    /// What `account`'s balance holds above what its shorts can owe at worst, exactly, in 1e-8
+    /// micro-USDC (`balance * 1e8 - sum optio_types::short_liability`, orders aside), whatever
+    /// its margin mode; marks play no part. At or above zero the account can pay all it may
+    /// ever owe and is never liquidated.
+    pub(crate) fn short_cover(&self, account: AccountId) -> i128 {
+        let acct = &self.accounts[account.0 as usize];
+        acct.positions.iter().fold(
+            i128::from(acct.balance.0) * i128::from(optio_types::QTY_SCALE),
+            |cover, (&instrument, &slot)| {
+                let position = self.positions[slot as usize].exposure.position;
+                let spec = &self.instruments[instrument.0 as usize].spec;
+                // (A spec whose payoff overflows was refused at listing.)
+                cover.saturating_sub(
+                    optio_types::short_liability(spec, position).unwrap_or(i128::MAX / 4),
+                )
+            },
+        )
+    }
+
     /// Refuses money out of an account holding more open positions than a validity proof can
     /// price (`EngineLimits::max_positions_to_withdraw`).
     pub(crate) fn check_positions_to_withdraw(&self, account: AccountId) -> Result<(), RejectCode> {

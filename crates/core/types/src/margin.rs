@@ -71,6 +71,16 @@ pub fn full_collateral(spec: &InstrumentSpec, position: Qty) -> Result<i128, Ari
     WorstCaseMargin::liability(position.0, spec.max_payoff_per_contract()?)
 }
 
+/// What `position` of `spec` can owe at worst, exactly, in 1e-8 micro-USDC: `max(-x, 0) * W`
+/// ([`full_collateral`] before its rounding up). An account whose balance times 1e8 covers the
+/// sum over its positions can pay all it may ever owe, whatever the index does: it is never
+/// liquidated, whatever its margin mode. The rule needs neither the index nor the margin mode,
+/// which the settlement state does not hold, so a validity proof can check it of a liquidation.
+pub fn short_liability(spec: &InstrumentSpec, position: Qty) -> Result<i128, ArithError> {
+    let w = spec.max_payoff_per_contract()?;
+    Ok(i128::from(position.0.saturating_neg().max(0)) * i128::from(w.0))
+}
+
 impl MarginModel for WorstCaseMargin {
     fn requirement(&self, spec: &InstrumentSpec, e: &Exposure) -> Result<Amount, ArithError> {
         let w = spec.max_payoff_per_contract()?;

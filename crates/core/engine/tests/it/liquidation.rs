@@ -378,6 +378,11 @@ fn liquidation_history(
     let mut apply = |e: &mut Engine, time: u64, command: Command, events: &mut Vec<Event>| {
         events.clear();
         let update = matches!(command, Command::OracleUpdate(_));
+        // Accounts that cover the worst-case payoff of their shorts: never liquidated.
+        let covered: std::collections::BTreeSet<AccountId> = (0..e.account_count() as u32)
+            .map(AccountId)
+            .filter(|&a| e.maintenance(a).is_some_and(|(_, surplus)| surplus >= 0))
+            .collect();
         let _ = e.apply(
             &optio_types::Input {
                 time_ms: time,
@@ -453,6 +458,10 @@ fn liquidation_history(
                     ..
                 } => {
                     counts.1 += 1;
+                    assert!(
+                        !covered.contains(account),
+                        "{account:?} covered its shorts: {events:?}"
+                    );
                     settled_before.remove(account);
                     // Inside the stress range of the mark it was priced at, on the liquidated
                     // account's side (what a validity proof checks).
@@ -1688,4 +1697,106 @@ fn keep_free(e: &mut Engine, time: u64, account: u32, keep: i64) -> Vec<Event> {
         },
     )
     .expect("withdraws")
+}
+
+/// Account 0 (standard margin) keeps `collateral` and sells one 60,000 put (instrument 1, whose
+/// worst-case payoff is the strike) at 1,000, half to account 1 and half to account 2; then a
+/// crash to 26,000 puts the put deep in the money. Returns the crash's events and its time.
+fn crashed_put_writer(collateral: i64) -> (Engine, Vec<Event>, u64) {
+    let mut e = engine_with(EngineLimits::default(), 3, usd(200_000));
+    run(&mut e, T0, Command::OracleUpdate(update(60_000.0, T0))).expect("oracle");
+    for command in [
+        Command::SetMarginMode {
+            account: AccountId(0),
+            mode: MarginMode::Standard,
+        },
+        Command::Withdraw {
+            account: AccountId(0),
+            amount: usd(200_000 - collateral),
+        },
+    ] {
+        run(&mut e, T0, command).expect("accepted");
+    }
+    trade(&mut e, 0, 1, 1, Side::Sell, 1_000, 50);
+    trade(&mut e, 0, 2, 1, Side::Sell, 1_000, 50);
+    let (events, t) = crash(&mut e, 26_000.0);
+    // Below maintenance either way: about 2 x the put's mark of some 34,000 plus 7.5% of the
+    // index, against a balance of about 60,000.
+    let (balance, _, _) = e.collateral(AccountId(0)).expect("exists");
+    let (maintenance, _) = e.maintenance(AccountId(0)).expect("exists");
+    assert!(balance < maintenance, "{balance:?} < {maintenance:?}");
+    (e, events, t)
+}
+
+/// An account whose collateral covers the worst-case payoff of its shorts can pay all it may
+/// ever owe: below maintenance it is still never liquidated (what a validity proof can check
+/// of a liquidation without the index and the margin mode). With 59,500 beside the premium
+/// the writer covers the put's 60,000; with 58,000 it does not, is liquidated, and deleveraging
+/// stops as soon as it covers what is left.
+#[test]
+fn a_margin_account_that_covers_its_shorts_worst_case_is_never_liquidated() {
+    let (mut e, events, t) = crashed_put_writer(59_500);
+    let (_, surplus) = e.maintenance(AccountId(0)).expect("exists");
+    assert!(surplus >= 0, "fully collateralized: {surplus}");
+    assert!(
+        !events
+            .iter()
+            .any(|ev| matches!(ev, Event::LiquidationStarted { .. })),
+        "{events:?}"
+    );
+    let before = e.state_hash();
+    assert_eq!(
+        run(
+            &mut e,
+            t,
+            Command::Liquidate {
+                liquidator: AccountId(1),
+                account: AccountId(0),
+                instrument: InstrumentId(1),
+                qty: Qty(50 * STEP),
+            }
+        ),
+        Err(RejectCode::NotLiquidating)
+    );
+    assert_eq!(e.state_hash(), before);
+
+    let (mut e, events, t) = crashed_put_writer(58_000);
+    assert!(e.maintenance(AccountId(0)).expect("exists").1 < 0);
+    assert!(
+        events.contains(&Event::LiquidationStarted {
+            account: AccountId(0)
+        }),
+        "{events:?}"
+    );
+    // Past the auction, with nobody bidding: deleveraged against the put's holders.
+    let t = t + 15 * 60_000;
+    run(&mut e, t, Command::OracleUpdate(update(26_100.0, t))).expect("fresh marks");
+    let events = run(
+        &mut e,
+        t,
+        Command::Deleverage {
+            account: AccountId(0),
+            instrument: InstrumentId(1),
+        },
+    )
+    .expect("deleveraged");
+    let transfers: Vec<u32> = events
+        .iter()
+        .filter_map(|ev| match ev {
+            Event::LiquidationTransfer { counterparty, .. } => Some(counterparty.0),
+            _ => None,
+        })
+        .collect();
+    // Buying back half at the mark (below the strike) covers the other half: account 2 keeps
+    // its long, and the liquidation ends.
+    assert_eq!(transfers, vec![1], "{events:?}");
+    assert!(events.contains(&Event::LiquidationEnded {
+        account: AccountId(0)
+    }));
+    let held = e
+        .position_view(AccountId(0), InstrumentId(1))
+        .expect("held");
+    assert_eq!(held.0, Qty(-50 * STEP));
+    assert!(e.maintenance(AccountId(0)).expect("exists").1 >= 0);
+    e.check_invariants().expect("audit");
 }
