@@ -4,6 +4,17 @@ pragma solidity ^0.8.20;
 import {Field, IPoseidon3, IPoseidon4, IPoseidon5} from "./Poseidon.sol";
 import {SessionKey} from "./Words.sol";
 
+/// What a state root hashes (docs/settlement.md, "Hash and trees"): the two trees' roots, the
+/// funds, and how many accounts were opened and instruments listed (the next ids).
+struct StateOpening {
+    uint256 accountsRoot;
+    uint256 instrumentsRoot;
+    int64 insurance;
+    int64 feePool;
+    uint32 accounts;
+    uint32 instruments;
+}
+
 /// One open position of an exiting account, with its instrument's leaf and the proof of that
 /// leaf in the instruments tree.
 struct Position {
@@ -17,15 +28,10 @@ struct Position {
     uint256[] instrumentProof;
 }
 
-/// An account's leaf opened against a batch's root: the funds and tree roots that make the
-/// state root, the leaf's fields and its proof in the accounts tree.
+/// An account's leaf opened against a batch's root: the state root's parts, the leaf's fields
+/// and its proof in the accounts tree.
 struct AccountOpening {
-    uint256 accountsRoot;
-    uint256 instrumentsRoot;
-    int64 insurance;
-    int64 feePool;
-    uint32 accounts;
-    uint32 instruments;
+    StateOpening state;
     address owner;
     uint256 keysHash;
     uint64 nonce;
@@ -47,28 +53,16 @@ struct InstrumentLeaf {
     uint256[] proof;
 }
 
-/// Instruments' leaves opened against a state root: the funds and tree roots that make the
-/// root, then the leaves.
+/// Instruments' leaves opened against a state root: the root's parts, then the leaves.
 struct InstrumentsOpening {
-    uint256 accountsRoot;
-    uint256 instrumentsRoot;
-    int64 insurance;
-    int64 feePool;
-    uint32 accounts;
-    uint32 instruments;
+    StateOpening state;
     InstrumentLeaf[] leaves;
 }
 
 /// What an account proves to exit (docs/settlement.md, "Exit proof").
 struct ExitProof {
     uint32 account;
-    uint256 accountsRoot;
-    uint256 instrumentsRoot;
-    int64 insurance;
-    int64 feePool;
-    /// Accounts opened and instruments listed (the funds leaf holds them: the next ids).
-    uint32 accounts;
-    uint32 instruments;
+    StateOpening state;
     uint256 keysHash;
     uint64 nonce;
     int64 collateral;
@@ -138,9 +132,9 @@ contract OptioTrees {
 
     /// Checks that `o` opens `account`'s leaf under state root `root`.
     function checkOpening(uint256 root, uint32 account, AccountOpening calldata o) external view {
-        if (stateRoot(o.accountsRoot, o.instrumentsRoot, o.insurance, o.feePool, o.accounts, o.instruments) != root) revert BadProof("root");
+        if (stateRoot(o.state) != root) revert BadProof("root");
         uint256 leaf = h5.poseidon([uint256(uint160(o.owner)), Field.check(o.keysHash), uint256(o.nonce) | (uint256(o.positions) << 64), Field.fromInt(o.collateral), Field.check(o.positionsRoot)]);
-        if (!_member(o.accountsRoot, leaf, account, o.proof, ACCOUNT_BITS)) revert BadProof("account");
+        if (!_member(o.state.accountsRoot, leaf, account, o.proof, ACCOUNT_BITS)) revert BadProof("account");
     }
 
     /// The keys hash of an account's session keys (as `AccountLeaf.keys_hash`).
@@ -156,7 +150,7 @@ contract OptioTrees {
     /// instrument was opened with (`openInstruments`, against the rollup's final root: the
     /// rollup's exit passes that root).
     function owed(uint256 root, ExitProof calldata p, address owner) external view returns (int256 total) {
-        if (stateRoot(p.accountsRoot, p.instrumentsRoot, p.insurance, p.feePool, p.accounts, p.instruments) != root) revert BadProof("root");
+        if (stateRoot(p.state) != root) revert BadProof("root");
         total = p.collateral;
         uint256 n = p.positions.length;
         uint256[] memory idx = new uint256[](n);
@@ -172,7 +166,7 @@ contract OptioTrees {
                 mark = m.mark;
             } else {
                 uint256 leaf = h5.poseidon([Field.check(x.specHash), uint256(x.status), Field.fromInt(x.mark), Field.check(x.riskHash), Field.fromInt(x.settlementPrice)]);
-                if (!_member(p.instrumentsRoot, leaf, x.instrument, x.instrumentProof, INSTRUMENT_BITS)) revert BadProof("instrument");
+                if (!_member(p.state.instrumentsRoot, leaf, x.instrument, x.instrumentProof, INSTRUMENT_BITS)) revert BadProof("instrument");
                 mark = x.mark;
             }
             idx[i] = x.instrument;
@@ -183,7 +177,7 @@ contract OptioTrees {
         }
         uint256 positionsRoot = _sparseRoot(idx, val, n);
         uint256 accountLeaf = h5.poseidon([uint256(uint160(owner)), Field.check(p.keysHash), uint256(p.nonce) | (n << 64), Field.fromInt(p.collateral), positionsRoot]);
-        if (!_member(p.accountsRoot, accountLeaf, p.account, p.accountProof, ACCOUNT_BITS)) revert BadProof("account");
+        if (!_member(p.state.accountsRoot, accountLeaf, p.account, p.accountProof, ACCOUNT_BITS)) revert BadProof("account");
     }
 
     /// After the rollup froze, records the marks of instruments whose leaves `o` opens against
@@ -195,26 +189,22 @@ contract OptioTrees {
     function openInstruments(InstrumentsOpening calldata o) external {
         if (!rollup.frozen()) revert NotFrozen();
         uint256 root = rollup.finalRoot();
-        if (stateRoot(o.accountsRoot, o.instrumentsRoot, o.insurance, o.feePool, o.accounts, o.instruments) != root) revert BadProof("root");
+        if (stateRoot(o.state) != root) revert BadProof("root");
         openedAt = root;
         for (uint256 i = 0; i < o.leaves.length; i++) {
             InstrumentLeaf calldata x = o.leaves[i];
             uint256 leaf = h5.poseidon([Field.check(x.specHash), uint256(x.status), Field.fromInt(x.mark), Field.check(x.riskHash), Field.fromInt(x.settlementPrice)]);
-            if (!_member(o.instrumentsRoot, leaf, x.instrument, x.proof, INSTRUMENT_BITS)) revert BadProof("instrument");
+            if (!_member(o.state.instrumentsRoot, leaf, x.instrument, x.proof, INSTRUMENT_BITS)) revert BadProof("instrument");
             openedMarks[x.instrument] = OpenedMark(true, x.mark);
             emit InstrumentOpened(x.instrument, x.mark);
         }
     }
 
     /// The state root over the two trees' roots and the funds leaf.
-    function stateRoot(uint256 accountsRoot, uint256 instrumentsRoot, int64 insurance, int64 feePool, uint32 accounts, uint32 instruments)
-        public
-        view
-        returns (uint256)
-    {
-        uint256 counts = uint256(accounts) | (uint256(instruments) << 32);
-        uint256 funds = h3.poseidon([Field.fromInt(insurance), Field.fromInt(feePool), counts]);
-        return h3.poseidon([Field.check(accountsRoot), Field.check(instrumentsRoot), funds]);
+    function stateRoot(StateOpening calldata s) public view returns (uint256) {
+        uint256 counts = uint256(s.accounts) | (uint256(s.instruments) << 32);
+        uint256 funds = h3.poseidon([Field.fromInt(s.insurance), Field.fromInt(s.feePool), counts]);
+        return h3.poseidon([Field.check(s.accountsRoot), Field.check(s.instrumentsRoot), funds]);
     }
 
     /// Whether `leaf` sits at `index` (below `2^bits`) under `root` in an arity-4 tree: per

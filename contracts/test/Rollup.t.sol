@@ -187,12 +187,12 @@ contract RollupTest is WithHashers {
     function proof() internal view returns (ExitProof memory p) {
         string memory e = ".exit_proof";
         p.account = uint32(hevm.parseJsonUint(v, ".exit_proof.account"));
-        p.accountsRoot = hevm.parseJsonUint(v, ".exit_proof.accounts_root");
-        p.instrumentsRoot = hevm.parseJsonUint(v, ".exit_proof.instruments_root");
-        p.insurance = int64(hevm.parseJsonInt(v, ".exit_proof.insurance"));
-        p.feePool = int64(hevm.parseJsonInt(v, ".exit_proof.fee_pool"));
-        p.accounts = uint32(hevm.parseJsonUint(v, ".exit_proof.accounts"));
-        p.instruments = uint32(hevm.parseJsonUint(v, ".exit_proof.instruments"));
+        p.state.accountsRoot = hevm.parseJsonUint(v, ".exit_proof.accounts_root");
+        p.state.instrumentsRoot = hevm.parseJsonUint(v, ".exit_proof.instruments_root");
+        p.state.insurance = int64(hevm.parseJsonInt(v, ".exit_proof.insurance"));
+        p.state.feePool = int64(hevm.parseJsonInt(v, ".exit_proof.fee_pool"));
+        p.state.accounts = uint32(hevm.parseJsonUint(v, ".exit_proof.accounts"));
+        p.state.instruments = uint32(hevm.parseJsonUint(v, ".exit_proof.instruments"));
         p.keysHash = hevm.parseJsonUint(v, ".exit_proof.keys_hash");
         p.nonce = uint64(hevm.parseJsonUint(v, ".exit_proof.nonce"));
         p.collateral = int64(hevm.parseJsonInt(v, ".exit_proof.collateral"));
@@ -283,8 +283,7 @@ contract RollupTest is WithHashers {
 
     /// The exit proof's instruments opened against the final root (the funds and roots of `p`).
     function opening(ExitProof memory p) internal pure returns (InstrumentsOpening memory o) {
-        (o.accountsRoot, o.instrumentsRoot, o.insurance, o.feePool, o.accounts, o.instruments) =
-            (p.accountsRoot, p.instrumentsRoot, p.insurance, p.feePool, p.accounts, p.instruments);
+        o.state = p.state;
         o.leaves = new InstrumentLeaf[](p.positions.length);
         for (uint256 i = 0; i < p.positions.length; i++) {
             Position memory x = p.positions[i];
@@ -318,10 +317,10 @@ contract RollupTest is WithHashers {
         hevm.expectRevert(abi.encodeWithSelector(OptioTrees.BadProof.selector, "instrument"));
         trees.openInstruments(o);
         o.leaves[1].mark -= 1;
-        o.insurance += 1;
+        o.state.insurance += 1;
         hevm.expectRevert(abi.encodeWithSelector(OptioTrees.BadProof.selector, "root"));
         trees.openInstruments(o);
-        o.insurance -= 1;
+        o.state.insurance -= 1;
         // Only the second instrument: the first still needs its proof.
         InstrumentLeaf[] memory both = o.leaves;
         o.leaves = new InstrumentLeaf[](1);

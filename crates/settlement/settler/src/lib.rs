@@ -37,14 +37,17 @@ mod bindings {
                 int64 settlementPrice;
                 uint256[] instrumentProof;
             }
-            struct ExitProof {
-                uint32 account;
+            struct StateOpening {
                 uint256 accountsRoot;
                 uint256 instrumentsRoot;
                 int64 insurance;
                 int64 feePool;
                 uint32 accounts;
                 uint32 instruments;
+            }
+            struct ExitProof {
+                uint32 account;
+                StateOpening state;
                 uint256 keysHash;
                 uint64 nonce;
                 int64 collateral;
@@ -52,12 +55,7 @@ mod bindings {
                 Position[] positions;
             }
             struct AccountOpening {
-                uint256 accountsRoot;
-                uint256 instrumentsRoot;
-                int64 insurance;
-                int64 feePool;
-                uint32 accounts;
-                uint32 instruments;
+                StateOpening state;
                 address owner;
                 uint256 keysHash;
                 uint64 nonce;
@@ -172,12 +170,7 @@ mod bindings {
                 uint256[] proof;
             }
             struct InstrumentsOpening {
-                uint256 accountsRoot;
-                uint256 instrumentsRoot;
-                int64 insurance;
-                int64 feePool;
-                uint32 accounts;
-                uint32 instruments;
+                OptioRollup.StateOpening state;
                 InstrumentLeaf[] leaves;
             }
             function openInstruments(InstrumentsOpening calldata o) external;
@@ -1048,17 +1041,25 @@ impl std::fmt::Debug for Challenge {
     }
 }
 
-/// The `AccountOpening` argument of a challenge: the account's leaf and its proof from an exit
-/// proof (the positions are not needed).
-pub fn opening_call(proof: &optio_state::ExitProof) -> OptioRollup::AccountOpening {
+/// What the state root of an exit proof hashes (the `state` of every opening against it).
+pub fn state_opening(proof: &optio_state::ExitProof) -> OptioRollup::StateOpening {
     let u = field_word;
-    OptioRollup::AccountOpening {
+    OptioRollup::StateOpening {
         accountsRoot: u(&proof.accounts_root),
         instrumentsRoot: u(&proof.instruments_root),
         insurance: proof.insurance.0,
         feePool: proof.fee_pool.0,
         accounts: proof.accounts,
         instruments: proof.instruments,
+    }
+}
+
+/// The `AccountOpening` argument of a challenge: the account's leaf and its proof from an exit
+/// proof (the positions are not needed).
+pub fn opening_call(proof: &optio_state::ExitProof) -> OptioRollup::AccountOpening {
+    let u = field_word;
+    OptioRollup::AccountOpening {
+        state: state_opening(proof),
         owner: Address::from(proof.leaf.owner.0),
         keysHash: u(&proof.leaf.keys_hash),
         nonce: proof.leaf.nonce,
@@ -1519,12 +1520,7 @@ pub fn opening_of(
 ) -> OptioTrees::InstrumentsOpening {
     let u = field_word;
     OptioTrees::InstrumentsOpening {
-        accountsRoot: u(&proof.accounts_root),
-        instrumentsRoot: u(&proof.instruments_root),
-        insurance: proof.insurance.0,
-        feePool: proof.fee_pool.0,
-        accounts: proof.accounts,
-        instruments: proof.instruments,
+        state: state_opening(proof),
         leaves: positions
             .iter()
             .map(|&i| {
@@ -1555,12 +1551,7 @@ pub fn exit_call_opened(proof: &optio_state::ExitProof, opened: &[bool]) -> Opti
     let u = field_word;
     OptioRollup::ExitProof {
         account: proof.account.0,
-        accountsRoot: u(&proof.accounts_root),
-        instrumentsRoot: u(&proof.instruments_root),
-        insurance: proof.insurance.0,
-        feePool: proof.fee_pool.0,
-        accounts: proof.accounts,
-        instruments: proof.instruments,
+        state: state_opening(proof),
         keysHash: u(&proof.leaf.keys_hash),
         nonce: proof.leaf.nonce,
         collateral: proof.leaf.collateral.0,
