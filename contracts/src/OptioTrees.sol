@@ -35,8 +35,11 @@ struct AccountOpening {
     address owner;
     uint256 keysHash;
     uint64 nonce;
-    /// Open positions (docs/settlement.md: the leaf's third field is nonce + 2^64 positions).
+    /// Open positions (docs/settlement.md: the leaf's third field is nonce + 2^64 positions +
+    /// 2^96 liability).
     uint32 positions;
+    /// What its shorts can owe at worst (sum |q| * W, 1e-8 micro-USDC).
+    uint160 liability;
     int64 collateral;
     uint256 positionsRoot;
     uint256[] proof;
@@ -65,6 +68,8 @@ struct ExitProof {
     StateOpening state;
     uint256 keysHash;
     uint64 nonce;
+    /// The leaf's liability (sum |q| * W over its shorts): it hashes in the leaf's third field.
+    uint160 liability;
     int64 collateral;
     uint256[] accountProof;
     /// Every open position, by instrument id, strictly increasing: the positions root is
@@ -133,7 +138,7 @@ contract OptioTrees {
     /// Checks that `o` opens `account`'s leaf under state root `root`.
     function checkOpening(uint256 root, uint32 account, AccountOpening calldata o) external view {
         if (stateRoot(o.state) != root) revert BadProof("root");
-        uint256 leaf = h5.poseidon([uint256(uint160(o.owner)), Field.check(o.keysHash), uint256(o.nonce) | (uint256(o.positions) << 64), Field.fromInt(o.collateral), Field.check(o.positionsRoot)]);
+        uint256 leaf = h5.poseidon([uint256(uint160(o.owner)), Field.check(o.keysHash), _countsWord(o.nonce, o.positions, o.liability), Field.fromInt(o.collateral), Field.check(o.positionsRoot)]);
         if (!_member(o.state.accountsRoot, leaf, account, o.proof, ACCOUNT_BITS)) revert BadProof("account");
     }
 
@@ -176,7 +181,7 @@ contract OptioTrees {
             total += value >= 0 ? value / QTY_SCALE : -((-value + QTY_SCALE - 1) / QTY_SCALE);
         }
         uint256 positionsRoot = _sparseRoot(idx, val, n);
-        uint256 accountLeaf = h5.poseidon([uint256(uint160(owner)), Field.check(p.keysHash), uint256(p.nonce) | (n << 64), Field.fromInt(p.collateral), positionsRoot]);
+        uint256 accountLeaf = h5.poseidon([uint256(uint160(owner)), Field.check(p.keysHash), _countsWord(p.nonce, n, p.liability), Field.fromInt(p.collateral), positionsRoot]);
         if (!_member(p.state.accountsRoot, accountLeaf, p.account, p.accountProof, ACCOUNT_BITS)) revert BadProof("account");
     }
 
@@ -205,6 +210,12 @@ contract OptioTrees {
         uint256 counts = uint256(s.accounts) | (uint256(s.instruments) << 32);
         uint256 funds = h3.poseidon([Field.fromInt(s.insurance), Field.fromInt(s.feePool), counts]);
         return h3.poseidon([Field.check(s.accountsRoot), Field.check(s.instrumentsRoot), funds]);
+    }
+
+    /// An account leaf's third field: the nonce, the open-position count above its 64 bits and
+    /// the liability above the count's 32, a field element (it splits one way only).
+    function _countsWord(uint64 nonce, uint256 positions, uint160 liability) internal pure returns (uint256) {
+        return Field.check(uint256(nonce) | (positions << 64) | (uint256(liability) << 96));
     }
 
     /// Whether `leaf` sits at `index` (below `2^bits`) under `root` in an arity-4 tree: per

@@ -61,7 +61,8 @@ contract PoseidonTest is WithHashers {
             [
                 uint256(uint160(hevm.parseJsonAddress(v, ".leaves.account.owner"))),
                 hevm.parseJsonUint(v, ".leaves.account.keys_hash"),
-                hevm.parseJsonUint(v, ".leaves.account.nonce") | (hevm.parseJsonUint(v, ".leaves.account.positions") << 64),
+                hevm.parseJsonUint(v, ".leaves.account.nonce") | (hevm.parseJsonUint(v, ".leaves.account.positions") << 64)
+                    | (hevm.parseJsonUint(v, ".leaves.account.liability") << 96),
                 _field(hevm.parseJsonInt(v, ".leaves.account.collateral")),
                 hevm.parseJsonUint(v, ".leaves.account.positions_root")
             ]
@@ -195,6 +196,7 @@ contract RollupTest is WithHashers {
         p.state.instruments = uint32(hevm.parseJsonUint(v, ".exit_proof.instruments"));
         p.keysHash = hevm.parseJsonUint(v, ".exit_proof.keys_hash");
         p.nonce = uint64(hevm.parseJsonUint(v, ".exit_proof.nonce"));
+        p.liability = uint160(hevm.parseJsonUint(v, ".exit_proof.liability"));
         p.collateral = int64(hevm.parseJsonInt(v, ".exit_proof.collateral"));
         p.accountProof = hevm.parseJsonUintArray(v, ".exit_proof.account_proof");
         p.positions = new Position[](2);

@@ -134,6 +134,8 @@ pub fn exit_proof(args: ExitProofArgs) -> Result<()> {
             "owner": hex(&p.leaf.owner.0),
             "keys_hash": to_hex(&p.leaf.keys_hash),
             "nonce": p.leaf.nonce,
+            "positions": p.leaf.positions,
+            "liability": p.leaf.liability.to_string(),
             "collateral": p.leaf.collateral.0,
             "positions_root": to_hex(&p.leaf.positions_root),
         },

@@ -72,7 +72,9 @@
 
 use ark_ff::{BigInteger, PrimeField};
 use ark_relations::gr1cs::{ConstraintSynthesizer, ConstraintSystemRef, SynthesisError};
-use optio_state::leaf::{ACCOUNT_DEPTH, INSTRUMENT_DEPTH, RISK_CHUNK, spec, status};
+use optio_state::leaf::{
+    ACCOUNT_DEPTH, INSTRUMENT_DEPTH, LIABILITY_BITS, RISK_CHUNK, spec, status,
+};
 use optio_state::poseidon::{Fr, from_i64};
 use optio_state::smt::empty_root;
 use optio_types::fixed::FEE_RATE_SCALE;
@@ -115,8 +117,13 @@ struct AccountWires {
     owner0: Wire,
     keys0: Wire,
     nonce0: Wire,
-    /// Open positions before (the leaf's third field is `nonce + 2^64 * open positions`).
+    /// Open positions before (the leaf's third field is `nonce + 2^64 * open positions +
+    /// 2^96 * liability`).
     count0: Wire,
+    /// What its shorts can owe at worst before (`sum |q| * W`, the leaf's liability).
+    liability0: Wire,
+    /// The same as the ops leave it.
+    liability: Wire,
     /// Money leaves it in the batch: every position it held before is in a register.
     margined: Wire,
     collateral0: Wire,
@@ -145,6 +152,8 @@ struct PositionWires {
     /// 1 when it held a position before the batch.
     nz0: Wire,
     qty: Wire,
+    /// The short part of `qty` (`max(-qty, 0)`), as the ops leave it.
+    short: Wire,
     used: Wire,
 }
 
@@ -345,8 +354,10 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
         );
         // The leaf's third field splits one way only.
         let count0 = cs.witness(Fr::from(r.open_positions))?;
+        let liability0 = cs.witness(r.liability)?;
         cs.range(&nonce0, 64)?;
         cs.range(&count0, 32)?;
+        cs.range(&liability0, LIABILITY_BITS)?;
         accounts.push(AccountWires {
             enabled: cs.boolean(r.enabled)?,
             opened: cs.boolean(r.opened)?,
@@ -361,6 +372,8 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
             keys0,
             nonce0,
             count0,
+            liability: liability0.clone(),
+            liability0,
             margined: cs.boolean(r.margined)?,
             collateral0,
             positions_root0,
@@ -387,7 +400,9 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
         let instrument_bits = cs.bits(&instrument, INSTRUMENT_DEPTH as usize)?;
         let qty0 = cs.witness(q.qty)?;
         let nz0 = cs.is_nonzero(&qty0)?;
+        let (_, short) = long_short(cs, &qty0)?;
         positions.push(PositionWires {
+            short,
             nz0,
             enabled,
             account,
@@ -450,20 +465,7 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
         let low = mark.add(&scenario_value(cs, &risk, i.low)?);
         let high = mark.add(&scenario_value(cs, &risk, i.high)?);
         let fee_reference = fee_reference(cs, &spec)?;
-        // The worst-case payoff per contract (`InstrumentSpec::max_payoff_per_contract`): a
-        // call's `cap - strike`, a put's strike, a perpetual's cap, times the multiplier, / 1e8
-        // rounded up (below 2^72: a listing's cap and multiplier are bounded).
-        let per_unit = spec
-            .cap
-            .sub(&cs.mul(&spec.is_put, &spec.cap)?)
-            .sub(&cs.mul(&spec.is_call, &spec.strike)?)
-            .add(&cs.mul(&spec.is_put, &spec.strike)?);
-        let max_payoff = ceil_div(
-            cs,
-            &cs.mul(&per_unit, &spec.multiplier)?,
-            QTY_SCALE as u64,
-            72,
-        )?;
+        let max_payoff = max_payoff(cs, &spec)?;
         instruments.push(InstrumentWires {
             id,
             maker_rate: spec.maker_rate,
@@ -586,6 +588,7 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
             (&a.keys0, Wire::zero()),
             (&a.nonce0, Wire::zero()),
             (&a.count0, Wire::zero()),
+            (&a.liability0, Wire::zero()),
             (&a.collateral0, Wire::zero()),
             (&a.positions_root0, empty_positions.clone()),
         ] {
@@ -596,7 +599,9 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
         let leaf = cs.poseidon(&[
             a.owner0.clone(),
             a.keys0.clone(),
-            a.nonce0.add(&a.count0.scale(pow2(64))),
+            a.nonce0
+                .add(&a.count0.scale(pow2(64)))
+                .add(&a.liability0.scale(pow2(96))),
             a.collateral0.clone(),
             a.positions_root0.clone(),
         ])?;
@@ -605,10 +610,13 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
         let old = cs.merkle_root(&old_leaf, &a.id_bits, &siblings)?;
         cs.equal_if(&a.enabled, &old, &accounts_root)?;
         cs.signed_range(&a.collateral, 64)?;
+        cs.range(&a.liability, LIABILITY_BITS)?;
         let new_leaf = cs.poseidon(&[
             a.owner.clone(),
             a.keys.clone(),
-            a.nonce.add(&count.scale(pow2(64))),
+            a.nonce
+                .add(&count.scale(pow2(64)))
+                .add(&a.liability.scale(pow2(96))),
             a.collateral.clone(),
             a.positions_root.clone(),
         ])?;
@@ -967,6 +975,18 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     cs.enforce(&claimed, &st.insurance, &Wire::zero())?;
     cs.enforce(&claimed, &st.fee_pool, &Wire::zero())?;
 
+    // The liquidated account (b) before the op could default: its collateral does not cover
+    // what its shorts can owe at worst, `collateral * 1e8 < liability` (an account that covers
+    // them can pay all it may ever owe, and the engine never liquidates it:
+    // `optio_types::short_liability`). The liability, below 2^157, less the collateral times
+    // 1e8, below 2^90 in size, is below 2^158; a difference at or below zero is far above it.
+    let b_collateral = pick(cs, &sel_b, st.accounts.iter().map(|a| a.collateral.clone()))?;
+    let b_liability = pick(cs, &sel_b, st.accounts.iter().map(|a| a.liability.clone()))?;
+    let uncovered = b_liability
+        .sub(&b_collateral.scale(Fr::from(QTY_SCALE as u64)))
+        .add_const(-Fr::from(1u64));
+    cs.range(&cs.mul(&liquidation, &uncovered)?, LIABILITY_BITS + 1)?;
+
     // Cash, nonces, owners and openings on the account registers.
     let cash_sign = Wire::sum([&deposit, &l1_deposit, &deficit])
         .sub(&withdraw)
@@ -1061,6 +1081,10 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     )?;
     let a_id = pick(cs, &sel_a, st.accounts.iter().map(|a| a.id.clone()))?;
     let b_id = pick(cs, &sel_b, st.accounts.iter().map(|a| a.id.clone()))?;
+    // A trade is between two accounts (the engine's self-trade prevention and its liquidations
+    // never pair an account with itself), so its two position registers differ.
+    let same = not(&cs.is_nonzero(&a_id.sub(&b_id))?);
+    cs.enforce(&trade, &same, &Wire::zero())?;
     // An opened account takes the next id.
     cs.equal_if(&open, &a_id, &st.next_account)?;
     st.next_account = st.next_account.add(&open);
@@ -1078,11 +1102,43 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     let held_b = pick(cs, &sel_pb, st.positions.iter().map(|q| q.qty.clone()))?;
     let left = cs.mul(&sign, &held_b)?.scale(-Fr::from(1u64)).sub(&qty);
     cs.range(&cs.mul(&liquidation, &left)?, 64)?;
+    // What the shorts can owe at worst follows the trade: each register's short part follows
+    // its quantity, and its account's liability moves by the change times the instrument's
+    // worst-case payoff per contract.
+    let held_a = pick(cs, &sel_pa, st.positions.iter().map(|q| q.qty.clone()))?;
+    let (_, short_a) = long_short(cs, &held_a.sub(&taker_moves))?;
+    let (_, short_b) = long_short(cs, &held_b.add(&taker_moves))?;
+    let moved_a = short_a.sub(&pick(
+        cs,
+        &sel_pa,
+        st.positions.iter().map(|q| q.short.clone()),
+    )?);
+    let moved_b = short_b.sub(&pick(
+        cs,
+        &sel_pb,
+        st.positions.iter().map(|q| q.short.clone()),
+    )?);
+    let payoff = pick(
+        cs,
+        &sel_i,
+        st.instruments.iter().map(|i| i.max_payoff.clone()),
+    )?;
+    let (owed_a, owed_b) = (cs.mul(&payoff, &moved_a)?, cs.mul(&payoff, &moved_b)?);
+    for (a, (x, y)) in st.accounts.iter_mut().zip(sel_a.iter().zip(&sel_b)) {
+        a.liability = a
+            .liability
+            .add(&cs.mul(x, &owed_a)?)
+            .add(&cs.mul(y, &owed_b)?);
+    }
     for (q, (x, y)) in st.positions.iter_mut().zip(sel_pa.iter().zip(&sel_pb)) {
         q.qty = q
             .qty
             .sub(&cs.mul(x, &taker_moves)?)
             .add(&cs.mul(y, &taker_moves)?);
+        q.short = q
+            .short
+            .add(&cs.mul(x, &moved_a)?)
+            .add(&cs.mul(y, &moved_b)?);
     }
 
     st.fee_pool = st.fee_pool.add(&cs.mul(&fill, &maker_fee.add(&taker_fee))?);
@@ -1122,6 +1178,41 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
 /// `|q * (mark + RA[s])| < 2^127` and at most 2^7 instruments, so a total below zero (`p - |t|`)
 /// is far above `2^135`.
 const STRESS_BITS: usize = 135;
+
+/// The worst-case payoff per contract of a spec's opened terms
+/// (`InstrumentSpec::max_payoff_per_contract`): a call's `cap - strike`, a put's strike, a
+/// perpetual's cap, times the multiplier, / 1e8 rounded up (below 2^72: a listing's cap and
+/// multiplier are bounded).
+fn max_payoff(cs: &Cs, spec: &SpecWires) -> R<Wire> {
+    let per_unit = spec
+        .cap
+        .sub(&cs.mul(&spec.is_put, &spec.cap)?)
+        .sub(&cs.mul(&spec.is_call, &spec.strike)?)
+        .add(&cs.mul(&spec.is_put, &spec.strike)?);
+    ceil_div(
+        cs,
+        &cs.mul(&per_unit, &spec.multiplier)?,
+        QTY_SCALE as u64,
+        72,
+    )
+}
+
+/// `q` split into its long and short parts (`q = long - short`, `long * short = 0`, each below
+/// 2^64): for a quantity below 2^63 in size, one way only.
+fn long_short(cs: &Cs, q: &Wire) -> R<(Wire, Wire)> {
+    let negative = signed_order(q.value) < signed_order(Fr::from(0u64));
+    let (long, short) = if negative {
+        (Fr::from(0u64), -q.value)
+    } else {
+        (q.value, Fr::from(0u64))
+    };
+    let (long, short) = (cs.witness(long)?, cs.witness(short)?);
+    cs.equal(&long.sub(&short), q)?;
+    cs.enforce(&long, &short, &Wire::zero())?;
+    cs.range(&long, 64)?;
+    cs.range(&short, 64)?;
+    Ok((long, short))
+}
 
 /// `floor(cap * multiplier / 1e8)` of a spec's opened terms (each below 2^64, as listed):
 /// the quotient below 2^100 and the remainder below 1e8 make it exact.
@@ -1278,17 +1369,7 @@ fn margin_slots(cs: &Cs, w: &BatchWitness, st: &Running, prices: &[Vec<Wire>]) -
         // instrument's worst-case payoff per contract).
         let mut surplus = collateral.clone();
         for (q, i) in held.iter().zip(&st.instruments) {
-            let negative = signed_order(q.value) < signed_order(Fr::from(0u64));
-            let (long, short) = if negative {
-                (Fr::from(0u64), -q.value)
-            } else {
-                (q.value, Fr::from(0u64))
-            };
-            let (long, short) = (cs.witness(long)?, cs.witness(short)?);
-            cs.equal(&long.sub(&short), q)?;
-            cs.enforce(&long, &short, &Wire::zero())?;
-            cs.range(&long, 64)?;
-            cs.range(&short, 64)?;
+            let (_, short) = long_short(cs, q)?;
             let owed = cs.mul(&short, &i.max_payoff)?;
             surplus = surplus.sub(&ceil_div(cs, &owed, QTY_SCALE as u64, 110)?);
         }
@@ -1629,6 +1710,7 @@ fn settle_slot(cs: &Cs, o: &SettleSlot, st: &mut Running, instruments_root: &mut
     let bits = cs.bits(&instrument, INSTRUMENT_DEPTH as usize)?;
     cs.equal_if(&not(&enabled), &instrument, &Wire::zero())?;
     let (spec_hash, spec) = spec_wires(cs, &o.spec)?;
+    let payoff = max_payoff(cs, &spec)?;
     let status = cs.witness(Fr::from(o.before.status))?;
     let settled_before = cs.witness(from_i64(o.before.settlement_price.0))?;
     let old_leaf = cs.poseidon(&[
@@ -1742,8 +1824,15 @@ fn settle_slot(cs: &Cs, o: &SettleSlot, st: &mut Running, instruments_root: &mut
         for (a, x) in st.accounts.iter_mut().zip(&sel_a) {
             a.collateral = a.collateral.add(&cs.mul(x, &cash)?);
         }
+        // What is settled of a short no longer counts in its account's liability.
+        let settled_short = cs.mul(&short, &size)?;
+        let owed = cs.mul(&payoff, &settled_short)?;
         for (q, x) in st.positions.iter_mut().zip(&sel_p) {
             q.qty = q.qty.sub(&cs.mul(x, &qty)?);
+            q.short = q.short.sub(&cs.mul(x, &settled_short)?);
+        }
+        for (a, x) in st.accounts.iter_mut().zip(&sel_a) {
+            a.liability = a.liability.sub(&cs.mul(x, &owed)?);
         }
         let after = pick(cs, &sel_a, st.accounts.iter().map(|a| a.collateral.clone()))?;
         cs.signed_range(&after, 64)?;

@@ -20,7 +20,7 @@ use optio_state::leaf::{
 use optio_state::poseidon::{Fr, from_address, hash};
 use optio_state::smt::{Proof, SparseMerkleTree};
 use optio_state::{Op, SettlementState};
-use optio_types::{AccountId, Address, InstrumentId, InstrumentSpec, QTY_SCALE};
+use optio_types::{AccountId, Address, InstrumentId, InstrumentSpec, QTY_SCALE, Qty};
 
 /// Op kinds as the circuit numbers them (the blob's, `optio_state::blob::kind`).
 pub mod kind {
@@ -268,6 +268,8 @@ pub struct AccountReg {
     pub nonce: Fr,
     /// Open positions (non-zero leaves of its positions tree).
     pub open_positions: u64,
+    /// What its shorts can owe at worst (`Account::liability`).
+    pub liability: Fr,
     /// Collateral.
     pub collateral: Fr,
     /// Root of its positions tree.
@@ -831,12 +833,25 @@ struct Acct {
 }
 
 impl Acct {
-    fn leaf(&self) -> Fr {
+    /// What its shorts can owe at worst, `payoffs` by instrument id (`Account::liability`).
+    fn liability(&self, payoffs: &[i64]) -> u128 {
+        self.positions.iter().fold(0u128, |sum, (id, q)| {
+            let q = Qty(i64::try_from(*q).expect("a position fits i64"));
+            let w = payoffs.get(*id as usize).copied().unwrap_or(0);
+            sum.saturating_add(leaf::liability_of(q, w))
+        })
+    }
+
+    fn leaf(&self, payoffs: &[i64]) -> Fr {
         let open = self.positions.values().filter(|q| **q != 0).count();
         hash(&[
             self.owner,
             leaf::keys_hash(&self.keys),
-            leaf::nonce_word(u64::try_from(self.nonce).expect("a u64 nonce"), open as u32),
+            leaf::nonce_word(
+                u64::try_from(self.nonce).expect("a u64 nonce"),
+                open as u32,
+                self.liability(payoffs),
+            ),
             fr(self.collateral),
             self.tree.root(),
         ])
@@ -1282,6 +1297,12 @@ pub fn witness(
         ..
     } = plan(state, ops, shape)?;
     let accounts = state.accounts();
+    // Each instrument's worst-case payoff per contract, those the batch lists included: what an
+    // account leaf's liability weighs a short by.
+    let payoffs: Vec<i64> = specs
+        .iter()
+        .map(|spec| spec.max_payoff_per_contract().map_or(0, |p| p.0))
+        .collect();
 
     // Registers, with the values before the batch.
     let account_ids: Vec<u32> = account_ids.into_iter().collect();
@@ -1335,6 +1356,7 @@ pub fn witness(
             keys_hash: leaf::keys_hash(&acct.keys),
             nonce: fr(acct.nonce),
             open_positions: acct.open,
+            liability: Fr::from(acct.liability(&payoffs)),
             collateral: fr(acct.collateral),
             positions_root: acct.tree.root(),
             margined: margin_slots.iter().any(|(_, a, _)| *a == id),
@@ -1639,7 +1661,7 @@ pub fn witness(
             let before = if reg.opened {
                 Fr::from(0u64)
             } else {
-                accounts[id as usize].leaf().hash()
+                accounts[id as usize].leaf(&payoffs).hash()
             };
             (u64::from(id), before, state.account_proof(AccountId(id)))
         })
@@ -1648,7 +1670,7 @@ pub fn witness(
     for (reg, acct) in account_regs.iter_mut().zip(&accts) {
         reg.siblings = path(&account_tree, u64::from(reg.id));
         account_tree
-            .set(u64::from(reg.id), acct.leaf())
+            .set(u64::from(reg.id), acct.leaf(&payoffs))
             .expect("ids fit the depth");
     }
     account_regs.resize_with(shape.accounts, || AccountReg {

@@ -133,6 +133,36 @@ fn owner_of(account: AccountId) -> Address {
 }
 
 /// A random batch of covered ops that keeps every rule.
+/// A withdrawal that leaves one of `genesis`'s accounts (1,000,000 each) with 100,000.
+fn down_to_100_000(account: u32) -> Op {
+    Op::Withdraw {
+        account: AccountId(account),
+        owner: owner_of(AccountId(account)),
+        amount: Amount(900_000 * MONEY_SCALE),
+    }
+}
+
+/// The accounts that trade in random batches: account 5 is the leveraged writer
+/// (`leveraged_writer`), only liquidated.
+const FUNDED: u32 = 5;
+
+/// `genesis(6)` with account 5 down to 100,000 and short 10 perpetuals (a worst-case payoff of
+/// 200,000 each) sold to account 4 at 10,000: it could default, so random batches liquidate it.
+fn leveraged_writer() -> SettlementState {
+    let state = after(&genesis(6), &[down_to_100_000(5)]);
+    after(
+        &state,
+        &[Op::Fill {
+            instrument: InstrumentId(0),
+            maker: AccountId(5),
+            taker: AccountId(4),
+            taker_side: Side::Buy,
+            price: Price(10_000 * MONEY_SCALE),
+            qty: Qty(10 * QTY_SCALE),
+        }],
+    )
+}
+
 fn random_batch(rng: &mut ChaCha8Rng, state: &SettlementState, priority: &mut u64) -> Vec<Op> {
     // The funded accounts (an account opened here has nothing to pay with).
     let n = 6;
@@ -222,11 +252,22 @@ fn random_batch(rng: &mut ChaCha8Rng, state: &SettlementState, priority: &mut u6
                     owner: Address([9; 20]),
                 }
             }
-            7 | 8 if a != b => {
-                // A liquidation of part of a's position, inside the committed stress range on
-                // its side.
+            7 | 8 => {
+                // A liquidation of part of the position of an account that could default (its
+                // collateral short of what its shorts can owe at worst), inside the committed
+                // stress range on its side, to a funded counterparty.
                 let mut now = state.clone();
                 now.apply_batch(&ops).expect("the batch so far applies");
+                let b = AccountId(b.0 % FUNDED);
+                let Some(a) = (0..n).map(AccountId).find(|&x| {
+                    let account = &now.accounts()[x.0 as usize];
+                    let liability = account.liability(&now.payoffs());
+                    x != b
+                        && i128::from(account.collateral.0) * i128::from(QTY_SCALE)
+                            < liability as i128
+                }) else {
+                    continue;
+                };
                 let positions = &now.accounts()[a.0 as usize].positions;
                 let first = rng.random_range(0..2);
                 let Some((instrument, held)) = [first, 1 - first]
@@ -258,10 +299,11 @@ fn random_batch(rng: &mut ChaCha8Rng, state: &SettlementState, priority: &mut u6
                     )),
                 }
             }
+            _ if a.0 % FUNDED == b.0 % FUNDED => continue,
             _ => Op::Fill {
                 instrument: InstrumentId(rng.random_range(0..2)),
-                maker: a,
-                taker: b,
+                maker: AccountId(a.0 % FUNDED),
+                taker: AccountId(b.0 % FUNDED),
                 taker_side: if rng.random_bool(0.5) {
                     Side::Buy
                 } else {
@@ -320,7 +362,7 @@ fn marked(state: &SettlementState, id: u32, price: i64) -> SettlementState {
 #[test]
 fn random_batches_satisfy_the_circuit_with_the_native_root() {
     let mut rng = ChaCha8Rng::seed_from_u64(7);
-    let mut state = genesis(6);
+    let mut state = leveraged_writer();
     let mut priority = 0;
     let (mut keys_seen, mut liquidations) = (0, 0);
     for round in 0..6 {
@@ -1665,8 +1707,21 @@ fn an_expiry_settles_in_balanced_parts() {
 /// proven.
 #[test]
 fn liquidations_move_positions_and_pay_insurance() {
+    // Account 1, down to 100,000, buys 2 perpetuals at their 90,000 mark: its cash below zero,
+    // it could default.
     let state = after(
         &genesis(3),
+        &[
+            down_to_100_000(1),
+            Op::Mark {
+                instrument: InstrumentId(0),
+                mark: Price(90_000 * MONEY_SCALE),
+                risk: vec![Amount(-10_000 * MONEY_SCALE), Amount(10_000 * MONEY_SCALE)],
+            },
+        ],
+    );
+    let state = after(
+        &state,
         &[Op::Fill {
             instrument: InstrumentId(0),
             maker: AccountId(0),
@@ -1913,6 +1968,16 @@ fn refused_first_and_natively(state: &SettlementState, ops: &[Op], error: StateE
     assert_eq!(native.commit(), state.root(), "nothing applied");
 }
 
+/// `genesis(4)` with accounts 0 and 1 down to 100,000 each, then account 1 long 2 perpetuals
+/// (a worst-case payoff of 200,000 each) from account 0 at 100,000, and `mark`: neither covers
+/// what its shorts can owe at worst (account 1's cash is below zero; account 0 may owe 400,000
+/// on 300,000), so either may be liquidated.
+fn leveraged_pair(mark: Op) -> SettlementState {
+    // (The mark first: a fill must leave its accounts solvent at the committed marks.)
+    let state = after(&genesis(4), &[down_to_100_000(0), down_to_100_000(1), mark]);
+    after(&state, &[perp_fill(Side::Buy, 2)])
+}
+
 /// A liquidation moves a position only inside the stress range of its instrument's committed
 /// mark and risk array, on the liquidated account's side: account 1's long is sold at no less
 /// than `mark + min(0, min RA)`, account 0's short bought back at no more than
@@ -1938,7 +2003,7 @@ fn a_liquidation_is_priced_inside_the_committed_stress_range() {
             mark: Price(usd(100_000)),
             risk: risk.iter().map(|&v| Amount(usd(v))).collect(),
         };
-        let state = after(&genesis(4), &[perp_fill(Side::Buy, 2), mark]);
+        let state = leveraged_pair(mark);
         for (ops, rule) in [
             (
                 [liquidation(1, -1, usd(low))],
@@ -1980,7 +2045,7 @@ fn a_liquidation_fee_is_bounded_at_the_cap() {
         mark: Price(100_000 * MONEY_SCALE),
         risk: vec![Amount(-15_000 * MONEY_SCALE), Amount(12_000 * MONEY_SCALE)],
     };
-    let state = after(&genesis(4), &[perp_fill(Side::Buy, 2), mark]);
+    let state = leveraged_pair(mark);
     let spec = &state.instruments()[0].spec;
     let qty = Qty(-3 * QTY_SCALE / 2);
     let most = optio_types::max_liquidation_fee(spec, qty);
@@ -2020,8 +2085,8 @@ fn a_liquidation_fee_is_bounded_at_the_cap() {
 
 /// A liquidation only reduces the liquidated account's position: account 1's long of 2 may be
 /// sold whole and account 0's short of 2 bought back whole, but selling 3, buying for the long,
-/// buying back 3 for the short, or "liquidating" flat account 3 (which would open a position)
-/// is refused at its op slot and natively, leaving the state unchanged.
+/// or buying back 3 for the short is refused at its op slot and natively, leaving the state
+/// unchanged; so is "liquidating" flat account 3 (which would open a position).
 #[test]
 fn a_liquidation_only_reduces_the_liquidated_position() {
     let liquidation = |account: u32, contracts: i64| Op::Liquidation {
@@ -2037,7 +2102,7 @@ fn a_liquidation_only_reduces_the_liquidated_position() {
         mark: Price(100_000 * MONEY_SCALE),
         risk: vec![Amount(-10_000 * MONEY_SCALE), Amount(10_000 * MONEY_SCALE)],
     };
-    let state = after(&genesis(4), &[perp_fill(Side::Buy, 2), mark]);
+    let state = leveraged_pair(mark);
     for (account, contracts) in [(1, -2), (0, 2)] {
         let ops = [liquidation(account, contracts)];
         check(&batch_of(&state, &ops)).expect("reduces");
@@ -2047,11 +2112,127 @@ fn a_liquidation_only_reduces_the_liquidated_position() {
         (1, -3, "sells more than the long"),
         (1, 1, "grows the long"),
         (0, 3, "flips the short"),
-        (3, -1, "opens a short"),
     ] {
         let ops = [liquidation(account, contracts)];
         refused_first_and_natively(&state, &ops, StateError::LiquidationSize(0), rule);
     }
+    // Flat and funded, account 3 owes nothing: "liquidating" it, which would open a short, is
+    // refused before its size is looked at.
+    refused_first_and_natively(
+        &state,
+        &[liquidation(3, -1)],
+        StateError::LiquidationCovered(0),
+        "opens a short",
+    );
+}
+
+/// A liquidation needs the liquidated account unable to cover what its shorts can owe at worst
+/// (`collateral * 1e8 < sum |q| * W`, the account leaf's liability, which the circuit keeps as
+/// the ops move positions): an account that covers them can pay all it may ever owe, and the
+/// engine never liquidates it. Account 0 sells 6 perpetuals (a worst-case payoff of 200,000
+/// each: 1,200,000 in all) to account 1 at 10,000; a deposit brings its collateral to exactly
+/// 1,200,000 less `short` micro-USDC, then account 2 buys back one contract, then another.
+#[test]
+fn a_liquidation_of_an_account_that_covers_its_shorts_cannot_be_proven() {
+    let price = 10_000 * MONEY_SCALE;
+    let state = after(
+        &genesis(3),
+        &[Op::Mark {
+            instrument: InstrumentId(0),
+            mark: Price(price),
+            risk: vec![Amount(-1_000 * MONEY_SCALE), Amount(1_000 * MONEY_SCALE)],
+        }],
+    );
+    let state = after(&state, &[fill_of(0, Side::Buy, 10_000, 6)]);
+    let leaf = state.exit_proof(AccountId(0)).expect("exists").leaf;
+    assert_eq!(leaf.liability, 6 * 200_000 * 100_000_000 * 1_000_000);
+    let needed = 1_200_000 * MONEY_SCALE - state.accounts()[0].collateral.0;
+    let batch = |short: i64, liquidations: usize| {
+        let mut ops = vec![Op::Deposit {
+            account: AccountId(0),
+            amount: Amount(needed - short),
+        }];
+        ops.extend((0..liquidations).map(|_| Op::Liquidation {
+            account: AccountId(0),
+            counterparty: AccountId(2),
+            instrument: InstrumentId(0),
+            qty: Qty(QTY_SCALE),
+            price: Price(price),
+            fee: Amount(0),
+        }));
+        ops
+    };
+    // A micro-USDC short of the worst case: liquidated, the liability falling by one
+    // contract's 200,000 (the new leaf's, as natively).
+    let ops = batch(1, 1);
+    let w = batch_of(&state, &ops);
+    let native = after(&state, &ops);
+    assert_eq!(w.public.new_root, native.root(), "the native root");
+    assert_eq!(
+        native
+            .exit_proof(AccountId(0))
+            .expect("exists")
+            .leaf
+            .liability,
+        5 * 200_000 * 100_000_000 * 1_000_000
+    );
+    check(&w).expect("an account that could default is liquidated");
+    // Covering it exactly: refused at the liquidation, natively too.
+    let ops = batch(0, 1);
+    assert!(refused_at(&batch_of(&state, &ops)).starts_with("op slot 1"));
+    let mut refused_natively = state.clone();
+    assert_eq!(
+        refused_natively.apply_batch(&ops),
+        Err(StateError::LiquidationCovered(1))
+    );
+    // The first buyback leaves it covering the other five (200,000 - 10,000 better): the
+    // second is refused, from the liability as the first left it.
+    let ops = batch(1, 2);
+    assert!(refused_at(&batch_of(&state, &ops)).starts_with("op slot 2"));
+    assert_eq!(
+        state.clone().apply_batch(&ops),
+        Err(StateError::LiquidationCovered(2))
+    );
+    // A prover that keeps the leaf's liability as before the fill cannot open the account.
+    let mut stale = batch_of(&state, &batch(1, 1));
+    stale.accounts[0].liability += Fr::from(1u64);
+    assert!(refused(&stale), "a liability other than the leaf's");
+}
+
+/// A trade is between two accounts: a fill whose maker is its taker, or a liquidation to the
+/// liquidated account, is refused at its op slot and natively (the engine never makes one, and
+/// the circuit follows a trade's two sides apart: one register on both sides could misstate
+/// the liability the liquidation rule reads).
+#[test]
+fn a_trade_of_an_account_with_itself_cannot_be_proven() {
+    let state = leveraged_pair(Op::Mark {
+        instrument: InstrumentId(0),
+        mark: Price(100_000 * MONEY_SCALE),
+        risk: vec![Amount(-15_000 * MONEY_SCALE), Amount(12_000 * MONEY_SCALE)],
+    });
+    let fill = Op::Fill {
+        instrument: InstrumentId(0),
+        maker: AccountId(2),
+        taker: AccountId(2),
+        taker_side: Side::Buy,
+        price: Price(100_000 * MONEY_SCALE),
+        qty: Qty(QTY_SCALE),
+    };
+    refused_first_and_natively(&state, &[fill], StateError::SelfTrade(0), "a self-fill");
+    let liquidation = Op::Liquidation {
+        account: AccountId(0),
+        counterparty: AccountId(0),
+        instrument: InstrumentId(0),
+        qty: Qty(QTY_SCALE),
+        price: Price(100_000 * MONEY_SCALE),
+        fee: Amount(0),
+    };
+    refused_first_and_natively(
+        &state,
+        &[liquidation],
+        StateError::SelfTrade(0),
+        "a liquidation to itself",
+    );
 }
 
 #[test]

@@ -50,6 +50,7 @@ mod bindings {
                 StateOpening state;
                 uint256 keysHash;
                 uint64 nonce;
+                uint160 liability;
                 int64 collateral;
                 uint256[] accountProof;
                 Position[] positions;
@@ -60,6 +61,7 @@ mod bindings {
                 uint256 keysHash;
                 uint64 nonce;
                 uint32 positions;
+                uint160 liability;
                 int64 collateral;
                 uint256 positionsRoot;
                 uint256[] proof;
@@ -1064,6 +1066,7 @@ pub fn opening_call(proof: &optio_state::ExitProof) -> OptioRollup::AccountOpeni
         keysHash: u(&proof.leaf.keys_hash),
         nonce: proof.leaf.nonce,
         positions: proof.leaf.positions,
+        liability: alloy::primitives::U160::from(proof.leaf.liability),
         collateral: proof.leaf.collateral.0,
         positionsRoot: u(&proof.leaf.positions_root),
         proof: proof.account_proof.siblings.iter().map(u).collect(),
@@ -1554,6 +1557,7 @@ pub fn exit_call_opened(proof: &optio_state::ExitProof, opened: &[bool]) -> Opti
         state: state_opening(proof),
         keysHash: u(&proof.leaf.keys_hash),
         nonce: proof.leaf.nonce,
+        liability: alloy::primitives::U160::from(proof.leaf.liability),
         collateral: proof.leaf.collateral.0,
         accountProof: proof.account_proof.siblings.iter().map(u).collect(),
         positions: proof

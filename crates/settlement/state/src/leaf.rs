@@ -6,9 +6,11 @@
 //! root            = Poseidon(accounts_root, instruments_root, funds)
 //! funds           = Poseidon(insurance, fee_pool, counts)
 //! counts          = accounts + 2^32 * instruments   (how many were opened and listed: the next ids)
-//! account leaf    = Poseidon(owner, keys_hash, nonce + 2^64 * positions, collateral, positions_root)
-//!                                                                                    at index account id
+//! account leaf    = Poseidon(owner, keys_hash, nonce + 2^64 * positions + 2^96 * liability,
+//!                            collateral, positions_root)                            at index account id
 //! positions       = how many positions the account holds (non-zero leaves of its positions tree)
+//! liability       = sum over its shorts of |q| * W, W the instrument's worst-case payoff per
+//!                   contract (`optio_types::short_liability`; below 2^157)
 //! keys_hash       = fold of Poseidon(h, key, expiry_ms) over keys in address order, from 0
 //! position leaf   = signed quantity (p - |q| when short; 0 = flat)                at index instrument id
 //! instrument leaf = Poseidon(spec_hash, status, mark, risk_hash, settlement_price)  at index instrument id
@@ -58,6 +60,9 @@ pub struct AccountLeaf {
     /// Open positions: the non-zero leaves of its positions tree (the validity circuit's margin
     /// check proves that it saw all of them).
     pub positions: u32,
+    /// What its shorts can owe at worst, in 1e-8 micro-USDC (`optio_types::short_liability`
+    /// summed): a liquidation needs `collateral * 1e8` below it.
+    pub liability: u128,
     /// Collateral, micro-USDC (negative only for an account in deficit during liquidation).
     pub collateral: Amount,
     /// Root of the account's positions tree.
@@ -70,16 +75,30 @@ impl AccountLeaf {
         hash(&[
             from_address(&self.owner.0),
             self.keys_hash,
-            nonce_word(self.nonce, self.positions),
+            nonce_word(self.nonce, self.positions, self.liability),
             from_i64(self.collateral.0),
             self.positions_root,
         ])
     }
 }
 
-/// The leaf's third field: the nonce, with the open-position count above its 64 bits.
-pub fn nonce_word(nonce: u64, positions: u32) -> Fr {
+/// Bits of an account leaf's liability (its third field: nonce, 64 bits; count, 32; liability).
+pub const LIABILITY_BITS: usize = 157;
+
+/// The leaf's third field: the nonce, the open-position count above its 64 bits and the
+/// liability above the count's 32 (`liability < 2^157`, so the word is below the field's
+/// modulus and splits one way only).
+pub fn nonce_word(nonce: u64, positions: u32, liability: u128) -> Fr {
     Fr::from(u128::from(nonce) | (u128::from(positions) << 64))
+        + Fr::from(liability) * Fr::from(1u128 << 96)
+}
+
+/// What a position of `qty` can owe at worst with a worst-case payoff of `payoff` per
+/// contract, in 1e-8 micro-USDC: `|qty| * payoff` for a short, 0 for a long (as
+/// `optio_types::short_liability`).
+pub fn liability_of(qty: Qty, payoff: i64) -> u128 {
+    let short = u128::try_from(-i128::from(qty.0)).unwrap_or(0);
+    short * u128::try_from(payoff).unwrap_or(0)
 }
 
 /// Hash of an account's session keys (sorted by address).

@@ -91,6 +91,16 @@ pub enum StateError {
     /// or grow its position: a liquidation only reduces one.
     #[error("op {0}: the liquidation does not reduce the account's position")]
     LiquidationSize(usize),
+    /// Op `index` trades an account with itself (a fill whose maker is its taker, a
+    /// liquidation to the liquidated account): the engine's self-trade prevention and its
+    /// liquidations never do, and the circuit tracks a trade's two sides apart.
+    #[error("op {0}: a trade between an account and itself")]
+    SelfTrade(usize),
+    /// Op `index` liquidates an account whose collateral covers what its shorts can owe at
+    /// worst (`collateral * 1e8 >= liability`, the leaf's `sum |q| * W`): it can pay all it may
+    /// ever owe, and the engine never liquidates it.
+    #[error("op {0}: the liquidated account covers its shorts' worst case")]
+    LiquidationCovered(usize),
     /// Op `index`, the last fill of an account in the batch (or liquidation that moved a
     /// position to it), leaves that account with equity below zero at the committed marks
     /// (those before the batch's): `collateral * 1e8 + sum_i q_i * mark_i < 0` over every
@@ -492,6 +502,13 @@ impl SettlementState {
             })
     }
 
+    /// Each instrument's worst-case payoff per contract, by id
+    /// (`InstrumentSpec::max_payoff_per_contract`, 0 for a spec without one, which listing
+    /// refuses): what an account leaf's liability weighs each short by.
+    pub fn payoffs(&self) -> Vec<i64> {
+        self.instruments.iter().map(|x| payoff(&x.spec)).collect()
+    }
+
     /// The root as of the last `commit`.
     pub fn root(&self) -> Fr {
         leaf::state_root(
@@ -669,6 +686,8 @@ impl SettlementState {
             .into_iter()
             .collect();
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let payoffs = self.payoffs();
+        let payoffs = &payoffs;
         let mut touched: Vec<&mut Account> = Vec::with_capacity(dirty.len());
         {
             let mut rest = &mut self.accounts[..];
@@ -687,7 +706,9 @@ impl SettlementState {
                 let handles: Vec<_> = touched
                     .chunks_mut(chunk)
                     .map(|c| {
-                        scope.spawn(move || c.iter_mut().map(|a| a.rehash()).collect::<Vec<_>>())
+                        scope.spawn(move || {
+                            c.iter_mut().map(|a| a.rehash(payoffs)).collect::<Vec<_>>()
+                        })
                     })
                     .collect();
                 handles
@@ -696,7 +717,7 @@ impl SettlementState {
                     .collect()
             })
         } else {
-            touched.iter_mut().map(|a| a.rehash()).collect()
+            touched.iter_mut().map(|a| a.rehash(payoffs)).collect()
         };
         let updates: Vec<(u64, Fr)> = dirty.iter().map(|a| u64::from(*a)).zip(leaves).collect();
         self.account_tree
@@ -740,7 +761,7 @@ impl SettlementState {
             accounts: self.accounts.len() as u32,
             instruments: self.instruments.len() as u32,
             account,
-            leaf: a.leaf(),
+            leaf: a.leaf(&self.payoffs()),
             account_proof: self
                 .account_tree
                 .prove(u64::from(account.0))
@@ -863,19 +884,32 @@ impl Account {
         }
     }
 
-    /// Its leaf's fields (the positions root as of the last `commit`).
-    pub fn leaf(&self) -> AccountLeaf {
+    /// What its shorts can owe at worst, in 1e-8 micro-USDC: `|q| * W` summed over its shorts
+    /// (`optio_types::short_liability`), `payoffs[id]` instrument `id`'s worst-case payoff per
+    /// contract (`SettlementState::payoffs`). Each term is below 2^126 (a quantity and a payoff
+    /// in i64); a sum past 2^128, which no engine state comes near, would saturate.
+    pub fn liability(&self, payoffs: &[i64]) -> u128 {
+        self.positions.iter().fold(0u128, |sum, (id, q)| {
+            let w = payoffs.get(*id as usize).copied().unwrap_or(0);
+            sum.saturating_add(leaf::liability_of(*q, w))
+        })
+    }
+
+    /// Its leaf's fields (the positions root as of the last `commit`), `payoffs` as for
+    /// `liability`.
+    pub fn leaf(&self, payoffs: &[i64]) -> AccountLeaf {
         AccountLeaf {
             owner: self.owner,
             keys_hash: leaf::keys_hash(&self.keys),
             nonce: self.nonce,
             positions: self.positions.len() as u32,
+            liability: self.liability(payoffs),
             collateral: self.collateral,
             positions_root: self.tree.root(),
         }
     }
 
-    fn rehash(&mut self) -> Fr {
+    fn rehash(&mut self, payoffs: &[i64]) -> Fr {
         let updates: Vec<(u64, Fr)> = std::mem::take(&mut self.dirty_positions)
             .into_iter()
             .map(|i| {
@@ -888,7 +922,7 @@ impl Account {
         self.tree
             .set_many(&updates)
             .expect("instrument ids were validated against the depth");
-        self.leaf().hash()
+        self.leaf(payoffs).hash()
     }
 
     fn move_position(&mut self, instrument: u32, delta: i64, op: usize) -> Result<(), StateError> {
@@ -938,10 +972,27 @@ impl Pending {
                     return Err(StateError::CoverAfterFill(i));
                 }
                 Op::Fill { maker, taker, .. } => {
+                    if maker == taker {
+                        return Err(StateError::SelfTrade(i));
+                    }
                     self.filled.extend([(maker.0, i), (taker.0, i)]);
                 }
-                Op::Liquidation { counterparty, .. } => {
+                Op::Liquidation {
+                    account,
+                    counterparty,
+                    ..
+                } => {
+                    if account == counterparty {
+                        return Err(StateError::SelfTrade(i));
+                    }
                     self.filled.insert(counterparty.0, i);
+                    // The liquidated account could default: its collateral does not cover what
+                    // its shorts can owe at worst.
+                    let liability = self.scratch.liability(state, *account);
+                    let collateral = i128::from(self.scratch.account(*account).collateral.0);
+                    if collateral * i128::from(QTY_SCALE) >= liability as i128 {
+                        return Err(StateError::LiquidationCovered(i));
+                    }
                 }
                 _ => {}
             }
@@ -1028,6 +1079,29 @@ impl Scratch {
         } else {
             self.instruments.get_mut(&id.0).expect("loaded")
         }
+    }
+
+    /// `account`'s liability as the batch leaves it so far (`Account::liability`), its
+    /// instruments' payoffs from `state` or from the batch's listings.
+    fn liability(&mut self, state: &SettlementState, account: AccountId) -> u128 {
+        let first_new = self.first_new_instrument;
+        let listed: Vec<i64> = self
+            .new_instruments
+            .iter()
+            .map(|x| payoff(&x.spec))
+            .collect();
+        let a = self.account(account);
+        a.positions.iter().fold(0u128, |sum, (id, q)| {
+            let w = if *id >= first_new {
+                listed.get((id - first_new) as usize).copied().unwrap_or(0)
+            } else {
+                state
+                    .instruments
+                    .get(*id as usize)
+                    .map_or(0, |x| payoff(&x.spec))
+            };
+            sum.saturating_add(leaf::liability_of(*q, w))
+        })
     }
 
     fn spec(&mut self, id: InstrumentId) -> InstrumentSpec {
@@ -1386,6 +1460,11 @@ impl Scratch {
         self.account(account).nonce += 1;
         Ok(())
     }
+}
+
+/// A spec's worst-case payoff per contract (0 for one without, which listing refuses).
+fn payoff(spec: &InstrumentSpec) -> i64 {
+    spec.max_payoff_per_contract().map_or(0, |p| p.0)
 }
 
 fn encode_account(a: &Account) -> Vec<u8> {

@@ -129,6 +129,8 @@ fn vectors() -> Value {
         keys_hash: Fr::from(0u64),
         nonce: 3,
         positions: 2,
+        // 1.5 contracts short at a payoff of 100,000 USDC: past 64 bits.
+        liability: 15_000_000_000_000_000_000,
         collateral: Amount(-12_345),
         positions_root: Fr::from(7u64),
     };
@@ -206,7 +208,7 @@ fn vectors() -> Value {
     json!({
         "description": "Optio settlement vectors: leaf hashes (docs/settlement.md), a two-batch state with its blobs, roots and an exit proof. Field elements are 0x big-endian hex; amounts are integers (micro-USDC, quantities 1e-8).",
         "leaves": {
-            "account": {"owner": hex(&account.owner.0), "keys_hash": to_hex(&account.keys_hash), "nonce": account.nonce, "positions": account.positions, "collateral": account.collateral.0, "positions_root": to_hex(&account.positions_root), "hash": to_hex(&account.hash())},
+            "account": {"owner": hex(&account.owner.0), "keys_hash": to_hex(&account.keys_hash), "nonce": account.nonce, "positions": account.positions, "liability": format!("{:#x}", account.liability), "collateral": account.collateral.0, "positions_root": to_hex(&account.positions_root), "hash": to_hex(&account.hash())},
             "instrument": {"spec_hash": to_hex(&instrument.spec_hash), "status": instrument.status, "mark": instrument.mark.0, "risk_hash": to_hex(&instrument.risk_hash), "settlement_price": instrument.settlement_price.0, "hash": to_hex(&instrument.hash())},
             "keys_hash": {"keys": keys.iter().map(|(k, e)| json!([hex(&k.0), e])).collect::<Vec<_>>(), "hash": to_hex(&leaf::keys_hash(keys.iter().map(|(k, e)| (k, e))))},
             "risk_hash": {"risk": risk.iter().map(|a| a.0).collect::<Vec<_>>(), "hash": to_hex(&leaf::risk_hash(&risk))},
@@ -228,6 +230,7 @@ fn vectors() -> Value {
             "owner": hex(&proof.leaf.owner.0),
             "keys_hash": to_hex(&proof.leaf.keys_hash),
             "nonce": proof.leaf.nonce,
+            "liability": format!("{:#x}", proof.leaf.liability),
             "collateral": proof.leaf.collateral.0,
             "positions_root": to_hex(&proof.leaf.positions_root),
             "leaf_hash": to_hex(&proof.leaf.hash()),
