@@ -2245,13 +2245,13 @@ impl<M: MarginModel> Engine<M> {
             .map(|a| (a.balance, a.requirement, a.free_collateral()))
     }
 
-    /// An account's maintenance requirement net of its positions' values (a mark-margined
-    /// account whose balance falls below it is liquidated unless fully collateralized), and what
-    /// its balance holds above full collateral of its positions (`optio_types::full_collateral`:
-    /// below zero it can default).
+    /// An account's maintenance requirement net of its positions' values, and what its balance
+    /// holds above what its shorts can owe at worst, in 1e-8 micro-USDC (`short_cover`: `balance
+    /// * 1e8 - sum optio_types::short_liability`): a mark-margined account is liquidated when its
+    /// balance is below the first and the second is below zero (it can default).
     pub fn maintenance(&self, id: AccountId) -> Option<(Amount, i128)> {
         let a = self.accounts.get(id.0 as usize)?;
-        Some((a.maintenance, self.full_collateral_free(id)))
+        Some((a.maintenance, self.short_cover(id)))
     }
 
     /// An account's position in an instrument: size, average entry price (cost / size, rounded

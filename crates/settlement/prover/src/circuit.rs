@@ -400,7 +400,7 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
         let instrument_bits = cs.bits(&instrument, INSTRUMENT_DEPTH as usize)?;
         let qty0 = cs.witness(q.qty)?;
         let nz0 = cs.is_nonzero(&qty0)?;
-        let (_, short) = long_short(cs, &qty0)?;
+        let short = short_part(cs, &qty0)?;
         positions.push(PositionWires {
             short,
             nz0,
@@ -1106,8 +1106,8 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     // its quantity, and its account's liability moves by the change times the instrument's
     // worst-case payoff per contract.
     let held_a = pick(cs, &sel_pa, st.positions.iter().map(|q| q.qty.clone()))?;
-    let (_, short_a) = long_short(cs, &held_a.sub(&taker_moves))?;
-    let (_, short_b) = long_short(cs, &held_b.add(&taker_moves))?;
+    let short_a = short_part(cs, &held_a.sub(&taker_moves))?;
+    let short_b = short_part(cs, &held_b.add(&taker_moves))?;
     let moved_a = short_a.sub(&pick(
         cs,
         &sel_pa,
@@ -1197,9 +1197,9 @@ fn max_payoff(cs: &Cs, spec: &SpecWires) -> R<Wire> {
     )
 }
 
-/// `q` split into its long and short parts (`q = long - short`, `long * short = 0`, each below
-/// 2^64): for a quantity below 2^63 in size, one way only.
-fn long_short(cs: &Cs, q: &Wire) -> R<(Wire, Wire)> {
+/// The short part of `q`, `max(-q, 0)`: `q` split into its long and short parts (`q = long -
+/// short`, `long * short = 0`, each below 2^64), for a quantity below 2^63 in size one way only.
+fn short_part(cs: &Cs, q: &Wire) -> R<Wire> {
     let negative = signed_order(q.value) < signed_order(Fr::from(0u64));
     let (long, short) = if negative {
         (Fr::from(0u64), -q.value)
@@ -1211,7 +1211,7 @@ fn long_short(cs: &Cs, q: &Wire) -> R<(Wire, Wire)> {
     cs.enforce(&long, &short, &Wire::zero())?;
     cs.range(&long, 64)?;
     cs.range(&short, 64)?;
-    Ok((long, short))
+    Ok(short)
 }
 
 /// `floor(cap * multiplier / 1e8)` of a spec's opened terms (each below 2^64, as listed):
@@ -1369,7 +1369,7 @@ fn margin_slots(cs: &Cs, w: &BatchWitness, st: &Running, prices: &[Vec<Wire>]) -
         // instrument's worst-case payoff per contract).
         let mut surplus = collateral.clone();
         for (q, i) in held.iter().zip(&st.instruments) {
-            let (_, short) = long_short(cs, q)?;
+            let short = short_part(cs, q)?;
             let owed = cs.mul(&short, &i.max_payoff)?;
             surplus = surplus.sub(&ceil_div(cs, &owed, QTY_SCALE as u64, 110)?);
         }

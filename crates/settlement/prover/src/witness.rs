@@ -835,10 +835,12 @@ struct Acct {
 impl Acct {
     /// What its shorts can owe at worst, `payoffs` by instrument id (`Account::liability`).
     fn liability(&self, payoffs: &[i64]) -> u128 {
-        self.positions.iter().fold(0u128, |sum, (id, q)| {
-            let q = Qty(i64::try_from(*q).expect("a position fits i64"));
-            let w = payoffs.get(*id as usize).copied().unwrap_or(0);
-            sum.saturating_add(leaf::liability_of(q, w))
+        let positions = self
+            .positions
+            .iter()
+            .map(|(id, q)| (*id, Qty(i64::try_from(*q).expect("a position fits i64"))));
+        leaf::liability(positions, |id| {
+            payoffs.get(id as usize).copied().unwrap_or(0)
         })
     }
 
@@ -1299,10 +1301,7 @@ pub fn witness(
     let accounts = state.accounts();
     // Each instrument's worst-case payoff per contract, those the batch lists included: what an
     // account leaf's liability weighs a short by.
-    let payoffs: Vec<i64> = specs
-        .iter()
-        .map(|spec| spec.max_payoff_per_contract().map_or(0, |p| p.0))
-        .collect();
+    let payoffs: Vec<i64> = specs.iter().map(|spec| leaf::payoff(spec)).collect();
 
     // Registers, with the values before the batch.
     let account_ids: Vec<u32> = account_ids.into_iter().collect();

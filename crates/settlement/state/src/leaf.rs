@@ -93,12 +93,24 @@ pub fn nonce_word(nonce: u64, positions: u32, liability: u128) -> Fr {
         + Fr::from(liability) * Fr::from(1u128 << 96)
 }
 
-/// What a position of `qty` can owe at worst with a worst-case payoff of `payoff` per
-/// contract, in 1e-8 micro-USDC: `|qty| * payoff` for a short, 0 for a long (as
-/// `optio_types::short_liability`).
-pub fn liability_of(qty: Qty, payoff: i64) -> u128 {
-    let short = u128::try_from(-i128::from(qty.0)).unwrap_or(0);
-    short * u128::try_from(payoff).unwrap_or(0)
+/// A spec's worst-case payoff per contract (`InstrumentSpec::max_payoff_per_contract`; 0 for a
+/// spec without one, which listing refuses): what an account leaf's liability weighs a short by.
+pub fn payoff(spec: &InstrumentSpec) -> i64 {
+    spec.max_payoff_per_contract().map_or(0, |p| p.0)
+}
+
+/// An account leaf's liability: what its `positions` can owe at worst, in 1e-8 micro-USDC,
+/// `|q| * payoff_of(instrument)` summed over the shorts (`optio_types::short_liability`). Each
+/// term is below 2^126 (a quantity and a payoff in i64); a sum past 2^128, which no engine
+/// state comes near, would saturate.
+pub fn liability(
+    positions: impl IntoIterator<Item = (u32, Qty)>,
+    payoff_of: impl Fn(u32) -> i64,
+) -> u128 {
+    positions.into_iter().fold(0u128, |sum, (id, q)| {
+        let short = u128::try_from(-i128::from(q.0)).unwrap_or(0);
+        sum.saturating_add(short * u128::try_from(payoff_of(id)).unwrap_or(0))
+    })
 }
 
 /// Hash of an account's session keys (sorted by address).

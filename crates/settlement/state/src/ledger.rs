@@ -506,7 +506,10 @@ impl SettlementState {
     /// (`InstrumentSpec::max_payoff_per_contract`, 0 for a spec without one, which listing
     /// refuses): what an account leaf's liability weighs each short by.
     pub fn payoffs(&self) -> Vec<i64> {
-        self.instruments.iter().map(|x| payoff(&x.spec)).collect()
+        self.instruments
+            .iter()
+            .map(|x| leaf::payoff(&x.spec))
+            .collect()
     }
 
     /// The root as of the last `commit`.
@@ -884,14 +887,11 @@ impl Account {
         }
     }
 
-    /// What its shorts can owe at worst, in 1e-8 micro-USDC: `|q| * W` summed over its shorts
-    /// (`optio_types::short_liability`), `payoffs[id]` instrument `id`'s worst-case payoff per
-    /// contract (`SettlementState::payoffs`). Each term is below 2^126 (a quantity and a payoff
-    /// in i64); a sum past 2^128, which no engine state comes near, would saturate.
+    /// What its shorts can owe at worst, in 1e-8 micro-USDC (`leaf::liability`), `payoffs[id]`
+    /// instrument `id`'s worst-case payoff per contract (`SettlementState::payoffs`).
     pub fn liability(&self, payoffs: &[i64]) -> u128 {
-        self.positions.iter().fold(0u128, |sum, (id, q)| {
-            let w = payoffs.get(*id as usize).copied().unwrap_or(0);
-            sum.saturating_add(leaf::liability_of(*q, w))
+        leaf::liability(self.positions.iter().map(|(id, q)| (*id, *q)), |id| {
+            payoffs.get(id as usize).copied().unwrap_or(0)
         })
     }
 
@@ -1084,23 +1084,22 @@ impl Scratch {
     /// `account`'s liability as the batch leaves it so far (`Account::liability`), its
     /// instruments' payoffs from `state` or from the batch's listings.
     fn liability(&mut self, state: &SettlementState, account: AccountId) -> u128 {
-        let first_new = self.first_new_instrument;
-        let listed: Vec<i64> = self
-            .new_instruments
+        let positions: Vec<(u32, Qty)> = self
+            .account(account)
+            .positions
             .iter()
-            .map(|x| payoff(&x.spec))
+            .map(|(id, q)| (*id, *q))
             .collect();
-        let a = self.account(account);
-        a.positions.iter().fold(0u128, |sum, (id, q)| {
-            let w = if *id >= first_new {
-                listed.get((id - first_new) as usize).copied().unwrap_or(0)
+        let first_new = self.first_new_instrument;
+        leaf::liability(positions, |id| {
+            let spec = if id >= first_new {
+                self.new_instruments
+                    .get((id - first_new) as usize)
+                    .map(|x| &x.spec)
             } else {
-                state
-                    .instruments
-                    .get(*id as usize)
-                    .map_or(0, |x| payoff(&x.spec))
+                state.instruments.get(id as usize).map(|x| &x.spec)
             };
-            sum.saturating_add(leaf::liability_of(*q, w))
+            spec.map_or(0, leaf::payoff)
         })
     }
 
@@ -1460,11 +1459,6 @@ impl Scratch {
         self.account(account).nonce += 1;
         Ok(())
     }
-}
-
-/// A spec's worst-case payoff per contract (0 for one without, which listing refuses).
-fn payoff(spec: &InstrumentSpec) -> i64 {
-    spec.max_payoff_per_contract().map_or(0, |p| p.0)
 }
 
 fn encode_account(a: &Account) -> Vec<u8> {
