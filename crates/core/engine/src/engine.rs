@@ -2246,9 +2246,9 @@ impl<M: MarginModel> Engine<M> {
     }
 
     /// An account's maintenance requirement net of its positions' values, and what its balance
-    /// holds above what its shorts can owe at worst, in 1e-8 micro-USDC (`short_cover`: `balance
-    /// * 1e8 - sum optio_types::short_liability`): a mark-margined account is liquidated when its
-    /// balance is below the first and the second is below zero (it can default).
+    /// holds above what its shorts can owe at worst, in 1e-8 micro-USDC (`short_cover`,
+    /// `balance * 1e8 - sum optio_types::short_liability`): a mark-margined account is
+    /// liquidated when its balance is below the first and the second is below zero.
     pub fn maintenance(&self, id: AccountId) -> Option<(Amount, i128)> {
         let a = self.accounts.get(id.0 as usize)?;
         Some((a.maintenance, self.short_cover(id)))
