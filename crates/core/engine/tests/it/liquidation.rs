@@ -1525,15 +1525,7 @@ fn deleveraging_stays_within_the_fill_budget() {
                 },
             )
             .expect("deleveraged");
-            per_input.push(
-                events
-                    .iter()
-                    .filter_map(|ev| match ev {
-                        Event::LiquidationTransfer { counterparty, .. } => Some(counterparty.0),
-                        _ => None,
-                    })
-                    .collect::<Vec<_>>(),
-            );
+            per_input.push(counterparties(&events));
             e.check_invariants().expect("audit");
             assert!(per_input.len() <= 2, "{per_input:?}");
         }
@@ -1548,6 +1540,17 @@ fn deleveraging_stays_within_the_fill_budget() {
         ..EngineLimits::default()
     };
     assert_eq!(counterparties(budget), vec![vec![0], vec![2]]);
+}
+
+/// The accounts that took a liquidated position in `events`, in order.
+fn counterparties(events: &[Event]) -> Vec<u32> {
+    events
+        .iter()
+        .filter_map(|ev| match ev {
+            Event::LiquidationTransfer { counterparty, .. } => Some(counterparty.0),
+            _ => None,
+        })
+        .collect()
 }
 
 /// `maker` rests `qty` (in steps) of `instrument` on `side` at `price`, and `taker` fills it.
@@ -1780,13 +1783,7 @@ fn a_margin_account_that_covers_its_shorts_worst_case_is_never_liquidated() {
         },
     )
     .expect("deleveraged");
-    let transfers: Vec<u32> = events
-        .iter()
-        .filter_map(|ev| match ev {
-            Event::LiquidationTransfer { counterparty, .. } => Some(counterparty.0),
-            _ => None,
-        })
-        .collect();
+    let transfers = counterparties(&events);
     // Buying back half at the mark (below the strike) covers the other half: account 2 keeps
     // its long, and the liquidation ends.
     assert_eq!(transfers, vec![1], "{events:?}");
