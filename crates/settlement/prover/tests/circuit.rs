@@ -2185,6 +2185,7 @@ fn a_liquidation_of_an_account_that_covers_its_shorts_cannot_be_proven() {
         refused_natively.apply_batch(&ops),
         Err(StateError::LiquidationCovered(1))
     );
+    assert_eq!(refused_natively.commit(), state.root(), "nothing applied");
     // The first buyback leaves it covering the other five (200,000 - 10,000 better): the
     // second is refused, from the liability as the first left it.
     let ops = batch(1, 2);
