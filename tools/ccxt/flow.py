@@ -97,9 +97,19 @@ assert took["filled"] == 0.01, took
 trades = ex.fetch_my_trades(perp["symbol"], params={"subaccount_id": sub})
 assert trades and trades[-1]["side"] == "buy", trades
 positions = ex.fetch_positions(params={"subaccount_id": sub})
-assert any(p["symbol"] == perp["symbol"] and p["contracts"] == 0.01 for p in positions), positions
+held = [p for p in positions if p["symbol"] == perp["symbol"]]
+assert held and held[0]["contracts"] == 0.01, positions
+# Its margin is the engine's (a fully funded long perpetual needs nothing more), not a blank.
+assert held[0]["initialMargin"] is not None and held[0]["maintenanceMargin"] is not None, held
+# A resting bid holds its premium: the balance shows it used.
+resting = ex.create_order(option["symbol"], "limit", "buy", 0.1, low, {"subaccount_id": sub})
 balance = ex.fetch_balance()
 assert balance["USDC"]["total"] > 0, balance
+assert balance["USDC"]["used"] >= 0.1 * low, (balance["USDC"], low)
+# ... as the open orders' margin, apart from the positions' (Derive writes requirements negative).
+mine = [p for p in balance["info"] if p["subaccount_id"] == sub]
+assert mine and float(mine[0]["open_orders_margin"]) <= -0.1 * low, mine
+print("margin: perpetual", held[0]["initialMargin"], "used with a resting bid", balance["USDC"]["used"])
 ex.cancel_all_orders(params={"subaccount_id": sub})
 
 # A tampered body: the signature no longer matches, ccxt raises InvalidOrder.

@@ -20,4 +20,4 @@ mod risk;
 pub use canonical::RestoreError;
 pub use engine::{Engine, MAX_TOTAL_COLLATERAL};
 pub use invariants::InvariantViolation;
-pub use query::{InstrumentView, OracleView};
+pub use query::{InstrumentMargin, InstrumentView, MarginView, OracleView};

@@ -2,11 +2,12 @@
 
 use optio_types::state::OrderRecord;
 use optio_types::{
-    AccountId, Address, InstrumentId, InstrumentSpec, InstrumentStatus, MarginMode, MarginModel,
-    Price, Qty, Side,
+    AccountId, Address, Amount, Exposure, InstrumentId, InstrumentSpec, InstrumentStatus,
+    MarginMode, MarginModel, Price, Qty, Side,
 };
 
 use crate::engine::Engine;
+use crate::risk::Contribution;
 
 /// One instrument as the API shows it.
 #[derive(Debug, Clone)]
@@ -21,6 +22,44 @@ pub struct InstrumentView<'a> {
     pub mark: Option<Price>,
     /// Settlement price once settled.
     pub settlement_price: Option<Price>,
+}
+
+/// An account's margin as the API reports it: its requirements, with and without its open
+/// orders, and where the margin mode adds them up per instrument, each instrument's share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MarginView {
+    /// The mode they are computed under.
+    pub mode: MarginMode,
+    /// Being liquidated.
+    pub liquidating: bool,
+    /// Initial requirement, open orders counted as filled in their worst combination (what a
+    /// new order or a withdrawal must leave covered), net of the positions' values the mode
+    /// counts: negative when a long's value more than covers the rest.
+    pub initial: Amount,
+    /// The same of the positions alone (`initial - positions_initial` is what the open orders
+    /// add, never negative).
+    pub positions_initial: Amount,
+    /// Maintenance requirement: of the positions under the mark-margined modes (below it the
+    /// account is liquidated unless it covers what its shorts can owe at worst); the initial
+    /// one under the worst case, which is never liquidated.
+    pub maintenance: Amount,
+    /// Per instrument with a position or open orders, in id order, when the mode's
+    /// requirement is the sum of such shares (worst case, standard); empty under portfolio
+    /// margin, whose requirement is the worst scenario of the whole portfolio.
+    pub instruments: Vec<InstrumentMargin>,
+}
+
+/// One instrument's share of an account's requirements (`MarginView`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InstrumentMargin {
+    /// The instrument.
+    pub instrument: InstrumentId,
+    /// Initial requirement with its open orders.
+    pub initial: Amount,
+    /// Initial requirement of the position alone.
+    pub position_initial: Amount,
+    /// Maintenance requirement.
+    pub maintenance: Amount,
 }
 
 /// Oracle state of one underlying: index, when published, and a held jump if any.
@@ -89,6 +128,60 @@ impl<M: MarginModel> Engine<M> {
     /// Margin mode of an account.
     pub fn margin_mode(&self, account: AccountId) -> Option<MarginMode> {
         self.accounts.get(account.0 as usize).map(|a| a.mode)
+    }
+
+    /// An account's margin (`MarginView`), computed afresh from its exposures and the latest
+    /// marks; `None` for an unknown account.
+    pub fn margin_view(&self, account: AccountId) -> Option<MarginView> {
+        let acct = self.accounts.get(account.0 as usize)?;
+        let n = self.risk.scenarios as usize + 1;
+        let portfolio = acct.mode == MarginMode::Portfolio;
+        let (mut with_orders, mut alone) = (Contribution::zero(n), Contribution::zero(n));
+        let mut instruments = Vec::new();
+        let (mut initial, mut positions_initial, mut maintenance) = (0i64, 0i64, 0i64);
+        for (&instrument, &slot) in &acct.positions {
+            let e = &self.positions[slot as usize].exposure;
+            let bare = Exposure {
+                position: e.position,
+                ..Exposure::default()
+            };
+            // The cached requirements were computed from these exposures, so neither fails.
+            let full = self.marked_margin(acct.mode, instrument, e).ok()?;
+            let position = self.marked_margin(acct.mode, instrument, &bare).ok()?;
+            if portfolio {
+                for (sums, c) in [(&mut with_orders, &full), (&mut alone, &position)] {
+                    let c = c.scenario.as_ref()?;
+                    for s in 0..n {
+                        sums.initial[s] += c.initial[s];
+                        sums.maintenance[s] += c.maintenance[s];
+                    }
+                    sums.floor_initial += c.floor_initial;
+                    sums.floor_maintenance += c.floor_maintenance;
+                }
+                continue;
+            }
+            initial += full.initial;
+            positions_initial += position.initial;
+            maintenance += full.maintenance;
+            instruments.push(InstrumentMargin {
+                instrument,
+                initial: Amount(full.initial),
+                position_initial: Amount(position.initial),
+                maintenance: Amount(full.maintenance),
+            });
+        }
+        if portfolio {
+            (initial, maintenance) = Self::portfolio_requirement(&with_orders);
+            positions_initial = Self::portfolio_requirement(&alone).0;
+        }
+        Some(MarginView {
+            mode: acct.mode,
+            liquidating: acct.liquidating_since.is_some(),
+            initial: Amount(initial),
+            positions_initial: Amount(positions_initial),
+            maintenance: Amount(maintenance),
+            instruments,
+        })
     }
 
     /// L1 priority operations served (the queue id the engine accepts next).

@@ -17,8 +17,8 @@ use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use optio_types::{
-    AccountId, Command, InstrumentKind, InstrumentStatus, OptionRight, OrderId, OrderRef, Price,
-    QTY_SCALE, Qty, RejectCode, Side,
+    AccountId, Command, InstrumentKind, InstrumentStatus, MarginMode, OptionRight, OrderId,
+    OrderRef, Price, QTY_SCALE, Qty, RejectCode, Side,
 };
 use serde_json::{Value, json};
 
@@ -293,21 +293,51 @@ fn order_json(g_labels: &OrderInfo, id: u64, name: &str, subaccount: u32) -> Val
     })
 }
 
+/// A subaccount as Derive reports it. Margins follow Derive's convention: a requirement is a
+/// negative contribution, `initial_margin` and `maintenance_margin` are what the collateral
+/// holds above them (`optio_engine::MarginView`: the engine's requirements, orders split from
+/// positions). Optio's worst-case mode reports as "SM", stricter than Standard.
 fn portfolio(g: &Gateway, account: AccountId) -> Value {
     let node = g.lock();
     let engine = node.sequencer.engine();
-    let (balance, requirement, _) = engine.collateral(account).unwrap_or_default();
+    let (balance, _, _) = engine.collateral(account).unwrap_or_default();
+    let Some(margin) = engine.margin_view(account) else {
+        return json!({"subaccount_id": account.0, "failed_to_fetch": true});
+    };
+    let positions = positions(&node.sequencer, account, &margin);
+    let value: i64 = positions.iter().map(|(_, v)| v).sum();
+    let b = balance.0;
     json!({
         "subaccount_id": account.0,
-        "collaterals": [{"currency": "USDC", "amount": money(balance.0)}],
-        "positions_initial_margin": money(-requirement.0.max(0)),
-        "open_orders_margin": "0",
-        "positions": positions(&node.sequencer, account),
+        "currency": ["USDC"],
+        "margin_type": if margin.mode == MarginMode::Portfolio { "PM" } else { "SM" },
+        "is_under_liquidation": margin.liquidating,
+        "collaterals": [{"currency": "USDC", "asset_name": "USDC", "amount": money(b)}],
+        "collaterals_value": money(b),
+        "positions_value": money(value),
+        "subaccount_value": money(b + value),
+        "collaterals_initial_margin": money(b),
+        "collaterals_maintenance_margin": money(b),
+        "positions_initial_margin": money(-margin.positions_initial.0),
+        "positions_maintenance_margin": money(-margin.maintenance.0),
+        "open_orders_margin": money(margin.positions_initial.0 - margin.initial.0),
+        "initial_margin": money(b - margin.initial.0),
+        "maintenance_margin": money(b - margin.maintenance.0),
+        "positions": positions.into_iter().map(|(p, _)| p).collect::<Vec<_>>(),
     })
 }
 
-fn positions(s: &optio_sequencer::Sequencer, account: AccountId) -> Vec<Value> {
+/// An account's nonzero positions as Derive reports them, each with its value at the mark
+/// (rounded toward zero). Its margins are its share of the account's (`margin`), negative as
+/// Derive writes requirements; `null` under portfolio margin, which margins the portfolio
+/// as a whole.
+fn positions(
+    s: &optio_sequencer::Sequencer,
+    account: AccountId,
+    margin: &optio_engine::MarginView,
+) -> Vec<(Value, i64)> {
     let engine = s.engine();
+    let share = |id| margin.instruments.iter().find(|m| m.instrument == id);
     engine
         .instruments()
         .filter_map(|i| {
@@ -317,18 +347,23 @@ fn positions(s: &optio_sequencer::Sequencer, account: AccountId) -> Vec<Value> {
                 let value = i128::from(size.0) * i128::from(mark) / i128::from(QTY_SCALE);
                 let cost = i128::from(size.0) * i128::from(entry.map_or(0, |p| p.0))
                     / i128::from(QTY_SCALE);
-                json!({
+                let m = share(i.id);
+                let position = json!({
                     "instrument_name": i.spec.name.to_string(),
+                    "instrument_type": if matches!(i.spec.name.kind, InstrumentKind::Perpetual) { "perp" } else { "option" },
                     "amount": qty(size.0),
                     "mark_price": money(mark),
+                    "mark_value": money(value as i64),
                     "average_price": entry.map(|p| money(p.0)),
                     "unrealized_pnl": money((value - cost) as i64),
-                    "initial_margin": "0",
-                    "maintenance_margin": "0",
+                    "initial_margin": m.map(|m| money(-m.position_initial.0)),
+                    "maintenance_margin": m.map(|m| money(-m.maintenance.0)),
+                    "open_orders_margin": m.map(|m| money(m.position_initial.0 - m.initial.0)),
                     "leverage": null,
                     "liquidation_price": null,
                     "creation_timestamp": 0,
-                })
+                });
+                (position, value as i64)
             })
         })
         .collect()
@@ -555,9 +590,16 @@ fn private(
         "get_positions" => {
             let account = g.owned_by(account_param(params, "subaccount_id")?, wallet)?;
             let node = g.lock();
-            Ok(
-                json!({"subaccount_id": account.0, "positions": positions(&node.sequencer, account)}),
-            )
+            let margin = node
+                .sequencer
+                .engine()
+                .margin_view(account)
+                .ok_or(CallError::Engine(RejectCode::UnknownAccount, None))?;
+            let list: Vec<Value> = positions(&node.sequencer, account, &margin)
+                .into_iter()
+                .map(|(p, _)| p)
+                .collect();
+            Ok(json!({"subaccount_id": account.0, "positions": list}))
         }
         _ => Err(GatewayError::MethodNotFound.into()),
     }

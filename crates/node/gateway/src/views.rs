@@ -266,13 +266,22 @@ pub fn open_orders(s: &Sequencer, account: AccountId, labels: &BTreeMap<u64, Str
     )
 }
 
-/// `private/get_positions`: non-zero positions.
+/// `private/get_positions`: non-zero positions, each with its share of the account's
+/// requirements where the margin mode has one (`optio_engine::MarginView`; `null` under
+/// portfolio margin, which margins the portfolio as a whole).
 pub fn positions(s: &Sequencer, account: AccountId) -> Value {
     let engine = s.engine();
+    let margin = engine.margin_view(account);
+    let share = |id| {
+        margin
+            .as_ref()
+            .and_then(|m| m.instruments.iter().find(|m| m.instrument == id))
+    };
     let list: Vec<Value> = engine
         .instruments()
         .filter_map(|i| {
             let (size, entry, realized) = engine.position_view(account, i.id)?;
+            let m = share(i.id);
             (size.0 != 0).then(|| {
                 json!({
                     "instrument_name": i.spec.name.to_string(),
@@ -281,6 +290,9 @@ pub fn positions(s: &Sequencer, account: AccountId) -> Value {
                     "average_price": entry.map(|p| money(p.0)),
                     "mark_price": i.mark.map(|m| money(m.0)),
                     "realized_profit_loss": money(realized.0),
+                    "initial_margin": m.map(|m| money(m.position_initial.0)),
+                    "maintenance_margin": m.map(|m| money(m.maintenance.0)),
+                    "open_orders_margin": m.map(|m| money(m.initial.0 - m.position_initial.0)),
                 })
             })
         })
@@ -288,15 +300,23 @@ pub fn positions(s: &Sequencer, account: AccountId) -> Value {
     Value::Array(list)
 }
 
-/// `private/get_subaccount`: collateral, margin and mode.
+/// `private/get_subaccount`: collateral, margin and mode. `initial_margin` is the requirement
+/// with the open orders (what a new order or a withdrawal must leave covered), split into
+/// `positions_initial_margin` and `open_orders_margin`; requirements are net of the values the
+/// mode counts, so a long's value can make them negative.
 pub fn subaccount(s: &Sequencer, account: AccountId) -> Value {
     let engine = s.engine();
     let (balance, requirement, free) = engine.collateral(account).unwrap_or_default();
+    let margin = engine.margin_view(account);
     json!({
         "subaccount_id": account.0,
         "margin_mode": format!("{:?}", engine.margin_mode(account).unwrap_or_default()),
         "collaterals": [{"currency": "USDC", "amount": money(balance.0)}],
         "initial_margin": money(requirement.0),
+        "positions_initial_margin": margin.as_ref().map(|m| money(m.positions_initial.0)),
+        "open_orders_margin": margin.as_ref().map(|m| money(m.initial.0 - m.positions_initial.0)),
+        "maintenance_margin": margin.as_ref().map(|m| money(m.maintenance.0)),
+        "under_liquidation": margin.as_ref().is_some_and(|m| m.liquidating),
         "free_collateral": money(free.0),
         "open_orders": engine.open_orders_of(account).len(),
     })

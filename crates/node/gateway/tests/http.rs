@@ -409,6 +409,34 @@ async fn signed_orders_trade_and_market_data_shows_marks_iv_and_greeks() {
     assert_eq!(open["result"][0]["filled_amount"], "0.2", "{open}");
     let positions = h.post(&json!({"jsonrpc": "2.0", "id": 3, "method": "private/get_positions", "params": {"subaccount_id": bob.subaccount}}).to_string(), &h.auth(&bob)).await.1;
     assert_eq!(positions["result"][0]["size"], "0.2");
+    // Alice wrote 0.2 calls and offers 0.25 more: her requirement splits into the position's
+    // and the order's, and her position carries its share.
+    let n = |v: &Value| -> f64 { v.as_str().expect("a decimal").parse().expect("a number") };
+    let sub = h.post(&json!({"jsonrpc": "2.0", "id": 4, "method": "private/get_subaccount", "params": {"subaccount_id": alice.subaccount}}).to_string(), &h.auth(&alice)).await.1;
+    let r = &sub["result"];
+    let (all, held, orders) = (
+        n(&r["initial_margin"]),
+        n(&r["positions_initial_margin"]),
+        n(&r["open_orders_margin"]),
+    );
+    assert!(
+        held > 0.0 && orders > 0.0 && (held + orders - all).abs() < 1e-6,
+        "{sub}"
+    );
+    assert!(
+        n(&r["maintenance_margin"]) > 0.0 && r["under_liquidation"] == false,
+        "{sub}"
+    );
+    let written = h.post(&json!({"jsonrpc": "2.0", "id": 5, "method": "private/get_positions", "params": {"subaccount_id": alice.subaccount}}).to_string(), &h.auth(&alice)).await.1;
+    assert_eq!(written["result"][0]["size"], "-0.2", "{written}");
+    assert!(
+        (n(&written["result"][0]["initial_margin"]) - held).abs() < 1e-6,
+        "{written}"
+    );
+    assert!(
+        (n(&written["result"][0]["open_orders_margin"]) - orders).abs() < 1e-6,
+        "{written}"
+    );
     let metrics = h
         .raw("GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".into())
         .await

@@ -1108,3 +1108,87 @@ fn expiries_past_the_budget_are_posted_by_the_next_inputs() {
     );
     e.check_invariants().expect("audit");
 }
+
+/// The API's margin view: its totals are the engine's own requirements in every mode, its
+/// split says what the positions need alone and what the open orders add, and under the
+/// per-position modes its instrument shares add up to the totals.
+#[test]
+fn the_margin_view_splits_positions_from_open_orders_in_every_mode() {
+    let mut e = market();
+    mode(&mut e, 1, MarginMode::Standard);
+    mode(&mut e, 2, MarginMode::Standard);
+    mode(&mut e, 3, MarginMode::Portfolio);
+    let mark = update(60_000.0, T0).marks[0].mark.0;
+    let bid = Price(mark - mark % 100_000);
+    // Accounts 2 (standard), 3 (portfolio) and 0 (worst case) each write a call to account 1
+    // (0 and 3 have one owner, so they do not trade with each other).
+    for (seller, buyer) in [(2, 1), (3, 1), (0, 1)] {
+        run(
+            &mut e,
+            T0,
+            Command::PlaceOrder(limit(seller, 0, Side::Sell, bid, 100)),
+        )
+        .expect("ask");
+        run(
+            &mut e,
+            T0,
+            Command::PlaceOrder(limit(buyer, 0, Side::Buy, bid, 100)),
+        )
+        .expect("lift");
+    }
+    let agrees = |e: &Engine, account: u32| {
+        let id = AccountId(account);
+        let v = e.margin_view(id).expect("exists");
+        let (_, requirement, _) = e.collateral(id).expect("exists");
+        assert_eq!(v.initial, requirement, "account {account}");
+        assert_eq!(
+            v.maintenance,
+            e.maintenance(id).expect("exists").0,
+            "account {account}"
+        );
+        assert!(v.initial >= v.positions_initial, "account {account}: {v:?}");
+        if v.mode != MarginMode::Portfolio {
+            let sum = |f: fn(&optio_engine::InstrumentMargin) -> i64| {
+                v.instruments.iter().map(f).sum::<i64>()
+            };
+            assert_eq!(sum(|m| m.initial.0), v.initial.0);
+            assert_eq!(sum(|m| m.position_initial.0), v.positions_initial.0);
+            assert_eq!(sum(|m| m.maintenance.0), v.maintenance.0);
+        } else {
+            assert!(v.instruments.is_empty());
+        }
+        v
+    };
+    let writer = agrees(&e, 2);
+    // Standard: a short ATM call needs max(0.15 S - OTM, 0.10 S) + 2 * mark, no orders open.
+    assert_eq!(writer.positions_initial.0, 9_000 * MONEY_SCALE + 2 * mark);
+    assert_eq!(writer.initial, writer.positions_initial);
+    assert_eq!(writer.instruments.len(), 1);
+    assert!(writer.maintenance < writer.positions_initial);
+    assert_eq!(
+        agrees(&e, 1).positions_initial,
+        Amount(0),
+        "a long option needs nothing"
+    );
+    let portfolio = agrees(&e, 3);
+    assert_eq!(portfolio.initial, portfolio.positions_initial);
+    assert!(portfolio.positions_initial.0 > 0);
+    agrees(&e, 0);
+
+    // A resting offer for another call adds its margin as orders, not as positions.
+    let far = Price(bid.0 * 3);
+    for seller in [2, 3, 0] {
+        run(
+            &mut e,
+            T0,
+            Command::PlaceOrder(limit(seller, 0, Side::Sell, far, 100)),
+        )
+        .expect("offer");
+        let v = agrees(&e, seller);
+        assert!(v.initial > v.positions_initial, "account {seller}: {v:?}");
+    }
+    assert_eq!(agrees(&e, 2).positions_initial, writer.positions_initial);
+    assert_eq!(agrees(&e, 3).positions_initial, portfolio.positions_initial);
+    assert!(e.margin_view(AccountId(99)).is_none());
+    e.check_invariants().expect("audit");
+}
