@@ -1294,10 +1294,10 @@ impl<M: MarginModel> Engine<M> {
     }
 
     /// Serves an L1 forced withdrawal: when `owner` owns `account`, cancels its open orders and
-    /// withdraws all its collateral when it holds no position, otherwise all that leaves it
-    /// fully collateralized and covered by the stress rule (docs/risk.md, "Withdrawals": what
-    /// the proven state can price, not the margin mode's free collateral); when someone else
-    /// asks, nothing moves.
+    /// withdraws all that leaves it covering what its shorts can owe at worst
+    /// (`optio_types::forced_withdrawal`: all of a flat account's collateral), whatever its
+    /// margin mode, a liquidation under way, the marks or how many positions it holds: the
+    /// validity proof holds the operator to exactly that. When someone else asks, nothing moves.
     fn l1_withdrawal(
         &mut self,
         priority: u64,
@@ -1309,26 +1309,14 @@ impl<M: MarginModel> Engine<M> {
         let mut withdrawn = Amount(0);
         if self.account(account).is_ok_and(|a| a.owner == owner) {
             self.cancel_all(account, None, events)?;
-            if self.flat(account) {
-                // All of it: the validity proof holds the operator to that (the escape hatch
-                // cannot be served with less).
-                let all = self.accounts[account.0 as usize].balance;
-                if all.is_positive() {
-                    self.pay_out(account, all, events);
-                    withdrawn = all;
-                }
-            } else if self.check_positions_to_withdraw(account).is_ok() {
-                // All that leaves the account fully collateralized and covered by the stress rule
-                // at the marks, whatever its margin mode, a liquidation under way or the marks'
-                // age: the validity proof holds the operator to exactly that. (An account with
-                // more positions than a proof can price gets nothing.)
-                let free = self
-                    .full_collateral_free(account)
-                    .min(self.stress_free(account));
-                if free > 0 {
-                    withdrawn = Amount(free as i64);
-                    self.pay_out(account, withdrawn, events);
-                }
+            let free = optio_types::forced_withdrawal(
+                self.accounts[account.0 as usize].balance.0,
+                self.liability(account),
+                self.open_positions(account),
+            );
+            if free > 0 {
+                withdrawn = Amount(free);
+                self.pay_out(account, withdrawn, events);
             }
         }
         self.totals.priority_served += 1;

@@ -720,49 +720,45 @@ impl<M: MarginModel> Engine<M> {
         floor_div(totals.into_iter().min().unwrap_or(0), Q)
     }
 
-    /// What `account`'s balance holds above full collateral of its positions, orders aside
-    /// (`optio_types::full_collateral`: the worst-case liability of each short position, what
-    /// a `WorstCase` account's requirement is without orders), whatever its margin mode.
-    pub(crate) fn full_collateral_free(&self, account: AccountId) -> i128 {
+    /// What `account`'s balance holds above what its shorts can owe at worst, exactly, in 1e-8
+    /// micro-USDC (`balance * 1e8 - liability`, orders aside), whatever its margin mode; marks
+    /// play no part. At or above zero the account can pay all it may ever owe and is never
+    /// liquidated.
+    pub(crate) fn short_cover(&self, account: AccountId) -> i128 {
+        let balance = self.accounts[account.0 as usize].balance.0;
+        (i128::from(balance) * Q).saturating_sub(self.liability(account))
+    }
+
+    /// What `account`'s shorts can owe at worst, in 1e-8 micro-USDC: the sum of
+    /// `optio_types::short_liability` over its positions (the settlement state's account leaf
+    /// holds the same number).
+    pub(crate) fn liability(&self, account: AccountId) -> i128 {
         let acct = &self.accounts[account.0 as usize];
         acct.positions
             .iter()
-            .fold(i128::from(acct.balance.0), |free, (&instrument, &slot)| {
+            .fold(0i128, |sum, (&instrument, &slot)| {
                 let position = self.positions[slot as usize].exposure.position;
                 let spec = &self.instruments[instrument.0 as usize].spec;
                 // (A spec whose payoff overflows was refused at listing.)
-                free - optio_types::full_collateral(spec, position).unwrap_or(i128::MAX / 4)
+                sum.saturating_add(
+                    optio_types::short_liability(spec, position).unwrap_or(i128::MAX / 4),
+                )
             })
     }
 
-    /// What `account`'s balance holds above what its shorts can owe at worst, exactly, in 1e-8
-    /// micro-USDC (`balance * 1e8 - sum optio_types::short_liability`, orders aside), whatever
-    /// its margin mode; marks play no part. At or above zero the account can pay all it may
-    /// ever owe and is never liquidated.
-    pub(crate) fn short_cover(&self, account: AccountId) -> i128 {
-        let acct = &self.accounts[account.0 as usize];
-        acct.positions.iter().fold(
-            i128::from(acct.balance.0) * i128::from(optio_types::QTY_SCALE),
-            |cover, (&instrument, &slot)| {
-                let position = self.positions[slot as usize].exposure.position;
-                let spec = &self.instruments[instrument.0 as usize].spec;
-                // (A spec whose payoff overflows was refused at listing.)
-                cover.saturating_sub(
-                    optio_types::short_liability(spec, position).unwrap_or(i128::MAX / 4),
-                )
-            },
-        )
+    /// Open (nonzero) positions of `account`.
+    pub(crate) fn open_positions(&self, account: AccountId) -> u32 {
+        self.accounts[account.0 as usize]
+            .positions
+            .values()
+            .filter(|&&slot| self.positions[slot as usize].exposure.position.0 != 0)
+            .count() as u32
     }
 
     /// Refuses money out of an account holding more open positions than a validity proof can
     /// price (`EngineLimits::max_positions_to_withdraw`).
     pub(crate) fn check_positions_to_withdraw(&self, account: AccountId) -> Result<(), RejectCode> {
-        let open = self.accounts[account.0 as usize]
-            .positions
-            .values()
-            .filter(|&&slot| self.positions[slot as usize].exposure.position.0 != 0)
-            .count();
-        if open > self.limits.max_positions_to_withdraw as usize {
+        if self.open_positions(account) > self.limits.max_positions_to_withdraw {
             return Err(RejectCode::TooManyPositionsToWithdraw);
         }
         Ok(())

@@ -236,21 +236,19 @@ impl Reference {
                 self.next_priority(*priority)?;
                 if self.acct(*account).is_ok_and(|a| a.owner == *owner) {
                     self.orders.retain(|o| o.rec.account != *account);
+                    // All that leaves the account covering what its shorts can owe at worst,
+                    // less a micro-USDC per open position (all of a flat account's).
                     let acct = &self.accounts[account.0 as usize];
-                    if acct.positions.values().all(|p| p.qty == 0) {
-                        // A flat account's forced withdrawal takes all of it.
-                        let all = acct.balance.max(0);
-                        self.totals.withdrawals += i128::from(all);
-                        self.accounts[account.0 as usize].balance -= all;
-                        return Ok(());
+                    let (mut liability, mut open) = (0i128, 0u32);
+                    for (i, p) in acct.positions.iter().filter(|(_, p)| p.qty != 0) {
+                        let spec = &self.instruments[i.0 as usize].spec;
+                        liability += optio_types::short_liability(spec, Qty(p.qty))
+                            .expect("a listed spec's payoff fits");
+                        open += 1;
                     }
-                    let free = self.free(*account).min(self.limits.max_amount.0);
-                    if free > 0 {
-                        let _ = self.command(&Command::Withdraw {
-                            account: *account,
-                            amount: Amount(free),
-                        });
-                    }
+                    let free = optio_types::forced_withdrawal(acct.balance, liability, open);
+                    self.totals.withdrawals += i128::from(free);
+                    self.accounts[account.0 as usize].balance -= free;
                 }
                 Ok(())
             }

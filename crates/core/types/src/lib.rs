@@ -29,7 +29,9 @@ pub use input::{
 pub use instrument::{
     InstrumentKind, InstrumentName, InstrumentSpec, InstrumentStatus, OptionRight,
 };
-pub use margin::{Exposure, MarginModel, WorstCaseMargin, full_collateral, short_liability};
+pub use margin::{
+    Exposure, MarginModel, WorstCaseMargin, forced_withdrawal, full_collateral, short_liability,
+};
 pub use oracle::{
     MAX_LIQUIDATION_FEE_BPS, MarginMode, MarkUpdate, OracleUpdate, RiskConfig, SettlementUpdate,
     UpdateFormat, max_liquidation_fee, stress_range,

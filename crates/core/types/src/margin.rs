@@ -64,9 +64,7 @@ impl WorstCaseMargin {
 }
 
 /// The collateral that fully collateralizes `position` of `spec` with no orders: `L(x)` of
-/// [`WorstCaseMargin`], `ceil(max(-x, 0) * W / 1e8)`. An L1 forced withdrawal from an account
-/// holding positions leaves it at least the sum over its positions, whatever its margin mode:
-/// the validity circuit computes the same sum from the committed specs and positions.
+/// [`WorstCaseMargin`], `ceil(max(-x, 0) * W / 1e8)`.
 pub fn full_collateral(spec: &InstrumentSpec, position: Qty) -> Result<i128, ArithError> {
     WorstCaseMargin::liability(position.0, spec.max_payoff_per_contract()?)
 }
@@ -79,6 +77,25 @@ pub fn full_collateral(spec: &InstrumentSpec, position: Qty) -> Result<i128, Ari
 pub fn short_liability(spec: &InstrumentSpec, position: Qty) -> Result<i128, ArithError> {
     let w = spec.max_payoff_per_contract()?;
     Ok(i128::from(position.0.saturating_neg().max(0)) * i128::from(w.0))
+}
+
+/// What an owner's L1 forced withdrawal takes from an account with `collateral`, whose shorts
+/// can owe `liability` at worst (the sum of [`short_liability`], in 1e-8 micro-USDC) and which
+/// holds `open_positions` positions: all that leaves it covering that liability, less a
+/// micro-USDC per open position, or nothing when that is not positive:
+/// `max(0, floor((collateral * 1e8 - liability) / 1e8) - open_positions)`.
+///
+/// Whatever the margin mode, the account can then pay all it may ever owe, and it needs
+/// neither marks nor a path per position: the settlement state's account leaf holds all three
+/// numbers, so a proof checks it of an account holding any number of positions (the escape
+/// hatch is never served with less). The micro-USDC per position keeps what is left at or above
+/// the sum of [`full_collateral`], which rounds each short up (a `WorstCase` account's
+/// requirement without orders). A flat account takes all its collateral.
+pub fn forced_withdrawal(collateral: i64, liability: i128, open_positions: u32) -> i64 {
+    let scale = i128::from(QTY_SCALE);
+    let cover = (i128::from(collateral) * scale - liability).div_euclid(scale);
+    // At most the collateral: the liability is not negative.
+    (cover - i128::from(open_positions)).max(0) as i64
 }
 
 impl MarginModel for WorstCaseMargin {

@@ -39,9 +39,10 @@ pub struct EngineLimits {
     pub max_order_qty: Qty,
     /// One deposit, withdrawal or transfer.
     pub max_amount: Amount,
-    /// Open positions an account may hold while money leaves it (a withdrawal, a transfer, a
-    /// forced withdrawal, which then moves nothing): the validity proof prices every one, and
-    /// its circuit's shape holds only so many (`optio node` sets it from the prover's shape).
+    /// Open positions an account may hold while money leaves it at its holder's request (a
+    /// withdrawal, a transfer): the validity proof prices every one, and its circuit's shape
+    /// holds only so many (`optio node` sets it from the prover's shape). A forced withdrawal
+    /// is not held to it (`crate::forced_withdrawal` needs no mark).
     pub max_positions_to_withdraw: u32,
     /// What the fills of one order may touch: a batch holding only that order's input must fit
     /// the validity proof's circuit (`optio node` sets it from the prover's shape). The fills

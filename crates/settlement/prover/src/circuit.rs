@@ -11,8 +11,8 @@
 //!   against the root as the earlier write-backs left it; registers in use come first with
 //!   strictly increasing keys, so no account or position is loaded twice;
 //! - amounts are non-negative 63-bit integers, collateral and positions stay 64-bit signed
-//!   integers; money that leaves an account at its holder's request (withdrawal, forced
-//!   withdrawal, transfer) leaves it covered by the stress rule against the committed marks and
+//!   integers; money that leaves an account at its holder's request (withdrawal, transfer)
+//!   leaves it covered by the stress rule against the committed marks and
 //!   risk arrays (`collateral + sum_i q_i * (mark_i + RA_i[s]) / 1e8 >= 0` for every scenario
 //!   and the no-move one, over every position it holds: a margin slot per such op; the leaf
 //!   counts the account's positions, so none can be left out), and a loss share leaves its
@@ -37,11 +37,10 @@
 //! - a transfer moves money between two accounts of one owner; an opened account takes an empty
 //!   leaf; a withdrawal names the account's owner in its words, whom the contract pays; a forced
 //!   one names who asked on L1 (the contract checks its queue): someone else's moves nothing,
-//!   and the owner's leaves an account that held no position when the batch started at or below
-//!   zero (it takes all), and from an account holding positions takes exactly what leaves it
-//!   fully collateralized (each short's worst-case payoff from its committed spec) and covered
-//!   by the stress rule, the smaller, or nothing when either is short (a margin slot, even
-//!   when nothing moved), unless the account holds more positions than the registers price;
+//!   and the owner's takes exactly what leaves the account covering what its shorts can owe at
+//!   worst, less a micro-USDC a position, or nothing (`optio_types::forced_withdrawal` of the
+//!   collateral, the liability and the leaf's count: all of a flat account's collateral; no
+//!   mark and no margin slot, so whatever the account holds);
 //!   an L1 operation is the next in the queue;
 //! - a session key changes the account's key list as the ledger does (expired keys dropped,
 //!   the key registered or revoked, the list sorted with no repeats, its hash in the leaf);
@@ -184,11 +183,8 @@ struct Snapshot {
     a_id: Wire,
     /// Its collateral after the op.
     a_after: Wire,
-    /// Money left account a at its holder's request.
+    /// Money left account a at its holder's request (a withdrawal, a transfer).
     out: Wire,
-    /// Its owner's forced withdrawal from account a, which held positions the registers price:
-    /// it must take all it is owed (a margin slot proves it), even when nothing moved.
-    priced: Wire,
     /// A deficit cover of account a: it must hold no position.
     covered: Wire,
     /// Every position register's quantity.
@@ -1021,64 +1017,72 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
         a.opens = a.opens.add(&cs.mul(x, &open)?);
     }
     // Collateral stays a 64-bit integer. Money that leaves at the holder's request (a
-    // withdrawal, a forced withdrawal, a transfer) must leave the account's positions covered in
-    // every stress scenario: a margin slot proves that for this op. A loss share leaves the
+    // withdrawal, a transfer) must leave the account's positions covered in every stress
+    // scenario: a margin slot proves that for this op. A loss share leaves the
     // collateral non-negative. A fill may leave it negative: a leveraged perpetual long holds
     // negative cash against its position.
     let a_after = pick(cs, &sel_a, st.accounts.iter().map(|a| a.collateral.clone()))?;
     let b_after = pick(cs, &sel_b, st.accounts.iter().map(|a| a.collateral.clone()))?;
     cs.signed_range(&a_after, 64)?;
     cs.signed_range(&b_after, 64)?;
-    // (A forced withdrawal of 0, nothing moved, prices nothing: the rule below decides whether
-    // it may move nothing.)
-    let out = cs.mul(
-        &Wire::sum([&withdraw, &l1_withdrawal, &transfer]),
-        &moves_money,
-    )?;
+    // (A forced withdrawal is held to its own rule, below, which needs no mark.)
+    let out = cs.mul(&withdraw.add(&transfer), &moves_money)?;
     let a_pays = cs.mul(&loss, &moves_money)?;
     cs.range(&cs.mul(&a_pays, &a_after)?, 63)?;
     // A transfer stays with one owner; a withdrawal names the account's owner, a forced one who
     // asked on L1 (the contract checks its queue, and pays whom the words name). Someone else's
-    // forced withdrawal moves nothing; the owner's takes all of an account that held no
-    // position when the batch started (the escape hatch cannot be served with less).
+    // forced withdrawal moves nothing.
     let a_owner = pick(cs, &sel_a, st.accounts.iter().map(|a| a.owner.clone()))?;
     let b_owner = pick(cs, &sel_b, st.accounts.iter().map(|a| a.owner.clone()))?;
     cs.equal_if(&transfer, &a_owner, &b_owner)?;
     cs.equal_if(&withdraw, &owner, &a_owner)?;
     let stranger = cs.is_nonzero(&owner.sub(&a_owner))?;
     cs.equal_if(&cs.mul(&l1_withdrawal, &stranger)?, &amount, &Wire::zero())?;
-    let a_count = pick(cs, &sel_a, st.accounts.iter().map(|a| a.count0.clone()))?;
-    let a_held = cs.is_nonzero(&a_count)?;
+    // The owner's forced withdrawal takes all that leaves the account covering what its shorts
+    // can owe at worst, less a micro-USDC for each position it held at the batch's start (the
+    // leaf's count: the batcher starts a new batch at a forced withdrawal whose account's
+    // positions moved in it), or nothing when that is not positive:
+    // `max(0, floor((collateral * 1e8 - liability) / 1e8) - count)` with the collateral before
+    // the op (`optio_types::forced_withdrawal`). With `d = (collateral - count) * 1e8 -
+    // liability`, either `0 <= d - amount * 1e8 < 1e8`, or nothing moved and `d < 1e8`. It
+    // needs no mark, so no margin slot, and an account holding any number of positions is paid
+    // (the escape hatch cannot be served with less). `d` is above `-2^158` (the liability is
+    // below 2^157, the collateral a 64-bit integer), so `1e8 - 1 - d` of a `d` at or above 1e8
+    // is far above 2^159.
     let owners_exit = cs.mul(&l1_withdrawal, &not(&stranger))?;
-    let takes_all = cs.mul(&owners_exit, &not(&a_held))?;
-    // The owner's forced withdrawal from an account that held positions takes what leaves it
-    // fully collateralized and covered by the stress rule, the smaller (a margin slot proves
-    // it, even when nothing moved), unless the account holds
-    // more positions than the registers can price (`min(positions, instruments)`, the engine's
-    // `max_positions_to_withdraw` for this shape): then nothing moves. (The batcher starts a new
-    // batch at a forced withdrawal from an account that traded in it, so the count at the
-    // batch's start is the count at the op.)
-    let priceable = st.positions.len().min(st.instruments.len()) as u64;
-    let exits_held = cs.mul(&owners_exit, &a_held)?;
-    let over = cs.boolean(a_count.value > Fr::from(priceable))?;
-    let too_many = cs.mul(&exits_held, &over)?;
-    let priced = exits_held.sub(&too_many);
-    cs.range(
-        &cs.mul(&too_many, &a_count.add_const(-Fr::from(priceable + 1)))?,
-        32,
+    let a_count = pick(cs, &sel_a, st.accounts.iter().map(|a| a.count0.clone()))?;
+    let a_liability = pick(cs, &sel_a, st.accounts.iter().map(|a| a.liability.clone()))?;
+    let scale = Fr::from(QTY_SCALE as u64);
+    let d = a_after
+        .add(&amount)
+        .sub(&a_count)
+        .scale(scale)
+        .sub(&a_liability);
+    let rest = d.sub(&amount.scale(scale));
+    let paid = cs.boolean(
+        owners_exit.value == Fr::from(1u64)
+            && signed_order(rest.value) >= signed_order(Fr::from(0u64)),
     )?;
+    cs.enforce(&paid, &not(&owners_exit), &Wire::zero())?;
+    cs.range(&cs.mul(&paid, &rest)?, 27)?;
     cs.range(
-        &cs.mul(&priced, &Wire::constant(Fr::from(priceable)).sub(&a_count))?,
-        32,
+        &cs.mul(
+            &paid,
+            &Wire::constant(Fr::from(QTY_SCALE as u64 - 1)).sub(&rest),
+        )?,
+        27,
     )?;
-    cs.equal_if(&too_many, &amount, &Wire::zero())?;
-    // A deficit cover pays at most the deficit, and a flat account's forced withdrawal takes
-    // all of it: either leaves the account at or below zero.
+    let unpaid = owners_exit.sub(&paid);
+    cs.equal_if(&unpaid, &amount, &Wire::zero())?;
     cs.range(
-        &cs.mul(&deficit.add(&takes_all), &a_after)?
-            .scale(-Fr::from(1u64)),
-        63,
+        &cs.mul(
+            &unpaid,
+            &Wire::constant(Fr::from(QTY_SCALE as u64 - 1)).sub(&d),
+        )?,
+        LIABILITY_BITS + 2,
     )?;
+    // A deficit cover pays at most the deficit: it leaves the account at or below zero.
+    cs.range(&cs.mul(&deficit, &a_after)?.scale(-Fr::from(1u64)), 63)?;
     let a_id = pick(cs, &sel_a, st.accounts.iter().map(|a| a.id.clone()))?;
     let b_id = pick(cs, &sel_b, st.accounts.iter().map(|a| a.id.clone()))?;
     // A trade is between two accounts (the engine's self-trade prevention and its liquidations
@@ -1164,7 +1168,6 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
         a_id: a_id.clone(),
         a_after,
         out,
-        priced,
         covered: deficit.clone(),
         qty: st.positions.iter().map(|q| q.qty.clone()).collect(),
     });
@@ -1295,12 +1298,8 @@ fn signed_order(v: Fr) -> <Fr as PrimeField>::BigInt {
 /// `prices[r][i]`: instrument register `i` prices position register `r` (same id, in use).
 fn margin_slots(cs: &Cs, w: &BatchWitness, st: &Running, prices: &[Vec<Wire>]) -> R<()> {
     let scenarios = w.shape.risk_chunks * RISK_CHUNK;
-    // The ops that need a margin slot: money out, or an owner's priced forced withdrawal.
-    let needs = st
-        .snapshots
-        .iter()
-        .map(|x| Ok(x.out.add(&x.priced).sub(&cs.mul(&x.out, &x.priced)?)))
-        .collect::<R<Vec<_>>>()?;
+    // The ops that need a margin slot: money out.
+    let needs: Vec<Wire> = st.snapshots.iter().map(|x| x.out.clone()).collect();
     let mut checked = vec![Wire::zero(); st.snapshots.len()];
     for m in &w.margins {
         let enabled = cs.boolean(m.enabled)?;
@@ -1320,10 +1319,8 @@ fn margin_slots(cs: &Cs, w: &BatchWitness, st: &Running, prices: &[Vec<Wire>]) -
             &a_id,
             &pick(cs, &sel_a, st.accounts.iter().map(|a| a.id.clone()))?,
         )?;
-        let needed = pick(cs, &sel_k, needs.iter().cloned())?;
-        cs.equal(&needed, &enabled.sub(&flat))?;
-        let out = pick(cs, &sel_k, st.snapshots.iter().map(|x| x.out.clone()))?;
-        let priced = pick(cs, &sel_k, st.snapshots.iter().map(|x| x.priced.clone()))?;
+        let out = pick(cs, &sel_k, needs.iter().cloned())?;
+        cs.equal(&out, &enabled.sub(&flat))?;
         let covered = pick(cs, &sel_k, st.snapshots.iter().map(|x| x.covered.clone()))?;
         cs.equal(&covered, &flat)?;
         let margined = pick(cs, &sel_a, st.accounts.iter().map(|a| a.margined.clone()))?;
@@ -1360,44 +1357,12 @@ fn margin_slots(cs: &Cs, w: &BatchWitness, st: &Running, prices: &[Vec<Wire>]) -
                 })?;
             totals.push(total);
         }
-        // Money that left leaves every total non-negative (nothing moved: they may be below).
+        // Money that left leaves every total non-negative.
         for total in &totals {
             cs.range(&cs.mul(&out, total)?, STRESS_BITS)?;
         }
-        // What the collateral holds above full collateral of the positions
-        // (`optio_types::full_collateral`: `ceil(short * W / 1e8)` for each short, W the
-        // instrument's worst-case payoff per contract).
-        let mut surplus = collateral.clone();
-        for (q, i) in held.iter().zip(&st.instruments) {
-            let short = short_part(cs, q)?;
-            let owed = cs.mul(&short, &i.max_payoff)?;
-            surplus = surplus.sub(&ceil_div(cs, &owed, QTY_SCALE as u64, 110)?);
-        }
-        // A priced forced withdrawal took all that leaves the account fully collateralized and
-        // covered by the stress rule: the surplus left is 0 (it moved money: not below 0), or
-        // one more unit would break the stress rule, so some total is below 1e8 (the lowest
-        // one, which the prover points at). Nothing moved: the surplus or a total was short.
-        let moved = cs.mul(&priced, &out)?;
-        cs.range(&cs.mul(&moved, &surplus)?, 64)?;
-        let zero = signed_order(Fr::from(0u64));
-        let full =
-            cs.boolean(priced.value == Fr::from(1u64) && signed_order(surplus.value) <= zero)?;
-        cs.enforce(&full, &not(&priced), &Wire::zero())?;
-        cs.range(&cs.mul(&full, &surplus)?.scale(-Fr::from(1u64)), 114)?;
-        let stressed = priced.sub(&full);
-        let lowest = (0..totals.len())
-            .min_by_key(|&k| signed_order(totals[k].value))
-            .filter(|_| stressed.value == Fr::from(1u64));
-        let (sel_s, sum_s) = selector(cs, totals.len(), lowest)?;
-        cs.equal(&sum_s, &stressed)?;
-        let worst = pick(cs, &sel_s, totals.iter().cloned())?;
-        cs.range(
-            &stressed.scale(Fr::from(QTY_SCALE as u64 - 1)).sub(&worst),
-            STRESS_BITS + 1,
-        )?;
     }
-    // Every op that takes money out, every owner's priced forced withdrawal and every deficit
-    // cover has exactly one margin slot.
+    // Every op that takes money out and every deficit cover has exactly one margin slot.
     for ((c, x), n) in checked.iter().zip(&st.snapshots).zip(&needs) {
         cs.equal(c, &n.add(&x.covered))?;
     }

@@ -74,10 +74,9 @@ pub struct Shape {
     /// instruments tree (from the window's subtree root up) instead of one path each.
     pub mark_window_bits: usize,
     /// Margin slots: each proves the stress rule for one op that takes money out of an account
-    /// (a withdrawal, a forced withdrawal that moved something, a transfer), that an owner's
-    /// forced withdrawal from an account holding positions took all it was owed, or that a deficit
-    /// cover's account holds no position, every position of the account loaded in the
-    /// registers.
+    /// at its holder's request (a withdrawal, a transfer), or that a deficit cover's account
+    /// holds no position, every position of the account loaded in the registers. (A forced
+    /// withdrawal needs none: its rule reads the account leaf only.)
     pub margins: usize,
     /// Price windows: each opens the committed marks of one aligned run of
     /// `2^solvency_bits` instrument ids, for the solvency windows.
@@ -1166,9 +1165,7 @@ fn plan<'a>(
         }
         // Money leaving an account is priced against all its positions: those it held before
         // the batch join the registers (those the batch opens are there already).
-        let priced = optio_state::money_out_of(op)
-            .or_else(|| priced_exit(op, accounts, shape))
-            .map(|a| (a, false));
+        let priced = optio_state::money_out_of(op).map(|a| (a, false));
         if let Some((AccountId(account), flat)) =
             priced.or(optio_state::flat_for(op).map(|a| (a, true)))
         {
@@ -2057,26 +2054,6 @@ pub fn witness(
     let words: Vec<Fr> = encoded.into_iter().flat_map(|e| e.words).collect();
     (w.public.z, w.public.y) = optio_state::blob::binding(w.public.commitment, &words);
     Ok(w)
-}
-
-/// The account of an owner's forced withdrawal from an account that held positions when the
-/// batch started, no more than `shape`'s registers can price: it takes all the stress rule
-/// leaves, which a margin slot proves even when nothing moved (the circuit's op slot).
-fn priced_exit(
-    op: &Op,
-    accounts: &[optio_state::ledger::Account],
-    shape: Shape,
-) -> Option<AccountId> {
-    let Op::L1Withdrawal {
-        account, requester, ..
-    } = op
-    else {
-        return None;
-    };
-    let held = accounts.get(account.0 as usize)?;
-    let open = held.positions.values().filter(|q| q.0 != 0).count();
-    (held.owner == *requester && open > 0 && open <= shape.positions.min(shape.instruments))
-        .then_some(*account)
 }
 
 /// The witness of an empty batch of `shape` (what key generation synthesizes).

@@ -752,33 +752,37 @@ fn a_flat_accounts_forced_withdrawal_takes_all_of_it() {
         let at = refused_at(&w);
         assert!(at.starts_with("op slot 0"), "{ops:?}: {at}");
     }
-    // An account that held a position takes what leaves it fully collateralized (the test
-    // below): here, a long, all its cash.
+    // An account that held a position takes what leaves its shorts covered (the test below):
+    // here, a long, all its cash but a micro-USDC.
     let held = after(&state, &[perp_fill(Side::Buy, 1)]);
     let free = owed(&held, AccountId(1));
-    assert_eq!(free, held.accounts()[1].collateral.0);
+    assert_eq!(free, held.accounts()[1].collateral.0 - 1);
     for (amount, ok) in [(free, true), (0, false)] {
         let w = batch_of(&held, &forced(owner, amount));
         assert_eq!(check(&w).is_ok(), ok, "{amount} of {free}");
     }
 }
 
-/// What an owner's forced withdrawal from an account holding positions takes: what leaves it
-/// fully collateralized (`full_collateral_free`: its collateral less each short's worst-case
-/// payoff) and covered by the stress rule (`stress_free`), the smaller, or nothing when either
-/// is short (the engine's `l1_withdrawal`).
+/// What an owner's forced withdrawal takes (the engine's `l1_withdrawal`): all that leaves the
+/// account covering what its shorts can owe at worst, less a micro-USDC a position, or nothing
+/// (`optio_types::forced_withdrawal` of its leaf's collateral, liability and count).
 fn owed(state: &SettlementState, id: AccountId) -> i64 {
-    let full = state.full_collateral_free(id).expect("known");
-    let stress = state.stress_free(id).expect("known");
-    full.min(stress).max(0) as i64
+    let a = &state.accounts()[id.0 as usize];
+    optio_types::forced_withdrawal(
+        a.collateral.0,
+        a.liability(&state.payoffs()) as i128,
+        a.positions.len() as u32,
+    )
 }
 
 /// The escape hatch cannot be served with less from an account that holds positions either:
 /// the owner's forced withdrawal takes exactly `owed`, in every margin mode (the mode is not in
-/// the state). A unit less, a unit more, or nothing while something is owed cannot be proven,
-/// nor can the batch without the margin slot that proves it; someone else's request needs none.
+/// the state) and whatever the marks say (it reads none). A unit less, a unit more, or nothing
+/// while something is owed cannot be proven, natively or in the circuit; someone else's
+/// request moves nothing. No margin slot: an account holding more positions than the shape's
+/// registers is paid all the same.
 #[test]
-fn a_forced_withdrawal_takes_the_fully_collateralized_surplus() {
+fn a_forced_withdrawal_takes_what_leaves_the_shorts_covered() {
     let forced = |id: AccountId, amount: i64| {
         [Op::L1Withdrawal {
             priority: 0,
@@ -787,12 +791,23 @@ fn a_forced_withdrawal_takes_the_fully_collateralized_surplus() {
             amount: Amount(amount),
         }]
     };
-    let refused_in_margin = |state: &SettlementState, id: AccountId, amount: i64, what: &str| {
-        let at = refused_at(&batch_of(state, &forced(id, amount)));
-        assert!(at.starts_with("margin slots"), "{what}: {amount}: {at}");
+    let refuses = |state: &SettlementState, id: AccountId, amount: i64, what: &str| {
+        let ops = forced(id, amount);
+        let mut native = state.clone();
+        assert!(
+            matches!(
+                native.apply_batch(&ops),
+                Err(optio_state::StateError::ShortExit(0))
+            ),
+            "{what}: {amount}"
+        );
+        assert_eq!(native.commit(), state.root(), "state unchanged");
+        let at = refused_at(&batch_of(state, &ops));
+        assert!(at.starts_with("op slot 0"), "{what}: {amount}: {at}");
     };
     // Account 1 buys 2 calls (strike 100,000, cap 200,000) at 1,000 from account 0: the long
-    // owes nothing, so takes its cash; the short keeps back 2 x 100,000, its worst-case payoff.
+    // owes nothing, so takes its cash but a micro-USDC; the short keeps back 2 x 100,000, its
+    // worst-case payoff, and a micro-USDC.
     let calls = Op::Fill {
         instrument: InstrumentId(1),
         maker: AccountId(0),
@@ -803,23 +818,20 @@ fn a_forced_withdrawal_takes_the_fully_collateralized_surplus() {
     };
     let state = after(&genesis(2), &[calls]);
     let cash = |state: &SettlementState, a: usize| state.accounts()[a].collateral.0;
-    assert_eq!(owed(&state, AccountId(1)), cash(&state, 1));
+    assert_eq!(owed(&state, AccountId(1)), cash(&state, 1) - 1);
     assert_eq!(
         owed(&state, AccountId(0)),
-        cash(&state, 0) - 200_000 * MONEY_SCALE
+        cash(&state, 0) - 200_000 * MONEY_SCALE - 1
     );
     for id in [AccountId(0), AccountId(1)] {
         let owed = owed(&state, id);
-        check(&batch_of(&state, &forced(id, owed))).unwrap_or_else(|e| panic!("{id:?}: {e}"));
+        let w = batch_of(&state, &forced(id, owed));
+        assert!(!w.margins[0].enabled, "no margin slot");
+        check(&w).unwrap_or_else(|e| panic!("{id:?}: {e}"));
+        let mut native = state.clone();
+        native.apply_batch(&forced(id, owed)).expect("owed");
         for wrong in [owed - 1, owed + 1, 0] {
-            refused_in_margin(&state, id, wrong, "not what is owed");
-        }
-        for amount in [owed, 0] {
-            let mut w = batch_of(&state, &forced(id, amount));
-            assert!(w.margins[0].enabled);
-            w.margins[0] = Default::default();
-            let at = refused_at(&w);
-            assert!(at.starts_with("margin slots"), "{id:?}, no slot: {at}");
+            refuses(&state, id, wrong, "not what is owed");
         }
         let stranger = [Op::L1Withdrawal {
             priority: 0,
@@ -827,12 +839,11 @@ fn a_forced_withdrawal_takes_the_fully_collateralized_surplus() {
             requester: Address([0xee; 20]),
             amount: Amount::ZERO,
         }];
-        let w = batch_of(&state, &stranger);
-        assert!(!w.margins[0].enabled);
-        check(&w).expect("a stranger's request");
+        check(&batch_of(&state, &stranger)).expect("a stranger's request");
     }
-    // The stress rule binds where a scenario is beyond the worst-case payoff (the call marked
-    // at 150,000 with a +60,000 scenario): the short takes what the rule leaves.
+    // Marks play no part: a scenario beyond the worst-case payoff (the call marked at 150,000
+    // with a +60,000 scenario), which a withdrawal's stress rule would hold back, changes
+    // nothing owed.
     let marked = after(
         &state,
         &[Op::Mark {
@@ -843,20 +854,19 @@ fn a_forced_withdrawal_takes_the_fully_collateralized_surplus() {
     );
     let id = AccountId(0);
     let stress = marked.stress_free(id).expect("known") as i64;
-    assert!(i128::from(stress) < marked.full_collateral_free(id).expect("known"));
-    assert_eq!(owed(&marked, id), stress);
-    check(&batch_of(&marked, &forced(id, stress))).expect("what the stress rule leaves");
-    refused_in_margin(&marked, id, stress - 1, "a unit less");
-    refused_in_margin(&marked, id, stress + 1, "a unit more");
+    assert!(stress < owed(&marked, id), "{stress}");
+    assert_eq!(owed(&marked, id), owed(&state, id));
+    check(&batch_of(&marked, &forced(id, owed(&marked, id)))).expect("what is owed");
+    refuses(&marked, id, stress, "what the stress rule leaves");
     // Short of it (a leveraged perpetual long, its cash negative): nothing, and a unit is refused.
     let long = marked_long();
     let id = AccountId(1);
-    assert!(long.full_collateral_free(id).expect("known") < 0);
+    assert!(long.accounts()[1].collateral.0 < 0);
+    assert_eq!(owed(&long, id), 0);
     check(&batch_of(&long, &forced(id, 0))).expect("nothing owed");
-    assert!(refused(&batch_of(&long, &forced(id, 1))));
-    // An account holding more positions than the shape's registers can price (one instrument
-    // register here) is served with nothing, as the engine's `max_positions_to_withdraw` says;
-    // in a shape that prices both, it is owed its cash.
+    refuses(&long, id, 1, "out of negative cash");
+    // An account holding more positions than the shape's registers (one instrument register
+    // here) is paid what it is owed all the same: nothing needs pricing.
     let both = after(
         &state,
         &[Op::Fill {
@@ -871,15 +881,15 @@ fn a_forced_withdrawal_takes_the_fully_collateralized_surplus() {
     let id = AccountId(1);
     let narrow = Shape {
         instruments: 1,
+        positions: 1,
         ..SHAPE
     };
-    let w = witness(&both, &forced(id, 0), narrow).expect("nothing to price");
-    assert!(!w.margins[0].enabled);
-    check(&w).expect("too many positions to price: nothing moves");
     let owed = owed(&both, id);
-    assert!(owed > 0);
-    check(&batch_of(&both, &forced(id, owed))).expect("both priced");
-    refused_in_margin(&both, id, 0, "nothing while something is owed");
+    assert_eq!(owed, cash(&both, 1) - 2, "two longs");
+    let w = witness(&both, &forced(id, owed), narrow).expect("nothing to price");
+    check(&w).expect("paid past the registers");
+    let w = witness(&both, &forced(id, owed - 1), narrow).expect("a witness");
+    assert!(check(&w).is_err(), "a unit less");
 }
 
 /// `ops` with the first deposit's amount one more.

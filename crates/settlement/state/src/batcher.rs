@@ -362,15 +362,14 @@ impl Batcher {
             }
             _ => false,
         };
-        // Money leaving an account, a forced withdrawal's amount (all the stress rule leaves,
-        // even when that is nothing), and a liquidation's price are proven against the marks
-        // committed before their batch (the circuit applies a batch's marks after its ops),
-        // which are the engine's only while no mark (of the liquidated instrument) is pending:
-        // with one pending, the batch is cut first.
+        // Money leaving an account at its holder's request and a liquidation's price are proven
+        // against the marks committed before their batch (the circuit applies a batch's marks
+        // after its ops), which are the engine's only while no mark (of the liquidated
+        // instrument) is pending: with one pending, the batch is cut first. (A forced
+        // withdrawal's amount needs no mark.)
         let full = full
             || ops.iter().any(|o| match o {
                 Op::Liquidation { instrument, .. } => self.marks.contains_key(&instrument.0),
-                Op::L1Withdrawal { .. } => !self.marks.is_empty(),
                 o => !self.marks.is_empty() && money_out_of(o).is_some(),
             });
         let full = full || self.ends_a_signing_key(input.time_ms, &ops);
@@ -380,9 +379,9 @@ impl Batcher {
                 .values()
                 .filter_map(|(_, a)| a.as_ref())
                 .any(|a| a.published_ms + auth::MARK_WINDOW_MS < input.time_ms);
-        // The circuit takes a flat account's forced withdrawal whole when the account held no
-        // position at its batch's start: one whose account traded earlier in the pending batch
-        // starts the next.
+        // A forced withdrawal leaves a micro-USDC for each position its account held at the
+        // batch's start (`optio_types::forced_withdrawal`; the engine counts them at the op):
+        // one whose account's positions moved earlier in the pending batch starts the next.
         let full = full || self.traded_before_forced_withdrawal(&ops);
         let full = full || (self.running.push(&self.state, &ops).is_err() && self.pending() > 0);
         let before = if full {
@@ -529,7 +528,8 @@ impl Batcher {
             })
     }
 
-    /// Whether `ops` serve a forced withdrawal from an account that trades in the pending batch.
+    /// Whether `ops` serve a forced withdrawal from an account whose positions move in the
+    /// pending batch (it trades, is liquidated or takes a liquidated position, or is settled).
     fn traded_before_forced_withdrawal(&self, ops: &[Op]) -> bool {
         ops.iter().any(|op| {
             let Op::L1Withdrawal { account, .. } = op else {
@@ -542,6 +542,7 @@ impl Batcher {
                     counterparty,
                     ..
                 } => a == account || counterparty == account,
+                Op::SettlePosition { account: a, .. } => a == account,
                 _ => false,
             })
         })
@@ -757,15 +758,13 @@ pub fn flat_for(op: &Op) -> Option<AccountId> {
     }
 }
 
-/// The account an op takes money out of at its holder's request (a withdrawal, a forced
-/// withdrawal that moved something, a transfer's sender): what the circuit's stress rule covers.
+/// The account an op takes money out of at its holder's request (a withdrawal, a transfer's
+/// sender): what the circuit's stress rule covers. A forced withdrawal is held to its own rule,
+/// which needs no mark (`optio_types::forced_withdrawal`).
 pub fn money_out_of(op: &Op) -> Option<AccountId> {
     match op {
         Op::Withdraw { account, .. } => Some(*account),
         Op::Transfer { from, .. } => Some(*from),
-        Op::L1Withdrawal {
-            account, amount, ..
-        } if amount.0 != 0 => Some(*account),
         _ => None,
     }
 }

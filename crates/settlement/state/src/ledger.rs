@@ -72,10 +72,11 @@ pub enum StateError {
         "op {0}: the deficit cover breaks the waterfall (insurance, the fee pool, then shares)"
     )]
     Waterfall(usize),
-    /// Op `index` serves its owner's forced withdrawal from an account that held no position
-    /// at the batch's start but leaves money in it: a flat account's forced withdrawal takes all
-    /// its collateral.
-    #[error("op {0}: the forced withdrawal of a flat account leaves money in it")]
+    /// Op `index` serves its owner's forced withdrawal with another amount than all that leaves
+    /// the account covering what its shorts can owe at worst, less a micro-USDC a position it
+    /// held when the batch started (`optio_types::forced_withdrawal` of its collateral, its
+    /// leaf's liability and count): all of a flat account's collateral.
+    #[error("op {0}: the forced withdrawal does not take what the account is owed")]
     ShortExit(usize),
     /// Op `index` liquidates at a price outside the stress range of the instrument's committed
     /// mark and risk array (`optio_types::stress_range`) on the liquidated account's side: a
@@ -488,20 +489,6 @@ impl SettlementState {
         Some(lowest.div_euclid(i128::from(QTY_SCALE)))
     }
 
-    /// What `account`'s collateral holds above full collateral of its positions
-    /// (`optio_types::full_collateral` of each, from the committed specs): with
-    /// `stress_free`, what an owner's forced withdrawal from an account holding positions takes
-    /// (the smaller, if positive). `None` for an unknown account.
-    pub fn full_collateral_free(&self, account: AccountId) -> Option<i128> {
-        let a = self.accounts.get(account.0 as usize)?;
-        a.positions
-            .iter()
-            .try_fold(i128::from(a.collateral.0), |free, (id, q)| {
-                let spec = &self.instruments.get(*id as usize)?.spec;
-                Some(free - optio_types::full_collateral(spec, *q).ok()?)
-            })
-    }
-
     /// Each instrument's worst-case payoff per contract, by id
     /// (`InstrumentSpec::max_payoff_per_contract`, 0 for a spec without one, which listing
     /// refuses): what an account leaf's liability weighs each short by.
@@ -660,7 +647,7 @@ impl SettlementState {
                 fee_pool: self.fee_pool,
                 priority_served: self.priority_served,
                 settling: Vec::new(),
-                held_at_start: BTreeSet::new(),
+                open_at_start: BTreeMap::new(),
             },
             filled: BTreeMap::new(),
             ops: 0,
@@ -994,6 +981,27 @@ impl Pending {
                         return Err(StateError::LiquidationCovered(i));
                     }
                 }
+                // The owner's forced withdrawal takes all that leaves the account covering what
+                // its shorts can owe at worst, less a micro-USDC a position it held when the
+                // batch started (`optio_types::forced_withdrawal`).
+                Op::L1Withdrawal {
+                    account,
+                    amount,
+                    requester,
+                    ..
+                } if self.scratch.account(*account).owner == *requester => {
+                    let liability = self.scratch.liability(state, *account);
+                    let collateral = self.scratch.account(*account).collateral.0;
+                    let open = self.scratch.open_at_start.get(&account.0).copied();
+                    let owed = optio_types::forced_withdrawal(
+                        collateral,
+                        liability as i128,
+                        open.unwrap_or(0),
+                    );
+                    if amount.0 != owed {
+                        return Err(StateError::ShortExit(i));
+                    }
+                }
                 _ => {}
             }
             self.scratch.apply(i, op)?;
@@ -1025,8 +1033,9 @@ struct Scratch {
     /// Positions settled whose instrument's settlement op has not come yet: (instrument, qty,
     /// cash, op index).
     settling: Vec<(u32, i64, i64, usize)>,
-    /// The accounts that held a position when the batch started.
-    held_at_start: BTreeSet<u32>,
+    /// The open positions of each account the batch loaded, as the batch started (its leaf's
+    /// count; an account the batch opens held none).
+    open_at_start: BTreeMap<u32, u32>,
 }
 
 impl Scratch {
@@ -1042,9 +1051,7 @@ impl Scratch {
                     .accounts
                     .get(a as usize)
                     .ok_or(StateError::UnknownAccount(i))?;
-                if x.holds_position() {
-                    self.held_at_start.insert(a);
-                }
+                self.open_at_start.insert(a, x.positions.len() as u32);
                 e.insert(x.light_clone());
             }
         }
@@ -1234,8 +1241,8 @@ impl Scratch {
                 requester,
             } => {
                 self.serve(*priority, i)?;
-                // Someone else's request moves nothing; the owner's takes what it may, and all
-                // of a flat account's collateral.
+                // Someone else's request moves nothing; the owner's takes what `Pending::push`
+                // checked.
                 if self.account(*account).owner != *requester {
                     return match amount.0 {
                         0 => Ok(()),
@@ -1244,11 +1251,6 @@ impl Scratch {
                 }
                 if amount.0 != 0 {
                     self.debit(*account, *amount, i)?;
-                }
-                if !self.held_at_start.contains(&account.0)
-                    && self.account(*account).collateral.0 > 0
-                {
-                    return Err(StateError::ShortExit(i));
                 }
             }
             Op::Transfer { from, to, amount } => {

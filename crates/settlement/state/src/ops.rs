@@ -70,10 +70,10 @@ pub enum Op {
     },
     /// L1 priority operation `priority` served: a forced withdrawal of `amount` from `account`
     /// (zero: nothing moved; otherwise the account's nonce advances and the batch pays it).
-    /// Someone else's request moves nothing; the owner's takes all of an account that held no
-    /// position when the batch started, and what leaves one holding positions fully
-    /// collateralized and covered by the stress rule (`SettlementState::full_collateral_free`,
-    /// `stress_free`: the smaller, or nothing when either is short).
+    /// Someone else's request moves nothing; the owner's takes all that leaves the account
+    /// covering what its shorts can owe at worst, less a micro-USDC a position it held when the
+    /// batch started, or nothing (`optio_types::forced_withdrawal`: all of a flat account's
+    /// collateral).
     L1Withdrawal {
         /// Queue id on L1 (the next one served).
         priority: u64,

@@ -680,10 +680,11 @@ fn a_settlement_pays_exactly_the_committed_value() {
         .expect("the engine's settlement applies");
 }
 
-/// The circuit holds a flat account's forced withdrawal to all of it when the account held no
-/// position at its batch's start: a forced withdrawal from an account that traded earlier in
-/// the pending batch starts a new one (its position then counts from the start); one from an
-/// account that did not joins the batch, and takes all of it.
+/// The circuit leaves a micro-USDC in an account for each position it held at its batch's
+/// start (`optio_types::forced_withdrawal`), where the engine counts them at the op: a forced
+/// withdrawal from an account that traded earlier in the pending batch starts a new one (its
+/// position then counts from the start); one from an account that did not joins the batch,
+/// and a flat one takes all of it.
 #[test]
 fn a_forced_withdrawal_after_its_account_traded_starts_a_new_batch() {
     let mut feed = Feed::new();

@@ -885,24 +885,23 @@ fn withdrawals_keep_the_stress_scenarios_covered() {
     .expect("withdraw exactly what the stress rule leaves");
     e.check_invariants().expect("audit");
 
-    // A forced withdrawal takes what leaves the account fully collateralized, within the stress
-    // rule: a long needs nothing to be fully collateralized, so its balance, which is less than
+    // A forced withdrawal takes what leaves the account covering its shorts' worst case, less a
+    // micro-USDC a position: a long owes nothing, so its balance but one micro-USDC, less than
     // the stress rule leaves (that counts the long's value in its worst scenario).
     let mut e = long();
     assert!(balance < stress, "{balance:?} {stress:?}");
-    assert_eq!(forced_withdrawal(&mut e, 1), Amount(-balance.0));
+    assert_eq!(forced_withdrawal(&mut e, 1), Amount(-(balance.0 - 1)));
     e.check_invariants().expect("audit");
 }
 
-/// The escape hatch pays what leaves an account holding positions fully collateralized (the
-/// worst-case liability of its shorts, `optio_types::full_collateral`) and covered by the stress
-/// rule, in every margin mode and even where a withdrawal is held back: with the marks stale (a
-/// withdrawal is refused, `OracleStale`) the owner's forced withdrawal still takes exactly that,
-/// the amount the validity proof holds the operator to (it prices the committed marks, which
-/// carry no age). A short keeps back its worst-case payoff (the perpetual's cap); a long
-/// keeps nothing back.
+/// The escape hatch pays what leaves an account holding positions covering what its shorts can
+/// owe at worst (`optio_types::forced_withdrawal`: less a micro-USDC a position), in every
+/// margin mode and even where a withdrawal is held back: with the marks stale (a withdrawal is
+/// refused, `OracleStale`) the owner's forced withdrawal still takes exactly that, the amount
+/// the validity proof holds the operator to (it needs no mark). A short keeps back its
+/// worst-case payoff (the perpetual's cap); a long keeps back nothing but the micro-USDC.
 #[test]
-fn a_forced_withdrawal_takes_the_fully_collateralized_surplus_even_with_stale_marks() {
+fn a_forced_withdrawal_takes_what_leaves_the_shorts_covered_even_with_stale_marks() {
     let mut e = margined_market();
     long_one(&mut e, PERP, 60_000);
     let (balance, _, _) = e.collateral(AccountId(1)).expect("exists");
@@ -937,10 +936,9 @@ fn a_forced_withdrawal_takes_the_fully_collateralized_surplus_even_with_stale_ma
         Event::PriorityServed { amount, .. } => Some(amount.0),
         _ => None,
     });
-    // A long needs nothing to be fully collateralized: its whole balance, below the stress
-    // rule's bound.
+    // A long owes nothing: its whole balance but a micro-USDC, below the stress rule's bound.
     assert!(i128::from(balance.0) < stress && balance.0 > 0);
-    assert_eq!(served, Some(-balance.0), "the fully collateralized surplus");
+    assert_eq!(served, Some(-(balance.0 - 1)), "all but a micro-USDC");
     e.check_invariants().expect("audit");
 
     // Account 2, short the perpetual to account 1, keeps its worst-case payoff: the cap.
@@ -967,9 +965,13 @@ fn a_forced_withdrawal_takes_the_fully_collateralized_surplus_even_with_stale_ma
         Event::PriorityServed { amount, .. } => Some(i128::from(amount.0)),
         _ => None,
     });
+    // The cap's payoff, W * |q| / 1e8, rounded up, and a micro-USDC for the position.
+    let owed =
+        optio_types::short_liability(&spec, optio_types::Qty(position(&e, 2))).expect("fits");
+    assert_eq!(short, (owed + 99_999_999) / 100_000_000);
     assert_eq!(
         served,
-        Some(short - i128::from(balance.0)),
+        Some(short + 1 - i128::from(balance.0)),
         "all but the cap's payoff"
     );
     e.check_invariants().expect("audit");
@@ -977,7 +979,8 @@ fn a_forced_withdrawal_takes_the_fully_collateralized_surplus_even_with_stale_ma
 
 /// Money leaves only an account whose open positions a validity proof can price
 /// (`EngineLimits::max_positions_to_withdraw`, set from the prover's shape): past it a
-/// withdrawal or transfer is refused and changes nothing, and a forced withdrawal moves nothing.
+/// withdrawal or transfer is refused and changes nothing. A forced withdrawal is not held to
+/// it: its rule needs no mark, so no path per position (`optio_types::forced_withdrawal`).
 #[test]
 fn money_leaves_only_accounts_whose_positions_a_proof_can_price() {
     let limits = EngineLimits {
@@ -999,7 +1002,12 @@ fn money_leaves_only_accounts_whose_positions_a_proof_can_price() {
         Err(RejectCode::TooManyPositionsToWithdraw)
     );
     assert_eq!(e.state_hash(), before, "a refusal changes nothing");
-    assert_eq!(forced_withdrawal(&mut e, 1), Amount(0), "nothing moves");
+    let (balance, _, _) = e.collateral(AccountId(1)).expect("exists");
+    assert_eq!(
+        forced_withdrawal(&mut e, 1),
+        Amount(-(balance.0 - 2)),
+        "two longs owe nothing: all but a micro-USDC each"
+    );
     e.check_invariants().expect("audit");
 }
 
