@@ -217,12 +217,7 @@ impl<M: MarginModel> Engine<M> {
                 requirement += marked.initial;
                 maintenance += marked.maintenance;
                 if let (Some(sums), Some(c)) = (portfolio.as_mut(), &marked.scenario) {
-                    for s in 0..c.initial.len() {
-                        sums.initial[s] += c.initial[s];
-                        sums.maintenance[s] += c.maintenance[s];
-                    }
-                    sums.floor_initial += c.floor_initial;
-                    sums.floor_maintenance += c.floor_maintenance;
+                    sums.add(c);
                 }
                 *net.entry(instrument).or_default() += i128::from(pos.exposure.position.0);
                 let holder = self.instruments[instrument.0 as usize]

@@ -130,56 +130,43 @@ impl<M: MarginModel> Engine<M> {
         self.accounts.get(account.0 as usize).map(|a| a.mode)
     }
 
-    /// An account's margin (`MarginView`), computed afresh from its exposures and the latest
-    /// marks; `None` for an unknown account.
+    /// An account's margin (`MarginView`): the engine's cached requirements, and those of its
+    /// positions alone, computed from the latest marks; `None` for an unknown account.
     pub fn margin_view(&self, account: AccountId) -> Option<MarginView> {
         let acct = self.accounts.get(account.0 as usize)?;
-        let n = self.risk.scenarios as usize + 1;
         let portfolio = acct.mode == MarginMode::Portfolio;
-        let (mut with_orders, mut alone) = (Contribution::zero(n), Contribution::zero(n));
+        let mut alone = Contribution::zero(self.risk.scenarios as usize + 1);
         let mut instruments = Vec::new();
-        let (mut initial, mut positions_initial, mut maintenance) = (0i64, 0i64, 0i64);
+        let mut positions_initial = 0i64;
         for (&instrument, &slot) in &acct.positions {
-            let e = &self.positions[slot as usize].exposure;
+            let pos = &self.positions[slot as usize];
             let bare = Exposure {
-                position: e.position,
+                position: pos.exposure.position,
                 ..Exposure::default()
             };
-            // The cached requirements were computed from these exposures, so neither fails.
-            let full = self.marked_margin(acct.mode, instrument, e).ok()?;
+            // The position with its orders was margined from the same marks, so this holds.
             let position = self.marked_margin(acct.mode, instrument, &bare).ok()?;
             if portfolio {
-                for (sums, c) in [(&mut with_orders, &full), (&mut alone, &position)] {
-                    let c = c.scenario.as_ref()?;
-                    for s in 0..n {
-                        sums.initial[s] += c.initial[s];
-                        sums.maintenance[s] += c.maintenance[s];
-                    }
-                    sums.floor_initial += c.floor_initial;
-                    sums.floor_maintenance += c.floor_maintenance;
-                }
+                alone.add(position.scenario.as_ref()?);
                 continue;
             }
-            initial += full.initial;
             positions_initial += position.initial;
-            maintenance += full.maintenance;
             instruments.push(InstrumentMargin {
                 instrument,
-                initial: Amount(full.initial),
+                initial: pos.requirement,
                 position_initial: Amount(position.initial),
-                maintenance: Amount(full.maintenance),
+                maintenance: pos.maintenance,
             });
         }
         if portfolio {
-            (initial, maintenance) = Self::portfolio_requirement(&with_orders);
             positions_initial = Self::portfolio_requirement(&alone).0;
         }
         Some(MarginView {
             mode: acct.mode,
             liquidating: acct.liquidating_since.is_some(),
-            initial: Amount(initial),
+            initial: acct.requirement,
             positions_initial: Amount(positions_initial),
-            maintenance: Amount(maintenance),
+            maintenance: acct.maintenance,
             instruments,
         })
     }

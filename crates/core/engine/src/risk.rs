@@ -41,6 +41,18 @@ impl Contribution {
             floor_maintenance: 0,
         }
     }
+
+    /// Adds `c` in, scenario by scenario and floor by floor.
+    pub(crate) fn add(&mut self, c: &Contribution) {
+        for (sum, x) in self.initial.iter_mut().zip(&c.initial) {
+            *sum += x;
+        }
+        for (sum, x) in self.maintenance.iter_mut().zip(&c.maintenance) {
+            *sum += x;
+        }
+        self.floor_initial += c.floor_initial;
+        self.floor_maintenance += c.floor_maintenance;
+    }
 }
 
 /// An account's summed contributions.

@@ -808,15 +808,7 @@ fn a_forced_withdrawal_takes_what_leaves_the_shorts_covered() {
     // Account 1 buys 2 calls (strike 100,000, cap 200,000) at 1,000 from account 0: the long
     // owes nothing, so takes its cash but a micro-USDC; the short keeps back 2 x 100,000, its
     // worst-case payoff, and a micro-USDC.
-    let calls = Op::Fill {
-        instrument: InstrumentId(1),
-        maker: AccountId(0),
-        taker: AccountId(1),
-        taker_side: Side::Buy,
-        price: Price(1_000 * MONEY_SCALE),
-        qty: Qty(2 * QTY_SCALE),
-    };
-    let state = after(&genesis(2), &[calls]);
+    let state = after(&genesis(2), &[fill_of(1, Side::Buy, 1_000, 2)]);
     let cash = |state: &SettlementState, a: usize| state.accounts()[a].collateral.0;
     assert_eq!(owed(&state, AccountId(1)), cash(&state, 1) - 1);
     assert_eq!(
@@ -867,17 +859,7 @@ fn a_forced_withdrawal_takes_what_leaves_the_shorts_covered() {
     refuses(&long, id, 1, "out of negative cash");
     // An account holding more positions than the shape's registers (one instrument register
     // here) is paid what it is owed all the same: nothing needs pricing.
-    let both = after(
-        &state,
-        &[Op::Fill {
-            instrument: InstrumentId(0),
-            maker: AccountId(0),
-            taker: AccountId(1),
-            taker_side: Side::Buy,
-            price: Price(100_000 * MONEY_SCALE),
-            qty: Qty(QTY_SCALE),
-        }],
-    );
+    let both = after(&state, &[perp_fill(Side::Buy, 1)]);
     let id = AccountId(1);
     let narrow = Shape {
         instruments: 1,
