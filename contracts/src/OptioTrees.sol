@@ -74,9 +74,23 @@ struct ExitProof {
     uint256[] accountProof;
     /// Every open position, by instrument id, strictly increasing: the positions root is
     /// rebuilt from exactly these, so none can be left out. A position with no instrument proof
-    /// is valued at the mark its instrument was opened with (`OptioRollup.openInstruments`),
-    /// and its leaf's fields are not read.
+    /// is valued at the mark its instrument was opened with (`OptioTrees.openInstruments`),
+    /// and its leaf's fields are not read. Empty when `positionsRoot` is given.
     Position[] positions;
+    /// Zero: the positions root is rebuilt from `positions`. Otherwise the account's positions
+    /// root, built on L1 beforehand (`OptioTrees.buildPositions`), which brings its count of
+    /// positions and their value at the opened marks.
+    uint256 positionsRoot;
+}
+
+/// A node of a positions tree, built on L1 (`OptioTrees.buildPositions`): its height (1: its
+/// children are quantities, of instruments `4 * index` to `4 * index + 3`), its index among the
+/// nodes of that height, and its four children (below height 1, each an empty subtree's hash
+/// or a node built before).
+struct PositionsNode {
+    uint8 height;
+    uint32 index;
+    uint256[4] children;
 }
 
 /// What `OptioTrees` reads of its rollup.
@@ -113,10 +127,22 @@ contract OptioTrees {
     /// The committed marks of the instruments opened for the exits, by id.
     mapping(uint32 => OpenedMark) public openedMarks;
 
+    /// Positions-tree nodes built after the freeze, by height, index and hash
+    /// (`buildPositions`): what positions they hold and their worth at the opened marks.
+    mapping(bytes32 => BuiltNode) public builtNodes;
+
     /// An instrument's mark in the final state, once its leaf was opened.
     struct OpenedMark {
         bool opened;
         int64 mark;
+    }
+
+    /// A positions-tree node built on L1: its open positions and their worth (micro-USDC, each
+    /// position's rounded down as an exit rounds it) at the opened marks.
+    struct BuiltNode {
+        bool built;
+        uint32 positions;
+        int216 worth;
     }
 
     event InstrumentOpened(uint32 indexed instrument, int64 mark);
@@ -176,11 +202,18 @@ contract OptioTrees {
             }
             idx[i] = x.instrument;
             val[i] = Field.fromInt(x.qty);
-            int256 value = int256(x.qty) * mark;
-            // Floor division: a short position's liability is never rounded in the owner's favour.
-            total += value >= 0 ? value / QTY_SCALE : -((-value + QTY_SCALE - 1) / QTY_SCALE);
+            total += _worth(x.qty, mark);
         }
-        uint256 positionsRoot = _sparseRoot(idx, val, n);
+        uint256 positionsRoot = p.positionsRoot;
+        if (positionsRoot == 0) {
+            positionsRoot = _sparseRoot(idx, val, n);
+        } else {
+            // Built at the marks opened against the final root.
+            BuiltNode memory b = builtNodes[_nodeKey(POSITIONS_LEVELS, 0, positionsRoot)];
+            if (!b.built || n != 0 || root != openedAt) revert BadProof("positions root");
+            n = b.positions;
+            total += b.worth;
+        }
         uint256 accountLeaf = h5.poseidon([uint256(uint160(owner)), Field.check(p.keysHash), _countsWord(p.nonce, n, p.liability), Field.fromInt(p.collateral), positionsRoot]);
         if (!_member(p.state.accountsRoot, accountLeaf, p.account, p.accountProof, ACCOUNT_BITS)) revert BadProof("account");
     }
@@ -203,6 +236,63 @@ contract OptioTrees {
             openedMarks[x.instrument] = OpenedMark(true, x.mark);
             emit InstrumentOpened(x.instrument, x.mark);
         }
+    }
+
+    /// After the rollup froze, builds positions-tree nodes from their children, each child an
+    /// empty subtree or a node built before (in this call or an earlier one) and at height 1 a
+    /// quantity, whose instrument must be opened (`openInstruments`); records each node with the
+    /// positions it holds and their worth at the opened marks. An exit then names its account's
+    /// positions root instead of carrying every position (`ExitProof.positionsRoot`): rebuilding
+    /// the tree costs up to 10 hashes a position when they lie far apart, so an account holding
+    /// many could not exit within a transaction's gas. A node is keyed by its height, index and
+    /// hash, so it stands for the same positions wherever it is used, and the same subtree is
+    /// built once for every account that holds it. Anyone may call.
+    function buildPositions(PositionsNode[] calldata nodes) external {
+        if (!rollup.frozen()) revert NotFrozen();
+        for (uint256 i = 0; i < nodes.length; i++) {
+            PositionsNode calldata x = nodes[i];
+            uint256 h = x.height;
+            if (h == 0 || h > POSITIONS_LEVELS || uint256(x.index) >> (2 * (POSITIONS_LEVELS - h)) != 0) revert BadProof("node");
+            uint256 positions;
+            int256 worth;
+            for (uint256 j = 0; j < 4; j++) {
+                uint256 c = Field.check(x.children[j]);
+                uint256 child = 4 * uint256(x.index) + j;
+                if (h == 1) {
+                    if (c == 0) continue;
+                    OpenedMark memory m = openedMarks[uint32(child)];
+                    if (!m.opened) revert NotOpened(uint32(child));
+                    positions++;
+                    worth += _worth(_quantity(c), m.mark);
+                } else if (c != zeros[h - 1]) {
+                    BuiltNode memory b = builtNodes[_nodeKey(h - 1, child, c)];
+                    if (!b.built) revert BadProof("child");
+                    positions += b.positions;
+                    worth += b.worth;
+                }
+            }
+            builtNodes[_nodeKey(h, x.index, h4.poseidon(x.children))] = BuiltNode(true, uint32(positions), int216(worth));
+        }
+    }
+
+    /// Where a built node is recorded: its height, index and hash.
+    function _nodeKey(uint256 height, uint256 index, uint256 hash) internal pure returns (bytes32) {
+        return keccak256(abi.encode(height, index, hash));
+    }
+
+    /// A position's worth at a mark in micro-USDC, rounded down: a short position's liability is
+    /// never rounded in the owner's favour.
+    function _worth(int256 qty, int256 mark) internal pure returns (int256) {
+        int256 value = qty * mark;
+        return value >= 0 ? value / QTY_SCALE : -((-value + QTY_SCALE - 1) / QTY_SCALE);
+    }
+
+    /// The signed 64-bit quantity a positions-tree leaf encodes (`Field.fromInt`).
+    function _quantity(uint256 leaf) internal pure returns (int256) {
+        if (leaf <= uint256(uint64(type(int64).max))) return int256(leaf);
+        uint256 negated = Field.P - leaf;
+        if (negated > uint256(uint64(type(int64).max)) + 1) revert BadProof("quantity");
+        return -int256(negated);
     }
 
     /// The state root over the two trees' roots and the funds leaf.

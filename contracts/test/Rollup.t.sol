@@ -3,9 +3,9 @@ pragma solidity ^0.8.20;
 
 import {MiniTest} from "./MiniTest.sol";
 import {IGroth16Verifier, OptioRollup} from "../src/OptioRollup.sol";
-import {ExitProof, InstrumentLeaf, InstrumentsOpening, OptioTrees, Position} from "../src/OptioTrees.sol";
+import {ExitProof, InstrumentLeaf, InstrumentsOpening, OptioTrees, Position, PositionsNode} from "../src/OptioTrees.sol";
 import {TestUSDC} from "../src/TestUSDC.sol";
-import {IPoseidon1, IPoseidon2, IPoseidon3, IPoseidon4, IPoseidon5} from "../src/Poseidon.sol";
+import {Field, IPoseidon1, IPoseidon2, IPoseidon3, IPoseidon4, IPoseidon5} from "../src/Poseidon.sol";
 
 /// The cheatcodes these tests use (forge-std's signatures).
 interface VmExt {
@@ -338,6 +338,138 @@ contract RollupTest is WithHashers {
         // The first position with its proof, the second from the opening.
         p.positions[0] = proved[0];
         hevm.prank(owner);
+        assertEq(rollup.exit(p), expected, "paid as the one-call exit");
+        assertEq(usdc.balanceOf(owner), expected, "received");
+    }
+
+    /// Every node of the positions tree holding `p`'s positions, bottom up (what `optio exit`
+    /// builds for an account whose tree is too costly to rebuild in one call), and its root.
+    function positionsNodes(ExitProof memory p) internal view returns (PositionsNode[] memory nodes, uint256 root) {
+        IPoseidon4 h4 = rollup.trees().h4();
+        uint256 n = p.positions.length;
+        uint256[] memory idx = new uint256[](n);
+        uint256[] memory val = new uint256[](n);
+        for (uint256 i = 0; i < n; i++) {
+            idx[i] = p.positions[i].instrument;
+            val[i] = Field.fromInt(p.positions[i].qty);
+        }
+        nodes = new PositionsNode[](10 * n);
+        uint256 count = 0;
+        uint256 z = 0;
+        for (uint256 h = 1; h <= 10; h++) {
+            uint256 m = 0;
+            uint256 i = 0;
+            while (i < n) {
+                uint256 parent = idx[i] >> 2;
+                uint256[4] memory c = [z, z, z, z];
+                while (i < n && idx[i] >> 2 == parent) {
+                    c[idx[i] & 3] = val[i];
+                    i++;
+                }
+                nodes[count++] = PositionsNode(uint8(h), uint32(parent), c);
+                idx[m] = parent;
+                val[m] = h4.poseidon(c);
+                m++;
+            }
+            n = m;
+            z = h4.poseidon([z, z, z, z]);
+        }
+        root = val[0];
+        assembly {
+            mstore(nodes, count)
+        }
+    }
+
+    /// A copy of `nodes[from..to]` (memory structs are references: a change to the copy leaves
+    /// `nodes` as it was).
+    function slice(PositionsNode[] memory nodes, uint256 from, uint256 to) internal pure returns (PositionsNode[] memory part) {
+        part = new PositionsNode[](to - from);
+        for (uint256 i = from; i < to; i++) {
+            uint256[4] memory c = nodes[i].children;
+            part[i - from] = PositionsNode(nodes[i].height, nodes[i].index, [c[0], c[1], c[2], c[3]]);
+        }
+    }
+
+    /// Builds `buildPositions` refuses: a parent before its children, a node beyond the tree,
+    /// a leaf no quantity encodes (`nodes` bottom up, the first holding `first`).
+    function refusedBuilds(OptioTrees trees, PositionsNode[] memory nodes, uint32 first) internal {
+        // A parent before its children.
+        hevm.expectRevert(abi.encodeWithSelector(OptioTrees.BadProof.selector, "child"));
+        trees.buildPositions(slice(nodes, 2, 4));
+        // Beyond the tree: height 0, height 11, an index past the nodes of its height.
+        PositionsNode[] memory bad = slice(nodes, 0, 1);
+        bad[0].height = 0;
+        hevm.expectRevert(abi.encodeWithSelector(OptioTrees.BadProof.selector, "node"));
+        trees.buildPositions(bad);
+        bad[0].height = 11;
+        hevm.expectRevert(abi.encodeWithSelector(OptioTrees.BadProof.selector, "node"));
+        trees.buildPositions(bad);
+        bad = slice(nodes, 9, 10);
+        bad[0].index = 1;
+        hevm.expectRevert(abi.encodeWithSelector(OptioTrees.BadProof.selector, "node"));
+        trees.buildPositions(bad);
+        // A leaf no 64-bit quantity encodes.
+        bad = slice(nodes, 0, 1);
+        uint256 slot = first & 3;
+        bad[0].children[slot] = uint256(1) << 64;
+        hevm.expectRevert(abi.encodeWithSelector(OptioTrees.BadProof.selector, "quantity"));
+        trees.buildPositions(bad);
+
+    }
+
+    /// An exit naming its positions root built on L1: after the freeze and the instruments'
+    /// openings anyone builds the tree's nodes, over as many calls as they need, each from
+    /// children built before; the exit then carries no position and is paid exactly what the
+    /// one-call exit pays. Refused: building before the freeze, a quantity whose instrument is
+    /// not opened, a child not built yet, a node beyond the tree, a leaf that is no quantity;
+    /// an exit naming a root not built, or a root and positions both, or the root of other
+    /// quantities (built, but not the account's).
+    function test_an_account_exits_with_its_positions_tree_built_on_l1() public {
+        ExitProof memory p = proof();
+        OptioTrees trees = rollup.trees();
+        (PositionsNode[] memory nodes, uint256 root) = positionsNodes(p);
+        assertEq(nodes.length, 10, "both positions under one node at height 1: a node a height");
+        hevm.expectRevert(abi.encodeWithSelector(OptioTrees.NotFrozen.selector));
+        trees.buildPositions(nodes);
+        operatorDisappears();
+        hevm.expectRevert(abi.encodeWithSelector(OptioTrees.NotOpened.selector, p.positions[0].instrument));
+        trees.buildPositions(nodes);
+        trees.openInstruments(opening(p));
+        refusedBuilds(trees, nodes, p.positions[0].instrument);
+
+        // Built in two calls (anyone may), the exit names the root and carries no position.
+        hevm.prank(funder);
+        trees.buildPositions(slice(nodes, 0, 4));
+        hevm.prank(funder);
+        trees.buildPositions(slice(nodes, 4, nodes.length));
+        (bool built, uint32 positions, int216 worth) = trees.builtNodes(keccak256(abi.encode(uint256(10), uint256(0), root)));
+        assertTrue(built, "the root is built");
+        assertEq(uint256(positions), 2, "it holds both positions");
+        assertEq(uint256(int256(worth)), 2_523e6, "worth 0.6 contracts at the mark 4,205");
+        Position[] memory carried = p.positions;
+        p.positions = new Position[](0);
+        p.positionsRoot = root + 1;
+        hevm.prank(owner);
+        hevm.expectRevert(abi.encodeWithSelector(OptioTrees.BadProof.selector, "positions root"));
+        rollup.exit(p);
+        p.positions = carried;
+        p.positionsRoot = root;
+        hevm.prank(owner);
+        hevm.expectRevert(abi.encodeWithSelector(OptioTrees.BadProof.selector, "positions root"));
+        rollup.exit(p);
+        // Another tree (a contract more of the second position) builds, and is not the account's.
+        ExitProof memory more = proof();
+        more.positions[1].qty += 1e8;
+        (PositionsNode[] memory other, uint256 otherRoot) = positionsNodes(more);
+        trees.buildPositions(other);
+        p.positions = new Position[](0);
+        p.positionsRoot = otherRoot;
+        hevm.prank(owner);
+        hevm.expectRevert(abi.encodeWithSelector(OptioTrees.BadProof.selector, "account"));
+        rollup.exit(p);
+        p.positionsRoot = root;
+        hevm.prank(owner);
+        uint256 expected = uint256(int256(hevm.parseJsonInt(v, ".exit_proof.collateral"))) + 2_523e6;
         assertEq(rollup.exit(p), expected, "paid as the one-call exit");
         assertEq(usdc.balanceOf(owner), expected, "received");
     }

@@ -54,6 +54,7 @@ mod bindings {
                 int64 collateral;
                 uint256[] accountProof;
                 Position[] positions;
+                uint256 positionsRoot;
             }
             struct AccountOpening {
                 StateOpening state;
@@ -176,6 +177,13 @@ mod bindings {
                 InstrumentLeaf[] leaves;
             }
             function openInstruments(InstrumentsOpening calldata o) external;
+            struct PositionsNode {
+                uint8 height;
+                uint32 index;
+                uint256[4] children;
+            }
+            function buildPositions(PositionsNode[] calldata nodes) external;
+            function builtNodes(bytes32 key) external view returns (bool built, uint32 positions, int216 worth);
             function openedMarks(uint32 instrument) external view returns (bool opened, int64 mark);
             function openedAt() external view returns (uint256);
         }
@@ -1552,6 +1560,42 @@ pub fn exit_call(proof: &optio_state::ExitProof) -> OptioRollup::ExitProof {
 /// (the instrument was opened on L1: the contract values it at the opened mark).
 pub fn exit_call_opened(proof: &optio_state::ExitProof, opened: &[bool]) -> OptioRollup::ExitProof {
     let u = field_word;
+    let positions = proof
+        .positions
+        .iter()
+        .zip(opened)
+        .map(
+            |((instrument, qty, _, leaf, inst_proof), &opened)| OptioRollup::Position {
+                instrument: instrument.0,
+                qty: qty.0,
+                specHash: u(&leaf.spec_hash),
+                status: leaf.status,
+                mark: leaf.mark.0,
+                riskHash: u(&leaf.risk_hash),
+                settlementPrice: leaf.settlement_price.0,
+                instrumentProof: if opened {
+                    Vec::new()
+                } else {
+                    inst_proof.siblings.iter().map(u).collect()
+                },
+            },
+        )
+        .collect();
+    exit_call_with(proof, positions, U256::ZERO)
+}
+
+/// The exit call for `proof` naming its account's positions root, built on L1 beforehand
+/// (`OptioTrees.buildPositions`, every node of `positions_nodes`): it carries no position.
+pub fn exit_call_built(proof: &optio_state::ExitProof) -> OptioRollup::ExitProof {
+    exit_call_with(proof, Vec::new(), field_word(&proof.leaf.positions_root))
+}
+
+fn exit_call_with(
+    proof: &optio_state::ExitProof,
+    positions: Vec<OptioRollup::Position>,
+    positions_root: U256,
+) -> OptioRollup::ExitProof {
+    let u = field_word;
     OptioRollup::ExitProof {
         account: proof.account.0,
         state: state_opening(proof),
@@ -1560,28 +1604,56 @@ pub fn exit_call_opened(proof: &optio_state::ExitProof, opened: &[bool]) -> Opti
         liability: alloy::primitives::U160::from(proof.leaf.liability),
         collateral: proof.leaf.collateral.0,
         accountProof: proof.account_proof.siblings.iter().map(u).collect(),
-        positions: proof
-            .positions
-            .iter()
-            .zip(opened)
-            .map(
-                |((instrument, qty, _, leaf, inst_proof), &opened)| OptioRollup::Position {
-                    instrument: instrument.0,
-                    qty: qty.0,
-                    specHash: u(&leaf.spec_hash),
-                    status: leaf.status,
-                    mark: leaf.mark.0,
-                    riskHash: u(&leaf.risk_hash),
-                    settlementPrice: leaf.settlement_price.0,
-                    instrumentProof: if opened {
-                        Vec::new()
-                    } else {
-                        inst_proof.siblings.iter().map(u).collect()
-                    },
-                },
-            )
-            .collect(),
+        positions,
+        positionsRoot: positions_root,
     }
+}
+
+/// The most positions-tree nodes an exit rebuilds itself (a Poseidon(4) each, about 77k gas:
+/// 6.2M, beside up to `EXIT_INLINE_PROOFS` instrument proofs' 7M and the account's 1.2M, under
+/// the 2^24 cap); past them its account's tree is built on L1 first
+/// (`OptioTrees.buildPositions`, about 101k gas a node). Adjacent positions share nodes (58
+/// adjacent ids take 27), positions far apart take up to 10 each.
+pub const EXIT_TREE_NODES: usize = 80;
+/// Positions-tree nodes built per transaction (a hash and a stored record each: 9.9M gas).
+pub const BUILD_CHUNK: usize = 96;
+
+/// Every non-empty node of the positions tree of `proof`'s account, bottom up: what L1 builds
+/// for an exit that names its positions root.
+pub fn positions_nodes(proof: &optio_state::ExitProof) -> Vec<optio_state::Node> {
+    let leaves: Vec<(u64, optio_state::Fr)> = proof
+        .positions
+        .iter()
+        .map(|(instrument, qty, ..)| {
+            (
+                u64::from(instrument.0),
+                optio_state::poseidon::from_i64(qty.0),
+            )
+        })
+        .collect();
+    optio_state::sparse_nodes(optio_state::leaf::INSTRUMENT_DEPTH, &leaves)
+        .expect("instrument ids lie in the instruments tree")
+}
+
+/// Where `OptioTrees` records a built node: `keccak256(abi.encode(height, index, hash))`.
+pub fn built_node_key(node: &optio_state::Node) -> alloy::primitives::B256 {
+    let mut words = [0u8; 96];
+    words[..32].copy_from_slice(&U256::from(node.height).to_be_bytes::<32>());
+    words[32..64].copy_from_slice(&U256::from(node.index).to_be_bytes::<32>());
+    words[64..].copy_from_slice(&field_word(&node.hash).to_be_bytes::<32>());
+    alloy::primitives::keccak256(words)
+}
+
+/// The call that builds `nodes` on L1.
+pub fn build_call(nodes: &[optio_state::Node]) -> Vec<OptioTrees::PositionsNode> {
+    nodes
+        .iter()
+        .map(|n| OptioTrees::PositionsNode {
+            height: n.height,
+            index: u32::try_from(n.index).expect("a positions-tree index fits 32 bits"),
+            children: n.children.map(|c| field_word(&c)),
+        })
+        .collect()
 }
 
 /// The escape hatch from L1 data alone: reads the finalized batches' blobs from the chain,
@@ -1700,7 +1772,10 @@ async fn exit_account(
         );
     }
     let unopened: Vec<usize> = (0..opened.len()).filter(|&i| !opened[i]).collect();
-    if unopened.len() > EXIT_INLINE_PROOFS {
+    let nodes = positions_nodes(&proof);
+    // A tree too costly to rebuild in the exit is built first, from the opened marks.
+    let build = nodes.len() > EXIT_TREE_NODES;
+    if build || unopened.len() > EXIT_INLINE_PROOFS {
         for chunk in unopened.chunks(OPEN_CHUNK) {
             let receipt = transact(trees.openInstruments(opening_of(&proof, chunk)).from(owner))
                 .await
@@ -1714,7 +1789,37 @@ async fn exit_account(
         }
         opened.iter_mut().for_each(|o| *o = true);
     }
-    let call = contract.exit(exit_call_opened(&proof, &opened)).from(owner);
+    let exit = if build {
+        // Nodes another exit built (the same subtree under the same index) are not built again,
+        // nor those of an earlier, interrupted run.
+        let mut missing = Vec::new();
+        for node in nodes {
+            if !trees
+                .builtNodes(built_node_key(&node))
+                .call()
+                .await
+                .map_err(rpc)?
+                .built
+            {
+                missing.push(node);
+            }
+        }
+        for chunk in missing.chunks(BUILD_CHUNK) {
+            let receipt = transact(trees.buildPositions(build_call(chunk)).from(owner))
+                .await
+                .map_err(|e| SettlerError::Rpc(format!("building the positions tree: {e}")))?;
+            tracing::info!(
+                account,
+                nodes = chunk.len(),
+                gas = receipt.gas_used,
+                "built positions-tree nodes for the exit"
+            );
+        }
+        exit_call_built(&proof)
+    } else {
+        exit_call_opened(&proof, &opened)
+    };
+    let call = contract.exit(exit).from(owner);
     let paid = call.call().await.map_err(rpc)?;
     let pending = call.send().await.map_err(rpc)?;
     let receipt = mined(provider, *pending.tx_hash()).await?;

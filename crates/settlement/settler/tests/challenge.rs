@@ -2074,38 +2074,215 @@ async fn an_account_holding_every_instrument_exits_in_parts() {
     let mut ops = opening_ops(&bob_buys(QTY_SCALE / 10));
     for k in 1..HELD {
         let instrument = InstrumentId(k);
-        ops.extend([
-            Op::ListInstrument {
-                spec: InstrumentSpec::with_defaults(
-                    format!("BTC-27DEC24-{}-C", 50_000 + 1_000 * k)
-                        .parse()
-                        .expect("name"),
-                    Price(200_000 * MONEY_SCALE),
-                ),
-            },
-            Op::ActivateInstrument { instrument },
-            Op::Fill {
-                instrument,
-                maker: AccountId(0),
-                taker: AccountId(1),
-                taker_side: Side::Buy,
-                price: Price(1_000 * USDC),
-                qty: Qty(QTY_SCALE / 10),
-            },
-            Op::Mark {
-                instrument,
-                mark: Price((900 + i64::from(k)) * USDC),
-                risk: (0..13).map(|k| Amount(k * 1_000 - 5_000)).collect(),
-            },
-        ]);
+        ops.extend([Op::ListInstrument {
+            spec: InstrumentSpec::with_defaults(
+                format!("BTC-27DEC24-{}-C", 50_000 + 1_000 * k)
+                    .parse()
+                    .expect("name"),
+                Price(200_000 * MONEY_SCALE),
+            ),
+        }]);
+        ops.extend(alice_writes_a_tenth(
+            instrument,
+            Price((900 + i64::from(k)) * USDC),
+        ));
     }
     let mut finalized = SettlementState::new();
     let b1 = post(&mut finalized, 1, &ops);
     commit(&rollup, 1, word(&SettlementState::new().root()), &b1, &[]).await;
     transact(rollup.finalize()).await.expect("finalizes");
 
-    // A deposit the operator never serves, and the freeze once it is overdue.
-    let usdc = TestUSDC::new(d.usdc, &operator);
+    operator_leaves_a_deposit_unserved(&operator, &d).await;
+
+    for account in [0, 1] {
+        assert_eq!(
+            finalized
+                .exit_proof(AccountId(account))
+                .expect("exit proof")
+                .positions
+                .len(),
+            HELD as usize
+        );
+    }
+    let alice = connect(&anvil.url, ALICE).expect("provider");
+    let who = optio_settler::signer_address(ALICE).expect("address");
+    exit_does_not_fit(
+        &alice,
+        &d,
+        optio_settler::exit_call(&finalized.exit_proof(AccountId(0)).expect("exit proof")),
+        who,
+        &format!("Alice's one-call exit ({HELD} instrument proofs)"),
+    )
+    .await;
+    let (paid, gas) = exit_from_l1_gas(&anvil, &d, ALICE, 0).await;
+    assert_eq!(
+        paid,
+        owed_at_exit(&finalized, 0),
+        "Alice is paid what she is owed"
+    );
+    println!("Alice's exit in parts: {gas:?} gas (the openings, then the exit)");
+    assert!(gas.len() > 1, "the instruments were opened first");
+    let (paid, gas) = exit_from_l1_gas(&anvil, &d, BOB, 1).await;
+    assert_eq!(
+        paid,
+        owed_at_exit(&finalized, 1),
+        "Bob is paid what he is owed"
+    );
+    assert_eq!(gas.len(), 1, "Bob's exit opens nothing: {gas:?}");
+}
+
+/// The escape hatch for an account holding many positions far apart, on a real EVM: Alice
+/// writes a tenth of a contract of each of 100 instruments 16 ids apart (1,585 listed) to Bob,
+/// in finalized batches, then the operator leaves a deposit unserved and anyone freezes. Her
+/// positions tree shares few nodes (239, against 28 for the devnet's 58 adjacent ids), so an
+/// exit that rebuilds it, even with every instrument opened, needs more gas than a transaction
+/// may use. `exit_from_l1` (what `optio exit` runs) opens the instruments, builds her tree on L1
+/// node by node (`buildPositions`), and exits naming its root: every transaction within
+/// EIP-7825's cap, and she is paid exactly what the finalized state owes her. So is Bob, whose
+/// instruments are already open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_holding_positions_far_apart_exits_with_its_tree_built_on_l1() {
+    const HELD: u32 = 100;
+    const APART: u32 = 16;
+    const LISTINGS_PER_BATCH: u32 = 400;
+    let Rig {
+        anvil, operator, d, ..
+    } = rig(Address::ZERO).await;
+    let rollup = OptioRollup::new(d.rollup, &operator);
+    let mut batches = vec![opening_ops(&bob_buys(QTY_SCALE / 10))];
+    for k in 1..=(HELD - 1) * APART {
+        if k % LISTINGS_PER_BATCH == 0 {
+            batches.push(Vec::new());
+        }
+        let ops = batches.last_mut().expect("a batch");
+        let instrument = InstrumentId(k);
+        ops.push(Op::ListInstrument {
+            spec: InstrumentSpec::with_defaults(
+                format!("BTC-27DEC24-{}-C", 10_000 + 100 * k)
+                    .parse()
+                    .expect("name"),
+                Price(200_000 * MONEY_SCALE),
+            ),
+        });
+        if k % APART == 0 {
+            ops.extend(alice_writes_a_tenth(
+                instrument,
+                Price((900 + i64::from(k)) * USDC + 7),
+            ));
+        }
+    }
+    let mut finalized = SettlementState::new();
+    let mut previous = word(&finalized.root());
+    for (i, ops) in batches.iter().enumerate() {
+        let number = i as u64 + 1;
+        let b = post(&mut finalized, number, ops);
+        commit(&rollup, number, previous, &b, &[]).await;
+        previous = b.root;
+    }
+    let _: serde_json::Value = operator
+        .raw_request("evm_increaseTime".into(), (3_600u64,))
+        .await
+        .expect("time");
+    for _ in &batches {
+        transact(rollup.finalize()).await.expect("finalizes");
+    }
+
+    operator_leaves_a_deposit_unserved(&operator, &d).await;
+
+    let proof = finalized.exit_proof(AccountId(0)).expect("exit proof");
+    assert_eq!(proof.positions.len(), HELD as usize);
+    let nodes = optio_settler::positions_nodes(&proof);
+    println!(
+        "Alice's positions tree: {} nodes for {HELD} positions {APART} ids apart",
+        nodes.len()
+    );
+    assert!(nodes.len() > optio_settler::EXIT_TREE_NODES);
+    let (paid, gas) = exit_from_l1_gas(&anvil, &d, ALICE, 0).await;
+    assert_eq!(
+        paid,
+        owed_at_exit(&finalized, 0),
+        "Alice is paid what she is owed"
+    );
+    let openings = (HELD as usize).div_ceil(optio_settler::OPEN_CHUNK);
+    let builds = nodes.len().div_ceil(optio_settler::BUILD_CHUNK);
+    println!(
+        "Alice's exit: {openings} openings, {builds} builds, the exit: {gas:?} gas ({} in all)",
+        gas.iter().sum::<u64>()
+    );
+    assert_eq!(gas.len(), openings + builds + 1, "{gas:?}");
+    // The exit that rebuilds the tree itself, every instrument opened, does not fit.
+    let opened = vec![true; HELD as usize];
+    exit_does_not_fit(
+        &operator,
+        &d,
+        optio_settler::exit_call_opened(
+            &finalized.exit_proof(AccountId(1)).expect("exit proof"),
+            &opened,
+        ),
+        optio_settler::signer_address(BOB).expect("address"),
+        "Bob's exit rebuilding his tree",
+    )
+    .await;
+    let (paid, gas) = exit_from_l1_gas(&anvil, &d, BOB, 1).await;
+    assert_eq!(
+        paid,
+        owed_at_exit(&finalized, 1),
+        "Bob is paid what he is owed"
+    );
+    assert_eq!(gas.len(), builds + 1, "Bob opens nothing: {gas:?}");
+}
+
+/// `instrument` activated, Alice (account 0) selling Bob (account 1) a tenth of a contract at
+/// 1,000, and its mark.
+fn alice_writes_a_tenth(instrument: InstrumentId, mark: Price) -> [Op; 3] {
+    [
+        Op::ActivateInstrument { instrument },
+        Op::Fill {
+            instrument,
+            maker: AccountId(0),
+            taker: AccountId(1),
+            taker_side: Side::Buy,
+            price: Price(1_000 * USDC),
+            qty: Qty(QTY_SCALE / 10),
+        },
+        Op::Mark {
+            instrument,
+            mark,
+            risk: (0..13).map(|k| Amount(k * 1_000 - 5_000)).collect(),
+        },
+    ]
+}
+
+/// Asserts that `call`, sent by `from`, needs more gas than a transaction may use (EIP-7825's
+/// 2^24); prints its gas, or the node's refusal to estimate it.
+async fn exit_does_not_fit(
+    provider: &optio_settler::DynProvider,
+    d: &optio_settler::Deployment,
+    call: OptioRollup::ExitProof,
+    from: Address,
+    what: &str,
+) {
+    match OptioRollup::new(d.rollup, provider)
+        .exit(call)
+        .from(from)
+        .estimate_gas()
+        .await
+    {
+        Ok(gas) => {
+            println!("{what}: {gas} gas");
+            assert!(gas > 1 << 24, "{what} fits a transaction");
+        }
+        Err(e) => println!("{what} does not fit: {e}"),
+    }
+}
+
+/// The operator leaves a deposit unserved, and anyone freezes once it is overdue.
+async fn operator_leaves_a_deposit_unserved(
+    operator: &optio_settler::DynProvider,
+    d: &optio_settler::Deployment,
+) {
+    let rollup = OptioRollup::new(d.rollup, operator);
+    let usdc = TestUSDC::new(d.usdc, operator);
     let me = optio_settler::signer_address(OPERATOR).expect("address");
     transact(usdc.mint(me, U256::from(USDC as u64)))
         .await
@@ -2123,48 +2300,6 @@ async fn an_account_holding_every_instrument_exits_in_parts() {
     transact(rollup.freeze())
         .await
         .expect("anyone freezes once a deposit is overdue");
-
-    for account in [0, 1] {
-        assert_eq!(
-            finalized
-                .exit_proof(AccountId(account))
-                .expect("exit proof")
-                .positions
-                .len(),
-            HELD as usize
-        );
-    }
-    let alice = connect(&anvil.url, ALICE).expect("provider");
-    let who = optio_settler::signer_address(ALICE).expect("address");
-    let one_call = OptioRollup::new(d.rollup, &alice)
-        .exit(optio_settler::exit_call(
-            &finalized.exit_proof(AccountId(0)).expect("exit proof"),
-        ))
-        .from(who)
-        .estimate_gas()
-        .await;
-    match one_call {
-        Ok(gas) => {
-            println!("Alice's one-call exit ({HELD} instrument proofs): {gas} gas");
-            assert!(gas > 1 << 24, "the one-call exit fits a transaction");
-        }
-        Err(e) => println!("Alice's one-call exit ({HELD} instrument proofs) does not fit: {e}"),
-    }
-    let (paid, gas) = exit_from_l1_gas(&anvil, &d, ALICE, 0).await;
-    assert_eq!(
-        paid,
-        owed_at_exit(&finalized, 0),
-        "Alice is paid what she is owed"
-    );
-    println!("Alice's exit in parts: {gas:?} gas (the openings, then the exit)");
-    assert!(gas.len() > 1, "the instruments were opened first");
-    let (paid, gas) = exit_from_l1_gas(&anvil, &d, BOB, 1).await;
-    assert_eq!(
-        paid,
-        owed_at_exit(&finalized, 1),
-        "Bob is paid what he is owed"
-    );
-    assert_eq!(gas.len(), 1, "Bob's exit opens nothing: {gas:?}");
 }
 
 /// `exit_from_l1` for `account` by its owner's `key`: what it paid, and the gas of each

@@ -26,5 +26,5 @@ pub use blob::{BlobError, decode, encode};
 pub use ledger::{ExitProof, Pending, SettlementState, StateError};
 pub use ops::{Op, ops_from};
 pub use poseidon::{Fr, hash1, hash2, hash4};
-pub use smt::{NodeStore, Proof, SparseMerkleTree, verify};
+pub use smt::{Node, NodeStore, Proof, SparseMerkleTree, sparse_nodes, verify};
 pub use store::{RedbStore, StoreError};

@@ -290,3 +290,57 @@ fn root_from(node: Fr, index: u64, siblings: &[Fr]) -> Fr {
 pub fn verify(root: Fr, leaf: Fr, proof: &Proof) -> bool {
     proof.siblings.len().is_multiple_of(3) && root_from(leaf, proof.index, &proof.siblings) == root
 }
+
+/// A non-empty node of a sparse tree with its children: what L1 builds, node by node, to know
+/// a tree's root without one call that rebuilds it all (`OptioTrees.buildPositions`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    /// Height above the leaves (1: the children are leaves).
+    pub height: u8,
+    /// Index among the nodes of its height.
+    pub index: u64,
+    /// The four children in slot order (an empty child is the empty subtree's hash).
+    pub children: [Fr; ARITY],
+    /// `H(children)`.
+    pub hash: Fr,
+}
+
+/// Every non-empty node of a tree of `bits` index bits holding exactly `leaves` (indices
+/// strictly increasing, leaves nonzero), bottom up: each node after its children, the last the
+/// root (none for an empty tree).
+pub fn sparse_nodes(bits: u8, leaves: &[(u64, Fr)]) -> Result<Vec<Node>, TreeError> {
+    let levels = bits / 2;
+    if leaves.iter().any(|&(i, _)| bits < 64 && i >> bits != 0) {
+        return Err(TreeError::IndexOutOfRange);
+    }
+    debug_assert!(
+        leaves.windows(2).all(|w| w[0].0 < w[1].0),
+        "indices increase"
+    );
+    let empty = empty_hashes(levels);
+    let mut level: Vec<(u64, Fr)> = leaves.to_vec();
+    let mut nodes = Vec::new();
+    for height in 1..=levels {
+        let z = empty[height as usize - 1];
+        let mut up = Vec::with_capacity(level.len().div_ceil(ARITY));
+        let mut k = 0;
+        while k < level.len() {
+            let index = level[k].0 >> 2;
+            let mut children = [z; ARITY];
+            while k < level.len() && level[k].0 >> 2 == index {
+                children[(level[k].0 & 3) as usize] = level[k].1;
+                k += 1;
+            }
+            let hash = parent(children);
+            nodes.push(Node {
+                height,
+                index,
+                children,
+                hash,
+            });
+            up.push((index, hash));
+        }
+        level = up;
+    }
+    Ok(nodes)
+}

@@ -5,7 +5,7 @@
 use std::str::FromStr;
 
 use optio_state::poseidon::{from_address, from_bytes, from_i64, to_bytes};
-use optio_state::{Fr, SparseMerkleTree, hash1, hash2, hash4, verify};
+use optio_state::{Fr, NodeStore, SparseMerkleTree, hash1, hash2, hash4, sparse_nodes, verify};
 use proptest::prelude::*;
 use serde_json::Value;
 
@@ -75,6 +75,26 @@ proptest! {
         }
         prop_assert_eq!(tree.root(), SparseMerkleTree::new(20).root());
     }
+
+    /// The nodes L1 builds one at a time (`OptioTrees.buildPositions`) are exactly the tree's
+    /// non-empty nodes, each after its children, each hashing its children, the last the root.
+    #[test]
+    fn sparse_nodes_are_the_trees_nodes_bottom_up(leaves in prop::collection::btree_map(0u64..(1 << 20), 1u64..u64::MAX, 1..24)) {
+        let mut tree = SparseMerkleTree::new(20);
+        for (i, v) in &leaves {
+            tree.set(*i, Fr::from(*v)).expect("in range");
+        }
+        let list: Vec<(u64, Fr)> = leaves.iter().map(|(i, v)| (*i, Fr::from(*v))).collect();
+        let nodes = sparse_nodes(20, &list).expect("in range");
+        prop_assert_eq!(nodes.last().map(|n| n.hash), Some(tree.root()));
+        let stored = tree.store().keys().filter(|(height, _)| *height >= 1).count();
+        prop_assert_eq!(nodes.len(), stored, "one node per non-empty node of the tree");
+        for (k, n) in nodes.iter().enumerate() {
+            prop_assert_eq!(NodeStore::get(tree.store(), n.height, n.index), Some(n.hash));
+            prop_assert_eq!(hash4(n.children[0], n.children[1], n.children[2], n.children[3]), n.hash);
+            prop_assert!(nodes[..k].iter().all(|m| m.height < n.height || (m.height == n.height && m.index < n.index)), "children first");
+        }
+    }
 }
 
 #[test]
@@ -82,6 +102,7 @@ fn out_of_range_indices_are_refused() {
     let mut tree = SparseMerkleTree::new(8);
     assert!(tree.set(256, Fr::from(1u64)).is_err());
     assert!(tree.prove(1 << 9).is_err());
+    assert!(sparse_nodes(8, &[(256, Fr::from(1u64))]).is_err());
 }
 
 #[test]
