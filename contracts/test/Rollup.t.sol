@@ -283,14 +283,79 @@ contract RollupTest is WithHashers {
         rollup.exit(p);
     }
 
-    /// The exit proof's instruments opened against the final root (the funds and roots of `p`).
+    /// The exit proof's two instruments (ids 0 and 1: slots 0 and 1 of one parent) opened
+    /// together against the final root (the funds and roots of `p`): the nodes they do not give
+    /// are the first's siblings but the second.
     function opening(ExitProof memory p) internal pure returns (InstrumentsOpening memory o) {
         o.state = p.state;
-        o.leaves = new InstrumentLeaf[](p.positions.length);
-        for (uint256 i = 0; i < p.positions.length; i++) {
-            Position memory x = p.positions[i];
-            o.leaves[i] = InstrumentLeaf(x.instrument, x.specHash, x.status, x.mark, x.riskHash, x.settlementPrice, x.instrumentProof);
+        o.leaves = new InstrumentLeaf[](2);
+        for (uint256 i = 0; i < 2; i++) {
+            o.leaves[i] = leafOf(p.positions[i]);
         }
+        uint256[] memory path = p.positions[0].instrumentProof;
+        o.siblings = new uint256[](path.length - 1);
+        for (uint256 k = 1; k < path.length; k++) {
+            o.siblings[k - 1] = path[k];
+        }
+    }
+
+    /// Position `i`'s instrument opened alone: its siblings are its proof.
+    function openingOf(ExitProof memory p, uint256 i) internal pure returns (InstrumentsOpening memory o) {
+        o.state = p.state;
+        o.leaves = new InstrumentLeaf[](1);
+        o.leaves[0] = leafOf(p.positions[i]);
+        o.siblings = p.positions[i].instrumentProof;
+    }
+
+    function leafOf(Position memory x) internal pure returns (InstrumentLeaf memory) {
+        return InstrumentLeaf(x.instrument, x.specHash, x.status, x.mark, x.riskHash, x.settlementPrice);
+    }
+
+    /// Openings `openInstruments` refuses (of `p`'s two adjacent instruments, each built
+    /// afresh: memory structs are references): a leaf other than the committed one, funds other
+    /// than the final root's, leaves out of order or repeated, an id beyond the tree, a node
+    /// short or one too many, no leaf at all.
+    function refusedOpenings(OptioTrees trees, ExitProof memory p) internal {
+        InstrumentsOpening memory o = opening(p);
+        o.leaves[1].mark += 1;
+        hevm.expectRevert(abi.encodeWithSelector(OptioTrees.BadProof.selector, "instrument"));
+        trees.openInstruments(o);
+        o = opening(p);
+        o.state.insurance += 1;
+        hevm.expectRevert(abi.encodeWithSelector(OptioTrees.BadProof.selector, "root"));
+        trees.openInstruments(o);
+        // `p.state` itself, which `o.state` refers to.
+        o.state.insurance -= 1;
+        o = opening(p);
+        (o.leaves[0], o.leaves[1]) = (o.leaves[1], o.leaves[0]);
+        hevm.expectRevert(abi.encodeWithSelector(OptioTrees.BadProof.selector, "instrument order"));
+        trees.openInstruments(o);
+        o = opening(p);
+        o.leaves[0] = leafOf(p.positions[1]);
+        hevm.expectRevert(abi.encodeWithSelector(OptioTrees.BadProof.selector, "instrument order"));
+        trees.openInstruments(o);
+        o = opening(p);
+        o.leaves[1].instrument += uint32(1) << 20;
+        hevm.expectRevert(abi.encodeWithSelector(OptioTrees.BadProof.selector, "instrument order"));
+        trees.openInstruments(o);
+        o = opening(p);
+        uint256[] memory all = o.siblings;
+        uint256[] memory short = new uint256[](all.length - 1);
+        uint256[] memory long = new uint256[](all.length + 1);
+        for (uint256 k = 0; k < all.length; k++) {
+            if (k < short.length) short[k] = all[k];
+            long[k] = all[k];
+        }
+        o.siblings = short;
+        hevm.expectRevert(abi.encodeWithSelector(OptioTrees.BadProof.selector, "siblings"));
+        trees.openInstruments(o);
+        o.siblings = long;
+        hevm.expectRevert(abi.encodeWithSelector(OptioTrees.BadProof.selector, "siblings"));
+        trees.openInstruments(o);
+        o = opening(p);
+        o.leaves = new InstrumentLeaf[](0);
+        hevm.expectRevert(abi.encodeWithSelector(OptioTrees.BadProof.selector, "instrument"));
+        trees.openInstruments(o);
     }
 
     /// An exit in parts: the instruments are opened first (anyone may, after the freeze and
@@ -314,22 +379,11 @@ contract RollupTest is WithHashers {
         hevm.prank(owner);
         hevm.expectRevert(abi.encodeWithSelector(OptioTrees.NotOpened.selector, p.positions[0].instrument));
         rollup.exit(p);
-        // A leaf other than the committed one, or funds other than the final root's.
-        o.leaves[1].mark += 1;
-        hevm.expectRevert(abi.encodeWithSelector(OptioTrees.BadProof.selector, "instrument"));
-        trees.openInstruments(o);
-        o.leaves[1].mark -= 1;
-        o.state.insurance += 1;
-        hevm.expectRevert(abi.encodeWithSelector(OptioTrees.BadProof.selector, "root"));
-        trees.openInstruments(o);
-        o.state.insurance -= 1;
+        refusedOpenings(trees, proof());
         // Only the second instrument: the first still needs its proof.
-        InstrumentLeaf[] memory both = o.leaves;
-        o.leaves = new InstrumentLeaf[](1);
-        o.leaves[0] = both[1];
         hevm.prank(funder);
-        trees.openInstruments(o);
-        (bool opened, int64 mark) = trees.openedMarks(both[1].instrument);
+        trees.openInstruments(openingOf(proof(), 1));
+        (bool opened, int64 mark) = trees.openedMarks(o.leaves[1].instrument);
         assertTrue(opened, "opened");
         assertEq(uint256(int256(mark)), uint256(int256(proved[1].mark)), "the committed mark");
         hevm.prank(owner);

@@ -170,11 +170,11 @@ mod bindings {
                 int64 mark;
                 uint256 riskHash;
                 int64 settlementPrice;
-                uint256[] proof;
             }
             struct InstrumentsOpening {
                 OptioRollup.StateOpening state;
                 InstrumentLeaf[] leaves;
+                uint256[] siblings;
             }
             function openInstruments(InstrumentsOpening calldata o) external;
             struct PositionsNode {
@@ -1520,22 +1520,84 @@ fn field_word(f: &optio_state::Fr) -> U256 {
 /// instruments not opened yet opened first (`OptioTrees.openInstruments`), since one
 /// instrument's proof costs about 880k gas and a transaction may use at most 2^24 (EIP-7825).
 pub const EXIT_INLINE_PROOFS: usize = 8;
-/// Instruments opened per transaction (10.5M gas, under the 2^24 cap with room).
-pub const OPEN_CHUNK: usize = 12;
+/// Gas one `openInstruments` call may plan for (under the 2^24 cap with room): per leaf its
+/// Poseidon(5), its stored mark and event and its calldata (`OPEN_LEAF_GAS`), per node of the
+/// opening's shared paths a Poseidon(4) and its siblings' calldata (`OPEN_NODE_GAS`).
+pub const OPEN_GAS: u64 = 12_000_000;
+/// See `OPEN_GAS`.
+pub const OPEN_LEAF_GAS: u64 = 130_000;
+/// See `OPEN_GAS`.
+pub const OPEN_NODE_GAS: u64 = 82_000;
 
-/// The call that opens `positions` (indices into `proof.positions`) of an exit proof's
-/// instruments against its root.
+/// The nodes an opening of leaves at `ids` (strictly increasing) hashes: one per parent per
+/// level, their paths shared.
+fn opening_nodes(ids: impl Iterator<Item = u64>) -> u64 {
+    let mut level: Vec<u64> = ids.collect();
+    let mut nodes = 0;
+    for _ in 0..optio_state::leaf::INSTRUMENT_DEPTH / 2 {
+        level.dedup_by_key(|i| *i >> 2);
+        level.iter_mut().for_each(|i| *i >>= 2);
+        nodes += level.len() as u64;
+    }
+    nodes
+}
+
+/// `positions` (indices into `proof.positions`, by instrument id) cut into openings that each
+/// fit `OPEN_GAS`: adjacent instruments share their paths, so a run of them opens in one call
+/// (the devnet's 58 in one, about 7M gas), instruments far apart about 11 a call.
+pub fn opening_chunks(proof: &optio_state::ExitProof, positions: &[usize]) -> Vec<Vec<usize>> {
+    let id = |k: usize| u64::from(proof.positions[k].0.0);
+    let gas = |chunk: &[usize]| {
+        chunk.len() as u64 * OPEN_LEAF_GAS
+            + opening_nodes(chunk.iter().map(|&k| id(k))) * OPEN_NODE_GAS
+    };
+    let mut chunks: Vec<Vec<usize>> = Vec::new();
+    for &k in positions {
+        match chunks.last_mut() {
+            Some(chunk) if gas(&[chunk.as_slice(), &[k]].concat()) <= OPEN_GAS => chunk.push(k),
+            _ => chunks.push(vec![k]),
+        }
+    }
+    chunks
+}
+
+/// The call that opens `positions` (indices into `proof.positions`, by instrument id) of an
+/// exit proof's instruments together against its root: the leaves, and the nodes they do not
+/// give, taken from the leaves' own proofs (for each parent, the path of a leaf below it).
 pub fn opening_of(
     proof: &optio_state::ExitProof,
     positions: &[usize],
 ) -> OptioTrees::InstrumentsOpening {
     let u = field_word;
+    let id = |k: usize| u64::from(proof.positions[k].0.0);
+    // Per node of the current level: its index, and a leaf below it (whose path passes it).
+    let mut level: Vec<(u64, usize)> = positions.iter().map(|&k| (id(k), k)).collect();
+    let mut siblings = Vec::new();
+    for h in 0..usize::from(optio_state::leaf::INSTRUMENT_DEPTH / 2) {
+        let mut up = Vec::with_capacity(level.len());
+        let mut i = 0;
+        while i < level.len() {
+            let (first, below) = level[i];
+            let parent = first >> 2;
+            let slot = ((id(below) >> (2 * h)) & 3) as usize;
+            let path = &proof.positions[below].4.siblings;
+            for j in 0..4 {
+                if i < level.len() && level[i].0 == 4 * parent + j as u64 {
+                    i += 1;
+                } else {
+                    siblings.push(u(&path[3 * h + if j < slot { j } else { j - 1 }]));
+                }
+            }
+            up.push((parent, below));
+        }
+        level = up;
+    }
     OptioTrees::InstrumentsOpening {
         state: state_opening(proof),
         leaves: positions
             .iter()
-            .map(|&i| {
-                let (instrument, _, _, leaf, inst_proof) = &proof.positions[i];
+            .map(|&k| {
+                let (instrument, _, _, leaf, _) = &proof.positions[k];
                 OptioTrees::InstrumentLeaf {
                     instrument: instrument.0,
                     specHash: u(&leaf.spec_hash),
@@ -1543,10 +1605,10 @@ pub fn opening_of(
                     mark: leaf.mark.0,
                     riskHash: u(&leaf.risk_hash),
                     settlementPrice: leaf.settlement_price.0,
-                    proof: inst_proof.siblings.iter().map(u).collect(),
                 }
             })
             .collect(),
+        siblings,
     }
 }
 
@@ -1776,10 +1838,14 @@ async fn exit_account(
     // A tree too costly to rebuild in the exit is built first, from the opened marks.
     let build = nodes.len() > EXIT_TREE_NODES;
     if build || unopened.len() > EXIT_INLINE_PROOFS {
-        for chunk in unopened.chunks(OPEN_CHUNK) {
-            let receipt = transact(trees.openInstruments(opening_of(&proof, chunk)).from(owner))
-                .await
-                .map_err(|e| SettlerError::Rpc(format!("opening instruments: {e}")))?;
+        for chunk in opening_chunks(&proof, &unopened) {
+            let receipt = transact(
+                trees
+                    .openInstruments(opening_of(&proof, &chunk))
+                    .from(owner),
+            )
+            .await
+            .map_err(|e| SettlerError::Rpc(format!("opening instruments: {e}")))?;
             tracing::info!(
                 account,
                 instruments = chunk.len(),

@@ -2203,7 +2203,8 @@ async fn an_account_holding_positions_far_apart_exits_with_its_tree_built_on_l1(
         owed_at_exit(&finalized, 0),
         "Alice is paid what she is owed"
     );
-    let openings = (HELD as usize).div_ceil(optio_settler::OPEN_CHUNK);
+    let openings =
+        optio_settler::opening_chunks(&proof, &(0..HELD as usize).collect::<Vec<_>>()).len();
     let builds = nodes.len().div_ceil(optio_settler::BUILD_CHUNK);
     println!(
         "Alice's exit: {openings} openings, {builds} builds, the exit: {gas:?} gas ({} in all)",
