@@ -1,0 +1,91 @@
+//! The settler's contract bindings are written by hand (`sol!` in src/lib.rs); here they are
+//! held to the compiled contracts: every function and event they declare exists in the
+//! contract's ABI (forge's artifact) with the same signature. A signature spells out its
+//! structs' fields as tuples, so a struct that drifts (a field added on one side only) fails
+//! here, and not as a revert or an undecoded log on a live chain.
+
+use std::collections::BTreeSet;
+
+use alloy::json_abi::JsonAbi;
+use optio_settler::{Groth16Verifier, OptioJudge, OptioRollup, OptioTrees, TestUSDC};
+
+/// The ABI forge compiled for `name` in `file`.
+fn compiled(file: &str, name: &str) -> JsonAbi {
+    let path = optio_contracts::contracts_dir()
+        .join("out")
+        .join(file)
+        .join(format!("{name}.json"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let json: serde_json::Value = serde_json::from_str(&text).expect("an artifact");
+    serde_json::from_value(json["abi"].clone()).expect("an ABI")
+}
+
+/// The bindings' signatures that `abi` lacks.
+fn missing(abi: &JsonAbi, functions: &[&str], events: &[&str]) -> Vec<String> {
+    let have: BTreeSet<String> = abi
+        .functions()
+        .map(|f| f.signature())
+        .chain(abi.events().map(|e| e.signature()))
+        .collect();
+    functions
+        .iter()
+        .chain(events)
+        .filter(|s| !have.contains(**s))
+        .map(|s| (*s).to_owned())
+        .collect()
+}
+
+#[test]
+fn the_bindings_match_the_compiled_contracts() {
+    optio_contracts::forge_build().expect("forge build");
+    let checks = [
+        (
+            "OptioRollup",
+            missing(
+                &compiled("OptioRollup.sol", "OptioRollup"),
+                OptioRollup::OptioRollupCalls::SIGNATURES,
+                OptioRollup::OptioRollupEvents::SIGNATURES,
+            ),
+        ),
+        (
+            "OptioTrees",
+            missing(
+                &compiled("OptioTrees.sol", "OptioTrees"),
+                OptioTrees::OptioTreesCalls::SIGNATURES,
+                &[],
+            ),
+        ),
+        (
+            "OptioJudge",
+            missing(
+                &compiled("OptioJudge.sol", "OptioJudge"),
+                OptioJudge::OptioJudgeCalls::SIGNATURES,
+                &[],
+            ),
+        ),
+        (
+            "TestUSDC",
+            missing(
+                &compiled("TestUSDC.sol", "TestUSDC"),
+                TestUSDC::TestUSDCCalls::SIGNATURES,
+                &[],
+            ),
+        ),
+        (
+            "Groth16Verifier",
+            missing(
+                &compiled("Groth16Verifier.sol", "Groth16Verifier"),
+                Groth16Verifier::Groth16VerifierCalls::SIGNATURES,
+                &[],
+            ),
+        ),
+    ];
+    for (contract, missing) in &checks {
+        println!("{contract}: {} declared signatures missing", missing.len());
+    }
+    let wrong: Vec<_> = checks.iter().filter(|(_, m)| !m.is_empty()).collect();
+    assert!(
+        wrong.is_empty(),
+        "bindings the compiled contracts lack: {wrong:#?}"
+    );
+}
