@@ -15,17 +15,19 @@ struct StateOpening {
     uint32 instruments;
 }
 
-/// One open position of an exiting account, with its instrument's leaf and the proof of that
-/// leaf in the instruments tree.
+/// One open position of an exiting account, with its instrument's leaf (proven with the
+/// others' in `ExitProof.instrumentSiblings`), or valued at its instrument's opened mark.
 struct Position {
     uint32 instrument;
     int64 qty;
+    /// Valued at the mark its instrument was opened with (`OptioTrees.openInstruments`): the
+    /// leaf's fields are not read.
+    bool opened;
     uint256 specHash;
     uint64 status;
     int64 mark;
     uint256 riskHash;
     int64 settlementPrice;
-    uint256[] instrumentProof;
 }
 
 /// An account's leaf opened against a batch's root: the state root's parts, the leaf's fields
@@ -77,10 +79,12 @@ struct ExitProof {
     int64 collateral;
     uint256[] accountProof;
     /// Every open position, by instrument id, strictly increasing: the positions root is
-    /// rebuilt from exactly these, so none can be left out. A position with no instrument proof
-    /// is valued at the mark its instrument was opened with (`OptioTrees.openInstruments`),
-    /// and its leaf's fields are not read. Empty when `positionsRoot` is given.
+    /// rebuilt from exactly these, so none can be left out. Empty when `positionsRoot` is
+    /// given.
     Position[] positions;
+    /// One proof for the leaves of the positions not `opened`, as `InstrumentsOpening.siblings`
+    /// (for one leaf, its 30 siblings; adjacent leaves share their paths).
+    uint256[] instrumentSiblings;
     /// Zero: the positions root is rebuilt from `positions`. Otherwise the account's positions
     /// root, built on L1 beforehand (`OptioTrees.buildPositions`), which brings its count of
     /// positions and their value at the opened marks.
@@ -181,34 +185,49 @@ contract OptioTrees {
 
     /// Checks exit proof `p` for `owner` against state root `root`; returns what the account is
     /// owed there (negative: nothing): its collateral plus each position at its instrument's
-    /// committed mark. A position without an instrument proof is valued at the mark its
-    /// instrument was opened with (`openInstruments`, against the rollup's final root: the
-    /// rollup's exit passes that root).
+    /// committed mark. An `opened` position is valued at the mark its instrument was opened
+    /// with (`openInstruments`, against the rollup's final root: the rollup's exit passes that
+    /// root).
     function owed(uint256 root, ExitProof calldata p, address owner) external view returns (int256 total) {
         if (stateRoot(p.state) != root) revert BadProof("root");
-        total = p.collateral;
-        uint256 n = p.positions.length;
+        (int256 worth, uint256 positionsRoot, uint256 n) = _positions(root, p);
+        total = p.collateral + worth;
+        uint256 accountLeaf = h5.poseidon([uint256(uint160(owner)), Field.check(p.keysHash), _countsWord(p.nonce, n, p.liability), Field.fromInt(p.collateral), positionsRoot]);
+        if (!_member(p.state.accountsRoot, accountLeaf, p.account, p.accountProof, ACCOUNT_BITS)) revert BadProof("account");
+    }
+
+    /// An exit's positions: their worth at the committed marks, the positions root they make
+    /// and their count (or the built root's, `ExitProof.positionsRoot`).
+    function _positions(uint256 root, ExitProof calldata p) internal view returns (int256 worth, uint256 positionsRoot, uint256 n) {
+        n = p.positions.length;
         uint256[] memory idx = new uint256[](n);
         uint256[] memory val = new uint256[](n);
+        // The leaves of the instruments not opened, proven together.
+        uint256[] memory leafIdx = new uint256[](n);
+        uint256[] memory leafVal = new uint256[](n);
+        uint256 leaves = 0;
         for (uint256 i = 0; i < n; i++) {
             Position calldata x = p.positions[i];
             if (i > 0 && x.instrument <= p.positions[i - 1].instrument) revert BadProof("positions order");
             if (x.qty == 0) revert BadProof("flat position");
             int256 mark;
-            if (x.instrumentProof.length == 0) {
+            if (x.opened) {
                 OpenedMark memory m = openedMarks[x.instrument];
                 if (!m.opened || root != openedAt) revert NotOpened(x.instrument);
                 mark = m.mark;
             } else {
-                uint256 leaf = h5.poseidon([Field.check(x.specHash), uint256(x.status), Field.fromInt(x.mark), Field.check(x.riskHash), Field.fromInt(x.settlementPrice)]);
-                if (!_member(p.state.instrumentsRoot, leaf, x.instrument, x.instrumentProof, INSTRUMENT_BITS)) revert BadProof("instrument");
+                // An id beyond the tree would alias one in it.
+                if (uint256(x.instrument) >> INSTRUMENT_BITS != 0) revert BadProof("instrument");
+                leafIdx[leaves] = x.instrument;
+                leafVal[leaves++] = h5.poseidon([Field.check(x.specHash), uint256(x.status), Field.fromInt(x.mark), Field.check(x.riskHash), Field.fromInt(x.settlementPrice)]);
                 mark = x.mark;
             }
             idx[i] = x.instrument;
             val[i] = Field.fromInt(x.qty);
-            total += _worth(x.qty, mark);
+            worth += _worth(x.qty, mark);
         }
-        uint256 positionsRoot = p.positionsRoot;
+        if (leaves > 0 ? _multiRoot(leafIdx, leafVal, leaves, p.instrumentSiblings) != p.state.instrumentsRoot : p.instrumentSiblings.length != 0) revert BadProof("instrument");
+        positionsRoot = p.positionsRoot;
         if (positionsRoot == 0) {
             positionsRoot = _sparseRoot(idx, val, n);
         } else {
@@ -216,10 +235,8 @@ contract OptioTrees {
             BuiltNode memory b = builtNodes[_nodeKey(POSITIONS_LEVELS, 0, positionsRoot)];
             if (!b.built || n != 0 || root != openedAt) revert BadProof("positions root");
             n = b.positions;
-            total += b.worth;
+            worth += b.worth;
         }
-        uint256 accountLeaf = h5.poseidon([uint256(uint160(owner)), Field.check(p.keysHash), _countsWord(p.nonce, n, p.liability), Field.fromInt(p.collateral), positionsRoot]);
-        if (!_member(p.state.accountsRoot, accountLeaf, p.account, p.accountProof, ACCOUNT_BITS)) revert BadProof("account");
     }
 
     /// After the rollup froze, records the marks of instruments whose leaves `o` opens against

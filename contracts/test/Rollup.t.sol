@@ -210,8 +210,24 @@ contract RollupTest is WithHashers {
                 mark: int64(hevm.parseJsonInt(v, string.concat(x, ".mark"))),
                 riskHash: hevm.parseJsonUint(v, string.concat(x, ".risk_hash")),
                 settlementPrice: int64(hevm.parseJsonInt(v, string.concat(x, ".settlement_price"))),
-                instrumentProof: hevm.parseJsonUintArray(v, string.concat(x, ".instrument_proof"))
+                opened: false
             });
+        }
+        p.instrumentSiblings = bothSiblings();
+    }
+
+    /// Position `i`'s instrument proof (its 30 siblings), as the Rust side wrote it.
+    function instrumentProof(uint256 i) internal view returns (uint256[] memory) {
+        return hevm.parseJsonUintArray(v, string.concat(".exit_proof.positions[", _digit(i), "].instrument_proof"));
+    }
+
+    /// One proof for both positions' instruments (ids 0 and 1: slots 0 and 1 of one parent):
+    /// the first's siblings but the second.
+    function bothSiblings() internal view returns (uint256[] memory siblings) {
+        uint256[] memory path = instrumentProof(0);
+        siblings = new uint256[](path.length - 1);
+        for (uint256 k = 1; k < path.length; k++) {
+            siblings[k - 1] = path[k];
         }
     }
 
@@ -259,10 +275,19 @@ contract RollupTest is WithHashers {
         one[0] = p.positions[1];
         Position[] memory all = p.positions;
         p.positions = one;
+        p.instrumentSiblings = instrumentProof(1);
         hevm.prank(owner);
         hevm.expectRevert(abi.encodeWithSelector(OptioRollup.BadProof.selector, "account"));
         rollup.exit(p);
         p.positions = all;
+        p.instrumentSiblings = bothSiblings();
+        // The instruments' proof a node short.
+        uint256[] memory siblings = p.instrumentSiblings;
+        p.instrumentSiblings = instrumentProof(1);
+        hevm.prank(owner);
+        hevm.expectRevert(abi.encodeWithSelector(OptioRollup.BadProof.selector, "siblings"));
+        rollup.exit(p);
+        p.instrumentSiblings = siblings;
         // A higher mark than committed.
         p.positions[1].mark += 1;
         hevm.prank(owner);
@@ -286,25 +311,21 @@ contract RollupTest is WithHashers {
     /// The exit proof's two instruments (ids 0 and 1: slots 0 and 1 of one parent) opened
     /// together against the final root (the funds and roots of `p`): the nodes they do not give
     /// are the first's siblings but the second.
-    function opening(ExitProof memory p) internal pure returns (InstrumentsOpening memory o) {
+    function opening(ExitProof memory p) internal view returns (InstrumentsOpening memory o) {
         o.state = p.state;
         o.leaves = new InstrumentLeaf[](2);
         for (uint256 i = 0; i < 2; i++) {
             o.leaves[i] = leafOf(p.positions[i]);
         }
-        uint256[] memory path = p.positions[0].instrumentProof;
-        o.siblings = new uint256[](path.length - 1);
-        for (uint256 k = 1; k < path.length; k++) {
-            o.siblings[k - 1] = path[k];
-        }
+        o.siblings = bothSiblings();
     }
 
     /// Position `i`'s instrument opened alone: its siblings are its proof.
-    function openingOf(ExitProof memory p, uint256 i) internal pure returns (InstrumentsOpening memory o) {
+    function openingOf(ExitProof memory p, uint256 i) internal view returns (InstrumentsOpening memory o) {
         o.state = p.state;
         o.leaves = new InstrumentLeaf[](1);
         o.leaves[0] = leafOf(p.positions[i]);
-        o.siblings = p.positions[i].instrumentProof;
+        o.siblings = instrumentProof(i);
     }
 
     function leafOf(Position memory x) internal pure returns (InstrumentLeaf memory) {
@@ -372,10 +393,11 @@ contract RollupTest is WithHashers {
         uint256 expected = uint256(int256(hevm.parseJsonInt(v, ".exit_proof.collateral"))) + 2_523e6;
         Position[] memory proved = proof().positions;
         for (uint256 i = 0; i < 2; i++) {
-            p.positions[i].instrumentProof = new uint256[](0);
+            p.positions[i].opened = true;
             // What the leaf says is not read once the instrument is opened.
             p.positions[i].mark = 1;
         }
+        p.instrumentSiblings = new uint256[](0);
         hevm.prank(owner);
         hevm.expectRevert(abi.encodeWithSelector(OptioTrees.NotOpened.selector, p.positions[0].instrument));
         rollup.exit(p);
@@ -391,6 +413,7 @@ contract RollupTest is WithHashers {
         rollup.exit(p);
         // The first position with its proof, the second from the opening.
         p.positions[0] = proved[0];
+        p.instrumentSiblings = instrumentProof(0);
         hevm.prank(owner);
         assertEq(rollup.exit(p), expected, "paid as the one-call exit");
         assertEq(usdc.balanceOf(owner), expected, "received");
@@ -502,15 +525,23 @@ contract RollupTest is WithHashers {
         assertEq(uint256(int256(worth)), 2_523e6, "worth 0.6 contracts at the mark 4,205");
         Position[] memory carried = p.positions;
         p.positions = new Position[](0);
+        p.positionsRoot = root;
+        // An instruments' proof with no leaf to prove.
+        hevm.prank(owner);
+        hevm.expectRevert(abi.encodeWithSelector(OptioTrees.BadProof.selector, "instrument"));
+        rollup.exit(p);
+        p.instrumentSiblings = new uint256[](0);
         p.positionsRoot = root + 1;
         hevm.prank(owner);
         hevm.expectRevert(abi.encodeWithSelector(OptioTrees.BadProof.selector, "positions root"));
         rollup.exit(p);
         p.positions = carried;
+        p.instrumentSiblings = bothSiblings();
         p.positionsRoot = root;
         hevm.prank(owner);
         hevm.expectRevert(abi.encodeWithSelector(OptioTrees.BadProof.selector, "positions root"));
         rollup.exit(p);
+        p.instrumentSiblings = new uint256[](0);
         // Another tree (a contract more of the second position) builds, and is not the account's.
         ExitProof memory more = proof();
         more.positions[1].qty += 1e8;

@@ -30,12 +30,12 @@ mod bindings {
             struct Position {
                 uint32 instrument;
                 int64 qty;
+                bool opened;
                 uint256 specHash;
                 uint64 status;
                 int64 mark;
                 uint256 riskHash;
                 int64 settlementPrice;
-                uint256[] instrumentProof;
             }
             struct StateOpening {
                 uint256 accountsRoot;
@@ -54,6 +54,7 @@ mod bindings {
                 int64 collateral;
                 uint256[] accountProof;
                 Position[] positions;
+                uint256[] instrumentSiblings;
                 uint256 positionsRoot;
             }
             struct AccountOpening {
@@ -1516,10 +1517,15 @@ fn field_word(f: &optio_state::Fr) -> U256 {
     U256::from_be_bytes(optio_state::poseidon::to_bytes(f))
 }
 
-/// Positions whose instruments' proofs an exit carries itself; an account holding more has the
-/// instruments not opened yet opened first (`OptioTrees.openInstruments`), since one
-/// instrument's proof costs about 880k gas and a transaction may use at most 2^24 (EIP-7825).
-pub const EXIT_INLINE_PROOFS: usize = 8;
+/// Gas an exit call may plan for (under EIP-7825's 2^24 cap with room), by `exit_gas`'s
+/// count: past it, the account's instruments not opened yet are opened first
+/// (`OptioTrees.openInstruments`), and past it again with every instrument opened, its
+/// positions tree is built first (`OptioTrees.buildPositions`).
+pub const EXIT_GAS: u64 = 14_000_000;
+/// An exit's gas besides its positions (the account's proof, the payment), about 1.2M.
+pub const EXIT_BASE_GAS: u64 = 1_300_000;
+/// Per node of the positions tree an exit rebuilds (a Poseidon(4), about 77k).
+pub const TREE_NODE_GAS: u64 = 80_000;
 /// Gas one `openInstruments` call may plan for (under the 2^24 cap with room): per leaf its
 /// Poseidon(5), its stored mark and event and its calldata (`OPEN_LEAF_GAS`), per node of the
 /// opening's shared paths a Poseidon(4) and its siblings' calldata (`OPEN_NODE_GAS`).
@@ -1542,33 +1548,42 @@ fn opening_nodes(ids: impl Iterator<Item = u64>) -> u64 {
     nodes
 }
 
+/// The gas of proving the instrument leaves of `positions` (indices into `proof.positions`, by
+/// instrument id) together, by `OPEN_LEAF_GAS` and `OPEN_NODE_GAS`.
+fn leaves_gas(proof: &optio_state::ExitProof, positions: &[usize]) -> u64 {
+    positions.len() as u64 * OPEN_LEAF_GAS
+        + opening_nodes(positions.iter().map(|&k| u64::from(proof.positions[k].0.0)))
+            * OPEN_NODE_GAS
+}
+
 /// `positions` (indices into `proof.positions`, by instrument id) cut into openings that each
 /// fit `OPEN_GAS`: adjacent instruments share their paths, so a run of them opens in one call
-/// (the devnet's 58 in one, about 7M gas), instruments far apart about 11 a call.
+/// (the devnet's 58 in one, about 9.5M gas), instruments far apart about 35 a call.
 pub fn opening_chunks(proof: &optio_state::ExitProof, positions: &[usize]) -> Vec<Vec<usize>> {
-    let id = |k: usize| u64::from(proof.positions[k].0.0);
-    let gas = |chunk: &[usize]| {
-        chunk.len() as u64 * OPEN_LEAF_GAS
-            + opening_nodes(chunk.iter().map(|&k| id(k))) * OPEN_NODE_GAS
-    };
     let mut chunks: Vec<Vec<usize>> = Vec::new();
     for &k in positions {
         match chunks.last_mut() {
-            Some(chunk) if gas(&[chunk.as_slice(), &[k]].concat()) <= OPEN_GAS => chunk.push(k),
+            Some(chunk) if leaves_gas(proof, &[chunk.as_slice(), &[k]].concat()) <= OPEN_GAS => {
+                chunk.push(k)
+            }
             _ => chunks.push(vec![k]),
         }
     }
     chunks
 }
 
-/// The call that opens `positions` (indices into `proof.positions`, by instrument id) of an
-/// exit proof's instruments together against its root: the leaves, and the nodes they do not
-/// give, taken from the leaves' own proofs (for each parent, the path of a leaf below it).
-pub fn opening_of(
-    proof: &optio_state::ExitProof,
-    positions: &[usize],
-) -> OptioTrees::InstrumentsOpening {
-    let u = field_word;
+/// The gas `exit_call_opened(proof, opened)` plans for: its base, the leaves of the
+/// instruments not opened, and the positions tree it rebuilds.
+pub fn exit_gas(proof: &optio_state::ExitProof, opened: &[bool]) -> u64 {
+    let proven: Vec<usize> = (0..opened.len()).filter(|&k| !opened[k]).collect();
+    EXIT_BASE_GAS + leaves_gas(proof, &proven) + positions_nodes(proof).len() as u64 * TREE_NODE_GAS
+}
+
+/// One proof for the instrument leaves of `positions` (indices into `proof.positions`, by
+/// instrument id) against the instruments root (`InstrumentsOpening.siblings`,
+/// `ExitProof.instrumentSiblings`): the nodes the leaves do not give, level by level, taken
+/// from the leaves' own proofs (for each parent, the path of a leaf below it).
+pub fn instrument_siblings(proof: &optio_state::ExitProof, positions: &[usize]) -> Vec<U256> {
     let id = |k: usize| u64::from(proof.positions[k].0.0);
     // Per node of the current level: its index, and a leaf below it (whose path passes it).
     let mut level: Vec<(u64, usize)> = positions.iter().map(|&k| (id(k), k)).collect();
@@ -1585,13 +1600,23 @@ pub fn opening_of(
                 if i < level.len() && level[i].0 == 4 * parent + j as u64 {
                     i += 1;
                 } else {
-                    siblings.push(u(&path[3 * h + if j < slot { j } else { j - 1 }]));
+                    siblings.push(field_word(&path[3 * h + if j < slot { j } else { j - 1 }]));
                 }
             }
             up.push((parent, below));
         }
         level = up;
     }
+    siblings
+}
+
+/// The call that opens `positions` (indices into `proof.positions`, by instrument id) of an
+/// exit proof's instruments together against its root.
+pub fn opening_of(
+    proof: &optio_state::ExitProof,
+    positions: &[usize],
+) -> OptioTrees::InstrumentsOpening {
+    let u = field_word;
     OptioTrees::InstrumentsOpening {
         state: state_opening(proof),
         leaves: positions
@@ -1608,7 +1633,7 @@ pub fn opening_of(
                 }
             })
             .collect(),
-        siblings,
+        siblings: instrument_siblings(proof, positions),
     }
 }
 
@@ -1618,8 +1643,8 @@ pub fn exit_call(proof: &optio_state::ExitProof) -> OptioRollup::ExitProof {
     exit_call_opened(proof, &vec![false; proof.positions.len()])
 }
 
-/// The exit call for `proof`, position `i` without its instrument's proof when `opened[i]`
-/// (the instrument was opened on L1: the contract values it at the opened mark).
+/// The exit call for `proof`, position `i` valued at its instrument's opened mark when
+/// `opened[i]` (the instrument was opened on L1), the others' leaves proven together.
 pub fn exit_call_opened(proof: &optio_state::ExitProof, opened: &[bool]) -> OptioRollup::ExitProof {
     let u = field_word;
     let positions = proof
@@ -1627,34 +1652,42 @@ pub fn exit_call_opened(proof: &optio_state::ExitProof, opened: &[bool]) -> Opti
         .iter()
         .zip(opened)
         .map(
-            |((instrument, qty, _, leaf, inst_proof), &opened)| OptioRollup::Position {
+            |((instrument, qty, _, leaf, _), &opened)| OptioRollup::Position {
                 instrument: instrument.0,
                 qty: qty.0,
+                opened,
                 specHash: u(&leaf.spec_hash),
                 status: leaf.status,
                 mark: leaf.mark.0,
                 riskHash: u(&leaf.risk_hash),
                 settlementPrice: leaf.settlement_price.0,
-                instrumentProof: if opened {
-                    Vec::new()
-                } else {
-                    inst_proof.siblings.iter().map(u).collect()
-                },
             },
         )
         .collect();
-    exit_call_with(proof, positions, U256::ZERO)
+    let proven: Vec<usize> = (0..opened.len()).filter(|&k| !opened[k]).collect();
+    exit_call_with(
+        proof,
+        positions,
+        instrument_siblings(proof, &proven),
+        U256::ZERO,
+    )
 }
 
 /// The exit call for `proof` naming its account's positions root, built on L1 beforehand
 /// (`OptioTrees.buildPositions`, every node of `positions_nodes`): it carries no position.
 pub fn exit_call_built(proof: &optio_state::ExitProof) -> OptioRollup::ExitProof {
-    exit_call_with(proof, Vec::new(), field_word(&proof.leaf.positions_root))
+    exit_call_with(
+        proof,
+        Vec::new(),
+        Vec::new(),
+        field_word(&proof.leaf.positions_root),
+    )
 }
 
 fn exit_call_with(
     proof: &optio_state::ExitProof,
     positions: Vec<OptioRollup::Position>,
+    instrument_siblings: Vec<U256>,
     positions_root: U256,
 ) -> OptioRollup::ExitProof {
     let u = field_word;
@@ -1667,16 +1700,11 @@ fn exit_call_with(
         collateral: proof.leaf.collateral.0,
         accountProof: proof.account_proof.siblings.iter().map(u).collect(),
         positions,
+        instrumentSiblings: instrument_siblings,
         positionsRoot: positions_root,
     }
 }
 
-/// The most positions-tree nodes an exit rebuilds itself (a Poseidon(4) each, about 77k gas:
-/// 6.2M, beside up to `EXIT_INLINE_PROOFS` instrument proofs' 7M and the account's 1.2M, under
-/// the 2^24 cap); past them its account's tree is built on L1 first
-/// (`OptioTrees.buildPositions`, about 101k gas a node). Adjacent positions share nodes (58
-/// adjacent ids take 27), positions far apart take up to 10 each.
-pub const EXIT_TREE_NODES: usize = 80;
 /// Positions-tree nodes built per transaction (a hash and a stored record each: 9.9M gas).
 pub const BUILD_CHUNK: usize = 96;
 
@@ -1834,10 +1862,11 @@ async fn exit_account(
         );
     }
     let unopened: Vec<usize> = (0..opened.len()).filter(|&i| !opened[i]).collect();
-    let nodes = positions_nodes(&proof);
-    // A tree too costly to rebuild in the exit is built first, from the opened marks.
-    let build = nodes.len() > EXIT_TREE_NODES;
-    if build || unopened.len() > EXIT_INLINE_PROOFS {
+    // Instruments first when the exit cannot prove their leaves itself; the positions tree
+    // first when the exit cannot rebuild it even with every instrument opened.
+    let open = exit_gas(&proof, &opened) > EXIT_GAS;
+    let build = open && exit_gas(&proof, &vec![true; opened.len()]) > EXIT_GAS;
+    if open {
         for chunk in opening_chunks(&proof, &unopened) {
             let receipt = transact(
                 trees
@@ -1859,7 +1888,7 @@ async fn exit_account(
         // Nodes another exit built (the same subtree under the same index) are not built again,
         // nor those of an earlier, interrupted run.
         let mut missing = Vec::new();
-        for node in nodes {
+        for node in positions_nodes(&proof) {
             if !trees
                 .builtNodes(built_node_key(&node))
                 .call()
