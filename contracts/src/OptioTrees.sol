@@ -330,6 +330,7 @@ contract OptioTrees {
                     worth += b.worth;
                 }
             }
+            // No truncation: a node holds at most 4^10 positions, each worth under 2^100.
             builtNodes[_nodeKey(h, x.index, h4.poseidon(x.children))] = BuiltNode(true, uint32(positions), int216(worth));
         }
     }
