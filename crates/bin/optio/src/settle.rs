@@ -153,6 +153,12 @@ pub fn exit_proof(args: ExitProofArgs) -> Result<()> {
             },
             "instrument_proof": siblings(inst_proof),
         })).collect::<Vec<_>>(),
+        // The exit proves its instrument leaves together (`ExitProof.instrumentSiblings`): this
+        // is that proof for every position, none opened.
+        "instrument_siblings": optio_settler::instrument_siblings(&p, &(0..p.positions.len()).collect::<Vec<_>>())
+            .iter()
+            .map(|w| hex(&w.to_be_bytes::<32>()))
+            .collect::<Vec<_>>(),
     });
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
