@@ -221,13 +221,16 @@ contract RollupTest is WithHashers {
         return hevm.parseJsonUintArray(v, string.concat(".exit_proof.positions[", _digit(i), "].instrument_proof"));
     }
 
-    /// One proof for both positions' instruments (ids 0 and 1: slots 0 and 1 of one parent):
-    /// the first's siblings but the second.
+    /// One proof for both positions' instruments, as the Rust side computed it
+    /// (`ExitProof::instrument_siblings`). The ids are 0 and 1, slots 0 and 1 of one parent, so
+    /// it is the first's siblings but the second: checked here, so that the vectors cannot
+    /// drift from the rule.
     function bothSiblings() internal view returns (uint256[] memory siblings) {
+        siblings = hevm.parseJsonUintArray(v, ".exit_proof.instrument_siblings");
         uint256[] memory path = instrumentProof(0);
-        siblings = new uint256[](path.length - 1);
+        require(siblings.length == path.length - 1, "one node fewer than a leaf's path");
         for (uint256 k = 1; k < path.length; k++) {
-            siblings[k - 1] = path[k];
+            require(siblings[k - 1] == path[k], "the first leaf's path but the second");
         }
     }
 

@@ -155,9 +155,9 @@ pub fn exit_proof(args: ExitProofArgs) -> Result<()> {
         })).collect::<Vec<_>>(),
         // The exit proves its instrument leaves together (`ExitProof.instrumentSiblings`): this
         // is that proof for every position, none opened.
-        "instrument_siblings": optio_settler::instrument_siblings(&p, &(0..p.positions.len()).collect::<Vec<_>>())
+        "instrument_siblings": p.instrument_siblings(&(0..p.positions.len()).collect::<Vec<_>>())
             .iter()
-            .map(|w| hex(&w.to_be_bytes::<32>()))
+            .map(to_hex)
             .collect::<Vec<_>>(),
     });
     println!("{}", serde_json::to_string_pretty(&out)?);

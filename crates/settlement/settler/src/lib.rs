@@ -1579,35 +1579,13 @@ pub fn exit_gas(proof: &optio_state::ExitProof, opened: &[bool]) -> u64 {
     EXIT_BASE_GAS + leaves_gas(proof, &proven) + positions_nodes(proof).len() as u64 * TREE_NODE_GAS
 }
 
-/// One proof for the instrument leaves of `positions` (indices into `proof.positions`, by
-/// instrument id) against the instruments root (`InstrumentsOpening.siblings`,
-/// `ExitProof.instrumentSiblings`): the nodes the leaves do not give, level by level, taken
-/// from the leaves' own proofs (for each parent, the path of a leaf below it).
+/// `ExitProof::instrument_siblings` as contract words.
 pub fn instrument_siblings(proof: &optio_state::ExitProof, positions: &[usize]) -> Vec<U256> {
-    let id = |k: usize| u64::from(proof.positions[k].0.0);
-    // Per node of the current level: its index, and a leaf below it (whose path passes it).
-    let mut level: Vec<(u64, usize)> = positions.iter().map(|&k| (id(k), k)).collect();
-    let mut siblings = Vec::new();
-    for h in 0..usize::from(optio_state::leaf::INSTRUMENT_DEPTH / 2) {
-        let mut up = Vec::with_capacity(level.len());
-        let mut i = 0;
-        while i < level.len() {
-            let (first, below) = level[i];
-            let parent = first >> 2;
-            let slot = ((id(below) >> (2 * h)) & 3) as usize;
-            let path = &proof.positions[below].4.siblings;
-            for j in 0..4 {
-                if i < level.len() && level[i].0 == 4 * parent + j as u64 {
-                    i += 1;
-                } else {
-                    siblings.push(field_word(&path[3 * h + if j < slot { j } else { j - 1 }]));
-                }
-            }
-            up.push((parent, below));
-        }
-        level = up;
-    }
-    siblings
+    proof
+        .instrument_siblings(positions)
+        .iter()
+        .map(field_word)
+        .collect()
 }
 
 /// The call that opens `positions` (indices into `proof.positions`, by instrument id) of an

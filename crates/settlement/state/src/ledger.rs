@@ -220,6 +220,38 @@ pub struct ExitProof {
 }
 
 impl ExitProof {
+    /// One proof for the instrument leaves of `positions` (indices into `self.positions`, by
+    /// instrument id) against the instruments root, as L1 takes it (`ExitProof.
+    /// instrumentSiblings`, `InstrumentsOpening.siblings`): the nodes the leaves do not give,
+    /// level by level from the leaves up, within a level by parent, within a parent in slot
+    /// order, taken from the leaves' own proofs (for each parent, the path of a leaf below it).
+    pub fn instrument_siblings(&self, positions: &[usize]) -> Vec<Fr> {
+        let id = |k: usize| u64::from(self.positions[k].0.0);
+        // Per node of the current level: its index, and a leaf below it (whose path passes it).
+        let mut level: Vec<(u64, usize)> = positions.iter().map(|&k| (id(k), k)).collect();
+        let mut siblings = Vec::new();
+        for h in 0..usize::from(leaf::INSTRUMENT_DEPTH / 2) {
+            let mut up = Vec::with_capacity(level.len());
+            let mut i = 0;
+            while i < level.len() {
+                let (first, below) = level[i];
+                let parent = first >> 2;
+                let slot = ((id(below) >> (2 * h)) & 3) as usize;
+                let path = &self.positions[below].4.siblings;
+                for j in 0..4 {
+                    if i < level.len() && level[i].0 == 4 * parent + j as u64 {
+                        i += 1;
+                    } else {
+                        siblings.push(path[3 * h + if j < slot { j } else { j - 1 }]);
+                    }
+                }
+                up.push((parent, below));
+            }
+            level = up;
+        }
+        siblings
+    }
+
     /// Every proof checks against `root` (what the L1 exit function checks).
     pub fn verify(&self) -> bool {
         leaf::state_root(

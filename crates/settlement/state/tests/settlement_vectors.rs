@@ -247,6 +247,7 @@ fn vectors() -> Value {
                 "instrument_leaf_hash": to_hex(&l.hash()),
                 "instrument_proof": ip.siblings.iter().map(to_hex).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
+            "instrument_siblings": proof.instrument_siblings(&(0..proof.positions.len()).collect::<Vec<_>>()).iter().map(to_hex).collect::<Vec<_>>(),
         },
     })
 }
