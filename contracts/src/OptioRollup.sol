@@ -741,8 +741,9 @@ contract OptioRollup {
 
     /// After a freeze, pays an account's owner what the last finalized state owes it: its
     /// collateral plus each position at its instrument's committed mark; once per account. A
-    /// position carries its instrument's leaf and proof, or none once its instrument is opened
-    /// (`OptioTrees.openInstruments`: an account holding many positions opens them first), and
+    /// position carries its instrument's leaf (the leaves proven together, one proof for all),
+    /// or is `opened` once its instrument is (`OptioTrees.openInstruments`: an account holding
+    /// many positions far apart opens them first), and
     /// an account whose positions tree is too costly to rebuild in one call names it built
     /// (`OptioTrees.buildPositions`).
     function exit(ExitProof calldata p) external returns (uint256 amount) {
