@@ -219,7 +219,7 @@ contract OptioTrees {
                 // An id beyond the tree would alias one in it.
                 if (uint256(x.instrument) >> INSTRUMENT_BITS != 0) revert BadProof("instrument");
                 leafIdx[leaves] = x.instrument;
-                leafVal[leaves++] = h5.poseidon([Field.check(x.specHash), uint256(x.status), Field.fromInt(x.mark), Field.check(x.riskHash), Field.fromInt(x.settlementPrice)]);
+                leafVal[leaves++] = _instrumentHash(x.specHash, x.status, x.mark, x.riskHash, x.settlementPrice);
                 mark = x.mark;
             }
             idx[i] = x.instrument;
@@ -258,7 +258,7 @@ contract OptioTrees {
             // Strictly increasing, and within the tree (an id beyond it would alias one in it).
             if ((i > 0 && x.instrument <= o.leaves[i - 1].instrument) || uint256(x.instrument) >> INSTRUMENT_BITS != 0) revert BadProof("instrument order");
             idx[i] = x.instrument;
-            val[i] = h5.poseidon([Field.check(x.specHash), uint256(x.status), Field.fromInt(x.mark), Field.check(x.riskHash), Field.fromInt(x.settlementPrice)]);
+            val[i] = _instrumentHash(x.specHash, x.status, x.mark, x.riskHash, x.settlementPrice);
         }
         if (n == 0 || _multiRoot(idx, val, n, o.siblings) != o.state.instrumentsRoot) revert BadProof("instrument");
         openedAt = root;
@@ -333,6 +333,11 @@ contract OptioTrees {
             // No truncation: a node holds at most 4^10 positions, each worth under 2^100.
             builtNodes[_nodeKey(h, x.index, h4.poseidon(x.children))] = BuiltNode(true, uint32(positions), int216(worth));
         }
+    }
+
+    /// An instrument's leaf hash from its fields (`InstrumentLeaf::hash` on the Rust side).
+    function _instrumentHash(uint256 specHash, uint64 status, int64 mark, uint256 riskHash, int64 settlementPrice) internal view returns (uint256) {
+        return h5.poseidon([Field.check(specHash), uint256(status), Field.fromInt(mark), Field.check(riskHash), Field.fromInt(settlementPrice)]);
     }
 
     /// Where a built node is recorded: its height, index and hash.
