@@ -1535,9 +1535,11 @@ pub const OPEN_LEAF_GAS: u64 = 130_000;
 /// See `OPEN_GAS`.
 pub const OPEN_NODE_GAS: u64 = 82_000;
 
-/// The nodes an opening of leaves at `ids` (strictly increasing) hashes: one per parent per
-/// level, their paths shared.
-fn opening_nodes(ids: impl Iterator<Item = u64>) -> u64 {
+/// The nodes a sparse tree of the instruments' depth over leaves at `ids` (strictly increasing)
+/// hashes, one per parent per level: what an opening of those leaves hashes with their paths
+/// shared, and what an exit's positions tree over them rebuilds (`positions_nodes` without
+/// the hashing).
+fn tree_nodes(ids: impl Iterator<Item = u64>) -> u64 {
     let mut level: Vec<u64> = ids.collect();
     let mut nodes = 0;
     for _ in 0..optio_state::leaf::INSTRUMENT_DEPTH / 2 {
@@ -1552,8 +1554,7 @@ fn opening_nodes(ids: impl Iterator<Item = u64>) -> u64 {
 /// instrument id) together, by `OPEN_LEAF_GAS` and `OPEN_NODE_GAS`.
 fn leaves_gas(proof: &optio_state::ExitProof, positions: &[usize]) -> u64 {
     positions.len() as u64 * OPEN_LEAF_GAS
-        + opening_nodes(positions.iter().map(|&k| u64::from(proof.positions[k].0.0)))
-            * OPEN_NODE_GAS
+        + tree_nodes(positions.iter().map(|&k| u64::from(proof.positions[k].0.0))) * OPEN_NODE_GAS
 }
 
 /// `positions` (indices into `proof.positions`, by instrument id) cut into openings that each
@@ -1576,7 +1577,8 @@ pub fn opening_chunks(proof: &optio_state::ExitProof, positions: &[usize]) -> Ve
 /// instruments not opened, and the positions tree it rebuilds.
 pub fn exit_gas(proof: &optio_state::ExitProof, opened: &[bool]) -> u64 {
     let proven: Vec<usize> = (0..opened.len()).filter(|&k| !opened[k]).collect();
-    EXIT_BASE_GAS + leaves_gas(proof, &proven) + positions_nodes(proof).len() as u64 * TREE_NODE_GAS
+    let ids = proof.positions.iter().map(|(i, ..)| u64::from(i.0));
+    EXIT_BASE_GAS + leaves_gas(proof, &proven) + tree_nodes(ids) * TREE_NODE_GAS
 }
 
 /// `ExitProof::instrument_siblings` as contract words.

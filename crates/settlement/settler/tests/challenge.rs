@@ -2185,8 +2185,14 @@ async fn an_account_holding_positions_far_apart_exits_with_its_tree_built_on_l1(
         "Alice's positions tree: {} nodes for {HELD} positions {APART} ids apart",
         nodes.len()
     );
+    let rebuild = optio_settler::exit_gas(&proof, &vec![true; HELD as usize]);
+    assert_eq!(
+        rebuild,
+        optio_settler::EXIT_BASE_GAS + nodes.len() as u64 * optio_settler::TREE_NODE_GAS,
+        "the plan counts the tree's nodes"
+    );
     assert!(
-        optio_settler::exit_gas(&proof, &vec![true; HELD as usize]) > optio_settler::EXIT_GAS,
+        rebuild > optio_settler::EXIT_GAS,
         "the tree is too costly to rebuild in the exit"
     );
     let (paid, gas) = exit_from_l1_gas(&anvil, &d, ALICE, 0).await;
