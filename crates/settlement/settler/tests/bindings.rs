@@ -9,19 +9,20 @@ use std::collections::BTreeSet;
 use alloy::json_abi::JsonAbi;
 use optio_settler::{Groth16Verifier, OptioJudge, OptioRollup, OptioTrees, TestUSDC};
 
-/// The ABI forge compiled for `name` in `file`.
-fn compiled(file: &str, name: &str) -> JsonAbi {
+/// The ABI forge compiled for contract `name` (in `<name>.sol`).
+fn compiled(name: &str) -> JsonAbi {
     let path = optio_contracts::contracts_dir()
         .join("out")
-        .join(file)
+        .join(format!("{name}.sol"))
         .join(format!("{name}.json"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let json: serde_json::Value = serde_json::from_str(&text).expect("an artifact");
     serde_json::from_value(json["abi"].clone()).expect("an ABI")
 }
 
-/// The bindings' signatures that `abi` lacks.
-fn missing(abi: &JsonAbi, functions: &[&str], events: &[&str]) -> Vec<String> {
+/// The bindings' signatures that contract `name`'s compiled ABI lacks.
+fn missing(name: &str, functions: &[&str], events: &[&str]) -> Vec<String> {
+    let abi = compiled(name);
     let have: BTreeSet<String> = abi
         .functions()
         .map(|f| f.signature())
@@ -41,45 +42,19 @@ fn the_bindings_match_the_compiled_contracts() {
     let checks = [
         (
             "OptioRollup",
-            missing(
-                &compiled("OptioRollup.sol", "OptioRollup"),
-                OptioRollup::OptioRollupCalls::SIGNATURES,
-                OptioRollup::OptioRollupEvents::SIGNATURES,
-            ),
+            OptioRollup::OptioRollupCalls::SIGNATURES,
+            OptioRollup::OptioRollupEvents::SIGNATURES,
         ),
-        (
-            "OptioTrees",
-            missing(
-                &compiled("OptioTrees.sol", "OptioTrees"),
-                OptioTrees::OptioTreesCalls::SIGNATURES,
-                &[],
-            ),
-        ),
-        (
-            "OptioJudge",
-            missing(
-                &compiled("OptioJudge.sol", "OptioJudge"),
-                OptioJudge::OptioJudgeCalls::SIGNATURES,
-                &[],
-            ),
-        ),
-        (
-            "TestUSDC",
-            missing(
-                &compiled("TestUSDC.sol", "TestUSDC"),
-                TestUSDC::TestUSDCCalls::SIGNATURES,
-                &[],
-            ),
-        ),
+        ("OptioTrees", OptioTrees::OptioTreesCalls::SIGNATURES, &[]),
+        ("OptioJudge", OptioJudge::OptioJudgeCalls::SIGNATURES, &[]),
+        ("TestUSDC", TestUSDC::TestUSDCCalls::SIGNATURES, &[]),
         (
             "Groth16Verifier",
-            missing(
-                &compiled("Groth16Verifier.sol", "Groth16Verifier"),
-                Groth16Verifier::Groth16VerifierCalls::SIGNATURES,
-                &[],
-            ),
+            Groth16Verifier::Groth16VerifierCalls::SIGNATURES,
+            &[],
         ),
-    ];
+    ]
+    .map(|(name, functions, events)| (name, missing(name, functions, events)));
     for (contract, missing) in &checks {
         println!("{contract}: {} declared signatures missing", missing.len());
     }
