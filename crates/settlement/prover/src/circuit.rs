@@ -233,16 +233,12 @@ impl Poly {
 /// `sum_k field_k * 2^shift_k`: fields packed into one word (linear, so free; every field is
 /// range-checked where the circuit makes it, so the packing is injective).
 fn pack(fields: &[(&Wire, usize)]) -> Wire {
-    fields
-        .iter()
-        .fold(Wire::zero(), |acc, (f, shift)| acc.plus(pow2(*shift), f))
+    Wire::linear(fields.iter().map(|(f, shift)| (pow2(*shift), *f)))
 }
 
 /// The byte of eight bits, low first (linear).
 fn byte_of(bits: &[Wire]) -> Wire {
-    bits.iter()
-        .enumerate()
-        .fold(Wire::zero(), |acc, (i, bit)| acc.plus(pow2(i), bit))
+    Wire::linear(bits.iter().enumerate().map(|(i, bit)| (pow2(i), bit)))
 }
 
 /// One-hot selector over `n` registers: `index` or none; its sum is returned too.
@@ -256,9 +252,7 @@ fn selector(cs: &Cs, n: usize, index: Option<usize>) -> R<(Vec<Wire>, Wire)> {
 
 /// The index a one-hot selector points at (0 when it points at none): `sum_k k * sel_k`, free.
 fn index_of(sel: &[Wire]) -> Wire {
-    sel.iter()
-        .enumerate()
-        .fold(Wire::zero(), |acc, (k, s)| acc.plus(Fr::from(k as u64), s))
+    Wire::linear(sel.iter().enumerate().map(|(k, s)| (Fr::from(k as u64), s)))
 }
 
 /// The risk value of scenario `s` of an array, or 0 (the no-move scenario): a selector that
@@ -843,10 +837,7 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     let trade = fill.add(&liquidation);
     let used = Wire::sum(&flags);
     cs.assert_boolean(&used)?;
-    let kind_code = flags
-        .iter()
-        .zip(kind::SLOT_KINDS)
-        .fold(Wire::zero(), |acc, (f, k)| acc.plus(Fr::from(k), f));
+    let kind_code = Wire::linear(kind::SLOT_KINDS.into_iter().map(Fr::from).zip(&flags));
 
     let amount = cs.witness(s.amount)?;
     let price = cs.witness(s.price)?;
@@ -1618,9 +1609,7 @@ fn spec_terms_from_bytes(
         .map(|m| cs.boolean(option.value == Fr::from(1u64) && month.value == Fr::from(m)))
         .collect::<R<Vec<_>>>()?;
     cs.equal(&Wire::sum(&months), &option)?;
-    let named = (1..=12u64)
-        .zip(&months)
-        .fold(Wire::zero(), |acc, (m, flag)| acc.plus(k(m), flag));
+    let named = Wire::linear((1..=12u64).map(k).zip(&months));
     cs.equal(&named, &month)?;
     let leap = cs.mul(&not(&year_bits[0]), &not(&year_bits[1]))?;
     let length = [31u64, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]

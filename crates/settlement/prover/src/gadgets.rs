@@ -6,10 +6,11 @@
 //! (values ignored), proving and the satisfiability checks of the tests alike.
 
 use std::cell::{Cell, RefCell};
+use std::sync::OnceLock;
 
 use ark_ff::{BigInteger, Field, PrimeField, Zero};
 use ark_relations::gr1cs::{ConstraintSystemRef, LinearCombination, SynthesisError, Variable};
-use optio_state::poseidon::{Fr, params};
+use optio_state::poseidon::{Fr, MAX_WIDTH, Params, params};
 
 /// Result of a gadget.
 pub type R<T> = Result<T, SynthesisError>;
@@ -40,14 +41,54 @@ impl Wire {
     }
 
     /// `self + k * other`.
+    ///
+    /// Every wire's combination is compact (sorted by variable, each variable once), as
+    /// arkworks' `compactify` leaves it, so the two merge in one pass into exactly what
+    /// concatenating and compactifying would give (the same matrices, hence the same keys).
     pub fn plus(&self, k: Fr, other: &Wire) -> Wire {
-        let mut lc = self.lc.clone();
-        lc.0.extend(other.lc.0.iter().map(|(c, v)| (*c * k, *v)));
-        lc.compactify();
+        let (a, b) = (&self.lc.0, &other.lc.0);
+        let mut lc = Vec::with_capacity(a.len() + b.len());
+        let (mut i, mut j) = (0, 0);
+        while i < a.len() && j < b.len() {
+            match a[i].1.cmp(&b[j].1) {
+                std::cmp::Ordering::Less => {
+                    lc.push(a[i]);
+                    i += 1;
+                }
+                std::cmp::Ordering::Greater => {
+                    lc.push((b[j].0 * k, b[j].1));
+                    j += 1;
+                }
+                std::cmp::Ordering::Equal => {
+                    lc.push((a[i].0 + b[j].0 * k, a[i].1));
+                    i += 1;
+                    j += 1;
+                }
+            }
+        }
+        lc.extend_from_slice(&a[i..]);
+        lc.extend(b[j..].iter().map(|(c, v)| (*c * k, *v)));
+        debug_assert!(
+            lc.windows(2).all(|p| p[0].1 < p[1].1),
+            "compact combinations"
+        );
         Wire {
-            lc,
+            lc: LinearCombination(lc),
             value: self.value + k * other.value,
         }
+    }
+
+    /// `sum k_i * w_i`, compactified once (what folding `plus` over the terms gives, without
+    /// copying the growing combination at every term).
+    pub fn linear<'a>(terms: impl IntoIterator<Item = (Fr, &'a Wire)>) -> Wire {
+        let mut lc = LinearCombination::new();
+        let mut value = Fr::zero();
+        for (k, w) in terms {
+            lc.0.extend(w.lc.0.iter().map(|(c, v)| (*c * k, *v)));
+            value += k * w.value;
+        }
+        lc.compactify();
+        Wire { lc, value }
     }
 
     /// `self + other`.
@@ -73,9 +114,91 @@ impl Wire {
         self.add(&Wire::constant(c))
     }
 
+    /// `coefficients` (a `PartialRounds` row) over the partial rounds' starting state `start`,
+    /// the S-box outputs so far `outputs`, and one: every variable of the start and every
+    /// output so far appears, as the round-by-round mixing leaves them (`linear` keeps a term
+    /// whose coefficient is zero, as the mixing does), and the constant one.
+    fn over(coefficients: &[Fr], start: &[Wire], outputs: &[Wire]) -> Wire {
+        let one = coefficients[coefficients.len() - 1];
+        let terms = start
+            .iter()
+            .chain(outputs)
+            .zip(coefficients)
+            .map(|(w, c)| (*c, w));
+        let unit = Wire::constant(Fr::from(1u64));
+        Wire::linear(terms.chain(std::iter::once((one, &unit))))
+    }
+
     /// A sum of wires.
     pub fn sum<'a>(wires: impl IntoIterator<Item = &'a Wire>) -> Wire {
-        wires.into_iter().fold(Wire::zero(), |acc, w| acc.add(w))
+        Wire::linear(wires.into_iter().map(|w| (Fr::from(1u64), w)))
+    }
+}
+
+/// The matrix applied to a state (pairwise merges: the combinations share their variables).
+fn mix(p: &Params, state: &[Wire]) -> Vec<Wire> {
+    p.mds
+        .iter()
+        .map(|row| {
+            row.iter()
+                .zip(state)
+                .fold(Wire::zero(), |acc, (m, s)| acc.plus(*m, s))
+        })
+        .collect()
+}
+
+/// The linear layout of Poseidon's partial rounds for one width. Each combination the
+/// partial rounds feed to an S-box (the first element, after the round's constants), and each
+/// element of the state they leave, is a fixed linear function of the state they start from
+/// (`w` combinations), the S-box outputs before it and the constant one: its coefficients
+/// over `[start_0 .. start_w, out_0 .. out_P, one]`, computed once a width.
+struct PartialRounds {
+    /// The S-box input of each partial round.
+    sbox_inputs: Vec<Vec<Fr>>,
+    /// The state after the last partial round.
+    ends: Vec<Vec<Fr>>,
+}
+
+impl PartialRounds {
+    fn of(width: usize) -> &'static PartialRounds {
+        static ALL: [OnceLock<PartialRounds>; MAX_WIDTH + 1] =
+            [const { OnceLock::new() }; MAX_WIDTH + 1];
+        ALL[width].get_or_init(|| {
+            let p = params(width);
+            let rounds = p.partial_rounds;
+            let basis = width + rounds + 1;
+            let one = basis - 1;
+            let unit = |k: usize| {
+                let mut v = vec![Fr::zero(); basis];
+                v[k] = Fr::from(1u64);
+                v
+            };
+            let mut state: Vec<Vec<Fr>> = (0..width).map(unit).collect();
+            let mut sbox_inputs = Vec::with_capacity(rounds);
+            for r in 0..rounds {
+                let round = p.full_rounds / 2 + r;
+                for (s, c) in state
+                    .iter_mut()
+                    .zip(&p.ark[round * width..(round + 1) * width])
+                {
+                    s[one] += c;
+                }
+                sbox_inputs.push(std::mem::replace(&mut state[0], unit(width + r)));
+                state = p
+                    .mds
+                    .iter()
+                    .map(|row| {
+                        (0..basis)
+                            .map(|k| row.iter().zip(&state).map(|(m, s)| *m * s[k]).sum())
+                            .collect()
+                    })
+                    .collect();
+            }
+            PartialRounds {
+                sbox_inputs,
+                ends: state,
+            }
+        })
     }
 }
 
@@ -188,10 +311,7 @@ impl Cs {
         let bits = (0..n)
             .map(|i| self.boolean(big.get_bit(i)))
             .collect::<R<Vec<_>>>()?;
-        let sum = bits
-            .iter()
-            .enumerate()
-            .fold(Wire::zero(), |acc, (i, b)| acc.plus(pow2(i), b));
+        let sum = Wire::linear(bits.iter().enumerate().map(|(i, b)| (pow2(i), b)));
         self.equal(&sum, a)?;
         Ok(bits)
     }
@@ -230,38 +350,48 @@ impl Cs {
 
     /// circomlib's `Poseidon(n)` of 1 to 12 inputs: the same rounds as
     /// `optio_state::poseidon::hash`, the linear layers as free linear combinations.
+    ///
+    /// The partial rounds' combinations are laid out from a per-width table (`PartialRounds`)
+    /// over the state they start from and their S-box outputs, instead of mixing every
+    /// combination of the state through the matrix each round (most of a batch's synthesis):
+    /// the same combinations term for term, so the same constraints and keys (tested against
+    /// the round-by-round layout).
     pub fn poseidon(&self, inputs: &[Wire]) -> R<Wire> {
         let width = inputs.len() + 1;
         let p = params(width);
+        let half = p.full_rounds / 2;
         let mut state: Vec<Wire> = std::iter::once(Wire::zero())
             .chain(inputs.iter().cloned())
             .collect();
-        let half = p.full_rounds / 2;
-        for round in 0..p.full_rounds + p.partial_rounds {
-            for (s, c) in state
-                .iter_mut()
-                .zip(&p.ark[round * width..(round + 1) * width])
-            {
-                *s = s.add_const(*c);
-            }
-            if round < half || round >= half + p.partial_rounds {
-                for s in state.iter_mut() {
-                    *s = self.sbox(s)?;
-                }
-            } else {
-                state[0] = self.sbox(&state[0])?;
-            }
-            state = p
-                .mds
-                .iter()
-                .map(|row| {
-                    row.iter()
-                        .zip(&state)
-                        .fold(Wire::zero(), |acc, (m, s)| acc.plus(*m, s))
-                })
-                .collect();
+        for round in 0..half {
+            state = self.full_round(p, round, &state)?;
+        }
+        let table = PartialRounds::of(width);
+        let mut outputs = Vec::with_capacity(p.partial_rounds);
+        for coefficients in &table.sbox_inputs {
+            let x = Wire::over(coefficients, &state, &outputs);
+            outputs.push(self.sbox(&x)?);
+        }
+        state = table
+            .ends
+            .iter()
+            .map(|coefficients| Wire::over(coefficients, &state, &outputs))
+            .collect();
+        for round in half + p.partial_rounds..p.full_rounds + p.partial_rounds {
+            state = self.full_round(p, round, &state)?;
         }
         Ok(state.swap_remove(0))
+    }
+
+    /// One full round: constants, an S-box on every element, the matrix.
+    fn full_round(&self, p: &Params, round: usize, state: &[Wire]) -> R<Vec<Wire>> {
+        let width = state.len();
+        let boxed = state
+            .iter()
+            .zip(&p.ark[round * width..(round + 1) * width])
+            .map(|(s, c)| self.sbox(&s.add_const(*c)))
+            .collect::<R<Vec<_>>>()?;
+        Ok(mix(p, &boxed))
     }
 
     /// The root above `leaf` at the index whose bits (least significant first) are `bits`, in
@@ -299,5 +429,71 @@ impl Cs {
     /// Private inputs for a list of values.
     pub fn witnesses(&self, values: &[Fr]) -> R<Vec<Wire>> {
         values.iter().map(|v| self.witness(*v)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ark_relations::gr1cs::ConstraintSystem;
+
+    /// The layout `PartialRounds` replaces: constants, S-boxes and the matrix, round by round.
+    fn poseidon_round_by_round(cs: &Cs, inputs: &[Wire]) -> R<Wire> {
+        let width = inputs.len() + 1;
+        let p = params(width);
+        let mut state: Vec<Wire> = std::iter::once(Wire::zero())
+            .chain(inputs.iter().cloned())
+            .collect();
+        let half = p.full_rounds / 2;
+        for round in 0..p.full_rounds + p.partial_rounds {
+            for (s, c) in state
+                .iter_mut()
+                .zip(&p.ark[round * width..(round + 1) * width])
+            {
+                *s = s.add_const(*c);
+            }
+            if round < half || round >= half + p.partial_rounds {
+                for s in state.iter_mut() {
+                    *s = cs.sbox(s)?;
+                }
+            } else {
+                state[0] = cs.sbox(&state[0])?;
+            }
+            state = mix(p, &state);
+        }
+        Ok(state.swap_remove(0))
+    }
+
+    /// Lays out Poseidon of `n` inputs (each a combination of two variables and a constant)
+    /// with `hash`; its matrices and the hash's value.
+    fn laid_out(n: usize, hash: fn(&Cs, &[Wire]) -> R<Wire>) -> (String, Fr) {
+        let cs = ConstraintSystem::<Fr>::new_ref();
+        let gadgets = Cs::new(cs.clone());
+        let inputs: Vec<Wire> = (0..n as u64)
+            .map(|i| {
+                let a = gadgets.witness(Fr::from(3 * i + 1)).expect("witness");
+                let b = gadgets.witness(Fr::from(7 * i + 2)).expect("witness");
+                a.plus(Fr::from(5u64), &b).add_const(Fr::from(i))
+            })
+            .collect();
+        let out = hash(&gadgets, &inputs).expect("lays out");
+        assert!(gadgets.first_failure().is_none());
+        cs.finalize();
+        let matrices = cs.to_matrices().expect("matrices");
+        (format!("{matrices:?}"), out.value)
+    }
+
+    #[test]
+    fn partial_rounds_lay_out_the_same_constraints_as_mixing_round_by_round() {
+        for n in 1..=12 {
+            let (table, value) = laid_out(n, Cs::poseidon);
+            let (rounds, expected) = laid_out(n, poseidon_round_by_round);
+            assert!(table == rounds, "Poseidon({n}): the constraints differ");
+            assert_eq!(value, expected, "Poseidon({n})");
+            let native: Vec<Fr> = (0..n as u64)
+                .map(|i| Fr::from(3 * i + 1) + Fr::from(5u64) * Fr::from(7 * i + 2) + Fr::from(i))
+                .collect();
+            assert_eq!(value, optio_state::poseidon::hash(&native), "Poseidon({n})");
+        }
     }
 }

@@ -15,7 +15,7 @@ use ark_ff::{BigInteger, Field, PrimeField, Zero};
 pub type Fr = ark_bn254::Fr;
 
 /// Widest state (12 inputs + the capacity element).
-const MAX_WIDTH: usize = 13;
+pub const MAX_WIDTH: usize = 13;
 
 /// circomlib's parameters for one state width (inputs + 1): what the circuits' Poseidon gadget
 /// reads so that it computes exactly this hash.
