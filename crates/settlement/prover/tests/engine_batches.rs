@@ -35,79 +35,35 @@ const WINDOWED: Shape = Shape {
     ..SHAPE
 };
 
+/// What one history's batches gave: covered, also with mark windows, with money out of
+/// negative cash, the op kinds covered, and the batches not covered.
+type Coverage = (
+    usize,
+    usize,
+    usize,
+    std::collections::BTreeSet<String>,
+    Vec<String>,
+);
+
 #[test]
 fn covered_engine_batches_satisfy_the_circuit_with_the_batchers_roots() {
-    let (mut covered, mut other) = (0, Vec::new());
-    let (mut in_windows, mut negative_cash) = (0, 0);
-    let mut kinds = std::collections::BTreeSet::new();
-    for seed in 0..3u64 {
-        let inputs = support::history(seed, 400);
-        let (batches, _, _) = support::run(&inputs, 12);
-        let mut state = SettlementState::new();
-        for b in &batches {
-            let (_, ops) = decode(&b.blob).expect("decodes");
-            match witness(&state, &ops, SHAPE) {
-                Ok(w) => {
-                    assert_eq!(
-                        w.public.new_root, b.header.new_root,
-                        "seed {seed} batch {}",
-                        b.header.number
-                    );
-                    // The commitment is the ops', whatever the shape, and the one the batcher
-                    // posts with the blob (computed from the blob alone).
-                    assert_eq!(
-                        optio_prover::data_commitment(&state, &ops),
-                        Ok(w.public.commitment),
-                        "seed {seed} batch {}",
-                        b.header.number
-                    );
-                    assert_eq!(
-                        b.header.ops_commitment, w.public.commitment,
-                        "seed {seed} batch {}",
-                        b.header.number
-                    );
-                    // Money out of an account whose cash stays negative against the value of
-                    // its positions proves too: the engine and the circuit hold it to one
-                    // stress rule.
-                    check(&w)
-                        .unwrap_or_else(|e| panic!("seed {seed} batch {}: {e}", b.header.number));
-                    if cash_goes_negative(&state, &ops) {
-                        negative_cash += 1;
-                    }
-                    covered += 1;
-                    // The same batch with its marks in windows of four ids: the same roots
-                    // and commitment, and it proves too (one history: the checks are slow).
-                    let windowed = witness(&state, &ops, WINDOWED).ok().filter(|_| seed == 0);
-                    if let Some(windowed) = windowed {
-                        assert_eq!(windowed.public, w.public, "seed {seed}");
-                        check(&windowed).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
-                        in_windows += 1;
-                    }
-                    for op in &ops {
-                        kinds.insert(
-                            format!("{:?}", op)
-                                .split([' ', '{'])
-                                .next()
-                                .unwrap_or("")
-                                .to_owned(),
-                        );
-                    }
-                }
-                Err(e) => {
-                    let at = match e {
-                        WitnessError::Invalid(i) => format!(
-                            " ({:?} after {:?})",
-                            ops[i],
-                            &ops[..i].iter().rev().take(3).collect::<Vec<_>>()
-                        ),
-                        _ => String::new(),
-                    };
-                    other.push(format!("seed {seed} batch {}: {e}{at}", b.header.number))
-                }
-            }
-            state.apply_batch(&ops).expect("applies");
-            state.commit();
-        }
+    // The three histories are independent: one thread each (the checks are the slow part of
+    // the suite, and the other tests of this file end long before).
+    let runs: Vec<Coverage> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..3u64)
+            .map(|seed| scope.spawn(move || cover(seed)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("history"))
+            .collect()
+    });
+    let (mut covered, mut in_windows, mut negative_cash) = (0, 0, 0);
+    let (mut kinds, mut other) = (std::collections::BTreeSet::new(), Vec::new());
+    for (c, w, n, k, o) in runs {
+        (covered, in_windows, negative_cash) = (covered + c, in_windows + w, negative_cash + n);
+        kinds.extend(k);
+        other.extend(o);
     }
     println!(
         "covered {covered} ({in_windows} also with mark windows; {negative_cash} with money out of negative cash), other {other:?}; op kinds {kinds:?}"
@@ -129,6 +85,80 @@ fn covered_engine_batches_satisfy_the_circuit_with_the_batchers_roots() {
     ] {
         assert!(kinds.contains(k), "no covered batch has a {k}: {kinds:?}");
     }
+}
+
+/// Runs history `seed` through the engine and the batcher and checks every batch that fits.
+fn cover(seed: u64) -> Coverage {
+    let (mut covered, mut other) = (0, Vec::new());
+    let (mut in_windows, mut negative_cash) = (0, 0);
+    let mut kinds = std::collections::BTreeSet::new();
+    let inputs = support::history(seed, 400);
+    let (batches, _, _) = support::run(&inputs, 12);
+    let mut state = SettlementState::new();
+    for b in &batches {
+        let (_, ops) = decode(&b.blob).expect("decodes");
+        match witness(&state, &ops, SHAPE) {
+            Ok(w) => {
+                assert_eq!(
+                    w.public.new_root, b.header.new_root,
+                    "seed {seed} batch {}",
+                    b.header.number
+                );
+                // The commitment is the ops', whatever the shape, and the one the batcher
+                // posts with the blob (computed from the blob alone).
+                assert_eq!(
+                    optio_prover::data_commitment(&state, &ops),
+                    Ok(w.public.commitment),
+                    "seed {seed} batch {}",
+                    b.header.number
+                );
+                assert_eq!(
+                    b.header.ops_commitment, w.public.commitment,
+                    "seed {seed} batch {}",
+                    b.header.number
+                );
+                // Money out of an account whose cash stays negative against the value of
+                // its positions proves too: the engine and the circuit hold it to one
+                // stress rule.
+                check(&w).unwrap_or_else(|e| panic!("seed {seed} batch {}: {e}", b.header.number));
+                if cash_goes_negative(&state, &ops) {
+                    negative_cash += 1;
+                }
+                covered += 1;
+                // The same batch with its marks in windows of four ids: the same roots
+                // and commitment, and it proves too (one history: the checks are slow).
+                let windowed = witness(&state, &ops, WINDOWED).ok().filter(|_| seed == 0);
+                if let Some(windowed) = windowed {
+                    assert_eq!(windowed.public, w.public, "seed {seed}");
+                    check(&windowed).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+                    in_windows += 1;
+                }
+                for op in &ops {
+                    kinds.insert(
+                        format!("{:?}", op)
+                            .split([' ', '{'])
+                            .next()
+                            .unwrap_or("")
+                            .to_owned(),
+                    );
+                }
+            }
+            Err(e) => {
+                let at = match e {
+                    WitnessError::Invalid(i) => format!(
+                        " ({:?} after {:?})",
+                        ops[i],
+                        &ops[..i].iter().rev().take(3).collect::<Vec<_>>()
+                    ),
+                    _ => String::new(),
+                };
+                other.push(format!("seed {seed} batch {}: {e}{at}", b.header.number))
+            }
+        }
+        state.apply_batch(&ops).expect("applies");
+        state.commit();
+    }
+    (covered, in_windows, negative_cash, kinds, other)
 }
 
 /// Whether some account's cash is negative after a withdrawal or transfer out of it in `ops`.
