@@ -6,7 +6,19 @@ import {Field, IPoseidon3, IPoseidon4, IPoseidon5} from "./Poseidon.sol";
 import {OptioJudge} from "./OptioJudge.sol";
 import {AccountOpening, ExitProof, OptioTrees} from "./OptioTrees.sol";
 import {
-    BLOB_HEADER, FILL, Fill, FillSides, L1_DEPOSIT, L1_WITHDRAWAL, OPEN, OPERATOR_DEPOSIT, SessionKey, WITHDRAW, Words
+    BLOB_HEADER,
+    FILL,
+    Fill,
+    FillSides,
+    L1_CLOSE,
+    L1_DEPOSIT,
+    L1_WITHDRAWAL,
+    LIST,
+    OPEN,
+    OPERATOR_DEPOSIT,
+    SessionKey,
+    WITHDRAW,
+    Words
 } from "./Words.sol";
 
 /// The batch-proof verifier (`Groth16Verifier.sol`).
@@ -16,8 +28,9 @@ interface IGroth16Verifier {
 }
 
 /// Optio's rollup on L1: the collateral vault, the chain of committed and finalized state roots,
-/// the priority queue (deposits and forced withdrawal requests, each with a deadline), the
-/// freeze anyone may trigger when the operator leaves one unserved, and the exodus exit by
+/// the priority queue (deposits, forced withdrawal and forced close requests, each with a
+/// deadline), the freeze anyone may trigger when the operator leaves one unserved, and the
+/// exodus exit by
 /// Merkle proof against the last finalized root (leaf layouts: docs/settlement.md).
 ///
 /// The sequencer serves the priority queue in order (each served operation is an op in the posted
@@ -68,6 +81,9 @@ contract OptioRollup {
 
     uint8 internal constant DEPOSIT = 1;
     uint8 internal constant FORCED_WITHDRAWAL = 2;
+    uint8 internal constant FORCED_CLOSE = 3;
+    /// No backstop account yet.
+    uint32 internal constant NONE = type(uint32).max;
 
     struct Batch {
         uint256 root;
@@ -98,6 +114,7 @@ contract OptioRollup {
         uint8 kind;
         address owner;
         uint32 account;
+        /// A deposit's amount; a forced close's instrument.
         uint256 amount;
         uint64 deadline;
     }
@@ -139,6 +156,13 @@ contract OptioRollup {
     PriorityOp[] public priorityOps;
     uint256 public priorityServed;
     bool public frozen;
+    /// Accounts opened and instruments listed by the committed batches (their ops say so:
+    /// `_checkMoves` counts them), so that a priority operation can name only what exists.
+    uint32 public accountsOpened;
+    uint32 public instrumentsListed;
+    /// The operator's backstop account, which takes the positions forced closes move: the first
+    /// account opened for the operator's address (`NONE` before).
+    uint32 public backstop = NONE;
     mapping(uint32 => bool) public exited;
     /// Deposits returned, by priority id: after a freeze, or served with nothing credited.
     mapping(uint256 => bool) public reclaimed;
@@ -158,6 +182,7 @@ contract OptioRollup {
 
     event Deposit(uint256 indexed priorityId, address indexed owner, uint32 account, uint256 amount, uint64 deadline);
     event WithdrawalRequested(uint256 indexed priorityId, address indexed owner, uint32 account, uint64 deadline);
+    event CloseRequested(uint256 indexed priorityId, address indexed owner, uint32 account, uint32 instrument, uint64 deadline);
     event BatchCommitted(uint256 indexed number, uint256 root, bytes32 dataHash, uint64 lastSeq);
     event BatchFinalized(uint256 indexed number, uint256 root);
     event BatchProven(uint256 indexed number, uint256 commitment);
@@ -189,6 +214,13 @@ contract OptioRollup {
     error WrongWithdrawals();
     /// A batch serves priority operation `priorityId` other than as queued.
     error NotQueued(uint256 priorityId);
+    /// A priority operation naming an account or instrument no committed batch has opened or
+    /// listed.
+    error UnknownAccount(uint32 account);
+    error UnknownInstrument(uint32 instrument);
+    /// A forced close before the backstop account exists, or of the backstop itself.
+    error NoBackstop();
+    error IsBackstop();
     error NoVerifier();
     error NotProven(uint256 batch);
     error AlreadyWithdrawn(uint256 batch, uint256 index);
@@ -259,12 +291,31 @@ contract OptioRollup {
     }
 
     /// Asks the operator to withdraw `account`'s free collateral before the deadline; if it
-    /// does not, anyone may freeze the contract.
+    /// does not, anyone may freeze the contract. The account must be committed (an operation
+    /// naming one that does not exist could not be served in a provable batch).
     function requestWithdrawal(uint32 account) external live returns (uint256 id) {
+        if (account >= accountsOpened) revert UnknownAccount(account);
         uint64 deadline = uint64(block.timestamp + priorityWindow);
         id = priorityOps.length;
         priorityOps.push(PriorityOp({kind: FORCED_WITHDRAWAL, owner: msg.sender, account: account, amount: 0, deadline: deadline}));
         emit WithdrawalRequested(id, msg.sender, account, deadline);
+    }
+
+    /// Asks the operator to close `account`'s position in `instrument` before the deadline: the
+    /// whole of it moves to the backstop account at the instrument's committed mark (a validity
+    /// proof holds the operator to that, and to nothing moving when the sender does not own the
+    /// account or the instrument is not active; docs/settlement.md, "Forced close"). If it is
+    /// not served in time, anyone may freeze the contract, and every account exits at the marks.
+    function requestClose(uint32 account, uint32 instrument) external live returns (uint256 id) {
+        uint32 b = backstop;
+        if (b == NONE) revert NoBackstop();
+        if (account == b) revert IsBackstop();
+        if (account >= accountsOpened) revert UnknownAccount(account);
+        if (instrument >= instrumentsListed) revert UnknownInstrument(instrument);
+        uint64 deadline = uint64(block.timestamp + priorityWindow);
+        id = priorityOps.length;
+        priorityOps.push(PriorityOp({kind: FORCED_CLOSE, owner: msg.sender, account: account, amount: instrument, deadline: deadline}));
+        emit CloseRequested(id, msg.sender, account, instrument, deadline);
     }
 
     /// Freezes the contract when the oldest unserved priority operation is past its deadline.
@@ -329,6 +380,8 @@ contract OptioRollup {
         // The account the op before opened (none: max) and for whom.
         uint256 opened = type(uint256).max;
         address openedFor;
+        // Accounts opened, instruments listed and the backstop, 32 bits each from bit 0.
+        uint256 tally = uint256(accountsOpened) | uint256(instrumentsListed) << 32 | uint256(backstop) << 64;
         while (true) {
             // Fills and marks, most of the words, have nothing to check: skipped here (a fill
             // is one word, a mark's length follows from its first word as in `Words.opWords`).
@@ -357,13 +410,16 @@ contract OptioRollup {
             uint256 next = cursor + 32 * Words.opWords(kind, w);
             if (next > end) revert BadBatch("op past the end");
             uint256 a = uint32(w >> 8);
-            if (kind == L1_DEPOSIT || kind == L1_WITHDRAWAL) {
+            if (kind == L1_DEPOSIT || kind == L1_WITHDRAWAL || kind == L1_CLOSE) {
                 uint256 id;
                 assembly {
                     id := shr(63, calldataload(add(cursor, 32)))
                 }
                 if (id < queued || id >= served) revert NotQueued(id);
                 queued = id + 1;
+                // A forced close: the queued request (account, instrument, requester), the
+                // backstop taking the position.
+                if (kind == L1_CLOSE) _checkClose(cursor, w, id, a, uint32(tally >> 64));
             }
             if (kind == WITHDRAW || kind == L1_DEPOSIT || kind == L1_WITHDRAWAL) {
                 n = _move(list, n, cursor, kind, a, a == opened ? openedFor : address(0));
@@ -378,8 +434,16 @@ contract OptioRollup {
                 assembly {
                     openedFor := and(calldataload(add(cursor, 32)), 0xffffffffffffffffffffffffffffffffffffffff)
                 }
+                // (The proof holds an opening to the next id.)
+                tally = tally >> 32 << 32 | (a + 1);
+                if (uint32(tally >> 64) == NONE && openedFor == operator) tally = uint64(tally) | a << 64;
+            } else if (kind == LIST) {
+                tally += 1 << 32;
             }
             cursor = next;
+        }
+        if (tally != uint256(accountsOpened) | uint256(instrumentsListed) << 32 | uint256(backstop) << 64) {
+            (accountsOpened, instrumentsListed, backstop) = (uint32(tally), uint32(tally >> 32), uint32(tally >> 64));
         }
         bytes32 h;
         assembly {
@@ -388,6 +452,21 @@ contract OptioRollup {
             h := keccak256(list, add(64, mul(96, n)))
         }
         if (h != withdrawalsHash) revert WrongWithdrawals();
+    }
+
+    /// Refuses a forced close (the op at calldata `cursor`, first word `w`, queue id `id`, first
+    /// account `a`) unless queue entry `id` is a close request for its account and instrument by
+    /// the requester it names, and `a` is the backstop `b`.
+    function _checkClose(uint256 cursor, uint256 w, uint256 id, uint256 a, uint32 b) internal view {
+        PriorityOp storage q = priorityOps[id];
+        address requester;
+        assembly {
+            requester := and(calldataload(add(cursor, 64)), 0xffffffffffffffffffffffffffffffffffffffff)
+        }
+        if (
+            q.kind != FORCED_CLOSE || uint32(w >> 40) != q.account || uint32(w >> 72) != q.amount
+                || requester != q.owner || a != b
+        ) revert NotQueued(id);
     }
 
     /// Pays queued deposit `id` back to its depositor, once.

@@ -14,6 +14,7 @@ uint256 constant LIST = 1;
 uint256 constant EXPIRE = 3;
 uint256 constant L1_DEPOSIT = 25;
 uint256 constant L1_WITHDRAWAL = 26;
+uint256 constant L1_CLOSE = 27;
 
 /// The posted words of a batch, read op by op.
 library Words {
@@ -28,6 +29,7 @@ library Words {
             return 2 + (padded + 4) / 5;
         }
         if (kind == WITHDRAW || kind == L1_WITHDRAWAL) return 3; // and the owner paid
+        if (kind == L1_CLOSE) return 3; // its word, the queue id, the requester
         if (kind == 5) return 3; // a settled position: its word, the cash, the quantity settled
         if ((kind >= 5 && kind <= 9) || (kind >= 20 && kind <= 23) || kind == 25) return 2;
         revert BadBatch("unknown op");

@@ -585,8 +585,9 @@ contract RollupTest is WithHashers {
         rollup.finalize();
         hevm.prank(funder);
         uint256 late = rollup.deposit(type(uint32).max, 25_000e6);
+        assertTrue(rollup.accountsOpened() > 0, "batch 0 opens accounts");
         hevm.prank(funder);
-        uint256 request = rollup.requestWithdrawal(7);
+        uint256 request = rollup.requestWithdrawal(0);
         hevm.expectRevert(abi.encodeWithSelector(OptioRollup.NotFrozen.selector));
         rollup.reclaimDeposit(late);
         hevm.warp(block.timestamp + WINDOW + 1);
@@ -633,11 +634,66 @@ contract RollupTest is WithHashers {
         assertTrue(rollup.reclaimed(0), "marked returned");
         hevm.warp(block.timestamp + WINDOW + 1);
         hevm.prank(funder);
-        rollup.requestWithdrawal(7);
+        rollup.deposit(7, 1e6);
         hevm.warp(block.timestamp + WINDOW + 1);
         rollup.freeze();
         hevm.expectRevert(abi.encodeWithSelector(OptioRollup.NotReclaimable.selector, 0));
         rollup.reclaimDeposit(0);
+    }
+
+    /// A forced close (docs/settlement.md, "Forced close"): refused until a committed batch
+    /// opens the operator's first account (the backstop), for the backstop itself, and for an
+    /// account or instrument no committed batch has opened or listed (a forced withdrawal too:
+    /// the operator could not serve it in a provable batch). A batch serves the request only as
+    /// queued: its account, instrument and requester, with the backstop taking the position.
+    function test_a_forced_close_is_served_only_as_queued() public {
+        address user = address(0xB0B);
+        hevm.expectRevert(abi.encodeWithSelector(OptioRollup.NoBackstop.selector));
+        rollup.requestClose(0, 0);
+        // Batch 1: accounts 0 (the operator's: the backstop) and 1 (the user's), instrument 0,
+        // and the funder's deposit (queue id 0).
+        commitServing(
+            abi.encodePacked(
+                new bytes(49),
+                abi.encodePacked(uint256(6), uint256(uint160(address(this))), uint256(6 | (1 << 8)), uint256(uint160(user))),
+                abi.encodePacked(uint256(1 | (31 << 104)), uint256(0)),
+                abi.encodePacked(uint256(25 | (7 << 8)), uint256(400_000e6))
+            ),
+            1
+        );
+        assertEq(rollup.accountsOpened(), 2, "two accounts opened");
+        assertEq(rollup.instrumentsListed(), 1, "one instrument listed");
+        assertEq(rollup.backstop(), 0, "the operator's first account");
+        hevm.expectRevert(abi.encodeWithSelector(OptioRollup.IsBackstop.selector));
+        rollup.requestClose(0, 0);
+        hevm.expectRevert(abi.encodeWithSelector(OptioRollup.UnknownAccount.selector, 2));
+        rollup.requestClose(2, 0);
+        hevm.expectRevert(abi.encodeWithSelector(OptioRollup.UnknownInstrument.selector, 1));
+        rollup.requestClose(1, 1);
+        hevm.expectRevert(abi.encodeWithSelector(OptioRollup.UnknownAccount.selector, 2));
+        rollup.requestWithdrawal(2);
+        hevm.prank(user);
+        uint256 id = rollup.requestClose(1, 0);
+        assertEq(id, 1, "after the deposit");
+
+        // Served: `[27, a = backstop, b = account, instrument]`, the queue id, the requester.
+        commitClose(closeServed(1, 1, 0, user), true); // the backstop is not account 1
+        commitClose(closeServed(0, 0, 0, user), true); // another account
+        commitClose(closeServed(0, 1, 1, user), true); // another instrument
+        commitClose(closeServed(0, 1, 0, funder), true); // another requester
+        commitClose(closeServed(0, 1, 0, user), false);
+        assertEq(rollup.committedBatches(), 2, "served");
+    }
+
+    function commitClose(bytes memory data, bool refused) internal {
+        if (refused) hevm.expectRevert(abi.encodeWithSelector(OptioRollup.NotQueued.selector, 1));
+        rollup.commitBatch(2, 1, 2, 8, 9, 2, keccak256(abi.encode(new OptioRollup.Withdrawal[](0))), 1, data, "");
+    }
+
+    function closeServed(uint256 a, uint256 b, uint256 instrument, address requester) internal pure returns (bytes memory) {
+        return abi.encodePacked(
+            new bytes(49), uint256(27 | (a << 8) | (b << 40) | (instrument << 72)), uint256(1) << 63, uint256(uint160(requester))
+        );
     }
 
     /// The same deposit credited in full stays in the vault.
@@ -821,7 +877,7 @@ contract Handler is MiniTest {
 
     function requestWithdrawal(uint32 account) external {
         if (rollup.frozen()) return;
-        rollup.requestWithdrawal(account);
+        try rollup.requestWithdrawal(account) {} catch {}
     }
 
     function wait(uint256 seconds_) external {

@@ -53,6 +53,10 @@ pub struct DevnetArgs {
     /// Serve the API only: no oracle feed, market makers or takers.
     #[arg(long)]
     pub no_flow: bool,
+    /// With `--no-flow`: the oracle feed still publishes marks every second (no market makers
+    /// or takers).
+    #[arg(long, requires = "no_flow")]
+    pub oracle_feed: bool,
     /// Cut a settlement batch at most this long after its first op (ms; default 2,000, or
     /// 30,000 with --prove-keys: a proof takes seconds to tens of seconds on a laptop).
     #[arg(long)]
@@ -489,6 +493,27 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
         }
         None => Funder::Faucet(gateway.clone()),
     };
+    // On an L1, the operator's backstop first: the first account opened for its address, which
+    // L1 records and forced closes move positions to (docs/settlement.md, "Forced close"). It
+    // is margined (a fully collateralized one could be forced below full collateral).
+    if let Funder::L1 { operator, .. } = &funder
+        && fresh
+    {
+        let backstop = funder
+            .fund(operator.into_array(), Amount(100_000_000 * MONEY_SCALE))
+            .await?;
+        let set = gateway.submit_admin(vec![Command::SetMarginMode {
+            account: AccountId(backstop as u32),
+            mode: optio_types::MarginMode::Standard,
+        }])?;
+        anyhow::ensure!(
+            set.iter().all(Result::is_ok),
+            "the backstop's margin: {set:?}"
+        );
+        println!(
+            "  backstop  account {backstop} (the operator's: forced closes move positions to it)"
+        );
+    }
     // Simulated participants: two market makers and a taker, fully collateralized.
     let makers = [
         funder
@@ -614,7 +639,7 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
             break;
         }
         rounds += 1;
-        if args.no_flow {
+        if args.no_flow && !args.oracle_feed {
             continue;
         }
         let now = optio_gateway::now_ms();
@@ -643,6 +668,9 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
                 Ok(()) => feeds[u].taken(&signed.update),
                 Err(e) => eprintln!("oracle update refused: {e:?}"),
             }
+            if args.no_flow {
+                continue;
+            }
             for (id, spec) in &list {
                 let Some(mark) = signed
                     .update
@@ -670,7 +698,7 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
                 }
             }
         }
-        if rounds.is_multiple_of(2) {
+        if rounds.is_multiple_of(2) && !args.no_flow {
             let pick = rng.random_range(0..ids.len());
             let side = if rng.random_bool(0.5) {
                 Side::Buy

@@ -151,6 +151,18 @@ impl Demo {
             } => {
                 format!("L1 priority operation {priority} served: account {account}, {amount} USDC")
             }
+            Event::CloseServed {
+                priority,
+                account,
+                counterparty,
+                instrument,
+                qty,
+                price,
+                cash,
+            } => format!(
+                "L1 priority operation {priority} served: account {account} closed {qty} of \
+                 instrument {instrument} to account {counterparty} at {price}, {cash} USDC"
+            ),
             Event::BalanceChanged {
                 account,
                 amount,

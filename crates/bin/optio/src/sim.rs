@@ -892,16 +892,24 @@ impl World {
         Ok(())
     }
 
-    /// A forced withdrawal requested on L1 (rare: it takes the trader's free collateral).
+    /// A forced withdrawal requested on L1 (rare: it takes the trader's free collateral), once
+    /// a committed batch has opened the trader's account (L1 refuses a request naming an
+    /// account it has not seen).
     fn forced_withdrawal(&mut self) -> Result<()> {
         let t = self.rng.random_range(0..TRADERS);
         let trader = &self.traders[t];
         let rollup = OptioRollup::new(self.l1.rollup, &trader.l1);
-        self.runtime
-            .block_on(transact(rollup.requestWithdrawal(trader.account as u32)))
-            .context("an L1 forced withdrawal")?;
-        self.stats.forced_withdrawals += 1;
-        Ok(())
+        self.runtime.block_on(async {
+            let opened = rollup.accountsOpened().call().await?;
+            if u64::from(opened) <= trader.account {
+                return anyhow::Ok(());
+            }
+            transact(rollup.requestWithdrawal(trader.account as u32))
+                .await
+                .context("an L1 forced withdrawal")?;
+            self.stats.forced_withdrawals += 1;
+            Ok(())
+        })
     }
 
     /// One settler round: post, finalize what is due, feed the queue `L1_CONFIRMATIONS` deep.

@@ -99,6 +99,16 @@ impl Drop for Devnet {
 /// Starts the devnet on `dir`, posting to `rollup` on `url`; returns it, its demo subaccount
 /// and its API address.
 fn start_devnet(url: &str, rollup: &str, dir: &std::path::Path) -> (Devnet, u32, String) {
+    start_devnet_with(url, rollup, dir, &[])
+}
+
+/// `start_devnet` with more arguments.
+fn start_devnet_with(
+    url: &str,
+    rollup: &str,
+    dir: &std::path::Path,
+    more: &[&str],
+) -> (Devnet, u32, String) {
     let mut node = Command::new(env!("CARGO_BIN_EXE_optio"))
         .args([
             "devnet",
@@ -111,6 +121,7 @@ fn start_devnet(url: &str, rollup: &str, dir: &std::path::Path) -> (Devnet, u32,
         ])
         .arg(dir)
         .args(["--l1-rpc", url, "--rollup", rollup])
+        .args(more)
         .env("OPTIO_L1_KEY", KEY)
         .stdout(Stdio::piped())
         .spawn()
@@ -144,14 +155,13 @@ async fn the_devnet_commits_its_batches_on_l1() {
     first_batch_on_l1(&provider, &d, dir.path()).await;
     node.kill();
     // The watchtower's command agrees with every committed batch.
+    verify_agrees(&anvil.url, &d);
+}
+
+/// `optio verify` agrees with every batch committed on L1, from L1 data alone.
+fn verify_agrees(url: &str, d: &optio_settler::Deployment) {
     let out = Command::new(env!("CARGO_BIN_EXE_optio"))
-        .args([
-            "verify",
-            "--rpc",
-            &anvil.url,
-            "--rollup",
-            &d.rollup.to_string(),
-        ])
+        .args(["verify", "--rpc", url, "--rollup", &d.rollup.to_string()])
         .output()
         .expect("optio verify runs");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -220,6 +230,327 @@ async fn committed_through(
     }
 }
 
+/// Each user's deposit on L1 (20,000 USDC of the 50,000 minted for it).
+const DEPOSIT: u64 = 20_000_000_000;
+const MINTED: u64 = 50_000_000_000;
+
+/// `n` users on L1 (keys `0x0101..`, `0x0202..`, ...): gas money, USDC, one deposit each into a
+/// new account. Returns their keys and addresses.
+async fn l1_users(
+    url: &str,
+    provider: &DynProvider,
+    d: &optio_settler::Deployment,
+    n: usize,
+) -> (Vec<String>, Vec<alloy::primitives::Address>) {
+    use optio_settler::{OptioRollup, TestUSDC, connect, transact};
+    let keys: Vec<String> = (1..=n)
+        .map(|i| format!("0x{}", format!("{i:02x}").repeat(32)))
+        .collect();
+    let addresses: Vec<alloy::primitives::Address> = keys
+        .iter()
+        .map(|k| optio_settler::signer_address(k).expect("address"))
+        .collect();
+    let new_account = OptioRollup::new(d.rollup, provider)
+        .NEW_ACCOUNT()
+        .call()
+        .await
+        .expect("reads");
+    for (key, address) in keys.iter().zip(&addresses) {
+        let _: serde_json::Value = provider
+            .raw_request(
+                "anvil_setBalance".into(),
+                (*address, U256::from(10u64).pow(U256::from(18u64))),
+            )
+            .await
+            .expect("gas money");
+        let user = connect(url, key).expect("provider");
+        transact(TestUSDC::new(d.usdc, &user).mint(*address, U256::from(MINTED)))
+            .await
+            .expect("mint");
+        transact(TestUSDC::new(d.usdc, &user).approve(d.rollup, U256::MAX))
+            .await
+            .expect("approve");
+        transact(OptioRollup::new(d.rollup, &user).deposit(new_account, U256::from(DEPOSIT)))
+            .await
+            .expect("deposit");
+    }
+    (keys, addresses)
+}
+
+/// Each address's first account in `state`, if any.
+fn accounts_of(
+    state: &optio_state::SettlementState,
+    addresses: &[alloy::primitives::Address],
+) -> Vec<Option<u32>> {
+    addresses
+        .iter()
+        .map(|a| {
+            state
+                .accounts()
+                .iter()
+                .position(|x| x.owner.0 == a.into_array())
+                .map(|i| i as u32)
+        })
+        .collect()
+}
+
+/// The node's blobs on disk, in batch order.
+fn blobs_on_disk(data: &std::path::Path) -> Vec<Vec<u8>> {
+    optio_gateway::batching::blob_files(&data.join("batches"))
+        .expect("blobs")
+        .iter()
+        .map(|f| std::fs::read(f).expect("blob"))
+        .collect()
+}
+
+/// The settlement state the node's blobs on disk give, rebuilt independently.
+fn state_on_disk(data: &std::path::Path) -> optio_state::SettlementState {
+    let blobs = blobs_on_disk(data);
+    let mut state = optio_state::SettlementState::new();
+    optio_state::rebuild(blobs.iter().map(Vec::as_slice), &mut state, |_| {}).expect("rebuilds");
+    state
+}
+
+/// Waits until every address has an account in the batches on disk; returns their ids.
+async fn sequenced(data: &std::path::Path, addresses: &[alloy::primitives::Address]) -> Vec<u32> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let found = accounts_of(&state_on_disk(data), addresses);
+        if found.iter().all(Option::is_some) {
+            return found.into_iter().flatten().collect();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the deposits were not sequenced and batched"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The devnet's ETH 3000 put: its name and id.
+fn eth_put(addr: &str) -> (String, u32) {
+    let instruments = common::post(addr, r#"{"jsonrpc":"2.0","id":1,"method":"public/get_instruments","params":{"currency":"ETH","kind":"option"}}"#)
+        .expect("instruments");
+    let put = instruments["result"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|i| {
+            i["instrument_name"]
+                .as_str()
+                .is_some_and(|n| n.ends_with("-3000-P"))
+        })
+        .expect("an ETH 3000 put")
+        .clone();
+    (
+        put["instrument_name"].as_str().expect("name").to_owned(),
+        put["instrument_id"].as_u64().expect("id") as u32,
+    )
+}
+
+/// User `k` (of `l1_users`) orders one `put` at 50 from `account`, signed for the rollup (the
+/// devnet's native domain names it).
+fn order(
+    addr: &str,
+    d: &optio_settler::Deployment,
+    put: &(String, u32),
+    k: usize,
+    account: u32,
+    direction: &str,
+    time_in_force: &str,
+) {
+    use optio_gateway::client::{OrderRequest, order_params};
+    let key = secp256k1::SecretKey::from_secret_bytes([(k + 1) as u8; 32]).expect("key");
+    let params = order_params(
+        &key,
+        31_337,
+        d.rollup.into_array(),
+        &OrderRequest {
+            subaccount: u64::from(account),
+            instrument_id: put.1,
+            instrument_name: &put.0,
+            direction,
+            price: "50",
+            amount: "1",
+            max_fee: "100",
+            nonce: 1,
+            expiry: optio_gateway::now_ms() / 1_000 + 3_600,
+            time_in_force,
+        },
+    )
+    .expect("signs");
+    let reply = common::post(
+        addr,
+        &serde_json::json!({"jsonrpc":"2.0","id":1,"method":"private/order","params":params})
+            .to_string(),
+    )
+    .expect("reply");
+    assert!(reply.get("error").is_none(), "user {k}: {reply}");
+}
+
+/// Waits until the last batch committed on L1 has served the priority queue through `n`.
+async fn served_through(provider: &DynProvider, d: &optio_settler::Deployment, n: u64) {
+    let rollup = optio_settler::OptioRollup::new(d.rollup, provider);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let last = rollup.committedBatches().call().await.expect("reads");
+        let batch = rollup.batches(last).call().await.expect("reads");
+        if batch.priorityServed >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "not served on L1 in two minutes");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A forced close end to end through the binaries (docs/settlement.md, "Forced close"): the
+/// devnet opens its backstop (the operator's first account, margined) and L1 records it; two
+/// users deposit on L1 and trade an ETH put; the seller asks L1 to close the buyer's position
+/// (served: nothing moves), then the buyer asks for its own (served: the whole long moves to
+/// the backstop at the committed mark); L1 takes the batches serving both (it checks each
+/// against its queue), and the watchtower's check from L1 alone agrees. Requests for the
+/// backstop itself, an account or an instrument L1 has not seen are refused on L1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_close_moves_the_position_to_the_backstop_through_l1() {
+    use optio_settler::{OptioRollup, connect, transact};
+    let (anvil, provider, d) = chain().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    // Marks: the oracle feed runs (without market makers or takers).
+    let (mut node, _, addr) = start_devnet_with(
+        &anvil.url,
+        &d.rollup.to_string(),
+        dir.path(),
+        &["--oracle-feed"],
+    );
+    let rollup = OptioRollup::new(d.rollup, &provider);
+    let (keys, addresses) = l1_users(&anvil.url, &provider, &d, 2).await;
+    let accounts = sequenced(dir.path(), &addresses).await;
+    let put = eth_put(&addr);
+    order(&addr, &d, &put, 0, accounts[0], "sell", "gtc");
+    order(&addr, &d, &put, 1, accounts[1], "buy", "ioc");
+    let health = common::get(&addr, "/health").expect("health");
+    committed_through(
+        &provider,
+        &d,
+        dir.path(),
+        health["next_seq"].as_u64().expect("next_seq") - 1,
+    )
+    .await;
+    let state = state_on_disk(dir.path());
+    let operator = optio_settler::signer_address(KEY).expect("address");
+    let backstop = state
+        .accounts()
+        .iter()
+        .position(|a| a.owner.0 == operator.into_array())
+        .expect("the backstop is opened") as u32;
+    assert_eq!(
+        rollup.backstop().call().await.expect("reads"),
+        backstop,
+        "L1 records the operator's first account"
+    );
+    let held = |state: &optio_state::SettlementState, account: u32| {
+        state.accounts()[account as usize]
+            .positions
+            .get(&put.1)
+            .map_or(0, |q| q.0)
+    };
+    assert_eq!(
+        held(&state, accounts[1]),
+        100_000_000,
+        "the buyer holds the put"
+    );
+
+    // Refused on L1: the backstop itself, an account and an instrument L1 has not seen.
+    let seller = connect(&anvil.url, &keys[0]).expect("provider");
+    let buyer = connect(&anvil.url, &keys[1]).expect("provider");
+    let as_seller = OptioRollup::new(d.rollup, &seller);
+    assert!(
+        transact(as_seller.requestClose(backstop, put.1))
+            .await
+            .is_err()
+    );
+    let opened = rollup.accountsOpened().call().await.expect("reads");
+    let listed = rollup.instrumentsListed().call().await.expect("reads");
+    assert!(
+        transact(as_seller.requestClose(opened, put.1))
+            .await
+            .is_err()
+    );
+    assert!(
+        transact(as_seller.requestClose(accounts[1], listed))
+            .await
+            .is_err()
+    );
+
+    // The seller asks to close the buyer's position: served, nothing moves.
+    transact(as_seller.requestClose(accounts[1], put.1))
+        .await
+        .expect("requested");
+    let queued = u64::try_from(rollup.priorityCount().call().await.expect("reads")).expect("u64");
+    served_through(&provider, &d, queued).await;
+    let state = state_on_disk(dir.path());
+    assert_eq!(
+        held(&state, accounts[1]),
+        100_000_000,
+        "a stranger's request moves nothing"
+    );
+
+    // The buyer's own request: the whole long moves to the backstop at the committed mark.
+    let before = state.accounts()[accounts[1] as usize].collateral.0;
+    let taken = held(&state, backstop);
+    transact(OptioRollup::new(d.rollup, &buyer).requestClose(accounts[1], put.1))
+        .await
+        .expect("requested");
+    served_through(&provider, &d, queued + 1).await;
+    node.kill();
+    let state = state_on_disk(dir.path());
+    assert_eq!(held(&state, accounts[1]), 0, "closed");
+    assert_eq!(
+        held(&state, backstop) - taken,
+        100_000_000,
+        "to the backstop"
+    );
+    // The closes as posted: the stranger's moved nothing, the owner's one contract at the mark
+    // the state held before its batch.
+    let mut replay = optio_state::SettlementState::new();
+    let mut closes = Vec::new();
+    for blob in blobs_on_disk(dir.path()) {
+        let (_, ops) = optio_state::decode(&blob).expect("decodes");
+        for op in &ops {
+            if let optio_state::Op::L1Close {
+                qty,
+                price,
+                requester,
+                ..
+            } = op
+            {
+                let mark = replay.instruments()[put.1 as usize].mark;
+                closes.push((qty.0, price.0, mark.0, *requester));
+            }
+        }
+        replay.apply_batch(&ops).expect("applies");
+        replay.commit();
+    }
+    let address = |a: alloy::primitives::Address| optio_types::Address(a.into_array());
+    assert_eq!(closes.len(), 2, "{closes:?}");
+    assert_eq!(
+        closes[0],
+        (0, 0, closes[0].2, address(addresses[0])),
+        "the stranger's"
+    );
+    let (qty, price, mark, requester) = closes[1];
+    assert_eq!((qty, requester), (-100_000_000, address(addresses[1])));
+    assert!(
+        price > 0 && price == mark,
+        "at the committed mark: {price} {mark}"
+    );
+    let paid = state.accounts()[accounts[1] as usize].collateral.0 - before;
+    assert_eq!(paid, price, "one contract at the mark, no fee");
+
+    // The watchtower's command agrees with every committed batch, the closes included.
+    verify_agrees(&anvil.url, &d);
+}
+
 /// The escape hatch end to end through the binaries, for `OPTIO_ESCAPE_USERS` users (50 by
 /// default; README: the 200-user run): each deposits on L1 (a new account, sequenced from the L1
 /// queue by the devnet's settler) and trades an ETH put with another over the API; the batches
@@ -231,7 +562,6 @@ async fn committed_through(
 /// against a stale root all revert.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_user_escapes_with_what_the_finalized_state_owes_after_the_operator_disappears() {
-    use optio_gateway::client::{OrderRequest, order_params};
     use optio_settler::{OptioRollup, TestUSDC, connect, transact};
     let users: usize = std::env::var("OPTIO_ESCAPE_USERS")
         .ok()
@@ -248,120 +578,18 @@ async fn every_user_escapes_with_what_the_finalized_state_owes_after_the_operato
     let usdc = TestUSDC::new(d.usdc, &provider);
 
     // Users on L1: gas money, USDC, one deposit each into a new account.
-    const DEPOSIT: u64 = 20_000_000_000; // 20,000 USDC
-    const MINTED: u64 = 50_000_000_000;
-    let keys: Vec<String> = (1..=users)
-        .map(|i| format!("0x{}", format!("{i:02x}").repeat(32)))
-        .collect();
-    let addresses: Vec<alloy::primitives::Address> = keys
-        .iter()
-        .map(|k| optio_settler::signer_address(k).expect("address"))
-        .collect();
-    let new_account = rollup.NEW_ACCOUNT().call().await.expect("reads");
-    for (key, address) in keys.iter().zip(&addresses) {
-        let _: serde_json::Value = provider
-            .raw_request(
-                "anvil_setBalance".into(),
-                (*address, U256::from(10u64).pow(U256::from(18u64))),
-            )
-            .await
-            .expect("gas money");
-        let user = connect(&anvil.url, key).expect("provider");
-        transact(TestUSDC::new(d.usdc, &user).mint(*address, U256::from(MINTED)))
-            .await
-            .expect("mint");
-        transact(TestUSDC::new(d.usdc, &user).approve(d.rollup, U256::MAX))
-            .await
-            .expect("approve");
-        transact(OptioRollup::new(d.rollup, &user).deposit(new_account, U256::from(DEPOSIT)))
-            .await
-            .expect("deposit");
-    }
+    let (keys, addresses) = l1_users(&anvil.url, &provider, &d, users).await;
     // The devnet sequences the deposits; each user's account id from the batches it writes.
-    let accounts_of = |state: &optio_state::SettlementState| -> Vec<Option<u32>> {
-        addresses
-            .iter()
-            .map(|a| {
-                state
-                    .accounts()
-                    .iter()
-                    .position(|x| x.owner.0 == a.into_array())
-                    .map(|i| i as u32)
-            })
-            .collect()
-    };
-    let blobs_on_disk = || -> Vec<Vec<u8>> {
-        optio_gateway::batching::blob_files(&dir.path().join("batches"))
-            .expect("blobs")
-            .iter()
-            .map(|f| std::fs::read(f).expect("blob"))
-            .collect()
-    };
-    let on_disk = || {
-        let blobs = blobs_on_disk();
-        let mut state = optio_state::SettlementState::new();
-        optio_state::rebuild(blobs.iter().map(Vec::as_slice), &mut state, |_| {})
-            .expect("rebuilds");
-        state
-    };
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let accounts: Vec<u32> = loop {
-        let found = accounts_of(&on_disk());
-        if found.iter().all(Option::is_some) {
-            break found.into_iter().flatten().collect();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the deposits were not sequenced and batched"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let accounts_of = |state: &optio_state::SettlementState| accounts_of(state, &addresses);
+    let blobs_on_disk = || blobs_on_disk(dir.path());
+    let on_disk = || state_on_disk(dir.path());
+    let accounts = sequenced(dir.path(), &addresses).await;
 
     // Pairs trade one ETH put: the first sells (resting), the second buys it.
-    let instruments = common::post(&addr, r#"{"jsonrpc":"2.0","id":1,"method":"public/get_instruments","params":{"currency":"ETH","kind":"option"}}"#)
-        .expect("instruments");
-    let put = instruments["result"]
-        .as_array()
-        .expect("list")
-        .iter()
-        .find(|i| {
-            i["instrument_name"]
-                .as_str()
-                .is_some_and(|n| n.ends_with("-3000-P"))
-        })
-        .expect("an ETH 3000 put")
-        .clone();
-    let name = put["instrument_name"].as_str().expect("name");
-    let id = put["instrument_id"].as_u64().expect("id") as u32;
-    let expiry = optio_gateway::now_ms() / 1_000 + 3_600;
+    let put = eth_put(&addr);
     for pair in 0..users / 2 {
         for (k, direction, tif) in [(2 * pair, "sell", "gtc"), (2 * pair + 1, "buy", "ioc")] {
-            let key = secp256k1::SecretKey::from_secret_bytes([(k + 1) as u8; 32]).expect("key");
-            // Signed for the rollup (the devnet's native domain names it).
-            let params = order_params(
-                &key,
-                31_337,
-                d.rollup.into_array(),
-                &OrderRequest {
-                    subaccount: u64::from(accounts[k]),
-                    instrument_id: id,
-                    instrument_name: name,
-                    direction,
-                    price: "50",
-                    amount: "1",
-                    max_fee: "100",
-                    nonce: 1,
-                    expiry,
-                    time_in_force: tif,
-                },
-            )
-            .expect("signs");
-            let reply = common::post(
-                &addr,
-                &serde_json::json!({"jsonrpc":"2.0","id":1,"method":"private/order","params":params}).to_string(),
-            )
-            .expect("reply");
-            assert!(reply.get("error").is_none(), "user {k}: {reply}");
+            order(&addr, &d, &put, k, accounts[k], direction, tif);
         }
     }
     let health = common::get(&addr, "/health").expect("health");

@@ -283,6 +283,20 @@ impl<M: MarginModel> Engine<M> {
                 owner,
                 account,
             } => self.l1_withdrawal(*priority, *owner, *account, events),
+            Command::L1Close {
+                priority,
+                owner,
+                account,
+                instrument,
+                counterparty,
+            } => self.l1_close(
+                *priority,
+                *owner,
+                *account,
+                *instrument,
+                *counterparty,
+                events,
+            ),
             Command::Transfer { from, to, amount } => self.transfer(*from, *to, *amount, events),
             Command::PlaceOrder(order) => self.place_order(order, events),
             Command::Amend {
@@ -1253,7 +1267,7 @@ impl<M: MarginModel> Engine<M> {
         Ok(())
     }
 
-    fn check_priority(&self, priority: u64) -> Result<(), RejectCode> {
+    pub(crate) fn check_priority(&self, priority: u64) -> Result<(), RejectCode> {
         if priority != self.totals.priority_served {
             return Err(RejectCode::PriorityOutOfOrder);
         }
@@ -1945,14 +1959,12 @@ impl<M: MarginModel> Engine<M> {
             maker_account,
             maker_position,
             maker_side.sign() * qty.0,
-            price,
             notional,
         );
         self.position_fill(
             taker.account,
             taker.position,
             taker.side.sign() * qty.0,
-            price,
             notional,
         );
 
@@ -1988,12 +2000,11 @@ impl<M: MarginModel> Engine<M> {
         account: AccountId,
         position: u32,
         signed_qty: i64,
-        price: Price,
         notional: Amount,
     ) {
         let pos = &mut self.positions[position as usize];
         let was_flat = pos.exposure.position.0 == 0;
-        pos.apply_fill(signed_qty, price, notional);
+        pos.apply_fill(signed_qty, notional);
         let now_flat = pos.exposure.position.0 == 0;
         let inst = &mut self.instruments[pos.instrument.0 as usize];
         inst.net_position += i128::from(signed_qty);

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use optio_types::fixed::{Rounding, mul_div};
-use optio_types::{Address, Amount, Exposure, InstrumentId, OrderId, Price, Qty};
+use optio_types::{Address, Amount, Exposure, InstrumentId, OrderId, Qty};
 
 use crate::book::NIL;
 
@@ -52,9 +52,9 @@ impl Position {
         }
     }
 
-    /// Applies a fill of `qty` (signed: + bought, - sold) at `price` with exact `notional` to
-    /// size, cost and realized P&L. Returns nothing: cash moves in the engine.
-    pub(crate) fn apply_fill(&mut self, signed_qty: i64, price: Price, notional: Amount) {
+    /// Applies a fill of `qty` (signed: + bought, - sold) for `notional` (its value, positive)
+    /// to size, cost and realized P&L. Returns nothing: cash moves in the engine.
+    pub(crate) fn apply_fill(&mut self, signed_qty: i64, notional: Amount) {
         let q = self.exposure.position.0;
         let d = signed_qty;
         if q == 0 || (q > 0) == (d > 0) {
@@ -71,18 +71,27 @@ impl Position {
         )
         .expect("cost share is at most the cost");
         let released = i64::try_from(released).expect("cost share is at most the cost");
-        let closing_notional = price
-            .notional(Qty(closing))
-            .expect("a fill's parts are whole amount steps");
+        // The notional's share for the part that closes (exact for a fill at a whole tick; a
+        // forced close at the mark moves a whole position, so closes or opens only).
+        let closing_notional = Amount(
+            i64::try_from(
+                mul_div(
+                    i128::from(notional.0),
+                    i128::from(closing),
+                    i128::from(d.abs()),
+                    Rounding::TowardSystem,
+                )
+                .expect("a share of the notional"),
+            )
+            .expect("a share of the notional"),
+        );
         self.realized_pnl =
             Amount(self.realized_pnl.0 + q.signum() * closing_notional.0 - released);
         self.cost = Amount(self.cost.0 - released);
         self.exposure.position = Qty(q + d.signum() * closing);
         let opening = d.abs() - closing;
         if opening > 0 {
-            let opening_notional = price
-                .notional(Qty(opening))
-                .expect("a fill's parts are whole amount steps");
+            let opening_notional = Amount(notional.0 - closing_notional.0);
             self.cost = Amount(self.cost.0 + d.signum() * opening_notional.0);
             self.exposure.position = Qty(self.exposure.position.0 + d.signum() * opening);
         }
@@ -141,11 +150,11 @@ impl Account {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use optio_types::QTY_SCALE;
+    use optio_types::{Price, QTY_SCALE};
 
     fn fill(p: &mut Position, qty: i64, price: i64) {
         let notional = Price(price).notional(Qty(qty.abs())).expect("exact");
-        p.apply_fill(qty, Price(price), notional);
+        p.apply_fill(qty, notional);
     }
 
     #[test]

@@ -11,8 +11,8 @@
 //! as unresolved bad debt (conservation still holds exactly).
 
 use optio_types::{
-    AccountId, Amount, DoneReason, Event, FillBudget, InstrumentId, InstrumentStatus, MarginMode,
-    MarginModel, Price, QTY_SCALE, Qty, RejectCode,
+    AccountId, Address, Amount, DoneReason, Event, FillBudget, InstrumentId, InstrumentStatus,
+    MarginMode, MarginModel, Price, QTY_SCALE, Qty, RejectCode,
 };
 
 use crate::engine::{Engine, FillCount};
@@ -186,14 +186,28 @@ impl<M: MarginModel> Engine<M> {
         price: Price,
     ) {
         let notional = price.notional(qty).expect("whole ticks and steps");
+        self.move_position(account, counterparty, instrument, long, qty, notional);
+    }
+
+    /// Moves `qty` of `account`'s position (a long when `long`) to `counterparty` for `notional`
+    /// the other way.
+    fn move_position(
+        &mut self,
+        account: AccountId,
+        counterparty: AccountId,
+        instrument: InstrumentId,
+        long: bool,
+        qty: Qty,
+        notional: Amount,
+    ) {
         let from = self.position_entry(account, instrument);
         let to = self.position_entry(counterparty, instrument);
         let sign = if long { 1 } else { -1 };
         // A long is sold to the counterparty; a short is bought back from it.
         self.credit(account, Amount(sign * notional.0));
         self.credit(counterparty, Amount(-sign * notional.0));
-        self.position_fill(account, from, -sign * qty.0, price, notional);
-        self.position_fill(counterparty, to, sign * qty.0, price, notional);
+        self.position_fill(account, from, -sign * qty.0, notional);
+        self.position_fill(counterparty, to, sign * qty.0, notional);
         self.refresh_requirement(account, from);
         self.refresh_requirement(counterparty, to);
         self.touch_account(counterparty);
@@ -409,6 +423,111 @@ impl<M: MarginModel> Engine<M> {
             left -= take;
         }
         self.finish_if_flat(account, events);
+        Ok(())
+    }
+
+    /// Serves an L1 forced close (`Command::L1Close`). The rule a validity proof holds: when
+    /// `owner` owns `account` and the instrument is active and marked, the whole position moves
+    /// to the backstop at the instrument's mark, its value
+    /// rounded against the account (a buyer pays the ceiling, a seller gets the floor), no fee;
+    /// otherwise nothing moves. A close at the mark leaves both equities at the marks unchanged
+    /// up to that rounding, so no margin check applies to the account; the backstop must be
+    /// margined and stay solvent at the marks, as any account that takes a position.
+    pub(crate) fn l1_close(
+        &mut self,
+        priority: u64,
+        owner: Address,
+        account: AccountId,
+        instrument: InstrumentId,
+        counterparty: AccountId,
+        events: &mut Vec<Event>,
+    ) -> Result<(), RejectCode> {
+        self.check_priority(priority)?;
+        if self.account(counterparty)?.mode == MarginMode::WorstCase {
+            return Err(RejectCode::BackstopUnfit);
+        }
+        // L1 refuses a close of the backstop itself.
+        if account == counterparty {
+            return Err(RejectCode::SameAccount);
+        }
+        let owned = self.account(account).is_ok_and(|a| a.owner == owner);
+        // Active and marked: an instrument never marked has no price to close at.
+        let mark = self
+            .instrument(instrument)
+            .ok()
+            .filter(|i| i.status == InstrumentStatus::Active)
+            .and_then(|i| i.mark.as_ref().map(|(m, _)| *m));
+        let (held, price) = match mark {
+            Some(m) if owned => match self.position_qty(account, instrument) {
+                0 => (0, Price(0)),
+                q => (q, m),
+            },
+            _ => (0, Price(0)),
+        };
+        let value = i128::from(held.abs()) * i128::from(price.0);
+        // A long sold gets the floor; a short bought back pays the ceiling.
+        let notional = if held > 0 {
+            floor_div(value, Q)
+        } else {
+            ceil_div(value, Q)
+        };
+        let notional = Amount(i64::try_from(notional).map_err(|_| RejectCode::Overflow)?);
+        let long = held > 0;
+        let sign: i64 = if long { 1 } else { -1 };
+        // The backstop takes part in every close (a validity proof counts it as an account that
+        // filled): it must end solvent at the marks.
+        let equity = if held == 0 {
+            i128::from(self.accounts[counterparty.0 as usize].balance.0)
+                + self.position_value(counterparty)
+        } else {
+            self.equity_after(
+                counterparty,
+                instrument,
+                held,
+                -i128::from(sign * notional.0),
+            )
+        };
+        if equity < 0 {
+            return Err(RejectCode::BackstopUnfit);
+        }
+
+        // Validated.
+        if held != 0 {
+            for a in [account, counterparty] {
+                self.remove_orders_where(
+                    a,
+                    |o| o.instrument == instrument,
+                    DoneReason::Cancelled,
+                    events,
+                );
+            }
+            self.touch_account(account);
+            self.move_position(
+                account,
+                counterparty,
+                instrument,
+                long,
+                Qty(held.abs()),
+                notional,
+            );
+        }
+        self.totals.priority_served += 1;
+        events.push(Event::CloseServed {
+            priority,
+            account,
+            counterparty,
+            instrument,
+            qty: Qty(-held),
+            price,
+            cash: Amount(sign * notional.0 * i64::from(held != 0)),
+        });
+        if held != 0
+            && self.accounts[account.0 as usize]
+                .liquidating_since
+                .is_some()
+        {
+            self.finish_if_flat(account, events);
+        }
         Ok(())
     }
 

@@ -322,6 +322,7 @@ impl Reference {
             | Command::SetMarginMode { .. }
             | Command::Liquidate { .. }
             | Command::Deleverage { .. }
+            | Command::L1Close { .. }
             | Command::SetSessionKey { .. } => {
                 panic!("the reference model does not model oracle updates or margin modes")
             }

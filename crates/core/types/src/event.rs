@@ -108,6 +108,25 @@ pub enum Event {
         /// Signed change.
         amount: Amount,
     },
+    /// An L1 forced close served: `qty` (signed from `account`'s view, zero when nothing moved)
+    /// moved to `counterparty` at `price` (the mark), `cash` (signed, to `account`) the other
+    /// way: the exact value rounded against `account`.
+    CloseServed {
+        /// Queue id on L1.
+        priority: u64,
+        /// Account named.
+        account: AccountId,
+        /// The backstop account.
+        counterparty: AccountId,
+        /// Instrument named.
+        instrument: InstrumentId,
+        /// Change of `account`'s position.
+        qty: Qty,
+        /// The mark (0 when the instrument has none).
+        price: Price,
+        /// Change of `account`'s balance.
+        cash: Amount,
+    },
     /// Collateral moved in, out, or between accounts (`amount` signed from `account`'s view).
     BalanceChanged {
         /// Whose.

@@ -194,6 +194,25 @@ pub enum Command {
         /// Account named.
         account: AccountId,
     },
+    /// L1 priority operation `priority`: a forced close. When `owner` owns `account`, the
+    /// instrument is active and marked, and the account holds a position in it, the position
+    /// moves whole to `counterparty` (the
+    /// operator's backstop account) at the instrument's mark, with no fee, and the account's
+    /// orders in the instrument are cancelled; otherwise nothing moves. Served either way, but
+    /// refused (queue unserved) while the backstop could not take it: a fully collateralized
+    /// backstop, or one the close would leave insolvent at the marks.
+    L1Close {
+        /// Queue id: must equal the count served so far.
+        priority: u64,
+        /// Requester on L1.
+        owner: Address,
+        /// Account named.
+        account: AccountId,
+        /// Instrument named.
+        instrument: InstrumentId,
+        /// The operator's backstop account, which takes the position.
+        counterparty: AccountId,
+    },
     /// Debit collateral for withdrawal, only from free collateral.
     Withdraw {
         /// Debited account.

@@ -126,6 +126,20 @@ fn encode_command(w: &mut Writer, c: &Command) {
             w.address(*owner);
             w.account(*account);
         }
+        Command::L1Close {
+            priority,
+            owner,
+            account,
+            instrument,
+            counterparty,
+        } => {
+            w.u8(24);
+            w.u64(*priority);
+            w.address(*owner);
+            w.account(*account);
+            w.instrument(*instrument);
+            w.account(*counterparty);
+        }
         Command::Withdraw { account, amount } => {
             w.u8(5);
             w.account(*account);
@@ -417,6 +431,13 @@ fn decode_command(r: &mut Reader<'_>) -> Result<Command, DecodeError> {
             priority: r.u64()?,
             owner: r.address()?,
             account: r.account()?,
+        },
+        24 => Command::L1Close {
+            priority: r.u64()?,
+            owner: r.address()?,
+            account: r.account()?,
+            instrument: r.instrument()?,
+            counterparty: r.account()?,
         },
         // Tag 22: written before the settlement budget (unbounded).
         22 => Command::SetProofLimits(decode_proof_limits(r, false)?),

@@ -150,6 +150,10 @@ reject_codes! {
     /// An L1 priority operation whose id is not the next one in the queue (already served, or
     /// one before it is missing).
     PriorityOutOfOrder = 6001, "L1 priority operation out of queue order";
+    /// A forced close whose backstop account is fully collateralized (it could be forced below
+    /// full collateral) or would end insolvent at the marks: the operator must fix the backstop
+    /// before the request's deadline.
+    BackstopUnfit = 6002, "the backstop account cannot take the forced close";
 }
 
 impl fmt::Display for RejectCode {

@@ -1109,14 +1109,17 @@ impl Gateway {
         self.lock().sequencer.engine().priority_served()
     }
 
-    /// Sequences one L1 priority operation (`Command::L1Deposit` or `Command::L1Withdrawal`,
-    /// from the settler's watch of the rollup contract). Returns `false`, sequencing nothing,
-    /// for one already served, so feeding the same operation twice (after a restart, or from
-    /// two watchers) credits it once; one that skips ahead of the queue is refused with
-    /// `PriorityOutOfOrder` and changes nothing.
+    /// Sequences one L1 priority operation (`Command::L1Deposit`, `Command::L1Withdrawal` or
+    /// `Command::L1Close`, from the settler's watch of the rollup contract). Returns `false`,
+    /// sequencing nothing, for one already served, so feeding the same operation twice (after
+    /// a restart, or from two watchers) credits it once; one that skips ahead of the queue is
+    /// refused with `PriorityOutOfOrder` and changes nothing (a forced close whose backstop
+    /// cannot take it, with `BackstopUnfit`: the operator must fix the backstop before the
+    /// request's deadline).
     pub fn submit_l1(&self, command: Command) -> Result<bool, CallError> {
-        let (Command::L1Deposit { priority, .. } | Command::L1Withdrawal { priority, .. }) =
-            command
+        let (Command::L1Deposit { priority, .. }
+        | Command::L1Withdrawal { priority, .. }
+        | Command::L1Close { priority, .. }) = command
         else {
             return Err(GatewayError::InvalidParams("not an L1 priority operation".into()).into());
         };

@@ -832,9 +832,10 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
         liquidation,
         loss,
         deficit,
-    ] = <[Wire; 10]>::try_from(flags.clone()).expect("ten kinds");
-    // A fill or a liquidation: a trade between accounts a and b.
-    let trade = fill.add(&liquidation);
+        close,
+    ] = <[Wire; 11]>::try_from(flags.clone()).expect("eleven kinds");
+    // A fill, a liquidation or a forced close: a trade between accounts a and b.
+    let trade = Wire::sum([&fill, &liquidation, &close]);
     let used = Wire::sum(&flags);
     cs.assert_boolean(&used)?;
     let kind_code = Wire::linear(kind::SLOT_KINDS.into_iter().map(Fr::from).zip(&flags));
@@ -870,17 +871,19 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
 
     // A slot's record says exactly what it does: fields its kind does not use are zero.
     let moves_cash = Wire::sum([&deposit, &l1_deposit, &withdraw, &l1_withdrawal, &transfer]);
-    let l1 = l1_deposit.add(&l1_withdrawal);
-    let has_amount = Wire::sum([&moves_cash, &liquidation, &loss, &deficit]);
+    let l1 = Wire::sum([&l1_deposit, &l1_withdrawal, &close]);
+    let has_amount = Wire::sum([&moves_cash, &liquidation, &loss, &deficit, &close]);
+    // A forced close's amount word carries only its queue id.
+    cs.equal_if(&close, &amount, &Wire::zero())?;
     cs.equal_if(&not(&has_amount), &amount, &Wire::zero())?;
     cs.equal_if(&not(&trade.add(&deficit)), &price, &Wire::zero())?;
     for field in [&qty, &taker_buys] {
         cs.equal_if(&not(&trade), field, &Wire::zero())?;
     }
     cs.equal_if(&not(&l1), &priority, &Wire::zero())?;
-    // An opening's owner, or the owner a withdrawal pays on L1.
+    // An opening's owner, the owner a withdrawal pays on L1, or who asked for a forced close.
     let pays = withdraw.add(&l1_withdrawal);
-    let names_owner = open.add(&pays);
+    let names_owner = Wire::sum([&open, &pays, &close]);
     cs.equal_if(&not(&names_owner), &owner, &Wire::zero())?;
     cs.range(&amount, 63)?;
 
@@ -894,7 +897,21 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     let notional = cs.witness(s.notional)?;
     cs.range(&notional, 63)?;
     let price_qty = cs.mul(&price, &qty)?;
-    cs.equal(&notional.scale(Fr::from(QTY_SCALE as u64)), &price_qty)?;
+    let sign = taker_buys.scale(Fr::from(2u64)).add_const(-Fr::from(1u64));
+    // Exact, but for a forced close at the mark: its value rounded against the account (b),
+    // which pays the ceiling buying and gets the floor selling, `notional * 1e8 - price * qty
+    // = sign * rounding` with the rounding in `0..1e8`.
+    let rounding = cs.witness(s.rounding)?;
+    cs.equal_if(&not(&close), &rounding, &Wire::zero())?;
+    cs.range(&rounding, 27)?;
+    cs.range(
+        &Wire::constant(Fr::from(QTY_SCALE as u64 - 1)).sub(&rounding),
+        27,
+    )?;
+    cs.equal(
+        &notional.scale(Fr::from(QTY_SCALE as u64)),
+        &price_qty.add(&cs.mul(&sign, &rounding)?),
+    )?;
     let status = pick(cs, &sel_i, st.instruments.iter().map(|i| i.status.clone()))?;
     cs.equal_if(&fill, &status, &one())?;
     let maker_rate = pick(
@@ -909,7 +926,6 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     )?;
     let maker_fee = fee(cs, &notional, &maker_rate, s.maker_fee)?;
     let taker_fee = fee(cs, &notional, &taker_rate, s.taker_fee)?;
-    let sign = taker_buys.scale(Fr::from(2u64)).add_const(-Fr::from(1u64));
     let signed_notional = cs.mul(&sign, &notional)?;
     let signed_qty = cs.mul(&sign, &qty)?;
     let taker_moves = cs.mul(&trade, &signed_qty)?;
@@ -1097,6 +1113,24 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     let held_b = pick(cs, &sel_pb, st.positions.iter().map(|q| q.qty.clone()))?;
     let left = cs.mul(&sign, &held_b)?.scale(-Fr::from(1u64)).sub(&qty);
     cs.range(&cs.mul(&liquidation, &left)?, 64)?;
+    // A forced close moves all of b's position, when its owner asked and the instrument is
+    // active and marked (a committed mark is positive once posted), and nothing otherwise: b's
+    // change is minus `eligible * held` (its size and side follow: a long is sold, a short
+    // bought back). It moves at the committed mark, or at 0 when nothing moves; a close that
+    // moves nothing posts no side.
+    let b_stranger = cs.is_nonzero(&owner.sub(&b_owner))?;
+    let inactive = cs.is_nonzero(&status.add_const(-Fr::from(status::ACTIVE)))?;
+    let mark = pick(cs, &sel_i, st.instruments.iter().map(|i| i.mark.clone()))?;
+    let marked = cs.is_nonzero(&mark)?;
+    let eligible = cs.mul(
+        &cs.mul(&cs.mul(&close, &not(&b_stranger))?, &not(&inactive))?,
+        &marked,
+    )?;
+    let closed = cs.mul(&eligible, &held_b)?;
+    cs.equal_if(&close, &taker_moves, &closed.scale(-Fr::from(1u64)))?;
+    let moves = cs.is_nonzero(&qty)?;
+    cs.equal_if(&close, &price, &cs.mul(&moves, &mark)?)?;
+    cs.enforce(&close, &cs.mul(&taker_buys, &not(&moves))?, &Wire::zero())?;
     // What the shorts can owe at worst follows the trade: each register's short part follows
     // its quantity, and its account's liability moves by the change times the instrument's
     // worst-case payoff per contract.

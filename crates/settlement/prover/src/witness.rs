@@ -20,7 +20,7 @@ use optio_state::leaf::{
 use optio_state::poseidon::{Fr, from_address, hash};
 use optio_state::smt::{Proof, SparseMerkleTree};
 use optio_state::{Op, SettlementState};
-use optio_types::{AccountId, Address, InstrumentId, InstrumentSpec, QTY_SCALE, Qty};
+use optio_types::{AccountId, Address, InstrumentId, InstrumentSpec, Price, QTY_SCALE, Qty};
 
 /// Op kinds as the circuit numbers them (the blob's, `optio_state::blob::kind`).
 pub mod kind {
@@ -29,7 +29,7 @@ pub mod kind {
     /// An unused slot.
     pub const PAD: u64 = 0;
     /// The kinds of the op slots, in the order the circuit's selector flags follow.
-    pub const SLOT_KINDS: [u64; 10] = [
+    pub const SLOT_KINDS: [u64; 11] = [
         OPEN,
         DEPOSIT,
         L1_DEPOSIT,
@@ -40,6 +40,7 @@ pub mod kind {
         LIQUIDATION,
         LOSS_SHARED,
         DEFICIT,
+        L1_CLOSE,
     ];
 }
 
@@ -490,6 +491,9 @@ pub struct Slot {
     pub maker_fee: Fr,
     /// Taker fee.
     pub taker_fee: Fr,
+    /// A forced close's rounding: `notional * 1e8 - price * qty`, of the buyer's sign (the
+    /// account pays the ceiling, gets the floor), in `0..1e8`.
+    pub rounding: Fr,
 }
 
 /// Most session keys an account holds (`optio_types::oracle::MAX_SESSION_KEYS`): the length of
@@ -1146,6 +1150,24 @@ fn plan<'a>(
                 position_keys.extend([(account.0, instrument.0), (counterparty.0, instrument.0)]);
                 instrument_ids.insert(instrument.0);
             }
+            Op::L1Close {
+                account,
+                backstop,
+                instrument,
+                ..
+            } => {
+                let expired = trailing.iter().any(|(_, x, _)| *x == instrument.0);
+                if !known(account) || !known(backstop) || instrument.0 as usize >= listed || expired
+                {
+                    return Err(WitnessError::Invalid(i));
+                }
+                filled.insert(instrument.0);
+                // The backstop takes a position: checked solvent as a fill's accounts are.
+                filled_accounts.insert(backstop.0);
+                account_ids.extend([account.0, backstop.0]);
+                position_keys.extend([(account.0, instrument.0), (backstop.0, instrument.0)]);
+                instrument_ids.insert(instrument.0);
+            }
             Op::Fill {
                 instrument,
                 maker,
@@ -1481,10 +1503,11 @@ pub fn witness(
                 accts[ra].collateral -= i128::from(amount.0);
                 accts[rb].collateral += i128::from(amount.0);
             }
-            Op::Fill { .. } | Op::Liquidation { .. } => {
-                // A liquidation is a trade between the counterparty and the liquidated account
+            Op::Fill { .. } | Op::Liquidation { .. } | Op::L1Close { .. } => {
+                // A liquidation is a trade between the counterparty and the liquidated account,
+                // a forced close between the backstop and the account it names
                 // (`optio_state::blob::Trade`).
-                let t = optio_state::blob::trade(op).expect("a fill or a liquidation");
+                let t = optio_state::blob::trade(op).expect("a trade");
                 let (k, instrument, a_id, b_id, buys) =
                     (t.kind, t.instrument, t.a, t.b, t.taker_buys);
                 let (price, q, liquidation_fee) =
@@ -1500,7 +1523,26 @@ pub fn witness(
                 slot.pa = Some(pos_of[&(a_id, instrument)]);
                 slot.pb = Some(pos_of[&(b_id, instrument)]);
                 slot.i = Some(inst_of[&instrument]);
-                let notional = i128::from(price) * q / i128::from(QTY_SCALE);
+                let mut notional = i128::from(price) * q / i128::from(QTY_SCALE);
+                if let Op::L1Close {
+                    priority: p,
+                    requester,
+                    qty,
+                    ..
+                } = op
+                {
+                    // The value rounded against the account: `notional * 1e8 - price * qty` is
+                    // the rounding, of the buyer's sign.
+                    let cash = optio_state::close_cash(*qty, Price(price))
+                        .ok_or(WitnessError::Invalid(index))?;
+                    notional = i128::from(cash).abs();
+                    let sign: i128 = if buys { 1 } else { -1 };
+                    slot.rounding =
+                        fr(sign * (notional * i128::from(QTY_SCALE) - i128::from(price) * q));
+                    slot.priority = Fr::from(*p);
+                    slot.owner = from_address(&requester.0);
+                    priority += 1;
+                }
                 // The engine's fee rule (the circuit checks the same rounding).
                 let fee = |rate: optio_types::FeeRate| {
                     i64::try_from(notional)
@@ -1519,6 +1561,8 @@ pub fn witness(
                         liquidation_fees += f;
                         (0, f)
                     }
+                    // A forced close pays no fee.
+                    None if k == kind::L1_CLOSE => (0, 0),
                     None => {
                         fee_pool += maker_fee + taker_fee;
                         (maker_fee, taker_fee)

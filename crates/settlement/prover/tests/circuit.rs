@@ -1010,7 +1010,7 @@ fn oversized_batches_are_named() {
     ];
     let err = witness(&state, &many, SHAPE).expect_err("one op too many");
     assert!(err.to_string().contains("op slots"), "{err}");
-    assert_eq!(kind::SLOT_KINDS.len(), 10);
+    assert_eq!(kind::SLOT_KINDS.len(), 11);
 }
 
 /// The gadgets' own check (values against every constraint as it is laid) and arkworks'
@@ -2761,4 +2761,131 @@ fn a_deficit_cover_after_its_accounts_fill_cannot_be_proven() {
     let alone = cover(deficit, insurance.0, fees.0, 0);
     check(&batch_of(&state, &alone)).expect("the cover alone");
     after(&state, &alone);
+}
+
+/// A forced close (`Op::L1Close`, docs/settlement.md "Forced close"): the owner's request moves
+/// all of the account's position to the backstop at the committed mark, its value rounded
+/// against the account (here the mark is off the money grid for half a contract: a long sold
+/// gets the floor, a short bought back pays the ceiling), no fee; anyone else's moves nothing.
+/// Each proves with the native root; so does a close of an instrument never marked, which moves
+/// nothing. Less than the whole position, another price, a move on a stranger's request or at
+/// no mark, or a close of the backstop itself is refused at its op slot and natively; so is a
+/// value rounded the other way.
+#[test]
+fn a_forced_close_moves_the_whole_position_at_the_committed_mark() {
+    let mark = 100_000 * MONEY_SCALE + 123_457;
+    let state = leveraged_pair(Op::Mark {
+        instrument: InstrumentId(0),
+        mark: Price(mark),
+        risk: Vec::new(),
+    });
+    let close = |account: u32, qty: i64, price: i64, requester: u32| Op::L1Close {
+        priority: 0,
+        backstop: AccountId(2),
+        account: AccountId(account),
+        instrument: InstrumentId(0),
+        qty: Qty(qty),
+        price: Price(price),
+        requester: owner_of(AccountId(requester)),
+    };
+    let two = 2 * QTY_SCALE;
+    // Half a contract moves a value off the money grid: 2 contracts do not.
+    let odd = after(
+        &state,
+        &[Op::Fill {
+            instrument: InstrumentId(0),
+            maker: AccountId(3),
+            taker: AccountId(1),
+            taker_side: Side::Buy,
+            price: Price(100_000 * MONEY_SCALE),
+            qty: Qty(QTY_SCALE / 2),
+        }],
+    );
+    let held = two + QTY_SCALE / 2;
+    assert_ne!(
+        i128::from(held) * i128::from(mark) % i128::from(QTY_SCALE),
+        0
+    );
+    for (state, ops, rule) in [
+        (&odd, [close(1, -held, mark, 1)], "the owner's long, sold"),
+        (
+            &state,
+            [close(0, two, mark, 0)],
+            "the owner's short, bought back",
+        ),
+        (&odd, [close(1, 0, 0, 2)], "a stranger's request"),
+    ] {
+        let w = batch_of(state, &ops);
+        let next = after(state, &ops);
+        assert_eq!(w.public.new_root, next.root(), "{rule}: native roots agree");
+        check(&w).unwrap_or_else(|e| panic!("{rule}: {e}"));
+        assert_eq!(next.priority_served(), 1);
+    }
+    // The cash: the floor to the seller, from the backstop.
+    let next = after(&odd, &[close(1, -held, mark, 1)]);
+    let value = i128::from(held) * i128::from(mark) / i128::from(QTY_SCALE);
+    let cash = |s: &SettlementState, a: u32| s.accounts()[a as usize].collateral.0;
+    assert_eq!(
+        i128::from(cash(&next, 1) - cash(&odd, 1)),
+        value,
+        "floor, no fee"
+    );
+    assert_eq!(
+        cash(&next, 2) - cash(&odd, 2),
+        cash(&odd, 1) - cash(&next, 1)
+    );
+    assert!(next.accounts()[1].positions.is_empty());
+
+    for (state, ops, rule) in [
+        (&odd, [close(1, -two, mark, 1)], "less than the position"),
+        (&odd, [close(1, -held, mark - 1, 1)], "below the mark"),
+        (&odd, [close(1, -held, 0, 1)], "at no price"),
+        (
+            &odd,
+            [close(1, -held, mark, 2)],
+            "a stranger's request moving it",
+        ),
+        (
+            &odd,
+            [close(1, 0, mark, 2)],
+            "a stranger's request at the mark",
+        ),
+        (
+            &state,
+            [close(0, two / 2, mark, 0)],
+            "half a short bought back",
+        ),
+    ] {
+        refused_first_and_natively(state, &ops, StateError::ForcedClose(0), rule);
+    }
+    // An instrument never marked (the call, instrument 1) has no price to close at: nothing
+    // moves.
+    let unmarked = after(&state, &[fill_of(1, Side::Buy, 1_000, 1)]);
+    let call = |qty: i64, price: i64| {
+        let mut op = close(1, qty, price, 1);
+        if let Op::L1Close { instrument, .. } = &mut op {
+            *instrument = InstrumentId(1);
+        }
+        op
+    };
+    check(&batch_of(&unmarked, &[call(0, 0)])).expect("an unmarked instrument: nothing moves");
+    refused_first_and_natively(
+        &unmarked,
+        &[call(-QTY_SCALE, 0)],
+        StateError::ForcedClose(0),
+        "a close at no mark",
+    );
+    let mut own = close(2, 0, 0, 2);
+    if let Op::L1Close { account, .. } = &mut own {
+        *account = AccountId(2);
+    }
+    let mut native = odd.clone();
+    assert_eq!(native.apply_batch(&[own]), Err(StateError::SelfTrade(0)));
+
+    // The value rounded the other way (the ceiling to the seller): one more micro-USDC.
+    let mut w = batch_of(&odd, &[close(1, -held, mark, 1)]);
+    let slot = &mut w.slots[0];
+    slot.notional += Fr::from(1u64);
+    slot.rounding -= Fr::from(QTY_SCALE as u64);
+    assert!(refused(&w), "a rounding outside 0..1e8");
 }

@@ -81,6 +81,7 @@ fn covered_engine_batches_satisfy_the_circuit_with_the_batchers_roots() {
         "SettlePosition",
         "ListInstrument",
         "L1Deposit",
+        "L1Close",
         "SessionKey",
     ] {
         assert!(kinds.contains(k), "no covered batch has a {k}: {kinds:?}");

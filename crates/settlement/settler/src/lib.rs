@@ -115,6 +115,11 @@ mod bindings {
             function freeze() external;
             function deposit(uint32 account, uint256 amount) external returns (uint256 id);
             function requestWithdrawal(uint32 account) external returns (uint256 id);
+            function requestClose(uint32 account, uint32 instrument) external returns (uint256 id);
+            event CloseRequested(uint256 indexed priorityId, address indexed owner, uint32 account, uint32 instrument, uint64 deadline);
+            function backstop() external view returns (uint32);
+            function accountsOpened() external view returns (uint32);
+            function instrumentsListed() external view returns (uint32);
             struct TimeBounds {
                 uint64 lead;
                 uint64 lag;
@@ -1450,6 +1455,31 @@ async fn audit_priority(
     header_served: u64,
 ) -> Result<Option<String>, SettlerError> {
     for op in ops {
+        if let optio_state::Op::L1Close {
+            priority,
+            backstop,
+            account,
+            instrument,
+            requester,
+            ..
+        } = *op
+        {
+            let queued = contract.priorityOps(U256::from(priority)).call().await;
+            let recorded = contract.backstop().call().await.map_err(rpc)?;
+            let as_queued = queued.is_ok_and(|q| {
+                PriorityKind::from_l1(q.kind) == Some(PriorityKind::ForcedClose)
+                    && q.account == account.0
+                    && q.amount == U256::from(instrument.0)
+                    && q.owner.into_array() == requester.0
+            });
+            if !as_queued || recorded != backstop.0 {
+                return Ok(Some(format!(
+                    "priority operation {priority} served as a close of account {} in instrument {} for {requester} against account {}; L1 queued another, or its backstop is account {recorded}",
+                    account.0, instrument.0, backstop.0
+                )));
+            }
+            continue;
+        }
         let (priority, account, amount, kind) = match *op {
             optio_state::Op::L1Deposit {
                 priority,
@@ -1495,6 +1525,7 @@ async fn audit_priority(
                     account != queued.account
                         || (amount > 0 && owner_of(account) != Some(queued.owner))
                 }
+                PriorityKind::ForcedClose => true,
             };
         if wrong {
             return Ok(Some(format!(
@@ -1911,6 +1942,9 @@ pub enum PriorityKind {
     Deposit,
     /// Withdraw all free collateral of the account, if the requester owns it.
     ForcedWithdrawal,
+    /// Close the account's position in an instrument against the backstop account at the
+    /// mark, if the requester owns it.
+    ForcedClose,
 }
 
 /// One L1 priority operation, as the rollup contract queued it.
@@ -1924,16 +1958,21 @@ pub struct PriorityOp {
     pub owner: Address,
     /// The account it names.
     pub account: u32,
-    /// Deposited amount (micro-USDC; zero for a withdrawal).
+    /// Deposited amount (micro-USDC; zero for a withdrawal); a forced close's instrument.
     pub amount: U256,
+    /// The backstop account L1 recorded (`u32::MAX`: none yet), which takes a forced close's
+    /// position.
+    pub backstop: u32,
 }
 
 impl PriorityKind {
-    /// The kind the rollup contract stores (`DEPOSIT = 1`, `FORCED_WITHDRAWAL = 2`).
+    /// The kind the rollup contract stores (`DEPOSIT = 1`, `FORCED_WITHDRAWAL = 2`,
+    /// `FORCED_CLOSE = 3`).
     pub fn from_l1(kind: u8) -> Option<Self> {
         match kind {
             1 => Some(Self::Deposit),
             2 => Some(Self::ForcedWithdrawal),
+            3 => Some(Self::ForcedClose),
             _ => None,
         }
     }
@@ -1958,6 +1997,16 @@ impl PriorityOp {
                 priority: self.id,
                 owner,
                 account,
+            },
+            PriorityKind::ForcedClose => optio_types::Command::L1Close {
+                priority: self.id,
+                owner,
+                account,
+                // The contract takes a `uint32` instrument.
+                instrument: optio_types::InstrumentId(
+                    u32::try_from(self.amount).unwrap_or(u32::MAX),
+                ),
+                counterparty: optio_types::AccountId(self.backstop),
             },
         }
     }
@@ -1988,6 +2037,11 @@ pub async fn priority_ops(
     )
     .map_err(rpc)?;
     let mut ops = Vec::new();
+    let backstop = if from < count {
+        contract.backstop().block(at).call().await.map_err(rpc)?
+    } else {
+        u32::MAX
+    };
     for id in from..count {
         let op = contract
             .priorityOps(U256::from(id))
@@ -2002,6 +2056,7 @@ pub async fn priority_ops(
             owner: op.owner,
             account: op.account,
             amount: op.amount,
+            backstop,
         });
     }
     Ok(ops)

@@ -365,11 +365,13 @@ impl Batcher {
         // Money leaving an account at its holder's request and a liquidation's price are proven
         // against the marks committed before their batch (the circuit applies a batch's marks
         // after its ops), which are the engine's only while no mark (of the liquidated
-        // instrument) is pending: with one pending, the batch is cut first. (A forced
-        // withdrawal's amount needs no mark.)
+        // instrument) is pending: with one pending, the batch is cut first. So is a forced
+        // close's price, the committed mark. (A forced withdrawal's amount needs no mark.)
         let full = full
             || ops.iter().any(|o| match o {
-                Op::Liquidation { instrument, .. } => self.marks.contains_key(&instrument.0),
+                Op::Liquidation { instrument, .. } | Op::L1Close { instrument, .. } => {
+                    self.marks.contains_key(&instrument.0)
+                }
                 o => !self.marks.is_empty() && money_out_of(o).is_some(),
             });
         let full = full || self.ends_a_signing_key(input.time_ms, &ops);

@@ -132,6 +132,8 @@ pub mod kind {
     pub const L1_DEPOSIT: u64 = 25;
     /// `Op::L1Withdrawal`.
     pub const L1_WITHDRAWAL: u64 = 26;
+    /// `Op::L1Close`.
+    pub const L1_CLOSE: u64 = 27;
 }
 
 /// Bit offsets of the fields packed into an op's first word (`kind` in bits 0..8).
@@ -404,8 +406,8 @@ pub fn encode_op(op: &Op, id: u32, index: usize) -> Result<Encoded, BlobError> {
             e.words[0] = head(kind::DEFICIT, account.0, 0, 0, 0, from_fees, 0);
             e
         }
-        Op::Fill { .. } | Op::Liquidation { .. } => {
-            let t = trade(op).expect("a fill or a liquidation");
+        Op::Fill { .. } | Op::Liquidation { .. } | Op::L1Close { .. } => {
+            let t = trade(op).expect("a fill, a liquidation or a forced close");
             let (k, instrument, a, b, buys) = (t.kind, t.instrument, t.a, t.b, t.taker_buys);
             let fee = t.fee.unwrap_or(0);
             let qty = t.qty.checked_abs().unwrap_or(-1);
@@ -424,6 +426,18 @@ pub fn encode_op(op: &Op, id: u32, index: usize) -> Result<Encoded, BlobError> {
             if k == kind::LIQUIDATION {
                 record[4] = fu(fee);
                 words.push(fu(fee));
+            }
+            // A forced close: the queue id in the amount word (amount 0), then the requester.
+            if let Op::L1Close {
+                priority,
+                requester,
+                ..
+            } = op
+            {
+                record[8] = Fr::from(*priority);
+                record[9] = from_address(&requester.0);
+                words.push(Fr::from(*priority) * pow2(63));
+                words.push(record[9]);
             }
             Encoded { record, words }
         }
@@ -484,13 +498,13 @@ pub fn encode_op(op: &Op, id: u32, index: usize) -> Result<Encoded, BlobError> {
 /// when the liquidated account's position grows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Trade {
-    /// `kind::FILL` or `kind::LIQUIDATION`.
+    /// `kind::FILL`, `kind::LIQUIDATION` or `kind::L1_CLOSE`.
     pub kind: u64,
     /// Instrument.
     pub instrument: u32,
-    /// The maker, or the counterparty.
+    /// The maker, the counterparty, or the backstop.
     pub a: u32,
-    /// The taker, or the liquidated account.
+    /// The taker, the liquidated account, or the account a forced close names.
     pub b: u32,
     /// The taker bought (the liquidated position grows).
     pub taker_buys: bool,
@@ -502,7 +516,7 @@ pub struct Trade {
     pub fee: Option<i64>,
 }
 
-/// The trade of a fill or a liquidation.
+/// The trade of a fill, a liquidation or a forced close.
 pub fn trade(op: &Op) -> Option<Trade> {
     match op {
         Op::Fill {
@@ -538,6 +552,23 @@ pub fn trade(op: &Op) -> Option<Trade> {
             price: price.0,
             qty: qty.0,
             fee: Some(fee.0),
+        }),
+        Op::L1Close {
+            backstop,
+            account,
+            instrument,
+            qty,
+            price,
+            ..
+        } => Some(Trade {
+            kind: kind::L1_CLOSE,
+            instrument: instrument.0,
+            a: backstop.0,
+            b: account.0,
+            taker_buys: qty.0 > 0,
+            price: price.0,
+            qty: qty.0,
+            fee: None,
         }),
         _ => None,
     }
@@ -843,6 +874,21 @@ pub fn decode(bytes: &[u8]) -> Result<(BlobMeta, Vec<Op>), BlobError> {
                 price: Price(price),
                 fee: Amount(amount_word()?.0),
             },
+            kind::L1_CLOSE => {
+                let (amount, priority) = amount_word()?;
+                if amount != 0 {
+                    return Err(invalid("a forced close's amount"));
+                }
+                Op::L1Close {
+                    priority,
+                    backstop: a,
+                    account: b,
+                    instrument: i,
+                    qty: Qty(if small { qty } else { -qty }),
+                    price: Price(price),
+                    requester: address_word(2)?,
+                }
+            }
             kind::SESSION_KEY => {
                 let key = to_bytes(get(1)?);
                 Op::SessionKey {

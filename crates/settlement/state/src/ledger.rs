@@ -109,6 +109,14 @@ pub enum StateError {
     /// mark counts 0).
     #[error("op {0}: the fill leaves its account with equity below zero at the committed marks")]
     Insolvent(usize),
+    /// Op `index` serves a forced close with another quantity or price than the rule's: when
+    /// the requester owns the account and the instrument is active and marked, all of the
+    /// account's position at the committed mark; otherwise, or when it holds none, nothing at
+    /// a price of 0. Or it follows its instrument's expiry or settlement in the batch (the
+    /// circuit applies those after the op slots: such a close starts the next batch). A close
+    /// between an account and itself is a `SelfTrade`.
+    #[error("op {0}: the forced close does not move the whole position at the committed mark")]
+    ForcedClose(usize),
     /// Op `index` covers the deficit of an account that filled earlier in the batch: the cover
     /// would hide what the fill left.
     #[error("op {0}: the deficit cover follows a fill of the same account in the batch")]
@@ -280,6 +288,16 @@ impl ExitProof {
                         && crate::smt::verify(self.instruments_root, inst.hash(), inst_proof)
                 })
     }
+}
+
+/// The cash a forced close moves to the account whose position changes by `qty` at `price`: the
+/// value `|qty| * price / 1e8` rounded against the account, paid (the ceiling) when it buys back
+/// a short, received (the floor) when it sells a long. `None` past an `i64`.
+pub fn close_cash(qty: Qty, price: Price) -> Option<i64> {
+    let value = i128::from(qty.0) * i128::from(price.0);
+    // Buying (`qty > 0`) pays `ceil(value / 1e8)`; selling gets `floor(-value / 1e8)`: both are
+    // `floor(-value / 1e8)`.
+    i64::try_from((-value).div_euclid(i128::from(QTY_SCALE))).ok()
 }
 
 fn add(a: Amount, b: i64, op: usize) -> Result<Amount, StateError> {
@@ -639,6 +657,12 @@ impl SettlementState {
                     counterparty,
                     instrument: x,
                     ..
+                }
+                | Op::L1Close {
+                    account: a,
+                    backstop: counterparty,
+                    instrument: x,
+                    ..
                 } => {
                     instrument(x)?;
                     account(a)?;
@@ -682,6 +706,7 @@ impl SettlementState {
                 open_at_start: BTreeMap::new(),
             },
             filled: BTreeMap::new(),
+            expired: BTreeSet::new(),
             ops: 0,
         }
     }
@@ -970,6 +995,9 @@ pub struct Pending {
     /// Accounts that filled in the batch or took a liquidated position, with the index of the
     /// last such op.
     filled: BTreeMap<u32, usize>,
+    /// Instruments the batch expired or settled so far (ops the circuit applies after the op
+    /// slots).
+    expired: BTreeSet<u32>,
     /// Ops pushed so far.
     ops: usize,
 }
@@ -1011,6 +1039,44 @@ impl Pending {
                     let collateral = i128::from(self.scratch.account(*account).collateral.0);
                     if collateral * i128::from(QTY_SCALE) >= liability as i128 {
                         return Err(StateError::LiquidationCovered(i));
+                    }
+                }
+                Op::ExpireInstrument { instrument }
+                | Op::SettleInstrument { instrument, .. }
+                | Op::SettlePosition { instrument, .. } => {
+                    self.expired.insert(instrument.0);
+                }
+                // A forced close moves the owner's whole position at the committed mark, or
+                // nothing; the backstop takes it as any account that fills.
+                Op::L1Close {
+                    backstop,
+                    account,
+                    instrument,
+                    qty,
+                    price,
+                    requester,
+                    ..
+                } => {
+                    if backstop == account {
+                        return Err(StateError::SelfTrade(i));
+                    }
+                    // The circuit serves it before the batch's expiries and settlements, at the
+                    // status the batch starts with: one after them starts the next batch.
+                    if self.expired.contains(&instrument.0) {
+                        return Err(StateError::ForcedClose(i));
+                    }
+                    self.filled.insert(backstop.0, i);
+                    let x = self.scratch.instrument(*instrument);
+                    let (active, mark) = (x.status == status::ACTIVE, x.mark);
+                    let a = self.scratch.account(*account);
+                    let held = if a.owner == *requester && active && mark != Price::ZERO {
+                        a.positions.get(&instrument.0).map_or(0, |q| q.0)
+                    } else {
+                        0
+                    };
+                    let mark = if held == 0 { Price::ZERO } else { mark };
+                    if qty.0 != -held || *price != mark {
+                        return Err(StateError::ForcedClose(i));
                     }
                 }
                 // The owner's forced withdrawal takes all that leaves the account covering what
@@ -1283,6 +1349,26 @@ impl Scratch {
                 }
                 if amount.0 != 0 {
                     self.debit(*account, *amount, i)?;
+                }
+            }
+            Op::L1Close {
+                priority,
+                backstop,
+                account,
+                instrument,
+                qty,
+                price,
+                ..
+            } => {
+                self.serve(*priority, i)?;
+                let cash = close_cash(*qty, *price).ok_or(StateError::OutOfRange(i))?;
+                self.credit(*account, cash, i)?;
+                self.credit(*backstop, -cash, i)?;
+                if qty.0 != 0 {
+                    self.account(*account)
+                        .move_position(instrument.0, qty.0, i)?;
+                    self.account(*backstop)
+                        .move_position(instrument.0, -qty.0, i)?;
                 }
             }
             Op::Transfer { from, to, amount } => {

@@ -86,6 +86,29 @@ pub enum Op {
         /// L1 pays").
         requester: Address,
     },
+    /// L1 priority operation `priority` served: a forced close. When `requester` owns
+    /// `account` and the instrument is active and marked (a mark was ever committed), the
+    /// account's
+    /// whole position moves to `backstop` at the instrument's committed mark (`qty`, the
+    /// account's change, is minus what it held, `price` the mark); otherwise, or when it holds
+    /// none, nothing moves (`qty` and `price` zero). Cash moves the value the other way, rounded against the account
+    /// (a buyer pays the ceiling, a seller gets the floor); no fee.
+    L1Close {
+        /// Queue id on L1 (the next one served).
+        priority: u64,
+        /// The operator's backstop account, which takes the position.
+        backstop: AccountId,
+        /// The account named.
+        account: AccountId,
+        /// The instrument named.
+        instrument: InstrumentId,
+        /// Change of `account`'s position.
+        qty: Qty,
+        /// The committed mark, or 0.
+        price: Price,
+        /// Who asked on L1.
+        requester: Address,
+    },
     /// Collateral out to L1 (the account's nonce advances).
     Withdraw {
         /// From.
@@ -191,6 +214,9 @@ impl Op {
             | Op::DeficitCovered { account, .. }
             | Op::SessionKey { account, .. } => vec![*account],
             Op::Transfer { from, to, .. } => vec![*from, *to],
+            Op::L1Close {
+                backstop, account, ..
+            } => vec![*backstop, *account],
             Op::Fill { maker, taker, .. } => vec![*maker, *taker],
             Op::Liquidation {
                 account,
@@ -215,6 +241,7 @@ impl Op {
             | Op::SettlePosition { instrument, .. }
             | Op::Fill { instrument, .. }
             | Op::Liquidation { instrument, .. }
+            | Op::L1Close { instrument, .. }
             | Op::Mark { instrument, .. } => Some(*instrument),
             Op::ListInstrument { .. }
             | Op::OpenAccount { .. }
@@ -295,6 +322,27 @@ pub fn ops_from(
                 },
                 _ => continue,
             }),
+            Event::CloseServed {
+                priority,
+                account,
+                counterparty,
+                instrument,
+                qty,
+                price,
+                ..
+            } => {
+                if let Command::L1Close { owner, .. } = input.command {
+                    ops.push(Op::L1Close {
+                        priority,
+                        backstop: counterparty,
+                        account,
+                        instrument,
+                        qty,
+                        price,
+                        requester: owner,
+                    });
+                }
+            }
             Event::BalanceChanged {
                 account, amount, ..
             } => match input.command {

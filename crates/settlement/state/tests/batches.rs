@@ -51,13 +51,16 @@ proptest! {
 #[test]
 fn histories_exercise_every_kind_of_settlement_op() {
     let mut seen = Vec::new();
-    let mut forced_paid = 0;
+    let (mut forced_paid, mut closed) = (0, 0);
     for seed in 0..6 {
         let (batches, _, _) = run(&history(seed, 600), 50);
         for b in &batches {
             for op in decode(&b.blob).expect("decodes").1 {
                 if matches!(op, Op::L1Withdrawal { amount, .. } if amount.0 > 0) {
                     forced_paid += 1;
+                }
+                if matches!(op, Op::L1Close { qty, .. } if qty.0 != 0) {
+                    closed += 1;
                 }
                 seen.push(std::mem::discriminant(&op));
             }
@@ -100,6 +103,15 @@ fn histories_exercise_every_kind_of_settlement_op() {
             priority: 0,
             account: AccountId(0),
             amount: Amount(0),
+            requester: Address([0; 20]),
+        },
+        Op::L1Close {
+            priority: 0,
+            backstop: AccountId(0),
+            account: AccountId(0),
+            instrument: InstrumentId(0),
+            qty: Qty(0),
+            price: Price(0),
             requester: Address([0; 20]),
         },
         Op::Withdraw {
@@ -147,6 +159,7 @@ fn histories_exercise_every_kind_of_settlement_op() {
         );
     }
     assert!(forced_paid > 0, "no forced withdrawal paid anything");
+    assert!(closed > 0, "no forced close moved a position");
 }
 
 /// Account 1 long 100 steps of the perpetual at 60,000 with 500 free, crashed to 45,000 (held,

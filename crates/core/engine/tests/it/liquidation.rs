@@ -1805,3 +1805,132 @@ fn a_margin_account_that_covers_its_shorts_worst_case_is_never_liquidated() {
     assert!(e.maintenance(AccountId(0)).expect("exists").1 >= 0);
     e.check_invariants().expect("audit");
 }
+
+/// The escape hatch for a position (`Command::L1Close`): the owner's request moves its whole
+/// position to the backstop at the mark, its value rounded against the account (a seller gets
+/// the floor), with no fee, and cancels both accounts' orders in the instrument; anyone else's
+/// request moves nothing but is served. A fully collateralized backstop, the backstop itself
+/// named, or a request out of queue order is refused and changes nothing.
+#[test]
+fn a_forced_close_moves_the_whole_position_to_the_backstop_at_the_mark() {
+    let mut e = margined_market();
+    let steps = 101;
+    run(
+        &mut e,
+        T0,
+        Command::PlaceOrder(limit(2, PERP, Side::Sell, px(60_000), steps)),
+    )
+    .expect("ask");
+    run(
+        &mut e,
+        T0,
+        Command::PlaceOrder(limit(1, PERP, Side::Buy, px(60_000), steps)),
+    )
+    .expect("buy");
+    // A mark off the money grid, so the close's value rounds.
+    run(
+        &mut e,
+        T0 + 1,
+        Command::OracleUpdate(update(60_123.371_234, T0 + 1)),
+    )
+    .expect("oracle");
+    let mark = e.canonical().instruments[PERP as usize]
+        .mark
+        .as_ref()
+        .map(|(m, _)| m.0)
+        .expect("marked");
+    let held = position(&e, 1);
+    assert_eq!(held, steps * STEP);
+    let exact = i128::from(held) * i128::from(mark);
+    assert_ne!(exact % 100_000_000, 0, "the value rounds: {mark}");
+    // An order of account 1 resting on the position, and one of the backstop.
+    run(
+        &mut e,
+        T0 + 1,
+        Command::PlaceOrder(limit(1, PERP, Side::Sell, px(70_000), 10)),
+    )
+    .expect("ask");
+    run(
+        &mut e,
+        T0 + 1,
+        Command::PlaceOrder(limit(3, PERP, Side::Buy, px(50_000), 10)),
+    )
+    .expect("bid");
+    let owner1 = e.account_owner(AccountId(1)).expect("exists");
+    let close = |priority, owner, account: u32, backstop: u32| Command::L1Close {
+        priority,
+        owner,
+        account: AccountId(account),
+        instrument: InstrumentId(PERP),
+        counterparty: AccountId(backstop),
+    };
+    let before = e.state_hash();
+    for (command, code) in [
+        (close(0, owner1, 1, 3), RejectCode::BackstopUnfit),
+        (close(0, owner1, 1, 9), RejectCode::UnknownAccount),
+    ] {
+        assert_eq!(run(&mut e, T0 + 1, command), Err(code));
+        assert_eq!(e.state_hash(), before, "a refusal changes nothing");
+    }
+    run(
+        &mut e,
+        T0 + 1,
+        Command::SetMarginMode {
+            account: AccountId(3),
+            mode: MarginMode::Standard,
+        },
+    )
+    .expect("a margined backstop");
+    let before = e.state_hash();
+    for (command, code) in [
+        (close(0, owner1, 3, 3), RejectCode::SameAccount),
+        (close(1, owner1, 1, 3), RejectCode::PriorityOutOfOrder),
+    ] {
+        assert_eq!(run(&mut e, T0 + 1, command), Err(code));
+        assert_eq!(e.state_hash(), before, "a refusal changes nothing");
+    }
+
+    // Someone else's request: served, nothing moves.
+    let events = run(&mut e, T0 + 1, close(0, owner(9), 1, 3)).expect("served");
+    assert!(
+        events.iter().any(|ev| matches!(
+            ev,
+            Event::CloseServed { qty, price, cash, .. } if qty.0 == 0 && price.0 == 0 && cash.0 == 0
+        )),
+        "{events:?}"
+    );
+    assert_eq!(position(&e, 1), held);
+
+    // The owner's: all of it, at the mark.
+    let (b1, _, _) = e.collateral(AccountId(1)).expect("exists");
+    let (b3, _, _) = e.collateral(AccountId(3)).expect("exists");
+    let events = run(&mut e, T0 + 1, close(1, owner1, 1, 3)).expect("served");
+    let floor = i64::try_from(exact.div_euclid(100_000_000)).expect("fits");
+    assert!(
+        events.iter().any(|ev| matches!(
+            ev,
+            Event::CloseServed { qty, price, cash, .. }
+                if qty.0 == -held && price.0 == mark && cash.0 == floor
+        )),
+        "{events:?}"
+    );
+    let cancelled = events
+        .iter()
+        .filter(|ev| {
+            matches!(
+                ev,
+                Event::OrderDone {
+                    reason: optio_types::DoneReason::Cancelled,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(cancelled, 2, "both accounts' orders in the instrument");
+    assert_eq!(position(&e, 1), 0);
+    assert_eq!(position(&e, 3), held);
+    let (a1, _, _) = e.collateral(AccountId(1)).expect("exists");
+    let (a3, _, _) = e.collateral(AccountId(3)).expect("exists");
+    assert_eq!((a1.0 - b1.0, a3.0 - b3.0), (floor, -floor), "no fee");
+    e.check_invariants().expect("audit");
+}

@@ -194,12 +194,28 @@ pub fn history(seed: u64, len: usize) -> Vec<Input> {
                     priority - 1
                 };
                 let owner = Address([rng.random_range(1..=4); 20]);
-                if rng.random_bool(0.5) {
+                if rng.random_bool(0.4) {
                     Command::L1Deposit {
                         priority: id,
                         owner,
                         account: AccountId(rng.random_range(0..11)),
                         amount: Amount(rng.random_range(1..5_000) * MONEY_SCALE),
+                    }
+                } else if rng.random_bool(0.5) {
+                    // A forced close, against account 0 (margined) as the backstop, mostly
+                    // by the account's owner.
+                    let account = rng.random_range(1..8u32);
+                    let owner = if rng.random_bool(0.8) {
+                        Address([(account % 3) as u8 + 1; 20])
+                    } else {
+                        owner
+                    };
+                    Command::L1Close {
+                        priority: id,
+                        owner,
+                        account: AccountId(account),
+                        instrument: InstrumentId(rng.random_range(0..3)),
+                        counterparty: AccountId(0),
                     }
                 } else {
                     Command::L1Withdrawal {
