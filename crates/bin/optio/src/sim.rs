@@ -13,7 +13,7 @@
 //! Clients: traders (signed orders, about half of them by a session key while the trader's key
 //! is live; header-authenticated cancels and session key registrations, extensions, shortenings
 //! and revocations; some margined from marks and so liquidatable), liquidators bidding in
-//! liquidation auctions, the operator deleveraging what an auction could not place, depositors and forced withdrawals on L1, WebSocket subscribers
+//! liquidation auctions, the operator deleveraging what an auction could not place, depositors, forced withdrawals and forced closes on L1, WebSocket subscribers
 //! (one that reads and checks the book stream for gaps, some that never read), and hostile
 //! clients (flipped, foreign-chain and replayed signatures, malformed and out-of-range values,
 //! unknown instruments and accounts).
@@ -99,6 +99,8 @@ pub struct Stats {
     deleverages: u64,
     deposits: u64,
     forced_withdrawals: u64,
+    forced_closes: u64,
+    positions_closed: u64,
     settler_rounds: u64,
     reorgs: u64,
     reorged_txs: u64,
@@ -130,6 +132,8 @@ impl Stats {
         self.deleverages += s.deleverages;
         self.deposits += s.deposits;
         self.forced_withdrawals += s.forced_withdrawals;
+        self.forced_closes += s.forced_closes;
+        self.positions_closed += s.positions_closed;
         self.settler_rounds += s.settler_rounds;
         self.reorgs += s.reorgs;
         self.reorged_txs += s.reorged_txs;
@@ -147,7 +151,7 @@ impl Stats {
 
     fn line(&self) -> String {
         format!(
-            "{} orders ({} accepted), {} cancels, {} hostile refused, {} oracle updates ({} stalls, {} jumps, {} settlement prices), {} liquidation bids filled, {} deleverages, {} L1 deposits, {} forced withdrawals, {} settler rounds, {} L1 reorgs ({} txs dropped), {} crashes ({} restarts from a snapshot, {} torn tails, {} unsynced groups lost, {} kept), {} slow subscribers, {} book changes checked, {} batches, {} session key changes, {} orders signed by a session key",
+            "{} orders ({} accepted), {} cancels, {} hostile refused, {} oracle updates ({} stalls, {} jumps, {} settlement prices), {} liquidation bids filled, {} deleverages, {} L1 deposits, {} forced withdrawals, {} forced closes ({} positions moved), {} settler rounds, {} L1 reorgs ({} txs dropped), {} crashes ({} restarts from a snapshot, {} torn tails, {} unsynced groups lost, {} kept), {} slow subscribers, {} book changes checked, {} batches, {} session key changes, {} orders signed by a session key",
             self.orders,
             self.accepted,
             self.cancels,
@@ -160,6 +164,8 @@ impl Stats {
             self.deleverages,
             self.deposits,
             self.forced_withdrawals,
+            self.forced_closes,
+            self.positions_closed,
             self.settler_rounds,
             self.reorgs,
             self.reorged_txs,
@@ -197,6 +203,9 @@ const ORACLE_EVERY_MS: u64 = 1_000;
 /// Sequencer key and oracle key.
 const SEQUENCER_KEY: [u8; 32] = [0x51; 32];
 const ORACLE_KEY: [u8; 32] = [0x0c; 32];
+/// The operator's backstop account (opened first).
+const BACKSTOP: u32 = 0;
+
 /// The operator's L1 key (anvil's first default key: a well-known test key).
 const OPERATOR_KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
 /// Wall-clock time any step may take before the simulator calls the node stalled.
@@ -506,6 +515,27 @@ impl World {
             ),
             stats: Stats::default(),
         };
+        // The operator's backstop first (account 0, the first opened for its address: L1
+        // records it, and forced closes move positions to it), margined and funded by the
+        // operator's own L1 deposit.
+        let opened = w.gateway().submit_admin(vec![
+            Command::OpenAccount {
+                owner: optio_types::Address(operator.into_array()),
+            },
+            Command::SetMarginMode {
+                account: AccountId(BACKSTOP),
+                mode: optio_types::MarginMode::Standard,
+            },
+        ])?;
+        ensure!(opened.iter().all(Result::is_ok), "the backstop: {opened:?}");
+        w.runtime.block_on(async {
+            let operator_l1 = optio_settler::connect(&w.l1.chain.url, OPERATOR_KEY)?;
+            let usdc = TestUSDC::new(w.l1.usdc, &operator_l1);
+            let units = U256::from(10_000_000 * MONEY_SCALE as u64);
+            transact(usdc.mint(operator, units)).await?;
+            transact(usdc.approve(w.l1.rollup, U256::MAX)).await?;
+            transact(OptioRollup::new(w.l1.rollup, &operator_l1).deposit(BACKSTOP, units)).await
+        })?;
         // Every trader is funded by its own L1 deposit to a new account, sequenced from the
         // queue: the margined ones with little, the others with plenty.
         for t in 0..TRADERS {
@@ -912,6 +942,32 @@ impl World {
         })
     }
 
+    /// A forced close requested on L1 (rare): a trader asks to close its own position in one
+    /// of the two instruments, now and then someone else's (served, nothing moves), once L1 has
+    /// recorded the backstop and seen the account.
+    fn forced_close(&mut self) -> Result<()> {
+        let t = self.rng.random_range(0..TRADERS);
+        let whose = if self.rng.random_bool(0.8) {
+            t
+        } else {
+            self.rng.random_range(0..TRADERS)
+        };
+        let instrument = self.rng.random_range(0..2u32);
+        let account = self.traders[whose].account;
+        let rollup = OptioRollup::new(self.l1.rollup, &self.traders[t].l1);
+        self.runtime.block_on(async {
+            let opened = rollup.accountsOpened().call().await?;
+            if rollup.backstop().call().await? != BACKSTOP || u64::from(opened) <= account {
+                return anyhow::Ok(());
+            }
+            transact(rollup.requestClose(account as u32, instrument))
+                .await
+                .context("an L1 forced close")?;
+            self.stats.forced_closes += 1;
+            Ok(())
+        })
+    }
+
     /// One settler round: post, finalize what is due, feed the queue `L1_CONFIRMATIONS` deep.
     /// It starts once the batcher has taken every input so far, so that what it posts (and so
     /// the blocks it mines) depends on the sequence alone, not on the batcher thread's timing.
@@ -1195,6 +1251,13 @@ impl World {
         let mut from_l1 = optio_state::SettlementState::new();
         optio_state::rebuild(blobs.iter().map(|b| b.as_ref()), &mut from_l1, |_| {})
             .map_err(|e| anyhow::anyhow!("L1 data does not rebuild: {e}"))?;
+        for blob in &blobs {
+            let (_, ops) = optio_state::decode(blob.as_ref())?;
+            self.stats.positions_closed += ops
+                .iter()
+                .filter(|op| matches!(op, optio_state::Op::L1Close { qty, .. } if qty.0 != 0))
+                .count() as u64;
+        }
         let engine = self.gateway().canonical_state();
         if let Some(diff) = from_l1.diff_engine(&engine) {
             bail!("the state rebuilt from L1 differs from the engine: {diff}");
@@ -1210,7 +1273,11 @@ impl World {
             engine.totals.priority_served,
             ops.len()
         );
-        let queued: u128 = ops.iter().map(|op| op.amount.to::<u128>()).sum();
+        let queued: u128 = ops
+            .iter()
+            .filter(|op| op.kind == optio_settler::PriorityKind::Deposit)
+            .map(|op| op.amount.to::<u128>())
+            .sum();
         let vault = self.runtime.block_on(async {
             TestUSDC::new(self.l1.usdc, &reader)
                 .balanceOf(self.l1.rollup)
@@ -1247,7 +1314,8 @@ pub fn run_seed(seed: u64, ops: u64, crash_every: u64) -> Result<Stats> {
             660..=809 => "a hostile input",
             810..=859 => "liquidation bids",
             860..=899 => "an L1 deposit",
-            900..=902 => "an L1 forced withdrawal",
+            900..=901 => "an L1 forced withdrawal",
+            902 => "an L1 forced close",
             903..=949 => "a settler round",
             950..=989 => "L1 blocks",
             _ => "an L1 reorg",
@@ -1262,7 +1330,8 @@ pub fn run_seed(seed: u64, ops: u64, crash_every: u64) -> Result<Stats> {
             660..=809 => w.hostile(),
             810..=859 => w.liquidate(),
             860..=899 => w.deposit(),
-            900..=902 => w.forced_withdrawal(),
+            900..=901 => w.forced_withdrawal(),
+            902 => w.forced_close(),
             903..=949 => w.settler_round(),
             950..=989 => {
                 w.l1.chain.mine(w.rng.random_range(1..4));

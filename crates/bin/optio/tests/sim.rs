@@ -1,9 +1,9 @@
 //! The deterministic simulation in CI: a fixed set of seeds, each a stream of signed orders,
-//! cancels, hostile inputs, oracle updates with stalls and jumps, liquidation bids, L1 deposits
-//! and forced withdrawals, settler rounds against the embedded chain with reorgs, crashes (torn
-//! WAL tails, groups lost or kept by a power loss before their fsync) and slow subscribers, runs
-//! without a violation, and every kind of fault was injected. (The canary build that shows the
-//! simulator can fail runs from `.ci/run`: `tools/sim-canary`.)
+//! cancels, hostile inputs, oracle updates with stalls and jumps, liquidation bids, L1 deposits,
+//! forced withdrawals and forced closes, settler rounds against the embedded chain with reorgs,
+//! crashes (torn WAL tails, groups lost or kept by a power loss before their fsync) and slow
+//! subscribers, runs without a violation, and every kind of fault was injected. (The canary
+//! build that shows the simulator can fail runs from `.ci/run`: `tools/sim-canary`.)
 
 use std::process::Command;
 
@@ -62,6 +62,8 @@ fn fixed_seeds_run_without_a_violation() {
         "settlement prices",
         "L1 deposits",
         "forced withdrawals",
+        "forced closes",
+        "positions moved",
         "L1 reorgs",
         "crashes",
         "torn tails",
