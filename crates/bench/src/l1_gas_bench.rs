@@ -1,6 +1,6 @@
 //! L1 gas, measured on a real EVM (anvil from npm, the contracts built by forge): commitBatch for
 //! batches of the realistic flow (settlement_bench::Flow) at 100 and 1,000 fills, per trade; and
-//! deposit, forced withdrawal request and freeze. Each batch is posted with and without its
+//! deposit, forced withdrawal and forced close requests and freeze. Each batch is posted with and without its
 //! authorization section (a 126-byte signed-order record per fill side, for the challenge; the
 //! flow's orders are all distinct, the worst case for a section that posts each record once).
 //! The section's size is also measured on the engine benchmark's stream, where resting orders
@@ -119,6 +119,37 @@ async fn measure() -> anyhow::Result<()> {
         );
     }
     section_sharing();
+    // A batch opening the operator's backstop (account 0) and account 1 and listing an
+    // instrument: L1 takes a priority request only for what committed batches opened or listed.
+    let setup = [
+        optio_state::Op::OpenAccount {
+            owner: optio_types::Address(operator.into_array()),
+        },
+        optio_state::Op::OpenAccount {
+            owner: optio_types::Address([7; 20]),
+        },
+        optio_state::Op::ListInstrument {
+            spec: flow.specs[0].clone(),
+        },
+    ];
+    let blob = flow.blob(&setup);
+    let (meta, decoded) = optio_state::decode(&blob).map_err(anyhow::Error::msg)?;
+    let commitment = optio_state::blob::commitment(
+        &optio_state::blob::encode_ops(&meta, &decoded).map_err(anyhow::Error::msg)?,
+    );
+    transact(rollup.commitBatch(
+        U256::from(number),
+        root,
+        U256::from(number + 1_000),
+        seq + 1,
+        seq + 1,
+        0,
+        optio_state::withdrawals_hash(&[]).into(),
+        U256::from_be_bytes(optio_state::poseidon::to_bytes(&commitment)),
+        blob.into(),
+        Vec::new().into(),
+    ))
+    .await?;
     let usdc = TestUSDC::new(d.usdc, &provider);
     transact(usdc.mint(operator, U256::from(1_000_000_000u64))).await?;
     transact(usdc.approve(d.rollup, U256::MAX)).await?;
@@ -126,6 +157,7 @@ async fn measure() -> anyhow::Result<()> {
         .await?
         .gas_used;
     let forced = transact(rollup.requestWithdrawal(1)).await?.gas_used;
+    let close = transact(rollup.requestClose(1, 0)).await?.gas_used;
     let _: serde_json::Value = provider
         .raw_request("evm_increaseTime".into(), (6 * 3_600 + 1,))
         .await?;
@@ -144,6 +176,7 @@ async fn measure() -> anyhow::Result<()> {
         "{:<28} {:>10} {:>32}",
         "forced withdrawal request", forced, "86,185"
     );
+    println!("{:<28} {:>10} {:>32}", "forced close request", close, "");
     println!("{:<28} {:>10} {:>32}", "freeze", freeze, "");
     println!(
         "{:<28} {:>10} {:>32}",

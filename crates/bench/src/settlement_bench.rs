@@ -341,7 +341,7 @@ fn poseidon_micro() {
 pub(crate) struct Flow {
     /// Engine time of the flow.
     pub now: u64,
-    specs: Vec<optio_types::InstrumentSpec>,
+    pub(crate) specs: Vec<optio_types::InstrumentSpec>,
     update: optio_types::OracleUpdate,
 }
 
