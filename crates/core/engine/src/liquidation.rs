@@ -175,22 +175,9 @@ impl<M: MarginModel> Engine<M> {
         Price(price as i64)
     }
 
-    /// Moves `qty` contracts of the liquidated account's position to `counterparty` at `price`.
-    fn transfer_position(
-        &mut self,
-        account: AccountId,
-        counterparty: AccountId,
-        instrument: InstrumentId,
-        long: bool,
-        qty: Qty,
-        price: Price,
-    ) {
-        let notional = price.notional(qty).expect("whole ticks and steps");
-        self.move_position(account, counterparty, instrument, long, qty, notional);
-    }
-
     /// Moves `qty` of `account`'s position (a long when `long`) to `counterparty` for `notional`
-    /// the other way.
+    /// the other way (a liquidation's or deleveraging's at a whole tick, exact; a forced
+    /// close's at the mark, rounded).
     fn move_position(
         &mut self,
         account: AccountId,
@@ -287,7 +274,8 @@ impl<M: MarginModel> Engine<M> {
 
         // Validated.
         self.touch_account(account);
-        self.transfer_position(account, liquidator, instrument, long, qty, price);
+        let value = price.notional(qty).expect("whole ticks and steps");
+        self.move_position(account, liquidator, instrument, long, qty, value);
         let nominal_fee =
             (i128::from(qty.0) * reference * i128::from(self.risk.liquidation_fee_bps) + BPS * Q
                 - 1)
@@ -410,7 +398,8 @@ impl<M: MarginModel> Engine<M> {
                 DoneReason::Deleveraged,
                 events,
             );
-            self.transfer_position(account, counterparty, instrument, long, Qty(take), price);
+            let value = price.notional(Qty(take)).expect("whole ticks and steps");
+            self.move_position(account, counterparty, instrument, long, Qty(take), value);
             events.push(Event::LiquidationTransfer {
                 account,
                 counterparty,
