@@ -46,6 +46,11 @@ enum Cmd {
     /// The escape hatch: from L1 data alone (the committed blobs), rebuild the state, prove an
     /// account against the last finalized root and submit its exit (the contract must be frozen).
     Exit(settle::ExitArgs),
+    /// Censorship resistance: ask L1 to make the operator serve you, a forced withdrawal of an
+    /// account's free collateral or (`--close`) a forced close of its position in an
+    /// instrument; unserved past the priority window, anyone may freeze L1 and every account
+    /// exits (`optio exit`).
+    Force(settle::ForceArgs),
     /// The watchtower: from L1 alone, rebuild the state from every committed batch's data and
     /// check each committed root; exits non-zero on the first mismatch or unusable data.
     Verify(settle::VerifyArgs),
@@ -66,6 +71,7 @@ fn main() -> Result<()> {
         Cmd::Rebuild(args) => settle::rebuild(args),
         Cmd::ExitProof(args) => settle::exit_proof(args),
         Cmd::Exit(args) => settle::exit(args),
+        Cmd::Force(args) => settle::force(args),
         Cmd::Verify(args) => settle::verify(args),
         Cmd::Sim(args) => sim::run(args),
         Cmd::Prove(args) => prove::run(args),

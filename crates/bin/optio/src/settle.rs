@@ -222,6 +222,84 @@ pub fn exit(args: ExitArgs) -> Result<()> {
     })
 }
 
+/// A forced withdrawal or a forced close, requested on L1 by the account's owner.
+#[derive(clap::Args)]
+pub struct ForceArgs {
+    /// Ethereum JSON-RPC endpoint.
+    #[arg(long, env = "OPTIO_L1_RPC")]
+    rpc: String,
+    /// The rollup contract's address.
+    #[arg(long)]
+    rollup: String,
+    /// Account (subaccount) id.
+    #[arg(long)]
+    account: u32,
+    /// Close the account's position in this instrument (its name, e.g. BTC-PERPETUAL, looked up
+    /// in the state the committed batches build, or its id) instead of withdrawing.
+    #[arg(long)]
+    close: Option<String>,
+    /// The owner's private key (hex); the environment keeps it out of the shell history.
+    #[arg(long, env = "OPTIO_EXIT_KEY", hide_env_values = true)]
+    key: String,
+}
+
+/// Queues a forced withdrawal or close on L1 and prints its queue id and deadline. Only the
+/// owner's request moves anything (L1 takes anyone's: a proof holds the operator to moving
+/// nothing for someone else).
+pub fn force(args: ForceArgs) -> Result<()> {
+    use optio_settler::{OptioRollup, transact};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let provider = optio_settler::connect(&args.rpc, &args.key)?;
+        let rollup_address = args.rollup.parse().context("rollup address")?;
+        let rollup = OptioRollup::new(rollup_address, &provider);
+        let Some(name) = &args.close else {
+            let receipt = transact(rollup.requestWithdrawal(args.account))
+                .await
+                .context("requesting a forced withdrawal")?;
+            let e = receipt
+                .decoded_log::<OptioRollup::WithdrawalRequested>()
+                .context("the request's event")?;
+            println!(
+                "forced withdrawal of account {} queued: priority operation {}, to be served by {} (unix s)",
+                args.account, e.priorityId, e.deadline
+            );
+            return Ok(());
+        };
+        let instrument = match name.parse::<u32>() {
+            Ok(id) => id,
+            Err(_) => {
+                let committed = rollup.committedBatches().call().await?;
+                let upto = u64::try_from(committed).context("batch count")?;
+                let blobs =
+                    optio_settler::blobs_from_l1(&provider, rollup_address, upto).await?;
+                let mut state = optio_state::SettlementState::new();
+                optio_state::rebuild(blobs.iter().map(Vec::as_slice), &mut state, |_| {})
+                    .map_err(|e| anyhow::anyhow!("L1 data does not rebuild: {e}"))?;
+                state
+                    .instruments()
+                    .iter()
+                    .position(|i| i.spec.name.to_string() == *name)
+                    .with_context(|| format!("no instrument {name} in the committed batches"))?
+                    as u32
+            }
+        };
+        let receipt = transact(rollup.requestClose(args.account, instrument))
+            .await
+            .context("requesting a forced close")?;
+        let e = receipt
+            .decoded_log::<OptioRollup::CloseRequested>()
+            .context("the request's event")?;
+        println!(
+            "forced close of account {} in instrument {instrument} ({name}) queued: priority operation {}, to be served by {} (unix s)",
+            args.account, e.priorityId, e.deadline
+        );
+        Ok(())
+    })
+}
+
 fn alloy_owner(key: &str) -> Result<optio_settler::Address> {
     optio_settler::signer_address(key).map_err(anyhow::Error::msg)
 }

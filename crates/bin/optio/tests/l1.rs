@@ -406,8 +406,8 @@ async fn served_through(provider: &DynProvider, d: &optio_settler::Deployment, n
 /// A forced close end to end through the binaries (docs/settlement.md, "Forced close"): the
 /// devnet opens its backstop (the operator's first account, margined) and L1 records it; two
 /// users deposit on L1 and trade an ETH put; the seller asks L1 to close the buyer's position
-/// (served: nothing moves), then the buyer asks for its own (served: the whole long moves to
-/// the backstop at the committed mark); L1 takes the batches serving both (it checks each
+/// (served: nothing moves), then the buyer asks for its own with `optio force --close` (served:
+/// the whole long moves to the backstop at the committed mark); L1 takes the batches serving both (it checks each
 /// against its queue), and the watchtower's check from L1 alone agrees. Requests for the
 /// backstop itself, an account or an instrument L1 has not seen are refused on L1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -462,7 +462,6 @@ async fn a_forced_close_moves_the_position_to_the_backstop_through_l1() {
 
     // Refused on L1: the backstop itself, an account and an instrument L1 has not seen.
     let seller = connect(&anvil.url, &keys[0]).expect("provider");
-    let buyer = connect(&anvil.url, &keys[1]).expect("provider");
     let as_seller = OptioRollup::new(d.rollup, &seller);
     assert!(
         transact(as_seller.requestClose(backstop, put.1))
@@ -498,9 +497,40 @@ async fn a_forced_close_moves_the_position_to_the_backstop_through_l1() {
     // The buyer's own request: the whole long moves to the backstop at the committed mark.
     let before = state.accounts()[accounts[1] as usize].collateral.0;
     let taken = held(&state, backstop);
-    transact(OptioRollup::new(d.rollup, &buyer).requestClose(accounts[1], put.1))
-        .await
-        .expect("requested");
+    // With `optio force` (the buyer's key, the put by name, looked up in the state L1's data
+    // builds).
+    let force = |account: u32| {
+        Command::new(env!("CARGO_BIN_EXE_optio"))
+            .args([
+                "force",
+                "--rpc",
+                &anvil.url,
+                "--rollup",
+                &d.rollup.to_string(),
+                "--account",
+                &account.to_string(),
+                "--close",
+                &put.0,
+            ])
+            .env("OPTIO_EXIT_KEY", &keys[1])
+            .output()
+            .expect("optio force runs")
+    };
+    assert!(
+        !force(opened).status.success(),
+        "an account L1 has not seen is refused"
+    );
+    let out = force(accounts[1]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && text.contains(&format!(
+                "forced close of account {} in instrument {} ({}) queued: priority operation {queued}",
+                accounts[1], put.1, put.0
+            )),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     served_through(&provider, &d, queued + 1).await;
     node.kill();
     let state = state_on_disk(dir.path());
@@ -617,7 +647,29 @@ async fn every_user_escapes_with_what_the_finalized_state_owes_after_the_operato
     while rollup.lastFinalized().call().await.expect("reads") < U256::from(committed) {
         transact(rollup.finalize()).await.expect("anyone finalizes");
     }
-    for (key, account) in keys.iter().zip(&accounts) {
+    // User 0 with `optio force`, the others calling the contract.
+    let out = Command::new(env!("CARGO_BIN_EXE_optio"))
+        .args([
+            "force",
+            "--rpc",
+            &anvil.url,
+            "--rollup",
+            &d.rollup.to_string(),
+        ])
+        .args(["--account", &accounts[0].to_string()])
+        .env("OPTIO_EXIT_KEY", &keys[0])
+        .output()
+        .expect("optio force runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && text.contains(&format!(
+                "forced withdrawal of account {} queued",
+                accounts[0]
+            )),
+        "{text}"
+    );
+    for (key, account) in keys.iter().zip(&accounts).skip(1) {
         let user = connect(&anvil.url, key).expect("provider");
         transact(OptioRollup::new(d.rollup, &user).requestWithdrawal(*account))
             .await

@@ -117,6 +117,7 @@ mod bindings {
             function requestWithdrawal(uint32 account) external returns (uint256 id);
             function requestClose(uint32 account, uint32 instrument) external returns (uint256 id);
             event CloseRequested(uint256 indexed priorityId, address indexed owner, uint32 account, uint32 instrument, uint64 deadline);
+            event WithdrawalRequested(uint256 indexed priorityId, address indexed owner, uint32 account, uint64 deadline);
             function backstop() external view returns (uint32);
             function accountsOpened() external view returns (uint32);
             function instrumentsListed() external view returns (uint32);
