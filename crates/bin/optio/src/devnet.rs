@@ -609,7 +609,7 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
     });
     if let Some((rpc, _, rollup)) = &l1 {
         println!(
-            "  L1        {rpc} rollup {rollup}: batches posted as they are cut; deposits and forced withdrawals sequenced {} blocks deep",
+            "  L1        {rpc} rollup {rollup}: batches posted as they are cut; deposits, forced withdrawals and forced closes sequenced {} blocks deep",
             args.l1_confirmations
         );
     }
