@@ -650,3 +650,69 @@ async fn a_proof_of_other_ops_than_posted_is_refused_on_l1() {
         "every batch agrees with its posted data"
     );
 }
+
+/// A forced close (docs/settlement.md "Forced close") proven for real and verified on the EVM:
+/// after the five batches, the taker's long (half a contract, bought at 3,000) moves to account
+/// 0, the backstop, at the committed mark of 3,100 on its owner's request. The Solidity verifier
+/// accepts the proof, and refuses it for a batch that served the request with less (its public
+/// commitment, the posted ops' records, differs), and with the old and new roots swapped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_proof_of_a_forced_close_verifies_on_the_evm() {
+    optio_contracts::forge_build().expect("forge build");
+    let mut rng = StdRng::seed_from_u64(11);
+    let keys = Keys::generate(SHAPE, &mut rng).expect("keys");
+    let mut state = SettlementState::new();
+    for ops in batches() {
+        state.apply_batch(&ops).expect("applies");
+        state.commit();
+    }
+    let close = |qty: i64| Op::L1Close {
+        priority: 0,
+        backstop: AccountId(0),
+        account: AccountId(1),
+        instrument: InstrumentId(0),
+        qty: Qty(qty),
+        price: Price(3_100 * MONEY_SCALE),
+        requester: Address([2; 20]),
+    };
+    let w = witness(&state, &[close(-QTY_SCALE / 2)], SHAPE).expect("covered");
+    let public = w.public;
+    let proof = prove(&keys, w, &mut rng).expect("proves");
+    assert!(verify(&keys.vk, &public, &proof), "verifies natively");
+    let mut next = state.clone();
+    next.apply_batch(&[close(-QTY_SCALE / 2)])
+        .expect("applies natively");
+    assert_eq!(public.new_root, next.commit(), "the native root");
+    assert!(next.accounts()[1].positions.is_empty(), "closed");
+
+    let operator = optio_settler::signer_address(KEY).expect("address");
+    let _chain = Chain::start(
+        31_337,
+        &[(operator, U256::from(10u64).pow(U256::from(21u64)))],
+        Duration::from_secs(3_600),
+    )
+    .await
+    .expect("chain");
+    let provider = connect(&_chain.url, KEY).expect("provider");
+    let address = deploy_verifier(&provider, words(&solidity::verifying_key(&keys.vk)))
+        .await
+        .expect("verifier");
+    let verifier = Groth16Verifier::new(address, &provider);
+    let (p, input): ([U256; 8], [U256; 7]) = (
+        words(&solidity::proof(&proof)),
+        words(&solidity::inputs(&public)),
+    );
+    assert!(verifier.verify(p, input).call().await.expect("calls"));
+    // The same proof for a batch serving the owner with less: other records, another
+    // commitment.
+    let less = optio_prover::data_commitment(&state, &[close(-QTY_SCALE / 4)]).expect("commits");
+    let mut other = public;
+    other.commitment = less;
+    assert_ne!(other.commitment, public.commitment);
+    let other: [U256; 7] = words(&solidity::inputs(&other));
+    assert!(!verifier.verify(p, other).call().await.expect("calls"));
+    let mut swapped = public;
+    (swapped.old_root, swapped.new_root) = (public.new_root, public.old_root);
+    let swapped: [U256; 7] = words(&solidity::inputs(&swapped));
+    assert!(!verifier.verify(p, swapped).call().await.expect("calls"));
+}
