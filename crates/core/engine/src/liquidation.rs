@@ -417,11 +417,11 @@ impl<M: MarginModel> Engine<M> {
 
     /// Serves an L1 forced close (`Command::L1Close`). The rule a validity proof holds: when
     /// `owner` owns `account` and the instrument is active and marked, the whole position moves
-    /// to the backstop at the instrument's mark, its value
-    /// rounded against the account (a buyer pays the ceiling, a seller gets the floor), no fee;
-    /// otherwise nothing moves. A close at the mark leaves both equities at the marks unchanged
-    /// up to that rounding, so no margin check applies to the account; the backstop must be
-    /// margined and stay solvent at the marks, as any account that takes a position.
+    /// to the backstop at the instrument's mark, its value rounded against the account (a buyer
+    /// pays the ceiling, a seller gets the floor), no fee; otherwise nothing moves. A close at
+    /// the mark leaves both equities at the marks unchanged up to that rounding, so no margin
+    /// check applies to the account; the backstop must be margined and stay solvent at the
+    /// marks, as any account that takes a position.
     pub(crate) fn l1_close(
         &mut self,
         priority: u64,
@@ -508,7 +508,7 @@ impl<M: MarginModel> Engine<M> {
             instrument,
             qty: Qty(-held),
             price,
-            cash: Amount(sign * notional.0 * i64::from(held != 0)),
+            cash: Amount(sign * notional.0),
         });
         if held != 0
             && self.accounts[account.0 as usize]
