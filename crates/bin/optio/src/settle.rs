@@ -491,6 +491,10 @@ impl optio_settler::NodeLink for Link {
             finalized_seq: p.finalized_seq,
         });
     }
+
+    fn priority_deadline(&self, seconds: Option<i64>) {
+        self.0.record_priority_deadline(seconds);
+    }
 }
 
 /// Starts the settler for `gateway` on the current runtime: posts its batches to `rollup`,

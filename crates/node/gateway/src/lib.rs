@@ -199,6 +199,9 @@ pub(crate) struct Node {
     finalized: Vec<(u64, u64)>,
     /// When this node opened (ms): where the wait for L1 counts from before the first report.
     opened_ms: u64,
+    /// Seconds (L1 time) until the oldest L1 priority operation no finalized batch has served
+    /// is overdue, as the settler last read it; `None` when none waits.
+    priority_deadline_s: Option<i64>,
 }
 
 /// How far L1 has come, as last sequence numbers covered (`Gateway::record_l1`).
@@ -934,6 +937,7 @@ impl Gateway {
             proven: Vec::new(),
             finalized: Vec::new(),
             opened_ms: config.clock.now_ms(),
+            priority_deadline_s: None,
         }));
         let (jobs, queue) = std::sync::mpsc::sync_channel(65_536);
         let (events, _) = tokio::sync::broadcast::channel(ws::STREAM_CAPACITY);
@@ -1154,6 +1158,13 @@ impl Gateway {
         };
         self.l1
             .send_if_modified(|p| std::mem::replace(p, progress) != progress);
+    }
+
+    /// Records how long (seconds of L1 time) the oldest L1 priority operation no finalized
+    /// batch has served has until it is overdue and anyone may freeze the rollup (negative:
+    /// overdue), or that none waits (`None`). The settler reports it every round.
+    pub fn record_priority_deadline(&self, seconds: Option<i64>) {
+        self.lock().priority_deadline_s = seconds;
     }
 
     /// Opens a subaccount for `owner` and credits `amount` (devnet faucet, deposits from L1).
@@ -1860,6 +1871,10 @@ impl Gateway {
                 0
             }
         ));
+        if let Some(seconds) = node.priority_deadline_s {
+            out.push_str("# HELP optio_l1_priority_deadline_seconds Seconds (L1 time) until the oldest L1 priority operation (deposit, forced withdrawal or close) that no finalized batch has served is overdue: at 0 anyone may freeze the rollup. Absent when none waits. Alert well above the finalization delay: a refused operation (a forced close the backstop cannot take, code 6002) stalls the queue.\n# TYPE optio_l1_priority_deadline_seconds gauge\n");
+            out.push_str(&format!("optio_l1_priority_deadline_seconds {seconds}\n"));
+        }
         if let (Some(stats), Some((proven, unprovable, seconds))) = (batch_stats, proving) {
             out.push_str("# HELP optio_batches_proven_total Batches with a validity proof (optio prove run).\n# TYPE optio_batches_proven_total counter\n");
             out.push_str(&format!("optio_batches_proven_total {proven}\n"));

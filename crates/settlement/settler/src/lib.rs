@@ -2122,6 +2122,32 @@ impl Settler {
             .root)
     }
 
+    /// Seconds of L1 time (the latest block's) until the oldest priority operation no finalized
+    /// batch has served is overdue and anyone may freeze the rollup (negative: already), or
+    /// `None` when every queued operation is served by a finalized batch.
+    pub async fn priority_deadline(&self) -> Result<Option<i64>, SettlerError> {
+        let rollup = OptioRollup::new(self.rollup, &self.provider);
+        let served = rollup.priorityServed().call().await.map_err(rpc)?;
+        if served >= rollup.priorityCount().call().await.map_err(rpc)? {
+            return Ok(None);
+        }
+        let deadline = rollup
+            .priorityOps(served)
+            .call()
+            .await
+            .map_err(rpc)?
+            .deadline;
+        let now_s = self
+            .provider
+            .get_block_by_number(alloy::eips::BlockNumberOrTag::Latest)
+            .await
+            .map_err(rpc)?
+            .ok_or_else(|| SettlerError::Rpc("no latest block".into()))?
+            .header
+            .timestamp;
+        Ok(Some(deadline as i64 - now_s as i64))
+    }
+
     /// How far L1 has come (batch 0 is genesis, covering nothing).
     pub async fn progress(&self) -> Result<Progress, SettlerError> {
         let contract = OptioRollup::new(self.rollup, &self.provider);
@@ -2407,6 +2433,9 @@ pub trait NodeLink: Send + Sync + 'static {
     fn serve(&self, op: &PriorityOp) -> Result<bool, String>;
     /// How far L1 has come (for the intent status API).
     fn progress(&self, progress: Progress);
+    /// Seconds (L1 time) until the oldest priority operation no finalized batch has served is
+    /// overdue (negative: anyone may freeze now), or `None` when none waits (for the metrics).
+    fn priority_deadline(&self, _seconds: Option<i64>) {}
 }
 
 /// What one settler round did.
@@ -2441,6 +2470,13 @@ pub async fn round(
     })
     .await
     .map_err(rpc)?;
+    // Before serving (a refused operation ends the round): how long the queue's oldest
+    // unfinalized operation has.
+    let left = settler.priority_deadline().await?;
+    let link = node.clone();
+    tokio::task::spawn_blocking(move || link.priority_deadline(left))
+        .await
+        .map_err(rpc)?;
     let ops = priority_ops(&settler.provider, settler.rollup, from, confirmations).await?;
     let mut served = 0;
     for op in ops {

@@ -37,6 +37,9 @@ impl NodeLink for Link {
             finalized_seq: p.finalized_seq,
         });
     }
+    fn priority_deadline(&self, seconds: Option<i64>) {
+        self.0.record_priority_deadline(seconds);
+    }
 }
 
 fn open(dir: &std::path::Path) -> Arc<Gateway> {
@@ -145,6 +148,16 @@ async fn deposits_and_forced_withdrawals_are_sequenced_once_and_paid() {
 
     // One confirmation: bob's deposit is the head block, not deep enough yet.
     round(&settler, &node, 1).await.expect("round");
+    // Neither deposit is served by a finalized batch yet: the metrics say how long the oldest
+    // has before anyone may freeze (the 6-hour window, less the blocks since).
+    let deadline_left = |metrics: String| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("optio_l1_priority_deadline_seconds "))
+            .map(|v| v.parse::<i64>().expect("seconds"))
+    };
+    let left = deadline_left(gateway.metrics()).expect("a deadline while deposits wait");
+    assert!((6 * 3_600 - 60..=6 * 3_600).contains(&left), "{left}");
     assert_eq!(
         gateway.priority_served(),
         1,
@@ -253,6 +266,12 @@ async fn deposits_and_forced_withdrawals_are_sequenced_once_and_paid() {
         assert!(Instant::now() < deadline, "not finalized: {p:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    round(&settler, &node, 0).await.expect("round");
+    assert_eq!(
+        deadline_left(gateway.metrics()),
+        None,
+        "every queued operation is served by a finalized batch"
+    );
     // The batch whose withdrawal list is alice's one withdrawal.
     let list = vec![OptioRollup::Withdrawal {
         account,
@@ -420,6 +439,11 @@ async fn deposits_and_forced_withdrawals_are_sequenced_once_and_paid() {
 
     let metrics = gateway.metrics();
     assert!(metrics.contains("optio_l1_priority_served 4"), "{metrics}");
+    // Bob's third request (queue id 4) waits, served by no batch (not deep enough for this
+    // round): the metrics count down its 6 hours; with everything served they say nothing.
+    round(&settler, &node, 1_000).await.expect("round");
+    let left = deadline_left(gateway.metrics()).expect("the request waits");
+    assert!((6 * 3_600 - 600..=6 * 3_600).contains(&left), "{left}");
     assert!(
         metrics.contains(&format!(
             "optio_l1_finalized_seq {}",
