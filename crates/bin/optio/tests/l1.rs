@@ -388,6 +388,26 @@ fn order(
     assert!(reply.get("error").is_none(), "user {k}: {reply}");
 }
 
+/// `optio force` with `key` for `account`: a forced withdrawal, or the close of its position in
+/// instrument `close`.
+fn optio_force(
+    url: &str,
+    d: &optio_settler::Deployment,
+    key: &str,
+    account: u32,
+    close: Option<&str>,
+) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_optio"));
+    cmd.args(["force", "--rpc", url, "--rollup", &d.rollup.to_string()])
+        .args(["--account", &account.to_string()]);
+    if let Some(instrument) = close {
+        cmd.args(["--close", instrument]);
+    }
+    cmd.env("OPTIO_EXIT_KEY", key)
+        .output()
+        .expect("optio force runs")
+}
+
 /// Waits until the last batch committed on L1 has served the priority queue through `n`.
 async fn served_through(provider: &DynProvider, d: &optio_settler::Deployment, n: u64) {
     let rollup = optio_settler::OptioRollup::new(d.rollup, provider);
@@ -499,23 +519,7 @@ async fn a_forced_close_moves_the_position_to_the_backstop_through_l1() {
     let taken = held(&state, backstop);
     // With `optio force` (the buyer's key, the put by name, looked up in the state L1's data
     // builds).
-    let force = |account: u32| {
-        Command::new(env!("CARGO_BIN_EXE_optio"))
-            .args([
-                "force",
-                "--rpc",
-                &anvil.url,
-                "--rollup",
-                &d.rollup.to_string(),
-                "--account",
-                &account.to_string(),
-                "--close",
-                &put.0,
-            ])
-            .env("OPTIO_EXIT_KEY", &keys[1])
-            .output()
-            .expect("optio force runs")
-    };
+    let force = |account: u32| optio_force(&anvil.url, &d, &keys[1], account, Some(&put.0));
     assert!(
         !force(opened).status.success(),
         "an account L1 has not seen is refused"
@@ -648,18 +652,7 @@ async fn every_user_escapes_with_what_the_finalized_state_owes_after_the_operato
         transact(rollup.finalize()).await.expect("anyone finalizes");
     }
     // User 0 with `optio force`, the others calling the contract.
-    let out = Command::new(env!("CARGO_BIN_EXE_optio"))
-        .args([
-            "force",
-            "--rpc",
-            &anvil.url,
-            "--rollup",
-            &d.rollup.to_string(),
-        ])
-        .args(["--account", &accounts[0].to_string()])
-        .env("OPTIO_EXIT_KEY", &keys[0])
-        .output()
-        .expect("optio force runs");
+    let out = optio_force(&anvil.url, &d, &keys[0], accounts[0], None);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success()

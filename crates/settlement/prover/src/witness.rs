@@ -1134,6 +1134,12 @@ fn plan<'a>(
                 counterparty,
                 instrument,
                 ..
+            }
+            | Op::L1Close {
+                account,
+                backstop: counterparty,
+                instrument,
+                ..
             } => {
                 let expired = trailing.iter().any(|(_, x, _)| *x == instrument.0);
                 if !known(account)
@@ -1144,28 +1150,11 @@ fn plan<'a>(
                     return Err(WitnessError::Invalid(i));
                 }
                 filled.insert(instrument.0);
-                // The counterparty took a position: checked solvent as a fill's accounts are.
+                // The counterparty (or a forced close's backstop) took a position: checked
+                // solvent as a fill's accounts are.
                 filled_accounts.insert(counterparty.0);
                 account_ids.extend([account.0, counterparty.0]);
                 position_keys.extend([(account.0, instrument.0), (counterparty.0, instrument.0)]);
-                instrument_ids.insert(instrument.0);
-            }
-            Op::L1Close {
-                account,
-                backstop,
-                instrument,
-                ..
-            } => {
-                let expired = trailing.iter().any(|(_, x, _)| *x == instrument.0);
-                if !known(account) || !known(backstop) || instrument.0 as usize >= listed || expired
-                {
-                    return Err(WitnessError::Invalid(i));
-                }
-                filled.insert(instrument.0);
-                // The backstop takes a position: checked solvent as a fill's accounts are.
-                filled_accounts.insert(backstop.0);
-                account_ids.extend([account.0, backstop.0]);
-                position_keys.extend([(account.0, instrument.0), (backstop.0, instrument.0)]);
                 instrument_ids.insert(instrument.0);
             }
             Op::Fill {

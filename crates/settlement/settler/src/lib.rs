@@ -2137,15 +2137,20 @@ impl Settler {
             .await
             .map_err(rpc)?
             .deadline;
-        let now_s = self
+        let now_s = self.latest_time_s().await?;
+        Ok(Some(deadline as i64 - now_s as i64))
+    }
+
+    /// The latest block's timestamp (L1 time, seconds).
+    async fn latest_time_s(&self) -> Result<u64, SettlerError> {
+        Ok(self
             .provider
             .get_block_by_number(alloy::eips::BlockNumberOrTag::Latest)
             .await
             .map_err(rpc)?
             .ok_or_else(|| SettlerError::Rpc("no latest block".into()))?
             .header
-            .timestamp;
-        Ok(Some(deadline as i64 - now_s as i64))
+            .timestamp)
     }
 
     /// How far L1 has come (batch 0 is genesis, covering nothing).
@@ -2272,12 +2277,7 @@ impl Settler {
             if next > self.committed().await? {
                 return Ok(done);
             }
-            let head = self
-                .provider
-                .get_block_by_number(alloy::eips::BlockNumberOrTag::Latest)
-                .await
-                .map_err(rpc)?
-                .ok_or_else(|| SettlerError::Rpc("no head block".into()))?;
+            let now_s = self.latest_time_s().await?;
             let since = if verified {
                 let at = contract
                     .provenAt(U256::from(next))
@@ -2298,7 +2298,7 @@ impl Settler {
                         .committedAt,
                 )
             };
-            if U256::from(head.header.timestamp) < since + delay {
+            if U256::from(now_s) < since + delay {
                 return Ok(done);
             }
             transact(contract.finalize())
@@ -2316,14 +2316,7 @@ impl Settler {
         let rollup = OptioRollup::new(self.rollup, &self.provider);
         let seconds = |v: U256| u64::try_from(v).unwrap_or(u64::MAX);
         let lag = seconds(rollup.maxBatchLag().call().await.map_err(rpc)?);
-        let now_s = self
-            .provider
-            .get_block_by_number(alloy::eips::BlockNumberOrTag::Latest)
-            .await
-            .map_err(rpc)?
-            .ok_or_else(|| SettlerError::Rpc("no latest block".into()))?
-            .header
-            .timestamp;
+        let now_s = self.latest_time_s().await?;
         let (time, now) = (u128::from(time_ms), u128::from(now_s) * 1_000);
         if time + u128::from(lag) * 1_000 < now {
             return Err(SettlerError::Batch(

@@ -88,11 +88,10 @@ pub enum Op {
     },
     /// L1 priority operation `priority` served: a forced close. When `requester` owns
     /// `account` and the instrument is active and marked (a mark was ever committed), the
-    /// account's
-    /// whole position moves to `backstop` at the instrument's committed mark (`qty`, the
-    /// account's change, is minus what it held, `price` the mark); otherwise, or when it holds
-    /// none, nothing moves (`qty` and `price` zero). Cash moves the value the other way, rounded against the account
-    /// (a buyer pays the ceiling, a seller gets the floor); no fee.
+    /// account's whole position moves to `backstop` at the instrument's committed mark (`qty`,
+    /// the account's change, is minus what it held, `price` the mark); otherwise, or when it
+    /// holds none, nothing moves (`qty` and `price` zero). Cash moves the value the other way,
+    /// rounded against the account (a buyer pays the ceiling, a seller gets the floor); no fee.
     L1Close {
         /// Queue id on L1 (the next one served).
         priority: u64,
