@@ -35,10 +35,12 @@ struct Position {
 struct AccountOpening {
     StateOpening state;
     address owner;
+    /// The margin mode's code (docs/settlement.md: the leaf's third field is nonce + 2^64
+    /// positions + 2^96 mode + 2^98 liability).
+    uint8 mode;
     uint256 keysHash;
     uint64 nonce;
-    /// Open positions (docs/settlement.md: the leaf's third field is nonce + 2^64 positions +
-    /// 2^96 liability).
+    /// Open positions (in the leaf's third field, with the nonce, the mode and the liability).
     uint32 positions;
     /// What its shorts can owe at worst (sum |q| * W, 1e-8 micro-USDC).
     uint160 liability;
@@ -72,6 +74,8 @@ struct InstrumentsOpening {
 struct ExitProof {
     uint32 account;
     StateOpening state;
+    /// The margin mode's code, as `AccountOpening.mode`.
+    uint8 mode;
     uint256 keysHash;
     uint64 nonce;
     /// The leaf's liability (sum |q| * W over its shorts): it hashes in the leaf's third field.
@@ -172,7 +176,7 @@ contract OptioTrees {
     /// Checks that `o` opens `account`'s leaf under state root `root`.
     function checkOpening(uint256 root, uint32 account, AccountOpening calldata o) external view {
         if (stateRoot(o.state) != root) revert BadProof("root");
-        uint256 leaf = h5.poseidon([uint256(uint160(o.owner)), Field.check(o.keysHash), _countsWord(o.nonce, o.positions, o.liability), Field.fromInt(o.collateral), Field.check(o.positionsRoot)]);
+        uint256 leaf = h5.poseidon([uint256(uint160(o.owner)), Field.check(o.keysHash), _countsWord(o.nonce, o.positions, o.mode, o.liability), Field.fromInt(o.collateral), Field.check(o.positionsRoot)]);
         if (!_member(o.state.accountsRoot, leaf, account, o.proof, ACCOUNT_BITS)) revert BadProof("account");
     }
 
@@ -192,7 +196,7 @@ contract OptioTrees {
         if (stateRoot(p.state) != root) revert BadProof("root");
         (int256 worth, uint256 positionsRoot, uint256 n) = _positions(root, p);
         total = p.collateral + worth;
-        uint256 accountLeaf = h5.poseidon([uint256(uint160(owner)), Field.check(p.keysHash), _countsWord(p.nonce, n, p.liability), Field.fromInt(p.collateral), positionsRoot]);
+        uint256 accountLeaf = h5.poseidon([uint256(uint160(owner)), Field.check(p.keysHash), _countsWord(p.nonce, n, p.mode, p.liability), Field.fromInt(p.collateral), positionsRoot]);
         if (!_member(p.state.accountsRoot, accountLeaf, p.account, p.accountProof, ACCOUNT_BITS)) revert BadProof("account");
     }
 
@@ -367,10 +371,12 @@ contract OptioTrees {
         return h3.poseidon([Field.check(s.accountsRoot), Field.check(s.instrumentsRoot), funds]);
     }
 
-    /// An account leaf's third field: the nonce, the open-position count above its 64 bits and
-    /// the liability above the count's 32, a field element (it splits one way only).
-    function _countsWord(uint64 nonce, uint256 positions, uint160 liability) internal pure returns (uint256) {
-        return Field.check(uint256(nonce) | (positions << 64) | (uint256(liability) << 96));
+    /// An account leaf's third field: the nonce, the open-position count above its 64 bits,
+    /// the margin mode's code above the count's 32 and the liability (below 2^155) above the
+    /// mode's 2, a field element (it splits one way only).
+    function _countsWord(uint64 nonce, uint256 positions, uint8 mode, uint160 liability) internal pure returns (uint256) {
+        if (mode > 3 || liability >> 155 != 0) revert BadProof("counts");
+        return Field.check(uint256(nonce) | (positions << 64) | (uint256(mode) << 96) | (uint256(liability) << 98));
     }
 
     /// Whether `leaf` sits at `index` (below `2^bits`) under `root` in an arity-4 tree: per

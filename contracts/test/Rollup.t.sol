@@ -62,7 +62,7 @@ contract PoseidonTest is WithHashers {
                 uint256(uint160(hevm.parseJsonAddress(v, ".leaves.account.owner"))),
                 hevm.parseJsonUint(v, ".leaves.account.keys_hash"),
                 hevm.parseJsonUint(v, ".leaves.account.nonce") | (hevm.parseJsonUint(v, ".leaves.account.positions") << 64)
-                    | (hevm.parseJsonUint(v, ".leaves.account.liability") << 96),
+                    | (hevm.parseJsonUint(v, ".leaves.account.mode") << 96) | (hevm.parseJsonUint(v, ".leaves.account.liability") << 98),
                 _field(hevm.parseJsonInt(v, ".leaves.account.collateral")),
                 hevm.parseJsonUint(v, ".leaves.account.positions_root")
             ]
@@ -194,6 +194,7 @@ contract RollupTest is WithHashers {
         p.state.feePool = int64(hevm.parseJsonInt(v, ".exit_proof.fee_pool"));
         p.state.accounts = uint32(hevm.parseJsonUint(v, ".exit_proof.accounts"));
         p.state.instruments = uint32(hevm.parseJsonUint(v, ".exit_proof.instruments"));
+        p.mode = uint8(hevm.parseJsonUint(v, ".exit_proof.mode"));
         p.keysHash = hevm.parseJsonUint(v, ".exit_proof.keys_hash");
         p.nonce = uint64(hevm.parseJsonUint(v, ".exit_proof.nonce"));
         p.liability = uint160(hevm.parseJsonUint(v, ".exit_proof.liability"));

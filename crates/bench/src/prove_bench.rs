@@ -186,7 +186,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     println!(
         "  per settlement slot, and per position it pays (16/16 regs)  {per_settlement:>8} {per_holder:>6}"
     );
-    println!("  per session-key slot ({KEYS} keys an account may hold)            {per_key:>8}");
+    println!(
+        "  per account slot (a session key, {KEYS} keys an account may hold; or a margin mode) {per_key:>8}"
+    );
     println!(
         "  per margin slot (a withdrawal or transfer priced; 16/16/16/8 regs) {per_margin:>8}"
     );

@@ -49,7 +49,7 @@ pub struct ShapeArgs {
     /// Risk-array scenarios a mark may carry.
     #[arg(long, default_value_t = 33)]
     risk_scenarios: usize,
-    /// Session-key slots per batch (keys registered or revoked).
+    /// Account slots per batch: session keys registered or revoked, and margin modes changed.
     #[arg(long, default_value_t = 4)]
     session_keys: usize,
     /// Margin slots per batch: each proves the stress rule for one withdrawal, forced
@@ -250,7 +250,7 @@ pub fn run(args: ProveArgs) -> Result<()> {
             let generated = Keys::generate(shape, &mut os_rng()).map_err(|e| anyhow!("{e}"))?;
             generated.write(&keys).map_err(|e| anyhow!("{e}"))?;
             println!(
-                "keys {} ({} op slots, {} accounts, {} positions, {} instruments, {} listing and {} expiry slots, {} settlement slots of {} holders, {} mark windows of {} ids, {} risk scenarios, {} session-key slots, {} margin slots, {} price and {} solvency windows of {} ids) written to {} in {:.1} s",
+                "keys {} ({} op slots, {} accounts, {} positions, {} instruments, {} listing and {} expiry slots, {} settlement slots of {} holders, {} mark windows of {} ids, {} risk scenarios, {} account slots, {} margin slots, {} price and {} solvency windows of {} ids) written to {} in {:.1} s",
                 shape.name(),
                 shape.slots,
                 shape.accounts,

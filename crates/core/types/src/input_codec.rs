@@ -233,7 +233,7 @@ fn encode_command(w: &mut Writer, c: &Command) {
         Command::SetMarginMode { account, mode } => {
             w.u8(13);
             w.account(*account);
-            w.u8(*mode as u8);
+            w.u8(mode.code());
         }
         Command::Liquidate {
             liquidator,
@@ -394,16 +394,12 @@ fn decode_command(r: &mut Reader<'_>) -> Result<Command, DecodeError> {
         )?),
         13 => Command::SetMarginMode {
             account: r.account()?,
-            mode: match r.u8()? {
-                0 => MarginMode::WorstCase,
-                1 => MarginMode::Standard,
-                2 => MarginMode::Portfolio,
-                tag => {
-                    return Err(DecodeError::BadTag {
-                        what: "margin mode",
-                        tag,
-                    });
-                }
+            mode: {
+                let tag = r.u8()?;
+                MarginMode::from_code(tag).ok_or(DecodeError::BadTag {
+                    what: "margin mode",
+                    tag,
+                })?
             },
         },
         14 => Command::Liquidate {

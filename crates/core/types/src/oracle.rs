@@ -28,6 +28,24 @@ pub enum MarginMode {
     Portfolio,
 }
 
+impl MarginMode {
+    /// Its code in snapshots, the input log and the settlement state (0, 1, 2 in declaration
+    /// order).
+    pub const fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// The mode with `code`, if any.
+    pub const fn from_code(code: u8) -> Option<Self> {
+        match code {
+            0 => Some(Self::WorstCase),
+            1 => Some(Self::Standard),
+            2 => Some(Self::Portfolio),
+            _ => None,
+        }
+    }
+}
+
 /// One instrument's mark and risk array in an oracle update.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MarkUpdate {

@@ -395,7 +395,7 @@ impl CanonicalState {
                 w.amount(p.cost);
                 w.amount(p.realized_pnl);
             }
-            w.u8(a.margin_mode as u8);
+            w.u8(a.margin_mode.code());
             match a.liquidating_since {
                 None => w.u8(0),
                 Some(t) => {
@@ -538,17 +538,11 @@ impl CanonicalState {
                     realized_pnl: r.amount()?,
                 });
             }
-            let margin_mode = match r.u8()? {
-                0 => MarginMode::WorstCase,
-                1 => MarginMode::Standard,
-                2 => MarginMode::Portfolio,
-                tag => {
-                    return Err(DecodeError::BadTag {
-                        what: "margin mode",
-                        tag,
-                    });
-                }
-            };
+            let tag = r.u8()?;
+            let margin_mode = MarginMode::from_code(tag).ok_or(DecodeError::BadTag {
+                what: "margin mode",
+                tag,
+            })?;
             let liquidating_since = match r.u8()? {
                 0 => None,
                 1 => Some(r.u64()?),

@@ -43,7 +43,9 @@
 //!   mark and no margin slot, so whatever the account holds);
 //!   an L1 operation is the next in the queue;
 //! - a session key changes the account's key list as the ledger does (expired keys dropped,
-//!   the key registered or revoked, the list sorted with no repeats, its hash in the leaf);
+//!   the key registered or revoked, the list sorted with no repeats, its hash in the leaf); a
+//!   margin mode's change sets the mode the leaf carries above the owner's 160 bits (both in
+//!   the account slots, after the op slots);
 //! - a listing takes an empty instrument leaf (status listed, the listed spec's hash), an
 //!   activation moves it from listed to active, an expiry from active to expired; listings and
 //!   activations apply before the op slots, expiries after;
@@ -59,25 +61,29 @@
 //!   open the committed marks of aligned runs of `2^solvency_bits` instrument ids, solvency
 //!   windows the account's positions in each run, as many nonzero as its leaf counts), and no
 //!   deficit cover of it follows its fill in the batch;
+//! - such an account, or one whose margin mode the batch changed, that ends the batch in
+//!   `WorstCase` covers what its shorts can owe at worst: `collateral * 1e8 >= liability`, the
+//!   engine's invariant for the mode (its requirement rounds each short up);
 //! - a mark window replaces the mark and risk array (hashed in the circuit) of the instruments
 //!   it marks (none settled) among an aligned run of `2^mark_window_bits` ids: the run's subtree is rebuilt
 //!   from its leaves before and after, under one path, so the marks share the path above it;
 //!   windows in use come first, by index, so the marks enter the commitment by id.
 //!
-//! Not in the circuit (README, "Validity proofs"): a margin check after fills (margin is the
-//! engine's at order time, with the orders and the margin mode, which the state does not hold:
-//! the circuit checks solvency, not margin); fills against the
+//! Not in the circuit (README, "Validity proofs"): a margin check after fills in `Standard` and
+//! `Portfolio` (their margin needs the index, which the state does not hold: the circuit checks
+//! solvency there; docs/settlement.md, "Margin by mode"); fills against the
 //! maker's and taker's signed order limits (the authorization challenge judges those on L1).
 
 use ark_ff::{BigInteger, PrimeField};
 use ark_relations::gr1cs::{ConstraintSynthesizer, ConstraintSystemRef, SynthesisError};
 use optio_state::leaf::{
-    ACCOUNT_DEPTH, INSTRUMENT_DEPTH, LIABILITY_BITS, RISK_CHUNK, spec, status,
+    ACCOUNT_DEPTH, INSTRUMENT_DEPTH, LIABILITY_AT, LIABILITY_BITS, MODE_AT, RISK_CHUNK, spec,
+    status,
 };
 use optio_state::poseidon::{Fr, from_i64};
 use optio_state::smt::empty_root;
 use optio_types::fixed::FEE_RATE_SCALE;
-use optio_types::{MAX_LIQUIDATION_FEE_BPS, QTY_SCALE};
+use optio_types::{MAX_LIQUIDATION_FEE_BPS, MarginMode, QTY_SCALE};
 
 use optio_state::blob::bits as at;
 
@@ -114,10 +120,14 @@ struct AccountWires {
     id: Wire,
     id_bits: Vec<Wire>,
     owner0: Wire,
+    /// The margin mode's code before (in the leaf's third field, above the count).
+    mode0: Wire,
+    /// The same as the account slots leave it.
+    mode: Wire,
     keys0: Wire,
     nonce0: Wire,
     /// Open positions before (the leaf's third field is `nonce + 2^64 * open positions +
-    /// 2^96 * liability`).
+    /// 2^96 * mode + 2^98 * liability`).
     count0: Wire,
     /// What its shorts can owe at worst before (`sum |q| * W`, the leaf's liability).
     liability0: Wire,
@@ -342,7 +352,9 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
             cs.witness(r.collateral)?,
             cs.witness(r.positions_root)?,
         );
-        // The leaf's third field splits one way only.
+        // The leaf's third field splits one way only: nonce, count, the mode's code (two bits,
+        // not both) and the liability.
+        let (mode0, _) = mode_code(cs, r.mode.code())?;
         let count0 = cs.witness(Fr::from(r.open_positions))?;
         let liability0 = cs.witness(r.liability)?;
         cs.range(&nonce0, 64)?;
@@ -359,6 +371,8 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
             collateral: collateral0.clone(),
             positions_root: positions_root0.clone(),
             owner0,
+            mode: mode0.clone(),
+            mode0,
             keys0,
             nonce0,
             count0,
@@ -505,7 +519,7 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
     // Every loss share was claimed by a deficit cover.
     cs.equal(&st.shared, &Wire::zero())?;
     for (i, o) in w.keys.iter().enumerate() {
-        cs.part(format!("session-key slot {i}"));
+        cs.part(format!("account slot {i}"));
         key_slot(cs, o, &mut st)?;
     }
 
@@ -575,6 +589,7 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
         // An opened account starts empty, and exactly one OPEN op named it.
         for (field, value) in [
             (&a.owner0, Wire::zero()),
+            (&a.mode0, Wire::zero()),
             (&a.keys0, Wire::zero()),
             (&a.nonce0, Wire::zero()),
             (&a.count0, Wire::zero()),
@@ -591,7 +606,8 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
             a.keys0.clone(),
             a.nonce0
                 .add(&a.count0.scale(pow2(64)))
-                .add(&a.liability0.scale(pow2(96))),
+                .add(&a.mode0.scale(pow2(MODE_AT)))
+                .add(&a.liability0.scale(pow2(LIABILITY_AT))),
             a.collateral0.clone(),
             a.positions_root0.clone(),
         ])?;
@@ -601,12 +617,26 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
         cs.equal_if(&a.enabled, &old, &accounts_root)?;
         cs.signed_range(&a.collateral, 64)?;
         cs.range(&a.liability, LIABILITY_BITS)?;
+        // In WorstCase after filling, or after its mode changed, it covers what its shorts can
+        // owe at worst: `collateral * 1e8 - liability`, below 2^90 (the collateral is below
+        // 2^63), is not negative.
+        let (mode, worst_case) = mode_code(cs, a.mode.value.into_bigint().as_ref()[0] as u8)?;
+        cs.equal(&mode, &a.mode)?;
+        let filled = cs.is_nonzero(&a.filled)?;
+        let switched = cs.is_nonzero(&a.mode.sub(&a.mode0))?;
+        let bound = filled.add(&switched).sub(&cs.mul(&filled, &switched)?);
+        let cover = a
+            .collateral
+            .scale(Fr::from(QTY_SCALE as u64))
+            .sub(&a.liability);
+        cs.range(&cs.mul(&cs.mul(&bound, &worst_case)?, &cover)?, COVER_BITS)?;
         let new_leaf = cs.poseidon(&[
             a.owner.clone(),
             a.keys.clone(),
             a.nonce
                 .add(&count.scale(pow2(64)))
-                .add(&a.liability.scale(pow2(96))),
+                .add(&a.mode.scale(pow2(MODE_AT)))
+                .add(&a.liability.scale(pow2(LIABILITY_AT))),
             a.collateral.clone(),
             a.positions_root.clone(),
         ])?;
@@ -981,7 +1011,7 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     // The liquidated account (b) before the op could default: its collateral does not cover
     // what its shorts can owe at worst, `collateral * 1e8 < liability` (an account that covers
     // them can pay all it may ever owe, and the engine never liquidates it:
-    // `optio_types::short_liability`). The liability, below 2^157, less the collateral times
+    // `optio_types::short_liability`). The liability, below 2^155, less the collateral times
     // 1e8, below 2^90 in size, is below 2^158; a difference at or below zero is far above it.
     let b_collateral = pick(cs, &sel_b, st.accounts.iter().map(|a| a.collateral.clone()))?;
     let b_liability = pick(cs, &sel_b, st.accounts.iter().map(|a| a.liability.clone()))?;
@@ -1054,7 +1084,7 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     // liability`, either `0 <= d - amount * 1e8 < 1e8`, or nothing moved and `d < 1e8`. It
     // needs no mark, so no margin slot, and an account holding any number of positions is paid
     // (the escape hatch cannot be served with less). `d` is above `-2^158` (the liability is
-    // below 2^157, the collateral a 64-bit integer), so `1e8 - 1 - d` of a `d` at or above 1e8
+    // below 2^155, the collateral a 64-bit integer), so `1e8 - 1 - d` of a `d` at or above 1e8
     // is far above 2^159.
     let owners_exit = cs.mul(&l1_withdrawal, &not(&stranger))?;
     let a_count = pick(cs, &sel_a, st.accounts.iter().map(|a| a.count0.clone()))?;
@@ -1433,6 +1463,9 @@ fn key_list(cs: &Cs, list: &[(Fr, u64)], len: usize) -> R<KeyList> {
 /// (whose hash the register takes), the list after sorted by address with no repeats, and every
 /// entry after taken from exactly one source: an entry before that is kept (live at `at` and
 /// not the key), each used exactly once, or the key itself, used once unless revoked.
+///
+/// Or, instead of a key (`moded`), the account's margin mode changes: the new mode's code from
+/// two bits (Standard, Portfolio; not both), the key fields zero and the key list unchanged.
 fn key_slot(cs: &Cs, o: &KeySlot, st: &mut Running) -> R<()> {
     let enabled = cs.boolean(o.enabled)?;
     let (sel, sum) = selector(cs, st.accounts.len(), o.account)?;
@@ -1440,6 +1473,18 @@ fn key_slot(cs: &Cs, o: &KeySlot, st: &mut Running) -> R<()> {
     for (a, x) in st.accounts.iter_mut().zip(&sel) {
         a.used = a.used.add(x);
     }
+    let moded = cs.boolean(o.mode.is_some())?;
+    cs.equal_if(&not(&enabled), &moded, &Wire::zero())?;
+    let (mode, _) = mode_code(cs, o.mode.map_or(0, MarginMode::code))?;
+    cs.equal_if(&not(&moded), &mode, &Wire::zero())?;
+    let current = pick(cs, &sel, st.accounts.iter().map(|a| a.mode.clone()))?;
+    let switch = cs.mul(&moded, &mode.sub(&current))?;
+    for (a, x) in st.accounts.iter_mut().zip(&sel) {
+        a.mode = a.mode.add(&cs.mul(x, &switch)?);
+    }
+
+    // A session key's.
+    let keyed = enabled.sub(&moded);
     let key = cs.witness(o.key)?;
     let expiry = cs.witness(Fr::from(o.expiry))?;
     let at = cs.witness(Fr::from(o.at))?;
@@ -1447,12 +1492,12 @@ fn key_slot(cs: &Cs, o: &KeySlot, st: &mut Running) -> R<()> {
     cs.range(&expiry, 64)?;
     cs.range(&at, 64)?;
     for field in [&key, &expiry, &at] {
-        cs.equal_if(&not(&enabled), field, &Wire::zero())?;
+        cs.equal_if(&not(&keyed), field, &Wire::zero())?;
     }
 
     let (old, old_present) = key_list(cs, &o.old, o.old_len)?;
     let before = pick(cs, &sel, st.accounts.iter().map(|a| a.keys.clone()))?;
-    cs.equal_if(&enabled, &keys_hash(cs, &old, &old_present)?, &before)?;
+    cs.equal_if(&keyed, &keys_hash(cs, &old, &old_present)?, &before)?;
     let mut kept = Vec::with_capacity(old.len());
     for (((k, e), p), (_, expires)) in old.iter().zip(&old_present).zip(&o.old) {
         // live: e > at, else e <= at.
@@ -1495,25 +1540,30 @@ fn key_slot(cs: &Cs, o: &KeySlot, st: &mut Running) -> R<()> {
     cs.equal(&inserted, &adds)?;
 
     let after = keys_hash(cs, &new, &new_present)?;
-    let change = after.sub(&before);
+    let change = cs.mul(&keyed, &after.sub(&before))?;
     for (a, x) in st.accounts.iter_mut().zip(&sel) {
         a.keys = a.keys.add(&cs.mul(x, &change)?);
     }
     let account = pick(cs, &sel, st.accounts.iter().map(|a| a.id.clone()))?;
-    let kind_code = enabled.scale(Fr::from(kind::SESSION_KEY));
+    // A key's words `[23 | account | expiry | at, key]`, a mode's `[28 | account | mode]`.
+    let kind_code = keyed
+        .scale(Fr::from(kind::SESSION_KEY))
+        .add(&moded.scale(Fr::from(kind::MARGIN_MODE)));
+    let small = expiry.add(&mode);
     let head = pack(&[
         (&kind_code, 0),
         (&account, at::A),
-        (&expiry, at::SMALL),
+        (&small, at::SMALL),
         (&at, at::QTY),
     ]);
-    st.poly.push(cs, &enabled, &[head, key.clone()])?;
+    st.poly.push(cs, &enabled, &[head])?;
+    st.poly.push(cs, &keyed, std::slice::from_ref(&key))?;
     let record = [
         kind_code,
         account,
         Wire::zero(),
         Wire::zero(),
-        expiry,
+        small,
         at,
         Wire::zero(),
         Wire::zero(),
@@ -1521,6 +1571,21 @@ fn key_slot(cs: &Cs, o: &KeySlot, st: &mut Running) -> R<()> {
         key,
     ];
     absorb(cs, &mut st.commitment, &enabled, record)
+}
+
+/// Bits of `collateral * 1e8 - liability` when not negative (the collateral is below 2^63).
+const COVER_BITS: usize = 90;
+
+/// A margin mode's code (`MarginMode::code`: 0, 1 or 2) from two bits, Standard and Portfolio,
+/// not both; and whether it is WorstCase's (neither).
+fn mode_code(cs: &Cs, code: u8) -> R<(Wire, Wire)> {
+    let standard = cs.boolean(code == MarginMode::Standard.code())?;
+    let portfolio = cs.boolean(code == MarginMode::Portfolio.code())?;
+    cs.equal(&cs.mul(&standard, &portfolio)?, &Wire::zero())?;
+    Ok((
+        standard.add(&portfolio.scale(Fr::from(2u64))),
+        not(&standard.add(&portfolio)),
+    ))
 }
 
 /// `h = Poseidon(h, record)` for a slot in use; an unused slot leaves `h` as it is, so the

@@ -20,7 +20,9 @@ use optio_state::leaf::{
 use optio_state::poseidon::{Fr, from_address, hash};
 use optio_state::smt::{Proof, SparseMerkleTree};
 use optio_state::{Op, SettlementState};
-use optio_types::{AccountId, Address, InstrumentId, InstrumentSpec, Price, QTY_SCALE, Qty};
+use optio_types::{
+    AccountId, Address, InstrumentId, InstrumentSpec, MarginMode, Price, QTY_SCALE, Qty,
+};
 
 /// Op kinds as the circuit numbers them (the blob's, `optio_state::blob::kind`).
 pub mod kind {
@@ -69,7 +71,8 @@ pub struct Shape {
     pub marks: usize,
     /// Risk array capacity, in chunks of `RISK_CHUNK` (11) scenarios.
     pub risk_chunks: usize,
-    /// Session-key slots (applied after the op slots).
+    /// Account slots, applied after the op slots: each registers or revokes a session key, or
+    /// changes an account's margin mode.
     pub keys: usize,
     /// A mark window spans `2^mark_window_bits` instrument ids: its marks share one path of the
     /// instruments tree (from the window's subtree root up) instead of one path each.
@@ -262,6 +265,8 @@ pub struct AccountReg {
     pub id: u32,
     /// Leaf fields before the batch (zero, and the empty positions root, when opened).
     pub owner: Fr,
+    /// Margin mode (in the leaf's third field).
+    pub mode: MarginMode,
     /// Hash of its session keys.
     pub keys_hash: Fr,
     /// Withdrawals processed.
@@ -500,14 +505,17 @@ pub struct Slot {
 /// a session-key slot's lists.
 pub const KEYS: usize = optio_types::oracle::MAX_SESSION_KEYS;
 
-/// A session-key slot: `key` registered until `expiry` (0: revoked) on the account of register
-/// `account`, the keys expired at `at` dropped first. The account's key list before and after,
-/// each sorted by address and padded with zeros to `KEYS`, and where each entry after comes
-/// from.
+/// An account slot: a session key, `key` registered until `expiry` (0: revoked) on the account
+/// of register `account`, the keys expired at `at` dropped first (the account's key list before
+/// and after, each sorted by address and padded with zeros to `KEYS`, and where each entry
+/// after comes from); or a change of the account's margin mode (`mode`).
 #[derive(Debug, Clone, Default)]
 pub struct KeySlot {
     /// Used.
     pub enabled: bool,
+    /// A margin mode's change instead of a session key's: the account's new mode (the key
+    /// fields zero, the lists empty).
+    pub mode: Option<MarginMode>,
     /// Account register.
     pub account: Option<usize>,
     /// Account id (for the record).
@@ -698,11 +706,18 @@ pub fn slot_record(s: &Slot) -> [Fr; 10] {
     ]
 }
 
-/// The ten fields of a session-key slot's record.
+/// The ten fields of an account slot's record (a session key's, or a margin mode's).
 pub fn key_record(k: &KeySlot) -> [Fr; 10] {
     let z = Fr::from(0u64);
     if !k.enabled {
         return [z; 10];
+    }
+    if let Some(mode) = k.mode {
+        let mut record = [z; 10];
+        record[0] = Fr::from(kind::MARGIN_MODE);
+        record[1] = Fr::from(k.account_id);
+        record[4] = Fr::from(mode.code());
+        return record;
     }
     [
         Fr::from(kind::SESSION_KEY),
@@ -801,7 +816,7 @@ pub fn settle_records(o: &SettleSlot) -> Vec<[Fr; 10]> {
 }
 
 /// The commitment to a batch's ops: `h = Poseidon(h, record)` over the listing slots, the op
-/// slots, the session-key slots, the expiry slots, the settlement slots and the marks (by
+/// slots, the account slots, the expiry slots, the settlement slots and the marks (by
 /// instrument id, whatever windows hold them) in that order, from 0, skipping unused slots.
 pub fn commitment(w: &BatchWitness) -> Fr {
     let records = w
@@ -825,6 +840,7 @@ pub fn commitment(w: &BatchWitness) -> Fr {
 /// An account as the batch leaves it so far.
 struct Acct {
     owner: Fr,
+    mode: MarginMode,
     /// Open positions before the batch.
     open: u64,
     keys: BTreeMap<Address, u64>,
@@ -855,6 +871,7 @@ impl Acct {
             leaf::nonce_word(
                 u64::try_from(self.nonce).expect("a u64 nonce"),
                 open as u32,
+                self.mode,
                 self.liability(payoffs),
             ),
             fr(self.collateral),
@@ -904,6 +921,7 @@ struct Plan<'a> {
     leading: Vec<(u64, u32, Option<&'a InstrumentSpec>)>,
     trailing: Vec<(u64, u32, Option<&'a InstrumentSpec>)>,
     settles: Vec<Settlement>,
+    /// The account slots' ops: the session keys, then the margin modes (the circuit's order).
     key_ops: Vec<&'a Op>,
     /// Op slots (indices into `slot_ops`) whose money leaves an account, or that cover its deficit
     /// (`true`: it must hold no position), and that account.
@@ -1016,6 +1034,7 @@ fn plan<'a>(
     let mut pending: BTreeMap<u32, Vec<(u32, i64, i64)>> = BTreeMap::new();
     let mut settles: Vec<Settlement> = Vec::new();
     let mut key_ops: Vec<&Op> = Vec::new();
+    let mut mode_ops: Vec<&Op> = Vec::new();
     let mut margin_slots: Vec<(usize, u32, bool)> = Vec::new();
     let mut filled_accounts: BTreeSet<u32> = BTreeSet::new();
     for (i, op) in ops.iter().enumerate() {
@@ -1053,12 +1072,16 @@ fn plan<'a>(
                 }
                 continue;
             }
-            Op::SessionKey { account, .. } => {
+            Op::SessionKey { account, .. } | Op::SetMarginMode { account, .. } => {
                 if !known(account) {
                     return Err(WitnessError::Invalid(i));
                 }
                 account_ids.insert(account.0);
-                key_ops.push(op);
+                if matches!(op, Op::SessionKey { .. }) {
+                    key_ops.push(op);
+                } else {
+                    mode_ops.push(op);
+                }
                 continue;
             }
             Op::OpenAccount { .. } => {
@@ -1240,7 +1263,7 @@ fn plan<'a>(
         ("listing slots", leading.len(), shape.listings),
         ("expiry slots", trailing.len(), shape.expiries),
         ("op slots", slot_ops.len(), shape.slots),
-        ("session-key slots", key_ops.len(), shape.keys),
+        ("account slots", key_ops.len() + mode_ops.len(), shape.keys),
         ("account registers", account_ids.len(), shape.accounts),
         ("position registers", position_keys.len(), shape.positions),
         (
@@ -1274,7 +1297,7 @@ fn plan<'a>(
         leading,
         trailing,
         settles,
-        key_ops,
+        key_ops: key_ops.into_iter().chain(mode_ops).collect(),
         margin_slots,
         filled: filled_accounts,
         registers_price,
@@ -1337,6 +1360,7 @@ pub fn witness(
                     .expect("instrument ids fit the depth");
                 Acct {
                     owner: from_address(&a.owner.0),
+                    mode: a.mode,
                     open: a.positions.len() as u64,
                     keys: a.keys.clone(),
                     nonce: i128::from(a.nonce),
@@ -1347,6 +1371,7 @@ pub fn witness(
             }
             None => Acct {
                 owner: Fr::from(0u64),
+                mode: MarginMode::WorstCase,
                 open: 0,
                 keys: BTreeMap::new(),
                 nonce: 0,
@@ -1360,6 +1385,7 @@ pub fn witness(
             opened: id as usize >= accounts.len(),
             id,
             owner: acct.owner,
+            mode: acct.mode,
             keys_hash: leaf::keys_hash(&acct.keys),
             nonce: fr(acct.nonce),
             open_positions: acct.open,
@@ -1580,17 +1606,32 @@ pub fn witness(
     }
     slots.resize_with(shape.slots, Slot::default);
 
-    // Session keys, after the op slots (which neither read nor write keys).
+    // Session keys and margin modes, after the op slots (which neither read nor write them).
     let mut key_slots = Vec::with_capacity(shape.keys);
+    let empty = vec![(Fr::from(0u64), 0); KEYS];
     for op in key_ops {
-        let Op::SessionKey {
-            account,
-            key,
-            expiry_ms,
-            at_ms,
-        } = op
-        else {
-            unreachable!("collected session keys")
+        let (account, key, expiry_ms, at_ms) = match op {
+            Op::SessionKey {
+                account,
+                key,
+                expiry_ms,
+                at_ms,
+            } => (account, key, expiry_ms, at_ms),
+            Op::SetMarginMode { account, mode } => {
+                let r = reg_of[&account.0];
+                accts[r].mode = *mode;
+                key_slots.push(KeySlot {
+                    enabled: true,
+                    account: Some(r),
+                    account_id: account.0,
+                    mode: Some(*mode),
+                    old: empty.clone(),
+                    new: empty.clone(),
+                    ..KeySlot::default()
+                });
+                continue;
+            }
+            _ => unreachable!("collected session keys and margin modes"),
         };
         let r = reg_of[&account.0];
         let before = accts[r].keys.clone();
@@ -1623,6 +1664,7 @@ pub fn witness(
             enabled: true,
             account: Some(r),
             account_id: account.0,
+            mode: None,
             key: from_address(&key.0),
             expiry: *expiry_ms,
             at: *at_ms,
@@ -1634,8 +1676,8 @@ pub fn witness(
         });
     }
     key_slots.resize_with(shape.keys, || KeySlot {
-        old: vec![(Fr::from(0u64), 0); KEYS],
-        new: vec![(Fr::from(0u64), 0); KEYS],
+        old: empty.clone(),
+        new: empty.clone(),
         ..KeySlot::default()
     });
 

@@ -2,7 +2,7 @@
 //! random batches satisfy the circuit with the root `SettlementState` computes; a batch that
 //! breaks a rule, or public inputs that differ from the batch, do not.
 
-use ark_ff::PrimeField;
+use ark_ff::{Field, PrimeField};
 use ark_relations::gr1cs::ConstraintSystem;
 use optio_prover::gadgets::Cs;
 use optio_prover::gadgets::pow2;
@@ -13,8 +13,8 @@ use optio_state::poseidon::{Fr, from_address, hash};
 use optio_state::smt::SparseMerkleTree;
 use optio_state::{Op, SettlementState, StateError};
 use optio_types::{
-    AccountId, Address, Amount, FeeRate, InstrumentId, InstrumentSpec, MONEY_SCALE, Price,
-    QTY_SCALE, Qty, Side, stress_range,
+    AccountId, Address, Amount, FeeRate, InstrumentId, InstrumentSpec, MONEY_SCALE, MarginMode,
+    Price, QTY_SCALE, Qty, Side, stress_range,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -96,7 +96,7 @@ fn spec(name: &str) -> InstrumentSpec {
     s
 }
 
-/// A committed state with two instruments and `n` funded accounts.
+/// A committed state with two instruments and `n` funded accounts in `Standard` margin.
 fn genesis(n: u32) -> SettlementState {
     let mut state = SettlementState::new();
     let mut ops = vec![
@@ -120,6 +120,11 @@ fn genesis(n: u32) -> SettlementState {
         ops.push(Op::Deposit {
             account: AccountId(i),
             amount: Amount(1_000_000 * MONEY_SCALE),
+        });
+        // Margined on marks: the tests trade on leverage, which `WorstCase` refuses.
+        ops.push(Op::SetMarginMode {
+            account: AccountId(i),
+            mode: MarginMode::Standard,
         });
     }
     state.apply_batch(&ops).expect("genesis applies");
@@ -314,9 +319,21 @@ fn random_batch(rng: &mut ChaCha8Rng, state: &SettlementState, priority: &mut u6
             },
         });
     }
-    // Session keys from a small set (so that some are renewed or revoked), some expiring.
+    // Session keys from a small set (so that some are renewed or revoked), some expiring; and
+    // margin modes between the two that the leverage allows, in the same slots.
     for _ in 0..rng.random_range(0..=SHAPE.keys) {
         let at_ms = rng.random_range(0..5_000);
+        if rng.random_bool(0.25) {
+            ops.push(Op::SetMarginMode {
+                account: AccountId(rng.random_range(0..n)),
+                mode: if rng.random_bool(0.5) {
+                    MarginMode::Portfolio
+                } else {
+                    MarginMode::Standard
+                },
+            });
+            continue;
+        }
         ops.push(Op::SessionKey {
             account: AccountId(rng.random_range(0..n)),
             key: Address([rng.random_range(1..7u8); 20]),
@@ -1000,7 +1017,15 @@ fn oversized_batches_are_named() {
         .map(|k| session_key(0, k + 1, 10, 0))
         .collect();
     let err = witness(&state, &keys, SHAPE).expect_err("one key op too many");
-    assert!(err.to_string().contains("session-key slots"), "{err}");
+    assert!(err.to_string().contains("account slots"), "{err}");
+    // Margin modes take the same slots.
+    let mut mixed = keys[1..].to_vec();
+    mixed.push(Op::SetMarginMode {
+        account: AccountId(1),
+        mode: MarginMode::WorstCase,
+    });
+    let err = witness(&state, &mixed, SHAPE).expect_err("one account op too many");
+    assert!(err.to_string().contains("account slots"), "{err}");
     let many = vec![
         Op::Deposit {
             account: AccountId(0),
@@ -2313,7 +2338,7 @@ fn session_keys_are_registered_expired_and_revoked_as_natively() {
 
     // Each tampering leaves the batch's roots and records as they were: only the key rule
     // refuses. The first slot: before [0x10, 0x20, 0x30 (expired)], after [0x05, 0x10, 0x20].
-    let at_keys = |w: &BatchWitness| refused_at(w).contains("session-key slot");
+    let at_keys = |w: &BatchWitness| refused_at(w).contains("account slot");
     let mut other_expiry = w.clone();
     other_expiry.keys[0].new[0].1 += 1;
     assert!(at_keys(&other_expiry), "the key with another expiry");
@@ -2888,4 +2913,79 @@ fn a_forced_close_moves_the_whole_position_at_the_committed_mark() {
     slot.notional += Fr::from(1u64);
     slot.rounding -= Fr::from(QTY_SCALE as u64);
     assert!(refused(&w), "a rounding outside 0..1e8");
+}
+
+/// `genesis(2)` with account 0 back in `WorstCase` (proven: a mode change is an account slot).
+fn worst_case_writer() -> SettlementState {
+    let state = genesis(2);
+    let ops = [Op::SetMarginMode {
+        account: AccountId(0),
+        mode: MarginMode::WorstCase,
+    }];
+    check(&batch_of(&state, &ops)).expect("a covered account may switch to WorstCase");
+    after(&state, &ops)
+}
+
+/// A `WorstCase` account that fills ends the batch covering what its shorts can owe at worst
+/// (`collateral * 1e8 >= liability`), as the engine keeps it. Account 0 holds 1,000,000 and
+/// sells perpetuals (a worst-case payoff of 200,000 each) at 1,000: four are covered, six are
+/// refused at the write-back and natively, and the same six proven in `Standard` (its rule is
+/// solvency at the committed marks). A mode register forged to `Standard` over the same leaf
+/// word (`2^96` more for the mode, so the liability a quarter less in the field) is refused:
+/// the liability is below 2^155.
+#[test]
+fn a_worst_case_account_ends_its_fills_fully_collateralized() {
+    let state = worst_case_writer();
+    let sell = |contracts: i64| [fill_of(0, Side::Buy, 1_000, contracts)];
+    check(&batch_of(&state, &sell(4))).expect("four are covered");
+    let short = batch_of(&state, &sell(6));
+    assert!(refused_at(&short).starts_with("the accounts' write-back"));
+    let mut native = state.clone();
+    assert_eq!(native.apply_batch(&sell(6)), Err(StateError::Uncovered(0)));
+    assert_eq!(native.commit(), state.root(), "nothing applied");
+    check(&batch_of(&genesis(2), &sell(6))).expect("six in Standard");
+
+    let mut forged = short.clone();
+    let r = forged
+        .accounts
+        .iter()
+        .position(|a| a.id == 0)
+        .expect("a register");
+    forged.accounts[r].mode = MarginMode::Standard;
+    forged.accounts[r].liability -= Fr::from(4u64).inverse().expect("invertible");
+    assert!(refused_at(&forged).starts_with("the registers"));
+}
+
+/// An account whose mode changes to `WorstCase` in the batch is held to the same rule, fill or
+/// not: a `Standard` account short 6 perpetuals on 1,000,000 may not switch (natively:
+/// `Uncovered` at the switch), and one short 4 may. Switching out of `WorstCase` asks nothing.
+#[test]
+fn a_switch_to_worst_case_needs_full_collateral() {
+    let to = |mode| {
+        [Op::SetMarginMode {
+            account: AccountId(0),
+            mode,
+        }]
+    };
+    let short = |contracts| after(&genesis(2), &[fill_of(0, Side::Buy, 1_000, contracts)]);
+    check(&batch_of(&short(4), &to(MarginMode::WorstCase))).expect("covered");
+    let six = short(6);
+    assert!(
+        refused_at(&batch_of(&six, &to(MarginMode::WorstCase)))
+            .starts_with("the accounts' write-back")
+    );
+    assert_eq!(
+        six.clone().apply_batch(&to(MarginMode::WorstCase)),
+        Err(StateError::Uncovered(0))
+    );
+    check(&batch_of(&six, &to(MarginMode::Portfolio))).expect("Portfolio asks nothing yet");
+    // A mode code past Portfolio's has no bits.
+    let mut w = batch_of(&six, &to(MarginMode::Portfolio));
+    let slot = w
+        .keys
+        .iter()
+        .position(|k| k.mode.is_some())
+        .expect("a mode slot");
+    w.keys[slot].mode = None;
+    assert!(refused(&w), "a mode op's words without its mode");
 }

@@ -12,8 +12,8 @@ use optio_prover::{Keys, Shape};
 use optio_state::Op;
 use optio_state::blob::{BlobMeta, encode};
 use optio_types::{
-    AccountId, Address, Amount, InstrumentId, InstrumentSpec, MONEY_SCALE, Price, QTY_SCALE, Qty,
-    Side,
+    AccountId, Address, Amount, InstrumentId, InstrumentSpec, MONEY_SCALE, MarginMode, Price,
+    QTY_SCALE, Qty, Side,
 };
 
 const SHAPE: Shape = Shape {
@@ -171,7 +171,7 @@ fn workers_share_the_queue_and_their_proofs_check_against_the_blobs() {
         .collect();
     assert_eq!(unprovable.len(), 1);
     assert!(
-        matches!(unprovable[0], Outcome::Unprovable { batch: 2, reason } if reason.contains("session-key slots")),
+        matches!(unprovable[0], Outcome::Unprovable { batch: 2, reason } if reason.contains("account slots")),
         "{unprovable:?}"
     );
 
@@ -355,6 +355,12 @@ fn a_batch_that_breaks_a_rule_is_marked_unprovable_and_the_worker_goes_on() {
             &two_accounts()[..],
             &[
                 deposit(0, 50_000),
+                // Account 1 buys on margin (a `WorstCase` account is held to full collateral;
+                // the shape takes an account slot for it).
+                Op::SetMarginMode {
+                    account: AccountId(1),
+                    mode: MarginMode::Standard,
+                },
                 Op::Mark {
                     instrument: InstrumentId(0),
                     mark: Price(2_500 * MONEY_SCALE),
@@ -375,7 +381,11 @@ fn a_batch_that_breaks_a_rule_is_marked_unprovable_and_the_worker_goes_on() {
         vec![deposit(1, 5_000)],
     ];
     write_blobs(dir.path(), &batches);
-    let marked = Shape { marks: 1, ..FILLS };
+    let marked = Shape {
+        marks: 1,
+        keys: 1,
+        ..FILLS
+    };
     let keys = Keys::generate(marked, &mut StdRng::seed_from_u64(6)).expect("keys");
     let outcomes = prove_pending(
         dir.path(),

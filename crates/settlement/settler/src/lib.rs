@@ -48,6 +48,7 @@ mod bindings {
             struct ExitProof {
                 uint32 account;
                 StateOpening state;
+                uint8 mode;
                 uint256 keysHash;
                 uint64 nonce;
                 uint160 liability;
@@ -60,6 +61,7 @@ mod bindings {
             struct AccountOpening {
                 StateOpening state;
                 address owner;
+                uint8 mode;
                 uint256 keysHash;
                 uint64 nonce;
                 uint32 positions;
@@ -1078,6 +1080,7 @@ pub fn opening_call(proof: &optio_state::ExitProof) -> OptioRollup::AccountOpeni
     OptioRollup::AccountOpening {
         state: state_opening(proof),
         owner: Address::from(proof.leaf.owner.0),
+        mode: proof.leaf.mode.code(),
         keysHash: u(&proof.leaf.keys_hash),
         nonce: proof.leaf.nonce,
         positions: proof.leaf.positions,
@@ -1706,6 +1709,7 @@ fn exit_call_with(
     OptioRollup::ExitProof {
         account: proof.account.0,
         state: state_opening(proof),
+        mode: proof.leaf.mode.code(),
         keysHash: u(&proof.leaf.keys_hash),
         nonce: proof.leaf.nonce,
         liability: alloy::primitives::U160::from(proof.leaf.liability),

@@ -23,7 +23,8 @@ use optio_state::auth::{self, Authorization, PriceAttestation, Venue};
 use optio_state::blob::{BlobMeta, encode_ops};
 use optio_state::{Op, SettlementState, encode, withdrawals_hash};
 use optio_types::{
-    AccountId, Amount, InstrumentId, InstrumentSpec, MONEY_SCALE, Price, QTY_SCALE, Qty, Side,
+    AccountId, Amount, InstrumentId, InstrumentSpec, MONEY_SCALE, MarginMode, Price, QTY_SCALE,
+    Qty, Side,
 };
 use secp256k1::SecretKey;
 
@@ -298,7 +299,7 @@ async fn rig(oracle: Address) -> Rig {
 }
 
 /// Batch 1's ops (cut at engine time 0): both accounts with their L1 deposits, Alice's session
-/// key, a listing (a multi-word op before the
+/// key and margin mode (`Standard`), a listing (a multi-word op before the
 /// fill), `fill`, and a mark with a risk array after it.
 fn opening_ops(fill: &Op) -> Vec<Op> {
     vec![
@@ -315,6 +316,11 @@ fn opening_ops(fill: &Op) -> Vec<Op> {
             key: address(SESSION),
             expiry_ms: SESSION_UNTIL,
             at_ms: 0,
+        },
+        // Alice writes on margin (a `WorstCase` account is held to full collateral).
+        Op::SetMarginMode {
+            account: AccountId(0),
+            mode: MarginMode::Standard,
         },
         Op::OpenAccount {
             owner: address(BOB),

@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 
 use ark_ff::{BigInteger, PrimeField};
-use optio_types::{AccountId, Address, Amount, InstrumentId, Price, Qty, Side};
+use optio_types::{AccountId, Address, Amount, InstrumentId, MarginMode, Price, Qty, Side};
 use sha3::{Digest, Keccak256};
 
 use crate::leaf::{self, RISK_CHUNK};
@@ -134,6 +134,8 @@ pub mod kind {
     pub const L1_WITHDRAWAL: u64 = 26;
     /// `Op::L1Close`.
     pub const L1_CLOSE: u64 = 27;
+    /// `Op::SetMarginMode`.
+    pub const MARGIN_MODE: u64 = 28;
 }
 
 /// Bit offsets of the fields packed into an op's first word (`kind` in bits 0..8).
@@ -178,12 +180,18 @@ pub fn pow2(k: usize) -> Fr {
 }
 
 /// The ops in the order the circuit applies them: listings and activations, then the op slots,
-/// session keys, expiries, each settlement (the instrument, then the positions it pays, which
+/// session keys, margin modes, expiries, each settlement (the instrument, then the positions it pays, which
 /// the batch has before it), and the marks by instrument id. Within each part the batch's order
 /// is kept. `decode` returns the ops in this order, a settlement's positions before it again.
 pub fn circuit_order(ops: &[Op]) -> Result<Vec<&Op>, BlobError> {
-    let (mut leading, mut slots, mut keys, mut trailing, mut settles) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut leading, mut slots, mut keys, mut modes, mut trailing, mut settles) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
     let mut marks: BTreeMap<u32, &Op> = BTreeMap::new();
     let mut pending: BTreeMap<u32, Vec<&Op>> = BTreeMap::new();
     for (i, op) in ops.iter().enumerate() {
@@ -191,6 +199,7 @@ pub fn circuit_order(ops: &[Op]) -> Result<Vec<&Op>, BlobError> {
             Op::ListInstrument { .. } | Op::ActivateInstrument { .. } => leading.push(op),
             Op::ExpireInstrument { .. } => trailing.push(op),
             Op::SessionKey { .. } => keys.push(op),
+            Op::SetMarginMode { .. } => modes.push(op),
             Op::SettlePosition { instrument, .. } => {
                 pending.entry(instrument.0).or_default().push(op)
             }
@@ -220,6 +229,7 @@ pub fn circuit_order(ops: &[Op]) -> Result<Vec<&Op>, BlobError> {
         .into_iter()
         .chain(slots)
         .chain(keys)
+        .chain(modes)
         .chain(trailing)
         .chain(settles)
         .chain(marks.into_values())
@@ -461,6 +471,24 @@ pub fn encode_op(op: &Op, id: u32, index: usize) -> Result<Encoded, BlobError> {
                         + Fr::from(*at_ms) * pow2(bits::QTY),
                     record[9],
                 ],
+            }
+        }
+        Op::SetMarginMode { account, mode } => {
+            let mut record = [z; 10];
+            record[0] = Fr::from(kind::MARGIN_MODE);
+            record[1] = Fr::from(account.0);
+            record[4] = Fr::from(mode.code());
+            Encoded {
+                record,
+                words: vec![head(
+                    kind::MARGIN_MODE,
+                    account.0,
+                    0,
+                    0,
+                    u128::from(mode.code()),
+                    0,
+                    0,
+                )],
             }
         }
         Op::Mark {
@@ -898,6 +926,11 @@ pub fn decode(bytes: &[u8]) -> Result<(BlobMeta, Vec<Op>), BlobError> {
                     at_ms: field_bits(&w0, bits::QTY, 64) as u64,
                 }
             }
+            kind::MARGIN_MODE => Op::SetMarginMode {
+                account: a,
+                mode: MarginMode::from_code(field_bits(&w0, bits::SMALL, 8) as u8)
+                    .ok_or(invalid("margin mode"))?,
+            },
             kind::MARK => {
                 let n = field_bits(&w0, bits::SMALL, 8) as usize;
                 if n > MAX_RISK {

@@ -6,11 +6,13 @@
 //! root            = Poseidon(accounts_root, instruments_root, funds)
 //! funds           = Poseidon(insurance, fee_pool, counts)
 //! counts          = accounts + 2^32 * instruments   (how many were opened and listed: the next ids)
-//! account leaf    = Poseidon(owner, keys_hash, nonce + 2^64 * positions + 2^96 * liability,
+//! account leaf    = Poseidon(owner, keys_hash,
+//!                            nonce + 2^64 * positions + 2^96 * mode + 2^98 * liability,
 //!                            collateral, positions_root)                            at index account id
+//! mode            = margin mode: 0 WorstCase (an opening's), 1 Standard, 2 Portfolio
 //! positions       = how many positions the account holds (non-zero leaves of its positions tree)
 //! liability       = sum over its shorts of |q| * W, W the instrument's worst-case payoff per
-//!                   contract (`optio_types::short_liability`; below 2^157)
+//!                   contract (`optio_types::short_liability`; below 2^155)
 //! keys_hash       = fold of Poseidon(h, key, expiry_ms) over keys in address order, from 0
 //! position leaf   = signed quantity (p - |q| when short; 0 = flat)                at index instrument id
 //! instrument leaf = Poseidon(spec_hash, status, mark, risk_hash, settlement_price)  at index instrument id
@@ -24,8 +26,8 @@
 //! contract's settlement value (`InstrumentSpec::settled_mark`) and its risk array empty.
 
 use optio_types::{
-    Address, Amount, FeeRate, InstrumentKind, InstrumentName, InstrumentSpec, OptionRight, Price,
-    Qty,
+    Address, Amount, FeeRate, InstrumentKind, InstrumentName, InstrumentSpec, MarginMode,
+    OptionRight, Price, Qty,
 };
 
 use crate::poseidon::{Fr, from_address, from_i64, hash, hash_bytes};
@@ -53,6 +55,8 @@ pub mod status {
 pub struct AccountLeaf {
     /// Owner wallet.
     pub owner: Address,
+    /// Margin mode (in the leaf's third field, between the count and the liability).
+    pub mode: MarginMode,
     /// Hash of the registered session keys.
     pub keys_hash: Fr,
     /// Withdrawals processed (an L1 withdrawal claim names it).
@@ -75,22 +79,28 @@ impl AccountLeaf {
         hash(&[
             from_address(&self.owner.0),
             self.keys_hash,
-            nonce_word(self.nonce, self.positions, self.liability),
+            nonce_word(self.nonce, self.positions, self.mode, self.liability),
             from_i64(self.collateral.0),
             self.positions_root,
         ])
     }
 }
 
-/// Bits of an account leaf's liability (its third field: nonce, 64 bits; count, 32; liability).
-pub const LIABILITY_BITS: usize = 157;
+/// Where the margin mode's code (two bits) sits in an account leaf's third field.
+pub const MODE_AT: usize = 96;
+/// Where the liability sits in it.
+pub const LIABILITY_AT: usize = 98;
+/// Bits of an account leaf's liability (its third field: nonce, 64 bits; count, 32; mode, 2;
+/// liability). A liability is a `u128`.
+pub const LIABILITY_BITS: usize = 155;
 
-/// The leaf's third field: the nonce, the open-position count above its 64 bits and the
-/// liability above the count's 32 (`liability < 2^157`, so the word is below the field's
-/// modulus and splits one way only).
-pub fn nonce_word(nonce: u64, positions: u32, liability: u128) -> Fr {
-    Fr::from(u128::from(nonce) | (u128::from(positions) << 64))
-        + Fr::from(liability) * Fr::from(1u128 << 96)
+/// The leaf's third field: the nonce, the open-position count above its 64 bits, the margin
+/// mode's code above the count's 32 and the liability above the mode's 2 (`liability <
+/// 2^155`, so the word is below 2^253, under the field's modulus, and splits one way only).
+pub fn nonce_word(nonce: u64, positions: u32, mode: MarginMode, liability: u128) -> Fr {
+    Fr::from(
+        u128::from(nonce) | (u128::from(positions) << 64) | (u128::from(mode.code()) << MODE_AT),
+    ) + Fr::from(liability) * crate::blob::pow2(LIABILITY_AT)
 }
 
 /// A spec's worst-case payoff per contract (`InstrumentSpec::max_payoff_per_contract`; 0 for a

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use optio_types::{
     AccountId, Address, Amount, CanonicalState, InstrumentId, InstrumentSpec, InstrumentStatus,
-    Price, QTY_SCALE, Qty, max_liquidation_fee, stress_range,
+    MarginMode, Price, QTY_SCALE, Qty, max_liquidation_fee, stress_range,
 };
 
 use crate::leaf::{self, ACCOUNT_DEPTH, AccountLeaf, INSTRUMENT_DEPTH, InstrumentLeaf, status};
@@ -109,6 +109,13 @@ pub enum StateError {
     /// mark counts 0).
     #[error("op {0}: the fill leaves its account with equity below zero at the committed marks")]
     Insolvent(usize),
+    /// Op `index`, the last fill of a `WorstCase` account in the batch (or liquidation that
+    /// moved a position to it, or change of its margin mode), leaves that account in
+    /// `WorstCase` with collateral short of what its shorts can owe at worst: `collateral * 1e8
+    /// < liability` (the leaf's `sum |q| * W`). The engine keeps a `WorstCase` account's balance
+    /// at or above its requirement, which rounds each short's payoff up, always.
+    #[error("op {0}: the account's collateral falls short of its shorts' worst case in WorstCase")]
+    Uncovered(usize),
     /// Op `index` serves a forced close with another quantity or price than the rule's: when
     /// the requester owns the account and the instrument is active and marked, all of the
     /// account's position at the committed mark; otherwise, or when it holds none, nothing at
@@ -128,6 +135,8 @@ pub enum StateError {
 pub struct Account {
     /// Owner.
     pub owner: Address,
+    /// Margin mode (an opening's is `WorstCase`, as the engine's).
+    pub mode: MarginMode,
     /// Session keys and their expiry (ms).
     pub keys: BTreeMap<Address, u64>,
     /// Withdrawals processed.
@@ -637,7 +646,8 @@ impl SettlementState {
                 | Op::L1Withdrawal { account: a, .. }
                 | Op::LossShared { account: a, .. }
                 | Op::DeficitCovered { account: a, .. }
-                | Op::SessionKey { account: a, .. } => account(a)?,
+                | Op::SessionKey { account: a, .. }
+                | Op::SetMarginMode { account: a, .. } => account(a)?,
                 Op::Transfer { from, to, .. } => {
                     account(from)?;
                     account(to)?;
@@ -706,6 +716,7 @@ impl SettlementState {
                 open_at_start: BTreeMap::new(),
             },
             filled: BTreeMap::new(),
+            switched: BTreeMap::new(),
             expired: BTreeSet::new(),
             ops: 0,
         }
@@ -855,13 +866,21 @@ impl SettlementState {
                 .collect();
             let keys: BTreeMap<Address, u64> = theirs.session_keys.iter().copied().collect();
             if mine.owner != theirs.owner
+                || mine.mode != theirs.margin_mode
                 || mine.collateral != theirs.balance
                 || mine.positions != positions
                 || mine.keys != keys
             {
                 return Some(format!(
-                    "account {i}: {:?} {:?} {:?}, the engine has {:?} {:?} {:?}",
-                    mine.collateral, mine.positions, mine.keys, theirs.balance, positions, keys
+                    "account {i}: {:?} {:?} {:?} {:?}, the engine has {:?} {:?} {:?} {:?}",
+                    mine.mode,
+                    mine.collateral,
+                    mine.positions,
+                    mine.keys,
+                    theirs.margin_mode,
+                    theirs.balance,
+                    positions,
+                    keys
                 ));
             }
         }
@@ -903,6 +922,7 @@ impl Account {
     fn new(owner: Address, store: TreeStore) -> Self {
         Self {
             owner,
+            mode: MarginMode::WorstCase,
             keys: BTreeMap::new(),
             nonce: 0,
             collateral: Amount::ZERO,
@@ -922,6 +942,7 @@ impl Account {
     fn light_clone(&self) -> Account {
         Account {
             owner: self.owner,
+            mode: self.mode,
             keys: self.keys.clone(),
             nonce: self.nonce,
             collateral: self.collateral,
@@ -944,6 +965,7 @@ impl Account {
     pub fn leaf(&self, payoffs: &[i64]) -> AccountLeaf {
         AccountLeaf {
             owner: self.owner,
+            mode: self.mode,
             keys_hash: leaf::keys_hash(&self.keys),
             nonce: self.nonce,
             positions: self.positions.len() as u32,
@@ -995,6 +1017,8 @@ pub struct Pending {
     /// Accounts that filled in the batch or took a liquidated position, with the index of the
     /// last such op.
     filled: BTreeMap<u32, usize>,
+    /// Accounts whose margin mode changed in the batch, with the index of the last change.
+    switched: BTreeMap<u32, usize>,
     /// Instruments the batch expired or settled so far (ops the circuit applies after the op
     /// slots).
     expired: BTreeSet<u32>,
@@ -1009,7 +1033,9 @@ impl Pending {
     /// Besides each op's own rules: every account that filled in the batch, or took a position
     /// from a liquidated account (a liquidator, or a holder deleveraged against it), is left
     /// with equity at the committed marks of at least zero by the ops that touch it
-    /// (`SettlementState::equity`), and no deficit cover follows a fill of its account.
+    /// (`SettlementState::equity`), and no deficit cover follows a fill of its account. Such an
+    /// account, or one whose margin mode changed, that is left in `WorstCase` is left with
+    /// collateral covering what its shorts can owe at worst (`collateral * 1e8 >= liability`).
     pub fn push(&mut self, state: &SettlementState, ops: &[Op]) -> Result<(), StateError> {
         let mut touched = BTreeSet::new();
         for (i, op) in (self.ops..).zip(ops) {
@@ -1040,6 +1066,9 @@ impl Pending {
                     if collateral * i128::from(QTY_SCALE) >= liability as i128 {
                         return Err(StateError::LiquidationCovered(i));
                     }
+                }
+                Op::SetMarginMode { account, .. } => {
+                    self.switched.insert(account.0, i);
                 }
                 Op::ExpireInstrument { instrument }
                 | Op::SettleInstrument { instrument, .. }
@@ -1107,10 +1136,21 @@ impl Pending {
         }
         self.ops += ops.len();
         for a in touched {
-            if let Some(&i) = self.filled.get(&a)
+            let filled = self.filled.get(&a).copied();
+            if let Some(i) = filled
                 && state.equity_of(self.scratch.account(AccountId(a))) < 0
             {
                 return Err(StateError::Insolvent(i));
+            }
+            let last = filled.max(self.switched.get(&a).copied());
+            if let Some(i) = last
+                && self.scratch.account(AccountId(a)).mode == MarginMode::WorstCase
+            {
+                let liability = self.scratch.liability(state, AccountId(a));
+                let collateral = i128::from(self.scratch.account(AccountId(a)).collateral.0);
+                if collateral * i128::from(QTY_SCALE) < liability as i128 {
+                    return Err(StateError::Uncovered(i));
+                }
             }
         }
         Ok(())
@@ -1479,6 +1519,7 @@ impl Scratch {
                     return Err(StateError::Waterfall(i));
                 }
             }
+            Op::SetMarginMode { account, mode } => self.account(*account).mode = *mode,
             Op::SessionKey {
                 account,
                 key,
@@ -1512,6 +1553,7 @@ impl Scratch {
     fn write_back(self, state: &mut SettlementState) {
         for (id, a) in self.accounts {
             let real = &mut state.accounts[id as usize];
+            real.mode = a.mode;
             real.keys = a.keys;
             real.nonce = a.nonce;
             real.collateral = a.collateral;
@@ -1596,6 +1638,7 @@ fn encode_account(a: &Account) -> Vec<u8> {
         w.u32(*i);
         w.i64(q.0);
     }
+    w.u8(a.mode.code());
     w.bytes
 }
 
@@ -1610,9 +1653,11 @@ fn decode_account(bytes: &[u8], tree: Tree) -> Option<Account> {
     let positions = (0..r.u32().ok()?)
         .map(|_| Some((r.u32().ok()?, Qty(r.i64().ok()?))))
         .collect::<Option<BTreeMap<_, _>>>()?;
+    let mode = MarginMode::from_code(r.u8().ok()?)?;
     r.finish().ok()?;
     Some(Account {
         owner,
+        mode,
         keys,
         nonce,
         collateral,

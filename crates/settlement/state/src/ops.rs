@@ -3,8 +3,8 @@
 //! marks are.
 
 use optio_types::{
-    AccountId, Address, Amount, Command, Event, Input, InstrumentId, InstrumentSpec, Price, Qty,
-    Side,
+    AccountId, Address, Amount, Command, Event, Input, InstrumentId, InstrumentSpec, MarginMode,
+    Price, Qty, Side,
 };
 
 /// One settlement op. Ids of new accounts and instruments are implicit: the next index.
@@ -188,6 +188,15 @@ pub enum Op {
         /// When the change was made, ms.
         at_ms: u64,
     },
+    /// The account's margin mode changed. The engine switches only an account that its new
+    /// mode covers; the batch holds an account whose mode changed, as one that filled, to its
+    /// final mode's rule at its end (`Pending::push`).
+    SetMarginMode {
+        /// Account.
+        account: AccountId,
+        /// The new mode.
+        mode: MarginMode,
+    },
     /// The mark and risk array an instrument ends the batch with (one per instrument per
     /// batch).
     Mark {
@@ -211,7 +220,8 @@ impl Op {
             | Op::Withdraw { account, .. }
             | Op::LossShared { account, .. }
             | Op::DeficitCovered { account, .. }
-            | Op::SessionKey { account, .. } => vec![*account],
+            | Op::SessionKey { account, .. }
+            | Op::SetMarginMode { account, .. } => vec![*account],
             Op::Transfer { from, to, .. } => vec![*from, *to],
             Op::L1Close {
                 backstop, account, ..
@@ -251,7 +261,8 @@ impl Op {
             | Op::Transfer { .. }
             | Op::LossShared { .. }
             | Op::DeficitCovered { .. }
-            | Op::SessionKey { .. } => None,
+            | Op::SessionKey { .. }
+            | Op::SetMarginMode { .. } => None,
         }
     }
 }
@@ -440,8 +451,10 @@ pub fn ops_from(
             | Event::OrderDone { .. }
             | Event::OracleHeld { .. }
             | Event::LiquidationStarted { .. }
-            | Event::LiquidationEnded { .. }
-            | Event::MarginModeChanged { .. } => {}
+            | Event::LiquidationEnded { .. } => {}
+            Event::MarginModeChanged { account, mode } => {
+                ops.push(Op::SetMarginMode { account, mode });
+            }
         }
     }
     (ops, marks)

@@ -4,7 +4,7 @@
 use optio_state::blob::{self, BlobError, BlobMeta, HEADER_BYTES, bits, kind};
 use optio_state::poseidon::{Fr, to_bytes};
 use optio_state::{Op, decode, encode};
-use optio_types::{AccountId, Address, Amount, InstrumentId, Price, Qty, Side};
+use optio_types::{AccountId, Address, Amount, InstrumentId, MarginMode, Price, Qty, Side};
 
 fn meta() -> BlobMeta {
     BlobMeta {
@@ -293,4 +293,52 @@ fn spec_bytes_round_trip_and_refuse_what_the_circuit_does_not_admit() {
     // 29 February 2028 is on it.
     let leap = with(&with(&with(&call, 1, 28), 2, 2), 3, 29);
     assert!(spec_from_bytes(&leap).is_ok());
+}
+
+/// A margin mode is one word, `[28 | account | mode]`, after the session keys and before the
+/// expiries; a code past Portfolio's (2) is refused.
+#[test]
+fn a_margin_mode_is_one_word_after_the_session_keys() {
+    let ops = [
+        Op::SetMarginMode {
+            account: AccountId(1),
+            mode: MarginMode::Portfolio,
+        },
+        Op::ExpireInstrument {
+            instrument: InstrumentId(0),
+        },
+        Op::SessionKey {
+            account: AccountId(2),
+            key: Address([7; 20]),
+            expiry_ms: 10,
+            at_ms: 1,
+        },
+        Op::Deposit {
+            account: AccountId(3),
+            amount: Amount(5),
+        },
+    ];
+    let bytes = encode(&meta(), &ops).expect("encodes");
+    let (_, decoded) = decode(&bytes).expect("decodes");
+    assert_eq!(
+        decoded,
+        [
+            ops[3].clone(),
+            ops[2].clone(),
+            ops[0].clone(),
+            ops[1].clone()
+        ]
+    );
+    // Deposit 2 words, session key 2, then the mode's word.
+    let at = HEADER_BYTES + 32 * 4;
+    let word = &bytes[at..at + 32];
+    assert_eq!(u64::from(word[31]), kind::MARGIN_MODE);
+    assert_eq!(word[31 - bits::A / 8], 1, "the account");
+    assert_eq!(word[31 - bits::SMALL / 8], 2, "Portfolio's code");
+    let mut bad = bytes.clone();
+    bad[at + 31 - bits::SMALL / 8] = 3;
+    assert!(matches!(
+        decode(&bad),
+        Err(BlobError::Invalid { what: "margin mode", offset }) if offset == at
+    ));
 }

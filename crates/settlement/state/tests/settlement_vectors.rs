@@ -9,8 +9,8 @@ use optio_state::leaf::{self, AccountLeaf, InstrumentLeaf};
 use optio_state::poseidon::{Fr, hex, to_hex};
 use optio_state::{Op, SettlementState, decode, encode};
 use optio_types::{
-    AccountId, Address, Amount, InstrumentId, InstrumentSpec, MONEY_SCALE, Price, QTY_SCALE, Qty,
-    Side,
+    AccountId, Address, Amount, InstrumentId, InstrumentSpec, MONEY_SCALE, MarginMode, Price,
+    QTY_SCALE, Qty, Side,
 };
 use serde_json::{Value, json};
 
@@ -103,6 +103,10 @@ fn batches() -> Vec<(BlobMeta, Vec<Op>)> {
                     expiry_ms: 1_800_086_400_000,
                     at_ms: 1_800_000_001_000,
                 },
+                Op::SetMarginMode {
+                    account: AccountId(0),
+                    mode: MarginMode::Standard,
+                },
                 Op::Withdraw {
                     account: AccountId(1),
                     amount: Amount(1_000 * MONEY_SCALE),
@@ -126,6 +130,7 @@ fn batches() -> Vec<(BlobMeta, Vec<Op>)> {
 fn vectors() -> Value {
     let account = AccountLeaf {
         owner: Address([0x11; 20]),
+        mode: MarginMode::Portfolio,
         keys_hash: Fr::from(0u64),
         nonce: 3,
         positions: 2,
@@ -208,7 +213,7 @@ fn vectors() -> Value {
     json!({
         "description": "Optio settlement vectors: leaf hashes (docs/settlement.md), a two-batch state with its blobs, roots and an exit proof. Field elements are 0x big-endian hex; amounts are integers (micro-USDC, quantities 1e-8).",
         "leaves": {
-            "account": {"owner": hex(&account.owner.0), "keys_hash": to_hex(&account.keys_hash), "nonce": account.nonce, "positions": account.positions, "liability": format!("{:#x}", account.liability), "collateral": account.collateral.0, "positions_root": to_hex(&account.positions_root), "hash": to_hex(&account.hash())},
+            "account": {"owner": hex(&account.owner.0), "mode": account.mode.code(), "keys_hash": to_hex(&account.keys_hash), "nonce": account.nonce, "positions": account.positions, "liability": format!("{:#x}", account.liability), "collateral": account.collateral.0, "positions_root": to_hex(&account.positions_root), "hash": to_hex(&account.hash())},
             "instrument": {"spec_hash": to_hex(&instrument.spec_hash), "status": instrument.status, "mark": instrument.mark.0, "risk_hash": to_hex(&instrument.risk_hash), "settlement_price": instrument.settlement_price.0, "hash": to_hex(&instrument.hash())},
             "keys_hash": {"keys": keys.iter().map(|(k, e)| json!([hex(&k.0), e])).collect::<Vec<_>>(), "hash": to_hex(&leaf::keys_hash(keys.iter().map(|(k, e)| (k, e))))},
             "risk_hash": {"risk": risk.iter().map(|a| a.0).collect::<Vec<_>>(), "hash": to_hex(&leaf::risk_hash(&risk))},
@@ -228,6 +233,7 @@ fn vectors() -> Value {
             "accounts": proof.accounts,
             "instruments": proof.instruments,
             "owner": hex(&proof.leaf.owner.0),
+            "mode": proof.leaf.mode.code(),
             "keys_hash": to_hex(&proof.leaf.keys_hash),
             "nonce": proof.leaf.nonce,
             "liability": format!("{:#x}", proof.leaf.liability),
