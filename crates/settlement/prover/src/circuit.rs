@@ -44,8 +44,8 @@
 //!   an L1 operation is the next in the queue;
 //! - a session key changes the account's key list as the ledger does (expired keys dropped,
 //!   the key registered or revoked, the list sorted with no repeats, its hash in the leaf); a
-//!   margin mode's change sets the mode the leaf carries above the owner's 160 bits (both in
-//!   the account slots, after the op slots);
+//!   margin mode's change sets the mode the leaf's third field carries between the count and
+//!   the liability (both in the account slots, after the op slots);
 //! - a listing takes an empty instrument leaf (status listed, the listed spec's hash), an
 //!   activation moves it from listed to active, an expiry from active to expired; listings and
 //!   activations apply before the op slots, expiries after;
@@ -576,16 +576,22 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
         // Every position it held before is in a register, so every one it holds after is.
         in_registers.push(not(&cs.is_nonzero(&held0.sub(&a.count0))?));
     }
+    let filled = st
+        .accounts
+        .iter()
+        .map(|a| cs.is_nonzero(&a.filled))
+        .collect::<R<Vec<_>>>()?;
     let registers = Registers {
         prices: &prices,
         nonzero: &nz_end,
         complete: &in_registers,
+        filled: &filled,
     };
     solvency(cs, w, &st, &instruments_root, &open_after, &registers)?;
 
     cs.part("the accounts' write-back".into());
     let empty_positions = Wire::constant(empty_root(INSTRUMENT_DEPTH));
-    for (k, (a, count)) in st.accounts.iter().zip(open_after).enumerate() {
+    for (k, ((a, count), filled)) in st.accounts.iter().zip(open_after).zip(&filled).enumerate() {
         // An opened account starts empty, and exactly one OPEN op named it.
         for (field, value) in [
             (&a.owner0, Wire::zero()),
@@ -622,9 +628,8 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
         // 2^63), is not negative.
         let (mode, worst_case) = mode_code(cs, a.mode.value.into_bigint().as_ref()[0] as u8)?;
         cs.equal(&mode, &a.mode)?;
-        let filled = cs.is_nonzero(&a.filled)?;
         let switched = cs.is_nonzero(&a.mode.sub(&a.mode0))?;
-        let bound = filled.add(&switched).sub(&cs.mul(&filled, &switched)?);
+        let bound = filled.add(&switched).sub(&cs.mul(filled, &switched)?);
         let cover = a
             .collateral
             .scale(Fr::from(QTY_SCALE as u64))
@@ -695,6 +700,8 @@ struct Registers<'a> {
     nonzero: &'a [Wire],
     /// Per account register: every position it held before the batch is in a register.
     complete: &'a [Wire],
+    /// Per account register: it filled in the batch (or took a liquidated or closed position).
+    filled: &'a [Wire],
 }
 
 /// Bits of an equity total: `|collateral| * 1e8 < 2^90`, each position's `|q * mark| < 2^126`,
@@ -817,8 +824,8 @@ fn solvency(
         worth.push(cs.mul(&q.qty, &mark)?);
     }
     for (k, a) in st.accounts.iter().enumerate() {
-        let filled = cs.is_nonzero(&a.filled)?;
-        let registers_price = cs.mul(&filled, &by_registers[k])?;
+        let filled = &registers.filled[k];
+        let registers_price = cs.mul(filled, &by_registers[k])?;
         cs.equal_if(&registers_price, &registers.complete[k], &one())?;
         cs.equal_if(&filled.sub(&registers_price), &seen[k], &counts[k])?;
         let mut in_registers = Wire::zero();
@@ -827,7 +834,7 @@ fn solvency(
         }
         let priced = cs.select(&by_registers[k], &in_registers, &value[k])?;
         let equity = a.collateral.scale(Fr::from(QTY_SCALE as u64)).add(&priced);
-        cs.range(&cs.mul(&filled, &equity)?, EQUITY_BITS)?;
+        cs.range(&cs.mul(filled, &equity)?, EQUITY_BITS)?;
     }
     Ok(())
 }

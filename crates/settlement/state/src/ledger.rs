@@ -1061,9 +1061,7 @@ impl Pending {
                     self.filled.insert(counterparty.0, i);
                     // The liquidated account could default: its collateral does not cover what
                     // its shorts can owe at worst.
-                    let liability = self.scratch.liability(state, *account);
-                    let collateral = i128::from(self.scratch.account(*account).collateral.0);
-                    if collateral * i128::from(QTY_SCALE) >= liability as i128 {
+                    if self.scratch.covers_shorts(state, *account) {
                         return Err(StateError::LiquidationCovered(i));
                     }
                 }
@@ -1145,12 +1143,9 @@ impl Pending {
             let last = filled.max(self.switched.get(&a).copied());
             if let Some(i) = last
                 && self.scratch.account(AccountId(a)).mode == MarginMode::WorstCase
+                && !self.scratch.covers_shorts(state, AccountId(a))
             {
-                let liability = self.scratch.liability(state, AccountId(a));
-                let collateral = i128::from(self.scratch.account(AccountId(a)).collateral.0);
-                if collateral * i128::from(QTY_SCALE) < liability as i128 {
-                    return Err(StateError::Uncovered(i));
-                }
+                return Err(StateError::Uncovered(i));
             }
         }
         Ok(())
@@ -1246,6 +1241,14 @@ impl Scratch {
             };
             spec.map_or(0, leaf::payoff)
         })
+    }
+
+    /// Whether `account`'s collateral, as the batch leaves it so far, covers what its shorts
+    /// can owe at worst: `collateral * 1e8 >= liability`.
+    fn covers_shorts(&mut self, state: &SettlementState, account: AccountId) -> bool {
+        let liability = self.liability(state, account);
+        let collateral = i128::from(self.account(account).collateral.0);
+        collateral * i128::from(QTY_SCALE) >= liability as i128
     }
 
     fn spec(&mut self, id: InstrumentId) -> InstrumentSpec {
