@@ -274,6 +274,18 @@ contract RollupTest is WithHashers {
         hevm.expectRevert(abi.encodeWithSelector(OptioRollup.BadProof.selector, "account"));
         rollup.exit(p);
         p.collateral -= 1;
+        // Another margin mode than committed (the leaf's third field differs).
+        p.mode += 1;
+        hevm.prank(owner);
+        hevm.expectRevert(abi.encodeWithSelector(OptioRollup.BadProof.selector, "account"));
+        rollup.exit(p);
+        p.mode -= 1;
+        // A liability past 2^155 (its top bits would fall out of the word, aliasing a smaller one).
+        p.liability += uint160(1) << 158;
+        hevm.prank(owner);
+        hevm.expectRevert(abi.encodeWithSelector(OptioRollup.BadProof.selector, "counts"));
+        rollup.exit(p);
+        p.liability -= uint160(1) << 158;
         // A position left out (the positions root no longer matches).
         Position[] memory one = new Position[](1);
         one[0] = p.positions[1];
