@@ -22,6 +22,15 @@ contract OptioJudge {
     uint256 public constant MARK_RECORD = 73;
     /// How long before its batch's time (ms) a mark may have been published.
     uint256 public constant MARK_WINDOW_MS = 60_000;
+    /// Bytes per account change attestation, before the price attestations: the owner's nonce
+    /// (8), signature expiry in seconds (8) and the owner's signature (65).
+    uint256 public constant CHANGE_RECORD = 81;
+    /// Op kinds of the account changes (session keys, margin modes), as an `_nthOp` set.
+    uint256 internal constant CHANGES = (1 << 23) | (1 << 28);
+    /// The `module` of an owner's signed session key change: "optio:session-key", zero-padded.
+    address internal constant SESSION_KEY_MODULE = 0x6f7074696F3A73657373696F6e2d6B6579000000;
+    /// The `module` of an owner's signed margin mode change: "optio:margin-mode", zero-padded.
+    address internal constant MARGIN_MODE_MODULE = 0x6F7074696f3a6D617267696e2D6D6f6465000000;
     /// The kinds of the priced ops (settlement prices and marks), as an `_nthOp` set.
     uint256 internal constant PRICED = (1 << SETTLE) | (1 << MARK);
     /// The BN254 scalar field modulus (a posted negative value is `P - |v|`).
@@ -133,9 +142,15 @@ contract OptioJudge {
     /// `f` recovers to `signer`.
     function _signedBy(bytes calldata r, Fill memory f, bool taker, address owner, address signer) internal view returns (bool) {
         bytes32 digest = _orderDigest(r, f, taker ? f.taker : f.maker, taker == f.takerBuys, owner);
-        if (digest == 0 || uint256(bytes32(r[93:125])) > HALF_ORDER) return false;
-        uint8 v = uint8(r[125]);
-        address who = ecrecover(digest, v < 27 ? v + 27 : v, bytes32(r[61:93]), bytes32(r[93:125]));
+        return digest != 0 && _signs(r[61:126], digest, signer);
+    }
+
+    /// Whether `sig` (`r || s || v`, low `s` only, as the gateway takes them) over `digest`
+    /// recovers to `signer` (never the zero address).
+    function _signs(bytes calldata sig, bytes32 digest, address signer) internal pure returns (bool) {
+        if (uint256(bytes32(sig[32:64])) > HALF_ORDER) return false;
+        uint8 v = uint8(sig[64]);
+        address who = ecrecover(digest, v < 27 ? v + 27 : v, bytes32(sig[0:32]), bytes32(sig[32:64]));
         return who != address(0) && who == signer;
     }
 
@@ -326,10 +341,105 @@ contract OptioJudge {
         uint64 time = _batchTime(data);
         if (published > time || (mark && time - published > MARK_WINDOW_MS)) return false;
         bytes32 digest = keccak256(abi.encodePacked(hex"1901", _separator(0), price));
-        if (uint256(bytes32(a[40:72])) > HALF_ORDER) return false;
-        uint8 v = uint8(a[72]);
-        address who = ecrecover(digest, v < 27 ? v + 27 : v, bytes32(a[8:40]), bytes32(a[40:72]));
-        return who != address(0) && who == oracle;
+        return _signs(a[8:73], digest, oracle);
+    }
+
+    /// Whether account change `k` (from 0, in the posted words' order: session key changes,
+    /// then margin mode changes) of posted `data` is signed by `owner`, its account's owner, by
+    /// its entry in `auths`: an `Action` under Optio's domain with the entry's nonce and expiry,
+    /// `SESSION_KEY_MODULE` and `abi.encode(key, expiryMs)` or `MARGIN_MODE_MODULE` and
+    /// `abi.encode(mode)` as data, signed by the owner, not expired at the batch's time. Also
+    /// returns the change's account (the caller opens its leaf for `owner`). Reverts when the
+    /// data has no change `k`.
+    function changeSigned(bytes calldata data, bytes calldata auths, uint256 k, address owner)
+        external
+        view
+        returns (bool, uint32)
+    {
+        (uint256 w, uint256 cursor) = _nthOp(data, CHANGES, k);
+        bytes calldata op = data[cursor:cursor + 32 * Words.opWords(w & 0xff, w)];
+        return (_changeSigned(op, _batchTime(data), auths, k, owner), uint32(w >> 8));
+    }
+
+    /// `changeSigned` for the change whose words are `op`, in a batch cut at `time` (ms).
+    function _changeSigned(bytes calldata op, uint64 time, bytes calldata auths, uint256 k, address owner)
+        internal
+        view
+        returns (bool)
+    {
+        (bool found, bytes calldata a) = _change(auths, k);
+        if (!found || time > uint256(uint64(bytes8(a[8:16]))) * 1000) return false;
+        return _signs(a[16:81], _changeDigest(op, a, owner), owner);
+    }
+
+    /// The EIP-712 digest (Optio's domain) of the change whose words are `op` (a session key's
+    /// two, a margin mode's one), as its account's `owner` signs it with entry `a`'s nonce and
+    /// expiry. The session key is the op's second word; its
+    /// expiry and the mode's code sit at bit 104 of the first.
+    function _changeDigest(bytes calldata op, bytes calldata a, address owner) internal view returns (bytes32) {
+        uint256 w = uint256(bytes32(op[0:32]));
+        bool key = w & 0xff == 23;
+        bytes32 change = key
+            ? keccak256(abi.encode(uint160(uint256(bytes32(op[32:64]))), uint64(w >> 104)))
+            : keccak256(abi.encode(uint8(w >> 104)));
+        bytes32 action = keccak256(
+            abi.encode(
+                ACTION_TYPEHASH,
+                uint256(uint32(w >> 8)),
+                uint256(uint64(bytes8(a[0:8]))),
+                key ? SESSION_KEY_MODULE : MARGIN_MODE_MODULE,
+                change,
+                uint256(uint64(bytes8(a[8:16]))),
+                owner,
+                owner
+            )
+        );
+        return keccak256(abi.encodePacked(hex"1901", _separator(0), action));
+    }
+
+    /// Whether account change `later.mark` (from 0, in the posted words' order) of batch
+    /// `later.number` is not its owner's: with `earlier` empty (no data), not signed by `owner`
+    /// (`changeSigned`); otherwise signed, but a replay of change `earlier.mark` of batch
+    /// `earlier.number` (an earlier change: of an earlier batch, or before it in the same one),
+    /// also signed by `owner`, of the same account under the same nonce, `later`'s batch no
+    /// later than `earlier`'s signature's expiry. The gateway takes an owner's nonce once for
+    /// as long as its signature lives, so an honest batch never posts that. Also returns the
+    /// account.
+    function changeBroken(PostedMark calldata earlier, PostedMark calldata later, address owner)
+        external
+        view
+        returns (bool, uint32)
+    {
+        (bool signed, uint32 account) = this.changeSigned(later.data, later.auths, later.mark, owner);
+        if (earlier.data.length == 0) return (!signed, account);
+        if (later.number == earlier.number && later.mark <= earlier.mark) revert BadBatch("not a later change");
+        (bool first, uint32 same) = this.changeSigned(earlier.data, earlier.auths, earlier.mark, owner);
+        return (signed && first && same == account && _sameNonceWhileLive(earlier, later), account);
+    }
+
+    /// Whether `later`'s change entry carries the nonce of `earlier`'s, and `later`'s batch is
+    /// no later than `earlier`'s signature's expiry.
+    function _sameNonceWhileLive(PostedMark calldata earlier, PostedMark calldata later) internal pure returns (bool) {
+        (, bytes calldata a) = _change(earlier.auths, earlier.mark);
+        (, bytes calldata b) = _change(later.auths, later.mark);
+        return bytes8(a[0:8]) == bytes8(b[0:8]) && _batchTime(later.data) <= uint256(uint64(bytes8(a[8:16]))) * 1000;
+    }
+
+    /// Account change attestation `k` of an authorization section: before the price
+    /// attestations and their count, the change count `c` (4 bytes), the `c` entries before it.
+    /// An all-zero entry stands for none.
+    function _change(bytes calldata auths, uint256 k) internal pure returns (bool found, bytes calldata a) {
+        a = auths[0:0];
+        if (auths.length < 8) return (false, a);
+        uint256 end = auths.length - 4;
+        uint256 m = uint32(bytes4(auths[end:]));
+        if (m * MARK_RECORD + 4 > end) return (false, a);
+        end -= m * MARK_RECORD + 4;
+        uint256 c = uint32(bytes4(auths[end:end + 4]));
+        if (k >= c || c * CHANGE_RECORD > end) return (false, a);
+        uint256 start = end - (c - k) * CHANGE_RECORD;
+        a = auths[start:start + CHANGE_RECORD];
+        return (uint256(bytes32(a[16:48])) != 0 || uint256(bytes32(a[48:80])) != 0, a);
     }
 
     /// Priced op `mark` (from 0, in the posted words' order), a mark, of committed batch

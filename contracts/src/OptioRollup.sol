@@ -2,7 +2,7 @@
 pragma solidity ^0.8.20;
 
 import {IERC20} from "./TestUSDC.sol";
-import {Field, IPoseidon3, IPoseidon4, IPoseidon5} from "./Poseidon.sol";
+import {Field} from "./Poseidon.sol";
 import {OptioJudge} from "./OptioJudge.sol";
 import {AccountOpening, ExitProof, OptioTrees} from "./OptioTrees.sol";
 import {
@@ -191,6 +191,7 @@ contract OptioRollup {
     event Reclaimed(uint256 indexed priorityId, address indexed owner, uint256 amount);
     event Withdrawn(uint256 indexed batch, uint256 index, address indexed owner, uint256 amount);
     event Challenged(uint256 indexed number, uint256 fill, bool taker, address indexed challenger, uint256 reward);
+    event ChangeChallenged(uint256 indexed number, uint256 change, address indexed challenger, uint256 reward);
     event PriceChallenged(uint256 indexed number, uint256 price, address indexed challenger, uint256 reward);
     event MarkWentBack(uint256 indexed number, uint256 mark, uint256 earlier, address indexed challenger, uint256 reward);
     event ExpiredEarly(uint256 indexed number, uint256 expiry, uint256 listing, address indexed challenger, uint256 reward);
@@ -246,13 +247,12 @@ contract OptioRollup {
     /// `authorizations_` turns on the authorization challenge (every fill must carry its
     /// orders' signatures); `oracle_` (0: none) is the risk oracle whose signature every mark
     /// of a batch needs (the mark challenge); a batch's time must lie within `bounds`
-    /// around its commit's block time.
+    /// around its commit's block time; `trees_` are the state's trees, deployed just before for
+    /// this rollup's address.
     constructor(
         IERC20 usdc_,
         address operator_,
-        IPoseidon4 h4_,
-        IPoseidon3 h3_,
-        IPoseidon5 h5_,
+        OptioTrees trees_,
         uint256 genesisRoot,
         uint256 finalizationDelay_,
         uint256 priorityWindow_,
@@ -263,7 +263,8 @@ contract OptioRollup {
     ) payable {
         authorizations = authorizations_;
         judge = new OptioJudge(oracle_);
-        trees = new OptioTrees(h3_, h4_, h5_);
+        if (address(trees_.rollup()) != address(this)) revert BadProof("trees");
+        trees = trees_;
         usdc = usdc_;
         verifier = verifier_;
         operator = operator_;
@@ -675,8 +676,7 @@ contract OptioRollup {
         live
     {
         if (!authorizations) revert NoChallenges();
-        if (c.number <= lastFinalized) revert BadBatch("not a committed batch that is not final");
-        _checkPosted(c.number, c.data, c.auths);
+        _checkOpen(c.number, c.data, c.auths);
         Fill memory f = judge.fillAt(c.data, c.fill);
         trees.checkOpening(batches[c.number].root, c.taker ? f.taker : f.maker, opening);
         if (trees.keysHash(keys) != opening.keysHash) revert BadProof("keys");
@@ -715,7 +715,7 @@ contract OptioRollup {
         if (!authorizations) revert NoChallenges();
         if (parts.length == 0) revert BadBatch("no fills");
         uint256 last = parts[parts.length - 1].number;
-        if (last <= lastFinalized) revert BadBatch("not a committed batch that is not final");
+        _checkNotFinal(last);
         uint256 previous = 0;
         for (uint256 i = 0; i < parts.length; i++) {
             FillSides calldata p = parts[i];
@@ -731,6 +731,30 @@ contract OptioRollup {
         _slash(last);
     }
 
+    /// Shows that account change `later.mark` (from 0, in the posted words' order: session key
+    /// changes, then margin mode changes) of batch `later.number`, not final, is not the
+    /// owner's (`OptioJudge.changeBroken`): with `earlier` empty (no data), its entry in the
+    /// batch's authorization section does not hold the account owner's signature of that
+    /// change, alive at the batch's time; otherwise it replays change `earlier.mark` of batch
+    /// `earlier.number` (an earlier change, both signed by the owner, for the same account
+    /// under the same nonce, while the earlier signature lived: the gateway never takes a
+    /// nonce twice in that time). `opening` opens the account's leaf (its owner) under
+    /// `later`'s batch root. That batch and every later one are reverted, the operator's bond
+    /// is paid to the challenger, and the rollup freezes.
+    function challengeChange(OptioJudge.PostedMark calldata earlier, OptioJudge.PostedMark calldata later, AccountOpening calldata opening)
+        external
+        live
+    {
+        if (!authorizations) revert NoChallenges();
+        if (earlier.data.length == 0) _checkOpen(later.number, later.data, later.auths);
+        else _checkPair(earlier, later, 0);
+        (bool broken, uint32 account) = judge.changeBroken(earlier, later, opening.owner);
+        trees.checkOpening(batches[later.number].root, account, opening);
+        if (!broken) revert Authorized();
+        emit ChangeChallenged(later.number, later.mark, msg.sender, address(this).balance);
+        _slash(later.number);
+    }
+
     /// Shows that priced op `price` (from 0, in the posted words' order: settlement prices,
     /// then marks) of batch `number`, not final, is not attested by the risk oracle the rollup
     /// was deployed with: the entry for it at the end of the batch's authorization section does
@@ -740,8 +764,7 @@ contract OptioRollup {
     /// operator's bond is paid to the challenger, and the rollup freezes.
     function challengePrice(uint256 number, bytes calldata data, bytes calldata auths, uint256 price) external live {
         if (judge.oracle() == address(0)) revert NoChallenges();
-        if (number <= lastFinalized) revert BadBatch("not a committed batch that is not final");
-        _checkPosted(number, data, auths);
+        _checkOpen(number, data, auths);
         if (judge.priceAttested(data, auths, price)) revert Attested();
         emit PriceChallenged(number, price, msg.sender, address(this).balance);
         _slash(number);
@@ -755,9 +778,7 @@ contract OptioRollup {
     /// challenger, and the rollup freezes.
     function challengeMarkOrder(OptioJudge.PostedMark calldata earlier, OptioJudge.PostedMark calldata later) external live {
         if (judge.oracle() == address(0)) revert NoChallenges();
-        if (later.number <= lastFinalized || later.number <= earlier.number) revert BadBatch("not a later batch that is not final");
-        _checkPosted(earlier.number, earlier.data, earlier.auths);
-        _checkPosted(later.number, later.data, later.auths);
+        _checkPair(earlier, later, 1);
         if (!judge.wentBack(earlier, later)) revert MarksInOrder();
         emit MarkWentBack(later.number, later.mark, earlier.number, msg.sender, address(this).balance);
         _slash(later.number);
@@ -770,12 +791,30 @@ contract OptioRollup {
     /// The batch and every later one are reverted, the operator's bond is paid to the
     /// challenger, and the rollup freezes.
     function challengeExpiry(OptioJudge.PostedMark calldata listing, OptioJudge.PostedMark calldata expiry) external live {
-        if (expiry.number <= lastFinalized || expiry.number < listing.number) revert BadBatch("not a later batch that is not final");
-        _checkPosted(listing.number, listing.data, listing.auths);
-        _checkPosted(expiry.number, expiry.data, expiry.auths);
+        _checkPair(listing, expiry, 0);
         if (!judge.expiredEarly(listing, expiry)) revert OnTime();
         emit ExpiredEarly(expiry.number, expiry.mark, listing.number, msg.sender, address(this).balance);
         _slash(expiry.number);
+    }
+
+    /// Checks that batch `number` is not final (a challenge may still revert it).
+    function _checkNotFinal(uint256 number) internal view {
+        if (number <= lastFinalized) revert BadBatch("not a committed batch that is not final");
+    }
+
+    /// Checks that batch `number` is not final and that `data` and `auths` are what was posted
+    /// with it.
+    function _checkOpen(uint256 number, bytes calldata data, bytes calldata auths) internal view {
+        _checkNotFinal(number);
+        _checkPosted(number, data, auths);
+    }
+
+    /// Checks that `a` and `b` hold what was posted with their committed batches, and that
+    /// `b`'s is not final and at least `gap` after `a`'s.
+    function _checkPair(OptioJudge.PostedMark calldata a, OptioJudge.PostedMark calldata b, uint256 gap) internal view {
+        _checkPosted(a.number, a.data, a.auths);
+        if (b.number <= lastFinalized || b.number < a.number + gap) revert BadBatch("not a later batch that is not final");
+        _checkPosted(b.number, b.data, b.auths);
     }
 
     /// Checks that `data` and `auths` are what was posted with committed batch `number`.

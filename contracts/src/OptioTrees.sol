@@ -116,8 +116,9 @@ interface IFrozenRollup {
 /// trees"): an account's leaf for the rollup's challenges, and a whole account with its
 /// positions for the exodus exit; after a freeze it records instruments' marks opened against
 /// the final root, so that an account holding many positions exits within a transaction's gas
-/// (`openInstruments`). Created by the rollup in its constructor, and apart from it so that the
-/// rollup stays under the EVM's 24,576-byte code limit. Every check reverts with `BadProof` and
+/// (`openInstruments`). Deployed just before the rollup (naming the rollup's address, which the
+/// rollup's constructor checks), and apart from it so that the rollup stays under the EVM's
+/// 24,576-byte code limit and its creation code under EIP-3860's 49,152 bytes. Every check reverts with `BadProof` and
 /// what did not open.
 contract OptioTrees {
     /// Index bits of the trees (arity 4: two bits per level, docs/settlement.md).
@@ -126,7 +127,7 @@ contract OptioTrees {
     uint256 internal constant POSITIONS_LEVELS = 10;
     int256 internal constant QTY_SCALE = 1e8;
 
-    /// The rollup whose final root instruments are opened against (it created this contract).
+    /// The rollup whose final root instruments are opened against (it uses this contract).
     IFrozenRollup public immutable rollup;
     IPoseidon3 public immutable h3;
     IPoseidon4 public immutable h4;
@@ -165,8 +166,10 @@ contract OptioTrees {
     /// opened.
     error NotOpened(uint32 instrument);
 
-    constructor(IPoseidon3 h3_, IPoseidon4 h4_, IPoseidon5 h5_) {
-        rollup = IFrozenRollup(msg.sender);
+    /// `rollup_` is the rollup that will use these trees, deployed next at the address its
+    /// deployer predicts (the rollup's constructor checks it).
+    constructor(IFrozenRollup rollup_, IPoseidon3 h3_, IPoseidon4 h4_, IPoseidon5 h5_) {
+        rollup = rollup_;
         (h3, h4, h5) = (h3_, h4_, h5_);
         for (uint256 h = 0; h < POSITIONS_LEVELS; h++) {
             zeros[h + 1] = h4_.poseidon([zeros[h], zeros[h], zeros[h], zeros[h]]);

@@ -3,7 +3,7 @@ pragma solidity ^0.8.20;
 
 import {MiniTest} from "./MiniTest.sol";
 import {IGroth16Verifier, OptioRollup} from "../src/OptioRollup.sol";
-import {ExitProof, InstrumentLeaf, InstrumentsOpening, OptioTrees, Position, PositionsNode} from "../src/OptioTrees.sol";
+import {ExitProof, IFrozenRollup, InstrumentLeaf, InstrumentsOpening, OptioTrees, Position, PositionsNode} from "../src/OptioTrees.sol";
 import {TestUSDC} from "../src/TestUSDC.sol";
 import {Field, IPoseidon1, IPoseidon2, IPoseidon3, IPoseidon4, IPoseidon5} from "../src/Poseidon.sol";
 
@@ -17,6 +17,8 @@ interface VmExt {
     function parseJsonAddress(string calldata, string calldata) external pure returns (address);
     function parseJsonBytes(string calldata, string calldata) external pure returns (bytes memory);
     function warp(uint256) external;
+    function getNonce(address) external view returns (uint64);
+    function computeCreateAddress(address, uint256) external pure returns (address);
     function prank(address) external;
     function expectRevert(bytes calldata) external;
     function expectRevert() external;
@@ -32,6 +34,16 @@ abstract contract WithHashers is MiniTest {
             addr := create(0, add(code, 0x20), mload(code))
         }
         require(addr != address(0), "hasher deployment failed");
+    }
+
+    /// The state's trees for the rollup this contract creates right after them (at the address
+    /// its next nonce gives), with fresh hashers.
+    function deployTrees() internal returns (OptioTrees) {
+        IPoseidon3 h3 = IPoseidon3(deployHasher(3));
+        IPoseidon4 h4 = IPoseidon4(deployHasher(4));
+        IPoseidon5 h5 = IPoseidon5(deployHasher(5));
+        address next = hevm.computeCreateAddress(address(this), hevm.getNonce(address(this)) + 1);
+        return new OptioTrees(IFrozenRollup(next), h3, h4, h5);
     }
 
     function _digit(uint256 n) internal pure returns (string memory) {
@@ -100,9 +112,7 @@ contract RollupTest is WithHashers {
         rollup = new OptioRollup(
             usdc,
             address(this),
-            IPoseidon4(deployHasher(4)),
-            IPoseidon3(deployHasher(3)),
-            IPoseidon5(deployHasher(5)),
+            deployTrees(),
             hevm.parseJsonUint(v, ".genesis_root"),
             DELAY,
             WINDOW,
@@ -836,6 +846,15 @@ contract RollupTest is WithHashers {
 
     /// A rollup deployed without a verifier refuses every proof (real proofs against a real
     /// verifier: crates/settlement/prover/tests/evm_verifier.rs).
+    /// The trees are deployed apart, naming the rollup they serve: a rollup refuses trees made
+    /// for another address (they would read another rollup's final root).
+    function test_a_rollup_refuses_trees_made_for_another_rollup() public {
+        IPoseidon4 h4 = IPoseidon4(deployHasher(4));
+        OptioTrees other = new OptioTrees(IFrozenRollup(address(0xBEEF)), IPoseidon3(address(0)), h4, IPoseidon5(address(0)));
+        hevm.expectRevert(abi.encodeWithSelector(OptioRollup.BadProof.selector, "trees"));
+        new OptioRollup(usdc, address(this), other, 0, DELAY, WINDOW, IGroth16Verifier(address(0)), true, address(0), OptioRollup.TimeBounds(LEAD, LAG));
+    }
+
     function test_verify_batch_refuses_without_a_verifier() public {
         commit(0, 0);
         uint256[8] memory noProof;
@@ -916,8 +935,8 @@ contract RollupInvariants is WithHashers {
 
     function setUp() public {
         usdc = new TestUSDC();
-        IPoseidon4 h4 = IPoseidon4(deployHasher(4));
-        rollup = new OptioRollup(usdc, address(this), h4, IPoseidon3(deployHasher(3)), IPoseidon5(deployHasher(5)), 0, 1 hours, 6 hours, IGroth16Verifier(address(0)), true, address(0), OptioRollup.TimeBounds(1 hours, 1 days));
+        OptioTrees trees = deployTrees();
+        rollup = new OptioRollup(usdc, address(this), trees, 0, 1 hours, 6 hours, IGroth16Verifier(address(0)), true, address(0), OptioRollup.TimeBounds(1 hours, 1 days));
         handler = new Handler(rollup, usdc);
     }
 

@@ -81,7 +81,7 @@ async fn measure() -> anyhow::Result<()> {
                 })
             })
             .collect();
-        let section = optio_state::auth::section_of(&records, &attested);
+        let section = optio_state::auth::section_of(&records, &[], &attested);
         for (ops, auths) in [
             (&with_marks, section.clone()),
             (&with_marks, Vec::new()),
@@ -256,7 +256,7 @@ fn section_sharing() {
         for chunk in sides.chunks_exact(2 * n) {
             let records: Vec<Option<Authorization>> =
                 chunk.iter().map(|&o| Some(record(o))).collect();
-            let section = section_of(&records, &[]);
+            let section = section_of(&records, &[], &[]);
             let one_per_side: Vec<u8> = records
                 .iter()
                 .flat_map(|r| r.expect("signed").encode())

@@ -502,14 +502,23 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
         let backstop = funder
             .fund(operator.into_array(), Amount(100_000_000 * MONEY_SCALE))
             .await?;
-        let set = gateway.submit_admin(vec![Command::SetMarginMode {
-            account: AccountId(backstop as u32),
-            mode: optio_types::MarginMode::Standard,
-        }])?;
-        anyhow::ensure!(
-            set.iter().all(Result::is_ok),
-            "the backstop's margin: {set:?}"
-        );
+        // Its mode is the operator's signed change, as any owner's (L1 judges each).
+        let key = chain
+            .as_ref()
+            .map(|(_, _, key)| key.as_str())
+            .unwrap_or_default();
+        let key = secp256k1::SecretKey::from_secret_bytes(
+            optio_intents::parse_hex(key)
+                .and_then(|k| k.try_into().ok())
+                .context("the operator's key")?,
+        )?;
+        gateway
+            .change_as_owner(
+                &key,
+                AccountId(backstop as u32),
+                optio_gateway::client::Change::MarginMode(optio_types::MarginMode::Standard),
+            )
+            .map_err(|e| anyhow::anyhow!("the backstop's margin: {e:?}"))?;
         println!(
             "  backstop  account {backstop} (the operator's: forced closes move positions to it)"
         );

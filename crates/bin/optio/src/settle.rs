@@ -314,7 +314,8 @@ pub struct VerifyArgs {
     #[arg(long)]
     rollup: String,
     /// Key (0x-hex) to file authorization challenges with: a fill whose posted signed order
-    /// does not authorize it, in a batch not final yet, is challenged on L1 (the batch and all
+    /// does not authorize it (or an account change its owner did not sign, a price the oracle
+    /// did not sign), in a batch not final yet, is challenged on L1 (the batch and all
     /// later ones are reverted and the operator's bond is paid to this key's address).
     #[arg(long, env = "OPTIO_CHALLENGER_KEY")]
     challenger_key: Option<String>,
@@ -357,6 +358,24 @@ pub fn verify(args: VerifyArgs) -> Result<()> {
                     if let Some(key) = &args.challenger_key {
                         let signer = optio_settler::connect(&args.rpc, key)?;
                         let filed = optio_settler::file_challenge(&signer, rollup, challenge).await.map(|r| r.transaction_hash);
+                        report_challenge(*number, filed, key)?;
+                    }
+                }
+                optio_settler::Verdict::UnsignedChange { number, change, account, why, challenge } => {
+                    bad += 1;
+                    println!("batch {number:>6}: ALERT account change {change} (account {account}) is not the owner's: {why}");
+                    if let Some(key) = &args.challenger_key {
+                        let signer = optio_settler::connect(&args.rpc, key)?;
+                        let filed = optio_settler::file_change_challenge(&signer, rollup, challenge).await.map(|r| r.transaction_hash);
+                        report_challenge(*number, filed, key)?;
+                    }
+                }
+                optio_settler::Verdict::ChangeReplayed { number, change, account, why, challenge } => {
+                    bad += 1;
+                    println!("batch {number:>6}: ALERT account change {change} (account {account}) is posted again: {why}");
+                    if let Some(key) = &args.challenger_key {
+                        let signer = optio_settler::connect(&args.rpc, key)?;
+                        let filed = optio_settler::file_replay_challenge(&signer, rollup, challenge).await.map(|r| r.transaction_hash);
                         report_challenge(*number, filed, key)?;
                     }
                 }
@@ -408,7 +427,7 @@ pub fn verify(args: VerifyArgs) -> Result<()> {
         println!(
             "  fills: {}; settlement prices and marks: {}",
             if judging.authorizations {
-                "each within what its orders' posted signatures authorize (signer, side, limit, amount over all fills, fee cap)"
+                "each within what its orders' posted signatures authorize (signer, side, limit, amount over all fills, fee cap); each session key and margin mode change signed by the account's owner, none posted twice while its signature lives"
             } else {
                 "not judged (the rollup was deployed without the authorization challenge)"
             },

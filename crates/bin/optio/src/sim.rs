@@ -518,16 +518,23 @@ impl World {
         // The operator's backstop first (account 0, the first opened for its address: L1
         // records it, and forced closes move positions to it), margined and funded by the
         // operator's own L1 deposit.
-        let opened = w.gateway().submit_admin(vec![
-            Command::OpenAccount {
-                owner: optio_types::Address(operator.into_array()),
-            },
-            Command::SetMarginMode {
-                account: AccountId(BACKSTOP),
-                mode: optio_types::MarginMode::Standard,
-            },
-        ])?;
+        let opened = w.gateway().submit_admin(vec![Command::OpenAccount {
+            owner: optio_types::Address(operator.into_array()),
+        }])?;
         ensure!(opened.iter().all(Result::is_ok), "the backstop: {opened:?}");
+        // Its mode is the operator's signed change, as any owner's (L1 judges each).
+        let operator_key = secp256k1::SecretKey::from_secret_bytes(
+            optio_intents::parse_hex(OPERATOR_KEY)
+                .and_then(|k| k.try_into().ok())
+                .context("the operator's key")?,
+        )?;
+        w.gateway()
+            .change_as_owner(
+                &operator_key,
+                AccountId(BACKSTOP),
+                optio_gateway::client::Change::MarginMode(optio_types::MarginMode::Standard),
+            )
+            .map_err(|e| anyhow::anyhow!("the backstop's margin mode: {e:?}"))?;
         w.runtime.block_on(async {
             let operator_l1 = optio_settler::connect(&w.l1.chain.url, OPERATOR_KEY)?;
             let usdc = TestUSDC::new(w.l1.usdc, &operator_l1);
@@ -566,17 +573,35 @@ impl World {
         }
         w.oracle_update(false)?;
         for t in 0..MARGINED {
-            w.header_call(
+            let params = w.change_params(
                 t,
-                "private/set_margin_mode",
-                json!({"subaccount_id": w.traders[t].account, "margin_mode": "standard"}),
-            )
-            .map_err(|e| anyhow::anyhow!("setting the margin mode: {e:?}"))?;
+                optio_gateway::client::Change::MarginMode(optio_types::MarginMode::Standard),
+            );
+            w.header_call(t, "private/set_margin_mode", params)
+                .map_err(|e| anyhow::anyhow!("setting the margin mode: {e:?}"))?;
         }
         let slow = w.rng.random_range(0..3);
         w.stats.slow_subscribers += slow as u64;
         w.api = Some(serve(w.gateway.as_ref().expect("up"), slow, &w.runtime)?);
         Ok(w)
+    }
+
+    /// `params` for account change `change` of trader `t`, signed by the owner under Optio's
+    /// domain, as the rollup judges every posted change: a fresh nonce and a signature that
+    /// lives five minutes.
+    fn change_params(&mut self, t: usize, change: optio_gateway::client::Change) -> Value {
+        let expiry = self.clock.now_ms() / 1_000 + 300;
+        let trader = &mut self.traders[t];
+        trader.nonce += 1;
+        optio_gateway::client::change_params(
+            &trader.key,
+            CHAIN,
+            self.config.verifying_contract,
+            trader.account,
+            change,
+            trader.nonce,
+            expiry,
+        )
     }
 
     /// A header-authenticated call by trader `t`.
@@ -646,8 +671,8 @@ impl World {
     }
 
     /// Trader `t` registers its session key (or extends or shortens its life: half a minute to
-    /// five minutes from now), or revokes it. Header-authenticated by the owner; the engine
-    /// cancels the key's orders that would outlive the change.
+    /// five minutes from now), or revokes it. Header-authenticated and signed by the owner; the
+    /// engine cancels the key's orders that would outlive the change.
     fn session_key_change(&mut self, t: usize) -> Result<()> {
         let now_ms = self.clock.now_ms();
         let expiry_s = if self.traders[t].session_until_ms > now_ms && self.rng.random_bool(0.25) {
@@ -658,11 +683,10 @@ impl World {
         let trader = &self.traders[t];
         let key =
             optio_intents::address_of(&secp256k1::PublicKey::from_secret_key(&trader.session));
-        let params = json!({
-            "subaccount_id": trader.account,
-            "public_session_key": optio_state::poseidon::hex(&key),
-            "expiry_sec": expiry_s,
-        });
+        let params = self.change_params(
+            t,
+            optio_gateway::client::Change::SessionKey { key, expiry_s },
+        );
         self.header_call(t, "private/register_session_key", params)
             .map_err(|e| anyhow::anyhow!("a session key change by the owner refused: {e:?}"))?;
         self.traders[t].session_until_ms = expiry_s * 1_000;
@@ -718,7 +742,7 @@ impl World {
     /// A hostile input: refused before sequencing, nothing changes.
     fn hostile(&mut self) -> Result<()> {
         let t = self.rng.random_range(0..TRADERS);
-        let kind = self.rng.random_range(0..8);
+        let kind = self.rng.random_range(0..9);
         let (method, params, headers) = match kind {
             // A byte of the signature flipped.
             0 => {
@@ -780,6 +804,24 @@ impl World {
                 let mode = ["portfolio", "cross", ""][self.rng.random_range(0..3)];
                 let p = json!({"subaccount_id": self.traders[victim].account, "margin_mode": mode});
                 ("private/set_margin_mode", p, Some(t))
+            }
+            // The owner's own account change, unsigned, or signed for another change (its
+            // session key registered for longer than signed).
+            7 => {
+                let key = optio_intents::address_of(&secp256k1::PublicKey::from_secret_key(
+                    &self.traders[t].session,
+                ));
+                let expiry_s = self.clock.now_ms() / 1_000 + 120;
+                let mut p = self.change_params(
+                    t,
+                    optio_gateway::client::Change::SessionKey { key, expiry_s },
+                );
+                if self.rng.random_bool(0.5) {
+                    p.as_object_mut().map(|o| o.remove("signature"));
+                } else {
+                    p["expiry_sec"] = json!(expiry_s + 3_600);
+                }
+                ("private/register_session_key", p, Some(t))
             }
             _ => {
                 let mut p = self.order(t);

@@ -103,6 +103,75 @@ pub fn signed_order_for(
     Some((params, digest))
 }
 
+/// An account change to sign: what `private/register_session_key` (a session key and its
+/// expiry, 0 revoking it) or `private/set_margin_mode` (a mode) asks.
+#[derive(Debug, Clone, Copy)]
+pub enum Change {
+    /// Register, extend, shorten or (expiry 0) revoke a session key.
+    SessionKey {
+        /// The key.
+        key: [u8; 20],
+        /// Expiry, seconds (0 revokes).
+        expiry_s: u64,
+    },
+    /// Choose a margin mode.
+    MarginMode(optio_types::MarginMode),
+}
+
+/// The params of `private/register_session_key` or `private/set_margin_mode` for `change`
+/// of `subaccount`, signed by `key`, the subaccount's owner, under Optio's native domain with
+/// `nonce` (unique per owner) and `signature_expiry_sec` `expiry` (seconds). A rollup that
+/// judges signatures judges every posted account change by it (`OptioJudge.changeSigned`);
+/// the call itself is header-authenticated by the owner too.
+pub fn change_params(
+    key: &SecretKey,
+    chain_id: u64,
+    contract: [u8; 20],
+    subaccount: u64,
+    change: Change,
+    nonce: u64,
+    expiry: u64,
+) -> Value {
+    let owner = address_of(&secp256k1::PublicKey::from_secret_key(key));
+    let (module, data, mut params) = match change {
+        Change::SessionKey {
+            key: session,
+            expiry_s,
+        } => (
+            optio_intents::SESSION_KEY_MODULE,
+            optio_intents::SessionKeyChange {
+                key: session,
+                expiry_ms: expiry_s.saturating_mul(1_000),
+            }
+            .encode(),
+            json!({"subaccount_id": subaccount, "public_session_key": hex(&session), "expiry_sec": expiry_s}),
+        ),
+        Change::MarginMode(mode) => (
+            optio_intents::MARGIN_MODE_MODULE,
+            optio_intents::MarginModeChange { mode: mode.code() }.encode(),
+            json!({"subaccount_id": subaccount, "margin_mode": match mode {
+                optio_types::MarginMode::WorstCase => "worst_case",
+                optio_types::MarginMode::Standard => "standard",
+                optio_types::MarginMode::Portfolio => "portfolio",
+            }}),
+        ),
+    };
+    let action = Action {
+        subaccount_id: subaccount,
+        nonce,
+        module,
+        data,
+        expiry,
+        owner,
+        signer: owner,
+    };
+    let digest = action.digest(&Domain::optio(chain_id, contract).separator());
+    params["nonce"] = json!(nonce.to_string());
+    params["signature_expiry_sec"] = json!(expiry);
+    params["signature"] = json!(hex(&optio_intents::sign(key, &digest)));
+    params
+}
+
 fn unhex<const N: usize>(v: &Value) -> Option<[u8; N]> {
     let s = v.as_str()?.strip_prefix("0x")?;
     if s.len() != 2 * N {

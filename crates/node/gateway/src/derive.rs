@@ -45,7 +45,9 @@ pub fn derive_code(e: &CallError) -> i64 {
             GatewayError::MethodNotFound => -32_601,
             GatewayError::InvalidParams(_) => -32_602,
             GatewayError::BadSignature => 14_014,
-            GatewayError::NotOwner | GatewayError::BeyondSignedTerms => 14_023,
+            GatewayError::NotOwner
+            | GatewayError::BeyondSignedTerms
+            | GatewayError::UnsignedChange => 14_023,
             GatewayError::ReplayedNonce => 11_017,
             GatewayError::SignatureExpiry => 11_011,
             GatewayError::Unauthorized => 14_022,

@@ -45,6 +45,12 @@ pub enum GatewayError {
     /// terms (a higher bid, a lower ask, a larger size) (6008).
     #[error("beyond what the order's signature covers on this rollup")]
     BeyondSignedTerms,
+    /// On a rollup that judges account changes by the owner's signature: a session key or
+    /// margin mode change without it (6009).
+    #[error(
+        "this rollup needs the owner's signature of an account change (signature, nonce, signature_expiry_sec)"
+    )]
+    UnsignedChange,
     /// Too many requests from this IP, or orders from this owner (6007).
     #[error("rate limit exceeded")]
     RateLimited,
@@ -69,6 +75,7 @@ impl GatewayError {
             GatewayError::MaxFeeTooLow(_) => 6_006,
             GatewayError::RateLimited => 6_007,
             GatewayError::BeyondSignedTerms => 6_008,
+            GatewayError::UnsignedChange => 6_009,
             GatewayError::Internal => 6_100,
         }
     }

@@ -4,13 +4,14 @@
 
 use std::sync::Arc;
 
+use optio_gateway::client::Change;
 use optio_gateway::{Config, Gateway, L1Progress};
 use optio_intents::{Action, DERIVE_TRADE_MODULE, Domain, TradeData, address_of, keccak};
 use optio_pricing::risk::default_scenarios;
 use optio_pricing::svi::{Slice, Surface, Svi};
 use optio_sequencer::Sequencer;
 use optio_types::{
-    Amount, Command, EngineLimits, InstrumentId, InstrumentSpec, MONEY_SCALE, Price,
+    Amount, Command, EngineLimits, InstrumentId, InstrumentSpec, MONEY_SCALE, MarginMode, Price,
 };
 use secp256k1::SecretKey;
 use serde_json::{Value, json};
@@ -1023,7 +1024,76 @@ async fn with_signed_terms_only_loosening_edits_are_refused_and_key_orders_end_w
     .await;
     let session = session_key(&alice, 0x56);
     let expiry = optio_gateway::now_ms() / 1_000 + 3_600;
-    let register = |expiry_sec| register_session_key(&alice, &session, expiry_sec);
+    // Account changes need the owner's signature of the change (the rollup judges each posted
+    // one by it): unsigned, signed by another key, by the owner for another change, living
+    // less than 10 s more, or with a nonce used before, refused with their codes, changing
+    // nothing.
+    let signed = |signer: &SecretKey, change: Change, nonce: u64, life_s: u64| {
+        let params = optio_gateway::client::change_params(
+            signer,
+            CHAIN,
+            CONTRACT,
+            alice.subaccount,
+            change,
+            nonce,
+            optio_gateway::now_ms() / 1_000 + life_s,
+        );
+        let method = match change {
+            Change::SessionKey { .. } => "private/register_session_key",
+            Change::MarginMode(_) => "private/set_margin_mode",
+        };
+        json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).to_string()
+    };
+    let key_change = |expiry_s| Change::SessionKey {
+        key: session.address,
+        expiry_s,
+    };
+    let before = h.gateway.state_hash();
+    let unsigned_mode = json!({"jsonrpc": "2.0", "id": 1, "method": "private/set_margin_mode", "params": {"subaccount_id": alice.subaccount, "margin_mode": "standard"}}).to_string();
+    for (request, expected) in [
+        (register_session_key(&alice, &session, expiry), 6_009),
+        (unsigned_mode, 6_009),
+        (
+            signed(&session.key, key_change(expiry), 1_000_001, 600),
+            6_001,
+        ),
+        (signed(&alice.key, key_change(expiry), 1_000_001, 5), 6_004),
+    ] {
+        assert_eq!(
+            code(&h.post(&request, &h.auth(&alice)).await.1),
+            expected,
+            "{request}"
+        );
+    }
+    let mut forged: Value =
+        serde_json::from_str(&signed(&alice.key, key_change(expiry), 1_000_001, 600))
+            .expect("json");
+    forged["params"]["expiry_sec"] = json!(expiry + 1);
+    assert_eq!(
+        code(&h.post(&forged.to_string(), &h.auth(&alice)).await.1),
+        6_001,
+        "signed for another expiry"
+    );
+    assert_eq!(h.gateway.state_hash(), before, "refusals change nothing");
+    let mode = signed(
+        &alice.key,
+        Change::MarginMode(MarginMode::Standard),
+        1_000_002,
+        600,
+    );
+    let set = h.post(&mode, &h.auth(&alice)).await.1;
+    assert_eq!(set["result"]["margin_mode"], "standard", "{set}");
+    assert_eq!(
+        code(&h.post(&mode, &h.auth(&alice)).await.1),
+        6_003,
+        "replayed"
+    );
+    // Nonces far from the orders' (the harness counts from 1; one space per owner).
+    let mut nonce = 1_000_010;
+    let mut register = |expiry_s| {
+        nonce += 1;
+        signed(&alice.key, key_change(expiry_s), nonce, 600)
+    };
     assert!(h.post(&register(expiry), &h.auth(&alice)).await.1["result"].is_object());
     let by_key = h.order_params_as(
         &session,

@@ -1,7 +1,8 @@
 //! Signed user intents.
 //!
 //! Owns: EIP-712 typed-data hashing for the intents users sign (the Derive-style `Action` with
-//! its trade-module data, exactly as unmodified ccxt 4.5.90 builds it) and for the risk
+//! its trade-module data, exactly as unmodified ccxt 4.5.90 builds it, and with Optio's own
+//! modules for an owner's session key and margin mode changes) and for the risk
 //! oracle's marks and settlement prices (`OracleMark`, `OracleSettlement`), the domains they are signed under, and recovery of the signing address with libsecp256k1 (high-s and malformed
 //! signatures refused).
 //! Must not: decide whether a signer may act for an account or whether a nonce is fresh (the
@@ -218,6 +219,52 @@ impl TradeData {
         out.extend_from_slice(&word_u128(self.recipient_id));
         out.extend_from_slice(&word_u128(u128::from(self.is_bid)));
         out
+    }
+}
+
+/// The `module` of an owner's signed session key change (`Action` under Optio's domain, signed
+/// by the owner): the ASCII of `optio:session-key`, zero-padded to 20 bytes. Its data is
+/// `SessionKeyChange::encode`.
+pub const SESSION_KEY_MODULE: Address = *b"optio:session-key\0\0\0";
+
+/// The `module` of an owner's signed margin mode change: the ASCII of `optio:margin-mode`,
+/// zero-padded. Its data is `MarginModeChange::encode`.
+pub const MARGIN_MODE_MODULE: Address = *b"optio:margin-mode\0\0\0";
+
+/// What an owner signs to register a session key (or, with expiry 0, revoke it), as an
+/// `Action`'s data with `SESSION_KEY_MODULE`: `abi.encode(address key, uint256 expiryMs)`.
+/// The rollup judges every posted session key change against it (`OptioJudge.changeSigned`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionKeyChange {
+    /// The key.
+    pub key: Address,
+    /// Engine time (ms) it stops being valid; 0 revokes it.
+    pub expiry_ms: u64,
+}
+
+impl SessionKeyChange {
+    /// The 64-byte ABI encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64);
+        out.extend_from_slice(&word_address(&self.key));
+        out.extend_from_slice(&word_u128(u128::from(self.expiry_ms)));
+        out
+    }
+}
+
+/// What an owner signs to change an account's margin mode, as an `Action`'s data with
+/// `MARGIN_MODE_MODULE`: `abi.encode(uint256 mode)`, the mode's code (0 worst case, 1
+/// standard, 2 portfolio).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MarginModeChange {
+    /// The mode's code.
+    pub mode: u8,
+}
+
+impl MarginModeChange {
+    /// The 32-byte ABI encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        word_u128(u128::from(self.mode)).to_vec()
     }
 }
 

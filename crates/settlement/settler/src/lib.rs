@@ -103,6 +103,8 @@ mod bindings {
             function challengePrice(uint256 number, bytes calldata data, bytes calldata auths, uint256 price) external;
             event MarkWentBack(uint256 indexed number, uint256 mark, uint256 earlier, address indexed challenger, uint256 reward);
             event PriceChallenged(uint256 indexed number, uint256 price, address indexed challenger, uint256 reward);
+            function challengeChange(PostedMark calldata earlier, PostedMark calldata later, AccountOpening calldata opening) external;
+            event ChangeChallenged(uint256 indexed number, uint256 change, address indexed challenger, uint256 reward);
             function judge() external view returns (address);
             function authorizations() external view returns (bool);
             function slashed() external view returns (bool);
@@ -127,7 +129,7 @@ mod bindings {
                 uint64 lead;
                 uint64 lag;
             }
-            constructor(address usdc, address operator, address h4, address h3, address h5, uint256 genesisRoot, uint256 finalizationDelay, uint256 priorityWindow, address verifier, bool authorizations, address oracle, TimeBounds bounds) payable;
+            constructor(address usdc, address operator, address trees, uint256 genesisRoot, uint256 finalizationDelay, uint256 priorityWindow, address verifier, bool authorizations, address oracle, TimeBounds bounds) payable;
             function maxBatchLead() external view returns (uint256);
             struct PostedMark {
                 uint256 number;
@@ -172,6 +174,7 @@ mod bindings {
 
         #[sol(rpc)]
         contract OptioTrees {
+            constructor(address rollup, address h3, address h4, address h5);
             struct InstrumentLeaf {
                 uint32 instrument;
                 uint256 specHash;
@@ -202,6 +205,8 @@ mod bindings {
             function rollup() external view returns (address);
             function oracle() external view returns (address);
             function priceAttested(bytes calldata data, bytes calldata auths, uint256 k) external view returns (bool);
+            function changeSigned(bytes calldata data, bytes calldata auths, uint256 k, address owner) external view returns (bool, uint32);
+            function changeBroken(OptioRollup.PostedMark calldata earlier, OptioRollup.PostedMark calldata later, address owner) external view returns (bool, uint32);
             function expiredEarly(OptioRollup.PostedMark calldata listing, OptioRollup.PostedMark calldata expiry) external pure returns (bool);
             function fillAt(bytes calldata data, uint256 k) external pure returns (OptioRollup.Fill memory f);
             function authorizes(bytes calldata auths, uint256 i, bytes calldata data, address owner, OptioRollup.SessionKey[] calldata keys) external view returns (bool);
@@ -360,14 +365,31 @@ async fn deploy_code(
     code: Bytes,
     value: U256,
 ) -> Result<Address, SettlerError> {
-    let tx = TransactionRequest::default()
+    deploy_code_from(provider, code, value, None)
+        .await
+        .map(|(address, _)| address)
+}
+
+/// `deploy_code` with the transaction's nonce (`None`: the provider's next), returning the
+/// contract and the deployer.
+async fn deploy_code_from(
+    provider: &DynProvider,
+    code: Bytes,
+    value: U256,
+    nonce: Option<u64>,
+) -> Result<(Address, Address), SettlerError> {
+    let mut tx = TransactionRequest::default()
         .with_deploy_code(code)
         .with_value(value);
+    if let Some(n) = nonce {
+        tx = tx.with_nonce(n);
+    }
     let hash = *provider.send_transaction(tx).await.map_err(rpc)?.tx_hash();
     let receipt = mined(provider, hash).await?;
-    receipt
+    let address = receipt
         .contract_address
-        .ok_or_else(|| SettlerError::Rpc("deployment produced no contract".into()))
+        .ok_or_else(|| SettlerError::Rpc("deployment produced no contract".into()))?;
+    Ok((address, receipt.from))
 }
 
 /// How a rollup is deployed: its constructor's arguments beyond the operator and the genesis
@@ -417,8 +439,9 @@ impl RollupConfig {
     }
 }
 
-/// Deploys the Poseidon hashers, a `TestUSDC` and the rollup (operator: `operator`) from the
-/// forge artifacts under `contracts/out` and the hasher bytecode under `contracts/poseidon`.
+/// Deploys the Poseidon hashers, a `TestUSDC`, the state's trees and the rollup (operator:
+/// `operator`) from the forge artifacts under `contracts/out` and the hasher bytecode under
+/// `contracts/poseidon`.
 pub async fn deploy(
     provider: &DynProvider,
     operator: Address,
@@ -437,18 +460,34 @@ pub async fn deploy(
             .map_err(|e| SettlerError::Artifacts(format!("poseidon{n}: {e}")))?;
         hashers.push(deploy_code(provider, code, U256::ZERO).await?);
     }
-    let usdc = deploy_code(
+    let (usdc, deployer) = deploy_code_from(
         provider,
         artifact(&contracts, "TestUSDC.sol", "TestUSDC")?,
         U256::ZERO,
+        None,
     )
     .await?;
+    // The trees first, naming the rollup at the address the deployer's next transaction
+    // creates (the rollup's constructor checks it).
+    let nonce = provider
+        .get_transaction_count(deployer)
+        .await
+        .map_err(rpc)?;
+    let mut code = artifact(&contracts, "OptioTrees.sol", "OptioTrees")?.to_vec();
+    code.extend_from_slice(
+        &OptioTrees::constructorCall {
+            rollup: deployer.create(nonce + 1),
+            h3: hashers[1],
+            h4: hashers[0],
+            h5: hashers[2],
+        }
+        .abi_encode(),
+    );
+    let (trees, _) = deploy_code_from(provider, code.into(), U256::ZERO, Some(nonce)).await?;
     let args = OptioRollup::constructorCall {
         usdc,
         operator,
-        h4: hashers[0],
-        h3: hashers[1],
-        h5: hashers[2],
+        trees,
         genesisRoot: genesis_root,
         finalizationDelay: U256::from(config.finalization_delay),
         priorityWindow: U256::from(config.priority_window),
@@ -462,7 +501,7 @@ pub async fn deploy(
     };
     let mut code = artifact(&contracts, "OptioRollup.sol", "OptioRollup")?.to_vec();
     code.extend_from_slice(&args.abi_encode());
-    let rollup = deploy_code(provider, code.into(), config.bond).await?;
+    let (rollup, _) = deploy_code_from(provider, code.into(), config.bond, Some(nonce + 1)).await?;
     Ok(Deployment { usdc, rollup })
 }
 
@@ -691,6 +730,39 @@ pub enum Verdict {
         why: String,
         /// The challenge to file.
         challenge: Box<Challenge>,
+    },
+    /// The roots agree, but an account change (a session key registered, extended, shortened
+    /// or revoked, or a margin mode chosen) is not signed by the account's owner (on a rollup
+    /// with the authorization challenge): its posted signature does not recover to the owner
+    /// over that change, or had expired at the batch's time. `challenge` is ready to file
+    /// while the batch is not final (`file_change_challenge`).
+    UnsignedChange {
+        /// Batch.
+        number: u64,
+        /// The change (from 0, in the posted order: session keys, then margin modes).
+        change: u64,
+        /// The account.
+        account: u32,
+        /// Why.
+        why: String,
+        /// The challenge to file.
+        challenge: Box<ChangeChallenge>,
+    },
+    /// The roots agree and every account change is signed by its owner, but one replays an
+    /// earlier one: the same account under the same nonce while the earlier signature lived
+    /// (`optio_state::auth::replays`; the gateway never takes a nonce twice in that time).
+    /// `challenge` is ready to file while the batch is not final (`file_replay_challenge`).
+    ChangeReplayed {
+        /// Batch.
+        number: u64,
+        /// The change (from 0, in the posted order: session keys, then margin modes).
+        change: u64,
+        /// The account.
+        account: u32,
+        /// Why.
+        why: String,
+        /// The challenge to file.
+        challenge: Box<ReplayChallenge>,
     },
     /// The roots agree, but a settlement price or mark is not attested by the rollup's risk
     /// oracle (its posted signature does not recover to the oracle over that price, or it was
@@ -978,6 +1050,156 @@ fn audit_prices(
                     data: blob.to_vec(),
                     auths: auths.to_vec(),
                     op: k as u64,
+                }),
+            });
+        }
+    }
+    None
+}
+
+/// A filed-ready change challenge: `challengeChange`'s arguments without an earlier change.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ChangeChallenge {
+    /// The change (`op`: its index among the batch's account changes), with the batch's posted
+    /// data and section.
+    pub posted: PostedOp,
+    /// The account's leaf opened under the batch's root (its owner).
+    pub opening: optio_state::ExitProof,
+}
+
+impl std::fmt::Debug for ChangeChallenge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ChangeChallenge {{ {:?}, account {} }}",
+            self.posted, self.opening.account.0
+        )
+    }
+}
+
+/// Files `c` with the provider's signer as the challenger (who is paid the operator's bond).
+pub async fn file_change_challenge(
+    provider: &DynProvider,
+    rollup: Address,
+    c: &ChangeChallenge,
+) -> Result<alloy::rpc::types::TransactionReceipt, SettlerError> {
+    let contract = OptioRollup::new(rollup, provider);
+    let none = OptioRollup::PostedMark {
+        number: U256::ZERO,
+        data: Default::default(),
+        auths: Default::default(),
+        mark: U256::ZERO,
+    };
+    transact(contract.challengeChange(none, c.posted.on_l1(), opening_call(&c.opening))).await
+}
+
+/// A filed-ready replay challenge: `challengeChange`'s arguments with an earlier change.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ReplayChallenge {
+    /// The earlier change (`op`: its index among its batch's account changes).
+    pub earlier: PostedOp,
+    /// The change that replays it.
+    pub later: PostedOp,
+    /// The account's leaf opened under the later change's batch root (its owner).
+    pub opening: optio_state::ExitProof,
+}
+
+impl std::fmt::Debug for ReplayChallenge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ReplayChallenge {{ {:?} replayed by {:?}, account {} }}",
+            self.earlier, self.later, self.opening.account.0
+        )
+    }
+}
+
+/// Files `c` with the provider's signer as the challenger (who is paid the operator's bond).
+pub async fn file_replay_challenge(
+    provider: &DynProvider,
+    rollup: Address,
+    c: &ReplayChallenge,
+) -> Result<alloy::rpc::types::TransactionReceipt, SettlerError> {
+    let contract = OptioRollup::new(rollup, provider);
+    transact(contract.challengeChange(c.earlier.on_l1(), c.later.on_l1(), opening_call(&c.opening)))
+        .await
+}
+
+/// Each signed account change seen so far, by account and nonce: its batch, its index among
+/// the batch's changes, and its signature's expiry (s).
+type SignedChanges = std::collections::BTreeMap<(u32, u64), (u64, u64, u64)>;
+
+/// The first account change of a batch (`blob`, decoded as `ops`, cut at `time_ms`, already
+/// applied to `state`) that its posted authorization section does not sign by the account's
+/// owner, or that replays a signed change of an earlier batch (`seen`, which records this
+/// batch's; `posted`: every batch's data and section) or of this one.
+#[allow(clippy::too_many_arguments)]
+fn audit_changes(
+    number: u64,
+    time_ms: u64,
+    blob: &[u8],
+    ops: &[optio_state::Op],
+    auths: &[u8],
+    state: &optio_state::SettlementState,
+    venue: &optio_state::auth::Venue,
+    seen: &mut SignedChanges,
+    posted: &[(Vec<u8>, Vec<u8>)],
+) -> Option<Verdict> {
+    use optio_state::auth::{self, Unsigned};
+    let changes: Vec<&optio_state::Op> = ops.iter().filter(|op| auth::is_change(op)).collect();
+    for (k, op) in changes.iter().enumerate() {
+        let account = op.accounts()[0];
+        let owner = state.accounts().get(account.0 as usize)?.owner;
+        let entry = auth::change_attestation(auths, k);
+        let checked = match entry {
+            Some(a) => a.check(op, owner, time_ms, venue),
+            None => Err(Unsigned::Missing),
+        };
+        if let (Ok(()), Some(a)) = (&checked, entry) {
+            let earlier = seen.insert((account.0, a.nonce), (number, k as u64, a.expiry_s));
+            if let Some((n, j, expiry_s)) = earlier
+                && u128::from(time_ms) <= u128::from(expiry_s) * 1_000
+            {
+                let op_at = |n: u64, j: u64| PostedOp {
+                    number: n,
+                    data: posted[n as usize - 1].0.clone(),
+                    auths: posted[n as usize - 1].1.clone(),
+                    op: j,
+                };
+                return Some(Verdict::ChangeReplayed {
+                    number,
+                    change: k as u64,
+                    account: account.0,
+                    why: format!(
+                        "it replays change {j} of batch {n} (nonce {}, its signature live until {expiry_s} s)",
+                        a.nonce
+                    ),
+                    challenge: Box::new(ReplayChallenge {
+                        earlier: op_at(n, j),
+                        later: op_at(number, k as u64),
+                        opening: state.exit_proof(account).expect("the account exists"),
+                    }),
+                });
+            }
+        }
+        if let Err(why) = checked {
+            let what = match op {
+                optio_state::Op::SessionKey { .. } => "session key change",
+                _ => "margin mode change",
+            };
+            return Some(Verdict::UnsignedChange {
+                number,
+                change: k as u64,
+                account: account.0,
+                why: format!("{what}: {why}"),
+                challenge: Box::new(ChangeChallenge {
+                    posted: PostedOp {
+                        number,
+                        data: blob.to_vec(),
+                        auths: auths.to_vec(),
+                        op: k as u64,
+                    },
+                    opening: state.exit_proof(account).expect("the account exists"),
                 }),
             });
         }
@@ -1334,7 +1556,8 @@ pub async fn judging(provider: &DynProvider, rollup: Address) -> Result<Judging,
 /// data and compares each committed root, checks every priority operation the data serves
 /// against the L1 queue and the header's served count, and checks the ops commitment posted
 /// with each batch against the one its data gives; on a rollup with the challenges, every fill
-/// against its signed orders and every mark against the oracle's signature. Stops at the first
+/// against its signed orders, every account change against its owner's signature and every
+/// mark against the oracle's signature. Stops at the first
 /// batch whose data is unusable.
 pub async fn verify_l1(
     provider: &DynProvider,
@@ -1355,6 +1578,7 @@ pub async fn verify_l1(
         rollup: optio_types::Address(rollup.into_array()),
     };
     let mut filled = std::collections::BTreeMap::new();
+    let mut signed_changes = SignedChanges::new();
     let mut latest_marks = std::collections::BTreeMap::new();
     let mut listings = std::collections::BTreeMap::new();
     let mut state = optio_state::SettlementState::new();
@@ -1423,6 +1647,23 @@ pub async fn verify_l1(
                     &mut filled,
                     &data_posted,
                     &listings,
+                )
+            })
+            .flatten()
+        {
+            v
+        } else if let Some(v) = checks_authorizations
+            .then(|| {
+                audit_changes(
+                    number,
+                    meta.time_ms,
+                    blob,
+                    &ops,
+                    auths,
+                    &state,
+                    &venue,
+                    &mut signed_changes,
+                    &data_posted,
                 )
             })
             .flatten()

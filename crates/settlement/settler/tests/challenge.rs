@@ -15,11 +15,12 @@
 use alloy::primitives::{Address, U256};
 use alloy::providers::Provider;
 use optio_settler::{
-    Challenge, OptioJudge, OptioRollup, PostedOp, RollupConfig, TestUSDC, Verdict, connect, deploy,
-    file_challenge, file_expiry_challenge, file_mark_order_challenge, file_price_challenge,
+    Challenge, ChangeChallenge, OptioJudge, OptioRollup, PostedOp, ReplayChallenge, RollupConfig,
+    TestUSDC, Verdict, connect, deploy, file_challenge, file_change_challenge,
+    file_expiry_challenge, file_mark_order_challenge, file_price_challenge, file_replay_challenge,
     opening_call, transact, verify_l1,
 };
-use optio_state::auth::{self, Authorization, PriceAttestation, Venue};
+use optio_state::auth::{self, Authorization, ChangeAttestation, PriceAttestation, Venue};
 use optio_state::blob::{BlobMeta, encode_ops};
 use optio_state::{Op, SettlementState, encode, withdrawals_hash};
 use optio_types::{
@@ -36,6 +37,8 @@ const BOB: &str = "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b
 /// A session key Alice registers in batch 1, live until engine time `SESSION_UNTIL`.
 const SESSION: &str = "0x2a871d0798f97d79848a013d4936a73bf4cc922c825d33c1cf7073dff6d409c6";
 const SESSION_UNTIL: u64 = 5_000;
+/// A key of the operator's, which it registers as a session key of Bob's without him.
+const ROGUE: &str = "0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a";
 const BOND: u64 = 1_000_000_000_000_000_000;
 const USDC: i64 = MONEY_SCALE;
 
@@ -348,6 +351,60 @@ fn opening_ops(fill: &Op) -> Vec<Op> {
     ]
 }
 
+/// The owner's signature of account change `op` (a session key change whose expiry is whole
+/// seconds, or a margin mode change) by `key`, as a client signs it
+/// (`optio_gateway::client::change_params`), read back from its request parameters.
+fn sign_change(key: &str, venue: &Venue, op: &Op, nonce: u64, expiry_s: u64) -> ChangeAttestation {
+    let (account, change) = match op {
+        Op::SessionKey {
+            account,
+            key,
+            expiry_ms,
+            ..
+        } => (
+            account,
+            optio_gateway::client::Change::SessionKey {
+                key: key.0,
+                expiry_s: expiry_ms / 1_000,
+            },
+        ),
+        Op::SetMarginMode { account, mode } => {
+            (account, optio_gateway::client::Change::MarginMode(*mode))
+        }
+        _ => panic!("not an account change"),
+    };
+    let params = optio_gateway::client::change_params(
+        &secret(key),
+        venue.chain_id,
+        venue.rollup.0,
+        u64::from(account.0),
+        change,
+        nonce,
+        expiry_s,
+    );
+    let hex = params["signature"].as_str().expect("signature");
+    let signature: Vec<u8> = (2..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+        .collect();
+    ChangeAttestation {
+        nonce,
+        expiry_s,
+        signature: signature.try_into().expect("65 bytes"),
+    }
+}
+
+/// Alice's signatures of batch 1's account changes (`opening_ops`: her session key, then her
+/// margin mode), as the batch posts them.
+fn opening_changes(venue: &Venue) -> Vec<Option<ChangeAttestation>> {
+    opening_ops(&bob_buys(1))
+        .iter()
+        .filter(|op| auth::is_change(op))
+        .zip(100..)
+        .map(|(op, nonce)| Some(sign_change(ALICE, venue, op, nonce, 4_000_000_000)))
+        .collect()
+}
+
 /// Bob buys `qty` from Alice at 1,000.
 fn bob_buys(qty: i64) -> Op {
     Op::Fill {
@@ -377,7 +434,11 @@ async fn a_forged_fill_is_caught_reverted_and_slashed_and_users_exit_whole() {
     let ops = opening_ops(&fill);
     let alice_sells = signed(ALICE, &venue, 0, Side::Sell, "1000", "1", 1);
     let bob_buys = signed(BOB, &venue, 1, Side::Buy, "1010", "0.5", 1);
-    let section1 = auth::section_of(&[Some(alice_sells), Some(bob_buys)], &[]);
+    let section1 = auth::section_of(
+        &[Some(alice_sells), Some(bob_buys)],
+        &opening_changes(&venue),
+        &[],
+    );
     let b1 = post(&mut state, 1, &ops);
     commit(&rollup, 1, genesis, &b1, &section1).await;
     let finalized = state.clone();
@@ -571,7 +632,7 @@ async fn a_forged_fill_is_caught_reverted_and_slashed_and_users_exit_whole() {
         let records: Vec<Option<Authorization>> = record.map(Some).into_iter().collect();
         let evm = judge
             .authorizes(
-                auth::section_of(&records, &[]).into(),
+                auth::section_of(&records, &[], &[]).into(),
                 U256::ZERO,
                 b1.blob.clone().into(),
                 Address::from(alice.0),
@@ -612,6 +673,7 @@ async fn a_forged_fill_is_caught_reverted_and_slashed_and_users_exit_whole() {
             Some(alice_sells),
             Some(signed(BOB, &venue, 1, Side::Buy, "900", "0.5", 2)),
         ],
+        &[],
         &[],
     );
     // The contract takes it until challenged.
@@ -710,6 +772,442 @@ async fn a_forged_fill_is_caught_reverted_and_slashed_and_users_exit_whole() {
     );
 
     users_exit_whole(&anvil, &d, &finalized).await;
+}
+
+/// An account change its owner never signed: the operator registers a key of its own as a
+/// session key of Bob's account and sells Bob's position with it. Each fill side passes the
+/// fill challenge's check (the key is live under the batch's root), but the key change is not
+/// Bob's: the watchtower finds it and files the change challenge; the batch is reverted, the
+/// bond paid to the challenger, and both users exit with what the finalized state owes them.
+/// The contract and the Rust check agree on every way a change's signature can be wrong, and
+/// challenging a change its owner did sign reverts and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_change_its_owner_never_signed_is_caught_reverted_and_slashed() {
+    let Rig {
+        anvil,
+        operator,
+        d,
+        venue,
+    } = rig(Address::ZERO).await;
+    let rollup = OptioRollup::new(d.rollup, &operator);
+    let judge = OptioJudge::new(rollup.judge().call().await.expect("reads"), &operator);
+
+    // Batch 1, honest: Alice's session key and margin mode changes signed by her.
+    let mut state = SettlementState::new();
+    let section1 = auth::section_of(
+        &[
+            Some(signed(ALICE, &venue, 0, Side::Sell, "1000", "1", 1)),
+            Some(signed(BOB, &venue, 1, Side::Buy, "1010", "0.5", 1)),
+        ],
+        &opening_changes(&venue),
+        &[],
+    );
+    let b1 = post(&mut state, 1, &opening_ops(&bob_buys(QTY_SCALE / 2)));
+    let genesis = word(&SettlementState::new().root());
+    commit(&rollup, 1, genesis, &b1, &section1).await;
+    transact(rollup.finalize()).await.expect("finalizes");
+    let finalized = state.clone();
+    assert_eq!(
+        verify_l1(&operator, d.rollup).await.expect("verifies"),
+        vec![Verdict::Agrees(1)]
+    );
+
+    // Batch 2 at 10 s, forged: the operator's key registered for Bob (signed by that key, not
+    // by Bob), Bob's own switch to `Standard` (signed by him), and Bob's half contract sold to
+    // Alice at 1,000 by the operator's key.
+    let (alice, bob) = (address(ALICE), address(BOB));
+    let register = Op::SessionKey {
+        account: AccountId(1),
+        key: address(ROGUE),
+        expiry_ms: 1_000_000,
+        at_ms: 10_000,
+    };
+    let switch = Op::SetMarginMode {
+        account: AccountId(1),
+        mode: MarginMode::Standard,
+    };
+    let sold = Op::Fill {
+        instrument: InstrumentId(0),
+        maker: AccountId(0),
+        taker: AccountId(1),
+        taker_side: Side::Sell,
+        price: Price(1_000 * USDC),
+        qty: Qty(QTY_SCALE / 2),
+    };
+    let by_bob = sign_change(BOB, &venue, &register, 7, 4_000_000_000);
+    let switched = sign_change(BOB, &venue, &switch, 8, 4_000_000_000);
+    let section2 = auth::section_of(
+        &[
+            Some(signed(ALICE, &venue, 0, Side::Buy, "1000", "0.5", 2)),
+            Some(signed_by_key(
+                ROGUE,
+                BOB,
+                &venue,
+                1,
+                Side::Sell,
+                1_000 * USDC,
+                QTY_SCALE / 2,
+                9,
+            )),
+        ],
+        &[
+            Some(sign_change(ROGUE, &venue, &register, 7, 4_000_000_000)),
+            Some(switched),
+        ],
+        &[],
+    );
+    let b2 = post_at(&mut state, 2, &[register.clone(), switch, sold], 10_000);
+    commit(&rollup, 2, b1.root, &b2, &section2).await;
+
+    // The contract and the Rust check agree on every way the key change's signature can be
+    // wrong (the batch's time is 10 s).
+    let mut high = by_bob;
+    let n = U256::from_str_radix(
+        "fffffffffffffffffffffffffffffffebaaedce6af48a03bbfd25e8cd0364141",
+        16,
+    )
+    .expect("order");
+    let s = U256::from_be_slice(&high.signature[32..64]);
+    high.signature[32..64].copy_from_slice(&(n - s).to_be_bytes::<32>());
+    high.signature[64] ^= 1;
+    let variants: Vec<(&str, Option<ChangeAttestation>, bool)> = vec![
+        ("as Bob signs it", Some(by_bob), true),
+        (
+            "signed by the key it registers",
+            Some(sign_change(ROGUE, &venue, &register, 7, 4_000_000_000)),
+            false,
+        ),
+        (
+            "signed by Alice",
+            Some(sign_change(ALICE, &venue, &register, 7, 4_000_000_000)),
+            false,
+        ),
+        (
+            "another nonce",
+            Some(ChangeAttestation { nonce: 6, ..by_bob }),
+            false,
+        ),
+        (
+            "another expiry",
+            Some(ChangeAttestation {
+                expiry_s: 4_000_000_001,
+                ..by_bob
+            }),
+            false,
+        ),
+        (
+            "Bob's, alive until the batch's time",
+            Some(sign_change(BOB, &venue, &register, 7, 10)),
+            true,
+        ),
+        (
+            "Bob's, expired before the batch's time",
+            Some(sign_change(BOB, &venue, &register, 7, 9)),
+            false,
+        ),
+        ("Bob's signature of his mode change", Some(switched), false),
+        ("a malleated signature", Some(high), false),
+        ("none posted", None, false),
+    ];
+    for (what, entry, expected) in variants {
+        let rust = entry.is_some_and(|a| a.check(&register, bob, 10_000, &venue).is_ok());
+        let section = auth::section_of(&[], &[entry, Some(switched)], &[]);
+        let evm = judge
+            .changeSigned(
+                b2.blob.clone().into(),
+                section.into(),
+                U256::ZERO,
+                Address::from(bob.0),
+            )
+            .call()
+            .await
+            .expect("calls");
+        assert_eq!(evm._1, 1, "{what}: Bob's account");
+        assert_eq!((rust, evm._0), (expected, expected), "{what}");
+    }
+    assert!(
+        judge
+            .changeSigned(
+                b2.blob.clone().into(),
+                section2.clone().into(),
+                U256::from(2u64),
+                Address::from(bob.0),
+            )
+            .call()
+            .await
+            .is_err(),
+        "a third change that is not there"
+    );
+
+    // Challenging Bob's signed switch reverts and changes nothing; so does opening another
+    // account's leaf for the forged change.
+    let challenger = connect(&anvil.url, CHALLENGER).expect("provider");
+    let honest = ChangeChallenge {
+        posted: PostedOp {
+            number: 2,
+            data: b2.blob.clone(),
+            auths: section2.clone(),
+            op: 1,
+        },
+        opening: state.exit_proof(AccountId(1)).expect("Bob"),
+    };
+    let err = file_change_challenge(&challenger, d.rollup, &honest)
+        .await
+        .expect_err("signed by Bob");
+    let selector: String = optio_intents::keccak(b"Authorized()")[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert!(err.to_string().contains(&selector), "Authorized(): {err}");
+    let misopened = ChangeChallenge {
+        posted: PostedOp {
+            op: 0,
+            ..honest.posted.clone()
+        },
+        opening: state.exit_proof(AccountId(0)).expect("Alice"),
+    };
+    assert!(
+        file_change_challenge(&challenger, d.rollup, &misopened)
+            .await
+            .is_err()
+    );
+    assert!(!rollup.frozen().call().await.expect("reads"));
+
+    // The watchtower finds the forged change (the fills pass their own check) and files it.
+    let verdicts = verify_l1(&operator, d.rollup).await.expect("verifies");
+    let Some(Verdict::UnsignedChange {
+        number: 2,
+        change: 0,
+        account: 1,
+        why,
+        challenge: c,
+    }) = verdicts.last()
+    else {
+        panic!("{verdicts:?}")
+    };
+    assert!(why.starts_with("session key change:"), "{why}");
+    assert_eq!(opening_call(&c.opening).owner, Address::from(bob.0));
+    assert_ne!(alice, bob);
+    let receipt = pays_the_bond(&operator, file_change_challenge(&challenger, d.rollup, c)).await;
+    println!(
+        "a successful change challenge: {} gas ({} data bytes, {} authorization bytes)",
+        receipt.gas_used,
+        c.posted.data.len(),
+        c.posted.auths.len()
+    );
+    let event = receipt
+        .decoded_log::<OptioRollup::ChangeChallenged>()
+        .expect("the ChangeChallenged event");
+    assert_eq!(
+        (event.number, event.change, event.reward),
+        (U256::from(2u64), U256::ZERO, U256::from(BOND))
+    );
+    reverted_to(&rollup, 1).await;
+    users_exit_whole(&anvil, &d, &finalized).await;
+}
+
+/// A signed account change posted again while its signature lives: Alice registers a session
+/// key (batch 1, final) and revokes it (batch 2); the operator reposts her registration in
+/// batch 3, signature and all, so the key is back. Every change passes the owner's-signature
+/// check, but the watchtower sees the nonce again within the signature's life and files the
+/// replay challenge: batch 3 is reverted, the bond paid, and both users exit whole. A nonce
+/// used again after its first signature expired (Bob's, as the gateway allows) is no replay,
+/// on L1 as in Rust.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_change_posted_again_while_its_signature_lives_is_caught_and_slashed() {
+    let Rig {
+        anvil,
+        operator,
+        d,
+        venue,
+    } = rig(Address::ZERO).await;
+    let rollup = OptioRollup::new(d.rollup, &operator);
+    let judge = OptioJudge::new(rollup.judge().call().await.expect("reads"), &operator);
+    let (alice, bob) = (address(ALICE), address(BOB));
+
+    // Batch 1 at 0 s, final: Alice registers her session key (her signature, nonce 100).
+    let mut state = SettlementState::new();
+    let section1 = auth::section_of(
+        &[
+            Some(signed(ALICE, &venue, 0, Side::Sell, "1000", "1", 1)),
+            Some(signed(BOB, &venue, 1, Side::Buy, "1010", "0.5", 1)),
+        ],
+        &opening_changes(&venue),
+        &[],
+    );
+    let b1 = post(&mut state, 1, &opening_ops(&bob_buys(QTY_SCALE / 2)));
+    let genesis = word(&SettlementState::new().root());
+    commit(&rollup, 1, genesis, &b1, &section1).await;
+    transact(rollup.finalize()).await.expect("finalizes");
+    let finalized = state.clone();
+
+    // Batch 2 at 1 s: Alice revokes the key; Bob switches to `Standard`, his signature (nonce
+    // 7) living until exactly 1 s.
+    let revoke = Op::SessionKey {
+        account: AccountId(0),
+        key: address(SESSION),
+        expiry_ms: 0,
+        at_ms: 1_000,
+    };
+    let standard = Op::SetMarginMode {
+        account: AccountId(1),
+        mode: MarginMode::Standard,
+    };
+    let section2 = auth::section_of(
+        &[],
+        &[
+            Some(sign_change(ALICE, &venue, &revoke, 102, 4_000_000_000)),
+            Some(sign_change(BOB, &venue, &standard, 7, 1)),
+        ],
+        &[],
+    );
+    let b2 = post_at(&mut state, 2, &[revoke, standard], 1_000);
+    commit(&rollup, 2, b1.root, &b2, &section2).await;
+
+    // Batch 3 at 2 s: the operator reposts Alice's registration with her batch-1 signature;
+    // Bob switches to `Portfolio` under nonce 7 again, his first signature expired (as the
+    // gateway allows: it forgets a nonce once its signature expires).
+    let Op::SessionKey {
+        account,
+        key,
+        expiry_ms,
+        ..
+    } = opening_ops(&bob_buys(1))
+        .into_iter()
+        .find(|op| matches!(op, Op::SessionKey { .. }))
+        .expect("her registration")
+    else {
+        unreachable!()
+    };
+    let replayed = Op::SessionKey {
+        account,
+        key,
+        expiry_ms,
+        at_ms: 2_000,
+    };
+    let portfolio = Op::SetMarginMode {
+        account: AccountId(1),
+        mode: MarginMode::Portfolio,
+    };
+    let section3 = auth::section_of(
+        &[],
+        &[
+            opening_changes(&venue)[0],
+            Some(sign_change(BOB, &venue, &portfolio, 7, 4_000_000_000)),
+        ],
+        &[],
+    );
+    let b3 = post_at(&mut state, 3, &[replayed.clone(), portfolio.clone()], 2_000);
+    commit(&rollup, 3, b2.root, &b3, &section3).await;
+
+    // Every change is its owner's, one by one; the contract and the Rust rule agree on which
+    // pairs replay.
+    let posted = |number: u64, b: &Posted, auths: &[u8], op: u64| PostedOp {
+        number,
+        data: b.blob.clone(),
+        auths: auths.to_vec(),
+        op,
+    };
+    let b1_key = posted(1, &b1, &section1, 0);
+    let b2_mode = posted(2, &b2, &section2, 1);
+    let b3_key = posted(3, &b3, &section3, 0);
+    let b3_mode = posted(3, &b3, &section3, 1);
+    let signature =
+        |p: &PostedOp| auth::change_attestation(&p.auths, p.op as usize).expect("signed");
+    let registered = opening_ops(&bob_buys(1))[2].clone();
+    for (what, earlier, earlier_op, later, later_op, time_ms, owner, expected) in [
+        (
+            "Alice's registration again",
+            &b1_key,
+            &registered,
+            &b3_key,
+            &replayed,
+            2_000,
+            alice,
+            true,
+        ),
+        (
+            "Bob's nonce after its signature expired",
+            &b2_mode,
+            &standard_op(),
+            &b3_mode,
+            &portfolio,
+            2_000,
+            bob,
+            false,
+        ),
+    ] {
+        let rust = auth::replays(
+            (earlier_op, &signature(earlier)),
+            (later_op, &signature(later)),
+            time_ms,
+        );
+        let evm = judge
+            .changeBroken(earlier.on_l1(), later.on_l1(), Address::from(owner.0))
+            .call()
+            .await
+            .expect("calls");
+        assert_eq!((rust, evm._0), (expected, expected), "{what}");
+    }
+    assert!(
+        judge
+            .changeBroken(b3_mode.on_l1(), b3_key.on_l1(), Address::from(alice.0))
+            .call()
+            .await
+            .is_err(),
+        "an earlier change named as the later one"
+    );
+
+    // Challenging Bob's reuse reverts and changes nothing.
+    let challenger = connect(&anvil.url, CHALLENGER).expect("provider");
+    let honest = ReplayChallenge {
+        earlier: b2_mode.clone(),
+        later: b3_mode.clone(),
+        opening: state.exit_proof(AccountId(1)).expect("Bob"),
+    };
+    assert!(
+        file_replay_challenge(&challenger, d.rollup, &honest)
+            .await
+            .is_err()
+    );
+    assert!(!rollup.frozen().call().await.expect("reads"));
+
+    // The watchtower names batch 3's replay of batch 1's change, and files it.
+    let verdicts = verify_l1(&operator, d.rollup).await.expect("verifies");
+    assert_eq!(verdicts[..2], [Verdict::Agrees(1), Verdict::Agrees(2)]);
+    let Some(Verdict::ChangeReplayed {
+        number: 3,
+        change: 0,
+        account: 0,
+        why,
+        challenge: c,
+    }) = verdicts.last()
+    else {
+        panic!("{verdicts:?}")
+    };
+    assert!(why.contains("replays change 0 of batch 1"), "{why}");
+    assert_eq!((c.earlier.number, c.earlier.op), (1, 0));
+    let receipt = pays_the_bond(&operator, file_replay_challenge(&challenger, d.rollup, c)).await;
+    println!(
+        "a successful replay challenge: {} gas ({} and {} data bytes)",
+        receipt.gas_used,
+        c.earlier.data.len(),
+        c.later.data.len()
+    );
+    let event = receipt
+        .decoded_log::<OptioRollup::ChangeChallenged>()
+        .expect("the ChangeChallenged event");
+    assert_eq!((event.number, event.change), (U256::from(3u64), U256::ZERO));
+    reverted_to(&rollup, 2).await;
+    users_exit_whole(&anvil, &d, &finalized).await;
+}
+
+/// Bob's switch to `Standard` (batch 2 of the replay test).
+fn standard_op() -> Op {
+    Op::SetMarginMode {
+        account: AccountId(1),
+        mode: MarginMode::Standard,
+    }
 }
 
 /// Files a challenge (`filing`, from the challenger) that must succeed, and checks that it paid
@@ -917,11 +1415,17 @@ async fn alice_fills(
             _ => vec![fill],
         };
         let b = post(&mut state, number, &ops);
+        let changes = if number == 1 {
+            opening_changes(venue)
+        } else {
+            Vec::new()
+        };
         let section = auth::section_of(
             &[
                 Some(alice),
                 Some(signed(BOB, venue, 1, Side::Buy, "1000", qty, number)),
             ],
+            &changes,
             &[],
         );
         commit(rollup, number, root, &b, &section).await;
@@ -1240,6 +1744,7 @@ async fn a_mark_the_oracle_never_signed_is_caught_reverted_and_slashed_and_users
             Some(signed(ALICE, &venue, 0, Side::Sell, "1000", "1", 1)),
             Some(signed(BOB, &venue, 1, Side::Buy, "1010", "0.5", 1)),
         ],
+        &opening_changes(&venue),
         &[Some(signed_mark)],
     );
     let b1 = post(&mut state, 1, &ops);
@@ -1405,7 +1910,7 @@ async fn a_mark_the_oracle_never_signed_is_caught_reverted_and_slashed_and_users
             instruments: 0,
         };
         let blob = encode(&meta, &ops).expect("encodes");
-        let section = auth::section_of(&[], &[attestation]);
+        let section = auth::section_of(&[], &[], &[attestation]);
         let rust = auth::price_attestation(&section, 0)
             .is_some_and(|a| a.check(&mark, T, oracle_address, &venue).is_ok());
         let evm = judge
@@ -1432,7 +1937,7 @@ async fn a_mark_the_oracle_never_signed_is_caught_reverted_and_slashed_and_users
         risk: (0..13).map(|k| Amount(k * 1_000 - 5_000)).collect(),
     };
     let b2 = post(&mut state, 2, std::slice::from_ref(&forged));
-    let section2 = auth::section_of(&[], &[Some(signed_mark)]);
+    let section2 = auth::section_of(&[], &[], &[Some(signed_mark)]);
     commit(&rollup, 2, b1.root, &b2, &section2).await;
     assert!(!rollup.frozen().call().await.expect("reads"));
 
@@ -1517,6 +2022,7 @@ async fn a_mark_older_than_one_committed_before_is_caught_reverted_and_slashed()
             Some(signed(ALICE, &venue, 0, Side::Sell, "1000", "1", 1)),
             Some(signed(BOB, &venue, 1, Side::Buy, "1010", "0.5", 1)),
         ],
+        &opening_changes(&venue),
         &[Some(first)],
     );
     let b1 = post_at(&mut state, 1, &ops, 10_000);
@@ -1525,6 +2031,7 @@ async fn a_mark_older_than_one_committed_before_is_caught_reverted_and_slashed()
     // Batch 2 at 20 s: the mark the oracle published then.
     let b2 = post_at(&mut state, 2, &[mark_at(1_100)], 20_000);
     let section2 = auth::section_of(
+        &[],
         &[],
         &[Some(attest(&oracle, &domain, &mark_at(1_100), 20_000))],
     );
@@ -1560,6 +2067,7 @@ async fn a_mark_older_than_one_committed_before_is_caught_reverted_and_slashed()
     // Batch 3 at 20 s: the oracle's mark of 15 s, replaced at 20 s.
     let b3 = post_at(&mut state, 3, &[mark_at(900)], 20_000);
     let section3 = auth::section_of(
+        &[],
         &[],
         &[Some(attest(&oracle, &domain, &mark_at(900), 15_000))],
     );
@@ -1654,6 +2162,7 @@ async fn put_traded(
             Some(signed(ALICE, venue, 0, Side::Sell, "1000", "1", 1)),
             Some(signed(BOB, venue, 1, Side::Buy, "1010", "0.5", 1)),
         ],
+        &opening_changes(venue),
         &[attest(ops.last().expect("the mark"))],
     );
     let b1 = post(&mut state, 1, &ops);
@@ -1822,7 +2331,7 @@ async fn a_settlement_price_the_oracle_never_signed_is_caught_reverted_and_slash
             instruments: 0,
         };
         let blob = encode(&meta, &ops).expect("encodes");
-        let section = auth::section_of(&[], &[attestation, Some(mark_attested)]);
+        let section = auth::section_of(&[], &[], &[attestation, Some(mark_attested)]);
         let rust = auth::price_attestation(&section, 0)
             .is_some_and(|a| a.check(&settlement, T, oracle_address, &venue).is_ok());
         let evm = judge
@@ -1876,6 +2385,7 @@ async fn a_settlement_price_the_oracle_never_signed_is_caught_reverted_and_slash
     let b2 = post(&mut state, 2, &ops2);
     let section2 = auth::section_of(
         &[],
+        &[],
         &[Some(attest_settlement(&oracle, &domain, 0, said, 0))],
     );
     commit(&rollup, 2, b1.root, &b2, &section2).await;
@@ -1905,7 +2415,7 @@ fn posted_op(number: u64, blob: Vec<u8>, op: u64) -> PostedOp {
     PostedOp {
         number,
         data: blob,
-        auths: auth::section_of(&[], &[]),
+        auths: auth::section_of(&[], &[], &[]),
         op,
     }
 }
@@ -2013,7 +2523,7 @@ async fn an_option_expired_before_its_date_is_caught_reverted_and_slashed() {
             instrument: InstrumentId(0),
         }],
     );
-    let section2 = auth::section_of(&[], &[]);
+    let section2 = auth::section_of(&[], &[], &[]);
     commit(&rollup, 2, b1.root, &b2, &section2).await;
     let verdicts = verify_l1(&operator, d.rollup).await.expect("verifies");
     let Some(Verdict::ExpiredEarly {

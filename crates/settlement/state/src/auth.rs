@@ -27,8 +27,15 @@
 //! A resting order filled many times, or a taker's order sweeping several levels, costs its
 //! 126 bytes once and 4 bytes a fill.
 //!
+//! The account changes (session keys registered or revoked, margin modes chosen) are the
+//! owner's, judged on L1 the same way (docs/settlement.md, "Account changes"): after the fill
+//! sides' indices, one 81-byte entry per change in the posted words' order (session keys, then
+//! margin modes: the owner's nonce (8), the signature's expiry in seconds (8), the owner's
+//! signature (65) of `optio_intents::SESSION_KEY_MODULE` or `MARGIN_MODE_MODULE` data), then
+//! their count (4 bytes).
+//!
 //! The oracle's prices are judged the same way (docs/settlement.md, "Price challenge"): after
-//! the fill sides' indices, the section ends with one 73-byte attestation per priced op of the
+//! the account changes, the section ends with one 73-byte attestation per priced op of the
 //! batch (each settlement price, then each mark), in the posted words' order (when the update
 //! was published, ms (8), then the oracle's signature `r || s || v` (65) of
 //! `optio_intents::OracleSettlement` or `OracleMark` under Optio's domain), and their count (4
@@ -395,6 +402,174 @@ impl PriceAttestation {
     }
 }
 
+/// Bytes per account change attestation: the owner's nonce (8), signature expiry in seconds
+/// (8), and the owner's signature `r || s || v` (65).
+pub const CHANGE_BYTES: usize = 8 + 8 + 65;
+
+/// The owner's signature of one account change of a batch (a session key registered or
+/// revoked, a margin mode chosen): an `optio_intents::Action` under Optio's domain, signed by
+/// the account's owner, with `optio_intents::SESSION_KEY_MODULE` or `MARGIN_MODE_MODULE` and
+/// the change as its data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChangeAttestation {
+    /// The owner's nonce.
+    pub nonce: u64,
+    /// Signature expiry, seconds.
+    pub expiry_s: u64,
+    /// `r || s || v`.
+    pub signature: [u8; 65],
+}
+
+/// Why an account change is not signed by its account's owner (what a change challenge shows).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unsigned {
+    /// The section has no attestation for it.
+    #[error("no owner's signature posted")]
+    Missing,
+    /// The signature had expired at the batch's time.
+    #[error("signature expired at {expiry_s} s, before the batch's time {time_ms} ms")]
+    Expired {
+        /// Signature expiry, seconds.
+        expiry_s: u64,
+        /// The batch's time.
+        time_ms: u64,
+    },
+    /// The signature does not recover to the account's owner over this change.
+    #[error("the signature does not recover to the account's owner over this change")]
+    Signature,
+}
+
+/// Whether `op` is an account change (a session key change or a margin mode change): those a
+/// batch posts the owner's signature of, in the posted words' order (session keys, then margin
+/// modes).
+pub fn is_change(op: &crate::Op) -> bool {
+    matches!(
+        op,
+        crate::Op::SessionKey { .. } | crate::Op::SetMarginMode { .. }
+    )
+}
+
+/// The action an owner signs for account change `op` (`None`: not an account change).
+pub fn change_action(op: &crate::Op, nonce: u64, expiry_s: u64, owner: Address) -> Option<Action> {
+    let (account, module, data) = match op {
+        crate::Op::SessionKey {
+            account,
+            key,
+            expiry_ms,
+            ..
+        } => (
+            account,
+            optio_intents::SESSION_KEY_MODULE,
+            optio_intents::SessionKeyChange {
+                key: key.0,
+                expiry_ms: *expiry_ms,
+            }
+            .encode(),
+        ),
+        crate::Op::SetMarginMode { account, mode } => (
+            account,
+            optio_intents::MARGIN_MODE_MODULE,
+            optio_intents::MarginModeChange { mode: mode.code() }.encode(),
+        ),
+        _ => return None,
+    };
+    Some(Action {
+        subaccount_id: u64::from(account.0),
+        nonce,
+        module,
+        data,
+        expiry: expiry_s,
+        owner: owner.0,
+        signer: owner.0,
+    })
+}
+
+impl ChangeAttestation {
+    /// The 81-byte entry.
+    pub fn encode(&self) -> [u8; CHANGE_BYTES] {
+        let mut out = [0u8; CHANGE_BYTES];
+        out[..8].copy_from_slice(&self.nonce.to_be_bytes());
+        out[8..16].copy_from_slice(&self.expiry_s.to_be_bytes());
+        out[16..].copy_from_slice(&self.signature);
+        out
+    }
+
+    /// Reads one entry.
+    pub fn decode(bytes: &[u8; CHANGE_BYTES]) -> Self {
+        let u = |at: usize| u64::from_be_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+        ChangeAttestation {
+            nonce: u(0),
+            expiry_s: u(8),
+            signature: bytes[16..].try_into().expect("65 bytes"),
+        }
+    }
+
+    /// Whether this signs account change `op` (anything else is not signed) of an account
+    /// owned by `owner`, in a batch cut at engine time `time_ms`, on `venue`: the owner's
+    /// signature under Optio's domain, not expired at the batch's time (`time_ms <= expiry_s *
+    /// 1000`).
+    pub fn check(
+        &self,
+        op: &crate::Op,
+        owner: Address,
+        time_ms: u64,
+        venue: &Venue,
+    ) -> Result<(), Unsigned> {
+        let action =
+            change_action(op, self.nonce, self.expiry_s, owner).ok_or(Unsigned::Missing)?;
+        if u128::from(time_ms) > u128::from(self.expiry_s) * 1_000 {
+            return Err(Unsigned::Expired {
+                expiry_s: self.expiry_s,
+                time_ms,
+            });
+        }
+        let separator = venue.separator(domain::OPTIO).expect("Optio's domain");
+        match recover(&action.digest(&separator), &self.signature) {
+            Ok(who) if who == owner.0 => Ok(()),
+            _ => Err(Unsigned::Signature),
+        }
+    }
+}
+
+/// Whether signed account change `b`, posted in a batch cut at `time_ms`, replays signed
+/// change `a` posted before it (`OptioJudge.changeBroken`): the same account under the same nonce,
+/// while `a`'s signature lived (`time_ms <= a.expiry_s * 1000`). The gateway takes an owner's
+/// nonce once for as long as its signature lives and forgets it only after (a second use is
+/// sequenced at `(expiry + 1) * 1000` ms or later), so an honest operator never posts this.
+pub fn replays(
+    a: (&crate::Op, &ChangeAttestation),
+    b: (&crate::Op, &ChangeAttestation),
+    time_ms: u64,
+) -> bool {
+    a.0.accounts() == b.0.accounts()
+        && a.1.nonce == b.1.nonce
+        && u128::from(time_ms) <= u128::from(a.1.expiry_s) * 1_000
+}
+
+/// The attestation of account change `k` (from 0, in the posted words' order: the session key
+/// changes, then the margin mode changes), read as the L1 contract reads it: before the price
+/// attestations and their count, the change count (4 bytes) and, before it, the entries.
+pub fn change_attestation(section: &[u8], k: usize) -> Option<ChangeAttestation> {
+    let end = section.len().checked_sub(INDEX_BYTES)?;
+    let m = u32_at(section, end)?;
+    let end = end
+        .checked_sub(m.checked_mul(MARK_BYTES)?)?
+        .checked_sub(INDEX_BYTES)?;
+    let c = u32_at(section, end)?;
+    if k >= c {
+        return None;
+    }
+    let start = end.checked_sub(c.checked_mul(CHANGE_BYTES)?)?;
+    let at = start + k * CHANGE_BYTES;
+    let bytes = &section[at..at + CHANGE_BYTES];
+    if bytes.iter().all(|b| *b == 0) {
+        return None;
+    }
+    Some(ChangeAttestation::decode(
+        bytes.try_into().expect("a whole entry"),
+    ))
+}
+
 /// The attestation of priced op `k` (from 0, in the posted words' order: the settlement prices,
 /// then the marks), read as the L1 contract reads it: the count in the section's last 4 bytes,
 /// the entries before it.
@@ -439,9 +614,14 @@ pub fn record(section: &[u8], i: usize) -> Option<Authorization> {
 }
 
 /// The section for fill sides in order (each distinct record once, then each side's index,
-/// `u32::MAX` where a side has none) and the batch's priced ops in order (each one's
-/// attestation, zeros where one has none, then their count).
-pub fn section_of(sides: &[Option<Authorization>], prices: &[Option<PriceAttestation>]) -> Vec<u8> {
+/// `u32::MAX` where a side has none), the batch's account changes in order (each one's
+/// owner's signature, zeros where one has none, then their count) and its priced ops in order
+/// (each one's attestation, zeros where one has none, then their count).
+pub fn section_of(
+    sides: &[Option<Authorization>],
+    changes: &[Option<ChangeAttestation>],
+    prices: &[Option<PriceAttestation>],
+) -> Vec<u8> {
     let mut index: BTreeMap<[u8; RECORD_BYTES], u32> = BTreeMap::new();
     let mut records = Vec::new();
     let indices: Vec<u32> = sides
@@ -466,6 +646,10 @@ pub fn section_of(sides: &[Option<Authorization>], prices: &[Option<PriceAttesta
     for k in indices {
         out.extend_from_slice(&k.to_be_bytes());
     }
+    for c in changes {
+        out.extend_from_slice(&c.map_or([0; CHANGE_BYTES], |c| c.encode()));
+    }
+    out.extend_from_slice(&(changes.len() as u32).to_be_bytes());
     for p in prices {
         out.extend_from_slice(&p.map_or([0; MARK_BYTES], |p| p.encode()));
     }
@@ -725,6 +909,116 @@ mod tests {
             // down, so one unit more).
             prop_assert!(overcharged(bound + i128::from(n) + i128::from(derive), cap, domain, filled, n));
         }
+    }
+
+    /// The owner's signature of `op` with `nonce`, expiring at `expiry_s`, by `key`.
+    fn signed_change(
+        op: &crate::Op,
+        key: &secp256k1::SecretKey,
+        nonce: u64,
+        expiry_s: u64,
+        venue: &Venue,
+    ) -> ChangeAttestation {
+        let owner = Address(optio_intents::address_of(
+            &secp256k1::PublicKey::from_secret_key(key),
+        ));
+        let action = change_action(op, nonce, expiry_s, owner).expect("a change");
+        let separator = venue.separator(domain::OPTIO).expect("Optio's");
+        ChangeAttestation {
+            nonce,
+            expiry_s,
+            signature: optio_intents::sign(key, &action.digest(&separator)),
+        }
+    }
+
+    #[test]
+    fn an_account_change_is_signed_only_by_its_owner_for_that_change_while_the_signature_lives() {
+        let venue = Venue {
+            chain_id: 31_337,
+            rollup: Address([7; 20]),
+        };
+        let owner_key = secp256k1::SecretKey::from_secret_bytes([1; 32]).expect("key");
+        let other_key = secp256k1::SecretKey::from_secret_bytes([2; 32]).expect("key");
+        let owner = Address(optio_intents::address_of(
+            &secp256k1::PublicKey::from_secret_key(&owner_key),
+        ));
+        let key_op = crate::Op::SessionKey {
+            account: AccountId(3),
+            key: Address([9; 20]),
+            expiry_ms: 2_000_000,
+            at_ms: 1_000_000,
+        };
+        let mode_op = crate::Op::SetMarginMode {
+            account: AccountId(3),
+            mode: optio_types::MarginMode::Portfolio,
+        };
+        let time_ms = 1_000_500;
+        let a = signed_change(&key_op, &owner_key, 5, 1_001, &venue);
+        assert_eq!(a.check(&key_op, owner, time_ms, &venue), Ok(()));
+        // Posted with the batch's prices: each part reads back where L1 reads it.
+        let price = PriceAttestation {
+            published_ms: 1,
+            signature: [3; 65],
+        };
+        let m = signed_change(&mode_op, &owner_key, 6, 1_001, &venue);
+        let section = section_of(&[], &[Some(a), None, Some(m)], &[Some(price)]);
+        assert_eq!(change_attestation(&section, 0), Some(a));
+        assert_eq!(change_attestation(&section, 1), None);
+        assert_eq!(change_attestation(&section, 2), Some(m));
+        assert_eq!(change_attestation(&section, 3), None);
+        assert_eq!(price_attestation(&section, 0), Some(price));
+        assert_eq!(m.check(&mode_op, owner, time_ms, &venue), Ok(()));
+        // Another key, another change (a longer life, another mode, another account), or a
+        // batch past the signature's expiry: not signed.
+        let forged = signed_change(&key_op, &other_key, 5, 1_001, &venue);
+        assert_eq!(
+            forged.check(&key_op, owner, time_ms, &venue),
+            Err(Unsigned::Signature)
+        );
+        let longer = crate::Op::SessionKey {
+            account: AccountId(3),
+            key: Address([9; 20]),
+            expiry_ms: 2_000_001,
+            at_ms: 1_000_000,
+        };
+        assert_eq!(
+            a.check(&longer, owner, time_ms, &venue),
+            Err(Unsigned::Signature)
+        );
+        let standard = crate::Op::SetMarginMode {
+            account: AccountId(3),
+            mode: optio_types::MarginMode::Standard,
+        };
+        assert_eq!(
+            m.check(&standard, owner, time_ms, &venue),
+            Err(Unsigned::Signature)
+        );
+        let elsewhere = crate::Op::SetMarginMode {
+            account: AccountId(4),
+            mode: optio_types::MarginMode::Portfolio,
+        };
+        assert_eq!(
+            m.check(&elsewhere, owner, time_ms, &venue),
+            Err(Unsigned::Signature)
+        );
+        assert_eq!(a.check(&key_op, owner, 1_001_000, &venue), Ok(()));
+        assert_eq!(
+            a.check(&key_op, owner, 1_001_001, &venue),
+            Err(Unsigned::Expired {
+                expiry_s: 1_001,
+                time_ms: 1_001_001
+            })
+        );
+        // A signature over the same change for another rollup does not count here.
+        let elsewhere_venue = Venue {
+            chain_id: 31_337,
+            rollup: Address([8; 20]),
+        };
+        let replayed = signed_change(&key_op, &owner_key, 5, 1_001, &elsewhere_venue);
+        assert_eq!(
+            replayed.check(&key_op, owner, time_ms, &venue),
+            Err(Unsigned::Signature)
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use optio_types::{AccountId, Address, Command, Event, Input};
 use sha3::{Digest, Keccak256};
 
-use crate::auth::{self, Authorization, Orders, PriceAttestation, Signed};
+use crate::auth::{self, Authorization, ChangeAttestation, Orders, PriceAttestation, Signed};
 use crate::blob::{self, BlobError, BlobMeta};
 use crate::ledger::{Pending, SettlementState, StateError};
 use crate::ops::{Op, ops_from};
@@ -187,6 +187,12 @@ pub struct Batcher {
     signing_keys: BTreeMap<(AccountId, Address), u64>,
     /// Session keys the pending ops register (expiry) or revoke (0), over the last cut's state.
     pending_keys: BTreeMap<(AccountId, Address), u64>,
+    /// The owner's signature of each pending session key change, then of each pending margin
+    /// mode change, in the pending ops' order (posted in the words' order: session keys, then
+    /// modes). L1 judges each against the batch's time (its last input's): the batch is cut
+    /// before an input past the expiry of one of these signatures.
+    key_changes: Vec<Option<ChangeAttestation>>,
+    mode_changes: Vec<Option<ChangeAttestation>>,
     max_ops: usize,
     max_age_ms: u64,
     capacity: Option<Capacity>,
@@ -225,6 +231,8 @@ impl Batcher {
             records: Vec::new(),
             signing_keys: BTreeMap::new(),
             pending_keys: BTreeMap::new(),
+            key_changes: Vec::new(),
+            mode_changes: Vec::new(),
             max_ops: max_ops.max(1),
             max_age_ms,
             capacity: None,
@@ -335,8 +343,9 @@ impl Batcher {
         self.push_signed(seq, input, None, events)
     }
 
-    /// `push` with what the user signed for the input (an order's signature), so that the
-    /// batch posts it beside each fill of that order.
+    /// `push` with what the user signed for the input (an order's signature, or the owner's of
+    /// an account change), so that the batch posts it beside each fill of that order (or
+    /// beside the change).
     pub fn push_signed(
         &mut self,
         seq: u64,
@@ -377,6 +386,13 @@ impl Batcher {
         let full = full || self.ends_a_signing_key(input.time_ms, &ops);
         let full = full
             || self
+                .key_changes
+                .iter()
+                .chain(&self.mode_changes)
+                .flatten()
+                .any(|c| u128::from(c.expiry_s) * 1_000 < u128::from(input.time_ms));
+        let full = full
+            || self
                 .marks
                 .values()
                 .filter_map(|(_, a)| a.as_ref())
@@ -398,6 +414,19 @@ impl Batcher {
         // After a cut before this input: the orders persisted with that batch are as of its
         // last input.
         let records = self.orders.apply(input, signed, events);
+        // An account change posts the owner's signature logged with its input.
+        let change = signed.map(|s| ChangeAttestation {
+            nonce: s.nonce,
+            expiry_s: s.expiry_s,
+            signature: s.signature,
+        });
+        for op in &ops {
+            match op {
+                Op::SessionKey { .. } => self.key_changes.push(change),
+                Op::SetMarginMode { .. } => self.mode_changes.push(change),
+                _ => {}
+            }
+        }
         for op in &ops {
             if let Op::SessionKey {
                 account,
@@ -567,6 +596,8 @@ impl Batcher {
     fn cut(&mut self) -> Result<Batch, BatchError> {
         self.signing_keys.clear();
         self.pending_keys.clear();
+        let mut changes = std::mem::take(&mut self.key_changes);
+        changes.append(&mut self.mode_changes);
         let mut ops = std::mem::take(&mut self.pending);
         self.settled.clear();
         let (marks, marks_attested): (Vec<Op>, Vec<Option<PriceAttestation>>) =
@@ -608,7 +639,11 @@ impl Batcher {
             header,
             blob,
             fills,
-            authorizations: auth::section_of(&std::mem::take(&mut self.records), &attested),
+            authorizations: auth::section_of(
+                &std::mem::take(&mut self.records),
+                &changes,
+                &attested,
+            ),
             orders,
         })
     }

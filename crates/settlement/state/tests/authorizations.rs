@@ -106,11 +106,24 @@ fn every_fill_posts_the_records_of_the_orders_that_filled() {
             let records =
                 u32::from_be_bytes(b.authorizations[..4].try_into().expect("a count")) as usize;
             let prices = ops.iter().filter(|op| auth::is_priced(op)).count();
+            let changes = ops.iter().filter(|op| auth::is_change(op)).count();
             assert_eq!(
                 b.authorizations.len(),
-                4 + records * auth::RECORD_BYTES + 4 * sides.len() + prices * auth::MARK_BYTES + 4,
-                "batch {}: the records, one index per fill side, then the prices' attestations",
+                4 + records * auth::RECORD_BYTES
+                    + 4 * sides.len()
+                    + changes * auth::CHANGE_BYTES
+                    + 4
+                    + prices * auth::MARK_BYTES
+                    + 4,
+                "batch {}: the records, one index per fill side, the changes' signatures, then \
+                 the prices' attestations",
                 b.header.number
+            );
+            let end = b.authorizations.len() - 4 - prices * auth::MARK_BYTES;
+            assert_eq!(
+                u32::from_be_bytes(b.authorizations[end - 4..end].try_into().expect("4 bytes")),
+                changes as u32,
+                "the changes' count"
             );
             let first = got.len();
             got.extend((0..sides.len()).map(|i| auth::record(&b.authorizations, i)));

@@ -5,7 +5,9 @@
 //! (`Authorization::check`, real secp256k1 signatures): signed by its account's owner, or by a
 //! session key the batch's root commits and that is live at the batch's time. The engine ends a
 //! key's orders with the key and the batcher cuts a batch before an input that would expire or
-//! revoke a key behind one of its fills.
+//! revoke a key behind one of its fills. Every key change is posted with the owner's signature
+//! and passes the contract's check of it (`ChangeAttestation::check`) at its batch's time: the
+//! batcher cuts before an input past a pending change's signature expiry.
 
 use optio_engine::Engine;
 use optio_intents::address_of;
@@ -65,6 +67,34 @@ fn sign(a: u8, k: u8, order: &NewOrder, nonce: u64, now_ms: u64) -> Signed {
     signed
 }
 
+/// What account `a`'s owner signs for key change `command` (an `Op::SessionKey` posts it).
+fn sign_change(a: u8, command: &Command, nonce: u64, expiry_s: u64) -> Signed {
+    let Command::SetSessionKey {
+        account,
+        key,
+        expiry_ms,
+    } = command
+    else {
+        unreachable!("a session key change")
+    };
+    let op = optio_state::Op::SessionKey {
+        account: *account,
+        key: *key,
+        expiry_ms: *expiry_ms,
+        at_ms: 0,
+    };
+    let action = auth::change_action(&op, nonce, expiry_s, address(a, 0)).expect("a change");
+    let separator = VENUE.separator(domain::OPTIO).expect("Optio's");
+    Signed {
+        nonce,
+        expiry_s,
+        signer: address(a, 0),
+        domain: domain::OPTIO,
+        max_fee: 0,
+        signature: optio_intents::sign(&secret(a, 0), &action.digest(&separator)),
+    }
+}
+
 /// A random history: each input with what was signed for it.
 fn history(seed: u64, len: usize) -> Vec<(Input, Option<Signed>)> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
@@ -116,7 +146,11 @@ fn history(seed: u64, len: usize) -> Vec<(Input, Option<Signed>)> {
                 key,
                 expiry_ms,
             };
-            (command, None)
+            // Signed by the owner, the signature living 10 s to 2 minutes (time jumps
+            // pass it).
+            let signature_expiry_s = now / 1_000 + rng.random_range(10..120);
+            let signed = sign_change(a, &command, nonce, signature_expiry_s);
+            (command, Some(signed))
         } else {
             // An order by the owner or one of two keys (refused when the key is not live).
             let k = rng.random_range(0..3u8);
@@ -157,12 +191,21 @@ fn history(seed: u64, len: usize) -> Vec<(Input, Option<Signed>)> {
     out
 }
 
-/// What a batch's fills show: how many sides the owner signed and how many a session key did.
-/// Panics on a side the contract would find unauthorized.
-fn check(batcher: &Batcher, batch: &Batch) -> (usize, usize) {
+/// What a batch's fills show: how many sides the owner signed and how many a session key did,
+/// and how many key changes it posts. Panics on a side the contract would find unauthorized,
+/// or a key change it would find not signed by the owner (`ChangeAttestation::check`).
+fn check(batcher: &Batcher, batch: &Batch) -> (usize, usize, usize) {
     let (meta, ops) = decode(&batch.blob).expect("decodes");
     let state = batcher.state();
     let (mut by_owner, mut by_key) = (0, 0);
+    let changes: Vec<_> = ops.iter().filter(|op| auth::is_change(op)).collect();
+    for (k, op) in changes.iter().enumerate() {
+        let owner = state.accounts()[op.accounts()[0].0 as usize].owner;
+        let signed = auth::change_attestation(&batch.authorizations, k).expect("signed");
+        if let Err(why) = signed.check(op, owner, meta.time_ms, &VENUE) {
+            panic!("batch {}, change {k} ({op:?}): {why}", batch.header.number);
+        }
+    }
     for (i, side) in auth::fill_sides(ops.iter()).iter().enumerate() {
         let record = auth::record(&batch.authorizations, i).expect("every order is signed");
         let account = &state.accounts()[side.account.0 as usize];
@@ -178,19 +221,21 @@ fn check(batcher: &Batcher, batch: &Batch) -> (usize, usize) {
             by_key += 1;
         }
     }
-    (by_owner, by_key)
+    (by_owner, by_key, changes.len())
 }
 
 #[test]
 fn every_fill_a_session_key_signed_is_judged_while_the_key_is_live() {
     let (mut by_owner, mut by_key, mut key_changes, mut batches) = (0, 0, 0, 0);
+    let mut posted_changes = 0;
     for seed in 0..6 {
         let mut engine = Engine::new(EngineLimits::default());
         let mut batcher = Batcher::new(60, u64::MAX);
         let mut take = |batcher: &Batcher, batch: Batch| {
-            let (o, k) = check(batcher, &batch);
+            let (o, k, c) = check(batcher, &batch);
             by_owner += o;
             by_key += k;
+            posted_changes += c;
             batches += 1;
         };
         for (seq, (input, signed)) in history(seed, 1_500).iter().enumerate() {
@@ -218,4 +263,8 @@ fn every_fill_a_session_key_signed_is_judged_while_the_key_is_live() {
         "{by_key} by keys, {by_owner} by owners"
     );
     assert!(key_changes > 300, "{key_changes} key changes");
+    assert_eq!(
+        posted_changes, key_changes,
+        "each accepted change posted, signed"
+    );
 }
