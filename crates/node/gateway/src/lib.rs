@@ -1622,14 +1622,7 @@ impl Gateway {
         {
             return Err(GatewayError::SignatureExpiry.into());
         }
-        if !self
-            .nonces
-            .lock()
-            .map_err(|_| GatewayError::Internal)?
-            .take(owner.0, nonce, expiry, now_s)
-        {
-            return Err(GatewayError::ReplayedNonce.into());
-        }
+        self.take_nonce(owner.0, nonce, expiry, now_s)?;
         Ok(Some(optio_sequencer::Intent {
             digest,
             owner: owner.0,
@@ -1639,6 +1632,28 @@ impl Gateway {
             label: optio_sequencer::Label::new("").expect("empty"),
             order: None,
         }))
+    }
+
+    /// Takes `owner`'s `nonce` for its signature's life (`expiry`, seconds): nonces are unique
+    /// per owner, orders and account changes alike, for as long as their signature is valid
+    /// (6003 for one in use).
+    fn take_nonce(
+        &self,
+        owner: Address,
+        nonce: u64,
+        expiry: u64,
+        now_s: u64,
+    ) -> Result<(), GatewayError> {
+        if self
+            .nonces
+            .lock()
+            .map_err(|_| GatewayError::Internal)?
+            .take(owner, nonce, expiry, now_s)
+        {
+            Ok(())
+        } else {
+            Err(GatewayError::ReplayedNonce)
+        }
     }
 
     /// A signed order: rebuild the signed `Action` from the request, check signature, owner,
@@ -1870,15 +1885,7 @@ impl Gateway {
                 );
             }
         };
-        // Nonces are unique per owner for as long as their signature is valid.
-        if !self
-            .nonces
-            .lock()
-            .map_err(|_| GatewayError::Internal)?
-            .take(owner.0, nonce, expiry, now_s)
-        {
-            return Err(GatewayError::ReplayedNonce.into());
-        }
+        self.take_nonce(owner.0, nonce, expiry, now_s)?;
         let client_order_id = if label.is_empty() { 0 } else { label_id(label) };
         let command = Command::PlaceOrder(NewOrder {
             account,

@@ -1013,18 +1013,43 @@ fn posted_op(data_posted: &[(Vec<u8>, Vec<u8>)], number: u64, op: u64) -> Posted
     }
 }
 
+/// One committed batch as the watchtower audits it: its number, its time (ms, the engine's at
+/// its cut), its posted data (`blob`, decoded as `ops`) and authorization section, the state
+/// rebuilt through it, and the venue its signatures are made for.
+struct Audited<'a> {
+    number: u64,
+    time_ms: u64,
+    blob: &'a [u8],
+    ops: &'a [optio_state::Op],
+    auths: &'a [u8],
+    state: &'a optio_state::SettlementState,
+    venue: &'a optio_state::auth::Venue,
+}
+
+impl Audited<'_> {
+    /// Op `op` (among its kind) of this batch, with its posted data and section.
+    fn posted_op(&self, op: u64) -> PostedOp {
+        PostedOp {
+            number: self.number,
+            data: self.blob.to_vec(),
+            auths: self.auths.to_vec(),
+            op,
+        }
+    }
+}
+
 /// The first priced op (settlement price or mark) of a batch (`blob`, decoded as `ops`, cut at
 /// `time_ms`) that its posted authorization section does not attest for the oracle at
 /// `oracle`.
-fn audit_prices(
-    number: u64,
-    time_ms: u64,
-    blob: &[u8],
-    ops: &[optio_state::Op],
-    auths: &[u8],
-    oracle: optio_types::Address,
-    venue: &optio_state::auth::Venue,
-) -> Option<Verdict> {
+fn audit_prices(b: &Audited<'_>, oracle: optio_types::Address) -> Option<Verdict> {
+    let Audited {
+        number,
+        time_ms,
+        ops,
+        auths,
+        venue,
+        ..
+    } = *b;
     use optio_state::auth::{self, Unattested};
     let priced = ops.iter().filter(|op| auth::is_priced(op));
     for (k, op) in priced.enumerate() {
@@ -1045,12 +1070,7 @@ fn audit_prices(
                 price: k as u64,
                 instrument,
                 why: format!("{what}: {why}"),
-                challenge: Box::new(PostedOp {
-                    number,
-                    data: blob.to_vec(),
-                    auths: auths.to_vec(),
-                    op: k as u64,
-                }),
+                challenge: Box::new(b.posted_op(k as u64)),
             });
         }
     }
@@ -1133,18 +1153,20 @@ type SignedChanges = std::collections::BTreeMap<(u32, u64), (u64, u64, u64)>;
 /// applied to `state`) that its posted authorization section does not sign by the account's
 /// owner, or that replays a signed change of an earlier batch (`seen`, which records this
 /// batch's; `posted`: every batch's data and section) or of this one.
-#[allow(clippy::too_many_arguments)]
 fn audit_changes(
-    number: u64,
-    time_ms: u64,
-    blob: &[u8],
-    ops: &[optio_state::Op],
-    auths: &[u8],
-    state: &optio_state::SettlementState,
-    venue: &optio_state::auth::Venue,
+    b: &Audited<'_>,
     seen: &mut SignedChanges,
     posted: &[(Vec<u8>, Vec<u8>)],
 ) -> Option<Verdict> {
+    let Audited {
+        number,
+        time_ms,
+        ops,
+        auths,
+        state,
+        venue,
+        ..
+    } = *b;
     use optio_state::auth::{self, Unsigned};
     let changes: Vec<&optio_state::Op> = ops.iter().filter(|op| auth::is_change(op)).collect();
     for (k, op) in changes.iter().enumerate() {
@@ -1193,12 +1215,7 @@ fn audit_changes(
                 account: account.0,
                 why: format!("{what}: {why}"),
                 challenge: Box::new(ChangeChallenge {
-                    posted: PostedOp {
-                        number,
-                        data: blob.to_vec(),
-                        auths: auths.to_vec(),
-                        op: k as u64,
-                    },
+                    posted: b.posted_op(k as u64),
                     opening: state.exit_proof(account).expect("the account exists"),
                 }),
             });
@@ -1424,19 +1441,21 @@ fn order_challenge(
 /// beyond its signed amount, or pay fees (at the rates of the instrument's spec) past its
 /// signed fee cap. `listings` gives each instrument's listing (`record_listings`), whose posted
 /// spec the contract reads the rates from.
-#[allow(clippy::too_many_arguments)]
 fn audit_authorizations(
-    number: u64,
-    time_ms: u64,
-    blob: &[u8],
-    ops: &[optio_state::Op],
-    auths: &[u8],
-    state: &optio_state::SettlementState,
-    venue: &optio_state::auth::Venue,
+    b: &Audited<'_>,
     filled: &mut OrderFills,
     posted: &[(Vec<u8>, Vec<u8>)],
     listings: &std::collections::BTreeMap<u32, (u64, u64, Option<u64>)>,
 ) -> Option<Verdict> {
+    let Audited {
+        number,
+        time_ms,
+        blob,
+        ops,
+        auths,
+        state,
+        venue,
+    } = *b;
     use optio_state::auth::{self, Unauthorized};
     let sides = auth::fill_sides(ops);
     for (i, side) in sides.iter().enumerate() {
@@ -1620,6 +1639,15 @@ pub async fn verify_l1(
             .call()
             .await
             .map_err(rpc)?;
+        let audited = Audited {
+            number,
+            time_ms: meta.time_ms,
+            blob,
+            ops: &ops,
+            auths,
+            state: &state,
+            venue: &venue,
+        };
         verdicts.push(if on_chain != rebuilt {
             Verdict::Differs {
                 number,
@@ -1635,43 +1663,16 @@ pub async fn verify_l1(
                 data,
             }
         } else if let Some(v) = checks_authorizations
-            .then(|| {
-                audit_authorizations(
-                    number,
-                    meta.time_ms,
-                    blob,
-                    &ops,
-                    auths,
-                    &state,
-                    &venue,
-                    &mut filled,
-                    &data_posted,
-                    &listings,
-                )
-            })
+            .then(|| audit_authorizations(&audited, &mut filled, &data_posted, &listings))
             .flatten()
         {
             v
         } else if let Some(v) = checks_authorizations
-            .then(|| {
-                audit_changes(
-                    number,
-                    meta.time_ms,
-                    blob,
-                    &ops,
-                    auths,
-                    &state,
-                    &venue,
-                    &mut signed_changes,
-                    &data_posted,
-                )
-            })
+            .then(|| audit_changes(&audited, &mut signed_changes, &data_posted))
             .flatten()
         {
             v
-        } else if let Some(v) =
-            oracle.and_then(|o| audit_prices(number, meta.time_ms, blob, &ops, auths, o, &venue))
-        {
+        } else if let Some(v) = oracle.and_then(|o| audit_prices(&audited, o)) {
             v
         } else if let Some(v) = oracle
             .is_some()

@@ -793,19 +793,7 @@ async fn an_account_change_its_owner_never_signed_is_caught_reverted_and_slashed
     let judge = OptioJudge::new(rollup.judge().call().await.expect("reads"), &operator);
 
     // Batch 1, honest: Alice's session key and margin mode changes signed by her.
-    let mut state = SettlementState::new();
-    let section1 = auth::section_of(
-        &[
-            Some(signed(ALICE, &venue, 0, Side::Sell, "1000", "1", 1)),
-            Some(signed(BOB, &venue, 1, Side::Buy, "1010", "0.5", 1)),
-        ],
-        &opening_changes(&venue),
-        &[],
-    );
-    let b1 = post(&mut state, 1, &opening_ops(&bob_buys(QTY_SCALE / 2)));
-    let genesis = word(&SettlementState::new().root());
-    commit(&rollup, 1, genesis, &b1, &section1).await;
-    transact(rollup.finalize()).await.expect("finalizes");
+    let (mut state, b1, _) = final_opening_batch(&rollup, &venue).await;
     let finalized = state.clone();
     assert_eq!(
         verify_l1(&operator, d.rollup).await.expect("verifies"),
@@ -1026,19 +1014,7 @@ async fn a_signed_change_posted_again_while_its_signature_lives_is_caught_and_sl
     let (alice, bob) = (address(ALICE), address(BOB));
 
     // Batch 1 at 0 s, final: Alice registers her session key (her signature, nonce 100).
-    let mut state = SettlementState::new();
-    let section1 = auth::section_of(
-        &[
-            Some(signed(ALICE, &venue, 0, Side::Sell, "1000", "1", 1)),
-            Some(signed(BOB, &venue, 1, Side::Buy, "1010", "0.5", 1)),
-        ],
-        &opening_changes(&venue),
-        &[],
-    );
-    let b1 = post(&mut state, 1, &opening_ops(&bob_buys(QTY_SCALE / 2)));
-    let genesis = word(&SettlementState::new().root());
-    commit(&rollup, 1, genesis, &b1, &section1).await;
-    transact(rollup.finalize()).await.expect("finalizes");
+    let (mut state, b1, section1) = final_opening_batch(&rollup, &venue).await;
     let finalized = state.clone();
 
     // Batch 2 at 1 s: Alice revokes the key; Bob switches to `Standard`, his signature (nonce
@@ -1200,6 +1176,29 @@ async fn a_signed_change_posted_again_while_its_signature_lives_is_caught_and_sl
     assert_eq!((event.number, event.change), (U256::from(3u64), U256::ZERO));
     reverted_to(&rollup, 2).await;
     users_exit_whole(&anvil, &d, &finalized).await;
+}
+
+/// Batch 1, honest and finalized: `opening_ops` with Bob buying half a contract from Alice,
+/// both orders and Alice's session key and margin mode changes signed. Returns the state after
+/// it, the batch and its section.
+async fn final_opening_batch(
+    rollup: &OptioRollup::OptioRollupInstance<&optio_settler::DynProvider>,
+    venue: &Venue,
+) -> (SettlementState, Posted, Vec<u8>) {
+    let mut state = SettlementState::new();
+    let section = auth::section_of(
+        &[
+            Some(signed(ALICE, venue, 0, Side::Sell, "1000", "1", 1)),
+            Some(signed(BOB, venue, 1, Side::Buy, "1010", "0.5", 1)),
+        ],
+        &opening_changes(venue),
+        &[],
+    );
+    let b1 = post(&mut state, 1, &opening_ops(&bob_buys(QTY_SCALE / 2)));
+    let genesis = word(&SettlementState::new().root());
+    commit(rollup, 1, genesis, &b1, &section).await;
+    transact(rollup.finalize()).await.expect("finalizes");
+    (state, b1, section)
 }
 
 /// Bob's switch to `Standard` (batch 2 of the replay test).
