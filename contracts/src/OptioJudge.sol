@@ -430,16 +430,24 @@ contract OptioJudge {
     /// An all-zero entry stands for none.
     function _change(bytes calldata auths, uint256 k) internal pure returns (bool found, bytes calldata a) {
         a = auths[0:0];
-        if (auths.length < 8) return (false, a);
-        uint256 end = auths.length - 4;
-        uint256 m = uint32(bytes4(auths[end:]));
-        if (m * MARK_RECORD + 4 > end) return (false, a);
-        end -= m * MARK_RECORD + 4;
-        uint256 c = uint32(bytes4(auths[end:end + 4]));
-        if (k >= c || c * CHANGE_RECORD > end) return (false, a);
-        uint256 start = end - (c - k) * CHANGE_RECORD;
-        a = auths[start:start + CHANGE_RECORD];
+        (bool ok,, uint256 prices) = _tail(auths, auths.length, MARK_RECORD);
+        uint256 c;
+        uint256 start;
+        if (ok) (ok, c, start) = _tail(auths, prices, CHANGE_RECORD);
+        if (!ok || k >= c) return (false, a);
+        a = auths[start + k * CHANGE_RECORD:start + (k + 1) * CHANGE_RECORD];
         return (uint256(bytes32(a[16:48])) != 0 || uint256(bytes32(a[48:80])) != 0, a);
+    }
+
+    /// The part of an authorization section that ends at `end`, read back from there: its count
+    /// in the 4 bytes before `end`, its entries of `size` bytes before the count. The count and
+    /// where the entries start (`ok` false: bytes the section lacks).
+    function _tail(bytes calldata auths, uint256 end, uint256 size) internal pure returns (bool ok, uint256 count, uint256 start) {
+        if (end < 4 || end > auths.length) return (false, 0, 0);
+        end -= 4;
+        count = uint32(bytes4(auths[end:end + 4]));
+        if (count * size > end) return (false, count, 0);
+        return (true, count, end - count * size);
     }
 
     /// Priced op `mark` (from 0, in the posted words' order), a mark, of committed batch
@@ -547,12 +555,9 @@ contract OptioJudge {
     /// bytes, the `m` entries come before it.
     function _attestation(bytes calldata auths, uint256 k) internal pure returns (bool found, bytes calldata a) {
         a = auths[0:0];
-        if (auths.length < 4) return (false, a);
-        uint256 end = auths.length - 4;
-        uint256 m = uint32(bytes4(auths[end:]));
-        if (k >= m || m * MARK_RECORD > end) return (false, a);
-        uint256 start = end - (m - k) * MARK_RECORD;
-        return (true, auths[start:start + MARK_RECORD]);
+        (bool ok, uint256 m, uint256 start) = _tail(auths, auths.length, MARK_RECORD);
+        if (!ok || k >= m) return (false, a);
+        return (true, auths[start + k * MARK_RECORD:start + (k + 1) * MARK_RECORD]);
     }
 
     /// A batch's time: the engine time (ms) at its cut, from its posted data's header.

@@ -507,11 +507,7 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
             .as_ref()
             .map(|(_, _, key)| key.as_str())
             .unwrap_or_default();
-        let key = secp256k1::SecretKey::from_secret_bytes(
-            optio_intents::parse_hex(key)
-                .and_then(|k| k.try_into().ok())
-                .context("the operator's key")?,
-        )?;
+        let key = crate::settle::secret_key(key).context("the operator's key")?;
         gateway
             .change_as_owner(
                 &key,

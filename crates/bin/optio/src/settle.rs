@@ -300,6 +300,14 @@ pub fn force(args: ForceArgs) -> Result<()> {
     })
 }
 
+/// A secp256k1 key from its 0x-hex (an L1 key, such as the operator's).
+pub(crate) fn secret_key(hex: &str) -> Result<secp256k1::SecretKey> {
+    let bytes: [u8; 32] = optio_intents::parse_hex(hex)
+        .and_then(|k| k.try_into().ok())
+        .context("a 32-byte hex key")?;
+    Ok(secp256k1::SecretKey::from_secret_bytes(bytes)?)
+}
+
 fn alloy_owner(key: &str) -> Result<optio_settler::Address> {
     optio_settler::signer_address(key).map_err(anyhow::Error::msg)
 }

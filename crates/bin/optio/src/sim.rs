@@ -523,11 +523,7 @@ impl World {
         }])?;
         ensure!(opened.iter().all(Result::is_ok), "the backstop: {opened:?}");
         // Its mode is the operator's signed change, as any owner's (L1 judges each).
-        let operator_key = secp256k1::SecretKey::from_secret_bytes(
-            optio_intents::parse_hex(OPERATOR_KEY)
-                .and_then(|k| k.try_into().ok())
-                .context("the operator's key")?,
-        )?;
+        let operator_key = crate::settle::secret_key(OPERATOR_KEY)?;
         w.gateway()
             .change_as_owner(
                 &operator_key,

@@ -1,6 +1,9 @@
 //! Building signed requests as a client would (used by tests, the load generator and tools).
 
-use optio_intents::{Action, DERIVE_TRADE_MODULE, Domain, TradeData, address_of};
+use optio_intents::{
+    AccountChange, Action, DERIVE_TRADE_MODULE, Domain, MarginModeChange, SessionKeyChange,
+    TradeData, address_of,
+};
 use secp256k1::SecretKey;
 use serde_json::{Value, json};
 
@@ -133,39 +136,27 @@ pub fn change_params(
     expiry: u64,
 ) -> Value {
     let owner = address_of(&secp256k1::PublicKey::from_secret_key(key));
-    let (module, data, mut params) = match change {
+    let (signed, mut params) = match change {
         Change::SessionKey {
             key: session,
             expiry_s,
         } => (
-            optio_intents::SESSION_KEY_MODULE,
-            optio_intents::SessionKeyChange {
+            AccountChange::SessionKey(SessionKeyChange {
                 key: session,
                 expiry_ms: expiry_s.saturating_mul(1_000),
-            }
-            .encode(),
+            }),
             json!({"subaccount_id": subaccount, "public_session_key": hex(&session), "expiry_sec": expiry_s}),
         ),
         Change::MarginMode(mode) => (
-            optio_intents::MARGIN_MODE_MODULE,
-            optio_intents::MarginModeChange { mode: mode.code() }.encode(),
-            json!({"subaccount_id": subaccount, "margin_mode": match mode {
-                optio_types::MarginMode::WorstCase => "worst_case",
-                optio_types::MarginMode::Standard => "standard",
-                optio_types::MarginMode::Portfolio => "portfolio",
-            }}),
+            AccountChange::MarginMode(MarginModeChange { mode: mode.code() }),
+            json!({"subaccount_id": subaccount, "margin_mode": crate::MARGIN_MODES
+                .iter()
+                .find_map(|(name, m)| (*m == mode).then_some(*name))}),
         ),
     };
-    let action = Action {
-        subaccount_id: subaccount,
-        nonce,
-        module,
-        data,
-        expiry,
-        owner,
-        signer: owner,
-    };
-    let digest = action.digest(&Domain::optio(chain_id, contract).separator());
+    let digest = signed
+        .action(subaccount, nonce, expiry, owner)
+        .digest(&Domain::optio(chain_id, contract).separator());
     params["nonce"] = json!(nonce.to_string());
     params["signature_expiry_sec"] = json!(expiry);
     params["signature"] = json!(hex(&optio_intents::sign(key, &digest)));

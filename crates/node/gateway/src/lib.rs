@@ -47,6 +47,13 @@ pub const MAX_BODY: usize = 64 * 1024;
 /// Longest string parameter.
 pub const MAX_STRING: usize = 256;
 
+/// The names `private/set_margin_mode` takes for the margin modes.
+pub const MARGIN_MODES: [(&str, optio_types::MarginMode); 3] = [
+    ("worst_case", optio_types::MarginMode::WorstCase),
+    ("standard", optio_types::MarginMode::Standard),
+    ("portfolio", optio_types::MarginMode::Portfolio),
+];
+
 /// The least life (seconds) an owner's signature of an account change must have left when the
 /// gateway takes it: the rollup judges it at its batch's time (`auth::ChangeAttestation::check`),
 /// so it must outlive the change's own sequencing.
@@ -687,6 +694,15 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Whether `command` is an owner's account change (a session key or margin mode change): the
+/// owner signs it, and a rollup that judges signatures judges it by that signature.
+fn is_account_change(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::SetSessionKey { .. } | Command::SetMarginMode { .. }
+    )
+}
+
 /// What the batcher posts beside an order's fills (its signature and the signed fields the
 /// engine's order does not carry) or beside an account change (the owner's signature).
 fn signed_of(
@@ -694,10 +710,7 @@ fn signed_of(
     intent: Option<&optio_sequencer::Intent>,
 ) -> Option<optio_state::auth::Signed> {
     let i = intent?;
-    if matches!(
-        command,
-        Command::SetSessionKey { .. } | Command::SetMarginMode { .. }
-    ) {
+    if is_account_change(command) {
         return Some(optio_state::auth::Signed {
             nonce: i.nonce,
             expiry_s: i.expiry,
@@ -1058,14 +1071,7 @@ impl Gateway {
                     .into(),
             ));
         }
-        if self.config.signed_terms_only
-            && commands.iter().any(|c| {
-                matches!(
-                    c,
-                    Command::SetSessionKey { .. } | Command::SetMarginMode { .. }
-                )
-            })
-        {
+        if self.config.signed_terms_only && commands.iter().any(is_account_change) {
             return Err(GatewayError::UnsignedChange);
         }
         let waits = commands
@@ -1385,11 +1391,11 @@ impl Gateway {
                 let expiry_ms = expiry_s
                     .checked_mul(1_000)
                     .ok_or_else(|| GatewayError::InvalidParams("expiry_sec".into()))?;
+                let change = optio_intents::SessionKeyChange { key, expiry_ms };
                 let signed = self.signed_change(
                     params,
                     account,
-                    optio_intents::SESSION_KEY_MODULE,
-                    optio_intents::SessionKeyChange { key, expiry_ms }.encode(),
+                    optio_intents::AccountChange::SessionKey(change),
                 )?;
                 self.sequence_intent(
                     Command::SetSessionKey {
@@ -1407,17 +1413,16 @@ impl Gateway {
                 // The owner chooses how the account is margined (header authentication); the
                 // engine refuses a mode whose initial requirement the account would not meet.
                 let account = self.authorized(params, headers)?;
-                let mode = match string(params, "margin_mode")? {
-                    "worst_case" => optio_types::MarginMode::WorstCase,
-                    "standard" => optio_types::MarginMode::Standard,
-                    "portfolio" => optio_types::MarginMode::Portfolio,
-                    _ => return Err(GatewayError::InvalidParams("margin_mode".into()).into()),
-                };
+                let name = string(params, "margin_mode")?;
+                let (_, mode) = MARGIN_MODES
+                    .into_iter()
+                    .find(|(n, _)| *n == name)
+                    .ok_or_else(|| GatewayError::InvalidParams("margin_mode".into()))?;
+                let change = optio_intents::MarginModeChange { mode: mode.code() };
                 let signed = self.signed_change(
                     params,
                     account,
-                    optio_intents::MARGIN_MODE_MODULE,
-                    optio_intents::MarginModeChange { mode: mode.code() }.encode(),
+                    optio_intents::AccountChange::MarginMode(change),
                 )?;
                 self.sequence_intent(Command::SetMarginMode { account, mode }, signed)?;
                 Ok(json!({"subaccount_id": account.0, "margin_mode": params["margin_mode"]}))
@@ -1566,8 +1571,8 @@ impl Gateway {
         Ok(wallet)
     }
 
-    /// The owner's signature of an account change of `account` (a session key or margin mode
-    /// change: `module` and its `data`), from the request's `signature`, `nonce` (a decimal
+    /// The owner's signature of `change` of `account` (a session key or margin mode change),
+    /// from the request's `signature`, `nonce` (a decimal
     /// string) and `signature_expiry_sec`: an `Action` under Optio's domain signed by the
     /// account's owner, which the batch posts beside the change and the rollup judges
     /// (`OptioJudge.changeSigned`). The signature must live at least `CHANGE_MIN_LIFE_S` more
@@ -1578,8 +1583,7 @@ impl Gateway {
         &self,
         params: &Value,
         account: AccountId,
-        module: Address,
-        data: Vec<u8>,
+        change: optio_intents::AccountChange,
     ) -> Result<Option<optio_sequencer::Intent>, CallError> {
         if params.get("signature").is_none() {
             if self.config.signed_terms_only {
@@ -1603,16 +1607,9 @@ impl Gateway {
                 optio_types::RejectCode::UnknownAccount,
                 None,
             ))?;
-        let action = optio_intents::Action {
-            subaccount_id: u64::from(account.0),
-            nonce,
-            module,
-            data,
-            expiry,
-            owner: owner.0,
-            signer: owner.0,
-        };
-        let digest = action.digest(&self.optio_domain());
+        let digest = change
+            .action(u64::from(account.0), nonce, expiry, owner.0)
+            .digest(&self.optio_domain());
         if !recover(&digest, &signature).is_ok_and(|who| who == owner.0) {
             return Err(GatewayError::BadSignature.into());
         }

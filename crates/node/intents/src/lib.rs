@@ -268,6 +268,37 @@ impl MarginModeChange {
     }
 }
 
+/// An owner's change of its account, as it signs it: an `Action` with the change's module and
+/// data, signed by the owner (the gateway checks it, the rollup judges every posted change
+/// against it, `OptioJudge.changeSigned`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountChange {
+    /// A session key registered, extended, shortened or revoked.
+    SessionKey(SessionKeyChange),
+    /// A margin mode chosen.
+    MarginMode(MarginModeChange),
+}
+
+impl AccountChange {
+    /// The action the owner `owner` signs for this change of `subaccount`, with `nonce` and
+    /// signature expiry `expiry` (seconds).
+    pub fn action(&self, subaccount: u64, nonce: u64, expiry: u64, owner: Address) -> Action {
+        let (module, data) = match self {
+            AccountChange::SessionKey(c) => (SESSION_KEY_MODULE, c.encode()),
+            AccountChange::MarginMode(c) => (MARGIN_MODE_MODULE, c.encode()),
+        };
+        Action {
+            subaccount_id: subaccount,
+            nonce,
+            module,
+            data,
+            expiry,
+            owner,
+            signer: owner,
+        }
+    }
+}
+
 /// An EIP-712 digest: `keccak(0x19 0x01 || separator || structHash)`.
 pub fn typed_digest(domain_separator: &[u8; 32], struct_hash: &[u8; 32]) -> [u8; 32] {
     let mut enc = Vec::with_capacity(66);

@@ -1182,12 +1182,6 @@ fn audit_changes(
             if let Some((n, j, expiry_s)) = earlier
                 && u128::from(time_ms) <= u128::from(expiry_s) * 1_000
             {
-                let op_at = |n: u64, j: u64| PostedOp {
-                    number: n,
-                    data: posted[n as usize - 1].0.clone(),
-                    auths: posted[n as usize - 1].1.clone(),
-                    op: j,
-                };
                 return Some(Verdict::ChangeReplayed {
                     number,
                     change: k as u64,
@@ -1197,8 +1191,8 @@ fn audit_changes(
                         a.nonce
                     ),
                     challenge: Box::new(ReplayChallenge {
-                        earlier: op_at(n, j),
-                        later: op_at(number, k as u64),
+                        earlier: posted_op(posted, n, j),
+                        later: b.posted_op(k as u64),
                         opening: state.exit_proof(account).expect("the account exists"),
                     }),
                 });

@@ -451,7 +451,8 @@ pub fn is_change(op: &crate::Op) -> bool {
 
 /// The action an owner signs for account change `op` (`None`: not an account change).
 pub fn change_action(op: &crate::Op, nonce: u64, expiry_s: u64, owner: Address) -> Option<Action> {
-    let (account, module, data) = match op {
+    use optio_intents::{AccountChange, MarginModeChange, SessionKeyChange};
+    let (account, change) = match op {
         crate::Op::SessionKey {
             account,
             key,
@@ -459,29 +460,18 @@ pub fn change_action(op: &crate::Op, nonce: u64, expiry_s: u64, owner: Address) 
             ..
         } => (
             account,
-            optio_intents::SESSION_KEY_MODULE,
-            optio_intents::SessionKeyChange {
+            AccountChange::SessionKey(SessionKeyChange {
                 key: key.0,
                 expiry_ms: *expiry_ms,
-            }
-            .encode(),
+            }),
         ),
         crate::Op::SetMarginMode { account, mode } => (
             account,
-            optio_intents::MARGIN_MODE_MODULE,
-            optio_intents::MarginModeChange { mode: mode.code() }.encode(),
+            AccountChange::MarginMode(MarginModeChange { mode: mode.code() }),
         ),
         _ => return None,
     };
-    Some(Action {
-        subaccount_id: u64::from(account.0),
-        nonce,
-        module,
-        data,
-        expiry: expiry_s,
-        owner: owner.0,
-        signer: owner.0,
-    })
+    Some(change.action(u64::from(account.0), nonce, expiry_s, owner.0))
 }
 
 impl ChangeAttestation {
@@ -550,16 +540,11 @@ pub fn replays(
 /// changes, then the margin mode changes), read as the L1 contract reads it: before the price
 /// attestations and their count, the change count (4 bytes) and, before it, the entries.
 pub fn change_attestation(section: &[u8], k: usize) -> Option<ChangeAttestation> {
-    let end = section.len().checked_sub(INDEX_BYTES)?;
-    let m = u32_at(section, end)?;
-    let end = end
-        .checked_sub(m.checked_mul(MARK_BYTES)?)?
-        .checked_sub(INDEX_BYTES)?;
-    let c = u32_at(section, end)?;
+    let (_, prices) = tail_part(section, section.len(), MARK_BYTES)?;
+    let (c, start) = tail_part(section, prices, CHANGE_BYTES)?;
     if k >= c {
         return None;
     }
-    let start = end.checked_sub(c.checked_mul(CHANGE_BYTES)?)?;
     let at = start + k * CHANGE_BYTES;
     let bytes = &section[at..at + CHANGE_BYTES];
     if bytes.iter().all(|b| *b == 0) {
@@ -574,18 +559,25 @@ pub fn change_attestation(section: &[u8], k: usize) -> Option<ChangeAttestation>
 /// then the marks), read as the L1 contract reads it: the count in the section's last 4 bytes,
 /// the entries before it.
 pub fn price_attestation(section: &[u8], k: usize) -> Option<PriceAttestation> {
-    let end = section.len().checked_sub(INDEX_BYTES)?;
-    let m = u32_at(section, end)?;
+    let (m, start) = tail_part(section, section.len(), MARK_BYTES)?;
     if k >= m {
         return None;
     }
-    let start = end.checked_sub(m.checked_mul(MARK_BYTES)?)?;
     let at = start + k * MARK_BYTES;
     Some(PriceAttestation::decode(
         section[at..at + MARK_BYTES]
             .try_into()
             .expect("a whole entry"),
     ))
+}
+
+/// A part of a section that ends at `end`, read back from there as the L1 contract reads it:
+/// its count in the 4 bytes before `end`, its entries of `size` bytes before the count. The
+/// count and where the entries start (`None`: bytes the section lacks).
+fn tail_part(section: &[u8], end: usize, size: usize) -> Option<(usize, usize)> {
+    let end = end.checked_sub(INDEX_BYTES)?;
+    let count = u32_at(section, end)?;
+    Some((count, end.checked_sub(count.checked_mul(size)?)?))
 }
 
 fn u32_at(section: &[u8], at: usize) -> Option<usize> {
