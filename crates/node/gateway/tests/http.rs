@@ -1074,6 +1074,31 @@ async fn with_signed_terms_only_loosening_edits_are_refused_and_key_orders_end_w
         6_001,
         "signed for another expiry"
     );
+    // A malformed signature, or a nonce that is not a decimal string.
+    for (field, value, expected) in [
+        ("signature", json!("0x1234"), 6_001),
+        ("nonce", json!("0x10"), -32_602),
+    ] {
+        let mut bad: Value =
+            serde_json::from_str(&signed(&alice.key, key_change(expiry), 1_000_001, 600))
+                .expect("json");
+        bad["params"][field] = value;
+        assert_eq!(
+            code(&h.post(&bad.to_string(), &h.auth(&alice)).await.1),
+            expected,
+            "{field}"
+        );
+    }
+    // Nor does the operator's own path take an unsigned change.
+    let admin = h.gateway.submit_admin(vec![Command::SetMarginMode {
+        account: optio_types::AccountId(alice.subaccount as u32),
+        mode: MarginMode::Standard,
+    }]);
+    assert_eq!(
+        admin.map_err(|e| e.code()),
+        Err(6_009),
+        "an operator's unsigned change"
+    );
     assert_eq!(h.gateway.state_hash(), before, "refusals change nothing");
     let mode = signed(
         &alice.key,
