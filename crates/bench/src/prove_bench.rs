@@ -150,7 +150,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         ..shape(1, 1, 1, 1, 0)
     })? - base;
     // A margin slot at the devnet's register counts (16 op slots, 16 accounts, 16 positions, 8
-    // instruments): it reads every position register as of its op.
+    // instruments): it reads every position register as of its op (or, an end slot, as the
+    // batch leaves it).
     let devnet_regs = shape(16, 16, 16, 8, 0);
     let per_margin = constraints(Shape {
         margins: 1,
@@ -190,7 +191,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         "  per account slot (a session key, {KEYS} keys an account may hold; or a margin mode) {per_key:>8}"
     );
     println!(
-        "  per margin slot (a withdrawal or transfer priced; 16/16/16/8 regs) {per_margin:>8}"
+        "  per margin slot (a withdrawal or transfer priced, or a Portfolio account after its fills; 16/16/16/8 regs) {per_margin:>8}"
     );
     // Solvency after fills: an account whose every position is in a register is priced from
     // the registers (in the register costs above); one holding a position the batch does not

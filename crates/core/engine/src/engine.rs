@@ -65,6 +65,9 @@ pub(crate) struct FillCount {
     accounts: Vec<AccountId>,
     windows: u32,
     runs: BTreeSet<u32>,
+    margins: u32,
+    positions: u32,
+    instruments: BTreeSet<u32>,
 }
 
 impl PlanEnd {
@@ -149,12 +152,18 @@ impl<M: MarginModel> Engine<M> {
     /// An empty engine with the given limits, risk parameters and worst-case margin model.
     ///
     /// Panics if `risk.liquidation_fee_bps` exceeds `MAX_LIQUIDATION_FEE_BPS` (no validity proof
-    /// could prove such a fee).
+    /// could prove such a fee), or `risk.pm_maintenance_bps` is below
+    /// `PROVEN_PM_MAINTENANCE_BPS` (a validity proof would refuse some of its `Portfolio` fills).
     pub fn with_config(limits: EngineLimits, risk: RiskConfig, margin: M) -> Self {
         assert!(
             risk.liquidation_fee_bps <= optio_types::MAX_LIQUIDATION_FEE_BPS,
             "liquidation fee of {} bps above the provable maximum",
             risk.liquidation_fee_bps
+        );
+        assert!(
+            risk.pm_maintenance_bps >= optio_types::PROVEN_PM_MAINTENANCE_BPS,
+            "portfolio maintenance of {} bps below the proven weight",
+            risk.pm_maintenance_bps
         );
         Self {
             margin,
@@ -651,6 +660,27 @@ impl<M: MarginModel> Engine<M> {
                     available = available.min(allowance);
                 }
                 let fill = remaining.min(available);
+                let accounts = [(taker, true), (o.account, true)];
+                // A Portfolio maker whose positions no proof could hold beside the taker's
+                // would block the book: its order is cancelled.
+                if bounded
+                    && self.accounts[o.account.0 as usize].mode
+                        == optio_types::MarginMode::Portfolio
+                    && !self.admit_fill(&mut FillCount::default(), accounts, instrument, true)
+                    && self.admit_fill(
+                        &mut FillCount::default(),
+                        [(taker, true), (taker, true)],
+                        instrument,
+                        true,
+                    )
+                {
+                    plan.push(Step::Cancel {
+                        slot,
+                        reason: DoneReason::FillLimit,
+                    });
+                    slot = next;
+                    continue;
+                }
                 if !self.maker_keeps_maintenance(slot, fill, plan) {
                     plan.push(Step::Cancel {
                         slot,
@@ -659,8 +689,7 @@ impl<M: MarginModel> Engine<M> {
                     slot = next;
                     continue;
                 }
-                let accounts = [(taker, true), (o.account, true)];
-                if bounded && !self.admit_fill(&mut count, accounts, instrument) {
+                if bounded && !self.admit_fill(&mut count, accounts, instrument, true) {
                     return (Qty(qty.0 - remaining), PlanEnd::FillLimit);
                 }
                 plan.push(Step::Fill {
@@ -694,27 +723,42 @@ impl<M: MarginModel> Engine<M> {
         count: &mut FillCount,
         accounts: [(AccountId, bool); 2],
         instrument: InstrumentId,
+        trade: bool,
     ) -> bool {
         let budget = &self.limits.fill_budget;
-        // What this fill adds: accounts, windows, and runs not counted yet.
+        // What this fill adds: accounts, windows, and runs not counted yet; margin slots,
+        // position and instrument registers.
         let (mut added, mut windows, mut new_runs) = (0, count.windows, BTreeSet::new());
+        let (mut margins, mut positions) = (count.margins, count.positions);
+        let mut instruments = count.instruments.clone();
+        instruments.insert(instrument.0);
         for (k, (account, priced)) in accounts.into_iter().enumerate() {
             if count.accounts.contains(&account) || (k == 1 && account == accounts[0].0) {
                 continue;
             }
             added += 1;
+            positions += 1;
+            // The positions it holds in other instruments.
+            let acct = &self.accounts[account.0 as usize];
+            let others = acct.positions.iter().filter(|(i, slot)| {
+                **i != instrument && self.positions[**slot as usize].exposure.position.0 != 0
+            });
+            // A fill's Portfolio account is proven maintained after the batch (the prover's
+            // end slot): a margin slot, and every position it holds in the registers, which
+            // also price its solvency (no window).
+            if trade && acct.mode == optio_types::MarginMode::Portfolio {
+                margins += 1;
+                for (i, _) in others {
+                    positions += 1;
+                    instruments.insert(i.0);
+                }
+                continue;
+            }
             if !priced {
                 continue;
             }
             // The runs of the positions it holds in other instruments.
-            let mut held: BTreeSet<u32> = self.accounts[account.0 as usize]
-                .positions
-                .iter()
-                .filter(|(i, slot)| {
-                    **i != instrument && self.positions[**slot as usize].exposure.position.0 != 0
-                })
-                .map(|(i, _)| budget.run(*i))
-                .collect();
+            let mut held: BTreeSet<u32> = others.map(|(i, _)| budget.run(*i)).collect();
             if !held.is_empty() {
                 held.insert(budget.run(instrument));
                 windows += held.len() as u32;
@@ -724,9 +768,15 @@ impl<M: MarginModel> Engine<M> {
         let fits = count.fills < budget.fills
             && count.accounts.len() as u64 + added <= u64::from(budget.accounts)
             && windows <= budget.windows
-            && (count.runs.len() + new_runs.len()) as u64 <= u64::from(budget.prices);
+            && (count.runs.len() + new_runs.len()) as u64 <= u64::from(budget.prices)
+            && margins <= budget.margins
+            && positions <= budget.positions
+            && instruments.len() as u64 <= u64::from(budget.instruments);
         if fits {
             count.fills += 1;
+            count.margins = margins;
+            count.positions = positions;
+            count.instruments = instruments;
             for (account, _) in accounts {
                 if !count.accounts.contains(&account) {
                     count.accounts.push(account);

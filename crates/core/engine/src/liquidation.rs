@@ -386,7 +386,7 @@ impl<M: MarginModel> Engine<M> {
                 continue;
             }
             let accounts = [(account, false), (counterparty, true)];
-            if bounded && !self.admit_fill(&mut count, accounts, instrument) {
+            if bounded && !self.admit_fill(&mut count, accounts, instrument, false) {
                 break;
             }
             // The counterparty's orders in the instrument go first: orders can rest on the

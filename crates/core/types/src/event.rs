@@ -33,7 +33,9 @@ pub enum DoneReason {
     /// marks (a resting order placed against older marks): cancelled instead of filled.
     Margin,
     /// The order filled all the resting orders one input's proof has room for
-    /// (`EngineLimits::fill_budget`): its rest, which would cross them, is cancelled.
+    /// (`EngineLimits::fill_budget`): its rest, which would cross them, is cancelled. Or a
+    /// resting order of a `Portfolio` account holding more positions than a proof can hold
+    /// beside its taker's (its maintenance prices them all): cancelled instead of filled.
     FillLimit,
 }
 

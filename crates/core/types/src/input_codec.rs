@@ -266,7 +266,7 @@ fn encode_command(w: &mut Writer, c: &Command) {
             w.u64(*expiry_ms);
         }
         Command::SetProofLimits(p) => {
-            w.u8(23);
+            w.u8(25);
             encode_proof_limits(w, p);
         }
     }
@@ -436,8 +436,9 @@ fn decode_command(r: &mut Reader<'_>) -> Result<Command, DecodeError> {
             counterparty: r.account()?,
         },
         // Tag 22: written before the settlement budget (unbounded).
-        22 => Command::SetProofLimits(decode_proof_limits(r, false)?),
-        23 => Command::SetProofLimits(decode_proof_limits(r, true)?),
+        22 => Command::SetProofLimits(decode_proof_limits(r, false, false)?),
+        23 => Command::SetProofLimits(decode_proof_limits(r, true, false)?),
+        25 => Command::SetProofLimits(decode_proof_limits(r, true, true)?),
         tag => {
             return Err(DecodeError::BadTag {
                 what: "command",
@@ -469,8 +470,9 @@ mod tests {
         }
     }
 
-    /// A proof's limits travel whole (tag 23, 44 bytes); a cut one is refused. A record of
-    /// tag 22 (written before the settlement budget) decodes with the budget unbounded.
+    /// A proof's limits travel whole (tag 25, 56 bytes); a cut one is refused. A record of
+    /// tag 23 (written before the fill budget bounded `Portfolio` accounts) decodes with that
+    /// part unbounded, and one of tag 22 (before the settlement budget) with both unbounded.
     #[test]
     fn proof_limits_decode_as_encoded() {
         let input = Input {
@@ -483,6 +485,9 @@ mod tests {
                     windows: 8,
                     prices: 2,
                     window_bits: 6,
+                    margins: 4,
+                    positions: 16,
+                    instruments: 8,
                 },
                 mark_windows: crate::MarkWindows {
                     windows: 1,
@@ -496,10 +501,19 @@ mod tests {
             }),
         };
         let bytes = input.encode();
-        assert_eq!(bytes[8], 23);
+        assert_eq!(bytes[8], 25);
         assert_eq!(Input::decode(&bytes), Ok(input.clone()));
         assert!(Input::decode(&bytes[..bytes.len() - 1]).is_err());
-        let mut old = bytes[..bytes.len() - 12].to_vec();
+        let mut settled = bytes[..bytes.len() - 12].to_vec();
+        settled[8] = 23;
+        let Command::SetProofLimits(limits) = Input::decode(&settled).expect("decodes").command
+        else {
+            panic!("proof limits");
+        };
+        assert_eq!(limits.fill_budget.margins, u32::MAX);
+        assert_eq!(limits.fill_budget.positions, u32::MAX);
+        assert_eq!(limits.settle_budget.holders, 16);
+        let mut old = bytes[..bytes.len() - 24].to_vec();
         old[8] = 22;
         let Command::SetProofLimits(limits) = Input::decode(&old).expect("decodes").command else {
             panic!("proof limits");

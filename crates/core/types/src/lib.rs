@@ -33,8 +33,8 @@ pub use margin::{
     Exposure, MarginModel, WorstCaseMargin, forced_withdrawal, full_collateral, short_liability,
 };
 pub use oracle::{
-    MAX_LIQUIDATION_FEE_BPS, MarginMode, MarkUpdate, OracleUpdate, RiskConfig, SettlementUpdate,
-    UpdateFormat, max_liquidation_fee, stress_range,
+    MAX_LIQUIDATION_FEE_BPS, MarginMode, MarkUpdate, OracleUpdate, PROVEN_PM_MAINTENANCE_BPS,
+    RiskConfig, SettlementUpdate, UpdateFormat, max_liquidation_fee, stress_range,
 };
 pub use reject::RejectCode;
 pub use state::{CanonicalState, EngineLimits, FillBudget, MarkWindows, ProofLimits, SettleBudget};

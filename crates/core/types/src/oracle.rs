@@ -167,6 +167,14 @@ pub struct RiskConfig {
 /// index clamped to the cap), since the index is not in the settlement state.
 pub const MAX_LIQUIDATION_FEE_BPS: u32 = 100;
 
+/// The weight of the risk arrays in the `Portfolio` maintenance rule the validity circuit
+/// proves of every `Portfolio` account that trades (`collateral * 1e8 * 1e4 + sum_i q_i *
+/// (mark_i * 1e4 + RA_i[s] * PROVEN_PM_MAINTENANCE_BPS) >= 0` in every scenario and the
+/// no-move one). The engine's rule at `RiskConfig::pm_maintenance_bps` implies it at any
+/// weight up to its own (a convex combination with the no-move scenario), so that setting may
+/// not be below it.
+pub const PROVEN_PM_MAINTENANCE_BPS: u32 = 8_000;
+
 /// The most a liquidation of `qty` contracts (either sign) of `spec` may charge the liquidated
 /// account: `ceil(|qty| * floor(cap * multiplier / 1e8) * MAX_LIQUIDATION_FEE_BPS / (1e4 *
 /// 1e8))`, what the validity circuit allows (the engine's fee at a rate no higher, at an index

@@ -11,7 +11,9 @@ use crate::instrument::{InstrumentName, InstrumentSpec, InstrumentStatus};
 use crate::oracle::{MAX_UNDERLYING_LEN, MarginMode, RiskConfig};
 
 const MAGIC: &[u8; 8] = b"OPTIOST\0";
-const VERSION: u32 = 8;
+const VERSION: u32 = 9;
+/// The last version whose fill budget does not bound `Portfolio` accounts' registers.
+const VERSION_WITHOUT_PORTFOLIO_BUDGET: u32 = 8;
 /// The last version whose proof limits have no settlement budget.
 const VERSION_WITHOUT_SETTLE_BUDGET: u32 = 7;
 /// The last version without mark windows in its limits (still decoded: unbounded).
@@ -177,6 +179,14 @@ pub struct FillBudget {
     pub prices: u32,
     /// A window spans `2^window_bits` instrument ids.
     pub window_bits: u32,
+    /// Margin slots: one per `Portfolio` account a fill names as maker or taker (the proof
+    /// checks its maintenance after the batch).
+    pub margins: u32,
+    /// Position registers: one per account for the traded instrument, and one for every other
+    /// position of a `Portfolio` account that trades (its maintenance prices them all).
+    pub positions: u32,
+    /// Instrument registers: the traded one, and those of a `Portfolio` account's positions.
+    pub instruments: u32,
 }
 
 impl FillBudget {
@@ -187,6 +197,9 @@ impl FillBudget {
         windows: u32::MAX,
         prices: u32::MAX,
         window_bits: 0,
+        margins: u32::MAX,
+        positions: u32::MAX,
+        instruments: u32::MAX,
     };
 
     /// The aligned run of window ids `instrument` lies in.
@@ -680,14 +693,19 @@ pub(crate) fn encode_proof_limits(w: &mut Writer, p: &ProofLimits) {
     w.u32(p.settle_budget.expiries);
     w.u32(p.settle_budget.slots);
     w.u32(p.settle_budget.holders);
+    w.u32(b.margins);
+    w.u32(b.positions);
+    w.u32(b.instruments);
 }
 
 /// What `encode_proof_limits` wrote (windows not checked: `ProofLimits::is_valid`).
 /// Before the settlement budget (a snapshot of version 7, a `SetProofLimits` record of tag 22),
-/// `settle_budget` is absent: unbounded.
+/// `settle_budget` is absent: unbounded; before the `Portfolio` part of the fill budget (version
+/// 8, tag 23), its margins, positions and instruments: unbounded.
 pub(crate) fn decode_proof_limits(
     r: &mut Reader<'_>,
     settle_budget: bool,
+    portfolio: bool,
 ) -> Result<ProofLimits, DecodeError> {
     let mut limits = ProofLimits {
         max_positions_to_withdraw: r.u32()?,
@@ -697,6 +715,7 @@ pub(crate) fn decode_proof_limits(
             windows: r.u32()?,
             prices: r.u32()?,
             window_bits: r.u32()?,
+            ..FillBudget::UNBOUNDED
         },
         mark_windows: MarkWindows {
             windows: r.u32()?,
@@ -710,6 +729,11 @@ pub(crate) fn decode_proof_limits(
             slots: r.u32()?,
             holders: r.u32()?,
         };
+    }
+    if portfolio {
+        limits.fill_budget.margins = r.u32()?;
+        limits.fill_budget.positions = r.u32()?;
+        limits.fill_budget.instruments = r.u32()?;
     }
     Ok(limits)
 }
@@ -753,6 +777,11 @@ fn decode_risk(r: &mut Reader<'_>) -> Result<RiskConfig, DecodeError> {
     if risk.liquidation_fee_bps > crate::oracle::MAX_LIQUIDATION_FEE_BPS {
         return Err(DecodeError::Invalid("liquidation fee above its maximum"));
     }
+    if risk.pm_maintenance_bps < crate::oracle::PROVEN_PM_MAINTENANCE_BPS {
+        return Err(DecodeError::Invalid(
+            "portfolio maintenance below the proven weight",
+        ));
+    }
     Ok(risk)
 }
 
@@ -777,6 +806,7 @@ fn decode_limits(r: &mut Reader<'_>, version: u32) -> Result<EngineLimits, Decod
             windows: r.u32()?,
             prices: r.u32()?,
             window_bits: r.u32()?,
+            ..FillBudget::UNBOUNDED
         };
         if limits.fill_budget.window_bits > 32 {
             return Err(DecodeError::Invalid("fill budget window above 2^32 ids"));
@@ -797,6 +827,11 @@ fn decode_limits(r: &mut Reader<'_>, version: u32) -> Result<EngineLimits, Decod
             slots: r.u32()?,
             holders: r.u32()?,
         };
+    }
+    if version > VERSION_WITHOUT_PORTFOLIO_BUDGET {
+        limits.fill_budget.margins = r.u32()?;
+        limits.fill_budget.positions = r.u32()?;
+        limits.fill_budget.instruments = r.u32()?;
     }
     Ok(limits)
 }

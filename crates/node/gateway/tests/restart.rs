@@ -381,6 +381,7 @@ fn a_proofs_limits_come_through_the_log() {
             windows: 2,
             prices: 1,
             window_bits: 2,
+            ..optio_types::FillBudget::UNBOUNDED
         },
         mark_windows: optio_types::MarkWindows {
             windows: 1,

@@ -64,14 +64,20 @@
 //! - such an account, or one whose margin mode the batch changed, that ends the batch in
 //!   `WorstCase` covers what its shorts can owe at worst: `collateral * 1e8 >= liability`, the
 //!   engine's invariant for the mode (its requirement rounds each short up);
+//! - a fill's maker or taker that ends the batch in `Portfolio` meets the maintenance rule
+//!   after it, at the committed marks and risk arrays, every position it holds in a register
+//!   (an end margin slot): `collateral * 1e8 * 1e4 + sum_i q_i * (mark_i * 1e4 + RA_i[s] *
+//!   PROVEN_PM_MAINTENANCE_BPS) >= 0` in every scenario and the no-move one, which the
+//!   engine's maintenance at the fill (a maker's) or initial margin (a taker's) implies;
 //! - a mark window replaces the mark and risk array (hashed in the circuit) of the instruments
 //!   it marks (none settled) among an aligned run of `2^mark_window_bits` ids: the run's subtree is rebuilt
 //!   from its leaves before and after, under one path, so the marks share the path above it;
 //!   windows in use come first, by index, so the marks enter the commitment by id.
 //!
-//! Not in the circuit (README, "Validity proofs"): a margin check after fills in `Standard` and
-//! `Portfolio` (their margin needs the index, which the state does not hold: the circuit checks
-//! solvency there; docs/settlement.md, "Margin by mode"); fills against the
+//! Not in the circuit (README, "Validity proofs"): a margin check after fills in `Standard` (its
+//! margin needs the index, which the state does not hold: the circuit checks solvency there),
+//! and the short-option floor of `Portfolio` margin (the index too; docs/settlement.md, "Margin
+//! by mode"); fills against the
 //! maker's and taker's signed order limits (the authorization challenge judges those on L1).
 
 use ark_ff::{BigInteger, PrimeField};
@@ -83,7 +89,7 @@ use optio_state::leaf::{
 use optio_state::poseidon::{Fr, from_i64};
 use optio_state::smt::empty_root;
 use optio_types::fixed::FEE_RATE_SCALE;
-use optio_types::{MAX_LIQUIDATION_FEE_BPS, MarginMode, QTY_SCALE};
+use optio_types::{MAX_LIQUIDATION_FEE_BPS, MarginMode, PROVEN_PM_MAINTENANCE_BPS, QTY_SCALE};
 
 use optio_state::blob::bits as at;
 
@@ -148,6 +154,9 @@ struct AccountWires {
     used: Wire,
     /// Fills that named it so far (it must end the batch solvent).
     filled: Wire,
+    /// Fills that named it as maker or taker (in `Portfolio` at the end it must meet the proven
+    /// maintenance rule).
+    traded: Wire,
 }
 
 /// A position register.
@@ -354,7 +363,7 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
         );
         // The leaf's third field splits one way only: nonce, count, the mode's code (two bits,
         // not both) and the liability.
-        let (mode0, _) = mode_code(cs, r.mode.code())?;
+        let (mode0, _, _) = mode_code(cs, r.mode.code())?;
         let count0 = cs.witness(Fr::from(r.open_positions))?;
         let liability0 = cs.witness(r.liability)?;
         cs.range(&nonce0, 64)?;
@@ -384,6 +393,7 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
             opens: Wire::zero(),
             used: Wire::zero(),
             filled: Wire::zero(),
+            traded: Wire::zero(),
         });
     }
     let enabled: Vec<Wire> = accounts.iter().map(|a| a.enabled.clone()).collect();
@@ -503,18 +513,6 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
         cs.part(format!("op slot {i} (kind {})", slot.kind));
         op_slot(cs, slot, &mut st)?;
     }
-    cs.part("margin slots".into());
-    // Which instrument register prices each position register.
-    let mut prices = Vec::with_capacity(st.positions.len());
-    for q in &st.positions {
-        let mut row = Vec::with_capacity(st.instruments.len());
-        for i in &st.instruments {
-            let same = not(&cs.is_nonzero(&q.instrument.sub(&i.id))?);
-            row.push(cs.mul(&same, &i.enabled)?);
-        }
-        prices.push(row);
-    }
-    margin_slots(cs, w, &st, &prices)?;
     cs.part("loss shares claimed".into());
     // Every loss share was claimed by a deficit cover.
     cs.equal(&st.shared, &Wire::zero())?;
@@ -538,6 +536,28 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
         cs.part(format!("settlement slot {i}"));
         settle_slot(cs, o, &mut st, &mut instruments_root)?;
     }
+
+    cs.part("margin slots".into());
+    // Each account's margin mode after the batch: (WorstCase, Portfolio).
+    let mut modes = Vec::with_capacity(st.accounts.len());
+    for a in &st.accounts {
+        let (mode, worst_case, portfolio) =
+            mode_code(cs, a.mode.value.into_bigint().as_ref()[0] as u8)?;
+        cs.equal(&mode, &a.mode)?;
+        modes.push((worst_case, portfolio));
+    }
+    // Which instrument register prices each position register.
+    let mut prices = Vec::with_capacity(st.positions.len());
+    for q in &st.positions {
+        let mut row = Vec::with_capacity(st.instruments.len());
+        for i in &st.instruments {
+            let same = not(&cs.is_nonzero(&q.instrument.sub(&i.id))?);
+            row.push(cs.mul(&same, &i.enabled)?);
+        }
+        prices.push(row);
+    }
+    let portfolio: Vec<Wire> = modes.iter().map(|m| m.1.clone()).collect();
+    margin_slots(cs, w, &st, &prices, &portfolio)?;
 
     cs.part("the positions' write-back".into());
     let mut nz_end = Vec::with_capacity(w.positions.len());
@@ -591,7 +611,8 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
 
     cs.part("the accounts' write-back".into());
     let empty_positions = Wire::constant(empty_root(INSTRUMENT_DEPTH));
-    for (k, ((a, count), filled)) in st.accounts.iter().zip(open_after).zip(&filled).enumerate() {
+    let accounts = st.accounts.iter().zip(open_after).zip(&filled).zip(&modes);
+    for (k, (((a, count), filled), (worst_case, _))) in accounts.enumerate() {
         // An opened account starts empty, and exactly one OPEN op named it.
         for (field, value) in [
             (&a.owner0, Wire::zero()),
@@ -626,15 +647,13 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
         // In WorstCase after filling, or after its mode changed, it covers what its shorts can
         // owe at worst: `collateral * 1e8 - liability`, below 2^90 (the collateral is below
         // 2^63), is not negative.
-        let (mode, worst_case) = mode_code(cs, a.mode.value.into_bigint().as_ref()[0] as u8)?;
-        cs.equal(&mode, &a.mode)?;
         let switched = cs.is_nonzero(&a.mode.sub(&a.mode0))?;
         let bound = filled.add(&switched).sub(&cs.mul(filled, &switched)?);
         let cover = a
             .collateral
             .scale(Fr::from(QTY_SCALE as u64))
             .sub(&a.liability);
-        cs.range(&cs.mul(&cs.mul(&bound, &worst_case)?, &cover)?, COVER_BITS)?;
+        cs.range(&cs.mul(&cs.mul(&bound, worst_case)?, &cover)?, COVER_BITS)?;
         let new_leaf = cs.poseidon(&[
             a.owner.clone(),
             a.keys.clone(),
@@ -1052,6 +1071,7 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     for (a, (x, y)) in st.accounts.iter_mut().zip(sel_a.iter().zip(&sel_b)) {
         // A liquidation's counterparty (a) takes a position as a fill's accounts do.
         a.filled = a.filled.add(&cs.mul(x, &trade)?).add(&cs.mul(y, &fill)?);
+        a.traded = a.traded.add(&cs.mul(&fill, &x.add(y))?);
         a.collateral = a
             .collateral
             .add(&cs.mul(x, &a_cash)?)
@@ -1239,10 +1259,13 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     absorb(cs, &mut st.commitment, &used, record)
 }
 
-/// Bits of a stress total: `|collateral| * 1e8 < 2^90`, each instrument's
-/// `|q * (mark + RA[s])| < 2^127` and at most 2^7 instruments, so a total below zero (`p - |t|`)
-/// is far above `2^135`.
-const STRESS_BITS: usize = 135;
+/// Bits of a margin slot's total: a stress total's `|collateral| * 1e8 < 2^90`, each
+/// instrument's `|q * (mark + RA[s])| < 2^127` and at most 2^7 instruments, and a maintenance
+/// total's scaled by at most 1e4 < 2^14, so a total below zero (`p - |t|`) is far above `2^150`.
+const MARGIN_BITS: usize = 150;
+
+/// Basis points in one.
+const BPS: u64 = 10_000;
 
 /// The worst-case payoff per contract of a spec's opened terms
 /// (`InstrumentSpec::max_payoff_per_contract`): a call's `cap - strike`, a put's strike, a
@@ -1354,47 +1377,71 @@ fn signed_order(v: Fr) -> <Fr as PrimeField>::BigInt {
 /// `stress_free`, docs/risk.md): right after the op, for every scenario `s` of the committed
 /// risk arrays and the no-move one,
 /// `collateral * 1e8 + sum_i q_i * (mark_i + RA_i[s]) >= 0` over all the account's positions.
+/// And the `Portfolio` maintenance rule, once for each account that traded in the batch (a
+/// fill's maker or taker) and ends it in `Portfolio` (an `end` slot): after the batch, in
+/// every scenario and the no-move one, `collateral * 1e8 * 1e4 + sum_i q_i * (mark_i * 1e4 +
+/// RA_i[s] * PROVEN_PM_MAINTENANCE_BPS) >= 0` (`SettlementState::maintained`).
 /// All of them are priced: the account's registers hold every position it held before the
 /// batch (the write-back checks their count against its leaf) and those the batch opened, and
 /// each register's instrument is loaded with its committed mark and risk array.
-/// `prices[r][i]`: instrument register `i` prices position register `r` (same id, in use).
-fn margin_slots(cs: &Cs, w: &BatchWitness, st: &Running, prices: &[Vec<Wire>]) -> R<()> {
+/// `prices[r][i]`: instrument register `i` prices position register `r` (same id, in use);
+/// `portfolio[k]`: account register `k` ends the batch in `Portfolio`.
+fn margin_slots(
+    cs: &Cs,
+    w: &BatchWitness,
+    st: &Running,
+    prices: &[Vec<Wire>],
+    portfolio: &[Wire],
+) -> R<()> {
     let scenarios = w.shape.risk_chunks * RISK_CHUNK;
     // The ops that need a margin slot: money out.
     let needs: Vec<Wire> = st.snapshots.iter().map(|x| x.out.clone()).collect();
     let mut checked = vec![Wire::zero(); st.snapshots.len()];
+    // End slots per account register.
+    let mut maintained = vec![Wire::zero(); st.accounts.len()];
+    let weight = Fr::from(u64::from(PROVEN_PM_MAINTENANCE_BPS));
     for m in &w.margins {
         let enabled = cs.boolean(m.enabled)?;
-        // A flat slot proves instead that a deficit cover's account holds no position.
+        // A flat slot proves instead that a deficit cover's account holds no position; an end
+        // slot, the maintenance rule after the batch.
         let flat = cs.boolean(m.flat)?;
+        let end = cs.boolean(m.end)?;
         cs.equal_if(&flat, &enabled, &one())?;
+        cs.equal_if(&end, &enabled, &one())?;
+        cs.equal(&cs.mul(&flat, &end)?, &Wire::zero())?;
+        let at_op = enabled.sub(&end);
         let (sel_k, sum_k) = selector(cs, st.snapshots.len(), m.slot)?;
-        cs.equal(&sum_k, &enabled)?;
+        cs.equal(&sum_k, &at_op)?;
         let (sel_a, sum_a) = selector(cs, st.accounts.len(), m.account)?;
         cs.equal(&sum_a, &enabled)?;
         for (c, s) in checked.iter_mut().zip(&sel_k) {
             *c = c.add(s);
         }
+        for (n, x) in maintained.iter_mut().zip(&sel_a) {
+            *n = n.add(&cs.mul(&end, x)?);
+        }
         // The op's account, after the op; money left it; its registers hold all it held.
         let a_id = pick(cs, &sel_k, st.snapshots.iter().map(|x| x.a_id.clone()))?;
-        cs.equal(
-            &a_id,
-            &pick(cs, &sel_a, st.accounts.iter().map(|a| a.id.clone()))?,
-        )?;
+        let id = pick(cs, &sel_a, st.accounts.iter().map(|a| a.id.clone()))?;
+        cs.equal(&a_id, &id.sub(&cs.mul(&end, &id)?))?;
         let out = pick(cs, &sel_k, needs.iter().cloned())?;
-        cs.equal(&out, &enabled.sub(&flat))?;
+        cs.equal(&out, &at_op.sub(&flat))?;
         let covered = pick(cs, &sel_k, st.snapshots.iter().map(|x| x.covered.clone()))?;
         cs.equal(&covered, &flat)?;
         let margined = pick(cs, &sel_a, st.accounts.iter().map(|a| a.margined.clone()))?;
         cs.equal(&margined, &enabled)?;
-        // (A flat slot prices nothing: its collateral, in deficit, counts as zero.)
+        // (A flat slot prices nothing: its collateral, in deficit, counts as zero.) An end
+        // slot's account as the batch leaves it.
         let collateral = pick(cs, &sel_k, st.snapshots.iter().map(|x| x.a_after.clone()))?;
         let collateral = collateral.sub(&cs.mul(&flat, &collateral)?);
+        let last = pick(cs, &sel_a, st.accounts.iter().map(|a| a.collateral.clone()))?;
+        let collateral = collateral.add(&cs.mul(&end, &last)?);
         // Its quantity per instrument register.
         let account = index_of(&sel_a);
         let mut held = vec![Wire::zero(); st.instruments.len()];
         for (r, q) in st.positions.iter().enumerate() {
             let qty = pick(cs, &sel_k, st.snapshots.iter().map(|x| x.qty[r].clone()))?;
+            let qty = qty.add(&cs.mul(&end, &q.qty)?);
             let same = not(&cs.is_nonzero(&q.account.sub(&account))?);
             let belongs = cs.mul(&cs.mul(&same, &q.enabled)?, &enabled)?;
             // Each of its positions is priced by exactly one instrument register.
@@ -1409,24 +1456,34 @@ fn margin_slots(cs: &Cs, w: &BatchWitness, st: &Running, prices: &[Vec<Wire>]) -
             collateral.scale(Fr::from(QTY_SCALE as u64)),
             |acc, (q, i)| Ok::<_, SynthesisError>(acc.add(&cs.mul(q, &i.mark)?)),
         )?;
-        let mut totals = vec![base];
+        // Scaled by 1e4 in an end slot.
+        let base = base.add(&cs.mul(&end, &base)?.scale(Fr::from(BPS - 1)));
+        let mut totals = vec![base.clone()];
         for s in 0..scenarios {
-            let total = held
+            let moved = held
                 .iter()
                 .zip(&st.instruments)
-                .try_fold(totals[0].clone(), |acc, (q, i)| {
+                .try_fold(Wire::zero(), |acc, (q, i)| {
                     Ok::<_, SynthesisError>(acc.add(&cs.mul(q, &i.risk[s])?))
                 })?;
-            totals.push(total);
+            // Weighted by PROVEN_PM_MAINTENANCE_BPS in an end slot.
+            let moved = moved.add(&cs.mul(&end, &moved)?.scale(weight - Fr::from(1u64)));
+            totals.push(base.add(&moved));
         }
-        // Money that left leaves every total non-negative.
+        // Money that left, or a Portfolio account that traded, leaves every total non-negative.
+        let bound = out.add(&end);
         for total in &totals {
-            cs.range(&cs.mul(&out, total)?, STRESS_BITS)?;
+            cs.range(&cs.mul(&bound, total)?, MARGIN_BITS)?;
         }
     }
     // Every op that takes money out and every deficit cover has exactly one margin slot.
     for ((c, x), n) in checked.iter().zip(&st.snapshots).zip(&needs) {
         cs.equal(c, &n.add(&x.covered))?;
+    }
+    // Every account that traded and ends the batch in Portfolio has exactly one end slot.
+    for ((n, a), p) in maintained.iter().zip(&st.accounts).zip(portfolio) {
+        let traded = cs.is_nonzero(&a.traded)?;
+        cs.equal(n, &cs.mul(&traded, p)?)?;
     }
     Ok(())
 }
@@ -1482,7 +1539,7 @@ fn key_slot(cs: &Cs, o: &KeySlot, st: &mut Running) -> R<()> {
     }
     let moded = cs.boolean(o.mode.is_some())?;
     cs.equal_if(&not(&enabled), &moded, &Wire::zero())?;
-    let (mode, _) = mode_code(cs, o.mode.map_or(0, MarginMode::code))?;
+    let (mode, _, _) = mode_code(cs, o.mode.map_or(0, MarginMode::code))?;
     cs.equal_if(&not(&moded), &mode, &Wire::zero())?;
     let current = pick(cs, &sel, st.accounts.iter().map(|a| a.mode.clone()))?;
     let switch = cs.mul(&moded, &mode.sub(&current))?;
@@ -1584,14 +1641,15 @@ fn key_slot(cs: &Cs, o: &KeySlot, st: &mut Running) -> R<()> {
 const COVER_BITS: usize = 90;
 
 /// A margin mode's code (`MarginMode::code`: 0, 1 or 2) from two bits, Standard and Portfolio,
-/// not both; and whether it is WorstCase's (neither).
-fn mode_code(cs: &Cs, code: u8) -> R<(Wire, Wire)> {
+/// not both; whether it is WorstCase's (neither); and whether it is Portfolio's.
+fn mode_code(cs: &Cs, code: u8) -> R<(Wire, Wire, Wire)> {
     let standard = cs.boolean(code == MarginMode::Standard.code())?;
     let portfolio = cs.boolean(code == MarginMode::Portfolio.code())?;
     cs.equal(&cs.mul(&standard, &portfolio)?, &Wire::zero())?;
     Ok((
         standard.add(&portfolio.scale(Fr::from(2u64))),
         not(&standard.add(&portfolio)),
+        portfolio,
     ))
 }
 

@@ -171,8 +171,9 @@ impl Shape {
 
     /// The engine's fill budget for batches of this shape (`EngineLimits::fill_budget`): the
     /// fills of one order, alone in a batch, fit it (one op slot, one account and one position
-    /// register each account, the solvency and price windows of the accounts priced in them),
-    /// so that no order makes an input that cannot be proven.
+    /// register each account, the solvency and price windows of the accounts priced in them; a
+    /// `Portfolio` account's margin slot and registers for all its positions), so that no order
+    /// makes an input that cannot be proven.
     pub fn fill_budget(&self) -> optio_types::FillBudget {
         let bound = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         optio_types::FillBudget {
@@ -185,6 +186,9 @@ impl Shape {
             windows: bound(self.solvency),
             prices: bound(self.prices),
             window_bits: bound(self.solvency_bits),
+            margins: bound(self.margins),
+            positions: bound(self.positions),
+            instruments: bound(self.instruments),
         }
     }
 
@@ -334,14 +338,18 @@ pub struct InstrumentReg {
 
 /// A margin slot: the op slot whose money leaves an account, and the account's register. The
 /// circuit prices the account's positions as they stand right after that op; or, for a deficit
-/// cover (`flat`), proves that the account holds none.
+/// cover (`flat`), proves that the account holds none; or, for an account that traded and ends
+/// the batch in `Portfolio` (`end`, with no op slot), prices them as the batch leaves them
+/// against the maintenance rule.
 #[derive(Debug, Clone, Default)]
 pub struct MarginSlot {
     /// Used.
     pub enabled: bool,
     /// A deficit cover's: the account holds no position.
     pub flat: bool,
-    /// The op slot.
+    /// A `Portfolio` account's maintenance after the batch.
+    pub end: bool,
+    /// The op slot (none for an end slot).
     pub slot: Option<usize>,
     /// The account register.
     pub account: Option<usize>,
@@ -926,6 +934,9 @@ struct Plan<'a> {
     /// Op slots (indices into `slot_ops`) whose money leaves an account, or that cover its deficit
     /// (`true`: it must hold no position), and that account.
     margin_slots: Vec<(usize, u32, bool)>,
+    /// Accounts that traded (a fill's maker or taker) and end the batch in `Portfolio`: an end
+    /// slot each, after the margin slots.
+    maintained: BTreeSet<u32>,
     /// Accounts that filled (checked solvent at the batch's end), and those of them whose
     /// positions the registers price.
     filled: BTreeSet<u32>,
@@ -983,7 +994,7 @@ pub fn data_commitment(state: &SettlementState, ops: &[Op]) -> Result<Fr, Witnes
         risk_chunks: risk.div_ceil(RISK_CHUNK),
         keys: p.key_ops.len(),
         mark_window_bits: 0,
-        margins: p.margin_slots.len(),
+        margins: p.margin_slots.len() + p.maintained.len(),
         prices: p.price_runs.len(),
         solvency: p.solvency_runs.len(),
         solvency_bits: 0,
@@ -1037,6 +1048,9 @@ fn plan<'a>(
     let mut mode_ops: Vec<&Op> = Vec::new();
     let mut margin_slots: Vec<(usize, u32, bool)> = Vec::new();
     let mut filled_accounts: BTreeSet<u32> = BTreeSet::new();
+    // Accounts that traded, and the margin modes the batch leaves its accounts in.
+    let mut traded: BTreeSet<u32> = BTreeSet::new();
+    let mut modes: BTreeMap<u32, MarginMode> = BTreeMap::new();
     for (i, op) in ops.iter().enumerate() {
         let known = |a: &AccountId| a.0 < next_account;
         let listed = specs.len();
@@ -1077,10 +1091,12 @@ fn plan<'a>(
                     return Err(WitnessError::Invalid(i));
                 }
                 account_ids.insert(account.0);
-                if matches!(op, Op::SessionKey { .. }) {
-                    key_ops.push(op);
-                } else {
-                    mode_ops.push(op);
+                match op {
+                    Op::SetMarginMode { mode, .. } => {
+                        modes.insert(account.0, *mode);
+                        mode_ops.push(op);
+                    }
+                    _ => key_ops.push(op),
                 }
                 continue;
             }
@@ -1192,6 +1208,7 @@ fn plan<'a>(
                 }
                 filled.insert(instrument.0);
                 filled_accounts.extend([maker.0, taker.0]);
+                traded.extend([maker.0, taker.0]);
                 account_ids.extend([maker.0, taker.0]);
                 position_keys.extend([(maker.0, instrument.0), (taker.0, instrument.0)]);
                 instrument_ids.insert(instrument.0);
@@ -1222,6 +1239,25 @@ fn plan<'a>(
                 )
                 .unwrap_or(0),
         ));
+    }
+    // A Portfolio account that traded is priced after the batch against the maintenance rule,
+    // all its positions in the registers.
+    let maintained: BTreeSet<u32> = traded
+        .into_iter()
+        .filter(|a| {
+            let before = accounts
+                .get(*a as usize)
+                .map_or(MarginMode::WorstCase, |x| x.mode);
+            modes.get(a).copied().unwrap_or(before) == MarginMode::Portfolio
+        })
+        .collect();
+    for &account in &maintained {
+        if let Some(a) = accounts.get(account as usize) {
+            for &instrument in a.positions.keys() {
+                position_keys.insert((account, instrument));
+                instrument_ids.insert(instrument);
+            }
+        }
     }
     // An account that filled is priced at the batch's end from the registers when every
     // position it held before is in one, with its instrument's register; otherwise in every
@@ -1272,7 +1308,11 @@ fn plan<'a>(
             shape.instruments,
         ),
         ("mark windows", windows, shape.marks),
-        ("margin slots", margin_slots.len(), shape.margins),
+        (
+            "margin slots",
+            margin_slots.len() + maintained.len(),
+            shape.margins,
+        ),
         ("price windows", price_runs.len(), shape.prices),
         ("solvency windows", solvency_runs.len(), shape.solvency),
         (
@@ -1299,6 +1339,7 @@ fn plan<'a>(
         settles,
         key_ops: key_ops.into_iter().chain(mode_ops).collect(),
         margin_slots,
+        maintained,
         filled: filled_accounts,
         registers_price,
         solvency_runs,
@@ -1325,6 +1366,7 @@ pub fn witness(
         settles,
         key_ops,
         margin_slots,
+        maintained,
         filled,
         registers_price,
         ..
@@ -1392,7 +1434,7 @@ pub fn witness(
             liability: Fr::from(acct.liability(&payoffs)),
             collateral: fr(acct.collateral),
             positions_root: acct.tree.root(),
-            margined: margin_slots.iter().any(|(_, a, _)| *a == id),
+            margined: margin_slots.iter().any(|(_, a, _)| *a == id) || maintained.contains(&id),
             registers_price: registers_price.contains(&id),
             siblings: Vec::new(),
         });
@@ -2080,9 +2122,17 @@ pub fn witness(
         .map(|&(slot, account, flat)| MarginSlot {
             enabled: true,
             flat,
+            end: false,
             slot: Some(slot),
             account: Some(reg_of[&account]),
         })
+        .chain(maintained.iter().map(|account| MarginSlot {
+            enabled: true,
+            flat: false,
+            end: true,
+            slot: None,
+            account: Some(reg_of[account]),
+        }))
         .collect();
     margins.resize_with(shape.margins, MarginSlot::default);
     let mut w = BatchWitness {

@@ -2989,3 +2989,82 @@ fn a_switch_to_worst_case_needs_full_collateral() {
     w.keys[slot].mode = None;
     assert!(refused(&w), "a mode op's words without its mode");
 }
+
+/// `genesis(2)` with the perpetual marked at 100,000 with scenarios of -30% and +30%, and
+/// account 0 in `mode`.
+fn marked_in(mode: MarginMode) -> SettlementState {
+    let state = after(
+        &genesis(2),
+        &[Op::Mark {
+            instrument: InstrumentId(0),
+            mark: Price(100_000 * MONEY_SCALE),
+            risk: vec![Amount(-30_000 * MONEY_SCALE), Amount(30_000 * MONEY_SCALE)],
+        }],
+    );
+    after(
+        &state,
+        &[Op::SetMarginMode {
+            account: AccountId(0),
+            mode,
+        }],
+    )
+}
+
+/// A `Portfolio` account that trades (a fill's maker or taker) ends its batch meeting the
+/// proven maintenance rule at the committed marks and risk arrays: `collateral * 1e8 * 1e4 +
+/// sum_i q_i * (mark_i * 1e4 + RA_i[s] * 8,000) >= 0` in every scenario and the no-move one.
+/// Account 0 (1,000,000) sells perpetuals at their mark of 100,000: in the +30% scenario each
+/// short loses 30,000, weighed 0.8, so 41 are maintained (a loss of 984,000, less than its
+/// collateral and the maker's rebates) and 42 are refused at the margin slots and natively
+/// (`Unmaintained`); the same 42 prove in `Standard` (solvency), and when the batch switches
+/// the account to `Portfolio` after the fill they are refused again (the mode the batch leaves).
+/// A witness without the account's end slot is refused, and so is one with an end slot for an
+/// account in `Standard`.
+#[test]
+fn a_portfolio_account_that_trades_ends_its_batch_maintained() {
+    let state = marked_in(MarginMode::Portfolio);
+    let sell = |contracts: i64| fill_of(0, Side::Buy, 100_000, contracts);
+    let w = batch_of(&state, &[sell(41)]);
+    assert_eq!(w.margins.iter().filter(|m| m.end).count(), 1);
+    check(&w).expect("41 maintained");
+    let short = batch_of(&state, &[sell(42)]);
+    assert!(refused_at(&short).starts_with("margin slots"));
+    let mut native = state.clone();
+    assert_eq!(
+        native.apply_batch(&[sell(42)]),
+        Err(StateError::Unmaintained(0))
+    );
+    assert_eq!(native.commit(), state.root(), "nothing applied");
+    let standard = marked_in(MarginMode::Standard);
+    check(&batch_of(&standard, &[sell(42)])).expect("42 in Standard");
+    let switched = [
+        sell(42),
+        Op::SetMarginMode {
+            account: AccountId(0),
+            mode: MarginMode::Portfolio,
+        },
+    ];
+    assert!(refused_at(&batch_of(&standard, &switched)).starts_with("margin slots"));
+    assert_eq!(
+        standard.clone().apply_batch(&switched),
+        Err(StateError::Unmaintained(0))
+    );
+
+    // The end slot left out: the account still traded and ends in Portfolio.
+    let mut w = batch_of(&state, &[sell(41)]);
+    let end = w.margins.iter().position(|m| m.end).expect("an end slot");
+    w.margins[end] = Default::default();
+    assert!(refused_at(&w).starts_with("margin slots"));
+    // A second end slot, for the taker, in Standard.
+    let mut w = batch_of(&state, &[sell(41)]);
+    let taker = w
+        .accounts
+        .iter()
+        .position(|a| a.id == 1)
+        .expect("a register");
+    let spare = w.margins.iter().position(|m| !m.enabled).expect("a spare");
+    w.margins[spare] = w.margins[end].clone();
+    w.margins[spare].account = Some(taker);
+    w.accounts[taker].margined = true;
+    assert!(refused_at(&w).starts_with("margin slots"));
+}

@@ -450,24 +450,7 @@ fn an_order_sweeping_more_makers_than_a_proof_holds_fills_what_fits() {
         TimeInForce::ImmediateOrCancel,
     ));
 
-    let run = |limits: EngineLimits| {
-        let capacity =
-            optio_state::Capacity::new(|state, ops| optio_prover::fits(state, ops, SWEEP).is_ok());
-        let mut engine = optio_engine::Engine::new(limits);
-        let mut batcher = optio_state::Batcher::new(1_000, u64::MAX).with_capacity(Some(capacity));
-        let (mut batches, mut events, mut swept) = (Vec::new(), Vec::new(), Vec::new());
-        for (i, input) in inputs.iter().enumerate() {
-            events.clear();
-            engine.apply(input, &mut events).expect("accepted");
-            if i >= sweep {
-                swept.push(events.clone());
-            }
-            batches.extend(batcher.push(i as u64 + 1, input, &events).expect("batches"));
-        }
-        batches.extend(batcher.flush().expect("flushes"));
-        assert_eq!(batcher.state().diff_engine(&engine.canonical()), None);
-        (batches, swept)
-    };
+    let run = |limits: EngineLimits| batched(&inputs, limits, SWEEP, sweep);
     let fills = |events: &[Event]| {
         events
             .iter()
@@ -587,21 +570,31 @@ fn opening(t: u64, active: &[u32], deposits: &[i64]) -> Vec<optio_types::Input> 
 /// Every batch that fits `shape` proves, with the batcher's root; the others, by what they
 /// overflow, with their op counts.
 fn prove_each(batches: &[optio_state::Batch], shape: Shape) -> Vec<(WitnessError, usize)> {
+    prove_counting_end_slots(batches, shape).0
+}
+
+/// `prove_each`, and the end margin slots the proven batches used (a `Portfolio` account that
+/// traded, proven maintained).
+fn prove_counting_end_slots(
+    batches: &[optio_state::Batch],
+    shape: Shape,
+) -> (Vec<(WitnessError, usize)>, usize) {
     let mut state = SettlementState::new();
-    let mut too_large = Vec::new();
+    let (mut too_large, mut ends) = (Vec::new(), 0);
     for b in batches {
         let (_, ops) = decode(&b.blob).expect("decodes");
         match witness(&state, &ops, shape) {
             Ok(w) => {
                 assert_eq!(w.public.new_root, b.header.new_root);
                 check(&w).unwrap_or_else(|e| panic!("batch {}: {e}", b.header.number));
+                ends += w.margins.iter().filter(|m| m.end).count();
             }
             Err(e) => too_large.push((e, ops.len())),
         }
         state.apply_batch(&ops).expect("applies");
         state.commit();
     }
-    too_large
+    (too_large, ends)
 }
 
 fn fills_in(ops: &[optio_state::Op]) -> usize {
@@ -887,4 +880,166 @@ fn expiries_and_settlements_past_what_a_proof_holds_come_in_parts() {
             WitnessError::TooLarge("expiry slots")
         ]
     );
+}
+
+/// A `Portfolio` account that trades is proven maintained after its batch, every position it
+/// holds in the registers (an end margin slot). With the fill budget of the circuit's shape a
+/// `Portfolio` maker holding more positions than a proof holds beside its taker's has its
+/// order cancelled (`FillLimit`) instead of filled, and the taker fills the next maker: every
+/// batch proves, one with an end slot. Without the budget the input holds a fill no proof of
+/// the shape holds (too many position registers).
+#[test]
+fn a_portfolio_makers_fills_fit_the_proof_or_its_order_is_cancelled() {
+    use optio_types::{
+        AccountId, Command, DoneReason, EngineLimits, Event, Input, InstrumentId, MarginMode, Side,
+        TimeInForce,
+    };
+    // Three position registers: the taker's, a maker's perpetual and one more position.
+    const PORTFOLIO: Shape = Shape {
+        slots: 8,
+        accounts: 8,
+        positions: 3,
+        instruments: 3,
+        margins: 2,
+        prices: 2,
+        solvency: 6,
+        solvency_bits: 0,
+        ..SHAPE
+    };
+    let (call, put, perp) = (InstrumentId(0), InstrumentId(1), InstrumentId(2));
+    let t = support::T0;
+    let at = |command| Input {
+        time_ms: t,
+        command,
+    };
+    let order = |account: u32, instrument, side, qty: i64, price: i64, time_in_force| {
+        at(limit_order(
+            account,
+            instrument,
+            side,
+            qty,
+            price,
+            time_in_force,
+        ))
+    };
+    let mut inputs = opening(t, &[0, 1, 2], &[1_000_000; 4]);
+    // Makers 1 (a call) and 2 (a call and a put) in Portfolio, each offering one perpetual,
+    // maker 2 at the better price.
+    for (maker, options, price) in [(1, vec![call], 60_000), (2, vec![call, put], 59_000)] {
+        inputs.push(at(Command::SetMarginMode {
+            account: AccountId(maker),
+            mode: MarginMode::Portfolio,
+        }));
+        for option in options {
+            inputs.push(order(
+                maker,
+                option,
+                Side::Buy,
+                1,
+                1_000,
+                TimeInForce::GoodTillCancelled,
+            ));
+            inputs.push(order(
+                0,
+                option,
+                Side::Sell,
+                1,
+                1_000,
+                TimeInForce::ImmediateOrCancel,
+            ));
+        }
+        inputs.push(order(
+            maker,
+            perp,
+            Side::Sell,
+            1,
+            price,
+            TimeInForce::GoodTillCancelled,
+        ));
+    }
+    // Account 3 buys one perpetual.
+    let taker = inputs.len();
+    inputs.push(order(
+        3,
+        perp,
+        Side::Buy,
+        1,
+        60_000,
+        TimeInForce::ImmediateOrCancel,
+    ));
+
+    let run = |limits: EngineLimits| {
+        let (batches, mut taken) = batched(&inputs, limits, PORTFOLIO, taker);
+        (batches, taken.remove(0))
+    };
+    let makers = |events: &[Event]| {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Fill { maker_account, .. } => Some(maker_account.0),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let cancelled = |events: &[Event]| {
+        events.iter().find_map(|e| match e {
+            Event::OrderDone {
+                account, reason, ..
+            } if account.0 == 2 => Some(*reason),
+            _ => None,
+        })
+    };
+
+    let budget = EngineLimits {
+        fill_budget: PORTFOLIO.fill_budget(),
+        ..EngineLimits::default()
+    };
+    let (batches, taken) = run(budget);
+    assert_eq!(makers(&taken), vec![1], "{taken:?}");
+    assert_eq!(cancelled(&taken), Some(DoneReason::FillLimit));
+    let (too_large, ends) = prove_counting_end_slots(&batches, PORTFOLIO);
+    assert_eq!(too_large, vec![]);
+    assert!(
+        ends >= 2,
+        "maker 1's fills were proven maintained ({ends} end slots)"
+    );
+
+    // Without the budget the taker fills maker 2, whose positions the shape cannot hold.
+    let (batches, taken) = run(EngineLimits::default());
+    assert_eq!(makers(&taken), vec![2]);
+    let too_large: Vec<WitnessError> = prove_each(&batches, PORTFOLIO)
+        .into_iter()
+        .map(|(e, _)| e)
+        .collect();
+    assert_eq!(
+        too_large,
+        vec![WitnessError::TooLarge("position registers")]
+    );
+}
+
+/// `inputs` through an engine with `limits` and a batcher cutting batches to `shape`: the
+/// batches (the batcher's state checked against the engine's), and the events of each input
+/// from index `from` on.
+fn batched(
+    inputs: &[optio_types::Input],
+    limits: optio_types::EngineLimits,
+    shape: Shape,
+    from: usize,
+) -> (Vec<optio_state::Batch>, Vec<Vec<optio_types::Event>>) {
+    let capacity =
+        optio_state::Capacity::new(move |state, ops| optio_prover::fits(state, ops, shape).is_ok());
+    let mut engine = optio_engine::Engine::new(limits);
+    let mut batcher = optio_state::Batcher::new(1_000, u64::MAX).with_capacity(Some(capacity));
+    let (mut batches, mut events, mut watched) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, input) in inputs.iter().enumerate() {
+        events.clear();
+        engine.apply(input, &mut events).expect("accepted");
+        if i >= from {
+            watched.push(events.clone());
+        }
+        batches.extend(batcher.push(i as u64 + 1, input, &events).expect("batches"));
+    }
+    batches.extend(batcher.flush().expect("flushes"));
+    assert_eq!(batcher.state().diff_engine(&engine.canonical()), None);
+    (batches, watched)
 }

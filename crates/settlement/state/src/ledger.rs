@@ -116,6 +116,16 @@ pub enum StateError {
     /// at or above its requirement, which rounds each short's payoff up, always.
     #[error("op {0}: the account's collateral falls short of its shorts' worst case in WorstCase")]
     Uncovered(usize),
+    /// Op `index`, the last fill of a `Portfolio` account in the batch (as maker or taker),
+    /// leaves that account in `Portfolio` below the proven maintenance rule at the committed
+    /// marks and risk arrays (those before the batch's): `collateral * 1e8 * 1e4 + sum_i q_i *
+    /// (mark_i * 1e4 + RA_i[s] * PROVEN_PM_MAINTENANCE_BPS) < 0` in some scenario or the
+    /// no-move one (`SettlementState::maintained`). The engine fills a maker only at or above
+    /// its maintenance and a taker at its initial margin, either of which implies the rule.
+    #[error(
+        "op {0}: the fill leaves its Portfolio account below maintenance at the committed marks"
+    )]
+    Unmaintained(usize),
     /// Op `index` serves a forced close with another quantity or price than the rule's: when
     /// the requester owns the account and the instrument is active and marked, all of the
     /// account's position at the committed mark; otherwise, or when it holds none, nothing at
@@ -717,6 +727,7 @@ impl SettlementState {
             },
             filled: BTreeMap::new(),
             switched: BTreeMap::new(),
+            traded: BTreeMap::new(),
             expired: BTreeSet::new(),
             ops: 0,
         }
@@ -727,6 +738,42 @@ impl SettlementState {
     /// the stress rule. `None` for an unknown account.
     pub fn equity(&self, account: AccountId) -> Option<i128> {
         Some(self.equity_of(self.accounts.get(account.0 as usize)?))
+    }
+
+    /// Whether `account` meets the `Portfolio` maintenance rule the validity circuit proves of
+    /// an account of that mode that traded: at the committed marks and risk arrays,
+    /// `collateral * 1e8 * 1e4 + sum_i q_i * (mark_i * 1e4 + RA_i[s] *
+    /// PROVEN_PM_MAINTENANCE_BPS) >= 0` in every scenario `s` and the no-move one (a missing
+    /// mark or scenario counts 0). `None` for an unknown account.
+    pub fn maintained(&self, account: AccountId) -> Option<bool> {
+        Some(self.maintained_at(self.accounts.get(account.0 as usize)?))
+    }
+
+    fn maintained_at(&self, a: &Account) -> bool {
+        const BPS: i128 = 10_000;
+        let weight = i128::from(optio_types::PROVEN_PM_MAINTENANCE_BPS);
+        let held: Vec<(i128, Option<&Instrument>)> = a
+            .positions
+            .iter()
+            .map(|(id, q)| (i128::from(q.0), self.instruments.get(*id as usize)))
+            .collect();
+        let scenarios = held
+            .iter()
+            .filter_map(|(_, x)| x.map(|x| x.risk.len()))
+            .max()
+            .unwrap_or(0);
+        let base = held.iter().fold(
+            i128::from(a.collateral.0) * i128::from(QTY_SCALE) * BPS,
+            |acc, (q, x)| acc + q * x.map_or(0, |x| i128::from(x.mark.0)) * BPS,
+        );
+        base >= 0
+            && (0..scenarios).all(|s| {
+                let moved = held.iter().fold(0i128, |acc, (q, x)| {
+                    let ra = x.and_then(|x| x.risk.get(s)).map_or(0, |r| i128::from(r.0));
+                    acc + q * ra * weight
+                });
+                base + moved >= 0
+            })
     }
 
     fn equity_of(&self, a: &Account) -> i128 {
@@ -1019,6 +1066,9 @@ pub struct Pending {
     filled: BTreeMap<u32, usize>,
     /// Accounts whose margin mode changed in the batch, with the index of the last change.
     switched: BTreeMap<u32, usize>,
+    /// Accounts that traded in the batch (a fill's maker or taker), with the index of the last
+    /// such fill.
+    traded: BTreeMap<u32, usize>,
     /// Instruments the batch expired or settled so far (ops the circuit applies after the op
     /// slots).
     expired: BTreeSet<u32>,
@@ -1036,6 +1086,8 @@ impl Pending {
     /// (`SettlementState::equity`), and no deficit cover follows a fill of its account. Such an
     /// account, or one whose margin mode changed, that is left in `WorstCase` is left with
     /// collateral covering what its shorts can owe at worst (`collateral * 1e8 >= liability`).
+    /// One that traded (a fill's maker or taker) and is left in `Portfolio` is left meeting
+    /// the proven maintenance rule (`SettlementState::maintained`).
     pub fn push(&mut self, state: &SettlementState, ops: &[Op]) -> Result<(), StateError> {
         let mut touched = BTreeSet::new();
         for (i, op) in (self.ops..).zip(ops) {
@@ -1049,6 +1101,7 @@ impl Pending {
                         return Err(StateError::SelfTrade(i));
                     }
                     self.filled.extend([(maker.0, i), (taker.0, i)]);
+                    self.traded.extend([(maker.0, i), (taker.0, i)]);
                 }
                 Op::Liquidation {
                     account,
@@ -1146,6 +1199,12 @@ impl Pending {
                 && !self.scratch.covers_shorts(state, AccountId(a))
             {
                 return Err(StateError::Uncovered(i));
+            }
+            if let Some(&i) = self.traded.get(&a) {
+                let account = self.scratch.account(AccountId(a));
+                if account.mode == MarginMode::Portfolio && !state.maintained_at(account) {
+                    return Err(StateError::Unmaintained(i));
+                }
             }
         }
         Ok(())

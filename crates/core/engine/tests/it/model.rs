@@ -44,6 +44,7 @@ pub fn budgeted_limits(kind: u8) -> EngineLimits {
             windows: 3,
             prices: 2,
             window_bits: 1,
+            ..FillBudget::UNBOUNDED
         },
         1 => FillBudget {
             fills: 4,
@@ -51,6 +52,7 @@ pub fn budgeted_limits(kind: u8) -> EngineLimits {
             windows: 4,
             prices: 2,
             window_bits: 0,
+            ..FillBudget::UNBOUNDED
         },
         2 => FillBudget {
             fills: 3,

@@ -1066,6 +1066,7 @@ fn the_proofs_limits_change_through_an_input() {
             windows: 8,
             prices: 2,
             window_bits: 6,
+            ..optio_types::FillBudget::UNBOUNDED
         },
         mark_windows: optio_types::MarkWindows {
             windows: 1,

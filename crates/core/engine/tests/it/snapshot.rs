@@ -61,7 +61,9 @@ fn a_fill_budget_window_beyond_the_ids_is_refused() {
 /// record followed by the index samples the engine then averaged itself) still decodes, the
 /// samples read past, and so does one written before the fill budget (version 5, and 4), with
 /// no budget, or before the mark windows (version 6, and 5 and 4), with none, or before the
-/// settlement budget (version 7, and 6, 5 and 4), with none; one of another version does not.
+/// settlement budget (version 7, and 6, 5 and 4), with none, or before the fill budget bounded
+/// `Portfolio` accounts (version 8, and the rest), with that part unbounded; one of another
+/// version does not.
 #[test]
 fn a_snapshot_with_index_samples_still_decodes() {
     let mut state = CanonicalState::decode(&busy_snapshot()).expect("decodes");
@@ -90,9 +92,10 @@ fn a_snapshot_with_index_samples_still_decodes() {
     }
     old.extend_from_slice(&with[end..]);
     // Versions 4 and 5 have no fill budget: its 20 bytes sit where a budget first changes the
-    // encoding, before version 7 no mark windows, the 8 bytes after it, and before version 8 no
+    // encoding, before version 7 no mark windows, the 8 bytes after it, before version 8 no
     // settlement budget, the 12 bytes after those, nor the list of unposted expiries at the end
-    // (4 bytes when empty).
+    // (4 bytes when empty), and before version 9 no Portfolio part of the fill budget, the 12
+    // bytes after the settlement budget.
     let budget_at = {
         let mut budgeted = state.clone();
         budgeted.limits.fill_budget.fills = 1;
@@ -101,20 +104,23 @@ fn a_snapshot_with_index_samples_still_decodes() {
             .position(|(a, b)| *a != b)
             .expect("the budget is encoded")
     };
-    old.drain(budget_at..budget_at + 40);
+    old.drain(budget_at..budget_at + 52);
     old.truncate(old.len() - 4);
     let mut v5 = with.clone();
     v5.truncate(v5.len() - 4);
-    v5.drain(budget_at..budget_at + 40);
+    v5.drain(budget_at..budget_at + 52);
     v5[8..12].copy_from_slice(&5u32.to_le_bytes());
     let mut v6 = with.clone();
     v6.truncate(v6.len() - 4);
-    v6.drain(budget_at + 20..budget_at + 40);
+    v6.drain(budget_at + 20..budget_at + 52);
     v6[8..12].copy_from_slice(&6u32.to_le_bytes());
     let mut v7 = with.clone();
     v7.truncate(v7.len() - 4);
-    v7.drain(budget_at + 28..budget_at + 40);
+    v7.drain(budget_at + 28..budget_at + 52);
     v7[8..12].copy_from_slice(&7u32.to_le_bytes());
+    let mut v8 = with.clone();
+    v8.drain(budget_at + 40..budget_at + 52);
+    v8[8..12].copy_from_slice(&8u32.to_le_bytes());
     assert_eq!(state.limits.fill_budget, optio_types::FillBudget::UNBOUNDED);
     assert_eq!(
         state.limits.mark_windows,
@@ -128,8 +134,9 @@ fn a_snapshot_with_index_samples_still_decodes() {
     assert_eq!(CanonicalState::decode(&v5), Ok(state.clone()));
     assert_eq!(CanonicalState::decode(&v6), Ok(state.clone()));
     assert_eq!(CanonicalState::decode(&v7), Ok(state.clone()));
+    assert_eq!(CanonicalState::decode(&v8), Ok(state.clone()));
     assert_eq!(CanonicalState::decode(&with), Ok(state));
-    for version in [3u32, 9] {
+    for version in [3u32, 10] {
         let mut other = with.clone();
         other[8..12].copy_from_slice(&version.to_le_bytes());
         assert_eq!(CanonicalState::decode(&other), Err(DecodeError::Version));
