@@ -112,6 +112,9 @@ impl<M: MarginModel> Engine<M> {
         if state.risk.liquidation_fee_bps > optio_types::MAX_LIQUIDATION_FEE_BPS {
             return Err(bad("liquidation fee above its provable maximum"));
         }
+        if state.risk.pm_maintenance_bps < optio_types::PROVEN_PM_MAINTENANCE_BPS {
+            return Err(bad("portfolio maintenance below the proven weight"));
+        }
         let mut engine = Engine::with_config(state.limits, state.risk, margin);
         for o in &state.oracles {
             if !o.index_price.is_positive() || engine.oracles.contains_key(&o.underlying) {

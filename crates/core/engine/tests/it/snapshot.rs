@@ -36,6 +36,33 @@ fn a_liquidation_fee_above_the_provable_maximum_is_refused() {
     ));
 }
 
+/// A `Portfolio` maintenance weight below the one a validity proof checks of every `Portfolio`
+/// account that trades (`PROVEN_PM_MAINTENANCE_BPS`: a lower one would make honest fills
+/// unprovable) is refused, in a decoded state, in the snapshot's bytes and by the engine's
+/// constructor.
+#[test]
+fn a_portfolio_maintenance_below_the_proven_weight_is_refused() {
+    let mut state = CanonicalState::decode(&busy_snapshot()).expect("decodes");
+    state.risk.pm_maintenance_bps = optio_types::PROVEN_PM_MAINTENANCE_BPS;
+    Engine::restore(&state, WorstCaseMargin).expect("at the proven weight");
+    state.risk.pm_maintenance_bps -= 1;
+    assert!(matches!(
+        Engine::restore(&state, WorstCaseMargin),
+        Err(RestoreError::Invariant(_))
+    ));
+    assert_eq!(
+        CanonicalState::decode(&state.encode()),
+        Err(DecodeError::Invalid(
+            "portfolio maintenance below the proven weight"
+        ))
+    );
+    let risk = state.risk;
+    let built = std::panic::catch_unwind(|| {
+        Engine::with_config(state.limits, risk, WorstCaseMargin);
+    });
+    assert!(built.is_err(), "the constructor refuses it");
+}
+
 /// A fill budget or mark windows whose windows span more than 2^32 instrument ids are refused
 /// in a snapshot's bytes; 2^32 decodes.
 #[test]
