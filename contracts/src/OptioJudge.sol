@@ -41,7 +41,7 @@ contract OptioJudge {
     bytes32 internal constant ACTION_TYPEHASH =
         keccak256("Action(uint256 subaccountId,uint256 nonce,address module,bytes data,uint256 expiry,address owner,address signer)");
     bytes32 internal constant MARK_TYPEHASH =
-        keccak256("OracleMark(uint32 instrument,int64 mark,int64[] risk,uint64 publishedMs)");
+        keccak256("OracleMark(uint32 instrument,int64 mark,int64 index,int64[] risk,uint64 publishedMs)");
     bytes32 internal constant SETTLEMENT_TYPEHASH =
         keccak256("OracleSettlement(uint32 instrument,int64 price,uint64 publishedMs)");
     bytes32 internal constant DOMAIN_TYPEHASH =
@@ -480,9 +480,9 @@ contract OptioJudge {
 
     /// The EIP-712 struct hash of priced op `k` published at `published` (ms), from the op's
     /// words, and whether it is a mark. A settlement's first word names the instrument, the next
-    /// holds the price. A mark's first word names the instrument and the risk array's length,
-    /// the next holds the mark (a negative one as `P - |v|`), then five risk values a word, 48
-    /// bits each, stored as `v + 2^47`.
+    /// holds the price. A mark's first word names the instrument, the risk array's length and
+    /// the underlying's index (63 bits from bit 168), the next holds the mark (a negative one as
+    /// `P - |v|`), then five risk values a word, 48 bits each, stored as `v + 2^47`.
     function _priceHash(bytes calldata data, uint256 k, uint64 published) internal pure returns (bytes32, bool) {
         (uint256 w, uint256 cursor) = _nthOp(data, PRICED, k);
         uint256 n = Words.opWords(w & 0xff, w);
@@ -494,7 +494,8 @@ contract OptioJudge {
             return (keccak256(abi.encode(SETTLEMENT_TYPEHASH, instrument, price, uint256(published))), false);
         }
         bytes32 risk = _riskHash(data[cursor + 64:cursor + 32 * n], (w >> 104) & 0xff);
-        return (keccak256(abi.encode(MARK_TYPEHASH, instrument, price, risk, uint256(published))), true);
+        uint256 index = (w >> 168) & ((1 << 63) - 1);
+        return (keccak256(abi.encode(MARK_TYPEHASH, instrument, price, index, risk, uint256(published))), true);
     }
 
     /// Whether `expiry`'s expiry op (its `mark`: the k-th, from 0, in the posted words) ends the

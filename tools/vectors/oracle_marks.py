@@ -21,6 +21,7 @@ TYPES = {
     "OracleMark": [
         {"name": "instrument", "type": "uint32"},
         {"name": "mark", "type": "int64"},
+        {"name": "index", "type": "int64"},
         {"name": "risk", "type": "int64[]"},
         {"name": "publishedMs", "type": "uint64"},
     ],
@@ -38,8 +39,10 @@ for i in range(16):
     contract = "0x" + bytes(rng.getrandbits(8) for _ in range(20)).hex()
     # Marks and risk values across the signed range, negatives included; arrays of 0 to 64.
     mark = rng.choice([1, rng.randint(1, 10**12), 2**63 - 1, -rng.randint(1, 10**9)])
+    # The underlying's index with the mark: positive, up to the word's top.
+    index = rng.choice([1, rng.randint(1, 10**12), 2**63 - 1])
     risk = [rng.randint(-(2**47), 2**47 - 1) for _ in range(rng.choice([0, 1, 13, 31, 64]))]
-    message = {"instrument": rng.getrandbits(32), "mark": mark, "risk": risk,
+    message = {"instrument": rng.getrandbits(32), "mark": mark, "index": index, "risk": risk,
                "publishedMs": rng.randint(1_700_000_000_000, 1_900_000_000_000)}
     domain = {"name": "Optio", "version": "1", "chainId": chain_id, "verifyingContract": contract}
     full = {"types": {k: TYPES[k] for k in ("EIP712Domain", "OracleMark")}, "primaryType": "OracleMark", "domain": domain, "message": message}
@@ -47,7 +50,7 @@ for i in range(16):
     signed = oracle.sign_message(signable)
     cases.append({
         "chain_id": chain_id, "verifying_contract": contract, "instrument": message["instrument"],
-        "mark": str(mark), "risk": [str(v) for v in risk], "published_ms": message["publishedMs"],
+        "mark": str(mark), "index": str(index), "risk": [str(v) for v in risk], "published_ms": message["publishedMs"],
         "oracle": oracle.address, "digest": "0x" + keccak(b"\x19\x01" + signable.header + signable.body).hex(),
         "signature": "0x" + signed.signature.hex(),
     })

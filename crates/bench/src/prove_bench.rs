@@ -382,6 +382,7 @@ fn devnet_batch() -> anyhow::Result<()> {
         Op::Mark {
             instrument: InstrumentId(k),
             mark: Price((1_000 + i64::from(k)) * MONEY_SCALE),
+            index: Price(60_000 * MONEY_SCALE),
             risk: (0..scenarios)
                 .map(|s| Amount((s as i64 - 16) * 1_000 * MONEY_SCALE))
                 .collect(),

@@ -400,6 +400,7 @@ impl Flow {
             .map(|m| optio_state::Op::Mark {
                 instrument: m.instrument,
                 mark: m.mark,
+                index: self.update.index_price,
                 risk: m.risk_array.clone(),
             })
             .collect()

@@ -350,7 +350,8 @@ impl Action {
 }
 
 /// One instrument's mark and risk array as the risk oracle signs it, EIP-712 under Optio's
-/// domain: `OracleMark(uint32 instrument,int64 mark,int64[] risk,uint64 publishedMs)`. The
+/// domain: `OracleMark(uint32 instrument,int64 mark,int64 index,int64[] risk,uint64
+/// publishedMs)`, the index being its underlying's in the same update. The
 /// signature travels with the update into the log and is posted beside the batch's mark op, so
 /// that the rollup can judge a mark the oracle never signed (`OptioJudge.priceAttested`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -359,6 +360,9 @@ pub struct OracleMark<'a> {
     pub instrument: u32,
     /// Mark per contract, micro-USDC.
     pub mark: i64,
+    /// The underlying's index price in the same update, micro-USDC (committed with the mark:
+    /// Standard margin and the short-option floor read it).
+    pub index: i64,
     /// P&L of one long contract per scenario, micro-USDC.
     pub risk: &'a [i64],
     /// When the oracle published the update it belongs to, ms since the epoch.
@@ -369,16 +373,17 @@ impl OracleMark<'_> {
     /// The EIP-712 struct hash (an `int64[]` hashes as keccak of its elements, each a word).
     pub fn struct_hash(&self) -> [u8; 32] {
         let typehash =
-            keccak(b"OracleMark(uint32 instrument,int64 mark,int64[] risk,uint64 publishedMs)");
+            keccak(b"OracleMark(uint32 instrument,int64 mark,int64 index,int64[] risk,uint64 publishedMs)");
         let risk: Vec<u8> = self
             .risk
             .iter()
             .flat_map(|v| word_i128(i128::from(*v)))
             .collect();
-        let mut enc = Vec::with_capacity(5 * 32);
+        let mut enc = Vec::with_capacity(6 * 32);
         enc.extend_from_slice(&typehash);
         enc.extend_from_slice(&word_u128(u128::from(self.instrument)));
         enc.extend_from_slice(&word_i128(i128::from(self.mark)));
+        enc.extend_from_slice(&word_i128(i128::from(self.index)));
         enc.extend_from_slice(&keccak(&risk));
         enc.extend_from_slice(&word_u128(u128::from(self.published_ms)));
         keccak(&enc)

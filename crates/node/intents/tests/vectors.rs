@@ -131,7 +131,7 @@ fn optio_separator(case: &Value) -> [u8; 32] {
 /// The risk oracle's marks: `OracleMark` hashed and signed by eth-account
 /// (`test-vectors/oracle_marks.json`, from `tools/vectors/oracle_marks.py`), with marks across
 /// the signed range (negatives, `i64::MAX`) and risk arrays of 0 to 64 values. Each digest is
-/// ours, and each signature recovers to the oracle; another time or one risk value changed
+/// ours, and each signature recovers to the oracle; another time, index or one risk value changed
 /// recovers to someone else.
 #[test]
 fn matches_eth_account_on_oracle_marks() {
@@ -151,6 +151,7 @@ fn matches_eth_account_on_oracle_marks() {
             instrument: u32::try_from(case["instrument"].as_u64().expect("instrument"))
                 .expect("u32"),
             mark: case["mark"].as_str().expect("mark").parse().expect("i64"),
+            index: case["index"].as_str().expect("index").parse().expect("i64"),
             risk: &risk,
             published_ms: case["published_ms"].as_u64().expect("time"),
         };
@@ -164,6 +165,14 @@ fn matches_eth_account_on_oracle_marks() {
             ..mark.clone()
         };
         assert_ne!(recover(&later.digest(&separator), &signature), Ok(oracle));
+        let other_index = OracleMark {
+            index: mark.index ^ 1,
+            ..mark.clone()
+        };
+        assert_ne!(
+            recover(&other_index.digest(&separator), &signature),
+            Ok(oracle)
+        );
         if let Some(first) = risk.first() {
             let mut changed = risk.clone();
             changed[0] = first.wrapping_add(1);

@@ -77,9 +77,13 @@ impl OracleSigner {
     /// Signs each mark and settlement price of an update for the rollup whose domain separator
     /// is `domain` (`optio_intents::Domain::optio`), then the whole update.
     pub fn sign(&self, mut update: OracleUpdate, domain: &[u8; 32]) -> SignedUpdate {
-        for m in &mut update.marks {
-            m.attestation =
-                optio_intents::sign(&self.key, &mark_digest(domain, update.published_ms, m));
+        let digests: Vec<[u8; 32]> = update
+            .marks
+            .iter()
+            .map(|m| mark_digest(domain, &update, m))
+            .collect();
+        for (m, digest) in update.marks.iter_mut().zip(&digests) {
+            m.attestation = optio_intents::sign(&self.key, digest);
         }
         for p in &mut update.settlements {
             p.attestation = optio_intents::sign(
@@ -93,14 +97,15 @@ impl OracleSigner {
     }
 }
 
-/// The EIP-712 digest a mark of an update published at `published_ms` is signed over.
-pub fn mark_digest(domain: &[u8; 32], published_ms: u64, m: &MarkUpdate) -> [u8; 32] {
+/// The EIP-712 digest mark `m` of `update` is signed over (with the update's index and time).
+pub fn mark_digest(domain: &[u8; 32], update: &OracleUpdate, m: &MarkUpdate) -> [u8; 32] {
     let risk: Vec<i64> = m.risk_array.iter().map(|a| a.0).collect();
     optio_intents::OracleMark {
         instrument: m.instrument.0,
         mark: m.mark.0,
+        index: update.index_price.0,
         risk: &risk,
-        published_ms,
+        published_ms: update.published_ms,
     }
     .digest(domain)
 }
@@ -129,7 +134,7 @@ pub fn verify(
         .map_err(|_| OracleError::BadSignature)?;
     let address = optio_intents::address_of(oracle);
     for m in &signed.update.marks {
-        let digest = mark_digest(domain, signed.update.published_ms, m);
+        let digest = mark_digest(domain, &signed.update, m);
         if optio_intents::recover(&digest, &m.attestation) != Ok(address) {
             return Err(OracleError::BadMarkSignature(m.instrument.0));
         }
@@ -435,12 +440,11 @@ mod tests {
     #[test]
     fn each_mark_carries_its_own_signature_for_one_rollup() {
         let signer = OracleSigner::from_bytes([7; 32]).expect("valid key");
-        let now = NOW;
         let signed = signer.sign(update(), &DOMAIN_A);
         // Each mark's signature recovers to the oracle's address over exactly its digest.
         let address = optio_intents::address_of(&signer.public_key());
         for m in &signed.update.marks {
-            let digest = mark_digest(&DOMAIN_A, now, m);
+            let digest = mark_digest(&DOMAIN_A, &signed.update, m);
             assert_eq!(optio_intents::recover(&digest, &m.attestation), Ok(address));
         }
         // Signed for another rollup: the envelope verifies, the marks do not.
@@ -462,6 +466,13 @@ mod tests {
         assert_eq!(
             verify(&envelope(&signer, changed), &signer.public_key(), &DOMAIN_A),
             Err(OracleError::BadMarkSignature(2))
+        );
+        // Each mark signs the update's index with it: another index refuses the first mark.
+        let mut reindexed = signed.update.clone();
+        reindexed.index_price.0 += 1;
+        assert_eq!(
+            verify(&envelope(&signer, reindexed), &signer.public_key(), &DOMAIN_A),
+            Err(OracleError::BadMarkSignature(0))
         );
         // Replayed with another time: the time is part of what each mark signs.
         let mut later = signed.update.clone();

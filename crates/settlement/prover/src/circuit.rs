@@ -69,15 +69,15 @@
 //!   (an end margin slot): `collateral * 1e8 * 1e4 + sum_i q_i * (mark_i * 1e4 + RA_i[s] *
 //!   PROVEN_PM_MAINTENANCE_BPS) >= 0` in every scenario and the no-move one, which the
 //!   engine's maintenance at the fill (a maker's) or initial margin (a taker's) implies;
-//! - a mark window replaces the mark and risk array (hashed in the circuit) of the instruments
-//!   it marks (none settled) among an aligned run of `2^mark_window_bits` ids: the run's subtree is rebuilt
+//! - a mark window replaces the mark, index (positive, below 2^63) and risk array (the index
+//!   and array hashed in the circuit) of the instruments it marks (none settled) among an aligned run of `2^mark_window_bits` ids: the run's subtree is rebuilt
 //!   from its leaves before and after, under one path, so the marks share the path above it;
 //!   windows in use come first, by index, so the marks enter the commitment by id.
 //!
 //! Not in the circuit (README, "Validity proofs"): a margin check after fills in `Standard` (its
-//! margin needs the index, which the state does not hold: the circuit checks solvency there),
-//! and the short-option floor of `Portfolio` margin (the index too; docs/settlement.md, "Margin
-//! by mode"); fills against the
+//! margin needs the index, which the instrument registers open with each mark but no rule reads
+//! yet: the circuit checks solvency there), and the short-option floor of `Portfolio` margin
+//! (the index too; docs/settlement.md, "Margin by mode"); fills against the
 //! maker's and taker's signed order limits (the authorization challenge judges those on L1).
 
 use ark_ff::{BigInteger, PrimeField};
@@ -455,12 +455,22 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
             risk_hash.clone(),
             cs.witness(from_i64(i.leaf.settlement_price.0))?,
         ])?;
-        // The committed risk array: the values of its first `chunks` chunks hash to the leaf's
-        // risk hash, the rest are zero (the values were range-checked when committed).
+        // The committed index and risk array: the first `chunks` chunks of the index followed by
+        // the array hash to the leaf's risk hash, the rest are zero (the values were
+        // range-checked when committed).
+        let index = cs.witness(i.index)?;
         let risk = cs.witnesses(&i.risk)?;
+        let values: Vec<Wire> = if w.shape.risk_chunks == 0 {
+            cs.equal(&index, &Wire::zero())?;
+            Vec::new()
+        } else {
+            std::iter::once(index.clone())
+                .chain(risk.iter().cloned())
+                .collect()
+        };
         let mut active = Vec::new();
         let mut previous = one();
-        for (k, chunk) in risk.chunks(RISK_CHUNK).enumerate() {
+        for (k, chunk) in values.chunks(RISK_CHUNK).enumerate() {
             let a = cs.boolean(k < i.chunks)?;
             cs.equal_if(&a, &previous, &one())?;
             for v in chunk {
@@ -469,7 +479,7 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
             previous = a.clone();
             active.push(a);
         }
-        cs.equal_if(&enabled, &risk_hash_of(cs, &risk, &active)?, &risk_hash)?;
+        cs.equal_if(&enabled, &risk_hash_of(cs, &values, &active)?, &risk_hash)?;
         let siblings = cs.witnesses(&i.siblings)?;
         let root = cs.merkle_root(&leaf, &bits, &siblings)?;
         cs.equal_if(&enabled, &root, &instruments_root)?;
@@ -1393,7 +1403,8 @@ fn margin_slots(
     prices: &[Vec<Wire>],
     portfolio: &[Wire],
 ) -> R<()> {
-    let scenarios = w.shape.risk_chunks * RISK_CHUNK;
+    // The index takes the first of the hashed places.
+    let scenarios = (w.shape.risk_chunks * RISK_CHUNK).saturating_sub(1);
     // The ops that need a margin slot: money out.
     let needs: Vec<Wire> = st.snapshots.iter().map(|x| x.out.clone()).collect();
     let mut checked = vec![Wire::zero(); st.snapshots.len()];
@@ -2223,15 +2234,42 @@ fn mark_entry(
     let active_chunks: Vec<Wire> = (0..values.len().div_ceil(RISK_CHUNK))
         .map(|k| present[k * RISK_CHUNK].clone())
         .collect();
-    let risk_hash = risk_hash_of(cs, &values, &active_chunks)?;
-    // The posted words: kind, id and length; the mark; the values of the chunks in use, five to
-    // a word as `v + 2^47` at bit `48 j` (a value past the last chunk adds nothing).
+    // The underlying's index: below 2^63, positive in a marked entry, zero otherwise.
+    let index = cs.witness(e.index)?;
+    cs.range(&index, 63)?;
+    cs.equal_if(&marked, &cs.is_nonzero(&index)?, &one())?;
+    cs.equal_if(&not(&marked), &index, &Wire::zero())?;
+    // The hash covers the index, then the array: the array's last place stays empty (the
+    // index takes one), and chunk k of the hash is in use when the entry is marked (k = 0) or
+    // the array reaches into it.
+    let hashed: Vec<Wire> = match present.last() {
+        Some(last) => {
+            cs.equal(last, &Wire::zero())?;
+            std::iter::once(index.clone())
+                .chain(values[..values.len() - 1].iter().cloned())
+                .collect()
+        }
+        None => {
+            cs.equal(&marked, &Wire::zero())?;
+            Vec::new()
+        }
+    };
+    let hash_chunks: Vec<Wire> = (0..hashed.len().div_ceil(RISK_CHUNK))
+        .map(|k| match k {
+            0 => marked.clone(),
+            _ => present[k * RISK_CHUNK - 1].clone(),
+        })
+        .collect();
+    let risk_hash = risk_hash_of(cs, &hashed, &hash_chunks)?;
+    // The posted words: kind, id, length and index; the mark; the values of the chunks in use,
+    // five to a word as `v + 2^47` at bit `48 j` (a value past the last chunk adds nothing).
     let kind_code = marked.scale(Fr::from(kind::MARK));
     let marked_id = cs.mul(&marked, &id)?;
     let head = pack(&[
         (&kind_code, 0),
         (&marked_id, at::INSTRUMENT),
         (&len, at::SMALL),
+        (&index, at::QTY),
     ]);
     poly.push(cs, &marked, &[head, mark.clone()])?;
     for (k, four) in values.chunks(at::RISK_PER_WORD).enumerate() {
@@ -2259,7 +2297,7 @@ fn mark_entry(
         marked_id,
         Wire::zero(),
         mark,
-        Wire::zero(),
+        index,
         Wire::zero(),
         Wire::zero(),
         risk_hash,

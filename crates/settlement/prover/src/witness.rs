@@ -69,7 +69,8 @@ pub struct Shape {
     /// Mark windows: each commits the marks of the instruments in one aligned run of
     /// `2^mark_window_bits` ids (with 0, one mark per window).
     pub marks: usize,
-    /// Risk array capacity, in chunks of `RISK_CHUNK` (11) scenarios.
+    /// Capacity of what a mark hashes (the index, then the risk array), in chunks of
+    /// `RISK_CHUNK` (11) values: a risk array of up to `11 * risk_chunks - 1` scenarios.
     pub risk_chunks: usize,
     /// Account slots, applied after the op slots: each registers or revokes a session key, or
     /// changes an account's margin mode.
@@ -322,10 +323,12 @@ pub struct InstrumentReg {
     pub leaf: InstrumentLeaf,
     /// The opening of its spec hash.
     pub spec: SpecOpening,
-    /// Its committed risk array (hashing to the leaf's `risk_hash`), zero-padded to the shape's
-    /// capacity.
+    /// The underlying's index committed with its mark (0 without a mark).
+    pub index: Fr,
+    /// Its committed risk array (with the index, hashing to the leaf's `risk_hash`),
+    /// zero-padded to the shape's capacity less the index's place.
     pub risk: Vec<Fr>,
-    /// Chunks of `RISK_CHUNK` the array hashes in.
+    /// Chunks of `RISK_CHUNK` the index and the array hash in.
     pub chunks: usize,
     /// The scenarios of the low and high ends of its stress range (`optio_types::stress_range`;
     /// none: the no-move one), which bound its liquidations' prices.
@@ -574,12 +577,31 @@ pub struct MarkEntry {
     pub before: InstrumentLeaf,
     /// New mark.
     pub mark: Fr,
-    /// New risk array, zero-padded to the shape's capacity.
+    /// The underlying's index committed with it.
+    pub index: Fr,
+    /// New risk array, zero-padded to the shape's capacity (its last place stays empty: the
+    /// index takes one in the hash).
     pub risk: Vec<Fr>,
     /// Its length.
     pub len: usize,
-    /// Chunks of `RISK_CHUNK` the array hashes in.
+    /// Chunks of `RISK_CHUNK` the index and the array hash in.
     pub chunks: usize,
+}
+
+/// `leaf::risk_hash` of a mark's index and risk array as the witness holds them (`chunks` of
+/// the index followed by the array).
+fn mark_hash(index: Fr, risk: &[Fr], chunks: usize) -> Fr {
+    let values: Vec<Fr> = std::iter::once(index)
+        .chain(risk.iter().copied())
+        .chain(std::iter::repeat(Fr::from(0u64)))
+        .take(chunks * RISK_CHUNK)
+        .collect();
+    leaf::risk_hash_of(&values)
+}
+
+/// Chunks of `RISK_CHUNK` a mark's index and a risk array of `len` scenarios hash in.
+fn hash_chunks(len: usize) -> usize {
+    (len + 1).div_ceil(RISK_CHUNK)
 }
 
 /// An instrument-op slot: a listing or activation (before the op slots) or an expiry (after).
@@ -759,10 +781,10 @@ pub fn mark_records(w: &MarkWindow) -> Vec<[Fr; 10]> {
                 Fr::from(base + j as u64),
                 z,
                 e.mark,
+                e.index,
                 z,
                 z,
-                z,
-                leaf::risk_hash_of(&e.risk[..e.chunks * RISK_CHUNK]),
+                mark_hash(e.index, &e.risk, e.chunks),
             ]
         })
         .collect()
@@ -974,12 +996,12 @@ pub fn data_commitment(state: &SettlementState, ops: &[Op]) -> Result<Fr, Witnes
         .marks
         .iter()
         .map(|(_, op)| match op {
-            Op::Mark { risk, .. } => risk.len(),
+            Op::Mark { risk, .. } => hash_chunks(risk.len()),
             _ => 0,
         })
         .max()
         .unwrap_or(0)
-        .max(register_risk(state, &p.instrument_ids));
+        .max(register_risk(state, &p.instrument_ids).div_ceil(RISK_CHUNK));
     // The smallest shape that holds the batch.
     let shape = Shape {
         slots: p.slot_ops.len(),
@@ -991,7 +1013,7 @@ pub fn data_commitment(state: &SettlementState, ops: &[Op]) -> Result<Fr, Witnes
         settlements: p.settles.len(),
         holders: p.settles.iter().map(|s| s.3.len()).max().unwrap_or(0),
         marks: p.marks.len(),
-        risk_chunks: risk.div_ceil(RISK_CHUNK),
+        risk_chunks: risk,
         keys: p.key_ops.len(),
         mark_window_bits: 0,
         margins: p.margin_slots.len() + p.maintained.len(),
@@ -1003,14 +1025,30 @@ pub fn data_commitment(state: &SettlementState, ops: &[Op]) -> Result<Fr, Witnes
 }
 
 /// The longest committed risk array among `instruments` (those listed by the batch have none).
+/// The most values a register's instrument hashes with its mark (the index and the risk
+/// array; none without a mark).
 fn register_risk(state: &SettlementState, instruments: &BTreeSet<u32>) -> usize {
     let existing = state.instruments();
     instruments
         .iter()
         .filter_map(|&id| existing.get(id as usize))
-        .map(|x| x.risk.len())
+        .map(|x| register_chunks(x) * RISK_CHUNK)
         .max()
         .unwrap_or(0)
+}
+
+/// Chunks of `RISK_CHUNK` an instrument's committed index and risk array hash in.
+fn register_chunks(x: &optio_state::ledger::Instrument) -> usize {
+    if x.index.0 == 0 && x.risk.is_empty() {
+        0
+    } else {
+        hash_chunks(x.risk.len())
+    }
+}
+
+/// Scenarios an instrument register holds: the shape's capacity less the index's place.
+fn register_capacity(shape: Shape) -> usize {
+    (shape.risk_chunks * RISK_CHUNK).saturating_sub(1)
 }
 
 /// Whether a circuit of `shape` has room for `ops` applied to `state`, in the order it applies
@@ -1316,7 +1354,7 @@ fn plan<'a>(
         ("price windows", price_runs.len(), shape.prices),
         ("solvency windows", solvency_runs.len(), shape.solvency),
         (
-            "risk scenarios of a register's instrument",
+            "risk values (index and scenarios) of a register's instrument",
             register_risk(state, &instrument_ids),
             shape.risk_chunks.saturating_mul(RISK_CHUNK),
         ),
@@ -1931,10 +1969,11 @@ pub fn witness(
         .iter()
         .map(|&id| {
             let spec = specs[id as usize];
-            let risk = existing.get(id as usize).map_or(&[][..], |x| &x.risk[..]);
-            let chunks = risk.len().div_ceil(RISK_CHUNK);
+            let x = existing.get(id as usize);
+            let risk = x.map_or(&[][..], |x| &x.risk[..]);
+            let chunks = x.map_or(0, register_chunks);
             let mut values: Vec<Fr> = risk.iter().map(|a| fr(i128::from(a.0))).collect();
-            values.resize(shape.risk_chunks * RISK_CHUNK, Fr::from(0u64));
+            values.resize(register_capacity(shape), Fr::from(0u64));
             // A scenario of the lowest and of the highest value, unless the no-move one is as
             // low (high).
             let by_value = || risk.iter().enumerate().map(|(s, v)| (v.0, s));
@@ -1945,6 +1984,7 @@ pub fn witness(
                 id,
                 leaf: leaves[&id],
                 spec: SpecOpening::of(spec),
+                index: x.map_or(Fr::from(0u64), |x| fr(i128::from(x.index.0))),
                 risk: values,
                 chunks,
                 low,
@@ -1955,7 +1995,7 @@ pub fn witness(
         .collect();
     instrument_regs.resize_with(shape.instruments, || InstrumentReg {
         siblings: zeros(INSTRUMENT_DEPTH),
-        risk: vec![Fr::from(0u64); shape.risk_chunks * RISK_CHUNK],
+        risk: vec![Fr::from(0u64); register_capacity(shape)],
         ..InstrumentReg::default()
     });
     let mut expiry_slots: Vec<InstrumentOp> = trailing
@@ -2038,12 +2078,13 @@ pub fn witness(
         let Op::Mark {
             instrument,
             mark,
+            index: underlying,
             risk,
         } = op
         else {
             unreachable!("collected marks")
         };
-        let chunks = risk.len().div_ceil(RISK_CHUNK);
+        let chunks = hash_chunks(risk.len());
         if chunks > shape.risk_chunks {
             return Err(WitnessError::TooLarge("risk array"));
         }
@@ -2070,7 +2111,7 @@ pub fn witness(
         values.resize(shape.risk_chunks * RISK_CHUNK, Fr::from(0u64));
         let after = InstrumentLeaf {
             mark: *mark,
-            risk_hash: leaf::risk_hash_of(&values[..chunks * RISK_CHUNK]),
+            risk_hash: leaf::risk_hash(*underlying, risk),
             ..before
         };
         instrument_tree
@@ -2083,6 +2124,7 @@ pub fn witness(
             leaf: entry.leaf,
             before,
             mark: fr(i128::from(mark.0)),
+            index: fr(i128::from(underlying.0)),
             risk: values,
             len: risk.len(),
             chunks,

@@ -348,6 +348,7 @@ fn random_batch(rng: &mut ChaCha8Rng, state: &SettlementState, priority: &mut u6
     ops.push(Op::Mark {
         instrument: InstrumentId(rng.random_range(0..2)),
         mark: Price(rng.random_range(1..100_000) * MONEY_SCALE),
+        index: Price(60_000_000_000),
         risk: (0..5)
             .map(|_| Amount(rng.random_range(-1_000_000..1_000_000)))
             .collect(),
@@ -371,6 +372,7 @@ fn marked(state: &SettlementState, id: u32, price: i64) -> SettlementState {
         &[Op::Mark {
             instrument: InstrumentId(id),
             mark: Price(price),
+            index: Price(60_000_000_000),
             risk: Vec::new(),
         }],
     )
@@ -519,6 +521,7 @@ fn marked_long() -> SettlementState {
         &[Op::Mark {
             instrument: InstrumentId(0),
             mark: Price(100_000 * MONEY_SCALE),
+            index: Price(60_000_000_000),
             risk: vec![Amount(-30_000 * MONEY_SCALE), Amount(30_000 * MONEY_SCALE)],
         }],
     )
@@ -613,6 +616,7 @@ fn the_stress_rule_reads_the_account_right_after_the_op() {
     let mark = Op::Mark {
         instrument: InstrumentId(0),
         mark: Price(200_000 * MONEY_SCALE),
+        index: Price(60_000_000_000),
         risk: vec![Amount(0), Amount(0)],
     };
     assert!(refused(&batch_of(&state, &[over, mark])));
@@ -858,6 +862,7 @@ fn a_forced_withdrawal_takes_what_leaves_the_shorts_covered() {
         &[Op::Mark {
             instrument: InstrumentId(1),
             mark: Price(150_000 * MONEY_SCALE),
+            index: Price(60_000_000_000),
             risk: vec![Amount(-10_000 * MONEY_SCALE), Amount(60_000 * MONEY_SCALE)],
         }],
     );
@@ -1075,6 +1080,7 @@ fn the_value_check_agrees_with_arkworks() {
             Op::Mark {
                 instrument: InstrumentId(0),
                 mark: Price(5),
+                index: Price(60_000_000_000),
                 risk: vec![Amount(-3), Amount(4)],
             },
         ];
@@ -1610,6 +1616,7 @@ fn a_settlement_that_leaves_holders_out_takes_nothing_from_them() {
     let mark = [Op::Mark {
         instrument: InstrumentId(1),
         mark: Price(25_000 * MONEY_SCALE),
+        index: Price(60_000_000_000),
         risk: Vec::new(),
     }];
     assert!(
@@ -1733,6 +1740,7 @@ fn liquidations_move_positions_and_pay_insurance() {
             Op::Mark {
                 instrument: InstrumentId(0),
                 mark: Price(90_000 * MONEY_SCALE),
+                index: Price(60_000_000_000),
                 risk: vec![Amount(-10_000 * MONEY_SCALE), Amount(10_000 * MONEY_SCALE)],
             },
         ],
@@ -2018,6 +2026,7 @@ fn a_liquidation_is_priced_inside_the_committed_stress_range() {
         let mark = Op::Mark {
             instrument: InstrumentId(0),
             mark: Price(usd(100_000)),
+            index: Price(60_000_000_000),
             risk: risk.iter().map(|&v| Amount(usd(v))).collect(),
         };
         let state = leveraged_pair(mark);
@@ -2060,6 +2069,7 @@ fn a_liquidation_fee_is_bounded_at_the_cap() {
     let mark = Op::Mark {
         instrument: InstrumentId(0),
         mark: Price(100_000 * MONEY_SCALE),
+        index: Price(60_000_000_000),
         risk: vec![Amount(-15_000 * MONEY_SCALE), Amount(12_000 * MONEY_SCALE)],
     };
     let state = leveraged_pair(mark);
@@ -2117,6 +2127,7 @@ fn a_liquidation_only_reduces_the_liquidated_position() {
     let mark = Op::Mark {
         instrument: InstrumentId(0),
         mark: Price(100_000 * MONEY_SCALE),
+        index: Price(60_000_000_000),
         risk: vec![Amount(-10_000 * MONEY_SCALE), Amount(10_000 * MONEY_SCALE)],
     };
     let state = leveraged_pair(mark);
@@ -2157,6 +2168,7 @@ fn a_liquidation_of_an_account_that_covers_its_shorts_cannot_be_proven() {
         &[Op::Mark {
             instrument: InstrumentId(0),
             mark: Price(price),
+            index: Price(60_000_000_000),
             risk: vec![Amount(-1_000 * MONEY_SCALE), Amount(1_000 * MONEY_SCALE)],
         }],
     );
@@ -2226,6 +2238,7 @@ fn a_trade_of_an_account_with_itself_cannot_be_proven() {
     let state = leveraged_pair(Op::Mark {
         instrument: InstrumentId(0),
         mark: Price(100_000 * MONEY_SCALE),
+        index: Price(60_000_000_000),
         risk: vec![Amount(-15_000 * MONEY_SCALE), Amount(12_000 * MONEY_SCALE)],
     });
     let fill = Op::Fill {
@@ -2461,6 +2474,7 @@ fn mark_op(rng: &mut ChaCha8Rng, instrument: u32) -> Op {
     Op::Mark {
         instrument: InstrumentId(instrument),
         mark: Price(rng.random_range(1..100_000) * MONEY_SCALE),
+        index: Price(60_000_000_000),
         risk: (0..rng.random_range(1..=6))
             .map(|_| Amount(rng.random_range(-1_000_000..1_000_000)))
             .collect(),
@@ -2802,6 +2816,7 @@ fn a_forced_close_moves_the_whole_position_at_the_committed_mark() {
     let state = leveraged_pair(Op::Mark {
         instrument: InstrumentId(0),
         mark: Price(mark),
+        index: Price(60_000_000_000),
         risk: Vec::new(),
     });
     let close = |account: u32, qty: i64, price: i64, requester: u32| Op::L1Close {
@@ -2998,6 +3013,7 @@ fn marked_in(mode: MarginMode) -> SettlementState {
         &[Op::Mark {
             instrument: InstrumentId(0),
             mark: Price(100_000 * MONEY_SCALE),
+            index: Price(60_000_000_000),
             risk: vec![Amount(-30_000 * MONEY_SCALE), Amount(30_000 * MONEY_SCALE)],
         }],
     );
@@ -3067,4 +3083,54 @@ fn a_portfolio_account_that_trades_ends_its_batch_maintained() {
     w.margins[spare].account = Some(taker);
     w.accounts[taker].margined = true;
     assert!(refused_at(&w).starts_with("margin slots"));
+}
+
+/// A mark commits its underlying's index with it (hashed first, with the risk array, into the
+/// leaf's risk hash; posted in the mark's first word): the index committed is the one posted,
+/// positive and below 2^63, in the circuit and natively. The index takes one of the shape's
+/// hashed places, so a risk array fills all but one of them.
+#[test]
+fn a_mark_commits_its_positive_index() {
+    let state = listed(2);
+    let mark = |index: i64, scenarios: usize| Op::Mark {
+        instrument: InstrumentId(1),
+        mark: Price(2_000 * MONEY_SCALE),
+        index: Price(index),
+        risk: (0..scenarios)
+            .map(|s| Amount((s as i64 - 5) * 100 * MONEY_SCALE))
+            .collect(),
+    };
+    for index in [1, 60_000 * MONEY_SCALE, i64::MAX] {
+        let ops = [mark(index, 10)];
+        check(&batch_of(&state, &ops)).unwrap_or_else(|e| panic!("index {index}: {e}"));
+        let next = after(&state, &ops);
+        let x = &next.instruments()[1];
+        assert_eq!(x.index, Price(index));
+        assert_eq!(
+            x.leaf().risk_hash,
+            optio_state::leaf::risk_hash(Price(index), &x.risk)
+        );
+        assert_ne!(
+            x.leaf().risk_hash,
+            optio_state::leaf::risk_hash(Price(index ^ 1), &x.risk),
+            "the index is in the hash"
+        );
+    }
+    // Another index than the one posted and hashed natively.
+    let honest = batch_of(&state, &[mark(60_000 * MONEY_SCALE, 10)]);
+    let mut w = honest.clone();
+    w.marks[0].entries[0].index += Fr::from(1u64);
+    assert!(refused(&w), "an index other than the batch's");
+    // No index: refused in the circuit and natively, nothing applied.
+    let zero = [mark(0, 10)];
+    let at = refused_at(&batch_of(&state, &zero));
+    assert!(at.starts_with("mark window 0"), "refused at {at}");
+    let mut native = state.clone();
+    assert_eq!(native.apply_batch(&zero), Err(StateError::OutOfRange(0)));
+    assert_eq!(native.commit(), state.root(), "nothing applied");
+    // One chunk of the shape holds the index and ten scenarios, not eleven.
+    assert!(matches!(
+        witness(&state, &[mark(60_000 * MONEY_SCALE, 11)], SHAPE),
+        Err(optio_prover::witness::WitnessError::TooLarge(_))
+    ));
 }

@@ -103,6 +103,7 @@ fn batches() -> Vec<Vec<Op>> {
         vec![Op::Mark {
             instrument: InstrumentId(0),
             mark: Price(3_100 * MONEY_SCALE),
+            index: Price(60_000_000_000),
             risk: vec![Amount(-300), Amount(250)],
         }],
     ]

@@ -103,6 +103,7 @@ fn batches() -> Vec<Vec<Op>> {
             Op::Mark {
                 instrument: InstrumentId(0),
                 mark: Price(2_600 * MONEY_SCALE),
+                index: Price(60_000_000_000),
                 risk: vec![Amount(-1), Amount(2), Amount(3)],
             },
         ],
@@ -364,6 +365,7 @@ fn a_batch_that_breaks_a_rule_is_marked_unprovable_and_the_worker_goes_on() {
                 Op::Mark {
                     instrument: InstrumentId(0),
                     mark: Price(2_500 * MONEY_SCALE),
+                    index: Price(60_000_000_000),
                     risk: vec![Amount(-1_000 * MONEY_SCALE)],
                 },
             ],

@@ -346,6 +346,7 @@ fn opening_ops(fill: &Op) -> Vec<Op> {
         Op::Mark {
             instrument: InstrumentId(0),
             mark: Price(1_000 * USDC),
+            index: Price(60_000_000_000),
             risk: (0..13).map(|k| Amount(k * 1_000 - 5_000)).collect(),
         },
     ]
@@ -1678,6 +1679,7 @@ fn attest(
     let Op::Mark {
         instrument,
         mark,
+        index,
         risk,
     } = mark
     else {
@@ -1686,7 +1688,7 @@ fn attest(
     let update = optio_types::OracleUpdate {
         underlying: "BTC".into(),
         published_ms,
-        index_price: Price(1_000 * USDC),
+        index_price: *index,
         marks: vec![optio_types::MarkUpdate {
             instrument: *instrument,
             mark: *mark,
@@ -1789,6 +1791,7 @@ async fn a_mark_the_oracle_never_signed_is_caught_reverted_and_slashed_and_users
     let with = |mark: i64, risk: &[i64], instrument: u32| Op::Mark {
         instrument: InstrumentId(instrument),
         mark: Price(mark),
+        index: Price(60_000_000_000),
         risk: risk.iter().map(|v| Amount(*v)).collect(),
     };
     let risk: Vec<i64> = (0..31).map(|k| k * 7_000_000 - 100_000_000).collect();
@@ -1845,6 +1848,17 @@ async fn a_mark_the_oracle_never_signed_is_caught_reverted_and_slashed_and_users
         (
             "another mark",
             with(1_000 * USDC + 1, &risk, 0),
+            Some(good),
+            false,
+        ),
+        (
+            "another index",
+            Op::Mark {
+                instrument: InstrumentId(0),
+                mark: Price(1_000 * USDC),
+                index: Price(60_000_000_001),
+                risk: risk.iter().map(|v| Amount(*v)).collect(),
+            },
             Some(good),
             false,
         ),
@@ -1933,6 +1947,7 @@ async fn a_mark_the_oracle_never_signed_is_caught_reverted_and_slashed_and_users
     let forged = Op::Mark {
         instrument: InstrumentId(0),
         mark: Price(100 * USDC),
+        index: Price(60_000_000_000),
         risk: (0..13).map(|k| Amount(k * 1_000 - 5_000)).collect(),
     };
     let b2 = post(&mut state, 2, std::slice::from_ref(&forged));
@@ -2008,6 +2023,7 @@ async fn a_mark_older_than_one_committed_before_is_caught_reverted_and_slashed()
     let mark_at = |price: i64| Op::Mark {
         instrument: InstrumentId(0),
         mark: Price(price * USDC),
+        index: Price(60_000_000_000),
         risk: (0..13).map(|k| Amount(k * 1_000 - 5_000)).collect(),
     };
 
@@ -2295,6 +2311,7 @@ async fn a_settlement_price_the_oracle_never_signed_is_caught_reverted_and_slash
                 &Op::Mark {
                     instrument: InstrumentId(0),
                     mark: Price(said),
+                    index: Price(60_000_000_000),
                     risk: Vec::new(),
                 },
                 T - 1_000,
@@ -2306,6 +2323,7 @@ async fn a_settlement_price_the_oracle_never_signed_is_caught_reverted_and_slash
     let later_mark = Op::Mark {
         instrument: InstrumentId(0),
         mark: Price(2_000 * USDC),
+        index: Price(60_000_000_000),
         risk: (0..13).map(|k| Amount(k * 1_000 - 5_000)).collect(),
     };
     let mark_attested = attest(&oracle, &domain, &later_mark, T - 1_000);
@@ -2476,6 +2494,7 @@ async fn an_option_expired_before_its_date_is_caught_reverted_and_slashed() {
             Op::Mark {
                 instrument: InstrumentId(0),
                 mark: Price(1_000 * USDC),
+                index: Price(60_000_000_000),
                 risk: (0..31).map(|k| Amount(k * 1_000)).collect(),
             },
             Op::ExpireInstrument {
@@ -2762,6 +2781,7 @@ fn alice_writes_a_tenth(instrument: InstrumentId, mark: Price) -> [Op; 3] {
         Op::Mark {
             instrument,
             mark,
+            index: Price(60_000_000_000),
             risk: (0..13).map(|k| Amount(k * 1_000 - 5_000)).collect(),
         },
     ]

@@ -362,6 +362,7 @@ impl PriceAttestation {
             crate::Op::Mark {
                 instrument,
                 mark,
+                index,
                 risk,
             } => {
                 if published_ms <= time_ms && time_ms - published_ms > MARK_WINDOW_MS {
@@ -374,6 +375,7 @@ impl PriceAttestation {
                 optio_intents::OracleMark {
                     instrument: instrument.0,
                     mark: mark.0,
+                    index: index.0,
                     risk: &risk,
                     published_ms,
                 }

@@ -25,10 +25,11 @@ use crate::poseidon::{Fr, from_address, from_i64, hash, to_bytes};
 
 /// First bytes of every blob.
 pub const MAGIC: &[u8; 4] = b"OPTB";
-/// The version this code writes and reads (5: a settled position posts the quantity settled,
+/// The version this code writes and reads (6: a mark posts its underlying's index, which the
+/// instrument leaf's risk hash commits; 5: a settled position posts the quantity settled,
 /// after 4: withdrawals post their owner, 3: the spec bytes' binary layout and the funds leaf's
 /// counts, 2: field words).
-pub const VERSION: u8 = 5;
+pub const VERSION: u8 = 6;
 /// Largest blob accepted (bytes).
 pub const MAX_BLOB_BYTES: usize = 1 << 20;
 /// Longest risk array accepted.
@@ -151,7 +152,7 @@ pub mod bits {
     pub const SMALL: usize = 104;
     /// Fill price (63 bits).
     pub const PRICE: usize = 105;
-    /// Fill quantity (63 bits); a session key's time (64 bits).
+    /// Fill quantity (63 bits); a session key's time (64 bits); a mark's index (63 bits).
     pub const QTY: usize = 168;
     /// Bits per risk value in a risk word (five per word, each stored as `v + 2^47`).
     pub const RISK: usize = 48;
@@ -494,8 +495,10 @@ pub fn encode_op(op: &Op, id: u32, index: usize) -> Result<Encoded, BlobError> {
         Op::Mark {
             instrument,
             mark,
+            index: underlying,
             risk,
         } => {
+            let underlying = within(underlying.0, 63, index, "an index outside 0..2^63")?;
             if risk.len() > MAX_RISK {
                 return Err(unencodable(index, "a risk array longer than 64"));
             }
@@ -510,9 +513,18 @@ pub fn encode_op(op: &Op, id: u32, index: usize) -> Result<Encoded, BlobError> {
             record[0] = Fr::from(kind::MARK);
             record[3] = Fr::from(instrument.0);
             record[5] = from_i64(mark.0);
-            record[9] = leaf::risk_hash(risk);
+            record[6] = fu(underlying);
+            record[9] = leaf::risk_hash(Price(underlying as i64), risk);
             let mut words = vec![
-                head(kind::MARK, 0, 0, instrument.0, risk.len() as u128, 0, 0),
+                head(
+                    kind::MARK,
+                    0,
+                    0,
+                    instrument.0,
+                    risk.len() as u128,
+                    0,
+                    underlying,
+                ),
                 record[5],
             ];
             words.extend(risk_words(&values));
@@ -947,6 +959,7 @@ pub fn decode(bytes: &[u8]) -> Result<(BlobMeta, Vec<Op>), BlobError> {
                 Op::Mark {
                     instrument: i,
                     mark: Price(signed_word(1, "mark")?),
+                    index: Price(field_bits(&w0, bits::QTY, 63) as i64),
                     risk,
                 }
             }

@@ -19,7 +19,9 @@
 //! spec_hash       = Poseidon(hash_bytes(spec_bytes), maker_fee, taker_fee,
 //!                            payoff kind (0 perpetual, 1 call, 2 put), strike, underlying cap,
 //!                            contract multiplier)
-//! risk_hash       = fold of Poseidon(h, r0..r10) over the risk array in elevens (0-padded), from 0
+//! risk_hash       = fold of Poseidon(h, v0..v10) over (index, r0, r1, ...) in elevens (0-padded),
+//!                   from 0: the underlying's index committed with the mark, then the risk array;
+//!                   0 for an instrument without a mark (never marked, or settled)
 //! ```
 //! Amounts and prices are fixed-point integers (micro-USDC; quantities in 1e-8), negatives as
 //! `p - |v|`; a missing mark or settlement price is 0. A settled instrument's mark is one
@@ -310,14 +312,21 @@ pub mod spec {
 /// against 100 in threes).
 pub const RISK_CHUNK: usize = 11;
 
-/// Hash of a risk array.
-pub fn risk_hash(risk: &[Amount]) -> Fr {
-    let values: Vec<Fr> = risk.iter().map(|a| from_i64(a.0)).collect();
+/// What a mark commits beside its price: the underlying's index `index` (positive in a mark),
+/// then the risk array, folded in elevens; 0 without a mark (index 0 and no risk array: never
+/// marked, or settled).
+pub fn risk_hash(index: Price, risk: &[Amount]) -> Fr {
+    if index.0 == 0 && risk.is_empty() {
+        return Fr::from(0u64);
+    }
+    let values: Vec<Fr> = std::iter::once(from_i64(index.0))
+        .chain(risk.iter().map(|a| from_i64(a.0)))
+        .collect();
     risk_hash_of(&values)
 }
 
-/// `risk_hash` of a risk array as field elements (the last chunk zero-padded), as the batch
-/// circuit's witness holds it.
+/// `risk_hash` of its values as field elements (the index, then the risk array; the last chunk
+/// zero-padded), as the batch circuit's witness holds them.
 pub fn risk_hash_of(values: &[Fr]) -> Fr {
     values.chunks(RISK_CHUNK).fold(Fr::from(0u64), |h, c| {
         let mut inputs = [Fr::from(0u64); RISK_CHUNK + 1];

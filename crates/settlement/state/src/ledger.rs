@@ -169,6 +169,9 @@ pub struct Instrument {
     pub status: u64,
     /// Last committed mark.
     pub mark: Price,
+    /// The underlying's index committed with the last mark (0 before the first and once
+    /// settled).
+    pub index: Price,
     /// Last committed risk array.
     pub risk: Vec<Amount>,
     /// Settlement price.
@@ -182,7 +185,7 @@ impl Instrument {
             spec_hash: self.spec_hash,
             status: self.status,
             mark: self.mark,
-            risk_hash: leaf::risk_hash(&self.risk),
+            risk_hash: leaf::risk_hash(self.index, &self.risk),
             settlement_price: self.settlement_price,
         }
     }
@@ -1328,6 +1331,7 @@ impl Scratch {
                 spec_hash: leaf::spec_hash(spec),
                 status: status::LISTED,
                 mark: Price::ZERO,
+                index: Price::ZERO,
                 risk: Vec::new(),
                 settlement_price: Price::ZERO,
             }),
@@ -1382,6 +1386,7 @@ impl Scratch {
                 // A position left open is worth its settlement value: the mark, with no risk.
                 inst.mark = mark;
                 inst.risk = Vec::new();
+                inst.index = Price::ZERO;
                 self.insurance = add(self.insurance, insurance_credit.0, i)?;
             }
             Op::SettlePosition {
@@ -1599,13 +1604,18 @@ impl Scratch {
             Op::Mark {
                 instrument,
                 mark,
+                index,
                 risk,
             } => {
+                if index.0 <= 0 {
+                    return Err(StateError::OutOfRange(i));
+                }
                 let inst = self.instrument(*instrument);
                 if inst.status == status::SETTLED {
                     return Err(StateError::MarkSettled(i));
                 }
                 inst.mark = *mark;
+                inst.index = *index;
                 inst.risk = risk.clone();
             }
         }
@@ -1736,6 +1746,7 @@ fn encode_instrument(x: &Instrument) -> Vec<u8> {
     w.i64(x.mark.0);
     w.i64(x.settlement_price.0);
     w.amounts(&x.risk);
+    w.i64(x.index.0);
     w.bytes
 }
 
@@ -1746,12 +1757,14 @@ fn decode_instrument(bytes: &[u8]) -> Option<Instrument> {
     let mark = Price(r.i64().ok()?);
     let settlement_price = Price(r.i64().ok()?);
     let risk = r.amounts(crate::blob::MAX_RISK).ok()?;
+    let index = Price(r.i64().ok()?);
     r.finish().ok()?;
     Some(Instrument {
         spec_hash: leaf::spec_hash(&spec),
         spec,
         status,
         mark,
+        index,
         risk,
         settlement_price,
     })

@@ -204,6 +204,9 @@ pub enum Op {
         instrument: InstrumentId,
         /// Mark per contract.
         mark: Price,
+        /// The underlying's index in the update the mark came in (positive), committed with
+        /// the mark and signed with it by the oracle.
+        index: Price,
         /// Risk array.
         risk: Vec<Amount>,
     },
@@ -397,6 +400,7 @@ pub fn ops_from(
                     marks.extend(u.marks.iter().map(|m| Op::Mark {
                         instrument: m.instrument,
                         mark: m.mark,
+                        index: u.index_price,
                         risk: m.risk_array.clone(),
                     }));
                 }

@@ -149,6 +149,7 @@ fn histories_exercise_every_kind_of_settlement_op() {
         Op::Mark {
             instrument: InstrumentId(0),
             mark: Price(0),
+            index: Price(60_000_000_000),
             risk: Vec::new(),
         },
     ];

@@ -22,6 +22,7 @@ fn ops() -> Vec<Op> {
         Op::Mark {
             instrument: InstrumentId(1),
             mark: Price(-5),
+            index: Price(i64::MAX),
             risk: vec![Amount(-(1 << 46)), Amount(0), Amount((1 << 46) + 3)],
         },
         Op::Fill {
@@ -118,6 +119,7 @@ fn what_the_format_cannot_hold_is_refused_at_encoding() {
     let too_wide = [Op::Mark {
         instrument: InstrumentId(0),
         mark: Price(1),
+        index: Price(60_000_000_000),
         risk: vec![Amount(1 << 47)],
     }];
     assert_eq!(
@@ -125,6 +127,19 @@ fn what_the_format_cannot_hold_is_refused_at_encoding() {
         Err(BlobError::Unencodable {
             op: 0,
             what: "a risk value outside -2^47..2^47"
+        })
+    );
+    let no_index = [Op::Mark {
+        instrument: InstrumentId(0),
+        mark: Price(1),
+        index: Price(-1),
+        risk: Vec::new(),
+    }];
+    assert_eq!(
+        encode(&meta(), &no_index).map(|_| ()),
+        Err(BlobError::Unencodable {
+            op: 0,
+            what: "an index outside 0..2^63"
         })
     );
     let negative = [Op::Deposit {

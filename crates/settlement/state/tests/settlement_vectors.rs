@@ -115,6 +115,7 @@ fn batches() -> Vec<(BlobMeta, Vec<Op>)> {
                 Op::Mark {
                     instrument: InstrumentId(1),
                     mark: Price(4_205 * MONEY_SCALE),
+                    index: Price(60_000_000_000),
                     risk: vec![
                         Amount(-4_205 * MONEY_SCALE),
                         Amount(0),
@@ -216,7 +217,7 @@ fn vectors() -> Value {
             "account": {"owner": hex(&account.owner.0), "mode": account.mode.code(), "keys_hash": to_hex(&account.keys_hash), "nonce": account.nonce, "positions": account.positions, "liability": format!("{:#x}", account.liability), "collateral": account.collateral.0, "positions_root": to_hex(&account.positions_root), "hash": to_hex(&account.hash())},
             "instrument": {"spec_hash": to_hex(&instrument.spec_hash), "status": instrument.status, "mark": instrument.mark.0, "risk_hash": to_hex(&instrument.risk_hash), "settlement_price": instrument.settlement_price.0, "hash": to_hex(&instrument.hash())},
             "keys_hash": {"keys": keys.iter().map(|(k, e)| json!([hex(&k.0), e])).collect::<Vec<_>>(), "hash": to_hex(&leaf::keys_hash(keys.iter().map(|(k, e)| (k, e))))},
-            "risk_hash": {"risk": risk.iter().map(|a| a.0).collect::<Vec<_>>(), "hash": to_hex(&leaf::risk_hash(&risk))},
+            "risk_hash": {"index": 60_000_000_000i64, "risk": risk.iter().map(|a| a.0).collect::<Vec<_>>(), "hash": to_hex(&leaf::risk_hash(Price(60_000_000_000), &risk))},
             "spec_hash": {"spec": "BTC-PERPETUAL with defaults, cap 100000", "hash": to_hex(&leaf::spec_hash(&perp))},
             "position": {"qty": -150_000_000i64, "leaf": to_hex(&leaf::position_leaf(Qty(-150_000_000)))},
             "funds": {"insurance": 5, "fee_pool": 7, "accounts": 3, "instruments": 2, "hash": to_hex(&leaf::funds_hash(Amount(5), Amount(7), 3, 2))},
