@@ -115,6 +115,9 @@ impl<M: MarginModel> Engine<M> {
         if state.risk.pm_maintenance_bps < optio_types::PROVEN_PM_MAINTENANCE_BPS {
             return Err(bad("portfolio maintenance below the proven weight"));
         }
+        if state.risk.pm_short_option_floor_bps < optio_types::PROVEN_PM_SHORT_OPTION_FLOOR_BPS {
+            return Err(bad("short-option floor below the proven rate"));
+        }
         let mut engine = Engine::with_config(state.limits, state.risk, margin);
         for o in &state.oracles {
             if !o.index_price.is_positive() || engine.oracles.contains_key(&o.underlying) {

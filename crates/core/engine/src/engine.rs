@@ -153,7 +153,9 @@ impl<M: MarginModel> Engine<M> {
     ///
     /// Panics if `risk.liquidation_fee_bps` exceeds `MAX_LIQUIDATION_FEE_BPS` (no validity proof
     /// could prove such a fee), or `risk.pm_maintenance_bps` is below
-    /// `PROVEN_PM_MAINTENANCE_BPS` (a validity proof would refuse some of its `Portfolio` fills).
+    /// `PROVEN_PM_MAINTENANCE_BPS` or `risk.pm_short_option_floor_bps` below
+    /// `PROVEN_PM_SHORT_OPTION_FLOOR_BPS` (a validity proof would refuse some of its `Portfolio`
+    /// fills).
     pub fn with_config(limits: EngineLimits, risk: RiskConfig, margin: M) -> Self {
         assert!(
             risk.liquidation_fee_bps <= optio_types::MAX_LIQUIDATION_FEE_BPS,
@@ -164,6 +166,11 @@ impl<M: MarginModel> Engine<M> {
             risk.pm_maintenance_bps >= optio_types::PROVEN_PM_MAINTENANCE_BPS,
             "portfolio maintenance of {} bps below the proven weight",
             risk.pm_maintenance_bps
+        );
+        assert!(
+            risk.pm_short_option_floor_bps >= optio_types::PROVEN_PM_SHORT_OPTION_FLOOR_BPS,
+            "short-option floor of {} bps below the proven rate",
+            risk.pm_short_option_floor_bps
         );
         Self {
             margin,

@@ -34,7 +34,8 @@ pub use margin::{
 };
 pub use oracle::{
     MAX_LIQUIDATION_FEE_BPS, MarginMode, MarkUpdate, OracleUpdate, PROVEN_PM_MAINTENANCE_BPS,
-    RiskConfig, SettlementUpdate, UpdateFormat, max_liquidation_fee, stress_range,
+    PROVEN_PM_SHORT_OPTION_FLOOR_BPS, RiskConfig, SettlementUpdate, UpdateFormat,
+    max_liquidation_fee, stress_range,
 };
 pub use reject::RejectCode;
 pub use state::{CanonicalState, EngineLimits, FillBudget, MarkWindows, ProofLimits, SettleBudget};

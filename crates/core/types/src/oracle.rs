@@ -175,6 +175,15 @@ pub const MAX_LIQUIDATION_FEE_BPS: u32 = 100;
 /// not be below it.
 pub const PROVEN_PM_MAINTENANCE_BPS: u32 = 8_000;
 
+/// The short-option floor the validity circuit adds to that rule, basis points of the index
+/// per short option contract, weighed by `PROVEN_PM_MAINTENANCE_BPS`: every total of the rule,
+/// in 1e-12 micro-USDC, covers `ceil(rate * weight * sum |q_i| * index_i * multiplier_i /
+/// 1e12)`, this rate and that weight, over the account's short options (calls and
+/// puts not settled, at the index committed with each one's mark). The engine's floor at
+/// `RiskConfig::pm_short_option_floor_bps`, weighed by its maintenance weight and rounded up per
+/// position, implies it at any rate up to its own, so that setting may not be below it.
+pub const PROVEN_PM_SHORT_OPTION_FLOOR_BPS: u32 = 100;
+
 /// The most a liquidation of `qty` contracts (either sign) of `spec` may charge the liquidated
 /// account: `ceil(|qty| * floor(cap * multiplier / 1e8) * MAX_LIQUIDATION_FEE_BPS / (1e4 *
 /// 1e8))`, what the validity circuit allows (the engine's fee at a rate no higher, at an index

@@ -782,6 +782,11 @@ fn decode_risk(r: &mut Reader<'_>) -> Result<RiskConfig, DecodeError> {
             "portfolio maintenance below the proven weight",
         ));
     }
+    if risk.pm_short_option_floor_bps < crate::oracle::PROVEN_PM_SHORT_OPTION_FLOOR_BPS {
+        return Err(DecodeError::Invalid(
+            "short-option floor below the proven rate",
+        ));
+    }
     Ok(risk)
 }
 

@@ -372,8 +372,9 @@ pub struct OracleMark<'a> {
 impl OracleMark<'_> {
     /// The EIP-712 struct hash (an `int64[]` hashes as keccak of its elements, each a word).
     pub fn struct_hash(&self) -> [u8; 32] {
-        let typehash =
-            keccak(b"OracleMark(uint32 instrument,int64 mark,int64 index,int64[] risk,uint64 publishedMs)");
+        let typehash = keccak(
+            b"OracleMark(uint32 instrument,int64 mark,int64 index,int64[] risk,uint64 publishedMs)",
+        );
         let risk: Vec<u8> = self
             .risk
             .iter()

@@ -471,7 +471,11 @@ mod tests {
         let mut reindexed = signed.update.clone();
         reindexed.index_price.0 += 1;
         assert_eq!(
-            verify(&envelope(&signer, reindexed), &signer.public_key(), &DOMAIN_A),
+            verify(
+                &envelope(&signer, reindexed),
+                &signer.public_key(),
+                &DOMAIN_A
+            ),
             Err(OracleError::BadMarkSignature(0))
         );
         // Replayed with another time: the time is part of what each mark signs.

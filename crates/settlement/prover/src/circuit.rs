@@ -67,18 +67,19 @@
 //! - a fill's maker or taker that ends the batch in `Portfolio` meets the maintenance rule
 //!   after it, at the committed marks and risk arrays, every position it holds in a register
 //!   (an end margin slot): `collateral * 1e8 * 1e4 + sum_i q_i * (mark_i * 1e4 + RA_i[s] *
-//!   PROVEN_PM_MAINTENANCE_BPS) >= 0` in every scenario and the no-move one, which the
-//!   engine's maintenance at the fill (a maker's) or initial margin (a taker's) implies;
+//!   PROVEN_PM_MAINTENANCE_BPS)` covers its short options' floor (`ceil(rate * weight * sum
+//!   short_i * index_i * multiplier_i / 1e12)`, at each option's committed index) in every
+//!   scenario and the no-move one, which the engine's maintenance at the fill (a maker's) or
+//!   initial margin (a taker's) implies;
 //! - a mark window replaces the mark, index (positive, below 2^63) and risk array (the index
 //!   and array hashed in the circuit) of the instruments it marks (none settled) among an aligned run of `2^mark_window_bits` ids: the run's subtree is rebuilt
 //!   from its leaves before and after, under one path, so the marks share the path above it;
 //!   windows in use come first, by index, so the marks enter the commitment by id.
 //!
 //! Not in the circuit (README, "Validity proofs"): a margin check after fills in `Standard` (its
-//! margin needs the index, which the instrument registers open with each mark but no rule reads
-//! yet: the circuit checks solvency there), and the short-option floor of `Portfolio` margin
-//! (the index too; docs/settlement.md, "Margin by mode"); fills against the
-//! maker's and taker's signed order limits (the authorization challenge judges those on L1).
+//! formula, piecewise in the option's moneyness: the circuit checks solvency there;
+//! docs/settlement.md, "Margin by mode"); fills against the maker's and taker's signed order
+//! limits (the authorization challenge judges those on L1).
 
 use ark_ff::{BigInteger, PrimeField};
 use ark_relations::gr1cs::{ConstraintSynthesizer, ConstraintSystemRef, SynthesisError};
@@ -89,7 +90,10 @@ use optio_state::leaf::{
 use optio_state::poseidon::{Fr, from_i64};
 use optio_state::smt::empty_root;
 use optio_types::fixed::FEE_RATE_SCALE;
-use optio_types::{MAX_LIQUIDATION_FEE_BPS, MarginMode, PROVEN_PM_MAINTENANCE_BPS, QTY_SCALE};
+use optio_types::{
+    MAX_LIQUIDATION_FEE_BPS, MarginMode, PROVEN_PM_MAINTENANCE_BPS,
+    PROVEN_PM_SHORT_OPTION_FLOOR_BPS, QTY_SCALE,
+};
 
 use optio_state::blob::bits as at;
 
@@ -194,6 +198,9 @@ struct InstrumentWires {
     fee_reference: Wire,
     /// Its worst-case payoff per contract, which fully collateralizes a short.
     max_payoff: Wire,
+    /// `index * multiplier` for an option (its committed index: none once settled), 0 for a
+    /// perpetual: a short contract's floor before the rate and weight.
+    floor_unit: Wire,
 }
 
 /// The state right after one op slot, for the margin slots.
@@ -490,12 +497,17 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
         let high = mark.add(&scenario_value(cs, &risk, i.high)?);
         let fee_reference = fee_reference(cs, &spec)?;
         let max_payoff = max_payoff(cs, &spec)?;
+        let floor_unit = cs.mul(
+            &cs.mul(&index, &spec.multiplier)?,
+            &spec.is_call.add(&spec.is_put),
+        )?;
         instruments.push(InstrumentWires {
             id,
             maker_rate: spec.maker_rate,
             taker_rate: spec.taker_rate,
             fee_reference,
             max_payoff,
+            floor_unit,
             status,
             enabled,
             used: Wire::zero(),
@@ -1390,7 +1402,9 @@ fn signed_order(v: Fr) -> <Fr as PrimeField>::BigInt {
 /// And the `Portfolio` maintenance rule, once for each account that traded in the batch (a
 /// fill's maker or taker) and ends it in `Portfolio` (an `end` slot): after the batch, in
 /// every scenario and the no-move one, `collateral * 1e8 * 1e4 + sum_i q_i * (mark_i * 1e4 +
-/// RA_i[s] * PROVEN_PM_MAINTENANCE_BPS) >= 0` (`SettlementState::maintained`).
+/// RA_i[s] * PROVEN_PM_MAINTENANCE_BPS)` covers `ceil(PROVEN_PM_SHORT_OPTION_FLOOR_BPS *
+/// PROVEN_PM_MAINTENANCE_BPS * sum_i short_i * index_i * multiplier_i / 1e12)` over its short
+/// options (`SettlementState::maintained`).
 /// All of them are priced: the account's registers hold every position it held before the
 /// batch (the write-back checks their count against its leaf) and those the batch opened, and
 /// each register's instrument is loaded with its committed mark and risk array.
@@ -1411,6 +1425,14 @@ fn margin_slots(
     // End slots per account register.
     let mut maintained = vec![Wire::zero(); st.accounts.len()];
     let weight = Fr::from(u64::from(PROVEN_PM_MAINTENANCE_BPS));
+    // The floor per short contract of each position register's instrument.
+    let units: Vec<Wire> = prices
+        .iter()
+        .map(|row| pick(cs, row, st.instruments.iter().map(|i| i.floor_unit.clone())))
+        .collect::<R<_>>()?;
+    let floor_rate = Fr::from(
+        u64::from(PROVEN_PM_SHORT_OPTION_FLOOR_BPS) * u64::from(PROVEN_PM_MAINTENANCE_BPS),
+    );
     for m in &w.margins {
         let enabled = cs.boolean(m.enabled)?;
         // A flat slot proves instead that a deficit cover's account holds no position; an end
@@ -1450,6 +1472,7 @@ fn margin_slots(
         // Its quantity per instrument register.
         let account = index_of(&sel_a);
         let mut held = vec![Wire::zero(); st.instruments.len()];
+        let mut floor = Wire::zero();
         for (r, q) in st.positions.iter().enumerate() {
             let qty = pick(cs, &sel_k, st.snapshots.iter().map(|x| x.qty[r].clone()))?;
             let qty = qty.add(&cs.mul(&end, &q.qty)?);
@@ -1462,7 +1485,19 @@ fn margin_slots(
             for (h, price) in held.iter_mut().zip(&prices[r]) {
                 *h = h.add(&cs.mul(price, &mine)?);
             }
+            // An end slot's short options as the batch leaves them, for their floor.
+            let short = cs.mul(&cs.mul(&belongs, &end)?, &q.short)?;
+            floor = floor.add(&cs.mul(&short, &units[r])?);
         }
+        // The floor in the totals' unit (1e-12 micro-USDC), rounded up: terms below 2^196, the
+        // sum times the rate and weight below 2^216, the quotient below 2^180.
+        const TOTAL_UNIT: u64 = 1_000_000_000_000;
+        let floor = floor_div(
+            cs,
+            &floor.scale(floor_rate).add_const(Fr::from(TOTAL_UNIT - 1)),
+            TOTAL_UNIT,
+            180,
+        )?;
         let base = held.iter().zip(&st.instruments).try_fold(
             collateral.scale(Fr::from(QTY_SCALE as u64)),
             |acc, (q, i)| Ok::<_, SynthesisError>(acc.add(&cs.mul(q, &i.mark)?)),
@@ -1481,10 +1516,11 @@ fn margin_slots(
             let moved = moved.add(&cs.mul(&end, &moved)?.scale(weight - Fr::from(1u64)));
             totals.push(base.add(&moved));
         }
-        // Money that left, or a Portfolio account that traded, leaves every total non-negative.
+        // Money that left leaves every total non-negative; a Portfolio account that traded,
+        // every total at or above its short options' floor (none in other slots).
         let bound = out.add(&end);
         for total in &totals {
-            cs.range(&cs.mul(&bound, total)?, MARGIN_BITS)?;
+            cs.range(&cs.mul(&bound, &total.sub(&floor))?, MARGIN_BITS)?;
         }
     }
     // Every op that takes money out and every deficit cover has exactly one margin slot.

@@ -3085,6 +3085,64 @@ fn a_portfolio_account_that_trades_ends_its_batch_maintained() {
     assert!(refused_at(&w).starts_with("margin slots"));
 }
 
+/// The `Portfolio` maintenance rule counts the short-option floor at the index committed with
+/// each option's mark: `PROVEN_PM_SHORT_OPTION_FLOOR_BPS` (1%) of the index per contract,
+/// weighed 0.8. Account 0 (1,000,000) writes calls at their mark of 1,000 with the index at
+/// 100,000 and no scenarios: each short's floor is 800, so 1,250 are maintained (the rebates
+/// add a little, not a call's floor) and 1,251 are refused in the circuit and natively; in
+/// `Standard` (no floor proven there) 1,251 prove. The same account long the calls owes no
+/// floor.
+#[test]
+fn a_portfolio_writer_covers_its_short_option_floor() {
+    let marked = |mode: MarginMode| {
+        let state = after(
+            &genesis(2),
+            &[Op::Mark {
+                instrument: InstrumentId(1),
+                mark: Price(1_000 * MONEY_SCALE),
+                index: Price(100_000 * MONEY_SCALE),
+                risk: Vec::new(),
+            }],
+        );
+        after(
+            &state,
+            &[Op::SetMarginMode {
+                account: AccountId(0),
+                mode,
+            }],
+        )
+    };
+    let state = marked(MarginMode::Portfolio);
+    let write = |contracts: i64| [fill_of(1, Side::Buy, 1_000, contracts)];
+    // The most calls the native rule lets account 0 write.
+    let maintained = |n: i64| state.clone().apply_batch(&write(n)).is_ok();
+    let (mut low, mut high) = (1, 2_000);
+    assert!(maintained(low) && !maintained(high));
+    while high - low > 1 {
+        let mid = (low + high) / 2;
+        if maintained(mid) {
+            low = mid;
+        } else {
+            high = mid;
+        }
+    }
+    assert_eq!(low, 1_250, "1,000,000 / 800 a call");
+    check(&batch_of(&state, &write(1_250))).expect("1,250 maintained");
+    let over = batch_of(&state, &write(1_251));
+    assert!(refused_at(&over).starts_with("margin slots"));
+    let mut native = state.clone();
+    assert_eq!(
+        native.apply_batch(&write(1_251)),
+        Err(StateError::Unmaintained(0))
+    );
+    assert_eq!(native.commit(), state.root(), "nothing applied");
+    check(&batch_of(&marked(MarginMode::Standard), &write(1_251))).expect("Standard");
+    // Buying them instead: no floor.
+    let buy = [fill_of(1, Side::Sell, 1_000, 1_251)];
+    check(&batch_of(&state, &buy)).expect("a long owes no floor");
+    assert!(state.clone().apply_batch(&buy).is_ok());
+}
+
 /// A mark commits its underlying's index with it (hashed first, with the risk array, into the
 /// leaf's risk hash; posted in the mark's first word): the index committed is the one posted,
 /// positive and below 2^63, in the circuit and natively. The index takes one of the shape's

@@ -1020,6 +1020,127 @@ fn a_portfolio_makers_fills_fit_the_proof_or_its_order_is_cancelled() {
 /// `inputs` through an engine with `limits` and a batcher cutting batches to `shape`: the
 /// batches (the batcher's state checked against the engine's), and the events of each input
 /// from index `from` on.
+/// The engine holds a `Portfolio` writer of call spreads to its short-option floor, 1% of the
+/// index a contract at its initial margin: the writer holds 20 calls at 60,000 and writes calls
+/// at 70,000 of the same expiry against them (the scenarios cost the spread little, so the
+/// floor binds); the proof counts the floor at 0.8% in the account's end slot, which the
+/// engine's rule implies: the writer sells a call at a time until the engine refuses one, and
+/// every batch of its fills proves, with end slots.
+#[test]
+fn a_portfolio_writer_at_the_engines_limit_proves_its_floor() {
+    use optio_types::{
+        AccountId, Command, EngineLimits, Event, Input, InstrumentId, MONEY_SCALE, MarginMode,
+        Side, TimeInForce,
+    };
+    let (long, short) = (InstrumentId(0), InstrumentId(3));
+    let t = support::T0;
+    let at = |command| Input {
+        time_ms: t,
+        command,
+    };
+    let capacity =
+        optio_state::Capacity::new(move |state, ops| optio_prover::fits(state, ops, SHAPE).is_ok());
+    let mut engine = optio_engine::Engine::new(EngineLimits::default());
+    let mut batcher = optio_state::Batcher::new(4, u64::MAX).with_capacity(Some(capacity));
+    let (mut batches, mut events, mut seq) = (Vec::new(), Vec::new(), 0u64);
+    let (mut written, mut refused) = (0, 0);
+    let mut step = |engine: &mut optio_engine::Engine, input: Input| {
+        events.clear();
+        let accepted = engine.apply(&input, &mut events).is_ok();
+        seq += 1;
+        batches.extend(batcher.push(seq, &input, &events).expect("batches"));
+        (
+            accepted,
+            events
+                .iter()
+                .filter(|e| matches!(e, Event::Fill { .. }))
+                .count(),
+        )
+    };
+    for input in opening(t, &[0, 3], &[1_000_000, 1]) {
+        assert!(step(&mut engine, input).0);
+    }
+    let mark = |engine: &optio_engine::Engine, id: InstrumentId| {
+        engine
+            .instruments()
+            .find(|i| i.id == id)
+            .and_then(|i| i.mark)
+            .expect("marked")
+            .0
+    };
+    let (long_price, short_price) = (
+        (mark(&engine, long) + MONEY_SCALE - 1) / MONEY_SCALE,
+        (mark(&engine, short) / MONEY_SCALE).max(1),
+    );
+    assert!(
+        short_price < 600,
+        "the 70,000 call's premium is below its floor"
+    );
+    // The writer's cash: the 20 calls at 60,000 and 3,000 more.
+    let inputs = [
+        at(Command::Deposit {
+            account: AccountId(1),
+            amount: optio_types::Amount((20 * long_price + 3_000) * MONEY_SCALE),
+        }),
+        at(Command::SetMarginMode {
+            account: AccountId(1),
+            mode: MarginMode::Portfolio,
+        }),
+        at(limit_order(
+            0,
+            long,
+            Side::Sell,
+            20 * 100,
+            long_price,
+            TimeInForce::GoodTillCancelled,
+        )),
+        at(limit_order(
+            1,
+            long,
+            Side::Buy,
+            20 * 100,
+            long_price,
+            TimeInForce::ImmediateOrCancel,
+        )),
+        at(limit_order(
+            0,
+            short,
+            Side::Buy,
+            20 * 100,
+            short_price,
+            TimeInForce::GoodTillCancelled,
+        )),
+    ];
+    for input in inputs {
+        assert!(step(&mut engine, input).0);
+    }
+    for _ in 0..20 {
+        let (accepted, fills) = step(
+            &mut engine,
+            at(limit_order(
+                1,
+                short,
+                Side::Sell,
+                100,
+                short_price,
+                TimeInForce::ImmediateOrCancel,
+            )),
+        );
+        written += fills;
+        refused += usize::from(!accepted);
+    }
+    batches.extend(batcher.flush().expect("flushes"));
+    assert_eq!(batcher.state().diff_engine(&engine.canonical()), None);
+    // About 3,000 / (600 - premium) calls: the floor, not the spread's scenarios, stops it.
+    assert!(
+        (2..20).contains(&written) && refused == 20 - written,
+        "{written} calls written, {refused} refused"
+    );
+    let (too_large, ends) = prove_counting_end_slots(&batches, SHAPE);
+    assert_eq!(too_large, Vec::new());
+    assert!(ends >= 2, "{ends} end slots");
+}
+
 fn batched(
     inputs: &[optio_types::Input],
     limits: optio_types::EngineLimits,

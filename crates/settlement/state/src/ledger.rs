@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use optio_types::{
-    AccountId, Address, Amount, CanonicalState, InstrumentId, InstrumentSpec, InstrumentStatus,
-    MarginMode, Price, QTY_SCALE, Qty, max_liquidation_fee, stress_range,
+    AccountId, Address, Amount, CanonicalState, InstrumentId, InstrumentKind, InstrumentSpec,
+    InstrumentStatus, MarginMode, Price, QTY_SCALE, Qty, max_liquidation_fee, stress_range,
 };
 
 use crate::leaf::{self, ACCOUNT_DEPTH, AccountLeaf, INSTRUMENT_DEPTH, InstrumentLeaf, status};
@@ -14,6 +14,7 @@ use crate::ops::Op;
 use crate::poseidon::Fr;
 use crate::smt::{Proof, SparseMerkleTree};
 use crate::store::{Records, RedbStore, StoreError, TreeStore};
+use ark_ff::PrimeField;
 
 type Tree = SparseMerkleTree<TreeStore>;
 
@@ -119,8 +120,8 @@ pub enum StateError {
     /// Op `index`, the last fill of a `Portfolio` account in the batch (as maker or taker),
     /// leaves that account in `Portfolio` below the proven maintenance rule at the committed
     /// marks and risk arrays (those before the batch's): `collateral * 1e8 * 1e4 + sum_i q_i *
-    /// (mark_i * 1e4 + RA_i[s] * PROVEN_PM_MAINTENANCE_BPS) < 0` in some scenario or the
-    /// no-move one (`SettlementState::maintained`). The engine fills a maker only at or above
+    /// (mark_i * 1e4 + RA_i[s] * PROVEN_PM_MAINTENANCE_BPS)` short of its short options' floor
+    /// in some scenario or the no-move one (`SettlementState::maintained`). The engine fills a maker only at or above
     /// its maintenance and a taker at its initial margin, either of which implies the rule.
     #[error(
         "op {0}: the fill leaves its Portfolio account below maintenance at the committed marks"
@@ -746,8 +747,11 @@ impl SettlementState {
     /// Whether `account` meets the `Portfolio` maintenance rule the validity circuit proves of
     /// an account of that mode that traded: at the committed marks and risk arrays,
     /// `collateral * 1e8 * 1e4 + sum_i q_i * (mark_i * 1e4 + RA_i[s] *
-    /// PROVEN_PM_MAINTENANCE_BPS) >= 0` in every scenario `s` and the no-move one (a missing
-    /// mark or scenario counts 0). `None` for an unknown account.
+    /// PROVEN_PM_MAINTENANCE_BPS)` covers the short-option floor in every scenario `s` and the
+    /// no-move one (a missing mark or scenario counts 0): `ceil(rate * weight * sum |q_i| *
+    /// index_i * multiplier_i / 1e12)`, the rate `PROVEN_PM_SHORT_OPTION_FLOOR_BPS`, over its short
+    /// calls and puts, at the index committed with each one's mark (none once settled).
+    /// `None` for an unknown account.
     pub fn maintained(&self, account: AccountId) -> Option<bool> {
         Some(self.maintained_at(self.accounts.get(account.0 as usize)?))
     }
@@ -769,13 +773,38 @@ impl SettlementState {
             i128::from(a.collateral.0) * i128::from(QTY_SCALE) * BPS,
             |acc, (q, x)| acc + q * x.map_or(0, |x| i128::from(x.mark.0)) * BPS,
         );
-        base >= 0
+        // The floor, exactly in the field (its terms are below 2^196, times the rate and
+        // weight below 2^216; a total, non-negative and below 2^150, times 1e12 below 2^190):
+        // a total covers ceil(floor / 1e12) when 1e12 times it covers the floor.
+        let floor = held
+            .iter()
+            .filter_map(|(q, x)| match x {
+                Some(x) if *q < 0 && matches!(x.spec.name.kind, InstrumentKind::Option { .. }) => {
+                    Some(
+                        Fr::from(q.unsigned_abs())
+                            * Fr::from(x.index.0.unsigned_abs())
+                            * Fr::from(x.spec.contract_multiplier.0.unsigned_abs()),
+                    )
+                }
+                _ => None,
+            })
+            .sum::<Fr>()
+            * Fr::from(
+                u64::from(optio_types::PROVEN_PM_SHORT_OPTION_FLOOR_BPS)
+                    * u64::from(optio_types::PROVEN_PM_MAINTENANCE_BPS),
+            );
+        let covers = |total: i128| {
+            total >= 0
+                && (Fr::from(total.unsigned_abs()) * Fr::from(1_000_000_000_000u64)).into_bigint()
+                    >= floor.into_bigint()
+        };
+        covers(base)
             && (0..scenarios).all(|s| {
                 let moved = held.iter().fold(0i128, |acc, (q, x)| {
                     let ra = x.and_then(|x| x.risk.get(s)).map_or(0, |r| i128::from(r.0));
                     acc + q * ra * weight
                 });
-                base + moved >= 0
+                covers(base + moved)
             })
     }
 

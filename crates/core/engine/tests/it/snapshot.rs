@@ -36,31 +36,55 @@ fn a_liquidation_fee_above_the_provable_maximum_is_refused() {
     ));
 }
 
-/// A `Portfolio` maintenance weight below the one a validity proof checks of every `Portfolio`
-/// account that trades (`PROVEN_PM_MAINTENANCE_BPS`: a lower one would make honest fills
-/// unprovable) is refused, in a decoded state, in the snapshot's bytes and by the engine's
+/// A risk setting at `proven` (the one a validity proof checks) restores; one below it is
+/// refused, in a decoded state, in the snapshot's bytes (with `message`) and by the engine's
 /// constructor.
-#[test]
-fn a_portfolio_maintenance_below_the_proven_weight_is_refused() {
+fn refused_below_proven(
+    setting: fn(&mut optio_types::RiskConfig) -> &mut u32,
+    proven: u32,
+    message: &'static str,
+) {
     let mut state = CanonicalState::decode(&busy_snapshot()).expect("decodes");
-    state.risk.pm_maintenance_bps = optio_types::PROVEN_PM_MAINTENANCE_BPS;
-    Engine::restore(&state, WorstCaseMargin).expect("at the proven weight");
-    state.risk.pm_maintenance_bps -= 1;
+    *setting(&mut state.risk) = proven;
+    Engine::restore(&state, WorstCaseMargin).expect("at the proven setting");
+    *setting(&mut state.risk) -= 1;
     assert!(matches!(
         Engine::restore(&state, WorstCaseMargin),
         Err(RestoreError::Invariant(_))
     ));
     assert_eq!(
         CanonicalState::decode(&state.encode()),
-        Err(DecodeError::Invalid(
-            "portfolio maintenance below the proven weight"
-        ))
+        Err(DecodeError::Invalid(message))
     );
     let risk = state.risk;
     let built = std::panic::catch_unwind(|| {
         Engine::with_config(state.limits, risk, WorstCaseMargin);
     });
     assert!(built.is_err(), "the constructor refuses it");
+}
+
+/// A `Portfolio` maintenance weight below the one a validity proof checks of every `Portfolio`
+/// account that trades (`PROVEN_PM_MAINTENANCE_BPS`: a lower one would make honest fills
+/// unprovable) is refused.
+#[test]
+fn a_portfolio_maintenance_below_the_proven_weight_is_refused() {
+    refused_below_proven(
+        |r| &mut r.pm_maintenance_bps,
+        optio_types::PROVEN_PM_MAINTENANCE_BPS,
+        "portfolio maintenance below the proven weight",
+    );
+}
+
+/// A short-option floor below the one a validity proof counts in the `Portfolio` maintenance
+/// rule (`PROVEN_PM_SHORT_OPTION_FLOOR_BPS`: a lower one would make honest fills unprovable) is
+/// refused.
+#[test]
+fn a_short_option_floor_below_the_proven_rate_is_refused() {
+    refused_below_proven(
+        |r| &mut r.pm_short_option_floor_bps,
+        optio_types::PROVEN_PM_SHORT_OPTION_FLOOR_BPS,
+        "short-option floor below the proven rate",
+    );
 }
 
 /// A fill budget or mark windows whose windows span more than 2^32 instrument ids are refused
