@@ -164,7 +164,8 @@ pub struct RiskConfig {
 /// The most `RiskConfig::liquidation_fee_bps` may be: the validity circuit holds every
 /// liquidation's fee to `ceil(qty * floor(cap * multiplier / 1e8) * MAX / (1e4 * 1e8))`, the
 /// fee at this rate with the index at the instrument's cap (the engine prices the fee at the
-/// index clamped to the cap), since the index is not in the settlement state.
+/// index clamped to the cap): the rule reads no index (the settlement state holds one with each
+/// mark since format 6).
 pub const MAX_LIQUIDATION_FEE_BPS: u32 = 100;
 
 /// The weight of the risk arrays in the `Portfolio` maintenance rule the validity circuit
