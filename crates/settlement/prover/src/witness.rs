@@ -1001,7 +1001,7 @@ pub fn data_commitment(state: &SettlementState, ops: &[Op]) -> Result<Fr, Witnes
         })
         .max()
         .unwrap_or(0)
-        .max(register_risk(state, &p.instrument_ids).div_ceil(RISK_CHUNK));
+        .max(register_risk(state, &p.instrument_ids));
     // The smallest shape that holds the batch.
     let shape = Shape {
         slots: p.slot_ops.len(),
@@ -1024,15 +1024,14 @@ pub fn data_commitment(state: &SettlementState, ops: &[Op]) -> Result<Fr, Witnes
     Ok(commitment(&witness(state, ops, shape)?))
 }
 
-/// The longest committed risk array among `instruments` (those listed by the batch have none).
-/// The most values a register's instrument hashes with its mark (the index and the risk
-/// array; none without a mark).
+/// The most chunks of `RISK_CHUNK` any of `instruments` hashes with its committed mark (the
+/// index and the risk array; none without a mark, as for those the batch lists).
 fn register_risk(state: &SettlementState, instruments: &BTreeSet<u32>) -> usize {
     let existing = state.instruments();
     instruments
         .iter()
         .filter_map(|&id| existing.get(id as usize))
-        .map(|x| register_chunks(x) * RISK_CHUNK)
+        .map(register_chunks)
         .max()
         .unwrap_or(0)
 }
@@ -1354,9 +1353,9 @@ fn plan<'a>(
         ("price windows", price_runs.len(), shape.prices),
         ("solvency windows", solvency_runs.len(), shape.solvency),
         (
-            "risk values (index and scenarios) of a register's instrument",
+            "risk chunks (index and scenarios) of a register's instrument",
             register_risk(state, &instrument_ids),
-            shape.risk_chunks.saturating_mul(RISK_CHUNK),
+            shape.risk_chunks,
         ),
     ] {
         if used > room {
