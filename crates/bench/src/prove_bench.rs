@@ -191,7 +191,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         "  per account slot (a session key, {KEYS} keys an account may hold; or a margin mode) {per_key:>8}"
     );
     println!(
-        "  per margin slot (a withdrawal or transfer priced, or a Portfolio account after its fills; 16/16/16/8 regs) {per_margin:>8}"
+        "  per margin slot (a withdrawal or transfer priced, or a Portfolio or Standard account after its fills; 16/16/16/8 regs) {per_margin:>8}"
     );
     // Solvency after fills: an account whose every position is in a register is priced from
     // the registers (in the register costs above); one holding a position the batch does not

@@ -118,6 +118,14 @@ impl<M: MarginModel> Engine<M> {
         if state.risk.pm_short_option_floor_bps < optio_types::PROVEN_PM_SHORT_OPTION_FLOOR_BPS {
             return Err(bad("short-option floor below the proven rate"));
         }
+        if state
+            .risk
+            .perp_maintenance_bps
+            .min(state.risk.perp_initial_bps)
+            < optio_types::PROVEN_STANDARD_PERP_MAINTENANCE_BPS
+        {
+            return Err(bad("perpetual margin below the proven maintenance rate"));
+        }
         let mut engine = Engine::with_config(state.limits, state.risk, margin);
         for o in &state.oracles {
             if !o.index_price.is_positive() || engine.oracles.contains_key(&o.underlying) {

@@ -155,7 +155,8 @@ impl<M: MarginModel> Engine<M> {
     /// could prove such a fee), or `risk.pm_maintenance_bps` is below
     /// `PROVEN_PM_MAINTENANCE_BPS` or `risk.pm_short_option_floor_bps` below
     /// `PROVEN_PM_SHORT_OPTION_FLOOR_BPS` (a validity proof would refuse some of its `Portfolio`
-    /// fills).
+    /// fills), or `risk.perp_maintenance_bps` or `risk.perp_initial_bps` below
+    /// `PROVEN_STANDARD_PERP_MAINTENANCE_BPS` (some of its `Standard` fills).
     pub fn with_config(limits: EngineLimits, risk: RiskConfig, margin: M) -> Self {
         assert!(
             risk.liquidation_fee_bps <= optio_types::MAX_LIQUIDATION_FEE_BPS,
@@ -171,6 +172,13 @@ impl<M: MarginModel> Engine<M> {
             risk.pm_short_option_floor_bps >= optio_types::PROVEN_PM_SHORT_OPTION_FLOOR_BPS,
             "short-option floor of {} bps below the proven rate",
             risk.pm_short_option_floor_bps
+        );
+        assert!(
+            risk.perp_maintenance_bps.min(risk.perp_initial_bps)
+                >= optio_types::PROVEN_STANDARD_PERP_MAINTENANCE_BPS,
+            "perpetual margin of {}/{} bps (initial/maintenance) below the proven maintenance rate",
+            risk.perp_initial_bps,
+            risk.perp_maintenance_bps
         );
         Self {
             margin,
@@ -668,11 +676,11 @@ impl<M: MarginModel> Engine<M> {
                 }
                 let fill = remaining.min(available);
                 let accounts = [(taker, true), (o.account, true)];
-                // A Portfolio maker whose positions no proof could hold beside the taker's
-                // would block the book: its order is cancelled.
+                // A Portfolio or Standard maker whose positions no proof could hold beside the
+                // taker's would block the book: its order is cancelled.
                 if bounded
                     && self.accounts[o.account.0 as usize].mode
-                        == optio_types::MarginMode::Portfolio
+                        != optio_types::MarginMode::WorstCase
                     && !self.admit_fill(&mut FillCount::default(), accounts, instrument, true)
                     && self.admit_fill(
                         &mut FillCount::default(),
@@ -750,10 +758,10 @@ impl<M: MarginModel> Engine<M> {
             let others = acct.positions.iter().filter(|(i, slot)| {
                 **i != instrument && self.positions[**slot as usize].exposure.position.0 != 0
             });
-            // A fill's Portfolio account is proven maintained after the batch (the prover's
-            // end slot): a margin slot, and every position it holds in the registers, which
-            // also price its solvency (no window).
-            if trade && acct.mode == optio_types::MarginMode::Portfolio {
+            // A fill's Portfolio or Standard account is proven maintained after the batch (the
+            // prover's end slot): a margin slot, and every position it holds in the registers,
+            // which also price its solvency (no window).
+            if trade && acct.mode != optio_types::MarginMode::WorstCase {
                 margins += 1;
                 for (i, _) in others {
                     positions += 1;

@@ -9,6 +9,8 @@
 use optio_types::{
     AccountId, Amount, Event, Exposure, InstrumentId, InstrumentKind, InstrumentStatus, MarginMode,
     MarginModel, OptionRight, OracleUpdate, Price, QTY_SCALE, RejectCode,
+    STANDARD_SHORT_OPTION_INITIAL_BPS, STANDARD_SHORT_OPTION_MAINTENANCE_BPS,
+    STANDARD_SHORT_OPTION_MIN_INITIAL_BPS,
 };
 
 use crate::engine::{Engine, InstrumentState};
@@ -226,10 +228,13 @@ impl<M: MarginModel> Engine<M> {
                                 OptionRight::Call => (k - s).max(0),
                                 OptionRight::Put => (s - k).max(0),
                             };
+                            // Rates of the index, rounded up (toward the system).
+                            let rate = |bps: u32| ceil_div(s * i128::from(bps), BPS);
                             let per_unit = if maintenance {
-                                s * 75 / 1_000
+                                rate(STANDARD_SHORT_OPTION_MAINTENANCE_BPS)
                             } else {
-                                (s * 15 / 100 - otm).max(s / 10)
+                                (rate(STANDARD_SHORT_OPTION_INITIAL_BPS) - otm)
+                                    .max(rate(STANDARD_SHORT_OPTION_MIN_INITIAL_BPS))
                             };
                             let per_contract = ceil_div(per_unit * mult, Q) + 2 * m;
                             ceil_div(-q * per_contract, Q)

@@ -34,8 +34,10 @@ pub use margin::{
 };
 pub use oracle::{
     MAX_LIQUIDATION_FEE_BPS, MarginMode, MarkUpdate, OracleUpdate, PROVEN_PM_MAINTENANCE_BPS,
-    PROVEN_PM_SHORT_OPTION_FLOOR_BPS, RiskConfig, SettlementUpdate, UpdateFormat,
-    max_liquidation_fee, stress_range,
+    PROVEN_PM_SHORT_OPTION_FLOOR_BPS, PROVEN_STANDARD_PERP_MAINTENANCE_BPS, RiskConfig,
+    STANDARD_SHORT_OPTION_INITIAL_BPS, STANDARD_SHORT_OPTION_MAINTENANCE_BPS,
+    STANDARD_SHORT_OPTION_MIN_INITIAL_BPS, SettlementUpdate, UpdateFormat, max_liquidation_fee,
+    stress_range,
 };
 pub use reject::RejectCode;
 pub use state::{CanonicalState, EngineLimits, FillBudget, MarkWindows, ProofLimits, SettleBudget};

@@ -185,6 +185,28 @@ pub const PROVEN_PM_MAINTENANCE_BPS: u32 = 8_000;
 /// position, implies it at any rate up to its own, so that setting may not be below it.
 pub const PROVEN_PM_SHORT_OPTION_FLOOR_BPS: u32 = 100;
 
+/// `Standard` margin's maintenance per short option contract, basis points of the index
+/// (times the multiplier), on top of twice the mark (the value owed and one more): the
+/// engine's fixed rate, which the validity circuit proves of every `Standard` account that
+/// trades (`SettlementState::maintained`).
+pub const STANDARD_SHORT_OPTION_MAINTENANCE_BPS: u32 = 750;
+
+/// `Standard` margin's initial requirement per short option contract, basis points of the
+/// index: this rate less the option's out-of-the-money amount, at least
+/// `STANDARD_SHORT_OPTION_MIN_INITIAL_BPS` (each above the maintenance rate, so an account
+/// that meets its initial margin is maintained).
+pub const STANDARD_SHORT_OPTION_INITIAL_BPS: u32 = 1_500;
+
+/// The least `Standard` initial requirement per short option contract, basis points of the
+/// index.
+pub const STANDARD_SHORT_OPTION_MIN_INITIAL_BPS: u32 = 1_000;
+
+/// The perpetual maintenance rate the validity circuit proves of every `Standard` account that
+/// trades: `ceil(|q| * mark * rate / (1e4 * 1e8))` per perpetual position, beside its value. The
+/// engine's `RiskConfig::perp_maintenance_bps` and `perp_initial_bps` may not be below it (its
+/// makers fill at maintenance, its takers at initial margin).
+pub const PROVEN_STANDARD_PERP_MAINTENANCE_BPS: u32 = 500;
+
 /// The most a liquidation of `qty` contracts (either sign) of `spec` may charge the liquidated
 /// account: `ceil(|qty| * floor(cap * multiplier / 1e8) * MAX_LIQUIDATION_FEE_BPS / (1e4 *
 /// 1e8))`, what the validity circuit allows (the engine's fee at a rate no higher, at an index

@@ -179,13 +179,15 @@ pub struct FillBudget {
     pub prices: u32,
     /// A window spans `2^window_bits` instrument ids.
     pub window_bits: u32,
-    /// Margin slots: one per `Portfolio` account a fill names as maker or taker (the proof
-    /// checks its maintenance after the batch).
+    /// Margin slots: one per `Portfolio` or `Standard` account a fill names as maker or taker
+    /// (the proof checks its maintenance after the batch).
     pub margins: u32,
     /// Position registers: one per account for the traded instrument, and one for every other
-    /// position of a `Portfolio` account that trades (its maintenance prices them all).
+    /// position of a `Portfolio` or `Standard` account that trades (its maintenance prices them
+    /// all).
     pub positions: u32,
-    /// Instrument registers: the traded one, and those of a `Portfolio` account's positions.
+    /// Instrument registers: the traded one, and those of a `Portfolio` or `Standard` account's
+    /// positions.
     pub instruments: u32,
 }
 
@@ -785,6 +787,13 @@ fn decode_risk(r: &mut Reader<'_>) -> Result<RiskConfig, DecodeError> {
     if risk.pm_short_option_floor_bps < crate::oracle::PROVEN_PM_SHORT_OPTION_FLOOR_BPS {
         return Err(DecodeError::Invalid(
             "short-option floor below the proven rate",
+        ));
+    }
+    if risk.perp_maintenance_bps.min(risk.perp_initial_bps)
+        < crate::oracle::PROVEN_STANDARD_PERP_MAINTENANCE_BPS
+    {
+        return Err(DecodeError::Invalid(
+            "perpetual margin below the proven maintenance rate",
         ));
     }
     Ok(risk)

@@ -64,22 +64,26 @@
 //! - such an account, or one whose margin mode the batch changed, that ends the batch in
 //!   `WorstCase` covers what its shorts can owe at worst: `collateral * 1e8 >= liability`, the
 //!   engine's invariant for the mode (its requirement rounds each short up);
-//! - a fill's maker or taker that ends the batch in `Portfolio` meets the maintenance rule
-//!   after it, at the committed marks and risk arrays, every position it holds in a register
-//!   (an end margin slot): `collateral * 1e8 * 1e4 + sum_i q_i * (mark_i * 1e4 + RA_i[s] *
-//!   PROVEN_PM_MAINTENANCE_BPS)` covers its short options' floor (`ceil(rate * weight * sum
-//!   short_i * index_i * multiplier_i / 1e12)`, at each option's committed index) in every
-//!   scenario and the no-move one, which the engine's maintenance at the fill (a maker's) or
-//!   initial margin (a taker's) implies;
+//! - a fill's maker or taker that ends the batch in `Portfolio` or `Standard` meets its mode's
+//!   maintenance rule after it, at the committed marks, indices and risk arrays, every position
+//!   it holds in a register (an end margin slot), which the engine's maintenance at the fill (a
+//!   maker's) or initial margin (a taker's) implies. In `Portfolio`: `collateral * 1e8 * 1e4 +
+//!   sum_i q_i * (mark_i * 1e4 + RA_i[s] * PROVEN_PM_MAINTENANCE_BPS)` covers its short options'
+//!   floor (`ceil(rate * weight * sum short_i * index_i * multiplier_i / 1e12)`, at each
+//!   option's committed index) in every scenario and the no-move one. In `Standard`:
+//!   `collateral * 1e8 * 1e4 + sum_perpetuals (q_i * 1e4 - |q_i| *
+//!   PROVEN_STANDARD_PERP_MAINTENANCE_BPS) * mark_i - sum_options short_i * mark_i * 1e4 * (2,
+//!   or 1 once settled)` covers `ceil(STANDARD_SHORT_OPTION_MAINTENANCE_BPS * 1e4 * sum short_i
+//!   * index_i * multiplier_i / 1e12)`;
 //! - a mark window replaces the mark, index (positive, below 2^63) and risk array (the index
 //!   and array hashed in the circuit) of the instruments it marks (none settled) among an aligned run of `2^mark_window_bits` ids: the run's subtree is rebuilt
 //!   from its leaves before and after, under one path, so the marks share the path above it;
 //!   windows in use come first, by index, so the marks enter the commitment by id.
 //!
-//! Not in the circuit (README, "Validity proofs"): a margin check after fills in `Standard` (its
-//! formula, piecewise in the option's moneyness: the circuit checks solvency there;
-//! docs/settlement.md, "Margin by mode"); fills against the maker's and taker's signed order
-//! limits (the authorization challenge judges those on L1).
+//! Not in the circuit (README, "Validity proofs"): `Standard`'s initial margin (piecewise in the
+//! option's moneyness; its maintenance, which initial margin implies, is proven); fills against
+//! the maker's and taker's signed order limits (the authorization challenge judges those on
+//! L1).
 
 use ark_ff::{BigInteger, PrimeField};
 use ark_relations::gr1cs::{ConstraintSynthesizer, ConstraintSystemRef, SynthesisError};
@@ -92,7 +96,8 @@ use optio_state::smt::empty_root;
 use optio_types::fixed::FEE_RATE_SCALE;
 use optio_types::{
     MAX_LIQUIDATION_FEE_BPS, MarginMode, PROVEN_PM_MAINTENANCE_BPS,
-    PROVEN_PM_SHORT_OPTION_FLOOR_BPS, QTY_SCALE,
+    PROVEN_PM_SHORT_OPTION_FLOOR_BPS, PROVEN_STANDARD_PERP_MAINTENANCE_BPS, QTY_SCALE,
+    STANDARD_SHORT_OPTION_MAINTENANCE_BPS,
 };
 
 use optio_state::blob::bits as at;
@@ -201,6 +206,19 @@ struct InstrumentWires {
     /// `index * multiplier` for an option (its committed index: none once settled), 0 for a
     /// perpetual: a short contract's floor before the rate and weight.
     floor_unit: Wire,
+    /// The `Standard` maintenance rule's terms per contract before the index's: times a
+    /// position's quantity, `mark * (1e4 - PROVEN_STANDARD_PERP_MAINTENANCE_BPS)` for a
+    /// perpetual (0 for an option); less, times its short part, `2 *
+    /// PROVEN_STANDARD_PERP_MAINTENANCE_BPS * mark` for a perpetual and `mark * 1e4 * (2, or 1
+    /// once settled)` for an option.
+    standard_q: Wire,
+    standard_short: Wire,
+}
+
+/// An account register's margin mode after the batch, as flags (`Standard` is neither).
+struct Modes {
+    worst_case: Wire,
+    portfolio: Wire,
 }
 
 /// The state right after one op slot, for the margin slots.
@@ -497,10 +515,18 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
         let high = mark.add(&scenario_value(cs, &risk, i.high)?);
         let fee_reference = fee_reference(cs, &spec)?;
         let max_payoff = max_payoff(cs, &spec)?;
-        let floor_unit = cs.mul(
-            &cs.mul(&index, &spec.multiplier)?,
-            &spec.is_call.add(&spec.is_put),
-        )?;
+        let option = spec.is_call.add(&spec.is_put);
+        let floor_unit = cs.mul(&cs.mul(&index, &spec.multiplier)?, &option)?;
+        let perp_bps = Fr::from(u64::from(PROVEN_STANDARD_PERP_MAINTENANCE_BPS));
+        let perp_mark = cs.mul(&mark, &not(&option))?;
+        let option_mark = mark.sub(&perp_mark);
+        let live = cs.is_nonzero(&status.sub(&Wire::constant(Fr::from(status::SETTLED))))?;
+        let standard_q = perp_mark.scale(Fr::from(BPS) - perp_bps);
+        let standard_short = perp_mark.scale(perp_bps + perp_bps).add(
+            &option_mark
+                .add(&cs.mul(&option_mark, &live)?)
+                .scale(Fr::from(BPS)),
+        );
         instruments.push(InstrumentWires {
             id,
             maker_rate: spec.maker_rate,
@@ -508,6 +534,8 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
             fee_reference,
             max_payoff,
             floor_unit,
+            standard_q,
+            standard_short,
             status,
             enabled,
             used: Wire::zero(),
@@ -566,7 +594,10 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
         let (mode, worst_case, portfolio) =
             mode_code(cs, a.mode.value.into_bigint().as_ref()[0] as u8)?;
         cs.equal(&mode, &a.mode)?;
-        modes.push((worst_case, portfolio));
+        modes.push(Modes {
+            worst_case,
+            portfolio,
+        });
     }
     // Which instrument register prices each position register.
     let mut prices = Vec::with_capacity(st.positions.len());
@@ -578,8 +609,7 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
         }
         prices.push(row);
     }
-    let portfolio: Vec<Wire> = modes.iter().map(|m| m.1.clone()).collect();
-    margin_slots(cs, w, &st, &prices, &portfolio)?;
+    margin_slots(cs, w, &st, &prices, &modes)?;
 
     cs.part("the positions' write-back".into());
     let mut nz_end = Vec::with_capacity(w.positions.len());
@@ -634,7 +664,7 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
     cs.part("the accounts' write-back".into());
     let empty_positions = Wire::constant(empty_root(INSTRUMENT_DEPTH));
     let accounts = st.accounts.iter().zip(open_after).zip(&filled).zip(&modes);
-    for (k, (((a, count), filled), (worst_case, _))) in accounts.enumerate() {
+    for (k, (((a, count), filled), Modes { worst_case, .. })) in accounts.enumerate() {
         // An opened account starts empty, and exactly one OPEN op named it.
         for (field, value) in [
             (&a.owner0, Wire::zero()),
@@ -1408,14 +1438,19 @@ fn signed_order(v: Fr) -> <Fr as PrimeField>::BigInt {
 /// All of them are priced: the account's registers hold every position it held before the
 /// batch (the write-back checks their count against its leaf) and those the batch opened, and
 /// each register's instrument is loaded with its committed mark and risk array.
+/// And the `Standard` maintenance rule, once for each account that traded and ends the batch in
+/// `Standard` (an `end` slot too): after the batch, `collateral * 1e8 * 1e4 + sum_perpetuals
+/// (q_i * 1e4 - |q_i| * PROVEN_STANDARD_PERP_MAINTENANCE_BPS) * mark_i - sum_options short_i *
+/// mark_i * 1e4 * (2, or 1 once settled)` covers `ceil(STANDARD_SHORT_OPTION_MAINTENANCE_BPS *
+/// 1e4 * sum_i short_i * index_i * multiplier_i / 1e12)` over its short options.
 /// `prices[r][i]`: instrument register `i` prices position register `r` (same id, in use);
-/// `portfolio[k]`: account register `k` ends the batch in `Portfolio`.
+/// `modes[k]`: account register `k`'s margin mode after the batch.
 fn margin_slots(
     cs: &Cs,
     w: &BatchWitness,
     st: &Running,
     prices: &[Vec<Wire>],
-    portfolio: &[Wire],
+    modes: &[Modes],
 ) -> R<()> {
     // The index takes the first of the hashed places.
     let scenarios = (w.shape.risk_chunks * RISK_CHUNK).saturating_sub(1);
@@ -1433,6 +1468,25 @@ fn margin_slots(
     let floor_rate = Fr::from(
         u64::from(PROVEN_PM_SHORT_OPTION_FLOOR_BPS) * u64::from(PROVEN_PM_MAINTENANCE_BPS),
     );
+    let standard_rate = Fr::from(u64::from(STANDARD_SHORT_OPTION_MAINTENANCE_BPS) * BPS);
+    // Each position register's `Standard` terms as the batch leaves it, but for the index's.
+    let standard: Vec<Wire> = prices
+        .iter()
+        .zip(&st.positions)
+        .map(|(row, q)| {
+            let per_q = pick(cs, row, st.instruments.iter().map(|i| i.standard_q.clone()))?;
+            let per_short = pick(
+                cs,
+                row,
+                st.instruments.iter().map(|i| i.standard_short.clone()),
+            )?;
+            Ok(cs.mul(&q.qty, &per_q)?.sub(&cs.mul(&q.short, &per_short)?))
+        })
+        .collect::<R<_>>()?;
+    let standard_mode: Vec<Wire> = modes
+        .iter()
+        .map(|m| not(&m.worst_case.add(&m.portfolio)))
+        .collect();
     for m in &w.margins {
         let enabled = cs.boolean(m.enabled)?;
         // A flat slot proves instead that a deficit cover's account holds no position; an end
@@ -1463,6 +1517,8 @@ fn margin_slots(
         cs.equal(&covered, &flat)?;
         let margined = pick(cs, &sel_a, st.accounts.iter().map(|a| a.margined.clone()))?;
         cs.equal(&margined, &enabled)?;
+        // An end slot of an account that ends the batch in Standard.
+        let in_standard = cs.mul(&end, &pick(cs, &sel_a, standard_mode.iter().cloned())?)?;
         // (A flat slot prices nothing: its collateral, in deficit, counts as zero.) An end
         // slot's account as the batch leaves it.
         let collateral = pick(cs, &sel_k, st.snapshots.iter().map(|x| x.a_after.clone()))?;
@@ -1473,6 +1529,7 @@ fn margin_slots(
         let account = index_of(&sel_a);
         let mut held = vec![Wire::zero(); st.instruments.len()];
         let mut floor = Wire::zero();
+        let mut standard_terms = Wire::zero();
         for (r, q) in st.positions.iter().enumerate() {
             let qty = pick(cs, &sel_k, st.snapshots.iter().map(|x| x.qty[r].clone()))?;
             let qty = qty.add(&cs.mul(&end, &q.qty)?);
@@ -1485,16 +1542,23 @@ fn margin_slots(
             for (h, price) in held.iter_mut().zip(&prices[r]) {
                 *h = h.add(&cs.mul(price, &mine)?);
             }
-            // An end slot's short options as the batch leaves them, for their floor.
-            let short = cs.mul(&cs.mul(&belongs, &end)?, &q.short)?;
+            // An end slot's positions as the batch leaves them: its short options for their
+            // floor, all of them for the Standard rule.
+            let at_end = cs.mul(&belongs, &end)?;
+            let short = cs.mul(&at_end, &q.short)?;
             floor = floor.add(&cs.mul(&short, &units[r])?);
+            standard_terms = standard_terms.add(&cs.mul(&at_end, &standard[r])?);
         }
-        // The floor in the totals' unit (1e-12 micro-USDC), rounded up: terms below 2^196, the
-        // sum times the rate and weight below 2^216, the quotient below 2^180.
+        // The floor in the totals' unit (1e-12 micro-USDC), rounded up, at the rate of the
+        // mode: terms below 2^196, the sum times a rate below 2^219, the quotient below 2^180.
         const TOTAL_UNIT: u64 = 1_000_000_000_000;
+        let rated = floor.scale(floor_rate).add(
+            &cs.mul(&in_standard, &floor)?
+                .scale(standard_rate - floor_rate),
+        );
         let floor = floor_div(
             cs,
-            &floor.scale(floor_rate).add_const(Fr::from(TOTAL_UNIT - 1)),
+            &rated.add_const(Fr::from(TOTAL_UNIT - 1)),
             TOTAL_UNIT,
             180,
         )?;
@@ -1502,8 +1566,12 @@ fn margin_slots(
             collateral.scale(Fr::from(QTY_SCALE as u64)),
             |acc, (q, i)| Ok::<_, SynthesisError>(acc.add(&cs.mul(q, &i.mark)?)),
         )?;
-        // Scaled by 1e4 in an end slot.
+        // Scaled by 1e4 in an end slot; in a Standard one, that rule's total instead.
         let base = base.add(&cs.mul(&end, &base)?.scale(Fr::from(BPS - 1)));
+        let standard_total = collateral
+            .scale(Fr::from(QTY_SCALE as u64 * BPS))
+            .add(&standard_terms);
+        let base = base.add(&cs.mul(&in_standard, &standard_total.sub(&base))?);
         let mut totals = vec![base.clone()];
         for s in 0..scenarios {
             let moved = held
@@ -1516,21 +1584,25 @@ fn margin_slots(
             let moved = moved.add(&cs.mul(&end, &moved)?.scale(weight - Fr::from(1u64)));
             totals.push(base.add(&moved));
         }
-        // Money that left leaves every total non-negative; a Portfolio account that traded,
-        // every total at or above its short options' floor (none in other slots).
+        // Money that left leaves every total non-negative; an account that traded, every
+        // total of its mode's rule at or above its short options' floor (none in other slots):
+        // Standard has no scenarios.
         let bound = out.add(&end);
-        for total in &totals {
-            cs.range(&cs.mul(&bound, &total.sub(&floor))?, MARGIN_BITS)?;
+        let moved_bound = bound.sub(&in_standard);
+        for (s, total) in totals.iter().enumerate() {
+            let bound = if s == 0 { &bound } else { &moved_bound };
+            cs.range(&cs.mul(bound, &total.sub(&floor))?, MARGIN_BITS)?;
         }
     }
     // Every op that takes money out and every deficit cover has exactly one margin slot.
     for ((c, x), n) in checked.iter().zip(&st.snapshots).zip(&needs) {
         cs.equal(c, &n.add(&x.covered))?;
     }
-    // Every account that traded and ends the batch in Portfolio has exactly one end slot.
-    for ((n, a), p) in maintained.iter().zip(&st.accounts).zip(portfolio) {
+    // Every account that traded and ends the batch in Portfolio or Standard has exactly one end
+    // slot.
+    for ((n, a), m) in maintained.iter().zip(&st.accounts).zip(modes) {
         let traded = cs.is_nonzero(&a.traded)?;
-        cs.equal(n, &cs.mul(&traded, p)?)?;
+        cs.equal(n, &cs.mul(&traded, &not(&m.worst_case))?)?;
     }
     Ok(())
 }

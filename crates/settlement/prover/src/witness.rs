@@ -173,8 +173,8 @@ impl Shape {
     /// The engine's fill budget for batches of this shape (`EngineLimits::fill_budget`): the
     /// fills of one order, alone in a batch, fit it (one op slot, one account and one position
     /// register each account, the solvency and price windows of the accounts priced in them; a
-    /// `Portfolio` account's margin slot and registers for all its positions), so that no order
-    /// makes an input that cannot be proven.
+    /// `Portfolio` or `Standard` account's margin slot and registers for all its positions), so
+    /// that no order makes an input that cannot be proven.
     pub fn fill_budget(&self) -> optio_types::FillBudget {
         let bound = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         optio_types::FillBudget {
@@ -342,15 +342,15 @@ pub struct InstrumentReg {
 /// A margin slot: the op slot whose money leaves an account, and the account's register. The
 /// circuit prices the account's positions as they stand right after that op; or, for a deficit
 /// cover (`flat`), proves that the account holds none; or, for an account that traded and ends
-/// the batch in `Portfolio` (`end`, with no op slot), prices them as the batch leaves them
-/// against the maintenance rule.
+/// the batch in `Portfolio` or `Standard` (`end`, with no op slot), prices them as the batch
+/// leaves them against its mode's maintenance rule.
 #[derive(Debug, Clone, Default)]
 pub struct MarginSlot {
     /// Used.
     pub enabled: bool,
     /// A deficit cover's: the account holds no position.
     pub flat: bool,
-    /// A `Portfolio` account's maintenance after the batch.
+    /// A `Portfolio` or `Standard` account's maintenance after the batch.
     pub end: bool,
     /// The op slot (none for an end slot).
     pub slot: Option<usize>,
@@ -956,8 +956,8 @@ struct Plan<'a> {
     /// Op slots (indices into `slot_ops`) whose money leaves an account, or that cover its deficit
     /// (`true`: it must hold no position), and that account.
     margin_slots: Vec<(usize, u32, bool)>,
-    /// Accounts that traded (a fill's maker or taker) and end the batch in `Portfolio`: an end
-    /// slot each, after the margin slots.
+    /// Accounts that traded (a fill's maker or taker) and end the batch in `Portfolio` or
+    /// `Standard`: an end slot each, after the margin slots.
     maintained: BTreeSet<u32>,
     /// Accounts that filled (checked solvent at the batch's end), and those of them whose
     /// positions the registers price.
@@ -1277,15 +1277,15 @@ fn plan<'a>(
                 .unwrap_or(0),
         ));
     }
-    // A Portfolio account that traded is priced after the batch against the maintenance rule,
-    // all its positions in the registers.
+    // A Portfolio or Standard account that traded is priced after the batch against its mode's
+    // maintenance rule, all its positions in the registers.
     let maintained: BTreeSet<u32> = traded
         .into_iter()
         .filter(|a| {
             let before = accounts
                 .get(*a as usize)
                 .map_or(MarginMode::WorstCase, |x| x.mode);
-            modes.get(a).copied().unwrap_or(before) == MarginMode::Portfolio
+            modes.get(a).copied().unwrap_or(before) != MarginMode::WorstCase
         })
         .collect();
     for &account in &maintained {

@@ -2636,9 +2636,11 @@ fn mark_windows_cannot_be_forged() {
 
 /// A batch whose fill leaves an account with equity below zero at the committed marks cannot
 /// be proven, and does not apply natively: an operator trading between accounts it controls at
-/// a price far from the mark cannot leave one of them bankrupt for the waterfall to cover. The
-/// rule reads the account at the batch's end: a deposit in the same batch that brings its
-/// equity back to exactly zero proves, a micro-USDC less does not.
+/// a price far from the mark cannot leave one of them bankrupt for the waterfall to cover. In
+/// `Standard` the account is held to more, its maintenance after the batch (so the proof
+/// refuses it at its end slot, before the solvency rule; natively it is `Insolvent`). The rule
+/// reads the account at the batch's end: a deposit in the same batch that brings it to exactly
+/// its maintenance (5% of 2,000,000 of perpetuals) proves, a micro-USDC less does not.
 #[test]
 fn a_fill_that_leaves_its_account_insolvent_cannot_be_proven() {
     let state = marked(&genesis(2), 0, 100_000 * MONEY_SCALE);
@@ -2650,33 +2652,36 @@ fn a_fill_that_leaves_its_account_insolvent_cannot_be_proven() {
     assert!(w.accounts[0].registers_price && w.accounts[1].registers_price);
     assert!(w.solvency.iter().all(|s| !s.enabled));
     let at = refused_at(&w);
-    assert!(at.starts_with("solvency"), "refused at {at}");
+    assert!(at.starts_with("margin slots"), "refused at {at}");
     let mut native = state.clone();
     assert_eq!(
         native.apply_batch(std::slice::from_ref(&fill)),
         Err(StateError::Insolvent(0))
     );
     assert_eq!(native.commit(), state.root(), "nothing applied");
-    // The deposit that leaves its equity at exactly zero.
+    // The deposit that leaves its equity at exactly its maintenance.
     let deposit = |amount| Op::Deposit {
         account: AccountId(1),
         amount: Amount(amount),
     };
     let plenty = after(&state, &[fill.clone(), deposit(1_000_000 * MONEY_SCALE)]);
     let equity = plenty.equity(AccountId(1)).expect("known") / i128::from(QTY_SCALE);
-    let exact = 1_000_000 * MONEY_SCALE - equity as i64;
+    let exact = 1_100_000 * MONEY_SCALE - equity as i64;
     let ops = [fill.clone(), deposit(exact)];
-    check(&batch_of(&state, &ops)).expect("equity of exactly zero");
-    assert_eq!(after(&state, &ops).equity(AccountId(1)), Some(0));
+    check(&batch_of(&state, &ops)).expect("equity of exactly its maintenance");
+    assert_eq!(
+        after(&state, &ops).equity(AccountId(1)),
+        Some(i128::from(100_000 * MONEY_SCALE) * i128::from(QTY_SCALE))
+    );
     let short = [fill, deposit(exact - 1)];
     let at = refused_at(&batch_of(&state, &short));
     assert!(
-        at.starts_with("solvency"),
+        at.starts_with("margin slots"),
         "a micro-USDC short: refused at {at}"
     );
     assert_eq!(
         state.clone().apply_batch(&short),
-        Err(StateError::Insolvent(0))
+        Err(StateError::Unmaintained(0))
     );
 }
 
@@ -2721,8 +2726,21 @@ fn solvency_windows_cannot_be_forged() {
     let state = marked(&genesis(2), 0, 100_000 * MONEY_SCALE);
     let state = marked(&state, 1, 5_000 * MONEY_SCALE);
     // Account 1 holds calls from an earlier batch, and buys perpetuals in this one; account 0
-    // is short both.
+    // is short both. Both in WorstCase, fully collateralized (an account in another mode that
+    // trades is priced in full from the registers, for its maintenance).
     let state = after(&state, &[fill_of(1, Side::Buy, 5_000, 3)]);
+    let mut funded = Vec::new();
+    for a in [0, 1] {
+        funded.push(Op::Deposit {
+            account: AccountId(a),
+            amount: Amount(10_000_000 * MONEY_SCALE),
+        });
+        funded.push(Op::SetMarginMode {
+            account: AccountId(a),
+            mode: MarginMode::WorstCase,
+        });
+    }
+    let state = after(&state, &funded);
     let ops = [perp_fill(Side::Buy, 2)];
     // Windows of one id each, so that each account takes two.
     let shape = Shape {
@@ -3032,16 +3050,16 @@ fn marked_in(mode: MarginMode) -> SettlementState {
 /// Account 0 (1,000,000) sells perpetuals at their mark of 100,000: in the +30% scenario each
 /// short loses 30,000, weighed 0.8, so 41 are maintained (a loss of 984,000, less than its
 /// collateral and the maker's rebates) and 42 are refused at the margin slots and natively
-/// (`Unmaintained`); the same 42 prove in `Standard` (solvency), and when the batch switches
-/// the account to `Portfolio` after the fill they are refused again (the mode the batch leaves).
-/// A witness without the account's end slot is refused, and so is one with an end slot for an
-/// account in `Standard`.
+/// (`Unmaintained`); the same 42 prove in `Standard` (5% of their notional, 210,000), and when
+/// the batch switches the account to `Portfolio` after the fill they are refused again (the
+/// mode the batch leaves). A witness without the account's end slot is refused, and so is one
+/// with a second end slot for it. (The taker, in `Standard`, has an end slot too.)
 #[test]
 fn a_portfolio_account_that_trades_ends_its_batch_maintained() {
     let state = marked_in(MarginMode::Portfolio);
     let sell = |contracts: i64| fill_of(0, Side::Buy, 100_000, contracts);
     let w = batch_of(&state, &[sell(41)]);
-    assert_eq!(w.margins.iter().filter(|m| m.end).count(), 1);
+    assert_eq!(w.margins.iter().filter(|m| m.end).count(), 2);
     check(&w).expect("41 maintained");
     let short = batch_of(&state, &[sell(42)]);
     assert!(refused_at(&short).starts_with("margin slots"));
@@ -3068,41 +3086,151 @@ fn a_portfolio_account_that_trades_ends_its_batch_maintained() {
 
     // The end slot left out: the account still traded and ends in Portfolio.
     let mut w = batch_of(&state, &[sell(41)]);
-    let end = w.margins.iter().position(|m| m.end).expect("an end slot");
-    w.margins[end] = Default::default();
-    assert!(refused_at(&w).starts_with("margin slots"));
-    // A second end slot, for the taker, in Standard.
-    let mut w = batch_of(&state, &[sell(41)]);
-    let taker = w
+    let register = w
         .accounts
         .iter()
-        .position(|a| a.id == 1)
+        .position(|a| a.id == 0)
         .expect("a register");
+    let end = w
+        .margins
+        .iter()
+        .position(|m| m.end && m.account == Some(register))
+        .expect("an end slot");
+    w.margins[end] = Default::default();
+    assert!(refused_at(&w).starts_with("margin slots"));
+    // A second end slot for it.
+    let mut w = batch_of(&state, &[sell(41)]);
     let spare = w.margins.iter().position(|m| !m.enabled).expect("a spare");
     w.margins[spare] = w.margins[end].clone();
-    w.margins[spare].account = Some(taker);
-    w.accounts[taker].margined = true;
     assert!(refused_at(&w).starts_with("margin slots"));
+}
+
+/// The most contracts `ops(n)` may trade by the native rule (`apply_batch` succeeds up to it,
+/// fails past it, up to `high`), which the circuit must agree with: `n` proves, `n + 1` is
+/// refused at the margin slots, natively `Unmaintained` at the op `at`.
+fn maintained_up_to(
+    state: &SettlementState,
+    high: i64,
+    at: usize,
+    ops: impl Fn(i64) -> Vec<Op>,
+) -> i64 {
+    let fits = |n: i64| state.clone().apply_batch(&ops(n)).is_ok();
+    let (mut low, mut high) = (1, high);
+    assert!(fits(low) && !fits(high));
+    while high - low > 1 {
+        let mid = (low + high) / 2;
+        if fits(mid) {
+            low = mid;
+        } else {
+            high = mid;
+        }
+    }
+    check(&batch_of(state, &ops(low))).expect("maintained");
+    let over = batch_of(state, &ops(low + 1));
+    assert!(refused_at(&over).starts_with("margin slots"));
+    assert_eq!(
+        state.clone().apply_batch(&ops(low + 1)),
+        Err(StateError::Unmaintained(at))
+    );
+    low
+}
+
+/// A `Standard` account that trades ends its batch meeting the proven maintenance rule at the
+/// committed marks and indices, the engine's maintenance before its rounding: 5% of a
+/// perpetual's notional beside its value, and per short option twice its mark and 7.5% of the
+/// index (a long option counts nothing, a settled short option its value once). Account 0
+/// (1,000,000) trades at the mark each time, so its cash pays for its positions' value:
+/// - sells perpetuals at 100,000: 5,000 each, 200 maintained (201 refused), and buys as many;
+/// - writes calls at 1,000 with the index at 100,000: 1,000 brought in against 9,500 asked,
+///   1,000,000 / 8,500 = 117;
+/// - short 100 calls settled at a value of 2,000 each, but not yet paid, it sells perpetuals:
+///   the calls ask their value once (200,000) of its 1,100,000, so 180 (140 if they asked
+///   it twice).
+///
+/// In `Portfolio` the same account writes 1,250 calls (the floor test), far more. A long call
+/// needs no more than its price.
+#[test]
+fn a_standard_account_that_trades_ends_its_batch_maintained() {
+    // The taker (account 1, Standard too) funded for its side.
+    let funded = |state: &SettlementState| {
+        after(
+            state,
+            &[Op::Deposit {
+                account: AccountId(1),
+                amount: Amount(100_000_000 * MONEY_SCALE),
+            }],
+        )
+    };
+    let perps = funded(&marked_in(MarginMode::Standard));
+    let perp = |side: Side| move |n: i64| vec![fill_of(0, side, 100_000, n)];
+    assert_eq!(maintained_up_to(&perps, 1_000, 0, perp(Side::Buy)), 200);
+    assert_eq!(maintained_up_to(&perps, 1_000, 0, perp(Side::Sell)), 200);
+
+    let calls = funded(&after(
+        &genesis(2),
+        &[Op::Mark {
+            instrument: InstrumentId(1),
+            mark: Price(1_000 * MONEY_SCALE),
+            index: Price(100_000 * MONEY_SCALE),
+            risk: Vec::new(),
+        }],
+    ));
+    let write = |n: i64| vec![fill_of(1, Side::Buy, 1_000, n)];
+    assert_eq!(maintained_up_to(&calls, 1_000, 0, write), 117);
+    let buy = [fill_of(1, Side::Sell, 1_000, 1_000)];
+    check(&batch_of(&calls, &buy)).expect("a long call asks nothing more");
+    assert!(calls.clone().apply_batch(&buy).is_ok());
+
+    // 100 calls written at 1,000 (so 1,100,000 of cash), the perpetual marked at 100,000, the
+    // calls expired and settled at 102,000 (a value of 2,000) with no holder paid yet.
+    let mut settled = after(&calls, &write(100));
+    for ops in [
+        vec![Op::Mark {
+            instrument: InstrumentId(0),
+            mark: Price(100_000 * MONEY_SCALE),
+            index: Price(100_000 * MONEY_SCALE),
+            risk: Vec::new(),
+        }],
+        vec![Op::ExpireInstrument {
+            instrument: InstrumentId(1),
+        }],
+        vec![Op::SettleInstrument {
+            instrument: InstrumentId(1),
+            price: Price(102_000 * MONEY_SCALE),
+            insurance_credit: Amount(0),
+        }],
+    ] {
+        settled = after(&settled, &ops);
+    }
+    let sell = |n: i64| vec![fill_of(0, Side::Buy, 100_000, n)];
+    assert_eq!(maintained_up_to(&settled, 1_000, 0, sell), 180);
 }
 
 /// The `Portfolio` maintenance rule counts the short-option floor at the index committed with
 /// each option's mark: `PROVEN_PM_SHORT_OPTION_FLOOR_BPS` (1%) of the index per contract,
 /// weighed 0.8. Account 0 (1,000,000) writes calls at their mark of 1,000 with the index at
 /// 100,000 and no scenarios: each short's floor is 800, so 1,250 are maintained (the rebates
-/// add a little, not a call's floor) and 1,251 are refused in the circuit and natively; in
-/// `Standard` (no floor proven there) 1,251 prove. The same account long the calls owes no
-/// floor.
+/// add a little, not a call's floor) and 1,251 are refused in the circuit and natively (in
+/// `Standard`, which asks 9,500 a call, far fewer prove:
+/// `a_standard_account_that_trades_ends_its_batch_maintained`). The same account long the
+/// calls owes no floor. (The taker, in `Standard`, is funded for its side.)
 #[test]
 fn a_portfolio_writer_covers_its_short_option_floor() {
     let marked = |mode: MarginMode| {
         let state = after(
             &genesis(2),
-            &[Op::Mark {
-                instrument: InstrumentId(1),
-                mark: Price(1_000 * MONEY_SCALE),
-                index: Price(100_000 * MONEY_SCALE),
-                risk: Vec::new(),
-            }],
+            &[
+                Op::Mark {
+                    instrument: InstrumentId(1),
+                    mark: Price(1_000 * MONEY_SCALE),
+                    index: Price(100_000 * MONEY_SCALE),
+                    risk: Vec::new(),
+                },
+                Op::Deposit {
+                    account: AccountId(1),
+                    amount: Amount(100_000_000 * MONEY_SCALE),
+                },
+            ],
         );
         after(
             &state,
@@ -3136,7 +3264,10 @@ fn a_portfolio_writer_covers_its_short_option_floor() {
         Err(StateError::Unmaintained(0))
     );
     assert_eq!(native.commit(), state.root(), "nothing applied");
-    check(&batch_of(&marked(MarginMode::Standard), &write(1_251))).expect("Standard");
+    assert_eq!(
+        marked(MarginMode::Standard).apply_batch(&write(1_251)),
+        Err(StateError::Unmaintained(0))
+    );
     // Buying them instead: no floor.
     let buy = [fill_of(1, Side::Sell, 1_000, 1_251)];
     check(&batch_of(&state, &buy)).expect("a long owes no floor");

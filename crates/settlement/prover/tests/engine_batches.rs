@@ -1141,6 +1141,107 @@ fn a_portfolio_writer_at_the_engines_limit_proves_its_floor() {
     assert!(ends >= 2, "{ends} end slots");
 }
 
+/// A `Standard` maker is filled only while it meets its maintenance (`7.5%` of the index per
+/// short call, and twice the mark), the rule the proof holds it to in its end slot: account 1
+/// rests an order to write 20 calls at 60,000 with about the initial margin they need at an
+/// index of 60,000; the index then rises to 64,000 (the call's mark with it), and account 0
+/// buys a call at a time. The engine stops filling the writer below 20 calls (its maintenance
+/// at the new index binds), and every batch of the fills proves, with end slots for both.
+#[test]
+fn a_standard_maker_at_the_engines_limit_proves_its_maintenance() {
+    use optio_types::{
+        AccountId, Command, EngineLimits, Event, Input, InstrumentId, MONEY_SCALE, MarginMode,
+        Side, TimeInForce,
+    };
+    let call = InstrumentId(0);
+    let t = support::T0;
+    let at = |time_ms, command| Input { time_ms, command };
+    let capacity =
+        optio_state::Capacity::new(move |state, ops| optio_prover::fits(state, ops, SHAPE).is_ok());
+    let mut engine = optio_engine::Engine::new(EngineLimits::default());
+    let mut batcher = optio_state::Batcher::new(4, u64::MAX).with_capacity(Some(capacity));
+    let (mut batches, mut events, mut seq) = (Vec::new(), Vec::new(), 0u64);
+    let mut step = |engine: &mut optio_engine::Engine, input: Input| {
+        events.clear();
+        let accepted = engine.apply(&input, &mut events).is_ok();
+        seq += 1;
+        batches.extend(batcher.push(seq, &input, &events).expect("batches"));
+        (
+            accepted,
+            events
+                .iter()
+                .filter(|e| matches!(e, Event::Fill { .. }))
+                .count(),
+        )
+    };
+    for input in opening(t, &[0], &[1_000_000, 1]) {
+        assert!(step(&mut engine, input).0);
+    }
+    let mark = |engine: &optio_engine::Engine| {
+        engine
+            .instruments()
+            .find(|i| i.id == call)
+            .and_then(|i| i.mark)
+            .expect("marked")
+            .0
+    };
+    let price = (mark(&engine) + MONEY_SCALE - 1) / MONEY_SCALE;
+    // The initial margin of 20 short at-the-money calls, net of their premium: 15% of the
+    // index and a mark each, and the order's fee reserve.
+    let deposit = 20 * (9_000 + price) + 2_000;
+    let inputs = [
+        Command::Deposit {
+            account: AccountId(1),
+            amount: optio_types::Amount(deposit * MONEY_SCALE),
+        },
+        Command::SetMarginMode {
+            account: AccountId(1),
+            mode: MarginMode::Standard,
+        },
+        limit_order(
+            1,
+            call,
+            Side::Sell,
+            20 * 100,
+            price,
+            TimeInForce::GoodTillCancelled,
+        ),
+    ];
+    for command in inputs {
+        assert!(step(&mut engine, at(t, command)).0);
+    }
+    let later = t + 1_000;
+    assert!(step(&mut engine, at(later, support::oracle(64_000.0, later))).0);
+    assert!(mark(&engine) > price * MONEY_SCALE, "the call's mark rose");
+    let mut written = 0;
+    for _ in 0..20 {
+        let (_, fills) = step(
+            &mut engine,
+            at(
+                later,
+                limit_order(
+                    0,
+                    call,
+                    Side::Buy,
+                    100,
+                    price,
+                    TimeInForce::ImmediateOrCancel,
+                ),
+            ),
+        );
+        written += fills;
+    }
+    batches.extend(batcher.flush().expect("flushes"));
+    assert_eq!(batcher.state().diff_engine(&engine.canonical()), None);
+    // Each call now asks 4,800 and twice a mark above the old price of what it brings in.
+    assert!((2..20).contains(&written), "{written} calls written");
+    let (too_large, ends) = prove_counting_end_slots(&batches, SHAPE);
+    assert_eq!(too_large, Vec::new());
+    assert!(ends >= 2, "{ends} end slots");
+    // Natively too, at the marks the batches committed last.
+    assert_eq!(batcher.state().maintained(AccountId(1)), Some(true));
+}
+
 fn batched(
     inputs: &[optio_types::Input],
     limits: optio_types::EngineLimits,

@@ -117,15 +117,12 @@ pub enum StateError {
     /// at or above its requirement, which rounds each short's payoff up, always.
     #[error("op {0}: the account's collateral falls short of its shorts' worst case in WorstCase")]
     Uncovered(usize),
-    /// Op `index`, the last fill of a `Portfolio` account in the batch (as maker or taker),
-    /// leaves that account in `Portfolio` below the proven maintenance rule at the committed
-    /// marks and risk arrays (those before the batch's): `collateral * 1e8 * 1e4 + sum_i q_i *
-    /// (mark_i * 1e4 + RA_i[s] * PROVEN_PM_MAINTENANCE_BPS)` short of its short options' floor
-    /// in some scenario or the no-move one (`SettlementState::maintained`). The engine fills a maker only at or above
-    /// its maintenance and a taker at its initial margin, either of which implies the rule.
-    #[error(
-        "op {0}: the fill leaves its Portfolio account below maintenance at the committed marks"
-    )]
+    /// Op `index`, the last fill of a `Portfolio` or `Standard` account in the batch (as maker
+    /// or taker), leaves that account in that mode below the proven maintenance rule of the
+    /// mode at the committed marks, indices and risk arrays (those before the batch's):
+    /// `SettlementState::maintained`. The engine fills a maker only at or above its maintenance
+    /// and a taker at its initial margin, either of which implies the rule.
+    #[error("op {0}: the fill leaves its account below maintenance at the committed marks")]
     Unmaintained(usize),
     /// Op `index` serves a forced close with another quantity or price than the rule's: when
     /// the requester owns the account and the instrument is active and marked, all of the
@@ -744,13 +741,20 @@ impl SettlementState {
         Some(self.equity_of(self.accounts.get(account.0 as usize)?))
     }
 
-    /// Whether `account` meets the `Portfolio` maintenance rule the validity circuit proves of
-    /// an account of that mode that traded: at the committed marks and risk arrays,
-    /// `collateral * 1e8 * 1e4 + sum_i q_i * (mark_i * 1e4 + RA_i[s] *
-    /// PROVEN_PM_MAINTENANCE_BPS)` covers the short-option floor in every scenario `s` and the
-    /// no-move one (a missing mark or scenario counts 0): `ceil(rate * weight * sum |q_i| *
-    /// index_i * multiplier_i / 1e12)`, the rate `PROVEN_PM_SHORT_OPTION_FLOOR_BPS`, over its short
-    /// calls and puts, at the index committed with each one's mark (none once settled).
+    /// Whether `account` meets the maintenance rule of its margin mode that the validity
+    /// circuit proves of an account that traded, at the committed marks, indices and risk
+    /// arrays (a missing mark, index or scenario counts 0). In 1e-12 micro-USDC, a total must
+    /// be non-negative and cover `ceil(rate * sum |q_i| * index_i * multiplier_i / 1e12)` over
+    /// its short calls and puts (the index committed with each one's mark: none once settled):
+    /// - `Portfolio`: every total `collateral * 1e8 * 1e4 + sum_i q_i * (mark_i * 1e4 + RA_i[s] *
+    ///   PROVEN_PM_MAINTENANCE_BPS)`, each scenario `s` and the no-move one, at the rate
+    ///   `PROVEN_PM_SHORT_OPTION_FLOOR_BPS * PROVEN_PM_MAINTENANCE_BPS`;
+    /// - `Standard`: the one total `collateral * 1e8 * 1e4 + sum_perpetuals (q * 1e4 - |q| *
+    ///   PROVEN_STANDARD_PERP_MAINTENANCE_BPS) * mark - sum_short_options |q| * mark * 1e4 * (2,
+    ///   or 1 once settled)`, at the rate `STANDARD_SHORT_OPTION_MAINTENANCE_BPS * 1e4` (a long
+    ///   option counts nothing);
+    /// - `WorstCase`: true (that mode is held to full collateral instead, `StateError::Uncovered`).
+    ///
     /// `None` for an unknown account.
     pub fn maintained(&self, account: AccountId) -> Option<bool> {
         Some(self.maintained_at(self.accounts.get(account.0 as usize)?))
@@ -758,54 +762,72 @@ impl SettlementState {
 
     fn maintained_at(&self, a: &Account) -> bool {
         const BPS: i128 = 10_000;
-        let weight = i128::from(optio_types::PROVEN_PM_MAINTENANCE_BPS);
         let held: Vec<(i128, Option<&Instrument>)> = a
             .positions
             .iter()
             .map(|(id, q)| (i128::from(q.0), self.instruments.get(*id as usize)))
             .collect();
-        let scenarios = held
-            .iter()
-            .filter_map(|(_, x)| x.map(|x| x.risk.len()))
-            .max()
-            .unwrap_or(0);
-        let base = held.iter().fold(
-            i128::from(a.collateral.0) * i128::from(QTY_SCALE) * BPS,
-            |acc, (q, x)| acc + q * x.map_or(0, |x| i128::from(x.mark.0)) * BPS,
-        );
-        // The floor, exactly in the field (its terms are below 2^196, times the rate and
-        // weight below 2^216; a total, non-negative and below 2^150, times 1e12 below 2^190):
-        // a total covers ceil(floor / 1e12) when 1e12 times it covers the floor.
-        let floor = held
+        let option = |x: &Instrument| matches!(x.spec.name.kind, InstrumentKind::Option { .. });
+        let mark = |x: Option<&Instrument>| x.map_or(0, |x| i128::from(x.mark.0));
+        // The short options' `sum |q| * index * multiplier`, exactly in the field (terms below
+        // 2^196, times a rate below 2^23 below 2^219; a total, non-negative and below 2^150,
+        // times 1e12 below 2^190): a total covers ceil(rate * sum / 1e12) when 1e12 times it
+        // covers rate * sum.
+        let shorts = held
             .iter()
             .filter_map(|(q, x)| match x {
-                Some(x) if *q < 0 && matches!(x.spec.name.kind, InstrumentKind::Option { .. }) => {
-                    Some(
-                        Fr::from(q.unsigned_abs())
-                            * Fr::from(x.index.0.unsigned_abs())
-                            * Fr::from(x.spec.contract_multiplier.0.unsigned_abs()),
-                    )
-                }
+                Some(x) if *q < 0 && option(x) => Some(
+                    Fr::from(q.unsigned_abs())
+                        * Fr::from(x.index.0.unsigned_abs())
+                        * Fr::from(x.spec.contract_multiplier.0.unsigned_abs()),
+                ),
                 _ => None,
             })
-            .sum::<Fr>()
-            * Fr::from(
-                u64::from(optio_types::PROVEN_PM_SHORT_OPTION_FLOOR_BPS)
-                    * u64::from(optio_types::PROVEN_PM_MAINTENANCE_BPS),
-            );
-        let covers = |total: i128| {
+            .sum::<Fr>();
+        let covers = |total: i128, rate: u64| {
             total >= 0
                 && (Fr::from(total.unsigned_abs()) * Fr::from(1_000_000_000_000u64)).into_bigint()
-                    >= floor.into_bigint()
+                    >= (shorts * Fr::from(rate)).into_bigint()
         };
-        covers(base)
-            && (0..scenarios).all(|s| {
-                let moved = held.iter().fold(0i128, |acc, (q, x)| {
-                    let ra = x.and_then(|x| x.risk.get(s)).map_or(0, |r| i128::from(r.0));
-                    acc + q * ra * weight
+        let cash = i128::from(a.collateral.0) * i128::from(QTY_SCALE) * BPS;
+        match a.mode {
+            MarginMode::WorstCase => true,
+            MarginMode::Standard => {
+                let perp = i128::from(optio_types::PROVEN_STANDARD_PERP_MAINTENANCE_BPS);
+                let total = held.iter().fold(cash, |acc, (q, x)| match x {
+                    Some(x) if option(x) => {
+                        let owed = if x.status == status::SETTLED { 1 } else { 2 };
+                        acc - (-q).max(0) * mark(Some(x)) * BPS * owed
+                    }
+                    x => acc + (q * BPS - q.abs() * perp) * mark(*x),
                 });
-                covers(base + moved)
-            })
+                covers(
+                    total,
+                    u64::from(optio_types::STANDARD_SHORT_OPTION_MAINTENANCE_BPS) * BPS as u64,
+                )
+            }
+            MarginMode::Portfolio => {
+                let weight = i128::from(optio_types::PROVEN_PM_MAINTENANCE_BPS);
+                let rate = u64::from(optio_types::PROVEN_PM_SHORT_OPTION_FLOOR_BPS)
+                    * u64::from(optio_types::PROVEN_PM_MAINTENANCE_BPS);
+                let scenarios = held
+                    .iter()
+                    .filter_map(|(_, x)| x.map(|x| x.risk.len()))
+                    .max()
+                    .unwrap_or(0);
+                let base = held
+                    .iter()
+                    .fold(cash, |acc, (q, x)| acc + q * mark(*x) * BPS);
+                covers(base, rate)
+                    && (0..scenarios).all(|s| {
+                        let moved = held.iter().fold(0i128, |acc, (q, x)| {
+                            let ra = x.and_then(|x| x.risk.get(s)).map_or(0, |r| i128::from(r.0));
+                            acc + q * ra * weight
+                        });
+                        covers(base + moved, rate)
+                    })
+            }
+        }
     }
 
     fn equity_of(&self, a: &Account) -> i128 {
@@ -1118,8 +1140,8 @@ impl Pending {
     /// (`SettlementState::equity`), and no deficit cover follows a fill of its account. Such an
     /// account, or one whose margin mode changed, that is left in `WorstCase` is left with
     /// collateral covering what its shorts can owe at worst (`collateral * 1e8 >= liability`).
-    /// One that traded (a fill's maker or taker) and is left in `Portfolio` is left meeting
-    /// the proven maintenance rule (`SettlementState::maintained`).
+    /// One that traded (a fill's maker or taker) and is left in `Portfolio` or `Standard` is
+    /// left meeting that mode's proven maintenance rule (`SettlementState::maintained`).
     pub fn push(&mut self, state: &SettlementState, ops: &[Op]) -> Result<(), StateError> {
         let mut touched = BTreeSet::new();
         for (i, op) in (self.ops..).zip(ops) {
@@ -1234,7 +1256,7 @@ impl Pending {
             }
             if let Some(&i) = self.traded.get(&a) {
                 let account = self.scratch.account(AccountId(a));
-                if account.mode == MarginMode::Portfolio && !state.maintained_at(account) {
+                if !state.maintained_at(account) {
                     return Err(StateError::Unmaintained(i));
                 }
             }

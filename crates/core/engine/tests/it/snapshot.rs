@@ -75,6 +75,23 @@ fn a_portfolio_maintenance_below_the_proven_weight_is_refused() {
     );
 }
 
+/// Perpetual margin below the maintenance rate a validity proof checks of every `Standard`
+/// account that trades (`PROVEN_STANDARD_PERP_MAINTENANCE_BPS`: its makers fill at
+/// maintenance, its takers at initial margin, so neither may be lower) is refused.
+#[test]
+fn perpetual_margin_below_the_proven_rate_is_refused() {
+    for setting in [
+        (|r| &mut r.perp_maintenance_bps) as fn(&mut optio_types::RiskConfig) -> &mut u32,
+        |r| &mut r.perp_initial_bps,
+    ] {
+        refused_below_proven(
+            setting,
+            optio_types::PROVEN_STANDARD_PERP_MAINTENANCE_BPS,
+            "perpetual margin below the proven maintenance rate",
+        );
+    }
+}
+
 /// A short-option floor below the one a validity proof counts in the `Portfolio` maintenance
 /// rule (`PROVEN_PM_SHORT_OPTION_FLOOR_BPS`: a lower one would make honest fills unprovable) is
 /// refused.
