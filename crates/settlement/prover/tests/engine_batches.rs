@@ -1029,8 +1029,7 @@ fn a_portfolio_makers_fills_fit_the_proof_or_its_order_is_cancelled() {
 #[test]
 fn a_portfolio_writer_at_the_engines_limit_proves_its_floor() {
     use optio_types::{
-        AccountId, Command, EngineLimits, Event, Input, InstrumentId, MONEY_SCALE, MarginMode,
-        Side, TimeInForce,
+        AccountId, Command, Input, InstrumentId, MONEY_SCALE, MarginMode, Side, TimeInForce,
     };
     let (long, short) = (InstrumentId(0), InstrumentId(3));
     let t = support::T0;
@@ -1038,27 +1037,10 @@ fn a_portfolio_writer_at_the_engines_limit_proves_its_floor() {
         time_ms: t,
         command,
     };
-    let capacity =
-        optio_state::Capacity::new(move |state, ops| optio_prover::fits(state, ops, SHAPE).is_ok());
-    let mut engine = optio_engine::Engine::new(EngineLimits::default());
-    let mut batcher = optio_state::Batcher::new(4, u64::MAX).with_capacity(Some(capacity));
-    let (mut batches, mut events, mut seq) = (Vec::new(), Vec::new(), 0u64);
+    let mut fed = Fed::new();
     let (mut written, mut refused) = (0, 0);
-    let mut step = |engine: &mut optio_engine::Engine, input: Input| {
-        events.clear();
-        let accepted = engine.apply(&input, &mut events).is_ok();
-        seq += 1;
-        batches.extend(batcher.push(seq, &input, &events).expect("batches"));
-        (
-            accepted,
-            events
-                .iter()
-                .filter(|e| matches!(e, Event::Fill { .. }))
-                .count(),
-        )
-    };
     for input in opening(t, &[0, 3], &[1_000_000, 1]) {
-        assert!(step(&mut engine, input).0);
+        assert!(fed.step(input).0);
     }
     let mark = |engine: &optio_engine::Engine, id: InstrumentId| {
         engine
@@ -1069,8 +1051,8 @@ fn a_portfolio_writer_at_the_engines_limit_proves_its_floor() {
             .0
     };
     let (long_price, short_price) = (
-        (mark(&engine, long) + MONEY_SCALE - 1) / MONEY_SCALE,
-        (mark(&engine, short) / MONEY_SCALE).max(1),
+        (mark(&fed.engine, long) + MONEY_SCALE - 1) / MONEY_SCALE,
+        (mark(&fed.engine, short) / MONEY_SCALE).max(1),
     );
     assert!(
         short_price < 600,
@@ -1112,25 +1094,21 @@ fn a_portfolio_writer_at_the_engines_limit_proves_its_floor() {
         )),
     ];
     for input in inputs {
-        assert!(step(&mut engine, input).0);
+        assert!(fed.step(input).0);
     }
     for _ in 0..20 {
-        let (accepted, fills) = step(
-            &mut engine,
-            at(limit_order(
-                1,
-                short,
-                Side::Sell,
-                100,
-                short_price,
-                TimeInForce::ImmediateOrCancel,
-            )),
-        );
+        let (accepted, fills) = fed.step(at(limit_order(
+            1,
+            short,
+            Side::Sell,
+            100,
+            short_price,
+            TimeInForce::ImmediateOrCancel,
+        )));
         written += fills;
         refused += usize::from(!accepted);
     }
-    batches.extend(batcher.flush().expect("flushes"));
-    assert_eq!(batcher.state().diff_engine(&engine.canonical()), None);
+    let batches = fed.flush();
     // About 3,000 / (600 - premium) calls: the floor, not the spread's scenarios, stops it.
     assert!(
         (2..20).contains(&written) && refused == 20 - written,
@@ -1150,32 +1128,14 @@ fn a_portfolio_writer_at_the_engines_limit_proves_its_floor() {
 #[test]
 fn a_standard_maker_at_the_engines_limit_proves_its_maintenance() {
     use optio_types::{
-        AccountId, Command, EngineLimits, Event, Input, InstrumentId, MONEY_SCALE, MarginMode,
-        Side, TimeInForce,
+        AccountId, Command, Input, InstrumentId, MONEY_SCALE, MarginMode, Side, TimeInForce,
     };
     let call = InstrumentId(0);
     let t = support::T0;
     let at = |time_ms, command| Input { time_ms, command };
-    let capacity =
-        optio_state::Capacity::new(move |state, ops| optio_prover::fits(state, ops, SHAPE).is_ok());
-    let mut engine = optio_engine::Engine::new(EngineLimits::default());
-    let mut batcher = optio_state::Batcher::new(4, u64::MAX).with_capacity(Some(capacity));
-    let (mut batches, mut events, mut seq) = (Vec::new(), Vec::new(), 0u64);
-    let mut step = |engine: &mut optio_engine::Engine, input: Input| {
-        events.clear();
-        let accepted = engine.apply(&input, &mut events).is_ok();
-        seq += 1;
-        batches.extend(batcher.push(seq, &input, &events).expect("batches"));
-        (
-            accepted,
-            events
-                .iter()
-                .filter(|e| matches!(e, Event::Fill { .. }))
-                .count(),
-        )
-    };
+    let mut fed = Fed::new();
     for input in opening(t, &[0], &[1_000_000, 1]) {
-        assert!(step(&mut engine, input).0);
+        assert!(fed.step(input).0);
     }
     let mark = |engine: &optio_engine::Engine| {
         engine
@@ -1185,7 +1145,7 @@ fn a_standard_maker_at_the_engines_limit_proves_its_maintenance() {
             .expect("marked")
             .0
     };
-    let price = (mark(&engine) + MONEY_SCALE - 1) / MONEY_SCALE;
+    let price = (mark(&fed.engine) + MONEY_SCALE - 1) / MONEY_SCALE;
     // The initial margin of 20 short at-the-money calls, net of their premium: 15% of the
     // index and a mark each, and the order's fee reserve.
     let deposit = 20 * (9_000 + price) + 2_000;
@@ -1208,38 +1168,86 @@ fn a_standard_maker_at_the_engines_limit_proves_its_maintenance() {
         ),
     ];
     for command in inputs {
-        assert!(step(&mut engine, at(t, command)).0);
+        assert!(fed.step(at(t, command)).0);
     }
     let later = t + 1_000;
-    assert!(step(&mut engine, at(later, support::oracle(64_000.0, later))).0);
-    assert!(mark(&engine) > price * MONEY_SCALE, "the call's mark rose");
+    assert!(fed.step(at(later, support::oracle(64_000.0, later))).0);
+    assert!(
+        mark(&fed.engine) > price * MONEY_SCALE,
+        "the call's mark rose"
+    );
     let mut written = 0;
     for _ in 0..20 {
-        let (_, fills) = step(
-            &mut engine,
-            at(
-                later,
-                limit_order(
-                    0,
-                    call,
-                    Side::Buy,
-                    100,
-                    price,
-                    TimeInForce::ImmediateOrCancel,
-                ),
+        let (_, fills) = fed.step(at(
+            later,
+            limit_order(
+                0,
+                call,
+                Side::Buy,
+                100,
+                price,
+                TimeInForce::ImmediateOrCancel,
             ),
-        );
+        ));
         written += fills;
     }
-    batches.extend(batcher.flush().expect("flushes"));
-    assert_eq!(batcher.state().diff_engine(&engine.canonical()), None);
+    let batches = fed.flush();
     // Each call now asks 4,800 and twice a mark above the old price of what it brings in.
     assert!((2..20).contains(&written), "{written} calls written");
     let (too_large, ends) = prove_counting_end_slots(&batches, SHAPE);
     assert_eq!(too_large, Vec::new());
     assert!(ends >= 2, "{ends} end slots");
     // Natively too, at the marks the batches committed last.
-    assert_eq!(batcher.state().maintained(AccountId(1)), Some(true));
+    assert_eq!(fed.batcher.state().maintained(AccountId(1)), Some(true));
+}
+
+/// A default engine and a batcher cutting to `SHAPE`, fed one input at a time.
+struct Fed {
+    engine: optio_engine::Engine,
+    batcher: optio_state::Batcher,
+    batches: Vec<optio_state::Batch>,
+    events: Vec<optio_types::Event>,
+    seq: u64,
+}
+
+impl Fed {
+    fn new() -> Self {
+        let capacity = optio_state::Capacity::new(move |state, ops| {
+            optio_prover::fits(state, ops, SHAPE).is_ok()
+        });
+        Self {
+            engine: optio_engine::Engine::new(optio_types::EngineLimits::default()),
+            batcher: optio_state::Batcher::new(4, u64::MAX).with_capacity(Some(capacity)),
+            batches: Vec::new(),
+            events: Vec::new(),
+            seq: 0,
+        }
+    }
+
+    /// Applies `input` and batches its events: whether the engine accepted it, and its fills.
+    fn step(&mut self, input: optio_types::Input) -> (bool, usize) {
+        self.events.clear();
+        let accepted = self.engine.apply(&input, &mut self.events).is_ok();
+        self.seq += 1;
+        let cut = self.batcher.push(self.seq, &input, &self.events);
+        self.batches.extend(cut.expect("batches"));
+        let fills = self
+            .events
+            .iter()
+            .filter(|e| matches!(e, optio_types::Event::Fill { .. }));
+        (accepted, fills.count())
+    }
+
+    /// Every batch, the last flushed, after checking the batcher's state against the engine's.
+    fn flush(&mut self) -> Vec<optio_state::Batch> {
+        let last = self.batcher.flush().expect("flushes");
+        self.batches.extend(last);
+        assert_eq!(
+            self.batcher.state().diff_engine(&self.engine.canonical()),
+            None
+        );
+        std::mem::take(&mut self.batches)
+    }
 }
 
 fn batched(
