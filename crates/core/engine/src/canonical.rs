@@ -112,6 +112,14 @@ impl<M: MarginModel> Engine<M> {
         if state.risk.liquidation_fee_bps > optio_types::MAX_LIQUIDATION_FEE_BPS {
             return Err(bad("liquidation fee above its provable maximum"));
         }
+        if state
+            .risk
+            .liquidation_start_bps
+            .max(state.risk.liquidation_max_bps)
+            > optio_types::MAX_LIQUIDATION_DISCOUNT_BPS
+        {
+            return Err(bad("liquidation discount above its provable maximum"));
+        }
         if state.risk.pm_maintenance_bps < optio_types::PROVEN_PM_MAINTENANCE_BPS {
             return Err(bad("portfolio maintenance below the proven weight"));
         }

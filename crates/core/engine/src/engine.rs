@@ -152,7 +152,8 @@ impl<M: MarginModel> Engine<M> {
     /// An empty engine with the given limits, risk parameters and worst-case margin model.
     ///
     /// Panics if `risk.liquidation_fee_bps` exceeds `MAX_LIQUIDATION_FEE_BPS` (no validity proof
-    /// could prove such a fee), or `risk.pm_maintenance_bps` is below
+    /// could prove such a fee), `risk.liquidation_start_bps` or `liquidation_max_bps` exceeds
+    /// `MAX_LIQUIDATION_DISCOUNT_BPS` (nor such a discount), or `risk.pm_maintenance_bps` is below
     /// `PROVEN_PM_MAINTENANCE_BPS` or `risk.pm_short_option_floor_bps` below
     /// `PROVEN_PM_SHORT_OPTION_FLOOR_BPS` (a validity proof would refuse some of its `Portfolio`
     /// fills), or `risk.perp_maintenance_bps` or `risk.perp_initial_bps` below
@@ -162,6 +163,13 @@ impl<M: MarginModel> Engine<M> {
             risk.liquidation_fee_bps <= optio_types::MAX_LIQUIDATION_FEE_BPS,
             "liquidation fee of {} bps above the provable maximum",
             risk.liquidation_fee_bps
+        );
+        assert!(
+            risk.liquidation_start_bps.max(risk.liquidation_max_bps)
+                <= optio_types::MAX_LIQUIDATION_DISCOUNT_BPS,
+            "liquidation discount of {}..{} bps above the provable maximum",
+            risk.liquidation_start_bps,
+            risk.liquidation_max_bps
         );
         assert!(
             risk.pm_maintenance_bps >= optio_types::PROVEN_PM_MAINTENANCE_BPS,

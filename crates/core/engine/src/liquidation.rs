@@ -130,10 +130,9 @@ impl<M: MarginModel> Engine<M> {
             .get(&inst.spec.name.underlying)
             .ok_or(RejectCode::NoMark)?
             .index_price;
-        // The index clamped to the cap, as settlement clamps it: the validity circuit bounds the
-        // fee by its value at the cap (`MAX_LIQUIDATION_FEE_BPS`).
-        let index = index.0.clamp(0, inst.spec.underlying_cap.0);
-        let reference = i128::from(index) * i128::from(inst.spec.contract_multiplier.0) / Q;
+        // The index clamped to the cap, as settlement clamps it; the validity circuit bounds the
+        // fee and the discount by the same value at the index committed with the mark.
+        let reference = optio_types::liquidation_reference(&inst.spec, index);
         let r = &self.risk;
         let elapsed = i128::from(
             self.time_ms
@@ -154,10 +153,33 @@ impl<M: MarginModel> Engine<M> {
         } else {
             ((i128::from(mark.0) + discount + tick - 1).div_euclid(tick) * tick).min(max)
         };
+        let price = Self::within_stress(*mark, risk, tick, long, price);
         Ok((
-            Self::within_stress(*mark, risk, tick, long, price),
+            Self::within_discount(*mark, reference, tick, long, price),
             reference,
         ))
+    }
+
+    /// `price` held, in whole ticks, to `MAX_LIQUIDATION_DISCOUNT_BPS` of `reference` from the
+    /// mark on the liquidated account's side (`optio_types::within_liquidation_discount`, which
+    /// the validity circuit proves of every liquidation): the auction's discount is configured
+    /// no deeper, so this binds only where rounding to a tick would pass the bound.
+    fn within_discount(
+        mark: Price,
+        reference: i128,
+        tick: i128,
+        long: bool,
+        price: Price,
+    ) -> Price {
+        let most = reference * i128::from(optio_types::MAX_LIQUIDATION_DISCOUNT_BPS);
+        let (mark, p) = (i128::from(mark.0), i128::from(price.0));
+        let price = if long {
+            // The least whole tick t with 1e4 * (t - mark) + most >= 0.
+            p.max(ceil_div(BPS * mark - most, BPS * tick) * tick)
+        } else {
+            p.min(floor_div(BPS * mark + most, BPS * tick) * tick)
+        };
+        Price(price as i64)
     }
 
     /// `price` held to the instrument's stress range on the liquidated account's side, in whole
@@ -338,6 +360,13 @@ impl<M: MarginModel> Engine<M> {
             long,
             i128::from(mark.0 - mark.0 % tick),
         );
+        // At the mark rounded to a tick: within the proven discount unless a tick is wider.
+        let index = self
+            .oracles
+            .get(&inst.spec.name.underlying)
+            .map_or(Price::ZERO, |o| o.index_price);
+        let reference = optio_types::liquidation_reference(&inst.spec, index);
+        let price = Self::within_discount(*mark, reference, i128::from(tick), long, price);
         // Opposite holders, most profitable first (unrealized P&L at the mark), then by id.
         let mut ranked: Vec<(i128, AccountId, i64)> = inst
             .holders
@@ -661,5 +690,46 @@ impl<M: MarginModel> Engine<M> {
             unresolved: Amount((left - socialized) as i64),
         });
         (charged, left - socialized, others)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use optio_types::{InstrumentSpec, Price, WorstCaseMargin};
+
+    type E = super::Engine<WorstCaseMargin>;
+
+    /// A tick wider than the deepest discount: prices move to the nearest whole tick within it,
+    /// toward the liquidated account, and pass the proof's rule; prices already within it stay.
+    #[test]
+    fn a_tick_wider_than_the_discount_rounds_toward_the_account() {
+        let spec = InstrumentSpec::with_defaults("BTC-PERPETUAL".parse().expect("name"), Price(1));
+        // A reference of 1,000 allows 200 either way of a mark of 10,050.
+        let (mark, reference, tick) = (Price(10_050), 1_000, 1_000);
+        let ok = |price: Price, long: bool| {
+            // The index that gives this reference (multiplier 1e8, cap above it).
+            let spec = InstrumentSpec {
+                underlying_cap: Price(1_000_000),
+                ..spec.clone()
+            };
+            optio_types::within_liquidation_discount(&spec, Price(reference), mark, price, long)
+        };
+        assert_eq!(
+            spec.contract_multiplier.0,
+            optio_types::QTY_SCALE,
+            "one unit a contract"
+        );
+        for (long, price, held) in [
+            (true, 9_000, 10_000),
+            (true, 11_000, 11_000),
+            (false, 12_000, 10_000),
+            (false, 9_000, 9_000),
+        ] {
+            let price = Price(price);
+            let held_to = E::within_discount(mark, reference.into(), tick, long, price);
+            assert_eq!(held_to, Price(held), "{price:?} long {long}");
+            assert!(ok(held_to, long));
+            assert_eq!(ok(price, long), held_to == price);
+        }
     }
 }

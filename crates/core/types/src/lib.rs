@@ -33,11 +33,12 @@ pub use margin::{
     Exposure, MarginModel, WorstCaseMargin, forced_withdrawal, full_collateral, short_liability,
 };
 pub use oracle::{
-    MAX_LIQUIDATION_FEE_BPS, MarginMode, MarkUpdate, OracleUpdate, PROVEN_PM_MAINTENANCE_BPS,
-    PROVEN_PM_SHORT_OPTION_FLOOR_BPS, PROVEN_STANDARD_PERP_MAINTENANCE_BPS, RiskConfig,
-    STANDARD_SHORT_OPTION_INITIAL_BPS, STANDARD_SHORT_OPTION_MAINTENANCE_BPS,
-    STANDARD_SHORT_OPTION_MIN_INITIAL_BPS, SettlementUpdate, UpdateFormat, max_liquidation_fee,
-    stress_range,
+    MAX_LIQUIDATION_DISCOUNT_BPS, MAX_LIQUIDATION_FEE_BPS, MarginMode, MarkUpdate, OracleUpdate,
+    PROVEN_PM_MAINTENANCE_BPS, PROVEN_PM_SHORT_OPTION_FLOOR_BPS,
+    PROVEN_STANDARD_PERP_MAINTENANCE_BPS, RiskConfig, STANDARD_SHORT_OPTION_INITIAL_BPS,
+    STANDARD_SHORT_OPTION_MAINTENANCE_BPS, STANDARD_SHORT_OPTION_MIN_INITIAL_BPS, SettlementUpdate,
+    UpdateFormat, liquidation_reference, max_liquidation_fee, stress_range,
+    within_liquidation_discount,
 };
 pub use reject::RejectCode;
 pub use state::{CanonicalState, EngineLimits, FillBudget, MarkWindows, ProofLimits, SettleBudget};

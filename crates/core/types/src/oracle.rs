@@ -162,10 +162,9 @@ pub struct RiskConfig {
 }
 
 /// The most `RiskConfig::liquidation_fee_bps` may be: the validity circuit holds every
-/// liquidation's fee to `ceil(qty * floor(cap * multiplier / 1e8) * MAX / (1e4 * 1e8))`, the
-/// fee at this rate with the index at the instrument's cap (the engine prices the fee at the
-/// index clamped to the cap): the rule reads no index (the settlement state holds one with each
-/// mark since format 6).
+/// liquidation's fee to `max_liquidation_fee`, the fee at this rate with the index committed
+/// with the instrument's mark, clamped to the cap (the engine prices the fee at its index
+/// clamped to the cap).
 pub const MAX_LIQUIDATION_FEE_BPS: u32 = 100;
 
 /// The weight of the risk arrays in the `Portfolio` maintenance rule the validity circuit
@@ -207,15 +206,56 @@ pub const STANDARD_SHORT_OPTION_MIN_INITIAL_BPS: u32 = 1_000;
 /// makers fill at maintenance, its takers at initial margin).
 pub const PROVEN_STANDARD_PERP_MAINTENANCE_BPS: u32 = 500;
 
+/// The deepest discount to the mark a liquidation may give the liquidator, basis points of one
+/// contract's underlying value (`liquidation_reference`), which the validity circuit proves of
+/// every liquidation beside its stress range: a long sold at no less than `mark - reference *
+/// MAX / 1e4`, a short bought back at no more than `mark + reference * MAX / 1e4`, exactly
+/// (`within_liquidation_discount`). The engine's auction may not be configured deeper
+/// (`RiskConfig::liquidation_start_bps` and `liquidation_max_bps`), and it holds its rounded
+/// prices to that bound.
+pub const MAX_LIQUIDATION_DISCOUNT_BPS: u32 = 2_000;
+
+/// One contract's underlying value for a liquidation's fee and discount, micro-USDC:
+/// `floor(clamp(index, 0, cap) * multiplier / 1e8)` (the index clamped to the cap, as settlement
+/// clamps it).
+pub fn liquidation_reference(spec: &crate::InstrumentSpec, index: crate::Price) -> i128 {
+    let index = i128::from(index.0.clamp(0, spec.underlying_cap.0));
+    index * i128::from(spec.contract_multiplier.0) / i128::from(crate::QTY_SCALE)
+}
+
 /// The most a liquidation of `qty` contracts (either sign) of `spec` may charge the liquidated
-/// account: `ceil(|qty| * floor(cap * multiplier / 1e8) * MAX_LIQUIDATION_FEE_BPS / (1e4 *
-/// 1e8))`, what the validity circuit allows (the engine's fee at a rate no higher, at an index
-/// no higher than the cap, is never above it).
-pub fn max_liquidation_fee(spec: &crate::InstrumentSpec, qty: crate::Qty) -> i128 {
+/// account at `index`: `ceil(|qty| * liquidation_reference * MAX_LIQUIDATION_FEE_BPS / (1e4 *
+/// 1e8))`, what the validity circuit allows at the index committed with the instrument's mark
+/// (the engine's fee, at a rate no higher and that index, is never above it).
+pub fn max_liquidation_fee(
+    spec: &crate::InstrumentSpec,
+    index: crate::Price,
+    qty: crate::Qty,
+) -> i128 {
     let q = i128::from(crate::QTY_SCALE);
-    let reference = i128::from(spec.underlying_cap.0) * i128::from(spec.contract_multiplier.0) / q;
+    let reference = liquidation_reference(spec, index);
     let scale = 10_000 * q;
     (i128::from(qty.0).abs() * reference * i128::from(MAX_LIQUIDATION_FEE_BPS) + scale - 1) / scale
+}
+
+/// Whether a liquidation that sells a long (`long`) or buys back a short of `spec` at `price`
+/// stays within `MAX_LIQUIDATION_DISCOUNT_BPS` of the reference (`liquidation_reference` at
+/// `index`) from `mark`, exactly: `1e4 * (price - mark) + reference * MAX >= 0` for a long,
+/// `1e4 * (mark - price) + reference * MAX >= 0` for a short.
+pub fn within_liquidation_discount(
+    spec: &crate::InstrumentSpec,
+    index: crate::Price,
+    mark: crate::Price,
+    price: crate::Price,
+    long: bool,
+) -> bool {
+    let room = if long {
+        i128::from(price.0) - i128::from(mark.0)
+    } else {
+        i128::from(mark.0) - i128::from(price.0)
+    };
+    10_000 * room + liquidation_reference(spec, index) * i128::from(MAX_LIQUIDATION_DISCOUNT_BPS)
+        >= 0
 }
 
 impl Default for RiskConfig {

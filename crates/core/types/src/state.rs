@@ -779,6 +779,13 @@ fn decode_risk(r: &mut Reader<'_>) -> Result<RiskConfig, DecodeError> {
     if risk.liquidation_fee_bps > crate::oracle::MAX_LIQUIDATION_FEE_BPS {
         return Err(DecodeError::Invalid("liquidation fee above its maximum"));
     }
+    if risk.liquidation_start_bps.max(risk.liquidation_max_bps)
+        > crate::oracle::MAX_LIQUIDATION_DISCOUNT_BPS
+    {
+        return Err(DecodeError::Invalid(
+            "liquidation discount above its provable maximum",
+        ));
+    }
     if risk.pm_maintenance_bps < crate::oracle::PROVEN_PM_MAINTENANCE_BPS {
         return Err(DecodeError::Invalid(
             "portfolio maintenance below the proven weight",

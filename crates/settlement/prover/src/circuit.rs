@@ -25,10 +25,12 @@
 //!   price (exact notional), inside the stress range of the instrument's committed mark and
 //!   risk array on the liquidated account's side (a long sold at no less than
 //!   `mark + min(0, min_s RA[s])`, a short bought back at no more than `mark + max(0, max_s
-//!   RA[s])`), only reducing the liquidated account's position (never opening, growing or
-//!   flipping one), the liquidated account paying its fee to insurance, at most the fee at
-//!   `MAX_LIQUIDATION_FEE_BPS` of the contracts' value with the index at the instrument's cap
-//!   (`optio_types::max_liquidation_fee`: the index is not in the state);
+//!   RA[s])`) and within `MAX_LIQUIDATION_DISCOUNT_BPS` of a contract's value at the committed
+//!   index from the mark (`optio_types::within_liquidation_discount`), only reducing the
+//!   liquidated account's position (never opening, growing or flipping one), the liquidated
+//!   account paying its fee to insurance, at most the fee at `MAX_LIQUIDATION_FEE_BPS` of the
+//!   contracts' value at the index committed with the instrument's mark, clamped to its cap
+//!   (`optio_types::max_liquidation_fee`);
 //! - a deficit cover credits what it takes from insurance and the fee pool (both left
 //!   non-negative) and exactly the loss shares charged since the previous cover, in the
 //!   engine's order (the fee pool only once insurance is spent, shares only once both are), and
@@ -95,7 +97,7 @@ use optio_state::poseidon::{Fr, from_i64};
 use optio_state::smt::empty_root;
 use optio_types::fixed::FEE_RATE_SCALE;
 use optio_types::{
-    MAX_LIQUIDATION_FEE_BPS, MarginMode, PROVEN_PM_MAINTENANCE_BPS,
+    MAX_LIQUIDATION_DISCOUNT_BPS, MAX_LIQUIDATION_FEE_BPS, MarginMode, PROVEN_PM_MAINTENANCE_BPS,
     PROVEN_PM_SHORT_OPTION_FLOOR_BPS, PROVEN_STANDARD_PERP_MAINTENANCE_BPS, QTY_SCALE,
     STANDARD_SHORT_OPTION_MAINTENANCE_BPS,
 };
@@ -198,8 +200,9 @@ struct InstrumentWires {
     /// The ends of its stress range, which bound its liquidations' prices.
     low: Wire,
     high: Wire,
-    /// `floor(cap * multiplier / 1e8)`: a contract's value with the index at the cap, which
-    /// bounds its liquidations' fees.
+    /// `floor(min(index, cap) * multiplier / 1e8)`: a contract's value at its committed index
+    /// clamped to the cap (`optio_types::liquidation_reference`; 0 unmarked or settled), which
+    /// bounds its liquidations' fees and discounts.
     fee_reference: Wire,
     /// Its worst-case payoff per contract, which fully collateralizes a short.
     max_payoff: Wire,
@@ -513,7 +516,7 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
         // do: a price beyond its value is beyond the range's end too.
         let low = mark.add(&scenario_value(cs, &risk, i.low)?);
         let high = mark.add(&scenario_value(cs, &risk, i.high)?);
-        let fee_reference = fee_reference(cs, &spec)?;
+        let fee_reference = fee_reference(cs, &clamped(cs, &index, &spec.cap)?, &spec)?;
         let max_payoff = max_payoff(cs, &spec)?;
         let option = spec.is_call.add(&spec.is_put);
         let floor_unit = cs.mul(&cs.mul(&index, &spec.multiplier)?, &option)?;
@@ -1046,8 +1049,8 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     let bound = cs.select(&taker_buys, &high, &low)?;
     let room = cs.mul(&sign, &bound.sub(&price))?;
     cs.range(&cs.mul(&liquidation, &room)?, 65)?;
-    // Its fee is at most the fee at `MAX_LIQUIDATION_FEE_BPS` with the index at the cap
-    // (`optio_types::max_liquidation_fee`): `fee * 1e12 <= qty * reference * MAX + 1e12 - 1`
+    // Its fee is at most the fee at `MAX_LIQUIDATION_FEE_BPS` at the committed index clamped to
+    // the cap (`optio_types::max_liquidation_fee`): `fee * 1e12 <= qty * reference * MAX + 1e12 - 1`
     // (`qty < 2^63`, `reference < 2^100`: 171 bits hold the difference, a negative one is far
     // above them).
     let reference = pick(
@@ -1062,6 +1065,16 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
         .add_const(scale - Fr::from(1u64))
         .sub(&amount.scale(scale));
     cs.range(&cs.mul(&liquidation, &fee_room)?, 171)?;
+    // Its price is within MAX_LIQUIDATION_DISCOUNT_BPS of the reference from the committed
+    // mark on b's side: `1e4 * sign * (mark - price) + reference * MAX >= 0` (the mark and
+    // price below 2^64, the reference below 2^100: 112 bits hold it, a negative one is far
+    // above them).
+    let committed_mark = pick(cs, &sel_i, st.instruments.iter().map(|i| i.mark.clone()))?;
+    let discount_room = cs
+        .mul(&sign, &committed_mark.sub(&price))?
+        .scale(Fr::from(BPS))
+        .add(&reference.scale(Fr::from(u64::from(MAX_LIQUIDATION_DISCOUNT_BPS))));
+    cs.range(&cs.mul(&liquidation, &discount_room)?, 112)?;
     // A fill pays the spec's fees to the fee pool; a liquidation pays `amount` from the
     // liquidated account (b) to insurance.
     let a_fee = cs.mul(&fill, &maker_fee)?;
@@ -1229,7 +1242,7 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     // moves nothing posts no side.
     let b_stranger = cs.is_nonzero(&owner.sub(&b_owner))?;
     let inactive = cs.is_nonzero(&status.add_const(-Fr::from(status::ACTIVE)))?;
-    let mark = pick(cs, &sel_i, st.instruments.iter().map(|i| i.mark.clone()))?;
+    let mark = committed_mark;
     let marked = cs.is_nonzero(&mark)?;
     let eligible = cs.mul(
         &cs.mul(&cs.mul(&close, &not(&b_stranger))?, &not(&inactive))?,
@@ -1354,10 +1367,25 @@ fn short_part(cs: &Cs, q: &Wire) -> R<Wire> {
     Ok(short)
 }
 
-/// `floor(cap * multiplier / 1e8)` of a spec's opened terms (each below 2^64, as listed):
-/// the quotient below 2^100 and the remainder below 1e8 make it exact.
-fn fee_reference(cs: &Cs, spec: &SpecWires) -> R<Wire> {
-    let product = cs.mul(&spec.cap, &spec.multiplier)?;
+/// `min(index, cap)` of an index below 2^63 and a cap below 2^64: `index < cap` or not, the
+/// difference the other way below 2^64.
+fn clamped(cs: &Cs, index: &Wire, cap: &Wire) -> R<Wire> {
+    let below = cs.boolean(signed_order(index.value) < signed_order(cap.value))?;
+    let room = cap.sub(index);
+    // below: cap - index - 1; otherwise index - cap.
+    let gap = cs.mul(
+        &below,
+        &room.scale(Fr::from(2u64)).add_const(-Fr::from(1u64)),
+    )?;
+    cs.range(&gap.sub(&room), 64)?;
+    Ok(cap.sub(&cs.mul(&below, &room)?))
+}
+
+/// `floor(value * multiplier / 1e8)` of a value at most the spec's cap and its opened terms
+/// (each below 2^64, as listed): the quotient below 2^100 and the remainder below 1e8 make it
+/// exact.
+fn fee_reference(cs: &Cs, value: &Wire, spec: &SpecWires) -> R<Wire> {
+    let product = cs.mul(value, &spec.multiplier)?;
     let value = u128::from_le_bytes(
         product.value.into_bigint().to_bytes_le()[..16]
             .try_into()

@@ -284,6 +284,12 @@ fn random_batch(rng: &mut ChaCha8Rng, state: &SettlementState, priority: &mut u6
                 };
                 let x = &state.instruments()[instrument.0 as usize];
                 let (low, high) = stress_range(x.mark, x.risk.iter().map(|v| v.0));
+                // Within the deepest discount of the committed index's value too.
+                let discount = optio_types::liquidation_reference(&x.spec, x.index)
+                    * i128::from(optio_types::MAX_LIQUIDATION_DISCOUNT_BPS)
+                    / 10_000;
+                let mark = i128::from(x.mark.0);
+                let (low, high) = (low.max(mark - discount), high.min(mark + discount));
                 let tick = 100_000;
                 let buys = held < 0;
                 let price = if buys {
@@ -300,7 +306,8 @@ fn random_batch(rng: &mut ChaCha8Rng, state: &SettlementState, priority: &mut u6
                     qty: Qty(if buys { contracts } else { -contracts }),
                     price: Price(price as i64),
                     fee: Amount(rng.random_range(
-                        0..=optio_types::max_liquidation_fee(&x.spec, Qty(contracts)) as i64,
+                        0..=optio_types::max_liquidation_fee(&x.spec, x.index, Qty(contracts))
+                            as i64,
                     )),
                 }
             }
@@ -2026,7 +2033,8 @@ fn a_liquidation_is_priced_inside_the_committed_stress_range() {
         let mark = Op::Mark {
             instrument: InstrumentId(0),
             mark: Price(usd(100_000)),
-            index: Price(60_000_000_000),
+            // At the mark: the deepest discount, 20% of it, is wider than these ranges.
+            index: Price(usd(100_000)),
             risk: risk.iter().map(|&v| Amount(usd(v))).collect(),
         };
         let state = leveraged_pair(mark);
@@ -2059,55 +2067,104 @@ fn a_liquidation_is_priced_inside_the_committed_stress_range() {
 }
 
 /// A liquidation's fee is bounded by the fee at `MAX_LIQUIDATION_FEE_BPS` of the contracts'
-/// value with the index at the instrument's cap (`optio_types::max_liquidation_fee`: the index
-/// is not in the state): for 1.5 perpetuals capped at 200,000, at most 3,000 USDC, the engine's
-/// 50 bps at an index of 100,000 being 750. Exactly the bound proves; a unit more is refused at
-/// its op slot and natively, leaving the state unchanged; so is every fee when the bound is
+/// value at the index committed with the instrument's mark, clamped to its cap
+/// (`optio_types::max_liquidation_fee`): for 1.5 perpetuals with the index at 60,000, at most
+/// 900 USDC (it was 3,000, the value at the cap of 200,000, before the index was read); with
+/// the index at 300,000, above the cap, 3,000. Exactly the bound proves; a unit more is refused
+/// at its op slot and natively, leaving the state unchanged; so is every fee when the bound is
 /// computed from another instrument's terms.
 #[test]
-fn a_liquidation_fee_is_bounded_at_the_cap() {
+fn a_liquidation_fee_is_bounded_at_the_committed_index() {
+    let qty = Qty(-3 * QTY_SCALE / 2);
+    for (index, bound) in [(60_000, 900), (300_000, 3_000)] {
+        let mark = Op::Mark {
+            instrument: InstrumentId(0),
+            mark: Price(100_000 * MONEY_SCALE),
+            index: Price(index * MONEY_SCALE),
+            risk: vec![Amount(-15_000 * MONEY_SCALE), Amount(12_000 * MONEY_SCALE)],
+        };
+        let state = leveraged_pair(mark);
+        let x = &state.instruments()[0];
+        let most = optio_types::max_liquidation_fee(&x.spec, x.index, qty);
+        assert_eq!(most, bound * i128::from(MONEY_SCALE), "1% of 1.5 x {index}");
+        let liquidation = |fee: i128| {
+            [Op::Liquidation {
+                account: AccountId(1),
+                counterparty: AccountId(2),
+                instrument: InstrumentId(0),
+                qty,
+                price: Price(100_000 * MONEY_SCALE),
+                fee: Amount(fee as i64),
+            }]
+        };
+        let honest = batch_of(&state, &liquidation(most));
+        check(&honest).expect("a fee at the bound");
+        after(&state, &liquidation(most));
+        refused_first_and_natively(
+            &state,
+            &liquidation(most + 1),
+            StateError::LiquidationFee(0),
+            "a fee a unit above the bound",
+        );
+        let mut native = state.clone();
+        assert_eq!(
+            native.apply_batch(&liquidation(-1)),
+            Err(StateError::LiquidationFee(0)),
+            "a negative fee"
+        );
+        // The cap and index the register opens are the committed ones: a prover that opens
+        // others (doubled here, which would raise the bound) breaks the leaf's hashes.
+        let mut w = honest.clone();
+        let cap = w.instruments[0].spec.cap;
+        w.instruments[0].spec.cap = cap + cap;
+        assert!(refused(&w), "another cap than the committed spec's");
+        let mut w = honest.clone();
+        let index = w.instruments[0].index;
+        w.instruments[0].index = index + index;
+        assert!(refused(&w), "another index than the committed one");
+    }
+}
+
+/// A liquidation's price is within `MAX_LIQUIDATION_DISCOUNT_BPS` (20%) of a contract's value
+/// at the committed index from the committed mark, on the liquidated account's side, beside
+/// its stress range: with the perpetual marked at 100,000, the index at 60,000 and scenarios of
+/// -50% and +50%, account 1's long may be sold at 88,000 (the mark less 12,000), not a unit
+/// below, and account 0's short bought back at 112,000, not a unit above; refused at the op
+/// slot and natively (`LiquidationPrice`), leaving the state unchanged. The auction's deepest
+/// discount is 20% (`RiskConfig::liquidation_max_bps`, which may not be set deeper).
+#[test]
+fn a_liquidation_is_priced_within_the_deepest_discount_of_the_index() {
+    let usd = |x: i64| x * MONEY_SCALE;
     let mark = Op::Mark {
         instrument: InstrumentId(0),
-        mark: Price(100_000 * MONEY_SCALE),
-        index: Price(60_000_000_000),
-        risk: vec![Amount(-15_000 * MONEY_SCALE), Amount(12_000 * MONEY_SCALE)],
+        mark: Price(usd(100_000)),
+        index: Price(usd(60_000)),
+        risk: vec![Amount(usd(-50_000)), Amount(usd(50_000))],
     };
     let state = leveraged_pair(mark);
-    let spec = &state.instruments()[0].spec;
-    let qty = Qty(-3 * QTY_SCALE / 2);
-    let most = optio_types::max_liquidation_fee(spec, qty);
-    assert_eq!(most, 3_000 * i128::from(MONEY_SCALE), "1% of 1.5 x 200,000");
-    let liquidation = |fee: i128| {
+    let liquidation = |account: u32, qty: i64, price: i64| {
         [Op::Liquidation {
-            account: AccountId(1),
+            account: AccountId(account),
             counterparty: AccountId(2),
             instrument: InstrumentId(0),
-            qty,
-            price: Price(100_000 * MONEY_SCALE),
-            fee: Amount(fee as i64),
+            qty: Qty(qty * QTY_SCALE),
+            price: Price(price),
+            fee: Amount(0),
         }]
     };
-    let honest = batch_of(&state, &liquidation(most));
-    check(&honest).expect("a fee at the bound");
-    after(&state, &liquidation(most));
-    refused_first_and_natively(
-        &state,
-        &liquidation(most + 1),
-        StateError::LiquidationFee(0),
-        "a fee a unit above the bound",
-    );
-    let mut native = state.clone();
-    assert_eq!(
-        native.apply_batch(&liquidation(-1)),
-        Err(StateError::LiquidationFee(0)),
-        "a negative fee"
-    );
-    // The cap the register opens is the committed spec's: a prover that opens another one
-    // (doubled here, which would raise the bound) breaks the leaf's hash.
-    let mut w = honest.clone();
-    let cap = w.instruments[0].spec.cap;
-    w.instruments[0].spec.cap = cap + cap;
-    assert!(refused(&w), "another cap than the committed spec's");
+    for (account, qty, edge, beyond) in [
+        (1, -1, usd(88_000), usd(88_000) - 1),
+        (0, 1, usd(112_000), usd(112_000) + 1),
+    ] {
+        check(&batch_of(&state, &liquidation(account, qty, edge))).expect("at the bound");
+        after(&state, &liquidation(account, qty, edge));
+        refused_first_and_natively(
+            &state,
+            &liquidation(account, qty, beyond),
+            StateError::LiquidationPrice(0),
+            "a unit beyond the deepest discount",
+        );
+    }
 }
 
 /// A liquidation only reduces the liquidated account's position: account 1's long of 2 may be

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use optio_types::{
     AccountId, Address, Amount, CanonicalState, InstrumentId, InstrumentKind, InstrumentSpec,
     InstrumentStatus, MarginMode, Price, QTY_SCALE, Qty, max_liquidation_fee, stress_range,
+    within_liquidation_discount,
 };
 
 use crate::leaf::{self, ACCOUNT_DEPTH, AccountLeaf, INSTRUMENT_DEPTH, InstrumentLeaf, status};
@@ -81,12 +82,14 @@ pub enum StateError {
     ShortExit(usize),
     /// Op `index` liquidates at a price outside the stress range of the instrument's committed
     /// mark and risk array (`optio_types::stress_range`) on the liquidated account's side: a
-    /// long sold below the low end, or a short bought back above the high end.
-    #[error("op {0}: the liquidation's price is beyond the committed stress range")]
+    /// long sold below the low end, or a short bought back above the high end; or further from
+    /// the committed mark than `MAX_LIQUIDATION_DISCOUNT_BPS` of the contract's value at the
+    /// committed index (`optio_types::within_liquidation_discount`).
+    #[error("op {0}: the liquidation's price is beyond the committed stress range or discount")]
     LiquidationPrice(usize),
     /// Op `index` charges a liquidation fee below zero or above `optio_types::
-    /// max_liquidation_fee` (the fee at `MAX_LIQUIDATION_FEE_BPS` of the contracts' value with
-    /// the index at the instrument's cap).
+    /// max_liquidation_fee` (the fee at `MAX_LIQUIDATION_FEE_BPS` of the contracts' value at
+    /// the index committed with the instrument's mark, clamped to its cap).
     #[error("op {0}: the liquidation's fee is above its bound")]
     LiquidationFee(usize),
     /// Op `index` liquidates more than the account holds, or in the direction that would open
@@ -1577,11 +1580,14 @@ impl Scratch {
                 } else {
                     i128::from(price.0) >= low
                 };
-                if !price_ok {
+                // And within the deepest discount of the committed index's value.
+                let long = qty.0 < 0;
+                if !price_ok || !within_liquidation_discount(&x.spec, x.index, x.mark, *price, long)
+                {
                     return Err(StateError::LiquidationPrice(i));
                 }
-                // Its fee is at most the fee at the provable rate with the index at the cap.
-                let most = max_liquidation_fee(&x.spec, *qty);
+                // Its fee is at most the fee at the provable rate at the committed index.
+                let most = max_liquidation_fee(&x.spec, x.index, *qty);
                 if fee.0 < 0 || i128::from(fee.0) > most {
                     return Err(StateError::LiquidationFee(i));
                 }

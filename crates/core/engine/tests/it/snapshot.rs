@@ -36,18 +36,19 @@ fn a_liquidation_fee_above_the_provable_maximum_is_refused() {
     ));
 }
 
-/// A risk setting at `proven` (the one a validity proof checks) restores; one below it is
-/// refused, in a decoded state, in the snapshot's bytes (with `message`) and by the engine's
-/// constructor.
-fn refused_below_proven(
+/// A risk setting at `proven` (the one a validity proof checks) restores; one `past` it (a unit
+/// below a least setting, above a most) is refused, in a decoded state, in the snapshot's bytes
+/// (with `message`) and by the engine's constructor.
+fn refused_past_proven(
     setting: fn(&mut optio_types::RiskConfig) -> &mut u32,
     proven: u32,
+    past: fn(u32) -> u32,
     message: &'static str,
 ) {
     let mut state = CanonicalState::decode(&busy_snapshot()).expect("decodes");
     *setting(&mut state.risk) = proven;
     Engine::restore(&state, WorstCaseMargin).expect("at the proven setting");
-    *setting(&mut state.risk) -= 1;
+    *setting(&mut state.risk) = past(proven);
     assert!(matches!(
         Engine::restore(&state, WorstCaseMargin),
         Err(RestoreError::Invariant(_))
@@ -68,11 +69,29 @@ fn refused_below_proven(
 /// unprovable) is refused.
 #[test]
 fn a_portfolio_maintenance_below_the_proven_weight_is_refused() {
-    refused_below_proven(
+    refused_past_proven(
         |r| &mut r.pm_maintenance_bps,
         optio_types::PROVEN_PM_MAINTENANCE_BPS,
+        |v| v - 1,
         "portfolio maintenance below the proven weight",
     );
+}
+
+/// An auction discount deeper than a validity proof allows (`MAX_LIQUIDATION_DISCOUNT_BPS`), at
+/// its start or at its end, is refused.
+#[test]
+fn a_liquidation_discount_above_the_provable_maximum_is_refused() {
+    for setting in [
+        (|r| &mut r.liquidation_start_bps) as fn(&mut optio_types::RiskConfig) -> &mut u32,
+        |r| &mut r.liquidation_max_bps,
+    ] {
+        refused_past_proven(
+            setting,
+            optio_types::MAX_LIQUIDATION_DISCOUNT_BPS,
+            |v| v + 1,
+            "liquidation discount above its provable maximum",
+        );
+    }
 }
 
 /// Perpetual margin below the maintenance rate a validity proof checks of every `Standard`
@@ -84,9 +103,10 @@ fn perpetual_margin_below_the_proven_rate_is_refused() {
         (|r| &mut r.perp_maintenance_bps) as fn(&mut optio_types::RiskConfig) -> &mut u32,
         |r| &mut r.perp_initial_bps,
     ] {
-        refused_below_proven(
+        refused_past_proven(
             setting,
             optio_types::PROVEN_STANDARD_PERP_MAINTENANCE_BPS,
+            |v| v - 1,
             "perpetual margin below the proven maintenance rate",
         );
     }
@@ -97,9 +117,10 @@ fn perpetual_margin_below_the_proven_rate_is_refused() {
 /// refused.
 #[test]
 fn a_short_option_floor_below_the_proven_rate_is_refused() {
-    refused_below_proven(
+    refused_past_proven(
         |r| &mut r.pm_short_option_floor_bps,
         optio_types::PROVEN_PM_SHORT_OPTION_FLOOR_BPS,
+        |v| v - 1,
         "short-option floor below the proven rate",
     );
 }
