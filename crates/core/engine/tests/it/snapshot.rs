@@ -36,10 +36,21 @@ fn a_liquidation_fee_above_the_provable_maximum_is_refused() {
     ));
 }
 
-/// A risk setting at `proven` (the one a validity proof checks) restores; one `past` it (a unit
-/// below a least setting, above a most) is refused, in a decoded state, in the snapshot's bytes
-/// (with `message`) and by the engine's constructor.
+/// Each of `settings` at `proven` (the one a validity proof checks) restores; one `past` it (a
+/// unit below a least setting, above a most) is refused, in a decoded state, in the snapshot's
+/// bytes (with `message`) and by the engine's constructor.
 fn refused_past_proven(
+    settings: &[fn(&mut optio_types::RiskConfig) -> &mut u32],
+    proven: u32,
+    past: fn(u32) -> u32,
+    message: &'static str,
+) {
+    for setting in settings {
+        refused_one_past_proven(*setting, proven, past, message);
+    }
+}
+
+fn refused_one_past_proven(
     setting: fn(&mut optio_types::RiskConfig) -> &mut u32,
     proven: u32,
     past: fn(u32) -> u32,
@@ -70,7 +81,7 @@ fn refused_past_proven(
 #[test]
 fn a_portfolio_maintenance_below_the_proven_weight_is_refused() {
     refused_past_proven(
-        |r| &mut r.pm_maintenance_bps,
+        &[|r| &mut r.pm_maintenance_bps],
         optio_types::PROVEN_PM_MAINTENANCE_BPS,
         |v| v - 1,
         "portfolio maintenance below the proven weight",
@@ -81,17 +92,15 @@ fn a_portfolio_maintenance_below_the_proven_weight_is_refused() {
 /// its start or at its end, is refused.
 #[test]
 fn a_liquidation_discount_above_the_provable_maximum_is_refused() {
-    for setting in [
-        (|r| &mut r.liquidation_start_bps) as fn(&mut optio_types::RiskConfig) -> &mut u32,
-        |r| &mut r.liquidation_max_bps,
-    ] {
-        refused_past_proven(
-            setting,
-            optio_types::MAX_LIQUIDATION_DISCOUNT_BPS,
-            |v| v + 1,
-            "liquidation discount above its provable maximum",
-        );
-    }
+    refused_past_proven(
+        &[
+            |r| &mut r.liquidation_start_bps,
+            |r| &mut r.liquidation_max_bps,
+        ],
+        optio_types::MAX_LIQUIDATION_DISCOUNT_BPS,
+        |v| v + 1,
+        "liquidation discount above its provable maximum",
+    );
 }
 
 /// Perpetual margin below the maintenance rate a validity proof checks of every `Standard`
@@ -99,17 +108,12 @@ fn a_liquidation_discount_above_the_provable_maximum_is_refused() {
 /// maintenance, its takers at initial margin, so neither may be lower) is refused.
 #[test]
 fn perpetual_margin_below_the_proven_rate_is_refused() {
-    for setting in [
-        (|r| &mut r.perp_maintenance_bps) as fn(&mut optio_types::RiskConfig) -> &mut u32,
-        |r| &mut r.perp_initial_bps,
-    ] {
-        refused_past_proven(
-            setting,
-            optio_types::PROVEN_STANDARD_PERP_MAINTENANCE_BPS,
-            |v| v - 1,
-            "perpetual margin below the proven maintenance rate",
-        );
-    }
+    refused_past_proven(
+        &[|r| &mut r.perp_maintenance_bps, |r| &mut r.perp_initial_bps],
+        optio_types::PROVEN_STANDARD_PERP_MAINTENANCE_BPS,
+        |v| v - 1,
+        "perpetual margin below the proven maintenance rate",
+    );
 }
 
 /// A short-option floor below the one a validity proof counts in the `Portfolio` maintenance
@@ -118,7 +122,7 @@ fn perpetual_margin_below_the_proven_rate_is_refused() {
 #[test]
 fn a_short_option_floor_below_the_proven_rate_is_refused() {
     refused_past_proven(
-        |r| &mut r.pm_short_option_floor_bps,
+        &[|r| &mut r.pm_short_option_floor_bps],
         optio_types::PROVEN_PM_SHORT_OPTION_FLOOR_BPS,
         |v| v - 1,
         "short-option floor below the proven rate",
