@@ -1050,9 +1050,9 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     let room = cs.mul(&sign, &bound.sub(&price))?;
     cs.range(&cs.mul(&liquidation, &room)?, 65)?;
     // Its fee is at most the fee at `MAX_LIQUIDATION_FEE_BPS` at the committed index clamped to
-    // the cap (`optio_types::max_liquidation_fee`): `fee * 1e12 <= qty * reference * MAX + 1e12 - 1`
-    // (`qty < 2^63`, `reference < 2^100`: 171 bits hold the difference, a negative one is far
-    // above them).
+    // the cap (`optio_types::max_liquidation_fee`): `fee * 1e12 <= qty * reference * MAX + 1e12
+    // - 1` (`qty < 2^63`, `reference < 2^100`: 171 bits hold the difference, a negative one is
+    // far above them).
     let reference = pick(
         cs,
         &sel_i,
