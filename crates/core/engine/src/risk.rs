@@ -601,6 +601,16 @@ impl<M: MarginModel> Engine<M> {
             return Err(RejectCode::OracleBadInstrument);
         }
         let settling = self.check_settlements(u)?;
+        // Every instrument of the underlying not settled (nor settled by this update) is marked.
+        let unmarked = self.instruments.iter().enumerate().any(|(id, i)| {
+            i.spec.name.underlying == u.underlying
+                && i.status != InstrumentStatus::Settled
+                && seen.binary_search(&(id as u32)).is_err()
+                && !settling.iter().any(|(x, _)| x.0 as usize == id)
+        });
+        if unmarked {
+            return Err(RejectCode::OracleMissingMark);
+        }
         for (instrument, price) in settling {
             self.take_settlement_price(instrument, price)?;
         }

@@ -147,6 +147,10 @@ reject_codes! {
     AuctionNotOver = 5010, "the liquidation auction has not run its course";
     /// An account cannot liquidate itself or a subaccount of its owner.
     SelfLiquidation = 5011, "liquidator and liquidated account share an owner";
+    /// An oracle update that leaves out an instrument of its underlying not yet settled: every
+    /// update marks them all, so that each one's committed index is the underlying's (the
+    /// validity proof margins and liquidates at the index committed with each mark).
+    OracleMissingMark = 5012, "oracle update leaves out an instrument not yet settled";
     /// An L1 priority operation whose id is not the next one in the queue (already served, or
     /// one before it is missing).
     PriorityOutOfOrder = 6001, "L1 priority operation out of queue order";

@@ -1256,10 +1256,14 @@ async fn an_operators_settlement_price_is_refused_where_the_oracle_signs_them() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oracle_updates_need_the_oracle_signature() {
     let (h, _alice, _bob) = Harness::start().await;
-    let specs = [InstrumentSpec::with_defaults(
-        "BTC-PERPETUAL".parse().expect("valid"),
-        Price(300_000 * MONEY_SCALE),
-    )];
+    // Every listed instrument (an update that leaves one out is refused, 5012).
+    let specs: Vec<InstrumentSpec> = h
+        .gateway
+        .canonical_state()
+        .instruments
+        .iter()
+        .map(|i| i.spec.clone())
+        .collect();
     let svi = Svi {
         a: 0.02,
         b: 0.1,
@@ -1274,7 +1278,7 @@ async fn oracle_updates_need_the_oracle_signature() {
         "BTC",
         &surface,
         &default_scenarios(),
-        &[(InstrumentId(1), &specs[0])],
+        &optio_oracle::numbered(&specs),
         optio_gateway::now_ms(),
     )
     .expect("update");

@@ -129,6 +129,15 @@ fn oracle_updates_are_validated_and_rejections_change_nothing() {
             },
             RejectCode::InvalidMark,
         ),
+        // Every instrument not yet settled is marked: one left out (the last) is refused.
+        (
+            {
+                let mut u = update(60_000.0, T0 + 1_000);
+                u.marks.pop();
+                u
+            },
+            RejectCode::OracleMissingMark,
+        ),
     ];
     for (u, code) in cases {
         // Engine time T0 + 2s: an update published at T0 + 5s is from the future.
@@ -481,6 +490,25 @@ fn expiry_settles_at_the_oracles_time_weighted_index() {
     // The long put receives (60,000 - 58,666.666666) for one contract.
     assert_eq!(settled_cash(&events, 0), Amount(1_333_333_334));
     e.check_invariants().expect("audit");
+    // Settled, the put needs no more marks; every other instrument still does.
+    let at = e.time_ms() + 1_000;
+    let without = |id: u32| {
+        let mut u = update(58_000.0, at);
+        u.marks.retain(|m| m.instrument != InstrumentId(id));
+        Command::OracleUpdate(u)
+    };
+    let pass_time = Command::CancelAll {
+        account: AccountId(3),
+        instrument: None,
+    };
+    run(&mut e, at, pass_time).expect("time passes");
+    let before = e.state_hash();
+    assert_eq!(
+        run(&mut e, at, without(0)),
+        Err(RejectCode::OracleMissingMark)
+    );
+    assert_eq!(e.state_hash(), before, "a refused update changes nothing");
+    run(&mut e, at, without(1)).expect("the settled put left out");
 }
 
 /// Once settled, an instrument's mark is one contract's settlement value (what the settlement
