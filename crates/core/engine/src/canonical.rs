@@ -109,30 +109,8 @@ impl<M: MarginModel> Engine<M> {
     /// invariant is refused.
     pub fn restore(state: &CanonicalState, margin: M) -> Result<Self, RestoreError> {
         let bad = |what: &str| RestoreError::Invariant(InvariantViolation(what.to_owned()));
-        if state.risk.liquidation_fee_bps > optio_types::MAX_LIQUIDATION_FEE_BPS {
-            return Err(bad("liquidation fee above its provable maximum"));
-        }
-        if state
-            .risk
-            .liquidation_start_bps
-            .max(state.risk.liquidation_max_bps)
-            > optio_types::MAX_LIQUIDATION_DISCOUNT_BPS
-        {
-            return Err(bad("liquidation discount above its provable maximum"));
-        }
-        if state.risk.pm_maintenance_bps < optio_types::PROVEN_PM_MAINTENANCE_BPS {
-            return Err(bad("portfolio maintenance below the proven weight"));
-        }
-        if state.risk.pm_short_option_floor_bps < optio_types::PROVEN_PM_SHORT_OPTION_FLOOR_BPS {
-            return Err(bad("short-option floor below the proven rate"));
-        }
-        if state
-            .risk
-            .perp_maintenance_bps
-            .min(state.risk.perp_initial_bps)
-            < optio_types::PROVEN_STANDARD_PERP_MAINTENANCE_BPS
-        {
-            return Err(bad("perpetual margin below the proven maintenance rate"));
+        if let Some(why) = state.risk.unprovable() {
+            return Err(bad(why));
         }
         let mut engine = Engine::with_config(state.limits, state.risk, margin);
         for o in &state.oracles {

@@ -151,43 +151,14 @@ impl<M: MarginModel> Engine<M> {
 
     /// An empty engine with the given limits, risk parameters and worst-case margin model.
     ///
-    /// Panics if `risk.liquidation_fee_bps` exceeds `MAX_LIQUIDATION_FEE_BPS` (no validity proof
-    /// could prove such a fee), `risk.liquidation_start_bps` or `liquidation_max_bps` exceeds
-    /// `MAX_LIQUIDATION_DISCOUNT_BPS` (nor such a discount), or `risk.pm_maintenance_bps` is below
-    /// `PROVEN_PM_MAINTENANCE_BPS` or `risk.pm_short_option_floor_bps` below
-    /// `PROVEN_PM_SHORT_OPTION_FLOOR_BPS` (a validity proof would refuse some of its `Portfolio`
-    /// fills), or `risk.perp_maintenance_bps` or `risk.perp_initial_bps` below
-    /// `PROVEN_STANDARD_PERP_MAINTENANCE_BPS` (some of its `Standard` fills).
+    /// Panics if a validity proof could not hold an engine at `risk` (`RiskConfig::unprovable`:
+    /// a liquidation fee or discount above its provable maximum, or a `Portfolio` weight or floor
+    /// or a perpetual margin rate below the proven one, which would make some honest fills,
+    /// liquidations or fees unprovable).
     pub fn with_config(limits: EngineLimits, risk: RiskConfig, margin: M) -> Self {
-        assert!(
-            risk.liquidation_fee_bps <= optio_types::MAX_LIQUIDATION_FEE_BPS,
-            "liquidation fee of {} bps above the provable maximum",
-            risk.liquidation_fee_bps
-        );
-        assert!(
-            risk.liquidation_start_bps.max(risk.liquidation_max_bps)
-                <= optio_types::MAX_LIQUIDATION_DISCOUNT_BPS,
-            "liquidation discount of {}..{} bps above the provable maximum",
-            risk.liquidation_start_bps,
-            risk.liquidation_max_bps
-        );
-        assert!(
-            risk.pm_maintenance_bps >= optio_types::PROVEN_PM_MAINTENANCE_BPS,
-            "portfolio maintenance of {} bps below the proven weight",
-            risk.pm_maintenance_bps
-        );
-        assert!(
-            risk.pm_short_option_floor_bps >= optio_types::PROVEN_PM_SHORT_OPTION_FLOOR_BPS,
-            "short-option floor of {} bps below the proven rate",
-            risk.pm_short_option_floor_bps
-        );
-        assert!(
-            risk.perp_maintenance_bps.min(risk.perp_initial_bps)
-                >= optio_types::PROVEN_STANDARD_PERP_MAINTENANCE_BPS,
-            "perpetual margin of {}/{} bps (initial/maintenance) below the proven maintenance rate",
-            risk.perp_initial_bps,
-            risk.perp_maintenance_bps
-        );
+        if let Some(why) = risk.unprovable() {
+            panic!("{why}: {risk:?}");
+        }
         Self {
             margin,
             limits,

@@ -125,11 +125,7 @@ impl<M: MarginModel> Engine<M> {
     ) -> Result<(Price, i128), RejectCode> {
         let inst = &self.instruments[instrument.0 as usize];
         let (mark, risk) = inst.mark.as_ref().ok_or(RejectCode::NoMark)?;
-        let index = self
-            .oracles
-            .get(&inst.spec.name.underlying)
-            .ok_or(RejectCode::NoMark)?
-            .index_price;
+        let index = self.index_of(inst).ok_or(RejectCode::NoMark)?;
         // The index clamped to the cap, as settlement clamps it; the validity circuit bounds the
         // fee and the discount by the same value at the index committed with the mark.
         let reference = optio_types::liquidation_reference(&inst.spec, index);
@@ -361,10 +357,7 @@ impl<M: MarginModel> Engine<M> {
             i128::from(mark.0 - mark.0 % tick),
         );
         // At the mark rounded to a tick: within the proven discount unless a tick is wider.
-        let index = self
-            .oracles
-            .get(&inst.spec.name.underlying)
-            .map_or(Price::ZERO, |o| o.index_price);
+        let index = self.index_of(inst).unwrap_or(Price::ZERO);
         let reference = optio_types::liquidation_reference(&inst.spec, index);
         let price = Self::within_discount(*mark, reference, i128::from(tick), long, price);
         // Opposite holders, most profitable first (unrealized P&L at the mark), then by id.

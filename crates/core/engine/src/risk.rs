@@ -94,7 +94,8 @@ pub(crate) struct Marked {
 }
 
 impl<M: MarginModel> Engine<M> {
-    fn index_of(&self, inst: &InstrumentState) -> Option<Price> {
+    /// The latest accepted index of `inst`'s underlying.
+    pub(crate) fn index_of(&self, inst: &InstrumentState) -> Option<Price> {
         self.oracles
             .get(&inst.spec.name.underlying)
             .map(|o| o.index_price)

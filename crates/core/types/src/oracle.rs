@@ -258,6 +258,35 @@ pub fn within_liquidation_discount(
         >= 0
 }
 
+impl RiskConfig {
+    /// Why a validity proof could not hold an engine at these settings (some of its honest
+    /// fills, liquidations or fees would be unprovable), or `None`: a liquidation fee above
+    /// `MAX_LIQUIDATION_FEE_BPS`, an auction discount above `MAX_LIQUIDATION_DISCOUNT_BPS`, a
+    /// `Portfolio` weight or floor below `PROVEN_PM_MAINTENANCE_BPS` or
+    /// `PROVEN_PM_SHORT_OPTION_FLOOR_BPS`, or a perpetual rate below
+    /// `PROVEN_STANDARD_PERP_MAINTENANCE_BPS`. The engine's constructor, its restore and the
+    /// snapshot decoder all refuse such settings with this reason.
+    pub fn unprovable(&self) -> Option<&'static str> {
+        if self.liquidation_fee_bps > MAX_LIQUIDATION_FEE_BPS {
+            Some("liquidation fee above its provable maximum")
+        } else if self.liquidation_start_bps.max(self.liquidation_max_bps)
+            > MAX_LIQUIDATION_DISCOUNT_BPS
+        {
+            Some("liquidation discount above its provable maximum")
+        } else if self.pm_maintenance_bps < PROVEN_PM_MAINTENANCE_BPS {
+            Some("portfolio maintenance below the proven weight")
+        } else if self.pm_short_option_floor_bps < PROVEN_PM_SHORT_OPTION_FLOOR_BPS {
+            Some("short-option floor below the proven rate")
+        } else if self.perp_maintenance_bps.min(self.perp_initial_bps)
+            < PROVEN_STANDARD_PERP_MAINTENANCE_BPS
+        {
+            Some("perpetual margin below the proven maintenance rate")
+        } else {
+            None
+        }
+    }
+}
+
 impl Default for RiskConfig {
     fn default() -> Self {
         Self {

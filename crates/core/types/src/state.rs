@@ -776,34 +776,10 @@ fn decode_risk(r: &mut Reader<'_>) -> Result<RiskConfig, DecodeError> {
         liquidation_step_bps: r.u32()?,
         liquidation_fee_bps: r.u32()?,
     };
-    if risk.liquidation_fee_bps > crate::oracle::MAX_LIQUIDATION_FEE_BPS {
-        return Err(DecodeError::Invalid("liquidation fee above its maximum"));
+    match risk.unprovable() {
+        Some(why) => Err(DecodeError::Invalid(why)),
+        None => Ok(risk),
     }
-    if risk.liquidation_start_bps.max(risk.liquidation_max_bps)
-        > crate::oracle::MAX_LIQUIDATION_DISCOUNT_BPS
-    {
-        return Err(DecodeError::Invalid(
-            "liquidation discount above its provable maximum",
-        ));
-    }
-    if risk.pm_maintenance_bps < crate::oracle::PROVEN_PM_MAINTENANCE_BPS {
-        return Err(DecodeError::Invalid(
-            "portfolio maintenance below the proven weight",
-        ));
-    }
-    if risk.pm_short_option_floor_bps < crate::oracle::PROVEN_PM_SHORT_OPTION_FLOOR_BPS {
-        return Err(DecodeError::Invalid(
-            "short-option floor below the proven rate",
-        ));
-    }
-    if risk.perp_maintenance_bps.min(risk.perp_initial_bps)
-        < crate::oracle::PROVEN_STANDARD_PERP_MAINTENANCE_BPS
-    {
-        return Err(DecodeError::Invalid(
-            "perpetual margin below the proven maintenance rate",
-        ));
-    }
-    Ok(risk)
 }
 
 fn decode_limits(r: &mut Reader<'_>, version: u32) -> Result<EngineLimits, DecodeError> {
