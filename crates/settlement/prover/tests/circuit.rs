@@ -3185,10 +3185,12 @@ fn maintained_up_to(
     check(&batch_of(state, &ops(low))).expect("maintained");
     let over = batch_of(state, &ops(low + 1));
     assert!(refused_at(&over).starts_with("margin slots"));
+    let mut native = state.clone();
     assert_eq!(
-        state.clone().apply_batch(&ops(low + 1)),
+        native.apply_batch(&ops(low + 1)),
         Err(StateError::Unmaintained(at))
     );
+    assert_eq!(native.commit(), state.root(), "nothing applied");
     low
 }
 
