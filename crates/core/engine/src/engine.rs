@@ -726,6 +726,15 @@ impl<M: MarginModel> Engine<M> {
         let (mut margins, mut positions) = (count.margins, count.positions);
         let mut instruments = count.instruments.clone();
         instruments.insert(instrument.0);
+        // A deleveraging's account (the first) is proven below maintenance before each transfer
+        // when it holds no more positions than the shape prices for a liquidation
+        // (`FillBudget::liquidation_priced`): a margin slot a transfer, and every position it
+        // holds in the registers.
+        let liquidated =
+            !trade && self.open_positions(accounts[0].0) <= budget.liquidation_priced();
+        if liquidated {
+            margins += 1;
+        }
         for (k, (account, priced)) in accounts.into_iter().enumerate() {
             if count.accounts.contains(&account) || (k == 1 && account == accounts[0].0) {
                 continue;
@@ -740,6 +749,13 @@ impl<M: MarginModel> Engine<M> {
             // A fill's Portfolio or Standard account is proven maintained after the batch (the
             // prover's end slot): a margin slot, and every position it holds in the registers,
             // which also price its solvency (no window).
+            if liquidated && k == 0 {
+                for (i, _) in others {
+                    positions += 1;
+                    instruments.insert(i.0);
+                }
+                continue;
+            }
             if trade && acct.mode != optio_types::MarginMode::WorstCase {
                 margins += 1;
                 for (i, _) in others {

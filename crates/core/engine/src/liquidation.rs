@@ -62,6 +62,19 @@ impl<M: MarginModel> Engine<M> {
             + value(held + i128::from(delta))
     }
 
+    /// Whether `account` may be liquidated: below maintenance, and able to default (an account
+    /// whose balance covers the worst-case payoff of every short it holds, `short_cover`,
+    /// whatever the marks, can pay all it may ever owe, so it is never liquidated). A
+    /// liquidation step or deleveraging transfer is made only while this holds before it,
+    /// which a validity proof checks of each (`SettlementState::below_maintenance`, with this
+    /// engine's rounding).
+    pub(crate) fn below_maintenance(&self, account: AccountId) -> bool {
+        let acct = &self.accounts[account.0 as usize];
+        acct.mode != MarginMode::WorstCase
+            && acct.balance < acct.maintenance
+            && self.short_cover(account) < 0
+    }
+
     /// Starts liquidations of touched mark-margined accounts that fell below maintenance, and
     /// ends those that are cured.
     pub(crate) fn liquidation_checks(&mut self, oracle_update: bool, events: &mut Vec<Event>) {
@@ -92,10 +105,7 @@ impl<M: MarginModel> Engine<M> {
             if acct.mode == MarginMode::WorstCase {
                 continue;
             }
-            // Below maintenance, and able to default: an account whose balance covers the
-            // worst-case payoff of every short it holds (`short_cover`, whatever the marks) can
-            // pay all it may ever owe, so it is never liquidated.
-            let below = acct.balance < acct.maintenance && self.short_cover(account) < 0;
+            let below = self.below_maintenance(account);
             match (acct.liquidating_since, below) {
                 (None, true) => {
                     self.accounts[account.0 as usize].liquidating_since = Some(self.time_ms);
@@ -235,7 +245,7 @@ impl<M: MarginModel> Engine<M> {
             return Err(RejectCode::InstrumentNotActive);
         }
         let since = target.liquidating_since.ok_or(RejectCode::NotLiquidating)?;
-        if self.short_cover(account) >= 0 {
+        if !self.below_maintenance(account) {
             return Err(RejectCode::NotLiquidating);
         }
         if taker.owner == target.owner {
@@ -338,7 +348,7 @@ impl<M: MarginModel> Engine<M> {
             .get(&(account.0, instrument.0))
             .ok_or(RejectCode::NotLiquidating)?;
         let held = self.positions[slot as usize].exposure.position.0;
-        if held == 0 {
+        if held == 0 || !self.below_maintenance(account) {
             return Err(RejectCode::NotLiquidating);
         }
         if self.time_ms < since.saturating_add(self.risk.liquidation_duration_ms) {
@@ -388,7 +398,9 @@ impl<M: MarginModel> Engine<M> {
             // Buying back a short at no more than its worst-case payoff, or selling a long, never
             // lowers what the account holds above its shorts' worst case: once it covers them,
             // the account can no longer default, and the rest of its position stays.
-            if left == 0 || self.short_cover(account) >= 0 {
+            // And once the account is back at its maintenance, the liquidation is over: a
+            // validity proof checks that every liquidation's account is below it.
+            if left == 0 || !self.below_maintenance(account) {
                 break;
             }
             let take = left.min(q.abs());

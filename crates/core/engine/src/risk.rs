@@ -229,15 +229,21 @@ impl<M: MarginModel> Engine<M> {
                                 OptionRight::Call => (k - s).max(0),
                                 OptionRight::Put => (s - k).max(0),
                             };
-                            // Rates of the index, rounded up (toward the system).
+                            // Rates of the index, rounded up (toward the system): the
+                            // maintenance rate per contract in one step, so that it is within
+                            // a micro-USDC of the proven rule's (which the validity proof holds
+                            // a liquidated account below).
                             let rate = |bps: u32| ceil_div(s * i128::from(bps), BPS);
-                            let per_unit = if maintenance {
-                                rate(STANDARD_SHORT_OPTION_MAINTENANCE_BPS)
+                            let per_contract = if maintenance {
+                                ceil_div(
+                                    s * i128::from(STANDARD_SHORT_OPTION_MAINTENANCE_BPS) * mult,
+                                    BPS * Q,
+                                )
                             } else {
-                                (rate(STANDARD_SHORT_OPTION_INITIAL_BPS) - otm)
-                                    .max(rate(STANDARD_SHORT_OPTION_MIN_INITIAL_BPS))
-                            };
-                            let per_contract = ceil_div(per_unit * mult, Q) + 2 * m;
+                                let per_unit = (rate(STANDARD_SHORT_OPTION_INITIAL_BPS) - otm)
+                                    .max(rate(STANDARD_SHORT_OPTION_MIN_INITIAL_BPS));
+                                ceil_div(per_unit * mult, Q)
+                            } + 2 * m;
                             ceil_div(-q * per_contract, Q)
                         }
                         None => {

@@ -170,9 +170,9 @@ pub const MAX_LIQUIDATION_FEE_BPS: u32 = 100;
 /// The weight of the risk arrays in the `Portfolio` maintenance rule the validity circuit
 /// proves of every `Portfolio` account that trades (`collateral * 1e8 * 1e4 + sum_i q_i *
 /// (mark_i * 1e4 + RA_i[s] * PROVEN_PM_MAINTENANCE_BPS) >= 0` in every scenario and the
-/// no-move one). The engine's rule at `RiskConfig::pm_maintenance_bps` implies it at any
-/// weight up to its own (a convex combination with the no-move scenario), so that setting may
-/// not be below it.
+/// no-move one), and of every account it liquidates that it falls short of it (with the
+/// engine's rounding, `SettlementState::below_maintenance`). `RiskConfig::pm_maintenance_bps`
+/// must equal it.
 pub const PROVEN_PM_MAINTENANCE_BPS: u32 = 8_000;
 
 /// The short-option floor the validity circuit adds to that rule, basis points of the index
@@ -181,7 +181,8 @@ pub const PROVEN_PM_MAINTENANCE_BPS: u32 = 8_000;
 /// 1e12)`, this rate and that weight, over the account's short options (calls and
 /// puts not settled, at the index committed with each one's mark). The engine's floor at
 /// `RiskConfig::pm_short_option_floor_bps`, weighed by its maintenance weight and rounded up per
-/// position, implies it at any rate up to its own, so that setting may not be below it.
+/// position, implies it at the same rate, which that setting must equal (the proof also
+/// liquidates only accounts short of the rule).
 pub const PROVEN_PM_SHORT_OPTION_FLOOR_BPS: u32 = 100;
 
 /// `Standard` margin's maintenance per short option contract, basis points of the index
@@ -202,8 +203,9 @@ pub const STANDARD_SHORT_OPTION_MIN_INITIAL_BPS: u32 = 1_000;
 
 /// The perpetual maintenance rate the validity circuit proves of every `Standard` account that
 /// trades: `ceil(|q| * mark * rate / (1e4 * 1e8))` per perpetual position, beside its value. The
-/// engine's `RiskConfig::perp_maintenance_bps` and `perp_initial_bps` may not be below it (its
-/// makers fill at maintenance, its takers at initial margin).
+/// engine's `RiskConfig::perp_maintenance_bps` must equal it and `perp_initial_bps` may not be
+/// below it (its makers fill at maintenance, its takers at initial margin, and it liquidates
+/// only accounts below the proven rule).
 pub const PROVEN_STANDARD_PERP_MAINTENANCE_BPS: u32 = 500;
 
 /// The deepest discount to the mark a liquidation may give the liquidator, basis points of one
@@ -262,10 +264,14 @@ impl RiskConfig {
     /// Why a validity proof could not hold an engine at these settings (some of its honest
     /// fills, liquidations or fees would be unprovable), or `None`: a liquidation fee above
     /// `MAX_LIQUIDATION_FEE_BPS`, an auction discount above `MAX_LIQUIDATION_DISCOUNT_BPS`, a
-    /// `Portfolio` weight or floor below `PROVEN_PM_MAINTENANCE_BPS` or
-    /// `PROVEN_PM_SHORT_OPTION_FLOOR_BPS`, or a perpetual rate below
-    /// `PROVEN_STANDARD_PERP_MAINTENANCE_BPS`. The engine's constructor, its restore and the
-    /// snapshot decoder all refuse such settings with this reason.
+    /// `Portfolio` weight or floor other than `PROVEN_PM_MAINTENANCE_BPS` or
+    /// `PROVEN_PM_SHORT_OPTION_FLOOR_BPS`, a perpetual maintenance rate other than
+    /// `PROVEN_STANDARD_PERP_MAINTENANCE_BPS` or an initial rate below it. The proof holds every
+    /// account that trades at or above the proven maintenance (so the engine's may not be
+    /// lower) and liquidates only accounts below it (so the engine's may not be higher: an
+    /// account the engine liquidates must be below the proven rule, `SettlementState::
+    /// below_maintenance`). The engine's constructor, its restore and the snapshot decoder all
+    /// refuse such settings with this reason.
     pub fn unprovable(&self) -> Option<&'static str> {
         if self.liquidation_fee_bps > MAX_LIQUIDATION_FEE_BPS {
             Some("liquidation fee above its provable maximum")
@@ -273,14 +279,14 @@ impl RiskConfig {
             > MAX_LIQUIDATION_DISCOUNT_BPS
         {
             Some("liquidation discount above its provable maximum")
-        } else if self.pm_maintenance_bps < PROVEN_PM_MAINTENANCE_BPS {
-            Some("portfolio maintenance below the proven weight")
-        } else if self.pm_short_option_floor_bps < PROVEN_PM_SHORT_OPTION_FLOOR_BPS {
-            Some("short-option floor below the proven rate")
-        } else if self.perp_maintenance_bps.min(self.perp_initial_bps)
-            < PROVEN_STANDARD_PERP_MAINTENANCE_BPS
+        } else if self.pm_maintenance_bps != PROVEN_PM_MAINTENANCE_BPS {
+            Some("portfolio maintenance other than the proven weight")
+        } else if self.pm_short_option_floor_bps != PROVEN_PM_SHORT_OPTION_FLOOR_BPS {
+            Some("short-option floor other than the proven rate")
+        } else if self.perp_maintenance_bps != PROVEN_STANDARD_PERP_MAINTENANCE_BPS
+            || self.perp_initial_bps < PROVEN_STANDARD_PERP_MAINTENANCE_BPS
         {
-            Some("perpetual margin below the proven maintenance rate")
+            Some("perpetual margin other than the proven maintenance rate")
         } else {
             None
         }

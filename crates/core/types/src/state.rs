@@ -204,6 +204,20 @@ impl FillBudget {
         instruments: u32::MAX,
     };
 
+    /// The most positions a liquidated account may hold at a batch's start for the proof to
+    /// price it (`SettlementState::below_maintenance` before each of its liquidations, with a
+    /// margin slot each): all of them in the registers with its counterparty's position, so
+    /// one fewer than the position registers, and no more than the instrument registers; none
+    /// without margin slots. An account holding more is liquidated unpriced (the proof checks
+    /// only that it could default).
+    pub fn liquidation_priced(&self) -> u32 {
+        if self.margins == 0 {
+            0
+        } else {
+            self.positions.saturating_sub(1).min(self.instruments)
+        }
+    }
+
     /// The aligned run of window ids `instrument` lies in.
     pub fn run(&self, instrument: InstrumentId) -> u32 {
         instrument.0.checked_shr(self.window_bits).unwrap_or(0)

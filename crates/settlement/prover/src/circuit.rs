@@ -224,18 +224,24 @@ struct Modes {
     portfolio: Wire,
 }
 
-/// The state right after one op slot, for the margin slots.
+/// One op slot's account and its positions, for the margin slots.
 struct Snapshot {
-    /// The op's account (a).
-    a_id: Wire,
-    /// Its collateral after the op.
-    a_after: Wire,
+    /// The account a margin slot prices at this op: the op's account (a), or a liquidation's
+    /// liquidated account (b).
+    id: Wire,
+    /// Its collateral: a's after the op, or b's before the liquidation.
+    collateral: Wire,
     /// Money left account a at its holder's request (a withdrawal, a transfer).
     out: Wire,
     /// A deficit cover of account a: it must hold no position.
     covered: Wire,
-    /// Every position register's quantity.
+    /// A liquidation of account b whose positions the proof prices: it must be below
+    /// maintenance before the op.
+    liquidated: Wire,
+    /// Every position register's quantity and short part before the op's trade (a
+    /// withdrawal, a transfer or a cover moves no position).
     qty: Vec<Wire>,
+    short: Vec<Wire>,
 }
 
 /// What the slots carry from one to the next.
@@ -255,6 +261,9 @@ struct Running {
     next_account: Wire,
     /// After each op slot.
     snapshots: Vec<Snapshot>,
+    /// The most positions a liquidated account may hold at the batch's start for its
+    /// liquidation to be priced (`FillBudget::liquidation_priced`): one holding more is not.
+    liquidation_priced: u64,
 }
 
 /// The running evaluation `y = z^n + sum_i w_i z^(n-1-i)` of the words the blob posts for the
@@ -561,6 +570,7 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
         shared: Wire::zero(),
         next_account,
         snapshots: Vec::with_capacity(w.slots.len()),
+        liquidation_priced: u64::from(w.shape.fill_budget().liquidation_priced()),
     };
     for (i, slot) in w.slots.iter().enumerate() {
         cs.part(format!("op slot {i} (kind {})", slot.kind));
@@ -1110,6 +1120,15 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
         .sub(&b_collateral.scale(Fr::from(QTY_SCALE as u64)))
         .add_const(-Fr::from(1u64));
     cs.range(&cs.mul(&liquidation, &uncovered)?, LIABILITY_BITS + 1)?;
+    // And, unless it held more positions at the batch's start than the shape prices for a
+    // liquidation (its leaf's count, below 2^32), a margin slot proves it below maintenance
+    // before the op (`liquidated`).
+    let unpriced = cs.boolean(s.unpriced)?;
+    cs.enforce(&unpriced, &not(&liquidation), &Wire::zero())?;
+    let b_count = pick(cs, &sel_b, st.accounts.iter().map(|a| a.count0.clone()))?;
+    let beyond = b_count.add_const(-Fr::from(st.liquidation_priced + 1));
+    cs.range(&cs.mul(&unpriced, &beyond)?, 32)?;
+    let liquidated = liquidation.sub(&unpriced);
 
     // Cash, nonces, owners and openings on the account registers.
     let cash_sign = Wire::sum([&deposit, &l1_deposit, &deficit])
@@ -1257,6 +1276,11 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     // its quantity, and its account's liability moves by the change times the instrument's
     // worst-case payoff per contract.
     let held_a = pick(cs, &sel_pa, st.positions.iter().map(|q| q.qty.clone()))?;
+    let (qty_before, short_before) = st
+        .positions
+        .iter()
+        .map(|q| (q.qty.clone(), q.short.clone()))
+        .unzip();
     let short_a = short_part(cs, &held_a.sub(&taker_moves))?;
     let short_b = short_part(cs, &held_b.add(&taker_moves))?;
     let moved_a = short_a.sub(&pick(
@@ -1312,11 +1336,13 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     st.poly
         .push(cs, &names_owner, std::slice::from_ref(&owner))?;
     st.snapshots.push(Snapshot {
-        a_id: a_id.clone(),
-        a_after,
+        id: a_id.add(&cs.mul(&liquidation, &b_id.sub(&a_id))?),
+        collateral: a_after.add(&cs.mul(&liquidation, &b_collateral.sub(&a_after))?),
         out,
         covered: deficit.clone(),
-        qty: st.positions.iter().map(|q| q.qty.clone()).collect(),
+        liquidated,
+        qty: qty_before,
+        short: short_before,
     });
     let record = [
         kind_code, a_id, b_id, instrument, amount, price, qty, taker_buys, priority, owner,
@@ -1482,8 +1508,6 @@ fn margin_slots(
 ) -> R<()> {
     // The index takes the first of the hashed places.
     let scenarios = (w.shape.risk_chunks * RISK_CHUNK).saturating_sub(1);
-    // The ops that need a margin slot: money out.
-    let needs: Vec<Wire> = st.snapshots.iter().map(|x| x.out.clone()).collect();
     let mut checked = vec![Wire::zero(); st.snapshots.len()];
     // End slots per account register.
     let mut maintained = vec![Wire::zero(); st.accounts.len()];
@@ -1497,20 +1521,22 @@ fn margin_slots(
         u64::from(PROVEN_PM_SHORT_OPTION_FLOOR_BPS) * u64::from(PROVEN_PM_MAINTENANCE_BPS),
     );
     let standard_rate = Fr::from(u64::from(STANDARD_SHORT_OPTION_MAINTENANCE_BPS) * BPS);
-    // Each position register's `Standard` terms as the batch leaves it, but for the index's.
-    let standard: Vec<Wire> = prices
-        .iter()
-        .zip(&st.positions)
-        .map(|(row, q)| {
-            let per_q = pick(cs, row, st.instruments.iter().map(|i| i.standard_q.clone()))?;
-            let per_short = pick(
-                cs,
-                row,
-                st.instruments.iter().map(|i| i.standard_short.clone()),
-            )?;
-            Ok(cs.mul(&q.qty, &per_q)?.sub(&cs.mul(&q.short, &per_short)?))
-        })
-        .collect::<R<_>>()?;
+    // Each position register's `Standard` terms per contract and per short contract, but for
+    // the index's.
+    let mut per_q = Vec::with_capacity(prices.len());
+    let mut per_short = Vec::with_capacity(prices.len());
+    for row in prices {
+        per_q.push(pick(
+            cs,
+            row,
+            st.instruments.iter().map(|i| i.standard_q.clone()),
+        )?);
+        per_short.push(pick(
+            cs,
+            row,
+            st.instruments.iter().map(|i| i.standard_short.clone()),
+        )?);
+    }
     let standard_mode: Vec<Wire> = modes
         .iter()
         .map(|m| not(&m.worst_case.add(&m.portfolio)))
@@ -1518,12 +1544,15 @@ fn margin_slots(
     for m in &w.margins {
         let enabled = cs.boolean(m.enabled)?;
         // A flat slot proves instead that a deficit cover's account holds no position; an end
-        // slot, the maintenance rule after the batch.
+        // slot, the maintenance rule after the batch; a below slot, that a liquidation's
+        // account falls short of that rule before the op.
         let flat = cs.boolean(m.flat)?;
         let end = cs.boolean(m.end)?;
+        let below = cs.boolean(m.below)?;
         cs.equal_if(&flat, &enabled, &one())?;
         cs.equal_if(&end, &enabled, &one())?;
-        cs.equal(&cs.mul(&flat, &end)?, &Wire::zero())?;
+        cs.equal_if(&below, &enabled, &one())?;
+        cs.assert_boolean(&Wire::sum([&flat, &end, &below]))?;
         let at_op = enabled.sub(&end);
         let (sel_k, sum_k) = selector(cs, st.snapshots.len(), m.slot)?;
         cs.equal(&sum_k, &at_op)?;
@@ -1535,32 +1564,56 @@ fn margin_slots(
         for (n, x) in maintained.iter_mut().zip(&sel_a) {
             *n = n.add(&cs.mul(&end, x)?);
         }
-        // The op's account, after the op; money left it; its registers hold all it held.
-        let a_id = pick(cs, &sel_k, st.snapshots.iter().map(|x| x.a_id.clone()))?;
+        // The op's account (a liquidation's liquidated one); money left it, or it holds
+        // nothing, or it was liquidated; its registers hold all it held.
+        let snap_id = pick(cs, &sel_k, st.snapshots.iter().map(|x| x.id.clone()))?;
         let id = pick(cs, &sel_a, st.accounts.iter().map(|a| a.id.clone()))?;
-        cs.equal(&a_id, &id.sub(&cs.mul(&end, &id)?))?;
-        let out = pick(cs, &sel_k, needs.iter().cloned())?;
-        cs.equal(&out, &at_op.sub(&flat))?;
+        cs.equal(&snap_id, &id.sub(&cs.mul(&end, &id)?))?;
+        let out = pick(cs, &sel_k, st.snapshots.iter().map(|x| x.out.clone()))?;
+        cs.equal(&out, &at_op.sub(&flat).sub(&below))?;
         let covered = pick(cs, &sel_k, st.snapshots.iter().map(|x| x.covered.clone()))?;
         cs.equal(&covered, &flat)?;
+        let liquidated = pick(
+            cs,
+            &sel_k,
+            st.snapshots.iter().map(|x| x.liquidated.clone()),
+        )?;
+        cs.equal(&liquidated, &below)?;
         let margined = pick(cs, &sel_a, st.accounts.iter().map(|a| a.margined.clone()))?;
         cs.equal(&margined, &enabled)?;
-        // An end slot of an account that ends the batch in Standard.
-        let in_standard = cs.mul(&end, &pick(cs, &sel_a, standard_mode.iter().cloned())?)?;
+        // The mode: an end slot's as the batch leaves the account, a below slot's as the batch
+        // found it (mode changes apply after the op slots), never `WorstCase` (the engine
+        // never liquidates such an account).
+        let mode0 = pick(cs, &sel_a, st.accounts.iter().map(|a| a.mode0.clone()))?;
+        let (code0, worst_case0, portfolio0) =
+            mode_code(cs, mode0.value.into_bigint().as_ref()[0] as u8)?;
+        cs.equal(&code0, &mode0)?;
+        cs.equal(&cs.mul(&below, &worst_case0)?, &Wire::zero())?;
+        let standard_end = cs.mul(&end, &pick(cs, &sel_a, standard_mode.iter().cloned())?)?;
+        let standard_below = cs.mul(&below, &not(&portfolio0))?;
+        let in_standard = standard_end.add(&standard_below);
+        // The slots that price a maintenance rule.
+        let maintenance = end.add(&below);
         // (A flat slot prices nothing: its collateral, in deficit, counts as zero.) An end
         // slot's account as the batch leaves it.
-        let collateral = pick(cs, &sel_k, st.snapshots.iter().map(|x| x.a_after.clone()))?;
+        let collateral = pick(
+            cs,
+            &sel_k,
+            st.snapshots.iter().map(|x| x.collateral.clone()),
+        )?;
         let collateral = collateral.sub(&cs.mul(&flat, &collateral)?);
         let last = pick(cs, &sel_a, st.accounts.iter().map(|a| a.collateral.clone()))?;
         let collateral = collateral.add(&cs.mul(&end, &last)?);
         // Its quantity per instrument register.
         let account = index_of(&sel_a);
         let mut held = vec![Wire::zero(); st.instruments.len()];
-        let mut floor = Wire::zero();
-        let mut standard_terms = Wire::zero();
+        let (mut floor, mut standard_terms, mut allowance) =
+            (Wire::zero(), Wire::zero(), Wire::zero());
         for (r, q) in st.positions.iter().enumerate() {
             let qty = pick(cs, &sel_k, st.snapshots.iter().map(|x| x.qty[r].clone()))?;
             let qty = qty.add(&cs.mul(&end, &q.qty)?);
+            let short = pick(cs, &sel_k, st.snapshots.iter().map(|x| x.short[r].clone()))?;
+            let short = short.add(&cs.mul(&end, &q.short)?);
             let same = not(&cs.is_nonzero(&q.account.sub(&account))?);
             let belongs = cs.mul(&cs.mul(&same, &q.enabled)?, &enabled)?;
             // Each of its positions is priced by exactly one instrument register.
@@ -1570,16 +1623,22 @@ fn margin_slots(
             for (h, price) in held.iter_mut().zip(&prices[r]) {
                 *h = h.add(&cs.mul(price, &mine)?);
             }
-            // An end slot's positions as the batch leaves them: its short options for their
-            // floor, all of them for the Standard rule.
-            let at_end = cs.mul(&belongs, &end)?;
-            let short = cs.mul(&at_end, &q.short)?;
-            floor = floor.add(&cs.mul(&short, &units[r])?);
-            standard_terms = standard_terms.add(&cs.mul(&at_end, &standard[r])?);
+            // Its short options for their floor, all its positions for the Standard rule, and
+            // the engine's rounding allowance per position held and per short contract
+            // (`optio_state::liquidation_rounding`): read by the maintenance slots only.
+            let mine_short = cs.mul(&belongs, &short)?;
+            floor = floor.add(&cs.mul(&mine_short, &units[r])?);
+            standard_terms = standard_terms
+                .add(&cs.mul(&mine, &per_q[r])?)
+                .sub(&cs.mul(&mine_short, &per_short[r])?);
+            allowance = allowance
+                .add(&cs.is_nonzero(&mine)?.scale(Fr::from(ROUNDING_PER_POSITION)))
+                .add(&mine_short.scale(Fr::from(ROUNDING_PER_SHORT)));
         }
         // The floor in the totals' unit (1e-12 micro-USDC), rounded up, at the rate of the
         // mode: terms below 2^196, the sum times a rate below 2^219, the quotient below 2^180.
         const TOTAL_UNIT: u64 = 1_000_000_000_000;
+        let floor = cs.mul(&maintenance, &floor)?;
         let rated = floor.scale(floor_rate).add(
             &cs.mul(&in_standard, &floor)?
                 .scale(standard_rate - floor_rate),
@@ -1594,8 +1653,8 @@ fn margin_slots(
             collateral.scale(Fr::from(QTY_SCALE as u64)),
             |acc, (q, i)| Ok::<_, SynthesisError>(acc.add(&cs.mul(q, &i.mark)?)),
         )?;
-        // Scaled by 1e4 in an end slot; in a Standard one, that rule's total instead.
-        let base = base.add(&cs.mul(&end, &base)?.scale(Fr::from(BPS - 1)));
+        // Scaled by 1e4 in a maintenance slot; in a Standard one, that rule's total instead.
+        let base = base.add(&cs.mul(&maintenance, &base)?.scale(Fr::from(BPS - 1)));
         let standard_total = collateral
             .scale(Fr::from(QTY_SCALE as u64 * BPS))
             .add(&standard_terms);
@@ -1608,23 +1667,40 @@ fn margin_slots(
                 .try_fold(Wire::zero(), |acc, (q, i)| {
                     Ok::<_, SynthesisError>(acc.add(&cs.mul(q, &i.risk[s])?))
                 })?;
-            // Weighted by PROVEN_PM_MAINTENANCE_BPS in an end slot.
-            let moved = moved.add(&cs.mul(&end, &moved)?.scale(weight - Fr::from(1u64)));
+            // Weighted by PROVEN_PM_MAINTENANCE_BPS in a maintenance slot.
+            let moved = moved.add(&cs.mul(&maintenance, &moved)?.scale(weight - Fr::from(1u64)));
             totals.push(base.add(&moved));
         }
         // Money that left leaves every total non-negative; an account that traded, every
         // total of its mode's rule at or above its short options' floor (none in other slots):
         // Standard has no scenarios.
         let bound = out.add(&end);
-        let moved_bound = bound.sub(&in_standard);
+        let moved_bound = bound.sub(&standard_end);
         for (s, total) in totals.iter().enumerate() {
             let bound = if s == 0 { &bound } else { &moved_bound };
             cs.range(&cs.mul(bound, &total.sub(&floor))?, MARGIN_BITS)?;
         }
+        // A liquidated account had one total (the prover names it; Standard's only one) short
+        // of its floor by more than the allowance: `floor + allowance - 1 - total` is
+        // non-negative (the floor below 2^180, a total above -2^150: 182 bits hold it; a total
+        // that covers the two makes it far above them).
+        let (sel_s, sum_s) = selector(cs, totals.len(), m.scenario)?;
+        cs.equal(&sum_s, &below)?;
+        cs.equal(
+            &cs.mul(&standard_below, &sum_s.sub(&sel_s[0]))?,
+            &Wire::zero(),
+        )?;
+        let short_total = pick(cs, &sel_s, totals.iter().cloned())?;
+        let shortfall = floor
+            .add(&allowance)
+            .add_const(-Fr::from(1u64))
+            .sub(&short_total);
+        cs.range(&cs.mul(&below, &shortfall)?, MARGIN_BITS + 32)?;
     }
-    // Every op that takes money out and every deficit cover has exactly one margin slot.
-    for ((c, x), n) in checked.iter().zip(&st.snapshots).zip(&needs) {
-        cs.equal(c, &n.add(&x.covered))?;
+    // Every op that takes money out, every deficit cover and every priced liquidation has
+    // exactly one margin slot.
+    for (c, x) in checked.iter().zip(&st.snapshots) {
+        cs.equal(c, &x.out.add(&x.covered).add(&x.liquidated))?;
     }
     // Every account that traded and ends the batch in Portfolio or Standard has exactly one end
     // slot.
@@ -1634,6 +1710,12 @@ fn margin_slots(
     }
     Ok(())
 }
+
+/// The engine's rounding allowance in a maintenance total's unit (1e-12 micro-USDC), per
+/// position held and per short contract unit (1e-8 contracts): `optio_state::
+/// liquidation_rounding`.
+const ROUNDING_PER_POSITION: u64 = 4_000_000_000_000;
+const ROUNDING_PER_SHORT: u64 = 10_000;
 
 /// `h = Poseidon(h, key, expiry)` over the entries in use, from 0: `leaf::keys_hash`.
 fn keys_hash(cs: &Cs, entries: &[(Wire, Wire)], present: &[Wire]) -> R<Wire> {

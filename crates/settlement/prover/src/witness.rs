@@ -352,6 +352,11 @@ pub struct MarginSlot {
     pub flat: bool,
     /// A `Portfolio` or `Standard` account's maintenance after the batch.
     pub end: bool,
+    /// A liquidated account's shortfall of its maintenance before the liquidation.
+    pub below: bool,
+    /// Of a below slot: the total short of its bound (0 the no-move one, `1 + s` scenario
+    /// `s`: `SettlementState::below_maintenance`).
+    pub scenario: Option<usize>,
     /// The op slot (none for an end slot).
     pub slot: Option<usize>,
     /// The account register.
@@ -510,6 +515,9 @@ pub struct Slot {
     /// A forced close's rounding: `notional * 1e8 - price * qty`, of the buyer's sign (the
     /// account pays the ceiling, gets the floor), in `0..1e8`.
     pub rounding: Fr,
+    /// A liquidation whose account held more positions at the batch's start than the shape
+    /// prices for a liquidation (`FillBudget::liquidation_priced`): no below slot.
+    pub unpriced: bool,
 }
 
 /// Most session keys an account holds (`optio_types::oracle::MAX_SESSION_KEYS`): the length of
@@ -953,9 +961,10 @@ struct Plan<'a> {
     settles: Vec<Settlement>,
     /// The account slots' ops: the session keys, then the margin modes (the circuit's order).
     key_ops: Vec<&'a Op>,
-    /// Op slots (indices into `slot_ops`) whose money leaves an account, or that cover its deficit
-    /// (`true`: it must hold no position), and that account.
-    margin_slots: Vec<(usize, u32, bool)>,
+    /// Op slots (indices into `slot_ops`) whose money leaves an account, that cover its deficit
+    /// (it must hold no position), or that liquidate it (it must be below maintenance), and
+    /// that account.
+    margin_slots: Vec<(usize, u32, SlotRule)>,
     /// Accounts that traded (a fill's maker or taker) and end the batch in `Portfolio` or
     /// `Standard`: an end slot each, after the margin slots.
     maintained: BTreeSet<u32>,
@@ -967,6 +976,17 @@ struct Plan<'a> {
     /// the positions those accounts held before and of those the batch changes.
     solvency_runs: BTreeSet<(u32, u64)>,
     price_runs: BTreeSet<u64>,
+}
+
+/// What a margin slot at an op proves of its account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotRule {
+    /// Money left it: covered in every stress scenario.
+    Out,
+    /// A deficit cover: it holds no position.
+    Flat,
+    /// A liquidation: below maintenance before the op.
+    Below,
 }
 
 /// The commitment any proof of `ops` applied to `state` has as its third public input, whatever
@@ -1083,7 +1103,8 @@ fn plan<'a>(
     let mut settles: Vec<Settlement> = Vec::new();
     let mut key_ops: Vec<&Op> = Vec::new();
     let mut mode_ops: Vec<&Op> = Vec::new();
-    let mut margin_slots: Vec<(usize, u32, bool)> = Vec::new();
+    let mut margin_slots: Vec<(usize, u32, SlotRule)> = Vec::new();
+    let liquidation_priced = shape.fill_budget().liquidation_priced() as usize;
     let mut filled_accounts: BTreeSet<u32> = BTreeSet::new();
     // Accounts that traded, and the margin modes the batch leaves its accounts in.
     let mut traded: BTreeSet<u32> = BTreeSet::new();
@@ -1253,11 +1274,24 @@ fn plan<'a>(
         }
         // Money leaving an account is priced against all its positions: those it held before
         // the batch join the registers (those the batch opens are there already).
-        let priced = optio_state::money_out_of(op).map(|a| (a, false));
-        if let Some((AccountId(account), flat)) =
-            priced.or(optio_state::flat_for(op).map(|a| (a, true)))
+        // So is a liquidated account, unless it held more positions at the batch's start than
+        // the shape prices for a liquidation.
+        let liquidated = match op {
+            Op::Liquidation { account, .. }
+                if accounts
+                    .get(account.0 as usize)
+                    .is_none_or(|a| a.positions.len() <= liquidation_priced) =>
+            {
+                Some((*account, SlotRule::Below))
+            }
+            _ => None,
+        };
+        let priced = optio_state::money_out_of(op).map(|a| (a, SlotRule::Out));
+        if let Some((AccountId(account), rule)) = priced
+            .or(optio_state::flat_for(op).map(|a| (a, SlotRule::Flat)))
+            .or(liquidated)
         {
-            margin_slots.push((slot_ops.len(), account, flat));
+            margin_slots.push((slot_ops.len(), account, rule));
             if let Some(a) = accounts.get(account as usize) {
                 for &instrument in a.positions.keys() {
                     position_keys.insert((account, instrument));
@@ -1513,6 +1547,9 @@ pub fn witness(
     let mut shared: i128 = 0;
     let mut priority = state.priority_served();
     let mut slots = Vec::with_capacity(shape.slots);
+    // The total each priced liquidation's account falls short with, by op slot.
+    let mut shortfalls: BTreeMap<usize, usize> = BTreeMap::new();
+    let liquidation_priced = shape.fill_budget().liquidation_priced() as usize;
     for &(index, op, opened_id) in &slot_ops {
         let mut slot = Slot::default();
         match op {
@@ -1662,6 +1699,33 @@ pub fn witness(
                         (maker_fee, taker_fee)
                     }
                 };
+                // A liquidated account the shape prices falls short of its maintenance before
+                // the op, in the mode the batch found it in.
+                if let Op::Liquidation { account, .. } = op {
+                    let before = accounts.get(account.0 as usize);
+                    if before.is_some_and(|a| a.positions.len() > liquidation_priced) {
+                        slot.unpriced = true;
+                    } else {
+                        let b = &accts[rb];
+                        let positions = b
+                            .positions
+                            .iter()
+                            .map(|(i, q)| Ok((*i, Qty(i64::try_from(*q)?))))
+                            .collect::<Result<BTreeMap<u32, Qty>, std::num::TryFromIntError>>()
+                            .map_err(|_| WitnessError::Invalid(index))?;
+                        let collateral = optio_types::Amount(
+                            i64::try_from(b.collateral)
+                                .map_err(|_| WitnessError::Invalid(index))?,
+                        );
+                        let mode = before.map_or(MarginMode::WorstCase, |a| a.mode);
+                        // (None: it meets its maintenance, which the circuit refuses at the
+                        // slot, naming the rule.)
+                        let short = state
+                            .below_maintenance(mode, collateral, &positions)
+                            .unwrap_or(0);
+                        shortfalls.insert(slots.len(), short);
+                    }
+                }
                 let sign: i128 = if buys { 1 } else { -1 };
                 for (r, cash, moved) in [
                     (ra, sign * notional - a_fee, -sign * q),
@@ -2160,21 +2224,33 @@ pub fn witness(
     );
     let mut margins: Vec<MarginSlot> = margin_slots
         .iter()
-        .map(|&(slot, account, flat)| MarginSlot {
-            enabled: true,
-            flat,
-            end: false,
-            slot: Some(slot),
-            account: Some(reg_of[&account]),
+        .map(|&(slot, account, rule)| {
+            Ok(MarginSlot {
+                enabled: true,
+                flat: rule == SlotRule::Flat,
+                end: false,
+                below: rule == SlotRule::Below,
+                scenario: match rule {
+                    SlotRule::Below => Some(
+                        *shortfalls
+                            .get(&slot)
+                            .ok_or(WitnessError::Invalid(slot_ops[slot].0))?,
+                    ),
+                    _ => None,
+                },
+                slot: Some(slot),
+                account: Some(reg_of[&account]),
+            })
         })
-        .chain(maintained.iter().map(|account| MarginSlot {
-            enabled: true,
-            flat: false,
-            end: true,
-            slot: None,
-            account: Some(reg_of[account]),
+        .chain(maintained.iter().map(|account| {
+            Ok(MarginSlot {
+                enabled: true,
+                end: true,
+                account: Some(reg_of[account]),
+                ..MarginSlot::default()
+            })
         }))
-        .collect();
+        .collect::<Result<_, WitnessError>>()?;
     margins.resize_with(shape.margins, MarginSlot::default);
     let mut w = BatchWitness {
         shape,

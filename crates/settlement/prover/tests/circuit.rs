@@ -152,10 +152,15 @@ fn down_to_100_000(account: u32) -> Op {
 const FUNDED: u32 = 5;
 
 /// `genesis(6)` with account 5 down to 100,000 and short 10 perpetuals (a worst-case payoff of
-/// 200,000 each) sold to account 4 at 10,000: it could default, so random batches liquidate it.
+/// 200,000 each) sold to account 4 at 10,000, then marked at 25,000: it could default and is
+/// below maintenance, so random batches liquidate it.
 fn leveraged_writer() -> SettlementState {
-    let state = after(&genesis(6), &[down_to_100_000(5)]);
-    after(
+    let state = marked(
+        &after(&genesis(6), &[down_to_100_000(5)]),
+        0,
+        10_000 * MONEY_SCALE,
+    );
+    let state = after(
         &state,
         &[Op::Fill {
             instrument: InstrumentId(0),
@@ -165,7 +170,8 @@ fn leveraged_writer() -> SettlementState {
             price: Price(10_000 * MONEY_SCALE),
             qty: Qty(10 * QTY_SCALE),
         }],
-    )
+    );
+    marked(&state, 0, 25_000 * MONEY_SCALE)
 }
 
 fn random_batch(rng: &mut ChaCha8Rng, state: &SettlementState, priority: &mut u64) -> Vec<Op> {
@@ -181,10 +187,11 @@ fn random_batch(rng: &mut ChaCha8Rng, state: &SettlementState, priority: &mut u6
         // forced withdrawal empties it, a held one's takes all the rule leaves: money does not
         // leave either again).
         let mut now = state.clone();
-        now.apply_batch(&ops).expect("the batch so far applies");
+        now.apply_batch(&ops)
+            .unwrap_or_else(|e| panic!("the batch so far applies: {e}: {ops:?}"));
         let free = now.stress_free(a).expect("a funded account");
         let emptied = free < i128::from(amount.0);
-        ops.push(match rng.random_range(0..9) {
+        let op = match rng.random_range(0..9) {
             0 => Op::Deposit { account: a, amount },
             1 | 4 if emptied => continue,
             1 => Op::Withdraw {
@@ -259,17 +266,25 @@ fn random_batch(rng: &mut ChaCha8Rng, state: &SettlementState, priority: &mut u6
             }
             7 | 8 => {
                 // A liquidation of part of the position of an account that could default (its
-                // collateral short of what its shorts can owe at worst), inside the committed
-                // stress range on its side, to a funded counterparty.
+                // collateral short of what its shorts can owe at worst) and is below maintenance
+                // (in the mode the batch found it in), inside the committed stress range on its
+                // side and no better for it than the mark (so that it stays below), to a funded
+                // counterparty.
                 let mut now = state.clone();
                 now.apply_batch(&ops).expect("the batch so far applies");
                 let b = AccountId(b.0 % FUNDED);
                 let Some(a) = (0..n).map(AccountId).find(|&x| {
                     let account = &now.accounts()[x.0 as usize];
                     let liability = account.liability(&now.payoffs());
+                    let mode = state.accounts().get(x.0 as usize).map(|a| a.mode);
                     x != b
                         && i128::from(account.collateral.0) * i128::from(QTY_SCALE)
                             < liability as i128
+                        && mode.is_some_and(|mode| {
+                            state
+                                .below_maintenance(mode, account.collateral, &account.positions)
+                                .is_some()
+                        })
                 }) else {
                     continue;
                 };
@@ -293,9 +308,9 @@ fn random_batch(rng: &mut ChaCha8Rng, state: &SettlementState, priority: &mut u6
                 let tick = 100_000;
                 let buys = held < 0;
                 let price = if buys {
-                    rng.random_range(0..=high / tick) * tick
+                    rng.random_range(mark / tick..=high / tick) * tick
                 } else {
-                    (low.max(0) + tick - 1) / tick * tick + rng.random_range(0..1_000) * tick
+                    rng.random_range((low.max(0) + tick - 1) / tick..=mark / tick) * tick
                 };
                 let step = QTY_SCALE / 100;
                 let contracts = rng.random_range(1..=held.abs() / step) * step;
@@ -324,7 +339,15 @@ fn random_batch(rng: &mut ChaCha8Rng, state: &SettlementState, priority: &mut u6
                 price: Price(rng.random_range(1..50_000) * 100_000),
                 qty: Qty(rng.random_range(1..100) * QTY_SCALE / 100),
             },
-        });
+        };
+        // A fill that would leave one of its accounts insolvent or below maintenance at the
+        // committed marks (which the random marks move) is not made.
+        if matches!(op, Op::Fill { .. })
+            && now.clone().apply_batch(std::slice::from_ref(&op)).is_err()
+        {
+            continue;
+        }
+        ops.push(op);
     }
     // Session keys from a small set (so that some are renewed or revoked), some expiring; and
     // margin modes between the two that the leverage allows, in the same slots.
@@ -1739,7 +1762,8 @@ fn an_expiry_settles_in_balanced_parts() {
 #[test]
 fn liquidations_move_positions_and_pay_insurance() {
     // Account 1, down to 100,000, buys 2 perpetuals at their 90,000 mark: its cash below zero,
-    // it could default.
+    // it could default; then the mark falls to 42,000, its equity (4,000) below its
+    // maintenance (4,200).
     let state = after(
         &genesis(3),
         &[
@@ -1761,6 +1785,15 @@ fn liquidations_move_positions_and_pay_insurance() {
             taker_side: Side::Buy,
             price: Price(90_000 * MONEY_SCALE),
             qty: Qty(2 * QTY_SCALE),
+        }],
+    );
+    let state = after(
+        &state,
+        &[Op::Mark {
+            instrument: InstrumentId(0),
+            mark: Price(42_000 * MONEY_SCALE),
+            index: Price(60_000_000_000),
+            risk: vec![Amount(-10_000 * MONEY_SCALE), Amount(10_000 * MONEY_SCALE)],
         }],
     );
     let liquidation = |fee: i64| Op::Liquidation {
@@ -2010,6 +2043,32 @@ fn leveraged_pair(mark: Op) -> SettlementState {
     after(&state, &[perp_fill(Side::Buy, 2)])
 }
 
+/// `genesis(6)` with accounts 0 and 1 down to 100,000 each, account 1 long 2 perpetuals bought
+/// from account 4 at 150,000 and account 0 short 2 sold to account 5 at 50,000 (each at its mark
+/// then), and then `mark`: at 100,000 each is at zero equity less its fees, below its `Standard` maintenance
+/// (5% of its 200,000 notional), and neither covers what its shorts can owe at worst (account
+/// 1's cash is below zero; account 0 may owe 400,000 on 200,000), so either may be liquidated.
+fn liquidatable_pair(mark: Op) -> SettlementState {
+    let fill = |maker: u32, taker: u32, price: i64| Op::Fill {
+        instrument: InstrumentId(0),
+        maker: AccountId(maker),
+        taker: AccountId(taker),
+        taker_side: Side::Buy,
+        price: Price(price * MONEY_SCALE),
+        qty: Qty(2 * QTY_SCALE),
+    };
+    let state = after(&genesis(6), &[down_to_100_000(0), down_to_100_000(1)]);
+    let state = after(
+        &marked(&state, 0, 150_000 * MONEY_SCALE),
+        &[fill(4, 1, 150_000)],
+    );
+    let state = after(
+        &marked(&state, 0, 50_000 * MONEY_SCALE),
+        &[fill(0, 5, 50_000)],
+    );
+    after(&state, &[mark])
+}
+
 /// A liquidation moves a position only inside the stress range of its instrument's committed
 /// mark and risk array, on the liquidated account's side: account 1's long is sold at no less
 /// than `mark + min(0, min RA)`, account 0's short bought back at no more than
@@ -2037,7 +2096,7 @@ fn a_liquidation_is_priced_inside_the_committed_stress_range() {
             index: Price(usd(100_000)),
             risk: risk.iter().map(|&v| Amount(usd(v))).collect(),
         };
-        let state = leveraged_pair(mark);
+        let state = liquidatable_pair(mark);
         for (ops, rule) in [
             (
                 [liquidation(1, -1, usd(low))],
@@ -2083,7 +2142,7 @@ fn a_liquidation_fee_is_bounded_at_the_committed_index() {
             index: Price(index * MONEY_SCALE),
             risk: vec![Amount(-15_000 * MONEY_SCALE), Amount(12_000 * MONEY_SCALE)],
         };
-        let state = leveraged_pair(mark);
+        let state = liquidatable_pair(mark);
         let x = &state.instruments()[0];
         let most = optio_types::max_liquidation_fee(&x.spec, x.index, qty);
         assert_eq!(most, bound * i128::from(MONEY_SCALE), "1% of 1.5 x {index}");
@@ -2141,7 +2200,7 @@ fn a_liquidation_is_priced_within_the_deepest_discount_of_the_index() {
         index: Price(usd(60_000)),
         risk: vec![Amount(usd(-50_000)), Amount(usd(50_000))],
     };
-    let state = leveraged_pair(mark);
+    let state = liquidatable_pair(mark);
     let liquidation = |account: u32, qty: i64, price: i64| {
         [Op::Liquidation {
             account: AccountId(account),
@@ -2187,7 +2246,7 @@ fn a_liquidation_only_reduces_the_liquidated_position() {
         index: Price(60_000_000_000),
         risk: vec![Amount(-10_000 * MONEY_SCALE), Amount(10_000 * MONEY_SCALE)],
     };
-    let state = leveraged_pair(mark);
+    let state = liquidatable_pair(mark);
     for (account, contracts) in [(1, -2), (0, 2)] {
         let ops = [liquidation(account, contracts)];
         check(&batch_of(&state, &ops)).expect("reduces");
@@ -2211,17 +2270,174 @@ fn a_liquidation_only_reduces_the_liquidated_position() {
     );
 }
 
+/// A liquidation needs its account below its margin mode's proven maintenance before the op
+/// (`SettlementState::below_maintenance`, in the mode the batch found it in), by more than the
+/// engine's rounding allowance (`optio_state::liquidation_rounding`: 4 micro-USDC for the one
+/// long position here). Account 1 of `liquidatable_pair`, long 2 perpetuals marked at 100,000
+/// (scenarios -15,000 and +12,000), gets a deposit before one contract is sold at the mark. In
+/// `Standard` its maintenance is 5% of 200,000, 10,000: a deposit bringing its equity to 10,000
+/// USDC and 3 micro-USDC leaves it below, and proves; one of a micro-USDC more is
+/// refused at the margin slots and natively (`LiquidationMaintained`), leaving the state
+/// unchanged. In `Portfolio` the binding total is the -15,000 scenario at 80% weight, 24,000
+/// below the no-move one: the same at 24,000 USDC. The prover names the total that falls
+/// short; naming one that covers (the no-move one in `Portfolio`, any but the first in
+/// `Standard`, whose rule has one total) is refused.
+#[test]
+fn a_liquidation_of_an_account_at_its_maintenance_cannot_be_proven() {
+    let usd = |x: i64| x * MONEY_SCALE;
+    let standard = liquidatable_pair(Op::Mark {
+        instrument: InstrumentId(0),
+        mark: Price(usd(100_000)),
+        index: Price(usd(60_000)),
+        risk: vec![Amount(usd(-15_000)), Amount(usd(12_000))],
+    });
+    let portfolio = after(
+        &standard,
+        &[Op::SetMarginMode {
+            account: AccountId(1),
+            mode: MarginMode::Portfolio,
+        }],
+    );
+    // Its equity at the marks (its fees took it below zero).
+    let equity = standard.equity(AccountId(1)).expect("exists") / i128::from(QTY_SCALE);
+    let ops = |need: i64, extra: i64| {
+        [
+            Op::Deposit {
+                account: AccountId(1),
+                amount: Amount(usd(need) + extra - equity as i64),
+            },
+            Op::Liquidation {
+                account: AccountId(1),
+                counterparty: AccountId(2),
+                instrument: InstrumentId(0),
+                qty: Qty(-QTY_SCALE),
+                price: Price(usd(100_000)),
+                fee: Amount(0),
+            },
+        ]
+    };
+    let below_slot = |w: &BatchWitness| {
+        w.margins
+            .iter()
+            .position(|m| m.below)
+            .expect("a below slot")
+    };
+    for (state, need, mode, short) in [
+        (&standard, 10_000, "Standard", 0),
+        (&portfolio, 24_000, "Portfolio", 1),
+    ] {
+        let w = batch_of(state, &ops(need, 3));
+        assert_eq!(
+            w.public.new_root,
+            after(state, &ops(need, 3)).root(),
+            "{mode}"
+        );
+        assert_eq!(w.margins[below_slot(&w)].scenario, Some(short), "{mode}");
+        check(&w).unwrap_or_else(|e| panic!("{mode}: below by more than the allowance: {e}"));
+        let at = refused_at(&batch_of(state, &ops(need, 4)));
+        assert!(at.starts_with("margin slots"), "{mode}: refused at {at}");
+        let mut native = state.clone();
+        assert_eq!(
+            native.apply_batch(&ops(need, 4)),
+            Err(StateError::LiquidationMaintained(1)),
+            "{mode}"
+        );
+        assert_eq!(native.commit(), state.root(), "{mode}: nothing applied");
+        let mut covering = w.clone();
+        let k = below_slot(&covering);
+        covering.margins[k].scenario = Some(1 - short);
+        assert!(refused(&covering), "{mode}: a total that covers named");
+    }
+}
+
+/// A liquidated account that held more positions at the batch's start than the shape prices
+/// for a liquidation (`FillBudget::liquidation_priced`: one fewer than its position registers,
+/// at most its instrument registers) is not priced: its liquidation takes no margin slot. One
+/// the shape prices must be: a prover that skips the margin slot of account 1 (long an option
+/// and 2 perpetuals, below maintenance), claiming it unpriced, is refused at its op slot. In a
+/// shape of two position registers (which prices a liquidated account of one position) the
+/// same liquidation proves unpriced, and a prover that leaves out the flag (without a margin
+/// slot) is refused.
+#[test]
+fn a_liquidation_the_shape_prices_cannot_skip_its_margin_slot() {
+    let usd = |x: i64| x * MONEY_SCALE;
+    let state = after(&genesis(6), &[down_to_100_000(1)]);
+    let state = marked(&state, 1, usd(1_000));
+    let state = after(
+        &state,
+        &[Op::Fill {
+            instrument: InstrumentId(1),
+            maker: AccountId(3),
+            taker: AccountId(1),
+            taker_side: Side::Buy,
+            price: Price(usd(1_000)),
+            qty: Qty(QTY_SCALE),
+        }],
+    );
+    let state = marked(&state, 0, usd(150_000));
+    let state = after(
+        &state,
+        &[Op::Fill {
+            instrument: InstrumentId(0),
+            maker: AccountId(4),
+            taker: AccountId(1),
+            taker_side: Side::Buy,
+            price: Price(usd(150_000)),
+            qty: Qty(2 * QTY_SCALE),
+        }],
+    );
+    let state = marked(&state, 0, usd(100_000));
+    assert_eq!(state.accounts()[1].positions.len(), 2);
+    let ops = [Op::Liquidation {
+        account: AccountId(1),
+        counterparty: AccountId(2),
+        instrument: InstrumentId(0),
+        qty: Qty(-QTY_SCALE),
+        price: Price(usd(100_000)),
+        fee: Amount(0),
+    }];
+    after(&state, &ops);
+    let priced = batch_of(&state, &ops);
+    assert!(!priced.slots[0].unpriced);
+    check(&priced).expect("priced");
+    let mut skipped = priced.clone();
+    skipped.slots[0].unpriced = true;
+    for m in skipped.margins.iter_mut().filter(|m| m.below) {
+        *m = optio_prover::witness::MarginSlot::default();
+    }
+    let at = refused_at(&skipped);
+    assert!(at.starts_with("op slot 0"), "refused at {at}");
+    let small = Shape {
+        positions: 2,
+        ..SHAPE
+    };
+    assert_eq!(small.fill_budget().liquidation_priced(), 1);
+    let unpriced = witness(&state, &ops, small).expect("fits");
+    assert!(unpriced.slots[0].unpriced && !unpriced.margins.iter().any(|m| m.below));
+    check(&unpriced).expect("unpriced");
+    let mut flagless = unpriced.clone();
+    flagless.slots[0].unpriced = false;
+    assert!(
+        refused(&flagless),
+        "a priced liquidation without its margin slot"
+    );
+}
+
 /// A liquidation needs the liquidated account unable to cover what its shorts can owe at worst
 /// (`collateral * 1e8 < sum |q| * W`, the account leaf's liability, which the circuit keeps as
 /// the ops move positions): an account that covers them can pay all it may ever owe, and the
 /// engine never liquidates it. Account 0 sells 6 perpetuals (a worst-case payoff of 200,000
-/// each: 1,200,000 in all) to account 1 at 10,000; a deposit brings its collateral to exactly
-/// 1,200,000 less `short` micro-USDC, then account 2 buys back one contract, then another.
+/// each: 1,200,000 in all) to account 1 at 10,000, and the mark rises to 199,000; a deposit
+/// brings its collateral to exactly 1,200,000 less `short` micro-USDC (its equity 6,000 less
+/// that, below its maintenance of 59,700), then account 2 buys back one contract at the mark,
+/// then another.
 #[test]
 fn a_liquidation_of_an_account_that_covers_its_shorts_cannot_be_proven() {
-    let price = 10_000 * MONEY_SCALE;
+    let state = marked(&genesis(3), 0, 10_000 * MONEY_SCALE);
+    let state = after(&state, &[fill_of(0, Side::Buy, 10_000, 6)]);
+    let price = 199_000 * MONEY_SCALE;
     let state = after(
-        &genesis(3),
+        &state,
         &[Op::Mark {
             instrument: InstrumentId(0),
             mark: Price(price),
@@ -2229,7 +2445,6 @@ fn a_liquidation_of_an_account_that_covers_its_shorts_cannot_be_proven() {
             risk: vec![Amount(-1_000 * MONEY_SCALE), Amount(1_000 * MONEY_SCALE)],
         }],
     );
-    let state = after(&state, &[fill_of(0, Side::Buy, 10_000, 6)]);
     let leaf = state.exit_proof(AccountId(0)).expect("exists").leaf;
     assert_eq!(leaf.liability, 6 * 200_000 * 100_000_000 * 1_000_000);
     let needed = 1_200_000 * MONEY_SCALE - state.accounts()[0].collateral.0;
@@ -2272,7 +2487,7 @@ fn a_liquidation_of_an_account_that_covers_its_shorts_cannot_be_proven() {
         Err(StateError::LiquidationCovered(1))
     );
     assert_eq!(refused_natively.commit(), state.root(), "nothing applied");
-    // The first buyback leaves it covering the other five (200,000 - 10,000 better): the
+    // The first buyback leaves it covering the other five (200,000 - 199,000 better): the
     // second is refused, from the liability as the first left it.
     let ops = batch(1, 2);
     assert!(refused_at(&batch_of(&state, &ops)).starts_with("op slot 2"));
@@ -2292,7 +2507,7 @@ fn a_liquidation_of_an_account_that_covers_its_shorts_cannot_be_proven() {
 /// the liability the liquidation rule reads).
 #[test]
 fn a_trade_of_an_account_with_itself_cannot_be_proven() {
-    let state = leveraged_pair(Op::Mark {
+    let state = liquidatable_pair(Op::Mark {
         instrument: InstrumentId(0),
         mark: Price(100_000 * MONEY_SCALE),
         index: Price(60_000_000_000),

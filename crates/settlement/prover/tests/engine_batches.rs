@@ -1273,3 +1273,119 @@ fn batched(
     assert_eq!(batcher.state().diff_engine(&engine.canonical()), None);
     (batches, watched)
 }
+
+/// Every liquidation the engine makes proves its account below maintenance before the op
+/// (`SettlementState::below_maintenance`, a margin slot each): account 1 (`Standard`, 15,000
+/// after a withdrawal) buys a perpetual from each of accounts 0 and 2 at 60,000, and the index
+/// drops to 54,100 (within the circuit breaker): its equity, about 3,160, is below its
+/// maintenance of 5,410. Account 3 bids for a quarter of its position at the auction's opening
+/// discount, which leaves it below; a quarter of an hour later, with no other bid, one
+/// `Deleverage` closes a contract against account 0 and stops there, the account back above
+/// its maintenance (account 2 keeps its short). Every batch a capacity-aware batcher cuts
+/// proves, two of them with a liquidation priced below maintenance.
+#[test]
+fn an_engine_liquidation_proves_its_account_below_maintenance() {
+    use optio_types::{
+        AccountId, Amount, Command, EngineLimits, Event, Input, InstrumentId, MONEY_SCALE,
+        MarginMode, Qty, Side, TimeInForce,
+    };
+    let perp = InstrumentId(2);
+    let mut t = support::T0;
+    let mut inputs = opening(t, &[2], &[200_000; 5]);
+    let mut at = |t: u64, command: Command| {
+        inputs.push(Input {
+            time_ms: t,
+            command,
+        })
+    };
+    at(
+        t,
+        Command::SetMarginMode {
+            account: AccountId(1),
+            mode: MarginMode::Standard,
+        },
+    );
+    at(
+        t,
+        Command::Withdraw {
+            account: AccountId(1),
+            amount: Amount(185_000 * MONEY_SCALE),
+        },
+    );
+    for seller in [0, 2] {
+        at(
+            t,
+            limit_order(
+                seller,
+                perp,
+                Side::Sell,
+                100,
+                60_000,
+                TimeInForce::GoodTillCancelled,
+            ),
+        );
+        at(
+            t,
+            limit_order(
+                1,
+                perp,
+                Side::Buy,
+                100,
+                60_000,
+                TimeInForce::ImmediateOrCancel,
+            ),
+        );
+    }
+    t += 1_000;
+    at(t, support::oracle(54_000.0, t));
+    t += 1_000;
+    at(t, support::oracle(54_100.0, t));
+    at(
+        t,
+        Command::Liquidate {
+            liquidator: AccountId(3),
+            account: AccountId(1),
+            instrument: perp,
+            qty: Qty(50 * support::STEP),
+        },
+    );
+    t += 15 * 60_000;
+    at(t, support::oracle(54_100.0, t));
+    at(
+        t,
+        Command::Deleverage {
+            account: AccountId(1),
+            instrument: perp,
+        },
+    );
+    let limits = EngineLimits {
+        fill_budget: SHAPE.fill_budget(),
+        ..EngineLimits::default()
+    };
+    let (batches, events) = batched(&inputs, limits, SHAPE, 0);
+    let transfers: Vec<(u32, bool)> = events
+        .iter()
+        .flatten()
+        .filter_map(|e| match e {
+            Event::LiquidationTransfer {
+                counterparty,
+                deleverage,
+                ..
+            } => Some((counterparty.0, *deleverage)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(transfers, vec![(3, false), (0, true)]);
+    let mut state = SettlementState::new();
+    let mut below = 0;
+    for b in &batches {
+        let (_, ops) = decode(&b.blob).expect("decodes");
+        let w = witness(&state, &ops, SHAPE).expect("fits");
+        assert_eq!(w.public.new_root, b.header.new_root);
+        check(&w).unwrap_or_else(|e| panic!("batch {}: {e}", b.header.number));
+        below += w.margins.iter().filter(|m| m.below).count();
+        state.apply_batch(&ops).expect("applies");
+        state.commit();
+    }
+    assert_eq!(below, 2, "both liquidations priced");
+}

@@ -371,16 +371,23 @@ impl Batcher {
             }
             _ => false,
         };
-        // Money leaving an account at its holder's request and a liquidation's price are proven
-        // against the marks committed before their batch (the circuit applies a batch's marks
-        // after its ops), which are the engine's only while no mark (of the liquidated
-        // instrument) is pending: with one pending, the batch is cut first. So is a forced
-        // close's price, the committed mark. (A forced withdrawal's amount needs no mark.)
+        // Money leaving an account at its holder's request, and a liquidation's price and its
+        // account's maintenance, are proven against the marks committed before their batch
+        // (the circuit applies a batch's marks after its ops), which are the engine's only
+        // while no mark is pending: with one pending, the batch is cut first. So is a forced
+        // close's price, the committed mark (of its instrument). (A forced withdrawal's amount
+        // needs no mark.) A liquidation's maintenance is that of the mode its account started
+        // the batch with (the circuit changes modes after the op slots): the batch is cut
+        // before a liquidation of an account whose mode changed in it.
         let full = full
             || ops.iter().any(|o| match o {
-                Op::Liquidation { instrument, .. } | Op::L1Close { instrument, .. } => {
-                    self.marks.contains_key(&instrument.0)
+                Op::Liquidation { account, .. } => {
+                    !self.marks.is_empty()
+                        || self.pending.iter().any(
+                            |p| matches!(p, Op::SetMarginMode { account: a, .. } if a == account),
+                        )
                 }
+                Op::L1Close { instrument, .. } => self.marks.contains_key(&instrument.0),
                 o => !self.marks.is_empty() && money_out_of(o).is_some(),
             });
         let full = full || self.ends_a_signing_key(input.time_ms, &ops);

@@ -106,6 +106,13 @@ pub enum StateError {
     /// ever owe, and the engine never liquidates it.
     #[error("op {0}: the liquidated account covers its shorts' worst case")]
     LiquidationCovered(usize),
+    /// Op `index` liquidates an account that, right before the op, meets its margin mode's
+    /// proven maintenance rule at the committed marks within the engine's rounding
+    /// (`SettlementState::below_maintenance`, with the mode the batch started with: a
+    /// `WorstCase` account is never liquidated); the engine liquidates only accounts below its
+    /// maintenance.
+    #[error("op {0}: the liquidated account is not below maintenance at the committed marks")]
+    LiquidationMaintained(usize),
     /// Op `index`, the last fill of an account in the batch (or liquidation that moved a
     /// position to it), leaves that account with equity below zero at the committed marks
     /// (those before the batch's): `collateral * 1e8 + sum_i q_i * mark_i < 0` over every
@@ -764,18 +771,60 @@ impl SettlementState {
     }
 
     fn maintained_at(&self, a: &Account) -> bool {
+        let rule = self.maintenance_rule(a.mode, a.collateral, &a.positions);
+        rule.totals.iter().all(|t| rule.covers(*t))
+    }
+
+    /// Whether an account in `mode` with `collateral` and `positions` falls short of that
+    /// mode's proven maintenance rule (`maintained`) by more than the engine's rounding, at the
+    /// committed marks, indices and risk arrays: `Some` of the first total short of its bound
+    /// once `LIQUIDATION_ROUNDING` is taken off it (0 the no-move one, `1 + s` scenario `s`;
+    /// `Standard` has only the first), `None` if every total covers it or the mode is
+    /// `WorstCase` (never liquidated). The engine liquidates only accounts below its own
+    /// maintenance, which rounds each position's part against the account by less than that
+    /// allowance (at the proven rates, which `RiskConfig::unprovable` pins), so every account
+    /// it liquidates is short of the rule; the validity proof checks it of every liquidation,
+    /// before the op, with the mode the batch started with (`StateError::LiquidationMaintained`).
+    pub fn below_maintenance(
+        &self,
+        mode: MarginMode,
+        collateral: Amount,
+        positions: &BTreeMap<u32, Qty>,
+    ) -> Option<usize> {
+        if mode == MarginMode::WorstCase {
+            return None;
+        }
+        let rule = self.maintenance_rule(mode, collateral, positions);
+        let allowance = positions
+            .values()
+            .filter(|q| q.0 != 0)
+            .map(|q| liquidation_rounding(q.0))
+            .sum::<i128>();
+        rule.totals
+            .iter()
+            .position(|t| !rule.covers(*t - allowance))
+    }
+
+    /// `mode`'s proven maintenance rule (not `WorstCase`'s: no totals) for `collateral` and
+    /// `positions` at the committed marks, indices and risk arrays (a missing mark, index or
+    /// scenario counts 0). In 1e-12 micro-USDC, each total must be non-negative and cover
+    /// `ceil(rate * sum |q_i| * index_i * multiplier_i / 1e12)` over the short calls and puts
+    /// (the index committed with each one's mark: none once settled). See `maintained`.
+    fn maintenance_rule(
+        &self,
+        mode: MarginMode,
+        collateral: Amount,
+        positions: &BTreeMap<u32, Qty>,
+    ) -> MaintenanceRule {
         const BPS: i128 = 10_000;
-        let held: Vec<(i128, Option<&Instrument>)> = a
-            .positions
+        let held: Vec<(i128, Option<&Instrument>)> = positions
             .iter()
             .map(|(id, q)| (i128::from(q.0), self.instruments.get(*id as usize)))
             .collect();
         let option = |x: &Instrument| matches!(x.spec.name.kind, InstrumentKind::Option { .. });
         let mark = |x: Option<&Instrument>| x.map_or(0, |x| i128::from(x.mark.0));
         // The short options' `sum |q| * index * multiplier`, exactly in the field (terms below
-        // 2^196, times a rate below 2^23 below 2^219; a total, non-negative and below 2^150,
-        // times 1e12 below 2^190): a total covers ceil(rate * sum / 1e12) when 1e12 times it
-        // covers rate * sum.
+        // 2^196, times a rate below 2^23 below 2^219).
         let shorts = held
             .iter()
             .filter_map(|(q, x)| match x {
@@ -787,14 +836,12 @@ impl SettlementState {
                 _ => None,
             })
             .sum::<Fr>();
-        let covers = |total: i128, rate: u64| {
-            total >= 0
-                && (Fr::from(total.unsigned_abs()) * Fr::from(1_000_000_000_000u64)).into_bigint()
-                    >= (shorts * Fr::from(rate)).into_bigint()
-        };
-        let cash = i128::from(a.collateral.0) * i128::from(QTY_SCALE) * BPS;
-        match a.mode {
-            MarginMode::WorstCase => true,
+        let cash = i128::from(collateral.0) * i128::from(QTY_SCALE) * BPS;
+        match mode {
+            MarginMode::WorstCase => MaintenanceRule {
+                totals: Vec::new(),
+                owed: Fr::from(0u64),
+            },
             MarginMode::Standard => {
                 let perp = i128::from(optio_types::PROVEN_STANDARD_PERP_MAINTENANCE_BPS);
                 let total = held.iter().fold(cash, |acc, (q, x)| match x {
@@ -804,10 +851,12 @@ impl SettlementState {
                     }
                     x => acc + (q * BPS - q.abs() * perp) * mark(*x),
                 });
-                covers(
-                    total,
-                    u64::from(optio_types::STANDARD_SHORT_OPTION_MAINTENANCE_BPS) * BPS as u64,
-                )
+                let rate =
+                    u64::from(optio_types::STANDARD_SHORT_OPTION_MAINTENANCE_BPS) * BPS as u64;
+                MaintenanceRule {
+                    totals: vec![total],
+                    owed: shorts * Fr::from(rate),
+                }
             }
             MarginMode::Portfolio => {
                 let weight = i128::from(optio_types::PROVEN_PM_MAINTENANCE_BPS);
@@ -821,14 +870,16 @@ impl SettlementState {
                 let base = held
                     .iter()
                     .fold(cash, |acc, (q, x)| acc + q * mark(*x) * BPS);
-                covers(base, rate)
-                    && (0..scenarios).all(|s| {
-                        let moved = held.iter().fold(0i128, |acc, (q, x)| {
-                            let ra = x.and_then(|x| x.risk.get(s)).map_or(0, |r| i128::from(r.0));
-                            acc + q * ra * weight
-                        });
-                        covers(base + moved, rate)
+                let moved = (0..scenarios).map(|s| {
+                    base + held.iter().fold(0i128, |acc, (q, x)| {
+                        let ra = x.and_then(|x| x.risk.get(s)).map_or(0, |r| i128::from(r.0));
+                        acc + q * ra * weight
                     })
+                });
+                MaintenanceRule {
+                    totals: std::iter::once(base).chain(moved).collect(),
+                    owed: shorts * Fr::from(rate),
+                }
             }
         }
     }
@@ -1022,6 +1073,33 @@ impl SettlementState {
     }
 }
 
+/// One margin mode's proven maintenance totals (1e-12 micro-USDC) and what each must cover
+/// (`owed / 1e12`, rounded up; `owed` exactly in the field).
+struct MaintenanceRule {
+    totals: Vec<i128>,
+    owed: Fr,
+}
+
+impl MaintenanceRule {
+    /// Whether `total` is non-negative and covers the bound: a total below 2^150 times 1e12
+    /// is below 2^190, and `owed` below 2^219, so both compare as integers.
+    fn covers(&self, total: i128) -> bool {
+        total >= 0
+            && (Fr::from(total.unsigned_abs()) * Fr::from(1_000_000_000_000u64)).into_bigint()
+                >= self.owed.into_bigint()
+    }
+}
+
+/// What the engine's rounding of one position's maintenance may add over the proven rule's
+/// exact terms, in the rule's unit (1e-12 micro-USDC): less than 4 micro-USDC a position (its
+/// value rounded down, its requirement, its scenario's move and its floor each rounded up by
+/// less than one) and, for a short of `|q|` (1e-8 contracts), less than a micro-USDC a contract
+/// (the per-contract rate of the index rounded up before it is multiplied by the size):
+/// `4e12 + max(-q, 0) * 1e4`.
+pub fn liquidation_rounding(q: i64) -> i128 {
+    4_000_000_000_000 + i128::from(q.min(0)).abs() * 10_000
+}
+
 impl Account {
     fn new(owner: Address, store: TreeStore) -> Self {
         Self {
@@ -1173,6 +1251,19 @@ impl Pending {
                     // its shorts can owe at worst.
                     if self.scratch.covers_shorts(state, *account) {
                         return Err(StateError::LiquidationCovered(i));
+                    }
+                    // And it is below maintenance, in the mode it started the batch with (the
+                    // circuit applies mode changes after the op slots).
+                    let mode = state
+                        .accounts
+                        .get(account.0 as usize)
+                        .map_or(MarginMode::WorstCase, |a| a.mode);
+                    let a = self.scratch.account(*account);
+                    if state
+                        .below_maintenance(mode, a.collateral, &a.positions)
+                        .is_none()
+                    {
+                        return Err(StateError::LiquidationMaintained(i));
                     }
                 }
                 Op::SetMarginMode { account, .. } => {

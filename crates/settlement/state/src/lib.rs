@@ -23,7 +23,9 @@ pub use batcher::{
     rebuild_after, withdrawals, withdrawals_hash,
 };
 pub use blob::{BlobError, decode, encode};
-pub use ledger::{ExitProof, Pending, SettlementState, StateError, close_cash};
+pub use ledger::{
+    ExitProof, Pending, SettlementState, StateError, close_cash, liquidation_rounding,
+};
 pub use ops::{Op, ops_from};
 pub use poseidon::{Fr, hash1, hash2, hash4};
 pub use smt::{Node, NodeStore, Proof, SparseMerkleTree, sparse_nodes, verify};

@@ -383,6 +383,16 @@ fn liquidation_history(
             .map(AccountId)
             .filter(|&a| e.maintenance(a).is_some_and(|(_, surplus)| surplus >= 0))
             .collect();
+        // And those below maintenance: only they may be liquidated (a validity proof checks
+        // it before each liquidation).
+        let below: std::collections::BTreeSet<AccountId> = (0..e.account_count() as u32)
+            .map(AccountId)
+            .filter(|&a| {
+                let (balance, _, _) = e.collateral(a).expect("exists");
+                e.maintenance(a)
+                    .is_some_and(|(maintenance, _)| balance < maintenance)
+            })
+            .collect();
         let _ = e.apply(
             &optio_types::Input {
                 time_ms: time,
@@ -461,6 +471,10 @@ fn liquidation_history(
                     assert!(
                         !covered.contains(account),
                         "{account:?} covered its shorts: {events:?}"
+                    );
+                    assert!(
+                        below.contains(account),
+                        "{account:?} was not below maintenance: {events:?}"
                     );
                     settled_before.remove(account);
                     // Inside the stress range of the mark it was priced at, on the liquidated
@@ -1548,6 +1562,40 @@ fn deleveraging_stays_within_the_fill_budget() {
         ..EngineLimits::default()
     };
     assert_eq!(counterparties(budget), vec![vec![0], vec![2]]);
+}
+
+/// Deleveraging stops once the account is back at its maintenance (a validity proof checks
+/// that every liquidation's account is below it before the op,
+/// `SettlementState::below_maintenance`): account 1, long two perpetuals on 15,000, after a drop
+/// to 55,100 holds 5,200 against a maintenance of 5,510 (5% of 110,200). Past the auction,
+/// closing one contract at the mark against the first holder halves that, so the second holder
+/// keeps its position, the liquidation ends and a further `Deleverage` is refused.
+#[test]
+fn deleveraging_stops_once_the_account_is_maintained() {
+    let mut e = long_two(EngineLimits::default(), 4);
+    // (A drop within the circuit breaker: the first update starts the liquidation.)
+    let (_, t2) = crash(&mut e, 55_000.0);
+    let t3 = t2 + 15 * 60_000;
+    run(&mut e, t3, Command::OracleUpdate(update(55_100.0, t3))).expect("fresh marks");
+    let (balance, _, _) = e.collateral(AccountId(1)).expect("exists");
+    let (maintenance, _) = e.maintenance(AccountId(1)).expect("exists");
+    assert!(balance < maintenance, "{balance:?} < {maintenance:?}");
+    let deleverage = Command::Deleverage {
+        account: AccountId(1),
+        instrument: InstrumentId(PERP),
+    };
+    let events = run(&mut e, t3, deleverage.clone()).expect("deleveraged");
+    assert_eq!(counterparties(&events).len(), 1, "{events:?}");
+    assert_eq!(position(&e, 1), 100 * STEP);
+    let (balance, _, _) = e.collateral(AccountId(1)).expect("exists");
+    let (maintenance, _) = e.maintenance(AccountId(1)).expect("exists");
+    assert!(balance >= maintenance, "{balance:?} >= {maintenance:?}");
+    e.check_invariants().expect("audit");
+    assert_eq!(
+        run(&mut e, t3, deleverage),
+        Err(RejectCode::NotLiquidating),
+        "the liquidation is over"
+    );
 }
 
 /// The accounts that took a liquidated position in `events`, in order.

@@ -75,17 +75,19 @@ fn refused_one_past_proven(
     assert!(built.is_err(), "the constructor refuses it");
 }
 
-/// A `Portfolio` maintenance weight below the one a validity proof checks of every `Portfolio`
-/// account that trades (`PROVEN_PM_MAINTENANCE_BPS`: a lower one would make honest fills
-/// unprovable) is refused.
+/// A `Portfolio` maintenance weight other than the one a validity proof checks
+/// (`PROVEN_PM_MAINTENANCE_BPS`: a lower one would make honest fills unprovable, a higher one
+/// honest liquidations) is refused.
 #[test]
-fn a_portfolio_maintenance_below_the_proven_weight_is_refused() {
-    refused_past_proven(
-        &[|r| &mut r.pm_maintenance_bps],
-        optio_types::PROVEN_PM_MAINTENANCE_BPS,
-        |v| v - 1,
-        "portfolio maintenance below the proven weight",
-    );
+fn a_portfolio_maintenance_other_than_the_proven_weight_is_refused() {
+    for past in [|v| v - 1, |v| v + 1] {
+        refused_past_proven(
+            &[|r| &mut r.pm_maintenance_bps],
+            optio_types::PROVEN_PM_MAINTENANCE_BPS,
+            past,
+            "portfolio maintenance other than the proven weight",
+        );
+    }
 }
 
 /// An auction discount deeper than a validity proof allows (`MAX_LIQUIDATION_DISCOUNT_BPS`), at
@@ -105,28 +107,37 @@ fn a_liquidation_discount_above_the_provable_maximum_is_refused() {
 
 /// Perpetual margin below the maintenance rate a validity proof checks of every `Standard`
 /// account that trades (`PROVEN_STANDARD_PERP_MAINTENANCE_BPS`: its makers fill at
-/// maintenance, its takers at initial margin, so neither may be lower) is refused.
+/// maintenance, its takers at initial margin, so neither may be lower) is refused, and so is a
+/// maintenance rate above it (the proof liquidates only accounts below the proven rule).
 #[test]
-fn perpetual_margin_below_the_proven_rate_is_refused() {
+fn perpetual_margin_other_than_the_proven_rate_is_refused() {
+    let message = "perpetual margin other than the proven maintenance rate";
     refused_past_proven(
         &[|r| &mut r.perp_maintenance_bps, |r| &mut r.perp_initial_bps],
         optio_types::PROVEN_STANDARD_PERP_MAINTENANCE_BPS,
         |v| v - 1,
-        "perpetual margin below the proven maintenance rate",
+        message,
+    );
+    refused_past_proven(
+        &[|r| &mut r.perp_maintenance_bps],
+        optio_types::PROVEN_STANDARD_PERP_MAINTENANCE_BPS,
+        |v| v + 1,
+        message,
     );
 }
 
-/// A short-option floor below the one a validity proof counts in the `Portfolio` maintenance
-/// rule (`PROVEN_PM_SHORT_OPTION_FLOOR_BPS`: a lower one would make honest fills unprovable) is
-/// refused.
+/// A short-option floor other than the one a validity proof counts in the `Portfolio`
+/// maintenance rule (`PROVEN_PM_SHORT_OPTION_FLOOR_BPS`) is refused.
 #[test]
-fn a_short_option_floor_below_the_proven_rate_is_refused() {
-    refused_past_proven(
-        &[|r| &mut r.pm_short_option_floor_bps],
-        optio_types::PROVEN_PM_SHORT_OPTION_FLOOR_BPS,
-        |v| v - 1,
-        "short-option floor below the proven rate",
-    );
+fn a_short_option_floor_other_than_the_proven_rate_is_refused() {
+    for past in [|v| v - 1, |v| v + 1] {
+        refused_past_proven(
+            &[|r| &mut r.pm_short_option_floor_bps],
+            optio_types::PROVEN_PM_SHORT_OPTION_FLOOR_BPS,
+            past,
+            "short-option floor other than the proven rate",
+        );
+    }
 }
 
 /// A fill budget or mark windows whose windows span more than 2^32 instrument ids are refused
