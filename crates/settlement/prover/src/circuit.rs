@@ -238,6 +238,11 @@ struct Snapshot {
     /// A liquidation of account b whose positions the proof prices: it must be below
     /// maintenance before the op.
     liquidated: Wire,
+    /// A liquidation's fee, and the change its move (before the fee) makes to b's equity at
+    /// the committed mark, in 1e-8 micro-USDC (`q_b's change * mark - notional * 1e8` of b's
+    /// side): the fee is at most b's equity after the move.
+    fee: Wire,
+    moved_value: Wire,
     /// Every position register's quantity and short part before the op's trade (a
     /// withdrawal, a transfer or a cover moves no position).
     qty: Vec<Wire>,
@@ -1335,7 +1340,12 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
         .push(cs, &has_amount, &[pack(&[(&amount, 0), (&priority, 63)])])?;
     st.poly
         .push(cs, &names_owner, std::slice::from_ref(&owner))?;
+    let moved_value = cs
+        .mul(&taker_moves, &mark)?
+        .sub(&signed_notional.scale(Fr::from(QTY_SCALE as u64)));
     st.snapshots.push(Snapshot {
+        fee: liquidation_fee,
+        moved_value,
         id: a_id.add(&cs.mul(&liquidation, &b_id.sub(&a_id))?),
         collateral: a_after.add(&cs.mul(&liquidation, &b_collateral.sub(&a_after))?),
         out,
@@ -1653,6 +1663,20 @@ fn margin_slots(
             collateral.scale(Fr::from(QTY_SCALE as u64)),
             |acc, (q, i)| Ok::<_, SynthesisError>(acc.add(&cs.mul(q, &i.mark)?)),
         )?;
+        // A liquidation's fee (none in other slots) is at most the account's equity at the
+        // marks after the position moved: `equity + moved_value - fee * 1e8 >= 0` when the fee
+        // is not zero (the equity below 2^137 in size: 150 bits hold it, a negative one is far
+        // above them).
+        let fee = pick(cs, &sel_k, st.snapshots.iter().map(|x| x.fee.clone()))?;
+        let moved_value = pick(
+            cs,
+            &sel_k,
+            st.snapshots.iter().map(|x| x.moved_value.clone()),
+        )?;
+        let left = base
+            .add(&moved_value)
+            .sub(&fee.scale(Fr::from(QTY_SCALE as u64)));
+        cs.range(&cs.mul(&cs.is_nonzero(&fee)?, &left)?, MARGIN_BITS)?;
         // Scaled by 1e4 in a maintenance slot; in a Standard one, that rule's total instead.
         let base = base.add(&cs.mul(&maintenance, &base)?.scale(Fr::from(BPS - 1)));
         let standard_total = collateral

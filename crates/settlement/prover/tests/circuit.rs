@@ -314,17 +314,22 @@ fn random_batch(rng: &mut ChaCha8Rng, state: &SettlementState, priority: &mut u6
                 };
                 let step = QTY_SCALE / 100;
                 let contracts = rng.random_range(1..=held.abs() / step) * step;
-                Op::Liquidation {
+                let liquidation = |fee: i64| Op::Liquidation {
                     account: a,
                     counterparty: b,
                     instrument,
                     qty: Qty(if buys { contracts } else { -contracts }),
                     price: Price(price as i64),
-                    fee: Amount(rng.random_range(
-                        0..=optio_types::max_liquidation_fee(&x.spec, x.index, Qty(contracts))
-                            as i64,
-                    )),
+                    fee: Amount(fee),
+                };
+                // A fee within its bound and the account's equity after the move.
+                let mut moved = now.clone();
+                if moved.apply_batch(&[liquidation(0)]).is_err() {
+                    continue;
                 }
+                let left = moved.equity(a).expect("exists") / i128::from(QTY_SCALE);
+                let most = optio_types::max_liquidation_fee(&x.spec, x.index, Qty(contracts));
+                liquidation(rng.random_range(0..=most.min(left.max(0))) as i64)
             }
             _ if a.0 % FUNDED == b.0 % FUNDED => continue,
             _ => Op::Fill {
@@ -1823,8 +1828,9 @@ fn liquidations_move_positions_and_pay_insurance() {
 }
 
 /// `genesis(accounts)` after account 1 bought 20 contracts of instrument 0 from account 0 at
-/// `entry`, its mark, the mark fell to `exit`, and account 1 was liquidated to account 2 at
-/// `exit` with a fee of `fee`.
+/// `entry`, its mark, and was liquidated to account 2 in two steps: half its position at a mark
+/// where its equity was about half its maintenance, with a fee of `fee` (to insurance), and the
+/// rest at `exit`, its next mark, with no fee (its equity gone).
 fn liquidated_long(accounts: u32, entry: i64, exit: i64, fee: i64) -> SettlementState {
     let state = marked(&genesis(accounts), 0, entry);
     let fill = Op::Fill {
@@ -1835,18 +1841,19 @@ fn liquidated_long(accounts: u32, entry: i64, exit: i64, fee: i64) -> Settlement
         price: Price(entry),
         qty: Qty(20 * QTY_SCALE),
     };
-    let state = marked(&after(&state, &[fill]), 0, exit);
-    after(
-        &state,
-        &[Op::Liquidation {
-            account: AccountId(1),
-            counterparty: AccountId(2),
-            instrument: InstrumentId(0),
-            qty: Qty(-20 * QTY_SCALE),
-            price: Price(exit),
-            fee: Amount(fee),
-        }],
-    )
+    // `1,000,000 - 20 * (entry - mid) = mid / 2`, to whole dollars.
+    let mid = (20 * entry - 1_000_000 * MONEY_SCALE) * 2 / 39 / MONEY_SCALE * MONEY_SCALE;
+    let liquidation = |price: i64, fee: i64| Op::Liquidation {
+        account: AccountId(1),
+        counterparty: AccountId(2),
+        instrument: InstrumentId(0),
+        qty: Qty(-10 * QTY_SCALE),
+        price: Price(price),
+        fee: Amount(fee),
+    };
+    let state = marked(&after(&state, &[fill]), 0, mid);
+    let state = marked(&after(&state, &[liquidation(mid, fee)]), 0, exit);
+    after(&state, &[liquidation(exit, 0)])
 }
 
 /// Account 1 after a leveraged long closed by a liquidation far below its price: negative cash,
@@ -1995,7 +2002,8 @@ fn only_a_flat_accounts_deficit_is_covered() {
         0,
         40_000 * MONEY_SCALE,
     );
-    let state = after(&state, &[liquidation(10, 500)]);
+    // (No fee: its equity is gone, and a fee is at most what is left.)
+    let state = after(&state, &[liquidation(10, 0)]);
     assert!(state.accounts()[1].collateral.0 < 0);
     assert!(!state.accounts()[1].positions.is_empty());
     let (insurance, fees) = state.funds();
@@ -2142,7 +2150,16 @@ fn a_liquidation_fee_is_bounded_at_the_committed_index() {
             index: Price(index * MONEY_SCALE),
             risk: vec![Amount(-15_000 * MONEY_SCALE), Amount(12_000 * MONEY_SCALE)],
         };
+        // With equity of 5,000 (below its maintenance of 10,000): the fee is at most that too.
         let state = liquidatable_pair(mark);
+        let equity = state.equity(AccountId(1)).expect("exists") / i128::from(QTY_SCALE);
+        let state = after(
+            &state,
+            &[Op::Deposit {
+                account: AccountId(1),
+                amount: Amount(5_000 * MONEY_SCALE - equity as i64),
+            }],
+        );
         let x = &state.instruments()[0];
         let most = optio_types::max_liquidation_fee(&x.spec, x.index, qty);
         assert_eq!(most, bound * i128::from(MONEY_SCALE), "1% of 1.5 x {index}");
@@ -2347,6 +2364,69 @@ fn a_liquidation_of_an_account_at_its_maintenance_cannot_be_proven() {
         let k = below_slot(&covering);
         covering.margins[k].scenario = Some(1 - short);
         assert!(refused(&covering), "{mode}: a total that covers named");
+    }
+}
+
+/// A liquidation's fee is at most the liquidated account's equity at the committed marks after
+/// its position moved (the engine caps it there: none once the equity is gone). Account 1 of
+/// `liquidatable_pair`, long 2 perpetuals marked at 100,000, is brought by a deposit to an
+/// equity of 1,500 (below its maintenance of 10,000), then one contract is sold at 99,000,
+/// which leaves 500: a fee of 500 proves, one micro-USDC more is refused at the margin slots and
+/// natively (`LiquidationFeeBeyondEquity`), leaving the state unchanged. Without the deposit its
+/// fees left it at -90: any fee is refused, none proves.
+#[test]
+fn a_liquidation_fee_is_at_most_the_accounts_equity() {
+    let usd = |x: i64| x * MONEY_SCALE;
+    let state = liquidatable_pair(Op::Mark {
+        instrument: InstrumentId(0),
+        mark: Price(usd(100_000)),
+        index: Price(usd(60_000)),
+        risk: vec![Amount(usd(-15_000)), Amount(usd(12_000))],
+    });
+    let equity = state.equity(AccountId(1)).expect("exists") / i128::from(QTY_SCALE);
+    let liquidation = |fee: i64| Op::Liquidation {
+        account: AccountId(1),
+        counterparty: AccountId(2),
+        instrument: InstrumentId(0),
+        qty: Qty(-QTY_SCALE),
+        price: Price(usd(99_000)),
+        fee: Amount(fee),
+    };
+    let deposit = Op::Deposit {
+        account: AccountId(1),
+        amount: Amount(usd(1_500) - equity as i64),
+    };
+    for (ops, proves, rule) in [
+        (
+            vec![deposit.clone(), liquidation(usd(500))],
+            true,
+            "the fee at the equity left",
+        ),
+        (
+            vec![deposit, liquidation(usd(500) + 1)],
+            false,
+            "a micro-USDC above it",
+        ),
+        (vec![liquidation(0)], true, "no fee without equity"),
+        (vec![liquidation(1)], false, "a fee without equity"),
+    ] {
+        let w = batch_of(&state, &ops);
+        let mut native = state.clone();
+        if proves {
+            check(&w).unwrap_or_else(|e| panic!("{rule}: {e}"));
+            native.apply_batch(&ops).expect(rule);
+            native.commit();
+            assert_eq!(w.public.new_root, native.root(), "{rule}");
+        } else {
+            let at = refused_at(&w);
+            assert!(at.starts_with("margin slots"), "{rule}: refused at {at}");
+            assert_eq!(
+                native.apply_batch(&ops),
+                Err(StateError::LiquidationFeeBeyondEquity(ops.len() - 1)),
+                "{rule}"
+            );
+            assert_eq!(native.commit(), state.root(), "{rule}: nothing applied");
+        }
     }
 }
 

@@ -113,6 +113,11 @@ pub enum StateError {
     /// maintenance.
     #[error("op {0}: the liquidated account is not below maintenance at the committed marks")]
     LiquidationMaintained(usize),
+    /// Op `index` charges a liquidation fee that leaves the liquidated account with equity
+    /// below zero at the committed marks (`SettlementState::equity` after the op): the engine
+    /// caps the fee at the account's equity after the position moved (none once it is gone).
+    #[error("op {0}: the liquidation's fee is above the account's equity at the committed marks")]
+    LiquidationFeeBeyondEquity(usize),
     /// Op `index`, the last fill of an account in the batch (or liquidation that moved a
     /// position to it), leaves that account with equity below zero at the committed marks
     /// (those before the batch's): `collateral * 1e8 + sum_i q_i * mark_i < 0` over every
@@ -1331,6 +1336,13 @@ impl Pending {
                 _ => {}
             }
             self.scratch.apply(i, op)?;
+            // A liquidation fee is at most the account's equity after the position moved.
+            if let Op::Liquidation { account, fee, .. } = op
+                && fee.0 > 0
+                && state.equity_of(self.scratch.account(*account)) < 0
+            {
+                return Err(StateError::LiquidationFeeBeyondEquity(i));
+            }
             touched.extend(op.accounts().into_iter().map(|a| a.0));
         }
         self.ops += ops.len();
