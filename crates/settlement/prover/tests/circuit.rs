@@ -413,6 +413,20 @@ fn marked(state: &SettlementState, id: u32, price: i64) -> SettlementState {
     )
 }
 
+/// `state` after a batch that marks instrument `id` at `price` (dollars) with the index at 60,000
+/// and scenarios `risk` (dollars).
+fn marked_with(state: &SettlementState, id: u32, price: i64, risk: &[i64]) -> SettlementState {
+    after(
+        state,
+        &[Op::Mark {
+            instrument: InstrumentId(id),
+            mark: Price(price * MONEY_SCALE),
+            index: Price(60_000_000_000),
+            risk: risk.iter().map(|&r| Amount(r * MONEY_SCALE)).collect(),
+        }],
+    )
+}
+
 #[test]
 fn random_batches_satisfy_the_circuit_with_the_native_root() {
     let mut rng = ChaCha8Rng::seed_from_u64(7);
@@ -1792,15 +1806,7 @@ fn liquidations_move_positions_and_pay_insurance() {
             qty: Qty(2 * QTY_SCALE),
         }],
     );
-    let state = after(
-        &state,
-        &[Op::Mark {
-            instrument: InstrumentId(0),
-            mark: Price(42_000 * MONEY_SCALE),
-            index: Price(60_000_000_000),
-            risk: vec![Amount(-10_000 * MONEY_SCALE), Amount(10_000 * MONEY_SCALE)],
-        }],
-    );
+    let state = marked_with(&state, 0, 42_000, &[-10_000, 10_000]);
     let liquidation = |fee: i64| Op::Liquidation {
         account: AccountId(1),
         counterparty: AccountId(2),
@@ -2077,6 +2083,37 @@ fn liquidatable_pair(mark: Op) -> SettlementState {
     after(&state, &[mark])
 }
 
+/// `liquidatable_pair` with the perpetual marked at 100,000, the index at 60,000 and scenarios
+/// of -15,000 and +12,000.
+fn liquidatable_at_100_000() -> SettlementState {
+    let usd = |x: i64| x * MONEY_SCALE;
+    liquidatable_pair(Op::Mark {
+        instrument: InstrumentId(0),
+        mark: Price(usd(100_000)),
+        index: Price(usd(60_000)),
+        risk: vec![Amount(usd(-15_000)), Amount(usd(12_000))],
+    })
+}
+
+/// A liquidation of one contract of account 1's long in instrument 0 to account 2 at `price`
+/// with `fee` (micro-USDC).
+fn one_sold(price: i64, fee: i64) -> Op {
+    Op::Liquidation {
+        account: AccountId(1),
+        counterparty: AccountId(2),
+        instrument: InstrumentId(0),
+        qty: Qty(-QTY_SCALE),
+        price: Price(price),
+        fee: Amount(fee),
+    }
+}
+
+/// `account`'s equity at the committed marks, micro-USDC (exact where the positions' values
+/// are whole micro-USDC).
+fn equity_of(state: &SettlementState, account: u32) -> i64 {
+    (state.equity(AccountId(account)).expect("exists") / i128::from(QTY_SCALE)) as i64
+}
+
 /// A liquidation moves a position only inside the stress range of its instrument's committed
 /// mark and risk array, on the liquidated account's side: account 1's long is sold at no less
 /// than `mark + min(0, min RA)`, account 0's short bought back at no more than
@@ -2152,12 +2189,12 @@ fn a_liquidation_fee_is_bounded_at_the_committed_index() {
         };
         // With equity of 5,000 (below its maintenance of 10,000): the fee is at most that too.
         let state = liquidatable_pair(mark);
-        let equity = state.equity(AccountId(1)).expect("exists") / i128::from(QTY_SCALE);
+        let equity = equity_of(&state, 1);
         let state = after(
             &state,
             &[Op::Deposit {
                 account: AccountId(1),
-                amount: Amount(5_000 * MONEY_SCALE - equity as i64),
+                amount: Amount(5_000 * MONEY_SCALE - equity),
             }],
         );
         let x = &state.instruments()[0];
@@ -2302,12 +2339,7 @@ fn a_liquidation_only_reduces_the_liquidated_position() {
 #[test]
 fn a_liquidation_of_an_account_at_its_maintenance_cannot_be_proven() {
     let usd = |x: i64| x * MONEY_SCALE;
-    let standard = liquidatable_pair(Op::Mark {
-        instrument: InstrumentId(0),
-        mark: Price(usd(100_000)),
-        index: Price(usd(60_000)),
-        risk: vec![Amount(usd(-15_000)), Amount(usd(12_000))],
-    });
+    let standard = liquidatable_at_100_000();
     let portfolio = after(
         &standard,
         &[Op::SetMarginMode {
@@ -2316,21 +2348,14 @@ fn a_liquidation_of_an_account_at_its_maintenance_cannot_be_proven() {
         }],
     );
     // Its equity at the marks (its fees took it below zero).
-    let equity = standard.equity(AccountId(1)).expect("exists") / i128::from(QTY_SCALE);
+    let equity = equity_of(&standard, 1);
     let ops = |need: i64, extra: i64| {
         [
             Op::Deposit {
                 account: AccountId(1),
-                amount: Amount(usd(need) + extra - equity as i64),
+                amount: Amount(usd(need) + extra - equity),
             },
-            Op::Liquidation {
-                account: AccountId(1),
-                counterparty: AccountId(2),
-                instrument: InstrumentId(0),
-                qty: Qty(-QTY_SCALE),
-                price: Price(usd(100_000)),
-                fee: Amount(0),
-            },
+            one_sold(usd(100_000), 0),
         ]
     };
     let below_slot = |w: &BatchWitness| {
@@ -2377,24 +2402,12 @@ fn a_liquidation_of_an_account_at_its_maintenance_cannot_be_proven() {
 #[test]
 fn a_liquidation_fee_is_at_most_the_accounts_equity() {
     let usd = |x: i64| x * MONEY_SCALE;
-    let state = liquidatable_pair(Op::Mark {
-        instrument: InstrumentId(0),
-        mark: Price(usd(100_000)),
-        index: Price(usd(60_000)),
-        risk: vec![Amount(usd(-15_000)), Amount(usd(12_000))],
-    });
-    let equity = state.equity(AccountId(1)).expect("exists") / i128::from(QTY_SCALE);
-    let liquidation = |fee: i64| Op::Liquidation {
-        account: AccountId(1),
-        counterparty: AccountId(2),
-        instrument: InstrumentId(0),
-        qty: Qty(-QTY_SCALE),
-        price: Price(usd(99_000)),
-        fee: Amount(fee),
-    };
+    let state = liquidatable_at_100_000();
+    let equity = equity_of(&state, 1);
+    let liquidation = |fee: i64| one_sold(usd(99_000), fee);
     let deposit = Op::Deposit {
         account: AccountId(1),
-        amount: Amount(usd(1_500) - equity as i64),
+        amount: Amount(usd(1_500) - equity),
     };
     for (ops, proves, rule) in [
         (
@@ -2468,14 +2481,7 @@ fn a_liquidation_the_shape_prices_cannot_skip_its_margin_slot() {
     );
     let state = marked(&state, 0, usd(100_000));
     assert_eq!(state.accounts()[1].positions.len(), 2);
-    let ops = [Op::Liquidation {
-        account: AccountId(1),
-        counterparty: AccountId(2),
-        instrument: InstrumentId(0),
-        qty: Qty(-QTY_SCALE),
-        price: Price(usd(100_000)),
-        fee: Amount(0),
-    }];
+    let ops = [one_sold(usd(100_000), 0)];
     after(&state, &ops);
     let priced = batch_of(&state, &ops);
     assert!(!priced.slots[0].unpriced);
@@ -2516,15 +2522,7 @@ fn a_liquidation_of_an_account_that_covers_its_shorts_cannot_be_proven() {
     let state = marked(&genesis(3), 0, 10_000 * MONEY_SCALE);
     let state = after(&state, &[fill_of(0, Side::Buy, 10_000, 6)]);
     let price = 199_000 * MONEY_SCALE;
-    let state = after(
-        &state,
-        &[Op::Mark {
-            instrument: InstrumentId(0),
-            mark: Price(price),
-            index: Price(60_000_000_000),
-            risk: vec![Amount(-1_000 * MONEY_SCALE), Amount(1_000 * MONEY_SCALE)],
-        }],
-    );
+    let state = marked_with(&state, 0, 199_000, &[-1_000, 1_000]);
     let leaf = state.exit_proof(AccountId(0)).expect("exists").leaf;
     assert_eq!(leaf.liability, 6 * 200_000 * 100_000_000 * 1_000_000);
     let needed = 1_200_000 * MONEY_SCALE - state.accounts()[0].collateral.0;

@@ -80,13 +80,21 @@ fn refused_one_past_proven(
 /// honest liquidations) is refused.
 #[test]
 fn a_portfolio_maintenance_other_than_the_proven_weight_is_refused() {
+    refused_off_proven(
+        |r| &mut r.pm_maintenance_bps,
+        optio_types::PROVEN_PM_MAINTENANCE_BPS,
+        "portfolio maintenance other than the proven weight",
+    );
+}
+
+/// `setting` a unit below and a unit above `proven` is refused, as `refused_past_proven` has it.
+fn refused_off_proven(
+    setting: fn(&mut optio_types::RiskConfig) -> &mut u32,
+    proven: u32,
+    message: &'static str,
+) {
     for past in [|v| v - 1, |v| v + 1] {
-        refused_past_proven(
-            &[|r| &mut r.pm_maintenance_bps],
-            optio_types::PROVEN_PM_MAINTENANCE_BPS,
-            past,
-            "portfolio maintenance other than the proven weight",
-        );
+        refused_past_proven(&[setting], proven, past, message);
     }
 }
 
@@ -130,14 +138,11 @@ fn perpetual_margin_other_than_the_proven_rate_is_refused() {
 /// maintenance rule (`PROVEN_PM_SHORT_OPTION_FLOOR_BPS`) is refused.
 #[test]
 fn a_short_option_floor_other_than_the_proven_rate_is_refused() {
-    for past in [|v| v - 1, |v| v + 1] {
-        refused_past_proven(
-            &[|r| &mut r.pm_short_option_floor_bps],
-            optio_types::PROVEN_PM_SHORT_OPTION_FLOOR_BPS,
-            past,
-            "short-option floor other than the proven rate",
-        );
-    }
+    refused_off_proven(
+        |r| &mut r.pm_short_option_floor_bps,
+        optio_types::PROVEN_PM_SHORT_OPTION_FLOOR_BPS,
+        "short-option floor other than the proven rate",
+    );
 }
 
 /// A fill budget or mark windows whose windows span more than 2^32 instrument ids are refused
