@@ -748,16 +748,11 @@ impl<M: MarginModel> Engine<M> {
             });
             // A fill's Portfolio or Standard account is proven maintained after the batch (the
             // prover's end slot): a margin slot, and every position it holds in the registers,
-            // which also price its solvency (no window).
-            if liquidated && k == 0 {
-                for (i, _) in others {
-                    positions += 1;
-                    instruments.insert(i.0);
-                }
-                continue;
-            }
-            if trade && acct.mode != optio_types::MarginMode::WorstCase {
-                margins += 1;
+            // which also price its solvency (no window). A priced liquidated account's registers
+            // too (its margin slots counted above, one a transfer).
+            let maintained = trade && acct.mode != optio_types::MarginMode::WorstCase;
+            if maintained || (liquidated && k == 0) {
+                margins += u32::from(maintained);
                 for (i, _) in others {
                     positions += 1;
                     instruments.insert(i.0);

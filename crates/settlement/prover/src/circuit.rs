@@ -93,6 +93,7 @@ use optio_state::leaf::{
     ACCOUNT_DEPTH, INSTRUMENT_DEPTH, LIABILITY_AT, LIABILITY_BITS, MODE_AT, RISK_CHUNK, spec,
     status,
 };
+use optio_state::ledger::{ROUNDING_PER_POSITION, ROUNDING_PER_SHORT};
 use optio_state::poseidon::{Fr, from_i64};
 use optio_state::smt::empty_root;
 use optio_types::fixed::FEE_RATE_SCALE;
@@ -1734,12 +1735,6 @@ fn margin_slots(
     }
     Ok(())
 }
-
-/// The engine's rounding allowance in a maintenance total's unit (1e-12 micro-USDC), per
-/// position held and per short contract unit (1e-8 contracts): `optio_state::
-/// liquidation_rounding`.
-const ROUNDING_PER_POSITION: u64 = 4_000_000_000_000;
-const ROUNDING_PER_SHORT: u64 = 10_000;
 
 /// `h = Poseidon(h, key, expiry)` over the entries in use, from 0: `leaf::keys_hash`.
 fn keys_hash(cs: &Cs, entries: &[(Wire, Wire)], present: &[Wire]) -> R<Wire> {

@@ -1547,9 +1547,14 @@ pub fn witness(
     let mut shared: i128 = 0;
     let mut priority = state.priority_served();
     let mut slots = Vec::with_capacity(shape.slots);
-    // The total each priced liquidation's account falls short with, by op slot.
+    // The op slots whose liquidated account the plan prices (the others are unpriced), and
+    // the total each such account falls short with.
+    let priced: BTreeSet<usize> = margin_slots
+        .iter()
+        .filter(|(_, _, rule)| *rule == SlotRule::Below)
+        .map(|(k, _, _)| *k)
+        .collect();
     let mut shortfalls: BTreeMap<usize, usize> = BTreeMap::new();
-    let liquidation_priced = shape.fill_budget().liquidation_priced() as usize;
     for &(index, op, opened_id) in &slot_ops {
         let mut slot = Slot::default();
         match op {
@@ -1702,8 +1707,7 @@ pub fn witness(
                 // A liquidated account the shape prices falls short of its maintenance before
                 // the op, in the mode the batch found it in.
                 if let Op::Liquidation { account, .. } = op {
-                    let before = accounts.get(account.0 as usize);
-                    if before.is_some_and(|a| a.positions.len() > liquidation_priced) {
+                    if !priced.contains(&slots.len()) {
                         slot.unpriced = true;
                     } else {
                         let b = &accts[rb];
@@ -1717,7 +1721,9 @@ pub fn witness(
                             i64::try_from(b.collateral)
                                 .map_err(|_| WitnessError::Invalid(index))?,
                         );
-                        let mode = before.map_or(MarginMode::WorstCase, |a| a.mode);
+                        let mode = accounts
+                            .get(account.0 as usize)
+                            .map_or(MarginMode::WorstCase, |a| a.mode);
                         // (None: it meets its maintenance, which the circuit refuses at the
                         // slot, naming the rule.)
                         let short = state

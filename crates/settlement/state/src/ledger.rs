@@ -783,7 +783,7 @@ impl SettlementState {
     /// Whether an account in `mode` with `collateral` and `positions` falls short of that
     /// mode's proven maintenance rule (`maintained`) by more than the engine's rounding, at the
     /// committed marks, indices and risk arrays: `Some` of the first total short of its bound
-    /// once `LIQUIDATION_ROUNDING` is taken off it (0 the no-move one, `1 + s` scenario `s`;
+    /// once `liquidation_rounding` of each position is taken off it (0 the no-move one, `1 + s` scenario `s`;
     /// `Standard` has only the first), `None` if every total covers it or the mode is
     /// `WorstCase` (never liquidated). The engine liquidates only accounts below its own
     /// maintenance, which rounds each position's part against the account by less than that
@@ -1100,10 +1100,17 @@ impl MaintenanceRule {
 /// value rounded down, its requirement, its scenario's move and its floor each rounded up by
 /// less than one) and, for a short of `|q|` (1e-8 contracts), less than a micro-USDC a contract
 /// (the per-contract rate of the index rounded up before it is multiplied by the size):
-/// `4e12 + max(-q, 0) * 1e4`.
+/// `ROUNDING_PER_POSITION + max(-q, 0) * ROUNDING_PER_SHORT`.
 pub fn liquidation_rounding(q: i64) -> i128 {
-    4_000_000_000_000 + i128::from(q.min(0)).abs() * 10_000
+    i128::from(ROUNDING_PER_POSITION) + i128::from(q.min(0)).abs() * i128::from(ROUNDING_PER_SHORT)
 }
+
+/// `liquidation_rounding`'s allowance per position held, 1e-12 micro-USDC: 4 micro-USDC.
+pub const ROUNDING_PER_POSITION: u64 = 4_000_000_000_000;
+
+/// `liquidation_rounding`'s allowance per short contract unit (1e-8 contracts), 1e-12
+/// micro-USDC: a micro-USDC a contract.
+pub const ROUNDING_PER_SHORT: u64 = 10_000;
 
 impl Account {
     fn new(owner: Address, store: TreeStore) -> Self {
