@@ -1591,11 +1591,13 @@ fn deleveraging_stops_once_the_account_is_maintained() {
     let (maintenance, _) = e.maintenance(AccountId(1)).expect("exists");
     assert!(balance >= maintenance, "{balance:?} >= {maintenance:?}");
     e.check_invariants().expect("audit");
+    let hash = e.state_hash();
     assert_eq!(
         run(&mut e, t3, deleverage),
         Err(RejectCode::NotLiquidating),
         "the liquidation is over"
     );
+    assert_eq!(e.state_hash(), hash, "the refusal changed nothing");
 }
 
 /// The accounts that took a liquidated position in `events`, in order.
