@@ -21,3 +21,12 @@ pub use canonical::RestoreError;
 pub use engine::{Engine, MAX_TOTAL_COLLATERAL};
 pub use invariants::InvariantViolation;
 pub use query::{InstrumentMargin, InstrumentView, MarginView, OracleView};
+
+/// The version of the engine's rules: bumped with every change after which the same inputs in
+/// the same order give other events or another state (a margin rate, a matching, fee,
+/// liquidation or expiry rule). A log is replayed only under the rules that wrote it: the
+/// sequencer records them beside its log and refuses to open a log written under others, which
+/// would give other results than the ones already acknowledged and batched. The engine's tests
+/// hold a fingerprint of its results on fixed histories beside this number, so a change of
+/// results that does not bump it fails them.
+pub const RULES: u32 = 1;

@@ -6,7 +6,8 @@
 //! signature per group seals the Merkle root of its links: two receipts for one sequence number
 //! are proof of equivocation), engine snapshots, and
 //! recovery (snapshot plus the log after it; a torn last record was never acknowledged and is
-//! dropped; damage anywhere else refuses to start).
+//! dropped; damage anywhere else refuses to start), and the record of the engine rules the log
+//! was written under (a log is only replayed under them).
 //!
 //! Must not: verify user signatures or parse API requests (the gateway does, before it submits),
 //! or block the engine on anything but its own log.
@@ -27,6 +28,8 @@ pub use wal::{Record, Wal, WalError};
 
 const SNAPSHOT_FILE: &str = "snapshot.bin";
 const WAL_FILE: &str = "wal.log";
+/// The engine rules the directory's log was written under (`optio_engine::RULES`, in decimal).
+const RULES_FILE: &str = "rules";
 
 /// Why the sequencer could not start or continue.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +52,50 @@ pub enum SequencerError {
     /// A staged group must be committed before the next is staged (and only that group).
     #[error("a staged group is pending")]
     GroupPending,
+    /// The directory's log was written under other engine rules than this binary applies (or
+    /// before rules were recorded: `log` is `None`). Replaying it could give other results than
+    /// the ones it gave: other fills than the receipts and batches already committed on L1.
+    #[error(
+        "rules_mismatch: the log in this directory was written under engine rules {}, and this \
+         binary applies rules {binary}; replaying it could give other results than the ones it \
+         gave (fills acknowledged, batches committed): run the binary that wrote it, or start a \
+         new directory",
+        log.map_or("not recorded (before rules were versioned)".to_owned(), |r| r.to_string())
+    )]
+    RulesMismatch {
+        /// The rules the log was written under, if recorded.
+        log: Option<u32>,
+        /// `optio_engine::RULES`.
+        binary: u32,
+    },
+    /// The rules file is not a decimal version number.
+    #[error("the rules file is malformed")]
+    RulesFormat,
+}
+
+/// The engine rules recorded in `dir`, if any.
+fn recorded_rules(dir: &Path) -> Result<Option<u32>, SequencerError> {
+    match fs::read_to_string(dir.join(RULES_FILE)) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| SequencerError::RulesFormat),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Records this binary's engine rules in `dir`, atomically (temporary file, fsync, rename,
+/// directory fsync), before the first record of a new log.
+fn record_rules(dir: &Path) -> Result<(), SequencerError> {
+    let tmp = dir.join("rules.tmp");
+    let mut file = fs::File::create(&tmp)?;
+    writeln!(file, "{}", optio_engine::RULES)?;
+    file.sync_all()?;
+    fs::rename(&tmp, dir.join(RULES_FILE))?;
+    fs::File::open(dir)?.sync_all()?;
+    Ok(())
 }
 
 /// A group written to the log, waiting for its fsync and commit.
@@ -277,7 +324,8 @@ impl Sequencer {
     ) -> Result<Self, SequencerError> {
         let key = SecretKey::from_secret_bytes(key).map_err(|_| SequencerError::Key)?;
         fs::create_dir_all(dir)?;
-        let (mut engine, snapshot_seq, mut previous) = match fs::read(dir.join(SNAPSHOT_FILE)) {
+        let snapshot = dir.join(SNAPSHOT_FILE);
+        let (mut engine, snapshot_seq, mut previous) = match fs::read(&snapshot) {
             Ok(bytes) => {
                 let (seq, previous, engine, _) =
                     split_snapshot(&bytes).ok_or(SequencerError::SnapshotFormat)?;
@@ -291,6 +339,19 @@ impl Sequencer {
             Err(e) => return Err(e.into()),
         };
         let (wal, records) = Wal::open(&dir.join(WAL_FILE))?;
+        // A new directory takes this binary's rules; any other log must have been written
+        // under them (the node replays it from the start, too, for the inputs not yet batched).
+        let fresh = records.is_empty() && !snapshot.exists();
+        match recorded_rules(dir)? {
+            Some(rules) if rules == optio_engine::RULES => {}
+            _ if fresh => record_rules(dir)?,
+            log => {
+                return Err(SequencerError::RulesMismatch {
+                    log,
+                    binary: optio_engine::RULES,
+                });
+            }
+        }
         let mut events = Vec::new();
         let mut recovered = Vec::new();
         for (seq, input, intent) in records {

@@ -197,6 +197,78 @@ fn damage_before_valid_records_refuses_to_start() {
     }
 }
 
+/// Every file of `dir` with its bytes.
+fn files(dir: &std::path::Path) -> Vec<(std::ffi::OsString, Vec<u8>)> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .expect("lists")
+        .map(|e| {
+            let e = e.expect("entry");
+            (e.file_name(), std::fs::read(e.path()).expect("reads"))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn refused_rules(dir: &std::path::Path) -> SequencerError {
+    match Sequencer::open(dir, KEY, EngineLimits::default()) {
+        Err(e) => e,
+        Ok(s) => panic!("opened at {}", s.next_seq()),
+    }
+}
+
+/// A log is replayed only under the engine rules that wrote it: a new directory records this
+/// binary's, and one written under others (or before they were recorded) is refused with a
+/// stable error, every file left as it was, with or without a snapshot.
+#[test]
+fn a_log_written_under_other_engine_rules_is_refused_unchanged() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let rules = dir.path().join("rules");
+    let mut s = Sequencer::open(dir.path(), KEY, EngineLimits::default()).expect("opens");
+    assert_eq!(
+        std::fs::read_to_string(&rules).expect("recorded"),
+        format!("{}\n", optio_engine::RULES)
+    );
+    s.submit(&inputs(10)).expect("durable");
+    drop(s);
+    for snapshot in [false, true] {
+        if snapshot {
+            let mut s = Sequencer::open(dir.path(), KEY, EngineLimits::default()).expect("reopens");
+            s.snapshot().expect("snapshot");
+        }
+        std::fs::write(&rules, format!("{}\n", optio_engine::RULES + 1)).expect("writes");
+        let before = files(dir.path());
+        let e = refused_rules(dir.path());
+        assert!(
+            matches!(
+                e,
+                SequencerError::RulesMismatch { log: Some(r), binary }
+                    if r == optio_engine::RULES + 1 && binary == optio_engine::RULES
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().starts_with("rules_mismatch: "), "{e}");
+        assert_eq!(files(dir.path()), before);
+        std::fs::remove_file(&rules).expect("removes");
+        let before = files(dir.path());
+        let e = refused_rules(dir.path());
+        assert!(
+            matches!(e, SequencerError::RulesMismatch { log: None, .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("not recorded"), "{e}");
+        assert_eq!(files(dir.path()), before);
+        std::fs::write(&rules, "one\n").expect("writes");
+        assert!(matches!(
+            refused_rules(dir.path()),
+            SequencerError::RulesFormat
+        ));
+        std::fs::write(&rules, format!("{}\n", optio_engine::RULES)).expect("writes");
+    }
+    let s = Sequencer::open(dir.path(), KEY, EngineLimits::default()).expect("its rules");
+    assert_eq!(s.engine().state_hash(), direct(&inputs(10)));
+}
+
 #[test]
 fn two_receipts_for_one_sequence_number_prove_equivocation() {
     let a = tempfile::tempdir().expect("temp dir");

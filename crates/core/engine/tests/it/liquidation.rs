@@ -326,9 +326,9 @@ fn mango_a_pumped_trade_price_does_not_create_collateral() {
     e.check_invariants().expect("audit");
 }
 
-type Step = (u8, u8, u8, i16);
+pub type Step = (u8, u8, u8, i16);
 
-fn step() -> impl Strategy<Value = Step> {
+pub fn step() -> impl Strategy<Value = Step> {
     (0u8..7, 0u8..4, 1u8..40, -120i16..120)
 }
 
@@ -351,10 +351,10 @@ fn left_unresolved(events: &[Event]) -> bool {
 /// One history; with `bounded`, a fill budget of three accounts a batch (a cover and two loss
 /// shares, or a fill and a liquidation's counterparty), under which covers come only in oracle
 /// updates, shared by at most two accounts each.
-fn liquidation_history(
+pub fn liquidation_history(
     steps: &[Step],
     bounded: bool,
-) -> Result<(usize, usize, usize, usize, usize, usize), TestCaseError> {
+) -> Result<((usize, usize, usize, usize, usize, usize), [u8; 32]), TestCaseError> {
     let mut counts = (0, 0, 0, 0, 0, 0);
     // Accounts settled by an earlier input and not traded since.
     let mut settled_before = std::collections::BTreeSet::new();
@@ -700,7 +700,7 @@ fn liquidation_history(
             );
         }
     }
-    Ok(counts)
+    Ok((counts, e.state_hash()))
 }
 
 proptest! {
@@ -730,7 +730,7 @@ fn the_random_histories_do_liquidate() {
             .new_tree(&mut runner)
             .expect("strategy")
             .current();
-        let c = liquidation_history(&steps, k % 2 == 1).expect("history holds");
+        let (c, _) = liquidation_history(&steps, k % 2 == 1).expect("history holds");
         if k % 2 == 1 {
             bounded_deficits += c.2;
         }

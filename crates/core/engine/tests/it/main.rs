@@ -5,5 +5,6 @@ mod common;
 mod liquidation;
 mod model;
 mod risk;
+mod rules;
 mod scenarios;
 mod snapshot;
