@@ -35,6 +35,9 @@ pub struct Args {
     /// Fills in the proved batch (op slots of the circuit).
     #[arg(long, default_value_t = 4)]
     slots: usize,
+    /// Accounts the proved batch's fills are spread among (each fills with the next).
+    #[arg(long, default_value_t = 2)]
+    accounts: usize,
     /// Skip proving (constraint counts and gas only need one small proof).
     #[arg(long)]
     no_prove: bool,
@@ -63,6 +66,12 @@ fn peak_rss_mib() -> f64 {
 
 /// A state with two funded accounts and an instrument, and a batch of `n` fills between them.
 fn fills(n: usize) -> (SettlementState, Vec<Op>) {
+    fills_among(n, 2)
+}
+
+/// A state with `accounts` funded accounts and an instrument, and a batch of `n` fills, each
+/// account's maker the next account's taker in turn.
+fn fills_among(n: usize, accounts: usize) -> (SettlementState, Vec<Op>) {
     let mut state = SettlementState::new();
     let spec = InstrumentSpec::with_defaults(
         "BTC-PERPETUAL".parse().expect("name"),
@@ -74,7 +83,7 @@ fn fills(n: usize) -> (SettlementState, Vec<Op>) {
             instrument: InstrumentId(0),
         },
     ];
-    for i in 0..2u32 {
+    for i in 0..accounts as u32 {
         genesis.push(Op::OpenAccount {
             owner: Address([i as u8 + 1; 20]),
         });
@@ -88,8 +97,8 @@ fn fills(n: usize) -> (SettlementState, Vec<Op>) {
     let ops = (0..n)
         .map(|i| Op::Fill {
             instrument: InstrumentId(0),
-            maker: AccountId((i % 2) as u32),
-            taker: AccountId(1 - (i % 2) as u32),
+            maker: AccountId((i % accounts) as u32),
+            taker: AccountId(((i + 1) % accounts) as u32),
             taker_side: if i % 3 == 0 { Side::Sell } else { Side::Buy },
             price: Price((95_000 + i as i64) * MONEY_SCALE),
             qty: Qty(QTY_SCALE / 10),
@@ -249,15 +258,16 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 
     let mut rng = StdRng::seed_from_u64(1);
     let slots = if args.no_prove { 1 } else { args.slots.max(1) };
+    let accounts = args.accounts.clamp(2, 200);
     let proved = Shape {
         prices: 1,
         solvency: 2,
-        ..shape(slots, 2, 2, 1, 1)
+        ..shape(slots, accounts, accounts, 1, 1)
     };
     let t = Instant::now();
     let keys = Keys::generate(proved, &mut rng).map_err(|e| anyhow::anyhow!("{e}"))?;
     let keygen = t.elapsed();
-    let (state, ops) = fills(slots);
+    let (state, ops) = fills_among(slots, accounts);
     let w = witness(&state, &ops, proved).map_err(|e| anyhow::anyhow!("{e}"))?;
     let public = w.public;
     let t = Instant::now();
@@ -267,7 +277,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let per_trade = proving.as_secs_f64() / slots as f64;
     println!(
-        "\nProving a batch of {slots} fills between two accounts, and one mark ({} constraints) on {cores} cores",
+        "\nProving a batch of {slots} fills among {accounts} accounts in one instrument, and one mark ({} constraints) on {cores} cores",
         constraints(proved)?
     );
     println!(
@@ -286,10 +296,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     );
     let core_seconds = per_trade * cores as f64;
     println!(
-        "  100 trades/s needs {:.0} prover cores like these ({:.2} core-s per trade); a 16-trade batch lags {:.0} s on {cores} cores",
+        "  100 trades/s in batches like this one needs {:.0} prover cores like these ({:.2} core-s per trade); the batch lags {:.1} s on {cores} cores",
         100.0 * core_seconds,
         core_seconds,
-        16.0 * per_trade
+        proving.as_secs_f64()
     );
 
     let gas = tokio::runtime::Builder::new_current_thread()
