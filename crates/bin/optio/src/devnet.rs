@@ -582,7 +582,11 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
     println!("optio devnet");
     println!("  JSON-RPC  http://{addr}/api/v2");
     println!("  health    http://{addr}/health    metrics http://{addr}/metrics");
-    println!("  data      {}", dir.display());
+    println!(
+        "  data      {}  (engine rules {})",
+        dir.display(),
+        optio_engine::RULES
+    );
     println!(
         "  batches   {} (optio rebuild --batches ...)",
         dir.join("batches").display()

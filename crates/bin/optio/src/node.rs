@@ -231,7 +231,7 @@ pub fn run(args: NodeArgs) -> Result<()> {
             .await
             .with_context(|| format!("binding {listen}"))?;
         let addr = listener.local_addr()?;
-        tracing::info!(%addr, data = %data.display(), "optio node serving");
+        tracing::info!(%addr, data = %data.display(), rules = optio_engine::RULES, "optio node serving");
         println!("optio node on http://{addr}/api/v2");
         let l1 = (
             args.l1_rpc.clone().or(file.l1_rpc.clone()),

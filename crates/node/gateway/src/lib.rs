@@ -2000,6 +2000,10 @@ impl Gateway {
             "# HELP optio_sequence Next sequence number.\n# TYPE optio_sequence counter\n",
         );
         out.push_str(&format!("optio_sequence {}\n", node.sequencer.next_seq()));
+        out.push_str(
+            "# HELP optio_engine_rules The engine rules version this node applies (and its log was written under).\n# TYPE optio_engine_rules gauge\n",
+        );
+        out.push_str(&format!("optio_engine_rules {}\n", optio_engine::RULES));
         out.push_str("# HELP optio_wal_groups_total Group commits (one fsync each).\n# TYPE optio_wal_groups_total counter\n");
         out.push_str(&format!("optio_wal_groups_total {}\n", node.groups));
         out.push_str("# HELP optio_wal_group_inputs_total Signed orders carried by group commits.\n# TYPE optio_wal_group_inputs_total counter\n");

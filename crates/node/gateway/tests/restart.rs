@@ -278,6 +278,11 @@ fn metrics_show_the_provers_progress() {
         metric(&g, "optio_batches_proven_total").as_deref(),
         Some("0")
     );
+    assert_eq!(
+        metric(&g, "optio_engine_rules"),
+        Some(optio_engine::RULES.to_string()),
+        "the rules the node applies"
+    );
     assert_eq!(metric(&g, "optio_prove_seconds"), None, "no proof yet");
     let batches = dir.path().join("batches");
     std::fs::write(batches.join("00000001.unprovable"), "op 0: ListInstrument").expect("write");
