@@ -943,6 +943,54 @@ fn fee(cs: &Cs, notional: &Wire, rate: &Wire, value: Fr) -> R<Wire> {
     Ok(fee)
 }
 
+/// The shared range checks of an op slot, each named for its liquidation check (a liquidation
+/// has one check in every lane), with the other kinds' checks that ride in it:
+#[derive(Clone, Copy)]
+enum Lane {
+    /// The liquidation fee's bound (171 bits); a deficit cover leaves insurance non-negative
+    /// (63); the owner's forced withdrawal that pays nothing had nothing to pay (157).
+    Fee,
+    /// The liquidated account could default (`LIABILITY_BITS + 1`); a deficit cover leaves the
+    /// fee pool non-negative (63); a loss share leaves the collateral non-negative (63); a paid
+    /// forced withdrawal's remainder is not negative (27).
+    Uncovered,
+    /// The liquidation price within the deepest discount (112); a deficit cover leaves the
+    /// account at or below zero (63); a paid forced withdrawal's remainder is below 1e8 (27).
+    Discount,
+    /// The liquidation price within the stress range (65); a forced close's rounding is not
+    /// negative (27; zero for every other kind).
+    Room,
+    /// A liquidation only reduces the position (64); a forced close's rounding is below 1e8
+    /// (27).
+    Left,
+}
+
+/// Each lane's width: its widest check's.
+const LANE_BITS: [usize; 5] = [171, LIABILITY_BITS + 1, 112, 65, 64];
+
+/// Sums per lane of an op slot's gated checks. Every check in a lane says a value is not
+/// negative, and holds no value but its kind's (the others' flags are zero), so the lane's sum
+/// is that value or zero. A negative value (`p - |v|`, every value here below 2^180 in size)
+/// is far above any lane's width, so the wider check refuses what the narrower one did; a value
+/// whose check was narrower than its lane was bounded by that width only to say it is not
+/// negative (the deficit's insurance and fee pool are held to 64 bits at the batch's end, and
+/// the collateral on every op).
+#[derive(Default)]
+struct Lanes([Vec<Wire>; 5]);
+
+impl Lanes {
+    fn push(&mut self, lane: Lane, gated: Wire) {
+        self.0[lane as usize].push(gated);
+    }
+
+    fn check(self, cs: &Cs) -> R<()> {
+        for (values, bits) in self.0.iter().zip(LANE_BITS) {
+            cs.range(&Wire::sum(values), bits)?;
+        }
+        Ok(())
+    }
+}
+
 fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     let flags = kind::SLOT_KINDS
         .iter()
@@ -966,6 +1014,12 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     let used = Wire::sum(&flags);
     cs.assert_boolean(&used)?;
     let kind_code = Wire::linear(kind::SLOT_KINDS.into_iter().map(Fr::from).zip(&flags));
+
+    // The kinds' own checks that a value is not negative share range checks: a slot has one
+    // kind, so each lane sums values gated by the flags of different kinds (all of them zero
+    // but the slot's kind's), and one range check of the lane's widest width holds that one
+    // (`Lanes`).
+    let mut lanes = Lanes::default();
 
     let amount = cs.witness(s.amount)?;
     let price = cs.witness(s.price)?;
@@ -1030,11 +1084,14 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     // = sign * rounding` with the rounding in `0..1e8`.
     let rounding = cs.witness(s.rounding)?;
     cs.equal_if(&not(&close), &rounding, &Wire::zero())?;
-    cs.range(&rounding, 27)?;
-    cs.range(
-        &Wire::constant(Fr::from(QTY_SCALE as u64 - 1)).sub(&rounding),
-        27,
-    )?;
+    lanes.push(Lane::Room, rounding.clone());
+    lanes.push(
+        Lane::Left,
+        cs.mul(
+            &close,
+            &Wire::constant(Fr::from(QTY_SCALE as u64 - 1)).sub(&rounding),
+        )?,
+    );
     cs.equal(
         &notional.scale(Fr::from(QTY_SCALE as u64)),
         &price_qty.add(&cs.mul(&sign, &rounding)?),
@@ -1064,7 +1121,7 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     let high = pick(cs, &sel_i, st.instruments.iter().map(|i| i.high.clone()))?;
     let bound = cs.select(&taker_buys, &high, &low)?;
     let room = cs.mul(&sign, &bound.sub(&price))?;
-    cs.range(&cs.mul(&liquidation, &room)?, 65)?;
+    lanes.push(Lane::Room, cs.mul(&liquidation, &room)?);
     // Its fee is at most the fee at `MAX_LIQUIDATION_FEE_BPS` at the committed index clamped to
     // the cap (`optio_types::max_liquidation_fee`): `fee * 1e12 <= qty * reference * MAX + 1e12
     // - 1` (`qty < 2^63`, `reference < 2^100`: 171 bits hold the difference, a negative one is
@@ -1080,7 +1137,7 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
         .scale(Fr::from(u64::from(MAX_LIQUIDATION_FEE_BPS)))
         .add_const(scale - Fr::from(1u64))
         .sub(&amount.scale(scale));
-    cs.range(&cs.mul(&liquidation, &fee_room)?, 171)?;
+    lanes.push(Lane::Fee, cs.mul(&liquidation, &fee_room)?);
     // Its price is within MAX_LIQUIDATION_DISCOUNT_BPS of the reference from the committed
     // mark on b's side: `1e4 * sign * (mark - price) + reference * MAX >= 0` (the mark and
     // price below 2^64, the reference below 2^100: 112 bits hold it, a negative one is far
@@ -1090,7 +1147,7 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
         .mul(&sign, &committed_mark.sub(&price))?
         .scale(Fr::from(BPS))
         .add(&reference.scale(Fr::from(u64::from(MAX_LIQUIDATION_DISCOUNT_BPS))));
-    cs.range(&cs.mul(&liquidation, &discount_room)?, 112)?;
+    lanes.push(Lane::Discount, cs.mul(&liquidation, &discount_room)?);
     // A fill pays the spec's fees to the fee pool; a liquidation pays `amount` from the
     // liquidated account (b) to insurance.
     let a_fee = cs.mul(&fill, &maker_fee)?;
@@ -1107,8 +1164,8 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     let from_fees = cs.mul(&deficit, &price)?;
     st.insurance = st.insurance.sub(&cs.mul(&deficit, &amount)?);
     st.fee_pool = st.fee_pool.sub(&from_fees);
-    cs.range(&cs.mul(&deficit, &st.insurance)?, 63)?;
-    cs.range(&cs.mul(&deficit, &st.fee_pool)?, 63)?;
+    lanes.push(Lane::Fee, cs.mul(&deficit, &st.insurance)?);
+    lanes.push(Lane::Uncovered, cs.mul(&deficit, &st.fee_pool)?);
     // In the engine's order: the fee pool only once insurance is spent, shares only once both
     // are.
     cs.enforce(&from_fees, &st.insurance, &Wire::zero())?;
@@ -1125,7 +1182,7 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     let uncovered = b_liability
         .sub(&b_collateral.scale(Fr::from(QTY_SCALE as u64)))
         .add_const(-Fr::from(1u64));
-    cs.range(&cs.mul(&liquidation, &uncovered)?, LIABILITY_BITS + 1)?;
+    lanes.push(Lane::Uncovered, cs.mul(&liquidation, &uncovered)?);
     // And, unless it held more positions at the batch's start than the shape prices for a
     // liquidation (its leaf's count, below 2^32), a margin slot proves it below maintenance
     // before the op (`liquidated`).
@@ -1182,7 +1239,7 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     // (A forced withdrawal is held to its own rule, below, which needs no mark.)
     let out = cs.mul(&withdraw.add(&transfer), &moves_money)?;
     let a_pays = cs.mul(&loss, &moves_money)?;
-    cs.range(&cs.mul(&a_pays, &a_after)?, 63)?;
+    lanes.push(Lane::Uncovered, cs.mul(&a_pays, &a_after)?);
     // A transfer stays with one owner; a withdrawal names the account's owner, a forced one who
     // asked on L1 (the contract checks its queue, and pays whom the words name). Someone else's
     // forced withdrawal moves nothing.
@@ -1218,25 +1275,28 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
             && signed_order(rest.value) >= signed_order(Fr::from(0u64)),
     )?;
     cs.enforce(&paid, &not(&owners_exit), &Wire::zero())?;
-    cs.range(&cs.mul(&paid, &rest)?, 27)?;
-    cs.range(
-        &cs.mul(
+    lanes.push(Lane::Uncovered, cs.mul(&paid, &rest)?);
+    lanes.push(
+        Lane::Discount,
+        cs.mul(
             &paid,
             &Wire::constant(Fr::from(QTY_SCALE as u64 - 1)).sub(&rest),
         )?,
-        27,
-    )?;
+    );
     let unpaid = owners_exit.sub(&paid);
     cs.equal_if(&unpaid, &amount, &Wire::zero())?;
-    cs.range(
-        &cs.mul(
+    lanes.push(
+        Lane::Fee,
+        cs.mul(
             &unpaid,
             &Wire::constant(Fr::from(QTY_SCALE as u64 - 1)).sub(&d),
         )?,
-        LIABILITY_BITS + 2,
-    )?;
+    );
     // A deficit cover pays at most the deficit: it leaves the account at or below zero.
-    cs.range(&cs.mul(&deficit, &a_after)?.scale(-Fr::from(1u64)), 63)?;
+    lanes.push(
+        Lane::Discount,
+        cs.mul(&deficit, &a_after)?.scale(-Fr::from(1u64)),
+    );
     let a_id = pick(cs, &sel_a, st.accounts.iter().map(|a| a.id.clone()))?;
     let b_id = pick(cs, &sel_b, st.accounts.iter().map(|a| a.id.clone()))?;
     // A trade is between two accounts (the engine's self-trade prevention and its liquidations
@@ -1259,7 +1319,7 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     // grows or flips one.
     let held_b = pick(cs, &sel_pb, st.positions.iter().map(|q| q.qty.clone()))?;
     let left = cs.mul(&sign, &held_b)?.scale(-Fr::from(1u64)).sub(&qty);
-    cs.range(&cs.mul(&liquidation, &left)?, 64)?;
+    lanes.push(Lane::Left, cs.mul(&liquidation, &left)?);
     // A forced close moves all of b's position, when its owner asked and the instrument is
     // active and marked (a committed mark is positive once posted), and nothing otherwise: b's
     // change is minus `eligible * held` (its size and side follow: a long is sold, a short
@@ -1323,6 +1383,7 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     }
 
     st.fee_pool = st.fee_pool.add(&cs.mul(&fill, &maker_fee.add(&taker_fee))?);
+    lanes.check(cs)?;
     // The posted words: the ids, side, price and quantity in one; the amount and priority id
     // in a second where the kind has them; then an opened account's owner, or the owner a
     // withdrawal pays.
