@@ -944,15 +944,18 @@ fn fee(cs: &Cs, notional: &Wire, rate: &Wire, value: Fr) -> R<Wire> {
 }
 
 /// The shared range checks of an op slot, each named for its liquidation check (a liquidation
-/// has one check in every lane), with the other kinds' checks that ride in it:
+/// has one check in every lane), with the other kinds' checks that ride in it (all say a value
+/// is not negative, but the owner's, which says it is an address):
 #[derive(Clone, Copy)]
 enum Lane {
     /// The liquidation fee's bound (171 bits); a deficit cover leaves insurance non-negative
-    /// (63); the owner's forced withdrawal that pays nothing had nothing to pay (157).
+    /// (63); the owner's forced withdrawal that pays nothing had nothing to pay (157), and one
+    /// that pays leaves a remainder that is not negative (27).
     Fee,
-    /// The liquidated account could default (`LIABILITY_BITS + 1`); a deficit cover leaves the
-    /// fee pool non-negative (63); a loss share leaves the collateral non-negative (63); a paid
-    /// forced withdrawal's remainder is not negative (27).
+    /// The liquidated account could default (`LIABILITY_BITS + 1`, below 2^156); a deficit
+    /// cover leaves the fee pool non-negative (63); a loss share leaves the collateral
+    /// non-negative (63); the owner an opening, a withdrawal or a forced operation names is below
+    /// 2^160, exactly the lane's width (the kinds that name one have no other check in it).
     Uncovered,
     /// The liquidation price within the deepest discount (112); a deficit cover leaves the
     /// account at or below zero (63); a paid forced withdrawal's remainder is below 1e8 (27).
@@ -966,11 +969,11 @@ enum Lane {
 }
 
 /// Each lane's width: its widest check's.
-const LANE_BITS: [usize; 5] = [171, LIABILITY_BITS + 1, 112, 65, 64];
+const LANE_BITS: [usize; 5] = [171, 160, 112, 65, 64];
 
-/// Sums per lane of an op slot's gated checks. Every check in a lane says a value is not
-/// negative, and holds no value but its kind's (the others' flags are zero), so the lane's sum
-/// is that value or zero. A negative value (`p - |v|`, every value here below 2^180 in size)
+/// Sums per lane of an op slot's gated checks. A lane holds no value but its kind's (the others'
+/// flags are zero), so its sum is that value or zero. Every check but the owner's says a value
+/// is not negative. A negative value (`p - |v|`, every value here below 2^180 in size)
 /// is far above any lane's width, so the wider check refuses what the narrower one did; a value
 /// whose check was narrower than its lane was bounded by that width only to say it is not
 /// negative (the deficit's insurance and fee pool are held to 64 bits at the batch's end, and
@@ -1275,7 +1278,7 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
             && signed_order(rest.value) >= signed_order(Fr::from(0u64)),
     )?;
     cs.enforce(&paid, &not(&owners_exit), &Wire::zero())?;
-    lanes.push(Lane::Uncovered, cs.mul(&paid, &rest)?);
+    lanes.push(Lane::Fee, cs.mul(&paid, &rest)?);
     lanes.push(
         Lane::Discount,
         cs.mul(
@@ -1383,11 +1386,11 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     }
 
     st.fee_pool = st.fee_pool.add(&cs.mul(&fill, &maker_fee.add(&taker_fee))?);
-    lanes.check(cs)?;
     // The posted words: the ids, side, price and quantity in one; the amount and priority id
     // in a second where the kind has them; then an opened account's owner, or the owner a
-    // withdrawal pays.
-    cs.range(&owner, 160)?;
+    // withdrawal pays: an address (zero for the kinds that name none, which the lane's other
+    // checks belong to).
+    lanes.push(Lane::Uncovered, owner.clone());
     let head = pack(&[
         (&kind_code, 0),
         (&a_id, at::A),
@@ -1419,6 +1422,7 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     let record = [
         kind_code, a_id, b_id, instrument, amount, price, qty, taker_buys, priority, owner,
     ];
+    lanes.check(cs)?;
     absorb(cs, &mut st.commitment, &used, record)
 }
 

@@ -1206,6 +1206,16 @@ fn opened_accounts_and_listed_instruments_take_the_next_id() {
     );
     check(&honest).expect("honest");
 
+    // An owner that is not an address (2^160 above the one signed) is refused in its own slot,
+    // before the posted words are compared.
+    let mut w = honest.clone();
+    w.slots[0].owner += pow2(160);
+    assert!(
+        refused_at(&w).starts_with("op slot 0 "),
+        "{}",
+        refused_at(&w)
+    );
+
     let mut w = honest.clone();
     let r = w.slots[0].a.expect("the open op's register");
     assert_eq!(w.accounts[r].id, 3);
