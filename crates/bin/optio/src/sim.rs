@@ -12,8 +12,10 @@
 //!
 //! Clients: traders (signed orders, about half of them by a session key while the trader's key
 //! is live; header-authenticated cancels and session key registrations, extensions, shortenings
-//! and revocations; some margined from marks and so liquidatable), liquidators bidding in
-//! liquidation auctions, the operator deleveraging what an auction could not place, depositors, forced withdrawals and forced closes on L1, WebSocket subscribers
+//! and revocations; some margined from marks, trading large on little collateral, and so
+//! liquidatable), liquidators bidding in liquidation auctions (now and then away for a while),
+//! the operator deleveraging what an auction could not place, depositors, forced withdrawals
+//! and forced closes on L1, WebSocket subscribers
 //! (one that reads and checks the book stream for gaps, some that never read), and hostile
 //! clients (flipped, foreign-chain and replayed signatures, malformed and out-of-range values,
 //! unknown instruments and accounts).
@@ -37,7 +39,9 @@
 //! authorized by its posted signed order as the contract judges it, session keys included;
 //! every settlement price and mark signed by the oracle, marks in order), the
 //! state rebuilt from L1 data alone equals the engine's (every balance and position), and the L1
-//! vault holds exactly the deposits the engine credited.
+//! vault holds exactly the deposits the engine credited. With `--circuit SHAPE` the node runs
+//! with the engine's limits and batch cuts for that shape, as `optio node --prove-keys` does,
+//! and every batch's witness must satisfy the circuit.
 //!
 //! Reproducibility: a seed's run repeats exactly. Inputs, faults and time are functions of the
 //! seed, and so is everything that feeds back into the inputs: batches are cut by size (the
@@ -58,7 +62,7 @@ use optio_gateway::client::{
 use optio_gateway::{Clock, Config, Gateway};
 use optio_oracle::{OracleSigner, SettlementFeed, build_update};
 use optio_settler::{OptioRollup, Settler, TestUSDC, U256, transact};
-use optio_types::{AccountId, Command, EngineLimits, InstrumentSpec, MONEY_SCALE};
+use optio_types::{AccountId, Command, InstrumentSpec, MONEY_SCALE};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Value, json};
@@ -82,6 +86,22 @@ pub struct SimArgs {
     /// `--features canary`: shows that the simulator can fail).
     #[arg(long)]
     pub expect_violation: bool,
+    /// Run the node as `optio node --prove-keys` does for keys of this circuit shape (a key
+    /// file's name, `quad-…`: `optio prove setup` prints it): the engine's limits for the
+    /// shape, batches cut to fit it; and at the end, check that every batch's witness
+    /// satisfies the circuit with the batcher's new root (no keys needed, no proof made).
+    #[arg(long, value_parser = parse_shape)]
+    pub circuit: Option<optio_prover::Shape>,
+    /// With `--circuit`: run the node without the shape's limits and cuts (as a node without
+    /// prover keys runs), still checking every batch against the circuit; with
+    /// `--expect-violation`, shows that the check can fail.
+    #[arg(long, requires = "circuit")]
+    pub uncut: bool,
+}
+
+fn parse_shape(name: &str) -> Result<optio_prover::Shape, String> {
+    optio_prover::Shape::from_name(name)
+        .ok_or_else(|| format!("{name} is not a circuit shape's name (quad-<16 sizes>)"))
 }
 
 /// What one seed did.
@@ -112,6 +132,8 @@ pub struct Stats {
     slow_subscribers: u64,
     book_changes_checked: u64,
     batches: u64,
+    /// Batches whose witness was checked against the circuit (`--circuit`).
+    circuit_checked: u64,
     key_changes: u64,
     key_orders: u64,
     /// The engine's state hash at the end (a rerun of the seed must end on the same one).
@@ -145,13 +167,14 @@ impl Stats {
         self.slow_subscribers += s.slow_subscribers;
         self.book_changes_checked += s.book_changes_checked;
         self.batches += s.batches;
+        self.circuit_checked += s.circuit_checked;
         self.key_changes += s.key_changes;
         self.key_orders += s.key_orders;
     }
 
     fn line(&self) -> String {
         format!(
-            "{} orders ({} accepted), {} cancels, {} hostile refused, {} oracle updates ({} stalls, {} jumps, {} settlement prices), {} liquidation bids filled, {} deleverages, {} L1 deposits, {} forced withdrawals, {} forced closes ({} positions moved), {} settler rounds, {} L1 reorgs ({} txs dropped), {} crashes ({} restarts from a snapshot, {} torn tails, {} unsynced groups lost, {} kept), {} slow subscribers, {} book changes checked, {} batches, {} session key changes, {} orders signed by a session key",
+            "{} orders ({} accepted), {} cancels, {} hostile refused, {} oracle updates ({} stalls, {} jumps, {} settlement prices), {} liquidation bids filled, {} deleverages, {} L1 deposits, {} forced withdrawals, {} forced closes ({} positions moved), {} settler rounds, {} L1 reorgs ({} txs dropped), {} crashes ({} restarts from a snapshot, {} torn tails, {} unsynced groups lost, {} kept), {} slow subscribers, {} book changes checked, {} batches ({} checked against the circuit), {} session key changes, {} orders signed by a session key",
             self.orders,
             self.accepted,
             self.cancels,
@@ -177,6 +200,7 @@ impl Stats {
             self.slow_subscribers,
             self.book_changes_checked,
             self.batches,
+            self.circuit_checked,
             self.key_changes,
             self.key_orders
         )
@@ -249,6 +273,10 @@ struct Api {
 struct World {
     dir: tempfile::TempDir,
     config: Config,
+    /// The circuit shape batches are cut to (`--circuit`), with the engine's limits for it.
+    shape: Option<optio_prover::Shape>,
+    /// The circuit shape every batch is checked against at the end (`--circuit`).
+    check_against: Option<optio_prover::Shape>,
     gateway: Option<Arc<Gateway>>,
     api: Option<Api>,
     /// The simulator's own runtime: the chain, the settler, the WebSocket clients.
@@ -264,6 +292,8 @@ struct World {
     index: f64,
     last_oracle_ms: u64,
     stalled_until_ms: u64,
+    /// No liquidator bids before this time (ms).
+    liquidators_away_until_ms: u64,
     /// Acknowledged intents: EIP-712 digest (hex) and sequence number.
     acked: Vec<(String, u64)>,
     /// Params of accepted orders (replayed by hostile clients).
@@ -272,10 +302,15 @@ struct World {
     stats: Stats,
 }
 
-fn open(dir: &Path, config: &Config) -> Result<Arc<Gateway>> {
+fn open(dir: &Path, config: &Config, shape: Option<optio_prover::Shape>) -> Result<Arc<Gateway>> {
     Ok(Arc::new(
-        Gateway::open(dir, SEQUENCER_KEY, EngineLimits::default(), config.clone())
-            .context("opening the node")?,
+        Gateway::open(
+            dir,
+            SEQUENCER_KEY,
+            crate::prove::limits(shape),
+            config.clone(),
+        )
+        .context("opening the node")?,
     ))
 }
 
@@ -361,7 +396,7 @@ impl World {
         self.clock.now_ms()
     }
 
-    fn new(seed: u64) -> Result<World> {
+    fn new(seed: u64, shape: Option<optio_prover::Shape>) -> Result<World> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -440,9 +475,10 @@ impl World {
             clock: clock.clone(),
             // The rollup judges fills by their signatures.
             signed_terms_only: true,
+            batch_capacity: shape.map(crate::prove::capacity),
             ..Config::default()
         };
-        let gateway = open(dir.path(), &config)?;
+        let gateway = open(dir.path(), &config, shape)?;
         let settler = Settler::new(provider, deployment.rollup, &dir.path().join("batches"));
         let spec = InstrumentSpec::with_defaults(
             INSTRUMENT.parse().context("name")?,
@@ -490,6 +526,8 @@ impl World {
         let mut w = World {
             dir,
             config,
+            shape,
+            check_against: shape,
             gateway: Some(gateway),
             api: None,
             runtime,
@@ -508,6 +546,7 @@ impl World {
             index: 3_000.0,
             last_oracle_ms: 0,
             stalled_until_ms: 0,
+            liquidators_away_until_ms: 0,
             acked: Vec::new(),
             sent: Vec::new(),
             public_key: secp256k1::PublicKey::from_secret_key(
@@ -629,9 +668,12 @@ impl World {
         };
         let offset = self.rng.random_range(-20i64..=20);
         let price = ((self.index * (1.0 + offset as f64 / 1_000.0)) as i64 / 5 * 5).max(5);
+        // The margined traders trade larger, up to about twice their collateral's worth at
+        // the default price, so that jumps leave some below maintenance.
+        let whole = if t < MARGINED { 0..6 } else { 0..3 };
         let amount = format!(
             "{}.{}",
-            self.rng.random_range(0..3),
+            self.rng.random_range(whole),
             self.rng.random_range(1..10)
         );
         let request = OrderRequest {
@@ -906,6 +948,12 @@ impl World {
     /// Liquidators bid on every liquidating account's position; once an auction has run its
     /// course, the operator deleverages what is left.
     fn liquidate(&mut self) -> Result<()> {
+        if self.rng.random_range(0..20) == 0 {
+            // The liquidators go away for ten to thirty minutes: auctions run their course.
+            self.liquidators_away_until_ms =
+                self.now_ms() + self.rng.random_range(600_000..1_800_000);
+        }
+        let away = self.now_ms() < self.liquidators_away_until_ms;
         let state = self.gateway().canonical_state();
         let duration = state.risk.liquidation_duration_ms;
         let step = state.risk.liquidation_step_bps;
@@ -922,6 +970,9 @@ impl World {
                     if done.iter().all(Result::is_ok) {
                         self.stats.deleverages += 1;
                     }
+                    continue;
+                }
+                if away {
                     continue;
                 }
                 let lot = optio_types::QTY_SCALE / 100;
@@ -948,7 +999,10 @@ impl World {
     /// An L1 deposit by a trader to its account (sequenced once it is deep enough).
     fn deposit(&mut self) -> Result<()> {
         let t = self.rng.random_range(0..TRADERS);
-        let amount = self.rng.random_range(1..5_000) * MONEY_SCALE as u64;
+        // The margined traders top up a little: enough to go on trading, not to stop
+        // being liquidatable.
+        let most = if t < MARGINED { 500 } else { 5_000 };
+        let amount = self.rng.random_range(1..most) * MONEY_SCALE as u64;
         let trader = &self.traders[t];
         let rollup = OptioRollup::new(self.l1.rollup, &trader.l1);
         self.runtime
@@ -1137,7 +1191,7 @@ impl World {
                 .write_all(&torn)?;
             self.stats.torn += 1;
         }
-        let gateway = open(self.dir.path(), &self.config)?;
+        let gateway = open(self.dir.path(), &self.config, self.shape)?;
         if gateway.snapshot_seq() > 0 {
             self.stats.from_snapshot += 1;
         }
@@ -1256,6 +1310,9 @@ impl World {
         };
         self.stats.batches = count;
         self.stats.state = self.gateway().state_hash();
+        if let Some(shape) = self.check_against {
+            self.stats.circuit_checked = check_circuit(&batches, shape)?;
+        }
         // Post everything and let it finalize.
         for _ in 0..10 {
             self.settler_round()?;
@@ -1332,9 +1389,43 @@ impl World {
     }
 }
 
+/// Every batch in `batches`, in order, fits `shape`, and its witness satisfies the circuit
+/// with the native new root (the caller has checked the last against the batcher's): a prover worker with keys of the shape would prove each.
+/// Returns how many were checked.
+fn check_circuit(batches: &Path, shape: optio_prover::Shape) -> Result<u64> {
+    let mut state = optio_state::SettlementState::new();
+    let files = optio_gateway::batching::blob_files(batches)?;
+    for file in &files {
+        let blob = std::fs::read(file)?;
+        let (header, ops) = optio_state::decode(&blob)?;
+        let number = header.number;
+        let w = optio_prover::witness(&state, &ops, shape)
+            .map_err(|e| anyhow::anyhow!("batch {number} does not fit the circuit: {e}"))?;
+        optio_prover::keys::check(&w)
+            .map_err(|e| anyhow::anyhow!("batch {number} does not satisfy the circuit: {e}"))?;
+        state
+            .apply_batch(&ops)
+            .map_err(|e| anyhow::anyhow!("batch {number} does not apply: {e}"))?;
+        state.commit();
+        ensure!(
+            w.public.new_root == state.root(),
+            "batch {number}: the witness's new root differs from the state's"
+        );
+    }
+    Ok(files.len() as u64)
+}
+
 /// Runs one seed; `Err` names the first violation.
-pub fn run_seed(seed: u64, ops: u64, crash_every: u64) -> Result<Stats> {
-    let mut w = World::new(seed).with_context(|| format!("seed {seed}, setup"))?;
+pub fn run_seed(
+    seed: u64,
+    ops: u64,
+    crash_every: u64,
+    shape: Option<optio_prover::Shape>,
+    uncut: bool,
+) -> Result<Stats> {
+    let mut w = World::new(seed, shape.filter(|_| !uncut))
+        .with_context(|| format!("seed {seed}, setup"))?;
+    w.check_against = shape;
     for step in 0..ops {
         let started = Instant::now();
         // Simulated time: a few milliseconds per step, now and then a minute or two.
@@ -1400,7 +1491,7 @@ pub fn run_seed(seed: u64, ops: u64, crash_every: u64) -> Result<Stats> {
 pub fn run(args: SimArgs) -> Result<()> {
     let mut total = Stats::default();
     for seed in args.seed..args.seed + args.seeds {
-        let s = match run_seed(seed, args.ops, args.crash_every) {
+        let s = match run_seed(seed, args.ops, args.crash_every, args.circuit, args.uncut) {
             Ok(s) => s,
             Err(e) if args.expect_violation => {
                 println!("violation found, as expected: {e:#}");

@@ -58,6 +58,7 @@ fn fixed_seeds_run_without_a_violation() {
     for label in [
         "hostile refused",
         "liquidation bids filled",
+        "deleverages",
         "jumps",
         "settlement prices",
         "L1 deposits",
@@ -110,4 +111,88 @@ fn a_seed_repeats_exactly() {
         format!("{before}{after}")
     };
     assert_eq!(run(), run());
+}
+
+/// The shape `optio prove setup` makes keys of by default.
+const DEFAULT_SHAPE: &str = "quad-16x16x16x8x4x4x2x16x8x3x4x0x2x2x8x6";
+
+/// The node cut to a circuit shape, as `optio node --prove-keys` runs it: every batch of a
+/// seed's run (crashes, liquidations, deleveraging, an expiry settled, forced closes included)
+/// fits the shape and its witness satisfies the circuit with the native new root.
+#[test]
+fn every_batch_of_a_node_cut_to_a_shape_satisfies_the_circuit() {
+    let out = Command::new(env!("CARGO_BIN_EXE_optio"))
+        .args([
+            "sim",
+            "--seed",
+            "1",
+            "--ops",
+            "3000",
+            "--crash-every",
+            "250",
+            "--circuit",
+            DEFAULT_SHAPE,
+        ])
+        .output()
+        .expect("optio sim runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    let batches = count(&text, "batches");
+    assert!(batches > 0, "{text}");
+    assert_eq!(
+        count(&text, "checked against the circuit"),
+        batches,
+        "{text}"
+    );
+    for label in [
+        "liquidation bids filled",
+        "deleverages",
+        "settlement prices",
+        "positions moved",
+        "crashes",
+    ] {
+        assert!(count(&text, label) > 0, "no {label}: {text}");
+    }
+}
+
+/// The check can fail: the same node without the shape's limits and cuts (as a node without
+/// prover keys runs) cuts a batch the circuit does not hold, and the check names it.
+#[test]
+fn a_node_not_cut_to_the_shape_makes_a_batch_the_check_refuses() {
+    let out = Command::new(env!("CARGO_BIN_EXE_optio"))
+        .args([
+            "sim",
+            "--seed",
+            "1",
+            "--ops",
+            "500",
+            "--crash-every",
+            "250",
+            "--circuit",
+            DEFAULT_SHAPE,
+            "--uncut",
+            "--expect-violation",
+        ])
+        .output()
+        .expect("optio sim runs");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{text}{out:?}");
+    assert!(
+        text.contains("violation found, as expected") && text.contains("does not fit the circuit"),
+        "{text}"
+    );
+    // A name that is no shape's is refused before anything runs.
+    let out = Command::new(env!("CARGO_BIN_EXE_optio"))
+        .args(["sim", "--circuit", "quad-16x16"])
+        .output()
+        .expect("optio sim runs");
+    let text = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        !out.status.success() && text.contains("quad-16x16 is not a circuit shape's name"),
+        "{text}"
+    );
 }

@@ -1981,7 +1981,11 @@ fn a_deficit_is_covered_by_insurance_fees_and_exactly_the_shares() {
         "the fee pool before insurance is spent",
     );
     // More than insurance holds, the fee pool untouched (no other rule of the order binds).
-    refused_both(&partial(insurance.0 + 1, 0), 0, "insurance alone below zero");
+    refused_both(
+        &partial(insurance.0 + 1, 0),
+        0,
+        "insurance alone below zero",
+    );
     // More than the fee pool holds once insurance is spent, no shares.
     refused_both(
         &partial(insurance.0, fees.0 + 1),

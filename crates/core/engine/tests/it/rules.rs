@@ -53,7 +53,10 @@ fn fingerprint() -> String {
 fn the_engine_rules_version_names_its_results() {
     assert_eq!(
         (optio_engine::RULES, fingerprint().as_str()),
-        (1, "f6a6c46f8154f70b0059506f853aab477aaf130f0893eb8eed7b5d603d780491"),
+        (
+            1,
+            "f6a6c46f8154f70b0059506f853aab477aaf130f0893eb8eed7b5d603d780491"
+        ),
         "the engine's results on the fixed histories changed: if its rules did, bump \
          optio_engine::RULES; record the new fingerprint beside it"
     );
