@@ -10,8 +10,8 @@
 //! rollup contract runs. Time: the node reads a manual clock the simulator moves (milliseconds
 //! per step, sometimes a minute or two at once); L1 time moves when blocks are mined.
 //!
-//! Clients: traders (signed orders, about half of them by a session key while the trader's key
-//! is live; header-authenticated cancels and session key registrations, extensions, shortenings
+//! Clients: traders (signed orders for the perpetual and, while it trades, the put, about half
+//! of them by a session key while the trader's key is live; header-authenticated cancels and session key registrations, extensions, shortenings
 //! and revocations; some margined from marks, trading large on little collateral, and so
 //! liquidatable), liquidators bidding in liquidation auctions (now and then away for a while),
 //! the operator deleveraging what an auction could not place, depositors, forced withdrawals
@@ -121,6 +121,9 @@ pub struct Stats {
     forced_withdrawals: u64,
     forced_closes: u64,
     positions_closed: u64,
+    /// Fills of the put, and its positions settled at expiry, in the posted batches.
+    put_fills: u64,
+    put_settled: u64,
     settler_rounds: u64,
     reorgs: u64,
     reorged_txs: u64,
@@ -156,6 +159,8 @@ impl Stats {
         self.forced_withdrawals += s.forced_withdrawals;
         self.forced_closes += s.forced_closes;
         self.positions_closed += s.positions_closed;
+        self.put_fills += s.put_fills;
+        self.put_settled += s.put_settled;
         self.settler_rounds += s.settler_rounds;
         self.reorgs += s.reorgs;
         self.reorged_txs += s.reorged_txs;
@@ -174,7 +179,7 @@ impl Stats {
 
     fn line(&self) -> String {
         format!(
-            "{} orders ({} accepted), {} cancels, {} hostile refused, {} oracle updates ({} stalls, {} jumps, {} settlement prices), {} liquidation bids filled, {} deleverages, {} L1 deposits, {} forced withdrawals, {} forced closes ({} positions moved), {} settler rounds, {} L1 reorgs ({} txs dropped), {} crashes ({} restarts from a snapshot, {} torn tails, {} unsynced groups lost, {} kept), {} slow subscribers, {} book changes checked, {} batches ({} checked against the circuit), {} session key changes, {} orders signed by a session key",
+            "{} orders ({} accepted), {} cancels, {} hostile refused, {} oracle updates ({} stalls, {} jumps, {} settlement prices), {} put fills ({} put positions settled), {} liquidation bids filled, {} deleverages, {} L1 deposits, {} forced withdrawals, {} forced closes ({} positions moved), {} settler rounds, {} L1 reorgs ({} txs dropped), {} crashes ({} restarts from a snapshot, {} torn tails, {} unsynced groups lost, {} kept), {} slow subscribers, {} book changes checked, {} batches ({} checked against the circuit), {} session key changes, {} orders signed by a session key",
             self.orders,
             self.accepted,
             self.cancels,
@@ -183,6 +188,8 @@ impl Stats {
             self.oracle_stalls,
             self.oracle_jumps,
             self.settlement_prices,
+            self.put_fills,
+            self.put_settled,
             self.liquidations,
             self.deleverages,
             self.deposits,
@@ -227,6 +234,8 @@ const ORACLE_EVERY_MS: u64 = 1_000;
 /// Sequencer key and oracle key.
 const SEQUENCER_KEY: [u8; 32] = [0x51; 32];
 const ORACLE_KEY: [u8; 32] = [0x0c; 32];
+/// The put's instrument id (listed second).
+const PUT: u32 = 1;
 /// The operator's backstop account (opened first).
 const BACKSTOP: u32 = 0;
 
@@ -657,8 +666,22 @@ impl World {
         self.signed(t).map_or(Value::Null, |(params, _)| params)
     }
 
-    /// A signed order by trader `t` near the index, and its digest.
+    /// The put's name and mark (micro-USDC) while it trades and the oracle has marked it.
+    fn put_quote(&self) -> Option<(String, i64)> {
+        let state = self.gateway().canonical_state();
+        let put = state.instruments.get(PUT as usize)?;
+        match (&put.status, &put.mark) {
+            (optio_types::InstrumentStatus::Active, Some((mark, _))) => {
+                Some((put.spec.name.to_string(), mark.0))
+            }
+            _ => None,
+        }
+    }
+
+    /// A signed order by trader `t` near the index (the perpetual) or, about one in three
+    /// while it trades, near the put's mark; and its digest.
     fn signed(&mut self, t: usize) -> Option<(Value, [u8; 32])> {
+        let put = self.put_quote().filter(|_| self.rng.random_bool(0.3));
         let trader = &mut self.traders[t];
         trader.nonce += 1;
         let side = if self.rng.random_bool(0.5) {
@@ -666,8 +689,21 @@ impl World {
         } else {
             "sell"
         };
-        let offset = self.rng.random_range(-20i64..=20);
-        let price = ((self.index * (1.0 + offset as f64 / 1_000.0)) as i64 / 5 * 5).max(5);
+        let (instrument_id, instrument_name, price) = match put {
+            Some((name, mark)) => {
+                // Within 20% of the mark, in whole ticks of 0.1 USDC.
+                let offset = self.rng.random_range(-200i64..=200);
+                let tenths = (mark as f64 * (1.0 + offset as f64 / 1_000.0) / 100_000.0)
+                    .round()
+                    .max(1.0) as i64;
+                (PUT, name, format!("{}.{}", tenths / 10, tenths % 10))
+            }
+            None => {
+                let offset = self.rng.random_range(-20i64..=20);
+                let price = ((self.index * (1.0 + offset as f64 / 1_000.0)) as i64 / 5 * 5).max(5);
+                (self.instrument.0, INSTRUMENT.to_owned(), price.to_string())
+            }
+        };
         // The margined traders trade larger, up to about twice their collateral's worth at
         // the default price, so that jumps leave some below maintenance.
         let whole = if t < MARGINED { 0..6 } else { 0..3 };
@@ -678,10 +714,10 @@ impl World {
         );
         let request = OrderRequest {
             subaccount: trader.account,
-            instrument_id: self.instrument.0,
-            instrument_name: INSTRUMENT,
+            instrument_id,
+            instrument_name: &instrument_name,
             direction: side,
-            price: &price.to_string(),
+            price: &price,
             amount: &amount,
             max_fee: "100",
             nonce: trader.nonce,
@@ -962,6 +998,10 @@ impl World {
                 continue;
             };
             for p in account.positions.iter().filter(|p| p.qty.0 != 0) {
+                let name = state.instruments[p.instrument.0 as usize]
+                    .spec
+                    .name
+                    .to_string();
                 if self.now_ms() >= since + duration {
                     let done = self.gateway().submit_admin(vec![Command::Deleverage {
                         account: AccountId(id as u32),
@@ -981,7 +1021,7 @@ impl World {
                 let reply = self.header_call(
                     t,
                     "private/liquidate",
-                    json!({"subaccount_id": self.traders[t].account, "account_id": id, "instrument_name": INSTRUMENT, "amount": optio_types::Qty(qty).to_string()}),
+                    json!({"subaccount_id": self.traders[t].account, "account_id": id, "instrument_name": name, "amount": optio_types::Qty(qty).to_string()}),
                 );
                 match reply {
                     Ok(_) => self.stats.liquidations += 1,
@@ -1351,6 +1391,14 @@ impl World {
             self.stats.positions_closed += ops
                 .iter()
                 .filter(|op| matches!(op, optio_state::Op::L1Close { qty, .. } if qty.0 != 0))
+                .count() as u64;
+            self.stats.put_fills += ops
+                .iter()
+                .filter(|op| matches!(op, optio_state::Op::Fill { instrument, .. } if instrument.0 == PUT))
+                .count() as u64;
+            self.stats.put_settled += ops
+                .iter()
+                .filter(|op| matches!(op, optio_state::Op::SettlePosition { instrument, .. } if instrument.0 == PUT))
                 .count() as u64;
         }
         let engine = self.gateway().canonical_state();

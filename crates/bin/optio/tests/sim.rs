@@ -61,6 +61,8 @@ fn fixed_seeds_run_without_a_violation() {
         "deleverages",
         "jumps",
         "settlement prices",
+        "put fills",
+        "put positions settled",
         "L1 deposits",
         "forced withdrawals",
         "forced closes",
@@ -117,7 +119,8 @@ fn a_seed_repeats_exactly() {
 const DEFAULT_SHAPE: &str = "quad-16x16x16x8x4x4x2x16x8x3x4x0x2x2x8x6";
 
 /// The node cut to a circuit shape, as `optio node --prove-keys` runs it: every batch of a
-/// seed's run (crashes, liquidations, deleveraging, an expiry settled, forced closes included)
+/// seed's run (crashes, liquidations, deleveraging, the put traded and its holders settled at
+/// expiry, forced closes included)
 /// fits the shape and its witness satisfies the circuit with the native new root.
 #[test]
 fn every_batch_of_a_node_cut_to_a_shape_satisfies_the_circuit() {
@@ -152,6 +155,8 @@ fn every_batch_of_a_node_cut_to_a_shape_satisfies_the_circuit() {
         "liquidation bids filled",
         "deleverages",
         "settlement prices",
+        "put fills",
+        "put positions settled",
         "positions moved",
         "crashes",
     ] {
