@@ -29,4 +29,8 @@ pub use query::{InstrumentMargin, InstrumentView, MarginView, OracleView};
 /// would give other results than the ones already acknowledged and batched. The engine's tests
 /// hold a fingerprint of its results on fixed histories beside this number, so a change of
 /// results that does not bump it fails them.
-pub const RULES: u32 = 1;
+///
+/// 2: a liquidation auction's clock runs on the oracle's signed time (it starts at the latest
+/// accepted update's publication time and its discount grows with later updates'), not the
+/// inputs' time.
+pub const RULES: u32 = 2;

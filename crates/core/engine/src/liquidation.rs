@@ -108,7 +108,8 @@ impl<M: MarginModel> Engine<M> {
             let below = self.below_maintenance(account);
             match (acct.liquidating_since, below) {
                 (None, true) => {
-                    self.accounts[account.0 as usize].liquidating_since = Some(self.time_ms);
+                    self.accounts[account.0 as usize].liquidating_since =
+                        Some(self.oracle_time_ms());
                     events.push(Event::LiquidationStarted { account });
                     self.remove_orders_where(account, |_| true, DoneReason::Liquidation, events);
                     // Nothing to auction (a settlement left it bankrupt): cover it now, or
@@ -123,6 +124,20 @@ impl<M: MarginModel> Engine<M> {
                 _ => {}
             }
         }
+    }
+
+    /// The auction clock: when the latest oracle update the engine accepted was published (the
+    /// oracle's signed time, over every underlying; 0 before any). An auction starts at it and
+    /// its discount grows with it, so neither moves with the inputs' times, which are the
+    /// operator's word: the schedule a validity proof can hold it to reads only times the
+    /// oracle signed (docs/settlement.md, "The auction's schedule"). While the oracle is silent
+    /// the discount stays where it is, and no liquidation needs it then (marks go stale).
+    pub(crate) fn oracle_time_ms(&self) -> u64 {
+        self.oracles
+            .values()
+            .map(|o| o.published_ms)
+            .max()
+            .unwrap_or(0)
     }
 
     /// Current auction price for the liquidated account's position of sign `long` in
@@ -141,7 +156,7 @@ impl<M: MarginModel> Engine<M> {
         let reference = optio_types::liquidation_reference(&inst.spec, index);
         let r = &self.risk;
         let elapsed = i128::from(
-            self.time_ms
+            self.oracle_time_ms()
                 .saturating_sub(since)
                 .min(r.liquidation_duration_ms),
         );
@@ -351,7 +366,7 @@ impl<M: MarginModel> Engine<M> {
         if held == 0 || !self.below_maintenance(account) {
             return Err(RejectCode::NotLiquidating);
         }
-        if self.time_ms < since.saturating_add(self.risk.liquidation_duration_ms) {
+        if self.oracle_time_ms() < since.saturating_add(self.risk.liquidation_duration_ms) {
             return Err(RejectCode::AuctionNotOver);
         }
         self.check_fresh(instrument)?;

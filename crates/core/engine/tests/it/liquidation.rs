@@ -212,6 +212,55 @@ fn the_auction_stops_at_the_committed_stress_range() {
     e.check_invariants().expect("audit");
 }
 
+/// The auction's clock is the oracle's signed time: an auction starts at the publication time
+/// of the update that left the account below maintenance, and its discount grows with later
+/// updates' publication times, however late the operator sequenced them (an input's time is
+/// the operator's word; a validity proof can read only the times the oracle signs). A node that
+/// sequenced the update starting the auction 9 s late sells at the same prices as one that did
+/// not; under the inputs' clock it would have sold about 100 USDC higher at every step.
+#[test]
+fn the_auctions_clock_is_the_oracles_signed_time() {
+    let sold_at = |events: &[Event]| {
+        events.iter().find_map(|ev| match ev {
+            Event::LiquidationTransfer { price, .. } => Some(*price),
+            _ => None,
+        })
+    };
+    let prices = |start_lag: u64| {
+        let mut e = leveraged_long();
+        let t = T0 + 1_000;
+        let events = run(
+            &mut e,
+            t + start_lag,
+            Command::OracleUpdate(update(55_000.0, t)),
+        )
+        .expect("an 8% drop");
+        assert!(events.contains(&Event::LiquidationStarted {
+            account: AccountId(1)
+        }));
+        let mut sold = Vec::new();
+        for minutes in [1, 5, 10] {
+            let published = t + minutes * 60_000;
+            run(
+                &mut e,
+                published,
+                Command::OracleUpdate(update(55_000.0, published)),
+            )
+            .expect("a fresh mark");
+            let events = take(&mut e, published, STEP).expect("a step");
+            sold.push(sold_at(&events).expect("sold"));
+        }
+        e.check_invariants().expect("audit");
+        sold
+    };
+    let on_time = prices(0);
+    assert!(
+        on_time.windows(2).all(|w| w[0] > w[1]),
+        "the discount grows with the oracle's time: {on_time:?}"
+    );
+    assert_eq!(prices(9_000), on_time);
+}
+
 #[test]
 fn jelly_a_position_nobody_takes_is_deleveraged_and_the_waterfall_covers_the_loss() {
     let mut e = leveraged_long();
@@ -250,9 +299,11 @@ fn jelly_a_position_nobody_takes_is_deleveraged_and_the_waterfall_covers_the_los
         Err(RejectCode::AuctionNotOver)
     );
     let t3 = t2 + 15 * 60_000;
+    // Fifteen minutes of the operator's clock are not enough: the auction's clock is the
+    // oracle's, which has published nothing since the start.
     assert_eq!(
         run(&mut e, t3, deleverage.clone()),
-        Err(RejectCode::OracleStale)
+        Err(RejectCode::AuctionNotOver)
     );
     run(&mut e, t3, Command::OracleUpdate(update(45_100.0, t3))).expect("fresh marks");
     let fee_pool_before = e.pools().0;
