@@ -164,6 +164,44 @@ fn every_batch_of_a_node_cut_to_a_shape_satisfies_the_circuit() {
     }
 }
 
+/// A shape smaller than the run needs (a settlement pays two positions, one settles a batch,
+/// two mark slots, eight op slots): the engine's limits for it settle the put's expiry in
+/// parts at later oracle updates, and cut more batches. Every batch satisfies the circuit, and
+/// every part's price posts the oracle's signature of it (the watchtower's check at the end;
+/// it found that a later part posted none, so that anyone could have reverted the honest batch
+/// and slashed the operator).
+#[test]
+fn a_node_cut_to_a_small_shape_settles_in_parts_every_batch_proven_and_attested() {
+    let out = Command::new(env!("CARGO_BIN_EXE_optio"))
+        .args([
+            "sim",
+            "--seed",
+            "1",
+            "--ops",
+            "3000",
+            "--crash-every",
+            "250",
+            "--circuit",
+            "quad-8x8x8x4x2x2x1x2x2x3x2x0x2x2x4x6",
+        ])
+        .output()
+        .expect("optio sim runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    let batches = count(&text, "batches");
+    assert_eq!(
+        count(&text, "checked against the circuit"),
+        batches,
+        "{text}"
+    );
+    // More positions settled than a settlement slot pays: in parts.
+    assert!(count(&text, "put positions settled") > 2, "{text}");
+}
+
 /// The check can fail: the same node without the shape's limits and cuts (as a node without
 /// prover keys runs) cuts a batch the circuit does not hold, and the check names it.
 #[test]

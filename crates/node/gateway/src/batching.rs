@@ -277,10 +277,16 @@ pub(crate) fn start(
         }
         None => 0,
     };
-    let batcher = Batcher::resume(state, number, last_seq, max_ops, max_age_ms)
+    let mut batcher = Batcher::resume(state, number, last_seq, max_ops, max_age_ms)
         .after_time(last_time)
         .with_capacity(capacity)
         .with_orders(orders);
+    // The settlement prices' signatures of the batches rebuilt from their blobs (written, the
+    // state after them not persisted): a later part of a settlement they began posts them.
+    for (file, blob) in files[persisted as usize..].iter().zip(&later) {
+        let section = std::fs::read(file.with_extension("auth")).unwrap_or_default();
+        batcher = batcher.with_posted_settlements(blob, &section);
+    }
     let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
     let (dir, shared) = (dir.to_owned(), stats.clone());
     let thread = std::thread::Builder::new()

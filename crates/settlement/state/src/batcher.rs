@@ -147,6 +147,36 @@ impl std::fmt::Debug for Capacity {
     }
 }
 
+/// The meta name under which the batcher persists its settlement prices' signatures.
+const SETTLEMENT_PRICES: &str = "settlement_prices";
+
+/// `settlement_prices` as stored: per instrument its id (4 bytes, big-endian) and the entry.
+fn encode_settlement_prices(prices: &BTreeMap<u32, PriceAttestation>) -> Vec<u8> {
+    prices
+        .iter()
+        .flat_map(|(id, a)| id.to_be_bytes().into_iter().chain(a.encode()))
+        .collect()
+}
+
+/// The settlement prices' signatures persisted with `state` (none for a state in memory, or
+/// a file written before they were kept; a malformed value counts as none, and an honest
+/// batcher writes none).
+fn stored_settlement_prices(state: &SettlementState) -> BTreeMap<u32, PriceAttestation> {
+    let bytes = state
+        .stored_meta(SETTLEMENT_PRICES)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    bytes
+        .chunks_exact(4 + auth::MARK_BYTES)
+        .map(|c| {
+            let id = u32::from_be_bytes(c[..4].try_into().expect("4 bytes"));
+            let entry = c[4..].try_into().expect("an entry");
+            (id, PriceAttestation::decode(entry))
+        })
+        .collect()
+}
+
 /// Cuts batches from sequenced inputs.
 pub struct Batcher {
     state: SettlementState,
@@ -171,6 +201,13 @@ pub struct Batcher {
     /// The oracle's signature of each pending settlement price, in the pending ops' order
     /// (posted before the marks' signatures, as the settlement ops come before the marks).
     settlements: Vec<Option<PriceAttestation>>,
+    /// The oracle's signature of each settlement price taken, by instrument. An expiry with
+    /// more holders than a batch holds settles in parts, each part's `SettleInstrument` posted
+    /// with the price's signature, while the oracle publishes a price only until an update
+    /// carrying it is taken: a later part's input carries none, and its batch posts this one
+    /// (a settlement price has no window on L1). Persisted with the state
+    /// (`SETTLEMENT_PRICES`), so that a part after a restart still has it.
+    settlement_prices: BTreeMap<u32, PriceAttestation>,
     /// Instruments the pending ops settle. A settled instrument's mark is its settlement value
     /// for good (the state refuses a later mark), while the oracle may go on marking it: such
     /// marks, and one pending from before the settlement, stay out of the batch.
@@ -213,6 +250,7 @@ impl Batcher {
         max_ops: usize,
         max_age_ms: u64,
     ) -> Self {
+        let settlement_prices = stored_settlement_prices(&state);
         Self {
             running: state.begin(),
             state,
@@ -225,6 +263,7 @@ impl Batcher {
             pending: Vec::new(),
             marks: BTreeMap::new(),
             settlements: Vec::new(),
+            settlement_prices,
             settled: BTreeSet::new(),
             fills: 0,
             orders: Orders::default(),
@@ -251,6 +290,28 @@ impl Batcher {
     /// time (one the engine refused for it), since L1 refuses a batch dated before the last.
     pub fn after_time(mut self, time_ms: u64) -> Self {
         self.last_ms = self.last_ms.max(time_ms);
+        self
+    }
+
+    /// Also keeps the settlement prices' signatures a batch written after the persisted state
+    /// posted (its blob and authorization section, as written): a restart after a crash
+    /// between writing a batch and persisting the state after it rebuilds that batch from its
+    /// blob, and a later part of a settlement it began still posts the price's signature.
+    pub fn with_posted_settlements(mut self, blob: &[u8], section: &[u8]) -> Self {
+        if let Ok((_, ops)) = blob::decode(blob) {
+            let priced = ops.iter().filter(|op| auth::is_priced(op));
+            for (k, op) in priced.enumerate() {
+                if let (Op::SettleInstrument { instrument, .. }, Some(a)) =
+                    (op, auth::price_attestation(section, k))
+                {
+                    self.settlement_prices.insert(instrument.0, a);
+                }
+            }
+            self.state.stage_meta(
+                SETTLEMENT_PRICES,
+                encode_settlement_prices(&self.settlement_prices),
+            );
+        }
         self
     }
 
@@ -500,9 +561,18 @@ impl Batcher {
             }
             _ => (BTreeMap::new(), BTreeMap::new()),
         };
+        if !settled.is_empty() {
+            self.settlement_prices
+                .extend(settled.iter().map(|(i, a)| (*i, *a)));
+            self.state.stage_meta(
+                SETTLEMENT_PRICES,
+                encode_settlement_prices(&self.settlement_prices),
+            );
+        }
         for op in &ops {
             if let Op::SettleInstrument { instrument, .. } = op {
-                self.settlements.push(settled.get(&instrument.0).copied());
+                self.settlements
+                    .push(self.settlement_prices.get(&instrument.0).copied());
                 self.settled.insert(instrument.0);
                 self.marks.remove(&instrument.0);
             }

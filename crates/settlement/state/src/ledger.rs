@@ -225,6 +225,8 @@ pub struct SettlementState {
     unsaved_instruments: BTreeSet<u32>,
     /// Order authorizations to write with the next `persist`.
     unsaved_orders: BTreeMap<u64, Option<[u8; crate::auth::RECORD_BYTES]>>,
+    /// Meta values staged for the next `persist` (`stage_meta`).
+    unsaved_meta: Vec<(&'static str, Vec<u8>)>,
 }
 
 impl Default for SettlementState {
@@ -358,6 +360,7 @@ impl SettlementState {
             unsaved_accounts: BTreeSet::new(),
             unsaved_instruments: BTreeSet::new(),
             unsaved_orders: BTreeMap::new(),
+            unsaved_meta: Vec::new(),
         }
     }
 
@@ -453,7 +456,10 @@ impl SettlementState {
                     self.priority_served.to_le_bytes().to_vec(),
                 ),
                 ("root", crate::poseidon::to_bytes(&self.root()).to_vec()),
-            ],
+            ]
+            .into_iter()
+            .chain(std::mem::take(&mut self.unsaved_meta))
+            .collect(),
             accounts: self
                 .unsaved_accounts
                 .iter()
@@ -481,6 +487,23 @@ impl SettlementState {
     pub fn stage_orders(&mut self, changes: &[(u64, Option<[u8; crate::auth::RECORD_BYTES]>)]) {
         if self.store.is_some() {
             self.unsaved_orders.extend(changes.iter().copied());
+        }
+    }
+
+    /// Stages a value the batcher keeps beside the state (not settlement state: no root covers
+    /// it), written under `name` by the next `persist`, as of the same batch.
+    pub fn stage_meta(&mut self, name: &'static str, value: Vec<u8>) {
+        if self.store.is_some() {
+            self.unsaved_meta.retain(|(n, _)| *n != name);
+            self.unsaved_meta.push((name, value));
+        }
+    }
+
+    /// The value persisted under `name` by `stage_meta` (none for a state in memory).
+    pub fn stored_meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        match &self.store {
+            Some(store) => store.meta(name),
+            None => Ok(None),
         }
     }
 

@@ -392,3 +392,132 @@ fn a_settled_instruments_marks_stay_out_of_the_batch() {
     assert!(settled.risk.is_empty());
     assert_eq!(state.diff_engine(&canonical), None);
 }
+
+/// An expiry with more holders than a batch holds settles in parts, one at each later oracle
+/// update, while the oracle publishes a settlement price only until an update carrying it is
+/// taken. Every part's batch still posts the price's signature (that update's), also after a
+/// restart between the parts: before, a later part posted none, and anyone could have
+/// reverted the honest batch and slashed the operator with a price challenge.
+#[test]
+fn every_part_of_a_settlement_posts_the_prices_signature() {
+    use optio_types::{
+        InstrumentId, NewOrder, OrderType, Price, Qty, SelfTradePrevention, SettleBudget, Side,
+        TimeInForce,
+    };
+    let limits = EngineLimits {
+        settle_budget: SettleBudget {
+            expiries: u32::MAX,
+            slots: 1,
+            holders: 2,
+        },
+        ..EngineLimits::default()
+    };
+    let mut engine = Engine::new(limits);
+    let mut inputs: Vec<Input> = history(7, 0);
+    // The put (instrument 1, expiring an hour after T0): account 4 writes three, accounts 5 to
+    // 7 buy one each: four holders, two a part.
+    let order = |account: u32, side: Side| {
+        Command::PlaceOrder(NewOrder {
+            account: optio_types::AccountId(account),
+            instrument: InstrumentId(1),
+            side,
+            qty: Qty(if side == Side::Sell { 3 } else { 1 } * support::STEP),
+            order_type: OrderType::Limit {
+                price: Price(3_000 * optio_types::MONEY_SCALE),
+            },
+            time_in_force: TimeInForce::GoodTillCancelled,
+            post_only: false,
+            reduce_only: false,
+            self_trade: SelfTradePrevention::CancelTaker,
+            client_order_id: 0,
+            session_key: None,
+        })
+    };
+    let at = |time_ms, command| Input { time_ms, command };
+    inputs.push(at(T0 + 1_000, order(4, Side::Sell)));
+    for buyer in 5..8 {
+        inputs.push(at(T0 + 1_000, order(buyer, Side::Buy)));
+    }
+    let expiry = T0 + 3_600_000;
+    let mut feed = optio_oracle::SettlementFeed::new(30 * 60_000);
+    let spot = 58_000.0;
+    inputs.push(at(
+        expiry - 600_000,
+        support::oracle_settling(&mut feed, spot, expiry - 600_000),
+    ));
+    let settling = inputs.len();
+    inputs.push(at(
+        expiry + 60_000,
+        support::oracle_settling(&mut feed, spot, expiry + 60_000),
+    ));
+    // Later updates without the price (a fresh feed has no index in the put's window).
+    for k in 1..6 {
+        let t = expiry + 60_000 + k * 2_000;
+        inputs.push(at(t, support::oracle(spot, t)));
+    }
+    let events: Vec<Vec<Event>> = inputs
+        .iter()
+        .map(|input| {
+            let mut events = Vec::new();
+            let _ = engine.apply(input, &mut events);
+            events
+        })
+        .collect();
+    let sequence: Vec<(Input, Vec<Event>, Option<Signed>)> = inputs
+        .into_iter()
+        .zip(events)
+        .map(|(input, events)| (input, events, None))
+        .collect();
+    // A file-backed batcher cuts a batch after each oracle update from the settling one on,
+    // and restarts after the settling one's.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("state.redb");
+    let mut posted = Vec::new();
+    let run = |batcher: &mut Batcher, range: std::ops::Range<usize>, posted: &mut Vec<Batch>| {
+        for i in range {
+            let (input, events, signed) = &sequence[i];
+            let seq = i as u64 + 1;
+            posted.extend(
+                batcher
+                    .push_signed(seq, input, signed.as_ref(), events)
+                    .expect("batches"),
+            );
+            if i >= settling
+                && let Some(b) = batcher.flush().expect("flushes")
+            {
+                batcher.persist(&b.header).expect("persists");
+                posted.push(b);
+            }
+        }
+    };
+    {
+        let (state, _, _) = SettlementState::open(&path).expect("opens");
+        let mut batcher = Batcher::resume(state, 0, 0, 1_000, u64::MAX);
+        run(&mut batcher, 0..settling + 1, &mut posted);
+    }
+    let (state, number, last_seq) = SettlementState::open(&path).expect("reopens");
+    assert_eq!(last_seq, settling as u64 + 1);
+    let mut batcher = Batcher::resume(state, number, last_seq, 1_000, u64::MAX);
+    run(&mut batcher, settling + 1..sequence.len(), &mut posted);
+    posted.extend(batcher.flush().expect("flushes"));
+    let mut parts = 0;
+    for b in &posted {
+        let (meta, ops) = decode(&b.blob).expect("decodes");
+        let priced: Vec<_> = ops.iter().filter(|op| auth::is_priced(op)).collect();
+        for (k, op) in priced.iter().enumerate() {
+            let a = auth::price_attestation(&b.authorizations, k).expect("an attestation");
+            assert_eq!(
+                a.check(op, meta.time_ms, oracle(), &venue()),
+                Ok(()),
+                "batch {} price {k}: {op:?}",
+                b.header.number
+            );
+        }
+        parts += ops
+            .iter()
+            .filter(|op| matches!(op, optio_state::Op::SettleInstrument { instrument, .. } if instrument.0 == 1))
+            .count();
+    }
+    assert!(parts >= 2, "the put settled in {parts} parts");
+    assert_eq!(batcher.state().diff_engine(&engine.canonical()), None);
+}

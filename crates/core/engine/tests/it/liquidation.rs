@@ -405,10 +405,7 @@ pub type HistoryOutcome = ((usize, usize, usize, usize, usize, usize), [u8; 32])
 /// One history; with `bounded`, a fill budget of three accounts a batch (a cover and two loss
 /// shares, or a fill and a liquidation's counterparty), under which covers come only in oracle
 /// updates, shared by at most two accounts each.
-pub fn liquidation_history(
-    steps: &[Step],
-    bounded: bool,
-) -> Result<HistoryOutcome, TestCaseError> {
+pub fn liquidation_history(steps: &[Step], bounded: bool) -> Result<HistoryOutcome, TestCaseError> {
     let mut counts = (0, 0, 0, 0, 0, 0);
     // Accounts settled by an earlier input and not traded since.
     let mut settled_before = std::collections::BTreeSet::new();
