@@ -29,20 +29,11 @@ fn count(text: &str, label: &str) -> u64 {
         .unwrap_or_else(|_| panic!("{label}: {summary}"))
 }
 
-#[test]
-fn fixed_seeds_run_without_a_violation() {
+/// `optio sim` with `args`: whether it succeeded, and what it printed (stdout, then stderr).
+fn sim(args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_optio"))
-        .args([
-            "sim",
-            "--seed",
-            "1",
-            "--seeds",
-            "6",
-            "--ops",
-            "3000",
-            "--crash-every",
-            "250",
-        ])
+        .arg("sim")
+        .args(args)
         .output()
         .expect("optio sim runs");
     let text = format!(
@@ -50,7 +41,46 @@ fn fixed_seeds_run_without_a_violation() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "{text}");
+    (out.status.success(), text)
+}
+
+/// Seed 1's run of 3,000 inputs, a crash about every 250, cut to circuit shape `shape`: every
+/// batch checked against the circuit. What it printed.
+fn checked_against(shape: &str) -> String {
+    let (ok, text) = sim(&[
+        "--seed",
+        "1",
+        "--ops",
+        "3000",
+        "--crash-every",
+        "250",
+        "--circuit",
+        shape,
+    ]);
+    assert!(ok, "{text}");
+    let batches = count(&text, "batches");
+    assert!(batches > 0, "{text}");
+    assert_eq!(
+        count(&text, "checked against the circuit"),
+        batches,
+        "{text}"
+    );
+    text
+}
+
+#[test]
+fn fixed_seeds_run_without_a_violation() {
+    let (ok, text) = sim(&[
+        "--seed",
+        "1",
+        "--seeds",
+        "6",
+        "--ops",
+        "3000",
+        "--crash-every",
+        "250",
+    ]);
+    assert!(ok, "{text}");
     assert!(
         text.contains("all 6 seeds x 3000 inputs: no violation"),
         "{text}"
@@ -124,33 +154,7 @@ const DEFAULT_SHAPE: &str = "quad-16x16x16x8x4x4x2x16x8x3x4x0x2x2x8x6";
 /// fits the shape and its witness satisfies the circuit with the native new root.
 #[test]
 fn every_batch_of_a_node_cut_to_a_shape_satisfies_the_circuit() {
-    let out = Command::new(env!("CARGO_BIN_EXE_optio"))
-        .args([
-            "sim",
-            "--seed",
-            "1",
-            "--ops",
-            "3000",
-            "--crash-every",
-            "250",
-            "--circuit",
-            DEFAULT_SHAPE,
-        ])
-        .output()
-        .expect("optio sim runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{text}");
-    let batches = count(&text, "batches");
-    assert!(batches > 0, "{text}");
-    assert_eq!(
-        count(&text, "checked against the circuit"),
-        batches,
-        "{text}"
-    );
+    let text = checked_against(DEFAULT_SHAPE);
     for label in [
         "liquidation bids filled",
         "deleverages",
@@ -172,32 +176,7 @@ fn every_batch_of_a_node_cut_to_a_shape_satisfies_the_circuit() {
 /// and slashed the operator).
 #[test]
 fn a_node_cut_to_a_small_shape_settles_in_parts_every_batch_proven_and_attested() {
-    let out = Command::new(env!("CARGO_BIN_EXE_optio"))
-        .args([
-            "sim",
-            "--seed",
-            "1",
-            "--ops",
-            "3000",
-            "--crash-every",
-            "250",
-            "--circuit",
-            "quad-8x8x8x4x2x2x1x2x2x3x2x0x2x2x4x6",
-        ])
-        .output()
-        .expect("optio sim runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{text}");
-    let batches = count(&text, "batches");
-    assert_eq!(
-        count(&text, "checked against the circuit"),
-        batches,
-        "{text}"
-    );
+    let text = checked_against("quad-8x8x8x4x2x2x1x2x2x3x2x0x2x2x4x6");
     // More positions settled than a settlement slot pays: in parts.
     assert!(count(&text, "put positions settled") > 2, "{text}");
 }
@@ -206,36 +185,27 @@ fn a_node_cut_to_a_small_shape_settles_in_parts_every_batch_proven_and_attested(
 /// prover keys runs) cuts a batch the circuit does not hold, and the check names it.
 #[test]
 fn a_node_not_cut_to_the_shape_makes_a_batch_the_check_refuses() {
-    let out = Command::new(env!("CARGO_BIN_EXE_optio"))
-        .args([
-            "sim",
-            "--seed",
-            "1",
-            "--ops",
-            "500",
-            "--crash-every",
-            "250",
-            "--circuit",
-            DEFAULT_SHAPE,
-            "--uncut",
-            "--expect-violation",
-        ])
-        .output()
-        .expect("optio sim runs");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "{text}{out:?}");
+    let (ok, text) = sim(&[
+        "--seed",
+        "1",
+        "--ops",
+        "500",
+        "--crash-every",
+        "250",
+        "--circuit",
+        DEFAULT_SHAPE,
+        "--uncut",
+        "--expect-violation",
+    ]);
+    assert!(ok, "{text}");
     assert!(
         text.contains("violation found, as expected") && text.contains("does not fit the circuit"),
         "{text}"
     );
     // A name that is no shape's is refused before anything runs.
-    let out = Command::new(env!("CARGO_BIN_EXE_optio"))
-        .args(["sim", "--circuit", "quad-16x16"])
-        .output()
-        .expect("optio sim runs");
-    let text = String::from_utf8_lossy(&out.stderr).to_string();
+    let (ok, text) = sim(&["--circuit", "quad-16x16"]);
     assert!(
-        !out.status.success() && text.contains("quad-16x16 is not a circuit shape's name"),
+        !ok && text.contains("quad-16x16 is not a circuit shape's name"),
         "{text}"
     );
 }
