@@ -397,6 +397,11 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
         )),
         None => None,
     };
+    if let Some(k) = &keys {
+        k.shape
+            .check()
+            .map_err(|e| anyhow::anyhow!("--prove-keys: shape_unusable: {e}"))?;
+    }
     let capacity = keys.as_ref().map(|k| crate::prove::capacity(k.shape));
     let demo_key = secp256k1::SecretKey::from_secret_bytes([0xde; 32]).context("demo key")?;
     let demo_address = optio_intents::address_of(&secp256k1::PublicKey::from_secret_key(&demo_key));

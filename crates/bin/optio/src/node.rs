@@ -167,6 +167,8 @@ pub fn run(args: NodeArgs) -> Result<()> {
     if let Some(dir) = args.prove_keys.clone().or(file.prove_keys.clone()) {
         let s =
             optio_prover::Keys::shape_in(&dir).map_err(|e| anyhow::anyhow!("prove_keys: {e}"))?;
+        s.check()
+            .map_err(|e| anyhow::anyhow!("prove_keys: shape_unusable: {e}"))?;
         tracing::info!(shape = %s.name(), "batches cut to fit the circuit");
         config.batch_capacity = Some(crate::prove::capacity(s));
         shape = Some(s);

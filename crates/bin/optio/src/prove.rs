@@ -245,6 +245,7 @@ pub fn run(args: ProveArgs) -> Result<()> {
     match args.cmd {
         ProveCmd::Setup { keys, shape } => {
             let shape = shape.shape();
+            shape.check().map_err(|e| anyhow!("shape_unusable: {e}"))?;
             std::fs::create_dir_all(&keys)?;
             let t = std::time::Instant::now();
             let generated = Keys::generate(shape, &mut os_rng()).map_err(|e| anyhow!("{e}"))?;

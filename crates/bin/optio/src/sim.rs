@@ -100,8 +100,12 @@ pub struct SimArgs {
 }
 
 fn parse_shape(name: &str) -> Result<optio_prover::Shape, String> {
-    optio_prover::Shape::from_name(name)
-        .ok_or_else(|| format!("{name} is not a circuit shape's name (quad-<16 sizes>)"))
+    let shape = optio_prover::Shape::from_name(name)
+        .ok_or_else(|| format!("{name} is not a circuit shape's name (quad-<16 sizes>)"))?;
+    shape
+        .check()
+        .map(|()| shape)
+        .map_err(|e| format!("shape_unusable: {e}"))
 }
 
 /// What one seed did.

@@ -247,3 +247,32 @@ fn a_mark_window_that_is_not_a_power_of_four_is_refused() {
         );
     }
 }
+
+/// A shape with settlement slots that pay fewer than two positions could settle nothing (a
+/// part pays at least a long and a short): its node would cut, at the first expiry with
+/// holders, a batch no proof holds. Refused before any key is made, saying why.
+#[test]
+fn a_shape_whose_settlements_could_pay_no_part_is_refused() {
+    let keys = tempfile::tempdir().expect("tempdir");
+    let mut args: Vec<&str> = SHAPE.to_vec();
+    for (flag, value) in [("--settlements", "1"), ("--holders", "1")] {
+        let at = args
+            .iter()
+            .position(|a| *a == flag)
+            .expect("a flag of the shape");
+        args[at + 1] = value;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_optio"))
+        .args(["prove", "setup", "--keys"])
+        .arg(keys.path())
+        .args(&args)
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("shape_unusable: a settlement slot pays at least a long and a short"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_dir(keys.path()).expect("dir").count(), 0);
+}

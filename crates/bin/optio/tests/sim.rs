@@ -208,4 +208,11 @@ fn a_node_not_cut_to_the_shape_makes_a_batch_the_check_refuses() {
         !ok && text.contains("quad-16x16 is not a circuit shape's name"),
         "{text}"
     );
+    // So is one whose settlements could pay no part (one holder a slot): the seeds above found
+    // that its node cuts a batch no proof holds at the put's expiry.
+    let (ok, text) = sim(&["--circuit", "quad-4x4x4x2x1x1x1x1x1x3x1x2x1x1x2x2"]);
+    assert!(
+        !ok && text.contains("shape_unusable: a settlement slot"),
+        "{text}"
+    );
 }

@@ -138,6 +138,22 @@ impl Shape {
         })
     }
 
+    /// Whether a node cut to this shape can prove everything its engine does, for the sizes
+    /// the engine's limits cannot make up for: a settlement pays its holders in balanced parts,
+    /// each at least a long and a short, so a shape with settlement slots needs two holders a
+    /// slot (with one, the engine's budget could not settle anything, and the first expiry with
+    /// holders would make a batch no proof of the shape holds). A shape without settlement slots
+    /// is one for perpetuals only. `Err` says what to change.
+    pub fn check(&self) -> Result<(), String> {
+        if self.settlements > 0 && self.holders.min(self.accounts).min(self.positions) < 2 {
+            return Err(format!(
+                "a settlement slot pays at least a long and a short: {} holders a slot ({} accounts, {} positions) cannot settle an instrument with holders (use at least 2 of each, or no settlement slots)",
+                self.holders, self.accounts, self.positions
+            ));
+        }
+        Ok(())
+    }
+
     /// Its sizes in the order of its name.
     fn fields(&self) -> [usize; 16] {
         [

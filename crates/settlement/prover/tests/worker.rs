@@ -411,3 +411,29 @@ fn a_batch_that_breaks_a_rule_is_marked_unprovable_and_the_worker_goes_on() {
     );
     assert!(dir.path().join("00000003.unprovable").exists());
 }
+
+/// A shape with settlement slots must pay at least two positions a slot (a balanced part, a
+/// long and a short); one without settlement slots (perpetuals only) needs none.
+#[test]
+fn a_shape_checks_that_its_settlements_can_pay_a_part() {
+    let with = |settlements, holders| Shape {
+        settlements,
+        holders,
+        ..SHAPE
+    };
+    assert_eq!(with(2, 2).check(), Ok(()));
+    assert_eq!(with(0, 0).check(), Ok(()));
+    for bad in [with(1, 1), with(2, 0)] {
+        let why = bad.check().expect_err("no part fits");
+        assert!(why.contains("at least a long and a short"), "{why}");
+    }
+    // Two holders a slot, but one position register: no part fits either.
+    assert!(
+        Shape {
+            positions: 1,
+            ..with(1, 2)
+        }
+        .check()
+        .is_err()
+    );
+}
