@@ -561,7 +561,10 @@ impl Batcher {
             }
             _ => (BTreeMap::new(), BTreeMap::new()),
         };
-        if !settled.is_empty() {
+        // Only an update the engine accepted gives prices (one it refused gives none, whatever
+        // it carried).
+        let refused = events.iter().any(|e| matches!(e, Event::Rejected { .. }));
+        if !settled.is_empty() && !refused {
             self.settlement_prices
                 .extend(settled.iter().map(|(i, a)| (*i, *a)));
             self.state.stage_meta(

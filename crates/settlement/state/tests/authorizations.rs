@@ -396,7 +396,8 @@ fn a_settled_instruments_marks_stay_out_of_the_batch() {
 /// An expiry with more holders than a batch holds settles in parts, one at each later oracle
 /// update, while the oracle publishes a settlement price only until an update carrying it is
 /// taken. Every part's batch still posts the price's signature (that update's), also after a
-/// restart between the parts: before, a later part posted none, and anyone could have
+/// restart between the parts and after an update the engine refused that carried another
+/// price: before, a later part posted none, and anyone could have
 /// reverted the honest batch and slashed the operator with a price challenge.
 #[test]
 fn every_part_of_a_settlement_posts_the_prices_signature() {
@@ -450,9 +451,17 @@ fn every_part_of_a_settlement_posts_the_prices_signature() {
         expiry + 60_000,
         support::oracle_settling(&mut feed, spot, expiry + 60_000),
     ));
+    // An update the engine refuses (published 30 s before its input, past the oracle's allowed
+    // delay) that carries another price for the put, signed by the oracle: it gives nothing.
+    let mut other = optio_oracle::SettlementFeed::new(30 * 60_000);
+    let _ = support::oracle_settling(&mut other, 50_000.0, expiry - 600_000);
+    inputs.push(at(
+        expiry + 91_000,
+        support::oracle_settling(&mut other, 50_000.0, expiry + 61_000),
+    ));
     // Later updates without the price (a fresh feed has no index in the put's window).
-    for k in 1..6 {
-        let t = expiry + 60_000 + k * 2_000;
+    for k in 46..51 {
+        let t = expiry + 2_000 * k;
         inputs.push(at(t, support::oracle(spot, t)));
     }
     let events: Vec<Vec<Event>> = inputs
@@ -463,6 +472,14 @@ fn every_part_of_a_settlement_posts_the_prices_signature() {
             events
         })
         .collect();
+    let refused = settling + 1;
+    assert!(
+        events[refused]
+            .iter()
+            .any(|e| matches!(e, Event::Rejected { .. }))
+            && matches!(&inputs[refused].command, Command::OracleUpdate(u) if !u.settlements.is_empty()),
+        "the refused update carries a settlement price"
+    );
     let sequence: Vec<(Input, Vec<Event>, Option<Signed>)> = inputs
         .into_iter()
         .zip(events)
