@@ -401,10 +401,7 @@ fn a_settled_instruments_marks_stay_out_of_the_batch() {
 /// reverted the honest batch and slashed the operator with a price challenge.
 #[test]
 fn every_part_of_a_settlement_posts_the_prices_signature() {
-    use optio_types::{
-        InstrumentId, NewOrder, OrderType, Price, Qty, SelfTradePrevention, SettleBudget, Side,
-        TimeInForce,
-    };
+    use optio_types::{Price, SettleBudget, Side};
     let limits = EngineLimits {
         settle_budget: SettleBudget {
             expiries: u32::MAX,
@@ -418,21 +415,14 @@ fn every_part_of_a_settlement_posts_the_prices_signature() {
     // The put (instrument 1, expiring an hour after T0): account 4 writes three, accounts 5 to
     // 7 buy one each: four holders, two a part.
     let order = |account: u32, side: Side| {
-        Command::PlaceOrder(NewOrder {
-            account: optio_types::AccountId(account),
-            instrument: InstrumentId(1),
+        let steps = if side == Side::Sell { 3 } else { 1 };
+        support::limit(
+            account,
+            1,
             side,
-            qty: Qty(if side == Side::Sell { 3 } else { 1 } * support::STEP),
-            order_type: OrderType::Limit {
-                price: Price(3_000 * optio_types::MONEY_SCALE),
-            },
-            time_in_force: TimeInForce::GoodTillCancelled,
-            post_only: false,
-            reduce_only: false,
-            self_trade: SelfTradePrevention::CancelTaker,
-            client_order_id: 0,
-            session_key: None,
-        })
+            Price(3_000 * optio_types::MONEY_SCALE),
+            steps,
+        )
     };
     let at = |time_ms, command| Input { time_ms, command };
     inputs.push(at(T0 + 1_000, order(4, Side::Sell)));

@@ -212,21 +212,7 @@ fn bankrupt_and_deleveraged() -> (Engine, Vec<Input>) {
             mode: MarginMode::Standard,
         },
     );
-    let order = |account: u32, side, qty: i64| {
-        Command::PlaceOrder(NewOrder {
-            account: AccountId(account),
-            instrument: InstrumentId(2),
-            side,
-            qty: Qty(qty * STEP),
-            order_type: OrderType::Limit { price: px(60_000) },
-            time_in_force: TimeInForce::GoodTillCancelled,
-            post_only: false,
-            reduce_only: false,
-            self_trade: SelfTradePrevention::CancelTaker,
-            client_order_id: 0,
-            session_key: None,
-        })
-    };
+    let order = |account: u32, side, qty: i64| support::limit(account, 2, side, px(60_000), qty);
     // Account 1 first withdraws what leaves it 500 free once long (a withdrawal must leave its
     // positions' stress scenarios covered, which the leveraged long would not): the free
     // collateral after the trade comes from a copy of the engine that trades first.

@@ -36,6 +36,23 @@ pub fn specs() -> Vec<InstrumentSpec> {
     .collect()
 }
 
+/// A good-till-cancelled limit order of `account` for `steps` amount steps of `instrument`.
+pub fn limit(account: u32, instrument: u32, side: Side, price: Price, steps: i64) -> Command {
+    Command::PlaceOrder(NewOrder {
+        account: AccountId(account),
+        instrument: InstrumentId(instrument),
+        side,
+        qty: Qty(steps * STEP),
+        order_type: OrderType::Limit { price },
+        time_in_force: TimeInForce::GoodTillCancelled,
+        post_only: false,
+        reduce_only: false,
+        self_trade: SelfTradePrevention::CancelTaker,
+        client_order_id: 0,
+        session_key: None,
+    })
+}
+
 /// The risk oracle's key in these histories.
 pub const ORACLE_KEY: [u8; 32] = [0x0c; 32];
 
