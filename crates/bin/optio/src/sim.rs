@@ -288,8 +288,6 @@ struct World {
     config: Config,
     /// The circuit shape batches are cut to (`--circuit`), with the engine's limits for it.
     shape: Option<optio_prover::Shape>,
-    /// The circuit shape every batch is checked against at the end (`--circuit`).
-    check_against: Option<optio_prover::Shape>,
     gateway: Option<Arc<Gateway>>,
     api: Option<Api>,
     /// The simulator's own runtime: the chain, the settler, the WebSocket clients.
@@ -540,7 +538,6 @@ impl World {
             dir,
             config,
             shape,
-            check_against: shape,
             gateway: Some(gateway),
             api: None,
             runtime,
@@ -1354,9 +1351,6 @@ impl World {
         };
         self.stats.batches = count;
         self.stats.state = self.gateway().state_hash();
-        if let Some(shape) = self.check_against {
-            self.stats.circuit_checked = check_circuit(&batches, shape)?;
-        }
         // Post everything and let it finalize.
         for _ in 0..10 {
             self.settler_round()?;
@@ -1442,8 +1436,8 @@ impl World {
 }
 
 /// Every batch in `batches`, in order, fits `shape`, and its witness satisfies the circuit
-/// with the native new root (the caller has checked the last against the batcher's): a prover worker with keys of the shape would prove each.
-/// Returns how many were checked.
+/// with the native new root (`World::settle` has checked the last against the batcher's): a
+/// prover worker with keys of the shape would prove each. Returns how many were checked.
 fn check_circuit(batches: &Path, shape: optio_prover::Shape) -> Result<u64> {
     let mut state = optio_state::SettlementState::new();
     let files = optio_gateway::batching::blob_files(batches)?;
@@ -1477,7 +1471,6 @@ pub fn run_seed(
 ) -> Result<Stats> {
     let mut w = World::new(seed, shape.filter(|_| !uncut))
         .with_context(|| format!("seed {seed}, setup"))?;
-    w.check_against = shape;
     for step in 0..ops {
         let started = Instant::now();
         // Simulated time: a few milliseconds per step, now and then a minute or two.
@@ -1535,6 +1528,10 @@ pub fn run_seed(
     }
     w.settle()
         .with_context(|| format!("seed {seed}, final settlement check"))?;
+    if let Some(shape) = shape {
+        w.stats.circuit_checked = check_circuit(&w.dir.path().join("batches"), shape)
+            .with_context(|| format!("seed {seed}, final settlement check"))?;
+    }
     w.stop()?;
     Ok(w.stats)
 }

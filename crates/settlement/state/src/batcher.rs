@@ -299,20 +299,38 @@ impl Batcher {
     /// blob, and a later part of a settlement it began still posts the price's signature.
     pub fn with_posted_settlements(mut self, blob: &[u8], section: &[u8]) -> Self {
         if let Ok((_, ops)) = blob::decode(blob) {
-            let priced = ops.iter().filter(|op| auth::is_priced(op));
-            for (k, op) in priced.enumerate() {
-                if let (Op::SettleInstrument { instrument, .. }, Some(a)) =
-                    (op, auth::price_attestation(section, k))
-                {
-                    self.settlement_prices.insert(instrument.0, a);
-                }
-            }
+            let posted: Vec<(u32, PriceAttestation)> = ops
+                .iter()
+                .filter(|op| auth::is_priced(op))
+                .enumerate()
+                .filter_map(|(k, op)| match op {
+                    Op::SettleInstrument { instrument, .. } => {
+                        Some((instrument.0, auth::price_attestation(section, k)?))
+                    }
+                    _ => None,
+                })
+                .collect();
+            self.keep_settlement_prices(posted);
+        }
+        self
+    }
+
+    /// Keeps `prices` (settlement prices' signatures by instrument), staged to persist with
+    /// the next batch's state.
+    fn keep_settlement_prices(
+        &mut self,
+        prices: impl IntoIterator<Item = (u32, PriceAttestation)>,
+    ) {
+        let mut changed = false;
+        for (id, a) in prices {
+            changed |= self.settlement_prices.insert(id, a) != Some(a);
+        }
+        if changed {
             self.state.stage_meta(
                 SETTLEMENT_PRICES,
                 encode_settlement_prices(&self.settlement_prices),
             );
         }
-        self
     }
 
     /// Continues with the signed orders persisted with the state (`SettlementState::stored_orders`).
@@ -564,13 +582,8 @@ impl Batcher {
         // Only an update the engine accepted gives prices (one it refused gives none, whatever
         // it carried).
         let refused = events.iter().any(|e| matches!(e, Event::Rejected { .. }));
-        if !settled.is_empty() && !refused {
-            self.settlement_prices
-                .extend(settled.iter().map(|(i, a)| (*i, *a)));
-            self.state.stage_meta(
-                SETTLEMENT_PRICES,
-                encode_settlement_prices(&self.settlement_prices),
-            );
+        if !refused {
+            self.keep_settlement_prices(settled.iter().map(|(i, a)| (*i, *a)));
         }
         for op in &ops {
             if let Op::SettleInstrument { instrument, .. } = op {
