@@ -331,13 +331,15 @@ contract OptioJudge {
     /// Whether priced op `k` (from 0, in the posted words' order: settlement prices and marks)
     /// of posted `data` is attested by its entry at the end of `auths`: the oracle signed its
     /// instrument and price (a mark: its mark and risk array) with the entry's publication
-    /// time, no later than the batch's time (a mark: at most `MARK_WINDOW_MS` before it).
+    /// time, no later than the batch's time (a mark: at most `MARK_WINDOW_MS` before it, and
+    /// the time the mark op posts, which the state commits the latest of, is that time).
     function priceAttested(bytes calldata data, bytes calldata auths, uint256 k) external view returns (bool) {
         (bool found, bytes calldata a) = _attestation(auths, k);
         uint64 published = found ? uint64(bytes8(a[0:8])) : 0;
         // Reverts when the data has no priced op `k` (a challenge must name one that is there).
         (bytes32 price, bool mark) = _priceHash(data, k, published);
         if (!found || oracle == address(0)) return false;
+        if (mark && _postedTime(data, k) != published) return false;
         uint64 time = _batchTime(data);
         if (published > time || (mark && time - published > MARK_WINDOW_MS)) return false;
         bytes32 digest = keccak256(abi.encodePacked(hex"1901", _separator(0), price));
@@ -476,6 +478,13 @@ contract OptioJudge {
         (uint256 w,) = _nthOp(data, PRICED, k);
         if (w & 0xff == MARK) return (uint32(w >> 72), published);
         revert BadBatch("no such mark");
+    }
+
+    /// The publication time mark op `k` (priced op `k`) posts: 64 bits from bit 8 of its first
+    /// word.
+    function _postedTime(bytes calldata data, uint256 k) internal pure returns (uint64) {
+        (uint256 w,) = _nthOp(data, PRICED, k);
+        return uint64(w >> 8);
     }
 
     /// The EIP-712 struct hash of priced op `k` published at `published` (ms), from the op's

@@ -5,7 +5,8 @@ import {Field, IPoseidon3, IPoseidon4, IPoseidon5} from "./Poseidon.sol";
 import {SessionKey} from "./Words.sol";
 
 /// What a state root hashes (docs/settlement.md, "Hash and trees"): the two trees' roots, the
-/// funds, and how many accounts were opened and instruments listed (the next ids).
+/// funds, how many accounts were opened and instruments listed (the next ids), and the
+/// committed oracle time (the latest publication time, ms, of the marks committed).
 struct StateOpening {
     uint256 accountsRoot;
     uint256 instrumentsRoot;
@@ -13,6 +14,7 @@ struct StateOpening {
     int64 feePool;
     uint32 accounts;
     uint32 instruments;
+    uint64 oracleMs;
 }
 
 /// One open position of an exiting account, with its instrument's leaf (proven with the
@@ -369,7 +371,7 @@ contract OptioTrees {
 
     /// The state root over the two trees' roots and the funds leaf.
     function stateRoot(StateOpening calldata s) public view returns (uint256) {
-        uint256 counts = uint256(s.accounts) | (uint256(s.instruments) << 32);
+        uint256 counts = uint256(s.accounts) | (uint256(s.instruments) << 32) | (uint256(s.oracleMs) << 64);
         uint256 funds = h3.poseidon([Field.fromInt(s.insurance), Field.fromInt(s.feePool), counts]);
         return h3.poseidon([Field.check(s.accountsRoot), Field.check(s.instrumentsRoot), funds]);
     }

@@ -80,7 +80,8 @@ contract PoseidonTest is WithHashers {
             ]
         );
         assertEq(account, hevm.parseJsonUint(v, ".leaves.account.hash"), "account leaf");
-        uint256 counts = hevm.parseJsonUint(v, ".leaves.funds.accounts") | (hevm.parseJsonUint(v, ".leaves.funds.instruments") << 32);
+        uint256 counts = hevm.parseJsonUint(v, ".leaves.funds.accounts") | (hevm.parseJsonUint(v, ".leaves.funds.instruments") << 32)
+            | (hevm.parseJsonUint(v, ".leaves.funds.oracle_ms") << 64);
         uint256 funds = h3.poseidon([uint256(hevm.parseJsonUint(v, ".leaves.funds.insurance")), hevm.parseJsonUint(v, ".leaves.funds.fee_pool"), counts]);
         assertEq(funds, hevm.parseJsonUint(v, ".leaves.funds.hash"), "funds leaf");
     }
@@ -204,6 +205,7 @@ contract RollupTest is WithHashers {
         p.state.feePool = int64(hevm.parseJsonInt(v, ".exit_proof.fee_pool"));
         p.state.accounts = uint32(hevm.parseJsonUint(v, ".exit_proof.accounts"));
         p.state.instruments = uint32(hevm.parseJsonUint(v, ".exit_proof.instruments"));
+        p.state.oracleMs = uint64(hevm.parseJsonUint(v, ".exit_proof.oracle_ms"));
         p.mode = uint8(hevm.parseJsonUint(v, ".exit_proof.mode"));
         p.keysHash = hevm.parseJsonUint(v, ".exit_proof.keys_hash");
         p.nonce = uint64(hevm.parseJsonUint(v, ".exit_proof.nonce"));

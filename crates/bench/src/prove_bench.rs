@@ -396,6 +396,7 @@ fn devnet_batch() -> anyhow::Result<()> {
             risk: (0..scenarios)
                 .map(|s| Amount((s as i64 - 16) * 1_000 * MONEY_SCALE))
                 .collect(),
+            published_ms: 1_800_000_000_000,
         }
     }));
     println!(

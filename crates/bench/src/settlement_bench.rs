@@ -402,6 +402,7 @@ impl Flow {
                 mark: m.mark,
                 index: self.update.index_price,
                 risk: m.risk_array.clone(),
+                published_ms: self.update.published_ms,
             })
             .collect()
     }

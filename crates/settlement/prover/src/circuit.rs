@@ -80,7 +80,10 @@
 //! - a mark window replaces the mark, index (positive, below 2^63) and risk array (the index
 //!   and array hashed in the circuit) of the instruments it marks (none settled) among an aligned run of `2^mark_window_bits` ids: the run's subtree is rebuilt
 //!   from its leaves before and after, under one path, so the marks share the path above it;
-//!   windows in use come first, by index, so the marks enter the commitment by id.
+//!   windows in use come first, by index, so the marks enter the commitment by id;
+//! - each mark posts its update's publication time, and the funds leaf commits the latest time
+//!   among the marks committed (the old root's, or a later mark's: the oracle's signed clock,
+//!   which L1 judges with each mark's signature).
 //!
 //! Not in the circuit (README, "Validity proofs"): `Standard`'s initial margin (piecewise in the
 //! option's moneyness; its maintenance, which initial margin implies, is proven); fills against
@@ -366,14 +369,23 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
     let instruments_root = cs.witness(w.instruments_root)?;
     let insurance = cs.witness(w.insurance)?;
     let fee_pool = cs.witness(w.fee_pool)?;
-    // How many accounts were opened and instruments listed: the next ids.
-    let next_account = cs.witness(Fr::from(w.counts.0))?;
-    let mut next_instrument = cs.witness(Fr::from(w.counts.1))?;
-    let counts = |accounts: &Wire, instruments: &Wire| accounts.add(&instruments.scale(pow2(32)));
+    // How many accounts were opened and instruments listed (the next ids), and the committed
+    // oracle time: 32, 32 and 64 bits, so that the funds leaf's third field splits one way.
+    let next_account = cs.witness(Fr::from(w.counts.accounts))?;
+    let mut next_instrument = cs.witness(Fr::from(w.counts.instruments))?;
+    let mut oracle_ms = cs.witness(Fr::from(w.counts.oracle_ms))?;
+    cs.range(&next_account, 32)?;
+    cs.range(&next_instrument, 32)?;
+    cs.range(&oracle_ms, 64)?;
+    let counts = |accounts: &Wire, instruments: &Wire, oracle: &Wire| {
+        accounts
+            .add(&instruments.scale(pow2(32)))
+            .add(&oracle.scale(pow2(64)))
+    };
     let funds = cs.poseidon(&[
         insurance.clone(),
         fee_pool.clone(),
-        counts(&next_account, &next_instrument),
+        counts(&next_account, &next_instrument, &oracle_ms),
     ])?;
     let root = cs.poseidon(&[accounts_root.clone(), instruments_root.clone(), funds])?;
     cs.equal(&root, &old_root)?;
@@ -751,6 +763,7 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
             window,
             bits,
             &mut instruments_root,
+            &mut oracle_ms,
             &mut st.commitment,
             &mut st.poly,
         )?;
@@ -771,7 +784,7 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
     let funds = cs.poseidon(&[
         st.insurance.clone(),
         st.fee_pool.clone(),
-        counts(&st.next_account, &next_instrument),
+        counts(&st.next_account, &next_instrument, &oracle_ms),
     ])?;
     let root = cs.poseidon(&[accounts_root, instruments_root, funds])?;
     cs.equal(&root, &new_root)?;
@@ -2433,12 +2446,14 @@ fn instrument_op(
 /// A mark window: the subtree of `2^bits` instrument leaves from `index << bits` rebuilt from
 /// its leaves before (proven by one path against the running root), the marked entries' leaves
 /// opened and given their new mark and risk array, and the subtree rebuilt with them (the new
-/// root by the same path). Returns whether it is used, and its index.
+/// root by the same path); `oracle_ms` becomes the latest of it and the marks' publication
+/// times. Returns whether it is used, and its index.
 fn mark_window(
     cs: &Cs,
     w: &MarkWindow,
     bits: usize,
     instruments_root: &mut Wire,
+    oracle_ms: &mut Wire,
     commitment: &mut Wire,
     poly: &mut Poly,
 ) -> R<(Wire, Wire)> {
@@ -2450,7 +2465,7 @@ fn mark_window(
     let (mut old_leaves, mut new_leaves) = (Vec::new(), Vec::new());
     for (j, e) in w.entries.iter().enumerate() {
         let id = base.add_const(Fr::from(j as u64));
-        let (old, new) = mark_entry(cs, e, &enabled, id, commitment, poly)?;
+        let (old, new) = mark_entry(cs, e, &enabled, id, oracle_ms, commitment, poly)?;
         old_leaves.push(old);
         new_leaves.push(new);
     }
@@ -2487,13 +2502,15 @@ fn risk_hash_of(cs: &Cs, values: &[Wire], active: &[Wire]) -> R<Wire> {
 }
 
 /// One id of a mark window: its leaf before (opened if marked) and after. A marked entry gets
-/// the new mark and the hash of the new risk array, the rest of its leaf kept, and its record
-/// enters the commitment.
+/// the new mark and the hash of the new risk array, the rest of its leaf kept, its record
+/// enters the commitment, and `oracle_ms` becomes the later of it and the mark's publication
+/// time.
 fn mark_entry(
     cs: &Cs,
     e: &MarkEntry,
     enabled: &Wire,
     id: Wire,
+    oracle_ms: &mut Wire,
     commitment: &mut Wire,
     poly: &mut Poly,
 ) -> R<(Wire, Wire)> {
@@ -2563,12 +2580,25 @@ fn mark_entry(
         })
         .collect();
     let risk_hash = risk_hash_of(cs, &hashed, &hash_chunks)?;
-    // The posted words: kind, id, length and index; the mark; the values of the chunks in use,
-    // five to a word as `v + 2^47` at bit `48 j` (a value past the last chunk adds nothing).
+    // When the oracle published it (64 bits, zero unmarked): the committed oracle time is the
+    // latest of the times committed. `later` says the time is past the latest so far: the
+    // range check reads `time - latest - 1` if so, `latest - time` if not.
+    let published = cs.witness(Fr::from(e.published_ms))?;
+    cs.range(&published, 64)?;
+    cs.equal_if(&not(&marked), &published, &Wire::zero())?;
+    let later = cs.boolean(e.published_ms > oracle_ms.value.into_bigint().as_ref()[0])?;
+    let ahead = published.sub(oracle_ms);
+    let step = cs.mul(&later, &ahead)?;
+    cs.range(&step.scale(Fr::from(2u64)).sub(&ahead).sub(&later), 64)?;
+    *oracle_ms = oracle_ms.add(&step);
+    // The posted words: kind, time, id, length and index; the mark; the values of the chunks
+    // in use, five to a word as `v + 2^47` at bit `48 j` (a value past the last chunk adds
+    // nothing).
     let kind_code = marked.scale(Fr::from(kind::MARK));
     let marked_id = cs.mul(&marked, &id)?;
     let head = pack(&[
         (&kind_code, 0),
+        (&published, at::A),
         (&marked_id, at::INSTRUMENT),
         (&len, at::SMALL),
         (&index, at::QTY),
@@ -2594,7 +2624,7 @@ fn mark_entry(
     let after = cs.select(&marked, &new_leaf, &leaf)?;
     let record = [
         kind_code,
-        Wire::zero(),
+        published,
         Wire::zero(),
         marked_id,
         Wire::zero(),

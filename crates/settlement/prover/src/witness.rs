@@ -603,6 +603,8 @@ pub struct MarkEntry {
     pub mark: Fr,
     /// The underlying's index committed with it.
     pub index: Fr,
+    /// When the oracle published it (ms; 0 unmarked).
+    pub published_ms: u64,
     /// New risk array, zero-padded to the shape's capacity (its last place stays empty: the
     /// index takes one in the hash).
     pub risk: Vec<Fr>,
@@ -703,8 +705,9 @@ pub struct BatchWitness {
     pub insurance: Fr,
     /// Fee pool before.
     pub fee_pool: Fr,
-    /// Accounts opened and instruments listed before (`leaf::counts`: the next ids).
-    pub counts: (u32, u32),
+    /// Accounts opened, instruments listed (the next ids) and the committed oracle time,
+    /// before (`leaf::Counts`).
+    pub counts: leaf::Counts,
     /// Account registers.
     pub accounts: Vec<AccountReg>,
     /// Position registers.
@@ -800,7 +803,7 @@ pub fn mark_records(w: &MarkWindow) -> Vec<[Fr; 10]> {
             }
             [
                 Fr::from(kind::MARK),
-                z,
+                Fr::from(e.published_ms),
                 z,
                 Fr::from(base + j as u64),
                 z,
@@ -2165,6 +2168,7 @@ pub fn witness(
             mark,
             index: underlying,
             risk,
+            published_ms,
         } = op
         else {
             unreachable!("collected marks")
@@ -2210,6 +2214,7 @@ pub fn witness(
             before,
             mark: fr(i128::from(mark.0)),
             index: fr(i128::from(underlying.0)),
+            published_ms: *published_ms,
             risk: values,
             len: risk.len(),
             chunks,
@@ -2231,17 +2236,23 @@ pub fn witness(
     } else {
         instrument_tree.root()
     };
-    let counts = (
-        state.accounts().len() as u32,
-        state.instruments().len() as u32,
-    );
+    let counts = state.counts();
+    let oracle_after = marks.iter().fold(counts.oracle_ms, |t, (_, op)| match op {
+        Op::Mark { published_ms, .. } => t.max(*published_ms),
+        _ => t,
+    });
     let new_root = leaf::state_root(
         accounts_root,
         instruments_root,
         hash(&[
             fr(insurance_after),
             fr(fee_pool),
-            leaf::counts(accounts_after, specs.len() as u32),
+            leaf::Counts {
+                accounts: accounts_after,
+                instruments: specs.len() as u32,
+                oracle_ms: oracle_after,
+            }
+            .word(),
         ]),
     );
     let mut margins: Vec<MarginSlot> = margin_slots
@@ -2307,8 +2318,8 @@ pub fn witness(
     w.public.commitment = commitment(&w);
     // The words the blob posts for these ops, and the point the contract evaluates them at.
     let meta = optio_state::blob::BlobMeta {
-        accounts: counts.0,
-        instruments: counts.1,
+        accounts: counts.accounts,
+        instruments: counts.instruments,
         ..optio_state::blob::BlobMeta::default()
     };
     let encoded = optio_state::blob::encode_ops(&meta, ops).map_err(|e| match e {

@@ -387,6 +387,7 @@ fn random_batch(rng: &mut ChaCha8Rng, state: &SettlementState, priority: &mut u6
         risk: (0..5)
             .map(|_| Amount(rng.random_range(-1_000_000..1_000_000)))
             .collect(),
+        published_ms: 0,
     });
     ops
 }
@@ -409,6 +410,7 @@ fn marked(state: &SettlementState, id: u32, price: i64) -> SettlementState {
             mark: Price(price),
             index: Price(60_000_000_000),
             risk: Vec::new(),
+            published_ms: 0,
         }],
     )
 }
@@ -423,6 +425,7 @@ fn marked_with(state: &SettlementState, id: u32, price: i64, risk: &[i64]) -> Se
             mark: Price(price * MONEY_SCALE),
             index: Price(60_000_000_000),
             risk: risk.iter().map(|&r| Amount(r * MONEY_SCALE)).collect(),
+            published_ms: 0,
         }],
     )
 }
@@ -572,6 +575,7 @@ fn marked_long() -> SettlementState {
             mark: Price(100_000 * MONEY_SCALE),
             index: Price(60_000_000_000),
             risk: vec![Amount(-30_000 * MONEY_SCALE), Amount(30_000 * MONEY_SCALE)],
+            published_ms: 0,
         }],
     )
 }
@@ -667,6 +671,7 @@ fn the_stress_rule_reads_the_account_right_after_the_op() {
         mark: Price(200_000 * MONEY_SCALE),
         index: Price(60_000_000_000),
         risk: vec![Amount(0), Amount(0)],
+        published_ms: 0,
     };
     assert!(refused(&batch_of(&state, &[over, mark])));
 }
@@ -913,6 +918,7 @@ fn a_forced_withdrawal_takes_what_leaves_the_shorts_covered() {
             mark: Price(150_000 * MONEY_SCALE),
             index: Price(60_000_000_000),
             risk: vec![Amount(-10_000 * MONEY_SCALE), Amount(60_000 * MONEY_SCALE)],
+            published_ms: 0,
         }],
     );
     let id = AccountId(0);
@@ -1131,6 +1137,7 @@ fn the_value_check_agrees_with_arkworks() {
                 mark: Price(5),
                 index: Price(60_000_000_000),
                 risk: vec![Amount(-3), Amount(4)],
+                published_ms: 0,
             },
         ];
         let w = witness(&state, &ops, shape).expect("covered");
@@ -1198,7 +1205,7 @@ fn opened_accounts_and_listed_instruments_take_the_next_id() {
         },
     ];
     let honest = batch_of(&state, &ops);
-    assert_eq!(honest.counts, (3, 2));
+    assert_eq!((honest.counts.accounts, honest.counts.instruments), (3, 2));
     assert_eq!(
         honest.public.new_root,
         after(&state, &ops).root(),
@@ -1241,7 +1248,7 @@ fn opened_accounts_and_listed_instruments_take_the_next_id() {
     );
 
     let mut w = honest.clone();
-    w.counts.0 += 1;
+    w.counts.accounts += 1;
     assert!(
         refused_at(&w).starts_with("the old root "),
         "{}",
@@ -1677,6 +1684,7 @@ fn a_settlement_that_leaves_holders_out_takes_nothing_from_them() {
         mark: Price(25_000 * MONEY_SCALE),
         index: Price(60_000_000_000),
         risk: Vec::new(),
+        published_ms: 0,
     }];
     assert!(
         refused(&batch_of(&settled, &mark)),
@@ -1802,6 +1810,7 @@ fn liquidations_move_positions_and_pay_insurance() {
                 mark: Price(90_000 * MONEY_SCALE),
                 index: Price(60_000_000_000),
                 risk: vec![Amount(-10_000 * MONEY_SCALE), Amount(10_000 * MONEY_SCALE)],
+                published_ms: 0,
             },
         ],
     );
@@ -2114,6 +2123,7 @@ fn liquidatable_at_100_000() -> SettlementState {
         mark: Price(usd(100_000)),
         index: Price(usd(60_000)),
         risk: vec![Amount(usd(-15_000)), Amount(usd(12_000))],
+        published_ms: 0,
     })
 }
 
@@ -2162,6 +2172,7 @@ fn a_liquidation_is_priced_inside_the_committed_stress_range() {
             // At the mark: the deepest discount, 20% of it, is wider than these ranges.
             index: Price(usd(100_000)),
             risk: risk.iter().map(|&v| Amount(usd(v))).collect(),
+            published_ms: 0,
         };
         let state = liquidatable_pair(mark);
         for (ops, rule) in [
@@ -2208,6 +2219,7 @@ fn a_liquidation_fee_is_bounded_at_the_committed_index() {
             mark: Price(100_000 * MONEY_SCALE),
             index: Price(index * MONEY_SCALE),
             risk: vec![Amount(-15_000 * MONEY_SCALE), Amount(12_000 * MONEY_SCALE)],
+            published_ms: 0,
         };
         // With equity of 5,000 (below its maintenance of 10,000): the fee is at most that too.
         let state = liquidatable_pair(mark);
@@ -2275,6 +2287,7 @@ fn a_liquidation_is_priced_within_the_deepest_discount_of_the_index() {
         mark: Price(usd(100_000)),
         index: Price(usd(60_000)),
         risk: vec![Amount(usd(-50_000)), Amount(usd(50_000))],
+        published_ms: 0,
     };
     let state = liquidatable_pair(mark);
     let liquidation = |account: u32, qty: i64, price: i64| {
@@ -2321,6 +2334,7 @@ fn a_liquidation_only_reduces_the_liquidated_position() {
         mark: Price(100_000 * MONEY_SCALE),
         index: Price(60_000_000_000),
         risk: vec![Amount(-10_000 * MONEY_SCALE), Amount(10_000 * MONEY_SCALE)],
+        published_ms: 0,
     };
     let state = liquidatable_pair(mark);
     for (account, contracts) in [(1, -2), (0, 2)] {
@@ -2612,6 +2626,7 @@ fn a_trade_of_an_account_with_itself_cannot_be_proven() {
         mark: Price(100_000 * MONEY_SCALE),
         index: Price(60_000_000_000),
         risk: vec![Amount(-15_000 * MONEY_SCALE), Amount(12_000 * MONEY_SCALE)],
+        published_ms: 0,
     });
     let fill = Op::Fill {
         instrument: InstrumentId(0),
@@ -2850,6 +2865,7 @@ fn mark_op(rng: &mut ChaCha8Rng, instrument: u32) -> Op {
         risk: (0..rng.random_range(1..=6))
             .map(|_| Amount(rng.random_range(-1_000_000..1_000_000)))
             .collect(),
+        published_ms: 0,
     }
 }
 
@@ -3208,6 +3224,7 @@ fn a_forced_close_moves_the_whole_position_at_the_committed_mark() {
         mark: Price(mark),
         index: Price(60_000_000_000),
         risk: Vec::new(),
+        published_ms: 0,
     });
     let close = |account: u32, qty: i64, price: i64, requester: u32| Op::L1Close {
         priority: 0,
@@ -3405,6 +3422,7 @@ fn marked_in(mode: MarginMode) -> SettlementState {
             mark: Price(100_000 * MONEY_SCALE),
             index: Price(60_000_000_000),
             risk: vec![Amount(-30_000 * MONEY_SCALE), Amount(30_000 * MONEY_SCALE)],
+            published_ms: 0,
         }],
     );
     after(
@@ -3547,6 +3565,7 @@ fn a_standard_account_that_trades_ends_its_batch_maintained() {
             mark: Price(1_000 * MONEY_SCALE),
             index: Price(100_000 * MONEY_SCALE),
             risk: Vec::new(),
+            published_ms: 0,
         }],
     ));
     let write = |n: i64| vec![fill_of(1, Side::Buy, 1_000, n)];
@@ -3564,6 +3583,7 @@ fn a_standard_account_that_trades_ends_its_batch_maintained() {
             mark: Price(100_000 * MONEY_SCALE),
             index: Price(100_000 * MONEY_SCALE),
             risk: Vec::new(),
+            published_ms: 0,
         }],
         vec![Op::ExpireInstrument {
             instrument: InstrumentId(1),
@@ -3599,6 +3619,7 @@ fn a_portfolio_writer_covers_its_short_option_floor() {
                     mark: Price(1_000 * MONEY_SCALE),
                     index: Price(100_000 * MONEY_SCALE),
                     risk: Vec::new(),
+                    published_ms: 0,
                 },
                 Op::Deposit {
                     account: AccountId(1),
@@ -3662,6 +3683,7 @@ fn a_mark_commits_its_positive_index() {
         risk: (0..scenarios)
             .map(|s| Amount((s as i64 - 5) * 100 * MONEY_SCALE))
             .collect(),
+        published_ms: 0,
     };
     for index in [1, 60_000 * MONEY_SCALE, i64::MAX] {
         let ops = [mark(index, 10)];
@@ -3696,4 +3718,95 @@ fn a_mark_commits_its_positive_index() {
         witness(&state, &[mark(60_000 * MONEY_SCALE, 11)], SHAPE),
         Err(optio_prover::witness::WitnessError::TooLarge(_))
     ));
+}
+
+/// `state`'s root with another committed oracle time in its funds leaf.
+fn root_with_oracle_time(state: &SettlementState, oracle_ms: u64) -> Fr {
+    let (insurance, fee_pool) = state.funds();
+    optio_state::leaf::state_root(
+        state.accounts_root(),
+        state.instruments_root(),
+        optio_state::leaf::funds_hash(
+            insurance,
+            fee_pool,
+            optio_state::leaf::Counts {
+                oracle_ms,
+                ..state.counts()
+            },
+        ),
+    )
+}
+
+/// The funds leaf commits the oracle's clock: the latest publication time among the marks
+/// committed so far (each mark posts its update's time, which L1 judges with the oracle's
+/// signature). A batch marking two underlyings' instruments from updates published at
+/// different times leaves the later time, whichever instrument comes first; a mark older than
+/// the committed time leaves it; a proof of any other time is refused, and so is one that
+/// starts from another time than the old root's or proves a mark with another time than the
+/// one posted.
+#[test]
+fn the_committed_oracle_time_is_the_latest_marks() {
+    let state = genesis(2);
+    assert_eq!(state.oracle_ms(), 0, "no mark yet");
+    let mark = |id: u32, published_ms: u64| Op::Mark {
+        instrument: InstrumentId(id),
+        mark: Price(1_000 * MONEY_SCALE),
+        index: Price(60_000_000_000),
+        risk: Vec::new(),
+        published_ms,
+    };
+    // The first instrument's update is the later one: the latest is not the last by id.
+    let ops = [mark(0, 9_000), mark(1, 7_000)];
+    let w = batch_of(&state, &ops);
+    check(&w).expect("proves");
+    let next = after(&state, &ops);
+    assert_eq!(next.oracle_ms(), 9_000);
+    assert_eq!(w.public.new_root, next.root(), "the native root");
+    for other in [0, 7_000, 8_999, 9_001, 16_000] {
+        let mut wrong = w.clone();
+        wrong.public.new_root = root_with_oracle_time(&next, other);
+        assert!(
+            refused_at(&wrong).starts_with("the new root"),
+            "{other}: {}",
+            refused_at(&wrong)
+        );
+    }
+    // A proof from another committed time than the old root's.
+    let mut wrong = w.clone();
+    wrong.counts.oracle_ms = 1;
+    assert!(
+        refused_at(&wrong).starts_with("the old root"),
+        "{}",
+        refused_at(&wrong)
+    );
+    // A mark proven with another time than the one posted (the commitment's and the words').
+    let mut wrong = w.clone();
+    let entry = wrong
+        .marks
+        .iter_mut()
+        .flat_map(|m| m.entries.iter_mut())
+        .find(|e| e.marked && e.published_ms == 9_000)
+        .expect("the first mark");
+    entry.published_ms = 9_500;
+    wrong.public.new_root = root_with_oracle_time(&next, 9_500);
+    assert!(refused(&wrong), "another time than posted");
+
+    // Later: the second underlying's update, older than the committed time, moves nothing.
+    let ops = [mark(1, 8_000)];
+    let w = batch_of(&next, &ops);
+    check(&w).expect("proves");
+    let later = after(&next, &ops);
+    assert_eq!(later.oracle_ms(), 9_000, "an older mark keeps the time");
+    assert_eq!(w.public.new_root, later.root(), "the native root");
+    let mut wrong = w.clone();
+    wrong.public.new_root = root_with_oracle_time(&later, 8_000);
+    assert!(refused(&wrong), "the older mark's time");
+    // And a batch without marks keeps it too.
+    let ops = [Op::Deposit {
+        account: AccountId(0),
+        amount: Amount(5),
+    }];
+    let w = batch_of(&later, &ops);
+    check(&w).expect("proves");
+    assert_eq!(after(&later, &ops).oracle_ms(), 9_000);
 }

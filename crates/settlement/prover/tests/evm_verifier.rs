@@ -105,6 +105,7 @@ fn batches() -> Vec<Vec<Op>> {
             mark: Price(3_100 * MONEY_SCALE),
             index: Price(60_000_000_000),
             risk: vec![Amount(-300), Amount(250)],
+            published_ms: 0,
         }],
     ]
 }

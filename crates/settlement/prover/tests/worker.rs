@@ -105,6 +105,7 @@ fn batches() -> Vec<Vec<Op>> {
                 mark: Price(2_600 * MONEY_SCALE),
                 index: Price(60_000_000_000),
                 risk: vec![Amount(-1), Amount(2), Amount(3)],
+                published_ms: 0,
             },
         ],
         vec![fill(1, 0, Side::Sell)],
@@ -367,6 +368,7 @@ fn a_batch_that_breaks_a_rule_is_marked_unprovable_and_the_worker_goes_on() {
                     mark: Price(2_500 * MONEY_SCALE),
                     index: Price(60_000_000_000),
                     risk: vec![Amount(-1_000 * MONEY_SCALE)],
+                    published_ms: 0,
                 },
             ],
         ]

@@ -44,6 +44,7 @@ mod bindings {
                 int64 feePool;
                 uint32 accounts;
                 uint32 instruments;
+                uint64 oracleMs;
             }
             struct ExitProof {
                 uint32 account;
@@ -1303,6 +1304,7 @@ pub fn state_opening(proof: &optio_state::ExitProof) -> OptioRollup::StateOpenin
         feePool: proof.fee_pool.0,
         accounts: proof.accounts,
         instruments: proof.instruments,
+        oracleMs: proof.oracle_ms,
     }
 }
 

@@ -348,6 +348,7 @@ fn opening_ops(fill: &Op) -> Vec<Op> {
             mark: Price(1_000 * USDC),
             index: Price(60_000_000_000),
             risk: (0..13).map(|k| Amount(k * 1_000 - 5_000)).collect(),
+            published_ms: 0,
         },
     ]
 }
@@ -1667,6 +1668,27 @@ fn strangers(venue: &Venue) -> ([u8; 32], optio_oracle::OracleSigner) {
     (other_rollup, impostor)
 }
 
+/// Mark op `mark` posting `published_ms` as its publication time.
+fn timed(mark: &Op, published_ms: u64) -> Op {
+    let Op::Mark {
+        instrument,
+        mark,
+        index,
+        risk,
+        ..
+    } = mark
+    else {
+        panic!("not a mark: {mark:?}")
+    };
+    Op::Mark {
+        instrument: *instrument,
+        mark: *mark,
+        index: *index,
+        risk: risk.clone(),
+        published_ms,
+    }
+}
+
 /// The oracle's attestation of mark op `mark`, published at `published_ms`, as the oracle signs
 /// it (`OracleSigner::sign`, what the devnet and the simulator feed the gateway) for the rollup
 /// whose domain separator is `domain`.
@@ -1681,6 +1703,7 @@ fn attest(
         mark,
         index,
         risk,
+        ..
     } = mark
     else {
         panic!("not a mark: {mark:?}")
@@ -1793,9 +1816,10 @@ async fn a_mark_the_oracle_never_signed_is_caught_reverted_and_slashed_and_users
         mark: Price(mark),
         index: Price(60_000_000_000),
         risk: risk.iter().map(|v| Amount(*v)).collect(),
+        published_ms: 0,
     };
     let risk: Vec<i64> = (0..31).map(|k| k * 7_000_000 - 100_000_000).collect();
-    let op = with(1_000 * USDC, &risk, 0);
+    let op = timed(&with(1_000 * USDC, &risk, 0), T - 1_000);
     let good = attest(&oracle, &domain, &op, T - 1_000);
     let mut high = good;
     let n = U256::from_str_radix(
@@ -1814,31 +1838,31 @@ async fn a_mark_the_oracle_never_signed_is_caught_reverted_and_slashed_and_users
         ("as signed", op.clone(), Some(good), true),
         (
             "published at the batch's time",
-            op.clone(),
+            timed(&op, T),
             Some(attest(&oracle, &domain, &op, T)),
             true,
         ),
         (
             "published the whole window before",
-            op.clone(),
+            timed(&op, T - window),
             Some(attest(&oracle, &domain, &op, T - window)),
             true,
         ),
         (
             "published a millisecond before the window",
-            op.clone(),
+            timed(&op, T - window - 1),
             Some(attest(&oracle, &domain, &op, T - window - 1)),
             false,
         ),
         (
             "published after the batch's time",
-            op.clone(),
+            timed(&op, T + 1),
             Some(attest(&oracle, &domain, &op, T + 1)),
             false,
         ),
         (
             "another time than it was signed with",
-            op.clone(),
+            timed(&op, T - 999),
             Some(PriceAttestation {
                 published_ms: T - 999,
                 ..good
@@ -1846,8 +1870,20 @@ async fn a_mark_the_oracle_never_signed_is_caught_reverted_and_slashed_and_users
             false,
         ),
         (
+            "posting another time than its attestation's (the time the state commits)",
+            timed(&op, T - 999),
+            Some(good),
+            false,
+        ),
+        (
+            "posting an earlier time than its attestation's",
+            timed(&op, T - 1_001),
+            Some(good),
+            false,
+        ),
+        (
             "another mark",
-            with(1_000 * USDC + 1, &risk, 0),
+            timed(&with(1_000 * USDC + 1, &risk, 0), T - 1_000),
             Some(good),
             false,
         ),
@@ -1858,25 +1894,26 @@ async fn a_mark_the_oracle_never_signed_is_caught_reverted_and_slashed_and_users
                 mark: Price(1_000 * USDC),
                 index: Price(60_000_000_001),
                 risk: risk.iter().map(|v| Amount(*v)).collect(),
+                published_ms: T - 1_000,
             },
             Some(good),
             false,
         ),
         (
             "another risk value",
-            with(1_000 * USDC, &other_risk, 0),
+            timed(&with(1_000 * USDC, &other_risk, 0), T - 1_000),
             Some(good),
             false,
         ),
         (
             "a risk array cut short",
-            with(1_000 * USDC, &risk[..30], 0),
+            timed(&with(1_000 * USDC, &risk[..30], 0), T - 1_000),
             Some(good),
             false,
         ),
         (
             "another instrument",
-            with(1_000 * USDC, &risk, 1),
+            timed(&with(1_000 * USDC, &risk, 1), T - 1_000),
             Some(good),
             false,
         ),
@@ -1896,7 +1933,7 @@ async fn a_mark_the_oracle_never_signed_is_caught_reverted_and_slashed_and_users
         ("no attestation", op.clone(), None, false),
         (
             "a negative mark and risk values, as signed",
-            negative.clone(),
+            timed(&negative, T),
             Some(attest(&oracle, &domain, &negative, T)),
             true,
         ),
@@ -1949,6 +1986,7 @@ async fn a_mark_the_oracle_never_signed_is_caught_reverted_and_slashed_and_users
         mark: Price(100 * USDC),
         index: Price(60_000_000_000),
         risk: (0..13).map(|k| Amount(k * 1_000 - 5_000)).collect(),
+        published_ms: 0,
     };
     let b2 = post(&mut state, 2, std::slice::from_ref(&forged));
     let section2 = auth::section_of(&[], &[], &[Some(signed_mark)]);
@@ -2025,13 +2063,16 @@ async fn a_mark_older_than_one_committed_before_is_caught_reverted_and_slashed()
         mark: Price(price * USDC),
         index: Price(60_000_000_000),
         risk: (0..13).map(|k| Amount(k * 1_000 - 5_000)).collect(),
+        published_ms: 0,
     };
 
     // Batch 1 at 10 s: the accounts, a listing, a signed trade, the mark published then.
     let mut state = SettlementState::new();
     let fill = bob_buys(QTY_SCALE / 2);
-    let ops = opening_ops(&fill);
-    let first = attest(&oracle, &domain, ops.last().expect("the mark"), 10_000);
+    let mut ops = opening_ops(&fill);
+    let last = ops.len() - 1;
+    ops[last] = timed(&ops[last], 10_000);
+    let first = attest(&oracle, &domain, &ops[last], 10_000);
     let section1 = auth::section_of(
         &[
             Some(signed(ALICE, &venue, 0, Side::Sell, "1000", "1", 1)),
@@ -2044,7 +2085,7 @@ async fn a_mark_older_than_one_committed_before_is_caught_reverted_and_slashed()
     let genesis = word(&SettlementState::new().root());
     commit(&rollup, 1, genesis, &b1, &section1).await;
     // Batch 2 at 20 s: the mark the oracle published then.
-    let b2 = post_at(&mut state, 2, &[mark_at(1_100)], 20_000);
+    let b2 = post_at(&mut state, 2, &[timed(&mark_at(1_100), 20_000)], 20_000);
     let section2 = auth::section_of(
         &[],
         &[],
@@ -2080,7 +2121,7 @@ async fn a_mark_older_than_one_committed_before_is_caught_reverted_and_slashed()
     transact(rollup.finalize()).await.expect("finalizes 2");
     let before = state.clone();
     // Batch 3 at 20 s: the oracle's mark of 15 s, replaced at 20 s.
-    let b3 = post_at(&mut state, 3, &[mark_at(900)], 20_000);
+    let b3 = post_at(&mut state, 3, &[timed(&mark_at(900), 15_000)], 20_000);
     let section3 = auth::section_of(
         &[],
         &[],
@@ -2313,6 +2354,7 @@ async fn a_settlement_price_the_oracle_never_signed_is_caught_reverted_and_slash
                     mark: Price(said),
                     index: Price(60_000_000_000),
                     risk: Vec::new(),
+                    published_ms: 0,
                 },
                 T - 1_000,
             )),
@@ -2325,6 +2367,7 @@ async fn a_settlement_price_the_oracle_never_signed_is_caught_reverted_and_slash
         mark: Price(2_000 * USDC),
         index: Price(60_000_000_000),
         risk: (0..13).map(|k| Amount(k * 1_000 - 5_000)).collect(),
+        published_ms: T - 1_000,
     };
     let mark_attested = attest(&oracle, &domain, &later_mark, T - 1_000);
     for (what, settlement, attestation, expected) in variants {
@@ -2496,6 +2539,7 @@ async fn an_option_expired_before_its_date_is_caught_reverted_and_slashed() {
                 mark: Price(1_000 * USDC),
                 index: Price(60_000_000_000),
                 risk: (0..31).map(|k| Amount(k * 1_000)).collect(),
+                published_ms: 0,
             },
             Op::ExpireInstrument {
                 instrument: InstrumentId(0),
@@ -2783,6 +2827,7 @@ fn alice_writes_a_tenth(instrument: InstrumentId, mark: Price) -> [Op; 3] {
             mark,
             index: Price(60_000_000_000),
             risk: (0..13).map(|k| Amount(k * 1_000 - 5_000)).collect(),
+            published_ms: 0,
         },
     ]
 }

@@ -317,6 +317,14 @@ pub enum Unattested {
     /// The signature does not recover to the oracle over this price.
     #[error("the signature does not recover to the oracle over this price")]
     Signature,
+    /// A mark whose posted time (the op's, which the state commits) is not its attestation's.
+    #[error("the mark posts time {posted_ms}, its attestation {published_ms}")]
+    AnotherTime {
+        /// The time the mark op posts.
+        posted_ms: u64,
+        /// The attestation's.
+        published_ms: u64,
+    },
 }
 
 /// Whether `op` is a priced op (an instrument's settlement price or mark): those a batch
@@ -364,7 +372,14 @@ impl PriceAttestation {
                 mark,
                 index,
                 risk,
+                published_ms: posted_ms,
             } => {
+                if *posted_ms != published_ms {
+                    return Err(Unattested::AnotherTime {
+                        posted_ms: *posted_ms,
+                        published_ms,
+                    });
+                }
                 if published_ms <= time_ms && time_ms - published_ms > MARK_WINDOW_MS {
                     return Err(Unattested::Stale {
                         published_ms,

@@ -25,11 +25,12 @@ use crate::poseidon::{Fr, from_address, from_i64, hash, to_bytes};
 
 /// First bytes of every blob.
 pub const MAGIC: &[u8; 4] = b"OPTB";
-/// The version this code writes and reads (6: a mark posts its underlying's index, which the
+/// The version this code writes and reads (7: a mark posts its update's publication time,
+/// which the funds leaf commits the latest of; 6: a mark posts its underlying's index, which the
 /// instrument leaf's risk hash commits; 5: a settled position posts the quantity settled,
 /// after 4: withdrawals post their owner, 3: the spec bytes' binary layout and the funds leaf's
 /// counts, 2: field words).
-pub const VERSION: u8 = 6;
+pub const VERSION: u8 = 7;
 /// Largest blob accepted (bytes).
 pub const MAX_BLOB_BYTES: usize = 1 << 20;
 /// Longest risk array accepted.
@@ -141,7 +142,7 @@ pub mod kind {
 
 /// Bit offsets of the fields packed into an op's first word (`kind` in bits 0..8).
 pub mod bits {
-    /// First account id (32 bits).
+    /// First account id (32 bits); a mark's publication time (64 bits, over both ids).
     pub const A: usize = 8;
     /// Second account id (32 bits).
     pub const B: usize = 40;
@@ -497,6 +498,7 @@ pub fn encode_op(op: &Op, id: u32, index: usize) -> Result<Encoded, BlobError> {
             mark,
             index: underlying,
             risk,
+            published_ms,
         } => {
             let underlying = within(underlying.0, 63, index, "an index outside 0..2^63")?;
             if risk.len() > MAX_RISK {
@@ -512,14 +514,16 @@ pub fn encode_op(op: &Op, id: u32, index: usize) -> Result<Encoded, BlobError> {
             let mut record = [z; 10];
             record[0] = Fr::from(kind::MARK);
             record[3] = Fr::from(instrument.0);
+            record[1] = Fr::from(*published_ms);
             record[5] = from_i64(mark.0);
             record[6] = fu(underlying);
             record[9] = leaf::risk_hash(Price(underlying as i64), risk);
+            // The publication time fills the two account ids' 64 bits.
             let mut words = vec![
                 head(
                     kind::MARK,
-                    0,
-                    0,
+                    *published_ms as u32,
+                    (*published_ms >> 32) as u32,
                     instrument.0,
                     risk.len() as u128,
                     0,
@@ -961,6 +965,7 @@ pub fn decode(bytes: &[u8]) -> Result<(BlobMeta, Vec<Op>), BlobError> {
                     mark: Price(signed_word(1, "mark")?),
                     index: Price(field_bits(&w0, bits::QTY, 63) as i64),
                     risk,
+                    published_ms: field_bits(&w0, bits::A, 64) as u64,
                 }
             }
             tag => {

@@ -5,7 +5,9 @@
 //! ```text
 //! root            = Poseidon(accounts_root, instruments_root, funds)
 //! funds           = Poseidon(insurance, fee_pool, counts)
-//! counts          = accounts + 2^32 * instruments   (how many were opened and listed: the next ids)
+//! counts          = accounts + 2^32 * instruments + 2^64 * oracle_ms
+//!                   (how many were opened and listed: the next ids; the latest publication time,
+//!                   ms, of the oracle updates whose marks were committed)
 //! account leaf    = Poseidon(owner, keys_hash,
 //!                            nonce + 2^64 * positions + 2^96 * mode + 2^98 * liability,
 //!                            collateral, positions_root)                            at index account id
@@ -336,19 +338,35 @@ pub fn risk_hash_of(values: &[Fr]) -> Fr {
     })
 }
 
-/// The funds leaf: the two funds, and how many accounts were opened and instruments listed
-/// (so that the circuit gives an opened account and a listed instrument the next id).
-pub fn funds_hash(insurance: Amount, fee_pool: Amount, accounts: u32, instruments: u32) -> Fr {
-    hash(&[
-        from_i64(insurance.0),
-        from_i64(fee_pool.0),
-        counts(accounts, instruments),
-    ])
+/// The funds leaf: the two funds, how many accounts were opened and instruments listed (so
+/// that the circuit gives an opened account and a listed instrument the next id) and the
+/// committed oracle time (`counts`).
+pub fn funds_hash(insurance: Amount, fee_pool: Amount, counts: Counts) -> Fr {
+    hash(&[from_i64(insurance.0), from_i64(fee_pool.0), counts.word()])
 }
 
-/// The account and instrument counts in one field element: `accounts + 2^32 * instruments`.
-pub fn counts(accounts: u32, instruments: u32) -> Fr {
-    Fr::from(u64::from(accounts) | u64::from(instruments) << 32)
+/// The funds leaf's third field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counts {
+    /// Accounts opened (the next account id).
+    pub accounts: u32,
+    /// Instruments listed (the next instrument id).
+    pub instruments: u32,
+    /// The latest publication time (ms) among the oracle updates whose marks the state
+    /// committed (0 before the first): the oracle's signed clock, which L1 judges with each
+    /// mark's signature, as far as the state has seen it.
+    pub oracle_ms: u64,
+}
+
+impl Counts {
+    /// `accounts + 2^32 * instruments + 2^64 * oracle_ms` (below 2^128: one way to split it).
+    pub fn word(&self) -> Fr {
+        Fr::from(
+            u128::from(self.accounts)
+                | u128::from(self.instruments) << 32
+                | u128::from(self.oracle_ms) << 64,
+        )
+    }
 }
 
 /// The state root over the three parts.

@@ -211,6 +211,9 @@ pub struct SettlementState {
     instruments: Vec<Instrument>,
     insurance: Amount,
     fee_pool: Amount,
+    /// The latest publication time of the oracle updates whose marks were committed
+    /// (`leaf::Counts::oracle_ms`).
+    oracle_ms: u64,
     /// L1 priority operations served so far (the next one served has this id). Not in the
     /// root: each batch header carries it, and `optio verify` checks it against the L1 queue.
     priority_served: u64,
@@ -253,6 +256,8 @@ pub struct ExitProof {
     pub accounts: u32,
     /// Instruments listed (the next instrument id).
     pub instruments: u32,
+    /// The committed oracle time (`leaf::Counts::oracle_ms`).
+    pub oracle_ms: u64,
     /// The account's id.
     pub account: AccountId,
     /// Its leaf.
@@ -305,8 +310,11 @@ impl ExitProof {
             leaf::funds_hash(
                 self.insurance,
                 self.fee_pool,
-                self.accounts,
-                self.instruments,
+                leaf::Counts {
+                    accounts: self.accounts,
+                    instruments: self.instruments,
+                    oracle_ms: self.oracle_ms,
+                },
             ),
         ) == self.root
             && self.account_proof.index == u64::from(self.account.0)
@@ -350,6 +358,7 @@ impl SettlementState {
             accounts: Vec::new(),
             instruments: Vec::new(),
             insurance: Amount::ZERO,
+            oracle_ms: 0,
             fee_pool: Amount::ZERO,
             priority_served: 0,
             account_tree: Tree::with_store(ACCOUNT_DEPTH, TreeStore::default()),
@@ -390,6 +399,7 @@ impl SettlementState {
         let (batch, last_seq) = (meta_u64("batch")?, meta_u64("last_seq")?);
         state.insurance = Amount(meta_u64("insurance")? as i64);
         state.fee_pool = Amount(meta_u64("fee_pool")? as i64);
+        state.oracle_ms = meta_u64("oracle_ms")?;
         state.priority_served = meta_u64("priority_served")?;
         state.account_tree =
             Tree::with_store(ACCOUNT_DEPTH, TreeStore::Redb(store.namespace(ACCOUNTS_NS)));
@@ -451,6 +461,7 @@ impl SettlementState {
                     (self.insurance.0 as u64).to_le_bytes().to_vec(),
                 ),
                 ("fee_pool", (self.fee_pool.0 as u64).to_le_bytes().to_vec()),
+                ("oracle_ms", self.oracle_ms.to_le_bytes().to_vec()),
                 (
                     "priority_served",
                     self.priority_served.to_le_bytes().to_vec(),
@@ -612,13 +623,23 @@ impl SettlementState {
         leaf::state_root(
             self.account_tree.root(),
             self.instrument_tree.root(),
-            leaf::funds_hash(
-                self.insurance,
-                self.fee_pool,
-                self.accounts.len() as u32,
-                self.instruments.len() as u32,
-            ),
+            leaf::funds_hash(self.insurance, self.fee_pool, self.counts()),
         )
+    }
+
+    /// The funds leaf's counts: accounts opened, instruments listed, the committed oracle time.
+    pub fn counts(&self) -> leaf::Counts {
+        leaf::Counts {
+            accounts: self.accounts.len() as u32,
+            instruments: self.instruments.len() as u32,
+            oracle_ms: self.oracle_ms,
+        }
+    }
+
+    /// The latest publication time (ms) of the oracle updates whose marks the state committed
+    /// (0 before the first mark).
+    pub fn oracle_ms(&self) -> u64 {
+        self.oracle_ms
     }
 
     /// Checks that every op names what exists (counting what the batch itself creates), so that
@@ -760,6 +781,7 @@ impl SettlementState {
                 first_new_instrument: self.instruments.len() as u32,
                 insurance: self.insurance,
                 fee_pool: self.fee_pool,
+                oracle_ms: self.oracle_ms,
                 priority_served: self.priority_served,
                 settling: Vec::new(),
                 open_at_start: BTreeMap::new(),
@@ -1001,6 +1023,7 @@ impl SettlementState {
             fee_pool: self.fee_pool,
             accounts: self.accounts.len() as u32,
             instruments: self.instruments.len() as u32,
+            oracle_ms: self.oracle_ms,
             account,
             leaf: a.leaf(&self.payoffs()),
             account_proof: self
@@ -1411,6 +1434,7 @@ struct Scratch {
     first_new_instrument: u32,
     insurance: Amount,
     fee_pool: Amount,
+    oracle_ms: u64,
     priority_served: u64,
     /// Positions settled whose instrument's settlement op has not come yet: (instrument, qty,
     /// cash, op index).
@@ -1796,6 +1820,7 @@ impl Scratch {
                 mark,
                 index,
                 risk,
+                published_ms,
             } => {
                 if index.0 <= 0 {
                     return Err(StateError::OutOfRange(i));
@@ -1807,6 +1832,7 @@ impl Scratch {
                 inst.mark = *mark;
                 inst.index = *index;
                 inst.risk = risk.clone();
+                self.oracle_ms = self.oracle_ms.max(*published_ms);
             }
         }
         Ok(())
@@ -1845,6 +1871,7 @@ impl Scratch {
         }
         state.insurance = self.insurance;
         state.fee_pool = self.fee_pool;
+        state.oracle_ms = self.oracle_ms;
         state.priority_served = self.priority_served;
     }
 

@@ -209,6 +209,9 @@ pub enum Op {
         index: Price,
         /// Risk array.
         risk: Vec<Amount>,
+        /// When the oracle published the update the mark came in (ms, its signed time): the
+        /// state keeps the latest such time committed (`SettlementState::oracle_ms`).
+        published_ms: u64,
     },
 }
 
@@ -402,6 +405,7 @@ pub fn ops_from(
                         mark: m.mark,
                         index: u.index_price,
                         risk: m.risk_array.clone(),
+                        published_ms: u.published_ms,
                     }));
                 }
             }

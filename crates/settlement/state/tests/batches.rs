@@ -151,6 +151,7 @@ fn histories_exercise_every_kind_of_settlement_op() {
             mark: Price(0),
             index: Price(60_000_000_000),
             risk: Vec::new(),
+            published_ms: 0,
         },
     ];
     for op in want {

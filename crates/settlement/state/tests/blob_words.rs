@@ -24,6 +24,8 @@ fn ops() -> Vec<Op> {
             mark: Price(-5),
             index: Price(i64::MAX),
             risk: vec![Amount(-(1 << 46)), Amount(0), Amount((1 << 46) + 3)],
+            // All 64 bits of the time (over the two account ids' places in the first word).
+            published_ms: u64::MAX - 1,
         },
         Op::Fill {
             instrument: InstrumentId(1),
@@ -121,6 +123,7 @@ fn what_the_format_cannot_hold_is_refused_at_encoding() {
         mark: Price(1),
         index: Price(60_000_000_000),
         risk: vec![Amount(1 << 47)],
+        published_ms: 0,
     }];
     assert_eq!(
         encode(&meta(), &too_wide).map(|_| ()),
@@ -134,6 +137,7 @@ fn what_the_format_cannot_hold_is_refused_at_encoding() {
         mark: Price(1),
         index: Price(-1),
         risk: Vec::new(),
+        published_ms: 0,
     }];
     assert_eq!(
         encode(&meta(), &no_index).map(|_| ()),
