@@ -33,4 +33,12 @@ pub use query::{InstrumentMargin, InstrumentView, MarginView, OracleView};
 /// 2: a liquidation auction's clock runs on the oracle's signed time (it starts at the latest
 /// accepted update's publication time and its discount grows with later updates'), not the
 /// inputs' time.
-pub const RULES: u32 = 2;
+///
+/// 3: an auction's price rounds toward the liquidated account (its discount down to a
+/// micro-USDC from the exact rate, a long's price up to a tick, a short's down), so that every
+/// step stays within the proven schedule (`optio_types::within_liquidation_schedule`); rules 2
+/// rounded both against it, up to a tick past the schedule. A start deeper or a run shorter
+/// than the proven schedule's is refused (`RiskConfig::unprovable`). The auction's clock
+/// counts only updates that marked an instrument (whose marks, and so whose time, a batch
+/// commits): one that marks nothing leaves it.
+pub const RULES: u32 = 3;

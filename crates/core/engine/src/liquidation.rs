@@ -154,31 +154,53 @@ impl<M: MarginModel> Engine<M> {
         // The index clamped to the cap, as settlement clamps it; the validity circuit bounds the
         // fee and the discount by the same value at the index committed with the mark.
         let reference = optio_types::liquidation_reference(&inst.spec, index);
-        let r = &self.risk;
-        let elapsed = i128::from(
-            self.oracle_time_ms()
-                .saturating_sub(since)
-                .min(r.liquidation_duration_ms),
-        );
-        let duration = i128::from(r.liquidation_duration_ms.max(1));
-        let bps = i128::from(r.liquidation_start_bps)
-            + (i128::from(r.liquidation_max_bps) - i128::from(r.liquidation_start_bps)) * elapsed
-                / duration;
-        let discount = (reference * bps + BPS - 1) / BPS;
-        let tick = i128::from(inst.spec.tick_size.0);
-        let max = i128::from(inst.max_price.0);
-        // The liquidator buys a long below the mark and takes a short above it, to whole ticks,
-        // rounded against the liquidated account.
-        let price = if long {
-            (i128::from(mark.0) - discount).max(0).div_euclid(tick) * tick
-        } else {
-            ((i128::from(mark.0) + discount + tick - 1).div_euclid(tick) * tick).min(max)
-        };
-        let price = Self::within_stress(*mark, risk, tick, long, price);
-        Ok((
-            Self::within_discount(*mark, reference, tick, long, price),
+        let elapsed = self.oracle_time_ms().saturating_sub(since);
+        let price = Self::schedule_price(
+            &self.risk,
+            elapsed,
+            (*mark, risk),
             reference,
-        ))
+            i128::from(inst.spec.tick_size.0),
+            i128::from(inst.max_price.0),
+            long,
+        );
+        Ok((price, reference))
+    }
+
+    /// The auction's price `elapsed_ms` into it (by the oracle's clock) for a position of sign
+    /// `long` at `mark` (with its risk array): the discount grows from `liquidation_start_bps`
+    /// to `liquidation_max_bps` of `reference` over `liquidation_duration_ms`, exactly (no
+    /// rounding of the rate), rounded down to a micro-USDC; the liquidator buys a long below the
+    /// mark and takes a short above it, to whole ticks, rounded toward the liquidated account
+    /// (a long up, a short down, under `max`), then held to the stress range and the deepest
+    /// discount, which only move it toward the account. So every price stays within the proven
+    /// schedule (`optio_types::within_liquidation_schedule`) of a configuration that
+    /// `RiskConfig::unprovable` accepts (engine rules 3; rules 2 rounded the discount and the
+    /// tick against the account, up to a tick past the schedule).
+    fn schedule_price(
+        r: &optio_types::RiskConfig,
+        elapsed_ms: u64,
+        (mark, risk): (Price, &[i64]),
+        reference: i128,
+        tick: i128,
+        max: i128,
+        long: bool,
+    ) -> Price {
+        let duration = i128::from(r.liquidation_duration_ms.max(1));
+        let run = i128::from(elapsed_ms.min(r.liquidation_duration_ms));
+        let (start, deepest) = (
+            i128::from(r.liquidation_start_bps),
+            i128::from(r.liquidation_max_bps),
+        );
+        let discount =
+            (reference * (start * duration + (deepest - start) * run)).div_euclid(BPS * duration);
+        let price = if long {
+            ceil_div((i128::from(mark.0) - discount).max(0), tick) * tick
+        } else {
+            (floor_div(i128::from(mark.0) + discount, tick) * tick).min(max)
+        };
+        let price = Self::within_stress(mark, risk, tick, long, price);
+        Self::within_discount(mark, reference, tick, long, price)
     }
 
     /// `price` held, in whole ticks, to `MAX_LIQUIDATION_DISCOUNT_BPS` of `reference` from the
@@ -715,9 +737,96 @@ impl<M: MarginModel> Engine<M> {
 
 #[cfg(test)]
 mod tests {
-    use optio_types::{InstrumentSpec, Price, WorstCaseMargin};
+    use optio_types::{InstrumentSpec, Price, RiskConfig, WorstCaseMargin};
 
     type E = super::Engine<WorstCaseMargin>;
+
+    /// Every auction price, at every step of any schedule `RiskConfig::unprovable` accepts (the
+    /// default, a shallower start, a shallower maximum, a longer run), for marks on and off the
+    /// tick grid and ticks from a micro-USDC to wider than the deepest discount, stays within
+    /// the proven schedule; and at the default settings the discount reaches the schedule's to
+    /// within a tick and a micro-USDC (the engine does not sell shallower than it must).
+    #[test]
+    fn auction_prices_stay_within_the_proven_schedule() {
+        let spec = InstrumentSpec {
+            underlying_cap: Price(1_000_000_000_000),
+            ..InstrumentSpec::with_defaults("BTC-PERPETUAL".parse().expect("name"), Price(1))
+        };
+        let d = optio_types::PROVEN_LIQUIDATION_DURATION_MS;
+        let configs = [
+            RiskConfig::default(),
+            RiskConfig {
+                liquidation_start_bps: 0,
+                ..RiskConfig::default()
+            },
+            RiskConfig {
+                liquidation_max_bps: 700,
+                ..RiskConfig::default()
+            },
+            RiskConfig {
+                liquidation_duration_ms: 4 * d,
+                ..RiskConfig::default()
+            },
+        ];
+        let mut checked = 0;
+        for r in &configs {
+            assert_eq!(r.unprovable(), None);
+            for index in [60_000_000_000i64, 3_333_333_333, 1_000_001] {
+                let reference = optio_types::liquidation_reference(&spec, Price(index));
+                for mark in [index, index + 7, index / 3 + 1, 999_999] {
+                    for tick in [1i128, 10, 500_000, 100_000_000, 20_000_000_000] {
+                        for elapsed in [0, 1, 999, d / 3, d - 1, d, d + 1, 10 * d] {
+                            for long in [true, false] {
+                                let price = E::schedule_price(
+                                    r,
+                                    elapsed,
+                                    // Scenarios wide enough not to bind.
+                                    (Price(mark), &[-mark, mark]),
+                                    reference,
+                                    tick,
+                                    i128::from(i64::MAX),
+                                    long,
+                                );
+                                assert!(
+                                    optio_types::within_liquidation_schedule(
+                                        &spec,
+                                        Price(index),
+                                        Price(mark),
+                                        price,
+                                        long,
+                                        elapsed
+                                    ),
+                                    "{r:?} index {index} mark {mark} tick {tick} elapsed {elapsed} long {long}: {price:?}"
+                                );
+                                if r == &RiskConfig::default() && tick == 1 {
+                                    // One micro-USDC deeper breaks the schedule, unless the
+                                    // stress range binds (zero for a long, twice the mark for
+                                    // a short).
+                                    let deeper =
+                                        Price(if long { price.0 - 1 } else { price.0 + 1 });
+                                    assert!(
+                                        (long && price.0 == 0)
+                                            || (!long && price.0 == 2 * mark)
+                                            || !optio_types::within_liquidation_schedule(
+                                                &spec,
+                                                Price(index),
+                                                Price(mark),
+                                                deeper,
+                                                long,
+                                                elapsed
+                                            ),
+                                        "index {index} mark {mark} elapsed {elapsed} long {long}: {price:?} is shallower than it must be"
+                                    );
+                                }
+                                checked += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(checked, 4 * 3 * 4 * 5 * 8 * 2);
+    }
 
     /// A tick wider than the deepest discount: prices move to the nearest whole tick within it,
     /// toward the liquidated account, and pass the proof's rule; prices already within it stay.

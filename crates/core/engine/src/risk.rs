@@ -19,6 +19,8 @@ use crate::engine::{Engine, InstrumentState};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct OracleState {
     pub index_price: Price,
+    /// When the latest accepted update that marked an instrument was published (0 before
+    /// one): the auction's clock, and what the settlement state commits with the marks.
     pub published_ms: u64,
     pub held: Option<(Price, u64)>,
 }
@@ -642,16 +644,26 @@ impl<M: MarginModel> Engine<M> {
                 return Ok(());
             }
         }
+        // The auction's clock (`oracle_time_ms`) reads the publication times of the updates that
+        // marked something: those a batch commits the marks of, and with them their time (the
+        // settlement state's `oracle_ms`). An update that marks nothing (every instrument of its
+        // underlying settled, perhaps by it) leaves the time where it was.
+        let marks_any = u
+            .marks
+            .iter()
+            .any(|m| self.instruments[m.instrument.0 as usize].status != InstrumentStatus::Settled);
         let oracle = self
             .oracles
             .entry(u.underlying.clone())
             .or_insert_with(|| OracleState {
                 index_price: u.index_price,
-                published_ms: u.published_ms,
+                published_ms: 0,
                 held: None,
             });
         oracle.index_price = u.index_price;
-        oracle.published_ms = u.published_ms;
+        if marks_any {
+            oracle.published_ms = u.published_ms;
+        }
         oracle.held = None;
         // A settled instrument keeps its settlement value (this update may have settled it).
         for mark in &u.marks {

@@ -34,11 +34,11 @@ pub use margin::{
 };
 pub use oracle::{
     MAX_LIQUIDATION_DISCOUNT_BPS, MAX_LIQUIDATION_FEE_BPS, MarginMode, MarkUpdate, OracleUpdate,
-    PROVEN_PM_MAINTENANCE_BPS, PROVEN_PM_SHORT_OPTION_FLOOR_BPS,
-    PROVEN_STANDARD_PERP_MAINTENANCE_BPS, RiskConfig, STANDARD_SHORT_OPTION_INITIAL_BPS,
-    STANDARD_SHORT_OPTION_MAINTENANCE_BPS, STANDARD_SHORT_OPTION_MIN_INITIAL_BPS, SettlementUpdate,
-    UpdateFormat, liquidation_reference, max_liquidation_fee, stress_range,
-    within_liquidation_discount,
+    PROVEN_LIQUIDATION_DURATION_MS, PROVEN_LIQUIDATION_START_BPS, PROVEN_PM_MAINTENANCE_BPS,
+    PROVEN_PM_SHORT_OPTION_FLOOR_BPS, PROVEN_STANDARD_PERP_MAINTENANCE_BPS, RiskConfig,
+    STANDARD_SHORT_OPTION_INITIAL_BPS, STANDARD_SHORT_OPTION_MAINTENANCE_BPS,
+    STANDARD_SHORT_OPTION_MIN_INITIAL_BPS, SettlementUpdate, UpdateFormat, liquidation_reference,
+    max_liquidation_fee, stress_range, within_liquidation_discount, within_liquidation_schedule,
 };
 pub use reject::RejectCode;
 pub use state::{CanonicalState, EngineLimits, FillBudget, MarkWindows, ProofLimits, SettleBudget};

@@ -260,6 +260,46 @@ pub fn within_liquidation_discount(
         >= 0
 }
 
+/// The auction's discount at its start, in basis points of the reference: the proven schedule's
+/// (`within_liquidation_schedule`). The engine may start shallower, not deeper.
+pub const PROVEN_LIQUIDATION_START_BPS: u32 = 100;
+/// How long the proven schedule takes to reach `MAX_LIQUIDATION_DISCOUNT_BPS`, ms of the
+/// oracle's signed clock; deleveraging waits as long. The engine may take longer, not less.
+pub const PROVEN_LIQUIDATION_DURATION_MS: u64 = 15 * 60_000;
+
+/// Whether a liquidation `elapsed_ms` into its auction (by the oracle's signed clock) that sells
+/// a long (`long`) or buys back a short of `spec` at `price` stays within the proven schedule's
+/// discount from `mark`: `START + (MAX - START) * min(elapsed, DURATION) / DURATION` basis
+/// points of the reference (`liquidation_reference` at `index`), exactly, with no rounding:
+/// `1e4 * DURATION * (price - mark) + reference * (START * DURATION + (MAX - START) *
+/// min(elapsed, DURATION)) >= 0` for a long, `mark - price` for a short. An engine configured
+/// no deeper than the schedule (a start no deeper, a maximum no deeper, a duration no shorter:
+/// `RiskConfig::unprovable`) that rounds its prices toward the liquidated account stays within
+/// it at every step (`docs/settlement.md`, "The auction's schedule").
+pub fn within_liquidation_schedule(
+    spec: &crate::InstrumentSpec,
+    index: crate::Price,
+    mark: crate::Price,
+    price: crate::Price,
+    long: bool,
+    elapsed_ms: u64,
+) -> bool {
+    let room = if long {
+        i128::from(price.0) - i128::from(mark.0)
+    } else {
+        i128::from(mark.0) - i128::from(price.0)
+    };
+    let duration = i128::from(PROVEN_LIQUIDATION_DURATION_MS);
+    let (start, max) = (
+        i128::from(PROVEN_LIQUIDATION_START_BPS),
+        i128::from(MAX_LIQUIDATION_DISCOUNT_BPS),
+    );
+    let run = i128::from(elapsed_ms.min(PROVEN_LIQUIDATION_DURATION_MS));
+    10_000 * duration * room
+        + liquidation_reference(spec, index) * (start * duration + (max - start) * run)
+        >= 0
+}
+
 impl RiskConfig {
     /// Why a validity proof could not hold an engine at these settings (some of its honest
     /// fills, liquidations or fees would be unprovable), or `None`: a liquidation fee above
@@ -279,6 +319,10 @@ impl RiskConfig {
             > MAX_LIQUIDATION_DISCOUNT_BPS
         {
             Some("liquidation discount above its provable maximum")
+        } else if self.liquidation_start_bps > PROVEN_LIQUIDATION_START_BPS {
+            Some("liquidation auction starting deeper than the proven schedule")
+        } else if self.liquidation_duration_ms < PROVEN_LIQUIDATION_DURATION_MS {
+            Some("liquidation auction shorter than the proven schedule")
         } else if self.pm_maintenance_bps != PROVEN_PM_MAINTENANCE_BPS {
             Some("portfolio maintenance other than the proven weight")
         } else if self.pm_short_option_floor_bps != PROVEN_PM_SHORT_OPTION_FLOOR_BPS {

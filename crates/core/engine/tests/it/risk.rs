@@ -1220,3 +1220,86 @@ fn the_margin_view_splits_positions_from_open_orders_in_every_mode() {
     assert!(e.margin_view(AccountId(99)).is_none());
     e.check_invariants().expect("audit");
 }
+
+/// The auction's clock (each underlying's latest publication time, which `OracleView` shows)
+/// counts only updates that marked an instrument: a batch commits those marks with their time
+/// (the settlement state's `oracle_ms`), so an update that marks nothing (its underlying's
+/// last instrument settled by it, or already) leaves the clock where the committed time is.
+/// Such an update is still taken (its settlement pays).
+#[test]
+fn an_update_that_marks_nothing_leaves_the_auctions_clock() {
+    let mut e = market();
+    let put =
+        InstrumentSpec::with_defaults("ETH-21DEC24-3000-P".parse().expect("name"), px(10_000));
+    run(&mut e, T0, Command::ListInstrument { spec: put.clone() }).expect("lists");
+    run(
+        &mut e,
+        T0,
+        Command::ActivateInstrument {
+            instrument: InstrumentId(4),
+        },
+    )
+    .expect("activates");
+    let marked = |at: u64| {
+        build_update(
+            "ETH",
+            &surface(3_000.0),
+            &default_scenarios(),
+            &[(InstrumentId(4), &put)],
+            at,
+        )
+        .expect("builds")
+    };
+    let published = |e: &Engine| e.oracle("ETH").expect("an ETH oracle").published_ms;
+    run(
+        &mut e,
+        T0 + 1_000,
+        Command::OracleUpdate(marked(T0 + 1_000)),
+    )
+    .expect("marks");
+    assert_eq!(published(&e), T0 + 1_000);
+    // After the expiry: the settlement price, with no mark (the settled put takes none).
+    let expiry = T0 + 3_600_000;
+    let settles = OracleUpdate {
+        underlying: "ETH".into(),
+        published_ms: expiry + 1_000,
+        index_price: Price(3_000 * MONEY_SCALE),
+        marks: Vec::new(),
+        settlements: vec![SettlementUpdate {
+            instrument: InstrumentId(4),
+            price: Price(3_000 * MONEY_SCALE),
+            attestation: [0; 65],
+        }],
+    };
+    let events = run(&mut e, expiry + 1_000, Command::OracleUpdate(settles)).expect("settles");
+    assert!(
+        events
+            .iter()
+            .any(|ev| matches!(ev, Event::InstrumentSettled { instrument, .. } if *instrument == InstrumentId(4))),
+        "{events:?}"
+    );
+    assert_eq!(published(&e), T0 + 1_000, "a settlement without marks");
+    // Later updates of the underlying have nothing to mark.
+    let nothing = OracleUpdate {
+        underlying: "ETH".into(),
+        published_ms: expiry + 2_000,
+        index_price: Price(3_001 * MONEY_SCALE),
+        marks: Vec::new(),
+        settlements: Vec::new(),
+    };
+    run(&mut e, expiry + 2_000, Command::OracleUpdate(nothing)).expect("taken");
+    assert_eq!(published(&e), T0 + 1_000, "an update that marks nothing");
+    assert_eq!(
+        e.oracle("ETH").expect("ETH").index_price,
+        Price(3_001 * MONEY_SCALE),
+        "its index is taken"
+    );
+    // A BTC update marks its instruments: the clock moves.
+    run(
+        &mut e,
+        expiry + 2_000,
+        Command::OracleUpdate(update(60_000.0, expiry + 2_000)),
+    )
+    .expect("marks");
+    assert_eq!(e.oracle("BTC").expect("BTC").published_ms, expiry + 2_000);
+}

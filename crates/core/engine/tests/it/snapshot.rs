@@ -39,10 +39,10 @@ fn a_liquidation_fee_above_the_provable_maximum_is_refused() {
 /// Each of `settings` at `proven` (the one a validity proof checks) restores; one `past` it (a
 /// unit below a least setting, above a most) is refused, in a decoded state, in the snapshot's
 /// bytes (with `message`) and by the engine's constructor.
-fn refused_past_proven(
-    settings: &[fn(&mut optio_types::RiskConfig) -> &mut u32],
-    proven: u32,
-    past: fn(u32) -> u32,
+fn refused_past_proven<T: Copy>(
+    settings: &[fn(&mut optio_types::RiskConfig) -> &mut T],
+    proven: T,
+    past: fn(T) -> T,
     message: &'static str,
 ) {
     for setting in settings {
@@ -50,10 +50,10 @@ fn refused_past_proven(
     }
 }
 
-fn refused_one_past_proven(
-    setting: fn(&mut optio_types::RiskConfig) -> &mut u32,
-    proven: u32,
-    past: fn(u32) -> u32,
+fn refused_one_past_proven<T: Copy>(
+    setting: fn(&mut optio_types::RiskConfig) -> &mut T,
+    proven: T,
+    past: fn(T) -> T,
     message: &'static str,
 ) {
     let mut state = CanonicalState::decode(&busy_snapshot()).expect("decodes");
@@ -99,17 +99,29 @@ fn refused_off_proven(
 }
 
 /// An auction discount deeper than a validity proof allows (`MAX_LIQUIDATION_DISCOUNT_BPS`), at
-/// its start or at its end, is refused.
+/// its start or at its end, is refused; so is a start deeper than the proven schedule's
+/// (`PROVEN_LIQUIDATION_START_BPS`), and an auction that runs its course faster than it
+/// (`PROVEN_LIQUIDATION_DURATION_MS`): either would sell below the schedule a proof holds each
+/// liquidation to.
 #[test]
 fn a_liquidation_discount_above_the_provable_maximum_is_refused() {
     refused_past_proven(
-        &[
-            |r| &mut r.liquidation_start_bps,
-            |r| &mut r.liquidation_max_bps,
-        ],
+        &[|r| &mut r.liquidation_max_bps],
         optio_types::MAX_LIQUIDATION_DISCOUNT_BPS,
         |v| v + 1,
         "liquidation discount above its provable maximum",
+    );
+    refused_past_proven(
+        &[|r| &mut r.liquidation_start_bps],
+        optio_types::PROVEN_LIQUIDATION_START_BPS,
+        |v| v + 1,
+        "liquidation auction starting deeper than the proven schedule",
+    );
+    refused_past_proven(
+        &[|r| &mut r.liquidation_duration_ms],
+        optio_types::PROVEN_LIQUIDATION_DURATION_MS,
+        |v| v - 1,
+        "liquidation auction shorter than the proven schedule",
     );
 }
 
