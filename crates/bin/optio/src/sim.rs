@@ -62,7 +62,7 @@ use optio_gateway::client::{
 use optio_gateway::{Clock, Config, Gateway};
 use optio_oracle::{OracleSigner, SettlementFeed, build_update};
 use optio_settler::{OptioRollup, Settler, TestUSDC, U256, transact};
-use optio_types::{AccountId, Command, InstrumentSpec, MONEY_SCALE};
+use optio_types::{AccountId, Command, InstrumentSpec, MONEY_SCALE, RejectCode};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Value, json};
@@ -121,6 +121,9 @@ pub struct Stats {
     settlement_prices: u64,
     liquidations: u64,
     deleverages: u64,
+    /// Deleverages the engine refused because the auction had not run its course by its
+    /// clock (`AuctionNotOver`): the operator's job reads the same clock, so none.
+    deleverages_early: u64,
     deposits: u64,
     forced_withdrawals: u64,
     forced_closes: u64,
@@ -159,6 +162,7 @@ impl Stats {
         self.settlement_prices += s.settlement_prices;
         self.liquidations += s.liquidations;
         self.deleverages += s.deleverages;
+        self.deleverages_early += s.deleverages_early;
         self.deposits += s.deposits;
         self.forced_withdrawals += s.forced_withdrawals;
         self.forced_closes += s.forced_closes;
@@ -183,7 +187,7 @@ impl Stats {
 
     fn line(&self) -> String {
         format!(
-            "{} orders ({} accepted), {} cancels, {} hostile refused, {} oracle updates ({} stalls, {} jumps, {} settlement prices), {} put fills ({} put positions settled), {} liquidation bids filled, {} deleverages, {} L1 deposits, {} forced withdrawals, {} forced closes ({} positions moved), {} settler rounds, {} L1 reorgs ({} txs dropped), {} crashes ({} restarts from a snapshot, {} torn tails, {} unsynced groups lost, {} kept), {} slow subscribers, {} book changes checked, {} batches ({} checked against the circuit), {} session key changes, {} orders signed by a session key",
+            "{} orders ({} accepted), {} cancels, {} hostile refused, {} oracle updates ({} stalls, {} jumps, {} settlement prices), {} put fills ({} put positions settled), {} liquidation bids filled, {} deleverages ({} refused as early), {} L1 deposits, {} forced withdrawals, {} forced closes ({} positions moved), {} settler rounds, {} L1 reorgs ({} txs dropped), {} crashes ({} restarts from a snapshot, {} torn tails, {} unsynced groups lost, {} kept), {} slow subscribers, {} book changes checked, {} batches ({} checked against the circuit), {} session key changes, {} orders signed by a session key",
             self.orders,
             self.accepted,
             self.cancels,
@@ -196,6 +200,7 @@ impl Stats {
             self.put_settled,
             self.liquidations,
             self.deleverages,
+            self.deleverages_early,
             self.deposits,
             self.forced_withdrawals,
             self.forced_closes,
@@ -983,7 +988,8 @@ impl World {
     }
 
     /// Liquidators bid on every liquidating account's position; once an auction has run its
-    /// course, the operator deleverages what is left.
+    /// course by the engine's clock (the oracle's signed time: the latest accepted update that
+    /// marked something), the operator deleverages what is left.
     fn liquidate(&mut self) -> Result<()> {
         if self.rng.random_range(0..20) == 0 {
             // The liquidators go away for ten to thirty minutes: auctions run their course.
@@ -994,6 +1000,12 @@ impl World {
         let state = self.gateway().canonical_state();
         let duration = state.risk.liquidation_duration_ms;
         let step = state.risk.liquidation_step_bps;
+        let oracle_ms = state
+            .oracles
+            .iter()
+            .map(|o| o.published_ms)
+            .max()
+            .unwrap_or(0);
         for (id, account) in state.accounts.iter().enumerate() {
             let Some(since) = account.liquidating_since else {
                 continue;
@@ -1003,13 +1015,16 @@ impl World {
                     .spec
                     .name
                     .to_string();
-                if self.now_ms() >= since + duration {
+                if oracle_ms >= since + duration {
                     let done = self.gateway().submit_admin(vec![Command::Deleverage {
                         account: AccountId(id as u32),
                         instrument: p.instrument,
                     }])?;
                     if done.iter().all(Result::is_ok) {
                         self.stats.deleverages += 1;
+                    }
+                    if done.contains(&Err(RejectCode::AuctionNotOver)) {
+                        self.stats.deleverages_early += 1;
                     }
                     continue;
                 }

@@ -107,6 +107,10 @@ fn fixed_seeds_run_without_a_violation() {
     ] {
         assert!(count(&text, label) > 0, "no {label}: {text}");
     }
+    // The operator deleverages by the engine's clock, the oracle's signed time: never while
+    // the auction has not run its course by it (the inputs' clock sent one of these seeds'
+    // deleverages early, through an oracle stall).
+    assert_eq!(count(&text, "refused as early"), 0, "{text}");
 }
 
 /// A seed's run repeats exactly: the same inputs, faults and outcomes, ending on the same state
