@@ -251,13 +251,19 @@ pub fn within_liquidation_discount(
     price: crate::Price,
     long: bool,
 ) -> bool {
-    let room = if long {
+    10_000 * liquidation_room(mark, price, long)
+        + liquidation_reference(spec, index) * i128::from(MAX_LIQUIDATION_DISCOUNT_BPS)
+        >= 0
+}
+
+/// How far a liquidation's price lies from the mark on the liquidated account's side: above it
+/// for a long sold (`long`), below it for a short bought back (negative: a discount).
+fn liquidation_room(mark: crate::Price, price: crate::Price, long: bool) -> i128 {
+    if long {
         i128::from(price.0) - i128::from(mark.0)
     } else {
         i128::from(mark.0) - i128::from(price.0)
-    };
-    10_000 * room + liquidation_reference(spec, index) * i128::from(MAX_LIQUIDATION_DISCOUNT_BPS)
-        >= 0
+    }
 }
 
 /// The auction's discount at its start, in basis points of the reference: the proven schedule's
@@ -284,11 +290,7 @@ pub fn within_liquidation_schedule(
     long: bool,
     elapsed_ms: u64,
 ) -> bool {
-    let room = if long {
-        i128::from(price.0) - i128::from(mark.0)
-    } else {
-        i128::from(mark.0) - i128::from(price.0)
-    };
+    let room = liquidation_room(mark, price, long);
     let duration = i128::from(PROVEN_LIQUIDATION_DURATION_MS);
     let (start, max) = (
         i128::from(PROVEN_LIQUIDATION_START_BPS),

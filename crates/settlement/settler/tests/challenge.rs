@@ -1670,23 +1670,14 @@ fn strangers(venue: &Venue) -> ([u8; 32], optio_oracle::OracleSigner) {
 
 /// Mark op `mark` posting `published_ms` as its publication time.
 fn timed(mark: &Op, published_ms: u64) -> Op {
-    let Op::Mark {
-        instrument,
-        mark,
-        index,
-        risk,
-        ..
-    } = mark
-    else {
-        panic!("not a mark: {mark:?}")
-    };
-    Op::Mark {
-        instrument: *instrument,
-        mark: *mark,
-        index: *index,
-        risk: risk.clone(),
-        published_ms,
+    let mut op = mark.clone();
+    match &mut op {
+        Op::Mark {
+            published_ms: at, ..
+        } => *at = published_ms,
+        _ => panic!("not a mark: {mark:?}"),
     }
+    op
 }
 
 /// The oracle's attestation of mark op `mark`, published at `published_ms`, as the oracle signs
