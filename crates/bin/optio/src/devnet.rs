@@ -391,17 +391,21 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
     let temp = tempfile::tempdir().context("temporary data directory")?;
     let dir = args.data.clone().unwrap_or_else(|| temp.path().to_owned());
     let oracle = OracleSigner::from_bytes([0x0c; 32]).context("oracle key")?;
+    // The shape (named by the key files) is checked before its keys, which may take gigabytes,
+    // are read.
     let keys = match &args.prove_keys {
-        Some(dir) => Some(Arc::new(
-            optio_prover::Keys::read_only(dir).map_err(|e| anyhow::anyhow!("--prove-keys: {e}"))?,
-        )),
+        Some(dir) => {
+            let keys = |e| anyhow::anyhow!("--prove-keys: {e}");
+            let shape = optio_prover::Keys::shape_in(dir).map_err(keys)?;
+            shape
+                .check()
+                .map_err(|e| anyhow::anyhow!("--prove-keys: shape_unusable: {e}"))?;
+            Some(Arc::new(
+                optio_prover::Keys::read(dir, shape).map_err(keys)?,
+            ))
+        }
         None => None,
     };
-    if let Some(k) = &keys {
-        k.shape
-            .check()
-            .map_err(|e| anyhow::anyhow!("--prove-keys: shape_unusable: {e}"))?;
-    }
     let capacity = keys.as_ref().map(|k| crate::prove::capacity(k.shape));
     let demo_key = secp256k1::SecretKey::from_secret_bytes([0xde; 32]).context("demo key")?;
     let demo_address = optio_intents::address_of(&secp256k1::PublicKey::from_secret_key(&demo_key));

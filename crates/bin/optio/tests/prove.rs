@@ -276,3 +276,59 @@ fn a_shape_whose_settlements_could_pay_no_part_is_refused() {
     );
     assert_eq!(std::fs::read_dir(keys.path()).expect("dir").count(), 0);
 }
+
+/// Keys named for such a shape (made by another tool, or by hand) are refused the same way by
+/// `optio node` and `optio devnet --prove-keys`, from the files' name, before anything starts
+/// or any key is read: the files here are empty.
+#[test]
+fn a_node_or_devnet_with_keys_of_an_unusable_shape_refuses_to_start() {
+    let keys = tempfile::tempdir().expect("tempdir");
+    let unusable = "quad-8x8x8x4x2x2x1x1x2x3x2x0x2x2x4x6";
+    for ext in ["pk", "vk"] {
+        std::fs::write(keys.path().join(format!("{unusable}.{ext}")), b"").expect("writes");
+    }
+    let data = tempfile::tempdir().expect("tempdir");
+    let config = data.path().join("optio.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\ndata = \"{}\"\nprove_keys = \"{}\"\n\n[[instrument]]\nname = \"BTC-PERPETUAL\"\nunderlying_cap = \"400000\"\n",
+            data.path().join("data").display(),
+            keys.path().display()
+        ),
+    )
+    .expect("write config");
+    let runs = [
+        vec![
+            "node".into(),
+            "--config".into(),
+            config.display().to_string(),
+            "--duration-s".into(),
+            "4".into(),
+        ],
+        vec![
+            "devnet".into(),
+            "--prove-keys".into(),
+            keys.path().display().to_string(),
+            "--duration-s".into(),
+            "4".into(),
+        ],
+    ];
+    for args in runs {
+        let out = Command::new(env!("CARGO_BIN_EXE_optio"))
+            .args(&args)
+            .env("OPTIO_SEQUENCER_KEY", format!("0x{}", "11".repeat(32)))
+            .output()
+            .expect("runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("shape_unusable: a settlement slot pays at least a long and a short"),
+            "{args:?}: {stderr}"
+        );
+    }
+    assert!(
+        !data.path().join("data").exists(),
+        "the node created no data directory"
+    );
+}
