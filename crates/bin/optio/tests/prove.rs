@@ -145,6 +145,26 @@ fn the_devnet_proves_its_batches_and_l1_verifies_them() {
     assert!(out.contains("every proof checks"), "{out}");
 }
 
+/// A node's configuration in `dir` (its data under `dir/data`) with the prover keys in `keys`:
+/// the perpetual and `instruments` (more `[[instrument]]` tables).
+fn node_config(
+    dir: &std::path::Path,
+    keys: &std::path::Path,
+    instruments: &str,
+) -> std::path::PathBuf {
+    let config = dir.join("optio.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\ndata = \"{}\"\nprove_keys = \"{}\"\n\n[[instrument]]\nname = \"BTC-PERPETUAL\"\nunderlying_cap = \"400000\"\n{instruments}",
+            dir.join("data").display(),
+            keys.display()
+        ),
+    )
+    .expect("write config");
+    config
+}
+
 /// `optio node` with `prove_keys` in its file: its batches are cut to the keys' shape (12
 /// listings and activations, at most 8 listing slots a batch), so that `optio prove run`
 /// workers, run apart from the node, prove every one of them.
@@ -160,15 +180,7 @@ fn a_node_cuts_its_batches_for_external_provers() {
             format!("[[instrument]]\nname = \"ETH-26MAR27-{k}-C\"\nunderlying_cap = \"20000\"\n")
         })
         .collect();
-    let config = dir.path().join("optio.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"127.0.0.1:0\"\ndata = \"{}\"\nprove_keys = \"{keys_dir}\"\n\n[[instrument]]\nname = \"BTC-PERPETUAL\"\nunderlying_cap = \"400000\"\n{instruments}",
-            dir.path().join("data").display()
-        ),
-    )
-    .expect("write config");
+    let config = node_config(dir.path(), keys.path(), &instruments);
     let node = Command::new(optio)
         .args(["node", "--config"])
         .arg(&config)
@@ -288,16 +300,7 @@ fn a_node_or_devnet_with_keys_of_an_unusable_shape_refuses_to_start() {
         std::fs::write(keys.path().join(format!("{unusable}.{ext}")), b"").expect("writes");
     }
     let data = tempfile::tempdir().expect("tempdir");
-    let config = data.path().join("optio.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"127.0.0.1:0\"\ndata = \"{}\"\nprove_keys = \"{}\"\n\n[[instrument]]\nname = \"BTC-PERPETUAL\"\nunderlying_cap = \"400000\"\n",
-            data.path().join("data").display(),
-            keys.path().display()
-        ),
-    )
-    .expect("write config");
+    let config = node_config(data.path(), keys.path(), "");
     let runs = [
         vec![
             "node".into(),
