@@ -395,13 +395,13 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
     // are read.
     let keys = match &args.prove_keys {
         Some(dir) => {
-            let keys = |e| anyhow::anyhow!("--prove-keys: {e}");
-            let shape = optio_prover::Keys::shape_in(dir).map_err(keys)?;
+            let bad_keys = |e| anyhow::anyhow!("--prove-keys: {e}");
+            let shape = optio_prover::Keys::shape_in(dir).map_err(bad_keys)?;
             shape
                 .check()
                 .map_err(|e| anyhow::anyhow!("--prove-keys: shape_unusable: {e}"))?;
             Some(Arc::new(
-                optio_prover::Keys::read(dir, shape).map_err(keys)?,
+                optio_prover::Keys::read(dir, shape).map_err(bad_keys)?,
             ))
         }
         None => None,

@@ -1000,12 +1000,7 @@ impl World {
         let state = self.gateway().canonical_state();
         let duration = state.risk.liquidation_duration_ms;
         let step = state.risk.liquidation_step_bps;
-        let oracle_ms = state
-            .oracles
-            .iter()
-            .map(|o| o.published_ms)
-            .max()
-            .unwrap_or(0);
+        let oracle_ms = self.gateway().auction_clock_ms();
         for (id, account) in state.accounts.iter().enumerate() {
             let Some(since) = account.liquidating_since else {
                 continue;

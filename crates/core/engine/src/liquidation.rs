@@ -126,13 +126,14 @@ impl<M: MarginModel> Engine<M> {
         }
     }
 
-    /// The auction clock: when the latest oracle update the engine accepted was published (the
-    /// oracle's signed time, over every underlying; 0 before any). An auction starts at it and
+    /// The auction clock: when the latest accepted oracle update that marked an instrument was
+    /// published (the oracle's signed time, over every underlying; 0 before any: the time the
+    /// settlement state commits with the marks, `OracleState::published_ms`). An auction starts at it and
     /// its discount grows with it, so neither moves with the inputs' times, which are the
     /// operator's word: the schedule a validity proof can hold it to reads only times the
     /// oracle signed (docs/settlement.md, "The auction's schedule"). While the oracle is silent
     /// the discount stays where it is, and no liquidation needs it then (marks go stale).
-    pub(crate) fn oracle_time_ms(&self) -> u64 {
+    pub fn oracle_time_ms(&self) -> u64 {
         self.oracles
             .values()
             .map(|o| o.published_ms)

@@ -1127,6 +1127,12 @@ impl Gateway {
             .map(|_| ())
     }
 
+    /// The engine's auction clock (`Engine::oracle_time_ms`): when an auction has run its
+    /// course and deleveraging may begin.
+    pub fn auction_clock_ms(&self) -> u64 {
+        self.lock().sequencer.engine().oracle_time_ms()
+    }
+
     /// The engine's canonical state (tests, the simulator, the settlement check).
     pub fn canonical_state(&self) -> optio_types::CanonicalState {
         self.lock().sequencer.engine().canonical()

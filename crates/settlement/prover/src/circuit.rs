@@ -2586,7 +2586,7 @@ fn mark_entry(
     let published = cs.witness(Fr::from(e.published_ms))?;
     cs.range(&published, 64)?;
     cs.equal_if(&not(&marked), &published, &Wire::zero())?;
-    let later = cs.boolean(e.published_ms > oracle_ms.value.into_bigint().as_ref()[0])?;
+    let later = cs.boolean(signed_order(published.value) > signed_order(oracle_ms.value))?;
     let ahead = published.sub(oracle_ms);
     let step = cs.mul(&later, &ahead)?;
     cs.range(&step.scale(Fr::from(2u64)).sub(&ahead).sub(&later), 64)?;

@@ -202,6 +202,29 @@ fn oracle() -> Address {
 /// for each of its priced ops in order (settlement prices, then marks), an attestation that the
 /// L1 contract's rule accepts: the oracle's signature of that price, published no later than
 /// the batch's time, a mark within `MARK_WINDOW_MS` before it.
+/// The priced ops of batch `b` (settlement prices, then marks, in the posted words' order),
+/// each with its attestation from the batch's section, checked: signed by the oracle over that
+/// op within the batch's time window (`what` names the run in a failure). Also the batch's time.
+fn attested_prices(b: &Batch, what: &str) -> (u64, Vec<(optio_state::Op, auth::PriceAttestation)>) {
+    let (meta, ops) = decode(&b.blob).expect("decodes");
+    let priced: Vec<_> = ops
+        .into_iter()
+        .filter(auth::is_priced)
+        .enumerate()
+        .map(|(k, op)| {
+            let a = auth::price_attestation(&b.authorizations, k).expect("an attestation");
+            assert_eq!(
+                a.check(&op, meta.time_ms, oracle(), &venue()),
+                Ok(()),
+                "{what} batch {} price {k}: {op:?}",
+                b.header.number
+            );
+            (op, a)
+        })
+        .collect();
+    (meta.time_ms, priced)
+}
+
 #[test]
 fn every_price_posts_the_oracles_signature_within_the_window() {
     let (mut marks, mut settlements, mut batches) = (0, 0, 0);
@@ -212,19 +235,12 @@ fn every_price_posts_the_oracles_signature_within_the_window() {
         feed(&mut batcher, &inputs, 1, |_, b| posted.push(b));
         posted.extend(batcher.flush().expect("flushes"));
         for b in &posted {
-            let (meta, ops) = decode(&b.blob).expect("decodes");
-            let ops: Vec<_> = ops.iter().filter(|op| auth::is_priced(op)).collect();
-            for (k, op) in ops.iter().enumerate() {
-                let a = auth::price_attestation(&b.authorizations, k).expect("an attestation");
-                assert_eq!(
-                    a.check(op, meta.time_ms, oracle(), &venue()),
-                    Ok(()),
-                    "seed {seed} batch {} price {k}",
-                    b.header.number
-                );
+            let (time_ms, priced) = attested_prices(b, &format!("seed {seed}"));
+            let ops: Vec<_> = priced.iter().map(|(op, _)| op).collect();
+            for (op, a) in &priced {
                 // Another op of the batch at this place is not attested by it.
-                if let Some(other) = ops.iter().find(|o| *o != op) {
-                    assert!(a.check(other, meta.time_ms, oracle(), &venue()).is_err());
+                if let Some(other) = ops.iter().find(|o| **o != op) {
+                    assert!(a.check(other, time_ms, oracle(), &venue()).is_err());
                 }
             }
             assert_eq!(auth::price_attestation(&b.authorizations, ops.len()), None);
@@ -509,20 +525,10 @@ fn every_part_of_a_settlement_posts_the_prices_signature() {
     posted.extend(batcher.flush().expect("flushes"));
     let mut parts = 0;
     for b in &posted {
-        let (meta, ops) = decode(&b.blob).expect("decodes");
-        let priced: Vec<_> = ops.iter().filter(|op| auth::is_priced(op)).collect();
-        for (k, op) in priced.iter().enumerate() {
-            let a = auth::price_attestation(&b.authorizations, k).expect("an attestation");
-            assert_eq!(
-                a.check(op, meta.time_ms, oracle(), &venue()),
-                Ok(()),
-                "batch {} price {k}: {op:?}",
-                b.header.number
-            );
-        }
-        parts += ops
+        let (_, priced) = attested_prices(b, "the settlement in parts:");
+        parts += priced
             .iter()
-            .filter(|op| matches!(op, optio_state::Op::SettleInstrument { instrument, .. } if instrument.0 == 1))
+            .filter(|(op, _)| matches!(op, optio_state::Op::SettleInstrument { instrument, .. } if instrument.0 == 1))
             .count();
     }
     assert!(parts >= 2, "the put settled in {parts} parts");
