@@ -313,6 +313,14 @@ impl<M: MarginModel> Engine<M> {
                 .remargin_account(AccountId(account as u32))
                 .map_err(|_| bad("margin cannot be computed"))?;
         }
+        // Auctions due at the next accepted update (once margined).
+        engine.liquidations_due = (0..engine.accounts.len() as u32)
+            .map(AccountId)
+            .filter(|&a| {
+                engine.accounts[a.0 as usize].liquidating_since.is_none()
+                    && engine.below_maintenance(a)
+            })
+            .collect();
         engine.check_invariants()?;
         Ok(engine)
     }

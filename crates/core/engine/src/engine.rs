@@ -121,6 +121,15 @@ pub struct Engine<M: MarginModel = WorstCaseMargin> {
     /// settlements after its other ops, so a cover cannot share its account's settlement's
     /// input). Derived: exactly the liquidating accounts that hold no position.
     pub(crate) covers_due: BTreeSet<AccountId>,
+    /// Accounts found below maintenance whose auction starts at the next accepted oracle update
+    /// (engine rules 4: a validity proof checks a start against the marks committed before it,
+    /// and a batch commits its marks after its ops, so an auction cannot start in the update
+    /// whose marks put the account below). Their orders are cancelled and they act as
+    /// liquidating ones, but no liquidator may bid yet. Derived: the mark-margined accounts
+    /// below maintenance that are not liquidating.
+    pub(crate) liquidations_due: BTreeSet<AccountId>,
+    /// Auctions the current input started (they share the fill budget with its deficit covers).
+    pub(crate) starts_now: u32,
     /// The current input settled an instrument.
     pub(crate) settled_now: bool,
     /// Instruments whose settlement price came and that still have holders to pay (or, before
@@ -179,6 +188,8 @@ impl<M: MarginModel> Engine<M> {
             good_till: BTreeSet::new(),
             expiries: BTreeSet::new(),
             covers_due: BTreeSet::new(),
+            liquidations_due: BTreeSet::new(),
+            starts_now: 0,
             settled_now: false,
             settles_due: BTreeSet::new(),
             unposted_expiries: BTreeSet::new(),
@@ -221,6 +232,7 @@ impl<M: MarginModel> Engine<M> {
         self.touched_accounts.clear();
         self.touched_instruments.clear();
         self.settled_now = false;
+        self.starts_now = 0;
         self.expiries_posted_now = 0;
         for id in std::mem::take(&mut self.unposted_expiries) {
             self.post_expiry(id, events);
@@ -789,6 +801,45 @@ impl<M: MarginModel> Engine<M> {
             }
             count.windows = windows;
             count.runs.extend(new_runs);
+        }
+        fits
+    }
+
+    /// Counts one more auction start of `account` into `count` if the fill budget has room
+    /// for it, as the prover's plan counts one: an op slot and the account; and, when the
+    /// account holds no more positions than the shape prices for a liquidation
+    /// (`FillBudget::liquidation_priced`), a margin slot and a register for each position and
+    /// its instrument (the proof prices it below maintenance). Otherwise leaves `count` as it
+    /// was and says no.
+    pub(crate) fn admit_start(&self, count: &mut FillCount, account: AccountId) -> bool {
+        let budget = &self.limits.fill_budget;
+        let held: Vec<u32> = self.accounts[account.0 as usize]
+            .positions
+            .iter()
+            .filter(|(_, slot)| self.positions[**slot as usize].exposure.position.0 != 0)
+            .map(|(i, _)| i.0)
+            .collect();
+        let (mut margins, mut positions) = (count.margins, count.positions);
+        let mut instruments = count.instruments.clone();
+        if held.len() as u64 <= u64::from(budget.liquidation_priced()) {
+            margins += 1;
+            positions += held.len() as u32;
+            instruments.extend(held);
+        }
+        let added = u64::from(!count.accounts.contains(&account));
+        let fits = count.fills < budget.fills
+            && count.accounts.len() as u64 + added <= u64::from(budget.accounts)
+            && margins <= budget.margins
+            && positions <= budget.positions
+            && instruments.len() as u64 <= u64::from(budget.instruments);
+        if fits {
+            count.fills += 1;
+            count.margins = margins;
+            count.positions = positions;
+            count.instruments = instruments;
+            if added == 1 {
+                count.accounts.push(account);
+            }
         }
         fits
     }
@@ -1404,7 +1455,7 @@ impl<M: MarginModel> Engine<M> {
         events: &mut Vec<Event>,
     ) -> Result<(), RejectCode> {
         let acct = self.account(account)?;
-        let (free, liquidating) = (acct.free_collateral(), acct.liquidating_since.is_some());
+        let (free, liquidating) = (acct.free_collateral(), self.in_liquidation(account));
         self.check_amount(amount)?;
         if liquidating {
             return Err(RejectCode::AccountInLiquidation);
@@ -1423,6 +1474,15 @@ impl<M: MarginModel> Engine<M> {
         self.totals.withdrawals += i128::from(amount.0);
         self.credit(account, Amount(-amount.0));
         self.push_balance_event(account, Amount(-amount.0), events);
+    }
+
+    /// Whether `account` is being liquidated or waits for its auction's start
+    /// (`liquidations_due`): either way it may not trade, withdraw or change its mode.
+    pub(crate) fn in_liquidation(&self, account: AccountId) -> bool {
+        self.accounts[account.0 as usize]
+            .liquidating_since
+            .is_some()
+            || self.liquidations_due.contains(&account)
     }
 
     /// Whether `account` holds no position.
@@ -1449,7 +1509,7 @@ impl<M: MarginModel> Engine<M> {
         if source.owner != destination.owner {
             return Err(RejectCode::NotSameOwner);
         }
-        if source.liquidating_since.is_some() {
+        if self.in_liquidation(from) {
             return Err(RejectCode::AccountInLiquidation);
         }
         self.check_account_fresh(from)?;
@@ -1466,7 +1526,7 @@ impl<M: MarginModel> Engine<M> {
 
     fn place_order(&mut self, o: &NewOrder, events: &mut Vec<Event>) -> Result<(), RejectCode> {
         let acct = self.account(o.account)?;
-        if acct.liquidating_since.is_some() {
+        if self.in_liquidation(o.account) {
             return Err(RejectCode::AccountInLiquidation);
         }
         let inst = self.active_instrument(o.instrument)?;
@@ -1642,7 +1702,8 @@ impl<M: MarginModel> Engine<M> {
         qty: Qty,
         events: &mut Vec<Event>,
     ) -> Result<(), RejectCode> {
-        if self.account(account)?.liquidating_since.is_some() {
+        self.account(account)?;
+        if self.in_liquidation(account) {
             return Err(RejectCode::AccountInLiquidation);
         }
         let slot = self.resolve(account, order)?;
@@ -1828,7 +1889,7 @@ impl<M: MarginModel> Engine<M> {
         events: &mut Vec<Event>,
     ) -> Result<(), RejectCode> {
         let acct = self.account(account)?;
-        if acct.liquidating_since.is_some() {
+        if self.in_liquidation(account) {
             return Err(RejectCode::AccountInLiquidation);
         }
         if quotes.is_empty() || quotes.len() > self.limits.max_mass_quote_entries as usize {

@@ -240,12 +240,22 @@ impl<M: MarginModel> Engine<M> {
             }
             // Between inputs a mark-margined account is either above maintenance or being
             // liquidated, and a liquidating account has no open orders.
+            // (or waits for its auction's start: exactly the accounts liquidatable but not
+            // liquidating, `liquidations_due`).
             if acct.mode != MarginMode::WorstCase
                 && acct.liquidating_since.is_none()
                 && acct.balance < acct.maintenance
+                && !self.liquidations_due.contains(&account)
             {
                 return fail(format!(
                     "account {account} is below maintenance but not liquidating"
+                ));
+            }
+            if self.liquidations_due.contains(&account)
+                != (acct.liquidating_since.is_none() && self.below_maintenance(account))
+            {
+                return fail(format!(
+                    "account {account}: an auction is due iff it is liquidatable and not liquidating"
                 ));
             }
             // A liquidating account that holds nothing waits for its deficit's cover, due at
@@ -257,7 +267,7 @@ impl<M: MarginModel> Engine<M> {
                     "account {account}: a cover is due iff it is liquidating with nothing left"
                 ));
             }
-            if acct.liquidating_since.is_some()
+            if self.in_liquidation(account)
                 && (acct.open_orders > 0 || acct.mode == MarginMode::WorstCase)
             {
                 return fail(format!(

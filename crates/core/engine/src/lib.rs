@@ -41,4 +41,10 @@ pub use query::{InstrumentMargin, InstrumentView, MarginView, OracleView};
 /// than the proven schedule's is refused (`RiskConfig::unprovable`). The auction's clock
 /// counts only updates that marked an instrument (whose marks, and so whose time, a batch
 /// commits): one that marks nothing leaves it.
-pub const RULES: u32 = 3;
+///
+/// 4: an account found below maintenance has its orders cancelled at once, but its auction
+/// starts at the beginning of the next accepted oracle update (before its settlements and
+/// marks, at the auction clock then), within the fill budget (`Engine::start_due_liquidations`):
+/// the settlement state commits the start with the marks and the time a proof checks it
+/// against. Until it starts the account acts as a liquidating one, and no liquidator may bid.
+pub const RULES: u32 = 4;

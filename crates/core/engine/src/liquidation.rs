@@ -107,22 +107,52 @@ impl<M: MarginModel> Engine<M> {
             }
             let below = self.below_maintenance(account);
             match (acct.liquidating_since, below) {
+                // Its auction starts at the next accepted oracle update (`liquidations_due`);
+                // its orders go now.
                 (None, true) => {
-                    self.accounts[account.0 as usize].liquidating_since =
-                        Some(self.oracle_time_ms());
-                    events.push(Event::LiquidationStarted { account });
-                    self.remove_orders_where(account, |_| true, DoneReason::Liquidation, events);
-                    // Nothing to auction (a settlement left it bankrupt): cover it now, or
-                    // after the input that settled it.
-                    if self.settled_now && self.flat(account) {
-                        self.covers_due.insert(account);
-                    } else {
-                        self.finish_if_flat(account, events);
+                    if self.liquidations_due.insert(account) {
+                        self.remove_orders_where(
+                            account,
+                            |_| true,
+                            DoneReason::Liquidation,
+                            events,
+                        );
                     }
                 }
+                (None, false) => {
+                    self.liquidations_due.remove(&account);
+                }
                 (Some(_), false) => self.end_liquidation(account, events),
-                _ => {}
+                (Some(_), true) => {}
             }
+        }
+    }
+
+    /// Starts the auctions due (`liquidations_due`) of the accounts still below maintenance,
+    /// at the beginning of an accepted oracle update: before its settlements and marks, at the
+    /// auction clock then (the previous update's time), so that the marks and the time a
+    /// validity proof checks the start against, those committed before the update's ops, are
+    /// the ones the engine read (engine rules 4). With a bounded fill budget, as many as one
+    /// proof holds beside nothing else (a start takes an op slot and its account, and, when the
+    /// proof prices its positions, a margin slot and their registers); the rest wait for the
+    /// next update. An account with nothing to auction goes to its deficit's cover.
+    pub(crate) fn start_due_liquidations(&mut self, events: &mut Vec<Event>) {
+        let bounded = self.limits.fill_budget != FillBudget::UNBOUNDED;
+        let mut count = FillCount::default();
+        let since = self.oracle_time_ms();
+        for account in std::mem::take(&mut self.liquidations_due) {
+            if !self.below_maintenance(account) {
+                continue;
+            }
+            if bounded && !self.admit_start(&mut count, account) {
+                self.liquidations_due.insert(account);
+                continue;
+            }
+            self.starts_now += 1;
+            self.accounts[account.0 as usize].liquidating_since = Some(since);
+            events.push(Event::LiquidationStarted { account });
+            self.touch_account(account);
+            self.finish_if_flat(account, events);
         }
     }
 
@@ -289,7 +319,7 @@ impl<M: MarginModel> Engine<M> {
         if taker.owner == target.owner {
             return Err(RejectCode::SelfLiquidation);
         }
-        if taker.liquidating_since.is_some() {
+        if self.in_liquidation(liquidator) {
             return Err(RejectCode::AccountInLiquidation);
         }
         let slot = self
@@ -627,7 +657,11 @@ impl<M: MarginModel> Engine<M> {
     /// uncovered while another account still has free collateral stays due.
     fn cover_due_within_budget(&mut self, events: &mut Vec<Event>) {
         let budget = self.limits.fill_budget;
-        let mut room = budget.fills.min(budget.accounts) as usize;
+        // Beside this update's starts.
+        let mut room = budget
+            .fills
+            .min(budget.accounts)
+            .saturating_sub(self.starts_now) as usize;
         for account in std::mem::take(&mut self.covers_due) {
             let deficit = -i128::from(self.accounts[account.0 as usize].balance.0);
             if deficit <= 0 {

@@ -494,7 +494,7 @@ impl<M: MarginModel> Engine<M> {
         events: &mut Vec<Event>,
     ) -> Result<(), RejectCode> {
         let acct = self.account_ref(account)?;
-        if acct.liquidating_since.is_some() {
+        if self.in_liquidation(account) {
             return Err(RejectCode::AccountInLiquidation);
         }
         let previous = acct.mode;
@@ -620,6 +620,8 @@ impl<M: MarginModel> Engine<M> {
         if unmarked {
             return Err(RejectCode::OracleMissingMark);
         }
+        // Auctions due start before the update's settlements and marks (engine rules 4).
+        self.start_due_liquidations(events);
         for (instrument, price) in settling {
             self.take_settlement_price(instrument, price)?;
         }

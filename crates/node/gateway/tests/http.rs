@@ -1513,10 +1513,13 @@ async fn margin_modes_and_liquidation_bids() {
         code(&h.post(&bid(&bob, "0.02"), &h.auth(&bob)).await.1),
         5_008
     );
-    // The mark falls 8%: carol's equity is below maintenance (published after the last update).
-    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    // The mark falls 8%: carol's equity is below maintenance (published after the last
+    // update); her auction starts at the next update (engine rules 4).
     let oracle = optio_oracle::OracleSigner::from_bytes([0x0c; 32]).expect("oracle key");
-    publish_marks(&h.gateway, &oracle, 82_800.0);
+    for _ in 0..2 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        publish_marks(&h.gateway, &oracle, 82_800.0);
+    }
     assert!(
         h.gateway.canonical_state().accounts[carol.subaccount as usize]
             .liquidating_since

@@ -697,6 +697,9 @@ fn a_loss_shared_by_more_accounts_than_a_proof_holds_is_covered_over_oracle_upda
         t += 1_000;
         r.apply(t, support::oracle(45_000.0, t));
         t += 1_000;
+        r.apply(t, support::oracle(45_100.0, t));
+        // (The auction starts at the next update: engine rules 4.)
+        t += 1_000;
         let events = r.apply(t, support::oracle(45_100.0, t));
         assert!(events.contains(&Event::LiquidationStarted { account }));
         let liquidation = r.apply(

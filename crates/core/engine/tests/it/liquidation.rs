@@ -3,8 +3,8 @@
 
 use optio_engine::Engine;
 use optio_types::{
-    AccountId, Amount, Command, EngineLimits, Event, InstrumentId, MarginMode, Qty, RejectCode,
-    Side,
+    AccountId, Amount, Command, DoneReason, EngineLimits, Event, InstrumentId, MarginMode, Qty,
+    RejectCode, Side,
 };
 use proptest::prelude::*;
 
@@ -109,8 +109,7 @@ fn take(e: &mut Engine, time: u64, qty: i64) -> Result<Vec<Event>, RejectCode> {
 fn below_maintenance_the_auction_sells_in_steps_until_cured_or_flat() {
     let mut e = leveraged_long();
     let t = T0 + 1_000;
-    let events =
-        run(&mut e, t, Command::OracleUpdate(update(55_000.0, t))).expect("an 8% drop is accepted");
+    let events = fall(&mut e, t, |at| Command::OracleUpdate(update(55_000.0, at)));
     assert!(
         events.contains(&Event::LiquidationStarted {
             account: AccountId(1)
@@ -168,6 +167,154 @@ fn below_maintenance_the_auction_sells_in_steps_until_cured_or_flat() {
     assert!(position(&e, 3) > 0, "the liquidator holds what it took");
 }
 
+/// Engine rules 4: an update that leaves an account below maintenance cancels its orders and
+/// holds it as liquidating (no order, withdrawal or mode change), but its auction starts only
+/// at the beginning of the next accepted update, at the auction clock then (the first update's
+/// time): a validity proof checks a start against the marks and time committed before it, and
+/// a batch commits its marks after its ops. Until then no liquidator may bid. A deposit that
+/// cures it before the start leaves nothing due.
+#[test]
+fn an_auction_starts_at_the_next_accepted_update() {
+    let mut e = leveraged_long();
+    run(
+        &mut e,
+        T0,
+        Command::PlaceOrder(limit(1, PERP, Side::Sell, px(70_000), 10)),
+    )
+    .expect("an ask resting on the long");
+    let t = T0 + 1_000;
+    let events = run(&mut e, t, Command::OracleUpdate(update(55_000.0, t))).expect("a drop");
+    assert!(
+        !events
+            .iter()
+            .any(|ev| matches!(ev, Event::LiquidationStarted { .. })),
+        "{events:?}"
+    );
+    assert!(
+        events.iter().any(|ev| matches!(
+            ev,
+            Event::OrderDone {
+                reason: DoneReason::Liquidation,
+                ..
+            }
+        )),
+        "its orders go at once: {events:?}"
+    );
+    e.check_invariants().expect("audit: due, not liquidating");
+    let before = e.state_hash();
+    assert_eq!(take(&mut e, t, STEP), Err(RejectCode::NotLiquidating));
+    for command in [
+        Command::PlaceOrder(limit(1, PERP, Side::Sell, px(55_000), 10)),
+        Command::Withdraw {
+            account: AccountId(1),
+            amount: usd(1),
+        },
+        Command::SetMarginMode {
+            account: AccountId(1),
+            mode: MarginMode::Portfolio,
+        },
+    ] {
+        assert_eq!(
+            run(&mut e, t, command),
+            Err(RejectCode::AccountInLiquidation)
+        );
+    }
+    assert_eq!(e.state_hash(), before, "the refusals changed nothing");
+    // A restore derives what is due.
+    let restored =
+        Engine::restore_bytes(&e.snapshot(), optio_types::WorstCaseMargin).expect("restores");
+    assert_eq!(restored.state_hash(), e.state_hash());
+    let t2 = t + 5_000;
+    let events = run(&mut e, t2, Command::OracleUpdate(update(55_000.0, t2))).expect("next");
+    assert!(events.contains(&Event::LiquidationStarted {
+        account: AccountId(1)
+    }));
+    let events = take(&mut e, t2, STEP).expect("a bid now");
+    // The discount 5 s into the auction (from the first update's time): 1% plus 19% x 5/900
+    // of 55,000, rounded up to the tick, 54,391.94... -> 54,392 (the tick is 1).
+    let price = events.iter().find_map(|ev| match ev {
+        Event::LiquidationTransfer { price, .. } => Some(*price),
+        _ => None,
+    });
+    assert!(
+        price.is_some_and(|p| p < px(54_450) && p > px(54_300)),
+        "{price:?}"
+    );
+
+    // Cured before the start: nothing is due.
+    let mut e = leveraged_long();
+    run(&mut e, t, Command::OracleUpdate(update(55_000.0, t))).expect("a drop");
+    run(
+        &mut e,
+        t,
+        Command::Deposit {
+            account: AccountId(1),
+            amount: usd(100_000),
+        },
+    )
+    .expect("a deposit cures it");
+    e.check_invariants().expect("audit: nothing due");
+    let events = run(&mut e, t2, Command::OracleUpdate(update(55_000.0, t2))).expect("next");
+    assert!(
+        !events
+            .iter()
+            .any(|ev| matches!(ev, Event::LiquidationStarted { .. }))
+    );
+    run(
+        &mut e,
+        t2,
+        Command::PlaceOrder(limit(1, PERP, Side::Sell, px(70_000), 10)),
+    )
+    .expect("it trades again");
+}
+
+/// A start takes an op slot of the batch (and its account a register, and its positions a
+/// margin slot's registers): with a fill budget of one op, two accounts due start one an
+/// update, in account order.
+#[test]
+fn auctions_start_within_the_fill_budget() {
+    let budget = EngineLimits {
+        fill_budget: optio_types::FillBudget {
+            fills: 1,
+            ..optio_types::FillBudget::UNBOUNDED
+        },
+        ..EngineLimits::default()
+    };
+    let mut e = engine_with(budget, 4, usd(200_000));
+    run(&mut e, T0, Command::OracleUpdate(update(60_000.0, T0))).expect("oracle");
+    for (buyer, seller) in [(1, 0), (2, 3)] {
+        for command in [
+            Command::SetMarginMode {
+                account: AccountId(buyer),
+                mode: MarginMode::Standard,
+            },
+            Command::Withdraw {
+                account: AccountId(buyer),
+                amount: usd(192_000),
+            },
+        ] {
+            run(&mut e, T0, command).expect("accepted");
+        }
+        trade(&mut e, seller, buyer, PERP, Side::Sell, 60_000, 100);
+    }
+    let started = |events: &[Event]| -> Vec<u32> {
+        events
+            .iter()
+            .filter_map(|ev| match ev {
+                Event::LiquidationStarted { account } => Some(account.0),
+                _ => None,
+            })
+            .collect()
+    };
+    let (events, t2) = crash(&mut e, 45_000.0);
+    assert_eq!(started(&events), vec![1]);
+    e.check_invariants().expect("audit: account 2 still due");
+    let t3 = t2 + 1_000;
+    let events = run(&mut e, t3, Command::OracleUpdate(update(45_100.0, t3))).expect("next");
+    assert_eq!(started(&events), vec![2]);
+    e.check_invariants().expect("audit");
+}
+
 /// The auction sells a long at no less than the low end of the perpetual's committed stress
 /// range (`optio_types::stress_range`: the validity proof refuses a liquidation beyond it). With
 /// risk arrays that move the perpetual at most 5% (2,750 at the 55,000 mark), the long offered at
@@ -189,7 +336,7 @@ fn the_auction_stops_at_the_committed_stress_range() {
     };
     let mut e = leveraged_long();
     let t = T0 + 1_000;
-    let events = run(&mut e, t, narrow(55_000.0, t)).expect("an 8% drop");
+    let events = fall(&mut e, t, |at| narrow(55_000.0, at));
     assert!(events.contains(&Event::LiquidationStarted {
         account: AccountId(1)
     }));
@@ -229,12 +376,9 @@ fn the_auctions_clock_is_the_oracles_signed_time() {
     let prices = |start_lag: u64| {
         let mut e = leveraged_long();
         let t = T0 + 1_000;
-        let events = run(
-            &mut e,
-            t + start_lag,
-            Command::OracleUpdate(update(55_000.0, t)),
-        )
-        .expect("an 8% drop");
+        let events = fall_at(&mut e, t + start_lag, t, |at| {
+            Command::OracleUpdate(update(55_000.0, at))
+        });
         assert!(events.contains(&Event::LiquidationStarted {
             account: AccountId(1)
         }));
@@ -271,7 +415,7 @@ fn jelly_a_position_nobody_takes_is_deleveraged_and_the_waterfall_covers_the_los
     e.check_invariants()
         .expect("a held price changes no margin");
     let t2 = T0 + 2_000;
-    let events = run(&mut e, t2, Command::OracleUpdate(update(45_100.0, t2))).expect("confirmed");
+    let events = fall(&mut e, t2, |at| Command::OracleUpdate(update(45_100.0, at)));
     assert!(events.contains(&Event::LiquidationStarted {
         account: AccountId(1)
     }));
@@ -838,7 +982,7 @@ fn a_deleveraged_counterparty_loses_the_orders_its_position_covered() {
     });
     // An 8% rise: account 1's short is below maintenance; nobody bids in the auction.
     let t = T0 + 1_000;
-    let events = run(&mut e, t, Command::OracleUpdate(update(64_800.0, t))).expect("accepted");
+    let events = fall(&mut e, t, |at| Command::OracleUpdate(update(64_800.0, at)));
     assert!(events.contains(&Event::LiquidationStarted {
         account: AccountId(1)
     }));
@@ -1162,7 +1306,9 @@ fn liquidating_put_seller(deposit: impl Fn(i64, Amount) -> Amount) -> (Engine, u
     .expect("fills");
     let mut t = T0;
     let mut started = false;
-    for spot in [50_000.0, 40_000.0, 40_000.0] {
+    // (The crash is held by the circuit breaker until confirmed; the auction starts at the
+    // update after the confirmation.)
+    for spot in [50_000.0, 40_000.0, 40_000.0, 40_000.0] {
         t += 60_000;
         let events = run(&mut e, t, Command::OracleUpdate(update(spot, t))).expect("oracle");
         started |= events
@@ -1624,7 +1770,8 @@ fn deleveraging_stays_within_the_fill_budget() {
 #[test]
 fn deleveraging_stops_once_the_account_is_maintained() {
     let mut e = long_two(EngineLimits::default(), 4);
-    // (A drop within the circuit breaker: the first update starts the liquidation.)
+    // (A drop within the circuit breaker: the first update leaves it below, the next starts
+    // its liquidation.)
     let (_, t2) = crash(&mut e, 55_000.0);
     let t3 = t2 + 15 * 60_000;
     run(&mut e, t3, Command::OracleUpdate(update(55_100.0, t3))).expect("fresh marks");
@@ -1692,8 +1839,27 @@ fn crash(e: &mut Engine, spot: f64) -> (Vec<Event>, u64) {
     let t1 = T0 + 1_000;
     run(e, t1, Command::OracleUpdate(update(spot, t1))).expect("held");
     let t2 = T0 + 2_000;
-    let events = run(e, t2, Command::OracleUpdate(update(spot + 100.0, t2))).expect("confirmed");
+    let events = fall(e, t2, |at| Command::OracleUpdate(update(spot + 100.0, at)));
     (events, t2)
+}
+
+/// Runs the update `update_at(t - 1)`, which leaves accounts below maintenance, then the same
+/// prices published at `t`, at whose beginning their auctions start (engine rules 4: at the
+/// first update's time), both at input time `input_ms`; returns both inputs' events.
+fn fall_at(
+    e: &mut Engine,
+    input_ms: u64,
+    t: u64,
+    update_at: impl Fn(u64) -> Command,
+) -> Vec<Event> {
+    let mut events = run(e, input_ms, update_at(t - 1)).expect("the fall is accepted");
+    events.extend(run(e, input_ms, update_at(t)).expect("the next update is accepted"));
+    events
+}
+
+/// `fall_at` at input time `t`.
+fn fall(e: &mut Engine, t: u64, update_at: impl Fn(u64) -> Command) -> Vec<Event> {
+    fall_at(e, t, t, update_at)
 }
 
 /// The account's equity at the engine's marks, exactly (`balance * 1e8 + sum q * mark`, a
