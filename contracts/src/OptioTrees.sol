@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 pragma solidity ^0.8.20;
 
-import {Field, IPoseidon3, IPoseidon4, IPoseidon5} from "./Poseidon.sol";
+import {Field, IPoseidon3, IPoseidon4, IPoseidon5, IPoseidon6} from "./Poseidon.sol";
 import {SessionKey} from "./Words.sol";
 
 /// What a state root hashes (docs/settlement.md, "Hash and trees"): the two trees' roots, the
@@ -48,6 +48,8 @@ struct AccountOpening {
     uint160 liability;
     int64 collateral;
     uint256 positionsRoot;
+    /// The committed oracle time its latest liquidation auction started at (0: none did).
+    uint64 since;
     uint256[] proof;
 }
 
@@ -83,6 +85,8 @@ struct ExitProof {
     /// The leaf's liability (sum |q| * W over its shorts): it hashes in the leaf's third field.
     uint160 liability;
     int64 collateral;
+    /// The committed oracle time its latest liquidation auction started at (0: none did).
+    uint64 since;
     uint256[] accountProof;
     /// Every open position, by instrument id, strictly increasing: the positions root is
     /// rebuilt from exactly these, so none can be left out. Empty when `positionsRoot` is
@@ -134,6 +138,7 @@ contract OptioTrees {
     IPoseidon3 public immutable h3;
     IPoseidon4 public immutable h4;
     IPoseidon5 public immutable h5;
+    IPoseidon6 public immutable h6;
     /// Hashes of empty subtrees of the positions tree, by height.
     uint256[POSITIONS_LEVELS + 1] internal zeros;
 
@@ -170,9 +175,9 @@ contract OptioTrees {
 
     /// `rollup_` is the rollup that will use these trees, deployed next at the address its
     /// deployer predicts (the rollup's constructor checks it).
-    constructor(IFrozenRollup rollup_, IPoseidon3 h3_, IPoseidon4 h4_, IPoseidon5 h5_) {
+    constructor(IFrozenRollup rollup_, IPoseidon3 h3_, IPoseidon4 h4_, IPoseidon5 h5_, IPoseidon6 h6_) {
         rollup = rollup_;
-        (h3, h4, h5) = (h3_, h4_, h5_);
+        (h3, h4, h5, h6) = (h3_, h4_, h5_, h6_);
         for (uint256 h = 0; h < POSITIONS_LEVELS; h++) {
             zeros[h + 1] = h4_.poseidon([zeros[h], zeros[h], zeros[h], zeros[h]]);
         }
@@ -181,7 +186,7 @@ contract OptioTrees {
     /// Checks that `o` opens `account`'s leaf under state root `root`.
     function checkOpening(uint256 root, uint32 account, AccountOpening calldata o) external view {
         if (stateRoot(o.state) != root) revert BadProof("root");
-        uint256 leaf = h5.poseidon([uint256(uint160(o.owner)), Field.check(o.keysHash), _countsWord(o.nonce, o.positions, o.mode, o.liability), Field.fromInt(o.collateral), Field.check(o.positionsRoot)]);
+        uint256 leaf = h6.poseidon([uint256(uint160(o.owner)), Field.check(o.keysHash), _countsWord(o.nonce, o.positions, o.mode, o.liability), Field.fromInt(o.collateral), Field.check(o.positionsRoot), uint256(o.since)]);
         if (!_member(o.state.accountsRoot, leaf, account, o.proof, ACCOUNT_BITS)) revert BadProof("account");
     }
 
@@ -201,7 +206,7 @@ contract OptioTrees {
         if (stateRoot(p.state) != root) revert BadProof("root");
         (int256 worth, uint256 positionsRoot, uint256 n) = _positions(root, p);
         total = p.collateral + worth;
-        uint256 accountLeaf = h5.poseidon([uint256(uint160(owner)), Field.check(p.keysHash), _countsWord(p.nonce, n, p.mode, p.liability), Field.fromInt(p.collateral), positionsRoot]);
+        uint256 accountLeaf = h6.poseidon([uint256(uint160(owner)), Field.check(p.keysHash), _countsWord(p.nonce, n, p.mode, p.liability), Field.fromInt(p.collateral), positionsRoot, uint256(p.since)]);
         if (!_member(p.state.accountsRoot, accountLeaf, p.account, p.accountProof, ACCOUNT_BITS)) revert BadProof("account");
     }
 

@@ -25,7 +25,11 @@ interface IPoseidon5 {
     function poseidon(uint256[5] calldata) external pure returns (uint256);
 }
 
-/// The five hashers, and the field conventions of the Rust side.
+interface IPoseidon6 {
+    function poseidon(uint256[6] calldata) external pure returns (uint256);
+}
+
+/// The six hashers, and the field conventions of the Rust side.
 library Field {
     /// The BN254 scalar field modulus.
     uint256 internal constant P = 21888242871839275222246405745257275088548364400416034343698204186575808495617;

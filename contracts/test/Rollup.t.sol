@@ -5,7 +5,7 @@ import {MiniTest} from "./MiniTest.sol";
 import {IGroth16Verifier, OptioRollup} from "../src/OptioRollup.sol";
 import {ExitProof, IFrozenRollup, InstrumentLeaf, InstrumentsOpening, OptioTrees, Position, PositionsNode} from "../src/OptioTrees.sol";
 import {TestUSDC} from "../src/TestUSDC.sol";
-import {Field, IPoseidon1, IPoseidon2, IPoseidon3, IPoseidon4, IPoseidon5} from "../src/Poseidon.sol";
+import {Field, IPoseidon1, IPoseidon2, IPoseidon3, IPoseidon4, IPoseidon5, IPoseidon6} from "../src/Poseidon.sol";
 
 /// The cheatcodes these tests use (forge-std's signatures).
 interface VmExt {
@@ -42,8 +42,9 @@ abstract contract WithHashers is MiniTest {
         IPoseidon3 h3 = IPoseidon3(deployHasher(3));
         IPoseidon4 h4 = IPoseidon4(deployHasher(4));
         IPoseidon5 h5 = IPoseidon5(deployHasher(5));
+        IPoseidon6 h6 = IPoseidon6(deployHasher(6));
         address next = hevm.computeCreateAddress(address(this), hevm.getNonce(address(this)) + 1);
-        return new OptioTrees(IFrozenRollup(next), h3, h4, h5);
+        return new OptioTrees(IFrozenRollup(next), h3, h4, h5, h6);
     }
 
     function _digit(uint256 n) internal pure returns (string memory) {
@@ -68,15 +69,16 @@ contract PoseidonTest is WithHashers {
     function test_leaf_hashes_match_the_settlement_vectors() public {
         string memory v = hevm.readFile("../test-vectors/settlement.json");
         IPoseidon3 h3 = IPoseidon3(deployHasher(3));
-        IPoseidon5 h5 = IPoseidon5(deployHasher(5));
-        uint256 account = h5.poseidon(
+        IPoseidon6 h6 = IPoseidon6(deployHasher(6));
+        uint256 account = h6.poseidon(
             [
                 uint256(uint160(hevm.parseJsonAddress(v, ".leaves.account.owner"))),
                 hevm.parseJsonUint(v, ".leaves.account.keys_hash"),
                 hevm.parseJsonUint(v, ".leaves.account.nonce") | (hevm.parseJsonUint(v, ".leaves.account.positions") << 64)
                     | (hevm.parseJsonUint(v, ".leaves.account.mode") << 96) | (hevm.parseJsonUint(v, ".leaves.account.liability") << 98),
                 _field(hevm.parseJsonInt(v, ".leaves.account.collateral")),
-                hevm.parseJsonUint(v, ".leaves.account.positions_root")
+                hevm.parseJsonUint(v, ".leaves.account.positions_root"),
+                hevm.parseJsonUint(v, ".leaves.account.since")
             ]
         );
         assertEq(account, hevm.parseJsonUint(v, ".leaves.account.hash"), "account leaf");
@@ -211,6 +213,7 @@ contract RollupTest is WithHashers {
         p.nonce = uint64(hevm.parseJsonUint(v, ".exit_proof.nonce"));
         p.liability = uint160(hevm.parseJsonUint(v, ".exit_proof.liability"));
         p.collateral = int64(hevm.parseJsonInt(v, ".exit_proof.collateral"));
+        p.since = uint64(hevm.parseJsonUint(v, ".exit_proof.since"));
         p.accountProof = hevm.parseJsonUintArray(v, ".exit_proof.account_proof");
         p.positions = new Position[](2);
         for (uint256 i = 0; i < 2; i++) {
@@ -852,7 +855,7 @@ contract RollupTest is WithHashers {
     /// for another address (they would read another rollup's final root).
     function test_a_rollup_refuses_trees_made_for_another_rollup() public {
         IPoseidon4 h4 = IPoseidon4(deployHasher(4));
-        OptioTrees other = new OptioTrees(IFrozenRollup(address(0xBEEF)), IPoseidon3(address(0)), h4, IPoseidon5(address(0)));
+        OptioTrees other = new OptioTrees(IFrozenRollup(address(0xBEEF)), IPoseidon3(address(0)), h4, IPoseidon5(address(0)), IPoseidon6(address(0)));
         hevm.expectRevert(abi.encodeWithSelector(OptioRollup.BadProof.selector, "trees"));
         new OptioRollup(usdc, address(this), other, 0, DELAY, WINDOW, IGroth16Verifier(address(0)), true, address(0), OptioRollup.TimeBounds(LEAD, LAG));
     }

@@ -25,12 +25,16 @@
 //!   price (exact notional), inside the stress range of the instrument's committed mark and
 //!   risk array on the liquidated account's side (a long sold at no less than
 //!   `mark + min(0, min_s RA[s])`, a short bought back at no more than `mark + max(0, max_s
-//!   RA[s])`) and within `MAX_LIQUIDATION_DISCOUNT_BPS` of a contract's value at the committed
-//!   index from the mark (`optio_types::within_liquidation_discount`), only reducing the
+//!   RA[s])`) and within the proven schedule's discount of a contract's value at the committed
+//!   index from the mark, from its account's auction's start (its leaf's `since`, not 0) to the
+//!   committed oracle time (`optio_types::within_liquidation_schedule`), only reducing the
 //!   liquidated account's position (never opening, growing or flipping one), the liquidated
 //!   account paying its fee to insurance, at most the fee at `MAX_LIQUIDATION_FEE_BPS` of the
 //!   contracts' value at the index committed with the instrument's mark, clamped to its cap
 //!   (`optio_types::max_liquidation_fee`);
+//! - an auction's start (kind 29) proves its account could default and is below maintenance
+//!   at the committed marks (as a liquidation's account, with a margin slot when the shape
+//!   prices its positions) and sets its leaf's `since` to the committed oracle time;
 //! - a deficit cover credits what it takes from insurance and the fee pool (both left
 //!   non-negative) and exactly the loss shares charged since the previous cover, in the
 //!   engine's order (the fee pool only once insurance is spent, shares only once both are), and
@@ -101,7 +105,8 @@ use optio_state::poseidon::{Fr, from_i64};
 use optio_state::smt::empty_root;
 use optio_types::fixed::FEE_RATE_SCALE;
 use optio_types::{
-    MAX_LIQUIDATION_DISCOUNT_BPS, MAX_LIQUIDATION_FEE_BPS, MarginMode, PROVEN_PM_MAINTENANCE_BPS,
+    MAX_LIQUIDATION_DISCOUNT_BPS, MAX_LIQUIDATION_FEE_BPS, MarginMode,
+    PROVEN_LIQUIDATION_DURATION_MS, PROVEN_LIQUIDATION_START_BPS, PROVEN_PM_MAINTENANCE_BPS,
     PROVEN_PM_SHORT_OPTION_FLOOR_BPS, PROVEN_STANDARD_PERP_MAINTENANCE_BPS, QTY_SCALE,
     STANDARD_SHORT_OPTION_MAINTENANCE_BPS,
 };
@@ -163,6 +168,10 @@ struct AccountWires {
     nonce: Wire,
     collateral: Wire,
     positions_root: Wire,
+    /// The committed oracle time its latest auction started at, before the batch and as the
+    /// ops leave it (the leaf's sixth field).
+    since0: Wire,
+    since: Wire,
     /// OPEN ops that named it.
     opens: Wire,
     /// Times an op selected it (must be 0 unless enabled).
@@ -268,6 +277,9 @@ struct Running {
     shared: Wire,
     /// The id the next opened account takes (how many were opened before it).
     next_account: Wire,
+    /// The committed oracle time the op slots read (the old root's: a batch's marks apply
+    /// after its ops).
+    oracle_ms: Wire,
     /// After each op slot.
     snapshots: Vec<Snapshot>,
     /// The most positions a liquidated account may hold at the batch's start for its
@@ -416,6 +428,7 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
             cs.witness(r.collateral)?,
             cs.witness(r.positions_root)?,
         );
+        let since0 = cs.witness(Fr::from(r.since))?;
         // The leaf's third field splits one way only: nonce, count, the mode's code (two bits,
         // not both) and the liability.
         let (mode0, _, _) = mode_code(cs, r.mode.code())?;
@@ -445,6 +458,8 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
             margined: cs.boolean(r.margined)?,
             collateral0,
             positions_root0,
+            since: since0.clone(),
+            since0,
             opens: Wire::zero(),
             used: Wire::zero(),
             filled: Wire::zero(),
@@ -587,6 +602,7 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
         poly,
         shared: Wire::zero(),
         next_account,
+        oracle_ms: oracle_ms.clone(),
         snapshots: Vec::with_capacity(w.slots.len()),
         liquidation_priced: u64::from(w.shape.fill_budget().liquidation_priced()),
     };
@@ -706,6 +722,7 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
             (&a.liability0, Wire::zero()),
             (&a.collateral0, Wire::zero()),
             (&a.positions_root0, empty_positions.clone()),
+            (&a.since0, Wire::zero()),
         ] {
             cs.equal_if(&a.opened, field, &value)?;
         }
@@ -720,6 +737,7 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
                 .add(&a.liability0.scale(pow2(LIABILITY_AT))),
             a.collateral0.clone(),
             a.positions_root0.clone(),
+            a.since0.clone(),
         ])?;
         let old_leaf = cs.select(&a.opened, &Wire::zero(), &leaf)?;
         let siblings = cs.witnesses(&w.accounts[k].siblings)?;
@@ -746,6 +764,7 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
                 .add(&a.liability.scale(pow2(LIABILITY_AT))),
             a.collateral.clone(),
             a.positions_root.clone(),
+            a.since.clone(),
         ])?;
         let new = cs.merkle_root(&new_leaf, &a.id_bits, &siblings)?;
         accounts_root = cs.select(&a.enabled, &new, &accounts_root)?;
@@ -965,12 +984,13 @@ enum Lane {
     /// (63); the owner's forced withdrawal that pays nothing had nothing to pay (157), and one
     /// that pays leaves a remainder that is not negative (27).
     Fee,
-    /// The liquidated account could default (`LIABILITY_BITS + 1`, below 2^156); a deficit
+    /// The liquidated account (an auction's start's account) could default (`LIABILITY_BITS +
+    /// 1`, below 2^156); a deficit
     /// cover leaves the fee pool non-negative (63); a loss share leaves the collateral
     /// non-negative (63); the owner an opening, a withdrawal or a forced operation names is below
     /// 2^160, exactly the lane's width (the kinds that name one have no other check in it).
     Uncovered,
-    /// The liquidation price within the deepest discount (112); a deficit cover leaves the
+    /// The liquidation price within the proven schedule (132); a deficit cover leaves the
     /// account at or below zero (63); a paid forced withdrawal's remainder is below 1e8 (27).
     Discount,
     /// The liquidation price within the stress range (65); a forced close's rounding is not
@@ -982,7 +1002,7 @@ enum Lane {
 }
 
 /// Each lane's width: its widest check's.
-const LANE_BITS: [usize; 5] = [171, 160, 112, 65, 64];
+const LANE_BITS: [usize; 5] = [171, 160, 132, 65, 64];
 
 /// Sums per lane of an op slot's gated checks. A lane holds no value but its kind's (the others'
 /// flags are zero), so its sum is that value or zero. Every check but the owner's says a value
@@ -1024,7 +1044,8 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
         loss,
         deficit,
         close,
-    ] = <[Wire; 11]>::try_from(flags.clone()).expect("eleven kinds");
+        start,
+    ] = <[Wire; 12]>::try_from(flags.clone()).expect("twelve kinds");
     // A fill, a liquidation or a forced close: a trade between accounts a and b.
     let trade = Wire::sum([&fill, &liquidation, &close]);
     let used = Wire::sum(&flags);
@@ -1154,16 +1175,46 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
         .add_const(scale - Fr::from(1u64))
         .sub(&amount.scale(scale));
     lanes.push(Lane::Fee, cs.mul(&liquidation, &fee_room)?);
-    // Its price is within MAX_LIQUIDATION_DISCOUNT_BPS of the reference from the committed
-    // mark on b's side: `1e4 * sign * (mark - price) + reference * MAX >= 0` (the mark and
-    // price below 2^64, the reference below 2^100: 112 bits hold it, a negative one is far
-    // above them).
+    // Its price is within the proven schedule's discount of the reference from the committed
+    // mark on b's side, `run = min(T - since, D)` into b's auction by the committed oracle
+    // time `T` (`optio_types::within_liquidation_schedule`): `1e4 * D * sign * (mark - price)
+    // + reference * (S * D + (M - S) * run) >= 0` (the mark and price below 2^64 times 1e4 * D
+    // below 2^34, the reference below 2^100 times at most M * D below 2^31: 132 bits hold it, a
+    // negative one is far above them). Every step's rate is at most M, so it implies the
+    // deepest discount. The auction must have started (`since != 0`), no later than `T` (`T -
+    // since`, 64 bits); `late` says whether it has run its duration (`elapsed - D` or `D - 1 -
+    // elapsed`, 64 bits).
     let committed_mark = pick(cs, &sel_i, st.instruments.iter().map(|i| i.mark.clone()))?;
-    let discount_room = cs
+    let b_since = pick(cs, &sel_b, st.accounts.iter().map(|a| a.since.clone()))?;
+    cs.equal_if(&liquidation, &cs.is_nonzero(&b_since)?, &one())?;
+    let elapsed = st.oracle_ms.sub(&b_since);
+    cs.range(&cs.mul(&liquidation, &elapsed)?, 64)?;
+    let duration = Fr::from(PROVEN_LIQUIDATION_DURATION_MS);
+    let late = cs.boolean(
+        liquidation.value == Fr::from(1u64)
+            && signed_order(elapsed.value) >= signed_order(duration),
+    )?;
+    cs.enforce(&late, &not(&liquidation), &Wire::zero())?;
+    let gap = cs.select(
+        &late,
+        &elapsed.add_const(-duration),
+        &Wire::constant(duration - Fr::from(1u64)).sub(&elapsed),
+    )?;
+    cs.range(&cs.mul(&liquidation, &gap)?, 64)?;
+    let run = cs.select(&late, &Wire::constant(duration), &elapsed)?;
+    let (start_bps, max_bps) = (
+        u64::from(PROVEN_LIQUIDATION_START_BPS),
+        u64::from(MAX_LIQUIDATION_DISCOUNT_BPS),
+    );
+    let schedule_room = cs
         .mul(&sign, &committed_mark.sub(&price))?
-        .scale(Fr::from(BPS))
-        .add(&reference.scale(Fr::from(u64::from(MAX_LIQUIDATION_DISCOUNT_BPS))));
-    lanes.push(Lane::Discount, cs.mul(&liquidation, &discount_room)?);
+        .scale(Fr::from(BPS) * duration)
+        .add(&reference.scale(Fr::from(start_bps) * duration))
+        .add(
+            &cs.mul(&reference, &run)?
+                .scale(Fr::from(max_bps - start_bps)),
+        );
+    lanes.push(Lane::Discount, cs.mul(&liquidation, &schedule_room)?);
     // A fill pays the spec's fees to the fee pool; a liquidation pays `amount` from the
     // liquidated account (b) to insurance.
     let a_fee = cs.mul(&fill, &maker_fee)?;
@@ -1202,12 +1253,23 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     // And, unless it held more positions at the batch's start than the shape prices for a
     // liquidation (its leaf's count, below 2^32), a margin slot proves it below maintenance
     // before the op (`liquidated`).
+    // So does an auction's start, of its account (a): it could default, and is below
+    // maintenance before the op unless it held more positions than the shape prices.
     let unpriced = cs.boolean(s.unpriced)?;
-    cs.enforce(&unpriced, &not(&liquidation), &Wire::zero())?;
+    let liquidates = liquidation.add(&start);
+    cs.enforce(&unpriced, &not(&liquidates), &Wire::zero())?;
     let b_count = pick(cs, &sel_b, st.accounts.iter().map(|a| a.count0.clone()))?;
-    let beyond = b_count.add_const(-Fr::from(st.liquidation_priced + 1));
+    let a_count = pick(cs, &sel_a, st.accounts.iter().map(|a| a.count0.clone()))?;
+    let count = b_count.add(&cs.mul(&start, &a_count)?);
+    let beyond = count.add_const(-Fr::from(st.liquidation_priced + 1));
     cs.range(&cs.mul(&unpriced, &beyond)?, 32)?;
-    let liquidated = liquidation.sub(&unpriced);
+    let liquidated = liquidates.sub(&unpriced);
+    // The start sets its account's `since` to the committed oracle time.
+    let a_since = pick(cs, &sel_a, st.accounts.iter().map(|a| a.since.clone()))?;
+    let restart = cs.mul(&start, &st.oracle_ms.sub(&a_since))?;
+    for (a, x) in st.accounts.iter_mut().zip(&sel_a) {
+        a.since = a.since.add(&cs.mul(x, &restart)?);
+    }
 
     // Cash, nonces, owners and openings on the account registers.
     let cash_sign = Wire::sum([&deposit, &l1_deposit, &deficit])
@@ -1277,8 +1339,13 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     // below 2^155, the collateral a 64-bit integer), so `1e8 - 1 - d` of a `d` at or above 1e8
     // is far above 2^159.
     let owners_exit = cs.mul(&l1_withdrawal, &not(&stranger))?;
-    let a_count = pick(cs, &sel_a, st.accounts.iter().map(|a| a.count0.clone()))?;
     let a_liability = pick(cs, &sel_a, st.accounts.iter().map(|a| a.liability.clone()))?;
+    // An auction's start's account could default (its collateral, unchanged by the op, as the
+    // liquidation's above).
+    let a_uncovered = a_liability
+        .sub(&a_after.scale(Fr::from(QTY_SCALE as u64)))
+        .add_const(-Fr::from(1u64));
+    lanes.push(Lane::Uncovered, cs.mul(&start, &a_uncovered)?);
     let scale = Fr::from(QTY_SCALE as u64);
     let d = a_after
         .add(&amount)

@@ -31,7 +31,7 @@ pub mod kind {
     /// An unused slot.
     pub const PAD: u64 = 0;
     /// The kinds of the op slots, in the order the circuit's selector flags follow.
-    pub const SLOT_KINDS: [u64; 11] = [
+    pub const SLOT_KINDS: [u64; 12] = [
         OPEN,
         DEPOSIT,
         L1_DEPOSIT,
@@ -43,6 +43,7 @@ pub mod kind {
         LOSS_SHARED,
         DEFICIT,
         L1_CLOSE,
+        LIQUIDATION_START,
     ];
 }
 
@@ -300,6 +301,8 @@ pub struct AccountReg {
     pub collateral: Fr,
     /// Root of its positions tree.
     pub positions_root: Fr,
+    /// The committed oracle time its latest liquidation auction started at (0: none did).
+    pub since: u64,
     /// Money leaves it in the batch: every position it holds before is in a position register
     /// (the margin slots price them all).
     pub margined: bool,
@@ -904,8 +907,37 @@ struct Acct {
     nonce: i128,
     collateral: i128,
     positions: BTreeMap<u32, i128>,
+    since: u64,
     /// Its whole positions tree (as before the batch until the write-back).
     tree: SparseMerkleTree,
+}
+
+/// Which total of `account` (its register `acct`, as the ops before op `index` left it) falls
+/// short of its maintenance, in the mode the batch found it in: the scenario a below slot
+/// names. (None: it meets its maintenance, which the circuit refuses at the slot, naming the
+/// rule: 0 is named.)
+fn shortfall(
+    state: &SettlementState,
+    accounts: &[optio_state::ledger::Account],
+    acct: &Acct,
+    account: AccountId,
+    index: usize,
+) -> Result<usize, WitnessError> {
+    let positions = acct
+        .positions
+        .iter()
+        .map(|(i, q)| Ok((*i, Qty(i64::try_from(*q)?))))
+        .collect::<Result<BTreeMap<u32, Qty>, std::num::TryFromIntError>>()
+        .map_err(|_| WitnessError::Invalid(index))?;
+    let collateral = optio_types::Amount(
+        i64::try_from(acct.collateral).map_err(|_| WitnessError::Invalid(index))?,
+    );
+    let mode = accounts
+        .get(account.0 as usize)
+        .map_or(MarginMode::WorstCase, |a| a.mode);
+    Ok(state
+        .below_maintenance(mode, collateral, &positions)
+        .unwrap_or(0))
 }
 
 impl Acct {
@@ -933,6 +965,7 @@ impl Acct {
             ),
             fr(self.collateral),
             self.tree.root(),
+            Fr::from(self.since),
         ])
     }
 }
@@ -1233,6 +1266,7 @@ fn plan<'a>(
             | Op::L1Deposit { account, .. }
             | Op::L1Withdrawal { account, .. }
             | Op::LossShared { account, .. }
+            | Op::LiquidationStart { account }
             | Op::DeficitCovered { account, .. } => {
                 if !known(account) {
                     return Err(WitnessError::Invalid(i));
@@ -1296,7 +1330,7 @@ fn plan<'a>(
         // So is a liquidated account, unless it held more positions at the batch's start than
         // the shape prices for a liquidation.
         let liquidated = match op {
-            Op::Liquidation { account, .. }
+            Op::Liquidation { account, .. } | Op::LiquidationStart { account }
                 if accounts
                     .get(account.0 as usize)
                     .is_none_or(|a| a.positions.len() <= liquidation_priced) =>
@@ -1498,6 +1532,7 @@ pub fn witness(
                     nonce: i128::from(a.nonce),
                     collateral: i128::from(a.collateral.0),
                     positions,
+                    since: a.since,
                     tree,
                 }
             }
@@ -1509,6 +1544,7 @@ pub fn witness(
                 nonce: 0,
                 collateral: 0,
                 positions: BTreeMap::new(),
+                since: 0,
                 tree: SparseMerkleTree::new(INSTRUMENT_DEPTH),
             },
         };
@@ -1524,6 +1560,7 @@ pub fn witness(
             liability: Fr::from(acct.liability(&payoffs)),
             collateral: fr(acct.collateral),
             positions_root: acct.tree.root(),
+            since: acct.since,
             margined: margin_slots.iter().any(|(_, a, _)| *a == id) || maintained.contains(&id),
             registers_price: registers_price.contains(&id),
             siblings: Vec::new(),
@@ -1621,6 +1658,19 @@ pub fn witness(
                     accts[r].nonce += i128::from(amount != 0);
                 } else {
                     accts[r].collateral += amount;
+                }
+            }
+            Op::LiquidationStart { account } => {
+                slot.kind = kind::LIQUIDATION_START;
+                let r = reg_of[&account.0];
+                (slot.a, slot.a_id) = (Some(r), account.0);
+                // (Marks apply after the op slots: the committed time is the old root's.)
+                accts[r].since = state.oracle_ms();
+                if priced.contains(&slots.len()) {
+                    let short = shortfall(state, accounts, &accts[r], *account, index)?;
+                    shortfalls.insert(slots.len(), short);
+                } else {
+                    slot.unpriced = true;
                 }
             }
             Op::LossShared { account, amount } => {
@@ -1729,25 +1779,7 @@ pub fn witness(
                     if !priced.contains(&slots.len()) {
                         slot.unpriced = true;
                     } else {
-                        let b = &accts[rb];
-                        let positions = b
-                            .positions
-                            .iter()
-                            .map(|(i, q)| Ok((*i, Qty(i64::try_from(*q)?))))
-                            .collect::<Result<BTreeMap<u32, Qty>, std::num::TryFromIntError>>()
-                            .map_err(|_| WitnessError::Invalid(index))?;
-                        let collateral = optio_types::Amount(
-                            i64::try_from(b.collateral)
-                                .map_err(|_| WitnessError::Invalid(index))?,
-                        );
-                        let mode = accounts
-                            .get(account.0 as usize)
-                            .map_or(MarginMode::WorstCase, |a| a.mode);
-                        // (None: it meets its maintenance, which the circuit refuses at the
-                        // slot, naming the rule.)
-                        let short = state
-                            .below_maintenance(mode, collateral, &positions)
-                            .unwrap_or(0);
+                        let short = shortfall(state, accounts, &accts[rb], *account, index)?;
                         shortfalls.insert(slots.len(), short);
                     }
                 }

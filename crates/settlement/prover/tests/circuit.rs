@@ -171,7 +171,7 @@ fn leveraged_writer() -> SettlementState {
             qty: Qty(10 * QTY_SCALE),
         }],
     );
-    marked(&state, 0, 25_000 * MONEY_SCALE)
+    started(&marked(&state, 0, 25_000 * MONEY_SCALE), &[5])
 }
 
 fn random_batch(rng: &mut ChaCha8Rng, state: &SettlementState, priority: &mut u64) -> Vec<Op> {
@@ -288,48 +288,61 @@ fn random_batch(rng: &mut ChaCha8Rng, state: &SettlementState, priority: &mut u6
                 }) else {
                     continue;
                 };
-                let positions = &now.accounts()[a.0 as usize].positions;
-                let first = rng.random_range(0..2);
-                let Some((instrument, held)) = [first, 1 - first]
-                    .into_iter()
-                    .map(|i| (InstrumentId(i), positions.get(&i).map_or(0, |q| q.0)))
-                    .find(|&(_, held)| held != 0)
-                else {
-                    continue;
-                };
-                let x = &state.instruments()[instrument.0 as usize];
-                let (low, high) = stress_range(x.mark, x.risk.iter().map(|v| v.0));
-                // Within the deepest discount of the committed index's value too.
-                let discount = optio_types::liquidation_reference(&x.spec, x.index)
-                    * i128::from(optio_types::MAX_LIQUIDATION_DISCOUNT_BPS)
-                    / 10_000;
-                let mark = i128::from(x.mark.0);
-                let (low, high) = (low.max(mark - discount), high.min(mark + discount));
-                let tick = 100_000;
-                let buys = held < 0;
-                let price = if buys {
-                    rng.random_range(mark / tick..=high / tick) * tick
+                // Its auction's start first, at the committed time, and now and then a restart
+                // (the random marks move the time on).
+                if now.accounts()[a.0 as usize].since == 0 || rng.random_bool(0.4) {
+                    Op::LiquidationStart { account: a }
                 } else {
-                    rng.random_range((low.max(0) + tick - 1) / tick..=mark / tick) * tick
-                };
-                let step = QTY_SCALE / 100;
-                let contracts = rng.random_range(1..=held.abs() / step) * step;
-                let liquidation = |fee: i64| Op::Liquidation {
-                    account: a,
-                    counterparty: b,
-                    instrument,
-                    qty: Qty(if buys { contracts } else { -contracts }),
-                    price: Price(price as i64),
-                    fee: Amount(fee),
-                };
-                // A fee within its bound and the account's equity after the move.
-                let mut moved = now.clone();
-                if moved.apply_batch(&[liquidation(0)]).is_err() {
-                    continue;
+                    let positions = &now.accounts()[a.0 as usize].positions;
+                    let first = rng.random_range(0..2);
+                    let Some((instrument, held)) = [first, 1 - first]
+                        .into_iter()
+                        .map(|i| (InstrumentId(i), positions.get(&i).map_or(0, |q| q.0)))
+                        .find(|&(_, held)| held != 0)
+                    else {
+                        continue;
+                    };
+                    let x = &state.instruments()[instrument.0 as usize];
+                    let (low, high) = stress_range(x.mark, x.risk.iter().map(|v| v.0));
+                    // Within the schedule's discount of the committed index's value too, this far
+                    // into the auction by the committed time.
+                    let elapsed = now.oracle_ms() - now.accounts()[a.0 as usize].since;
+                    let d = i128::from(optio_types::PROVEN_LIQUIDATION_DURATION_MS);
+                    let rate = i128::from(optio_types::PROVEN_LIQUIDATION_START_BPS) * d
+                        + i128::from(
+                            optio_types::MAX_LIQUIDATION_DISCOUNT_BPS
+                                - optio_types::PROVEN_LIQUIDATION_START_BPS,
+                        ) * i128::from(elapsed).min(d);
+                    let discount =
+                        optio_types::liquidation_reference(&x.spec, x.index) * rate / (10_000 * d);
+                    let mark = i128::from(x.mark.0);
+                    let (low, high) = (low.max(mark - discount), high.min(mark + discount));
+                    let tick = 100_000;
+                    let buys = held < 0;
+                    let price = if buys {
+                        rng.random_range(mark / tick..=high / tick) * tick
+                    } else {
+                        rng.random_range((low.max(0) + tick - 1) / tick..=mark / tick) * tick
+                    };
+                    let step = QTY_SCALE / 100;
+                    let contracts = rng.random_range(1..=held.abs() / step) * step;
+                    let liquidation = |fee: i64| Op::Liquidation {
+                        account: a,
+                        counterparty: b,
+                        instrument,
+                        qty: Qty(if buys { contracts } else { -contracts }),
+                        price: Price(price as i64),
+                        fee: Amount(fee),
+                    };
+                    // A fee within its bound and the account's equity after the move.
+                    let mut moved = now.clone();
+                    if moved.apply_batch(&[liquidation(0)]).is_err() {
+                        continue;
+                    }
+                    let left = moved.equity(a).expect("exists") / i128::from(QTY_SCALE);
+                    let most = optio_types::max_liquidation_fee(&x.spec, x.index, Qty(contracts));
+                    liquidation(rng.random_range(0..=most.min(left.max(0))) as i64)
                 }
-                let left = moved.equity(a).expect("exists") / i128::from(QTY_SCALE);
-                let most = optio_types::max_liquidation_fee(&x.spec, x.index, Qty(contracts));
-                liquidation(rng.random_range(0..=most.min(left.max(0))) as i64)
             }
             _ if a.0 % FUNDED == b.0 % FUNDED => continue,
             _ => Op::Fill {
@@ -387,7 +400,9 @@ fn random_batch(rng: &mut ChaCha8Rng, state: &SettlementState, priority: &mut u6
         risk: (0..5)
             .map(|_| Amount(rng.random_range(-1_000_000..1_000_000)))
             .collect(),
-        published_ms: 0,
+        // The oracle's clock moves on up to 15 minutes a batch.
+        published_ms: state.oracle_ms()
+            + rng.random_range(0..=optio_types::PROVEN_LIQUIDATION_DURATION_MS),
     });
     ops
 }
@@ -397,6 +412,47 @@ fn after(state: &SettlementState, ops: &[Op]) -> SettlementState {
     next.apply_batch(ops).expect("the batch applies natively");
     next.commit();
     next
+}
+
+/// The committed marks of `state`'s marked, unsettled instruments again (same values),
+/// published at `at_ms`: a batch that moves only the committed oracle time.
+fn remarked(state: &SettlementState, at_ms: u64) -> Vec<Op> {
+    state
+        .instruments()
+        .iter()
+        .enumerate()
+        .filter(|(_, x)| x.mark != Price::ZERO && x.status != optio_state::leaf::status::SETTLED)
+        .map(|(id, x)| Op::Mark {
+            instrument: InstrumentId(id as u32),
+            mark: x.mark,
+            index: x.index,
+            risk: x.risk.clone(),
+            published_ms: at_ms,
+        })
+        .collect()
+}
+
+/// `state` with the auctions of `accounts` (each below maintenance and able to default)
+/// started and run their proven duration: the committed time moved a millisecond on, the starts
+/// (at it), and the time moved `PROVEN_LIQUIDATION_DURATION_MS` on, so that a liquidation may
+/// take the deepest discount (`optio_types::within_liquidation_schedule`).
+fn started(state: &SettlementState, accounts: &[u32]) -> SettlementState {
+    let at = state.oracle_ms() + 1;
+    let state = after(state, &remarked(state, at));
+    let starts: Vec<Op> = accounts
+        .iter()
+        .map(|&a| Op::LiquidationStart {
+            account: AccountId(a),
+        })
+        .collect();
+    let state = after(&state, &starts);
+    assert!(
+        accounts
+            .iter()
+            .all(|&a| state.accounts()[a as usize].since == at)
+    );
+    let end = at + optio_types::PROVEN_LIQUIDATION_DURATION_MS;
+    after(&state, &remarked(&state, end))
 }
 
 /// `state` after a batch that marks instrument `id` at `price` with no scenarios. A fill is
@@ -435,8 +491,8 @@ fn random_batches_satisfy_the_circuit_with_the_native_root() {
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let mut state = leveraged_writer();
     let mut priority = 0;
-    let (mut keys_seen, mut liquidations) = (0, 0);
-    for round in 0..6 {
+    let (mut keys_seen, mut liquidations, mut starts) = (0, 0, 0);
+    for round in 0..8 {
         let ops = random_batch(&mut rng, &state, &mut priority);
         let w = witness(&state, &ops, SHAPE).expect("covered ops");
         let next = after(&state, &ops);
@@ -456,8 +512,13 @@ fn random_batches_satisfy_the_circuit_with_the_native_root() {
             .iter()
             .filter(|o| matches!(o, Op::Liquidation { .. }))
             .count();
+        starts += ops
+            .iter()
+            .filter(|o| matches!(o, Op::LiquidationStart { .. }))
+            .count();
         state = next;
     }
+    assert!(starts >= 1, "auction starts: {starts}");
     assert!(
         keys_seen >= 6,
         "session keys in the random batches: {keys_seen}"
@@ -1095,7 +1156,7 @@ fn oversized_batches_are_named() {
     ];
     let err = witness(&state, &many, SHAPE).expect_err("one op too many");
     assert!(err.to_string().contains("op slots"), "{err}");
-    assert_eq!(kind::SLOT_KINDS.len(), 11);
+    assert_eq!(kind::SLOT_KINDS.len(), 12);
 }
 
 /// The gadgets' own check (values against every constraint as it is laid) and arkworks'
@@ -1825,7 +1886,7 @@ fn liquidations_move_positions_and_pay_insurance() {
             qty: Qty(2 * QTY_SCALE),
         }],
     );
-    let state = marked_with(&state, 0, 42_000, &[-10_000, 10_000]);
+    let state = started(&marked_with(&state, 0, 42_000, &[-10_000, 10_000]), &[1]);
     let liquidation = |fee: i64| Op::Liquidation {
         account: AccountId(1),
         counterparty: AccountId(2),
@@ -1876,7 +1937,7 @@ fn liquidated_long(accounts: u32, entry: i64, exit: i64, fee: i64) -> Settlement
         price: Price(price),
         fee: Amount(fee),
     };
-    let state = marked(&after(&state, &[fill]), 0, mid);
+    let state = started(&marked(&after(&state, &[fill]), 0, mid), &[1]);
     let state = marked(&after(&state, &[liquidation(mid, fee)]), 0, exit);
     after(&state, &[liquidation(exit, 0)])
 }
@@ -2039,6 +2100,7 @@ fn only_a_flat_accounts_deficit_is_covered() {
         0,
         40_000 * MONEY_SCALE,
     );
+    let state = started(&state, &[1]);
     // (No fee: its equity is gone, and a fee is at most what is left.)
     let state = after(&state, &[liquidation(10, 0)]);
     assert!(state.accounts()[1].collateral.0 < 0);
@@ -2094,6 +2156,11 @@ fn leveraged_pair(mark: Op) -> SettlementState {
 /// (5% of its 200,000 notional), and neither covers what its shorts can owe at worst (account
 /// 1's cash is below zero; account 0 may owe 400,000 on 200,000), so either may be liquidated.
 fn liquidatable_pair(mark: Op) -> SettlementState {
+    started(&unstarted_pair(mark), &[0, 1])
+}
+
+/// `liquidatable_pair` before the auctions start.
+fn unstarted_pair(mark: Op) -> SettlementState {
     let fill = |maker: u32, taker: u32, price: i64| Op::Fill {
         instrument: InstrumentId(0),
         maker: AccountId(maker),
@@ -2315,6 +2382,113 @@ fn a_liquidation_is_priced_within_the_deepest_discount_of_the_index() {
     }
 }
 
+/// An auction's start (kind 29) needs its account below maintenance and able to default at the
+/// committed marks, as a liquidation does, and sets its leaf's `since` to the committed oracle
+/// time; a liquidation needs a start and is held to the proven schedule from it
+/// (`optio_types::within_liquidation_schedule`): with the perpetual marked at 100,000 and the
+/// index at 60,000 (scenarios of -50% and +50%), account 1's long may be sold 1% of 60,000
+/// under the mark at its start (99,400), 10.5% seven and a half minutes later (93,700), not a
+/// micro-USDC lower. Each refusal is at the op slot (the margin slots for maintenance) and
+/// native, with its own error, leaving the state unchanged.
+#[test]
+fn an_auction_starts_below_maintenance_and_sells_within_its_schedule() {
+    let usd = |x: i64| x * MONEY_SCALE;
+    let state = unstarted_pair(Op::Mark {
+        instrument: InstrumentId(0),
+        mark: Price(usd(100_000)),
+        index: Price(usd(60_000)),
+        risk: vec![Amount(usd(-50_000)), Amount(usd(50_000))],
+        published_ms: 0,
+    });
+    let t = 1_000;
+    let state = after(&state, &remarked(&state, t));
+    let start = |account: u32| Op::LiquidationStart {
+        account: AccountId(account),
+    };
+    // Not started: refused.
+    refused_first_and_natively(
+        &state,
+        &[one_sold(usd(99_400), 0)],
+        StateError::LiquidationNotStarted(0),
+        "a liquidation before its auction's start",
+    );
+    // A start and a step at the start's discount in one batch.
+    for (ops, rule) in [
+        (vec![start(1)], "a start"),
+        (vec![start(1), one_sold(usd(99_400), 0)], "a step at 1%"),
+    ] {
+        let w = batch_of(&state, &ops);
+        check(&w).unwrap_or_else(|e| panic!("{rule}: {e}"));
+        let native = after(&state, &ops);
+        assert_eq!(w.public.new_root, native.root(), "{rule}");
+        assert_eq!(native.accounts()[1].since, t, "{rule}");
+    }
+    let beyond = [start(1), one_sold(usd(99_400) - 1, 0)];
+    let at = refused_at(&batch_of(&state, &beyond));
+    assert!(
+        at.starts_with("op slot 1"),
+        "a micro-USDC deeper: refused at {at}"
+    );
+    assert_eq!(
+        state.clone().apply_batch(&beyond),
+        Err(StateError::LiquidationPrice(1))
+    );
+    // The leaf commits the start: a prover that opens the account at another `since` breaks
+    // the leaf's hash.
+    let begun = after(&state, &[start(1)]);
+    let mut w = batch_of(&begun, &[one_sold(usd(99_400), 0)]);
+    check(&w).expect("a step after the start's batch");
+    let k = w
+        .accounts
+        .iter()
+        .position(|a| a.enabled && a.id == 1)
+        .expect("account 1");
+    w.accounts[k].since -= 1;
+    assert!(refused(&w), "another since than the leaf's");
+    // Seven and a half minutes of the oracle's clock later.
+    let later = after(&begun, &remarked(&begun, t + 450_000));
+    check(&batch_of(&later, &[one_sold(usd(93_700), 0)])).expect("10.5% under");
+    after(&later, &[one_sold(usd(93_700), 0)]);
+    refused_first_and_natively(
+        &later,
+        &[one_sold(usd(93_700) - 1, 0)],
+        StateError::LiquidationPrice(0),
+        "a micro-USDC deeper than 10.5%",
+    );
+    // A start proves its account below maintenance: account 1 cured by a deposit is refused at
+    // the margin slots; account 2, which covers what its shorts can owe (it holds none), at
+    // its op slot. A prover that skips the start's margin slot is refused at the op slot.
+    let cure = Op::Deposit {
+        account: AccountId(1),
+        amount: Amount(usd(50_000)),
+    };
+    let at = refused_at(&batch_of(&state, &[cure.clone(), start(1)]));
+    assert!(
+        at.starts_with("margin slots"),
+        "a cured account: refused at {at}"
+    );
+    assert_eq!(
+        state.clone().apply_batch(&[cure, start(1)]),
+        Err(StateError::LiquidationMaintained(1))
+    );
+    refused_first_and_natively(
+        &state,
+        &[start(2)],
+        StateError::LiquidationCovered(0),
+        "the start of an account that covers its shorts",
+    );
+    let mut skipped = batch_of(&state, &[start(1)]);
+    skipped.slots[0].unpriced = true;
+    for m in skipped.margins.iter_mut().filter(|m| m.below) {
+        *m = optio_prover::witness::MarginSlot::default();
+    }
+    let at = refused_at(&skipped);
+    assert!(
+        at.starts_with("op slot 0"),
+        "a skipped margin slot: refused at {at}"
+    );
+}
+
 /// A liquidation only reduces the liquidated account's position: account 1's long of 2 may be
 /// sold whole and account 0's short of 2 bought back whole, but selling 3, buying for the long,
 /// or buying back 3 for the short is refused at its op slot and natively, leaving the state
@@ -2515,7 +2689,7 @@ fn a_liquidation_the_shape_prices_cannot_skip_its_margin_slot() {
             qty: Qty(2 * QTY_SCALE),
         }],
     );
-    let state = marked(&state, 0, usd(100_000));
+    let state = started(&marked(&state, 0, usd(100_000)), &[1]);
     assert_eq!(state.accounts()[1].positions.len(), 2);
     let ops = [one_sold(usd(100_000), 0)];
     after(&state, &ops);
@@ -2558,7 +2732,7 @@ fn a_liquidation_of_an_account_that_covers_its_shorts_cannot_be_proven() {
     let state = marked(&genesis(3), 0, 10_000 * MONEY_SCALE);
     let state = after(&state, &[fill_of(0, Side::Buy, 10_000, 6)]);
     let price = 199_000 * MONEY_SCALE;
-    let state = marked_with(&state, 0, 199_000, &[-1_000, 1_000]);
+    let state = started(&marked_with(&state, 0, 199_000, &[-1_000, 1_000]), &[0]);
     let leaf = state.exit_proof(AccountId(0)).expect("exists").leaf;
     assert_eq!(leaf.liability, 6 * 200_000 * 100_000_000 * 1_000_000);
     let needed = 1_200_000 * MONEY_SCALE - state.accounts()[0].collateral.0;
@@ -3082,7 +3256,7 @@ fn a_fill_that_leaves_its_account_insolvent_cannot_be_proven() {
 fn a_liquidation_that_leaves_its_counterparty_insolvent_cannot_be_proven() {
     let state = marked(&genesis(3), 0, 100_000 * MONEY_SCALE);
     let state = after(&state, &[fill_of(0, Side::Buy, 100_000, 20)]);
-    let state = marked(&state, 0, 40_000 * MONEY_SCALE);
+    let state = started(&marked(&state, 0, 40_000 * MONEY_SCALE), &[1]);
     let sold_at = |price: i64| {
         [Op::Liquidation {
             account: AccountId(1),

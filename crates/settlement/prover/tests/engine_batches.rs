@@ -1390,5 +1390,5 @@ fn an_engine_liquidation_proves_its_account_below_maintenance() {
         state.apply_batch(&ops).expect("applies");
         state.commit();
     }
-    assert_eq!(below, 2, "both liquidations priced");
+    assert_eq!(below, 3, "the auction's start and both liquidations priced");
 }

@@ -54,6 +54,7 @@ mod bindings {
                 uint64 nonce;
                 uint160 liability;
                 int64 collateral;
+                uint64 since;
                 uint256[] accountProof;
                 Position[] positions;
                 uint256[] instrumentSiblings;
@@ -69,6 +70,7 @@ mod bindings {
                 uint160 liability;
                 int64 collateral;
                 uint256 positionsRoot;
+                uint64 since;
                 uint256[] proof;
             }
             struct Fill {
@@ -175,7 +177,7 @@ mod bindings {
 
         #[sol(rpc)]
         contract OptioTrees {
-            constructor(address rollup, address h3, address h4, address h5);
+            constructor(address rollup, address h3, address h4, address h5, address h6);
             struct InstrumentLeaf {
                 uint32 instrument;
                 uint256 specHash;
@@ -451,7 +453,7 @@ pub async fn deploy(
 ) -> Result<Deployment, SettlerError> {
     let contracts: PathBuf = optio_contracts::contracts_dir();
     let mut hashers = Vec::new();
-    for n in [4, 3, 5] {
+    for n in [4, 3, 5, 6] {
         let path = contracts.join(format!("poseidon/poseidon{n}.hex"));
         let hex = std::fs::read_to_string(&path)
             .map_err(|e| SettlerError::Artifacts(format!("{}: {e}", path.display())))?;
@@ -481,6 +483,7 @@ pub async fn deploy(
             h3: hashers[1],
             h4: hashers[0],
             h5: hashers[2],
+            h6: hashers[3],
         }
         .abi_encode(),
     );
@@ -1322,6 +1325,7 @@ pub fn opening_call(proof: &optio_state::ExitProof) -> OptioRollup::AccountOpeni
         liability: alloy::primitives::U160::from(proof.leaf.liability),
         collateral: proof.leaf.collateral.0,
         positionsRoot: u(&proof.leaf.positions_root),
+        since: proof.leaf.since,
         proof: proof.account_proof.siblings.iter().map(u).collect(),
     }
 }
@@ -1952,6 +1956,7 @@ fn exit_call_with(
         nonce: proof.leaf.nonce,
         liability: alloy::primitives::U160::from(proof.leaf.liability),
         collateral: proof.leaf.collateral.0,
+        since: proof.leaf.since,
         accountProof: proof.account_proof.siblings.iter().map(u).collect(),
         positions,
         instrumentSiblings: instrument_siblings,

@@ -457,10 +457,12 @@ impl Batcher {
         // close's price, the committed mark (of its instrument). (A forced withdrawal's amount
         // needs no mark.) A liquidation's maintenance is that of the mode its account started
         // the batch with (the circuit changes modes after the op slots): the batch is cut
-        // before a liquidation of an account whose mode changed in it.
+        // before a liquidation of an account whose mode changed in it. An auction's start is
+        // proven as a liquidation is, and takes the committed oracle time as its start: the
+        // engine's clock only while no mark is pending.
         let full = full
             || ops.iter().any(|o| match o {
-                Op::Liquidation { account, .. } => {
+                Op::Liquidation { account, .. } | Op::LiquidationStart { account } => {
                     !self.marks.is_empty()
                         || self.pending.iter().any(
                             |p| matches!(p, Op::SetMarginMode { account: a, .. } if a == account),

@@ -25,12 +25,13 @@ use crate::poseidon::{Fr, from_address, from_i64, hash, to_bytes};
 
 /// First bytes of every blob.
 pub const MAGIC: &[u8; 4] = b"OPTB";
-/// The version this code writes and reads (7: a mark posts its update's publication time,
+/// The version this code writes and reads (8: an auction's start posts an op, kind 29, and the
+/// account leaf commits it, `since`; 7: a mark posts its update's publication time,
 /// which the funds leaf commits the latest of; 6: a mark posts its underlying's index, which the
 /// instrument leaf's risk hash commits; 5: a settled position posts the quantity settled,
 /// after 4: withdrawals post their owner, 3: the spec bytes' binary layout and the funds leaf's
 /// counts, 2: field words).
-pub const VERSION: u8 = 7;
+pub const VERSION: u8 = 8;
 /// Largest blob accepted (bytes).
 pub const MAX_BLOB_BYTES: usize = 1 << 20;
 /// Longest risk array accepted.
@@ -138,6 +139,8 @@ pub mod kind {
     pub const L1_CLOSE: u64 = 27;
     /// `Op::SetMarginMode`.
     pub const MARGIN_MODE: u64 = 28;
+    /// `Op::LiquidationStart`.
+    pub const LIQUIDATION_START: u64 = 29;
 }
 
 /// Bit offsets of the fields packed into an op's first word (`kind` in bits 0..8).
@@ -391,6 +394,15 @@ pub fn encode_op(op: &Op, id: u32, index: usize) -> Result<Encoded, BlobError> {
             owner,
         } => paid_to(cash(kind::WITHDRAW, account.0, 0, amount.0, 0)?, owner),
         Op::LossShared { account, amount } => cash(kind::LOSS_SHARED, account.0, 0, amount.0, 0)?,
+        Op::LiquidationStart { account } => {
+            let mut record = [z; 10];
+            record[0] = Fr::from(kind::LIQUIDATION_START);
+            record[1] = Fr::from(account.0);
+            Encoded {
+                record,
+                words: vec![head(kind::LIQUIDATION_START, account.0, 0, 0, 0, 0, 0)],
+            }
+        }
         Op::Transfer { from, to, amount } => cash(kind::TRANSFER, from.0, to.0, amount.0, 0)?,
         Op::L1Deposit {
             priority,
@@ -869,6 +881,7 @@ pub fn decode(bytes: &[u8]) -> Result<(BlobMeta, Vec<Op>), BlobError> {
                     amount: Amount(amount),
                 }
             }
+            kind::LIQUIDATION_START => Op::LiquidationStart { account: a },
             kind::TRANSFER => Op::Transfer {
                 from: a,
                 to: b,

@@ -10,11 +10,13 @@
 //!                   ms, of the oracle updates whose marks were committed)
 //! account leaf    = Poseidon(owner, keys_hash,
 //!                            nonce + 2^64 * positions + 2^96 * mode + 2^98 * liability,
-//!                            collateral, positions_root)                            at index account id
+//!                            collateral, positions_root, since)                     at index account id
 //! mode            = margin mode: 0 WorstCase (an opening's), 1 Standard, 2 Portfolio
 //! positions       = how many positions the account holds (non-zero leaves of its positions tree)
 //! liability       = sum over its shorts of |q| * W, W the instrument's worst-case payoff per
 //!                   contract (`optio_types::short_liability`; below 2^155)
+//! since           = the committed oracle time (ms) its latest liquidation auction started at;
+//!                   0 if none ever did
 //! keys_hash       = fold of Poseidon(h, key, expiry_ms) over keys in address order, from 0
 //! position leaf   = signed quantity (p - |q| when short; 0 = flat)                at index instrument id
 //! instrument leaf = Poseidon(spec_hash, status, mark, risk_hash, settlement_price)  at index instrument id
@@ -75,6 +77,9 @@ pub struct AccountLeaf {
     pub collateral: Amount,
     /// Root of the account's positions tree.
     pub positions_root: Fr,
+    /// The committed oracle time (ms) its latest liquidation auction started at (a start op);
+    /// 0 if none ever did. A liquidation's price is held to the proven schedule from it.
+    pub since: u64,
 }
 
 impl AccountLeaf {
@@ -86,6 +91,7 @@ impl AccountLeaf {
             nonce_word(self.nonce, self.positions, self.mode, self.liability),
             from_i64(self.collateral.0),
             self.positions_root,
+            Fr::from(self.since),
         ])
     }
 }

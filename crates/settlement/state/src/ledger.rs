@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use optio_types::{
     AccountId, Address, Amount, CanonicalState, InstrumentId, InstrumentKind, InstrumentSpec,
     InstrumentStatus, MarginMode, Price, QTY_SCALE, Qty, max_liquidation_fee, stress_range,
-    within_liquidation_discount,
+    within_liquidation_schedule,
 };
 
 use crate::leaf::{self, ACCOUNT_DEPTH, AccountLeaf, INSTRUMENT_DEPTH, InstrumentLeaf, status};
@@ -83,10 +83,15 @@ pub enum StateError {
     /// Op `index` liquidates at a price outside the stress range of the instrument's committed
     /// mark and risk array (`optio_types::stress_range`) on the liquidated account's side: a
     /// long sold below the low end, or a short bought back above the high end; or further from
-    /// the committed mark than `MAX_LIQUIDATION_DISCOUNT_BPS` of the contract's value at the
-    /// committed index (`optio_types::within_liquidation_discount`).
-    #[error("op {0}: the liquidation's price is beyond the committed stress range or discount")]
+    /// the committed mark than the proven schedule's discount of the contract's value at the
+    /// committed index, from the account's auction's start (its leaf's `since`) to the
+    /// committed oracle time (`optio_types::within_liquidation_schedule`).
+    #[error("op {0}: the liquidation's price is beyond the committed stress range or schedule")]
     LiquidationPrice(usize),
+    /// Op `index` liquidates an account whose auction never started: its leaf's `since` is 0
+    /// (the engine posts a start, `Op::LiquidationStart`, before any step).
+    #[error("op {0}: the liquidated account's auction has not started")]
+    LiquidationNotStarted(usize),
     /// Op `index` charges a liquidation fee below zero or above `optio_types::
     /// max_liquidation_fee` (the fee at `MAX_LIQUIDATION_FEE_BPS` of the contracts' value at
     /// the index committed with the instrument's mark, clamped to its cap).
@@ -168,6 +173,9 @@ pub struct Account {
     pub collateral: Amount,
     /// Open positions by instrument id.
     pub positions: BTreeMap<u32, Qty>,
+    /// The committed oracle time (ms) its latest liquidation auction started at; 0 if none
+    /// ever did (`Op::LiquidationStart`).
+    pub since: u64,
     tree: Tree,
     dirty_positions: BTreeSet<u32>,
 }
@@ -717,6 +725,7 @@ impl SettlementState {
                 | Op::LossShared { account: a, .. }
                 | Op::DeficitCovered { account: a, .. }
                 | Op::SessionKey { account: a, .. }
+                | Op::LiquidationStart { account: a }
                 | Op::SetMarginMode { account: a, .. } => account(a)?,
                 Op::Transfer { from, to, .. } => {
                     account(from)?;
@@ -1167,6 +1176,7 @@ impl Account {
             nonce: 0,
             collateral: Amount::ZERO,
             positions: BTreeMap::new(),
+            since: 0,
             tree: Tree::with_store(INSTRUMENT_DEPTH, store),
             dirty_positions: BTreeSet::new(),
         }
@@ -1187,6 +1197,7 @@ impl Account {
             nonce: self.nonce,
             collateral: self.collateral,
             positions: self.positions.clone(),
+            since: self.since,
             tree: Tree::with_store(2, TreeStore::default()),
             dirty_positions: BTreeSet::new(),
         }
@@ -1212,6 +1223,7 @@ impl Account {
             liability: self.liability(payoffs),
             collateral: self.collateral,
             positions_root: self.tree.root(),
+            since: self.since,
         }
     }
 
@@ -1305,25 +1317,9 @@ impl Pending {
                         return Err(StateError::SelfTrade(i));
                     }
                     self.filled.insert(counterparty.0, i);
-                    // The liquidated account could default: its collateral does not cover what
-                    // its shorts can owe at worst.
-                    if self.scratch.covers_shorts(state, *account) {
-                        return Err(StateError::LiquidationCovered(i));
-                    }
-                    // And it is below maintenance, in the mode it started the batch with (the
-                    // circuit applies mode changes after the op slots).
-                    let mode = state
-                        .accounts
-                        .get(account.0 as usize)
-                        .map_or(MarginMode::WorstCase, |a| a.mode);
-                    let a = self.scratch.account(*account);
-                    if state
-                        .below_maintenance(mode, a.collateral, &a.positions)
-                        .is_none()
-                    {
-                        return Err(StateError::LiquidationMaintained(i));
-                    }
+                    self.liquidatable(state, *account, i)?;
                 }
+                Op::LiquidationStart { account } => self.liquidatable(state, *account, i)?,
                 Op::SetMarginMode { account, .. } => {
                     self.switched.insert(account.0, i);
                 }
@@ -1419,6 +1415,35 @@ impl Pending {
                     return Err(StateError::Unmaintained(i));
                 }
             }
+        }
+        Ok(())
+    }
+}
+
+impl Pending {
+    /// Whether `account`, right before op `i`, may be liquidated (a liquidation step, or its
+    /// auction's start): it could default (its collateral does not cover what its shorts can
+    /// owe at worst), and it is below maintenance at the committed marks, in the mode it
+    /// started the batch with (the circuit applies mode changes after the op slots).
+    fn liquidatable(
+        &mut self,
+        state: &SettlementState,
+        account: AccountId,
+        i: usize,
+    ) -> Result<(), StateError> {
+        if self.scratch.covers_shorts(state, account) {
+            return Err(StateError::LiquidationCovered(i));
+        }
+        let mode = state
+            .accounts
+            .get(account.0 as usize)
+            .map_or(MarginMode::WorstCase, |a| a.mode);
+        let a = self.scratch.account(account);
+        if state
+            .below_maintenance(mode, a.collateral, &a.positions)
+            .is_none()
+        {
+            return Err(StateError::LiquidationMaintained(i));
         }
         Ok(())
     }
@@ -1737,9 +1762,18 @@ impl Scratch {
                 } else {
                     i128::from(price.0) >= low
                 };
-                // And within the deepest discount of the committed index's value.
+                // And within the proven schedule's discount of the committed index's value, from
+                // the account's auction's start to the committed oracle time: the schedule reads
+                // only times the oracle signed.
+                let since = self.account(*account).since;
+                if since == 0 {
+                    return Err(StateError::LiquidationNotStarted(i));
+                }
+                let elapsed = self.oracle_ms.saturating_sub(since);
+                let x = self.instrument(*instrument);
                 let long = qty.0 < 0;
-                if !price_ok || !within_liquidation_discount(&x.spec, x.index, x.mark, *price, long)
+                if !price_ok
+                    || !within_liquidation_schedule(&x.spec, x.index, x.mark, *price, long, elapsed)
                 {
                     return Err(StateError::LiquidationPrice(i));
                 }
@@ -1771,6 +1805,10 @@ impl Scratch {
                     .move_position(instrument.0, qty.0, i)?;
                 self.account(*counterparty)
                     .move_position(instrument.0, -qty.0, i)?;
+            }
+            Op::LiquidationStart { account } => {
+                let at = self.oracle_ms;
+                self.account(*account).since = at;
             }
             Op::LossShared { account, amount } => {
                 self.credit(*account, -amount.0, i)?;
@@ -1846,6 +1884,7 @@ impl Scratch {
             real.nonce = a.nonce;
             real.collateral = a.collateral;
             real.positions = a.positions;
+            real.since = a.since;
             real.dirty_positions.extend(a.dirty_positions);
             state.dirty_accounts.insert(id);
             state.unsaved_accounts.insert(id);
@@ -1928,6 +1967,7 @@ fn encode_account(a: &Account) -> Vec<u8> {
         w.i64(q.0);
     }
     w.u8(a.mode.code());
+    w.u64(a.since);
     w.bytes
 }
 
@@ -1943,6 +1983,7 @@ fn decode_account(bytes: &[u8], tree: Tree) -> Option<Account> {
         .map(|_| Some((r.u32().ok()?, Qty(r.i64().ok()?))))
         .collect::<Option<BTreeMap<_, _>>>()?;
     let mode = MarginMode::from_code(r.u8().ok()?)?;
+    let since = r.u64().ok()?;
     r.finish().ok()?;
     Some(Account {
         owner,
@@ -1951,6 +1992,7 @@ fn decode_account(bytes: &[u8], tree: Tree) -> Option<Account> {
         nonce,
         collateral,
         positions,
+        since,
         tree,
         dirty_positions: BTreeSet::new(),
     })

@@ -158,6 +158,14 @@ pub enum Op {
         /// Fee from the liquidated account to insurance.
         fee: Amount,
     },
+    /// A liquidation auction starts (`Event::LiquidationStarted`): the account, below
+    /// maintenance at the committed marks and able to default, is liquidated from the committed
+    /// oracle time on (its leaf's `since`), and each step's price is held to the proven schedule
+    /// from it (`optio_types::within_liquidation_schedule`).
+    LiquidationStart {
+        /// The account.
+        account: AccountId,
+    },
     /// A share of a deficit charged to an account.
     LossShared {
         /// Charged.
@@ -227,6 +235,7 @@ impl Op {
             | Op::LossShared { account, .. }
             | Op::DeficitCovered { account, .. }
             | Op::SessionKey { account, .. }
+            | Op::LiquidationStart { account }
             | Op::SetMarginMode { account, .. } => vec![*account],
             Op::Transfer { from, to, .. } => vec![*from, *to],
             Op::L1Close {
@@ -268,6 +277,7 @@ impl Op {
             | Op::LossShared { .. }
             | Op::DeficitCovered { .. }
             | Op::SessionKey { .. }
+            | Op::LiquidationStart { .. }
             | Op::SetMarginMode { .. } => None,
         }
     }
@@ -458,8 +468,8 @@ pub fn ops_from(
             | Event::OrderAmended { .. }
             | Event::OrderDone { .. }
             | Event::OracleHeld { .. }
-            | Event::LiquidationStarted { .. }
             | Event::LiquidationEnded { .. } => {}
+            Event::LiquidationStarted { account } => ops.push(Op::LiquidationStart { account }),
             Event::MarginModeChanged { account, mode } => {
                 ops.push(Op::SetMarginMode { account, mode });
             }

@@ -140,6 +140,8 @@ fn vectors() -> Value {
         liability: 15_000_000_000_000_000_000,
         collateral: Amount(-12_345),
         positions_root: Fr::from(7u64),
+        // Liquidating since an oracle time.
+        since: 1_800_000_000_250,
     };
     let instrument = InstrumentLeaf {
         spec_hash: Fr::from(5u64),
@@ -215,7 +217,7 @@ fn vectors() -> Value {
     json!({
         "description": "Optio settlement vectors: leaf hashes (docs/settlement.md), a two-batch state with its blobs, roots and an exit proof. Field elements are 0x big-endian hex; amounts are integers (micro-USDC, quantities 1e-8).",
         "leaves": {
-            "account": {"owner": hex(&account.owner.0), "mode": account.mode.code(), "keys_hash": to_hex(&account.keys_hash), "nonce": account.nonce, "positions": account.positions, "liability": format!("{:#x}", account.liability), "collateral": account.collateral.0, "positions_root": to_hex(&account.positions_root), "hash": to_hex(&account.hash())},
+            "account": {"owner": hex(&account.owner.0), "mode": account.mode.code(), "keys_hash": to_hex(&account.keys_hash), "nonce": account.nonce, "positions": account.positions, "liability": format!("{:#x}", account.liability), "collateral": account.collateral.0, "positions_root": to_hex(&account.positions_root), "since": account.since, "hash": to_hex(&account.hash())},
             "instrument": {"spec_hash": to_hex(&instrument.spec_hash), "status": instrument.status, "mark": instrument.mark.0, "risk_hash": to_hex(&instrument.risk_hash), "settlement_price": instrument.settlement_price.0, "hash": to_hex(&instrument.hash())},
             "keys_hash": {"keys": keys.iter().map(|(k, e)| json!([hex(&k.0), e])).collect::<Vec<_>>(), "hash": to_hex(&leaf::keys_hash(keys.iter().map(|(k, e)| (k, e))))},
             "risk_hash": {"index": 60_000_000_000i64, "risk": risk.iter().map(|a| a.0).collect::<Vec<_>>(), "hash": to_hex(&leaf::risk_hash(Price(60_000_000_000), &risk))},
@@ -242,6 +244,7 @@ fn vectors() -> Value {
             "liability": format!("{:#x}", proof.leaf.liability),
             "collateral": proof.leaf.collateral.0,
             "positions_root": to_hex(&proof.leaf.positions_root),
+            "since": proof.leaf.since,
             "leaf_hash": to_hex(&proof.leaf.hash()),
             "account_proof": proof.account_proof.siblings.iter().map(to_hex).collect::<Vec<_>>(),
             "positions": proof.positions.iter().map(|(i, q, p, l, ip)| json!({
