@@ -70,6 +70,40 @@ pub(crate) struct FillCount {
     instruments: BTreeSet<u32>,
 }
 
+/// A `FillCount` with one more op: the accounts and runs it adds, and the totals it leaves.
+struct Added {
+    accounts: Vec<AccountId>,
+    windows: u32,
+    new_runs: BTreeSet<u32>,
+    margins: u32,
+    positions: u32,
+    instruments: BTreeSet<u32>,
+}
+
+impl FillCount {
+    /// Counts one more op, adding `a`, if the budget has room for it; otherwise leaves the
+    /// count as it was and says no.
+    fn take(&mut self, budget: &FillBudget, a: Added) -> bool {
+        let fits = self.fills < budget.fills
+            && (self.accounts.len() + a.accounts.len()) as u64 <= u64::from(budget.accounts)
+            && a.windows <= budget.windows
+            && (self.runs.len() + a.new_runs.len()) as u64 <= u64::from(budget.prices)
+            && a.margins <= budget.margins
+            && a.positions <= budget.positions
+            && a.instruments.len() as u64 <= u64::from(budget.instruments);
+        if fits {
+            self.fills += 1;
+            self.accounts.extend(a.accounts);
+            self.windows = a.windows;
+            self.runs.extend(a.new_runs);
+            self.margins = a.margins;
+            self.positions = a.positions;
+            self.instruments = a.instruments;
+        }
+        fits
+    }
+}
+
 impl PlanEnd {
     /// Whether the taker's rest may rest on the book: not when it is cancelled, nor when it
     /// would cross the orders the budget left unfilled.
@@ -782,27 +816,23 @@ impl<M: MarginModel> Engine<M> {
                 new_runs.extend(held.into_iter().filter(|r| !count.runs.contains(r)));
             }
         }
-        let fits = count.fills < budget.fills
-            && count.accounts.len() as u64 + added <= u64::from(budget.accounts)
-            && windows <= budget.windows
-            && (count.runs.len() + new_runs.len()) as u64 <= u64::from(budget.prices)
-            && margins <= budget.margins
-            && positions <= budget.positions
-            && instruments.len() as u64 <= u64::from(budget.instruments);
-        if fits {
-            count.fills += 1;
-            count.margins = margins;
-            count.positions = positions;
-            count.instruments = instruments;
-            for (account, _) in accounts {
-                if !count.accounts.contains(&account) {
-                    count.accounts.push(account);
-                }
+        let mut added_accounts = Vec::with_capacity(added);
+        for (account, _) in accounts {
+            if !count.accounts.contains(&account) && !added_accounts.contains(&account) {
+                added_accounts.push(account);
             }
-            count.windows = windows;
-            count.runs.extend(new_runs);
         }
-        fits
+        count.take(
+            budget,
+            Added {
+                accounts: added_accounts,
+                windows,
+                new_runs,
+                margins,
+                positions,
+                instruments,
+            },
+        )
     }
 
     /// Counts one more auction start of `account` into `count` if the fill budget has room
@@ -826,22 +856,23 @@ impl<M: MarginModel> Engine<M> {
             positions += held.len() as u32;
             instruments.extend(held);
         }
-        let added = u64::from(!count.accounts.contains(&account));
-        let fits = count.fills < budget.fills
-            && count.accounts.len() as u64 + added <= u64::from(budget.accounts)
-            && margins <= budget.margins
-            && positions <= budget.positions
-            && instruments.len() as u64 <= u64::from(budget.instruments);
-        if fits {
-            count.fills += 1;
-            count.margins = margins;
-            count.positions = positions;
-            count.instruments = instruments;
-            if added == 1 {
-                count.accounts.push(account);
-            }
-        }
-        fits
+        let accounts = if count.accounts.contains(&account) {
+            Vec::new()
+        } else {
+            vec![account]
+        };
+        let (windows, new_runs) = (count.windows, BTreeSet::new());
+        count.take(
+            budget,
+            Added {
+                accounts,
+                windows,
+                new_runs,
+                margins,
+                positions,
+                instruments,
+            },
+        )
     }
 
     /// Whether filling `qty` of the resting order in `slot`, after the fills already planned
