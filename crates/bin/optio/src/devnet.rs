@@ -400,6 +400,7 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
             shape
                 .check()
                 .map_err(|e| anyhow::anyhow!("--prove-keys: shape_unusable: {e}"))?;
+            optio_prover::Keys::check_version(dir, shape).map_err(bad_keys)?;
             Some(Arc::new(
                 optio_prover::Keys::read(dir, shape).map_err(bad_keys)?,
             ))

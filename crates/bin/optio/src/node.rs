@@ -169,6 +169,8 @@ pub fn run(args: NodeArgs) -> Result<()> {
             optio_prover::Keys::shape_in(&dir).map_err(|e| anyhow::anyhow!("prove_keys: {e}"))?;
         s.check()
             .map_err(|e| anyhow::anyhow!("prove_keys: shape_unusable: {e}"))?;
+        optio_prover::Keys::check_version(&dir, s)
+            .map_err(|e| anyhow::anyhow!("prove_keys: {e}"))?;
         tracing::info!(shape = %s.name(), "batches cut to fit the circuit");
         config.batch_capacity = Some(crate::prove::capacity(s));
         shape = Some(s);

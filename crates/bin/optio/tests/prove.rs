@@ -335,3 +335,47 @@ fn a_node_or_devnet_with_keys_of_an_unusable_shape_refuses_to_start() {
         "the node created no data directory"
     );
 }
+
+/// Keys made for another version of the circuit (`optio_prover::CIRCUIT_VERSION`, recorded
+/// beside them) would give proofs that do not verify: a node or devnet given them refuses to
+/// start, naming both versions, before it creates anything.
+#[test]
+fn a_node_or_devnet_with_keys_of_another_circuit_version_refuses_to_start() {
+    let keys = tempfile::tempdir().expect("tempdir");
+    let shape = "quad-16x16x16x8x4x4x2x16x1x3x4x6x2x2x8x6";
+    for (ext, bytes) in [("pk", &b""[..]), ("vk", b""), ("circuit", b"0\n")] {
+        std::fs::write(keys.path().join(format!("{shape}.{ext}")), bytes).expect("writes");
+    }
+    let data = tempfile::tempdir().expect("tempdir");
+    let config = node_config(data.path(), keys.path(), "");
+    for args in [
+        vec![
+            "node".to_owned(),
+            "--config".into(),
+            config.display().to_string(),
+        ],
+        vec![
+            "devnet".to_owned(),
+            "--prove-keys".into(),
+            keys.path().display().to_string(),
+        ],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_optio"))
+            .args(&args)
+            .args(["--duration-s", "4"])
+            .env("OPTIO_SEQUENCER_KEY", format!("0x{}", "11".repeat(32)))
+            .output()
+            .expect("runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {stderr}");
+        let said = format!(
+            "another circuit version (0; this binary's is {})",
+            optio_prover::CIRCUIT_VERSION
+        );
+        assert!(stderr.contains(&said), "{args:?}: {stderr}");
+    }
+    assert!(
+        !data.path().join("data").exists(),
+        "the node created no data directory"
+    );
+}

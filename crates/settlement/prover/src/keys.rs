@@ -55,6 +55,17 @@ pub enum ProveError {
     },
 }
 
+/// The version of the batch circuit's constraints. A change of the constraints any shape lays
+/// out bumps it: `tests/circuit_version.rs` holds a fingerprint of the smallest shape's
+/// constraint matrices beside this number, so a change that does not bump it fails. Keys
+/// record the version they were made for (`<shape name>.circuit`), and `Keys::read` refuses
+/// keys of another one: their proofs would not verify, and a node finds that at its start, not
+/// at its first batch.
+///
+/// 1: the first recorded (blob format 8: an auction's start in the account leaf and each
+/// liquidation held to the proven schedule). Keys made before carry no version file.
+pub const CIRCUIT_VERSION: u32 = 1;
+
 /// A shape's proving and verifying keys.
 pub struct Keys {
     /// The circuit's shape.
@@ -98,9 +109,15 @@ impl Keys {
         dir.join(format!("{}.{what}", shape.name()))
     }
 
-    /// Writes `<shape name>.pk` and `.vk` into `dir` (`Shape::name`).
+    /// Writes `<shape name>.pk`, `.vk` and `.circuit` (`CIRCUIT_VERSION`, last) into `dir`
+    /// (`Shape::name`).
     pub fn write(&self, dir: &Path) -> Result<(), ProveError> {
-        for (what, bytes) in [("pk", serialize(&self.pk)), ("vk", serialize(&self.vk))] {
+        let version = format!("{CIRCUIT_VERSION}\n").into_bytes();
+        for (what, bytes) in [
+            ("pk", serialize(&self.pk)),
+            ("vk", serialize(&self.vk)),
+            ("circuit", version),
+        ] {
             let path = Self::file(dir, self.shape, what);
             write_synced(&path, &bytes).map_err(|e| ProveError::KeyFile {
                 path: path.display().to_string(),
@@ -141,8 +158,38 @@ impl Keys {
         }
     }
 
-    /// Reads the keys of `shape` from `dir`.
+    /// Whether the keys of `shape` in `dir` were made for this circuit version
+    /// (`CIRCUIT_VERSION`, their `.circuit` file), reading nothing else: a node checks it at its
+    /// start, before keys that may take gigabytes are read. Keys that are not there at all pass
+    /// (reading them names the file missing).
+    pub fn check_version(dir: &Path, shape: Shape) -> Result<(), ProveError> {
+        let path = Self::file(dir, shape, "circuit");
+        let made_for = match std::fs::read_to_string(&path) {
+            Ok(text) => text.trim().parse::<u32>().ok(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                return Err(ProveError::KeyFile {
+                    path: path.display().to_string(),
+                    why: e.to_string(),
+                });
+            }
+        };
+        if made_for == Some(CIRCUIT_VERSION) || !Self::file(dir, shape, "vk").exists() {
+            return Ok(());
+        }
+        let theirs = made_for.map_or("none recorded".to_owned(), |v| v.to_string());
+        Err(ProveError::KeyFile {
+            path: path.display().to_string(),
+            why: format!(
+                "keys of another circuit version ({theirs}; this binary's is {CIRCUIT_VERSION}): make new ones with optio prove setup --keys DIR"
+            ),
+        })
+    }
+
+    /// Reads the keys of `shape` from `dir`: those of this circuit version only
+    /// (`check_version`).
     pub fn read(dir: &Path, shape: Shape) -> Result<Keys, ProveError> {
+        Self::check_version(dir, shape)?;
         let read = |what: &str| {
             let path = Self::file(dir, shape, what);
             let bytes = std::fs::read(&path).map_err(|e| ProveError::KeyFile {

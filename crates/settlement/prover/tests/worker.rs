@@ -255,6 +255,34 @@ fn key_files_round_trip_and_bad_ones_are_named() {
         );
     }
 
+    // Keys of another circuit version, or made before versions were recorded: refused at
+    // read, naming both versions.
+    let version = dir.path().join(format!("{}.circuit", SHAPE.name()));
+    for (content, theirs) in [
+        (
+            Some(format!("{}\n", optio_prover::CIRCUIT_VERSION + 1)),
+            (optio_prover::CIRCUIT_VERSION + 1).to_string(),
+        ),
+        (None, "none recorded".to_owned()),
+    ] {
+        match &content {
+            Some(text) => std::fs::write(&version, text).expect("write"),
+            None => std::fs::remove_file(&version).expect("remove"),
+        }
+        let refused = Keys::read(dir.path(), SHAPE)
+            .err()
+            .expect("another version");
+        assert!(
+            refused.to_string().contains(&format!(
+                "another circuit version ({theirs}; this binary's is {})",
+                optio_prover::CIRCUIT_VERSION
+            )),
+            "{refused}"
+        );
+    }
+    keys.write(dir.path()).expect("writes again");
+    Keys::read(dir.path(), SHAPE).expect("this version's");
+
     let other = Shape { slots: 1, ..SHAPE };
     let missing = Keys::read(dir.path(), other)
         .err()

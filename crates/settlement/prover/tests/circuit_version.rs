@@ -1,0 +1,82 @@
+//! The batch circuit's version (`optio_prover::CIRCUIT_VERSION`) names its constraints: a
+//! fingerprint of a small shape's constraint matrices (every kind of slot, register and window
+//! at least once) is recorded beside it, so a change of the constraints that does not bump the
+//! version fails here. Keys record the version they were made for, and a node refuses keys of
+//! another (`Keys::read`).
+
+use ark_ff::{BigInteger, PrimeField};
+use ark_relations::gr1cs::{ConstraintSynthesizer, ConstraintSystem, SynthesisMode};
+use optio_prover::{BatchCircuit, CIRCUIT_VERSION, Shape, witness};
+use optio_state::poseidon::Fr;
+use sha3::{Digest, Keccak256};
+
+/// Two of each register, one or two of each slot and window, windows of more than one id.
+const SHAPE: Shape = Shape {
+    slots: 2,
+    accounts: 2,
+    positions: 2,
+    instruments: 2,
+    listings: 1,
+    expiries: 1,
+    settlements: 1,
+    holders: 1,
+    marks: 1,
+    risk_chunks: 1,
+    keys: 1,
+    mark_window_bits: 2,
+    margins: 1,
+    prices: 1,
+    solvency: 1,
+    solvency_bits: 2,
+};
+
+/// keccak256 over the constraint system's sizes and its matrices, entry by entry (coefficient,
+/// column), row by row, in the order arkworks lays them out for a proof.
+fn fingerprint(shape: Shape) -> (usize, String) {
+    let cs = ConstraintSystem::<Fr>::new_ref();
+    cs.set_mode(SynthesisMode::Setup);
+    BatchCircuit {
+        witness: witness::empty(shape),
+    }
+    .generate_constraints(cs.clone())
+    .expect("synthesizes");
+    cs.finalize();
+    let mut h = Keccak256::new();
+    for n in [
+        cs.num_instance_variables(),
+        cs.num_witness_variables(),
+        cs.num_constraints(),
+    ] {
+        h.update((n as u64).to_le_bytes());
+    }
+    for (label, matrices) in cs.to_matrices().expect("matrices") {
+        h.update(label.as_bytes());
+        for matrix in matrices {
+            h.update((matrix.len() as u64).to_le_bytes());
+            for row in matrix {
+                h.update((row.len() as u64).to_le_bytes());
+                for (coefficient, column) in row {
+                    h.update(coefficient.into_bigint().to_bytes_le());
+                    h.update((column as u64).to_le_bytes());
+                }
+            }
+        }
+    }
+    let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    (cs.num_constraints(), hex)
+}
+
+#[test]
+fn the_circuit_version_names_its_constraints() {
+    let (constraints, hash) = fingerprint(SHAPE);
+    assert_eq!(
+        (CIRCUIT_VERSION, constraints, hash.as_str()),
+        (
+            1,
+            123_625,
+            "4251a34f144d94e4b535a5ee934429db9cbfc8be933d6f2b038de918da268df5"
+        ),
+        "the circuit's constraints changed: if they did, bump optio_prover::CIRCUIT_VERSION \
+         (keys made for the old ones must be refused) and record the new fingerprint beside it"
+    );
+}
