@@ -5,6 +5,7 @@ import {MiniTest} from "./MiniTest.sol";
 import {IGroth16Verifier, OptioRollup} from "../src/OptioRollup.sol";
 import {ExitProof, IFrozenRollup, InstrumentLeaf, InstrumentsOpening, OptioTrees, Position, PositionsNode} from "../src/OptioTrees.sol";
 import {TestUSDC} from "../src/TestUSDC.sol";
+import {Words} from "../src/Words.sol";
 import {Field, IPoseidon1, IPoseidon2, IPoseidon3, IPoseidon4, IPoseidon5, IPoseidon6} from "../src/Poseidon.sol";
 
 /// The cheatcodes these tests use (forge-std's signatures).
@@ -954,5 +955,24 @@ contract RollupInvariants is WithHashers {
         assertEq(rollup.totalDeposited(), handler.deposited(), "every deposit counted");
         assertTrue(rollup.totalPaid() <= rollup.totalDeposited(), "paid no more than deposited");
         assertEq(usdc.balanceOf(address(rollup)), rollup.totalDeposited() - rollup.totalPaid(), "vault holds the rest");
+    }
+}
+
+/// The word walk the L1 judges take over a batch's posted words (docs/settlement.md, "Words"):
+/// an auction's start (kind 29, since format 8) and a margin mode (28) take their one word, and
+/// a kind past them is refused.
+contract WordsTest is MiniTest {
+    function test_one_word_kinds_and_an_unknown_kind() public {
+        assertEq(Words.opWords(29, 29 | (uint256(3) << 8)), 1, "an auction's start");
+        assertEq(Words.opWords(28, 28 | (uint256(3) << 8)), 1, "a margin mode");
+        try this.walk(30) returns (uint256) {
+            revert("kind 30 walked");
+        } catch (bytes memory why) {
+            assertEq(keccak256(why), keccak256(abi.encodeWithSelector(Words.BadBatch.selector, "unknown op")), "kind 30 refused");
+        }
+    }
+
+    function walk(uint256 kind) external pure returns (uint256) {
+        return Words.opWords(kind, kind);
     }
 }
