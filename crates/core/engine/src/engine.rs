@@ -81,6 +81,11 @@ struct Added {
 }
 
 impl FillCount {
+    /// Op slots, accounts and margin slots counted.
+    pub(crate) fn used(&self) -> (u32, u32, u32) {
+        (self.fills, self.accounts.len() as u32, self.margins)
+    }
+
     /// Counts one more op, adding `a`, if the budget has room for it; otherwise leaves the
     /// count as it was and says no.
     fn take(&mut self, budget: &FillBudget, a: Added) -> bool {
@@ -162,8 +167,9 @@ pub struct Engine<M: MarginModel = WorstCaseMargin> {
     /// liquidating ones, but no liquidator may bid yet. Derived: the mark-margined accounts
     /// below maintenance that are not liquidating.
     pub(crate) liquidations_due: BTreeSet<AccountId>,
-    /// Auctions the current input started (they share the fill budget with its deficit covers).
-    pub(crate) starts_now: u32,
+    /// What the auctions the current input started take of the fill budget (its deficit
+    /// covers take what is left).
+    pub(crate) starts_now: FillCount,
     /// The current input settled an instrument.
     pub(crate) settled_now: bool,
     /// Instruments whose settlement price came and that still have holders to pay (or, before
@@ -223,7 +229,7 @@ impl<M: MarginModel> Engine<M> {
             expiries: BTreeSet::new(),
             covers_due: BTreeSet::new(),
             liquidations_due: BTreeSet::new(),
-            starts_now: 0,
+            starts_now: FillCount::default(),
             settled_now: false,
             settles_due: BTreeSet::new(),
             unposted_expiries: BTreeSet::new(),
@@ -266,7 +272,7 @@ impl<M: MarginModel> Engine<M> {
         self.touched_accounts.clear();
         self.touched_instruments.clear();
         self.settled_now = false;
-        self.starts_now = 0;
+        self.starts_now = FillCount::default();
         self.expiries_posted_now = 0;
         for id in std::mem::take(&mut self.unposted_expiries) {
             self.post_expiry(id, events);

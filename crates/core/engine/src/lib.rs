@@ -47,4 +47,6 @@ pub use query::{InstrumentMargin, InstrumentView, MarginView, OracleView};
 /// marks, at the auction clock then), within the fill budget (`Engine::start_due_liquidations`):
 /// the settlement state commits the start with the marks and the time a proof checks it
 /// against. Until it starts the account acts as a liquidating one, and no liquidator may bid.
+/// An update's deficit covers take what its starts leave of the budget, a margin slot each
+/// (before, any number of covers could fall in one update, more than a proof's margin slots).
 pub const RULES: u32 = 4;

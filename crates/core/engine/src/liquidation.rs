@@ -148,12 +148,12 @@ impl<M: MarginModel> Engine<M> {
                 self.liquidations_due.insert(account);
                 continue;
             }
-            self.starts_now += 1;
             self.accounts[account.0 as usize].liquidating_since = Some(since);
             events.push(Event::LiquidationStarted { account });
             self.touch_account(account);
             self.finish_if_flat(account, events);
         }
+        self.starts_now = count;
     }
 
     /// The auction clock: when the latest accepted oracle update that marked an instrument was
@@ -651,29 +651,34 @@ impl<M: MarginModel> Engine<M> {
         self.limits.fill_budget != FillBudget::UNBOUNDED
     }
 
-    /// The covers due, in account order, within the fill budget: a cover takes one op slot and
-    /// one account, each of its loss shares one more of each. A cover is tried only with room
-    /// for at least one share, so each one moves money or ends its liquidation; one left
-    /// uncovered while another account still has free collateral stays due.
+    /// The covers due, in account order, within the fill budget beside this update's starts: a
+    /// cover takes one op slot, one account and one margin slot (the proof's flat slot), each
+    /// of its loss shares one more op slot and account. A cover is tried only with room for at
+    /// least one share, so each one moves money or ends its liquidation; one left uncovered
+    /// while another account still has free collateral stays due, and so does one the margin
+    /// slots cannot hold (engine rules 4; before, any number of covers could fall in one
+    /// update, more than a proof's margin slots).
     fn cover_due_within_budget(&mut self, events: &mut Vec<Event>) {
         let budget = self.limits.fill_budget;
-        // Beside this update's starts.
+        let (fills, accounts, margins) = self.starts_now.used();
         let mut room = budget
             .fills
-            .min(budget.accounts)
-            .saturating_sub(self.starts_now) as usize;
+            .saturating_sub(fills)
+            .min(budget.accounts.saturating_sub(accounts)) as usize;
+        let mut flat_slots = budget.margins.saturating_sub(margins);
         for account in std::mem::take(&mut self.covers_due) {
             let deficit = -i128::from(self.accounts[account.0 as usize].balance.0);
             if deficit <= 0 {
                 self.end_liquidation(account, events);
                 continue;
             }
-            if room < 2 {
+            if room < 2 || flat_slots == 0 {
                 self.covers_due.insert(account);
                 continue;
             }
             let (shares, left, others) = self.cover_deficit(account, deficit, room - 1, events);
             room -= 1 + shares;
+            flat_slots -= 1;
             if left > 0 && others {
                 self.covers_due.insert(account);
             } else {

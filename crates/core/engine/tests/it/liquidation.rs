@@ -315,6 +315,76 @@ fn auctions_start_within_the_fill_budget() {
     e.check_invariants().expect("audit");
 }
 
+/// A deficit's cover takes a margin slot of the batch (the proof's flat slot): with a fill
+/// budget of one margin slot, two accounts left bankrupt and flat by their auctions are
+/// covered one an update (and their auctions start one an update, each start taking the slot).
+#[test]
+fn deficit_covers_wait_for_margin_slots() {
+    let budget = EngineLimits {
+        fill_budget: optio_types::FillBudget {
+            margins: 1,
+            ..optio_types::FillBudget::UNBOUNDED
+        },
+        ..EngineLimits::default()
+    };
+    let mut e = engine_with(budget, 4, usd(200_000));
+    run(&mut e, T0, Command::OracleUpdate(update(60_000.0, T0))).expect("oracle");
+    for (buyer, seller) in [(1, 0), (2, 3)] {
+        for command in [
+            Command::SetMarginMode {
+                account: AccountId(buyer),
+                mode: MarginMode::Standard,
+            },
+            Command::Withdraw {
+                account: AccountId(buyer),
+                amount: usd(192_000),
+            },
+        ] {
+            run(&mut e, T0, command).expect("accepted");
+        }
+        trade(&mut e, seller, buyer, PERP, Side::Sell, 60_000, 100);
+    }
+    let count = |events: &[Event], what: fn(&Event) -> Option<u32>| -> Vec<u32> {
+        events.iter().filter_map(what).collect()
+    };
+    let started = |ev: &Event| match ev {
+        Event::LiquidationStarted { account } => Some(account.0),
+        _ => None,
+    };
+    let covered = |ev: &Event| match ev {
+        Event::DeficitCovered { account, .. } => Some(account.0),
+        _ => None,
+    };
+    let (events, mut t) = crash(&mut e, 45_000.0);
+    assert_eq!(count(&events, started), vec![1]);
+    t += 1_000;
+    let events = run(&mut e, t, Command::OracleUpdate(update(45_100.0, t))).expect("next");
+    assert_eq!(count(&events, started), vec![2]);
+    // Each bankrupt: the liquidators take the whole positions.
+    for (liquidator, account) in [(0, 1), (3, 2)] {
+        run(
+            &mut e,
+            t,
+            Command::Liquidate {
+                liquidator: AccountId(liquidator),
+                account: AccountId(account),
+                instrument: InstrumentId(PERP),
+                qty: Qty(100 * STEP),
+            },
+        )
+        .expect("all of it: the equity is gone");
+    }
+    e.check_invariants().expect("audit: two covers due");
+    let mut per_update = Vec::new();
+    for _ in 0..3 {
+        t += 1_000;
+        let events = run(&mut e, t, Command::OracleUpdate(update(45_100.0, t))).expect("next");
+        per_update.push(count(&events, covered));
+        e.check_invariants().expect("audit");
+    }
+    assert_eq!(per_update, vec![vec![1], vec![2], vec![]]);
+}
+
 /// The auction sells a long at no less than the low end of the perpetual's committed stress
 /// range (`optio_types::stress_range`: the validity proof refuses a liquidation beyond it). With
 /// risk arrays that move the perpetual at most 5% (2,750 at the 55,000 mark), the long offered at
