@@ -30,7 +30,8 @@ pub struct InstrumentView<'a> {
 pub struct MarginView {
     /// The mode they are computed under.
     pub mode: MarginMode,
-    /// Being liquidated.
+    /// Being liquidated, or waiting for its auction's start at the next oracle update (either
+    /// way it may not trade, withdraw or change its mode).
     pub liquidating: bool,
     /// Initial requirement, open orders counted as filled in their worst combination (what a
     /// new order or a withdrawal must leave covered), net of the positions' values the mode
@@ -163,7 +164,7 @@ impl<M: MarginModel> Engine<M> {
         }
         Some(MarginView {
             mode: acct.mode,
-            liquidating: acct.liquidating_since.is_some(),
+            liquidating: self.in_liquidation(account),
             initial: acct.requirement,
             positions_initial: Amount(positions_initial),
             maintenance: acct.maintenance,

@@ -201,6 +201,10 @@ fn an_auction_starts_at_the_next_accepted_update() {
         "its orders go at once: {events:?}"
     );
     e.check_invariants().expect("audit: due, not liquidating");
+    assert!(
+        e.margin_view(AccountId(1)).expect("exists").liquidating,
+        "shown as liquidating while its start waits"
+    );
     let before = e.state_hash();
     assert_eq!(take(&mut e, t, STEP), Err(RejectCode::NotLiquidating));
     for command in [
