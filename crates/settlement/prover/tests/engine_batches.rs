@@ -1392,3 +1392,79 @@ fn an_engine_liquidation_proves_its_account_below_maintenance() {
     }
     assert_eq!(below, 3, "the auction's start and both liquidations priced");
 }
+
+/// Auction starts are budgeted as the prover's plan counts them (engine rules 4): six
+/// `Standard` accounts, each long a perpetual on 7,500 of collateral, fall below maintenance in
+/// one oracle update (the index to 54,100, within the circuit breaker). A shape of four margin
+/// slots prices four starts a batch, so the next update starts four and the one after the other
+/// two; every batch a capacity-aware batcher cuts proves with the batcher's root, and each
+/// start is priced below maintenance by a margin slot.
+#[test]
+fn auction_starts_of_many_accounts_fit_the_shape_over_updates() {
+    use optio_types::{AccountId, Amount, Command, EngineLimits, Event, Input, InstrumentId};
+    use optio_types::{MONEY_SCALE, MarginMode, Side, TimeInForce};
+    let perp = InstrumentId(2);
+    let mut t = support::T0;
+    // Account 7 sells them all, fully collateralized (a short perpetual can owe its cap).
+    let mut deposits = [200_000; 8];
+    deposits[7] = 2_000_000;
+    let mut inputs = opening(t, &[2], &deposits);
+    let mut at = |t: u64, command: Command| {
+        inputs.push(Input {
+            time_ms: t,
+            command,
+        })
+    };
+    for buyer in 1..=6u32 {
+        let account = AccountId(buyer);
+        let standard = MarginMode::Standard;
+        at(
+            t,
+            Command::SetMarginMode {
+                account,
+                mode: standard,
+            },
+        );
+        let amount = Amount(192_500 * MONEY_SCALE);
+        at(t, Command::Withdraw { account, amount });
+        let gtc = TimeInForce::GoodTillCancelled;
+        at(t, limit_order(7, perp, Side::Sell, 100, 60_000, gtc));
+        let ioc = TimeInForce::ImmediateOrCancel;
+        at(t, limit_order(buyer, perp, Side::Buy, 100, 60_000, ioc));
+    }
+    for _ in 0..3 {
+        t += 1_000;
+        at(t, support::oracle(54_100.0, t));
+    }
+    let limits = EngineLimits {
+        fill_budget: SHAPE.fill_budget(),
+        ..EngineLimits::default()
+    };
+    let from = inputs.len() - 3;
+    let (batches, events) = batched(&inputs, limits, SHAPE, from);
+    let started = |events: &[Event]| {
+        events
+            .iter()
+            .filter(|e| matches!(e, Event::LiquidationStarted { .. }))
+            .count()
+    };
+    let per_update: Vec<usize> = events.iter().map(|e| started(e)).collect();
+    assert_eq!(per_update, vec![0, 4, 2]);
+    let mut state = SettlementState::new();
+    let (mut below, mut starts) = (0, 0);
+    for b in &batches {
+        let (_, ops) = decode(&b.blob).expect("decodes");
+        let w = witness(&state, &ops, SHAPE).expect("fits");
+        assert_eq!(w.public.new_root, b.header.new_root);
+        check(&w).unwrap_or_else(|e| panic!("batch {}: {e}", b.header.number));
+        below += w.margins.iter().filter(|m| m.below).count();
+        starts += ops
+            .iter()
+            .filter(|o| matches!(o, optio_state::Op::LiquidationStart { .. }))
+            .count();
+        state.apply_batch(&ops).expect("applies");
+        state.commit();
+    }
+    assert_eq!((starts, below), (6, 6), "every start posted and priced");
+    assert!(state.accounts()[1..=6].iter().all(|a| a.since != 0));
+}
