@@ -316,10 +316,7 @@ impl<M: MarginModel> Engine<M> {
         // Auctions due at the next accepted update (once margined).
         engine.liquidations_due = (0..engine.accounts.len() as u32)
             .map(AccountId)
-            .filter(|&a| {
-                engine.accounts[a.0 as usize].liquidating_since.is_none()
-                    && engine.below_maintenance(a)
-            })
+            .filter(|&a| engine.auction_due(a))
             .collect();
         engine.check_invariants()?;
         Ok(engine)

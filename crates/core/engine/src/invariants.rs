@@ -251,9 +251,7 @@ impl<M: MarginModel> Engine<M> {
                     "account {account} is below maintenance but not liquidating"
                 ));
             }
-            if self.liquidations_due.contains(&account)
-                != (acct.liquidating_since.is_none() && self.below_maintenance(account))
-            {
+            if self.liquidations_due.contains(&account) != self.auction_due(account) {
                 return fail(format!(
                     "account {account}: an auction is due iff it is liquidatable and not liquidating"
                 ));

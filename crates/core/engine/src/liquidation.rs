@@ -75,8 +75,19 @@ impl<M: MarginModel> Engine<M> {
             && self.short_cover(account) < 0
     }
 
-    /// Starts liquidations of touched mark-margined accounts that fell below maintenance, and
-    /// ends those that are cured.
+    /// Whether `account`'s auction is due (`liquidations_due` holds exactly these between
+    /// inputs): it may be liquidated and is not being liquidated yet.
+    pub(crate) fn auction_due(&self, account: AccountId) -> bool {
+        self.accounts[account.0 as usize]
+            .liquidating_since
+            .is_none()
+            && self.below_maintenance(account)
+    }
+
+    /// Marks the auctions of touched mark-margined accounts that fell below maintenance due
+    /// (they start at the next accepted oracle update: `start_due_liquidations`), cancelling
+    /// their orders; drops those cured before their start, and ends the liquidations of those
+    /// cured since.
     pub(crate) fn liquidation_checks(&mut self, oracle_update: bool, events: &mut Vec<Event>) {
         // Deficits due since an earlier input's settlements, once this one settled nothing
         // (with a bounded fill budget, only in an accepted oracle update: `covers_wait`).

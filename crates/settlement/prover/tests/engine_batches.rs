@@ -1379,18 +1379,38 @@ fn an_engine_liquidation_proves_its_account_below_maintenance() {
         })
         .collect();
     assert_eq!(transfers, vec![(3, false), (0, true)]);
+    let (_, proven) = proven(&batches, SHAPE);
+    let below: usize = proven.iter().map(|(_, w)| below_slots(w)).sum();
+    assert_eq!(below, 3, "the auction's start and both liquidations priced");
+}
+
+/// Every batch fits `shape` and proves with the batcher's root: the state after them, and each
+/// batch's ops and witness.
+fn proven(
+    batches: &[optio_state::Batch],
+    shape: Shape,
+) -> (
+    SettlementState,
+    Vec<(Vec<optio_state::Op>, optio_prover::BatchWitness)>,
+) {
     let mut state = SettlementState::new();
-    let mut below = 0;
-    for b in &batches {
+    let mut proven = Vec::with_capacity(batches.len());
+    for b in batches {
         let (_, ops) = decode(&b.blob).expect("decodes");
-        let w = witness(&state, &ops, SHAPE).expect("fits");
+        let w = witness(&state, &ops, shape).expect("fits");
         assert_eq!(w.public.new_root, b.header.new_root);
         check(&w).unwrap_or_else(|e| panic!("batch {}: {e}", b.header.number));
-        below += w.margins.iter().filter(|m| m.below).count();
         state.apply_batch(&ops).expect("applies");
         state.commit();
+        proven.push((ops, w));
     }
-    assert_eq!(below, 3, "the auction's start and both liquidations priced");
+    (state, proven)
+}
+
+/// A witness's margin slots that price an account below maintenance (a liquidation's, or an
+/// auction start's).
+fn below_slots(w: &optio_prover::BatchWitness) -> usize {
+    w.margins.iter().filter(|m| m.below).count()
 }
 
 /// Auction starts are budgeted as the prover's plan counts them (engine rules 4): six
@@ -1450,21 +1470,13 @@ fn auction_starts_of_many_accounts_fit_the_shape_over_updates() {
     };
     let per_update: Vec<usize> = events.iter().map(|e| started(e)).collect();
     assert_eq!(per_update, vec![0, 4, 2]);
-    let mut state = SettlementState::new();
-    let (mut below, mut starts) = (0, 0);
-    for b in &batches {
-        let (_, ops) = decode(&b.blob).expect("decodes");
-        let w = witness(&state, &ops, SHAPE).expect("fits");
-        assert_eq!(w.public.new_root, b.header.new_root);
-        check(&w).unwrap_or_else(|e| panic!("batch {}: {e}", b.header.number));
-        below += w.margins.iter().filter(|m| m.below).count();
-        starts += ops
-            .iter()
-            .filter(|o| matches!(o, optio_state::Op::LiquidationStart { .. }))
-            .count();
-        state.apply_batch(&ops).expect("applies");
-        state.commit();
-    }
+    let (state, proven) = proven(&batches, SHAPE);
+    let below: usize = proven.iter().map(|(_, w)| below_slots(w)).sum();
+    let starts = proven
+        .iter()
+        .flat_map(|(ops, _)| ops)
+        .filter(|o| matches!(o, optio_state::Op::LiquidationStart { .. }))
+        .count();
     assert_eq!((starts, below), (6, 6), "every start posted and priced");
     assert!(state.accounts()[1..=6].iter().all(|a| a.since != 0));
 }

@@ -1752,6 +1752,12 @@ impl Scratch {
                 price,
                 fee,
             } => {
+                // Of an account whose auction started, this long ago by the committed clock.
+                let since = self.account(*account).since;
+                if since == 0 {
+                    return Err(StateError::LiquidationNotStarted(i));
+                }
+                let elapsed = self.oracle_ms.saturating_sub(since);
                 // The liquidated account's position changes by `qty`; cash moves the other way,
                 // at a price inside the stress range of the committed mark and risk array on the
                 // liquidated account's side.
@@ -1765,12 +1771,6 @@ impl Scratch {
                 // And within the proven schedule's discount of the committed index's value, from
                 // the account's auction's start to the committed oracle time: the schedule reads
                 // only times the oracle signed.
-                let since = self.account(*account).since;
-                if since == 0 {
-                    return Err(StateError::LiquidationNotStarted(i));
-                }
-                let elapsed = self.oracle_ms.saturating_sub(since);
-                let x = self.instrument(*instrument);
                 let long = qty.0 < 0;
                 if !price_ok
                     || !within_liquidation_schedule(&x.spec, x.index, x.mark, *price, long, elapsed)

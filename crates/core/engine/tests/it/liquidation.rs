@@ -277,14 +277,28 @@ fn an_auction_starts_at_the_next_accepted_update() {
 /// update, in account order.
 #[test]
 fn auctions_start_within_the_fill_budget() {
-    let budget = EngineLimits {
-        fill_budget: optio_types::FillBudget {
-            fills: 1,
-            ..optio_types::FillBudget::UNBOUNDED
-        },
+    let mut e = two_leveraged_longs(optio_types::FillBudget {
+        fills: 1,
+        ..optio_types::FillBudget::UNBOUNDED
+    });
+    let (events, t2) = crash(&mut e, 45_000.0);
+    assert_eq!(accounts_of(&events, started), vec![1]);
+    e.check_invariants().expect("audit: account 2 still due");
+    let t3 = t2 + 1_000;
+    let events = run(&mut e, t3, Command::OracleUpdate(update(45_100.0, t3))).expect("next");
+    assert_eq!(accounts_of(&events, started), vec![2]);
+    e.check_invariants().expect("audit");
+}
+
+/// `engine_with(limits with fill budget `budget`, 4 accounts)`, marks at 60,000; accounts 1
+/// and 2 (`Standard`, 8,000 left after withdrawing) each long one perpetual at 60,000, from
+/// accounts 0 and 3.
+fn two_leveraged_longs(budget: optio_types::FillBudget) -> Engine {
+    let limits = EngineLimits {
+        fill_budget: budget,
         ..EngineLimits::default()
     };
-    let mut e = engine_with(budget, 4, usd(200_000));
+    let mut e = engine_with(limits, 4, usd(200_000));
     run(&mut e, T0, Command::OracleUpdate(update(60_000.0, T0))).expect("oracle");
     for (buyer, seller) in [(1, 0), (2, 3)] {
         for command in [
@@ -301,22 +315,20 @@ fn auctions_start_within_the_fill_budget() {
         }
         trade(&mut e, seller, buyer, PERP, Side::Sell, 60_000, 100);
     }
-    let started = |events: &[Event]| -> Vec<u32> {
-        events
-            .iter()
-            .filter_map(|ev| match ev {
-                Event::LiquidationStarted { account } => Some(account.0),
-                _ => None,
-            })
-            .collect()
-    };
-    let (events, t2) = crash(&mut e, 45_000.0);
-    assert_eq!(started(&events), vec![1]);
-    e.check_invariants().expect("audit: account 2 still due");
-    let t3 = t2 + 1_000;
-    let events = run(&mut e, t3, Command::OracleUpdate(update(45_100.0, t3))).expect("next");
-    assert_eq!(started(&events), vec![2]);
-    e.check_invariants().expect("audit");
+    e
+}
+
+/// The accounts `what` names in `events`, in order.
+fn accounts_of(events: &[Event], what: fn(&Event) -> Option<u32>) -> Vec<u32> {
+    events.iter().filter_map(what).collect()
+}
+
+/// A `LiquidationStarted` event's account.
+fn started(ev: &Event) -> Option<u32> {
+    match ev {
+        Event::LiquidationStarted { account } => Some(account.0),
+        _ => None,
+    }
 }
 
 /// A deficit's cover takes a margin slot of the batch (the proof's flat slot): with a fill
@@ -324,46 +336,19 @@ fn auctions_start_within_the_fill_budget() {
 /// covered one an update (and their auctions start one an update, each start taking the slot).
 #[test]
 fn deficit_covers_wait_for_margin_slots() {
-    let budget = EngineLimits {
-        fill_budget: optio_types::FillBudget {
-            margins: 1,
-            ..optio_types::FillBudget::UNBOUNDED
-        },
-        ..EngineLimits::default()
-    };
-    let mut e = engine_with(budget, 4, usd(200_000));
-    run(&mut e, T0, Command::OracleUpdate(update(60_000.0, T0))).expect("oracle");
-    for (buyer, seller) in [(1, 0), (2, 3)] {
-        for command in [
-            Command::SetMarginMode {
-                account: AccountId(buyer),
-                mode: MarginMode::Standard,
-            },
-            Command::Withdraw {
-                account: AccountId(buyer),
-                amount: usd(192_000),
-            },
-        ] {
-            run(&mut e, T0, command).expect("accepted");
-        }
-        trade(&mut e, seller, buyer, PERP, Side::Sell, 60_000, 100);
-    }
-    let count = |events: &[Event], what: fn(&Event) -> Option<u32>| -> Vec<u32> {
-        events.iter().filter_map(what).collect()
-    };
-    let started = |ev: &Event| match ev {
-        Event::LiquidationStarted { account } => Some(account.0),
-        _ => None,
-    };
+    let mut e = two_leveraged_longs(optio_types::FillBudget {
+        margins: 1,
+        ..optio_types::FillBudget::UNBOUNDED
+    });
     let covered = |ev: &Event| match ev {
         Event::DeficitCovered { account, .. } => Some(account.0),
         _ => None,
     };
     let (events, mut t) = crash(&mut e, 45_000.0);
-    assert_eq!(count(&events, started), vec![1]);
+    assert_eq!(accounts_of(&events, started), vec![1]);
     t += 1_000;
     let events = run(&mut e, t, Command::OracleUpdate(update(45_100.0, t))).expect("next");
-    assert_eq!(count(&events, started), vec![2]);
+    assert_eq!(accounts_of(&events, started), vec![2]);
     // Each bankrupt: the liquidators take the whole positions.
     for (liquidator, account) in [(0, 1), (3, 2)] {
         run(
@@ -383,7 +368,7 @@ fn deficit_covers_wait_for_margin_slots() {
     for _ in 0..3 {
         t += 1_000;
         let events = run(&mut e, t, Command::OracleUpdate(update(45_100.0, t))).expect("next");
-        per_update.push(count(&events, covered));
+        per_update.push(accounts_of(&events, covered));
         e.check_invariants().expect("audit");
     }
     assert_eq!(per_update, vec![vec![1], vec![2], vec![]]);
