@@ -10,7 +10,8 @@
 //! rollup contract runs. Time: the node reads a manual clock the simulator moves (milliseconds
 //! per step, sometimes a minute or two at once); L1 time moves when blocks are mined.
 //!
-//! Clients: traders (signed orders for the perpetual and, while it trades, the put, about half
+//! Clients: traders (signed orders for the ETH and BTC perpetuals, each underlying with its own
+//! index and signed update, and, while it trades, the ETH put, about half
 //! of them by a session key while the trader's key is live; header-authenticated cancels and session key registrations, extensions, shortenings
 //! and revocations; some margined from marks, trading large on little collateral, and so
 //! liquidatable), liquidators bidding in liquidation auctions (now and then away for a while),
@@ -131,6 +132,8 @@ pub struct Stats {
     /// Fills of the put, and its positions settled at expiry, in the posted batches.
     put_fills: u64,
     put_settled: u64,
+    /// Fills of BTC's perpetual in the posted batches.
+    btc_fills: u64,
     settler_rounds: u64,
     reorgs: u64,
     reorged_txs: u64,
@@ -169,6 +172,7 @@ impl Stats {
         self.positions_closed += s.positions_closed;
         self.put_fills += s.put_fills;
         self.put_settled += s.put_settled;
+        self.btc_fills += s.btc_fills;
         self.settler_rounds += s.settler_rounds;
         self.reorgs += s.reorgs;
         self.reorged_txs += s.reorged_txs;
@@ -187,7 +191,7 @@ impl Stats {
 
     fn line(&self) -> String {
         format!(
-            "{} orders ({} accepted), {} cancels, {} hostile refused, {} oracle updates ({} stalls, {} jumps, {} settlement prices), {} put fills ({} put positions settled), {} liquidation bids filled, {} deleverages ({} refused as early), {} L1 deposits, {} forced withdrawals, {} forced closes ({} positions moved), {} settler rounds, {} L1 reorgs ({} txs dropped), {} crashes ({} restarts from a snapshot, {} torn tails, {} unsynced groups lost, {} kept), {} slow subscribers, {} book changes checked, {} batches ({} checked against the circuit), {} session key changes, {} orders signed by a session key",
+            "{} orders ({} accepted), {} cancels, {} hostile refused, {} oracle updates ({} stalls, {} jumps, {} settlement prices), {} put fills ({} put positions settled), {} BTC perpetual fills, {} liquidation bids filled, {} deleverages ({} refused as early), {} L1 deposits, {} forced withdrawals, {} forced closes ({} positions moved), {} settler rounds, {} L1 reorgs ({} txs dropped), {} crashes ({} restarts from a snapshot, {} torn tails, {} unsynced groups lost, {} kept), {} slow subscribers, {} book changes checked, {} batches ({} checked against the circuit), {} session key changes, {} orders signed by a session key",
             self.orders,
             self.accepted,
             self.cancels,
@@ -198,6 +202,7 @@ impl Stats {
             self.settlement_prices,
             self.put_fills,
             self.put_settled,
+            self.btc_fills,
             self.liquidations,
             self.deleverages,
             self.deleverages_early,
@@ -225,6 +230,13 @@ impl Stats {
 
 const CHAIN: u64 = 31_337;
 const INSTRUMENT: &str = "ETH-PERPETUAL";
+/// The second underlying's perpetual (listed third, after the put): its own index, oracle
+/// update, risk array and marks, so that every check also sees two underlyings side by side.
+const BTC_INSTRUMENT: &str = "BTC-PERPETUAL";
+const BTC_PERP: u32 = 2;
+/// The underlying caps (the most each perpetual is worth), micro-USDC.
+const ETH_CAP: i64 = 15_000;
+const BTC_CAP: i64 = 400_000;
 /// A day, ms.
 const DAY_MS: u64 = 86_400_000;
 /// When the simulator's put expires: 08:00 UTC, ms into its day.
@@ -306,6 +318,8 @@ struct World {
     /// The oracle's settlement prices for the put, from the index it publishes.
     feed: SettlementFeed,
     index: f64,
+    /// BTC's index, which moves (and jumps) on its own.
+    btc_index: f64,
     last_oracle_ms: u64,
     stalled_until_ms: u64,
     /// No liquidator bids before this time (ms).
@@ -498,7 +512,11 @@ impl World {
         let settler = Settler::new(provider, deployment.rollup, &dir.path().join("batches"));
         let spec = InstrumentSpec::with_defaults(
             INSTRUMENT.parse().context("name")?,
-            optio_types::Price(15_000 * MONEY_SCALE),
+            optio_types::Price(ETH_CAP * MONEY_SCALE),
+        );
+        let btc = InstrumentSpec::with_defaults(
+            BTC_INSTRUMENT.parse().context("name")?,
+            optio_types::Price(BTC_CAP * MONEY_SCALE),
         );
         let put = InstrumentSpec::with_defaults(
             format!(
@@ -507,7 +525,7 @@ impl World {
             )
             .parse()
             .context("name")?,
-            optio_types::Price(15_000 * MONEY_SCALE),
+            optio_types::Price(ETH_CAP * MONEY_SCALE),
         );
         ensure!(put.expiry_ms() == Some(start_ms - start_ms % DAY_MS + PUT_EXPIRY_HOUR_MS));
         let listed = gateway.submit_admin(vec![
@@ -518,6 +536,10 @@ impl World {
             Command::ListInstrument { spec: put },
             Command::ActivateInstrument {
                 instrument: optio_types::InstrumentId(1),
+            },
+            Command::ListInstrument { spec: btc },
+            Command::ActivateInstrument {
+                instrument: optio_types::InstrumentId(BTC_PERP),
             },
         ])?;
         ensure!(listed.iter().all(Result::is_ok), "listing: {listed:?}");
@@ -559,6 +581,7 @@ impl World {
             oracle,
             feed: SettlementFeed::new(optio_types::RiskConfig::default().settlement_window_ms),
             index: 3_000.0,
+            btc_index: 90_000.0,
             last_oracle_ms: 0,
             stalled_until_ms: 0,
             liquidators_away_until_ms: 0,
@@ -621,7 +644,7 @@ impl World {
                 .position(|a| a.owner.0 == t.address)
                 .context("a trader's deposit opened no account")? as u64;
         }
-        w.oracle_update(false)?;
+        w.oracle_update([false; 2])?;
         for t in 0..MARGINED {
             let params = w.change_params(
                 t,
@@ -684,10 +707,12 @@ impl World {
         }
     }
 
-    /// A signed order by trader `t` near the index (the perpetual) or, about one in three
-    /// while it trades, near the put's mark; and its digest.
+    /// A signed order by trader `t`: about one in three while it trades near the put's mark,
+    /// otherwise near an index, BTC's perpetual one time in three and ETH's the others; and
+    /// its digest.
     fn signed(&mut self, t: usize) -> Option<(Value, [u8; 32])> {
         let put = self.put_quote().filter(|_| self.rng.random_bool(0.3));
+        let btc = put.is_none() && self.rng.random_bool(1.0 / 3.0);
         let trader = &mut self.traders[t];
         trader.nonce += 1;
         let side = if self.rng.random_bool(0.5) {
@@ -704,6 +729,12 @@ impl World {
                     .max(1.0) as i64;
                 (PUT, name, format!("{}.{}", tenths / 10, tenths % 10))
             }
+            None if btc => {
+                let offset = self.rng.random_range(-20i64..=20);
+                let price =
+                    ((self.btc_index * (1.0 + offset as f64 / 1_000.0)) as i64 / 5 * 5).max(5);
+                (BTC_PERP, BTC_INSTRUMENT.to_owned(), price.to_string())
+            }
             None => {
                 let offset = self.rng.random_range(-20i64..=20);
                 let price = ((self.index * (1.0 + offset as f64 / 1_000.0)) as i64 / 5 * 5).max(5);
@@ -711,13 +742,21 @@ impl World {
             }
         };
         // The margined traders trade larger, up to about twice their collateral's worth at
-        // the default price, so that jumps leave some below maintenance.
-        let whole = if t < MARGINED { 0..6 } else { 0..3 };
-        let amount = format!(
-            "{}.{}",
-            self.rng.random_range(whole),
-            self.rng.random_range(1..10)
-        );
+        // the default price (ETH's; a thirtieth of the contracts in BTC, its price thirty
+        // times ETH's), so that jumps leave some below maintenance.
+        let amount = if btc {
+            let hundredths = self
+                .rng
+                .random_range(if t < MARGINED { 1..21 } else { 1..10 });
+            format!("0.{hundredths:02}")
+        } else {
+            let whole = if t < MARGINED { 0..6 } else { 0..3 };
+            format!(
+                "{}.{}",
+                self.rng.random_range(whole),
+                self.rng.random_range(1..10)
+            )
+        };
         let request = OrderRequest {
             subaccount: trader.account,
             instrument_id,
@@ -938,24 +977,15 @@ impl World {
             self.stats.oracle_stalls += 1;
             return Ok(());
         }
-        let jump = self.rng.random_range(0..20) == 0;
-        self.oracle_update(jump)
+        // Each underlying's index jumps one time in twenty, on its own.
+        let jumps = [(); 2].map(|()| self.rng.random_range(0..20) == 0);
+        self.oracle_update(jumps)
     }
 
-    fn oracle_update(&mut self, jump: bool) -> Result<()> {
+    /// One signed update per underlying, ETH's then BTC's, both published now; an index whose
+    /// `jumps` entry is set (ETH's first) jumps by 5% to 25%, up or down.
+    fn oracle_update(&mut self, jumps: [bool; 2]) -> Result<()> {
         let now = self.now_ms();
-        let moved = if jump {
-            self.stats.oracle_jumps += 1;
-            let size = self.rng.random_range(0.05..0.25);
-            if self.rng.random_bool(0.5) {
-                size
-            } else {
-                -size
-            }
-        } else {
-            self.rng.random_range(-0.003..0.003)
-        };
-        self.index = (self.index * (1.0 + moved)).clamp(500.0, 12_000.0);
         let specs: Vec<InstrumentSpec> = self
             .gateway()
             .canonical_state()
@@ -963,28 +993,55 @@ impl World {
             .into_iter()
             .map(|i| i.spec)
             .collect();
-        let list = optio_oracle::numbered(&specs);
-        let mut update = build_update(
-            "ETH",
-            &crate::devnet::surface(self.index),
-            &optio_pricing::risk::default_scenarios(),
-            &list,
-            now,
-        )
-        .context("oracle update")?;
-        // Once the put has expired: its settlement price, until an update with it is taken.
-        self.feed.attach(&mut update, &list);
-        let signed = self.oracle.sign(update, &self.gateway().optio_domain());
-        self.gateway()
-            .submit_oracle(&signed)
-            .map_err(|e| anyhow::anyhow!("a signed oracle update refused: {e:?}"))?;
-        self.feed.taken(&signed.update);
-        self.stats.settlement_prices += signed.update.settlements.len() as u64;
+        for (underlying, jump) in ["ETH", "BTC"].into_iter().zip(jumps) {
+            let moved = if jump {
+                self.stats.oracle_jumps += 1;
+                let size = self.rng.random_range(0.05..0.25);
+                if self.rng.random_bool(0.5) {
+                    size
+                } else {
+                    -size
+                }
+            } else {
+                self.rng.random_range(-0.003..0.003)
+            };
+            let index = if underlying == "BTC" {
+                self.btc_index = (self.btc_index * (1.0 + moved)).clamp(15_000.0, 320_000.0);
+                self.btc_index
+            } else {
+                self.index = (self.index * (1.0 + moved)).clamp(500.0, 12_000.0);
+                self.index
+            };
+            let list: Vec<_> = optio_oracle::numbered(&specs)
+                .into_iter()
+                .filter(|(_, spec)| spec.name.underlying == underlying)
+                .collect();
+            let mut update = build_update(
+                underlying,
+                &crate::devnet::surface(index),
+                &optio_pricing::risk::default_scenarios(),
+                &list,
+                now,
+            )
+            .context("oracle update")?;
+            // Once the put has expired: its settlement price, until an update with it is
+            // taken (the feed keeps ETH's index history: BTC lists no option).
+            if underlying == "ETH" {
+                self.feed.attach(&mut update, &list);
+            }
+            let signed = self.oracle.sign(update, &self.gateway().optio_domain());
+            self.gateway().submit_oracle(&signed).map_err(|e| {
+                anyhow::anyhow!("a signed {underlying} oracle update refused: {e:?}")
+            })?;
+            self.feed.taken(&signed.update);
+            self.stats.settlement_prices += signed.update.settlements.len() as u64;
+            self.stats.oracle_updates += 1;
+            self.gateway()
+                .check_invariants()
+                .map_err(anyhow::Error::msg)?;
+        }
         self.last_oracle_ms = now;
-        self.stats.oracle_updates += 1;
-        self.gateway()
-            .check_invariants()
-            .map_err(anyhow::Error::msg)
+        Ok(())
     }
 
     /// Liquidators bid on every liquidating account's position; once an auction has run its
@@ -1086,7 +1143,7 @@ impl World {
     }
 
     /// A forced close requested on L1 (rare): a trader asks to close its own position in one
-    /// of the two instruments, now and then someone else's (served, nothing moves), once L1 has
+    /// of the three instruments, now and then someone else's (served, nothing moves), once L1 has
     /// recorded the backstop and seen the account.
     fn forced_close(&mut self) -> Result<()> {
         let t = self.rng.random_range(0..TRADERS);
@@ -1095,7 +1152,7 @@ impl World {
         } else {
             self.rng.random_range(0..TRADERS)
         };
-        let instrument = self.rng.random_range(0..2u32);
+        let instrument = self.rng.random_range(0..3u32);
         let account = self.traders[whose].account;
         let rollup = OptioRollup::new(self.l1.rollup, &self.traders[t].l1);
         self.runtime.block_on(async {
@@ -1403,6 +1460,10 @@ impl World {
             self.stats.put_fills += ops
                 .iter()
                 .filter(|op| matches!(op, optio_state::Op::Fill { instrument, .. } if instrument.0 == PUT))
+                .count() as u64;
+            self.stats.btc_fills += ops
+                .iter()
+                .filter(|op| matches!(op, optio_state::Op::Fill { instrument, .. } if instrument.0 == BTC_PERP))
                 .count() as u64;
             self.stats.put_settled += ops
                 .iter()
