@@ -325,15 +325,7 @@ fn a_deficit_an_expiry_leaves_is_covered_in_a_batch_that_proves() {
     batches.extend(batcher.flush().expect("flushes"));
     let settled = settled.expect("account 0's puts settle");
     assert_eq!(covered, Some(settled + 1), "covered by the next input");
-    let mut state = SettlementState::new();
-    for b in &batches {
-        let (_, ops) = decode(&b.blob).expect("decodes");
-        let w = witness(&state, &ops, SHAPE)
-            .unwrap_or_else(|e| panic!("batch {}: {e}", b.header.number));
-        check(&w).unwrap_or_else(|e| panic!("batch {}: {e}", b.header.number));
-        state.apply_batch(&ops).expect("applies");
-        state.commit();
-    }
+    let (state, _) = proven(&batches, SHAPE);
     assert_eq!(state.root(), batcher.state().root());
     assert!(
         batches.iter().any(|b| decode(&b.blob)
@@ -479,16 +471,7 @@ fn an_order_sweeping_more_makers_than_a_proof_holds_fills_what_fits() {
     assert_eq!(done(&swept[0]), Some((DoneReason::FillLimit, 3)));
     assert_eq!(fills(&swept[1]), 3, "the other offers still rest");
     assert_eq!(done(&swept[1]), Some((DoneReason::Filled, 0)));
-    let mut state = SettlementState::new();
-    for b in &batches {
-        let (_, ops) = decode(&b.blob).expect("decodes");
-        let w = witness(&state, &ops, SWEEP)
-            .unwrap_or_else(|e| panic!("batch {}: {e}", b.header.number));
-        assert_eq!(w.public.new_root, b.header.new_root);
-        check(&w).unwrap_or_else(|e| panic!("batch {}: {e}", b.header.number));
-        state.apply_batch(&ops).expect("applies");
-        state.commit();
-    }
+    proven(&batches, SWEEP);
 
     // Without the budget the sweep's input alone is too large for the shape.
     let (batches, swept) = run(EngineLimits::default());
@@ -1397,7 +1380,8 @@ fn proven(
     let mut proven = Vec::with_capacity(batches.len());
     for b in batches {
         let (_, ops) = decode(&b.blob).expect("decodes");
-        let w = witness(&state, &ops, shape).expect("fits");
+        let w = witness(&state, &ops, shape)
+            .unwrap_or_else(|e| panic!("batch {}: {e}", b.header.number));
         assert_eq!(w.public.new_root, b.header.new_root);
         check(&w).unwrap_or_else(|e| panic!("batch {}: {e}", b.header.number));
         state.apply_batch(&ops).expect("applies");
