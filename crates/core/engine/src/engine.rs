@@ -551,41 +551,18 @@ impl<M: MarginModel> Engine<M> {
         qty: Qty,
         sign: i64,
     ) -> Result<(), RejectCode> {
-        let reserve = fee_reserve(spec, price, qty)?;
-        e.fee_reserve = Amount(
-            e.fee_reserve
-                .0
-                .checked_add(sign * reserve.0)
-                .ok_or(RejectCode::Overflow)?,
-        );
+        // `total + sign * by`, refused on overflow.
+        let bump = |total: i64, by: i64| total.checked_add(sign * by).ok_or(RejectCode::Overflow);
+        e.fee_reserve = Amount(bump(e.fee_reserve.0, fee_reserve(spec, price, qty)?.0)?);
+        let notional = price.notional(qty)?.0;
         match side {
             Side::Buy => {
-                let cost = price.notional(qty)?;
-                e.buy_qty = Qty(e
-                    .buy_qty
-                    .0
-                    .checked_add(sign * qty.0)
-                    .ok_or(RejectCode::Overflow)?);
-                e.buy_cost = Amount(
-                    e.buy_cost
-                        .0
-                        .checked_add(sign * cost.0)
-                        .ok_or(RejectCode::Overflow)?,
-                );
+                e.buy_qty = Qty(bump(e.buy_qty.0, qty.0)?);
+                e.buy_cost = Amount(bump(e.buy_cost.0, notional)?);
             }
             Side::Sell => {
-                let proceeds = price.notional(qty)?;
-                e.sell_qty = Qty(e
-                    .sell_qty
-                    .0
-                    .checked_add(sign * qty.0)
-                    .ok_or(RejectCode::Overflow)?);
-                e.sell_proceeds = Amount(
-                    e.sell_proceeds
-                        .0
-                        .checked_add(sign * proceeds.0)
-                        .ok_or(RejectCode::Overflow)?,
-                );
+                e.sell_qty = Qty(bump(e.sell_qty.0, qty.0)?);
+                e.sell_proceeds = Amount(bump(e.sell_proceeds.0, notional)?);
             }
         }
         Ok(())
