@@ -193,9 +193,11 @@ impl<M: MarginModel> Engine<M> {
                     .instruments
                     .get_mut(p.instrument.0 as usize)
                     .ok_or_else(|| bad("position in unknown instrument"))?;
+                // A held position may cost nothing (a forced close of 0.96 contracts at a mark
+                // of one micro-USDC moves them for a floor of 0); a flat one keeps no cost.
                 if last.is_some_and(|l| l >= p.instrument)
                     || (p.qty.0 == 0 && p.realized_pnl.0 == 0)
-                    || (p.qty.0 == 0) != (p.cost.0 == 0)
+                    || (p.qty.0 == 0 && p.cost.0 != 0)
                 {
                     return Err(bad("positions unsorted, empty, or with cost but no size"));
                 }

@@ -36,6 +36,42 @@ fn a_liquidation_fee_above_the_provable_maximum_is_refused() {
     ));
 }
 
+/// A position held at no cost restores (found by `optio sim`, seed 6: the backstop took 0.96 of
+/// an expiring put by a forced close at its mark of one micro-USDC, for a floor of 0, and the
+/// node could not restart from its next snapshot); a flat position with a cost is refused.
+#[test]
+fn a_position_held_at_no_cost_restores_and_a_flat_one_with_a_cost_does_not() {
+    let mut state = CanonicalState::decode(&busy_snapshot()).expect("decodes");
+    let (a, p) = state
+        .accounts
+        .iter()
+        .enumerate()
+        .find_map(|(a, acct)| {
+            acct.positions
+                .iter()
+                .position(|p| p.qty.0 != 0)
+                .map(|p| (a, p))
+        })
+        .expect("the snapshot holds a position");
+    state.accounts[a].positions[p].cost = optio_types::Amount(0);
+    let restored = Engine::restore(&state, WorstCaseMargin).expect("a position at no cost");
+    assert_eq!(restored.canonical(), state);
+    let mut flat = state.clone();
+    let position = &mut flat.accounts[a].positions[p];
+    (position.qty, position.cost, position.realized_pnl) = (
+        optio_types::Qty(0),
+        optio_types::Amount(1),
+        optio_types::Amount(1),
+    );
+    let refused = Engine::restore(&flat, WorstCaseMargin)
+        .err()
+        .expect("refused");
+    assert!(
+        refused.to_string().contains("with cost but no size"),
+        "{refused}"
+    );
+}
+
 /// Each of `settings` at `proven` (the one a validity proof checks) restores; one `past` it (a
 /// unit below a least setting, above a most) is refused, in a decoded state, in the snapshot's
 /// bytes (with `message`) and by the engine's constructor.
