@@ -4,14 +4,14 @@
 //!
 //! Components: the gateway (real signatures, nonces, rate limits, the JSON-RPC methods and the
 //! HTTP/WebSocket server on 127.0.0.1), the sequencer with its WAL on disk, the engine, the
-//! batcher writing blobs, the risk oracle's signed updates (with the settlement price of a put
-//! that expires half way through a run of 3,000 steps), and the settler posting and
+//! batcher writing blobs, the risk oracle's signed updates (with the settlement prices of two
+//! puts, ETH's and BTC's, that expire half way through a run of 3,000 steps), and the settler posting and
 //! finalizing batches and feeding the L1 priority queue from the embedded EVM chain, where the
 //! rollup contract runs. Time: the node reads a manual clock the simulator moves (milliseconds
 //! per step, sometimes a minute or two at once); L1 time moves when blocks are mined.
 //!
 //! Clients: traders (signed orders for the ETH and BTC perpetuals, each underlying with its own
-//! index and signed update, and, while it trades, the ETH put, about half
+//! index and signed update, and, while they trade, each underlying's put, about half
 //! of them by a session key while the trader's key is live; header-authenticated cancels and session key registrations, extensions, shortenings
 //! and revocations; some margined from marks, trading large on little collateral, and so
 //! liquidatable), liquidators bidding in liquidation auctions (now and then away for a while),
@@ -129,10 +129,12 @@ pub struct Stats {
     forced_withdrawals: u64,
     forced_closes: u64,
     positions_closed: u64,
-    /// Fills of the put, and its positions settled at expiry, in the posted batches.
+    /// Fills of the puts, and their positions settled at expiry (and of those, BTC's put's), in
+    /// the posted batches.
     put_fills: u64,
     put_settled: u64,
-    /// Fills of BTC's perpetual in the posted batches.
+    btc_put_settled: u64,
+    /// Fills of BTC's instruments (its perpetual and its put) in the posted batches.
     btc_fills: u64,
     settler_rounds: u64,
     reorgs: u64,
@@ -173,6 +175,7 @@ impl Stats {
         self.put_fills += s.put_fills;
         self.put_settled += s.put_settled;
         self.btc_fills += s.btc_fills;
+        self.btc_put_settled += s.btc_put_settled;
         self.settler_rounds += s.settler_rounds;
         self.reorgs += s.reorgs;
         self.reorged_txs += s.reorged_txs;
@@ -191,7 +194,7 @@ impl Stats {
 
     fn line(&self) -> String {
         format!(
-            "{} orders ({} accepted), {} cancels, {} hostile refused, {} oracle updates ({} stalls, {} jumps, {} settlement prices), {} put fills ({} put positions settled), {} BTC perpetual fills, {} liquidation bids filled, {} deleverages ({} refused as early), {} L1 deposits, {} forced withdrawals, {} forced closes ({} positions moved), {} settler rounds, {} L1 reorgs ({} txs dropped), {} crashes ({} restarts from a snapshot, {} torn tails, {} unsynced groups lost, {} kept), {} slow subscribers, {} book changes checked, {} batches ({} checked against the circuit), {} session key changes, {} orders signed by a session key",
+            "{} orders ({} accepted), {} cancels, {} hostile refused, {} oracle updates ({} stalls, {} jumps, {} settlement prices), {} put fills ({} put positions settled, {} of BTC's), {} BTC fills, {} liquidation bids filled, {} deleverages ({} refused as early), {} L1 deposits, {} forced withdrawals, {} forced closes ({} positions moved), {} settler rounds, {} L1 reorgs ({} txs dropped), {} crashes ({} restarts from a snapshot, {} torn tails, {} unsynced groups lost, {} kept), {} slow subscribers, {} book changes checked, {} batches ({} checked against the circuit), {} session key changes, {} orders signed by a session key",
             self.orders,
             self.accepted,
             self.cancels,
@@ -202,6 +205,7 @@ impl Stats {
             self.settlement_prices,
             self.put_fills,
             self.put_settled,
+            self.btc_put_settled,
             self.btc_fills,
             self.liquidations,
             self.deleverages,
@@ -255,8 +259,12 @@ const ORACLE_EVERY_MS: u64 = 1_000;
 /// Sequencer key and oracle key.
 const SEQUENCER_KEY: [u8; 32] = [0x51; 32];
 const ORACLE_KEY: [u8; 32] = [0x0c; 32];
-/// The put's instrument id (listed second).
+/// The ETH put's instrument id (listed second).
 const PUT: u32 = 1;
+/// BTC's put (listed fourth), expiring with ETH's.
+const BTC_PUT: u32 = 3;
+/// The puts, ETH's first: their underlyings in the order of the oracle's updates.
+const PUTS: [u32; 2] = [PUT, BTC_PUT];
 /// The operator's backstop account (opened first).
 const BACKSTOP: u32 = 0;
 
@@ -315,8 +323,9 @@ struct World {
     traders: Vec<Trader>,
     instrument: optio_types::InstrumentId,
     oracle: OracleSigner,
-    /// The oracle's settlement prices for the put, from the index it publishes.
-    feed: SettlementFeed,
+    /// The oracle's settlement prices for each underlying's put (ETH's, BTC's), from the index
+    /// it publishes.
+    feeds: [SettlementFeed; 2],
     index: f64,
     /// BTC's index, which moves (and jumps) on its own.
     btc_index: f64,
@@ -528,6 +537,15 @@ impl World {
             optio_types::Price(ETH_CAP * MONEY_SCALE),
         );
         ensure!(put.expiry_ms() == Some(start_ms - start_ms % DAY_MS + PUT_EXPIRY_HOUR_MS));
+        let btc_put = InstrumentSpec::with_defaults(
+            format!(
+                "BTC-{}-90000-P",
+                crate::devnet::date_code((start_ms / DAY_MS) as i64)
+            )
+            .parse()
+            .context("name")?,
+            optio_types::Price(BTC_CAP * MONEY_SCALE),
+        );
         let listed = gateway.submit_admin(vec![
             Command::ListInstrument { spec },
             Command::ActivateInstrument {
@@ -540,6 +558,10 @@ impl World {
             Command::ListInstrument { spec: btc },
             Command::ActivateInstrument {
                 instrument: optio_types::InstrumentId(BTC_PERP),
+            },
+            Command::ListInstrument { spec: btc_put },
+            Command::ActivateInstrument {
+                instrument: optio_types::InstrumentId(BTC_PUT),
             },
         ])?;
         ensure!(listed.iter().all(Result::is_ok), "listing: {listed:?}");
@@ -579,7 +601,9 @@ impl World {
             traders,
             instrument: optio_types::InstrumentId(0),
             oracle,
-            feed: SettlementFeed::new(optio_types::RiskConfig::default().settlement_window_ms),
+            feeds: [(); 2].map(|()| {
+                SettlementFeed::new(optio_types::RiskConfig::default().settlement_window_ms)
+            }),
             index: 3_000.0,
             btc_index: 90_000.0,
             last_oracle_ms: 0,
@@ -695,10 +719,10 @@ impl World {
         self.signed(t).map_or(Value::Null, |(params, _)| params)
     }
 
-    /// The put's name and mark (micro-USDC) while it trades and the oracle has marked it.
-    fn put_quote(&self) -> Option<(String, i64)> {
+    /// Put `id`'s name and mark (micro-USDC) while it trades and the oracle has marked it.
+    fn put_quote(&self, id: u32) -> Option<(String, i64)> {
         let state = self.gateway().canonical_state();
-        let put = state.instruments.get(PUT as usize)?;
+        let put = state.instruments.get(id as usize)?;
         match (&put.status, &put.mark) {
             (optio_types::InstrumentStatus::Active, Some((mark, _))) => {
                 Some((put.spec.name.to_string(), mark.0))
@@ -707,15 +731,24 @@ impl World {
         }
     }
 
-    /// A signed order by trader `t`: about one in three while it trades near the put's mark,
-    /// otherwise near an index, BTC's perpetual one time in three and ETH's the others; and
-    /// its digest.
+    /// A signed order by trader `t`, for BTC's instruments one time in three and ETH's the
+    /// others: about one in three while the underlying's put trades near its mark, otherwise
+    /// near the index for the perpetual; and its digest.
     fn signed(&mut self, t: usize) -> Option<(Value, [u8; 32])> {
-        let put = self.put_quote().filter(|_| self.rng.random_bool(0.3));
-        let btc = put.is_none() && self.rng.random_bool(1.0 / 3.0);
+        let btc = self.rng.random_bool(1.0 / 3.0);
+        let put_id = PUTS[usize::from(btc)];
+        let put = self.put_quote(put_id).filter(|_| self.rng.random_bool(0.3));
         let trader = &mut self.traders[t];
         trader.nonce += 1;
-        let side = if self.rng.random_bool(0.5) {
+        // The margined traders lean one way (even ones buy, odd ones sell, two times in
+        // three), so that their positions build up and the scheduled shocks (`shock`) find
+        // some of them on the losing side; the others trade both ways alike.
+        let buys = match t {
+            _ if t >= MARGINED => 0.5,
+            _ if t % 2 == 0 => 2.0 / 3.0,
+            _ => 1.0 / 3.0,
+        };
+        let side = if self.rng.random_bool(buys) {
             "buy"
         } else {
             "sell"
@@ -727,7 +760,7 @@ impl World {
                 let tenths = (mark as f64 * (1.0 + offset as f64 / 1_000.0) / 100_000.0)
                     .round()
                     .max(1.0) as i64;
-                (PUT, name, format!("{}.{}", tenths / 10, tenths % 10))
+                (put_id, name, format!("{}.{}", tenths / 10, tenths % 10))
             }
             None if btc => {
                 let offset = self.rng.random_range(-20i64..=20);
@@ -982,6 +1015,21 @@ impl World {
         self.oracle_update(jumps)
     }
 
+    /// A scheduled shock: both indices move by `moved` at once and the oracle publishes now,
+    /// stalled or not, with the liquidators away for `away_ms` from now. The run schedules a
+    /// fall a quarter of the way through, the liquidators there (the leaning longs' auctions
+    /// are bid), and a rise at three quarters, the liquidators away for twenty minutes (the
+    /// leaning shorts' auctions run their course and are deleveraged), so that every seed
+    /// liquidates both ways besides what its random jumps do.
+    fn shock(&mut self, moved: f64, away_ms: u64) -> Result<()> {
+        self.index = (self.index * (1.0 + moved)).clamp(500.0, 12_000.0);
+        self.btc_index = (self.btc_index * (1.0 + moved)).clamp(15_000.0, 320_000.0);
+        self.stats.oracle_jumps += 2;
+        self.stalled_until_ms = 0;
+        self.liquidators_away_until_ms = self.now_ms() + away_ms;
+        self.oracle_update([false; 2])
+    }
+
     /// One signed update per underlying, ETH's then BTC's, both published now; an index whose
     /// `jumps` entry is set (ETH's first) jumps by 5% to 25%, up or down.
     fn oracle_update(&mut self, jumps: [bool; 2]) -> Result<()> {
@@ -1024,16 +1072,15 @@ impl World {
                 now,
             )
             .context("oracle update")?;
-            // Once the put has expired: its settlement price, until an update with it is
-            // taken (the feed keeps ETH's index history: BTC lists no option).
-            if underlying == "ETH" {
-                self.feed.attach(&mut update, &list);
-            }
+            // Once its put has expired: the settlement price, until an update with it is
+            // taken (each underlying's feed keeps its own index history).
+            let feed = usize::from(underlying == "BTC");
+            self.feeds[feed].attach(&mut update, &list);
             let signed = self.oracle.sign(update, &self.gateway().optio_domain());
             self.gateway().submit_oracle(&signed).map_err(|e| {
                 anyhow::anyhow!("a signed {underlying} oracle update refused: {e:?}")
             })?;
-            self.feed.taken(&signed.update);
+            self.feeds[feed].taken(&signed.update);
             self.stats.settlement_prices += signed.update.settlements.len() as u64;
             self.stats.oracle_updates += 1;
             self.gateway()
@@ -1143,7 +1190,7 @@ impl World {
     }
 
     /// A forced close requested on L1 (rare): a trader asks to close its own position in one
-    /// of the three instruments, now and then someone else's (served, nothing moves), once L1 has
+    /// of the four instruments, now and then someone else's (served, nothing moves), once L1 has
     /// recorded the backstop and seen the account.
     fn forced_close(&mut self) -> Result<()> {
         let t = self.rng.random_range(0..TRADERS);
@@ -1152,7 +1199,7 @@ impl World {
         } else {
             self.rng.random_range(0..TRADERS)
         };
-        let instrument = self.rng.random_range(0..3u32);
+        let instrument = self.rng.random_range(0..4u32);
         let account = self.traders[whose].account;
         let rollup = OptioRollup::new(self.l1.rollup, &self.traders[t].l1);
         self.runtime.block_on(async {
@@ -1457,18 +1504,20 @@ impl World {
                 .iter()
                 .filter(|op| matches!(op, optio_state::Op::L1Close { qty, .. } if qty.0 != 0))
                 .count() as u64;
-            self.stats.put_fills += ops
-                .iter()
-                .filter(|op| matches!(op, optio_state::Op::Fill { instrument, .. } if instrument.0 == PUT))
-                .count() as u64;
-            self.stats.btc_fills += ops
-                .iter()
-                .filter(|op| matches!(op, optio_state::Op::Fill { instrument, .. } if instrument.0 == BTC_PERP))
-                .count() as u64;
-            self.stats.put_settled += ops
-                .iter()
-                .filter(|op| matches!(op, optio_state::Op::SettlePosition { instrument, .. } if instrument.0 == PUT))
-                .count() as u64;
+            for op in &ops {
+                match op {
+                    optio_state::Op::Fill { instrument, .. } => {
+                        self.stats.put_fills += u64::from(PUTS.contains(&instrument.0));
+                        self.stats.btc_fills +=
+                            u64::from([BTC_PERP, BTC_PUT].contains(&instrument.0));
+                    }
+                    optio_state::Op::SettlePosition { instrument, .. } => {
+                        self.stats.put_settled += u64::from(PUTS.contains(&instrument.0));
+                        self.stats.btc_put_settled += u64::from(instrument.0 == BTC_PUT);
+                    }
+                    _ => {}
+                }
+            }
         }
         let engine = self.gateway().canonical_state();
         if let Some(diff) = from_l1.diff_engine(&engine) {
@@ -1565,25 +1614,32 @@ pub fn run_seed(
             950..=989 => "L1 blocks",
             _ => "an L1 reorg",
         };
-        let result = w.oracle_tick().and_then(|()| match roll {
-            0..=569 => w.trade(),
-            570..=599 => {
-                let t = w.rng.random_range(0..TRADERS);
-                w.session_key_change(t)
-            }
-            600..=659 => w.cancel_all(),
-            660..=809 => w.hostile(),
-            810..=859 => w.liquidate(),
-            860..=899 => w.deposit(),
-            900..=901 => w.forced_withdrawal(),
-            902 => w.forced_close(),
-            903..=949 => w.settler_round(),
-            950..=989 => {
-                w.l1.chain.mine(w.rng.random_range(1..4));
-                Ok(())
-            }
-            _ => w.reorg(),
-        });
+        let shocked = match step {
+            _ if step == ops / 4 => w.shock(-0.2, 0),
+            _ if step == 3 * ops / 4 => w.shock(0.25, 20 * 60_000),
+            _ => Ok(()),
+        };
+        let result = shocked
+            .and_then(|()| w.oracle_tick())
+            .and_then(|()| match roll {
+                0..=569 => w.trade(),
+                570..=599 => {
+                    let t = w.rng.random_range(0..TRADERS);
+                    w.session_key_change(t)
+                }
+                600..=659 => w.cancel_all(),
+                660..=809 => w.hostile(),
+                810..=859 => w.liquidate(),
+                860..=899 => w.deposit(),
+                900..=901 => w.forced_withdrawal(),
+                902 => w.forced_close(),
+                903..=949 => w.settler_round(),
+                950..=989 => {
+                    w.l1.chain.mine(w.rng.random_range(1..4));
+                    Ok(())
+                }
+                _ => w.reorg(),
+            });
         result
             .and_then(|()| w.watch())
             .with_context(|| format!("seed {seed}, input {step} ({kind})"))?;

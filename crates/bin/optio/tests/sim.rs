@@ -1,5 +1,6 @@
 //! The deterministic simulation in CI: a fixed set of seeds, each a stream of signed orders,
-//! cancels, hostile inputs, oracle updates of two underlyings with stalls and jumps, liquidation bids, L1 deposits,
+//! cancels, hostile inputs, oracle updates of two underlyings with stalls, jumps and scheduled
+//! shocks, liquidation bids, L1 deposits,
 //! forced withdrawals and forced closes, settler rounds against the embedded chain with reorgs,
 //! crashes (torn WAL tails, groups lost or kept by a power loss before their fsync) and slow
 //! subscribers, runs without a violation, and every kind of fault was injected. (The canary
@@ -93,7 +94,8 @@ fn fixed_seeds_run_without_a_violation() {
         "settlement prices",
         "put fills",
         "put positions settled",
-        "BTC perpetual fills",
+        "BTC fills",
+        "of BTC's",
         "L1 deposits",
         "forced withdrawals",
         "forced closes",
@@ -166,7 +168,8 @@ fn every_batch_of_a_node_cut_to_a_shape_satisfies_the_circuit() {
         "settlement prices",
         "put fills",
         "put positions settled",
-        "BTC perpetual fills",
+        "BTC fills",
+        "of BTC's",
         "positions moved",
         "crashes",
     ] {
@@ -175,14 +178,14 @@ fn every_batch_of_a_node_cut_to_a_shape_satisfies_the_circuit() {
 }
 
 /// A shape smaller than the run needs (a settlement pays two positions, one settles a batch,
-/// three mark slots, one for each instrument, eight op slots): the engine's limits for it settle the put's expiry in
+/// four mark slots, one for each instrument, eight op slots): the engine's limits for it settle the put's expiry in
 /// parts at later oracle updates, and cut more batches. Every batch satisfies the circuit, and
 /// every part's price posts the oracle's signature of it (the watchtower's check at the end;
 /// it found that a later part posted none, so that anyone could have reverted the honest batch
 /// and slashed the operator).
 #[test]
 fn a_node_cut_to_a_small_shape_settles_in_parts_every_batch_proven_and_attested() {
-    let text = checked_against("quad-8x8x8x4x2x2x1x2x3x3x2x0x2x2x4x6");
+    let text = checked_against("quad-8x8x8x4x2x2x1x2x4x3x2x0x2x2x4x6");
     // More positions settled than a settlement slot pays: in parts.
     assert!(count(&text, "put positions settled") > 2, "{text}");
 }
