@@ -745,7 +745,7 @@ impl World {
         // some of them on the losing side; the others trade both ways alike.
         let buys = match t {
             _ if t >= MARGINED => 0.5,
-            _ if t % 2 == 0 => 2.0 / 3.0,
+            _ if t.is_multiple_of(2) => 2.0 / 3.0,
             _ => 1.0 / 3.0,
         };
         let side = if self.rng.random_bool(buys) {
