@@ -136,6 +136,8 @@ pub struct Stats {
     btc_put_settled: u64,
     /// Fills of BTC's instruments (its perpetual and its put) in the posted batches.
     btc_fills: u64,
+    /// Fills with the `Portfolio` trader on a side, in the posted batches.
+    portfolio_fills: u64,
     settler_rounds: u64,
     reorgs: u64,
     reorged_txs: u64,
@@ -176,6 +178,7 @@ impl Stats {
         self.put_settled += s.put_settled;
         self.btc_fills += s.btc_fills;
         self.btc_put_settled += s.btc_put_settled;
+        self.portfolio_fills += s.portfolio_fills;
         self.settler_rounds += s.settler_rounds;
         self.reorgs += s.reorgs;
         self.reorged_txs += s.reorged_txs;
@@ -194,7 +197,7 @@ impl Stats {
 
     fn line(&self) -> String {
         format!(
-            "{} orders ({} accepted), {} cancels, {} hostile refused, {} oracle updates ({} stalls, {} jumps, {} settlement prices), {} put fills ({} put positions settled, {} of BTC's), {} BTC fills, {} liquidation bids filled, {} deleverages ({} refused as early), {} L1 deposits, {} forced withdrawals, {} forced closes ({} positions moved), {} settler rounds, {} L1 reorgs ({} txs dropped), {} crashes ({} restarts from a snapshot, {} torn tails, {} unsynced groups lost, {} kept), {} slow subscribers, {} book changes checked, {} batches ({} checked against the circuit), {} session key changes, {} orders signed by a session key",
+            "{} orders ({} accepted), {} cancels, {} hostile refused, {} oracle updates ({} stalls, {} jumps, {} settlement prices), {} put fills ({} put positions settled, {} of BTC's), {} BTC fills, {} fills of the Portfolio trader, {} liquidation bids filled, {} deleverages ({} refused as early), {} L1 deposits, {} forced withdrawals, {} forced closes ({} positions moved), {} settler rounds, {} L1 reorgs ({} txs dropped), {} crashes ({} restarts from a snapshot, {} torn tails, {} unsynced groups lost, {} kept), {} slow subscribers, {} book changes checked, {} batches ({} checked against the circuit), {} session key changes, {} orders signed by a session key",
             self.orders,
             self.accepted,
             self.cancels,
@@ -207,6 +210,7 @@ impl Stats {
             self.put_settled,
             self.btc_put_settled,
             self.btc_fills,
+            self.portfolio_fills,
             self.liquidations,
             self.deleverages,
             self.deleverages_early,
@@ -669,11 +673,15 @@ impl World {
                 .context("a trader's deposit opened no account")? as u64;
         }
         w.oracle_update([false; 2])?;
+        // The last margined trader in `Portfolio` (scenarios on the risk arrays), the others
+        // in `Standard`.
         for t in 0..MARGINED {
-            let params = w.change_params(
-                t,
-                optio_gateway::client::Change::MarginMode(optio_types::MarginMode::Standard),
-            );
+            let mode = if t + 1 == MARGINED {
+                optio_types::MarginMode::Portfolio
+            } else {
+                optio_types::MarginMode::Standard
+            };
+            let params = w.change_params(t, optio_gateway::client::Change::MarginMode(mode));
             w.header_call(t, "private/set_margin_mode", params)
                 .map_err(|e| anyhow::anyhow!("setting the margin mode: {e:?}"))?;
         }
@@ -1018,9 +1026,10 @@ impl World {
     /// A scheduled shock: both indices move by `moved` at once and the oracle publishes now,
     /// stalled or not, with the liquidators away for `away_ms` from now. The run schedules a
     /// fall a quarter of the way through, the liquidators there (the leaning longs' auctions
-    /// are bid), and a rise at three quarters, the liquidators away for twenty minutes (the
-    /// leaning shorts' auctions run their course and are deleveraged), so that every seed
-    /// liquidates both ways besides what its random jumps do.
+    /// are bid), and a rise past half way (early enough for an auction's 15 minutes to run
+    /// before the end), the liquidators away for twenty minutes (the leaning short's auction
+    /// runs its course and is deleveraged), so that every seed liquidates both ways besides
+    /// what its random jumps do.
     fn shock(&mut self, moved: f64, away_ms: u64) -> Result<()> {
         self.index = (self.index * (1.0 + moved)).clamp(500.0, 12_000.0);
         self.btc_index = (self.btc_index * (1.0 + moved)).clamp(15_000.0, 320_000.0);
@@ -1506,7 +1515,15 @@ impl World {
                 .count() as u64;
             for op in &ops {
                 match op {
-                    optio_state::Op::Fill { instrument, .. } => {
+                    optio_state::Op::Fill {
+                        instrument,
+                        maker,
+                        taker,
+                        ..
+                    } => {
+                        let portfolio = self.traders[MARGINED - 1].account;
+                        self.stats.portfolio_fills +=
+                            u64::from([maker.0, taker.0].contains(&(portfolio as u32)));
                         self.stats.put_fills += u64::from(PUTS.contains(&instrument.0));
                         self.stats.btc_fills +=
                             u64::from([BTC_PERP, BTC_PUT].contains(&instrument.0));
@@ -1616,7 +1633,7 @@ pub fn run_seed(
         };
         let shocked = match step {
             _ if step == ops / 4 => w.shock(-0.2, 0),
-            _ if step == 3 * ops / 4 => w.shock(0.25, 20 * 60_000),
+            _ if step == ops * 11 / 20 => w.shock(0.25, 20 * 60_000),
             _ => Ok(()),
         };
         let result = shocked

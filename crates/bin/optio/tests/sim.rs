@@ -96,6 +96,7 @@ fn fixed_seeds_run_without_a_violation() {
         "put positions settled",
         "BTC fills",
         "of BTC's",
+        "fills of the Portfolio trader",
         "L1 deposits",
         "forced withdrawals",
         "forced closes",
@@ -170,6 +171,7 @@ fn every_batch_of_a_node_cut_to_a_shape_satisfies_the_circuit() {
         "put positions settled",
         "BTC fills",
         "of BTC's",
+        "fills of the Portfolio trader",
         "positions moved",
         "crashes",
     ] {
