@@ -1025,11 +1025,10 @@ impl World {
 
     /// A scheduled shock: both indices move by `moved` at once and the oracle publishes now,
     /// stalled or not, with the liquidators away for `away_ms` from now. The run schedules a
-    /// fall a quarter of the way through, the liquidators there (the leaning longs' auctions
-    /// are bid), and a rise past half way (early enough for an auction's 15 minutes to run
-    /// before the end), the liquidators away for twenty minutes (the leaning short's auction
-    /// runs its course and is deleveraged), so that every seed liquidates both ways besides
-    /// what its random jumps do.
+    /// fall a quarter of the way through, the liquidators away for twenty minutes (the leaning
+    /// longs' auctions run their course and are deleveraged), and a rise past half way, the
+    /// liquidators there (the leaning short's auction is bid), so that every seed liquidates
+    /// both ways besides what its random jumps do.
     fn shock(&mut self, moved: f64, away_ms: u64) -> Result<()> {
         self.index = (self.index * (1.0 + moved)).clamp(500.0, 12_000.0);
         self.btc_index = (self.btc_index * (1.0 + moved)).clamp(15_000.0, 320_000.0);
@@ -1104,7 +1103,9 @@ impl World {
     /// course by the engine's clock (the oracle's signed time: the latest accepted update that
     /// marked something), the operator deleverages what is left.
     fn liquidate(&mut self) -> Result<()> {
-        if self.rng.random_range(0..20) == 0 {
+        // This step comes about twice a minute of simulated time: one in 200 is about once
+        // in an hour and a half (one in 20 kept them away most of a long run).
+        if self.rng.random_range(0..200) == 0 {
             // The liquidators go away for ten to thirty minutes: auctions run their course.
             self.liquidators_away_until_ms =
                 self.now_ms() + self.rng.random_range(600_000..1_800_000);
@@ -1632,8 +1633,8 @@ pub fn run_seed(
             _ => "an L1 reorg",
         };
         let shocked = match step {
-            _ if step == ops / 4 => w.shock(-0.2, 0),
-            _ if step == ops * 11 / 20 => w.shock(0.25, 20 * 60_000),
+            _ if step == ops / 4 => w.shock(-0.2, 20 * 60_000),
+            _ if step == ops * 11 / 20 => w.shock(0.25, 0),
             _ => Ok(()),
         };
         let result = shocked
