@@ -523,51 +523,43 @@ impl World {
         };
         let gateway = open(dir.path(), &config, shape)?;
         let settler = Settler::new(provider, deployment.rollup, &dir.path().join("batches"));
-        let spec = InstrumentSpec::with_defaults(
-            INSTRUMENT.parse().context("name")?,
-            optio_types::Price(ETH_CAP * MONEY_SCALE),
+        // In id order: ETH's perpetual and put, BTC's perpetual and put (both puts expire at
+        // 08:00 on the run's day).
+        let day = crate::devnet::date_code((start_ms / DAY_MS) as i64);
+        let specs = [
+            (INSTRUMENT.to_owned(), ETH_CAP),
+            (format!("ETH-{day}-3000-P"), ETH_CAP),
+            (BTC_INSTRUMENT.to_owned(), BTC_CAP),
+            (format!("BTC-{day}-90000-P"), BTC_CAP),
+        ]
+        .into_iter()
+        .map(|(name, cap)| {
+            Ok(InstrumentSpec::with_defaults(
+                name.parse().context("name")?,
+                optio_types::Price(cap * MONEY_SCALE),
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+        let expiry = start_ms - start_ms % DAY_MS + PUT_EXPIRY_HOUR_MS;
+        ensure!(
+            PUTS.iter()
+                .all(|&id| specs[id as usize].expiry_ms() == Some(expiry))
         );
-        let btc = InstrumentSpec::with_defaults(
-            BTC_INSTRUMENT.parse().context("name")?,
-            optio_types::Price(BTC_CAP * MONEY_SCALE),
-        );
-        let put = InstrumentSpec::with_defaults(
-            format!(
-                "ETH-{}-3000-P",
-                crate::devnet::date_code((start_ms / DAY_MS) as i64)
-            )
-            .parse()
-            .context("name")?,
-            optio_types::Price(ETH_CAP * MONEY_SCALE),
-        );
-        ensure!(put.expiry_ms() == Some(start_ms - start_ms % DAY_MS + PUT_EXPIRY_HOUR_MS));
-        let btc_put = InstrumentSpec::with_defaults(
-            format!(
-                "BTC-{}-90000-P",
-                crate::devnet::date_code((start_ms / DAY_MS) as i64)
-            )
-            .parse()
-            .context("name")?,
-            optio_types::Price(BTC_CAP * MONEY_SCALE),
-        );
-        let listed = gateway.submit_admin(vec![
-            Command::ListInstrument { spec },
-            Command::ActivateInstrument {
-                instrument: optio_types::InstrumentId(0),
-            },
-            Command::ListInstrument { spec: put },
-            Command::ActivateInstrument {
-                instrument: optio_types::InstrumentId(1),
-            },
-            Command::ListInstrument { spec: btc },
-            Command::ActivateInstrument {
-                instrument: optio_types::InstrumentId(BTC_PERP),
-            },
-            Command::ListInstrument { spec: btc_put },
-            Command::ActivateInstrument {
-                instrument: optio_types::InstrumentId(BTC_PUT),
-            },
-        ])?;
+        ensure!(specs[BTC_PERP as usize].name.to_string() == BTC_INSTRUMENT);
+        let listed = gateway.submit_admin(
+            specs
+                .into_iter()
+                .enumerate()
+                .flat_map(|(id, spec)| {
+                    [
+                        Command::ListInstrument { spec },
+                        Command::ActivateInstrument {
+                            instrument: optio_types::InstrumentId(id as u32),
+                        },
+                    ]
+                })
+                .collect(),
+        )?;
         ensure!(listed.iter().all(Result::is_ok), "listing: {listed:?}");
         let traders = keys
             .into_iter()
