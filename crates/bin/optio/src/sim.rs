@@ -242,6 +242,12 @@ const INSTRUMENT: &str = "ETH-PERPETUAL";
 /// update, risk array and marks, so that every check also sees two underlyings side by side.
 const BTC_INSTRUMENT: &str = "BTC-PERPETUAL";
 const BTC_PERP: u32 = 2;
+/// The underlyings, in the order the oracle publishes them: name, starting index and the range
+/// the index moves in (within the cap).
+const UNDERLYINGS: [(&str, f64, (f64, f64)); 2] = [
+    ("ETH", 3_000.0, (500.0, 12_000.0)),
+    ("BTC", 90_000.0, (15_000.0, 320_000.0)),
+];
 /// The underlying caps (the most each perpetual is worth), micro-USDC.
 const ETH_CAP: i64 = 15_000;
 const BTC_CAP: i64 = 400_000;
@@ -330,9 +336,8 @@ struct World {
     /// The oracle's settlement prices for each underlying's put (ETH's, BTC's), from the index
     /// it publishes.
     feeds: [SettlementFeed; 2],
-    index: f64,
-    /// BTC's index, which moves (and jumps) on its own.
-    btc_index: f64,
+    /// Each underlying's index (`UNDERLYINGS` order), moving (and jumping) on its own.
+    indices: [f64; 2],
     last_oracle_ms: u64,
     stalled_until_ms: u64,
     /// No liquidator bids before this time (ms).
@@ -600,8 +605,7 @@ impl World {
             feeds: [(); 2].map(|()| {
                 SettlementFeed::new(optio_types::RiskConfig::default().settlement_window_ms)
             }),
-            index: 3_000.0,
-            btc_index: 90_000.0,
+            indices: UNDERLYINGS.map(|(_, start, _)| start),
             last_oracle_ms: 0,
             stalled_until_ms: 0,
             liquidators_away_until_ms: 0,
@@ -762,16 +766,16 @@ impl World {
                     .max(1.0) as i64;
                 (put_id, name, format!("{}.{}", tenths / 10, tenths % 10))
             }
-            None if btc => {
-                let offset = self.rng.random_range(-20i64..=20);
-                let price =
-                    ((self.btc_index * (1.0 + offset as f64 / 1_000.0)) as i64 / 5 * 5).max(5);
-                (BTC_PERP, BTC_INSTRUMENT.to_owned(), price.to_string())
-            }
             None => {
                 let offset = self.rng.random_range(-20i64..=20);
-                let price = ((self.index * (1.0 + offset as f64 / 1_000.0)) as i64 / 5 * 5).max(5);
-                (self.instrument.0, INSTRUMENT.to_owned(), price.to_string())
+                let index = self.indices[usize::from(btc)];
+                let price = ((index * (1.0 + offset as f64 / 1_000.0)) as i64 / 5 * 5).max(5);
+                let (id, name) = if btc {
+                    (BTC_PERP, BTC_INSTRUMENT)
+                } else {
+                    (self.instrument.0, INSTRUMENT)
+                };
+                (id, name.to_owned(), price.to_string())
             }
         };
         // The margined traders trade larger, up to about twice their collateral's worth at
@@ -1022,12 +1026,20 @@ impl World {
     /// liquidators there (the leaning short's auction is bid), so that every seed liquidates
     /// both ways besides what its random jumps do.
     fn shock(&mut self, moved: f64, away_ms: u64) -> Result<()> {
-        self.index = (self.index * (1.0 + moved)).clamp(500.0, 12_000.0);
-        self.btc_index = (self.btc_index * (1.0 + moved)).clamp(15_000.0, 320_000.0);
+        for u in 0..UNDERLYINGS.len() {
+            self.move_index(u, moved);
+        }
         self.stats.oracle_jumps += 2;
         self.stalled_until_ms = 0;
         self.liquidators_away_until_ms = self.now_ms() + away_ms;
         self.oracle_update([false; 2])
+    }
+
+    /// Moves underlying `u`'s index by `moved` (a fraction), within its range; the new index.
+    fn move_index(&mut self, u: usize, moved: f64) -> f64 {
+        let (_, _, (low, high)) = UNDERLYINGS[u];
+        self.indices[u] = (self.indices[u] * (1.0 + moved)).clamp(low, high);
+        self.indices[u]
     }
 
     /// One signed update per underlying, ETH's then BTC's, both published now; an index whose
@@ -1041,7 +1053,7 @@ impl World {
             .into_iter()
             .map(|i| i.spec)
             .collect();
-        for (underlying, jump) in ["ETH", "BTC"].into_iter().zip(jumps) {
+        for (u, ((underlying, _, _), jump)) in UNDERLYINGS.into_iter().zip(jumps).enumerate() {
             let moved = if jump {
                 self.stats.oracle_jumps += 1;
                 let size = self.rng.random_range(0.05..0.25);
@@ -1053,13 +1065,7 @@ impl World {
             } else {
                 self.rng.random_range(-0.003..0.003)
             };
-            let index = if underlying == "BTC" {
-                self.btc_index = (self.btc_index * (1.0 + moved)).clamp(15_000.0, 320_000.0);
-                self.btc_index
-            } else {
-                self.index = (self.index * (1.0 + moved)).clamp(500.0, 12_000.0);
-                self.index
-            };
+            let index = self.move_index(u, moved);
             let list: Vec<_> = optio_oracle::numbered(&specs)
                 .into_iter()
                 .filter(|(_, spec)| spec.name.underlying == underlying)
@@ -1074,13 +1080,12 @@ impl World {
             .context("oracle update")?;
             // Once its put has expired: the settlement price, until an update with it is
             // taken (each underlying's feed keeps its own index history).
-            let feed = usize::from(underlying == "BTC");
-            self.feeds[feed].attach(&mut update, &list);
+            self.feeds[u].attach(&mut update, &list);
             let signed = self.oracle.sign(update, &self.gateway().optio_domain());
             self.gateway().submit_oracle(&signed).map_err(|e| {
                 anyhow::anyhow!("a signed {underlying} oracle update refused: {e:?}")
             })?;
-            self.feeds[feed].taken(&signed.update);
+            self.feeds[u].taken(&signed.update);
             self.stats.settlement_prices += signed.update.settlements.len() as u64;
             self.stats.oracle_updates += 1;
             self.gateway()
