@@ -31,7 +31,8 @@
 //! Checks: after each signed input, its receipt verifies against the sequencer's key; a hostile
 //! input is refused and changes nothing; the reading subscriber sees every book change in order
 //! (or is told it was too slow); no step waits on a subscriber; after oracle, liquidation and L1
-//! steps, the engine's invariants in full; after each restart (from the node's latest snapshot,
+//! steps, the engine's invariants in full and the state restoring from its canonical form (what
+//! a snapshot holds) to itself; after each restart (from the node's latest snapshot,
 //! taken every 400 inputs, plus the log after it), the state equals the state before the crash
 //! (plus the unacknowledged group, if the power loss kept all of it), every
 //! acknowledged intent is there with its sequence number, and the L1 queue fed again credits

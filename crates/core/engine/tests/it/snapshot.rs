@@ -38,7 +38,8 @@ fn a_liquidation_fee_above_the_provable_maximum_is_refused() {
 
 /// A position held at no cost restores (found by `optio sim`, seed 6: the backstop took 0.96 of
 /// an expiring put by a forced close at its mark of one micro-USDC, for a floor of 0, and the
-/// node could not restart from its next snapshot); a flat position with a cost is refused.
+/// node could not restart from its next snapshot; the simulator's full audits now restore the
+/// live state too, `Gateway::check_invariants`); a flat position with a cost is refused.
 #[test]
 fn a_position_held_at_no_cost_restores_and_a_flat_one_with_a_cost_does_not() {
     let mut state = CanonicalState::decode(&busy_snapshot()).expect("decodes");
