@@ -1138,17 +1138,18 @@ impl Gateway {
         self.lock().sequencer.engine().canonical()
     }
 
-    /// The engine's invariants, checked in full now; and the state a snapshot would hold now
-    /// restores to itself, so that a restart can load it (a held position at no cost once
-    /// passed the first check and failed only at the next restart).
+    /// The engine's invariants, checked in full now; and the engine's snapshot bytes now
+    /// restore, by the path a restart reads them (`Engine::restore_bytes`), to the same bytes,
+    /// so that a restart can load them (a held position at no cost once passed the first check
+    /// and failed only at the next restart).
     pub fn check_invariants(&self) -> Result<(), String> {
         let inner = self.lock();
         let engine = inner.sequencer.engine();
         engine.check_invariants().map_err(|e| format!("{e:?}"))?;
-        let state = engine.canonical();
-        let restored = optio_engine::Engine::restore(&state, optio_types::WorstCaseMargin)
+        let bytes = engine.snapshot();
+        let restored = optio_engine::Engine::restore_bytes(&bytes, optio_types::WorstCaseMargin)
             .map_err(|e| format!("the state would not restore from a snapshot: {e}"))?;
-        if restored.canonical() != state {
+        if restored.snapshot() != bytes {
             return Err("the state restores from a snapshot to another state".into());
         }
         Ok(())
