@@ -243,15 +243,33 @@ const INSTRUMENT: &str = "ETH-PERPETUAL";
 /// update, risk array and marks, so that every check also sees two underlyings side by side.
 const BTC_INSTRUMENT: &str = "BTC-PERPETUAL";
 const BTC_PERP: u32 = 2;
-/// The underlyings, in the order the oracle publishes them: name, starting index and the range
-/// the index moves in (within the cap).
-const UNDERLYINGS: [(&str, f64, (f64, f64)); 2] = [
-    ("ETH", 3_000.0, (500.0, 12_000.0)),
-    ("BTC", 90_000.0, (15_000.0, 320_000.0)),
+/// An underlying of the run: it lists a perpetual and a put struck at its starting index.
+struct Underlying {
+    name: &'static str,
+    /// The index at the start (and the put's strike).
+    start: f64,
+    /// The range the index moves in (within the cap).
+    range: (f64, f64),
+    /// The underlying cap (the most a perpetual is worth), USDC.
+    cap: i64,
+}
+
+/// The underlyings, in the order the oracle publishes them (and their instruments are listed:
+/// ETH's perpetual and put are ids 0 and 1, BTC's 2 and 3).
+const UNDERLYINGS: [Underlying; 2] = [
+    Underlying {
+        name: "ETH",
+        start: 3_000.0,
+        range: (500.0, 12_000.0),
+        cap: 15_000,
+    },
+    Underlying {
+        name: "BTC",
+        start: 90_000.0,
+        range: (15_000.0, 320_000.0),
+        cap: 400_000,
+    },
 ];
-/// The underlying caps (the most each perpetual is worth), micro-USDC.
-const ETH_CAP: i64 = 15_000;
-const BTC_CAP: i64 = 400_000;
 /// A day, ms.
 const DAY_MS: u64 = 86_400_000;
 /// When the simulator's put expires: 08:00 UTC, ms into its day.
@@ -529,29 +547,34 @@ impl World {
         };
         let gateway = open(dir.path(), &config, shape)?;
         let settler = Settler::new(provider, deployment.rollup, &dir.path().join("batches"));
-        // In id order: ETH's perpetual and put, BTC's perpetual and put (both puts expire at
-        // 08:00 on the run's day).
+        // In id order, each underlying's perpetual and put (both puts expire at 08:00 on the
+        // run's day).
         let day = crate::devnet::date_code((start_ms / DAY_MS) as i64);
-        let specs = [
-            (INSTRUMENT.to_owned(), ETH_CAP),
-            (format!("ETH-{day}-3000-P"), ETH_CAP),
-            (BTC_INSTRUMENT.to_owned(), BTC_CAP),
-            (format!("BTC-{day}-90000-P"), BTC_CAP),
-        ]
-        .into_iter()
-        .map(|(name, cap)| {
-            Ok(InstrumentSpec::with_defaults(
-                name.parse().context("name")?,
-                optio_types::Price(cap * MONEY_SCALE),
-            ))
-        })
-        .collect::<Result<Vec<_>>>()?;
+        let specs = UNDERLYINGS
+            .iter()
+            .flat_map(|u| {
+                [
+                    format!("{}-PERPETUAL", u.name),
+                    format!("{}-{day}-{}-P", u.name, u.start as i64),
+                ]
+                .map(|name| (name, u.cap))
+            })
+            .map(|(name, cap)| {
+                Ok(InstrumentSpec::with_defaults(
+                    name.parse().context("name")?,
+                    optio_types::Price(cap * MONEY_SCALE),
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let expiry = start_ms - start_ms % DAY_MS + PUT_EXPIRY_HOUR_MS;
         ensure!(
             PUTS.iter()
                 .all(|&id| specs[id as usize].expiry_ms() == Some(expiry))
         );
-        ensure!(specs[BTC_PERP as usize].name.to_string() == BTC_INSTRUMENT);
+        ensure!(
+            specs[0].name.to_string() == INSTRUMENT
+                && specs[BTC_PERP as usize].name.to_string() == BTC_INSTRUMENT
+        );
         let listed = gateway.submit_admin(
             specs
                 .into_iter()
@@ -606,7 +629,7 @@ impl World {
             feeds: [(); 2].map(|()| {
                 SettlementFeed::new(optio_types::RiskConfig::default().settlement_window_ms)
             }),
-            indices: UNDERLYINGS.map(|(_, start, _)| start),
+            indices: UNDERLYINGS.map(|u| u.start),
             last_oracle_ms: 0,
             stalled_until_ms: 0,
             liquidators_away_until_ms: 0,
@@ -1038,7 +1061,7 @@ impl World {
 
     /// Moves underlying `u`'s index by `moved` (a fraction), within its range; the new index.
     fn move_index(&mut self, u: usize, moved: f64) -> f64 {
-        let (_, _, (low, high)) = UNDERLYINGS[u];
+        let (low, high) = UNDERLYINGS[u].range;
         self.indices[u] = (self.indices[u] * (1.0 + moved)).clamp(low, high);
         self.indices[u]
     }
@@ -1054,7 +1077,8 @@ impl World {
             .into_iter()
             .map(|i| i.spec)
             .collect();
-        for (u, ((underlying, _, _), jump)) in UNDERLYINGS.into_iter().zip(jumps).enumerate() {
+        for (u, jump) in jumps.into_iter().enumerate() {
+            let underlying = UNDERLYINGS[u].name;
             let moved = if jump {
                 self.stats.oracle_jumps += 1;
                 let size = self.rng.random_range(0.05..0.25);
