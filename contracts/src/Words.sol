@@ -33,7 +33,7 @@ library Words {
         if (kind == 5) return 3; // a settled position: its word, the cash, the quantity settled
         if ((kind >= 5 && kind <= 9) || (kind >= 20 && kind <= 23) || kind == 25) return 2;
         if (kind == 28) return 1; // a margin mode: account and mode in its word
-        if (kind == 29) return 1; // an auction's start: the account in its word
+        if (kind == 29 || kind == 30) return 1; // an auction's start or end: the account in its word
         revert BadBatch("unknown op");
     }
 

@@ -959,16 +959,17 @@ contract RollupInvariants is WithHashers {
 }
 
 /// The word walk the L1 judges take over a batch's posted words (docs/settlement.md, "Words"):
-/// an auction's start (kind 29, since format 8) and a margin mode (28) take their one word, and
-/// a kind past them is refused.
+/// an auction's start (kind 29, since format 8), its end (30, since format 9) and a margin mode
+/// (28) take their one word, and a kind past them is refused.
 contract WordsTest is MiniTest {
     function test_one_word_kinds_and_an_unknown_kind() public {
         assertEq(Words.opWords(29, 29 | (uint256(3) << 8)), 1, "an auction's start");
+        assertEq(Words.opWords(30, 30 | (uint256(3) << 8)), 1, "an auction's end");
         assertEq(Words.opWords(28, 28 | (uint256(3) << 8)), 1, "a margin mode");
-        try this.walk(30) returns (uint256) {
-            revert("kind 30 walked");
+        try this.walk(31) returns (uint256) {
+            revert("kind 31 walked");
         } catch (bytes memory why) {
-            assertEq(keccak256(why), keccak256(abi.encodeWithSelector(Words.BadBatch.selector, "unknown op")), "kind 30 refused");
+            assertEq(keccak256(why), keccak256(abi.encodeWithSelector(Words.BadBatch.selector, "unknown op")), "kind 31 refused");
         }
     }
 

@@ -238,7 +238,8 @@ impl<M: MarginModel> Engine<M> {
         engine.covers_due = (0..engine.accounts.len() as u32)
             .map(AccountId)
             .filter(|&a| {
-                engine.accounts[a.0 as usize].liquidating_since.is_some() && engine.flat(a)
+                let acct = &engine.accounts[a.0 as usize];
+                acct.liquidating_since.is_some() && acct.balance.0 < 0 && engine.flat(a)
             })
             .collect();
         let mut sink = Vec::new();
@@ -319,6 +320,11 @@ impl<M: MarginModel> Engine<M> {
         engine.liquidations_due = (0..engine.accounts.len() as u32)
             .map(AccountId)
             .filter(|&a| engine.auction_due(a))
+            .collect();
+        // Auctions due to end there (cured).
+        engine.ends_due = (0..engine.accounts.len() as u32)
+            .map(AccountId)
+            .filter(|&a| engine.end_due(a))
             .collect();
         engine.check_invariants()?;
         Ok(engine)

@@ -158,8 +158,15 @@ pub struct Engine<M: MarginModel = WorstCaseMargin> {
     /// Liquidating accounts an expiry settlement left with nothing: their deficits are covered
     /// at the end of the next input that settles nothing (a validity proof applies a batch's
     /// settlements after its other ops, so a cover cannot share its account's settlement's
-    /// input). Derived: exactly the liquidating accounts that hold no position.
+    /// input). Derived: exactly the liquidating accounts that hold no position and owe more
+    /// than they hold (a deficit nothing could cover yet stays due: engine rules 5).
     pub(crate) covers_due: BTreeSet<AccountId>,
+    /// Liquidating accounts no longer below maintenance (cured, or flat and solvent): their
+    /// auction ends at the next accepted oracle update, before its starts, settlements and
+    /// marks (engine rules 5: a validity proof checks an end against the marks committed
+    /// before it, as a start's). Until then they stay frozen, and no liquidator may bid (they
+    /// are not below). Derived: the liquidating accounts not below maintenance.
+    pub(crate) ends_due: BTreeSet<AccountId>,
     /// Accounts found below maintenance whose auction starts at the next accepted oracle update
     /// (engine rules 4: a validity proof checks a start against the marks committed before it,
     /// and a batch commits its marks after its ops, so an auction cannot start in the update
@@ -228,6 +235,7 @@ impl<M: MarginModel> Engine<M> {
             good_till: BTreeSet::new(),
             expiries: BTreeSet::new(),
             covers_due: BTreeSet::new(),
+            ends_due: BTreeSet::new(),
             liquidations_due: BTreeSet::new(),
             starts_now: FillCount::default(),
             settled_now: false,
@@ -1281,13 +1289,11 @@ impl<M: MarginModel> Engine<M> {
             settlement_price,
             insurance_credit,
         });
-        // A liquidating account whose last position just settled is finished by a later input.
+        // A liquidating account whose last position just settled in deficit is covered by a
+        // later input.
         for &(account, _) in part {
-            if self.accounts[account.0 as usize]
-                .liquidating_since
-                .is_some()
-                && self.flat(account)
-            {
+            let acct = &self.accounts[account.0 as usize];
+            if acct.liquidating_since.is_some() && acct.balance.0 < 0 && self.flat(account) {
                 self.covers_due.insert(account);
             }
         }

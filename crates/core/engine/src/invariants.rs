@@ -256,13 +256,18 @@ impl<M: MarginModel> Engine<M> {
                     "account {account}: an auction is due iff it is liquidatable and not liquidating"
                 ));
             }
-            // A liquidating account that holds nothing waits for its deficit's cover, due at
-            // the end of the next input that settles nothing.
-            if (acct.liquidating_since.is_some() && self.flat(account))
+            // A liquidating account that holds nothing and is in deficit waits for its
+            // deficit's cover, due at the end of the next input that settles nothing.
+            if (acct.liquidating_since.is_some() && acct.balance.0 < 0 && self.flat(account))
                 != self.covers_due.contains(&account)
             {
                 return fail(format!(
-                    "account {account}: a cover is due iff it is liquidating with nothing left"
+                    "account {account}: a cover is due iff it is liquidating in deficit with nothing left"
+                ));
+            }
+            if self.ends_due.contains(&account) != self.end_due(account) {
+                return fail(format!(
+                    "account {account}: an end is due iff it is liquidating and not below maintenance"
                 ));
             }
             if self.in_liquidation(account)

@@ -49,4 +49,12 @@ pub use query::{InstrumentMargin, InstrumentView, MarginView, OracleView};
 /// against. Until it starts the account acts as a liquidating one, and no liquidator may bid.
 /// An update's deficit covers take what its starts leave of the budget, a margin slot each
 /// (before, any number of covers could fall in one update, more than a proof's margin slots).
-pub const RULES: u32 = 4;
+///
+/// 5: an auction ends (cured, or flat and solvent) at the beginning of the next accepted
+/// oracle update, before its starts, within the same budget (`Engine::start_due_liquidations`),
+/// where the settlement state posts the end a proof checks against the committed marks; until
+/// then the account stays frozen and no liquidator may bid (it is not below maintenance). An
+/// account left in deficit after its cover stays liquidating, its cover due again at each
+/// update that has something to cover it with (before, its liquidation ended, and started
+/// again at the next update).
+pub const RULES: u32 = 5;

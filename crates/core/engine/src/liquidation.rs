@@ -84,10 +84,19 @@ impl<M: MarginModel> Engine<M> {
             && self.below_maintenance(account)
     }
 
+    /// Whether `account`'s auction is due to end (`ends_due` holds exactly these between
+    /// inputs): it is liquidating and no longer below maintenance.
+    pub(crate) fn end_due(&self, account: AccountId) -> bool {
+        self.accounts[account.0 as usize]
+            .liquidating_since
+            .is_some()
+            && !self.below_maintenance(account)
+    }
+
     /// Marks the auctions of touched mark-margined accounts that fell below maintenance due
     /// (they start at the next accepted oracle update: `start_due_liquidations`), cancelling
-    /// their orders; drops those cured before their start, and ends the liquidations of those
-    /// cured since.
+    /// their orders; drops those cured before their start, and marks the ends of the
+    /// liquidations of those cured since due (`ends_due`: they end at that update too).
     pub(crate) fn liquidation_checks(&mut self, oracle_update: bool, events: &mut Vec<Event>) {
         // Deficits due since an earlier input's settlements, once this one settled nothing
         // (with a bounded fill budget, only in an accepted oracle update: `covers_wait`).
@@ -133,8 +142,16 @@ impl<M: MarginModel> Engine<M> {
                 (None, false) => {
                     self.liquidations_due.remove(&account);
                 }
-                (Some(_), false) => self.end_liquidation(account, events),
-                (Some(_), true) => {}
+                // Cured (or flat and solvent): its auction ends at the next accepted oracle
+                // update (`ends_due`); no liquidator may bid meanwhile.
+                (Some(_), false) => {
+                    self.ends_due.insert(account);
+                    self.covers_due.remove(&account);
+                }
+                // Below again before its end: the auction goes on from its start.
+                (Some(_), true) => {
+                    self.ends_due.remove(&account);
+                }
             }
         }
     }
@@ -147,9 +164,23 @@ impl<M: MarginModel> Engine<M> {
     /// proof holds beside nothing else (a start takes an op slot and its account, and, when the
     /// proof prices its positions, a margin slot and their registers); the rest wait for the
     /// next update. An account with nothing to auction goes to its deficit's cover.
+    ///
+    /// The auctions due to end (`ends_due`) end first, within the same budget (an end takes
+    /// what a start does: the proof checks the account is not below maintenance at the marks
+    /// committed before it, engine rules 5); an account below again goes on with its auction.
     pub(crate) fn start_due_liquidations(&mut self, events: &mut Vec<Event>) {
         let bounded = self.limits.fill_budget != FillBudget::UNBOUNDED;
         let mut count = FillCount::default();
+        for account in std::mem::take(&mut self.ends_due) {
+            if self.below_maintenance(account) {
+                continue;
+            }
+            if bounded && !self.admit_start(&mut count, account) {
+                self.ends_due.insert(account);
+                continue;
+            }
+            self.end_liquidation(account, events);
+        }
         let since = self.oracle_time_ms();
         for account in std::mem::take(&mut self.liquidations_due) {
             if !self.below_maintenance(account) {
@@ -633,21 +664,38 @@ impl<M: MarginModel> Engine<M> {
         Ok(())
     }
 
-    /// Once a liquidated account holds nothing, covers its deficit and ends its liquidation
-    /// (with a bounded fill budget, a deficit's cover is due instead: `covers_wait`).
+    /// Once a liquidated account holds nothing, covers its deficit (with a bounded fill budget,
+    /// a deficit's cover is due instead: `covers_wait`); what nothing could cover stays due.
+    /// Its liquidation ends once it is solvent, at the next accepted oracle update
+    /// (`ends_due`).
     pub(crate) fn finish_if_flat(&mut self, account: AccountId, events: &mut Vec<Event>) {
         if !self.flat(account) {
             return;
         }
         let deficit = -i128::from(self.accounts[account.0 as usize].balance.0);
-        if deficit > 0 {
-            if self.covers_wait() {
-                self.covers_due.insert(account);
-                return;
-            }
-            self.cover_deficit(account, deficit, usize::MAX, events);
+        if deficit <= 0 {
+            return;
         }
-        self.end_liquidation(account, events);
+        if self.covers_wait() || !self.can_cover(account) {
+            self.covers_due.insert(account);
+            return;
+        }
+        let (_, left) = self.cover_deficit(account, deficit, usize::MAX, events);
+        if left > 0 {
+            self.covers_due.insert(account);
+        }
+    }
+
+    /// Whether anything could cover part of `account`'s deficit: insurance, the fee pool, or
+    /// another account's free collateral (a deficit nothing covers stays due, and is tried
+    /// again when something could: no empty cover is posted).
+    fn can_cover(&self, account: AccountId) -> bool {
+        self.totals.insurance.0 > 0
+            || self.totals.fee_pool.0 > 0
+            || self.accounts.iter().enumerate().any(|(i, a)| {
+                i != account.0 as usize
+                    && i128::from(a.balance.0) > i128::from(a.requirement.0.max(0))
+            })
     }
 
     /// Whether deficit covers wait for an oracle update. A cover and each of its loss shares
@@ -662,13 +710,14 @@ impl<M: MarginModel> Engine<M> {
         self.limits.fill_budget != FillBudget::UNBOUNDED
     }
 
-    /// The covers due, in account order, within the fill budget beside this update's starts: a
-    /// cover takes one op slot, one account and one margin slot (the proof's flat slot), each
-    /// of its loss shares one more op slot and account. A cover is tried only with room for at
-    /// least one share, so each one moves money or ends its liquidation; one left uncovered
-    /// while another account still has free collateral stays due, and so does one the margin
-    /// slots cannot hold (engine rules 4; before, any number of covers could fall in one
-    /// update, more than a proof's margin slots).
+    /// The covers due, in account order, within the fill budget beside this update's ends and
+    /// starts: a cover takes one op slot, one account and one margin slot (the proof's flat
+    /// slot), each of its loss shares one more op slot and account. A cover is tried only with
+    /// room for at least one share and something to cover with, so each one moves money; what
+    /// is left uncovered stays due, and so does a cover the margin slots cannot hold (engine
+    /// rules 4; before, any number of covers could fall in one update, more than a proof's
+    /// margin slots). Since engine rules 5 an account left in deficit stays liquidating (before,
+    /// its liquidation ended and started again at each update).
     fn cover_due_within_budget(&mut self, events: &mut Vec<Event>) {
         let budget = self.limits.fill_budget;
         let (fills, accounts, margins) = self.starts_now.used();
@@ -680,41 +729,39 @@ impl<M: MarginModel> Engine<M> {
         for account in std::mem::take(&mut self.covers_due) {
             let deficit = -i128::from(self.accounts[account.0 as usize].balance.0);
             if deficit <= 0 {
-                self.end_liquidation(account, events);
                 continue;
             }
-            if room < 2 || flat_slots == 0 {
+            if room < 2 || flat_slots == 0 || !self.can_cover(account) {
                 self.covers_due.insert(account);
                 continue;
             }
-            let (shares, left, others) = self.cover_deficit(account, deficit, room - 1, events);
+            let (shares, left) = self.cover_deficit(account, deficit, room - 1, events);
             room -= 1 + shares;
             flat_slots -= 1;
-            if left > 0 && others {
+            if left > 0 {
                 self.covers_due.insert(account);
-            } else {
-                self.end_liquidation(account, events);
             }
         }
     }
 
-    /// Ends `account`'s liquidation (cured, or finished flat): no cover is due for it any more.
+    /// Ends `account`'s liquidation (cured, or flat and solvent), at the beginning of an
+    /// accepted oracle update (`start_due_liquidations`).
     fn end_liquidation(&mut self, account: AccountId, events: &mut Vec<Event>) {
         self.accounts[account.0 as usize].liquidating_since = None;
-        self.covers_due.remove(&account);
+        self.touch_account(account);
         events.push(Event::LiquidationEnded { account });
     }
 
     /// Covers what it can of `account`'s deficit: insurance, the fee pool, then shares of at
-    /// most `sharers` accounts. Returns the shares charged, the deficit left, and whether an
-    /// account past `sharers` still has free collateral.
+    /// most `sharers` accounts (the most free collateral first). Returns the shares charged and
+    /// the deficit left.
     fn cover_deficit(
         &mut self,
         account: AccountId,
         deficit: i128,
         sharers: usize,
         events: &mut Vec<Event>,
-    ) -> (usize, i128, bool) {
+    ) -> (usize, i128) {
         let mut left = deficit;
         let insurance = left.min(i128::from(self.totals.insurance.0));
         self.totals.insurance = Amount(self.totals.insurance.0 - insurance as i64);
@@ -782,7 +829,7 @@ impl<M: MarginModel> Engine<M> {
             socialized: Amount(socialized as i64),
             unresolved: Amount((left - socialized) as i64),
         });
-        (charged, left - socialized, others)
+        (charged, left - socialized)
     }
 }
 

@@ -35,6 +35,12 @@
 //! - an auction's start (kind 29) proves its account could default and is below maintenance
 //!   at the committed marks (as a liquidation's account, with a margin slot when the shape
 //!   prices its positions) and sets its leaf's `since` to the committed oracle time;
+//! - an auction's end (kind 30) needs `since != 0` and its account covering what its shorts
+//!   can owe at worst (the op slot's `by_cover`) or meeting its mode's maintenance at the
+//!   committed marks (a cured margin slot), unless it held more positions than the shape
+//!   prices, and sets `since` to 0; while `since` is not 0 the account is frozen: it is no
+//!   fill's maker or taker, no withdrawal's or transfer's source, and its margin mode does not
+//!   change (the account slots read the `since` the op slots leave);
 //! - a deficit cover credits what it takes from insurance and the fee pool (both left
 //!   non-negative) and exactly the loss shares charged since the previous cover, in the
 //!   engine's order (the fee pool only once insurance is spent, shares only once both are), and
@@ -249,8 +255,10 @@ struct Snapshot {
     /// A deficit cover of account a: it must hold no position.
     covered: Wire,
     /// A liquidation of account b whose positions the proof prices: it must be below
-    /// maintenance before the op.
+    /// maintenance before the op. Or an auction's start, of a.
     liquidated: Wire,
+    /// An auction's end, of a, by a cured slot: a meets its maintenance before the op.
+    ended: Wire,
     /// A liquidation's fee, and the change its move (before the fee) makes to b's equity at
     /// the committed mark, in 1e-8 micro-USDC (`q_b's change * mark - notional * 1e8` of b's
     /// side): the fee is at most b's equity after the move.
@@ -1045,7 +1053,8 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
         deficit,
         close,
         start,
-    ] = <[Wire; 12]>::try_from(flags.clone()).expect("twelve kinds");
+        finish,
+    ] = <[Wire; 13]>::try_from(flags.clone()).expect("thirteen kinds");
     // A fill, a liquidation or a forced close: a trade between accounts a and b.
     let trade = Wire::sum([&fill, &liquidation, &close]);
     let used = Wire::sum(&flags);
@@ -1186,7 +1195,20 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     // elapsed`, 64 bits).
     let committed_mark = pick(cs, &sel_i, st.instruments.iter().map(|i| i.mark.clone()))?;
     let b_since = pick(cs, &sel_b, st.accounts.iter().map(|a| a.since.clone()))?;
-    cs.equal_if(&liquidation, &cs.is_nonzero(&b_since)?, &one())?;
+    let b_frozen = cs.is_nonzero(&b_since)?;
+    cs.equal_if(&liquidation, &b_frozen, &one())?;
+    // An account whose auction started (`since` not 0) is frozen until its end: it fills no
+    // order (a or b), and no money leaves it at its holder's request (a withdrawal's or a
+    // transfer's a). An auction's end needs a started auction.
+    let a_since = pick(cs, &sel_a, st.accounts.iter().map(|a| a.since.clone()))?;
+    let a_frozen = cs.is_nonzero(&a_since)?;
+    cs.equal_if(&finish, &a_frozen, &one())?;
+    cs.enforce(
+        &Wire::sum([&fill, &withdraw, &transfer]),
+        &a_frozen,
+        &Wire::zero(),
+    )?;
+    cs.enforce(&fill, &b_frozen, &Wire::zero())?;
     let elapsed = st.oracle_ms.sub(&b_since);
     cs.range(&cs.mul(&liquidation, &elapsed)?, 64)?;
     let duration = Fr::from(PROVEN_LIQUIDATION_DURATION_MS);
@@ -1255,18 +1277,26 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     // before the op (`liquidated`).
     // So does an auction's start, of its account (a): it could default, and is below
     // maintenance before the op unless it held more positions than the shape prices.
+    // An auction's end (of a) proves the reverse: its account covers what its shorts can owe
+    // at worst (`by_cover`, below), or a cured slot proves it meets its maintenance before the
+    // op, unless it held more positions than the shape prices.
     let unpriced = cs.boolean(s.unpriced)?;
+    let by_cover = cs.boolean(s.by_cover)?;
     let liquidates = liquidation.add(&start);
-    cs.enforce(&unpriced, &not(&liquidates), &Wire::zero())?;
+    cs.enforce(&unpriced, &not(&liquidates.add(&finish)), &Wire::zero())?;
+    cs.enforce(&by_cover, &not(&finish.sub(&unpriced)), &Wire::zero())?;
     let b_count = pick(cs, &sel_b, st.accounts.iter().map(|a| a.count0.clone()))?;
     let a_count = pick(cs, &sel_a, st.accounts.iter().map(|a| a.count0.clone()))?;
-    let count = b_count.add(&cs.mul(&start, &a_count)?);
+    let count = b_count.add(&cs.mul(&start.add(&finish), &a_count)?);
     let beyond = count.add_const(-Fr::from(st.liquidation_priced + 1));
     cs.range(&cs.mul(&unpriced, &beyond)?, 32)?;
-    let liquidated = liquidates.sub(&unpriced);
-    // The start sets its account's `since` to the committed oracle time.
-    let a_since = pick(cs, &sel_a, st.accounts.iter().map(|a| a.since.clone()))?;
-    let restart = cs.mul(&start, &st.oracle_ms.sub(&a_since))?;
+    let unpriced_end = cs.mul(&unpriced, &finish)?;
+    let liquidated = liquidates.sub(&unpriced).add(&unpriced_end);
+    let ended = finish.sub(&unpriced_end).sub(&by_cover);
+    // The start sets its account's `since` to the committed oracle time, the end to 0.
+    let restart = cs
+        .mul(&start, &st.oracle_ms.sub(&a_since))?
+        .sub(&cs.mul(&finish, &a_since)?);
     for (a, x) in st.accounts.iter_mut().zip(&sel_a) {
         a.since = a.since.add(&cs.mul(x, &restart)?);
     }
@@ -1346,6 +1376,10 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
         .sub(&a_after.scale(Fr::from(QTY_SCALE as u64)))
         .add_const(-Fr::from(1u64));
     lanes.push(Lane::Uncovered, cs.mul(&start, &a_uncovered)?);
+    // An auction's end by cover: `collateral * 1e8 - liability` is not negative (below 2^90;
+    // a negative one is far above the lane).
+    let a_covers = a_after.scale(Fr::from(QTY_SCALE as u64)).sub(&a_liability);
+    lanes.push(Lane::Uncovered, cs.mul(&by_cover, &a_covers)?);
     let scale = Fr::from(QTY_SCALE as u64);
     let d = a_after
         .add(&amount)
@@ -1496,6 +1530,7 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
         out,
         covered: deficit.clone(),
         liquidated,
+        ended,
         qty: qty_before,
         short: short_before,
     });
@@ -1702,13 +1737,16 @@ fn margin_slots(
         // A flat slot proves instead that a deficit cover's account holds no position; an end
         // slot, the maintenance rule after the batch; a below slot, that a liquidation's
         // account falls short of that rule before the op.
+        // A cured slot, that an auction's end's account meets that rule before the op.
         let flat = cs.boolean(m.flat)?;
         let end = cs.boolean(m.end)?;
         let below = cs.boolean(m.below)?;
+        let cured = cs.boolean(m.cured)?;
         cs.equal_if(&flat, &enabled, &one())?;
         cs.equal_if(&end, &enabled, &one())?;
         cs.equal_if(&below, &enabled, &one())?;
-        cs.assert_boolean(&Wire::sum([&flat, &end, &below]))?;
+        cs.equal_if(&cured, &enabled, &one())?;
+        cs.assert_boolean(&Wire::sum([&flat, &end, &below, &cured]))?;
         let at_op = enabled.sub(&end);
         let (sel_k, sum_k) = selector(cs, st.snapshots.len(), m.slot)?;
         cs.equal(&sum_k, &at_op)?;
@@ -1726,7 +1764,7 @@ fn margin_slots(
         let id = pick(cs, &sel_a, st.accounts.iter().map(|a| a.id.clone()))?;
         cs.equal(&snap_id, &id.sub(&cs.mul(&end, &id)?))?;
         let out = pick(cs, &sel_k, st.snapshots.iter().map(|x| x.out.clone()))?;
-        cs.equal(&out, &at_op.sub(&flat).sub(&below))?;
+        cs.equal(&out, &at_op.sub(&flat).sub(&below).sub(&cured))?;
         let covered = pick(cs, &sel_k, st.snapshots.iter().map(|x| x.covered.clone()))?;
         cs.equal(&covered, &flat)?;
         let liquidated = pick(
@@ -1735,6 +1773,8 @@ fn margin_slots(
             st.snapshots.iter().map(|x| x.liquidated.clone()),
         )?;
         cs.equal(&liquidated, &below)?;
+        let ended = pick(cs, &sel_k, st.snapshots.iter().map(|x| x.ended.clone()))?;
+        cs.equal(&ended, &cured)?;
         let margined = pick(cs, &sel_a, st.accounts.iter().map(|a| a.margined.clone()))?;
         cs.equal(&margined, &enabled)?;
         // The mode: an end slot's as the batch leaves the account, a below slot's as the batch
@@ -1744,12 +1784,15 @@ fn margin_slots(
         let (code0, worst_case0, portfolio0) =
             mode_code(cs, mode0.value.into_bigint().as_ref()[0] as u8)?;
         cs.equal(&code0, &mode0)?;
-        cs.equal(&cs.mul(&below, &worst_case0)?, &Wire::zero())?;
+        let at_op_rule = below.add(&cured);
+        cs.equal(&cs.mul(&at_op_rule, &worst_case0)?, &Wire::zero())?;
         let standard_end = cs.mul(&end, &pick(cs, &sel_a, standard_mode.iter().cloned())?)?;
-        let standard_below = cs.mul(&below, &not(&portfolio0))?;
-        let in_standard = standard_end.add(&standard_below);
+        let standard0 = not(&portfolio0);
+        let standard_below = cs.mul(&below, &standard0)?;
+        let standard_cured = cs.mul(&cured, &standard0)?;
+        let in_standard = Wire::sum([&standard_end, &standard_below, &standard_cured]);
         // The slots that price a maintenance rule.
-        let maintenance = end.add(&below);
+        let maintenance = Wire::sum([&end, &below, &cured]);
         // (A flat slot prices nothing: its collateral, in deficit, counts as zero.) An end
         // slot's account as the batch leaves it.
         let collateral = pick(
@@ -1844,8 +1887,8 @@ fn margin_slots(
         // Money that left leaves every total non-negative; an account that traded, every
         // total of its mode's rule at or above its short options' floor (none in other slots):
         // Standard has no scenarios.
-        let bound = out.add(&end);
-        let moved_bound = bound.sub(&standard_end);
+        let bound = Wire::sum([&out, &end, &cured]);
+        let moved_bound = bound.sub(&standard_end).sub(&standard_cured);
         for (s, total) in totals.iter().enumerate() {
             let bound = if s == 0 { &bound } else { &moved_bound };
             cs.range(&cs.mul(bound, &total.sub(&floor))?, MARGIN_BITS)?;
@@ -1870,7 +1913,7 @@ fn margin_slots(
     // Every op that takes money out, every deficit cover and every priced liquidation has
     // exactly one margin slot.
     for (c, x) in checked.iter().zip(&st.snapshots) {
-        cs.equal(c, &x.out.add(&x.covered).add(&x.liquidated))?;
+        cs.equal(c, &Wire::sum([&x.out, &x.covered, &x.liquidated, &x.ended]))?;
     }
     // Every account that traded and ends the batch in Portfolio or Standard has exactly one end
     // slot.
@@ -1935,6 +1978,9 @@ fn key_slot(cs: &Cs, o: &KeySlot, st: &mut Running) -> R<()> {
     let (mode, _, _) = mode_code(cs, o.mode.map_or(0, MarginMode::code))?;
     cs.equal_if(&not(&moded), &mode, &Wire::zero())?;
     let current = pick(cs, &sel, st.accounts.iter().map(|a| a.mode.clone()))?;
+    // Not of an account in liquidation as the op slots leave it (frozen: `since` not 0).
+    let since = pick(cs, &sel, st.accounts.iter().map(|a| a.since.clone()))?;
+    cs.enforce(&moded, &cs.is_nonzero(&since)?, &Wire::zero())?;
     let switch = cs.mul(&moded, &mode.sub(&current))?;
     for (a, x) in st.accounts.iter_mut().zip(&sel) {
         a.mode = a.mode.add(&cs.mul(x, &switch)?);

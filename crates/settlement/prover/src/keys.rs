@@ -64,7 +64,10 @@ pub enum ProveError {
 ///
 /// 1: the first recorded (blob format 8: an auction's start in the account leaf and each
 /// liquidation held to the proven schedule). Keys made before carry no version file.
-pub const CIRCUIT_VERSION: u32 = 1;
+///
+/// 2: an auction's end (blob format 9, kind 30) proven cured (a cured margin slot) or by cover,
+/// and an account in liquidation frozen (no fill, withdrawal, transfer out or mode change).
+pub const CIRCUIT_VERSION: u32 = 2;
 
 /// A shape's proving and verifying keys.
 pub struct Keys {

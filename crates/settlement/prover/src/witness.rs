@@ -31,7 +31,7 @@ pub mod kind {
     /// An unused slot.
     pub const PAD: u64 = 0;
     /// The kinds of the op slots, in the order the circuit's selector flags follow.
-    pub const SLOT_KINDS: [u64; 12] = [
+    pub const SLOT_KINDS: [u64; 13] = [
         OPEN,
         DEPOSIT,
         L1_DEPOSIT,
@@ -44,6 +44,7 @@ pub mod kind {
         DEFICIT,
         L1_CLOSE,
         LIQUIDATION_START,
+        LIQUIDATION_END,
     ];
 }
 
@@ -373,6 +374,8 @@ pub struct MarginSlot {
     pub end: bool,
     /// A liquidated account's shortfall of its maintenance before the liquidation.
     pub below: bool,
+    /// An auction's end: its account meets its maintenance before the op.
+    pub cured: bool,
     /// Of a below slot: the total short of its bound (0 the no-move one, `1 + s` scenario
     /// `s`: `SettlementState::below_maintenance`).
     pub scenario: Option<usize>,
@@ -535,8 +538,11 @@ pub struct Slot {
     /// account pays the ceiling, gets the floor), in `0..1e8`.
     pub rounding: Fr,
     /// A liquidation whose account held more positions at the batch's start than the shape
-    /// prices for a liquidation (`FillBudget::liquidation_priced`): no below slot.
+    /// prices for a liquidation (`FillBudget::liquidation_priced`): no below slot (an
+    /// auction's start or end too: no below or cured slot).
     pub unpriced: bool,
+    /// An auction's end whose account covers what its shorts can owe at worst: no cured slot.
+    pub by_cover: bool,
 }
 
 /// Most session keys an account holds (`optio_types::oracle::MAX_SESSION_KEYS`): the length of
@@ -1037,8 +1043,11 @@ enum SlotRule {
     Out,
     /// A deficit cover: it holds no position.
     Flat,
-    /// A liquidation: below maintenance before the op.
+    /// A liquidation or an auction's start: below maintenance before the op.
     Below,
+    /// An auction's end: at its maintenance before the op (unused when the account covers
+    /// what its shorts can owe at worst, which the op slot proves alone).
+    Cured,
 }
 
 /// The commitment any proof of `ops` applied to `state` has as its third public input, whatever
@@ -1267,6 +1276,7 @@ fn plan<'a>(
             | Op::L1Withdrawal { account, .. }
             | Op::LossShared { account, .. }
             | Op::LiquidationStart { account }
+            | Op::LiquidationEnd { account }
             | Op::DeficitCovered { account, .. } => {
                 if !known(account) {
                     return Err(WitnessError::Invalid(i));
@@ -1329,14 +1339,19 @@ fn plan<'a>(
         // the batch join the registers (those the batch opens are there already).
         // So is a liquidated account, unless it held more positions at the batch's start than
         // the shape prices for a liquidation.
+        // So is an auction's end's account, by a cured slot.
+        let within = |account: &AccountId| {
+            accounts
+                .get(account.0 as usize)
+                .is_none_or(|a| a.positions.len() <= liquidation_priced)
+        };
         let liquidated = match op {
             Op::Liquidation { account, .. } | Op::LiquidationStart { account }
-                if accounts
-                    .get(account.0 as usize)
-                    .is_none_or(|a| a.positions.len() <= liquidation_priced) =>
+                if within(account) =>
             {
                 Some((*account, SlotRule::Below))
             }
+            Op::LiquidationEnd { account } if within(account) => Some((*account, SlotRule::Cured)),
             _ => None,
         };
         let priced = optio_state::money_out_of(op).map(|a| (a, SlotRule::Out));
@@ -1607,9 +1622,11 @@ pub fn witness(
     // the total each such account falls short with.
     let priced: BTreeSet<usize> = margin_slots
         .iter()
-        .filter(|(_, _, rule)| *rule == SlotRule::Below)
+        .filter(|(_, _, rule)| matches!(rule, SlotRule::Below | SlotRule::Cured))
         .map(|(k, _, _)| *k)
         .collect();
+    // The auctions' ends proven by cover, whose cured slots go unused.
+    let mut by_cover: BTreeSet<usize> = BTreeSet::new();
     let mut shortfalls: BTreeMap<usize, usize> = BTreeMap::new();
     for &(index, op, opened_id) in &slot_ops {
         let mut slot = Slot::default();
@@ -1672,6 +1689,19 @@ pub fn witness(
                 } else {
                     slot.unpriced = true;
                 }
+            }
+            Op::LiquidationEnd { account } => {
+                slot.kind = kind::LIQUIDATION_END;
+                let r = reg_of[&account.0];
+                (slot.a, slot.a_id) = (Some(r), account.0);
+                let liability = accts[r].liability(&payoffs);
+                if accts[r].collateral * QTY_SCALE as i128 >= liability as i128 {
+                    slot.by_cover = true;
+                    by_cover.insert(slots.len());
+                } else if !priced.contains(&slots.len()) {
+                    slot.unpriced = true;
+                }
+                accts[r].since = 0;
             }
             Op::LossShared { account, amount } => {
                 slot.kind = kind::LOSS_SHARED;
@@ -2289,12 +2319,14 @@ pub fn witness(
     );
     let mut margins: Vec<MarginSlot> = margin_slots
         .iter()
+        .filter(|(slot, _, _)| !by_cover.contains(slot))
         .map(|&(slot, account, rule)| {
             Ok(MarginSlot {
                 enabled: true,
                 flat: rule == SlotRule::Flat,
                 end: false,
                 below: rule == SlotRule::Below,
+                cured: rule == SlotRule::Cured,
                 scenario: match rule {
                     SlotRule::Below => Some(
                         *shortfalls

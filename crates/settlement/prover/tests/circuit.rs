@@ -264,6 +264,18 @@ fn random_batch(rng: &mut ChaCha8Rng, state: &SettlementState, priority: &mut u6
                     owner: Address([9; 20]),
                 }
             }
+            // The end of an auction whose account the batch so far leaves cured (or covering
+            // its shorts).
+            6 => {
+                let Some(a) = (0..n).map(AccountId).find(|&x| {
+                    now.clone()
+                        .apply_batch(&[Op::LiquidationEnd { account: x }])
+                        .is_ok()
+                }) else {
+                    continue;
+                };
+                Op::LiquidationEnd { account: a }
+            }
             7 | 8 => {
                 // A liquidation of part of the position of an account that could default (its
                 // collateral short of what its shorts can owe at worst) and is below maintenance
@@ -359,21 +371,31 @@ fn random_batch(rng: &mut ChaCha8Rng, state: &SettlementState, priority: &mut u6
             },
         };
         // A fill that would leave one of its accounts insolvent or below maintenance at the
-        // committed marks (which the random marks move) is not made.
-        if matches!(op, Op::Fill { .. })
-            && now.clone().apply_batch(std::slice::from_ref(&op)).is_err()
+        // committed marks (which the random marks move) is not made, nor a fill, a withdrawal
+        // or a transfer of an account in liquidation (frozen).
+        if matches!(
+            op,
+            Op::Fill { .. } | Op::Withdraw { .. } | Op::Transfer { .. }
+        ) && now.clone().apply_batch(std::slice::from_ref(&op)).is_err()
         {
             continue;
         }
         ops.push(op);
     }
     // Session keys from a small set (so that some are renewed or revoked), some expiring; and
-    // margin modes between the two that the leverage allows, in the same slots.
+    // margin modes between the two that the leverage allows, in the same slots (not of an
+    // account the op slots leave in liquidation).
+    let mut now = state.clone();
+    now.apply_batch(&ops).expect("the op slots apply");
     for _ in 0..rng.random_range(0..=SHAPE.keys) {
         let at_ms = rng.random_range(0..5_000);
         if rng.random_bool(0.25) {
+            let account = AccountId(rng.random_range(0..n));
+            if now.accounts()[account.0 as usize].since != 0 {
+                continue;
+            }
             ops.push(Op::SetMarginMode {
-                account: AccountId(rng.random_range(0..n)),
+                account,
                 mode: if rng.random_bool(0.5) {
                     MarginMode::Portfolio
                 } else {
@@ -491,7 +513,7 @@ fn random_batches_satisfy_the_circuit_with_the_native_root() {
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let mut state = leveraged_writer();
     let mut priority = 0;
-    let (mut keys_seen, mut liquidations, mut starts) = (0, 0, 0);
+    let (mut keys_seen, mut liquidations, mut starts, mut ends) = (0, 0, 0, 0);
     for round in 0..8 {
         let ops = random_batch(&mut rng, &state, &mut priority);
         let w = witness(&state, &ops, SHAPE).expect("covered ops");
@@ -516,9 +538,14 @@ fn random_batches_satisfy_the_circuit_with_the_native_root() {
             .iter()
             .filter(|o| matches!(o, Op::LiquidationStart { .. }))
             .count();
+        ends += ops
+            .iter()
+            .filter(|o| matches!(o, Op::LiquidationEnd { .. }))
+            .count();
         state = next;
     }
     assert!(starts >= 1, "auction starts: {starts}");
+    assert!(ends >= 1, "auction ends: {ends}");
     assert!(
         keys_seen >= 6,
         "session keys in the random batches: {keys_seen}"
@@ -1156,7 +1183,7 @@ fn oversized_batches_are_named() {
     ];
     let err = witness(&state, &many, SHAPE).expect_err("one op too many");
     assert!(err.to_string().contains("op slots"), "{err}");
-    assert_eq!(kind::SLOT_KINDS.len(), 12);
+    assert_eq!(kind::SLOT_KINDS.len(), 13);
 }
 
 /// The gadgets' own check (values against every constraint as it is laid) and arkworks'
@@ -2184,14 +2211,28 @@ fn unstarted_pair(mark: Op) -> SettlementState {
 /// `liquidatable_pair` with the perpetual marked at 100,000, the index at 60,000 and scenarios
 /// of -15,000 and +12,000.
 fn liquidatable_at_100_000() -> SettlementState {
+    liquidatable_in(None)
+}
+
+/// `liquidatable_at_100_000`, with account 1 switched to `mode` (if any) before the auctions
+/// start (an account in liquidation keeps its mode).
+fn liquidatable_in(mode: Option<MarginMode>) -> SettlementState {
     let usd = |x: i64| x * MONEY_SCALE;
-    liquidatable_pair(Op::Mark {
+    let state = unstarted_pair(Op::Mark {
         instrument: InstrumentId(0),
         mark: Price(usd(100_000)),
         index: Price(usd(60_000)),
         risk: vec![Amount(usd(-15_000)), Amount(usd(12_000))],
         published_ms: 0,
-    })
+    });
+    let switched: Vec<Op> = mode
+        .map(|mode| Op::SetMarginMode {
+            account: AccountId(1),
+            mode,
+        })
+        .into_iter()
+        .collect();
+    started(&after(&state, &switched), &[0, 1])
 }
 
 /// A liquidation of one contract of account 1's long in instrument 0 to account 2 at `price`
@@ -2489,6 +2530,179 @@ fn an_auction_starts_below_maintenance_and_sells_within_its_schedule() {
     );
 }
 
+/// An auction's end (`Op::LiquidationEnd`, blob format 9) needs a started auction whose
+/// account is cured at the committed marks (a cured margin slot: its mode's maintenance before
+/// the op) or covers what its shorts can owe at worst (the op slot alone), and sets `since` back
+/// to 0; until it is posted the account is frozen: it fills no order, moves no money out and
+/// keeps its margin mode. So an operator that skips an end cannot post anything the account
+/// does, and a later auction of it needs a new start: the second auction's schedule counts
+/// from its own start, not the first's.
+#[test]
+fn an_auction_ends_once_cured_and_its_account_is_frozen_until_then() {
+    let usd = |x: i64| x * MONEY_SCALE;
+    let mark = |price: i64, published_ms: u64| Op::Mark {
+        instrument: InstrumentId(0),
+        mark: Price(usd(price)),
+        index: Price(usd(60_000)),
+        risk: vec![Amount(usd(-50_000)), Amount(usd(50_000))],
+        published_ms,
+    };
+    let state = unstarted_pair(mark(100_000, 0));
+    let t = 1_000;
+    let state = after(&state, &remarked(&state, t));
+    let begun = after(
+        &state,
+        &[Op::LiquidationStart {
+            account: AccountId(1),
+        }],
+    );
+    let end = Op::LiquidationEnd {
+        account: AccountId(1),
+    };
+    // 50,000 more leaves account 1 (long 2 at a 100,000 mark, its cash below zero) at 50,000
+    // equity, above its 10,000 maintenance, still able to default.
+    let cure = Op::Deposit {
+        account: AccountId(1),
+        amount: Amount(usd(50_000)),
+    };
+    let sell = Op::Fill {
+        instrument: InstrumentId(0),
+        maker: AccountId(4),
+        taker: AccountId(1),
+        taker_side: Side::Sell,
+        price: Price(usd(100_000)),
+        qty: Qty(QTY_SCALE),
+    };
+    // No auction to end.
+    refused_first_and_natively(
+        &state,
+        std::slice::from_ref(&end),
+        StateError::LiquidationNotStarted(0),
+        "the end of an auction that never started",
+    );
+    // Still below maintenance: refused at the cured slot.
+    let at = refused_at(&batch_of(&begun, std::slice::from_ref(&end)));
+    assert!(at.starts_with("margin slots"), "not cured: refused at {at}");
+    assert_eq!(
+        begun.clone().apply_batch(std::slice::from_ref(&end)),
+        Err(StateError::LiquidationNotCured(0))
+    );
+    // Cured, not ended: frozen. Its fill is refused at its op slot, and so are its withdrawal
+    // and its margin mode's change.
+    let frozen = [cure.clone(), sell.clone()];
+    let at = refused_at(&batch_of(&begun, &frozen));
+    assert!(
+        at.starts_with("op slot 1"),
+        "a frozen fill: refused at {at}"
+    );
+    assert_eq!(
+        begun.clone().apply_batch(&frozen),
+        Err(StateError::Frozen(1))
+    );
+    refused_first_and_natively(
+        &begun,
+        &[Op::Withdraw {
+            account: AccountId(1),
+            owner: owner_of(AccountId(1)),
+            amount: Amount(1),
+        }],
+        StateError::Frozen(0),
+        "a frozen account's withdrawal",
+    );
+    let switch = Op::SetMarginMode {
+        account: AccountId(1),
+        mode: MarginMode::Portfolio,
+    };
+    let at = refused_at(&batch_of(&begun, &[cure.clone(), switch.clone()]));
+    assert!(
+        at.starts_with("account slot"),
+        "a frozen mode change: refused at {at}"
+    );
+    assert_eq!(
+        begun.clone().apply_batch(&[cure.clone(), switch.clone()]),
+        Err(StateError::Frozen(1))
+    );
+    // Cured and ended (by its cured slot): the fill and the mode change prove, `since` is 0.
+    for (ops, rule) in [
+        (vec![cure.clone(), end.clone()], "an end"),
+        (
+            vec![cure.clone(), end.clone(), sell.clone()],
+            "a fill after the end",
+        ),
+        (
+            vec![cure.clone(), end.clone(), switch],
+            "a mode change after the end",
+        ),
+    ] {
+        let w = batch_of(&begun, &ops);
+        assert!(
+            w.margins.iter().any(|m| m.cured) && !w.slots[1].by_cover,
+            "{rule}"
+        );
+        check(&w).unwrap_or_else(|e| panic!("{rule}: {e}"));
+        let native = after(&begun, &ops);
+        assert_eq!(w.public.new_root, native.root(), "{rule}");
+        assert_eq!(native.accounts()[1].since, 0, "{rule}");
+    }
+    // A prover that leaves out the cured slot is refused.
+    let mut skipped = batch_of(&begun, &[cure.clone(), end.clone()]);
+    for m in skipped.margins.iter_mut().filter(|m| m.cured) {
+        *m = optio_prover::witness::MarginSlot::default();
+    }
+    assert!(refused(&skipped), "an end without its cured slot");
+    skipped.slots[1].unpriced = true;
+    let at = refused_at(&skipped);
+    assert!(
+        at.starts_with("op slot 1"),
+        "an end called unpriced: refused at {at}"
+    );
+    // Covering its shorts (its cash at or above zero), the op slot proves the end alone.
+    let covered = [
+        Op::Deposit {
+            account: AccountId(1),
+            amount: Amount(usd(250_000)),
+        },
+        end.clone(),
+    ];
+    let w = batch_of(&begun, &covered);
+    assert!(w.slots[1].by_cover && !w.margins.iter().any(|m| m.cured));
+    check(&w).expect("an end by cover");
+    let mut claimed = batch_of(&begun, &[cure.clone(), end.clone()]);
+    claimed.slots[1].by_cover = true;
+    for m in claimed.margins.iter_mut().filter(|m| m.cured) {
+        *m = optio_prover::witness::MarginSlot::default();
+    }
+    let at = refused_at(&claimed);
+    assert!(
+        at.starts_with("op slot 1"),
+        "a false cover: refused at {at}"
+    );
+    // After the end, a later fall needs a new start: a step cannot price from the first one.
+    let ended = after(&begun, &[cure, end]);
+    let fallen = after(&ended, &[mark(78_000, t + 450_000)]);
+    refused_first_and_natively(
+        &fallen,
+        &[one_sold(usd(77_400), 0)],
+        StateError::LiquidationNotStarted(0),
+        "a step of the second auction before its start",
+    );
+    let second = [
+        Op::LiquidationStart {
+            account: AccountId(1),
+        },
+        one_sold(usd(77_400), 0),
+    ];
+    let w = batch_of(&fallen, &second);
+    check(&w).expect("a new start and a step at its 1%");
+    assert_eq!(after(&fallen, &second).accounts()[1].since, t + 450_000);
+    assert_eq!(
+        fallen
+            .clone()
+            .apply_batch(&[second[0].clone(), one_sold(usd(77_400) - 1, 0)]),
+        Err(StateError::LiquidationPrice(1))
+    );
+}
+
 /// A liquidation only reduces the liquidated account's position: account 1's long of 2 may be
 /// sold whole and account 0's short of 2 bought back whole, but selling 3, buying for the long,
 /// or buying back 3 for the short is refused at its op slot and natively, leaving the state
@@ -2550,13 +2764,7 @@ fn a_liquidation_only_reduces_the_liquidated_position() {
 fn a_liquidation_of_an_account_at_its_maintenance_cannot_be_proven() {
     let usd = |x: i64| x * MONEY_SCALE;
     let standard = liquidatable_at_100_000();
-    let portfolio = after(
-        &standard,
-        &[Op::SetMarginMode {
-            account: AccountId(1),
-            mode: MarginMode::Portfolio,
-        }],
-    );
+    let portfolio = liquidatable_in(Some(MarginMode::Portfolio));
     // Its equity at the marks (its fees took it below zero).
     let equity = equity_of(&standard, 1);
     let ops = |need: i64, extra: i64| {
@@ -3349,10 +3557,36 @@ fn solvency_windows_cannot_be_forged() {
 
 /// A deficit cover of an account that filled earlier in the batch cannot be proven, nor does
 /// it apply natively: the cover would hide the deficit the fill left (its account ends the
-/// batch at zero).
+/// batch at zero). The account here was left in deficit by its owner's forced close, with no
+/// auction (`since` 0): an account whose auction started is frozen, and its fill is refused
+/// before the cover is looked at.
 #[test]
 fn a_deficit_cover_after_its_accounts_fill_cannot_be_proven() {
-    let (state, deficit) = with_deficit();
+    // Account 1 long 20 perpetuals at 100,000 and closed on its owner's request at a 40,000
+    // mark: no position, its cash below zero.
+    let entry = 100_000 * MONEY_SCALE;
+    let state = marked(&genesis(4), 0, entry);
+    let bought = Op::Fill {
+        instrument: InstrumentId(0),
+        maker: AccountId(0),
+        taker: AccountId(1),
+        taker_side: Side::Buy,
+        price: Price(entry),
+        qty: Qty(20 * QTY_SCALE),
+    };
+    let state = marked(&after(&state, &[bought]), 0, 40_000 * MONEY_SCALE);
+    let close = Op::L1Close {
+        priority: state.priority_served(),
+        backstop: AccountId(2),
+        account: AccountId(1),
+        instrument: InstrumentId(0),
+        qty: Qty(-20 * QTY_SCALE),
+        price: Price(40_000 * MONEY_SCALE),
+        requester: owner_of(AccountId(1)),
+    };
+    let state = after(&state, &[close]);
+    let deficit = -state.accounts()[1].collateral.0;
+    assert!(deficit > 0 && state.accounts()[1].since == 0);
     let (insurance, fees) = state.funds();
     // Account 1, flat, buys a contract and sells it back: the fee pool gains both fills' fees.
     let fill = |taker_side| fill_of(0, taker_side, 40_000, 1);
@@ -3380,6 +3614,14 @@ fn a_deficit_cover_after_its_accounts_fill_cannot_be_proven() {
     let alone = cover(deficit, insurance.0, fees.0, 0);
     check(&batch_of(&state, &alone)).expect("the cover alone");
     after(&state, &alone);
+    // Liquidated into its deficit instead, the account is frozen: its fill is refused first.
+    let (liquidated, _) = with_deficit();
+    refused_first_and_natively(
+        &liquidated,
+        &[fill(Side::Buy)],
+        StateError::Frozen(0),
+        "a fill of an account in liquidation",
+    );
 }
 
 /// A forced close (`Op::L1Close`, docs/settlement.md "Forced close"): the owner's request moves

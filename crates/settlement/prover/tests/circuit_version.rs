@@ -72,9 +72,9 @@ fn the_circuit_version_names_its_constraints() {
     assert_eq!(
         (CIRCUIT_VERSION, constraints, hash.as_str()),
         (
-            1,
-            123_625,
-            "4251a34f144d94e4b535a5ee934429db9cbfc8be933d6f2b038de918da268df5"
+            2,
+            123_658,
+            "0ea54c5cfbf9b26d646f88160930c1c1af201bb55e82c2b701ad46409cda3ea7"
         ),
         "the circuit's constraints changed: if they did, bump optio_prover::CIRCUIT_VERSION \
          (keys made for the old ones must be refused) and record the new fingerprint beside it"

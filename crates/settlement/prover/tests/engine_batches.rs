@@ -1401,10 +1401,11 @@ fn below_slots(w: &optio_prover::BatchWitness) -> usize {
 /// `Standard` accounts, each long a perpetual on 7,500 of collateral, fall below maintenance in
 /// one oracle update (the index to 54,100, within the circuit breaker). A shape of four margin
 /// slots prices four starts a batch, so the next update starts four and the one after the other
-/// two; every batch a capacity-aware batcher cuts proves with the batcher's root, and each
-/// start is priced below maintenance by a margin slot.
+/// two. The index then rises to 59,000, curing all six: their auctions end at the next updates
+/// (engine rules 5), four and then two, each end priced at its maintenance by a cured slot.
+/// Every batch a capacity-aware batcher cuts proves with the batcher's root.
 #[test]
-fn auction_starts_of_many_accounts_fit_the_shape_over_updates() {
+fn auction_starts_and_ends_of_many_accounts_fit_the_shape_over_updates() {
     use optio_types::{AccountId, Amount, Command, EngineLimits, Event, Input, InstrumentId};
     use optio_types::{MONEY_SCALE, MarginMode, Side, TimeInForce};
     let perp = InstrumentId(2);
@@ -1436,31 +1437,57 @@ fn auction_starts_of_many_accounts_fit_the_shape_over_updates() {
         let ioc = TimeInForce::ImmediateOrCancel;
         at(t, limit_order(buyer, perp, Side::Buy, 100, 60_000, ioc));
     }
-    for _ in 0..3 {
+    for spot in [54_100.0, 54_100.0, 54_100.0, 59_000.0, 59_000.0, 59_000.0] {
         t += 1_000;
-        at(t, support::oracle(54_100.0, t));
+        at(t, support::oracle(spot, t));
     }
     let limits = EngineLimits {
         fill_budget: SHAPE.fill_budget(),
         ..EngineLimits::default()
     };
-    let from = inputs.len() - 3;
+    let from = inputs.len() - 6;
     let (batches, events) = batched(&inputs, limits, SHAPE, from);
-    let started = |events: &[Event]| {
+    let count = |events: &[Event], end: bool| {
         events
             .iter()
-            .filter(|e| matches!(e, Event::LiquidationStarted { .. }))
+            .filter(|e| match e {
+                Event::LiquidationStarted { .. } => !end,
+                Event::LiquidationEnded { .. } => end,
+                _ => false,
+            })
             .count()
     };
-    let per_update: Vec<usize> = events.iter().map(|e| started(e)).collect();
-    assert_eq!(per_update, vec![0, 4, 2]);
+    let starts: Vec<usize> = events.iter().map(|e| count(e, false)).collect();
+    let ends: Vec<usize> = events.iter().map(|e| count(e, true)).collect();
+    assert_eq!(starts, vec![0, 4, 2, 0, 0, 0]);
+    assert_eq!(ends, vec![0, 0, 0, 0, 4, 2]);
     let (state, proven) = proven(&batches, SHAPE);
-    let below: usize = proven.iter().map(|(_, w)| below_slots(w)).sum();
-    let starts = proven
-        .iter()
-        .flat_map(|(ops, _)| ops)
-        .filter(|o| matches!(o, optio_state::Op::LiquidationStart { .. }))
-        .count();
-    assert_eq!((starts, below), (6, 6), "every start posted and priced");
-    assert!(state.accounts()[1..=6].iter().all(|a| a.since != 0));
+    let slots = |rule: fn(&optio_prover::witness::MarginSlot) -> bool| -> usize {
+        proven
+            .iter()
+            .map(|(_, w)| w.margins.iter().filter(|m| rule(m)).count())
+            .sum()
+    };
+    let posted = |end: bool| {
+        proven
+            .iter()
+            .flat_map(|(ops, _)| ops)
+            .filter(|o| match o {
+                optio_state::Op::LiquidationStart { .. } => !end,
+                optio_state::Op::LiquidationEnd { .. } => end,
+                _ => false,
+            })
+            .count()
+    };
+    assert_eq!(
+        (posted(false), slots(|m| m.below)),
+        (6, 6),
+        "every start posted and priced"
+    );
+    assert_eq!(
+        (posted(true), slots(|m| m.cured)),
+        (6, 6),
+        "every end posted and priced"
+    );
+    assert!(state.accounts()[1..=6].iter().all(|a| a.since == 0));
 }

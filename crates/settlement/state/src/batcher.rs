@@ -459,10 +459,13 @@ impl Batcher {
         // the batch with (the circuit changes modes after the op slots): the batch is cut
         // before a liquidation of an account whose mode changed in it. An auction's start is
         // proven as a liquidation is, and takes the committed oracle time as its start: the
-        // engine's clock only while no mark is pending.
+        // engine's clock only while no mark is pending. An auction's end is proven against the
+        // same marks and mode (its account not below maintenance).
         let full = full
             || ops.iter().any(|o| match o {
-                Op::Liquidation { account, .. } | Op::LiquidationStart { account } => {
+                Op::Liquidation { account, .. }
+                | Op::LiquidationStart { account }
+                | Op::LiquidationEnd { account } => {
                     !self.marks.is_empty()
                         || self.pending.iter().any(
                             |p| matches!(p, Op::SetMarginMode { account: a, .. } if a == account),

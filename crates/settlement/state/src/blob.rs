@@ -25,13 +25,14 @@ use crate::poseidon::{Fr, from_address, from_i64, hash, to_bytes};
 
 /// First bytes of every blob.
 pub const MAGIC: &[u8; 4] = b"OPTB";
-/// The version this code writes and reads (8: an auction's start posts an op, kind 29, and the
+/// The version this code writes and reads (9: an auction's end posts an op, kind 30; 8: an
+/// auction's start posts an op, kind 29, and the
 /// account leaf commits it, `since`; 7: a mark posts its update's publication time,
 /// which the funds leaf commits the latest of; 6: a mark posts its underlying's index, which the
 /// instrument leaf's risk hash commits; 5: a settled position posts the quantity settled,
 /// after 4: withdrawals post their owner, 3: the spec bytes' binary layout and the funds leaf's
 /// counts, 2: field words).
-pub const VERSION: u8 = 8;
+pub const VERSION: u8 = 9;
 /// Largest blob accepted (bytes).
 pub const MAX_BLOB_BYTES: usize = 1 << 20;
 /// Longest risk array accepted.
@@ -141,6 +142,8 @@ pub mod kind {
     pub const MARGIN_MODE: u64 = 28;
     /// `Op::LiquidationStart`.
     pub const LIQUIDATION_START: u64 = 29;
+    /// `Op::LiquidationEnd`.
+    pub const LIQUIDATION_END: u64 = 30;
 }
 
 /// Bit offsets of the fields packed into an op's first word (`kind` in bits 0..8).
@@ -290,6 +293,16 @@ pub fn encode_op(op: &Op, id: u32, index: usize) -> Result<Encoded, BlobError> {
             + fu(price) * pow2(bits::PRICE)
             + fu(qty) * pow2(bits::QTY)
     };
+    // An op of one word, its kind and account (an auction's start or end).
+    let one_word = |k: u64, a: u32| {
+        let mut record = [z; 10];
+        record[0] = Fr::from(k);
+        record[1] = Fr::from(a);
+        Encoded {
+            record,
+            words: vec![head(k, a, 0, 0, 0, 0, 0)],
+        }
+    };
     let cash = |k: u64, a: u32, b: u32, amt: i64, priority: u64| -> Result<Encoded, BlobError> {
         let amt = amount(amt)?;
         let mut record = [z; 10];
@@ -394,15 +407,8 @@ pub fn encode_op(op: &Op, id: u32, index: usize) -> Result<Encoded, BlobError> {
             owner,
         } => paid_to(cash(kind::WITHDRAW, account.0, 0, amount.0, 0)?, owner),
         Op::LossShared { account, amount } => cash(kind::LOSS_SHARED, account.0, 0, amount.0, 0)?,
-        Op::LiquidationStart { account } => {
-            let mut record = [z; 10];
-            record[0] = Fr::from(kind::LIQUIDATION_START);
-            record[1] = Fr::from(account.0);
-            Encoded {
-                record,
-                words: vec![head(kind::LIQUIDATION_START, account.0, 0, 0, 0, 0, 0)],
-            }
-        }
+        Op::LiquidationStart { account } => one_word(kind::LIQUIDATION_START, account.0),
+        Op::LiquidationEnd { account } => one_word(kind::LIQUIDATION_END, account.0),
         Op::Transfer { from, to, amount } => cash(kind::TRANSFER, from.0, to.0, amount.0, 0)?,
         Op::L1Deposit {
             priority,
@@ -882,6 +888,7 @@ pub fn decode(bytes: &[u8]) -> Result<(BlobMeta, Vec<Op>), BlobError> {
                 }
             }
             kind::LIQUIDATION_START => Op::LiquidationStart { account: a },
+            kind::LIQUIDATION_END => Op::LiquidationEnd { account: a },
             kind::TRANSFER => Op::Transfer {
                 from: a,
                 to: b,

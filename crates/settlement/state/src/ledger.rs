@@ -92,6 +92,17 @@ pub enum StateError {
     /// (the engine posts a start, `Op::LiquidationStart`, before any step).
     #[error("op {0}: the liquidated account's auction has not started")]
     LiquidationNotStarted(usize),
+    /// Op `index` ends the auction of an account that could default and falls short of its
+    /// margin mode's maintenance at the committed marks (`Op::LiquidationEnd`: the engine ends
+    /// an auction only once its account is cured, flat and solvent, or covers its shorts).
+    #[error("op {0}: the auction's account is still below maintenance and could default")]
+    LiquidationNotCured(usize),
+    /// Op `index` has an account in liquidation (its leaf's `since` is not 0) fill an order,
+    /// withdraw, transfer out or change its margin mode (the account is frozen until its
+    /// auction's end is posted, `Op::LiquidationEnd`; a margin mode's change is checked with the
+    /// `since` the batch leaves).
+    #[error("op {0}: the account is in liquidation (frozen until its auction ends)")]
+    Frozen(usize),
     /// Op `index` charges a liquidation fee below zero or above `optio_types::
     /// max_liquidation_fee` (the fee at `MAX_LIQUIDATION_FEE_BPS` of the contracts' value at
     /// the index committed with the instrument's mark, clamped to its cap).
@@ -726,6 +737,7 @@ impl SettlementState {
                 | Op::DeficitCovered { account: a, .. }
                 | Op::SessionKey { account: a, .. }
                 | Op::LiquidationStart { account: a }
+                | Op::LiquidationEnd { account: a }
                 | Op::SetMarginMode { account: a, .. } => account(a)?,
                 Op::Transfer { from, to, .. } => {
                     account(from)?;
@@ -830,7 +842,18 @@ impl SettlementState {
     }
 
     fn maintained_at(&self, a: &Account) -> bool {
-        let rule = self.maintenance_rule(a.mode, a.collateral, &a.positions);
+        self.maintained_in(a.mode, a.collateral, &a.positions)
+    }
+
+    /// Whether an account in `mode` (not `WorstCase`: no totals) with `collateral` and
+    /// `positions` meets that mode's proven maintenance rule at the committed marks.
+    fn maintained_in(
+        &self,
+        mode: MarginMode,
+        collateral: Amount,
+        positions: &BTreeMap<u32, Qty>,
+    ) -> bool {
+        let rule = self.maintenance_rule(mode, collateral, positions);
         rule.totals.iter().all(|t| rule.covers(*t))
     }
 
@@ -1297,6 +1320,22 @@ impl Pending {
         let mut touched = BTreeSet::new();
         for (i, op) in (self.ops..).zip(ops) {
             self.scratch.load(state, op, i)?;
+            // A frozen account (in liquidation) fills no order and moves no money out.
+            let frozen = |a: &AccountId| {
+                self.scratch
+                    .accounts
+                    .get(&a.0)
+                    .is_some_and(|x| x.since != 0)
+            };
+            match op {
+                Op::Fill { maker, taker, .. } if frozen(maker) || frozen(taker) => {
+                    return Err(StateError::Frozen(i));
+                }
+                Op::Withdraw { account: a, .. } | Op::Transfer { from: a, .. } if frozen(a) => {
+                    return Err(StateError::Frozen(i));
+                }
+                _ => {}
+            }
             match op {
                 Op::DeficitCovered { account, .. } if self.filled.contains_key(&account.0) => {
                     return Err(StateError::CoverAfterFill(i));
@@ -1320,6 +1359,7 @@ impl Pending {
                     self.liquidatable(state, *account, i)?;
                 }
                 Op::LiquidationStart { account } => self.liquidatable(state, *account, i)?,
+                Op::LiquidationEnd { account } => self.cured(state, *account, i)?,
                 Op::SetMarginMode { account, .. } => {
                     self.switched.insert(account.0, i);
                 }
@@ -1396,6 +1436,13 @@ impl Pending {
         }
         self.ops += ops.len();
         for a in touched {
+            // A margin mode's change, with the `since` the batch leaves (the circuit's account
+            // slots come after its op slots).
+            if let Some(&i) = self.switched.get(&a)
+                && self.scratch.account(AccountId(a)).since != 0
+            {
+                return Err(StateError::Frozen(i));
+            }
             let filled = self.filled.get(&a).copied();
             if let Some(i) = filled
                 && state.equity_of(self.scratch.account(AccountId(a))) < 0
@@ -1425,6 +1472,32 @@ impl Pending {
     /// auction's start): it could default (its collateral does not cover what its shorts can
     /// owe at worst), and it is below maintenance at the committed marks, in the mode it
     /// started the batch with (the circuit applies mode changes after the op slots).
+    /// An auction's end: it started, and its account holds nothing, or covers what its shorts
+    /// can owe at worst, or meets the maintenance rule of the mode the batch found it in at
+    /// the committed marks, before the op (`StateError::LiquidationNotCured`).
+    fn cured(
+        &mut self,
+        state: &SettlementState,
+        account: AccountId,
+        i: usize,
+    ) -> Result<(), StateError> {
+        if self.scratch.account(account).since == 0 {
+            return Err(StateError::LiquidationNotStarted(i));
+        }
+        if self.scratch.covers_shorts(state, account) {
+            return Ok(());
+        }
+        let mode = state
+            .accounts
+            .get(account.0 as usize)
+            .map_or(MarginMode::WorstCase, |a| a.mode);
+        let a = self.scratch.account(account);
+        if mode == MarginMode::WorstCase || !state.maintained_in(mode, a.collateral, &a.positions) {
+            return Err(StateError::LiquidationNotCured(i));
+        }
+        Ok(())
+    }
+
     fn liquidatable(
         &mut self,
         state: &SettlementState,
@@ -1810,6 +1883,7 @@ impl Scratch {
                 let at = self.oracle_ms;
                 self.account(*account).since = at;
             }
+            Op::LiquidationEnd { account } => self.account(*account).since = 0,
             Op::LossShared { account, amount } => {
                 self.credit(*account, -amount.0, i)?;
                 if self.account(*account).collateral.0 < 0 {

@@ -166,6 +166,16 @@ pub enum Op {
         /// The account.
         account: AccountId,
     },
+    /// A liquidation auction ends (`Event::LiquidationEnded`): the account, whose auction
+    /// started (its leaf's `since` is not 0), holds nothing or covers what its shorts can owe
+    /// at worst or meets its margin mode's maintenance at the committed marks; its `since`
+    /// goes back to 0. While `since` is not 0 the account is frozen: it fills no order and
+    /// moves no money out, and its margin mode does not change (engine rules 5 post the end at
+    /// the oracle update after the one that cured it, as they post a start).
+    LiquidationEnd {
+        /// The account.
+        account: AccountId,
+    },
     /// A share of a deficit charged to an account.
     LossShared {
         /// Charged.
@@ -236,6 +246,7 @@ impl Op {
             | Op::DeficitCovered { account, .. }
             | Op::SessionKey { account, .. }
             | Op::LiquidationStart { account }
+            | Op::LiquidationEnd { account }
             | Op::SetMarginMode { account, .. } => vec![*account],
             Op::Transfer { from, to, .. } => vec![*from, *to],
             Op::L1Close {
@@ -278,6 +289,7 @@ impl Op {
             | Op::DeficitCovered { .. }
             | Op::SessionKey { .. }
             | Op::LiquidationStart { .. }
+            | Op::LiquidationEnd { .. }
             | Op::SetMarginMode { .. } => None,
         }
     }
@@ -467,9 +479,9 @@ pub fn ops_from(
             | Event::OrderRested { .. }
             | Event::OrderAmended { .. }
             | Event::OrderDone { .. }
-            | Event::OracleHeld { .. }
-            | Event::LiquidationEnded { .. } => {}
+            | Event::OracleHeld { .. } => {}
             Event::LiquidationStarted { account } => ops.push(Op::LiquidationStart { account }),
+            Event::LiquidationEnded { account } => ops.push(Op::LiquidationEnd { account }),
             Event::MarginModeChanged { account, mode } => {
                 ops.push(Op::SetMarginMode { account, mode });
             }

@@ -45,6 +45,9 @@ fn ops() -> Vec<Op> {
         Op::LiquidationStart {
             account: AccountId(3),
         },
+        Op::LiquidationEnd {
+            account: AccountId(2),
+        },
     ]
 }
 
@@ -54,16 +57,21 @@ fn ops_come_back_in_the_circuits_order_and_reencode_to_the_same_bytes() {
     let (m, decoded) = decode(&bytes).expect("decodes");
     assert_eq!(m, meta());
     // Op slots first (in the batch's order), marks last.
-    assert_eq!(decoded[..4], ops()[1..]);
-    assert_eq!(decoded[4], ops()[0]);
+    assert_eq!(decoded[..5], ops()[1..]);
+    assert_eq!(decoded[5], ops()[0]);
     assert_eq!(encode(&m, &decoded).expect("encodes"), bytes);
-    // Fill: 1 word; opening: 2; deposit: 2; an auction's start: 1 (its kind and account, at
-    // the documented bits); mark: 2, and its one chunk of eleven values (three given,
-    // zero-padded) five to a word.
-    assert_eq!(bytes.len(), HEADER_BYTES + 32 * (1 + 2 + 2 + 1 + 2 + 3));
-    let start = &bytes[HEADER_BYTES + 32 * 5..HEADER_BYTES + 32 * 6];
-    let expected = Fr::from(kind::LIQUIDATION_START) + Fr::from(3u64) * blob::pow2(bits::A);
-    assert_eq!(start, &optio_state::poseidon::to_bytes(&expected)[..]);
+    // Fill: 1 word; opening: 2; deposit: 2; an auction's start and its end: 1 each (the kind
+    // and account, at the documented bits); mark: 2, and its one chunk of eleven values (three
+    // given, zero-padded) five to a word.
+    assert_eq!(bytes.len(), HEADER_BYTES + 32 * (1 + 2 + 2 + 1 + 1 + 2 + 3));
+    for (at, k, account) in [
+        (5, kind::LIQUIDATION_START, 3u64),
+        (6, kind::LIQUIDATION_END, 2),
+    ] {
+        let word = &bytes[HEADER_BYTES + 32 * at..HEADER_BYTES + 32 * (at + 1)];
+        let expected = Fr::from(k) + Fr::from(account) * blob::pow2(bits::A);
+        assert_eq!(word, &optio_state::poseidon::to_bytes(&expected)[..]);
+    }
 }
 
 #[test]

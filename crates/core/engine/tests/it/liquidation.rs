@@ -144,19 +144,46 @@ fn below_maintenance_the_auction_sells_in_steps_until_cured_or_flat() {
     let events = take(&mut e, t, 25 * STEP).expect("a 25% step");
     // 1% below the 55,000 mark at the start of the auction.
     assert!(events.iter().any(|ev| matches!(ev, Event::LiquidationTransfer { price, qty, .. } if *price == px(54_450) && *qty == Qty(-25 * STEP))), "{events:?}");
+    // Steps until the account is cured or flat: then no liquidator may bid, and the
+    // liquidation ends at the next oracle update (engine rules 5), not before.
     let mut rounds = 0;
-    let mut ended = false;
-    while !ended && rounds < 20 {
+    loop {
         let held = position(&e, 1);
         let step = (held / 4 / STEP * STEP).max(STEP).min(held);
-        let events = take(&mut e, t, step).expect("next step");
-        ended = events.contains(&Event::LiquidationEnded {
-            account: AccountId(1),
-        });
+        match take(&mut e, t, step) {
+            Ok(events) => assert!(
+                !events.contains(&Event::LiquidationEnded {
+                    account: AccountId(1),
+                }),
+                "{events:?}"
+            ),
+            Err(code) => {
+                assert_eq!(code, RejectCode::NotLiquidating);
+                break;
+            }
+        }
         e.check_invariants().expect("audit after every take");
         rounds += 1;
+        assert!(rounds < 20, "liquidation did not finish");
     }
-    assert!(ended, "liquidation did not finish");
+    assert_eq!(
+        run(
+            &mut e,
+            t,
+            Command::PlaceOrder(limit(1, PERP, Side::Sell, px(55_000), 10))
+        ),
+        Err(RejectCode::AccountInLiquidation),
+        "frozen until its end is posted"
+    );
+    let t = t + 1_000;
+    let events = run(&mut e, t, Command::OracleUpdate(update(55_000.0, t))).expect("update");
+    assert!(
+        events.contains(&Event::LiquidationEnded {
+            account: AccountId(1),
+        }),
+        "{events:?}"
+    );
+    e.check_invariants().expect("audit");
     let (balance, _, _) = e.collateral(AccountId(1)).expect("exists");
     // Equity at the 55,000 mark (position in 1e-8 contracts, 55,000 USD = 5.5e10 micro).
     let equity = balance.0 + position(&e, 1) * 550;
@@ -371,7 +398,9 @@ fn deficit_covers_wait_for_margin_slots() {
         per_update.push(accounts_of(&events, covered));
         e.check_invariants().expect("audit");
     }
-    assert_eq!(per_update, vec![vec![1], vec![2], vec![]]);
+    // The second update's margin slot goes to account 1's end (engine rules 5), so account 2's
+    // cover waits for the third.
+    assert_eq!(per_update, vec![vec![1], vec![], vec![2]]);
 }
 
 /// The auction sells a long at no less than the low end of the perpetual's committed stress
@@ -1977,12 +2006,17 @@ fn a_deficit_is_shared_within_the_fill_budget_over_oracle_updates() {
         })
     };
 
-    // Unbounded: covered by the liquidation itself, shared by all six others.
-    let (e, _, events) = bankrupt(EngineLimits::default());
-    assert!(ended(&events));
+    // Unbounded: covered by the liquidation itself, shared by all six others; the liquidation
+    // ends at the next oracle update (engine rules 5).
+    let (mut e, t, events) = bankrupt(EngineLimits::default());
+    assert!(!ended(&events));
     let sharers: Vec<u32> = shared(&events).iter().map(|s| s.0).collect();
     assert_eq!(sharers, vec![0, 2, 3, 4, 5, 6]);
     assert_eq!(e.collateral(AccountId(1)).expect("exists").0, Amount(0));
+    let t = t + 1_000;
+    let events = run(&mut e, t, Command::OracleUpdate(update(45_100.0, t))).expect("update");
+    assert!(ended(&events) && shared(&events).is_empty(), "{events:?}");
+    e.check_invariants().expect("audit");
 
     // Bounded: room for three accounts a batch, so a cover and two shares.
     let limits = EngineLimits {
@@ -2008,7 +2042,8 @@ fn a_deficit_is_shared_within_the_fill_budget_over_oracle_updates() {
     assert!(events.iter().any(|ev| matches!(ev, Event::DeficitCovered { fee_pool: f, socialized, .. } if *f == fee_pool && socialized.0 == usd(11_000).0)), "{events:?}");
     assert!(!ended(&events));
     e.check_invariants().expect("audit");
-    // The second: accounts 4 and 2, pro rata (4,000 : 3,000), and the liquidation ends.
+    // The second: accounts 4 and 2, pro rata (4,000 : 3,000); the liquidation ends at the
+    // third.
     let left = -e.collateral(AccountId(1)).expect("exists").0.0;
     assert!(left > 0 && left < usd(7_000).0, "{left}");
     let t = t + 1_000;
@@ -2017,8 +2052,12 @@ fn a_deficit_is_shared_within_the_fill_budget_over_oracle_updates() {
     assert_eq!(shares.iter().map(|s| s.0).collect::<Vec<_>>(), vec![2, 4]);
     assert_eq!(shares.iter().map(|s| s.1).sum::<i64>(), left);
     assert!((shares[0].1 * 4 - shares[1].1 * 3).abs() <= 7, "{shares:?}");
-    assert!(ended(&events));
+    assert!(!ended(&events));
     assert_eq!(e.collateral(AccountId(1)).expect("exists").0, Amount(0));
+    e.check_invariants().expect("audit");
+    let t = t + 1_000;
+    let events = run(&mut e, t, Command::OracleUpdate(update(45_100.0, t))).expect("update");
+    assert!(ended(&events) && shared(&events).is_empty(), "{events:?}");
     e.check_invariants().expect("audit");
 }
 
@@ -2119,8 +2158,10 @@ fn a_margin_account_that_covers_its_shorts_worst_case_is_never_liquidated() {
     .expect("deleveraged");
     let transfers = counterparties(&events);
     // Buying back half at the mark (below the strike) covers the other half: account 2 keeps
-    // its long, and the liquidation ends.
+    // its long, and the liquidation ends at the next update.
     assert_eq!(transfers, vec![1], "{events:?}");
+    let t = t + 1_000;
+    let events = run(&mut e, t, Command::OracleUpdate(update(26_100.0, t))).expect("update");
     assert!(events.contains(&Event::LiquidationEnded {
         account: AccountId(0)
     }));
