@@ -139,6 +139,9 @@ pub struct Stats {
     btc_fills: u64,
     /// Fills with the `Portfolio` trader on a side, in the posted batches.
     portfolio_fills: u64,
+    /// Auctions' starts and ends in the posted batches.
+    auction_starts: u64,
+    auction_ends: u64,
     settler_rounds: u64,
     reorgs: u64,
     reorged_txs: u64,
@@ -180,6 +183,8 @@ impl Stats {
         self.btc_fills += s.btc_fills;
         self.btc_put_settled += s.btc_put_settled;
         self.portfolio_fills += s.portfolio_fills;
+        self.auction_starts += s.auction_starts;
+        self.auction_ends += s.auction_ends;
         self.settler_rounds += s.settler_rounds;
         self.reorgs += s.reorgs;
         self.reorged_txs += s.reorged_txs;
@@ -198,7 +203,7 @@ impl Stats {
 
     fn line(&self) -> String {
         format!(
-            "{} orders ({} accepted), {} cancels, {} hostile refused, {} oracle updates ({} stalls, {} jumps, {} settlement prices), {} put fills ({} put positions settled, {} of BTC's), {} BTC fills, {} fills of the Portfolio trader, {} liquidation bids filled, {} deleverages ({} refused as early), {} L1 deposits, {} forced withdrawals, {} forced closes ({} positions moved), {} settler rounds, {} L1 reorgs ({} txs dropped), {} crashes ({} restarts from a snapshot, {} torn tails, {} unsynced groups lost, {} kept), {} slow subscribers, {} book changes checked, {} batches ({} checked against the circuit), {} session key changes, {} orders signed by a session key",
+            "{} orders ({} accepted), {} cancels, {} hostile refused, {} oracle updates ({} stalls, {} jumps, {} settlement prices), {} put fills ({} put positions settled, {} of BTC's), {} BTC fills, {} fills of the Portfolio trader, {} auctions started ({} ended), {} liquidation bids filled, {} deleverages ({} refused as early), {} L1 deposits, {} forced withdrawals, {} forced closes ({} positions moved), {} settler rounds, {} L1 reorgs ({} txs dropped), {} crashes ({} restarts from a snapshot, {} torn tails, {} unsynced groups lost, {} kept), {} slow subscribers, {} book changes checked, {} batches ({} checked against the circuit), {} session key changes, {} orders signed by a session key",
             self.orders,
             self.accepted,
             self.cancels,
@@ -212,6 +217,8 @@ impl Stats {
             self.btc_put_settled,
             self.btc_fills,
             self.portfolio_fills,
+            self.auction_starts,
+            self.auction_ends,
             self.liquidations,
             self.deleverages,
             self.deleverages_early,
@@ -1551,6 +1558,8 @@ impl World {
                         self.stats.btc_fills +=
                             u64::from([BTC_PERP, BTC_PUT].contains(&instrument.0));
                     }
+                    optio_state::Op::LiquidationStart { .. } => self.stats.auction_starts += 1,
+                    optio_state::Op::LiquidationEnd { .. } => self.stats.auction_ends += 1,
                     optio_state::Op::SettlePosition { instrument, .. } => {
                         self.stats.put_settled += u64::from(PUTS.contains(&instrument.0));
                         self.stats.btc_put_settled += u64::from(instrument.0 == BTC_PUT);

@@ -97,6 +97,8 @@ fn fixed_seeds_run_without_a_violation() {
         "BTC fills",
         "of BTC's",
         "fills of the Portfolio trader",
+        "auctions started",
+        "ended)",
         "L1 deposits",
         "forced withdrawals",
         "forced closes",

@@ -175,15 +175,31 @@ fn below_maintenance_the_auction_sells_in_steps_until_cured_or_flat() {
         Err(RejectCode::AccountInLiquidation),
         "frozen until its end is posted"
     );
+    // A restore derives the end due (`ends_due`): the restored engine ends it at the next
+    // update as the live one does.
+    let mut restored =
+        Engine::restore_bytes(&e.snapshot(), optio_types::WorstCaseMargin).expect("restores");
     let t = t + 1_000;
-    let events = run(&mut e, t, Command::OracleUpdate(update(55_000.0, t))).expect("update");
-    assert!(
-        events.contains(&Event::LiquidationEnded {
-            account: AccountId(1),
-        }),
-        "{events:?}"
+    for engine in [&mut e, &mut restored] {
+        let events = run(engine, t, Command::OracleUpdate(update(55_000.0, t))).expect("update");
+        assert!(
+            events.contains(&Event::LiquidationEnded {
+                account: AccountId(1),
+            }),
+            "{events:?}"
+        );
+        engine.check_invariants().expect("audit");
+    }
+    assert_eq!(restored.state_hash(), e.state_hash());
+    assert_ne!(
+        run(
+            &mut e,
+            t,
+            Command::PlaceOrder(limit(1, PERP, Side::Sell, px(55_000), 10))
+        ),
+        Err(RejectCode::AccountInLiquidation),
+        "not frozen once ended"
     );
-    e.check_invariants().expect("audit");
     let (balance, _, _) = e.collateral(AccountId(1)).expect("exists");
     // Equity at the 55,000 mark (position in 1e-8 contracts, 55,000 USD = 5.5e10 micro).
     let equity = balance.0 + position(&e, 1) * 550;
