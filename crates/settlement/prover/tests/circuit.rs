@@ -558,6 +558,17 @@ fn batch_of(state: &SettlementState, ops: &[Op]) -> BatchWitness {
     witness(state, ops, SHAPE).expect("covered ops")
 }
 
+/// `w` with the margin slots `which` picks left out (a prover that skips them).
+fn without_margin_slots(
+    mut w: BatchWitness,
+    which: fn(&optio_prover::witness::MarginSlot) -> bool,
+) -> BatchWitness {
+    for m in w.margins.iter_mut().filter(|m| which(m)) {
+        *m = optio_prover::witness::MarginSlot::default();
+    }
+    w
+}
+
 fn refused(w: &BatchWitness) -> bool {
     matches!(check(w), Err(ProveError::Unsatisfied(_)))
 }
@@ -2160,8 +2171,20 @@ fn only_a_flat_accounts_deficit_is_covered() {
 /// `ops` (one op) on `state` are refused at the circuit's first op slot and natively with
 /// `error`, leaving the state unchanged.
 fn refused_first_and_natively(state: &SettlementState, ops: &[Op], error: StateError, rule: &str) {
+    refused_where_and_natively(state, ops, "op slot 0", error, rule);
+}
+
+/// `ops` applied to `state` are refused in the circuit's part `place` (as `refused_at` names
+/// it: "op slot 1", "margin slots") and natively with `error`, leaving the state unchanged.
+fn refused_where_and_natively(
+    state: &SettlementState,
+    ops: &[Op],
+    place: &str,
+    error: StateError,
+    rule: &str,
+) {
     let at = refused_at(&batch_of(state, ops));
-    assert!(at.starts_with("op slot 0"), "{rule}: refused at {at}");
+    assert!(at.starts_with(place), "{rule}: refused at {at}");
     let mut native = state.clone();
     assert_eq!(native.apply_batch(ops), Err(error), "{rule}");
     assert_eq!(native.commit(), state.root(), "nothing applied");
@@ -2464,15 +2487,12 @@ fn an_auction_starts_below_maintenance_and_sells_within_its_schedule() {
         assert_eq!(w.public.new_root, native.root(), "{rule}");
         assert_eq!(native.accounts()[1].since, t, "{rule}");
     }
-    let beyond = [start(1), one_sold(usd(99_400) - 1, 0)];
-    let at = refused_at(&batch_of(&state, &beyond));
-    assert!(
-        at.starts_with("op slot 1"),
-        "a micro-USDC deeper: refused at {at}"
-    );
-    assert_eq!(
-        state.clone().apply_batch(&beyond),
-        Err(StateError::LiquidationPrice(1))
+    refused_where_and_natively(
+        &state,
+        &[start(1), one_sold(usd(99_400) - 1, 0)],
+        "op slot 1",
+        StateError::LiquidationPrice(1),
+        "a micro-USDC deeper",
     );
     // The leaf commits the start: a prover that opens the account at another `since` breaks
     // the leaf's hash.
@@ -2503,14 +2523,12 @@ fn an_auction_starts_below_maintenance_and_sells_within_its_schedule() {
         account: AccountId(1),
         amount: Amount(usd(50_000)),
     };
-    let at = refused_at(&batch_of(&state, &[cure.clone(), start(1)]));
-    assert!(
-        at.starts_with("margin slots"),
-        "a cured account: refused at {at}"
-    );
-    assert_eq!(
-        state.clone().apply_batch(&[cure, start(1)]),
-        Err(StateError::LiquidationMaintained(1))
+    refused_where_and_natively(
+        &state,
+        &[cure, start(1)],
+        "margin slots",
+        StateError::LiquidationMaintained(1),
+        "a cured account",
     );
     refused_first_and_natively(
         &state,
@@ -2518,11 +2536,8 @@ fn an_auction_starts_below_maintenance_and_sells_within_its_schedule() {
         StateError::LiquidationCovered(0),
         "the start of an account that covers its shorts",
     );
-    let mut skipped = batch_of(&state, &[start(1)]);
+    let mut skipped = without_margin_slots(batch_of(&state, &[start(1)]), |m| m.below);
     skipped.slots[0].unpriced = true;
-    for m in skipped.margins.iter_mut().filter(|m| m.below) {
-        *m = optio_prover::witness::MarginSlot::default();
-    }
     let at = refused_at(&skipped);
     assert!(
         at.starts_with("op slot 0"),
@@ -2581,23 +2596,21 @@ fn an_auction_ends_once_cured_and_its_account_is_frozen_until_then() {
         "the end of an auction that never started",
     );
     // Still below maintenance: refused at the cured slot.
-    let at = refused_at(&batch_of(&begun, std::slice::from_ref(&end)));
-    assert!(at.starts_with("margin slots"), "not cured: refused at {at}");
-    assert_eq!(
-        begun.clone().apply_batch(std::slice::from_ref(&end)),
-        Err(StateError::LiquidationNotCured(0))
+    refused_where_and_natively(
+        &begun,
+        std::slice::from_ref(&end),
+        "margin slots",
+        StateError::LiquidationNotCured(0),
+        "not cured",
     );
     // Cured, not ended: frozen. Its fill is refused at its op slot, and so are its withdrawal
     // and its margin mode's change.
-    let frozen = [cure.clone(), sell.clone()];
-    let at = refused_at(&batch_of(&begun, &frozen));
-    assert!(
-        at.starts_with("op slot 1"),
-        "a frozen fill: refused at {at}"
-    );
-    assert_eq!(
-        begun.clone().apply_batch(&frozen),
-        Err(StateError::Frozen(1))
+    refused_where_and_natively(
+        &begun,
+        &[cure.clone(), sell.clone()],
+        "op slot 1",
+        StateError::Frozen(1),
+        "a frozen fill",
     );
     refused_first_and_natively(
         &begun,
@@ -2613,14 +2626,12 @@ fn an_auction_ends_once_cured_and_its_account_is_frozen_until_then() {
         account: AccountId(1),
         mode: MarginMode::Portfolio,
     };
-    let at = refused_at(&batch_of(&begun, &[cure.clone(), switch.clone()]));
-    assert!(
-        at.starts_with("account slot"),
-        "a frozen mode change: refused at {at}"
-    );
-    assert_eq!(
-        begun.clone().apply_batch(&[cure.clone(), switch.clone()]),
-        Err(StateError::Frozen(1))
+    refused_where_and_natively(
+        &begun,
+        &[cure.clone(), switch.clone()],
+        "account slot",
+        StateError::Frozen(1),
+        "a frozen mode change",
     );
     // Cured and ended (by its cured slot): the fill and the mode change prove, `since` is 0.
     for (ops, rule) in [
@@ -2645,10 +2656,8 @@ fn an_auction_ends_once_cured_and_its_account_is_frozen_until_then() {
         assert_eq!(native.accounts()[1].since, 0, "{rule}");
     }
     // A prover that leaves out the cured slot is refused.
-    let mut skipped = batch_of(&begun, &[cure.clone(), end.clone()]);
-    for m in skipped.margins.iter_mut().filter(|m| m.cured) {
-        *m = optio_prover::witness::MarginSlot::default();
-    }
+    let mut skipped =
+        without_margin_slots(batch_of(&begun, &[cure.clone(), end.clone()]), |m| m.cured);
     assert!(refused(&skipped), "an end without its cured slot");
     skipped.slots[1].unpriced = true;
     let at = refused_at(&skipped);
@@ -2667,11 +2676,9 @@ fn an_auction_ends_once_cured_and_its_account_is_frozen_until_then() {
     let w = batch_of(&begun, &covered);
     assert!(w.slots[1].by_cover && !w.margins.iter().any(|m| m.cured));
     check(&w).expect("an end by cover");
-    let mut claimed = batch_of(&begun, &[cure.clone(), end.clone()]);
+    let mut claimed =
+        without_margin_slots(batch_of(&begun, &[cure.clone(), end.clone()]), |m| m.cured);
     claimed.slots[1].by_cover = true;
-    for m in claimed.margins.iter_mut().filter(|m| m.cured) {
-        *m = optio_prover::witness::MarginSlot::default();
-    }
     let at = refused_at(&claimed);
     assert!(
         at.starts_with("op slot 1"),

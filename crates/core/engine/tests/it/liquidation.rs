@@ -166,12 +166,16 @@ fn below_maintenance_the_auction_sells_in_steps_until_cured_or_flat() {
         rounds += 1;
         assert!(rounds < 20, "liquidation did not finish");
     }
-    assert_eq!(
+    // Account 1's ask, refused only while it is frozen.
+    let ask = |e: &mut Engine, t| {
         run(
-            &mut e,
+            e,
             t,
-            Command::PlaceOrder(limit(1, PERP, Side::Sell, px(55_000), 10))
-        ),
+            Command::PlaceOrder(limit(1, PERP, Side::Sell, px(55_000), 10)),
+        )
+    };
+    assert_eq!(
+        ask(&mut e, t),
         Err(RejectCode::AccountInLiquidation),
         "frozen until its end is posted"
     );
@@ -192,11 +196,7 @@ fn below_maintenance_the_auction_sells_in_steps_until_cured_or_flat() {
     }
     assert_eq!(restored.state_hash(), e.state_hash());
     assert_ne!(
-        run(
-            &mut e,
-            t,
-            Command::PlaceOrder(limit(1, PERP, Side::Sell, px(55_000), 10))
-        ),
+        ask(&mut e, t),
         Err(RejectCode::AccountInLiquidation),
         "not frozen once ended"
     );
