@@ -237,10 +237,7 @@ impl<M: MarginModel> Engine<M> {
         }
         engine.covers_due = (0..engine.accounts.len() as u32)
             .map(AccountId)
-            .filter(|&a| {
-                let acct = &engine.accounts[a.0 as usize];
-                acct.liquidating_since.is_some() && acct.balance.0 < 0 && engine.flat(a)
-            })
+            .filter(|&a| engine.cover_due(a))
             .collect();
         let mut sink = Vec::new();
         let mut last: Option<(u32, Side)> = None;

@@ -1292,8 +1292,7 @@ impl<M: MarginModel> Engine<M> {
         // A liquidating account whose last position just settled in deficit is covered by a
         // later input.
         for &(account, _) in part {
-            let acct = &self.accounts[account.0 as usize];
-            if acct.liquidating_since.is_some() && acct.balance.0 < 0 && self.flat(account) {
+            if self.cover_due(account) {
                 self.covers_due.insert(account);
             }
         }

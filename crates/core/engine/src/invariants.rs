@@ -258,9 +258,7 @@ impl<M: MarginModel> Engine<M> {
             }
             // A liquidating account that holds nothing and is in deficit waits for its
             // deficit's cover, due at the end of the next input that settles nothing.
-            if (acct.liquidating_since.is_some() && acct.balance.0 < 0 && self.flat(account))
-                != self.covers_due.contains(&account)
-            {
+            if self.cover_due(account) != self.covers_due.contains(&account) {
                 return fail(format!(
                     "account {account}: a cover is due iff it is liquidating in deficit with nothing left"
                 ));

@@ -145,6 +145,12 @@ impl Account {
     pub(crate) fn free_collateral(&self) -> Amount {
         Amount(self.balance.0 - self.requirement.0)
     }
+
+    /// What a loss share may take from it: its balance above its requirement (counted as at
+    /// least zero), in micro-USDC; not positive when it has nothing to share.
+    pub(crate) fn sharable(&self) -> i128 {
+        i128::from(self.balance.0) - i128::from(self.requirement.0.max(0))
+    }
 }
 
 #[cfg(test)]

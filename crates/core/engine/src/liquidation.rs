@@ -84,6 +84,13 @@ impl<M: MarginModel> Engine<M> {
             && self.below_maintenance(account)
     }
 
+    /// Whether `account`'s deficit's cover is due (`covers_due` holds exactly these between
+    /// inputs): it is liquidating, holds nothing and owes more than it holds.
+    pub(crate) fn cover_due(&self, account: AccountId) -> bool {
+        let acct = &self.accounts[account.0 as usize];
+        acct.liquidating_since.is_some() && acct.balance.0 < 0 && self.flat(account)
+    }
+
     /// Whether `account`'s auction is due to end (`ends_due` holds exactly these between
     /// inputs): it is liquidating and no longer below maintenance.
     pub(crate) fn end_due(&self, account: AccountId) -> bool {
@@ -692,10 +699,11 @@ impl<M: MarginModel> Engine<M> {
     fn can_cover(&self, account: AccountId) -> bool {
         self.totals.insurance.0 > 0
             || self.totals.fee_pool.0 > 0
-            || self.accounts.iter().enumerate().any(|(i, a)| {
-                i != account.0 as usize
-                    && i128::from(a.balance.0) > i128::from(a.requirement.0.max(0))
-            })
+            || self
+                .accounts
+                .iter()
+                .enumerate()
+                .any(|(i, a)| i != account.0 as usize && a.sharable() > 0)
     }
 
     /// Whether deficit covers wait for an oracle update. A cover and each of its loss shares
@@ -777,12 +785,7 @@ impl<M: MarginModel> Engine<M> {
             .iter()
             .enumerate()
             .filter(|(i, _)| *i != account.0 as usize)
-            .map(|(i, a)| {
-                (
-                    AccountId(i as u32),
-                    i128::from(a.balance.0) - i128::from(a.requirement.0.max(0)),
-                )
-            })
+            .map(|(i, a)| (AccountId(i as u32), a.sharable()))
             .filter(|(_, f)| *f > 0)
             .collect();
         // Past `sharers`, the accounts with the most free collateral (then the lowest ids).
