@@ -210,6 +210,33 @@ fn below_maintenance_the_auction_sells_in_steps_until_cured_or_flat() {
     assert!(position(&e, 3) > 0, "the liquidator holds what it took");
 }
 
+/// A fixed history that observes the timing of an auction's end (engine rules 5): account 1
+/// falls below maintenance, its auction starts, the liquidator takes a quarter of what is left
+/// until it is cured, and a later update ends it. Returns the state hashes after the cure
+/// (still liquidating, frozen) and after the update (ended), for the rules fingerprint: an
+/// engine that ended the auction at the cure, as rules 4 did, or at another update, gives
+/// other hashes.
+pub fn cured_then_ended() -> [[u8; 32]; 2] {
+    let mut e = leveraged_long();
+    let t = T0 + 1_000;
+    fall(&mut e, t, |at| Command::OracleUpdate(update(55_000.0, at)));
+    loop {
+        let step = (position(&e, 1) / 4 / STEP * STEP).max(STEP);
+        if take(&mut e, t, step).is_err() {
+            break;
+        }
+    }
+    let cured = e.state_hash();
+    let t = t + 1_000;
+    let events = run(&mut e, t, Command::OracleUpdate(update(55_000.0, t))).expect("update");
+    assert!(events.contains(&Event::LiquidationEnded {
+        account: AccountId(1)
+    }));
+    // The state hash sees the auction still open at the cure.
+    assert_ne!(cured, e.state_hash());
+    [cured, e.state_hash()]
+}
+
 /// Engine rules 4: an update that leaves an account below maintenance cancels its orders and
 /// holds it as liquidating (no order, withdrawal or mode change), but its auction starts only
 /// at the beginning of the next accepted update, at the auction clock then (the first update's
