@@ -252,6 +252,20 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         windowed as f64 / 40_000.0
     );
 
+    // A Portfolio or Standard account that trades is proven at its maintenance after the batch:
+    // an end margin slot (at the devnet's register counts), and every position it holds in a
+    // register with its instrument's, untraded ones included (no window prices maintenance).
+    let margined = worst + 2 * per_margin;
+    println!(
+        "  per trade, worst case between two Portfolio or Standard accounts (an end margin slot each): {margined}   of the goal {:.2}",
+        margined as f64 / 40_000.0
+    );
+    let margined_holding = margined + 2 * (per_position + per_instrument);
+    println!(
+        "  the same, each account also holding an untraded position (a position and an instrument register each): {margined_holding}   of the goal {:.2}",
+        margined_holding as f64 / 40_000.0
+    );
+
     if args.devnet {
         devnet_batch()?;
     }
