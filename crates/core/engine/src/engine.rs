@@ -866,6 +866,35 @@ impl<M: MarginModel> Engine<M> {
         )
     }
 
+    /// Counts one more auction end of `account` into `count` if the fill budget has room for
+    /// it, as the prover's plan counts one: an account that covers what its shorts can owe at
+    /// worst (`short_cover` at or above zero: a flat and solvent one, or one whose owner
+    /// deposited) is proven cured by its op slot alone (the slot's `by_cover`), so it takes an
+    /// op slot and the account; any other takes what a start does (`admit_start`: a cured
+    /// margin slot and its positions' registers). Since engine rules 6 (before, every end took
+    /// what a start does).
+    pub(crate) fn admit_end(&self, count: &mut FillCount, account: AccountId) -> bool {
+        if self.short_cover(account) < 0 {
+            return self.admit_start(count, account);
+        }
+        let accounts = if count.accounts.contains(&account) {
+            Vec::new()
+        } else {
+            vec![account]
+        };
+        count.take(
+            &self.limits.fill_budget,
+            Added {
+                accounts,
+                windows: count.windows,
+                new_runs: BTreeSet::new(),
+                margins: count.margins,
+                positions: count.positions,
+                instruments: count.instruments.clone(),
+            },
+        )
+    }
+
     /// Whether filling `qty` of the resting order in `slot`, after the fills already planned
     /// for its account, leaves a mark-margined account at or above maintenance at the current
     /// marks. A resting order was margined against the marks of its placement; after they move

@@ -57,4 +57,10 @@ pub use query::{InstrumentMargin, InstrumentView, MarginView, OracleView};
 /// account left in deficit after its cover stays liquidating, its cover due again at each
 /// update that has something to cover it with (before, its liquidation ended, and started
 /// again at the next update).
-pub const RULES: u32 = 5;
+///
+/// 6: an auction's end whose account covers what its shorts can owe at worst (flat and
+/// solvent, or topped up by a deposit) takes only an op slot and its account of the fill
+/// budget, as a proof prices it (by the op slot's cover, no margin slot: `Engine::admit_end`);
+/// before, every end took a margin slot and its positions' registers, as a start does, so
+/// fewer ends, starts and covers fitted an update.
+pub const RULES: u32 = 6;

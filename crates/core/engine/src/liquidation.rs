@@ -174,7 +174,9 @@ impl<M: MarginModel> Engine<M> {
     ///
     /// The auctions due to end (`ends_due`) end first, within the same budget (an end takes
     /// what a start does: the proof checks the account is not below maintenance at the marks
-    /// committed before it, engine rules 5); an account below again goes on with its auction.
+    /// committed before it, engine rules 5; since rules 6 an account covering its shorts' worst
+    /// case takes only an op slot and itself, `admit_end`); an account below again goes on
+    /// with its auction.
     pub(crate) fn start_due_liquidations(&mut self, events: &mut Vec<Event>) {
         let bounded = self.limits.fill_budget != FillBudget::UNBOUNDED;
         let mut count = FillCount::default();
@@ -182,7 +184,7 @@ impl<M: MarginModel> Engine<M> {
             if self.below_maintenance(account) {
                 continue;
             }
-            if bounded && !self.admit_start(&mut count, account) {
+            if bounded && !self.admit_end(&mut count, account) {
                 self.ends_due.insert(account);
                 continue;
             }

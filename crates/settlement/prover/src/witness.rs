@@ -1170,6 +1170,7 @@ fn plan<'a>(
     // Accounts that traded, and the margin modes the batch leaves its accounts in.
     let mut traded: BTreeSet<u32> = BTreeSet::new();
     let mut modes: BTreeMap<u32, MarginMode> = BTreeMap::new();
+    let ends_by_cover = ends_by_cover(state, ops);
     for (i, op) in ops.iter().enumerate() {
         let known = |a: &AccountId| a.0 < next_account;
         let listed = specs.len();
@@ -1339,7 +1340,9 @@ fn plan<'a>(
         // the batch join the registers (those the batch opens are there already).
         // So is a liquidated account, unless it held more positions at the batch's start than
         // the shape prices for a liquidation.
-        // So is an auction's end's account, by a cured slot.
+        // So is an auction's end's account, by a cured slot, unless it covers what its shorts
+        // can owe at worst (the op slot's `by_cover`, with no margin slot nor registers for
+        // its positions, as engine rules 6 budget it).
         let within = |account: &AccountId| {
             accounts
                 .get(account.0 as usize)
@@ -1351,7 +1354,9 @@ fn plan<'a>(
             {
                 Some((*account, SlotRule::Below))
             }
-            Op::LiquidationEnd { account } if within(account) => Some((*account, SlotRule::Cured)),
+            Op::LiquidationEnd { account } if within(account) && !ends_by_cover.contains(&i) => {
+                Some((*account, SlotRule::Cured))
+            }
             _ => None,
         };
         let priced = optio_state::money_out_of(op).map(|a| (a, SlotRule::Out));
@@ -1484,6 +1489,26 @@ fn plan<'a>(
         solvency_runs,
         price_runs,
     })
+}
+
+/// The ops (by index) that end an auction of an account covering what its shorts can owe at
+/// worst right before them, as the native ledger applies the batch op by op: each is proven by
+/// its op slot's cover (`Slot::by_cover`), no cured slot. A batch the ledger refuses stops the
+/// search there; the witness then refuses it by its own rules.
+fn ends_by_cover(state: &SettlementState, ops: &[Op]) -> BTreeSet<usize> {
+    let mut batch = state.begin();
+    let mut covered = BTreeSet::new();
+    for (i, op) in ops.iter().enumerate() {
+        if let Op::LiquidationEnd { account } = op
+            && batch.covers_shorts(state, *account)
+        {
+            covered.insert(i);
+        }
+        if batch.push(state, std::slice::from_ref(op)).is_err() {
+            break;
+        }
+    }
+    covered
 }
 
 /// The witness of `ops` applied to `state` (as of its last commit), for a circuit of `shape`.

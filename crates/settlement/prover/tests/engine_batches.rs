@@ -1397,20 +1397,15 @@ fn below_slots(w: &optio_prover::BatchWitness) -> usize {
     w.margins.iter().filter(|m| m.below).count()
 }
 
-/// Auction starts are budgeted as the prover's plan counts them (engine rules 4): six
-/// `Standard` accounts, each long a perpetual on 7,500 of collateral, fall below maintenance in
-/// one oracle update (the index to 54,100, within the circuit breaker). A shape of four margin
-/// slots prices four starts a batch, so the next update starts four and the one after the other
-/// two. The index then rises to 59,000, curing all six: their auctions end at the next updates
-/// (engine rules 5), four and then two, each end priced at its maintenance by a cured slot.
-/// Every batch a capacity-aware batcher cuts proves with the batcher's root.
-#[test]
-fn auction_starts_and_ends_of_many_accounts_fit_the_shape_over_updates() {
-    use optio_types::{AccountId, Amount, Command, EngineLimits, Event, Input, InstrumentId};
+/// Six `Standard` accounts, each long a perpetual on 7,500 of collateral (account 7 sells them
+/// all, fully collateralized: a short perpetual can owe its cap), fall below maintenance in one
+/// oracle update (the index to 54,100, within the circuit breaker); two more updates at that
+/// index start their auctions. Returns the inputs and the time of the last update.
+fn six_leveraged_longs_falling() -> (Vec<optio_types::Input>, u64) {
+    use optio_types::{AccountId, Amount, Command, Input, InstrumentId};
     use optio_types::{MONEY_SCALE, MarginMode, Side, TimeInForce};
     let perp = InstrumentId(2);
     let mut t = support::T0;
-    // Account 7 sells them all, fully collateralized (a short perpetual can owe its cap).
     let mut deposits = [200_000; 8];
     deposits[7] = 2_000_000;
     let mut inputs = opening(t, &[2], &deposits);
@@ -1437,9 +1432,62 @@ fn auction_starts_and_ends_of_many_accounts_fit_the_shape_over_updates() {
         let ioc = TimeInForce::ImmediateOrCancel;
         at(t, limit_order(buyer, perp, Side::Buy, 100, 60_000, ioc));
     }
-    for spot in [54_100.0, 54_100.0, 54_100.0, 59_000.0, 59_000.0, 59_000.0] {
+    for _ in 0..3 {
         t += 1_000;
-        at(t, support::oracle(spot, t));
+        at(t, support::oracle(54_100.0, t));
+    }
+    (inputs, t)
+}
+
+/// How many of each input's events are auction starts (`end` false) or ends.
+fn auctions(events: &[Vec<optio_types::Event>], end: bool) -> Vec<usize> {
+    use optio_types::Event;
+    events
+        .iter()
+        .map(|e| {
+            e.iter()
+                .filter(|e| match e {
+                    Event::LiquidationStarted { .. } => !end,
+                    Event::LiquidationEnded { .. } => end,
+                    _ => false,
+                })
+                .count()
+        })
+        .collect()
+}
+
+/// How many auction starts (`end` false) or ends the proven batches posted.
+fn posted_auctions(
+    proven: &[(Vec<optio_state::Op>, optio_prover::BatchWitness)],
+    end: bool,
+) -> usize {
+    proven
+        .iter()
+        .flat_map(|(ops, _)| ops)
+        .filter(|o| match o {
+            optio_state::Op::LiquidationStart { .. } => !end,
+            optio_state::Op::LiquidationEnd { .. } => end,
+            _ => false,
+        })
+        .count()
+}
+
+/// Auction starts are budgeted as the prover's plan counts them (engine rules 4): six
+/// accounts fall below maintenance (`six_leveraged_longs_falling`). A shape of four margin
+/// slots prices four starts a batch, so the next update starts four and the one after the other
+/// two. The index then rises to 59,000, curing all six: their auctions end at the next updates
+/// (engine rules 5), four and then two, each end priced at its maintenance by a cured slot.
+/// Every batch a capacity-aware batcher cuts proves with the batcher's root.
+#[test]
+fn auction_starts_and_ends_of_many_accounts_fit_the_shape_over_updates() {
+    use optio_types::EngineLimits;
+    let (mut inputs, mut t) = six_leveraged_longs_falling();
+    for _ in 0..3 {
+        t += 1_000;
+        inputs.push(optio_types::Input {
+            time_ms: t,
+            command: support::oracle(59_000.0, t),
+        });
     }
     let limits = EngineLimits {
         fill_budget: SHAPE.fill_budget(),
@@ -1447,20 +1495,8 @@ fn auction_starts_and_ends_of_many_accounts_fit_the_shape_over_updates() {
     };
     let from = inputs.len() - 6;
     let (batches, events) = batched(&inputs, limits, SHAPE, from);
-    let count = |events: &[Event], end: bool| {
-        events
-            .iter()
-            .filter(|e| match e {
-                Event::LiquidationStarted { .. } => !end,
-                Event::LiquidationEnded { .. } => end,
-                _ => false,
-            })
-            .count()
-    };
-    let starts: Vec<usize> = events.iter().map(|e| count(e, false)).collect();
-    let ends: Vec<usize> = events.iter().map(|e| count(e, true)).collect();
-    assert_eq!(starts, vec![0, 4, 2, 0, 0, 0]);
-    assert_eq!(ends, vec![0, 0, 0, 0, 4, 2]);
+    assert_eq!(auctions(&events, false), vec![0, 4, 2, 0, 0, 0]);
+    assert_eq!(auctions(&events, true), vec![0, 0, 0, 0, 4, 2]);
     let (state, proven) = proven(&batches, SHAPE);
     let slots = |rule: fn(&optio_prover::witness::MarginSlot) -> bool| -> usize {
         proven
@@ -1468,26 +1504,74 @@ fn auction_starts_and_ends_of_many_accounts_fit_the_shape_over_updates() {
             .map(|(_, w)| w.margins.iter().filter(|m| rule(m)).count())
             .sum()
     };
-    let posted = |end: bool| {
-        proven
-            .iter()
-            .flat_map(|(ops, _)| ops)
-            .filter(|o| match o {
-                optio_state::Op::LiquidationStart { .. } => !end,
-                optio_state::Op::LiquidationEnd { .. } => end,
-                _ => false,
-            })
-            .count()
-    };
     assert_eq!(
-        (posted(false), slots(|m| m.below)),
+        (posted_auctions(&proven, false), slots(|m| m.below)),
         (6, 6),
         "every start posted and priced"
     );
     assert_eq!(
-        (posted(true), slots(|m| m.cured)),
+        (posted_auctions(&proven, true), slots(|m| m.cured)),
         (6, 6),
         "every end posted and priced"
+    );
+    assert!(state.accounts()[1..=6].iter().all(|a| a.since == 0));
+}
+
+/// Engine rules 6: an end whose account covers its shorts' worst case takes no margin slot.
+/// The six accounts of `six_leveraged_longs_falling`, their auctions started (four, then two),
+/// are topped up by their owners (a deposit of 60,000 each, which a frozen account takes), so
+/// each holds more than its long's negative cash: all six end at the next update, in one batch
+/// of a shape with four margin slots (under rules 5, four and then two), each proven by its op
+/// slot's cover with no cured slot.
+#[test]
+fn auction_ends_of_accounts_covering_their_shorts_take_no_margin_slot() {
+    use optio_types::{AccountId, Amount, Command, EngineLimits, Input, MONEY_SCALE};
+    let (mut inputs, mut t) = six_leveraged_longs_falling();
+    for account in 1..=6 {
+        inputs.push(Input {
+            time_ms: t,
+            command: Command::Deposit {
+                account: AccountId(account),
+                amount: Amount(60_000 * MONEY_SCALE),
+            },
+        });
+    }
+    for _ in 0..2 {
+        t += 1_000;
+        inputs.push(Input {
+            time_ms: t,
+            command: support::oracle(54_100.0, t),
+        });
+    }
+    let limits = EngineLimits {
+        fill_budget: SHAPE.fill_budget(),
+        ..EngineLimits::default()
+    };
+    assert!(SHAPE.margins < 6, "more ends than margin slots");
+    let from = inputs.len() - 11;
+    let (batches, events) = batched(&inputs, limits, SHAPE, from);
+    // The three falling updates, the six deposits, the two updates after them.
+    assert_eq!(
+        auctions(&events, false),
+        vec![0, 4, 2, 0, 0, 0, 0, 0, 0, 0, 0]
+    );
+    assert_eq!(
+        auctions(&events, true),
+        vec![0, 0, 0, 0, 0, 0, 0, 0, 0, 6, 0]
+    );
+    let (state, proven) = proven(&batches, SHAPE);
+    let cured: usize = proven
+        .iter()
+        .map(|(_, w)| w.margins.iter().filter(|m| m.cured).count())
+        .sum();
+    let by_cover: usize = proven
+        .iter()
+        .map(|(_, w)| w.slots.iter().filter(|s| s.by_cover).count())
+        .sum();
+    assert_eq!(
+        (posted_auctions(&proven, true), cured, by_cover),
+        (6, 0, 6),
+        "every end posted and proven by its cover"
     );
     assert!(state.accounts()[1..=6].iter().all(|a| a.since == 0));
 }

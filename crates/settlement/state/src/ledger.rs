@@ -1468,6 +1468,17 @@ impl Pending {
 }
 
 impl Pending {
+    /// Whether `account`, as the ops pushed so far leave it, covers what its shorts can owe at
+    /// worst (`collateral * 1e8 >= liability`): an auction's end of such an account is proven
+    /// by its op slot alone, with no margin slot (engine rules 6 budget it so). False for an
+    /// account neither the state nor the batch holds.
+    pub fn covers_shorts(&mut self, state: &SettlementState, account: AccountId) -> bool {
+        self.scratch
+            .load(state, &Op::LiquidationEnd { account }, 0)
+            .is_ok()
+            && self.scratch.covers_shorts(state, account)
+    }
+
     /// Whether `account`, right before op `i`, may be liquidated (a liquidation step, or its
     /// auction's start): it could default (its collateral does not cover what its shorts can
     /// owe at worst), and it is below maintenance at the committed marks, in the mode it

@@ -406,6 +406,17 @@ fn started(ev: &Event) -> Option<u32> {
 /// covered one an update (and their auctions start one an update, each start taking the slot).
 #[test]
 fn deficit_covers_wait_for_margin_slots() {
+    let (per_update, _) = covers_within_one_margin_slot();
+    // The second update ends account 1's auction (engine rules 5), flat and covered: by its
+    // op slot alone (engine rules 6), so account 2's cover takes that update's margin slot
+    // (under rules 5 the end took it, and the cover waited for the third update).
+    assert_eq!(per_update, vec![vec![1], vec![2], vec![]]);
+}
+
+/// The history of `deficit_covers_wait_for_margin_slots`: the accounts covered at each of the
+/// three updates after the liquidators took both positions, and the state hashes after each
+/// (for the rules fingerprint: which update covers and ends what is the budget's rule).
+pub fn covers_within_one_margin_slot() -> (Vec<Vec<u32>>, Vec<[u8; 32]>) {
     let mut e = two_leveraged_longs(optio_types::FillBudget {
         margins: 1,
         ..optio_types::FillBudget::UNBOUNDED
@@ -434,16 +445,15 @@ fn deficit_covers_wait_for_margin_slots() {
         .expect("all of it: the equity is gone");
     }
     e.check_invariants().expect("audit: two covers due");
-    let mut per_update = Vec::new();
+    let (mut per_update, mut hashes) = (Vec::new(), Vec::new());
     for _ in 0..3 {
         t += 1_000;
         let events = run(&mut e, t, Command::OracleUpdate(update(45_100.0, t))).expect("next");
         per_update.push(accounts_of(&events, covered));
+        hashes.push(e.state_hash());
         e.check_invariants().expect("audit");
     }
-    // The second update's margin slot goes to account 1's end (engine rules 5), so account 2's
-    // cover waits for the third.
-    assert_eq!(per_update, vec![vec![1], vec![], vec![2]]);
+    (per_update, hashes)
 }
 
 /// The auction sells a long at no less than the low end of the perpetual's committed stress

@@ -9,14 +9,17 @@ use proptest::test_runner::TestRunner;
 
 use optio_engine::Engine;
 
-use crate::liquidation::{cured_then_ended, liquidation_history, step};
+use crate::liquidation::{
+    covers_within_one_margin_slot, cured_then_ended, liquidation_history, step,
+};
 use crate::model::{budgeted_limits, check_against_reference, op, test_limits};
 
 /// The state hashes after fixed histories: the reference model's (matching, amends, cancels,
 /// self-trade prevention, fill budgets) and the liquidation ones' (margin in every mode,
 /// liquidations, deleveraging, deficits, expiry and settlement at the oracle's TWAP), and a
 /// fixed one whose auction ends (`cured_then_ended`: the end's timing, which no random history
-/// of these observes).
+/// of these observes) and one whose covers and ends share a margin slot a batch
+/// (`covers_within_one_margin_slot`: what an end takes of the fill budget).
 fn fingerprint() -> String {
     let mut runner = TestRunner::deterministic();
     let mut hasher = blake3::Hasher::new();
@@ -45,7 +48,10 @@ fn fingerprint() -> String {
         let (_, hash) = liquidation_history(&steps, k % 2 == 1).expect("history holds");
         hasher.update(&hash);
     }
-    for hash in cured_then_ended() {
+    for hash in cured_then_ended()
+        .into_iter()
+        .chain(covers_within_one_margin_slot().1)
+    {
         hasher.update(&hash);
     }
     hasher.finalize().to_hex().to_string()
@@ -59,8 +65,8 @@ fn the_engine_rules_version_names_its_results() {
     assert_eq!(
         (optio_engine::RULES, fingerprint().as_str()),
         (
-            5,
-            "2a60af0269809fe207977177aca129f88c0b92e2f3f1799725bffc8a0a0e7189"
+            6,
+            "e46d0ad0668af96933b968f8d97654b6a2e1cd490079248eaf12b7e493259e1b"
         ),
         "the engine's results on the fixed histories changed: if its rules did, bump \
          optio_engine::RULES; record the new fingerprint beside it"
