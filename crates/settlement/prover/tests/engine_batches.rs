@@ -1547,7 +1547,8 @@ fn auction_ends_of_accounts_covering_their_shorts_take_no_margin_slot() {
         fill_budget: SHAPE.fill_budget(),
         ..EngineLimits::default()
     };
-    assert!(SHAPE.margins < 6, "more ends than margin slots");
+    // More ends than margin slots.
+    const { assert!(SHAPE.margins < 6) };
     let from = inputs.len() - 11;
     let (batches, events) = batched(&inputs, limits, SHAPE, from);
     // The three falling updates, the six deposits, the two updates after them.
