@@ -63,4 +63,9 @@ pub use query::{InstrumentMargin, InstrumentView, MarginView, OracleView};
 /// budget, as a proof prices it (by the op slot's cover, no margin slot: `Engine::admit_end`);
 /// before, every end took a margin slot and its positions' registers, as a start does, so
 /// fewer ends, starts and covers fitted an update.
-pub const RULES: u32 = 6;
+///
+/// 7: a deficit's cover takes no margin slot of the fill budget (its account held nothing when
+/// the update began, which a proof of circuit version 3 reads from the account leaf's count);
+/// before, each took one (the proof's flat slot), so an update covered at most as many
+/// deficits as a batch had margin slots.
+pub const RULES: u32 = 7;

@@ -721,33 +721,34 @@ impl<M: MarginModel> Engine<M> {
     }
 
     /// The covers due, in account order, within the fill budget beside this update's ends and
-    /// starts: a cover takes one op slot, one account and one margin slot (the proof's flat
-    /// slot), each of its loss shares one more op slot and account. A cover is tried only with
-    /// room for at least one share and something to cover with, so each one moves money; what
-    /// is left uncovered stays due, and so does a cover the margin slots cannot hold (engine
-    /// rules 4; before, any number of covers could fall in one update, more than a proof's
-    /// margin slots). Since engine rules 5 an account left in deficit stays liquidating (before,
-    /// its liquidation ended and started again at each update).
+    /// starts: a cover takes one op slot and one account, each of its loss shares one more op
+    /// slot and account. A cover is tried only with room for at least one share and something
+    /// to cover with, so each one moves money; what is left uncovered stays due. Since engine
+    /// rules 5 an account left in deficit stays liquidating (before, its liquidation ended and
+    /// started again at each update). Since rules 7 a cover takes no margin slot: its account
+    /// held nothing when the update began (a cover waits for the update after the one that
+    /// left the deficit), so a batch that begins with the update proves it flat from its leaf's
+    /// count, and a batcher that cuts by the prover's plan begins one there when the batch
+    /// before has no flat slot left for it (rules 4 to 6 counted one a cover, as a proof of
+    /// circuit version 2 needed).
     fn cover_due_within_budget(&mut self, events: &mut Vec<Event>) {
         let budget = self.limits.fill_budget;
-        let (fills, accounts, margins) = self.starts_now.used();
+        let (fills, accounts, _) = self.starts_now.used();
         let mut room = budget
             .fills
             .saturating_sub(fills)
             .min(budget.accounts.saturating_sub(accounts)) as usize;
-        let mut flat_slots = budget.margins.saturating_sub(margins);
         for account in std::mem::take(&mut self.covers_due) {
             let deficit = -i128::from(self.accounts[account.0 as usize].balance.0);
             if deficit <= 0 {
                 continue;
             }
-            if room < 2 || flat_slots == 0 || !self.can_cover(account) {
+            if room < 2 || !self.can_cover(account) {
                 self.covers_due.insert(account);
                 continue;
             }
             let (shares, left) = self.cover_deficit(account, deficit, room - 1, events);
             room -= 1 + shares;
-            flat_slots -= 1;
             if left > 0 {
                 self.covers_due.insert(account);
             }

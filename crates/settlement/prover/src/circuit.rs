@@ -44,8 +44,11 @@
 //! - a deficit cover credits what it takes from insurance and the fee pool (both left
 //!   non-negative) and exactly the loss shares charged since the previous cover, in the
 //!   engine's order (the fee pool only once insurance is spent, shares only once both are), and
-//!   leaves the account at or below zero, which must hold no position (a margin slot proves
-//!   that, with every position it held in a register); every share is claimed;
+//!   leaves the account at or below zero, which must hold no position: one whose leaf held
+//!   none at the batch's start and that took none in it before the cover (it filled nothing:
+//!   no fill, liquidation or close gave it a position) holds none; one that held some at the
+//!   start takes a flat margin slot, every position it held in a register; every share is
+//!   claimed;
 //! - a transfer moves money between two accounts of one owner; an opened account takes an empty
 //!   leaf; a withdrawal names the account's owner in its words, whom the contract pays; a forced
 //!   one names who asked on L1 (the contract checks its queue): someone else's moves nothing,
@@ -1287,6 +1290,10 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     cs.enforce(&by_cover, &not(&finish.sub(&unpriced)), &Wire::zero())?;
     let b_count = pick(cs, &sel_b, st.accounts.iter().map(|a| a.count0.clone()))?;
     let a_count = pick(cs, &sel_a, st.accounts.iter().map(|a| a.count0.clone()))?;
+    // A deficit cover's account holds no position: it filled nothing earlier in the batch
+    // (below), so one whose leaf held none at the batch's start holds none; one that held some
+    // takes a flat margin slot (`covered`), which prices every position it held as of the op.
+    let flat_slot = cs.mul(&deficit, &cs.is_nonzero(&a_count)?)?;
     let count = b_count.add(&cs.mul(&start.add(&finish), &a_count)?);
     let beyond = count.add_const(-Fr::from(st.liquidation_priced + 1));
     cs.range(&cs.mul(&unpriced, &beyond)?, 32)?;
@@ -1528,7 +1535,7 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
         id: a_id.add(&cs.mul(&liquidation, &b_id.sub(&a_id))?),
         collateral: a_after.add(&cs.mul(&liquidation, &b_collateral.sub(&a_after))?),
         out,
-        covered: deficit.clone(),
+        covered: flat_slot,
         liquidated,
         ended,
         qty: qty_before,

@@ -67,7 +67,10 @@ pub enum ProveError {
 ///
 /// 2: an auction's end (blob format 9, kind 30) proven cured (a cured margin slot) or by cover,
 /// and an account in liquidation frozen (no fill, withdrawal, transfer out or mode change).
-pub const CIRCUIT_VERSION: u32 = 2;
+///
+/// 3: a deficit cover of an account whose leaf held no position at the batch's start takes no
+/// flat margin slot (it filled nothing before the cover, so it holds none).
+pub const CIRCUIT_VERSION: u32 = 3;
 
 /// A shape's proving and verifying keys.
 pub struct Keys {

@@ -1361,7 +1361,13 @@ fn plan<'a>(
         };
         let priced = optio_state::money_out_of(op).map(|a| (a, SlotRule::Out));
         if let Some((AccountId(account), rule)) = priced
-            .or(optio_state::flat_for(op).map(|a| (a, SlotRule::Flat)))
+            .or(optio_state::flat_for(op)
+                .filter(|a| {
+                    accounts
+                        .get(a.0 as usize)
+                        .is_some_and(|x| !x.positions.is_empty())
+                })
+                .map(|a| (a, SlotRule::Flat)))
             .or(liquidated)
         {
             margin_slots.push((slot_ops.len(), account, rule));

@@ -2168,6 +2168,71 @@ fn only_a_flat_accounts_deficit_is_covered() {
     after(&state, &flat);
 }
 
+/// Circuit version 3: a cover of an account whose leaf held no position at the batch's start
+/// takes no flat margin slot (it filled nothing earlier in the batch, so it holds none): the
+/// leveraged long of `only_a_flat_accounts_deficit_is_covered`, liquidated in two batches, is
+/// covered in a third with no margin slot; a witness that takes the flat slot anyway is
+/// refused (a slot must price an op that needs it). Liquidated to flat and covered in one
+/// batch, the account held a position at its start: that cover needs its flat slot, and a
+/// witness without it is refused.
+#[test]
+fn a_cover_of_an_account_flat_at_the_batch_start_takes_no_margin_slot() {
+    let liquidation = |contracts: i64| Op::Liquidation {
+        account: AccountId(1),
+        counterparty: AccountId(2),
+        instrument: InstrumentId(0),
+        qty: Qty(-contracts * QTY_SCALE),
+        price: Price(40_000 * MONEY_SCALE),
+        fee: Amount(0),
+    };
+    let state = marked(&genesis(4), 0, 100_000 * MONEY_SCALE);
+    let state = marked(
+        &after(&state, &[perp_fill(Side::Buy, 20)]),
+        0,
+        40_000 * MONEY_SCALE,
+    );
+    let state = started(&state, &[1]);
+    let half = after(&state, &[liquidation(10)]);
+    let cover = |state: &SettlementState| {
+        let (insurance, fees) = state.funds();
+        Op::DeficitCovered {
+            account: AccountId(1),
+            insurance,
+            fee_pool: fees,
+            socialized: Amount(0),
+        }
+    };
+    // Flat and covered in one batch: the flat slot.
+    let both = [liquidation(10), cover(&half)];
+    let w = batch_of(&half, &both);
+    assert_eq!(w.margins.iter().filter(|m| m.flat).count(), 1);
+    check(&w).expect("covered with its flat slot");
+    let mut unslotted = w.clone();
+    for m in &mut unslotted.margins {
+        *m = Default::default();
+    }
+    assert!(
+        refused_at(&unslotted).starts_with("margin slots"),
+        "{}",
+        refused_at(&unslotted)
+    );
+    let state = after(&half, &[liquidation(10)]);
+    assert!(state.accounts()[1].collateral.0 < 0);
+    assert!(state.accounts()[1].positions.is_empty());
+    let ops = [cover(&state)];
+    let w = batch_of(&state, &ops);
+    assert!(w.margins.iter().all(|m| !m.enabled), "no flat slot");
+    check(&w).expect("a cover with no margin slot");
+    after(&state, &ops);
+    // The flat slot where none is needed: refused.
+    let mut slotted = w.clone();
+    slotted.margins[0].enabled = true;
+    slotted.margins[0].flat = true;
+    slotted.margins[0].account = slotted.slots[0].a;
+    slotted.margins[0].slot = Some(0);
+    assert!(check(&slotted).is_err(), "a slot no op needs");
+}
+
 /// `ops` (one op) on `state` are refused at the circuit's first op slot and natively with
 /// `error`, leaving the state unchanged.
 fn refused_first_and_natively(state: &SettlementState, ops: &[Op], error: StateError, rule: &str) {

@@ -72,9 +72,9 @@ fn the_circuit_version_names_its_constraints() {
     assert_eq!(
         (CIRCUIT_VERSION, constraints, hash.as_str()),
         (
-            2,
-            123_658,
-            "0ea54c5cfbf9b26d646f88160930c1c1af201bb55e82c2b701ad46409cda3ea7"
+            3,
+            123_664,
+            "15d8ea80983fcaa7670861873e3e0c6d999d3bce76e99afa03f31ac4b4026c29"
         ),
         "the circuit's constraints changed: if they did, bump optio_prover::CIRCUIT_VERSION \
          (keys made for the old ones must be refused) and record the new fingerprint beside it"

@@ -401,19 +401,18 @@ fn started(ev: &Event) -> Option<u32> {
     }
 }
 
-/// A deficit's cover takes a margin slot of the batch (the proof's flat slot): with a fill
-/// budget of one margin slot, two accounts left bankrupt and flat by their auctions are
-/// covered one an update (and their auctions start one an update, each start taking the slot).
+/// A deficit's cover takes no margin slot of the batch (engine rules 7: its account held
+/// nothing when the update began, which the proof reads from its leaf). With a fill budget of
+/// one margin slot, two accounts left bankrupt and flat by their auctions (which start one an
+/// update, each start taking the slot) are both covered at the next update; under rules 4 to
+/// 6 each cover took the slot, one an update.
 #[test]
-fn deficit_covers_wait_for_margin_slots() {
+fn deficit_covers_take_no_margin_slot() {
     let (per_update, _) = covers_within_one_margin_slot();
-    // The second update ends account 1's auction (engine rules 5), flat and covered: by its
-    // op slot alone (engine rules 6), so account 2's cover takes that update's margin slot
-    // (under rules 5 the end took it, and the cover waited for the third update).
-    assert_eq!(per_update, vec![vec![1], vec![2], vec![]]);
+    assert_eq!(per_update, vec![vec![1, 2], vec![], vec![]]);
 }
 
-/// The history of `deficit_covers_wait_for_margin_slots`: the accounts covered at each of the
+/// The history of `deficit_covers_take_no_margin_slot`: the accounts covered at each of the
 /// three updates after the liquidators took both positions, and the state hashes after each
 /// (for the rules fingerprint: which update covers and ends what is the budget's rule).
 pub fn covers_within_one_margin_slot() -> (Vec<Vec<u32>>, Vec<[u8; 32]>) {
