@@ -1502,8 +1502,12 @@ fn plan<'a>(
 /// its op slot's cover (`Slot::by_cover`), no cured slot. A batch the ledger refuses stops the
 /// search there; the witness then refuses it by its own rules.
 fn ends_by_cover(state: &SettlementState, ops: &[Op]) -> BTreeSet<usize> {
-    let mut batch = state.begin();
     let mut covered = BTreeSet::new();
+    // (Most batches end no auction: no pass then.)
+    if !ops.iter().any(|op| matches!(op, Op::LiquidationEnd { .. })) {
+        return covered;
+    }
+    let mut batch = state.begin();
     for (i, op) in ops.iter().enumerate() {
         if let Op::LiquidationEnd { account } = op
             && batch.covers_shorts(state, *account)
