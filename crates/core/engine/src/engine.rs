@@ -833,37 +833,14 @@ impl<M: MarginModel> Engine<M> {
     /// its instrument (the proof prices it below maintenance). Otherwise leaves `count` as it
     /// was and says no.
     pub(crate) fn admit_start(&self, count: &mut FillCount, account: AccountId) -> bool {
-        let budget = &self.limits.fill_budget;
         let held: Vec<u32> = self.accounts[account.0 as usize]
             .positions
             .iter()
             .filter(|(_, slot)| self.positions[**slot as usize].exposure.position.0 != 0)
             .map(|(i, _)| i.0)
             .collect();
-        let (mut margins, mut positions) = (count.margins, count.positions);
-        let mut instruments = count.instruments.clone();
-        if held.len() as u64 <= u64::from(budget.liquidation_priced()) {
-            margins += 1;
-            positions += held.len() as u32;
-            instruments.extend(held);
-        }
-        let accounts = if count.accounts.contains(&account) {
-            Vec::new()
-        } else {
-            vec![account]
-        };
-        let (windows, new_runs) = (count.windows, BTreeSet::new());
-        count.take(
-            budget,
-            Added {
-                accounts,
-                windows,
-                new_runs,
-                margins,
-                positions,
-                instruments,
-            },
-        )
+        let priced = held.len() as u64 <= u64::from(self.limits.fill_budget.liquidation_priced());
+        self.admit_account_op(count, account, priced.then_some(held))
     }
 
     /// Counts one more auction end of `account` into `count` if the fill budget has room for
@@ -877,20 +854,41 @@ impl<M: MarginModel> Engine<M> {
         if self.short_cover(account) < 0 {
             return self.admit_start(count, account);
         }
+        self.admit_account_op(count, account, None)
+    }
+
+    /// Counts one more op of `account` alone (an auction's start or end) into `count` if the
+    /// fill budget has room for it: an op slot and the account; with `priced`, the instruments
+    /// of the positions a margin slot prices, that slot and a register for each position and
+    /// its instrument. Otherwise leaves `count` as it was and says no.
+    fn admit_account_op(
+        &self,
+        count: &mut FillCount,
+        account: AccountId,
+        priced: Option<Vec<u32>>,
+    ) -> bool {
+        let (mut margins, mut positions) = (count.margins, count.positions);
+        let mut instruments = count.instruments.clone();
+        if let Some(held) = priced {
+            margins += 1;
+            positions += held.len() as u32;
+            instruments.extend(held);
+        }
         let accounts = if count.accounts.contains(&account) {
             Vec::new()
         } else {
             vec![account]
         };
+        let (windows, new_runs) = (count.windows, BTreeSet::new());
         count.take(
             &self.limits.fill_budget,
             Added {
                 accounts,
-                windows: count.windows,
-                new_runs: BTreeSet::new(),
-                margins: count.margins,
-                positions: count.positions,
-                instruments: count.instruments.clone(),
+                windows,
+                new_runs,
+                margins,
+                positions,
+                instruments,
             },
         )
     }

@@ -1023,6 +1023,9 @@ struct Plan<'a> {
     /// (it must hold no position), or that liquidate it (it must be below maintenance), and
     /// that account.
     margin_slots: Vec<(usize, u32, SlotRule)>,
+    /// The ops (indices into the batch) that end an auction of an account covering its shorts'
+    /// worst case: proven by the op slot's cover, with no cured slot (`ends_by_cover`).
+    ends_by_cover: BTreeSet<usize>,
     /// Accounts that traded (a fill's maker or taker) and end the batch in `Portfolio` or
     /// `Standard`: an end slot each, after the margin slots.
     maintained: BTreeSet<u32>,
@@ -1489,6 +1492,7 @@ fn plan<'a>(
         settles,
         key_ops: key_ops.into_iter().chain(mode_ops).collect(),
         margin_slots,
+        ends_by_cover,
         maintained,
         filled: filled_accounts,
         registers_price,
@@ -1540,6 +1544,7 @@ pub fn witness(
         settles,
         key_ops,
         margin_slots,
+        ends_by_cover,
         maintained,
         filled,
         registers_price,
@@ -1660,8 +1665,6 @@ pub fn witness(
         .filter(|(_, _, rule)| matches!(rule, SlotRule::Below | SlotRule::Cured))
         .map(|(k, _, _)| *k)
         .collect();
-    // The auctions' ends proven by cover, whose cured slots go unused.
-    let mut by_cover: BTreeSet<usize> = BTreeSet::new();
     let mut shortfalls: BTreeMap<usize, usize> = BTreeMap::new();
     for &(index, op, opened_id) in &slot_ops {
         let mut slot = Slot::default();
@@ -1729,11 +1732,9 @@ pub fn witness(
                 slot.kind = kind::LIQUIDATION_END;
                 let r = reg_of[&account.0];
                 (slot.a, slot.a_id) = (Some(r), account.0);
-                let liability = accts[r].liability(&payoffs);
-                if accts[r].collateral * QTY_SCALE as i128 >= liability as i128 {
-                    slot.by_cover = true;
-                    by_cover.insert(slots.len());
-                } else if !priced.contains(&slots.len()) {
+                // Covering its shorts, as the plan found it: no cured slot.
+                slot.by_cover = ends_by_cover.contains(&index);
+                if !slot.by_cover && !priced.contains(&slots.len()) {
                     slot.unpriced = true;
                 }
                 accts[r].since = 0;
@@ -2354,7 +2355,6 @@ pub fn witness(
     );
     let mut margins: Vec<MarginSlot> = margin_slots
         .iter()
-        .filter(|(slot, _, _)| !by_cover.contains(slot))
         .map(|&(slot, account, rule)| {
             Ok(MarginSlot {
                 enabled: true,

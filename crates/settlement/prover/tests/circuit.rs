@@ -2117,39 +2117,52 @@ fn a_deficit_is_covered_by_insurance_fees_and_exactly_the_shares() {
     refused_both(&ops, 0, "a share from an account in deficit");
 }
 
-/// Only an account with nothing left to liquidate has its deficit covered: a leveraged long
-/// liquidated halfway, cash negative and half its position still held, cannot be covered from
-/// insurance and the fee pool (a flat margin slot proves the account holds no position, its
-/// positions all in registers), and natively the cover is refused and changes nothing.
-#[test]
-fn only_a_flat_accounts_deficit_is_covered() {
-    // Account 2 takes `contracts` of account 1's long at 40,000, with `fee` to insurance.
-    let liquidation = |contracts: i64, fee: i64| Op::Liquidation {
-        account: AccountId(1),
-        counterparty: AccountId(2),
-        instrument: InstrumentId(0),
-        qty: Qty(-contracts * QTY_SCALE),
-        price: Price(40_000 * MONEY_SCALE),
-        fee: Amount(fee * MONEY_SCALE),
-    };
+/// Account 1 long 20 perpetuals bought at 100,000 on leverage, marked down to 40,000 (its
+/// equity gone) and its auction started.
+fn crashed_long() -> SettlementState {
     let state = marked(&genesis(4), 0, 100_000 * MONEY_SCALE);
     let state = marked(
         &after(&state, &[perp_fill(Side::Buy, 20)]),
         0,
         40_000 * MONEY_SCALE,
     );
-    let state = started(&state, &[1]);
-    // (No fee: its equity is gone, and a fee is at most what is left.)
-    let state = after(&state, &[liquidation(10, 0)]);
-    assert!(state.accounts()[1].collateral.0 < 0);
-    assert!(!state.accounts()[1].positions.is_empty());
+    started(&state, &[1])
+}
+
+/// Account 2 takes `contracts` of account 1's long at 40,000 (no fee: account 1's equity is
+/// gone, and a fee is at most what is left).
+fn liquidation_of_1(contracts: i64) -> Op {
+    Op::Liquidation {
+        account: AccountId(1),
+        counterparty: AccountId(2),
+        instrument: InstrumentId(0),
+        qty: Qty(-contracts * QTY_SCALE),
+        price: Price(40_000 * MONEY_SCALE),
+        fee: Amount(0),
+    }
+}
+
+/// A cover of account 1's deficit from all that insurance and the fee pool hold in `state`.
+fn cover_of_1(state: &SettlementState) -> Op {
     let (insurance, fees) = state.funds();
-    let ops = [Op::DeficitCovered {
+    Op::DeficitCovered {
         account: AccountId(1),
         insurance,
         fee_pool: fees,
         socialized: Amount(0),
-    }];
+    }
+}
+
+/// Only an account with nothing left to liquidate has its deficit covered: a leveraged long
+/// liquidated halfway, cash negative and half its position still held, cannot be covered from
+/// insurance and the fee pool (a flat margin slot proves the account holds no position, its
+/// positions all in registers), and natively the cover is refused and changes nothing.
+#[test]
+fn only_a_flat_accounts_deficit_is_covered() {
+    let state = after(&crashed_long(), &[liquidation_of_1(10)]);
+    assert!(state.accounts()[1].collateral.0 < 0);
+    assert!(!state.accounts()[1].positions.is_empty());
+    let ops = [cover_of_1(&state)];
     let w = batch_of(&state, &ops);
     assert!(
         refused_at(&w).starts_with("margin slots"),
@@ -2163,7 +2176,7 @@ fn only_a_flat_accounts_deficit_is_covered() {
     );
     assert_eq!(native.commit(), state.root(), "nothing applied");
     // Once the rest is liquidated, the same cover proves.
-    let flat = [liquidation(10, 0), ops[0].clone()];
+    let flat = [liquidation_of_1(10), ops[0].clone()];
     check(&batch_of(&state, &flat)).expect("a flat account's deficit");
     after(&state, &flat);
 }
@@ -2177,33 +2190,9 @@ fn only_a_flat_accounts_deficit_is_covered() {
 /// witness without it is refused.
 #[test]
 fn a_cover_of_an_account_flat_at_the_batch_start_takes_no_margin_slot() {
-    let liquidation = |contracts: i64| Op::Liquidation {
-        account: AccountId(1),
-        counterparty: AccountId(2),
-        instrument: InstrumentId(0),
-        qty: Qty(-contracts * QTY_SCALE),
-        price: Price(40_000 * MONEY_SCALE),
-        fee: Amount(0),
-    };
-    let state = marked(&genesis(4), 0, 100_000 * MONEY_SCALE);
-    let state = marked(
-        &after(&state, &[perp_fill(Side::Buy, 20)]),
-        0,
-        40_000 * MONEY_SCALE,
-    );
-    let state = started(&state, &[1]);
-    let half = after(&state, &[liquidation(10)]);
-    let cover = |state: &SettlementState| {
-        let (insurance, fees) = state.funds();
-        Op::DeficitCovered {
-            account: AccountId(1),
-            insurance,
-            fee_pool: fees,
-            socialized: Amount(0),
-        }
-    };
+    let half = after(&crashed_long(), &[liquidation_of_1(10)]);
     // Flat and covered in one batch: the flat slot.
-    let both = [liquidation(10), cover(&half)];
+    let both = [liquidation_of_1(10), cover_of_1(&half)];
     let w = batch_of(&half, &both);
     assert_eq!(w.margins.iter().filter(|m| m.flat).count(), 1);
     check(&w).expect("covered with its flat slot");
@@ -2216,10 +2205,10 @@ fn a_cover_of_an_account_flat_at_the_batch_start_takes_no_margin_slot() {
         "{}",
         refused_at(&unslotted)
     );
-    let state = after(&half, &[liquidation(10)]);
+    let state = after(&half, &[liquidation_of_1(10)]);
     assert!(state.accounts()[1].collateral.0 < 0);
     assert!(state.accounts()[1].positions.is_empty());
-    let ops = [cover(&state)];
+    let ops = [cover_of_1(&state)];
     let w = batch_of(&state, &ops);
     assert!(w.margins.iter().all(|m| !m.enabled), "no flat slot");
     check(&w).expect("a cover with no margin slot");
