@@ -257,12 +257,14 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     // register with its instrument's, untraded ones included (no window prices maintenance).
     let margined = worst + 2 * per_margin;
     println!(
-        "  per trade, worst case between two Portfolio or Standard accounts (an end margin slot each): {margined}   of the goal {:.2}",
+        "  per trade, worst case between two Portfolio or Standard accounts (an end margin slot each): {margined}   anchor {ANCHOR_CONSTRAINTS:.0}   ratio {:.2}   of the goal {:.2}",
+        margined as f64 / ANCHOR_CONSTRAINTS,
         margined as f64 / 40_000.0
     );
     let margined_holding = margined + 2 * (per_position + per_instrument);
     println!(
-        "  the same, each account also holding an untraded position (a position and an instrument register each): {margined_holding}   of the goal {:.2}",
+        "  the same, each account also holding an untraded position (a position and an instrument register each): {margined_holding}   anchor ratio {:.2}   of the goal {:.2}",
+        margined_holding as f64 / ANCHOR_CONSTRAINTS,
         margined_holding as f64 / 40_000.0
     );
 
