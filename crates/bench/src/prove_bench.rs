@@ -172,7 +172,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     println!("  per position register (read and written once per batch)      {per_position:>8}");
     println!("  per instrument register (read once per batch)                 {per_instrument:>8}");
     println!(
-        "  per mark slot ({} scenarios, once per instrument per batch)     {per_mark:>8}",
+        "  per mark slot ({} scenarios, once per instrument per batch; its spec opened, the mark held to [0, W]) {per_mark:>8}",
         risk_chunks * optio_state::leaf::RISK_CHUNK
     );
     // The devnet's marks: 58 instruments (ids 0 to 57) each batch, one path each against
@@ -202,10 +202,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     println!(
         "  per margin slot (a withdrawal or transfer priced, or a Portfolio or Standard account after its fills; 16/16/16/8 regs) {per_margin:>8}"
     );
-    // Solvency after fills: an account whose every position is in a register is priced from
-    // the registers (in the register costs above); one holding a position the batch does not
-    // touch takes a solvency window per run of ids its positions lie in, and the batch a
-    // price window per such run.
+    // Solvency after fills: an account in WorstCase is priced nowhere (it covers its shorts'
+    // worst case, and every committed mark lies in [0, W]); one in Portfolio or Standard whose
+    // every position is in a register is priced from the registers (in the register costs
+    // above); one holding a position the batch does not touch (a liquidation's counterparty:
+    // a trader in those modes has every position in the registers) takes a solvency window per
+    // run of ids its positions lie in, and the batch a price window per such run.
     let plain = shape(1, 16, 16, 1, 0);
     let windows = |prices, solvency, solvency_bits| {
         constraints(Shape {
@@ -223,7 +225,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         "  per price window (once per batch and run of ids), 1 id / 64 ids   {price_1:>8} {price_64:>8}"
     );
     println!(
-        "  per solvency window (per account that filled and run), 1 / 64  {solvency_1:>8} {solvency_64:>8}"
+        "  per solvency window (per Portfolio or Standard account that filled and run), 1 / 64 {solvency_1:>8} {solvency_64:>8}"
     );
     let worst = per_slot + 2 * per_account + 2 * per_position + per_instrument;
     println!(
@@ -243,13 +245,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     // Proving time steps with the evaluation domain, the next power of two.
     let devnet = constraints(devnet_shape(1, 6))?;
     println!(
-        "  the devnet's shape (16/16/16/8 registers, a mark window, 2 price and 8 solvency windows, all of 64 ids) {devnet:>8}   of its 2^20 evaluation domain {:.2}",
+        "  the devnet's shape (16/16/16/8 registers, a mark window, 2 price and 4 solvency windows, all of 64 ids) {devnet:>8}   of its 2^20 evaluation domain {:.2}",
         devnet as f64 / f64::from(1u32 << 20)
     );
-    let windowed = worst + 2 * solvency_1 + price_1;
     println!(
-        "  per trade, worst case, both accounts also holding a position the batch does not touch (windows of 1 id): {windowed}   of the goal {:.2}",
-        windowed as f64 / 40_000.0
+        "  per trade, worst case, both accounts (WorstCase) also holding a position the batch does not touch: {worst}   of the goal {:.2} (no window: priced nowhere)",
+        worst as f64 / 40_000.0
     );
 
     // A Portfolio or Standard account that trades is proven at its maintenance after the batch:
@@ -375,7 +376,7 @@ fn devnet_shape(marks: usize, mark_window_bits: usize) -> Shape {
         mark_window_bits,
         margins: 2,
         prices: 2,
-        solvency: 8,
+        solvency: 4,
         solvency_bits: 6,
     }
 }

@@ -62,10 +62,12 @@ pub struct ShapeArgs {
     /// (two: listings past id 63, as expiries roll, open a second run of 64).
     #[arg(long, default_value_t = 2)]
     prices: usize,
-    /// Solvency windows per batch: an account that filled takes one per run of
-    /// `--solvency-window` ids its positions lie in, and must end the batch with equity at the
-    /// committed marks of at least zero.
-    #[arg(long, default_value_t = 8)]
+    /// Solvency windows per batch: an account that filled in `Portfolio` or `Standard` and that
+    /// the registers do not price (a liquidation's counterparty holding positions the batch
+    /// does not touch) takes one per run of `--solvency-window` ids its positions lie in, and
+    /// must end the batch with equity at the committed marks of at least zero (one in
+    /// `WorstCase` takes none: it covers its shorts' worst case).
+    #[arg(long, default_value_t = 4)]
     solvency: usize,
     /// Instrument ids a price or solvency window spans (a power of four): the devnet's 58
     /// instruments fit one window of 64.

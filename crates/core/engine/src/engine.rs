@@ -746,9 +746,10 @@ impl<M: MarginModel> Engine<M> {
     /// Counts one more fill in `instrument` between `accounts` into `count` if the fill budget
     /// has room for it; otherwise leaves `count` as it was and says no. An account is counted
     /// once. One a proof checks solvent (`true`: a fill's accounts, a liquidation's
-    /// counterparty) is priced from its one position when that is all it holds (the traded
-    /// instrument's, or none), otherwise in a window per run its nonzero positions and the
-    /// traded one lie in; a liquidated account takes registers only.
+    /// counterparty) in `Portfolio` or `Standard` is priced from its one position when that is
+    /// all it holds (the traded instrument's, or none), otherwise in a window per run its
+    /// nonzero positions and the traded one lie in (in `WorstCase` nowhere: it covers its
+    /// shorts' worst case); a liquidated account takes registers only.
     pub(crate) fn admit_fill(
         &self,
         count: &mut FillCount,
@@ -796,7 +797,9 @@ impl<M: MarginModel> Engine<M> {
                 }
                 continue;
             }
-            if !priced {
+            // A WorstCase account covers its shorts' worst case after the fill, so it is solvent
+            // at any committed marks (each lies in `[0, W]`): the proof prices it nowhere.
+            if !priced || acct.mode == optio_types::MarginMode::WorstCase {
                 continue;
             }
             // The runs of the positions it holds in other instruments.

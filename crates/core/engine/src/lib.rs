@@ -68,4 +68,10 @@ pub use query::{InstrumentMargin, InstrumentView, MarginView, OracleView};
 /// the update began, which a proof of circuit version 3 reads from the account leaf's count);
 /// before, each took one (the proof's flat slot), so an update covered at most as many
 /// deficits as a batch had margin slots.
-pub const RULES: u32 = 7;
+///
+/// 8: a `WorstCase` account holding positions in other instruments takes no solvency or price
+/// window of the fill budget when it fills or takes a liquidated position (it covers its
+/// shorts' worst case after the fill, and a proof of circuit version 4 holds every committed
+/// mark to `[0, W]`, so it is solvent at any of them); before, each took a window per run of
+/// ids its positions lay in, so fewer makers holding other positions fitted one order's fills.
+pub const RULES: u32 = 8;

@@ -591,32 +591,13 @@ impl Reference {
         }
     }
 
-    /// Whether a batch of `fills` fills in `i` between `accounts` (each named once) fits the
-    /// fill budget: every account holding a nonzero position in another instrument takes a
-    /// window per run of ids among those positions and `i`; the runs are counted once.
-    fn within_budget(&self, fills: u32, accounts: &[AccountId], i: InstrumentId) -> bool {
+    /// Whether a batch of `fills` fills between `accounts` (each named once) fits the
+    /// fill budget: its fills and accounts. The model's accounts are all fully collateralized
+    /// (`WorstCase`), which a proof prices nowhere, so they take no solvency or price window
+    /// whatever else they hold.
+    fn within_budget(&self, fills: u32, accounts: &[AccountId]) -> bool {
         let b = &self.limits.fill_budget;
-        let mut windows = 0u64;
-        let mut runs = std::collections::BTreeSet::new();
-        for a in accounts {
-            let others: Vec<InstrumentId> = self.accounts[a.0 as usize]
-                .positions
-                .iter()
-                .filter(|(j, p)| **j != i && p.qty != 0)
-                .map(|(j, _)| *j)
-                .collect();
-            if others.is_empty() {
-                continue;
-            }
-            let mine: std::collections::BTreeSet<u32> =
-                others.into_iter().chain([i]).map(|j| b.run(j)).collect();
-            windows += mine.len() as u64;
-            runs.extend(mine);
-        }
-        fills <= b.fills
-            && accounts.len() as u64 <= u64::from(b.accounts)
-            && windows <= u64::from(b.windows)
-            && runs.len() as u64 <= u64::from(b.prices)
+        fills <= b.fills && accounts.len() as u64 <= u64::from(b.accounts)
     }
 
     /// Matches a taker; returns (filled, ended by self-trade prevention or the fill budget).
@@ -667,7 +648,7 @@ impl Reference {
             if !with.contains(&m.account) {
                 with.push(m.account);
             }
-            if !self.within_budget(fills + 1, &with, i) {
+            if !self.within_budget(fills + 1, &with) {
                 return (qty - remaining, true);
             }
             (filled_by, fills) = (with, fills + 1);

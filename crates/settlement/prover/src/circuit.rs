@@ -72,10 +72,12 @@
 //!   instrument settles such holders later at the same price;
 //! - every account a fill named, and every liquidation's counterparty (the account that took
 //!   the liquidated position), ends the batch solvent at the committed marks: `collateral *
-//!   1e8 + sum_i q_i * mark_i >= 0` over every position it holds after the batch (price windows
-//!   open the committed marks of aligned runs of `2^solvency_bits` instrument ids, solvency
-//!   windows the account's positions in each run, as many nonzero as its leaf counts), and no
-//!   deficit cover of it follows its fill in the batch;
+//!   1e8 + sum_i q_i * mark_i >= 0` over every position it holds after the batch, and no
+//!   deficit cover of it follows its fill in the batch. One that ends the batch in `Portfolio`
+//!   or `Standard` is priced (from the registers, or price windows open the committed marks of
+//!   aligned runs of `2^solvency_bits` instrument ids and solvency windows the account's
+//!   positions in each run, as many nonzero as its leaf counts); one in `WorstCase` is not:
+//!   its cover (next) and every committed mark lying in `[0, W]` imply it;
 //! - such an account, or one whose margin mode the batch changed, that ends the batch in
 //!   `WorstCase` covers what its shorts can owe at worst: `collateral * 1e8 >= liability`, the
 //!   engine's invariant for the mode (its requirement rounds each short up);
@@ -90,7 +92,8 @@
 //!   PROVEN_STANDARD_PERP_MAINTENANCE_BPS) * mark_i - sum_options short_i * mark_i * 1e4 * (2,
 //!   or 1 once settled)` covers `ceil(STANDARD_SHORT_OPTION_MAINTENANCE_BPS * 1e4 * sum short_i
 //!   * index_i * multiplier_i / 1e12)`;
-//! - a mark window replaces the mark, index (positive, below 2^63) and risk array (the index
+//! - a mark window replaces the mark (in `[0, W]`, W the worst-case payoff per contract of
+//!   the spec the leaf commits, opened), index (positive, below 2^63) and risk array (the index
 //!   and array hashed in the circuit) of the instruments it marks (none settled) among an aligned run of `2^mark_window_bits` ids: the run's subtree is rebuilt
 //!   from its leaves before and after, under one path, so the marks share the path above it;
 //!   windows in use come first, by index, so the marks enter the commitment by id;
@@ -711,11 +714,16 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
         .iter()
         .map(|a| cs.is_nonzero(&a.filled))
         .collect::<R<Vec<_>>>()?;
+    let priced = filled
+        .iter()
+        .zip(&modes)
+        .map(|(f, m)| cs.mul(f, &not(&m.worst_case)))
+        .collect::<R<Vec<_>>>()?;
     let registers = Registers {
         prices: &prices,
         nonzero: &nz_end,
         complete: &in_registers,
-        filled: &filled,
+        priced: &priced,
     };
     solvency(cs, w, &st, &instruments_root, &open_after, &registers)?;
 
@@ -833,8 +841,9 @@ struct Registers<'a> {
     nonzero: &'a [Wire],
     /// Per account register: every position it held before the batch is in a register.
     complete: &'a [Wire],
-    /// Per account register: it filled in the batch (or took a liquidated or closed position).
-    filled: &'a [Wire],
+    /// Per account register: it filled in the batch (or took a liquidated or closed position)
+    /// and ends it in a mode other than `WorstCase`, so its solvency is priced.
+    priced: &'a [Wire],
 }
 
 /// Bits of an equity total: `|collateral| * 1e8 < 2^90`, each position's `|q * mark| < 2^126`,
@@ -843,7 +852,11 @@ const EQUITY_BITS: usize = 160;
 
 /// Every account that filled in the batch (or took a liquidated position) ends it with equity
 /// at the committed marks of at least zero: `collateral * 1e8 + sum_i q_i * mark_i >= 0` over
-/// every position it holds after the batch (`SettlementState::equity`). An account whose every
+/// every position it holds after the batch (`SettlementState::equity`). One that ends it in
+/// `WorstCase` covers what its shorts can owe at worst (the accounts' write-back), and every
+/// committed mark lies in `[0, W]` (`mark_entry`; a settlement's mark is at most W too), so
+/// `collateral * 1e8 >= sum short_i * W_i >= sum short_i * mark_i` and its equity is not
+/// negative whatever it holds: it is not priced. The others are (`Registers::priced`). An account whose every
 /// position is in a register (every one it held before is, so every one it holds after is) may
 /// be priced from the registers: each position register of it that ends nonzero is priced by
 /// the instrument register of its instrument, whose mark is the committed one. The others:
@@ -957,7 +970,7 @@ fn solvency(
         worth.push(cs.mul(&q.qty, &mark)?);
     }
     for (k, a) in st.accounts.iter().enumerate() {
-        let filled = &registers.filled[k];
+        let filled = &registers.priced[k];
         let registers_price = cs.mul(filled, &by_registers[k])?;
         cs.equal_if(&registers_price, &registers.complete[k], &one())?;
         cs.equal_if(&filled.sub(&registers_price), &seen[k], &counts[k])?;
@@ -1561,17 +1574,18 @@ const BPS: u64 = 10_000;
 /// perpetual's cap, times the multiplier, / 1e8 rounded up (below 2^72: a listing's cap and
 /// multiplier are bounded).
 fn max_payoff(cs: &Cs, spec: &SpecWires) -> R<Wire> {
+    ceil_div(cs, &payoff_scaled(cs, spec)?, QTY_SCALE as u64, 72)
+}
+
+/// The worst-case payoff per contract times 1e8, unrounded: a call's `cap - strike`, a put's
+/// strike, a perpetual's cap, times the multiplier (below 2^72 * 1e8 < 2^99).
+fn payoff_scaled(cs: &Cs, spec: &SpecWires) -> R<Wire> {
     let per_unit = spec
         .cap
         .sub(&cs.mul(&spec.is_put, &spec.cap)?)
         .sub(&cs.mul(&spec.is_call, &spec.strike)?)
         .add(&cs.mul(&spec.is_put, &spec.strike)?);
-    ceil_div(
-        cs,
-        &cs.mul(&per_unit, &spec.multiplier)?,
-        QTY_SCALE as u64,
-        72,
-    )
+    cs.mul(&per_unit, &spec.multiplier)
 }
 
 /// The short part of `q`, `max(-q, 0)`: `q` split into its long and short parts (`q = long -
@@ -2622,7 +2636,8 @@ fn risk_hash_of(cs: &Cs, values: &[Wire], active: &[Wire]) -> R<Wire> {
 }
 
 /// One id of a mark window: its leaf before (opened if marked) and after. A marked entry gets
-/// the new mark and the hash of the new risk array, the rest of its leaf kept, its record
+/// the new mark (within `[0, W]` of the spec its leaf commits, opened) and the hash of the new
+/// risk array, the rest of its leaf kept, its record
 /// enters the commitment, and `oracle_ms` becomes the later of it and the mark's publication
 /// time.
 fn mark_entry(
@@ -2652,9 +2667,18 @@ fn mark_entry(
     let settled = not(&cs.is_nonzero(&status.add_const(-Fr::from(status::SETTLED)))?);
     cs.equal(&cs.mul(&marked, &settled)?, &Wire::zero())?;
 
+    // The mark lies in `[0, W]`, W the worst-case payoff per contract of the spec the leaf
+    // commits (`max_payoff`: `ceil(payoff_scaled / 1e8)`, so `mark * 1e8 < payoff_scaled + 1e8`),
+    // so an account covering its shorts' worst case is solvent at every committed mark.
+    let (opened_spec, spec) = spec_wires(cs, &e.spec)?;
+    cs.equal_if(&marked, &opened_spec, &spec_hash)?;
     let mark = cs.witness(e.mark)?;
-    cs.signed_range(&mark, 64)?;
+    cs.range(&mark, 64)?;
     cs.equal_if(&not(&marked), &mark, &Wire::zero())?;
+    let room = payoff_scaled(cs, &spec)?
+        .add_const(Fr::from(QTY_SCALE as u64 - 1))
+        .sub(&mark.scale(Fr::from(QTY_SCALE as u64)));
+    cs.range(&cs.mul(&marked, &room)?, 100)?;
     // The risk array: its first `len` values present (the rest zero), in -2^47..2^47; its hash
     // over its first `ceil(len / RISK_CHUNK)` chunks.
     let values = cs.witnesses(&e.risk)?;

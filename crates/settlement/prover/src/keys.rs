@@ -70,7 +70,11 @@ pub enum ProveError {
 ///
 /// 3: a deficit cover of an account whose leaf held no position at the batch's start takes no
 /// flat margin slot (it filled nothing before the cover, so it holds none).
-pub const CIRCUIT_VERSION: u32 = 3;
+///
+/// 4: every mark lies in `[0, W]` (its spec opened in the mark window), and an account that
+/// filled and ends the batch in `WorstCase` is not priced for solvency (it covers its shorts'
+/// worst case, which then implies it): no solvency window for it.
+pub const CIRCUIT_VERSION: u32 = 4;
 
 /// A shape's proving and verifying keys.
 pub struct Keys {

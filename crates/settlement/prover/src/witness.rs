@@ -89,8 +89,10 @@ pub struct Shape {
     /// `2^solvency_bits` instrument ids, for the solvency windows.
     pub prices: usize,
     /// Solvency windows: each opens one account's positions in one run after the batch. Every
-    /// account that filled in the batch has one per run its positions lie in, and is proven to
-    /// end the batch with equity at the committed marks of at least zero.
+    /// account that filled in the batch and ends it in `Portfolio` or `Standard`, unless the
+    /// registers price it, has one per run its positions lie in, and is proven to end the batch
+    /// with equity at the committed marks of at least zero (one in `WorstCase` needs none: it
+    /// covers its shorts' worst case, and every committed mark lies in `[0, W]`).
     pub solvency: usize,
     /// A price or solvency window spans `2^solvency_bits` instrument ids (the devnet's 58
     /// instruments fit one run of 64, so a market maker quoting all of them takes one window).
@@ -307,7 +309,8 @@ pub struct AccountReg {
     /// Money leaves it in the batch: every position it holds before is in a position register
     /// (the margin slots price them all).
     pub margined: bool,
-    /// It filled, and every position it holds before the batch is in a position register
+    /// It filled and ends the batch in `Portfolio` or `Standard`, and every position it holds
+    /// before the batch is in a position register
     /// whose instrument has an instrument register: its solvency is priced from the registers,
     /// with no solvency window.
     pub registers_price: bool,
@@ -621,6 +624,9 @@ pub struct MarkEntry {
     pub len: usize,
     /// Chunks of `RISK_CHUNK` the index and the array hash in.
     pub chunks: usize,
+    /// The opening of its spec hash (marked entries): the mark is held to its worst-case
+    /// payoff.
+    pub spec: SpecOpening,
 }
 
 /// `leaf::risk_hash` of a mark's index and risk array as the witness holds them (`chunks` of
@@ -1029,8 +1035,9 @@ struct Plan<'a> {
     /// Accounts that traded (a fill's maker or taker) and end the batch in `Portfolio` or
     /// `Standard`: an end slot each, after the margin slots.
     maintained: BTreeSet<u32>,
-    /// Accounts that filled (checked solvent at the batch's end), and those of them whose
-    /// positions the registers price.
+    /// Accounts that filled and end the batch in `Portfolio` or `Standard` (checked solvent at
+    /// the batch's end: one in `WorstCase` covers its shorts' worst case instead), and those of
+    /// them whose positions the registers price.
     filled: BTreeSet<u32>,
     registers_price: BTreeSet<u32>,
     /// Solvency windows (account, run) and price windows (run) the batch may need: the runs of
@@ -1393,17 +1400,19 @@ fn plan<'a>(
                 .unwrap_or(0),
         ));
     }
+    // Whether an account ends the batch in `Portfolio` or `Standard`.
+    let margined_after = |a: &u32| {
+        let before = accounts
+            .get(*a as usize)
+            .map_or(MarginMode::WorstCase, |x| x.mode);
+        modes.get(a).copied().unwrap_or(before) != MarginMode::WorstCase
+    };
     // A Portfolio or Standard account that traded is priced after the batch against its mode's
     // maintenance rule, all its positions in the registers.
-    let maintained: BTreeSet<u32> = traded
-        .into_iter()
-        .filter(|a| {
-            let before = accounts
-                .get(*a as usize)
-                .map_or(MarginMode::WorstCase, |x| x.mode);
-            modes.get(a).copied().unwrap_or(before) != MarginMode::WorstCase
-        })
-        .collect();
+    let maintained: BTreeSet<u32> = traded.into_iter().filter(margined_after).collect();
+    // An account that filled and ends the batch in WorstCase covers its shorts' worst case
+    // there, so it is solvent at any committed marks (each lies in `[0, W]`): it is not priced.
+    filled_accounts.retain(margined_after);
     for &account in &maintained {
         if let Some(a) = accounts.get(account as usize) {
             for &instrument in a.positions.keys() {
@@ -2316,6 +2325,7 @@ pub fn witness(
             risk: values,
             len: risk.len(),
             chunks,
+            spec: SpecOpening::of(specs[instrument.0 as usize]),
         };
     }
     mark_windows.resize_with(shape.marks, || MarkWindow {

@@ -1007,14 +1007,14 @@ fn a_forced_withdrawal_takes_what_leaves_the_shorts_covered() {
         }];
         check(&batch_of(&state, &stranger)).expect("a stranger's request");
     }
-    // Marks play no part: a scenario beyond the worst-case payoff (the call marked at 150,000
-    // with a +60,000 scenario), which a withdrawal's stress rule would hold back, changes
-    // nothing owed.
+    // Marks play no part: a scenario beyond the worst-case payoff (the call marked at 90,000
+    // with a +60,000 scenario, 150,000 against a payoff of at most 100,000), which a
+    // withdrawal's stress rule would hold back, changes nothing owed.
     let marked = after(
         &state,
         &[Op::Mark {
             instrument: InstrumentId(1),
-            mark: Price(150_000 * MONEY_SCALE),
+            mark: Price(90_000 * MONEY_SCALE),
             index: Price(60_000_000_000),
             risk: vec![Amount(-10_000 * MONEY_SCALE), Amount(60_000 * MONEY_SCALE)],
             published_ms: 0,
@@ -3300,6 +3300,8 @@ fn listed(n: u32) -> SettlementState {
     state
 }
 
+/// A random mark of `instrument` below 100,000 (within the worst-case payoff of the calls
+/// `listed` lists, and of the puts struck at 100,000 or more the windows test lists).
 fn mark_op(rng: &mut ChaCha8Rng, instrument: u32) -> Op {
     Op::Mark {
         instrument: InstrumentId(instrument),
@@ -3375,7 +3377,7 @@ fn marks_in_windows_agree_with_a_path_each_and_the_native_root() {
         if round % 3 == 2 && state.instruments().len() < 16 {
             let next = state.instruments().len() as u32;
             ops.push(Op::ListInstrument {
-                spec: spec(&format!("ETH-26MAR27-{}-P", 1_000 + next)),
+                spec: spec(&format!("ETH-26MAR27-{}-P", 100_000 + next)),
             });
             if windows.len() < 3 || windows.contains(&(next / 4)) {
                 ids.push(next);
@@ -3549,16 +3551,96 @@ fn a_liquidation_that_leaves_its_counterparty_insolvent_cannot_be_proven() {
 }
 
 /// The solvency check prices every position the account holds after the batch, at the
-/// committed marks: an account holding a position the batch does not trade is priced in
-/// windows; leaving a window out, a quantity or mark other than the committed one, or pricing
-/// it from the registers instead, cannot be proven.
+/// committed marks: an account in `Standard` that takes a liquidated position while holding a
+/// position the batch does not touch is priced in windows; leaving a window out, a quantity or
+/// mark other than the committed one, or pricing it from the registers instead, cannot be
+/// proven.
 #[test]
 fn solvency_windows_cannot_be_forged() {
+    let state = marked(&genesis(3), 0, 100_000 * MONEY_SCALE);
+    let state = marked(&state, 1, 5_000 * MONEY_SCALE);
+    // Account 2 holds calls from an earlier batch; account 1 is long 20 perpetuals, marked
+    // down to 40,000 and its auction run.
+    let calls = Op::Fill {
+        instrument: InstrumentId(1),
+        maker: AccountId(0),
+        taker: AccountId(2),
+        taker_side: Side::Buy,
+        price: Price(5_000 * MONEY_SCALE),
+        qty: Qty(3 * QTY_SCALE),
+    };
+    let state = after(&state, &[calls, fill_of(0, Side::Buy, 100_000, 20)]);
+    let state = started(&marked(&state, 0, 40_000 * MONEY_SCALE), &[1]);
+    // Account 2 takes the perpetuals at 45,000: it now holds both, so the registers (which
+    // hold only the perpetual's position) cannot price it.
+    let ops = [Op::Liquidation {
+        account: AccountId(1),
+        counterparty: AccountId(2),
+        instrument: InstrumentId(0),
+        qty: Qty(-20 * QTY_SCALE),
+        price: Price(45_000 * MONEY_SCALE),
+        fee: Amount(0),
+    }];
+    // Windows of one id each, so that it takes two.
+    let shape = Shape {
+        prices: 2,
+        solvency: 4,
+        solvency_bits: 0,
+        ..SHAPE
+    };
+    let w = witness(&state, &ops, shape).expect("fits");
+    check(&w).expect("an honest batch");
+    let windows = |w: &BatchWitness| w.solvency.iter().filter(|s| s.enabled).count();
+    assert_eq!(windows(&w), 2, "one account, two runs");
+    let counterparty = w
+        .accounts
+        .iter()
+        .position(|a| a.id == 2)
+        .expect("a register");
+    assert!(!w.accounts[counterparty].registers_price);
+    let refused_in_solvency = |w: &BatchWitness, what: &str| {
+        let at = refused_at(w);
+        assert!(
+            at.starts_with("solvency") || at.starts_with("price window"),
+            "{what}: refused at {at}"
+        );
+    };
+    // Priced from the registers, which miss the calls.
+    let mut registers = w.clone();
+    registers.accounts[counterparty].registers_price = true;
+    refused_in_solvency(&registers, "the registers, missing a position");
+    // A window left out: its position is not counted.
+    let mut left_out = w.clone();
+    left_out.solvency[1] = Default::default();
+    left_out.solvency[1].qty = vec![Fr::from(0u64)];
+    left_out.solvency[1].siblings = w.solvency[1].siblings.clone();
+    refused_in_solvency(&left_out, "a window left out");
+    // A smaller long than the account holds.
+    let mut smaller = w.clone();
+    smaller.solvency[1].qty[0] -= Fr::from(1u64);
+    refused_in_solvency(&smaller, "another quantity");
+    // A higher mark than the committed one.
+    let mut dearer = w.clone();
+    dearer.prices[0].leaves[0].1.mark.0 += 1;
+    refused_in_solvency(&dearer, "another mark");
+    // The same window twice in place of another.
+    let mut twice = w.clone();
+    twice.solvency[1] = w.solvency[0].clone();
+    refused_in_solvency(&twice, "a window twice");
+}
+
+/// An account that fills and ends its batch in `WorstCase` covers what its shorts can owe at
+/// worst, and every committed mark lies in `[0, W]`, so it is solvent at any committed marks: a
+/// proof prices it nowhere, whatever else it holds. Two such accounts, one short calls marked
+/// at their worst-case payoff and each holding a position the batch does not trade, fill in a
+/// shape with no solvency or price window; the short's equity is at least what its liability
+/// leaves of its collateral.
+#[test]
+fn a_worst_case_account_is_priced_nowhere_whatever_it_holds() {
     let state = marked(&genesis(2), 0, 100_000 * MONEY_SCALE);
     let state = marked(&state, 1, 5_000 * MONEY_SCALE);
     // Account 1 holds calls from an earlier batch, and buys perpetuals in this one; account 0
-    // is short both. Both in WorstCase, fully collateralized (an account in another mode that
-    // trades is priced in full from the registers, for its maintenance).
+    // is short both.
     let state = after(&state, &[fill_of(1, Side::Buy, 5_000, 3)]);
     let mut funded = Vec::new();
     for a in [0, 1] {
@@ -3572,48 +3654,79 @@ fn solvency_windows_cannot_be_forged() {
         });
     }
     let state = after(&state, &funded);
+    // The calls marked at their worst-case payoff, 100,000 (strike 100,000, cap 200,000).
+    let payoff = optio_state::leaf::payoff(&state.instruments()[1].spec);
+    assert_eq!(payoff, 100_000 * MONEY_SCALE);
+    let state = marked(&state, 1, payoff);
     let ops = [perp_fill(Side::Buy, 2)];
-    // Windows of one id each, so that each account takes two.
-    let shape = Shape {
-        prices: 2,
-        solvency: 4,
-        solvency_bits: 0,
+    let bare = Shape {
+        prices: 0,
+        solvency: 0,
         ..SHAPE
     };
-    let w = witness(&state, &ops, shape).expect("fits");
-    check(&w).expect("an honest batch");
-    let windows = |w: &BatchWitness| w.solvency.iter().filter(|s| s.enabled).count();
-    assert_eq!(windows(&w), 4, "two accounts, two runs each");
-    assert!(!w.accounts[1].registers_price);
-    let refused_in_solvency = |w: &BatchWitness, what: &str| {
-        let at = refused_at(w);
-        assert!(
-            at.starts_with("solvency") || at.starts_with("price window"),
-            "{what}: refused at {at}"
-        );
+    let w = witness(&state, &ops, bare).expect("no window needed");
+    assert!(w.accounts.iter().all(|a| !a.registers_price));
+    check(&w).expect("proves with no window");
+    let next = after(&state, &ops);
+    assert_eq!(w.public.new_root, next.root());
+    // The bound the rule stands on: equity at the committed marks at least the cover.
+    let a = &next.accounts()[0];
+    let cover =
+        i128::from(a.collateral.0) * i128::from(QTY_SCALE) - a.liability(&next.payoffs()) as i128;
+    assert!(cover >= 0);
+    assert!(next.equity(AccountId(0)).expect("known") >= cover);
+}
+
+/// A mark is held to `[0, W]`, W its instrument's worst-case payoff per contract (the call's
+/// `cap - strike`, 100,000; the perpetual's cap, 200,000): at W it proves, a micro-USDC above
+/// or below zero is refused in the mark window and natively (`MarkBeyondPayoff`), and a prover
+/// that opens another spec (a higher cap) to allow it is refused too.
+#[test]
+fn a_mark_beyond_the_worst_case_payoff_cannot_be_proven() {
+    let state = genesis(2);
+    let mark = |id: u32, price: i64| {
+        [Op::Mark {
+            instrument: InstrumentId(id),
+            mark: Price(price),
+            index: Price(60_000_000_000),
+            risk: Vec::new(),
+            published_ms: 0,
+        }]
     };
-    // Priced from the registers, which miss the calls.
-    let mut registers = w.clone();
-    registers.accounts[1].registers_price = true;
-    refused_in_solvency(&registers, "the registers, missing a position");
-    // A window left out: its position is not counted.
-    let mut left_out = w.clone();
-    left_out.solvency[3] = Default::default();
-    left_out.solvency[3].qty = vec![Fr::from(0u64)];
-    left_out.solvency[3].siblings = w.solvency[3].siblings.clone();
-    refused_in_solvency(&left_out, "a window left out");
-    // A smaller long than the account holds.
-    let mut smaller = w.clone();
-    smaller.solvency[3].qty[0] -= Fr::from(1u64);
-    refused_in_solvency(&smaller, "another quantity");
-    // A higher mark than the committed one.
-    let mut dearer = w.clone();
-    dearer.prices[0].leaves[0].1.mark.0 += 1;
-    refused_in_solvency(&dearer, "another mark");
-    // The same window twice in place of another.
-    let mut twice = w.clone();
-    twice.solvency[3] = w.solvency[2].clone();
-    refused_in_solvency(&twice, "a window twice");
+    for (id, payoff) in [(0, 200_000 * MONEY_SCALE), (1, 100_000 * MONEY_SCALE)] {
+        assert_eq!(
+            optio_state::leaf::payoff(&state.instruments()[id as usize].spec),
+            payoff
+        );
+        check(&batch_of(&state, &mark(id, payoff))).expect("a mark at W");
+        check(&batch_of(&state, &mark(id, 0))).expect("a mark at zero");
+        for wrong in [payoff + 1, -1] {
+            refused_where_and_natively(
+                &state,
+                &mark(id, wrong),
+                "mark window",
+                StateError::MarkBeyondPayoff(0),
+                "a mark beyond [0, W]",
+            );
+        }
+        let mut w = batch_of(&state, &mark(id, payoff + 1));
+        let window = w
+            .marks
+            .iter_mut()
+            .find(|m| m.enabled)
+            .expect("a mark window");
+        let entry = window
+            .entries
+            .iter_mut()
+            .find(|e| e.marked)
+            .expect("the marked entry");
+        entry.spec.cap += Fr::from(MONEY_SCALE as u64);
+        let at = refused_at(&w);
+        assert!(
+            at.starts_with("mark window"),
+            "another spec: refused at {at}"
+        );
+    }
 }
 
 /// A deficit cover of an account that filled earlier in the batch cannot be proven, nor does

@@ -72,9 +72,9 @@ fn the_circuit_version_names_its_constraints() {
     assert_eq!(
         (CIRCUIT_VERSION, constraints, hash.as_str()),
         (
-            3,
-            123_664,
-            "15d8ea80983fcaa7670861873e3e0c6d999d3bce76e99afa03f31ac4b4026c29"
+            4,
+            125_642,
+            "a11b743bdfacab5c1422c8af974f30e11490b42800a118bec83c79409e80ff4d"
         ),
         "the circuit's constraints changed: if they did, bump optio_prover::CIRCUIT_VERSION \
          (keys made for the old ones must be refused) and record the new fingerprint beside it"

@@ -341,21 +341,23 @@ fn a_deficit_an_expiry_leaves_is_covered_in_a_batch_that_proves() {
 /// shape (`Shape::fill_budget`, which `optio node` gives the engine) it fills the makers that
 /// fit, its rest is cancelled (`FillLimit`), the other makers' orders keep resting, and every
 /// batch proves; without it, the order's one input makes a batch no proof of that shape holds.
+/// The makers hold a call besides the perpetual they sell, fully collateralized (`WorstCase`):
+/// no solvency or price window prices them (the shape has none), only their account registers
+/// bind.
 #[test]
 fn an_order_sweeping_more_makers_than_a_proof_holds_fills_what_fits() {
     use optio_types::{
         AccountId, Amount, Command, DoneReason, EngineLimits, Event, Input, InstrumentId,
         MONEY_SCALE, Side, TimeInForce,
     };
-    // Windows of one instrument id: a maker holding a call and selling the perpetual is priced
-    // in two windows, so six windows hold three such makers.
+    // Four account registers: the taker and three makers.
     const SWEEP: Shape = Shape {
         slots: 8,
-        accounts: 8,
+        accounts: 4,
         positions: 8,
         instruments: 2,
-        prices: 2,
-        solvency: 6,
+        prices: 0,
+        solvency: 0,
         solvency_bits: 0,
         ..SHAPE
     };
@@ -488,7 +490,7 @@ fn an_order_sweeping_more_makers_than_a_proof_holds_fills_what_fits() {
     }
     assert_eq!(
         too_large,
-        vec![(WitnessError::TooLarge("solvency windows"), 6)]
+        vec![(WitnessError::TooLarge("account registers"), 6)]
     );
 }
 

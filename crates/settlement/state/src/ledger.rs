@@ -62,6 +62,11 @@ pub enum StateError {
     /// Op `index` marks a settled instrument (its mark is its settlement value for good).
     #[error("op {0}: a mark of a settled instrument")]
     MarkSettled(usize),
+    /// Op `index` marks an instrument below zero or above its worst-case payoff per contract
+    /// (`leaf::payoff`): every committed mark lies in `[0, payoff]`, so an account covering what
+    /// its shorts can owe at worst is solvent at any committed marks.
+    #[error("op {0}: a mark below zero or above the instrument's worst-case payoff")]
+    MarkBeyondPayoff(usize),
     /// Op `index` pays a withdrawal to someone other than the account's owner (a forced
     /// withdrawal requested by someone else moves nothing).
     #[error("op {0}: the withdrawal names another owner than the account's")]
@@ -1951,6 +1956,9 @@ impl Scratch {
                 let inst = self.instrument(*instrument);
                 if inst.status == status::SETTLED {
                     return Err(StateError::MarkSettled(i));
+                }
+                if mark.0 < 0 || mark.0 > leaf::payoff(&inst.spec) {
+                    return Err(StateError::MarkBeyondPayoff(i));
                 }
                 inst.mark = *mark;
                 inst.index = *index;

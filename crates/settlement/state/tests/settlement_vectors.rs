@@ -24,9 +24,10 @@ fn batches() -> Vec<(BlobMeta, Vec<Op>)> {
         "BTC-PERPETUAL".parse().expect("name"),
         Price(100_000 * MONEY_SCALE),
     );
+    // Capped at 200,000: a worst-case payoff of 100,000 a contract, which bounds its marks.
     let call = InstrumentSpec::with_defaults(
         "BTC-26MAR27-100000-C".parse().expect("name"),
-        Price(100_000 * MONEY_SCALE),
+        Price(200_000 * MONEY_SCALE),
     );
     vec![
         (

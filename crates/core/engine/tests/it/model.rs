@@ -31,26 +31,27 @@ pub fn test_limits() -> EngineLimits {
 }
 
 /// `test_limits` with mark windows for four instruments not settled, and a fill budget tight
-/// enough to end orders now and then, each `kind`
-/// binding first on another count: 0, windows (four fills and accounts, three windows of two
-/// instrument ids in two runs); 1, runs (four windows of one id in two runs); 2, accounts
-/// (three, and three fills, no window bound); 3, fills (two, no other bound).
+/// enough to end orders now and then, each `kind` binding first on another count: 0, fills
+/// (two, three accounts); 1, accounts (two: a taker and one maker, four fills); 2, accounts
+/// (three, and three fills); 3, fills (two, no other bound). Kinds 0 and 1 have no solvency or
+/// price window: the model's accounts are fully collateralized (`WorstCase`), which a proof
+/// prices nowhere, so they fill whatever else they hold.
 pub fn budgeted_limits(kind: u8) -> EngineLimits {
     use optio_types::FillBudget;
     let fill_budget = match kind {
         0 => FillBudget {
-            fills: 4,
-            accounts: 4,
-            windows: 3,
-            prices: 2,
+            fills: 2,
+            accounts: 3,
+            windows: 0,
+            prices: 0,
             window_bits: 1,
             ..FillBudget::UNBOUNDED
         },
         1 => FillBudget {
             fills: 4,
-            accounts: 4,
-            windows: 4,
-            prices: 2,
+            accounts: 2,
+            windows: 0,
+            prices: 0,
             window_bits: 0,
             ..FillBudget::UNBOUNDED
         },
