@@ -163,8 +163,9 @@ impl MarkWindows {
 
 /// What the fills of one order (or amendment) may touch, so that its input alone fits one
 /// proven batch. An order trades one instrument: each account it fills touches one position.
-/// An account that fills and holds a position in another instrument is priced at the batch's
-/// end from its positions, in one solvency window per aligned run of `2^window_bits`
+/// An account that fills in `Portfolio` or `Standard` (a liquidation's counterparty: a
+/// trader's positions are all in registers) and holds a position in another instrument is
+/// priced at the batch's end from its positions, in one solvency window per aligned run of `2^window_bits`
 /// instrument ids they lie in, the traded one's included, and each run's marks in one price
 /// window (the prover's `Shape::solvency_window`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,7 +174,9 @@ pub struct FillBudget {
     pub fills: u32,
     /// Accounts, the taker's included (each with its one position).
     pub accounts: u32,
-    /// Solvency windows, summed over the accounts that fill.
+    /// Solvency windows, summed over the accounts that fill in `Portfolio` or `Standard` and
+    /// hold positions in other instruments (a `WorstCase` account takes none: a proof prices it
+    /// nowhere).
     pub windows: u32,
     /// Price windows: distinct runs among those.
     pub prices: u32,

@@ -117,19 +117,26 @@ fn genesis(n: u32) -> SettlementState {
         ops.push(Op::OpenAccount {
             owner: owner_of(AccountId(i)),
         });
-        ops.push(Op::Deposit {
-            account: AccountId(i),
-            amount: Amount(1_000_000 * MONEY_SCALE),
-        });
         // Margined on marks: the tests trade on leverage, which `WorstCase` refuses.
-        ops.push(Op::SetMarginMode {
-            account: AccountId(i),
-            mode: MarginMode::Standard,
-        });
+        ops.extend(funded_in(i, 1_000_000, MarginMode::Standard));
     }
     state.apply_batch(&ops).expect("genesis applies");
     state.commit();
     state
+}
+
+/// A deposit of `dollars` into `account`, and its margin mode set to `mode`.
+fn funded_in(account: u32, dollars: i64, mode: MarginMode) -> [Op; 2] {
+    [
+        Op::Deposit {
+            account: AccountId(account),
+            amount: Amount(dollars * MONEY_SCALE),
+        },
+        Op::SetMarginMode {
+            account: AccountId(account),
+            mode,
+        },
+    ]
 }
 
 /// The owner `genesis` gives an account (ids equal mod 3 share one).
@@ -3642,17 +3649,10 @@ fn a_worst_case_account_is_priced_nowhere_whatever_it_holds() {
     // Account 1 holds calls from an earlier batch, and buys perpetuals in this one; account 0
     // is short both.
     let state = after(&state, &[fill_of(1, Side::Buy, 5_000, 3)]);
-    let mut funded = Vec::new();
-    for a in [0, 1] {
-        funded.push(Op::Deposit {
-            account: AccountId(a),
-            amount: Amount(10_000_000 * MONEY_SCALE),
-        });
-        funded.push(Op::SetMarginMode {
-            account: AccountId(a),
-            mode: MarginMode::WorstCase,
-        });
-    }
+    let funded: Vec<Op> = [0, 1]
+        .into_iter()
+        .flat_map(|a| funded_in(a, 10_000_000, MarginMode::WorstCase))
+        .collect();
     let state = after(&state, &funded);
     // The calls marked at their worst-case payoff, 100,000 (strike 100,000, cap 200,000).
     let payoff = optio_state::leaf::payoff(&state.instruments()[1].spec);
