@@ -1369,6 +1369,149 @@ fn an_engine_liquidation_proves_its_account_below_maintenance() {
     assert_eq!(below, 3, "the auction's start and both liquidations priced");
 }
 
+/// A deleveraging's transfers to `Standard` holders that hold positions in other instruments
+/// stay within the solvency windows of a proof (the one place windows still bind since engine
+/// rules 8: a trader's positions are all in registers, a `WorstCase` account is priced
+/// nowhere). Account 0, `Standard`, long 2 perpetuals bought at 60,000 from four `Standard`
+/// holders of half a contract each, each also holding a call, falls below maintenance at
+/// 54,000; no liquidator bids. In windows of one id each holder takes two (the call's run and
+/// the perpetual's), so a shape of two windows holds one transfer a `Deleverage`: the first
+/// moves holder 1's half, the second holder 2's (the account is then back at its
+/// maintenance), and every batch proves. Without the budget one `Deleverage` moves both, and
+/// its batch needs four windows.
+#[test]
+fn a_deleveragings_transfers_to_margined_holders_fit_the_proofs_windows() {
+    use optio_types::{
+        AccountId, Command, EngineLimits, Event, Input, InstrumentId, MarginMode, Side, TimeInForce,
+    };
+    const WINDOWS: Shape = Shape {
+        prices: 2,
+        solvency: 2,
+        solvency_bits: 0,
+        ..SHAPE
+    };
+    let (call, perp) = (InstrumentId(0), InstrumentId(2));
+    let holders = [1u32, 2, 3, 5];
+    let mut t = support::T0;
+    let mut inputs = opening(
+        t,
+        &[0, 2],
+        &[15_000, 200_000, 200_000, 200_000, 10_000_000, 200_000],
+    );
+    let mut at = |t: u64, command: Command| {
+        inputs.push(Input {
+            time_ms: t,
+            command,
+        })
+    };
+    for a in std::iter::once(0).chain(holders) {
+        at(
+            t,
+            Command::SetMarginMode {
+                account: AccountId(a),
+                mode: MarginMode::Standard,
+            },
+        );
+    }
+    for h in holders {
+        // A call bought from account 4, then half a perpetual offered to account 0.
+        at(
+            t,
+            limit_order(h, call, Side::Buy, 1, 1_000, TimeInForce::GoodTillCancelled),
+        );
+        at(
+            t,
+            limit_order(
+                4,
+                call,
+                Side::Sell,
+                1,
+                1_000,
+                TimeInForce::ImmediateOrCancel,
+            ),
+        );
+        at(
+            t,
+            limit_order(
+                h,
+                perp,
+                Side::Sell,
+                50,
+                60_000,
+                TimeInForce::GoodTillCancelled,
+            ),
+        );
+        at(
+            t,
+            limit_order(
+                0,
+                perp,
+                Side::Buy,
+                50,
+                60_000,
+                TimeInForce::ImmediateOrCancel,
+            ),
+        );
+    }
+    t += 1_000;
+    at(t, support::oracle(54_000.0, t));
+    t += 1_000;
+    at(t, support::oracle(54_100.0, t));
+    t += 15 * 60_000;
+    at(t, support::oracle(54_100.0, t));
+    let deleverage = Command::Deleverage {
+        account: AccountId(0),
+        instrument: perp,
+    };
+    at(t, deleverage.clone());
+    at(t, deleverage);
+
+    let transfers = |events: &[Vec<Event>]| -> Vec<Vec<u32>> {
+        events
+            .iter()
+            .map(|input| {
+                input
+                    .iter()
+                    .filter_map(|e| match e {
+                        Event::LiquidationTransfer {
+                            counterparty,
+                            deleverage: true,
+                            ..
+                        } => Some(counterparty.0),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .collect()
+    };
+    let from = inputs.len() - 2;
+    let budget = EngineLimits {
+        fill_budget: WINDOWS.fill_budget(),
+        ..EngineLimits::default()
+    };
+    let (batches, events) = batched(&inputs, budget, WINDOWS, from);
+    assert_eq!(transfers(&events), vec![vec![1], vec![2]]);
+    let (_, proven) = proven(&batches, WINDOWS);
+    let windows: Vec<usize> = proven
+        .iter()
+        .map(|(_, w)| w.solvency.iter().filter(|s| s.enabled).count())
+        .filter(|&n| n > 0)
+        .collect();
+    // Its half closed, each holder ends with its call alone: one window used of the two the
+    // plan (and the engine) reserve for the runs it held and changed.
+    assert_eq!(windows, vec![1, 1], "one holder a batch");
+
+    // (The second `Deleverage` is refused then: the account is no longer below.)
+    let once = &inputs[..inputs.len() - 1];
+    let (batches, events) = batched(once, EngineLimits::default(), WINDOWS, from);
+    assert_eq!(transfers(&events), vec![vec![1, 2]]);
+    let refused: Vec<WitnessError> = prove_each(&batches, WINDOWS)
+        .into_iter()
+        .map(|(e, _)| e)
+        .collect();
+    assert_eq!(refused, vec![WitnessError::TooLarge("solvency windows")]);
+}
+
 /// Every batch fits `shape` and proves with the batcher's root: the state after them, and each
 /// batch's ops and witness.
 fn proven(
