@@ -521,6 +521,26 @@ fn limit_order(
     })
 }
 
+/// `maker` rests a good-till-cancelled order for `qty` contracts of `instrument` at `price`
+/// dollars on `maker_side`, and `taker` takes it all with an immediate-or-cancel order.
+fn traded(
+    maker: u32,
+    taker: u32,
+    instrument: optio_types::InstrumentId,
+    maker_side: optio_types::Side,
+    qty: i64,
+    price: i64,
+) -> [optio_types::Command; 2] {
+    use optio_types::TimeInForce;
+    [
+        (maker, maker_side, TimeInForce::GoodTillCancelled),
+        (taker, maker_side.opposite(), TimeInForce::ImmediateOrCancel),
+    ]
+    .map(|(account, side, time_in_force)| {
+        limit_order(account, instrument, side, qty, price, time_in_force)
+    })
+}
+
 /// The inputs opening a market at `t`: the histories' instruments listed, those of `active`
 /// activated, and an account for each of `deposits` (owner `[n + 1; 20]`) funded with it
 /// (USDC), then the oracle's first update.
@@ -1275,7 +1295,7 @@ fn batched(
 fn an_engine_liquidation_proves_its_account_below_maintenance() {
     use optio_types::{
         AccountId, Amount, Command, EngineLimits, Event, Input, InstrumentId, MONEY_SCALE,
-        MarginMode, Qty, Side, TimeInForce,
+        MarginMode, Qty, Side,
     };
     let perp = InstrumentId(2);
     let mut t = support::T0;
@@ -1301,28 +1321,9 @@ fn an_engine_liquidation_proves_its_account_below_maintenance() {
         },
     );
     for seller in [0, 2] {
-        at(
-            t,
-            limit_order(
-                seller,
-                perp,
-                Side::Sell,
-                100,
-                60_000,
-                TimeInForce::GoodTillCancelled,
-            ),
-        );
-        at(
-            t,
-            limit_order(
-                1,
-                perp,
-                Side::Buy,
-                100,
-                60_000,
-                TimeInForce::ImmediateOrCancel,
-            ),
-        );
+        for command in traded(seller, 1, perp, Side::Sell, 100, 60_000) {
+            at(t, command);
+        }
     }
     t += 1_000;
     at(t, support::oracle(54_000.0, t));
@@ -1382,7 +1383,7 @@ fn an_engine_liquidation_proves_its_account_below_maintenance() {
 #[test]
 fn a_deleveragings_transfers_to_margined_holders_fit_the_proofs_windows() {
     use optio_types::{
-        AccountId, Command, EngineLimits, Event, Input, InstrumentId, MarginMode, Side, TimeInForce,
+        AccountId, Command, EngineLimits, Event, Input, InstrumentId, MarginMode, Side,
     };
     const WINDOWS: Shape = Shape {
         prices: 2,
@@ -1414,44 +1415,14 @@ fn a_deleveragings_transfers_to_margined_holders_fit_the_proofs_windows() {
         );
     }
     for h in holders {
-        // A call bought from account 4, then half a perpetual offered to account 0.
-        at(
-            t,
-            limit_order(h, call, Side::Buy, 1, 1_000, TimeInForce::GoodTillCancelled),
-        );
-        at(
-            t,
-            limit_order(
-                4,
-                call,
-                Side::Sell,
-                1,
-                1_000,
-                TimeInForce::ImmediateOrCancel,
-            ),
-        );
-        at(
-            t,
-            limit_order(
-                h,
-                perp,
-                Side::Sell,
-                50,
-                60_000,
-                TimeInForce::GoodTillCancelled,
-            ),
-        );
-        at(
-            t,
-            limit_order(
-                0,
-                perp,
-                Side::Buy,
-                50,
-                60_000,
-                TimeInForce::ImmediateOrCancel,
-            ),
-        );
+        // A call bought from account 4, then half a perpetual sold to account 0.
+        let call_then_perp = [
+            traded(h, 4, call, Side::Buy, 1, 1_000),
+            traded(h, 0, perp, Side::Sell, 50, 60_000),
+        ];
+        for command in call_then_perp.into_iter().flatten() {
+            at(t, command);
+        }
     }
     t += 1_000;
     at(t, support::oracle(54_000.0, t));
