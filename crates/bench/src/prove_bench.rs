@@ -158,10 +158,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         keys: 1,
         ..shape(1, 1, 1, 1, 0)
     })? - base;
-    // A margin slot at the devnet's register counts (16 op slots, 16 accounts, 16 positions, 8
+    // A margin slot at the devnet's register counts (16 op slots, 16 accounts, 16 positions, 12
     // instruments): it reads every position register as of its op (or, an end slot, as the
     // batch leaves it).
-    let devnet_regs = shape(16, 16, 16, 8, 0);
+    let devnet_regs = shape(16, 16, 16, 12, 0);
     let per_margin = constraints(Shape {
         margins: 1,
         ..devnet_regs
@@ -200,7 +200,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         "  per account slot (a session key, {KEYS} keys an account may hold; or a margin mode) {per_key:>8}"
     );
     println!(
-        "  per margin slot (a withdrawal or transfer priced, or a Portfolio or Standard account after its fills; 16/16/16/8 regs) {per_margin:>8}"
+        "  per margin slot (a withdrawal or transfer priced, or a Portfolio or Standard account after its fills; 16/16/16/12 regs) {per_margin:>8}"
     );
     // Solvency after fills: an account in WorstCase is priced nowhere (it covers its shorts'
     // worst case, and every committed mark lies in [0, W]); one in Portfolio or Standard whose
@@ -245,7 +245,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     // Proving time steps with the evaluation domain, the next power of two.
     let devnet = constraints(devnet_shape(1, 6))?;
     println!(
-        "  the devnet's shape (16/16/16/8 registers, a mark window, 2 price and 4 solvency windows, all of 64 ids) {devnet:>8}   of its 2^20 evaluation domain {:.2}",
+        "  the devnet's shape (16/16/16/12 registers, a mark window, 2 price and 4 solvency windows, all of 64 ids) {devnet:>8}   of its 2^20 evaluation domain {:.2}",
         devnet as f64 / f64::from(1u32 << 20)
     );
     println!(
@@ -365,7 +365,7 @@ fn devnet_shape(marks: usize, mark_window_bits: usize) -> Shape {
         slots: 16,
         accounts: 16,
         positions: 16,
-        instruments: 8,
+        instruments: 12,
         listings: 4,
         expiries: 4,
         settlements: 2,

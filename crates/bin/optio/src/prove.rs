@@ -22,8 +22,10 @@ pub struct ShapeArgs {
     /// Distinct (account, instrument) positions a batch's fills may change.
     #[arg(long, default_value_t = 16)]
     positions: usize,
-    /// Distinct instruments a batch's fills may trade.
-    #[arg(long, default_value_t = 8)]
+    /// Distinct instruments a batch's fills may trade (and, with the position registers, how
+    /// many positions a margin account may hold and still trade or be liquidated on its
+    /// maintenance).
+    #[arg(long, default_value_t = 12)]
     instruments: usize,
     /// Listing and activation slots per batch.
     #[arg(long, default_value_t = 4)]

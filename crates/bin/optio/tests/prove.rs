@@ -342,7 +342,7 @@ fn a_node_or_devnet_with_keys_of_an_unusable_shape_refuses_to_start() {
 #[test]
 fn a_node_or_devnet_with_keys_of_another_circuit_version_refuses_to_start() {
     let keys = tempfile::tempdir().expect("tempdir");
-    let shape = "quad-16x16x16x8x4x4x2x16x1x3x4x6x2x2x4x6";
+    let shape = "quad-16x16x16x12x4x4x2x16x1x3x4x6x2x2x4x6";
     for (ext, bytes) in [("pk", &b""[..]), ("vk", b""), ("circuit", b"0\n")] {
         std::fs::write(keys.path().join(format!("{shape}.{ext}")), bytes).expect("writes");
     }

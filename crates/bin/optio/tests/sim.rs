@@ -156,7 +156,7 @@ fn a_seed_repeats_exactly() {
 }
 
 /// The shape `optio prove setup` makes keys of by default.
-const DEFAULT_SHAPE: &str = "quad-16x16x16x8x4x4x2x16x8x3x4x0x2x2x4x6";
+const DEFAULT_SHAPE: &str = "quad-16x16x16x12x4x4x2x16x8x3x4x0x2x2x4x6";
 
 /// The node cut to a circuit shape, as `optio node --prove-keys` runs it: every batch of a
 /// seed's run (crashes, liquidations, deleveraging, the put traded and its holders settled at
