@@ -788,7 +788,8 @@ impl<M: MarginModel> Engine<M> {
             // prover's end slot): a margin slot, and every position it holds in the registers,
             // which also price its solvency (no window). A priced liquidated account's registers
             // too (its margin slots counted above, one a transfer).
-            let maintained = trade && acct.mode != optio_types::MarginMode::WorstCase;
+            let margined = acct.mode != optio_types::MarginMode::WorstCase;
+            let maintained = trade && margined;
             if maintained || (liquidated && k == 0) {
                 margins += u32::from(maintained);
                 for (i, _) in others {
@@ -799,7 +800,7 @@ impl<M: MarginModel> Engine<M> {
             }
             // A WorstCase account covers its shorts' worst case after the fill, so it is solvent
             // at any committed marks (each lies in `[0, W]`): the proof prices it nowhere.
-            if !priced || acct.mode == optio_types::MarginMode::WorstCase {
+            if !priced || !margined {
                 continue;
             }
             // The runs of the positions it holds in other instruments.

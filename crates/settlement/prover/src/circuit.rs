@@ -970,17 +970,17 @@ fn solvency(
         worth.push(cs.mul(&q.qty, &mark)?);
     }
     for (k, a) in st.accounts.iter().enumerate() {
-        let filled = &registers.priced[k];
-        let registers_price = cs.mul(filled, &by_registers[k])?;
+        let checked = &registers.priced[k];
+        let registers_price = cs.mul(checked, &by_registers[k])?;
         cs.equal_if(&registers_price, &registers.complete[k], &one())?;
-        cs.equal_if(&filled.sub(&registers_price), &seen[k], &counts[k])?;
+        cs.equal_if(&checked.sub(&registers_price), &seen[k], &counts[k])?;
         let mut in_registers = Wire::zero();
         for (q, x) in st.positions.iter().zip(&worth) {
             in_registers = in_registers.add(&cs.mul(&q.account_sel[k], x)?);
         }
         let priced = cs.select(&by_registers[k], &in_registers, &value[k])?;
         let equity = a.collateral.scale(Fr::from(QTY_SCALE as u64)).add(&priced);
-        cs.range(&cs.mul(filled, &equity)?, EQUITY_BITS)?;
+        cs.range(&cs.mul(checked, &equity)?, EQUITY_BITS)?;
     }
     Ok(())
 }

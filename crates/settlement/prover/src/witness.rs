@@ -1038,7 +1038,7 @@ struct Plan<'a> {
     /// Accounts that filled and end the batch in `Portfolio` or `Standard` (checked solvent at
     /// the batch's end: one in `WorstCase` covers its shorts' worst case instead), and those of
     /// them whose positions the registers price.
-    filled: BTreeSet<u32>,
+    priced_accounts: BTreeSet<u32>,
     registers_price: BTreeSet<u32>,
     /// Solvency windows (account, run) and price windows (run) the batch may need: the runs of
     /// the positions those accounts held before and of those the batch changes.
@@ -1411,8 +1411,10 @@ fn plan<'a>(
     // maintenance rule, all its positions in the registers.
     let maintained: BTreeSet<u32> = traded.into_iter().filter(margined_after).collect();
     // An account that filled and ends the batch in WorstCase covers its shorts' worst case
-    // there, so it is solvent at any committed marks (each lies in `[0, W]`): it is not priced.
-    filled_accounts.retain(margined_after);
+    // there, so it is solvent at any committed marks (each lies in `[0, W]`): only the others
+    // are priced.
+    let priced_accounts: BTreeSet<u32> =
+        filled_accounts.into_iter().filter(margined_after).collect();
     for &account in &maintained {
         if let Some(a) = accounts.get(account as usize) {
             for &instrument in a.positions.keys() {
@@ -1425,7 +1427,7 @@ fn plan<'a>(
     // position it held before is in one, with its instrument's register; otherwise in every
     // run its positions may lie in: those of the positions it held before and of those the
     // batch changes.
-    let registers_price: BTreeSet<u32> = filled_accounts
+    let registers_price: BTreeSet<u32> = priced_accounts
         .iter()
         .copied()
         .filter(|&a| {
@@ -1437,7 +1439,7 @@ fn plan<'a>(
         })
         .collect();
     let mut solvency_runs: BTreeSet<(u32, u64)> = BTreeSet::new();
-    for &a in filled_accounts.difference(&registers_price) {
+    for &a in priced_accounts.difference(&registers_price) {
         let held = accounts
             .get(a as usize)
             .into_iter()
@@ -1503,7 +1505,7 @@ fn plan<'a>(
         margin_slots,
         ends_by_cover,
         maintained,
-        filled: filled_accounts,
+        priced_accounts,
         registers_price,
         solvency_runs,
         price_runs,
@@ -1555,7 +1557,7 @@ pub fn witness(
         margin_slots,
         ends_by_cover,
         maintained,
-        filled,
+        priced_accounts,
         registers_price,
         ..
     } = plan(state, ops, shape)?;
@@ -2024,12 +2026,13 @@ pub fn witness(
         ..AccountReg::default()
     });
 
-    // Solvency windows: each account that filled and the registers do not price, over the runs
+    // Solvency windows: each account priced (it filled and ends the batch in a margin mode) that
+    // the registers do not price, over the runs
     // its positions end the batch in, by account and run; and a price window per run they use.
     let solvency_bits = shape.solvency_bits;
     let solvency_span = shape.solvency_window() as u32;
     let mut windows: Vec<(usize, u64)> = Vec::new();
-    for &a in filled.difference(&registers_price) {
+    for &a in priced_accounts.difference(&registers_price) {
         let r = reg_of[&a];
         let runs: BTreeSet<u64> = accts[r]
             .positions
