@@ -135,6 +135,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         prices: 0,
         solvency: 0,
         solvency_bits: 0,
+        readonly: 0,
     };
     let with_listing = Shape {
         listings: 1,
@@ -144,6 +145,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let per_slot = constraints(shape(2, 16, 16, 4, 0))? - constraints(shape(1, 16, 16, 4, 0))?;
     let per_account = constraints(shape(1, 2, 1, 1, 0))? - base;
     let per_position = constraints(shape(1, 1, 2, 1, 0))? - base;
+    let per_read_only = constraints(Shape {
+        readonly: 1,
+        ..shape(1, 1, 1, 1, 0)
+    })? - base;
     let per_instrument = constraints(shape(1, 1, 1, 2, 0))? - base;
     let per_mark = constraints(shape(1, 1, 1, 1, 1))? - base;
     let per_listing = constraints(with_listing)? - base;
@@ -170,6 +175,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     println!("  per op slot (16 account, 16 position, 4 instrument registers) {per_slot:>8}");
     println!("  per account register (read and written once per batch)       {per_account:>8}");
     println!("  per position register (read and written once per batch)      {per_position:>8}");
+    println!(
+        "  per read-only position register (read once: a position only priced) {per_read_only:>8}   ratio {:.2}",
+        per_read_only as f64 / per_position as f64
+    );
     println!("  per instrument register (read once per batch)                 {per_instrument:>8}");
     println!(
         "  per mark slot ({} scenarios, once per instrument per batch; its spec opened, the mark held to [0, W]) {per_mark:>8}",
@@ -267,6 +276,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         "  the same, each account also holding an untraded position (a position and an instrument register each): {margined_holding}   anchor ratio {:.2}   of the goal {:.2}",
         margined_holding as f64 / ANCHOR_CONSTRAINTS,
         margined_holding as f64 / 40_000.0
+    );
+    let margined_read_only = margined + 2 * (per_read_only + per_instrument);
+    println!(
+        "  the same, the untraded positions in read-only registers: {margined_read_only}   anchor ratio {:.2}   of the goal {:.2}",
+        margined_read_only as f64 / ANCHOR_CONSTRAINTS,
+        margined_read_only as f64 / 40_000.0
     );
 
     if args.devnet {
@@ -378,6 +393,7 @@ fn devnet_shape(marks: usize, mark_window_bits: usize) -> Shape {
         prices: 2,
         solvency: 4,
         solvency_bits: 6,
+        readonly: 0,
     }
 }
 

@@ -22,6 +22,14 @@ pub struct ShapeArgs {
     /// Distinct (account, instrument) positions a batch's fills may change.
     #[arg(long, default_value_t = 16)]
     positions: usize,
+    /// Read-only position registers: each holds a position the batch only prices (a margin
+    /// account's untraded position, for its margin or maintenance rule) along one path instead
+    /// of a read and a write-back, about half a writable register. The batcher counts them
+    /// when it cuts batches; the engine's limits (what one order may fill, how many positions
+    /// an account may withdraw against) count only the writable ones, `--positions` (0: none,
+    /// the devnet's).
+    #[arg(long, default_value_t = 0)]
+    readonly: usize,
     /// Distinct instruments a batch's fills may trade (and, with the position registers, how
     /// many positions a margin account may hold and still trade or be liquidated on its
     /// maintenance).
@@ -112,6 +120,7 @@ impl ShapeArgs {
             prices: self.prices,
             solvency: self.solvency,
             solvency_bits: self.solvency_window.trailing_zeros() as usize,
+            readonly: self.readonly,
         }
     }
 }
@@ -191,12 +200,14 @@ pub struct ProveArgs {
 }
 
 /// The engine's limits for a node whose batches a circuit of `shape` proves: money leaves only
-/// an account whose positions all fit the shape's registers in a batch of their own, and an
+/// an account whose positions all fit the shape's registers (read-only ones included: a
+/// withdrawal changes no position) in a batch of their own, and an
 /// order fills only as many resting orders as a batch of its own holds.
 pub(crate) fn limits(shape: Option<optio_prover::Shape>) -> optio_types::EngineLimits {
     let mut limits = optio_types::EngineLimits::default();
     if let Some(shape) = shape {
-        limits.max_positions_to_withdraw = shape.positions.min(shape.instruments) as u32;
+        limits.max_positions_to_withdraw =
+            (shape.positions + shape.readonly).min(shape.instruments) as u32;
         limits.fill_budget = shape.fill_budget();
         limits.mark_windows = shape.mark_windows();
         limits.settle_budget = shape.settle_budget();
@@ -255,11 +266,12 @@ pub fn run(args: ProveArgs) -> Result<()> {
             let generated = Keys::generate(shape, &mut os_rng()).map_err(|e| anyhow!("{e}"))?;
             generated.write(&keys).map_err(|e| anyhow!("{e}"))?;
             println!(
-                "keys {} ({} op slots, {} accounts, {} positions, {} instruments, {} listing and {} expiry slots, {} settlement slots of {} holders, {} mark windows of {} ids, {} risk scenarios, {} account slots, {} margin slots, {} price and {} solvency windows of {} ids) written to {} in {:.1} s",
+                "keys {} ({} op slots, {} accounts, {} positions and {} read-only ones, {} instruments, {} listing and {} expiry slots, {} settlement slots of {} holders, {} mark windows of {} ids, {} risk scenarios, {} account slots, {} margin slots, {} price and {} solvency windows of {} ids) written to {} in {:.1} s",
                 shape.name(),
                 shape.slots,
                 shape.accounts,
                 shape.positions,
+                shape.readonly,
                 shape.instruments,
                 shape.listings,
                 shape.expiries,

@@ -279,7 +279,11 @@ struct Snapshot {
 /// What the slots carry from one to the next.
 struct Running {
     accounts: Vec<AccountWires>,
+    /// The writable position registers, then the read-only ones.
     positions: Vec<PositionWires>,
+    /// How many are writable: the op and settlement slots select among these only, so a
+    /// read-only register ends the batch as it started.
+    writable: usize,
     instruments: Vec<InstrumentWires>,
     fee_pool: Wire,
     insurance: Wire,
@@ -372,6 +376,25 @@ fn ordered(cs: &Cs, enabled: &[Wire], keys: &[Wire], bits: usize) -> R<()> {
             &keys[k].sub(&keys[k - 1]).add_const(-Fr::from(1u64)),
         )?;
         cs.range(&gap, bits)?;
+    }
+    Ok(())
+}
+
+/// No enabled key at or after `split` equals an enabled one before it: for each later one, the
+/// product of its differences from the earlier ones in use (1 for one not in use) has an
+/// inverse. Two constraints a pair.
+fn distinct(cs: &Cs, enabled: &[Wire], keys: &[Wire], split: usize) -> R<()> {
+    for (e, key) in enabled[split..].iter().zip(&keys[split..]) {
+        let mut product = one();
+        for (f, earlier) in enabled[..split].iter().zip(&keys[..split]) {
+            // f ? key - earlier : 1
+            let term = cs.mul(f, &key.sub(earlier).add_const(-Fr::from(1u64)))?;
+            product = cs.mul(&product, &term.add_const(Fr::from(1u64)))?;
+        }
+        // (0 for a register not in use, which need not differ.)
+        let inverse = ark_ff::Field::inverse(&product.value).unwrap_or_default();
+        let inverse = cs.witness(inverse * e.value)?;
+        cs.enforce(&product, &inverse, e)?;
     }
     Ok(())
 }
@@ -521,7 +544,12 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
                 .add(&q.instrument)
         })
         .collect();
-    ordered(cs, &enabled, &keys, 40)?;
+    // Each group in strictly increasing key order, and no read-only register's key any
+    // writable one's: no position is loaded twice.
+    let writable = w.shape.positions.min(positions.len());
+    ordered(cs, &enabled[..writable], &keys[..writable], 40)?;
+    ordered(cs, &enabled[writable..], &keys[writable..], 40)?;
+    distinct(cs, &enabled, &keys, writable)?;
 
     let mut instruments = Vec::with_capacity(w.instruments.len());
     for i in &w.instruments {
@@ -608,6 +636,7 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
     let mut st = Running {
         accounts,
         positions,
+        writable: w.shape.positions,
         instruments,
         fee_pool,
         insurance,
@@ -684,6 +713,13 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
         let siblings = cs.witnesses(&q.siblings)?;
         let old = cs.merkle_root(&reg.qty0, &reg.instrument_bits, &siblings)?;
         cs.equal_if(&reg.enabled, &old, &current)?;
+        if k >= st.writable {
+            // A read-only register: no op changed it (its quantity is its leaf's), so the
+            // root stays as it is.
+            nz_end.push(reg.nz0.clone());
+            cs.equal_if(&reg.used, &reg.enabled, &one())?;
+            continue;
+        }
         cs.signed_range(&reg.qty, 64)?;
         nz_end.push(cs.is_nonzero(&reg.qty)?);
         let new = cs.merkle_root(&reg.qty, &reg.instrument_bits, &siblings)?;
@@ -1095,9 +1131,9 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
     cs.equal(&sum_a, &used)?;
     let (sel_b, sum_b) = selector(cs, st.accounts.len(), s.b)?;
     cs.equal(&sum_b, &transfer.add(&trade))?;
-    let (sel_pa, sum_pa) = selector(cs, st.positions.len(), s.pa)?;
+    let (sel_pa, sum_pa) = selector(cs, st.writable, s.pa)?;
     cs.equal(&sum_pa, &trade)?;
-    let (sel_pb, sum_pb) = selector(cs, st.positions.len(), s.pb)?;
+    let (sel_pb, sum_pb) = selector(cs, st.writable, s.pb)?;
     cs.equal(&sum_pb, &trade)?;
     let (sel_i, sum_i) = selector(cs, st.instruments.len(), s.i)?;
     cs.equal(&sum_i, &trade)?;
@@ -1830,10 +1866,16 @@ fn margin_slots(
         let (mut floor, mut standard_terms, mut allowance) =
             (Wire::zero(), Wire::zero(), Wire::zero());
         for (r, q) in st.positions.iter().enumerate() {
-            let qty = pick(cs, &sel_k, st.snapshots.iter().map(|x| x.qty[r].clone()))?;
-            let qty = qty.add(&cs.mul(&end, &q.qty)?);
-            let short = pick(cs, &sel_k, st.snapshots.iter().map(|x| x.short[r].clone()))?;
-            let short = short.add(&cs.mul(&end, &q.short)?);
+            // (A read-only register holds its leaf's quantity throughout; `belongs` below is
+            // zero in a slot not in use.)
+            let (qty, short) = if r >= st.writable {
+                (q.qty.clone(), q.short.clone())
+            } else {
+                let qty = pick(cs, &sel_k, st.snapshots.iter().map(|x| x.qty[r].clone()))?;
+                let qty = qty.add(&cs.mul(&end, &q.qty)?);
+                let short = pick(cs, &sel_k, st.snapshots.iter().map(|x| x.short[r].clone()))?;
+                (qty, short.add(&cs.mul(&end, &q.short)?))
+            };
             let same = not(&cs.is_nonzero(&q.account.sub(&account))?);
             let belongs = cs.mul(&cs.mul(&same, &q.enabled)?, &enabled)?;
             // Each of its positions is priced by exactly one instrument register.
@@ -2360,7 +2402,7 @@ fn settle_slot(cs: &Cs, o: &SettleSlot, st: &mut Running, instruments_root: &mut
     let (mut paid, mut count) = (Wire::zero(), Wire::zero());
     for h in &o.holders {
         let (sel_a, used) = selector(cs, st.accounts.len(), h.account)?;
-        let (sel_p, used_p) = selector(cs, st.positions.len(), h.position)?;
+        let (sel_p, used_p) = selector(cs, st.writable, h.position)?;
         cs.equal(&used_p, &used)?;
         cs.equal_if(&used, &enabled, &one())?;
         for (a, x) in st.accounts.iter_mut().zip(&sel_a) {

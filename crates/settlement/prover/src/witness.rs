@@ -97,13 +97,22 @@ pub struct Shape {
     /// A price or solvency window spans `2^solvency_bits` instrument ids (the devnet's 58
     /// instruments fit one run of 64, so a market maker quoting all of them takes one window).
     pub solvency_bits: usize,
+    /// Read-only position registers: each loads one position that no op of the batch changes
+    /// (an untraded position a margin slot or the solvency check prices), along one path
+    /// instead of a read and a write-back, and no op slot can select it.
+    pub readonly: usize,
 }
 
 impl Shape {
     /// The name of its key files:
-    /// `quad-<slots>x<accounts>x<positions>x<instruments>x<listings>x<expiries>x<settlements>x<holders>x<marks>x<risk_chunks>x<keys>x<mark_window_bits>x<margins>x<prices>x<solvency>x<solvency_bits>`.
+    /// `quad-<slots>x<accounts>x<positions>x<instruments>x<listings>x<expiries>x<settlements>x<holders>x<marks>x<risk_chunks>x<keys>x<mark_window_bits>x<margins>x<prices>x<solvency>x<solvency_bits>`,
+    /// then `x<readonly>` when it has read-only position registers (a shape without any is
+    /// named, and lays out its circuit, as before they existed).
     pub fn name(&self) -> String {
-        let fields = self.fields().map(|n| n.to_string());
+        let mut fields = self.fields().map(|n| n.to_string()).to_vec();
+        if self.readonly > 0 {
+            fields.push(self.readonly.to_string());
+        }
         format!("quad-{}", fields.join("x"))
     }
 
@@ -114,7 +123,10 @@ impl Shape {
             .split('x')
             .map(|x| x.parse().ok())
             .collect::<Option<_>>()?;
-        let n = <[usize; 16]>::try_from(n).ok()?;
+        // (A shape without read-only registers has one name: no trailing `x0`.)
+        if !(16..=17).contains(&n.len()) || n.get(16) == Some(&0) {
+            return None;
+        }
         // A window is a whole subtree of the arity-4 tree: an even number of id bits.
         if [n[11], n[15]]
             .iter()
@@ -139,6 +151,7 @@ impl Shape {
             prices: n[13],
             solvency: n[14],
             solvency_bits: n[15],
+            readonly: n.get(16).copied().unwrap_or(0),
         })
     }
 
@@ -1016,6 +1029,8 @@ struct Plan<'a> {
     accounts_after: u32,
     account_ids: BTreeSet<u32>,
     position_keys: BTreeSet<(u32, u32)>,
+    /// Those of `position_keys` an op changes (the others are only priced).
+    changed_keys: BTreeSet<(u32, u32)>,
     instrument_ids: BTreeSet<u32>,
     marks: Vec<(usize, &'a Op)>,
     /// Op slots: the op's index in the batch, the op, and the id an opening takes.
@@ -1081,6 +1096,7 @@ pub fn data_commitment(state: &SettlementState, ops: &[Op]) -> Result<Fr, Witnes
         prices: usize::MAX,
         solvency: usize::MAX,
         solvency_bits: 0,
+        readonly: 0,
     };
     let p = plan(state, ops, unbounded)?;
     let risk = p
@@ -1111,6 +1127,7 @@ pub fn data_commitment(state: &SettlementState, ops: &[Op]) -> Result<Fr, Witnes
         prices: p.price_runs.len(),
         solvency: p.solvency_runs.len(),
         solvency_bits: 0,
+        readonly: 0,
     };
     Ok(commitment(&witness(state, ops, shape)?))
 }
@@ -1160,6 +1177,9 @@ fn plan<'a>(
     let mut next_account = accounts.len() as u32;
     let (mut account_ids, mut position_keys, mut instrument_ids) =
         (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
+    // The positions an op changes (the others of `position_keys` are only priced: each may
+    // take a read-only register).
+    let mut changed_keys = BTreeSet::new();
     let mut marks = Vec::new();
     // Op slots: the op's index in the batch, the op, and the id an opening takes.
     let mut slot_ops: Vec<(usize, &Op, u32)> = Vec::new();
@@ -1250,6 +1270,7 @@ fn plan<'a>(
                 }
                 account_ids.insert(account.0);
                 position_keys.insert((account.0, instrument.0));
+                changed_keys.insert((account.0, instrument.0));
                 settled_accounts.insert(account.0);
                 pending
                     .entry(instrument.0)
@@ -1326,6 +1347,7 @@ fn plan<'a>(
                 filled_accounts.insert(counterparty.0);
                 account_ids.extend([account.0, counterparty.0]);
                 position_keys.extend([(account.0, instrument.0), (counterparty.0, instrument.0)]);
+                changed_keys.extend([(account.0, instrument.0), (counterparty.0, instrument.0)]);
                 instrument_ids.insert(instrument.0);
             }
             Op::Fill {
@@ -1343,6 +1365,7 @@ fn plan<'a>(
                 traded.extend([maker.0, taker.0]);
                 account_ids.extend([maker.0, taker.0]);
                 position_keys.extend([(maker.0, instrument.0), (taker.0, instrument.0)]);
+                changed_keys.extend([(maker.0, instrument.0), (taker.0, instrument.0)]);
                 instrument_ids.insert(instrument.0);
             }
         }
@@ -1465,7 +1488,15 @@ fn plan<'a>(
         ("op slots", slot_ops.len(), shape.slots),
         ("account slots", key_ops.len() + mode_ops.len(), shape.keys),
         ("account registers", account_ids.len(), shape.accounts),
-        ("position registers", position_keys.len(), shape.positions),
+        // Those an op changes take the writable registers; the others the read-only ones, and
+        // what the read-only ones cannot hold writable ones too.
+        (
+            "position registers",
+            changed_keys
+                .len()
+                .max(position_keys.len().saturating_sub(shape.readonly)),
+            shape.positions,
+        ),
         (
             "instrument registers",
             instrument_ids.len(),
@@ -1495,6 +1526,7 @@ fn plan<'a>(
         accounts_after: next_account,
         account_ids,
         position_keys,
+        changed_keys,
         instrument_ids,
         marks,
         slot_ops,
@@ -1547,6 +1579,7 @@ pub fn witness(
         accounts_after,
         account_ids,
         position_keys,
+        changed_keys,
         instrument_ids,
         marks,
         slot_ops,
@@ -1633,26 +1666,47 @@ pub fn witness(
         });
         accts.push(acct);
     }
-    let position_keys: Vec<(u32, u32)> = position_keys.into_iter().collect();
-    let pos_of: BTreeMap<(u32, u32), usize> = position_keys
+    // Position registers: the writable ones (in key order, then those unused), then the
+    // read-only ones (positions no op changes, as many as they hold, in key order, then those
+    // unused).
+    let (mut readonly_keys, mut writable_keys) = (Vec::new(), Vec::new());
+    for key in position_keys {
+        if !changed_keys.contains(&key) && readonly_keys.len() < shape.readonly {
+            readonly_keys.push(key);
+        } else {
+            writable_keys.push(key);
+        }
+    }
+    let pos_of: BTreeMap<(u32, u32), usize> = writable_keys
         .iter()
         .enumerate()
+        .chain(
+            readonly_keys
+                .iter()
+                .enumerate()
+                .map(|(j, k)| (shape.positions + j, k)),
+        )
         .map(|(p, k)| (*k, p))
         .collect();
-    let mut position_regs: Vec<PositionReg> = position_keys
-        .iter()
-        .map(|&(account, instrument)| PositionReg {
-            enabled: true,
-            account: reg_of[&account],
-            instrument,
-            qty: fr(accts[reg_of[&account]]
-                .positions
-                .get(&instrument)
-                .copied()
-                .unwrap_or(0)),
-            siblings: Vec::new(),
-        })
-        .collect();
+    let register = |&(account, instrument): &(u32, u32)| PositionReg {
+        enabled: true,
+        account: reg_of[&account],
+        instrument,
+        qty: fr(accts[reg_of[&account]]
+            .positions
+            .get(&instrument)
+            .copied()
+            .unwrap_or(0)),
+        siblings: Vec::new(),
+    };
+    let unused = || PositionReg {
+        siblings: zeros(INSTRUMENT_DEPTH),
+        ..PositionReg::default()
+    };
+    let mut position_regs: Vec<PositionReg> = writable_keys.iter().map(register).collect();
+    position_regs.resize_with(shape.positions, unused);
+    position_regs.extend(readonly_keys.iter().map(register));
+    position_regs.resize_with(shape.positions + shape.readonly, unused);
     let instrument_ids: Vec<u32> = instrument_ids.into_iter().collect();
     let inst_of: BTreeMap<u32, usize> = instrument_ids
         .iter()
@@ -1989,8 +2043,9 @@ pub fn witness(
         insurance_after += i128::from(*credit);
     }
 
-    // Write-backs: positions in (account, instrument) order, then accounts in id order.
-    for reg in position_regs.iter_mut() {
+    // Write-backs: positions in register order (a read-only one rereads its leaf), then
+    // accounts in id order.
+    for reg in position_regs.iter_mut().filter(|r| r.enabled) {
         let acct = &mut accts[reg.account];
         reg.siblings = path(&acct.tree, u64::from(reg.instrument));
         let q = acct.positions.get(&reg.instrument).copied().unwrap_or(0);
@@ -1998,10 +2053,6 @@ pub fn witness(
             .set(u64::from(reg.instrument), fr(q))
             .expect("instrument ids fit the depth");
     }
-    position_regs.resize_with(shape.positions, || PositionReg {
-        siblings: zeros(INSTRUMENT_DEPTH),
-        ..PositionReg::default()
-    });
     let seeds: Vec<(u64, Fr, Proof)> = account_ids
         .iter()
         .zip(&account_regs)

@@ -36,6 +36,7 @@ const SHAPE: Shape = Shape {
     prices: 1,
     solvency: 6,
     solvency_bits: 2,
+    readonly: 0,
 };
 
 #[test]
@@ -559,6 +560,242 @@ fn random_batches_satisfy_the_circuit_with_the_native_root() {
     );
     assert!(liquidations >= 3, "liquidations: {liquidations}");
     assert!(state.accounts().iter().any(|a| !a.keys.is_empty()));
+}
+
+/// The test shape with four of its position registers read-only: random batches satisfy the
+/// circuit with the native root as they do with all of them writable, the positions the batch
+/// only prices in the read-only ones.
+#[test]
+fn random_batches_satisfy_a_shape_with_read_only_registers() {
+    let shape = Shape {
+        readonly: 4,
+        ..SHAPE
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    let mut state = leveraged_writer();
+    let mut priority = 0;
+    let mut read_only = 0;
+    for round in 0..4 {
+        let ops = random_batch(&mut rng, &state, &mut priority);
+        let w = witness(&state, &ops, shape).expect("covered ops");
+        let next = after(&state, &ops);
+        assert_eq!(w.public.new_root, next.root(), "round {round}");
+        check(&w).unwrap_or_else(|e| panic!("round {round}: {e}"));
+        read_only += w.positions[SHAPE.positions..]
+            .iter()
+            .filter(|p| p.enabled)
+            .count();
+        // The commitment does not depend on the shape.
+        assert_eq!(
+            w.public.commitment,
+            witness(&state, &ops, SHAPE)
+                .expect("fits")
+                .public
+                .commitment
+        );
+        state = next;
+    }
+    assert!(
+        read_only >= 2,
+        "positions in read-only registers: {read_only}"
+    );
+}
+
+/// Two writable position registers and two read-only ones.
+const READ_ONLY: Shape = Shape {
+    positions: 2,
+    readonly: 2,
+    ..SHAPE
+};
+
+/// Accounts 0 and 1 after `marked_long` (0 short 20 perpetuals, 1 long), then account 0 long a
+/// call from account 1 (marked at 5,000 with scenarios of -2,000 and +3,000): each holds two
+/// positions.
+fn two_positions_each() -> SettlementState {
+    let state = marked_with(&marked_long(), 1, 5_000, &[-2_000, 3_000]);
+    after(&state, &[fill_of(1, Side::Sell, 5_000, 1)])
+}
+
+/// A position no op of the batch changes may take a read-only register (one path, no
+/// write-back): it is priced as a writable one is, here by a withdrawal's stress rule, which
+/// refuses a unit more than the native rule lets leave.
+#[test]
+fn read_only_registers_price_what_no_op_changes() {
+    let state = two_positions_each();
+    let free = i64::try_from(state.stress_free(AccountId(0)).expect("funded")).expect("i64");
+    let withdrawal = |amount| Op::Withdraw {
+        account: AccountId(0),
+        owner: owner_of(AccountId(0)),
+        amount: Amount(amount),
+    };
+    let w = witness(&state, &[withdrawal(free)], READ_ONLY).expect("fits");
+    let enabled: Vec<bool> = w.positions.iter().map(|p| p.enabled).collect();
+    assert_eq!(enabled, [false, false, true, true], "both read-only");
+    check(&w).expect("the most the rule lets leave");
+    let over = witness(&state, &[withdrawal(free + 1)], READ_ONLY).expect("fits");
+    assert!(refused_at(&over).starts_with("margin slots"));
+    // The same batch in a shape with fewer registers than positions priced.
+    for shape in [
+        Shape {
+            readonly: 1,
+            positions: 0,
+            ..SHAPE
+        },
+        Shape {
+            readonly: 0,
+            positions: 1,
+            ..SHAPE
+        },
+    ] {
+        assert_eq!(
+            witness(&state, &[withdrawal(free)], shape).err(),
+            Some(optio_prover::witness::WitnessError::TooLarge(
+                "position registers"
+            ))
+        );
+    }
+    // One writable and one read-only register hold them.
+    let mixed = Shape {
+        readonly: 1,
+        positions: 1,
+        ..READ_ONLY
+    };
+    let w = witness(
+        &state,
+        &[withdrawal(free)],
+        Shape {
+            positions: 2,
+            ..mixed
+        },
+    )
+    .expect("fits");
+    let enabled: Vec<bool> = w.positions.iter().map(|p| p.enabled).collect();
+    assert_eq!(enabled, [true, false, true]);
+    check(&w).expect("one of each");
+
+    // The call loaded in both a writable and a read-only register, and the short perpetuals
+    // left out: the count the account's leaf commits still matches, both paths hold (neither
+    // changed), and the rule would price the call twice and the short never, letting half a
+    // million more leave. Refused where the registers are loaded.
+    let more = withdrawal(free + 500_000 * MONEY_SCALE);
+    let mut w = witness(&state, std::slice::from_ref(&more), READ_ONLY).expect("fits");
+    assert!(refused_at(&w).starts_with("margin slots"));
+    let call = w.positions[3].clone();
+    assert_eq!(call.instrument, 1);
+    w.positions[0] = call.clone();
+    w.positions[2] = call;
+    w.positions[3] = optio_prover::witness::PositionReg {
+        siblings: w.positions[3].siblings.clone(),
+        ..Default::default()
+    };
+    assert!(refused_at(&w).starts_with("the registers"));
+}
+
+/// A real Groth16 proof of a batch whose positions sit in read-only registers (the
+/// withdrawal above) verifies, and not for another new root.
+#[test]
+fn a_real_proof_with_read_only_registers_verifies() {
+    use ark_std::rand::SeedableRng;
+    let shape = Shape {
+        slots: 1,
+        accounts: 1,
+        positions: 1,
+        instruments: 2,
+        listings: 0,
+        expiries: 0,
+        settlements: 0,
+        holders: 0,
+        marks: 0,
+        risk_chunks: 1,
+        keys: 0,
+        mark_window_bits: 0,
+        margins: 1,
+        prices: 0,
+        solvency: 0,
+        solvency_bits: 0,
+        readonly: 2,
+    };
+    let state = two_positions_each();
+    let ops = [Op::Withdraw {
+        account: AccountId(0),
+        owner: owner_of(AccountId(0)),
+        amount: Amount(MONEY_SCALE),
+    }];
+    let w = witness(&state, &ops, shape).expect("fits");
+    assert!(w.positions[1..].iter().all(|p| p.enabled) && !w.positions[0].enabled);
+    let mut rng = ark_std::rand::rngs::StdRng::seed_from_u64(5);
+    let keys = optio_prover::Keys::generate(shape, &mut rng).expect("keys");
+    let public = w.public;
+    let proof = optio_prover::prove(&keys, w, &mut rng).expect("proves");
+    assert!(optio_prover::verify(&keys.vk, &public, &proof));
+    assert_eq!(public.new_root, after(&state, &ops).root());
+    let mut other = public;
+    other.new_root += Fr::from(1u64);
+    assert!(!optio_prover::verify(&keys.vk, &other, &proof));
+}
+
+/// No op may change a read-only register: a fill that names one for its position is refused,
+/// and so is a read-only register holding other than its leaf's quantity.
+#[test]
+fn no_op_writes_a_read_only_register() {
+    let state = two_positions_each();
+    // A perpetual fill (both perpetual positions change: writable) and a withdrawal that prices
+    // account 0's call; account 1 traded in Standard, so its call is priced too: read-only.
+    let ops = [
+        perp_fill(Side::Sell, 1),
+        Op::Withdraw {
+            account: AccountId(0),
+            owner: owner_of(AccountId(0)),
+            amount: Amount(MONEY_SCALE),
+        },
+    ];
+    let honest = witness(&state, &ops, READ_ONLY).expect("fits");
+    assert!(honest.positions.iter().all(|p| p.enabled));
+    assert!(
+        honest.positions[2..]
+            .iter()
+            .all(|p| p.instrument == 1 && !p.siblings.is_empty())
+    );
+    check(&honest).expect("honest");
+    let mut w = honest.clone();
+    w.slots[0].pa = Some(2);
+    assert!(
+        refused_at(&w).starts_with("op slot 0"),
+        "a fill's position in a read-only register"
+    );
+    let mut w = honest.clone();
+    w.positions[3].qty += Fr::from(1u64);
+    assert!(refused(&w), "a read-only quantity other than its leaf's");
+    // With no read-only registers, four writable ones hold them.
+    let w = witness(
+        &state,
+        &ops,
+        Shape {
+            positions: 4,
+            readonly: 0,
+            ..SHAPE
+        },
+    )
+    .expect("fits");
+    check(&w).expect("all writable");
+    assert_eq!(w.public.commitment, honest.public.commitment);
+    assert_eq!(w.public.new_root, honest.public.new_root);
+    // A shape whose writable registers cannot hold the positions the fill changes.
+    assert_eq!(
+        witness(
+            &state,
+            &ops,
+            Shape {
+                positions: 1,
+                readonly: 3,
+                ..SHAPE
+            }
+        )
+        .err(),
+        Some(optio_prover::witness::WitnessError::TooLarge(
+            "position registers"
+        ))
+    );
 }
 
 fn batch_of(state: &SettlementState, ops: &[Op]) -> BatchWitness {
@@ -1226,6 +1463,7 @@ fn the_value_check_agrees_with_arkworks() {
         prices: 0,
         solvency: 0,
         solvency_bits: 0,
+        readonly: 0,
     };
     let state = genesis(2);
     for (amount, ok) in [
@@ -3329,6 +3567,7 @@ const WINDOWED: Shape = Shape {
     prices: 1,
     solvency: 4,
     solvency_bits: 2,
+    readonly: 0,
     ..SHAPE
 };
 
@@ -3593,6 +3832,7 @@ fn solvency_windows_cannot_be_forged() {
         prices: 2,
         solvency: 4,
         solvency_bits: 0,
+        readonly: 0,
         ..SHAPE
     };
     let w = witness(&state, &ops, shape).expect("fits");

@@ -28,6 +28,7 @@ const SHAPE: Shape = Shape {
     prices: 1,
     solvency: 1,
     solvency_bits: 2,
+    readonly: 0,
 };
 
 /// keccak256 over the constraint system's sizes and its matrices, entry by entry (coefficient,
@@ -75,6 +76,26 @@ fn the_circuit_version_names_its_constraints() {
             4,
             125_642,
             "a11b743bdfacab5c1422c8af974f30e11490b42800a118bec83c79409e80ff4d"
+        ),
+        "the circuit's constraints changed: if they did, bump optio_prover::CIRCUIT_VERSION \
+         (keys made for the old ones must be refused) and record the new fingerprint beside it"
+    );
+}
+
+/// The same with two read-only position registers (a shape without any lays out the circuit it
+/// did before they existed: the fingerprint above did not move when they came).
+#[test]
+fn the_circuit_version_names_its_read_only_registers() {
+    let (constraints, hash) = fingerprint(Shape {
+        readonly: 2,
+        ..SHAPE
+    });
+    assert_eq!(
+        (CIRCUIT_VERSION, constraints, hash.as_str()),
+        (
+            4,
+            132_241,
+            "2450c498302fcdfa8ed4ed6cc77523e5bed3a5ce5656aaeb4bda635df4abb860"
         ),
         "the circuit's constraints changed: if they did, bump optio_prover::CIRCUIT_VERSION \
          (keys made for the old ones must be refused) and record the new fingerprint beside it"

@@ -27,6 +27,7 @@ const SHAPE: Shape = Shape {
     prices: 1,
     solvency: 8,
     solvency_bits: 2,
+    readonly: 0,
 };
 
 /// The same with marks in windows of four instrument ids (up to 32 ids in eight windows).
@@ -201,6 +202,7 @@ fn a_capacity_aware_batcher_cuts_only_batches_that_fit() {
         prices: 1,
         solvency: 4,
         solvency_bits: 2,
+        readonly: 0,
     };
     let cut = |inputs: &[optio_types::Input]| {
         let mut engine = Engine::new(EngineLimits::default());
@@ -359,6 +361,7 @@ fn an_order_sweeping_more_makers_than_a_proof_holds_fills_what_fits() {
         prices: 0,
         solvency: 0,
         solvency_bits: 0,
+        readonly: 0,
         ..SHAPE
     };
     let (call, perp) = (InstrumentId(0), InstrumentId(2));
@@ -912,6 +915,7 @@ fn a_portfolio_makers_fills_fit_the_proof_or_its_order_is_cancelled() {
         prices: 2,
         solvency: 6,
         solvency_bits: 0,
+        readonly: 0,
         ..SHAPE
     };
     let (call, put, perp) = (InstrumentId(0), InstrumentId(1), InstrumentId(2));
@@ -1389,6 +1393,7 @@ fn a_deleveragings_transfers_to_margined_holders_fit_the_proofs_windows() {
         prices: 2,
         solvency: 2,
         solvency_bits: 0,
+        readonly: 0,
         ..SHAPE
     };
     let (call, perp) = (InstrumentId(0), InstrumentId(2));

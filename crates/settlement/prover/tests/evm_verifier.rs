@@ -40,6 +40,7 @@ const SHAPE: Shape = Shape {
     prices: 1,
     solvency: 2,
     solvency_bits: 2,
+    readonly: 0,
 };
 
 fn u(w: &Word) -> U256 {

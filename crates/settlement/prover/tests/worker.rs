@@ -33,6 +33,7 @@ const SHAPE: Shape = Shape {
     prices: 1,
     solvency: 2,
     solvency_bits: 2,
+    readonly: 0,
 };
 
 /// An ETH perpetual listed and activated (instrument 0).
@@ -231,6 +232,16 @@ fn key_files_round_trip_and_bad_ones_are_named() {
     // The one shape in a directory, found by its files' name.
     assert_eq!(Shape::from_name(&SHAPE.name()), Some(SHAPE));
     assert_eq!(Shape::from_name("quad-1x2x3"), None);
+    // Read-only position registers follow as a seventeenth size, only when there are any: a
+    // shape has one name.
+    let read_only = Shape {
+        readonly: 3,
+        ..SHAPE
+    };
+    assert_eq!(read_only.name(), format!("{}x3", SHAPE.name()));
+    assert_eq!(Shape::from_name(&read_only.name()), Some(read_only));
+    assert_eq!(Shape::from_name(&format!("{}x0", SHAPE.name())), None);
+    assert_eq!(Shape::from_name(&format!("{}x3x1", SHAPE.name())), None);
     // A mark window of an odd number of id bits is no subtree of the arity-4 tree.
     assert_eq!(Shape::from_name("quad-1x1x1x1x0x0x0x0x1x1x0x1"), None);
     let only = Keys::read_only(dir.path()).expect("one shape");
