@@ -103,7 +103,7 @@ pub struct SimArgs {
 
 fn parse_shape(name: &str) -> Result<optio_prover::Shape, String> {
     let shape = optio_prover::Shape::from_name(name)
-        .ok_or_else(|| format!("{name} is not a circuit shape's name (quad-<16 sizes>)"))?;
+        .ok_or_else(|| format!("{name} is not a circuit shape's name (quad-<16 sizes, or 17 with read-only position registers>)"))?;
     shape
         .check()
         .map(|()| shape)
@@ -155,6 +155,8 @@ pub struct Stats {
     batches: u64,
     /// Batches whose witness was checked against the circuit (`--circuit`).
     circuit_checked: u64,
+    /// Positions their witnesses held in read-only registers.
+    read_only: u64,
     key_changes: u64,
     key_orders: u64,
     /// The engine's state hash at the end (a rerun of the seed must end on the same one).
@@ -197,13 +199,14 @@ impl Stats {
         self.book_changes_checked += s.book_changes_checked;
         self.batches += s.batches;
         self.circuit_checked += s.circuit_checked;
+        self.read_only += s.read_only;
         self.key_changes += s.key_changes;
         self.key_orders += s.key_orders;
     }
 
     fn line(&self) -> String {
         format!(
-            "{} orders ({} accepted), {} cancels, {} hostile refused, {} oracle updates ({} stalls, {} jumps, {} settlement prices), {} put fills ({} put positions settled, {} of BTC's), {} BTC fills, {} fills of the Portfolio trader, {} auctions started ({} ended), {} liquidation bids filled, {} deleverages ({} refused as early), {} L1 deposits, {} forced withdrawals, {} forced closes ({} positions moved), {} settler rounds, {} L1 reorgs ({} txs dropped), {} crashes ({} restarts from a snapshot, {} torn tails, {} unsynced groups lost, {} kept), {} slow subscribers, {} book changes checked, {} batches ({} checked against the circuit), {} session key changes, {} orders signed by a session key",
+            "{} orders ({} accepted), {} cancels, {} hostile refused, {} oracle updates ({} stalls, {} jumps, {} settlement prices), {} put fills ({} put positions settled, {} of BTC's), {} BTC fills, {} fills of the Portfolio trader, {} auctions started ({} ended), {} liquidation bids filled, {} deleverages ({} refused as early), {} L1 deposits, {} forced withdrawals, {} forced closes ({} positions moved), {} settler rounds, {} L1 reorgs ({} txs dropped), {} crashes ({} restarts from a snapshot, {} torn tails, {} unsynced groups lost, {} kept), {} slow subscribers, {} book changes checked, {} batches ({} checked against the circuit, {} positions in read-only registers), {} session key changes, {} orders signed by a session key",
             self.orders,
             self.accepted,
             self.cancels,
@@ -238,6 +241,7 @@ impl Stats {
             self.book_changes_checked,
             self.batches,
             self.circuit_checked,
+            self.read_only,
             self.key_changes,
             self.key_orders
         )
@@ -1606,8 +1610,10 @@ impl World {
 
 /// Every batch in `batches`, in order, fits `shape`, and its witness satisfies the circuit
 /// with the native new root (`World::settle` has checked the last against the batcher's): a
-/// prover worker with keys of the shape would prove each. Returns how many were checked.
-fn check_circuit(batches: &Path, shape: optio_prover::Shape) -> Result<u64> {
+/// prover worker with keys of the shape would prove each. Returns how many were checked, and
+/// how many positions their witnesses held in read-only registers.
+fn check_circuit(batches: &Path, shape: optio_prover::Shape) -> Result<(u64, u64)> {
+    let mut read_only = 0;
     let mut state = optio_state::SettlementState::new();
     let files = optio_gateway::batching::blob_files(batches)?;
     for file in &files {
@@ -1618,6 +1624,10 @@ fn check_circuit(batches: &Path, shape: optio_prover::Shape) -> Result<u64> {
             .map_err(|e| anyhow::anyhow!("batch {number} does not fit the circuit: {e}"))?;
         optio_prover::keys::check(&w)
             .map_err(|e| anyhow::anyhow!("batch {number} does not satisfy the circuit: {e}"))?;
+        read_only += w.positions[shape.positions..]
+            .iter()
+            .filter(|p| p.enabled)
+            .count() as u64;
         state
             .apply_batch(&ops)
             .map_err(|e| anyhow::anyhow!("batch {number} does not apply: {e}"))?;
@@ -1627,7 +1637,7 @@ fn check_circuit(batches: &Path, shape: optio_prover::Shape) -> Result<u64> {
             "batch {number}: the witness's new root differs from the state's"
         );
     }
-    Ok(files.len() as u64)
+    Ok((files.len() as u64, read_only))
 }
 
 /// Runs one seed; `Err` names the first violation.
@@ -1705,8 +1715,9 @@ pub fn run_seed(
     w.settle()
         .with_context(|| format!("seed {seed}, final settlement check"))?;
     if let Some(shape) = shape {
-        w.stats.circuit_checked = check_circuit(&w.dir.path().join("batches"), shape)
-            .with_context(|| format!("seed {seed}, final settlement check"))?;
+        (w.stats.circuit_checked, w.stats.read_only) =
+            check_circuit(&w.dir.path().join("batches"), shape)
+                .with_context(|| format!("seed {seed}, final settlement check"))?;
     }
     w.stop()?;
     Ok(w.stats)

@@ -182,16 +182,22 @@ fn every_batch_of_a_node_cut_to_a_shape_satisfies_the_circuit() {
 }
 
 /// A shape smaller than the run needs (a settlement pays two positions, one settles a batch,
-/// four mark slots, one for each instrument, eight op slots): the engine's limits for it settle the put's expiry in
-/// parts at later oracle updates, and cut more batches. Every batch satisfies the circuit, and
+/// four mark slots, one for each instrument, eight op slots), with four read-only position
+/// registers: the engine's limits for it settle the put's expiry in
+/// parts at later oracle updates, and cut more batches. Every batch satisfies the circuit (the
+/// positions a batch only prices in read-only registers), and
 /// every part's price posts the oracle's signature of it (the watchtower's check at the end;
 /// it found that a later part posted none, so that anyone could have reverted the honest batch
 /// and slashed the operator).
 #[test]
 fn a_node_cut_to_a_small_shape_settles_in_parts_every_batch_proven_and_attested() {
-    let text = checked_against("quad-8x8x8x4x2x2x1x2x4x3x2x0x2x2x4x6");
+    let text = checked_against("quad-8x8x8x4x2x2x1x2x4x3x2x0x2x2x4x6x4");
     // More positions settled than a settlement slot pays: in parts.
     assert!(count(&text, "put positions settled") > 2, "{text}");
+    assert!(
+        count(&text, "positions in read-only registers") > 0,
+        "{text}"
+    );
 }
 
 /// The check can fail: the same node without the shape's limits and cuts (as a node without
