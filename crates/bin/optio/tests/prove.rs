@@ -10,13 +10,17 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-/// The shape: 4 op slots and account registers, 8 listing slots, nothing else.
-const SHAPE: [&str; 24] = [
+/// The shape: 4 op slots and account registers, 8 listing slots, a read-only position register
+/// (its keys named with the seventeenth size, which the node, the settler's verifier and
+/// `optio prove check` must all read alike), nothing else.
+const SHAPE: [&str; 26] = [
     "--slots",
     "4",
     "--accounts",
     "4",
     "--positions",
+    "1",
+    "--readonly",
     "1",
     "--instruments",
     "1",
