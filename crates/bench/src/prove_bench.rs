@@ -46,6 +46,11 @@ pub struct Args {
     /// generations of about 1.5M and 0.9M constraints).
     #[arg(long)]
     devnet: bool,
+    /// Also prove the worst-case margin trade (two `Standard` accounts, each holding a
+    /// position the batch does not touch) with those positions in writable and in read-only
+    /// position registers, side by side.
+    #[arg(long)]
+    read_only: bool,
 }
 
 fn constraints(shape: Shape) -> anyhow::Result<usize> {
@@ -287,6 +292,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     if args.devnet {
         devnet_batch()?;
     }
+    if args.read_only {
+        read_only_batch(risk_chunks)?;
+    }
 
     let mut rng = StdRng::seed_from_u64(1);
     let slots = if args.no_prove { 1 } else { args.slots.max(1) };
@@ -461,6 +469,139 @@ fn devnet_batch() -> anyhow::Result<()> {
     println!(
         "  proving time, window / path per mark: {:.2}",
         seconds[0] / seconds[1]
+    );
+    Ok(())
+}
+
+/// Two `Standard` accounts, each holding a call the other wrote (marked, with scenarios), and a
+/// batch of one perpetual fill between them: each account's end margin slot prices its call too.
+fn margined_pair(risk_chunks: usize) -> (SettlementState, Vec<Op>) {
+    let scenarios = risk_chunks * optio_state::leaf::RISK_CHUNK - 1;
+    let mut state = SettlementState::new();
+    let mut genesis = Vec::new();
+    for (k, name) in ["BTC-PERPETUAL", "BTC-26MAR27-100000-C"].iter().enumerate() {
+        let spec = InstrumentSpec::with_defaults(
+            name.parse().expect("name"),
+            Price(200_000 * MONEY_SCALE),
+        );
+        genesis.push(Op::ListInstrument { spec });
+        genesis.push(Op::ActivateInstrument {
+            instrument: InstrumentId(k as u32),
+        });
+    }
+    for i in 0..2u32 {
+        genesis.push(Op::OpenAccount {
+            owner: Address([i as u8 + 1; 20]),
+        });
+        genesis.push(Op::Deposit {
+            account: AccountId(i),
+            amount: Amount(10_000_000 * MONEY_SCALE),
+        });
+        genesis.push(Op::SetMarginMode {
+            account: AccountId(i),
+            mode: optio_types::MarginMode::Standard,
+        });
+    }
+    for (k, mark) in [(0u32, 100_000), (1, 5_000)] {
+        genesis.push(Op::Mark {
+            instrument: InstrumentId(k),
+            mark: Price(mark * MONEY_SCALE),
+            index: Price(100_000 * MONEY_SCALE),
+            risk: (0..scenarios)
+                .map(|s| Amount((s as i64 - scenarios as i64 / 2) * 100 * MONEY_SCALE))
+                .collect(),
+            published_ms: 0,
+        });
+    }
+    let fill = |instrument, taker_side| Op::Fill {
+        instrument: InstrumentId(instrument),
+        maker: AccountId(0),
+        taker: AccountId(1),
+        taker_side,
+        price: Price(if instrument == 0 { 100_000 } else { 5_000 } * MONEY_SCALE),
+        qty: Qty(QTY_SCALE),
+    };
+    for batch in [
+        genesis,
+        vec![fill(1, Side::Buy), fill(1, Side::Sell), fill(1, Side::Buy)],
+    ] {
+        state.apply_batch(&batch).expect("the setup applies");
+        state.commit();
+    }
+    (state, vec![fill(0, Side::Buy)])
+}
+
+/// The worst-case margin trade with its accounts' untraded positions in writable and in
+/// read-only position registers: constraints, keys, proving, side by side.
+fn read_only_batch(risk_chunks: usize) -> anyhow::Result<()> {
+    let (state, ops) = margined_pair(risk_chunks);
+    let base = Shape {
+        slots: 1,
+        accounts: 2,
+        positions: 4,
+        instruments: 2,
+        listings: 0,
+        expiries: 0,
+        settlements: 0,
+        holders: 0,
+        marks: 0,
+        risk_chunks,
+        keys: 0,
+        mark_window_bits: 0,
+        margins: 2,
+        prices: 0,
+        solvency: 0,
+        solvency_bits: 0,
+        readonly: 0,
+    };
+    println!(
+        "\nOne perpetual fill between two Standard accounts, each also holding a call the batch does not touch"
+    );
+    let shapes = [
+        ("4 writable registers      ", base),
+        (
+            "2 writable and 2 read-only",
+            Shape {
+                positions: 2,
+                readonly: 2,
+                ..base
+            },
+        ),
+    ];
+    // Two rounds, alternating (the machine is shared: the fastest of each is compared).
+    let mut seconds = [(0.0, f64::MAX, f64::MAX); 2];
+    for (k, (label, shape)) in shapes.iter().cycle().take(4).enumerate() {
+        let shape = *shape;
+        let mut rng = StdRng::seed_from_u64(3);
+        let t = Instant::now();
+        let keys = Keys::generate(shape, &mut rng).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let keygen = t.elapsed().as_secs_f64();
+        let w = witness(&state, &ops, shape).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let read_only = w.positions[shape.positions..]
+            .iter()
+            .filter(|p| p.enabled)
+            .count();
+        let public = w.public;
+        let t = Instant::now();
+        let proof = prove(&keys, w, &mut rng).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let proving = t.elapsed().as_secs_f64();
+        anyhow::ensure!(verify(&keys.vk, &public, &proof), "the proof verifies");
+        println!(
+            "  {label} ({read_only} positions read-only): {:>7} constraints   keys {keygen:>5.1} s   proving {proving:>5.1} s",
+            constraints(shape)?
+        );
+        let best = &mut seconds[k % 2];
+        *best = (
+            constraints(shape)? as f64,
+            best.1.min(keygen),
+            best.2.min(proving),
+        );
+    }
+    println!(
+        "  ratio read-only / writable: constraints {:.2}   keys {:.2}   proving {:.2}",
+        seconds[1].0 / seconds[0].0,
+        seconds[1].1 / seconds[0].1,
+        seconds[1].2 / seconds[0].2
     );
     Ok(())
 }
