@@ -325,3 +325,45 @@ pub fn run(args: ProveArgs) -> Result<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A withdrawal changes no position, so an account may withdraw against as many positions
+    /// as the writable and read-only registers hold together, up to the instrument registers;
+    /// the fill budget counts the writable ones only.
+    #[test]
+    fn read_only_registers_count_for_withdrawals_not_fills() {
+        let shape = |positions, readonly, instruments| Shape {
+            slots: 4,
+            accounts: 4,
+            positions,
+            instruments,
+            listings: 0,
+            expiries: 0,
+            settlements: 0,
+            holders: 0,
+            marks: 0,
+            risk_chunks: 1,
+            keys: 0,
+            mark_window_bits: 0,
+            margins: 1,
+            prices: 0,
+            solvency: 0,
+            solvency_bits: 0,
+            readonly,
+        };
+        for (positions, readonly, instruments, withdraw) in
+            [(4, 0, 12, 4), (4, 3, 12, 7), (4, 3, 6, 6), (0, 3, 12, 3)]
+        {
+            let limits = limits(Some(shape(positions, readonly, instruments)));
+            assert_eq!(limits.max_positions_to_withdraw, withdraw);
+            assert_eq!(limits.fill_budget.positions, positions as u32);
+        }
+        assert_eq!(
+            limits(None).max_positions_to_withdraw,
+            optio_types::EngineLimits::default().max_positions_to_withdraw
+        );
+    }
+}
