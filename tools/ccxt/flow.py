@@ -3,6 +3,7 @@ order signature ccxt sent independently with eth-account. Exits non-zero on any 
 
 Usage: python3 tools/ccxt/flow.py http://127.0.0.1:PORT 0x<private key> 0x<wallet address>"""
 import json
+import time
 import sys
 
 import ccxt
@@ -87,13 +88,22 @@ fetched = ex.fetch_order(order["id"], option["symbol"], {"subaccount_id": sub})
 assert fetched["status"] == "canceled" and fetched["info"]["cancel_reason"] == "user_request", fetched
 print("placed, listed and cancelled", order["id"])
 
-# Buy the perpetual through the market makers' quotes.
-perp_ticker = ex.fetch_ticker(perp["symbol"])
-ask = float(perp_ticker["info"]["a"])
-assert ask > 0, perp_ticker
-took = ex.create_order(perp["symbol"], "limit", "buy", 0.01, ask, {"subaccount_id": sub, "timeInForce": "IOC"})
-check_signature(json.loads(ex.last_request_body), perp)
+# Buy the perpetual through the market makers' quotes: an IOC limit a little above the best
+# ask (it fills at the resting price). The makers requote all the time, so a quote can move
+# between the ticker and the order: a few tries, as a client would.
+for attempt in range(5):
+    perp_ticker = ex.fetch_ticker(perp["symbol"])
+    ask = float(perp_ticker["info"]["a"])
+    assert ask > 0, perp_ticker
+    limit = float(ex.price_to_precision(perp["symbol"], ask * 1.002))
+    took = ex.create_order(perp["symbol"], "limit", "buy", 0.01, limit, {"subaccount_id": sub, "timeInForce": "IOC"})
+    check_signature(json.loads(ex.last_request_body), perp)
+    if took["filled"] > 0:
+        break
+    assert took["info"]["cancel_reason"] == "ioc_or_market_partial_fill", took
+    time.sleep(0.2)
 assert took["filled"] == 0.01, took
+assert 0 < float(took["info"]["average_price"]) <= limit, took
 trades = ex.fetch_my_trades(perp["symbol"], params={"subaccount_id": sub})
 assert trades and trades[-1]["side"] == "buy", trades
 positions = ex.fetch_positions(params={"subaccount_id": sub})
