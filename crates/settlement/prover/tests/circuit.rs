@@ -691,6 +691,64 @@ fn read_only_registers_price_what_no_op_changes() {
     assert!(refused_at(&w).starts_with("the registers"));
 }
 
+/// An op cannot reach a read-only register: here the fill's own position is laid out in one
+/// (its path and every other register as honest), so that an op able to select it would change
+/// a position whose write-back writes nothing. The fill's op slot refuses it (with its
+/// selectors spanning every register, the circuit got as far as the accounts' write-back).
+#[test]
+fn a_fills_position_cannot_sit_in_a_read_only_register() {
+    // Account 0 short 20 perpetuals only; account 1 long them and a call (from account 2).
+    let state = marked_with(
+        &marked(&genesis(3), 0, 100_000 * MONEY_SCALE),
+        1,
+        5_000,
+        &[-2_000, 3_000],
+    );
+    let state = after(
+        &state,
+        &[
+            perp_fill(Side::Buy, 20),
+            Op::Fill {
+                instrument: InstrumentId(1),
+                maker: AccountId(2),
+                taker: AccountId(1),
+                taker_side: Side::Buy,
+                price: Price(5_000 * MONEY_SCALE),
+                qty: Qty(QTY_SCALE),
+            },
+        ],
+    );
+    let ops = [perp_fill(Side::Sell, 1)];
+    let honest = witness(&state, &ops, READ_ONLY).expect("fits");
+    let keys: Vec<(usize, u32, bool)> = honest
+        .positions
+        .iter()
+        .map(|p| (p.account, p.instrument, p.enabled))
+        .collect();
+    assert_eq!(
+        keys,
+        [(0, 0, true), (1, 0, true), (1, 1, true), (0, 0, false)],
+        "both perpetuals writable, account 1's call read-only"
+    );
+    check(&honest).expect("honest");
+    let mut w = honest.clone();
+    let unused = w.positions[3].clone();
+    w.positions = vec![
+        honest.positions[1].clone(),
+        unused,
+        honest.positions[0].clone(),
+        honest.positions[2].clone(),
+    ];
+    let moved = |p: Option<usize>| p.map(|k| [2, 0][k]);
+    w.slots[0].pa = moved(w.slots[0].pa);
+    w.slots[0].pb = moved(w.slots[0].pb);
+    assert!(
+        refused_at(&w).starts_with("op slot 0"),
+        "{}",
+        refused_at(&w)
+    );
+}
+
 /// A real Groth16 proof of a batch whose positions sit in read-only registers (the
 /// withdrawal above) verifies, and not for another new root.
 #[test]
