@@ -448,16 +448,7 @@ fn devnet_batch() -> anyhow::Result<()> {
         ("one window of 64 ids", devnet_shape(1, 6)),
         ("a path per mark     ", devnet_shape(64, 0)),
     ] {
-        let mut rng = StdRng::seed_from_u64(2);
-        let t = Instant::now();
-        let keys = Keys::generate(shape, &mut rng).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let keygen = t.elapsed().as_secs_f64();
-        let w = witness(&state, &ops, shape).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let public = w.public;
-        let t = Instant::now();
-        let proof = prove(&keys, w, &mut rng).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let proving = t.elapsed().as_secs_f64();
-        anyhow::ensure!(verify(&keys.vk, &public, &proof), "the proof verifies");
+        let (keygen, proving, _) = keys_and_proof(&state, &ops, shape, 2)?;
         println!(
             "  {label} ({}): {:>9} constraints   keys {keygen:>6.1} s   proving {proving:>6.1} s   peak memory so far {:>6.0} MiB",
             shape.name(),
@@ -471,6 +462,31 @@ fn devnet_batch() -> anyhow::Result<()> {
         seconds[0] / seconds[1]
     );
     Ok(())
+}
+
+/// Keys of `shape` (from `seed`), then a proof of `ops` applied to `state`, verified: the
+/// seconds each took, and how many positions the witness held in read-only registers.
+fn keys_and_proof(
+    state: &SettlementState,
+    ops: &[Op],
+    shape: Shape,
+    seed: u64,
+) -> anyhow::Result<(f64, f64, usize)> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let t = Instant::now();
+    let keys = Keys::generate(shape, &mut rng).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let keygen = t.elapsed().as_secs_f64();
+    let w = witness(state, ops, shape).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let read_only = w.positions[shape.positions..]
+        .iter()
+        .filter(|p| p.enabled)
+        .count();
+    let public = w.public;
+    let t = Instant::now();
+    let proof = prove(&keys, w, &mut rng).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let proving = t.elapsed().as_secs_f64();
+    anyhow::ensure!(verify(&keys.vk, &public, &proof), "the proof verifies");
+    Ok((keygen, proving, read_only))
 }
 
 /// Two `Standard` accounts, each holding a call the other wrote (marked, with scenarios), and a
@@ -572,20 +588,7 @@ fn read_only_batch(risk_chunks: usize) -> anyhow::Result<()> {
     let mut seconds = [(0.0, f64::MAX, f64::MAX); 2];
     for (k, (label, shape)) in shapes.iter().cycle().take(4).enumerate() {
         let shape = *shape;
-        let mut rng = StdRng::seed_from_u64(3);
-        let t = Instant::now();
-        let keys = Keys::generate(shape, &mut rng).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let keygen = t.elapsed().as_secs_f64();
-        let w = witness(&state, &ops, shape).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let read_only = w.positions[shape.positions..]
-            .iter()
-            .filter(|p| p.enabled)
-            .count();
-        let public = w.public;
-        let t = Instant::now();
-        let proof = prove(&keys, w, &mut rng).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let proving = t.elapsed().as_secs_f64();
-        anyhow::ensure!(verify(&keys.vk, &public, &proof), "the proof verifies");
+        let (keygen, proving, read_only) = keys_and_proof(&state, &ops, shape, 3)?;
         println!(
             "  {label} ({read_only} positions read-only): {:>7} constraints   keys {keygen:>5.1} s   proving {proving:>5.1} s",
             constraints(shape)?
