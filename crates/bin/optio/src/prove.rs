@@ -340,19 +340,10 @@ mod tests {
             accounts: 4,
             positions,
             instruments,
-            listings: 0,
-            expiries: 0,
-            settlements: 0,
-            holders: 0,
-            marks: 0,
             risk_chunks: 1,
-            keys: 0,
-            mark_window_bits: 0,
             margins: 1,
-            prices: 0,
-            solvency: 0,
-            solvency_bits: 0,
             readonly,
+            ..Shape::default()
         };
         for (positions, readonly, instruments, withdraw) in
             [(4, 0, 12, 4), (4, 3, 12, 7), (4, 3, 6, 6), (0, 3, 12, 3)]

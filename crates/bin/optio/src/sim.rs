@@ -1624,10 +1624,7 @@ fn check_circuit(batches: &Path, shape: optio_prover::Shape) -> Result<(u64, u64
             .map_err(|e| anyhow::anyhow!("batch {number} does not fit the circuit: {e}"))?;
         optio_prover::keys::check(&w)
             .map_err(|e| anyhow::anyhow!("batch {number} does not satisfy the circuit: {e}"))?;
-        read_only += w.positions[shape.positions..]
-            .iter()
-            .filter(|p| p.enabled)
-            .count() as u64;
+        read_only += w.read_only_in_use() as u64;
         state
             .apply_batch(&ops)
             .map_err(|e| anyhow::anyhow!("batch {number} does not apply: {e}"))?;

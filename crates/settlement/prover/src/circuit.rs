@@ -636,7 +636,7 @@ pub fn synthesize(cs: &Cs, w: &BatchWitness) -> R<()> {
     let mut st = Running {
         accounts,
         positions,
-        writable: w.shape.positions,
+        writable,
         instruments,
         fee_pool,
         insurance,

@@ -50,7 +50,9 @@ pub mod kind {
 
 /// The fixed shape of a circuit: how many op slots, registers and mark windows a batch may use,
 /// and how long a risk array may be (in chunks of `RISK_CHUNK`). Keys are generated per shape.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `Shape::default()` has every size zero (it holds only an empty batch): a base to name the
+/// sizes a shape uses on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Shape {
     /// Op slots (every op but marks takes one).
     pub slots: usize,
@@ -764,6 +766,16 @@ pub struct BatchWitness {
     pub solvency: Vec<SolvencyWindow>,
     /// What the circuit's public inputs must be.
     pub public: PublicInputs,
+}
+
+impl BatchWitness {
+    /// How many positions it holds in read-only registers (those after the writable ones).
+    pub fn read_only_in_use(&self) -> usize {
+        self.positions[self.shape.positions..]
+            .iter()
+            .filter(|p| p.enabled)
+            .count()
+    }
 }
 
 /// An integer as a field element (negatives as `p - |v|`).

@@ -581,10 +581,7 @@ fn random_batches_satisfy_a_shape_with_read_only_registers() {
         let next = after(&state, &ops);
         assert_eq!(w.public.new_root, next.root(), "round {round}");
         check(&w).unwrap_or_else(|e| panic!("round {round}: {e}"));
-        read_only += w.positions[SHAPE.positions..]
-            .iter()
-            .filter(|p| p.enabled)
-            .count();
+        read_only += w.read_only_in_use();
         // The commitment does not depend on the shape.
         assert_eq!(
             w.public.commitment,
@@ -759,19 +756,10 @@ fn a_real_proof_with_read_only_registers_verifies() {
         accounts: 1,
         positions: 1,
         instruments: 2,
-        listings: 0,
-        expiries: 0,
-        settlements: 0,
-        holders: 0,
-        marks: 0,
         risk_chunks: 1,
-        keys: 0,
-        mark_window_bits: 0,
         margins: 1,
-        prices: 0,
-        solvency: 0,
-        solvency_bits: 0,
         readonly: 2,
+        ..Shape::default()
     };
     let state = two_positions_each();
     let ops = [Op::Withdraw {
