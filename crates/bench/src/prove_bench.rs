@@ -51,6 +51,11 @@ pub struct Args {
     /// position registers, side by side.
     #[arg(long)]
     read_only: bool,
+    /// Also prove the devnet batch (one mark window) with arkworks' own prover, which lays the
+    /// circuit out (every combination, then the matrices) for every proof, and with optio's,
+    /// which computes only the values, side by side (a minute for the keys, then four proofs).
+    #[arg(long)]
+    arkworks: bool,
 }
 
 fn constraints(shape: Shape) -> anyhow::Result<usize> {
@@ -67,6 +72,12 @@ fn peak_rss_mib() -> f64 {
                 .and_then(|kb| kb.parse::<f64>().ok())
         })
         .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// Resets the process's peak resident memory to what it holds now (Linux: `clear_refs` 5), so
+/// that the next `peak_rss_mib` is the peak of what runs in between.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 /// A state with two funded accounts and an instrument, and a batch of `n` fills between them.
@@ -295,6 +306,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     if args.read_only {
         read_only_batch(risk_chunks)?;
     }
+    if args.arkworks {
+        arkworks_batch()?;
+    }
 
     let mut rng = StdRng::seed_from_u64(1);
     let slots = if args.no_prove { 1 } else { args.slots.max(1) };
@@ -405,9 +419,9 @@ fn devnet_shape(marks: usize, mark_window_bits: usize) -> Shape {
     }
 }
 
-/// The devnet's batch: 16 fills and the marks of its 58 instruments (33 scenarios each), proven
-/// in the devnet's shape with a path per mark (64 mark slots) and with one window of 64 ids.
-fn devnet_batch() -> anyhow::Result<()> {
+/// The devnet's batch: 16 fills and the marks of its 58 instruments (33 scenarios each), and
+/// the state before it.
+fn devnet_ops() -> anyhow::Result<(SettlementState, Vec<Op>)> {
     let (mut state, mut ops) = fills(16);
     let listings: Vec<Op> = (1..58u32)
         .flat_map(|k| {
@@ -440,6 +454,14 @@ fn devnet_batch() -> anyhow::Result<()> {
             published_ms: 1_800_000_000_000,
         }
     }));
+    Ok((state, ops))
+}
+
+/// The devnet's batch proven in the devnet's shape with a path per mark (64 mark slots) and with
+/// one window of 64 ids.
+fn devnet_batch() -> anyhow::Result<()> {
+    let (state, ops) = devnet_ops()?;
+    let scenarios = optio_pricing::risk::default_scenarios().len();
     println!(
         "\nA devnet batch (16 fills, 58 marks of {scenarios} scenarios) in the devnet's shape"
     );
@@ -460,6 +482,68 @@ fn devnet_batch() -> anyhow::Result<()> {
     println!(
         "  proving time, window / path per mark: {:.2}",
         seconds[0] / seconds[1]
+    );
+    Ok(())
+}
+
+/// The devnet's batch in the devnet's shape (one mark window), proven by arkworks' own prover
+/// (`Groth16::prove`: every combination built, then the matrices, for every proof) and by
+/// optio's (`prove`: the values only, each constraint's combinations evaluated as the synthesis
+/// goes), alternating, two rounds, the same keys and witness; every proof verified.
+fn arkworks_batch() -> anyhow::Result<()> {
+    let (state, ops) = devnet_ops()?;
+    let shape = devnet_shape(1, 6);
+    let err = |e: optio_prover::ProveError| anyhow::anyhow!("{e}");
+    let mut rng = StdRng::seed_from_u64(3);
+    let t = Instant::now();
+    let keys = Keys::generate(shape, &mut rng).map_err(err)?;
+    let keygen = t.elapsed().as_secs_f64();
+    let w = witness(&state, &ops, shape).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let public = w.public;
+    let t = Instant::now();
+    let count = check(&w).map_err(err)?;
+    let values = t.elapsed().as_secs_f64();
+    // Seconds and peak memory (the peak reset before each proof), the least of the rounds.
+    let (mut arkworks, mut optio) = (
+        (f64::INFINITY, f64::INFINITY),
+        (f64::INFINITY, f64::INFINITY),
+    );
+    let least = |best: &mut (f64, f64), seconds: f64| {
+        *best = (best.0.min(seconds), best.1.min(peak_rss_mib()));
+    };
+    for _ in 0..2 {
+        reset_peak_rss();
+        let t = Instant::now();
+        let proof =
+            optio_prover::keys::prove_laying_out(&keys, w.clone(), &mut rng).map_err(err)?;
+        least(&mut arkworks, t.elapsed().as_secs_f64());
+        anyhow::ensure!(
+            verify(&keys.vk, &public, &proof),
+            "arkworks' proof verifies"
+        );
+        reset_peak_rss();
+        let t = Instant::now();
+        let proof = prove(&keys, w.clone(), &mut rng).map_err(err)?;
+        least(&mut optio, t.elapsed().as_secs_f64());
+        anyhow::ensure!(verify(&keys.vk, &public, &proof), "optio's proof verifies");
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "\nThe devnet batch ({}, {count} constraints) proven by arkworks' prover and optio's, on {cores} cores (the faster of two rounds each)",
+        shape.name()
+    );
+    println!("  keys {keygen:.1} s; the batch's values alone (a check) {values:.1} s");
+    println!(
+        "  a proof: arkworks' Groth16::prove {:.1} s   optio's prove {:.1} s   ratio {:.2}",
+        arkworks.0,
+        optio.0,
+        optio.0 / arkworks.0
+    );
+    println!(
+        "  peak memory while proving (keys and witness included): arkworks' {:.0} MiB   optio's {:.0} MiB   ratio {:.2}",
+        arkworks.1,
+        optio.1,
+        optio.1 / arkworks.1
     );
     Ok(())
 }

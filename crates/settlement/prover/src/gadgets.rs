@@ -9,7 +9,9 @@ use std::cell::{Cell, RefCell};
 use std::sync::OnceLock;
 
 use ark_ff::{BigInteger, Field, PrimeField, Zero};
-use ark_relations::gr1cs::{ConstraintSystemRef, LinearCombination, SynthesisError, Variable};
+use ark_relations::gr1cs::{
+    ConstraintSystemRef, LinearCombination, Matrix, SynthesisError, Variable,
+};
 use optio_state::poseidon::{Fr, MAX_WIDTH, Params, params};
 
 /// Result of a gadget.
@@ -18,7 +20,9 @@ pub type R<T> = Result<T, SynthesisError>;
 /// A value in the circuit: a linear combination of variables and what it evaluates to.
 #[derive(Clone, Debug)]
 pub struct Wire {
-    lc: LinearCombination<Fr>,
+    /// `None` where the synthesis computes values only (`Cs::new`: no matrices are built, so
+    /// no combination is ever read); a constant always has its own.
+    lc: Option<LinearCombination<Fr>>,
     /// Its value (meaningless during key generation, where no witness exists).
     pub value: Fr,
 }
@@ -27,7 +31,7 @@ impl Wire {
     /// A constant.
     pub fn constant(c: Fr) -> Self {
         Self {
-            lc: LinearCombination(vec![(c, Variable::One)]),
+            lc: Some(LinearCombination(vec![(c, Variable::One)])),
             value: c,
         }
     }
@@ -35,7 +39,7 @@ impl Wire {
     /// The constant zero.
     pub fn zero() -> Self {
         Self {
-            lc: LinearCombination::new(),
+            lc: Some(LinearCombination::new()),
             value: Fr::zero(),
         }
     }
@@ -46,7 +50,11 @@ impl Wire {
     /// arkworks' `compactify` leaves it, so the two merge in one pass into exactly what
     /// concatenating and compactifying would give (the same matrices, hence the same keys).
     pub fn plus(&self, k: Fr, other: &Wire) -> Wire {
-        let (a, b) = (&self.lc.0, &other.lc.0);
+        let value = self.value + k * other.value;
+        let (Some(a), Some(b)) = (&self.lc, &other.lc) else {
+            return Wire { lc: None, value };
+        };
+        let (a, b) = (&a.0, &b.0);
         let mut lc = Vec::with_capacity(a.len() + b.len());
         let (mut i, mut j) = (0, 0);
         while i < a.len() && j < b.len() {
@@ -73,21 +81,26 @@ impl Wire {
             "compact combinations"
         );
         Wire {
-            lc: LinearCombination(lc),
-            value: self.value + k * other.value,
+            lc: Some(LinearCombination(lc)),
+            value,
         }
     }
 
     /// `sum k_i * w_i`, compactified once (what folding `plus` over the terms gives, without
     /// copying the growing combination at every term).
     pub fn linear<'a>(terms: impl IntoIterator<Item = (Fr, &'a Wire)>) -> Wire {
-        let mut lc = LinearCombination::new();
+        let mut lc = Some(LinearCombination::new());
         let mut value = Fr::zero();
         for (k, w) in terms {
-            lc.0.extend(w.lc.0.iter().map(|(c, v)| (*c * k, *v)));
+            match (&mut lc, &w.lc) {
+                (Some(lc), Some(terms)) => lc.0.extend(terms.0.iter().map(|(c, v)| (*c * k, *v))),
+                _ => lc = None,
+            }
             value += k * w.value;
         }
-        lc.compactify();
+        if let Some(lc) = &mut lc {
+            lc.compactify();
+        }
         Wire { lc, value }
     }
 
@@ -104,7 +117,10 @@ impl Wire {
     /// `k * self`.
     pub fn scale(&self, k: Fr) -> Wire {
         Wire {
-            lc: LinearCombination(self.lc.0.iter().map(|(c, v)| (*c * k, *v)).collect()),
+            lc: self
+                .lc
+                .as_ref()
+                .map(|lc| LinearCombination(lc.0.iter().map(|(c, v)| (*c * k, *v)).collect())),
             value: self.value * k,
         }
     }
@@ -213,20 +229,53 @@ pub fn pow2(n: usize) -> Fr {
 /// building matrices.
 pub struct Cs {
     cs: ConstraintSystemRef<Fr>,
+    /// Whether the wires carry their combinations: only where matrices are built.
+    laying_out: bool,
     constraints: Cell<usize>,
     part: RefCell<String>,
     first_failure: RefCell<Option<String>>,
+    /// Each constraint's three combinations at the assignment, where a prover keeps them
+    /// (`Cs::evaluating`).
+    evaluated: Option<RefCell<Vec<[Fr; 3]>>>,
 }
 
 impl Cs {
     /// Wraps a constraint system.
     pub fn new(cs: ConstraintSystemRef<Fr>) -> Self {
         Self {
+            laying_out: cs.should_construct_matrices(),
             cs,
             constraints: Cell::new(0),
             part: RefCell::new(String::new()),
             first_failure: RefCell::new(None),
+            evaluated: None,
         }
+    }
+
+    /// Wraps a constraint system and keeps each constraint's evaluated combinations, for a
+    /// prover that does not build matrices (`evaluated_rows`).
+    pub fn evaluating(cs: ConstraintSystemRef<Fr>) -> Self {
+        Self {
+            evaluated: Some(RefCell::new(Vec::new())),
+            ..Self::new(cs)
+        }
+    }
+
+    /// A, B and C as matrices of evaluated rows: row `i` of each is the one term
+    /// `(value, 0)`, its combination's value at the assignment on the constant one (variable
+    /// 0), so that evaluating it at the assignment gives that value. That is all Groth16's
+    /// witness map reads of the matrices. Empty unless `Cs::evaluating`.
+    pub fn evaluated_rows(&self) -> Vec<Matrix<Fr>> {
+        let evaluated = self.evaluated.as_ref().map(RefCell::borrow);
+        (0..3)
+            .map(|k| {
+                evaluated
+                    .iter()
+                    .flat_map(|rows| rows.iter())
+                    .map(|row| vec![(row[k], 0)])
+                    .collect()
+            })
+            .collect()
     }
 
     /// Constraints so far.
@@ -247,31 +296,40 @@ impl Cs {
     /// A private input.
     pub fn witness(&self, value: Fr) -> R<Wire> {
         let var = self.cs.new_witness_variable(|| Ok(value))?;
-        Ok(Wire {
-            lc: var.into(),
-            value,
-        })
+        Ok(self.wire(var, value))
     }
 
     /// A public input (in the order the verifier lists them).
     pub fn input(&self, value: Fr) -> R<Wire> {
         let var = self.cs.new_input_variable(|| Ok(value))?;
-        Ok(Wire {
-            lc: var.into(),
+        Ok(self.wire(var, value))
+    }
+
+    fn wire(&self, var: Variable, value: Fr) -> Wire {
+        Wire {
+            lc: self.laying_out.then(|| var.into()),
             value,
-        })
+        }
     }
 
     /// `a * b = c`.
     pub fn enforce(&self, a: &Wire, b: &Wire, c: &Wire) -> R<()> {
         let n = self.constraints.get();
         self.constraints.set(n + 1);
+        if let Some(evaluated) = &self.evaluated {
+            evaluated.borrow_mut().push([a.value, b.value, c.value]);
+        }
         if a.value * b.value != c.value && self.first_failure.borrow().is_none() {
             *self.first_failure.borrow_mut() =
                 Some(format!("{} (constraint {n})", self.part.borrow()));
         }
+        // (The combinations are read only where matrices are built, and then every wire has one.)
+        let lc = |w: &Wire| {
+            w.lc.clone()
+                .expect("a synthesis that builds matrices gives every wire its combination")
+        };
         self.cs
-            .enforce_r1cs_constraint(|| a.lc.clone(), || b.lc.clone(), || c.lc.clone())
+            .enforce_r1cs_constraint(|| lc(a), || lc(b), || lc(c))
     }
 
     /// `a * b`, as a new variable.

@@ -6,8 +6,9 @@
 use std::path::Path;
 
 use ark_bn254::Bn254;
+use ark_ff::UniformRand;
 use ark_groth16::{Groth16, Proof, ProvingKey, VerifyingKey};
-use ark_relations::gr1cs::{ConstraintSystem, SynthesisError, SynthesisMode};
+use ark_relations::gr1cs::{ConstraintSystem, OptimizationGoal, SynthesisError, SynthesisMode};
 use ark_serialize::{CanonicalDeserialize, CanonicalSerialize};
 use ark_snark::{CircuitSpecificSetupSNARK, SNARK};
 use ark_std::rand::SeedableRng;
@@ -112,7 +113,12 @@ impl Keys {
             witness: witness::empty(shape),
         };
         let (pk, vk) = Groth16::<Bn254>::setup(circuit, rng)?;
-        Ok(Keys { shape, pk, vk })
+        Ok(Keys::new(shape, pk, vk))
+    }
+
+    /// Keys from their parts.
+    pub fn new(shape: Shape, pk: ProvingKey<Bn254>, vk: VerifyingKey<Bn254>) -> Keys {
+        Keys { shape, pk, vk }
     }
 
     fn file(dir: &Path, shape: Shape, what: &str) -> std::path::PathBuf {
@@ -228,7 +234,7 @@ impl Keys {
                 ),
             });
         }
-        Ok(Keys { shape, pk, vk })
+        Ok(Keys::new(shape, pk, vk))
     }
 }
 
@@ -264,9 +270,16 @@ pub fn check(w: &BatchWitness) -> Result<usize, ProveError> {
     }
 }
 
-/// Proves a batch, and verifies the proof before returning it. The circuit is laid out once, as
-/// arkworks proves; a batch that breaks a rule gives a proof that does not verify, and only then
-/// is the witness checked, to name the rule (or, if it keeps every rule, the keys).
+/// Proves a batch, and verifies the proof before returning it.
+///
+/// The circuit is synthesized for its values only, checking every constraint as it goes, so a
+/// batch that breaks a rule is named before any proving work. Groth16's prover reads the
+/// constraint matrices only to evaluate each constraint's three combinations at the assignment
+/// (the QAP's witness map), and the synthesis has just computed those values: they are handed
+/// to arkworks as matrices of evaluated rows (`Cs::evaluated_rows`), so no proof lays the
+/// circuit out (arkworks' own `Groth16::prove` builds every combination and the matrices again
+/// for every proof: `prove_laying_out`, the benchmark's comparison). A proof that does not
+/// verify all the same means keys of another circuit.
 pub fn prove(keys: &Keys, w: BatchWitness, rng: &mut StdRng) -> Result<Proof<Bn254>, ProveError> {
     if w.shape != keys.shape {
         return Err(ProveError::Shape {
@@ -274,13 +287,49 @@ pub fn prove(keys: &Keys, w: BatchWitness, rng: &mut StdRng) -> Result<Proof<Bn2
             batch: w.shape.name(),
         });
     }
-    let public = w.public;
-    let proof = Groth16::<Bn254>::prove(&keys.pk, BatchCircuit { witness: w.clone() }, rng)?;
-    if verify(&keys.vk, &public, &proof) {
+    let cs = ConstraintSystem::<Fr>::new_ref();
+    cs.set_optimization_goal(OptimizationGoal::Constraints);
+    cs.set_mode(SynthesisMode::Prove {
+        construct_matrices: false,
+        generate_lc_assignments: false,
+    });
+    let gadgets = Cs::evaluating(cs.clone());
+    crate::circuit::synthesize(&gadgets, &w)?;
+    if let Some(at) = gadgets.first_failure() {
+        return Err(ProveError::Unsatisfied(at));
+    }
+    let assignment = [cs.instance_assignment()?, cs.witness_assignment()?].concat();
+    if assignment.len() != keys.pk.a_query.len() {
+        return Err(ProveError::KeysMismatch);
+    }
+    let (r, s) = (Fr::rand(rng), Fr::rand(rng));
+    let proof = Groth16::<Bn254>::create_proof_with_reduction_and_matrices(
+        &keys.pk,
+        r,
+        s,
+        &gadgets.evaluated_rows(),
+        cs.num_instance_variables(),
+        gadgets.num_constraints(),
+        &assignment,
+    )?;
+    if verify(&keys.vk, &w.public, &proof) {
         return Ok(proof);
     }
-    check(&w)?;
     Err(ProveError::KeysMismatch)
+}
+
+/// Proves a batch as arkworks' own prover does (`Groth16::prove`: the whole circuit laid out
+/// again for every proof), for the benchmark beside `prove`.
+pub fn prove_laying_out(
+    keys: &Keys,
+    w: BatchWitness,
+    rng: &mut StdRng,
+) -> Result<Proof<Bn254>, ProveError> {
+    Ok(Groth16::<Bn254>::prove(
+        &keys.pk,
+        BatchCircuit { witness: w },
+        rng,
+    )?)
 }
 
 /// Verifies a proof against its public inputs.

@@ -1540,6 +1540,71 @@ fn the_value_check_agrees_with_arkworks() {
     }
 }
 
+/// The prover hands arkworks each constraint's combinations evaluated as the synthesis went,
+/// instead of the matrices (`Cs::evaluating`): on random batches, and on one that breaks a
+/// rule, those rows are exactly arkworks' own matrices (laid out from the combinations) times
+/// the assignment, and the values-only synthesis assigns every variable as the laid-out one.
+#[test]
+fn the_provers_evaluated_rows_are_the_matrices_at_the_assignment() {
+    use ark_relations::gr1cs::{
+        ConstraintSystemRef, OptimizationGoal, R1CS_PREDICATE_LABEL, SynthesisMode, mat_vec_mul,
+    };
+    let new_cs = |construct_matrices| {
+        let cs = ConstraintSystem::<Fr>::new_ref();
+        cs.set_optimization_goal(OptimizationGoal::Constraints);
+        cs.set_mode(SynthesisMode::Prove {
+            construct_matrices,
+            generate_lc_assignments: false,
+        });
+        cs
+    };
+    let assignment = |cs: &ConstraintSystemRef<Fr>| {
+        [
+            cs.instance_assignment().expect("proving"),
+            cs.witness_assignment().expect("proving"),
+        ]
+        .concat()
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let mut state = leveraged_writer();
+    let mut priority = 0;
+    let mut batches = Vec::new();
+    for _ in 0..3 {
+        let ops = random_batch(&mut rng, &state, &mut priority);
+        batches.push(witness(&state, &ops, SHAPE).expect("covered ops"));
+        state = after(&state, &ops);
+    }
+    let mut broken = batches[0].clone();
+    broken.public.new_root += Fr::from(1u64);
+    batches.push(broken);
+    for (k, w) in batches.iter().enumerate() {
+        let laid = new_cs(true);
+        optio_prover::circuit::synthesize(&Cs::new(laid.clone()), w).expect("synthesis");
+        laid.finalize();
+        let matrices = laid.to_matrices().expect("matrices")[R1CS_PREDICATE_LABEL].clone();
+        let z = assignment(&laid);
+
+        let values = new_cs(false);
+        let gadgets = Cs::evaluating(values.clone());
+        optio_prover::circuit::synthesize(&gadgets, w).expect("synthesis");
+        assert_eq!(assignment(&values), z, "batch {k}: the same assignment");
+        assert_eq!(
+            values.num_instance_variables(),
+            laid.num_instance_variables()
+        );
+        assert_eq!(gadgets.num_constraints(), laid.num_constraints());
+        let rows = gadgets.evaluated_rows();
+        assert_eq!(rows.len(), 3);
+        for (m, (row, matrix)) in rows.iter().zip(&matrices).enumerate() {
+            let (ours, arkworks) = (mat_vec_mul(row, &z), mat_vec_mul(matrix, &z));
+            assert_eq!(ours.len(), arkworks.len(), "batch {k}: matrix {m}");
+            let differ = ours.iter().zip(&arkworks).filter(|(a, b)| a != b).count();
+            assert_eq!(differ, 0, "batch {k}: matrix {m}: rows that differ");
+        }
+        assert_eq!(gadgets.first_failure().is_none(), k < 3, "batch {k}");
+    }
+}
+
 /// The registers cannot be misused: an op on a register not in use (its leaf never checked), a
 /// fill whose position register belongs to the other side, an account loaded twice, and an
 /// account marked opened by no OPEN op are each refused.
