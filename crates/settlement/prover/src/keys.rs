@@ -8,7 +8,7 @@ use std::path::Path;
 use ark_bn254::Bn254;
 use ark_ff::UniformRand;
 use ark_groth16::{Groth16, Proof, ProvingKey, VerifyingKey};
-use ark_relations::gr1cs::{ConstraintSystem, OptimizationGoal, SynthesisError, SynthesisMode};
+use ark_relations::gr1cs::{ConstraintSystem, ConstraintSystemRef, SynthesisError, SynthesisMode};
 use ark_serialize::{CanonicalDeserialize, CanonicalSerialize};
 use ark_snark::{CircuitSpecificSetupSNARK, SNARK};
 use ark_std::rand::SeedableRng;
@@ -113,12 +113,7 @@ impl Keys {
             witness: witness::empty(shape),
         };
         let (pk, vk) = Groth16::<Bn254>::setup(circuit, rng)?;
-        Ok(Keys::new(shape, pk, vk))
-    }
-
-    /// Keys from their parts.
-    pub fn new(shape: Shape, pk: ProvingKey<Bn254>, vk: VerifyingKey<Bn254>) -> Keys {
-        Keys { shape, pk, vk }
+        Ok(Keys { shape, pk, vk })
     }
 
     fn file(dir: &Path, shape: Shape, what: &str) -> std::path::PathBuf {
@@ -234,7 +229,7 @@ impl Keys {
                 ),
             });
         }
-        Ok(Keys::new(shape, pk, vk))
+        Ok(Keys { shape, pk, vk })
     }
 }
 
@@ -254,15 +249,21 @@ fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// Checks the witness against every constraint without proving (and without building the
-/// matrices); where the first unsatisfied one is on failure. Returns the number of constraints.
-pub fn check(w: &BatchWitness) -> Result<usize, ProveError> {
+/// A constraint system that keeps the assignment and builds no matrices (so the gadgets build
+/// no linear combination either).
+fn values_only() -> ConstraintSystemRef<Fr> {
     let cs = ConstraintSystem::<Fr>::new_ref();
     cs.set_mode(SynthesisMode::Prove {
         construct_matrices: false,
         generate_lc_assignments: false,
     });
-    let gadgets = Cs::new(cs);
+    cs
+}
+
+/// Checks the witness against every constraint without proving (and without building the
+/// matrices); where the first unsatisfied one is on failure. Returns the number of constraints.
+pub fn check(w: &BatchWitness) -> Result<usize, ProveError> {
+    let gadgets = Cs::new(values_only());
     crate::circuit::synthesize(&gadgets, w)?;
     match gadgets.first_failure() {
         None => Ok(gadgets.num_constraints()),
@@ -287,12 +288,7 @@ pub fn prove(keys: &Keys, w: BatchWitness, rng: &mut StdRng) -> Result<Proof<Bn2
             batch: w.shape.name(),
         });
     }
-    let cs = ConstraintSystem::<Fr>::new_ref();
-    cs.set_optimization_goal(OptimizationGoal::Constraints);
-    cs.set_mode(SynthesisMode::Prove {
-        construct_matrices: false,
-        generate_lc_assignments: false,
-    });
+    let cs = values_only();
     let gadgets = Cs::evaluating(cs.clone());
     crate::circuit::synthesize(&gadgets, &w)?;
     if let Some(at) = gadgets.first_failure() {

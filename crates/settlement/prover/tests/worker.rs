@@ -346,7 +346,11 @@ fn a_proof_that_does_not_verify_names_the_rule_or_the_keys() {
         "{err}"
     );
 
-    let mixed = Keys::new(FILLS, keys.pk.clone(), other.vk.clone());
+    let mixed = Keys {
+        shape: FILLS,
+        pk: keys.pk.clone(),
+        vk: other.vk.clone(),
+    };
     let err = prove(&mixed, w, rng).expect_err("keys of two setups");
     assert!(matches!(err, ProveError::KeysMismatch), "{err}");
     assert!(err.to_string().contains("optio prove setup"), "{err}");
@@ -355,7 +359,11 @@ fn a_proof_that_does_not_verify_names_the_rule_or_the_keys() {
     // refused when read, by what they are.
     let mut vk = keys.vk.clone();
     vk.gamma_abc_g1.truncate(6);
-    let older = Keys::new(FILLS, keys.pk.clone(), vk);
+    let older = Keys {
+        shape: FILLS,
+        pk: keys.pk.clone(),
+        vk,
+    };
     let dir = tempfile::tempdir().expect("tempdir");
     older.write(dir.path()).expect("writes");
     let Err(err) = Keys::read(dir.path(), FILLS) else {
