@@ -9,9 +9,11 @@
 use std::time::{Duration, Instant};
 
 use alloy::primitives::U256;
+use ark_ec::VariableBaseMSM;
+use ark_ff::{PrimeField, UniformRand};
 use ark_std::rand::SeedableRng;
 use ark_std::rand::rngs::StdRng;
-use optio_prover::keys::check;
+use optio_prover::keys::{Msm, check};
 use optio_prover::solidity::{self, Word};
 use optio_prover::witness::{KEYS, empty};
 use optio_prover::{Keys, Shape, prove, verify, witness};
@@ -52,8 +54,10 @@ pub struct Args {
     #[arg(long)]
     read_only: bool,
     /// Also prove the devnet batch (one mark window) with arkworks' own prover, which lays the
-    /// circuit out (every combination, then the matrices) for every proof, and with optio's,
-    /// which computes only the values, side by side (a minute for the keys, then four proofs).
+    /// circuit out (every combination, then the matrices) for every proof, with optio's values
+    /// and arkworks' multi-scalar multiplications, and with optio's prover, side by side (a
+    /// minute for the keys, then six proofs); and the batch of `--slots` fills with arkworks'
+    /// multi-scalar multiplications beside optio's, two rounds each.
     #[arg(long)]
     arkworks: bool,
 }
@@ -324,10 +328,30 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let (state, ops) = fills_among(slots, accounts);
     let w = witness(&state, &ops, proved).map_err(|e| anyhow::anyhow!("{e}"))?;
     let public = w.public;
-    let t = Instant::now();
-    let proof = prove(&keys, w, &mut rng).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let proving = t.elapsed();
-    anyhow::ensure!(verify(&keys.vk, &public, &proof), "the proof verifies");
+    // With --arkworks, the same batch is also proven with arkworks' multi-scalar
+    // multiplications, alternating, two rounds each; the faster round of each counts.
+    let rounds = if args.arkworks { 2 } else { 1 };
+    let (mut proving, mut theirs) = (Duration::MAX, Duration::MAX);
+    let mut proof = None;
+    for _ in 0..rounds {
+        if args.arkworks {
+            let t = Instant::now();
+            let theirs_proof =
+                optio_prover::keys::prove_with(&keys, w.clone(), &mut rng, Msm::Arkworks)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+            theirs = theirs.min(t.elapsed());
+            anyhow::ensure!(
+                verify(&keys.vk, &public, &theirs_proof),
+                "the proof verifies"
+            );
+        }
+        let t = Instant::now();
+        let ours = prove(&keys, w.clone(), &mut rng).map_err(|e| anyhow::anyhow!("{e}"))?;
+        proving = proving.min(t.elapsed());
+        anyhow::ensure!(verify(&keys.vk, &public, &ours), "the proof verifies");
+        proof = Some(ours);
+    }
+    let proof = proof.expect("one round at least");
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let per_trade = proving.as_secs_f64() / slots as f64;
     println!(
@@ -355,6 +379,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         core_seconds,
         proving.as_secs_f64()
     );
+    if args.arkworks {
+        let their_core_seconds = theirs.as_secs_f64() / slots as f64 * cores as f64;
+        println!(
+            "  with arkworks' multi-scalar multiplications: proving {:.1} s, {:.0} prover cores for 100 trades/s; ratio {:.2}",
+            theirs.as_secs_f64(),
+            100.0 * their_core_seconds,
+            proving.as_secs_f64() / theirs.as_secs_f64()
+        );
+    }
 
     let gas = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -486,10 +519,13 @@ fn devnet_batch() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The devnet's batch in the devnet's shape (one mark window), proven by arkworks' own prover
-/// (`Groth16::prove`: every combination built, then the matrices, for every proof) and by
-/// optio's (`prove`: the values only, each constraint's combinations evaluated as the synthesis
-/// goes), alternating, two rounds, the same keys and witness; every proof verified.
+/// The devnet's batch in the devnet's shape (one mark window), proven three ways, alternating,
+/// two rounds, the same keys and witness, every proof verified: by arkworks' own prover
+/// (`Groth16::prove`: every combination built, then the matrices, for every proof); by optio's
+/// values-only synthesis with arkworks' multi-scalar multiplications (the prover before
+/// `optio_prover::msm`); and by optio's `prove` (values only, affine buckets). Then the largest
+/// multi-scalar multiplication alone, B's in G2 over the proving key's query, arkworks' and
+/// optio's on the same random full-size scalars.
 fn arkworks_batch() -> anyhow::Result<()> {
     let (state, ops) = devnet_ops()?;
     let shape = devnet_shape(1, 6);
@@ -504,46 +540,68 @@ fn arkworks_batch() -> anyhow::Result<()> {
     let count = check(&w).map_err(err)?;
     let values = t.elapsed().as_secs_f64();
     // Seconds and peak memory (the peak reset before each proof), the least of the rounds.
-    let (mut arkworks, mut optio) = (
-        (f64::INFINITY, f64::INFINITY),
-        (f64::INFINITY, f64::INFINITY),
-    );
+    let mut best = [(f64::INFINITY, f64::INFINITY); 3];
     let least = |best: &mut (f64, f64), seconds: f64| {
         *best = (best.0.min(seconds), best.1.min(peak_rss_mib()));
     };
     for _ in 0..2 {
-        reset_peak_rss();
-        let t = Instant::now();
-        let proof =
-            optio_prover::keys::prove_laying_out(&keys, w.clone(), &mut rng).map_err(err)?;
-        least(&mut arkworks, t.elapsed().as_secs_f64());
-        anyhow::ensure!(
-            verify(&keys.vk, &public, &proof),
-            "arkworks' proof verifies"
-        );
-        reset_peak_rss();
-        let t = Instant::now();
-        let proof = prove(&keys, w.clone(), &mut rng).map_err(err)?;
-        least(&mut optio, t.elapsed().as_secs_f64());
-        anyhow::ensure!(verify(&keys.vk, &public, &proof), "optio's proof verifies");
+        for (k, best) in best.iter_mut().enumerate() {
+            reset_peak_rss();
+            let t = Instant::now();
+            let proof = match k {
+                0 => optio_prover::keys::prove_laying_out(&keys, w.clone(), &mut rng),
+                1 => optio_prover::keys::prove_with(&keys, w.clone(), &mut rng, Msm::Arkworks),
+                _ => prove(&keys, w.clone(), &mut rng),
+            }
+            .map_err(err)?;
+            least(best, t.elapsed().as_secs_f64());
+            anyhow::ensure!(verify(&keys.vk, &public, &proof), "proof {k} verifies");
+        }
     }
+    let [arkworks, values_only, optio] = best;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "\nThe devnet batch ({}, {count} constraints) proven by arkworks' prover and optio's, on {cores} cores (the faster of two rounds each)",
+        "\nThe devnet batch ({}, {count} constraints) proven three ways, on {cores} cores (the faster of two rounds each)",
         shape.name()
     );
     println!("  keys {keygen:.1} s; the batch's values alone (a check) {values:.1} s");
     println!(
-        "  a proof: arkworks' Groth16::prove {:.1} s   optio's prove {:.1} s   ratio {:.2}",
-        arkworks.0,
-        optio.0,
-        optio.0 / arkworks.0
+        "  a proof: arkworks' Groth16::prove {:.1} s   values only, arkworks' MSM {:.1} s   optio's prove (affine buckets) {:.1} s",
+        arkworks.0, values_only.0, optio.0
     );
     println!(
-        "  peak memory while proving (keys and witness included): arkworks' {:.0} MiB   optio's {:.0} MiB   ratio {:.2}",
+        "  ratios: optio's prove / Groth16::prove {:.2}   / values only with arkworks' MSM {:.2}",
+        optio.0 / arkworks.0,
+        optio.0 / values_only.0
+    );
+    println!(
+        "  peak memory while proving (keys and witness included): {:.0} / {:.0} / {:.0} MiB   ratio to Groth16::prove {:.2}",
         arkworks.1,
+        values_only.1,
         optio.1,
         optio.1 / arkworks.1
+    );
+    let query = &keys.pk.b_g2_query[1..];
+    let scalars: Vec<_> = (0..query.len())
+        .map(|_| ark_bn254::Fr::rand(&mut rng).into_bigint())
+        .collect();
+    let (mut theirs, mut ours) = (f64::INFINITY, f64::INFINITY);
+    for _ in 0..2 {
+        let t = Instant::now();
+        let expected = ark_bn254::G2Projective::msm_bigint(query, &scalars);
+        theirs = theirs.min(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let sum = optio_prover::msm::msm(query, &scalars);
+        ours = ours.min(t.elapsed().as_secs_f64());
+        anyhow::ensure!(
+            sum == expected,
+            "the two multi-scalar multiplications agree"
+        );
+    }
+    println!(
+        "  B's query in G2, {} bases, random full-size scalars: arkworks' MSM {theirs:.2} s   optio's {ours:.2} s   ratio {:.2}",
+        query.len(),
+        ours / theirs
     );
     Ok(())
 }

@@ -6,17 +6,24 @@
 use std::path::Path;
 
 use ark_bn254::Bn254;
-use ark_ff::UniformRand;
+use ark_ec::CurveGroup;
+use ark_ff::{PrimeField, UniformRand};
+use ark_groth16::r1cs_to_qap::{LibsnarkReduction, R1CSToQAP};
 use ark_groth16::{Groth16, Proof, ProvingKey, VerifyingKey};
-use ark_relations::gr1cs::{ConstraintSystem, ConstraintSystemRef, SynthesisError, SynthesisMode};
+use ark_poly::GeneralEvaluationDomain;
+use ark_relations::gr1cs::{
+    ConstraintSystem, ConstraintSystemRef, Matrix, SynthesisError, SynthesisMode,
+};
 use ark_serialize::{CanonicalDeserialize, CanonicalSerialize};
 use ark_snark::{CircuitSpecificSetupSNARK, SNARK};
 use ark_std::rand::SeedableRng;
 use ark_std::rand::rngs::StdRng;
 use optio_state::poseidon::Fr;
+use rayon::prelude::*;
 
 use crate::circuit::BatchCircuit;
 use crate::gadgets::Cs;
+use crate::msm;
 use crate::witness::{self, BatchWitness, PublicInputs, Shape, WitnessError};
 
 /// Why no proof was made.
@@ -279,9 +286,30 @@ pub fn check(w: &BatchWitness) -> Result<usize, ProveError> {
 /// (the QAP's witness map), and the synthesis has just computed those values: they are handed
 /// to arkworks as matrices of evaluated rows (`Cs::evaluated_rows`), so no proof lays the
 /// circuit out (arkworks' own `Groth16::prove` builds every combination and the matrices again
-/// for every proof: `prove_laying_out`, the benchmark's comparison). A proof that does not
-/// verify all the same means keys of another circuit.
+/// for every proof: `prove_laying_out`, the benchmark's comparison). The proof's multi-scalar
+/// multiplications are `crate::msm`'s: the same group elements as arkworks', with far fewer
+/// additions (`prove_with(.., Msm::Arkworks)` makes the same proof with arkworks'). A proof that
+/// does not verify all the same means keys of another circuit.
 pub fn prove(keys: &Keys, w: BatchWitness, rng: &mut StdRng) -> Result<Proof<Bn254>, ProveError> {
+    prove_with(keys, w, rng, Msm::AffineBuckets)
+}
+
+/// Which multi-scalar multiplication a proof's group sums use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Msm {
+    /// `crate::msm`: affine buckets sharing their inversions (what `prove` uses).
+    AffineBuckets,
+    /// arkworks' (`create_proof_with_reduction_and_matrices`), for the benchmark beside it.
+    Arkworks,
+}
+
+/// `prove` with the given multi-scalar multiplication.
+pub fn prove_with(
+    keys: &Keys,
+    w: BatchWitness,
+    rng: &mut StdRng,
+    msm: Msm,
+) -> Result<Proof<Bn254>, ProveError> {
     if w.shape != keys.shape {
         return Err(ProveError::Shape {
             keys: keys.shape.name(),
@@ -299,19 +327,70 @@ pub fn prove(keys: &Keys, w: BatchWitness, rng: &mut StdRng) -> Result<Proof<Bn2
         return Err(ProveError::KeysMismatch);
     }
     let (r, s) = (Fr::rand(rng), Fr::rand(rng));
-    let proof = Groth16::<Bn254>::create_proof_with_reduction_and_matrices(
-        &keys.pk,
-        r,
-        s,
-        &gadgets.evaluated_rows(),
-        cs.num_instance_variables(),
-        gadgets.num_constraints(),
-        &assignment,
-    )?;
+    let rows = gadgets.evaluated_rows();
+    let (inputs, constraints) = (cs.num_instance_variables(), gadgets.num_constraints());
+    drop(gadgets);
+    let proof = match msm {
+        Msm::AffineBuckets => {
+            groth16_proof(&keys.pk, r, s, &rows, inputs, constraints, &assignment)?
+        }
+        Msm::Arkworks => Groth16::<Bn254>::create_proof_with_reduction_and_matrices(
+            &keys.pk,
+            r,
+            s,
+            &rows,
+            inputs,
+            constraints,
+            &assignment,
+        )?,
+    };
     if verify(&keys.vk, &w.public, &proof) {
         return Ok(proof);
     }
     Err(ProveError::KeysMismatch)
+}
+
+/// Groth16's prover (arkworks' `create_proof_with_reduction_and_matrices`, step for step) with
+/// the multi-scalar multiplications of `crate::msm`: the QAP's witness map `h` from the
+/// evaluated rows, then `A = alpha + sum a_i A_i(tau) + r delta` in G1, `B = beta + sum a_i
+/// B_i(tau) + s delta` in G2 (and in G1 for C), `C = s A + r B - r s delta + sum h_i H_i + sum
+/// w_i L_i` over the witness part `w` of the assignment.
+fn groth16_proof(
+    pk: &ProvingKey<Bn254>,
+    r: Fr,
+    s: Fr,
+    rows: &[Matrix<Fr>],
+    inputs: usize,
+    constraints: usize,
+    assignment: &[Fr],
+) -> Result<Proof<Bn254>, SynthesisError> {
+    let h = LibsnarkReduction::witness_map_from_matrices::<Fr, GeneralEvaluationDomain<Fr>>(
+        rows,
+        inputs,
+        constraints,
+        assignment,
+    )?;
+    let h: Vec<_> = h.par_iter().map(|x| x.into_bigint()).collect();
+    let h_sum = msm::msm(&pk.h_query, &h);
+    drop(h);
+    let assignment: Vec<_> = assignment[1..]
+        .par_iter()
+        .map(|x| x.into_bigint())
+        .collect();
+    let witness = &assignment[inputs - 1..];
+    let l_sum = msm::msm(&pk.l_query, witness);
+    let a =
+        pk.vk.alpha_g1 + pk.a_query[0] + msm::msm(&pk.a_query[1..], &assignment) + pk.delta_g1 * r;
+    let b_sum_g1 = msm::msm(&pk.b_g1_query[1..], &assignment);
+    let b_g1 = pk.beta_g1 + pk.b_g1_query[0] + b_sum_g1 + pk.delta_g1 * s;
+    let b_sum_g2 = msm::msm(&pk.b_g2_query[1..], &assignment);
+    let b = pk.vk.beta_g2 + pk.b_g2_query[0] + b_sum_g2 + pk.vk.delta_g2 * s;
+    let c = a * s + b_g1 * r - pk.delta_g1 * (r * s) + l_sum + h_sum;
+    Ok(Proof {
+        a: a.into_affine(),
+        b: b.into_affine(),
+        c: c.into_affine(),
+    })
 }
 
 /// Proves a batch as arkworks' own prover does (`Groth16::prove`: the whole circuit laid out

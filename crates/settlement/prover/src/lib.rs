@@ -4,12 +4,14 @@
 //!
 //! Owns: the circuit (`circuit`), its gadgets (`gadgets`: Poseidon and Merkle paths equal to
 //! `optio_state`'s), the native side of the shared specification (`witness`), key generation,
-//! proving and verification (`keys`), and the verifier contract (`solidity`).
+//! proving and verification (`keys`, its group sums in `msm`), and the verifier contract
+//! (`solidity`).
 //! Must not: change the settlement state (it reads it), or accept a batch the circuit refuses.
 
 pub mod circuit;
 pub mod gadgets;
 pub mod keys;
+pub mod msm;
 pub mod solidity;
 pub mod witness;
 pub mod worker;

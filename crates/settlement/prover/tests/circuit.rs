@@ -780,6 +780,29 @@ fn a_real_proof_with_read_only_registers_verifies() {
     assert!(!optio_prover::verify(&keys.vk, &other, &proof));
 }
 
+/// The prover's own multi-scalar multiplications (affine buckets, repeated values summed
+/// first) give the very proof arkworks' give for the same randomness, element for element, on
+/// a batch of liquidations, auction starts and ends and session keys (full-size values,
+/// repeated ones in the unused slots, bits and small amounts), and it verifies.
+#[test]
+fn the_provers_group_sums_give_arkworks_proof() {
+    use ark_std::rand::SeedableRng;
+    use optio_prover::keys::{Msm, prove_with};
+    let state = leveraged_writer();
+    let ops = random_batch(&mut ChaCha8Rng::seed_from_u64(7), &state, &mut 0);
+    let w = witness(&state, &ops, SHAPE).expect("covered ops");
+    let mut rng = ark_std::rand::rngs::StdRng::seed_from_u64(11);
+    let keys = optio_prover::Keys::generate(SHAPE, &mut rng).expect("keys");
+    let public = w.public;
+    let proof_with = |msm| {
+        let mut rng = ark_std::rand::rngs::StdRng::seed_from_u64(12);
+        prove_with(&keys, w.clone(), &mut rng, msm).expect("proves")
+    };
+    let ours = proof_with(Msm::AffineBuckets);
+    assert_eq!(ours, proof_with(Msm::Arkworks));
+    assert!(optio_prover::verify(&keys.vk, &public, &ours));
+}
+
 /// No op may change a read-only register: a fill that names one for its position is refused,
 /// and so is a read-only register holding other than its leaf's quantity.
 #[test]
