@@ -70,7 +70,7 @@ fn recovery_ceiling() -> f64 {
 
 /// Sends one pre-built HTTP request and reads its response; checks that it acknowledges
 /// `expected` orders. Cheap on purpose: the generator shares the node's cores.
-async fn post(
+pub(crate) async fn post(
     stream: &mut tokio::net::TcpStream,
     request: &[u8],
     expected: usize,
@@ -112,6 +112,35 @@ async fn post(
 }
 
 /// Runs the benchmark.
+/// The JSON-RPC body of the demo key's `i`-th signed order (nonce `i + 1`) for the domain
+/// `(chain id, verifying contract)`: an IOC order on the BTC perpetual far from any price
+/// (a buy at 1,000, a sell at 390,000, alternating), so that none rests or fills and each is a
+/// full signed round trip.
+pub(crate) fn never_filling_order(
+    key: &SecretKey,
+    (chain_id, contract): (u64, [u8; 20]),
+    subaccount: u64,
+    i: u64,
+    expiry: u64,
+) -> String {
+    let buy = i.is_multiple_of(2);
+    let req = OrderRequest {
+        subaccount,
+        instrument_id: 0,
+        instrument_name: "BTC-PERPETUAL",
+        direction: if buy { "buy" } else { "sell" },
+        price: if buy { "1000" } else { "390000" },
+        amount: "0.01",
+        max_fee: "100",
+        nonce: i + 1,
+        expiry,
+        time_in_force: "ioc",
+    };
+    let params = order_params(key, chain_id, contract, &req).expect("signs");
+    serde_json::json!({"jsonrpc": "2.0", "id": i, "method": "private/order", "params": params})
+        .to_string()
+}
+
 pub fn run(args: &Args) -> Result<()> {
     let ceiling = recovery_ceiling();
     let optio = match &args.optio {
@@ -174,20 +203,13 @@ async fn drive(args: &Args, addr: &str, subaccount: u64, ceiling: f64) -> Result
     let expiry = optio_gateway::now_ms() / 1_000 + 3_600;
     let bodies: Vec<String> = (0..total)
         .map(|i| {
-            let req = OrderRequest {
+            never_filling_order(
+                &key,
+                (config.chain_id, config.verifying_contract),
                 subaccount,
-                instrument_id: 0,
-                instrument_name: "BTC-PERPETUAL",
-                direction: if i % 2 == 0 { "buy" } else { "sell" },
-                price: if i % 2 == 0 { "1000" } else { "390000" },
-                amount: "0.01",
-                max_fee: "100",
-                nonce: i + 1,
+                i,
                 expiry,
-                time_in_force: "ioc",
-            };
-            let params = order_params(&key, config.chain_id, config.verifying_contract, &req).expect("signs");
-            serde_json::json!({"jsonrpc": "2.0", "id": i, "method": "private/order", "params": params}).to_string()
+            )
         })
         .collect();
     // Whole HTTP requests, built before the clock starts: one order each, or a JSON-RPC batch.

@@ -4,6 +4,7 @@
 //! Owns: the generated input streams and the adapters that feed them to each peer.
 //! Must not: be linked into the node; peers are benchmark-only dependencies.
 
+mod devnet_bench;
 mod engine_bench;
 mod intents_bench;
 mod l1_gas_bench;
@@ -40,6 +41,9 @@ enum Bench {
     /// over loopback HTTP at rising rates (fsync on); reports sustained orders/s and
     /// acknowledgement latency beside the raw signature-recovery ceiling.
     Load(load_bench::Args),
+    /// Order acknowledgement latency on the whole devnet (flow and embedded L1), without proving
+    /// and with its in-process prover, one run after the other; batches cut and proven.
+    Devnet(devnet_bench::Args),
     /// Settlement state: Poseidon tree updates and batch roots against jmt and
     /// sparse-merkle-tree with the same hash, blake3 as the reference point.
     Settlement(settlement_bench::Args),
@@ -57,6 +61,7 @@ fn main() -> anyhow::Result<()> {
         Bench::Pricing(args) => pricing_bench::run(&args),
         Bench::Intents(args) => intents_bench::run(&args),
         Bench::Load(args) => load_bench::run(&args),
+        Bench::Devnet(args) => devnet_bench::run(&args),
         Bench::Settlement(args) => settlement_bench::run(&args),
         Bench::L1Gas(args) => l1_gas_bench::run(&args),
         Bench::Prove(args) => prove_bench::run(&args),

@@ -435,25 +435,10 @@ fn timed_proof(
 /// The devnet's shape (`optio prove setup`'s defaults) with `marks` mark windows of
 /// `2^mark_window_bits` ids.
 fn devnet_shape(marks: usize, mark_window_bits: usize) -> Shape {
-    let scenarios = optio_pricing::risk::default_scenarios().len();
     Shape {
-        slots: 16,
-        accounts: 16,
-        positions: 16,
-        instruments: 12,
-        listings: 4,
-        expiries: 4,
-        settlements: 2,
-        holders: 16,
         marks,
-        risk_chunks: scenarios.div_ceil(optio_state::leaf::RISK_CHUNK),
-        keys: KEYS.min(4),
         mark_window_bits,
-        margins: 2,
-        prices: 2,
-        solvency: 4,
-        solvency_bits: 6,
-        readonly: 0,
+        ..Shape::DEVNET
     }
 }
 

@@ -11,10 +11,13 @@
 //! USDC and deposits it for their accounts), so the vault always holds what the state owes. With `--no-l1` there is no chain
 //! and the faucet credits accounts directly.
 //!
-//! With `--prove-keys DIR` (keys from `optio prove setup`) every batch is proven: batches are cut
-//! so that the keys' circuit shape holds each, a prover worker runs in the process, the settler
-//! submits the proofs, and the embedded rollup is deployed with the verifier, so that a batch
-//! finalizes only once proven (intents go executed, committed, proven, finalized).
+//! On the embedded chain every batch is proven (unless `--no-prove`): batches are cut so that
+//! the circuit shape of the keys holds each, a prover worker runs in the process at the lowest
+//! scheduling priority, the settler submits the proofs, and the embedded rollup is deployed with
+//! the verifier, so that a batch finalizes only once proven (intents go executed, committed,
+//! proven, finalized). The keys are `--prove-keys DIR` (from `optio prove setup`), or else the
+//! devnet's own for `Shape::DEVNET`, generated into `--keys-cache` at the first start that
+//! finds none there and reused after.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -57,14 +60,24 @@ pub struct DevnetArgs {
     /// or takers).
     #[arg(long, requires = "no_flow")]
     pub oracle_feed: bool,
-    /// Cut a settlement batch at most this long after its first op (ms; default 2,000, or
-    /// 30,000 with --prove-keys: a proof takes seconds to tens of seconds on a laptop).
+    /// Cut a settlement batch at most this long after its first op (ms; default 30,000 when
+    /// proving, a proof taking seconds on a laptop; 2,000 otherwise).
     #[arg(long)]
     pub batch_age_ms: Option<u64>,
     /// Prove every batch with the keys in this directory (`optio prove setup --keys DIR`, one
-    /// shape); the embedded rollup then finalizes only proven batches.
+    /// shape) instead of the devnet's own (`--keys-cache`).
     #[arg(long, conflicts_with_all = ["no_l1", "l1_rpc"])]
     pub prove_keys: Option<std::path::PathBuf>,
+    /// Where the devnet keeps the keys of its circuit shape (`Shape::DEVNET`) when it proves
+    /// without `--prove-keys`, generated at the first start that finds none of this circuit
+    /// version there (default: `$XDG_CACHE_HOME/optio/keys`, or `~/.cache/optio/keys`).
+    #[arg(long, env = "OPTIO_KEYS_CACHE")]
+    pub keys_cache: Option<std::path::PathBuf>,
+    /// Prove nothing: batches are cut every `--batch-age-ms` (2 s by default) and the embedded
+    /// rollup, deployed without a verifier, finalizes each 60 s after its commitment. (With
+    /// `--no-l1` or `--l1-rpc` nothing is proven either.)
+    #[arg(long, conflicts_with = "prove_keys")]
+    pub no_prove: bool,
     /// Snapshot the engine and views after this many inputs (0: never).
     #[arg(long, default_value_t = 100_000)]
     pub snapshot_every: u64,
@@ -370,6 +383,66 @@ impl Funder {
     }
 }
 
+/// The devnet's keys cache when `--keys-cache` is not given: `$XDG_CACHE_HOME/optio/keys`, or
+/// `$HOME/.cache/optio/keys`.
+fn default_keys_cache() -> Option<std::path::PathBuf> {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| std::path::PathBuf::from(h).join(".cache"))
+        })?;
+    Some(cache.join("optio").join("keys"))
+}
+
+/// The file in a data directory that names the circuit shape its batches are cut for.
+const PROVE_SHAPE_FILE: &str = "prove-shape";
+
+/// Refuses a data directory whose batches were cut for another circuit shape, or without one
+/// (`shape_mismatch`; nothing is changed): a proving devnet could not prove its earlier
+/// batches, and its rollup would never finalize them. A directory without batches records
+/// `shape`.
+fn check_prove_shape(dir: &std::path::Path, shape: Option<optio_prover::Shape>) -> Result<()> {
+    let named = shape.map_or("none".to_owned(), |s| s.name());
+    let path = dir.join(PROVE_SHAPE_FILE);
+    let has_batches = std::fs::read_dir(dir.join("batches")).is_ok_and(|mut entries| {
+        entries.any(|e| e.is_ok_and(|e| e.path().extension().is_some_and(|x| x == "blob")))
+    });
+    let record = || {
+        std::fs::create_dir_all(dir)
+            .and_then(|()| std::fs::write(&path, format!("{named}\n")))
+            .with_context(|| format!("writing {}", path.display()))
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(recorded) if recorded.trim() == named => Ok(()),
+        Ok(_) if !has_batches => record(),
+        Ok(recorded) => {
+            let was = match recorded.trim() {
+                "none" => "without proving".to_owned(),
+                other => format!("for circuit {other}"),
+            };
+            let now = match shape {
+                None => "without proving".to_owned(),
+                Some(_) => format!("for circuit {named}"),
+            };
+            anyhow::bail!(
+                "shape_mismatch: the batches in {} were cut {was}, this devnet cuts them {now}: start it as before, or with a new --data",
+                dir.display()
+            )
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => record(),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Lowers the calling thread to the lowest scheduling priority (niceness 19 on Linux); a
+/// platform that refuses leaves it as it was.
+fn lowest_priority() {
+    let _ = thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min);
+}
+
 /// Runs the devnet until Ctrl-C or the duration ends.
 pub fn run(args: DevnetArgs) -> Result<()> {
     // Warnings (an L1 round that failed, a batcher that stopped) on stderr; RUST_LOG for more.
@@ -391,22 +464,37 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
     let temp = tempfile::tempdir().context("temporary data directory")?;
     let dir = args.data.clone().unwrap_or_else(|| temp.path().to_owned());
     let oracle = OracleSigner::from_bytes([0x0c; 32]).context("oracle key")?;
-    // The shape (named by the key files) is checked before its keys, which may take gigabytes,
-    // are read.
-    let keys = match &args.prove_keys {
-        Some(dir) => {
-            let bad_keys = |e| anyhow::anyhow!("--prove-keys: {e}");
-            let shape = optio_prover::Keys::shape_in(dir).map_err(bad_keys)?;
+    // The shape (named by the key files) is checked, and the data directory against it, before
+    // keys that may take gigabytes are read or a minute to generate.
+    let bad_keys = |e| anyhow::anyhow!("--prove-keys: {e}");
+    let shape = match &args.prove_keys {
+        None if args.no_prove || args.no_l1 || args.l1_rpc.is_some() => None,
+        None => Some(optio_prover::Shape::DEVNET),
+        Some(keys) => {
+            let shape = optio_prover::Keys::shape_in(keys).map_err(bad_keys)?;
             shape
                 .check()
                 .map_err(|e| anyhow::anyhow!("--prove-keys: shape_unusable: {e}"))?;
-            optio_prover::Keys::check_version(dir, shape).map_err(bad_keys)?;
-            Some(Arc::new(
-                optio_prover::Keys::read(dir, shape).map_err(bad_keys)?,
-            ))
+            optio_prover::Keys::check_version(keys, shape).map_err(bad_keys)?;
+            Some(shape)
         }
-        None => None,
     };
+    check_prove_shape(&dir, shape)?;
+    let keys = match (&args.prove_keys, shape) {
+        (_, None) => None,
+        (Some(keys), Some(shape)) => Some(optio_prover::Keys::read(keys, shape).map_err(bad_keys)?),
+        (None, Some(shape)) => {
+            let cache = args
+                .keys_cache
+                .clone()
+                .or_else(default_keys_cache)
+                .unwrap_or_else(|| dir.join("keys"));
+            Some(crate::prove::cached_keys(&cache, shape, |line| {
+                println!("optio devnet: {line}")
+            })?)
+        }
+    }
+    .map(Arc::new);
     let capacity = keys.as_ref().map(|k| crate::prove::capacity(k.shape));
     let demo_key = secp256k1::SecretKey::from_secret_bytes([0xde; 32]).context("demo key")?;
     let demo_address = optio_intents::address_of(&secp256k1::PublicKey::from_secret_key(&demo_key));
@@ -570,16 +658,27 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
     funder.settled().await?;
     if let Some(keys) = keys.clone() {
         let batches = dir.join("batches");
+        // The prover's threads run at the lowest priority: they take the cores only while the
+        // exchange leaves them idle.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .thread_name(|i| format!("optio-prover-{i}"))
+            .start_handler(|_| lowest_priority())
+            .build()
+            .context("starting the prover's threads")?;
         std::thread::Builder::new()
             .name("optio-prover".into())
             .spawn(move || {
-                if let Err(e) = crate::prove::work(
-                    &batches,
-                    &keys,
-                    Duration::from_secs(600),
-                    false,
-                    "  prover: ",
-                ) {
+                lowest_priority();
+                let worked = pool.install(|| {
+                    crate::prove::work(
+                        &batches,
+                        &keys,
+                        Duration::from_secs(600),
+                        false,
+                        "  prover: ",
+                    )
+                });
+                if let Err(e) = worked {
                     eprintln!("prover stopped: {e}");
                 }
             })
@@ -803,4 +902,42 @@ fn requote_crossed(
         .context("pulling stale quotes")?;
     let again = gateway.submit_admin(crossed).context("re-quoting")?;
     Ok(again.iter().filter(|r| r.is_ok()).count())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A data directory keeps the proving setting its batches were cut under: the same one
+    /// passes, another is refused while batches are there (the record unchanged), and a
+    /// directory without batches takes the new one.
+    #[test]
+    fn a_data_directory_keeps_the_circuit_its_batches_were_cut_for() {
+        let dir = tempfile::tempdir().expect("temp");
+        let data = dir.path().join("data");
+        let devnet = Some(optio_prover::Shape::DEVNET);
+        let record = data.join(PROVE_SHAPE_FILE);
+        check_prove_shape(&data, None).expect("a new directory");
+        assert_eq!(
+            std::fs::read_to_string(&record).expect("recorded"),
+            "none\n"
+        );
+        // No batch yet: the setting may still change.
+        check_prove_shape(&data, devnet).expect("no batches yet");
+        let named = format!("{}\n", optio_prover::Shape::DEVNET.name());
+        assert_eq!(std::fs::read_to_string(&record).expect("recorded"), named);
+        std::fs::create_dir_all(data.join("batches")).expect("mkdir");
+        std::fs::write(data.join("batches/00000001.blob"), b"cut").expect("writes");
+        check_prove_shape(&data, devnet).expect("the same circuit");
+        let e = check_prove_shape(&data, None).expect_err("refused");
+        assert!(e.to_string().starts_with("shape_mismatch"), "{e}");
+        assert!(e.to_string().contains("without proving"), "{e}");
+        let other = optio_prover::Shape {
+            marks: 2,
+            ..optio_prover::Shape::DEVNET
+        };
+        let e = check_prove_shape(&data, Some(other)).expect_err("refused");
+        assert!(e.to_string().starts_with("shape_mismatch"), "{e}");
+        assert_eq!(std::fs::read_to_string(&record).expect("kept"), named);
+    }
 }

@@ -199,6 +199,31 @@ pub struct ProveArgs {
     cmd: ProveCmd,
 }
 
+/// The keys of `shape` in `dir`, generated and written there first when they are not there or
+/// cannot be read (keys of another circuit version, a damaged file): what `optio devnet` proves
+/// with when not given `--prove-keys`. Generation draws its randomness from the operating
+/// system, as `optio prove setup` does; `say` hears why it generates and what it made.
+pub(crate) fn cached_keys(dir: &std::path::Path, shape: Shape, say: impl Fn(&str)) -> Result<Keys> {
+    shape.check().map_err(|e| anyhow!("shape_unusable: {e}"))?;
+    let vk = dir.join(format!("{}.vk", shape.name()));
+    let why = match Keys::read(dir, shape) {
+        Ok(keys) => return Ok(keys),
+        Err(_) if !vk.exists() => "none there yet".to_owned(),
+        Err(e) => format!("those there are unusable: {e}"),
+    };
+    say(&format!(
+        "generating the proving keys of circuit {} in {} ({why}; once, about a minute and 1.5 GB; --no-prove skips proving)",
+        shape.name(),
+        dir.display()
+    ));
+    std::fs::create_dir_all(dir).map_err(|e| anyhow!("keys_cache: {}: {e}", dir.display()))?;
+    let t = std::time::Instant::now();
+    let keys = Keys::generate(shape, &mut os_rng()).map_err(|e| anyhow!("{e}"))?;
+    keys.write(dir).map_err(|e| anyhow!("keys_cache: {e}"))?;
+    say(&format!("keys made in {:.1} s", t.elapsed().as_secs_f64()));
+    Ok(keys)
+}
+
 /// The engine's limits for a node whose batches a circuit of `shape` proves: money leaves only
 /// an account whose positions all fit the shape's registers (read-only ones included: a
 /// withdrawal changes no position) in a batch of their own, and an
@@ -356,5 +381,92 @@ mod tests {
             limits(None).max_positions_to_withdraw,
             optio_types::EngineLimits::default().max_positions_to_withdraw
         );
+    }
+
+    /// The devnet's shape is the one the README's setup command names (`optio prove setup
+    /// --marks 1 --mark-window 64`), with room for the default scenario set.
+    #[test]
+    fn the_devnet_shape_is_the_setup_commands() {
+        #[derive(clap::Parser)]
+        struct Setup {
+            #[command(flatten)]
+            shape: ShapeArgs,
+        }
+        let named =
+            <Setup as clap::Parser>::parse_from(["setup", "--marks", "1", "--mark-window", "64"]);
+        assert_eq!(named.shape.shape(), Shape::DEVNET);
+        let scenarios = optio_pricing::risk::default_scenarios().len();
+        assert!(scenarios < Shape::DEVNET.risk_chunks * optio_state::leaf::RISK_CHUNK);
+        Shape::DEVNET.check().expect("usable");
+    }
+
+    /// A shape small enough to generate keys for in a test.
+    fn small() -> Shape {
+        Shape {
+            slots: 1,
+            accounts: 2,
+            positions: 2,
+            instruments: 1,
+            risk_chunks: 1,
+            ..Shape::default()
+        }
+    }
+
+    /// The devnet's keys cache: generated where there are none, read back after (the same
+    /// keys, nothing generated), generated again over keys of another circuit version or a
+    /// damaged file, and never for a shape that cannot be used.
+    #[test]
+    fn cached_keys_are_made_once_and_remade_when_unusable() {
+        let small = small();
+        let dir = tempfile::tempdir().expect("temp");
+        let cache = dir.path().join("cache");
+        let heard = std::cell::RefCell::new(Vec::new());
+        let say = |line: &str| heard.borrow_mut().push(line.to_owned());
+        let made = cached_keys(&cache, small, say).expect("made");
+        assert!(
+            heard.borrow()[0].contains("none there yet"),
+            "{:?}",
+            heard.borrow()
+        );
+        assert_eq!(heard.borrow().len(), 2);
+        heard.borrow_mut().clear();
+        let again = cached_keys(&cache, small, say).expect("read");
+        assert!(heard.borrow().is_empty(), "{:?}", heard.borrow());
+        assert_eq!(again.vk, made.vk);
+
+        let version = cache.join(format!("{}.circuit", small.name()));
+        std::fs::write(&version, "1\n").expect("writes");
+        let remade = cached_keys(&cache, small, say).expect("remade");
+        assert!(
+            heard.borrow()[0].contains("another circuit version"),
+            "{:?}",
+            heard.borrow()
+        );
+        assert_ne!(remade.vk, made.vk);
+        assert_eq!(Keys::read(&cache, small).expect("written").vk, remade.vk);
+        heard.borrow_mut().clear();
+
+        let vk = cache.join(format!("{}.vk", small.name()));
+        std::fs::write(&vk, b"damaged").expect("writes");
+        let repaired = cached_keys(&cache, small, say).expect("remade");
+        assert!(
+            heard.borrow()[0].contains("unusable"),
+            "{:?}",
+            heard.borrow()
+        );
+        assert_eq!(Keys::read(&cache, small).expect("written").vk, repaired.vk);
+        heard.borrow_mut().clear();
+
+        let unusable = Shape {
+            settlements: 1,
+            holders: 1,
+            ..small
+        };
+        let e = cached_keys(&dir.path().join("other"), unusable, say)
+            .err()
+            .expect("refused");
+        assert!(e.to_string().starts_with("shape_unusable"), "{e}");
+        assert!(heard.borrow().is_empty());
+        assert!(!dir.path().join("other").exists());
     }
 }

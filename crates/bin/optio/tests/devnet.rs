@@ -17,6 +17,8 @@ fn devnet_serves_a_live_market_and_stops_by_itself() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_optio"))
         .args([
             "devnet",
+            // Proving is `tests/prove.rs`'s (keys of the devnet's shape take a minute to make).
+            "--no-prove",
             "--listen",
             "127.0.0.1:0",
             "--duration-s",

@@ -383,3 +383,102 @@ fn a_node_or_devnet_with_keys_of_another_circuit_version_refuses_to_start() {
         "the node created no data directory"
     );
 }
+
+/// `optio devnet` on its embedded chain proves by default, with keys of its own shape
+/// (`Shape::DEVNET`) in its keys cache: keys there of another circuit version are remade (the
+/// test stops it once it says so: generating takes a minute), `--no-prove` starts without
+/// keys or a prover, and a data directory whose batches were cut without proving is refused
+/// before any key is made or read.
+#[test]
+fn the_devnet_proves_by_default_with_keys_it_makes_in_its_cache() {
+    let cache = tempfile::tempdir().expect("tempdir");
+    let devnet = optio_prover::Shape::DEVNET.name();
+    let seeded = [("pk", &b""[..]), ("vk", b""), ("circuit", b"0\n")];
+    for (ext, bytes) in seeded {
+        std::fs::write(cache.path().join(format!("{devnet}.{ext}")), bytes).expect("writes");
+    }
+    let cached = |dir: &std::path::Path| {
+        let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+            .expect("dir")
+            .map(|e| {
+                let e = e.expect("entry");
+                let name = e.file_name().into_string().expect("utf-8");
+                (name, std::fs::read(e.path()).expect("reads"))
+            })
+            .collect();
+        files.sort();
+        files
+    };
+    let before = cached(cache.path());
+
+    // Batches cut without proving: refused, the cache untouched.
+    let data = tempfile::tempdir().expect("tempdir");
+    std::fs::write(data.path().join("prove-shape"), "none\n").expect("writes");
+    std::fs::create_dir_all(data.path().join("batches")).expect("mkdir");
+    std::fs::write(data.path().join("batches/00000001.blob"), b"cut").expect("writes");
+    let out = Command::new(env!("CARGO_BIN_EXE_optio"))
+        .args(["devnet", "--listen", "127.0.0.1:0", "--duration-s", "4"])
+        .arg("--data")
+        .arg(data.path())
+        .arg("--keys-cache")
+        .arg(cache.path())
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "shape_mismatch: the batches in {} were cut without proving, this devnet cuts them for circuit {devnet}",
+            data.path().display()
+        )),
+        "{stderr}"
+    );
+    assert_eq!(cached(cache.path()), before);
+
+    // `--no-prove`: no keys, no prover, the cache untouched.
+    let out = Command::new(env!("CARGO_BIN_EXE_optio"))
+        .args([
+            "devnet",
+            "--listen",
+            "127.0.0.1:0",
+            "--duration-s",
+            "3",
+            "--no-prove",
+        ])
+        .env("OPTIO_KEYS_CACHE", cache.path())
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("JSON-RPC  http://127.0.0.1:"), "{stdout}");
+    assert!(!stdout.contains("prover"), "{stdout}");
+    assert!(!stdout.contains("generating"), "{stdout}");
+    assert_eq!(cached(cache.path()), before);
+
+    // By default: the stale keys are named and remade for the devnet's shape.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_optio"))
+        .args(["devnet", "--listen", "127.0.0.1:0", "--duration-s", "60"])
+        .env("OPTIO_KEYS_CACHE", cache.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starts");
+    let first = BufReader::new(child.stdout.take().expect("stdout"))
+        .lines()
+        .map_while(Result::ok)
+        .next()
+        .unwrap_or_default();
+    child.kill().expect("stops");
+    child.wait().expect("stopped");
+    let said = format!(
+        "optio devnet: generating the proving keys of circuit {devnet} in {} (those there are unusable: ",
+        cache.path().display()
+    );
+    assert!(first.starts_with(&said), "{first}");
+    assert!(
+        first.contains(&format!(
+            "another circuit version (0; this binary's is {})",
+            optio_prover::CIRCUIT_VERSION
+        )),
+        "{first}"
+    );
+}

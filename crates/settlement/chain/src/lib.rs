@@ -654,16 +654,23 @@ fn answer(ledger: &Shared, request: &Value) -> Value {
     }
 }
 
+/// Answers on tokio's blocking threads: a transaction runs the EVM under the ledger's lock
+/// (a batch's proofs verified on L1 take tens of milliseconds of pairings), which on the async
+/// workers would stall every task sharing the runtime (in the devnet, the exchange's API).
 async fn rpc(State(ledger): State<Shared>, body: axum::body::Bytes) -> axum::Json<Value> {
     let Ok(request) = serde_json::from_slice::<Value>(&body) else {
         return axum::Json(
             json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32700, "message": "parse error"}}),
         );
     };
-    axum::Json(match request {
+    let answered = tokio::task::spawn_blocking(move || match request {
         Value::Array(batch) => Value::Array(batch.iter().map(|r| answer(&ledger, r)).collect()),
         one => answer(&ledger, &one),
     })
+    .await;
+    axum::Json(answered.unwrap_or_else(
+        |_| json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32603, "message": "the chain's handler stopped"}}),
+    ))
 }
 
 /// A running chain: its JSON-RPC URL; it stops when dropped.
@@ -699,9 +706,14 @@ impl Chain {
             tick.tick().await;
             loop {
                 tick.tick().await;
-                if let Ok(mut l) = timed.lock() {
-                    l.mine_empty();
-                }
+                // Off the async workers: the lock may wait for a transaction's EVM run.
+                let timed = timed.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    if let Ok(mut l) = timed.lock() {
+                        l.mine_empty();
+                    }
+                })
+                .await;
             }
         });
         Ok(Chain {

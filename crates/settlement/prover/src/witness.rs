@@ -106,6 +106,30 @@ pub struct Shape {
 }
 
 impl Shape {
+    /// The shape `optio devnet` proves its batches in unless told otherwise: `optio prove
+    /// setup`'s defaults with one mark window of 64 ids (`--marks 1 --mark-window 64`: the
+    /// devnet's instruments, listed at once, fit one run of 64), 33 risk scenarios (the default
+    /// set's 31 and room), in a 2^20 evaluation domain.
+    pub const DEVNET: Shape = Shape {
+        slots: 16,
+        accounts: 16,
+        positions: 16,
+        instruments: 12,
+        listings: 4,
+        expiries: 4,
+        settlements: 2,
+        holders: 16,
+        marks: 1,
+        risk_chunks: 33_usize.div_ceil(optio_state::leaf::RISK_CHUNK),
+        keys: 4,
+        mark_window_bits: 6,
+        margins: 2,
+        prices: 2,
+        solvency: 4,
+        solvency_bits: 6,
+        readonly: 0,
+    };
+
     /// The name of its key files:
     /// `quad-<slots>x<accounts>x<positions>x<instruments>x<listings>x<expiries>x<settlements>x<holders>x<marks>x<risk_chunks>x<keys>x<mark_window_bits>x<margins>x<prices>x<solvency>x<solvency_bits>`,
     /// then `x<readonly>` when it has read-only position registers (a shape without any is

@@ -1,0 +1,329 @@
+//! Order acknowledgement latency on the whole devnet (its market makers, takers and oracle, its
+//! embedded L1 chain), without proving and with its in-process prover, one run after the
+//! other: what proving every batch beside the exchange costs the exchange's users. Each run
+//! starts `optio devnet` afresh (so the proving one proves its startup batches while the
+//! orders arrive: the busiest minutes), sends pre-signed IOC orders that never fill (each a
+//! full signed round trip through the write-ahead log) open loop at a fixed rate, and reads
+//! `/metrics` at the end.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use hdrhistogram::Histogram;
+use secp256k1::SecretKey;
+
+/// Arguments.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Signed orders per second.
+    #[arg(long, default_value_t = 20)]
+    rate: u64,
+    /// Seconds of orders per run, from the devnet's start.
+    #[arg(long, default_value_t = 240)]
+    seconds: u64,
+    /// The devnet's keys cache (`optio devnet --keys-cache`): keys of its shape are made there
+    /// first if it has none.
+    #[arg(long)]
+    keys_cache: PathBuf,
+    /// A third run with the prover's threads moved back to normal priority (`renice`, Linux,
+    /// as root): what the lowest priority buys.
+    #[arg(long)]
+    normal_priority_too: bool,
+    /// Path of the `optio` binary (default: next to this one).
+    #[arg(long)]
+    optio: Option<PathBuf>,
+}
+
+/// One run's configuration.
+#[derive(Clone, Copy, PartialEq)]
+enum Run {
+    NoProving,
+    Lowest,
+    Normal,
+}
+
+impl Run {
+    fn label(self) -> &'static str {
+        match self {
+            Run::NoProving => "no proving (--no-prove)",
+            Run::Lowest => "proving (the default)",
+            Run::Normal => "proving, prover reniced to 0",
+        }
+    }
+}
+
+/// What one run measured.
+struct Measured {
+    hist: Histogram<u64>,
+    sent: u64,
+    cut: f64,
+    proven: f64,
+    lag: f64,
+    nice: Vec<i64>,
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    let optio = match &args.optio {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("optio"),
+    };
+    // Keys first, outside the timed runs (a minute, once).
+    let made = Command::new(&optio)
+        .args(["devnet", "--listen", "127.0.0.1:0", "--duration-s", "1"])
+        .arg("--keys-cache")
+        .arg(&args.keys_cache)
+        .output()
+        .with_context(|| format!("starting {}", optio.display()))?;
+    if !made.status.success() {
+        bail!(
+            "the devnet's keys: {}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+    }
+    let mut runs = vec![Run::NoProving, Run::Lowest];
+    if args.normal_priority_too {
+        runs.push(Run::Normal);
+    }
+    println!(
+        "devnet order acknowledgement, {} signed IOC orders/s for {} s from each start (the devnet's makers, takers, oracle and L1 running; {} cores)",
+        args.rate,
+        args.seconds,
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    let mut results = Vec::new();
+    for run in runs {
+        let m = measure(args, &optio, run)?;
+        results.push((run, m));
+    }
+    println!(
+        "\n{:<30} {:>8} {:>8} {:>9} {:>8} {:>11} {:>7} {:>5} {:>10}",
+        "run", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "cut/proven", "lag", "nice", "p99 ratio"
+    );
+    let base = results[0].1.hist.value_at_quantile(0.99) as f64;
+    for (run, m) in &results {
+        let q = |p: f64| m.hist.value_at_quantile(p) as f64 / 1_000.0;
+        let nice = match m.nice[..] {
+            [] => "-".to_owned(),
+            [first, ..] if m.nice.iter().all(|n| *n == first) => first.to_string(),
+            _ => "mixed".to_owned(),
+        };
+        let lag = if *run == Run::NoProving {
+            "-".to_owned()
+        } else {
+            m.lag.to_string()
+        };
+        println!(
+            "{:<30} {:>8.2} {:>8.2} {:>9.2} {:>8.2} {:>5}/{:<5} {:>7} {:>5} {:>10.2}",
+            run.label(),
+            q(0.5),
+            q(0.99),
+            q(0.999),
+            m.hist.max() as f64 / 1_000.0,
+            m.cut,
+            m.proven,
+            lag,
+            nice,
+            m.hist.value_at_quantile(0.99) as f64 / base
+        );
+        if m.hist.len() != m.sent {
+            println!("  ({} of {} orders acknowledged)", m.hist.len(), m.sent);
+        }
+    }
+    println!(
+        "(lag: batches cut and not yet proven at the end; nice: the prover threads' niceness; ratio: p99 against the run without proving)"
+    );
+    Ok(())
+}
+
+/// What a starting devnet prints: the API address, the embedded chain's id and rollup, and the
+/// demo account.
+struct Started {
+    addr: String,
+    chain_id: u64,
+    rollup: [u8; 20],
+    subaccount: u64,
+}
+
+fn start(optio: &Path, run: Run, keys_cache: &Path, data: &Path) -> Result<(Child, Started)> {
+    let mut cmd = Command::new(optio);
+    cmd.args(["devnet", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data)
+        .arg("--keys-cache")
+        .arg(keys_cache);
+    if run == Run::NoProving {
+        cmd.arg("--no-prove");
+    }
+    let mut node = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", optio.display()))?;
+    let mut lines = BufReader::new(node.stdout.take().context("stdout")?).lines();
+    let (mut addr, mut chain_id, mut rollup, mut subaccount) = (None, None, None, None);
+    for line in lines.by_ref().map_while(Result::ok) {
+        let line = line.trim();
+        if let Some(u) = line.strip_prefix("JSON-RPC  http://") {
+            addr = Some(u.trim_end_matches("/api/v2").to_owned());
+        }
+        if line.starts_with("L1 chain") {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let after = |w: &str| {
+                words
+                    .iter()
+                    .position(|x| *x == w)
+                    .and_then(|i| words.get(i + 1))
+            };
+            chain_id = after("id").and_then(|v| v.trim_end_matches(',').parse().ok());
+            rollup = after("rollup").and_then(|r| optio_intents::parse_address(r));
+        }
+        if line.starts_with("demo key") {
+            subaccount = line.rsplit(' ').next().and_then(|s| s.parse().ok());
+        }
+        if line.starts_with("instruments:") {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
+    let started = Started {
+        addr: addr.context("the API address")?,
+        chain_id: chain_id.context("the chain id")?,
+        rollup: rollup.context("the rollup's address")?,
+        subaccount: subaccount.context("the demo subaccount")?,
+    };
+    Ok((node, started))
+}
+
+/// The niceness of the devnet's prover threads (`optio-prover*`), from /proc.
+fn prover_threads(pid: u32) -> Vec<(String, i64)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|t| {
+            let t = t.ok()?.path();
+            let comm = std::fs::read_to_string(t.join("comm")).ok()?;
+            if !comm.starts_with("optio-prover") {
+                return None;
+            }
+            // Field 19 of stat, counted after the command's closing parenthesis.
+            let stat = std::fs::read_to_string(t.join("stat")).ok()?;
+            let after = &stat[stat.rfind(')')? + 2..];
+            let nice = after.split_whitespace().nth(16)?.parse().ok()?;
+            Some((t.file_name()?.to_string_lossy().into_owned(), nice))
+        })
+        .collect()
+}
+
+fn measure(args: &Args, optio: &Path, run: Run) -> Result<Measured> {
+    let data = tempfile::tempdir()?;
+    let (mut node, started) = start(optio, run, &args.keys_cache, data.path())?;
+    let result = (|| {
+        if run == Run::Normal {
+            for (tid, _) in prover_threads(node.id()) {
+                let status = Command::new("renice")
+                    .args(["-n", "0", "-p", &tid])
+                    .stdout(Stdio::null())
+                    .status()
+                    .context("renice")?;
+                if !status.success() {
+                    bail!("renice -n 0 -p {tid} failed (needs root)");
+                }
+            }
+        }
+        let nice: Vec<i64> = prover_threads(node.id()).iter().map(|(_, n)| *n).collect();
+        let hist = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?
+            .block_on(send(args, &started))?;
+        let metrics = fetch_metrics(&started.addr)?;
+        let metric = |name: &str| {
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+                .unwrap_or(0.0)
+        };
+        Ok(Measured {
+            sent: args.rate * args.seconds,
+            hist,
+            cut: metric("optio_batches_total"),
+            proven: metric("optio_batches_proven_total"),
+            lag: metric("optio_proving_lag_batches"),
+            nice,
+        })
+    })();
+    let _ = node.kill();
+    let _ = node.wait();
+    let m = result?;
+    println!(
+        "{}: {} orders acknowledged, {} batches cut, {} proven",
+        run.label(),
+        m.hist.len(),
+        m.cut,
+        m.proven
+    );
+    Ok(m)
+}
+
+/// Sends the run's orders open loop (latency from each order's scheduled time) over a few
+/// keep-alive connections.
+async fn send(args: &Args, at: &Started) -> Result<Histogram<u64>> {
+    let key = SecretKey::from_secret_bytes([0xde; 32])?;
+    let total = args.rate * args.seconds;
+    let expiry = optio_gateway::now_ms() / 1_000 + 3_600;
+    let requests: Vec<Vec<u8>> = (0..total)
+        .map(|i| {
+            let body = crate::load_bench::never_filling_order(
+                &key,
+                (at.chain_id, at.rollup),
+                at.subaccount,
+                i,
+                expiry,
+            );
+            format!(
+                "POST /api/v2 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes()
+        })
+        .collect();
+    let requests = std::sync::Arc::new(requests);
+    let connections = 4u64;
+    let start = Instant::now() + Duration::from_millis(50);
+    let mut tasks = Vec::new();
+    for c in 0..connections {
+        let (requests, addr, rate) = (requests.clone(), at.addr.clone(), args.rate);
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new(3)?;
+            let mut stream = tokio::net::TcpStream::connect(&addr).await?;
+            stream.set_nodelay(true)?;
+            let mut buf = Vec::with_capacity(16 * 1024);
+            let mut j = c;
+            while j < total {
+                let due = start + Duration::from_nanos(j * 1_000_000_000 / rate);
+                tokio::time::sleep_until(due.into()).await;
+                crate::load_bench::post(&mut stream, &requests[j as usize], 1, &mut buf).await?;
+                hist.record(due.elapsed().as_micros() as u64)?;
+                j += connections;
+            }
+            Ok::<_, anyhow::Error>(hist)
+        }));
+    }
+    let mut hist = Histogram::<u64>::new(3)?;
+    for t in tasks {
+        hist.add(t.await??)?;
+    }
+    Ok(hist)
+}
+
+/// `GET /metrics`.
+fn fetch_metrics(addr: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    Ok(text)
+}
