@@ -397,46 +397,6 @@ fn default_keys_cache() -> Option<std::path::PathBuf> {
     Some(cache.join("optio").join("keys"))
 }
 
-/// The file in a data directory that names the circuit shape its batches are cut for.
-const PROVE_SHAPE_FILE: &str = "prove-shape";
-
-/// Refuses a data directory whose batches were cut for another circuit shape, or without one
-/// (`shape_mismatch`; nothing is changed): a proving devnet could not prove its earlier
-/// batches, and its rollup would never finalize them. A directory without batches records
-/// `shape`.
-fn check_prove_shape(dir: &std::path::Path, shape: Option<optio_prover::Shape>) -> Result<()> {
-    let named = shape.map_or("none".to_owned(), |s| s.name());
-    let path = dir.join(PROVE_SHAPE_FILE);
-    let has_batches = std::fs::read_dir(dir.join("batches")).is_ok_and(|mut entries| {
-        entries.any(|e| e.is_ok_and(|e| e.path().extension().is_some_and(|x| x == "blob")))
-    });
-    let record = || {
-        std::fs::create_dir_all(dir)
-            .and_then(|()| std::fs::write(&path, format!("{named}\n")))
-            .with_context(|| format!("writing {}", path.display()))
-    };
-    match std::fs::read_to_string(&path) {
-        Ok(recorded) if recorded.trim() == named => Ok(()),
-        Ok(_) if !has_batches => record(),
-        Ok(recorded) => {
-            let was = match recorded.trim() {
-                "none" => "without proving".to_owned(),
-                other => format!("for circuit {other}"),
-            };
-            let now = match shape {
-                None => "without proving".to_owned(),
-                Some(_) => format!("for circuit {named}"),
-            };
-            anyhow::bail!(
-                "shape_mismatch: the batches in {} were cut {was}, this devnet cuts them {now}: start it as before, or with a new --data",
-                dir.display()
-            )
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => record(),
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
-    }
-}
-
 /// Lowers the calling thread to the lowest scheduling priority (niceness 19 on Linux); a
 /// platform that refuses leaves it as it was.
 fn lowest_priority() {
@@ -479,7 +439,7 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
             Some(shape)
         }
     };
-    check_prove_shape(&dir, shape)?;
+    crate::prove::check_prove_shape(&dir, shape)?;
     let keys = match (&args.prove_keys, shape) {
         (_, None) => None,
         (Some(keys), Some(shape)) => Some(optio_prover::Keys::read(keys, shape).map_err(bad_keys)?),
@@ -902,42 +862,4 @@ fn requote_crossed(
         .context("pulling stale quotes")?;
     let again = gateway.submit_admin(crossed).context("re-quoting")?;
     Ok(again.iter().filter(|r| r.is_ok()).count())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A data directory keeps the proving setting its batches were cut under: the same one
-    /// passes, another is refused while batches are there (the record unchanged), and a
-    /// directory without batches takes the new one.
-    #[test]
-    fn a_data_directory_keeps_the_circuit_its_batches_were_cut_for() {
-        let dir = tempfile::tempdir().expect("temp");
-        let data = dir.path().join("data");
-        let devnet = Some(optio_prover::Shape::DEVNET);
-        let record = data.join(PROVE_SHAPE_FILE);
-        check_prove_shape(&data, None).expect("a new directory");
-        assert_eq!(
-            std::fs::read_to_string(&record).expect("recorded"),
-            "none\n"
-        );
-        // No batch yet: the setting may still change.
-        check_prove_shape(&data, devnet).expect("no batches yet");
-        let named = format!("{}\n", optio_prover::Shape::DEVNET.name());
-        assert_eq!(std::fs::read_to_string(&record).expect("recorded"), named);
-        std::fs::create_dir_all(data.join("batches")).expect("mkdir");
-        std::fs::write(data.join("batches/00000001.blob"), b"cut").expect("writes");
-        check_prove_shape(&data, devnet).expect("the same circuit");
-        let e = check_prove_shape(&data, None).expect_err("refused");
-        assert!(e.to_string().starts_with("shape_mismatch"), "{e}");
-        assert!(e.to_string().contains("without proving"), "{e}");
-        let other = optio_prover::Shape {
-            marks: 2,
-            ..optio_prover::Shape::DEVNET
-        };
-        let e = check_prove_shape(&data, Some(other)).expect_err("refused");
-        assert!(e.to_string().starts_with("shape_mismatch"), "{e}");
-        assert_eq!(std::fs::read_to_string(&record).expect("kept"), named);
-    }
 }

@@ -175,6 +175,7 @@ pub fn run(args: NodeArgs) -> Result<()> {
         config.batch_capacity = Some(crate::prove::capacity(s));
         shape = Some(s);
     }
+    crate::prove::check_prove_shape(&data, shape)?;
     // A rollup that judges fills by their signatures: refuse what it could not justify.
     if let (Some(rpc), Some(rollup)) = (
         args.l1_rpc.clone().or(file.l1_rpc.clone()),

@@ -224,6 +224,49 @@ pub(crate) fn cached_keys(dir: &std::path::Path, shape: Shape, say: impl Fn(&str
     Ok(keys)
 }
 
+/// The file in a data directory that names the circuit shape its batches are cut for.
+const PROVE_SHAPE_FILE: &str = "prove-shape";
+
+/// Refuses a data directory whose batches were cut for another circuit shape, or without one
+/// (`shape_mismatch`; nothing is changed): provers of `shape` could not prove its earlier
+/// batches, and a rollup that finalizes only proven batches would stop there. A directory
+/// without batches records `shape` (`optio devnet` and `optio node`).
+pub(crate) fn check_prove_shape(
+    dir: &std::path::Path,
+    shape: Option<optio_prover::Shape>,
+) -> Result<()> {
+    let named = shape.map_or("none".to_owned(), |s| s.name());
+    let path = dir.join(PROVE_SHAPE_FILE);
+    let has_batches = std::fs::read_dir(dir.join("batches")).is_ok_and(|mut entries| {
+        entries.any(|e| e.is_ok_and(|e| e.path().extension().is_some_and(|x| x == "blob")))
+    });
+    let record = || {
+        std::fs::create_dir_all(dir)
+            .and_then(|()| std::fs::write(&path, format!("{named}\n")))
+            .map_err(|e| anyhow!("writing {}: {e}", path.display()))
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(recorded) if recorded.trim() == named => Ok(()),
+        Ok(_) if !has_batches => record(),
+        Ok(recorded) => {
+            let was = match recorded.trim() {
+                "none" => "without proving".to_owned(),
+                other => format!("for circuit {other}"),
+            };
+            let now = match shape {
+                None => "without proving".to_owned(),
+                Some(_) => format!("for circuit {named}"),
+            };
+            bail!(
+                "shape_mismatch: the batches in {} were cut {was}, and would now be cut {now}: start as before, or with a new data directory",
+                dir.display()
+            )
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => record(),
+        Err(e) => Err(anyhow!("reading {}: {e}", path.display())),
+    }
+}
+
 /// The engine's limits for a node whose batches a circuit of `shape` proves: money leaves only
 /// an account whose positions all fit the shape's registers (read-only ones included: a
 /// withdrawal changes no position) in a batch of their own, and an
@@ -468,5 +511,38 @@ mod tests {
         assert!(e.to_string().starts_with("shape_unusable"), "{e}");
         assert!(heard.borrow().is_empty());
         assert!(!dir.path().join("other").exists());
+    }
+
+    /// A data directory keeps the proving setting its batches were cut under: the same one
+    /// passes, another is refused while batches are there (the record unchanged), and a
+    /// directory without batches takes the new one.
+    #[test]
+    fn a_data_directory_keeps_the_circuit_its_batches_were_cut_for() {
+        let dir = tempfile::tempdir().expect("temp");
+        let data = dir.path().join("data");
+        let devnet = Some(Shape::DEVNET);
+        let record = data.join(PROVE_SHAPE_FILE);
+        check_prove_shape(&data, None).expect("a new directory");
+        assert_eq!(
+            std::fs::read_to_string(&record).expect("recorded"),
+            "none\n"
+        );
+        // No batch yet: the setting may still change.
+        check_prove_shape(&data, devnet).expect("no batches yet");
+        let named = format!("{}\n", Shape::DEVNET.name());
+        assert_eq!(std::fs::read_to_string(&record).expect("recorded"), named);
+        std::fs::create_dir_all(data.join("batches")).expect("mkdir");
+        std::fs::write(data.join("batches/00000001.blob"), b"cut").expect("writes");
+        check_prove_shape(&data, devnet).expect("the same circuit");
+        let e = check_prove_shape(&data, None).expect_err("refused");
+        assert!(e.to_string().starts_with("shape_mismatch"), "{e}");
+        assert!(e.to_string().contains("without proving"), "{e}");
+        let other = Shape {
+            marks: 2,
+            ..Shape::DEVNET
+        };
+        let e = check_prove_shape(&data, Some(other)).expect_err("refused");
+        assert!(e.to_string().starts_with("shape_mismatch"), "{e}");
+        assert_eq!(std::fs::read_to_string(&record).expect("kept"), named);
     }
 }

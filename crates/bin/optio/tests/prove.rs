@@ -230,6 +230,53 @@ fn a_node_cuts_its_batches_for_external_provers() {
     assert!(check.status.success(), "{out}");
     assert!(out.contains("(the one set in"), "{out}");
     assert!(out.contains("2 batches proven"), "{out}");
+
+    // The same data directory without the keys would cut batches the provers cannot prove:
+    // refused before anything is sequenced, the log as it was.
+    let data = dir.path().join("data");
+    let log = |data: &std::path::Path| {
+        let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(data)
+            .expect("data")
+            .filter_map(|e| {
+                let path = e.ok()?.path();
+                path.is_file().then(|| {
+                    let name = path
+                        .file_name()
+                        .expect("name")
+                        .to_string_lossy()
+                        .into_owned();
+                    (name, std::fs::read(&path).expect("reads"))
+                })
+            })
+            .collect();
+        files.sort();
+        files
+    };
+    let before = log(&data);
+    let bare = dir.path().join("bare.toml");
+    std::fs::write(
+        &bare,
+        format!(
+            "listen = \"127.0.0.1:0\"\ndata = \"{}\"\n\n[[instrument]]\nname = \"BTC-PERPETUAL\"\nunderlying_cap = \"400000\"\n{instruments}",
+            data.display()
+        ),
+    )
+    .expect("writes");
+    let out = Command::new(optio)
+        .args(["node", "--config"])
+        .arg(&bare)
+        .args(["--duration-s", "4"])
+        .env("OPTIO_SEQUENCER_KEY", format!("0x{}", "11".repeat(32)))
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("shape_mismatch: the batches in")
+            && stderr.contains("would now be cut without proving"),
+        "{stderr}"
+    );
+    assert_eq!(log(&data), before);
 }
 
 /// A mark or solvency window that is not a power of four (a whole subtree of the arity-4 tree)
@@ -428,7 +475,7 @@ fn the_devnet_proves_by_default_with_keys_it_makes_in_its_cache() {
     assert!(!out.status.success(), "{stderr}");
     assert!(
         stderr.contains(&format!(
-            "shape_mismatch: the batches in {} were cut without proving, this devnet cuts them for circuit {devnet}",
+            "shape_mismatch: the batches in {} were cut without proving, and would now be cut for circuit {devnet}",
             data.path().display()
         )),
         "{stderr}"
