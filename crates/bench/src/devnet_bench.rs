@@ -6,7 +6,6 @@
 //! full signed round trip through the write-ahead log) open loop at a fixed rate, and reads
 //! `/metrics` at the end.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,6 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use hdrhistogram::Histogram;
 use secp256k1::SecretKey;
+
+use crate::load_bench::Started;
 
 /// Arguments.
 #[derive(clap::Args)]
@@ -58,7 +59,6 @@ impl Run {
 /// What one run measured.
 struct Measured {
     hist: Histogram<u64>,
-    sent: u64,
     cut: f64,
     proven: f64,
     lag: f64,
@@ -66,10 +66,7 @@ struct Measured {
 }
 
 pub fn run(args: &Args) -> Result<()> {
-    let optio = match &args.optio {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()?.with_file_name("optio"),
-    };
+    let optio = crate::load_bench::optio_binary(args.optio.as_ref())?;
     // Keys first, outside the timed runs (a minute, once).
     let made = Command::new(&optio)
         .args(["devnet", "--listen", "127.0.0.1:0", "--duration-s", "1"])
@@ -128,8 +125,9 @@ pub fn run(args: &Args) -> Result<()> {
             nice,
             m.hist.value_at_quantile(0.99) as f64 / base
         );
-        if m.hist.len() != m.sent {
-            println!("  ({} of {} orders acknowledged)", m.hist.len(), m.sent);
+        let sent = args.rate * args.seconds;
+        if m.hist.len() != sent {
+            println!("  ({} of {sent} orders acknowledged)", m.hist.len());
         }
     }
     println!(
@@ -138,64 +136,29 @@ pub fn run(args: &Args) -> Result<()> {
     Ok(())
 }
 
-/// What a starting devnet prints: the API address, the embedded chain's id and rollup, and the
-/// demo account.
-struct Started {
-    addr: String,
-    chain_id: u64,
-    rollup: [u8; 20],
-    subaccount: u64,
-}
-
+/// Starts the devnet of `run` (its own data directory, the keys cache) and reads what it
+/// prints: the API address, the demo account and the rollup's domain.
 fn start(optio: &Path, run: Run, keys_cache: &Path, data: &Path) -> Result<(Child, Started)> {
-    let mut cmd = Command::new(optio);
-    cmd.args(["devnet", "--listen", "127.0.0.1:0", "--data"])
+    let mut devnet = Command::new(optio);
+    devnet
+        .args(["devnet", "--listen", "127.0.0.1:0", "--data"])
         .arg(data)
         .arg("--keys-cache")
         .arg(keys_cache);
     if run == Run::NoProving {
-        cmd.arg("--no-prove");
+        devnet.arg("--no-prove");
     }
-    let mut node = cmd
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {}", optio.display()))?;
-    let mut lines = BufReader::new(node.stdout.take().context("stdout")?).lines();
-    let (mut addr, mut chain_id, mut rollup, mut subaccount) = (None, None, None, None);
-    for line in lines.by_ref().map_while(Result::ok) {
-        let line = line.trim();
-        if let Some(u) = line.strip_prefix("JSON-RPC  http://") {
-            addr = Some(u.trim_end_matches("/api/v2").to_owned());
-        }
-        if line.starts_with("L1 chain") {
-            let words: Vec<&str> = line.split_whitespace().collect();
-            let after = |w: &str| {
-                words
-                    .iter()
-                    .position(|x| *x == w)
-                    .and_then(|i| words.get(i + 1))
-            };
-            chain_id = after("id").and_then(|v| v.trim_end_matches(',').parse().ok());
-            rollup = after("rollup").and_then(|r| optio_intents::parse_address(r));
-        }
-        if line.starts_with("demo key") {
-            subaccount = line.rsplit(' ').next().and_then(|s| s.parse().ok());
-        }
-        if line.starts_with("instruments:") {
-            break;
-        }
+    let (mut node, started) = crate::load_bench::start_devnet(devnet)?;
+    if started.domain.is_none() {
+        let _ = node.kill();
+        let _ = node.wait();
+        bail!("the devnet printed no L1 chain (chain id and rollup)");
     }
-    std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
-    let started = Started {
-        addr: addr.context("the API address")?,
-        chain_id: chain_id.context("the chain id")?,
-        rollup: rollup.context("the rollup's address")?,
-        subaccount: subaccount.context("the demo subaccount")?,
-    };
     Ok((node, started))
 }
 
-/// The niceness of the devnet's prover threads (`optio-prover*`), from /proc.
+/// The niceness of the devnet's prover threads (its pool's `optio-prover-N`, which run the
+/// proving; the `optio-prover` thread only waits for them), from /proc.
 fn prover_threads(pid: u32) -> Vec<(String, i64)> {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return Vec::new();
@@ -204,7 +167,7 @@ fn prover_threads(pid: u32) -> Vec<(String, i64)> {
         .filter_map(|t| {
             let t = t.ok()?.path();
             let comm = std::fs::read_to_string(t.join("comm")).ok()?;
-            if !comm.starts_with("optio-prover") {
+            if !comm.starts_with("optio-prover-") {
                 return None;
             }
             // Field 19 of stat, counted after the command's closing parenthesis.
@@ -246,7 +209,6 @@ fn measure(args: &Args, optio: &Path, run: Run) -> Result<Measured> {
                 .unwrap_or(0.0)
         };
         Ok(Measured {
-            sent: args.rate * args.seconds,
             hist,
             cut: metric("optio_batches_total"),
             proven: metric("optio_batches_proven_total"),
@@ -271,22 +233,14 @@ fn measure(args: &Args, optio: &Path, run: Run) -> Result<Measured> {
 /// keep-alive connections.
 async fn send(args: &Args, at: &Started) -> Result<Histogram<u64>> {
     let key = SecretKey::from_secret_bytes([0xde; 32])?;
+    let domain = at.domain.context("the rollup's domain")?;
     let total = args.rate * args.seconds;
     let expiry = optio_gateway::now_ms() / 1_000 + 3_600;
     let requests: Vec<Vec<u8>> = (0..total)
         .map(|i| {
-            let body = crate::load_bench::never_filling_order(
-                &key,
-                (at.chain_id, at.rollup),
-                at.subaccount,
-                i,
-                expiry,
-            );
-            format!(
-                "POST /api/v2 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            )
-            .into_bytes()
+            let body =
+                crate::load_bench::never_filling_order(&key, domain, at.subaccount, i, expiry);
+            crate::load_bench::http_post(&body)
         })
         .collect();
     let requests = std::sync::Arc::new(requests);

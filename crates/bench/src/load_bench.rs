@@ -5,7 +5,7 @@
 //! the same run measures raw libsecp256k1 recovery on all cores: the ceiling for signed orders.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -141,14 +141,79 @@ pub(crate) fn never_filling_order(
         .to_string()
 }
 
+/// The `optio` binary: the one given, or the one next to this binary.
+pub(crate) fn optio_binary(given: Option<&std::path::PathBuf>) -> Result<std::path::PathBuf> {
+    match given {
+        Some(p) => Ok(p.clone()),
+        None => Ok(std::env::current_exe()?.with_file_name("optio")),
+    }
+}
+
+/// What a starting `optio devnet` prints that a load generator needs: its API address, the demo
+/// account's subaccount, and on an L1 chain the domain orders are signed for (chain id, rollup).
+pub(crate) struct Started {
+    pub(crate) addr: String,
+    pub(crate) subaccount: u64,
+    pub(crate) domain: Option<(u64, [u8; 20])>,
+}
+
+/// Spawns `devnet` (an `optio devnet` command, its arguments set), reads what it prints up to
+/// its instruments line, and drains the rest on a thread of its own.
+pub(crate) fn start_devnet(mut devnet: Command) -> Result<(Child, Started)> {
+    let mut node = devnet
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {:?}", devnet.get_program()))?;
+    let mut lines = BufReader::new(node.stdout.take().context("stdout")?).lines();
+    let (mut addr, mut subaccount, mut domain) = (None, None, None);
+    for line in lines.by_ref().map_while(Result::ok) {
+        let line = line.trim();
+        if let Some(u) = line.strip_prefix("JSON-RPC  http://") {
+            addr = Some(u.trim_end_matches("/api/v2").to_owned());
+        }
+        if line.starts_with("L1 chain") {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let after = |w: &str| {
+                words
+                    .iter()
+                    .position(|x| *x == w)
+                    .and_then(|i| words.get(i + 1))
+            };
+            let chain_id = after("id").and_then(|v| v.trim_end_matches(',').parse().ok());
+            let rollup = after("rollup").and_then(|r| optio_intents::parse_address(r));
+            domain = chain_id.zip(rollup);
+        }
+        if line.starts_with("demo key") {
+            subaccount = line.rsplit(' ').next().and_then(|s| s.parse().ok());
+        }
+        if line.starts_with("instruments:") {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
+    let started = Started {
+        addr: addr.context("the API address")?,
+        subaccount: subaccount.context("the demo subaccount")?,
+        domain,
+    };
+    Ok((node, started))
+}
+
+/// One whole HTTP request posting `body` (JSON) to the API, built before the clock starts.
+pub(crate) fn http_post(body: &str) -> Vec<u8> {
+    format!(
+        "POST /api/v2 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
 pub fn run(args: &Args) -> Result<()> {
     let ceiling = recovery_ceiling();
-    let optio = match &args.optio {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()?.with_file_name("optio"),
-    };
+    let optio = optio_binary(args.optio.as_ref())?;
     let data = tempfile::tempdir()?;
-    let mut node = Command::new(&optio)
+    let mut devnet = Command::new(&optio);
+    devnet
         .args([
             "devnet",
             "--no-l1",
@@ -162,33 +227,13 @@ pub fn run(args: &Args) -> Result<()> {
             args.snapshot_every
                 .map(|n| vec!["--snapshot-every".to_owned(), n.to_string()])
                 .unwrap_or_default(),
-        )
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {}", optio.display()))?;
-    let mut lines = BufReader::new(node.stdout.take().context("stdout")?).lines();
-    let (mut addr, mut subaccount) = (String::new(), 0u64);
-    for line in lines.by_ref().map_while(Result::ok) {
-        if let Some(u) = line.trim().strip_prefix("JSON-RPC  http://") {
-            addr = u.trim_end_matches("/api/v2").to_owned();
-        }
-        if line.contains("demo key") {
-            subaccount = line
-                .rsplit(' ')
-                .next()
-                .and_then(|s| s.parse().ok())
-                .context("demo subaccount")?;
-        }
-        if line.contains("instruments:") {
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
+        );
+    let (mut node, started) = start_devnet(devnet)?;
     let result = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()?
-        .block_on(drive(args, &addr, subaccount, ceiling));
+        .block_on(drive(args, &started.addr, started.subaccount, ceiling));
     let _ = node.kill();
     let _ = node.wait();
     result
@@ -222,11 +267,7 @@ async fn drive(args: &Args, addr: &str, subaccount: u64, ceiling: f64) -> Result
             } else {
                 format!("[{}]", orders.join(","))
             };
-            format!(
-                "POST /api/v2 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            )
-            .into_bytes()
+            http_post(&body)
         })
         .collect();
     let bodies = Arc::new(bodies);

@@ -618,8 +618,9 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
     funder.settled().await?;
     if let Some(keys) = keys.clone() {
         let batches = dir.join("batches");
-        // The prover's threads run at the lowest priority: they take the cores only while the
-        // exchange leaves them idle.
+        // The prover's threads run at the lowest priority, so that the exchange's come first
+        // (what proving still costs the order path: `optio-bench devnet`). The thread below
+        // only waits for the pool, which runs the work.
         let pool = rayon::ThreadPoolBuilder::new()
             .thread_name(|i| format!("optio-prover-{i}"))
             .start_handler(|_| lowest_priority())
@@ -628,7 +629,6 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
         std::thread::Builder::new()
             .name("optio-prover".into())
             .spawn(move || {
-                lowest_priority();
                 let worked = pool.install(|| {
                     crate::prove::work(
                         &batches,

@@ -237,9 +237,11 @@ pub(crate) fn check_prove_shape(
 ) -> Result<()> {
     let named = shape.map_or("none".to_owned(), |s| s.name());
     let path = dir.join(PROVE_SHAPE_FILE);
-    let has_batches = std::fs::read_dir(dir.join("batches")).is_ok_and(|mut entries| {
-        entries.any(|e| e.is_ok_and(|e| e.path().extension().is_some_and(|x| x == "blob")))
-    });
+    let has_batches = || {
+        std::fs::read_dir(dir.join("batches")).is_ok_and(|mut entries| {
+            entries.any(|e| e.is_ok_and(|e| e.path().extension().is_some_and(|x| x == "blob")))
+        })
+    };
     let record = || {
         std::fs::create_dir_all(dir)
             .and_then(|()| std::fs::write(&path, format!("{named}\n")))
@@ -247,7 +249,7 @@ pub(crate) fn check_prove_shape(
     };
     match std::fs::read_to_string(&path) {
         Ok(recorded) if recorded.trim() == named => Ok(()),
-        Ok(_) if !has_batches => record(),
+        Ok(_) if !has_batches() => record(),
         Ok(recorded) => {
             let was = match recorded.trim() {
                 "none" => "without proving".to_owned(),

@@ -149,20 +149,43 @@ fn the_devnet_proves_its_batches_and_l1_verifies_them() {
     assert!(out.contains("every proof checks"), "{out}");
 }
 
-/// A node's configuration in `dir` (its data under `dir/data`) with the prover keys in `keys`:
+/// The files directly in `dir`, by name, with their bytes.
+fn files_in(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .expect("dir")
+        .filter_map(|e| {
+            let path = e.ok()?.path();
+            path.is_file().then(|| {
+                let name = path
+                    .file_name()
+                    .expect("name")
+                    .to_string_lossy()
+                    .into_owned();
+                (name, std::fs::read(&path).expect("reads"))
+            })
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// A node's configuration in `dir` (its data under `dir/data`) with the prover keys in `keys`
+/// (none: a node that cuts its batches for no circuit):
 /// the perpetual and `instruments` (more `[[instrument]]` tables).
 fn node_config(
     dir: &std::path::Path,
-    keys: &std::path::Path,
+    keys: Option<&std::path::Path>,
     instruments: &str,
 ) -> std::path::PathBuf {
     let config = dir.join("optio.toml");
+    let keys = keys.map_or(String::new(), |k| {
+        format!("prove_keys = \"{}\"\n", k.display())
+    });
     std::fs::write(
         &config,
         format!(
-            "listen = \"127.0.0.1:0\"\ndata = \"{}\"\nprove_keys = \"{}\"\n\n[[instrument]]\nname = \"BTC-PERPETUAL\"\nunderlying_cap = \"400000\"\n{instruments}",
+            "listen = \"127.0.0.1:0\"\ndata = \"{}\"\n{keys}\n[[instrument]]\nname = \"BTC-PERPETUAL\"\nunderlying_cap = \"400000\"\n{instruments}",
             dir.join("data").display(),
-            keys.display()
         ),
     )
     .expect("write config");
@@ -184,14 +207,16 @@ fn a_node_cuts_its_batches_for_external_provers() {
             format!("[[instrument]]\nname = \"ETH-26MAR27-{k}-C\"\nunderlying_cap = \"20000\"\n")
         })
         .collect();
-    let config = node_config(dir.path(), keys.path(), &instruments);
-    let node = Command::new(optio)
-        .args(["node", "--config"])
-        .arg(&config)
-        .args(["--duration-s", "4"])
-        .env("OPTIO_SEQUENCER_KEY", format!("0x{}", "11".repeat(32)))
-        .output()
-        .expect("runs");
+    let run_node = |config: &std::path::Path| {
+        Command::new(optio)
+            .args(["node", "--config"])
+            .arg(config)
+            .args(["--duration-s", "4"])
+            .env("OPTIO_SEQUENCER_KEY", format!("0x{}", "11".repeat(32)))
+            .output()
+            .expect("runs")
+    };
+    let node = run_node(&node_config(dir.path(), Some(keys.path()), &instruments));
     assert!(node.status.success(), "{node:?}");
 
     let batches = dir.path().join("data").join("batches");
@@ -234,41 +259,8 @@ fn a_node_cuts_its_batches_for_external_provers() {
     // The same data directory without the keys would cut batches the provers cannot prove:
     // refused before anything is sequenced, the log as it was.
     let data = dir.path().join("data");
-    let log = |data: &std::path::Path| {
-        let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(data)
-            .expect("data")
-            .filter_map(|e| {
-                let path = e.ok()?.path();
-                path.is_file().then(|| {
-                    let name = path
-                        .file_name()
-                        .expect("name")
-                        .to_string_lossy()
-                        .into_owned();
-                    (name, std::fs::read(&path).expect("reads"))
-                })
-            })
-            .collect();
-        files.sort();
-        files
-    };
-    let before = log(&data);
-    let bare = dir.path().join("bare.toml");
-    std::fs::write(
-        &bare,
-        format!(
-            "listen = \"127.0.0.1:0\"\ndata = \"{}\"\n\n[[instrument]]\nname = \"BTC-PERPETUAL\"\nunderlying_cap = \"400000\"\n{instruments}",
-            data.display()
-        ),
-    )
-    .expect("writes");
-    let out = Command::new(optio)
-        .args(["node", "--config"])
-        .arg(&bare)
-        .args(["--duration-s", "4"])
-        .env("OPTIO_SEQUENCER_KEY", format!("0x{}", "11".repeat(32)))
-        .output()
-        .expect("runs");
+    let before = files_in(&data);
+    let out = run_node(&node_config(dir.path(), None, &instruments));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(
@@ -276,7 +268,7 @@ fn a_node_cuts_its_batches_for_external_provers() {
             && stderr.contains("would now be cut without proving"),
         "{stderr}"
     );
-    assert_eq!(log(&data), before);
+    assert_eq!(files_in(&data), before);
 }
 
 /// A mark or solvency window that is not a power of four (a whole subtree of the arity-4 tree)
@@ -351,7 +343,7 @@ fn a_node_or_devnet_with_keys_of_an_unusable_shape_refuses_to_start() {
         std::fs::write(keys.path().join(format!("{unusable}.{ext}")), b"").expect("writes");
     }
     let data = tempfile::tempdir().expect("tempdir");
-    let config = node_config(data.path(), keys.path(), "");
+    let config = node_config(data.path(), Some(keys.path()), "");
     let runs = [
         vec![
             "node".into(),
@@ -398,7 +390,7 @@ fn a_node_or_devnet_with_keys_of_another_circuit_version_refuses_to_start() {
         std::fs::write(keys.path().join(format!("{shape}.{ext}")), bytes).expect("writes");
     }
     let data = tempfile::tempdir().expect("tempdir");
-    let config = node_config(data.path(), keys.path(), "");
+    let config = node_config(data.path(), Some(keys.path()), "");
     for args in [
         vec![
             "node".to_owned(),
@@ -444,19 +436,7 @@ fn the_devnet_proves_by_default_with_keys_it_makes_in_its_cache() {
     for (ext, bytes) in seeded {
         std::fs::write(cache.path().join(format!("{devnet}.{ext}")), bytes).expect("writes");
     }
-    let cached = |dir: &std::path::Path| {
-        let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
-            .expect("dir")
-            .map(|e| {
-                let e = e.expect("entry");
-                let name = e.file_name().into_string().expect("utf-8");
-                (name, std::fs::read(e.path()).expect("reads"))
-            })
-            .collect();
-        files.sort();
-        files
-    };
-    let before = cached(cache.path());
+    let before = files_in(cache.path());
 
     // Batches cut without proving: refused, the cache untouched.
     let data = tempfile::tempdir().expect("tempdir");
@@ -480,7 +460,7 @@ fn the_devnet_proves_by_default_with_keys_it_makes_in_its_cache() {
         )),
         "{stderr}"
     );
-    assert_eq!(cached(cache.path()), before);
+    assert_eq!(files_in(cache.path()), before);
 
     // `--no-prove`: no keys, no prover, the cache untouched.
     let out = Command::new(env!("CARGO_BIN_EXE_optio"))
@@ -500,7 +480,7 @@ fn the_devnet_proves_by_default_with_keys_it_makes_in_its_cache() {
     assert!(stdout.contains("JSON-RPC  http://127.0.0.1:"), "{stdout}");
     assert!(!stdout.contains("prover"), "{stdout}");
     assert!(!stdout.contains("generating"), "{stdout}");
-    assert_eq!(cached(cache.path()), before);
+    assert_eq!(files_in(cache.path()), before);
 
     // By default: the stale keys are named and remade for the devnet's shape.
     let mut child = Command::new(env!("CARGO_BIN_EXE_optio"))
