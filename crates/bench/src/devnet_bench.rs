@@ -29,10 +29,11 @@ pub struct Args {
     /// first if it has none.
     #[arg(long)]
     keys_cache: PathBuf,
-    /// A third run with the prover's threads moved back to normal priority (`renice`, Linux,
-    /// as root): what the lowest priority buys.
+    /// Two more runs with the prover's threads moved after the start (`chrt`, `renice`;
+    /// Linux, as root) from the idle class to the normal one, at niceness 19 and then at 0:
+    /// what the idle class buys over the lowest niceness, and over none.
     #[arg(long)]
-    normal_priority_too: bool,
+    compare_priorities: bool,
     /// Path of the `optio` binary (default: next to this one).
     #[arg(long)]
     optio: Option<PathBuf>,
@@ -43,6 +44,7 @@ pub struct Args {
 enum Run {
     NoProving,
     Lowest,
+    Nice19,
     Normal,
 }
 
@@ -51,7 +53,17 @@ impl Run {
         match self {
             Run::NoProving => "no proving (--no-prove)",
             Run::Lowest => "proving (the default)",
-            Run::Normal => "proving, prover reniced to 0",
+            Run::Nice19 => "proving, prover at nice 19",
+            Run::Normal => "proving, prover at nice 0",
+        }
+    }
+
+    /// The niceness the run moves the prover's threads to, in the normal class.
+    fn moved_to(self) -> Option<i64> {
+        match self {
+            Run::Nice19 => Some(19),
+            Run::Normal => Some(0),
+            Run::NoProving | Run::Lowest => None,
         }
     }
 }
@@ -62,7 +74,8 @@ struct Measured {
     cut: f64,
     proven: f64,
     lag: f64,
-    nice: Vec<i64>,
+    /// The prover threads' scheduling, as `sched` prints it.
+    sched: Vec<String>,
 }
 
 pub fn run(args: &Args) -> Result<()> {
@@ -81,8 +94,8 @@ pub fn run(args: &Args) -> Result<()> {
         );
     }
     let mut runs = vec![Run::NoProving, Run::Lowest];
-    if args.normal_priority_too {
-        runs.push(Run::Normal);
+    if args.compare_priorities {
+        runs.extend([Run::Nice19, Run::Normal]);
     }
     println!(
         "devnet order acknowledgement, {} signed IOC orders/s for {} s from each start (the devnet's makers, takers, oracle and L1 running; {} cores)",
@@ -96,15 +109,15 @@ pub fn run(args: &Args) -> Result<()> {
         results.push((run, m));
     }
     println!(
-        "\n{:<30} {:>8} {:>8} {:>9} {:>8} {:>11} {:>7} {:>5} {:>10}",
-        "run", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "cut/proven", "lag", "nice", "p99 ratio"
+        "\n{:<30} {:>8} {:>8} {:>9} {:>8} {:>11} {:>7} {:>8} {:>10}",
+        "run", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "cut/proven", "lag", "sched", "p99 ratio"
     );
     let base = results[0].1.hist.value_at_quantile(0.99) as f64;
     for (run, m) in &results {
         let q = |p: f64| m.hist.value_at_quantile(p) as f64 / 1_000.0;
-        let nice = match m.nice[..] {
+        let sched = match &m.sched[..] {
             [] => "-".to_owned(),
-            [first, ..] if m.nice.iter().all(|n| *n == first) => first.to_string(),
+            [first, ..] if m.sched.iter().all(|n| n == first) => first.clone(),
             _ => "mixed".to_owned(),
         };
         let lag = if *run == Run::NoProving {
@@ -113,7 +126,7 @@ pub fn run(args: &Args) -> Result<()> {
             m.lag.to_string()
         };
         println!(
-            "{:<30} {:>8.2} {:>8.2} {:>9.2} {:>8.2} {:>5}/{:<5} {:>7} {:>5} {:>10.2}",
+            "{:<30} {:>8.2} {:>8.2} {:>9.2} {:>8.2} {:>5}/{:<5} {:>7} {:>8} {:>10.2}",
             run.label(),
             q(0.5),
             q(0.99),
@@ -122,7 +135,7 @@ pub fn run(args: &Args) -> Result<()> {
             m.cut,
             m.proven,
             lag,
-            nice,
+            sched,
             m.hist.value_at_quantile(0.99) as f64 / base
         );
         let sent = args.rate * args.seconds;
@@ -131,7 +144,7 @@ pub fn run(args: &Args) -> Result<()> {
         }
     }
     println!(
-        "(lag: batches cut and not yet proven at the end; nice: the prover threads' niceness; ratio: p99 against the run without proving)"
+        "(lag: batches cut and not yet proven at the end; sched: the prover threads' scheduling, the idle class or the normal one at a niceness; ratio: p99 against the run without proving)"
     );
     Ok(())
 }
@@ -157,9 +170,10 @@ fn start(optio: &Path, run: Run, keys_cache: &Path, data: &Path) -> Result<(Chil
     Ok((node, started))
 }
 
-/// The niceness of the devnet's prover threads (its pool's `optio-prover-N`, which run the
-/// proving; the `optio-prover` thread only waits for them), from /proc.
-fn prover_threads(pid: u32) -> Vec<(String, i64)> {
+/// The scheduling of the devnet's prover threads (its pool's `optio-prover-N`, which run the
+/// proving; the `optio-prover` thread only waits for them), from /proc: `idle` for the idle
+/// class (`SCHED_IDLE`), `nice N` for the normal one.
+fn prover_threads(pid: u32) -> Vec<(String, String)> {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return Vec::new();
     };
@@ -170,37 +184,67 @@ fn prover_threads(pid: u32) -> Vec<(String, i64)> {
             if !comm.starts_with("optio-prover-") {
                 return None;
             }
-            // Field 19 of stat, counted after the command's closing parenthesis.
+            // Fields 19 (niceness) and 41 (policy) of stat, counted after the command's
+            // closing parenthesis (field 3 first).
             let stat = std::fs::read_to_string(t.join("stat")).ok()?;
-            let after = &stat[stat.rfind(')')? + 2..];
-            let nice = after.split_whitespace().nth(16)?.parse().ok()?;
-            Some((t.file_name()?.to_string_lossy().into_owned(), nice))
+            let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
+            let (nice, policy) = (fields.get(16)?, fields.get(38)?);
+            let sched = match *policy {
+                "0" => format!("nice {nice}"),
+                "5" => "idle".to_owned(),
+                other => format!("policy {other}"),
+            };
+            Some((t.file_name()?.to_string_lossy().into_owned(), sched))
         })
         .collect()
+}
+
+/// The prover's threads once its pool has started them all (one a core) and each has moved
+/// itself to the idle class, so that a move from it is not undone by a thread still starting.
+fn started_prover_threads(pid: u32) -> Result<Vec<(String, String)>> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let threads = prover_threads(pid);
+        if threads.len() == cores && threads.iter().all(|(_, s)| s == "idle") {
+            return Ok(threads);
+        }
+        if Instant::now() > deadline {
+            bail!("the devnet's prover threads did not all start in the idle class: {threads:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn measure(args: &Args, optio: &Path, run: Run) -> Result<Measured> {
     let data = tempfile::tempdir()?;
     let (mut node, started) = start(optio, run, &args.keys_cache, data.path())?;
     let result = (|| {
-        if run == Run::Normal {
-            for (tid, _) in prover_threads(node.id()) {
-                let status = Command::new("renice")
-                    .args(["-n", "0", "-p", &tid])
-                    .stdout(Stdio::null())
-                    .status()
-                    .context("renice")?;
-                if !status.success() {
-                    bail!("renice -n 0 -p {tid} failed (needs root)");
+        if let Some(nice) = run.moved_to() {
+            for (tid, _) in started_prover_threads(node.id())? {
+                let nice = nice.to_string();
+                for (tool, args) in [
+                    ("chrt", ["--other", "-p", "0", &tid]),
+                    ("renice", ["-n", &nice, "-p", &tid]),
+                ] {
+                    let status = Command::new(tool)
+                        .args(args)
+                        .stdout(Stdio::null())
+                        .status()
+                        .context(tool)?;
+                    if !status.success() {
+                        bail!("{tool} {} failed (needs root)", args.join(" "));
+                    }
                 }
             }
         }
-        let nice: Vec<i64> = prover_threads(node.id()).iter().map(|(_, n)| *n).collect();
         let hist = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()?
             .block_on(send(args, &started))?;
+        // As the orders found them, read at their end.
+        let sched = prover_threads(node.id()).into_iter().map(|(_, s)| s).collect();
         let metrics = fetch_metrics(&started.addr)?;
         let metric = |name: &str| {
             metrics
@@ -213,7 +257,7 @@ fn measure(args: &Args, optio: &Path, run: Run) -> Result<Measured> {
             cut: metric("optio_batches_total"),
             proven: metric("optio_batches_proven_total"),
             lag: metric("optio_proving_lag_batches"),
-            nice,
+            sched,
         })
     })();
     let _ = node.kill();

@@ -397,9 +397,27 @@ fn default_keys_cache() -> Option<std::path::PathBuf> {
     Some(cache.join("optio").join("keys"))
 }
 
-/// Lowers the calling thread to the lowest scheduling priority (niceness 19 on Linux); a
-/// platform that refuses leaves it as it was.
+/// Moves the calling thread to the idle scheduling class (Linux's `SCHED_IDLE`: a thread of
+/// any other class that wakes takes its core at once, where niceness 19 only lowers its
+/// share), or, where that is refused or not Linux, to the lowest priority of its class
+/// (niceness 19 on Unix); a platform that refuses both leaves it as it was.
 fn lowest_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        use thread_priority::{
+            NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
+            set_thread_priority_and_policy, thread_native_id,
+        };
+        if set_thread_priority_and_policy(
+            thread_native_id(),
+            ThreadPriority::Min,
+            ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
+        )
+        .is_ok()
+        {
+            return;
+        }
+    }
     let _ = thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min);
 }
 
@@ -618,7 +636,7 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
     funder.settled().await?;
     if let Some(keys) = keys.clone() {
         let batches = dir.join("batches");
-        // The prover's threads run at the lowest priority, so that the exchange's come first
+        // The prover's threads run in the idle class, so that the exchange's come first
         // (what proving still costs the order path: `optio-bench devnet`). The thread below
         // only waits for the pool, which runs the work.
         let pool = rayon::ThreadPoolBuilder::new()

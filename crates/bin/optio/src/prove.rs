@@ -502,6 +502,20 @@ mod tests {
         assert_eq!(Keys::read(&cache, small).expect("written").vk, repaired.vk);
         heard.borrow_mut().clear();
 
+        // A cache that cannot be made, or written, is named, and leaves no keys behind.
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"").expect("writes");
+        let e = cached_keys(&file.join("keys"), small, say)
+            .err()
+            .expect("refused");
+        assert!(e.to_string().starts_with("keys_cache: "), "{e}");
+        let blocked = dir.path().join("blocked");
+        std::fs::create_dir_all(blocked.join(format!("{}.tmp", small.name()))).expect("creates");
+        let e = cached_keys(&blocked, small, say).err().expect("refused");
+        assert!(e.to_string().starts_with("keys_cache: "), "{e}");
+        assert!(Keys::read(&blocked, small).is_err());
+        heard.borrow_mut().clear();
+
         let unusable = Shape {
             settlements: 1,
             holders: 1,
