@@ -1602,6 +1602,9 @@ fn op_slot(cs: &Cs, s: &Slot, st: &mut Running) -> R<()> {
 /// total's scaled by at most 1e4 < 2^14, so a total below zero (`p - |t|`) is far above `2^150`.
 const MARGIN_BITS: usize = 150;
 
+/// Bits of a liquidation's shortfall (`floor + allowance - 1 - total`: the floor below 2^180).
+const SHORTFALL_BITS: usize = MARGIN_BITS + 32;
+
 /// Basis points in one.
 const BPS: u64 = 10_000;
 
@@ -1928,7 +1931,8 @@ fn margin_slots(
         let left = base
             .add(&moved_value)
             .sub(&fee.scale(Fr::from(QTY_SCALE as u64)));
-        cs.range(&cs.mul(&cs.is_nonzero(&fee)?, &left)?, MARGIN_BITS)?;
+        // Checked in the no-move total's lane below: a below slot checks no total.
+        let left = cs.mul(&cs.mul(&below, &cs.is_nonzero(&fee)?)?, &left)?;
         // Scaled by 1e4 in a maintenance slot; in a Standard one, that rule's total instead.
         let base = base.add(&cs.mul(&maintenance, &base)?.scale(Fr::from(BPS - 1)));
         let standard_total = collateral
@@ -1949,13 +1953,21 @@ fn margin_slots(
         }
         // Money that left leaves every total non-negative; an account that traded, every
         // total of its mode's rule at or above its short options' floor (none in other slots):
-        // Standard has no scenarios.
+        // Standard has no scenarios. A below slot checks none of them (its bound is zero) but
+        // the fee above and the shortfall below, which share the first two totals' checks (a
+        // lane holds one value or none; a negative value, `p - |v|` with `|v|` below 2^182, is
+        // far above either width, so the wider check refuses what the narrower one did).
         let bound = Wire::sum([&out, &end, &cured]);
         let moved_bound = bound.sub(&standard_end).sub(&standard_cured);
-        for (s, total) in totals.iter().enumerate() {
-            let bound = if s == 0 { &bound } else { &moved_bound };
-            cs.range(&cs.mul(bound, &total.sub(&floor))?, MARGIN_BITS)?;
-        }
+        let mut lanes: Vec<Wire> = totals
+            .iter()
+            .enumerate()
+            .map(|(s, total)| {
+                let bound = if s == 0 { &bound } else { &moved_bound };
+                cs.mul(bound, &total.sub(&floor))
+            })
+            .collect::<R<_>>()?;
+        lanes[0] = lanes[0].add(&left);
         // A liquidated account had one total (the prover names it; Standard's only one) short
         // of its floor by more than the allowance: `floor + allowance - 1 - total` is
         // non-negative (the floor below 2^180, a total above -2^150: 182 bits hold it; a total
@@ -1971,7 +1983,15 @@ fn margin_slots(
             .add(&allowance)
             .add_const(-Fr::from(1u64))
             .sub(&short_total);
-        cs.range(&cs.mul(&below, &shortfall)?, MARGIN_BITS + 32)?;
+        let shortfall = cs.mul(&below, &shortfall)?;
+        match lanes.get_mut(1) {
+            Some(lane) => *lane = lane.add(&shortfall),
+            None => lanes.push(shortfall),
+        }
+        for (s, lane) in lanes.iter().enumerate() {
+            let bits = if s == 1 { SHORTFALL_BITS } else { MARGIN_BITS };
+            cs.range(lane, bits)?;
+        }
     }
     // Every op that takes money out, every deficit cover and every priced liquidation has
     // exactly one margin slot.

@@ -82,9 +82,9 @@ fn recorded(shape: Shape, version: u32, constraints: usize, hash: &str) {
 fn the_circuit_version_names_its_constraints() {
     recorded(
         SHAPE,
-        4,
-        125_642,
-        "a11b743bdfacab5c1422c8af974f30e11490b42800a118bec83c79409e80ff4d",
+        5,
+        125_341,
+        "2efb7a8c6f7f82fd3096b2b3ea0e9ae9efb15b3ae31925e386f2b183816ac6ee",
     );
 }
 
@@ -97,8 +97,8 @@ fn the_circuit_version_names_its_read_only_registers() {
             readonly: 2,
             ..SHAPE
         },
-        4,
-        132_241,
-        "2450c498302fcdfa8ed4ed6cc77523e5bed3a5ce5656aaeb4bda635df4abb860",
+        5,
+        131_940,
+        "c4d90319a9182a637b79eecf94241effd17d06be49273f6f44c8d085586d63e9",
     );
 }
