@@ -70,6 +70,30 @@ fn small_keys() -> tempfile::TempDir {
     keys
 }
 
+/// Linux's `SCHED_IDLE` policy number.
+#[cfg(target_os = "linux")]
+const SCHED_IDLE: u32 = 5;
+
+/// The scheduling policy of each of a process's `optio-prover-N` threads (the prover's pool),
+/// from /proc: field 41 of each thread's stat.
+#[cfg(target_os = "linux")]
+fn prover_policies(pid: u32) -> Vec<u32> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the process's threads");
+    tasks
+        .filter_map(|t| {
+            let t = t.ok()?.path();
+            let comm = std::fs::read_to_string(t.join("comm")).ok()?;
+            if !comm.starts_with("optio-prover-") {
+                return None;
+            }
+            let stat = std::fs::read_to_string(t.join("stat")).ok()?;
+            // Fields from the third on, after the command's closing parenthesis.
+            let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
+            fields.get(38)?.parse().ok()
+        })
+        .collect()
+}
+
 #[test]
 fn the_devnet_proves_its_batches_and_l1_verifies_them() {
     let optio = env!("CARGO_BIN_EXE_optio");
@@ -114,6 +138,17 @@ fn the_devnet_proves_its_batches_and_l1_verifies_them() {
     };
     assert!(metric(&metrics, "optio_batches_proven_total").is_some_and(|n| n >= 1));
     assert_eq!(metric(&metrics, "optio_batches_unprovable_total"), Some(0));
+    // The threads that proved it are in the idle scheduling class, so that the exchange's
+    // threads take a core from them the moment they wake.
+    #[cfg(target_os = "linux")]
+    {
+        let policies = prover_policies(child.0.id());
+        assert!(!policies.is_empty(), "no optio-prover-N thread found");
+        assert!(
+            policies.iter().all(|&p| p == SCHED_IDLE),
+            "the prover's threads' policies: {policies:?}"
+        );
+    }
     assert!(
         metric(&metrics, "optio_l1_committed_seq") >= metric(&metrics, "optio_l1_proven_seq"),
         "{metrics}"
