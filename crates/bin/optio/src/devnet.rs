@@ -12,8 +12,8 @@
 //! and the faucet credits accounts directly.
 //!
 //! On the embedded chain every batch is proven (unless `--no-prove`): batches are cut so that
-//! the circuit shape of the keys holds each, a prover worker runs in the process at the lowest
-//! scheduling priority, the settler submits the proofs, and the embedded rollup is deployed with
+//! the circuit shape of the keys holds each, a prover worker runs in the process (its threads in
+//! the idle scheduling class), the settler submits the proofs, and the embedded rollup is deployed with
 //! the verifier, so that a batch finalizes only once proven (intents go executed, committed,
 //! proven, finalized). The keys are `--prove-keys DIR` (from `optio prove setup`), or else the
 //! devnet's own for `Shape::DEVNET`, generated into `--keys-cache` at the first start that
