@@ -327,6 +327,11 @@ pub struct VerifyArgs {
     /// later ones are reverted and the operator's bond is paid to this key's address).
     #[arg(long, env = "OPTIO_CHALLENGER_KEY")]
     challenger_key: Option<String>,
+    /// The published verifying key (a `.vk` file as `optio prove setup` wrote it, or its keys
+    /// directory): the rollup's verifier must hold exactly this key, so that every proof L1
+    /// accepted is a proof for the circuit those keys were made for.
+    #[arg(long)]
+    vk: Option<std::path::PathBuf>,
 }
 
 /// Checks every committed root against the posted data, every fill against its signed orders
@@ -338,6 +343,7 @@ pub fn verify(args: VerifyArgs) -> Result<()> {
     runtime.block_on(async {
         let provider = alloy_reader(&args.rpc)?;
         let rollup = args.rollup.parse().context("rollup address")?;
+        let deployment_bad = audit_deployment(&provider, rollup, args.vk.as_deref()).await?;
         let verdicts = optio_settler::verify_l1(&provider, rollup).await?;
         let mut bad = 0;
         for v in &verdicts {
@@ -427,8 +433,11 @@ pub fn verify(args: VerifyArgs) -> Result<()> {
                 }
             }
         }
-        if bad > 0 {
-            bail!("{bad} of {} committed batches fail verification", verdicts.len());
+        if bad > 0 || deployment_bad > 0 {
+            bail!(
+                "{bad} of {} committed batches fail verification; {deployment_bad} alerts about the deployment",
+                verdicts.len()
+            );
         }
         println!("all {} committed batches verified from L1 data", verdicts.len());
         let judging = optio_settler::judging(&provider, rollup).await?;
@@ -460,6 +469,75 @@ pub fn verify(args: VerifyArgs) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// Checks that the rollup and every contract it relies on run this repository's audited build
+/// (`optio_settler::audit_deployment`) and, given the published verifying key, that the
+/// verifier holds it; prints what it found and returns the number of alerts.
+async fn audit_deployment(
+    provider: &optio_settler::DynProvider,
+    rollup: optio_settler::Address,
+    published: Option<&std::path::Path>,
+) -> Result<usize> {
+    let audit = optio_settler::audit_deployment(provider, rollup).await?;
+    let mut alerts = 0;
+    for c in audit.differing() {
+        alerts += 1;
+        let why = c.differs.as_deref().unwrap_or_default();
+        println!(
+            "deployment: ALERT {} at {} is not the audited build: {why}",
+            c.name, c.address
+        );
+    }
+    if alerts == 0 {
+        println!(
+            "deployment: rollup, judge, trees, 4 Poseidon hashers{} run this tree's audited build (contracts/out), byte for byte but their immutables; the rollup and trees were created by its creation code with the arguments their getters read, from the empty state's root",
+            if audit.verifier.is_some() {
+                " and verifier"
+            } else {
+                ""
+            }
+        );
+    }
+    match (published, audit.verifier, audit.verifying_key) {
+        (Some(path), _, Some(held)) => {
+            let vk = optio_prover::read_verifying_key(path)?;
+            let words = optio_prover::solidity::verifying_key(&vk);
+            let published: [optio_settler::U256; 30] =
+                std::array::from_fn(|i| optio_settler::U256::from_be_bytes(words[i]));
+            match optio_settler::key_difference(&held, &published) {
+                None => println!(
+                    "verifying key: the verifier {} holds the key in {}",
+                    audit.verifier.unwrap_or_default(),
+                    path.display()
+                ),
+                Some(why) => {
+                    alerts += 1;
+                    println!(
+                        "verifying key: ALERT the verifier {} holds another key than {}: {why}",
+                        audit.verifier.unwrap_or_default(),
+                        path.display()
+                    );
+                }
+            }
+        }
+        (Some(path), None, _) => {
+            alerts += 1;
+            println!(
+                "verifying key: ALERT the rollup has no verifier (its batches finalize unproven), so not the key in {}",
+                path.display()
+            );
+        }
+        // The verifier's code already alerted: its key cannot be read faithfully.
+        (Some(_), Some(_), None) => {}
+        (None, Some(v), _) => {
+            println!("verifying key: the verifier {v}'s not compared with a published one (--vk)")
+        }
+        (None, None, _) => println!(
+            "verifier: none (batches finalize unproven, the finalization delay after their commitment)"
+        ),
+    }
+    Ok(alerts)
 }
 
 /// Prints how a challenge against batch `number`, filed with `key`, went.

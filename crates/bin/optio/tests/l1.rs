@@ -169,6 +169,13 @@ fn verify_agrees(url: &str, d: &optio_settler::Deployment) {
         out.status.success() && text.contains("committed batches verified from L1 data"),
         "{text}"
     );
+    // On anvil too the deployment is the audited build (no verifier: this rollup has none).
+    assert!(
+        text.contains(
+            "deployment: rollup, judge, trees, 4 Poseidon hashers run this tree's audited build"
+        ) && text.contains("verifier: none"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -153,16 +153,51 @@ fn the_devnet_proves_its_batches_and_l1_verifies_them() {
         metric(&metrics, "optio_l1_committed_seq") >= metric(&metrics, "optio_l1_proven_seq"),
         "{metrics}"
     );
-    // The watchtower agrees from L1 alone, proofs included.
-    let verify = Command::new(optio)
-        .args(["verify", "--rpc", &chain_url, "--rollup", &rollup])
-        .output()
-        .expect("runs");
-    let out = String::from_utf8_lossy(&verify.stdout);
-    assert!(verify.status.success(), "optio verify: {out}");
+    // The watchtower agrees from L1 alone, proofs included, and the rollup's verifier holds
+    // the published key (and runs the audited code, as every contract of the deployment).
+    let verify = |vk: &std::path::Path| {
+        Command::new(optio)
+            .args(["verify", "--rpc", &chain_url, "--rollup", &rollup, "--vk"])
+            .arg(vk)
+            .output()
+            .expect("runs")
+    };
+    let out = verify(keys.path());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "optio verify: {text}");
     assert!(
-        out.contains("proven on L1, each with its posted data's ops commitment"),
-        "{out}"
+        text.contains("proven on L1, each with its posted data's ops commitment"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "deployment: rollup, judge, trees, 4 Poseidon hashers and verifier run this tree's audited build"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("verifying key: the verifier"), "{text}");
+    // Keys of the same shape from another setup: not the key L1 checks proofs with.
+    let other = small_keys();
+    let out = verify(other.path());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "optio verify: {text}");
+    assert!(
+        text.contains("verifying key: ALERT the verifier")
+            && text.contains("holds another key than"),
+        "{text}"
+    );
+    assert!(
+        text.contains("1 alerts about the deployment")
+            || String::from_utf8_lossy(&out.stderr).contains("1 alerts about the deployment"),
+        "{text}"
+    );
+    // No key there: a clear error, nothing checked.
+    let out = verify(&other.path().join("missing.vk"));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("missing.vk"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
     drop(child);
 

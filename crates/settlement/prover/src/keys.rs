@@ -228,20 +228,45 @@ impl Keys {
         let pk =
             ProvingKey::deserialize_uncompressed_unchecked(&pk[..]).map_err(|e| bad(&path, e))?;
         let (path, vk) = read("vk")?;
-        let vk = VerifyingKey::deserialize_uncompressed(&vk[..]).map_err(|e| bad(&path, e))?;
-        // Keys of an older circuit with other public inputs (the binding added two).
-        let inputs = crate::witness::PublicInputs::COUNT;
-        if vk.gamma_abc_g1.len() != inputs + 1 {
-            return Err(ProveError::KeyFile {
-                path: path.display().to_string(),
-                why: format!(
-                    "keys of another circuit version ({} public inputs, this circuit has {inputs}): make new ones with optio prove setup --keys DIR",
-                    vk.gamma_abc_g1.len().saturating_sub(1)
-                ),
-            });
-        }
+        let vk = verifying_key_of(&path, &vk)?;
         Ok(Keys { shape, pk, vk })
     }
+}
+
+/// The verifying key in `path`: a `.vk` file as `optio prove setup` wrote it (and an operator
+/// publishes it), or a keys directory holding one set. Only the verifying key is read.
+pub fn read_verifying_key(path: &Path) -> Result<VerifyingKey<Bn254>, ProveError> {
+    let file = if path.is_dir() {
+        Keys::file(path, Keys::shape_in(path)?, "vk")
+    } else {
+        path.to_path_buf()
+    };
+    let bytes = std::fs::read(&file).map_err(|e| ProveError::KeyFile {
+        path: file.display().to_string(),
+        why: e.to_string(),
+    })?;
+    verifying_key_of(&file, &bytes)
+}
+
+/// A verifying key from its file's bytes: points on their curves, as many public inputs as
+/// this circuit has.
+fn verifying_key_of(path: &Path, bytes: &[u8]) -> Result<VerifyingKey<Bn254>, ProveError> {
+    let vk = VerifyingKey::deserialize_uncompressed(bytes).map_err(|e| ProveError::KeyFile {
+        path: path.display().to_string(),
+        why: e.to_string(),
+    })?;
+    // Keys of an older circuit with other public inputs (the binding added two).
+    let inputs = crate::witness::PublicInputs::COUNT;
+    if vk.gamma_abc_g1.len() != inputs + 1 {
+        return Err(ProveError::KeyFile {
+            path: path.display().to_string(),
+            why: format!(
+                "keys of another circuit version ({} public inputs, this circuit has {inputs}): make new ones with optio prove setup --keys DIR",
+                vk.gamma_abc_g1.len().saturating_sub(1)
+            ),
+        });
+    }
+    Ok(vk)
 }
 
 fn serialize(x: &impl CanonicalSerialize) -> Vec<u8> {

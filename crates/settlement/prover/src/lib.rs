@@ -17,7 +17,7 @@ pub mod witness;
 pub mod worker;
 
 pub use circuit::BatchCircuit;
-pub use keys::{CIRCUIT_VERSION, Keys, ProveError, prove, verify};
+pub use keys::{CIRCUIT_VERSION, Keys, ProveError, prove, read_verifying_key, verify};
 pub use witness::{
     BatchWitness, PublicInputs, Shape, WitnessError, data_commitment, fits, witness,
 };

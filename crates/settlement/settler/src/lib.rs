@@ -164,6 +164,7 @@ mod bindings {
             function NEW_ACCOUNT() external view returns (uint32);
             function priorityOps(uint256) external view returns (uint8 kind, address owner, uint32 account, uint256 amount, uint64 deadline);
             function finalizationDelay() external view returns (uint256);
+            function priorityWindow() external view returns (uint256);
             function withdraw(uint256 number, Withdrawal[] calldata list, uint256 index) external;
             struct Withdrawal {
                 uint32 account;
@@ -201,6 +202,11 @@ mod bindings {
             function builtNodes(bytes32 key) external view returns (bool built, uint32 positions, int216 worth);
             function openedMarks(uint32 instrument) external view returns (bool opened, int64 mark);
             function openedAt() external view returns (uint256);
+            function rollup() external view returns (address);
+            function h3() external view returns (address);
+            function h4() external view returns (address);
+            function h5() external view returns (address);
+            function h6() external view returns (address);
         }
 
         #[sol(rpc)]
@@ -235,6 +241,12 @@ mod bindings {
 }
 
 pub use bindings::{Groth16Verifier, OptioJudge, OptioRollup, OptioTrees, TestUSDC};
+
+mod audit;
+pub use audit::{
+    AuditedCode, CheckedContract, DeploymentAudit, audit_deployment, key_difference,
+    verifying_key_word,
+};
 
 /// Why the settler stopped.
 #[derive(Debug, thiserror::Error)]

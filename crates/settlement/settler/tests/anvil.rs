@@ -83,6 +83,33 @@ async fn advance(provider: &alloy::providers::DynProvider, seconds: u64) {
         .expect("mine");
 }
 
+/// Commits batch 1 as written (its operator deposits paid in first) with `commitment` as its
+/// ops commitment, without a proof.
+async fn commit_first(
+    provider: &alloy::providers::DynProvider,
+    rollup: alloy::primitives::Address,
+    first: &optio_settler::PostedBatch,
+    commitment: U256,
+) -> Result<alloy::rpc::types::TransactionReceipt, optio_settler::SettlerError> {
+    let (_, ops) = optio_state::decode(&first.blob).expect("decodes");
+    optio_settler::back_operator_deposits(provider, rollup, &ops).await?;
+    optio_settler::transact(
+        optio_settler::OptioRollup::new(rollup, provider).commitBatch(
+            U256::from(1u64),
+            first.previous_root,
+            first.new_root,
+            first.first_seq,
+            first.last_seq,
+            first.priority_served,
+            first.withdrawals_hash,
+            commitment,
+            first.blob.clone(),
+            Default::default(),
+        ),
+    )
+    .await
+}
+
 async fn chain(bond: U256) -> Chain {
     let anvil = optio_contracts::Anvil::start_with(&["--timestamp", GENESIS_S]).expect("anvil");
     let url = anvil.url.clone();
@@ -255,7 +282,7 @@ async fn an_account_exits_from_l1_data_alone_after_a_freeze() {
 /// can verify against it, so it would never finalize on a rollup with a verifier).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_watchtower_flags_a_commitment_the_data_does_not_give() {
-    use optio_settler::{OptioRollup, Verdict, transact, verify_l1};
+    use optio_settler::{Verdict, verify_l1};
     let c = chain(U256::ZERO).await;
     let first = optio_settler::read_batch(c.dir.path(), 1)
         .expect("reads")
@@ -266,25 +293,9 @@ async fn the_watchtower_flags_a_commitment_the_data_does_not_give() {
         .parse()
         .expect("U256");
     assert_ne!(wrong, first.commitment);
-    let rollup = OptioRollup::new(c.deployment.rollup, &c.provider);
-    let (_, ops) = optio_state::decode(&first.blob).expect("decodes");
-    optio_settler::back_operator_deposits(&c.provider, c.deployment.rollup, &ops)
+    commit_first(&c.provider, c.deployment.rollup, &first, wrong)
         .await
-        .expect("the operator pays in its deposits");
-    transact(rollup.commitBatch(
-        U256::from(1u64),
-        first.previous_root,
-        first.new_root,
-        first.first_seq,
-        first.last_seq,
-        first.priority_served,
-        first.withdrawals_hash,
-        wrong,
-        first.blob.clone(),
-        Default::default(),
-    ))
-    .await
-    .expect("the contract cannot tell before a proof");
+        .expect("the contract cannot tell before a proof");
     assert_eq!(
         verify_l1(&c.provider, c.deployment.rollup)
             .await
@@ -401,4 +412,155 @@ async fn a_batch_outside_the_time_bounds_is_not_sent_and_the_error_says_why() {
         rollup.committedBatches().call().await.expect("reads"),
         U256::ZERO
     );
+}
+
+/// The deployment audit `optio verify` runs: an honest deployment's every contract is the
+/// audited build, created as the audited build with the arguments its getters read; a rollup
+/// whose verifier accepts every proof (it proves a batch with a proof of zeros) is named by its
+/// verifier; a genesis other than the empty state's by the rollup's creation; an address that is
+/// no rollup by its code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deployment_audit_names_the_contract_that_is_not_the_audited_build() {
+    use alloy::network::TransactionBuilder;
+    use alloy::rpc::types::TransactionRequest;
+    use optio_settler::{OptioRollup, audit_deployment, deploy_verifier, transact};
+    let c = chain(U256::ZERO).await;
+    let (provider, operator) = (&c.provider, c.operator);
+    let empty: U256 = c.vectors["genesis_root"]
+        .as_str()
+        .expect("root")
+        .parse()
+        .expect("U256");
+    let config = |verifier| RollupConfig {
+        verifier,
+        ..RollupConfig::new(3_600, 6 * 3_600)
+    };
+
+    let key: [U256; 30] = std::array::from_fn(|i| U256::from(i as u64 + 1));
+    let verifier = deploy_verifier(provider, key).await.expect("verifier");
+    let honest = deploy(provider, operator, empty, &config(verifier))
+        .await
+        .expect("deploys");
+    let audit = audit_deployment(provider, honest.rollup)
+        .await
+        .expect("audits");
+    let names: Vec<&str> = audit.contracts.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "OptioRollup",
+            "OptioJudge",
+            "OptioTrees",
+            "Poseidon(3)",
+            "Poseidon(4)",
+            "Poseidon(5)",
+            "Poseidon(6)",
+            "OptioRollup creation",
+            "OptioTrees creation",
+            "Groth16Verifier"
+        ]
+    );
+    assert_eq!(audit.differing().count(), 0, "{audit:?}");
+    assert_eq!(audit.verifier, Some(verifier));
+    assert_eq!(audit.verifying_key, Some(key));
+    // The chain's own rollup, deployed without a verifier: audited, and said to have none.
+    let audit = audit_deployment(provider, c.deployment.rollup)
+        .await
+        .expect("audits");
+    assert_eq!(audit.differing().count(), 0, "{audit:?}");
+    assert_eq!((audit.verifier, audit.verifying_key), (None, None));
+
+    // A verifier that returns true to every call (`PUSH1 1 PUSH1 0 MSTORE PUSH1 32 PUSH1 0
+    // RETURN` behind a prelude that deploys it).
+    let accepts_all: alloy::primitives::Bytes = "0x600a600c600039600a6000f3600160005260206000f3"
+        .parse()
+        .expect("hex");
+    let tx = TransactionRequest::default().with_deploy_code(accepts_all);
+    let hash = *provider
+        .send_transaction(tx)
+        .await
+        .expect("sends")
+        .tx_hash();
+    let accepts_all = provider
+        .get_transaction_receipt(hash)
+        .await
+        .expect("receipt")
+        .and_then(|r| r.contract_address)
+        .expect("deployed");
+    let forged = deploy(provider, operator, empty, &config(accepts_all))
+        .await
+        .expect("deploys");
+    let first = optio_settler::read_batch(c.dir.path(), 1)
+        .expect("reads")
+        .expect("batch 1");
+    commit_first(provider, forged.rollup, &first, first.commitment)
+        .await
+        .expect("commits");
+    let rollup = OptioRollup::new(forged.rollup, provider);
+    transact(rollup.verifyBatch(U256::from(1u64), first.commitment, [U256::ZERO; 8]))
+        .await
+        .expect("a proof of zeros passes this verifier");
+    assert!(rollup.proven(U256::from(1u64)).call().await.expect("reads"));
+    let audit = audit_deployment(provider, forged.rollup)
+        .await
+        .expect("audits");
+    let differing: Vec<(&str, _, &str)> = audit
+        .differing()
+        .map(|c| {
+            let why = c.differs.as_deref().expect("differs");
+            (c.name.as_str(), c.address, why)
+        })
+        .collect();
+    assert_eq!(
+        differing,
+        [(
+            "Groth16Verifier",
+            accepts_all,
+            format!(
+                "10 bytes of code, the audited build's has {}",
+                optio_settler::AuditedCode::of_artifact(
+                    &optio_contracts::contracts_dir(),
+                    "Groth16Verifier"
+                )
+                .expect("the artifact")
+                .code
+                .len()
+            )
+            .as_str()
+        )]
+    );
+    assert_eq!(audit.verifying_key, None);
+
+    // A genesis root other than the empty state's: the rollup's creation says so.
+    let other = deploy(
+        provider,
+        operator,
+        empty + U256::from(1u64),
+        &config(verifier),
+    )
+    .await
+    .expect("deploys");
+    let audit = audit_deployment(provider, other.rollup)
+        .await
+        .expect("audits");
+    let differing: Vec<(&str, Option<&str>)> = audit
+        .differing()
+        .map(|c| (c.name.as_str(), c.differs.as_deref()))
+        .collect();
+    assert_eq!(differing.len(), 1, "{differing:?}");
+    assert_eq!(differing[0].0, "OptioRollup creation");
+    assert!(
+        differing[0]
+            .1
+            .is_some_and(|w| w.contains("is not the empty state's")),
+        "{differing:?}"
+    );
+
+    // The token's address is no rollup: its code says so, and nothing it would name is read.
+    let audit = audit_deployment(provider, honest.usdc)
+        .await
+        .expect("audits");
+    assert_eq!(audit.contracts.len(), 1, "{audit:?}");
+    assert_eq!(audit.contracts[0].name, "OptioRollup");
+    assert!(audit.contracts[0].differs.is_some());
 }
