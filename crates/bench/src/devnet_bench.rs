@@ -244,7 +244,10 @@ fn measure(args: &Args, optio: &Path, run: Run) -> Result<Measured> {
             .build()?
             .block_on(send(args, &started))?;
         // As the orders found them, read at their end.
-        let sched = prover_threads(node.id()).into_iter().map(|(_, s)| s).collect();
+        let sched = prover_threads(node.id())
+            .into_iter()
+            .map(|(_, s)| s)
+            .collect();
         let metrics = fetch_metrics(&started.addr)?;
         let metric = |name: &str| {
             metrics
