@@ -458,19 +458,27 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
         }
     };
     crate::prove::check_prove_shape(&dir, shape)?;
-    let keys = match (&args.prove_keys, shape) {
+    // Where the keys are: the operator's, or the cache the devnet makes them in.
+    let keys_dir = match (&args.prove_keys, shape) {
         (_, None) => None,
-        (Some(keys), Some(shape)) => Some(optio_prover::Keys::read(keys, shape).map_err(bad_keys)?),
-        (None, Some(shape)) => {
-            let cache = args
-                .keys_cache
+        (Some(keys), Some(_)) => Some(keys.clone()),
+        (None, Some(_)) => Some(
+            args.keys_cache
                 .clone()
                 .or_else(default_keys_cache)
-                .unwrap_or_else(|| dir.join("keys"));
-            Some(crate::prove::cached_keys(&cache, shape, |line| {
+                .unwrap_or_else(|| dir.join("keys")),
+        ),
+    };
+    let keys = match (&args.prove_keys, shape, &keys_dir) {
+        (Some(keys), Some(shape), _) => {
+            Some(optio_prover::Keys::read(keys, shape).map_err(bad_keys)?)
+        }
+        (None, Some(shape), Some(cache)) => {
+            Some(crate::prove::cached_keys(cache, shape, |line| {
                 println!("optio devnet: {line}")
             })?)
         }
+        _ => None,
     }
     .map(Arc::new);
     let capacity = keys.as_ref().map(|k| crate::prove::capacity(k.shape));
@@ -708,6 +716,12 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
             "  L1        {rpc} rollup {rollup}: batches posted as they are cut; deposits, forced withdrawals and forced closes sequenced {} blocks deep",
             args.l1_confirmations
         );
+        // The watchtower's command: the deployment's code, the verifier's key, every batch.
+        let vk = keys_dir
+            .as_ref()
+            .map(|d| format!(" --vk {}", d.display()))
+            .unwrap_or_default();
+        println!("  audit     optio verify --rpc {rpc} --rollup {rollup}{vk}");
     }
     if let Some(k) = &keys {
         println!(

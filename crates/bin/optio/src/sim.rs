@@ -1534,6 +1534,18 @@ impl World {
         {
             bail!("the watchtower disagrees: {bad:?}");
         }
+        // And the deployment is still the audited one, its creation found after the reorgs.
+        let audit = self
+            .runtime
+            .block_on(optio_settler::audit_deployment(&reader, self.l1.rollup))?;
+        if let Some(c) = audit.differing().next() {
+            bail!(
+                "the deployment audit: {} at {} is not the audited build: {}",
+                c.name,
+                c.address,
+                c.differs.as_deref().unwrap_or_default()
+            );
+        }
         // The state rebuilt from L1 data alone is the engine's, balance for balance.
         let blobs =
             self.runtime

@@ -123,6 +123,18 @@ fn the_devnet_proves_its_batches_and_l1_verifies_them() {
     let (chain_url, rollup) =
         common::chain_of(lines.by_ref().map_while(Result::ok)).expect("starts its embedded chain");
     let addr = common::api_url(lines.by_ref().map_while(Result::ok)).expect("prints the API URL");
+    // It prints the watchtower's command, with the keys' verifying key.
+    let audit = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.trim_start().starts_with("audit "))
+        .expect("prints the audit command");
+    assert_eq!(
+        audit.split_whitespace().collect::<Vec<_>>(),
+        [
+            "audit", "optio", "verify", "--rpc", &chain_url, "--rollup", &rollup, "--vk", keys_dir
+        ]
+    );
     std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
 
     // 58 instruments listed and activated at start: 15 batches of at most 8 listing slots.
