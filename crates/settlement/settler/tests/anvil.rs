@@ -476,16 +476,15 @@ async fn the_deployment_audit_names_the_contract_that_is_not_the_audited_build()
         .parse()
         .expect("hex");
     let tx = TransactionRequest::default().with_deploy_code(accepts_all);
-    let hash = *provider
+    // (Waiting for the receipt: right after sending, anvil may not have one yet.)
+    let accepts_all = provider
         .send_transaction(tx)
         .await
         .expect("sends")
-        .tx_hash();
-    let accepts_all = provider
-        .get_transaction_receipt(hash)
+        .get_receipt()
         .await
-        .expect("receipt")
-        .and_then(|r| r.contract_address)
+        .expect("mined")
+        .contract_address
         .expect("deployed");
     let forged = deploy(provider, operator, empty, &config(accepts_all))
         .await
