@@ -343,7 +343,11 @@ pub fn verify(args: VerifyArgs) -> Result<()> {
     runtime.block_on(async {
         let provider = alloy_reader(&args.rpc)?;
         let rollup = args.rollup.parse().context("rollup address")?;
-        let deployment_bad = audit_deployment(&provider, rollup, args.vk.as_deref()).await?;
+        let published = match args.vk.as_deref() {
+            Some(path) => Some((path, optio_prover::read_verifying_key(path)?)),
+            None => None,
+        };
+        let deployment_bad = audit_deployment(&provider, rollup, published.as_ref()).await?;
         let verdicts = optio_settler::verify_l1(&provider, rollup).await?;
         let mut bad = 0;
         for v in &verdicts {
@@ -433,6 +437,9 @@ pub fn verify(args: VerifyArgs) -> Result<()> {
                 }
             }
         }
+        if let Some((path, vk)) = &published {
+            bad += check_accepted_proofs(&provider, rollup, path, vk).await?;
+        }
         if bad > 0 || deployment_bad > 0 {
             bail!(
                 "{bad} of {} committed batches fail verification; {deployment_bad} alerts about the deployment",
@@ -477,7 +484,7 @@ pub fn verify(args: VerifyArgs) -> Result<()> {
 async fn audit_deployment(
     provider: &optio_settler::DynProvider,
     rollup: optio_settler::Address,
-    published: Option<&std::path::Path>,
+    published: Option<&(&std::path::Path, optio_prover::VerifyingKey)>,
 ) -> Result<usize> {
     let audit = optio_settler::audit_deployment(provider, rollup).await?;
     let mut alerts = 0;
@@ -500,9 +507,8 @@ async fn audit_deployment(
         );
     }
     match (published, audit.verifier, audit.verifying_key) {
-        (Some(path), _, Some(held)) => {
-            let vk = optio_prover::read_verifying_key(path)?;
-            let words = optio_prover::solidity::verifying_key(&vk);
+        (Some((path, vk)), _, Some(held)) => {
+            let words = optio_prover::solidity::verifying_key(vk);
             let published: [optio_settler::U256; 30] =
                 std::array::from_fn(|i| optio_settler::U256::from_be_bytes(words[i]));
             match optio_settler::key_difference(&held, &published) {
@@ -521,7 +527,7 @@ async fn audit_deployment(
                 }
             }
         }
-        (Some(path), None, _) => {
+        (Some((path, _)), None, _) => {
             alerts += 1;
             println!(
                 "verifying key: ALERT the rollup has no verifier (its batches finalize unproven), so not the key in {}",
@@ -538,6 +544,52 @@ async fn audit_deployment(
         ),
     }
     Ok(alerts)
+}
+
+/// Checks every proof the rollup accepted natively against the published key (with the inputs
+/// the rollup checked it against), so that the verdict does not rest on the chain's verifier;
+/// prints what it found and returns the number of proofs that do not check.
+async fn check_accepted_proofs(
+    provider: &optio_settler::DynProvider,
+    rollup: optio_settler::Address,
+    path: &std::path::Path,
+    vk: &optio_prover::VerifyingKey,
+) -> Result<usize> {
+    let accepted = optio_settler::accepted_proofs(provider, rollup).await?;
+    let words = |ws: &[optio_settler::U256]| -> Vec<optio_prover::solidity::Word> {
+        ws.iter().map(|w| w.to_be_bytes::<32>()).collect()
+    };
+    let (mut checked, mut failed) = (0, 0);
+    for p in &accepted {
+        match (&p.proof, &p.inputs) {
+            (Some(proof), Some(inputs)) => {
+                if optio_prover::solidity::verify_words(vk, &words(proof), &words(inputs)) {
+                    checked += 1;
+                } else {
+                    failed += 1;
+                    println!(
+                        "batch {:>6}: ALERT L1 accepted a proof that does not check against the key in {}",
+                        p.number,
+                        path.display()
+                    );
+                }
+            }
+            (None, _) => println!(
+                "batch {:>6}: proof not checked natively: the transaction that proved it is not a direct verifyBatch(es) call",
+                p.number
+            ),
+            (_, None) => println!(
+                "batch {:>6}: proof not checked natively: the batch is no longer committed",
+                p.number
+            ),
+        }
+    }
+    println!(
+        "proofs: {checked} of the {} L1 accepted check natively against the key in {}",
+        accepted.len(),
+        path.display()
+    );
+    Ok(failed)
 }
 
 /// Prints how a challenge against batch `number`, filed with `key`, went.

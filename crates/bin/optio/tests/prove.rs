@@ -188,6 +188,22 @@ fn the_devnet_proves_its_batches_and_l1_verifies_them() {
         "{text}"
     );
     assert!(text.contains("verifying key: the verifier"), "{text}");
+    // Every proof L1 accepted checks natively against the published key too.
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("proofs: "))
+        .unwrap_or_default();
+    let (ok, of) = line
+        .strip_prefix("proofs: ")
+        .and_then(|l| l.split_once(" of the "))
+        .expect("the proofs' line");
+    let of: u64 = of
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .parse()
+        .expect("a count");
+    assert!(of >= 1 && ok == of.to_string(), "{text}");
     // Keys of the same shape from another setup: not the key L1 checks proofs with.
     let other = small_keys();
     let out = verify(other.path());
@@ -196,6 +212,12 @@ fn the_devnet_proves_its_batches_and_l1_verifies_them() {
     assert!(
         text.contains("verifying key: ALERT the verifier")
             && text.contains("holds another key than"),
+        "{text}"
+    );
+    // And none of the proofs L1 accepted checks against that key.
+    assert!(
+        text.contains("ALERT L1 accepted a proof that does not check against the key in")
+            && text.contains("proofs: 0 of the"),
         "{text}"
     );
     assert!(

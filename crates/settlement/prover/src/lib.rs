@@ -17,6 +17,9 @@ pub mod witness;
 pub mod worker;
 
 pub use circuit::BatchCircuit;
+
+/// A batch circuit's verifying key.
+pub type VerifyingKey = ark_groth16::VerifyingKey<ark_bn254::Bn254>;
 pub use keys::{CIRCUIT_VERSION, Keys, ProveError, prove, read_verifying_key, verify};
 pub use witness::{
     BatchWitness, PublicInputs, Shape, WitnessError, data_commitment, fits, witness,

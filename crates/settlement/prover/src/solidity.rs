@@ -2,9 +2,10 @@
 //! constructor's 30 words, a proof as 8 words and the public inputs as 7, each a big-endian
 //! 32-byte integer (G2 coordinates imaginary part first, the precompile's order).
 
-use ark_bn254::{Bn254, Fq, Fq2, G1Affine, G2Affine};
+use ark_bn254::{Bn254, Fq, Fq2, Fr, G1Affine, G2Affine};
 use ark_ff::{BigInteger, PrimeField};
-use ark_groth16::{Proof, VerifyingKey};
+use ark_groth16::{Groth16, Proof, VerifyingKey};
+use ark_snark::SNARK;
 use optio_state::poseidon::to_bytes;
 
 use crate::witness::PublicInputs;
@@ -82,4 +83,26 @@ pub fn proof_from(w: &[Word]) -> Option<Proof<Bn254>> {
         && b.is_on_curve()
         && b.is_in_correct_subgroup_assuming_on_curve();
     valid.then_some(Proof { a, b, c })
+}
+
+/// Checks a proof as the L1 verifier does, but natively: its 8 words against `vk` with the 7
+/// public-input words (`OptioRollup.batchInputs`). False for a point off its curve or an input
+/// outside the scalar field, as the contract refuses them.
+pub fn verify_words(vk: &VerifyingKey<Bn254>, proof: &[Word], inputs: &[Word]) -> bool {
+    let Some(proof) = proof_from(proof) else {
+        return false;
+    };
+    let inputs: Option<Vec<Fr>> = inputs
+        .iter()
+        .map(|w| {
+            let x = Fr::from_be_bytes_mod_order(w);
+            (to_bytes(&x) == *w).then_some(x)
+        })
+        .collect();
+    match inputs {
+        Some(inputs) if inputs.len() == PublicInputs::COUNT => {
+            Groth16::<Bn254>::verify(vk, &inputs, &proof).unwrap_or(false)
+        }
+        _ => false,
+    }
 }

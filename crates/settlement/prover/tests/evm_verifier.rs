@@ -172,8 +172,17 @@ async fn the_solidity_verifier_accepts_real_proofs_and_refuses_tampered_ones() {
     let verifier = Groth16Verifier::new(address, &provider);
     assert_eq!(verifier.verifyingKey().call().await.expect("reads"), vk);
 
+    // The native check `optio verify --vk` runs on the proofs L1 accepted agrees with the
+    // contract on every case below.
+    let native = |p: &[U256; 8], i: &[U256; 7]| {
+        let bytes = |ws: &[U256]| -> Vec<solidity::Word> {
+            ws.iter().map(|w| w.to_be_bytes::<32>()).collect()
+        };
+        solidity::verify_words(&keys.vk, &bytes(p), &bytes(i))
+    };
     for (proof, input) in &proofs {
         assert!(verifier.verify(*proof, *input).call().await.expect("calls"));
+        assert!(native(proof, input));
         // A tampered proof: B from another proof (valid points, wrong relation).
         let mut bad = *proof;
         bad[2..6].copy_from_slice(
@@ -181,15 +190,18 @@ async fn the_solidity_verifier_accepts_real_proofs_and_refuses_tampered_ones() {
                 [2..6],
         );
         assert!(!verifier.verify(bad, *input).call().await.expect("calls"));
+        assert!(!native(&bad, input));
         // A point off the curve.
         let mut bad = *proof;
         bad[0] += U256::from(1u64);
         assert!(!verifier.verify(bad, *input).call().await.expect("calls"));
+        assert!(!native(&bad, input));
         // Each public input changed by one.
         for j in 0..7 {
             let mut wrong = *input;
             wrong[j] += U256::from(1u64);
             assert!(!verifier.verify(*proof, wrong).call().await.expect("calls"));
+            assert!(!native(proof, &wrong));
         }
         // An input outside the scalar field (the same value plus the modulus).
         let mut wrapped = *input;
@@ -205,6 +217,7 @@ async fn the_solidity_verifier_accepts_real_proofs_and_refuses_tampered_ones() {
                 .await
                 .expect("calls")
         );
+        assert!(!native(proof, &wrapped));
     }
 
     let all_proofs: Vec<[U256; 8]> = proofs.iter().map(|p| p.0).collect();

@@ -244,8 +244,8 @@ pub use bindings::{Groth16Verifier, OptioJudge, OptioRollup, OptioTrees, TestUSD
 
 mod audit;
 pub use audit::{
-    AuditedCode, CheckedContract, DeploymentAudit, audit_deployment, key_difference,
-    verifying_key_word,
+    AcceptedProof, AuditedCode, CheckedContract, DeploymentAudit, accepted_proofs,
+    audit_deployment, key_difference, verifying_key_word,
 };
 
 /// Why the settler stopped.
