@@ -365,14 +365,7 @@ pub async fn accepted_proofs(
             .map_err(rpc)?
             .inner
             .data;
-        let hash = log
-            .transaction_hash
-            .ok_or_else(|| SettlerError::Rpc("a log without its transaction".into()))?;
-        let tx = provider
-            .get_transaction_by_hash(hash)
-            .await
-            .map_err(rpc)?
-            .ok_or_else(|| SettlerError::Rpc(format!("transaction {hash} not found")))?;
+        let tx = crate::logged_transaction(provider, &log).await?;
         let input = tx.input();
         let proof = if let Ok(call) = OptioRollup::verifyBatchCall::abi_decode(input) {
             (call.number == event.number).then_some(call.proof)

@@ -650,6 +650,21 @@ pub async fn blobs_from_l1(
         .collect())
 }
 
+/// The transaction that emitted `log`.
+pub(crate) async fn logged_transaction(
+    provider: &DynProvider,
+    log: &alloy::rpc::types::Log,
+) -> Result<alloy::rpc::types::Transaction, SettlerError> {
+    let hash = log
+        .transaction_hash
+        .ok_or_else(|| SettlerError::Rpc("a log without its transaction".into()))?;
+    provider
+        .get_transaction_by_hash(hash)
+        .await
+        .map_err(rpc)?
+        .ok_or_else(|| SettlerError::Rpc(format!("transaction {hash} not found")))
+}
+
 /// `blobs_from_l1` with each batch's authorization section.
 pub async fn posted_from_l1(
     provider: &DynProvider,
@@ -665,14 +680,7 @@ pub async fn posted_from_l1(
     let mut found: std::collections::BTreeMap<u64, (Vec<u8>, Vec<u8>)> =
         std::collections::BTreeMap::new();
     for log in provider.get_logs(&filter).await.map_err(rpc)? {
-        let hash = log
-            .transaction_hash
-            .ok_or_else(|| SettlerError::Rpc("a log without its transaction".into()))?;
-        let tx = provider
-            .get_transaction_by_hash(hash)
-            .await
-            .map_err(rpc)?
-            .ok_or_else(|| SettlerError::Rpc(format!("transaction {hash} not found")))?;
+        let tx = logged_transaction(provider, &log).await?;
         let input = alloy::consensus::Transaction::input(&tx);
         let call = OptioRollup::commitBatchCall::abi_decode(input).map_err(rpc)?;
         let number = u64::try_from(call.number).map_err(rpc)?;
