@@ -29,7 +29,7 @@ use std::path::Path;
 
 use alloy::consensus::Transaction as _;
 use alloy::eips::BlockNumberOrTag;
-use alloy::primitives::{B256, Bytes};
+use alloy::primitives::Bytes;
 use alloy::providers::Provider;
 use alloy::sol_types::SolConstructor;
 
@@ -80,15 +80,8 @@ pub struct AuditedCode {
 impl AuditedCode {
     /// `name`'s runtime code from its forge artifact (`contracts/out/<name>.sol/<name>.json`).
     pub fn of_artifact(contracts: &Path, name: &str) -> Result<AuditedCode, SettlerError> {
-        let path = contracts
-            .join("out")
-            .join(format!("{name}.sol"))
-            .join(format!("{name}.json"));
-        let bad = |why: String| SettlerError::Artifacts(format!("{}: {why}", path.display()));
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| bad(format!("{e} (run forge build in contracts/)")))?;
-        let json: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let json = crate::artifact_json(contracts, &format!("{name}.sol"), name)?;
+        let bad = |why: String| SettlerError::Artifacts(format!("{name}: {why}"));
         let deployed = &json["deployedBytecode"];
         let code: Bytes = deployed["object"]
             .as_str()
@@ -123,10 +116,8 @@ impl AuditedCode {
     /// poseidon<n>.hex`, circomlibjs's) deploys: it copies the bytes after its 12-byte prelude
     /// and returns the length the prelude names.
     pub fn of_hasher(contracts: &Path, inputs: usize) -> Result<AuditedCode, SettlerError> {
-        let path = contracts.join(format!("poseidon/poseidon{inputs}.hex"));
-        let bad = |why: String| SettlerError::Artifacts(format!("{}: {why}", path.display()));
-        let text = std::fs::read_to_string(&path).map_err(|e| bad(e.to_string()))?;
-        let creation: Bytes = text.trim().parse().map_err(|e| bad(format!("{e}")))?;
+        let creation = crate::hasher_creation(contracts, inputs)?;
+        let bad = |why: String| SettlerError::Artifacts(format!("poseidon{inputs}: {why}"));
         let code = hasher_runtime(&creation).map_err(bad)?;
         Ok(AuditedCode {
             code,
@@ -297,7 +288,7 @@ pub async fn audit_deployment(
 
     let verifier = contract.verifier().call().await.map_err(rpc)?;
     if judge_audited && trees_audited {
-        check_creations(provider, rollup, trees, &mut found).await?;
+        check_creations(provider, rollup, trees, verifier, &mut found).await?;
     } else {
         found.push(CheckedContract {
             name: "OptioRollup creation".into(),
@@ -409,6 +400,7 @@ async fn check_creations(
     provider: &DynProvider,
     rollup: Address,
     trees: Address,
+    verifier: Address,
     found: &mut Vec<CheckedContract>,
 ) -> Result<(), SettlerError> {
     let dir = optio_contracts::contracts_dir();
@@ -423,7 +415,7 @@ async fn check_creations(
         genesisRoot: genesis.root,
         finalizationDelay: contract.finalizationDelay().call().await.map_err(rpc)?,
         priorityWindow: contract.priorityWindow().call().await.map_err(rpc)?,
-        verifier: contract.verifier().call().await.map_err(rpc)?,
+        verifier,
         authorizations: judging.authorizations,
         oracle: judging.oracle.unwrap_or(Address::ZERO),
         bounds: OptioRollup::TimeBounds { lead, lag },
@@ -440,7 +432,7 @@ async fn check_creations(
     let differs = creation_difference(
         created
             .as_ref()
-            .map(|(_, _, input, value)| (&input[..], *value)),
+            .map(|(_, input, value)| (&input[..], *value)),
         &expected,
         bond,
     )
@@ -468,7 +460,7 @@ async fn check_creations(
         differs,
     });
 
-    let Some((_, block, _, _)) = created else {
+    let Some((block, _, _)) = created else {
         return Ok(());
     };
     let mut expected = crate::artifact(&dir, "OptioTrees.sol", "OptioTrees")?.to_vec();
@@ -494,7 +486,7 @@ async fn check_creations(
     let differs = creation_difference(
         created
             .as_ref()
-            .map(|(_, _, input, value)| (&input[..], *value)),
+            .map(|(_, input, value)| (&input[..], *value)),
         &expected,
         U256::ZERO,
     )
@@ -560,14 +552,14 @@ async fn block_time(provider: &DynProvider, number: u64) -> Result<u64, SettlerE
 }
 
 /// The transaction among blocks `first..=last` (those of time `time` only, when given) that
-/// created `address`: its hash, block, creation code and value.
+/// created `address`: its block, creation code and value.
 async fn created_in(
     provider: &DynProvider,
     address: Address,
     first: u64,
     last: u64,
     time: Option<u64>,
-) -> Result<Option<(B256, u64, Vec<u8>, U256)>, SettlerError> {
+) -> Result<Option<(u64, Vec<u8>, U256)>, SettlerError> {
     let head = provider.get_block_number().await.map_err(rpc)?;
     for number in first..=last.min(head) {
         let Some(block) = provider
@@ -589,7 +581,7 @@ async fn created_in(
             }
             let receipt = provider.get_transaction_receipt(hash).await.map_err(rpc)?;
             if receipt.and_then(|r| r.contract_address) == Some(address) {
-                return Ok(Some((hash, number, tx.input().to_vec(), tx.value())));
+                return Ok(Some((number, tx.input().to_vec(), tx.value())));
             }
         }
     }
