@@ -348,7 +348,7 @@ pub fn verify(args: VerifyArgs) -> Result<()> {
             None => None,
         };
         let deployment_bad = audit_deployment(&provider, rollup, published.as_ref()).await?;
-        let verdicts = optio_settler::verify_l1(&provider, rollup).await?;
+        let (verdicts, rebuilt) = optio_settler::verify_l1_rebuilt(&provider, rollup).await?;
         let mut bad = 0;
         for v in &verdicts {
             match v {
@@ -440,10 +440,12 @@ pub fn verify(args: VerifyArgs) -> Result<()> {
         if let Some((path, vk)) = &published {
             bad += check_accepted_proofs(&provider, rollup, path, vk).await?;
         }
-        if bad > 0 || deployment_bad > 0 {
+        let vault_bad = check_vault(&provider, rollup, &rebuilt).await?;
+        if bad > 0 || deployment_bad + vault_bad > 0 {
             bail!(
-                "{bad} of {} committed batches fail verification; {deployment_bad} alerts about the deployment",
-                verdicts.len()
+                "{bad} of {} committed batches fail verification; {} alerts about the deployment and its vault",
+                verdicts.len(),
+                deployment_bad + vault_bad
             );
         }
         println!("all {} committed batches verified from L1 data", verdicts.len());
@@ -476,6 +478,43 @@ pub fn verify(args: VerifyArgs) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// Checks that the token balance the rollup holds pays what the state rebuilt from L1 owes
+/// (`optio_settler::audit_vault`); prints what it found and returns the number of alerts.
+async fn check_vault(
+    provider: &optio_settler::DynProvider,
+    rollup: optio_settler::Address,
+    rebuilt: &optio_settler::Rebuilt,
+) -> Result<usize> {
+    let vault = optio_settler::audit_vault(provider, rollup, rebuilt).await?;
+    let problems = vault.problems();
+    for why in &problems {
+        println!("vault: ALERT {why}");
+    }
+    if problems.is_empty() {
+        let books = format!(
+            "the token {} holds {} micro-USDC for the rollup, at least its books ({} taken in less {} paid out)",
+            vault.token, vault.held, vault.deposited, vault.paid
+        );
+        match vault.owed {
+            Some(owed) => println!(
+                "vault: {books}, which are what the state rebuilt from L1 owes: {} in accounts and funds, {} in {} unpaid withdrawals, {} in {} queued deposits",
+                owed.in_state,
+                owed.unpaid_withdrawals.0,
+                owed.unpaid_withdrawals.1,
+                owed.queued_deposits.0,
+                owed.queued_deposits.1
+            ),
+            None if vault.frozen => println!(
+                "vault: {books}; frozen, so exits pay from the last finalized state and the books are not compared with the state"
+            ),
+            None => println!(
+                "vault: {books}; not compared with the state, whose data could not be rebuilt"
+            ),
+        }
+    }
+    Ok(problems.len())
 }
 
 /// Checks that the rollup and every contract it relies on run this repository's audited build

@@ -1525,9 +1525,9 @@ impl World {
             progress.committed,
             progress.finalized
         );
-        let verdicts = self
+        let (verdicts, rebuilt) = self
             .runtime
-            .block_on(optio_settler::verify_l1(&reader, self.l1.rollup))?;
+            .block_on(optio_settler::verify_l1_rebuilt(&reader, self.l1.rollup))?;
         if let Some(bad) = verdicts
             .iter()
             .find(|v| !matches!(v, optio_settler::Verdict::Agrees(_)))
@@ -1546,6 +1546,17 @@ impl World {
                 c.differs.as_deref().unwrap_or_default()
             );
         }
+        // And the vault holds what the state owes: every deposit, withdrawal and forced
+        // withdrawal of the run, across its crashes and reorgs, accounted on both sides.
+        let vault = self.runtime.block_on(optio_settler::audit_vault(
+            &reader,
+            self.l1.rollup,
+            &rebuilt,
+        ))?;
+        if let Some(why) = vault.problems().first() {
+            bail!("the vault audit: {why}");
+        }
+        ensure!(vault.owed.is_some(), "the vault audit compared nothing");
         // The state rebuilt from L1 data alone is the engine's, balance for balance.
         let blobs =
             self.runtime

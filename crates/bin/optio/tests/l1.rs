@@ -176,6 +176,11 @@ fn verify_agrees(url: &str, d: &optio_settler::Deployment) {
         ) && text.contains("verifier: none"),
         "{text}"
     );
+    // And the vault pays what the state owes: the devnet's faucet credits, paid in at commit.
+    assert!(
+        text.contains("which are what the state rebuilt from L1 owes") && !text.contains("ALERT"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

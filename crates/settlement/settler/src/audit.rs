@@ -23,7 +23,8 @@
 //! exactly the arguments its getters read back, the genesis root the empty state's; the trees'
 //! (whose constructor writes the empty subtrees' hashes) is found in the blocks before it and
 //! checked the same way. The judge is created by the rollup's constructor, and the verifier and
-//! hashers write no storage. Not checked: the token, whatever ERC-20 the operator named.
+//! hashers write no storage. Not checked here: the token, whatever ERC-20 the operator named
+//! (its behaviour toward the rollup's balance is `audit_vault`'s).
 
 use std::path::Path;
 

@@ -116,6 +116,9 @@ mod bindings {
             function bond() external view returns (uint256);
             event Deposit(uint256 indexed priorityId, address indexed owner, uint32 account, uint256 amount, uint64 deadline);
             function usdc() external view returns (address);
+            function totalDeposited() external view returns (uint256);
+            function totalPaid() external view returns (uint256);
+            event Withdrawn(uint256 indexed batch, uint256 index, address indexed owner, uint256 amount);
             function operator() external view returns (address);
             function exit(ExitProof calldata p) external returns (uint256 amount);
             function frozen() external view returns (bool);
@@ -227,6 +230,7 @@ mod bindings {
             function mint(address to, uint256 amount) external;
             function approve(address spender, uint256 amount) external returns (bool);
             function balanceOf(address who) external view returns (uint256);
+            function transfer(address to, uint256 amount) external returns (bool);
             function allowance(address owner, address spender) external view returns (uint256);
         }
 
@@ -247,6 +251,8 @@ pub use audit::{
     AcceptedProof, AuditedCode, CheckedContract, DeploymentAudit, accepted_proofs,
     audit_deployment, key_difference, verifying_key_word,
 };
+mod vault;
+pub use vault::{Owed, VaultAudit, audit_vault};
 
 /// Why the settler stopped.
 #[derive(Debug, thiserror::Error)]
@@ -1616,6 +1622,26 @@ pub async fn verify_l1(
     provider: &DynProvider,
     rollup: Address,
 ) -> Result<Vec<Verdict>, SettlerError> {
+    Ok(verify_l1_rebuilt(provider, rollup).await?.0)
+}
+
+/// The state `verify_l1` rebuilt from L1 data, for the checks that read it afterwards
+/// (`audit_vault`).
+pub struct Rebuilt {
+    /// After the last batch applied.
+    pub state: optio_state::SettlementState,
+    /// Each batch's withdrawals as L1 derives them from its words (`optio_state::withdrawals`),
+    /// batch 1 first.
+    pub withdrawals: Vec<Vec<optio_state::Withdrawal>>,
+    /// Every committed batch was applied (none's data was unusable).
+    pub complete: bool,
+}
+
+/// `verify_l1`, with the state it rebuilt.
+pub async fn verify_l1_rebuilt(
+    provider: &DynProvider,
+    rollup: Address,
+) -> Result<(Vec<Verdict>, Rebuilt), SettlerError> {
     let contract = OptioRollup::new(rollup, provider);
     let committed =
         u64::try_from(contract.committedBatches().call().await.map_err(rpc)?).map_err(rpc)?;
@@ -1636,6 +1662,7 @@ pub async fn verify_l1(
     let mut listings = std::collections::BTreeMap::new();
     let mut state = optio_state::SettlementState::new();
     let mut verdicts = Vec::new();
+    let mut withdrawals = Vec::new();
     let mut after = (0u64, 0u64);
     for (i, (blob, auths)) in data_posted.iter().enumerate() {
         let number = i as u64 + 1;
@@ -1662,6 +1689,7 @@ pub async fn verify_l1(
             .map_err(rpc)?;
         // Decoded once for both audits (the rebuild above has applied it).
         let (meta, ops) = optio_state::decode(blob).map_err(rpc)?;
+        withdrawals.push(optio_state::withdrawals(&ops));
         record_listings(number, meta.instruments, &ops, &mut listings);
         let audit = audit_priority(&contract, &ops, &state, on_chain.priorityServed).await?;
         let on_chain = on_chain.root;
@@ -1721,7 +1749,15 @@ pub async fn verify_l1(
             Verdict::Agrees(number)
         });
     }
-    Ok(verdicts)
+    let complete = withdrawals.len() == data_posted.len();
+    Ok((
+        verdicts,
+        Rebuilt {
+            state,
+            withdrawals,
+            complete,
+        },
+    ))
 }
 
 /// What is wrong with how batch data `blob` (already applied to `state`) serves the L1 priority

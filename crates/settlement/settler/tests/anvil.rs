@@ -563,3 +563,108 @@ async fn the_deployment_audit_names_the_contract_that_is_not_the_audited_build()
     assert_eq!(audit.contracts[0].name, "OptioRollup");
     assert!(audit.contracts[0].differs.is_some());
 }
+
+/// The vault as `optio verify` reads it (`verify_l1_rebuilt`, `audit_vault`).
+async fn vault(
+    provider: &alloy::providers::DynProvider,
+    rollup: alloy::primitives::Address,
+) -> optio_settler::VaultAudit {
+    let (_, rebuilt) = optio_settler::verify_l1_rebuilt(provider, rollup)
+        .await
+        .expect("verifies");
+    assert!(rebuilt.complete);
+    optio_settler::audit_vault(provider, rollup, &rebuilt)
+        .await
+        .expect("audits")
+}
+
+/// The vault audit: after the vectors' two batches (their faucet credits paid into the vault at
+/// commit, a withdrawal of 1,000 USDC in batch 2) the token holds the rollup's books and the
+/// books are what the state rebuilt from L1 owes, through a deposit queued and not served and
+/// the withdrawal's payment; a token that moves money out of the rollup's balance is named,
+/// short by exactly what it moved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_vault_audit_holds_the_token_to_the_books_and_the_books_to_the_state() {
+    use optio_settler::{OptioRollup, TestUSDC, transact};
+    let c = chain(U256::ZERO).await;
+    let (provider, operator, d) = (&c.provider, c.operator, c.deployment);
+    assert_eq!(
+        Settler::new(provider.clone(), d.rollup, c.dir.path())
+            .post_pending()
+            .await
+            .expect("posts"),
+        2
+    );
+    let rollup = OptioRollup::new(d.rollup, provider);
+    let usdc = TestUSDC::new(d.usdc, provider);
+    const WITHDRAWN: u64 = 1_000_000_000;
+
+    let v = vault(provider, d.rollup).await;
+    assert!(v.problems().is_empty(), "{:?}", v.problems());
+    let owed = v.owed.expect("compared with the state");
+    assert_eq!(owed.unpaid_withdrawals, (u128::from(WITHDRAWN), 1));
+    assert_eq!(owed.queued_deposits, (0, 0));
+    assert!(owed.in_state > 0);
+    assert_eq!(v.held, v.deposited, "nothing paid out yet");
+    assert_eq!(owed.total(), v.books());
+
+    // A deposit queued and not served yet is owed too.
+    transact(usdc.mint(operator, U256::from(400_000_000_000u64)))
+        .await
+        .expect("mint");
+    transact(usdc.approve(d.rollup, U256::MAX))
+        .await
+        .expect("approve");
+    transact(rollup.deposit(9, U256::from(400_000_000_000u64)))
+        .await
+        .expect("deposit");
+    let v = vault(provider, d.rollup).await;
+    assert!(v.problems().is_empty(), "{:?}", v.problems());
+    assert_eq!(
+        v.owed.expect("compared").queued_deposits,
+        (400_000_000_000, 1)
+    );
+
+    // Once paid, the withdrawal is out of the books and no longer owed.
+    advance(provider, 3_601).await;
+    transact(rollup.finalize()).await.expect("batch 1 final");
+    transact(rollup.finalize()).await.expect("batch 2 final");
+    let list = vec![OptioRollup::Withdrawal {
+        account: 1,
+        owner: "0x2222222222222222222222222222222222222222"
+            .parse()
+            .expect("address"),
+        amount: U256::from(WITHDRAWN),
+    }];
+    transact(rollup.withdraw(U256::from(2u64), list, U256::ZERO))
+        .await
+        .expect("pays the withdrawal");
+    let v = vault(provider, d.rollup).await;
+    assert!(v.problems().is_empty(), "{:?}", v.problems());
+    assert_eq!(v.paid, U256::from(WITHDRAWN));
+    assert_eq!(v.owed.expect("compared").unpaid_withdrawals, (0, 0));
+
+    // A token whose owner can move the rollup's balance (impersonated here) takes 5 micro-USDC.
+    let _: serde_json::Value = provider
+        .raw_request("anvil_impersonateAccount".into(), (d.rollup,))
+        .await
+        .expect("impersonate");
+    let _: serde_json::Value = provider
+        .raw_request(
+            "anvil_setBalance".into(),
+            (d.rollup, U256::from(10u64).pow(U256::from(18u64))),
+        )
+        .await
+        .expect("gas money");
+    let as_rollup = alloy::providers::ProviderBuilder::new()
+        .connect_http(c.url.parse().expect("url"))
+        .erased();
+    let token = TestUSDC::new(d.usdc, &as_rollup);
+    transact(token.transfer(operator, U256::from(5u64)).from(d.rollup))
+        .await
+        .expect("the token moves it");
+    let v = vault(provider, d.rollup).await;
+    let problems = v.problems();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].contains("5 short of its books"), "{problems:?}");
+}

@@ -13,7 +13,7 @@ use alloy::providers::{DynProvider, Provider};
 use optio_gateway::{Config, Gateway};
 use optio_settler::{
     NodeLink, OptioRollup, PriorityKind, PriorityOp, Progress, RollupConfig, Settler, TestUSDC,
-    Verdict, connect, deploy, priority_ops, round, transact, verify_l1,
+    Verdict, connect, deploy, priority_ops, round, transact, verify_l1_rebuilt,
 };
 use optio_types::EngineLimits;
 
@@ -306,10 +306,23 @@ async fn deposits_and_forced_withdrawals_are_sequenced_once_and_paid() {
         "paid once"
     );
     // The watchtower agrees with every batch, priority operations included.
-    let verdicts = verify_l1(&operator, d.rollup).await.expect("verifies");
+    let (verdicts, rebuilt) = verify_l1_rebuilt(&operator, d.rollup)
+        .await
+        .expect("verifies");
     assert!(
         verdicts.iter().all(|v| matches!(v, Verdict::Agrees(_))),
         "{verdicts:?}"
+    );
+    // And the vault pays what the state owes, the forced withdrawal paid out of both.
+    let vault = optio_settler::audit_vault(&operator, d.rollup, &rebuilt)
+        .await
+        .expect("audits");
+    assert!(vault.problems().is_empty(), "{:?}", vault.problems());
+    assert_eq!(vault.paid, U256::from(1_000 * USDC));
+    assert_eq!(
+        vault.owed.expect("compared").unpaid_withdrawals,
+        (0, 0),
+        "{vault:?}"
     );
 
     // A rogue operator's batches: a queued operation that is not a deposit served as one, a

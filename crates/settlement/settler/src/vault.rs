@@ -1,0 +1,249 @@
+//! The vault, as `optio verify` checks it: whether the token balance the rollup holds pays what
+//! the state rebuilt from L1 owes. A proof shows that no batch creates money inside the state;
+//! this closes the loop at the boundary, where the money is a token the rollup holds.
+//!
+//! Two equalities, each from L1 alone:
+//!
+//! - **The token holds the rollup's books.** `token.balanceOf(rollup)` is at least the books,
+//!   `totalDeposited - totalPaid` (every token the rollup took in, less every one it paid
+//!   out). A token that charges a fee on transfer, rebases down, or lets an administrator move
+//!   or burn the rollup's balance breaks it, and the last users to withdraw or exit would find
+//!   the vault short. More than the books is a surplus (tokens sent to the rollup directly),
+//!   which pays no one.
+//! - **The books are what the state owes.** `totalDeposited - totalPaid` equals the money in
+//!   the state after the last committed batch (every account's collateral, negative ones
+//!   included, plus the insurance fund and the fee pool), plus the withdrawals of committed
+//!   batches not yet paid on L1 (no `Withdrawn` event for them), plus the deposits queued on L1
+//!   and not yet served (the next batches credit them). Every op moves money between those
+//!   places and nowhere else: a deposit served moves it from the queue into an account (one the
+//!   engine could not credit goes back to its depositor at once, in and out of the books), a
+//!   withdrawal from an account to the list its batch pays, the faucet's credits (kind 7) are
+//!   paid into the vault by the operator when their batch is committed. So any difference is
+//!   money made or lost between the contract and the state.
+//!
+//! After a freeze the second no longer holds by construction: exits pay from the last
+//! finalized state (positions at their marks, not only cash), and the batches after it no longer
+//! count. Only the first is checked then.
+
+use alloy::providers::Provider;
+
+use crate::{Address, DynProvider, OptioRollup, Rebuilt, SettlerError, TestUSDC, U256, rpc};
+
+/// What `audit_vault` found; amounts in token units (micro-USDC).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VaultAudit {
+    /// The token (`usdc()`).
+    pub token: Address,
+    /// Its balance of the rollup.
+    pub held: U256,
+    /// `totalDeposited`: every token the rollup took in.
+    pub deposited: U256,
+    /// `totalPaid`: every token it paid out.
+    pub paid: U256,
+    /// The rollup is frozen (exits pay from the last finalized state).
+    pub frozen: bool,
+    /// What the state owes, when it was rebuilt from every committed batch and the rollup is not
+    /// frozen.
+    pub owed: Option<Owed>,
+}
+
+/// The money the state rebuilt from L1 owes, by where it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owed {
+    /// Every account's collateral (a negative one lowers it), the insurance fund and the fee
+    /// pool, after the last committed batch.
+    pub in_state: i128,
+    /// Withdrawals of committed batches that L1 has not paid yet, and how many.
+    pub unpaid_withdrawals: (u128, usize),
+    /// Deposits queued on L1 that no committed batch served yet, and how many.
+    pub queued_deposits: (u128, usize),
+}
+
+impl Owed {
+    /// All of it.
+    pub fn total(&self) -> i128 {
+        self.in_state
+            .saturating_add_unsigned(self.unpaid_withdrawals.0)
+            .saturating_add_unsigned(self.queued_deposits.0)
+    }
+}
+
+impl VaultAudit {
+    /// `totalDeposited - totalPaid` (negative only if the contract paid out more than it took
+    /// in, which its own checks refuse).
+    pub fn books(&self) -> i128 {
+        let wide = |v: U256| i128::try_from(v).unwrap_or(i128::MAX);
+        wide(self.deposited).saturating_sub(wide(self.paid))
+    }
+
+    /// What is wrong, one line each (empty: the vault pays what the state owes).
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let held = i128::try_from(self.held).unwrap_or(i128::MAX);
+        let books = self.books();
+        if held < books {
+            problems.push(format!(
+                "the token {} holds {held} for the rollup, {} short of its books ({} taken in, {} paid out): the last to withdraw or exit would not be paid",
+                self.token,
+                books - held,
+                self.deposited,
+                self.paid
+            ));
+        }
+        if let Some(owed) = self.owed
+            && owed.total() != books
+        {
+            problems.push(format!(
+                "the rollup's books ({books}) are not what the state rebuilt from L1 owes ({}: {} in the state, {} in {} unpaid withdrawals, {} in {} queued deposits)",
+                owed.total(),
+                owed.in_state,
+                owed.unpaid_withdrawals.0,
+                owed.unpaid_withdrawals.1,
+                owed.queued_deposits.0,
+                owed.queued_deposits.1
+            ));
+        }
+        problems
+    }
+}
+
+/// Reads the vault of `rollup` and what `rebuilt` (`verify_l1_rebuilt`, from the same chain)
+/// says it owes.
+pub async fn audit_vault(
+    provider: &DynProvider,
+    rollup: Address,
+    rebuilt: &Rebuilt,
+) -> Result<VaultAudit, SettlerError> {
+    let contract = OptioRollup::new(rollup, provider);
+    let token = contract.usdc().call().await.map_err(rpc)?;
+    let held = TestUSDC::new(token, provider)
+        .balanceOf(rollup)
+        .call()
+        .await
+        .map_err(rpc)?;
+    let deposited = contract.totalDeposited().call().await.map_err(rpc)?;
+    let paid = contract.totalPaid().call().await.map_err(rpc)?;
+    let frozen = contract.frozen().call().await.map_err(rpc)?;
+    let owed = if rebuilt.complete && !frozen {
+        Some(owed(provider, rollup, rebuilt).await?)
+    } else {
+        None
+    };
+    Ok(VaultAudit {
+        token,
+        held,
+        deposited,
+        paid,
+        frozen,
+        owed,
+    })
+}
+
+async fn owed(
+    provider: &DynProvider,
+    rollup: Address,
+    rebuilt: &Rebuilt,
+) -> Result<Owed, SettlerError> {
+    use alloy::rpc::types::Filter;
+    use alloy::sol_types::SolEvent;
+    let state = &rebuilt.state;
+    let (insurance, fee_pool) = state.funds();
+    let in_state = state
+        .accounts()
+        .iter()
+        .map(|a| i128::from(a.collateral.0))
+        .sum::<i128>()
+        + i128::from(insurance.0)
+        + i128::from(fee_pool.0);
+
+    let filter = Filter::new()
+        .address(rollup)
+        .event_signature(OptioRollup::Withdrawn::SIGNATURE_HASH)
+        .from_block(0u64);
+    let mut paid = std::collections::BTreeSet::new();
+    for log in provider.get_logs(&filter).await.map_err(rpc)? {
+        let event = log
+            .log_decode::<OptioRollup::Withdrawn>()
+            .map_err(rpc)?
+            .inner
+            .data;
+        paid.insert((event.batch, event.index));
+    }
+    let mut unpaid = (0u128, 0usize);
+    for (i, list) in rebuilt.withdrawals.iter().enumerate() {
+        for (k, (_, _, amount)) in list.iter().enumerate() {
+            if !paid.contains(&(U256::from(i + 1), U256::from(k))) {
+                unpaid.0 += u128::try_from(amount.0).map_err(rpc)?;
+                unpaid.1 += 1;
+            }
+        }
+    }
+
+    let mut queued = (0u128, 0usize);
+    for op in crate::priority_ops(provider, rollup, state.priority_served(), 0).await? {
+        if op.kind == crate::PriorityKind::Deposit {
+            queued.0 += u128::try_from(op.amount).map_err(rpc)?;
+            queued.1 += 1;
+        }
+    }
+    Ok(Owed {
+        in_state,
+        unpaid_withdrawals: unpaid,
+        queued_deposits: queued,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vault(held: u64, deposited: u64, paid: u64, owed: Option<Owed>) -> VaultAudit {
+        VaultAudit {
+            token: Address::ZERO,
+            held: U256::from(held),
+            deposited: U256::from(deposited),
+            paid: U256::from(paid),
+            frozen: owed.is_none(),
+            owed,
+        }
+    }
+
+    fn owed(in_state: i128, unpaid: u128, queued: u128) -> Option<Owed> {
+        Some(Owed {
+            in_state,
+            unpaid_withdrawals: (unpaid, 1),
+            queued_deposits: (queued, 1),
+        })
+    }
+
+    #[test]
+    fn the_vault_pays_what_the_state_owes_or_says_where_it_does_not() {
+        // 1,000 in, 100 out: 700 in the state, 100 to pay,
+        // 100 queued.
+        assert!(
+            vault(900, 1_000, 100, owed(700, 100, 100))
+                .problems()
+                .is_empty()
+        );
+        assert!(
+            vault(950, 1_000, 100, owed(700, 100, 100))
+                .problems()
+                .is_empty(),
+            "a surplus pays no one and is no alert"
+        );
+        let short = vault(899, 1_000, 100, owed(700, 100, 100)).problems();
+        assert_eq!(short.len(), 1);
+        assert!(short[0].contains("1 short of its books"), "{short:?}");
+        for (in_state, unpaid, queued) in [(701, 100, 100), (700, 99, 100), (700, 100, 101)] {
+            let problems = vault(900, 1_000, 100, owed(in_state, unpaid, queued)).problems();
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert!(
+                problems[0].contains("are not what the state"),
+                "{problems:?}"
+            );
+        }
+        // Frozen: the books alone.
+        assert!(vault(900, 1_000, 100, None).problems().is_empty());
+        assert_eq!(vault(0, 1_000, 100, None).problems().len(), 1);
+    }
+}
