@@ -691,6 +691,9 @@ impl optio_settler::NodeLink for Link {
     fn priority_deadline(&self, seconds: Option<i64>) {
         self.0.record_priority_deadline(seconds);
     }
+    fn vault(&self, held: u128, books: u128) {
+        self.0.record_vault(held, books);
+    }
 }
 
 /// Starts the settler for `gateway` on the current runtime: posts its batches to `rollup`,

@@ -214,6 +214,9 @@ pub(crate) struct Node {
     /// Seconds (L1 time) until the oldest L1 priority operation no finalized batch has served
     /// is overdue, as the settler last read it; `None` when none waits.
     priority_deadline_s: Option<i64>,
+    /// The token balance the rollup holds and its books (deposited less paid out), micro-USDC,
+    /// as the settler last read them.
+    vault: Option<(u128, u128)>,
 }
 
 /// How far L1 has come, as last sequence numbers covered (`Gateway::record_l1`).
@@ -972,6 +975,7 @@ impl Gateway {
             finalized: Vec::new(),
             opened_ms: config.clock.now_ms(),
             priority_deadline_s: None,
+            vault: None,
         }));
         let (jobs, queue) = std::sync::mpsc::sync_channel(65_536);
         let (events, _) = tokio::sync::broadcast::channel(ws::STREAM_CAPACITY);
@@ -1217,6 +1221,12 @@ impl Gateway {
     /// overdue), or that none waits (`None`). The settler reports it every round.
     pub fn record_priority_deadline(&self, seconds: Option<i64>) {
         self.lock().priority_deadline_s = seconds;
+    }
+
+    /// Records the token balance the rollup holds and its books (`totalDeposited - totalPaid`),
+    /// micro-USDC. The settler reports them every round.
+    pub fn record_vault(&self, held: u128, books: u128) {
+        self.lock().vault = Some((held, books));
     }
 
     /// Opens a subaccount for `owner` and credits `amount` (devnet faucet, deposits from L1).
@@ -2059,6 +2069,15 @@ impl Gateway {
         if let Some(seconds) = node.priority_deadline_s {
             out.push_str("# HELP optio_l1_priority_deadline_seconds Seconds (L1 time) until the oldest L1 priority operation (deposit, forced withdrawal or close) that no finalized batch has served is overdue: at 0 anyone may freeze the rollup. Absent when none waits. Alert well above the finalization delay: a refused operation (a forced close the backstop cannot take, code 6002) stalls the queue.\n# TYPE optio_l1_priority_deadline_seconds gauge\n");
             out.push_str(&format!("optio_l1_priority_deadline_seconds {seconds}\n"));
+        }
+        if let Some((held, books)) = node.vault {
+            out.push_str("# HELP optio_l1_vault_held_micro_usdc The token balance the rollup holds.\n# TYPE optio_l1_vault_held_micro_usdc gauge\n");
+            out.push_str(&format!("optio_l1_vault_held_micro_usdc {held}\n"));
+            out.push_str("# HELP optio_l1_vault_shortfall_micro_usdc How far the token balance the rollup holds is below its books (every token taken in less every one paid out): above 0 the token took money from the vault (a fee on transfer, a rebase, a seizure), and the last users to withdraw or exit would not be paid. Alert on any value above 0; `optio verify` also compares the books with the state.\n# TYPE optio_l1_vault_shortfall_micro_usdc gauge\n");
+            out.push_str(&format!(
+                "optio_l1_vault_shortfall_micro_usdc {}\n",
+                books.saturating_sub(held)
+            ));
         }
         if let (Some(stats), Some((proven, unprovable, seconds))) = (batch_stats, proving) {
             out.push_str("# HELP optio_batches_proven_total Batches with a validity proof (optio prove run).\n# TYPE optio_batches_proven_total counter\n");

@@ -2458,6 +2458,23 @@ impl Settler {
         Ok(Some(deadline as i64 - now_s as i64))
     }
 
+    /// The token balance the rollup holds and its books (`totalDeposited - totalPaid`), in
+    /// micro-USDC: the first below the second means the token took money from the vault
+    /// (`audit_vault` says more).
+    pub async fn vault_books(&self) -> Result<(u128, u128), SettlerError> {
+        let rollup = OptioRollup::new(self.rollup, &self.provider);
+        let token = rollup.usdc().call().await.map_err(rpc)?;
+        let held = TestUSDC::new(token, &self.provider)
+            .balanceOf(self.rollup)
+            .call()
+            .await
+            .map_err(rpc)?;
+        let deposited = rollup.totalDeposited().call().await.map_err(rpc)?;
+        let paid = rollup.totalPaid().call().await.map_err(rpc)?;
+        let narrow = |v: U256| u128::try_from(v).unwrap_or(u128::MAX);
+        Ok((narrow(held), narrow(deposited).saturating_sub(narrow(paid))))
+    }
+
     /// The latest block's timestamp (L1 time, seconds).
     async fn latest_time_s(&self) -> Result<u64, SettlerError> {
         Ok(self
@@ -2746,6 +2763,9 @@ pub trait NodeLink: Send + Sync + 'static {
     /// Seconds (L1 time) until the oldest priority operation no finalized batch has served is
     /// overdue (negative: anyone may freeze now), or `None` when none waits (for the metrics).
     fn priority_deadline(&self, _seconds: Option<i64>) {}
+    /// The token balance the rollup holds and its books, micro-USDC (`Settler::vault_books`; for
+    /// the metrics).
+    fn vault(&self, _held: u128, _books: u128) {}
 }
 
 /// What one settler round did.
@@ -2785,6 +2805,11 @@ pub async fn round(
     let left = settler.priority_deadline().await?;
     let link = node.clone();
     tokio::task::spawn_blocking(move || link.priority_deadline(left))
+        .await
+        .map_err(rpc)?;
+    let (held, books) = settler.vault_books().await?;
+    let link = node.clone();
+    tokio::task::spawn_blocking(move || link.vault(held, books))
         .await
         .map_err(rpc)?;
     let ops = priority_ops(&settler.provider, settler.rollup, from, confirmations).await?;

@@ -40,6 +40,9 @@ impl NodeLink for Link {
     fn priority_deadline(&self, seconds: Option<i64>) {
         self.0.record_priority_deadline(seconds);
     }
+    fn vault(&self, held: u128, books: u128) {
+        self.0.record_vault(held, books);
+    }
 }
 
 fn open(dir: &std::path::Path) -> Arc<Gateway> {
@@ -462,6 +465,44 @@ async fn deposits_and_forced_withdrawals_are_sequenced_once_and_paid() {
             "optio_l1_finalized_seq {}",
             gateway.next_seq() - 1
         )),
+        "{metrics}"
+    );
+    // The vault: the token holds the books, and the metrics say so.
+    let held = TestUSDC::new(d.usdc, &operator)
+        .balanceOf(d.rollup)
+        .call()
+        .await
+        .expect("reads");
+    let metrics = gateway.metrics();
+    assert!(
+        metrics.contains(&format!("optio_l1_vault_held_micro_usdc {held}"))
+            && metrics.contains("optio_l1_vault_shortfall_micro_usdc 0\n"),
+        "{metrics}"
+    );
+    // A token that moves money out of the rollup's balance (its owner, impersonated here): the
+    // next round's metrics show the shortfall, to the micro-USDC.
+    let _: serde_json::Value = operator
+        .raw_request("anvil_impersonateAccount".into(), (d.rollup,))
+        .await
+        .expect("impersonate");
+    let _: serde_json::Value = operator
+        .raw_request(
+            "anvil_setBalance".into(),
+            (d.rollup, U256::from(10u64).pow(U256::from(18u64))),
+        )
+        .await
+        .expect("gas money");
+    let as_rollup = alloy::providers::ProviderBuilder::new()
+        .connect_http(anvil.url.parse().expect("url"))
+        .erased();
+    let token = TestUSDC::new(d.usdc, &as_rollup);
+    transact(token.transfer(me, U256::from(7u64)).from(d.rollup))
+        .await
+        .expect("the token moves it");
+    round(&settler, &node, 1_000).await.expect("round");
+    let metrics = gateway.metrics();
+    assert!(
+        metrics.contains("optio_l1_vault_shortfall_micro_usdc 7\n"),
         "{metrics}"
     );
 }
