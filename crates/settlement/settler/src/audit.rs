@@ -343,15 +343,12 @@ pub async fn accepted_proofs(
     provider: &DynProvider,
     rollup: Address,
 ) -> Result<Vec<AcceptedProof>, SettlerError> {
-    use alloy::rpc::types::Filter;
     use alloy::sol_types::{SolCall, SolEvent};
-    let filter = Filter::new()
-        .address(rollup)
-        .event_signature(OptioRollup::BatchProven::SIGNATURE_HASH)
-        .from_block(0u64);
     let contract = OptioRollup::new(rollup, provider);
     let mut found = std::collections::BTreeMap::new();
-    for log in provider.get_logs(&filter).await.map_err(rpc)? {
+    for log in
+        crate::rollup_logs(provider, rollup, OptioRollup::BatchProven::SIGNATURE_HASH).await?
+    {
         let event = log
             .log_decode::<OptioRollup::BatchProven>()
             .map_err(rpc)?
@@ -529,7 +526,7 @@ fn creation_difference(
 }
 
 /// The first block whose time is at least `time` (the head's number if none is).
-async fn first_block_at(provider: &DynProvider, time: u64) -> Result<u64, SettlerError> {
+pub(crate) async fn first_block_at(provider: &DynProvider, time: u64) -> Result<u64, SettlerError> {
     let (mut low, mut high) = (0u64, provider.get_block_number().await.map_err(rpc)?);
     while low < high {
         let middle = low + (high - low) / 2;

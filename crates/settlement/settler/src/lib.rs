@@ -685,21 +685,68 @@ pub(crate) async fn logged_transaction(
         .ok_or_else(|| SettlerError::Rpc(format!("transaction {hash} not found")))
 }
 
+/// Every log `rollup` emitted with event signature `signature`, in chain order, from the
+/// block of its creation (the first of the genesis batch's time) to the head.
+///
+/// Public endpoints cap how many blocks or results one `eth_getLogs` may span (10,000 blocks is
+/// common) and refuse a wider query outright, and the escape hatch and the watchtower must work
+/// through any of them. So the range is asked for in windows: a refused window is halved until
+/// the provider answers (a single block it still refuses is an error), and the window that
+/// answered is kept for the rest (more than half the cap), so a provider's cap is
+/// found without knowing it.
+pub(crate) async fn rollup_logs(
+    provider: &DynProvider,
+    rollup: Address,
+    signature: alloy::primitives::B256,
+) -> Result<Vec<alloy::rpc::types::Log>, SettlerError> {
+    use alloy::rpc::types::Filter;
+    let created = OptioRollup::new(rollup, provider)
+        .batches(U256::ZERO)
+        .call()
+        .await
+        .map_err(rpc)?
+        .committedAt;
+    let mut start = audit::first_block_at(provider, created).await?;
+    let head = provider.get_block_number().await.map_err(rpc)?;
+    let mut window = head.saturating_sub(start) + 1;
+    let mut logs = Vec::new();
+    while start <= head {
+        let end = head.min(start.saturating_add(window - 1));
+        let filter = Filter::new()
+            .address(rollup)
+            .event_signature(signature)
+            .from_block(start)
+            .to_block(end);
+        match provider.get_logs(&filter).await {
+            Ok(found) => {
+                logs.extend(found);
+                start = end + 1;
+            }
+            Err(e) if window == 1 => {
+                return Err(SettlerError::Rpc(format!("logs of block {start}: {e}")));
+            }
+            Err(_) => window = window.div_ceil(2),
+        }
+    }
+    Ok(logs)
+}
+
 /// `blobs_from_l1` with each batch's authorization section.
 pub async fn posted_from_l1(
     provider: &DynProvider,
     rollup: Address,
     upto: u64,
 ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, SettlerError> {
-    use alloy::rpc::types::Filter;
     use alloy::sol_types::{SolCall, SolEvent};
-    let filter = Filter::new()
-        .address(rollup)
-        .event_signature(OptioRollup::BatchCommitted::SIGNATURE_HASH)
-        .from_block(0u64);
     let mut found: std::collections::BTreeMap<u64, (Vec<u8>, Vec<u8>)> =
         std::collections::BTreeMap::new();
-    for log in provider.get_logs(&filter).await.map_err(rpc)? {
+    for log in rollup_logs(
+        provider,
+        rollup,
+        OptioRollup::BatchCommitted::SIGNATURE_HASH,
+    )
+    .await?
+    {
         let tx = logged_transaction(provider, &log).await?;
         let input = alloy::consensus::Transaction::input(&tx);
         let call = OptioRollup::commitBatchCall::abi_decode(input).map_err(rpc)?;

@@ -25,8 +25,6 @@
 //! finalized state (positions at their marks, not only cash), and the batches after it no longer
 //! count. Only the first is checked then.
 
-use alloy::providers::Provider;
-
 use crate::{Address, DynProvider, OptioRollup, Rebuilt, SettlerError, TestUSDC, U256, rpc};
 
 /// What `audit_vault` found; amounts in token units (micro-USDC).
@@ -144,7 +142,6 @@ async fn owed(
     rollup: Address,
     rebuilt: &Rebuilt,
 ) -> Result<Owed, SettlerError> {
-    use alloy::rpc::types::Filter;
     use alloy::sol_types::SolEvent;
     let state = &rebuilt.state;
     let (insurance, fee_pool) = state.funds();
@@ -156,12 +153,8 @@ async fn owed(
         + i128::from(insurance.0)
         + i128::from(fee_pool.0);
 
-    let filter = Filter::new()
-        .address(rollup)
-        .event_signature(OptioRollup::Withdrawn::SIGNATURE_HASH)
-        .from_block(0u64);
     let mut paid = std::collections::BTreeSet::new();
-    for log in provider.get_logs(&filter).await.map_err(rpc)? {
+    for log in crate::rollup_logs(provider, rollup, OptioRollup::Withdrawn::SIGNATURE_HASH).await? {
         let event = log
             .log_decode::<OptioRollup::Withdrawn>()
             .map_err(rpc)?

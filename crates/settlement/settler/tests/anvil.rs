@@ -668,3 +668,143 @@ async fn the_vault_audit_holds_the_token_to_the_books_and_the_books_to_the_state
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(problems[0].contains("5 short of its books"), "{problems:?}");
 }
+
+/// A JSON-RPC endpoint on 127.0.0.1 in front of `upstream` that answers `eth_getLogs` over at
+/// most `cap` blocks and refuses a wider query outright, as public endpoints do (Infura's and
+/// Alchemy's caps are 10,000 blocks); every other call passes through. Its address, and the
+/// task serving it (dropped with the test).
+async fn capped_endpoint(upstream: &str, cap: u64) -> (String, tokio::task::JoinHandle<()>) {
+    use axum::{Json, extract::State, routing::post};
+    use serde_json::{Value, json};
+    let upstream = alloy::providers::ProviderBuilder::new()
+        .connect_http(upstream.parse().expect("url"))
+        .erased();
+    async fn serve(
+        State((upstream, cap)): State<(alloy::providers::DynProvider, u64)>,
+        Json(call): Json<Value>,
+    ) -> Json<Value> {
+        let method = call["method"].as_str().unwrap_or_default().to_owned();
+        let params = call["params"].clone();
+        let answer = |result: Result<Value, String>| {
+            Json(match result {
+                Ok(v) => json!({"jsonrpc": "2.0", "id": call["id"], "result": v}),
+                Err(e) => {
+                    json!({"jsonrpc": "2.0", "id": call["id"], "error": {"code": -32005, "message": e}})
+                }
+            })
+        };
+        if method == "eth_getLogs" {
+            let head = upstream.get_block_number().await.expect("head");
+            let block = |v: &Value| match v.as_str() {
+                None | Some("latest" | "pending" | "safe" | "finalized") => head,
+                Some("earliest") => 0,
+                Some(hex) => u64::from_str_radix(hex.trim_start_matches("0x"), 16).expect("hex"),
+            };
+            let (from, to) = (block(&params[0]["fromBlock"]), block(&params[0]["toBlock"]));
+            if to.saturating_sub(from) + 1 > cap {
+                return answer(Err(format!("query exceeds the {cap}-block range limit")));
+            }
+        }
+        answer(
+            upstream
+                .raw_request::<_, Value>(method.into(), params)
+                .await
+                .map_err(|e| e.to_string()),
+        )
+    }
+    let app = axum::Router::new()
+        .route("/", post(serve))
+        .with_state((upstream, cap));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binds");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app).await.expect("serves");
+    });
+    (url, task)
+}
+
+/// The watchtower, the vault audit and the rebuild the escape hatch runs read L1's logs through
+/// an endpoint that caps how many blocks one query spans: the batches' commitments and the
+/// withdrawal's payment lie hundreds of blocks apart, a query over all of them is refused, and
+/// every batch is still found, in order, with the same data as through an uncapped endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l1_data_is_read_through_an_endpoint_that_caps_its_log_ranges() {
+    use alloy::rpc::types::Filter;
+    use optio_settler::{OptioRollup, Verdict, transact};
+    let c = chain(U256::ZERO).await;
+    let (provider, d) = (&c.provider, c.deployment);
+    let settler = Settler::new(provider.clone(), d.rollup, c.dir.path());
+    let mine = |blocks: u64| async move {
+        let _: serde_json::Value = provider
+            .raw_request("anvil_mine".into(), (U256::from(blocks),))
+            .await
+            .expect("mines");
+    };
+    // Batch 1, 300 blocks, batch 2, 300 blocks, the withdrawal paid, 300 blocks.
+    let second = (
+        c.dir.path().join("00000002.json"),
+        c.dir.path().join("00000002.blob"),
+    );
+    let saved = (
+        std::fs::read(&second.0).expect("reads"),
+        std::fs::read(&second.1).expect("reads"),
+    );
+    std::fs::remove_file(&second.0).expect("removes");
+    std::fs::remove_file(&second.1).expect("removes");
+    assert_eq!(settler.post_pending().await.expect("posts"), 1);
+    mine(300).await;
+    std::fs::write(&second.0, saved.0).expect("writes");
+    std::fs::write(&second.1, saved.1).expect("writes");
+    assert_eq!(settler.post_pending().await.expect("posts"), 1);
+    mine(300).await;
+    advance(provider, 3_601).await;
+    let rollup = OptioRollup::new(d.rollup, provider);
+    transact(rollup.finalize()).await.expect("batch 1 final");
+    transact(rollup.finalize()).await.expect("batch 2 final");
+    let list = vec![OptioRollup::Withdrawal {
+        account: 1,
+        owner: "0x2222222222222222222222222222222222222222"
+            .parse()
+            .expect("address"),
+        amount: U256::from(1_000_000_000u64),
+    }];
+    transact(rollup.withdraw(U256::from(2u64), list, U256::ZERO))
+        .await
+        .expect("pays the withdrawal");
+    mine(300).await;
+
+    let (url, _server) = capped_endpoint(&c.url, 100).await;
+    let capped = alloy::providers::ProviderBuilder::new()
+        .connect_http(url.parse().expect("url"))
+        .erased();
+    assert!(
+        capped
+            .get_logs(&Filter::new().address(d.rollup).from_block(0u64))
+            .await
+            .is_err(),
+        "the endpoint refuses a query over every block"
+    );
+    let (verdicts, rebuilt) = optio_settler::verify_l1_rebuilt(&capped, d.rollup)
+        .await
+        .expect("reads through the cap");
+    assert_eq!(verdicts, vec![Verdict::Agrees(1), Verdict::Agrees(2)]);
+    let vault = optio_settler::audit_vault(&capped, d.rollup, &rebuilt)
+        .await
+        .expect("audits through the cap");
+    assert!(vault.problems().is_empty(), "{:?}", vault.problems());
+    assert_eq!(
+        vault.owed.expect("compared").unpaid_withdrawals,
+        (0, 0),
+        "the payment's log, 300 blocks after the batches', is found"
+    );
+    assert_eq!(
+        optio_settler::blobs_from_l1(&capped, d.rollup, 2)
+            .await
+            .expect("reads through the cap"),
+        optio_settler::blobs_from_l1(provider, d.rollup, 2)
+            .await
+            .expect("reads")
+    );
+}
