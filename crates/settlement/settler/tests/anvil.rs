@@ -7,6 +7,8 @@ use alloy::primitives::U256;
 use alloy::providers::Provider;
 use optio_settler::{RollupConfig, Settler, connect, deploy};
 
+mod support;
+
 /// anvil's first default account.
 const KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
 
@@ -146,6 +148,36 @@ async fn chain(bond: U256) -> Chain {
     }
 }
 
+impl Chain {
+    /// Posts the vectors' two batches.
+    async fn post_both(&self) {
+        let settler = Settler::new(
+            self.provider.clone(),
+            self.deployment.rollup,
+            self.dir.path(),
+        );
+        assert_eq!(settler.post_pending().await.expect("posts"), 2);
+    }
+
+    /// The operator deposits 400,000 USDC on L1 for account 9, which no batch serves.
+    async fn deposit_unserved(&self) {
+        use optio_settler::{OptioRollup, TestUSDC, transact};
+        let d = &self.deployment;
+        let usdc = TestUSDC::new(d.usdc, &self.provider);
+        transact(usdc.mint(self.operator, U256::from(400_000_000_000u64)))
+            .await
+            .expect("mint");
+        transact(usdc.approve(d.rollup, U256::MAX))
+            .await
+            .expect("approve");
+        transact(
+            OptioRollup::new(d.rollup, &self.provider).deposit(9, U256::from(400_000_000_000u64)),
+        )
+        .await
+        .expect("deposit");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_are_committed_in_order_and_reposted_after_a_reorg() {
     let c = chain(U256::from(10u64).pow(U256::from(18u64))).await;
@@ -206,30 +238,15 @@ async fn batches_are_committed_in_order_and_reposted_after_a_reorg() {
 async fn an_account_exits_from_l1_data_alone_after_a_freeze() {
     use optio_settler::{OptioRollup, TestUSDC, exit_from_l1, transact};
     let c = chain(U256::ZERO).await;
-    let (operator_provider, operator, d, vectors, url) =
-        (&c.provider, c.operator, c.deployment, &c.vectors, &c.url);
-    assert_eq!(
-        Settler::new(operator_provider.clone(), d.rollup, c.dir.path())
-            .post_pending()
-            .await
-            .expect("posts"),
-        2
-    );
+    let (operator_provider, d, vectors, url) = (&c.provider, c.deployment, &c.vectors, &c.url);
+    c.post_both().await;
     let rollup = OptioRollup::new(d.rollup, operator_provider);
     let usdc = TestUSDC::new(d.usdc, operator_provider);
     advance(operator_provider, 3_601).await;
     transact(rollup.finalize()).await.expect("batch 1 final");
     transact(rollup.finalize()).await.expect("batch 2 final");
     // Users' money in the vault, and a deposit the operator never serves.
-    transact(usdc.mint(operator, U256::from(500_000_000_000u64)))
-        .await
-        .expect("mint");
-    transact(usdc.approve(d.rollup, U256::MAX))
-        .await
-        .expect("approve");
-    transact(rollup.deposit(9, U256::from(400_000_000_000u64)))
-        .await
-        .expect("deposit");
+    c.deposit_unserved().await;
     assert!(
         transact(rollup.freeze()).await.is_err(),
         "nothing is overdue yet"
@@ -245,20 +262,7 @@ async fn an_account_exits_from_l1_data_alone_after_a_freeze() {
         .expect("owner")
         .parse()
         .expect("address");
-    let _: serde_json::Value = operator_provider
-        .raw_request("anvil_impersonateAccount".into(), (owner,))
-        .await
-        .expect("impersonate");
-    let _: serde_json::Value = operator_provider
-        .raw_request(
-            "anvil_setBalance".into(),
-            (owner, U256::from(10u64).pow(U256::from(18u64))),
-        )
-        .await
-        .expect("gas money");
-    let as_owner = alloy::providers::ProviderBuilder::new()
-        .connect_http(url.parse().expect("url"))
-        .erased();
+    let as_owner = support::impersonated(operator_provider, url, owner).await;
     let paid = exit_from_l1(&as_owner, d.rollup, 0, owner)
         .await
         .expect("exits");
@@ -585,18 +589,11 @@ async fn vault(
 /// short by exactly what it moved.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_vault_audit_holds_the_token_to_the_books_and_the_books_to_the_state() {
-    use optio_settler::{OptioRollup, TestUSDC, transact};
+    use optio_settler::{OptioRollup, transact};
     let c = chain(U256::ZERO).await;
     let (provider, operator, d) = (&c.provider, c.operator, c.deployment);
-    assert_eq!(
-        Settler::new(provider.clone(), d.rollup, c.dir.path())
-            .post_pending()
-            .await
-            .expect("posts"),
-        2
-    );
+    c.post_both().await;
     let rollup = OptioRollup::new(d.rollup, provider);
-    let usdc = TestUSDC::new(d.usdc, provider);
     const WITHDRAWN: u64 = 1_000_000_000;
 
     let v = vault(provider, d.rollup).await;
@@ -609,15 +606,7 @@ async fn the_vault_audit_holds_the_token_to_the_books_and_the_books_to_the_state
     assert_eq!(owed.total(), v.books());
 
     // A deposit queued and not served yet is owed too.
-    transact(usdc.mint(operator, U256::from(400_000_000_000u64)))
-        .await
-        .expect("mint");
-    transact(usdc.approve(d.rollup, U256::MAX))
-        .await
-        .expect("approve");
-    transact(rollup.deposit(9, U256::from(400_000_000_000u64)))
-        .await
-        .expect("deposit");
+    c.deposit_unserved().await;
     let v = vault(provider, d.rollup).await;
     assert!(v.problems().is_empty(), "{:?}", v.problems());
     assert_eq!(
@@ -644,25 +633,8 @@ async fn the_vault_audit_holds_the_token_to_the_books_and_the_books_to_the_state
     assert_eq!(v.paid, U256::from(WITHDRAWN));
     assert_eq!(v.owed.expect("compared").unpaid_withdrawals, (0, 0));
 
-    // A token whose owner can move the rollup's balance (impersonated here) takes 5 micro-USDC.
-    let _: serde_json::Value = provider
-        .raw_request("anvil_impersonateAccount".into(), (d.rollup,))
-        .await
-        .expect("impersonate");
-    let _: serde_json::Value = provider
-        .raw_request(
-            "anvil_setBalance".into(),
-            (d.rollup, U256::from(10u64).pow(U256::from(18u64))),
-        )
-        .await
-        .expect("gas money");
-    let as_rollup = alloy::providers::ProviderBuilder::new()
-        .connect_http(c.url.parse().expect("url"))
-        .erased();
-    let token = TestUSDC::new(d.usdc, &as_rollup);
-    transact(token.transfer(operator, U256::from(5u64)).from(d.rollup))
-        .await
-        .expect("the token moves it");
+    // A token whose owner can move the rollup's balance takes 5 micro-USDC.
+    support::take_from_vault(provider, &c.url, d.usdc, d.rollup, operator, 5).await;
     let v = vault(provider, d.rollup).await;
     let problems = v.problems();
     assert_eq!(problems.len(), 1, "{problems:?}");

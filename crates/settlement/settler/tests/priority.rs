@@ -17,6 +17,8 @@ use optio_settler::{
 };
 use optio_types::EngineLimits;
 
+mod support;
+
 /// anvil's first default account (the operator).
 const KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
 const USDC: u64 = 1_000_000;
@@ -481,24 +483,7 @@ async fn deposits_and_forced_withdrawals_are_sequenced_once_and_paid() {
     );
     // A token that moves money out of the rollup's balance (its owner, impersonated here): the
     // next round's metrics show the shortfall, to the micro-USDC.
-    let _: serde_json::Value = operator
-        .raw_request("anvil_impersonateAccount".into(), (d.rollup,))
-        .await
-        .expect("impersonate");
-    let _: serde_json::Value = operator
-        .raw_request(
-            "anvil_setBalance".into(),
-            (d.rollup, U256::from(10u64).pow(U256::from(18u64))),
-        )
-        .await
-        .expect("gas money");
-    let as_rollup = alloy::providers::ProviderBuilder::new()
-        .connect_http(anvil.url.parse().expect("url"))
-        .erased();
-    let token = TestUSDC::new(d.usdc, &as_rollup);
-    transact(token.transfer(me, U256::from(7u64)).from(d.rollup))
-        .await
-        .expect("the token moves it");
+    support::take_from_vault(&operator, &anvil.url, d.usdc, d.rollup, me, 7).await;
     round(&settler, &node, 1_000).await.expect("round");
     let metrics = gateway.metrics();
     assert!(
