@@ -159,6 +159,26 @@ impl Chain {
         assert_eq!(settler.post_pending().await.expect("posts"), 2);
     }
 
+    /// Finalizes both batches once their delay has passed and pays batch 2's withdrawal (1,000
+    /// USDC to account 1's owner).
+    async fn finalize_and_pay(&self) {
+        use optio_settler::{OptioRollup, transact};
+        advance(&self.provider, 3_601).await;
+        let rollup = OptioRollup::new(self.deployment.rollup, &self.provider);
+        transact(rollup.finalize()).await.expect("batch 1 final");
+        transact(rollup.finalize()).await.expect("batch 2 final");
+        let list = vec![OptioRollup::Withdrawal {
+            account: 1,
+            owner: "0x2222222222222222222222222222222222222222"
+                .parse()
+                .expect("address"),
+            amount: U256::from(1_000_000_000u64),
+        }];
+        transact(rollup.withdraw(U256::from(2u64), list, U256::ZERO))
+            .await
+            .expect("pays the withdrawal");
+    }
+
     /// The operator deposits 400,000 USDC on L1 for account 9, which no batch serves.
     async fn deposit_unserved(&self) {
         use optio_settler::{OptioRollup, TestUSDC, transact};
@@ -589,11 +609,9 @@ async fn vault(
 /// short by exactly what it moved.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_vault_audit_holds_the_token_to_the_books_and_the_books_to_the_state() {
-    use optio_settler::{OptioRollup, transact};
     let c = chain(U256::ZERO).await;
     let (provider, operator, d) = (&c.provider, c.operator, c.deployment);
     c.post_both().await;
-    let rollup = OptioRollup::new(d.rollup, provider);
     const WITHDRAWN: u64 = 1_000_000_000;
 
     let v = vault(provider, d.rollup).await;
@@ -615,19 +633,7 @@ async fn the_vault_audit_holds_the_token_to_the_books_and_the_books_to_the_state
     );
 
     // Once paid, the withdrawal is out of the books and no longer owed.
-    advance(provider, 3_601).await;
-    transact(rollup.finalize()).await.expect("batch 1 final");
-    transact(rollup.finalize()).await.expect("batch 2 final");
-    let list = vec![OptioRollup::Withdrawal {
-        account: 1,
-        owner: "0x2222222222222222222222222222222222222222"
-            .parse()
-            .expect("address"),
-        amount: U256::from(WITHDRAWN),
-    }];
-    transact(rollup.withdraw(U256::from(2u64), list, U256::ZERO))
-        .await
-        .expect("pays the withdrawal");
+    c.finalize_and_pay().await;
     let v = vault(provider, d.rollup).await;
     assert!(v.problems().is_empty(), "{:?}", v.problems());
     assert_eq!(v.paid, U256::from(WITHDRAWN));
@@ -704,7 +710,7 @@ async fn capped_endpoint(upstream: &str, cap: u64) -> (String, tokio::task::Join
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn l1_data_is_read_through_an_endpoint_that_caps_its_log_ranges() {
     use alloy::rpc::types::Filter;
-    use optio_settler::{OptioRollup, Verdict, transact};
+    use optio_settler::Verdict;
     let c = chain(U256::ZERO).await;
     let (provider, d) = (&c.provider, c.deployment);
     let settler = Settler::new(provider.clone(), d.rollup, c.dir.path());
@@ -731,20 +737,7 @@ async fn l1_data_is_read_through_an_endpoint_that_caps_its_log_ranges() {
     std::fs::write(&second.1, saved.1).expect("writes");
     assert_eq!(settler.post_pending().await.expect("posts"), 1);
     mine(300).await;
-    advance(provider, 3_601).await;
-    let rollup = OptioRollup::new(d.rollup, provider);
-    transact(rollup.finalize()).await.expect("batch 1 final");
-    transact(rollup.finalize()).await.expect("batch 2 final");
-    let list = vec![OptioRollup::Withdrawal {
-        account: 1,
-        owner: "0x2222222222222222222222222222222222222222"
-            .parse()
-            .expect("address"),
-        amount: U256::from(1_000_000_000u64),
-    }];
-    transact(rollup.withdraw(U256::from(2u64), list, U256::ZERO))
-        .await
-        .expect("pays the withdrawal");
+    c.finalize_and_pay().await;
     mine(300).await;
 
     let (url, _server) = capped_endpoint(&c.url, 100).await;
