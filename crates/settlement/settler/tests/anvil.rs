@@ -148,7 +148,32 @@ async fn chain(bond: U256) -> Chain {
     }
 }
 
+/// Batch 2's files, taken off the batches directory (`Chain::hold_second`).
+struct HeldBatch {
+    paths: [std::path::PathBuf; 2],
+    bytes: [Vec<u8>; 2],
+}
+
+impl HeldBatch {
+    /// Writes them back, for the settler to post.
+    fn put_back(self) {
+        for (path, bytes) in self.paths.iter().zip(self.bytes) {
+            std::fs::write(path, bytes).expect("writes");
+        }
+    }
+}
+
 impl Chain {
+    /// Takes batch 2 off disk, so that only batch 1 posts until it is put back.
+    fn hold_second(&self) -> HeldBatch {
+        let paths = ["00000002.json", "00000002.blob"].map(|f| self.dir.path().join(f));
+        let bytes = paths.clone().map(|p| std::fs::read(p).expect("reads"));
+        for p in &paths {
+            std::fs::remove_file(p).expect("removes");
+        }
+        HeldBatch { paths, bytes }
+    }
+
     /// Posts the vectors' two batches.
     async fn post_both(&self) {
         let settler = Settler::new(
@@ -205,23 +230,13 @@ async fn batches_are_committed_in_order_and_reposted_after_a_reorg() {
     let settler = Settler::new(provider.clone(), c.deployment.rollup, dir.path());
 
     // Only batch 1 on disk at first; a snapshot to reorg back to afterwards.
-    let second = (
-        dir.path().join("00000002.json"),
-        dir.path().join("00000002.blob"),
-    );
-    let saved = (
-        std::fs::read(&second.0).expect("reads"),
-        std::fs::read(&second.1).expect("reads"),
-    );
-    std::fs::remove_file(&second.0).expect("removes");
-    std::fs::remove_file(&second.1).expect("removes");
+    let second = c.hold_second();
     assert_eq!(settler.post_pending().await.expect("posts"), 1);
     let snapshot: U256 = provider
         .raw_request("evm_snapshot".into(), ())
         .await
         .expect("snapshot");
-    std::fs::write(&second.0, saved.0).expect("writes");
-    std::fs::write(&second.1, saved.1).expect("writes");
+    second.put_back();
     assert_eq!(settler.post_pending().await.expect("posts"), 1);
     assert_eq!(settler.committed().await.expect("reads"), 2);
     for (i, root) in roots.iter().enumerate() {
@@ -721,20 +736,10 @@ async fn l1_data_is_read_through_an_endpoint_that_caps_its_log_ranges() {
             .expect("mines");
     };
     // Batch 1, 300 blocks, batch 2, 300 blocks, the withdrawal paid, 300 blocks.
-    let second = (
-        c.dir.path().join("00000002.json"),
-        c.dir.path().join("00000002.blob"),
-    );
-    let saved = (
-        std::fs::read(&second.0).expect("reads"),
-        std::fs::read(&second.1).expect("reads"),
-    );
-    std::fs::remove_file(&second.0).expect("removes");
-    std::fs::remove_file(&second.1).expect("removes");
+    let second = c.hold_second();
     assert_eq!(settler.post_pending().await.expect("posts"), 1);
     mine(300).await;
-    std::fs::write(&second.0, saved.0).expect("writes");
-    std::fs::write(&second.1, saved.1).expect("writes");
+    second.put_back();
     assert_eq!(settler.post_pending().await.expect("posts"), 1);
     mine(300).await;
     c.finalize_and_pay().await;
