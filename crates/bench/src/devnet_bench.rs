@@ -174,27 +174,15 @@ fn start(optio: &Path, run: Run, keys_cache: &Path, data: &Path) -> Result<(Chil
 /// proving; the `optio-prover` thread only waits for them), from /proc: `idle` for the idle
 /// class (`SCHED_IDLE`), `nice N` for the normal one.
 fn prover_threads(pid: u32) -> Vec<(String, String)> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    tasks
-        .filter_map(|t| {
-            let t = t.ok()?.path();
-            let comm = std::fs::read_to_string(t.join("comm")).ok()?;
-            if !comm.starts_with("optio-prover-") {
-                return None;
-            }
-            // Fields 19 (niceness) and 41 (policy) of stat, counted after the command's
-            // closing parenthesis (field 3 first).
-            let stat = std::fs::read_to_string(t.join("stat")).ok()?;
-            let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
-            let (nice, policy) = (fields.get(16)?, fields.get(38)?);
-            let sched = match *policy {
-                "0" => format!("nice {nice}"),
-                "5" => "idle".to_owned(),
+    optio_prover::worker::thread_scheduling(pid, "optio-prover-")
+        .into_iter()
+        .map(|t| {
+            let sched = match t.policy {
+                0 => format!("nice {}", t.nice),
+                5 => "idle".to_owned(),
                 other => format!("policy {other}"),
             };
-            Some((t.file_name()?.to_string_lossy().into_owned(), sched))
+            (t.tid, sched)
         })
         .collect()
 }

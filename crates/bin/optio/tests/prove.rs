@@ -78,19 +78,9 @@ const SCHED_IDLE: u32 = 5;
 /// from /proc: field 41 of each thread's stat.
 #[cfg(target_os = "linux")]
 fn prover_policies(pid: u32) -> Vec<u32> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the process's threads");
-    tasks
-        .filter_map(|t| {
-            let t = t.ok()?.path();
-            let comm = std::fs::read_to_string(t.join("comm")).ok()?;
-            if !comm.starts_with("optio-prover-") {
-                return None;
-            }
-            let stat = std::fs::read_to_string(t.join("stat")).ok()?;
-            // Fields from the third on, after the command's closing parenthesis.
-            let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
-            fields.get(38)?.parse().ok()
-        })
+    optio_prover::worker::thread_scheduling(pid, "optio-prover-")
+        .into_iter()
+        .map(|t| t.policy)
         .collect()
 }
 

@@ -244,3 +244,41 @@ pub fn parse_proof(text: &str) -> Result<Proof<Bn254>, String> {
         .collect::<Result<_, _>>()?;
     solidity::proof_from(&words).ok_or_else(|| "proof file: points not on the curve".into())
 }
+
+/// How Linux schedules one thread (`thread_scheduling`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThreadScheduling {
+    /// Its id.
+    pub tid: String,
+    /// Its niceness.
+    pub nice: i32,
+    /// Its policy: 0 the normal class, 5 the idle class (`SCHED_IDLE`).
+    pub policy: u32,
+}
+
+/// The scheduling of process `pid`'s threads whose name starts with `prefix` (the devnet's
+/// prover pool names its threads `optio-prover-N`), read from /proc; empty where there is none
+/// (another system, a process that has ended).
+pub fn thread_scheduling(pid: u32, prefix: &str) -> Vec<ThreadScheduling> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|t| {
+            let t = t.ok()?.path();
+            let comm = std::fs::read_to_string(t.join("comm")).ok()?;
+            if !comm.starts_with(prefix) {
+                return None;
+            }
+            // Fields 19 (niceness) and 41 (policy) of stat, counted after the command's
+            // closing parenthesis (field 3 first).
+            let stat = std::fs::read_to_string(t.join("stat")).ok()?;
+            let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
+            Some(ThreadScheduling {
+                tid: t.file_name()?.to_string_lossy().into_owned(),
+                nice: fields.get(16)?.parse().ok()?,
+                policy: fields.get(38)?.parse().ok()?,
+            })
+        })
+        .collect()
+}
