@@ -731,13 +731,38 @@ pub(crate) async fn rollup_logs(
     Ok(logs)
 }
 
+/// The `commitBatch` call of batch `number` whose data hashes to `data_hash` (the committed
+/// one), in the input of the transaction that committed it: the input itself when the operator
+/// sent the transaction, or a call inside it when the operator is a contract (a multisig or a
+/// smart account carries the call's bytes in its own transaction's input), found at an
+/// occurrence of the function's selector. The data hash makes a match the committed bytes,
+/// wherever they lie.
+fn commit_call_in(
+    input: &[u8],
+    number: U256,
+    data_hash: alloy::primitives::B256,
+) -> Option<OptioRollup::commitBatchCall> {
+    use alloy::sol_types::SolCall;
+    let committed = |call: &OptioRollup::commitBatchCall| {
+        call.number == number && alloy::primitives::keccak256(&call.data) == data_hash
+    };
+    let selector = OptioRollup::commitBatchCall::SELECTOR;
+    (0..input.len().saturating_sub(3))
+        .filter(|&at| input[at..at + 4] == selector)
+        .find_map(|at| {
+            OptioRollup::commitBatchCall::abi_decode(&input[at..])
+                .ok()
+                .filter(committed)
+        })
+}
+
 /// `blobs_from_l1` with each batch's authorization section.
 pub async fn posted_from_l1(
     provider: &DynProvider,
     rollup: Address,
     upto: u64,
 ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, SettlerError> {
-    use alloy::sol_types::{SolCall, SolEvent};
+    use alloy::sol_types::SolEvent;
     let mut found: std::collections::BTreeMap<u64, (Vec<u8>, Vec<u8>)> =
         std::collections::BTreeMap::new();
     for log in rollup_logs(
@@ -747,9 +772,20 @@ pub async fn posted_from_l1(
     )
     .await?
     {
+        let event = log
+            .log_decode::<OptioRollup::BatchCommitted>()
+            .map_err(rpc)?
+            .inner
+            .data;
         let tx = logged_transaction(provider, &log).await?;
         let input = alloy::consensus::Transaction::input(&tx);
-        let call = OptioRollup::commitBatchCall::abi_decode(input).map_err(rpc)?;
+        let call = commit_call_in(input, event.number, event.dataHash).ok_or_else(|| {
+            SettlerError::Rpc(format!(
+                "batch {}: its commitment's transaction {} carries no commitBatch call with the committed data",
+                event.number,
+                tx.inner.tx_hash()
+            ))
+        })?;
         let number = u64::try_from(call.number).map_err(rpc)?;
         if number <= upto {
             found.insert(number, (call.data.to_vec(), call.authorizations.to_vec()));
@@ -2905,4 +2941,62 @@ pub fn spawn(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloy::sol_types::{SolCall, SolValue};
+
+    fn commit(number: u64, data: &[u8]) -> OptioRollup::commitBatchCall {
+        OptioRollup::commitBatchCall {
+            number: U256::from(number),
+            previousRoot: U256::from(1u64),
+            newRoot: U256::from(2u64),
+            firstSeq: 3,
+            lastSeq: 4,
+            priorityServed: 0,
+            withdrawalsHash: Default::default(),
+            commitment: U256::from(5u64),
+            data: data.to_vec().into(),
+            authorizations: vec![6u8; 40].into(),
+        }
+    }
+
+    #[test]
+    fn a_commitment_is_found_in_its_transaction_or_inside_a_contracts_call() {
+        let data = vec![7u8; 100];
+        let hash = alloy::primitives::keccak256(&data);
+        let two = U256::from(2u64);
+        let call = commit(2, &data).abi_encode();
+        let found = |input: &[u8]| commit_call_in(input, two, hash).map(|c| c.abi_encode());
+
+        // Sent by the operator itself.
+        assert_eq!(found(&call), Some(call.clone()));
+        // Through a forwarder: the target's 20 bytes, then the call.
+        let forwarded = [&[0x11u8; 20][..], &call].concat();
+        assert_eq!(found(&forwarded), Some(call.clone()));
+        // Through a multisig: the call is a `bytes` argument among others, and more follows it
+        // (the signatures), after another commitment's call that is not this batch's.
+        let decoy = commit(1, &data).abi_encode();
+        let other_data = commit(2, &[8u8; 100]).abi_encode();
+        let multisig = [
+            &[0xaa, 0xbb, 0xcc, 0xdd][..],
+            &(
+                Address::repeat_byte(0x22),
+                U256::ZERO,
+                alloy::primitives::Bytes::from(decoy),
+                alloy::primitives::Bytes::from(other_data),
+                alloy::primitives::Bytes::from(call.clone()),
+                alloy::primitives::Bytes::from(vec![9u8; 130]),
+            )
+                .abi_encode_params(),
+        ]
+        .concat();
+        assert_eq!(found(&multisig), Some(call.clone()));
+        // Nowhere: another batch's number, or other data than was committed.
+        assert!(commit_call_in(&call, U256::from(3u64), hash).is_none());
+        assert!(commit_call_in(&call, two, alloy::primitives::keccak256([0u8])).is_none());
+        assert_eq!(found(&call[..call.len() - 100]), None, "a call cut short");
+    }
 }

@@ -778,3 +778,118 @@ async fn l1_data_is_read_through_an_endpoint_that_caps_its_log_ranges() {
             .expect("reads")
     );
 }
+
+/// The runtime code of a forwarder: it calls the address in its input's first 20 bytes with the
+/// rest of its input, and returns or reverts with what that call returned (45 bytes). It stands
+/// for an operator that is a contract, a multisig or a smart account, without their checks.
+const FORWARDER: &str =
+    "6014360380601460003760006000826000600060003560601c5af13d600060003e6028573d6000fd5b3d6000f3";
+
+/// An operator that commits through a contract: each commitment's transaction is a call to the
+/// forwarder, whose input carries the `commitBatch` call after the rollup's address. The
+/// watchtower and the escape hatch read every batch from inside those transactions, the same
+/// bytes the node wrote (before, they decoded the transaction's input as the call and stopped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_committed_through_a_contract_are_read_from_inside_its_transactions() {
+    use alloy::network::TransactionBuilder;
+    use alloy::sol_types::SolCall;
+    use optio_settler::{OptioRollup, TestUSDC, Verdict, transact};
+    let anvil = optio_contracts::Anvil::start_with(&["--timestamp", GENESIS_S]).expect("anvil");
+    forge_build();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (vectors, _) = write_batches(dir.path());
+    let provider = connect(&anvil.url, KEY).expect("provider");
+    let forwarder = alloy::primitives::Address::repeat_byte(0x0f);
+    let code: Vec<u8> = (0..FORWARDER.len())
+        .step_by(2)
+        .map(|k| u8::from_str_radix(&FORWARDER[k..k + 2], 16).expect("hex"))
+        .collect();
+    let _: serde_json::Value = provider
+        .raw_request(
+            "anvil_setCode".into(),
+            (forwarder, alloy::primitives::Bytes::from(code)),
+        )
+        .await
+        .expect("sets code");
+    let genesis: U256 = vectors["genesis_root"]
+        .as_str()
+        .expect("root")
+        .parse()
+        .expect("U256");
+    let d = deploy(
+        &provider,
+        forwarder,
+        genesis,
+        &RollupConfig::new(3_600, 6 * 3_600),
+    )
+    .await
+    .expect("deploys");
+    let through = |target: alloy::primitives::Address, call: Vec<u8>| {
+        let provider = provider.clone();
+        async move {
+            let tx = alloy::rpc::types::TransactionRequest::default()
+                .with_to(forwarder)
+                .with_input([target.as_slice(), &call].concat());
+            let receipt = provider
+                .send_transaction(tx)
+                .await
+                .expect("sends")
+                .get_receipt()
+                .await
+                .expect("mined");
+            assert!(receipt.status(), "the forwarded call succeeds");
+        }
+    };
+    // The forwarder holds the USDC the faucet's credits need and lets the rollup take it.
+    transact(TestUSDC::new(d.usdc, &provider).mint(forwarder, U256::from(u64::MAX)))
+        .await
+        .expect("mints");
+    through(
+        d.usdc,
+        TestUSDC::approveCall {
+            spender: d.rollup,
+            amount: U256::MAX,
+        }
+        .abi_encode(),
+    )
+    .await;
+    let mut blobs = Vec::new();
+    for number in 1..=2 {
+        let b = optio_settler::read_batch(dir.path(), number)
+            .expect("reads")
+            .expect("written");
+        blobs.push(b.blob.to_vec());
+        let call = OptioRollup::commitBatchCall {
+            number: U256::from(number),
+            previousRoot: b.previous_root,
+            newRoot: b.new_root,
+            firstSeq: b.first_seq,
+            lastSeq: b.last_seq,
+            priorityServed: b.priority_served,
+            withdrawalsHash: b.withdrawals_hash,
+            commitment: b.commitment,
+            data: b.blob,
+            authorizations: b.authorizations,
+        };
+        through(d.rollup, call.abi_encode()).await;
+    }
+    assert_eq!(
+        OptioRollup::new(d.rollup, &provider)
+            .committedBatches()
+            .call()
+            .await
+            .expect("reads"),
+        U256::from(2u64)
+    );
+    let (verdicts, rebuilt) = optio_settler::verify_l1_rebuilt(&provider, d.rollup)
+        .await
+        .expect("reads the batches from inside the forwarder's transactions");
+    assert_eq!(verdicts, vec![Verdict::Agrees(1), Verdict::Agrees(2)]);
+    assert!(rebuilt.complete);
+    assert_eq!(
+        optio_settler::blobs_from_l1(&provider, d.rollup, 2)
+            .await
+            .expect("reads"),
+        blobs
+    );
+}
