@@ -664,16 +664,25 @@ async fn the_vault_audit_holds_the_token_to_the_books_and_the_books_to_the_state
 
 /// A JSON-RPC endpoint on 127.0.0.1 in front of `upstream` that answers `eth_getLogs` over at
 /// most `cap` blocks and refuses a wider query outright, as public endpoints do (Infura's and
-/// Alchemy's caps are 10,000 blocks); every other call passes through. Its address, and the
-/// task serving it (dropped with the test).
-async fn capped_endpoint(upstream: &str, cap: u64) -> (String, tokio::task::JoinHandle<()>) {
+/// Alchemy's caps are 10,000 blocks); every other call passes through. Its address, the count
+/// of `eth_getLogs` queries it was asked (answered or refused), and the task serving it (dropped
+/// with the test).
+async fn capped_endpoint(
+    upstream: &str,
+    cap: u64,
+) -> (
+    String,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+    tokio::task::JoinHandle<()>,
+) {
     use axum::{Json, extract::State, routing::post};
     use serde_json::{Value, json};
     let upstream = alloy::providers::ProviderBuilder::new()
         .connect_http(upstream.parse().expect("url"))
         .erased();
+    type Queries = std::sync::Arc<std::sync::atomic::AtomicU64>;
     async fn serve(
-        State((upstream, cap)): State<(alloy::providers::DynProvider, u64)>,
+        State((upstream, cap, queries)): State<(alloy::providers::DynProvider, u64, Queries)>,
         Json(call): Json<Value>,
     ) -> Json<Value> {
         let method = call["method"].as_str().unwrap_or_default().to_owned();
@@ -687,6 +696,7 @@ async fn capped_endpoint(upstream: &str, cap: u64) -> (String, tokio::task::Join
             })
         };
         if method == "eth_getLogs" {
+            queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let head = upstream.get_block_number().await.expect("head");
             let block = |v: &Value| match v.as_str() {
                 None | Some("latest" | "pending" | "safe" | "finalized") => head,
@@ -705,9 +715,11 @@ async fn capped_endpoint(upstream: &str, cap: u64) -> (String, tokio::task::Join
                 .map_err(|e| e.to_string()),
         )
     }
-    let app = axum::Router::new()
-        .route("/", post(serve))
-        .with_state((upstream, cap));
+    let queries = Queries::default();
+    let app =
+        axum::Router::new()
+            .route("/", post(serve))
+            .with_state((upstream, cap, queries.clone()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("binds");
@@ -715,7 +727,7 @@ async fn capped_endpoint(upstream: &str, cap: u64) -> (String, tokio::task::Join
     let task = tokio::spawn(async move {
         axum::serve(listener, app).await.expect("serves");
     });
-    (url, task)
+    (url, queries, task)
 }
 
 /// The watchtower, the vault audit and the rebuild the escape hatch runs read L1's logs through
@@ -745,7 +757,7 @@ async fn l1_data_is_read_through_an_endpoint_that_caps_its_log_ranges() {
     c.finalize_and_pay().await;
     mine(300).await;
 
-    let (url, _server) = capped_endpoint(&c.url, 100).await;
+    let (url, queries, _server) = capped_endpoint(&c.url, 100).await;
     let capped = alloy::providers::ProviderBuilder::new()
         .connect_http(url.parse().expect("url"))
         .erased();
@@ -756,10 +768,19 @@ async fn l1_data_is_read_through_an_endpoint_that_caps_its_log_ranges() {
             .is_err(),
         "the endpoint refuses a query over every block"
     );
+    let before = queries.load(std::sync::atomic::Ordering::Relaxed);
     let (verdicts, rebuilt) = optio_settler::verify_l1_rebuilt(&capped, d.rollup)
         .await
         .expect("reads through the cap");
     assert_eq!(verdicts, vec![Verdict::Agrees(1), Verdict::Agrees(2)]);
+    // One scan of about 915 blocks: the whole range and its halvings refused down to 115
+    // blocks, then 58-block windows answered and kept (about 20 queries in all), not halved
+    // again from the whole range after each answer (about 80).
+    let scan = queries.load(std::sync::atomic::Ordering::Relaxed) - before;
+    let head = provider.get_block_number().await.expect("head");
+    eprintln!("one scan of blocks up to {head} through a 100-block cap: {scan} queries");
+    // At most a query a window of more than half the cap, and the halvings (four here).
+    assert!(scan <= head / 50 + 6, "{scan} queries for {head} blocks");
     let vault = optio_settler::audit_vault(&capped, d.rollup, &rebuilt)
         .await
         .expect("audits through the cap");
