@@ -2890,11 +2890,17 @@ pub async fn round(
     tokio::task::spawn_blocking(move || link.priority_deadline(left))
         .await
         .map_err(rpc)?;
-    let (held, books) = settler.vault_books().await?;
-    let link = node.clone();
-    tokio::task::spawn_blocking(move || link.vault(held, books))
-        .await
-        .map_err(rpc)?;
+    // For the metrics only: a token that will not answer does not stop the round (the
+    // priority queue after it must be served whatever the token does).
+    match settler.vault_books().await {
+        Ok((held, books)) => {
+            let link = node.clone();
+            tokio::task::spawn_blocking(move || link.vault(held, books))
+                .await
+                .map_err(rpc)?;
+        }
+        Err(e) => tracing::warn!(error = %e, "the vault's balance and books were not read"),
+    }
     let ops = priority_ops(&settler.provider, settler.rollup, from, confirmations).await?;
     let mut served = 0;
     for op in ops {
