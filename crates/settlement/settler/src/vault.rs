@@ -2,7 +2,7 @@
 //! the state rebuilt from L1 owes. A proof shows that no batch creates money inside the state;
 //! this closes the loop at the boundary, where the money is a token the rollup holds.
 //!
-//! Two equalities, each from L1 alone:
+//! Two checks, each from L1 alone:
 //!
 //! - **The token holds the rollup's books.** `token.balanceOf(rollup)` is at least the books,
 //!   `totalDeposited - totalPaid` (every token the rollup took in, less every one it paid
