@@ -506,12 +506,22 @@ async fn check_vault(
                 owed.queued_deposits.0,
                 owed.queued_deposits.1
             ),
-            None if vault.frozen => println!(
-                "vault: {books}; frozen, so exits pay from the last finalized state and the books are not compared with the state"
-            ),
-            None => println!(
-                "vault: {books}; not compared with the state, whose data could not be rebuilt"
-            ),
+            None => match vault.after_freeze {
+                Some(still) => println!(
+                    "vault: {books}; frozen, it covers what it still pays from the last finalized state: {} in {} exits, {} in {} unpaid withdrawals, {} in {} reclaimable deposits ({} lacking in {} accounts worth less than nothing, which no one pays)",
+                    still.exits.0,
+                    still.exits.1,
+                    still.unpaid_withdrawals.0,
+                    still.unpaid_withdrawals.1,
+                    still.reclaimable_deposits.0,
+                    still.reclaimable_deposits.1,
+                    still.deficits.0,
+                    still.deficits.1
+                ),
+                None => println!(
+                    "vault: {books}; not compared with the state, whose data could not be rebuilt"
+                ),
+            },
         }
     }
     Ok(problems.len())

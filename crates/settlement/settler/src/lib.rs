@@ -113,6 +113,7 @@ mod bindings {
             function slashed() external view returns (bool);
             function reclaimDeposit(uint256 id) external;
             function reclaimed(uint256 id) external view returns (bool);
+            function exited(uint32 account) external view returns (bool);
             function bond() external view returns (uint256);
             event Deposit(uint256 indexed priorityId, address indexed owner, uint32 account, uint256 amount, uint64 deadline);
             function usdc() external view returns (address);
@@ -252,7 +253,7 @@ pub use audit::{
     audit_deployment, key_difference, verifying_key_word,
 };
 mod vault;
-pub use vault::{Owed, VaultAudit, audit_vault};
+pub use vault::{Owed, StillOwed, VaultAudit, audit_vault};
 
 /// Why the settler stopped.
 #[derive(Debug, thiserror::Error)]

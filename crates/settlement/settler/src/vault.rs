@@ -23,7 +23,12 @@
 //!
 //! After a freeze the second no longer holds by construction: exits pay from the last
 //! finalized state (positions at their marks, not only cash), and the batches after it no longer
-//! count. Only the first is checked then.
+//! count. What matters then is whether the vault pays everyone still owed, so the second check
+//! becomes: the balance covers every account not yet exited at what its exit pays (collateral
+//! plus each position at its committed mark; an account worth less than nothing is paid
+//! nothing), the finalized batches' unpaid withdrawals, and the deposits the finalized state
+//! never served and not yet reclaimed. Short of that, exits are paid first come first served
+//! and the last ones revert (`Insolvent`): a loss no cover spread before the freeze.
 
 use crate::{Address, DynProvider, OptioRollup, Rebuilt, SettlerError, TestUSDC, U256, rpc};
 
@@ -43,6 +48,29 @@ pub struct VaultAudit {
     /// What the state owes, when it was rebuilt from every committed batch and the rollup is not
     /// frozen.
     pub owed: Option<Owed>,
+    /// What the vault still pays after a freeze (`None` while not frozen).
+    pub after_freeze: Option<StillOwed>,
+}
+
+/// What a frozen rollup still pays, from its last finalized state; amounts in micro-USDC, each
+/// with how many.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StillOwed {
+    /// Exits of the accounts not yet exited that are worth more than nothing.
+    pub exits: (u128, usize),
+    /// What the accounts worth less than nothing lack (paid by no one: a loss no cover spread).
+    pub deficits: (u128, usize),
+    /// Withdrawals of finalized batches not yet paid.
+    pub unpaid_withdrawals: (u128, usize),
+    /// Deposits the finalized state did not serve, not yet reclaimed.
+    pub reclaimable_deposits: (u128, usize),
+}
+
+impl StillOwed {
+    /// All the vault pays.
+    pub fn total(&self) -> u128 {
+        self.exits.0 + self.unpaid_withdrawals.0 + self.reclaimable_deposits.0
+    }
 }
 
 /// The money the state rebuilt from L1 owes, by where it is.
@@ -101,6 +129,23 @@ impl VaultAudit {
                 owed.queued_deposits.1
             ));
         }
+        if let Some(still) = self.after_freeze
+            && u128::try_from(self.held).unwrap_or(u128::MAX) < still.total()
+        {
+            problems.push(format!(
+                "frozen, the token {} holds {} for the rollup, {} short of what it still pays ({}: {} in {} exits, {} in {} unpaid withdrawals, {} in {} reclaimable deposits); the last to exit will not be paid",
+                self.token,
+                self.held,
+                still.total() - u128::try_from(self.held).unwrap_or(u128::MAX),
+                still.total(),
+                still.exits.0,
+                still.exits.1,
+                still.unpaid_withdrawals.0,
+                still.unpaid_withdrawals.1,
+                still.reclaimable_deposits.0,
+                still.reclaimable_deposits.1
+            ));
+        }
         problems
     }
 }
@@ -127,6 +172,11 @@ pub async fn audit_vault(
     } else {
         None
     };
+    let after_freeze = if frozen {
+        Some(still_owed(provider, rollup, rebuilt).await?)
+    } else {
+        None
+    };
     Ok(VaultAudit {
         token,
         held,
@@ -134,25 +184,19 @@ pub async fn audit_vault(
         paid,
         frozen,
         owed,
+        after_freeze,
     })
 }
 
-async fn owed(
+/// The withdrawals of the first `batches` batches that L1 has not paid (no `Withdrawn` event),
+/// and how many.
+async fn unpaid_withdrawals(
     provider: &DynProvider,
     rollup: Address,
     rebuilt: &Rebuilt,
-) -> Result<Owed, SettlerError> {
+    batches: usize,
+) -> Result<(u128, usize), SettlerError> {
     use alloy::sol_types::SolEvent;
-    let state = &rebuilt.state;
-    let (insurance, fee_pool) = state.funds();
-    let in_state = state
-        .accounts()
-        .iter()
-        .map(|a| i128::from(a.collateral.0))
-        .sum::<i128>()
-        + i128::from(insurance.0)
-        + i128::from(fee_pool.0);
-
     let mut paid = std::collections::BTreeSet::new();
     for log in crate::rollup_logs(provider, rollup, OptioRollup::Withdrawn::SIGNATURE_HASH).await? {
         let event = log
@@ -163,7 +207,7 @@ async fn owed(
         paid.insert((event.batch, event.index));
     }
     let mut unpaid = (0u128, 0usize);
-    for (i, list) in rebuilt.withdrawals.iter().enumerate() {
+    for (i, list) in rebuilt.withdrawals.iter().take(batches).enumerate() {
         for (k, (_, _, amount)) in list.iter().enumerate() {
             if !paid.contains(&(U256::from(i + 1), U256::from(k))) {
                 unpaid.0 += u128::try_from(amount.0).map_err(rpc)?;
@@ -171,6 +215,86 @@ async fn owed(
             }
         }
     }
+    Ok(unpaid)
+}
+
+/// What a frozen rollup still pays, from the state of its last finalized batch.
+async fn still_owed(
+    provider: &DynProvider,
+    rollup: Address,
+    rebuilt: &Rebuilt,
+) -> Result<StillOwed, SettlerError> {
+    let contract = OptioRollup::new(rollup, provider);
+    let finalized =
+        u64::try_from(contract.lastFinalized().call().await.map_err(rpc)?).map_err(rpc)?;
+    let blobs = crate::blobs_from_l1(provider, rollup, finalized).await?;
+    let mut state = optio_state::SettlementState::new();
+    optio_state::rebuild(blobs.iter().map(Vec::as_slice), &mut state, |_| {})
+        .map_err(|e| SettlerError::Rpc(format!("the finalized batches do not rebuild: {e}")))?;
+    let (mut exits, mut deficits) = ((0u128, 0usize), (0u128, 0usize));
+    for id in 0..state.accounts().len() as u32 {
+        if contract.exited(id).call().await.map_err(rpc)? {
+            continue;
+        }
+        let proof = state
+            .exit_proof(optio_types::AccountId(id))
+            .ok_or_else(|| SettlerError::Rpc(format!("account {id} has no exit proof")))?;
+        // What `OptioTrees.owed` pays: each position at its mark, rounded down.
+        let worth = i128::from(proof.leaf.collateral.0)
+            + proof
+                .positions
+                .iter()
+                .map(|(_, q, _, leaf, _)| {
+                    (i128::from(q.0) * i128::from(leaf.mark.0))
+                        .div_euclid(i128::from(optio_types::QTY_SCALE))
+                })
+                .sum::<i128>();
+        let (sum, count) = if worth >= 0 {
+            &mut exits
+        } else {
+            &mut deficits
+        };
+        *sum += worth.unsigned_abs();
+        *count += usize::from(worth != 0);
+    }
+    let unpaid = unpaid_withdrawals(provider, rollup, rebuilt, finalized as usize).await?;
+    let mut reclaimable = (0u128, 0usize);
+    for op in crate::priority_ops(provider, rollup, state.priority_served(), 0).await? {
+        if op.kind == crate::PriorityKind::Deposit
+            && !contract
+                .reclaimed(U256::from(op.id))
+                .call()
+                .await
+                .map_err(rpc)?
+        {
+            reclaimable.0 += u128::try_from(op.amount).map_err(rpc)?;
+            reclaimable.1 += 1;
+        }
+    }
+    Ok(StillOwed {
+        exits,
+        deficits,
+        unpaid_withdrawals: unpaid,
+        reclaimable_deposits: reclaimable,
+    })
+}
+
+async fn owed(
+    provider: &DynProvider,
+    rollup: Address,
+    rebuilt: &Rebuilt,
+) -> Result<Owed, SettlerError> {
+    let state = &rebuilt.state;
+    let (insurance, fee_pool) = state.funds();
+    let in_state = state
+        .accounts()
+        .iter()
+        .map(|a| i128::from(a.collateral.0))
+        .sum::<i128>()
+        + i128::from(insurance.0)
+        + i128::from(fee_pool.0);
+
+    let unpaid = unpaid_withdrawals(provider, rollup, rebuilt, rebuilt.withdrawals.len()).await?;
 
     let mut queued = (0u128, 0usize);
     for op in crate::priority_ops(provider, rollup, state.priority_served(), 0).await? {
@@ -198,6 +322,7 @@ mod tests {
             paid: U256::from(paid),
             frozen: owed.is_none(),
             owed,
+            after_freeze: None,
         }
     }
 
@@ -235,8 +360,24 @@ mod tests {
                 "{problems:?}"
             );
         }
-        // Frozen: the books alone.
+        // Frozen: the books, and what the vault still pays.
         assert!(vault(900, 1_000, 100, None).problems().is_empty());
         assert_eq!(vault(0, 1_000, 100, None).problems().len(), 1);
+        let frozen = |held: u64, exits: u128| VaultAudit {
+            after_freeze: Some(StillOwed {
+                exits: (exits, 2),
+                deficits: (500, 1),
+                unpaid_withdrawals: (100, 1),
+                reclaimable_deposits: (100, 1),
+            }),
+            ..vault(held, 900, 0, None)
+        };
+        assert!(frozen(900, 700).problems().is_empty());
+        let short = frozen(900, 701).problems();
+        assert_eq!(short.len(), 1, "{short:?}");
+        assert!(
+            short[0].contains("1 short of what it still pays"),
+            "{short:?}"
+        );
     }
 }

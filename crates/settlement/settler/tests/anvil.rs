@@ -290,6 +290,14 @@ async fn an_account_exits_from_l1_data_alone_after_a_freeze() {
     transact(rollup.freeze())
         .await
         .expect("anyone freezes once a deposit is overdue");
+    // Frozen, the vault covers what it still pays: every account's exit, batch 2's withdrawal
+    // and the deposit no batch served.
+    let frozen = vault(operator_provider, d.rollup).await;
+    assert!(frozen.problems().is_empty(), "{:?}", frozen.problems());
+    let before = frozen.after_freeze.expect("frozen");
+    assert_eq!(before.unpaid_withdrawals, (1_000_000_000, 1));
+    assert_eq!(before.reclaimable_deposits, (400_000_000_000, 1));
+    assert!(before.exits.1 > 0);
 
     // The owner (impersonated on anvil: the vectors' key is not known) exits with nothing but L1.
     let owner: alloy::primitives::Address = vectors["exit_proof"]["owner"]
@@ -314,6 +322,32 @@ async fn an_account_exits_from_l1_data_alone_after_a_freeze() {
     assert!(
         exit_from_l1(&as_owner, d.rollup, 0, owner).await.is_err(),
         "a second exit reverts"
+    );
+    // The exit is out of what the vault still pays, exactly, and the rest is still covered.
+    let after = vault(operator_provider, d.rollup).await;
+    assert!(after.problems().is_empty(), "{:?}", after.problems());
+    let still = after.after_freeze.expect("frozen");
+    assert_eq!(
+        (still.exits.0, still.exits.1),
+        (
+            before.exits.0 - u128::try_from(paid).expect("fits"),
+            before.exits.1 - 1
+        )
+    );
+    assert_eq!(after.held, frozen.held - paid);
+    // So is the deposit once reclaimed (anyone may ask; it goes to its depositor).
+    transact(rollup.reclaimDeposit(U256::ZERO))
+        .await
+        .expect("reclaims");
+    let reclaimed = vault(operator_provider, d.rollup).await;
+    assert!(
+        reclaimed.problems().is_empty(),
+        "{:?}",
+        reclaimed.problems()
+    );
+    assert_eq!(
+        reclaimed.after_freeze.expect("frozen").reclaimable_deposits,
+        (0, 0)
     );
 }
 
