@@ -789,4 +789,29 @@ async fn every_user_escapes_with_what_the_finalized_state_owes_after_the_operato
         total <= users as u64 * DEPOSIT,
         "users take out no more than they put in and traded between themselves"
     );
+    // The auditor's view of the frozen rollup, after every user left: the vault still covers
+    // what it pays from the last finalized state (the accounts that did not exit).
+    let out = Command::new(env!("CARGO_BIN_EXE_optio"))
+        .args([
+            "verify",
+            "--rpc",
+            &anvil.url,
+            "--rollup",
+            &d.rollup.to_string(),
+        ])
+        .output()
+        .expect("optio verify runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!(
+        "{}",
+        text.lines()
+            .find(|l| l.starts_with("vault:"))
+            .unwrap_or_default()
+    );
+    assert!(
+        out.status.success()
+            && text.contains("frozen, it covers what it still pays from the last finalized state")
+            && !text.contains("ALERT"),
+        "{text}"
+    );
 }
