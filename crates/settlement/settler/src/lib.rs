@@ -113,7 +113,7 @@ mod bindings {
             function slashed() external view returns (bool);
             function reclaimDeposit(uint256 id) external;
             function reclaimed(uint256 id) external view returns (bool);
-            function exited(uint32 account) external view returns (bool);
+            event Exit(uint32 indexed account, address indexed owner, uint256 amount);
             function bond() external view returns (uint256);
             event Deposit(uint256 indexed priorityId, address indexed owner, uint32 account, uint256 amount, uint64 deadline);
             function usdc() external view returns (address);

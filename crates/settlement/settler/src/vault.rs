@@ -56,7 +56,7 @@ pub struct VaultAudit {
 /// with how many.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StillOwed {
-    /// Exits of the accounts not yet exited that are worth more than nothing.
+    /// Exits of the accounts not yet exited (no `Exit` event) that are worth more than nothing.
     pub exits: (u128, usize),
     /// What the accounts worth less than nothing lack (paid by no one: a loss no cover spread).
     pub deficits: (u128, usize),
@@ -224,6 +224,7 @@ async fn still_owed(
     rollup: Address,
     rebuilt: &Rebuilt,
 ) -> Result<StillOwed, SettlerError> {
+    use alloy::sol_types::SolEvent;
     let contract = OptioRollup::new(rollup, provider);
     let finalized =
         u64::try_from(contract.lastFinalized().call().await.map_err(rpc)?).map_err(rpc)?;
@@ -231,9 +232,20 @@ async fn still_owed(
     let mut state = optio_state::SettlementState::new();
     optio_state::rebuild(blobs.iter().map(Vec::as_slice), &mut state, |_| {})
         .map_err(|e| SettlerError::Rpc(format!("the finalized batches do not rebuild: {e}")))?;
+    // The accounts that exited, from their `Exit` events (one log scan, not a call an account).
+    let mut exited = std::collections::BTreeSet::new();
+    for log in crate::rollup_logs(provider, rollup, OptioRollup::Exit::SIGNATURE_HASH).await? {
+        exited.insert(
+            log.log_decode::<OptioRollup::Exit>()
+                .map_err(rpc)?
+                .inner
+                .data
+                .account,
+        );
+    }
     let (mut exits, mut deficits) = ((0u128, 0usize), (0u128, 0usize));
     for id in 0..state.accounts().len() as u32 {
-        if contract.exited(id).call().await.map_err(rpc)? {
+        if exited.contains(&id) {
             continue;
         }
         let proof = state
