@@ -1557,14 +1557,10 @@ impl World {
             bail!("the vault audit: {why}");
         }
         ensure!(vault.owed.is_some(), "the vault audit compared nothing");
-        // The state rebuilt from L1 data alone is the engine's, balance for balance.
-        let blobs =
-            self.runtime
-                .block_on(optio_settler::blobs_from_l1(&reader, self.l1.rollup, count))?;
-        let mut from_l1 = optio_state::SettlementState::new();
-        optio_state::rebuild(blobs.iter().map(|b| b.as_ref()), &mut from_l1, |_| {})
-            .map_err(|e| anyhow::anyhow!("L1 data does not rebuild: {e}"))?;
-        for blob in &blobs {
+        // The state rebuilt from L1 data alone (by the watchtower above, from every committed
+        // batch: the vault's comparison needs it whole) is the engine's, balance for balance.
+        let (blobs, from_l1) = (&rebuilt.blobs, &rebuilt.state);
+        for blob in blobs {
             let (_, ops) = optio_state::decode(blob.as_ref())?;
             self.stats.positions_closed += ops
                 .iter()

@@ -274,7 +274,7 @@ fn rpc<E: std::fmt::Display>(e: E) -> SettlerError {
 }
 
 /// The last finalized batch the rollup holds.
-async fn last_finalized(
+pub(crate) async fn last_finalized(
     contract: &OptioRollup::OptioRollupInstance<&DynProvider>,
 ) -> Result<u64, SettlerError> {
     u64::try_from(contract.lastFinalized().call().await.map_err(rpc)?).map_err(rpc)
@@ -1719,6 +1719,9 @@ pub struct Rebuilt {
     pub withdrawals: Vec<Vec<optio_state::Withdrawal>>,
     /// Every committed batch was applied (none's data was unusable).
     pub complete: bool,
+    /// Every committed batch's posted data, batch 1 first (read once from L1; the checks that
+    /// need an earlier state rebuild it from these, `state_through`).
+    pub blobs: Vec<Vec<u8>>,
 }
 
 /// `verify_l1`, with the state it rebuilt.
@@ -1840,6 +1843,7 @@ pub async fn verify_l1_rebuilt(
             state,
             withdrawals,
             complete,
+            blobs: data_posted.into_iter().map(|(blob, _)| blob).collect(),
         },
     ))
 }
@@ -2244,10 +2248,23 @@ async fn finalized_state(
     rollup: Address,
 ) -> Result<optio_state::SettlementState, SettlerError> {
     let finalized = last_finalized(&OptioRollup::new(rollup, provider)).await?;
-    let blobs = blobs_from_l1(provider, rollup, finalized).await?;
+    state_through(
+        &blobs_from_l1(provider, rollup, finalized).await?,
+        finalized,
+    )
+}
+
+/// The state after the first `batches` of `blobs` (batch 1 first).
+pub(crate) fn state_through(
+    blobs: &[Vec<u8>],
+    batches: u64,
+) -> Result<optio_state::SettlementState, SettlerError> {
     let mut state = optio_state::SettlementState::new();
-    optio_state::rebuild(blobs.iter().map(Vec::as_slice), &mut state, |_| {})
-        .map_err(|e| SettlerError::Batch(finalized, e.to_string()))?;
+    let first = blobs.get(..batches as usize).ok_or_else(|| {
+        SettlerError::Batch(batches, format!("only {} batches posted", blobs.len()))
+    })?;
+    optio_state::rebuild(first.iter().map(Vec::as_slice), &mut state, |_| {})
+        .map_err(|e| SettlerError::Batch(batches, e.to_string()))?;
     Ok(state)
 }
 
@@ -2546,17 +2563,12 @@ impl Settler {
     /// micro-USDC: the first below the second means the token took money from the vault
     /// (`audit_vault` says more).
     pub async fn vault_books(&self) -> Result<(u128, u128), SettlerError> {
-        let rollup = OptioRollup::new(self.rollup, &self.provider);
-        let token = rollup.usdc().call().await.map_err(rpc)?;
-        let held = TestUSDC::new(token, &self.provider)
-            .balanceOf(self.rollup)
-            .call()
-            .await
-            .map_err(rpc)?;
-        let deposited = rollup.totalDeposited().call().await.map_err(rpc)?;
-        let paid = rollup.totalPaid().call().await.map_err(rpc)?;
+        let books = vault::books(&self.provider, self.rollup).await?;
         let narrow = |v: U256| u128::try_from(v).unwrap_or(u128::MAX);
-        Ok((narrow(held), narrow(deposited).saturating_sub(narrow(paid))))
+        Ok((
+            narrow(books.held),
+            narrow(books.deposited).saturating_sub(narrow(books.paid)),
+        ))
     }
 
     /// The latest block's timestamp (L1 time, seconds).

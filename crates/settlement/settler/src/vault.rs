@@ -150,6 +150,30 @@ impl VaultAudit {
     }
 }
 
+/// The token `rollup` holds, its balance of it and the rollup's books.
+pub(crate) struct Books {
+    pub token: Address,
+    pub held: U256,
+    pub deposited: U256,
+    pub paid: U256,
+}
+
+/// Reads `Books` (the audit's and, every round, the settler's metrics).
+pub(crate) async fn books(provider: &DynProvider, rollup: Address) -> Result<Books, SettlerError> {
+    let contract = OptioRollup::new(rollup, provider);
+    let token = contract.usdc().call().await.map_err(rpc)?;
+    Ok(Books {
+        token,
+        held: TestUSDC::new(token, provider)
+            .balanceOf(rollup)
+            .call()
+            .await
+            .map_err(rpc)?,
+        deposited: contract.totalDeposited().call().await.map_err(rpc)?,
+        paid: contract.totalPaid().call().await.map_err(rpc)?,
+    })
+}
+
 /// Reads the vault of `rollup` and what `rebuilt` (`verify_l1_rebuilt`, from the same chain)
 /// says it owes.
 pub async fn audit_vault(
@@ -157,16 +181,17 @@ pub async fn audit_vault(
     rollup: Address,
     rebuilt: &Rebuilt,
 ) -> Result<VaultAudit, SettlerError> {
-    let contract = OptioRollup::new(rollup, provider);
-    let token = contract.usdc().call().await.map_err(rpc)?;
-    let held = TestUSDC::new(token, provider)
-        .balanceOf(rollup)
+    let Books {
+        token,
+        held,
+        deposited,
+        paid,
+    } = books(provider, rollup).await?;
+    let frozen = OptioRollup::new(rollup, provider)
+        .frozen()
         .call()
         .await
         .map_err(rpc)?;
-    let deposited = contract.totalDeposited().call().await.map_err(rpc)?;
-    let paid = contract.totalPaid().call().await.map_err(rpc)?;
-    let frozen = contract.frozen().call().await.map_err(rpc)?;
     let owed = if rebuilt.complete && !frozen {
         Some(owed(provider, rollup, rebuilt).await?)
     } else {
@@ -226,12 +251,9 @@ async fn still_owed(
 ) -> Result<StillOwed, SettlerError> {
     use alloy::sol_types::SolEvent;
     let contract = OptioRollup::new(rollup, provider);
-    let finalized =
-        u64::try_from(contract.lastFinalized().call().await.map_err(rpc)?).map_err(rpc)?;
-    let blobs = crate::blobs_from_l1(provider, rollup, finalized).await?;
-    let mut state = optio_state::SettlementState::new();
-    optio_state::rebuild(blobs.iter().map(Vec::as_slice), &mut state, |_| {})
-        .map_err(|e| SettlerError::Rpc(format!("the finalized batches do not rebuild: {e}")))?;
+    let finalized = crate::last_finalized(&contract).await?;
+    // From the data the watchtower already read, not read from L1 again.
+    let state = crate::state_through(&rebuilt.blobs, finalized)?;
     // The accounts that exited, from their `Exit` events (one log scan, not a call an account).
     let mut exited = std::collections::BTreeSet::new();
     for log in crate::rollup_logs(provider, rollup, OptioRollup::Exit::SIGNATURE_HASH).await? {
