@@ -57,6 +57,15 @@ fn write_batches(dir: &std::path::Path) -> (serde_json::Value, Vec<U256>) {
     (vectors, roots)
 }
 
+/// The vectors' genesis root (the empty state's).
+fn genesis_root(vectors: &serde_json::Value) -> U256 {
+    vectors["genesis_root"]
+        .as_str()
+        .expect("root")
+        .parse()
+        .expect("U256")
+}
+
 /// anvil with the contracts deployed and the vectors' batches written to a batches directory.
 struct Chain {
     _anvil: optio_contracts::Anvil,
@@ -120,11 +129,7 @@ async fn chain(bond: U256) -> Chain {
     let (vectors, roots) = write_batches(dir.path());
     let provider = connect(&url, KEY).expect("provider");
     let operator = provider.get_accounts().await.expect("accounts")[0];
-    let genesis: U256 = vectors["genesis_root"]
-        .as_str()
-        .expect("root")
-        .parse()
-        .expect("U256");
+    let genesis = genesis_root(&vectors);
     let deployment = deploy(
         &provider,
         operator,
@@ -499,11 +504,7 @@ async fn the_deployment_audit_names_the_contract_that_is_not_the_audited_build()
     use optio_settler::{OptioRollup, audit_deployment, deploy_verifier, transact};
     let c = chain(U256::ZERO).await;
     let (provider, operator) = (&c.provider, c.operator);
-    let empty: U256 = c.vectors["genesis_root"]
-        .as_str()
-        .expect("root")
-        .parse()
-        .expect("U256");
+    let empty = genesis_root(&c.vectors);
     let config = |verifier| RollupConfig {
         verifier,
         ..RollupConfig::new(3_600, 6 * 3_600)
@@ -866,11 +867,7 @@ async fn batches_committed_through_a_contract_are_read_from_inside_its_transacti
         )
         .await
         .expect("sets code");
-    let genesis: U256 = vectors["genesis_root"]
-        .as_str()
-        .expect("root")
-        .parse()
-        .expect("U256");
+    let genesis = genesis_root(&vectors);
     let d = deploy(
         &provider,
         forwarder,
