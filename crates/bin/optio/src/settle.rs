@@ -495,7 +495,14 @@ async fn check_vault(
     if problems.is_empty() {
         let books = format!(
             "the token {} holds {} micro-USDC for the rollup, at least its books ({} taken in less {} paid out)",
-            vault.token, vault.held, vault.deposited, vault.paid
+            vault.token,
+            vault
+                .held
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            vault.deposited,
+            vault.paid
         );
         match vault.owed {
             Some(owed) => println!(

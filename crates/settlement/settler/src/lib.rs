@@ -2565,8 +2565,14 @@ impl Settler {
     pub async fn vault_books(&self) -> Result<(u128, u128), SettlerError> {
         let books = vault::books(&self.provider, self.rollup).await?;
         let narrow = |v: U256| u128::try_from(v).unwrap_or(u128::MAX);
+        let held = books.held.map_err(|why| {
+            SettlerError::Rpc(format!(
+                "the token {} does not answer balanceOf: {why}",
+                books.token
+            ))
+        })?;
         Ok((
-            narrow(books.held),
+            narrow(held),
             narrow(books.deposited).saturating_sub(narrow(books.paid)),
         ))
     }

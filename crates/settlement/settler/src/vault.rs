@@ -37,8 +37,9 @@ use crate::{Address, DynProvider, OptioRollup, Rebuilt, SettlerError, TestUSDC, 
 pub struct VaultAudit {
     /// The token (`usdc()`).
     pub token: Address,
-    /// Its balance of the rollup.
-    pub held: U256,
+    /// Its balance of the rollup, or why the token did not answer `balanceOf` (the chain ran the
+    /// call and it failed: a token that reverts, has no code or returns no number).
+    pub held: Result<U256, String>,
     /// `totalDeposited`: every token the rollup took in.
     pub deposited: U256,
     /// `totalPaid`: every token it paid out.
@@ -105,7 +106,18 @@ impl VaultAudit {
     /// What is wrong, one line each (empty: the vault pays what the state owes).
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
-        let held = i128::try_from(self.held).unwrap_or(i128::MAX);
+        let held = match &self.held {
+            Ok(held) => *held,
+            Err(why) => {
+                problems.push(format!(
+                    "the token {} does not answer balanceOf(rollup) ({why}): no one can tell what the vault holds, and every withdrawal and exit it pays would revert",
+                    self.token
+                ));
+                return problems;
+            }
+        };
+        let held_wide = u128::try_from(held).unwrap_or(u128::MAX);
+        let held = i128::try_from(held).unwrap_or(i128::MAX);
         let books = self.books();
         if held < books {
             problems.push(format!(
@@ -130,13 +142,13 @@ impl VaultAudit {
             ));
         }
         if let Some(still) = self.after_freeze
-            && u128::try_from(self.held).unwrap_or(u128::MAX) < still.total()
+            && held_wide < still.total()
         {
             problems.push(format!(
                 "frozen, the token {} holds {} for the rollup, {} short of what it still pays ({}: {} in {} exits, {} in {} unpaid withdrawals, {} in {} reclaimable deposits); the last to exit will not be paid",
                 self.token,
-                self.held,
-                still.total() - u128::try_from(self.held).unwrap_or(u128::MAX),
+                held_wide,
+                still.total() - held_wide,
                 still.total(),
                 still.exits.0,
                 still.exits.1,
@@ -153,7 +165,7 @@ impl VaultAudit {
 /// The token `rollup` holds, its balance of it and the rollup's books.
 pub(crate) struct Books {
     pub token: Address,
-    pub held: U256,
+    pub held: Result<U256, String>,
     pub deposited: U256,
     pub paid: U256,
 }
@@ -164,14 +176,30 @@ pub(crate) async fn books(provider: &DynProvider, rollup: Address) -> Result<Boo
     let token = contract.usdc().call().await.map_err(rpc)?;
     Ok(Books {
         token,
-        held: TestUSDC::new(token, provider)
-            .balanceOf(rollup)
-            .call()
-            .await
-            .map_err(rpc)?,
+        held: answered(
+            TestUSDC::new(token, provider)
+                .balanceOf(rollup)
+                .call()
+                .await,
+        )?,
         deposited: contract.totalDeposited().call().await.map_err(rpc)?,
         paid: contract.totalPaid().call().await.map_err(rpc)?,
     })
+}
+
+/// A call's result, its failure on the chain (a revert, no code, no number returned) as the
+/// reason it gave, or the error if the endpoint did not answer at all (which says nothing of
+/// the contract).
+fn answered<T>(
+    result: Result<T, alloy::contract::Error>,
+) -> Result<Result<T, String>, SettlerError> {
+    match result {
+        Ok(value) => Ok(Ok(value)),
+        Err(alloy::contract::Error::TransportError(alloy::transports::RpcError::Transport(e))) => {
+            Err(rpc(e))
+        }
+        Err(e) => Ok(Err(e.to_string())),
+    }
 }
 
 /// Reads the vault of `rollup` and what `rebuilt` (`verify_l1_rebuilt`, from the same chain)
@@ -351,7 +379,7 @@ mod tests {
     fn vault(held: u64, deposited: u64, paid: u64, owed: Option<Owed>) -> VaultAudit {
         VaultAudit {
             token: Address::ZERO,
-            held: U256::from(held),
+            held: Ok(U256::from(held)),
             deposited: U256::from(deposited),
             paid: U256::from(paid),
             frozen: owed.is_none(),
@@ -412,6 +440,17 @@ mod tests {
         assert!(
             short[0].contains("1 short of what it still pays"),
             "{short:?}"
+        );
+        // A token that does not answer: named, whatever the rest says.
+        let silent = VaultAudit {
+            held: Err("execution reverted".into()),
+            ..vault(900, 1_000, 100, owed(700, 100, 100))
+        };
+        assert_eq!(
+            silent.problems(),
+            [
+                "the token 0x0000000000000000000000000000000000000000 does not answer balanceOf(rollup) (execution reverted): no one can tell what the vault holds, and every withdrawal and exit it pays would revert"
+            ]
         );
     }
 }

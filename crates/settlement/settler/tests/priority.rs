@@ -510,4 +510,22 @@ async fn deposits_and_forced_withdrawals_are_sequenced_once_and_paid() {
             .metrics()
             .contains("optio_l1_vault_shortfall_micro_usdc 7\n")
     );
+    // The audit names it (`optio verify` prints it as an ALERT), where it used to stop at
+    // the failed call.
+    let (_, rebuilt) = verify_l1_rebuilt(&operator, d.rollup)
+        .await
+        .expect("verifies");
+    let vault = optio_settler::audit_vault(&operator, d.rollup, &rebuilt)
+        .await
+        .expect("audits a token that does not answer");
+    assert!(vault.held.is_err(), "{vault:?}");
+    let problems = vault.problems();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains(&format!(
+            "the token {} does not answer balanceOf(rollup)",
+            d.usdc
+        )),
+        "{problems:?}"
+    );
 }
