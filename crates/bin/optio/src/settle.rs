@@ -438,7 +438,7 @@ pub fn verify(args: VerifyArgs) -> Result<()> {
             }
         }
         if let Some((path, vk)) = &published {
-            bad += check_accepted_proofs(&provider, rollup, path, vk).await?;
+            bad += check_accepted_proofs(&provider, rollup, rebuilt.created, path, vk).await?;
         }
         let vault_bad = check_vault(&provider, rollup, &rebuilt).await?;
         if bad > 0 || deployment_bad + vault_bad > 0 {
@@ -608,31 +608,43 @@ async fn audit_deployment(
 async fn check_accepted_proofs(
     provider: &optio_settler::DynProvider,
     rollup: optio_settler::Address,
+    created: u64,
     path: &std::path::Path,
     vk: &optio_prover::VerifyingKey,
 ) -> Result<usize> {
-    let accepted = optio_settler::accepted_proofs(provider, rollup).await?;
+    let accepted = optio_settler::accepted_proofs(provider, rollup, created).await?;
     let words = |ws: &[optio_settler::U256]| -> Vec<optio_prover::solidity::Word> {
         ws.iter().map(|w| w.to_be_bytes::<32>()).collect()
     };
-    let (mut checked, mut failed) = (0, 0);
+    let (mut checked, mut failed, mut untraced) = (0, 0, 0);
     for p in &accepted {
         match (&p.proof, &p.inputs) {
             (Some(proof), Some(inputs)) => {
+                let from_input = p.read == optio_settler::ProofRead::Input;
                 if optio_prover::solidity::verify_words(vk, &words(proof), &words(inputs)) {
                     checked += 1;
+                    untraced += usize::from(from_input);
                 } else {
                     failed += 1;
                     println!(
-                        "batch {:>6}: ALERT L1 accepted a proof that does not check against the key in {}",
+                        "batch {:>6}: ALERT L1 accepted a proof that does not check against the key in {}{}",
                         p.number,
-                        path.display()
+                        path.display(),
+                        if from_input {
+                            " (read from the input of the contract transaction that proved it, which the endpoint could not trace: a contract that builds its call otherwise needs a tracing endpoint to tell)"
+                        } else {
+                            ""
+                        }
                     );
                 }
             }
             (None, _) => println!(
-                "batch {:>6}: proof not checked natively: the transaction that proved it is not a direct verifyBatch(es) call",
-                p.number
+                "batch {:>6}: proof not checked natively: {}",
+                p.number,
+                match &p.read {
+                    optio_settler::ProofRead::Unread(why) => why.as_str(),
+                    _ => "not read",
+                }
             ),
             (_, None) => println!(
                 "batch {:>6}: proof not checked natively: the batch is no longer committed",
@@ -641,9 +653,16 @@ async fn check_accepted_proofs(
         }
     }
     println!(
-        "proofs: {checked} of the {} L1 accepted check natively against the key in {}",
+        "proofs: {checked} of the {} L1 accepted check natively against the key in {}{}",
         accepted.len(),
-        path.display()
+        path.display(),
+        if untraced > 0 {
+            format!(
+                " ({untraced} read from a contract transaction's input, the endpoint giving no trace)"
+            )
+        } else {
+            String::new()
+        }
     );
     Ok(failed)
 }

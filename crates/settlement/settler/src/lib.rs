@@ -249,7 +249,7 @@ pub use bindings::{Groth16Verifier, OptioJudge, OptioRollup, OptioTrees, TestUSD
 
 mod audit;
 pub use audit::{
-    AcceptedProof, AuditedCode, CheckedContract, DeploymentAudit, accepted_proofs,
+    AcceptedProof, AuditedCode, CheckedContract, DeploymentAudit, ProofRead, accepted_proofs,
     audit_deployment, key_difference, verifying_key_word,
 };
 mod vault;
@@ -686,8 +686,21 @@ pub(crate) async fn logged_transaction(
         .ok_or_else(|| SettlerError::Rpc(format!("transaction {hash} not found")))
 }
 
-/// Every log `rollup` emitted with event signature `signature`, in chain order, from the
-/// block of its creation (the first of the genesis batch's time) to the head.
+/// The block `rollup` was created in, as far as its logs go: the first block of the second
+/// its constructor recorded as the genesis batch's time (a binary search over block times,
+/// about log2(head) header reads: read it once and pass it to every scan, `Rebuilt::created`).
+pub async fn creation_block(provider: &DynProvider, rollup: Address) -> Result<u64, SettlerError> {
+    let created = OptioRollup::new(rollup, provider)
+        .batches(U256::ZERO)
+        .call()
+        .await
+        .map_err(rpc)?
+        .committedAt;
+    audit::first_block_at(provider, created).await
+}
+
+/// Every log `rollup` emitted with event signature `signature`, in chain order, from block
+/// `from` (its creation, `creation_block`) to the head.
 ///
 /// Public endpoints cap how many blocks or results one `eth_getLogs` may span (10,000 blocks is
 /// common) and refuse a wider query outright, and the escape hatch and the watchtower must work
@@ -698,16 +711,11 @@ pub(crate) async fn logged_transaction(
 pub(crate) async fn rollup_logs(
     provider: &DynProvider,
     rollup: Address,
+    from: u64,
     signature: alloy::primitives::B256,
 ) -> Result<Vec<alloy::rpc::types::Log>, SettlerError> {
     use alloy::rpc::types::Filter;
-    let created = OptioRollup::new(rollup, provider)
-        .batches(U256::ZERO)
-        .call()
-        .await
-        .map_err(rpc)?
-        .committedAt;
-    let mut start = audit::first_block_at(provider, created).await?;
+    let mut start = from;
     let head = provider.get_block_number().await.map_err(rpc)?;
     let mut window = head.saturating_sub(start) + 1;
     let mut logs = Vec::new();
@@ -763,12 +771,24 @@ pub async fn posted_from_l1(
     rollup: Address,
     upto: u64,
 ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, SettlerError> {
+    let from = creation_block(provider, rollup).await?;
+    posted_from_l1_from(provider, rollup, from, upto).await
+}
+
+/// `posted_from_l1` with the rollup's creation block known (`creation_block`).
+async fn posted_from_l1_from(
+    provider: &DynProvider,
+    rollup: Address,
+    from: u64,
+    upto: u64,
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>, SettlerError> {
     use alloy::sol_types::SolEvent;
     let mut found: std::collections::BTreeMap<u64, (Vec<u8>, Vec<u8>)> =
         std::collections::BTreeMap::new();
     for log in rollup_logs(
         provider,
         rollup,
+        from,
         OptioRollup::BatchCommitted::SIGNATURE_HASH,
     )
     .await?
@@ -1722,6 +1742,9 @@ pub struct Rebuilt {
     /// Every committed batch's posted data, batch 1 first (read once from L1; the checks that
     /// need an earlier state rebuild it from these, `state_through`).
     pub blobs: Vec<Vec<u8>>,
+    /// The block the rollup was created in (`creation_block`), where the later log scans of the
+    /// same rollup start (`audit_vault`, `accepted_proofs`) instead of searching for it again.
+    pub created: u64,
 }
 
 /// `verify_l1`, with the state it rebuilt.
@@ -1732,7 +1755,8 @@ pub async fn verify_l1_rebuilt(
     let contract = OptioRollup::new(rollup, provider);
     let committed =
         u64::try_from(contract.committedBatches().call().await.map_err(rpc)?).map_err(rpc)?;
-    let data_posted = posted_from_l1(provider, rollup, committed).await?;
+    let created = creation_block(provider, rollup).await?;
+    let data_posted = posted_from_l1_from(provider, rollup, created, committed).await?;
     let Judging {
         authorizations: checks_authorizations,
         oracle,
@@ -1844,6 +1868,7 @@ pub async fn verify_l1_rebuilt(
             withdrawals,
             complete,
             blobs: data_posted.into_iter().map(|(blob, _)| blob).collect(),
+            created,
         },
     ))
 }

@@ -251,7 +251,14 @@ async fn unpaid_withdrawals(
 ) -> Result<(u128, usize), SettlerError> {
     use alloy::sol_types::SolEvent;
     let mut paid = std::collections::BTreeSet::new();
-    for log in crate::rollup_logs(provider, rollup, OptioRollup::Withdrawn::SIGNATURE_HASH).await? {
+    for log in crate::rollup_logs(
+        provider,
+        rollup,
+        rebuilt.created,
+        OptioRollup::Withdrawn::SIGNATURE_HASH,
+    )
+    .await?
+    {
         let event = log
             .log_decode::<OptioRollup::Withdrawn>()
             .map_err(rpc)?
@@ -284,7 +291,14 @@ async fn still_owed(
     let state = crate::state_through(&rebuilt.blobs, finalized)?;
     // The accounts that exited, from their `Exit` events (one log scan, not a call an account).
     let mut exited = std::collections::BTreeSet::new();
-    for log in crate::rollup_logs(provider, rollup, OptioRollup::Exit::SIGNATURE_HASH).await? {
+    for log in crate::rollup_logs(
+        provider,
+        rollup,
+        rebuilt.created,
+        OptioRollup::Exit::SIGNATURE_HASH,
+    )
+    .await?
+    {
         exited.insert(
             log.log_decode::<OptioRollup::Exit>()
                 .map_err(rpc)?

@@ -500,10 +500,28 @@ async fn a_batch_outside_the_time_bounds_is_not_sent_and_the_error_says_why() {
 /// whose verifier accepts every proof (it proves a batch with a proof of zeros) is named by its
 /// verifier; a genesis other than the empty state's by the rollup's creation; an address that is
 /// no rollup by its code.
+/// Deploys a verifier that returns true to every call (`PUSH1 1 PUSH1 0 MSTORE PUSH1 32 PUSH1 0
+/// RETURN` behind a prelude that deploys it): a rollup with it proves any batch with any words.
+async fn accepts_all(provider: &alloy::providers::DynProvider) -> alloy::primitives::Address {
+    use alloy::network::TransactionBuilder;
+    let code: alloy::primitives::Bytes = "0x600a600c600039600a6000f3600160005260206000f3"
+        .parse()
+        .expect("hex");
+    let tx = alloy::rpc::types::TransactionRequest::default().with_deploy_code(code);
+    // (Waiting for the receipt: right after sending, anvil may not have one yet.)
+    provider
+        .send_transaction(tx)
+        .await
+        .expect("sends")
+        .get_receipt()
+        .await
+        .expect("mined")
+        .contract_address
+        .expect("deployed")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_deployment_audit_names_the_contract_that_is_not_the_audited_build() {
-    use alloy::network::TransactionBuilder;
-    use alloy::rpc::types::TransactionRequest;
     use optio_settler::{OptioRollup, audit_deployment, deploy_verifier, transact};
     let c = chain(U256::ZERO).await;
     let (provider, operator) = (&c.provider, c.operator);
@@ -547,22 +565,7 @@ async fn the_deployment_audit_names_the_contract_that_is_not_the_audited_build()
     assert_eq!(audit.differing().count(), 0, "{audit:?}");
     assert_eq!((audit.verifier, audit.verifying_key), (None, None));
 
-    // A verifier that returns true to every call (`PUSH1 1 PUSH1 0 MSTORE PUSH1 32 PUSH1 0
-    // RETURN` behind a prelude that deploys it).
-    let accepts_all: alloy::primitives::Bytes = "0x600a600c600039600a6000f3600160005260206000f3"
-        .parse()
-        .expect("hex");
-    let tx = TransactionRequest::default().with_deploy_code(accepts_all);
-    // (Waiting for the receipt: right after sending, anvil may not have one yet.)
-    let accepts_all = provider
-        .send_transaction(tx)
-        .await
-        .expect("sends")
-        .get_receipt()
-        .await
-        .expect("mined")
-        .contract_address
-        .expect("deployed");
+    let accepts_all = accepts_all(provider).await;
     let forged = deploy(provider, operator, empty, &config(accepts_all))
         .await
         .expect("deploys");
@@ -700,72 +703,119 @@ async fn the_vault_audit_holds_the_token_to_the_books_and_the_books_to_the_state
     assert!(problems[0].contains("5 short of its books"), "{problems:?}");
 }
 
-/// A JSON-RPC endpoint on 127.0.0.1 in front of `upstream` that answers `eth_getLogs` over at
-/// most `cap` blocks and refuses a wider query outright, as public endpoints do (Infura's and
-/// Alchemy's caps are 10,000 blocks); every other call passes through. Its address, the count
-/// of `eth_getLogs` queries it was asked (answered or refused), and the task serving it (dropped
-/// with the test).
-async fn capped_endpoint(
-    upstream: &str,
-    cap: u64,
-) -> (
-    String,
-    std::sync::Arc<std::sync::atomic::AtomicU64>,
-    tokio::task::JoinHandle<()>,
-) {
-    use axum::{Json, extract::State, routing::post};
-    use serde_json::{Value, json};
-    let upstream = alloy::providers::ProviderBuilder::new()
-        .connect_http(upstream.parse().expect("url"))
-        .erased();
-    type Queries = std::sync::Arc<std::sync::atomic::AtomicU64>;
-    async fn serve(
-        State((upstream, cap, queries)): State<(alloy::providers::DynProvider, u64, Queries)>,
-        Json(call): Json<Value>,
-    ) -> Json<Value> {
-        let method = call["method"].as_str().unwrap_or_default().to_owned();
-        let params = call["params"].clone();
-        let answer = |result: Result<Value, String>| {
-            Json(match result {
-                Ok(v) => json!({"jsonrpc": "2.0", "id": call["id"], "result": v}),
-                Err(e) => {
-                    json!({"jsonrpc": "2.0", "id": call["id"], "error": {"code": -32005, "message": e}})
-                }
-            })
-        };
-        if method == "eth_getLogs" {
-            queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let head = upstream.get_block_number().await.expect("head");
-            let block = |v: &Value| match v.as_str() {
-                None | Some("latest" | "pending" | "safe" | "finalized") => head,
-                Some("earliest") => 0,
-                Some(hex) => u64::from_str_radix(hex.trim_start_matches("0x"), 16).expect("hex"),
-            };
-            let (from, to) = (block(&params[0]["fromBlock"]), block(&params[0]["toBlock"]));
-            if to.saturating_sub(from) + 1 > cap {
-                return answer(Err(format!("query exceeds the {cap}-block range limit")));
-            }
-        }
-        answer(
-            upstream
-                .raw_request::<_, Value>(method.into(), params)
-                .await
-                .map_err(|e| e.to_string()),
-        )
+/// A JSON-RPC endpoint on 127.0.0.1 in front of anvil, as public endpoints are: it answers
+/// `eth_getLogs` over at most `cap` blocks and refuses a wider query outright (Infura's and
+/// Alchemy's caps are 10,000 blocks), and with `traces` off it refuses `debug_*` calls as a
+/// method it does not have; every other call passes through. It counts the `eth_getLogs`
+/// queries it was asked (answered or refused) and the blocks read by number; the task serving it
+/// stops when the endpoint is dropped.
+struct Endpoint {
+    url: String,
+    log_queries: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    block_reads: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        self.task.abort();
     }
-    let queries = Queries::default();
-    let app =
-        axum::Router::new()
-            .route("/", post(serve))
-            .with_state((upstream, cap, queries.clone()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("binds");
-    let url = format!("http://{}", listener.local_addr().expect("address"));
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app).await.expect("serves");
-    });
-    (url, queries, task)
+}
+
+impl Endpoint {
+    async fn start(upstream: &str, cap: u64, traces: bool) -> Self {
+        use axum::{Json, extract::State, routing::post};
+        use serde_json::{Value, json};
+        use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+        type Counts = (std::sync::Arc<AtomicU64>, std::sync::Arc<AtomicU64>);
+        let upstream = alloy::providers::ProviderBuilder::new()
+            .connect_http(upstream.parse().expect("url"))
+            .erased();
+        async fn serve(
+            State((upstream, cap, traces, (logs, blocks))): State<(
+                alloy::providers::DynProvider,
+                u64,
+                bool,
+                Counts,
+            )>,
+            Json(call): Json<Value>,
+        ) -> Json<Value> {
+            let method = call["method"].as_str().unwrap_or_default().to_owned();
+            let params = call["params"].clone();
+            let answer = |result: Result<Value, (i64, String)>| {
+                Json(match result {
+                    Ok(v) => json!({"jsonrpc": "2.0", "id": call["id"], "result": v}),
+                    Err((code, e)) => {
+                        json!({"jsonrpc": "2.0", "id": call["id"], "error": {"code": code, "message": e}})
+                    }
+                })
+            };
+            if method == "eth_getBlockByNumber" {
+                blocks.fetch_add(1, Relaxed);
+            }
+            if method.starts_with("debug_") && !traces {
+                return answer(Err((-32601, format!("the method {method} does not exist"))));
+            }
+            if method == "eth_getLogs" {
+                logs.fetch_add(1, Relaxed);
+                let head = upstream.get_block_number().await.expect("head");
+                let block = |v: &Value| match v.as_str() {
+                    None | Some("latest" | "pending" | "safe" | "finalized") => head,
+                    Some("earliest") => 0,
+                    Some(hex) => {
+                        u64::from_str_radix(hex.trim_start_matches("0x"), 16).expect("hex")
+                    }
+                };
+                let (from, to) = (block(&params[0]["fromBlock"]), block(&params[0]["toBlock"]));
+                if to.saturating_sub(from) + 1 > cap {
+                    return answer(Err((
+                        -32005,
+                        format!("query exceeds the {cap}-block range limit"),
+                    )));
+                }
+            }
+            answer(
+                upstream
+                    .raw_request::<_, Value>(method.into(), params)
+                    .await
+                    .map_err(|e| (-32000, e.to_string())),
+            )
+        }
+        let counts: Counts = Default::default();
+        let app = axum::Router::new().route("/", post(serve)).with_state((
+            upstream,
+            cap,
+            traces,
+            counts.clone(),
+        ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binds");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.expect("serves");
+        });
+        Endpoint {
+            url,
+            log_queries: counts.0,
+            block_reads: counts.1,
+            task,
+        }
+    }
+
+    fn provider(&self) -> alloy::providers::DynProvider {
+        alloy::providers::ProviderBuilder::new()
+            .connect_http(self.url.parse().expect("url"))
+            .erased()
+    }
+
+    fn log_queries(&self) -> u64 {
+        self.log_queries.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn block_reads(&self) -> u64 {
+        self.block_reads.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// The watchtower, the vault audit and the rebuild the escape hatch runs read L1's logs through
@@ -795,10 +845,8 @@ async fn l1_data_is_read_through_an_endpoint_that_caps_its_log_ranges() {
     c.finalize_and_pay().await;
     mine(300).await;
 
-    let (url, queries, _server) = capped_endpoint(&c.url, 100).await;
-    let capped = alloy::providers::ProviderBuilder::new()
-        .connect_http(url.parse().expect("url"))
-        .erased();
+    let endpoint = Endpoint::start(&c.url, 100, true).await;
+    let capped = endpoint.provider();
     assert!(
         capped
             .get_logs(&Filter::new().address(d.rollup).from_block(0u64))
@@ -806,7 +854,7 @@ async fn l1_data_is_read_through_an_endpoint_that_caps_its_log_ranges() {
             .is_err(),
         "the endpoint refuses a query over every block"
     );
-    let before = queries.load(std::sync::atomic::Ordering::Relaxed);
+    let before = endpoint.log_queries();
     let (verdicts, rebuilt) = optio_settler::verify_l1_rebuilt(&capped, d.rollup)
         .await
         .expect("reads through the cap");
@@ -814,14 +862,24 @@ async fn l1_data_is_read_through_an_endpoint_that_caps_its_log_ranges() {
     // One scan of about 915 blocks: the whole range and its halvings refused down to 115
     // blocks, then 58-block windows answered and kept (about 20 queries in all), not halved
     // again from the whole range after each answer (about 80).
-    let scan = queries.load(std::sync::atomic::Ordering::Relaxed) - before;
+    let scan = endpoint.log_queries() - before;
     let head = provider.get_block_number().await.expect("head");
     eprintln!("one scan of blocks up to {head} through a 100-block cap: {scan} queries");
     // At most a query a window of more than half the cap, and the halvings (four here).
     assert!(scan <= head / 50 + 6, "{scan} queries for {head} blocks");
+    // The scan found the rollup's creation block once, by a binary search over block times
+    // (log2 of the head's number in header reads, plus the head); the vault's scan starts there
+    // without searching again.
+    let searched = endpoint.block_reads();
+    assert!((9..=13).contains(&searched), "{searched} block reads");
     let vault = optio_settler::audit_vault(&capped, d.rollup, &rebuilt)
         .await
         .expect("audits through the cap");
+    assert_eq!(
+        endpoint.block_reads(),
+        searched,
+        "the vault's scan searched again"
+    );
     assert!(vault.problems().is_empty(), "{:?}", vault.problems());
     assert_eq!(
         vault.owed.expect("compared").unpaid_withdrawals,
@@ -871,14 +929,14 @@ async fn batches_committed_through_a_contract_are_read_from_inside_its_transacti
         .await
         .expect("sets code");
     let genesis = genesis_root(&vectors);
-    let d = deploy(
-        &provider,
-        forwarder,
-        genesis,
-        &RollupConfig::new(3_600, 6 * 3_600),
-    )
-    .await
-    .expect("deploys");
+    // (A verifier that takes any proof: the proofs below are read back, not checked.)
+    let config = RollupConfig {
+        verifier: accepts_all(&provider).await,
+        ..RollupConfig::new(3_600, 6 * 3_600)
+    };
+    let d = deploy(&provider, forwarder, genesis, &config)
+        .await
+        .expect("deploys");
     let through = |target: alloy::primitives::Address, call: Vec<u8>| {
         let provider = provider.clone();
         async move {
@@ -908,12 +966,13 @@ async fn batches_committed_through_a_contract_are_read_from_inside_its_transacti
         .abi_encode(),
     )
     .await;
-    let mut blobs = Vec::new();
+    let (mut blobs, mut commitments) = (Vec::new(), Vec::new());
     for number in 1..=2 {
         let b = optio_settler::read_batch(dir.path(), number)
             .expect("reads")
             .expect("written");
         blobs.push(b.blob.to_vec());
+        commitments.push(b.commitment);
         let call = OptioRollup::commitBatchCall {
             number: U256::from(number),
             previousRoot: b.previous_root,
@@ -946,5 +1005,52 @@ async fn batches_committed_through_a_contract_are_read_from_inside_its_transacti
             .await
             .expect("reads"),
         blobs
+    );
+
+    // Both batches proven through the forwarder too: batch 1's call with a second one for the
+    // same batch appended (the rollup decodes the first and ignores the rest), batch 2's alone.
+    // An auditor's check of each proof reads exactly the one the rollup ran from the
+    // transaction's trace; through an endpoint without traces, from the input where it is the
+    // only one, and batch 1's is said to be unread (two different proofs there), not guessed.
+    let proof = |k: u64| -> [U256; 8] { std::array::from_fn(|i| U256::from(k * 100 + i as u64)) };
+    let prove = |number: u64, proof: [U256; 8]| {
+        OptioRollup::verifyBatchCall {
+            number: U256::from(number),
+            commitment: commitments[number as usize - 1],
+            proof,
+        }
+        .abi_encode()
+    };
+    through(d.rollup, [prove(1, proof(1)), prove(1, proof(9))].concat()).await;
+    through(d.rollup, prove(2, proof(2))).await;
+    let read = |accepted: Vec<optio_settler::AcceptedProof>| {
+        accepted
+            .into_iter()
+            .map(|p| (p.number, p.proof, p.read, p.inputs.is_some()))
+            .collect::<Vec<_>>()
+    };
+    use optio_settler::ProofRead;
+    assert_eq!(
+        read(
+            optio_settler::accepted_proofs(&provider, d.rollup, rebuilt.created)
+                .await
+                .expect("reads")
+        ),
+        [
+            (1, Some(proof(1)), ProofRead::Traced, true),
+            (2, Some(proof(2)), ProofRead::Traced, true)
+        ]
+    );
+    let untraced = Endpoint::start(&anvil.url, u64::MAX, false).await;
+    let accepted = read(
+        optio_settler::accepted_proofs(&untraced.provider(), d.rollup, rebuilt.created)
+            .await
+            .expect("reads without traces"),
+    );
+    assert_eq!(accepted[1..], [(2, Some(proof(2)), ProofRead::Input, true)]);
+    assert!(
+        matches!(&accepted[0], (1, None, ProofRead::Unread(why), true)
+            if why.contains("carries 2 different proofs of it")),
+        "{accepted:?}"
     );
 }
