@@ -390,35 +390,6 @@ fn proofs_in_input(input: &[u8], number: U256, commitment: U256) -> Vec<[U256; 8
     found
 }
 
-/// The different proofs of batch `number` at `commitment` in the calls to `rollup` that a call
-/// trace (`debug_traceTransaction`'s call tracer: frames with `to`, `input`, `error` when they
-/// reverted, and their `calls`) shows the rollup ran and kept: a frame that reverted is passed
-/// over with everything under it (its events were undone with it).
-fn proofs_in_trace(
-    frame: &serde_json::Value,
-    rollup: Address,
-    number: U256,
-    commitment: U256,
-    found: &mut Vec<[U256; 8]>,
-) {
-    if frame.get("error").is_some() {
-        return;
-    }
-    let to = frame["to"].as_str().and_then(|a| a.parse::<Address>().ok());
-    let input = frame["input"]
-        .as_str()
-        .and_then(|hex| alloy::primitives::hex::decode(hex).ok());
-    if to == Some(rollup)
-        && let Some(proof) = input.and_then(|i| proof_in_call(&i, number, commitment))
-        && !found.contains(&proof)
-    {
-        found.push(proof);
-    }
-    for call in frame["calls"].as_array().into_iter().flatten() {
-        proofs_in_trace(call, rollup, number, commitment, found);
-    }
-}
-
 /// The proof of batch `number` at `commitment` that `tx` gave `rollup`, and where it was read.
 async fn proof_of(
     provider: &DynProvider,
@@ -440,19 +411,20 @@ async fn proof_of(
             ),
         };
     }
-    let trace: Result<serde_json::Value, _> = provider
-        .raw_request(
-            "debug_traceTransaction".into(),
-            (tx.tx_hash(), serde_json::json!({ "tracer": "callTracer" })),
-        )
-        .await;
-    let (found, read) = match trace {
-        Ok(trace) => {
-            let mut found = Vec::new();
-            proofs_in_trace(&trace, rollup, number, commitment, &mut found);
+    let (found, read) = match crate::traced_calls(provider, tx.tx_hash(), rollup).await {
+        Some(calls) => {
+            let mut found: Vec<[U256; 8]> = Vec::new();
+            for proof in calls
+                .iter()
+                .filter_map(|call| proof_in_call(call, number, commitment))
+            {
+                if !found.contains(&proof) {
+                    found.push(proof);
+                }
+            }
             (found, ProofRead::Traced)
         }
-        Err(_) => (proofs_in_input(input, number, commitment), ProofRead::Input),
+        None => (proofs_in_input(input, number, commitment), ProofRead::Input),
     };
     match (found.as_slice(), read) {
         ([proof], read) => (Some(*proof), read),
@@ -916,8 +888,13 @@ mod tests {
                 frame(rollup, &call, vec![]),
             ],
         );
-        let mut found = Vec::new();
-        proofs_in_trace(&trace, rollup, one, c, &mut found);
+        let mut calls = Vec::new();
+        crate::kept_calls(&trace, rollup, &mut calls);
+        assert_eq!(calls, std::slice::from_ref(&call));
+        let found: Vec<_> = calls
+            .iter()
+            .filter_map(|call| proof_in_call(call, one, c))
+            .collect();
         assert_eq!(found, [proof(1)]);
     }
 }

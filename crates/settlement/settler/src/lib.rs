@@ -699,6 +699,47 @@ pub async fn creation_block(provider: &DynProvider, rollup: Address) -> Result<u
     audit::first_block_at(provider, created).await
 }
 
+/// The inputs of the calls to `to` that transaction `hash` ran and kept, in the order it made
+/// them, from its call trace (`debug_traceTransaction` with the call tracer): what a contract
+/// (a multisig, a smart account) passed to the rollup, however it built those bytes. `None`
+/// when the endpoint gives no trace (public endpoints often do not).
+pub(crate) async fn traced_calls(
+    provider: &DynProvider,
+    hash: alloy::primitives::B256,
+    to: Address,
+) -> Option<Vec<Vec<u8>>> {
+    let trace: serde_json::Value = provider
+        .raw_request(
+            "debug_traceTransaction".into(),
+            (hash, serde_json::json!({ "tracer": "callTracer" })),
+        )
+        .await
+        .ok()?;
+    let mut calls = Vec::new();
+    kept_calls(&trace, to, &mut calls);
+    Some(calls)
+}
+
+/// The inputs of the calls to `to` in a call-tracer frame (`to`, `input`, `error` when it
+/// reverted, its `calls`) and under it, passing over a frame that reverted with everything
+/// under it (its effects, events included, were undone with it).
+pub(crate) fn kept_calls(frame: &serde_json::Value, to: Address, calls: &mut Vec<Vec<u8>>) {
+    if frame.get("error").is_some() {
+        return;
+    }
+    let called = frame["to"].as_str().and_then(|a| a.parse::<Address>().ok());
+    if called == Some(to)
+        && let Some(input) = frame["input"]
+            .as_str()
+            .and_then(|hex| alloy::primitives::hex::decode(hex).ok())
+    {
+        calls.push(input);
+    }
+    for call in frame["calls"].as_array().into_iter().flatten() {
+        kept_calls(call, to, calls);
+    }
+}
+
 /// Every log `rollup` emitted with event signature `signature`, in chain order, from block
 /// `from` (its creation, `creation_block`) to the head.
 ///
@@ -740,28 +781,41 @@ pub(crate) async fn rollup_logs(
     Ok(logs)
 }
 
-/// The `commitBatch` call of batch `number` whose data hashes to `data_hash` (the committed
-/// one), in the input of the transaction that committed it: the input itself when the operator
-/// sent the transaction, or a call inside it when the operator is a contract (a multisig or a
-/// smart account carries the call's bytes in its own transaction's input), found at an
-/// occurrence of the function's selector. The data hash makes a match the committed bytes,
-/// wherever they lie.
-fn commit_call_in(
-    input: &[u8],
+/// What L1 holds of a committed batch that identifies its `commitBatch` call: its number and
+/// the hashes of its data (the `BatchCommitted` event's) and of its authorization section (the
+/// batch's `authHash`).
+#[derive(Debug, Clone, Copy)]
+struct Committed {
     number: U256,
     data_hash: alloy::primitives::B256,
-) -> Option<OptioRollup::commitBatchCall> {
+    auth_hash: alloy::primitives::B256,
+}
+
+impl Committed {
+    /// Whether `call` posted exactly this batch: its number, data and authorization section (a
+    /// call with the same data and another section, say a contract's decoy, would have the
+    /// watchtower judge the fills against records L1 does not hold).
+    fn is(&self, call: &OptioRollup::commitBatchCall) -> bool {
+        call.number == self.number
+            && alloy::primitives::keccak256(&call.data) == self.data_hash
+            && alloy::primitives::keccak256(&call.authorizations) == self.auth_hash
+    }
+}
+
+/// The `commitBatch` call of the `committed` batch in the input of the transaction that
+/// committed it: the input itself when the operator sent the transaction, or a call inside it
+/// when the operator is a contract (a multisig or a smart account carries the call's bytes in
+/// its own transaction's input), found at an occurrence of the function's selector. The hashes
+/// make a match the committed bytes, wherever they lie.
+fn commit_call_in(input: &[u8], committed: &Committed) -> Option<OptioRollup::commitBatchCall> {
     use alloy::sol_types::SolCall;
-    let committed = |call: &OptioRollup::commitBatchCall| {
-        call.number == number && alloy::primitives::keccak256(&call.data) == data_hash
-    };
     let selector = OptioRollup::commitBatchCall::SELECTOR;
     (0..input.len().saturating_sub(3))
         .filter(|&at| input[at..at + 4] == selector)
         .find_map(|at| {
             OptioRollup::commitBatchCall::abi_decode(&input[at..])
                 .ok()
-                .filter(committed)
+                .filter(|call| committed.is(call))
         })
 }
 
@@ -783,6 +837,7 @@ async fn posted_from_l1_from(
     upto: u64,
 ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, SettlerError> {
     use alloy::sol_types::SolEvent;
+    let contract = OptioRollup::new(rollup, provider);
     let mut found: std::collections::BTreeMap<u64, (Vec<u8>, Vec<u8>)> =
         std::collections::BTreeMap::new();
     for log in rollup_logs(
@@ -800,11 +855,40 @@ async fn posted_from_l1_from(
             .data;
         let tx = logged_transaction(provider, &log).await?;
         let input = alloy::consensus::Transaction::input(&tx);
-        let call = commit_call_in(input, event.number, event.dataHash).ok_or_else(|| {
+        let committed = Committed {
+            number: event.number,
+            data_hash: event.dataHash,
+            auth_hash: contract
+                .batches(event.number)
+                .call()
+                .await
+                .map_err(rpc)?
+                .authHash,
+        };
+        let mut call = commit_call_in(input, &committed);
+        // A contract that built the call rather than passing its bytes on: its trace shows it.
+        let hash = tx.inner.tx_hash();
+        let mut traced = false;
+        if call.is_none()
+            && let Some(calls) = traced_calls(provider, *hash, rollup).await
+        {
+            traced = true;
+            call = calls.iter().find_map(|c| {
+                use alloy::sol_types::SolCall;
+                OptioRollup::commitBatchCall::abi_decode(c)
+                    .ok()
+                    .filter(|c| committed.is(c))
+            });
+        }
+        let call = call.ok_or_else(|| {
             SettlerError::Rpc(format!(
-                "batch {}: its commitment's transaction {} carries no commitBatch call with the committed data",
+                "batch {}: its commitment's transaction {hash} carries no commitBatch call with the committed data and authorizations{}",
                 event.number,
-                tx.inner.tx_hash()
+                if traced {
+                    ", nor does its trace"
+                } else {
+                    " (a contract that builds the call itself needs an endpoint that traces transactions, debug_traceTransaction)"
+                }
             ))
         })?;
         let number = u64::try_from(call.number).map_err(rpc)?;
@@ -3019,7 +3103,13 @@ mod tests {
         let hash = alloy::primitives::keccak256(&data);
         let two = U256::from(2u64);
         let call = commit(2, &data).abi_encode();
-        let found = |input: &[u8]| commit_call_in(input, two, hash).map(|c| c.abi_encode());
+        let committed = |number: U256, data_hash| Committed {
+            number,
+            data_hash,
+            auth_hash: alloy::primitives::keccak256(commit(2, &data).authorizations),
+        };
+        let found =
+            |input: &[u8]| commit_call_in(input, &committed(two, hash)).map(|c| c.abi_encode());
 
         // Sent by the operator itself.
         assert_eq!(found(&call), Some(call.clone()));
@@ -3027,9 +3117,15 @@ mod tests {
         let forwarded = [&[0x11u8; 20][..], &call].concat();
         assert_eq!(found(&forwarded), Some(call.clone()));
         // Through a multisig: the call is a `bytes` argument among others, and more follows it
-        // (the signatures), after another commitment's call that is not this batch's.
+        // (the signatures), after calls that are not this batch's: another number, other data,
+        // the same data with another authorization section.
         let decoy = commit(1, &data).abi_encode();
         let other_data = commit(2, &[8u8; 100]).abi_encode();
+        let other_auths = OptioRollup::commitBatchCall {
+            authorizations: vec![7u8; 40].into(),
+            ..commit(2, &data)
+        }
+        .abi_encode();
         let multisig = [
             &[0xaa, 0xbb, 0xcc, 0xdd][..],
             &(
@@ -3037,6 +3133,7 @@ mod tests {
                 U256::ZERO,
                 alloy::primitives::Bytes::from(decoy),
                 alloy::primitives::Bytes::from(other_data),
+                alloy::primitives::Bytes::from(other_auths.clone()),
                 alloy::primitives::Bytes::from(call.clone()),
                 alloy::primitives::Bytes::from(vec![9u8; 130]),
             )
@@ -3045,8 +3142,11 @@ mod tests {
         .concat();
         assert_eq!(found(&multisig), Some(call.clone()));
         // Nowhere: another batch's number, or other data than was committed.
-        assert!(commit_call_in(&call, U256::from(3u64), hash).is_none());
-        assert!(commit_call_in(&call, two, alloy::primitives::keccak256([0u8])).is_none());
+        assert!(commit_call_in(&call, &committed(U256::from(3u64), hash)).is_none());
+        assert!(
+            commit_call_in(&call, &committed(two, alloy::primitives::keccak256([0u8]))).is_none()
+        );
+        assert_eq!(found(&other_auths), None, "the data with another section");
         assert_eq!(found(&call[..call.len() - 100]), None, "a call cut short");
     }
 }

@@ -902,6 +902,27 @@ async fn l1_data_is_read_through_an_endpoint_that_caps_its_log_ranges() {
 const FORWARDER: &str =
     "6014360380601460003760006000826000600060003560601c5af13d600060003e6028573d6000fd5b3d6000f3";
 
+/// The runtime code of a contract that calls `target` with `call`, bytes it keeps in its own
+/// code (copied to memory, then `CALL`), and reverts if that call does: an operator that builds
+/// its call itself, so that its transaction's input does not carry it.
+fn builder(target: alloy::primitives::Address, call: &[u8]) -> Vec<u8> {
+    let len = u16::try_from(call.len())
+        .expect("a call under 64 KiB")
+        .to_be_bytes();
+    let mut code = vec![0x61, len[0], len[1], 0x61, 0, 54, 0x60, 0, 0x39]; // CODECOPY(0, 54, len)
+    code.extend([
+        0x60, 0, 0x60, 0, 0x61, len[0], len[1], 0x60, 0, 0x60, 0, 0x73,
+    ]);
+    code.extend(target.as_slice());
+    // GAS CALL ISZERO PUSH1 48 JUMPI STOP JUMPDEST REVERT(0, 0)
+    code.extend([
+        0x5a, 0xf1, 0x15, 0x60, 48, 0x57, 0x00, 0x5b, 0x60, 0, 0x60, 0, 0xfd,
+    ]);
+    assert_eq!(code.len(), 54);
+    code.extend(call);
+    code
+}
+
 /// An operator that commits through a contract: each commitment's transaction is a call to the
 /// forwarder, whose input carries the `commitBatch` call after the rollup's address. The
 /// watchtower and the escape hatch read every batch from inside those transactions, the same
@@ -917,17 +938,23 @@ async fn batches_committed_through_a_contract_are_read_from_inside_its_transacti
     let (vectors, _) = write_batches(dir.path());
     let provider = connect(&anvil.url, KEY).expect("provider");
     let forwarder = alloy::primitives::Address::repeat_byte(0x0f);
-    let code: Vec<u8> = (0..FORWARDER.len())
+    let forwarder_code: Vec<u8> = (0..FORWARDER.len())
         .step_by(2)
         .map(|k| u8::from_str_radix(&FORWARDER[k..k + 2], 16).expect("hex"))
         .collect();
-    let _: serde_json::Value = provider
-        .raw_request(
-            "anvil_setCode".into(),
-            (forwarder, alloy::primitives::Bytes::from(code)),
-        )
-        .await
-        .expect("sets code");
+    let set_code = |code: Vec<u8>| {
+        let provider = provider.clone();
+        async move {
+            let _: serde_json::Value = provider
+                .raw_request(
+                    "anvil_setCode".into(),
+                    (forwarder, alloy::primitives::Bytes::from(code)),
+                )
+                .await
+                .expect("sets code");
+        }
+    };
+    set_code(forwarder_code.clone()).await;
     let genesis = genesis_root(&vectors);
     // (A verifier that takes any proof: the proofs below are read back, not checked.)
     let config = RollupConfig {
@@ -937,12 +964,12 @@ async fn batches_committed_through_a_contract_are_read_from_inside_its_transacti
     let d = deploy(&provider, forwarder, genesis, &config)
         .await
         .expect("deploys");
-    let through = |target: alloy::primitives::Address, call: Vec<u8>| {
+    let through_input = |input: Vec<u8>| {
         let provider = provider.clone();
         async move {
             let tx = alloy::rpc::types::TransactionRequest::default()
                 .with_to(forwarder)
-                .with_input([target.as_slice(), &call].concat());
+                .with_input(input);
             let receipt = provider
                 .send_transaction(tx)
                 .await
@@ -952,6 +979,9 @@ async fn batches_committed_through_a_contract_are_read_from_inside_its_transacti
                 .expect("mined");
             assert!(receipt.status(), "the forwarded call succeeds");
         }
+    };
+    let through = |target: alloy::primitives::Address, call: Vec<u8>| {
+        through_input([target.as_slice(), &call].concat())
     };
     // The forwarder holds the USDC the faucet's credits need and lets the rollup take it.
     transact(TestUSDC::new(d.usdc, &provider).mint(forwarder, U256::from(u64::MAX)))
@@ -985,7 +1015,15 @@ async fn batches_committed_through_a_contract_are_read_from_inside_its_transacti
             data: b.blob,
             authorizations: b.authorizations,
         };
-        through(d.rollup, call.abi_encode()).await;
+        if number == 1 {
+            through(d.rollup, call.abi_encode()).await;
+        } else {
+            // Batch 2 from a contract that builds the call itself (here from its own code):
+            // the transaction's input is empty, and only its trace shows the call.
+            set_code(builder(d.rollup, &call.abi_encode())).await;
+            through_input(Vec::new()).await;
+            set_code(forwarder_code.clone()).await;
+        }
     }
     assert_eq!(
         OptioRollup::new(d.rollup, &provider)
@@ -997,7 +1035,7 @@ async fn batches_committed_through_a_contract_are_read_from_inside_its_transacti
     );
     let (verdicts, rebuilt) = optio_settler::verify_l1_rebuilt(&provider, d.rollup)
         .await
-        .expect("reads the batches from inside the forwarder's transactions");
+        .expect("reads the batches from inside the operator's transactions");
     assert_eq!(verdicts, vec![Verdict::Agrees(1), Verdict::Agrees(2)]);
     assert!(rebuilt.complete);
     assert_eq!(
@@ -1005,6 +1043,18 @@ async fn batches_committed_through_a_contract_are_read_from_inside_its_transacti
             .await
             .expect("reads"),
         blobs
+    );
+    // Through an endpoint that gives no trace, batch 2 cannot be read, and the error says why.
+    let untraced = Endpoint::start(&anvil.url, u64::MAX, false).await;
+    let error = optio_settler::verify_l1_rebuilt(&untraced.provider(), d.rollup)
+        .await
+        .err()
+        .expect("batch 2 unread")
+        .to_string();
+    assert!(
+        error.contains("batch 2: its commitment's transaction")
+            && error.contains("needs an endpoint that traces transactions"),
+        "{error}"
     );
 
     // Both batches proven through the forwarder too: batch 1's call with a second one for the
@@ -1041,7 +1091,6 @@ async fn batches_committed_through_a_contract_are_read_from_inside_its_transacti
             (2, Some(proof(2)), ProofRead::Traced, true)
         ]
     );
-    let untraced = Endpoint::start(&anvil.url, u64::MAX, false).await;
     let accepted = read(
         optio_settler::accepted_proofs(&untraced.provider(), d.rollup, rebuilt.created)
             .await
