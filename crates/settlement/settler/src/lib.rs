@@ -289,10 +289,74 @@ pub async fn chain_id(provider: &DynProvider) -> Result<u64, SettlerError> {
     provider.get_chain_id().await.map_err(rpc)
 }
 
-/// A read-only provider (for the watchtower).
-pub fn reader(url: &str) -> Result<DynProvider, String> {
+/// How many times a call an endpoint refused for its rate is sent again, and the first wait
+/// (alloy's `RetryBackoffLayer`: the wait grows with the calls queued, or follows the
+/// endpoint's own hint, at most 60 s).
+const RATE_RETRIES: u32 = 12;
+const RATE_BACKOFF_MS: u64 = 500;
+/// The compute units a second the layer paces queued calls against (a free public plan's
+/// order, 330 at Alchemy; about 16 calls a second at its average cost of 20).
+const RATE_UNITS_PER_S: u64 = 330;
+
+/// Which failed calls are sent again: what alloy counts as an endpoint's rate limit or a
+/// passing fault (HTTP 429 and 503, JSON-RPC 429 and -32005, "header not found", ...), but not
+/// a refusal of the query itself. Infura answers both "project rate limit exceeded" and "query
+/// returned more than 10000 results" with -32005; the second is `rollup_logs`' cue to halve its
+/// window, and would only come back the same.
+#[derive(Debug, Clone, Copy)]
+struct Transient;
+
+impl alloy::transports::layers::RetryPolicy for Transient {
+    fn should_retry(&self, error: &alloy::transports::TransportError) -> bool {
+        use alloy::transports::layers::RateLimitRetryPolicy;
+        RateLimitRetryPolicy::default().should_retry(error)
+            && !refuses_the_query(&error.to_string())
+    }
+
+    fn backoff_hint(
+        &self,
+        error: &alloy::transports::TransportError,
+    ) -> Option<std::time::Duration> {
+        use alloy::transports::layers::RateLimitRetryPolicy;
+        RateLimitRetryPolicy::default().backoff_hint(error)
+    }
+}
+
+/// Whether an endpoint's error refuses the query for its size (a log range or result count
+/// over its cap), as the common endpoints word it, rather than the caller's rate.
+fn refuses_the_query(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    [
+        "range",
+        "returned more than",
+        "results",
+        "response size",
+        "too large",
+    ]
+    .iter()
+    .any(|m| message.contains(m))
+}
+
+/// An RPC client for `url` that sends a call the endpoint refused for its rate again
+/// (`Transient`), so that a public endpoint's limits slow the watchtower, the audit and the
+/// escape hatch down instead of stopping them.
+fn client(url: &str) -> Result<alloy::rpc::client::RpcClient, String> {
     let url: alloy::transports::http::reqwest::Url = url.parse().map_err(|e| format!("{e}"))?;
-    Ok(ProviderBuilder::new().connect_http(url).erased())
+    Ok(alloy::rpc::client::ClientBuilder::default()
+        .layer(
+            alloy::transports::layers::RetryBackoffLayer::new_with_policy(
+                RATE_RETRIES,
+                RATE_BACKOFF_MS,
+                RATE_UNITS_PER_S,
+                Transient,
+            ),
+        )
+        .http(url))
+}
+
+/// A read-only provider (for the watchtower), patient with an endpoint's rate limits.
+pub fn reader(url: &str) -> Result<DynProvider, String> {
+    Ok(ProviderBuilder::new().connect_client(client(url)?).erased())
 }
 
 /// The address of a hex private key.
@@ -303,17 +367,17 @@ pub fn signer_address(key: &str) -> Result<Address, String> {
 }
 
 /// A provider that signs with the operator's key. Nonces are asked of the chain for every
-/// transaction (a cached nonce is wrong after a reorg).
+/// transaction (a cached nonce is wrong after a reorg). Calls refused for the endpoint's rate
+/// are sent again (`client`); a signed transaction sent again is the same transaction.
 pub fn connect(url: &str, key: &str) -> Result<DynProvider, SettlerError> {
     let signer: PrivateKeySigner = key.parse().map_err(rpc)?;
-    let url = url.parse().map_err(rpc)?;
     Ok(ProviderBuilder::new()
         .disable_recommended_fillers()
         .with_gas_estimation()
         .with_simple_nonce_management()
         .fetch_chain_id()
         .wallet(EthereumWallet::from(signer))
-        .connect_http(url)
+        .connect_client(client(url).map_err(SettlerError::Rpc)?)
         .erased())
 }
 

@@ -703,17 +703,44 @@ async fn the_vault_audit_holds_the_token_to_the_books_and_the_books_to_the_state
     assert!(problems[0].contains("5 short of its books"), "{problems:?}");
 }
 
-/// A JSON-RPC endpoint on 127.0.0.1 in front of anvil, as public endpoints are: it answers
-/// `eth_getLogs` over at most `cap` blocks and refuses a wider query outright (Infura's and
-/// Alchemy's caps are 10,000 blocks), and with `traces` off it refuses `debug_*` calls as a
-/// method it does not have; every other call passes through. It counts the `eth_getLogs`
-/// queries it was asked (answered or refused) and the blocks read by number; the task serving it
-/// stops when the endpoint is dropped.
+/// A JSON-RPC endpoint on 127.0.0.1 in front of anvil, as public endpoints are (`Limits`);
+/// every call it does not refuse passes through. It counts the `eth_getLogs` queries it was
+/// asked (answered or refused), the blocks read by number and the calls it refused for their
+/// rate; the task serving it stops when the endpoint is dropped.
 struct Endpoint {
     url: String,
+    counts: Counts,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// What an `Endpoint` refuses.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    /// An `eth_getLogs` over more blocks than this is refused outright (Infura's and Alchemy's
+    /// caps are 10,000 blocks).
+    cap: u64,
+    /// Without traces, `debug_*` calls are refused as methods it does not have.
+    traces: bool,
+    /// Every this many calls one is refused for the caller's rate (0: none), alternately as
+    /// Alchemy does (HTTP 429, with a `Retry-After` header) and as Infura does (-32005 "project
+    /// ID request rate exceeded", with how long to wait in its message).
+    rate_every: u64,
+}
+
+impl Limits {
+    const NONE: Limits = Limits {
+        cap: u64::MAX,
+        traces: true,
+        rate_every: 0,
+    };
+}
+
+#[derive(Debug, Clone, Default)]
+struct Counts {
+    calls: std::sync::Arc<std::sync::atomic::AtomicU64>,
     log_queries: std::sync::Arc<std::sync::atomic::AtomicU64>,
     block_reads: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
+    rate_refusals: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Drop for Endpoint {
@@ -723,23 +750,21 @@ impl Drop for Endpoint {
 }
 
 impl Endpoint {
-    async fn start(upstream: &str, cap: u64, traces: bool) -> Self {
-        use axum::{Json, extract::State, routing::post};
+    async fn start(upstream: &str, limits: Limits) -> Self {
+        use axum::{Json, extract::State, http::StatusCode, response::IntoResponse, routing::post};
         use serde_json::{Value, json};
-        use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-        type Counts = (std::sync::Arc<AtomicU64>, std::sync::Arc<AtomicU64>);
+        use std::sync::atomic::Ordering::Relaxed;
         let upstream = alloy::providers::ProviderBuilder::new()
             .connect_http(upstream.parse().expect("url"))
             .erased();
         async fn serve(
-            State((upstream, cap, traces, (logs, blocks))): State<(
+            State((upstream, limits, counts)): State<(
                 alloy::providers::DynProvider,
-                u64,
-                bool,
+                Limits,
                 Counts,
             )>,
             Json(call): Json<Value>,
-        ) -> Json<Value> {
+        ) -> axum::response::Response {
             let method = call["method"].as_str().unwrap_or_default().to_owned();
             let params = call["params"].clone();
             let answer = |result: Result<Value, (i64, String)>| {
@@ -749,15 +774,35 @@ impl Endpoint {
                         json!({"jsonrpc": "2.0", "id": call["id"], "error": {"code": code, "message": e}})
                     }
                 })
+                .into_response()
             };
-            if method == "eth_getBlockByNumber" {
-                blocks.fetch_add(1, Relaxed);
+            let n = counts.calls.fetch_add(1, Relaxed) + 1;
+            if limits.rate_every > 0 && n % limits.rate_every == 0 {
+                let k = counts.rate_refusals.fetch_add(1, Relaxed);
+                if k % 2 == 0 {
+                    let mut refused = answer(Err((
+                        429,
+                        "Your app has exceeded its compute units per second capacity".into(),
+                    )));
+                    *refused.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+                    refused
+                        .headers_mut()
+                        .insert("retry-after", axum::http::HeaderValue::from_static("0"));
+                    return refused;
+                }
+                return answer(Err((
+                    -32005,
+                    "project ID request rate exceeded, try again in 20ms".into(),
+                )));
             }
-            if method.starts_with("debug_") && !traces {
+            if method == "eth_getBlockByNumber" {
+                counts.block_reads.fetch_add(1, Relaxed);
+            }
+            if method.starts_with("debug_") && !limits.traces {
                 return answer(Err((-32601, format!("the method {method} does not exist"))));
             }
             if method == "eth_getLogs" {
-                logs.fetch_add(1, Relaxed);
+                counts.log_queries.fetch_add(1, Relaxed);
                 let head = upstream.get_block_number().await.expect("head");
                 let block = |v: &Value| match v.as_str() {
                     None | Some("latest" | "pending" | "safe" | "finalized") => head,
@@ -767,10 +812,11 @@ impl Endpoint {
                     }
                 };
                 let (from, to) = (block(&params[0]["fromBlock"]), block(&params[0]["toBlock"]));
-                if to.saturating_sub(from) + 1 > cap {
+                if to.saturating_sub(from) + 1 > limits.cap {
+                    // (Infura's code for it, the same as for its rate limit.)
                     return answer(Err((
                         -32005,
-                        format!("query exceeds the {cap}-block range limit"),
+                        format!("query exceeds the {}-block range limit", limits.cap),
                     )));
                 }
             }
@@ -781,11 +827,10 @@ impl Endpoint {
                     .map_err(|e| (-32000, e.to_string())),
             )
         }
-        let counts: Counts = Default::default();
+        let counts = Counts::default();
         let app = axum::Router::new().route("/", post(serve)).with_state((
             upstream,
-            cap,
-            traces,
+            limits,
             counts.clone(),
         ));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -795,26 +840,30 @@ impl Endpoint {
         let task = tokio::spawn(async move {
             axum::serve(listener, app).await.expect("serves");
         });
-        Endpoint {
-            url,
-            log_queries: counts.0,
-            block_reads: counts.1,
-            task,
-        }
+        Endpoint { url, counts, task }
     }
 
+    /// A provider through it as `optio verify` and `optio exit` make theirs.
     fn provider(&self) -> alloy::providers::DynProvider {
-        alloy::providers::ProviderBuilder::new()
-            .connect_http(self.url.parse().expect("url"))
-            .erased()
+        optio_settler::reader(&self.url).expect("provider")
     }
 
     fn log_queries(&self) -> u64 {
-        self.log_queries.load(std::sync::atomic::Ordering::Relaxed)
+        self.counts
+            .log_queries
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn block_reads(&self) -> u64 {
-        self.block_reads.load(std::sync::atomic::Ordering::Relaxed)
+        self.counts
+            .block_reads
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn rate_refusals(&self) -> u64 {
+        self.counts
+            .rate_refusals
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -845,7 +894,14 @@ async fn l1_data_is_read_through_an_endpoint_that_caps_its_log_ranges() {
     c.finalize_and_pay().await;
     mine(300).await;
 
-    let endpoint = Endpoint::start(&c.url, 100, true).await;
+    let endpoint = Endpoint::start(
+        &c.url,
+        Limits {
+            cap: 100,
+            ..Limits::NONE
+        },
+    )
+    .await;
     let capped = endpoint.provider();
     assert!(
         capped
@@ -893,6 +949,66 @@ async fn l1_data_is_read_through_an_endpoint_that_caps_its_log_ranges() {
         optio_settler::blobs_from_l1(provider, d.rollup, 2)
             .await
             .expect("reads")
+    );
+}
+
+/// The watchtower, the vault audit and the escape hatch's rebuild read L1 through an endpoint
+/// that refuses every fourth call for the caller's rate, as public endpoints do under load (when
+/// the operator has gone, every user's exit reads the whole history through them): the refused
+/// calls are sent again after the wait the endpoint asks for, and everything is read as through
+/// anvil directly. A provider without the retries stops at the first refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l1_data_is_read_through_an_endpoint_that_limits_its_rate() {
+    use optio_settler::Verdict;
+    let c = chain(U256::ZERO).await;
+    let (provider, d) = (&c.provider, c.deployment);
+    c.post_both().await;
+    c.finalize_and_pay().await;
+    let endpoint = Endpoint::start(
+        &c.url,
+        Limits {
+            rate_every: 4,
+            ..Limits::NONE
+        },
+    )
+    .await;
+    let limited = endpoint.provider();
+    let (verdicts, rebuilt) = optio_settler::verify_l1_rebuilt(&limited, d.rollup)
+        .await
+        .expect("reads through the rate limit");
+    assert_eq!(verdicts, vec![Verdict::Agrees(1), Verdict::Agrees(2)]);
+    let vault = optio_settler::audit_vault(&limited, d.rollup, &rebuilt)
+        .await
+        .expect("audits through the rate limit");
+    assert!(vault.problems().is_empty(), "{:?}", vault.problems());
+    assert_eq!(
+        vault.owed.expect("compared").unpaid_withdrawals,
+        (0, 0),
+        "the payment's log is found"
+    );
+    assert_eq!(
+        optio_settler::blobs_from_l1(&limited, d.rollup, 2)
+            .await
+            .expect("reads through the rate limit"),
+        optio_settler::blobs_from_l1(provider, d.rollup, 2)
+            .await
+            .expect("reads")
+    );
+    let refused = endpoint.rate_refusals();
+    eprintln!("{refused} calls refused for their rate and sent again");
+    assert!(refused >= 10, "{refused}");
+    // Without the retries: stopped at the first refusal.
+    let plain = alloy::providers::ProviderBuilder::new()
+        .connect_http(endpoint.url.parse().expect("url"))
+        .erased();
+    let error = optio_settler::verify_l1_rebuilt(&plain, d.rollup)
+        .await
+        .err()
+        .expect("a refusal stops it")
+        .to_string();
+    assert!(
+        error.contains("429") || error.contains("rate exceeded"),
+        "{error}"
     );
 }
 
@@ -1045,7 +1161,14 @@ async fn batches_committed_through_a_contract_are_read_from_inside_its_transacti
         blobs
     );
     // Through an endpoint that gives no trace, batch 2 cannot be read, and the error says why.
-    let untraced = Endpoint::start(&anvil.url, u64::MAX, false).await;
+    let untraced = Endpoint::start(
+        &anvil.url,
+        Limits {
+            traces: false,
+            ..Limits::NONE
+        },
+    )
+    .await;
     let error = optio_settler::verify_l1_rebuilt(&untraced.provider(), d.rollup)
         .await
         .err()
