@@ -662,8 +662,14 @@ async fn block_time(provider: &DynProvider, number: u64) -> Result<u64, SettlerE
         .timestamp)
 }
 
-/// The transaction among blocks `first..=last` (those of time `time` only, when given) that
-/// created `address`: its block, creation code and value.
+/// The creation of `address` among blocks `first..=last` (those of time `time` only, when
+/// given): its block, creation code and value. A transaction that created it (its receipt's
+/// contract address), or a contract that did in a transaction's call trace (a `CREATE` or
+/// `CREATE2` frame, kept, whose `to` is the address: a factory, a multisig, a deterministic
+/// deployer). Where the endpoint keeps past state, the block is found first by when the
+/// address got its code (a binary search, about log2 of the blocks' count in code reads), and
+/// only that block's transactions are read; where it does not, every block's transactions are,
+/// and only transactions that created it are found.
 async fn created_in(
     provider: &DynProvider,
     address: Address,
@@ -672,7 +678,14 @@ async fn created_in(
     time: Option<u64>,
 ) -> Result<Option<(u64, Vec<u8>, U256)>, SettlerError> {
     let head = provider.get_block_number().await.map_err(rpc)?;
-    for number in first..=last.min(head) {
+    let last = last.min(head);
+    let (blocks, traced) = match code_appears(provider, address, first, last).await {
+        Some(Some(block)) => (block..=block, true),
+        // No code by the last block: not created there.
+        Some(None) => return Ok(None),
+        None => (first..=last, false),
+    };
+    for number in blocks {
         let Some(block) = provider
             .get_block_by_number(BlockNumberOrTag::Number(number))
             .await
@@ -688,6 +701,12 @@ async fn created_in(
                 continue;
             };
             if tx.kind().is_call() {
+                if traced
+                    && let Some(trace) = crate::call_trace(provider, hash).await
+                    && let Some((code, value)) = created_in_trace(&trace, address)
+                {
+                    return Ok(Some((number, code, value)));
+                }
                 continue;
             }
             let receipt = provider.get_transaction_receipt(hash).await.map_err(rpc)?;
@@ -697,6 +716,54 @@ async fn created_in(
         }
     }
     Ok(None)
+}
+
+/// The first block of `first..=last` at which `address` has code (`Some(None)`: none has), or
+/// `None` where the endpoint does not answer for past blocks' state.
+async fn code_appears(
+    provider: &DynProvider,
+    address: Address,
+    first: u64,
+    last: u64,
+) -> Option<Option<u64>> {
+    let has_code = |number: u64| async move {
+        provider
+            .get_code_at(address)
+            .block_id(number.into())
+            .await
+            .map(|code| !code.is_empty())
+            .ok()
+    };
+    if !has_code(last).await? {
+        return Some(None);
+    }
+    let (mut low, mut high) = (first, last);
+    while low < high {
+        let middle = low + (high - low) / 2;
+        if has_code(middle).await? {
+            high = middle;
+        } else {
+            low = middle + 1;
+        }
+    }
+    Some(Some(low))
+}
+
+/// The creation code and value of the kept `CREATE` or `CREATE2` frame that created `address`
+/// in a call trace.
+fn created_in_trace(trace: &serde_json::Value, address: Address) -> Option<(Vec<u8>, U256)> {
+    let mut kept = Vec::new();
+    crate::kept_frames(trace, &mut kept);
+    kept.into_iter()
+        .filter(|f| matches!(f["type"].as_str(), Some("CREATE" | "CREATE2")))
+        .find(|f| crate::frame_to(f) == Some(address))
+        .and_then(|f| {
+            let value = match f["value"].as_str() {
+                None => U256::ZERO,
+                Some(hex) => hex.parse().ok()?,
+            };
+            Some((crate::frame_input(f)?, value))
+        })
 }
 
 #[cfg(test)]
@@ -888,13 +955,45 @@ mod tests {
                 frame(rollup, &call, vec![]),
             ],
         );
-        let mut calls = Vec::new();
-        crate::kept_calls(&trace, rollup, &mut calls);
+        let calls = crate::kept_calls(&trace, rollup);
         assert_eq!(calls, std::slice::from_ref(&call));
         let found: Vec<_> = calls
             .iter()
             .filter_map(|call| proof_in_call(call, one, c))
             .collect();
         assert_eq!(found, [proof(1)]);
+    }
+
+    /// A creation is read from a trace's kept `CREATE` or `CREATE2` frame to the address, with
+    /// its value; one that reverted (under a frame that did) is not.
+    #[test]
+    fn a_creation_is_read_from_the_frame_that_made_it() {
+        let (factory, made) = (Address::repeat_byte(0xfa), Address::repeat_byte(0x11));
+        let frame = |kind: &str, to: Address, input: &str, value: &str| serde_json::json!({ "type": kind, "to": format!("{to:#x}"), "input": input, "value": value, "calls": [] });
+        let mut reverted = frame("CALL", factory, "0x", "0x0");
+        reverted["error"] = "execution reverted".into();
+        reverted["calls"] = serde_json::json!([frame("CREATE", made, "0xdead", "0x0")]);
+        let trace = |created: serde_json::Value| {
+            let mut top = frame("CALL", factory, "0x", "0x0");
+            top["calls"] = serde_json::json!([
+                reverted.clone(),
+                frame("CALL", made, "0xaa", "0x0"),
+                created
+            ]);
+            top
+        };
+        assert_eq!(
+            created_in_trace(&trace(frame("CREATE", made, "0x6001", "0x2a")), made),
+            Some((vec![0x60, 0x01], U256::from(42u64)))
+        );
+        assert_eq!(
+            created_in_trace(&trace(frame("CREATE2", made, "0x6002", "0x0")), made),
+            Some((vec![0x60, 0x02], U256::ZERO))
+        );
+        assert_eq!(
+            created_in_trace(&trace(frame("CALL", made, "0x6003", "0x0")), made),
+            None
+        );
+        assert_eq!(created_in_trace(&reverted, made), None);
     }
 }

@@ -522,6 +522,11 @@ pub struct RollupConfig {
     /// may wait to be committed, and so how long an operator could hold its batches' time
     /// still.
     pub max_batch_lag: u64,
+    /// A contract to create the trees and the rollup through (`Address::ZERO`: the deployer's
+    /// own transactions): a factory that creates its call's input as creation code with its
+    /// call's value (`CREATE`), as a multisig's or a deterministic deployer's would. Their
+    /// creation is then no transaction of its own, and the audit finds it in a call trace.
+    pub factory: Address,
 }
 
 impl RollupConfig {
@@ -541,6 +546,7 @@ impl RollupConfig {
             oracle: Address::ZERO,
             max_batch_lead: Self::MAX_BATCH_LEAD_S,
             max_batch_lag: Self::MAX_BATCH_LAG_S,
+            factory: Address::ZERO,
         }
     }
 }
@@ -567,16 +573,19 @@ pub async fn deploy(
         None,
     )
     .await?;
-    // The trees first, naming the rollup at the address the deployer's next transaction
-    // creates (the rollup's constructor checks it).
-    let nonce = provider
-        .get_transaction_count(deployer)
-        .await
-        .map_err(rpc)?;
+    // The trees first, naming the rollup at the address the next creation makes (the
+    // rollup's constructor checks it): the deployer's next transaction's, or the factory's next
+    // (a contract's nonce counts its creations).
+    let creator = if config.factory.is_zero() {
+        deployer
+    } else {
+        config.factory
+    };
+    let nonce = provider.get_transaction_count(creator).await.map_err(rpc)?;
     let mut code = artifact(&contracts, "OptioTrees.sol", "OptioTrees")?.to_vec();
     code.extend_from_slice(
         &OptioTrees::constructorCall {
-            rollup: deployer.create(nonce + 1),
+            rollup: creator.create(nonce + 1),
             h3: hashers[1],
             h4: hashers[0],
             h5: hashers[2],
@@ -584,7 +593,28 @@ pub async fn deploy(
         }
         .abi_encode(),
     );
-    let (trees, _) = deploy_code_from(provider, code.into(), U256::ZERO, Some(nonce)).await?;
+    let create = |code: Vec<u8>, value: U256, nonce: u64| async move {
+        if config.factory.is_zero() {
+            return Ok(deploy_code_from(provider, code.into(), value, Some(nonce))
+                .await?
+                .0);
+        }
+        let tx = TransactionRequest::default()
+            .with_to(config.factory)
+            .with_input(code)
+            .with_value(value);
+        let hash = *provider.send_transaction(tx).await.map_err(rpc)?.tx_hash();
+        mined(provider, hash).await?;
+        let created = config.factory.create(nonce);
+        if provider.get_code_at(created).await.map_err(rpc)?.is_empty() {
+            return Err(SettlerError::Rpc(format!(
+                "the factory {} created nothing at {created}",
+                config.factory
+            )));
+        }
+        Ok(created)
+    };
+    let trees = create(code, U256::ZERO, nonce).await?;
     let args = OptioRollup::constructorCall {
         usdc,
         operator,
@@ -602,7 +632,7 @@ pub async fn deploy(
     };
     let mut code = artifact(&contracts, "OptioRollup.sol", "OptioRollup")?.to_vec();
     code.extend_from_slice(&args.abi_encode());
-    let (rollup, _) = deploy_code_from(provider, code.into(), config.bond, Some(nonce + 1)).await?;
+    let rollup = create(code, config.bond, nonce + 1).await?;
     Ok(Deployment { usdc, rollup })
 }
 
@@ -763,45 +793,67 @@ pub async fn creation_block(provider: &DynProvider, rollup: Address) -> Result<u
     audit::first_block_at(provider, created).await
 }
 
-/// The inputs of the calls to `to` that transaction `hash` ran and kept, in the order it made
-/// them, from its call trace (`debug_traceTransaction` with the call tracer): what a contract
-/// (a multisig, a smart account) passed to the rollup, however it built those bytes. `None`
-/// when the endpoint gives no trace (public endpoints often do not).
-pub(crate) async fn traced_calls(
+/// Transaction `hash`'s call trace (`debug_traceTransaction` with the call tracer: a frame with
+/// its `type`, `to`, `input`, `value`, `error` when it reverted, and the frames it made under
+/// `calls`); `None` when the endpoint gives no trace (public endpoints often do not).
+pub(crate) async fn call_trace(
     provider: &DynProvider,
     hash: alloy::primitives::B256,
-    to: Address,
-) -> Option<Vec<Vec<u8>>> {
-    let trace: serde_json::Value = provider
+) -> Option<serde_json::Value> {
+    provider
         .raw_request(
             "debug_traceTransaction".into(),
             (hash, serde_json::json!({ "tracer": "callTracer" })),
         )
         .await
-        .ok()?;
-    let mut calls = Vec::new();
-    kept_calls(&trace, to, &mut calls);
-    Some(calls)
+        .ok()
 }
 
-/// The inputs of the calls to `to` in a call-tracer frame (`to`, `input`, `error` when it
-/// reverted, its `calls`) and under it, passing over a frame that reverted with everything
-/// under it (its effects, events included, were undone with it).
-pub(crate) fn kept_calls(frame: &serde_json::Value, to: Address, calls: &mut Vec<Vec<u8>>) {
+/// The frames of a call trace that were kept, in the order they ran: a frame that reverted is
+/// passed over with everything under it (its effects, events and creations included, were
+/// undone with it).
+pub(crate) fn kept_frames<'a>(frame: &'a serde_json::Value, kept: &mut Vec<&'a serde_json::Value>) {
     if frame.get("error").is_some() {
         return;
     }
-    let called = frame["to"].as_str().and_then(|a| a.parse::<Address>().ok());
-    if called == Some(to)
-        && let Some(input) = frame["input"]
-            .as_str()
-            .and_then(|hex| alloy::primitives::hex::decode(hex).ok())
-    {
-        calls.push(input);
-    }
+    kept.push(frame);
     for call in frame["calls"].as_array().into_iter().flatten() {
-        kept_calls(call, to, calls);
+        kept_frames(call, kept);
     }
+}
+
+/// A frame's `to` address.
+pub(crate) fn frame_to(frame: &serde_json::Value) -> Option<Address> {
+    frame["to"].as_str().and_then(|a| a.parse().ok())
+}
+
+/// A frame's `input` bytes.
+pub(crate) fn frame_input(frame: &serde_json::Value) -> Option<Vec<u8>> {
+    frame["input"]
+        .as_str()
+        .and_then(|hex| alloy::primitives::hex::decode(hex).ok())
+}
+
+/// The inputs of the calls to `to` that transaction `hash` ran and kept, in the order it made
+/// them, from its call trace: what a contract (a multisig, a smart account) passed to the
+/// rollup, however it built those bytes. `None` when the endpoint gives no trace.
+pub(crate) async fn traced_calls(
+    provider: &DynProvider,
+    hash: alloy::primitives::B256,
+    to: Address,
+) -> Option<Vec<Vec<u8>>> {
+    let trace = call_trace(provider, hash).await?;
+    Some(kept_calls(&trace, to))
+}
+
+/// The inputs of the kept calls to `to` in a call trace (`kept_frames`).
+pub(crate) fn kept_calls(trace: &serde_json::Value, to: Address) -> Vec<Vec<u8>> {
+    let mut kept = Vec::new();
+    kept_frames(trace, &mut kept);
+    kept.into_iter()
+        .filter(|f| frame_to(f) == Some(to))
+        .filter_map(frame_input)
+        .collect()
 }
 
 /// Every log `rollup` emitted with event signature `signature`, in chain order, from block

@@ -558,6 +558,44 @@ async fn the_deployment_audit_names_the_contract_that_is_not_the_audited_build()
     assert_eq!(audit.differing().count(), 0, "{audit:?}");
     assert_eq!(audit.verifier, Some(verifier));
     assert_eq!(audit.verifying_key, Some(key));
+    // Deployed through a factory (`CREATE` of its call's input, with its call's value, as a
+    // multisig or a deterministic deployer would), with a bond: the creations are no
+    // transactions of their own, and are found in the calls' traces, checked the same way.
+    let factory = alloy::primitives::Address::repeat_byte(0xfa);
+    // CALLDATACOPY(0, 0, CALLDATASIZE) CREATE(CALLVALUE, 0, CALLDATASIZE), REVERT if it created
+    // nothing (so that gas estimation covers the creation), else RETURN the address.
+    let _: serde_json::Value = provider
+        .raw_request(
+            "anvil_setCode".into(),
+            (
+                factory,
+                alloy::primitives::Bytes::from(vec![
+                    0x36, 0x60, 0, 0x60, 0, 0x37, 0x36, 0x60, 0, 0x34, 0xf0, 0x80, 0x15, 0x60, 24,
+                    0x57, 0x60, 0, 0x52, 0x60, 0x20, 0x60, 0, 0xf3, 0x5b, 0x60, 0, 0x60, 0, 0xfd,
+                ]),
+            ),
+        )
+        .await
+        .expect("sets code");
+    let through_factory = deploy(
+        provider,
+        operator,
+        empty,
+        &RollupConfig {
+            factory,
+            bond: U256::from(1_000_000_000_000_000u64),
+            ..config(verifier)
+        },
+    )
+    .await
+    .expect("deploys through the factory");
+    assert_eq!(through_factory.rollup, factory.create(1));
+    let audit = audit_deployment(provider, through_factory.rollup)
+        .await
+        .expect("audits");
+    assert_eq!(audit.differing().count(), 0, "{audit:?}");
+    assert_eq!(audit.contracts.len(), 10, "{audit:?}");
+
     // The chain's own rollup, deployed without a verifier: audited, and said to have none.
     let audit = audit_deployment(provider, c.deployment.rollup)
         .await
