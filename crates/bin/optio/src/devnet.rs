@@ -29,8 +29,7 @@ use optio_oracle::{OracleSigner, SettlementFeed, build_update};
 use optio_pricing::risk::default_scenarios;
 use optio_pricing::svi::{Slice, Surface, Svi};
 use optio_types::{
-    AccountId, Amount, Command, InstrumentId, InstrumentSpec, MONEY_SCALE, NewOrder, OrderType,
-    Price, QTY_SCALE, Qty, Quote, RejectCode, SelfTradePrevention, Side, TimeInForce,
+    AccountId, Amount, Command, InstrumentId, InstrumentSpec, MONEY_SCALE, Price, QTY_SCALE, Side,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -266,9 +265,9 @@ async fn local_chain_up(
         genesis,
         &optio_settler::RollupConfig {
             verifier,
-            // Its market makers' orders are the operator's (unsigned): fills are not judged on
-            // its L1 (`optio sim` judges them); every mark is, against the devnet's oracle.
-            authorizations: false,
+            // Every fill's orders are signed (its makers' and taker's too) and posted with its
+            // batch, and judged on L1; so is every mark, against the devnet's oracle.
+            authorizations: true,
             oracle: optio_settler::Address::from(oracle),
             ..optio_settler::RollupConfig::new(60, 3_600)
         },
@@ -603,17 +602,20 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
             "  backstop  account {backstop} (the operator's: forced closes move positions to it)"
         );
     }
-    // Simulated participants: two market makers and a taker, fully collateralized.
-    let makers = [
-        funder
-            .fund([0xa1; 20], Amount(2_000_000_000 * MONEY_SCALE))
-            .await?,
-        funder
-            .fund([0xa2; 20], Amount(2_000_000_000 * MONEY_SCALE))
-            .await?,
-    ];
-    let taker = funder
-        .fund([0xb1; 20], Amount(50_000_000 * MONEY_SCALE))
+    // Simulated participants: two market makers and a taker, fully collateralized, each with
+    // its own key: they sign every order as any client does, so that every fill's orders are
+    // posted with its batch and judged on L1.
+    let mut makers = Vec::new();
+    for (seed, amount) in [(0xa1, 2_000_000_000), (0xa2, 2_000_000_000)] {
+        let mut maker = Participant::new(seed)?;
+        maker.account = funder
+            .fund(maker.address, Amount(amount * MONEY_SCALE))
+            .await?;
+        makers.push(maker);
+    }
+    let mut taker = Participant::new(0xb1)?;
+    taker.account = funder
+        .fund(taker.address, Amount(50_000_000 * MONEY_SCALE))
         .await?;
     let demo = funder
         .fund(demo_address, Amount(1_000_000 * MONEY_SCALE))
@@ -753,7 +755,8 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
             continue;
         }
         let now = optio_gateway::now_ms();
-        let mut commands = Vec::new();
+        // Each instrument's new mark, for the quotes.
+        let mut marks: Vec<(InstrumentId, &InstrumentSpec, i64)> = Vec::new();
         for (u, underlying) in ["BTC", "ETH"].iter().enumerate() {
             spots[u] *= 1.0 + rng.random_range(-0.002..0.002);
             let list: Vec<(InstrumentId, &InstrumentSpec)> = ids
@@ -791,60 +794,76 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
                 else {
                     continue;
                 };
-                let t = spec.tick_size.0;
-                for (n, maker) in makers.iter().enumerate() {
-                    let width = 150 + 100 * n as i64;
-                    let bid = tick(mark * (10_000 - width) / 10_000, t);
-                    let ask = tick(mark * (10_000 + width) / 10_000 + t, t).max(bid + t);
-                    let size = Qty(QTY_SCALE / if spec.name.underlying == "BTC" { 10 } else { 1 });
-                    commands.push(Command::MassQuote {
-                        account: AccountId(*maker as u32),
-                        quotes: vec![Quote {
-                            instrument: *id,
-                            bid: Some((Price(bid), size)),
-                            ask: Some((Price(ask), size)),
-                        }],
-                    });
+                marks.push((*id, *spec, mark));
+            }
+        }
+        if args.no_flow {
+            continue;
+        }
+        // Each maker pulls its quotes and quotes every instrument again around its new mark
+        // (a signed post-only order a side); pulled first, a new quote never meets another
+        // maker's stale one. Then, every other second, the taker crosses one book (a signed
+        // limit order at 10% through the mark, immediate or cancel). All the orders go in
+        // together, sharing the writer's group commits.
+        let now_s = now / 1_000;
+        for maker in &makers {
+            maker.cancel_all(&gateway, now)?;
+        }
+        let mut orders = Vec::new();
+        for (id, spec, mark) in &marks {
+            let t = spec.tick_size.0;
+            let size = QTY_SCALE / if spec.name.underlying == "BTC" { 10 } else { 1 };
+            for (n, maker) in makers.iter_mut().enumerate() {
+                let width = 150 + 100 * n as i64;
+                let bid = tick(mark * (10_000 - width) / 10_000, t);
+                let ask = tick(mark * (10_000 + width) / 10_000 + t, t).max(bid + t);
+                for (side, price) in [(Side::Buy, bid), (Side::Sell, ask)] {
+                    orders.push(maker.order(
+                        (chain_id, verifying_contract),
+                        *id,
+                        spec,
+                        side,
+                        price,
+                        size,
+                        "post_only",
+                        now_s,
+                    ));
                 }
             }
         }
-        if rounds.is_multiple_of(2) && !args.no_flow {
-            let pick = rng.random_range(0..ids.len());
+        if rounds.is_multiple_of(2) && !marks.is_empty() {
+            let (id, spec, mark) = marks[rng.random_range(0..marks.len())];
             let side = if rng.random_bool(0.5) {
                 Side::Buy
             } else {
                 Side::Sell
             };
-            let step = specs[pick].amount_step;
-            commands.push(Command::PlaceOrder(NewOrder {
-                account: AccountId(taker as u32),
-                instrument: ids[pick],
+            let t = spec.tick_size.0;
+            let limit = match side {
+                Side::Buy => tick(mark * 11 / 10, t) + t,
+                Side::Sell => tick(mark * 9 / 10, t),
+            };
+            let qty = spec.amount_step.0 * rng.random_range(1..=5);
+            orders.push(taker.order(
+                (chain_id, verifying_contract),
+                id,
+                spec,
                 side,
-                qty: Qty(step.0 * rng.random_range(1..=5)),
-                order_type: OrderType::Market {
-                    protection_price: None,
-                },
-                time_in_force: TimeInForce::ImmediateOrCancel,
-                post_only: false,
-                reduce_only: false,
-                self_trade: SelfTradePrevention::CancelTaker,
-                client_order_id: 0,
-                session_key: None,
-            }));
+                limit,
+                qty,
+                "ioc",
+                now_s,
+            ));
         }
-        let results = gateway
-            .submit_admin(commands.clone())
-            .context("sequencing the simulated flow")?;
-        let requoted = requote_crossed(&gateway, &commands, &results)?;
-        let refused = results.iter().filter(|r| r.is_err()).count() - requoted;
+        let results = gateway.place_signed_orders(&orders).await;
+        let refused = results.iter().filter(|r| r.is_err()).count();
         if rounds % 10 == 1 {
             println!(
-                "[{rounds:>4}s] BTC {:.2} ETH {:.2}  inputs {} ({} refused, {} quotes re-placed after pulling a stale one)",
+                "[{rounds:>4}s] BTC {:.2} ETH {:.2}  inputs {} ({} refused)",
                 spots[0],
                 spots[1],
                 results.len(),
                 refused,
-                requoted,
             );
         }
     }
@@ -854,44 +873,79 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
     Ok(())
 }
 
-/// An option's mark can move several percent in a second, so a market maker's new post-only
-/// quote may cross another maker's quote from the second before, and be refused. Left there,
-/// both makers would keep their stale quotes (each new one crossing the other's old one) while
-/// the mark moves on. As a market maker does, each refused maker pulls its quote in that
-/// instrument, and then all of them quote again. Returns how many quotes went in at the second
-/// attempt.
-fn requote_crossed(
-    gateway: &Gateway,
-    commands: &[Command],
-    results: &[std::result::Result<(), RejectCode>],
-) -> Result<usize> {
-    let (crossed, pulls): (Vec<Command>, Vec<Command>) = commands
-        .iter()
-        .zip(results)
-        .filter_map(|(c, r)| match c {
-            Command::MassQuote { account, quotes } if *r == Err(RejectCode::PostOnlyWouldCross) => {
-                let pull = Command::MassQuote {
-                    account: *account,
-                    quotes: quotes
-                        .iter()
-                        .map(|q| Quote {
-                            instrument: q.instrument,
-                            bid: None,
-                            ask: None,
-                        })
-                        .collect(),
-                };
-                Some((c.clone(), pull))
-            }
-            _ => None,
+/// A simulated participant: its key, the address it owns its subaccount by, the subaccount, and
+/// its last nonce. It signs its orders under Optio's domain as any client does, and pulls its
+/// quotes with the owner's header authentication.
+struct Participant {
+    key: secp256k1::SecretKey,
+    address: [u8; 20],
+    account: u64,
+    nonce: u64,
+}
+
+impl Participant {
+    /// The participant whose key is 32 bytes of `seed`.
+    fn new(seed: u8) -> Result<Self> {
+        let key =
+            secp256k1::SecretKey::from_secret_bytes([seed; 32]).context("a participant's key")?;
+        Ok(Self {
+            address: optio_intents::address_of(&secp256k1::PublicKey::from_secret_key(&key)),
+            key,
+            account: 0,
+            nonce: 0,
         })
-        .unzip();
-    if crossed.is_empty() {
-        return Ok(0);
     }
-    gateway
-        .submit_admin(pulls)
-        .context("pulling stale quotes")?;
-    let again = gateway.submit_admin(crossed).context("re-quoting")?;
-    Ok(again.iter().filter(|r| r.is_ok()).count())
+
+    /// A signed order's `private/order` params: `qty` (1e-8 contracts) of `instrument` at limit
+    /// `price` (micro-USDC), its fee capped at 1,000 USDC, its signature good for an hour. The
+    /// nonce is the time in microseconds, or one past the last (unique across restarts).
+    #[allow(clippy::too_many_arguments)]
+    fn order(
+        &mut self,
+        (chain_id, contract): (u64, [u8; 20]),
+        instrument: InstrumentId,
+        spec: &InstrumentSpec,
+        side: Side,
+        price: i64,
+        qty: i64,
+        time_in_force: &str,
+        now_s: u64,
+    ) -> serde_json::Value {
+        self.nonce = (self.nonce + 1).max(optio_gateway::now_ms() * 1_000);
+        let decimal =
+            |v: i64, scale: i64, digits: usize| format!("{}.{:0digits$}", v / scale, v % scale);
+        let request = optio_gateway::client::OrderRequest {
+            subaccount: self.account,
+            instrument_id: instrument.0,
+            instrument_name: &spec.name.to_string(),
+            direction: match side {
+                Side::Buy => "buy",
+                Side::Sell => "sell",
+            },
+            price: &decimal(price, MONEY_SCALE, 6),
+            amount: &decimal(qty, QTY_SCALE, 8),
+            max_fee: "1000",
+            nonce: self.nonce,
+            expiry: now_s + 3_600,
+            time_in_force,
+        };
+        optio_gateway::client::order_params(&self.key, chain_id, contract, &request)
+            .unwrap_or_default()
+    }
+
+    /// Pulls all its resting orders (`private/cancel_all`, header-authenticated).
+    fn cancel_all(&self, gateway: &Gateway, now_ms: u64) -> Result<()> {
+        let mut headers = axum::http::HeaderMap::new();
+        for (name, value) in optio_gateway::client::auth_headers(&self.key, now_ms) {
+            headers.insert(name, value.parse().context("a header")?);
+        }
+        gateway
+            .call(
+                "private/cancel_all",
+                &serde_json::json!({ "subaccount_id": self.account }),
+                &headers,
+            )
+            .map_err(|e| anyhow::anyhow!("pulling a maker's quotes: {e:?}"))?;
+        Ok(())
+    }
 }

@@ -98,8 +98,9 @@ fn devnet_serves_a_live_market_and_stops_by_itself() {
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    // The watchtower, from the chain alone, agrees with what was committed, every mark the
-    // oracle's included.
+    // The watchtower, from the chain alone, agrees with what was committed, every fill's
+    // signed orders (the makers' and the taker's sign theirs as any client does) and every mark
+    // the oracle's included.
     let verify = Command::new(env!("CARGO_BIN_EXE_optio"))
         .args(["verify", "--rpc", &chain_url, "--rollup", &rollup])
         .output()
@@ -108,13 +109,17 @@ fn devnet_serves_a_live_market_and_stops_by_itself() {
     assert!(
         verify.status.success()
             && text.contains("committed batches verified from L1 data")
+            && text.contains(
+                "fills: each within what its orders' posted signatures authorize (signer, side"
+            )
             && text.contains("settlement prices and marks: each signed by the oracle 0x")
             && text.contains("batch times: each at most 3600 s after and 86400 s before"),
         "{text}{}",
         String::from_utf8_lossy(&verify.stderr)
     );
-    // The simulated makers keep quoting at the moving marks: none of their inputs is refused
-    // (a new quote that would cross another maker's stale one pulls it and quotes again).
+    // The simulated makers keep quoting at the moving marks: none of their signed orders is
+    // refused (each pulls its quotes before quoting again, so a new quote never meets another
+    // maker's stale one).
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     let round = rest
         .iter()

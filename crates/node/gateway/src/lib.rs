@@ -1716,6 +1716,30 @@ impl Gateway {
         self.finish_order(ctx, outcome, t)
     }
 
+    /// Verifies and sequences many signed orders (each `private/order` params), queued together
+    /// so that they share the writer's group commits (one fsync for as many as it takes),
+    /// as a market maker's concurrent requests would: each order's outcome, in order, its
+    /// engine rejection or bad input as an error. A simulated participant's path
+    /// (`optio devnet`'s market makers), the same verification as the API's.
+    pub async fn place_signed_orders(&self, orders: &[Value]) -> Vec<Result<u64, CallError>> {
+        let queued: Vec<_> = orders
+            .iter()
+            .map(|params| self.prepare_signed_order(params, None))
+            .collect();
+        let mut placed = Vec::with_capacity(queued.len());
+        for q in queued {
+            placed.push(match q {
+                Ok((ctx, rx)) => match rx.await {
+                    Ok(Ok((outcome, t))) => self.finish_order(ctx, outcome, t).map(|p| p.order_id),
+                    Ok(Err(e)) => Err(e.into()),
+                    Err(_) => Err(GatewayError::Internal.into()),
+                },
+                Err(e) => Err(e),
+            });
+        }
+        placed
+    }
+
     /// Parses, verifies and queues a signed order for the writer.
     #[allow(clippy::type_complexity)]
     fn prepare_signed_order(
