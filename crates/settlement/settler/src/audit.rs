@@ -378,12 +378,18 @@ fn proofs_in_input(input: &[u8], number: U256, commitment: U256) -> Vec<[U256; 8
         OptioRollup::verifyBatchCall::SELECTOR,
         OptioRollup::verifyBatchesCall::SELECTOR,
     ];
+    distinct(
+        (0..input.len().saturating_sub(3))
+            .filter(|&at| selectors.iter().any(|s| input[at..at + 4] == *s))
+            .filter_map(|at| proof_in_call(&input[at..], number, commitment)),
+    )
+}
+
+/// The different proofs among `proofs`, in their first order.
+fn distinct(proofs: impl Iterator<Item = [U256; 8]>) -> Vec<[U256; 8]> {
     let mut found: Vec<[U256; 8]> = Vec::new();
-    for at in 0..input.len().saturating_sub(3) {
-        if selectors.iter().any(|s| input[at..at + 4] == *s)
-            && let Some(proof) = proof_in_call(&input[at..], number, commitment)
-            && !found.contains(&proof)
-        {
+    for proof in proofs {
+        if !found.contains(&proof) {
             found.push(proof);
         }
     }
@@ -412,18 +418,14 @@ async fn proof_of(
         };
     }
     let (found, read) = match crate::traced_calls(provider, tx.tx_hash(), rollup).await {
-        Some(calls) => {
-            let mut found: Vec<[U256; 8]> = Vec::new();
-            for proof in calls
-                .iter()
-                .filter_map(|call| proof_in_call(call, number, commitment))
-            {
-                if !found.contains(&proof) {
-                    found.push(proof);
-                }
-            }
-            (found, ProofRead::Traced)
-        }
+        Some(calls) => (
+            distinct(
+                calls
+                    .iter()
+                    .filter_map(|call| proof_in_call(call, number, commitment)),
+            ),
+            ProofRead::Traced,
+        ),
         None => (proofs_in_input(input, number, commitment), ProofRead::Input),
     };
     match (found.as_slice(), read) {
@@ -460,22 +462,11 @@ pub async fn accepted_proofs(
     rollup: Address,
     from: u64,
 ) -> Result<Vec<AcceptedProof>, SettlerError> {
-    use alloy::sol_types::SolEvent;
     let contract = OptioRollup::new(rollup, provider);
     let mut found = std::collections::BTreeMap::new();
-    for log in crate::rollup_logs(
-        provider,
-        rollup,
-        from,
-        OptioRollup::BatchProven::SIGNATURE_HASH,
-    )
-    .await?
+    for (log, event) in
+        crate::rollup_events::<OptioRollup::BatchProven>(provider, rollup, from).await?
     {
-        let event = log
-            .log_decode::<OptioRollup::BatchProven>()
-            .map_err(rpc)?
-            .inner
-            .data;
         let tx = crate::logged_transaction(provider, &log).await?;
         let (proof, read) = proof_of(provider, rollup, &tx, event.number, event.commitment).await;
         let inputs = contract

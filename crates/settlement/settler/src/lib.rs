@@ -897,6 +897,23 @@ pub(crate) async fn rollup_logs(
     Ok(logs)
 }
 
+/// Every event `E` that `rollup` emitted from block `from` (`rollup_logs`), decoded, each with
+/// its log (its transaction, block).
+pub(crate) async fn rollup_events<E: alloy::sol_types::SolEvent>(
+    provider: &DynProvider,
+    rollup: Address,
+    from: u64,
+) -> Result<Vec<(alloy::rpc::types::Log, E)>, SettlerError> {
+    rollup_logs(provider, rollup, from, E::SIGNATURE_HASH)
+        .await?
+        .into_iter()
+        .map(|log| {
+            let event = log.log_decode::<E>().map_err(rpc)?.inner.data;
+            Ok((log, event))
+        })
+        .collect()
+}
+
 /// What L1 holds of a committed batch that identifies its `commitBatch` call: its number and
 /// the hashes of its data (the `BatchCommitted` event's) and of its authorization section (the
 /// batch's `authHash`).
@@ -952,23 +969,11 @@ async fn posted_from_l1_from(
     from: u64,
     upto: u64,
 ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, SettlerError> {
-    use alloy::sol_types::SolEvent;
     let contract = OptioRollup::new(rollup, provider);
     let mut found: std::collections::BTreeMap<u64, (Vec<u8>, Vec<u8>)> =
         std::collections::BTreeMap::new();
-    for log in rollup_logs(
-        provider,
-        rollup,
-        from,
-        OptioRollup::BatchCommitted::SIGNATURE_HASH,
-    )
-    .await?
+    for (log, event) in rollup_events::<OptioRollup::BatchCommitted>(provider, rollup, from).await?
     {
-        let event = log
-            .log_decode::<OptioRollup::BatchCommitted>()
-            .map_err(rpc)?
-            .inner
-            .data;
         let tx = logged_transaction(provider, &log).await?;
         let input = alloy::consensus::Transaction::input(&tx);
         let committed = Committed {

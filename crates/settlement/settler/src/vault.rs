@@ -249,21 +249,10 @@ async fn unpaid_withdrawals(
     rebuilt: &Rebuilt,
     batches: usize,
 ) -> Result<(u128, usize), SettlerError> {
-    use alloy::sol_types::SolEvent;
     let mut paid = std::collections::BTreeSet::new();
-    for log in crate::rollup_logs(
-        provider,
-        rollup,
-        rebuilt.created,
-        OptioRollup::Withdrawn::SIGNATURE_HASH,
-    )
-    .await?
+    for (_, event) in
+        crate::rollup_events::<OptioRollup::Withdrawn>(provider, rollup, rebuilt.created).await?
     {
-        let event = log
-            .log_decode::<OptioRollup::Withdrawn>()
-            .map_err(rpc)?
-            .inner
-            .data;
         paid.insert((event.batch, event.index));
     }
     let mut unpaid = (0u128, 0usize);
@@ -284,29 +273,18 @@ async fn still_owed(
     rollup: Address,
     rebuilt: &Rebuilt,
 ) -> Result<StillOwed, SettlerError> {
-    use alloy::sol_types::SolEvent;
     let contract = OptioRollup::new(rollup, provider);
     let finalized = crate::last_finalized(&contract).await?;
     // From the data the watchtower already read, not read from L1 again.
     let state = crate::state_through(&rebuilt.blobs, finalized)?;
     // The accounts that exited, from their `Exit` events (one log scan, not a call an account).
     let mut exited = std::collections::BTreeSet::new();
-    for log in crate::rollup_logs(
-        provider,
-        rollup,
-        rebuilt.created,
-        OptioRollup::Exit::SIGNATURE_HASH,
-    )
-    .await?
+    for (_, event) in
+        crate::rollup_events::<OptioRollup::Exit>(provider, rollup, rebuilt.created).await?
     {
-        exited.insert(
-            log.log_decode::<OptioRollup::Exit>()
-                .map_err(rpc)?
-                .inner
-                .data
-                .account,
-        );
+        exited.insert(event.account);
     }
+
     let (mut exits, mut deficits) = ((0u128, 0usize), (0u128, 0usize));
     for id in 0..state.accounts().len() as u32 {
         if exited.contains(&id) {
