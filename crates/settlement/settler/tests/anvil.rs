@@ -564,19 +564,15 @@ async fn the_deployment_audit_names_the_contract_that_is_not_the_audited_build()
     let factory = alloy::primitives::Address::repeat_byte(0xfa);
     // CALLDATACOPY(0, 0, CALLDATASIZE) CREATE(CALLVALUE, 0, CALLDATASIZE), REVERT if it created
     // nothing (so that gas estimation covers the creation), else RETURN the address.
-    let _: serde_json::Value = provider
-        .raw_request(
-            "anvil_setCode".into(),
-            (
-                factory,
-                alloy::primitives::Bytes::from(vec![
-                    0x36, 0x60, 0, 0x60, 0, 0x37, 0x36, 0x60, 0, 0x34, 0xf0, 0x80, 0x15, 0x60, 24,
-                    0x57, 0x60, 0, 0x52, 0x60, 0x20, 0x60, 0, 0xf3, 0x5b, 0x60, 0, 0x60, 0, 0xfd,
-                ]),
-            ),
-        )
-        .await
-        .expect("sets code");
+    support::set_code(
+        provider,
+        factory,
+        vec![
+            0x36, 0x60, 0, 0x60, 0, 0x37, 0x36, 0x60, 0, 0x34, 0xf0, 0x80, 0x15, 0x60, 24, 0x57,
+            0x60, 0, 0x52, 0x60, 0x20, 0x60, 0, 0xf3, 0x5b, 0x60, 0, 0x60, 0, 0xfd,
+        ],
+    )
+    .await;
     let through_factory = deploy(
         provider,
         operator,
@@ -1096,18 +1092,7 @@ async fn batches_committed_through_a_contract_are_read_from_inside_its_transacti
         .step_by(2)
         .map(|k| u8::from_str_radix(&FORWARDER[k..k + 2], 16).expect("hex"))
         .collect();
-    let set_code = |code: Vec<u8>| {
-        let provider = provider.clone();
-        async move {
-            let _: serde_json::Value = provider
-                .raw_request(
-                    "anvil_setCode".into(),
-                    (forwarder, alloy::primitives::Bytes::from(code)),
-                )
-                .await
-                .expect("sets code");
-        }
-    };
+    let set_code = |code: Vec<u8>| support::set_code(&provider, forwarder, code);
     set_code(forwarder_code.clone()).await;
     let genesis = genesis_root(&vectors);
     // (A verifier that takes any proof: the proofs below are read back, not checked.)

@@ -492,16 +492,7 @@ async fn deposits_and_forced_withdrawals_are_sequenced_once_and_paid() {
     );
     // A token that stops answering (its code now reverts every call) does not stop the rounds:
     // the metrics keep the last reading, and the queue is still served.
-    let _: serde_json::Value = operator
-        .raw_request(
-            "anvil_setCode".into(),
-            (
-                d.usdc,
-                alloy::primitives::Bytes::from(vec![0x60, 0, 0x60, 0, 0xfd]),
-            ),
-        )
-        .await
-        .expect("sets code");
+    support::set_code(&operator, d.usdc, vec![0x60, 0, 0x60, 0, 0xfd]).await;
     round(&settler, &node, 1_000)
         .await
         .expect("a round without the vault's reading");

@@ -3,6 +3,17 @@
 use alloy::primitives::{Address, U256};
 use alloy::providers::{DynProvider, Provider};
 
+/// Replaces the code at `address` on anvil with `code` (runtime code, no constructor).
+pub async fn set_code(provider: &DynProvider, address: Address, code: Vec<u8>) {
+    let _: serde_json::Value = provider
+        .raw_request(
+            "anvil_setCode".into(),
+            (address, alloy::primitives::Bytes::from(code)),
+        )
+        .await
+        .expect("sets code");
+}
+
 /// A provider that sends as `who` on the anvil at `url` (impersonated, with gas money): a
 /// contract's own address, or an owner whose key the test does not know.
 pub async fn impersonated(provider: &DynProvider, url: &str, who: Address) -> DynProvider {
