@@ -805,7 +805,6 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
         // maker's stale one. Then, every other second, the taker crosses one book (a signed
         // limit order at 10% through the mark, immediate or cancel). All the orders go in
         // together, sharing the writer's group commits.
-        let now_s = now / 1_000;
         for maker in &makers {
             maker.cancel_all(&gateway, now)?;
         }
@@ -826,7 +825,7 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
                         price,
                         size,
                         "post_only",
-                        now_s,
+                        now,
                     ));
                 }
             }
@@ -852,7 +851,7 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
                 limit,
                 qty,
                 "ioc",
-                now_s,
+                now,
             ));
         }
         let results = gateway.place_signed_orders(&orders).await;
@@ -897,8 +896,9 @@ impl Participant {
     }
 
     /// A signed order's `private/order` params: `qty` (1e-8 contracts) of `instrument` at limit
-    /// `price` (micro-USDC), its fee capped at 1,000 USDC, its signature good for an hour. The
-    /// nonce is the time in microseconds, or one past the last (unique across restarts).
+    /// `price` (micro-USDC), its fee capped at 1,000 USDC, its signature good for an hour from
+    /// `now_ms`. The nonce is that time in microseconds, or one past the last (unique across
+    /// restarts).
     #[allow(clippy::too_many_arguments)]
     fn order(
         &mut self,
@@ -909,9 +909,9 @@ impl Participant {
         price: i64,
         qty: i64,
         time_in_force: &str,
-        now_s: u64,
+        now_ms: u64,
     ) -> serde_json::Value {
-        self.nonce = (self.nonce + 1).max(optio_gateway::now_ms() * 1_000);
+        self.nonce = (self.nonce + 1).max(now_ms * 1_000);
         let decimal =
             |v: i64, scale: i64, digits: usize| format!("{}.{:0digits$}", v / scale, v % scale);
         let request = optio_gateway::client::OrderRequest {
@@ -926,7 +926,7 @@ impl Participant {
             amount: &decimal(qty, QTY_SCALE, 8),
             max_fee: "1000",
             nonce: self.nonce,
-            expiry: now_s + 3_600,
+            expiry: now_ms / 1_000 + 3_600,
             time_in_force,
         };
         optio_gateway::client::order_params(&self.key, chain_id, contract, &request)
