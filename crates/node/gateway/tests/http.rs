@@ -1619,4 +1619,24 @@ async fn orders_placed_together_share_group_commits() {
         Some(20),
         "alice's bids rest: {open}"
     );
+    // Bob's 20 asks rest, and the refused one left nothing.
+    let (_, open) = h
+        .post(
+            &json!({"jsonrpc": "2.0", "id": 1, "method": "private/get_open_orders",
+                    "params": {"subaccount_id": bob.subaccount}})
+            .to_string(),
+            &optio_gateway::client::auth_headers(&bob.key, optio_gateway::now_ms()),
+        )
+        .await;
+    let asks = open["result"].as_array().expect("bob's open orders");
+    assert_eq!(asks.len(), 20, "{open}");
+    assert!(
+        asks.iter().all(|o| {
+            o["limit_price"]
+                .as_str()
+                .and_then(|p| p.parse::<f64>().ok())
+                .is_some_and(|p| p < 9_500.0)
+        }),
+        "the refused order rests: {open}"
+    );
 }
