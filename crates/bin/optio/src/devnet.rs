@@ -80,6 +80,11 @@ pub struct DevnetArgs {
     /// Snapshot the engine and views after this many inputs (0: never).
     #[arg(long, default_value_t = 100_000)]
     pub snapshot_every: u64,
+    /// Start a new log segment at this many MiB; segments a snapshot covers, with every input
+    /// in them batched, are deleted.
+    #[arg(long, default_value_t = optio_sequencer::DEFAULT_SEGMENT_BYTES >> 20,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub log_segment_mb: u64,
     /// Post batches to this Ethereum JSON-RPC endpoint (with --rollup and OPTIO_L1_KEY) instead
     /// of a local chain.
     #[arg(long, requires = "rollup", conflicts_with = "no_l1")]
@@ -537,6 +542,7 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
             .unwrap_or(if keys.is_some() { 30_000 } else { 2_000 }),
         batch_capacity: capacity,
         snapshot_every: args.snapshot_every,
+        log_segment_bytes: args.log_segment_mb << 20,
         ..Config::default()
     };
     let gateway = Arc::new(

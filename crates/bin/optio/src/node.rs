@@ -14,6 +14,8 @@
 //! ip_requests_per_second = 100000
 //! owner_orders_per_second = 50000
 //! snapshot_every = 100000        # inputs between snapshots (0: never)
+//! log_segment_mb = 64            # the log's segment size; segments a snapshot covers, with
+//!                                # every input in them batched, are deleted
 //! l1_rpc = "http://127.0.0.1:8545"   # post batches to this chain (operator key: OPTIO_L1_KEY)
 //! rollup = "0x…"                     # the OptioRollup contract
 //! prove_keys = "/var/lib/optio-keys" # cut batches to fit this circuit (`optio prove setup`);
@@ -83,6 +85,7 @@ struct FileConfig {
     ip_requests_per_second: Option<u64>,
     owner_orders_per_second: Option<u64>,
     snapshot_every: Option<u64>,
+    log_segment_mb: Option<u64>,
     l1_rpc: Option<String>,
     rollup: Option<String>,
     l1_confirmations: Option<u64>,
@@ -159,6 +162,12 @@ pub fn run(args: NodeArgs) -> Result<()> {
     }
     if let Some(n) = file.snapshot_every {
         config.snapshot_every = n;
+    }
+    if let Some(mb) = file.log_segment_mb {
+        if mb == 0 {
+            bail!("log_segment_mb must be at least 1");
+        }
+        config.log_segment_bytes = mb << 20;
     }
     if let Some(r) = file.owner_orders_per_second {
         config.owner_orders_per_second = r;

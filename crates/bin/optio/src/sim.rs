@@ -52,7 +52,7 @@
 //! subscriber gets before it is dropped depends on thread timing, and nothing else depends on
 //! that.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -147,6 +147,7 @@ pub struct Stats {
     reorged_txs: u64,
     crashes: u64,
     from_snapshot: u64,
+    log_trimmed: u64,
     torn: u64,
     lost_unsynced: u64,
     kept_unsynced: u64,
@@ -192,6 +193,7 @@ impl Stats {
         self.reorged_txs += s.reorged_txs;
         self.crashes += s.crashes;
         self.from_snapshot += s.from_snapshot;
+        self.log_trimmed += s.log_trimmed;
         self.torn += s.torn;
         self.lost_unsynced += s.lost_unsynced;
         self.kept_unsynced += s.kept_unsynced;
@@ -206,7 +208,7 @@ impl Stats {
 
     fn line(&self) -> String {
         format!(
-            "{} orders ({} accepted), {} cancels, {} hostile refused, {} oracle updates ({} stalls, {} jumps, {} settlement prices), {} put fills ({} put positions settled, {} of BTC's), {} BTC fills, {} fills of the Portfolio trader, {} auctions started ({} ended), {} liquidation bids filled, {} deleverages ({} refused as early), {} L1 deposits, {} forced withdrawals, {} forced closes ({} positions moved), {} settler rounds, {} L1 reorgs ({} txs dropped), {} crashes ({} restarts from a snapshot, {} torn tails, {} unsynced groups lost, {} kept), {} slow subscribers, {} book changes checked, {} batches ({} checked against the circuit, {} positions in read-only registers), {} session key changes, {} orders signed by a session key",
+            "{} orders ({} accepted), {} cancels, {} hostile refused, {} oracle updates ({} stalls, {} jumps, {} settlement prices), {} put fills ({} put positions settled, {} of BTC's), {} BTC fills, {} fills of the Portfolio trader, {} auctions started ({} ended), {} liquidation bids filled, {} deleverages ({} refused as early), {} L1 deposits, {} forced withdrawals, {} forced closes ({} positions moved), {} settler rounds, {} L1 reorgs ({} txs dropped), {} crashes ({} restarts from a snapshot, {} log bytes deleted by snapshots, {} torn tails, {} unsynced groups lost, {} kept), {} slow subscribers, {} book changes checked, {} batches ({} checked against the circuit, {} positions in read-only registers), {} session key changes, {} orders signed by a session key",
             self.orders,
             self.accepted,
             self.cancels,
@@ -234,6 +236,7 @@ impl Stats {
             self.reorged_txs,
             self.crashes,
             self.from_snapshot,
+            self.log_trimmed,
             self.torn,
             self.lost_unsynced,
             self.kept_unsynced,
@@ -378,6 +381,16 @@ struct World {
     sent: Vec<Value>,
     public_key: secp256k1::PublicKey,
     stats: Stats,
+}
+
+/// The log segment the node appends to (the newest).
+fn active_log(dir: &Path) -> Result<PathBuf> {
+    let segments = optio_sequencer::log::segments(dir)?;
+    Ok(segments
+        .last()
+        .context("the node's log has no segment")?
+        .1
+        .clone())
 }
 
 fn open(dir: &Path, config: &Config, shape: Option<optio_prover::Shape>) -> Result<Arc<Gateway>> {
@@ -550,6 +563,8 @@ impl World {
             // its last input before the jump, is still taken.
             batch_max_age_ms: 20 * 3_600_000,
             snapshot_every: 400,
+            // Small log segments, so that snapshots delete some between crashes.
+            log_segment_bytes: 32 << 10,
             clock: clock.clone(),
             // The rollup judges fills by their signatures.
             signed_terms_only: true,
@@ -1340,12 +1355,14 @@ impl World {
     /// group's write and its fsync (the power loss keeps none, part or all of it); then the
     /// checks.
     fn crash(&mut self) -> Result<()> {
-        let wal = self.dir.path().join("wal.log");
+        // What the node's snapshots deleted of its log before this crash.
+        self.stats.log_trimmed += self.gateway().log_trimmed();
+        let mut wal = active_log(self.dir.path())?;
         let (mut hash, mut seq) = (self.gateway().state_hash(), self.gateway().next_seq());
         let mut unsynced: Option<String> = None;
         if self.rng.random_bool(0.3) {
             // The writer dies after writing the next group (one signed order), before fsync.
-            let synced = std::fs::metadata(&wal)?.len();
+            let mut synced = std::fs::metadata(&wal)?.len();
             let t = self.rng.random_range(0..TRADERS);
             let (params, digest) = self.signed(t).context("signing")?;
             self.gateway().crash_before_next_fsync();
@@ -1357,6 +1374,11 @@ impl World {
                 "an order was answered although its group never reached the disk"
             );
             self.stop()?;
+            // (The group may have begun a new segment: none of it was synced.)
+            if active_log(self.dir.path())? != wal {
+                wal = active_log(self.dir.path())?;
+                synced = 0;
+            }
             let written = std::fs::metadata(&wal)?.len();
             ensure!(written > synced, "the crashed group was not written");
             let keep = match self.rng.random_range(0..3) {

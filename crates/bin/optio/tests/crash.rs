@@ -148,7 +148,7 @@ fn kill_9_during_bursts_loses_no_acknowledged_intent() {
     let health = get(&url, "/health").expect("health");
     child.kill().expect("kill");
     child.wait().expect("reaped");
-    let (_, records) = optio_sequencer::Wal::open(&dir.path().join("wal.log")).expect("log opens");
+    let records = optio_sequencer::log::read(dir.path()).expect("log reads");
     let mut engine = optio_engine::Engine::new(EngineLimits::default());
     let mut events = Vec::new();
     for (seq, input, intent) in &records {

@@ -39,6 +39,9 @@ pub struct BatchStats {
     pub root: String,
     /// Last sequence number the batcher has taken.
     pub last_seq: u64,
+    /// Last sequence number the last batch written covers (a restart feeds the batcher the
+    /// inputs after it).
+    pub cut_seq: u64,
     /// Blob bytes and fills written since start.
     pub bytes: u64,
     /// Fills written since start.
@@ -263,6 +266,7 @@ pub(crate) fn start(
         number,
         root: optio_state::poseidon::to_hex(&state.root()),
         last_seq,
+        cut_seq: last_seq,
         dir: dir.to_owned(),
         ..BatchStats::default()
     }));
@@ -359,6 +363,7 @@ fn run(
         s.last_seq = batcher.last_seq();
         for batch in cuts {
             s.number = batch.header.number;
+            s.cut_seq = batch.header.last_seq;
             s.root = optio_state::poseidon::to_hex(&batch.header.new_root);
             s.bytes += batch.blob.len() as u64;
             s.fills += batch.fills as u64;

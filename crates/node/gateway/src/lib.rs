@@ -90,6 +90,9 @@ pub struct Config {
     /// A snapshot (engine and views) after about this many inputs, so that a restart replays
     /// only the log after it (0: never).
     pub snapshot_every: u64,
+    /// A new log segment starts once the one written holds this many bytes; segments a
+    /// snapshot covers, with every input in them batched, are deleted.
+    pub log_segment_bytes: u64,
     /// The rollup judges every fill by its orders' posted signatures (deployed with
     /// `authorizations`): refuse what the operator could not justify there, an edit that
     /// loosens an order beyond what was signed (6008). Orders signed by a session key are
@@ -149,6 +152,7 @@ impl Default for Config {
             batch_capacity: None,
             clock: Clock::System,
             snapshot_every: 100_000,
+            log_segment_bytes: optio_sequencer::DEFAULT_SEGMENT_BYTES,
             signed_terms_only: false,
         }
     }
@@ -164,6 +168,14 @@ struct Nonces {
 }
 
 impl Nonces {
+    /// Every nonce whose signature is still valid at `now_s`: (owner, nonce, expiry).
+    fn live(&self, now_s: u64) -> Vec<(Address, u64, u64)> {
+        self.by_expiry
+            .range((now_s, [0; 20], 0)..)
+            .map(|&(expiry, owner, nonce)| (owner, nonce, expiry))
+            .collect()
+    }
+
     /// Records `nonce` for `owner` until `expiry` (seconds); `false` if it is in use. Nonces
     /// whose signatures expired before `now_s` are forgotten first.
     fn take(&mut self, owner: Address, nonce: u64, expiry: u64, now_s: u64) -> bool {
@@ -263,12 +275,16 @@ impl Node {
     }
 }
 
-/// The bytes of a snapshot's views (what `restore_views` reads), written straight into one
-/// string (a `Value` tree per order cost several times more, on the cores that answer orders).
-fn encode_views((history, labels, intents): &Views) -> Vec<u8> {
+/// The bytes of a snapshot's views and of the nonces still in use (what `restore_views`
+/// reads), written straight into one string (a `Value` tree per order cost several times more,
+/// on the cores that answer orders). The nonces keep replay protection once the log segments
+/// that held their intents are deleted.
+fn encode_views((history, labels, intents): &Views, nonces: &[(Address, u64, u64)]) -> Vec<u8> {
     use std::fmt::Write as _;
-    let mut out = String::with_capacity(64 * (history.orders.len() + intents.len()) + 1_024);
-    out.push_str("{\"version\":1,\"history\":");
+    let mut out = String::with_capacity(
+        64 * (history.orders.len() + intents.len()) + 72 * nonces.len() + 1_024,
+    );
+    out.push_str("{\"version\":2,\"history\":");
     history.write_json(&mut out);
     out.push_str(",\"labels\":[");
     for (i, (id, label)) in labels.iter().enumerate() {
@@ -281,6 +297,11 @@ fn encode_views((history, labels, intents): &Views) -> Vec<u8> {
         let code = code.map_or_else(|| "null".to_owned(), |c| (c as u16).to_string());
         let _ = write!(out, "{sep}[\"{}\",{seq},{time},{code}]", views::hex(digest));
     }
+    out.push_str("],\"nonces\":[");
+    for (i, (owner, nonce, expiry)) in nonces.iter().enumerate() {
+        let sep = if i == 0 { "" } else { "," };
+        let _ = write!(out, "{sep}[\"{}\",{nonce},{expiry}]", views::hex(owner));
+    }
     out.push_str("]}");
     out.into_bytes()
 }
@@ -291,11 +312,25 @@ type IntentStatus = ([u8; 32], u64, u64, Option<optio_types::RejectCode>);
 /// Views restored from a snapshot: history, labels, intent statuses (oldest first).
 type Views = (history::History, BTreeMap<u64, String>, Vec<IntentStatus>);
 
-/// The views `Node::views` wrote; `None` if they are malformed.
-fn restore_views(bytes: &[u8]) -> Option<Views> {
+/// Nonces in use: owner, nonce, the signature's expiry (seconds).
+type LiveNonces = Vec<(Address, u64, u64)>;
+
+/// The views and nonces `encode_views` wrote; `None` if they are malformed. (Version 1, before
+/// the log was trimmed, kept no nonces: its log holds every intent.)
+fn restore_views(bytes: &[u8]) -> Option<(Views, LiveNonces)> {
     let v: Value = serde_json::from_slice(bytes).ok()?;
-    if v["version"] != 1 {
+    let version = v["version"].as_u64()?;
+    if !(1..=2).contains(&version) {
         return None;
+    }
+    let mut nonces = Vec::new();
+    if version == 2 {
+        for n in v["nonces"].as_array()? {
+            let owner: Address = optio_intents::parse_hex(n.get(0)?.as_str()?)?
+                .try_into()
+                .ok()?;
+            nonces.push((owner, n.get(1)?.as_u64()?, n.get(2)?.as_u64()?));
+        }
     }
     let history = history::History::from_json(&v["history"])?;
     let mut labels = BTreeMap::new();
@@ -315,7 +350,7 @@ fn restore_views(bytes: &[u8]) -> Option<Views> {
         };
         intents.push((digest, i.get(1)?.as_u64()?, i.get(2)?.as_u64()?, code));
     }
-    Some((history, labels, intents))
+    Some(((history, labels, intents), nonces))
 }
 
 impl Node {
@@ -405,6 +440,13 @@ const MAX_GROUP: usize = 4_096;
 struct WriterSettings {
     clock: Clock,
     snapshot_every: u64,
+    /// The nonces in use, kept in each snapshot.
+    nonces: Arc<Mutex<Nonces>>,
+    /// The batcher's progress: the log is kept from the last snapshot whose inputs were all
+    /// batched (`None`: no batcher, so none is ever deleted).
+    batch_stats: Option<Arc<Mutex<batching::BatchStats>>>,
+    /// Log bytes the snapshots' trims freed.
+    trimmed: Arc<std::sync::atomic::AtomicU64>,
     crash_before_sync: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -416,18 +458,41 @@ struct Snapshots {
 }
 
 impl Snapshots {
-    fn start() -> Option<Self> {
+    /// Starts the thread. Each snapshot keeps the views and the nonces in use; the one it
+    /// replaces becomes the base if every input up to it was batched, and the log segments the
+    /// base covers are deleted (`PendingSnapshot::write_keeping`).
+    fn start(settings: &WriterSettings) -> Option<Self> {
         let (queue, rx) =
             std::sync::mpsc::sync_channel::<(optio_sequencer::PendingSnapshot, Views)>(1);
         let busy = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = busy.clone();
+        let (nonces, stats, clock, trimmed) = (
+            settings.nonces.clone(),
+            settings.batch_stats.clone(),
+            settings.clock.clone(),
+            settings.trimmed.clone(),
+        );
         let thread = std::thread::Builder::new()
             .name("optio-snapshot".into())
             .spawn(move || {
                 for (pending, views) in rx {
                     let seq = pending.seq();
-                    if let Err(e) = pending.write(&encode_views(&views)) {
-                        tracing::warn!(error = %e, seq, "snapshot failed");
+                    let live = nonces
+                        .lock()
+                        .map(|n| n.live(clock.now_ms() / 1_000))
+                        .unwrap_or_default();
+                    let batched = stats
+                        .as_ref()
+                        .and_then(|s| s.lock().ok().map(|s| s.cut_seq))
+                        .unwrap_or(0);
+                    match pending.write_keeping(&encode_views(&views, &live), batched) {
+                        Ok((base, freed)) => {
+                            trimmed.fetch_add(freed, std::sync::atomic::Ordering::Relaxed);
+                            if freed > 0 {
+                                tracing::info!(seq, base, freed, "snapshot; log trimmed");
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, seq, "snapshot failed"),
                     }
                     flag.store(false, std::sync::atomic::Ordering::Release);
                 }
@@ -476,7 +541,7 @@ fn writer(
     mut batches: Option<batching::Feed>,
 ) {
     let mut snapshots = if settings.snapshot_every > 0 {
-        Snapshots::start()
+        Snapshots::start(&settings)
     } else {
         None
     };
@@ -655,7 +720,9 @@ fn placed_by(
 /// The gateway.
 pub struct Gateway {
     node: Arc<Mutex<Node>>,
-    nonces: Mutex<Nonces>,
+    nonces: Arc<Mutex<Nonces>>,
+    /// Log bytes deleted after snapshots since start.
+    log_trimmed: Arc<std::sync::atomic::AtomicU64>,
     ip_limits: limits::Buckets<std::net::IpAddr>,
     owner_limits: limits::Buckets<Address>,
     /// Every sequenced input's events, for WebSocket subscribers (bounded: laggards are dropped).
@@ -805,6 +872,7 @@ impl Gateway {
         let mut history = history::History::default();
         let mut labels = BTreeMap::new();
         let mut intents = Vec::new();
+        let mut saved_nonces = Vec::new();
         // The batcher resumes from its blobs; every input after the last batched one is fed
         // again, in order.
         let (feed, stats, batched) = batching::start(
@@ -819,11 +887,12 @@ impl Gateway {
         })?;
         // The views at the snapshot, if there is one; the log after it is folded in below.
         if let Some(extra) = Sequencer::read_snapshot_extra(dir)? {
-            let (h, l, i) =
+            let ((h, l, i), n) =
                 restore_views(&extra).ok_or(optio_sequencer::SequencerError::SnapshotFormat)?;
             history = h;
             labels = l;
             intents = i;
+            saved_nonces = n;
         }
         // Every log starts from the same limits; a proof's limits come through it
         // (`Command::SetProofLimits`, below), so a replay from genesis gives the same engine.
@@ -863,14 +932,27 @@ impl Gateway {
             }
         })?;
         // A snapshot newer than the last batch: the inputs between come from the log, replayed
-        // on a scratch engine for their events.
+        // for their events on a scratch engine, from the base snapshot (one whose inputs were
+        // all batched: the log is kept from it on) or else from genesis.
         let resume_from = first_replayed.unwrap_or(sequencer.next_seq());
         if resume_from > batched + 1 {
-            let (_, records) = optio_sequencer::Wal::open(&dir.join("wal.log"))?;
-            let mut scratch = optio_engine::Engine::new(genesis);
+            let (from, mut scratch) = match Sequencer::read_base(dir)? {
+                Some((seq, engine)) if seq <= batched => (seq, engine),
+                _ => (0, optio_engine::Engine::new(genesis)),
+            };
+            let records = optio_sequencer::log::read(dir)?;
+            let first = records.first().map_or(resume_from, |r| r.0);
+            if first > from + 1 {
+                return Err(optio_sequencer::SequencerError::LogIncomplete {
+                    snapshot: from,
+                    first,
+                    last: records.last().map_or(first - 1, |r| r.0),
+                });
+            }
             let mut gap = Vec::new();
             for (seq, input, intent) in records
                 .into_iter()
+                .skip_while(|(seq, _, _)| *seq <= from)
                 .take_while(|(seq, _, _)| *seq < resume_from)
             {
                 let mut events = Vec::new();
@@ -893,7 +975,7 @@ impl Gateway {
             let rest = backlog.split_off(backlog.len().min(MAX_GROUP));
             feed.send(std::mem::replace(&mut backlog, rest));
         }
-        let gateway = Self::build(sequencer, config, Some((feed, stats)));
+        let gateway = Self::build(sequencer, config, Some((feed, stats)), &saved_nonces);
         {
             let mut node = gateway.lock();
             node.history = history;
@@ -922,14 +1004,18 @@ impl Gateway {
 
     /// A gateway over `sequencer` (history starts empty; see `open`).
     pub fn new(sequencer: Sequencer, config: Config) -> Self {
-        Self::build(sequencer, config, None)
+        Self::build(sequencer, config, None, &[])
     }
 
+    /// The gateway over `sequencer`, with the batcher's feed if it has one, and the nonces a
+    /// snapshot kept.
     fn build(
-        sequencer: Sequencer,
+        mut sequencer: Sequencer,
         config: Config,
         batches: Option<(batching::Feed, Arc<Mutex<batching::BatchStats>>)>,
+        saved_nonces: &[(Address, u64, u64)],
     ) -> Self {
+        sequencer.set_segment_bytes(config.log_segment_bytes);
         let (feed, batch_stats) = batches.map_or((None, None), |(f, s)| (Some(f), Some(s)));
         use optio_state::auth::{Venue, domain};
         let venue = Venue {
@@ -950,7 +1036,8 @@ impl Gateway {
             .collect();
         let last_ms = sequencer.engine().time_ms();
         let receipt_signer = sequencer.receipt_signer();
-        // Replay protection survives restarts: the log holds every signed intent.
+        // Replay protection survives restarts: the log holds every signed intent since the base
+        // snapshot, and the snapshot the nonces of those before.
         let mut nonces = Nonces::default();
         let now_s = config.clock.now_ms() / 1_000;
         for intent in sequencer
@@ -960,6 +1047,11 @@ impl Gateway {
         {
             nonces.take(intent.owner, intent.nonce, intent.expiry, now_s);
         }
+        // And those of the intents in log segments already deleted, kept by the snapshot.
+        for (owner, nonce, expiry) in saved_nonces.iter().filter(|n| n.2 >= now_s) {
+            nonces.take(*owner, *nonce, *expiry, now_s);
+        }
+        let nonces = Arc::new(Mutex::new(nonces));
         let node = Arc::new(Mutex::new(Node {
             sequencer,
             labels: BTreeMap::new(),
@@ -981,9 +1073,13 @@ impl Gateway {
         let (events, _) = tokio::sync::broadcast::channel(ws::STREAM_CAPACITY);
         let (shared, stream) = (node.clone(), events.clone());
         let crash_before_sync = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let trimmed = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let settings = WriterSettings {
             clock: config.clock.clone(),
             snapshot_every: config.snapshot_every,
+            nonces: nonces.clone(),
+            batch_stats: batch_stats.clone(),
+            trimmed: trimmed.clone(),
             crash_before_sync: crash_before_sync.clone(),
         };
         let writer = std::thread::Builder::new()
@@ -1000,7 +1096,8 @@ impl Gateway {
         );
         Self {
             node,
-            nonces: Mutex::new(nonces),
+            nonces,
+            log_trimmed: trimmed,
             ip_limits,
             owner_limits,
             events,
@@ -1023,6 +1120,11 @@ impl Gateway {
     pub fn crash_before_next_fsync(&self) {
         self.crash_before_sync
             .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Log bytes the node's snapshots deleted since it started.
+    pub fn log_trimmed(&self) -> u64 {
+        self.log_trimmed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The sequence number of the node's last snapshot (0: none yet).
@@ -2058,6 +2160,17 @@ impl Gateway {
         out.push_str(&format!(
             "optio_wal_group_inputs_total {}\n",
             node.grouped_inputs
+        ));
+        // (Listing the log's segments: a few directory entries.)
+        let (segments, bytes) = node.sequencer.log_size().unwrap_or((0, 0));
+        out.push_str("# HELP optio_wal_segments Log segment files on disk.\n# TYPE optio_wal_segments gauge\n");
+        out.push_str(&format!("optio_wal_segments {segments}\n"));
+        out.push_str("# HELP optio_wal_bytes Log bytes on disk (segments a snapshot covers, with every input batched, are deleted).\n# TYPE optio_wal_bytes gauge\n");
+        out.push_str(&format!("optio_wal_bytes {bytes}\n"));
+        out.push_str("# HELP optio_wal_trimmed_bytes_total Log bytes deleted after snapshots since start.\n# TYPE optio_wal_trimmed_bytes_total counter\n");
+        out.push_str(&format!(
+            "optio_wal_trimmed_bytes_total {}\n",
+            self.log_trimmed.load(std::sync::atomic::Ordering::Relaxed)
         ));
         out.push_str("# HELP optio_l1_priority_served L1 priority operations (deposits, forced withdrawals) sequenced.\n# TYPE optio_l1_priority_served counter\n");
         out.push_str(&format!(

@@ -3,7 +3,10 @@
 //! log, and the batches on disk are byte for byte those of one uninterrupted batcher over the
 //! same log. And the client labels of open orders, the order history and intent statuses. Each
 //! runs without snapshots (the whole log replayed) and with a snapshot every few inputs (the
-//! engine and the views restored from it, the log after it replayed).
+//! engine and the views restored from it, the log after it replayed), and the batcher also with
+//! small log segments, which the snapshots delete as the batches cover them (a restart replays
+//! the inputs not yet batched from the base snapshot kept for them). And a signed intent's
+//! nonce stays used once the segment that logged it is deleted.
 
 use optio_gateway::{Config, Gateway};
 use optio_state::Batcher;
@@ -15,14 +18,33 @@ use optio_types::{
 const MAX_OPS: usize = 10;
 
 fn open(dir: &std::path::Path, snapshot_every: u64) -> Gateway {
+    open_with(dir, snapshot_every, optio_sequencer::DEFAULT_SEGMENT_BYTES)
+}
+
+fn open_with(dir: &std::path::Path, snapshot_every: u64, log_segment_bytes: u64) -> Gateway {
     // Cuts by size only (the age is never reached), so cut points depend on the sequence alone.
     let config = Config {
         batch_max_ops: MAX_OPS,
         batch_max_age_ms: u64::MAX,
         snapshot_every,
+        log_segment_bytes,
         ..Config::default()
     };
     Gateway::open(dir, [9; 32], EngineLimits::default(), config).expect("opens")
+}
+
+/// Every record the log holds now, added to `seen` (the snapshots delete segments as they go;
+/// read again if one goes while it is read).
+fn keep_records(
+    dir: &std::path::Path,
+    seen: &mut std::collections::BTreeMap<u64, optio_types::Input>,
+) {
+    let records = (0..10)
+        .find_map(|_| optio_sequencer::log::read(dir).ok())
+        .expect("the log reads");
+    for (seq, input, _) in records {
+        seen.insert(seq, input);
+    }
 }
 
 fn order(account: u32, side: Side, price: i64) -> Command {
@@ -77,13 +99,19 @@ fn stop(g: Gateway) {
 #[test]
 fn restarts_between_and_within_batches_commit_the_batches_of_an_uninterrupted_run() {
     for snapshot_every in [0, 7] {
-        restarts_commit_the_batches_of_an_uninterrupted_run(snapshot_every);
+        restarts_commit_the_batches_of_an_uninterrupted_run(
+            snapshot_every,
+            optio_sequencer::DEFAULT_SEGMENT_BYTES,
+        );
     }
+    // A segment a group: the snapshots delete those their base covers.
+    restarts_commit_the_batches_of_an_uninterrupted_run(7, 256);
 }
 
-fn restarts_commit_the_batches_of_an_uninterrupted_run(snapshot_every: u64) {
+fn restarts_commit_the_batches_of_an_uninterrupted_run(snapshot_every: u64, segment: u64) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let g = open(dir.path(), snapshot_every);
+    let mut seen = std::collections::BTreeMap::new();
+    let g = open_with(dir.path(), snapshot_every, segment);
     let spec = InstrumentSpec::with_defaults(
         "BTC-26MAR27-100000-C".parse().expect("name"),
         Price(300_000 * MONEY_SCALE),
@@ -109,30 +137,52 @@ fn restarts_commit_the_batches_of_an_uninterrupted_run(snapshot_every: u64) {
             .iter()
             .all(Result::is_ok)
     );
-    assert!(
-        g.submit_admin(trades(0, 31))
-            .expect("sequenced")
-            .iter()
-            .all(Result::is_ok)
-    );
+    keep_records(dir.path(), &mut seen);
+    // In groups of four orders (a snapshot may follow each), each group's records read before
+    // a later snapshot can delete them.
+    let mut submit = |g: &Gateway, commands: Vec<Command>| {
+        for group in commands.chunks(4) {
+            assert!(
+                g.submit_admin(group.to_vec())
+                    .expect("sequenced")
+                    .iter()
+                    .all(Result::is_ok)
+            );
+            keep_records(dir.path(), &mut seen);
+        }
+    };
+    submit(&g, trades(0, 31));
+    let mut trimmed = g.log_trimmed();
     stop(g);
     for round in 1..4 {
-        let g = open(dir.path(), snapshot_every);
-        assert!(
-            g.submit_admin(trades(round, 17 + round * 5))
-                .expect("sequenced")
-                .iter()
-                .all(Result::is_ok)
-        );
+        let g = open_with(dir.path(), snapshot_every, segment);
+        submit(&g, trades(round, 17 + round * 5));
+        trimmed += g.log_trimmed();
         stop(g);
     }
+    let first = optio_sequencer::log::segments(dir.path()).expect("listed")[0].0;
+    if segment < optio_sequencer::DEFAULT_SEGMENT_BYTES {
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("dir")
+            .map(|e| e.expect("e").file_name())
+            .collect();
+        assert!(
+            trimmed > 0 && first > 1,
+            "the log was not trimmed: {trimmed} {first} {names:?}"
+        );
+    } else {
+        assert_eq!((trimmed, first), (0, 1));
+    }
 
-    // One uninterrupted batcher over the whole log.
-    let (_, records) = optio_sequencer::Wal::open(&dir.path().join("wal.log")).expect("log");
+    // One uninterrupted batcher over every input logged.
     let mut engine = optio_engine::Engine::new(EngineLimits::default());
     let mut batcher = Batcher::new(MAX_OPS, u64::MAX);
     let mut expected = Vec::new();
-    for (seq, input, _) in &records {
+    assert_eq!(
+        seen.keys().copied().collect::<Vec<_>>(),
+        (1..=seen.len() as u64).collect::<Vec<_>>()
+    );
+    for (seq, input) in &seen {
         let mut events = Vec::new();
         let _ = engine.apply(input, &mut events);
         expected.extend(batcher.push(*seq, input, &events).expect("batches"));
@@ -441,5 +491,107 @@ fn a_proofs_limits_come_through_the_log() {
         (4, optio_types::ProofLimits::UNBOUNDED),
         "no keys, no bound"
     );
+    stop(g);
+}
+
+/// A signed order's nonce stays used across a restart after the log segment that held its
+/// intent was deleted: the snapshot keeps the nonces whose signatures are still valid.
+#[test]
+fn a_nonce_stays_used_after_its_log_segment_is_deleted() {
+    use secp256k1::SecretKey;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key = SecretKey::from_secret_bytes([0x42; 32]).expect("key");
+    let address = optio_intents::address_of(&secp256k1::PublicKey::from_secret_key(&key));
+    let config = Config::default();
+    let signed = |price: &str| {
+        let request = optio_gateway::client::OrderRequest {
+            subaccount: 0,
+            instrument_id: 0,
+            instrument_name: "BTC-26MAR27-100000-C",
+            direction: "buy",
+            price,
+            amount: "0.1",
+            max_fee: "100",
+            nonce: 7,
+            expiry: optio_gateway::now_ms() / 1_000 + 3_600,
+            time_in_force: "gtc",
+        };
+        optio_gateway::client::order_params(
+            &key,
+            config.chain_id,
+            config.verifying_contract,
+            &request,
+        )
+        .expect("signs")
+    };
+    let g = open_with(dir.path(), 1, 256);
+    let spec = InstrumentSpec::with_defaults(
+        "BTC-26MAR27-100000-C".parse().expect("name"),
+        Price(300_000 * MONEY_SCALE),
+    );
+    assert!(
+        g.submit_admin(vec![
+            Command::ListInstrument { spec },
+            Command::ActivateInstrument {
+                instrument: InstrumentId(0)
+            },
+        ])
+        .expect("sequenced")
+        .iter()
+        .all(Result::is_ok)
+    );
+    assert_eq!(
+        g.fund(address, Amount(1_000_000 * MONEY_SCALE)),
+        Ok(0),
+        "the signer's account"
+    );
+    assert_eq!(
+        g.fund(
+            optio_intents::Address::from([2; 20]),
+            Amount(1_000_000 * MONEY_SCALE)
+        ),
+        Ok(1)
+    );
+    g.call("private/order", &signed("1000"), &Default::default())
+        .expect("placed");
+    // Trades after it, until the batches cover it and a snapshot deletes its segment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut round = 0;
+    while dir.path().join("wal.log").exists() {
+        assert!(std::time::Instant::now() < deadline, "its segment stays");
+        for group in trades(round, 3).chunks(2) {
+            assert!(
+                g.submit_admin(group.to_vec())
+                    .expect("sequenced")
+                    .iter()
+                    .all(Result::is_ok)
+            );
+        }
+        round += 1;
+    }
+    // The metrics show the log on disk and what the snapshots deleted.
+    let metric = |text: &str, name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {text}"))
+    };
+    while metric(&g.metrics(), "optio_wal_trimmed_bytes_total") == 0 {
+        assert!(std::time::Instant::now() < deadline, "no trim counted");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let on_disk = optio_sequencer::log::size(dir.path()).expect("sized");
+    let metrics = g.metrics();
+    assert_eq!(metric(&metrics, "optio_wal_segments"), on_disk.0 as u64);
+    assert_eq!(metric(&metrics, "optio_wal_bytes"), on_disk.1);
+    stop(g);
+    let g = open_with(dir.path(), 1, 256);
+    // Another order under the same nonce: refused, nothing sequenced.
+    let before = (g.next_seq(), g.state_hash());
+    match g.call("private/order", &signed("1001"), &Default::default()) {
+        Err(optio_gateway::CallError::Gateway(e)) => assert_eq!(e.code(), 6_003, "{e:?}"),
+        other => panic!("a used nonce was taken again: {other:?}"),
+    }
+    assert_eq!((g.next_seq(), g.state_hash()), before);
     stop(g);
 }

@@ -24,10 +24,19 @@ use optio_types::{EngineLimits, Event, Input, RejectCode, WorstCaseMargin};
 use secp256k1::{PublicKey, SecretKey};
 
 pub use receipt::{Receipt, ReceiptSigner, Seal, is_equivocation};
-pub use wal::{Record, Wal, WalError};
+pub use wal::{DEFAULT_SEGMENT_BYTES, Record, Wal, WalError};
+
+/// The log's segments in `dir`, oldest first, and what they hold: see `wal`.
+pub mod log {
+    pub use crate::wal::{read, segments, size, trim};
+}
 
 const SNAPSHOT_FILE: &str = "snapshot.bin";
-const WAL_FILE: &str = "wal.log";
+/// An older snapshot kept while inputs after it are not yet batched (`PendingSnapshot::
+/// write_keeping`): the log is kept from it on.
+const BASE_FILE: &str = "snapshot.base.bin";
+/// The oldest earlier snapshot not yet done with, waiting to become the base.
+const NEXT_FILE: &str = "snapshot.next.bin";
 /// The engine rules the directory's log was written under (`optio_engine::RULES`, in decimal).
 const RULES_FILE: &str = "rules";
 
@@ -71,6 +80,20 @@ pub enum SequencerError {
     /// The rules file is not a decimal version number.
     #[error("the rules file is malformed")]
     RulesFormat,
+    /// The log does not hold every input after the snapshot (its segments start later, or it
+    /// ends before the snapshot).
+    #[error(
+        "log_incomplete: the snapshot is at input {snapshot}, and the log holds inputs {first} \
+         to {last}: the inputs between are lost"
+    )]
+    LogIncomplete {
+        /// The snapshot's sequence number (0: none).
+        snapshot: u64,
+        /// The first input the log holds.
+        first: u64,
+        /// The last (`first - 1`: none).
+        last: u64,
+    },
 }
 
 /// The engine rules recorded in `dir`, if any.
@@ -338,7 +361,15 @@ impl Sequencer {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Engine::new(limits), 0, [0; 32]),
             Err(e) => return Err(e.into()),
         };
-        let (wal, records) = Wal::open(&dir.join(WAL_FILE))?;
+        let (wal, records) = Wal::open(dir)?;
+        let first = records.first().map_or(wal.next_seq(), |r| r.0);
+        if first > snapshot_seq + 1 || wal.next_seq() <= snapshot_seq {
+            return Err(SequencerError::LogIncomplete {
+                snapshot: snapshot_seq,
+                first,
+                last: wal.next_seq() - 1,
+            });
+        }
         // A new directory takes this binary's rules; any other log must have been written
         // under them (the node replays it from the start, too, for the inputs not yet batched).
         let fresh = records.is_empty() && !snapshot.exists();
@@ -395,6 +426,35 @@ impl Sequencer {
     /// Next sequence number.
     pub fn next_seq(&self) -> u64 {
         self.wal.next_seq()
+    }
+
+    /// Starts a new log segment once the one appended to holds `bytes` or more.
+    pub fn set_segment_bytes(&mut self, bytes: u64) {
+        self.wal.set_segment_bytes(bytes);
+    }
+
+    /// The log's segment files and their total bytes.
+    pub fn log_size(&self) -> Result<(usize, u64), SequencerError> {
+        Ok(wal::size(&self.dir)?)
+    }
+
+    /// The log segment appended to.
+    pub fn active_log(&self) -> PathBuf {
+        self.wal.active_path()
+    }
+
+    /// The older snapshot kept in `dir` (`PendingSnapshot::write_keeping`): its sequence number
+    /// and its engine, restored; `None` without one.
+    pub fn read_base(dir: &Path) -> Result<Option<(u64, Engine)>, SequencerError> {
+        match fs::read(dir.join(BASE_FILE)) {
+            Ok(bytes) => {
+                let (seq, _, engine, _) =
+                    split_snapshot(&bytes).ok_or(SequencerError::SnapshotFormat)?;
+                Ok(Some((seq, Engine::restore_bytes(engine, WorstCaseMargin)?)))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The extra bytes of the snapshot in `dir` (what `snapshot_with` kept beside the engine),
@@ -542,6 +602,39 @@ impl Sequencer {
     }
 }
 
+/// Makes `to` the file `from` is (a hard link, or a copy where links are not supported),
+/// atomically: through a temporary name, then a rename over `to`.
+fn link_as(dir: &Path, from: &Path, to: &Path) -> Result<(), SequencerError> {
+    let tmp = dir.join("snapshot.link.tmp");
+    remove_if_there(&tmp)?;
+    if fs::hard_link(from, &tmp).is_err() {
+        fs::copy(from, &tmp)?;
+        fs::File::open(&tmp)?.sync_all()?;
+    }
+    fs::rename(&tmp, to)?;
+    Ok(())
+}
+
+fn remove_if_there(path: &Path) -> Result<(), SequencerError> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+/// The sequence number of the snapshot file at `path`, if there is one.
+fn seq_of(path: &Path) -> Result<Option<u64>, SequencerError> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(Some(
+            split_snapshot(&bytes)
+                .ok_or(SequencerError::SnapshotFormat)?
+                .0,
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// A snapshot taken and not yet on disk (see `Sequencer::take_snapshot`).
 pub struct PendingSnapshot {
     dir: PathBuf,
@@ -554,6 +647,36 @@ impl PendingSnapshot {
     /// The sequence number it is at.
     pub fn seq(&self) -> u64 {
         self.seq
+    }
+
+    /// Writes it with `extra` atomically, like `write`, then deletes the log segments that
+    /// the base snapshot covers. The base is the newest earlier snapshot whose inputs were
+    /// all `done` with (the node's: batched) when a later one was written: the snapshot this
+    /// one replaces if it is done with, or else the one kept waiting (`snapshot.next.bin`, the
+    /// oldest not yet done with) once it is. So the log holds what a restart replays after
+    /// the snapshot, and what the node replays after the base (the inputs not yet batched);
+    /// without a base, all of it. Returns the base's sequence number (0: none) and the bytes
+    /// the log freed.
+    pub fn write_keeping(self, extra: &[u8], done: u64) -> Result<(u64, u64), SequencerError> {
+        let dir = self.dir.clone();
+        let (current, waiting) = (dir.join(SNAPSHOT_FILE), dir.join(NEXT_FILE));
+        if seq_of(&waiting)?.is_some_and(|s| s <= done) {
+            fs::rename(&waiting, dir.join(BASE_FILE))?;
+        }
+        if let Some(seq) = seq_of(&current)?.filter(|&s| s < self.seq) {
+            // Linked before it is replaced: whenever this stops, the directory holds a
+            // snapshot, and a base that is done with.
+            if seq <= done {
+                link_as(&dir, &current, &dir.join(BASE_FILE))?;
+                remove_if_there(&waiting)?;
+            } else if !waiting.exists() {
+                link_as(&dir, &current, &waiting)?;
+            }
+        }
+        self.write(extra)?;
+        let base = seq_of(&dir.join(BASE_FILE))?.unwrap_or(0);
+        let freed = if base > 0 { wal::trim(&dir, base)? } else { 0 };
+        Ok((base, freed))
     }
 
     /// Writes it with `extra` atomically (temporary file, fsync, rename, directory fsync).
