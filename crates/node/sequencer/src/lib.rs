@@ -622,15 +622,17 @@ fn remove_if_there(path: &Path) -> Result<(), SequencerError> {
     }
 }
 
-/// The sequence number of the snapshot file at `path`, if there is one.
+/// The sequence number of the snapshot file at `path` (its first 8 bytes; the file is not read
+/// further), if there is one.
 fn seq_of(path: &Path) -> Result<Option<u64>, SequencerError> {
-    match fs::read(path) {
-        Ok(bytes) => Ok(Some(
-            split_snapshot(&bytes)
-                .ok_or(SequencerError::SnapshotFormat)?
-                .0,
-        )),
+    use std::io::Read;
+    let mut seq = [0u8; 8];
+    match fs::File::open(path).and_then(|mut f| f.read_exact(&mut seq)) {
+        Ok(()) => Ok(Some(u64::from_le_bytes(seq))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            Err(SequencerError::SnapshotFormat)
+        }
         Err(e) => Err(e.into()),
     }
 }

@@ -659,8 +659,9 @@ async fn block_time(provider: &DynProvider, number: u64) -> Result<u64, SettlerE
 /// `CREATE2` frame, kept, whose `to` is the address: a factory, a multisig, a deterministic
 /// deployer). Where the endpoint keeps past state, the block is found first by when the
 /// address got its code (a binary search, about log2 of the blocks' count in code reads), and
-/// only that block's transactions are read; where it does not, every block's transactions are,
-/// and only transactions that created it are found.
+/// only that block is read: traced whole in one call (`debug_traceBlockByNumber`), or else
+/// transaction by transaction; where it does not, every block's transactions are, and only
+/// transactions that created it are found.
 async fn created_in(
     provider: &DynProvider,
     address: Address,
@@ -687,6 +688,15 @@ async fn created_in(
         if time.is_some_and(|t| block.header.timestamp != t) {
             break;
         }
+        // The block where the code appeared, traced whole in one call where the endpoint can
+        // (a mainnet block holds about 150 transactions): a direct creation is its
+        // transaction's top frame, a factory's a frame inside.
+        if traced && let Some(traces) = block_traces(provider, number).await {
+            return Ok(traces
+                .iter()
+                .find_map(|trace| created_in_trace(trace, address))
+                .map(|(code, value)| (number, code, value)));
+        }
         for hash in block.transactions.hashes() {
             let Some(tx) = provider.get_transaction_by_hash(hash).await.map_err(rpc)? else {
                 continue;
@@ -707,6 +717,25 @@ async fn created_in(
         }
     }
     Ok(None)
+}
+
+/// The call trace of every transaction of block `number` (`debug_traceBlockByNumber`, call
+/// tracer), in order; `None` where the endpoint gives none, or not one for each transaction.
+async fn block_traces(provider: &DynProvider, number: u64) -> Option<Vec<serde_json::Value>> {
+    let traces: Vec<serde_json::Value> = provider
+        .raw_request(
+            "debug_traceBlockByNumber".into(),
+            (
+                format!("{number:#x}"),
+                serde_json::json!({ "tracer": "callTracer" }),
+            ),
+        )
+        .await
+        .ok()?;
+    traces
+        .into_iter()
+        .map(|t| t.get("result").filter(|r| r.is_object()).cloned())
+        .collect()
 }
 
 /// The first block of `first..=last` at which `address` has code (`Some(None)`: none has), or

@@ -591,6 +591,41 @@ async fn the_deployment_audit_names_the_contract_that_is_not_the_audited_build()
         .expect("audits");
     assert_eq!(audit.differing().count(), 0, "{audit:?}");
     assert_eq!(audit.contracts.len(), 10, "{audit:?}");
+    // The block where each creation's code appeared is traced whole, one call a creation
+    // searched; through an endpoint without block traces, transaction by transaction.
+    for block_traces in [true, false] {
+        let endpoint = Endpoint::start(
+            &c.url,
+            Limits {
+                block_traces,
+                ..Limits::NONE
+            },
+        )
+        .await;
+        let audit = audit_deployment(&endpoint.provider(), through_factory.rollup)
+            .await
+            .expect("audits");
+        assert_eq!(audit.differing().count(), 0, "{audit:?}");
+        assert_eq!(audit.contracts.len(), 10, "{audit:?}");
+        let counted = |n: &std::sync::Arc<std::sync::atomic::AtomicU64>| {
+            n.load(std::sync::atomic::Ordering::Relaxed)
+        };
+        let (blocks, txs) = (
+            counted(&endpoint.counts.block_traces),
+            counted(&endpoint.counts.tx_traces),
+        );
+        if block_traces {
+            assert!(
+                blocks > 0 && txs == 0,
+                "{blocks} blocks, {txs} transactions traced"
+            );
+        } else {
+            assert!(
+                blocks == 0 && txs > 0,
+                "{blocks} blocks, {txs} transactions traced"
+            );
+        }
+    }
 
     // The chain's own rollup, deployed without a verifier: audited, and said to have none.
     let audit = audit_deployment(provider, c.deployment.rollup)
@@ -755,6 +790,8 @@ struct Limits {
     cap: u64,
     /// Without traces, `debug_*` calls are refused as methods it does not have.
     traces: bool,
+    /// Without block traces, `debug_traceBlockByNumber` is (as some providers disable it).
+    block_traces: bool,
     /// Every this many calls one is refused for the caller's rate (0: none), alternately as
     /// Alchemy does (HTTP 429, with a `Retry-After` header) and as Infura does (-32005 "project
     /// ID request rate exceeded", with how long to wait in its message).
@@ -765,6 +802,7 @@ impl Limits {
     const NONE: Limits = Limits {
         cap: u64::MAX,
         traces: true,
+        block_traces: true,
         rate_every: 0,
     };
 }
@@ -775,6 +813,9 @@ struct Counts {
     log_queries: std::sync::Arc<std::sync::atomic::AtomicU64>,
     block_reads: std::sync::Arc<std::sync::atomic::AtomicU64>,
     rate_refusals: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Blocks traced whole, and transactions traced one by one.
+    block_traces: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    tx_traces: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Drop for Endpoint {
@@ -832,9 +873,16 @@ impl Endpoint {
             if method == "eth_getBlockByNumber" {
                 counts.block_reads.fetch_add(1, Relaxed);
             }
-            if method.starts_with("debug_") && !limits.traces {
+            if method.starts_with("debug_") && !limits.traces
+                || method == "debug_traceBlockByNumber" && !limits.block_traces
+            {
                 return answer(Err((-32601, format!("the method {method} does not exist"))));
             }
+            match method.as_str() {
+                "debug_traceBlockByNumber" => counts.block_traces.fetch_add(1, Relaxed),
+                "debug_traceTransaction" => counts.tx_traces.fetch_add(1, Relaxed),
+                _ => 0,
+            };
             if method == "eth_getLogs" {
                 counts.log_queries.fetch_add(1, Relaxed);
                 let head = upstream.get_block_number().await.expect("head");
