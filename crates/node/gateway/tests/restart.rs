@@ -79,6 +79,25 @@ fn trades(round: i64, n: i64) -> Vec<Command> {
         .collect()
 }
 
+/// Lists and activates the option the signed orders trade (instrument 0).
+fn list_option(g: &Gateway) {
+    let spec = InstrumentSpec::with_defaults(
+        "BTC-26MAR27-100000-C".parse().expect("name"),
+        Price(300_000 * MONEY_SCALE),
+    );
+    assert!(
+        g.submit_admin(vec![
+            Command::ListInstrument { spec },
+            Command::ActivateInstrument {
+                instrument: InstrumentId(0)
+            },
+        ])
+        .expect("sequenced")
+        .iter()
+        .all(Result::is_ok)
+    );
+}
+
 /// Waits until the batcher has taken everything sequenced, then stops the node.
 fn stop(g: Gateway) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -220,23 +239,9 @@ fn labels_history_and_intent_statuses_survive(snapshot_every: u64) {
     let dir = tempfile::tempdir().expect("temp dir");
     let key = SecretKey::from_secret_bytes([0x42; 32]).expect("key");
     let address = optio_intents::address_of(&secp256k1::PublicKey::from_secret_key(&key));
-    let spec = InstrumentSpec::with_defaults(
-        "BTC-26MAR27-100000-C".parse().expect("name"),
-        Price(300_000 * MONEY_SCALE),
-    );
     let (subaccount, status) = {
         let g = open(dir.path(), snapshot_every);
-        assert!(
-            g.submit_admin(vec![
-                Command::ListInstrument { spec },
-                Command::ActivateInstrument {
-                    instrument: InstrumentId(0)
-                }
-            ])
-            .expect("sequenced")
-            .iter()
-            .all(Result::is_ok)
-        );
+        list_option(&g);
         let subaccount = g
             .fund(address, Amount(100_000 * MONEY_SCALE))
             .expect("funded");
@@ -525,21 +530,7 @@ fn a_nonce_stays_used_after_its_log_segment_is_deleted() {
         .expect("signs")
     };
     let g = open_with(dir.path(), 1, 256);
-    let spec = InstrumentSpec::with_defaults(
-        "BTC-26MAR27-100000-C".parse().expect("name"),
-        Price(300_000 * MONEY_SCALE),
-    );
-    assert!(
-        g.submit_admin(vec![
-            Command::ListInstrument { spec },
-            Command::ActivateInstrument {
-                instrument: InstrumentId(0)
-            },
-        ])
-        .expect("sequenced")
-        .iter()
-        .all(Result::is_ok)
-    );
+    list_option(&g);
     assert_eq!(
         g.fund(address, Amount(1_000_000 * MONEY_SCALE)),
         Ok(0),
