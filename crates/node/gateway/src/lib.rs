@@ -297,10 +297,21 @@ fn encode_views((history, labels, intents): &Views, nonces: &[(Address, u64, u64
         let code = code.map_or_else(|| "null".to_owned(), |c| (c as u16).to_string());
         let _ = write!(out, "{sep}[\"{}\",{seq},{time},{code}]", views::hex(digest));
     }
+    // Per owner, its nonces and their expiries as one flat list: [owner, [nonce, expiry, ...]]
+    // (a third of the bytes of a triple a nonce; an account's quotes all carry one owner).
     out.push_str("],\"nonces\":[");
-    for (i, (owner, nonce, expiry)) in nonces.iter().enumerate() {
+    let mut by_owner: BTreeMap<&Address, Vec<(u64, u64)>> = BTreeMap::new();
+    for (owner, nonce, expiry) in nonces {
+        by_owner.entry(owner).or_default().push((*nonce, *expiry));
+    }
+    for (i, (owner, list)) in by_owner.iter().enumerate() {
         let sep = if i == 0 { "" } else { "," };
-        let _ = write!(out, "{sep}[\"{}\",{nonce},{expiry}]", views::hex(owner));
+        let _ = write!(out, "{sep}[\"{}\",[", views::hex(*owner));
+        for (k, (nonce, expiry)) in list.iter().enumerate() {
+            let sep = if k == 0 { "" } else { "," };
+            let _ = write!(out, "{sep}{nonce},{expiry}");
+        }
+        out.push_str("]]");
     }
     out.push_str("]}");
     out.into_bytes()
@@ -329,7 +340,13 @@ fn restore_views(bytes: &[u8]) -> Option<(Views, LiveNonces)> {
             let owner: Address = optio_intents::parse_hex(n.get(0)?.as_str()?)?
                 .try_into()
                 .ok()?;
-            nonces.push((owner, n.get(1)?.as_u64()?, n.get(2)?.as_u64()?));
+            let list = n.get(1)?.as_array()?;
+            if list.len() % 2 != 0 {
+                return None;
+            }
+            for pair in list.chunks(2) {
+                nonces.push((owner, pair[0].as_u64()?, pair[1].as_u64()?));
+            }
         }
     }
     let history = history::History::from_json(&v["history"])?;
@@ -2536,4 +2553,42 @@ pub(crate) struct PlacedOrder {
 /// Which instrument a name is.
 pub fn instrument_of(gateway: &Gateway, name: &str) -> Option<InstrumentId> {
     views::instrument_id(&gateway.lock().sequencer, name).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A snapshot's nonces come back owner by owner, each with its expiry; a list cut short,
+    /// or an owner that is no address, is malformed; a version 1 snapshot has none.
+    #[test]
+    fn a_snapshot_keeps_the_nonces_in_use() {
+        let views: Views = (history::History::default(), BTreeMap::new(), Vec::new());
+        let nonces = vec![
+            ([1; 20], 1_765_000_000_001, 1_765_003_600),
+            ([2; 20], 7, 1_765_000_060),
+            ([1; 20], 1_765_000_000_002, 1_765_003_601),
+        ];
+        let bytes = encode_views(&views, &nonces);
+        let (_, mut back) = restore_views(&bytes).expect("restores");
+        let mut want = nonces.clone();
+        back.sort();
+        want.sort();
+        assert_eq!(back, want);
+        let text = String::from_utf8(bytes).expect("utf-8");
+        let odd = text.replace(",1765003601]", "]");
+        assert!(odd != text && restore_views(odd.as_bytes()).is_none());
+        let short = text.replace(&views::hex(&[2; 20]), "0x0202");
+        assert!(restore_views(short.as_bytes()).is_none());
+        let v1 = text.replace("\"version\":2", "\"version\":1").replace(
+            &format!(
+                ",\"nonces\":{}",
+                &text[text.find("[[\"0x").expect("nonces")..text.len() - 1]
+            ),
+            "",
+        );
+        assert!(!v1.contains("nonces"), "{v1}");
+        let (_, none) = restore_views(v1.as_bytes()).expect("a version 1 snapshot restores");
+        assert!(none.is_empty());
+    }
 }

@@ -438,11 +438,6 @@ impl Sequencer {
         Ok(wal::size(&self.dir)?)
     }
 
-    /// The log segment appended to.
-    pub fn active_log(&self) -> PathBuf {
-        self.wal.active_path()
-    }
-
     /// The older snapshot kept in `dir` (`PendingSnapshot::write_keeping`): its sequence number
     /// and its engine, restored; `None` without one.
     pub fn read_base(dir: &Path) -> Result<Option<(u64, Engine)>, SequencerError> {

@@ -43,8 +43,6 @@ pub enum WalError {
 pub struct Wal {
     file: File,
     dir: PathBuf,
-    /// The sequence number the segment appended to starts at.
-    active_first: u64,
     next_seq: u64,
     /// Bytes in the segment appended to.
     active_len: u64,
@@ -268,7 +266,6 @@ impl Wal {
             Wal {
                 file,
                 dir: dir.to_owned(),
-                active_first,
                 next_seq,
                 active_len: valid,
                 segment_bytes: DEFAULT_SEGMENT_BYTES,
@@ -284,11 +281,6 @@ impl Wal {
         self.segment_bytes = bytes.max(1);
     }
 
-    /// The path of the segment appended to.
-    pub fn active_path(&self) -> PathBuf {
-        segment_path(&self.dir, self.active_first)
-    }
-
     /// Closes the active segment (made durable whole) and starts the next at `next_seq`.
     fn rotate(&mut self) -> Result<(), WalError> {
         self.file.sync_all()?;
@@ -299,7 +291,6 @@ impl Wal {
             .create_new(true)
             .open(&path)?;
         File::open(&self.dir)?.sync_all()?;
-        self.active_first = self.next_seq;
         self.active_len = 0;
         Ok(())
     }
