@@ -282,7 +282,7 @@ impl Node {
 fn encode_views((history, labels, intents): &Views, nonces: &[(Address, u64, u64)]) -> Vec<u8> {
     use std::fmt::Write as _;
     let mut out = String::with_capacity(
-        64 * (history.orders.len() + intents.len()) + 72 * nonces.len() + 1_024,
+        64 * (history.orders.len() + intents.len()) + 32 * nonces.len() + 1_024,
     );
     out.push_str("{\"version\":2,\"history\":");
     history.write_json(&mut out);
@@ -957,21 +957,8 @@ impl Gateway {
                 Some((seq, engine)) if seq <= batched => (seq, engine),
                 _ => (0, optio_engine::Engine::new(genesis)),
             };
-            let records = optio_sequencer::log::read(dir)?;
-            let first = records.first().map_or(resume_from, |r| r.0);
-            if first > from + 1 {
-                return Err(optio_sequencer::SequencerError::LogIncomplete {
-                    snapshot: from,
-                    first,
-                    last: records.last().map_or(first - 1, |r| r.0),
-                });
-            }
             let mut gap = Vec::new();
-            for (seq, input, intent) in records
-                .into_iter()
-                .skip_while(|(seq, _, _)| *seq <= from)
-                .take_while(|(seq, _, _)| *seq < resume_from)
-            {
+            for (seq, input, intent) in Sequencer::read_log_between(dir, from, resume_from)? {
                 let mut events = Vec::new();
                 let _ = scratch.apply(&input, &mut events);
                 if seq > batched {
@@ -1057,16 +1044,14 @@ impl Gateway {
         // snapshot, and the snapshot the nonces of those before.
         let mut nonces = Nonces::default();
         let now_s = config.clock.now_ms() / 1_000;
-        for intent in sequencer
+        let logged = sequencer
             .recovered_intents()
             .iter()
-            .filter(|i| i.expiry >= now_s)
-        {
-            nonces.take(intent.owner, intent.nonce, intent.expiry, now_s);
-        }
-        // And those of the intents in log segments already deleted, kept by the snapshot.
-        for (owner, nonce, expiry) in saved_nonces.iter().filter(|n| n.2 >= now_s) {
-            nonces.take(*owner, *nonce, *expiry, now_s);
+            .map(|i| (i.owner, i.nonce, i.expiry));
+        for (owner, nonce, expiry) in logged.chain(saved_nonces.iter().copied()) {
+            if expiry >= now_s {
+                nonces.take(owner, nonce, expiry, now_s);
+            }
         }
         let nonces = Arc::new(Mutex::new(nonces));
         let node = Arc::new(Mutex::new(Node {
@@ -2187,7 +2172,7 @@ impl Gateway {
         out.push_str("# HELP optio_wal_trimmed_bytes_total Log bytes deleted after snapshots since start.\n# TYPE optio_wal_trimmed_bytes_total counter\n");
         out.push_str(&format!(
             "optio_wal_trimmed_bytes_total {}\n",
-            self.log_trimmed.load(std::sync::atomic::Ordering::Relaxed)
+            self.log_trimmed()
         ));
         out.push_str("# HELP optio_l1_priority_served L1 priority operations (deposits, forced withdrawals) sequenced.\n# TYPE optio_l1_priority_served counter\n");
         out.push_str(&format!(

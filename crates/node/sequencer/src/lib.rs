@@ -321,6 +321,30 @@ pub struct Sequencer {
 /// A snapshot file's parts: sequence number, previous receipt link, engine bytes, extra bytes.
 type SnapshotParts<'a> = (u64, [u8; 32], &'a [u8], &'a [u8]);
 
+/// The bytes of the file at `path`; `None` if there is none.
+fn read_if_there(path: &Path) -> Result<Option<Vec<u8>>, SequencerError> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The snapshot file at `path` restored: its sequence number, previous receipt link and
+/// engine; `None` if there is none.
+fn restore(path: &Path) -> Result<Option<(u64, [u8; 32], Engine)>, SequencerError> {
+    let Some(bytes) = read_if_there(path)? else {
+        return Ok(None);
+    };
+    let (seq, previous, engine, _) =
+        split_snapshot(&bytes).ok_or(SequencerError::SnapshotFormat)?;
+    Ok(Some((
+        seq,
+        previous,
+        Engine::restore_bytes(engine, WorstCaseMargin)?,
+    )))
+}
+
 /// Splits a snapshot file into its parts.
 fn split_snapshot(bytes: &[u8]) -> Option<SnapshotParts<'_>> {
     let seq = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
@@ -348,18 +372,9 @@ impl Sequencer {
         let key = SecretKey::from_secret_bytes(key).map_err(|_| SequencerError::Key)?;
         fs::create_dir_all(dir)?;
         let snapshot = dir.join(SNAPSHOT_FILE);
-        let (mut engine, snapshot_seq, mut previous) = match fs::read(&snapshot) {
-            Ok(bytes) => {
-                let (seq, previous, engine, _) =
-                    split_snapshot(&bytes).ok_or(SequencerError::SnapshotFormat)?;
-                (
-                    Engine::restore_bytes(engine, WorstCaseMargin)?,
-                    seq,
-                    previous,
-                )
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Engine::new(limits), 0, [0; 32]),
-            Err(e) => return Err(e.into()),
+        let (mut engine, snapshot_seq, mut previous) = match restore(&snapshot)? {
+            Some((seq, previous, engine)) => (engine, seq, previous),
+            None => (Engine::new(limits), 0, [0; 32]),
         };
         let (wal, records) = Wal::open(dir)?;
         let first = records.first().map_or(wal.next_seq(), |r| r.0);
@@ -371,7 +386,8 @@ impl Sequencer {
             });
         }
         // A new directory takes this binary's rules; any other log must have been written
-        // under them (the node replays it from the start, too, for the inputs not yet batched).
+        // under them (the node replays it from the base snapshot, too, for the inputs not yet
+        // batched).
         let fresh = records.is_empty() && !snapshot.exists();
         match recorded_rules(dir)? {
             Some(rules) if rules == optio_engine::RULES => {}
@@ -441,27 +457,43 @@ impl Sequencer {
     /// The older snapshot kept in `dir` (`PendingSnapshot::write_keeping`): its sequence number
     /// and its engine, restored; `None` without one.
     pub fn read_base(dir: &Path) -> Result<Option<(u64, Engine)>, SequencerError> {
-        match fs::read(dir.join(BASE_FILE)) {
-            Ok(bytes) => {
-                let (seq, _, engine, _) =
-                    split_snapshot(&bytes).ok_or(SequencerError::SnapshotFormat)?;
-                Ok(Some((seq, Engine::restore_bytes(engine, WorstCaseMargin)?)))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.into()),
+        Ok(restore(&dir.join(BASE_FILE))?.map(|(seq, _, engine)| (seq, engine)))
+    }
+
+    /// The logged inputs in `dir` after `from` and before `until`, every one of them, read
+    /// without opening the sequencer: `LogIncomplete` if the log no longer holds them all (its
+    /// segments before a snapshot deleted).
+    pub fn read_log_between(
+        dir: &Path,
+        from: u64,
+        until: u64,
+    ) -> Result<Vec<Record>, SequencerError> {
+        let records: Vec<Record> = wal::read(dir)?
+            .into_iter()
+            .skip_while(|r| r.0 <= from)
+            .take_while(|r| r.0 < until)
+            .collect();
+        let first = records.first().map_or(until, |r| r.0);
+        if first != from + 1 || records.len() as u64 != until.saturating_sub(from + 1) {
+            return Err(SequencerError::LogIncomplete {
+                snapshot: from,
+                first,
+                last: records.last().map_or(first - 1, |r| r.0),
+            });
         }
+        Ok(records)
     }
 
     /// The extra bytes of the snapshot in `dir` (what `snapshot_with` kept beside the engine),
     /// read without opening the sequencer; `None` without a snapshot.
     pub fn read_snapshot_extra(dir: &Path) -> Result<Option<Vec<u8>>, SequencerError> {
-        match fs::read(dir.join(SNAPSHOT_FILE)) {
-            Ok(bytes) => split_snapshot(&bytes)
-                .map(|(_, _, _, extra)| Some(extra.to_vec()))
-                .ok_or(SequencerError::SnapshotFormat),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        read_if_there(&dir.join(SNAPSHOT_FILE))?
+            .map(|bytes| {
+                split_snapshot(&bytes)
+                    .map(|(_, _, _, extra)| extra.to_vec())
+                    .ok_or(SequencerError::SnapshotFormat)
+            })
+            .transpose()
     }
 
     /// The sequence number of the last snapshot (0: none), written or restored.
