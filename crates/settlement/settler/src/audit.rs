@@ -691,7 +691,7 @@ async fn created_in(
         // The block where the code appeared, traced whole in one call where the endpoint can
         // (a mainnet block holds about 150 transactions): a direct creation is its
         // transaction's top frame, a factory's a frame inside.
-        if traced && let Some(traces) = block_traces(provider, number).await {
+        if traced && let Some(traces) = crate::block_traces(provider, number).await {
             return Ok(traces
                 .iter()
                 .find_map(|trace| created_in_trace(trace, address))
@@ -717,25 +717,6 @@ async fn created_in(
         }
     }
     Ok(None)
-}
-
-/// The call trace of every transaction of block `number` (`debug_traceBlockByNumber`, call
-/// tracer), in order; `None` where the endpoint gives none, or not one for each transaction.
-async fn block_traces(provider: &DynProvider, number: u64) -> Option<Vec<serde_json::Value>> {
-    let traces: Vec<serde_json::Value> = provider
-        .raw_request(
-            "debug_traceBlockByNumber".into(),
-            (
-                format!("{number:#x}"),
-                serde_json::json!({ "tracer": "callTracer" }),
-            ),
-        )
-        .await
-        .ok()?;
-    traces
-        .into_iter()
-        .map(|t| t.get("result").filter(|r| r.is_object()).cloned())
-        .collect()
 }
 
 /// The first block of `first..=last` at which `address` has code (`Some(None)`: none has), or

@@ -801,12 +801,33 @@ pub(crate) async fn call_trace(
     hash: alloy::primitives::B256,
 ) -> Option<serde_json::Value> {
     provider
-        .raw_request(
-            "debug_traceTransaction".into(),
-            (hash, serde_json::json!({ "tracer": "callTracer" })),
-        )
+        .raw_request("debug_traceTransaction".into(), (hash, call_tracer()))
         .await
         .ok()
+}
+
+/// The call trace of every transaction of block `number` (`debug_traceBlockByNumber`, call
+/// tracer), in order; `None` where the endpoint gives none, or not one for each transaction.
+pub(crate) async fn block_traces(
+    provider: &DynProvider,
+    number: u64,
+) -> Option<Vec<serde_json::Value>> {
+    let traces: Vec<serde_json::Value> = provider
+        .raw_request(
+            "debug_traceBlockByNumber".into(),
+            (format!("{number:#x}"), call_tracer()),
+        )
+        .await
+        .ok()?;
+    traces
+        .into_iter()
+        .map(|t| t.get("result").filter(|r| r.is_object()).cloned())
+        .collect()
+}
+
+/// The tracer configuration of `call_trace` and `block_traces`: geth's call tracer.
+fn call_tracer() -> serde_json::Value {
+    serde_json::json!({ "tracer": "callTracer" })
 }
 
 /// The frames of a call trace that were kept, in the order they ran: a frame that reverted is
