@@ -1375,9 +1375,9 @@ impl World {
             );
             self.stop()?;
             // (The group may have begun a new segment: none of it was synced.)
-            if active_log(self.dir.path())? != wal {
-                wal = active_log(self.dir.path())?;
-                synced = 0;
+            let active = active_log(self.dir.path())?;
+            if active != wal {
+                (wal, synced) = (active, 0);
             }
             let written = std::fs::metadata(&wal)?.len();
             ensure!(written > synced, "the crashed group was not written");

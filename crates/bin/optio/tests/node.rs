@@ -55,7 +55,8 @@ fn node_reads_file_environment_and_flags() {
     assert_eq!(names, ["BTC-PERPETUAL", "ETH-26MAR27-4000-C"]);
     assert!(node.wait().expect("exits").success());
 
-    // Missing key, unknown field, bad instrument: each refused with a message.
+    // Missing key, unknown field, bad instrument, empty log segments: each refused with a
+    // message.
     for (body, key, want) in [
         ("data = \"/tmp/x\"\n", None, "sequencer key is required"),
         (
@@ -67,6 +68,11 @@ fn node_reads_file_environment_and_flags() {
             "data = \"/tmp/x\"\n[[instrument]]\nname = \"BTC-PERP\"\nunderlying_cap = \"1\"\n",
             Some("11"),
             "instrument BTC-PERP",
+        ),
+        (
+            "data = \"/tmp/x\"\nlog_segment_mb = 0\n",
+            Some("11"),
+            "log_segment_mb must be at least 1",
         ),
     ] {
         std::fs::write(&config, body).expect("write");
