@@ -242,6 +242,18 @@ impl Harness {
         })
     }
 
+    /// `t`'s open orders (`private/get_open_orders`, header-authenticated): the whole reply.
+    async fn open_orders(&self, t: &Trader) -> Value {
+        self.post(
+            &json!({"jsonrpc": "2.0", "id": 1, "method": "private/get_open_orders",
+                    "params": {"subaccount_id": t.subaccount}})
+            .to_string(),
+            &self.auth(t),
+        )
+        .await
+        .1
+    }
+
     fn auth(&self, t: &Trader) -> Vec<(&'static str, String)> {
         let ts = optio_gateway::now_ms().to_string();
         let mut message = format!("\x19Ethereum Signed Message:\n{}", ts.len()).into_bytes();
@@ -406,7 +418,7 @@ async fn signed_orders_trade_and_market_data_shows_marks_iv_and_greeks() {
         6_002,
         "only the owner edits"
     );
-    let open = h.post(&json!({"jsonrpc": "2.0", "id": 2, "method": "private/get_open_orders", "params": {"subaccount_id": alice.subaccount}}).to_string(), &h.auth(&alice)).await.1;
+    let open = h.open_orders(&alice).await;
     assert_eq!(open["result"][0]["filled_amount"], "0.2", "{open}");
     let positions = h.post(&json!({"jsonrpc": "2.0", "id": 3, "method": "private/get_positions", "params": {"subaccount_id": bob.subaccount}}).to_string(), &h.auth(&bob)).await.1;
     assert_eq!(positions["result"][0]["size"], "0.2");
@@ -1606,28 +1618,14 @@ async fn orders_placed_together_share_group_commits() {
     // (One each if each waited for its own commit before the next was queued; how many
     // share one depends on the machine's pace, verifying the next against the fsync.)
     assert!(used <= 20, "{used} group commits for 40 orders");
-    let (_, open) = h
-        .post(
-            &json!({"jsonrpc": "2.0", "id": 1, "method": "private/get_open_orders",
-                    "params": {"subaccount_id": alice.subaccount}})
-            .to_string(),
-            &optio_gateway::client::auth_headers(&alice.key, optio_gateway::now_ms()),
-        )
-        .await;
+    let open = h.open_orders(&alice).await;
     assert_eq!(
         open["result"].as_array().map(Vec::len),
         Some(20),
         "alice's bids rest: {open}"
     );
     // Bob's 20 asks rest, and the refused one left nothing.
-    let (_, open) = h
-        .post(
-            &json!({"jsonrpc": "2.0", "id": 1, "method": "private/get_open_orders",
-                    "params": {"subaccount_id": bob.subaccount}})
-            .to_string(),
-            &optio_gateway::client::auth_headers(&bob.key, optio_gateway::now_ms()),
-        )
-        .await;
+    let open = h.open_orders(&bob).await;
     let asks = open["result"].as_array().expect("bob's open orders");
     assert_eq!(asks.len(), 20, "{open}");
     assert!(
