@@ -513,3 +513,26 @@ fn damage_in_a_closed_segment_refuses_to_start() {
     // Nothing was truncated or written.
     assert_eq!(std::fs::metadata(path).expect("exists").len(), len - 5);
 }
+
+#[test]
+fn a_file_named_as_a_segment_that_is_none_refuses_to_start_unchanged() {
+    for name in [
+        "wal.00000000000000000000.log",
+        "wal.00000000000000000001.log",
+    ] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut s = open_segmented(dir.path()).expect("opens");
+        submit(&mut s, &inputs(10));
+        drop(s);
+        std::fs::write(dir.path().join(name), b"").expect("writes");
+        let before = files(dir.path());
+        match open_segmented(dir.path()) {
+            Err(SequencerError::Wal(WalError::Misnamed(n))) => assert_eq!(n, name),
+            other => panic!(
+                "{name}: expected it refused, got {:?}",
+                other.map(|s| s.next_seq())
+            ),
+        }
+        assert_eq!(files(dir.path()), before, "{name}: the directory changed");
+    }
+}
