@@ -129,4 +129,17 @@ try:
 except ccxt.InvalidOrder as e:
     print("tampered order refused:", str(e)[:80])
 
+# A nonce dated 20 minutes back (a client whose nonces lag its clock): Derive's 11018, which
+# ccxt raises as InvalidOrder; the order is not placed.
+fresh = ex.nonce_string
+ex.nonce_string = lambda: str(ex.milliseconds() - 20 * 60 * 1000) + "123456"
+try:
+    ex.create_order(option["symbol"], "limit", "buy", 0.1, low, {"subaccount_id": sub})
+    raise SystemExit("an order with a stale nonce was accepted")
+except ccxt.InvalidOrder as e:
+    assert "11018" in str(e) and "nonce date not recent" in str(e), e
+    print("stale nonce refused:", str(e)[:80])
+ex.nonce_string = fresh
+assert not ex.fetch_open_orders(option["symbol"], params={"subaccount_id": sub})
+
 print("ccxt flow ok")

@@ -271,10 +271,16 @@ async fn send(args: &Args, at: &Started) -> Result<Histogram<u64>> {
     let domain = at.domain.context("the rollup's domain")?;
     let total = args.rate * args.seconds;
     let expiry = optio_gateway::now_ms() / 1_000 + 3_600;
+    let first_nonce = optio_gateway::dated_nonce(optio_gateway::now_ms(), 0);
     let requests: Vec<Vec<u8>> = (0..total)
         .map(|i| {
-            let body =
-                crate::load_bench::never_filling_order(&key, domain, at.subaccount, i, expiry);
+            let body = crate::load_bench::never_filling_order(
+                &key,
+                domain,
+                at.subaccount,
+                (first_nonce, i),
+                expiry,
+            );
             crate::load_bench::http_post(&body)
         })
         .collect();

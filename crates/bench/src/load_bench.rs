@@ -112,7 +112,8 @@ pub(crate) async fn post(
 }
 
 /// Runs the benchmark.
-/// The JSON-RPC body of the demo key's `i`-th signed order (nonce `i + 1`) for the domain
+/// The JSON-RPC body of the demo key's `i`-th signed order (nonce `first_nonce + i`, dated
+/// when signed: the node takes it within its nonce window, 10 minutes) for the domain
 /// `(chain id, verifying contract)`: an IOC order on the BTC perpetual far from any price
 /// (a buy at 1,000, a sell at 390,000, alternating), so that none rests or fills and each is a
 /// full signed round trip.
@@ -120,7 +121,7 @@ pub(crate) fn never_filling_order(
     key: &SecretKey,
     (chain_id, contract): (u64, [u8; 20]),
     subaccount: u64,
-    i: u64,
+    (first_nonce, i): (u64, u64),
     expiry: u64,
 ) -> String {
     let buy = i.is_multiple_of(2);
@@ -132,7 +133,7 @@ pub(crate) fn never_filling_order(
         price: if buy { "1000" } else { "390000" },
         amount: "0.01",
         max_fee: "100",
-        nonce: i + 1,
+        nonce: first_nonce + i,
         expiry,
         time_in_force: "ioc",
     };
@@ -246,13 +247,14 @@ async fn drive(args: &Args, addr: &str, subaccount: u64, ceiling: f64) -> Result
     println!("pre-signing {total} orders ...");
     // Far from any price so they never rest (IOC): every order is a full signed round trip.
     let expiry = optio_gateway::now_ms() / 1_000 + 3_600;
+    let first_nonce = optio_gateway::dated_nonce(optio_gateway::now_ms(), 0);
     let bodies: Vec<String> = (0..total)
         .map(|i| {
             never_filling_order(
                 &key,
                 (config.chain_id, config.verifying_contract),
                 subaccount,
-                i,
+                (first_nonce, i),
                 expiry,
             )
         })

@@ -85,6 +85,11 @@ pub struct DevnetArgs {
     #[arg(long, default_value_t = optio_sequencer::DEFAULT_SEGMENT_BYTES >> 20,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub log_segment_mb: u64,
+    /// How far a nonce's date (its leading 13 digits, milliseconds) may be from the node's
+    /// clock; nonces are remembered only that long.
+    #[arg(long, default_value_t = optio_gateway::DEFAULT_NONCE_WINDOW_MS / 1_000,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub nonce_window_s: u64,
     /// Post batches to this Ethereum JSON-RPC endpoint (with --rollup and OPTIO_L1_KEY) instead
     /// of a local chain.
     #[arg(long, requires = "rollup", conflicts_with = "no_l1")]
@@ -543,6 +548,7 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
         batch_capacity: capacity,
         snapshot_every: args.snapshot_every,
         log_segment_bytes: args.log_segment_mb << 20,
+        nonce_window_ms: args.nonce_window_s * 1_000,
         ..Config::default()
     };
     let gateway = Arc::new(
@@ -903,8 +909,8 @@ impl Participant {
 
     /// A signed order's `private/order` params: `qty` (1e-8 contracts) of `instrument` at limit
     /// `price` (micro-USDC), its fee capped at 1,000 USDC, its signature good for an hour from
-    /// `now_ms`. The nonce is that time in microseconds, or one past the last (unique across
-    /// restarts).
+    /// `now_ms`. The nonce is dated at that time (`optio_gateway::next_nonce`), or one past the
+    /// last (unique across restarts).
     #[allow(clippy::too_many_arguments)]
     fn order(
         &mut self,
@@ -917,7 +923,7 @@ impl Participant {
         time_in_force: &str,
         now_ms: u64,
     ) -> serde_json::Value {
-        self.nonce = (self.nonce + 1).max(now_ms * 1_000);
+        self.nonce = optio_gateway::next_nonce(self.nonce, now_ms);
         let decimal =
             |v: i64, scale: i64, digits: usize| format!("{}.{:0digits$}", v / scale, v % scale);
         let request = optio_gateway::client::OrderRequest {

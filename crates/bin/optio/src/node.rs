@@ -16,6 +16,8 @@
 //! snapshot_every = 100000        # inputs between snapshots (0: never)
 //! log_segment_mb = 64            # the log's segment size; segments a snapshot covers, with
 //!                                # every input in them batched, are deleted
+//! nonce_window_s = 600           # how far a nonce's date (its leading 13 digits, ms) may be
+//!                                # from the clock; nonces are remembered only that long
 //! l1_rpc = "http://127.0.0.1:8545"   # post batches to this chain (operator key: OPTIO_L1_KEY)
 //! rollup = "0x…"                     # the OptioRollup contract
 //! prove_keys = "/var/lib/optio-keys" # cut batches to fit this circuit (`optio prove setup`);
@@ -86,6 +88,7 @@ struct FileConfig {
     owner_orders_per_second: Option<u64>,
     snapshot_every: Option<u64>,
     log_segment_mb: Option<u64>,
+    nonce_window_s: Option<u64>,
     l1_rpc: Option<String>,
     rollup: Option<String>,
     l1_confirmations: Option<u64>,
@@ -168,6 +171,12 @@ pub fn run(args: NodeArgs) -> Result<()> {
             bail!("log_segment_mb must be at least 1");
         }
         config.log_segment_bytes = mb << 20;
+    }
+    if let Some(window) = file.nonce_window_s {
+        if window == 0 || window > 86_400 {
+            bail!("nonce_window_s must be 1 to 86400");
+        }
+        config.nonce_window_ms = window * 1_000;
     }
     if let Some(r) = file.owner_orders_per_second {
         config.owner_orders_per_second = r;

@@ -741,9 +741,10 @@ impl World {
     /// domain, as the rollup judges every posted change: a fresh nonce and a signature that
     /// lives five minutes.
     fn change_params(&mut self, t: usize, change: optio_gateway::client::Change) -> Value {
-        let expiry = self.clock.now_ms() / 1_000 + 300;
+        let now_ms = self.clock.now_ms();
+        let expiry = now_ms / 1_000 + 300;
         let trader = &mut self.traders[t];
-        trader.nonce += 1;
+        trader.nonce = optio_gateway::next_nonce(trader.nonce, now_ms);
         optio_gateway::client::change_params(
             &trader.key,
             CHAIN,
@@ -792,8 +793,9 @@ impl World {
         let btc = self.rng.random_bool(1.0 / 3.0);
         let put_id = PUTS[usize::from(btc)];
         let put = self.put_quote(put_id).filter(|_| self.rng.random_bool(0.3));
+        let now_ms = self.clock.now_ms();
         let trader = &mut self.traders[t];
-        trader.nonce += 1;
+        trader.nonce = optio_gateway::next_nonce(trader.nonce, now_ms);
         // The margined traders lean one way (even ones buy, odd ones sell, two times in
         // three), so that their positions build up and the scheduled shocks (`shock`) find
         // some of them on the losing side; the others trade both ways alike.
@@ -948,7 +950,7 @@ impl World {
     /// A hostile input: refused before sequencing, nothing changes.
     fn hostile(&mut self) -> Result<()> {
         let t = self.rng.random_range(0..TRADERS);
-        let kind = self.rng.random_range(0..9);
+        let kind = self.rng.random_range(0..10);
         let (method, params, headers) = match kind {
             // A byte of the signature flipped.
             0 => {
@@ -960,8 +962,9 @@ impl World {
             }
             // Signed for another chain.
             1 => {
+                let now_ms = self.clock.now_ms();
                 let trader = &mut self.traders[t];
-                trader.nonce += 1;
+                trader.nonce = optio_gateway::next_nonce(trader.nonce, now_ms);
                 let p = order_params(
                     &trader.key,
                     1,
@@ -1029,6 +1032,35 @@ impl World {
                 }
                 ("private/register_session_key", p, Some(t))
             }
+            // Signed with a nonce dated 11 minutes back, or one that carries no date.
+            8 => {
+                let now_ms = self.clock.now_ms();
+                let trader = &self.traders[t];
+                let nonce = if self.rng.random_bool(0.5) {
+                    optio_gateway::dated_nonce(now_ms - 660_000, 1)
+                } else {
+                    self.rng.random_range(1..1_000_000_000_000)
+                };
+                let p = order_params(
+                    &trader.key,
+                    CHAIN,
+                    self.config.verifying_contract,
+                    &OrderRequest {
+                        subaccount: trader.account,
+                        instrument_id: self.instrument.0,
+                        instrument_name: INSTRUMENT,
+                        direction: "buy",
+                        price: "3000",
+                        amount: "0.1",
+                        max_fee: "100",
+                        nonce,
+                        expiry: now_ms / 1_000 + 3_600,
+                        time_in_force: "gtc",
+                    },
+                )
+                .unwrap_or(Value::Null);
+                ("private/order", p, None)
+            }
             _ => {
                 let mut p = self.order(t);
                 p["subaccount_id"] = json!(u64::MAX);
@@ -1045,6 +1077,12 @@ impl World {
             reply.is_err(),
             "hostile input {kind} was accepted: {params}"
         );
+        if let (8, Err(optio_gateway::CallError::Gateway(e))) = (kind, &reply) {
+            ensure!(
+                e.code() == 6_010,
+                "a nonce out of its window refused as {e:?}"
+            );
+        }
         ensure!(
             self.gateway().next_seq() == seq && self.gateway().state_hash() == hash,
             "hostile input {kind} changed the state"

@@ -64,7 +64,8 @@ fn kill_9_during_bursts_loses_no_acknowledged_intent() {
     type Acked = Vec<(u64, String, Value, Value)>;
     let acked: Arc<Mutex<Acked>> = Arc::default();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
-    let mut nonce = 1u64;
+    // Dated nonces (the node refuses others), 400 a round.
+    let mut nonce = optio_gateway::dated_nonce(optio_gateway::now_ms(), 0);
     for round in 0..6 {
         let (mut child, url, subaccount) = start(dir.path());
         let instruments = post(&url, r#"{"jsonrpc":"2.0","id":1,"method":"public/get_instruments","params":{"currency":"BTC","kind":"future"}}"#).expect("instruments");

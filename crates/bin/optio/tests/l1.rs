@@ -385,7 +385,7 @@ fn order(
             price: "50",
             amount: "1",
             max_fee: "100",
-            nonce: 1,
+            nonce: optio_gateway::dated_nonce(optio_gateway::now_ms(), 1),
             expiry: optio_gateway::now_ms() / 1_000 + 3_600,
             time_in_force,
         },

@@ -74,6 +74,11 @@ fn node_reads_file_environment_and_flags() {
             Some("11"),
             "log_segment_mb must be at least 1",
         ),
+        (
+            "data = \"/tmp/x\"\nnonce_window_s = 0\n",
+            Some("11"),
+            "nonce_window_s must be 1 to 86400",
+        ),
     ] {
         std::fs::write(&config, body).expect("write");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_optio"));

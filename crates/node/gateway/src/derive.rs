@@ -49,6 +49,7 @@ pub fn derive_code(e: &CallError) -> i64 {
             | GatewayError::BeyondSignedTerms
             | GatewayError::UnsignedChange => 14_023,
             GatewayError::ReplayedNonce => 11_017,
+            GatewayError::NonceDate(_) => 11_018,
             GatewayError::SignatureExpiry => 11_011,
             GatewayError::Unauthorized => 14_022,
             GatewayError::MaxFeeTooLow(_) => 11_023,

@@ -59,6 +59,9 @@ pub const MARGIN_MODES: [(&str, optio_types::MarginMode); 3] = [
 /// so it must outlive the change's own sequencing.
 pub const CHANGE_MIN_LIFE_S: u64 = 10;
 
+/// How far a nonce's date may be from the node's clock by default: 10 minutes.
+pub const DEFAULT_NONCE_WINDOW_MS: u64 = 600_000;
+
 /// Gateway settings.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -70,6 +73,10 @@ pub struct Config {
     pub compat_domain: Option<bool>,
     /// Longest accepted signature lifetime (ccxt signs for 90 days).
     pub max_signature_lifetime_s: u64,
+    /// How far a nonce's date (its leading 13 digits, milliseconds: `nonce_date_ms`) may be from
+    /// the node's clock, either way (6010 beyond). Nonces are remembered only that long, so
+    /// replay protection holds the nonces of one window, not of every live signature.
+    pub nonce_window_ms: u64,
     /// Header authentication: how far a timestamp may be from the node's clock.
     pub auth_window_ms: u64,
     /// Requests per second per client IP (burst: twice that).
@@ -143,6 +150,7 @@ impl Default for Config {
             verifying_contract: [0x0a; 20],
             compat_domain: Some(false),
             max_signature_lifetime_s: 100 * 86_400,
+            nonce_window_ms: DEFAULT_NONCE_WINDOW_MS,
             auth_window_ms: 30_000,
             ip_requests_per_second: 100_000,
             owner_orders_per_second: 50_000,
@@ -158,41 +166,98 @@ impl Default for Config {
     }
 }
 
-/// Used nonces per owner, and the same by expiry (seconds) so that expired ones are dropped
-/// from the front instead of scanning every nonce on every order. Behind its own lock: checking
-/// a nonce never waits for the writer's commit.
+/// The date a nonce carries: its leading 13 decimal digits, a millisecond time (Derive's and
+/// ccxt's nonces are that time followed by 3 or 6 random digits). `None` for a nonce shorter
+/// than 13 digits, which carries none.
+pub fn nonce_date_ms(nonce: u64) -> Option<u64> {
+    let digits = nonce.checked_ilog10()? + 1;
+    (digits >= 13).then(|| nonce / 10u64.pow(digits - 13))
+}
+
+/// A nonce a client makes at `now_ms`: that time followed by six digits (`k` modulo a million),
+/// the form ccxt sends.
+pub fn dated_nonce(now_ms: u64, k: u64) -> u64 {
+    now_ms * 1_000_000 + k % 1_000_000
+}
+
+/// The nonce a client sends after `last` at `now_ms`: dated (`dated_nonce`), and above `last`
+/// so that one client's nonces never repeat within a millisecond.
+pub fn next_nonce(last: u64, now_ms: u64) -> u64 {
+    (last + 1).max(dated_nonce(now_ms, 0))
+}
+
+/// Used nonces per owner, and the same by the second until which each must be remembered, so
+/// that those past it are dropped from the front instead of scanning every nonce on every order.
+/// A nonce is remembered until its signature expires or its date leaves the window, whichever
+/// comes first: after that it is refused for its expiry or its date, so at most the nonces of
+/// one window are held, whatever the signatures' lives (ccxt signs for 90 days). Behind its own
+/// lock: checking a nonce never waits for the writer's commit.
 #[derive(Default)]
 struct Nonces {
     used: BTreeMap<Address, std::collections::BTreeSet<u64>>,
-    by_expiry: std::collections::BTreeSet<(u64, Address, u64)>,
+    by_until: std::collections::BTreeSet<(u64, Address, u64)>,
+}
+
+/// Why a nonce was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NonceRefusal {
+    /// Its date is missing or further than the window from the clock.
+    Date,
+    /// The owner used it and it is still remembered.
+    Used,
 }
 
 impl Nonces {
-    /// Every nonce whose signature is still valid at `now_s`: (owner, nonce, expiry).
+    /// Every nonce still remembered at `now_s`: (owner, nonce, the second until which it is).
     fn live(&self, now_s: u64) -> Vec<(Address, u64, u64)> {
-        self.by_expiry
+        self.by_until
             .range((now_s, [0; 20], 0)..)
-            .map(|&(expiry, owner, nonce)| (owner, nonce, expiry))
+            .map(|&(until, owner, nonce)| (owner, nonce, until))
             .collect()
     }
 
-    /// Records `nonce` for `owner` until `expiry` (seconds); `false` if it is in use. Nonces
-    /// whose signatures expired before `now_s` are forgotten first.
-    fn take(&mut self, owner: Address, nonce: u64, expiry: u64, now_s: u64) -> bool {
-        while let Some(&(until, who, n)) = self.by_expiry.first() {
+    /// How many nonces are remembered at `now_s`.
+    fn count(&mut self, now_s: u64) -> usize {
+        self.forget_before(now_s);
+        self.by_until.len()
+    }
+
+    /// Forgets the nonces remembered until before `now_s`.
+    fn forget_before(&mut self, now_s: u64) {
+        while let Some(&(until, who, n)) = self.by_until.first() {
             if until >= now_s {
                 break;
             }
-            self.by_expiry.pop_first();
+            self.by_until.pop_first();
             if let Some(set) = self.used.get_mut(&who) {
                 set.remove(&n);
+                if set.is_empty() {
+                    self.used.remove(&who);
+                }
             }
         }
+    }
+
+    /// Records `owner`'s `nonce`, whose signature lives until `expiry` (seconds), at `now_ms`
+    /// with dates accepted within `window_ms` of it. Nonces past their time are forgotten first.
+    fn take(
+        &mut self,
+        owner: Address,
+        nonce: u64,
+        expiry: u64,
+        now_ms: u64,
+        window_ms: u64,
+    ) -> Result<(), NonceRefusal> {
+        let date = nonce_date_ms(nonce)
+            .filter(|d| d.abs_diff(now_ms) <= window_ms)
+            .ok_or(NonceRefusal::Date)?;
+        self.forget_before(now_ms / 1_000);
         if !self.used.entry(owner).or_default().insert(nonce) {
-            return false;
+            return Err(NonceRefusal::Used);
         }
-        self.by_expiry.insert((expiry, owner, nonce));
-        true
+        let until = expiry.min((date + window_ms).div_ceil(1_000));
+        self.by_until.insert((until, owner, nonce));
+        Ok(())
     }
 }
 
@@ -1042,15 +1107,16 @@ impl Gateway {
         let receipt_signer = sequencer.receipt_signer();
         // Replay protection survives restarts: the log holds every signed intent since the base
         // snapshot, and the snapshot the nonces of those before.
+        // Those whose signature expired or whose date left the window are refused without them.
         let mut nonces = Nonces::default();
-        let now_s = config.clock.now_ms() / 1_000;
+        let now_ms = config.clock.now_ms();
         let logged = sequencer
             .recovered_intents()
             .iter()
             .map(|i| (i.owner, i.nonce, i.expiry));
         for (owner, nonce, expiry) in logged.chain(saved_nonces.iter().copied()) {
-            if expiry >= now_s {
-                nonces.take(owner, nonce, expiry, now_s);
+            if expiry >= now_ms / 1_000 {
+                let _ = nonces.take(owner, nonce, expiry, now_ms, config.nonce_window_ms);
             }
         }
         let nonces = Arc::new(Mutex::new(nonces));
@@ -1741,13 +1807,14 @@ impl Gateway {
         if !recover(&digest, &signature).is_ok_and(|who| who == owner.0) {
             return Err(GatewayError::BadSignature.into());
         }
-        let now_s = self.config.clock.now_ms() / 1_000;
+        let now_ms = self.config.clock.now_ms();
+        let now_s = now_ms / 1_000;
         if expiry < now_s + CHANGE_MIN_LIFE_S
             || expiry > now_s + self.config.max_signature_lifetime_s
         {
             return Err(GatewayError::SignatureExpiry.into());
         }
-        self.take_nonce(owner.0, nonce, expiry, now_s)?;
+        self.take_nonce(owner.0, nonce, expiry, now_ms)?;
         Ok(Some(optio_sequencer::Intent {
             digest,
             owner: owner.0,
@@ -1760,25 +1827,24 @@ impl Gateway {
     }
 
     /// Takes `owner`'s `nonce` for its signature's life (`expiry`, seconds): nonces are unique
-    /// per owner, orders and account changes alike, for as long as their signature is valid
-    /// (6003 for one in use).
+    /// per owner, orders and account changes alike, while they are remembered (6003 for one in
+    /// use), and carry their date within `nonce_window_ms` of the node's clock (6010).
     fn take_nonce(
         &self,
         owner: Address,
         nonce: u64,
         expiry: u64,
-        now_s: u64,
+        now_ms: u64,
     ) -> Result<(), GatewayError> {
-        if self
-            .nonces
+        let window_ms = self.config.nonce_window_ms;
+        self.nonces
             .lock()
             .map_err(|_| GatewayError::Internal)?
-            .take(owner, nonce, expiry, now_s)
-        {
-            Ok(())
-        } else {
-            Err(GatewayError::ReplayedNonce)
-        }
+            .take(owner, nonce, expiry, now_ms, window_ms)
+            .map_err(|refusal| match refusal {
+                NonceRefusal::Used => GatewayError::ReplayedNonce,
+                NonceRefusal::Date => GatewayError::NonceDate(window_ms / 1_000),
+            })
     }
 
     /// A signed order: rebuild the signed `Action` from the request, check signature, owner,
@@ -1962,7 +2028,8 @@ impl Gateway {
         if !self.owner_limits.take(&owner.0, self.config.clock.now_ms()) {
             return Err(GatewayError::RateLimited.into());
         }
-        let now_s = self.config.clock.now_ms() / 1_000;
+        let now_ms = self.config.clock.now_ms();
+        let now_s = now_ms / 1_000;
         if expiry <= now_s || expiry > now_s + self.config.max_signature_lifetime_s {
             return Err(GatewayError::SignatureExpiry.into());
         }
@@ -2034,7 +2101,7 @@ impl Gateway {
                 );
             }
         };
-        self.take_nonce(owner.0, nonce, expiry, now_s)?;
+        self.take_nonce(owner.0, nonce, expiry, now_ms)?;
         let client_order_id = if label.is_empty() { 0 } else { label_id(label) };
         let command = Command::PlaceOrder(NewOrder {
             account,
@@ -2174,6 +2241,9 @@ impl Gateway {
             "optio_wal_trimmed_bytes_total {}\n",
             self.log_trimmed()
         ));
+        let remembered = self.nonces.lock().map_or(0, |mut n| n.count(now / 1_000));
+        out.push_str("# HELP optio_nonces_remembered Nonces held for replay protection (those whose date is within the window and whose signature lives).\n# TYPE optio_nonces_remembered gauge\n");
+        out.push_str(&format!("optio_nonces_remembered {remembered}\n"));
         out.push_str("# HELP optio_l1_priority_served L1 priority operations (deposits, forced withdrawals) sequenced.\n# TYPE optio_l1_priority_served counter\n");
         out.push_str(&format!(
             "optio_l1_priority_served {}\n",
@@ -2575,5 +2645,62 @@ mod tests {
         assert!(!v1.contains("nonces"), "{v1}");
         let (_, none) = restore_views(v1.as_bytes()).expect("a version 1 snapshot restores");
         assert!(none.is_empty());
+    }
+
+    /// A nonce's date is its leading 13 digits, whatever follows (ccxt's 6 digits, Derive's
+    /// documented 3); a shorter one has none.
+    #[test]
+    fn a_nonce_is_dated_by_its_leading_13_digits() {
+        let ms = 1_795_609_712_925;
+        assert_eq!(nonce_date_ms(1_795_609_712_925_298_321), Some(ms));
+        assert_eq!(nonce_date_ms(1_795_609_712_925_298), Some(ms));
+        assert_eq!(nonce_date_ms(ms), Some(ms));
+        assert_eq!(nonce_date_ms(dated_nonce(ms, 1_234_567)), Some(ms));
+        for short in [0, 7, 179_560_971_292] {
+            assert_eq!(nonce_date_ms(short), None, "{short}");
+        }
+        assert_eq!(next_nonce(0, ms), dated_nonce(ms, 0));
+        assert_eq!(next_nonce(dated_nonce(ms, 5), ms), dated_nonce(ms, 6));
+    }
+
+    /// Replay protection holds a nonce only while it could be taken: until its date leaves the
+    /// window or its signature expires, whichever is first. A replay inside is refused as used,
+    /// after it for its date; the count falls to zero with nothing else arriving.
+    #[test]
+    fn a_nonce_is_remembered_only_while_its_date_is_in_the_window() {
+        let (owner, window) = ([1; 20], 600_000);
+        let t = 1_795_609_712_000;
+        let long_life = t / 1_000 + 90 * 86_400;
+        let mut nonces = Nonces::default();
+        let ccxt = dated_nonce(t, 42);
+        assert_eq!(nonces.take(owner, ccxt, long_life, t, window), Ok(()));
+        let short = dated_nonce(t, 43);
+        assert_eq!(nonces.take(owner, short, t / 1_000 + 60, t, window), Ok(()));
+        assert_eq!(nonces.count(t / 1_000), 2);
+        // The 60 s signature is forgotten after its expiry, the 90-day one after its window.
+        assert_eq!(nonces.count(t / 1_000 + 61), 1);
+        let late = t + window;
+        assert_eq!(
+            nonces.take(owner, ccxt, long_life, late, window),
+            Err(NonceRefusal::Used)
+        );
+        assert_eq!(nonces.count(late / 1_000 + 1), 0);
+        assert_eq!(
+            nonces.take(owner, ccxt, long_life, late + 1_000, window),
+            Err(NonceRefusal::Date)
+        );
+        // Dates ahead of the clock: within the window taken, beyond it refused; undated refused.
+        assert_eq!(
+            nonces.take(owner, dated_nonce(t + window, 0), long_life, t, window),
+            Ok(())
+        );
+        for undated in [dated_nonce(t + window + 1, 0), 7] {
+            assert_eq!(
+                nonces.take(owner, undated, long_life, t, window),
+                Err(NonceRefusal::Date)
+            );
+        }
+        // Another owner's nonce of the same value is its own.
+        assert_eq!(nonces.take([2; 20], ccxt, long_life, t, window), Ok(()));
     }
 }

@@ -31,6 +31,12 @@ pub enum GatewayError {
     /// The nonce was used before by this owner (6003).
     #[error("nonce already used")]
     ReplayedNonce,
+    /// The nonce carries no date (its leading 13 digits, a millisecond time) within the window
+    /// of the node's clock, in seconds (6010).
+    #[error(
+        "nonce date not recent: a nonce starts with its time in milliseconds (13 digits), within {0} s of the node's clock"
+    )]
+    NonceDate(u64),
     /// The signature has expired, or expires too far in the future (6004).
     #[error("signature expired or expiry out of range")]
     SignatureExpiry,
@@ -70,6 +76,7 @@ impl GatewayError {
             GatewayError::BadSignature => 6_001,
             GatewayError::NotOwner => 6_002,
             GatewayError::ReplayedNonce => 6_003,
+            GatewayError::NonceDate(_) => 6_010,
             GatewayError::SignatureExpiry => 6_004,
             GatewayError::Unauthorized => 6_005,
             GatewayError::MaxFeeTooLow(_) => 6_006,

@@ -113,7 +113,10 @@ impl Harness {
                 gateway,
                 _dir: dir,
                 instrument: 0,
-                nonce: std::sync::atomic::AtomicU64::new(1),
+                nonce: std::sync::atomic::AtomicU64::new(optio_gateway::dated_nonce(
+                    optio_gateway::now_ms(),
+                    0,
+                )),
             },
             alice,
             bob,
@@ -595,6 +598,40 @@ async fn bad_input_gets_its_code_and_changes_nothing() {
     let after = h.gateway.state_hash();
     assert_eq!(code(&h.call("private/order", first).await), 6_003);
     assert_eq!(h.gateway.state_hash(), after);
+    // A nonce carries its date, its leading 13 digits in milliseconds (ccxt's form), within 10
+    // minutes of the node's clock: one with no date, or dated 11 minutes either way, is refused
+    // with 6010 and its window in the message, changing nothing; one dated 9 minutes back trades.
+    let counted = h.nonce.load(std::sync::atomic::Ordering::Relaxed);
+    let (now, minute) = (optio_gateway::now_ms(), 60_000);
+    for (nonce, what) in [
+        (7, "no date"),
+        (
+            optio_gateway::dated_nonce(now - 11 * minute, 1),
+            "11 minutes old",
+        ),
+        (
+            optio_gateway::dated_nonce(now + 11 * minute, 1),
+            "11 minutes ahead",
+        ),
+    ] {
+        h.nonce.store(nonce, std::sync::atomic::Ordering::Relaxed);
+        let reply = h.call("private/order", order(&alice, CHAIN)).await;
+        assert_eq!(code(&reply), 6_010, "{what}: {reply}");
+        assert!(
+            reply["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("within 600 s")),
+            "{reply}"
+        );
+        assert_eq!(h.gateway.state_hash(), after, "{what}");
+    }
+    h.nonce.store(
+        optio_gateway::dated_nonce(now - 9 * minute, 1),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    let late = h.call("private/order", order(&alice, CHAIN)).await;
+    assert!(late["result"].is_object(), "{late}");
+    h.nonce.store(counted, std::sync::atomic::Ordering::Relaxed);
     // The signed fee cap must cover the most fee the order can pay: a buy's at its limit, a
     // sell's at the instrument's maximum price (a taker sell sweeps bids above its limit). The
     // refusal names the minimum; exactly the minimum is taken.
@@ -1040,7 +1077,11 @@ async fn with_signed_terms_only_loosening_edits_are_refused_and_key_orders_end_w
     // one by it): unsigned, signed by another key, by the owner for another change, living
     // less than 10 s more, or with a nonce used before, refused with their codes, changing
     // nothing.
-    let signed = |signer: &SecretKey, change: Change, nonce: u64, life_s: u64| {
+    // Nonces far from the orders' (the harness counts from its start's date; one space per
+    // owner): this call's date, then 500,000 and up.
+    let nonce_at = optio_gateway::dated_nonce(optio_gateway::now_ms(), 500_000);
+    let signed = |signer: &SecretKey, change: Change, k: u64, life_s: u64| {
+        let nonce = nonce_at + k;
         let params = optio_gateway::client::change_params(
             signer,
             CHAIN,
@@ -1065,11 +1106,8 @@ async fn with_signed_terms_only_loosening_edits_are_refused_and_key_orders_end_w
     for (request, expected) in [
         (register_session_key(&alice, &session, expiry), 6_009),
         (unsigned_mode, 6_009),
-        (
-            signed(&session.key, key_change(expiry), 1_000_001, 600),
-            6_001,
-        ),
-        (signed(&alice.key, key_change(expiry), 1_000_001, 5), 6_004),
+        (signed(&session.key, key_change(expiry), 1, 600), 6_001),
+        (signed(&alice.key, key_change(expiry), 1, 5), 6_004),
     ] {
         assert_eq!(
             code(&h.post(&request, &h.auth(&alice)).await.1),
@@ -1078,8 +1116,7 @@ async fn with_signed_terms_only_loosening_edits_are_refused_and_key_orders_end_w
         );
     }
     let mut forged: Value =
-        serde_json::from_str(&signed(&alice.key, key_change(expiry), 1_000_001, 600))
-            .expect("json");
+        serde_json::from_str(&signed(&alice.key, key_change(expiry), 1, 600)).expect("json");
     forged["params"]["expiry_sec"] = json!(expiry + 1);
     assert_eq!(
         code(&h.post(&forged.to_string(), &h.auth(&alice)).await.1),
@@ -1092,8 +1129,7 @@ async fn with_signed_terms_only_loosening_edits_are_refused_and_key_orders_end_w
         ("nonce", json!("0x10"), -32_602),
     ] {
         let mut bad: Value =
-            serde_json::from_str(&signed(&alice.key, key_change(expiry), 1_000_001, 600))
-                .expect("json");
+            serde_json::from_str(&signed(&alice.key, key_change(expiry), 1, 600)).expect("json");
         bad["params"][field] = value;
         assert_eq!(
             code(&h.post(&bad.to_string(), &h.auth(&alice)).await.1),
@@ -1112,12 +1148,7 @@ async fn with_signed_terms_only_loosening_edits_are_refused_and_key_orders_end_w
         "an operator's unsigned change"
     );
     assert_eq!(h.gateway.state_hash(), before, "refusals change nothing");
-    let mode = signed(
-        &alice.key,
-        Change::MarginMode(MarginMode::Standard),
-        1_000_002,
-        600,
-    );
+    let mode = signed(&alice.key, Change::MarginMode(MarginMode::Standard), 2, 600);
     let set = h.post(&mode, &h.auth(&alice)).await.1;
     assert_eq!(set["result"]["margin_mode"], "standard", "{set}");
     assert_eq!(
@@ -1125,8 +1156,7 @@ async fn with_signed_terms_only_loosening_edits_are_refused_and_key_orders_end_w
         6_003,
         "replayed"
     );
-    // Nonces far from the orders' (the harness counts from 1; one space per owner).
-    let mut nonce = 1_000_010;
+    let mut nonce = 10;
     let mut register = |expiry_s| {
         nonce += 1;
         signed(&alice.key, key_change(expiry_s), nonce, 600)
@@ -1505,7 +1535,7 @@ async fn margin_modes_and_liquidation_bids() {
                 price: "90000",
                 amount: "0.1",
                 max_fee: "100",
-                nonce: 1,
+                nonce: optio_gateway::dated_nonce(optio_gateway::now_ms(), 1),
                 expiry: optio_gateway::now_ms() / 1_000 + 600,
                 time_in_force: "gtc",
             },

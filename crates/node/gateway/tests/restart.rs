@@ -254,7 +254,7 @@ fn labels_history_and_intent_statuses_survive(snapshot_every: u64) {
             price: "1000",
             amount: "0.1",
             max_fee: "100",
-            nonce: 1,
+            nonce: optio_gateway::dated_nonce(optio_gateway::now_ms(), 1),
             expiry: optio_gateway::now_ms() / 1_000 + 3_600,
             time_in_force: "gtc",
         };
@@ -508,6 +508,7 @@ fn a_nonce_stays_used_after_its_log_segment_is_deleted() {
     let key = SecretKey::from_secret_bytes([0x42; 32]).expect("key");
     let address = optio_intents::address_of(&secp256k1::PublicKey::from_secret_key(&key));
     let config = Config::default();
+    let nonce = optio_gateway::dated_nonce(optio_gateway::now_ms(), 7);
     let signed = |price: &str| {
         let request = optio_gateway::client::OrderRequest {
             subaccount: 0,
@@ -517,7 +518,7 @@ fn a_nonce_stays_used_after_its_log_segment_is_deleted() {
             price,
             amount: "0.1",
             max_fee: "100",
-            nonce: 7,
+            nonce,
             expiry: optio_gateway::now_ms() / 1_000 + 3_600,
             time_in_force: "gtc",
         };
@@ -577,6 +578,11 @@ fn a_nonce_stays_used_after_its_log_segment_is_deleted() {
     assert_eq!(metric(&metrics, "optio_wal_bytes"), on_disk.1);
     stop(g);
     let g = open_with(dir.path(), 1, 256);
+    assert_eq!(
+        metric(&g.metrics(), "optio_nonces_remembered"),
+        1,
+        "the snapshot's nonce, held again"
+    );
     // Another order under the same nonce: refused, nothing sequenced.
     let before = (g.next_seq(), g.state_hash());
     match g.call("private/order", &signed("1001"), &Default::default()) {
