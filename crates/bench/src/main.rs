@@ -12,6 +12,7 @@ mod load_bench;
 mod pricing_bench;
 mod prove_bench;
 mod settlement_bench;
+mod walk_bench;
 
 use clap::{Parser, Subcommand};
 
@@ -53,6 +54,9 @@ enum Bench {
     /// prototype's anchor; L1 verification gas per batch and per trade, with and without
     /// aggregation.
     Prove(prove_bench::Args),
+    /// A prover worker's pass over a batches directory: from genesis (as before) against from
+    /// its frontier of settled batches at lags of 1, 10 and 30, on the same blobs.
+    Walk(walk_bench::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -65,5 +69,6 @@ fn main() -> anyhow::Result<()> {
         Bench::Settlement(args) => settlement_bench::run(&args),
         Bench::L1Gas(args) => l1_gas_bench::run(&args),
         Bench::Prove(args) => prove_bench::run(&args),
+        Bench::Walk(args) => walk_bench::run(&args),
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Result, anyhow, bail};
 use optio_prover::keys::os_rng;
-use optio_prover::worker::{Outcome, check_proofs, prove_pending};
+use optio_prover::worker::{Outcome, Walker, check_proofs};
 use optio_prover::{Keys, Shape};
 
 /// The circuit's shape (keys are generated per shape; workers and checks must name the same).
@@ -300,22 +300,19 @@ pub(crate) fn work(
     prefix: &str,
 ) -> Result<()> {
     let mut rng = os_rng();
+    // The state after the batches settled so far, kept across passes.
+    let mut walker = Walker::new(batches);
     loop {
-        let done = prove_pending(
-            batches,
-            keys,
-            &mut rng,
-            stale_after,
-            |outcome| match outcome {
+        let done = walker
+            .prove_pending(keys, &mut rng, stale_after, |outcome| match outcome {
                 Outcome::Proven { batch, seconds } => {
                     println!("{prefix}batch {batch}: proven in {seconds:.1} s")
                 }
                 Outcome::Unprovable { batch, reason } => {
                     println!("{prefix}batch {batch}: not provable: {reason}")
                 }
-            },
-        )
-        .map_err(|e| anyhow!(e))?;
+            })
+            .map_err(|e| anyhow!(e))?;
         if once {
             return Ok(());
         }

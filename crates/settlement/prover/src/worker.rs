@@ -3,7 +3,9 @@
 //! (processes or machines sharing the directory) scale out with no coordination but the queue
 //! itself: a worker claims a batch by creating `NNNNNNNN.claim` exclusively, and a claim older
 //! than `stale_after` (its worker died) may be taken over. Each worker rebuilds the state from
-//! the blobs on its own, so none depends on another's progress.
+//! the blobs on its own, so none depends on another's progress; across passes it keeps the
+//! state after the batches settled from the first on (`Walker`), so that a pass applies only the
+//! blobs after them (the proving lag), not every blob since genesis.
 //!
 //! A batch the circuit cannot prove (too large for the shape, or ops in an order it does not
 //! keep) gets `NNNNNNNN.unprovable` with the reason instead; the batches after it are still
@@ -71,6 +73,119 @@ fn each_batch(
             .map_err(|e| format!("{}: {e}", file.display()))?;
     }
     Ok(())
+}
+
+/// A worker's walk over the batches directory, kept across passes: the state after the
+/// batches settled (proven or marked unprovable, by any worker) from the first on. A pass
+/// advances it over the batches settled since, then walks a copy of it over the rest, so it
+/// applies only the blobs past that frontier: the proving lag, where walking from genesis on
+/// every pass (once a second while idle) costs in proportion to the chain's whole history.
+/// A proof deleted after the frontier passed its batch is proven again by a fresh walker (a
+/// restarted worker); `check_proofs` always walks from genesis.
+pub struct Walker {
+    dir: PathBuf,
+    /// The state after batch `after.0`, which ended at input `after.1`.
+    base: SettlementState,
+    after: (u64, u64),
+    /// Blobs applied by the last pass (frontier and copy).
+    applied: usize,
+}
+
+impl Walker {
+    /// A walker from genesis over `dir`.
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_owned(),
+            base: SettlementState::new(),
+            after: (0, 0),
+            applied: 0,
+        }
+    }
+
+    /// The batches settled from the first on, which passes no longer apply.
+    pub fn frontier(&self) -> u64 {
+        self.after.0
+    }
+
+    /// How many blobs the last pass applied.
+    pub fn applied(&self) -> usize {
+        self.applied
+    }
+
+    /// One walk: advances the frontier over the batches `settled` (a worker's: proven or
+    /// marked unprovable) since, then calls `each` with the state before each later batch, its
+    /// number and its ops, in order.
+    pub fn walk(
+        &mut self,
+        settled: impl Fn(u64) -> bool,
+        mut each: impl FnMut(&SettlementState, u64, &[Op]) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let dir = self.dir.clone();
+        if !dir.is_dir() {
+            return Err(format!("{}: not a directory", dir.display()));
+        }
+        let files = blob_files(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let frontier = self.after.0;
+        // Blobs are named by their number; one that is not is read (and refused by its number).
+        let later = files.iter().filter(|f| {
+            let number = f.file_stem().and_then(|s| s.to_str()?.parse::<u64>().ok());
+            number.is_none_or(|n| n > frontier)
+        });
+        self.applied = 0;
+        // The copy walked past the first batch not settled, once there is one.
+        let mut copy: Option<(SettlementState, (u64, u64))> = None;
+        for file in later {
+            let bytes = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let (meta, ops) = decode(&bytes).map_err(|e| format!("{}: {e}", file.display()))?;
+            if copy.is_none() && !settled(meta.number) {
+                copy = Some((self.base.clone(), self.after));
+            }
+            let (state, after) = match copy.as_mut() {
+                Some((state, after)) => {
+                    each(state, meta.number, &ops)?;
+                    (state, after)
+                }
+                None => (&mut self.base, &mut self.after),
+            };
+            *after = rebuild_after([bytes.as_slice()], state, *after, |_| {})
+                .map_err(|e| format!("{}: {e}", file.display()))?;
+            self.applied += 1;
+        }
+        Ok(())
+    }
+
+    /// One pass of a worker (`prove_pending`) from where this walker stands.
+    pub fn prove_pending(
+        &mut self,
+        keys: &Keys,
+        rng: &mut StdRng,
+        stale_after: Duration,
+        mut each: impl FnMut(&Outcome),
+    ) -> Result<Vec<Outcome>, String> {
+        let dir = self.dir.clone();
+        let mut done = Vec::new();
+        self.walk(
+            |batch| settled(&dir, batch),
+            |state, batch, ops| {
+                if settled(&dir, batch) {
+                    return Ok(());
+                }
+                let Some(_claim) = claim(&dir, batch, stale_after) else {
+                    return Ok(());
+                };
+                let outcome = prove_one(&dir, keys, rng, state, batch, ops)?;
+                each(&outcome);
+                done.push(outcome);
+                Ok(())
+            },
+        )?;
+        Ok(done)
+    }
+}
+
+/// Whether batch `batch` has a proof or was found unprovable.
+fn settled(dir: &Path, batch: u64) -> bool {
+    proof_path(dir, batch).exists() || stem(dir, batch).with_extension("unprovable").exists()
 }
 
 /// Takes the claim on a batch, or `None` if a live worker holds it.
@@ -156,51 +271,48 @@ pub fn prove_pending(
     keys: &Keys,
     rng: &mut StdRng,
     stale_after: Duration,
-    mut each: impl FnMut(&Outcome),
+    each: impl FnMut(&Outcome),
 ) -> Result<Vec<Outcome>, String> {
-    let mut done = Vec::new();
-    each_batch(dir, |state, batch, ops| {
-        let settled = proof_path(dir, batch).exists()
-            || stem(dir, batch).with_extension("unprovable").exists();
-        if settled {
-            return Ok(());
+    Walker::new(dir).prove_pending(keys, rng, stale_after, each)
+}
+
+/// Proves batch `batch` (`ops`, over `state`) and writes its proof, or marks it unprovable.
+fn prove_one(
+    dir: &Path,
+    keys: &Keys,
+    rng: &mut StdRng,
+    state: &SettlementState,
+    batch: u64,
+    ops: &[Op],
+) -> Result<Outcome, String> {
+    let proven = witness(state, ops, keys.shape)
+        .map_err(ProveError::from)
+        .and_then(|w| {
+            let public = w.public;
+            let t = Instant::now();
+            let proof = prove(keys, w, rng)?;
+            Ok((public, proof, t.elapsed().as_secs_f64()))
+        });
+    Ok(match proven {
+        Ok((public, proof, seconds)) => {
+            let text = proof_json(batch, keys, &public, &proof, seconds).to_string();
+            write_atomic(&proof_path(dir, batch), &text)
+                .map_err(|e| format!("batch {batch}: {e}"))?;
+            Outcome::Proven { batch, seconds }
         }
-        let Some(_claim) = claim(dir, batch, stale_after) else {
-            return Ok(());
-        };
-        let proven = witness(state, ops, keys.shape)
-            .map_err(ProveError::from)
-            .and_then(|w| {
-                let public = w.public;
-                let t = Instant::now();
-                let proof = prove(keys, w, rng)?;
-                Ok((public, proof, t.elapsed().as_secs_f64()))
-            });
-        let outcome = match proven {
-            Ok((public, proof, seconds)) => {
-                let text = proof_json(batch, keys, &public, &proof, seconds).to_string();
-                write_atomic(&proof_path(dir, batch), &text)
-                    .map_err(|e| format!("batch {batch}: {e}"))?;
-                Outcome::Proven { batch, seconds }
-            }
-            // Keys that are not the circuit's, or arkworks refusing: nothing this worker proves
-            // would verify.
-            Err(e @ (ProveError::KeysMismatch | ProveError::Synthesis(_))) => {
-                return Err(format!("batch {batch}: {e}"));
-            }
-            // No witness for the shape, or a batch that breaks a rule of the circuit.
-            Err(e) => {
-                let reason = e.to_string();
-                write_atomic(&stem(dir, batch).with_extension("unprovable"), &reason)
-                    .map_err(|e| format!("batch {batch}: {e}"))?;
-                Outcome::Unprovable { batch, reason }
-            }
-        };
-        each(&outcome);
-        done.push(outcome);
-        Ok(())
-    })?;
-    Ok(done)
+        // Keys that are not the circuit's, or arkworks refusing: nothing this worker proves
+        // would verify.
+        Err(e @ (ProveError::KeysMismatch | ProveError::Synthesis(_))) => {
+            return Err(format!("batch {batch}: {e}"));
+        }
+        // No witness for the shape, or a batch that breaks a rule of the circuit.
+        Err(e) => {
+            let reason = e.to_string();
+            write_atomic(&stem(dir, batch).with_extension("unprovable"), &reason)
+                .map_err(|e| format!("batch {batch}: {e}"))?;
+            Outcome::Unprovable { batch, reason }
+        }
+    })
 }
 
 /// Checks every proof file against the state rebuilt from the blobs alone (its public inputs

@@ -1,13 +1,14 @@
 //! `optio prove` workers on a batches directory: two workers at once prove every covered batch
 //! exactly once, mark the uncovered one with its reason, respect a live claim and take over a
 //! stale one; the proofs check against the roots rebuilt from the blobs alone, and a proof moved
-//! to another batch does not.
+//! to another batch does not. A worker kept running applies only the blobs past the batches
+//! settled from the first on.
 
 use std::time::Duration;
 
 use ark_std::rand::SeedableRng;
 use ark_std::rand::rngs::StdRng;
-use optio_prover::worker::{Outcome, check_proofs, proof_path, prove_pending};
+use optio_prover::worker::{Outcome, Walker, check_proofs, proof_path, prove_pending};
 use optio_prover::{Keys, Shape};
 use optio_state::Op;
 use optio_state::blob::{BlobMeta, encode};
@@ -218,6 +219,56 @@ fn workers_share_the_queue_and_their_proofs_check_against_the_blobs() {
     let damaged = text.replacen("\"proof\":[\"0x", "\"proof\":[\"0x1", 1);
     std::fs::write(proof_path(dir.path(), 1), damaged).expect("write");
     assert!(check_proofs(dir.path(), &keys).is_err());
+}
+
+/// A running worker walks from its frontier, the batches settled from the first on: a pass
+/// applies only the blobs after it (not every blob since genesis), a batch claimed by another
+/// worker holds the frontier back until it is settled, and a batch appended later is proven
+/// over the state the frontier kept, its proof checking against the blobs alone.
+#[test]
+fn a_running_worker_applies_only_the_blobs_past_its_frontier() {
+    let later = vec![Op::Deposit {
+        account: AccountId(1),
+        amount: Amount(MONEY_SCALE),
+    }];
+    let source = tempfile::tempdir().expect("tempdir");
+    write_blobs(source.path(), &[batches(), vec![later]].concat());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let append = |n: u64| {
+        let name = format!("{n:08}.blob");
+        std::fs::copy(source.path().join(&name), dir.path().join(&name)).expect("copy");
+    };
+    (1..=4).for_each(append);
+    let keys = Keys::generate(SHAPE, &mut StdRng::seed_from_u64(1)).expect("keys");
+    let claim = dir.path().join("00000003.claim");
+    std::fs::write(&claim, b"").expect("claim");
+    let (hour, rng) = (Duration::from_secs(3_600), &mut StdRng::seed_from_u64(5));
+    let mut walker = Walker::new(dir.path());
+    let mut pass = |walker: &mut Walker| {
+        let done = walker
+            .prove_pending(&keys, rng, hour, |_| {})
+            .expect("pass");
+        let proven: Vec<u64> = done
+            .iter()
+            .map(|o| match o {
+                Outcome::Proven { batch, .. } | Outcome::Unprovable { batch, .. } => *batch,
+            })
+            .collect();
+        (proven, walker.frontier(), walker.applied())
+    };
+    // From genesis: 1 and 4 proven, 2 unprovable, 3 left to its claim.
+    assert_eq!(pass(&mut walker), (vec![1, 2, 4], 0, 4));
+    // 1 and 2 settled: the frontier moves past them; 3 and 4 walked on a copy.
+    assert_eq!(pass(&mut walker), (vec![], 2, 4));
+    std::fs::remove_file(&claim).expect("unclaim");
+    assert_eq!(pass(&mut walker), (vec![3], 2, 2));
+    assert_eq!(pass(&mut walker), (vec![], 4, 2));
+    assert_eq!(pass(&mut walker), (vec![], 4, 0), "nothing applied");
+    append(5);
+    assert_eq!(pass(&mut walker), (vec![5], 4, 1));
+    assert_eq!(pass(&mut walker), (vec![], 5, 1));
+    let (ok, missing) = check_proofs(dir.path(), &keys).expect("proofs check");
+    assert_eq!((ok, missing), (vec![1, 3, 4, 5], vec![2]));
 }
 
 /// Keys survive the disk; the wrong shape, missing or damaged key files and a batch of another
