@@ -120,6 +120,20 @@ assert balance["USDC"]["used"] >= 0.1 * low, (balance["USDC"], low)
 mine = [p for p in balance["info"] if p["subaccount_id"] == sub]
 assert mine and float(mine[0]["open_orders_margin"]) <= -0.1 * low, mine
 print("margin: perpetual", held[0]["initialMargin"], "used with a resting bid", balance["USDC"]["used"])
+# editOrder is Derive's private/replace: the resting bid cancelled and a larger one placed, as
+# one input. Replacing the order now gone places nothing (OrderNotFound, Derive's 11006).
+edited = ex.edit_order(resting["id"], option["symbol"], "limit", "buy", 0.2, low, {"subaccount_id": sub, "max_fee": "100"})
+check_signature(json.loads(ex.last_request_body), option)
+assert edited["id"] != resting["id"] and edited["status"] == "open" and edited["amount"] == 0.2, edited
+assert ex.fetch_order(resting["id"], option["symbol"], {"subaccount_id": sub})["status"] == "canceled"
+assert [o["id"] for o in ex.fetch_open_orders(option["symbol"], params={"subaccount_id": sub})] == [edited["id"]]
+try:
+    ex.edit_order(resting["id"], option["symbol"], "limit", "buy", 0.3, low, {"subaccount_id": sub, "max_fee": "100"})
+    raise SystemExit("a replace of a cancelled order was accepted")
+except ccxt.OrderNotFound as e:
+    print("replace of a cancelled order refused:", str(e)[:80])
+assert [o["id"] for o in ex.fetch_open_orders(option["symbol"], params={"subaccount_id": sub})] == [edited["id"]]
+print("edited", resting["id"], "into", edited["id"])
 ex.cancel_all_orders(params={"subaccount_id": sub})
 
 # A tampered body: the signature no longer matches, ccxt raises InvalidOrder.

@@ -124,6 +124,7 @@ impl Demo {
     fn describe(&self, event: &Event) -> Option<String> {
         Some(match event {
             Event::Rejected { code } => format!("REJECTED {code}"),
+            Event::ReplaceRefused { code } => format!("REPLACEMENT REFUSED {code}"),
             Event::InstrumentListed { instrument } => format!("listed {}", self.name(*instrument)),
             Event::InstrumentActivated { instrument } => {
                 format!("trading opens in {}", self.name(*instrument))

@@ -374,6 +374,19 @@ impl<M: MarginModel> Engine<M> {
                 self.remove_order(slot, DoneReason::Cancelled, events);
                 Ok(())
             }
+            Command::Replace { cancel, order } => {
+                self.account(order.account)?;
+                let slot = self.resolve(order.account, *cancel)?;
+                self.remove_order(slot, DoneReason::Cancelled, events);
+                // A refused order changes nothing (as a refused `PlaceOrder`): the cancel
+                // stands, and the refusal is told as an event of the taken input.
+                let mut placed = Vec::new();
+                match self.place_order(order, &mut placed) {
+                    Ok(()) => events.append(&mut placed),
+                    Err(code) => events.push(Event::ReplaceRefused { code }),
+                }
+                Ok(())
+            }
             Command::CancelAll {
                 account,
                 instrument,

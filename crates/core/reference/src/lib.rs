@@ -295,6 +295,20 @@ impl Reference {
                 self.orders.remove(i);
                 Ok(())
             }
+            Command::Replace { order, .. } if order.session_key.is_some() => {
+                panic!("the reference model does not model session keys")
+            }
+            Command::Replace { cancel, order } => {
+                self.acct(order.account)?;
+                let i = self.find(order.account, *cancel)?;
+                self.orders.remove(i);
+                // The new order on its own: refused, it leaves the state after the cancel.
+                let cancelled = self.clone();
+                if self.place(order).is_err() {
+                    *self = cancelled;
+                }
+                Ok(())
+            }
             Command::CancelAll {
                 account,
                 instrument,

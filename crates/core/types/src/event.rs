@@ -47,6 +47,12 @@ pub enum Event {
         /// Why.
         code: RejectCode,
     },
+    /// A replace's new order was refused: its cancel stands, nothing else changed (the input
+    /// itself was taken).
+    ReplaceRefused {
+        /// Why the new order was refused.
+        code: RejectCode,
+    },
     /// A new instrument.
     InstrumentListed {
         /// Assigned id.

@@ -243,6 +243,16 @@ pub enum Command {
         /// New total remaining size.
         qty: Qty,
     },
+    /// Cancel one of an account's orders and place a new one in one input, nothing sequenced
+    /// between them (Derive's `private/replace`): if the cancel is refused nothing changes and
+    /// nothing is placed; if the new order is refused, the old one stays cancelled and
+    /// `Event::ReplaceRefused` says why.
+    Replace {
+        /// The order to cancel, of the new order's account.
+        cancel: OrderRef,
+        /// The new order.
+        order: NewOrder,
+    },
     /// Cancel one order.
     Cancel {
         /// Owner of the order.
@@ -307,4 +317,14 @@ pub enum Command {
         /// New mode.
         mode: MarginMode,
     },
+}
+
+impl Command {
+    /// The order this input places, if any: a `PlaceOrder`'s, or a `Replace`'s new one.
+    pub fn placed_order(&self) -> Option<&NewOrder> {
+        match self {
+            Command::PlaceOrder(o) | Command::Replace { order: o, .. } => Some(o),
+            _ => None,
+        }
+    }
 }

@@ -195,6 +195,12 @@ fn encode_command(w: &mut Writer, c: &Command) {
             w.price(*price);
             w.qty(*qty);
         }
+        Command::Replace { cancel, order } => {
+            // The order to cancel, then the new order as a `PlaceOrder`.
+            w.u8(26);
+            order_ref(w, *cancel);
+            encode_command(w, &Command::PlaceOrder(order.clone()));
+        }
         Command::Cancel { account, order } => {
             w.u8(9);
             w.account(*account);
@@ -356,6 +362,18 @@ fn decode_command(r: &mut Reader<'_>) -> Result<Command, DecodeError> {
             account: r.account()?,
             order: read_order_ref(r)?,
         },
+        26 => {
+            let cancel = read_order_ref(r)?;
+            match decode_command(r)? {
+                Command::PlaceOrder(order) => Command::Replace { cancel, order },
+                _ => {
+                    return Err(DecodeError::BadTag {
+                        what: "replace's new order",
+                        tag: 26,
+                    });
+                }
+            }
+        }
         10 => Command::CancelAll {
             account: r.account()?,
             instrument: match r.u8()? {

@@ -144,6 +144,29 @@ pub fn routes() -> Router<Arc<Gateway>> {
         .route("/private/{method}", post(private_post))
 }
 
+/// A placed signed order as Derive shows it: the order with its signature's fields.
+fn placed_json(
+    g: &Gateway,
+    placed: &crate::PlacedOrder,
+    account: AccountId,
+    params: &Value,
+) -> Result<Value, CallError> {
+    let info = g
+        .lock()
+        .history
+        .orders
+        .get(&placed.order_id)
+        .cloned()
+        .ok_or(GatewayError::Internal)?;
+    let mut order = order_json(&info, placed.order_id, &placed.name, account.0);
+    order["signer"] = json!(hex(&placed.signer));
+    order["signature"] = placed.signature.clone();
+    order["signature_expiry_sec"] = json!(placed.expiry);
+    order["max_fee"] = json!(money(placed.max_fee.0));
+    order["time_in_force"] = params.get("time_in_force").cloned().unwrap_or(json!("gtc"));
+    Ok(order)
+}
+
 fn public(g: &Gateway, method: &str, params: &Value) -> Result<Value, CallError> {
     let node = g.lock();
     let engine = node.sequencer.engine();
@@ -431,21 +454,41 @@ fn private(
         "order" => {
             let account = g.owned_by(account_param(params, "subaccount_id")?, wallet)?;
             let placed = g.place_signed_order(params, Some(wallet))?;
-            let node = g.lock();
-            let info = node
-                .history
-                .orders
-                .get(&placed.order_id)
-                .cloned()
-                .ok_or(GatewayError::Internal)?;
-            drop(node);
-            let mut order = order_json(&info, placed.order_id, &placed.name, account.0);
-            order["signer"] = json!(hex(&placed.signer));
-            order["signature"] = placed.signature.clone();
-            order["signature_expiry_sec"] = json!(placed.expiry);
-            order["max_fee"] = json!(money(placed.max_fee.0));
-            order["time_in_force"] = params.get("time_in_force").cloned().unwrap_or(json!("gtc"));
+            let order = placed_json(g, &placed, account, params)?;
             Ok(json!({"order": order, "trades": [], "receipt": placed.receipt}))
+        }
+        // Derive's cancel-and-replace (ccxt's `editOrder`): one input, nothing sequenced
+        // between the cancel and the new order. A cancel refused places nothing (the error);
+        // a new order refused leaves the old one cancelled (`create_order_error`).
+        "replace" => {
+            let account = g.owned_by(account_param(params, "subaccount_id")?, wallet)?;
+            let cancel: u64 = params
+                .get("order_id_to_cancel")
+                .and_then(|v| {
+                    v.as_str()
+                        .and_then(|s| s.parse().ok())
+                        .or_else(|| v.as_u64())
+                })
+                .ok_or_else(|| GatewayError::InvalidParams("order_id_to_cancel".into()))?;
+            let (placed, refused) =
+                g.replace_signed_order(params, Some(wallet), OrderRef::Id(OrderId(cancel)))?;
+            let cancelled = g.lock().history.orders.get(&cancel).cloned();
+            let cancelled = cancelled
+                .map(|info| order_json(&info, cancel, &name_of(info.instrument), account.0));
+            let (order, error) = match refused {
+                None => (placed_json(g, &placed, account, params)?, Value::Null),
+                Some(code) => (
+                    Value::Null,
+                    json!({"code": derive_code(&CallError::Engine(code, None)), "message": code.to_string()}),
+                ),
+            };
+            Ok(json!({
+                "cancelled_order": cancelled,
+                "order": order,
+                "trades": [],
+                "create_order_error": error,
+                "receipt": placed.receipt,
+            }))
         }
         "cancel" | "cancel_by_label" => {
             let account = g.owned_by(account_param(params, "subaccount_id")?, wallet)?;

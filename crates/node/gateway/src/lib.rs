@@ -784,19 +784,17 @@ fn placed_by(
     command: &Command,
     nonce: Option<u64>,
 ) -> Option<(Side, Price, Qty, String, Option<u64>)> {
-    match command {
-        Command::PlaceOrder(p) => Some((
-            p.side,
-            match p.order_type {
-                OrderType::Limit { price } => price,
-                OrderType::Market { protection_price } => protection_price.unwrap_or(Price::ZERO),
-            },
-            p.qty,
-            String::new(),
-            nonce,
-        )),
-        _ => None,
-    }
+    let p = command.placed_order()?;
+    Some((
+        p.side,
+        match p.order_type {
+            OrderType::Limit { price } => price,
+            OrderType::Market { protection_price } => protection_price.unwrap_or(Price::ZERO),
+        },
+        p.qty,
+        String::new(),
+        nonce,
+    ))
 }
 
 /// The gateway.
@@ -1499,6 +1497,35 @@ impl Gateway {
                 params["direction"] = json!(method.trim_start_matches("private/"));
                 self.order(&params)
             }
+            "private/replace" => {
+                // Cancel-and-replace as one input (header-authenticated like a cancel, the new
+                // order signed as any): a cancel refused places nothing; a new order refused
+                // leaves the old one cancelled, its code in `replace_error`.
+                let account = self.authorized(params, headers)?;
+                let cancel = OrderId(uint(params, "order_id_to_cancel")?);
+                let wallet = self.lock().sequencer.engine().account_owner(account);
+                let (placed, refused) =
+                    self.replace_signed_order(params, wallet.map(|w| w.0), OrderRef::Id(cancel))?;
+                // As `private/order`'s result (`order` null when refused), with the cancel's.
+                let mut out = match refused {
+                    None => views::order_result(
+                        &placed.name,
+                        placed.side,
+                        placed.price,
+                        placed.amount,
+                        &placed.label,
+                        &placed.events,
+                        placed.receipt,
+                        placed.time_ms,
+                    ),
+                    Some(_) => json!({"order": null, "trades": [], "receipt": placed.receipt}),
+                };
+                out["cancelled_order_id"] = json!(cancel.0.to_string());
+                out["replace_error"] = json!(
+                    refused.map(|code| json!({"code": code.code(), "message": code.to_string()}))
+                );
+                Ok(out)
+            }
             "private/cancel" => {
                 let account = self.authorized(params, headers)?;
                 let order = OrderId(uint(params, "order_id")?);
@@ -1870,9 +1897,28 @@ impl Gateway {
         params: &Value,
         owner_wallet: Option<Address>,
     ) -> Result<PlacedOrder, CallError> {
-        let (ctx, rx) = self.prepare_signed_order(params, owner_wallet)?;
+        let (ctx, rx) = self.prepare_signed_order(params, owner_wallet, None)?;
         let (outcome, t) = rx.blocking_recv().map_err(|_| GatewayError::Internal)??;
         self.finish_order(ctx, outcome, t)
+    }
+
+    /// Verifies a signed order as `place_signed_order` does and sequences it as a replace of
+    /// the account's order `cancel` (one input: the cancel, then the order). A cancel refused
+    /// (an unknown order, another account's) places nothing: the engine's error. A new order
+    /// refused leaves the old one cancelled: `Ok`, with its code in `replace_refused`.
+    pub(crate) fn replace_signed_order(
+        &self,
+        params: &Value,
+        owner_wallet: Option<Address>,
+        cancel: OrderRef,
+    ) -> Result<(PlacedOrder, Option<optio_types::RejectCode>), CallError> {
+        let (ctx, rx) = self.prepare_signed_order(params, owner_wallet, Some(cancel))?;
+        let (outcome, t) = rx.blocking_recv().map_err(|_| GatewayError::Internal)??;
+        let refused = outcome.events.iter().find_map(|e| match e {
+            optio_types::Event::ReplaceRefused { code } => Some(*code),
+            _ => None,
+        });
+        Ok((self.finish_order(ctx, outcome, t)?, refused))
     }
 
     /// `place_signed_order` without blocking a thread while the group commits.
@@ -1881,7 +1927,7 @@ impl Gateway {
         params: &Value,
         owner_wallet: Option<Address>,
     ) -> Result<PlacedOrder, CallError> {
-        let (ctx, rx) = self.prepare_signed_order(params, owner_wallet)?;
+        let (ctx, rx) = self.prepare_signed_order(params, owner_wallet, None)?;
         let (outcome, t) = rx.await.map_err(|_| GatewayError::Internal)??;
         self.finish_order(ctx, outcome, t)
     }
@@ -1894,7 +1940,7 @@ impl Gateway {
     pub async fn place_signed_orders(&self, orders: &[Value]) -> Vec<Result<u64, CallError>> {
         let queued: Vec<_> = orders
             .iter()
-            .map(|params| self.prepare_signed_order(params, None))
+            .map(|params| self.prepare_signed_order(params, None, None))
             .collect();
         let mut placed = Vec::with_capacity(queued.len());
         for q in queued {
@@ -1910,12 +1956,14 @@ impl Gateway {
         placed
     }
 
-    /// Parses, verifies and queues a signed order for the writer.
+    /// Parses, verifies and queues a signed order for the writer (as a replace of `cancel`
+    /// if given).
     #[allow(clippy::type_complexity)]
     fn prepare_signed_order(
         &self,
         params: &Value,
         owner_wallet: Option<Address>,
+        cancel: Option<OrderRef>,
     ) -> Result<
         (
             OrderCtx,
@@ -2103,7 +2151,7 @@ impl Gateway {
         };
         self.take_nonce(owner.0, nonce, expiry, now_ms)?;
         let client_order_id = if label.is_empty() { 0 } else { label_id(label) };
-        let command = Command::PlaceOrder(NewOrder {
+        let order = NewOrder {
             account,
             instrument,
             side,
@@ -2117,7 +2165,11 @@ impl Gateway {
             // The engine holds a key's order to the key's life (and refuses it once the key is
             // gone, whatever this check saw).
             session_key: (signer != owner.0).then_some(to_engine(signer)),
-        });
+        };
+        let command = match cancel {
+            Some(cancel) => Command::Replace { cancel, order },
+            None => Command::PlaceOrder(order),
+        };
         let intent = optio_sequencer::Intent {
             digest,
             owner: owner.0,

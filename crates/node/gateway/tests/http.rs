@@ -1472,6 +1472,77 @@ async fn deribit_style_buy_and_sell_are_signed_orders() {
     );
 }
 
+/// Cancel-and-replace (`private/replace`) is one input: the old bid cancelled and the new one
+/// resting in its place; a replace of the order now gone is refused with its code and places
+/// nothing; a new order the engine refuses (beyond the margin) leaves the old one cancelled, the
+/// refusal in `replace_error`; without header authentication nothing happens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replace_cancels_and_places_in_one_input() {
+    let (h, alice, _bob) = Harness::start().await;
+    let id = |v: &Value| -> u64 {
+        v.as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("an order id, got {v}"))
+    };
+    let placed = h
+        .call(
+            "private/order",
+            h.order_params(&alice, "buy", "9000", "0.1", CHAIN),
+        )
+        .await;
+    assert!(placed["result"].is_object(), "{placed}");
+    let first = id(&placed["result"]["order"]["order_id"]);
+    let replace = |cancel: u64, amount: &str| {
+        let o = (
+            alice.address,
+            alice.subaccount,
+            optio_gateway::now_ms() / 1_000 + 3_600,
+            Domain::optio(CHAIN, CONTRACT).separator(),
+        );
+        let mut p = h.order_params_with_fee(&alice, o, "buy", "9100", amount, "10000");
+        p["order_id_to_cancel"] = json!(cancel);
+        json!({"jsonrpc": "2.0", "id": 1, "method": "private/replace", "params": p}).to_string()
+    };
+    let open = |v: Value| -> Vec<(u64, String)> {
+        v["result"]
+            .as_array()
+            .expect("orders")
+            .iter()
+            .map(|o| {
+                (
+                    id(&o["order_id"]),
+                    o["amount"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect()
+    };
+    let before = h.gateway.state_hash();
+    assert_eq!(code(&h.post(&replace(first, "0.2"), &[]).await.1), 6_005);
+    assert_eq!(h.gateway.state_hash(), before, "unauthenticated");
+    let r = h.post(&replace(first, "0.2"), &h.auth(&alice)).await.1;
+    assert_eq!(r["result"]["cancelled_order_id"], first.to_string(), "{r}");
+    assert!(r["result"]["replace_error"].is_null(), "{r}");
+    let second = id(&r["result"]["order"]["order_id"]);
+    assert_eq!(
+        open(h.open_orders(&alice).await),
+        vec![(second, "0.2".to_owned())]
+    );
+    // The first order is gone: the engine refuses the input, nothing placed or cancelled.
+    let gone = h.post(&replace(first, "0.3"), &h.auth(&alice)).await.1;
+    assert_eq!(code(&gone), 4_015, "{gone}");
+    assert_eq!(
+        open(h.open_orders(&alice).await),
+        vec![(second, "0.2".to_owned())]
+    );
+    // A bid for 1,000 calls at 9,100 needs more than Alice's 1,000,000 USDC: the new order is
+    // refused, the second one cancelled all the same.
+    let r = h.post(&replace(second, "1000"), &h.auth(&alice)).await.1;
+    assert_eq!(r["result"]["cancelled_order_id"], second.to_string(), "{r}");
+    assert!(r["result"]["order"].is_null(), "{r}");
+    assert_eq!(r["result"]["replace_error"]["code"], 4_014, "{r}");
+    assert!(open(h.open_orders(&alice).await).is_empty());
+}
+
 /// Margin modes and liquidation auctions over HTTP: the owner moves a small account to mark
 /// margin; after the mark falls it is liquidating, and a liquidator takes one auction step at
 /// the auction price; a step too large, a bid by the account's own owner, a bid from an

@@ -332,7 +332,22 @@ fn signed_intents_are_logged_and_recovered_and_name_the_receipt() {
 
 #[test]
 fn every_input_round_trips_through_the_log_encoding() {
-    for input in inputs(30) {
+    // Each order also as a replace of an order by id or by client id.
+    let replaces = inputs(30).into_iter().filter_map(|i| match i.command {
+        Command::PlaceOrder(order) => Some(Input {
+            time_ms: i.time_ms,
+            command: Command::Replace {
+                cancel: if order.qty.0 % 2_000_000 == 0 {
+                    optio_types::OrderRef::Id(optio_types::OrderId(5))
+                } else {
+                    optio_types::OrderRef::Client(9)
+                },
+                order,
+            },
+        }),
+        _ => None,
+    });
+    for input in inputs(30).into_iter().chain(replaces) {
         assert_eq!(Input::decode(&input.encode()), Ok(input.clone()));
         let bytes = input.encode();
         assert!(Input::decode(&bytes[..bytes.len() - 1]).is_err());

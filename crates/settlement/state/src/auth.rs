@@ -47,7 +47,7 @@ use std::collections::BTreeMap;
 
 use optio_intents::{Action, DERIVE_TRADE_MODULE, Domain, TradeData, recover};
 use optio_types::{
-    AccountId, Address, Command, Event, Input, InstrumentId, NewOrder, OrderType, Price, Qty, Side,
+    AccountId, Address, Event, Input, InstrumentId, NewOrder, OrderType, Price, Qty, Side,
 };
 
 /// Bytes per record.
@@ -744,7 +744,7 @@ impl Orders {
         for event in events {
             match event {
                 Event::OrderAccepted { order, .. } => {
-                    if let (Command::PlaceOrder(o), Some(s)) = (&input.command, signed)
+                    if let (Some(o), Some(s)) = (input.command.placed_order(), signed)
                         && let Some(record) = s.record(o)
                     {
                         self.live.insert(order.0, record);

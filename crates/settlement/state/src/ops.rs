@@ -475,6 +475,7 @@ pub fn ops_from(
                 at_ms: input.time_ms,
             }),
             Event::Rejected { .. }
+            | Event::ReplaceRefused { .. }
             | Event::OrderAccepted { .. }
             | Event::OrderRested { .. }
             | Event::OrderAmended { .. }

@@ -28,13 +28,23 @@ fn signature(seq: u64) -> Option<Signed> {
     })
 }
 
-/// Each input with its events and what it signed.
+/// Each input with its events and what it signed. One order in three replaces one of its
+/// account's open orders, if it has any.
 fn sequence(seed: u64) -> Vec<(Input, Vec<Event>, Option<Signed>)> {
     let mut engine = Engine::new(EngineLimits::default());
     history(seed, 500)
         .into_iter()
         .enumerate()
-        .map(|(i, input)| {
+        .map(|(i, mut input)| {
+            if i % 3 == 0
+                && let Command::PlaceOrder(order) = &input.command
+                && let Some(open) = engine.open_orders_of(order.account).first()
+            {
+                input.command = Command::Replace {
+                    cancel: optio_types::OrderRef::Id(open.id),
+                    order: order.clone(),
+                };
+            }
             let mut events = Vec::new();
             let _ = engine.apply(&input, &mut events);
             (input, events, signature(i as u64 + 1))
@@ -65,6 +75,7 @@ fn feed(
 #[test]
 fn every_fill_posts_the_records_of_the_orders_that_filled() {
     let mut sides_checked = 0;
+    let mut replaced_sides = 0;
     let mut shared = 0;
     let mut unsigned = 0;
     for seed in 0..4 {
@@ -72,15 +83,20 @@ fn every_fill_posts_the_records_of_the_orders_that_filled() {
         // The record each order id was placed with, from the events independently of the
         // batcher.
         let mut placed: std::collections::BTreeMap<u64, Option<Authorization>> = Default::default();
+        let mut replaced = std::collections::BTreeSet::new();
         let mut expected = Vec::new();
         for (input, events, signed) in &inputs {
             for e in events {
                 match e {
                     Event::OrderAccepted { order, .. } => {
-                        let Command::PlaceOrder(o) = &input.command else {
-                            panic!("an order accepted from another command")
-                        };
+                        let o = input
+                            .command
+                            .placed_order()
+                            .expect("an order accepted from an order or a replace");
                         placed.insert(order.0, signed.and_then(|s| s.record(o)));
+                        if matches!(input.command, Command::Replace { .. }) {
+                            replaced.insert(order.0);
+                        }
                     }
                     Event::Fill {
                         maker_order,
@@ -89,6 +105,8 @@ fn every_fill_posts_the_records_of_the_orders_that_filled() {
                     } => {
                         expected.push(placed[&maker_order.0]);
                         expected.push(placed[&taker_order.0]);
+                        replaced_sides += usize::from(replaced.contains(&maker_order.0))
+                            + usize::from(replaced.contains(&taker_order.0));
                     }
                     _ => {}
                 }
@@ -138,6 +156,10 @@ fn every_fill_posts_the_records_of_the_orders_that_filled() {
         unsigned += got.iter().filter(|r| r.is_none()).count();
     }
     assert!(sides_checked > 100, "{sides_checked} fill sides");
+    assert!(
+        replaced_sides > 10,
+        "{replaced_sides} fill sides of replacing orders"
+    );
     assert!(shared > 0, "no record was posted once for several sides");
     assert!(
         unsigned > 0 && unsigned < sides_checked,

@@ -163,7 +163,7 @@ pub fn input(op: Op, state: &CanonicalState, time: &mut u64) -> Input {
                 2 => TimeInForce::GoodTillTime(*time + u64::from(d % 600) * 1_000),
                 _ => TimeInForce::GoodTillCancelled,
             };
-            Command::PlaceOrder(NewOrder {
+            let new = NewOrder {
                 account,
                 instrument: InstrumentId(instrument),
                 side,
@@ -189,7 +189,17 @@ pub fn input(op: Op, state: &CanonicalState, time: &mut u64) -> Input {
                     0
                 },
                 session_key: None,
-            })
+            };
+            // One in five: the order replaces one of the account's (or a missing one).
+            if kind == 4 {
+                let (account, cancel) = order_ref(c);
+                Command::Replace {
+                    cancel,
+                    order: NewOrder { account, ..new },
+                }
+            } else {
+                Command::PlaceOrder(new)
+            }
         }
         5 => Command::PlaceOrder(NewOrder {
             account,
@@ -479,6 +489,7 @@ fn generator_exercises_every_feature() {
         "PositionSettled",
         "PriorityServed",
         "PriorityOutOfOrder",
+        "ReplaceRefused",
     ] {
         assert!(
             outcomes.contains_key(must),

@@ -174,6 +174,100 @@ fn post_only_never_takes() {
     );
 }
 
+/// Cancel-and-replace is one input: a refused cancel (an unknown order, another account's)
+/// changes nothing and places nothing; a taken one cancels, then places (the new order free to
+/// reuse the old one's client id); a refused new order leaves the old one cancelled, the refusal
+/// told as `ReplaceRefused`, the state exactly that of a plain cancel.
+#[test]
+fn replace_cancels_then_places_in_one_input() {
+    let mut bid = limit(0, 0, Side::Buy, px(1_000), 1);
+    bid.client_order_id = 7;
+    let setup = || {
+        let mut e = market();
+        run(&mut e, T0, Command::PlaceOrder(bid.clone())).expect("bid 1");
+        run(
+            &mut e,
+            T0,
+            Command::PlaceOrder(limit(1, 0, Side::Sell, px(2_000), 1)),
+        )
+        .expect("ask 2");
+        e
+    };
+    let mut e = setup();
+    let before = e.state_hash();
+    let higher = optio_types::NewOrder {
+        order_type: OrderType::Limit { price: px(1_100) },
+        ..bid.clone()
+    };
+    for cancel in [OrderRef::Id(OrderId(99)), OrderRef::Id(OrderId(2))] {
+        let replace = Command::Replace {
+            cancel,
+            order: higher.clone(),
+        };
+        assert_eq!(run(&mut e, T0, replace), Err(RejectCode::UnknownOrder));
+        assert_eq!(e.state_hash(), before, "{cancel:?}");
+    }
+    let events = run(
+        &mut e,
+        T0,
+        Command::Replace {
+            cancel: OrderRef::Client(7),
+            order: higher,
+        },
+    )
+    .expect("replaced");
+    assert_eq!(done(&events), vec![(1, DoneReason::Cancelled)]);
+    let open: Vec<(u64, Price, u64)> = e
+        .open_orders_of(AccountId(0))
+        .iter()
+        .map(|o| (o.id.0, o.price, o.client_order_id))
+        .collect();
+    assert_eq!(open, vec![(3, px(1_100), 7)]);
+    // A post-only bid at the ask: refused, order 3 cancelled all the same.
+    let crossing = optio_types::NewOrder {
+        order_type: OrderType::Limit { price: px(2_000) },
+        post_only: true,
+        ..bid.clone()
+    };
+    let events = run(
+        &mut e,
+        T0,
+        Command::Replace {
+            cancel: OrderRef::Id(OrderId(3)),
+            order: crossing,
+        },
+    )
+    .expect("taken");
+    assert_eq!(done(&events), vec![(3, DoneReason::Cancelled)]);
+    assert!(events.contains(&Event::ReplaceRefused {
+        code: RejectCode::PostOnlyWouldCross
+    }));
+    assert!(e.open_orders_of(AccountId(0)).is_empty());
+    let mut twin = setup();
+    for command in [
+        Command::Cancel {
+            account: AccountId(0),
+            order: OrderRef::Id(OrderId(1)),
+        },
+        Command::PlaceOrder(optio_types::NewOrder {
+            order_type: OrderType::Limit { price: px(1_100) },
+            ..bid.clone()
+        }),
+        Command::Cancel {
+            account: AccountId(0),
+            order: OrderRef::Id(OrderId(3)),
+        },
+    ] {
+        run(&mut twin, T0, command).expect("twin");
+    }
+    assert_eq!(
+        e.state_hash(),
+        twin.state_hash(),
+        "as a cancel, then a place, then a cancel"
+    );
+    e.check_invariants().expect("audit");
+}
+
 #[test]
 fn self_trade_prevention_modes() {
     // Account 3 is a subaccount of account 0's owner.
