@@ -144,6 +144,18 @@ pub fn routes() -> Router<Arc<Gateway>> {
         .route("/private/{method}", post(private_post))
 }
 
+/// An order id parameter (`key`): a decimal string, as Derive sends ids, or a JSON integer.
+fn order_id_param(params: &Value, key: &str) -> Result<u64, GatewayError> {
+    params
+        .get(key)
+        .and_then(|v| {
+            v.as_str()
+                .and_then(|s| s.parse().ok())
+                .or_else(|| v.as_u64())
+        })
+        .ok_or_else(|| GatewayError::InvalidParams(key.into()))
+}
+
 /// A placed signed order as Derive shows it: the order with its signature's fields.
 fn placed_json(
     g: &Gateway,
@@ -462,14 +474,7 @@ fn private(
         // a new order refused leaves the old one cancelled (`create_order_error`).
         "replace" => {
             let account = g.owned_by(account_param(params, "subaccount_id")?, wallet)?;
-            let cancel: u64 = params
-                .get("order_id_to_cancel")
-                .and_then(|v| {
-                    v.as_str()
-                        .and_then(|s| s.parse().ok())
-                        .or_else(|| v.as_u64())
-                })
-                .ok_or_else(|| GatewayError::InvalidParams("order_id_to_cancel".into()))?;
+            let cancel = order_id_param(params, "order_id_to_cancel")?;
             let (placed, refused) =
                 g.replace_signed_order(params, Some(wallet), OrderRef::Id(OrderId(cancel)))?;
             let cancelled = g.lock().history.orders.get(&cancel).cloned();
@@ -493,15 +498,7 @@ fn private(
         "cancel" | "cancel_by_label" => {
             let account = g.owned_by(account_param(params, "subaccount_id")?, wallet)?;
             let order = if method == "cancel" {
-                let id: u64 = params
-                    .get("order_id")
-                    .and_then(|v| {
-                        v.as_str()
-                            .and_then(|s| s.parse().ok())
-                            .or_else(|| v.as_u64())
-                    })
-                    .ok_or_else(|| GatewayError::InvalidParams("order_id".into()))?;
-                OrderRef::Id(OrderId(id))
+                OrderRef::Id(OrderId(order_id_param(params, "order_id")?))
             } else {
                 OrderRef::Client(label_id(
                     params

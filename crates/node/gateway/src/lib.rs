@@ -1508,16 +1508,7 @@ impl Gateway {
                     self.replace_signed_order(params, wallet.map(|w| w.0), OrderRef::Id(cancel))?;
                 // As `private/order`'s result (`order` null when refused), with the cancel's.
                 let mut out = match refused {
-                    None => views::order_result(
-                        &placed.name,
-                        placed.side,
-                        placed.price,
-                        placed.amount,
-                        &placed.label,
-                        &placed.events,
-                        placed.receipt,
-                        placed.time_ms,
-                    ),
+                    None => placed.result(),
                     Some(_) => json!({"order": null, "trades": [], "receipt": placed.receipt}),
                 };
                 out["cancelled_order_id"] = json!(cancel.0.to_string());
@@ -1877,17 +1868,7 @@ impl Gateway {
     /// A signed order: rebuild the signed `Action` from the request, check signature, owner,
     /// expiry, max fee and nonce, then sequence it.
     fn order(&self, params: &Value) -> Result<Value, CallError> {
-        let placed = self.place_signed_order(params, None)?;
-        Ok(views::order_result(
-            &placed.name,
-            placed.side,
-            placed.price,
-            placed.amount,
-            &placed.label,
-            &placed.events,
-            placed.receipt,
-            placed.time_ms,
-        ))
+        Ok(self.place_signed_order(params, None)?.result())
     }
 
     /// Verifies and sequences a signed order. `owner` is the wallet the caller authenticated as
@@ -2655,6 +2636,22 @@ pub(crate) struct PlacedOrder {
     pub signer: Address,
     pub signature: Value,
     pub max_fee: Price,
+}
+
+impl PlacedOrder {
+    /// The native API's result for it (`private/order`'s).
+    fn result(self) -> Value {
+        views::order_result(
+            &self.name,
+            self.side,
+            self.price,
+            self.amount,
+            &self.label,
+            &self.events,
+            self.receipt,
+            self.time_ms,
+        )
+    }
 }
 
 /// Which instrument a name is.
