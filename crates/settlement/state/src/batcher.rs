@@ -474,6 +474,13 @@ impl Batcher {
                 Op::L1Close { instrument, .. } => self.marks.contains_key(&instrument.0),
                 o => !self.marks.is_empty() && money_out_of(o).is_some(),
             });
+        // The circuit applies a batch's expiries and settlements after its op slots
+        // (`blob::circuit_order`), where the engine ran them at their input: an op-slot op of a
+        // later input would be judged before them (an auction's end, cured by its shorts'
+        // settlement, would meet the shorts still held: found by the simulator). Such an input
+        // starts the next batch.
+        let full =
+            full || (ops.iter().any(blob::takes_op_slot) && self.pending.iter().any(blob::settles));
         let full = full || self.ends_a_signing_key(input.time_ms, &ops);
         let full = full
             || self

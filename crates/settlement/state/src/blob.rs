@@ -187,6 +187,28 @@ pub fn pow2(k: usize) -> Fr {
     Fr::from_be_bytes_mod_order(&bytes)
 }
 
+/// Whether the circuit applies `op` after the op slots with the batch's expiries and
+/// settlements (`circuit_order`'s trailing parts), wherever the batch has it.
+pub fn settles(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::ExpireInstrument { .. } | Op::SettlePosition { .. } | Op::SettleInstrument { .. }
+    )
+}
+
+/// Whether `op` takes an op slot (`circuit_order`'s middle part).
+pub fn takes_op_slot(op: &Op) -> bool {
+    !settles(op)
+        && !matches!(
+            op,
+            Op::ListInstrument { .. }
+                | Op::ActivateInstrument { .. }
+                | Op::SessionKey { .. }
+                | Op::SetMarginMode { .. }
+                | Op::Mark { .. }
+        )
+}
+
 /// The ops in the order the circuit applies them: listings and activations, then the op slots,
 /// session keys, margin modes, expiries, each settlement (the instrument, then the positions it pays, which
 /// the batch has before it), and the marks by instrument id. Within each part the batch's order

@@ -845,3 +845,60 @@ fn a_fill_solvent_only_at_pending_marks_starts_a_new_batch() {
     let equity = feed.batcher.state().equity(AccountId(0)).expect("known");
     assert!(equity >= 0, "{equity}");
 }
+
+/// The circuit applies a batch's expiries and settlements after its op slots, where the engine
+/// ran them at their input: an op-slot op of a later input (a deposit here) starts the next
+/// batch, so that no op is judged before an expiry or a settlement that came before it (found
+/// by the simulator: an auction's end, cured by its shorts' settlement, judged with the shorts
+/// still held). Within one input the engine's order is kept; a mark takes no op slot and joins.
+#[test]
+fn an_op_after_a_pending_expiry_starts_a_new_batch() {
+    let mut engine = Engine::new(EngineLimits::default());
+    let mut batcher = Batcher::new(1_000, u64::MAX);
+    let mut seq = 0;
+    let mut push = |engine: &mut Engine, time_ms: u64, command: Command| {
+        let input = Input { time_ms, command };
+        let mut events = Vec::new();
+        engine.apply(&input, &mut events).expect("accepted");
+        seq += 1;
+        let cut = batcher.push(seq, &input, &events).expect("pushes");
+        (events, cut)
+    };
+    for spec in specs() {
+        assert!(
+            push(&mut engine, T0, Command::ListInstrument { spec })
+                .1
+                .is_none()
+        );
+    }
+    let open = Command::OpenAccount {
+        owner: Address([1; 20]),
+    };
+    assert!(push(&mut engine, T0, open).1.is_none());
+    let deposit = || Command::Deposit {
+        account: AccountId(0),
+        amount: Amount(MONEY_SCALE),
+    };
+    assert!(push(&mut engine, T0, deposit()).1.is_none());
+    // Past the put's expiry (08:00 UTC, an hour after T0): the input expires it first.
+    let expiry = T0 + 3_600_000;
+    let (events, cut) = push(&mut engine, expiry, deposit());
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, optio_types::Event::InstrumentExpired { .. })),
+        "{events:?}"
+    );
+    assert!(cut.is_none(), "its own deposit stays with it");
+    let (_, cut) = push(&mut engine, expiry + 1, deposit());
+    let cut = cut.expect("the deposit after the expiry starts the next batch");
+    // The listings, the opening, the first deposit and the expiring input.
+    assert_eq!(cut.header.last_seq, specs().len() as u64 + 3);
+    let ops = decode(&cut.blob).expect("decodes").1;
+    assert!(
+        matches!(ops.last(), Some(Op::ExpireInstrument { .. })),
+        "{ops:?}"
+    );
+    let mut state = SettlementState::new();
+    rebuild([cut.blob.as_slice()], &mut state, |_| {}).expect("rebuilds");
+}
