@@ -1501,11 +1501,11 @@ impl Gateway {
                 // Cancel-and-replace as one input (header-authenticated like a cancel, the new
                 // order signed as any): a cancel refused places nothing; a new order refused
                 // leaves the old one cancelled, its code in `replace_error`.
-                let account = self.authorized(params, headers)?;
+                // (The headers' wallet owns the account, as the signed order's owner must.)
+                self.authorized(params, headers)?;
                 let cancel = OrderId(uint(params, "order_id_to_cancel")?);
-                let wallet = self.lock().sequencer.engine().account_owner(account);
                 let (placed, refused) =
-                    self.replace_signed_order(params, wallet.map(|w| w.0), OrderRef::Id(cancel))?;
+                    self.replace_signed_order(params, None, OrderRef::Id(cancel))?;
                 // As `private/order`'s result (`order` null when refused), with the cancel's.
                 let mut out = match refused {
                     None => placed.result(),
@@ -2244,6 +2244,11 @@ impl Gateway {
         let proving = batch_stats
             .as_ref()
             .map(|s| batching::proving_progress(&s.dir));
+        // The nonces behind their own lock, also before the node's.
+        let remembered = self
+            .nonces
+            .lock()
+            .map_or(0, |mut n| n.count(self.config.clock.now_ms() / 1_000));
         let node = self.lock();
         let engine = node.sequencer.engine();
         let now = self.config.clock.now_ms();
@@ -2274,7 +2279,6 @@ impl Gateway {
             "optio_wal_trimmed_bytes_total {}\n",
             self.log_trimmed()
         ));
-        let remembered = self.nonces.lock().map_or(0, |mut n| n.count(now / 1_000));
         out.push_str("# HELP optio_nonces_remembered Nonces held for replay protection (those whose date is within the window and whose signature lives).\n# TYPE optio_nonces_remembered gauge\n");
         out.push_str(&format!("optio_nonces_remembered {remembered}\n"));
         out.push_str("# HELP optio_l1_priority_served L1 priority operations (deposits, forced withdrawals) sequenced.\n# TYPE optio_l1_priority_served counter\n");

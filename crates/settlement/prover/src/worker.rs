@@ -53,28 +53,6 @@ pub fn proof_path(dir: &Path, batch: u64) -> PathBuf {
     stem(dir, batch).with_extension("proof.json")
 }
 
-/// Walks the batches of `dir` in order: `each` gets the state before a batch, its number and
-/// its ops; the batch is then applied (with `rebuild_after`'s checks of numbering and data).
-fn each_batch(
-    dir: &Path,
-    mut each: impl FnMut(&SettlementState, u64, &[Op]) -> Result<(), String>,
-) -> Result<(), String> {
-    if !dir.is_dir() {
-        return Err(format!("{}: not a directory", dir.display()));
-    }
-    let files = blob_files(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let mut state = SettlementState::new();
-    let mut after = (0u64, 0u64);
-    for file in files {
-        let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-        let (meta, ops) = decode(&bytes).map_err(|e| format!("{}: {e}", file.display()))?;
-        each(&state, meta.number, &ops)?;
-        after = rebuild_after([bytes.as_slice()], &mut state, after, |_| {})
-            .map_err(|e| format!("{}: {e}", file.display()))?;
-    }
-    Ok(())
-}
-
 /// A worker's walk over the batches directory, kept across passes: the state after the
 /// batches settled (proven or marked unprovable, by any worker) from the first on. A pass
 /// advances it over the batches settled since, then walks a copy of it over the rest, so it
@@ -320,7 +298,8 @@ fn prove_one(
 /// batches proven and those without a valid proof yet; an error names a proof that is wrong.
 pub fn check_proofs(dir: &Path, keys: &Keys) -> Result<(Vec<u64>, Vec<u64>), String> {
     let (mut proven, mut missing) = (Vec::new(), Vec::new());
-    each_batch(dir, |state, batch, ops| {
+    // From genesis, every batch taken as not settled.
+    Walker::new(dir).walk(|_| false, |state, batch, ops| {
         let Ok(text) = std::fs::read_to_string(proof_path(dir, batch)) else {
             missing.push(batch);
             return Ok(());
