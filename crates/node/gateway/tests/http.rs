@@ -1519,6 +1519,15 @@ async fn a_replace_cancels_and_places_in_one_input() {
     let before = h.gateway.state_hash();
     assert_eq!(code(&h.post(&replace(first, "0.2"), &[]).await.1), 6_005);
     assert_eq!(h.gateway.state_hash(), before, "unauthenticated");
+    let mut unnamed: Value = serde_json::from_str(&replace(first, "0.2")).expect("json");
+    unnamed["params"]
+        .as_object_mut()
+        .map(|p| p.remove("order_id_to_cancel"));
+    assert_eq!(
+        code(&h.post(&unnamed.to_string(), &h.auth(&alice)).await.1),
+        -32_602
+    );
+    assert_eq!(h.gateway.state_hash(), before, "no order to cancel named");
     let r = h.post(&replace(first, "0.2"), &h.auth(&alice)).await.1;
     assert_eq!(r["result"]["cancelled_order_id"], first.to_string(), "{r}");
     assert!(r["result"]["replace_error"].is_null(), "{r}");
