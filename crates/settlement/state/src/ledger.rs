@@ -516,6 +516,83 @@ impl SettlementState {
         Ok(())
     }
 
+    /// The state as a checkpoint (`crate::checkpoint`): the state after `batch` (ending at
+    /// `last_seq`) in memory-independent form, its records and funds with its root, from which
+    /// `from_checkpoint` rebuilds the trees. Call after `commit`. The batcher's signed orders
+    /// are not in it (they are not settlement state; the batcher keeps its own file).
+    pub fn checkpoint_bytes(&self, batch: u64, last_seq: u64) -> Vec<u8> {
+        let mut w = optio_types::codec::Writer::default();
+        w.bytes.extend_from_slice(CHECKPOINT_MAGIC);
+        w.bytes
+            .extend_from_slice(&crate::poseidon::to_bytes(&self.root()));
+        w.u64(batch);
+        w.u64(last_seq);
+        w.i64(self.insurance.0);
+        w.i64(self.fee_pool.0);
+        w.u64(self.oracle_ms);
+        w.u64(self.priority_served);
+        w.len(self.instruments.len());
+        for x in &self.instruments {
+            w.bytes(&encode_instrument(x));
+        }
+        w.len(self.accounts.len());
+        for a in &self.accounts {
+            w.bytes(&encode_account(a));
+        }
+        let sum = checkpoint_sum(&w.bytes);
+        w.bytes.extend_from_slice(&sum);
+        w.bytes
+    }
+
+    /// The state a checkpoint holds (in memory), the batch it is the state after and that
+    /// batch's last sequence number. The trees are rebuilt from the records, and their root
+    /// must be the one the checkpoint names.
+    pub fn from_checkpoint(bytes: &[u8]) -> Result<(Self, u64, u64), StoreError> {
+        let corrupt = |_| StoreError::Corrupt("checkpoint truncated or malformed");
+        // Damage anywhere (the funds and counts too, and the priority operations served, which
+        // no root covers) fails the checksum.
+        let (body, _) = bytes
+            .split_last_chunk::<32>()
+            .filter(|(body, sum)| checkpoint_sum(body) == **sum)
+            .ok_or(StoreError::Corrupt("checkpoint checksum"))?;
+        let rest = body
+            .strip_prefix(CHECKPOINT_MAGIC.as_slice())
+            .ok_or(StoreError::Corrupt("not a checkpoint (magic)"))?;
+        let (root, rest) = rest
+            .split_first_chunk::<32>()
+            .ok_or(StoreError::Corrupt("checkpoint truncated or malformed"))?;
+        let mut r = optio_types::codec::Reader::new(rest);
+        let (batch, last_seq) = (r.u64().map_err(corrupt)?, r.u64().map_err(corrupt)?);
+        let mut state = Self::new();
+        state.insurance = Amount(r.i64().map_err(corrupt)?);
+        state.fee_pool = Amount(r.i64().map_err(corrupt)?);
+        state.oracle_ms = r.u64().map_err(corrupt)?;
+        state.priority_served = r.u64().map_err(corrupt)?;
+        for id in 0..r.len(1usize << INSTRUMENT_DEPTH).map_err(corrupt)? {
+            let bytes = r.bytes(1 << 20).map_err(corrupt)?;
+            state
+                .instruments
+                .push(decode_instrument(bytes).ok_or(StoreError::Corrupt("instrument record"))?);
+            state.dirty_instruments.insert(id as u32);
+        }
+        for id in 0..r.len(1usize << ACCOUNT_DEPTH).map_err(corrupt)? {
+            let bytes = r.bytes(1 << 20).map_err(corrupt)?;
+            let tree = Tree::with_store(INSTRUMENT_DEPTH, TreeStore::default());
+            let mut account =
+                decode_account(bytes, tree).ok_or(StoreError::Corrupt("account record"))?;
+            account.dirty_positions = account.positions.keys().copied().collect();
+            state.accounts.push(account);
+            state.dirty_accounts.insert(id as u32);
+        }
+        r.finish().map_err(corrupt)?;
+        if crate::poseidon::to_bytes(&state.commit()) != *root {
+            return Err(StoreError::Corrupt(
+                "the checkpoint's records do not give the root it names",
+            ));
+        }
+        Ok((state, batch, last_seq))
+    }
+
     /// Stages changes to the batcher's signed orders (`auth::Orders::take_changes`), written
     /// with the state by the next `persist` (the orders are not settlement state: no root
     /// covers them; they are kept in the same file so that both are as of the same batch).
@@ -2042,6 +2119,15 @@ impl Scratch {
         self.account(account).nonce += 1;
         Ok(())
     }
+}
+
+/// A checkpoint's first bytes (`SettlementState::checkpoint_bytes`), with its format version.
+const CHECKPOINT_MAGIC: &[u8; 8] = b"OPTIOCK1";
+
+/// A checkpoint's trailer: keccak-256 of what precedes it.
+fn checkpoint_sum(body: &[u8]) -> [u8; 32] {
+    use sha3::Digest;
+    sha3::Keccak256::digest(body).into()
 }
 
 fn encode_account(a: &Account) -> Vec<u8> {

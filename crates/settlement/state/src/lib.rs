@@ -11,6 +11,7 @@
 pub mod auth;
 pub mod batcher;
 pub mod blob;
+pub mod checkpoint;
 pub mod leaf;
 pub mod ledger;
 pub mod ops;

@@ -1,0 +1,243 @@
+//! Checkpoints of the settlement state in a batches directory, and pruning behind them.
+//!
+//! A batches directory holds, per batch, its blob and the files beside it (`NNNNNNNN.blob`,
+//! `.json`, `.auth`, `.orders`, and the provers' `.proof.json`, `.claim`, `.unprovable`). Left
+//! alone it grows with the chain's whole history. A checkpoint, `NNNNNNNN.checkpoint`, is the
+//! state after batch `NNNNNNNN` (`SettlementState::checkpoint_bytes`: the records, funds and
+//! root; reading it rebuilds the trees and checks the root). Once L1 has finalized a batch
+//! with a checkpoint, the files of that batch and every earlier one are no longer needed by
+//! anyone who walks the directory (the batcher's restart reads only blobs after its own state
+//! file; a prover needs the state before the first batch it has to prove, and every finalized
+//! batch is settled; the settler posts only later batches), so `prune` deletes them. L1 keeps
+//! every batch's data: the escape hatch and `optio verify` rebuild from there, not from here.
+//!
+//! Readers start where `start` says: from genesis while batch 1's blob is there, otherwise from
+//! a checkpoint. Pruning deletes the batches in ascending order, the blob of each first, and
+//! the checkpoints it passed last, so at every moment (a prover reads the directory while the
+//! node prunes it) the blobs from the last gap on are complete, and a checkpoint at or after
+//! that gap, at or before the newest blob, exists.
+
+use std::path::{Path, PathBuf};
+
+use crate::ledger::SettlementState;
+use crate::store::StoreError;
+
+/// A checkpoint file's extension.
+pub const EXTENSION: &str = "checkpoint";
+
+/// Why a checkpoint could not be written, found or read.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// A file or the directory.
+    #[error("{path}: {source}")]
+    Io {
+        /// Which.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// The blobs do not reach back to genesis and no checkpoint covers the gap.
+    #[error(
+        "{dir}: the blobs start at batch {first} and no checkpoint from batch {} on is there (pruned without one, or files removed by hand)",
+        first - 1
+    )]
+    Uncovered {
+        /// The directory.
+        dir: PathBuf,
+        /// The first blob of the last unbroken run.
+        first: u64,
+    },
+    /// A blob whose name is not its number.
+    #[error("{0}: a blob not named by its batch number")]
+    Unnamed(PathBuf),
+    /// The checkpoint file does not decode, or its records do not give its root, or it names
+    /// another batch.
+    #[error("{path}: {source}")]
+    Corrupt {
+        /// Which.
+        path: PathBuf,
+        /// Why.
+        source: StoreError,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
+    move |source| CheckpointError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Where batch `batch`'s checkpoint is.
+pub fn path(dir: &Path, batch: u64) -> PathBuf {
+    dir.join(format!("{batch:08}.{EXTENSION}"))
+}
+
+/// The batch a batches directory's file belongs to: the number its name starts with, up to the
+/// first dot (`00000012.proof.json`: 12). `None` for any other name.
+pub fn file_number(path: &Path) -> Option<u64> {
+    let (digits, _) = path.file_name()?.to_str()?.split_once('.')?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Writes the state after `batch` (ending at `last_seq`) as its checkpoint: a temporary file,
+/// fsynced, renamed, the directory fsynced.
+pub fn write(
+    dir: &Path,
+    state: &SettlementState,
+    batch: u64,
+    last_seq: u64,
+) -> Result<(), CheckpointError> {
+    use std::io::Write;
+    let target = path(dir, batch);
+    let tmp = target.with_extension("checkpoint-tmp");
+    let mut file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+    file.write_all(&state.checkpoint_bytes(batch, last_seq))
+        .and_then(|()| file.sync_all())
+        .map_err(io(&tmp))?;
+    std::fs::rename(&tmp, &target).map_err(io(&target))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))
+}
+
+/// The batches with a checkpoint in `dir`, ascending.
+pub fn checkpoints(dir: &Path) -> Result<Vec<u64>, CheckpointError> {
+    let mut out: Vec<u64> = numbered(dir, EXTENSION)?
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// The files in `dir` with extension `ext` and a numbered name, unsorted; none if `dir` does
+/// not exist.
+fn numbered(dir: &Path, ext: &str) -> Result<Vec<(u64, PathBuf)>, CheckpointError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(dir)(e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(io(dir))?.path();
+        if path.extension().is_some_and(|x| x == ext) {
+            match file_number(&path) {
+                Some(n) => out.push((n, path)),
+                None if ext == "blob" => return Err(CheckpointError::Unnamed(path)),
+                None => {}
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Where a walk over a batches directory starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Start {
+    /// The batch it starts after: 0 for genesis, else a batch with a checkpoint.
+    pub after: u64,
+    /// The blobs after it, in order, numbered without a gap.
+    pub blobs: Vec<(u64, PathBuf)>,
+}
+
+/// Where a walk over `dir` starts: genesis while batch 1's blob is there, otherwise the first
+/// checkpoint at or after the last gap in the blobs (which pruning leaves, at most one, before
+/// the blobs it has not reached).
+pub fn start(dir: &Path) -> Result<Start, CheckpointError> {
+    let mut blobs = numbered(dir, "blob")?;
+    blobs.sort_unstable();
+    // The last unbroken run of blobs.
+    let run = blobs
+        .windows(2)
+        .rposition(|w| w[1].0 != w[0].0 + 1)
+        .map_or(0, |i| i + 1);
+    let first = blobs.get(run).map(|(n, _)| *n);
+    let after = match (first, blobs.last()) {
+        (Some(1), _) => 0,
+        (Some(first), Some((last, _))) => *checkpoints(dir)?
+            .iter()
+            .find(|c| **c >= first - 1 && *c <= last)
+            .ok_or_else(|| CheckpointError::Uncovered {
+                dir: dir.to_owned(),
+                first,
+            })?,
+        // No blob (all pruned, or none written yet).
+        _ => checkpoints(dir)?.last().copied().unwrap_or(0),
+    };
+    Ok(Start {
+        after,
+        blobs: blobs
+            .split_off(run)
+            .into_iter()
+            .filter(|(n, _)| *n > after)
+            .collect(),
+    })
+}
+
+/// The state after batch `after` in `dir`: genesis for 0, else its checkpoint (in memory), with
+/// that batch's last sequence number.
+pub fn open(dir: &Path, after: u64) -> Result<(SettlementState, u64), CheckpointError> {
+    if after == 0 {
+        return Ok((SettlementState::new(), 0));
+    }
+    let file = path(dir, after);
+    let bytes = std::fs::read(&file).map_err(io(&file))?;
+    let corrupt = |source| CheckpointError::Corrupt {
+        path: file.clone(),
+        source,
+    };
+    let (state, batch, last_seq) = SettlementState::from_checkpoint(&bytes).map_err(corrupt)?;
+    if batch != after {
+        return Err(corrupt(StoreError::Corrupt(
+            "the checkpoint is another batch's",
+        )));
+    }
+    Ok((state, last_seq))
+}
+
+/// Deletes every file of batches 1 to `through` in `dir` but `through`'s checkpoint, which must
+/// exist (so that `start` finds it): batch by batch, ascending, the blob of each first, then
+/// the checkpoints before `through`. Returns how many files it deleted.
+pub fn prune(dir: &Path, through: u64) -> Result<usize, CheckpointError> {
+    let keep = path(dir, through);
+    if !keep.is_file() {
+        return Err(io(&keep)(std::io::ErrorKind::NotFound.into()));
+    }
+    let entries = std::fs::read_dir(dir).map_err(io(dir))?;
+    let mut doomed: Vec<(u64, u8, PathBuf)> = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(io(dir))?.path();
+        let Some(n) = file_number(&path).filter(|n| *n <= through) else {
+            continue;
+        };
+        let rank = if path.extension().is_some_and(|x| x == "blob") {
+            0
+        } else if path.extension().is_some_and(|x| x == EXTENSION) {
+            if path == keep {
+                continue;
+            }
+            2
+        } else {
+            1
+        };
+        doomed.push((n, rank, path));
+    }
+    // Batch by batch, blob first; the checkpoints passed after every blob.
+    doomed.sort_unstable_by_key(|(n, rank, _)| (u8::from(*rank == 2), *n, *rank));
+    for (_, _, path) in &doomed {
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(path)(e)),
+        }
+    }
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))?;
+    Ok(doomed.len())
+}
