@@ -90,6 +90,10 @@ pub struct DevnetArgs {
     #[arg(long, default_value_t = optio_gateway::DEFAULT_NONCE_WINDOW_MS / 1_000,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub nonce_window_s: u64,
+    /// A checkpoint of the settlement state every this many batches; the files of the batches
+    /// L1 has finalized up to the newest one are deleted (0: keep every batch's files).
+    #[arg(long, default_value_t = optio_gateway::DEFAULT_CHECKPOINT_EVERY_BATCHES)]
+    pub checkpoint_batches: u64,
     /// Post batches to this Ethereum JSON-RPC endpoint (with --rollup and OPTIO_L1_KEY) instead
     /// of a local chain.
     #[arg(long, requires = "rollup", conflicts_with = "no_l1")]
@@ -549,6 +553,7 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
         snapshot_every: args.snapshot_every,
         log_segment_bytes: args.log_segment_mb << 20,
         nonce_window_ms: args.nonce_window_s * 1_000,
+        checkpoint_every_batches: args.checkpoint_batches,
         ..Config::default()
     };
     let gateway = Arc::new(

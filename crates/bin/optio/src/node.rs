@@ -18,6 +18,9 @@
 //!                                # every input in them batched, are deleted
 //! nonce_window_s = 600           # how far a nonce's date (its leading 13 digits, ms) may be
 //!                                # from the clock; nonces are remembered only that long
+//! checkpoint_batches = 1024      # a checkpoint of the settlement state every this many
+//!                                # batches; the files of the batches L1 has finalized up to
+//!                                # the newest one are deleted (0: keep every batch's files)
 //! l1_rpc = "http://127.0.0.1:8545"   # post batches to this chain (operator key: OPTIO_L1_KEY)
 //! rollup = "0x…"                     # the OptioRollup contract
 //! prove_keys = "/var/lib/optio-keys" # cut batches to fit this circuit (`optio prove setup`);
@@ -89,6 +92,7 @@ struct FileConfig {
     snapshot_every: Option<u64>,
     log_segment_mb: Option<u64>,
     nonce_window_s: Option<u64>,
+    checkpoint_batches: Option<u64>,
     l1_rpc: Option<String>,
     rollup: Option<String>,
     l1_confirmations: Option<u64>,
@@ -177,6 +181,9 @@ pub fn run(args: NodeArgs) -> Result<()> {
             bail!("nonce_window_s must be 1 to 86400");
         }
         config.nonce_window_ms = window * 1_000;
+    }
+    if let Some(n) = file.checkpoint_batches {
+        config.checkpoint_every_batches = n;
     }
     if let Some(r) = file.owner_orders_per_second {
         config.owner_orders_per_second = r;

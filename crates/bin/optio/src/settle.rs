@@ -26,63 +26,77 @@ pub struct ExitProofArgs {
     account: u32,
 }
 
-/// Rebuilds from genesis and the blobs, printing every batch's root and, where the node wrote a
-/// header beside the blob, checking that root against it.
+/// Rebuilds from genesis (or, where the node pruned the finalized batches, from the checkpoint
+/// it kept) and the blobs, printing every batch's root and, where the node wrote a header
+/// beside the blob, checking that root against it.
 pub fn rebuild(args: RebuildArgs) -> Result<()> {
-    let files = optio_gateway::batching::blob_files(&args.batches)
+    let start = optio_state::checkpoint::start(&args.batches)
         .with_context(|| format!("reading {}", args.batches.display()))?;
+    let files: Vec<PathBuf> = start.blobs.iter().map(|(_, f)| f.clone()).collect();
     if files.is_empty() {
         bail!("no .blob files in {}", args.batches.display());
     }
     let blobs: Vec<Vec<u8>> = files.iter().map(std::fs::read).collect::<Result<_, _>>()?;
-    let total = blobs.len();
-    let (mut bytes, mut fills, mut mismatches) = (0usize, 0usize, Vec::new());
-    let mut state = optio_state::SettlementState::new();
-    let result = optio_state::rebuild(blobs.iter().map(Vec::as_slice), &mut state, |h| {
-        let i = (h.number - 1) as usize;
-        bytes += blobs[i].len();
-        let n = optio_state::decode(&blobs[i]).map_or(0, |(_, ops)| {
-            ops.iter()
-                .filter(|o| matches!(o, optio_state::Op::Fill { .. }))
-                .count()
-        });
-        fills += n;
-        let committed = std::fs::read_to_string(files[i].with_extension("json"))
-            .ok()
-            .and_then(|t| serde_json::from_str::<Value>(&t).ok());
-        let check = match committed
-            .as_ref()
-            .and_then(|c| c["new_root"].as_str().map(str::to_owned))
-        {
-            Some(root) if root == to_hex(&h.new_root) => "= committed",
-            Some(_) => {
-                mismatches.push(h.number);
-                "DIFFERS from the committed root"
-            }
-            None => "(no header to compare)",
-        };
+    let (mut state, last_seq) = optio_state::checkpoint::open(&args.batches, start.after)?;
+    if start.after > 0 {
         println!(
-            "batch {:>6}  seq {:>9}..{:<9} {:>7} bytes {:>6} fills  root {} {check}",
-            h.number,
-            h.first_seq,
-            h.last_seq,
-            blobs[i].len(),
-            n,
-            to_hex(&h.new_root)
+            "from the checkpoint of batch {} (the batches up to it are pruned; L1 holds their data): root {}",
+            start.after,
+            to_hex(&state.root())
         );
-        if total >= 50
-            && ((h.number as usize).is_multiple_of((total / 50).max(1))
-                || h.number as usize == total)
-        {
-            let done = h.number as usize * 40 / total;
-            eprint!(
-                "\r[{}{}] {}/{total}",
-                "=".repeat(done),
-                " ".repeat(40 - done),
-                h.number
+    }
+    let total = (start.after as usize) + blobs.len();
+    let (mut bytes, mut fills, mut mismatches) = (0usize, 0usize, Vec::new());
+    let result = optio_state::rebuild_after(
+        blobs.iter().map(Vec::as_slice),
+        &mut state,
+        (start.after, last_seq),
+        |h| {
+            let i = (h.number - start.after - 1) as usize;
+            bytes += blobs[i].len();
+            let n = optio_state::decode(&blobs[i]).map_or(0, |(_, ops)| {
+                ops.iter()
+                    .filter(|o| matches!(o, optio_state::Op::Fill { .. }))
+                    .count()
+            });
+            fills += n;
+            let committed = std::fs::read_to_string(files[i].with_extension("json"))
+                .ok()
+                .and_then(|t| serde_json::from_str::<Value>(&t).ok());
+            let check = match committed
+                .as_ref()
+                .and_then(|c| c["new_root"].as_str().map(str::to_owned))
+            {
+                Some(root) if root == to_hex(&h.new_root) => "= committed",
+                Some(_) => {
+                    mismatches.push(h.number);
+                    "DIFFERS from the committed root"
+                }
+                None => "(no header to compare)",
+            };
+            println!(
+                "batch {:>6}  seq {:>9}..{:<9} {:>7} bytes {:>6} fills  root {} {check}",
+                h.number,
+                h.first_seq,
+                h.last_seq,
+                blobs[i].len(),
+                n,
+                to_hex(&h.new_root)
             );
-        }
-    });
+            if total >= 50
+                && ((h.number as usize).is_multiple_of((total / 50).max(1))
+                    || h.number as usize == total)
+            {
+                let done = h.number as usize * 40 / total;
+                eprint!(
+                    "\r[{}{}] {}/{total}",
+                    "=".repeat(done),
+                    " ".repeat(40 - done),
+                    h.number
+                );
+            }
+        },
+    );
     if total >= 50 {
         eprintln!();
     }
@@ -717,6 +731,7 @@ impl optio_settler::NodeLink for Link {
     }
 
     fn progress(&self, p: optio_settler::Progress) {
+        self.0.record_finalized_batch(p.finalized);
         self.0.record_l1(optio_gateway::L1Progress {
             committed_seq: p.committed_seq,
             proven_seq: p.proven_seq,

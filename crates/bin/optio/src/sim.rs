@@ -569,6 +569,8 @@ impl World {
             snapshot_every: 400,
             // Small log segments, so that snapshots delete some between crashes.
             log_segment_bytes: 32 << 10,
+            // Every batch's files kept: the end of a run checks each against the circuit.
+            checkpoint_every_batches: 0,
             clock: clock.clone(),
             // The rollup judges fills by their signatures.
             signed_terms_only: true,

@@ -1,6 +1,7 @@
 //! The node posts its batches to L1: against anvil (from npm) with the contracts deployed, the
 //! first batch of the devnet and of a configured node is committed on chain with the root its
-//! header names, and the watchtower's check from L1 alone agrees.
+//! header names, and the watchtower's check from L1 alone agrees. A devnet on a rollup that
+//! finalizes quickly prunes the finalized batches' files behind checkpoints.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -19,6 +20,17 @@ async fn chain() -> (
     DynProvider,
     optio_settler::Deployment,
 ) {
+    chain_finalizing_after(3_600).await
+}
+
+/// `chain` with the rollup finalizing a batch `delay_s` seconds after it is committed.
+async fn chain_finalizing_after(
+    delay_s: u64,
+) -> (
+    optio_contracts::Anvil,
+    DynProvider,
+    optio_settler::Deployment,
+) {
     static BUILD: std::sync::Once = std::sync::Once::new();
     let anvil = optio_contracts::Anvil::start().expect("anvil");
     BUILD.call_once(|| optio_contracts::forge_build().expect("forge build"));
@@ -31,7 +43,7 @@ async fn chain() -> (
         &provider,
         operator,
         genesis,
-        &optio_settler::RollupConfig::new(3_600, 6 * 3_600),
+        &optio_settler::RollupConfig::new(delay_s, 6 * 3_600),
     )
     .await
     .expect("deploys");
@@ -159,6 +171,83 @@ async fn the_devnet_commits_its_batches_on_l1() {
 }
 
 /// `optio verify` agrees with every batch committed on L1, from L1 data alone.
+/// On a rollup that finalizes a batch a second after its commit, the devnet (its oracle feed
+/// only: a batch about every second) deletes the files of
+/// the finalized batches behind a checkpoint of the state (every two batches here) as it goes:
+/// the metrics say how far, `optio rebuild` goes on from the checkpoint to the last batch's
+/// committed root, and the watchtower, which reads L1, agrees with every batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_devnet_prunes_the_batches_l1_finalized() {
+    let (anvil, provider, d) = chain_finalizing_after(1).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let batches = dir.path().join("batches");
+    let (mut node, _, api) = start_devnet_with(
+        &anvil.url,
+        &d.rollup.to_string(),
+        dir.path(),
+        &["--oracle-feed", "--checkpoint-batches", "2"],
+    );
+    let metric = |text: &str, name: &str| -> Option<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} "))?.parse().ok())
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let through = loop {
+        let text = common::get_text(&api, "/metrics").unwrap_or_default();
+        match metric(&text, "optio_batches_pruned_through") {
+            Some(n) if n >= 4 => {
+                assert!(metric(&text, "optio_batches_finalized").is_some_and(|f| f >= n));
+                assert_eq!(metric(&text, "optio_batches_prune_failed"), Some(0));
+                break n;
+            }
+            _ => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing pruned within two minutes: {text}"
+        );
+        // anvil mines only on a transaction: a block now and then moves L1's time past the
+        // finalization delay (the devnet without its flow sends few).
+        let _: serde_json::Value = provider
+            .raw_request("evm_mine".into(), ())
+            .await
+            .expect("mines");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    node.kill();
+    assert!(through % 2 == 0, "a checkpoint's batch: {through}");
+    assert!(!batches.join("00000001.blob").exists());
+    assert!(!batches.join(format!("{through:08}.blob")).exists());
+    assert!(batches.join(format!("{through:08}.checkpoint")).exists());
+    let out = Command::new(env!("CARGO_BIN_EXE_optio"))
+        .args(["rebuild", "--batches"])
+        .arg(&batches)
+        .output()
+        .expect("optio rebuild runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("from the checkpoint of batch {through} ")),
+        "{text}"
+    );
+    let last = optio_gateway::batching::blob_files(&batches)
+        .expect("blobs")
+        .pop()
+        .expect("the last batch stays");
+    let header: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(last.with_extension("json")).expect("header"),
+    )
+    .expect("JSON");
+    let root = header["new_root"].as_str().expect("root");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("rebuilt ") && l.ends_with(&format!("root {root}"))),
+        "the rebuild ends at the last batch's root {root}: {text}"
+    );
+    assert!(!text.contains("DIFFERS"), "{text}");
+    verify_agrees(&anvil.url, &d);
+}
+
 fn verify_agrees(url: &str, d: &optio_settler::Deployment) {
     let out = Command::new(env!("CARGO_BIN_EXE_optio"))
         .args(["verify", "--rpc", url, "--rollup", &d.rollup.to_string()])

@@ -52,21 +52,45 @@ pub struct BatchStats {
     pub failed: Option<String>,
     /// Where the blobs are (the provers write their proofs beside them).
     pub dir: std::path::PathBuf,
+    /// The last batch L1 has finalized (`Gateway::record_finalized_batch`).
+    pub finalized: u64,
+    /// What the batcher pruned since start.
+    pub pruned: PruneStats,
 }
 
-/// What the provers (`optio prove run`, separate processes) have done in a batches directory:
-/// batches with a proof file (`NNNNNNNN.proof.json`), batches marked not provable by the
-/// circuit yet (`NNNNNNNN.unprovable`), and the proving time of the newest proof.
-pub fn proving_progress(dir: &Path) -> (u64, u64, Option<f64>) {
+/// The batches directory's pruning (`optio_state::checkpoint`): the batcher writes a checkpoint
+/// every `checkpoint_every_batches` and deletes the files of the batches up to the newest
+/// checkpoint L1 has finalized.
+#[derive(Debug, Default, Clone)]
+pub struct PruneStats {
+    /// The files of the batches up to this one are deleted (0: none).
+    pub through: u64,
+    /// Validity proofs deleted since start.
+    pub proofs: u64,
+    /// Marks of batches the circuit cannot prove deleted since start.
+    pub unprovable: u64,
+    /// Why the last checkpoint or prune failed, if it did (the batcher goes on).
+    pub failed: Option<String>,
+}
+
+/// What the provers (`optio prove run`, separate processes) have done in a batches directory
+/// after batch `after` (the pruned ones' files are gone): batches with a proof file
+/// (`NNNNNNNN.proof.json`), batches marked not provable by the circuit yet
+/// (`NNNNNNNN.unprovable`), and the proving time of the newest proof.
+pub fn proving_progress(dir: &Path, after: u64) -> (u64, u64, Option<f64>) {
     let (mut proven, mut unprovable, mut newest) = (0, 0, None::<(u64, std::path::PathBuf)>);
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        let Some(number) = optio_state::checkpoint::file_number(&path).filter(|n| *n > after)
+        else {
+            continue;
+        };
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if let Some(number) = name.strip_suffix(".proof.json") {
+        if name.ends_with(".proof.json") {
             proven += 1;
-            let number: u64 = number.parse().unwrap_or(0);
             if newest.as_ref().is_none_or(|(n, _)| number > *n) {
-                newest = Some((number, entry.path()));
+                newest = Some((number, path));
             }
         } else if name.ends_with(".unprovable") {
             unprovable += 1;
@@ -134,22 +158,29 @@ impl Feed {
 
 pub use optio_state::blob_files;
 
-/// Rebuilds the settlement state from the blobs in `dir`: the state, the last batch number and
-/// the last sequence number it covers.
+/// Rebuilds the settlement state from the blobs in `dir`, from its start (genesis, or the
+/// checkpoint the batcher pruned the finalized batches behind): the state, the last batch
+/// number and the last sequence number it covers.
 pub fn rebuild_dir(
     dir: &Path,
     each: impl FnMut(&optio_state::BatchHeader),
 ) -> Result<(SettlementState, u64, u64), String> {
-    let blobs: Vec<Vec<u8>> = blob_files(dir)
-        .map_err(|e| e.to_string())?
+    let start = optio_state::checkpoint::start(dir).map_err(|e| e.to_string())?;
+    let blobs: Vec<Vec<u8>> = start
+        .blobs
         .iter()
-        .map(std::fs::read)
+        .map(|(_, path)| std::fs::read(path))
         .collect::<Result<_, _>>()
         .map_err(|e| e.to_string())?;
-    let mut state = SettlementState::new();
-    let (number, last_seq) =
-        optio_state::rebuild(blobs.iter().map(Vec::as_slice), &mut state, each)
-            .map_err(|e| e.to_string())?;
+    let (mut state, last_seq) =
+        optio_state::checkpoint::open(dir, start.after).map_err(|e| e.to_string())?;
+    let (number, last_seq) = optio_state::rebuild_after(
+        blobs.iter().map(Vec::as_slice),
+        &mut state,
+        (start.after, last_seq),
+        each,
+    )
+    .map_err(|e| e.to_string())?;
     Ok((state, number, last_seq))
 }
 
@@ -222,21 +253,36 @@ pub(crate) fn start(
     max_ops: usize,
     max_age_ms: u64,
     capacity: Option<optio_state::Capacity>,
+    checkpoint_every: u64,
     clock: crate::Clock,
 ) -> Result<(Feed, Arc<Mutex<BatchStats>>, u64), String> {
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     // The persisted state after some batch, then the blobs written after it (a crash between
-    // writing a blob and persisting its state leaves one or more such blobs).
+    // writing a blob and persisting its state leaves one or more such blobs). Blobs are found
+    // by number: the finalized ones up to a checkpoint may be pruned.
     let (mut state, persisted, persisted_seq) =
         SettlementState::open(&dir.join("state.redb")).map_err(|e| e.to_string())?;
-    let files = blob_files(dir).map_err(|e| e.to_string())?;
-    if (files.len() as u64) < persisted {
+    let walk = optio_state::checkpoint::start(dir).map_err(|e| e.to_string())?;
+    let newest = walk.blobs.last().map_or(walk.after, |(n, _)| *n);
+    if newest < persisted || walk.after > persisted {
         return Err(format!(
-            "the state file is at batch {persisted} but only {} blobs exist",
-            files.len()
+            "the state file is at batch {persisted} but the blobs {}",
+            match walk.blobs.first() {
+                Some((first, _)) if newest >= persisted => format!(
+                    "after it are pruned (they start at batch {first}): restore the state file"
+                ),
+                Some((first, _)) => format!("run from batch {first} to {newest} only"),
+                None => format!("are pruned up to batch {}", walk.after),
+            }
         ));
     }
-    let later: Vec<Vec<u8>> = files[persisted as usize..]
+    let files: Vec<std::path::PathBuf> = walk
+        .blobs
+        .into_iter()
+        .filter(|(n, _)| *n > persisted)
+        .map(|(_, path)| path)
+        .collect();
+    let later: Vec<Vec<u8>> = files
         .iter()
         .map(std::fs::read)
         .collect::<Result<_, _>>()
@@ -268,12 +314,22 @@ pub(crate) fn start(
         last_seq,
         cut_seq: last_seq,
         dir: dir.to_owned(),
+        pruned: PruneStats {
+            through: walk.after,
+            ..PruneStats::default()
+        },
         ..BatchStats::default()
     }));
     // The last batch's time, which the next one's may not go below.
-    let last_time = match files.last() {
+    let last_blob = match files.last() {
+        Some(f) => Some(f.clone()),
+        None if persisted > 0 => Some(dir.join(format!("{persisted:08}.blob"))),
+        None => None,
+    };
+    // (Pruning keeps the newest blob: it deletes only batches before the last one written.)
+    let last_time = match &last_blob {
         Some(f) => {
-            let bytes = std::fs::read(f).map_err(|e| e.to_string())?;
+            let bytes = std::fs::read(f).map_err(|e| format!("{}: {e}", f.display()))?;
             optio_state::decode(&bytes)
                 .map_err(|e| format!("{}: {e}", f.display()))?
                 .0
@@ -287,7 +343,7 @@ pub(crate) fn start(
         .with_orders(orders);
     // The settlement prices' signatures of the batches rebuilt from their blobs (written, the
     // state after them not persisted): a later part of a settlement they began posts them.
-    for (file, blob) in files[persisted as usize..].iter().zip(&later) {
+    for (file, blob) in files.iter().zip(&later) {
         let section = std::fs::read(file.with_extension("auth")).unwrap_or_default();
         batcher = batcher.with_posted_settlements(blob, &section);
     }
@@ -295,7 +351,7 @@ pub(crate) fn start(
     let (dir, shared) = (dir.to_owned(), stats.clone());
     let thread = std::thread::Builder::new()
         .name("optio-batcher".into())
-        .spawn(move || run(batcher, rx, &dir, &shared, &clock))
+        .spawn(move || run(batcher, rx, &dir, &shared, &clock, checkpoint_every))
         .map_err(|e| e.to_string())?;
     Ok((
         Feed {
@@ -315,7 +371,11 @@ fn run(
     dir: &Path,
     stats: &Mutex<BatchStats>,
     clock: &crate::Clock,
+    checkpoint_every: u64,
 ) {
+    // The finalized batch the last prune looked at (a prune lists the directory: only when L1
+    // has finalized more).
+    let mut looked = 0;
     loop {
         let items = match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(items) => items,
@@ -326,10 +386,24 @@ fn run(
         // it, before the next input is pushed: the state file never runs ahead of the blobs.
         let mut cuts = Vec::new();
         let mut failed = None;
+        let mut checkpoint_failed = None;
         let mut save = |batcher: &mut Batcher, cut: Option<optio_state::Batch>| {
             if let Some(batch) = cut {
                 write_batch(dir, &batch).map_err(|e| e.to_string())?;
                 batcher.persist(&batch.header).map_err(|e| e.to_string())?;
+                let number = batch.header.number;
+                if checkpoint_every > 0 && number.is_multiple_of(checkpoint_every) {
+                    // A checkpoint that fails is only a prune that waits: logged, not fatal.
+                    if let Err(e) = optio_state::checkpoint::write(
+                        dir,
+                        batcher.state(),
+                        number,
+                        batch.header.last_seq,
+                    ) {
+                        tracing::warn!(error = %e, "checkpoint not written");
+                        checkpoint_failed = Some(e.to_string());
+                    }
+                }
                 cuts.push(batch);
             }
             Ok::<(), String>(())
@@ -359,7 +433,41 @@ fn run(
         {
             failed = Some(e);
         }
+        // The files of the batches L1 has finalized, up to the newest checkpoint among them,
+        // never the last batch written (its time bounds the next one's at a restart); deleted
+        // outside the stats' lock.
+        let (finalized, through) = match stats.lock() {
+            Ok(s) => (s.finalized, s.pruned.through),
+            Err(_) => return,
+        };
+        let bound = finalized.min(batcher.number().saturating_sub(1));
+        let pruned = (checkpoint_every > 0 && bound > looked && bound > through).then(|| {
+            looked = bound;
+            let newest = optio_state::checkpoint::checkpoints(dir)?
+                .into_iter()
+                .rfind(|c| *c <= bound && *c > through);
+            newest
+                .map(|c| optio_state::checkpoint::prune(dir, c).map(|p| (c, p)))
+                .transpose()
+        });
         let Ok(mut s) = stats.lock() else { return };
+        if checkpoint_failed.is_some() {
+            s.pruned.failed = checkpoint_failed;
+        }
+        match pruned {
+            Some(Ok(Some((through, p)))) => {
+                tracing::info!(through, files = p.files, "pruned finalized batches");
+                s.pruned.through = through;
+                s.pruned.proofs += p.proofs;
+                s.pruned.unprovable += p.unprovable;
+                s.pruned.failed = None;
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "batches not pruned");
+                s.pruned.failed = Some(e.to_string());
+            }
+            Some(Ok(None)) | None => {}
+        }
         s.last_seq = batcher.last_seq();
         for batch in cuts {
             s.number = batch.header.number;

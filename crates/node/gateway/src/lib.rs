@@ -92,6 +92,10 @@ pub struct Config {
     /// ... or before an input that would make it too large to prove (the circuit's shape;
     /// `None`: no such limit).
     pub batch_capacity: Option<optio_state::Capacity>,
+    /// A checkpoint of the settlement state after every this many batches
+    /// (`optio_state::checkpoint`); once L1 has finalized a batch with one, the files of that
+    /// batch and every earlier one are deleted (0: no checkpoints, every batch's files kept).
+    pub checkpoint_every_batches: u64,
     /// Where the node reads the time (the simulator moves a manual clock).
     pub clock: Clock,
     /// A snapshot (engine and views) after about this many inputs, so that a restart replays
@@ -143,6 +147,11 @@ impl Clock {
     }
 }
 
+/// Batches between checkpoints of the settlement state by default (`Config.
+/// checkpoint_every_batches`): the batches directory keeps at most about this many finalized
+/// batches' files.
+pub const DEFAULT_CHECKPOINT_EVERY_BATCHES: u64 = 1_024;
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -158,6 +167,7 @@ impl Default for Config {
             batch_max_ops: 10_000,
             batch_max_age_ms: 2_000,
             batch_capacity: None,
+            checkpoint_every_batches: DEFAULT_CHECKPOINT_EVERY_BATCHES,
             clock: Clock::System,
             snapshot_every: 100_000,
             log_segment_bytes: optio_sequencer::DEFAULT_SEGMENT_BYTES,
@@ -960,6 +970,7 @@ impl Gateway {
             config.batch_max_ops,
             config.batch_max_age_ms,
             config.batch_capacity.clone(),
+            config.checkpoint_every_batches,
             config.clock.clone(),
         )
         .map_err(|e| {
@@ -1382,6 +1393,16 @@ impl Gateway {
         };
         self.l1
             .send_if_modified(|p| std::mem::replace(p, progress) != progress);
+    }
+
+    /// Records the last batch L1 has finalized: the batcher deletes the files of the batches
+    /// up to the newest checkpoint at or before it (`Config.checkpoint_every_batches`).
+    pub fn record_finalized_batch(&self, number: u64) {
+        if let Some(stats) = &self.batch_stats
+            && let Ok(mut s) = stats.lock()
+        {
+            s.finalized = s.finalized.max(number);
+        }
     }
 
     /// Records how long (seconds of L1 time) the oldest L1 priority operation no finalized
@@ -2243,7 +2264,7 @@ impl Gateway {
             .and_then(|s| s.lock().ok().map(|s| s.clone()));
         let proving = batch_stats
             .as_ref()
-            .map(|s| batching::proving_progress(&s.dir));
+            .map(|s| batching::proving_progress(&s.dir, s.pruned.through));
         // The nonces behind their own lock, also before the node's.
         let remembered = self
             .nonces
@@ -2326,14 +2347,35 @@ impl Gateway {
             ));
         }
         if let (Some(stats), Some((proven, unprovable, seconds))) = (batch_stats, proving) {
-            out.push_str("# HELP optio_batches_proven_total Batches with a validity proof (optio prove run).\n# TYPE optio_batches_proven_total counter\n");
-            out.push_str(&format!("optio_batches_proven_total {proven}\n"));
-            out.push_str("# HELP optio_batches_unprovable_total Batches the circuit cannot prove (too large for the shape, or ops in an order it does not keep).\n# TYPE optio_batches_unprovable_total counter\n");
-            out.push_str(&format!("optio_batches_unprovable_total {unprovable}\n"));
+            let pruned = &stats.pruned;
+            out.push_str("# HELP optio_batches_proven_total Batches with a validity proof (optio prove run), pruned ones included.\n# TYPE optio_batches_proven_total counter\n");
+            out.push_str(&format!(
+                "optio_batches_proven_total {}\n",
+                pruned.proofs + proven
+            ));
+            out.push_str("# HELP optio_batches_unprovable_total Batches the circuit cannot prove (too large for the shape, or ops in an order it does not keep), pruned ones included.\n# TYPE optio_batches_unprovable_total counter\n");
+            out.push_str(&format!(
+                "optio_batches_unprovable_total {}\n",
+                pruned.unprovable + unprovable
+            ));
             out.push_str("# HELP optio_proving_lag_batches Written batches neither proven nor marked unprovable.\n# TYPE optio_proving_lag_batches gauge\n");
             out.push_str(&format!(
                 "optio_proving_lag_batches {}\n",
-                stats.number.saturating_sub(proven + unprovable)
+                stats
+                    .number
+                    .saturating_sub(pruned.through + proven + unprovable)
+            ));
+            out.push_str("# HELP optio_batches_pruned_through The files of the batches up to this one are deleted (finalized on L1, behind a checkpoint of the state after it); 0 if none.\n# TYPE optio_batches_pruned_through gauge\n");
+            out.push_str(&format!(
+                "optio_batches_pruned_through {}\n",
+                pruned.through
+            ));
+            out.push_str("# HELP optio_batches_finalized The last batch L1 has finalized, as the settler reported it.\n# TYPE optio_batches_finalized gauge\n");
+            out.push_str(&format!("optio_batches_finalized {}\n", stats.finalized));
+            out.push_str("# HELP optio_batches_prune_failed 1 if the last checkpoint or prune of the batches directory failed (see the logs: the files stay, the batcher goes on).\n# TYPE optio_batches_prune_failed gauge\n");
+            out.push_str(&format!(
+                "optio_batches_prune_failed {}\n",
+                u8::from(pruned.failed.is_some())
             ));
             if let Some(seconds) = seconds {
                 out.push_str("# HELP optio_prove_seconds Proving time of the newest proof.\n# TYPE optio_prove_seconds gauge\n");

@@ -225,6 +225,189 @@ fn restarts_commit_the_batches_of_an_uninterrupted_run(snapshot_every: u64, segm
     }
 }
 
+/// The files of the batches L1 has finalized are deleted up to the newest checkpoint among them
+/// (never the last batch written); the metrics say how far, a rebuild of what is left starts
+/// from the checkpoint and ends at the batcher's root, a restart over the pruned directory goes
+/// on, and every batch written after the checkpoint is byte for byte an uninterrupted
+/// batcher's.
+#[test]
+fn finalized_batches_are_pruned_behind_a_checkpoint_and_a_restart_goes_on() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let batches = dir.path().join("batches");
+    let open = || {
+        let config = Config {
+            batch_max_ops: MAX_OPS,
+            batch_max_age_ms: u64::MAX,
+            snapshot_every: 0,
+            checkpoint_every_batches: 3,
+            ..Config::default()
+        };
+        Gateway::open(dir.path(), [9; 32], EngineLimits::default(), config).expect("opens")
+    };
+    let metric = |g: &Gateway, name: &str| {
+        g.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")).map(str::to_owned))
+    };
+    let caught_up = |g: &Gateway| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !g
+            .batch_stats()
+            .expect("batches")
+            .caught_up(g.next_seq() - 1)
+        {
+            assert!(std::time::Instant::now() < deadline, "no catching up");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    };
+    let pruned_to = |g: &Gateway, through: u64| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while g.batch_stats().expect("batches").pruned.through != through {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not pruned to {through}: {:?}",
+                g.batch_stats()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    };
+    let numbers = |ext: &str| -> Vec<u64> {
+        let mut v: Vec<u64> = std::fs::read_dir(&batches)
+            .expect("lists")
+            .filter_map(|e| {
+                let name = e.expect("entry").file_name().to_string_lossy().into_owned();
+                name.strip_suffix(&format!(".{ext}"))?.parse().ok()
+            })
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    let g = open();
+    let spec = InstrumentSpec::with_defaults(
+        "BTC-26MAR27-100000-C".parse().expect("name"),
+        Price(300_000 * MONEY_SCALE),
+    );
+    let mut setup = vec![
+        Command::ListInstrument { spec },
+        Command::ActivateInstrument {
+            instrument: InstrumentId(0),
+        },
+    ];
+    for a in 0..2u8 {
+        setup.push(Command::OpenAccount {
+            owner: Address([a + 1; 20]),
+        });
+        setup.push(Command::Deposit {
+            account: AccountId(u32::from(a)),
+            amount: Amount(1_000_000 * MONEY_SCALE),
+        });
+    }
+    let submit = |g: &Gateway, commands: Vec<Command>| {
+        for group in commands.chunks(4) {
+            assert!(
+                g.submit_admin(group.to_vec())
+                    .expect("sequenced")
+                    .iter()
+                    .all(Result::is_ok)
+            );
+        }
+    };
+    submit(&g, setup);
+    submit(&g, trades(0, 90));
+    caught_up(&g);
+    let written = g.batch_stats().expect("batches").number;
+    assert!(written >= 8, "only {written} batches");
+    assert_eq!(
+        numbers("checkpoint"),
+        (3..=written).step_by(3).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        metric(&g, "optio_batches_pruned_through").as_deref(),
+        Some("0")
+    );
+    // Nothing finalized: nothing pruned.
+    assert_eq!(numbers("blob"), (1..=written).collect::<Vec<_>>());
+    // Batch 7 finalized: the files up to the checkpoint of 6 go, the checkpoints of 3 too.
+    std::fs::write(batches.join("00000005.proof.json"), "{}").expect("writes");
+    std::fs::write(batches.join("00000007.proof.json"), "{}").expect("writes");
+    g.record_finalized_batch(7);
+    pruned_to(&g, 6);
+    assert_eq!(numbers("blob"), (7..=written).collect::<Vec<_>>());
+    assert_eq!(numbers("json"), (7..=written).collect::<Vec<_>>());
+    assert_eq!(numbers("proof.json"), vec![7]);
+    assert_eq!(numbers("checkpoint")[0], 6);
+    assert_eq!(
+        metric(&g, "optio_batches_pruned_through").as_deref(),
+        Some("6")
+    );
+    assert_eq!(metric(&g, "optio_batches_finalized").as_deref(), Some("7"));
+    assert_eq!(
+        metric(&g, "optio_batches_proven_total").as_deref(),
+        Some("2")
+    );
+    assert_eq!(
+        metric(&g, "optio_proving_lag_batches"),
+        Some((written - 6 - 1).to_string())
+    );
+    assert_eq!(
+        metric(&g, "optio_batches_prune_failed").as_deref(),
+        Some("0")
+    );
+    // A lower report does not move it back.
+    g.record_finalized_batch(2);
+    assert_eq!(metric(&g, "optio_batches_finalized").as_deref(), Some("7"));
+    let (state, number, _) =
+        optio_gateway::batching::rebuild_dir(&batches, |_| {}).expect("rebuilds");
+    let stats = g.batch_stats().expect("batches");
+    assert_eq!(
+        (optio_state::poseidon::to_hex(&state.root()), number),
+        (stats.root.clone(), stats.number)
+    );
+    stop(g);
+
+    // A restart over the pruned directory goes on; then everything finalized: the last batch
+    // written keeps its files.
+    let g = open();
+    submit(&g, trades(1, 40));
+    caught_up(&g);
+    let written = g.batch_stats().expect("batches").number;
+    g.record_finalized_batch(written);
+    let through = (written - 1) / 3 * 3;
+    assert!(through > 6, "{written} batches");
+    pruned_to(&g, through);
+    assert_eq!(numbers("blob"), (through + 1..=written).collect::<Vec<_>>());
+    stop(g);
+
+    // Every batch written after the checkpoint is an uninterrupted batcher's.
+    let mut engine = optio_engine::Engine::new(EngineLimits::default());
+    let mut batcher = Batcher::new(MAX_OPS, u64::MAX);
+    let mut expected = Vec::new();
+    for (seq, input, _) in optio_sequencer::log::read(dir.path()).expect("the log reads") {
+        let mut events = Vec::new();
+        let _ = engine.apply(&input, &mut events);
+        expected.extend(batcher.push(seq, &input, &events).expect("batches"));
+    }
+    let g = open();
+    let stats = g.batch_stats().expect("batches");
+    assert_eq!(stats.pruned.through, through, "known again at a restart");
+    let files = optio_gateway::batching::blob_files(&batches).expect("listed");
+    assert_eq!(files.len() as u64, stats.number - through);
+    for (file, want) in files.iter().zip(&expected[through as usize..]) {
+        assert_eq!(
+            std::fs::read(file).expect("blob"),
+            want.blob,
+            "{}",
+            file.display()
+        );
+    }
+    let (state, number, _) =
+        optio_gateway::batching::rebuild_dir(&batches, |_| {}).expect("rebuilds");
+    assert_eq!(
+        (optio_state::poseidon::to_hex(&state.root()), number),
+        (stats.root, stats.number)
+    );
+}
+
 /// An order's client label (logged with the signed intent, kept in snapshots), its history and
 /// its intent status survive a restart.
 #[test]

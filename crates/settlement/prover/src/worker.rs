@@ -5,7 +5,8 @@
 //! than `stale_after` (its worker died) may be taken over. Each worker rebuilds the state from
 //! the blobs on its own, so none depends on another's progress; across passes it keeps the
 //! state after the batches settled from the first on (`Walker`), so that a pass applies only the
-//! blobs after them (the proving lag), not every blob since genesis.
+//! blobs after them (the proving lag), not every blob since genesis. Where the node pruned the
+//! finalized batches (`optio_state::checkpoint`), a walk starts from the checkpoint it kept.
 //!
 //! A batch the circuit cannot prove (too large for the shape, or ops in an order it does not
 //! keep) gets `NNNNNNNN.unprovable` with the reason instead; the batches after it are still
@@ -18,7 +19,7 @@ use ark_bn254::Bn254;
 use ark_groth16::Proof;
 use ark_std::rand::rngs::StdRng;
 use optio_state::poseidon::to_hex;
-use optio_state::{Op, SettlementState, blob_files, decode, rebuild_after};
+use optio_state::{Op, SettlementState, checkpoint, decode, rebuild_after};
 use serde_json::{Value, json};
 
 use crate::keys::{Keys, ProveError, prove, verify};
@@ -59,7 +60,9 @@ pub fn proof_path(dir: &Path, batch: u64) -> PathBuf {
 /// applies only the blobs past that frontier: the proving lag, where walking from genesis on
 /// every pass (once a second while idle) costs in proportion to the chain's whole history.
 /// A proof deleted after the frontier passed its batch is proven again by a fresh walker (a
-/// restarted worker); `check_proofs` always walks from genesis.
+/// restarted worker); `check_proofs` always walks from the directory's start (genesis, or the
+/// checkpoint the node pruned the finalized batches behind, `optio_state::checkpoint::start`).
+/// A walker whose frontier is behind that checkpoint goes on from it.
 pub struct Walker {
     dir: PathBuf,
     /// The state after batch `after.0`, which ended at input `after.1`.
@@ -70,7 +73,8 @@ pub struct Walker {
 }
 
 impl Walker {
-    /// A walker from genesis over `dir`.
+    /// A walker from genesis over `dir` (its first walk goes on from the directory's
+    /// checkpoint if the blobs from genesis are pruned).
     pub fn new(dir: &Path) -> Self {
         Self {
             dir: dir.to_owned(),
@@ -102,13 +106,20 @@ impl Walker {
         if !dir.is_dir() {
             return Err(format!("{}: not a directory", dir.display()));
         }
-        let files = blob_files(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let start = checkpoint::start(&dir).map_err(|e| e.to_string())?;
+        // The node pruned the blobs after the frontier (they were finalized, so settled):
+        // the walk goes on from the checkpoint it kept.
+        if start.after > self.after.0 {
+            let (state, last_seq) =
+                checkpoint::open(&dir, start.after).map_err(|e| e.to_string())?;
+            (self.base, self.after) = (state, (start.after, last_seq));
+        }
         let frontier = self.after.0;
-        // Blobs are named by their number; one that is not is read (and refused by its number).
-        let later = files.iter().filter(|f| {
-            let number = f.file_stem().and_then(|s| s.to_str()?.parse::<u64>().ok());
-            number.is_none_or(|n| n > frontier)
-        });
+        let later = start
+            .blobs
+            .iter()
+            .filter(|(n, _)| *n > frontier)
+            .map(|(_, f)| f);
         self.applied = 0;
         // The copy walked past the first batch not settled, once there is one.
         let mut copy: Option<(SettlementState, (u64, u64))> = None;
@@ -298,7 +309,8 @@ fn prove_one(
 /// batches proven and those without a valid proof yet; an error names a proof that is wrong.
 pub fn check_proofs(dir: &Path, keys: &Keys) -> Result<(Vec<u64>, Vec<u64>), String> {
     let (mut proven, mut missing) = (Vec::new(), Vec::new());
-    // From genesis, every batch taken as not settled.
+    // From the directory's start (genesis, or the pruned batches' checkpoint), every batch
+    // taken as not settled.
     Walker::new(dir).walk(|_| false, |state, batch, ops| {
         let Ok(text) = std::fs::read_to_string(proof_path(dir, batch)) else {
             missing.push(batch);

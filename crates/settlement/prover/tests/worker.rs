@@ -271,6 +271,78 @@ fn a_running_worker_applies_only_the_blobs_past_its_frontier() {
     assert_eq!((ok, missing), (vec![1, 3, 4, 5], vec![2]));
 }
 
+/// Where the node pruned the finalized batches behind a checkpoint, a running worker goes on
+/// past it, a fresh one (a restarted worker) starts from it, and the proofs of the batches
+/// after it check against the state the checkpoint gives.
+#[test]
+fn workers_go_on_from_the_checkpoint_the_node_pruned_behind() {
+    let later = |amount| {
+        vec![Op::Deposit {
+            account: AccountId(1),
+            amount: Amount(amount),
+        }]
+    };
+    let source = tempfile::tempdir().expect("tempdir");
+    write_blobs(
+        source.path(),
+        &[batches(), vec![later(1), later(2)]].concat(),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let append = |n: u64| {
+        let name = format!("{n:08}.blob");
+        std::fs::copy(source.path().join(&name), dir.path().join(&name)).expect("copy");
+    };
+    (1..=4).for_each(append);
+    let keys = Keys::generate(SHAPE, &mut StdRng::seed_from_u64(1)).expect("keys");
+    let (hour, rng) = (Duration::from_secs(3_600), &mut StdRng::seed_from_u64(6));
+    let mut pass = |walker: &mut Walker| {
+        let done = walker
+            .prove_pending(&keys, rng, hour, |_| {})
+            .expect("pass");
+        let proven: Vec<u64> = done
+            .iter()
+            .map(|o| match o {
+                Outcome::Proven { batch, .. } | Outcome::Unprovable { batch, .. } => *batch,
+            })
+            .collect();
+        (proven, walker.frontier(), walker.applied())
+    };
+    let (mut running, mut restarted) = (Walker::new(dir.path()), Walker::new(dir.path()));
+    assert_eq!(pass(&mut running), (vec![1, 2, 3, 4], 0, 4));
+    assert_eq!(pass(&mut running), (vec![], 4, 4));
+    // The node: batches 1 to 4 finalized, the state after 4 checkpointed, the files pruned.
+    let blobs: Vec<Vec<u8>> = (1..=4u64)
+        .map(|n| std::fs::read(dir.path().join(format!("{n:08}.blob"))).expect("blob"))
+        .collect();
+    let mut state = optio_state::SettlementState::new();
+    let (number, last_seq) =
+        optio_state::rebuild(blobs.iter().map(Vec::as_slice), &mut state, |_| {})
+            .expect("rebuilds");
+    optio_state::checkpoint::write(dir.path(), &state, number, last_seq).expect("writes");
+    let removed = optio_state::checkpoint::prune(dir.path(), 4).expect("prunes");
+    assert_eq!(
+        removed,
+        optio_state::checkpoint::Pruned {
+            files: 4 + 3 + 1,
+            proofs: 3,
+            unprovable: 1
+        },
+        "four blobs, three proofs, one unprovable mark"
+    );
+    append(5);
+    // The running worker: nothing to reload, batch 5 proven over its frontier.
+    assert_eq!(pass(&mut running), (vec![5], 4, 1));
+    // The restarted one starts from the checkpoint: 5 is settled, so its frontier moves on.
+    assert_eq!(pass(&mut restarted), (vec![], 5, 1));
+    append(6);
+    assert_eq!(pass(&mut restarted), (vec![6], 5, 1));
+    let (ok, missing) = check_proofs(dir.path(), &keys).expect("proofs check");
+    assert_eq!((ok, missing), (vec![5, 6], vec![]));
+    // Batch 5's proof filed as batch 6's does not check.
+    std::fs::copy(proof_path(dir.path(), 5), proof_path(dir.path(), 6)).expect("copy");
+    assert!(check_proofs(dir.path(), &keys).is_err());
+}
+
 /// Keys survive the disk; the wrong shape, missing or damaged key files and a batch of another
 /// shape are refused with errors that say which.
 #[test]

@@ -200,10 +200,21 @@ pub fn open(dir: &Path, after: u64) -> Result<(SettlementState, u64), Checkpoint
     Ok((state, last_seq))
 }
 
+/// What a prune deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Files.
+    pub files: usize,
+    /// Of them, validity proofs (`NNNNNNNN.proof.json`).
+    pub proofs: u64,
+    /// And marks of batches the circuit cannot prove (`NNNNNNNN.unprovable`).
+    pub unprovable: u64,
+}
+
 /// Deletes every file of batches 1 to `through` in `dir` but `through`'s checkpoint, which must
 /// exist (so that `start` finds it): batch by batch, ascending, the blob of each first, then
-/// the checkpoints before `through`. Returns how many files it deleted.
-pub fn prune(dir: &Path, through: u64) -> Result<usize, CheckpointError> {
+/// the checkpoints before `through`.
+pub fn prune(dir: &Path, through: u64) -> Result<Pruned, CheckpointError> {
     let keep = path(dir, through);
     if !keep.is_file() {
         return Err(io(&keep)(std::io::ErrorKind::NotFound.into()));
@@ -229,9 +240,18 @@ pub fn prune(dir: &Path, through: u64) -> Result<usize, CheckpointError> {
     }
     // Batch by batch, blob first; the checkpoints passed after every blob.
     doomed.sort_unstable_by_key(|(n, rank, _)| (u8::from(*rank == 2), *n, *rank));
+    let mut pruned = Pruned::default();
     for (_, _, path) in &doomed {
         match std::fs::remove_file(path) {
-            Ok(()) => {}
+            Ok(()) => {
+                let name = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default();
+                pruned.files += 1;
+                pruned.proofs += u64::from(name.ends_with(".proof.json"));
+                pruned.unprovable += u64::from(name.ends_with(".unprovable"));
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io(path)(e)),
         }
@@ -239,5 +259,5 @@ pub fn prune(dir: &Path, through: u64) -> Result<usize, CheckpointError> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io(dir))?;
-    Ok(doomed.len())
+    Ok(pruned)
 }

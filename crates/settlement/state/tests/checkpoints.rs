@@ -195,7 +195,7 @@ fn pruning_leaves_a_directory_a_walk_starts_over_at_every_step() {
         }
     }
     // What the prune itself does from there (the older checkpoint), and that it is the end.
-    assert_eq!(checkpoint::prune(d, c2).expect("prunes"), 1);
+    assert_eq!(checkpoint::prune(d, c2).expect("prunes").files, 1);
     assert_eq!(checkpoint::checkpoints(d).expect("lists"), vec![c2]);
     assert_eq!(checkpoint::start(d).expect("starts").after, c2);
     assert_eq!(walked(d), end);
@@ -209,7 +209,14 @@ fn pruning_leaves_a_directory_a_walk_starts_over_at_every_step() {
     )
     .expect("writes");
     let removed = checkpoint::prune(d, c3).expect("prunes");
-    assert_eq!(removed, (c3 - c2) as usize * 6 + 1);
+    assert_eq!(
+        removed,
+        checkpoint::Pruned {
+            files: (c3 - c2) as usize * 6 + 1,
+            proofs: c3 - c2,
+            unprovable: 0
+        }
+    );
     let left: Vec<String> = {
         let mut v: Vec<String> = std::fs::read_dir(d)
             .expect("lists")
