@@ -79,6 +79,30 @@ fn trades(round: i64, n: i64) -> Vec<Command> {
         .collect()
 }
 
+/// Lists and activates the option (instrument 0), opens accounts 0 and 1 and funds each.
+fn two_funded_accounts() -> Vec<Command> {
+    let spec = InstrumentSpec::with_defaults(
+        "BTC-26MAR27-100000-C".parse().expect("name"),
+        Price(300_000 * MONEY_SCALE),
+    );
+    let mut setup = vec![
+        Command::ListInstrument { spec },
+        Command::ActivateInstrument {
+            instrument: InstrumentId(0),
+        },
+    ];
+    for a in 0..2u8 {
+        setup.push(Command::OpenAccount {
+            owner: Address([a + 1; 20]),
+        });
+        setup.push(Command::Deposit {
+            account: AccountId(u32::from(a)),
+            amount: Amount(1_000_000 * MONEY_SCALE),
+        });
+    }
+    setup
+}
+
 /// Lists and activates the option the signed orders trade (instrument 0).
 fn list_option(g: &Gateway) {
     let spec = InstrumentSpec::with_defaults(
@@ -131,25 +155,7 @@ fn restarts_commit_the_batches_of_an_uninterrupted_run(snapshot_every: u64, segm
     let dir = tempfile::tempdir().expect("temp dir");
     let mut seen = std::collections::BTreeMap::new();
     let g = open_with(dir.path(), snapshot_every, segment);
-    let spec = InstrumentSpec::with_defaults(
-        "BTC-26MAR27-100000-C".parse().expect("name"),
-        Price(300_000 * MONEY_SCALE),
-    );
-    let mut setup = vec![
-        Command::ListInstrument { spec },
-        Command::ActivateInstrument {
-            instrument: InstrumentId(0),
-        },
-    ];
-    for a in 0..2u8 {
-        setup.push(Command::OpenAccount {
-            owner: Address([a + 1; 20]),
-        });
-        setup.push(Command::Deposit {
-            account: AccountId(u32::from(a)),
-            amount: Amount(1_000_000 * MONEY_SCALE),
-        });
-    }
+    let setup = two_funded_accounts();
     assert!(
         g.submit_admin(setup)
             .expect("sequenced")
@@ -283,25 +289,7 @@ fn finalized_batches_are_pruned_behind_a_checkpoint_and_a_restart_goes_on() {
         v
     };
     let g = open();
-    let spec = InstrumentSpec::with_defaults(
-        "BTC-26MAR27-100000-C".parse().expect("name"),
-        Price(300_000 * MONEY_SCALE),
-    );
-    let mut setup = vec![
-        Command::ListInstrument { spec },
-        Command::ActivateInstrument {
-            instrument: InstrumentId(0),
-        },
-    ];
-    for a in 0..2u8 {
-        setup.push(Command::OpenAccount {
-            owner: Address([a + 1; 20]),
-        });
-        setup.push(Command::Deposit {
-            account: AccountId(u32::from(a)),
-            amount: Amount(1_000_000 * MONEY_SCALE),
-        });
-    }
+    let setup = two_funded_accounts();
     let submit = |g: &Gateway, commands: Vec<Command>| {
         for group in commands.chunks(4) {
             assert!(

@@ -26,6 +26,13 @@ use crate::keys::{Keys, ProveError, prove, verify};
 use crate::solidity::{self, Word};
 use crate::witness::{PublicInputs, witness};
 
+/// Why one walk stopped: a file pruned while it read the directory (walked again), or anything
+/// else (reported).
+enum Walk {
+    Vanished(String),
+    Failed(String),
+}
+
 /// What happened to one batch in a pass.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
@@ -106,12 +113,37 @@ impl Walker {
         if !dir.is_dir() {
             return Err(format!("{}: not a directory", dir.display()));
         }
-        let start = checkpoint::start(&dir).map_err(|e| e.to_string())?;
+        // A file that vanished while the walk read the directory was pruned by the node (a
+        // finalized batch, so a settled one): walk again from the new start (`each` may be
+        // called again for a batch; a worker's passes skip what is settled).
+        let mut tries = 0;
+        loop {
+            match self.walk_once(&settled, &mut each) {
+                Err(Walk::Vanished(_)) if tries < 3 => tries += 1,
+                Err(Walk::Vanished(why) | Walk::Failed(why)) => return Err(why),
+                Ok(()) => return Ok(()),
+            }
+        }
+    }
+
+    fn walk_once(
+        &mut self,
+        settled: &impl Fn(u64) -> bool,
+        each: &mut impl FnMut(&SettlementState, u64, &[Op]) -> Result<(), String>,
+    ) -> Result<(), Walk> {
+        let dir = self.dir.clone();
+        let start = checkpoint::start(&dir).map_err(|e| Walk::Failed(e.to_string()))?;
         // The node pruned the blobs after the frontier (they were finalized, so settled):
         // the walk goes on from the checkpoint it kept.
         if start.after > self.after.0 {
-            let (state, last_seq) =
-                checkpoint::open(&dir, start.after).map_err(|e| e.to_string())?;
+            let (state, last_seq) = checkpoint::open(&dir, start.after).map_err(|e| match e {
+                checkpoint::CheckpointError::Io { ref source, .. }
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    Walk::Vanished(e.to_string())
+                }
+                e => Walk::Failed(e.to_string()),
+            })?;
             (self.base, self.after) = (state, (start.after, last_seq));
         }
         let frontier = self.after.0;
@@ -124,20 +156,28 @@ impl Walker {
         // The copy walked past the first batch not settled, once there is one.
         let mut copy: Option<(SettlementState, (u64, u64))> = None;
         for file in later {
-            let bytes = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
-            let (meta, ops) = decode(&bytes).map_err(|e| format!("{}: {e}", file.display()))?;
+            let bytes = std::fs::read(file).map_err(|e| {
+                let why = format!("{}: {e}", file.display());
+                match e.kind() {
+                    std::io::ErrorKind::NotFound => Walk::Vanished(why),
+                    _ => Walk::Failed(why),
+                }
+            })?;
+            let failed =
+                |e: &dyn std::fmt::Display| Walk::Failed(format!("{}: {e}", file.display()));
+            let (meta, ops) = decode(&bytes).map_err(|e| failed(&e))?;
             if copy.is_none() && !settled(meta.number) {
                 copy = Some((self.base.clone(), self.after));
             }
             let (state, after) = match copy.as_mut() {
                 Some((state, after)) => {
-                    each(state, meta.number, &ops)?;
+                    each(state, meta.number, &ops).map_err(Walk::Failed)?;
                     (state, after)
                 }
                 None => (&mut self.base, &mut self.after),
             };
-            *after = rebuild_after([bytes.as_slice()], state, *after, |_| {})
-                .map_err(|e| format!("{}: {e}", file.display()))?;
+            *after =
+                rebuild_after([bytes.as_slice()], state, *after, |_| {}).map_err(|e| failed(&e))?;
             self.applied += 1;
         }
         Ok(())

@@ -221,6 +221,26 @@ fn workers_share_the_queue_and_their_proofs_check_against_the_blobs() {
     assert!(check_proofs(dir.path(), &keys).is_err());
 }
 
+/// One pass of a worker: the batches it settled (proven or marked unprovable), its frontier and
+/// the blobs it applied.
+fn settle_pass(
+    walker: &mut Walker,
+    keys: &Keys,
+    rng: &mut StdRng,
+    stale_after: Duration,
+) -> (Vec<u64>, u64, usize) {
+    let done = walker
+        .prove_pending(keys, rng, stale_after, |_| {})
+        .expect("pass");
+    let settled = done
+        .iter()
+        .map(|o| match o {
+            Outcome::Proven { batch, .. } | Outcome::Unprovable { batch, .. } => *batch,
+        })
+        .collect();
+    (settled, walker.frontier(), walker.applied())
+}
+
 /// A running worker walks from its frontier, the batches settled from the first on: a pass
 /// applies only the blobs after it (not every blob since genesis), a batch claimed by another
 /// worker holds the frontier back until it is settled, and a batch appended later is proven
@@ -244,18 +264,7 @@ fn a_running_worker_applies_only_the_blobs_past_its_frontier() {
     std::fs::write(&claim, b"").expect("claim");
     let (hour, rng) = (Duration::from_secs(3_600), &mut StdRng::seed_from_u64(5));
     let mut walker = Walker::new(dir.path());
-    let mut pass = |walker: &mut Walker| {
-        let done = walker
-            .prove_pending(&keys, rng, hour, |_| {})
-            .expect("pass");
-        let proven: Vec<u64> = done
-            .iter()
-            .map(|o| match o {
-                Outcome::Proven { batch, .. } | Outcome::Unprovable { batch, .. } => *batch,
-            })
-            .collect();
-        (proven, walker.frontier(), walker.applied())
-    };
+    let mut pass = |walker: &mut Walker| settle_pass(walker, &keys, rng, hour);
     // From genesis: 1 and 4 proven, 2 unprovable, 3 left to its claim.
     assert_eq!(pass(&mut walker), (vec![1, 2, 4], 0, 4));
     // 1 and 2 settled: the frontier moves past them; 3 and 4 walked on a copy.
@@ -295,18 +304,7 @@ fn workers_go_on_from_the_checkpoint_the_node_pruned_behind() {
     (1..=4).for_each(append);
     let keys = Keys::generate(SHAPE, &mut StdRng::seed_from_u64(1)).expect("keys");
     let (hour, rng) = (Duration::from_secs(3_600), &mut StdRng::seed_from_u64(6));
-    let mut pass = |walker: &mut Walker| {
-        let done = walker
-            .prove_pending(&keys, rng, hour, |_| {})
-            .expect("pass");
-        let proven: Vec<u64> = done
-            .iter()
-            .map(|o| match o {
-                Outcome::Proven { batch, .. } | Outcome::Unprovable { batch, .. } => *batch,
-            })
-            .collect();
-        (proven, walker.frontier(), walker.applied())
-    };
+    let mut pass = |walker: &mut Walker| settle_pass(walker, &keys, rng, hour);
     let (mut running, mut restarted) = (Walker::new(dir.path()), Walker::new(dir.path()));
     assert_eq!(pass(&mut running), (vec![1, 2, 3, 4], 0, 4));
     assert_eq!(pass(&mut running), (vec![], 4, 4));
@@ -341,6 +339,47 @@ fn workers_go_on_from_the_checkpoint_the_node_pruned_behind() {
     // Batch 5's proof filed as batch 6's does not check.
     std::fs::copy(proof_path(dir.path(), 5), proof_path(dir.path(), 6)).expect("copy");
     assert!(check_proofs(dir.path(), &keys).is_err());
+}
+
+/// A walk that finds its next blob pruned under it (the node finalized and pruned while a
+/// worker read the directory) walks again from the checkpoint, where before the worker stopped.
+#[test]
+fn a_walk_pruned_under_it_goes_on_from_the_checkpoint() {
+    let later = |amount| {
+        vec![Op::Deposit {
+            account: AccountId(1),
+            amount: Amount(amount),
+        }]
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_blobs(dir.path(), &[batches(), vec![later(1), later(2)]].concat());
+    let blobs: Vec<Vec<u8>> = (1..=4u64)
+        .map(|n| std::fs::read(dir.path().join(format!("{n:08}.blob"))).expect("blob"))
+        .collect();
+    let mut at_4 = optio_state::SettlementState::new();
+    let (number, last_seq) =
+        optio_state::rebuild(blobs.iter().map(Vec::as_slice), &mut at_4, |_| {}).expect("rebuilds");
+    let mut seen = Vec::new();
+    let mut walker = Walker::new(dir.path());
+    walker
+        .walk(
+            |_| false,
+            |state, batch, _| {
+                seen.push((batch, state.root()));
+                if batch == 1 {
+                    // The node, while the walk holds batch 1: 1 to 4 finalized and pruned.
+                    optio_state::checkpoint::write(dir.path(), &at_4, number, last_seq)
+                        .expect("writes");
+                    optio_state::checkpoint::prune(dir.path(), 4).expect("prunes");
+                }
+                Ok(())
+            },
+        )
+        .expect("the walk goes on");
+    let batches: Vec<u64> = seen.iter().map(|(b, _)| *b).collect();
+    assert_eq!(batches, vec![1, 5, 6]);
+    assert_eq!(seen[1].1, at_4.root(), "batch 5 walked from the checkpoint");
+    assert_eq!(walker.frontier(), 4);
 }
 
 /// Keys survive the disk; the wrong shape, missing or damaged key files and a batch of another
