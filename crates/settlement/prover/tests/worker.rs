@@ -280,22 +280,36 @@ fn a_running_worker_applies_only_the_blobs_past_its_frontier() {
     assert_eq!((ok, missing), (vec![1, 3, 4, 5], vec![2]));
 }
 
-/// Where the node pruned the finalized batches behind a checkpoint, a running worker goes on
-/// past it, a fresh one (a restarted worker) starts from it, and the proofs of the batches
-/// after it check against the state the checkpoint gives.
-#[test]
-fn workers_go_on_from_the_checkpoint_the_node_pruned_behind() {
+/// `batches()` and two deposits after them.
+fn six_batches() -> Vec<Vec<Op>> {
     let later = |amount| {
         vec![Op::Deposit {
             account: AccountId(1),
             amount: Amount(amount),
         }]
     };
+    [batches(), vec![later(1), later(2)]].concat()
+}
+
+/// The state after batch `n` of the blobs in `dir`, that batch and its last sequence number.
+fn state_after(dir: &std::path::Path, n: u64) -> (optio_state::SettlementState, u64, u64) {
+    let blobs: Vec<Vec<u8>> = (1..=n)
+        .map(|n| std::fs::read(dir.join(format!("{n:08}.blob"))).expect("blob"))
+        .collect();
+    let mut state = optio_state::SettlementState::new();
+    let (number, last_seq) =
+        optio_state::rebuild(blobs.iter().map(Vec::as_slice), &mut state, |_| {})
+            .expect("rebuilds");
+    (state, number, last_seq)
+}
+
+/// Where the node pruned the finalized batches behind a checkpoint, a running worker goes on
+/// past it, a fresh one (a restarted worker) starts from it, and the proofs of the batches
+/// after it check against the state the checkpoint gives.
+#[test]
+fn workers_go_on_from_the_checkpoint_the_node_pruned_behind() {
     let source = tempfile::tempdir().expect("tempdir");
-    write_blobs(
-        source.path(),
-        &[batches(), vec![later(1), later(2)]].concat(),
-    );
+    write_blobs(source.path(), &six_batches());
     let dir = tempfile::tempdir().expect("tempdir");
     let append = |n: u64| {
         let name = format!("{n:08}.blob");
@@ -309,13 +323,7 @@ fn workers_go_on_from_the_checkpoint_the_node_pruned_behind() {
     assert_eq!(pass(&mut running), (vec![1, 2, 3, 4], 0, 4));
     assert_eq!(pass(&mut running), (vec![], 4, 4));
     // The node: batches 1 to 4 finalized, the state after 4 checkpointed, the files pruned.
-    let blobs: Vec<Vec<u8>> = (1..=4u64)
-        .map(|n| std::fs::read(dir.path().join(format!("{n:08}.blob"))).expect("blob"))
-        .collect();
-    let mut state = optio_state::SettlementState::new();
-    let (number, last_seq) =
-        optio_state::rebuild(blobs.iter().map(Vec::as_slice), &mut state, |_| {})
-            .expect("rebuilds");
+    let (state, number, last_seq) = state_after(dir.path(), 4);
     optio_state::checkpoint::write(dir.path(), &state, number, last_seq).expect("writes");
     let removed = optio_state::checkpoint::prune(dir.path(), 4).expect("prunes");
     assert_eq!(
@@ -345,20 +353,9 @@ fn workers_go_on_from_the_checkpoint_the_node_pruned_behind() {
 /// worker read the directory) walks again from the checkpoint, where before the worker stopped.
 #[test]
 fn a_walk_pruned_under_it_goes_on_from_the_checkpoint() {
-    let later = |amount| {
-        vec![Op::Deposit {
-            account: AccountId(1),
-            amount: Amount(amount),
-        }]
-    };
     let dir = tempfile::tempdir().expect("tempdir");
-    write_blobs(dir.path(), &[batches(), vec![later(1), later(2)]].concat());
-    let blobs: Vec<Vec<u8>> = (1..=4u64)
-        .map(|n| std::fs::read(dir.path().join(format!("{n:08}.blob"))).expect("blob"))
-        .collect();
-    let mut at_4 = optio_state::SettlementState::new();
-    let (number, last_seq) =
-        optio_state::rebuild(blobs.iter().map(Vec::as_slice), &mut at_4, |_| {}).expect("rebuilds");
+    write_blobs(dir.path(), &six_batches());
+    let (at_4, number, last_seq) = state_after(dir.path(), 4);
     let mut seen = Vec::new();
     let mut walker = Walker::new(dir.path());
     walker
