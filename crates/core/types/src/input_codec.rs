@@ -488,6 +488,63 @@ mod tests {
         }
     }
 
+    /// A replace travels as the order to cancel and the new order as a `PlaceOrder` (tag 26);
+    /// one whose inner command is anything else, or that is cut, is refused, not misread.
+    #[test]
+    fn a_replace_decodes_as_encoded_and_only_around_an_order() {
+        use crate::ids::{AccountId, OrderId};
+        use crate::input::{SelfTradePrevention, Side, TimeInForce};
+        let order = NewOrder {
+            account: AccountId(3),
+            instrument: InstrumentId(2),
+            side: Side::Sell,
+            qty: Qty(250_000),
+            order_type: OrderType::Limit {
+                price: Price(2_500_000_000),
+            },
+            time_in_force: TimeInForce::GoodTillCancelled,
+            post_only: true,
+            reduce_only: false,
+            self_trade: SelfTradePrevention::CancelTaker,
+            client_order_id: 42,
+            session_key: None,
+        };
+        for cancel in [OrderRef::Id(OrderId(77)), OrderRef::Client(41)] {
+            let input = Input {
+                time_ms: 1_800_000_000_002,
+                command: Command::Replace {
+                    cancel,
+                    order: order.clone(),
+                },
+            };
+            let bytes = input.encode();
+            assert_eq!(bytes[8], 26);
+            assert_eq!(Input::decode(&bytes), Ok(input));
+            for len in [9, bytes.len() - 1] {
+                assert!(Input::decode(&bytes[..len]).is_err(), "{len} bytes taken");
+            }
+        }
+        // Tag 26 around a cancel (a well-formed command of its own) instead of an order.
+        let mut w = Writer::default();
+        w.u64(1_800_000_000_003);
+        w.u8(26);
+        order_ref(&mut w, OrderRef::Id(OrderId(77)));
+        encode_command(
+            &mut w,
+            &Command::Cancel {
+                account: AccountId(3),
+                order: OrderRef::Id(OrderId(78)),
+            },
+        );
+        assert_eq!(
+            Input::decode(&w.bytes),
+            Err(DecodeError::BadTag {
+                what: "replace's new order",
+                tag: 26
+            })
+        );
+    }
+
     /// A proof's limits travel whole (tag 25, 56 bytes); a cut one is refused. A record of
     /// tag 23 (written before the fill budget bounded `Portfolio` accounts) decodes with that
     /// part unbounded, and one of tag 22 (before the settlement budget) with both unbounded.
