@@ -184,15 +184,6 @@ pub fn rebuild_dir(
     Ok((state, number, last_seq))
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
-}
-
 /// `NNNNNNNN.orders`: per changed order, its id (8 bytes, big-endian), then 1 and its record or
 /// 0 for an order gone.
 fn encode_orders(changes: &[(u64, Option<[u8; RECORD_BYTES]>)]) -> Vec<u8> {
@@ -233,16 +224,16 @@ fn decode_orders(mut bytes: &[u8]) -> Option<OrderChanges> {
 fn write_batch(dir: &Path, batch: &Batch) -> std::io::Result<()> {
     let stem = dir.join(format!("{:08}", batch.header.number));
     // The blob last: a blob on disk always has its orders, authorizations and header.
-    write_atomically(
+    optio_state::checkpoint::write_file(
         &stem.with_extension("orders"),
         &encode_orders(&batch.orders),
     )?;
-    write_atomically(&stem.with_extension("auth"), &batch.authorizations)?;
-    write_atomically(
+    optio_state::checkpoint::write_file(&stem.with_extension("auth"), &batch.authorizations)?;
+    optio_state::checkpoint::write_file(
         &stem.with_extension("json"),
         batch.header.to_json().as_bytes(),
     )?;
-    write_atomically(&stem.with_extension("blob"), &batch.blob)?;
+    optio_state::checkpoint::write_file(&stem.with_extension("blob"), &batch.blob)?;
     std::fs::File::open(dir)?.sync_all()
 }
 

@@ -253,15 +253,6 @@ impl Drop for Claim {
     }
 }
 
-fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
-}
-
 fn hex_words(words: &[Word]) -> Vec<String> {
     words
         .iter()
@@ -325,7 +316,7 @@ fn prove_one(
     Ok(match proven {
         Ok((public, proof, seconds)) => {
             let text = proof_json(batch, keys, &public, &proof, seconds).to_string();
-            write_atomic(&proof_path(dir, batch), &text)
+            checkpoint::write_file(&proof_path(dir, batch), text.as_bytes())
                 .map_err(|e| format!("batch {batch}: {e}"))?;
             Outcome::Proven { batch, seconds }
         }
@@ -337,8 +328,11 @@ fn prove_one(
         // No witness for the shape, or a batch that breaks a rule of the circuit.
         Err(e) => {
             let reason = e.to_string();
-            write_atomic(&stem(dir, batch).with_extension("unprovable"), &reason)
-                .map_err(|e| format!("batch {batch}: {e}"))?;
+            checkpoint::write_file(
+                &stem(dir, batch).with_extension("unprovable"),
+                reason.as_bytes(),
+            )
+            .map_err(|e| format!("batch {batch}: {e}"))?;
             Outcome::Unprovable { batch, reason }
         }
     })

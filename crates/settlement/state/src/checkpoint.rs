@@ -83,22 +83,29 @@ pub fn file_number(path: &Path) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// Writes the state after `batch` (ending at `last_seq`) as its checkpoint: a temporary file,
-/// fsynced, renamed, the directory fsynced.
+/// Writes a file of a batches directory whole or not at all (the batcher's blobs and the files
+/// beside them, the provers' proofs, checkpoints): a temporary file beside it
+/// (`path.with_extension("tmp")`), fsynced, renamed over `path`. The caller fsyncs the
+/// directory once its files are written.
+pub fn write_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Writes the state after `batch` (ending at `last_seq`) as its checkpoint (`write_file`),
+/// then fsyncs the directory.
 pub fn write(
     dir: &Path,
     state: &SettlementState,
     batch: u64,
     last_seq: u64,
 ) -> Result<(), CheckpointError> {
-    use std::io::Write;
     let target = path(dir, batch);
-    let tmp = target.with_extension("checkpoint-tmp");
-    let mut file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-    file.write_all(&state.checkpoint_bytes(batch, last_seq))
-        .and_then(|()| file.sync_all())
-        .map_err(io(&tmp))?;
-    std::fs::rename(&tmp, &target).map_err(io(&target))?;
+    write_file(&target, &state.checkpoint_bytes(batch, last_seq)).map_err(io(&target))?;
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io(dir))
@@ -106,35 +113,36 @@ pub fn write(
 
 /// The batches with a checkpoint in `dir`, ascending.
 pub fn checkpoints(dir: &Path) -> Result<Vec<u64>, CheckpointError> {
-    let mut out: Vec<u64> = numbered(dir, EXTENSION)?
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect();
-    out.sort_unstable();
-    Ok(out)
+    Ok(listing(dir)?.1)
 }
 
-/// The files in `dir` with extension `ext` and a numbered name, unsorted; none if `dir` does
-/// not exist.
-fn numbered(dir: &Path, ext: &str) -> Result<Vec<(u64, PathBuf)>, CheckpointError> {
+/// One listing of `dir`: its blobs by number and the batches with a checkpoint, each
+/// ascending; none if `dir` does not exist.
+fn listing(dir: &Path) -> Result<(Numbered, Vec<u64>), CheckpointError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
         Err(e) => return Err(io(dir)(e)),
     };
-    let mut out = Vec::new();
+    let (mut blobs, mut checkpoints) = (Vec::new(), Vec::new());
     for entry in entries {
         let path = entry.map_err(io(dir))?.path();
-        if path.extension().is_some_and(|x| x == ext) {
-            match file_number(&path) {
-                Some(n) => out.push((n, path)),
-                None if ext == "blob" => return Err(CheckpointError::Unnamed(path)),
-                None => {}
-            }
+        match path.extension().and_then(|x| x.to_str()) {
+            Some("blob") => match file_number(&path) {
+                Some(n) => blobs.push((n, path)),
+                None => return Err(CheckpointError::Unnamed(path)),
+            },
+            Some(EXTENSION) => checkpoints.extend(file_number(&path)),
+            _ => {}
         }
     }
-    Ok(out)
+    blobs.sort_unstable();
+    checkpoints.sort_unstable();
+    Ok((blobs, checkpoints))
 }
+
+/// Files by the batch they belong to, ascending.
+pub type Numbered = Vec<(u64, PathBuf)>;
 
 /// Where a walk over a batches directory starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,15 +150,14 @@ pub struct Start {
     /// The batch it starts after: 0 for genesis, else a batch with a checkpoint.
     pub after: u64,
     /// The blobs after it, in order, numbered without a gap.
-    pub blobs: Vec<(u64, PathBuf)>,
+    pub blobs: Numbered,
 }
 
 /// Where a walk over `dir` starts: genesis while batch 1's blob is there, otherwise the first
 /// checkpoint at or after the last gap in the blobs (which pruning leaves, at most one, before
 /// the blobs it has not reached).
 pub fn start(dir: &Path) -> Result<Start, CheckpointError> {
-    let mut blobs = numbered(dir, "blob")?;
-    blobs.sort_unstable();
+    let (mut blobs, checkpoints) = listing(dir)?;
     // The last unbroken run of blobs.
     let run = blobs
         .windows(2)
@@ -159,7 +166,7 @@ pub fn start(dir: &Path) -> Result<Start, CheckpointError> {
     let first = blobs.get(run).map(|(n, _)| *n);
     let after = match (first, blobs.last()) {
         (Some(1), _) => 0,
-        (Some(first), Some((last, _))) => *checkpoints(dir)?
+        (Some(first), Some((last, _))) => *checkpoints
             .iter()
             .find(|c| **c >= first - 1 && *c <= last)
             .ok_or_else(|| CheckpointError::Uncovered {
@@ -167,7 +174,7 @@ pub fn start(dir: &Path) -> Result<Start, CheckpointError> {
                 first,
             })?,
         // No blob (all pruned, or none written yet).
-        _ => checkpoints(dir)?.last().copied().unwrap_or(0),
+        _ => checkpoints.last().copied().unwrap_or(0),
     };
     Ok(Start {
         after,
