@@ -4,6 +4,7 @@
 //! Owns: the generated input streams and the adapters that feed them to each peer.
 //! Must not: be linked into the node; peers are benchmark-only dependencies.
 
+mod batches_bench;
 mod devnet_bench;
 mod engine_bench;
 mod intents_bench;
@@ -57,6 +58,9 @@ enum Bench {
     /// A prover worker's pass over a batches directory: from genesis (as before) against from
     /// its frontier of settled batches at lags of 1, 10 and 30, on the same blobs.
     Walk(walk_bench::Args),
+    /// The batches directory on disk: every batch kept against the finalized ones pruned behind
+    /// checkpoints, two devnets side by side; `optio rebuild` over each.
+    Batches(batches_bench::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -70,5 +74,6 @@ fn main() -> anyhow::Result<()> {
         Bench::L1Gas(args) => l1_gas_bench::run(&args),
         Bench::Prove(args) => prove_bench::run(&args),
         Bench::Walk(args) => walk_bench::run(&args),
+        Bench::Batches(args) => batches_bench::run(&args),
     }
 }
