@@ -251,9 +251,19 @@ pub(crate) fn start(
     // The persisted state after some batch, then the blobs written after it (a crash between
     // writing a blob and persisting its state leaves one or more such blobs). Blobs are found
     // by number: the finalized ones up to a checkpoint may be pruned.
-    let (mut state, persisted, persisted_seq) =
-        SettlementState::open(&dir.join("state.redb")).map_err(|e| e.to_string())?;
     let walk = optio_state::checkpoint::start(dir).map_err(|e| e.to_string())?;
+    let state_file = dir.join("state.redb");
+    // Without its state file a node rebuilds from the blobs; past a prune it cannot (the
+    // checkpoint holds no signed orders): refused before anything is created.
+    if walk.after > 0 && !state_file.exists() {
+        return Err(format!(
+            "{} is missing and the batches up to {} are pruned: restore the state file",
+            state_file.display(),
+            walk.after
+        ));
+    }
+    let (mut state, persisted, persisted_seq) =
+        SettlementState::open(&state_file).map_err(|e| e.to_string())?;
     let newest = walk.blobs.last().map_or(walk.after, |(n, _)| *n);
     if newest < persisted || walk.after > persisted {
         return Err(format!(

@@ -394,6 +394,37 @@ fn finalized_batches_are_pruned_behind_a_checkpoint_and_a_restart_goes_on() {
         (optio_state::poseidon::to_hex(&state.root()), number),
         (stats.root, stats.number)
     );
+    stop(g);
+
+    // The state file lost past a prune: refused with what to do, nothing created or deleted;
+    // restored, the node opens again at the same batch.
+    let state_file = batches.join("state.redb");
+    let saved = dir.path().join("state.redb.saved");
+    std::fs::rename(&state_file, &saved).expect("moves");
+    let listed = |d: &std::path::Path| {
+        let mut names: Vec<String> = std::fs::read_dir(d)
+            .expect("lists")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let before = listed(&batches);
+    let config = Config {
+        checkpoint_every_batches: 3,
+        ..Config::default()
+    };
+    let err = Gateway::open(dir.path(), [9; 32], EngineLimits::default(), config)
+        .err()
+        .expect("refused");
+    assert!(
+        err.to_string()
+            .contains("are pruned: restore the state file"),
+        "{err}"
+    );
+    assert_eq!(listed(&batches), before);
+    std::fs::rename(&saved, &state_file).expect("moves back");
+    assert_eq!(open().batch_stats().expect("batches").number, stats.number);
 }
 
 /// An order's client label (logged with the signed intent, kept in snapshots), its history and
