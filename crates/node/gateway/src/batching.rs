@@ -253,14 +253,22 @@ pub(crate) fn start(
     // by number: the finalized ones up to a checkpoint may be pruned.
     let walk = optio_state::checkpoint::start(dir).map_err(|e| e.to_string())?;
     let state_file = dir.join("state.redb");
-    // Without its state file a node rebuilds from the blobs; past a prune it cannot (the
-    // checkpoint holds no signed orders): refused before anything is created.
+    // Without its state file a node rebuilds from the blobs; past a prune, from the checkpoint
+    // the walk starts at (it carries the signed orders that may still fill), then the blobs
+    // and orders after it. A checkpoint that cannot is refused before anything is created.
     if walk.after > 0 && !state_file.exists() {
-        return Err(format!(
-            "{} is missing and the batches up to {} are pruned: restore the state file",
-            state_file.display(),
-            walk.after
-        ));
+        optio_state::checkpoint::restore(dir, walk.after, &state_file).map_err(|e| {
+            format!(
+                "{} is missing and the batches up to {} are pruned; their checkpoint would not restore it ({e}): restore the state file",
+                state_file.display(),
+                walk.after
+            )
+        })?;
+        tracing::warn!(
+            file = %state_file.display(),
+            checkpoint = walk.after,
+            "state file missing: made again from the checkpoint"
+        );
     }
     let (mut state, persisted, persisted_seq) =
         SettlementState::open(&state_file).map_err(|e| e.to_string())?;

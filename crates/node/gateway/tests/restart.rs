@@ -392,15 +392,14 @@ fn finalized_batches_are_pruned_behind_a_checkpoint_and_a_restart_goes_on() {
         optio_gateway::batching::rebuild_dir(&batches, |_| {}).expect("rebuilds");
     assert_eq!(
         (optio_state::poseidon::to_hex(&state.root()), number),
-        (stats.root, stats.number)
+        (stats.root.clone(), stats.number)
     );
     stop(g);
 
-    // The state file lost past a prune: refused with what to do, nothing created or deleted;
-    // restored, the node opens again at the same batch.
+    // The state file lost past a prune: made again from the checkpoint, the node opens at the
+    // same batch and root. A damaged checkpoint instead is refused with what to do, and nothing
+    // is created or deleted.
     let state_file = batches.join("state.redb");
-    let saved = dir.path().join("state.redb.saved");
-    std::fs::rename(&state_file, &saved).expect("moves");
     let listed = |d: &std::path::Path| {
         let mut names: Vec<String> = std::fs::read_dir(d)
             .expect("lists")
@@ -409,6 +408,12 @@ fn finalized_batches_are_pruned_behind_a_checkpoint_and_a_restart_goes_on() {
         names.sort();
         names
     };
+    std::fs::remove_file(&state_file).expect("removes");
+    let checkpoint = optio_state::checkpoint::path(&batches, through);
+    let good = std::fs::read(&checkpoint).expect("reads");
+    let mut damaged = good.clone();
+    damaged[good.len() / 2] ^= 1;
+    std::fs::write(&checkpoint, &damaged).expect("writes");
     let before = listed(&batches);
     let config = Config {
         checkpoint_every_batches: 3,
@@ -418,13 +423,20 @@ fn finalized_batches_are_pruned_behind_a_checkpoint_and_a_restart_goes_on() {
         .err()
         .expect("refused");
     assert!(
-        err.to_string()
-            .contains("are pruned: restore the state file"),
+        err.to_string().contains("would not restore it")
+            && err.to_string().contains("checkpoint checksum"),
         "{err}"
     );
     assert_eq!(listed(&batches), before);
-    std::fs::rename(&saved, &state_file).expect("moves back");
-    assert_eq!(open().batch_stats().expect("batches").number, stats.number);
+    std::fs::write(&checkpoint, &good).expect("writes");
+    let g = open();
+    let restored = g.batch_stats().expect("batches");
+    assert_eq!(
+        (restored.number, restored.root.clone()),
+        (stats.number, stats.root.clone())
+    );
+    assert!(state_file.is_file());
+    stop(g);
 }
 
 /// An order's client label (logged with the signed intent, kept in snapshots), its history and

@@ -148,7 +148,7 @@ impl std::fmt::Debug for Capacity {
 }
 
 /// The meta name under which the batcher persists its settlement prices' signatures.
-const SETTLEMENT_PRICES: &str = "settlement_prices";
+pub(crate) const SETTLEMENT_PRICES: &str = "settlement_prices";
 
 /// `settlement_prices` as stored: per instrument its id (4 bytes, big-endian) and the entry.
 fn encode_settlement_prices(prices: &BTreeMap<u32, PriceAttestation>) -> Vec<u8> {

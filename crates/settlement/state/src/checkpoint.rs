@@ -97,7 +97,9 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// Writes the state after `batch` (ending at `last_seq`) as its checkpoint (`write_file`),
-/// then fsyncs the directory.
+/// then fsyncs the directory. A file-backed state's checkpoint also carries the batcher's
+/// signed orders and kept values as persisted (call after `persist`), from which `restore`
+/// makes a lost state file again.
 pub fn write(
     dir: &Path,
     state: &SettlementState,
@@ -105,7 +107,14 @@ pub fn write(
     last_seq: u64,
 ) -> Result<(), CheckpointError> {
     let target = path(dir, batch);
-    write_file(&target, &state.checkpoint_bytes(batch, last_seq)).map_err(io(&target))?;
+    let bytes =
+        state
+            .checkpoint_bytes(batch, last_seq)
+            .map_err(|source| CheckpointError::Corrupt {
+                path: target.clone(),
+                source,
+            })?;
+    write_file(&target, &bytes).map_err(io(&target))?;
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io(dir))
@@ -204,6 +213,31 @@ pub fn open(dir: &Path, after: u64) -> Result<(SettlementState, u64), Checkpoint
             "the checkpoint is another batch's",
         )));
     }
+    Ok((state, last_seq))
+}
+
+/// Makes the state file `state_file` again from batch `after`'s checkpoint in `dir`
+/// (`SettlementState::restore`): for a node whose state file is lost once the batches before
+/// the checkpoint are pruned. Refused, creating nothing, for a damaged checkpoint, one of
+/// format 1 or one that names another batch.
+pub fn restore(
+    dir: &Path,
+    after: u64,
+    state_file: &Path,
+) -> Result<(SettlementState, u64), CheckpointError> {
+    let file = path(dir, after);
+    let bytes = std::fs::read(&file).map_err(io(&file))?;
+    let corrupt = |source| CheckpointError::Corrupt {
+        path: file.clone(),
+        source,
+    };
+    let (_, batch, _) = SettlementState::from_checkpoint(&bytes).map_err(corrupt)?;
+    if batch != after {
+        return Err(corrupt(StoreError::Corrupt(
+            "the checkpoint is another batch's",
+        )));
+    }
+    let (state, _, last_seq) = SettlementState::restore(state_file, &bytes).map_err(corrupt)?;
     Ok((state, last_seq))
 }
 

@@ -518,9 +518,11 @@ impl SettlementState {
 
     /// The state as a checkpoint (`crate::checkpoint`): the state after `batch` (ending at
     /// `last_seq`) in memory-independent form, its records and funds with its root, from which
-    /// `from_checkpoint` rebuilds the trees. Call after `commit`. The batcher's signed orders
-    /// are not in it (they are not settlement state; the batcher keeps its own file).
-    pub fn checkpoint_bytes(&self, batch: u64, last_seq: u64) -> Vec<u8> {
+    /// `from_checkpoint` rebuilds the trees; then what the batcher keeps beside it in the same
+    /// file (its signed orders that may still fill, and its kept values, `CARRIED_META`), as
+    /// persisted, so that `restore` can make a lost state file again. Call after `persist` (a
+    /// state in memory carries none).
+    pub fn checkpoint_bytes(&self, batch: u64, last_seq: u64) -> Result<Vec<u8>, StoreError> {
         let mut w = optio_types::codec::Writer::default();
         w.bytes.extend_from_slice(CHECKPOINT_MAGIC);
         w.bytes
@@ -539,15 +541,83 @@ impl SettlementState {
         for a in &self.accounts {
             w.bytes(&encode_account(a));
         }
+        let orders = self.stored_orders()?;
+        w.len(orders.len());
+        for (id, record) in &orders {
+            w.u64(*id);
+            w.bytes(record);
+        }
+        let mut kept = Vec::new();
+        for name in CARRIED_META {
+            if let Some(value) = self.stored_meta(name)? {
+                kept.push((*name, value));
+            }
+        }
+        w.len(kept.len());
+        for (name, value) in &kept {
+            w.bytes(name.as_bytes());
+            w.bytes(value);
+        }
         let sum = checkpoint_sum(&w.bytes);
         w.bytes.extend_from_slice(&sum);
-        w.bytes
+        Ok(w.bytes)
     }
 
     /// The state a checkpoint holds (in memory), the batch it is the state after and that
     /// batch's last sequence number. The trees are rebuilt from the records, and their root
-    /// must be the one the checkpoint names.
+    /// must be the one the checkpoint names. Reads both formats (1 carried no batcher values).
     pub fn from_checkpoint(bytes: &[u8]) -> Result<(Self, u64, u64), StoreError> {
+        let (state, batch, last_seq, _) = Self::new().read_checkpoint(bytes)?;
+        Ok((state, batch, last_seq))
+    }
+
+    /// Makes the state file at `path` again from a checkpoint of it (`checkpoint_bytes` of a
+    /// file-backed state): the records and trees, and the batcher's signed orders and kept
+    /// values, persisted as the state after the checkpoint's batch. The checkpoint is read in
+    /// memory first; a damaged one, one of format 1 (no signed orders in it) or an existing
+    /// file is refused and nothing is created (a failure while writing removes the file).
+    pub fn restore(path: &std::path::Path, bytes: &[u8]) -> Result<(Self, u64, u64), StoreError> {
+        if path.exists() {
+            return Err(StoreError::Corrupt(
+                "a state file is there: restore makes a missing one",
+            ));
+        }
+        if Self::new().read_checkpoint(bytes)?.3.is_none() {
+            return Err(StoreError::Corrupt(
+                "the checkpoint is of format 1, which holds no signed orders",
+            ));
+        }
+        let made = (|| {
+            let (fresh, _, _) = Self::open(path)?;
+            let (mut state, batch, last_seq, carried) = fresh.read_checkpoint(bytes)?;
+            let carried = carried.unwrap_or_default();
+            state.unsaved_accounts = (0..state.accounts.len() as u32).collect();
+            state.unsaved_instruments = (0..state.instruments.len() as u32).collect();
+            let orders: Vec<_> = carried
+                .orders
+                .into_iter()
+                .map(|(id, r)| (id, Some(r)))
+                .collect();
+            state.stage_orders(&orders);
+            for (name, value) in carried.meta {
+                state.stage_meta(name, value);
+            }
+            state.persist(batch, last_seq)?;
+            Ok((state, batch, last_seq))
+        })();
+        if made.is_err() {
+            let _ = std::fs::remove_file(path);
+        }
+        made
+    }
+
+    /// Reads a checkpoint into `self` (empty: in memory, or a new file's), its account
+    /// positions' trees in `self`'s store; commits and checks the root. Also the batcher's
+    /// values it carries (none for format 1).
+    fn read_checkpoint(
+        mut self,
+        bytes: &[u8],
+    ) -> Result<(Self, u64, u64, Option<Carried>), StoreError> {
         let corrupt = |_| StoreError::Corrupt("checkpoint truncated or malformed");
         // Damage anywhere (the funds and counts too, and the priority operations served, which
         // no root covers) fails the checksum.
@@ -555,42 +625,69 @@ impl SettlementState {
             .split_last_chunk::<32>()
             .filter(|(body, sum)| checkpoint_sum(body) == **sum)
             .ok_or(StoreError::Corrupt("checkpoint checksum"))?;
-        let rest = body
-            .strip_prefix(CHECKPOINT_MAGIC.as_slice())
-            .ok_or(StoreError::Corrupt("not a checkpoint (magic)"))?;
+        let (rest, carries) = match body.split_first_chunk::<8>() {
+            Some((magic, rest)) if magic == CHECKPOINT_MAGIC => (rest, true),
+            Some((magic, rest)) if magic == CHECKPOINT_MAGIC_1 => (rest, false),
+            _ => return Err(StoreError::Corrupt("not a checkpoint (magic)")),
+        };
         let (root, rest) = rest
             .split_first_chunk::<32>()
             .ok_or(StoreError::Corrupt("checkpoint truncated or malformed"))?;
         let mut r = optio_types::codec::Reader::new(rest);
         let (batch, last_seq) = (r.u64().map_err(corrupt)?, r.u64().map_err(corrupt)?);
-        let mut state = Self::new();
-        state.insurance = Amount(r.i64().map_err(corrupt)?);
-        state.fee_pool = Amount(r.i64().map_err(corrupt)?);
-        state.oracle_ms = r.u64().map_err(corrupt)?;
-        state.priority_served = r.u64().map_err(corrupt)?;
+        self.insurance = Amount(r.i64().map_err(corrupt)?);
+        self.fee_pool = Amount(r.i64().map_err(corrupt)?);
+        self.oracle_ms = r.u64().map_err(corrupt)?;
+        self.priority_served = r.u64().map_err(corrupt)?;
         for id in 0..r.len(1usize << INSTRUMENT_DEPTH).map_err(corrupt)? {
             let bytes = r.bytes(1 << 20).map_err(corrupt)?;
-            state
-                .instruments
+            self.instruments
                 .push(decode_instrument(bytes).ok_or(StoreError::Corrupt("instrument record"))?);
-            state.dirty_instruments.insert(id as u32);
+            self.dirty_instruments.insert(id as u32);
         }
         for id in 0..r.len(1usize << ACCOUNT_DEPTH).map_err(corrupt)? {
             let bytes = r.bytes(1 << 20).map_err(corrupt)?;
-            let tree = Tree::with_store(INSTRUMENT_DEPTH, TreeStore::default());
+            let tree =
+                Tree::with_store(INSTRUMENT_DEPTH, self.tree_store(POSITIONS_NS + id as u32));
             let mut account =
                 decode_account(bytes, tree).ok_or(StoreError::Corrupt("account record"))?;
             account.dirty_positions = account.positions.keys().copied().collect();
-            state.accounts.push(account);
-            state.dirty_accounts.insert(id as u32);
+            self.accounts.push(account);
+            self.dirty_accounts.insert(id as u32);
         }
+        let carried = if carries {
+            let mut carried = Carried::default();
+            for _ in 0..r.len(1 << 32).map_err(corrupt)? {
+                let id = r.u64().map_err(corrupt)?;
+                let record = r.bytes(crate::auth::RECORD_BYTES).map_err(corrupt)?;
+                carried.orders.push((
+                    id,
+                    record
+                        .try_into()
+                        .map_err(|_| StoreError::Corrupt("order record"))?,
+                ));
+            }
+            for _ in 0..r.len(CARRIED_META.len()).map_err(corrupt)? {
+                let name = r.bytes(64).map_err(corrupt)?;
+                let name = CARRIED_META
+                    .iter()
+                    .find(|n| n.as_bytes() == name)
+                    .ok_or(StoreError::Corrupt("a kept value of an unknown name"))?;
+                carried
+                    .meta
+                    .push((name, r.bytes(1 << 24).map_err(corrupt)?.to_vec()));
+            }
+            Some(carried)
+        } else {
+            None
+        };
         r.finish().map_err(corrupt)?;
-        if crate::poseidon::to_bytes(&state.commit()) != *root {
+        if crate::poseidon::to_bytes(&self.commit()) != *root {
             return Err(StoreError::Corrupt(
                 "the checkpoint's records do not give the root it names",
             ));
         }
-        Ok((state, batch, last_seq))
+        Ok((self, batch, last_seq, carried))
     }
 
     /// Stages changes to the batcher's signed orders (`auth::Orders::take_changes`), written
@@ -2121,8 +2218,23 @@ impl Scratch {
     }
 }
 
-/// A checkpoint's first bytes (`SettlementState::checkpoint_bytes`), with its format version.
-const CHECKPOINT_MAGIC: &[u8; 8] = b"OPTIOCK1";
+/// A checkpoint's first bytes (`SettlementState::checkpoint_bytes`), with its format version:
+/// 2 carries the batcher's values after the records.
+const CHECKPOINT_MAGIC: &[u8; 8] = b"OPTIOCK2";
+
+/// Format 1's: the records alone (read by `from_checkpoint`, refused by `restore`).
+const CHECKPOINT_MAGIC_1: &[u8; 8] = b"OPTIOCK1";
+
+/// The values the batcher keeps beside the state (`stage_meta`) that a checkpoint carries.
+const CARRIED_META: &[&str] = &[crate::batcher::SETTLEMENT_PRICES];
+
+/// What a checkpoint carries of the batcher's besides the state: its signed orders that may
+/// still fill and its kept values.
+#[derive(Debug, Default)]
+struct Carried {
+    orders: Vec<(u64, [u8; crate::auth::RECORD_BYTES])>,
+    meta: Vec<(&'static str, Vec<u8>)>,
+}
 
 /// A checkpoint's trailer: keccak-256 of what precedes it.
 fn checkpoint_sum(body: &[u8]) -> [u8; 32] {

@@ -213,6 +213,113 @@ fn a_restarted_batcher_keeps_the_resting_orders_signatures() {
     }
 }
 
+/// A batcher whose state file is lost goes on from the checkpoint written after its last
+/// persisted batch (`checkpoint::restore`): the signed orders still resting there and the
+/// settlement prices' signatures it kept come back with the state, so every later batch posts
+/// the same section as an uninterrupted batcher's. The checkpoint refuses an existing file and
+/// a damaged or format-1 checkpoint, creating nothing.
+#[test]
+fn a_lost_state_file_is_made_again_from_its_checkpoint_with_the_resting_orders() {
+    let (mut restored_orders, mut restored_prices) = (0, 0);
+    for seed in [7, 11] {
+        let inputs = sequence(seed);
+        let mut reference = Batcher::new(12, u64::MAX);
+        let mut all = Vec::new();
+        feed(&mut reference, &inputs, 1, |_, b| all.push(b));
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("state.redb");
+        let stop = all.len() / 2;
+        let mut first = Vec::new();
+        {
+            let (state, _, _) = SettlementState::open(&path).expect("opens");
+            let mut batcher = Batcher::resume(state, 0, 0, 12, u64::MAX);
+            feed(&mut batcher, &inputs, 1, |batcher, b| {
+                if first.len() < stop {
+                    batcher.persist(&b.header).expect("persists");
+                    if first.len() + 1 == stop {
+                        optio_state::checkpoint::write(
+                            dir.path(),
+                            batcher.state(),
+                            b.header.number,
+                            b.header.last_seq,
+                        )
+                        .expect("checkpoint");
+                    }
+                    first.push(b);
+                }
+            });
+        }
+        let (kept, _, _) = SettlementState::open(&path).expect("reopens");
+        let orders_then = kept.stored_orders().expect("reads");
+        drop(kept);
+        std::fs::remove_file(&path).expect("lost");
+        let checkpoint = optio_state::checkpoint::path(dir.path(), stop as u64);
+        let good = std::fs::read(&checkpoint).expect("reads");
+
+        // Refused, nothing created: damaged, another batch's, a file already there.
+        let mut damaged = good.clone();
+        damaged[40] ^= 1;
+        std::fs::write(&checkpoint, &damaged).expect("writes");
+        let Err(err) = optio_state::checkpoint::restore(dir.path(), stop as u64, &path) else {
+            panic!("refused")
+        };
+        assert!(err.to_string().contains("checksum"), "{err}");
+        assert!(!path.exists());
+        std::fs::write(&checkpoint, &good).expect("writes");
+        std::fs::copy(&checkpoint, optio_state::checkpoint::path(dir.path(), 1)).expect("copies");
+        let Err(err) = optio_state::checkpoint::restore(dir.path(), 1, &path) else {
+            panic!("refused")
+        };
+        assert!(err.to_string().contains("another batch's"), "{err}");
+        assert!(!path.exists());
+        std::fs::write(&path, b"").expect("writes");
+        assert!(optio_state::checkpoint::restore(dir.path(), stop as u64, &path).is_err());
+        std::fs::remove_file(&path).expect("removes");
+
+        let (state, last_seq) =
+            optio_state::checkpoint::restore(dir.path(), stop as u64, &path).expect("restores");
+        assert_eq!(
+            state.stored_orders().expect("reads"),
+            orders_then,
+            "seed {seed}"
+        );
+        restored_orders += orders_then.len();
+        drop(state);
+        let (state, number, reopened_seq) = SettlementState::open(&path).expect("reopens");
+        assert_eq!((number, reopened_seq), (stop as u64, last_seq));
+        assert_eq!(
+            state.root(),
+            first.last().map(|b| b.header.new_root).expect("a batch")
+        );
+        restored_prices += usize::from(
+            state
+                .stored_meta("settlement_prices")
+                .expect("reads")
+                .is_some(),
+        );
+        let orders = Orders::from_stored(state.stored_orders().expect("reads"));
+        let mut batcher =
+            Batcher::resume(state, number, last_seq, 12, u64::MAX).with_orders(orders);
+        let mut rest = Vec::new();
+        feed(&mut batcher, &inputs, last_seq + 1, |_, b| rest.push(b));
+        first.extend(rest);
+        assert_eq!(first.len(), all.len(), "seed {seed}");
+        for (a, b) in first.iter().zip(&all) {
+            assert_eq!(a.header, b.header, "seed {seed} batch {}", b.header.number);
+            assert_eq!(
+                a.authorizations, b.authorizations,
+                "seed {seed} batch {}'s section",
+                b.header.number
+            );
+        }
+    }
+    assert!(
+        restored_orders > 0,
+        "no signed order rested at a checkpoint"
+    );
+    eprintln!("{restored_orders} resting orders, {restored_prices} kept price sets restored");
+}
+
 /// The oracle's address.
 fn oracle() -> Address {
     let key = optio_oracle::OracleSigner::from_bytes(ORACLE_KEY).expect("oracle key");

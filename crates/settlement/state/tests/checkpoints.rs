@@ -147,6 +147,28 @@ fn a_damaged_checkpoint_or_one_under_another_number_is_refused() {
         checkpoint::open(dir.path(), n).expect("opens").0.root(),
         state.root()
     );
+    // Format 1 (the records alone, written before checkpoints carried the batcher's signed
+    // orders: a state in memory carries none, two empty lists) still opens; a state file is not
+    // made from it, and nothing is created.
+    let body = &good[8..good.len() - 32 - 8];
+    let mut first = b"OPTIOCK1".to_vec();
+    first.extend_from_slice(body);
+    let sum: [u8; 32] = {
+        use sha3::Digest;
+        sha3::Keccak256::digest(&first).into()
+    };
+    first.extend_from_slice(&sum);
+    std::fs::write(checkpoint::path(dir.path(), n), &first).expect("writes");
+    assert_eq!(
+        checkpoint::open(dir.path(), n).expect("opens").0.root(),
+        state.root()
+    );
+    let file = dir.path().join("state.redb");
+    let Err(err) = checkpoint::restore(dir.path(), n, &file) else {
+        panic!("refused")
+    };
+    assert!(err.to_string().contains("format 1"), "{err}");
+    assert!(!file.exists());
 }
 
 #[test]
