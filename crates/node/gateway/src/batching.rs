@@ -21,6 +21,17 @@ use optio_types::{Event, Input};
 /// Queue length between the writer and the batcher, in groups.
 const QUEUE: usize = 4_096;
 
+/// When the batcher writes checkpoints and how it prunes behind them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Checkpoints {
+    /// A checkpoint after every this many batches (0: none, nothing pruned).
+    pub every: u64,
+    /// The most batches whose files one pass of the batcher's loop deletes (`prune_some`): the
+    /// first prune of a long history (pruning turned on late, or after L1 was down) goes over
+    /// several passes, between which batching goes on, rather than in one long stall.
+    pub prune_per_pass: usize,
+}
+
 /// One sequenced input for the batcher.
 pub(crate) struct Item {
     pub seq: u64,
@@ -244,7 +255,7 @@ pub(crate) fn start(
     max_ops: usize,
     max_age_ms: u64,
     capacity: Option<optio_state::Capacity>,
-    checkpoint_every: u64,
+    checkpoints: Checkpoints,
     clock: crate::Clock,
 ) -> Result<(Feed, Arc<Mutex<BatchStats>>, u64), String> {
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
@@ -360,7 +371,7 @@ pub(crate) fn start(
     let (dir, shared) = (dir.to_owned(), stats.clone());
     let thread = std::thread::Builder::new()
         .name("optio-batcher".into())
-        .spawn(move || run(batcher, rx, &dir, &shared, &clock, checkpoint_every))
+        .spawn(move || run(batcher, rx, &dir, &shared, &clock, checkpoints))
         .map_err(|e| e.to_string())?;
     Ok((
         Feed {
@@ -380,11 +391,15 @@ fn run(
     dir: &Path,
     stats: &Mutex<BatchStats>,
     clock: &crate::Clock,
-    checkpoint_every: u64,
+    checkpoints: Checkpoints,
 ) {
+    let checkpoint_every = checkpoints.every;
     // The finalized batch the last prune looked at (a prune lists the directory: only when L1
     // has finalized more).
     let mut looked = 0;
+    // Whether the last prune stopped short of its checkpoint (`Checkpoints::prune_per_pass`): the
+    // next pass goes on.
+    let mut behind = false;
     loop {
         let items = match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(items) => items,
@@ -450,28 +465,40 @@ fn run(
             Err(_) => return,
         };
         let bound = finalized.min(batcher.number().saturating_sub(1));
-        let pruned = (checkpoint_every > 0 && bound > looked && bound > through).then(|| {
-            looked = bound;
-            let newest = optio_state::checkpoint::checkpoints(dir)?
-                .into_iter()
-                .rfind(|c| *c <= bound && *c > through);
-            newest
-                .map(|c| optio_state::checkpoint::prune(dir, c).map(|p| (c, p)))
-                .transpose()
-        });
+        let pruned =
+            (checkpoint_every > 0 && (bound > looked || behind) && bound > through).then(|| {
+                looked = bound;
+                let newest = optio_state::checkpoint::checkpoints(dir)?
+                    .into_iter()
+                    .rfind(|c| *c <= bound && *c > through);
+                newest
+                    .map(|c| {
+                        optio_state::checkpoint::prune_some(dir, c, checkpoints.prune_per_pass)
+                            .map(|p| (c, p))
+                    })
+                    .transpose()
+            });
         let Ok(mut s) = stats.lock() else { return };
         if checkpoint_failed.is_some() {
             s.pruned.failed = checkpoint_failed;
         }
         match pruned {
-            Some(Ok(Some((through, p)))) => {
-                tracing::info!(through, files = p.files, "pruned finalized batches");
-                s.pruned.through = through;
+            Some(Ok(Some((checkpoint, p)))) => {
+                tracing::info!(
+                    through = p.reached,
+                    files = p.files,
+                    "pruned finalized batches"
+                );
+                // A long history goes over several passes, each bounded.
+                behind = p.reached < checkpoint;
+                s.pruned.through = p.reached;
                 s.pruned.proofs += p.proofs;
                 s.pruned.unprovable += p.unprovable;
                 s.pruned.failed = None;
             }
             Some(Err(e)) => {
+                // Tried again at the next finalization.
+                behind = false;
                 tracing::warn!(error = %e, "batches not pruned");
                 s.pruned.failed = Some(e.to_string());
             }

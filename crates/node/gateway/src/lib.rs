@@ -96,6 +96,9 @@ pub struct Config {
     /// (`optio_state::checkpoint`); once L1 has finalized a batch with one, the files of that
     /// batch and every earlier one are deleted (0: no checkpoints, every batch's files kept).
     pub checkpoint_every_batches: u64,
+    /// The most batches whose files one pass of the batcher deletes: the first prune of a long
+    /// history goes over several passes, batching going on between them.
+    pub prune_batches_per_pass: usize,
     /// Where the node reads the time (the simulator moves a manual clock).
     pub clock: Clock,
     /// A snapshot (engine and views) after about this many inputs, so that a restart replays
@@ -152,6 +155,9 @@ impl Clock {
 /// batches' files.
 pub const DEFAULT_CHECKPOINT_EVERY_BATCHES: u64 = 1_024;
 
+/// Batches pruned in one pass of the batcher by default (`Config.prune_batches_per_pass`).
+pub const DEFAULT_PRUNE_BATCHES_PER_PASS: usize = 256;
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -168,6 +174,7 @@ impl Default for Config {
             batch_max_age_ms: 2_000,
             batch_capacity: None,
             checkpoint_every_batches: DEFAULT_CHECKPOINT_EVERY_BATCHES,
+            prune_batches_per_pass: DEFAULT_PRUNE_BATCHES_PER_PASS,
             clock: Clock::System,
             snapshot_every: 100_000,
             log_segment_bytes: optio_sequencer::DEFAULT_SEGMENT_BYTES,
@@ -970,7 +977,10 @@ impl Gateway {
             config.batch_max_ops,
             config.batch_max_age_ms,
             config.batch_capacity.clone(),
-            config.checkpoint_every_batches,
+            batching::Checkpoints {
+                every: config.checkpoint_every_batches,
+                prune_per_pass: config.prune_batches_per_pass.max(1),
+            },
             config.clock.clone(),
         )
         .map_err(|e| {

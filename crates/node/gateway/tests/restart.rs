@@ -246,6 +246,7 @@ fn finalized_batches_are_pruned_behind_a_checkpoint_and_a_restart_goes_on() {
             batch_max_age_ms: u64::MAX,
             snapshot_every: 0,
             checkpoint_every_batches: 3,
+            prune_batches_per_pass: 2,
             ..Config::default()
         };
         Gateway::open(dir.path(), [9; 32], EngineLimits::default(), config).expect("opens")

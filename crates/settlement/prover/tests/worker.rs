@@ -331,7 +331,8 @@ fn workers_go_on_from_the_checkpoint_the_node_pruned_behind() {
         optio_state::checkpoint::Pruned {
             files: 4 + 3 + 1,
             proofs: 3,
-            unprovable: 1
+            unprovable: 1,
+            reached: 4,
         },
         "four blobs, three proofs, one unprovable mark"
     );

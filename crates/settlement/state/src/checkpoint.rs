@@ -250,12 +250,23 @@ pub struct Pruned {
     pub proofs: u64,
     /// And marks of batches the circuit cannot prove (`NNNNNNNN.unprovable`).
     pub unprovable: u64,
+    /// The batch up to which every file is gone but the checkpoint pruned to (the batch pruned
+    /// to once the prune is whole; `prune_some` may stop before it).
+    pub reached: u64,
 }
 
 /// Deletes every file of batches 1 to `through` in `dir` but `through`'s checkpoint, which must
 /// exist (so that `start` finds it): batch by batch, ascending, the blob of each first, then
 /// the checkpoints before `through`.
 pub fn prune(dir: &Path, through: u64) -> Result<Pruned, CheckpointError> {
+    prune_some(dir, through, usize::MAX)
+}
+
+/// `prune`, deleting the files of at most `max_batches` batches (the lowest ones left) and the
+/// checkpoints up to the last of them: a long history is pruned over several calls, each leaving a
+/// directory a walk starts over (the blobs after the last one deleted, and `through`'s
+/// checkpoint). `Pruned::reached` says how far it went.
+pub fn prune_some(dir: &Path, through: u64, max_batches: usize) -> Result<Pruned, CheckpointError> {
     let keep = path(dir, through);
     if !keep.is_file() {
         return Err(io(&keep)(std::io::ErrorKind::NotFound.into()));
@@ -279,9 +290,26 @@ pub fn prune(dir: &Path, through: u64) -> Result<Pruned, CheckpointError> {
         };
         doomed.push((n, rank, path));
     }
+    // The batches this call reaches: the lowest `max_batches` of those with files beside
+    // checkpoints (the checkpoints up to there go with them).
+    let mut numbers: Vec<u64> = doomed
+        .iter()
+        .filter(|(_, rank, _)| *rank < 2)
+        .map(|(n, _, _)| *n)
+        .collect();
+    numbers.sort_unstable();
+    numbers.dedup();
+    let reached = match numbers.get(max_batches) {
+        Some(next) => next - 1,
+        None => through,
+    };
+    doomed.retain(|(n, _, _)| *n <= reached);
     // Batch by batch, blob first; the checkpoints passed after every blob.
     doomed.sort_unstable_by_key(|(n, rank, _)| (u8::from(*rank == 2), *n, *rank));
-    let mut pruned = Pruned::default();
+    let mut pruned = Pruned {
+        reached,
+        ..Pruned::default()
+    };
     for (_, _, path) in &doomed {
         match std::fs::remove_file(path) {
             Ok(()) => {

@@ -221,22 +221,39 @@ fn pruning_leaves_a_directory_a_walk_starts_over_at_every_step() {
     assert_eq!(checkpoint::checkpoints(d).expect("lists"), vec![c2]);
     assert_eq!(checkpoint::start(d).expect("starts").after, c2);
     assert_eq!(walked(d), end);
-    // Pruning again to a later checkpoint, in one call.
+    // Pruning again to a later checkpoint, in calls of at most 3 batches each (`prune_some`,
+    // as the node does a long history), the checkpoint in between too: each call goes 3
+    // batches further and leaves a directory the walk starts over.
     let c3 = total - 1;
-    checkpoint::write(
-        d,
-        &states[c3 as usize - 1],
-        c3,
-        batches[c3 as usize - 1].header.last_seq,
-    )
-    .expect("writes");
-    let removed = checkpoint::prune(d, c3).expect("prunes");
+    let between = c2 + 2;
+    for c in [between, c3] {
+        checkpoint::write(
+            d,
+            &states[c as usize - 1],
+            c,
+            batches[c as usize - 1].header.last_seq,
+        )
+        .expect("writes");
+    }
+    let mut removed = checkpoint::Pruned::default();
+    let mut reached = c2;
+    while reached < c3 {
+        let p = checkpoint::prune_some(d, c3, 3).expect("prunes");
+        assert_eq!(p.reached, (reached + 3).min(c3), "after {reached}");
+        reached = p.reached;
+        assert_eq!(walked(d), end, "pruned to {reached}");
+        removed.files += p.files;
+        removed.proofs += p.proofs;
+        removed.unprovable += p.unprovable;
+        removed.reached = p.reached;
+    }
     assert_eq!(
         removed,
         checkpoint::Pruned {
-            files: (c3 - c2) as usize * 6 + 1,
+            files: (c3 - c2) as usize * 6 + 2,
             proofs: c3 - c2,
-            unprovable: 0
+            unprovable: 0,
+            reached: c3,
         }
     );
     let left: Vec<String> = {
