@@ -563,7 +563,7 @@ async fn devnet(args: DevnetArgs) -> Result<()> {
             crate::prove::limits(keys.as_ref().map(|k| k.shape)),
             config,
         )
-        .context("opening the sequencer")?,
+        .map_err(crate::node::start_refused)?,
     );
     let now = optio_gateway::now_ms();
     let specs = specs(now);

@@ -233,7 +233,7 @@ pub fn run(args: NodeArgs) -> Result<()> {
             crate::prove::limits(shape),
             config,
         )
-        .context("opening the sequencer")?,
+        .map_err(crate::node::start_refused)?,
     );
     let fresh = specs
         .first()
@@ -298,4 +298,10 @@ pub fn run(args: NodeArgs) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// A node that would not open, named for the operator's logs and alerts: `start-up refused
+/// (<code>): <message>`, the code stable (`docs/rejections.md`, "Start-up refusals").
+pub(crate) fn start_refused(e: optio_sequencer::SequencerError) -> anyhow::Error {
+    anyhow::anyhow!("start-up refused ({}): {e}", e.code())
 }

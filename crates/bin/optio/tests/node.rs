@@ -55,6 +55,38 @@ fn node_reads_file_environment_and_flags() {
     assert_eq!(names, ["BTC-PERPETUAL", "ETH-26MAR27-4000-C"]);
     assert!(node.wait().expect("exits").success());
 
+    // A data directory the node will not start from: refused with the code first, the files
+    // left as they were. Engine rules the binary does not apply, then (the rules restored) a
+    // damaged settlement state file.
+    let data = dir.path().join("data");
+    let refused = |want: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_optio"))
+            .args(["node", "--config"])
+            .arg(&config)
+            .args(["--duration-s", "1"])
+            .env("OPTIO_SEQUENCER_KEY", format!("0x{}", "11".repeat(32)))
+            .env("OPTIO_LISTEN", "127.0.0.1:0")
+            .output()
+            .expect("runs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(&format!("start-up refused ({want}): ")),
+            "expected {want}, got: {err}"
+        );
+    };
+    let rules = std::fs::read(data.join("rules")).expect("rules");
+    std::fs::write(data.join("rules"), "1\n").expect("writes");
+    refused("rules_mismatch");
+    assert_eq!(std::fs::read(data.join("rules")).expect("rules"), b"1\n");
+    std::fs::write(data.join("rules"), &rules).expect("writes");
+    let state_file = data.join("batches").join("state.redb");
+    let mut damaged = std::fs::read(&state_file).expect("state file");
+    let n = damaged.len().min(4096);
+    damaged[..n].fill(0x5a);
+    std::fs::write(&state_file, &damaged).expect("writes");
+    refused("state_file_corrupt");
+    assert_eq!(std::fs::read(&state_file).expect("state file"), damaged);
+
     // Missing key, unknown field, bad instrument, empty log segments: each refused with a
     // message.
     for (body, key, want) in [

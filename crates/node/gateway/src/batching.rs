@@ -248,6 +248,33 @@ fn write_batch(dir: &Path, batch: &Batch) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// Why the batcher would not start: a stable name (`docs/rejections.md`, "Start-up refusals")
+/// and what happened.
+#[derive(Debug)]
+pub(crate) struct StartError {
+    pub code: &'static str,
+    pub message: String,
+}
+
+/// `StartError` with `code` from an error's text.
+fn refused<E: std::fmt::Display>(code: &'static str) -> impl FnOnce(E) -> StartError {
+    move |e| StartError {
+        code,
+        message: e.to_string(),
+    }
+}
+
+/// The name of a refusal reading the batches directory's checkpoints and blobs.
+fn walk_refused(e: optio_state::checkpoint::CheckpointError) -> StartError {
+    use optio_state::checkpoint::CheckpointError;
+    refused(match &e {
+        CheckpointError::Io { .. } => "batches_io",
+        CheckpointError::Uncovered { .. } => "batches_uncovered",
+        CheckpointError::Unnamed(_) => "batches_misnamed",
+        CheckpointError::Corrupt { .. } => "checkpoint_corrupt",
+    })(e)
+}
+
 /// Starts the batcher over `dir` (rebuilding from its blobs); returns the writer's feed and the
 /// last sequence number already batched (later inputs must be fed, in order).
 pub(crate) fn start(
@@ -257,23 +284,23 @@ pub(crate) fn start(
     capacity: Option<optio_state::Capacity>,
     checkpoints: Checkpoints,
     clock: crate::Clock,
-) -> Result<(Feed, Arc<Mutex<BatchStats>>, u64), String> {
-    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+) -> Result<(Feed, Arc<Mutex<BatchStats>>, u64), StartError> {
+    std::fs::create_dir_all(dir).map_err(refused("batches_io"))?;
     // The persisted state after some batch, then the blobs written after it (a crash between
     // writing a blob and persisting its state leaves one or more such blobs). Blobs are found
     // by number: the finalized ones up to a checkpoint may be pruned.
-    let walk = optio_state::checkpoint::start(dir).map_err(|e| e.to_string())?;
+    let walk = optio_state::checkpoint::start(dir).map_err(walk_refused)?;
     let state_file = dir.join("state.redb");
     // Without its state file a node rebuilds from the blobs; past a prune, from the checkpoint
     // the walk starts at (it carries the signed orders that may still fill), then the blobs
     // and orders after it. A checkpoint that cannot is refused before anything is created.
     if walk.after > 0 && !state_file.exists() {
         optio_state::checkpoint::restore(dir, walk.after, &state_file).map_err(|e| {
-            format!(
+            refused("state_file_unrestorable")(format!(
                 "{} is missing and the batches up to {} are pruned; their checkpoint would not restore it ({e}): restore the state file",
                 state_file.display(),
                 walk.after
-            )
+            ))
         })?;
         tracing::warn!(
             file = %state_file.display(),
@@ -282,10 +309,15 @@ pub(crate) fn start(
         );
     }
     let (mut state, persisted, persisted_seq) =
-        SettlementState::open(&state_file).map_err(|e| e.to_string())?;
+        SettlementState::open(&state_file).map_err(|e| {
+            refused("state_file_corrupt")(format!(
+                "{}: {e} (moved aside, it is made again from the blobs or the checkpoint)",
+                state_file.display()
+            ))
+        })?;
     let newest = walk.blobs.last().map_or(walk.after, |(n, _)| *n);
     if newest < persisted || walk.after > persisted {
-        return Err(format!(
+        return Err(refused("state_file_mismatch")(format!(
             "the state file is at batch {persisted} but the blobs {}",
             match walk.blobs.first() {
                 Some((first, _)) if newest >= persisted => format!(
@@ -294,7 +326,7 @@ pub(crate) fn start(
                 Some((first, _)) => format!("run from batch {first} to {newest} only"),
                 None => format!("are pruned up to batch {}", walk.after),
             }
-        ));
+        )));
     }
     let files: Vec<std::path::PathBuf> = walk
         .blobs
@@ -306,28 +338,34 @@ pub(crate) fn start(
         .iter()
         .map(std::fs::read)
         .collect::<Result<_, _>>()
-        .map_err(|e| e.to_string())?;
+        .map_err(refused("batches_io"))?;
     let (number, last_seq) = optio_state::rebuild_after(
         later.iter().map(Vec::as_slice),
         &mut state,
         (persisted, persisted_seq),
         |_| {},
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(refused("batches_corrupt"))?;
     if number > persisted {
         // The signed orders as of the last blob: each later batch's changes on top of the
         // persisted ones.
         for n in persisted + 1..=number {
             let path = dir.join(format!("{n:08}.orders"));
             let bytes = std::fs::read(&path).unwrap_or_default();
-            let changes =
-                decode_orders(&bytes).ok_or_else(|| format!("{}: malformed", path.display()))?;
+            let changes = decode_orders(&bytes).ok_or_else(|| {
+                refused("batches_corrupt")(format!("{}: malformed", path.display()))
+            })?;
             state.stage_orders(&changes);
         }
-        state.persist(number, last_seq).map_err(|e| e.to_string())?;
+        state
+            .persist(number, last_seq)
+            .map_err(refused("state_file_corrupt"))?;
     }
-    let orders =
-        optio_state::auth::Orders::from_stored(state.stored_orders().map_err(|e| e.to_string())?);
+    let orders = optio_state::auth::Orders::from_stored(
+        state
+            .stored_orders()
+            .map_err(refused("state_file_corrupt"))?,
+    );
     let stats = Arc::new(Mutex::new(BatchStats {
         number,
         root: optio_state::poseidon::to_hex(&state.root()),
@@ -349,9 +387,10 @@ pub(crate) fn start(
     // (Pruning keeps the newest blob: it deletes only batches before the last one written.)
     let last_time = match &last_blob {
         Some(f) => {
-            let bytes = std::fs::read(f).map_err(|e| format!("{}: {e}", f.display()))?;
+            let bytes = std::fs::read(f)
+                .map_err(|e| refused("batches_io")(format!("{}: {e}", f.display())))?;
             optio_state::decode(&bytes)
-                .map_err(|e| format!("{}: {e}", f.display()))?
+                .map_err(|e| refused("batches_corrupt")(format!("{}: {e}", f.display())))?
                 .0
                 .time_ms
         }
@@ -372,7 +411,7 @@ pub(crate) fn start(
     let thread = std::thread::Builder::new()
         .name("optio-batcher".into())
         .spawn(move || run(batcher, rx, &dir, &shared, &clock, checkpoints))
-        .map_err(|e| e.to_string())?;
+        .map_err(refused("io"))?;
     Ok((
         Feed {
             tx,

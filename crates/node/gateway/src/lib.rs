@@ -983,8 +983,9 @@ impl Gateway {
             },
             config.clock.clone(),
         )
-        .map_err(|e| {
-            optio_sequencer::SequencerError::Io(std::io::Error::other(format!("batches: {e}")))
+        .map_err(|e| optio_sequencer::SequencerError::Startup {
+            code: e.code,
+            message: format!("batches: {}", e.message),
         })?;
         // The views at the snapshot, if there is one; the log after it is folded in below.
         if let Some(extra) = Sequencer::read_snapshot_extra(dir)? {

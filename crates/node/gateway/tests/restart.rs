@@ -423,6 +423,7 @@ fn finalized_batches_are_pruned_behind_a_checkpoint_and_a_restart_goes_on() {
     let err = Gateway::open(dir.path(), [9; 32], EngineLimits::default(), config)
         .err()
         .expect("refused");
+    assert_eq!(err.code(), "state_file_unrestorable", "{err}");
     assert!(
         err.to_string().contains("would not restore it")
             && err.to_string().contains("checkpoint checksum"),
@@ -437,6 +438,31 @@ fn finalized_batches_are_pruned_behind_a_checkpoint_and_a_restart_goes_on() {
         (stats.number, stats.root.clone())
     );
     assert!(state_file.is_file());
+    stop(g);
+
+    // A damaged state file is refused as such and left as it was; moved aside, it is made
+    // again.
+    let mut bytes = std::fs::read(&state_file).expect("reads");
+    let n = bytes.len().min(4096);
+    bytes[..n].fill(0x5a);
+    std::fs::write(&state_file, &bytes).expect("writes");
+    let config = Config {
+        checkpoint_every_batches: 3,
+        ..Config::default()
+    };
+    let err = Gateway::open(dir.path(), [9; 32], EngineLimits::default(), config)
+        .err()
+        .expect("refused");
+    assert_eq!(err.code(), "state_file_corrupt", "{err}");
+    assert!(err.to_string().contains("moved aside"), "{err}");
+    assert_eq!(std::fs::read(&state_file).expect("reads"), bytes);
+    std::fs::rename(&state_file, dir.path().join("state.redb.damaged")).expect("moves");
+    let g = open();
+    let stats_again = g.batch_stats().expect("batches");
+    assert_eq!(
+        (stats_again.number, stats_again.root),
+        (stats.number, stats.root)
+    );
     stop(g);
 }
 

@@ -65,7 +65,7 @@ pub enum SequencerError {
     /// before rules were recorded: `log` is `None`). Replaying it could give other results than
     /// the ones it gave: other fills than the receipts and batches already committed on L1.
     #[error(
-        "rules_mismatch: the log in this directory was written under engine rules {}, and this \
+        "the log in this directory was written under engine rules {}, and this \
          binary applies rules {binary}; replaying it could give other results than the ones it \
          gave (fills acknowledged, batches committed): run the binary that wrote it, or start a \
          new directory",
@@ -83,7 +83,7 @@ pub enum SequencerError {
     /// The log does not hold every input after the snapshot (its segments start later, or it
     /// ends before the snapshot).
     #[error(
-        "log_incomplete: the snapshot is at input {snapshot}, and the log holds inputs {first} \
+        "the snapshot is at input {snapshot}, and the log holds inputs {first} \
          to {last}: the inputs between are lost"
     )]
     LogIncomplete {
@@ -94,6 +94,38 @@ pub enum SequencerError {
         /// The last (`first - 1`: none).
         last: u64,
     },
+    /// A part of the node started with the sequencer (the gateway's batcher over its batches
+    /// directory) refused to start.
+    #[error("{message}")]
+    Startup {
+        /// Its stable name (`code`).
+        code: &'static str,
+        /// What to do.
+        message: String,
+    },
+}
+
+impl SequencerError {
+    /// A stable name of what refused, for logs and alerts (`docs/rejections.md`, "Start-up
+    /// refusals"): it never changes meaning; the message beside it may.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Wal(WalError::Io(_)) => "log_io",
+            Self::Wal(WalError::Corrupt(_)) => "log_corrupt",
+            Self::Wal(WalError::Gap(_)) => "log_gap",
+            Self::Wal(WalError::Misnamed(_)) => "log_misnamed",
+            Self::Wal(WalError::TooLarge(_)) => "log_record_too_large",
+            Self::Snapshot(_) => "snapshot_unrestorable",
+            Self::Io(_) => "io",
+            Self::SnapshotFormat => "snapshot_malformed",
+            Self::Key => "key_invalid",
+            Self::GroupPending => "group_pending",
+            Self::RulesMismatch { .. } => "rules_mismatch",
+            Self::RulesFormat => "rules_malformed",
+            Self::LogIncomplete { .. } => "log_incomplete",
+            Self::Startup { code, .. } => code,
+        }
+    }
 }
 
 /// The engine rules recorded in `dir`, if any.

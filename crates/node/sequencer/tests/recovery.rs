@@ -250,7 +250,7 @@ fn a_log_written_under_other_engine_rules_is_refused_unchanged() {
             ),
             "{e}"
         );
-        assert!(e.to_string().starts_with("rules_mismatch: "), "{e}");
+        assert_eq!(e.code(), "rules_mismatch", "{e}");
         assert_eq!(files(dir.path()), before);
         std::fs::remove_file(&rules).expect("removes");
         let before = files(dir.path());
