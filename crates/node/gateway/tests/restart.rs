@@ -416,13 +416,16 @@ fn finalized_batches_are_pruned_behind_a_checkpoint_and_a_restart_goes_on() {
     damaged[good.len() / 2] ^= 1;
     std::fs::write(&checkpoint, &damaged).expect("writes");
     let before = listed(&batches);
-    let config = Config {
-        checkpoint_every_batches: 3,
-        ..Config::default()
+    let refused = || {
+        let config = Config {
+            checkpoint_every_batches: 3,
+            ..Config::default()
+        };
+        Gateway::open(dir.path(), [9; 32], EngineLimits::default(), config)
+            .err()
+            .expect("refused")
     };
-    let err = Gateway::open(dir.path(), [9; 32], EngineLimits::default(), config)
-        .err()
-        .expect("refused");
+    let err = refused();
     assert_eq!(err.code(), "state_file_unrestorable", "{err}");
     assert!(
         err.to_string().contains("would not restore it")
@@ -446,13 +449,7 @@ fn finalized_batches_are_pruned_behind_a_checkpoint_and_a_restart_goes_on() {
     let n = bytes.len().min(4096);
     bytes[..n].fill(0x5a);
     std::fs::write(&state_file, &bytes).expect("writes");
-    let config = Config {
-        checkpoint_every_batches: 3,
-        ..Config::default()
-    };
-    let err = Gateway::open(dir.path(), [9; 32], EngineLimits::default(), config)
-        .err()
-        .expect("refused");
+    let err = refused();
     assert_eq!(err.code(), "state_file_corrupt", "{err}");
     assert!(err.to_string().contains("moved aside"), "{err}");
     assert_eq!(std::fs::read(&state_file).expect("reads"), bytes);

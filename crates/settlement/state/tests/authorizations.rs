@@ -167,6 +167,36 @@ fn every_fill_posts_the_records_of_the_orders_that_filled() {
     );
 }
 
+/// A file-backed batcher at `path` fed `inputs`, persisting after each batch, that "crashes"
+/// after `stop` batches (those it returns), having written a checkpoint of the last into
+/// `checkpoint` if given.
+fn crash_after(
+    inputs: &[(Input, Vec<Event>, Option<Signed>)],
+    path: &std::path::Path,
+    stop: usize,
+    checkpoint: Option<&std::path::Path>,
+) -> Vec<Batch> {
+    let mut first = Vec::new();
+    let (state, _, _) = SettlementState::open(path).expect("opens");
+    let mut batcher = Batcher::resume(state, 0, 0, 12, u64::MAX);
+    feed(&mut batcher, inputs, 1, |batcher, b| {
+        if first.len() < stop {
+            batcher.persist(&b.header).expect("persists");
+            if let Some(dir) = checkpoint.filter(|_| first.len() + 1 == stop) {
+                optio_state::checkpoint::write(
+                    dir,
+                    batcher.state(),
+                    b.header.number,
+                    b.header.last_seq,
+                )
+                .expect("checkpoint");
+            }
+            first.push(b);
+        }
+    });
+    first
+}
+
 #[test]
 fn a_restarted_batcher_keeps_the_resting_orders_signatures() {
     let inputs = sequence(7);
@@ -180,17 +210,7 @@ fn a_restarted_batcher_keeps_the_resting_orders_signatures() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("state.redb");
     let stop = all.len() / 3;
-    let mut first = Vec::new();
-    {
-        let (state, _, _) = SettlementState::open(&path).expect("opens");
-        let mut batcher = Batcher::resume(state, 0, 0, 12, u64::MAX);
-        feed(&mut batcher, &inputs, 1, |batcher, b| {
-            if first.len() < stop {
-                batcher.persist(&b.header).expect("persists");
-                first.push(b);
-            }
-        });
-    }
+    let mut first = crash_after(&inputs, &path, stop, None);
     let (state, number, last_seq) = SettlementState::open(&path).expect("reopens");
     assert_eq!(number, stop as u64);
     let orders = Orders::from_stored(state.stored_orders().expect("reads"));
@@ -229,26 +249,7 @@ fn a_lost_state_file_is_made_again_from_its_checkpoint_with_the_resting_orders()
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("state.redb");
         let stop = all.len() / 2;
-        let mut first = Vec::new();
-        {
-            let (state, _, _) = SettlementState::open(&path).expect("opens");
-            let mut batcher = Batcher::resume(state, 0, 0, 12, u64::MAX);
-            feed(&mut batcher, &inputs, 1, |batcher, b| {
-                if first.len() < stop {
-                    batcher.persist(&b.header).expect("persists");
-                    if first.len() + 1 == stop {
-                        optio_state::checkpoint::write(
-                            dir.path(),
-                            batcher.state(),
-                            b.header.number,
-                            b.header.last_seq,
-                        )
-                        .expect("checkpoint");
-                    }
-                    first.push(b);
-                }
-            });
-        }
+        let mut first = crash_after(&inputs, &path, stop, Some(dir.path()));
         let (kept, _, _) = SettlementState::open(&path).expect("reopens");
         let orders_then = kept.stored_orders().expect("reads");
         drop(kept);
